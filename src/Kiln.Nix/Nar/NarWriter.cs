@@ -1,0 +1,196 @@
+using System.Buffers.Binary;
+using Microsoft.Win32.SafeHandles;
+
+namespace Kiln.Nix.Nar;
+
+/// <summary>
+/// Serialises file system objects as a NAR onto a stream. It is an <see cref="INarVisitor"/>, so a
+/// <see cref="NarParser"/> can drive it to re-emit an archive, and <see cref="NarDumper"/> drives it from a
+/// directory tree. Output goes through one large buffer so many small files become few large writes; file
+/// contents can be read straight into that buffer (<see cref="CopyContents"/>). The writer checks that each file
+/// gets exactly the bytes it announced; ordering and names are the caller's responsibility.
+/// </summary>
+public sealed class NarWriter : INarVisitor, IDisposable
+{
+    private readonly Stream _output;
+    private readonly byte[] _buffer;
+    private int _used;
+    private long _contentsRemaining;
+    private long _contentsSize;
+    private bool _inFile;
+
+    /// <summary>Starts an archive on <paramref name="output"/> (writes the magic).</summary>
+    public NarWriter(Stream output, int bufferSize = 1 << 20)
+    {
+        _output = output ?? throw new ArgumentNullException(nameof(output));
+        _buffer = new byte[Math.Max(bufferSize, 4096)];
+        WriteToken("nix-archive-1"u8);
+    }
+
+    /// <summary>Total bytes written so far, including what is still buffered.</summary>
+    public long BytesWritten { get; private set; }
+
+    public void RegularFile(bool executable, long size, long contentsOffset = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(size);
+        WriteToken("("u8);
+        WriteToken("type"u8);
+        WriteToken("regular"u8);
+        if (executable)
+        {
+            WriteToken("executable"u8);
+            WriteToken(""u8);
+        }
+
+        WriteToken("contents"u8);
+        WriteU64((ulong)size);
+        _contentsSize = _contentsRemaining = size;
+        _inFile = true;
+    }
+
+    public void Contents(ReadOnlySpan<byte> data)
+    {
+        if (!_inFile || data.Length > _contentsRemaining)
+        {
+            throw new InvalidOperationException("more contents than the file's announced size");
+        }
+
+        _contentsRemaining -= data.Length;
+        WriteRaw(data);
+    }
+
+    /// <summary>Copies the announced number of bytes from <paramref name="file"/> (from offset 0), reading straight into the output buffer.</summary>
+    /// <exception cref="IOException">The file is shorter than announced (it changed while being archived).</exception>
+    public void CopyContents(SafeFileHandle file, string pathForErrors)
+    {
+        long offset = 0;
+        while (_contentsRemaining > 0)
+        {
+            if (_used == _buffer.Length)
+            {
+                FlushBuffer();
+            }
+
+            var want = (int)Math.Min(_buffer.Length - _used, _contentsRemaining);
+            var read = RandomAccess.Read(file, _buffer.AsSpan(_used, want), offset);
+            if (read == 0)
+            {
+                throw new IOException($"file '{pathForErrors}' changed size while it was being archived");
+            }
+
+            _used += read;
+            BytesWritten += read;
+            offset += read;
+            _contentsRemaining -= read;
+        }
+    }
+
+    public void EndRegularFile()
+    {
+        if (!_inFile || _contentsRemaining != 0)
+        {
+            throw new InvalidOperationException("file ended before its announced size");
+        }
+
+        _inFile = false;
+        WritePadding(_contentsSize);
+        WriteToken(")"u8);
+    }
+
+    public void Symlink(ReadOnlySpan<byte> target)
+    {
+        WriteToken("("u8);
+        WriteToken("type"u8);
+        WriteToken("symlink"u8);
+        WriteToken("target"u8);
+        WriteToken(target);
+        WriteToken(")"u8);
+    }
+
+    public void Directory()
+    {
+        WriteToken("("u8);
+        WriteToken("type"u8);
+        WriteToken("directory"u8);
+    }
+
+    public void Entry(ReadOnlySpan<byte> name)
+    {
+        WriteToken("entry"u8);
+        WriteToken("("u8);
+        WriteToken("name"u8);
+        WriteToken(name);
+        WriteToken("node"u8);
+    }
+
+    public void EndEntry() => WriteToken(")"u8);
+
+    public void EndDirectory() => WriteToken(")"u8);
+
+    /// <summary>Writes everything buffered to the stream and flushes it.</summary>
+    public void Flush()
+    {
+        FlushBuffer();
+        _output.Flush();
+    }
+
+    public void Dispose() => FlushBuffer();
+
+    private void WriteToken(ReadOnlySpan<byte> value)
+    {
+        WriteU64((ulong)value.Length);
+        WriteRaw(value);
+        WritePadding(value.Length);
+    }
+
+    private void WriteU64(ulong value)
+    {
+        Span<byte> bytes = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, value);
+        WriteRaw(bytes);
+    }
+
+    private void WritePadding(long length)
+    {
+        var padding = (int)((8 - (length % 8)) % 8);
+        if (padding > 0)
+        {
+            Span<byte> zeros = stackalloc byte[8];
+            zeros.Clear();
+            WriteRaw(zeros[..padding]);
+        }
+    }
+
+    private void WriteRaw(ReadOnlySpan<byte> data)
+    {
+        BytesWritten += data.Length;
+        while (!data.IsEmpty)
+        {
+            if (_used == _buffer.Length)
+            {
+                FlushBuffer();
+            }
+
+            // Large pieces bypass the buffer once it is empty.
+            if (_used == 0 && data.Length >= _buffer.Length)
+            {
+                _output.Write(data);
+                return;
+            }
+
+            var take = Math.Min(_buffer.Length - _used, data.Length);
+            data[..take].CopyTo(_buffer.AsSpan(_used));
+            _used += take;
+            data = data[take..];
+        }
+    }
+
+    private void FlushBuffer()
+    {
+        if (_used > 0)
+        {
+            _output.Write(_buffer, 0, _used);
+            _used = 0;
+        }
+    }
+}

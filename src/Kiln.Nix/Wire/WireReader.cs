@@ -1,0 +1,282 @@
+using System.Buffers;
+using System.Text;
+using Kiln.Nix.StorePaths;
+
+namespace Kiln.Nix.Wire;
+
+/// <summary>
+/// Readers for the primitives shared by the worker and serve protocols (Nix's <c>src/libutil/serialise.cc</c>):
+/// <list type="bullet">
+/// <item>integers of every width are 8 bytes little-endian; booleans are 0 or 1 and anything else is refused;</item>
+/// <item>strings are a u64 length, the bytes, and zero padding to a multiple of 8 (non-zero padding is refused);</item>
+/// <item>lists and sets are a u64 count and the elements; maps a count and key/value pairs.</item>
+/// </list>
+/// Every <c>TryRead…</c> is restartable: when the buffered input ends inside the value it returns false and leaves the
+/// reader where it was, so the caller can wait for more bytes and try again. Grammar and limit violations throw
+/// <see cref="WireFormatException"/>; limits are checked before anything is allocated.
+/// </summary>
+public static class WireReader
+{
+    private static readonly UTF8Encoding StrictUtf8 = new(false, true);
+
+    /// <summary>Reads a u64.</summary>
+    public static bool TryReadU64(ref SequenceReader<byte> reader, out ulong value)
+    {
+        if (reader.TryReadLittleEndian(out long signed))
+        {
+            value = (ulong)signed;
+            return true;
+        }
+
+        value = 0;
+        return false;
+    }
+
+    /// <summary>Reads a boolean (0 or 1).</summary>
+    public static bool TryReadBool(ref SequenceReader<byte> reader, out bool value)
+    {
+        var start = reader.Consumed;
+        if (!TryReadU64(ref reader, out var raw))
+        {
+            value = false;
+            return false;
+        }
+
+        if (raw > 1)
+        {
+            reader.Rewind(reader.Consumed - start);
+            throw new WireFormatException($"invalid boolean {raw} (expected 0 or 1)");
+        }
+
+        value = raw == 1;
+        return true;
+    }
+
+    /// <summary>Reads a u64 that must fit in a signed 64-bit integer.</summary>
+    public static bool TryReadInt64(ref SequenceReader<byte> reader, out long value)
+    {
+        if (!TryReadU64(ref reader, out var raw))
+        {
+            value = 0;
+            return false;
+        }
+
+        if (raw > long.MaxValue)
+        {
+            throw new WireFormatException($"integer {raw} is too large");
+        }
+
+        value = (long)raw;
+        return true;
+    }
+
+    /// <summary>Reads a padded byte string of at most <paramref name="maxLength"/> bytes, without copying it.</summary>
+    public static bool TryReadBytes(ref SequenceReader<byte> reader, int maxLength, out ReadOnlySequence<byte> value)
+    {
+        value = default;
+        var start = reader.Consumed;
+        if (!TryReadU64(ref reader, out var length))
+        {
+            return false;
+        }
+
+        if (length > (ulong)maxLength)
+        {
+            reader.Rewind(reader.Consumed - start);
+            throw new WireFormatException($"string of {length} bytes exceeds the limit of {maxLength}");
+        }
+
+        var padded = (long)((length + 7) & ~7UL);
+        if (reader.Remaining < padded)
+        {
+            reader.Rewind(reader.Consumed - start);
+            return false;
+        }
+
+        value = reader.UnreadSequence.Slice(0, (long)length);
+        var padding = reader.UnreadSequence.Slice((long)length, padded - (long)length);
+        if (!IsZero(padding))
+        {
+            reader.Rewind(reader.Consumed - start);
+            throw new WireFormatException("non-zero padding");
+        }
+
+        reader.Advance(padded);
+        return true;
+    }
+
+    /// <summary>Reads a padded string as strict UTF-8.</summary>
+    public static bool TryReadString(ref SequenceReader<byte> reader, int maxLength, out string value)
+    {
+        if (!TryReadBytes(ref reader, maxLength, out var bytes))
+        {
+            value = "";
+            return false;
+        }
+
+        value = Decode(bytes);
+        return true;
+    }
+
+    /// <summary>
+    /// Reads a full store path. A string that is not a valid store path throws <see cref="BadStorePathException"/>
+    /// after it has been consumed: the stream is still in sync, and the error is the client's to hear.
+    /// </summary>
+    public static bool TryReadStorePath(ref SequenceReader<byte> reader, out StorePath value)
+    {
+        // A store path is at most "/nix/store/" + 32 + 1 + 211 characters.
+        if (!TryReadString(ref reader, 1024, out var text))
+        {
+            value = default;
+            return false;
+        }
+
+        value = ParseStorePath(text);
+        return true;
+    }
+
+    /// <summary>Reads a store path, or none when the string is empty (Nix's optional store path).</summary>
+    public static bool TryReadOptionalStorePath(ref SequenceReader<byte> reader, out StorePath? value)
+    {
+        value = null;
+        if (!TryReadString(ref reader, 1024, out var text))
+        {
+            return false;
+        }
+
+        value = text.Length == 0 ? null : ParseStorePath(text);
+        return true;
+    }
+
+    /// <summary>Reads a list (or set) of strings.</summary>
+    public static bool TryReadStrings(ref SequenceReader<byte> reader, WireLimits limits, out List<string> values)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        var start = reader.Consumed;
+        values = [];
+        if (!TryReadCount(ref reader, limits, out var count))
+        {
+            return false;
+        }
+
+        values.Capacity = (int)Math.Min(count, 1024);
+        for (var i = 0UL; i < count; i++)
+        {
+            if (!TryReadString(ref reader, limits.MaxStringLength, out var item))
+            {
+                reader.Rewind(reader.Consumed - start);
+                values = [];
+                return false;
+            }
+
+            values.Add(item);
+        }
+
+        return true;
+    }
+
+    /// <summary>Reads a set of store paths.</summary>
+    public static bool TryReadStorePaths(ref SequenceReader<byte> reader, WireLimits limits, out SortedSet<StorePath> values)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        var start = reader.Consumed;
+        values = [];
+        if (!TryReadCount(ref reader, limits, out var count))
+        {
+            return false;
+        }
+
+        for (var i = 0UL; i < count; i++)
+        {
+            if (!TryReadStorePath(ref reader, out var path))
+            {
+                reader.Rewind(reader.Consumed - start);
+                values = [];
+                return false;
+            }
+
+            values.Add(path);
+        }
+
+        return true;
+    }
+
+    /// <summary>Reads a map of strings to strings.</summary>
+    public static bool TryReadStringMap(ref SequenceReader<byte> reader, WireLimits limits, out List<KeyValuePair<string, string>> values)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        var start = reader.Consumed;
+        values = [];
+        if (!TryReadCount(ref reader, limits, out var count))
+        {
+            return false;
+        }
+
+        values.Capacity = (int)Math.Min(count, 1024);
+        for (var i = 0UL; i < count; i++)
+        {
+            if (!TryReadString(ref reader, limits.MaxStringLength, out var key) ||
+                !TryReadString(ref reader, limits.MaxStringLength, out var value))
+            {
+                reader.Rewind(reader.Consumed - start);
+                values = [];
+                return false;
+            }
+
+            values.Add(new(key, value));
+        }
+
+        return true;
+    }
+
+    /// <summary>Reads the element count of a list, set or map.</summary>
+    public static bool TryReadCount(ref SequenceReader<byte> reader, WireLimits limits, out ulong count)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        var start = reader.Consumed;
+        if (!TryReadU64(ref reader, out count))
+        {
+            return false;
+        }
+
+        if (count > (ulong)limits.MaxListCount)
+        {
+            reader.Rewind(reader.Consumed - start);
+            throw new WireFormatException($"list of {count} elements exceeds the limit of {limits.MaxListCount}");
+        }
+
+        return true;
+    }
+
+    /// <summary>Decodes strict UTF-8.</summary>
+    public static string Decode(ReadOnlySequence<byte> bytes)
+    {
+        try
+        {
+            return bytes.IsSingleSegment ? StrictUtf8.GetString(bytes.FirstSpan) : StrictUtf8.GetString(bytes.ToArray());
+        }
+        catch (DecoderFallbackException)
+        {
+            throw new WireFormatException("string is not valid UTF-8");
+        }
+    }
+
+    private static StorePath ParseStorePath(string text)
+    {
+        // A bad path is the client's mistake, not a desynchronised stream: report it as a format error.
+        return StorePath.Parse(text);
+    }
+
+    private static bool IsZero(ReadOnlySequence<byte> bytes)
+    {
+        foreach (var segment in bytes)
+        {
+            if (segment.Span.ContainsAnyExcept((byte)0))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+}
