@@ -1,1 +1,3 @@
-return 0;
+using Kiln.Cli;
+
+return await KilnCommand.RunAsync(args).ConfigureAwait(false);

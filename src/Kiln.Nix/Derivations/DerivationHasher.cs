@@ -53,7 +53,9 @@ public sealed class DerivationHasher(Func<StorePath, Derivation> loadDerivation)
             return new ModuloHash(derivation.Outputs.Keys.ToDictionary(k => k, _ => impure), Deferred: true);
         }
 
-        var deferred = kinds.Contains(DerivationOutputKind.Floating) || kinds.Contains(DerivationOutputKind.Deferred);
+        // Only floating content-addressed outputs (or deferred inputs) make the hash deferred. An output written as
+        // ("", "", "") is input-addressed with its path still to be computed, as during instantiation.
+        var deferred = kinds.Contains(DerivationOutputKind.Floating);
         var inputs = new SortedDictionary<string, SortedSet<string>>(Utf8Order.Comparer);
         foreach (var (drvPath, outputs) in derivation.InputDerivations)
         {
@@ -92,8 +94,9 @@ public sealed class DerivationHasher(Func<StorePath, Derivation> loadDerivation)
     }
 
     /// <summary>
-    /// The output paths Nix would write into this derivation: computed for input-addressed and fixed outputs, and
-    /// absent (empty string) for floating, deferred and impure ones.
+    /// The output paths Nix would write into this derivation: computed for input-addressed and fixed outputs (an
+    /// input-addressed output may be written with an empty path, as while instantiating), and absent (empty
+    /// string) for floating and impure outputs and for derivations that depend on floating ones.
     /// </summary>
     public IReadOnlyDictionary<string, string> ComputeOutputPaths(Derivation derivation)
     {
@@ -110,7 +113,7 @@ public sealed class DerivationHasher(Func<StorePath, Derivation> loadDerivation)
             return result;
         }
 
-        if (derivation.Outputs.Values.Any(o => o.Kind is DerivationOutputKind.Floating or DerivationOutputKind.Impure or DerivationOutputKind.Deferred))
+        if (derivation.Outputs.Values.Any(o => o.Kind is DerivationOutputKind.Floating or DerivationOutputKind.Impure))
         {
             return derivation.Outputs.Keys.ToDictionary(k => k, _ => "");
         }

@@ -69,6 +69,10 @@ public sealed class NarParser
     private int _scratchFilled;
     private long _tokenStart;
 
+    // Partial zero padding after file contents.
+    private readonly byte[] _paddingBytes = new byte[8];
+    private int _paddingFilled;
+
     private bool _executable;
     private ulong _contentsSize;
     private ulong _contentsRemaining;
@@ -506,6 +510,7 @@ public sealed class NarParser
         }
 
         _lengthFilled = 0;
+        _scratchFilled = 0;
         CheckPadding(_scratch.AsSpan((int)_tokenLength, total - (int)_tokenLength));
         value = _scratch.AsSpan(0, (int)_tokenLength);
         return true;
@@ -544,17 +549,17 @@ public sealed class NarParser
     private bool TryReadPadding(scoped ref ReadOnlySpan<byte> input, ulong size)
     {
         var padding = (int)((8 - (size % 8)) % 8);
-        var take = Math.Min(padding - _scratchFilled, input.Length);
-        input[..take].CopyTo(_scratch.AsSpan(_scratchFilled));
-        _scratchFilled += take;
+        var take = Math.Min(padding - _paddingFilled, input.Length);
+        input[..take].CopyTo(_paddingBytes.AsSpan(_paddingFilled));
+        _paddingFilled += take;
         Advance(ref input, take);
-        if (_scratchFilled < padding)
+        if (_paddingFilled < padding)
         {
             return false;
         }
 
-        _scratchFilled = 0;
-        CheckPadding(_scratch.AsSpan(0, padding));
+        _paddingFilled = 0;
+        CheckPadding(_paddingBytes.AsSpan(0, padding));
         return true;
     }
 

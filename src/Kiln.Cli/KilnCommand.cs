@@ -1,0 +1,55 @@
+using System.CommandLine;
+using Kiln.Cli.Commands;
+using Kiln.Nix;
+
+namespace Kiln.Cli;
+
+/// <summary>
+/// The <c>kiln</c> command line: builds the command tree and runs it. Every failure a user can cause ends as one
+/// line on stderr and exit code 1, never a stack trace (set <c>KILN_DEBUG=1</c> to see one).
+/// </summary>
+internal static class KilnCommand
+{
+    public static async Task<int> RunAsync(string[] args)
+    {
+        var root = new RootCommand("Kiln: a Nix build service that stock nix talks to.")
+        {
+            NixCommands.Create(),
+        };
+
+        var parseResult = root.Parse(args);
+        if (parseResult.Errors.Count > 0)
+        {
+            return Fail($"{parseResult.Errors[0].Message} (see 'kiln --help')");
+        }
+
+        try
+        {
+            return await parseResult.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false }).ConfigureAwait(false);
+        }
+        catch (Exception e) when (IsUserFacing(e))
+        {
+            return Fail(e.Message);
+        }
+        catch (Exception e)
+        {
+            return Fail(Environment.GetEnvironmentVariable("KILN_DEBUG") == "1"
+                ? e.ToString()
+                : $"internal error ({e.GetType().Name}): {e.Message}");
+        }
+    }
+
+    private static bool IsUserFacing(Exception e) =>
+        e is NixFormatException or IOException or UnauthorizedAccessException or CommandException or ArgumentException;
+
+    /// <summary>Prints <c>kiln: error: message</c> on one line and returns exit code 1.</summary>
+    public static int Fail(string message)
+    {
+        var oneLine = message.ReplaceLineEndings(" ").Trim();
+        Console.Error.WriteLine($"kiln: error: {oneLine}");
+        return 1;
+    }
+}
+
+/// <summary>A failure a command reports to the user as is.</summary>
+internal sealed class CommandException(string message) : Exception(message);

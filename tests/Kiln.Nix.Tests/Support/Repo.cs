@@ -1,0 +1,62 @@
+namespace Kiln.Nix.Tests.Support;
+
+/// <summary>Locates files checked into the repository (golden data lives beside the test sources, not in bin/).</summary>
+public static class Repo
+{
+    public static string Root { get; } = FindRoot();
+
+    public static string Golden(params string[] parts) =>
+        Path.Combine([Root, "tests", "Kiln.Nix.Tests", "Golden", .. parts]);
+
+    private static string FindRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Kiln.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+
+        throw new InvalidOperationException("cannot find the repository root (Kiln.sln) above " + AppContext.BaseDirectory);
+    }
+}
+
+/// <summary>A temporary directory removed on dispose.</summary>
+public sealed class TempDir : IDisposable
+{
+    public TempDir()
+    {
+        Path = Directory.CreateTempSubdirectory("kiln-test-").FullName;
+    }
+
+    public string Path { get; }
+
+    public string this[string relative] => System.IO.Path.Combine(Path, relative);
+
+    public void Dispose()
+    {
+        try
+        {
+            MakeWritable(new DirectoryInfo(Path));
+            Directory.Delete(Path, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    private static void MakeWritable(DirectoryInfo dir)
+    {
+        if (dir.LinkTarget is not null)
+        {
+            return;
+        }
+
+        dir.UnixFileMode |= UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+        foreach (var sub in dir.EnumerateDirectories())
+        {
+            MakeWritable(sub);
+        }
+    }
+}
