@@ -50,13 +50,22 @@ public static class ATerm
         return parser.ParseDerivation(name);
     }
 
-    /// <summary>Parses a .drv file from disk, naming it after its file name (which must end in .drv).</summary>
+    /// <summary>
+    /// Parses a .drv file from disk. Its name comes from its file name: the part after the hash when the file is
+    /// named like a store path (in the store or a copy of one), otherwise the file name without <c>.drv</c>.
+    /// </summary>
     public static Derivation ParseFile(string path)
     {
+        ArgumentNullException.ThrowIfNull(path);
         var fileName = Path.GetFileName(path);
-        var name = StorePath.TryParse(Path.GetFullPath(path), out var storePath)
-            ? Derivation.NameFromPath(storePath)
-            : fileName.EndsWith(".drv", StringComparison.Ordinal) ? fileName[..^4] : fileName;
+        if (!fileName.EndsWith(".drv", StringComparison.Ordinal))
+        {
+            throw new DerivationFormatException($"'{path}' is not a derivation (its name does not end in .drv)");
+        }
+
+        var name = StorePath.IsValidBaseName(fileName)
+            ? Derivation.NameFromPath(StorePath.FromBaseName(fileName))
+            : fileName[..^4];
         using var stream = File.OpenRead(path);
         if (stream.Length > MaxSize)
         {

@@ -106,6 +106,9 @@ public readonly record struct StorePath : IComparable<StorePath>
         return true;
     }
 
+    /// <summary>Whether <paramref name="baseName"/> is a valid <c>hash-name</c>.</summary>
+    public static bool IsValidBaseName(string baseName) => TryValidateBaseName(baseName, out _);
+
     private static bool TryValidateBaseName(string baseName, out string? error)
     {
         if (baseName.Length < HashLength + 1)
