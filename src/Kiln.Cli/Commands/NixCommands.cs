@@ -38,7 +38,7 @@ internal static class NixCommands
         command.SetAction(result =>
         {
             using var stdout = Console.OpenStandardOutput();
-            NarDumper.Dump(result.GetValue(path)!, stdout);
+            NarDumper.Dump(result.GetValue(path)!, stdout, pipelined: true);
             return 0;
         });
         return command;
@@ -76,7 +76,7 @@ internal static class NixCommands
             }
             else
             {
-                NarDumper.Dump(target, hashing);
+                NarDumper.Dump(target, hashing, pipelined: true);
             }
 
             var format = formats.Count == 1 ? formats[0] : HashFormat.Nix32;

@@ -8,13 +8,16 @@ namespace Kiln.Nix.Hashing;
 /// </summary>
 public sealed class HashingSink : IDisposable
 {
-    private readonly IncrementalHash _hash;
+    // Created on first use: initialising OpenSSL costs ~20 ms, which a pipelined writer pays on its own thread
+    // while the producer is already reading files.
+    private IncrementalHash? _hash;
 
     public HashingSink(NixHashAlgorithm algorithm)
     {
         Algorithm = algorithm;
-        _hash = IncrementalHash.CreateHash(algorithm.DotNetName());
     }
+
+    private IncrementalHash Hash => _hash ??= IncrementalHash.CreateHash(Algorithm.DotNetName());
 
     /// <summary>The algorithm being computed.</summary>
     public NixHashAlgorithm Algorithm { get; }
@@ -25,7 +28,7 @@ public sealed class HashingSink : IDisposable
     /// <summary>Adds <paramref name="data"/> to the hash.</summary>
     public void Append(ReadOnlySpan<byte> data)
     {
-        _hash.AppendData(data);
+        Hash.AppendData(data);
         BytesWritten += data.Length;
     }
 
@@ -33,12 +36,12 @@ public sealed class HashingSink : IDisposable
     public NixHash Finish()
     {
         Span<byte> digest = stackalloc byte[Algorithm.Size()];
-        _hash.GetHashAndReset(digest);
+        Hash.GetHashAndReset(digest);
         BytesWritten = 0;
         return new NixHash(Algorithm, digest);
     }
 
-    public void Dispose() => _hash.Dispose();
+    public void Dispose() => _hash?.Dispose();
 }
 
 /// <summary>A write-only stream that hashes what is written to it and forwards it to an optional inner stream.</summary>

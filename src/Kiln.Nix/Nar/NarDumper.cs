@@ -1,4 +1,3 @@
-using System.IO.Enumeration;
 using System.Text;
 
 namespace Kiln.Nix.Nar;
@@ -8,82 +7,90 @@ namespace Kiln.Nix.Nar;
 /// (Nix's <c>dumpPath</c> in <c>src/libutil/archive.cc</c>): the object at the path itself (a symlink is archived as a
 /// symlink, not followed); directory entries in ascending byte order of their names; a regular file is
 /// executable when its owner-execute bit is set; other permissions, owners and times are not recorded;
-/// sockets, FIFOs and devices are refused.
-/// <para>Names are read through .NET, which decodes them as UTF-8: a name that is not valid UTF-8 cannot be archived faithfully.</para>
+/// sockets, FIFOs and devices are refused. The tree is walked relative to open directory descriptors and never
+/// through symlinks, and names are taken as raw bytes, so any name the file system holds is archived exactly.
 /// </summary>
 public static class NarDumper
 {
-    /// <summary>Writes the NAR of <paramref name="path"/> to <paramref name="output"/> and returns its size in bytes.</summary>
-    public static long Dump(string path, Stream output)
+    /// <summary>
+    /// Writes the NAR of <paramref name="path"/> to <paramref name="output"/> and returns its size in bytes. With
+    /// <paramref name="pipelined"/>, reading the tree and writing <paramref name="output"/> run on two threads.
+    /// </summary>
+    public static long Dump(string path, Stream output, bool pipelined = false)
     {
-        using var writer = new NarWriter(output);
+        using var writer = new NarWriter(output, pipelined: pipelined);
         Dump(path, writer);
         writer.Flush();
         return writer.BytesWritten;
     }
 
-    /// <summary>Writes the object at <paramref name="path"/> (without the magic, which the writer wrote) to <paramref name="writer"/>.</summary>
+    /// <summary>Writes the object at <paramref name="path"/> (after the magic, which the writer wrote) to <paramref name="writer"/>.</summary>
     public static void Dump(string path, NarWriter writer)
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(writer);
-        DumpNode(path, writer);
+        new Walker(writer).DumpNode(Posix.AtFdCwd, Posix.CString(Encoding.UTF8.GetBytes(path)), () => path);
     }
 
-    private static void DumpNode(string path, NarWriter writer)
+    private sealed class Walker(NarWriter writer)
     {
-        var (mode, size) = Posix.LStat(path);
-        switch (mode & Posix.FileTypeMask)
+        private readonly byte[] _directoryBuffer = new byte[64 * 1024];
+
+        // `name` is NUL-terminated and relative to `directory` (or a path relative to the working directory).
+        public void DumpNode(int directory, byte[] name, Func<string> describe)
         {
-            case Posix.Regular:
-                using (var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, FileOptions.SequentialScan))
-                {
-                    writer.RegularFile((mode & Posix.OwnerExecute) != 0, size);
-                    writer.CopyContents(handle, path);
-                    writer.EndRegularFile();
-                }
+            var (mode, size) = Posix.LStatAt(directory, name, describe);
+            switch (mode & Posix.FileTypeMask)
+            {
+                case Posix.Regular:
+                    {
+                        var fd = Posix.OpenFileAt(directory, name, describe);
+                        try
+                        {
+                            writer.RegularFile((mode & Posix.OwnerExecute) != 0, size);
+                            writer.CopyContents(buffer => Posix.Read(fd, buffer, describe), describe);
+                            writer.EndRegularFile();
+                        }
+                        finally
+                        {
+                            Posix.Close(fd);
+                        }
 
-                break;
+                        break;
+                    }
 
-            case Posix.Symlink:
-                writer.Symlink(Posix.ReadLink(path));
-                break;
+                case Posix.Symlink:
+                    writer.Symlink(Posix.ReadLinkAt(directory, name, describe));
+                    break;
 
-            case Posix.Directory:
-                writer.Directory();
-                foreach (var (name, bytes) in SortedEntries(path))
-                {
-                    writer.Entry(bytes);
-                    DumpNode(Path.Join(path, name), writer);
-                    writer.EndEntry();
-                }
+                case Posix.Directory:
+                    {
+                        var fd = Posix.OpenDirectoryAt(directory, name, describe);
+                        try
+                        {
+                            var entries = Posix.ReadDirectory(fd, _directoryBuffer, describe);
+                            entries.Sort(static (a, b) => a.AsSpan().SequenceCompareTo(b));
+                            writer.Directory();
+                            foreach (var entry in entries)
+                            {
+                                writer.Entry(entry);
+                                DumpNode(fd, Posix.CString(entry), () => $"{describe()}/{Encoding.UTF8.GetString(entry)}");
+                                writer.EndEntry();
+                            }
 
-                writer.EndDirectory();
-                break;
+                            writer.EndDirectory();
+                        }
+                        finally
+                        {
+                            Posix.Close(fd);
+                        }
 
-            default:
-                throw new IOException($"file '{path}' has an unsupported type");
+                        break;
+                    }
+
+                default:
+                    throw new IOException($"file '{describe()}' has an unsupported type");
+            }
         }
-    }
-
-    // Entry names sorted as Nix sorts them: by their bytes.
-    private static List<(string Name, byte[] Bytes)> SortedEntries(string directory)
-    {
-        var entries = new List<(string Name, byte[] Bytes)>();
-        var options = new EnumerationOptions
-        {
-            AttributesToSkip = 0,
-            IgnoreInaccessible = false,
-            RecurseSubdirectories = false,
-            ReturnSpecialDirectories = false,
-        };
-        var names = new FileSystemEnumerable<string>(directory, static (ref FileSystemEntry entry) => entry.FileName.ToString(), options);
-        foreach (var name in names)
-        {
-            entries.Add((name, Encoding.UTF8.GetBytes(name)));
-        }
-
-        entries.Sort(static (a, b) => a.Bytes.AsSpan().SequenceCompareTo(b.Bytes));
-        return entries;
     }
 }

@@ -1,30 +1,33 @@
 using System.Text;
-using Microsoft.Win32.SafeHandles;
 
 namespace Kiln.Nix.Nar;
 
 /// <summary>
-/// Unpacks a NAR into a new path on disk, like <c>nix-store --restore</c>, safely: the target must not exist;
-/// every file, directory and symlink is created fresh (never opened if something is already there), so a
-/// symlink in the archive can never redirect a later write outside the target — the parser has already
-/// refused names with <c>/</c>, <c>.</c>, <c>..</c>, duplicates and unsorted entries. Executable files get mode 0777
-/// and others 0666, less the umask (execute bits are then added for all, as Nix does).
+/// Unpacks a NAR into a new path on disk, like <c>nix-store --restore</c>, safely. The target must not exist.
+/// Everything is created relative to the descriptor of its directory, fresh (<c>mkdirat</c>, <c>symlinkat</c>, and
+/// <c>openat</c> with <c>O_CREAT|O_EXCL|O_NOFOLLOW</c>), so a symlink — from the archive or planted by someone else
+/// meanwhile — can never redirect a write outside the target; the parser has already refused names with <c>/</c>,
+/// <c>.</c>, <c>..</c>, duplicates and unsorted entries. Names are written as the archive's raw bytes. Files get mode
+/// 0666 less the umask, plus every execute bit for executables, as Nix's <c>restorePath</c> does.
 /// <para>Use <see cref="Restore"/>, which also removes the partial tree when the archive turns out to be bad.</para>
 /// </summary>
 public sealed class NarExtractor : INarVisitor, IDisposable
 {
-    private static readonly UTF8Encoding StrictUtf8 = new(false, true);
+    private readonly string _target;
 
-    private readonly Stack<string> _directories = new();
-    private string _current;
-    private SafeFileHandle? _file;
-    private long _fileOffset;
+    // Open directories, innermost last; the current entry's name and how to name it in errors.
+    private readonly Stack<(int Fd, Func<string> Describe)> _directories = new();
+    private byte[] _name;
+    private Func<string> _describe;
+    private int _file = -1;
 
     /// <summary>Extracts the archive's root object to <paramref name="target"/>, which must not exist.</summary>
     public NarExtractor(string target)
     {
         ArgumentNullException.ThrowIfNull(target);
-        _current = Path.GetFullPath(target);
+        _target = Path.GetFullPath(target);
+        _name = Posix.CString(Encoding.UTF8.GetBytes(_target));
+        _describe = () => _target;
     }
 
     /// <summary>Parses <paramref name="nar"/> and unpacks it at <paramref name="target"/>; on any error nothing is left behind.</summary>
@@ -34,7 +37,7 @@ public sealed class NarExtractor : INarVisitor, IDisposable
     {
         ArgumentNullException.ThrowIfNull(target);
         var fullTarget = Path.GetFullPath(target);
-        if (Path.Exists(fullTarget) || File.Exists(fullTarget) || System.IO.Directory.Exists(fullTarget) || new FileInfo(fullTarget).LinkTarget is not null)
+        if (Path.Exists(fullTarget) || new FileInfo(fullTarget).LinkTarget is not null)
         {
             throw new IOException($"path '{target}' already exists");
         }
@@ -42,17 +45,15 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         var extractor = new NarExtractor(fullTarget);
         try
         {
-            return NarReading.Parse(nar, extractor, limits);
+            var size = NarReading.Parse(nar, extractor, limits);
+            extractor.Dispose();
+            return size;
         }
         catch
         {
             extractor.Dispose();
             RemovePartial(fullTarget);
             throw;
-        }
-        finally
-        {
-            extractor.Dispose();
         }
     }
 
@@ -79,59 +80,56 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         }
     }
 
+    private int ParentFd => _directories.Count == 0 ? Posix.AtFdCwd : _directories.Peek().Fd;
+
     public void RegularFile(bool executable, long size, long contentsOffset)
     {
-        // CreateNew is O_CREAT|O_EXCL: it fails on anything already there, including a dangling symlink.
-        // No preallocation: a hostile archive could announce a huge size and then stop.
-        _file = File.OpenHandle(_current, FileMode.CreateNew, FileAccess.Write, FileShare.None);
-        _fileOffset = 0;
+        _file = Posix.CreateFileAt(ParentFd, _name, _describe);
         if (executable)
         {
-            // Created as 0666 & ~umask; like Nix's restorePath, add every execute bit.
-            var mode = File.GetUnixFileMode(_file);
-            File.SetUnixFileMode(_file, mode | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
+            Posix.MakeExecutable(_file, _describe);
         }
     }
 
-    public void Contents(ReadOnlySpan<byte> data)
-    {
-        RandomAccess.Write(_file!, data, _fileOffset);
-        _fileOffset += data.Length;
-    }
+    public void Contents(ReadOnlySpan<byte> data) => Posix.WriteAll(_file, data, _describe);
 
     public void EndRegularFile()
     {
-        _file!.Dispose();
-        _file = null;
+        Posix.Close(_file);
+        _file = -1;
     }
 
-    public void Symlink(ReadOnlySpan<byte> target) => Posix.MakeSymlink(target, _current);
+    public void Symlink(ReadOnlySpan<byte> target) => Posix.MakeSymlinkAt(target, ParentFd, _name, _describe);
 
-    public void Directory() => Posix.MakeDirectory(_current);
+    public void Directory()
+    {
+        Posix.MakeDirectoryAt(ParentFd, _name, _describe);
+        _directories.Push((Posix.OpenDirectoryAt(ParentFd, _name, _describe), _describe));
+    }
 
     public void Entry(ReadOnlySpan<byte> name)
     {
-        string decoded;
-        try
-        {
-            decoded = StrictUtf8.GetString(name);
-        }
-        catch (DecoderFallbackException)
-        {
-            throw new IOException($"cannot restore the entry '{NarParser.Printable(name)}' in '{_current}': its name is not valid UTF-8");
-        }
-
-        _directories.Push(_current);
-        _current = Path.Join(_current, decoded);
+        var parent = _directories.Peek().Describe;
+        var display = Encoding.UTF8.GetString(name);
+        _name = Posix.CString(name);
+        _describe = () => $"{parent()}/{display}";
     }
 
-    public void EndEntry() => _current = _directories.Pop();
+    public void EndEntry() { }
 
-    public void EndDirectory() { }
+    public void EndDirectory() => Posix.Close(_directories.Pop().Fd);
 
     public void Dispose()
     {
-        _file?.Dispose();
-        _file = null;
+        if (_file >= 0)
+        {
+            Posix.Close(_file);
+            _file = -1;
+        }
+
+        while (_directories.Count > 0)
+        {
+            Posix.Close(_directories.Pop().Fd);
+        }
     }
 }

@@ -1,29 +1,36 @@
 using System.Buffers.Binary;
-using Microsoft.Win32.SafeHandles;
 
 namespace Kiln.Nix.Nar;
+
+/// <summary>Fills <paramref name="destination"/> with the next bytes of a file; returns how many, 0 at its end.</summary>
+public delegate int ContentSource(Span<byte> destination);
 
 /// <summary>
 /// Serialises file system objects as a NAR onto a stream. It is an <see cref="INarVisitor"/>, so a
 /// <see cref="NarParser"/> can drive it to re-emit an archive, and <see cref="NarDumper"/> drives it from a
 /// directory tree. Output goes through one large buffer so many small files become few large writes; file
-/// contents can be read straight into that buffer (<see cref="CopyContents"/>). The writer checks that each file
-/// gets exactly the bytes it announced; ordering and names are the caller's responsibility.
+/// contents can be read straight into that buffer (<see cref="CopyContents"/>). With <c>pipelined</c>, full buffers are
+/// written by a second thread, so producing the archive (reading files) overlaps with consuming it (hashing,
+/// writing). The writer checks that each file gets exactly the bytes it announced; ordering and names are the
+/// caller's responsibility. Call <see cref="Flush"/> at the end: <see cref="Dispose"/> alone drops a pipelined tail.
 /// </summary>
 public sealed class NarWriter : INarVisitor, IDisposable
 {
     private readonly Stream _output;
-    private readonly byte[] _buffer;
+    private readonly BlockPipe? _pipe;
+    private byte[] _buffer;
     private int _used;
     private long _contentsRemaining;
     private long _contentsSize;
     private bool _inFile;
 
     /// <summary>Starts an archive on <paramref name="output"/> (writes the magic).</summary>
-    public NarWriter(Stream output, int bufferSize = 1 << 20)
+    public NarWriter(Stream output, int bufferSize = 1 << 20, bool pipelined = false)
     {
         _output = output ?? throw new ArgumentNullException(nameof(output));
-        _buffer = new byte[Math.Max(bufferSize, 4096)];
+        bufferSize = Math.Max(bufferSize, 4096);
+        _buffer = new byte[bufferSize];
+        _pipe = pipelined ? new BlockPipe(output, bufferSize) : null;
         WriteToken("nix-archive-1"u8);
     }
 
@@ -59,11 +66,12 @@ public sealed class NarWriter : INarVisitor, IDisposable
         WriteRaw(data);
     }
 
-    /// <summary>Copies the announced number of bytes from <paramref name="file"/> (from offset 0), reading straight into the output buffer.</summary>
-    /// <exception cref="IOException">The file is shorter than announced (it changed while being archived).</exception>
-    public void CopyContents(SafeFileHandle file, string pathForErrors)
+    /// <summary>Copies the announced number of bytes from <paramref name="source"/>, reading straight into the output buffer.</summary>
+    /// <exception cref="IOException">The source ends early (the file changed while being archived).</exception>
+    public void CopyContents(ContentSource source, Func<string> describe)
     {
-        long offset = 0;
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(describe);
         while (_contentsRemaining > 0)
         {
             if (_used == _buffer.Length)
@@ -72,15 +80,14 @@ public sealed class NarWriter : INarVisitor, IDisposable
             }
 
             var want = (int)Math.Min(_buffer.Length - _used, _contentsRemaining);
-            var read = RandomAccess.Read(file, _buffer.AsSpan(_used, want), offset);
-            if (read == 0)
+            var read = source(_buffer.AsSpan(_used, want));
+            if (read <= 0)
             {
-                throw new IOException($"file '{pathForErrors}' changed size while it was being archived");
+                throw new IOException($"file '{describe()}' changed size while it was being archived");
             }
 
             _used += read;
             BytesWritten += read;
-            offset += read;
             _contentsRemaining -= read;
         }
     }
@@ -127,14 +134,23 @@ public sealed class NarWriter : INarVisitor, IDisposable
 
     public void EndDirectory() => WriteToken(")"u8);
 
-    /// <summary>Writes everything buffered to the stream and flushes it.</summary>
+    /// <summary>Writes everything buffered to the stream, waits for a pipelined writer, and flushes the stream.</summary>
     public void Flush()
     {
         FlushBuffer();
+        _pipe?.Complete();
         _output.Flush();
     }
 
-    public void Dispose() => FlushBuffer();
+    public void Dispose()
+    {
+        if (_pipe is null)
+        {
+            FlushBuffer();
+        }
+
+        _pipe?.Dispose();
+    }
 
     private void WriteToken(ReadOnlySpan<byte> value)
     {
@@ -172,7 +188,7 @@ public sealed class NarWriter : INarVisitor, IDisposable
             }
 
             // Large pieces bypass the buffer once it is empty.
-            if (_used == 0 && data.Length >= _buffer.Length)
+            if (_pipe is null && _used == 0 && data.Length >= _buffer.Length)
             {
                 _output.Write(data);
                 return;
@@ -187,10 +203,20 @@ public sealed class NarWriter : INarVisitor, IDisposable
 
     private void FlushBuffer()
     {
-        if (_used > 0)
+        if (_used == 0)
+        {
+            return;
+        }
+
+        if (_pipe is not null)
+        {
+            _buffer = _pipe.Swap(_buffer, _used);
+        }
+        else
         {
             _output.Write(_buffer, 0, _used);
-            _used = 0;
         }
+
+        _used = 0;
     }
 }

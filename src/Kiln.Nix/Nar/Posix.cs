@@ -1,26 +1,36 @@
+using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 
 namespace Kiln.Nix.Nar;
 
 /// <summary>
-/// The few Linux calls the NAR dumper and extractor need that .NET does not expose: the file type from
-/// <c>lstat</c> (to refuse FIFOs and devices without opening them), raw symlink targets, and <c>mkdir</c>/<c>symlink</c>
-/// that fail when the name already exists instead of following what is there. <c>statx</c>'s layout is the same
-/// on every Linux architecture, unlike <c>struct stat</c>.
+/// The Linux calls the NAR dumper and extractor use directly. .NET's file APIs add <c>fstat</c>, <c>flock</c> and
+/// <c>fadvise</c> calls per file, decode names as UTF-16, and cannot tell a FIFO from a file without opening it;
+/// archiving a tree of small files is dominated by those calls, so the dumper walks the tree with <c>openat</c>,
+/// <c>getdents64</c>, <c>statx</c> and <c>read</c> relative to directory descriptors, with names as raw bytes.
+/// <c>statx</c> and <c>linux_dirent64</c> have the same layout on every Linux architecture, unlike <c>struct stat</c>.
 /// </summary>
 internal static partial class Posix
 {
-    private const int AtFdCwd = -100;
+    internal const int AtFdCwd = -100;
     private const int AtSymlinkNoFollow = 0x100;
     private const uint StatxType = 0x1;
     private const uint StatxMode = 0x2;
     private const uint StatxSize = 0x200;
+    private const int ORdOnly = 0;
+    private const int ONonBlock = 0x800; // a FIFO swapped in after statx must not block the open
+    private const int OCloExec = 0x80000;
+    private const int EIntr = 4;
 
     internal const int FileTypeMask = 0xF000; // S_IFMT
     internal const int Regular = 0x8000;
     internal const int Directory = 0x4000;
     internal const int Symlink = 0xA000;
     internal const int OwnerExecute = 0x40; // S_IXUSR
+
+    // O_DIRECTORY and O_NOFOLLOW are 0x10000/0x20000 on x86_64 but 0x4000/0x8000 on aarch64.
+    private static readonly (int Directory, int NoFollow) OpenFlags =
+        RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? (0x4000, 0x8000) : (0x10000, 0x20000);
 
     [StructLayout(LayoutKind.Explicit, Size = 256)]
     internal struct StatxBuffer
@@ -32,39 +42,151 @@ internal static partial class Posix
         public ulong Size;
     }
 
-    [LibraryImport("libc", EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int StatxNative(int dirfd, string path, int flags, uint mask, out StatxBuffer buffer);
+    [LibraryImport("libc", EntryPoint = "statx", SetLastError = true)]
+    private static partial int StatxNative(int dirfd, ReadOnlySpan<byte> path, int flags, uint mask, out StatxBuffer buffer);
 
-    [LibraryImport("libc", EntryPoint = "readlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial nint ReadlinkNative(string path, Span<byte> buffer, nint size);
+    [LibraryImport("libc", EntryPoint = "openat", SetLastError = true)]
+    private static partial int OpenAtNative(int dirfd, ReadOnlySpan<byte> path, int flags);
 
-    [LibraryImport("libc", EntryPoint = "mkdir", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int MkdirNative(string path, uint mode);
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    private static partial int CloseNative(int fd);
 
-    [LibraryImport("libc", EntryPoint = "symlink", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    private static partial int SymlinkNative(ReadOnlySpan<byte> target, string linkPath);
+    [LibraryImport("libc", EntryPoint = "read", SetLastError = true)]
+    private static partial nint ReadNative(int fd, Span<byte> buffer, nint count);
 
-    /// <summary>lstat: the object itself, not what a symlink points to.</summary>
-    internal static (int Mode, long Size) LStat(string path)
+    [LibraryImport("libc", EntryPoint = "getdents64", SetLastError = true)]
+    private static partial nint GetDents64Native(int fd, Span<byte> buffer, nint count);
+
+    [LibraryImport("libc", EntryPoint = "readlinkat", SetLastError = true)]
+    private static partial nint ReadLinkAtNative(int dirfd, ReadOnlySpan<byte> path, Span<byte> buffer, nint size);
+
+    [LibraryImport("libc", EntryPoint = "mkdirat", SetLastError = true)]
+    private static partial int MkdirAtNative(int dirfd, ReadOnlySpan<byte> path, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "symlinkat", SetLastError = true)]
+    private static partial int SymlinkAtNative(ReadOnlySpan<byte> target, int dirfd, ReadOnlySpan<byte> linkPath);
+
+    [LibraryImport("libc", EntryPoint = "openat", SetLastError = true)]
+    private static partial int OpenAtModeNative(int dirfd, ReadOnlySpan<byte> path, int flags, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
+    private static partial nint WriteNative(int fd, ReadOnlySpan<byte> buffer, nint count);
+
+    [LibraryImport("libc", EntryPoint = "fchmod", SetLastError = true)]
+    private static partial int FchmodNative(int fd, uint mode);
+
+    /// <summary>NUL-terminates a name or path for the native calls.</summary>
+    internal static byte[] CString(ReadOnlySpan<byte> bytes)
     {
-        if (StatxNative(AtFdCwd, path, AtSymlinkNoFollow, StatxType | StatxMode | StatxSize, out var buffer) != 0)
+        var result = new byte[bytes.Length + 1];
+        bytes.CopyTo(result);
+        return result;
+    }
+
+    /// <summary>lstat of <paramref name="name"/> relative to <paramref name="dirfd"/>: the object itself, not what a symlink points to.</summary>
+    internal static (int Mode, long Size) LStatAt(int dirfd, byte[] name, Func<string> describe)
+    {
+        if (StatxNative(dirfd, name, AtSymlinkNoFollow, StatxType | StatxMode | StatxSize, out var buffer) != 0)
         {
-            throw Failure("getting status of", path);
+            throw Failure("getting status of", describe());
         }
 
         return (buffer.Mode, (long)buffer.Size);
     }
 
+    /// <summary>Opens a directory (never through a symlink).</summary>
+    internal static int OpenDirectoryAt(int dirfd, byte[] name, Func<string> describe) =>
+        OpenAt(dirfd, name, ORdOnly | OpenFlags.Directory | OpenFlags.NoFollow | OCloExec, "opening directory", describe);
+
+    /// <summary>Opens a regular file for reading (never through a symlink).</summary>
+    internal static int OpenFileAt(int dirfd, byte[] name, Func<string> describe) =>
+        OpenAt(dirfd, name, ORdOnly | OpenFlags.NoFollow | OCloExec | ONonBlock, "opening file", describe);
+
+    private static int OpenAt(int dirfd, byte[] name, int flags, string action, Func<string> describe)
+    {
+        while (true)
+        {
+            var fd = OpenAtNative(dirfd, name, flags);
+            if (fd >= 0)
+            {
+                return fd;
+            }
+
+            if (Marshal.GetLastPInvokeError() != EIntr)
+            {
+                throw Failure(action, describe());
+            }
+        }
+    }
+
+    internal static void Close(int fd) => CloseNative(fd);
+
+    /// <summary>Reads up to <paramref name="buffer"/>.Length bytes; 0 at end of file.</summary>
+    internal static int Read(int fd, Span<byte> buffer, Func<string> describe)
+    {
+        while (true)
+        {
+            var read = ReadNative(fd, buffer, buffer.Length);
+            if (read >= 0)
+            {
+                return (int)read;
+            }
+
+            if (Marshal.GetLastPInvokeError() != EIntr)
+            {
+                throw Failure("reading file", describe());
+            }
+        }
+    }
+
+    /// <summary>The entries of an open directory, without <c>.</c> and <c>..</c>, as raw names.</summary>
+    internal static List<byte[]> ReadDirectory(int fd, byte[] scratch, Func<string> describe)
+    {
+        var names = new List<byte[]>();
+        while (true)
+        {
+            var length = GetDents64Native(fd, scratch, scratch.Length);
+            if (length < 0)
+            {
+                if (Marshal.GetLastPInvokeError() == EIntr)
+                {
+                    continue;
+                }
+
+                throw Failure("reading directory", describe());
+            }
+
+            if (length == 0)
+            {
+                return names;
+            }
+
+            // struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+            for (var offset = 0; offset < length;)
+            {
+                var recordLength = BinaryPrimitives.ReadUInt16LittleEndian(scratch.AsSpan(offset + 16));
+                var nameBytes = scratch.AsSpan(offset + 19, recordLength - 19);
+                var name = nameBytes[..nameBytes.IndexOf((byte)0)];
+                if (!name.SequenceEqual("."u8) && !name.SequenceEqual(".."u8))
+                {
+                    names.Add(name.ToArray());
+                }
+
+                offset += recordLength;
+            }
+        }
+    }
+
     /// <summary>The raw bytes of a symlink's target.</summary>
-    internal static byte[] ReadLink(string path)
+    internal static byte[] ReadLinkAt(int dirfd, byte[] name, Func<string> describe)
     {
         var buffer = new byte[4096];
         while (true)
         {
-            var length = ReadlinkNative(path, buffer, buffer.Length);
+            var length = ReadLinkAtNative(dirfd, name, buffer, buffer.Length);
             if (length < 0)
             {
-                throw Failure("reading symbolic link", path);
+                throw Failure("reading symbolic link", describe());
             }
 
             if (length < buffer.Length)
@@ -77,23 +199,73 @@ internal static partial class Posix
     }
 
     /// <summary>Creates a directory; fails if anything already has that name.</summary>
-    internal static void MakeDirectory(string path)
+    internal static void MakeDirectoryAt(int dirfd, byte[] name, Func<string> describe)
     {
-        if (MkdirNative(path, Convert.ToUInt32("777", 8)) != 0)
+        if (MkdirAtNative(dirfd, name, Convert.ToUInt32("777", 8)) != 0)
         {
-            throw Failure("creating directory", path);
+            throw Failure("creating directory", describe());
         }
     }
 
     /// <summary>Creates a symlink holding exactly <paramref name="target"/>; fails if anything already has that name.</summary>
-    internal static void MakeSymlink(ReadOnlySpan<byte> target, string path)
+    internal static void MakeSymlinkAt(ReadOnlySpan<byte> target, int dirfd, byte[] name, Func<string> describe)
     {
-        Span<byte> terminated = stackalloc byte[target.Length + 1];
-        target.CopyTo(terminated);
-        terminated[^1] = 0;
-        if (SymlinkNative(terminated, path) != 0)
+        if (SymlinkAtNative(CString(target), dirfd, name) != 0)
         {
-            throw Failure("creating symlink", path);
+            throw Failure("creating symlink", describe());
+        }
+    }
+
+    /// <summary>
+    /// Creates a new regular file for writing: O_CREAT|O_EXCL|O_NOFOLLOW, so it fails on anything already there,
+    /// including a symlink (dangling or not), and never writes through one.
+    /// </summary>
+    internal static int CreateFileAt(int dirfd, byte[] name, Func<string> describe)
+    {
+        const int OWrOnly = 1, OCreat = 0x40, OExcl = 0x80;
+        while (true)
+        {
+            var fd = OpenAtModeNative(dirfd, name, OWrOnly | OCreat | OExcl | OpenFlags.NoFollow | OCloExec, Convert.ToUInt32("666", 8));
+            if (fd >= 0)
+            {
+                return fd;
+            }
+
+            if (Marshal.GetLastPInvokeError() != EIntr)
+            {
+                throw Failure("creating file", describe());
+            }
+        }
+    }
+
+    /// <summary>Writes all of <paramref name="data"/>.</summary>
+    internal static void WriteAll(int fd, ReadOnlySpan<byte> data, Func<string> describe)
+    {
+        while (!data.IsEmpty)
+        {
+            var written = WriteNative(fd, data, data.Length);
+            if (written < 0)
+            {
+                if (Marshal.GetLastPInvokeError() == EIntr)
+                {
+                    continue;
+                }
+
+                throw Failure("writing file", describe());
+            }
+
+            data = data[(int)written..];
+        }
+    }
+
+    /// <summary>Adds the execute bits for user, group and others, as Nix's restorePath does.</summary>
+    internal static void MakeExecutable(int fd, Func<string> describe)
+    {
+        const int AtEmptyPath = 0x1000;
+        if (StatxNative(fd, [0], AtEmptyPath, StatxMode, out var buffer) != 0 ||
+            FchmodNative(fd, (uint)(buffer.Mode & Convert.ToInt32("7777", 8)) | Convert.ToUInt32("111", 8)) != 0)
+        {
+            throw Failure("making executable", describe());
         }
     }
 

@@ -53,3 +53,8 @@ for i in $(seq 0 63); do head -c "$i" /dev/zero | tr '\0' 'a' > "sizes/f$(printf
 awk 'BEGIN { for (i = 0; i < 70000; i++) printf "%c", 32 + (i * 7) % 95 }' > sizes/big-70000
 awk 'BEGIN { for (i = 0; i < 300001; i++) printf "%c", 48 + (i * 13) % 75 }' > sizes/bigger-300001
 chmod 0755 sizes/bigger-300001
+
+# A name that is not valid UTF-8 (Latin-1 "café"): file systems hold bytes, and so do NARs.
+mkdir -p latin1
+printf 'bytes\n' > "latin1/$(printf 'caf\xe9')"
+printf 'x' > latin1/plain
