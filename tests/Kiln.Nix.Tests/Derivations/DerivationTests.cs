@@ -130,8 +130,13 @@ public class DerivationTests
         fod.Outputs["out"] = fod.Outputs["out"] with { Path = fodOut };
         foreach (var (key, value) in new Dictionary<string, string>
         {
-            ["builder"] = "/bin/sh", ["name"] = "fod", ["out"] = fodOut, ["outputHash"] = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03",
-            ["outputHashAlgo"] = "sha256", ["outputHashMode"] = "flat", ["system"] = "x86_64-linux",
+            ["builder"] = "/bin/sh",
+            ["name"] = "fod",
+            ["out"] = fodOut,
+            ["outputHash"] = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03",
+            ["outputHashAlgo"] = "sha256",
+            ["outputHashMode"] = "flat",
+            ["system"] = "x86_64-linux",
         })
         {
             fod.Environment[key] = value;
@@ -153,7 +158,12 @@ public class DerivationTests
         dep.Outputs["dev"] = new DerivationOutput("", "", "");
         foreach (var (key, value) in new Dictionary<string, string>
         {
-            ["builder"] = "/bin/sh", ["name"] = "dep", ["out"] = "", ["dev"] = "", ["outputs"] = "out dev", ["system"] = "x86_64-linux",
+            ["builder"] = "/bin/sh",
+            ["name"] = "dep",
+            ["out"] = "",
+            ["dev"] = "",
+            ["outputs"] = "out dev",
+            ["system"] = "x86_64-linux",
         })
         {
             dep.Environment[key] = value;

@@ -42,9 +42,16 @@ public class NarInfoTests
         var nixSignature = Assert.Single(info.Signatures);
         var unsigned = new NarInfo
         {
-            StorePath = info.StorePath, Url = info.Url, Compression = info.Compression, FileHash = info.FileHash,
-            FileSize = info.FileSize, NarHash = info.NarHash, NarSize = info.NarSize, References = info.References,
-            Deriver = info.Deriver, ContentAddress = info.ContentAddress,
+            StorePath = info.StorePath,
+            Url = info.Url,
+            Compression = info.Compression,
+            FileHash = info.FileHash,
+            FileSize = info.FileSize,
+            NarHash = info.NarHash,
+            NarSize = info.NarSize,
+            References = info.References,
+            Deriver = info.Deriver,
+            ContentAddress = info.ContentAddress,
         };
         Assert.Equal(nixSignature, Assert.Single(unsigned.WithSignature(TestKey()).Signatures));
         Assert.True(info.IsSignedByAny([TestKey().PublicKey]));

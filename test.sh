@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every test: unit and component tests, and the comparisons against the real Nix (Debian's nix-bin 2.8,
+# installed here when missing and running as root). Ends with one line: "N passed, N failed, N skipped".
+# Usage: ./test.sh [extra dotnet test arguments, e.g. --filter FullyQualifiedName~Nar]
+set -euo pipefail
+repo="$(cd "$(dirname "$0")" && pwd)"
+cd "$repo"
+
+if ! command -v nix-store > /dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing nix-bin (the reference Nix the tests compare against)..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin > /dev/null
+  else
+    echo "the tests compare Kiln against the real Nix: run 'sudo apt-get install nix-bin' first" >&2
+    exit 1
+  fi
+fi
+
+# The live comparisons must not silently skip when Nix is missing.
+export KILN_REQUIRE_NIX=1
+
+results="$repo/artifacts/test-results"
+rm -rf "$results"
+status=0
+dotnet test "$repo/Kiln.sln" --logger "trx" --results-directory "$results" "$@" || status=$?
+
+passed=0 failed=0 skipped=0 total=0
+for trx in "$results"/*.trx; do
+  [ -e "$trx" ] || continue
+  counters="$(grep -o '<Counters [^>]*>' "$trx")"
+  value() { echo "$counters" | sed -n "s/.* $1=\"\\([0-9]*\\)\".*/\\1/p"; }
+  total=$((total + $(value total)))
+  passed=$((passed + $(value passed)))
+  failed=$((failed + $(value failed)))
+done
+skipped=$((total - passed - failed))
+if [ "$total" = 0 ]; then
+  echo "no test results were produced" >&2
+  failed=1
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
+if [ "$status" != 0 ] || [ "$failed" != 0 ]; then
+  exit 1
+fi
