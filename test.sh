@@ -22,7 +22,11 @@ export KILN_REQUIRE_NIX=1
 results="$repo/artifacts/test-results"
 rm -rf "$results"
 status=0
-dotnet test "$repo/Kiln.sln" --logger "trx" --results-directory "$results" "$@" || status=$?
+# One run per test project, each with its own result file (tests inside a project run in parallel).
+for project in "$repo"/tests/*/*.csproj; do
+  name="$(basename "$project" .csproj)"
+  dotnet test "$project" --logger "trx;LogFileName=$name.trx" --results-directory "$results" "$@" || status=$?
+done
 
 passed=0 failed=0 skipped=0 total=0
 for trx in "$results"/*.trx; do
