@@ -21,10 +21,7 @@ public static class NarReading
             int read;
             while ((read = input.Read(buffer, 0, BufferSize)) > 0)
             {
-                if (parser.Feed(buffer.AsSpan(0, read)) < read)
-                {
-                    throw TrailingData(parser.Position);
-                }
+                FeedAll(parser, buffer.AsSpan(0, read));
             }
 
             parser.Finish();
@@ -47,10 +44,7 @@ public static class NarReading
             int read;
             while ((read = await input.ReadAsync(buffer.AsMemory(0, BufferSize), cancellationToken).ConfigureAwait(false)) > 0)
             {
-                if (parser.Feed(buffer.AsSpan(0, read)) < read)
-                {
-                    throw TrailingData(parser.Position);
-                }
+                FeedAll(parser, buffer.AsSpan(0, read));
             }
 
             parser.Finish();
@@ -62,6 +56,12 @@ public static class NarReading
         }
     }
 
-    private static NarException TrailingData(long position) =>
-        new(NarError.TrailingData, "trailing data after the end of the archive", position);
+    // The stream holds one archive and nothing else: bytes the parser does not take are trailing garbage.
+    private static void FeedAll(NarParser parser, ReadOnlySpan<byte> chunk)
+    {
+        if (parser.Feed(chunk) < chunk.Length)
+        {
+            throw new NarException(NarError.TrailingData, "trailing data after the end of the archive", parser.Position);
+        }
+    }
 }

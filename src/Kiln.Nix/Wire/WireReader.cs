@@ -148,10 +148,14 @@ public static class WireReader
         return true;
     }
 
-    /// <summary>Reads a list (or set) of strings.</summary>
-    public static bool TryReadStrings(ref SequenceReader<byte> reader, WireLimits limits, out List<string> values)
+    /// <summary>Reads one element of a list; same contract as the other <c>TryRead…</c> methods.</summary>
+    public delegate bool ItemReader<T>(ref SequenceReader<byte> reader, out T item);
+
+    /// <summary>Reads a count and that many elements; restartable as a whole.</summary>
+    public static bool TryReadList<T>(ref SequenceReader<byte> reader, WireLimits limits, ItemReader<T> readItem, out List<T> values)
     {
         ArgumentNullException.ThrowIfNull(limits);
+        ArgumentNullException.ThrowIfNull(readItem);
         var start = reader.Consumed;
         values = [];
         if (!TryReadCount(ref reader, limits, out var count))
@@ -159,10 +163,11 @@ public static class WireReader
             return false;
         }
 
+        // Never trust the count for the allocation: grow as elements actually arrive.
         values.Capacity = (int)Math.Min(count, 1024);
         for (var i = 0UL; i < count; i++)
         {
-            if (!TryReadString(ref reader, limits.MaxStringLength, out var item))
+            if (!readItem(ref reader, out var item))
             {
                 reader.Rewind(reader.Consumed - start);
                 values = [];
@@ -175,58 +180,40 @@ public static class WireReader
         return true;
     }
 
+    /// <summary>Reads a list (or set) of strings.</summary>
+    public static bool TryReadStrings(ref SequenceReader<byte> reader, WireLimits limits, out List<string> values)
+    {
+        ArgumentNullException.ThrowIfNull(limits);
+        var maxLength = limits.MaxStringLength;
+        return TryReadList(ref reader, limits, (ref SequenceReader<byte> r, out string item) => TryReadString(ref r, maxLength, out item), out values);
+    }
+
     /// <summary>Reads a set of store paths.</summary>
     public static bool TryReadStorePaths(ref SequenceReader<byte> reader, WireLimits limits, out SortedSet<StorePath> values)
     {
-        ArgumentNullException.ThrowIfNull(limits);
-        var start = reader.Consumed;
-        values = [];
-        if (!TryReadCount(ref reader, limits, out var count))
-        {
-            return false;
-        }
-
-        for (var i = 0UL; i < count; i++)
-        {
-            if (!TryReadStorePath(ref reader, out var path))
-            {
-                reader.Rewind(reader.Consumed - start);
-                values = [];
-                return false;
-            }
-
-            values.Add(path);
-        }
-
-        return true;
+        var ok = TryReadList<StorePath>(ref reader, limits, TryReadStorePath, out var list);
+        values = ok ? [.. list] : [];
+        return ok;
     }
 
     /// <summary>Reads a map of strings to strings.</summary>
     public static bool TryReadStringMap(ref SequenceReader<byte> reader, WireLimits limits, out List<KeyValuePair<string, string>> values)
     {
         ArgumentNullException.ThrowIfNull(limits);
-        var start = reader.Consumed;
-        values = [];
-        if (!TryReadCount(ref reader, limits, out var count))
+        var maxLength = limits.MaxStringLength;
+        return TryReadList(ref reader, limits, (ref SequenceReader<byte> r, out KeyValuePair<string, string> item) =>
         {
-            return false;
-        }
-
-        values.Capacity = (int)Math.Min(count, 1024);
-        for (var i = 0UL; i < count; i++)
-        {
-            if (!TryReadString(ref reader, limits.MaxStringLength, out var key) ||
-                !TryReadString(ref reader, limits.MaxStringLength, out var value))
+            item = default;
+            var start = r.Consumed;
+            if (TryReadString(ref r, maxLength, out var key) && TryReadString(ref r, maxLength, out var value))
             {
-                reader.Rewind(reader.Consumed - start);
-                values = [];
-                return false;
+                item = new(key, value);
+                return true;
             }
 
-            values.Add(new(key, value));
-        }
-
-        return true;
+            r.Rewind(r.Consumed - start);
+            return false;
+        }, out values);
     }
 
     /// <summary>Reads the element count of a list, set or map.</summary>
