@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text;
+using Kiln.Nix;
 using Kiln.Nix.Derivations;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Nar;
@@ -106,18 +107,19 @@ internal static class NixCommands
         command.SetAction(result =>
         {
             using var stdin = Console.OpenStandardInput();
-            var output = Utf8Stdout();
-            if (result.GetValue(compact))
+            WriteOut(output =>
             {
-                NarListing.WriteBinaryCacheListing(stdin, output);
-            }
-            else
-            {
-                NarListing.WriteListing(stdin, output, indent: false);
-            }
+                if (result.GetValue(compact))
+                {
+                    NarListing.WriteBinaryCacheListing(stdin, output);
+                }
+                else
+                {
+                    NarListing.WriteListing(stdin, output, indent: false);
+                }
 
-            output.Write('\n');
-            output.Flush();
+                output.Write('\n');
+            });
             return 0;
         });
         return command;
@@ -130,9 +132,7 @@ internal static class NixCommands
         command.SetAction(result =>
         {
             var derivations = result.GetValue(files)!.Select(LoadDerivation).ToList();
-            var output = Utf8Stdout();
-            DerivationJson.Write(output, derivations);
-            output.Flush();
+            WriteOut(output => DerivationJson.Write(output, derivations));
             return 0;
         });
         return command;
@@ -151,21 +151,22 @@ internal static class NixCommands
         {
             var (drvPath, derivation) = LoadDerivation(result.GetValue(file)!);
             var computed = DerivationHasher.ForLocalStore().ComputeOutputPaths(derivation);
-            var output = Utf8Stdout();
             var mismatches = new List<string>();
-            foreach (var (outputName, path) in computed)
-            {
-                output.Write($"{outputName} {(path.Length == 0 ? "(deferred)" : path)}\n");
-                var written = derivation.Outputs[outputName].Path;
-                if (written != path)
-                {
-                    mismatches.Add($"output '{outputName}' is {Show(written)} in the derivation but should be {Show(path)}");
-                }
-            }
-
             var ownPath = DerivationHasher.DerivationPath(derivation);
-            output.Write($"drv {ownPath}\n");
-            output.Flush();
+            WriteOut(output =>
+            {
+                foreach (var (outputName, path) in computed)
+                {
+                    output.Write($"{outputName} {(path.Length == 0 ? "(deferred)" : path)}\n");
+                    var written = derivation.Outputs[outputName].Path;
+                    if (written != path)
+                    {
+                        mismatches.Add($"output '{outputName}' is {Show(written)} in the derivation but should be {Show(path)}");
+                    }
+                }
+
+                output.Write($"drv {ownPath}\n");
+            });
             if (IsInStore(result.GetValue(file)!) && drvPath != ownPath)
             {
                 mismatches.Add($"the derivation is stored at {drvPath} but its contents belong at {ownPath}");
@@ -232,9 +233,7 @@ internal static class NixCommands
         {
             var key = SecretKey.Parse(File.ReadAllText(result.GetValue(keyFile)!));
             var narInfo = NarInfo.Parse(Console.In.ReadToEnd(), "<stdin>");
-            var output = Utf8Stdout();
-            output.Write(narInfo.WithSignature(key).ToString());
-            output.Flush();
+            WriteOut(output => output.Write(narInfo.WithSignature(key).ToString()));
             return 0;
         });
         return command;
@@ -251,8 +250,14 @@ internal static class NixCommands
 
     private static string Show(string path) => path.Length == 0 ? "empty" : $"'{path}'";
 
-    private static StreamWriter Utf8Stdout() =>
-        new(Console.OpenStandardOutput(), new UTF8Encoding(false), 1 << 16) { NewLine = "\n", AutoFlush = false };
+    // Text goes out as the bytes its Nix strings stand for (a file name that is not UTF-8 stays as it was).
+    private static void WriteOut(Action<TextWriter> write)
+    {
+        var text = new StringWriter(System.Globalization.CultureInfo.InvariantCulture) { NewLine = "\n" };
+        write(text);
+        using var stdout = Console.OpenStandardOutput();
+        stdout.Write(NixString.Encode(text.ToString()));
+    }
 
     private static void WriteNewFile(string path, string contents, UnixFileMode mode)
     {

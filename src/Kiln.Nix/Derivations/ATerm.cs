@@ -9,14 +9,13 @@ public sealed class DerivationFormatException(string message) : NixFormatExcepti
 /// <summary>
 /// The <c>.drv</c> file format: <c>Derive([outputs],[inputDrvs],[inputSrcs],"system","builder",[args],[env])</c> with no
 /// whitespace (Nix's <c>parseDerivation</c> and <c>Derivation::unparse</c>; manual: <c>protocols/derivation-aterm.md</c>).
-/// Strings escape <c>"</c>, <c>\</c>, newline, CR and tab; on reading, <c>\x</c> for any other x is x. Text is UTF-8;
-/// a file that is not valid UTF-8 is refused (so anything accepted prints back byte for byte).
-/// Dynamic-derivation files (<c>DrvWithVersion</c>) are refused.
+/// The builder, arguments and environment are printed with <c>"</c>, <c>\</c>, newline, CR and tab escaped; the other
+/// fields (output names, paths, hash algorithms and hashes, input derivations and sources, the platform) are printed
+/// as they are, as Nix 2.4+ prints them. On reading, <c>\x</c> for any other x is x. Strings are bytes, kept
+/// losslessly (<see cref="NixString"/>). Dynamic-derivation files (<c>DrvWithVersion</c>) are refused.
 /// </summary>
 public static class ATerm
 {
-    private static readonly UTF8Encoding StrictUtf8 = new(false, true);
-
     /// <summary>The largest .drv file Kiln will parse.</summary>
     public const int MaxSize = 64 << 20;
 
@@ -29,17 +28,7 @@ public static class ATerm
             throw new DerivationFormatException($"derivation is larger than {MaxSize} bytes");
         }
 
-        string text;
-        try
-        {
-            text = StrictUtf8.GetString(bytes);
-        }
-        catch (DecoderFallbackException)
-        {
-            throw new DerivationFormatException("derivation is not valid UTF-8");
-        }
-
-        return Parse(text, name);
+        return Parse(NixString.Decode(bytes), name);
     }
 
     /// <summary>Parses the text of a .drv file.</summary>
@@ -80,8 +69,8 @@ public static class ATerm
     /// <summary>Prints a derivation as Nix writes it.</summary>
     public static string Print(Derivation derivation) => Print(derivation, maskOutputs: false, inputDerivationHashes: null);
 
-    /// <summary>The UTF-8 bytes of <see cref="Print(Derivation)"/>.</summary>
-    public static byte[] PrintBytes(Derivation derivation) => Encoding.UTF8.GetBytes(Print(derivation));
+    /// <summary>The bytes of <see cref="Print(Derivation)"/> (the .drv file).</summary>
+    public static byte[] PrintBytes(Derivation derivation) => NixString.Encode(Print(derivation));
 
     /// <summary>
     /// Prints a derivation, optionally with its output paths (and the environment variables named after outputs)
@@ -97,13 +86,13 @@ public static class ATerm
         {
             Separator(s, ref first);
             s.Append('(');
-            AppendString(s, outputName);
+            AppendRaw(s, outputName);
             s.Append(',');
-            AppendString(s, maskOutputs ? "" : output.Path);
+            AppendRaw(s, maskOutputs ? "" : output.Path);
             s.Append(',');
-            AppendString(s, output.HashAlgo);
+            AppendRaw(s, output.HashAlgo);
             s.Append(',');
-            AppendString(s, output.Hash);
+            AppendRaw(s, output.Hash);
             s.Append(')');
         }
 
@@ -127,13 +116,13 @@ public static class ATerm
         }
 
         s.Append("],");
-        AppendList(s, derivation.InputSources.Select(p => p.FullPath));
+        AppendList(s, derivation.InputSources.Select(p => p.FullPath), escape: false);
         s.Append(',');
-        AppendString(s, derivation.Platform);
+        AppendRaw(s, derivation.Platform);
         s.Append(',');
         AppendString(s, derivation.Builder);
         s.Append(',');
-        AppendList(s, derivation.Arguments);
+        AppendList(s, derivation.Arguments, escape: true);
         s.Append(",[");
         first = true;
         foreach (var (key, value) in derivation.Environment)
@@ -153,9 +142,9 @@ public static class ATerm
     private static void AppendInputDerivation(StringBuilder s, string key, SortedSet<string> outputs)
     {
         s.Append('(');
-        AppendString(s, key);
+        AppendRaw(s, key);
         s.Append(',');
-        AppendList(s, outputs);
+        AppendList(s, outputs, escape: false);
         s.Append(')');
     }
 
@@ -169,18 +158,28 @@ public static class ATerm
         first = false;
     }
 
-    private static void AppendList(StringBuilder s, IEnumerable<string> items)
+    private static void AppendList(StringBuilder s, IEnumerable<string> items, bool escape)
     {
         s.Append('[');
         var first = true;
         foreach (var item in items)
         {
             Separator(s, ref first);
-            AppendString(s, item);
+            if (escape)
+            {
+                AppendString(s, item);
+            }
+            else
+            {
+                AppendRaw(s, item);
+            }
         }
 
         s.Append(']');
     }
+
+    // Nix's printUnquotedString: quotes around the text as it is.
+    private static void AppendRaw(StringBuilder s, string value) => s.Append('"').Append(value).Append('"');
 
     private static void AppendString(StringBuilder s, string value)
     {

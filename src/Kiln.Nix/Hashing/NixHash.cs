@@ -65,9 +65,9 @@ public readonly struct NixHash : IEquatable<NixHash>
         return new NixHash(algorithm, digest);
     }
 
-    /// <summary>Hashes the UTF-8 bytes of <paramref name="text"/>.</summary>
+    /// <summary>Hashes the bytes <paramref name="text"/> stands for (UTF-8, with <see cref="NixString"/> escapes as raw bytes).</summary>
     public static NixHash Compute(NixHashAlgorithm algorithm, string text) =>
-        Compute(algorithm, System.Text.Encoding.UTF8.GetBytes(text));
+        Compute(algorithm, NixString.Encode(text));
 
     /// <summary>
     /// Parses a hash that must carry its algorithm: <c>algo:digest</c> or SRI <c>algo-base64</c>
@@ -163,13 +163,13 @@ public readonly struct NixHash : IEquatable<NixHash>
         }
         else if (isSri || rest.Length == Base64Length(size))
         {
-            Span<byte> decoded = stackalloc byte[Base64Length(size)];
-            if (!Convert.TryFromBase64Chars(rest, decoded, out var written) || written != size)
+            // Nix's decoder: padding optional, so an unpadded SRI hash is accepted.
+            if (!NixBase64.TryDecode(rest, out var decoded) || decoded.Length != size)
             {
                 throw new BadHashException($"invalid {(isSri ? "SRI" : "base-64")} hash '{original}'");
             }
 
-            decoded[..size].CopyTo(digest);
+            decoded.CopyTo(digest);
         }
         else
         {

@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Text;
 
 namespace Kiln.Nix.Json;
 
@@ -7,7 +6,8 @@ namespace Kiln.Nix.Json;
 /// Writes JSON exactly as Nix 2.8's <c>JSONWriter</c> (<c>src/libutil/json.cc</c>) does, so Kiln's diagnostic output
 /// can be compared byte for byte with Nix's: with <c>indent</c>, every member starts on a new line indented two
 /// spaces per level and keys are followed by <c>": "</c>; empty containers print as <c>{}</c> / <c>[]</c>; strings escape
-/// <c>"</c>, <c>\</c>, newline, CR, tab and other control characters (<c>\u00XX</c>), and nothing else.
+/// <c>"</c>, <c>\</c>, newline, CR, tab and other control characters (<c>\u00XX</c>), and nothing else. Like Nix's, it
+/// passes bytes through: encode the result with <see cref="NixString.Encode(string)"/> to get Nix's exact output.
 /// </summary>
 public sealed class NixJsonWriter(TextWriter output, bool indent)
 {
@@ -150,5 +150,5 @@ public sealed class NixJsonWriter(TextWriter output, bool indent)
         return writer.ToString();
     }
 
-    internal static string Utf8Lenient(ReadOnlySpan<byte> bytes) => Encoding.UTF8.GetString(bytes);
+
 }

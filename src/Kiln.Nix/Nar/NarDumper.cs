@@ -13,6 +13,12 @@ namespace Kiln.Nix.Nar;
 public static class NarDumper
 {
     /// <summary>
+    /// Directories nested deeper than this are refused, as current Nix refuses to dump them (and Kiln's parser and
+    /// current Nix would refuse the archive); it also bounds the recursion and the descriptors held open.
+    /// </summary>
+    public static int MaxDepth => NarLimits.Default.MaxDepth;
+
+    /// <summary>
     /// Writes the NAR of <paramref name="path"/> to <paramref name="output"/> and returns its size in bytes. With
     /// <paramref name="pipelined"/>, reading the tree and writing <paramref name="output"/> run on two threads.
     /// </summary>
@@ -29,7 +35,7 @@ public static class NarDumper
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(writer);
-        new Walker(writer).DumpNode(Posix.AtFdCwd, Posix.CString(Encoding.UTF8.GetBytes(path)), () => path);
+        new Walker(writer).DumpNode(Posix.AtFdCwd, Posix.CString(Encoding.UTF8.GetBytes(path)), () => path, depth: 0);
     }
 
     private sealed class Walker(NarWriter writer)
@@ -37,8 +43,13 @@ public static class NarDumper
         private readonly byte[] _directoryBuffer = new byte[64 * 1024];
 
         // `name` is NUL-terminated and relative to `directory` (or a path relative to the working directory).
-        public void DumpNode(int directory, byte[] name, Func<string> describe)
+        public void DumpNode(int directory, byte[] name, Func<string> describe, int depth)
         {
+            if (depth >= MaxDepth)
+            {
+                throw new IOException($"path '{describe()}' exceeds maximum NAR directory depth of {MaxDepth}");
+            }
+
             var (mode, size) = Posix.LStatAt(directory, name, describe);
             switch (mode & Posix.FileTypeMask)
             {
@@ -74,7 +85,7 @@ public static class NarDumper
                             foreach (var entry in entries)
                             {
                                 writer.Entry(entry);
-                                DumpNode(fd, Posix.CString(entry), () => $"{describe()}/{Encoding.UTF8.GetString(entry)}");
+                                DumpNode(fd, Posix.CString(entry), () => $"{describe()}/{Encoding.UTF8.GetString(entry)}", depth + 1);
                                 writer.EndEntry();
                             }
 

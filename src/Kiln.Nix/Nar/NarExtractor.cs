@@ -52,10 +52,20 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         catch
         {
             extractor.Dispose();
-            RemovePartial(fullTarget);
+
+            // Only remove what this extraction created: if creating the root failed, whatever is at the target
+            // belongs to someone else (another restore of the same path, say).
+            if (extractor.CreatedRoot)
+            {
+                RemovePartial(fullTarget);
+            }
+
             throw;
         }
     }
+
+    /// <summary>Whether the root object was created by this extractor (so a failed extraction may remove it).</summary>
+    public bool CreatedRoot { get; private set; }
 
     private static void RemovePartial(string target)
     {
@@ -85,6 +95,7 @@ public sealed class NarExtractor : INarVisitor, IDisposable
     public void RegularFile(bool executable, long size, long contentsOffset)
     {
         _file = Posix.CreateFileAt(ParentFd, _name, _describe);
+        CreatedRoot = true;
         if (executable)
         {
             Posix.MakeExecutable(_file, _describe);
@@ -99,11 +110,16 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         _file = -1;
     }
 
-    public void Symlink(ReadOnlySpan<byte> target) => Posix.MakeSymlinkAt(target, ParentFd, _name, _describe);
+    public void Symlink(ReadOnlySpan<byte> target)
+    {
+        Posix.MakeSymlinkAt(target, ParentFd, _name, _describe);
+        CreatedRoot = true;
+    }
 
     public void Directory()
     {
         Posix.MakeDirectoryAt(ParentFd, _name, _describe);
+        CreatedRoot = true;
         _directories.Push((Posix.OpenDirectoryAt(ParentFd, _name, _describe), _describe));
     }
 

@@ -60,7 +60,7 @@ public sealed class NarListing : INarVisitor
     {
         _json.BeginObject();
         _json.Member("type", "symlink");
-        _json.Member("target", NixJsonWriter.Utf8Lenient(target));
+        _json.Member("target", NixString.Decode(target));
         _json.EndObject();
     }
 
@@ -72,7 +72,7 @@ public sealed class NarListing : INarVisitor
         _json.BeginObject();
     }
 
-    public void Entry(ReadOnlySpan<byte> name) => _json.Key(NixJsonWriter.Utf8Lenient(name));
+    public void Entry(ReadOnlySpan<byte> name) => _json.Key(NixString.Decode(name));
 
     public void EndEntry() { }
 

@@ -549,6 +549,11 @@ public sealed class NarParser
     private bool TryReadPadding(scoped ref ReadOnlySpan<byte> input, ulong size)
     {
         var padding = (int)((8 - (size % 8)) % 8);
+        if (_paddingFilled == 0)
+        {
+            _tokenStart = Position;
+        }
+
         var take = Math.Min(padding - _paddingFilled, input.Length);
         input[..take].CopyTo(_paddingBytes.AsSpan(_paddingFilled));
         _paddingFilled += take;

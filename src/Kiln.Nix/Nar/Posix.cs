@@ -28,9 +28,12 @@ internal static partial class Posix
     internal const int Symlink = 0xA000;
     internal const int OwnerExecute = 0x40; // S_IXUSR
 
-    // O_DIRECTORY and O_NOFOLLOW are 0x10000/0x20000 on x86_64 but 0x4000/0x8000 on aarch64.
+    // O_DIRECTORY and O_NOFOLLOW are 0x10000/0x20000 in Linux's generic headers (x86, x86_64, s390x, riscv64,
+    // loongarch64) but 0x4000/0x8000 on arm, aarch64 and powerpc.
     private static readonly (int Directory, int NoFollow) OpenFlags =
-        RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm ? (0x4000, 0x8000) : (0x10000, 0x20000);
+        RuntimeInformation.ProcessArchitecture is Architecture.Arm64 or Architecture.Arm or Architecture.Ppc64le
+            ? (0x4000, 0x8000)
+            : (0x10000, 0x20000);
 
     [StructLayout(LayoutKind.Explicit, Size = 256)]
     internal struct StatxBuffer

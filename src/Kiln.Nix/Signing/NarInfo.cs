@@ -54,7 +54,6 @@ public sealed class NarInfo
         NixHash? narHash = null;
         long narSize = 0;
         var references = new SortedSet<StorePath>();
-        var haveReferences = false;
         StorePath? deriver = null;
         string? system = null;
         var signatures = new SortedSet<string>(StringComparer.Ordinal);
@@ -105,12 +104,12 @@ public sealed class NarInfo
                         narSize = ParseSize(value) ?? throw Corrupt($"bad NarSize '{value}'");
                         break;
                     case "References":
-                        if (haveReferences)
+                        // As Nix: a second References line is an error only when the first one listed something.
+                        if (references.Count > 0)
                         {
                             throw Corrupt("References appears twice");
                         }
 
-                        haveReferences = true;
                         foreach (var reference in value.Split(' ', StringSplitOptions.RemoveEmptyEntries))
                         {
                             references.Add(StorePath.FromBaseName(reference));
@@ -131,7 +130,13 @@ public sealed class NarInfo
                         signatures.Add(value);
                         break;
                     case "CA":
-                        ca = StorePaths.ContentAddress.Parse(value);
+                        if (ca is not null)
+                        {
+                            throw Corrupt("extra CA");
+                        }
+
+                        // An empty CA line means none, as Nix's parseContentAddressOpt has it.
+                        ca = value.Length == 0 ? null : StorePaths.ContentAddress.Parse(value);
                         break;
                 }
             }
@@ -178,9 +183,9 @@ public sealed class NarInfo
     public static string ComputeFingerprint(StorePath path, NixHash narHash, long narSize, IEnumerable<StorePath> references)
     {
         ArgumentNullException.ThrowIfNull(references);
-        if (narHash.Algorithm != NixHashAlgorithm.Sha256)
+        if (narSize == 0)
         {
-            throw new NixFormatException($"cannot compute the fingerprint of '{path}': its NAR hash is not SHA-256");
+            throw new NixFormatException($"cannot calculate fingerprint of path '{path}' because its size is not known");
         }
 
         var refs = string.Join(",", references.Distinct().Order().Select(r => r.FullPath));

@@ -128,13 +128,12 @@ public sealed class PublicKey
             return false;
         }
 
-        Span<byte> bytes = stackalloc byte[Ed25519.SignatureSize + 3];
-        if (!Convert.TryFromBase64String(signature[(colon + 1)..], bytes, out var written) || written != Ed25519.SignatureSize)
+        if (!NixBase64.TryDecode(signature.AsSpan(colon + 1), out var bytes) || bytes.Length != Ed25519.SignatureSize)
         {
             return false;
         }
 
-        return Ed25519.Verify(bytes[..Ed25519.SignatureSize].ToArray(), 0, _key, 0, message.ToArray(), 0, message.Length);
+        return Ed25519.Verify(bytes, 0, _key, 0, message.ToArray(), 0, message.Length);
     }
 
     /// <summary>Verifies a signature over the UTF-8 bytes of <paramref name="message"/>.</summary>
@@ -157,14 +156,12 @@ internal static class KeyText
         }
 
         var name = text[..colon];
-        try
-        {
-            return (name, Convert.FromBase64String(text[(colon + 1)..]));
-        }
-        catch (FormatException)
+        if (!NixBase64.TryDecode(text.AsSpan(colon + 1), out var bytes))
         {
             throw new BadKeyException($"{what} '{name}' is corrupt: invalid base64");
         }
+
+        return (name, bytes);
     }
 
     internal static void CheckName(string name)

@@ -80,10 +80,18 @@ public readonly record struct StorePath : IComparable<StorePath>
     /// <summary>Parses a full path; false with a reason when it is not a valid store path.</summary>
     public static bool TryParse(string? path, out StorePath storePath) => TryParse(path, out storePath, out _);
 
-    /// <summary>Parses a full path; false with a reason when it is not a valid store path.</summary>
+    /// <summary>
+    /// Parses a full path; false with a reason when it is not a valid store path. Like Nix's <c>parseStorePath</c>,
+    /// the path is first made canonical (repeated and trailing slashes, <c>.</c> and <c>..</c> removed lexically).
+    /// </summary>
     public static bool TryParse(string? path, out StorePath storePath, out string? error)
     {
         storePath = default;
+        if (path is not null && (path.Contains("//", StringComparison.Ordinal) || path.Contains("/.", StringComparison.Ordinal) || path.EndsWith('/')))
+        {
+            path = Canonicalise(path);
+        }
+
         if (path is null || !path.StartsWith(StoreDir + "/", StringComparison.Ordinal))
         {
             error = $"path '{path}' is not in the Nix store";
@@ -108,6 +116,38 @@ public readonly record struct StorePath : IComparable<StorePath>
 
     /// <summary>Whether <paramref name="baseName"/> is a valid <c>hash-name</c>.</summary>
     public static bool IsValidBaseName(string baseName) => TryValidateBaseName(baseName, out _);
+
+    // Nix's canonPath without symlink resolution.
+    private static string Canonicalise(string path)
+    {
+        if (!path.StartsWith('/'))
+        {
+            return path;
+        }
+
+        var parts = new List<string>();
+        foreach (var part in path.Split('/'))
+        {
+            if (part is "" or ".")
+            {
+                continue;
+            }
+
+            if (part == "..")
+            {
+                if (parts.Count > 0)
+                {
+                    parts.RemoveAt(parts.Count - 1);
+                }
+
+                continue;
+            }
+
+            parts.Add(part);
+        }
+
+        return "/" + string.Join('/', parts);
+    }
 
     private static bool TryValidateBaseName(string baseName, out string? error)
     {

@@ -18,7 +18,9 @@ public enum FramedReadResult
 /// <summary>
 /// Decodes a framed stream (worker protocol ≥ 1.23 for AddToStoreNar, AddToStore ≥ 1.25, AddMultipleToStore,
 /// AddBuildLog): chunks of <c>u64 length</c> + that many raw bytes (no padding), ended by a zero length. Payload is
-/// handed out as soon as it arrives, in pieces of any size, so a frame never has to be buffered whole.
+/// handed out as soon as it arrives, in pieces of any size, so a frame never has to be buffered whole. It remembers
+/// how much of the current frame is left, so it is stateful; but when it returns
+/// <see cref="FramedReadResult.NeedMoreData"/> it has consumed nothing, so the same bytes can be offered again.
 /// </summary>
 public sealed class FramedReader(WireLimits? limits = null)
 {
@@ -43,7 +45,7 @@ public sealed class FramedReader(WireLimits? limits = null)
             return FramedReadResult.End;
         }
 
-        while (_remainingInFrame == 0)
+        if (_remainingInFrame == 0)
         {
             if (!WireReader.TryReadU64(ref reader, out var length))
             {
@@ -58,7 +60,15 @@ public sealed class FramedReader(WireLimits? limits = null)
 
             if (length > (ulong)_limits.MaxFrameLength)
             {
+                reader.Rewind(8);
                 throw new WireFormatException($"frame of {length} bytes exceeds the limit of {_limits.MaxFrameLength}");
+            }
+
+            if (reader.End)
+            {
+                // Take the header only together with some payload, so "need more data" consumes nothing.
+                reader.Rewind(8);
+                return FramedReadResult.NeedMoreData;
             }
 
             _remainingInFrame = length;

@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Text;
 using Kiln.Nix.StorePaths;
 
 namespace Kiln.Nix.Wire;
@@ -13,12 +12,14 @@ namespace Kiln.Nix.Wire;
 /// </list>
 /// Every <c>TryRead…</c> is restartable: when the buffered input ends inside the value it returns false and leaves the
 /// reader where it was, so the caller can wait for more bytes and try again. Grammar and limit violations throw
-/// <see cref="WireFormatException"/>; limits are checked before anything is allocated.
+/// <see cref="WireFormatException"/> (an invalid store path, <see cref="BadStorePathException"/>); limits are checked
+/// before anything is allocated. A throw leaves the reader at the start of the offending value, somewhere inside
+/// the message: the request cannot be read, and the session should report the error and close the connection, as
+/// Nix's daemon does for errors raised while it reads a request. For very long lists arriving in many small pieces,
+/// <see cref="ListReader{T}"/> avoids re-reading the elements already received on every retry.
 /// </summary>
 public static class WireReader
 {
-    private static readonly UTF8Encoding StrictUtf8 = new(false, true);
-
     /// <summary>Reads a u64.</summary>
     public static bool TryReadU64(ref SequenceReader<byte> reader, out ulong value)
     {
@@ -63,6 +64,7 @@ public static class WireReader
 
         if (raw > long.MaxValue)
         {
+            reader.Rewind(8);
             throw new WireFormatException($"integer {raw} is too large");
         }
 
@@ -105,7 +107,7 @@ public static class WireReader
         return true;
     }
 
-    /// <summary>Reads a padded string as strict UTF-8.</summary>
+    /// <summary>Reads a padded string (bytes kept losslessly, see <see cref="NixString"/>).</summary>
     public static bool TryReadString(ref SequenceReader<byte> reader, int maxLength, out string value)
     {
         if (!TryReadBytes(ref reader, maxLength, out var bytes))
@@ -118,20 +120,23 @@ public static class WireReader
         return true;
     }
 
-    /// <summary>
-    /// Reads a full store path. A string that is not a valid store path throws <see cref="BadStorePathException"/>
-    /// after it has been consumed: the stream is still in sync, and the error is the client's to hear.
-    /// </summary>
+    /// <summary>Reads a full store path; a string that is not one throws <see cref="BadStorePathException"/>.</summary>
     public static bool TryReadStorePath(ref SequenceReader<byte> reader, out StorePath value)
     {
-        // A store path is at most "/nix/store/" + 32 + 1 + 211 characters.
+        // A store path is at most "/nix/store/" + 32 + 1 + 211 characters; allow for a non-canonical spelling.
+        var start = reader.Consumed;
+        value = default;
         if (!TryReadString(ref reader, 1024, out var text))
         {
-            value = default;
             return false;
         }
 
-        value = ParseStorePath(text);
+        if (!StorePath.TryParse(text, out value, out var error))
+        {
+            reader.Rewind(reader.Consumed - start);
+            throw new BadStorePathException(error!);
+        }
+
         return true;
     }
 
@@ -139,12 +144,24 @@ public static class WireReader
     public static bool TryReadOptionalStorePath(ref SequenceReader<byte> reader, out StorePath? value)
     {
         value = null;
+        var start = reader.Consumed;
         if (!TryReadString(ref reader, 1024, out var text))
         {
             return false;
         }
 
-        value = text.Length == 0 ? null : ParseStorePath(text);
+        if (text.Length == 0)
+        {
+            return true;
+        }
+
+        if (!StorePath.TryParse(text, out var path, out var error))
+        {
+            reader.Rewind(reader.Consumed - start);
+            throw new BadStorePathException(error!);
+        }
+
+        value = path;
         return true;
     }
 
@@ -235,24 +252,9 @@ public static class WireReader
         return true;
     }
 
-    /// <summary>Decodes strict UTF-8.</summary>
-    public static string Decode(ReadOnlySequence<byte> bytes)
-    {
-        try
-        {
-            return bytes.IsSingleSegment ? StrictUtf8.GetString(bytes.FirstSpan) : StrictUtf8.GetString(bytes.ToArray());
-        }
-        catch (DecoderFallbackException)
-        {
-            throw new WireFormatException("string is not valid UTF-8");
-        }
-    }
-
-    private static StorePath ParseStorePath(string text)
-    {
-        // A bad path is the client's mistake, not a desynchronised stream: report it as a format error.
-        return StorePath.Parse(text);
-    }
+    /// <summary>Decodes a Nix string losslessly (<see cref="NixString"/>).</summary>
+    public static string Decode(ReadOnlySequence<byte> bytes) =>
+        bytes.IsSingleSegment ? NixString.Decode(bytes.FirstSpan) : NixString.Decode(bytes.ToArray());
 
     private static bool IsZero(ReadOnlySequence<byte> bytes)
     {

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Buffers.Binary;
-using System.Text;
 using Kiln.Nix.StorePaths;
 
 namespace Kiln.Nix.Wire;
@@ -31,15 +30,15 @@ public static class WireWriter
         writer.Advance(padded);
     }
 
-    /// <summary>Writes a string as UTF-8.</summary>
+    /// <summary>Writes a string as the bytes it stands for (<see cref="NixString"/>).</summary>
     public static void WriteString(IBufferWriter<byte> writer, string value)
     {
         ArgumentNullException.ThrowIfNull(value);
-        var length = Encoding.UTF8.GetByteCount(value);
+        var length = NixString.GetByteCount(value);
         WriteU64(writer, (ulong)length);
         var padded = (length + 7) & ~7;
         var span = writer.GetSpan(padded);
-        Encoding.UTF8.GetBytes(value, span);
+        NixString.Encode(value, span);
         span[length..padded].Clear();
         writer.Advance(padded);
     }

@@ -200,8 +200,21 @@ public class DerivationTests
     }
 
     [Fact]
-    public void Refuses_invalid_utf8() =>
-        Assert.Throws<DerivationFormatException>(() => ATerm.Parse([.. "Derive([],[],[],\""u8, 0xff, .. "\",\"b\",[],[])"u8], "x"));
+    public void Bytes_that_are_not_utf8_round_trip()
+    {
+        byte[] drv = [.. "Derive([],[],[],\"x86_64-linux\",\"/bin/sh\",[\"caf"u8, 0xe9, .. "\"],[(\"v\",\""u8, 0xff, 0xfe, .. "\")])"u8];
+        var derivation = ATerm.Parse(drv, "x");
+        Assert.Equal(drv, ATerm.PrintBytes(derivation));
+        Assert.Equal([0xff, 0xfe], NixString.Encode(derivation.Environment["v"]));
+    }
+
+    [Fact]
+    public void The_platform_is_printed_unescaped_as_nix_does()
+    {
+        // Nix 2.4+ prints the platform with printUnquotedString; the builder, arguments and environment are escaped.
+        var derivation = new Derivation { Name = "x", Platform = "odd\\platform", Builder = "a\"b" };
+        Assert.Equal("Derive([],[],[],\"odd\\platform\",\"a\\\"b\",[],[])", ATerm.Print(derivation));
+    }
 
     [Fact]
     public void Random_derivations_round_trip()
@@ -228,7 +241,9 @@ public class DerivationTests
         var derivation = new Derivation
         {
             Name = "random",
-            Platform = RandomText(random),
+
+            // Nix prints the platform unescaped, so only text without quotes or backslashes round-trips (in Nix too).
+            Platform = RandomText(random).Replace("\"", "", StringComparison.Ordinal).Replace("\\", "", StringComparison.Ordinal),
             Builder = RandomText(random),
             Arguments = Enumerable.Range(0, random.Next(0, 5)).Select(_ => RandomText(random)).ToList(),
         };

@@ -19,7 +19,11 @@ public class LiveDerivationTests
         NixTool.Require();
         var random = new Random(1121);
         using var temp = new TempDir();
-        var expression = RandomExpression(random, count: 40);
+        // Nix strings are bytes: some derivations carry a file's bytes that are not UTF-8.
+        var raw = new byte[200];
+        random.NextBytes(raw);
+        File.WriteAllBytes(temp["raw.bin"], raw.Select(b => b == 0 ? (byte)0xe9 : b).ToArray());
+        var expression = RandomExpression(random, count: 40, temp["raw.bin"]);
         File.WriteAllText(temp["random.nix"], expression);
         var drvPaths = NixTool.Run("nix-instantiate", temp["random.nix"]).StdoutText
             .Split('\n', StringSplitOptions.RemoveEmptyEntries)
@@ -42,13 +46,13 @@ public class LiveDerivationTests
 
             var json = new StringWriter { NewLine = "\n" };
             DerivationJson.Write(json, [(drvPath, derivation)]);
-            Assert.Equal(NixTool.Run("nix", "show-derivation", drvPath.FullPath).StdoutText, json.ToString());
+            Assert.Equal(NixTool.Run("nix", "show-derivation", drvPath.FullPath).Stdout, NixString.Encode(json.ToString()));
         }
     }
 
     private static readonly string[] Algorithms = ["md5", "sha1", "sha256", "sha512"];
 
-    private static string RandomExpression(Random random, int count)
+    private static string RandomExpression(Random random, int count, string rawFile)
     {
         var s = new StringBuilder("let\n");
         for (var i = 0; i < count; i++)
@@ -63,7 +67,7 @@ public class LiveDerivationTests
                 s.Append(CultureInfo.InvariantCulture, $"    attr{j} = {Quote(RandomText(random))};\n");
             }
 
-            var kind = random.Next(5);
+            var kind = random.Next(6);
             if (kind == 0)
             {
                 var algorithm = Algorithms[random.Next(Algorithms.Length)];
@@ -80,6 +84,10 @@ public class LiveDerivationTests
             else if (kind == 2)
             {
                 s.Append("    passAsFile = [ \"big\" ];\n    big = ").Append(Quote(RandomText(random) + RandomText(random))).Append(";\n");
+            }
+            else if (kind == 4)
+            {
+                s.Append(CultureInfo.InvariantCulture, $"    raw = builtins.readFile {rawFile};\n");
             }
             else if (kind == 3)
             {

@@ -30,6 +30,14 @@ public class NixHashTests
         Assert.Equal(AbcHex, NixHash.ParseAny(text, NixHashAlgorithm.Sha256).ToBase16());
 
     [Fact]
+    public void Accepts_unpadded_sri_and_refuses_stray_characters_as_nix_does()
+    {
+        Assert.Equal(AbcHex, NixHash.ParseSri("sha256-" + AbcBase64.TrimEnd('=')).ToBase16());
+        Assert.Throws<BadHashException>(() => NixHash.ParseSri("sha256-" + AbcBase64.TrimEnd('=') + " "));
+        Assert.Throws<BadHashException>(() => NixHash.ParseSri("sha256-" + AbcBase64[..20] + "\t" + AbcBase64[20..]));
+    }
+
+    [Fact]
     public void Prints_every_form()
     {
         var hash = NixHash.Compute(NixHashAlgorithm.Sha256, "abc"u8);

@@ -118,6 +118,39 @@ public class HostileNarTests
     }
 
     [Fact]
+    public void A_failed_restore_never_removes_what_someone_else_created_at_the_target()
+    {
+        using var temp = new TempDir();
+        var target = temp["out"];
+        var nar = NarBuilder.Start().OpenDirectory().Entry("a", n => n.File("x")).CloseDirectory().ToArray();
+
+        // The target appears between the existence check and the extraction (another restore of the same path).
+        var racing = new RacingStream(nar, () =>
+        {
+            Directory.CreateDirectory(target);
+            File.WriteAllText(Path.Combine(target, "precious"), "keep");
+        });
+        Assert.Throws<IOException>(() => NarExtractor.Restore(racing, target));
+        Assert.Equal("keep", File.ReadAllText(Path.Combine(target, "precious")));
+    }
+
+    private sealed class RacingStream(byte[] data, Action onFirstRead) : MemoryStream(data)
+    {
+        private bool _raced;
+
+        public override int Read(byte[] buffer, int offset, int count)
+        {
+            if (!_raced)
+            {
+                _raced = true;
+                onFirstRead();
+            }
+
+            return base.Read(buffer, offset, count);
+        }
+    }
+
+    [Fact]
     public void Allows_exactly_64_levels()
     {
         var deep = NarBuilder.Start();

@@ -79,6 +79,22 @@ public sealed class NarDumperTests : IClassFixture<NarDumperTests.Trees>
     }
 
     [Fact]
+    public void Refuses_to_dump_deeper_than_nix_allows()
+    {
+        using var temp = new TempDir();
+        var path = temp["deep"];
+        for (var i = 0; i < 64; i++)
+        {
+            path = Path.Combine(path, "d");
+        }
+
+        Directory.CreateDirectory(path);
+        var error = Assert.Throws<IOException>(() => NarDumper.Dump(temp["deep"], Stream.Null));
+        Assert.Contains("maximum NAR directory depth of 64", error.Message, StringComparison.Ordinal);
+        NarDumper.Dump(Path.Combine(temp["deep"], "d"), Stream.Null);
+    }
+
+    [Fact]
     public void Refuses_a_restore_over_an_existing_path()
     {
         using var temp = new TempDir();

@@ -137,6 +137,16 @@ public class NarInfoTests
         Assert.Throws<NarInfoFormatException>(() => NarInfo.Parse(text));
 
     [Fact]
+    public void References_and_ca_lines_follow_nix_rules()
+    {
+        const string Head = "StorePath: /nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt\nURL: nar/x.nar\nNarHash: sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw\nNarSize: 120\n";
+        Assert.Null(NarInfo.Parse(Head + "CA: \n").ContentAddress);
+        Assert.Throws<NarInfoFormatException>(() => NarInfo.Parse(Head + "CA: fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw\nCA: fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw\n"));
+        Assert.Single(NarInfo.Parse(Head + "References: \nReferences: i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt\n").References);
+        Assert.Throws<NarInfoFormatException>(() => NarInfo.Parse(Head + "References: i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt\nReferences: \n"));
+    }
+
+    [Fact]
     public void Missing_compression_means_bzip2_and_unknown_keys_are_ignored()
     {
         var info = NarInfo.Parse("StorePath: /nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt\nURL: nar/x.nar.bz2\nNarHash: sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw\nNarSize: 120\nFutureKey: whatever\nDeriver: unknown-deriver\n");

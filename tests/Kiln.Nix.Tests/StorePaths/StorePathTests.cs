@@ -21,6 +21,14 @@ public class StorePathTests
         Assert.Equal(path[11..43], storePath.HashPart);
     }
 
+    [Theory]
+    [InlineData("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt/")]
+    [InlineData("/nix//store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt")]
+    [InlineData("/nix/store/./i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt")]
+    [InlineData("/nix/var/../store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt")]
+    public void Canonicalises_like_nix_parse_store_path(string path) =>
+        Assert.Equal("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt", StorePath.Parse(path).FullPath);
+
     [Fact]
     public void Accepts_names_of_exactly_211_characters_and_not_212()
     {
