@@ -10,12 +10,27 @@ namespace Kiln.Cli;
 /// </summary>
 internal static class KilnCommand
 {
+    // Top-level command groups, built on demand: only the group being run is constructed, so start-up time does
+    // not grow with the number of commands (help and errors build them all).
+    private static readonly Dictionary<string, Func<Command>> Groups = new(StringComparer.Ordinal)
+    {
+        ["nix"] = NixCommands.Create,
+    };
+
     public static async Task<int> RunAsync(string[] args)
     {
-        var root = new RootCommand("Kiln: a Nix build service that stock nix talks to.")
+        var root = new RootCommand("Kiln: a Nix build service that stock nix talks to.");
+        if (args.Length > 0 && Groups.TryGetValue(args[0], out var group))
         {
-            NixCommands.Create(),
-        };
+            root.Subcommands.Add(group());
+        }
+        else
+        {
+            foreach (var create in Groups.Values)
+            {
+                root.Subcommands.Add(create());
+            }
+        }
 
         var parseResult = root.Parse(args);
         if (parseResult.Errors.Count > 0)
