@@ -1,26 +1,30 @@
-using System.Buffers;
+using System.Security.Cryptography;
 using System.Text;
 using Kiln.Nix.Nar;
 
 namespace Kiln.Nix.Tests.Support;
 
-/// <summary>Records parser events as text lines (file contents joined), to compare parses of the same input.</summary>
-public sealed class RecordingVisitor : INarVisitor
+/// <summary>Records parser events as text lines (file contents by their hash), to compare parses of the same input.</summary>
+public sealed class RecordingVisitor : INarVisitor, IDisposable
 {
     private readonly List<string> _events = [];
-    private ArrayBufferWriter<byte>? _contents;
+    private IncrementalHash? _contents;
 
     public IReadOnlyList<string> Events => _events;
 
     public void RegularFile(bool executable, long size, long contentsOffset)
     {
         _events.Add($"file exec={executable} size={size} offset={contentsOffset}");
-        _contents = new ArrayBufferWriter<byte>();
+        _contents = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
     }
 
-    public void Contents(ReadOnlySpan<byte> data) => _contents!.Write(data);
+    public void Contents(ReadOnlySpan<byte> data) => _contents!.AppendData(data);
 
-    public void EndRegularFile() => _events.Add("contents " + Convert.ToHexString(_contents!.WrittenSpan));
+    public void EndRegularFile()
+    {
+        _events.Add("contents " + Convert.ToHexString(_contents!.GetHashAndReset()));
+        _contents.Dispose();
+    }
 
     public void Symlink(ReadOnlySpan<byte> target) => _events.Add("symlink " + Convert.ToHexString(target));
 
@@ -31,4 +35,6 @@ public sealed class RecordingVisitor : INarVisitor
     public void EndEntry() => _events.Add("end-entry");
 
     public void EndDirectory() => _events.Add("end-dir");
+
+    public void Dispose() => _contents?.Dispose();
 }
