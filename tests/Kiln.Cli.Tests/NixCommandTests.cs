@@ -23,6 +23,18 @@ public class NixCommandTests
     }
 
     [Fact]
+    public void Dump_path_appends_to_a_redirected_file_like_nix_store_dump()
+    {
+        // Large files go through sendfile at the descriptor's offset: after what the shell already wrote.
+        using var temp = new TempDir();
+        Assert.Equal(0, Processes.Run("bash", [Repo.Golden("make-trees.sh"), temp["trees"]]).ExitCode);
+        var kiln = Path.Combine(AppContext.BaseDirectory, "kiln.dll");
+        var script = $"printf prefix > '{temp["out"]}' && dotnet '{kiln}' nix dump-path '{temp["trees"]}/sizes' >> '{temp["out"]}'";
+        Assert.Equal(0, Processes.Run("bash", ["-c", script]).ExitCode);
+        Assert.Equal([.. "prefix"u8, .. File.ReadAllBytes(Repo.Golden("nar", "sizes.nar"))], File.ReadAllBytes(temp["out"]));
+    }
+
+    [Fact]
     public void Dump_and_hash_agree_with_nix_on_random_trees()
     {
         NixTool.Require();

@@ -30,6 +30,18 @@ public static class NarDumper
         return writer.BytesWritten;
     }
 
+    /// <summary>
+    /// Writes the NAR of <paramref name="path"/> to an open file descriptor (stdout, a file, a socket), copying large
+    /// files inside the kernel. Returns the NAR's size.
+    /// </summary>
+    public static long Dump(string path, Microsoft.Win32.SafeHandles.SafeFileHandle output)
+    {
+        using var writer = new NarWriter(output);
+        Dump(path, writer);
+        writer.Flush();
+        return writer.BytesWritten;
+    }
+
     /// <summary>Writes the object at <paramref name="path"/> (after the magic, which the writer wrote) to <paramref name="writer"/>.</summary>
     public static void Dump(string path, NarWriter writer)
     {
@@ -59,7 +71,7 @@ public static class NarDumper
                         try
                         {
                             writer.RegularFile((mode & Posix.OwnerExecute) != 0, size);
-                            writer.CopyContents(buffer => Posix.Read(fd, buffer, describe), describe);
+                            writer.CopyFileContents(fd, describe);
                             writer.EndRegularFile();
                         }
                         finally

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Microsoft.Win32.SafeHandles;
 
 namespace Kiln.Nix.Nar;
 
@@ -16,8 +17,13 @@ public delegate int ContentSource(Span<byte> destination);
 /// </summary>
 public sealed class NarWriter : INarVisitor, IDisposable
 {
-    private readonly Stream _output;
+    // Files at least this large are copied by the kernel (sendfile) when writing to a file descriptor.
+    private const long SendFileThreshold = 64 * 1024;
+
+    private readonly Stream? _output;
+    private readonly SafeFileHandle? _outputHandle;
     private readonly BlockPipe? _pipe;
+    private bool _sendFileWorks = true;
     private byte[] _buffer;
     private int _used;
     private long _contentsRemaining;
@@ -31,6 +37,19 @@ public sealed class NarWriter : INarVisitor, IDisposable
         bufferSize = Math.Max(bufferSize, 4096);
         _buffer = new byte[bufferSize];
         _pipe = pipelined ? new BlockPipe(output, bufferSize) : null;
+        WriteToken("nix-archive-1"u8);
+    }
+
+    /// <summary>
+    /// Starts an archive on an open file descriptor (stdout, a file, a pipe, a socket). Everything is written with
+    /// <c>write</c> on that descriptor, and the contents of large files (see <see cref="CopyFileContents"/>) are copied
+    /// by the kernel with <c>sendfile</c>, never passing through this process.
+    /// </summary>
+    public NarWriter(SafeFileHandle output, int bufferSize = 1 << 20)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        _outputHandle = output;
+        _buffer = new byte[Math.Max(bufferSize, 4096)];
         WriteToken("nix-archive-1"u8);
     }
 
@@ -92,6 +111,34 @@ public sealed class NarWriter : INarVisitor, IDisposable
         }
     }
 
+    /// <summary>
+    /// Copies the announced number of bytes from the open file <paramref name="fd"/> (from offset 0): inside the
+    /// kernel when writing to a descriptor and the file is large, otherwise through the buffer.
+    /// </summary>
+    internal void CopyFileContents(int fd, Func<string> describe)
+    {
+        if (_outputHandle is not null && _sendFileWorks && _contentsRemaining >= SendFileThreshold)
+        {
+            FlushBuffer();
+            var copied = Posix.SendFile((int)_outputHandle.DangerousGetHandle(), fd, 0, _contentsRemaining, describe);
+            if (copied >= 0)
+            {
+                if (copied < _contentsRemaining)
+                {
+                    throw new IOException($"file '{describe()}' changed size while it was being archived");
+                }
+
+                BytesWritten += copied;
+                _contentsRemaining = 0;
+                return;
+            }
+
+            _sendFileWorks = false;
+        }
+
+        CopyContents(buffer => Posix.Read(fd, buffer, describe), describe);
+    }
+
     public void EndRegularFile()
     {
         if (!_inFile || _contentsRemaining != 0)
@@ -139,7 +186,7 @@ public sealed class NarWriter : INarVisitor, IDisposable
     {
         FlushBuffer();
         _pipe?.Complete();
-        _output.Flush();
+        _output?.Flush();
     }
 
     public void Dispose()
@@ -190,7 +237,7 @@ public sealed class NarWriter : INarVisitor, IDisposable
             // Large pieces bypass the buffer once it is empty.
             if (_pipe is null && _used == 0 && data.Length >= _buffer.Length)
             {
-                _output.Write(data);
+                WriteOut(data);
                 return;
             }
 
@@ -214,9 +261,21 @@ public sealed class NarWriter : INarVisitor, IDisposable
         }
         else
         {
-            _output.Write(_buffer, 0, _used);
+            WriteOut(_buffer.AsSpan(0, _used));
         }
 
         _used = 0;
+    }
+
+    private void WriteOut(ReadOnlySpan<byte> data)
+    {
+        if (_outputHandle is not null)
+        {
+            Posix.WriteAll((int)_outputHandle.DangerousGetHandle(), data, () => "the archive's output");
+        }
+        else
+        {
+            _output!.Write(data);
+        }
     }
 }

@@ -75,6 +75,9 @@ internal static partial class Posix
     [LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
     private static partial nint WriteNative(int fd, ReadOnlySpan<byte> buffer, nint count);
 
+    [LibraryImport("libc", EntryPoint = "sendfile", SetLastError = true)]
+    private static partial nint SendFileNative(int outFd, int inFd, ref long offset, nint count);
+
     [LibraryImport("libc", EntryPoint = "fchmod", SetLastError = true)]
     private static partial int FchmodNative(int fd, uint mode);
 
@@ -259,6 +262,47 @@ internal static partial class Posix
 
             data = data[(int)written..];
         }
+    }
+
+    /// <summary>
+    /// Copies <paramref name="count"/> bytes of <paramref name="inFd"/> from <paramref name="offset"/> to
+    /// <paramref name="outFd"/> inside the kernel. Returns the bytes copied (fewer at end of file), or -1 when the
+    /// output does not support it (EINVAL, ENOSYS: a terminal, say), in which case nothing was copied.
+    /// </summary>
+    internal static long SendFile(int outFd, int inFd, long offset, long count, Func<string> describe)
+    {
+        const int EInval = 22, ENoSys = 38;
+        var copied = 0L;
+        while (copied < count)
+        {
+            var position = offset + copied;
+            var sent = SendFileNative(outFd, inFd, ref position, (nint)Math.Min(count - copied, 1L << 30));
+            if (sent > 0)
+            {
+                copied += sent;
+                continue;
+            }
+
+            if (sent == 0)
+            {
+                break;
+            }
+
+            var errno = Marshal.GetLastPInvokeError();
+            if (errno == EIntr)
+            {
+                continue;
+            }
+
+            if (copied == 0 && errno is EInval or ENoSys)
+            {
+                return -1;
+            }
+
+            throw Failure("copying file", describe());
+        }
+
+        return copied;
     }
 
     /// <summary>Adds the execute bits for user, group and others, as Nix's restorePath does.</summary>

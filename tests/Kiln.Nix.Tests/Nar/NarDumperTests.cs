@@ -45,6 +45,19 @@ public sealed class NarDumperTests : IClassFixture<NarDumperTests.Trees>
 
     [Theory]
     [MemberData(nameof(Entries))]
+    public void Dumps_to_a_file_descriptor_with_kernel_copies_identically(string entry)
+    {
+        using var temp = new TempDir();
+        using (var handle = File.OpenHandle(temp["out.nar"], FileMode.CreateNew, FileAccess.Write))
+        {
+            NarDumper.Dump(Path.Combine(_trees.Root, entry), handle);
+        }
+
+        Assert.Equal(File.ReadAllBytes(Repo.Golden("nar", entry + ".nar")), File.ReadAllBytes(temp["out.nar"]));
+    }
+
+    [Theory]
+    [MemberData(nameof(Entries))]
     public void Hashes_trees_as_nix_hash_did(string entry)
     {
         var line = File.ReadAllLines(Repo.Golden("nar", "hashes.txt")).Single(l => l.StartsWith(entry + " ", StringComparison.Ordinal)).Split(' ');
