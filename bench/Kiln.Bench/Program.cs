@@ -37,9 +37,15 @@ try
         var kilnHash = Best(runs, () => Run(kiln, "nix", "hash-path", "--type", "sha256", "--base32", dir));
         Row($"hash-path  ({label})", narSize[dir], nixHash, kilnHash, ceiling);
         var nixDump = Best(runs, () => Run("bash", "-c", $"nix-store --dump '{dir}' > /dev/null"));
+
         var kilnDump = Best(runs, () => Run("bash", "-c", $"'{kiln}' nix dump-path '{dir}' > /dev/null"));
         Row($"dump-path  ({label})", narSize[dir], nixDump, kilnDump, null);
     }
+
+    // /dev/null accepts sendfile for free; a pipe into another process is what `| nix-store --restore` or ssh see.
+    var nixPipe = Best(runs, () => Run("bash", "-c", $"nix-store --dump '{root}' | cat > /dev/null"));
+    var kilnPipe = Best(runs, () => Run("bash", "-c", $"'{kiln}' nix dump-path '{root}' | cat > /dev/null"));
+    Row("dump-path | cat  (whole tree)", narSize[root], nixPipe, kilnPipe, null);
 
     Console.WriteLine();
     Console.WriteLine($"hash results agree: {Capture("nix-hash", "--type", "sha256", "--base32", root).Trim() == Capture(kiln, "nix", "hash-path", root).Trim()}");
