@@ -2,7 +2,7 @@ using System.Buffers;
 
 namespace Kiln.Nix.Wire;
 
-/// <summary>What <see cref="FramedReader.TryRead"/> produced.</summary>
+/// <summary>What <see cref="FramedReader"/>.TryRead produced.</summary>
 public enum FramedReadResult
 {
     /// <summary>More input is needed.</summary>
@@ -37,7 +37,11 @@ public sealed class FramedReader(WireLimits? limits = null)
     /// Reads the next piece: payload (consumed from <paramref name="reader"/>), the end of the stream, or a request
     /// for more input. <paramref name="payload"/> is valid until the reader's buffer is released.
     /// </summary>
-    public FramedReadResult TryRead(ref SequenceReader<byte> reader, out ReadOnlySequence<byte> payload)
+    public FramedReadResult TryRead(ref SequenceReader<byte> reader, out ReadOnlySequence<byte> payload) =>
+        TryRead(ref reader, long.MaxValue, out payload);
+
+    /// <summary>As <see cref="TryRead(ref SequenceReader{byte}, out ReadOnlySequence{byte})"/>, handing out at most <paramref name="maxLength"/> bytes of payload.</summary>
+    public FramedReadResult TryRead(ref SequenceReader<byte> reader, long maxLength, out ReadOnlySequence<byte> payload)
     {
         payload = default;
         if (IsComplete)
@@ -79,7 +83,7 @@ public sealed class FramedReader(WireLimits? limits = null)
             return FramedReadResult.NeedMoreData;
         }
 
-        var take = (long)Math.Min(_remainingInFrame, (ulong)reader.Remaining);
+        var take = (long)Math.Min(Math.Min(_remainingInFrame, (ulong)reader.Remaining), (ulong)Math.Max(1, maxLength));
         payload = reader.UnreadSequence.Slice(0, take);
         reader.Advance(take);
         _remainingInFrame -= (ulong)take;

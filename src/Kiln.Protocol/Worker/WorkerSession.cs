@@ -1,0 +1,201 @@
+using System.IO.Pipelines;
+using Kiln.Nix;
+using Kiln.Nix.Wire;
+using Kiln.Protocol.Wire;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Protocol.Worker;
+
+/// <summary>
+/// One connection speaking the Nix worker protocol (what <c>nix-daemon</c> speaks on its socket and over
+/// <c>ssh-ng://</c>), from the handshake to the client's disconnect, against one view of the store.
+/// <para>
+/// Error discipline, as Nix's daemon: a failure while the request is still being read (a malformed store path, a
+/// limit exceeded) is reported and the connection closed, since the rest of the request cannot be found; a failure
+/// while the request is being worked on is reported as a Nix error and the session goes on with the next request;
+/// a broken or truncated stream closes the session with a logged reason. Nothing a client sends can take the
+/// server down.
+/// </para>
+/// </summary>
+public sealed partial class WorkerSession
+{
+    private const ulong WorkerMagic1 = 0x6e697863;
+    private const ulong WorkerMagic2 = 0x6478696f;
+
+    private readonly IWorkerStore _store;
+    private readonly WorkerSessionOptions _options;
+    private readonly ILogger _logger;
+    private WireInput _input = null!;
+    private WireOutput _output = null!;
+    private ClientLogger _log = null!;
+    private ProtocolVersion _version;
+    private int _operations;
+
+    public WorkerSession(IWorkerStore store, WorkerSessionOptions options, ILogger logger)
+    {
+        _store = store ?? throw new ArgumentNullException(nameof(store));
+        _options = options ?? throw new ArgumentNullException(nameof(options));
+        _logger = logger ?? throw new ArgumentNullException(nameof(logger));
+    }
+
+    /// <summary>Serves the connection until the client leaves, the stream breaks or <paramref name="cancellationToken"/> fires.</summary>
+    public async Task<SessionSummary> RunAsync(PipeReader input, PipeWriter output, IFileSender? fileSender, CancellationToken cancellationToken)
+    {
+        _input = new WireInput(input, _options.Limits);
+        _output = new WireOutput(output, fileSender);
+        string? closeReason = null;
+        ProtocolVersion? clientVersion = null;
+        try
+        {
+            clientVersion = await HandshakeAsync(cancellationToken).ConfigureAwait(false);
+            if (clientVersion is not null)
+            {
+                await ServeAsync(cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                closeReason = "client version too old";
+            }
+        }
+        catch (ProtocolViolationException e)
+        {
+            closeReason = e.Message;
+        }
+        catch (WireFormatException e)
+        {
+            closeReason = $"malformed message: {e.Message}";
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            closeReason = "server shutting down";
+        }
+        catch (IOException e)
+        {
+            closeReason = $"connection error: {e.Message}";
+        }
+        catch (RequestException e)
+        {
+            closeReason = e.Message;
+        }
+
+        return new SessionSummary(clientVersion, _operations, _input.BytesRead, _output.BytesWritten, closeReason);
+    }
+
+    private async Task<ProtocolVersion?> HandshakeAsync(CancellationToken cancellationToken)
+    {
+        var magic = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+        if (magic != WorkerMagic1)
+        {
+            throw new ProtocolViolationException($"protocol mismatch (magic 0x{magic:x})");
+        }
+
+        // Reply before reading the client's version: clients up to Nix 2.23 wait for this first.
+        _output.WriteU64(WorkerMagic2);
+        _output.WriteU64(_options.ServerVersion.ToWire());
+        await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+
+        var client = ProtocolVersion.FromWire(await _input.ReadU64Async(cancellationToken).ConfigureAwait(false));
+        if (client.Major != 1)
+        {
+            throw new ProtocolViolationException($"unsupported protocol major version {client.Major}");
+        }
+
+        _version = ProtocolVersion.Min(client, _options.ServerVersion);
+        _log = new ClientLogger(_output, _version);
+
+        if (_version.AtLeast(38))
+        {
+            await _input.ReadStringsAsync(cancellationToken).ConfigureAwait(false); // the client's features
+            _output.WriteStrings([]); // Kiln implements none of the optional features
+            await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        if (_version.AtLeast(14) && await _input.ReadU64Async(cancellationToken).ConfigureAwait(false) != 0)
+        {
+            await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // obsolete CPU affinity
+        }
+
+        if (_version.AtLeast(11))
+        {
+            await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // obsolete reserveSpace
+        }
+
+        if (_version.AtLeast(33))
+        {
+            _output.WriteString(_options.DaemonVersion);
+        }
+
+        if (_version.AtLeast(35))
+        {
+            _output.WriteU64((ulong)_options.Trust);
+        }
+
+        _log.StartWork();
+        if (_version < _options.MinimumVersion)
+        {
+            _log.StopWork($"Nix client protocol {client} is too old for Kiln, which needs {_options.MinimumVersion} (Nix 2.3) or newer", 1);
+            await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            return null;
+        }
+
+        _log.StopWork();
+        await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        return client;
+    }
+
+    private async Task ServeAsync(CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var (ok, code) = await _input.TryReadFirstAsync<ulong>(WireReader.TryReadU64, cancellationToken).ConfigureAwait(false);
+            if (!ok)
+            {
+                return; // the client disconnected between requests
+            }
+
+            _operations++;
+            var op = (WorkerOp)code;
+            try
+            {
+                await PerformAsync(op, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception e) when (IsClientError(e))
+            {
+                if (!_log.CanSend)
+                {
+                    // Still reading the request: its end cannot be found, so report and close, as Nix does.
+                    _log.StartWork();
+                    _log.StopWork(e.Message, StatusOf(e));
+                    await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+                    throw new RequestException($"bad {op} request: {e.Message}");
+                }
+
+                _log.StopWork(e.Message, StatusOf(e));
+            }
+            catch (Exception e) when (e is not (ProtocolViolationException or OperationCanceledException or WireFormatException or IOException or RequestException))
+            {
+                // A bug, not the client's doing: tell the client, log it, and close, since the state is unknown.
+                LogInternalError(_logger, op, e);
+                if (_log.CanSend)
+                {
+                    _log.StopWork($"internal error in Kiln while handling {op}; see the server log", 1);
+                    await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+                }
+
+                throw new RequestException($"internal error in {op}: {e.GetType().Name}");
+            }
+
+            await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private static bool IsClientError(Exception e) => e is NixErrorException or NixFormatException;
+
+    private static int StatusOf(Exception e) => e is NixErrorException nix ? nix.Status : 1;
+
+    [LoggerMessage(EventId = 1001, Level = LogLevel.Error, Message = "internal error while handling {Op}")]
+    private static partial void LogInternalError(ILogger logger, WorkerOp op, Exception exception);
+
+    /// <summary>A request that ends the session (its error has been reported to the client).</summary>
+    private sealed class RequestException(string message) : Exception(message);
+}
