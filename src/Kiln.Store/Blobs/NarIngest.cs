@@ -1,0 +1,325 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Nar;
+using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
+
+namespace Kiln.Store.Blobs;
+
+/// <summary>A NAR written to a temporary blob, with what was learnt while it streamed past.</summary>
+public sealed record IngestedNar(string TempPath, NixHash NarHash, long NarSize, NixHash? ContentHash, byte[]? FileContents);
+
+/// <summary>
+/// Streams an upload into a temporary blob in one pass: SHA-256 and size of the NAR, NAR validation (a malformed or
+/// hostile archive is refused before anything is registered), the content hash a content address needs (the NAR
+/// under another algorithm, or the single file's contents for flat and text addresses), and the contents of a small
+/// single-file NAR when the caller wants them (a .drv, to learn its outputs). Memory stays constant whatever the
+/// NAR's size. On any failure the temporary file is removed.
+/// </summary>
+public static class NarIngest
+{
+    private const int BufferSize = 256 * 1024;
+
+    /// <summary>Copies the NAR from <paramref name="source"/> to a new temporary blob.</summary>
+    /// <param name="blobs">Where the temporary blob goes.</param>
+    /// <param name="source">The NAR.</param>
+    /// <param name="contentMethod">With a content address to check: how its hash is computed.</param>
+    /// <param name="captureFileUpTo">Keep the single regular file's contents if it is at most this many bytes.</param>
+    /// <param name="maxSize">Refuse a NAR larger than this.</param>
+    /// <param name="cancellationToken">Stops the copy.</param>
+    public static async Task<IngestedNar> IngestAsync(BlobStore blobs, Stream source, ContentAddressMethodAndAlgorithm? contentMethod,
+        int captureFileUpTo, long maxSize, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(blobs);
+        ArgumentNullException.ThrowIfNull(source);
+        var file = blobs.CreateTemp(out var tempPath);
+        var succeeded = false;
+        try
+        {
+            using var narHash = new HashingSink(NixHashAlgorithm.Sha256);
+            using var visitor = new IngestVisitor(contentMethod, captureFileUpTo);
+            var parser = new NarParser(visitor);
+            var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
+            try
+            {
+                await using (file.ConfigureAwait(false))
+                {
+                    int read;
+                    while ((read = await source.ReadAsync(buffer.AsMemory(0, BufferSize), cancellationToken).ConfigureAwait(false)) > 0)
+                    {
+                        var chunk = buffer.AsMemory(0, read);
+                        if (parser.Feed(chunk.Span) < read)
+                        {
+                            throw new NixErrorException("bad archive: trailing data after the end of the NAR");
+                        }
+
+                        narHash.Append(chunk.Span);
+                        visitor.AppendNar(chunk.Span);
+                        if (narHash.BytesWritten > maxSize)
+                        {
+                            throw new NixErrorException($"NAR is larger than the limit of {maxSize} bytes");
+                        }
+
+                        await file.WriteAsync(chunk, cancellationToken).ConfigureAwait(false);
+                    }
+
+                    parser.Finish();
+                    blobs.Seal(file);
+                }
+            }
+            catch (NarException e)
+            {
+                throw new NixErrorException(e.Message);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+
+            var size = narHash.BytesWritten;
+            var result = new IngestedNar(tempPath, narHash.Finish(), size, visitor.ContentHash(), visitor.CapturedContents);
+            succeeded = true;
+            return result;
+        }
+        finally
+        {
+            if (!succeeded)
+            {
+                BlobStore.DeleteTemp(tempPath);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Writes flat contents (text and flat uploads) as the NAR of one regular file: the contents go to a temporary
+    /// file first, to learn their size and hash, then into a NAR blob. Returns the blob and the contents' hash.
+    /// </summary>
+    public static async Task<IngestedNar> IngestFlatAsync(BlobStore blobs, Stream contents, NixHashAlgorithm contentAlgorithm,
+        int captureUpTo, long maxSize, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(blobs);
+        ArgumentNullException.ThrowIfNull(contents);
+        var flat = blobs.CreateTemp(out var flatPath);
+        try
+        {
+            using var contentHash = new HashingSink(contentAlgorithm);
+            var captured = new ArrayBufferWriter<byte>();
+            var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
+            try
+            {
+                await using (flat.ConfigureAwait(false))
+                {
+                    int read;
+                    while ((read = await contents.ReadAsync(buffer.AsMemory(0, BufferSize), cancellationToken).ConfigureAwait(false)) > 0)
+                    {
+                        contentHash.Append(buffer.AsSpan(0, read));
+                        if (contentHash.BytesWritten > maxSize)
+                        {
+                            throw new NixErrorException($"file is larger than the limit of {maxSize} bytes");
+                        }
+
+                        if (contentHash.BytesWritten <= captureUpTo)
+                        {
+                            captured.Write(buffer.AsSpan(0, read));
+                        }
+
+                        await flat.WriteAsync(buffer.AsMemory(0, read), cancellationToken).ConfigureAwait(false);
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+
+            var size = contentHash.BytesWritten;
+            var hash = contentHash.Finish();
+            var nar = new NarOfFileStream(flatPath, size);
+            await using (nar.ConfigureAwait(false))
+            {
+                var ingested = await IngestAsync(blobs, nar, null, 0, long.MaxValue, cancellationToken).ConfigureAwait(false);
+                return ingested with { ContentHash = hash, FileContents = size <= captureUpTo ? captured.WrittenSpan.ToArray() : null };
+            }
+        }
+        finally
+        {
+            BlobStore.DeleteTemp(flatPath);
+        }
+    }
+
+    // Tracks what the NAR holds and computes the content hash a content address is checked against.
+    private sealed class IngestVisitor : NarVisitor, IDisposable
+    {
+        private readonly ContentAddressMethodAndAlgorithm? _method;
+        private readonly int _captureUpTo;
+        private readonly HashingSink? _hash;
+        private ArrayBufferWriter<byte>? _capture;
+        private int _nodes;
+        private bool _rootIsFile;
+
+        public IngestVisitor(ContentAddressMethodAndAlgorithm? method, int captureUpTo)
+        {
+            _method = method;
+            _captureUpTo = captureUpTo;
+            _hash = method is null ? null : new HashingSink(method.Value.Algorithm);
+        }
+
+        public byte[]? CapturedContents => _rootIsFile ? _capture?.WrittenSpan.ToArray() : null;
+
+        // Recursive addresses hash the NAR itself.
+        public void AppendNar(ReadOnlySpan<byte> data)
+        {
+            if (_method is { Method: ContentAddressMethod.Recursive })
+            {
+                _hash!.Append(data);
+            }
+        }
+
+        public NixHash? ContentHash()
+        {
+            if (_method is not { } method)
+            {
+                return null;
+            }
+
+            if ((method.Method is ContentAddressMethod.Flat or ContentAddressMethod.Text) && !_rootIsFile)
+            {
+                throw new NixErrorException($"a {method.ToCamString()} content address needs a single regular file, but the NAR holds something else");
+            }
+
+            if (method.Method == ContentAddressMethod.Git)
+            {
+                throw new NixErrorException("git content addresses are not supported by Kiln");
+            }
+
+            return _hash!.Finish();
+        }
+
+        public override void RegularFile(bool executable, long size, long contentsOffset)
+        {
+            if (_nodes++ == 0)
+            {
+                _rootIsFile = true;
+                if (size <= _captureUpTo)
+                {
+                    _capture = new ArrayBufferWriter<byte>((int)Math.Max(size, 1));
+                }
+            }
+        }
+
+        public override void Contents(ReadOnlySpan<byte> data)
+        {
+            if (!_rootIsFile)
+            {
+                return;
+            }
+
+            _capture?.Write(data);
+            if (_method is { Method: ContentAddressMethod.Flat or ContentAddressMethod.Text })
+            {
+                _hash!.Append(data);
+            }
+        }
+
+        public override void Symlink(ReadOnlySpan<byte> target) => _nodes++;
+
+        public override void Directory() => _nodes++;
+
+        public void Dispose() => _hash?.Dispose();
+    }
+}
+
+/// <summary>The NAR of one regular, non-executable file, produced on the fly from the file.</summary>
+internal sealed class NarOfFileStream(string path, long size) : Stream
+{
+    private readonly FileStream _file = new(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.Asynchronous | FileOptions.SequentialScan);
+    private readonly byte[] _header = Header(size);
+    private readonly byte[] _trailer = Trailer(size);
+    private long _position;
+
+    private static byte[] Header(long size)
+    {
+        var writer = new ArrayBufferWriter<byte>();
+        foreach (var token in new[] { "nix-archive-1"u8.ToArray(), "("u8.ToArray(), "type"u8.ToArray(), "regular"u8.ToArray(), "contents"u8.ToArray() })
+        {
+            Kiln.Nix.Wire.WireWriter.WriteBytes(writer, token);
+        }
+
+        Kiln.Nix.Wire.WireWriter.WriteU64(writer, (ulong)size);
+        return writer.WrittenSpan.ToArray();
+    }
+
+    private static byte[] Trailer(long size)
+    {
+        var padding = (int)((8 - (size % 8)) % 8);
+        var trailer = new byte[padding + 16];
+        BinaryPrimitives.WriteUInt64LittleEndian(trailer.AsSpan(padding), 1);
+        trailer[padding + 8] = (byte)')';
+        return trailer;
+    }
+
+    public override bool CanRead => true;
+
+    public override bool CanSeek => false;
+
+    public override bool CanWrite => false;
+
+    public override long Length => _header.Length + size + _trailer.Length;
+
+    public override long Position { get => _position; set => throw new NotSupportedException(); }
+
+    public override void Flush() { }
+
+    public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        int read;
+        if (_position < _header.Length)
+        {
+            read = (int)Math.Min(buffer.Length, _header.Length - _position);
+            _header.AsMemory((int)_position, read).CopyTo(buffer);
+        }
+        else if (_position < _header.Length + size)
+        {
+            var want = (int)Math.Min(buffer.Length, _header.Length + size - _position);
+            read = await _file.ReadAsync(buffer[..want], cancellationToken).ConfigureAwait(false);
+            if (read == 0)
+            {
+                throw new IOException("the uploaded file changed while it was being stored");
+            }
+        }
+        else
+        {
+            var offset = _position - _header.Length - size;
+            read = (int)Math.Min(buffer.Length, _trailer.Length - offset);
+            _trailer.AsMemory((int)offset, read).CopyTo(buffer);
+        }
+
+        _position += read;
+        return read;
+    }
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            _file.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await _file.DisposeAsync().ConfigureAwait(false);
+        await base.DisposeAsync().ConfigureAwait(false);
+    }
+}

@@ -1,0 +1,268 @@
+using Kiln.Nix.Hashing;
+using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
+using Kiln.Protocol.Worker;
+using Kiln.Store.Blobs;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Store.Gc;
+
+/// <summary>
+/// Garbage collection of one account's view, and of blobs nobody names. A path is live when a root reaches it
+/// through references: the account's permanent roots, its indirect roots whose link still points at the path, and
+/// the temporary roots of its live sessions; the deriver of a live path is live too (Nix's default
+/// <c>keep-derivations</c>). Dead paths leave the view referrers first; a blob is deleted once no view of any
+/// account names it any more.
+/// </summary>
+public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, TempRoots tempRoots, GcLock gcLock, StoreOptions options)
+{
+    public async Task<GcResult> CollectAsync(long account, GcRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        using var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
+        var graph = await metadata.GetGraphAsync(account, cancellationToken).ConfigureAwait(false);
+        var nodes = graph.ToDictionary(n => n.Path);
+        var live = Mark(nodes, await RootsAsync(account, cancellationToken).ConfigureAwait(false));
+
+        switch (request.Action)
+        {
+            case GcAction.ReturnLive:
+                return new GcResult(live.Order().ToList(), 0);
+            case GcAction.ReturnDead:
+                return new GcResult(nodes.Keys.Where(p => !live.Contains(p)).Order().ToList(), 0);
+        }
+
+        HashSet<StorePath> dead;
+        if (request.Action == GcAction.DeleteSpecific)
+        {
+            foreach (var path in request.PathsToDelete)
+            {
+                if (live.Contains(path))
+                {
+                    throw new NixErrorException($"cannot delete path '{path}' since it is still alive. To find out why, use: nix-store --query --roots");
+                }
+            }
+
+            // The requested paths and whatever (dead) refers to them.
+            var referrers = Referrers(nodes);
+            dead = [];
+            var queue = new Queue<StorePath>(request.PathsToDelete.Where(nodes.ContainsKey));
+            while (queue.TryDequeue(out var path))
+            {
+                if (dead.Add(path))
+                {
+                    foreach (var referrer in referrers.GetValueOrDefault(path) ?? [])
+                    {
+                        queue.Enqueue(referrer);
+                    }
+                }
+            }
+        }
+        else
+        {
+            dead = nodes.Keys.Where(p => !live.Contains(p)).ToHashSet();
+        }
+
+        // Referrers before what they refer to; stop once enough bytes are freed.
+        var order = ReferrersFirst(dead, nodes);
+        var deleted = new List<StorePath>();
+        long freed = 0;
+        foreach (var path in order)
+        {
+            if (freed >= request.MaxFreed && request.MaxFreed > 0)
+            {
+                break;
+            }
+
+            deleted.Add(path);
+            freed += nodes[path].NarSize;
+        }
+
+        // With a limit, a prefix in referrers-first order never removes a path something kept still needs.
+        await metadata.DeletePathsAsync(account, deleted, cancellationToken).ConfigureAwait(false);
+        await SweepBlobsAsync(deleted.Select(p => nodes[p].NarHash).Distinct().ToList(), cancellationToken).ConfigureAwait(false);
+        return new GcResult(deleted, freed);
+    }
+
+    /// <summary>The account's roots: permanent, indirect (still pointing where they did), and its sessions' temporary roots.</summary>
+    public async Task<IReadOnlyList<KeyValuePair<string, StorePath>>> RootsAsync(long account, CancellationToken cancellationToken)
+    {
+        var roots = new List<KeyValuePair<string, StorePath>>();
+        foreach (var root in await metadata.GetRootsAsync(account, cancellationToken).ConfigureAwait(false))
+        {
+            if (root.Kind == RootKind.Permanent)
+            {
+                roots.Add(new(root.Name, root.Path));
+            }
+            else if (IndirectRootHolds(root))
+            {
+                roots.Add(new(root.Name, root.Path));
+            }
+            else
+            {
+                // The link is gone or points elsewhere (or is not visible from here): the root is stale, as Nix has it.
+                await metadata.RemoveRootAsync(account, RootKind.Indirect, root.Name, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        roots.AddRange(tempRoots.For(account));
+        return roots;
+    }
+
+    private static bool IndirectRootHolds(RootRecord root)
+    {
+        try
+        {
+            var target = new FileInfo(root.Name).LinkTarget;
+            return target is not null && StorePath.TryParse(target, out var path) && path == root.Path;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    private static HashSet<StorePath> Mark(Dictionary<StorePath, GraphNode> nodes, IEnumerable<KeyValuePair<string, StorePath>> roots)
+    {
+        var live = new HashSet<StorePath>();
+        var stack = new Stack<StorePath>(roots.Select(r => r.Value).Where(nodes.ContainsKey));
+        while (stack.TryPop(out var path))
+        {
+            if (!live.Add(path))
+            {
+                continue;
+            }
+
+            var node = nodes[path];
+            foreach (var reference in node.References)
+            {
+                if (nodes.ContainsKey(reference))
+                {
+                    stack.Push(reference);
+                }
+            }
+
+            if (node.Deriver is { } deriver && nodes.ContainsKey(deriver))
+            {
+                stack.Push(deriver);
+            }
+        }
+
+        return live;
+    }
+
+    private static Dictionary<StorePath, List<StorePath>> Referrers(Dictionary<StorePath, GraphNode> nodes)
+    {
+        var referrers = new Dictionary<StorePath, List<StorePath>>();
+        foreach (var node in nodes.Values)
+        {
+            foreach (var reference in node.References)
+            {
+                if (!referrers.TryGetValue(reference, out var list))
+                {
+                    referrers[reference] = list = [];
+                }
+
+                list.Add(node.Path);
+            }
+        }
+
+        return referrers;
+    }
+
+    // A topological order of the dead paths in which every referrer comes before what it refers to.
+    private static List<StorePath> ReferrersFirst(HashSet<StorePath> dead, Dictionary<StorePath, GraphNode> nodes)
+    {
+        var order = new List<StorePath>();
+        var visited = new HashSet<StorePath>();
+        var referrers = Referrers(nodes);
+        foreach (var path in dead.Order())
+        {
+            Visit(path);
+        }
+
+        return order;
+
+        void Visit(StorePath path)
+        {
+            var stack = new Stack<(StorePath Path, bool Expanded)>();
+            stack.Push((path, false));
+            while (stack.TryPop(out var item))
+            {
+                if (item.Expanded)
+                {
+                    order.Add(item.Path);
+                    continue;
+                }
+
+                if (!visited.Add(item.Path))
+                {
+                    continue;
+                }
+
+                stack.Push((item.Path, true));
+                foreach (var referrer in referrers.GetValueOrDefault(item.Path) ?? [])
+                {
+                    if (dead.Contains(referrer) && !visited.Contains(referrer))
+                    {
+                        stack.Push((referrer, false));
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Deletes the blobs among <paramref name="candidates"/> that no view names any more.</summary>
+    private async Task<long> SweepBlobsAsync(IReadOnlyCollection<NixHash> candidates, CancellationToken cancellationToken)
+    {
+        var referenced = await metadata.GetReferencedBlobsAsync(candidates, cancellationToken).ConfigureAwait(false);
+        long count = 0;
+        foreach (var hash in candidates.Where(h => !referenced.Contains(h)))
+        {
+            var path = blobs.PathOf(hash);
+            if (File.Exists(path))
+            {
+                File.Delete(path);
+                count++;
+            }
+        }
+
+        return count;
+    }
+
+    /// <summary>
+    /// Collects every account's view, then sweeps every blob no view names (older than the grace period) and
+    /// temporary files left by interrupted uploads. For <c>kiln store gc</c>, with the server stopped.
+    /// </summary>
+    public async Task<(int Paths, long Bytes, long Blobs)> CollectAllAsync(TimeSpan? blobGrace, CancellationToken cancellationToken)
+    {
+        var grace = blobGrace ?? options.BlobGracePeriod;
+        var paths = 0;
+        long bytes = 0;
+        foreach (var account in await metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false))
+        {
+            var result = await CollectAsync(account.Id, new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), cancellationToken).ConfigureAwait(false);
+            paths += result.Paths.Count;
+            bytes += result.BytesFreed;
+        }
+
+        using var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
+        long swept = 0;
+        foreach (var batch in blobs.Enumerate().Where(b => DateTime.UtcNow - b.Modified >= grace).Chunk(1000))
+        {
+            var referenced = await metadata.GetReferencedBlobsAsync(batch.Select(b => b.Hash).ToList(), cancellationToken).ConfigureAwait(false);
+            foreach (var blob in batch.Where(b => !referenced.Contains(b.Hash)))
+            {
+                File.Delete(blob.Path);
+                swept++;
+            }
+        }
+
+        blobs.CleanTemp(grace);
+        return (paths, bytes, swept);
+    }
+}

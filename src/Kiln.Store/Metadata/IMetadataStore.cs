@@ -1,0 +1,113 @@
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+
+namespace Kiln.Store.Metadata;
+
+/// <summary>How a path came into an account's view.</summary>
+public enum Provenance
+{
+    Uploaded,
+    Built,
+    Substituted,
+    Shared,
+}
+
+/// <summary>Why Kiln believes a path's contents (never who may see it: that is membership in the view).</summary>
+public enum PathTrust
+{
+    /// <summary>Someone uploaded it; nothing vouches for it beyond that account.</summary>
+    Untrusted,
+
+    /// <summary>Its path follows from its content, which was checked.</summary>
+    ContentAddressed,
+
+    /// <summary>Signed by a key the account trusts.</summary>
+    SignedByTrustedKey,
+
+    /// <summary>Kiln built it from trusted inputs.</summary>
+    Built,
+}
+
+/// <summary>A path record in an account's view.</summary>
+public sealed record PathRecord(ValidPathInfo Info, Provenance Provenance, PathTrust Trust);
+
+/// <summary>A path to register: its info, how it came, and the outputs it declares if it is a derivation.</summary>
+public sealed record NewPath(ValidPathInfo Info, Provenance Provenance, PathTrust Trust, IReadOnlyDictionary<string, StorePath?>? DerivationOutputs);
+
+/// <summary>Kinds of garbage collector roots kept in the metadata.</summary>
+public enum RootKind
+{
+    Permanent,
+    Indirect,
+}
+
+public sealed record RootRecord(RootKind Kind, string Name, StorePath Path);
+
+public sealed record AccountRecord(long Id, string Name);
+
+/// <summary>A path in a view's reference graph, as the garbage collector sees it.</summary>
+public sealed record GraphNode(StorePath Path, IReadOnlyList<StorePath> References, StorePath? Deriver, long NarSize, NixHash NarHash);
+
+/// <summary>Registering refused because references are not valid in the view.</summary>
+public sealed class MissingReferencesException(StorePath path, IReadOnlyCollection<StorePath> missing)
+    : Exception($"cannot add '{path}': it refers to {string.Join(", ", missing.Select(m => $"'{m}'"))}, which {(missing.Count == 1 ? "is" : "are")} not valid in your store")
+{
+    public StorePath Path { get; } = path;
+
+    public IReadOnlyCollection<StorePath> Missing { get; } = missing;
+}
+
+/// <summary>
+/// Kiln's metadata: accounts and their views of the store (path records with references, signatures and derivation
+/// outputs), and garbage collector roots. SQLite is the embedded default; PostgreSQL implements the same contract
+/// when Kiln scales out. Every method that takes many paths answers in one statement, not one per path.
+/// </summary>
+public interface IMetadataStore : IAsyncDisposable
+{
+    /// <summary>Creates or upgrades the schema (numbered migrations, each applied once).</summary>
+    Task MigrateAsync(CancellationToken cancellationToken);
+
+    Task<long> GetOrCreateAccountAsync(string name, CancellationToken cancellationToken);
+
+    Task<IReadOnlyList<AccountRecord>> ListAccountsAsync(CancellationToken cancellationToken);
+
+    /// <summary>The records of those <paramref name="paths"/> valid in the account's view.</summary>
+    Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);
+
+    Task<StorePath?> FindByHashPartAsync(long account, string hashPart, CancellationToken cancellationToken);
+
+    Task<IReadOnlyList<StorePath>> GetAllPathsAsync(long account, CancellationToken cancellationToken);
+
+    Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken);
+
+    /// <summary>The outputs a derivation valid in the view declares, or null when it is not valid there.</summary>
+    Task<IReadOnlyDictionary<string, StorePath?>?> GetDerivationOutputsAsync(long account, StorePath drvPath, CancellationToken cancellationToken);
+
+    /// <summary>Derivations valid in the view that declare <paramref name="output"/> as an output.</summary>
+    Task<IReadOnlySet<StorePath>> GetValidDeriversAsync(long account, StorePath output, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Registers paths in one transaction: all or none. Paths already valid in the view are left as they are.
+    /// References must be valid in the view or registered earlier in the same call (a path may refer to itself).
+    /// </summary>
+    /// <exception cref="MissingReferencesException">A reference is not valid.</exception>
+    Task RegisterAsync(long account, IReadOnlyList<NewPath> paths, CancellationToken cancellationToken);
+
+    Task AddSignaturesAsync(long account, StorePath path, IReadOnlyCollection<string> signatures, CancellationToken cancellationToken);
+
+    /// <summary>The whole reference graph of a view.</summary>
+    Task<IReadOnlyList<GraphNode>> GetGraphAsync(long account, CancellationToken cancellationToken);
+
+    /// <summary>Removes paths from a view in one transaction; referrers must come before what they refer to.</summary>
+    Task DeletePathsAsync(long account, IReadOnlyList<StorePath> paths, CancellationToken cancellationToken);
+
+    /// <summary>Which of the NAR hashes any view (of any account) still names.</summary>
+    Task<IReadOnlySet<NixHash>> GetReferencedBlobsAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken);
+
+    Task AddRootAsync(long account, RootKind kind, string name, StorePath path, CancellationToken cancellationToken);
+
+    Task<IReadOnlyList<RootRecord>> GetRootsAsync(long account, CancellationToken cancellationToken);
+
+    Task RemoveRootAsync(long account, RootKind kind, string name, CancellationToken cancellationToken);
+}

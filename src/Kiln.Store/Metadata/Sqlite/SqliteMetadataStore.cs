@@ -1,0 +1,575 @@
+using System.Reflection;
+using System.Text;
+using System.Text.Json;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Microsoft.Data.Sqlite;
+
+namespace Kiln.Store.Metadata.Sqlite;
+
+/// <summary>
+/// <see cref="IMetadataStore"/> on SQLite in WAL mode: many concurrent readers, one writer at a time (writes also
+/// take an in-process lock, so they queue here rather than spin on SQLITE_BUSY). Lists of paths travel as one JSON
+/// array parameter expanded by <c>json_each</c>, so a query for 10,000 paths is one statement.
+/// </summary>
+public sealed class SqliteMetadataStore : IMetadataStore
+{
+    private readonly string _connectionString;
+    private readonly SemaphoreSlim _writeLock = new(1, 1);
+
+    public SqliteMetadataStore(string databasePath)
+    {
+        _connectionString = new SqliteConnectionStringBuilder
+        {
+            DataSource = databasePath,
+            Mode = SqliteOpenMode.ReadWriteCreate,
+            Pooling = true,
+            DefaultTimeout = 30,
+        }.ToString();
+    }
+
+    private async Task<SqliteConnection> OpenAsync(CancellationToken cancellationToken)
+    {
+        var connection = new SqliteConnection(_connectionString);
+        await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+        using var pragma = connection.CreateCommand();
+        pragma.CommandText = "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000;";
+        await pragma.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        return connection;
+    }
+
+    private async Task<T> WriteAsync<T>(Func<SqliteConnection, SqliteTransaction, Task<T>> work, CancellationToken cancellationToken)
+    {
+        await _writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
+            await using (connection.ConfigureAwait(false))
+            {
+                // BEGIN IMMEDIATE: take the write lock now, not at the first write inside the transaction.
+                var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(System.Data.IsolationLevel.Serializable, cancellationToken).ConfigureAwait(false);
+                await using (transaction.ConfigureAwait(false))
+                {
+                    var result = await work(connection, transaction).ConfigureAwait(false);
+                    await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+                    return result;
+                }
+            }
+        }
+        finally
+        {
+            _writeLock.Release();
+        }
+    }
+
+    private Task<bool> WriteAsync(Func<SqliteConnection, SqliteTransaction, Task> work, CancellationToken cancellationToken) =>
+        WriteAsync<bool>(async (c, t) =>
+        {
+            await work(c, t).ConfigureAwait(false);
+            return true;
+        }, cancellationToken);
+
+    private async Task<T> ReadAsync<T>(Func<SqliteConnection, Task<T>> work, CancellationToken cancellationToken)
+    {
+        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            return await work(connection).ConfigureAwait(false);
+        }
+    }
+
+    private static SqliteCommand Command(SqliteConnection connection, string sql, SqliteTransaction? transaction = null, params (string Name, object? Value)[] parameters)
+    {
+        var command = connection.CreateCommand();
+        command.CommandText = sql;
+        command.Transaction = transaction;
+        foreach (var (name, value) in parameters)
+        {
+            command.Parameters.AddWithValue(name, value ?? DBNull.Value);
+        }
+
+        return command;
+    }
+
+    private static string JsonArray(IEnumerable<string> values) => JsonSerializer.Serialize(values.ToArray(), JsonContext.Default.StringArray);
+
+    public async Task MigrateAsync(CancellationToken cancellationToken)
+    {
+        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            using (var wal = Command(connection, "PRAGMA journal_mode = WAL;"))
+            {
+                await wal.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            using (var create = Command(connection, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)"))
+            {
+                await create.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            var applied = new HashSet<long>();
+            using (var query = Command(connection, "SELECT version FROM schema_migrations"))
+            using (var reader = await query.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false))
+            {
+                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                {
+                    applied.Add(reader.GetInt64(0));
+                }
+            }
+
+            foreach (var (version, sql) in Migrations())
+            {
+                if (applied.Contains(version))
+                {
+                    continue;
+                }
+
+                var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+                await using (transaction.ConfigureAwait(false))
+                {
+                    using (var migrate = Command(connection, sql, transaction))
+                    {
+                        await migrate.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                    }
+
+                    using (var record = Command(connection, "INSERT INTO schema_migrations (version, applied) VALUES ($v, $t)", transaction, ("$v", version), ("$t", Now())))
+                    {
+                        await record.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                    }
+
+                    await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+                }
+            }
+        }
+    }
+
+    // Migrations are embedded resources named Kiln.Store.Sqlite.NNNN_description.sql, applied in number order.
+    private static IEnumerable<(long Version, string Sql)> Migrations()
+    {
+        var assembly = Assembly.GetExecutingAssembly();
+        const string Prefix = "Kiln.Store.Sqlite.";
+        foreach (var name in assembly.GetManifestResourceNames().Where(n => n.StartsWith(Prefix, StringComparison.Ordinal)).Order(StringComparer.Ordinal))
+        {
+            var version = long.Parse(name[Prefix.Length..].Split('_')[0], System.Globalization.CultureInfo.InvariantCulture);
+            using var stream = assembly.GetManifestResourceStream(name)!;
+            using var reader = new StreamReader(stream, Encoding.UTF8);
+            yield return (version, reader.ReadToEnd());
+        }
+    }
+
+    private static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    public Task<long> GetOrCreateAccountAsync(string name, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, "INSERT INTO accounts (name, created) VALUES ($n, $t) ON CONFLICT (name) DO NOTHING", transaction, ("$n", name), ("$t", Now()));
+            await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            using var select = Command(connection, "SELECT id FROM accounts WHERE name = $n", transaction, ("$n", name));
+            return (long)(await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<AccountRecord>> ListAccountsAsync(CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<AccountRecord>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT id, name FROM accounts ORDER BY id");
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var accounts = new List<AccountRecord>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                accounts.Add(new AccountRecord(reader.GetInt64(0), reader.GetString(1)));
+            }
+
+            return accounts;
+        }, cancellationToken);
+
+    private const string PathColumns = """
+        p.path, p.nar_hash, p.nar_size, p.deriver, p.ca, p.registration_time, p.ultimate, p.self_reference,
+        p.provenance, p.trust,
+        (SELECT group_concat(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id),
+        (SELECT group_concat(s.sig, char(10)) FROM sigs s WHERE s.path_id = p.id)
+        """;
+
+    private static PathRecord ReadPath(SqliteDataReader reader)
+    {
+        var path = StorePath.FromBaseName(reader.GetString(0));
+        var references = new SortedSet<StorePath>();
+        if (!reader.IsDBNull(10))
+        {
+            foreach (var reference in reader.GetString(10).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                references.Add(StorePath.FromBaseName(reference));
+            }
+        }
+
+        if (reader.GetInt64(7) != 0)
+        {
+            references.Add(path);
+        }
+
+        var signatures = new SortedSet<string>(StringComparer.Ordinal);
+        if (!reader.IsDBNull(11))
+        {
+            foreach (var signature in reader.GetString(11).Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            {
+                signatures.Add(signature);
+            }
+        }
+
+        var info = new ValidPathInfo
+        {
+            Path = path,
+            NarHash = new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(1)),
+            NarSize = reader.GetInt64(2),
+            Deriver = reader.IsDBNull(3) ? null : StorePath.FromBaseName(reader.GetString(3)),
+            ContentAddress = reader.IsDBNull(4) ? null : ContentAddress.Parse(reader.GetString(4)),
+            RegistrationTime = reader.GetInt64(5),
+            Ultimate = reader.GetInt64(6) != 0,
+            References = references,
+            Signatures = signatures,
+        };
+        return new PathRecord(info, Enum.Parse<Provenance>(reader.GetString(8), ignoreCase: true), ParseTrust(reader.GetString(9)));
+    }
+
+    private static string TrustText(PathTrust trust) => trust switch
+    {
+        PathTrust.Untrusted => "untrusted",
+        PathTrust.ContentAddressed => "content-addressed",
+        PathTrust.SignedByTrustedKey => "signed",
+        PathTrust.Built => "built",
+        _ => throw new ArgumentOutOfRangeException(nameof(trust)),
+    };
+
+    private static PathTrust ParseTrust(string text) => text switch
+    {
+        "content-addressed" => PathTrust.ContentAddressed,
+        "signed" => PathTrust.SignedByTrustedKey,
+        "built" => PathTrust.Built,
+        _ => PathTrust.Untrusted,
+    };
+
+    public Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
+    {
+        if (paths.Count == 0)
+        {
+            return Task.FromResult<IReadOnlyDictionary<StorePath, PathRecord>>(new Dictionary<StorePath, PathRecord>());
+        }
+
+        return ReadAsync<IReadOnlyDictionary<StorePath, PathRecord>>(async connection =>
+        {
+            using var command = Command(connection, $"""
+                SELECT {PathColumns}
+                FROM paths p JOIN json_each($paths) j ON p.path = j.value
+                WHERE p.account_id = $account
+                """, null, ("$paths", JsonArray(paths.Select(p => p.BaseName))), ("$account", account));
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var result = new Dictionary<StorePath, PathRecord>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                var record = ReadPath(reader);
+                result[record.Info.Path] = record;
+            }
+
+            return result;
+        }, cancellationToken);
+    }
+
+    public Task<StorePath?> FindByHashPartAsync(long account, string hashPart, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var command = Command(connection, "SELECT path FROM paths WHERE account_id = $a AND hash_part = $h LIMIT 1", null, ("$a", account), ("$h", hashPart));
+            var result = await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false);
+            return result is string path ? StorePath.FromBaseName(path) : (StorePath?)null;
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<StorePath>> GetAllPathsAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<StorePath>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT path FROM paths WHERE account_id = $a ORDER BY path", null, ("$a", account));
+            return await ReadPathsAsync(command, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    private static async Task<List<StorePath>> ReadPathsAsync(SqliteCommand command, CancellationToken cancellationToken)
+    {
+        using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        var result = new List<StorePath>();
+        while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            result.Add(StorePath.FromBaseName(reader.GetString(0)));
+        }
+
+        return result;
+    }
+
+    public Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlySet<StorePath>>(async connection =>
+        {
+            // A self-referencing path is among its own referrers, as in Nix.
+            using var command = Command(connection, """
+                SELECT q.path FROM paths p JOIN refs r ON r.reference = p.id JOIN paths q ON q.id = r.referrer
+                WHERE p.account_id = $a AND p.path = $p
+                UNION
+                SELECT p.path FROM paths p WHERE p.account_id = $a AND p.path = $p AND p.self_reference = 1
+                """, null, ("$a", account), ("$p", path.BaseName));
+            return new SortedSet<StorePath>(await ReadPathsAsync(command, cancellationToken).ConfigureAwait(false));
+        }, cancellationToken);
+
+    public Task<IReadOnlyDictionary<string, StorePath?>?> GetDerivationOutputsAsync(long account, StorePath drvPath, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var exists = Command(connection, "SELECT id FROM paths WHERE account_id = $a AND path = $p", null, ("$a", account), ("$p", drvPath.BaseName));
+            if (await exists.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not long id)
+            {
+                return null;
+            }
+
+            using var command = Command(connection, "SELECT output, path FROM drv_outputs WHERE drv_id = $id", null, ("$id", id));
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var outputs = new SortedDictionary<string, StorePath?>(StringComparer.Ordinal);
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                outputs[reader.GetString(0)] = reader.IsDBNull(1) ? null : StorePath.FromBaseName(reader.GetString(1));
+            }
+
+            return (IReadOnlyDictionary<string, StorePath?>?)outputs;
+        }, cancellationToken);
+
+    public Task<IReadOnlySet<StorePath>> GetValidDeriversAsync(long account, StorePath output, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlySet<StorePath>>(async connection =>
+        {
+            using var command = Command(connection, """
+                SELECT p.path FROM drv_outputs o JOIN paths p ON p.id = o.drv_id
+                WHERE o.path = $o AND p.account_id = $a
+                """, null, ("$a", account), ("$o", output.BaseName));
+            return new SortedSet<StorePath>(await ReadPathsAsync(command, cancellationToken).ConfigureAwait(false));
+        }, cancellationToken);
+
+    private static readonly string[] InsertParameters =
+        ["$a", "$path", "$hashPart", "$narHash", "$narSize", "$deriver", "$ca", "$time", "$ultimate", "$self", "$provenance", "$trust"];
+
+    public Task RegisterAsync(long account, IReadOnlyList<NewPath> paths, CancellationToken cancellationToken)
+    {
+        if (paths.Count == 0)
+        {
+            return Task.CompletedTask;
+        }
+
+        return WriteAsync(async (connection, transaction) =>
+        {
+            // Which of them the view already has: those stay as they are.
+            var existing = new HashSet<string>(StringComparer.Ordinal);
+            using (var query = Command(connection, "SELECT p.path FROM paths p JOIN json_each($paths) j ON p.path = j.value WHERE p.account_id = $a",
+                transaction, ("$paths", JsonArray(paths.Select(p => p.Info.Path.BaseName))), ("$a", account)))
+            {
+                foreach (var path in await ReadPathsAsync(query, cancellationToken).ConfigureAwait(false))
+                {
+                    existing.Add(path.BaseName);
+                }
+            }
+
+            using var insert = Command(connection, """
+                INSERT INTO paths (account_id, path, hash_part, nar_hash, nar_size, deriver, ca, registration_time, ultimate,
+                                   self_reference, provenance, trust)
+                VALUES ($a, $path, $hashPart, $narHash, $narSize, $deriver, $ca, $time, $ultimate, $self, $provenance, $trust)
+                RETURNING id
+                """, transaction);
+            // Types are inferred from each value (the hash is a blob, sizes are integers).
+            var parameters = InsertParameters.ToDictionary(n => n, n => insert.Parameters.Add(new SqliteParameter(n, DBNull.Value)));
+            using var refs = Command(connection, """
+                INSERT INTO refs (referrer, reference)
+                SELECT $id, p.id FROM paths p JOIN json_each($refs) j ON p.path = j.value WHERE p.account_id = $a
+                """, transaction);
+            var refsId = refs.Parameters.Add("$id", SqliteType.Integer);
+            var refsList = refs.Parameters.Add("$refs", SqliteType.Text);
+            refs.Parameters.AddWithValue("$a", account);
+            using var sigs = Command(connection, "INSERT OR IGNORE INTO sigs (path_id, sig) SELECT $id, value FROM json_each($sigs)", transaction);
+            var sigsId = sigs.Parameters.Add("$id", SqliteType.Integer);
+            var sigsList = sigs.Parameters.Add("$sigs", SqliteType.Text);
+            using var outputs = Command(connection, "INSERT INTO drv_outputs (drv_id, output, path) VALUES ($id, $output, $path)", transaction);
+            var outputsId = outputs.Parameters.Add("$id", SqliteType.Integer);
+            var outputName = outputs.Parameters.Add("$output", SqliteType.Text);
+            var outputPath = outputs.Parameters.Add("$path", SqliteType.Text);
+
+            foreach (var newPath in paths)
+            {
+                var info = newPath.Info;
+                if (!existing.Add(info.Path.BaseName))
+                {
+                    continue;
+                }
+
+                parameters["$a"].Value = account;
+                parameters["$path"].Value = info.Path.BaseName;
+                parameters["$hashPart"].Value = info.Path.HashPart;
+                parameters["$narHash"].Value = info.NarHash.Digest.ToArray();
+                parameters["$narSize"].Value = info.NarSize;
+                parameters["$deriver"].Value = (object?)info.Deriver?.BaseName ?? DBNull.Value;
+                parameters["$ca"].Value = (object?)info.ContentAddress?.ToString() ?? DBNull.Value;
+                parameters["$time"].Value = info.RegistrationTime;
+                parameters["$ultimate"].Value = info.Ultimate ? 1 : 0;
+                parameters["$self"].Value = info.HasSelfReference ? 1 : 0;
+                parameters["$provenance"].Value = newPath.Provenance.ToString().ToLowerInvariant();
+                parameters["$trust"].Value = TrustText(newPath.Trust);
+                var id = (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+
+                var others = info.OtherReferences.Select(r => r.BaseName).ToList();
+                if (others.Count > 0)
+                {
+                    refsId.Value = id;
+                    refsList.Value = JsonArray(others);
+                    var inserted = await refs.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                    if (inserted != others.Count)
+                    {
+                        var found = new HashSet<string>(StringComparer.Ordinal);
+                        using var check = Command(connection, "SELECT p.path FROM paths p JOIN json_each($refs) j ON p.path = j.value WHERE p.account_id = $a",
+                            transaction, ("$refs", JsonArray(others)), ("$a", account));
+                        foreach (var present in await ReadPathsAsync(check, cancellationToken).ConfigureAwait(false))
+                        {
+                            found.Add(present.BaseName);
+                        }
+
+                        throw new MissingReferencesException(info.Path, others.Where(o => !found.Contains(o)).Select(StorePath.FromBaseName).ToList());
+                    }
+                }
+
+                if (info.Signatures.Count > 0)
+                {
+                    sigsId.Value = id;
+                    sigsList.Value = JsonArray(info.Signatures);
+                    await sigs.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                }
+
+                foreach (var (name, output) in newPath.DerivationOutputs ?? new Dictionary<string, StorePath?>())
+                {
+                    outputsId.Value = id;
+                    outputName.Value = name;
+                    outputPath.Value = (object?)output?.BaseName ?? DBNull.Value;
+                    await outputs.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                }
+            }
+        }, cancellationToken);
+    }
+
+    public Task AddSignaturesAsync(long account, StorePath path, IReadOnlyCollection<string> signatures, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var command = Command(connection, """
+                INSERT OR IGNORE INTO sigs (path_id, sig)
+                SELECT p.id, j.value FROM paths p, json_each($sigs) j WHERE p.account_id = $a AND p.path = $p
+                """, transaction, ("$sigs", JsonArray(signatures)), ("$a", account), ("$p", path.BaseName));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<GraphNode>> GetGraphAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<GraphNode>>(async connection =>
+        {
+            using var command = Command(connection, """
+                SELECT p.path, p.deriver, p.nar_size, p.nar_hash,
+                       (SELECT group_concat(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id)
+                FROM paths p WHERE p.account_id = $a
+                """, null, ("$a", account));
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var nodes = new List<GraphNode>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                var references = reader.IsDBNull(4)
+                    ? []
+                    : reader.GetString(4).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(StorePath.FromBaseName).ToList();
+                nodes.Add(new GraphNode(
+                    StorePath.FromBaseName(reader.GetString(0)),
+                    references,
+                    reader.IsDBNull(1) ? null : StorePath.FromBaseName(reader.GetString(1)),
+                    reader.GetInt64(2),
+                    new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(3))));
+            }
+
+            return nodes;
+        }, cancellationToken);
+
+    public Task DeletePathsAsync(long account, IReadOnlyList<StorePath> paths, CancellationToken cancellationToken)
+    {
+        if (paths.Count == 0)
+        {
+            return Task.CompletedTask;
+        }
+
+        return WriteAsync(async (connection, transaction) =>
+        {
+            using var delete = Command(connection, "DELETE FROM paths WHERE account_id = $a AND path = $p", transaction);
+            delete.Parameters.AddWithValue("$a", account);
+            var path = delete.Parameters.Add("$p", SqliteType.Text);
+            foreach (var storePath in paths)
+            {
+                path.Value = storePath.BaseName;
+                await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }, cancellationToken);
+    }
+
+    public Task<IReadOnlySet<NixHash>> GetReferencedBlobsAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken)
+    {
+        if (narHashes.Count == 0)
+        {
+            return Task.FromResult<IReadOnlySet<NixHash>>(new HashSet<NixHash>());
+        }
+
+        return ReadAsync<IReadOnlySet<NixHash>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT DISTINCT p.nar_hash FROM paths p JOIN json_each($hashes) j ON p.nar_hash = unhex(j.value)",
+                null, ("$hashes", JsonArray(narHashes.Select(h => h.ToBase16()))));
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var result = new HashSet<NixHash>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                result.Add(new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(0)));
+            }
+
+            return result;
+        }, cancellationToken);
+    }
+
+    public Task AddRootAsync(long account, RootKind kind, string name, StorePath path, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var command = Command(connection, """
+                INSERT INTO roots (account_id, kind, name, path, created) VALUES ($a, $k, $n, $p, $t)
+                ON CONFLICT (account_id, kind, name) DO UPDATE SET path = excluded.path
+                """, transaction, ("$a", account), ("$k", KindText(kind)), ("$n", name), ("$p", path.BaseName), ("$t", Now()));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<RootRecord>> GetRootsAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<RootRecord>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT kind, name, path FROM roots WHERE account_id = $a ORDER BY kind, name", null, ("$a", account));
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var roots = new List<RootRecord>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                roots.Add(new RootRecord(reader.GetString(0) == "perm" ? RootKind.Permanent : RootKind.Indirect, reader.GetString(1), StorePath.FromBaseName(reader.GetString(2))));
+            }
+
+            return roots;
+        }, cancellationToken);
+
+    public Task RemoveRootAsync(long account, RootKind kind, string name, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var command = Command(connection, "DELETE FROM roots WHERE account_id = $a AND kind = $k AND name = $n", transaction,
+                ("$a", account), ("$k", KindText(kind)), ("$n", name));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    private static string KindText(RootKind kind) => kind == RootKind.Permanent ? "perm" : "indirect";
+
+    public ValueTask DisposeAsync()
+    {
+        _writeLock.Dispose();
+        SqliteConnection.ClearAllPools();
+        return ValueTask.CompletedTask;
+    }
+}
+
+[System.Text.Json.Serialization.JsonSerializable(typeof(string[]))]
+internal sealed partial class JsonContext : System.Text.Json.Serialization.JsonSerializerContext;

@@ -1,0 +1,27 @@
+namespace Kiln.Store;
+
+/// <summary>How the store keeps its data.</summary>
+public sealed record StoreOptions
+{
+    /// <summary>The data directory: <c>kiln.db</c> and <c>blobs/</c>.</summary>
+    public required string DataDirectory { get; init; }
+
+    /// <summary>
+    /// fsync each blob before it is renamed into place. Off by default, as Nix's own store does not fsync paths; the
+    /// metadata database is always crash-safe (WAL).
+    /// </summary>
+    public bool FsyncBlobs { get; init; }
+
+    /// <summary>The largest NAR accepted in one upload.</summary>
+    public long MaxNarSize { get; init; } = 64L << 30;
+
+    /// <summary>
+    /// Blobs younger than this are never swept by the garbage collector, in case a registration by another server
+    /// process is on its way.
+    /// </summary>
+    public TimeSpan BlobGracePeriod { get; init; } = TimeSpan.FromMinutes(10);
+
+    public string DatabasePath => Path.Combine(DataDirectory, "kiln.db");
+
+    public string BlobDirectory => Path.Combine(DataDirectory, "blobs");
+}

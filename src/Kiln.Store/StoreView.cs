@@ -1,0 +1,294 @@
+using System.Text;
+using Kiln.Nix;
+using Kiln.Nix.Derivations;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
+using Kiln.Protocol.Worker;
+using Kiln.Store.Gc;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Store;
+
+/// <summary>
+/// One account's view of the store, as one session uses it. The account sees exactly the paths in its view;
+/// knowing a store path gives nothing else. Uploads are verified completely (NAR hash and size, NAR well-formed,
+/// content address and content hash, references present) before they are registered, and registered atomically.
+/// Paths the session uploads or names with AddTempRoot are temporary roots until it ends.
+/// </summary>
+public sealed partial class StoreView : IWorkerStore, IDisposable
+{
+    private readonly KilnStore _store;
+    private readonly TempRoots.SessionRoots _tempRoots;
+
+    internal StoreView(KilnStore store, long accountId, string accountName)
+    {
+        _store = store;
+        AccountId = accountId;
+        AccountName = accountName;
+        _tempRoots = store.TempRoots.Open(accountId);
+    }
+
+    public long AccountId { get; }
+
+    public string AccountName { get; }
+
+    private IMetadataStore Metadata => _store.Metadata;
+
+    public void Dispose() => _tempRoots.Dispose();
+
+    public async Task<IReadOnlySet<StorePath>> QueryValidPathsAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
+    {
+        var records = await Metadata.GetPathsAsync(AccountId, paths, cancellationToken).ConfigureAwait(false);
+        return new SortedSet<StorePath>(records.Keys);
+    }
+
+    public async Task<IReadOnlyDictionary<StorePath, ValidPathInfo>> QueryPathInfosAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
+    {
+        var records = await Metadata.GetPathsAsync(AccountId, paths, cancellationToken).ConfigureAwait(false);
+        return records.ToDictionary(r => r.Key, r => r.Value.Info);
+    }
+
+    public Task<StorePath?> QueryPathFromHashPartAsync(string hashPart, CancellationToken cancellationToken) =>
+        Metadata.FindByHashPartAsync(AccountId, hashPart, cancellationToken);
+
+    public Task<IReadOnlySet<StorePath>> QueryReferrersAsync(StorePath path, CancellationToken cancellationToken) =>
+        Metadata.GetReferrersAsync(AccountId, path, cancellationToken);
+
+    public Task<IReadOnlySet<StorePath>> QueryValidDeriversAsync(StorePath path, CancellationToken cancellationToken) =>
+        Metadata.GetValidDeriversAsync(AccountId, path, cancellationToken);
+
+    public async Task<IReadOnlyDictionary<string, StorePath?>> QueryDerivationOutputMapAsync(StorePath drvPath, CancellationToken cancellationToken)
+    {
+        var outputs = await Metadata.GetDerivationOutputsAsync(AccountId, drvPath, cancellationToken).ConfigureAwait(false)
+            ?? throw new NixErrorException($"path '{drvPath}' is not valid");
+        if (outputs.Count == 0)
+        {
+            throw new NixErrorException($"'{drvPath}' is not a derivation Kiln could read");
+        }
+
+        return outputs;
+    }
+
+    public async Task<IReadOnlySet<StorePath>> QueryAllValidPathsAsync(CancellationToken cancellationToken) =>
+        new SortedSet<StorePath>(await Metadata.GetAllPathsAsync(AccountId, cancellationToken).ConfigureAwait(false));
+
+    public async Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, CancellationToken cancellationToken)
+    {
+        var wanted = targets.Select(t => t switch
+        {
+            DerivedPath.Opaque opaque => opaque.Path,
+            DerivedPath.Built built => built.DrvPath,
+            _ => throw new ArgumentOutOfRangeException(nameof(targets)),
+        }).Distinct().ToList();
+        var valid = await QueryValidPathsAsync(wanted, cancellationToken).ConfigureAwait(false);
+        var willBuild = new SortedSet<StorePath>();
+        var unknown = new SortedSet<StorePath>();
+        foreach (var target in targets)
+        {
+            switch (target)
+            {
+                case DerivedPath.Opaque opaque when !valid.Contains(opaque.Path):
+                    unknown.Add(opaque.Path);
+                    break;
+                case DerivedPath.Built built when !valid.Contains(built.DrvPath):
+                    unknown.Add(built.DrvPath);
+                    break;
+                case DerivedPath.Built built:
+                    var outputs = await Metadata.GetDerivationOutputsAsync(AccountId, built.DrvPath, cancellationToken).ConfigureAwait(false) ?? new Dictionary<string, StorePath?>();
+                    var requested = outputs.Where(o => built.Outputs is null || built.Outputs.Contains(o.Key)).ToList();
+                    var known = requested.Where(o => o.Value is not null).Select(o => o.Value!.Value).ToList();
+                    var validOutputs = await QueryValidPathsAsync(known, cancellationToken).ConfigureAwait(false);
+                    if (requested.Count == 0 || requested.Any(o => o.Value is null || !validOutputs.Contains(o.Value.Value)))
+                    {
+                        willBuild.Add(built.DrvPath);
+                    }
+
+                    break;
+            }
+        }
+
+        return new MissingPaths(willBuild, new SortedSet<StorePath>(), unknown, 0, 0);
+    }
+
+    public async Task<NarBlob?> OpenNarAsync(StorePath path, CancellationToken cancellationToken)
+    {
+        var records = await Metadata.GetPathsAsync(AccountId, [path], cancellationToken).ConfigureAwait(false);
+        if (!records.TryGetValue(path, out var record))
+        {
+            return null;
+        }
+
+        var file = _store.Blobs.PathOf(record.Info.NarHash);
+        if (!File.Exists(file))
+        {
+            throw new NixErrorException($"the contents of '{path}' are missing from Kiln's store; an operator should run 'kiln store verify'");
+        }
+
+        return new NarBlob(file, record.Info.NarSize, record.Info.NarHash);
+    }
+
+    public Task AddTempRootAsync(StorePath path, CancellationToken cancellationToken)
+    {
+        _tempRoots.Add(path);
+        return Task.CompletedTask;
+    }
+
+    public async Task AddIndirectRootAsync(string link, CancellationToken cancellationToken)
+    {
+        // Nix records the link and reads it at collection time. Kiln can only follow links it can see; one it
+        // cannot see (a client on another machine or in another mount namespace) would be stale at once.
+        try
+        {
+            var target = new FileInfo(link).LinkTarget;
+            if (target is not null && StorePath.TryParse(target, out var path))
+            {
+                await Metadata.AddRootAsync(AccountId, RootKind.Indirect, link, path, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    public async Task<string> AddPermRootAsync(StorePath path, string rootName, CancellationToken cancellationToken)
+    {
+        await RequireValidAsync(path, cancellationToken).ConfigureAwait(false);
+        if (string.IsNullOrEmpty(rootName) || rootName.Length > 4096)
+        {
+            throw new NixErrorException("a garbage collector root needs a name of at most 4096 characters");
+        }
+
+        await Metadata.AddRootAsync(AccountId, RootKind.Permanent, rootName, path, cancellationToken).ConfigureAwait(false);
+        return rootName;
+    }
+
+    public Task<IReadOnlyList<KeyValuePair<string, StorePath>>> FindRootsAsync(CancellationToken cancellationToken) =>
+        _store.GarbageCollector.RootsAsync(AccountId, cancellationToken);
+
+    public Task<GcResult> CollectGarbageAsync(GcRequest request, CancellationToken cancellationToken) =>
+        _store.GarbageCollector.CollectAsync(AccountId, request, cancellationToken);
+
+    public async Task AddSignaturesAsync(StorePath path, IReadOnlySet<string> signatures, CancellationToken cancellationToken)
+    {
+        await RequireValidAsync(path, cancellationToken).ConfigureAwait(false);
+        foreach (var signature in signatures)
+        {
+            var colon = signature.IndexOf(':', StringComparison.Ordinal);
+            if (colon <= 0 || !NixBase64.TryDecode(signature.AsSpan(colon + 1), out var bytes) || bytes.Length != 64)
+            {
+                throw new NixErrorException($"'{signature}' is not a signature (expected name:base64 of 64 bytes)");
+            }
+        }
+
+        await Metadata.AddSignaturesAsync(AccountId, path, signatures.ToList(), cancellationToken).ConfigureAwait(false);
+    }
+
+    public async Task<bool> VerifyStoreAsync(bool checkContents, bool repair, IClientLog log, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(log);
+        if (repair)
+        {
+            throw new NixErrorException("Kiln cannot repair paths: it has no substituters to fetch them from yet");
+        }
+
+        var paths = await Metadata.GetAllPathsAsync(AccountId, cancellationToken).ConfigureAwait(false);
+        var errors = false;
+        var checkedHashes = new Dictionary<NixHash, NixHash?>();
+        foreach (var batch in paths.Chunk(1000))
+        {
+            var records = await Metadata.GetPathsAsync(AccountId, batch, cancellationToken).ConfigureAwait(false);
+            foreach (var (path, record) in records.OrderBy(r => r.Key))
+            {
+                var file = _store.Blobs.PathOf(record.Info.NarHash);
+                if (!File.Exists(file))
+                {
+                    log.Log($"path '{path}' disappeared, but it still has valid referrers!");
+                    errors = true;
+                    continue;
+                }
+
+                if (!checkContents)
+                {
+                    continue;
+                }
+
+                if (!checkedHashes.TryGetValue(record.Info.NarHash, out var actual))
+                {
+                    actual = await HashFileAsync(file, cancellationToken).ConfigureAwait(false);
+                    checkedHashes[record.Info.NarHash] = actual;
+                }
+
+                if (actual != record.Info.NarHash)
+                {
+                    log.Log($"path '{path}' was modified! expected hash '{record.Info.NarHash}', got '{actual}'");
+                    errors = true;
+                }
+            }
+        }
+
+        return errors;
+    }
+
+    internal static async Task<NixHash> HashFileAsync(string file, CancellationToken cancellationToken)
+    {
+        var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        await using (stream.ConfigureAwait(false))
+        {
+            var hashing = new HashingStream(NixHashAlgorithm.Sha256);
+            await using (hashing.ConfigureAwait(false))
+            {
+                await stream.CopyToAsync(hashing, 256 * 1024, cancellationToken).ConfigureAwait(false);
+                return hashing.Finish();
+            }
+        }
+    }
+
+    public async Task EnsurePathAsync(StorePath path, CancellationToken cancellationToken)
+    {
+        var valid = await QueryValidPathsAsync([path], cancellationToken).ConfigureAwait(false);
+        if (!valid.Contains(path))
+        {
+            throw new NixErrorException($"path '{path}' does not exist and cannot be created");
+        }
+    }
+
+    private async Task RequireValidAsync(StorePath path, CancellationToken cancellationToken)
+    {
+        var valid = await QueryValidPathsAsync([path], cancellationToken).ConfigureAwait(false);
+        if (!valid.Contains(path))
+        {
+            throw new NixErrorException($"path '{path}' is not valid");
+        }
+    }
+
+    /// <summary>The outputs a .drv declares, read from its contents; null when they do not parse.</summary>
+    internal static IReadOnlyDictionary<string, StorePath?>? DerivationOutputs(StorePath drvPath, byte[]? contents)
+    {
+        if (!drvPath.IsDerivation || contents is null)
+        {
+            return null;
+        }
+
+        try
+        {
+            var derivation = ATerm.Parse(contents, Derivation.NameFromPath(drvPath));
+            return derivation.Outputs.ToDictionary(
+                o => o.Key,
+                o => o.Value.Path.Length == 0 ? (StorePath?)null : StorePath.Parse(o.Value.Path),
+                StringComparer.Ordinal);
+        }
+        catch (NixFormatException)
+        {
+            return null;
+        }
+    }
+
+    internal static string Describe(NixHash hash) => hash.ToString(HashFormat.Nix32, true);
+
+    internal static string Utf8(byte[] bytes) => Encoding.UTF8.GetString(bytes);
+}
