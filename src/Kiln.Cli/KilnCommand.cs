@@ -15,6 +15,8 @@ internal static class KilnCommand
     private static readonly Dictionary<string, Func<Command>> Groups = new(StringComparer.Ordinal)
     {
         ["nix"] = NixCommands.Create,
+        ["serve"] = ServeCommands.Serve,
+        ["store"] = ServeCommands.Store,
     };
 
     public static async Task<int> RunAsync(string[] args)

@@ -433,14 +433,68 @@ public sealed partial class WorkerSession
 
     private async Task BuildPathsAsync(bool withResults, CancellationToken ct)
     {
-        await ReadDerivedPathsAsync(ct).ConfigureAwait(false);
+        var targets = await ReadDerivedPathsAsync(ct).ConfigureAwait(false);
         if (withResults || _version.AtLeast(15))
         {
             await _input.ReadU64Async(ct).ConfigureAwait(false); // build mode
         }
 
         _log.StartWork();
-        throw new NixErrorException(NoBuilds);
+
+        // What is already valid needs no build: clients send BuildPaths to make sure of that (nix copy does).
+        var results = new List<(DerivedPath Target, BuildResult Result)>();
+        foreach (var target in targets)
+        {
+            results.Add((target, await AlreadyValidAsync(target, ct).ConfigureAwait(false) ?? throw new NixErrorException(NoBuilds)));
+        }
+
+        _log.StopWork();
+        if (withResults)
+        {
+            _output.WriteU64((ulong)results.Count);
+            foreach (var (target, result) in results)
+            {
+                _output.WriteString(target.ToWire(_version));
+                result.Write(_output, _version);
+            }
+        }
+        else
+        {
+            _output.WriteU64(1);
+        }
+    }
+
+    // The result for a target that is already valid in the view, or null when it would need building.
+    private async Task<BuildResult?> AlreadyValidAsync(DerivedPath target, CancellationToken ct)
+    {
+        switch (target)
+        {
+            case DerivedPath.Opaque opaque:
+                var valid = await _store.QueryValidPathsAsync([opaque.Path], ct).ConfigureAwait(false);
+                return valid.Contains(opaque.Path)
+                    ? new BuildResult { Status = BuildStatus.AlreadyValid }
+                    : throw new NixErrorException($"path '{opaque.Path}' does not exist and cannot be created");
+            case DerivedPath.Built built:
+                var outputs = await _store.QueryDerivationOutputMapAsync(built.DrvPath, ct).ConfigureAwait(false);
+                var wanted = outputs.Where(o => built.Outputs is null || built.Outputs.Contains(o.Key)).ToList();
+                if (built.Outputs is not null && built.Outputs.Any(o => !outputs.ContainsKey(o)))
+                {
+                    throw new NixErrorException($"derivation '{built.DrvPath}' does not have the wanted outputs");
+                }
+
+                if (wanted.Any(o => o.Value is null))
+                {
+                    return null;
+                }
+
+                var paths = wanted.Select(o => o.Value!.Value).ToList();
+                var present = await _store.QueryValidPathsAsync(paths, ct).ConfigureAwait(false);
+                return paths.All(present.Contains)
+                    ? new BuildResult { Status = BuildStatus.AlreadyValid, BuiltOutputs = wanted.ToDictionary(o => o.Key, o => o.Value!.Value) }
+                    : null;
+            default:
+                return null;
+        }
     }
 
     private async Task BuildDerivationAsync(CancellationToken ct)

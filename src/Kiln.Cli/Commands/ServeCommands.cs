@@ -1,0 +1,80 @@
+using System.CommandLine;
+using Kiln.Server;
+using Kiln.Store;
+
+namespace Kiln.Cli.Commands;
+
+/// <summary><c>kiln serve</c>, and <c>kiln store …</c> maintenance that works with the server stopped.</summary>
+internal static class ServeCommands
+{
+    private static Option<string> DataOption() => new("--data")
+    {
+        Description = "The data directory (created on first start): metadata, blobs, daemon.sock.",
+        Required = true,
+    };
+
+    public static Command Serve()
+    {
+        var data = DataOption();
+        var socket = new Option<string?>("--socket") { Description = "The worker-protocol socket (default DATA/daemon.sock)." };
+        var account = new Option<string>("--account") { Description = "The account clients of the socket act as.", DefaultValueFactory = _ => "local" };
+        var command = new Command("serve", "Run Kiln: the store and the Nix daemon protocol on a unix socket, until SIGTERM or SIGINT.")
+        {
+            data, socket, account,
+        };
+        command.SetAction(async (result, cancellationToken) =>
+        {
+            var directory = Path.GetFullPath(result.GetValue(data)!);
+            var options = new ServerOptions
+            {
+                DataDirectory = directory,
+                SocketPath = result.GetValue(socket) is { } s ? Path.GetFullPath(s) : null,
+                SocketAccount = result.GetValue(account)!,
+            };
+            return await KilnServer.RunAsync(options, new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
+        });
+        return command;
+    }
+
+    public static Command Store()
+    {
+        var gcData = DataOption();
+        var gc = new Command("gc", "Collect garbage in every account's view and delete blobs nothing names (server stopped).") { gcData };
+        gc.SetAction(async (result, cancellationToken) =>
+        {
+            var directory = Path.GetFullPath(result.GetValue(gcData)!);
+            using var dataLock = DataDirectoryLock.Acquire(directory, "kiln store gc");
+            var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
+            await using (store.ConfigureAwait(false))
+            {
+                // With the server stopped no upload is in flight, so no grace period is needed for blobs.
+                var (paths, bytes, blobs) = await store.GarbageCollector.CollectAllAsync(TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+                Console.Out.Write($"deleted {paths} paths ({bytes} bytes of NAR) from accounts' views; removed {blobs} blobs\n");
+            }
+
+            return 0;
+        });
+
+        var verifyData = DataOption();
+        var verify = new Command("verify", "Re-hash every blob and check every path has its contents (server stopped).") { verifyData };
+        verify.SetAction(async (result, cancellationToken) =>
+        {
+            var directory = Path.GetFullPath(result.GetValue(verifyData)!);
+            using var dataLock = DataDirectoryLock.Acquire(directory, "kiln store verify");
+            var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
+            await using (store.ConfigureAwait(false))
+            {
+                var report = await StoreMaintenance.VerifyAllAsync(store, message => Console.Error.WriteLine(message), cancellationToken).ConfigureAwait(false);
+                foreach (var problem in report.Problems)
+                {
+                    Console.Out.Write(problem + "\n");
+                }
+
+                Console.Out.Write($"{report.Blobs} blobs ({report.Bytes} bytes) checked, {report.Problems.Count} problems\n");
+                return report.Problems.Count == 0 ? 0 : 1;
+            }
+        });
+
+        return new Command("store", "Maintain a Kiln store offline.") { gc, verify };
+    }
+}

@@ -1,0 +1,117 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using Kiln.Protocol.Wire;
+using Kiln.Protocol.Worker;
+using Kiln.Store;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Server;
+
+/// <summary>
+/// Listens on the daemon's unix socket and serves each connection as a worker-protocol session against the socket
+/// account's view, logging one line per session. On stop it closes the socket, cancels the sessions and waits a
+/// little for them to end.
+/// </summary>
+public sealed partial class DaemonSocketService(KilnStore store, ServerOptions options, WorkerSessionOptions sessionOptions, ILogger<DaemonSocketService> logger)
+    : BackgroundService
+{
+    private readonly ConcurrentDictionary<long, Task> _sessions = new();
+    private long _nextSession;
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var path = options.EffectiveSocketPath;
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        if (File.Exists(path))
+        {
+            File.Delete(path); // a stale socket: the data directory lock says no other server owns it
+        }
+
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        File.SetUnixFileMode(path, options.SocketMode);
+        listener.Listen(128);
+        LogListening(logger, path, options.SocketAccount);
+
+        try
+        {
+            while (!stoppingToken.IsCancellationRequested)
+            {
+                Socket client;
+                try
+                {
+                    client = await listener.AcceptAsync(stoppingToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+
+                var id = Interlocked.Increment(ref _nextSession);
+                var session = Task.Run(() => ServeAsync(id, client, stoppingToken), CancellationToken.None);
+                _sessions[id] = session;
+                _ = session.ContinueWith(_ => _sessions.TryRemove(id, out Task? _), TaskScheduler.Default);
+            }
+        }
+        finally
+        {
+            listener.Close();
+            File.Delete(path);
+            await Task.WhenAny(Task.WhenAll(_sessions.Values), Task.Delay(options.ShutdownGrace, CancellationToken.None)).ConfigureAwait(false);
+        }
+    }
+
+    private async Task ServeAsync(long id, Socket socket, CancellationToken stoppingToken)
+    {
+        var watch = Stopwatch.StartNew();
+        SessionSummary? summary = null;
+        try
+        {
+            using (socket)
+            {
+                var stream = new NetworkStream(socket, ownsSocket: false);
+                await using (stream.ConfigureAwait(false))
+                {
+                    var reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024));
+                    var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
+                    using var view = await store.OpenViewAsync(options.SocketAccount, stoppingToken).ConfigureAwait(false);
+                    var session = new WorkerSession(view, sessionOptions, logger);
+                    summary = await session.RunAsync(reader, writer, new SocketFileSender(socket), stoppingToken).ConfigureAwait(false);
+                    await writer.CompleteAsync().ConfigureAwait(false);
+                    await reader.CompleteAsync().ConfigureAwait(false);
+                }
+            }
+        }
+#pragma warning disable CA1031 // A session's failure must never reach the listener: log it and go on.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            LogSessionFailed(logger, id, e);
+            return;
+        }
+
+        var version = summary.ClientVersion?.ToString() ?? "-";
+        var reason = summary.CloseReason ?? "client disconnected";
+        LogSession(logger, id, options.SocketAccount, version, summary.Operations, summary.BytesIn, summary.BytesOut, watch.Elapsed.TotalSeconds, reason);
+    }
+
+    [LoggerMessage(EventId = 2001, Level = LogLevel.Information, Message = "listening on {Path} (worker protocol, account {Account})")]
+    private static partial void LogListening(ILogger logger, string path, string account);
+
+    [LoggerMessage(EventId = 2002, Level = LogLevel.Information,
+        Message = "session {Id} account={Account} client={Version} ops={Ops} in={BytesIn} out={BytesOut} seconds={Seconds:F2} end: {Reason}")]
+    private static partial void LogSession(ILogger logger, long id, string account, string version, int ops, long bytesIn, long bytesOut, double seconds, string reason);
+
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Error, Message = "session {Id} failed")]
+    private static partial void LogSessionFailed(ILogger logger, long id, Exception exception);
+
+    /// <summary>NarFromPath by sendfile on the session's socket.</summary>
+    private sealed class SocketFileSender(Socket socket) : IFileSender
+    {
+        public async ValueTask SendFileAsync(string path, long length, CancellationToken cancellationToken) =>
+            await socket.SendFileAsync(path, cancellationToken).ConfigureAwait(false);
+    }
+}
