@@ -34,7 +34,7 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
         listener.Bind(new UnixDomainSocketEndPoint(path));
         File.SetUnixFileMode(path, options.SocketMode);
         listener.Listen(128);
-        LogListening(logger, path, options.SocketAccount);
+        LogListening(logger, path, options.SocketAccount, store.Materialised?.Root ?? "-");
 
         try
         {
@@ -77,7 +77,8 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
                 {
                     var reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024));
                     var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
-                    using var view = await store.OpenViewAsync(options.SocketAccount, stoppingToken).ConfigureAwait(false);
+                    var peer = PeerCredentials.Of(socket);
+                    using var view = await store.OpenViewAsync(options.SocketAccount, stoppingToken, peer?.FileSystemRoot()).ConfigureAwait(false);
                     var session = new WorkerSession(view, sessionOptions, logger);
                     summary = await session.RunAsync(reader, writer, new SocketFileSender(socket), stoppingToken).ConfigureAwait(false);
                     await writer.CompleteAsync().ConfigureAwait(false);
@@ -98,8 +99,9 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
         LogSession(logger, id, options.SocketAccount, version, summary.Operations, summary.BytesIn, summary.BytesOut, watch.Elapsed.TotalSeconds, reason);
     }
 
-    [LoggerMessage(EventId = 2001, Level = LogLevel.Information, Message = "listening on {Path} (worker protocol, account {Account})")]
-    private static partial void LogListening(ILogger logger, string path, string account);
+    [LoggerMessage(EventId = 2001, Level = LogLevel.Information,
+        Message = "listening on {Path} (worker protocol, account {Account}); clients use --store 'unix://{Path}?root={Root}'")]
+    private static partial void LogListening(ILogger logger, string path, string account, string root);
 
     [LoggerMessage(EventId = 2002, Level = LogLevel.Information,
         Message = "session {Id} account={Account} client={Version} ops={Ops} in={BytesIn} out={BytesOut} seconds={Seconds:F2} end: {Reason}")]

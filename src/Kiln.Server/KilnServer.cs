@@ -17,9 +17,10 @@ public static class KilnServer
     {
         ArgumentNullException.ThrowIfNull(options);
         using var dataLock = DataDirectoryLock.Acquire(options.DataDirectory, "kiln serve");
-        var store = await KilnStore.OpenAsync(storeOptions, cancellationToken).ConfigureAwait(false);
+        var store = await KilnStore.OpenAsync(storeOptions with { MaterialisedAccount = options.SocketAccount }, cancellationToken).ConfigureAwait(false);
         await using (store.ConfigureAwait(false))
         {
+            await store.ReconcileMaterialisedAsync(cancellationToken).ConfigureAwait(false);
             var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
             builder.Logging.AddSimpleConsole(console =>
             {

@@ -19,7 +19,28 @@ public sealed class KilnStore : IAsyncDisposable
         Metadata = metadata;
         Blobs = new BlobStore(options.BlobDirectory, options.FsyncBlobs);
         TempRoots = new TempRoots();
-        GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options);
+        Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
+        GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
+    }
+
+    /// <summary>The unpacked tree of <see cref="StoreOptions.MaterialisedAccount"/>'s view, if there is one.</summary>
+    public MaterialisedView? Materialised { get; }
+
+    private long? _materialisedAccountId;
+
+    /// <summary>The unpacked tree for <paramref name="accountId"/>, when that account's view is materialised.</summary>
+    internal MaterialisedView? MaterialisedFor(long accountId) => _materialisedAccountId == accountId ? Materialised : null;
+
+    /// <summary>Brings the materialised tree in line with its account's view (at start).</summary>
+    public async Task ReconcileMaterialisedAsync(CancellationToken cancellationToken)
+    {
+        if (Materialised is null)
+        {
+            return;
+        }
+
+        var graph = await Metadata.GetGraphAsync(_materialisedAccountId!.Value, cancellationToken).ConfigureAwait(false);
+        await Materialised.ReconcileAsync(graph.Select(n => (n.Path, n.NarHash)).ToList(), cancellationToken).ConfigureAwait(false);
     }
 
     public StoreOptions Options { get; }
@@ -41,7 +62,18 @@ public sealed class KilnStore : IAsyncDisposable
         Directory.CreateDirectory(options.DataDirectory);
         var metadata = new SqliteMetadataStore(options.DatabasePath);
         await metadata.MigrateAsync(cancellationToken).ConfigureAwait(false);
-        return new KilnStore(options, metadata);
+        return await CreateAsync(options, metadata, cancellationToken).ConfigureAwait(false);
+    }
+
+    private static async Task<KilnStore> CreateAsync(StoreOptions options, IMetadataStore metadata, CancellationToken cancellationToken)
+    {
+        var store = new KilnStore(options, metadata);
+        if (options.MaterialisedAccount is { } account)
+        {
+            store._materialisedAccountId = await metadata.GetOrCreateAccountAsync(account, cancellationToken).ConfigureAwait(false);
+        }
+
+        return store;
     }
 
     /// <summary>Opens a store over an existing metadata provider (the contract tests run it on each).</summary>
@@ -49,14 +81,18 @@ public sealed class KilnStore : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(metadata);
         await metadata.MigrateAsync(cancellationToken).ConfigureAwait(false);
-        return new KilnStore(options, metadata);
+        return await CreateAsync(options, metadata, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>A session's view of one account (created on first use). Dispose it when the session ends.</summary>
-    public async Task<StoreView> OpenViewAsync(string account, CancellationToken cancellationToken)
+    /// <summary>
+    /// A session's view of one account (created on first use). <paramref name="clientRoot"/> is where the client's
+    /// file system root is from here, when the client is local: its GC root symlinks are resolved under it.
+    /// Dispose the view when the session ends.
+    /// </summary>
+    public async Task<StoreView> OpenViewAsync(string account, CancellationToken cancellationToken, string? clientRoot = null)
     {
         var id = await Metadata.GetOrCreateAccountAsync(account, cancellationToken).ConfigureAwait(false);
-        return new StoreView(this, id, account);
+        return new StoreView(this, id, account, clientRoot);
     }
 
     public async ValueTask DisposeAsync()

@@ -21,6 +21,15 @@ public sealed record StoreOptions
     /// </summary>
     public TimeSpan BlobGracePeriod { get; init; } = TimeSpan.FromMinutes(10);
 
+    /// <summary>
+    /// The account whose view is unpacked as a store tree under <see cref="MaterialisedRoot"/> (the unix socket's
+    /// account: Nix's unix:// store reads path contents from disk). Null for none.
+    /// </summary>
+    public string? MaterialisedAccount { get; init; }
+
+    /// <summary>Where that tree lives: clients use <c>unix://…?root=</c> this.</summary>
+    public string MaterialisedRoot => Path.Combine(DataDirectory, "root");
+
     public string DatabasePath => Path.Combine(DataDirectory, "kiln.db");
 
     public string BlobDirectory => Path.Combine(DataDirectory, "blobs");

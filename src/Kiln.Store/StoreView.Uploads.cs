@@ -185,6 +185,12 @@ public sealed partial class StoreView
         {
             _tempRoots.Add(upload.Info.Path);
         }
+
+        // Before the client hears "done": it may read the path from disk next.
+        if (_store.MaterialisedFor(AccountId) is { } tree)
+        {
+            await tree.AddAsync(ordered.Select(u => (u.Info.Path, u.Info.NarHash)), cancellationToken).ConfigureAwait(false);
+        }
     }
 
     // References first, so each path's references are registered before it.

@@ -22,11 +22,14 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     private readonly KilnStore _store;
     private readonly TempRoots.SessionRoots _tempRoots;
 
-    internal StoreView(KilnStore store, long accountId, string accountName)
+    private readonly string? _clientRoot;
+
+    internal StoreView(KilnStore store, long accountId, string accountName, string? clientRoot)
     {
         _store = store;
         AccountId = accountId;
         AccountName = accountName;
+        _clientRoot = clientRoot;
         _tempRoots = store.TempRoots.Open(accountId);
     }
 
@@ -137,14 +140,22 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
     public async Task AddIndirectRootAsync(string link, CancellationToken cancellationToken)
     {
-        // Nix records the link and reads it at collection time. Kiln can only follow links it can see; one it
-        // cannot see (a client on another machine or in another mount namespace) would be stale at once.
+        // Nix records the link and reads it at collection time. Kiln can only follow links it can see: a local
+        // client's, under that client's root (it may be in a chroot). A remote client's link is on another machine
+        // and would be stale at once, as it would be for Nix's own daemon.
+        if (_clientRoot is null || !link.StartsWith('/'))
+        {
+            return;
+        }
+
+        var hostLink = _clientRoot == "/" ? link : _clientRoot.TrimEnd('/') + link;
         try
         {
-            var target = new FileInfo(link).LinkTarget;
-            if (target is not null && StorePath.TryParse(target, out var path))
+            var target = new FileInfo(hostLink).LinkTarget;
+            if (target is not null && StorePath.TryParse(target, out var path) &&
+                (await QueryValidPathsAsync([path], cancellationToken).ConfigureAwait(false)).Contains(path))
             {
-                await Metadata.AddRootAsync(AccountId, RootKind.Indirect, link, path, cancellationToken).ConfigureAwait(false);
+                await Metadata.AddRootAsync(AccountId, RootKind.Indirect, hostLink, path, cancellationToken).ConfigureAwait(false);
             }
         }
         catch (IOException)

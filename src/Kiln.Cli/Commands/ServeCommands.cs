@@ -39,12 +39,13 @@ internal static class ServeCommands
     public static Command Store()
     {
         var gcData = DataOption();
-        var gc = new Command("gc", "Collect garbage in every account's view and delete blobs nothing names (server stopped).") { gcData };
+        var gcAccount = new Option<string>("--socket-account") { Description = "The account whose view is unpacked under DATA/root (as for kiln serve).", DefaultValueFactory = _ => "local" };
+        var gc = new Command("gc", "Collect garbage in every account's view and delete blobs nothing names (server stopped).") { gcData, gcAccount };
         gc.SetAction(async (result, cancellationToken) =>
         {
             var directory = Path.GetFullPath(result.GetValue(gcData)!);
             using var dataLock = DataDirectoryLock.Acquire(directory, "kiln store gc");
-            var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
+            var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory, MaterialisedAccount = result.GetValue(gcAccount) }, cancellationToken).ConfigureAwait(false);
             await using (store.ConfigureAwait(false))
             {
                 // With the server stopped no upload is in flight, so no grace period is needed for blobs.

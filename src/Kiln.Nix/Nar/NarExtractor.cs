@@ -9,6 +9,10 @@ namespace Kiln.Nix.Nar;
 /// meanwhile — can never redirect a write outside the target; the parser has already refused names with <c>/</c>,
 /// <c>.</c>, <c>..</c>, duplicates and unsorted entries. Names are written as the archive's raw bytes. Files get mode
 /// 0666 less the umask, plus every execute bit for executables, as Nix's <c>restorePath</c> does.
+/// <para>
+/// With <c>canonical</c>, the tree comes out as Nix keeps its store: files 0444 (0555 if executable), directories
+/// 0555, every modification time 1, as <c>canonicalisePathMetaData</c> leaves them.
+/// </para>
 /// <para>Use <see cref="Restore"/>, which also removes the partial tree when the archive turns out to be bad.</para>
 /// </summary>
 public sealed class NarExtractor : INarVisitor, IDisposable
@@ -21,19 +25,25 @@ public sealed class NarExtractor : INarVisitor, IDisposable
     private Func<string> _describe;
     private int _file = -1;
 
+    private readonly bool _canonical;
+
     /// <summary>Extracts the archive's root object to <paramref name="target"/>, which must not exist.</summary>
-    public NarExtractor(string target)
+    public NarExtractor(string target, bool canonical = false)
     {
         ArgumentNullException.ThrowIfNull(target);
         _target = Path.GetFullPath(target);
         _name = Posix.CString(Encoding.UTF8.GetBytes(_target));
         _describe = () => _target;
+        _canonical = canonical;
     }
+
+    /// <summary>The modification time Nix gives everything in its store.</summary>
+    public const long StoreModificationTime = 1;
 
     /// <summary>Parses <paramref name="nar"/> and unpacks it at <paramref name="target"/>; on any error nothing is left behind.</summary>
     /// <exception cref="NarException">The archive is malformed.</exception>
     /// <exception cref="IOException">The target exists or cannot be written.</exception>
-    public static long Restore(Stream nar, string target, NarLimits? limits = null)
+    public static long Restore(Stream nar, string target, NarLimits? limits = null, bool canonical = false)
     {
         ArgumentNullException.ThrowIfNull(target);
         var fullTarget = Path.GetFullPath(target);
@@ -42,7 +52,7 @@ public sealed class NarExtractor : INarVisitor, IDisposable
             throw new IOException($"path '{target}' already exists");
         }
 
-        var extractor = new NarExtractor(fullTarget);
+        var extractor = new NarExtractor(fullTarget, canonical);
         try
         {
             var size = NarReading.Parse(nar, extractor, limits);
@@ -71,15 +81,7 @@ public sealed class NarExtractor : INarVisitor, IDisposable
     {
         try
         {
-            var info = new FileInfo(target);
-            if (info.LinkTarget is not null || info.Exists)
-            {
-                info.Delete();
-            }
-            else if (System.IO.Directory.Exists(target))
-            {
-                System.IO.Directory.Delete(target, recursive: true);
-            }
+            DeleteTree(target);
         }
         catch (IOException)
         {
@@ -90,10 +92,46 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         }
     }
 
+    /// <summary>Deletes a file, symlink or directory tree, making read-only directories writable first (a store tree is).</summary>
+    public static void DeleteTree(string path)
+    {
+        var info = new FileInfo(path);
+        if (info.LinkTarget is not null || info.Exists)
+        {
+            info.Delete();
+            return;
+        }
+
+        if (!System.IO.Directory.Exists(path))
+        {
+            return;
+        }
+
+        MakeWritable(new DirectoryInfo(path));
+        System.IO.Directory.Delete(path, recursive: true);
+
+        static void MakeWritable(DirectoryInfo directory)
+        {
+            directory.UnixFileMode |= UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+            foreach (var sub in directory.EnumerateDirectories("*", new EnumerationOptions { AttributesToSkip = FileAttributes.ReparsePoint, IgnoreInaccessible = false }))
+            {
+                MakeWritable(sub);
+            }
+        }
+    }
+
     private int ParentFd => _directories.Count == 0 ? Posix.AtFdCwd : _directories.Peek().Fd;
 
     public void RegularFile(bool executable, long size, long contentsOffset)
     {
+        if (_canonical)
+        {
+            // Created read-only; the descriptor opened for writing still writes.
+            _file = Posix.CreateFileAt(ParentFd, _name, _describe, executable ? 0x16D /* 0555 */ : 0x124 /* 0444 */);
+            CreatedRoot = true;
+            return;
+        }
+
         _file = Posix.CreateFileAt(ParentFd, _name, _describe);
         CreatedRoot = true;
         if (executable)
@@ -106,6 +144,11 @@ public sealed class NarExtractor : INarVisitor, IDisposable
 
     public void EndRegularFile()
     {
+        if (_canonical)
+        {
+            Posix.SetModificationTime(_file, StoreModificationTime, _describe);
+        }
+
         Posix.Close(_file);
         _file = -1;
     }
@@ -114,6 +157,10 @@ public sealed class NarExtractor : INarVisitor, IDisposable
     {
         Posix.MakeSymlinkAt(target, ParentFd, _name, _describe);
         CreatedRoot = true;
+        if (_canonical)
+        {
+            Posix.SetSymlinkModificationTime(ParentFd, _name, StoreModificationTime, _describe);
+        }
     }
 
     public void Directory()
@@ -133,7 +180,22 @@ public sealed class NarExtractor : INarVisitor, IDisposable
 
     public void EndEntry() { }
 
-    public void EndDirectory() => Posix.Close(_directories.Pop().Fd);
+    public void EndDirectory()
+    {
+        var (fd, describe) = _directories.Pop();
+        try
+        {
+            if (_canonical)
+            {
+                Posix.SetMode(fd, 0x16D /* 0555 */, describe);
+                Posix.SetModificationTime(fd, StoreModificationTime, describe);
+            }
+        }
+        finally
+        {
+            Posix.Close(fd);
+        }
+    }
 
     public void Dispose()
     {

@@ -78,6 +78,12 @@ internal static partial class Posix
     [LibraryImport("libc", EntryPoint = "sendfile", SetLastError = true)]
     private static partial nint SendFileNative(int outFd, int inFd, ref long offset, nint count);
 
+    [LibraryImport("libc", EntryPoint = "futimens", SetLastError = true)]
+    private static partial int FutimensNative(int fd, ReadOnlySpan<long> times);
+
+    [LibraryImport("libc", EntryPoint = "utimensat", SetLastError = true)]
+    private static partial int UtimensatNative(int dirfd, ReadOnlySpan<byte> path, ReadOnlySpan<long> times, int flags);
+
     [LibraryImport("libc", EntryPoint = "fchmod", SetLastError = true)]
     private static partial int FchmodNative(int fd, uint mode);
 
@@ -226,12 +232,12 @@ internal static partial class Posix
     /// Creates a new regular file for writing: O_CREAT|O_EXCL|O_NOFOLLOW, so it fails on anything already there,
     /// including a symlink (dangling or not), and never writes through one.
     /// </summary>
-    internal static int CreateFileAt(int dirfd, byte[] name, Func<string> describe)
+    internal static int CreateFileAt(int dirfd, byte[] name, Func<string> describe, int mode = 0x1B6 /* 0666 */)
     {
         const int OWrOnly = 1, OCreat = 0x40, OExcl = 0x80;
         while (true)
         {
-            var fd = OpenAtModeNative(dirfd, name, OWrOnly | OCreat | OExcl | OpenFlags.NoFollow | OCloExec, Convert.ToUInt32("666", 8));
+            var fd = OpenAtModeNative(dirfd, name, OWrOnly | OCreat | OExcl | OpenFlags.NoFollow | OCloExec, (uint)mode);
             if (fd >= 0)
             {
                 return fd;
@@ -303,6 +309,36 @@ internal static partial class Posix
         }
 
         return copied;
+    }
+
+    // struct timespec[2] (atime, mtime) as four longs: atime left alone (UTIME_OMIT), mtime set.
+    private static long[] Times(long mtime) => [0, (1L << 30) - 2, mtime, 0];
+
+    /// <summary>Sets an open file's or directory's modification time (leaving the access time).</summary>
+    internal static void SetModificationTime(int fd, long mtime, Func<string> describe)
+    {
+        if (FutimensNative(fd, Times(mtime)) != 0)
+        {
+            throw Failure("setting the time of", describe());
+        }
+    }
+
+    /// <summary>Sets a symlink's own modification time.</summary>
+    internal static void SetSymlinkModificationTime(int dirfd, byte[] name, long mtime, Func<string> describe)
+    {
+        if (UtimensatNative(dirfd, name, Times(mtime), AtSymlinkNoFollow) != 0)
+        {
+            throw Failure("setting the time of", describe());
+        }
+    }
+
+    /// <summary>Sets an open file's or directory's permission bits.</summary>
+    internal static void SetMode(int fd, int mode, Func<string> describe)
+    {
+        if (FchmodNative(fd, (uint)mode) != 0)
+        {
+            throw Failure("changing the permissions of", describe());
+        }
     }
 
     /// <summary>Adds the execute bits for user, group and others, as Nix's restorePath does.</summary>

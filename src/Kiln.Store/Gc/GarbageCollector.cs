@@ -14,7 +14,7 @@ namespace Kiln.Store.Gc;
 /// <c>keep-derivations</c>). Dead paths leave the view referrers first; a blob is deleted once no view of any
 /// account names it any more.
 /// </summary>
-public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, TempRoots tempRoots, GcLock gcLock, StoreOptions options)
+public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, TempRoots tempRoots, GcLock gcLock, StoreOptions options, KilnStore store)
 {
     public async Task<GcResult> CollectAsync(long account, GcRequest request, CancellationToken cancellationToken)
     {
@@ -80,6 +80,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, T
 
         // With a limit, a prefix in referrers-first order never removes a path something kept still needs.
         await metadata.DeletePathsAsync(account, deleted, cancellationToken).ConfigureAwait(false);
+        store.MaterialisedFor(account)?.Remove(deleted);
         await SweepBlobsAsync(deleted.Select(p => nodes[p].NarHash).Distinct().ToList(), cancellationToken).ConfigureAwait(false);
         return new GcResult(deleted, freed);
     }

@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using System.Text;
+using Kiln.Nix.Tests.Support;
+
+namespace Kiln.EndToEnd.Tests.Support;
+
+/// <summary>A running <c>kiln serve</c> with its own data directory and socket, stopped with SIGTERM on dispose.</summary>
+public sealed class KilnProcess : IDisposable
+{
+    private static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kiln.dll");
+    private readonly Process _process;
+    private readonly StringBuilder _log = new();
+    private readonly TempDir _temp = new();
+
+    public KilnProcess()
+    {
+        DataDirectory = _temp["data"];
+        SocketDirectory = _temp["sockets"];
+        Directory.CreateDirectory(SocketDirectory);
+        var info = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var arg in new[] { Dll, "serve", "--data", DataDirectory, "--socket", Path.Combine(SocketDirectory, "daemon.sock") })
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        _process = Process.Start(info)!;
+        _process.OutputDataReceived += (_, e) => Append(e.Data);
+        _process.ErrorDataReceived += (_, e) => Append(e.Data);
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (!File.Exists(Path.Combine(SocketDirectory, "daemon.sock")))
+        {
+            if (_process.HasExited || DateTime.UtcNow > deadline)
+            {
+                throw new InvalidOperationException($"kiln serve did not start:\n{Log}");
+            }
+
+            Thread.Sleep(50);
+        }
+    }
+
+    public string DataDirectory { get; }
+
+    /// <summary>The directory holding daemon.sock (bind-mounted into client chroots at /run/kiln).</summary>
+    public string SocketDirectory { get; }
+
+    public string SocketPath => Path.Combine(SocketDirectory, "daemon.sock");
+
+    /// <summary>Kiln's unpacked store root for the socket account (clients use <c>?root=</c>).</summary>
+    public string StoreRoot => Path.Combine(DataDirectory, "root");
+
+    public int ProcessId => _process.Id;
+
+    public string Log
+    {
+        get
+        {
+            lock (_log)
+            {
+                return _log.ToString();
+            }
+        }
+    }
+
+    private void Append(string? line)
+    {
+        if (line is not null)
+        {
+            lock (_log)
+            {
+                _log.AppendLine(line);
+            }
+        }
+    }
+
+    /// <summary>Peak resident memory so far, from /proc (VmHWM), in KiB.</summary>
+    public long PeakMemoryKib() =>
+        File.ReadAllLines($"/proc/{_process.Id}/status").Where(l => l.StartsWith("VmHWM:", StringComparison.Ordinal))
+            .Select(l => long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture)).Single();
+
+    /// <summary>Stops the server with SIGTERM and returns its exit code.</summary>
+    public int Stop()
+    {
+        if (!_process.HasExited)
+        {
+            Processes.Run("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+            if (!_process.WaitForExit(TimeSpan.FromSeconds(30)))
+            {
+                _process.Kill(entireProcessTree: true);
+                throw new InvalidOperationException($"kiln serve did not stop on SIGTERM:\n{Log}");
+            }
+        }
+
+        _process.WaitForExit();
+        return _process.ExitCode;
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Stop();
+        }
+        finally
+        {
+            _process.Dispose();
+            _temp.Dispose();
+        }
+    }
+}
