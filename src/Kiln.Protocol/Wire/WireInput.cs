@@ -39,7 +39,21 @@ public sealed class WireInput(PipeReader reader, WireLimits limits)
                 return (false, default!);
             }
 
-            if (TryParse(buffer, parse, out var value, out var consumed))
+            bool parsed;
+            T value;
+            SequencePosition consumed;
+            try
+            {
+                parsed = TryParse(buffer, parse, out value, out consumed);
+            }
+            catch
+            {
+                // Leave the reader usable (nothing consumed) whatever the parser threw.
+                Reader.AdvanceTo(buffer.Start);
+                throw;
+            }
+
+            if (parsed)
             {
                 Reader.AdvanceTo(consumed);
                 return (true, value);
@@ -171,7 +185,18 @@ public sealed class WireInput(PipeReader reader, WireLimits limits)
         {
             var result = await Reader.ReadAsync(cancellationToken).ConfigureAwait(false);
             var buffer = result.Buffer;
-            var (used, done) = buffer.IsEmpty ? (0, false) : consume(buffer);
+            long used;
+            bool done;
+            try
+            {
+                (used, done) = buffer.IsEmpty ? (0, false) : consume(buffer);
+            }
+            catch
+            {
+                Reader.AdvanceTo(buffer.Start);
+                throw;
+            }
+
             BytesRead += used;
             Reader.AdvanceTo(buffer.GetPosition(used), done ? buffer.GetPosition(used) : buffer.End);
             if (done)

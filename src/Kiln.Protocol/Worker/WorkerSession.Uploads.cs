@@ -152,6 +152,8 @@ public sealed partial class WorkerSession
                     await nar.DrainAsync(ct).ConfigureAwait(false);
                 }
 
+                // Only a request that arrived whole is registered: wait for the stream's terminator first.
+                await framed.DrainAsync(ct).ConfigureAwait(false);
                 await batch.CommitAsync(ct).ConfigureAwait(false);
             }
         }

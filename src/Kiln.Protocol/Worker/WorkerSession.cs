@@ -77,6 +77,13 @@ public sealed partial class WorkerSession
         {
             closeReason = e.Message;
         }
+#pragma warning disable CA1031 // A session must end with a reason, never with an exception into the server.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            LogSessionError(_logger, e);
+            closeReason = $"internal error: {e.GetType().Name}";
+        }
 
         return new SessionSummary(clientVersion, _operations, _input.BytesRead, _output.BytesWritten, closeReason);
     }
@@ -192,6 +199,9 @@ public sealed partial class WorkerSession
     private static bool IsClientError(Exception e) => e is NixErrorException or NixFormatException;
 
     private static int StatusOf(Exception e) => e is NixErrorException nix ? nix.Status : 1;
+
+    [LoggerMessage(EventId = 1002, Level = LogLevel.Error, Message = "internal error in a worker session")]
+    private static partial void LogSessionError(ILogger logger, Exception exception);
 
     [LoggerMessage(EventId = 1001, Level = LogLevel.Error, Message = "internal error while handling {Op}")]
     private static partial void LogInternalError(ILogger logger, WorkerOp op, Exception exception);
