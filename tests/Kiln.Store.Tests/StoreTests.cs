@@ -1,0 +1,274 @@
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Nix.Tests.Support;
+using Kiln.Protocol;
+using Kiln.Protocol.Worker;
+
+namespace Kiln.Store.Tests;
+
+/// <summary>The store as sessions use it: verified uploads, deduplicated content, private views, GC, the unpacked tree.</summary>
+public sealed class StoreTests : IAsyncLifetime
+{
+    private readonly TempDir _temp = new();
+    private KilnStore _store = null!;
+
+    private static readonly byte[] HelloNar = File.ReadAllBytes(Repo.Golden("nar", "hello.txt.nar"));
+    private static readonly byte[] TreeNar = File.ReadAllBytes(Repo.Golden("nar", "t8.nar"));
+    private static readonly StorePath Hello = StorePath.Parse("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt");
+
+    public async ValueTask InitializeAsync() =>
+        _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"], MaterialisedAccount = "local" }, default);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _store.DisposeAsync();
+        _temp.Dispose();
+    }
+
+    private static ValidPathInfo Declared(StorePath path, byte[] nar, params StorePath[] references) => new()
+    {
+        Path = path,
+        NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar),
+        NarSize = nar.Length,
+        References = new SortedSet<StorePath>(references),
+    };
+
+    private static StorePath Ia(string name) => MetadataStoreContract.P(name);
+
+    private string[] TempFiles() => Directory.GetFiles(Path.Combine(_temp["data"], "blobs", "tmp"));
+
+    private string[] Blobs() => Directory.GetFiles(Path.Combine(_temp["data"], "blobs"), "*.nar", SearchOption.AllDirectories);
+
+    [Fact]
+    public async Task An_upload_is_verified_then_registered_and_unpacked()
+    {
+        using var view = await _store.OpenViewAsync("local", default);
+        var path = Ia("tree");
+        await view.AddToStoreAsync(Declared(path, TreeNar), new MemoryStream(TreeNar), false, true, default);
+        var info = (await view.QueryPathInfosAsync([path], default))[path];
+        Assert.Equal(TreeNar.Length, info.NarSize);
+        Assert.Single(Blobs());
+        Assert.Empty(TempFiles());
+
+        // The socket account's view is a real store tree, read-only with mtime 1, as Nix keeps its store.
+        var unpacked = Path.Combine(_temp["data"], "root", "nix", "store", path.BaseName);
+        Assert.Equal(TreeNar, NarBytes(unpacked));
+        var file = new FileInfo(Path.Combine(unpacked, "a.txt"));
+        Assert.Equal(Convert.ToInt32("444", 8), (int)file.UnixFileMode);
+        Assert.Equal(DateTimeOffset.FromUnixTimeSeconds(1).UtcDateTime, file.LastWriteTimeUtc);
+        Assert.Equal(Convert.ToInt32("555", 8), (int)new FileInfo(Path.Combine(unpacked, "sub", "run.sh")).UnixFileMode);
+        Assert.Equal(Convert.ToInt32("555", 8), (int)new DirectoryInfo(unpacked).UnixFileMode);
+    }
+
+    private static byte[] NarBytes(string path)
+    {
+        using var output = new MemoryStream();
+        Kiln.Nix.Nar.NarDumper.Dump(path, output);
+        return output.ToArray();
+    }
+
+    [Theory]
+    [InlineData("hash")]
+    [InlineData("size")]
+    [InlineData("malformed")]
+    [InlineData("ca-path")]
+    [InlineData("ca-hash")]
+    [InlineData("reference")]
+    public async Task A_bad_upload_leaves_nothing_behind(string defect)
+    {
+        using var view = await _store.OpenViewAsync("local", default);
+        var nar = HelloNar.ToArray();
+        var info = Declared(Ia("x"), nar);
+        switch (defect)
+        {
+            case "hash":
+                nar[^20] ^= 1;
+                break;
+            case "size":
+                info = info with { NarSize = info.NarSize + 8 };
+                break;
+            case "malformed":
+                nar[20] ^= 1;
+                info = Declared(info.Path, nar);
+                break;
+            case "ca-path":
+                info = info with { ContentAddress = ContentAddress.Parse("fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw") };
+                break;
+            case "ca-hash":
+                // The right path for a flat sha256 of other contents: the path checks out, the content does not.
+                var ca = new ContentAddress(ContentAddressMethod.Flat, NixHash.Compute(NixHashAlgorithm.Sha256, "not hello\n"));
+                info = info with { Path = StorePathComputer.MakeFixedOutputPath("hello.txt", ca), ContentAddress = ca };
+                break;
+            case "reference":
+                info = info with { References = new SortedSet<StorePath> { Ia("absent") } };
+                break;
+        }
+
+        await Assert.ThrowsAsync<NixErrorException>(() => view.AddToStoreAsync(info, new MemoryStream(nar), false, true, default));
+        Assert.Empty(await view.QueryAllValidPathsAsync(default));
+        Assert.Empty(TempFiles());
+        if (defect != "reference")
+        {
+            Assert.Empty(Blobs());
+        }
+    }
+
+    [Fact]
+    public async Task An_interrupted_upload_leaves_nothing_behind()
+    {
+        using var view = await _store.OpenViewAsync("local", default);
+        var big = new byte[5 << 20];
+        var nar = new NarBuilder().Str("nix-archive-1").File(System.Text.Encoding.Latin1.GetString(big)).ToArray();
+        var broken = new BreakingStream(nar, breakAt: 3 << 20);
+        await Assert.ThrowsAsync<IOException>(() => view.AddToStoreAsync(Declared(Ia("big"), nar), broken, false, true, default));
+        Assert.Empty(await view.QueryAllValidPathsAsync(default));
+        Assert.Empty(TempFiles());
+        Assert.Empty(Blobs());
+    }
+
+    [Fact]
+    public async Task Content_is_stored_once_and_views_stay_private()
+    {
+        using var alice = await _store.OpenViewAsync("alice", default);
+        using var bob = await _store.OpenViewAsync("bob", default);
+        var private1 = Ia("alice-private");
+        await alice.AddToStoreAsync(Declared(private1, HelloNar), new MemoryStream(HelloNar), false, true, default);
+        var shared = Ia("bob-copy");
+        await bob.AddToStoreAsync(Declared(shared, HelloNar), new MemoryStream(HelloNar), false, true, default);
+        Assert.Single(Blobs());
+
+        // Knowing Alice's path gives Bob nothing.
+        Assert.Empty(await bob.QueryValidPathsAsync([private1], default));
+        Assert.Null(await bob.OpenNarAsync(private1, default));
+        Assert.Null(await bob.QueryPathFromHashPartAsync(private1.HashPart, default));
+        Assert.NotNull(await alice.OpenNarAsync(private1, default));
+    }
+
+    [Fact]
+    public async Task The_same_path_uploaded_by_twenty_sessions_at_once_is_stored_once()
+    {
+        var path = Ia("popular");
+        var uploads = Enumerable.Range(0, 20).Select(async _ =>
+        {
+            using var view = await _store.OpenViewAsync("local", default);
+            await view.AddToStoreAsync(Declared(path, TreeNar), new MemoryStream(TreeNar), false, true, default);
+        });
+        await Task.WhenAll(uploads);
+        using var check = await _store.OpenViewAsync("local", default);
+        Assert.Equal([path], await check.QueryAllValidPathsAsync(default));
+        Assert.Single(Blobs());
+        Assert.Empty(TempFiles());
+    }
+
+    [Fact]
+    public async Task Content_addressed_adds_compute_the_paths_nix_computes()
+    {
+        using var view = await _store.OpenViewAsync("local", default);
+        var source = await view.AddContentAddressedAsync("hello.txt", ContentAddressMethodAndAlgorithm.ParseCamString("fixed:r:sha256"),
+            new MemoryStream(HelloNar), new SortedSet<StorePath>(), false, default);
+        Assert.Equal(Hello, source.Path);
+        var flat = await view.AddContentAddressedAsync("hello.txt", ContentAddressMethodAndAlgorithm.ParseCamString("fixed:sha256"),
+            new MemoryStream("hello\n"u8.ToArray()), new SortedSet<StorePath>(), false, default);
+        Assert.Equal("/nix/store/gy454w1cxaq731grqwylhzf4pp9r5izh-hello.txt", flat.Path.FullPath);
+        var text = await view.AddContentAddressedAsync("script.sh", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+            new MemoryStream(System.Text.Encoding.UTF8.GetBytes($"cat {Hello}\n")), new SortedSet<StorePath> { Hello }, false, default);
+        Assert.Equal("/nix/store/bzj23iw9rh8fbiagnrf8q351npvrdlbi-script.sh", text.Path.FullPath);
+        Assert.Equal([Hello], (await view.QueryPathInfosAsync([text.Path], default))[text.Path].References);
+        Assert.Contains(text.Path, await view.QueryReferrersAsync(Hello, default));
+    }
+
+    [Fact]
+    public async Task A_derivation_s_outputs_are_known_once_it_is_added()
+    {
+        using var view = await _store.OpenViewAsync("local", default);
+        var file = Directory.GetFiles(Repo.Golden("drv", "store"), "*-simple.drv").Single();
+        var drv = await view.AddContentAddressedAsync(Path.GetFileName(file)[33..], ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+            File.OpenRead(file), new SortedSet<StorePath>(), false, default);
+        Assert.Equal(Path.GetFileName(file), drv.Path.BaseName);
+        var outputs = await view.QueryDerivationOutputMapAsync(drv.Path, default);
+        var written = Kiln.Nix.Derivations.ATerm.ParseFile(file).Outputs["out"].Path;
+        Assert.Equal(written, outputs["out"]!.Value.FullPath);
+        Assert.Equal([drv.Path], await view.QueryValidDeriversAsync(outputs["out"]!.Value, default));
+    }
+
+    [Fact]
+    public async Task Garbage_collection_follows_roots_and_sweeps_blobs_and_the_tree()
+    {
+        var keep = Ia("keep");
+        var dependency = Ia("dependency");
+        var garbage = Ia("garbage");
+        using (var view = await _store.OpenViewAsync("local", default))
+        {
+            await view.AddToStoreAsync(Declared(dependency, HelloNar), new MemoryStream(HelloNar), false, true, default);
+            await view.AddToStoreAsync(Declared(keep, TreeNar, dependency), new MemoryStream(TreeNar), false, true, default);
+            var other = new NarBuilder().Str("nix-archive-1").File("garbage").ToArray();
+            await view.AddToStoreAsync(Declared(garbage, other), new MemoryStream(other), false, true, default);
+            await view.AddPermRootAsync(keep, "keep-it", default);
+
+            // While this session lives, what it uploaded is a temporary root.
+            using var collector = await _store.OpenViewAsync("local", default);
+            Assert.Empty((await collector.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default)).Paths);
+        }
+
+        using var gc = await _store.OpenViewAsync("local", default);
+        var error = await Assert.ThrowsAsync<NixErrorException>(() => gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteSpecific, new HashSet<StorePath> { dependency }, 0), default));
+        Assert.Contains("still alive", error.Message, StringComparison.Ordinal);
+        var dead = await gc.CollectGarbageAsync(new GcRequest(GcAction.ReturnDead, new HashSet<StorePath>(), 0), default);
+        Assert.Equal([garbage], dead.Paths);
+        var result = await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default);
+        Assert.Equal([garbage], result.Paths);
+        Assert.Equal(2, Blobs().Length);
+        Assert.False(Path.Exists(Path.Combine(_temp["data"], "root", "nix", "store", garbage.BaseName)));
+        Assert.True(Path.Exists(Path.Combine(_temp["data"], "root", "nix", "store", keep.BaseName)));
+        Assert.Equal(new SortedSet<StorePath> { keep, dependency }, await gc.QueryAllValidPathsAsync(default));
+    }
+
+    [Fact]
+    public async Task Verification_finds_a_corrupted_blob()
+    {
+        using var view = await _store.OpenViewAsync("local", default);
+        await view.AddToStoreAsync(Declared(Ia("v"), HelloNar), new MemoryStream(HelloNar), false, true, default);
+        var log = new ListLog();
+        Assert.False(await view.VerifyStoreAsync(true, false, log, default));
+        var blob = Blobs().Single();
+        File.SetUnixFileMode(blob, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        var bytes = File.ReadAllBytes(blob);
+        bytes[^20] ^= 1;
+        File.WriteAllBytes(blob, bytes);
+        Assert.True(await view.VerifyStoreAsync(true, false, log, default));
+        Assert.Contains(log.Lines, l => l.Contains("was modified", StringComparison.Ordinal));
+        var report = await StoreMaintenance.VerifyAllAsync(_store, _ => { }, default);
+        Assert.Equal(2, report.Problems.Count);
+    }
+
+    [Fact]
+    public async Task The_unpacked_tree_is_reconciled_with_the_view()
+    {
+        var path = Ia("r");
+        using (var view = await _store.OpenViewAsync("local", default))
+        {
+            await view.AddToStoreAsync(Declared(path, TreeNar), new MemoryStream(TreeNar), false, true, default);
+        }
+
+        var tree = Path.Combine(_temp["data"], "root", "nix", "store");
+        Kiln.Nix.Nar.NarExtractor.DeleteTree(Path.Combine(tree, path.BaseName));
+        Directory.CreateDirectory(Path.Combine(tree, "stray"));
+        await _store.ReconcileMaterialisedAsync(default);
+        Assert.Equal([path.BaseName], Directory.GetFileSystemEntries(tree).Select(Path.GetFileName));
+        Assert.Equal(TreeNar, NarBytes(Path.Combine(tree, path.BaseName)));
+    }
+
+    private sealed class ListLog : IClientLog
+    {
+        public List<string> Lines { get; } = [];
+
+        public void Log(string message) => Lines.Add(message);
+    }
+
+    private sealed class BreakingStream(byte[] data, int breakAt) : MemoryStream(data)
+    {
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+            Position >= breakAt ? throw new IOException("the client went away") : base.ReadAsync(buffer[..Math.Min(buffer.Length, 65536)], cancellationToken);
+    }
+}
