@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit and component tests, and the comparisons against the real Nix (Debian's nix-bin 2.8,
-# installed here when missing and running as root). Ends with one line: "N passed, N failed, N skipped".
+# Runs every test: unit and component tests, the comparisons against the real Nix (Debian's nix-bin 2.8, installed
+# here when missing and running as root), and the end-to-end tests with Nix 2.3, 2.8, 2.26 and 2.34 clients
+# against a running kiln serve (their chroots are built on first use, about a minute each).
+# Ends with one line: "N passed, N failed, N skipped".
 # Usage: ./test.sh [extra dotnet test arguments, e.g. --filter FullyQualifiedName~Nar]
 set -euo pipefail
 repo="$(cd "$(dirname "$0")" && pwd)"
@@ -18,6 +20,14 @@ fi
 
 # The live comparisons must not silently skip when Nix is missing.
 export KILN_REQUIRE_NIX=1
+
+# The end-to-end tests run real Nix 2.3, 2.8, 2.26 and 2.34 in chroots (built once, cached); that needs root.
+if [ "$(id -u)" = 0 ]; then
+  "$repo/tests/Kiln.EndToEnd.Tests/setup-clients.sh"
+  export KILN_REQUIRE_E2E=1
+else
+  echo "not root: the end-to-end tests with real Nix clients will be skipped" >&2
+fi
 
 results="$repo/artifacts/test-results"
 rm -rf "$results"

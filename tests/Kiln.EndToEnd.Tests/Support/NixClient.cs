@@ -77,8 +77,22 @@ public sealed class NixClient
     /// <summary>Where a path inside the chroot is on the host.</summary>
     public string HostPath(string inside) => Root + inside;
 
+    /// <summary>Starts a command in the chroot without waiting for it.</summary>
+    public System.Diagnostics.Process Start(KilnProcess kiln, params string[] command)
+    {
+        var info = new System.Diagnostics.ProcessStartInfo("unshare") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var arg in Arguments(kiln, command))
+        {
+            info.ArgumentList.Add(arg);
+        }
+
+        return System.Diagnostics.Process.Start(info)!;
+    }
+
     /// <summary>Runs a command in the chroot with Kiln's socket and store root mounted; returns whatever happened.</summary>
-    public ProcessResult Run(KilnProcess kiln, params string[] command)
+    public ProcessResult Run(KilnProcess kiln, params string[] command) => Processes.Run("unshare", Arguments(kiln, command));
+
+    private string[] Arguments(KilnProcess kiln, string[] command)
     {
         ArgumentNullException.ThrowIfNull(kiln);
         Directory.CreateDirectory(Path.Combine(Root, "run/kiln"));
@@ -98,8 +112,8 @@ public sealed class NixClient
             if [ "$mount_store" = yes ]; then mount --bind "$store/nix/store" "$root/nix/store"; fi
             exec chroot "$root" /usr/bin/env -i HOME=/tmp/kiln-e2e PATH=/usr/bin:/bin NIX_CONFIG="$config" "$@"
             """;
-        return Processes.Run("unshare", ["--mount", "--propagation", "private", "--", "sh", "-c", Script, "sh", Root, kiln.SocketDirectory, kiln.StoreRoot, Config,
-            Is23 ? "yes" : "no", .. command]);
+        return ["--mount", "--propagation", "private", "--", "sh", "-c", Script, "sh", Root, kiln.SocketDirectory, kiln.StoreRoot, Config,
+            Is23 ? "yes" : "no", .. command];
     }
 
     /// <summary>Runs a command and fails the test unless it succeeds.</summary>

@@ -1,0 +1,71 @@
+using Kiln.EndToEnd.Tests.Support;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>Many real clients at once, and clients that die half-way.</summary>
+public class ConcurrencyTests
+{
+    private const string Kiln = NixClient.SocketUri;
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task Twenty_clients_uploading_the_same_closure_at_once_all_succeed_and_it_is_stored_once(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        var expression = Closure.Write(client, workspace, chain: 20, bigFiles: 2, bigFileSize: 1 << 20, seed: 5);
+        var top = client.Ok(kiln, "nix-instantiate", "--store", $"local?root={workspace}/a", expression).StdoutText.Trim();
+        var copies = Enumerable.Range(0, 20).Select(_ => Task.Run(() =>
+            client.Run(kiln, ["nix", "copy", .. client.DerivationFlag, "--from", $"local?root={workspace}/a", "--to", Kiln, top]))).ToList();
+        var results = await Task.WhenAll(copies);
+        Assert.All(results, r => Assert.True(r.ExitCode == 0, r.Stderr));
+
+        var closure = Closure.NarHashes(client.Ok(kiln, ["nix", "path-info", .. client.DerivationFlag, "--store", Kiln, "-r", "--json", top]).StdoutText);
+        var blobs = Directory.GetFiles(Path.Combine(kiln.DataDirectory, "blobs"), "*.nar", SearchOption.AllDirectories);
+        Assert.Equal(closure.Values.Distinct().Count(), blobs.Length);
+        Assert.Empty(Directory.GetFiles(Path.Combine(kiln.DataDirectory, "blobs", "tmp")));
+        Assert.Equal(0, kiln.Stop());
+        Assert.Equal(0, Kiln_store_verify(kiln));
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task A_client_killed_in_the_middle_of_an_upload_leaves_no_partial_path(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        var expression = Closure.Write(client, workspace, chain: 3, bigFiles: 3, bigFileSize: 64 << 20, seed: 6);
+        var top = client.Ok(kiln, "nix-instantiate", "--store", $"local?root={workspace}/a", expression).StdoutText.Trim();
+        using var copy = client.Start(kiln, ["nix", "copy", .. client.DerivationFlag, "--from", $"local?root={workspace}/a", "--to", Kiln, top]);
+
+        // Kill the client as soon as an upload is under way.
+        var temp = Path.Combine(kiln.DataDirectory, "blobs", "tmp");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (!(Directory.Exists(temp) && Directory.GetFiles(temp).Length > 0) && !copy.HasExited && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(5);
+        }
+
+        Assert.False(copy.HasExited, "the upload finished before it could be interrupted");
+        copy.Kill(entireProcessTree: true);
+        await copy.WaitForExitAsync();
+
+        // The server notices the broken connection, removes the temporary file, and registers nothing partial.
+        deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (Directory.GetFiles(temp).Length > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+
+        Assert.Empty(Directory.GetFiles(temp));
+        var registered = client.Run(kiln, "nix-store", "--store", Kiln, "--check-validity", "--print-invalid", top).StdoutText.Trim();
+        Assert.Equal(top, registered); // the top of the closure never arrived
+        Assert.Equal(0, kiln.Stop());
+        Assert.Equal(0, Kiln_store_verify(kiln)); // whatever was registered (earlier whole paths, for old clients) is intact
+    }
+
+    private static int Kiln_store_verify(KilnProcess kiln) =>
+        global::Kiln.Nix.Tests.Support.Processes.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "kiln.dll"), "store", "verify", "--data", kiln.DataDirectory]).ExitCode;
+}
