@@ -202,44 +202,8 @@ public sealed partial class StoreView
             byPath.TryAdd(upload.Info.Path, upload);
         }
 
-        var order = new List<Upload>();
-        var state = new Dictionary<StorePath, bool>(); // false: in progress, true: done
-        foreach (var upload in byPath.Values)
-        {
-            Visit(upload.Info.Path);
-        }
-
-        return order;
-
-        void Visit(StorePath root)
-        {
-            var stack = new Stack<(StorePath Path, bool Expanded)>();
-            stack.Push((root, false));
-            while (stack.TryPop(out var item))
-            {
-                if (item.Expanded)
-                {
-                    state[item.Path] = true;
-                    order.Add(byPath[item.Path]);
-                    continue;
-                }
-
-                if (state.ContainsKey(item.Path))
-                {
-                    continue;
-                }
-
-                state[item.Path] = false;
-                stack.Push((item.Path, true));
-                foreach (var reference in byPath[item.Path].Info.OtherReferences)
-                {
-                    if (byPath.ContainsKey(reference) && !state.ContainsKey(reference))
-                    {
-                        stack.Push((reference, false));
-                    }
-                }
-            }
-        }
+        return Graph.Order(byPath.Keys, p => byPath[p].Info.OtherReferences, byPath.Keys.ToHashSet())
+            .Select(p => byPath[p]).ToList();
     }
 
     /// <summary>AddMultipleToStore: every upload verified as it arrives, all registered together at the end.</summary>

@@ -87,28 +87,11 @@ public sealed partial class WorkerSession
 
     private async Task AddToStoreNarAsync(CancellationToken ct)
     {
-        var path = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
-        var deriver = await _input.ReadOptionalStorePathAsync(ct).ConfigureAwait(false);
-        var narHash = ParseNarHash(await _input.ReadStringAsync(256, ct).ConfigureAwait(false));
-        var references = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
-        var registrationTime = await _input.ReadU64Async(ct).ConfigureAwait(false);
-        var narSize = await _input.ReadInt64Async(ct).ConfigureAwait(false);
-        await _input.ReadBoolAsync(ct).ConfigureAwait(false); // ultimate: never believed from a client
-        var signatures = await _input.ReadStringsAsync(ct).ConfigureAwait(false);
-        var ca = await _input.ReadStringAsync(1024, ct).ConfigureAwait(false);
+        // The request is a ValidPathInfo in the ≥ 1.16 layout, then repair and dontCheckSigs.
+        var info = await ReadValidPathInfoAsync(_input, ct).ConfigureAwait(false);
+        var narSize = info.NarSize;
         var repair = await _input.ReadBoolAsync(ct).ConfigureAwait(false);
         var dontCheckSigs = await _input.ReadBoolAsync(ct).ConfigureAwait(false);
-        var info = new ValidPathInfo
-        {
-            Path = path,
-            Deriver = deriver,
-            NarHash = narHash,
-            NarSize = narSize,
-            References = references,
-            RegistrationTime = (long)Math.Min(registrationTime, long.MaxValue),
-            Signatures = new SortedSet<string>(signatures, StringComparer.Ordinal),
-            ContentAddress = ca.Length == 0 ? null : ContentAddress.Parse(ca),
-        };
 
         _log.StartWork();
         PayloadStream nar = _version.AtLeast(23)

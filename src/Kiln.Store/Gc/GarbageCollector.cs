@@ -178,43 +178,8 @@ public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, T
     // A topological order of the dead paths in which every referrer comes before what it refers to.
     private static List<StorePath> ReferrersFirst(HashSet<StorePath> dead, Dictionary<StorePath, GraphNode> nodes)
     {
-        var order = new List<StorePath>();
-        var visited = new HashSet<StorePath>();
         var referrers = Referrers(nodes);
-        foreach (var path in dead.Order())
-        {
-            Visit(path);
-        }
-
-        return order;
-
-        void Visit(StorePath path)
-        {
-            var stack = new Stack<(StorePath Path, bool Expanded)>();
-            stack.Push((path, false));
-            while (stack.TryPop(out var item))
-            {
-                if (item.Expanded)
-                {
-                    order.Add(item.Path);
-                    continue;
-                }
-
-                if (!visited.Add(item.Path))
-                {
-                    continue;
-                }
-
-                stack.Push((item.Path, true));
-                foreach (var referrer in referrers.GetValueOrDefault(item.Path) ?? [])
-                {
-                    if (dead.Contains(referrer) && !visited.Contains(referrer))
-                    {
-                        stack.Push((referrer, false));
-                    }
-                }
-            }
-        }
+        return Graph.Order(dead.Order(), p => referrers.GetValueOrDefault(p) ?? [], dead);
     }
 
     /// <summary>Deletes the blobs among <paramref name="candidates"/> that no view names any more.</summary>
