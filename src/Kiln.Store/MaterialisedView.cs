@@ -44,22 +44,37 @@ public sealed class MaterialisedView(string root, BlobStore blobs)
                 NarExtractor.Restore(blob, temporary, canonical: true);
             }
 
-            try
+            MoveIntoPlace(temporary, target);
+        }
+    }
+
+    /// <summary>A fresh name in the tree's directory for unpacking an upload while it streams in.</summary>
+    public string NewTemporaryPath()
+    {
+        Directory.CreateDirectory(StoreDirectory);
+        return Path.Combine(StoreDirectory, $"{TemporaryPrefix}{Guid.NewGuid():N}");
+    }
+
+    /// <summary>Puts a tree unpacked during the upload in place (or drops it if the path is already there).</summary>
+    public void Adopt(string temporary, StorePath path) => MoveIntoPlace(temporary, PathOf(path));
+
+    private static void MoveIntoPlace(string temporary, string target)
+    {
+        try
+        {
+            // rename(2): atomic, and it fails if another session put the path there meanwhile.
+            if (new FileInfo(temporary).LinkTarget is null && Directory.Exists(temporary))
             {
-                // rename(2): atomic, and it fails if another session put the path there meanwhile.
-                if (new FileInfo(temporary).LinkTarget is null && Directory.Exists(temporary))
-                {
-                    Directory.Move(temporary, target);
-                }
-                else
-                {
-                    File.Move(temporary, target);
-                }
+                Directory.Move(temporary, target);
             }
-            catch (IOException) when (Path.Exists(target))
+            else
             {
-                NarExtractor.DeleteTree(temporary);
+                File.Move(temporary, target);
             }
+        }
+        catch (IOException) when (Path.Exists(target) || new FileInfo(target).LinkTarget is not null)
+        {
+            NarExtractor.DeleteTree(temporary);
         }
     }
 

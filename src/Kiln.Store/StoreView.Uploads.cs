@@ -30,7 +30,7 @@ public sealed partial class StoreView
         }
         finally
         {
-            BlobStore.DeleteTemp(upload.Nar.TempPath);
+            Discard(upload.Nar);
         }
     }
 
@@ -61,9 +61,10 @@ public sealed partial class StoreView
         }
 
         var captureUpTo = name.EndsWith(".drv", StringComparison.Ordinal) ? ATerm.MaxSize : 0;
+        var unpackTo = _store.MaterialisedFor(AccountId)?.NewTemporaryPath();
         var ingested = method.Method == ContentAddressMethod.Recursive
-            ? await NarIngest.IngestAsync(_store.Blobs, data, method, captureUpTo, _store.Options.MaxNarSize, cancellationToken).ConfigureAwait(false)
-            : await NarIngest.IngestFlatAsync(_store.Blobs, data, method.Algorithm, captureUpTo, _store.Options.MaxNarSize, cancellationToken).ConfigureAwait(false);
+            ? await NarIngest.IngestAsync(_store.Blobs, data, method, captureUpTo, _store.Options.MaxNarSize, cancellationToken, unpackTo).ConfigureAwait(false)
+            : await NarIngest.IngestFlatAsync(_store.Blobs, data, method.Algorithm, captureUpTo, _store.Options.MaxNarSize, cancellationToken, unpackTo).ConfigureAwait(false);
         try
         {
             var ca = new ContentAddress(method.Method, ingested.ContentHash!.Value);
@@ -104,7 +105,7 @@ public sealed partial class StoreView
         }
         finally
         {
-            BlobStore.DeleteTemp(ingested.TempPath);
+            Discard(ingested);
         }
     }
 
@@ -131,7 +132,8 @@ public sealed partial class StoreView
         }
 
         var captureUpTo = info.Path.IsDerivation ? ATerm.MaxSize : 0;
-        var ingested = await NarIngest.IngestAsync(_store.Blobs, nar, contentMethod, captureUpTo, _store.Options.MaxNarSize, cancellationToken).ConfigureAwait(false);
+        var unpackTo = _store.MaterialisedFor(AccountId)?.NewTemporaryPath();
+        var ingested = await NarIngest.IngestAsync(_store.Blobs, nar, contentMethod, captureUpTo, _store.Options.MaxNarSize, cancellationToken, unpackTo).ConfigureAwait(false);
         try
         {
             if (ingested.NarSize != info.NarSize)
@@ -155,7 +157,7 @@ public sealed partial class StoreView
         }
         catch
         {
-            BlobStore.DeleteTemp(ingested.TempPath);
+            Discard(ingested);
             throw;
         }
     }
@@ -186,10 +188,26 @@ public sealed partial class StoreView
             _tempRoots.Add(upload.Info.Path);
         }
 
-        // Before the client hears "done": it may read the path from disk next.
+        // Before the client hears "done": it may read the path from disk next. Trees unpacked while the NARs
+        // streamed in are renamed into place; anything else is unpacked from its blob.
         if (_store.MaterialisedFor(AccountId) is { } tree)
         {
-            await tree.AddAsync(ordered.Select(u => (u.Info.Path, u.Info.NarHash)), cancellationToken).ConfigureAwait(false);
+            foreach (var upload in ordered.Where(u => u.Nar.TreePath is not null))
+            {
+                tree.Adopt(upload.Nar.TreePath!, upload.Info.Path);
+            }
+
+            await tree.AddAsync(ordered.Where(u => u.Nar.TreePath is null).Select(u => (u.Info.Path, u.Info.NarHash)), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    // Removes what an upload left in temporary places (after a commit, only what was not used).
+    private static void Discard(IngestedNar ingested)
+    {
+        BlobStore.DeleteTemp(ingested.TempPath);
+        if (ingested.TreePath is { } tree && Path.Exists(tree))
+        {
+            Kiln.Nix.Nar.NarExtractor.DeleteTree(tree);
         }
     }
 
@@ -226,7 +244,6 @@ public sealed partial class StoreView
         public async Task CommitAsync(CancellationToken cancellationToken)
         {
             await view.CommitAsync(_uploads, cancellationToken).ConfigureAwait(false);
-            _uploads.Clear();
         }
 
         public ValueTask DisposeAsync()
@@ -234,7 +251,7 @@ public sealed partial class StoreView
             // Anything not committed (the client went away, an upload failed): nothing registered, no files left.
             foreach (var upload in _uploads)
             {
-                BlobStore.DeleteTemp(upload.Nar.TempPath);
+                Discard(upload.Nar);
             }
 
             _uploads.Clear();

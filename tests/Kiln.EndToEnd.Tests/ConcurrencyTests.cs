@@ -53,13 +53,15 @@ public class ConcurrencyTests
         await copy.WaitForExitAsync();
 
         // The server notices the broken connection, removes the temporary file, and registers nothing partial.
+        var unpacked = Path.Combine(kiln.StoreRoot, "nix", "store");
         deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (Directory.GetFiles(temp).Length > 0 && DateTime.UtcNow < deadline)
+        while ((Directory.GetFiles(temp).Length > 0 || Directory.GetFileSystemEntries(unpacked, ".kiln-tmp-*").Length > 0) && DateTime.UtcNow < deadline)
         {
             await Task.Delay(50);
         }
 
         Assert.Empty(Directory.GetFiles(temp));
+        Assert.Empty(Directory.GetFileSystemEntries(unpacked, ".kiln-tmp-*"));
         var registered = client.Run(kiln, "nix-store", "--store", Kiln, "--check-validity", "--print-invalid", top).StdoutText.Trim();
         Assert.Equal(top, registered); // the top of the closure never arrived
         Assert.Equal(0, kiln.Stop());

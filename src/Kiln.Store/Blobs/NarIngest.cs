@@ -8,7 +8,11 @@ using Kiln.Protocol;
 namespace Kiln.Store.Blobs;
 
 /// <summary>A NAR written to a temporary blob, with what was learnt while it streamed past.</summary>
-public sealed record IngestedNar(string TempPath, NixHash NarHash, long NarSize, NixHash? ContentHash, byte[]? FileContents);
+public sealed record IngestedNar(string TempPath, NixHash NarHash, long NarSize, NixHash? ContentHash, byte[]? FileContents)
+{
+    /// <summary>The NAR unpacked as it streamed, when asked for: a temporary tree to rename into place.</summary>
+    public string? TreePath { get; init; }
+}
 
 /// <summary>
 /// Streams an upload into a temporary blob in one pass: SHA-256 and size of the NAR, NAR validation (a malformed or
@@ -27,19 +31,21 @@ public static class NarIngest
     /// <param name="contentMethod">With a content address to check: how its hash is computed.</param>
     /// <param name="captureFileUpTo">Keep the single regular file's contents if it is at most this many bytes.</param>
     /// <param name="maxSize">Refuse a NAR larger than this.</param>
+    /// <param name="unpackTo">Also unpack the NAR, canonically, at this (new) path as it streams.</param>
     /// <param name="cancellationToken">Stops the copy.</param>
     public static async Task<IngestedNar> IngestAsync(BlobStore blobs, Stream source, ContentAddressMethodAndAlgorithm? contentMethod,
-        int captureFileUpTo, long maxSize, CancellationToken cancellationToken)
+        int captureFileUpTo, long maxSize, CancellationToken cancellationToken, string? unpackTo = null)
     {
         ArgumentNullException.ThrowIfNull(blobs);
         ArgumentNullException.ThrowIfNull(source);
         var file = blobs.CreateTemp(out var tempPath);
         var succeeded = false;
+        using var extractor = unpackTo is null ? null : new NarExtractor(unpackTo, canonical: true);
         try
         {
             using var narHash = new HashingSink(NixHashAlgorithm.Sha256);
             using var visitor = new IngestVisitor(contentMethod, captureFileUpTo);
-            var parser = new NarParser(visitor);
+            var parser = new NarParser(extractor is null ? visitor : new BothVisitors(visitor, extractor));
             var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
             try
             {
@@ -78,7 +84,7 @@ public static class NarIngest
             }
 
             var size = narHash.BytesWritten;
-            var result = new IngestedNar(tempPath, narHash.Finish(), size, visitor.ContentHash(), visitor.CapturedContents);
+            var result = new IngestedNar(tempPath, narHash.Finish(), size, visitor.ContentHash(), visitor.CapturedContents) { TreePath = unpackTo };
             succeeded = true;
             return result;
         }
@@ -87,7 +93,64 @@ public static class NarIngest
             if (!succeeded)
             {
                 BlobStore.DeleteTemp(tempPath);
+                if (unpackTo is not null)
+                {
+                    extractor!.Dispose();
+                    NarExtractor.DeleteTree(unpackTo);
+                }
             }
+        }
+    }
+
+    // Feeds one parse to two visitors: the checks, and the unpacking.
+    private sealed class BothVisitors(INarVisitor first, INarVisitor second) : INarVisitor
+    {
+        public void RegularFile(bool executable, long size, long contentsOffset)
+        {
+            first.RegularFile(executable, size, contentsOffset);
+            second.RegularFile(executable, size, contentsOffset);
+        }
+
+        public void Contents(ReadOnlySpan<byte> data)
+        {
+            first.Contents(data);
+            second.Contents(data);
+        }
+
+        public void EndRegularFile()
+        {
+            first.EndRegularFile();
+            second.EndRegularFile();
+        }
+
+        public void Symlink(ReadOnlySpan<byte> target)
+        {
+            first.Symlink(target);
+            second.Symlink(target);
+        }
+
+        public void Directory()
+        {
+            first.Directory();
+            second.Directory();
+        }
+
+        public void Entry(ReadOnlySpan<byte> name)
+        {
+            first.Entry(name);
+            second.Entry(name);
+        }
+
+        public void EndEntry()
+        {
+            first.EndEntry();
+            second.EndEntry();
+        }
+
+        public void EndDirectory()
+        {
+            first.EndDirectory();
+            second.EndDirectory();
         }
     }
 
@@ -96,7 +159,7 @@ public static class NarIngest
     /// file first, to learn their size and hash, then into a NAR blob. Returns the blob and the contents' hash.
     /// </summary>
     public static async Task<IngestedNar> IngestFlatAsync(BlobStore blobs, Stream contents, NixHashAlgorithm contentAlgorithm,
-        int captureUpTo, long maxSize, CancellationToken cancellationToken)
+        int captureUpTo, long maxSize, CancellationToken cancellationToken, string? unpackTo = null)
     {
         ArgumentNullException.ThrowIfNull(blobs);
         ArgumentNullException.ThrowIfNull(contents);
@@ -138,7 +201,7 @@ public static class NarIngest
             var nar = new NarOfFileStream(flatPath, size);
             await using (nar.ConfigureAwait(false))
             {
-                var ingested = await IngestAsync(blobs, nar, null, 0, long.MaxValue, cancellationToken).ConfigureAwait(false);
+                var ingested = await IngestAsync(blobs, nar, null, 0, long.MaxValue, cancellationToken, unpackTo).ConfigureAwait(false);
                 return ingested with { ContentHash = hash, FileContents = size <= captureUpTo ? captured.WrittenSpan.ToArray() : null };
             }
         }
