@@ -34,7 +34,10 @@ public sealed class BlobStore
 
     public bool Exists(NixHash narHash) => File.Exists(PathOf(narHash));
 
-    /// <summary>A new temporary file for an upload in progress.</summary>
+    /// <summary>
+    /// A new temporary file for an upload in progress. Unbuffered and synchronous: callers write large chunks, and on
+    /// Linux .NET's asynchronous file writes only move the same write to another thread.
+    /// </summary>
     public FileStream CreateTemp(out string path)
     {
         path = Path.Combine(_temp, $"{Guid.NewGuid():N}.tmp");
@@ -44,7 +47,6 @@ public sealed class BlobStore
             Access = FileAccess.Write,
             Share = FileShare.None,
             BufferSize = 0,
-            Options = FileOptions.Asynchronous,
             UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
         });
     }

@@ -52,22 +52,22 @@ public static class NarIngest
                 await using (file.ConfigureAwait(false))
                 {
                     int read;
-                    while ((read = await source.ReadAsync(buffer.AsMemory(0, BufferSize), cancellationToken).ConfigureAwait(false)) > 0)
+                    while ((read = await FillAsync(source, buffer, cancellationToken).ConfigureAwait(false)) > 0)
                     {
-                        var chunk = buffer.AsMemory(0, read);
-                        if (parser.Feed(chunk.Span) < read)
+                        var chunk = buffer.AsSpan(0, read);
+                        if (parser.Feed(chunk) < read)
                         {
                             throw new NixErrorException("bad archive: trailing data after the end of the NAR");
                         }
 
-                        narHash.Append(chunk.Span);
-                        visitor.AppendNar(chunk.Span);
+                        narHash.Append(chunk);
+                        visitor.AppendNar(chunk);
                         if (narHash.BytesWritten > maxSize)
                         {
                             throw new NixErrorException($"NAR is larger than the limit of {maxSize} bytes");
                         }
 
-                        await file.WriteAsync(chunk, cancellationToken).ConfigureAwait(false);
+                        file.Write(chunk);
                     }
 
                     parser.Finish();
@@ -100,6 +100,25 @@ public static class NarIngest
                 }
             }
         }
+    }
+
+    // Reads until the buffer is full or the source ends: network payloads arrive in small pieces, and every piece
+    // would otherwise cost a parse step, a hash call and a write.
+    private static async ValueTask<int> FillAsync(Stream source, byte[] buffer, CancellationToken cancellationToken)
+    {
+        var filled = 0;
+        while (filled < BufferSize)
+        {
+            var read = await source.ReadAsync(buffer.AsMemory(filled, BufferSize - filled), cancellationToken).ConfigureAwait(false);
+            if (read == 0)
+            {
+                break;
+            }
+
+            filled += read;
+        }
+
+        return filled;
     }
 
     // Feeds one parse to two visitors: the checks, and the unpacking.
@@ -174,7 +193,7 @@ public static class NarIngest
                 await using (flat.ConfigureAwait(false))
                 {
                     int read;
-                    while ((read = await contents.ReadAsync(buffer.AsMemory(0, BufferSize), cancellationToken).ConfigureAwait(false)) > 0)
+                    while ((read = await FillAsync(contents, buffer, cancellationToken).ConfigureAwait(false)) > 0)
                     {
                         contentHash.Append(buffer.AsSpan(0, read));
                         if (contentHash.BytesWritten > maxSize)
@@ -187,7 +206,7 @@ public static class NarIngest
                             captured.Write(buffer.AsSpan(0, read));
                         }
 
-                        await flat.WriteAsync(buffer.AsMemory(0, read), cancellationToken).ConfigureAwait(false);
+                        flat.Write(buffer.AsSpan(0, read));
                     }
                 }
             }
