@@ -15,7 +15,7 @@ namespace Kiln.Server;
 /// account's view, logging one line per session. On stop it closes the socket, cancels the sessions and waits a
 /// little for them to end.
 /// </summary>
-public sealed partial class DaemonSocketService(KilnStore store, ServerOptions options, WorkerSessionOptions sessionOptions, ILogger<DaemonSocketService> logger)
+public sealed partial class DaemonSocketService(KilnStore store, ServerOptions options, WorkerSessionOptions sessionOptions, Kiln.Scheduler.BuildScheduler scheduler, ILogger<DaemonSocketService> logger)
     : BackgroundService
 {
     private readonly ConcurrentDictionary<long, Task> _sessions = new();
@@ -79,7 +79,7 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
                     var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
                     var peer = PeerCredentials.Of(socket);
                     using var view = await store.OpenViewAsync(options.SocketAccount, stoppingToken, peer?.FileSystemRoot()).ConfigureAwait(false);
-                    var session = new WorkerSession(view, sessionOptions, logger);
+                    var session = new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view));
                     summary = await session.RunAsync(reader, writer, new SocketFileSender(socket), stoppingToken).ConfigureAwait(false);
                     await writer.CompleteAsync().ConfigureAwait(false);
                     await reader.CompleteAsync().ConfigureAwait(false);

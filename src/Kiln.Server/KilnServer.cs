@@ -1,4 +1,7 @@
+using Kiln.Agent;
+using Kiln.Nix.Signing;
 using Kiln.Protocol.Worker;
+using Kiln.Scheduler;
 using Kiln.Store;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -34,11 +37,49 @@ public static class KilnServer
             builder.Services.AddSingleton(store);
             builder.Services.AddSingleton(options);
             builder.Services.AddSingleton(new WorkerSessionOptions());
+            builder.Services.AddSingleton(services => CreateScheduler(options, store, services.GetRequiredService<ILoggerFactory>()));
             builder.Services.AddHostedService<DaemonSocketService>();
             using var host = builder.Build();
             await host.RunAsync(cancellationToken).ConfigureAwait(false);
         }
 
         return 0;
+    }
+
+    private static BuildScheduler CreateScheduler(ServerOptions options, KilnStore store, ILoggerFactory loggers)
+    {
+        var executor = new SandboxExecutor(new SandboxOptions
+        {
+            WorkDirectory = options.DataDirectory,
+            MaxJobs = options.MaxJobs,
+            Cores = options.Cores,
+            SandboxPaths = options.SandboxPaths,
+        }, new LocalAgentStore(store.Blobs));
+        return new BuildScheduler(store, executor, new SchedulerOptions
+        {
+            LogDirectory = Path.Combine(options.DataDirectory, "logs"),
+            Cores = options.Cores,
+            MaxSilentTime = options.MaxSilentTime,
+            Timeout = options.BuildTimeout,
+            MaxLogSize = options.MaxLogSize,
+        }, BuildKey(options.DataDirectory), loggers.CreateLogger("Kiln.Scheduler"));
+    }
+
+    // Kiln's build key, created on first start: it signs what Kiln built from trusted inputs.
+    private static SecretKey BuildKey(string dataDirectory)
+    {
+        var directory = Path.Combine(dataDirectory, "keys");
+        var file = Path.Combine(directory, "build.secret");
+        if (!File.Exists(file))
+        {
+            Directory.CreateDirectory(directory);
+            var key = SecretKey.Generate($"{Environment.MachineName}-kiln-1");
+            var temp = file + ".tmp";
+            File.WriteAllText(temp, key.ToString(), new System.Text.UTF8Encoding(false));
+            File.SetUnixFileMode(temp, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            File.Move(temp, file);
+        }
+
+        return SecretKey.Parse(File.ReadAllText(file).Trim());
     }
 }

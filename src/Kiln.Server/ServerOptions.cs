@@ -18,5 +18,21 @@ public sealed record ServerOptions
     /// <summary>How long running sessions get to finish when the server stops.</summary>
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>Builds at once (Nix's <c>max-jobs</c>).</summary>
+    public int MaxJobs { get; init; } = Math.Max(1, Environment.ProcessorCount);
+
+    /// <summary><c>NIX_BUILD_CORES</c> for each build.</summary>
+    public int Cores { get; init; } = Environment.ProcessorCount;
+
+    /// <summary>Extra paths in every sandbox, as Nix's <c>sandbox-paths</c> (<c>/bin/sh=/bin/busybox</c>).</summary>
+    public IReadOnlyList<string> SandboxPaths { get; init; } = [];
+
+    /// <summary>Kiln's build limits (zero: none); clients may ask for tighter ones.</summary>
+    public TimeSpan MaxSilentTime { get; init; }
+
+    public TimeSpan BuildTimeout { get; init; }
+
+    public long MaxLogSize { get; init; }
+
     public string EffectiveSocketPath => SocketPath ?? Path.Combine(DataDirectory, "daemon.sock");
 }

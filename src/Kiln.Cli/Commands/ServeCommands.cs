@@ -18,9 +18,19 @@ internal static class ServeCommands
         var data = DataOption();
         var socket = new Option<string?>("--socket") { Description = "The worker-protocol socket (default DATA/daemon.sock)." };
         var account = new Option<string>("--account") { Description = "The account clients of the socket act as.", DefaultValueFactory = _ => "local" };
-        var command = new Command("serve", "Run Kiln: the store and the Nix daemon protocol on a unix socket, until SIGTERM or SIGINT.")
+        var maxJobs = new Option<int>("--max-jobs") { Description = "Builds at once.", DefaultValueFactory = _ => Math.Max(1, Environment.ProcessorCount) };
+        var cores = new Option<int>("--cores") { Description = "NIX_BUILD_CORES for each build.", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var sandboxPaths = new Option<string[]>("--sandbox-path")
         {
-            data, socket, account,
+            Description = "An extra path in every build sandbox, as Nix's sandbox-paths: TARGET=SOURCE or PATH (repeatable).",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var maxSilent = new Option<int>("--max-silent-time") { Description = "Kill a build silent this many seconds (0: never)." };
+        var timeout = new Option<int>("--timeout") { Description = "Kill a build running this many seconds (0: never)." };
+        var maxLog = new Option<long>("--max-build-log-size") { Description = "Kill a build whose log exceeds this many bytes (0: no limit)." };
+        var command = new Command("serve", "Run Kiln: the store, the builder and the Nix daemon protocol on a unix socket, until SIGTERM or SIGINT.")
+        {
+            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -30,6 +40,12 @@ internal static class ServeCommands
                 DataDirectory = directory,
                 SocketPath = result.GetValue(socket) is { } s ? Path.GetFullPath(s) : null,
                 SocketAccount = result.GetValue(account)!,
+                MaxJobs = Math.Max(1, result.GetValue(maxJobs)),
+                Cores = Math.Max(1, result.GetValue(cores)),
+                SandboxPaths = result.GetValue(sandboxPaths) ?? [],
+                MaxSilentTime = TimeSpan.FromSeconds(result.GetValue(maxSilent)),
+                BuildTimeout = TimeSpan.FromSeconds(result.GetValue(timeout)),
+                MaxLogSize = result.GetValue(maxLog),
             };
             return await KilnServer.RunAsync(options, new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
         });

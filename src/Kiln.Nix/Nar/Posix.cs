@@ -38,6 +38,12 @@ internal static partial class Posix
     [StructLayout(LayoutKind.Explicit, Size = 256)]
     internal struct StatxBuffer
     {
+        [FieldOffset(20)]
+        public uint Uid;
+
+        [FieldOffset(24)]
+        public uint Gid;
+
         [FieldOffset(28)]
         public ushort Mode;
 
@@ -86,6 +92,18 @@ internal static partial class Posix
 
     [LibraryImport("libc", EntryPoint = "fchmod", SetLastError = true)]
     private static partial int FchmodNative(int fd, uint mode);
+
+    [LibraryImport("libc", EntryPoint = "fchmodat", SetLastError = true)]
+    private static partial int FchmodatNative(int dirfd, ReadOnlySpan<byte> path, uint mode, int flags);
+
+    [LibraryImport("libc", EntryPoint = "fchownat", SetLastError = true)]
+    private static partial int FchownatNative(int dirfd, ReadOnlySpan<byte> path, uint owner, uint group, int flags);
+
+    [LibraryImport("libc", EntryPoint = "geteuid")]
+    internal static partial uint GetEffectiveUserId();
+
+    [LibraryImport("libc", EntryPoint = "getegid")]
+    internal static partial uint GetEffectiveGroupId();
 
     /// <summary>NUL-terminates a name or path for the native calls.</summary>
     internal static byte[] CString(ReadOnlySpan<byte> bytes)
@@ -350,6 +368,36 @@ internal static partial class Posix
         {
             throw Failure("making executable", describe());
         }
+    }
+
+    /// <summary>Sets the permission bits of a file or directory by name (never called on a symlink).</summary>
+    internal static void SetModeAt(int dirfd, byte[] name, int mode, Func<string> describe)
+    {
+        if (FchmodatNative(dirfd, name, (uint)mode, 0) != 0)
+        {
+            throw Failure("changing the permissions of", describe());
+        }
+    }
+
+    /// <summary>Sets the owner of an object by name, not following a symlink.</summary>
+    internal static void SetOwnerAt(int dirfd, byte[] name, uint owner, uint group, Func<string> describe)
+    {
+        if (FchownatNative(dirfd, name, owner, group, AtSymlinkNoFollow) != 0)
+        {
+            throw Failure("changing the owner of", describe());
+        }
+    }
+
+    /// <summary>lstat with the owner: mode, size, uid, gid.</summary>
+    internal static (int Mode, uint Uid, uint Gid) LStatOwnerAt(int dirfd, byte[] name, Func<string> describe)
+    {
+        const uint StatxUid = 0x8, StatxGid = 0x10;
+        if (StatxNative(dirfd, name, AtSymlinkNoFollow, StatxType | StatxMode | StatxUid | StatxGid, out var buffer) != 0)
+        {
+            throw Failure("getting status of", describe());
+        }
+
+        return (buffer.Mode, buffer.Uid, buffer.Gid);
     }
 
     private static IOException Failure(string action, string path)

@@ -46,6 +46,8 @@ public sealed record BuildResult
     /// <summary>Output name → output path, which <c>nix build</c> needs to find what it built (≥ 1.28).</summary>
     public IReadOnlyDictionary<string, StorePath> BuiltOutputs { get; init; } = new Dictionary<string, StorePath>();
 
+    public bool Succeeded => Status is BuildStatus.Built or BuildStatus.Substituted or BuildStatus.AlreadyValid or BuildStatus.ResolvesToAlreadyValid;
+
     /// <summary>Writes the result as the negotiated version expects it.</summary>
     public void Write(WireOutput output, ProtocolVersion version)
     {

@@ -67,6 +67,51 @@ internal sealed class ClientLogger(WireOutput output, ProtocolVersion version) :
         }
     }
 
+    /// <summary>STDERR_START_ACTIVITY; fields are <see cref="long"/> (int) or <see cref="string"/>.</summary>
+    public void StartActivity(ulong id, ulong level, ulong type, string text, IReadOnlyList<object> fields, ulong parent)
+    {
+        output.WriteU64(StderrTag.StartActivity);
+        output.WriteU64(id);
+        output.WriteU64(level);
+        output.WriteU64(type);
+        output.WriteString(text);
+        WriteFields(fields);
+        output.WriteU64(parent);
+    }
+
+    public void StopActivity(ulong id)
+    {
+        output.WriteU64(StderrTag.StopActivity);
+        output.WriteU64(id);
+    }
+
+    /// <summary>STDERR_RESULT for an activity that was started and not yet stopped.</summary>
+    public void Result(ulong id, ulong type, IReadOnlyList<object> fields)
+    {
+        output.WriteU64(StderrTag.Result);
+        output.WriteU64(id);
+        output.WriteU64(type);
+        WriteFields(fields);
+    }
+
+    private void WriteFields(IReadOnlyList<object> fields)
+    {
+        output.WriteU64((ulong)fields.Count);
+        foreach (var field in fields)
+        {
+            if (field is string text)
+            {
+                output.WriteU64(1);
+                output.WriteString(text);
+            }
+            else
+            {
+                output.WriteU64(0);
+                output.WriteU64((ulong)Convert.ToInt64(field, System.Globalization.CultureInfo.InvariantCulture));
+            }
+        }
+    }
+
     private void WriteNext(string message)
     {
         output.WriteU64(StderrTag.Next);

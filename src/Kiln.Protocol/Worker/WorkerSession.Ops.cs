@@ -414,98 +414,46 @@ public sealed partial class WorkerSession
     {
         // keepFailed, keepGoing, tryFallback, verbosity, maxBuildJobs, maxSilentTime, useBuildHook, verboseBuild,
         // logType, printBuildTrace, buildCores, useSubstitutes; then the overrides. Client settings are requests
-        // from an untrusted party: none of them may relax isolation, trust or limits, and none matter yet.
-        for (var i = 0; i < 12; i++)
+        // from an untrusted party: Kiln takes only what cannot relax isolation, trust or limits.
+        var fields = new ulong[12];
+        for (var i = 0; i < fields.Length; i++)
         {
-            await _input.ReadU64Async(ct).ConfigureAwait(false);
+            fields[i] = await _input.ReadU64Async(ct).ConfigureAwait(false);
         }
 
+        var overrides = new Dictionary<string, string>(StringComparer.Ordinal);
         if (_version.AtLeast(12))
         {
-            await _input.ReadStringMapAsync(ct).ConfigureAwait(false);
-        }
-
-        _log.StartWork();
-        _log.StopWork();
-    }
-
-    private const string NoBuilds = "Kiln cannot build yet: building arrives with the builds work; the store operations work";
-
-    private async Task BuildPathsAsync(bool withResults, CancellationToken ct)
-    {
-        var targets = await ReadDerivedPathsAsync(ct).ConfigureAwait(false);
-        if (withResults || _version.AtLeast(15))
-        {
-            await _input.ReadU64Async(ct).ConfigureAwait(false); // build mode
-        }
-
-        _log.StartWork();
-
-        // What is already valid needs no build: clients send BuildPaths to make sure of that (nix copy does).
-        var results = new List<(DerivedPath Target, BuildResult Result)>();
-        foreach (var target in targets)
-        {
-            results.Add((target, await AlreadyValidAsync(target, ct).ConfigureAwait(false) ?? throw new NixErrorException(NoBuilds)));
-        }
-
-        _log.StopWork();
-        if (withResults)
-        {
-            _output.WriteU64((ulong)results.Count);
-            foreach (var (target, result) in results)
+            foreach (var (name, value) in await _input.ReadStringMapAsync(ct).ConfigureAwait(false))
             {
-                _output.WriteString(target.ToWire(_version));
-                result.Write(_output, _version);
+                overrides[name] = value;
             }
         }
-        else
+
+        var settings = new ClientBuildSettings
         {
-            _output.WriteU64(1);
-        }
-    }
-
-    // The result for a target that is already valid in the view, or null when it would need building.
-    private async Task<BuildResult?> AlreadyValidAsync(DerivedPath target, CancellationToken ct)
-    {
-        switch (target)
+            KeepGoing = fields[1] != 0,
+            MaxSilentTime = TimeSpan.FromSeconds(fields[5]),
+            VerboseBuild = fields[7] == 0, // lvlError means "show build logs"
+        };
+        if (overrides.TryGetValue("max-silent-time", out var silent) && ulong.TryParse(silent, out var silentSeconds))
         {
-            case DerivedPath.Opaque opaque:
-                var valid = await _store.QueryValidPathsAsync([opaque.Path], ct).ConfigureAwait(false);
-                return valid.Contains(opaque.Path)
-                    ? new BuildResult { Status = BuildStatus.AlreadyValid }
-                    : throw new NixErrorException($"path '{opaque.Path}' does not exist and cannot be created");
-            case DerivedPath.Built built:
-                var outputs = await _store.QueryDerivationOutputMapAsync(built.DrvPath, ct).ConfigureAwait(false);
-                var wanted = outputs.Where(o => built.Outputs is null || built.Outputs.Contains(o.Key)).ToList();
-                if (built.Outputs is not null && built.Outputs.Any(o => !outputs.ContainsKey(o)))
-                {
-                    throw new NixErrorException($"derivation '{built.DrvPath}' does not have the wanted outputs");
-                }
-
-                if (wanted.Any(o => o.Value is null))
-                {
-                    return null;
-                }
-
-                var paths = wanted.Select(o => o.Value!.Value).ToList();
-                var present = await _store.QueryValidPathsAsync(paths, ct).ConfigureAwait(false);
-                return paths.All(present.Contains)
-                    ? new BuildResult { Status = BuildStatus.AlreadyValid, BuiltOutputs = wanted.ToDictionary(o => o.Key, o => o.Value!.Value) }
-                    : null;
-            default:
-                return null;
+            settings = settings with { MaxSilentTime = TimeSpan.FromSeconds(silentSeconds) };
         }
-    }
 
-    private async Task BuildDerivationAsync(CancellationToken ct)
-    {
-        var drvPath = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
-        var name = Kiln.Nix.Derivations.Derivation.NameFromPath(drvPath);
-        await _input.ReadAsync((ref System.Buffers.SequenceReader<byte> r, out Kiln.Nix.Derivations.Derivation d) =>
-            BasicDerivationWire.TryRead(ref r, name, _options.Limits, out d), ct).ConfigureAwait(false);
-        await _input.ReadU64Async(ct).ConfigureAwait(false); // build mode
+        if ((overrides.TryGetValue("timeout", out var timeout) || overrides.TryGetValue("build-timeout", out timeout)) && ulong.TryParse(timeout, out var timeoutSeconds))
+        {
+            settings = settings with { Timeout = TimeSpan.FromSeconds(timeoutSeconds) };
+        }
+
+        if (overrides.TryGetValue("keep-going", out var keepGoing))
+        {
+            settings = settings with { KeepGoing = keepGoing == "true" };
+        }
+
+        _buildSettings = settings;
         _log.StartWork();
-        throw new NixErrorException(NoBuilds);
+        _log.StopWork();
     }
 
     private async Task AddBuildLogAsync(CancellationToken ct)

@@ -23,6 +23,8 @@ public sealed partial class WorkerSession
     private const ulong WorkerMagic2 = 0x6478696f;
 
     private readonly IWorkerStore _store;
+    private readonly IWorkerBuilder? _builder;
+    private ClientBuildSettings _buildSettings = new();
     private readonly WorkerSessionOptions _options;
     private readonly ILogger _logger;
     private WireInput _input = null!;
@@ -31,9 +33,10 @@ public sealed partial class WorkerSession
     private ProtocolVersion _version;
     private int _operations;
 
-    public WorkerSession(IWorkerStore store, WorkerSessionOptions options, ILogger logger)
+    public WorkerSession(IWorkerStore store, WorkerSessionOptions options, ILogger logger, IWorkerBuilder? builder = null)
     {
         _store = store ?? throw new ArgumentNullException(nameof(store));
+        _builder = builder;
         _options = options ?? throw new ArgumentNullException(nameof(options));
         _logger = logger ?? throw new ArgumentNullException(nameof(logger));
     }

@@ -110,4 +110,45 @@ public interface IMetadataStore : IAsyncDisposable
     Task<IReadOnlyList<RootRecord>> GetRootsAsync(long account, CancellationToken cancellationToken);
 
     Task RemoveRootAsync(long account, RootKind kind, string name, CancellationToken cancellationToken);
+
+    /// <summary>Records a finished build; returns its id.</summary>
+    Task<long> RecordBuildAsync(BuildRecord build, CancellationToken cancellationToken);
+
+    /// <summary>The latest successful build with this step key (the derivation and its inputs' contents), if any.</summary>
+    Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken);
+
+    /// <summary>The latest builds, newest first; of one account, or of all when <paramref name="account"/> is null.</summary>
+    Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken);
+}
+
+/// <summary>A build Kiln ran. Times are Unix seconds; outputs are the scheduler's JSON, opaque to the metadata store.</summary>
+public sealed record BuildRecord
+{
+    public long Id { get; init; }
+
+    public required string StepKey { get; init; }
+
+    /// <summary>The derivation's base name.</summary>
+    public required string DrvPath { get; init; }
+
+    /// <summary>The account whose request ran the build.</summary>
+    public required long AccountId { get; init; }
+
+    public required bool Succeeded { get; init; }
+
+    public string Failure { get; init; } = "";
+
+    public string Error { get; init; } = "";
+
+    public long Started { get; init; }
+
+    public long Stopped { get; init; }
+
+    public long? CpuUserMicroseconds { get; init; }
+
+    public long? CpuSystemMicroseconds { get; init; }
+
+    public long? PeakMemory { get; init; }
+
+    public string OutputsJson { get; init; } = "[]";
 }

@@ -13,7 +13,7 @@ namespace Kiln.Store.Metadata.Sqlite;
 /// take an in-process lock, so they queue here rather than spin on SQLITE_BUSY). Lists of paths travel as one JSON
 /// array parameter expanded by <c>json_each</c>, so a query for 10,000 paths is one statement.
 /// </summary>
-public sealed class SqliteMetadataStore : IMetadataStore
+public sealed partial class SqliteMetadataStore : IMetadataStore
 {
     private readonly string _connectionString;
     private readonly SemaphoreSlim _writeLock = new(1, 1);

@@ -1,0 +1,181 @@
+using System.Globalization;
+
+namespace Kiln.Agent;
+
+/// <summary>
+/// A control group per build: every process the builder starts lands in it, so Kiln can kill them all and measure
+/// CPU time and peak memory. cgroup v2 (one hierarchy) on most hosts, v1 (memory, cpuacct and pids hierarchies) on
+/// older ones; without either (no permission, say) builds run unmeasured and are killed through their PID namespace.
+/// </summary>
+internal abstract class Cgroup : IDisposable
+{
+    private const string Root = "/sys/fs/cgroup";
+
+    /// <summary>The <c>cgroup.procs</c> files a process must write its PID to, to join.</summary>
+    public abstract IReadOnlyList<string> ProcsFiles { get; }
+
+    public abstract (TimeSpan User, TimeSpan System)? CpuTime();
+
+    public abstract long? PeakMemory();
+
+    /// <summary>Kills every process in the group, until none is left.</summary>
+    public abstract void KillAll();
+
+    public abstract void Dispose();
+
+    /// <summary>Creates a group for one build, or null when this host gives Kiln no usable cgroups.</summary>
+    public static Cgroup? TryCreate(string name)
+    {
+        try
+        {
+            if (File.Exists(Path.Combine(Root, "cgroup.controllers")) &&
+                File.ReadAllText(Path.Combine(Root, "cgroup.controllers")).Split(' ', '\n').Contains("memory"))
+            {
+                return V2.Create(name);
+            }
+
+            if (Directory.Exists(Path.Combine(Root, "memory")) && Directory.Exists(Path.Combine(Root, "cpuacct")) &&
+                Directory.Exists(Path.Combine(Root, "pids")))
+            {
+                return V1.Create(name);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+
+        return null;
+    }
+
+    protected static void KillProcesses(string procsFile)
+    {
+        for (var round = 0; round < 100; round++)
+        {
+            var pids = File.ReadAllLines(procsFile).Where(l => l.Length > 0).Select(l => int.Parse(l, CultureInfo.InvariantCulture)).ToList();
+            if (pids.Count == 0)
+            {
+                return;
+            }
+
+            foreach (var pid in pids)
+            {
+                _ = Native.Kill(pid, Native.SigKill);
+            }
+
+            Thread.Sleep(round < 10 ? 1 : 10);
+        }
+    }
+
+    protected static void RemoveDirectory(string path)
+    {
+        for (var attempt = 0; attempt < 50; attempt++)
+        {
+            try
+            {
+                if (Directory.Exists(path))
+                {
+                    Directory.Delete(path); // a cgroup directory is removed with rmdir, its files and all
+                }
+
+                return;
+            }
+            catch (IOException)
+            {
+                Thread.Sleep(10); // the last process is still exiting
+            }
+        }
+    }
+
+    private static long ReadLong(string path) => long.Parse(File.ReadAllText(path).Trim(), CultureInfo.InvariantCulture);
+
+    private sealed class V1(string memory, string cpu, string pids) : Cgroup
+    {
+        private static readonly string[] Controllers = ["memory", "cpuacct", "pids"];
+
+        public static V1 Create(string name)
+        {
+            var dirs = Controllers.Select(c => Path.Combine(Root, c, "kiln", name)).ToArray();
+            foreach (var dir in dirs)
+            {
+                Directory.CreateDirectory(dir);
+            }
+
+            return new V1(dirs[0], dirs[1], dirs[2]);
+        }
+
+        public override IReadOnlyList<string> ProcsFiles => [Path.Combine(memory, "cgroup.procs"), Path.Combine(cpu, "cgroup.procs"), Path.Combine(pids, "cgroup.procs")];
+
+        public override (TimeSpan User, TimeSpan System)? CpuTime() =>
+            (TimeSpan.FromTicks(ReadLong(Path.Combine(cpu, "cpuacct.usage_user")) / 100),
+             TimeSpan.FromTicks(ReadLong(Path.Combine(cpu, "cpuacct.usage_sys")) / 100));
+
+        public override long? PeakMemory() => ReadLong(Path.Combine(memory, "memory.max_usage_in_bytes"));
+
+        public override void KillAll() => KillProcesses(Path.Combine(pids, "cgroup.procs"));
+
+        public override void Dispose()
+        {
+            KillAll();
+            RemoveDirectory(memory);
+            RemoveDirectory(cpu);
+            RemoveDirectory(pids);
+        }
+    }
+
+    private sealed class V2(string path) : Cgroup
+    {
+        public static V2 Create(string name)
+        {
+            var parent = Path.Combine(Root, "kiln");
+            Directory.CreateDirectory(parent);
+            // Let the builds' groups account memory, CPU and processes.
+            File.WriteAllText(Path.Combine(parent, "cgroup.subtree_control"), "+memory +cpu +pids");
+            var path = Path.Combine(parent, name);
+            Directory.CreateDirectory(path);
+            return new V2(path);
+        }
+
+        public override IReadOnlyList<string> ProcsFiles => [Path.Combine(path, "cgroup.procs")];
+
+        public override (TimeSpan User, TimeSpan System)? CpuTime()
+        {
+            var stat = File.ReadAllLines(Path.Combine(path, "cpu.stat")).Select(l => l.Split(' ')).Where(p => p.Length == 2)
+                .ToDictionary(p => p[0], p => long.Parse(p[1], CultureInfo.InvariantCulture));
+            return (TimeSpan.FromTicks(stat.GetValueOrDefault("user_usec") * 10), TimeSpan.FromTicks(stat.GetValueOrDefault("system_usec") * 10));
+        }
+
+        public override long? PeakMemory() => File.Exists(Path.Combine(path, "memory.peak")) ? ReadLong(Path.Combine(path, "memory.peak")) : null;
+
+        public override void KillAll()
+        {
+            var kill = Path.Combine(path, "cgroup.kill");
+            if (File.Exists(kill))
+            {
+                File.WriteAllText(kill, "1");
+            }
+
+            KillProcesses(Path.Combine(path, "cgroup.procs"));
+        }
+
+        public override void Dispose()
+        {
+            KillAll();
+            RemoveDirectory(path);
+        }
+    }
+}
+
+/// <summary>The few system calls .NET does not offer as such.</summary>
+internal static partial class Native
+{
+    public const int SigKill = 9;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    public static partial int Kill(int pid, int signal);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "rename", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    private static partial int RenameNative(string from, string to);
+
+    /// <summary>rename(2), for files, symlinks and directories alike; false if it failed.</summary>
+    public static bool Rename(string from, string to) => RenameNative(from, to) == 0;
+}

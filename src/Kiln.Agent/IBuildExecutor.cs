@@ -1,0 +1,40 @@
+using Kiln.Nix.Hashing;
+
+namespace Kiln.Agent;
+
+/// <summary>
+/// Runs builds. The scheduler calls this; the embedded agent implements it in-process, and a remote agent will
+/// implement it behind a lease. Implementations never throw for a build's own failure: that is an outcome.
+/// </summary>
+public interface IBuildExecutor
+{
+    /// <summary>How many builds may run at once.</summary>
+    int Slots { get; }
+
+    Task<BuildOutcome> BuildAsync(BuildJob job, IBuildLog log, CancellationToken cancellationToken);
+}
+
+/// <summary>Where a build's log goes, line by line, as the builder writes it.</summary>
+public interface IBuildLog
+{
+    void Line(string line);
+}
+
+/// <summary>The store as an agent needs it: input NARs to read, output NARs to keep.</summary>
+public interface IAgentStore
+{
+    /// <summary>Opens the NAR with this hash; it must exist.</summary>
+    Stream OpenNar(NixHash narHash);
+
+    /// <summary>Starts a NAR the agent writes (hashing it as it goes); nothing is kept unless it is committed.</summary>
+    IPendingNar CreateNar();
+}
+
+/// <summary>A NAR being written to the store.</summary>
+public interface IPendingNar : IDisposable
+{
+    Stream Stream { get; }
+
+    /// <summary>Keeps the NAR under its hash (once, however often the same NAR is committed).</summary>
+    void Commit(NixHash narHash);
+}

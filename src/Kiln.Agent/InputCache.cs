@@ -1,0 +1,92 @@
+using System.Collections.Concurrent;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Nar;
+
+namespace Kiln.Agent;
+
+/// <summary>
+/// Store contents unpacked once for all builds: <c>DIR/&lt;2&gt;/&lt;nix32 NAR hash&gt;</c>, canonical (read-only,
+/// mtime 1), bind-mounted read-only into every sandbox that needs them. Keyed by NAR hash, not store path, so
+/// accounts holding different contents under one path never see each other's, and identical contents are unpacked
+/// once. An entry appears whole (unpacked beside its final name, then renamed) or not at all.
+/// </summary>
+internal sealed class InputCache(string root, IAgentStore store)
+{
+    private readonly ConcurrentDictionary<NixHash, Lazy<Task<string>>> _pending = new();
+
+    public string Root => root;
+
+    public string PathOf(NixHash narHash)
+    {
+        var name = narHash.ToNix32();
+        return Path.Combine(root, name[..2], name);
+    }
+
+    /// <summary>The unpacked tree of the NAR with this hash, unpacking it first if needed.</summary>
+    public Task<string> EnsureAsync(NixHash narHash)
+    {
+        var path = PathOf(narHash);
+        if (Exists(path))
+        {
+            return Task.FromResult(path);
+        }
+
+        var lazy = _pending.GetOrAdd(narHash, h => new Lazy<Task<string>>(() => Task.Run(() => Unpack(h, path))));
+        return lazy.Value.ContinueWith(t =>
+        {
+            _pending.TryRemove(narHash, out _);
+            return t;
+        }, TaskScheduler.Default).Unwrap();
+    }
+
+    /// <summary>Takes a canonical output tree the agent just built and stored as this NAR (it moves, or stays where it is).</summary>
+    public void Adopt(NixHash narHash, string tree)
+    {
+        var path = PathOf(narHash);
+        if (Exists(path))
+        {
+            return;
+        }
+
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        // Fails harmlessly when another build adopted it first, when it is on another file system, or when moving a
+        // read-only directory to another parent is not allowed (not root): it is unpacked when needed instead.
+        _ = Native.Rename(tree, path);
+    }
+
+    private static bool Exists(string path) => Path.Exists(path) || new FileInfo(path).LinkTarget is not null;
+
+    private string Unpack(NixHash narHash, string path)
+    {
+        if (Exists(path))
+        {
+            return path;
+        }
+
+        var parent = Path.GetDirectoryName(path)!;
+        Directory.CreateDirectory(parent);
+        // Beside the final name, so the rename does not move a read-only directory to another parent.
+        var temp = Path.Combine(parent, $".tmp-{Guid.NewGuid():N}");
+        try
+        {
+            using (var nar = store.OpenNar(narHash))
+            {
+                NarExtractor.Restore(nar, temp, canonical: true);
+            }
+
+            if (!Native.Rename(temp, path) && !Exists(path))
+            {
+                throw new IOException($"cannot move an unpacked input into place at '{path}'");
+            }
+        }
+        finally
+        {
+            if (Exists(temp))
+            {
+                NarExtractor.DeleteTree(temp);
+            }
+        }
+
+        return path;
+    }
+}

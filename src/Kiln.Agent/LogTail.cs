@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using Kiln.Nix;
+
+namespace Kiln.Agent;
+
+/// <summary>
+/// Splits a builder's output into log lines as Nix does (a carriage return moves back to the start of the line, so
+/// progress bars collapse to their last state), passes each to the build's log, keeps the last lines for the failure
+/// message, and watches the log size and how long the builder has been silent.
+/// </summary>
+internal sealed class LogTail(long maxLogSize, IBuildLog log)
+{
+    public const int Lines = 25;
+
+    private readonly Queue<string> _last = new();
+    private readonly TaskCompletionSource _limitExceeded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Stopwatch _sinceOutput = Stopwatch.StartNew();
+    private readonly List<byte> _line = [];
+    private int _position;
+    private long _total;
+
+    public Task LimitExceeded => _limitExceeded.Task;
+
+    public TimeSpan SilentFor
+    {
+        get
+        {
+            lock (_sinceOutput)
+            {
+                return _sinceOutput.Elapsed;
+            }
+        }
+    }
+
+    public IReadOnlyList<string> LastLines
+    {
+        get
+        {
+            lock (_last)
+            {
+                return _last.ToList();
+            }
+        }
+    }
+
+    public void ReadAll(Pty pty)
+    {
+        var buffer = new byte[64 * 1024];
+        int read;
+        while ((read = pty.Read(buffer)) > 0)
+        {
+            lock (_sinceOutput)
+            {
+                _sinceOutput.Restart();
+            }
+
+            _total += read;
+            if (maxLogSize > 0 && _total > maxLogSize)
+            {
+                _limitExceeded.TrySetResult();
+            }
+
+            Feed(buffer.AsSpan(0, read));
+        }
+
+        if (_line.Count > 0)
+        {
+            Flush();
+        }
+    }
+
+    private void Feed(ReadOnlySpan<byte> data)
+    {
+        foreach (var b in data)
+        {
+            switch (b)
+            {
+                case (byte)'\r':
+                    _position = 0;
+                    break;
+                case (byte)'\n':
+                    Flush();
+                    break;
+                default:
+                    if (_position < _line.Count)
+                    {
+                        _line[_position] = b;
+                    }
+                    else
+                    {
+                        _line.Add(b);
+                    }
+
+                    _position++;
+                    break;
+            }
+        }
+    }
+
+    private void Flush()
+    {
+        var line = NixString.Decode(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_line));
+        _line.Clear();
+        _position = 0;
+        lock (_last)
+        {
+            _last.Enqueue(line);
+            if (_last.Count > Lines)
+            {
+                _last.Dequeue();
+            }
+        }
+
+        log.Line(line);
+    }
+}

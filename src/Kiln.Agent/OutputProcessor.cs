@@ -1,0 +1,309 @@
+using System.Text.Json.Nodes;
+using Kiln.Nix.Derivations;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Nar;
+using Kiln.Nix.References;
+using Kiln.Nix.StorePaths;
+
+namespace Kiln.Agent;
+
+/// <summary>
+/// What Nix does with a build's outputs once the builder exits 0 (<c>registerOutputs</c>, <c>checkOutputs</c>): each
+/// must exist and must not be group- or world-writable at the top; it is canonicalised, NAR-serialised once into the
+/// store while the NAR is hashed and scanned for references to the input closure and to the derivation's own outputs;
+/// a fixed output must have the declared hash; reference and size constraints must hold. Any violation rejects the
+/// outputs (Nix's OutputRejected) and nothing of them is kept.
+/// </summary>
+internal static class OutputProcessor
+{
+    /// <summary>A reason to reject the outputs, with Nix's message.</summary>
+    public sealed class RejectedException(string message) : Exception(message);
+
+    /// <param name="job">The build.</param>
+    /// <param name="hostStore">The directory the sandbox's <c>/nix/store</c> was.</param>
+    /// <param name="store">Where the output NARs go.</param>
+    public static List<(BuiltOutput Output, string Tree)> Process(BuildJob job, string hostStore, IAgentStore store)
+    {
+        var derivation = job.Derivation;
+        var outputs = derivation.Outputs.Select(o => (Name: o.Key, Path: o.Value.StorePath!.Value, o.Value)).ToList();
+        var candidates = job.Inputs.Select(i => i.Path).Concat(outputs.Select(o => o.Path)).ToList();
+        var results = new List<(BuiltOutput, string)>();
+        var pending = new List<IPendingNar>();
+        try
+        {
+            foreach (var (name, path, declared) in outputs)
+            {
+                var tree = Path.Combine(hostStore, path.BaseName);
+                if (!Path.Exists(tree) && new FileInfo(tree).LinkTarget is null)
+                {
+                    throw new RejectedException($"builder for '{job.DrvPath}' failed to produce output path for output '{name}' at '{path}'");
+                }
+
+                if (Canonicaliser.IsSuspicious(tree))
+                {
+                    throw new RejectedException($"suspicious ownership or permission on '{path}' for output '{name}'; rejecting this build output");
+                }
+
+                try
+                {
+                    Canonicaliser.Canonicalise(tree);
+                }
+                catch (IOException e)
+                {
+                    throw new RejectedException(e.Message.Replace(tree, path.FullPath, StringComparison.Ordinal));
+                }
+
+                var nar = store.CreateNar();
+                pending.Add(nar);
+                var scanner = new ReferenceScanner(candidates);
+                NixHash narHash;
+                long narSize;
+                using (var tee = new OutputStream(nar.Stream, scanner))
+                {
+                    NarDumper.Dump(tree, tee);
+                    (narHash, narSize) = tee.Finish();
+                }
+
+                ContentAddress? ca = null;
+                if (declared.Kind == DerivationOutputKind.Fixed)
+                {
+                    ca = CheckFixedOutput(job.DrvPath, derivation.Name, name, path, declared.FixedHash, tree, narHash);
+                }
+
+                var references = scanner.Found.Order().ToList();
+                results.Add((new BuiltOutput(name, path, narHash, narSize, references, ca), tree));
+            }
+
+            CheckReferences(job, results.Select(r => r.Item1).ToList());
+            for (var i = 0; i < results.Count; i++)
+            {
+                pending[i].Commit(results[i].Item1.NarHash);
+            }
+
+            return results;
+        }
+        finally
+        {
+            foreach (var nar in pending)
+            {
+                nar.Dispose();
+            }
+        }
+    }
+
+    private static ContentAddress CheckFixedOutput(StorePath drvPath, string drvName, string outputName, StorePath path, ContentAddress declared, string tree, NixHash narHash)
+    {
+        NixHash got;
+        if (declared.Method == ContentAddressMethod.Recursive)
+        {
+            got = declared.Hash.Algorithm == NixHashAlgorithm.Sha256 ? narHash : HashNar(tree, declared.Hash.Algorithm);
+        }
+        else if (declared.Method == ContentAddressMethod.Flat)
+        {
+            var info = new FileInfo(tree);
+            if (info.LinkTarget is not null || !info.Exists || (info.UnixFileMode & UnixFileMode.UserExecute) != 0)
+            {
+                throw new RejectedException($"output path '{path}' should be a non-executable regular file since recursive hashing is not enabled (outputHashMode=flat)");
+            }
+
+            using var file = File.OpenRead(tree);
+            using var hashing = new HashingStream(declared.Hash.Algorithm);
+            file.CopyTo(hashing);
+            got = hashing.Finish();
+        }
+        else
+        {
+            throw new RejectedException($"output '{outputName}' of '{drvPath}' uses a content-address method Kiln does not build ({declared.Method})");
+        }
+
+        var actual = StorePathComputer.MakeFixedOutputPath(StorePathComputer.OutputPathName(drvName, outputName), new ContentAddress(declared.Method, got));
+        if (actual != path || got != declared.Hash)
+        {
+            throw new HashMismatchException($"hash mismatch in fixed-output derivation '{drvPath}':\n  specified: {declared.Hash.ToSri()}\n     got:    {got.ToSri()}");
+        }
+
+        return new ContentAddress(declared.Method, got);
+    }
+
+    private static NixHash HashNar(string tree, NixHashAlgorithm algorithm)
+    {
+        using var hashing = new HashingStream(algorithm);
+        NarDumper.Dump(tree, hashing);
+        return hashing.Finish();
+    }
+
+    // allowedReferences and friends: for every output in the plain form (self-references ignored for the
+    // requisites checks), per output under outputChecks with structured attributes (nothing ignored), as Nix 2.8.
+    private static void CheckReferences(BuildJob job, IReadOnlyList<BuiltOutput> outputs)
+    {
+        var derivation = job.Derivation;
+        var byName = outputs.ToDictionary(o => o.Name);
+        var graph = job.Inputs.ToDictionary(i => i.Path, i => i.References);
+        foreach (var output in outputs)
+        {
+            graph[output.Path] = output.References;
+        }
+
+        foreach (var output in outputs)
+        {
+            var checks = new List<(string Attribute, IReadOnlyList<string>? Spec)>();
+            var ignoreSelf = true;
+            long? maxSize = null, maxClosureSize = null;
+            if (derivation.HasStructuredAttributes)
+            {
+                ignoreSelf = false;
+                var attributes = StructuredAttributes.Parse(derivation);
+                if (attributes.GetObject("outputChecks")?[output.Name] is JsonObject perOutput)
+                {
+                    foreach (var attribute in CheckAttributes)
+                    {
+                        checks.Add((attribute, StructuredAttributes.GetStrings(perOutput, attribute, job.DrvPath.FullPath)));
+                    }
+
+                    maxSize = perOutput["maxSize"]?.GetValue<long>();
+                    maxClosureSize = perOutput["maxClosureSize"]?.GetValue<long>();
+                }
+            }
+            else
+            {
+                foreach (var attribute in CheckAttributes)
+                {
+                    checks.Add((attribute, derivation.Environment.TryGetValue(attribute, out var value) ? BuildEnvironment.Tokens(value).ToList() : null));
+                }
+            }
+
+            if (maxSize is { } limit && output.NarSize > limit)
+            {
+                throw new RejectedException($"path '{output.Path}' is too large at {output.NarSize} bytes; limit is {limit} bytes");
+            }
+
+            var closure = Closure(output.Path, graph);
+            if (maxClosureSize is { } closureLimit)
+            {
+                var sizes = job.Inputs.ToDictionary(i => i.Path, i => i.NarSize);
+                foreach (var o in outputs)
+                {
+                    sizes[o.Path] = o.NarSize;
+                }
+
+                var total = closure.Sum(p => sizes.GetValueOrDefault(p));
+                if (total > closureLimit)
+                {
+                    throw new RejectedException($"closure of path '{output.Path}' is too large at {total} bytes; limit is {closureLimit} bytes");
+                }
+            }
+
+            foreach (var (attribute, spec) in checks)
+            {
+                if (spec is null)
+                {
+                    continue;
+                }
+
+                var allowed = attribute.StartsWith("allowed", StringComparison.Ordinal);
+                var requisites = attribute.EndsWith("Requisites", StringComparison.Ordinal);
+                var listed = spec.Select(s => Resolve(s, derivation, job.DrvPath)).ToHashSet();
+                var used = requisites ? new HashSet<StorePath>(closure) : new HashSet<StorePath>(output.References);
+                if (requisites && ignoreSelf)
+                {
+                    used.Remove(output.Path);
+                }
+
+                var bad = used.Where(p => allowed ? !listed.Contains(p) : listed.Contains(p)).Order().ToList();
+                if (bad.Count > 0)
+                {
+                    throw new RejectedException($"output '{output.Path}' is not allowed to refer to the following paths:{string.Concat(bad.Select(p => "\n  " + p))}");
+                }
+            }
+        }
+    }
+
+    private static readonly string[] CheckAttributes = ["allowedReferences", "allowedRequisites", "disallowedReferences", "disallowedRequisites"];
+
+    private static StorePath Resolve(string spec, Derivation derivation, StorePath drvPath)
+    {
+        if (StorePath.TryParse(spec, out var path))
+        {
+            return path;
+        }
+
+        if (derivation.Outputs.TryGetValue(spec, out var output) && output.StorePath is { } outputPath)
+        {
+            return outputPath;
+        }
+
+        throw new RejectedException($"derivation '{drvPath}' contains an illegal reference specifier '{spec}'");
+    }
+
+    private static HashSet<StorePath> Closure(StorePath start, Dictionary<StorePath, IReadOnlyList<StorePath>> graph)
+    {
+        var closure = new HashSet<StorePath>();
+        var pending = new Stack<StorePath>([start]);
+        while (pending.TryPop(out var next))
+        {
+            if (closure.Add(next) && graph.TryGetValue(next, out var references))
+            {
+                foreach (var reference in references)
+                {
+                    pending.Push(reference);
+                }
+            }
+        }
+
+        return closure;
+    }
+
+    // Writes the NAR to the store while hashing it and scanning it for references.
+    private sealed class OutputStream(Stream inner, ReferenceScanner scanner) : Stream
+    {
+        private readonly HashingSink _hash = new(NixHashAlgorithm.Sha256);
+        private long _size;
+
+        public (NixHash Hash, long Size) Finish()
+        {
+            inner.Flush();
+            return (_hash.Finish(), _size);
+        }
+
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            _hash.Append(buffer);
+            scanner.Scan(buffer);
+            inner.Write(buffer);
+            _size += buffer.Length;
+        }
+
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+        public override bool CanRead => false;
+
+        public override bool CanSeek => false;
+
+        public override bool CanWrite => true;
+
+        public override long Length => throw new NotSupportedException();
+
+        public override long Position { get => _size; set => throw new NotSupportedException(); }
+
+        public override void Flush() => inner.Flush();
+
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+        public override void SetLength(long value) => throw new NotSupportedException();
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                _hash.Dispose();
+            }
+
+            base.Dispose(disposing);
+        }
+    }
+}
+
+/// <summary>A fixed output's contents do not have the declared hash.</summary>
+internal sealed class HashMismatchException(string message) : Exception(message);

@@ -1,0 +1,275 @@
+using System.Diagnostics;
+using Kiln.Nix.Nar;
+
+namespace Kiln.Agent;
+
+/// <summary>
+/// The embedded agent: runs each build in a bubblewrap sandbox laid out as Nix's (see <see cref="SandboxLayout"/>),
+/// in its own cgroup, with the log read from a pseudo-terminal, then hands the outputs to
+/// <see cref="OutputProcessor"/>. Inputs come from an <see cref="InputCache"/> unpacked once per NAR hash; outputs are
+/// adopted into that cache, so the next build that needs them finds them unpacked.
+/// </summary>
+public sealed class SandboxExecutor : IBuildExecutor
+{
+    private readonly SandboxOptions _options;
+    private readonly IAgentStore _store;
+    private readonly InputCache _inputs;
+    private readonly string _builds;
+    private readonly string _etc;
+    private long _counter;
+
+    public SandboxExecutor(SandboxOptions options, IAgentStore store)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options;
+        _store = store;
+        _inputs = new InputCache(Path.Combine(options.WorkDirectory, "unpacked"), store);
+        _builds = Path.Combine(options.WorkDirectory, "builds");
+        _etc = Path.Combine(options.WorkDirectory, "sandbox-etc");
+        CleanUp();
+    }
+
+    public int Slots => _options.MaxJobs;
+
+    // Leftovers of builds a crash interrupted, and the files every sandbox shares.
+    private void CleanUp()
+    {
+        if (Directory.Exists(_builds))
+        {
+            NarExtractor.DeleteTree(_builds);
+        }
+
+        Directory.CreateDirectory(_builds);
+        Directory.CreateDirectory(_etc);
+        foreach (var (name, contents) in SandboxLayout.EtcFiles)
+        {
+            File.WriteAllText(Path.Combine(_etc, name), contents);
+        }
+    }
+
+    public async Task<BuildOutcome> BuildAsync(BuildJob job, IBuildLog log, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        ArgumentNullException.ThrowIfNull(log);
+        var start = DateTimeOffset.UtcNow;
+        var id = $"{job.DrvPath.HashPart}-{Interlocked.Increment(ref _counter)}";
+        var directory = Path.Combine(_builds, id);
+        try
+        {
+            var outcome = await RunAsync(job, log, directory, id, cancellationToken).ConfigureAwait(false);
+            return outcome with { StartTime = start, StopTime = DateTimeOffset.UtcNow };
+        }
+        finally
+        {
+            if (Directory.Exists(directory))
+            {
+                NarExtractor.DeleteTree(directory);
+            }
+        }
+    }
+
+    private async Task<BuildOutcome> RunAsync(BuildJob job, IBuildLog log, string directory, string id, CancellationToken cancellationToken)
+    {
+        var derivation = job.Derivation;
+        if (derivation.Outputs.Values.Any(o => o.StorePath is null))
+        {
+            return Failed(BuildFailureKind.InputRejected, $"derivation '{job.DrvPath}' has content-addressed outputs, which Kiln does not build yet (ca-derivations)");
+        }
+
+        BuildEnvironment environment;
+        try
+        {
+            environment = BuildEnvironment.Create(job, _options.ImpureEnvironment);
+        }
+        catch (BuildSetupException e)
+        {
+            return Failed(BuildFailureKind.InputRejected, e.Message);
+        }
+
+        var buildDir = Path.Combine(directory, "build");
+        var storeDir = Path.Combine(directory, "store");
+        Directory.CreateDirectory(buildDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        Directory.CreateDirectory(storeDir);
+        File.SetUnixFileMode(storeDir, (UnixFileMode)Convert.ToInt32("1775", 8));
+        foreach (var (name, contents) in environment.Files)
+        {
+            await File.WriteAllBytesAsync(Path.Combine(buildDir, name), contents, cancellationToken).ConfigureAwait(false);
+        }
+
+        var inputs = new List<(Kiln.Nix.StorePaths.StorePath Path, string Tree)>();
+        foreach (var input in job.Inputs)
+        {
+            inputs.Add((input.Path, await _inputs.EnsureAsync(input.NarHash).ConfigureAwait(false)));
+        }
+
+        var run = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal)
+            ? await BuiltinBuilders.RunAsync(job, environment, storeDir, log, cancellationToken).ConfigureAwait(false)
+            : await RunSandboxAsync(job, environment, directory, buildDir, storeDir, inputs, id, log, cancellationToken).ConfigureAwait(false);
+        if (run.Failure != BuildFailureKind.None)
+        {
+            return run;
+        }
+
+        try
+        {
+            var outputs = OutputProcessor.Process(job, storeDir, _store);
+            foreach (var (output, tree) in outputs)
+            {
+                _inputs.Adopt(output.NarHash, tree);
+            }
+
+            return run with { Outputs = outputs.Select(o => o.Output).ToList() };
+        }
+        catch (Exception e) when (e is OutputProcessor.RejectedException or HashMismatchException)
+        {
+            return run with { Failure = BuildFailureKind.OutputRejected, ErrorMessage = e.Message };
+        }
+    }
+
+    private static BuildOutcome Failed(BuildFailureKind kind, string message) => new() { Failure = kind, ErrorMessage = message };
+
+    private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, string directory, string buildDir,
+        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, string id, IBuildLog log,
+        CancellationToken cancellationToken)
+    {
+        var derivation = job.Derivation;
+        var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildDir, storeDir, inputs, _etc, _options.SandboxPaths);
+        var statusFile = Path.Combine(directory, "status.json");
+        using var pty = Pty.Open();
+        using var cgroup = Cgroup.TryCreate($"build-{id}");
+
+        // A small shell joins the cgroup first, so every process the build starts is in it, then becomes bwrap with
+        // the terminal as stdout and stderr and bwrap's status report on descriptor 3.
+        var start = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, RedirectStandardError = true };
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add("""for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; shift 3; exec "$@" 3>"$status" </dev/null >"$pty" 2>&1""");
+        start.ArgumentList.Add("kiln-build");
+        start.ArgumentList.Add(string.Join(' ', cgroup?.ProcsFiles ?? []));
+        start.ArgumentList.Add(pty.SlavePath);
+        start.ArgumentList.Add(statusFile);
+        start.ArgumentList.Add(_options.Bubblewrap);
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        start.Environment.Clear();
+        start.Environment["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+        var tail = new LogTail(job.Limits.MaxLogSize, log);
+        using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
+        var reader = Task.Factory.StartNew(() => tail.ReadAll(pty), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
+
+        var (failure, message) = await WatchAsync(job, process, tail, cgroup, cancellationToken).ConfigureAwait(false);
+        await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
+        cgroup?.KillAll();
+        pty.CloseSlave();
+        await reader.ConfigureAwait(false);
+        var cpu = cgroup?.CpuTime();
+        var outcome = new BuildOutcome
+        {
+            CpuUser = cpu?.User,
+            CpuSystem = cpu?.System,
+            PeakMemoryBytes = cgroup?.PeakMemory(),
+            LogTail = tail.LastLines,
+        };
+        if (failure != BuildFailureKind.None)
+        {
+            return outcome with { Failure = failure, ErrorMessage = message };
+        }
+
+        cancellationToken.ThrowIfCancellationRequested();
+        var started = File.Exists(statusFile) && (await File.ReadAllTextAsync(statusFile, CancellationToken.None).ConfigureAwait(false)).Contains("child-pid", StringComparison.Ordinal);
+        if (!started)
+        {
+            var why = (await wrapperErrors.ConfigureAwait(false)).Trim();
+            return outcome with
+            {
+                Failure = BuildFailureKind.MiscFailure,
+                ErrorMessage = $"Kiln could not start the sandbox for '{job.DrvPath}': {(why.Length > 0 ? why : (tail.LastLines.Count > 0 ? tail.LastLines[^1] : null) ?? $"exit status {process.ExitCode}")}",
+            };
+        }
+
+        if (process.ExitCode != 0)
+        {
+            return outcome with
+            {
+                Failure = derivation.IsFixedOutput ? BuildFailureKind.TransientFailure : BuildFailureKind.PermanentFailure,
+                ErrorMessage = $"builder for '{job.DrvPath}' {ExitDescription(process.ExitCode)}",
+                ExitCode = process.ExitCode,
+            };
+        }
+
+        return outcome;
+    }
+
+    // bwrap exits with the builder's status, or 128 + the signal that killed it.
+    private static string ExitDescription(int status) =>
+        status > 128 && status < 128 + 65
+            ? $"failed due to signal {status - 128} ({SignalName(status - 128)})"
+            : $"failed with exit code {status}";
+
+    private static string SignalName(int signal) => signal switch
+    {
+        1 => "Hangup",
+        2 => "Interrupt",
+        6 => "Aborted",
+        9 => "Killed",
+        11 => "Segmentation fault",
+        13 => "Broken pipe",
+        15 => "Terminated",
+        _ => $"signal {signal}",
+    };
+
+    // Waits for the builder, enforcing the timeouts and the log limit and honouring cancellation: any of them kills
+    // every process of the build.
+    private static async Task<(BuildFailureKind, string)> WatchAsync(BuildJob job, Process process, LogTail tail, Cgroup? cgroup, CancellationToken cancellationToken)
+    {
+        var started = Stopwatch.StartNew();
+        var limits = job.Limits;
+        var goal = $"building of '{job.DrvPath}!{string.Join(',', job.Derivation.Outputs.Keys)}' from .drv file";
+        var exited = process.WaitForExitAsync(CancellationToken.None);
+        var cancelled = Task.Delay(Timeout.Infinite, cancellationToken);
+        while (true)
+        {
+            var wait = Task.Delay(TimeSpan.FromMilliseconds(200), CancellationToken.None);
+            if (await Task.WhenAny(exited, wait, tail.LimitExceeded, cancelled).ConfigureAwait(false) == exited)
+            {
+                return (BuildFailureKind.None, "");
+            }
+
+            (BuildFailureKind, string)? stop = null;
+            if (cancellationToken.IsCancellationRequested)
+            {
+                stop = (BuildFailureKind.MiscFailure, "the build was cancelled");
+            }
+            else if (tail.LimitExceeded.IsCompleted)
+            {
+                stop = (BuildFailureKind.LogLimitExceeded, $"{goal} killed after writing more than {limits.MaxLogSize} bytes of log output");
+            }
+            else if (limits.Timeout > TimeSpan.Zero && started.Elapsed > limits.Timeout)
+            {
+                stop = (BuildFailureKind.TimedOut, $"{goal} timed out after {(long)limits.Timeout.TotalSeconds} seconds");
+            }
+            else if (limits.MaxSilentTime > TimeSpan.Zero && tail.SilentFor > limits.MaxSilentTime)
+            {
+                stop = (BuildFailureKind.TimedOut, $"{goal} timed out after {(long)limits.MaxSilentTime.TotalSeconds} seconds of silence");
+            }
+
+            if (stop is { } reason)
+            {
+                cgroup?.KillAll();
+                try
+                {
+                    process.Kill(entireProcessTree: true);
+                }
+                catch (InvalidOperationException)
+                {
+                }
+
+                return reason;
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+using Kiln.Nix.Derivations;
+using Kiln.Nix.StorePaths;
+
+namespace Kiln.Agent;
+
+/// <summary>
+/// The sandbox Nix gives a build on Linux, as bubblewrap arguments: new user, PID, IPC, UTS and (unless the
+/// derivation is fixed-output) network namespaces with only loopback; uid 1000 and gid 100; hostname
+/// <c>localhost</c>; the builder as PID 1 in a new session; a fresh root with <c>/build</c> (the build directory,
+/// also the working directory), a writable <c>/nix/store</c> with each input bind-mounted read-only at its path,
+/// minimal <c>/dev</c>, <c>/proc</c>, <c>/tmp</c> (1777), and Nix's <c>/etc/passwd</c>, <c>/etc/group</c> and
+/// <c>/etc/hosts</c>. Fixed-output builds get the host's network, <c>/etc/resolv.conf</c>, <c>/etc/services</c> and
+/// <c>/etc/hosts</c> instead, as Nix gives them.
+/// </summary>
+internal static class SandboxLayout
+{
+    public static readonly IReadOnlyList<(string Name, string Contents)> EtcFiles =
+    [
+        ("passwd", "root:x:0:0:Nix build user:/build:/noshell\nnixbld:x:1000:100:Nix build user:/build:/noshell\nnobody:x:65534:65534:Nobody:/:/noshell\n"),
+        ("group", "root:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n"),
+        ("hosts", "127.0.0.1 localhost\n::1 localhost\n"),
+        ("nsswitch.conf", "hosts: files dns\nservices: files\n"),
+    ];
+
+    public static List<string> BubblewrapArguments(Derivation derivation, BuildEnvironment environment, string buildDir, string storeDir,
+        IReadOnlyList<(StorePath Path, string Tree)> inputs, string etc, IReadOnlyList<string> sandboxPaths)
+    {
+        var fixedOutput = derivation.IsFixedOutput;
+        var args = new List<string>
+        {
+            "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--uid", "1000", "--gid", "100", "--hostname", "localhost",
+            "--die-with-parent", "--new-session", "--as-pid-1", "--json-status-fd", "3",
+        };
+        if (!fixedOutput)
+        {
+            args.Add("--unshare-net");
+        }
+
+        args.AddRange(["--perms", "0755", "--tmpfs", "/"]);
+        args.AddRange(["--perms", "1777", "--dir", "/tmp"]);
+        args.AddRange(["--bind", buildDir, BuildEnvironment.BuildDirectory]);
+        args.AddRange(["--bind", storeDir, BuildEnvironment.StoreDirectory]);
+        foreach (var (path, tree) in inputs)
+        {
+            var info = new FileInfo(tree);
+            if (info.LinkTarget is { } target)
+            {
+                args.AddRange(["--symlink", target, path.FullPath]);
+            }
+            else
+            {
+                args.AddRange(["--ro-bind", tree, path.FullPath]);
+            }
+        }
+
+        args.AddRange(["--dev", "/dev", "--proc", "/proc"]);
+        args.AddRange(["--ro-bind", Path.Combine(etc, "passwd"), "/etc/passwd"]);
+        args.AddRange(["--ro-bind", Path.Combine(etc, "group"), "/etc/group"]);
+        if (fixedOutput)
+        {
+            args.AddRange(["--ro-bind", Path.Combine(etc, "nsswitch.conf"), "/etc/nsswitch.conf"]);
+            foreach (var file in new[] { "/etc/resolv.conf", "/etc/services", "/etc/hosts" })
+            {
+                args.AddRange(["--ro-bind-try", file, file]);
+            }
+        }
+        else
+        {
+            args.AddRange(["--ro-bind", Path.Combine(etc, "hosts"), "/etc/hosts"]);
+        }
+
+        foreach (var entry in sandboxPaths)
+        {
+            var optional = entry.EndsWith('?');
+            var spec = optional ? entry[..^1] : entry;
+            var equals = spec.IndexOf('=', StringComparison.Ordinal);
+            var (target, source) = equals < 0 ? (spec, spec) : (spec[..equals], spec[(equals + 1)..]);
+            args.AddRange([optional ? "--ro-bind-try" : "--ro-bind", source, target]);
+        }
+
+        args.AddRange(["--chdir", BuildEnvironment.BuildDirectory, "--clearenv"]);
+        foreach (var (name, value) in environment.Variables)
+        {
+            args.AddRange(["--setenv", name, value]);
+        }
+
+        args.Add("--");
+        args.Add(BuildEnvironment.RewriteStrings(derivation.Builder, BuildEnvironment.OutputRewrites(derivation)));
+        var rewrites = BuildEnvironment.OutputRewrites(derivation);
+        args.AddRange(derivation.Arguments.Select(a => BuildEnvironment.RewriteStrings(a, rewrites)));
+        return args;
+    }
+}

@@ -1,0 +1,22 @@
+namespace Kiln.Agent;
+
+/// <summary>How the embedded agent runs builds.</summary>
+public sealed record SandboxOptions
+{
+    /// <summary>Where builds run (<c>builds/</c>) and inputs are unpacked (<c>unpacked/</c>).</summary>
+    public required string WorkDirectory { get; init; }
+
+    /// <summary>Builds at once (Nix's <c>max-jobs</c>).</summary>
+    public int MaxJobs { get; init; } = Math.Max(1, Environment.ProcessorCount);
+
+    /// <summary><c>NIX_BUILD_CORES</c> for each build (Nix's <c>cores</c>).</summary>
+    public int Cores { get; init; } = Environment.ProcessorCount;
+
+    /// <summary>Extra paths visible in every sandbox, as Nix's <c>sandbox-paths</c>: <c>target=source</c> or <c>path</c>; a trailing <c>?</c> makes it optional.</summary>
+    public IReadOnlyList<string> SandboxPaths { get; init; } = [];
+
+    /// <summary>Values a fixed-output derivation's <c>impureEnvVars</c> may receive (Nix's <c>impure-env</c>); never Kiln's own environment.</summary>
+    public IReadOnlyDictionary<string, string> ImpureEnvironment { get; init; } = new Dictionary<string, string>();
+
+    public string Bubblewrap { get; init; } = "/usr/bin/bwrap";
+}

@@ -1,0 +1,96 @@
+using System.Text;
+
+namespace Kiln.Nix.Nar;
+
+/// <summary>
+/// Gives a build output the metadata every store path has (Nix's <c>canonicalisePathMetaData</c>): modification time
+/// 1, permissions 0444 or 0555 (only the owner-execute bit decides; setuid, setgid and sticky bits go), directories
+/// 0555 as current Nix makes them, and the calling process as owner. Only regular files, directories and symlinks
+/// may appear. The tree is walked relative to directory descriptors and never through a symlink; it must not change
+/// while this runs (the build's processes are gone).
+/// </summary>
+public static class Canonicaliser
+{
+    private const int ReadOnlyMode = 0x124; // 0444
+    private const int ExecutableMode = 0x16D; // 0555
+    private const int GroupOrWorldWritable = 0x12; // S_IWGRP | S_IWOTH
+
+    /// <summary>
+    /// Whether the top of an output is writable by group or others, which Nix treats as a sign of tampering
+    /// ("suspicious ownership or permission"). Symlinks have no permissions of their own.
+    /// </summary>
+    public static bool IsSuspicious(string path)
+    {
+        var name = Posix.CString(Encoding.UTF8.GetBytes(path));
+        var (mode, _, _) = Posix.LStatOwnerAt(Posix.AtFdCwd, name, () => path);
+        return (mode & Posix.FileTypeMask) != Posix.Symlink && (mode & GroupOrWorldWritable) != 0;
+    }
+
+    /// <summary>Canonicalises the tree at <paramref name="path"/> in place.</summary>
+    /// <exception cref="IOException">An object of another type (FIFO, socket, device) is in the tree.</exception>
+    public static void Canonicalise(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        new Walker(Posix.GetEffectiveUserId(), Posix.GetEffectiveGroupId())
+            .Visit(Posix.AtFdCwd, Posix.CString(Encoding.UTF8.GetBytes(path)), () => path, depth: 0);
+    }
+
+    private sealed class Walker(uint uid, uint gid)
+    {
+        private readonly byte[] _directoryBuffer = new byte[64 * 1024];
+
+        public void Visit(int directory, byte[] name, Func<string> describe, int depth)
+        {
+            if (depth >= NarLimits.Default.MaxDepth)
+            {
+                throw new IOException($"path '{describe()}' exceeds maximum NAR directory depth of {NarLimits.Default.MaxDepth}");
+            }
+
+            var (mode, owner, group) = Posix.LStatOwnerAt(directory, name, describe);
+            var type = mode & Posix.FileTypeMask;
+            if (type is not (Posix.Regular or Posix.Directory or Posix.Symlink))
+            {
+                throw new IOException($"file '{describe()}' has an unsupported type");
+            }
+
+            if (type != Posix.Symlink)
+            {
+                var permissions = mode & 0xFFF;
+                var wanted = type == Posix.Directory || (permissions & Posix.OwnerExecute) != 0 ? ExecutableMode : ReadOnlyMode;
+                if (permissions != wanted)
+                {
+                    // A directory gets r-x before its entries are visited, so it can always be read.
+                    Posix.SetModeAt(directory, name, wanted, describe);
+                }
+            }
+
+            if (owner != uid || group != gid)
+            {
+                Posix.SetOwnerAt(directory, name, uid, gid, describe);
+            }
+
+            if (type == Posix.Directory)
+            {
+                var fd = Posix.OpenDirectoryAt(directory, name, describe);
+                try
+                {
+                    foreach (var entry in Posix.ReadDirectory(fd, _directoryBuffer, describe))
+                    {
+                        Visit(fd, Posix.CString(entry), () => $"{describe()}/{Encoding.UTF8.GetString(entry)}", depth + 1);
+                    }
+
+                    // Last, because changing the entries changed the directory's own times.
+                    Posix.SetModificationTime(fd, NarExtractor.StoreModificationTime, describe);
+                }
+                finally
+                {
+                    Posix.Close(fd);
+                }
+            }
+            else
+            {
+                Posix.SetSymlinkModificationTime(directory, name, NarExtractor.StoreModificationTime, describe);
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+using System.Collections.Concurrent;
+using System.Text.Json;
+using Kiln.Agent;
+using Kiln.Nix.Derivations;
+using Kiln.Nix.Signing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
+using Kiln.Protocol.Worker;
+using Kiln.Store;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Scheduler;
+
+/// <summary>
+/// One session's builds. A request walks the derivation graph in the session's view: outputs already valid are
+/// done; otherwise the inputs are realised first (in parallel), the input closure is resolved to NAR hashes, and the
+/// step is reused, joined or run by the <see cref="BuildScheduler"/>. Outputs land in this view, as built by Kiln,
+/// signed with Kiln's key when every input was trusted. Without keep-going, the first failure stops the request.
+/// </summary>
+internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) : IWorkerBuilder
+{
+    public async Task<IReadOnlyList<BuildResult>> BuildPathsAsync(IReadOnlyList<DerivedPath> targets, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
+    {
+        using var request = new Request(scheduler, view, settings, events, cancellationToken);
+        var results = new List<Task<BuildResult>>();
+        foreach (var target in targets)
+        {
+            results.Add(request.RealiseTargetAsync(target));
+        }
+
+        return await Task.WhenAll(results).ConfigureAwait(false);
+    }
+
+    public async Task<BuildResult> BuildDerivationAsync(StorePath drvPath, Derivation derivation, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
+    {
+        using var request = new Request(scheduler, view, settings, events, cancellationToken);
+        var step = await request.BuildBasicAsync(drvPath, derivation).ConfigureAwait(false);
+        return step.ToBuildResult(null);
+    }
+
+    /// <summary>How one derivation of a request ended.</summary>
+    private sealed record Step(BuildStatus Status, string Error, IReadOnlyDictionary<string, StorePath> Outputs, BuildOutcome? Outcome = null)
+    {
+        public bool Succeeded => Status is BuildStatus.Built or BuildStatus.AlreadyValid or BuildStatus.Substituted;
+
+        public BuildResult ToBuildResult(HashSet<string>? wanted) => new()
+        {
+            Status = Status,
+            ErrorMessage = Error,
+            TimesBuilt = Status == BuildStatus.Built && Outcome is not null ? 1UL : 0UL,
+            StartTime = Outcome?.StartTime.ToUnixTimeSeconds() ?? 0,
+            StopTime = Outcome?.StopTime.ToUnixTimeSeconds() ?? 0,
+            CpuUser = Outcome?.CpuUser,
+            CpuSystem = Outcome?.CpuSystem,
+            BuiltOutputs = Succeeded ? Outputs.Where(o => wanted is null || wanted.Contains(o.Key)).ToDictionary() : new Dictionary<string, StorePath>(),
+        };
+    }
+
+    private sealed class Request : IDisposable
+    {
+        private readonly BuildScheduler _scheduler;
+        private readonly StoreView _view;
+        private readonly ClientBuildSettings _settings;
+        private readonly IBuildEvents _events;
+        private readonly CancellationTokenSource _stop;
+        private readonly ConcurrentDictionary<StorePath, Lazy<Task<Step>>> _steps = new();
+        private readonly ConcurrentDictionary<StorePath, Derivation> _derivations = new();
+
+        public Request(BuildScheduler scheduler, StoreView view, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
+        {
+            _scheduler = scheduler;
+            _view = view;
+            _settings = settings;
+            _events = events;
+            _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        }
+
+        public void Dispose() => _stop.Dispose();
+
+        private Derivation Load(StorePath drvPath) => _derivations.GetOrAdd(drvPath, _view.ReadDerivation);
+
+        public async Task<BuildResult> RealiseTargetAsync(DerivedPath target)
+        {
+            switch (target)
+            {
+                case DerivedPath.Opaque opaque:
+                    var valid = await _view.QueryValidPathsAsync([opaque.Path], _stop.Token).ConfigureAwait(false);
+                    return valid.Contains(opaque.Path)
+                        ? new BuildResult { Status = BuildStatus.AlreadyValid }
+                        : throw new NixErrorException($"path '{opaque.Path}' does not exist and cannot be created");
+                case DerivedPath.Built built:
+                    var derivation = Load(built.DrvPath);
+                    var unknown = built.Outputs?.Where(o => !derivation.Outputs.ContainsKey(o)).ToList() ?? [];
+                    if (unknown.Count > 0)
+                    {
+                        throw new NixErrorException($"derivation '{built.DrvPath}' does not have wanted outputs {string.Join(", ", unknown.Select(o => $"'{o}'"))}");
+                    }
+
+                    var step = await RealiseAsync(built.DrvPath).ConfigureAwait(false);
+                    return step.ToBuildResult(built.Outputs is null ? null : new HashSet<string>(built.Outputs));
+                default:
+                    throw new ArgumentOutOfRangeException(nameof(target));
+            }
+        }
+
+        private Task<Step> RealiseAsync(StorePath drvPath) =>
+            _steps.GetOrAdd(drvPath, p => new Lazy<Task<Step>>(() => Task.Run(() => RealiseCoreAsync(p)))).Value;
+
+        private async Task<Step> RealiseCoreAsync(StorePath drvPath)
+        {
+            try
+            {
+                var step = await RealiseUncheckedAsync(drvPath).ConfigureAwait(false);
+                if (!step.Succeeded && !_settings.KeepGoing)
+                {
+                    await _stop.CancelAsync().ConfigureAwait(false); // stop at the first failure, as Nix does without --keep-going
+                }
+
+                return step;
+            }
+            catch (NixErrorException e)
+            {
+                if (!_settings.KeepGoing)
+                {
+                    await _stop.CancelAsync().ConfigureAwait(false);
+                }
+
+                return new Step(BuildStatus.MiscFailure, e.Message, new Dictionary<string, StorePath>());
+            }
+            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+            {
+                return new Step(BuildStatus.MiscFailure, $"the build of '{drvPath}' was stopped because another build failed", new Dictionary<string, StorePath>());
+            }
+        }
+
+        private async Task<Step> RealiseUncheckedAsync(StorePath drvPath)
+        {
+            var token = _stop.Token;
+            var derivation = Load(drvPath);
+            if (derivation.Outputs.Values.Any(o => o.StorePath is null))
+            {
+                return new Step(BuildStatus.InputRejected, $"derivation '{drvPath}' has content-addressed outputs, which Kiln does not build yet (ca-derivations)", new Dictionary<string, StorePath>());
+            }
+
+            var outputs = derivation.Outputs.ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
+            var valid = await _view.QueryValidPathsAsync(outputs.Values.ToList(), token).ConfigureAwait(false);
+            if (outputs.Values.All(valid.Contains))
+            {
+                return new Step(BuildStatus.AlreadyValid, "", outputs);
+            }
+
+            if (derivation.Platform != _scheduler.Options.System && !derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal))
+            {
+                return new Step(BuildStatus.MiscFailure,
+                    $"a '{derivation.Platform}' is required to build '{drvPath}', but Kiln builds for '{_scheduler.Options.System}'", new Dictionary<string, StorePath>());
+            }
+
+            // Inputs first, all at once.
+            var inputSteps = derivation.InputDerivations.Keys.Select(RealiseAsync).ToList();
+            var inputResults = await Task.WhenAll(inputSteps).ConfigureAwait(false);
+            var failed = inputResults.Count(s => !s.Succeeded);
+            if (failed > 0)
+            {
+                return new Step(BuildStatus.DependencyFailed, $"{failed} dependencies of derivation '{drvPath}' failed to build", new Dictionary<string, StorePath>());
+            }
+
+            token.ThrowIfCancellationRequested();
+            var roots = new List<StorePath>(derivation.InputSources);
+            foreach (var ((inputDrv, wanted), result) in derivation.InputDerivations.Zip(inputResults))
+            {
+                foreach (var name in wanted)
+                {
+                    if (!result.Outputs.TryGetValue(name, out var path))
+                    {
+                        return new Step(BuildStatus.MiscFailure, $"derivation '{inputDrv}' has no output '{name}' needed by '{drvPath}'", new Dictionary<string, StorePath>());
+                    }
+
+                    roots.Add(path);
+                }
+            }
+
+            var closure = await _view.GetClosureAsync(roots, token).ConfigureAwait(false);
+            var missing = roots.Where(r => !closure.ContainsKey(r)).ToList();
+            if (missing.Count > 0)
+            {
+                return new Step(BuildStatus.MiscFailure, $"cannot build '{drvPath}': its input '{missing[0]}' is not valid in your store", new Dictionary<string, StorePath>());
+            }
+
+            // The declared output paths must be the ones Nix computes, or Kiln would vouch for a false mapping.
+            if (!derivation.IsFixedOutput || derivation.Outputs.Count > 1)
+            {
+                var computed = new DerivationHasher(Load).ComputeOutputPaths(derivation);
+                foreach (var (name, path) in outputs)
+                {
+                    if (computed.TryGetValue(name, out var expected) && expected != path.FullPath)
+                    {
+                        return new Step(BuildStatus.InputRejected, $"derivation '{drvPath}' has incorrect output '{path}', should be '{expected}'", new Dictionary<string, StorePath>());
+                    }
+                }
+            }
+
+            var drvRecord = (await _view.GetRecordsAsync([drvPath], token).ConfigureAwait(false))[drvPath];
+            var key = BuildScheduler.StepKey(drvPath, drvRecord.Info.NarHash, closure.Values.Select(r => (r.Info.Path, r.Info.NarHash)));
+            var trusted = drvRecord.Trust != PathTrust.Untrusted && closure.Values.All(r => r.Trust != PathTrust.Untrusted);
+            return await BuildStepAsync(drvPath, derivation, key, closure.Values.ToList(), trusted).ConfigureAwait(false);
+        }
+
+        /// <summary>BuildDerivation: the derivation came whole from the client, its inputs are (the closure of) its sources.</summary>
+        public async Task<Step> BuildBasicAsync(StorePath drvPath, Derivation derivation)
+        {
+            try
+            {
+                var token = _stop.Token;
+                var outputs = derivation.Outputs.Where(o => o.Value.StorePath is not null).ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
+                if (outputs.Count != derivation.Outputs.Count)
+                {
+                    return new Step(BuildStatus.InputRejected, $"derivation '{drvPath}' has content-addressed outputs, which Kiln does not build yet (ca-derivations)", new Dictionary<string, StorePath>());
+                }
+
+                var valid = await _view.QueryValidPathsAsync(outputs.Values.ToList(), token).ConfigureAwait(false);
+                if (outputs.Values.All(valid.Contains))
+                {
+                    return new Step(BuildStatus.AlreadyValid, "", outputs);
+                }
+
+                var closure = await _view.GetClosureAsync(derivation.InputSources, token).ConfigureAwait(false);
+                var missing = derivation.InputSources.Where(r => !closure.ContainsKey(r)).ToList();
+                if (missing.Count > 0)
+                {
+                    return new Step(BuildStatus.MiscFailure, $"cannot build '{drvPath}': its input '{missing[0]}' is not valid in your store", new Dictionary<string, StorePath>());
+                }
+
+                // Nothing proves this derivation is the one its path names, so its build is this account's alone.
+                var text = Kiln.Nix.Hashing.NixHash.Compute(Kiln.Nix.Hashing.NixHashAlgorithm.Sha256, ATerm.Print(derivation));
+                var key = BuildScheduler.StepKey(drvPath, text, closure.Values.Select(r => (r.Info.Path, r.Info.NarHash)), privateTo: _view.AccountId);
+                return await BuildStepAsync(drvPath, derivation, key, closure.Values.ToList(), trusted: false).ConfigureAwait(false);
+            }
+            catch (NixErrorException e)
+            {
+                return new Step(BuildStatus.MiscFailure, e.Message, new Dictionary<string, StorePath>());
+            }
+        }
+
+        private async Task<Step> BuildStepAsync(StorePath drvPath, Derivation derivation, string key, IReadOnlyList<PathRecord> closure, bool trusted)
+        {
+            var token = _stop.Token;
+            var outputs = derivation.Outputs.ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
+
+            // Built before, for anyone, from identical inputs: reuse it.
+            var record = await _scheduler.Store.Metadata.FindSuccessfulBuildAsync(key, token).ConfigureAwait(false);
+            if (record is not null)
+            {
+                var stored = JsonSerializer.Deserialize(record.OutputsJson, SchedulerJson.Default.ListStoredOutput)!.Select(o => o.ToBuiltOutput()).ToList();
+                if (stored.All(o => _scheduler.Store.Blobs.Exists(o.NarHash)))
+                {
+                    await RegisterAsync(drvPath, stored, trusted, token).ConfigureAwait(false);
+                    return new Step(BuildStatus.Built, "", outputs);
+                }
+            }
+
+            var job = new BuildJob
+            {
+                DrvPath = drvPath,
+                Derivation = derivation,
+                Inputs = closure.Select(r => new BuildInput(r.Info.Path, r.Info.NarHash, r.Info.NarSize, r.Info.References.ToList())).ToList(),
+                Limits = Limits(),
+            };
+            var result = await _scheduler.RunOrJoinAsync(key, job, _view.AccountId, _events, token).ConfigureAwait(false);
+            var outcome = result.Outcome;
+            if (!outcome.Succeeded)
+            {
+                return new Step(StatusOf(outcome.Failure), FailureMessage(outcome), new Dictionary<string, StorePath>(), outcome);
+            }
+
+            await RegisterAsync(drvPath, outcome.Outputs, trusted, token).ConfigureAwait(false);
+            return new Step(BuildStatus.Built, "", outputs, result.Reused ? null : outcome);
+        }
+
+        // The tighter of Kiln's limits and the client's.
+        private BuildLimits Limits()
+        {
+            static TimeSpan Tighter(TimeSpan server, TimeSpan client) =>
+                server == TimeSpan.Zero ? client : client == TimeSpan.Zero ? server : server < client ? server : client;
+            var options = _scheduler.Options;
+            return new BuildLimits
+            {
+                Cores = options.Cores,
+                MaxSilentTime = Tighter(options.MaxSilentTime, _settings.MaxSilentTime),
+                Timeout = Tighter(options.Timeout, _settings.Timeout),
+                MaxLogSize = options.MaxLogSize,
+            };
+        }
+
+        private string FailureMessage(BuildOutcome outcome)
+        {
+            if (outcome.ExitCode is null || _settings.VerboseBuild || outcome.LogTail.Count == 0)
+            {
+                return outcome.ErrorMessage;
+            }
+
+            var tail = outcome.LogTail.TakeLast(10).ToList();
+            return $"{outcome.ErrorMessage};\nlast {tail.Count} log lines:\n{string.Concat(tail.Select(l => "> " + l + "\n"))}";
+        }
+
+        private static BuildStatus StatusOf(BuildFailureKind failure) => failure switch
+        {
+            BuildFailureKind.PermanentFailure => BuildStatus.PermanentFailure,
+            BuildFailureKind.OutputRejected => BuildStatus.OutputRejected,
+            BuildFailureKind.TransientFailure => BuildStatus.TransientFailure,
+            BuildFailureKind.InputRejected => BuildStatus.InputRejected,
+            BuildFailureKind.TimedOut => BuildStatus.TimedOut,
+            BuildFailureKind.LogLimitExceeded => BuildStatus.LogLimitExceeded,
+            _ => BuildStatus.MiscFailure,
+        };
+
+        private async Task RegisterAsync(StorePath drvPath, IReadOnlyList<BuiltOutput> outputs, bool trusted, CancellationToken token)
+        {
+            var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            var byPath = outputs.ToDictionary(o => o.Path);
+            // Siblings first when outputs refer to each other.
+            var ordered = new List<BuiltOutput>();
+            var seen = new HashSet<StorePath>();
+            void Visit(BuiltOutput output)
+            {
+                if (!seen.Add(output.Path))
+                {
+                    return;
+                }
+
+                foreach (var reference in output.References)
+                {
+                    if (reference != output.Path && byPath.TryGetValue(reference, out var sibling))
+                    {
+                        Visit(sibling);
+                    }
+                }
+
+                ordered.Add(output);
+            }
+
+            foreach (var output in outputs)
+            {
+                Visit(output);
+            }
+
+            var paths = ordered.Select(o =>
+            {
+                var signatures = new SortedSet<string>(StringComparer.Ordinal);
+                if (trusted && _scheduler.BuildKey is { } key)
+                {
+                    signatures.Add(key.Sign(NarInfo.ComputeFingerprint(o.Path, o.NarHash, o.NarSize, o.References)));
+                }
+
+                var info = new ValidPathInfo
+                {
+                    Path = o.Path,
+                    Deriver = drvPath,
+                    NarHash = o.NarHash,
+                    NarSize = o.NarSize,
+                    References = new SortedSet<StorePath>(o.References),
+                    RegistrationTime = now,
+                    Signatures = signatures,
+                    ContentAddress = o.ContentAddress,
+                };
+                return new NewPath(info, Provenance.Built, trusted ? PathTrust.Built : PathTrust.Untrusted, null);
+            }).ToList();
+            await _view.RegisterOutputsAsync(paths, token).ConfigureAwait(false);
+        }
+    }
+}

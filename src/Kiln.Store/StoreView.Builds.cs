@@ -1,0 +1,120 @@
+using Kiln.Nix.Derivations;
+using Kiln.Nix.Nar;
+using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Store;
+
+/// <summary>What the scheduler needs from a view: derivations to read, closures to resolve, outputs to register.</summary>
+public sealed partial class StoreView
+{
+    private const int MaxDerivationSize = 64 << 20;
+
+    /// <summary>Reads and parses a derivation valid in the view.</summary>
+    /// <exception cref="NixErrorException">It is not valid in the view, or not a derivation.</exception>
+    public Derivation ReadDerivation(StorePath drvPath)
+    {
+        var records = Metadata.GetPathsAsync(AccountId, [drvPath], CancellationToken.None).GetAwaiter().GetResult();
+        if (!records.TryGetValue(drvPath, out var record))
+        {
+            throw new NixErrorException($"path '{drvPath}' is not valid");
+        }
+
+        try
+        {
+            using var nar = File.OpenRead(_store.Blobs.PathOf(record.Info.NarHash));
+            var capture = new FileCapture();
+            NarReading.Parse(nar, capture);
+            return ATerm.Parse(capture.Captured.WrittenSpan, Derivation.NameFromPath(drvPath));
+        }
+        catch (Exception e) when (e is Kiln.Nix.NixFormatException or IOException or InvalidDataException)
+        {
+            throw new NixErrorException($"'{drvPath}' is not a derivation Kiln can read: {e.Message}");
+        }
+    }
+
+    /// <summary>The records of every path in the closure of <paramref name="roots"/> that is valid in the view (one query per level of the graph).</summary>
+    public async Task<IReadOnlyDictionary<StorePath, PathRecord>> GetClosureAsync(IEnumerable<StorePath> roots, CancellationToken cancellationToken)
+    {
+        var closure = new Dictionary<StorePath, PathRecord>();
+        var frontier = roots.Distinct().ToList();
+        while (frontier.Count > 0)
+        {
+            var records = await Metadata.GetPathsAsync(AccountId, frontier, cancellationToken).ConfigureAwait(false);
+            var next = new HashSet<StorePath>();
+            foreach (var (path, record) in records)
+            {
+                closure[path] = record;
+            }
+
+            foreach (var record in records.Values)
+            {
+                foreach (var reference in record.Info.References)
+                {
+                    if (!closure.ContainsKey(reference))
+                    {
+                        next.Add(reference);
+                    }
+                }
+            }
+
+            frontier = next.ToList();
+        }
+
+        return closure;
+    }
+
+    /// <summary>The records of those paths valid in the view.</summary>
+    public Task<IReadOnlyDictionary<StorePath, PathRecord>> GetRecordsAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
+        Metadata.GetPathsAsync(AccountId, paths, cancellationToken);
+
+    /// <summary>
+    /// Registers build outputs whose NARs are already in the blob store (references before referrers, in one
+    /// transaction), roots them for this session, and unpacks them where the view is materialised.
+    /// </summary>
+    public async Task RegisterOutputsAsync(IReadOnlyList<NewPath> outputs, CancellationToken cancellationToken)
+    {
+        using var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await Metadata.RegisterAsync(AccountId, outputs, cancellationToken).ConfigureAwait(false);
+        }
+        catch (MissingReferencesException e)
+        {
+            throw new NixErrorException(e.Message);
+        }
+
+        foreach (var output in outputs)
+        {
+            _tempRoots.Add(output.Info.Path);
+        }
+
+        if (_store.MaterialisedFor(AccountId) is { } tree)
+        {
+            await tree.AddAsync(outputs.Select(o => (o.Info.Path, o.Info.NarHash)), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Blob store access for the build agent.</summary>
+    public Blobs.BlobStore Blobs => _store.Blobs;
+
+    private sealed class FileCapture : NarVisitor
+    {
+        public System.Buffers.ArrayBufferWriter<byte> Captured { get; } = new();
+
+        public override void RegularFile(bool executable, long size, long contentsOffset)
+        {
+            if (size > MaxDerivationSize)
+            {
+                throw new InvalidDataException($"it is {size} bytes long");
+            }
+        }
+
+        public override void Contents(ReadOnlySpan<byte> data) => System.Buffers.BuffersExtensions.Write(Captured, data);
+
+        public override void Directory() => throw new InvalidDataException("it is a directory");
+
+        public override void Symlink(ReadOnlySpan<byte> target) => throw new InvalidDataException("it is a symlink");
+    }
+}
