@@ -103,6 +103,9 @@ public sealed partial class WorkerSession
         _ = task.ContinueWith(_ => channel.Writer.TryComplete(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         // Nix 2.4 renumbered the verbosity levels: Info is 3 from there on, 2 before.
         var info = _version.AtLeast(32) ? 3UL : 2UL;
+        // Before 2.4, clients printed only plain messages (their simple logger ignores results), so a daemon sent
+        // each log line as one when the client asked for build output.
+        var printLines = !_version.AtLeast(32) && _buildSettings.VerboseBuild;
         await foreach (var e in channel.Reader.ReadAllAsync(ct).ConfigureAwait(false))
         {
             switch (e)
@@ -112,6 +115,11 @@ public sealed partial class WorkerSession
                     break;
                 case BuildEvent.Line line:
                     Interlocked.Decrement(ref events.PendingLines);
+                    if (printLines)
+                    {
+                        _log.Log(line.Text);
+                    }
+
                     _log.Result(line.Activity, 101, [line.Text]);
                     break;
                 case BuildEvent.Stopped stopped:

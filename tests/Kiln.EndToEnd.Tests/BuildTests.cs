@@ -1,0 +1,83 @@
+using Kiln.EndToEnd.Tests.Support;
+using Kiln.Store.Metadata;
+using Kiln.Store.Metadata.Sqlite;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>Real clients build through Kiln's socket: DAGs, logs, failures, and builds shared between clients.</summary>
+public class BuildTests
+{
+    private const string Kiln = NixClient.SocketUri;
+
+    private static async Task<IReadOnlyList<BuildRecord>> BuildRecordsAsync(KilnProcess kiln)
+    {
+        await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
+        return await metadata.ListBuildsAsync(null, 100_000, CancellationToken.None);
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task A_200_derivation_dag_builds_and_building_it_again_builds_nothing(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        var dag = Dag.Write(client, workspace, "dag");
+
+        client.Ok(kiln, "nix", "build", "--store", Kiln, "-f", dag, "--no-link");
+        var builds = await BuildRecordsAsync(kiln);
+        Assert.Equal(200, builds.Count);
+        Assert.All(builds, b => Assert.True(b.Succeeded, b.Error));
+        Assert.Equal(200, builds.Select(b => b.DrvPath).Distinct().Count());
+
+        // The outputs are in the store (unpacked for unix:// clients), naming their inputs.
+        var top = Directory.GetDirectories(Path.Combine(kiln.StoreRoot, "nix", "store"), "*-dag-9-0").Single();
+        var deps = File.ReadAllLines(Path.Combine(top, "deps"));
+        Assert.Equal(3, deps.Length);
+        Assert.All(deps, d => Assert.Matches("^/nix/store/[a-z0-9]{32}-dag-8-[0-9]+$", d));
+
+        client.Ok(kiln, "nix", "build", "--store", Kiln, "-f", dag, "--no-link");
+        Assert.Equal(200, (await BuildRecordsAsync(kiln)).Count);
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public void Nix_build_shows_the_builders_log_and_a_failing_build_shows_Nixs_error(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        var ok = Dag.WriteSingle(client, workspace, "talker", "echo first line; echo second line >&2; mkdir $out");
+        var logged = client.Is23
+            ? client.Ok(kiln, "nix-build", "--store", Kiln, ok, "--no-out-link")
+            : client.Ok(kiln, "nix", "build", "--store", Kiln, "-L", "-f", ok, "--no-link");
+        var prefix = client.Is23 ? "" : "talker> ";
+        Assert.Contains(prefix + "first line", logged.Stderr, StringComparison.Ordinal);
+        Assert.Contains(prefix + "second line", logged.Stderr, StringComparison.Ordinal);
+
+        var bad = Dag.WriteSingle(client, workspace, "failer", "echo about to fail; exit 3");
+        var failed = client.Run(kiln, "nix-build", "--store", Kiln, bad, "--no-out-link");
+        Assert.NotEqual(0, failed.ExitCode);
+        Assert.Matches(@"builder for '/nix/store/[a-z0-9]{32}-failer\.drv' failed with exit code 3", failed.Stderr);
+        Assert.Contains("about to fail", failed.Stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task Two_clients_building_overlapping_dags_at_once_build_each_shared_derivation_once(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        // Layers 0–5 are the same in both (120 derivations); layers 6–9 differ (80 each).
+        var a = Dag.Write(client, workspace, "a", salt: "a", saltFrom: 6);
+        var b = Dag.Write(client, workspace, "b", salt: "b", saltFrom: 6);
+        var runs = new[] { a, b }.Select(dag => Task.Run(() => client.Run(kiln, "nix", "build", "--store", Kiln, "-f", dag, "--no-link"))).ToList();
+        var results = await Task.WhenAll(runs);
+        Assert.All(results, r => Assert.True(r.ExitCode == 0, r.Stderr));
+
+        var builds = await BuildRecordsAsync(kiln);
+        Assert.Equal(280, builds.Count);
+        Assert.Equal(280, builds.Select(r => r.DrvPath).Distinct().Count());
+    }
+}
