@@ -74,6 +74,7 @@ internal static class OutputProcessor
                 results.Add((new BuiltOutput(name, path, narHash, narSize, references, ca), tree));
             }
 
+            CheckCycles(job, results.Select(r => r.Item1).ToList());
             CheckReferences(job, results.Select(r => r.Item1).ToList());
             for (var i = 0; i < results.Count; i++)
             {
@@ -88,6 +89,41 @@ internal static class OutputProcessor
             {
                 nar.Dispose();
             }
+        }
+    }
+
+    // Outputs may refer to each other only one way: Nix registers them in reference order and refuses a cycle.
+    private static void CheckCycles(BuildJob job, IReadOnlyList<BuiltOutput> outputs)
+    {
+        var byPath = outputs.ToDictionary(o => o.Path);
+        var state = new Dictionary<StorePath, bool>(); // false: being visited, true: done
+        void Visit(BuiltOutput output, BuiltOutput? from)
+        {
+            if (state.TryGetValue(output.Path, out var done))
+            {
+                if (!done)
+                {
+                    throw new RejectedException($"cycle detected in build of '{job.DrvPath}' in the references of output '{output.Name}' from output '{from?.Name}'");
+                }
+
+                return;
+            }
+
+            state[output.Path] = false;
+            foreach (var reference in output.References)
+            {
+                if (reference != output.Path && byPath.TryGetValue(reference, out var sibling))
+                {
+                    Visit(sibling, output);
+                }
+            }
+
+            state[output.Path] = true;
+        }
+
+        foreach (var output in outputs)
+        {
+            Visit(output, null);
         }
     }
 

@@ -53,6 +53,22 @@ public sealed class NixClient
         return client;
     }
 
+    /// <summary>Tests that build with the host's Nix 2.8 sandbox and Kiln's need root; skips (or fails under KILN_REQUIRE_E2E=1) otherwise.</summary>
+    public static void RequireEndToEnd()
+    {
+        if (Environment.UserName == "root" && File.Exists("/usr/bin/nix-store") && File.Exists("/usr/bin/bwrap") && File.Exists("/bin/busybox"))
+        {
+            return;
+        }
+
+        if (Environment.GetEnvironmentVariable("KILN_REQUIRE_E2E") == "1")
+        {
+            Assert.Fail("building needs root, nix-bin, bubblewrap and busybox-static");
+        }
+
+        Assert.Skip("building needs root, nix-bin, bubblewrap and busybox-static");
+    }
+
     public bool Is23 => Version.StartsWith("2.3.", StringComparison.Ordinal);
 
     /// <summary>

@@ -1,0 +1,106 @@
+using System.Text.Json;
+using Kiln.EndToEnd.Tests.Support;
+using Kiln.Nix.Tests.Support;
+
+namespace Kiln.EndToEnd.Tests.Fidelity;
+
+/// <summary>
+/// Each derivation of <c>corpus.nix</c> is built by stock Nix 2.8 with its sandbox on (in a store of its own) and by
+/// Kiln: both must succeed or fail the same way, and successful outputs must have identical NAR hashes and
+/// references (the probe's output holds what the builder saw: environment, identity, /etc, network, store, /build).
+/// </summary>
+public class FidelityTests
+{
+    public static TheoryData<string> Corpus() =>
+    [
+        "single", "multi", "multi-cycle", "uses-dep", "pass-as-file", "structured", "graph", "modes", "fixed-flat", "fixed-recursive",
+        "fixed-wrong", "refs-allowed", "refs-refused", "refs-disallowed", "fails", "no-output", "probe",
+    ];
+
+    private static readonly Lazy<(TempDir Dir, string Workspace)> Shared = new(() =>
+    {
+        var dir = new TempDir();
+        var workspace = dir["work"];
+        Directory.CreateDirectory(Path.Combine(workspace, "bb", "bin"));
+        File.Copy("/bin/busybox", Path.Combine(workspace, "bb", "bin", "busybox"));
+        File.CreateSymbolicLink(Path.Combine(workspace, "bb", "bin", "sh"), "busybox");
+        File.Copy(Path.Combine(AppContext.BaseDirectory, "Fidelity", "corpus.nix"), Path.Combine(workspace, "corpus.nix"));
+        return (dir, workspace);
+    });
+
+    private static readonly Dictionary<string, string> Environment = new()
+    {
+        ["NIX_CONFIG"] = "experimental-features = nix-command\nbuild-users-group = \nsubstituters = \nsandbox = true\nsandbox-paths = \n",
+        ["NIX_REMOTE"] = "",
+        ["HOME"] = "/tmp",
+    };
+
+    private static ProcessResult Nix(string workspace, params string[] args) =>
+        Processes.Run(args[0], args[1..], environment: Environment, workingDirectory: workspace);
+
+    [Theory]
+    [MemberData(nameof(Corpus))]
+    public void A_derivation_builds_on_Kiln_as_on_stock_Nix_with_its_sandbox(string attribute)
+    {
+        NixClient.RequireEndToEnd();
+        var workspace = Shared.Value.Workspace;
+        using var kiln = new KilnProcess();
+        var reference = Path.Combine(workspace, $"ref-{attribute}");
+        var kilnStore = $"unix://{kiln.SocketPath}?root={kiln.StoreRoot}";
+
+        var (nixOk, nixError, nixOutputs) = Build(workspace, reference, attribute);
+        var (kilnOk, kilnError, kilnOutputs) = Build(workspace, kilnStore, attribute);
+
+        Assert.True(nixOk == kilnOk, $"stock Nix {(nixOk ? "built" : "failed")}, Kiln {(kilnOk ? "built" : "failed")}:\nNix: {nixError}\nKiln: {kilnError}\n{kiln.Log}");
+        if (!nixOk)
+        {
+            Assert.Equal(FailureClass(nixError), FailureClass(kilnError));
+            return;
+        }
+
+        Assert.Equal(nixOutputs.Keys.Order(), kilnOutputs.Keys.Order());
+        foreach (var (path, (narHash, references)) in nixOutputs)
+        {
+            var (kilnHash, kilnReferences) = kilnOutputs[path];
+            var detail = attribute == "probe" || narHash != kilnHash
+                ? $"\nNix's output:\n{Show(reference + path)}\nKiln's output:\n{Show(kiln.StoreRoot + path)}"
+                : "";
+            Assert.True(narHash == kilnHash, $"{path}: NAR hash {kilnHash} on Kiln, {narHash} on Nix{detail}");
+            Assert.Equal(references, kilnReferences);
+        }
+    }
+
+    private static string Show(string path) =>
+        File.Exists(path) ? File.ReadAllText(path) : Directory.Exists(path) ? string.Join("\n", Directory.GetFileSystemEntries(path)) : "(missing)";
+
+    // Builds the attribute in a store; returns success, the error output, and each output's NAR hash and references.
+    private static (bool Ok, string Error, Dictionary<string, (string NarHash, string References)> Outputs) Build(string workspace, string store, string attribute)
+    {
+        var instantiate = Nix(workspace, "nix-instantiate", "--store", store, "corpus.nix", "--arg", "bb", "./bb", "-A", attribute);
+        Assert.True(instantiate.ExitCode == 0, instantiate.Stderr);
+        var drv = instantiate.StdoutText.Trim();
+        var realise = Nix(workspace, "nix-store", "--store", store, "--realise", drv);
+        if (realise.ExitCode != 0)
+        {
+            return (false, realise.Stderr, []);
+        }
+
+        var outputs = realise.StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var info = Nix(workspace, ["nix", "path-info", "--store", store, "--json", .. outputs]);
+        Assert.True(info.ExitCode == 0, info.Stderr);
+        using var json = JsonDocument.Parse(info.StdoutText);
+        var result = new Dictionary<string, (string, string)>();
+        foreach (var entry in json.RootElement.EnumerateArray())
+        {
+            var references = string.Join(" ", entry.GetProperty("references").EnumerateArray().Select(r => r.GetString()).Order());
+            result[entry.GetProperty("path").GetString()!] = (entry.GetProperty("narHash").GetString()!, references);
+        }
+
+        return (true, realise.Stderr, result);
+    }
+
+    // What kind of failure an error message describes, by the phrases Nix's messages contain.
+    private static string FailureClass(string error) =>
+        new[] { "failed with exit code", "hash mismatch in fixed-output derivation", "is not allowed to refer to", "failed to produce output path", "timed out", "cycle detected" }
+            .FirstOrDefault(phrase => error.Contains(phrase, StringComparison.Ordinal)) ?? error;
+}

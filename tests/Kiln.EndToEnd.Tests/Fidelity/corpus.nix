@@ -1,0 +1,104 @@
+# Deterministic derivations built both by stock Nix 2.8 (sandbox = true) and by Kiln; the fidelity tests compare
+# their outcomes (success or failure class) and, on success, every output's NAR hash and references.
+# `bb` is a directory with a static busybox (bin/busybox, bin/sh -> busybox).
+{ bb }:
+let
+  sh = "${bb}/bin/sh";
+  mk = name: script: attrs: derivation ({
+    inherit name;
+    system = "x86_64-linux";
+    builder = sh;
+    PATH = "${bb}/bin";
+    args = [ "-c" script ];
+  } // attrs);
+  dep = mk "dep" "mkdir $out; echo dependency > $out/data" { };
+in {
+  single = mk "single" "echo hi > $out" { };
+
+  multi = mk "multi" ''
+    mkdir $out $dev $doc
+    echo $dev > $out/dev-ref
+    echo $out > $out/self-ref
+    echo $doc > $dev/doc-ref
+    echo docs > $doc/readme
+  '' { outputs = [ "out" "dev" "doc" ]; };
+
+  multi-cycle = mk "multi-cycle" "mkdir $out $dev; echo $dev > $out/dev-ref; echo $out > $dev/out-ref" { outputs = [ "out" "dev" ]; };
+
+  uses-dep = mk "uses-dep" "mkdir $out; cat ${dep}/data > $out/copy; echo ${dep} > $out/ref" { };
+
+  pass-as-file = mk "pass-as-file" "cat $bigPath > $out; echo $bigPath >> $out" {
+    passAsFile = [ "big" ];
+    big = "a value passed as a file\nwith two lines";
+  };
+
+  structured = mk "structured" ''
+    mkdir $out
+    cat $NIX_BUILD_TOP/.attrs.json > $out/attrs.json
+    cat $NIX_BUILD_TOP/.attrs.sh > $out/attrs.sh
+  '' {
+    __structuredAttrs = true;
+    outputs = [ "out" ];
+    aString = "it's \"quoted\"";
+    aList = [ "a" 1 true ];
+    anAttrset = { x = "y"; n = 3; };
+    aNumber = 42;
+  };
+
+  graph = mk "graph" "cat refs > $out" {
+    exportReferencesGraph = [ "refs" (mk "graph-input" "mkdir $out; echo ${dep} > $out/ref" { }) ];
+  };
+
+  modes = mk "modes" ''
+    mkdir -p $out/sub
+    echo x > $out/group-writable; chmod 0775 $out/group-writable
+    echo y > $out/private; chmod 0600 $out/private
+    echo z > $out/exec-only-owner; chmod 0700 $out/exec-only-owner
+    ln -s group-writable $out/link
+    chmod 0700 $out/sub
+  '' { };
+
+  fixed-flat = mk "fixed-flat" "printf hello > $out" {
+    outputHashMode = "flat";
+    outputHashAlgo = "sha256";
+    outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+  };
+
+  fixed-recursive = mk "fixed-recursive" "mkdir $out; printf hello > $out/greeting" {
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+    outputHash = "sha256-9VLMdp10BoYVr4jTwmoeA/pyMyeD5Fuqt2AhdPpT2ZU=";
+  };
+
+  fixed-wrong = mk "fixed-wrong" "printf goodbye > $out" {
+    outputHashMode = "flat";
+    outputHashAlgo = "sha256";
+    outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+  };
+
+  refs-allowed = mk "refs-allowed" "mkdir $out; echo ${dep} > $out/ref" { allowedReferences = [ dep ]; };
+
+  refs-refused = mk "refs-refused" "mkdir $out; echo ${dep} > $out/ref" { allowedReferences = [ ]; };
+
+  refs-disallowed = mk "refs-disallowed" "mkdir $out; echo ${dep} > $out/ref" { disallowedRequisites = [ dep ]; };
+
+  fails = mk "fails" "echo about to fail; exit 3" { };
+
+  no-output = mk "no-output" "echo forgot to write the output" { };
+
+  probe = mk "probe" ''
+    {
+      echo "== env"; env | sort | grep -v '^_=' | grep -v '^SHLVL=' | grep -v '^OLDPWD='
+      echo "== id"; id
+      echo "== hostname"; hostname
+      echo "== pwd"; pwd
+      echo "== tty"; [ -t 1 ] && echo stdout is a terminal; [ -t 0 ] || echo stdin is not a terminal
+      echo "== etc"; for f in /etc/passwd /etc/group /etc/hosts; do echo "-- $f"; cat $f; done
+      echo "== network"; sed 1,2d /proc/net/dev | cut -d: -f1 | tr -d ' '
+      echo "== store"; ls /nix/store | sed 's/^[a-z0-9]*-//' | sort
+      echo "== build"; ls -a /build | sort; stat -c '%a %u %g' /build
+      echo "== tmp"; stat -c '%a' /tmp
+      echo "== pid"; echo $$
+    } > $out
+  '' { inherit dep; };
+}
