@@ -232,7 +232,7 @@ public sealed class SqliteMetadataStoreTests : MetadataStoreContract, IDisposabl
         count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
         using var reader = count.ExecuteReader();
         reader.Read();
-        Assert.Equal(1, reader.GetInt64(0));
+        Assert.Equal(2, reader.GetInt64(0)); // 0001_initial, 0002_builds: each applied once
         Assert.Equal(1, reader.GetInt64(1));
         using var mode = connection.CreateCommand();
         mode.CommandText = "PRAGMA journal_mode";

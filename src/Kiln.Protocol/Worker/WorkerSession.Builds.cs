@@ -12,7 +12,6 @@ namespace Kiln.Protocol.Worker;
 /// </summary>
 public sealed partial class WorkerSession
 {
-    private const string NoBuilds = "this Kiln server does not build";
     private const int MaxPendingLines = 10_000;
     private ulong _nextActivity = ((ulong)Environment.ProcessId << 32) | 1;
 
@@ -22,7 +21,7 @@ public sealed partial class WorkerSession
         var mode = withResults || _version.AtLeast(15) ? await _input.ReadU64Async(ct).ConfigureAwait(false) : 0;
         _log.StartWork();
         RefuseRepairAndCheck(mode);
-        var builder = _builder ?? throw new NixErrorException(NoBuilds);
+        var builder = _builder ?? new StoreOnlyBuilder(_store);
         var results = await WithBuildEventsAsync(events => builder.BuildPathsAsync(targets, _buildSettings, events, ct), ct).ConfigureAwait(false);
         if (!withResults)
         {
@@ -63,7 +62,7 @@ public sealed partial class WorkerSession
         var mode = await _input.ReadU64Async(ct).ConfigureAwait(false);
         _log.StartWork();
         RefuseRepairAndCheck(mode);
-        var builder = _builder ?? throw new NixErrorException(NoBuilds);
+        var builder = _builder ?? new StoreOnlyBuilder(_store);
         var result = await WithBuildEventsAsync(events => builder.BuildDerivationAsync(drvPath, derivation, _buildSettings, events, ct), ct).ConfigureAwait(false);
         _log.StopWork();
         result.Write(_output, _version);
