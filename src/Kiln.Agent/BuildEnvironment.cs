@@ -19,11 +19,20 @@ internal sealed class BuildEnvironment
     public const string BuildDirectory = "/build";
     public const string StoreDirectory = "/nix/store";
 
-    private BuildEnvironment(SortedDictionary<string, string> variables, List<(string Name, byte[] Contents)> files)
+    private BuildEnvironment(SortedDictionary<string, string> variables, List<(string Name, byte[] Contents)> files,
+        Dictionary<string, string> rewrites, StructuredAttributes? structured)
     {
         Variables = variables;
         Files = files;
+        Rewrites = rewrites;
+        Structured = structured;
     }
+
+    /// <summary>Output placeholder → output path, applied to the environment, the files, the builder and its arguments.</summary>
+    public IReadOnlyDictionary<string, string> Rewrites { get; }
+
+    /// <summary>The derivation's structured attributes, parsed once, or null when it has none.</summary>
+    public StructuredAttributes? Structured { get; }
 
     /// <summary>Name → value, in the byte order Nix passes them to the builder.</summary>
     public SortedDictionary<string, string> Variables { get; }
@@ -32,7 +41,7 @@ internal sealed class BuildEnvironment
     public IReadOnlyList<(string Name, byte[] Contents)> Files { get; }
 
     /// <summary>Placeholder → output path for each output (Nix's <c>hashPlaceholder</c>).</summary>
-    public static Dictionary<string, string> OutputRewrites(Derivation derivation)
+    private static Dictionary<string, string> OutputRewrites(Derivation derivation)
     {
         var rewrites = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (name, output) in derivation.Outputs)
@@ -126,7 +135,7 @@ internal sealed class BuildEnvironment
             rewritten[name] = Rewrite(value);
         }
 
-        return new BuildEnvironment(rewritten, files);
+        return new BuildEnvironment(rewritten, files, rewrites, structured);
     }
 
     public static string RewriteStrings(string value, IReadOnlyDictionary<string, string> rewrites)
@@ -191,28 +200,20 @@ internal sealed class BuildEnvironment
                     throw new BuildSetupException($"cannot export references of path '{path}' because it is not in the input closure of the derivation");
                 }
 
-                AddClosure(path, inputs, closure);
+                var reachable = StorePathGraph.Closure(path, p => inputs.TryGetValue(p, out var input) ? input.References : null);
+                foreach (var reached in reachable)
+                {
+                    if (inputs.TryGetValue(reached, out var input))
+                    {
+                        closure.TryAdd(reached, input);
+                    }
+                }
             }
 
             result.Add((name, closure.Values.ToList()));
         }
 
         return result;
-    }
-
-    private static void AddClosure(StorePath path, Dictionary<StorePath, BuildInput> inputs, SortedDictionary<StorePath, BuildInput> closure)
-    {
-        var pending = new Stack<StorePath>([path]);
-        while (pending.TryPop(out var next))
-        {
-            if (inputs.TryGetValue(next, out var input) && closure.TryAdd(next, input))
-            {
-                foreach (var reference in input.References)
-                {
-                    pending.Push(reference);
-                }
-            }
-        }
     }
 
     private static bool IsValidGraphFileName(string name) =>

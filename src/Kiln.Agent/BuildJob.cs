@@ -93,4 +93,7 @@ public sealed record BuildOutcome
     public IReadOnlyList<string> LogTail { get; init; } = [];
 
     public bool Succeeded => Failure == BuildFailureKind.None;
+
+    /// <summary>A build that ended before or without its builder running to completion.</summary>
+    public static BuildOutcome Failed(BuildFailureKind kind, string message) => new() { Failure = kind, ErrorMessage = message };
 }

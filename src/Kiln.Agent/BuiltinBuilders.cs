@@ -14,7 +14,7 @@ internal static class BuiltinBuilders
         Timeout = TimeSpan.FromMinutes(30),
     };
 
-    public static async Task<BuildOutcome> RunAsync(BuildJob job, BuildEnvironment environment, string storeDir, IBuildLog log, CancellationToken cancellationToken)
+    public static async Task<BuildOutcome> RunAsync(BuildJob job, string storeDir, IBuildLog log, CancellationToken cancellationToken)
     {
         var derivation = job.Derivation;
         switch (derivation.Builder)
@@ -22,12 +22,12 @@ internal static class BuiltinBuilders
             case "builtin:fetchurl":
                 if (!derivation.IsFixedOutput)
                 {
-                    return Failed(BuildFailureKind.InputRejected, "'builtin:fetchurl' must be a fixed-output or impure derivation");
+                    return BuildOutcome.Failed(BuildFailureKind.InputRejected, "'builtin:fetchurl' must be a fixed-output or impure derivation");
                 }
 
                 if (!derivation.Environment.TryGetValue("url", out var url))
                 {
-                    return Failed(BuildFailureKind.TransientFailure, "attribute 'url' missing");
+                    return BuildOutcome.Failed(BuildFailureKind.TransientFailure, "attribute 'url' missing");
                 }
 
                 var output = Path.Combine(storeDir, derivation.Outputs["out"].StorePath!.Value.BaseName);
@@ -37,7 +37,7 @@ internal static class BuiltinBuilders
                     using var response = await Http.GetAsync(new Uri(url), HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
                     if (!response.IsSuccessStatusCode)
                     {
-                        return Failed(BuildFailureKind.TransientFailure, $"unable to download '{url}': HTTP error {(int)response.StatusCode}");
+                        return BuildOutcome.Failed(BuildFailureKind.TransientFailure, $"unable to download '{url}': HTTP error {(int)response.StatusCode}");
                     }
 
                     await using var body = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
@@ -60,15 +60,12 @@ internal static class BuiltinBuilders
                 }
                 catch (Exception e) when (e is HttpRequestException or IOException or UriFormatException or TaskCanceledException && !cancellationToken.IsCancellationRequested)
                 {
-                    return Failed(BuildFailureKind.TransientFailure, $"unable to download '{url}': {e.Message}");
+                    return BuildOutcome.Failed(BuildFailureKind.TransientFailure, $"unable to download '{url}': {e.Message}");
                 }
 
-                _ = environment;
                 return new BuildOutcome();
             default:
-                return Failed(BuildFailureKind.InputRejected, $"unsupported builtin builder '{derivation.Builder}'");
+                return BuildOutcome.Failed(BuildFailureKind.InputRejected, $"unsupported builtin builder '{derivation.Builder}'");
         }
     }
-
-    private static BuildOutcome Failed(BuildFailureKind kind, string message) => new() { Failure = kind, ErrorMessage = message };
 }

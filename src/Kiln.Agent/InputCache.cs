@@ -26,7 +26,7 @@ internal sealed class InputCache(string root, IAgentStore store)
     public Task<string> EnsureAsync(NixHash narHash)
     {
         var path = PathOf(narHash);
-        if (Exists(path))
+        if (StorePathGraph.ExistsNoFollow(path))
         {
             return Task.FromResult(path);
         }
@@ -43,7 +43,7 @@ internal sealed class InputCache(string root, IAgentStore store)
     public void Adopt(NixHash narHash, string tree)
     {
         var path = PathOf(narHash);
-        if (Exists(path))
+        if (StorePathGraph.ExistsNoFollow(path))
         {
             return;
         }
@@ -54,11 +54,9 @@ internal sealed class InputCache(string root, IAgentStore store)
         _ = Native.Rename(tree, path);
     }
 
-    private static bool Exists(string path) => Path.Exists(path) || new FileInfo(path).LinkTarget is not null;
-
     private string Unpack(NixHash narHash, string path)
     {
-        if (Exists(path))
+        if (StorePathGraph.ExistsNoFollow(path))
         {
             return path;
         }
@@ -74,14 +72,14 @@ internal sealed class InputCache(string root, IAgentStore store)
                 NarExtractor.Restore(nar, temp, canonical: true);
             }
 
-            if (!Native.Rename(temp, path) && !Exists(path))
+            if (!Native.Rename(temp, path) && !StorePathGraph.ExistsNoFollow(path))
             {
                 throw new IOException($"cannot move an unpacked input into place at '{path}'");
             }
         }
         finally
         {
-            if (Exists(temp))
+            if (StorePathGraph.ExistsNoFollow(temp))
             {
                 NarExtractor.DeleteTree(temp);
             }

@@ -20,9 +20,10 @@ internal static class OutputProcessor
     public sealed class RejectedException(string message) : Exception(message);
 
     /// <param name="job">The build.</param>
+    /// <param name="structured">The derivation's structured attributes (their <c>outputChecks</c>), if it has them.</param>
     /// <param name="hostStore">The directory the sandbox's <c>/nix/store</c> was.</param>
     /// <param name="store">Where the output NARs go.</param>
-    public static List<(BuiltOutput Output, string Tree)> Process(BuildJob job, string hostStore, IAgentStore store)
+    public static List<(BuiltOutput Output, string Tree)> Process(BuildJob job, StructuredAttributes? structured, string hostStore, IAgentStore store)
     {
         var derivation = job.Derivation;
         var outputs = derivation.Outputs.Select(o => (Name: o.Key, Path: o.Value.StorePath!.Value, o.Value)).ToList();
@@ -34,7 +35,7 @@ internal static class OutputProcessor
             foreach (var (name, path, declared) in outputs)
             {
                 var tree = Path.Combine(hostStore, path.BaseName);
-                if (!Path.Exists(tree) && new FileInfo(tree).LinkTarget is null)
+                if (!StorePathGraph.ExistsNoFollow(tree))
                 {
                     throw new RejectedException($"builder for '{job.DrvPath}' failed to produce output path for output '{name}' at '{path}'");
                 }
@@ -75,7 +76,7 @@ internal static class OutputProcessor
             }
 
             CheckCycles(job, results.Select(r => r.Item1).ToList());
-            CheckReferences(job, results.Select(r => r.Item1).ToList());
+            CheckReferences(job, structured, results.Select(r => r.Item1).ToList());
             for (var i = 0; i < results.Count; i++)
             {
                 pending[i].Commit(results[i].Item1.NarHash);
@@ -170,14 +171,15 @@ internal static class OutputProcessor
 
     // allowedReferences and friends: for every output in the plain form (self-references ignored for the
     // requisites checks), per output under outputChecks with structured attributes (nothing ignored), as Nix 2.8.
-    private static void CheckReferences(BuildJob job, IReadOnlyList<BuiltOutput> outputs)
+    private static void CheckReferences(BuildJob job, StructuredAttributes? structured, IReadOnlyList<BuiltOutput> outputs)
     {
         var derivation = job.Derivation;
-        var byName = outputs.ToDictionary(o => o.Name);
         var graph = job.Inputs.ToDictionary(i => i.Path, i => i.References);
+        var sizes = job.Inputs.ToDictionary(i => i.Path, i => i.NarSize);
         foreach (var output in outputs)
         {
             graph[output.Path] = output.References;
+            sizes[output.Path] = output.NarSize;
         }
 
         foreach (var output in outputs)
@@ -185,11 +187,10 @@ internal static class OutputProcessor
             var checks = new List<(string Attribute, IReadOnlyList<string>? Spec)>();
             var ignoreSelf = true;
             long? maxSize = null, maxClosureSize = null;
-            if (derivation.HasStructuredAttributes)
+            if (structured is not null)
             {
                 ignoreSelf = false;
-                var attributes = StructuredAttributes.Parse(derivation);
-                if (attributes.GetObject("outputChecks")?[output.Name] is JsonObject perOutput)
+                if (structured.GetObject("outputChecks")?[output.Name] is JsonObject perOutput)
                 {
                     foreach (var attribute in CheckAttributes)
                     {
@@ -213,15 +214,9 @@ internal static class OutputProcessor
                 throw new RejectedException($"path '{output.Path}' is too large at {output.NarSize} bytes; limit is {limit} bytes");
             }
 
-            var closure = Closure(output.Path, graph);
+            var closure = StorePathGraph.Closure(output.Path, p => graph.GetValueOrDefault(p));
             if (maxClosureSize is { } closureLimit)
             {
-                var sizes = job.Inputs.ToDictionary(i => i.Path, i => i.NarSize);
-                foreach (var o in outputs)
-                {
-                    sizes[o.Path] = o.NarSize;
-                }
-
                 var total = closure.Sum(p => sizes.GetValueOrDefault(p));
                 if (total > closureLimit)
                 {
@@ -269,24 +264,6 @@ internal static class OutputProcessor
         }
 
         throw new RejectedException($"derivation '{drvPath}' contains an illegal reference specifier '{spec}'");
-    }
-
-    private static HashSet<StorePath> Closure(StorePath start, Dictionary<StorePath, IReadOnlyList<StorePath>> graph)
-    {
-        var closure = new HashSet<StorePath>();
-        var pending = new Stack<StorePath>([start]);
-        while (pending.TryPop(out var next))
-        {
-            if (closure.Add(next) && graph.TryGetValue(next, out var references))
-            {
-                foreach (var reference in references)
-                {
-                    pending.Push(reference);
-                }
-            }
-        }
-
-        return closure;
     }
 
     // Writes the NAR to the store while hashing it and scanning it for references.

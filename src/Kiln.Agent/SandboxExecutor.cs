@@ -73,7 +73,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         var derivation = job.Derivation;
         if (derivation.Outputs.Values.Any(o => o.StorePath is null))
         {
-            return Failed(BuildFailureKind.InputRejected, $"derivation '{job.DrvPath}' has content-addressed outputs, which Kiln does not build yet (ca-derivations)");
+            return BuildOutcome.Failed(BuildFailureKind.InputRejected, $"derivation '{job.DrvPath}' has content-addressed outputs, which Kiln does not build yet (ca-derivations)");
         }
 
         BuildEnvironment environment;
@@ -83,7 +83,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
         catch (BuildSetupException e)
         {
-            return Failed(BuildFailureKind.InputRejected, e.Message);
+            return BuildOutcome.Failed(BuildFailureKind.InputRejected, e.Message);
         }
 
         var buildDir = Path.Combine(directory, "build");
@@ -103,7 +103,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         var run = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal)
-            ? await BuiltinBuilders.RunAsync(job, environment, storeDir, log, cancellationToken).ConfigureAwait(false)
+            ? await BuiltinBuilders.RunAsync(job, storeDir, log, cancellationToken).ConfigureAwait(false)
             : await RunSandboxAsync(job, environment, directory, buildDir, storeDir, inputs, id, log, cancellationToken).ConfigureAwait(false);
         if (run.Failure != BuildFailureKind.None)
         {
@@ -112,7 +112,7 @@ public sealed class SandboxExecutor : IBuildExecutor
 
         try
         {
-            var outputs = OutputProcessor.Process(job, storeDir, _store);
+            var outputs = OutputProcessor.Process(job, environment.Structured, storeDir, _store);
             foreach (var (output, tree) in outputs)
             {
                 _inputs.Adopt(output.NarHash, tree);
@@ -125,8 +125,6 @@ public sealed class SandboxExecutor : IBuildExecutor
             return run with { Failure = BuildFailureKind.OutputRejected, ErrorMessage = e.Message };
         }
     }
-
-    private static BuildOutcome Failed(BuildFailureKind kind, string message) => new() { Failure = kind, ErrorMessage = message };
 
     private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, string directory, string buildDir,
         string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, string id, IBuildLog log,

@@ -86,9 +86,8 @@ internal static class SandboxLayout
         }
 
         args.Add("--");
-        args.Add(BuildEnvironment.RewriteStrings(derivation.Builder, BuildEnvironment.OutputRewrites(derivation)));
-        var rewrites = BuildEnvironment.OutputRewrites(derivation);
-        args.AddRange(derivation.Arguments.Select(a => BuildEnvironment.RewriteStrings(a, rewrites)));
+        args.Add(BuildEnvironment.RewriteStrings(derivation.Builder, environment.Rewrites));
+        args.AddRange(derivation.Arguments.Select(a => BuildEnvironment.RewriteStrings(a, environment.Rewrites)));
         return args;
     }
 }

@@ -112,28 +112,9 @@ internal sealed class StructuredAttributes
         return result;
     }
 
-    private static long ClosureSize(BuildInput input, Dictionary<Kiln.Nix.StorePaths.StorePath, BuildInput> paths)
-    {
-        var seen = new HashSet<Kiln.Nix.StorePaths.StorePath>();
-        var pending = new Stack<BuildInput>([input]);
-        var size = 0L;
-        while (pending.TryPop(out var next))
-        {
-            if (seen.Add(next.Path))
-            {
-                size += next.NarSize;
-                foreach (var reference in next.References)
-                {
-                    if (paths.TryGetValue(reference, out var referenced))
-                    {
-                        pending.Push(referenced);
-                    }
-                }
-            }
-        }
-
-        return size;
-    }
+    private static long ClosureSize(BuildInput input, Dictionary<Kiln.Nix.StorePaths.StorePath, BuildInput> paths) =>
+        StorePathGraph.Closure(input.Path, p => paths.TryGetValue(p, out var known) ? known.References : null)
+            .Sum(p => paths.TryGetValue(p, out var known) ? known.NarSize : 0);
 
     public string ToJson(Derivation derivation, IReadOnlyList<(string Name, IReadOnlyList<BuildInput> Paths)> graphs)
     {

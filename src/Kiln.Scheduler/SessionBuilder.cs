@@ -44,6 +44,9 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
     {
         public bool Succeeded => Status is BuildStatus.Built or BuildStatus.AlreadyValid or BuildStatus.Substituted;
 
+        public static Step Failed(BuildStatus status, string error, BuildOutcome? outcome = null) =>
+            new(status, error, new Dictionary<string, StorePath>(), outcome);
+
         public BuildResult ToBuildResult(HashSet<string>? wanted) => new()
         {
             Status = Status,
@@ -126,11 +129,11 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                     await _stop.CancelAsync().ConfigureAwait(false);
                 }
 
-                return new Step(BuildStatus.MiscFailure, e.Message, new Dictionary<string, StorePath>());
+                return Step.Failed(BuildStatus.MiscFailure, e.Message);
             }
             catch (OperationCanceledException) when (_stop.IsCancellationRequested)
             {
-                return new Step(BuildStatus.MiscFailure, $"the build of '{drvPath}' was stopped because another build failed", new Dictionary<string, StorePath>());
+                return Step.Failed(BuildStatus.MiscFailure, $"the build of '{drvPath}' was stopped because another build failed");
             }
         }
 
@@ -138,22 +141,15 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
         {
             var token = _stop.Token;
             var derivation = Load(drvPath);
-            if (derivation.Outputs.Values.Any(o => o.StorePath is null))
+            if (await NothingToBuildAsync(drvPath, derivation).ConfigureAwait(false) is { } done)
             {
-                return new Step(BuildStatus.InputRejected, $"derivation '{drvPath}' has content-addressed outputs, which Kiln does not build yet (ca-derivations)", new Dictionary<string, StorePath>());
-            }
-
-            var outputs = derivation.Outputs.ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
-            var valid = await _view.QueryValidPathsAsync(outputs.Values.ToList(), token).ConfigureAwait(false);
-            if (outputs.Values.All(valid.Contains))
-            {
-                return new Step(BuildStatus.AlreadyValid, "", outputs);
+                return done;
             }
 
             if (derivation.Platform != _scheduler.Options.System && !derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal))
             {
-                return new Step(BuildStatus.MiscFailure,
-                    $"a '{derivation.Platform}' is required to build '{drvPath}', but Kiln builds for '{_scheduler.Options.System}'", new Dictionary<string, StorePath>());
+                return Step.Failed(BuildStatus.MiscFailure,
+                    $"a '{derivation.Platform}' is required to build '{drvPath}', but Kiln builds for '{_scheduler.Options.System}'");
             }
 
             // Inputs first, all at once.
@@ -162,7 +158,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             var failed = inputResults.Count(s => !s.Succeeded);
             if (failed > 0)
             {
-                return new Step(BuildStatus.DependencyFailed, $"{failed} dependencies of derivation '{drvPath}' failed to build", new Dictionary<string, StorePath>());
+                return Step.Failed(BuildStatus.DependencyFailed, $"{failed} dependencies of derivation '{drvPath}' failed to build");
             }
 
             token.ThrowIfCancellationRequested();
@@ -173,29 +169,28 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 {
                     if (!result.Outputs.TryGetValue(name, out var path))
                     {
-                        return new Step(BuildStatus.MiscFailure, $"derivation '{inputDrv}' has no output '{name}' needed by '{drvPath}'", new Dictionary<string, StorePath>());
+                        return Step.Failed(BuildStatus.MiscFailure, $"derivation '{inputDrv}' has no output '{name}' needed by '{drvPath}'");
                     }
 
                     roots.Add(path);
                 }
             }
 
-            var closure = await _view.GetClosureAsync(roots, token).ConfigureAwait(false);
-            var missing = roots.Where(r => !closure.ContainsKey(r)).ToList();
-            if (missing.Count > 0)
+            var (closure, missingInput) = await InputClosureAsync(drvPath, roots).ConfigureAwait(false);
+            if (missingInput is not null)
             {
-                return new Step(BuildStatus.MiscFailure, $"cannot build '{drvPath}': its input '{missing[0]}' is not valid in your store", new Dictionary<string, StorePath>());
+                return missingInput;
             }
 
             // The declared output paths must be the ones Nix computes, or Kiln would vouch for a false mapping.
             if (!derivation.IsFixedOutput || derivation.Outputs.Count > 1)
             {
                 var computed = new DerivationHasher(Load).ComputeOutputPaths(derivation);
-                foreach (var (name, path) in outputs)
+                foreach (var (name, output) in derivation.Outputs)
                 {
-                    if (computed.TryGetValue(name, out var expected) && expected != path.FullPath)
+                    if (computed.TryGetValue(name, out var expected) && expected != output.Path)
                     {
-                        return new Step(BuildStatus.InputRejected, $"derivation '{drvPath}' has incorrect output '{path}', should be '{expected}'", new Dictionary<string, StorePath>());
+                        return Step.Failed(BuildStatus.InputRejected, $"derivation '{drvPath}' has incorrect output '{output.Path}', should be '{expected}'");
                     }
                 }
             }
@@ -206,29 +201,44 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             return await BuildStepAsync(drvPath, derivation, key, closure.Values.ToList(), trusted).ConfigureAwait(false);
         }
 
+        // The step's end when there is nothing Kiln can or needs to build (outputs without static paths, or all
+        // outputs already valid); null when it must be built.
+        private async Task<Step?> NothingToBuildAsync(StorePath drvPath, Derivation derivation)
+        {
+            if (derivation.Outputs.Values.Any(o => o.StorePath is null))
+            {
+                return Step.Failed(BuildStatus.InputRejected, $"derivation '{drvPath}' has content-addressed outputs, which Kiln does not build yet (ca-derivations)");
+            }
+
+            var outputs = derivation.Outputs.ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
+            var valid = await _view.QueryValidPathsAsync(outputs.Values.ToList(), _stop.Token).ConfigureAwait(false);
+            return outputs.Values.All(valid.Contains) ? new Step(BuildStatus.AlreadyValid, "", outputs) : null;
+        }
+
+        // The records of the closure of a build's inputs, and the step's failure when an input is not valid in the view.
+        private async Task<(IReadOnlyDictionary<StorePath, PathRecord> Closure, Step? Failure)> InputClosureAsync(StorePath drvPath, IReadOnlyCollection<StorePath> roots)
+        {
+            var closure = await _view.GetClosureAsync(roots, _stop.Token).ConfigureAwait(false);
+            var missing = roots.Where(r => !closure.ContainsKey(r)).ToList();
+            return missing.Count == 0
+                ? (closure, null)
+                : (closure, Step.Failed(BuildStatus.MiscFailure, $"cannot build '{drvPath}': its input '{missing[0]}' is not valid in your store"));
+        }
+
         /// <summary>BuildDerivation: the derivation came whole from the client, its inputs are (the closure of) its sources.</summary>
         public async Task<Step> BuildBasicAsync(StorePath drvPath, Derivation derivation)
         {
             try
             {
-                var token = _stop.Token;
-                var outputs = derivation.Outputs.Where(o => o.Value.StorePath is not null).ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
-                if (outputs.Count != derivation.Outputs.Count)
+                if (await NothingToBuildAsync(drvPath, derivation).ConfigureAwait(false) is { } done)
                 {
-                    return new Step(BuildStatus.InputRejected, $"derivation '{drvPath}' has content-addressed outputs, which Kiln does not build yet (ca-derivations)", new Dictionary<string, StorePath>());
+                    return done;
                 }
 
-                var valid = await _view.QueryValidPathsAsync(outputs.Values.ToList(), token).ConfigureAwait(false);
-                if (outputs.Values.All(valid.Contains))
+                var (closure, missingInput) = await InputClosureAsync(drvPath, derivation.InputSources).ConfigureAwait(false);
+                if (missingInput is not null)
                 {
-                    return new Step(BuildStatus.AlreadyValid, "", outputs);
-                }
-
-                var closure = await _view.GetClosureAsync(derivation.InputSources, token).ConfigureAwait(false);
-                var missing = derivation.InputSources.Where(r => !closure.ContainsKey(r)).ToList();
-                if (missing.Count > 0)
-                {
-                    return new Step(BuildStatus.MiscFailure, $"cannot build '{drvPath}': its input '{missing[0]}' is not valid in your store", new Dictionary<string, StorePath>());
+                    return missingInput;
                 }
 
                 // Nothing proves this derivation is the one its path names, so its build is this account's alone.
@@ -238,7 +248,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             }
             catch (NixErrorException e)
             {
-                return new Step(BuildStatus.MiscFailure, e.Message, new Dictionary<string, StorePath>());
+                return Step.Failed(BuildStatus.MiscFailure, e.Message);
             }
         }
 
@@ -270,7 +280,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             var outcome = result.Outcome;
             if (!outcome.Succeeded)
             {
-                return new Step(StatusOf(outcome.Failure), FailureMessage(outcome), new Dictionary<string, StorePath>(), outcome);
+                return Step.Failed(StatusOf(outcome.Failure), FailureMessage(outcome), outcome);
             }
 
             await RegisterAsync(drvPath, outcome.Outputs, trusted, token).ConfigureAwait(false);

@@ -96,9 +96,6 @@ public sealed partial class StoreView
         }
     }
 
-    /// <summary>Blob store access for the build agent.</summary>
-    public Blobs.BlobStore Blobs => _store.Blobs;
-
     private sealed class FileCapture : NarVisitor
     {
         public System.Buffers.ArrayBufferWriter<byte> Captured { get; } = new();
