@@ -70,6 +70,11 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
         private readonly ConcurrentDictionary<StorePath, Lazy<Task<Step>>> _steps = new();
         private readonly ConcurrentDictionary<StorePath, Derivation> _derivations = new();
 
+        // One hasher for the whole request: it remembers each derivation's hash, which every derivation above it
+        // needs again. It is not thread-safe, and steps run in parallel.
+        private readonly DerivationHasher _hasher;
+        private readonly Lock _hasherGate = new();
+
         public Request(BuildScheduler scheduler, StoreView view, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
         {
             _scheduler = scheduler;
@@ -77,6 +82,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             _settings = settings;
             _events = events;
             _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            _hasher = new DerivationHasher(Load);
         }
 
         public void Dispose() => _stop.Dispose();
@@ -185,7 +191,12 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             // The declared output paths must be the ones Nix computes, or Kiln would vouch for a false mapping.
             if (!derivation.IsFixedOutput || derivation.Outputs.Count > 1)
             {
-                var computed = new DerivationHasher(Load).ComputeOutputPaths(derivation);
+                IReadOnlyDictionary<string, string> computed;
+                lock (_hasherGate)
+                {
+                    computed = _hasher.ComputeOutputPaths(derivation);
+                }
+
                 foreach (var (name, output) in derivation.Outputs)
                 {
                     if (computed.TryGetValue(name, out var expected) && expected != output.Path)

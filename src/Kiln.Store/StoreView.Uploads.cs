@@ -1,3 +1,4 @@
+using System.Buffers;
 using Kiln.Nix;
 using Kiln.Nix.Derivations;
 using Kiln.Nix.Hashing;
@@ -60,6 +61,36 @@ public sealed partial class StoreView
             throw new NixErrorException("text content addresses are always sha256");
         }
 
+        // Evaluation re-adds every .drv and source on each run: when the payload is small, its path follows from
+        // its bytes alone, so an add that changes nothing is answered before anything touches the disk (as Nix's
+        // daemon does, which reads the whole payload into memory first).
+        var buffer = ArrayPool<byte>.Shared.Rent(SmallAddSize + 1);
+        try
+        {
+            var filled = await FillAsync(data, buffer.AsMemory(0, SmallAddSize + 1), cancellationToken).ConfigureAwait(false);
+            var complete = filled <= SmallAddSize;
+            if (complete && !repair)
+            {
+                var known = await FindContentAddressedAsync(name, method, buffer.AsMemory(0, filled), references, cancellationToken).ConfigureAwait(false);
+                if (known is not null)
+                {
+                    _tempRoots.Add(known.Path);
+                    return known;
+                }
+            }
+
+            Stream payload = complete ? new MemoryStream(buffer, 0, filled, writable: false) : new PrefixedStream(buffer.AsMemory(0, filled), data);
+            return await IngestContentAddressedAsync(name, method, payload, references, repair, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private async Task<ValidPathInfo> IngestContentAddressedAsync(string name, ContentAddressMethodAndAlgorithm method, Stream data,
+        IReadOnlySet<StorePath> references, bool repair, CancellationToken cancellationToken)
+    {
         var captureUpTo = name.EndsWith(".drv", StringComparison.Ordinal) ? ATerm.MaxSize : 0;
         var unpackTo = _store.MaterialisedFor(AccountId)?.NewTemporaryPath();
         var ingested = method.Method == ContentAddressMethod.Recursive
@@ -107,6 +138,93 @@ public sealed partial class StoreView
         {
             Discard(ingested);
         }
+    }
+
+    /// <summary>Payloads up to this size are read into memory first, to answer an add of a known path at once.</summary>
+    private const int SmallAddSize = (4 << 20) - 1; // plus the one byte that shows there is more: one 4 MiB pooled buffer
+
+    private static async Task<int> FillAsync(Stream data, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        var filled = 0;
+        while (filled < buffer.Length)
+        {
+            var read = await data.ReadAsync(buffer[filled..], cancellationToken).ConfigureAwait(false);
+            if (read == 0)
+            {
+                break;
+            }
+
+            filled += read;
+        }
+
+        return filled;
+    }
+
+    // The path a whole payload would get, if this view already has it. Only a path already registered is returned,
+    // so a malformed payload (say, not a NAR) is never accepted here: it is ingested, and refused, as usual.
+    private async Task<ValidPathInfo?> FindContentAddressedAsync(string name, ContentAddressMethodAndAlgorithm method, ReadOnlyMemory<byte> payload,
+        IReadOnlySet<StorePath> references, CancellationToken cancellationToken)
+    {
+        var ca = new ContentAddress(method.Method, NixHash.Compute(method.Algorithm, payload.Span));
+        StorePath path;
+        try
+        {
+            path = method.Method == ContentAddressMethod.Text
+                ? StorePathComputer.MakeTextPath(name, ca.Hash, references)
+                : StorePathComputer.MakeFixedOutputPath(name, ca, references);
+        }
+        catch (NixFormatException)
+        {
+            return null; // the slow path reports it
+        }
+
+        var existing = await QueryPathInfosAsync([path], cancellationToken).ConfigureAwait(false);
+        return existing.GetValueOrDefault(path);
+    }
+
+    /// <summary>Bytes already read from a stream, then the rest of it.</summary>
+    private sealed class PrefixedStream(ReadOnlyMemory<byte> prefix, Stream rest) : Stream
+    {
+        private int _offset;
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer)
+        {
+            if (_offset < prefix.Length)
+            {
+                var n = Math.Min(buffer.Length, prefix.Length - _offset);
+                prefix.Span.Slice(_offset, n).CopyTo(buffer);
+                _offset += n;
+                return n;
+            }
+
+            return rest.Read(buffer);
+        }
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            if (_offset < prefix.Length)
+            {
+                return ValueTask.FromResult(Read(buffer.Span));
+            }
+
+            return rest.ReadAsync(buffer, cancellationToken);
+        }
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 
     /// <summary>An upload that has been streamed to a temporary blob and verified, waiting to be registered.</summary>

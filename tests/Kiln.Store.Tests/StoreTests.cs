@@ -178,6 +178,27 @@ public sealed class StoreTests : IAsyncLifetime
         Assert.Contains(text.Path, await view.QueryReferrersAsync(Hello, default));
     }
 
+    [Theory]
+    [InlineData(1000)] // answered from memory when known
+    [InlineData(5 << 20)] // larger than what is read into memory first: streamed on
+    public async Task Adding_a_known_content_addressed_path_again_returns_it_and_stores_nothing_new(int size)
+    {
+        var contents = new byte[size];
+        new Random(size).NextBytes(contents);
+        var method = ContentAddressMethodAndAlgorithm.ParseCamString("fixed:sha256");
+        var expected = StorePathComputer.MakeFixedOutputPath("blob.bin",
+            new ContentAddress(ContentAddressMethod.Flat, Kiln.Nix.Hashing.NixHash.Compute(Kiln.Nix.Hashing.NixHashAlgorithm.Sha256, contents)));
+        using var view = await _store.OpenViewAsync("local", default);
+        var first = await view.AddContentAddressedAsync("blob.bin", method, new MemoryStream(contents), new SortedSet<StorePath>(), false, default);
+        Assert.Equal(expected, first.Path);
+        Assert.Equal(size + 112, first.NarSize); // the NAR of one regular file: 112 bytes of framing (sizes here are multiples of 8)
+        var again = await view.AddContentAddressedAsync("blob.bin", method, new MemoryStream(contents), new SortedSet<StorePath>(), false, default);
+        Assert.Equal(first.NarHash, again.NarHash);
+        Assert.Equal(first.RegistrationTime, again.RegistrationTime);
+        Assert.Single(Blobs());
+        Assert.Empty(TempFiles());
+    }
+
     [Fact]
     public async Task A_derivation_s_outputs_are_known_once_it_is_added()
     {

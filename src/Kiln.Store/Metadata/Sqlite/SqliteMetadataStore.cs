@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
@@ -11,12 +12,15 @@ namespace Kiln.Store.Metadata.Sqlite;
 /// <summary>
 /// <see cref="IMetadataStore"/> on SQLite in WAL mode: many concurrent readers, one writer at a time (writes also
 /// take an in-process lock, so they queue here rather than spin on SQLITE_BUSY). Lists of paths travel as one JSON
-/// array parameter expanded by <c>json_each</c>, so a query for 10,000 paths is one statement.
+/// array parameter expanded by <c>json_each</c>, so a query for 10,000 paths is one statement. Such queries say
+/// <c>json_each(…) CROSS JOIN paths</c>: SQLite keeps that order, looking each path up by its index, where a plain
+/// join may scan an account's whole view once per query.
 /// </summary>
 public sealed partial class SqliteMetadataStore : IMetadataStore
 {
     private readonly string _connectionString;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, object> _configured = new();
 
     public SqliteMetadataStore(string databasePath)
     {
@@ -33,9 +37,17 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     {
         var connection = new SqliteConnection(_connectionString);
         await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
-        using var pragma = connection.CreateCommand();
-        pragma.CommandText = "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000;";
-        await pragma.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+
+        // The settings belong to the underlying database connection, which the pool hands out again and again:
+        // set them once per connection, not on every open (a lookup is a fraction of a millisecond; this is not).
+        if (connection.Handle is { } handle && !_configured.TryGetValue(handle, out _))
+        {
+            using var pragma = connection.CreateCommand();
+            pragma.CommandText = "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000;";
+            await pragma.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            _configured.AddOrUpdate(handle, handle);
+        }
+
         return connection;
     }
 
@@ -69,6 +81,67 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             await work(c, t).ConfigureAwait(false);
             return true;
         }, cancellationToken);
+
+    /// <summary>A read-only statement kept prepared on each pooled connection, with its parameter names.</summary>
+    private sealed record PreparedQuery(string Sql, params string[] Parameters);
+
+    /// <summary>An open connection of Kiln's own, with the statements prepared on it so far.</summary>
+    private sealed class PreparedConnection(SqliteConnection connection)
+    {
+        private readonly Dictionary<PreparedQuery, SqliteCommand> _commands = [];
+
+        public SqliteConnection Connection => connection;
+
+        public SqliteCommand For(PreparedQuery query)
+        {
+            if (!_commands.TryGetValue(query, out var command))
+            {
+                command = connection.CreateCommand();
+                command.CommandText = query.Sql;
+                foreach (var name in query.Parameters)
+                {
+                    command.Parameters.Add(new SqliteParameter { ParameterName = name });
+                }
+
+                command.Prepare();
+                _commands[query] = command;
+            }
+
+            return command;
+        }
+    }
+
+    // Connections for prepared statements: preparing the path query costs more than running it. Bounded, since each
+    // holds a database connection; a read beyond the bound opens one of its own.
+    private readonly ConcurrentBag<PreparedConnection> _prepared = [];
+    private const int MaxPreparedConnections = 16;
+
+    private async Task<T> ReadPreparedAsync<T>(PreparedQuery query, Func<SqliteCommand, Task<T>> work, CancellationToken cancellationToken)
+    {
+        if (!_prepared.TryTake(out var connection))
+        {
+            connection = new PreparedConnection(await OpenAsync(cancellationToken).ConfigureAwait(false));
+        }
+
+        var healthy = false;
+        try
+        {
+            var result = await work(connection.For(query)).ConfigureAwait(false);
+            healthy = true;
+            return result;
+        }
+        finally
+        {
+            if (healthy && _prepared.Count < MaxPreparedConnections)
+            {
+                _prepared.Add(connection);
+            }
+            else
+            {
+                await connection.Connection.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
 
     private async Task<T> ReadAsync<T>(Func<SqliteConnection, Task<T>> work, CancellationToken cancellationToken)
     {
@@ -161,7 +234,18 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
 
     private static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
-    public Task<long> GetOrCreateAccountAsync(string name, CancellationToken cancellationToken) =>
+    public async Task<long> GetOrCreateAccountAsync(string name, CancellationToken cancellationToken)
+    {
+        // Every session starts here: an account that exists costs a read, not a write transaction.
+        var existing = await ReadAsync(async connection =>
+        {
+            using var select = Command(connection, "SELECT id FROM accounts WHERE name = $n", null, ("$n", name));
+            return await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken).ConfigureAwait(false);
+        return existing is long id ? id : await CreateAccountAsync(name, cancellationToken).ConfigureAwait(false);
+    }
+
+    private Task<long> CreateAccountAsync(string name, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
             using var insert = Command(connection, "INSERT INTO accounts (name, created) VALUES ($n, $t) ON CONFLICT (name) DO NOTHING", transaction, ("$n", name), ("$t", Now()));
@@ -249,6 +333,11 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         _ => PathTrust.Untrusted,
     };
 
+    private static readonly PreparedQuery PathsQuery = new($"""
+        SELECT {PathColumns}
+        FROM json_each($paths) j CROSS JOIN paths p ON p.account_id = $account AND p.path = j.value
+        """, "$paths", "$account");
+
     public Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
     {
         if (paths.Count == 0)
@@ -256,13 +345,11 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             return Task.FromResult<IReadOnlyDictionary<StorePath, PathRecord>>(new Dictionary<StorePath, PathRecord>());
         }
 
-        return ReadAsync<IReadOnlyDictionary<StorePath, PathRecord>>(async connection =>
+        // The hottest query of all (every path info, every add of a known path): prepared once per connection.
+        return ReadPreparedAsync<IReadOnlyDictionary<StorePath, PathRecord>>(PathsQuery, async command =>
         {
-            using var command = Command(connection, $"""
-                SELECT {PathColumns}
-                FROM paths p JOIN json_each($paths) j ON p.path = j.value
-                WHERE p.account_id = $account
-                """, null, ("$paths", JsonArray(paths.Select(p => p.BaseName))), ("$account", account));
+            command.Parameters["$paths"].Value = JsonArray(paths.Select(p => p.BaseName));
+            command.Parameters["$account"].Value = account;
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var result = new Dictionary<StorePath, PathRecord>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
@@ -359,7 +446,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         {
             // Which of them the view already has: those stay as they are.
             var existing = new HashSet<string>(StringComparer.Ordinal);
-            using (var query = Command(connection, "SELECT p.path FROM paths p JOIN json_each($paths) j ON p.path = j.value WHERE p.account_id = $a",
+            using (var query = Command(connection, "SELECT p.path FROM json_each($paths) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value",
                 transaction, ("$paths", JsonArray(paths.Select(p => p.Info.Path.BaseName))), ("$a", account)))
             {
                 foreach (var path in await ReadPathsAsync(query, cancellationToken).ConfigureAwait(false))
@@ -378,7 +465,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             var parameters = InsertParameters.ToDictionary(n => n, n => insert.Parameters.Add(new SqliteParameter(n, DBNull.Value)));
             using var refs = Command(connection, """
                 INSERT INTO refs (referrer, reference)
-                SELECT $id, p.id FROM paths p JOIN json_each($refs) j ON p.path = j.value WHERE p.account_id = $a
+                SELECT $id, p.id FROM json_each($refs) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value
                 """, transaction);
             var refsId = refs.Parameters.Add("$id", SqliteType.Integer);
             var refsList = refs.Parameters.Add("$refs", SqliteType.Text);
@@ -422,7 +509,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                     if (inserted != others.Count)
                     {
                         var found = new HashSet<string>(StringComparer.Ordinal);
-                        using var check = Command(connection, "SELECT p.path FROM paths p JOIN json_each($refs) j ON p.path = j.value WHERE p.account_id = $a",
+                        using var check = Command(connection, "SELECT p.path FROM json_each($refs) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value",
                             transaction, ("$refs", JsonArray(others)), ("$a", account));
                         foreach (var present in await ReadPathsAsync(check, cancellationToken).ConfigureAwait(false))
                         {
@@ -516,7 +603,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
 
         return ReadAsync<IReadOnlySet<NixHash>>(async connection =>
         {
-            using var command = Command(connection, "SELECT DISTINCT p.nar_hash FROM paths p JOIN json_each($hashes) j ON p.nar_hash = unhex(j.value)",
+            using var command = Command(connection, "SELECT DISTINCT p.nar_hash FROM json_each($hashes) j CROSS JOIN paths p ON p.nar_hash = unhex(j.value)",
                 null, ("$hashes", JsonArray(narHashes.Select(h => h.ToBase16()))));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var result = new HashSet<NixHash>();
@@ -563,11 +650,15 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
 
     private static string KindText(RootKind kind) => kind == RootKind.Permanent ? "perm" : "indirect";
 
-    public ValueTask DisposeAsync()
+    public async ValueTask DisposeAsync()
     {
+        while (_prepared.TryTake(out var connection))
+        {
+            await connection.Connection.DisposeAsync().ConfigureAwait(false);
+        }
+
         _writeLock.Dispose();
         SqliteConnection.ClearAllPools();
-        return ValueTask.CompletedTask;
     }
 }
 

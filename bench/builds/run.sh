@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Build the same synthetic DAG through Kiln and through a stock nix-daemon with its sandbox on (its own store root),
+# from a fresh state and again as a no-op, in one run; print the times and the ratios.
+#
+#   bench/builds/run.sh [--layers 10] [--width 20] [--jobs N] [--rounds 2]
+#
+# The DAG: LAYERS layers of WIDTH derivations, each depending on 3 of the layer before, whose small outputs name
+# (and so refer to) their inputs; the builder is a static busybox added to the store from the client. Both servers
+# get the same max-jobs and cores and are driven by the host's Nix 2.8 with `nix build --store unix://…?root=…`,
+# evaluation included (that is what a user waits for). "Fresh" starts from an empty server each round; "no-op" is
+# the same command again right after. Each fresh time ends with sync. Needs root, nix-bin and bubblewrap.
+# Figures only, no thresholds.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+layers=10 width=20 jobs="$(nproc)" rounds=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --layers) layers="$2"; shift 2 ;;
+    --width) width="$2"; shift 2 ;;
+    --jobs) jobs="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+work="${KILN_BENCH_DIR:-/tmp/kiln-builds-bench}"
+rm -rf "$work" && mkdir -p "$work/bb/bin"
+export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = '
+export NIX_REMOTE=
+
+echo "building kiln (ReadyToRun)..."
+dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
+  -o "$work/kiln-bin" -v quiet -nologo > /dev/null
+
+cp /bin/busybox "$work/bb/bin/busybox" && ln -s busybox "$work/bb/bin/sh"
+cat > "$work/dag.nix" <<NIX
+let
+  bb = ./bb;
+  mk = l: i: deps: derivation {
+    name = "dag-\${toString l}-\${toString i}";
+    system = "x86_64-linux";
+    builder = "\${bb}/bin/sh";
+    inherit deps;
+    args = [ "-c" "echo building layer \${toString l} item \${toString i}; \${bb}/bin/busybox mkdir \$out; echo \${toString l}-\${toString i} > \$out/id; for d in \$deps; do echo \$d >> \$out/deps; done" ];
+  };
+  pick = l: i: k: builtins.elemAt (builtins.elemAt layers (l - 1)) ((i + k * 7) - ((i + k * 7) / $width) * $width);
+  layers = builtins.genList (l: builtins.genList (i: mk l i (if l == 0 then [] else map (pick l i) [ 0 1 2 ])) $width) $layers;
+in builtins.elemAt layers ($layers - 1)
+NIX
+
+start_kiln() {
+  rm -rf "$work/kiln"
+  "$work/kiln-bin/kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 > "$work/kiln.log" 2>&1 &
+  kiln_pid=$!
+  while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
+}
+stop_kiln() { kill -TERM "$kiln_pid"; wait "$kiln_pid" || true; }
+
+start_daemon() {
+  rm -rf "$work/daemon"
+  mkdir -p "$work/daemon"
+  NIX_STATE_DIR="$work/daemon/state" \
+    NIX_CONFIG=$'build-users-group = \nsandbox = true\nsandbox-fallback = false\nmax-jobs = '"$jobs"$'\ncores = 1\nstore = local?root='"$work/daemon/root" \
+    nix-daemon > "$work/daemon.log" 2>&1 &
+  daemon_pid=$!
+  while [ ! -S "$work/daemon/state/daemon-socket/socket" ]; do sleep 0.1; done
+}
+stop_daemon() { kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true; }
+
+build() { nix build --store "$1" -f "$work/dag.nix" --no-link; }
+seconds() {
+  local start end
+  start=$(date +%s.%N)
+  if ! "$@" > "$work/last.log" 2>&1; then cat "$work/last.log" >&2; exit 1; fi
+  end=$(date +%s.%N); echo "$end - $start" | bc
+}
+fresh() { sync; seconds "$@"; }
+best() { printf '%s\n' "$@" | sort -n | head -1; }
+
+kiln_fresh=() kiln_noop=() nix_fresh=() nix_noop=()
+for round in $(seq 1 "$rounds"); do
+  start_kiln
+  kiln_url="unix://$work/kiln/daemon.sock?root=$work/kiln/root"
+  kiln_fresh+=("$(fresh build "$kiln_url")")
+  for _ in 1 2 3; do kiln_noop+=("$(seconds build "$kiln_url")"); done
+  stop_kiln
+
+  start_daemon
+  daemon_url="unix://$work/daemon/state/daemon-socket/socket?root=$work/daemon/root"
+  nix_fresh+=("$(fresh build "$daemon_url")")
+  for _ in 1 2 3; do nix_noop+=("$(seconds build "$daemon_url")"); done
+  built="$(ls -d "$work"/daemon/root/nix/store/*-dag-* 2> /dev/null | grep -vc '\.drv$' || true)"
+  stop_daemon
+done
+
+nf=$(best "${nix_fresh[@]}") kf=$(best "${kiln_fresh[@]}") nn=$(best "${nix_noop[@]}") kn=$(best "${kiln_noop[@]}")
+echo
+echo "DAG: $((layers * width)) derivations ($layers layers of $width, 3 deps each; nix-daemon built $built outputs);" \
+  "max-jobs $jobs, cores 1; best of $rounds fresh / $((rounds * 3)) no-op runs; client: $(nix --version); $(nproc) cores"
+printf '%-40s %12s %12s %10s\n' "" "nix-daemon" "kiln" "kiln/nix"
+printf '%-40s %11.2fs %11.2fs %9.2fx\n' "fresh  (nix build --store unix://…)" "$nf" "$kf" "$(echo "scale=3; $nf / $kf" | bc)"
+printf '%-40s %11.2fs %11.2fs %9.2fx\n' "no-op  (the same again)" "$nn" "$kn" "$(echo "scale=3; $nn / $kn" | bc)"
+echo "(kiln/nix above 1 means Kiln is faster)"
