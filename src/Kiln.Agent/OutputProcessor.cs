@@ -23,7 +23,8 @@ internal static class OutputProcessor
     /// <param name="structured">The derivation's structured attributes (their <c>outputChecks</c>), if it has them.</param>
     /// <param name="hostStore">The directory the sandbox's <c>/nix/store</c> was.</param>
     /// <param name="store">Where the output NARs go.</param>
-    public static List<(BuiltOutput Output, string Tree)> Process(BuildJob job, StructuredAttributes? structured, string hostStore, IAgentStore store)
+    /// <param name="builderUid">The user the build ran as, which must own each output; null when it ran as Kiln.</param>
+    public static List<(BuiltOutput Output, string Tree)> Process(BuildJob job, StructuredAttributes? structured, string hostStore, IAgentStore store, int? builderUid = null)
     {
         var derivation = job.Derivation;
         var outputs = derivation.Outputs.Select(o => (Name: o.Key, Path: o.Value.StorePath!.Value, o.Value)).ToList();
@@ -40,7 +41,7 @@ internal static class OutputProcessor
                     throw new RejectedException($"builder for '{job.DrvPath}' failed to produce output path for output '{name}' at '{path}'");
                 }
 
-                if (Canonicaliser.IsSuspicious(tree))
+                if (Canonicaliser.IsSuspicious(tree, (uint?)builderUid))
                 {
                     throw new RejectedException($"suspicious ownership or permission on '{path}' for output '{name}'; rejecting this build output");
                 }

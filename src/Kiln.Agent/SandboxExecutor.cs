@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using Kiln.Nix.Nar;
 
 namespace Kiln.Agent;
@@ -14,6 +15,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     private readonly SandboxOptions _options;
     private readonly IAgentStore _store;
     private readonly InputCache _inputs;
+    private readonly BuildUsers? _users;
     private readonly string _builds;
     private readonly string _etc;
     private long _counter;
@@ -24,12 +26,36 @@ public sealed class SandboxExecutor : IBuildExecutor
         _options = options;
         _store = store;
         _inputs = new InputCache(Path.Combine(options.WorkDirectory, "unpacked"), store);
+        _users = BuildUsers.ForThisProcess(options.BuildUsersBase, options.MaxJobs);
+        if (_users is not null && UnreachableAncestor(Path.GetFullPath(options.WorkDirectory)) is { } closed)
+        {
+            BuildUsersUnavailable = $"'{closed}' is not searchable by others (chmod o+x), so builds run as Kiln's own user";
+            _users = null;
+        }
         _builds = Path.Combine(options.WorkDirectory, "builds");
         _etc = Path.Combine(options.WorkDirectory, "sandbox-etc");
         CleanUp();
     }
 
     public int Slots => _options.MaxJobs;
+
+    /// <summary>Why builds do not run as build users although Kiln is root (for the server to log); null if they do.</summary>
+    public string? BuildUsersUnavailable { get; }
+
+    // The first directory on the way to the work directory that a build user cannot pass through: bubblewrap runs as
+    // the build user and must reach the build directory and the unpacked inputs it mounts.
+    private static string? UnreachableAncestor(string path)
+    {
+        for (var directory = new DirectoryInfo(path); directory is not null; directory = directory.Parent)
+        {
+            if (directory.Exists && (directory.UnixFileMode & UnixFileMode.OtherExecute) == 0)
+            {
+                return directory.FullName;
+            }
+        }
+
+        return null;
+    }
 
     // Leftovers of builds a crash interrupted, and the files every sandbox shares.
     private void CleanUp()
@@ -61,10 +87,21 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
         finally
         {
-            if (Directory.Exists(directory))
-            {
-                NarExtractor.DeleteTree(directory);
-            }
+            // Off the build's path: the sandbox leaves a mount point behind for every input, and the slot, the
+            // build's dependents and the client need not wait for them to go.
+            _ = Task.Run(() => DeleteBuildDirectory(directory), CancellationToken.None);
+        }
+    }
+
+    private static void DeleteBuildDirectory(string directory)
+    {
+        try
+        {
+            NarExtractor.DeleteTree(directory);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Left for the clean-up at the next start.
         }
     }
 
@@ -86,6 +123,8 @@ public sealed class SandboxExecutor : IBuildExecutor
             return BuildOutcome.Failed(BuildFailureKind.InputRejected, e.Message);
         }
 
+        // The build's own user, if Kiln is root and has users to give builds; released once the build is over.
+        using var user = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal) ? null : _users?.Acquire();
         var buildDir = Path.Combine(directory, "build");
         var storeDir = Path.Combine(directory, "store");
         Directory.CreateDirectory(buildDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -96,15 +135,31 @@ public sealed class SandboxExecutor : IBuildExecutor
             await File.WriteAllBytesAsync(Path.Combine(buildDir, name), contents, cancellationToken).ConfigureAwait(false);
         }
 
+        if (user is not null)
+        {
+            // As Nix: the build directory and what Kiln put in it are the build user's; the store is root's, with
+            // the build group allowed to add to it (1775), so the build cannot remove what it did not make.
+            foreach (var entry in Directory.EnumerateFileSystemEntries(buildDir).Append(buildDir))
+            {
+                Native.ChangeOwner(entry, user.UserId, _users!.GroupId);
+            }
+
+            Native.ChangeOwner(storeDir, 0, _users!.GroupId);
+        }
+
         var inputs = new List<(Kiln.Nix.StorePaths.StorePath Path, string Tree)>();
         foreach (var input in job.Inputs)
         {
-            inputs.Add((input.Path, await _inputs.EnsureAsync(input.NarHash).ConfigureAwait(false)));
+            var tree = await _inputs.EnsureAsync(input.NarHash).ConfigureAwait(false);
+            if (user is null || !InputLinks.TryLink(tree, Path.Combine(storeDir, input.Path.BaseName)))
+            {
+                inputs.Add((input.Path, tree)); // mounted
+            }
         }
 
         var run = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal)
             ? await BuiltinBuilders.RunAsync(job, storeDir, log, cancellationToken).ConfigureAwait(false)
-            : await RunSandboxAsync(job, environment, directory, buildDir, storeDir, inputs, id, log, cancellationToken).ConfigureAwait(false);
+            : await RunSandboxAsync(job, environment, directory, buildDir, storeDir, inputs, id, user?.UserId, log, cancellationToken).ConfigureAwait(false);
         if (run.Failure != BuildFailureKind.None)
         {
             return run;
@@ -112,7 +167,7 @@ public sealed class SandboxExecutor : IBuildExecutor
 
         try
         {
-            var outputs = OutputProcessor.Process(job, environment.Structured, storeDir, _store);
+            var outputs = OutputProcessor.Process(job, environment.Structured, storeDir, _store, user?.UserId);
             foreach (var (output, tree) in outputs)
             {
                 _inputs.Adopt(output.NarHash, tree);
@@ -127,7 +182,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     }
 
     private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, string directory, string buildDir,
-        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, string id, IBuildLog log,
+        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, string id, int? userId, IBuildLog log,
         CancellationToken cancellationToken)
     {
         var derivation = job.Derivation;
@@ -145,6 +200,16 @@ public sealed class SandboxExecutor : IBuildExecutor
         start.ArgumentList.Add(string.Join(' ', cgroup?.ProcsFiles ?? []));
         start.ArgumentList.Add(pty.SlavePath);
         start.ArgumentList.Add(statusFile);
+        if (userId is { } uid)
+        {
+            // The build's user from here on: no capabilities, no way back, and no gaining privileges (as Nix).
+            start.ArgumentList.Add(_options.Setpriv);
+            foreach (var argument in new[] { "--reuid", uid.ToString(CultureInfo.InvariantCulture), "--regid", _users!.GroupId.ToString(CultureInfo.InvariantCulture), "--clear-groups", "--no-new-privs", "--" })
+            {
+                start.ArgumentList.Add(argument);
+            }
+        }
+
         start.ArgumentList.Add(_options.Bubblewrap);
         foreach (var argument in arguments)
         {

@@ -37,7 +37,11 @@ internal static class SandboxLayout
             args.Add("--unshare-net");
         }
 
-        args.AddRange(["--perms", "0755", "--tmpfs", "/"]);
+        // Nix's sandbox root, /etc and /nix belong to root, which the build is not: it cannot write there. Here the
+        // build's user owns everything bubblewrap makes, so those are made read-only by their modes instead.
+        args.AddRange(["--perms", "0555", "--tmpfs", "/"]);
+        args.AddRange(["--perms", "0555", "--dir", "/etc"]);
+        args.AddRange(["--perms", "0555", "--dir", "/nix"]);
         args.AddRange(["--perms", "1777", "--dir", "/tmp"]);
         args.AddRange(["--bind", buildDir, BuildEnvironment.BuildDirectory]);
         args.AddRange(["--bind", storeDir, BuildEnvironment.StoreDirectory]);

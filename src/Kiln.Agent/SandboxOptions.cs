@@ -19,4 +19,13 @@ public sealed record SandboxOptions
     public IReadOnlyDictionary<string, string> ImpureEnvironment { get; init; } = new Dictionary<string, string>();
 
     public string Bubblewrap { get; init; } = "/usr/bin/bwrap";
+
+    /// <summary>util-linux's <c>setpriv</c>, which makes a build its user before bubblewrap starts.</summary>
+    public string Setpriv { get; init; } = "/usr/bin/setpriv";
+
+    /// <summary>
+    /// When Kiln runs as root, builds run as users <c>base+1</c> … <c>base+max-jobs</c> in group <c>base</c> (as Nix's
+    /// <c>nixbld</c> users, which start at 30000 too); 0 runs them as Kiln's own user.
+    /// </summary>
+    public int BuildUsersBase { get; init; } = 30000;
 }

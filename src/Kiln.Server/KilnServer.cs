@@ -14,7 +14,7 @@ namespace Kiln.Server;
 /// Composes <c>kiln serve</c>: one long-lived process (Generic Host) owning the data directory, the store and the
 /// daemon socket. It stops cleanly on SIGTERM and SIGINT.
 /// </summary>
-public static class KilnServer
+public static partial class KilnServer
 {
     public static async Task<int> RunAsync(ServerOptions options, StoreOptions storeOptions, CancellationToken cancellationToken)
     {
@@ -55,6 +55,12 @@ public static class KilnServer
             Cores = options.Cores,
             SandboxPaths = options.SandboxPaths,
         }, new LocalAgentStore(store.Blobs));
+        var logger = loggers.CreateLogger("Kiln.Scheduler");
+        if (executor.BuildUsersUnavailable is { } why)
+        {
+            LogNoBuildUsers(logger, why);
+        }
+
         return new BuildScheduler(store, executor, new SchedulerOptions
         {
             LogDirectory = Path.Combine(options.DataDirectory, "logs"),
@@ -62,8 +68,11 @@ public static class KilnServer
             MaxSilentTime = options.MaxSilentTime,
             Timeout = options.BuildTimeout,
             MaxLogSize = options.MaxLogSize,
-        }, BuildKey(options.DataDirectory), loggers.CreateLogger("Kiln.Scheduler"));
+        }, BuildKey(options.DataDirectory), logger);
     }
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "no build users: {Reason}")]
+    private static partial void LogNoBuildUsers(ILogger logger, string reason);
 
     // Kiln's build key, created on first start: it signs what Kiln built from trusted inputs.
     private static SecretKey BuildKey(string dataDirectory)

@@ -27,6 +27,14 @@ build() {
   fi
 }
 
+# The reference Nix of the fidelity tests runs its builds as build users, as a stock multi-user install does.
+if ! getent group nixbld > /dev/null; then
+  groupadd --system nixbld
+  for i in 1 2 3 4; do
+    useradd --system --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin --gid nixbld --groups nixbld "nixbld$i"
+  done
+fi
+
 status=0
 for suite in bullseye bookworm trixie sid; do
   build "$suite" &

@@ -17,13 +17,14 @@ public static class Canonicaliser
 
     /// <summary>
     /// Whether the top of an output is writable by group or others, which Nix treats as a sign of tampering
-    /// ("suspicious ownership or permission"). Symlinks have no permissions of their own.
+    /// ("suspicious ownership or permission"), or, when builds run as a user of their own, not owned by that user.
+    /// Symlinks have no permissions of their own.
     /// </summary>
-    public static bool IsSuspicious(string path)
+    public static bool IsSuspicious(string path, uint? builderUid = null)
     {
         var name = Posix.CString(Encoding.UTF8.GetBytes(path));
-        var (mode, _, _) = Posix.LStatOwnerAt(Posix.AtFdCwd, name, () => path);
-        return (mode & Posix.FileTypeMask) != Posix.Symlink && (mode & GroupOrWorldWritable) != 0;
+        var (mode, uid, _) = Posix.LStatOwnerAt(Posix.AtFdCwd, name, () => path);
+        return ((mode & Posix.FileTypeMask) != Posix.Symlink && (mode & GroupOrWorldWritable) != 0) || (builderUid is { } builder && uid != builder);
     }
 
     /// <summary>Canonicalises the tree at <paramref name="path"/> in place.</summary>

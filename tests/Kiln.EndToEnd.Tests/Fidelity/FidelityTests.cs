@@ -30,7 +30,8 @@ public class FidelityTests
 
     private static readonly Dictionary<string, string> Environment = new()
     {
-        ["NIX_CONFIG"] = "experimental-features = nix-command\nbuild-users-group = \nsubstituters = \nsandbox = true\nsandbox-paths = \n",
+        // Build users (nixbld, made by setup-clients.sh), as a stock multi-user Nix machine has.
+        ["NIX_CONFIG"] = "experimental-features = nix-command\nbuild-users-group = nixbld\nsubstituters = \nsandbox = true\nsandbox-paths = \n",
         ["NIX_REMOTE"] = "",
         ["HOME"] = "/tmp",
     };

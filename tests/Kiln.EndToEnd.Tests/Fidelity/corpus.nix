@@ -97,6 +97,11 @@ in {
       echo "== network"; sed 1,2d /proc/net/dev | cut -d: -f1 | tr -d ' '
       echo "== store"; ls /nix/store | sed 's/^[a-z0-9]*-//' | sort
       echo "== build"; ls -a /build | sort; stat -c '%a %u %g' /build
+      echo "== inputs"; stat -c '%n %a %u %g' /nix/store; stat -c '%n %a %u %g %Y' $dep $dep/*
+      touch $dep/new 2> /dev/null && echo wrote into an input || echo cannot write into an input
+      chmod u+w $dep 2> /dev/null && echo changed an input || echo cannot change an input
+      rm -rf $dep 2> /dev/null && echo removed an input || echo cannot remove an input
+      for d in / /etc /nix /nix/store /tmp /build; do touch $d/kiln-probe 2> /dev/null && echo "can write $d" || echo "cannot write $d"; done
       echo "== tmp"; stat -c '%a' /tmp
       echo "== pid"; echo $$
     } > $out

@@ -28,6 +28,8 @@ public sealed class TempDir : IDisposable
     public TempDir()
     {
         Path = Directory.CreateTempSubdirectory("kiln-test-").FullName;
+        // Searchable by others, as a data directory must be for Kiln's build users to reach their build directories.
+        File.SetUnixFileMode(Path, (UnixFileMode)Convert.ToInt32("755", 8));
     }
 
     public string Path { get; }
