@@ -1,7 +1,9 @@
 # Deterministic derivations built both by stock Nix 2.8 (sandbox = true) and by Kiln; the fidelity tests compare
 # their outcomes (success or failure class) and, on success, every output's NAR hash and references.
-# `bb` is a directory with a static busybox (bin/busybox, bin/sh -> busybox).
-{ bb }:
+# `bb` is a directory with a static busybox (bin/busybox, bin/sh -> busybox); `fetchBase` is a local HTTP server
+# serving greeting.txt, whose flat SHA-256 is `fetchFlat` and whose directory holding only it hashes (recursively) to
+# `fetchRecursive`.
+{ bb, fetchBase ? "http://127.0.0.1:9", fetchFlat ? "", fetchRecursive ? "" }:
 let
   sh = "${bb}/bin/sh";
   mk = name: script: attrs: derivation ({
@@ -75,6 +77,38 @@ in {
     outputHashAlgo = "sha256";
     outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
   };
+
+  # Nix's built-in fetcher (no sandbox process at all), right and wrong.
+  fetchurl = derivation {
+    name = "greeting.txt";
+    system = "builtin";
+    builder = "builtin:fetchurl";
+    url = "${fetchBase}/greeting.txt";
+    outputHashMode = "flat";
+    outputHashAlgo = "sha256";
+    outputHash = fetchFlat;
+  };
+  fetchurl-wrong = derivation {
+    name = "greeting.txt";
+    system = "builtin";
+    builder = "builtin:fetchurl";
+    url = "${fetchBase}/greeting.txt";
+    outputHashMode = "flat";
+    outputHashAlgo = "sha256";
+    outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+  };
+
+  # A fixed-output derivation fetching with its own tools: it has the network, the others do not.
+  fetch-shell = mk "fetch-shell" "mkdir $out; wget -q -O $out/greeting.txt ${fetchBase}/greeting.txt" {
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+    outputHash = fetchRecursive;
+  };
+  fetch-no-network = mk "fetch-no-network" "mkdir $out; wget -q -O $out/greeting.txt ${fetchBase}/greeting.txt" { };
+
+  # Built with max-silent-time = 2 and timeout = 2 respectively.
+  silent = mk "silent" "sleep 30; echo done > $out" { };
+  slow = mk "slow" "while true; do echo still going; sleep 1; done" { };
 
   refs-allowed = mk "refs-allowed" "mkdir $out; echo ${dep} > $out/ref" { allowedReferences = [ dep ]; };
 
