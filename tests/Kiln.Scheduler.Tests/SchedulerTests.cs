@@ -1,0 +1,241 @@
+using System.Collections.Concurrent;
+using Kiln.Nix.Derivations;
+using Kiln.Nix.StorePaths;
+using Kiln.Nix.Tests.Support;
+using Kiln.Protocol.Worker;
+using Kiln.Store;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Kiln.Scheduler.Tests;
+
+/// <summary>
+/// The scheduler over a real store (SQLite, blobs) with an executor that records its jobs instead of running
+/// builders: the graph is walked dependencies first, each step runs once for everyone, a session asking while it
+/// runs joins it, failures propagate as Nix's statuses, and slots bound concurrency.
+/// </summary>
+public sealed class SchedulerTests : IAsyncLifetime
+{
+    private readonly TempDir _temp = new();
+    private KilnStore _store = null!;
+    private RecordingExecutor _executor = null!;
+    private BuildScheduler _scheduler = null!;
+    private readonly Dictionary<StorePath, Derivation> _derivations = [];
+
+    public async ValueTask InitializeAsync()
+    {
+        _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
+        _executor = new RecordingExecutor(new LocalAgentStore(_store.Blobs), slots: 2);
+        _scheduler = new BuildScheduler(_store, _executor, new SchedulerOptions { LogDirectory = _temp["logs"] }, null, NullLogger.Instance);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _scheduler.Dispose();
+        await _store.DisposeAsync();
+        _temp.Dispose();
+    }
+
+    // Writes an input-addressed derivation depending on the "out" outputs of `inputs` into the account's view, the
+    // way evaluation does (AddTextToStore), and returns its path.
+    private async Task<StorePath> DerivationAsync(string account, string name, params StorePath[] inputs)
+    {
+        var derivation = new Derivation { Name = name, Platform = "x86_64-linux", Builder = "/bin/sh" };
+        derivation.Outputs["out"] = new DerivationOutput("", "", "");
+        derivation.Environment["name"] = name;
+        derivation.Environment["out"] = "";
+        foreach (var input in inputs)
+        {
+            derivation.InputDerivations[input] = new SortedSet<string> { "out" };
+        }
+
+        var path = new DerivationHasher(p => _derivations[p]).ComputeOutputPaths(derivation)["out"];
+        derivation.Outputs["out"] = new DerivationOutput(path, "", "");
+        derivation.Environment["out"] = path;
+        using var view = await _store.OpenViewAsync(account, default);
+        var info = await view.AddContentAddressedAsync($"{name}.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(inputs), false, default);
+        _derivations[info.Path] = derivation;
+        return info.Path;
+    }
+
+    private async Task<(IReadOnlyList<BuildResult> Results, Events Events)> BuildAsync(string account, bool keepGoing, params StorePath[] drvs)
+    {
+        using var view = await _store.OpenViewAsync(account, default);
+        var events = new Events();
+        var results = await _scheduler.ForSession(view).BuildPathsAsync(drvs.Select(d => (DerivedPath)new DerivedPath.Built(d, null)).ToList(),
+            new ClientBuildSettings { KeepGoing = keepGoing }, events, default);
+        return (results, events);
+    }
+
+    private async Task<bool> ValidAsync(string account, StorePath path)
+    {
+        using var view = await _store.OpenViewAsync(account, default);
+        return (await view.QueryValidPathsAsync([path], default)).Contains(path);
+    }
+
+    private StorePath Out(StorePath drv) => _derivations[drv].Outputs["out"].StorePath!.Value;
+
+    [Fact]
+    public async Task A_graph_is_built_dependencies_first_each_derivation_once()
+    {
+        // A diamond: top needs left and right, both need bottom.
+        var bottom = await DerivationAsync("a", "bottom");
+        var left = await DerivationAsync("a", "left", bottom);
+        var right = await DerivationAsync("a", "right", bottom);
+        var top = await DerivationAsync("a", "top", left, right);
+
+        var (results, _) = await BuildAsync("a", keepGoing: false, top);
+
+        Assert.Equal(BuildStatus.Built, results.Single().Status);
+        var jobs = _executor.Jobs.ToList();
+        Assert.Equal(4, jobs.Count);
+        Assert.Equal("bottom", jobs[0].Derivation.Name);
+        Assert.Equal("top", jobs[3].Derivation.Name);
+        // A build gets the closure of the outputs it depends on; these refer to nothing, so top gets left and right.
+        Assert.Equal(new[] { Out(left), Out(right) }.Order(), jobs[3].Inputs.Select(i => i.Path).Order());
+        foreach (var drv in new[] { bottom, left, right, top })
+        {
+            Assert.True(await ValidAsync("a", Out(drv)));
+        }
+
+        // Asking again builds nothing.
+        var (again, _) = await BuildAsync("a", keepGoing: false, top);
+        Assert.Equal(BuildStatus.AlreadyValid, again.Single().Status);
+        Assert.Equal(4, _executor.Jobs.Count);
+    }
+
+    [Fact]
+    public async Task A_session_asking_for_a_running_build_joins_it_and_gets_its_log()
+    {
+        var drv = await DerivationAsync("a", "shared");
+        await DerivationAsync("b", "shared"); // the same derivation, written by another account
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        var first = BuildAsync("a", keepGoing: false, drv);
+        await WaitUntil(() => _executor.Jobs.Count == 1);
+        var second = BuildAsync("b", keepGoing: false, drv);
+        await Task.Delay(200); // let the second session reach the running step
+        _executor.Gate.SetResult();
+        var (firstResults, firstEvents) = await first;
+        var (secondResults, secondEvents) = await second;
+
+        Assert.Single(_executor.Jobs);
+        Assert.Equal(BuildStatus.Built, firstResults.Single().Status);
+        Assert.Equal(BuildStatus.Built, secondResults.Single().Status);
+        Assert.Equal(["building shared.drv", "done"], firstEvents.Lines);
+        Assert.Equal(["building shared.drv", "done"], secondEvents.Lines); // the backlog, then the live line
+        Assert.True(await ValidAsync("a", Out(drv)));
+        Assert.True(await ValidAsync("b", Out(drv)));
+    }
+
+    [Fact]
+    public async Task A_build_done_for_one_account_is_reused_for_another()
+    {
+        var drv = await DerivationAsync("a", "reused");
+        await BuildAsync("a", keepGoing: false, drv);
+        await DerivationAsync("b", "reused");
+        Assert.False(await ValidAsync("b", Out(drv)));
+
+        var (results, _) = await BuildAsync("b", keepGoing: false, drv);
+
+        Assert.Equal(BuildStatus.Built, results.Single().Status);
+        Assert.Single(_executor.Jobs);
+        Assert.True(await ValidAsync("b", Out(drv)));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_failed_dependency_fails_its_dependents_and_keep_going_builds_the_rest(bool keepGoing)
+    {
+        var broken = await DerivationAsync("a", "broken");
+        var dependent = await DerivationAsync("a", "dependent", broken);
+        var slow = await DerivationAsync("a", "slow-base");
+        var independent = await DerivationAsync("a", "independent", slow);
+        _executor.Failing.Add("broken");
+        _executor.Durations["slow-base"] = 500; // still running when "broken" fails
+
+        var (results, _) = await BuildAsync("a", keepGoing, dependent, independent);
+
+        Assert.Equal(BuildStatus.DependencyFailed, results[0].Status);
+        Assert.Contains("1 dependencies of derivation", results[0].ErrorMessage, StringComparison.Ordinal);
+        Assert.DoesNotContain(_executor.Jobs, j => j.Derivation.Name == "dependent");
+        if (keepGoing)
+        {
+            Assert.Equal(BuildStatus.Built, results[1].Status);
+            Assert.True(await ValidAsync("a", Out(independent)));
+        }
+        else
+        {
+            // Stopped at the first failure, as Nix without --keep-going: what runs is cancelled, the rest never starts.
+            Assert.NotEqual(BuildStatus.Built, results[1].Status);
+            Assert.DoesNotContain(_executor.Jobs, j => j.Derivation.Name == "independent");
+            Assert.False(await ValidAsync("a", Out(independent)));
+        }
+    }
+
+    [Fact]
+    public async Task Slots_bound_how_many_builds_run_at_once()
+    {
+        var drvs = new List<StorePath>();
+        for (var i = 0; i < 6; i++)
+        {
+            drvs.Add(await DerivationAsync("a", $"parallel-{i}"));
+        }
+
+        var (results, _) = await BuildAsync("a", keepGoing: false, [.. drvs]);
+
+        Assert.All(results, r => Assert.Equal(BuildStatus.Built, r.Status));
+        Assert.Equal(6, _executor.Jobs.Count);
+        Assert.Equal(2, _executor.MaxConcurrent);
+    }
+
+    [Fact]
+    public async Task A_derivation_whose_output_path_is_wrong_is_rejected_before_building()
+    {
+        var derivation = new Derivation { Name = "liar", Platform = "x86_64-linux", Builder = "/bin/sh" };
+        var claimed = StorePath.Parse("/nix/store/00000000000000000000000000000000-liar");
+        derivation.Outputs["out"] = DerivationOutput.InputAddressed(claimed);
+        derivation.Environment["out"] = claimed.FullPath;
+        using var view = await _store.OpenViewAsync("a", default);
+        var drv = (await view.AddContentAddressedAsync("liar.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(), false, default)).Path;
+
+        var (results, _) = await BuildAsync("a", keepGoing: false, drv);
+
+        Assert.Equal(BuildStatus.InputRejected, results.Single().Status);
+        Assert.Contains("has incorrect output", results.Single().ErrorMessage, StringComparison.Ordinal);
+        Assert.Empty(_executor.Jobs);
+    }
+
+    private static async Task WaitUntil(Func<bool> condition)
+    {
+        for (var i = 0; i < 500 && !condition(); i++)
+        {
+            await Task.Delay(10);
+        }
+
+        Assert.True(condition());
+    }
+
+    private sealed class Events : IBuildEvents
+    {
+        private long _next;
+
+        public ConcurrentQueue<string> Queue { get; } = new();
+
+        public List<string> Lines => [.. Queue];
+
+        public long BuildStarted(StorePath drvPath) => Interlocked.Increment(ref _next);
+
+        public void LogLine(long activity, string line) => Queue.Enqueue(line);
+
+        public void BuildStopped(long activity)
+        {
+        }
+
+        public void Message(string text)
+        {
+        }
+    }
+}
