@@ -14,6 +14,15 @@ let
     args = [ "-c" script ];
   } // attrs);
   dep = mk "dep" "mkdir $out; echo dependency > $out/data" { };
+  fetchurlWith = hash: derivation {
+    name = "greeting.txt";
+    system = "builtin";
+    builder = "builtin:fetchurl";
+    url = "${fetchBase}/greeting.txt";
+    outputHashMode = "flat";
+    outputHashAlgo = "sha256";
+    outputHash = hash;
+  };
 in {
   single = mk "single" "echo hi > $out" { };
 
@@ -79,24 +88,8 @@ in {
   };
 
   # Nix's built-in fetcher (no sandbox process at all), right and wrong.
-  fetchurl = derivation {
-    name = "greeting.txt";
-    system = "builtin";
-    builder = "builtin:fetchurl";
-    url = "${fetchBase}/greeting.txt";
-    outputHashMode = "flat";
-    outputHashAlgo = "sha256";
-    outputHash = fetchFlat;
-  };
-  fetchurl-wrong = derivation {
-    name = "greeting.txt";
-    system = "builtin";
-    builder = "builtin:fetchurl";
-    url = "${fetchBase}/greeting.txt";
-    outputHashMode = "flat";
-    outputHashAlgo = "sha256";
-    outputHash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
-  };
+  fetchurl = fetchurlWith fetchFlat;
+  fetchurl-wrong = fetchurlWith "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
   # A fixed-output derivation fetching with its own tools: it has the network, the others do not.
   fetch-shell = mk "fetch-shell" "mkdir $out; wget -q -O $out/greeting.txt ${fetchBase}/greeting.txt" {
