@@ -32,6 +32,11 @@ public sealed class SandboxExecutor : IBuildExecutor
             BuildUsersUnavailable = $"'{closed}' is not searchable by others (chmod o+x), so builds run as Kiln's own user";
             _users = null;
         }
+        else if (_users is not null && !File.Exists(options.Setpriv))
+        {
+            BuildUsersUnavailable = $"'{options.Setpriv}' (util-linux) is missing, so builds run as Kiln's own user";
+            _users = null;
+        }
         _builds = Path.Combine(options.WorkDirectory, "builds");
         _etc = Path.Combine(options.WorkDirectory, "sandbox-etc");
         CleanUp();
