@@ -38,6 +38,8 @@ public sealed class BuildUsers
     {
         public int UserId => userId;
 
+        public int GroupId => owner.GroupId;
+
         public void Dispose() => owner._free.Enqueue(userId);
     }
 }

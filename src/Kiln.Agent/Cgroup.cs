@@ -179,18 +179,6 @@ internal static partial class Native
     /// <summary>rename(2), for files, symlinks and directories alike; false if it failed.</summary>
     public static bool Rename(string from, string to) => RenameNative(from, to) == 0;
 
-    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "lchown", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
-    private static partial int LchownNative(string path, int owner, int group);
-
-    /// <summary>lchown(2).</summary>
-    public static void ChangeOwner(string path, int owner, int group)
-    {
-        if (LchownNative(path, owner, group) != 0)
-        {
-            throw new IOException($"cannot change the owner of '{path}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
-        }
-    }
-
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "link", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
     private static partial int LinkNative(string existing, string created);
 
@@ -200,20 +188,6 @@ internal static partial class Native
         if (LinkNative(existing, created) != 0)
         {
             throw new IOException($"cannot link '{created}' to '{existing}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
-        }
-    }
-
-    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "utimensat", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
-    private static partial int UtimensatNative(int dirfd, string path, ReadOnlySpan<long> times, int flags);
-
-    /// <summary>Sets the modification time of a file, directory or symlink itself (not what it points to); the access time is left.</summary>
-    public static void SetModificationTimeNoFollow(string path, long seconds)
-    {
-        const int AtFdCwd = -100, AtSymlinkNoFollow = 0x100;
-        const long UtimeOmit = (1L << 30) - 2;
-        if (UtimensatNative(AtFdCwd, path, [0, UtimeOmit, seconds, 0], AtSymlinkNoFollow) != 0)
-        {
-            throw new IOException($"cannot set the time of '{path}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
         }
     }
 }

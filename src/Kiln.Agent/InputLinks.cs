@@ -1,3 +1,5 @@
+using Kiln.Nix.Nar;
+
 namespace Kiln.Agent;
 
 /// <summary>
@@ -55,7 +57,7 @@ internal static class InputLinks
         if (info.LinkTarget is { } target)
         {
             File.CreateSymbolicLink(destination, target);
-            Native.SetModificationTimeNoFollow(destination, 1);
+            SetCanonicalTime(destination);
         }
         else if (Directory.Exists(source))
         {
@@ -66,11 +68,14 @@ internal static class InputLinks
             }
 
             File.SetUnixFileMode(destination, (UnixFileMode)Convert.ToInt32("555", 8));
-            Native.SetModificationTimeNoFollow(destination, 1);
+            SetCanonicalTime(destination);
         }
         else
         {
             Native.Link(source, destination);
         }
     }
+
+    private static void SetCanonicalTime(string path) =>
+        Posix.SetModificationTimeNoFollow(Posix.AtFdCwd, Posix.CString(path), NarExtractor.StoreModificationTime, () => path);
 }

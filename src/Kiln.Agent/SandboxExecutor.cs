@@ -98,6 +98,9 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
     }
 
+    private static void ChangeOwner(string path, int owner, int group) =>
+        Posix.SetOwnerAt(Posix.AtFdCwd, Posix.CString(path), (uint)owner, (uint)group, () => path);
+
     private static void DeleteBuildDirectory(string directory)
     {
         try
@@ -129,7 +132,8 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         // The build's own user, if Kiln is root and has users to give builds; released once the build is over.
-        using var user = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal) ? null : _users?.Acquire();
+        var builtin = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal);
+        using var user = builtin ? null : _users?.Acquire();
         var buildDir = Path.Combine(directory, "build");
         var storeDir = Path.Combine(directory, "store");
         Directory.CreateDirectory(buildDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -146,10 +150,10 @@ public sealed class SandboxExecutor : IBuildExecutor
             // the build group allowed to add to it (1775), so the build cannot remove what it did not make.
             foreach (var entry in Directory.EnumerateFileSystemEntries(buildDir).Append(buildDir))
             {
-                Native.ChangeOwner(entry, user.UserId, _users!.GroupId);
+                ChangeOwner(entry, user.UserId, user.GroupId);
             }
 
-            Native.ChangeOwner(storeDir, 0, _users!.GroupId);
+            ChangeOwner(storeDir, 0, user.GroupId);
         }
 
         var inputs = new List<(Kiln.Nix.StorePaths.StorePath Path, string Tree)>();
@@ -162,9 +166,9 @@ public sealed class SandboxExecutor : IBuildExecutor
             }
         }
 
-        var run = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal)
+        var run = builtin
             ? await BuiltinBuilders.RunAsync(job, storeDir, log, cancellationToken).ConfigureAwait(false)
-            : await RunSandboxAsync(job, environment, directory, buildDir, storeDir, inputs, id, user?.UserId, log, cancellationToken).ConfigureAwait(false);
+            : await RunSandboxAsync(job, environment, directory, buildDir, storeDir, inputs, id, user, log, cancellationToken).ConfigureAwait(false);
         if (run.Failure != BuildFailureKind.None)
         {
             return run;
@@ -187,7 +191,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     }
 
     private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, string directory, string buildDir,
-        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, string id, int? userId, IBuildLog log,
+        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, string id, BuildUsers.Lease? user, IBuildLog log,
         CancellationToken cancellationToken)
     {
         var derivation = job.Derivation;
@@ -205,11 +209,11 @@ public sealed class SandboxExecutor : IBuildExecutor
         start.ArgumentList.Add(string.Join(' ', cgroup?.ProcsFiles ?? []));
         start.ArgumentList.Add(pty.SlavePath);
         start.ArgumentList.Add(statusFile);
-        if (userId is { } uid)
+        if (user is not null)
         {
             // The build's user from here on: no capabilities, no way back, and no gaining privileges (as Nix).
             start.ArgumentList.Add(_options.Setpriv);
-            foreach (var argument in new[] { "--reuid", uid.ToString(CultureInfo.InvariantCulture), "--regid", _users!.GroupId.ToString(CultureInfo.InvariantCulture), "--clear-groups", "--no-new-privs", "--" })
+            foreach (var argument in new[] { "--reuid", user.UserId.ToString(CultureInfo.InvariantCulture), "--regid", user.GroupId.ToString(CultureInfo.InvariantCulture), "--clear-groups", "--no-new-privs", "--" })
             {
                 start.ArgumentList.Add(argument);
             }

@@ -67,7 +67,7 @@ public sealed partial class StoreView
         var buffer = ArrayPool<byte>.Shared.Rent(SmallAddSize + 1);
         try
         {
-            var filled = await FillAsync(data, buffer.AsMemory(0, SmallAddSize + 1), cancellationToken).ConfigureAwait(false);
+            var filled = await data.ReadAtLeastAsync(buffer.AsMemory(0, SmallAddSize + 1), SmallAddSize + 1, throwOnEndOfStream: false, cancellationToken).ConfigureAwait(false);
             var complete = filled <= SmallAddSize;
             if (complete && !repair)
             {
@@ -102,9 +102,7 @@ public sealed partial class StoreView
             StorePath path;
             try
             {
-                path = method.Method == ContentAddressMethod.Text
-                    ? StorePathComputer.MakeTextPath(name, ca.Hash, references)
-                    : StorePathComputer.MakeFixedOutputPath(name, ca, references);
+                path = ContentAddressedPath(name, ca, references);
             }
             catch (NixFormatException e)
             {
@@ -143,35 +141,15 @@ public sealed partial class StoreView
     /// <summary>Payloads up to this size are read into memory first, to answer an add of a known path at once.</summary>
     private const int SmallAddSize = (4 << 20) - 1; // plus the one byte that shows there is more: one 4 MiB pooled buffer
 
-    private static async Task<int> FillAsync(Stream data, Memory<byte> buffer, CancellationToken cancellationToken)
-    {
-        var filled = 0;
-        while (filled < buffer.Length)
-        {
-            var read = await data.ReadAsync(buffer[filled..], cancellationToken).ConfigureAwait(false);
-            if (read == 0)
-            {
-                break;
-            }
-
-            filled += read;
-        }
-
-        return filled;
-    }
-
     // The path a whole payload would get, if this view already has it. Only a path already registered is returned,
     // so a malformed payload (say, not a NAR) is never accepted here: it is ingested, and refused, as usual.
     private async Task<ValidPathInfo?> FindContentAddressedAsync(string name, ContentAddressMethodAndAlgorithm method, ReadOnlyMemory<byte> payload,
         IReadOnlySet<StorePath> references, CancellationToken cancellationToken)
     {
-        var ca = new ContentAddress(method.Method, NixHash.Compute(method.Algorithm, payload.Span));
         StorePath path;
         try
         {
-            path = method.Method == ContentAddressMethod.Text
-                ? StorePathComputer.MakeTextPath(name, ca.Hash, references)
-                : StorePathComputer.MakeFixedOutputPath(name, ca, references);
+            path = ContentAddressedPath(name, new ContentAddress(method.Method, NixHash.Compute(method.Algorithm, payload.Span)), references);
         }
         catch (NixFormatException)
         {
@@ -181,6 +159,11 @@ public sealed partial class StoreView
         var existing = await QueryPathInfosAsync([path], cancellationToken).ConfigureAwait(false);
         return existing.GetValueOrDefault(path);
     }
+
+    private static StorePath ContentAddressedPath(string name, ContentAddress ca, IReadOnlySet<StorePath> references) =>
+        ca.Method == ContentAddressMethod.Text
+            ? StorePathComputer.MakeTextPath(name, ca.Hash, references)
+            : StorePathComputer.MakeFixedOutputPath(name, ca, references);
 
     /// <summary>Bytes already read from a stream, then the rest of it.</summary>
     private sealed class PrefixedStream(ReadOnlyMemory<byte> prefix, Stream rest) : Stream

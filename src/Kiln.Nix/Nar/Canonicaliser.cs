@@ -22,7 +22,7 @@ public static class Canonicaliser
     /// </summary>
     public static bool IsSuspicious(string path, uint? builderUid = null)
     {
-        var name = Posix.CString(Encoding.UTF8.GetBytes(path));
+        var name = Posix.CString(path);
         var (mode, uid, _) = Posix.LStatOwnerAt(Posix.AtFdCwd, name, () => path);
         return ((mode & Posix.FileTypeMask) != Posix.Symlink && (mode & GroupOrWorldWritable) != 0) || (builderUid is { } builder && uid != builder);
     }
@@ -33,7 +33,7 @@ public static class Canonicaliser
     {
         ArgumentNullException.ThrowIfNull(path);
         new Walker(Posix.GetEffectiveUserId(), Posix.GetEffectiveGroupId())
-            .Visit(Posix.AtFdCwd, Posix.CString(Encoding.UTF8.GetBytes(path)), () => path, depth: 0);
+            .Visit(Posix.AtFdCwd, Posix.CString(path), () => path, depth: 0);
     }
 
     private sealed class Walker(uint uid, uint gid)
@@ -90,7 +90,7 @@ public static class Canonicaliser
             }
             else
             {
-                Posix.SetSymlinkModificationTime(directory, name, NarExtractor.StoreModificationTime, describe);
+                Posix.SetModificationTimeNoFollow(directory, name, NarExtractor.StoreModificationTime, describe);
             }
         }
     }

@@ -47,7 +47,7 @@ public static class NarDumper
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(writer);
-        new Walker(writer).DumpNode(Posix.AtFdCwd, Posix.CString(Encoding.UTF8.GetBytes(path)), () => path, depth: 0);
+        new Walker(writer).DumpNode(Posix.AtFdCwd, Posix.CString(path), () => path, depth: 0);
     }
 
     private sealed class Walker(NarWriter writer)

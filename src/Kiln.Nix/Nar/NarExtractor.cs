@@ -32,7 +32,7 @@ public sealed class NarExtractor : INarVisitor, IDisposable
     {
         ArgumentNullException.ThrowIfNull(target);
         _target = Path.GetFullPath(target);
-        _name = Posix.CString(Encoding.UTF8.GetBytes(_target));
+        _name = Posix.CString(_target);
         _describe = () => _target;
         _canonical = canonical;
     }
@@ -159,7 +159,7 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         CreatedRoot = true;
         if (_canonical)
         {
-            Posix.SetSymlinkModificationTime(ParentFd, _name, StoreModificationTime, _describe);
+            Posix.SetModificationTimeNoFollow(ParentFd, _name, StoreModificationTime, _describe);
         }
     }
 

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
+using System.Text;
 
 namespace Kiln.Nix.Nar;
 
@@ -106,6 +107,9 @@ internal static partial class Posix
     internal static partial uint GetEffectiveGroupId();
 
     /// <summary>NUL-terminates a name or path for the native calls.</summary>
+    /// <summary>A path as the C string system calls take.</summary>
+    internal static byte[] CString(string path) => CString(Encoding.UTF8.GetBytes(path));
+
     internal static byte[] CString(ReadOnlySpan<byte> bytes)
     {
         var result = new byte[bytes.Length + 1];
@@ -341,8 +345,8 @@ internal static partial class Posix
         }
     }
 
-    /// <summary>Sets a symlink's own modification time.</summary>
-    internal static void SetSymlinkModificationTime(int dirfd, byte[] name, long mtime, Func<string> describe)
+    /// <summary>Sets an object's own modification time (a symlink's, not its target's), leaving the access time.</summary>
+    internal static void SetModificationTimeNoFollow(int dirfd, byte[] name, long mtime, Func<string> describe)
     {
         if (UtimensatNative(dirfd, name, Times(mtime), AtSymlinkNoFollow) != 0)
         {

@@ -104,22 +104,8 @@ public static class NarIngest
 
     // Reads until the buffer is full or the source ends: network payloads arrive in small pieces, and every piece
     // would otherwise cost a parse step, a hash call and a write.
-    private static async ValueTask<int> FillAsync(Stream source, byte[] buffer, CancellationToken cancellationToken)
-    {
-        var filled = 0;
-        while (filled < BufferSize)
-        {
-            var read = await source.ReadAsync(buffer.AsMemory(filled, BufferSize - filled), cancellationToken).ConfigureAwait(false);
-            if (read == 0)
-            {
-                break;
-            }
-
-            filled += read;
-        }
-
-        return filled;
-    }
+    private static ValueTask<int> FillAsync(Stream source, byte[] buffer, CancellationToken cancellationToken) =>
+        source.ReadAtLeastAsync(buffer.AsMemory(0, BufferSize), BufferSize, throwOnEndOfStream: false, cancellationToken);
 
     // Feeds one parse to two visitors: the checks, and the unpacking.
     private sealed class BothVisitors(INarVisitor first, INarVisitor second) : INarVisitor
