@@ -77,42 +77,65 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     public async Task<IReadOnlySet<StorePath>> QueryAllValidPathsAsync(CancellationToken cancellationToken) =>
         new SortedSet<StorePath>(await Metadata.GetAllPathsAsync(AccountId, cancellationToken).ConfigureAwait(false));
 
+    /// <summary>
+    /// What realising <paramref name="targets"/> takes, as Nix's queryMissing says it: every derivation whose wanted
+    /// outputs are not valid is to be built, and so, recursively, is every input derivation whose needed outputs are
+    /// missing (clients print the whole list: "these 20 derivations will be built"). Paths that are neither valid nor
+    /// buildable are unknown. Kiln substitutes nothing here yet, so the download figures are zero.
+    /// </summary>
     public async Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, CancellationToken cancellationToken)
     {
-        var wanted = targets.Select(t => t switch
-        {
-            DerivedPath.Opaque opaque => opaque.Path,
-            DerivedPath.Built built => built.DrvPath,
-            _ => throw new ArgumentOutOfRangeException(nameof(targets)),
-        }).Distinct().ToList();
-        var valid = await QueryValidPathsAsync(wanted, cancellationToken).ConfigureAwait(false);
         var willBuild = new SortedSet<StorePath>();
         var unknown = new SortedSet<StorePath>();
-        foreach (var target in targets)
-        {
-            switch (target)
-            {
-                case DerivedPath.Opaque opaque when !valid.Contains(opaque.Path):
-                    unknown.Add(opaque.Path);
-                    break;
-                case DerivedPath.Built built when !valid.Contains(built.DrvPath):
-                    unknown.Add(built.DrvPath);
-                    break;
-                case DerivedPath.Built built:
-                    var outputs = await Metadata.GetDerivationOutputsAsync(AccountId, built.DrvPath, cancellationToken).ConfigureAwait(false) ?? new Dictionary<string, StorePath?>();
-                    var requested = outputs.Where(o => built.Outputs is null || built.Outputs.Contains(o.Key)).ToList();
-                    var known = requested.Where(o => o.Value is not null).Select(o => o.Value!.Value).ToList();
-                    var validOutputs = await QueryValidPathsAsync(known, cancellationToken).ConfigureAwait(false);
-                    if (requested.Count == 0 || requested.Any(o => o.Value is null || !validOutputs.Contains(o.Value.Value)))
-                    {
-                        willBuild.Add(built.DrvPath);
-                    }
+        var opaque = targets.OfType<DerivedPath.Opaque>().Select(o => o.Path).Distinct().ToList();
+        var validOpaque = await QueryValidPathsAsync(opaque, cancellationToken).ConfigureAwait(false);
+        unknown.UnionWith(opaque.Where(p => !validOpaque.Contains(p)));
 
-                    break;
+        // Level by level: (derivation, wanted outputs or null for all) whose outputs still have to be checked.
+        var frontier = targets.OfType<DerivedPath.Built>().Select(b => (b.DrvPath, b.Outputs)).ToList();
+        while (frontier.Count > 0)
+        {
+            var validDrvs = await QueryValidPathsAsync(frontier.Select(f => f.DrvPath).Distinct().ToList(), cancellationToken).ConfigureAwait(false);
+            var next = new List<(StorePath, IReadOnlySet<string>?)>();
+            foreach (var (drvPath, wanted) in frontier)
+            {
+                if (!validDrvs.Contains(drvPath))
+                {
+                    unknown.Add(drvPath);
+                    continue;
+                }
+
+                if (willBuild.Contains(drvPath) || !await HasMissingOutputsAsync(drvPath, wanted, cancellationToken).ConfigureAwait(false))
+                {
+                    continue;
+                }
+
+                willBuild.Add(drvPath);
+                var derivation = ReadDerivation(drvPath);
+                var sources = await QueryValidPathsAsync(derivation.InputSources.ToList(), cancellationToken).ConfigureAwait(false);
+                unknown.UnionWith(derivation.InputSources.Where(s => !sources.Contains(s)));
+                next.AddRange(derivation.InputDerivations.Select(i => (i.Key, (IReadOnlySet<string>?)i.Value)));
             }
+
+            frontier = next;
         }
 
         return new MissingPaths(willBuild, new SortedSet<StorePath>(), unknown, 0, 0);
+    }
+
+    /// <summary>Whether any of the <paramref name="wanted"/> outputs (all when null) of a valid derivation is not valid in the view.</summary>
+    private async Task<bool> HasMissingOutputsAsync(StorePath drvPath, IReadOnlySet<string>? wanted, CancellationToken cancellationToken)
+    {
+        var outputs = await Metadata.GetDerivationOutputsAsync(AccountId, drvPath, cancellationToken).ConfigureAwait(false) ?? new Dictionary<string, StorePath?>();
+        var requested = outputs.Where(o => wanted is null || wanted.Contains(o.Key)).ToList();
+        if (requested.Count == 0 || requested.Any(o => o.Value is null))
+        {
+            return true;
+        }
+
+        var paths = requested.Select(o => o.Value!.Value).ToList();
+        var valid = await QueryValidPathsAsync(paths, cancellationToken).ConfigureAwait(false);
+        return paths.Any(p => !valid.Contains(p));
     }
 
     public async Task<NarBlob?> OpenNarAsync(StorePath path, CancellationToken cancellationToken)

@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using Kiln.EndToEnd.Tests.Support;
 using Kiln.Store.Metadata;
 using Kiln.Store.Metadata.Sqlite;
@@ -24,6 +25,12 @@ public class BuildTests
         var workspace = client.NewWorkspace();
         var dag = Dag.Write(client, workspace, "dag");
 
+        // QueryMissing names every derivation to be built, not just the ones asked for.
+        var dryRun = client.Ok(kiln, "nix-build", "--dry-run", "--store", Kiln, dag);
+        var listed = Regex.Matches(dryRun.Stderr, @"/nix/store/[a-z0-9]{32}-dag-[0-9]+-[0-9]+\.drv").Select(m => m.Value).Distinct();
+        Assert.Equal(200, listed.Count());
+        Assert.Empty(await BuildRecordsAsync(kiln));
+
         client.Ok(kiln, "nix", "build", "--store", Kiln, "-f", dag, "--no-link");
         var builds = await BuildRecordsAsync(kiln);
         Assert.Equal(200, builds.Count);
@@ -38,6 +45,39 @@ public class BuildTests
 
         client.Ok(kiln, "nix", "build", "--store", Kiln, "-f", dag, "--no-link");
         Assert.Equal(200, (await BuildRecordsAsync(kiln)).Count);
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task With_a_local_eval_store_the_client_copies_the_derivations_and_Kiln_builds_them(string version)
+    {
+        var client = NixClient.For(version);
+        if (client.Is23)
+        {
+            Assert.Skip("Nix 2.3 has no --eval-store (it evaluates into the store it builds in)");
+        }
+
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        var dag = Dag.Write(client, workspace, "evaldag", depth: 4, width: 5, salt: Guid.NewGuid().ToString("N"));
+
+        // The client evaluates into its own store, copies the .drv closure to Kiln, and asks Kiln to build it.
+        client.Ok(kiln, "nix", "build", "--eval-store", "auto", "--store", Kiln, "-f", dag, "--no-link");
+        var builds = await BuildRecordsAsync(kiln);
+        Assert.Equal(20, builds.Count);
+        Assert.All(builds, b => Assert.True(b.Succeeded, b.Error));
+
+        // The top outputs are in Kiln's store, not the client's.
+        var top = Directory.GetDirectories(Path.Combine(kiln.StoreRoot, "nix", "store"), "*-dag-3-*");
+        Assert.Equal(5, top.Length);
+        Assert.Empty(Directory.GetDirectories(client.HostPath("/nix/store"), Path.GetFileName(top[0])));
+
+        // The outputs' paths come back to the client: it can ask Kiln for them.
+        var paths = client.Ok(kiln, "nix", "path-info", "--eval-store", "auto", "--store", Kiln, "-f", dag);
+        Assert.Equal(5, paths.StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+
+        client.Ok(kiln, "nix", "build", "--eval-store", "auto", "--store", Kiln, "-f", dag, "--no-link");
+        Assert.Equal(20, (await BuildRecordsAsync(kiln)).Count);
     }
 
     [Theory]
