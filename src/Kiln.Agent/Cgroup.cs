@@ -182,6 +182,26 @@ internal static partial class Native
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "link", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
     private static partial int LinkNative(string existing, string created);
 
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    private static partial int Fcntl(int fd, int command, int argument);
+
+    /// <summary>
+    /// Marks every descriptor this process was started with (beyond 0–2) close-on-exec. .NET opens its own that
+    /// way, but descriptors inherited from whoever started Kiln are not, and every child (bubblewrap, and the
+    /// builder under it) would inherit them: Nix closes all but its own before a builder starts, so Kiln must too.
+    /// </summary>
+    public static void CloseInheritedOnExec()
+    {
+        const int GetFlags = 1, SetFlags = 2, CloseOnExec = 1; // F_GETFD, F_SETFD, FD_CLOEXEC
+        foreach (var entry in Directory.EnumerateFileSystemEntries("/proc/self/fd").ToList())
+        {
+            if (int.TryParse(Path.GetFileName(entry), out var fd) && fd > 2 && Fcntl(fd, GetFlags, 0) is var flags and >= 0 && (flags & CloseOnExec) == 0)
+            {
+                Fcntl(fd, SetFlags, flags | CloseOnExec);
+            }
+        }
+    }
+
     /// <summary>link(2).</summary>
     public static void Link(string existing, string created)
     {

@@ -18,6 +18,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     private readonly BuildUsers? _users;
     private readonly string _builds;
     private readonly string _etc;
+    private readonly string _seccomp;
     private long _counter;
 
     public SandboxExecutor(SandboxOptions options, IAgentStore store)
@@ -39,6 +40,8 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
         _builds = Path.Combine(options.WorkDirectory, "builds");
         _etc = Path.Combine(options.WorkDirectory, "sandbox-etc");
+        _seccomp = Path.Combine(options.WorkDirectory, "seccomp.bpf");
+        Native.CloseInheritedOnExec();
         CleanUp();
     }
 
@@ -76,6 +79,8 @@ public sealed class SandboxExecutor : IBuildExecutor
         {
             File.WriteAllText(Path.Combine(_etc, name), contents);
         }
+
+        File.WriteAllBytes(_seccomp, SyscallFilter.Program());
     }
 
     public async Task<BuildOutcome> BuildAsync(BuildJob job, IBuildLog log, CancellationToken cancellationToken)
@@ -201,14 +206,16 @@ public sealed class SandboxExecutor : IBuildExecutor
         using var cgroup = Cgroup.TryCreate($"build-{id}");
 
         // A small shell joins the cgroup first, so every process the build starts is in it, then becomes bwrap with
-        // the terminal as stdout and stderr and bwrap's status report on descriptor 3.
+        // the terminal as stdout and stderr, bwrap's status report on descriptor 3 and the syscall filter, which bwrap
+        // reads and closes, on descriptor 9. Like Nix, stdin is /dev/null and the terminal are open read-write.
         var start = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, RedirectStandardError = true };
         start.ArgumentList.Add("-c");
-        start.ArgumentList.Add("""for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; shift 3; exec "$@" 3>"$status" </dev/null >"$pty" 2>&1""");
+        start.ArgumentList.Add("""for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; shift 4; exec "$@" 3>"$status" 9<"$filter" <>/dev/null 1<>"$pty" 2>&1""");
         start.ArgumentList.Add("kiln-build");
         start.ArgumentList.Add(string.Join(' ', cgroup?.ProcsFiles ?? []));
         start.ArgumentList.Add(pty.SlavePath);
         start.ArgumentList.Add(statusFile);
+        start.ArgumentList.Add(_seccomp);
         if (user is not null)
         {
             // The build's user from here on: no capabilities, no way back, and no gaining privileges (as Nix).
@@ -220,6 +227,8 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         start.ArgumentList.Add(_options.Bubblewrap);
+        start.ArgumentList.Add("--seccomp");
+        start.ArgumentList.Add("9");
         foreach (var argument in arguments)
         {
             start.ArgumentList.Add(argument);

@@ -13,13 +13,13 @@ public class FidelityTests
 {
     public static TheoryData<string> Corpus() =>
     [
-        "single", "multi", "multi-cycle", "uses-dep", "pass-as-file", "structured", "graph", "modes", "fixed-flat", "fixed-recursive",
+        "single", "multi", "multi-cycle", "uses-dep", "pass-as-file", "structured", "graph", "modes", "setuid", "fixed-flat", "fixed-recursive",
         "fixed-wrong", "refs-allowed", "refs-refused", "refs-disallowed", "fails", "no-output", "probe",
         "fetchurl", "fetchurl-wrong", "fetch-shell", "fetch-no-network", "silent", "slow",
     ];
 
     // Cases stock Nix must build: a mistake in the test's inputs must not pass as two identical failures.
-    private static readonly HashSet<string> MustBuild = ["fetchurl", "fetch-shell", "probe", "single"];
+    private static readonly HashSet<string> MustBuild = ["fetchurl", "fetch-shell", "probe", "single", "setuid"];
 
     // Limits given on the command line, for the cases about them.
     private static readonly Dictionary<string, string[]> Options = new()

@@ -69,6 +69,19 @@ in {
     chmod 0700 $out/sub
   '' { };
 
+  # Nix's syscall filter refuses setuid and setgid modes (EPERM) but not the sticky bit; the log records what the
+  # builder was allowed, so the NAR hashes differ if Kiln's sandbox allows more or less.
+  setuid = mk "setuid" ''
+    mkdir $out $out/dir
+    echo x > $out/file
+    for m in 4755 2755 6755 1755 0755; do
+      chmod $m $out/file 2> /dev/null && echo "chmod $m ok" || echo "chmod $m refused"
+    done > $out/log
+    chmod g+s $out/dir 2> /dev/null && echo "dir g+s ok" >> $out/log || echo "dir g+s refused" >> $out/log
+    chmod 4700 $out/dir 2> /dev/null && echo "dir 4700 ok" >> $out/log || echo "dir 4700 refused" >> $out/log
+    stat -c '%a' $out/file $out/dir >> $out/log
+  '' { };
+
   fixed-flat = mk "fixed-flat" "printf hello > $out" {
     outputHashMode = "flat";
     outputHashAlgo = "sha256";
@@ -130,6 +143,7 @@ in {
       rm -rf $dep 2> /dev/null && echo removed an input || echo cannot remove an input
       for d in / /etc /nix /nix/store /tmp /build; do touch $d/kiln-probe 2> /dev/null && echo "can write $d" || echo "cannot write $d"; done
       echo "== tmp"; stat -c '%a' /tmp
+      echo "== fds"; ls -l /proc/self/fd | sed 1d | awk '{ print $1, $9, $10, $11 }' | sed 's/pipe:.*/pipe/' | sort -n -k2
       echo "== pid"; echo $$
     } > $out
   '' { inherit dep; };
