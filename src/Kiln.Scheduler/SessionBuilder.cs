@@ -309,7 +309,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 Cores = options.Cores,
                 MaxSilentTime = Tighter(options.MaxSilentTime, _settings.MaxSilentTime),
                 Timeout = Tighter(options.Timeout, _settings.Timeout),
-                MaxLogSize = options.MaxLogSize,
+                MaxLogSize = options.MaxLogSize == 0 ? _settings.MaxLogSize : _settings.MaxLogSize == 0 ? options.MaxLogSize : Math.Min(options.MaxLogSize, _settings.MaxLogSize),
             };
         }
 

@@ -27,6 +27,9 @@ public sealed record ClientBuildSettings
     /// <summary>The client's <c>timeout</c> (0: none).</summary>
     public TimeSpan Timeout { get; init; }
 
+    /// <summary>The client's <c>max-build-log-size</c> in bytes (0: none); Kiln's own limit still applies.</summary>
+    public long MaxLogSize { get; init; }
+
     /// <summary>Whether the client shows build logs itself (then failure messages carry no log tail).</summary>
     public bool VerboseBuild { get; init; }
 }

@@ -446,6 +446,11 @@ public sealed partial class WorkerSession
             settings = settings with { Timeout = TimeSpan.FromSeconds(timeoutSeconds) };
         }
 
+        if ((overrides.TryGetValue("max-build-log-size", out var logSize) || overrides.TryGetValue("build-max-log-size", out logSize)) && long.TryParse(logSize, out var logBytes) && logBytes >= 0)
+        {
+            settings = settings with { MaxLogSize = logBytes };
+        }
+
         if (overrides.TryGetValue("keep-going", out var keepGoing))
         {
             settings = settings with { KeepGoing = keepGoing == "true" };

@@ -14,18 +14,23 @@ public class FidelityTests
     public static TheoryData<string> Corpus() =>
     [
         "single", "multi", "multi-cycle", "uses-dep", "pass-as-file", "structured", "graph", "modes", "setuid", "fixed-flat", "fixed-recursive",
-        "fixed-wrong", "refs-allowed", "refs-refused", "refs-disallowed", "fails", "no-output", "probe",
+        "fixed-wrong", "refs-allowed", "refs-refused", "refs-disallowed", "fails", "loud", "no-output", "probe",
         "fetchurl", "fetchurl-wrong", "fetch-shell", "fetch-no-network", "silent", "slow",
     ];
 
     // Cases stock Nix must build: a mistake in the test's inputs must not pass as two identical failures.
     private static readonly HashSet<string> MustBuild = ["fetchurl", "fetch-shell", "probe", "single", "setuid"];
 
+    // Cases stock Nix must refuse: a limit or check the reference ignored would otherwise pass as two successes.
+    private static readonly HashSet<string> MustFail =
+        ["fixed-wrong", "refs-refused", "refs-disallowed", "fails", "loud", "no-output", "fetchurl-wrong", "fetch-no-network", "silent", "slow"];
+
     // Limits given on the command line, for the cases about them.
     private static readonly Dictionary<string, string[]> Options = new()
     {
         ["silent"] = ["--option", "max-silent-time", "2"],
         ["slow"] = ["--option", "timeout", "2"],
+        ["loud"] = ["--option", "max-build-log-size", "1000"],
     };
 
     private static readonly Lazy<(TempDir Dir, string Workspace, string[] Arguments)> Shared = new(() =>
@@ -72,6 +77,7 @@ public class FidelityTests
         var (kilnOk, kilnError, kilnOutputs) = Build(workspace, kilnStore, attribute);
 
         Assert.True(nixOk || !MustBuild.Contains(attribute), $"stock Nix failed to build '{attribute}': {nixError}");
+        Assert.False(nixOk && MustFail.Contains(attribute), $"stock Nix built '{attribute}', which must fail");
         Assert.True(nixOk == kilnOk, $"stock Nix {(nixOk ? "built" : "failed")}, Kiln {(kilnOk ? "built" : "failed")}:\nNix: {nixError}\nKiln: {kilnError}\n{kiln.Log}");
         if (!nixOk)
         {
@@ -122,6 +128,6 @@ public class FidelityTests
 
     // What kind of failure an error message describes, by the phrases Nix's messages contain.
     private static string FailureClass(string error) =>
-        new[] { "failed with exit code", "hash mismatch in fixed-output derivation", "is not allowed to refer to", "failed to produce output path", "timed out", "cycle detected" }
+        new[] { "failed with exit code", "hash mismatch in fixed-output derivation", "is not allowed to refer to", "failed to produce output path", "timed out", "cycle detected", "bytes of log output" }
             .FirstOrDefault(phrase => error.Contains(phrase, StringComparison.Ordinal)) ?? error;
 }

@@ -124,6 +124,9 @@ in {
 
   fails = mk "fails" "echo about to fail; exit 3" { };
 
+  # Built with max-build-log-size 1000: killed once the log passes it.
+  loud = mk "loud" "i=0; while [ $i -lt 200 ]; do echo line $i of a builder that talks too much; i=$((i + 1)); done; mkdir $out" { };
+
   no-output = mk "no-output" "echo forgot to write the output" { };
 
   probe = mk "probe" ''
