@@ -17,6 +17,9 @@ internal static class KilnCommand
         ["nix"] = NixCommands.Create,
         ["serve"] = ServeCommands.Serve,
         ["store"] = ServeCommands.Store,
+        ["account"] = AccountCommands.Account,
+        ["key"] = AccountCommands.Key,
+        ["auth-keys"] = AccountCommands.AuthKeys,
     };
 
     public static async Task<int> RunAsync(string[] args)

@@ -46,6 +46,19 @@ public sealed record RootRecord(RootKind Kind, string Name, StorePath Path);
 
 public sealed record AccountRecord(long Id, string Name);
 
+/// <summary>A login key and the account it belongs to.</summary>
+public sealed record SshKeyRecord(long Id, long AccountId, string AccountName, Accounts.SshPublicKey Key, Accounts.KeyPermissions Permissions, bool Enabled, long Created)
+{
+    public string Fingerprint => Key.Fingerprint;
+}
+
+/// <summary>A key that already belongs to an account (keys identify accounts, so each is in one).</summary>
+public sealed class DuplicateKeyException(string fingerprint)
+    : Exception($"the key {fingerprint} is already registered (a key can belong to one account only)")
+{
+    public string Fingerprint { get; } = fingerprint;
+}
+
 /// <summary>A path in a view's reference graph, as the garbage collector sees it.</summary>
 public sealed record GraphNode(StorePath Path, IReadOnlyList<StorePath> References, StorePath? Deriver, long NarSize, NixHash NarHash);
 
@@ -71,6 +84,23 @@ public interface IMetadataStore : IAsyncDisposable
     Task<long> GetOrCreateAccountAsync(string name, CancellationToken cancellationToken);
 
     Task<IReadOnlyList<AccountRecord>> ListAccountsAsync(CancellationToken cancellationToken);
+
+    /// <summary>Creates an account; null if the name is taken.</summary>
+    Task<AccountRecord?> TryCreateAccountAsync(string name, CancellationToken cancellationToken);
+
+    Task<AccountRecord?> FindAccountAsync(string name, CancellationToken cancellationToken);
+
+    /// <summary>Adds a login key to an account.</summary>
+    /// <exception cref="DuplicateKeyException">The key already belongs to an account (this one or another).</exception>
+    Task<SshKeyRecord> AddSshKeyAsync(long account, Accounts.SshPublicKey key, Accounts.KeyPermissions permissions, CancellationToken cancellationToken);
+
+    Task<IReadOnlyList<SshKeyRecord>> ListSshKeysAsync(long account, CancellationToken cancellationToken);
+
+    /// <summary>Removes the account's key with that fingerprint; false if it has none.</summary>
+    Task<bool> RemoveSshKeyAsync(long account, string fingerprint, CancellationToken cancellationToken);
+
+    /// <summary>The key with that type and blob, whichever account it belongs to (logins start here).</summary>
+    Task<SshKeyRecord?> FindSshKeyAsync(string type, string blob, CancellationToken cancellationToken);
 
     /// <summary>The records of those <paramref name="paths"/> valid in the account's view.</summary>
     Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);

@@ -22,12 +22,14 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, object> _configured = new();
 
-    public SqliteMetadataStore(string databasePath)
+    /// <param name="databasePath">The database file.</param>
+    /// <param name="readOnly">Open an existing database for reading only (sshd's key lookups: they must never write).</param>
+    public SqliteMetadataStore(string databasePath, bool readOnly = false)
     {
         _connectionString = new SqliteConnectionStringBuilder
         {
             DataSource = databasePath,
-            Mode = SqliteOpenMode.ReadWriteCreate,
+            Mode = readOnly ? SqliteOpenMode.ReadOnly : SqliteOpenMode.ReadWriteCreate,
             Pooling = true,
             DefaultTimeout = 30,
         }.ToString();

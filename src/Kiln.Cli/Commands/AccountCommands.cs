@@ -1,0 +1,217 @@
+using System.CommandLine;
+using System.Text.Json;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+using Kiln.Store.Metadata.Sqlite;
+
+namespace Kiln.Cli.Commands;
+
+/// <summary>
+/// <c>kiln account …</c>, <c>kiln key …</c> and <c>kiln auth-keys</c>: accounts and the SSH keys they log in with.
+/// They work on the data directory's database directly, with the server running or not (SQLite in WAL mode takes
+/// writers from several processes); <c>auth-keys</c> only ever opens it read-only.
+/// </summary>
+internal static class AccountCommands
+{
+    // Relaxed escaping: fingerprints keep their "+" and "/" as ssh-keygen prints them.
+    private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    private static Option<string> DataOption() => new("--data") { Description = "The data directory of the Kiln server.", Required = true };
+
+    private static Option<bool> JsonOption() => new("--json") { Description = "Print JSON instead of text." };
+
+    private static async Task<SqliteMetadataStore> OpenAsync(string data, CancellationToken cancellationToken)
+    {
+        var directory = Path.GetFullPath(data);
+        Directory.CreateDirectory(directory);
+        var metadata = new SqliteMetadataStore(Path.Combine(directory, "kiln.db"));
+        await metadata.MigrateAsync(cancellationToken).ConfigureAwait(false);
+        return metadata;
+    }
+
+    private static async Task<AccountRecord> AccountAsync(SqliteMetadataStore metadata, string name, CancellationToken cancellationToken) =>
+        await metadata.FindAccountAsync(AccountName.Validate(name), cancellationToken).ConfigureAwait(false)
+            ?? throw new CommandException($"there is no account '{name}' (see 'kiln account list')");
+
+    private static void Print(bool json, object value, string text)
+    {
+        Console.Out.Write((json ? JsonSerializer.Serialize(value, Json) : text) + "\n");
+    }
+
+    private static object KeyJson(SshKeyRecord key) => new
+    {
+        account = key.AccountName,
+        fingerprint = key.Fingerprint,
+        type = key.Key.Type,
+        comment = key.Key.Comment,
+        permissions = KeyPermissionNames.ToNames(key.Permissions),
+        enabled = key.Enabled,
+        created = DateTimeOffset.FromUnixTimeSeconds(key.Created).ToString("yyyy-MM-ddTHH:mm:ssZ", System.Globalization.CultureInfo.InvariantCulture),
+    };
+
+    private static string KeyText(SshKeyRecord key) =>
+        $"{key.Fingerprint} {key.Key.Type} {KeyPermissionNames.Format(key.Permissions)}{(key.Enabled ? "" : " (disabled)")}{(key.Key.Comment.Length > 0 ? " " + key.Key.Comment : "")}";
+
+    public static Command Account()
+    {
+        var createData = DataOption();
+        var createJson = JsonOption();
+        var name = new Argument<string>("NAME") { Description = "The account's name: a-z, 0-9, '_' and '-'." };
+        var create = new Command("create", "Create an account.") { name, createData, createJson };
+        create.SetAction(async (result, cancellationToken) =>
+        {
+            var wanted = AccountName.Validate(result.GetValue(name)!);
+            var metadata = await OpenAsync(result.GetValue(createData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var account = await metadata.TryCreateAccountAsync(wanted, cancellationToken).ConfigureAwait(false)
+                    ?? throw new CommandException($"the account '{wanted}' already exists");
+                Print(result.GetValue(createJson), new { name = account.Name, id = account.Id }, $"created account {account.Name}");
+                return 0;
+            }
+        });
+
+        var listData = DataOption();
+        var listJson = JsonOption();
+        var list = new Command("list", "List the accounts.") { listData, listJson };
+        list.SetAction(async (result, cancellationToken) =>
+        {
+            var metadata = await OpenAsync(result.GetValue(listData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var accounts = await metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false);
+                Print(result.GetValue(listJson), accounts.Select(a => new { name = a.Name, id = a.Id }), string.Join("\n", accounts.Select(a => a.Name)));
+                return 0;
+            }
+        });
+
+        return new Command("account", "Manage accounts.") { create, list };
+    }
+
+    public static Command Key()
+    {
+        var addData = DataOption();
+        var addJson = JsonOption();
+        var addAccount = new Argument<string>("ACCOUNT");
+        var addKey = new Argument<string>("KEY") { Description = "The public key, as in ~/.ssh/id_ed25519.pub: 'ssh-ed25519 AAAA… comment'." };
+        var permissions = new Option<string>("--permissions")
+        {
+            Description = "What the key may do, comma-separated: store:read, store:write, build:read, build:write, account:write (default: all).",
+            DefaultValueFactory = _ => KeyPermissionNames.Format(KeyPermissions.All),
+        };
+        var add = new Command("add", "Let a key log in to an account.") { addAccount, addKey, permissions, addData, addJson };
+        add.SetAction(async (result, cancellationToken) =>
+        {
+            var key = SshPublicKey.Parse(result.GetValue(addKey)!);
+            var granted = KeyPermissionNames.Parse(result.GetValue(permissions)!);
+            var metadata = await OpenAsync(result.GetValue(addData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var account = await AccountAsync(metadata, result.GetValue(addAccount)!, cancellationToken).ConfigureAwait(false);
+                SshKeyRecord added;
+                try
+                {
+                    added = await metadata.AddSshKeyAsync(account.Id, key, granted, cancellationToken).ConfigureAwait(false);
+                }
+                catch (DuplicateKeyException e)
+                {
+                    throw new CommandException(e.Message);
+                }
+
+                Print(result.GetValue(addJson), KeyJson(added), $"added {KeyText(added)}");
+                return 0;
+            }
+        });
+
+        var listData = DataOption();
+        var listJson = JsonOption();
+        var listAccount = new Argument<string>("ACCOUNT");
+        var list = new Command("list", "List an account's keys.") { listAccount, listData, listJson };
+        list.SetAction(async (result, cancellationToken) =>
+        {
+            var metadata = await OpenAsync(result.GetValue(listData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var account = await AccountAsync(metadata, result.GetValue(listAccount)!, cancellationToken).ConfigureAwait(false);
+                var keys = await metadata.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
+                Print(result.GetValue(listJson), keys.Select(KeyJson), string.Join("\n", keys.Select(KeyText)));
+                return 0;
+            }
+        });
+
+        var removeData = DataOption();
+        var removeJson = JsonOption();
+        var removeAccount = new Argument<string>("ACCOUNT");
+        var removeKey = new Argument<string>("KEY") { Description = "The key's fingerprint (SHA256:…, see 'kiln key list') or the public key itself." };
+        var remove = new Command("remove", "Stop a key logging in to an account.") { removeAccount, removeKey, removeData, removeJson };
+        remove.SetAction(async (result, cancellationToken) =>
+        {
+            var given = result.GetValue(removeKey)!.Trim();
+            var fingerprint = given.StartsWith("SHA256:", StringComparison.Ordinal) ? given : SshPublicKey.Parse(given).Fingerprint;
+            var metadata = await OpenAsync(result.GetValue(removeData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var account = await AccountAsync(metadata, result.GetValue(removeAccount)!, cancellationToken).ConfigureAwait(false);
+                if (!await metadata.RemoveSshKeyAsync(account.Id, fingerprint, cancellationToken).ConfigureAwait(false))
+                {
+                    throw new CommandException($"the account '{account.Name}' has no key {fingerprint}");
+                }
+
+                Print(result.GetValue(removeJson), new { account = account.Name, fingerprint, removed = true }, $"removed {fingerprint}");
+                return 0;
+            }
+        });
+
+        return new Command("key", "Manage the SSH keys accounts log in with.") { add, list, remove };
+    }
+
+    /// <summary>
+    /// sshd's AuthorizedKeysCommand (<c>kiln auth-keys --data DIR --bridge … USER %t %k</c>): for a known, enabled key
+    /// it prints one authorized_keys line forcing the bridge with the key's id; for anything else it prints nothing
+    /// (and sshd refuses the key). It runs on every login: it opens the database read-only and does one lookup.
+    /// </summary>
+    public static Command AuthKeys()
+    {
+        var data = DataOption();
+        var bridge = new Option<string>("--bridge") { Description = "The forced command sshd runs for the key (kiln-bridge).", Required = true };
+        var user = new Argument<string>("USER") { Description = "The login user (%u); not used, every key names its account." };
+        var type = new Argument<string>("TYPE") { Description = "The offered key's type (%t)." };
+        var blob = new Argument<string>("KEY") { Description = "The offered key, base64 (%k)." };
+        var command = new Command("auth-keys", "Answer sshd's AuthorizedKeysCommand: the forced-command line for a known key, nothing otherwise.")
+        {
+            data, bridge, user, type, blob,
+        };
+        command.SetAction(async (result, cancellationToken) =>
+        {
+            SshPublicKey offered;
+            try
+            {
+                offered = SshPublicKey.FromParts(result.GetValue(type)!, result.GetValue(blob)!);
+            }
+            catch (ArgumentException)
+            {
+                return 0; // not a key Kiln could have: nothing to authorise
+            }
+
+            var database = Path.Combine(Path.GetFullPath(result.GetValue(data)!), "kiln.db");
+            if (!File.Exists(database))
+            {
+                return 0;
+            }
+
+            var metadata = new SqliteMetadataStore(database, readOnly: true);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var key = await metadata.FindSshKeyAsync(offered.Type, offered.Blob, cancellationToken).ConfigureAwait(false);
+                if (key is not null && key.Enabled)
+                {
+                    // restrict: no forwarding, no pty unless asked (ssh -t re-enables it with pty), no user rc.
+                    Console.Out.Write($"command=\"{result.GetValue(bridge)} {key.Id}\",restrict,pty {key.Key.Type} {key.Key.Blob}\n");
+                }
+            }
+
+            return 0;
+        });
+        return command;
+    }
+}

@@ -1,0 +1,19 @@
+using System.Text.RegularExpressions;
+
+namespace Kiln.Store.Accounts;
+
+/// <summary>Account names: short, lower-case, safe in paths, logs and URLs.</summary>
+public static partial class AccountName
+{
+    [GeneratedRegex("^[a-z0-9][a-z0-9_-]{0,62}$")]
+    private static partial Regex Valid();
+
+    /// <exception cref="ArgumentException">The name is not one.</exception>
+    public static string Validate(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        return Valid().IsMatch(name)
+            ? name
+            : throw new ArgumentException($"'{(name.Length > 64 ? name[..64] + "…" : name)}' is not an account name (1–63 of a-z, 0-9, '_' and '-', starting with a letter or digit)");
+    }
+}

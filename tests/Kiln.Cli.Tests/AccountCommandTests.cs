@@ -1,0 +1,106 @@
+using System.Text.Json;
+using Kiln.Nix.Tests.Support;
+
+namespace Kiln.Cli.Tests;
+
+/// <summary>kiln account, kiln key and kiln auth-keys on a data directory, with keys made by the real ssh-keygen.</summary>
+public class AccountCommandTests
+{
+    /// <summary>A fresh key pair from ssh-keygen: (public key line, fingerprint as ssh-keygen -l prints it).</summary>
+    private static (string PublicKey, string Fingerprint) NewKey(TempDir temp, string name, string type = "ed25519")
+    {
+        var file = temp[name];
+        Assert.Equal(0, Processes.Run("ssh-keygen", ["-q", "-t", type, "-N", "", "-C", $"{name}@test", "-f", file]).ExitCode);
+        var fingerprint = Processes.Run("ssh-keygen", ["-l", "-E", "sha256", "-f", file + ".pub"]).StdoutText.Split(' ')[1];
+        return (File.ReadAllText(file + ".pub").Trim(), fingerprint);
+    }
+
+    private static string[] AuthKeys(string data, string publicKey)
+    {
+        var parts = publicKey.Split(' ');
+        return KilnCli.Ok("auth-keys", "--data", data, "--bridge", "/opt/kiln/kiln-bridge", "kiln", parts[0], parts[1]).StdoutText
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries);
+    }
+
+    [Fact]
+    public void Accounts_are_created_once_and_listed()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        Assert.Equal("created account alice\n", KilnCli.Ok("account", "create", "alice", "--data", data).StdoutText);
+        using (var created = JsonDocument.Parse(KilnCli.Ok("account", "create", "bob", "--data", data, "--json").StdoutText))
+        {
+            Assert.Equal("bob", created.RootElement.GetProperty("name").GetString());
+        }
+
+        KilnCli.AssertOneLineError(KilnCli.Run("account", "create", "alice", "--data", data), "already exists");
+        KilnCli.AssertOneLineError(KilnCli.Run("account", "create", "Alice/../x", "--data", data), "is not an account name");
+        Assert.Equal("alice\nbob\n", KilnCli.Ok("account", "list", "--data", data).StdoutText);
+        using var listed = JsonDocument.Parse(KilnCli.Ok("account", "list", "--data", data, "--json").StdoutText);
+        Assert.Equal(["alice", "bob"], listed.RootElement.EnumerateArray().Select(a => a.GetProperty("name").GetString()));
+    }
+
+    [Fact]
+    public void Keys_are_added_with_permissions_listed_by_ssh_keygens_fingerprint_and_removed()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        KilnCli.Ok("account", "create", "alice", "--data", data);
+        KilnCli.Ok("account", "create", "bob", "--data", data);
+        var (ed25519, ed25519Print) = NewKey(temp, "laptop");
+        var (rsa, rsaPrint) = NewKey(temp, "ci", "rsa");
+
+        var added = KilnCli.Ok("key", "add", "alice", ed25519, "--permissions", "store:read,build:write", "--data", data).StdoutText;
+        Assert.Equal($"added {ed25519Print} ssh-ed25519 store:read,build:write laptop@test\n", added);
+        using (var json = JsonDocument.Parse(KilnCli.Ok("key", "add", "alice", rsa, "--data", data, "--json").StdoutText))
+        {
+            Assert.Equal(rsaPrint, json.RootElement.GetProperty("fingerprint").GetString());
+            Assert.Equal(["store:read", "store:write", "build:read", "build:write", "account:write"],
+                json.RootElement.GetProperty("permissions").EnumerateArray().Select(p => p.GetString()));
+        }
+
+        // A key identifies one account.
+        KilnCli.AssertOneLineError(KilnCli.Run("key", "add", "bob", ed25519, "--data", data), "already registered");
+        KilnCli.AssertOneLineError(KilnCli.Run("key", "add", "alice", ed25519.Replace("ssh-ed25519", "ssh-rsa", StringComparison.Ordinal), "--data", data), "is not a ssh-rsa key");
+        KilnCli.AssertOneLineError(KilnCli.Run("key", "add", "alice", "ssh-ed25519 not-base64!", "--data", data), "does not decode");
+        KilnCli.AssertOneLineError(KilnCli.Run("key", "add", "alice", "from=\"10.0.0.1\" " + ed25519, "--data", data), "not an SSH key type");
+        KilnCli.AssertOneLineError(KilnCli.Run("key", "add", "alice", ed25519, "--permissions", "store:delete", "--data", data), "unknown permission 'store:delete'");
+        KilnCli.AssertOneLineError(KilnCli.Run("key", "add", "carol", ed25519, "--data", data), "there is no account 'carol'");
+
+        var listed = KilnCli.Ok("key", "list", "alice", "--data", data).StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal([ed25519Print, rsaPrint], listed.Select(l => l.Split(' ')[0]));
+        Assert.Equal("\n", KilnCli.Ok("key", "list", "bob", "--data", data).StdoutText);
+
+        // Removed by fingerprint or by the key itself; only from its own account.
+        KilnCli.AssertOneLineError(KilnCli.Run("key", "remove", "bob", ed25519Print, "--data", data), "has no key");
+        KilnCli.Ok("key", "remove", "alice", ed25519Print, "--data", data);
+        KilnCli.Ok("key", "remove", "alice", rsa, "--data", data);
+        Assert.Equal("[]\n", KilnCli.Ok("key", "list", "alice", "--data", data, "--json").StdoutText);
+    }
+
+    [Fact]
+    public void Auth_keys_forces_the_bridge_for_a_known_key_and_prints_nothing_for_any_other()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        var (known, _) = NewKey(temp, "known");
+        var (stranger, _) = NewKey(temp, "stranger");
+
+        // No database yet: nothing, and nothing created (sshd's lookups never write).
+        Assert.Empty(AuthKeys(data, known));
+        Assert.False(Directory.Exists(data));
+
+        KilnCli.Ok("account", "create", "alice", "--data", data);
+        var id = JsonDocument.Parse(KilnCli.Ok("key", "add", "alice", known, "--data", data, "--json").StdoutText);
+        var line = Assert.Single(AuthKeys(data, known));
+        var blob = known.Split(' ')[1];
+        Assert.Matches($"^command=\"/opt/kiln/kiln-bridge [0-9]+\",restrict,pty ssh-ed25519 {System.Text.RegularExpressions.Regex.Escape(blob)}$", line);
+
+        Assert.Empty(AuthKeys(data, stranger));
+        Assert.Empty(KilnCli.Ok("auth-keys", "--data", data, "--bridge", "/b", "kiln", "ssh-ed25519", "AAAA%%%").StdoutText);
+        Assert.Empty(KilnCli.Ok("auth-keys", "--data", data, "--bridge", "/b", "kiln", "ssh-dss", blob).StdoutText);
+
+        KilnCli.Ok("key", "remove", "alice", known, "--data", data);
+        Assert.Empty(AuthKeys(data, known));
+    }
+}
