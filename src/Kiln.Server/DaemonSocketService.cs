@@ -75,14 +75,9 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
                 var stream = new NetworkStream(socket, ownsSocket: false);
                 await using (stream.ConfigureAwait(false))
                 {
-                    var reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024));
-                    var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
                     var peer = PeerCredentials.Of(socket);
                     using var view = await store.OpenViewAsync(options.SocketAccount, stoppingToken, peer?.FileSystemRoot()).ConfigureAwait(false);
-                    var session = new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view));
-                    summary = await session.RunAsync(reader, writer, new SocketFileSender(socket), stoppingToken).ConfigureAwait(false);
-                    await writer.CompleteAsync().ConfigureAwait(false);
-                    await reader.CompleteAsync().ConfigureAwait(false);
+                    summary = await RunWorkerSessionAsync(socket, stream, view, sessionOptions, scheduler, logger, stoppingToken).ConfigureAwait(false);
                 }
             }
         }
@@ -97,6 +92,19 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
         var version = summary.ClientVersion?.ToString() ?? "-";
         var reason = summary.CloseReason ?? "client disconnected";
         LogSession(logger, id, options.SocketAccount, version, summary.Operations, summary.BytesIn, summary.BytesOut, watch.Elapsed.TotalSeconds, reason);
+    }
+
+    /// <summary>Serves one worker-protocol session on a connected socket against <paramref name="view"/>.</summary>
+    internal static async Task<SessionSummary> RunWorkerSessionAsync(Socket socket, Stream stream, StoreView view, WorkerSessionOptions sessionOptions,
+        Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken cancellationToken)
+    {
+        var reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024));
+        var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
+        var session = new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view));
+        var summary = await session.RunAsync(reader, writer, new SocketFileSender(socket), cancellationToken).ConfigureAwait(false);
+        await writer.CompleteAsync().ConfigureAwait(false);
+        await reader.CompleteAsync().ConfigureAwait(false);
+        return summary;
     }
 
     [LoggerMessage(EventId = 2001, Level = LogLevel.Information,

@@ -39,6 +39,7 @@ public static partial class KilnServer
             builder.Services.AddSingleton(new WorkerSessionOptions());
             builder.Services.AddSingleton(services => CreateScheduler(options, store, services.GetRequiredService<ILoggerFactory>()));
             builder.Services.AddHostedService<DaemonSocketService>();
+            builder.Services.AddHostedService<Ssh.SshFrontDoor>();
             using var host = builder.Build();
             await host.RunAsync(cancellationToken).ConfigureAwait(false);
         }

@@ -34,5 +34,17 @@ public sealed record ServerOptions
 
     public long MaxLogSize { get; init; }
 
+    /// <summary>Where Kiln's sshd listens (<c>ADDRESS:PORT</c>); null: no SSH front door.</summary>
+    public string? SshListen { get; init; } = "127.0.0.1:2222";
+
+    /// <summary>The system user SSH clients log in as (<c>ssh kiln@host</c>); created when missing.</summary>
+    public string SshUser { get; init; } = "kiln";
+
+    /// <summary>OpenSSH's server, run as a child of Kiln.</summary>
+    public string Sshd { get; init; } = "/usr/sbin/sshd";
+
+    /// <summary>Kiln's SSH files: sshd's config, host key and pid file, the bridge's socket.</summary>
+    public string SshDirectory => Path.Combine(DataDirectory, "ssh");
+
     public string EffectiveSocketPath => SocketPath ?? Path.Combine(DataDirectory, "daemon.sock");
 }

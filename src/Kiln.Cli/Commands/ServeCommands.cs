@@ -28,9 +28,15 @@ internal static class ServeCommands
         var maxSilent = new Option<int>("--max-silent-time") { Description = "Kill a build silent this many seconds (0: never)." };
         var timeout = new Option<int>("--timeout") { Description = "Kill a build running this many seconds (0: never)." };
         var maxLog = new Option<long>("--max-build-log-size") { Description = "Kill a build whose log exceeds this many bytes (0: no limit)." };
-        var command = new Command("serve", "Run Kiln: the store, the builder and the Nix daemon protocol on a unix socket, until SIGTERM or SIGINT.")
+        var sshListen = new Option<string>("--ssh-listen")
         {
-            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog,
+            Description = "Where Kiln's sshd listens, ADDRESS:PORT, or 'none' for no SSH front door (needs root and openssh-server).",
+            DefaultValueFactory = _ => "127.0.0.1:2222",
+        };
+        var sshUser = new Option<string>("--ssh-user") { Description = "The user SSH clients log in as (created if missing).", DefaultValueFactory = _ => "kiln" };
+        var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
+        {
+            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -46,6 +52,8 @@ internal static class ServeCommands
                 MaxSilentTime = TimeSpan.FromSeconds(result.GetValue(maxSilent)),
                 BuildTimeout = TimeSpan.FromSeconds(result.GetValue(timeout)),
                 MaxLogSize = result.GetValue(maxLog),
+                SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
+                SshUser = result.GetValue(sshUser)!,
             };
             return await KilnServer.RunAsync(options, new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
         });

@@ -8,8 +8,24 @@ namespace Kiln.Protocol.Worker;
 // The operations that read and query the store, and the ones Kiln does not do (yet).
 public sealed partial class WorkerSession
 {
+    private string? DeniedBecause(WorkerOp op) => op switch
+    {
+        WorkerOp.AddToStore or WorkerOp.AddTextToStore or WorkerOp.AddToStoreNar or WorkerOp.AddMultipleToStore or
+            WorkerOp.AddIndirectRoot or WorkerOp.AddPermRoot or WorkerOp.AddSignatures or WorkerOp.AddBuildLog or
+            WorkerOp.RegisterDrvOutput or WorkerOp.CollectGarbage or WorkerOp.OptimiseStore or WorkerOp.VerifyStore or
+            WorkerOp.ImportPaths => _options.UploadsDenied,
+        WorkerOp.BuildPaths or WorkerOp.BuildPathsWithResults or WorkerOp.BuildDerivation or WorkerOp.EnsurePath => _options.BuildsDenied,
+        _ => null,
+    };
+
     private async Task PerformAsync(WorkerOp op, CancellationToken ct)
     {
+        // Refused before the request is read: the session ends with the message (its payload cannot be skipped).
+        if (DeniedBecause(op) is { } denied)
+        {
+            throw new NixErrorException(denied);
+        }
+
         switch (op)
         {
             case WorkerOp.IsValidPath: await IsValidPathAsync(ct).ConfigureAwait(false); break;

@@ -33,6 +33,15 @@ public sealed record WorkerSessionOptions
 
     /// <summary>Largest AddTextToStore text and flat upload Kiln buffers to compute a path.</summary>
     public int MaxTextSize { get; init; } = 64 << 20;
+
+    /// <summary>
+    /// Why this session may not change the store (add paths, roots, signatures, logs; collect garbage), or null if
+    /// it may: a key without <c>store:write</c>. Such a request is refused with this message and ends the session.
+    /// </summary>
+    public string? UploadsDenied { get; init; }
+
+    /// <summary>Why this session may not build (BuildPaths, BuildDerivation, EnsurePath), or null if it may.</summary>
+    public string? BuildsDenied { get; init; }
 }
 
 /// <summary>How a session went, for the server's one log line per session.</summary>

@@ -99,6 +99,9 @@ public interface IMetadataStore : IAsyncDisposable
     /// <summary>Removes the account's key with that fingerprint; false if it has none.</summary>
     Task<bool> RemoveSshKeyAsync(long account, string fingerprint, CancellationToken cancellationToken);
 
+    /// <summary>The key with that id (the bridge names the key sshd authenticated by it).</summary>
+    Task<SshKeyRecord?> GetSshKeyAsync(long id, CancellationToken cancellationToken);
+
     /// <summary>The key with that type and blob, whichever account it belongs to (logins start here).</summary>
     Task<SshKeyRecord?> FindSshKeyAsync(string type, string blob, CancellationToken cancellationToken);
 

@@ -64,6 +64,14 @@ public sealed partial class SqliteMetadataStore
             return await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
         }, cancellationToken);
 
+    public Task<SshKeyRecord?> GetSshKeyAsync(long id, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var select = Command(connection, $"SELECT {KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE k.id = $i", null, ("$i", id));
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadKey(reader) : null;
+        }, cancellationToken);
+
     public Task<SshKeyRecord?> FindSshKeyAsync(string type, string blob, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {

@@ -1,0 +1,279 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using Kiln.Protocol.Worker;
+using Kiln.Store;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Server.Ssh;
+
+/// <summary>
+/// The SSH front door: OpenSSH's sshd as a supervised child (restarted if it dies, stopped with Kiln), and the
+/// bridge socket behind it. sshd authenticates a key through <c>kiln auth-keys</c> and runs <c>kiln-bridge</c>,
+/// which connects here and says which key logged in and what the client asked for. Only the login user's
+/// processes are believed (the kernel's peer credentials); the key's account and permissions decide the session.
+/// </summary>
+public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options, WorkerSessionOptions sessionOptions,
+    Kiln.Scheduler.BuildScheduler scheduler, ILogger<SshFrontDoor> logger) : BackgroundService
+{
+    private const int MaxHeader = 64 * 1024;
+    private long _nextSession;
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        if (options.SshListen is null)
+        {
+            return;
+        }
+
+        SshInstallation ssh;
+        try
+        {
+            ssh = SshInstallation.Prepare(options);
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or System.ComponentModel.Win32Exception)
+        {
+            LogNoSsh(logger, e.Message);
+            return;
+        }
+
+        if (File.Exists(ssh.BridgeSocket))
+        {
+            File.Delete(ssh.BridgeSocket);
+        }
+
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(ssh.BridgeSocket));
+        File.SetUnixFileMode(ssh.BridgeSocket, (UnixFileMode)Convert.ToInt32("666", 8)); // who may speak is checked per connection
+        listener.Listen(128);
+
+        var sshd = Task.Run(() => SuperviseAsync(ssh, stoppingToken), CancellationToken.None);
+        LogListening(logger, ssh.Address, ssh.Port, options.SshUser, ssh.HostPublicKey);
+        var sessions = new List<Task>();
+        try
+        {
+            while (!stoppingToken.IsCancellationRequested)
+            {
+                Socket client;
+                try
+                {
+                    client = await listener.AcceptAsync(stoppingToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+
+                sessions.RemoveAll(t => t.IsCompleted);
+                sessions.Add(Task.Run(() => ServeAsync(ssh, client, stoppingToken), CancellationToken.None));
+            }
+        }
+        finally
+        {
+            listener.Close();
+            File.Delete(ssh.BridgeSocket);
+            await sshd.ConfigureAwait(false);
+            await Task.WhenAny(Task.WhenAll(sessions), Task.Delay(options.ShutdownGrace, CancellationToken.None)).ConfigureAwait(false);
+        }
+    }
+
+    // Runs sshd in the foreground (-D) with its log on stderr (-e), restarting it when it exits unexpectedly.
+    private async Task SuperviseAsync(SshInstallation ssh, CancellationToken stoppingToken)
+    {
+        Directory.CreateDirectory("/run/sshd"); // sshd's privilege separation directory
+        var delay = TimeSpan.FromSeconds(1);
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            var start = new ProcessStartInfo(options.Sshd) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+            foreach (var argument in new[] { "-D", "-e", "-f", ssh.ConfigFile })
+            {
+                start.ArgumentList.Add(argument);
+            }
+
+            using var process = Process.Start(start)!;
+            var started = Stopwatch.StartNew();
+            process.ErrorDataReceived += (_, e) =>
+            {
+                if (e.Data is { } line)
+                {
+                    LogSshd(logger, line);
+                }
+            };
+            process.BeginErrorReadLine();
+            try
+            {
+                await process.WaitForExitAsync(stoppingToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                process.Kill(entireProcessTree: false); // sshd's sessions end with their connections
+                await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
+                return;
+            }
+
+            LogSshdExited(logger, process.ExitCode, delay.TotalSeconds);
+            delay = started.Elapsed > TimeSpan.FromMinutes(1) ? TimeSpan.FromSeconds(1) : TimeSpan.FromSeconds(Math.Min(30, delay.TotalSeconds * 2));
+            try
+            {
+                await Task.Delay(delay, stoppingToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>What the bridge says about the login.</summary>
+    private sealed record BridgeHeader(long KeyId, string Command, IReadOnlyDictionary<string, string> Environment);
+
+    private async Task ServeAsync(SshInstallation ssh, Socket socket, CancellationToken stoppingToken)
+    {
+        var id = Interlocked.Increment(ref _nextSession);
+        var watch = Stopwatch.StartNew();
+        using (socket)
+        {
+            var stream = new NetworkStream(socket, ownsSocket: false);
+            await using (stream.ConfigureAwait(false))
+            {
+                try
+                {
+                    var peer = PeerCredentials.Of(socket);
+                    if (peer is null || peer.UserId != ssh.LoginUserId)
+                    {
+                        LogRefusedPeer(logger, peer?.UserId ?? -1);
+                        await AnswerAsync(stream, "error: this socket is for Kiln's SSH bridge only", stoppingToken).ConfigureAwait(false);
+                        return;
+                    }
+
+                    var header = await ReadHeaderAsync(stream, stoppingToken).ConfigureAwait(false);
+                    var key = header is null ? null : await store.Metadata.GetSshKeyAsync(header.KeyId, stoppingToken).ConfigureAwait(false);
+                    if (header is null || key is null || !key.Enabled)
+                    {
+                        await AnswerAsync(stream, "error: this key is not (or no longer) registered with Kiln", stoppingToken).ConfigureAwait(false);
+                        return;
+                    }
+
+                    var command = string.Join(' ', header.Command.Split(' ', StringSplitOptions.RemoveEmptyEntries));
+                    if (command != "nix-daemon --stdio")
+                    {
+                        var printable = Printable(command);
+                        await AnswerAsync(stream, "error: " + Unsupported(command), stoppingToken).ConfigureAwait(false);
+                        LogSession(logger, id, key.AccountName, key.Fingerprint, printable, "refused", 0, watch.Elapsed.TotalSeconds);
+                        return;
+                    }
+
+                    if (!key.Permissions.HasFlag(KeyPermissions.StoreRead))
+                    {
+                        await AnswerAsync(stream, $"error: this key ({key.Fingerprint}) lacks the store:read permission", stoppingToken).ConfigureAwait(false);
+                        return;
+                    }
+
+                    await AnswerAsync(stream, "ok", stoppingToken).ConfigureAwait(false);
+                    using var view = await store.OpenViewAsync(key.AccountName, stoppingToken).ConfigureAwait(false);
+                    var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, stream, view, SessionOptions(key), scheduler, logger, stoppingToken).ConfigureAwait(false);
+                    LogSession(logger, id, key.AccountName, key.Fingerprint, command, summary.CloseReason ?? "client disconnected", summary.Operations, watch.Elapsed.TotalSeconds);
+                }
+#pragma warning disable CA1031 // A session's failure must never reach the listener: log it and go on.
+                catch (Exception e)
+#pragma warning restore CA1031
+                {
+                    LogSessionFailed(logger, id, e);
+                }
+            }
+        }
+    }
+
+    private WorkerSessionOptions SessionOptions(SshKeyRecord key) => sessionOptions with
+    {
+        UploadsDenied = key.Permissions.HasFlag(KeyPermissions.StoreWrite) ? null : $"Kiln: this key ({key.Fingerprint}) may not add to the store: it lacks the store:write permission",
+        BuildsDenied = key.Permissions.HasFlag(KeyPermissions.BuildWrite) ? null : $"Kiln: this key ({key.Fingerprint}) may not build: it lacks the build:write permission",
+    };
+
+    private static string Unsupported(string command) => command switch
+    {
+        "nix-store --serve" or "nix-store --serve --write" => "the legacy serve protocol (ssh://) is not available on this Kiln yet; use ssh-ng://",
+        "" or "shell" => "the admin shell is not available on this Kiln yet",
+        _ when command.StartsWith("kiln ", StringComparison.Ordinal) => "the admin shell is not available on this Kiln yet",
+        _ => $"'{Printable(command)}' is not a command Kiln serves (Nix uses it as ssh-ng:// or ssh://)",
+    };
+
+    private static string Printable(string text)
+    {
+        var clean = new string(text.Select(c => char.IsControl(c) ? '?' : c).ToArray());
+        return clean.Length > 80 ? clean[..80] + "…" : clean;
+    }
+
+    private static async Task AnswerAsync(Stream stream, string line, CancellationToken cancellationToken)
+    {
+        await stream.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), cancellationToken).ConfigureAwait(false);
+        await stream.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    // One JSON line, read byte by byte so nothing of the session behind it is consumed; null if it is not one.
+    private static async Task<BridgeHeader?> ReadHeaderAsync(Stream stream, CancellationToken cancellationToken)
+    {
+        var line = new MemoryStream();
+        var one = new byte[1];
+        while (true)
+        {
+            if (line.Length > MaxHeader || await stream.ReadAsync(one, cancellationToken).ConfigureAwait(false) == 0)
+            {
+                return null;
+            }
+
+            if (one[0] == (byte)'\n')
+            {
+                break;
+            }
+
+            line.WriteByte(one[0]);
+        }
+
+        try
+        {
+            using var json = JsonDocument.Parse(line.ToArray());
+            var root = json.RootElement;
+            var environment = new Dictionary<string, string>(StringComparer.Ordinal);
+            if (root.TryGetProperty("env", out var env) && env.ValueKind == JsonValueKind.Object)
+            {
+                foreach (var variable in env.EnumerateObject().Where(v => v.Value.ValueKind == JsonValueKind.String))
+                {
+                    environment[variable.Name] = variable.Value.GetString()!;
+                }
+            }
+
+            return new BridgeHeader(root.GetProperty("key").GetInt64(), root.GetProperty("command").GetString() ?? "", environment);
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or KeyNotFoundException or FormatException)
+        {
+            return null;
+        }
+    }
+
+    [LoggerMessage(EventId = 3001, Level = LogLevel.Warning, Message = "no SSH front door: {Reason}")]
+    private static partial void LogNoSsh(ILogger logger, string reason);
+
+    [LoggerMessage(EventId = 3002, Level = LogLevel.Information, Message = "ssh: listening on {Address}:{Port} (log in as {User}); host key {HostKey}")]
+    private static partial void LogListening(ILogger logger, string address, int port, string user, string hostKey);
+
+    [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "sshd: {Line}")]
+    private static partial void LogSshd(ILogger logger, string line);
+
+    [LoggerMessage(EventId = 3004, Level = LogLevel.Warning, Message = "sshd exited with status {Status}; restarting in {Seconds} s")]
+    private static partial void LogSshdExited(ILogger logger, int status, double seconds);
+
+    [LoggerMessage(EventId = 3005, Level = LogLevel.Warning, Message = "bridge socket: refused a connection from uid {Uid}")]
+    private static partial void LogRefusedPeer(ILogger logger, int uid);
+
+    [LoggerMessage(EventId = 3006, Level = LogLevel.Information,
+        Message = "ssh session {Id} account={Account} key={Fingerprint} command='{Command}' ops={Ops} seconds={Seconds:F2} end: {Reason}")]
+    private static partial void LogSession(ILogger logger, long id, string account, string fingerprint, string command, string reason, int ops, double seconds);
+
+    [LoggerMessage(EventId = 3007, Level = LogLevel.Error, Message = "ssh session {Id} failed")]
+    private static partial void LogSessionFailed(ILogger logger, long id, Exception exception);
+}

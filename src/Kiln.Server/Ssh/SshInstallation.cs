@@ -1,0 +1,191 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Kiln.Server.Ssh;
+
+/// <summary>
+/// Everything sshd needs to be Kiln's front door, made on start: the login user, an Ed25519 host key and a config in
+/// DATA/ssh, and, in a root-owned directory under /run (sshd refuses an AuthorizedKeysCommand anywhere a non-root
+/// user could write, such as /tmp or a user's checkout), the auth-keys script and a copy of the bridge that the
+/// login user can run.
+/// </summary>
+public sealed record SshInstallation(string ConfigFile, string HostPublicKey, string Address, int Port, string BridgeSocket, int LoginUserId)
+{
+    private const string RuntimeRoot = "/run/kiln-ssh";
+
+    /// <summary>Prepares the files; throws <see cref="InvalidOperationException"/> with the reason when it cannot.</summary>
+    public static SshInstallation Prepare(ServerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var (address, port) = ParseListen(options.SshListen!);
+        if (!File.Exists(options.Sshd))
+        {
+            throw new InvalidOperationException($"'{options.Sshd}' is missing (apt-get install openssh-server)");
+        }
+
+        if (Environment.UserName != "root")
+        {
+            throw new InvalidOperationException("the SSH front door needs Kiln to run as root (sshd switches to the login user)");
+        }
+
+        var uid = EnsureLoginUser(options.SshUser);
+        var directory = options.SshDirectory;
+        Directory.CreateDirectory(directory);
+        File.SetUnixFileMode(directory, (UnixFileMode)Convert.ToInt32("755", 8)); // the login user reaches the bridge socket here
+        var hostKey = Path.Combine(directory, "ssh_host_ed25519_key");
+        if (!File.Exists(hostKey))
+        {
+            Run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", $"kiln@{Environment.MachineName}", "-f", hostKey);
+        }
+
+        // One runtime directory per data directory, so several servers on one machine keep their own.
+        var id = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(options.DataDirectory)))[..16];
+        var runtime = Path.Combine(RuntimeRoot, id);
+        Directory.CreateDirectory(runtime);
+        foreach (var dir in new[] { RuntimeRoot, runtime })
+        {
+            File.SetUnixFileMode(dir, (UnixFileMode)Convert.ToInt32("755", 8));
+        }
+
+        var bridgeSocket = Path.Combine(directory, "bridge.sock");
+        var dotnet = DotnetHost();
+        foreach (var file in new[] { "kiln-bridge.dll", "kiln-bridge.runtimeconfig.json", "kiln-bridge.deps.json" })
+        {
+            var source = Path.Combine(AppContext.BaseDirectory, file);
+            if (File.Exists(source))
+            {
+                File.Copy(source, Path.Combine(runtime, file), overwrite: true);
+                File.SetUnixFileMode(Path.Combine(runtime, file), (UnixFileMode)Convert.ToInt32("644", 8));
+            }
+        }
+
+        var bridge = $"{dotnet} {Path.Combine(runtime, "kiln-bridge.dll")} --socket {bridgeSocket}";
+        foreach (var path in new[] { dotnet, runtime, bridgeSocket })
+        {
+            // The forced command is one double-quoted authorized_keys option, split on spaces by the shell.
+            if (path.Any(c => c is '"' or '\\' or ' ' or '\'' or '$' or '`' || char.IsControl(c)))
+            {
+                throw new InvalidOperationException($"'{path}' has characters a forced command cannot carry");
+            }
+        }
+
+        var authKeys = Path.Combine(runtime, "auth-keys");
+        var kiln = KilnCommand();
+        File.WriteAllText(authKeys, $"""
+            #!/bin/sh
+            # sshd's AuthorizedKeysCommand for the Kiln server in {Quote(options.DataDirectory)} (written by kiln serve).
+            exec {kiln} auth-keys --data {Quote(options.DataDirectory)} --bridge {Quote(bridge)} "$@"
+
+            """);
+        File.SetUnixFileMode(authKeys, (UnixFileMode)Convert.ToInt32("755", 8));
+
+        var config = Path.Combine(directory, "sshd_config");
+        File.WriteAllText(config, $"""
+            # Written by kiln serve on every start; edits are lost. Kiln supervises sshd -D -e -f {config}.
+            Port {port}
+            ListenAddress {address}
+            HostKey {hostKey}
+            PidFile {Path.Combine(directory, "sshd.pid")}
+            AllowUsers {options.SshUser}
+            AuthorizedKeysFile none
+            AuthorizedKeysCommand {authKeys} %u %t %k
+            AuthorizedKeysCommandUser root
+            PubkeyAuthentication yes
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin no
+            UsePAM no
+            PrintMotd no
+            PrintLastLog no
+            DisableForwarding yes
+            PermitUserRC no
+            AcceptEnv KILN_*
+            MaxStartups 100:30:200
+            LogLevel INFO
+
+            """);
+
+        var publicKey = File.ReadAllText(hostKey + ".pub").Trim();
+        return new SshInstallation(config, publicKey, address, port, bridgeSocket, uid);
+    }
+
+    private static (string Address, int Port) ParseListen(string listen)
+    {
+        var colon = listen.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(listen[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out var port) || port is < 1 or > 65535)
+        {
+            throw new InvalidOperationException($"--ssh-listen '{listen}' is not ADDRESS:PORT");
+        }
+
+        return (listen[..colon].Trim('[', ']'), port);
+    }
+
+    // The login user: a system user with a shell (sshd runs the forced command through it), home "/" (sshd changes
+    // into it and complains on every login if it is missing) and no password. Its
+    // password field is '*' rather than the locked '!', which sshd without PAM treats as "account locked".
+    private static int EnsureLoginUser(string user)
+    {
+        if (UserId(user) is not { } uid)
+        {
+            Run("useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh", "--comment", "Kiln SSH logins", user);
+            Run("usermod", "-p", "*", user);
+            uid = UserId(user) ?? throw new InvalidOperationException($"could not create the user '{user}'");
+        }
+
+        return uid;
+    }
+
+    private static int? UserId(string user)
+    {
+        foreach (var line in File.ReadLines("/etc/passwd"))
+        {
+            var fields = line.Split(':');
+            if (fields.Length > 2 && fields[0] == user)
+            {
+                return int.Parse(fields[2], CultureInfo.InvariantCulture);
+            }
+        }
+
+        return null;
+    }
+
+    // The dotnet host that runs Kiln: the bridge runs on the same runtime.
+    private static string DotnetHost()
+    {
+        var runtime = RuntimeEnvironment.GetRuntimeDirectory(); // …/shared/Microsoft.NETCore.App/VERSION/
+        var host = Path.GetFullPath(Path.Combine(runtime, "..", "..", "..", "dotnet"));
+        return File.Exists(host) ? host : throw new InvalidOperationException($"cannot find the dotnet host next to {runtime}");
+    }
+
+    // How to start this same kiln: its apphost, or dotnet with its assembly when run as 'dotnet kiln.dll'.
+    private static string KilnCommand()
+    {
+        var process = Environment.ProcessPath ?? throw new InvalidOperationException("cannot tell which program Kiln is");
+        return Path.GetFileNameWithoutExtension(process) == "dotnet"
+            ? $"{Quote(process)} {Quote(Path.Combine(AppContext.BaseDirectory, "kiln.dll"))}"
+            : Quote(process);
+    }
+
+    private static string Quote(string text) => "'" + text.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
+
+    private static void Run(string program, params string[] arguments)
+    {
+        var start = new ProcessStartInfo(program) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"cannot run {program}");
+        var errors = process.StandardError.ReadToEnd();
+        process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{program} failed: {errors.Trim()}");
+        }
+    }
+}
