@@ -58,7 +58,7 @@ cat "$work"/source/nix/store/*/* > /dev/null 2>&1 || true
 
 start_kiln() {
   rm -rf "$work/kiln"
-  "$work/kiln-bin/kiln" serve --data "$work/kiln" > "$work/kiln.log" 2>&1 &
+  "$work/kiln-bin/kiln" serve --data "$work/kiln" --ssh-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
   while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
 }

@@ -128,14 +128,22 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
     // password field is '*' rather than the locked '!', which sshd without PAM treats as "account locked".
     private static int EnsureLoginUser(string user)
     {
-        if (UserId(user) is not { } uid)
+        if (UserId(user) is { } existing)
+        {
+            return existing;
+        }
+
+        try
         {
             Run("useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh", "--comment", "Kiln SSH logins", user);
             Run("usermod", "-p", "*", user);
-            uid = UserId(user) ?? throw new InvalidOperationException($"could not create the user '{user}'");
+        }
+        catch (InvalidOperationException) when (UserId(user) is not null)
+        {
+            // Another Kiln on this machine created it at the same moment.
         }
 
-        return uid;
+        return UserId(user) ?? throw new InvalidOperationException($"could not create the user '{user}'");
     }
 
     private static int? UserId(string user)

@@ -12,7 +12,8 @@ public sealed class KilnProcess : IDisposable
     private readonly StringBuilder _log = new();
     private readonly TempDir _temp = new();
 
-    public KilnProcess()
+    /// <param name="ssh">Also run the SSH front door, on a free port of 127.0.0.1 (<see cref="SshPort"/>).</param>
+    public KilnProcess(bool ssh = false)
     {
         DataDirectory = _temp["data"];
         SocketDirectory = _temp["sockets"];
@@ -23,7 +24,8 @@ public sealed class KilnProcess : IDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var arg in new[] { Dll, "serve", "--data", DataDirectory, "--socket", Path.Combine(SocketDirectory, "daemon.sock") })
+        SshPort = ssh ? FreePort() : 0;
+        foreach (var arg in new[] { Dll, "serve", "--data", DataDirectory, "--socket", Path.Combine(SocketDirectory, "daemon.sock"), "--ssh-listen", ssh ? $"127.0.0.1:{SshPort}" : "none" })
         {
             info.ArgumentList.Add(arg);
         }
@@ -42,6 +44,43 @@ public sealed class KilnProcess : IDisposable
             }
 
             Thread.Sleep(50);
+        }
+
+        while (ssh && !Listening(SshPort))
+        {
+            if (_process.HasExited || DateTime.UtcNow > deadline)
+            {
+                throw new InvalidOperationException($"kiln serve's sshd did not start:\n{Log}");
+            }
+
+            Thread.Sleep(50);
+        }
+    }
+
+    /// <summary>The port Kiln's sshd listens on (0: no SSH).</summary>
+    public int SshPort { get; }
+
+    /// <summary>sshd's host key, as known_hosts wants it: <c>[127.0.0.1]:PORT ssh-ed25519 AAAA…</c>.</summary>
+    public string KnownHostsLine => $"[127.0.0.1]:{SshPort} " + string.Join(' ', File.ReadAllText(Path.Combine(DataDirectory, "ssh", "ssh_host_ed25519_key.pub")).Split(' ').Take(2));
+
+    private static int FreePort()
+    {
+        using var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        probe.Start();
+        return ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
+    }
+
+    private static bool Listening(int port)
+    {
+        try
+        {
+            using var client = new System.Net.Sockets.TcpClient();
+            client.Connect(System.Net.IPAddress.Loopback, port);
+            return true;
+        }
+        catch (System.Net.Sockets.SocketException)
+        {
+            return false;
         }
     }
 

@@ -1,0 +1,140 @@
+using System.Text.Json;
+using Kiln.EndToEnd.Tests.Support;
+using Kiln.Nix.Tests.Support;
+using Kiln.Store.Metadata.Sqlite;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// Real clients reach Kiln through OpenSSH (the sshd kiln serve supervises), each with its own key, the host key
+/// pinned in known_hosts: ssh-ng:// as a remote store, keys that are unknown or may only read, accounts that do
+/// not see each other's uploads.
+/// </summary>
+public class SshTests
+{
+    private const string Kiln = "ssh-ng://kiln@127.0.0.1";
+
+    /// <summary>An account with a key of its own, usable from a client's chroot.</summary>
+    private sealed record Login(string Account, string KeyFile, string[] Environment);
+
+    private static Login NewLogin(NixClient client, KilnProcess kiln, string account, string permissions = "store:read,store:write,build:read,build:write")
+    {
+        var key = NewKey(client, account);
+        Cli(kiln, "account", "create", account);
+        Cli(kiln, "key", "add", account, File.ReadAllText(key + ".pub").Trim(), "--permissions", permissions);
+        return new Login(account, key, SshEnvironment(client, kiln, key));
+    }
+
+    // SSH files live at the same path on the host and in the chroot: Nix 2.8 starts ssh after re-entering its
+    // original mount namespace, which also leaves the chroot, so its ssh looks for them on the host.
+    private static string NewKey(NixClient client, string name)
+    {
+        var directory = $"/tmp/kiln-e2e-ssh/{Guid.NewGuid():N}";
+        Directory.CreateDirectory(directory);
+        Assert.Equal(0, Processes.Run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", $"{directory}/key"]).ExitCode);
+        Directory.CreateDirectory(client.HostPath(directory));
+        foreach (var file in new[] { "key", "key.pub" })
+        {
+            File.Copy($"{directory}/{file}", client.HostPath($"{directory}/{file}"));
+        }
+
+        return $"{directory}/key";
+    }
+
+    // NIX_SSHOPTS: the port, the key, and the host key pinned (StrictHostKeyChecking yes: a wrong host key fails).
+    private static string[] SshEnvironment(NixClient client, KilnProcess kiln, string key)
+    {
+        var knownHosts = Path.Combine(Path.GetDirectoryName(key)!, "known_hosts");
+        File.WriteAllText(knownHosts, kiln.KnownHostsLine + "\n");
+        File.WriteAllText(client.HostPath(knownHosts), kiln.KnownHostsLine + "\n");
+        return ["env", $"NIX_SSHOPTS=-p {kiln.SshPort} -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={knownHosts} -o LogLevel=ERROR"];
+    }
+
+    private static void Cli(KilnProcess kiln, params string[] args)
+    {
+        var result = Processes.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "kiln.dll"), .. args, "--data", kiln.DataDirectory]);
+        Assert.True(result.ExitCode == 0, result.Stderr);
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task A_remote_store_build_over_ssh_ng_runs_in_the_keys_account_and_shows_the_log(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess(ssh: true);
+        var workspace = client.NewWorkspace();
+        var alice = NewLogin(client, kiln, "alice");
+        var dag = Dag.Write(client, workspace, "sshdag", depth: 3, width: 4, salt: Guid.NewGuid().ToString("N"));
+
+        string[] build = client.Is23
+            ? ["nix", "build", "--store", Kiln, "-f", dag, "--no-link"]
+            : ["nix", "build", "-L", "--eval-store", "auto", "--store", Kiln, "-f", dag, "--no-link"];
+        var result = client.Ok(kiln, [.. alice.Environment, .. build]);
+        if (!client.Is23)
+        {
+            Assert.Contains("building layer 2 item 3", result.Stderr, StringComparison.Ordinal);
+        }
+
+        await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
+        var account = await metadata.FindAccountAsync("alice", CancellationToken.None);
+        var builds = await metadata.ListBuildsAsync(account!.Id, 1000, CancellationToken.None);
+        Assert.Equal(12, builds.Count);
+        Assert.All(builds, b => Assert.True(b.Succeeded, b.Error));
+
+        // The outputs are valid in alice's view: she can ask for them by derivation.
+        var drv = "/nix/store/" + builds[0].DrvPath;
+        var outputs = client.Ok(kiln, [.. alice.Environment, "nix-store", "--store", Kiln, "--realise", drv]).StdoutText.Trim();
+        Assert.Matches("^/nix/store/[a-z0-9]{32}-dag-[0-9]+-[0-9]+$", outputs);
+        Assert.Equal(12, (await metadata.ListBuildsAsync(account.Id, 1000, CancellationToken.None)).Count);
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public void Unknown_keys_are_refused_read_only_keys_cannot_upload_and_accounts_do_not_see_each_others_uploads(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess(ssh: true);
+        var workspace = client.NewWorkspace();
+        var alice = NewLogin(client, kiln, "alice");
+        var bob = NewLogin(client, kiln, "bob");
+        var reader = NewLogin(client, kiln, "reader", permissions: "store:read");
+
+        // A path in a local store of the client's, to upload.
+        var local = $"local?root={workspace}/local";
+        File.WriteAllText(client.HostPath($"{workspace}/secret.txt"), $"alice's secret {Guid.NewGuid()}\n");
+        var path = client.Ok(kiln, "nix-store", "--store", local, "--add", $"{workspace}/secret.txt").StdoutText.Trim();
+
+        // A key Kiln does not know: sshd refuses it before anything of Kiln's runs.
+        var strangerKey = NewKey(client, "stranger");
+        var stranger = client.Run(kiln, [.. SshEnvironment(client, kiln, strangerKey), "nix-store", "--store", Kiln, "-q", "--hash", path]);
+        Assert.NotEqual(0, stranger.ExitCode);
+        Assert.Contains("Permission denied (publickey)", stranger.Stderr, StringComparison.Ordinal);
+
+        // A read-only key cannot upload: Kiln says why.
+        var denied = client.Run(kiln, [.. reader.Environment, "nix", "copy", "--from", local, "--to", Kiln, path]);
+        Assert.NotEqual(0, denied.ExitCode);
+        Assert.Contains("lacks the store:write permission", denied.Stderr, StringComparison.Ordinal);
+
+        // A key that may upload but not build.
+        var uploader = NewLogin(client, kiln, "uploader", permissions: "store:read,store:write");
+        var single = Dag.WriteSingle(client, workspace, "unbuilt", "mkdir $out");
+        var refused = client.Run(kiln, [.. uploader.Environment, "nix-build", "--store", Kiln, single, "--no-out-link"]);
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Contains("lacks the build:write permission", refused.Stderr, StringComparison.Ordinal);
+
+        // alice uploads; bob cannot see the path even knowing it, alice can.
+        client.Ok(kiln, [.. alice.Environment, "nix", "copy", "--from", local, "--to", Kiln, path]);
+        var mine = client.Ok(kiln, [.. alice.Environment, "nix", "path-info", "--json", "--store", Kiln, path]);
+        using (var json = JsonDocument.Parse(mine.StdoutText))
+        {
+            var info = json.RootElement.ValueKind == JsonValueKind.Array ? json.RootElement[0] : json.RootElement.EnumerateObject().First().Value;
+            Assert.StartsWith("sha256", info.GetProperty("narHash").GetString(), StringComparison.Ordinal);
+        }
+
+        var theirs = client.Run(kiln, [.. bob.Environment, "nix", "path-info", "--store", Kiln, path]);
+        Assert.NotEqual(0, theirs.ExitCode);
+        Assert.Contains("is not valid", theirs.Stderr, StringComparison.Ordinal);
+        var fetch = client.Run(kiln, [.. bob.Environment, "nix", "copy", "--from", Kiln, "--to", $"local?root={workspace}/bob", path]);
+        Assert.NotEqual(0, fetch.ExitCode);
+    }
+}
