@@ -90,6 +90,15 @@ public static partial class KilnServer
             File.Move(temp, file);
         }
 
-        return SecretKey.Parse(File.ReadAllText(file).Trim());
+        // The public half next to it, for operators and clients' trusted-public-keys (kiln client-config prints it).
+        var secret = SecretKey.Parse(File.ReadAllText(file).Trim());
+        var publicFile = Path.Combine(directory, "build.public");
+        var publicKey = secret.PublicKey.ToString();
+        if (!File.Exists(publicFile) || File.ReadAllText(publicFile).Trim() != publicKey)
+        {
+            File.WriteAllText(publicFile, publicKey + "\n");
+        }
+
+        return secret;
     }
 }

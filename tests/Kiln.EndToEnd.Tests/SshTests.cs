@@ -90,6 +90,62 @@ public class SshTests
 
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task As_a_remote_builder_and_substituter_over_ssh_ng_Kiln_builds_signs_and_the_outputs_arrive_in_the_clients_store(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess(ssh: true);
+        var workspace = client.NewWorkspace();
+        var alice = NewLogin(client, kiln, "alice");
+        var dag = Dag.Write(client, workspace, "builderdag", depth: 3, width: 4, salt: Guid.NewGuid().ToString("N"));
+        var local = $"local?root={workspace}/client";
+
+        // max-jobs 0: the client builds nothing itself; every derivation goes to Kiln.
+        client.Ok(kiln, [.. alice.Environment, "nix", "build", "--store", local, "--builders", $"ssh-ng://kiln@127.0.0.1 x86_64-linux {alice.KeyFile} 8 1",
+            "--max-jobs", "0", "-f", dag, "--no-link"]);
+
+        await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
+        var account = await metadata.FindAccountAsync("alice", CancellationToken.None);
+        var builds = await metadata.ListBuildsAsync(account!.Id, 1000, CancellationToken.None);
+        Assert.Equal(12, builds.Count);
+        Assert.All(builds, b => Assert.True(b.Succeeded, b.Error));
+
+        // The outputs are in the client's own store, with their references.
+        var outputs = client.Ok(kiln, "nix", "path-info", "--store", local, "-r", "-f", dag).StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(12, outputs.Count(o => o.Contains("-dag-", StringComparison.Ordinal)));
+
+        var buildKey = File.ReadAllText(Path.Combine(kiln.DataDirectory, "keys", "build.public")).Trim();
+        string[] trustKiln = ["--option", "require-sigs", "true", "--option", "trusted-public-keys", buildKey];
+        var top = outputs.First(o => o.Contains("-dag-2-", StringComparison.Ordinal));
+        if (!client.SendsDerivationClosures)
+        {
+            // Nix before 2.15 sends a bare BuildDerivation: Kiln cannot tell the outputs belong to the derivation
+            // the client named, so it does not vouch for them. They stay the caller's own and unsigned.
+            var unsigned = client.Run(kiln, [.. alice.Environment, "nix", "copy", .. trustKiln, "--from", Kiln, "--to", $"local?root={workspace}/copy", top]);
+            Assert.NotEqual(0, unsigned.ExitCode);
+            Assert.Contains("signature", unsigned.Stderr, StringComparison.Ordinal);
+            client.Ok(kiln, [.. alice.Environment, "nix", "copy", "--no-check-sigs", "--from", Kiln, "--to", $"local?root={workspace}/copy", top]);
+            client.Ok(kiln, "nix", "path-info", "--store", $"local?root={workspace}/copy", "-r", top);
+            return;
+        }
+
+        // Nix 2.15 and later send whole derivation closures, so Kiln built from verifiable inputs and signed: with
+        // its key trusted (signatures required) the outputs copy back and substitute from Kiln instead of building.
+        client.Ok(kiln, [.. alice.Environment, "nix", "copy", .. trustKiln, "--from", Kiln, "--to", $"local?root={workspace}/copy", top]);
+        client.Ok(kiln, "nix", "path-info", "--store", $"local?root={workspace}/copy", "-r", top);
+
+        var substituted = $"local?root={workspace}/substituted";
+        client.Ok(kiln, [.. alice.Environment, "nix", "build", .. trustKiln, "--option", "substituters", Kiln, "--store", substituted, "--max-jobs", "0", "-f", dag, "--no-link"]);
+        Assert.Equal(12, client.Ok(kiln, "nix", "path-info", "--store", substituted, "-r", "-f", dag).StdoutText.Split('\n').Count(o => o.Contains("-dag-", StringComparison.Ordinal)));
+        Assert.Equal(12, (await metadata.ListBuildsAsync(account.Id, 1000, CancellationToken.None)).Count);
+
+        // Without Kiln's key, the same copy is refused: the signature is what makes it trustworthy.
+        var untrusted = client.Run(kiln, [.. alice.Environment, "nix", "copy", "--option", "require-sigs", "true", "--from", Kiln, "--to", $"local?root={workspace}/untrusted", top]);
+        Assert.NotEqual(0, untrusted.ExitCode);
+        Assert.Contains("signature", untrusted.Stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public void Unknown_keys_are_refused_read_only_keys_cannot_upload_and_accounts_do_not_see_each_others_uploads(string version)
     {
         var client = NixClient.For(version);

@@ -72,6 +72,12 @@ public sealed class NixClient
     public bool Is23 => Version.StartsWith("2.3.", StringComparison.Ordinal);
 
     /// <summary>
+    /// Whether, as a remote builder's client, this Nix sends the whole derivation closure to a store that does not
+    /// trust it (Nix 2.15 and later) rather than a bare BuildDerivation.
+    /// </summary>
+    public bool SendsDerivationClosures => System.Version.Parse(Version) >= new System.Version(2, 15);
+
+    /// <summary>
     /// For <c>nix copy</c> and <c>nix path-info</c> of a .drv: Nix 2.4 and later read a .drv installable as its outputs
     /// unless told <c>--derivation</c>; Nix 2.3 has no such flag and takes the path as it is.
     /// </summary>
