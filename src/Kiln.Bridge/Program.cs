@@ -38,6 +38,14 @@ internal static class Program
         await server.WriteAsync(Header(keyId)).ConfigureAwait(false);
 
         var answer = await ReadLineAsync(server).ConfigureAwait(false);
+        Task errors = Task.CompletedTask;
+        if (answer?.StartsWith("ok stderr=", StringComparison.Ordinal) == true)
+        {
+            // The serve protocol's stdout carries only the protocol; its logs come on a second connection.
+            errors = CopyStderrAsync(args[1], answer["ok stderr=".Length..]);
+            answer = "ok";
+        }
+
         if (answer != "ok")
         {
             var message = answer is null ? "the Kiln server closed the connection" : answer.StartsWith("error: ", StringComparison.Ordinal) ? answer[7..] : answer;
@@ -52,7 +60,25 @@ internal static class Program
 
         // The session is over when the server closes; the client closing its side only ends the upload.
         await download.ConfigureAwait(false);
+        await Task.WhenAny(errors, Task.Delay(TimeSpan.FromSeconds(2))).ConfigureAwait(false);
         return 0;
+    }
+
+    private static async Task CopyStderrAsync(string socketPath, string token)
+    {
+        try
+        {
+            using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath)).ConfigureAwait(false);
+            await using var stream = new NetworkStream(socket, ownsSocket: false);
+            await stream.WriteAsync(Encoding.UTF8.GetBytes($"{{\"stderr\":\"{token}\"}}\n")).ConfigureAwait(false);
+            using var stderr = Console.OpenStandardError();
+            await stream.CopyToAsync(stderr).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or SocketException)
+        {
+            // Logs are a courtesy: the session itself decides the outcome.
+        }
     }
 
     private static async Task UploadAsync(Stream stdin, NetworkStream server, Socket socket)

@@ -119,7 +119,7 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
     private static partial void LogSessionFailed(ILogger logger, long id, Exception exception);
 
     /// <summary>NarFromPath by sendfile on the session's socket.</summary>
-    private sealed class SocketFileSender(Socket socket) : IFileSender
+    internal sealed class SocketFileSender(Socket socket) : IFileSender
     {
         public async ValueTask SendFileAsync(string path, long length, CancellationToken cancellationToken) =>
             await socket.SendFileAsync(path, cancellationToken).ConfigureAwait(false);

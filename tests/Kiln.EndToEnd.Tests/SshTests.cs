@@ -146,6 +146,45 @@ public class SshTests
 
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task Over_ssh_the_serve_protocol_builds_as_a_remote_builder_with_its_log_and_copies_both_ways(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess(ssh: true);
+        var workspace = client.NewWorkspace();
+        var alice = NewLogin(client, kiln, "alice");
+        var dag = Dag.Write(client, workspace, "servedag", depth: 3, width: 4, salt: Guid.NewGuid().ToString("N"));
+        var local = $"local?root={workspace}/client";
+        const string Serve = "ssh://kiln@127.0.0.1";
+
+        var built = client.Ok(kiln, [.. alice.Environment, "nix", "build", .. (client.Is23 ? Array.Empty<string>() : ["-L"]), "--store", local,
+            "--builders", $"{Serve} x86_64-linux {alice.KeyFile} 8 1", "--max-jobs", "0", "-f", dag, "--no-link"]);
+        if (!client.Is23)
+        {
+            Assert.Contains("building layer 2 item 3", built.Stderr, StringComparison.Ordinal); // the remote log, via stderr
+        }
+
+        await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
+        var account = await metadata.FindAccountAsync("alice", CancellationToken.None);
+        Assert.Equal(12, (await metadata.ListBuildsAsync(account!.Id, 1000, CancellationToken.None)).Count(b => b.Succeeded));
+        var outputs = client.Ok(kiln, "nix", "path-info", "--store", local, "-r", "-f", dag).StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(12, outputs.Count(o => o.Contains("-dag-", StringComparison.Ordinal)));
+
+        // nix copy to and from ssh://: a path of the client's own goes up, and comes back into a fresh store.
+        File.WriteAllText(client.HostPath($"{workspace}/up.txt"), $"uploaded over ssh:// {Guid.NewGuid()}\n");
+        var path = client.Ok(kiln, "nix-store", "--store", local, "--add", $"{workspace}/up.txt").StdoutText.Trim();
+        client.Ok(kiln, [.. alice.Environment, "nix", "copy", "--from", local, "--to", Serve, path]);
+        client.Ok(kiln, [.. alice.Environment, "nix", "copy", "--no-check-sigs", "--from", Serve, "--to", $"local?root={workspace}/down", path]);
+        Assert.Equal(File.ReadAllText(client.HostPath($"{workspace}/up.txt")), File.ReadAllText(client.HostPath($"{workspace}/down{path}")));
+
+        // Without --write (as `nix copy --from` opens it) nothing can be added: a read-only key gets Kiln's reason.
+        var reader = NewLogin(client, kiln, "reader", permissions: "store:read");
+        var denied = client.Run(kiln, [.. reader.Environment, "nix", "copy", "--from", local, "--to", Serve, path]);
+        Assert.NotEqual(0, denied.ExitCode);
+        Assert.Contains("lacks the store:write permission", denied.Stderr, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public void Unknown_keys_are_refused_read_only_keys_cannot_upload_and_accounts_do_not_see_each_others_uploads(string version)
     {
         var client = NixClient.For(version);

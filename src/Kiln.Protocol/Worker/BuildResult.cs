@@ -72,15 +72,40 @@ public sealed record BuildResult
 
         if (version.AtLeast(28))
         {
-            // DrvOutput id → realisation JSON. Clients use the output name after '!'; the hash is a dummy, as in
-            // current Nix for input-addressed derivations.
-            output.WriteU64((ulong)BuiltOutputs.Count);
-            foreach (var (name, path) in BuiltOutputs.OrderBy(o => o.Key, StringComparer.Ordinal))
-            {
-                var id = $"sha256:{new string('0', 64)}!{name}";
-                output.WriteString(id);
-                output.WriteString(RealisationJson(id, path));
-            }
+            WriteBuiltOutputs(output);
+        }
+    }
+
+    /// <summary>Writes the result as the serve protocol (2.<paramref name="minor"/>) has it: no cpu times.</summary>
+    public void WriteServe(WireOutput output, int minor)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        output.WriteU64((ulong)(Status > BuildStatus.NotDeterministic ? BuildStatus.MiscFailure : Status));
+        output.WriteString(ErrorMessage);
+        if (minor >= 3)
+        {
+            output.WriteU64(TimesBuilt);
+            output.WriteBool(IsNonDeterministic);
+            output.WriteU64((ulong)StartTime);
+            output.WriteU64((ulong)StopTime);
+        }
+
+        if (minor >= 6)
+        {
+            WriteBuiltOutputs(output);
+        }
+    }
+
+    // DrvOutput id → realisation JSON. Clients use the output name after '!'; the hash is a dummy, as in current Nix
+    // for input-addressed derivations.
+    private void WriteBuiltOutputs(WireOutput output)
+    {
+        output.WriteU64((ulong)BuiltOutputs.Count);
+        foreach (var (name, path) in BuiltOutputs.OrderBy(o => o.Key, StringComparer.Ordinal))
+        {
+            var id = $"sha256:{new string('0', 64)}!{name}";
+            output.WriteString(id);
+            output.WriteString(RealisationJson(id, path));
         }
     }
 

@@ -150,7 +150,7 @@ public sealed partial class WorkerSession
     }
 
     /// <summary>ValidPathInfo in the ≥ 1.16 layout, which AddMultipleToStore always uses.</summary>
-    private static async Task<ValidPathInfo> ReadValidPathInfoAsync(WireInput input, CancellationToken ct)
+    internal static async Task<ValidPathInfo> ReadValidPathInfoAsync(WireInput input, CancellationToken ct)
     {
         var path = await input.ReadStorePathAsync(ct).ConfigureAwait(false);
         var deriver = await input.ReadOptionalStorePathAsync(ct).ConfigureAwait(false);

@@ -128,8 +128,18 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         }
     }
 
-    /// <summary>What the bridge says about the login.</summary>
-    private sealed record BridgeHeader(long KeyId, string Command, IReadOnlyDictionary<string, string> Environment);
+    /// <summary>What the bridge says about the login; or, on a serve session's second connection, its stderr token.</summary>
+    private sealed record BridgeHeader(long KeyId, string Command, IReadOnlyDictionary<string, string> Environment, string? StderrToken);
+
+    /// <summary>A serve session waiting for (then using) the bridge's connection for its stderr.</summary>
+    private sealed class StderrSlot
+    {
+        public TaskCompletionSource<Stream> Connected { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public TaskCompletionSource Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, StderrSlot> _stderrSlots = new();
 
     private async Task ServeAsync(SshInstallation ssh, Socket socket, CancellationToken stoppingToken)
     {
@@ -151,6 +161,16 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     }
 
                     var header = await ReadHeaderAsync(stream, stoppingToken).ConfigureAwait(false);
+                    if (header?.StderrToken is { } token)
+                    {
+                        if (_stderrSlots.TryGetValue(token, out var slot) && slot.Connected.TrySetResult(stream))
+                        {
+                            await slot.Done.Task.ConfigureAwait(false);
+                        }
+
+                        return;
+                    }
+
                     var key = header is null ? null : await store.Metadata.GetSshKeyAsync(header.KeyId, stoppingToken).ConfigureAwait(false);
                     if (header is null || key is null || !key.Enabled)
                     {
@@ -159,6 +179,13 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     }
 
                     var command = string.Join(' ', header.Command.Split(' ', StringSplitOptions.RemoveEmptyEntries));
+                    if (command is "nix-store --serve" or "nix-store --serve --write" && key.Permissions.HasFlag(KeyPermissions.StoreRead))
+                    {
+                        var served = await ServeLegacyAsync(socket, stream, key, write: command.EndsWith("--write", StringComparison.Ordinal), stoppingToken).ConfigureAwait(false);
+                        LogSession(logger, id, key.AccountName, key.Fingerprint, command, served.CloseReason ?? "client disconnected", served.Operations, watch.Elapsed.TotalSeconds);
+                        return;
+                    }
+
                     if (command != "nix-daemon --stdio")
                     {
                         var printable = Printable(command);
@@ -188,6 +215,41 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         }
     }
 
+    // nix-store --serve: stdout on this connection, stderr on a second one the bridge opens with the token.
+    private async Task<SessionSummary> ServeLegacyAsync(Socket socket, NetworkStream stream, SshKeyRecord key, bool write, CancellationToken stoppingToken)
+    {
+        var token = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16));
+        var slot = new StderrSlot();
+        _stderrSlots[token] = slot;
+        try
+        {
+            await AnswerAsync(stream, $"ok stderr={token}", stoppingToken).ConfigureAwait(false);
+            var errors = await slot.Connected.Task.WaitAsync(TimeSpan.FromSeconds(30), stoppingToken).ConfigureAwait(false);
+            using var view = await store.OpenViewAsync(key.AccountName, stoppingToken).ConfigureAwait(false);
+            var serve = new Kiln.Protocol.Serve.ServeSession(view, scheduler.ForSession(view), new Kiln.Protocol.Serve.ServeSessionOptions
+            {
+                Limits = sessionOptions.Limits,
+                UploadsDenied = !write ? "Kiln: this session is read-only (nix-store --serve without --write)" : SessionOptions(key).UploadsDenied,
+                BuildsDenied = !write ? "Kiln: this session is read-only (nix-store --serve without --write)" : SessionOptions(key).BuildsDenied,
+            }, logger);
+            var reader = System.IO.Pipelines.PipeReader.Create(stream, new System.IO.Pipelines.StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024));
+            var writer = System.IO.Pipelines.PipeWriter.Create(stream, new System.IO.Pipelines.StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
+            var summary = await serve.RunAsync(reader, writer, new DaemonSocketService.SocketFileSender(socket), async line =>
+            {
+                await errors.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), stoppingToken).ConfigureAwait(false);
+                await errors.FlushAsync(stoppingToken).ConfigureAwait(false);
+            }, stoppingToken).ConfigureAwait(false);
+            await writer.CompleteAsync().ConfigureAwait(false);
+            await reader.CompleteAsync().ConfigureAwait(false);
+            return summary;
+        }
+        finally
+        {
+            _stderrSlots.TryRemove(token, out _);
+            slot.Done.TrySetResult();
+        }
+    }
+
     private WorkerSessionOptions SessionOptions(SshKeyRecord key) => sessionOptions with
     {
         UploadsDenied = key.Permissions.HasFlag(KeyPermissions.StoreWrite) ? null : $"Kiln: this key ({key.Fingerprint}) may not add to the store: it lacks the store:write permission",
@@ -196,7 +258,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
     private static string Unsupported(string command) => command switch
     {
-        "nix-store --serve" or "nix-store --serve --write" => "the legacy serve protocol (ssh://) is not available on this Kiln yet; use ssh-ng://",
+        "nix-store --serve" or "nix-store --serve --write" => "this key lacks the store:read permission",
         "" or "shell" => "the admin shell is not available on this Kiln yet",
         _ when command.StartsWith("kiln ", StringComparison.Ordinal) => "the admin shell is not available on this Kiln yet",
         _ => $"'{Printable(command)}' is not a command Kiln serves (Nix uses it as ssh-ng:// or ssh://)",
@@ -247,7 +309,12 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                 }
             }
 
-            return new BridgeHeader(root.GetProperty("key").GetInt64(), root.GetProperty("command").GetString() ?? "", environment);
+            if (root.TryGetProperty("stderr", out var stderr) && stderr.ValueKind == JsonValueKind.String)
+            {
+                return new BridgeHeader(0, "", environment, stderr.GetString());
+            }
+
+            return new BridgeHeader(root.GetProperty("key").GetInt64(), root.GetProperty("command").GetString() ?? "", environment, null);
         }
         catch (Exception e) when (e is JsonException or InvalidOperationException or KeyNotFoundException or FormatException)
         {

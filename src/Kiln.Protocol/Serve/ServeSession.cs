@@ -1,0 +1,361 @@
+using System.IO.Pipelines;
+using System.Threading.Channels;
+using Kiln.Nix;
+using Kiln.Nix.Derivations;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.StorePaths;
+using Kiln.Nix.Wire;
+using Kiln.Protocol.Wire;
+using Kiln.Protocol.Worker;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Protocol.Serve;
+
+/// <summary>What a serve session may do beyond reading: <c>nix-store --serve --write</c>, and the key's permissions.</summary>
+public sealed record ServeSessionOptions
+{
+    /// <summary>The limits requests are read with.</summary>
+    public WireLimits Limits { get; init; } = WireLimits.Default;
+
+    /// <summary>Why adding paths is refused (no <c>--write</c>, or no store:write), or null if it is allowed.</summary>
+    public string? UploadsDenied { get; init; }
+
+    /// <summary>Why building is refused, or null if it is allowed.</summary>
+    public string? BuildsDenied { get; init; }
+}
+
+/// <summary>
+/// The legacy serve protocol (<c>nix-store --serve</c>, which <c>ssh://</c> stores and remote builders run), version
+/// 2.7 and down to 2.5 (Nix 2.3). stdout is the protocol, with no framing; build logs and errors go to stderr, as
+/// <c>nix-store --serve</c> writes them. An error ends the session, as it ends <c>nix-store --serve</c>: the message
+/// goes to stderr and the client sees the connection close.
+/// </summary>
+public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder builder, ServeSessionOptions options, ILogger logger)
+{
+    public const ulong Magic1 = 0x390c9deb;
+    public const ulong Magic2 = 0x5452eecb;
+    private static readonly ProtocolVersion ServerVersion = new(2, 7);
+    private static readonly ProtocolVersion MinimumVersion = new(2, 5);
+
+    private WireInput _input = null!;
+    private WireOutput _output = null!;
+    private Func<string, ValueTask> _stderr = null!;
+    private int _minor;
+    private int _operations;
+
+    private enum Command : ulong
+    {
+        QueryValidPaths = 1,
+        QueryPathInfos = 2,
+        DumpStorePath = 3,
+        ImportPaths = 4,
+        ExportPaths = 5,
+        BuildPaths = 6,
+        QueryClosure = 7,
+        BuildDerivation = 8,
+        AddToStoreNar = 9,
+    }
+
+    /// <summary>Serves until the client closes; <paramref name="stderr"/> receives log and error lines (no newline).</summary>
+    public async Task<SessionSummary> RunAsync(PipeReader input, PipeWriter output, IFileSender? fileSender, Func<string, ValueTask> stderr, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(stderr);
+        _input = new WireInput(input, options.Limits);
+        _output = new WireOutput(output, fileSender);
+        _stderr = stderr;
+        ProtocolVersion? client = null;
+        string? closeReason = null;
+        try
+        {
+            if (await _input.ReadU64Async(cancellationToken).ConfigureAwait(false) != Magic1)
+            {
+                throw new ProtocolViolationException("protocol mismatch");
+            }
+
+            _output.WriteU64(Magic2);
+            _output.WriteU64(ServerVersion.ToWire());
+            await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            client = ProtocolVersion.FromWire(await _input.ReadU64Async(cancellationToken).ConfigureAwait(false));
+            var negotiated = client.Value.CompareTo(ServerVersion) < 0 ? client.Value : ServerVersion;
+            if (negotiated.Major != 2 || negotiated.CompareTo(MinimumVersion) < 0)
+            {
+                throw new NixErrorException($"Nix serve protocol {client} is not supported by Kiln, which needs 2.5 (Nix 2.3) or newer");
+            }
+
+            _minor = negotiated.Minor;
+            while (true)
+            {
+                var (ok, code) = await _input.TryReadFirstAsync<ulong>(WireReader.TryReadU64, cancellationToken).ConfigureAwait(false);
+                if (!ok)
+                {
+                    break;
+                }
+
+                _operations++;
+                await PerformAsync((Command)code, cancellationToken).ConfigureAwait(false);
+                await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception e) when (e is NixErrorException or NixFormatException or BadStorePathException)
+        {
+            closeReason = e.Message;
+            await _stderr($"error: {e.Message}").ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is ProtocolViolationException or WireFormatException)
+        {
+            closeReason = $"malformed request: {e.Message}";
+            await _stderr($"error: {e.Message}").ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            closeReason = "server shutting down";
+        }
+        catch (IOException e)
+        {
+            closeReason = $"connection error: {e.Message}";
+        }
+#pragma warning disable CA1031 // A session must end with a reason, never with an exception into the server.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            LogInternalError(logger, e);
+            closeReason = $"internal error: {e.GetType().Name}";
+            await _stderr("error: internal error in Kiln; see the server log").ConfigureAwait(false);
+        }
+
+        return new SessionSummary(client, _operations, _input.BytesRead, _output.BytesWritten, closeReason);
+    }
+
+    private async Task PerformAsync(Command command, CancellationToken ct)
+    {
+        switch (command)
+        {
+            case Command.QueryValidPaths: await QueryValidPathsAsync(ct).ConfigureAwait(false); break;
+            case Command.QueryPathInfos: await QueryPathInfosAsync(ct).ConfigureAwait(false); break;
+            case Command.DumpStorePath: await DumpStorePathAsync(ct).ConfigureAwait(false); break;
+            case Command.QueryClosure: await QueryClosureAsync(ct).ConfigureAwait(false); break;
+            case Command.AddToStoreNar: await AddToStoreNarAsync(ct).ConfigureAwait(false); break;
+            case Command.BuildPaths: await BuildPathsAsync(ct).ConfigureAwait(false); break;
+            case Command.BuildDerivation: await BuildDerivationAsync(ct).ConfigureAwait(false); break;
+            case Command.ImportPaths or Command.ExportPaths:
+                throw new NixErrorException($"{command} is only used with serve protocol versions before 2.5; Kiln speaks 2.5–2.7");
+            default:
+                throw new ProtocolViolationException($"unknown serve command {(ulong)command}");
+        }
+    }
+
+    private static void Require(string? denied)
+    {
+        if (denied is not null)
+        {
+            throw new NixErrorException(denied);
+        }
+    }
+
+    private async Task QueryValidPathsAsync(CancellationToken ct)
+    {
+        var lockPaths = await _input.ReadBoolAsync(ct).ConfigureAwait(false);
+        await _input.ReadBoolAsync(ct).ConfigureAwait(false); // substitute: Kiln has no substituters to consult yet
+        var paths = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
+        var valid = await store.QueryValidPathsAsync(paths, ct).ConfigureAwait(false);
+        if (lockPaths)
+        {
+            // Temporary roots for this session, so the paths stay while the client uses them.
+            foreach (var path in valid)
+            {
+                await store.AddTempRootAsync(path, ct).ConfigureAwait(false);
+            }
+        }
+
+        _output.WriteStorePaths(paths.Where(valid.Contains));
+    }
+
+    private async Task QueryPathInfosAsync(CancellationToken ct)
+    {
+        var paths = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
+        var infos = await store.QueryPathInfosAsync(paths, ct).ConfigureAwait(false);
+        foreach (var path in paths)
+        {
+            if (!infos.TryGetValue(path, out var info))
+            {
+                continue;
+            }
+
+            _output.WriteStorePath(path);
+            _output.WriteOptionalStorePath(info.Deriver);
+            _output.WriteStorePaths(info.References);
+            _output.WriteU64((ulong)info.NarSize); // download size: the NAR, uncompressed
+            _output.WriteU64((ulong)info.NarSize);
+            if (_minor >= 4)
+            {
+                _output.WriteString(info.NarHash.ToString(HashFormat.Nix32, includeAlgorithm: true));
+                _output.WriteString(info.ContentAddress?.ToString() ?? "");
+                _output.WriteStringSet(info.Signatures);
+            }
+        }
+
+        _output.WriteString("");
+    }
+
+    private async Task DumpStorePathAsync(CancellationToken ct)
+    {
+        var path = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
+        var blob = await store.OpenNarAsync(path, ct).ConfigureAwait(false) ?? throw new NixErrorException($"path '{path}' is not valid");
+        await _output.SendFileAsync(blob.FilePath, blob.Size, ct).ConfigureAwait(false);
+    }
+
+    // The closure of references, one batched query per level; with includeOutputs, derivations' outputs too.
+    private async Task QueryClosureAsync(CancellationToken ct)
+    {
+        var includeOutputs = await _input.ReadBoolAsync(ct).ConfigureAwait(false);
+        var roots = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
+        var closure = new SortedSet<StorePath>();
+        var frontier = roots.ToList();
+        while (frontier.Count > 0)
+        {
+            var infos = await store.QueryPathInfosAsync(frontier, ct).ConfigureAwait(false);
+            var missing = frontier.FirstOrDefault(p => !infos.ContainsKey(p) && roots.Contains(p));
+            if (missing != default)
+            {
+                throw new NixErrorException($"path '{missing}' is not valid");
+            }
+
+            var next = new HashSet<StorePath>();
+            foreach (var (path, info) in infos)
+            {
+                if (!closure.Add(path))
+                {
+                    continue;
+                }
+
+                next.UnionWith(info.References);
+                if (includeOutputs && path.IsDerivation)
+                {
+                    foreach (var output in (await store.QueryDerivationOutputMapAsync(path, ct).ConfigureAwait(false)).Values)
+                    {
+                        if (output is { } known)
+                        {
+                            next.Add(known);
+                        }
+                    }
+                }
+            }
+
+            next.ExceptWith(closure);
+            frontier = [.. next];
+        }
+
+        _output.WriteStorePaths(closure);
+    }
+
+    private async Task AddToStoreNarAsync(CancellationToken ct)
+    {
+        Require(options.UploadsDenied);
+        var info = await WorkerSession.ReadValidPathInfoAsync(_input, ct).ConfigureAwait(false);
+        if (info.NarSize <= 0)
+        {
+            throw new NixErrorException($"cannot add '{info.Path}': its NAR size must be given");
+        }
+
+        var nar = new CountedPayloadStream(_input, info.NarSize);
+        try
+        {
+            await store.AddToStoreAsync(info, nar, repair: false, checkSignatures: false, ct).ConfigureAwait(false);
+        }
+        finally
+        {
+            await nar.DrainAsync(ct).ConfigureAwait(false);
+        }
+
+        _output.WriteU64(1);
+    }
+
+    private async Task<ClientBuildSettings> ReadBuildOptionsAsync(CancellationToken ct)
+    {
+        var maxSilent = await _input.ReadU64Async(ct).ConfigureAwait(false);
+        var timeout = await _input.ReadU64Async(ct).ConfigureAwait(false);
+        var maxLog = _minor >= 2 ? await _input.ReadU64Async(ct).ConfigureAwait(false) : 0;
+        if (_minor >= 3)
+        {
+            await _input.ReadU64Async(ct).ConfigureAwait(false); // nrRepeats
+            await _input.ReadU64Async(ct).ConfigureAwait(false); // enforceDeterminism
+        }
+
+        if (_minor >= 7)
+        {
+            await _input.ReadU64Async(ct).ConfigureAwait(false); // keepFailed: a build directory on Kiln helps nobody
+        }
+
+        // The client shows stderr as the build's log, so failure messages carry no log tail.
+        return new ClientBuildSettings
+        {
+            MaxSilentTime = TimeSpan.FromSeconds(Math.Min(maxSilent, int.MaxValue)),
+            Timeout = TimeSpan.FromSeconds(Math.Min(timeout, int.MaxValue)),
+            MaxLogSize = (long)Math.Min(maxLog, long.MaxValue),
+            VerboseBuild = true,
+        };
+    }
+
+    private async Task BuildPathsAsync(CancellationToken ct)
+    {
+        var targets = (await _input.ReadStringsAsync(ct).ConfigureAwait(false)).Select(t => DerivedPath.Parse(t, new ProtocolVersion(1, 29))).ToList();
+        var settings = await ReadBuildOptionsAsync(ct).ConfigureAwait(false);
+        Require(options.BuildsDenied);
+        var results = await WithLogAsync(events => builder.BuildPathsAsync(targets, settings, events, ct)).ConfigureAwait(false);
+        var failed = results.FirstOrDefault(r => !r.Succeeded);
+        if (failed is null)
+        {
+            _output.WriteU64(0);
+        }
+        else
+        {
+            _output.WriteU64((ulong)failed.Status);
+            _output.WriteString(failed.ErrorMessage);
+        }
+    }
+
+    private async Task BuildDerivationAsync(CancellationToken ct)
+    {
+        var drvPath = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
+        var name = Derivation.NameFromPath(drvPath);
+        var derivation = await _input.ReadAsync((ref System.Buffers.SequenceReader<byte> r, out Derivation d) =>
+            BasicDerivationWire.TryRead(ref r, name, options.Limits, out d), ct).ConfigureAwait(false);
+        var settings = await ReadBuildOptionsAsync(ct).ConfigureAwait(false);
+        Require(options.BuildsDenied);
+        var result = await WithLogAsync(events => builder.BuildDerivationAsync(drvPath, derivation, settings, events, ct)).ConfigureAwait(false);
+        result.WriteServe(_output, _minor);
+    }
+
+    // Runs a build, writing its log lines and messages to stderr as they come.
+    private async Task<T> WithLogAsync<T>(Func<IBuildEvents, Task<T>> work)
+    {
+        var lines = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true });
+        var task = Task.Run(() => work(new StderrEvents(lines.Writer)));
+        _ = task.ContinueWith(_ => lines.Writer.TryComplete(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        await foreach (var line in lines.Reader.ReadAllAsync().ConfigureAwait(false))
+        {
+            await _stderr(line).ConfigureAwait(false);
+        }
+
+        return await task.ConfigureAwait(false);
+    }
+
+    /// <summary>Build events as <c>nix-store --serve</c> shows them: the builder's lines as they are.</summary>
+    private sealed class StderrEvents(ChannelWriter<string> lines) : IBuildEvents
+    {
+        private long _activity;
+
+        public long BuildStarted(StorePath drvPath) => Interlocked.Increment(ref _activity);
+
+        public void LogLine(long activity, string line) => lines.TryWrite(line);
+
+        public void BuildStopped(long activity)
+        {
+        }
+
+        public void Message(string text) => lines.TryWrite(text);
+    }
+
+    [LoggerMessage(EventId = 1101, Level = LogLevel.Error, Message = "internal error in a serve session")]
+    private static partial void LogInternalError(ILogger logger, Exception exception);
+}
