@@ -46,7 +46,8 @@ internal static class Program
             answer = "ok";
         }
 
-        if (answer != "ok")
+        var framed = answer == "ok framed";
+        if (answer != "ok" && !framed)
         {
             var message = answer is null ? "the Kiln server closed the connection" : answer.StartsWith("error: ", StringComparison.Ordinal) ? answer[7..] : answer;
             await Console.Error.WriteAsync($"kiln: {message}\n").ConfigureAwait(false);
@@ -55,6 +56,12 @@ internal static class Program
 
         using var stdin = Console.OpenStandardInput();
         using var stdout = Console.OpenStandardOutput();
+        if (framed)
+        {
+            _ = UploadAsync(stdin, server, socket);
+            return await DemultiplexAsync(server, stdout).ConfigureAwait(false);
+        }
+
         var download = server.CopyToAsync(stdout);
         _ = UploadAsync(stdin, server, socket);
 
@@ -78,6 +85,46 @@ internal static class Program
         catch (Exception e) when (e is IOException or SocketException)
         {
             // Logs are a courtesy: the session itself decides the outcome.
+        }
+    }
+
+    // The admin shell's answer: frames of a channel byte ('o' stdout, 'e' stderr, 'x' exit status), a big-endian
+    // length and the bytes, so its errors reach stderr and its exit status the ssh client.
+    private static async Task<int> DemultiplexAsync(Stream server, Stream stdout)
+    {
+        using var stderr = Console.OpenStandardError();
+        var header = new byte[5];
+        while (true)
+        {
+            try
+            {
+                await server.ReadExactlyAsync(header).ConfigureAwait(false);
+            }
+            catch (EndOfStreamException)
+            {
+                return 0;
+            }
+
+            var length = System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(1));
+            if (length is < 0 or > 1 << 24)
+            {
+                return 1;
+            }
+
+            var data = new byte[length];
+            await server.ReadExactlyAsync(data).ConfigureAwait(false);
+            switch ((char)header[0])
+            {
+                case 'o':
+                    await stdout.WriteAsync(data).ConfigureAwait(false);
+                    await stdout.FlushAsync().ConfigureAwait(false);
+                    break;
+                case 'e':
+                    await stderr.WriteAsync(data).ConfigureAwait(false);
+                    break;
+                case 'x':
+                    return length == 4 ? System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(data) : 1;
+            }
         }
     }
 

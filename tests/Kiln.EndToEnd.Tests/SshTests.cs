@@ -183,6 +183,50 @@ public class SshTests
         Assert.Contains("lacks the store:write permission", denied.Stderr, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void The_admin_shell_answers_on_stdin_survives_errors_and_runs_one_shot_commands_with_their_exit_status()
+    {
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(ssh: true);
+        var workspace = client.NewWorkspace();
+        var alice = NewLogin(client, kiln, "alice", permissions: "store:read,store:write,build:read,build:write,account:write");
+        var reader = NewLogin(client, kiln, "reader", permissions: "store:read,build:read");
+        var newKey = File.ReadAllText(NewKey(client, "laptop") + ".pub").Trim();
+
+        // A build to look at afterwards.
+        var talker = Dag.WriteSingle(client, workspace, "talker", "echo hello from the builder; mkdir $out");
+        client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Kiln, talker, "--no-out-link"]);
+
+        ProcessResult Ssh(Login login, string? stdin, params string[] command) => Processes.Run("ssh",
+            ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", login.KeyFile, "-o", "IdentitiesOnly=yes",
+             "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(login.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR",
+             "kiln@127.0.0.1", .. command], stdin is null ? null : System.Text.Encoding.UTF8.GetBytes(stdin));
+
+        // Interactive, no PTY: a prompt per line; a mistake is reported and the session goes on.
+        var session = Ssh(alice, $"whoami\nbogus\nkeys add '{newKey}' --permissions store:read\nkeys list --json\nbuilds list\nexit\n");
+        Assert.Equal(0, session.ExitCode);
+        Assert.Contains("account alice", session.StdoutText, StringComparison.Ordinal);
+        Assert.Contains("error: unknown command 'bogus'", session.Stderr, StringComparison.Ordinal);
+        Assert.True(session.StdoutText.Contains("added SHA256:", StringComparison.Ordinal), session.StdoutText + session.Stderr);
+        Assert.Contains("\"comment\":\"laptop\"", session.StdoutText, StringComparison.Ordinal);
+        Assert.Matches(@"built .*-talker\.drv", session.StdoutText);
+
+        // One-shot commands, with JSON and exit statuses.
+        using var builds = JsonDocument.Parse(Ssh(alice, null, "kiln", "builds", "list", "--json").StdoutText);
+        var id = builds.RootElement[0].GetProperty("id").GetInt64().ToString(System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Contains("hello from the builder", Ssh(alice, null, "kiln", "builds", "log", id).StdoutText, StringComparison.Ordinal);
+        var missing = Ssh(alice, null, "kiln", "builds", "show", "999999");
+        Assert.Equal(1, missing.ExitCode);
+        Assert.Contains("error: the account has no build 999999", missing.Stderr, StringComparison.Ordinal);
+
+        // Another account's builds are not there; a key without account:write cannot add keys.
+        Assert.Equal(1, Ssh(reader, null, "kiln", "builds", "show", id).ExitCode);
+        var refused = Ssh(reader, null, "kiln", "keys", "add", $"'{newKey}'");
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("lacks the account:write permission", refused.Stderr, StringComparison.Ordinal);
+        Assert.Equal(1, Ssh(reader, null, "rm", "-rf", "/").ExitCode);
+    }
+
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public void Unknown_keys_are_refused_read_only_keys_cannot_upload_and_accounts_do_not_see_each_others_uploads(string version)

@@ -186,6 +186,24 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                         return;
                     }
 
+                    if (command is "" or "shell" or "kiln" || command.StartsWith("kiln ", StringComparison.Ordinal))
+                    {
+                        await AnswerAsync(stream, "ok framed", stoppingToken).ConfigureAwait(false);
+                        var shell = new AdminShell(store.Metadata, key, Path.Combine(options.DataDirectory, "logs"), stream);
+                        var shown = Printable(command);
+                        if (command.StartsWith("kiln ", StringComparison.Ordinal))
+                        {
+                            await shell.RunOnceAsync(command["kiln ".Length..], stoppingToken).ConfigureAwait(false);
+                        }
+                        else
+                        {
+                            await shell.RunInteractiveAsync(stoppingToken).ConfigureAwait(false);
+                        }
+
+                        LogSession(logger, id, key.AccountName, key.Fingerprint, shown, "shell closed", 0, watch.Elapsed.TotalSeconds);
+                        return;
+                    }
+
                     if (command != "nix-daemon --stdio")
                     {
                         var printable = Printable(command);
@@ -259,8 +277,6 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     private static string Unsupported(string command) => command switch
     {
         "nix-store --serve" or "nix-store --serve --write" => "this key lacks the store:read permission",
-        "" or "shell" => "the admin shell is not available on this Kiln yet",
-        _ when command.StartsWith("kiln ", StringComparison.Ordinal) => "the admin shell is not available on this Kiln yet",
         _ => $"'{Printable(command)}' is not a command Kiln serves (Nix uses it as ssh-ng:// or ssh://)",
     };
 

@@ -151,6 +151,9 @@ public interface IMetadataStore : IAsyncDisposable
     Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken);
 
     /// <summary>The latest builds, newest first; of one account, or of all when <paramref name="account"/> is null.</summary>
+    /// <summary>The build with that id, if it ran for <paramref name="account"/>.</summary>
+    Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken);
+
     Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken);
 }
 

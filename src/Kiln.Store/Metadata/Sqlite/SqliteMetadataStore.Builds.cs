@@ -27,6 +27,14 @@ public sealed partial class SqliteMetadataStore
             return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadBuild(reader) : null;
         }, cancellationToken);
 
+    public Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var command = Command(connection, $"SELECT {BuildColumns} FROM builds WHERE id = $i AND account_id = $a", null, ("$i", id), ("$a", account));
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadBuild(reader) : null;
+        }, cancellationToken);
+
     public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<BuildRecord>>(async connection =>
         {

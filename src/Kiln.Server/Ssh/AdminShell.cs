@@ -1,0 +1,292 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Server.Ssh;
+
+/// <summary>
+/// The account's shell over SSH: <c>ssh kiln@host</c> (or <c>… shell</c>) for a prompt on stdin/stdout (no PTY
+/// needed, <c>ssh -t</c> works too), and <c>ssh kiln@host kiln COMMAND [--json]</c> for one command. An error is a
+/// line on stderr and never ends an interactive session; a one-shot command's exit status says whether it worked.
+/// What it shows is the key's own account only, within the key's permissions.
+/// </summary>
+internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, string logDirectory, Stream connection)
+{
+    private const string Help = """
+        Kiln shell commands (add --json for JSON):
+          whoami                          the account and key you are logged in with
+          keys list                       the account's SSH keys
+          keys add 'KEY' [--permissions P] let another key log in (P: store:read,store:write,build:read,build:write,account:write)
+          keys remove FINGERPRINT         stop a key logging in
+          builds list [--limit N]         recent builds run for the account
+          builds show ID                  one build
+          builds log ID                   its log
+          usage                           paths, store size and build time used
+          help, exit
+        """;
+
+    private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>Answers lines from the connection with a prompt until <c>exit</c> or end of input.</summary>
+    public async Task RunInteractiveAsync(CancellationToken cancellationToken)
+    {
+        using var input = new StreamReader(connection, Encoding.UTF8, false, 4096, leaveOpen: true);
+        await OutAsync($"Kiln: logged in to account {key.AccountName}. Type 'help' for commands.\n", cancellationToken).ConfigureAwait(false);
+        while (true)
+        {
+            await OutAsync("kiln> ", cancellationToken).ConfigureAwait(false);
+            var line = await input.ReadLineAsync(cancellationToken).ConfigureAwait(false);
+            if (line is null || line.Trim() is "exit" or "quit" or "logout")
+            {
+                break;
+            }
+
+            if (line.Trim().Length > 0)
+            {
+                await RunAsync(line, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        await ExitAsync(0, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Runs one command (the words after <c>kiln</c>) and ends with its exit status.</summary>
+    public async Task RunOnceAsync(string commandLine, CancellationToken cancellationToken)
+    {
+        var ok = await RunAsync(commandLine, cancellationToken).ConfigureAwait(false);
+        await ExitAsync(ok ? 0 : 1, cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task<bool> RunAsync(string line, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var words = Tokenize(line);
+            var json = words.Remove("--json");
+            var text = await ExecuteAsync(words, json, cancellationToken).ConfigureAwait(false);
+            await OutAsync(text.EndsWith('\n') || text.Length == 0 ? text : text + "\n", cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception e) when (e is ShellException or ArgumentException or DuplicateKeyException or FormatException or OverflowException)
+        {
+            await ErrAsync($"error: {e.Message}\n", cancellationToken).ConfigureAwait(false);
+            return false;
+        }
+    }
+
+    private async Task<string> ExecuteAsync(List<string> words, bool json, CancellationToken cancellationToken)
+    {
+        var command = string.Join(' ', words.TakeWhile(w => !w.StartsWith('-')).Take(2));
+        switch (words.ElementAtOrDefault(0))
+        {
+            case "help":
+                return Help;
+            case "whoami":
+                return Show(json, new { account = key.AccountName, key = key.Fingerprint, permissions = KeyPermissionNames.ToNames(key.Permissions) },
+                    $"account {key.AccountName}\nkey {key.Fingerprint} ({KeyPermissionNames.Format(key.Permissions)})");
+            case "keys":
+                return await KeysAsync(words, json, cancellationToken).ConfigureAwait(false);
+            case "builds":
+                Need(KeyPermissions.BuildRead);
+                return await BuildsAsync(words, json, cancellationToken).ConfigureAwait(false);
+            case "usage":
+                Need(KeyPermissions.StoreRead);
+                return await UsageAsync(json, cancellationToken).ConfigureAwait(false);
+            default:
+                throw new ShellException($"unknown command '{command}' (try 'help')");
+        }
+    }
+
+    private async Task<string> KeysAsync(List<string> words, bool json, CancellationToken cancellationToken)
+    {
+        switch (words.ElementAtOrDefault(1))
+        {
+            case "list":
+                var keys = await metadata.ListSshKeysAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
+                return Show(json, keys.Select(KeyJson), string.Join("\n", keys.Select(k =>
+                    $"{k.Fingerprint} {k.Key.Type} {KeyPermissionNames.Format(k.Permissions)}{(k.Key.Comment.Length > 0 ? " " + k.Key.Comment : "")}{(k.Id == key.Id ? " (this key)" : "")}")));
+            case "add":
+                Need(KeyPermissions.AccountWrite);
+                var permissionsAt = words.IndexOf("--permissions");
+                var granted = permissionsAt > 0 ? KeyPermissionNames.Parse(words.ElementAtOrDefault(permissionsAt + 1) ?? "") : KeyPermissions.All;
+                var text = words.ElementAtOrDefault(2) ?? throw new ShellException("usage: keys add 'ssh-ed25519 AAAA… comment' [--permissions …]");
+
+                // A key can never grant more than the key adding it has.
+                if ((granted & ~key.Permissions) != 0)
+                {
+                    throw new ShellException($"this key cannot grant {KeyPermissionNames.Format(granted & ~key.Permissions)}, which it lacks itself");
+                }
+
+                var added = await metadata.AddSshKeyAsync(key.AccountId, SshPublicKey.Parse(text), granted, cancellationToken).ConfigureAwait(false);
+                return Show(json, KeyJson(added), $"added {added.Fingerprint} ({KeyPermissionNames.Format(added.Permissions)})");
+            case "remove":
+                Need(KeyPermissions.AccountWrite);
+                var fingerprint = words.ElementAtOrDefault(2) ?? throw new ShellException("usage: keys remove FINGERPRINT");
+                if (!await metadata.RemoveSshKeyAsync(key.AccountId, fingerprint, cancellationToken).ConfigureAwait(false))
+                {
+                    throw new ShellException($"the account has no key {fingerprint}");
+                }
+
+                return Show(json, new { removed = fingerprint }, $"removed {fingerprint}");
+            default:
+                throw new ShellException("usage: keys list | keys add 'KEY' [--permissions …] | keys remove FINGERPRINT");
+        }
+    }
+
+    private async Task<string> BuildsAsync(List<string> words, bool json, CancellationToken cancellationToken)
+    {
+        switch (words.ElementAtOrDefault(1))
+        {
+            case "list":
+                var limitAt = words.IndexOf("--limit");
+                var limit = limitAt > 0 ? int.Parse(words.ElementAtOrDefault(limitAt + 1) ?? "", NumberStyles.None, CultureInfo.InvariantCulture) : 20;
+                var builds = await metadata.ListBuildsAsync(key.AccountId, Math.Clamp(limit, 1, 10_000), cancellationToken).ConfigureAwait(false);
+                return Show(json, builds.Select(BuildJson), builds.Count == 0 ? "no builds yet" : string.Join("\n", builds.Select(b =>
+                    $"{b.Id,8}  {(b.Succeeded ? "built " : "failed")}  {Time(b.Started)}  {b.Stopped - b.Started,5}s  {b.DrvPath}")));
+            case "show" or "log":
+                var id = long.Parse(words.ElementAtOrDefault(2) ?? throw new ShellException($"usage: builds {words[1]} ID"), NumberStyles.None, CultureInfo.InvariantCulture);
+                var build = await metadata.GetBuildAsync(key.AccountId, id, cancellationToken).ConfigureAwait(false)
+                    ?? throw new ShellException($"the account has no build {id}");
+                if (words[1] == "show")
+                {
+                    return Show(json, BuildJson(build), string.Join("\n",
+                        $"build {build.Id}: {(build.Succeeded ? "built" : "failed")}",
+                        $"derivation /nix/store/{build.DrvPath}",
+                        $"started {Time(build.Started)}, took {build.Stopped - build.Started} s",
+                        $"cpu {(build.CpuUserMicroseconds ?? 0) / 1e6:F2} s user, {(build.CpuSystemMicroseconds ?? 0) / 1e6:F2} s system; peak memory {build.PeakMemory ?? 0} bytes",
+                        build.Error.Length > 0 ? $"error: {build.Error}" : ""));
+                }
+
+                var log = Path.Combine(logDirectory, build.DrvPath[..2], build.DrvPath[2..]);
+                return File.Exists(log) ? await File.ReadAllTextAsync(log, cancellationToken).ConfigureAwait(false) : "";
+            default:
+                throw new ShellException("usage: builds list [--limit N] | builds show ID | builds log ID");
+        }
+    }
+
+    private async Task<string> UsageAsync(bool json, CancellationToken cancellationToken)
+    {
+        var graph = await metadata.GetGraphAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
+        var builds = await metadata.ListBuildsAsync(key.AccountId, 1_000_000, cancellationToken).ConfigureAwait(false);
+        var cpu = builds.Sum(b => (b.CpuUserMicroseconds ?? 0) + (b.CpuSystemMicroseconds ?? 0)) / 1e6;
+        var narBytes = graph.Sum(n => n.NarSize);
+        return Show(json, new { paths = graph.Count, narBytes, builds = builds.Count, failedBuilds = builds.Count(b => !b.Succeeded), cpuSeconds = Math.Round(cpu, 2) },
+            $"store: {graph.Count} paths, {narBytes} bytes (NAR)\nbuilds: {builds.Count} ({builds.Count(b => !b.Succeeded)} failed), {cpu:F2} s of CPU");
+    }
+
+    private void Need(KeyPermissions permission)
+    {
+        if (!key.Permissions.HasFlag(permission))
+        {
+            throw new ShellException($"this key lacks the {KeyPermissionNames.Format(permission)} permission");
+        }
+    }
+
+    private static object KeyJson(SshKeyRecord k) => new
+    {
+        fingerprint = k.Fingerprint,
+        type = k.Key.Type,
+        comment = k.Key.Comment,
+        permissions = KeyPermissionNames.ToNames(k.Permissions),
+    };
+
+    private static object BuildJson(BuildRecord b) => new
+    {
+        id = b.Id,
+        derivation = "/nix/store/" + b.DrvPath,
+        status = b.Succeeded ? "built" : "failed",
+        failure = b.Failure,
+        error = b.Error,
+        started = Time(b.Started),
+        seconds = b.Stopped - b.Started,
+        cpuUserSeconds = (b.CpuUserMicroseconds ?? 0) / 1e6,
+        cpuSystemSeconds = (b.CpuSystemMicroseconds ?? 0) / 1e6,
+        peakMemory = b.PeakMemory,
+    };
+
+    private static string Time(long unix) => DateTimeOffset.FromUnixTimeSeconds(unix).ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture);
+
+    private static string Show(bool json, object value, string text) => json ? JsonSerializer.Serialize(value, Json) : text;
+
+    // Words as a shell splits them: spaces separate, single and double quotes group.
+    internal static List<string> Tokenize(string line)
+    {
+        var words = new List<string>();
+        var word = new StringBuilder();
+        var inWord = false;
+        char? quote = null;
+        foreach (var c in line)
+        {
+            if (quote is { } q)
+            {
+                if (c == q)
+                {
+                    quote = null;
+                }
+                else
+                {
+                    word.Append(c);
+                }
+            }
+            else if (c is '\'' or '"')
+            {
+                quote = c;
+                inWord = true;
+            }
+            else if (char.IsWhiteSpace(c))
+            {
+                if (inWord)
+                {
+                    words.Add(word.ToString());
+                    word.Clear();
+                    inWord = false;
+                }
+            }
+            else
+            {
+                word.Append(c);
+                inWord = true;
+            }
+        }
+
+        if (quote is not null)
+        {
+            throw new ShellException("unterminated quote");
+        }
+
+        if (inWord)
+        {
+            words.Add(word.ToString());
+        }
+
+        return words;
+    }
+
+    private Task OutAsync(string text, CancellationToken cancellationToken) => FrameAsync('o', Encoding.UTF8.GetBytes(text), cancellationToken);
+
+    private Task ErrAsync(string text, CancellationToken cancellationToken) => FrameAsync('e', Encoding.UTF8.GetBytes(text), cancellationToken);
+
+    private Task ExitAsync(int status, CancellationToken cancellationToken)
+    {
+        var data = new byte[4];
+        BinaryPrimitives.WriteInt32BigEndian(data, status);
+        return FrameAsync('x', data, cancellationToken);
+    }
+
+    // See kiln-bridge: channel byte, big-endian length, bytes.
+    private async Task FrameAsync(char channel, byte[] data, CancellationToken cancellationToken)
+    {
+        var header = new byte[5];
+        header[0] = (byte)channel;
+        BinaryPrimitives.WriteInt32BigEndian(header.AsSpan(1), data.Length);
+        await connection.WriteAsync(header, cancellationToken).ConfigureAwait(false);
+        await connection.WriteAsync(data, cancellationToken).ConfigureAwait(false);
+        await connection.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>A mistake in a shell command, reported as is.</summary>
+    private sealed class ShellException(string message) : Exception(message);
+}
