@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
@@ -7,42 +8,47 @@ namespace Kiln.Bridge;
 /// <summary>
 /// <c>kiln-bridge --socket PATH KEY-ID</c>: the forced command of every Kiln SSH key. It tells the server who is
 /// calling (the key sshd authenticated, <c>SSH_ORIGINAL_COMMAND</c>, and the <c>KILN_*</c> variables the client sent
-/// with SetEnv) in one JSON line, reads the server's one-line answer (<c>ok</c>, or <c>error: …</c>, which it prints
-/// and exits 1), then copies bytes both ways until the server closes. The server believes the header only because
-/// it comes from this program's user (it checks the peer's uid), which only sshd runs.
+/// with SetEnv) in one JSON line, reads the server's one-line answer, then copies bytes both ways until the server
+/// closes. The server believes the header only because it comes from this program's user (it checks the peer's
+/// uid), which only sshd runs.
+/// <para>Answers: <c>ok</c> (raw stdin/stdout: the worker protocol); <c>ok stderr=TOKEN</c> (the same, plus a second
+/// connection for stderr: the serve protocol's logs); <c>ok framed</c> (the server's side carries stdout, stderr and
+/// the exit status in frames: the admin shell); <c>error: MESSAGE</c> (printed; exit 1).</para>
+/// <para>Everything is synchronous, one thread per direction: this runs for every SSH session, so it does as little
+/// as it can before the first byte, and a protocol round trip crosses it twice.</para>
 /// </summary>
 internal static class Program
 {
     private const int MaxAnswer = 4096;
 
-    private static async Task<int> Main(string[] args)
+    private static int Main(string[] args)
     {
+        using var stderr = Console.OpenStandardError();
         if (args.Length != 3 || args[0] != "--socket" || !long.TryParse(args[2], out var keyId))
         {
-            await Console.Error.WriteAsync("kiln-bridge: usage: kiln-bridge --socket PATH KEY-ID (sshd runs it for Kiln's keys)\n").ConfigureAwait(false);
+            stderr.Write("kiln-bridge: usage: kiln-bridge --socket PATH KEY-ID (sshd runs it for Kiln's keys)\n"u8);
             return 2;
         }
 
         using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
-            await socket.ConnectAsync(new UnixDomainSocketEndPoint(args[1])).ConfigureAwait(false);
+            socket.Connect(new UnixDomainSocketEndPoint(args[1]));
         }
         catch (SocketException e)
         {
-            await Console.Error.WriteAsync($"kiln: the Kiln server is not reachable ({e.SocketErrorCode}); try again later\n").ConfigureAwait(false);
+            stderr.Write(Encoding.UTF8.GetBytes($"kiln: the Kiln server is not reachable ({e.SocketErrorCode}); try again later\n"));
             return 1;
         }
 
-        await using var server = new NetworkStream(socket, ownsSocket: false);
-        await server.WriteAsync(Header(keyId)).ConfigureAwait(false);
-
-        var answer = await ReadLineAsync(server).ConfigureAwait(false);
-        Task errors = Task.CompletedTask;
+        socket.Send(Header(keyId));
+        var answer = ReadLine(socket);
+        Thread? errors = null;
         if (answer?.StartsWith("ok stderr=", StringComparison.Ordinal) == true)
         {
-            // The serve protocol's stdout carries only the protocol; its logs come on a second connection.
-            errors = CopyStderrAsync(args[1], answer["ok stderr=".Length..]);
+            var token = answer["ok stderr=".Length..];
+            errors = new Thread(() => CopyStderr(args[1], token, stderr)) { IsBackground = true };
+            errors.Start();
             answer = "ok";
         }
 
@@ -50,97 +56,128 @@ internal static class Program
         if (answer != "ok" && !framed)
         {
             var message = answer is null ? "the Kiln server closed the connection" : answer.StartsWith("error: ", StringComparison.Ordinal) ? answer[7..] : answer;
-            await Console.Error.WriteAsync($"kiln: {message}\n").ConfigureAwait(false);
+            stderr.Write(Encoding.UTF8.GetBytes($"kiln: {message}\n"));
             return 1;
         }
 
         using var stdin = Console.OpenStandardInput();
         using var stdout = Console.OpenStandardOutput();
+        var upload = new Thread(() => Pump(stdin.Read, data => socket.Send(data), () => socket.Shutdown(SocketShutdown.Send))) { IsBackground = true };
+        upload.Start();
         if (framed)
         {
-            _ = UploadAsync(stdin, server, socket);
-            return await DemultiplexAsync(server, stdout).ConfigureAwait(false);
+            return Demultiplex(socket, stdout, stderr);
         }
 
-        var download = server.CopyToAsync(stdout);
-        _ = UploadAsync(stdin, server, socket);
-
         // The session is over when the server closes; the client closing its side only ends the upload.
-        await download.ConfigureAwait(false);
-        await Task.WhenAny(errors, Task.Delay(TimeSpan.FromSeconds(2))).ConfigureAwait(false);
+        Pump(buffer => socket.Receive(buffer), data =>
+        {
+            stdout.Write(data);
+            stdout.Flush();
+            return data.Length;
+        }, () => { });
+        errors?.Join(TimeSpan.FromSeconds(2));
         return 0;
     }
 
-    private static async Task CopyStderrAsync(string socketPath, string token)
+    private delegate int Source(Span<byte> buffer);
+
+    private delegate int Sink(ReadOnlySpan<byte> data);
+
+    // Copies until end of input or an error on either side, then runs done.
+    private static void Pump(Source from, Sink to, Action done)
     {
+        var buffer = new byte[64 * 1024];
         try
         {
-            using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath)).ConfigureAwait(false);
-            await using var stream = new NetworkStream(socket, ownsSocket: false);
-            await stream.WriteAsync(Encoding.UTF8.GetBytes($"{{\"stderr\":\"{token}\"}}\n")).ConfigureAwait(false);
-            using var stderr = Console.OpenStandardError();
-            await stream.CopyToAsync(stderr).ConfigureAwait(false);
+            int read;
+            while ((read = from(buffer)) > 0)
+            {
+                var sent = 0;
+                while (sent < read)
+                {
+                    sent += to(buffer.AsSpan(sent, read - sent));
+                }
+            }
+
+            done();
         }
-        catch (Exception e) when (e is IOException or SocketException)
+        catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException)
         {
-            // Logs are a courtesy: the session itself decides the outcome.
+            // One side went away: the other direction (or the server closing) ends the bridge.
         }
     }
 
     // The admin shell's answer: frames of a channel byte ('o' stdout, 'e' stderr, 'x' exit status), a big-endian
     // length and the bytes, so its errors reach stderr and its exit status the ssh client.
-    private static async Task<int> DemultiplexAsync(Stream server, Stream stdout)
+    private static int Demultiplex(Socket socket, Stream stdout, Stream stderr)
     {
-        using var stderr = Console.OpenStandardError();
         var header = new byte[5];
-        while (true)
+        while (ReceiveExactly(socket, header))
         {
-            try
-            {
-                await server.ReadExactlyAsync(header).ConfigureAwait(false);
-            }
-            catch (EndOfStreamException)
-            {
-                return 0;
-            }
-
-            var length = System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(1));
+            var length = BinaryPrimitives.ReadInt32BigEndian(header.AsSpan(1));
             if (length is < 0 or > 1 << 24)
             {
                 return 1;
             }
 
             var data = new byte[length];
-            await server.ReadExactlyAsync(data).ConfigureAwait(false);
+            if (!ReceiveExactly(socket, data))
+            {
+                return 1;
+            }
+
             switch ((char)header[0])
             {
                 case 'o':
-                    await stdout.WriteAsync(data).ConfigureAwait(false);
-                    await stdout.FlushAsync().ConfigureAwait(false);
+                    stdout.Write(data);
+                    stdout.Flush();
                     break;
                 case 'e':
-                    await stderr.WriteAsync(data).ConfigureAwait(false);
+                    stderr.Write(data);
                     break;
                 case 'x':
-                    return length == 4 ? System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(data) : 1;
+                    return length == 4 ? BinaryPrimitives.ReadInt32BigEndian(data) : 1;
             }
         }
+
+        return 0;
     }
 
-    private static async Task UploadAsync(Stream stdin, NetworkStream server, Socket socket)
+    private static bool ReceiveExactly(Socket socket, byte[] buffer)
+    {
+        var filled = 0;
+        while (filled < buffer.Length)
+        {
+            var read = socket.Receive(buffer.AsSpan(filled));
+            if (read == 0)
+            {
+                return false;
+            }
+
+            filled += read;
+        }
+
+        return true;
+    }
+
+    // The serve protocol's logs: a second connection naming the session's token, copied to stderr.
+    private static void CopyStderr(string socketPath, string token, Stream stderr)
     {
         try
         {
-            await stdin.CopyToAsync(server).ConfigureAwait(false);
-            socket.Shutdown(SocketShutdown.Send);
-        }
-        catch (IOException)
-        {
-            // The server went away; the download side ends the bridge.
+            using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            socket.Connect(new UnixDomainSocketEndPoint(socketPath));
+            socket.Send(Encoding.UTF8.GetBytes($"{{\"stderr\":\"{token}\"}}\n"));
+            Pump(buffer => socket.Receive(buffer), data =>
+            {
+                stderr.Write(data);
+                return data.Length;
+            }, () => { });
         }
         catch (SocketException)
         {
+            // Logs are a courtesy: the session itself decides the outcome.
         }
     }
 
@@ -171,13 +208,13 @@ internal static class Program
     }
 
     // One line, byte by byte: nothing after it may be consumed, it belongs to the session.
-    private static async Task<string?> ReadLineAsync(Stream stream)
+    private static string? ReadLine(Socket socket)
     {
         var line = new List<byte>();
         var one = new byte[1];
         while (line.Count < MaxAnswer)
         {
-            if (await stream.ReadAsync(one).ConfigureAwait(false) == 0)
+            if (socket.Receive(one) == 0)
             {
                 return null;
             }

@@ -77,6 +77,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             listener.Close();
             File.Delete(ssh.BridgeSocket);
             await sshd.ConfigureAwait(false);
+            Directory.Delete(ssh.RuntimeDirectory, recursive: true); // the auth-keys script and bridge copy under /run
             await Task.WhenAny(Task.WhenAll(sessions), Task.Delay(options.ShutdownGrace, CancellationToken.None)).ConfigureAwait(false);
         }
     }

@@ -12,7 +12,7 @@ namespace Kiln.Server.Ssh;
 /// user could write, such as /tmp or a user's checkout), the auth-keys script and a copy of the bridge that the
 /// login user can run.
 /// </summary>
-public sealed record SshInstallation(string ConfigFile, string HostPublicKey, string Address, int Port, string BridgeSocket, int LoginUserId)
+public sealed record SshInstallation(string ConfigFile, string HostPublicKey, string Address, int Port, string BridgeSocket, int LoginUserId, string RuntimeDirectory)
 {
     private const string RuntimeRoot = "/run/kiln-ssh";
 
@@ -109,7 +109,7 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             """);
 
         var publicKey = File.ReadAllText(hostKey + ".pub").Trim();
-        return new SshInstallation(config, publicKey, address, port, bridgeSocket, uid);
+        return new SshInstallation(config, publicKey, address, port, bridgeSocket, uid, runtime);
     }
 
     private static (string Address, int Port) ParseListen(string listen)
