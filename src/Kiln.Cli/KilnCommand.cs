@@ -20,6 +20,7 @@ internal static class KilnCommand
         ["account"] = AccountCommands.Account,
         ["key"] = AccountCommands.Key,
         ["auth-keys"] = AccountCommands.AuthKeys,
+        ["client-config"] = AccountCommands.ClientConfig,
     };
 
     public static async Task<int> RunAsync(string[] args)

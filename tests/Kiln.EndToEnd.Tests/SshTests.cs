@@ -184,6 +184,39 @@ public class SshTests
     }
 
     [Fact]
+    public async Task Malformed_sessions_end_alone_while_another_accounts_build_goes_on()
+    {
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(ssh: true);
+        var workspace = client.NewWorkspace();
+        var alice = NewLogin(client, kiln, "alice");
+        var mallory = NewLogin(client, kiln, "mallory");
+        var slow = Dag.WriteSingle(client, workspace, "slow", $"echo {Guid.NewGuid()}; sleep 4; mkdir $out");
+        var build = Task.Run(() => client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Kiln, slow, "--no-out-link"]));
+
+        ProcessResult Garbage(string command, byte[] bytes) => Processes.Run("ssh",
+            ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", mallory.KeyFile, "-o", "IdentitiesOnly=yes",
+             "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(mallory.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR",
+             "kiln@127.0.0.1", command], bytes);
+
+        var random = new byte[64 * 1024];
+        new Random(7).NextBytes(random);
+        byte[] workerMagic = [0x63, 0x78, 0x69, 0x6e, 0, 0, 0, 0];
+        byte[] serveMagic = [0xeb, 0x9d, 0x0c, 0x39, 0, 0, 0, 0];
+        Garbage("nix-daemon --stdio", random);
+        Garbage("nix-daemon --stdio", [.. workerMagic, 0xff, 0xff]); // a handshake cut short
+        Garbage("nix-daemon --stdio", [.. workerMagic, .. BitConverter.GetBytes(0x126UL), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, .. random]);
+        Garbage("nix-store --serve --write", random);
+        Garbage("nix-store --serve --write", [.. serveMagic, .. BitConverter.GetBytes(0x207UL), .. BitConverter.GetBytes(9UL), .. random]);
+        Garbage("", random);
+
+        var built = await build;
+        Assert.True(built.ExitCode == 0, built.Stderr);
+        client.Ok(kiln, [.. alice.Environment, "nix", "store", "ping", "--store", Kiln]);
+        Assert.DoesNotContain("Unhandled exception", kiln.Log, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void The_admin_shell_answers_on_stdin_survives_errors_and_runs_one_shot_commands_with_their_exit_status()
     {
         var client = NixClient.For("2.8.0");
@@ -225,6 +258,20 @@ public class SshTests
         Assert.Equal(1, refused.ExitCode);
         Assert.Contains("lacks the account:write permission", refused.Stderr, StringComparison.Ordinal);
         Assert.Equal(1, Ssh(reader, null, "rm", "-rf", "/").ExitCode);
+
+        // kiln client-config prints a working ssh config: with it (and its pinned host key) plain `ssh kiln` logs in.
+        var config = Processes.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "kiln.dll"), "client-config", "--data", kiln.DataDirectory,
+            "--port", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "--identity", alice.KeyFile]);
+        Assert.Equal(0, config.ExitCode);
+        var directory = Path.GetDirectoryName(alice.KeyFile)!;
+        var sshConfig = config.StdoutText.Split("\n\n")[0];
+        var knownHost = config.StdoutText.Split('\n').Single(l => l.TrimStart().StartsWith("#   [127.0.0.1]", StringComparison.Ordinal)).TrimStart()[4..];
+        File.WriteAllText($"{directory}/config", sshConfig + $"\n  UserKnownHostsFile {directory}/pinned\n  LogLevel ERROR\n");
+        File.WriteAllText($"{directory}/pinned", knownHost + "\n");
+        var viaConfig = Processes.Run("ssh", ["-F", $"{directory}/config", "kiln", "kiln", "whoami"]);
+        Assert.True(viaConfig.ExitCode == 0, viaConfig.Stderr);
+        Assert.Contains("account alice", viaConfig.StdoutText, StringComparison.Ordinal);
+        Assert.Contains("extra-trusted-public-keys = " + File.ReadAllText(Path.Combine(kiln.DataDirectory, "keys", "build.public")).Trim(), config.StdoutText, StringComparison.Ordinal);
     }
 
     [Theory]

@@ -214,4 +214,56 @@ internal static class AccountCommands
         });
         return command;
     }
+    /// <summary>
+    /// <c>kiln client-config</c>: what a user pastes to reach this Kiln over SSH: an <c>~/.ssh/config</c> entry with the
+    /// host key pinned, <c>nix.conf</c> lines (Kiln's build key as trusted, ssh-ng substituter) and a machines line.
+    /// </summary>
+    public static Command ClientConfig()
+    {
+        var data = DataOption();
+        var host = new Option<string>("--host") { Description = "The name or address clients reach this machine by.", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "The port Kiln's sshd listens on (kiln serve --ssh-listen).", DefaultValueFactory = _ => 2222 };
+        var user = new Option<string>("--ssh-user") { Description = "The login user (kiln serve --ssh-user).", DefaultValueFactory = _ => "kiln" };
+        var key = new Option<string>("--identity") { Description = "The client's private key file.", DefaultValueFactory = _ => "~/.ssh/id_ed25519" };
+        var command = new Command("client-config", "Print ~/.ssh/config, nix.conf and machines lines for clients of this Kiln.") { data, host, port, user, key };
+        command.SetAction(result =>
+        {
+            var directory = Path.GetFullPath(result.GetValue(data)!);
+            var hostKeyFile = Path.Combine(directory, "ssh", "ssh_host_ed25519_key.pub");
+            var buildKeyFile = Path.Combine(directory, "keys", "build.public");
+            if (!File.Exists(hostKeyFile) || !File.Exists(buildKeyFile))
+            {
+                throw new CommandException($"'{directory}' has no SSH host key or build key yet: start 'kiln serve --data {directory}' once first");
+            }
+
+            var hostKey = string.Join(' ', File.ReadAllText(hostKeyFile).Split(' ').Take(2));
+            var buildKey = File.ReadAllText(buildKeyFile).Trim();
+            var (name, p, u, identity) = (result.GetValue(host)!, result.GetValue(port), result.GetValue(user)!, result.GetValue(key)!);
+            var known = p == 22 ? name : $"[{name}]:{p}";
+            Console.Out.Write($"""
+                # ~/.ssh/config (and ~root/.ssh/config for the nix-daemon's remote builds)
+                Host kiln
+                  HostName {name}
+                  Port {p}
+                  User {u}
+                  IdentityFile {identity}
+                  IdentitiesOnly yes
+                  StrictHostKeyChecking yes
+                  # the host key, pinned: also add this line to ~/.ssh/known_hosts
+                  #   {known} {hostKey}
+
+                # nix.conf: trust what Kiln built, and fetch it from Kiln
+                extra-trusted-public-keys = {buildKey}
+                extra-substituters = ssh-ng://kiln
+
+                # /etc/nix/machines (or builders = …): Kiln as a remote builder
+                ssh-ng://kiln x86_64-linux - 8 1 big-parallel
+
+                # remote store: nix build --eval-store auto --store ssh-ng://kiln …
+
+                """);
+            return 0;
+        });
+        return command;
+    }
 }
