@@ -276,7 +276,7 @@ public class SshTests
 
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
-    public void Unknown_keys_are_refused_read_only_keys_cannot_upload_and_accounts_do_not_see_each_others_uploads(string version)
+    public async Task Unknown_keys_are_refused_read_only_keys_cannot_upload_and_accounts_share_builds_but_not_uploads(string version)
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess(ssh: true);
@@ -322,5 +322,14 @@ public class SshTests
         Assert.Contains("is not valid", theirs.Stderr, StringComparison.Ordinal);
         var fetch = client.Run(kiln, [.. bob.Environment, "nix", "copy", "--from", Kiln, "--to", $"local?root={workspace}/bob", path]);
         Assert.NotEqual(0, fetch.ExitCode);
+
+        // The same derivation requested by both accounts is built once; the output lands in both views.
+        var shared = Dag.WriteSingle(client, workspace, "shared", $"echo {Guid.NewGuid()} > $out");
+        var aliceOut = client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Kiln, shared, "--no-out-link"]).StdoutText.Trim();
+        var bobOut = client.Ok(kiln, [.. bob.Environment, "nix-build", "--store", Kiln, shared, "--no-out-link"]).StdoutText.Trim();
+        Assert.Equal(aliceOut, bobOut);
+        client.Ok(kiln, [.. bob.Environment, "nix", "path-info", "--store", Kiln, bobOut]);
+        await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
+        Assert.Single(await metadata.ListBuildsAsync(null, 1000, CancellationToken.None), b => b.DrvPath.EndsWith("-shared.drv", StringComparison.Ordinal));
     }
 }
