@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net.Sockets;
@@ -18,7 +17,6 @@ namespace Kiln.Server;
 public sealed partial class DaemonSocketService(KilnStore store, ServerOptions options, WorkerSessionOptions sessionOptions, Kiln.Scheduler.BuildScheduler scheduler, ILogger<DaemonSocketService> logger)
     : BackgroundService
 {
-    private readonly ConcurrentDictionary<long, Task> _sessions = new();
     private long _nextSession;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -36,32 +34,8 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
         listener.Listen(128);
         LogListening(logger, path, options.SocketAccount, store.Materialised?.Root ?? "-");
 
-        try
-        {
-            while (!stoppingToken.IsCancellationRequested)
-            {
-                Socket client;
-                try
-                {
-                    client = await listener.AcceptAsync(stoppingToken).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException)
-                {
-                    break;
-                }
-
-                var id = Interlocked.Increment(ref _nextSession);
-                var session = Task.Run(() => ServeAsync(id, client, stoppingToken), CancellationToken.None);
-                _sessions[id] = session;
-                _ = session.ContinueWith(_ => _sessions.TryRemove(id, out Task? _), TaskScheduler.Default);
-            }
-        }
-        finally
-        {
-            listener.Close();
-            File.Delete(path);
-            await Task.WhenAny(Task.WhenAll(_sessions.Values), Task.Delay(options.ShutdownGrace, CancellationToken.None)).ConfigureAwait(false);
-        }
+        await SocketListener.AcceptAllAsync(listener, path, client => ServeAsync(Interlocked.Increment(ref _nextSession), client, stoppingToken),
+            options.ShutdownGrace, stoppingToken).ConfigureAwait(false);
     }
 
     private async Task ServeAsync(long id, Socket socket, CancellationToken stoppingToken)

@@ -43,6 +43,44 @@ public abstract class MetadataStoreContract
         Assert.Equal(["alice", "bob"], (await store.ListAccountsAsync(default)).Select(x => x.Name));
     }
 
+    // An Ed25519 public key blob as OpenSSH encodes it: the type and the 32 key bytes, each as an SSH string.
+    private static Kiln.Store.Accounts.SshPublicKey Key(byte seed, string comment = "")
+    {
+        var blob = new List<byte> { 0, 0, 0, 11 };
+        blob.AddRange("ssh-ed25519"u8.ToArray());
+        blob.AddRange(new byte[] { 0, 0, 0, 32 });
+        blob.AddRange(Enumerable.Repeat(seed, 32));
+        return Kiln.Store.Accounts.SshPublicKey.FromParts("ssh-ed25519", Convert.ToBase64String(blob.ToArray()), comment);
+    }
+
+    [Fact]
+    public async Task Keys_belong_to_one_account_and_are_found_by_blob_and_id()
+    {
+        await using var store = await CreateAsync();
+        var alice = (await store.TryCreateAccountAsync("alice", default))!;
+        Assert.Null(await store.TryCreateAccountAsync("alice", default));
+        var bob = (await store.TryCreateAccountAsync("bob", default))!;
+        Assert.Equal(alice, await store.FindAccountAsync("alice", default));
+        Assert.Null(await store.FindAccountAsync("carol", default));
+
+        var read = Kiln.Store.Accounts.KeyPermissions.StoreRead;
+        var added = await store.AddSshKeyAsync(alice.Id, Key(1, "laptop"), read | Kiln.Store.Accounts.KeyPermissions.BuildWrite, default);
+        Assert.Equal("alice", added.AccountName);
+        await Assert.ThrowsAsync<DuplicateKeyException>(() => store.AddSshKeyAsync(bob.Id, Key(1), read, default));
+        await store.AddSshKeyAsync(alice.Id, Key(2), read, default);
+
+        var found = (await store.FindSshKeyAsync("ssh-ed25519", Key(1).Blob, default))!;
+        Assert.Equal((added.Id, "alice", "laptop", read | Kiln.Store.Accounts.KeyPermissions.BuildWrite, true), (found.Id, found.AccountName, found.Key.Comment, found.Permissions, found.Enabled));
+        Assert.Equal(found, await store.GetSshKeyAsync(added.Id, default));
+        Assert.Null(await store.FindSshKeyAsync("ssh-rsa", Key(1).Blob, default));
+        Assert.Equal(2, (await store.ListSshKeysAsync(alice.Id, default)).Count);
+        Assert.Empty(await store.ListSshKeysAsync(bob.Id, default));
+
+        Assert.False(await store.RemoveSshKeyAsync(bob.Id, added.Fingerprint, default));
+        Assert.True(await store.RemoveSshKeyAsync(alice.Id, added.Fingerprint, default));
+        Assert.Null(await store.GetSshKeyAsync(added.Id, default));
+    }
+
     [Fact]
     public async Task Registered_paths_come_back_with_everything()
     {
@@ -232,7 +270,7 @@ public sealed class SqliteMetadataStoreTests : MetadataStoreContract, IDisposabl
         count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
         using var reader = count.ExecuteReader();
         reader.Read();
-        Assert.Equal(2, reader.GetInt64(0)); // 0001_initial, 0002_builds: each applied once
+        Assert.Equal(3, reader.GetInt64(0)); // 0001_initial, 0002_builds, 0003_ssh_keys: each applied once
         Assert.Equal(1, reader.GetInt64(1));
         using var mode = connection.CreateCommand();
         mode.CommandText = "PRAGMA journal_mode";

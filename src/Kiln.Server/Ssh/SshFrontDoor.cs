@@ -53,32 +53,15 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
         var sshd = Task.Run(() => SuperviseAsync(ssh, stoppingToken), CancellationToken.None);
         LogListening(logger, ssh.Address, ssh.Port, options.SshUser, ssh.HostPublicKey);
-        var sessions = new List<Task>();
         try
         {
-            while (!stoppingToken.IsCancellationRequested)
-            {
-                Socket client;
-                try
-                {
-                    client = await listener.AcceptAsync(stoppingToken).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException)
-                {
-                    break;
-                }
-
-                sessions.RemoveAll(t => t.IsCompleted);
-                sessions.Add(Task.Run(() => ServeAsync(ssh, client, stoppingToken), CancellationToken.None));
-            }
+            await SocketListener.AcceptAllAsync(listener, ssh.BridgeSocket, client => ServeAsync(ssh, client, stoppingToken), options.ShutdownGrace, stoppingToken)
+                .ConfigureAwait(false);
         }
         finally
         {
-            listener.Close();
-            File.Delete(ssh.BridgeSocket);
             await sshd.ConfigureAwait(false);
             Directory.Delete(ssh.RuntimeDirectory, recursive: true); // the auth-keys script and bridge copy under /run
-            await Task.WhenAny(Task.WhenAll(sessions), Task.Delay(options.ShutdownGrace, CancellationToken.None)).ConfigureAwait(false);
         }
     }
 

@@ -146,7 +146,8 @@ in {
       rm -rf $dep 2> /dev/null && echo removed an input || echo cannot remove an input
       for d in / /etc /nix /nix/store /tmp /build; do touch $d/kiln-probe 2> /dev/null && echo "can write $d" || echo "cannot write $d"; done
       echo "== tmp"; stat -c '%a' /tmp
-      echo "== fds"; ls -l /proc/self/fd | sed 1d | awk '{ print $1, $9, $10, $11 }' | sed 's/pipe:.*/pipe/' | sort -n -k2
+      # Open descriptors and how (the terminal's number depends on what else is running).
+      echo "== fds"; ls -l /proc/self/fd | sed 1d | awk '{ print $1, $9, $10, $11 }' | sed -e 's/pipe:.*/pipe/' -e 's,/dev/pts/[0-9]*,/dev/pts/N,' | sort -n -k2
       echo "== pid"; echo $$
     } > $out
   '' { inherit dep; };
