@@ -223,7 +223,7 @@ public class SshTests
     }
 
     [Fact]
-    public void The_admin_shell_answers_on_stdin_survives_errors_and_runs_one_shot_commands_with_their_exit_status()
+    public void The_admin_shell_answers_on_stdin_survives_errors_and_runs_one_shot_commands_and_sshd_is_restarted_when_it_dies()
     {
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(ssh: true);
@@ -278,6 +278,19 @@ public class SshTests
         Assert.True(viaConfig.ExitCode == 0, viaConfig.Stderr);
         Assert.Contains("account alice", viaConfig.StdoutText, StringComparison.Ordinal);
         Assert.Contains("extra-trusted-public-keys = " + File.ReadAllText(Path.Combine(kiln.DataDirectory, "keys", "build.public")).Trim(), config.StdoutText, StringComparison.Ordinal);
+
+        // sshd dies: Kiln starts it again, and logins work as before.
+        var sshd = int.Parse(File.ReadAllText(Path.Combine(kiln.DataDirectory, "ssh", "sshd.pid")).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+        System.Diagnostics.Process.GetProcessById(sshd).Kill();
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        ProcessResult again;
+        while ((again = Ssh(alice, null, "kiln", "whoami")).ExitCode != 0 && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(200);
+        }
+
+        Assert.True(again.ExitCode == 0, again.Stderr + kiln.Log);
+        Assert.Contains("sshd exited", kiln.Log, StringComparison.Ordinal);
     }
 
     [Theory]
