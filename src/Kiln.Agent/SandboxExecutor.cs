@@ -247,6 +247,13 @@ public sealed class SandboxExecutor : IBuildExecutor
         cgroup?.KillAll();
         pty.CloseSlave();
         await reader.ConfigureAwait(false);
+        if (failure == BuildFailureKind.None && tail.LimitExceeded.IsCompleted)
+        {
+            // The builder wrote past the limit and exited before the watch looked. Nix reads all of a builder's
+            // output before it reaps it, so for Nix this is a log-limit failure too.
+            (failure, message) = (BuildFailureKind.LogLimitExceeded, LogLimitMessage(job));
+        }
+
         var cpu = cgroup?.CpuTime();
         var outcome = new BuildOutcome
         {
@@ -303,13 +310,17 @@ public sealed class SandboxExecutor : IBuildExecutor
         _ => $"signal {signal}",
     };
 
+    private static string Goal(BuildJob job) => $"building of '{job.DrvPath}!{string.Join(',', job.Derivation.Outputs.Keys)}' from .drv file";
+
+    private static string LogLimitMessage(BuildJob job) => $"{Goal(job)} killed after writing more than {job.Limits.MaxLogSize} bytes of log output";
+
     // Waits for the builder, enforcing the timeouts and the log limit and honouring cancellation: any of them kills
     // every process of the build.
     private static async Task<(BuildFailureKind, string)> WatchAsync(BuildJob job, Process process, LogTail tail, Cgroup? cgroup, CancellationToken cancellationToken)
     {
         var started = Stopwatch.StartNew();
         var limits = job.Limits;
-        var goal = $"building of '{job.DrvPath}!{string.Join(',', job.Derivation.Outputs.Keys)}' from .drv file";
+        var goal = Goal(job);
         var exited = process.WaitForExitAsync(CancellationToken.None);
         var cancelled = Task.Delay(Timeout.Infinite, cancellationToken);
         while (true)
@@ -327,7 +338,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             }
             else if (tail.LimitExceeded.IsCompleted)
             {
-                stop = (BuildFailureKind.LogLimitExceeded, $"{goal} killed after writing more than {limits.MaxLogSize} bytes of log output");
+                stop = (BuildFailureKind.LogLimitExceeded, LogLimitMessage(job));
             }
             else if (limits.Timeout > TimeSpan.Zero && started.Elapsed > limits.Timeout)
             {
