@@ -69,13 +69,17 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
     }
 
     /// <summary>Serves one worker-protocol session on a connected socket against <paramref name="view"/>.</summary>
-    internal static async Task<SessionSummary> RunWorkerSessionAsync(Socket socket, Stream stream, StoreView view, WorkerSessionOptions sessionOptions,
-        Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken cancellationToken)
+    internal static Task<SessionSummary> RunWorkerSessionAsync(Socket socket, Stream stream, StoreView view, WorkerSessionOptions sessionOptions,
+        Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken cancellationToken) =>
+        RunOverPipesAsync(stream, (reader, writer) =>
+            new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view)).RunAsync(reader, writer, new SocketFileSender(socket), cancellationToken));
+
+    /// <summary>Runs a protocol session over a connection's stream through pipes (both protocols read and write this way).</summary>
+    internal static async Task<SessionSummary> RunOverPipesAsync(Stream stream, Func<PipeReader, PipeWriter, Task<SessionSummary>> session)
     {
         var reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024));
         var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
-        var session = new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view));
-        var summary = await session.RunAsync(reader, writer, new SocketFileSender(socket), cancellationToken).ConfigureAwait(false);
+        var summary = await session(reader, writer).ConfigureAwait(false);
         await writer.CompleteAsync().ConfigureAwait(false);
         await reader.CompleteAsync().ConfigureAwait(false);
         return summary;

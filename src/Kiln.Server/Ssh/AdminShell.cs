@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Kiln.Nix.StorePaths;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 
@@ -13,7 +14,7 @@ namespace Kiln.Server.Ssh;
 /// line on stderr and never ends an interactive session; a one-shot command's exit status says whether it worked.
 /// What it shows is the key's own account only, within the key's permissions.
 /// </summary>
-internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, string logDirectory, Stream connection)
+internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, Func<StorePath, string> logPath, Stream connection)
 {
     private const string Help = """
         Kiln shell commands (add --json for JSON):
@@ -160,7 +161,7 @@ internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, stri
                         build.Error.Length > 0 ? $"error: {build.Error}" : ""));
                 }
 
-                var log = Path.Combine(logDirectory, build.DrvPath[..2], build.DrvPath[2..]);
+                var log = logPath(StorePath.FromBaseName(build.DrvPath));
                 return File.Exists(log) ? await File.ReadAllTextAsync(log, cancellationToken).ConfigureAwait(false) : "";
             default:
                 throw new ShellException("usage: builds list [--limit N] | builds show ID | builds log ID");

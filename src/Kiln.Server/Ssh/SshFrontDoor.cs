@@ -173,7 +173,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     if (command is "" or "shell" or "kiln" || command.StartsWith("kiln ", StringComparison.Ordinal))
                     {
                         await AnswerAsync(stream, "ok framed", stoppingToken).ConfigureAwait(false);
-                        var shell = new AdminShell(store.Metadata, key, Path.Combine(options.DataDirectory, "logs"), stream);
+                        var shell = new AdminShell(store.Metadata, key, scheduler.LogPath, stream);
                         var shown = Printable(command);
                         if (command.StartsWith("kiln ", StringComparison.Ordinal))
                         {
@@ -228,22 +228,20 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             await AnswerAsync(stream, $"ok stderr={token}", stoppingToken).ConfigureAwait(false);
             var errors = await slot.Connected.Task.WaitAsync(TimeSpan.FromSeconds(30), stoppingToken).ConfigureAwait(false);
             using var view = await store.OpenViewAsync(key.AccountName, stoppingToken).ConfigureAwait(false);
+            const string ReadOnly = "Kiln: this session is read-only (nix-store --serve without --write)";
+            var keyOptions = SessionOptions(key);
             var serve = new Kiln.Protocol.Serve.ServeSession(view, scheduler.ForSession(view), new Kiln.Protocol.Serve.ServeSessionOptions
             {
                 Limits = sessionOptions.Limits,
-                UploadsDenied = !write ? "Kiln: this session is read-only (nix-store --serve without --write)" : SessionOptions(key).UploadsDenied,
-                BuildsDenied = !write ? "Kiln: this session is read-only (nix-store --serve without --write)" : SessionOptions(key).BuildsDenied,
+                UploadsDenied = write ? keyOptions.UploadsDenied : ReadOnly,
+                BuildsDenied = write ? keyOptions.BuildsDenied : ReadOnly,
             }, logger);
-            var reader = System.IO.Pipelines.PipeReader.Create(stream, new System.IO.Pipelines.StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024));
-            var writer = System.IO.Pipelines.PipeWriter.Create(stream, new System.IO.Pipelines.StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
-            var summary = await serve.RunAsync(reader, writer, new DaemonSocketService.SocketFileSender(socket), async line =>
-            {
-                await errors.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), stoppingToken).ConfigureAwait(false);
-                await errors.FlushAsync(stoppingToken).ConfigureAwait(false);
-            }, stoppingToken).ConfigureAwait(false);
-            await writer.CompleteAsync().ConfigureAwait(false);
-            await reader.CompleteAsync().ConfigureAwait(false);
-            return summary;
+            return await DaemonSocketService.RunOverPipesAsync(stream, (reader, writer) =>
+                serve.RunAsync(reader, writer, new DaemonSocketService.SocketFileSender(socket), async line =>
+                {
+                    await errors.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), stoppingToken).ConfigureAwait(false);
+                    await errors.FlushAsync(stoppingToken).ConfigureAwait(false);
+                }, stoppingToken)).ConfigureAwait(false);
         }
         finally
         {

@@ -37,10 +37,7 @@ public sealed partial class SqliteMetadataStore
                 throw new DuplicateKeyException(key.Fingerprint);
             }
 
-            using var select = Command(connection, $"SELECT {KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE k.id = $i", transaction, ("$i", id));
-            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
-            return ReadKey(reader);
+            return (await ReadOneKeyAsync(connection, transaction, "k.id = $i", cancellationToken, ("$i", id)))!;
         }, cancellationToken);
 
     public Task<IReadOnlyList<SshKeyRecord>> ListSshKeysAsync(long account, CancellationToken cancellationToken) =>
@@ -65,21 +62,19 @@ public sealed partial class SqliteMetadataStore
         }, cancellationToken);
 
     public Task<SshKeyRecord?> GetSshKeyAsync(long id, CancellationToken cancellationToken) =>
-        ReadAsync(async connection =>
-        {
-            using var select = Command(connection, $"SELECT {KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE k.id = $i", null, ("$i", id));
-            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadKey(reader) : null;
-        }, cancellationToken);
+        ReadAsync(connection => ReadOneKeyAsync(connection, null, "k.id = $i", cancellationToken, ("$i", id)), cancellationToken);
 
     public Task<SshKeyRecord?> FindSshKeyAsync(string type, string blob, CancellationToken cancellationToken) =>
-        ReadAsync(async connection =>
-        {
-            using var select = Command(connection, $"SELECT {KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_blob = $b AND k.key_type = $t",
-                null, ("$b", blob), ("$t", type));
-            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadKey(reader) : null;
-        }, cancellationToken);
+        ReadAsync(connection => ReadOneKeyAsync(connection, null, "k.key_blob = $b AND k.key_type = $t", cancellationToken, ("$b", blob), ("$t", type)), cancellationToken);
+
+    // The one key matching the condition, with its account's name; null if none does.
+    private static async Task<SshKeyRecord?> ReadOneKeyAsync(SqliteConnection connection, SqliteTransaction? transaction, string condition,
+        CancellationToken cancellationToken, params (string Name, object? Value)[] parameters)
+    {
+        using var select = Command(connection, $"SELECT {KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE {condition}", transaction, parameters);
+        using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadKey(reader) : null;
+    }
 
     private static SshKeyRecord ReadKey(SqliteDataReader reader) => new(
         reader.GetInt64(0),
