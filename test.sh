@@ -8,12 +8,15 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")" && pwd)"
 cd "$repo"
 
-if ! command -v nix-store > /dev/null || ! command -v bwrap > /dev/null || [ ! -x /bin/busybox ] || ! command -v setfattr > /dev/null || ! command -v ssh-keygen > /dev/null || [ ! -x /usr/sbin/sshd ]; then
+# The reference Nix, Kiln's sandbox, the test builds' shell, setfattr, sshd and ssh-keygen, compression tools for the
+# decoder tests, and nginx for the fake upstream cache.
+packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx"
+if ! dpkg -s $packages > /dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    echo "installing nix-bin (the reference Nix), bubblewrap (Kiln's sandbox), busybox-static (the test builds' shell), attr (setfattr) and openssh-server (sshd, ssh-keygen)..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nix-bin bubblewrap busybox-static attr openssh-server > /dev/null
+    echo "installing $packages..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages > /dev/null
   else
-    echo "the tests need the real Nix, bubblewrap and a static busybox: run 'sudo apt-get install nix-bin bubblewrap busybox-static attr openssh-server' first" >&2
+    echo "the tests need these packages: run 'sudo apt-get install $packages' first" >&2
     exit 1
   fi
 fi

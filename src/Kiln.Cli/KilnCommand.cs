@@ -21,6 +21,8 @@ internal static class KilnCommand
         ["key"] = AccountCommands.Key,
         ["auth-keys"] = AccountCommands.AuthKeys,
         ["client-config"] = AccountCommands.ClientConfig,
+        ["token"] = CacheCommands.Token,
+        ["signing-key"] = CacheCommands.SigningKey,
     };
 
     public static async Task<int> RunAsync(string[] args)

@@ -75,6 +75,22 @@ public sealed partial class StoreView
     /// </summary>
     public async Task RegisterOutputsAsync(IReadOnlyList<NewPath> outputs, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(outputs);
+        // The account's own key (if it has one) signs everything built for it, trusted inputs or not: it vouches
+        // "Kiln built this for us", so the account's users can trust that key alone.
+        if (await Metadata.GetSigningKeyAsync(AccountId, cancellationToken).ConfigureAwait(false) is { } secret)
+        {
+            var key = Kiln.Nix.Signing.SecretKey.Parse(secret);
+            outputs = outputs.Select(o => o.Provenance != Provenance.Built ? o : o with
+            {
+                Info = o.Info with
+                {
+                    Signatures = new SortedSet<string>(o.Info.Signatures.Append(key.Sign(Kiln.Nix.Signing.NarInfo.ComputeFingerprint(
+                        o.Info.Path, o.Info.NarHash, o.Info.NarSize, o.Info.References))), StringComparer.Ordinal),
+                },
+            }).ToList();
+        }
+
         using var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         try
         {

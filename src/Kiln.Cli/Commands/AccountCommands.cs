@@ -16,11 +16,11 @@ internal static class AccountCommands
     // Relaxed escaping: fingerprints keep their "+" and "/" as ssh-keygen prints them.
     private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
-    private static Option<string> DataOption() => new("--data") { Description = "The data directory of the Kiln server.", Required = true };
+    internal static Option<string> DataOption() => new("--data") { Description = "The data directory of the Kiln server.", Required = true };
 
-    private static Option<bool> JsonOption() => new("--json") { Description = "Print JSON instead of text." };
+    internal static Option<bool> JsonOption() => new("--json") { Description = "Print JSON instead of text." };
 
-    private static async Task<SqliteMetadataStore> OpenAsync(string data, CancellationToken cancellationToken)
+    internal static async Task<SqliteMetadataStore> OpenAsync(string data, CancellationToken cancellationToken)
     {
         var directory = Path.GetFullPath(data);
         Directory.CreateDirectory(directory);
@@ -29,11 +29,11 @@ internal static class AccountCommands
         return metadata;
     }
 
-    private static async Task<AccountRecord> AccountAsync(SqliteMetadataStore metadata, string name, CancellationToken cancellationToken) =>
+    internal static async Task<AccountRecord> AccountAsync(SqliteMetadataStore metadata, string name, CancellationToken cancellationToken) =>
         await metadata.FindAccountAsync(AccountName.Validate(name), cancellationToken).ConfigureAwait(false)
             ?? throw new CommandException($"there is no account '{name}' (see 'kiln account list')");
 
-    private static void Print(bool json, object value, string text)
+    internal static void Print(bool json, object value, string text)
     {
         Console.Out.Write((json ? JsonSerializer.Serialize(value, Json) : text) + "\n");
     }
@@ -85,7 +85,32 @@ internal static class AccountCommands
             }
         });
 
-        return new Command("account", "Manage accounts.") { create, list };
+        var setData = DataOption();
+        var setJson = JsonOption();
+        var setName = new Argument<string>("NAME");
+        var publicCache = new Option<bool>("--public-cache") { Description = "Anyone may read the account's store over HTTP without a token, as a public binary cache." };
+        var privateCache = new Option<bool>("--private-cache") { Description = "Only the account's tokens read its store over HTTP (the default)." };
+        var set = new Command("set", "Change an account's settings.") { setName, publicCache, privateCache, setData, setJson };
+        set.SetAction(async (result, cancellationToken) =>
+        {
+            var (makePublic, makePrivate) = (result.GetValue(publicCache), result.GetValue(privateCache));
+            if (makePublic == makePrivate)
+            {
+                throw new CommandException("say --public-cache or --private-cache");
+            }
+
+            var metadata = await OpenAsync(result.GetValue(setData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var account = await AccountAsync(metadata, result.GetValue(setName)!, cancellationToken).ConfigureAwait(false);
+                await metadata.SetPublicCacheAsync(account.Id, makePublic, cancellationToken).ConfigureAwait(false);
+                Print(result.GetValue(setJson), new { name = account.Name, publicCache = makePublic },
+                    makePublic ? $"{account.Name}'s store is now readable over HTTP without a token" : $"{account.Name}'s store is now private");
+                return 0;
+            }
+        });
+
+        return new Command("account", "Manage accounts.") { create, list, set };
     }
 
     public static Command Key()

@@ -46,6 +46,14 @@ public sealed record RootRecord(RootKind Kind, string Name, StorePath Path);
 
 public sealed record AccountRecord(long Id, string Name);
 
+/// <summary>An HTTP access token (only its hash is stored) and what it allows.</summary>
+public sealed record TokenRecord(long Id, long AccountId, string AccountName, string Description, Accounts.KeyPermissions Permissions,
+    long? Expires, long? Revoked, long Created)
+{
+    /// <summary>Not revoked and not expired at <paramref name="now"/> (Unix seconds).</summary>
+    public bool IsValidAt(long now) => Revoked is null && (Expires is null || now < Expires);
+}
+
 /// <summary>A login key and the account it belongs to.</summary>
 public sealed record SshKeyRecord(long Id, long AccountId, string AccountName, Accounts.SshPublicKey Key, Accounts.KeyPermissions Permissions, bool Enabled, long Created)
 {
@@ -104,6 +112,34 @@ public interface IMetadataStore : IAsyncDisposable
 
     /// <summary>The key with that type and blob, whichever account it belongs to (logins start here).</summary>
     Task<SshKeyRecord?> FindSshKeyAsync(string type, string blob, CancellationToken cancellationToken);
+
+    /// <summary>Makes the account's view readable without a token over HTTP (or private again); false if no such account.</summary>
+    Task<bool> SetPublicCacheAsync(long account, bool isPublic, CancellationToken cancellationToken);
+
+    /// <summary>The accounts whose views anonymous HTTP requests read.</summary>
+    Task<IReadOnlyList<long>> GetPublicCacheAccountsAsync(CancellationToken cancellationToken);
+
+    /// <summary>Adds a token, given the SHA-256 (hex) of its secret.</summary>
+    Task<TokenRecord> AddTokenAsync(long account, string tokenHash, string description, Accounts.KeyPermissions permissions, long? expires, CancellationToken cancellationToken);
+
+    /// <summary>The token with that hash, revoked or expired ones included (the caller decides).</summary>
+    Task<TokenRecord?> FindTokenAsync(string tokenHash, CancellationToken cancellationToken);
+
+    Task<IReadOnlyList<TokenRecord>> ListTokensAsync(long account, CancellationToken cancellationToken);
+
+    /// <summary>Revokes the account's token; false if it has no such token or it was revoked already.</summary>
+    Task<bool> RevokeTokenAsync(long account, long id, CancellationToken cancellationToken);
+
+    /// <summary>Sets the account's signing key (Nix's secret key format), replacing any it had.</summary>
+    Task SetSigningKeyAsync(long account, string secretKey, CancellationToken cancellationToken);
+
+    Task<string?> GetSigningKeyAsync(long account, CancellationToken cancellationToken);
+
+    /// <summary>A path with that hash part in the first of <paramref name="accounts"/>' views that has one.</summary>
+    Task<(long Account, PathRecord Record)?> FindPathByHashPartAsync(IReadOnlyList<long> accounts, string hashPart, CancellationToken cancellationToken);
+
+    /// <summary>The size of a NAR with that hash if some path in <paramref name="accounts"/>' views has it; null otherwise.</summary>
+    Task<long?> FindNarAsync(IReadOnlyList<long> accounts, NixHash narHash, CancellationToken cancellationToken);
 
     /// <summary>The records of those <paramref name="paths"/> valid in the account's view.</summary>
     Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);

@@ -1,0 +1,99 @@
+namespace Kiln.Nix.Compression;
+
+/// <summary>
+/// A read-only stream over a native streaming decoder: it reads compressed input in blocks from the inner stream and
+/// lets <see cref="Step"/> turn it into output. Data after the end of the compressed stream, or input that ends
+/// before it, is an error (a truncated download must never look like a short NAR).
+/// </summary>
+internal abstract class NativeDecoder(Stream inner) : Stream
+{
+    private readonly byte[] _input = new byte[128 * 1024];
+    private int _inputStart;
+    private int _inputEnd;
+    private bool _innerDone;
+    private bool _finished;
+    private bool _disposed;
+
+    protected abstract string Name { get; }
+
+    /// <summary>Decodes from <paramref name="input"/> into <paramref name="output"/>: what it consumed and produced, and whether the stream ended.</summary>
+    protected abstract (int Consumed, int Produced, bool End) Step(ReadOnlySpan<byte> input, Span<byte> output, bool inputDone);
+
+    protected abstract void Free();
+
+    public override int Read(Span<byte> buffer)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        while (!_finished && buffer.Length > 0)
+        {
+            if (_inputStart == _inputEnd && !_innerDone)
+            {
+                _inputStart = 0;
+                _inputEnd = inner.Read(_input);
+                _innerDone = _inputEnd == 0;
+            }
+
+            var (consumed, produced, end) = Step(_input.AsSpan(_inputStart, _inputEnd - _inputStart), buffer, _innerDone);
+            _inputStart += consumed;
+            if (end)
+            {
+                _finished = true;
+                if (_inputStart != _inputEnd || inner.Read(_input.AsSpan(0, 1)) != 0)
+                {
+                    throw new DecompressionException($"{Name} data has trailing garbage");
+                }
+            }
+
+            if (produced > 0)
+            {
+                return produced;
+            }
+
+            if (!end && consumed == 0 && _innerDone && _inputStart == _inputEnd)
+            {
+                throw new DecompressionException($"{Name} data ends too early");
+            }
+        }
+
+        return 0;
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    // Native decoding is CPU work: the async forms run it inline like FileStream on Linux runs its reads.
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return ValueTask.FromResult(Read(buffer.Span));
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    protected override void Dispose(bool disposing)
+    {
+        if (!_disposed)
+        {
+            _disposed = true;
+            Free();
+            if (disposing)
+            {
+                inner.Dispose();
+            }
+        }
+
+        base.Dispose(disposing);
+    }
+
+    ~NativeDecoder() => Dispose(false);
+
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => false;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+}

@@ -1,0 +1,63 @@
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Kiln.Store.Accounts;
+
+/// <summary>
+/// HTTP access tokens: <c>kiln_</c> and 48 hex digits (192 random bits), shown once when created. Kiln keeps only
+/// their SHA-256, so a copy of the database gives no usable token.
+/// </summary>
+public static class AccessToken
+{
+    public const string Prefix = "kiln_";
+
+    private static readonly System.Buffers.SearchValues<char> HexDigits = System.Buffers.SearchValues.Create("0123456789abcdef");
+
+    public static string Generate() => Prefix + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(24));
+
+    /// <summary>What is stored and looked up: the SHA-256 of the token, in hex.</summary>
+    public static string Hash(string token)
+    {
+        ArgumentNullException.ThrowIfNull(token);
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(token)));
+    }
+
+    /// <summary>Whether <paramref name="text"/> has a token's shape (anything else is refused without a lookup).</summary>
+    public static bool LooksValid(string text) =>
+        text.Length == Prefix.Length + 48 && text.StartsWith(Prefix, StringComparison.Ordinal) && text.AsSpan(Prefix.Length).ContainsAnyExcept(HexDigits) is false;
+
+    /// <summary>
+    /// Parses an expiry: a duration from <paramref name="now"/> (<c>90d</c>, <c>12h</c>, <c>30m</c>, <c>2w</c>, <c>1y</c>), a
+    /// date or time (<c>2027-01-31</c>, ISO 8601), or <c>never</c> (null).
+    /// </summary>
+    /// <exception cref="ArgumentException">It is none of these, or not in the future.</exception>
+    public static DateTimeOffset? ParseExpiry(string text, DateTimeOffset now)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        text = text.Trim();
+        if (text is "never" or "")
+        {
+            return null;
+        }
+
+        DateTimeOffset at;
+        if (text.Length >= 2 && char.IsAsciiLetter(text[^1]) && long.TryParse(text[..^1], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var count) && count < 100_000)
+        {
+            at = text[^1] switch
+            {
+                'm' => now.AddMinutes(count),
+                'h' => now.AddHours(count),
+                'd' => now.AddDays(count),
+                'w' => now.AddDays(7 * count),
+                'y' => now.AddYears((int)count),
+                _ => throw new ArgumentException($"unknown unit in expiry '{text}' (use m, h, d, w or y)"),
+            };
+        }
+        else if (!DateTimeOffset.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.AssumeUniversal, out at))
+        {
+            throw new ArgumentException($"cannot read expiry '{text}' (a duration such as 90d, a date such as 2027-01-31, or never)");
+        }
+
+        return at > now ? at : throw new ArgumentException($"expiry '{text}' is not in the future");
+    }
+}
