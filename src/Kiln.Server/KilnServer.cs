@@ -40,6 +40,7 @@ public static partial class KilnServer
             builder.Services.AddSingleton(services => CreateScheduler(options, store, services.GetRequiredService<ILoggerFactory>()));
             builder.Services.AddHostedService<DaemonSocketService>();
             builder.Services.AddHostedService<Ssh.SshFrontDoor>();
+            builder.Services.AddHostedService<HttpCacheService>();
             using var host = builder.Build();
             await host.RunAsync(cancellationToken).ConfigureAwait(false);
         }

@@ -37,6 +37,9 @@ public sealed record ServerOptions
     /// <summary>Where Kiln's sshd listens (<c>ADDRESS:PORT</c>); null: no SSH front door.</summary>
     public string? SshListen { get; init; } = "127.0.0.1:2222";
 
+    /// <summary>Where the HTTP binary cache listens (<c>ADDRESS:PORT</c>); null: no HTTP.</summary>
+    public string? HttpListen { get; init; } = "127.0.0.1:8080";
+
     /// <summary>The system user SSH clients log in as (<c>ssh kiln@host</c>); created when missing.</summary>
     public string SshUser { get; init; } = "kiln";
 

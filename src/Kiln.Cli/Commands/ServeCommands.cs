@@ -33,10 +33,15 @@ internal static class ServeCommands
             Description = "Where Kiln's sshd listens, ADDRESS:PORT, or 'none' for no SSH front door (needs root and openssh-server).",
             DefaultValueFactory = _ => "127.0.0.1:2222",
         };
+        var httpListen = new Option<string>("--http-listen")
+        {
+            Description = "Where the HTTP binary cache listens, ADDRESS:PORT, or 'none'.",
+            DefaultValueFactory = _ => "127.0.0.1:8080",
+        };
         var sshUser = new Option<string>("--ssh-user") { Description = "The user SSH clients log in as (created if missing).", DefaultValueFactory = _ => "kiln" };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
-            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser,
+            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -54,11 +59,17 @@ internal static class ServeCommands
                 MaxLogSize = result.GetValue(maxLog),
                 SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
                 SshUser = result.GetValue(sshUser)!,
+                HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
             };
             return await KilnServer.RunAsync(options, new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
         });
         return command;
     }
+
+    // ADDRESS:PORT, checked before anything starts so a typo is one clear line.
+    private static string ParseListen(string text) =>
+        System.Net.IPEndPoint.TryParse(text, out var endpoint) && endpoint.Port != 0 ? text
+            : throw new CommandException($"'{text}' is not ADDRESS:PORT (for example 127.0.0.1:8080), or 'none'");
 
     public static Command Store()
     {

@@ -201,9 +201,19 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                     continue;
                 }
 
-                var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+                // BEGIN IMMEDIATE, and look again inside: another process (kiln serve starting while a kiln account
+                // command runs) may have applied this migration since the list above was read.
+                var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(System.Data.IsolationLevel.Serializable, cancellationToken).ConfigureAwait(false);
                 await using (transaction.ConfigureAwait(false))
                 {
+                    using (var check = Command(connection, "SELECT 1 FROM schema_migrations WHERE version = $v", transaction, ("$v", version)))
+                    {
+                        if (await check.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null)
+                        {
+                            continue;
+                        }
+                    }
+
                     using (var migrate = Command(connection, sql, transaction))
                     {
                         await migrate.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);

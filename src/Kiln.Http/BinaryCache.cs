@@ -1,0 +1,285 @@
+using System.Globalization;
+using System.Text;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Nar;
+using Kiln.Nix.Signing;
+using Kiln.Nix.StorePaths;
+using Kiln.Store;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Http;
+
+/// <summary>
+/// Kiln's store as a Nix binary cache (Nix's HTTP binary cache layout): <c>nix-cache-info</c>, <c>HASH.narinfo</c>,
+/// <c>nar/NARHASH.nar</c> (uncompressed, straight from the blob store, with ranges), <c>HASH.ls</c> listings and
+/// <c>log/DRV</c> build logs, each answered from the caller's views only; and uploads as Nix's own HTTP store writes
+/// them (PUT of the NAR, then of its narinfo). Anything outside the caller's views is a 404, exactly as a path
+/// nobody has: knowing a store path gives nothing.
+/// </summary>
+public sealed partial class BinaryCache
+{
+    private readonly KilnStore _store;
+    private readonly BinaryCacheOptions _options;
+    private readonly ILogger _logger;
+    private readonly NarUploads _uploads;
+    private readonly byte[] _cacheInfo;
+
+    // Anonymous requests read every public account's view; the list is read at most once a second.
+    private IReadOnlyList<long> _publicAccounts = [];
+    private long _publicAccountsUntil;
+
+    public BinaryCache(KilnStore store, BinaryCacheOptions options, ILogger logger)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(options);
+        _store = store;
+        _options = options;
+        _logger = logger;
+        _uploads = new NarUploads(store, options);
+        _cacheInfo = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture,
+            $"StoreDir: {StorePath.StoreDir}\nWantMassQuery: 1\nPriority: {options.Priority}\n"));
+    }
+
+    /// <summary>Answers one request.</summary>
+    public async Task HandleAsync(HttpContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var request = context.Request;
+        var cancellationToken = context.RequestAborted;
+        var caller = await CacheCaller.IdentifyAsync(request, _store.Metadata, PublicAccountsAsync, cancellationToken).ConfigureAwait(false);
+        if (caller is null)
+        {
+            context.Response.Headers.WWWAuthenticate = "Basic realm=\"kiln\"";
+            await TextAsync(context, StatusCodes.Status401Unauthorized, "this token is not valid (unknown, revoked or expired)\n").ConfigureAwait(false);
+            return;
+        }
+
+        var path = request.Path.Value ?? "/";
+        var reading = HttpMethods.IsGet(request.Method) || HttpMethods.IsHead(request.Method);
+        try
+        {
+            switch (reading, path)
+            {
+                case (true, "/nix-cache-info"):
+                    await BytesAsync(context, "text/x-nix-cache-info", _cacheInfo).ConfigureAwait(false);
+                    break;
+                case (true, _) when path.StartsWith("/nar/", StringComparison.Ordinal):
+                    await NarAsync(context, caller, path[5..]).ConfigureAwait(false);
+                    break;
+                case (true, _) when path.StartsWith("/log/", StringComparison.Ordinal):
+                    await LogAsync(context, caller, path[5..]).ConfigureAwait(false);
+                    break;
+                case (true, _) when path.EndsWith(".narinfo", StringComparison.Ordinal):
+                    await NarInfoAsync(context, caller, HashPart(path[1..^8])).ConfigureAwait(false);
+                    break;
+                case (true, _) when path.EndsWith(".ls", StringComparison.Ordinal):
+                    await ListingAsync(context, caller, HashPart(path[1..^3])).ConfigureAwait(false);
+                    break;
+                case (false, _) when HttpMethods.IsPut(request.Method):
+                    await PutAsync(context, caller, path).ConfigureAwait(false);
+                    break;
+                case (false, _):
+                    context.Response.Headers.Allow = "GET, HEAD, PUT";
+                    await TextAsync(context, StatusCodes.Status405MethodNotAllowed, "Kiln's binary cache answers GET, HEAD and PUT\n").ConfigureAwait(false);
+                    break;
+                default:
+                    await NotFoundAsync(context).ConfigureAwait(false);
+                    break;
+            }
+        }
+        catch (BadRequestException e)
+        {
+            await TextAsync(context, e.Status, e.Message + "\n").ConfigureAwait(false);
+        }
+    }
+
+    private async Task<IReadOnlyList<long>> PublicAccountsAsync(CancellationToken cancellationToken)
+    {
+        var now = Environment.TickCount64;
+        if (now >= Volatile.Read(ref _publicAccountsUntil))
+        {
+            _publicAccounts = await _store.Metadata.GetPublicCacheAccountsAsync(cancellationToken).ConfigureAwait(false);
+            Volatile.Write(ref _publicAccountsUntil, now + 1000);
+        }
+
+        return _publicAccounts;
+    }
+
+    // A store path's hash part: 32 Nix32 digits.
+    private static string HashPart(string text) =>
+        text.Length == StorePath.HashLength && text.All(Nix32.IsDigit) ? text : throw new BadRequestException($"'{text}' is not a store path hash");
+
+    private async Task NarInfoAsync(HttpContext context, CacheCaller caller, string hashPart)
+    {
+        var found = await _store.Metadata.FindPathByHashPartAsync(caller.ReadableAccounts, hashPart, context.RequestAborted).ConfigureAwait(false);
+        if (found is not { Record.Info: var info })
+        {
+            await NotFoundAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        var narInfo = new NarInfo
+        {
+            StorePath = info.Path,
+            Url = $"nar/{info.NarHash.ToNix32()}.nar",
+            Compression = "none",
+            FileHash = info.NarHash,
+            FileSize = info.NarSize,
+            NarHash = info.NarHash,
+            NarSize = info.NarSize,
+            References = new SortedSet<StorePath>(info.References),
+            Deriver = info.Deriver,
+            Signatures = new SortedSet<string>(info.Signatures, StringComparer.Ordinal),
+            ContentAddress = info.ContentAddress,
+        };
+        await BytesAsync(context, "text/x-nix-narinfo", Encoding.UTF8.GetBytes(narInfo.ToString())).ConfigureAwait(false);
+    }
+
+    private async Task NarAsync(HttpContext context, CacheCaller caller, string file)
+    {
+        // Only nar/<NAR hash>.nar names a blob, and only when a path in the caller's views has that NAR.
+        if (!file.EndsWith(".nar", StringComparison.Ordinal) || !TryNarHash(file[..^4], out var narHash))
+        {
+            await NotFoundAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        if (await _store.Metadata.FindNarAsync(caller.ReadableAccounts, narHash, context.RequestAborted).ConfigureAwait(false) is null
+            || !_store.Blobs.Exists(narHash))
+        {
+            await NotFoundAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        // Straight from the blob file (sendfile where Kestrel can), with HEAD, Range and If-Range handled.
+        context.Response.Headers.CacheControl = "public, max-age=31536000, immutable";
+        await TypedResults.PhysicalFile(_store.Blobs.PathOf(narHash), "application/x-nix-nar", enableRangeProcessing: true).ExecuteAsync(context).ConfigureAwait(false);
+    }
+
+    internal static bool TryNarHash(string text, out NixHash hash)
+    {
+        hash = default;
+        if (text.Length != Nix32.EncodedLength(32) || !text.All(Nix32.IsDigit))
+        {
+            return false;
+        }
+
+        var digest = new byte[32];
+        if (!Nix32.TryDecode(text, digest))
+        {
+            return false;
+        }
+
+        hash = new NixHash(NixHashAlgorithm.Sha256, digest);
+        return true;
+    }
+
+    private async Task ListingAsync(HttpContext context, CacheCaller caller, string hashPart)
+    {
+        var found = await _store.Metadata.FindPathByHashPartAsync(caller.ReadableAccounts, hashPart, context.RequestAborted).ConfigureAwait(false);
+        if (found is not { Record.Info: var info } || !_store.Blobs.Exists(info.NarHash))
+        {
+            await NotFoundAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        var text = new StringWriter(CultureInfo.InvariantCulture);
+        using (var nar = new FileStream(_store.Blobs.PathOf(info.NarHash), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16))
+        {
+            NarListing.WriteBinaryCacheListing(nar, text);
+        }
+
+        await BytesAsync(context, "application/json", Encoding.UTF8.GetBytes(text.ToString())).ConfigureAwait(false);
+    }
+
+    private async Task LogAsync(HttpContext context, CacheCaller caller, string baseName)
+    {
+        // The log of a derivation in the caller's views (the builds that wrote it are shared as the outputs are).
+        if (_options.LogPath is null || !StorePath.IsValidBaseName(baseName) || !baseName.EndsWith(".drv", StringComparison.Ordinal))
+        {
+            await NotFoundAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        var drv = StorePath.FromBaseName(baseName);
+        var found = await _store.Metadata.FindPathByHashPartAsync(caller.ReadableAccounts, drv.HashPart, context.RequestAborted).ConfigureAwait(false);
+        var file = _options.LogPath(drv);
+        if (found is not { Record.Info.Path: var path } || path != drv || !File.Exists(file))
+        {
+            await NotFoundAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        await TypedResults.PhysicalFile(file, "text/plain; charset=utf-8").ExecuteAsync(context).ConfigureAwait(false);
+    }
+
+    private async Task PutAsync(HttpContext context, CacheCaller caller, string path)
+    {
+        if (caller.Token is null)
+        {
+            context.Response.Headers.WWWAuthenticate = "Basic realm=\"kiln\"";
+            await TextAsync(context, StatusCodes.Status401Unauthorized, "uploading needs a token with store:write\n").ConfigureAwait(false);
+            return;
+        }
+
+        if (!caller.CanWrite)
+        {
+            await TextAsync(context, StatusCodes.Status403Forbidden, "this token lacks the store:write permission\n").ConfigureAwait(false);
+            return;
+        }
+
+        var token = caller.Token;
+        if (path.StartsWith("/nar/", StringComparison.Ordinal))
+        {
+            await _uploads.StageAsync(token.AccountId, path[5..], context.Request.Body, context.RequestAborted).ConfigureAwait(false);
+            await TextAsync(context, StatusCodes.Status200OK, "").ConfigureAwait(false);
+        }
+        else if (path.EndsWith(".narinfo", StringComparison.Ordinal))
+        {
+            var hashPart = HashPart(path[1..^8]);
+            var stored = await _uploads.CommitAsync(token.AccountId, token.AccountName, hashPart, context.Request.Body, context.RequestAborted).ConfigureAwait(false);
+            LogUploaded(_logger, token.AccountName, stored);
+            await TextAsync(context, StatusCodes.Status200OK, "").ConfigureAwait(false);
+        }
+        else if (path.EndsWith(".ls", StringComparison.Ordinal))
+        {
+            // Nix writes listings when write-nar-listing is set; Kiln makes its own from the NAR, so this one is not kept.
+            HashPart(path[1..^3]);
+            await TextAsync(context, StatusCodes.Status200OK, "").ConfigureAwait(false);
+        }
+        else
+        {
+            await TextAsync(context, StatusCodes.Status403Forbidden, "Kiln's binary cache takes NARs and narinfo files (and keeps its own build logs)\n").ConfigureAwait(false);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "http: {Account} uploaded {Path}")]
+    private static partial void LogUploaded(ILogger logger, string account, StorePath path);
+
+    private static Task NotFoundAsync(HttpContext context) => TextAsync(context, StatusCodes.Status404NotFound, "not found\n");
+
+    private static Task TextAsync(HttpContext context, int status, string text)
+    {
+        context.Response.StatusCode = status;
+        return BytesAsync(context, "text/plain; charset=utf-8", Encoding.UTF8.GetBytes(text), status);
+    }
+
+    private static async Task BytesAsync(HttpContext context, string contentType, byte[] body, int status = StatusCodes.Status200OK)
+    {
+        var response = context.Response;
+        response.StatusCode = status;
+        response.ContentType = contentType;
+        response.ContentLength = body.Length;
+        if (!HttpMethods.IsHead(context.Request.Method))
+        {
+            await response.Body.WriteAsync(body, context.RequestAborted).ConfigureAwait(false);
+        }
+    }
+}
+
+/// <summary>A request Kiln refuses with a 4xx status and a one-line reason.</summary>
+internal sealed class BadRequestException(string message, int status = StatusCodes.Status400BadRequest) : Exception(message)
+{
+    public int Status { get; } = status;
+}

@@ -1,0 +1,226 @@
+using System.Security.Cryptography;
+using System.Text;
+using Kiln.Nix;
+using Kiln.Nix.Compression;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Signing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
+using Kiln.Store;
+using Microsoft.AspNetCore.Http;
+
+namespace Kiln.Http;
+
+/// <summary>
+/// Uploads as Nix's HTTP binary cache store makes them: first a PUT of <c>nar/FILEHASH.nar[.xz…]</c>, then a PUT of
+/// the <c>.narinfo</c> that describes it. The NAR waits in a staging directory (per account, so one account cannot
+/// complete another's upload) until its narinfo arrives; then it is decompressed and goes through exactly the checks
+/// a worker-protocol upload does (NAR hash and size, well-formed NAR, content address, references valid in the
+/// view) before anything is registered. A narinfo whose NAR is already in the caller's view (Nix skips uploading a
+/// NAR the cache says it has) is registered from the blob.
+/// </summary>
+internal sealed class NarUploads
+{
+    private const int MaxNarInfoSize = 1 << 20;
+
+    private readonly KilnStore _store;
+    private readonly BinaryCacheOptions _options;
+
+    public NarUploads(KilnStore store, BinaryCacheOptions options)
+    {
+        _store = store;
+        _options = options;
+        // Nothing staged survives a restart: the narinfo that would have completed it can be sent again.
+        if (Directory.Exists(options.StagingDirectory))
+        {
+            Directory.Delete(options.StagingDirectory, recursive: true);
+        }
+
+        Directory.CreateDirectory(options.StagingDirectory);
+    }
+
+    private string StagedPath(long account, string file) => Path.Combine(_options.StagingDirectory, account.ToString(System.Globalization.CultureInfo.InvariantCulture), file);
+
+    // nar/<52 Nix32 digits>.nar, optionally with a compression extension Kiln can read.
+    private static bool IsNarFileName(string file)
+    {
+        var dot = file.IndexOf('.', StringComparison.Ordinal);
+        if (dot != Nix32.EncodedLength(32) || !file.AsSpan(0, dot).ToString().All(Nix32.IsDigit))
+        {
+            return false;
+        }
+
+        var extension = file[dot..];
+        return extension == ".nar" || Decompression.Methods.Any(m => extension == ".nar" + Decompression.Extension(m));
+    }
+
+    public async Task StageAsync(long account, string file, Stream body, CancellationToken cancellationToken)
+    {
+        if (!IsNarFileName(file))
+        {
+            throw new BadRequestException($"'nar/{file}' is not a NAR file name Kiln takes (nar/<nix32 sha256>.nar[.xz|.zst|.bz2|.br|.gz])");
+        }
+
+        RemoveExpired();
+        var target = StagedPath(account, file);
+        Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+        var temp = $"{target}.{Guid.NewGuid():N}.part";
+        try
+        {
+            await using (var output = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: false))
+            {
+                var buffer = new byte[1 << 16];
+                long total = 0;
+                int n;
+                while ((n = await body.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                {
+                    total += n;
+                    if (total > _options.MaxUploadSize)
+                    {
+                        throw new BadRequestException($"the NAR is larger than Kiln takes ({_options.MaxUploadSize} bytes)", 413);
+                    }
+
+                    await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+                }
+            }
+
+            File.Move(temp, target, overwrite: true);
+        }
+        finally
+        {
+            File.Delete(temp);
+        }
+    }
+
+    public async Task<StorePath> CommitAsync(long account, string accountName, string hashPart, Stream body, CancellationToken cancellationToken)
+    {
+        var narInfo = await ReadNarInfoAsync(body, hashPart, cancellationToken).ConfigureAwait(false);
+        using var view = await _store.OpenViewAsync(accountName, cancellationToken).ConfigureAwait(false);
+        if ((await view.QueryValidPathsAsync([narInfo.StorePath], cancellationToken).ConfigureAwait(false)).Contains(narInfo.StorePath))
+        {
+            return narInfo.StorePath; // already there: as Nix's stores, adding a valid path again changes nothing
+        }
+
+        var info = new ValidPathInfo
+        {
+            Path = narInfo.StorePath,
+            NarHash = narInfo.NarHash,
+            NarSize = narInfo.NarSize,
+            References = narInfo.References,
+            Deriver = narInfo.Deriver,
+            Signatures = narInfo.Signatures,
+            ContentAddress = narInfo.ContentAddress,
+        };
+        var file = narInfo.Url[4..];
+        var staged = StagedPath(account, file);
+        Stream nar;
+        if (File.Exists(staged))
+        {
+            await CheckFileAsync(staged, narInfo, cancellationToken).ConfigureAwait(false);
+            nar = Decompression.Open(narInfo.Compression, new FileStream(staged, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16));
+        }
+        else if (narInfo.Compression == "none" && file == $"{narInfo.NarHash.ToNix32()}.nar"
+            && await _store.Metadata.FindNarAsync([account], narInfo.NarHash, cancellationToken).ConfigureAwait(false) is not null
+            && _store.Blobs.Exists(narInfo.NarHash))
+        {
+            nar = new FileStream(_store.Blobs.PathOf(narInfo.NarHash), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        }
+        else
+        {
+            throw new BadRequestException($"'{narInfo.Url}' has not been uploaded (PUT the NAR before its narinfo)", StatusCodes.Status409Conflict);
+        }
+
+        await using (nar.ConfigureAwait(false))
+        {
+            try
+            {
+                await view.AddToStoreAsync(info, nar, repair: false, checkSignatures: true, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is NixErrorException or NixFormatException)
+            {
+                throw new BadRequestException($"cannot add '{narInfo.StorePath}': {e.Message}");
+            }
+        }
+
+        File.Delete(staged);
+        return narInfo.StorePath;
+    }
+
+
+    private static async Task<NarInfo> ReadNarInfoAsync(Stream body, string hashPart, CancellationToken cancellationToken)
+    {
+        var buffer = new MemoryStream();
+        var chunk = new byte[16 * 1024];
+        int n;
+        while ((n = await body.ReadAsync(chunk, cancellationToken).ConfigureAwait(false)) > 0)
+        {
+            if (buffer.Length + n > MaxNarInfoSize)
+            {
+                throw new BadRequestException("the narinfo is too large", 413);
+            }
+
+            buffer.Write(chunk, 0, n);
+        }
+
+        NarInfo narInfo;
+        try
+        {
+            narInfo = NarInfo.Parse(Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length), $"{hashPart}.narinfo");
+        }
+        catch (NixFormatException e)
+        {
+            throw new BadRequestException(e.Message);
+        }
+
+        if (narInfo.StorePath.HashPart != hashPart)
+        {
+            throw new BadRequestException($"'{hashPart}.narinfo' describes '{narInfo.StorePath}'");
+        }
+
+        if (!Decompression.IsKnown(narInfo.Compression))
+        {
+            throw new BadRequestException($"Kiln cannot read NARs compressed with '{narInfo.Compression}' (it reads {string.Join(", ", Decompression.Methods)})");
+        }
+
+        if (!narInfo.Url.StartsWith("nar/", StringComparison.Ordinal) || !IsNarFileName(narInfo.Url[4..]))
+        {
+            throw new BadRequestException($"the narinfo's URL '{narInfo.Url}' is not a NAR Kiln takes (nar/<nix32 sha256>.nar[.xz…])");
+        }
+
+        return narInfo;
+    }
+
+    // The staged file is the one the narinfo describes (FileHash, FileSize), when it says so.
+    private static async Task CheckFileAsync(string staged, NarInfo narInfo, CancellationToken cancellationToken)
+    {
+        var length = new FileInfo(staged).Length;
+        if (narInfo.FileSize is { } size && size != length)
+        {
+            throw new BadRequestException($"'{narInfo.Url}' is {length} bytes, but the narinfo says {size}");
+        }
+
+        if (narInfo.FileHash is { Algorithm: NixHashAlgorithm.Sha256 } expected)
+        {
+            await using var file = new FileStream(staged, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+            var actual = new NixHash(NixHashAlgorithm.Sha256, await SHA256.HashDataAsync(file, cancellationToken).ConfigureAwait(false));
+            if (actual != expected)
+            {
+                throw new BadRequestException($"'{narInfo.Url}' has hash {actual}, but the narinfo says {expected}");
+            }
+        }
+    }
+
+    // Uploads whose narinfo never came: removed after a while, so staging cannot fill the disk.
+    private void RemoveExpired()
+    {
+        var cutoff = DateTime.UtcNow - _options.StagingLifetime;
+        foreach (var file in Directory.EnumerateFiles(_options.StagingDirectory, "*", SearchOption.AllDirectories))
+        {
+            if (File.GetLastWriteTimeUtc(file) < cutoff)
+            {
+                File.Delete(file);
+            }
+        }
+    }
+}

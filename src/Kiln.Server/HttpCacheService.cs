@@ -1,0 +1,70 @@
+using System.Net;
+using Kiln.Http;
+using Kiln.Store;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Server;
+
+/// <summary>
+/// The HTTP front: Kestrel on <see cref="ServerOptions.HttpListen"/> serving <see cref="BinaryCache"/>. It is its own
+/// small web application inside <c>kiln serve</c>'s host, sharing the store and the scheduler's log layout.
+/// </summary>
+public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Scheduler.BuildScheduler scheduler, ILoggerFactory loggers)
+    : IHostedService, IAsyncDisposable
+{
+    private WebApplication? _app;
+
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        if (options.HttpListen is null)
+        {
+            return;
+        }
+
+        var logger = loggers.CreateLogger("Kiln.Http");
+        var endpoint = IPEndPoint.Parse(options.HttpListen);
+        var cache = new BinaryCache(store, new BinaryCacheOptions
+        {
+            StagingDirectory = Path.Combine(options.DataDirectory, "http-uploads"),
+            LogPath = scheduler.LogPath,
+            MaxUploadSize = store.Options.MaxNarSize,
+        }, logger);
+
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "kiln" });
+        builder.Logging.ClearProviders(); // Kiln logs what matters itself, in its own format
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.Listen(endpoint);
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = null; // uploads are bounded by the cache, per kind of file
+            kestrel.Limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 1024, gracePeriod: TimeSpan.FromSeconds(30));
+        });
+        _app = builder.Build();
+        _app.Run(cache.HandleAsync);
+        await _app.StartAsync(cancellationToken).ConfigureAwait(false);
+        LogListening(logger, endpoint);
+    }
+
+    public async Task StopAsync(CancellationToken cancellationToken)
+    {
+        if (_app is not null)
+        {
+            await _app.StopAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_app is not null)
+        {
+            await _app.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "http: listening on http://{Url} (binary cache)")]
+    private static partial void LogListening(ILogger logger, IPEndPoint url);
+}
