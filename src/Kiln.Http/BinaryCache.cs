@@ -141,7 +141,7 @@ public sealed partial class BinaryCache
         // Only nar/<NAR hash>.nar names a blob, and only when a path in the caller's views has that NAR.
         if (!file.EndsWith(".nar", StringComparison.Ordinal) || !TryNarHash(file[..^4], out var narHash))
         {
-            await NotFoundAsync(context).ConfigureAwait(false);
+            await KeptFileAsync(context, caller, file).ConfigureAwait(false);
             return;
         }
 
@@ -155,6 +155,23 @@ public sealed partial class BinaryCache
         // Straight from the blob file (sendfile where Kestrel can), with HEAD, Range and If-Range handled.
         context.Response.Headers.CacheControl = "public, max-age=31536000, immutable";
         await TypedResults.PhysicalFile(_store.Blobs.PathOf(narHash), "application/x-nix-nar", enableRangeProcessing: true).ExecuteAsync(context).ConfigureAwait(false);
+    }
+
+    // A compressed NAR kept as uploaded, readable by whoever may read the NAR it holds.
+    private async Task KeptFileAsync(HttpContext context, CacheCaller caller, string file)
+    {
+        if (!NarUploads.IsNarFileName(file)
+            || await _store.Metadata.FindNarFileAsync(file, context.RequestAborted).ConfigureAwait(false) is not { } kept
+            || await _store.Metadata.FindNarAsync(caller.ReadableAccounts, kept.NarHash, context.RequestAborted).ConfigureAwait(false) is null
+            || !File.Exists(Path.Combine(_options.NarFilesDirectory, file)))
+        {
+            await NotFoundAsync(context).ConfigureAwait(false);
+            return;
+        }
+
+        context.Response.Headers.CacheControl = "public, max-age=31536000, immutable";
+        await TypedResults.PhysicalFile(Path.Combine(_options.NarFilesDirectory, file), "application/x-nix-nar", enableRangeProcessing: true)
+            .ExecuteAsync(context).ConfigureAwait(false);
     }
 
     internal static bool TryNarHash(string text, out NixHash hash)

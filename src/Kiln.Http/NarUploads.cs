@@ -38,12 +38,13 @@ internal sealed class NarUploads
         }
 
         Directory.CreateDirectory(options.StagingDirectory);
+        Directory.CreateDirectory(options.NarFilesDirectory);
     }
 
     private string StagedPath(long account, string file) => Path.Combine(_options.StagingDirectory, account.ToString(System.Globalization.CultureInfo.InvariantCulture), file);
 
     // nar/<52 Nix32 digits>.nar, optionally with a compression extension Kiln can read.
-    private static bool IsNarFileName(string file)
+    internal static bool IsNarFileName(string file)
     {
         var dot = file.IndexOf('.', StringComparison.Ordinal);
         if (dot != Nix32.EncodedLength(32) || !file.AsSpan(0, dot).ToString().All(Nix32.IsDigit))
@@ -141,6 +142,14 @@ internal sealed class NarUploads
             {
                 throw new BadRequestException($"cannot add '{narInfo.StorePath}': {e.Message}");
             }
+        }
+
+        // Kept as uploaded when it is not the blob itself: the uploader's narinfo cache names this file.
+        if (File.Exists(staged) && file != $"{narInfo.NarHash.ToNix32()}.nar")
+        {
+            File.Move(staged, Path.Combine(_options.NarFilesDirectory, file), overwrite: true);
+            await _store.Metadata.AddNarFileAsync(file, narInfo.NarHash, narInfo.Compression, new FileInfo(Path.Combine(_options.NarFilesDirectory, file)).Length,
+                cancellationToken).ConfigureAwait(false);
         }
 
         File.Delete(staged);

@@ -20,8 +20,8 @@ public class SshTests
     private static Login NewLogin(NixClient client, KilnProcess kiln, string account, string permissions = "store:read,store:write,build:read,build:write")
     {
         var key = NewKey(client, account);
-        Cli(kiln, "account", "create", account);
-        Cli(kiln, "key", "add", account, File.ReadAllText(key + ".pub").Trim(), "--permissions", permissions);
+        kiln.Cli("account", "create", account);
+        kiln.Cli("key", "add", account, File.ReadAllText(key + ".pub").Trim(), "--permissions", permissions);
         return new Login(account, key, SshEnvironment(client, kiln, key));
     }
 
@@ -48,12 +48,6 @@ public class SshTests
         File.WriteAllText(knownHosts, kiln.KnownHostsLine + "\n");
         File.WriteAllText(client.HostPath(knownHosts), kiln.KnownHostsLine + "\n");
         return ["env", $"NIX_SSHOPTS=-p {kiln.SshPort} -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={knownHosts} -o LogLevel=ERROR"];
-    }
-
-    private static void Cli(KilnProcess kiln, params string[] args)
-    {
-        var result = Processes.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "kiln.dll"), .. args, "--data", kiln.DataDirectory]);
-        Assert.True(result.ExitCode == 0, result.Stderr);
     }
 
     [Theory]

@@ -141,6 +141,12 @@ public interface IMetadataStore : IAsyncDisposable
     /// <summary>The size of a NAR with that hash if some path in <paramref name="accounts"/>' views has it; null otherwise.</summary>
     Task<long?> FindNarAsync(IReadOnlyList<long> accounts, NixHash narHash, CancellationToken cancellationToken);
 
+    /// <summary>Records a compressed NAR file kept as uploaded (its name under <c>nar/</c>).</summary>
+    Task AddNarFileAsync(string file, NixHash narHash, string compression, long fileSize, CancellationToken cancellationToken);
+
+    /// <summary>The NAR hash and compression of a kept compressed NAR file, if there is one by that name.</summary>
+    Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken);
+
     /// <summary>The records of those <paramref name="paths"/> valid in the account's view.</summary>
     Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);
 

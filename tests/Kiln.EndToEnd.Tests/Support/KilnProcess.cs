@@ -13,7 +13,8 @@ public sealed class KilnProcess : IDisposable
     private readonly TempDir _temp = new();
 
     /// <param name="ssh">Also run the SSH front door, on a free port of 127.0.0.1 (<see cref="SshPort"/>).</param>
-    public KilnProcess(bool ssh = false)
+    /// <param name="http">Also serve the HTTP binary cache, on a free port of 127.0.0.1 (<see cref="HttpUrl"/>).</param>
+    public KilnProcess(bool ssh = false, bool http = false)
     {
         DataDirectory = _temp["data"];
         SocketDirectory = _temp["sockets"];
@@ -25,7 +26,12 @@ public sealed class KilnProcess : IDisposable
             UseShellExecute = false,
         };
         SshPort = ssh ? FreePort() : 0;
-        foreach (var arg in new[] { Dll, "serve", "--data", DataDirectory, "--socket", Path.Combine(SocketDirectory, "daemon.sock"), "--ssh-listen", ssh ? $"127.0.0.1:{SshPort}" : "none" })
+        HttpPort = http ? FreePort() : 0;
+        foreach (var arg in new[]
+        {
+            Dll, "serve", "--data", DataDirectory, "--socket", Path.Combine(SocketDirectory, "daemon.sock"),
+            "--ssh-listen", ssh ? $"127.0.0.1:{SshPort}" : "none", "--http-listen", http ? $"127.0.0.1:{HttpPort}" : "none",
+        })
         {
             info.ArgumentList.Add(arg);
         }
@@ -46,15 +52,31 @@ public sealed class KilnProcess : IDisposable
             Thread.Sleep(50);
         }
 
-        while (ssh && !Listening(SshPort))
+        foreach (var (wanted, port, what) in new[] { (ssh, SshPort, "sshd"), (http, HttpPort, "HTTP listener") })
         {
-            if (_process.HasExited || DateTime.UtcNow > deadline)
+            while (wanted && !Listening(port))
             {
-                throw new InvalidOperationException($"kiln serve's sshd did not start:\n{Log}");
-            }
+                if (_process.HasExited || DateTime.UtcNow > deadline)
+                {
+                    throw new InvalidOperationException($"kiln serve's {what} did not start:\n{Log}");
+                }
 
-            Thread.Sleep(50);
+                Thread.Sleep(50);
+            }
         }
+    }
+
+    /// <summary>The port of the HTTP binary cache (0: none).</summary>
+    public int HttpPort { get; }
+
+    public string HttpUrl => $"http://127.0.0.1:{HttpPort}";
+
+    /// <summary>Runs a <c>kiln</c> command on this server's data directory and fails the test unless it succeeds; returns its output.</summary>
+    public string Cli(params string[] args)
+    {
+        var result = Processes.Run("dotnet", [Dll, .. args, "--data", DataDirectory]);
+        Assert.True(result.ExitCode == 0, $"kiln {string.Join(' ', args)}: {result.Stderr}");
+        return result.StdoutText;
     }
 
     /// <summary>The port Kiln's sshd listens on (0: no SSH).</summary>

@@ -146,4 +146,24 @@ public sealed partial class SqliteMetadataStore
             return await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) as long?;
         }, cancellationToken);
     }
+
+    public Task AddNarFileAsync(string file, NixHash narHash, string compression, long fileSize, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, """
+                INSERT INTO nar_files (file, nar_hash, compression, file_size, created) VALUES ($f, $h, $c, $s, $n) ON CONFLICT (file) DO NOTHING
+                """, transaction, ("$f", file), ("$h", narHash.Digest.ToArray()), ("$c", compression), ("$s", fileSize), ("$n", Now()));
+            await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return true;
+        }, cancellationToken);
+
+    public Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken) =>
+        ReadAsync<(NixHash, string)?>(async connection =>
+        {
+            using var select = Command(connection, "SELECT nar_hash, compression FROM nar_files WHERE file = $f", null, ("$f", file));
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
+                ? (new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(0)), reader.GetString(1))
+                : null;
+        }, cancellationToken);
 }

@@ -22,3 +22,14 @@ CREATE TABLE signing_keys (
     secret TEXT NOT NULL,
     created INTEGER NOT NULL
 );
+
+-- Compressed NAR files kept as they were uploaded (nar/<file hash>.nar.xz …), so that a client whose narinfo cache
+-- still has the narinfo it uploaded finds the file it names. Kiln's own narinfo files name the uncompressed blob.
+CREATE TABLE nar_files (
+    file TEXT PRIMARY KEY,              -- the name under nar/
+    nar_hash BLOB NOT NULL,             -- the NAR it decompresses to (and so who may read it)
+    compression TEXT NOT NULL,
+    file_size INTEGER NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE INDEX nar_files_nar_hash ON nar_files (nar_hash);
