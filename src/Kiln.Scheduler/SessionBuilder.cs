@@ -95,6 +95,15 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             {
                 case DerivedPath.Opaque opaque:
                     var valid = await _view.QueryValidPathsAsync([opaque.Path], _stop.Token).ConfigureAwait(false);
+                    if (!valid.Contains(opaque.Path))
+                    {
+                        valid = await _view.SubstituteAsync([opaque.Path], _stop.Token, _events.Message).ConfigureAwait(false);
+                        if (valid.Contains(opaque.Path))
+                        {
+                            return new BuildResult { Status = BuildStatus.Substituted };
+                        }
+                    }
+
                     return valid.Contains(opaque.Path)
                         ? new BuildResult { Status = BuildStatus.AlreadyValid }
                         : throw new NixErrorException($"path '{opaque.Path}' does not exist and cannot be created");
@@ -223,7 +232,14 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
 
             var outputs = derivation.Outputs.ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
             var valid = await _view.QueryValidPathsAsync(outputs.Values.ToList(), _stop.Token).ConfigureAwait(false);
-            return outputs.Values.All(valid.Contains) ? new Step(BuildStatus.AlreadyValid, "", outputs) : null;
+            if (outputs.Values.All(valid.Contains))
+            {
+                return new Step(BuildStatus.AlreadyValid, "", outputs);
+            }
+
+            // An upstream cache of the account may have the outputs: Kiln fetches them instead of building.
+            var substituted = await _view.SubstituteAsync(outputs.Values.ToList(), _stop.Token, _events.Message).ConfigureAwait(false);
+            return outputs.Values.All(substituted.Contains) ? new Step(BuildStatus.Substituted, "", outputs) : null;
         }
 
         // The records of the closure of a build's inputs, and the step's failure when an input is not valid in the view.
@@ -231,6 +247,12 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
         {
             var closure = await _view.GetClosureAsync(roots, _stop.Token).ConfigureAwait(false);
             var missing = roots.Where(r => !closure.ContainsKey(r)).ToList();
+            if (missing.Count > 0 && (await _view.SubstituteAsync(missing, _stop.Token, _events.Message).ConfigureAwait(false)).Count == missing.Count)
+            {
+                closure = await _view.GetClosureAsync(roots, _stop.Token).ConfigureAwait(false);
+                missing = roots.Where(r => !closure.ContainsKey(r)).ToList();
+            }
+
             return missing.Count == 0
                 ? (closure, null)
                 : (closure, Step.Failed(BuildStatus.MiscFailure, $"cannot build '{drvPath}': its input '{missing[0]}' is not valid in your store"));

@@ -47,6 +47,9 @@ public sealed class KilnStore : IAsyncDisposable
 
     public IMetadataStore Metadata { get; }
 
+    /// <summary>Fetches from accounts' upstream binary caches.</summary>
+    public Upstream.UpstreamSubstituter Upstream { get; } = new();
+
     public BlobStore Blobs { get; }
 
     public TempRoots TempRoots { get; }
@@ -97,6 +100,7 @@ public sealed class KilnStore : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        Upstream.Dispose();
         await Metadata.DisposeAsync().ConfigureAwait(false);
         _gcLock.Dispose();
     }

@@ -30,6 +30,12 @@ public sealed record StoreOptions
     /// <summary>Where that tree lives: clients use <c>unix://…?root=</c> this.</summary>
     public string MaterialisedRoot => Path.Combine(DataDirectory, "root");
 
+    /// <summary>Upstream caches for accounts that name none of their own (<c>kiln serve --substituters</c>).</summary>
+    public IReadOnlyList<string> DefaultSubstituters { get; init; } = [];
+
+    /// <summary>Keys trusted for every account's upstream caches (<c>kiln serve --trusted-public-keys</c>).</summary>
+    public IReadOnlyList<string> DefaultTrustedPublicKeys { get; init; } = [];
+
     public string DatabasePath => Path.Combine(DataDirectory, "kiln.db");
 
     public string BlobDirectory => Path.Combine(DataDirectory, "blobs");

@@ -35,6 +35,23 @@ public sealed partial class StoreView
         }
     }
 
+    /// <summary>
+    /// A path an upstream cache served, signed by a key the account trusts: verified like any upload (NAR hash and
+    /// size, content address, references valid in the view), registered as substituted and trusted.
+    /// </summary>
+    internal async Task AddSubstitutedAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
+    {
+        var upload = await IngestDeclaredAsync(info, nar, cancellationToken, PathTrust.SignedByTrustedKey).ConfigureAwait(false);
+        try
+        {
+            await CommitAsync([upload], cancellationToken, Provenance.Substituted).ConfigureAwait(false);
+        }
+        finally
+        {
+            Discard(upload.Nar);
+        }
+    }
+
     public IUploadBatch BeginUploads(bool repair, bool checkSignatures) => new UploadBatch(this);
 
     public async Task<ValidPathInfo> AddContentAddressedAsync(string name, ContentAddressMethodAndAlgorithm method, Stream data,
@@ -214,7 +231,7 @@ public sealed partial class StoreView
     private sealed record Upload(ValidPathInfo Info, IngestedNar Nar, PathTrust Trust, IReadOnlyDictionary<string, StorePath?>? Outputs);
 
     // Streams a declared upload to a temporary blob and checks it against what the client declared.
-    private async Task<Upload> IngestDeclaredAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
+    private async Task<Upload> IngestDeclaredAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken, PathTrust? trustAs = null)
     {
         if (info.NarHash.Algorithm != NixHashAlgorithm.Sha256)
         {
@@ -252,7 +269,7 @@ public sealed partial class StoreView
                 throw new NixErrorException($"ca hash mismatch importing path '{info.Path}';\n  specified: {Describe(address.Hash)}\n  got:       {Describe(ingested.ContentHash!.Value)}");
             }
 
-            var trust = info.ContentAddress is null ? PathTrust.Untrusted : PathTrust.ContentAddressed;
+            var trust = trustAs ?? (info.ContentAddress is null ? PathTrust.Untrusted : PathTrust.ContentAddressed);
             var stored = info with { Ultimate = false, RegistrationTime = DateTimeOffset.UtcNow.ToUnixTimeSeconds() };
             return new Upload(stored, ingested, trust, DerivationOutputs(info.Path, ingested.FileContents));
         }
@@ -264,7 +281,7 @@ public sealed partial class StoreView
     }
 
     // Moves verified blobs into place and registers their paths, all in one transaction, with the collector held off.
-    private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken)
+    private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken, Provenance provenance = Provenance.Uploaded)
     {
         var ordered = TopologicalOrder(uploads);
         using var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
@@ -276,7 +293,7 @@ public sealed partial class StoreView
         try
         {
             await Metadata.RegisterAsync(AccountId,
-                ordered.Select(u => new NewPath(u.Info, Provenance.Uploaded, u.Trust, u.Outputs)).ToList(), cancellationToken).ConfigureAwait(false);
+                ordered.Select(u => new NewPath(u.Info, provenance, u.Trust, u.Outputs)).ToList(), cancellationToken).ConfigureAwait(false);
         }
         catch (MissingReferencesException e)
         {

@@ -80,12 +80,15 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     /// <summary>
     /// What realising <paramref name="targets"/> takes, as Nix's queryMissing says it: every derivation whose wanted
     /// outputs are not valid is to be built, and so, recursively, is every input derivation whose needed outputs are
-    /// missing (clients print the whole list: "these 20 derivations will be built"). Paths that are neither valid nor
-    /// buildable are unknown. Kiln substitutes nothing here yet, so the download figures are zero.
+    /// missing (clients print the whole list: "these 20 derivations will be built"), unless an upstream cache of the
+    /// account has the missing outputs: those will be substituted (with their download and NAR sizes). Paths that are
+    /// neither valid nor buildable are unknown.
     /// </summary>
     public async Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, CancellationToken cancellationToken)
     {
         var willBuild = new SortedSet<StorePath>();
+        var willSubstitute = new SortedSet<StorePath>();
+        long downloadSize = 0, narSize = 0;
         var unknown = new SortedSet<StorePath>();
         var opaque = targets.OfType<DerivedPath.Opaque>().Select(o => o.Path).Distinct().ToList();
         var validOpaque = await QueryValidPathsAsync(opaque, cancellationToken).ConfigureAwait(false);
@@ -105,8 +108,18 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
                     continue;
                 }
 
-                if (willBuild.Contains(drvPath) || !await HasMissingOutputsAsync(drvPath, wanted, cancellationToken).ConfigureAwait(false))
+                if (willBuild.Contains(drvPath) || willSubstitute.Contains(drvPath)
+                    || await MissingOutputsAsync(drvPath, wanted, cancellationToken).ConfigureAwait(false) is not { } missing)
                 {
+                    continue;
+                }
+
+                // Outputs an upstream cache has are fetched by Kiln, not built: their inputs are not needed.
+                if (missing.Count > 0 && await SubstitutableAsync(missing, cancellationToken).ConfigureAwait(false) is { } sizes)
+                {
+                    willSubstitute.UnionWith(missing);
+                    downloadSize += sizes.Download;
+                    narSize += sizes.Nar;
                     continue;
                 }
 
@@ -120,22 +133,26 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
             frontier = next;
         }
 
-        return new MissingPaths(willBuild, new SortedSet<StorePath>(), unknown, 0, 0);
+        return new MissingPaths(willBuild, willSubstitute, unknown, downloadSize, narSize);
     }
 
-    /// <summary>Whether any of the <paramref name="wanted"/> outputs (all when null) of a valid derivation is not valid in the view.</summary>
-    private async Task<bool> HasMissingOutputsAsync(StorePath drvPath, IReadOnlySet<string>? wanted, CancellationToken cancellationToken)
+    /// <summary>
+    /// The <paramref name="wanted"/> outputs (all when null) of a valid derivation that are not valid in the view;
+    /// null when none is missing. An empty list means some output has no known path (it must be built).
+    /// </summary>
+    private async Task<IReadOnlyList<StorePath>?> MissingOutputsAsync(StorePath drvPath, IReadOnlySet<string>? wanted, CancellationToken cancellationToken)
     {
         var outputs = await Metadata.GetDerivationOutputsAsync(AccountId, drvPath, cancellationToken).ConfigureAwait(false) ?? new Dictionary<string, StorePath?>();
         var requested = outputs.Where(o => wanted is null || wanted.Contains(o.Key)).ToList();
         if (requested.Count == 0 || requested.Any(o => o.Value is null))
         {
-            return true;
+            return [];
         }
 
         var paths = requested.Select(o => o.Value!.Value).ToList();
         var valid = await QueryValidPathsAsync(paths, cancellationToken).ConfigureAwait(false);
-        return paths.Any(p => !valid.Contains(p));
+        var missing = paths.Where(p => !valid.Contains(p)).ToList();
+        return missing.Count == 0 ? null : missing;
     }
 
     public async Task<NarBlob?> OpenNarAsync(StorePath path, CancellationToken cancellationToken)
@@ -284,7 +301,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
     public async Task EnsurePathAsync(StorePath path, CancellationToken cancellationToken)
     {
-        var valid = await QueryValidPathsAsync([path], cancellationToken).ConfigureAwait(false);
+        var valid = await SubstituteAsync([path], cancellationToken).ConfigureAwait(false);
         if (!valid.Contains(path))
         {
             throw new NixErrorException($"path '{path}' does not exist and cannot be created");

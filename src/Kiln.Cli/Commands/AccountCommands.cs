@@ -90,22 +90,54 @@ internal static class AccountCommands
         var setName = new Argument<string>("NAME");
         var publicCache = new Option<bool>("--public-cache") { Description = "Anyone may read the account's store over HTTP without a token, as a public binary cache." };
         var privateCache = new Option<bool>("--private-cache") { Description = "Only the account's tokens read its store over HTTP (the default)." };
-        var set = new Command("set", "Change an account's settings.") { setName, publicCache, privateCache, setData, setJson };
+        var substituters = new Option<string?>("--substituters") { Description = "Upstream binary caches Kiln fetches from for this account, space-separated ('' for the server's default)." };
+        var trustedKeys = new Option<string?>("--trusted-public-keys") { Description = "Keys (name:base64) trusted for the account's upstream caches, besides the server's, space-separated." };
+        var netrcFile = new Option<string?>("--netrc-file") { Description = "Credentials for the account's upstream caches, in netrc format ('' to remove)." };
+        var set = new Command("set", "Change an account's settings.") { setName, publicCache, privateCache, substituters, trustedKeys, netrcFile, setData, setJson };
         set.SetAction(async (result, cancellationToken) =>
         {
             var (makePublic, makePrivate) = (result.GetValue(publicCache), result.GetValue(privateCache));
-            if (makePublic == makePrivate)
+            var (caches, keys, netrcPath) = (result.GetValue(substituters), result.GetValue(trustedKeys), result.GetValue(netrcFile));
+            if (makePublic && makePrivate)
             {
-                throw new CommandException("say --public-cache or --private-cache");
+                throw new CommandException("say --public-cache or --private-cache, not both");
             }
 
+            if (!makePublic && !makePrivate && caches is null && keys is null && netrcPath is null)
+            {
+                throw new CommandException("nothing to set (see 'kiln account set --help')");
+            }
+
+            foreach (var key in (keys ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                Kiln.Nix.Signing.PublicKey.Parse(key); // a typo is an error now, not a warning at every build
+            }
+
+            var netrc = netrcPath is null ? null : netrcPath.Length == 0 ? "" : File.ReadAllText(netrcPath);
             var metadata = await OpenAsync(result.GetValue(setData)!, cancellationToken).ConfigureAwait(false);
             await using (metadata.ConfigureAwait(false))
             {
                 var account = await AccountAsync(metadata, result.GetValue(setName)!, cancellationToken).ConfigureAwait(false);
-                await metadata.SetPublicCacheAsync(account.Id, makePublic, cancellationToken).ConfigureAwait(false);
-                Print(result.GetValue(setJson), new { name = account.Name, publicCache = makePublic },
-                    makePublic ? $"{account.Name}'s store is now readable over HTTP without a token" : $"{account.Name}'s store is now private");
+                if (makePublic || makePrivate)
+                {
+                    await metadata.SetPublicCacheAsync(account.Id, makePublic, cancellationToken).ConfigureAwait(false);
+                }
+
+                if (caches is not null || keys is not null || netrc is not null)
+                {
+                    await metadata.SetUpstreamSettingsAsync(account.Id, caches, keys, netrc, cancellationToken).ConfigureAwait(false);
+                }
+
+                var settings = await metadata.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+                var isPublic = (await metadata.GetPublicCacheAccountsAsync(cancellationToken).ConfigureAwait(false)).Contains(account.Id);
+                Print(result.GetValue(setJson), new
+                {
+                    name = account.Name,
+                    publicCache = isPublic,
+                    substituters = settings.Substituters,
+                    trustedPublicKeys = settings.TrustedPublicKeys,
+                    credentials = settings.Netrc.Length > 0,
+                }, $"{account.Name}: {(isPublic ? "public" : "private")} cache; substituters '{settings.Substituters}'; trusted keys '{settings.TrustedPublicKeys}'{(settings.Netrc.Length > 0 ? "; with credentials" : "")}");
                 return 0;
             }
         });

@@ -38,10 +38,12 @@ internal static class ServeCommands
             Description = "Where the HTTP binary cache listens, ADDRESS:PORT, or 'none'.",
             DefaultValueFactory = _ => "127.0.0.1:8080",
         };
+        var substituters = new Option<string>("--substituters") { Description = "Upstream binary caches for accounts that set none, space-separated.", DefaultValueFactory = _ => "" };
+        var trustedKeys = new Option<string>("--trusted-public-keys") { Description = "Keys trusted for every account's upstream caches, space-separated.", DefaultValueFactory = _ => "" };
         var sshUser = new Option<string>("--ssh-user") { Description = "The user SSH clients log in as (created if missing).", DefaultValueFactory = _ => "kiln" };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
-            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen,
+            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -61,7 +63,13 @@ internal static class ServeCommands
                 SshUser = result.GetValue(sshUser)!,
                 HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
             };
-            return await KilnServer.RunAsync(options, new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
+            var storeOptions = new StoreOptions
+            {
+                DataDirectory = directory,
+                DefaultSubstituters = result.GetValue(substituters)!.Split(' ', StringSplitOptions.RemoveEmptyEntries),
+                DefaultTrustedPublicKeys = result.GetValue(trustedKeys)!.Split(' ', StringSplitOptions.RemoveEmptyEntries),
+            };
+            return await KilnServer.RunAsync(options, storeOptions, cancellationToken).ConfigureAwait(false);
         });
         return command;
     }

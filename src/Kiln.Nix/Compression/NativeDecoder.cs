@@ -23,14 +23,45 @@ internal abstract class NativeDecoder(Stream inner) : Stream
 
     public override int Read(Span<byte> buffer)
     {
+        int produced;
+        while ((produced = Decode(buffer)) < 0)
+        {
+            Filled(inner.Read(_input));
+        }
+
+        return produced;
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        int produced;
+        while ((produced = Decode(buffer.Span)) < 0)
+        {
+            Filled(await inner.ReadAsync(_input, cancellationToken).ConfigureAwait(false));
+        }
+
+        return produced;
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    private void Filled(int count)
+    {
+        (_inputStart, _inputEnd, _innerDone) = (0, count, count == 0);
+    }
+
+    // Decodes what input there is into buffer: the bytes produced (0 at the end), or -1 when it needs more input.
+    private int Decode(Span<byte> buffer)
+    {
         ObjectDisposedException.ThrowIf(_disposed, this);
         while (!_finished && buffer.Length > 0)
         {
             if (_inputStart == _inputEnd && !_innerDone)
             {
-                _inputStart = 0;
-                _inputEnd = inner.Read(_input);
-                _innerDone = _inputEnd == 0;
+                return -1;
             }
 
             var (consumed, produced, end) = Step(_input.AsSpan(_inputStart, _inputEnd - _inputStart), buffer, _innerDone);
@@ -38,7 +69,7 @@ internal abstract class NativeDecoder(Stream inner) : Stream
             if (end)
             {
                 _finished = true;
-                if (_inputStart != _inputEnd || inner.Read(_input.AsSpan(0, 1)) != 0)
+                if (_inputStart != _inputEnd || (!_innerDone && inner.Read(_input.AsSpan(0, 1)) != 0))
                 {
                     throw new DecompressionException($"{Name} data has trailing garbage");
                 }
@@ -57,18 +88,6 @@ internal abstract class NativeDecoder(Stream inner) : Stream
 
         return 0;
     }
-
-    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
-
-    // Native decoding is CPU work: the async forms run it inline like FileStream on Linux runs its reads.
-    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
-    {
-        cancellationToken.ThrowIfCancellationRequested();
-        return ValueTask.FromResult(Read(buffer.Span));
-    }
-
-    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
 
     protected override void Dispose(bool disposing)
     {

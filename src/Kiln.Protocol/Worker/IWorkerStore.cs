@@ -13,6 +13,13 @@ public interface IWorkerStore
 {
     Task<IReadOnlySet<StorePath>> QueryValidPathsAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Substitutes what it can of <paramref name="paths"/> from upstream caches (QueryValidPaths with its substitute
+    /// flag, EnsurePath); returns those valid afterwards. A store without upstream caches substitutes nothing.
+    /// </summary>
+    Task<IReadOnlySet<StorePath>> SubstituteAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken, Action<string>? warn = null) =>
+        QueryValidPathsAsync(paths, cancellationToken);
+
     /// <summary>The info of each path that is valid in the view; missing paths are absent from the result.</summary>
     Task<IReadOnlyDictionary<StorePath, ValidPathInfo>> QueryPathInfosAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);
 

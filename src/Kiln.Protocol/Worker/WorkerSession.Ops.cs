@@ -94,13 +94,12 @@ public sealed partial class WorkerSession
     private async Task QueryValidPathsAsync(CancellationToken ct)
     {
         var paths = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
-        if (_version.AtLeast(27))
-        {
-            await _input.ReadBoolAsync(ct).ConfigureAwait(false); // substitute: no upstream caches yet
-        }
-
+        var substitute = _version.AtLeast(27) && await _input.ReadBoolAsync(ct).ConfigureAwait(false);
         _log.StartWork();
-        var valid = await _store.QueryValidPathsAsync(paths, ct).ConfigureAwait(false);
+        // Substituting fetches from the account's own upstream caches into its own view: reading, not uploading.
+        var valid = substitute
+            ? await _store.SubstituteAsync(paths, ct, text => _log.Log($"warning: {text}")).ConfigureAwait(false)
+            : await _store.QueryValidPathsAsync(paths, ct).ConfigureAwait(false);
         _log.StopWork();
         _output.WriteStorePaths(valid);
     }

@@ -46,6 +46,9 @@ public sealed record RootRecord(RootKind Kind, string Name, StorePath Path);
 
 public sealed record AccountRecord(long Id, string Name);
 
+/// <summary>An account's upstream caches: space-separated URLs and keys, and netrc-format credentials (all may be empty).</summary>
+public sealed record UpstreamSettings(string Substituters, string TrustedPublicKeys, string Netrc);
+
 /// <summary>An HTTP access token (only its hash is stored) and what it allows.</summary>
 public sealed record TokenRecord(long Id, long AccountId, string AccountName, string Description, Accounts.KeyPermissions Permissions,
     long? Expires, long? Revoked, long Created)
@@ -140,6 +143,11 @@ public interface IMetadataStore : IAsyncDisposable
 
     /// <summary>The size of a NAR with that hash if some path in <paramref name="accounts"/>' views has it; null otherwise.</summary>
     Task<long?> FindNarAsync(IReadOnlyList<long> accounts, NixHash narHash, CancellationToken cancellationToken);
+
+    Task<UpstreamSettings> GetUpstreamSettingsAsync(long account, CancellationToken cancellationToken);
+
+    /// <summary>Changes the account's upstream settings; a null field is left as it is.</summary>
+    Task SetUpstreamSettingsAsync(long account, string? substituters, string? trustedPublicKeys, string? netrc, CancellationToken cancellationToken);
 
     /// <summary>Records a compressed NAR file kept as uploaded (its name under <c>nar/</c>).</summary>
     Task AddNarFileAsync(string file, NixHash narHash, string compression, long fileSize, CancellationToken cancellationToken);

@@ -33,3 +33,9 @@ CREATE TABLE nar_files (
     created INTEGER NOT NULL
 );
 CREATE INDEX nar_files_nar_hash ON nar_files (nar_hash);
+
+-- Upstream caches an account substitutes from (space-separated URLs; empty: the server's default), the public keys
+-- it trusts for them (added to the server's), and credentials for them in netrc format (empty: none).
+ALTER TABLE accounts ADD COLUMN substituters TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN trusted_public_keys TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN netrc TEXT NOT NULL DEFAULT '';

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# Kiln's HTTP binary cache against nginx serving the same narinfo files and NARs as static files (what
+# `nix copy --to file://…?compression=none` writes), on the same machine, in one run:
+#  (a) narinfo latency: a GET of every path's .narinfo, one after another over one keep-alive connection; total time
+#      and mean / median / p99 per request;
+#  (b) NAR download throughput: every NAR of the closure (URL taken from each server's own narinfo, fetched before
+#      the timing), read and discarded, over 1 connection and over 4 parallel connections (the NARs split evenly by
+#      size); MiB/s;
+#  (c) `nix copy --from http://127.0.0.1:PORT` of the whole closure into an empty local store with the host's Nix 2.8
+#      (its default 25 connections, a fresh narinfo disk cache each time), ending with sync. The store is on a
+#      tmpfs when one can be mounted: the client's disk is the same for both servers and only adds noise.
+# (a) and (b) use a small python3 HTTP/1.1 client over raw sockets (threads for (b)), whose own cost per request
+# (~20 µs) stays small next to the servers'.
+#
+#   bench/http/run.sh [--paths 330] [--size-mib 500] [--rounds 2]
+#
+# The closure is bench/store/run.sh's: N/3 derivations in a chain, each with an incompressible file and a tree of
+# ~250 small files (~500 MiB in ~330 paths by default), in a client store; it is pushed to Kiln over its unix socket
+# (account "local", made a public cache so anonymous HTTP reads see it) and copied to a file:// cache that nginx
+# (2 workers, sendfile, keep-alive, no access log) serves. Both servers run through the whole benchmark; every
+# request is checked (status 200, the expected length) in an untimed pass first, which also warms the page cache.
+# Best of N rounds, the sides taking turns to go first; in each round (a) runs 5 times and (b) 3 times (each takes
+# well under a second). Needs root, nix-bin (Nix 2.8) and python3; installs nginx if missing. Figures only, no
+# thresholds.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+paths=330 size_mib=500 rounds=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --paths) paths="$2"; shift 2 ;;
+    --size-mib) size_mib="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+command -v nginx > /dev/null || [ -x /usr/sbin/nginx ] || apt-get install -y nginx > /dev/null
+command -v curl > /dev/null || apt-get install -y curl > /dev/null
+nginx="$(command -v nginx || echo /usr/sbin/nginx)"
+chain=$((paths / 3))
+work="${KILN_BENCH_DIR:-/tmp/kiln-http-bench}"
+umount "$work/pull" 2> /dev/null || true
+rm -rf "$work" && mkdir -p "$work/src" && chmod 755 "$work"
+export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = \nsandbox = false\nrequire-sigs = false'
+export NIX_REMOTE=
+
+echo "building kiln (ReadyToRun)..."
+dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
+  -o "$work/kiln-bin" -v quiet -nologo > /dev/null
+kiln="$work/kiln-bin/kiln"
+
+# The closure of bench/store/run.sh (the small files written by one python3 process instead of one `head` each).
+echo "making the closure: $chain derivations, $chain incompressible files, $chain trees of small files..."
+file_kib=$((size_mib * 1024 / chain))
+python3 - "$work/src" "$chain" "$file_kib" <<'PY'
+import os, random, sys
+src, chain, kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(1, chain + 1):
+    with open(f"{src}/big{i}", "wb") as f: f.write(os.urandom(kib * 1024))
+    for d in "ab": os.makedirs(f"{src}/tree{i}/{d}")
+    for j in range(1, 251):
+        with open(f"{src}/tree{i}/{'a' if j % 2 == 0 else 'b'}/f{j}", "wb") as f: f.write(os.urandom(random.randrange(800)))
+PY
+cat > "$work/closure.nix" <<NIX
+let
+  step = i: prev: derivation {
+    name = "bench-\${toString i}";
+    system = "x86_64-linux";
+    builder = "/bin/sh";
+    inherit prev;
+    big = builtins.path { path = $work/src + "/big\${toString i}"; };
+    tree = builtins.path { path = $work/src + "/tree\${toString i}"; };
+  };
+  go = i: prev: if i > $chain then prev else go (i + 1) (step i prev);
+in go 1 ""
+NIX
+source_store="local?root=$work/source"
+top="$(nix-instantiate --store "$source_store" "$work/closure.nix" 2>/dev/null)"
+nix path-info --derivation --store "$source_store" -r "$top" > "$work/closure.paths"
+count="$(wc -l < "$work/closure.paths")"
+bytes="$(nix path-info --derivation --store "$source_store" -r --json "$top" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["narSize"] for p in (d if isinstance(d,list) else d.values())))')"
+quiet() { "$@" > "$work/step.log" 2>&1 || { cat "$work/step.log" >&2; return 1; }; }
+sed 's|^/nix/store/\([a-z0-9]*\)-.*|\1|' "$work/closure.paths" > "$work/closure.hashes"
+
+# nginx's side: stock Nix's file:// binary cache, uncompressed.
+echo "writing the file:// cache for nginx..."
+quiet nix copy --derivation --from "$source_store" --to "file://$work/cache?compression=none" "$top"
+chmod -R a+rX "$work/cache"
+nginx_port=$((20000 + RANDOM % 10000)) kiln_port=$((30000 + RANDOM % 10000))
+cat > "$work/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_timeout 65;
+  keepalive_requests 100000;
+  types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; text/x-nix-cache-info nix-cache-info; }
+  default_type application/octet-stream;
+  server { listen 127.0.0.1:$nginx_port; root $work/cache; }
+}
+CONF
+
+# Kiln's side: the closure pushed over the socket, the socket account made a public cache.
+echo "pushing the closure to kiln..."
+"$kiln" serve --data "$work/kiln" --ssh-listen none --http-listen "127.0.0.1:$kiln_port" > "$work/kiln.log" 2>&1 &
+kiln_pid=$!
+"$nginx" -c "$work/nginx.conf" -p "$work" &
+nginx_pid=$!
+# (c) pulls into a tmpfs when one can be mounted.
+mkdir -p "$work/pull"
+mount -t tmpfs -o size=$((size_mib * 3 + 512))m kiln-http-bench "$work/pull" 2> /dev/null && pull_fs=tmpfs || pull_fs=disk
+trap 'kill $kiln_pid $nginx_pid 2> /dev/null || true; wait 2> /dev/null || true; [ $pull_fs = disk ] || umount "$work/pull"' EXIT
+until grep -q "http: listening" "$work/kiln.log"; do
+  kill -0 "$kiln_pid" 2> /dev/null || { cat "$work/kiln.log" >&2; echo "kiln serve exited" >&2; exit 1; }
+  sleep 0.1
+done
+while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
+quiet nix copy --derivation --from "$source_store" --to "unix://$work/kiln/daemon.sock?root=$work/kiln/root" "$top"
+"$kiln" account set local --public-cache --data "$work/kiln" > /dev/null   # anonymous HTTP reads see account "local"
+top_narinfo="http://127.0.0.1:$kiln_port/$(basename "$top" | cut -c1-32).narinfo"
+for _ in $(seq 1 100); do curl -sf -o /dev/null "$top_narinfo" && break; sleep 0.1; done
+curl -sf -o /dev/null "$top_narinfo" || { echo "kiln does not serve $top_narinfo:" >&2; curl -si "$top_narinfo" >&2; exit 1; }
+until [ -s "$work/nginx.pid" ]; do sleep 0.1; done
+
+kiln_url="http://127.0.0.1:$kiln_port" nginx_url="http://127.0.0.1:$nginx_port"
+
+cat > "$work/client.py" <<'PY'
+# A lean HTTP/1.1 client over raw sockets (keep-alive; Content-Length, chunked or until-close bodies), so that its
+# own per-request cost stays small next to the servers'.
+# client.py narurls BASE HASHES OUT: fetch every narinfo, check it, write "PATH NARSIZE" lines (untimed).
+# client.py narinfo BASE HASHES: GET every narinfo in order over one connection; print total s, mean/p50/p99 µs.
+# client.py nars BASE LIST CONNS: download every NAR over CONNS connections (split evenly by size); print s, bytes.
+import socket, statistics, sys, threading, time, urllib.parse
+
+class Conn:
+    reconnects = 0
+    def __init__(self, base):
+        u = urllib.parse.urlsplit(base)
+        self.addr, self.host = (u.hostname, u.port), f"{u.hostname}:{u.port}".encode()
+        self.sock, self.scratch = None, memoryview(bytearray(1 << 20))
+    def recv(self):
+        d = self.sock.recv(65536)
+        if not d: raise EOFError("connection closed by the server")
+        self.buf += d
+    def line(self):
+        while (i := self.buf.find(b"\r\n")) < 0: self.recv()
+        l = bytes(self.buf[:i]); del self.buf[:i + 2]; return l
+    def body(self, n, keep):  # n bytes (None: until close); bytes if keep, else their count
+        out, got = bytearray(), 0
+        take = len(self.buf) if n is None else min(n, len(self.buf))
+        if keep: out += self.buf[:take]
+        del self.buf[:take]; got += take
+        while n is None or got < n:
+            if keep:
+                d = self.sock.recv(65536 if n is None else min(n - got, 1 << 20)); k = len(d); out += d
+            else:
+                k = self.sock.recv_into(self.scratch, len(self.scratch) if n is None else min(n - got, len(self.scratch)))
+            if not k:
+                if n is None: break
+                raise EOFError("connection closed in a body")
+            got += k
+        return bytes(out) if keep else got
+    def get(self, path, keep=True):
+        if self.sock is None:
+            self.sock = socket.create_connection(self.addr)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buf = bytearray()
+        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host + b"\r\n\r\n")
+        while (i := self.buf.find(b"\r\n\r\n")) < 0: self.recv()
+        head = bytes(self.buf[:i]).decode("latin-1").split("\r\n"); del self.buf[:i + 4]
+        status = int(head[0].split()[1])
+        h = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in head[1:])}
+        chunked, n = "chunked" in h.get("transfer-encoding", "").lower(), h.get("content-length")
+        if chunked:
+            parts, total = [], 0
+            while (size := int(self.line().split(b";")[0], 16)):
+                part = self.body(size, keep); self.body(2, True)
+                if keep: parts.append(part)
+                else: total += part
+            while self.line(): pass
+            data = b"".join(parts) if keep else total
+        else:
+            data = self.body(int(n) if n is not None else None, keep or status != 200)
+        if (n is None and not chunked) or h.get("connection", "").lower() == "close":
+            self.sock.close(); self.sock = None; Conn.reconnects += 1
+        if status != 200: sys.exit(f"GET {path}: {head[0]} {data[:200]!r}")
+        return data
+
+def warn():
+    if Conn.reconnects: print(f"warning: {base} closed the connection {Conn.reconnects} times", file=sys.stderr)
+
+mode, base = sys.argv[1], sys.argv[2]
+if mode == "narurls":
+    hashes = open(sys.argv[3]).read().split()
+    c = Conn(base)
+    with open(sys.argv[4], "w") as out:
+        for h in hashes:
+            fields = dict(l.split(": ", 1) for l in c.get(f"/{h}.narinfo").decode().splitlines() if ": " in l)
+            if fields.get("Compression", "bzip2") != "none": sys.exit(f"{h}.narinfo: Compression {fields.get('Compression')}")
+            url = urllib.parse.urljoin(base + "/", fields["URL"])
+            out.write(f"{urllib.parse.urlsplit(url).path} {fields['NarSize']}\n")
+elif mode == "narinfo":
+    hashes = open(sys.argv[3]).read().split()
+    c = Conn(base)
+    c.get("/nix-cache-info")  # the connection is up before the timing
+    times = []
+    start = time.perf_counter()
+    for h in hashes:
+        t = time.perf_counter()
+        c.get(f"/{h}.narinfo")
+        times.append(time.perf_counter() - t)
+    total = time.perf_counter() - start
+    times.sort()
+    print(f"{total:.4f} {statistics.mean(times) * 1e6:.1f} {times[len(times) // 2] * 1e6:.1f} {times[int(len(times) * 0.99)] * 1e6:.1f}")
+elif mode == "nars":
+    nars = [(p, int(s)) for p, s in (l.split() for l in open(sys.argv[3]))]
+    conns = int(sys.argv[4])
+    shares, sizes = [[] for _ in range(conns)], [0] * conns
+    for p, s in sorted(nars, key=lambda x: -x[1]):
+        i = sizes.index(min(sizes)); shares[i].append((p, s)); sizes[i] += s
+    clients = [Conn(base) for _ in range(conns)]
+    for c in clients: c.get("/nix-cache-info")
+    got, errors = [0] * conns, []
+    def run(i):
+        try:
+            for p, s in shares[i]:
+                n = clients[i].get(p, keep=False)
+                if n != s: raise ValueError(f"GET {p}: {n} bytes, NarSize {s}")
+                got[i] += n
+        except BaseException as e: errors.append(e)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
+    start = time.perf_counter()
+    for t in threads: t.start()
+    for t in threads: t.join()
+    total = time.perf_counter() - start
+    if errors: sys.exit(str(errors[0]))
+    print(f"{total:.4f} {sum(got)}")
+warn()
+PY
+client() { python3 "$work/client.py" "$@"; }
+
+# Untimed: both servers' NAR URLs from their own narinfo, and one full download each (checks, warms the page cache).
+echo "checking both servers (every narinfo and NAR once)..."
+for side in kiln nginx; do
+  url_var="${side}_url"
+  client narurls "${!url_var}" "$work/closure.hashes" "$work/$side.nars"
+  client nars "${!url_var}" "$work/$side.nars" 4 > /dev/null
+done
+
+seconds() { local s e; sync; s=$(date +%s.%N); "$@" > /dev/null 2>&1; sync; e=$(date +%s.%N); echo "$e - $s" | bc; }
+pull() { # side url round: a fresh store each time, and a fresh narinfo disk cache (~/.cache/nix)
+  rm -rf "$work/pull/store"
+  XDG_CACHE_HOME="$work/xdg-$1-$3" seconds nix copy --derivation --no-check-sigs --from "$2" --to "local?root=$work/pull/store" "$top"
+  [ "$(nix path-info --store "local?root=$work/pull/store" --derivation -r "$top" | wc -l)" = "$count" ] ||
+    { echo "nix copy --from $2 did not copy all $count paths" >&2; exit 1; }
+}
+best_line() { sort -n | head -1; }
+
+# The sides take turns pass by pass, so that whatever else the machine does falls on both alike.
+for round in $(seq 1 "$rounds"); do
+  echo "round $round of $rounds..."
+  order="kiln nginx"; [ $((round % 2)) = 1 ] || order="nginx kiln"   # who goes first alternates
+  for _ in 1 2 3 4 5; do
+    for side in $order; do url_var="${side}_url"; client narinfo "${!url_var}" "$work/closure.hashes" >> "$work/$side.narinfo"; done
+  done
+  for conns in 1 4; do
+    for _ in 1 2 3; do
+      for side in $order; do url_var="${side}_url"; client nars "${!url_var}" "$work/$side.nars" $conns >> "$work/$side.nars$conns"; done
+    done
+  done
+  for side in $order; do url_var="${side}_url"; pull "$side" "${!url_var}" "$round" >> "$work/$side.pull"; done
+done
+
+read -r k_total k_mean k_p50 k_p99 < <(best_line < "$work/kiln.narinfo")
+read -r n_total n_mean n_p50 n_p99 < <(best_line < "$work/nginx.narinfo")
+mibs() { sort -n "$1" | head -1 | awk '{ printf "%.1f", $2 / 1048576 / $1 }'; }
+k1=$(mibs "$work/kiln.nars1") n1=$(mibs "$work/nginx.nars1") k4=$(mibs "$work/kiln.nars4") n4=$(mibs "$work/nginx.nars4")
+kp=$(best_line < "$work/kiln.pull") np=$(best_line < "$work/nginx.pull")
+ratio() { echo "scale=3; $1 / $2" | bc; }
+mib=$(echo "scale=1; $bytes / 1048576" | bc)
+
+echo
+echo "HTTP binary cache: closure of $count paths, $mib MiB of NAR (uncompressed); best of $rounds rounds;" \
+  "$("$nginx" -v 2>&1 | sed 's/.*: //'), $(nix --version), $(nproc) cores; pulls into a store on $pull_fs"
+printf '%-46s %12s %12s %11s\n' "" "kiln" "nginx" "kiln/nginx"
+printf '%-46s %11.3fs %11.3fs %10.2fx\n' "narinfo: $count GETs, one connection, total" "$k_total" "$n_total" "$(ratio "$k_total" "$n_total")"
+printf '%-46s %10.0fµs %10.0fµs %10.2fx\n' "narinfo: mean per request" "$k_mean" "$n_mean" "$(ratio "$k_mean" "$n_mean")"
+printf '%-46s %10.0fµs %10.0fµs %10.2fx\n' "narinfo: median per request" "$k_p50" "$n_p50" "$(ratio "$k_p50" "$n_p50")"
+printf '%-46s %10.0fµs %10.0fµs %10.2fx\n' "narinfo: p99 per request" "$k_p99" "$n_p99" "$(ratio "$k_p99" "$n_p99")"
+printf '%-46s %8.1fMiB/s %8.1fMiB/s %10.2fx\n' "NARs: 1 connection" "$k1" "$n1" "$(ratio "$k1" "$n1")"
+printf '%-46s %8.1fMiB/s %8.1fMiB/s %10.2fx\n' "NARs: 4 parallel connections" "$k4" "$n4" "$(ratio "$k4" "$n4")"
+printf '%-46s %11.2fs %11.2fs %10.2fx\n' "nix copy --from http:// into an empty store" "$kp" "$np" "$(ratio "$kp" "$np")"
+echo "(latency and time ratios below 1 and throughput ratios above 1 mean Kiln is faster)"
