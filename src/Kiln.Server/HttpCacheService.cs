@@ -30,7 +30,7 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         var cache = new BinaryCache(store, new BinaryCacheOptions
         {
             StagingDirectory = Path.Combine(options.DataDirectory, "http-uploads"),
-            NarFilesDirectory = Path.Combine(options.DataDirectory, "nar-files"),
+            NarFilesDirectory = store.Options.NarFilesDirectory,
             LogPath = scheduler.LogPath,
             MaxUploadSize = store.Options.MaxNarSize,
         }, logger);

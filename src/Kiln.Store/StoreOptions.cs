@@ -38,5 +38,8 @@ public sealed record StoreOptions
 
     public string DatabasePath => Path.Combine(DataDirectory, "kiln.db");
 
+    /// <summary>Compressed NARs kept as HTTP clients uploaded them (they go when their blob goes).</summary>
+    public string NarFilesDirectory => Path.Combine(DataDirectory, "nar-files");
+
     public string BlobDirectory => Path.Combine(DataDirectory, "blobs");
 }

@@ -82,6 +82,67 @@ public abstract class MetadataStoreContract
     }
 
     [Fact]
+    public async Task Tokens_public_caches_signing_keys_and_upstream_settings_belong_to_accounts()
+    {
+        await using var store = await CreateAsync();
+        var alice = (await store.TryCreateAccountAsync("alice", default))!;
+        var bob = (await store.TryCreateAccountAsync("bob", default))!;
+        var rw = Kiln.Store.Accounts.KeyPermissions.StoreRead | Kiln.Store.Accounts.KeyPermissions.StoreWrite;
+        var token = await store.AddTokenAsync(alice.Id, "hash-1", "ci", rw, 2_000_000_000, default);
+        Assert.Equal(("alice", "ci", rw, (long?)2_000_000_000, (long?)null), (token.AccountName, token.Description, token.Permissions, token.Expires, token.Revoked));
+        Assert.Equal(token, await store.FindTokenAsync("hash-1", default));
+        Assert.Null(await store.FindTokenAsync("hash-2", default));
+        Assert.True(token.IsValidAt(1_900_000_000));
+        Assert.False(token.IsValidAt(2_000_000_000));
+        Assert.False(await store.RevokeTokenAsync(bob.Id, token.Id, default));
+        Assert.True(await store.RevokeTokenAsync(alice.Id, token.Id, default));
+        Assert.False(await store.RevokeTokenAsync(alice.Id, token.Id, default));
+        Assert.False((await store.FindTokenAsync("hash-1", default))!.IsValidAt(1_900_000_000));
+        Assert.Single(await store.ListTokensAsync(alice.Id, default));
+        Assert.Empty(await store.ListTokensAsync(bob.Id, default));
+
+        Assert.Empty(await store.GetPublicCacheAccountsAsync(default));
+        Assert.True(await store.SetPublicCacheAsync(bob.Id, true, default));
+        Assert.Equal([bob.Id], await store.GetPublicCacheAccountsAsync(default));
+
+        Assert.Null(await store.GetSigningKeyAsync(alice.Id, default));
+        await store.SetSigningKeyAsync(alice.Id, "k-1:secret", default);
+        await store.SetSigningKeyAsync(alice.Id, "k-2:secret", default);
+        Assert.Equal("k-2:secret", await store.GetSigningKeyAsync(alice.Id, default));
+
+        Assert.Equal(new UpstreamSettings("", "", ""), await store.GetUpstreamSettingsAsync(alice.Id, default));
+        await store.SetUpstreamSettingsAsync(alice.Id, "https://a https://b", "k:AAAA", null, default);
+        await store.SetUpstreamSettingsAsync(alice.Id, null, null, "machine a login u password p", default);
+        Assert.Equal(new UpstreamSettings("https://a https://b", "k:AAAA", "machine a login u password p"), await store.GetUpstreamSettingsAsync(alice.Id, default));
+        Assert.Equal(new UpstreamSettings("", "", ""), await store.GetUpstreamSettingsAsync(bob.Id, default));
+    }
+
+    [Fact]
+    public async Task Lookups_over_several_views_find_paths_and_nars_only_there()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var carol = await store.GetOrCreateAccountAsync("carol", default);
+        var path = P("shared-name");
+        await store.RegisterAsync(bob, [New(Info(path))], default);
+        Assert.Null(await store.FindPathByHashPartAsync([alice, carol], path.HashPart, default));
+        Assert.Null(await store.FindPathByHashPartAsync([], path.HashPart, default));
+        var found = (await store.FindPathByHashPartAsync([alice, bob], path.HashPart, default))!.Value;
+        Assert.Equal((bob, path), (found.Account, found.Record.Info.Path));
+
+        var narHash = Info(path).NarHash;
+        Assert.Null(await store.FindNarAsync([alice, carol], narHash, default));
+        Assert.Equal(Info(path).NarSize, await store.FindNarAsync([carol, bob], narHash, default));
+
+        await store.AddNarFileAsync("x.nar.xz", narHash, "xz", 42, default);
+        Assert.Equal((narHash, "xz"), await store.FindNarFileAsync("x.nar.xz", default));
+        Assert.Null(await store.FindNarFileAsync("y.nar.xz", default));
+        Assert.Equal(["x.nar.xz"], await store.RemoveNarFilesAsync([narHash], default));
+        Assert.Null(await store.FindNarFileAsync("x.nar.xz", default));
+    }
+
+    [Fact]
     public async Task Registered_paths_come_back_with_everything()
     {
         await using var store = await CreateAsync();
@@ -270,11 +331,37 @@ public sealed class SqliteMetadataStoreTests : MetadataStoreContract, IDisposabl
         count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
         using var reader = count.ExecuteReader();
         reader.Read();
-        Assert.Equal(3, reader.GetInt64(0)); // 0001_initial, 0002_builds, 0003_ssh_keys: each applied once
+        Assert.Equal(4, reader.GetInt64(0)); // 0001_initial, 0002_builds, 0003_ssh_keys, 0004_tokens_signing_keys: each applied once
         Assert.Equal(1, reader.GetInt64(1));
         using var mode = connection.CreateCommand();
         mode.CommandText = "PRAGMA journal_mode";
         Assert.Equal("wal", (string)mode.ExecuteScalar()!);
+    }
+
+    [Fact]
+    public async Task Two_processes_migrating_a_new_database_at_once_both_succeed()
+    {
+        // kiln serve starting while an operator runs kiln account create: both open and migrate the same file.
+        for (var round = 0; round < 5; round++)
+        {
+            var path = Path.Combine(Path.GetTempPath(), $"kiln-race-{Guid.NewGuid():N}.db");
+            try
+            {
+                var stores = Enumerable.Range(0, 3).Select(_ => new Kiln.Store.Metadata.Sqlite.SqliteMetadataStore(path)).ToList();
+                await Task.WhenAll(stores.Select(s => Task.Run(() => s.MigrateAsync(default))));
+                foreach (var store in stores)
+                {
+                    await store.DisposeAsync();
+                }
+            }
+            finally
+            {
+                foreach (var file in new[] { path, path + "-wal", path + "-shm" })
+                {
+                    File.Delete(file);
+                }
+            }
+        }
     }
 
     public void Dispose() => _temp.Dispose();

@@ -187,7 +187,8 @@ public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, T
     {
         var referenced = await metadata.GetReferencedBlobsAsync(candidates, cancellationToken).ConfigureAwait(false);
         long count = 0;
-        foreach (var hash in candidates.Where(h => !referenced.Contains(h)))
+        var gone = candidates.Where(h => !referenced.Contains(h)).ToList();
+        foreach (var hash in gone)
         {
             var path = blobs.PathOf(hash);
             if (File.Exists(path))
@@ -197,7 +198,22 @@ public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, T
             }
         }
 
+        await RemoveNarFilesAsync(gone, cancellationToken).ConfigureAwait(false);
         return count;
+    }
+
+    // Compressed copies kept for HTTP clients go with their blob.
+    private async Task RemoveNarFilesAsync(List<NixHash> narHashes, CancellationToken cancellationToken)
+    {
+        if (narHashes.Count == 0)
+        {
+            return;
+        }
+
+        foreach (var file in await metadata.RemoveNarFilesAsync(narHashes, cancellationToken).ConfigureAwait(false))
+        {
+            File.Delete(Path.Combine(options.NarFilesDirectory, file));
+        }
     }
 
     /// <summary>
@@ -221,11 +237,14 @@ public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, T
         foreach (var batch in blobs.Enumerate().Where(b => DateTime.UtcNow - b.Modified >= grace).Chunk(1000))
         {
             var referenced = await metadata.GetReferencedBlobsAsync(batch.Select(b => b.Hash).ToList(), cancellationToken).ConfigureAwait(false);
-            foreach (var blob in batch.Where(b => !referenced.Contains(b.Hash)))
+            var gone = batch.Where(b => !referenced.Contains(b.Hash)).ToList();
+            foreach (var blob in gone)
             {
                 File.Delete(blob.Path);
                 swept++;
             }
+
+            await RemoveNarFilesAsync(gone.Select(b => b.Hash).ToList(), cancellationToken).ConfigureAwait(false);
         }
 
         blobs.CleanTemp(grace);

@@ -152,6 +152,9 @@ public interface IMetadataStore : IAsyncDisposable
     /// <summary>Records a compressed NAR file kept as uploaded (its name under <c>nar/</c>).</summary>
     Task AddNarFileAsync(string file, NixHash narHash, string compression, long fileSize, CancellationToken cancellationToken);
 
+    /// <summary>Forgets the kept compressed files of these NARs; returns their names (the caller deletes the files).</summary>
+    Task<IReadOnlyList<string>> RemoveNarFilesAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken);
+
     /// <summary>The NAR hash and compression of a kept compressed NAR file, if there is one by that name.</summary>
     Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken);
 

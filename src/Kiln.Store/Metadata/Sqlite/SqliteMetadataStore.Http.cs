@@ -186,4 +186,19 @@ public sealed partial class SqliteMetadataStore
                 """, transaction, ("$s", substituters), ("$k", trustedPublicKeys), ("$n", netrc), ("$a", account));
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
+
+    public Task<IReadOnlyList<string>> RemoveNarFilesAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken) =>
+        WriteAsync<IReadOnlyList<string>>(async (connection, transaction) =>
+        {
+            using var delete = Command(connection, "DELETE FROM nar_files WHERE nar_hash IN (SELECT unhex(value) FROM json_each($hashes)) RETURNING file",
+                transaction, ("$hashes", JsonArray(narHashes.Select(h => h.ToBase16()))));
+            using var reader = await delete.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var files = new List<string>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                files.Add(reader.GetString(0));
+            }
+
+            return files;
+        }, cancellationToken);
 }
