@@ -4,7 +4,6 @@ using Kiln.Nix;
 using Kiln.Nix.Compression;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Signing;
-using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
 using Kiln.Protocol;
 using Kiln.Store;
@@ -103,16 +102,7 @@ internal sealed class NarUploads
             return narInfo.StorePath; // already there: as Nix's stores, adding a valid path again changes nothing
         }
 
-        var info = new ValidPathInfo
-        {
-            Path = narInfo.StorePath,
-            NarHash = narInfo.NarHash,
-            NarSize = narInfo.NarSize,
-            References = narInfo.References,
-            Deriver = narInfo.Deriver,
-            Signatures = narInfo.Signatures,
-            ContentAddress = narInfo.ContentAddress,
-        };
+        var info = narInfo.ToValidPathInfo();
         var file = narInfo.Url[4..];
         var staged = StagedPath(account, file);
         Stream nar;

@@ -5,7 +5,7 @@ namespace Kiln.Nix.Compression;
 /// lets <see cref="Step"/> turn it into output. Data after the end of the compressed stream, or input that ends
 /// before it, is an error (a truncated download must never look like a short NAR).
 /// </summary>
-internal abstract class NativeDecoder(Stream inner) : Stream
+internal abstract class NativeDecoder(Stream inner) : ReadOnlyStream
 {
     private readonly byte[] _input = new byte[128 * 1024];
     private int _inputStart;
@@ -105,14 +105,4 @@ internal abstract class NativeDecoder(Stream inner) : Stream
     }
 
     ~NativeDecoder() => Dispose(false);
-
-    public override bool CanRead => true;
-    public override bool CanSeek => false;
-    public override bool CanWrite => false;
-    public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-    public override void Flush() { }
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-    public override void SetLength(long value) => throw new NotSupportedException();
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 }

@@ -192,6 +192,18 @@ public sealed class NarInfo
         return string.Create(CultureInfo.InvariantCulture, $"1;{path.FullPath};{narHash.ToString(HashFormat.Nix32, true)};{narSize};{refs}");
     }
 
+    /// <summary>The path info this narinfo declares (for a store to verify against the NAR it names).</summary>
+    public Store.ValidPathInfo ToValidPathInfo() => new()
+    {
+        Path = StorePath,
+        NarHash = NarHash,
+        NarSize = NarSize,
+        References = References,
+        Deriver = Deriver,
+        Signatures = Signatures,
+        ContentAddress = ContentAddress,
+    };
+
     /// <summary>A copy with a signature by <paramref name="key"/> added (replacing an earlier one by a key of the same name).</summary>
     public NarInfo WithSignature(SecretKey key)
     {

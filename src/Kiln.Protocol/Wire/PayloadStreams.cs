@@ -9,25 +9,8 @@ namespace Kiln.Protocol.Wire;
 /// the protocol version uses. The store reads it like any stream; <see cref="DrainAsync"/> consumes whatever the
 /// store did not, so the connection stays in step when an upload is refused half-way.
 /// </summary>
-public abstract class PayloadStream : Stream
+public abstract class PayloadStream : Kiln.Nix.ReadOnlyStream
 {
-    public override bool CanRead => true;
-
-    public override bool CanSeek => false;
-
-    public override bool CanWrite => false;
-
-    public override long Length => throw new NotSupportedException();
-
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-
-    public override void Flush() { }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 
     // The session only reads asynchronously; synchronous reads would block a thread on the network.
     public override int Read(byte[] buffer, int offset, int count) =>

@@ -299,7 +299,7 @@ public static class NarIngest
 }
 
 /// <summary>The NAR of one regular, non-executable file, produced on the fly from the file.</summary>
-internal sealed class NarOfFileStream(string path, long size) : Stream
+internal sealed class NarOfFileStream(string path, long size) : Kiln.Nix.ReadOnlyStream
 {
     private readonly FileStream _file = new(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.Asynchronous | FileOptions.SequentialScan);
     private readonly byte[] _header = Header(size);
@@ -327,17 +327,9 @@ internal sealed class NarOfFileStream(string path, long size) : Stream
         return trailer;
     }
 
-    public override bool CanRead => true;
-
-    public override bool CanSeek => false;
-
-    public override bool CanWrite => false;
-
     public override long Length => _header.Length + size + _trailer.Length;
 
     public override long Position { get => _position; set => throw new NotSupportedException(); }
-
-    public override void Flush() { }
 
     public override int Read(byte[] buffer, int offset, int count) => ReadAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
 
@@ -368,12 +360,6 @@ internal sealed class NarOfFileStream(string path, long size) : Stream
         _position += read;
         return read;
     }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 
     protected override void Dispose(bool disposing)
     {

@@ -191,16 +191,7 @@ public sealed class UpstreamSubstituter : IDisposable
     // One path into the view: from the blob Kiln already has, or downloaded once however many sessions want it.
     private async Task<bool> FetchAsync(StoreView view, UpstreamPlan plan, StorePath path, NarInfo narInfo, Action<string> warn, CancellationToken cancellationToken)
     {
-        var info = new ValidPathInfo
-        {
-            Path = path,
-            NarHash = narInfo.NarHash,
-            NarSize = narInfo.NarSize,
-            References = narInfo.References,
-            Deriver = narInfo.Deriver,
-            Signatures = narInfo.Signatures,
-            ContentAddress = narInfo.ContentAddress,
-        };
+        var info = narInfo.ToValidPathInfo();
         try
         {
             if (!view.Blobs.Exists(narInfo.NarHash))
@@ -252,7 +243,7 @@ public sealed class UpstreamSubstituter : IDisposable
     }
 
     /// <summary>Cancels the download when no byte has arrived for a while (a stalled upstream must not hang a build).</summary>
-    private sealed class IdleTimeoutStream(Stream inner, CancellationTokenSource idle, TimeSpan timeout) : Stream
+    private sealed class IdleTimeoutStream(Stream inner, CancellationTokenSource idle, TimeSpan timeout) : ReadOnlyStream
     {
         public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
 
@@ -272,15 +263,5 @@ public sealed class UpstreamSubstituter : IDisposable
 
         public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
             ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-
-        public override bool CanRead => true;
-        public override bool CanSeek => false;
-        public override bool CanWrite => false;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override void Flush() { }
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 }
