@@ -329,7 +329,7 @@ public sealed partial class BinaryCache
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "http: {Account} uploaded {Path}")]
+    [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "http: {Account} uploaded {Path}")]
     private static partial void LogUploaded(ILogger logger, string account, StorePath path);
 
     private static Task NotFoundAsync(HttpContext context) => TextAsync(context, StatusCodes.Status404NotFound, "not found\n");

@@ -46,7 +46,19 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         });
         _app = builder.Build();
         _app.Run(cache.HandleAsync);
-        await _app.StartAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await _app.StartAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (IOException e)
+        {
+            // As for sshd: the store, the socket and SSH keep working; the log says why HTTP does not.
+            LogNoHttp(logger, endpoint, e.Message);
+            await _app.DisposeAsync().ConfigureAwait(false);
+            _app = null;
+            return;
+        }
+
         LogListening(logger, endpoint);
     }
 
@@ -66,6 +78,9 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "http: listening on http://{Url} (binary cache)")]
+    [LoggerMessage(EventId = 4002, Level = LogLevel.Error, Message = "http: cannot listen on {Endpoint} ({Reason}); serving without the HTTP binary cache")]
+    private static partial void LogNoHttp(ILogger logger, IPEndPoint endpoint, string reason);
+
+    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "http: listening on http://{Url} (binary cache)")]
     private static partial void LogListening(ILogger logger, IPEndPoint url);
 }
