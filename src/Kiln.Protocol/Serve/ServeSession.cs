@@ -155,9 +155,18 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
     private async Task QueryValidPathsAsync(CancellationToken ct)
     {
         var lockPaths = await _input.ReadBoolAsync(ct).ConfigureAwait(false);
-        await _input.ReadBoolAsync(ct).ConfigureAwait(false); // substitute: Kiln has no substituters to consult yet
+        var substitute = await _input.ReadBoolAsync(ct).ConfigureAwait(false);
         var paths = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
-        var valid = await store.QueryValidPathsAsync(paths, ct).ConfigureAwait(false);
+        // Substituting: Kiln fetches from the account's upstream caches (warnings go to the client's stderr).
+        var warnings = new List<string>();
+        var valid = substitute
+            ? await store.SubstituteAsync(paths, ct, warnings.Add).ConfigureAwait(false)
+            : await store.QueryValidPathsAsync(paths, ct).ConfigureAwait(false);
+        foreach (var warning in warnings)
+        {
+            await _stderr($"warning: {warning}").ConfigureAwait(false);
+        }
+
         if (lockPaths)
         {
             // Temporary roots for this session, so the paths stay while the client uses them.
