@@ -49,7 +49,7 @@ NIX
 
 start_kiln() {
   rm -rf "$work/kiln"
-  "$work/kiln-bin/kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 --ssh-listen none > "$work/kiln.log" 2>&1 &
+  "$work/kiln-bin/kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
   while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
 }

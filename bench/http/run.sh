@@ -48,36 +48,9 @@ dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained fal
   -o "$work/kiln-bin" -v quiet -nologo > /dev/null
 kiln="$work/kiln-bin/kiln"
 
-# The closure of bench/store/run.sh (the small files written by one python3 process instead of one `head` each).
-echo "making the closure: $chain derivations, $chain incompressible files, $chain trees of small files..."
-file_kib=$((size_mib * 1024 / chain))
-python3 - "$work/src" "$chain" "$file_kib" <<'PY'
-import os, random, sys
-src, chain, kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-for i in range(1, chain + 1):
-    with open(f"{src}/big{i}", "wb") as f: f.write(os.urandom(kib * 1024))
-    for d in "ab": os.makedirs(f"{src}/tree{i}/{d}")
-    for j in range(1, 251):
-        with open(f"{src}/tree{i}/{'a' if j % 2 == 0 else 'b'}/f{j}", "wb") as f: f.write(os.urandom(random.randrange(800)))
-PY
-cat > "$work/closure.nix" <<NIX
-let
-  step = i: prev: derivation {
-    name = "bench-\${toString i}";
-    system = "x86_64-linux";
-    builder = "/bin/sh";
-    inherit prev;
-    big = builtins.path { path = $work/src + "/big\${toString i}"; };
-    tree = builtins.path { path = $work/src + "/tree\${toString i}"; };
-  };
-  go = i: prev: if i > $chain then prev else go (i + 1) (step i prev);
-in go 1 ""
-NIX
+source "$repo/bench/lib/closure.sh"
+make_closure "$work" "$chain" "$size_mib"
 source_store="local?root=$work/source"
-top="$(nix-instantiate --store "$source_store" "$work/closure.nix" 2>/dev/null)"
-nix path-info --derivation --store "$source_store" -r "$top" > "$work/closure.paths"
-count="$(wc -l < "$work/closure.paths")"
-bytes="$(nix path-info --derivation --store "$source_store" -r --json "$top" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["narSize"] for p in (d if isinstance(d,list) else d.values())))')"
 quiet() { "$@" > "$work/step.log" 2>&1 || { cat "$work/step.log" >&2; return 1; }; }
 sed 's|^/nix/store/\([a-z0-9]*\)-.*|\1|' "$work/closure.paths" > "$work/closure.hashes"
 

@@ -29,36 +29,13 @@ echo "building kiln (ReadyToRun)..."
 dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
   -o "$work/kiln-bin" -v quiet -nologo > /dev/null
 
-echo "making the closure: $chain derivations, $chain incompressible files, $chain trees of small files..."
-file_kib=$((size_mib * 1024 / chain))
-for i in $(seq 1 "$chain"); do
-  head -c "$((file_kib * 1024))" /dev/urandom > "$work/src/big$i"
-  mkdir -p "$work/src/tree$i/a" "$work/src/tree$i/b"
-  for j in $(seq 1 250); do
-    head -c $((RANDOM % 800)) /dev/urandom > "$work/src/tree$i/$([ $((j % 2)) = 0 ] && echo a || echo b)/f$j"
-  done
-done
-cat > "$work/closure.nix" <<NIX
-let
-  step = i: prev: derivation {
-    name = "bench-\${toString i}";
-    system = "x86_64-linux";
-    builder = "/bin/sh";
-    inherit prev;
-    big = builtins.path { path = $work/src + "/big\${toString i}"; };
-    tree = builtins.path { path = $work/src + "/tree\${toString i}"; };
-  };
-  go = i: prev: if i > $chain then prev else go (i + 1) (step i prev);
-in go 1 ""
-NIX
-top="$(nix-instantiate --store "local?root=$work/source" "$work/closure.nix" 2>/dev/null)"
-count="$(nix path-info --derivation --store "local?root=$work/source" -r "$top" | wc -l)"
-bytes="$(nix path-info --derivation --store "local?root=$work/source" -r --json "$top" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["narSize"] for p in (d if isinstance(d,list) else d.values())))')"
+source "$repo/bench/lib/closure.sh"
+make_closure "$work" "$chain" "$size_mib"
 cat "$work"/source/nix/store/*/* > /dev/null 2>&1 || true
 
 start_kiln() {
   rm -rf "$work/kiln"
-  "$work/kiln-bin/kiln" serve --data "$work/kiln" --ssh-listen none > "$work/kiln.log" 2>&1 &
+  "$work/kiln-bin/kiln" serve --data "$work/kiln" --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
   while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
 }
