@@ -345,4 +345,76 @@ public class SshTests
         await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
         Assert.Single(await metadata.ListBuildsAsync(null, 1000, CancellationToken.None), b => b.DrvPath.EndsWith("-shared.drv", StringComparison.Ordinal));
     }
+
+    [Fact]
+    public void Serve_ImportPaths_takes_what_nix_store_export_writes_and_ExportPaths_gives_the_same_bytes_back()
+    {
+        // No client Kiln supports sends these (they are for servers before serve 2.5), so this speaks the protocol
+        // itself over a real ssh session, with stock Nix's own --export output as the payload and the reference.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(ssh: true);
+        var alice = NewLogin(client, kiln, "alice");
+        using var temp = new TempDir();
+        var store = temp["store"];
+        var environment = new Dictionary<string, string>
+        {
+            ["NIX_CONFIG"] = "build-users-group = \nsubstituters = \n",
+            ["NIX_REMOTE"] = "",
+        };
+        var top = Processes.Run("nix-instantiate", ["--store", store, "--read-write-mode", "--eval", "-E",
+            $"builtins.toFile \"b\" \"${{builtins.toFile \"a\" \"{Guid.NewGuid():N}\"}}\""], environment: environment).StdoutText.Trim().Trim('"');
+        var closure = Processes.Run("nix-store", ["--store", store, "-qR", top], environment: environment).StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, closure.Length);
+        var exported = Processes.Run("nix-store", ["--store", store, "--export", .. closure], environment: environment);
+        Assert.True(exported.ExitCode == 0, exported.Stderr);
+
+        var knownHosts = Path.Combine(Path.GetDirectoryName(alice.KeyFile)!, "known_hosts");
+        var info = new System.Diagnostics.ProcessStartInfo("ssh", ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", alice.KeyFile,
+            "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={knownHosts}", "-o", "LogLevel=ERROR",
+            "kiln@127.0.0.1", "nix-store --serve --write"])
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            UseShellExecute = false,
+        };
+        using var ssh = System.Diagnostics.Process.Start(info)!;
+        var input = ssh.StandardInput.BaseStream;
+        var output = ssh.StandardOutput.BaseStream;
+        void U64(ulong value) => input.Write(BitConverter.GetBytes(value));
+        ulong ReadU64()
+        {
+            var bytes = new byte[8];
+            output.ReadExactly(bytes);
+            return BitConverter.ToUInt64(bytes);
+        }
+
+        U64(0x390c9deb);
+        U64(0x205);
+        input.Flush();
+        Assert.Equal(0x5452eecbUL, ReadU64());
+        Assert.Equal(0x2UL, ReadU64() >> 8);
+
+        U64(4); // ImportPaths
+        input.Write(exported.Stdout);
+        input.Flush();
+        Assert.Equal(1UL, ReadU64());
+
+        U64(5); // ExportPaths
+        U64(0);
+        U64((ulong)closure.Length);
+        foreach (var path in closure.Order(StringComparer.Ordinal))
+        {
+            var bytes = System.Text.Encoding.UTF8.GetBytes(path);
+            U64((ulong)bytes.Length);
+            input.Write(bytes);
+            input.Write(new byte[(8 - bytes.Length % 8) % 8]);
+        }
+
+        input.Flush();
+        var back = new byte[exported.Stdout.Length];
+        output.ReadExactly(back);
+        Assert.Equal(exported.Stdout, back);
+        input.Close();
+        Assert.True(ssh.WaitForExit(TimeSpan.FromSeconds(30)));
+    }
 }

@@ -137,8 +137,8 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
             case Command.AddToStoreNar: await AddToStoreNarAsync(ct).ConfigureAwait(false); break;
             case Command.BuildPaths: await BuildPathsAsync(ct).ConfigureAwait(false); break;
             case Command.BuildDerivation: await BuildDerivationAsync(ct).ConfigureAwait(false); break;
-            case Command.ImportPaths or Command.ExportPaths:
-                throw new NixErrorException($"{command} is only used with serve protocol versions before 2.5; Kiln speaks 2.5–2.7");
+            case Command.ImportPaths: await ImportPathsAsync(ct).ConfigureAwait(false); break;
+            case Command.ExportPaths: await ExportPathsAsync(ct).ConfigureAwait(false); break;
             default:
                 throw new ProtocolViolationException($"unknown serve command {(ulong)command}");
         }
@@ -277,6 +277,134 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
         }
 
         _output.WriteU64(1);
+    }
+
+    // nix-store --export's format: per path 1, the NAR, the magic, the path, its references, its deriver ("" for
+    // none), 0 (no legacy signature); 0 at the end.
+    private const ulong ExportMagic = 0x4558494e;
+
+    // The serve protocol's ImportPaths (sent by clients of servers before 2.5): paths in the export format. The
+    // NAR comes before the path it is for, so each is spooled to a temporary file (hashed on the way) and then
+    // added like any upload, verified against what was received.
+    private async Task ImportPathsAsync(CancellationToken ct)
+    {
+        Require(options.UploadsDenied);
+        while (true)
+        {
+            var next = await _input.ReadU64Async(ct).ConfigureAwait(false);
+            if (next == 0)
+            {
+                break;
+            }
+
+            if (next != 1)
+            {
+                throw new ProtocolViolationException("input doesn't look like something created by 'nix-store --export'");
+            }
+
+            var spool = Path.Combine(Path.GetTempPath(), $"kiln-import-{Guid.NewGuid():N}.nar");
+            try
+            {
+                NixHash narHash;
+                long narSize;
+                await using (var file = new FileStream(spool, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 16, FileOptions.DeleteOnClose))
+                {
+                    using (var hashing = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256))
+                    {
+                        var nar = new DelimitedNarStream(_input);
+                        var buffer = new byte[1 << 16];
+                        int n;
+                        while ((n = await nar.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
+                        {
+                            hashing.AppendData(buffer, 0, n);
+                            await file.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
+                        }
+
+                        narHash = new NixHash(NixHashAlgorithm.Sha256, hashing.GetHashAndReset());
+                        narSize = file.Length;
+                    }
+
+                    if (await _input.ReadU64Async(ct).ConfigureAwait(false) != ExportMagic)
+                    {
+                        throw new ProtocolViolationException("Nix archive cannot be imported; wrong format");
+                    }
+
+                    var path = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
+                    var references = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
+                    var deriver = await _input.ReadStringAsync(ct).ConfigureAwait(false);
+                    if (await _input.ReadU64Async(ct).ConfigureAwait(false) == 1)
+                    {
+                        await _input.ReadStringAsync(ct).ConfigureAwait(false); // a legacy signature: ignored, as Nix does
+                    }
+
+                    var info = new Kiln.Nix.Store.ValidPathInfo
+                    {
+                        Path = path,
+                        NarHash = narHash,
+                        NarSize = narSize,
+                        References = references,
+                        Deriver = deriver.Length == 0 ? null : StorePath.Parse(deriver),
+                    };
+                    file.Position = 0;
+                    await store.AddToStoreAsync(info, file, repair: false, checkSignatures: false, ct).ConfigureAwait(false);
+                }
+            }
+            finally
+            {
+                File.Delete(spool);
+            }
+        }
+
+        _output.WriteU64(1);
+    }
+
+    // ExportPaths: the paths (references first among them) in the export format, NARs straight from their blobs.
+    private async Task ExportPathsAsync(CancellationToken ct)
+    {
+        await _input.ReadU64Async(ct).ConfigureAwait(false); // obsolete "sign" flag
+        var paths = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
+        var infos = await store.QueryPathInfosAsync(paths, ct).ConfigureAwait(false);
+        if (paths.FirstOrDefault(p => !infos.ContainsKey(p)) is var missing && missing != default)
+        {
+            throw new NixErrorException($"path '{missing}' is not valid");
+        }
+
+        var ordered = new List<StorePath>();
+        var placed = new HashSet<StorePath>();
+        void Place(StorePath path)
+        {
+            if (!placed.Add(path))
+            {
+                return;
+            }
+
+            foreach (var reference in infos[path].References.Where(r => r != path && infos.ContainsKey(r)))
+            {
+                Place(reference);
+            }
+
+            ordered.Add(path);
+        }
+
+        foreach (var path in paths)
+        {
+            Place(path);
+        }
+
+        foreach (var path in ordered)
+        {
+            var info = infos[path];
+            var blob = await store.OpenNarAsync(path, ct).ConfigureAwait(false) ?? throw new NixErrorException($"path '{path}' is not valid");
+            _output.WriteU64(1);
+            await _output.SendFileAsync(blob.FilePath, blob.Size, ct).ConfigureAwait(false);
+            _output.WriteU64(ExportMagic);
+            _output.WriteStorePath(path);
+            _output.WriteStorePaths(info.References);
+            _output.WriteOptionalStorePath(info.Deriver);
+            _output.WriteU64(0);
+        }
+
+        _output.WriteU64(0);
     }
 
     private async Task<ClientBuildSettings> ReadBuildOptionsAsync(CancellationToken ct)
