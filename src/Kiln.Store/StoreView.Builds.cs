@@ -73,14 +73,23 @@ public sealed partial class StoreView
     /// Registers build outputs whose NARs are already in the blob store (references before referrers, in one
     /// transaction), roots them for this session, and unpacks them where the view is materialised.
     /// </summary>
+    private Task<Kiln.Nix.Signing.SecretKey?>? _signingKey;
+
+    // The account's own signing key, read once per view (a session registers outputs for every build it runs;
+    // builds running at once may both start the read, which is harmless). Not cancellable: the one read serves
+    // every later request of the session, whichever of them is cancelled.
+    private Task<Kiln.Nix.Signing.SecretKey?> AccountSigningKeyAsync() => _signingKey ??= ReadSigningKeyAsync();
+
+    private async Task<Kiln.Nix.Signing.SecretKey?> ReadSigningKeyAsync() =>
+        await Metadata.GetSigningKeyAsync(AccountId, CancellationToken.None).ConfigureAwait(false) is { } secret ? Kiln.Nix.Signing.SecretKey.Parse(secret) : null;
+
     public async Task RegisterOutputsAsync(IReadOnlyList<NewPath> outputs, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(outputs);
         // The account's own key (if it has one) signs everything built for it, trusted inputs or not: it vouches
         // "Kiln built this for us", so the account's users can trust that key alone.
-        if (await Metadata.GetSigningKeyAsync(AccountId, cancellationToken).ConfigureAwait(false) is { } secret)
+        if (await AccountSigningKeyAsync().ConfigureAwait(false) is { } key)
         {
-            var key = Kiln.Nix.Signing.SecretKey.Parse(secret);
             outputs = outputs.Select(o => o.Provenance != Provenance.Built ? o : o with
             {
                 Info = o.Info with

@@ -302,57 +302,39 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
                 throw new ProtocolViolationException("input doesn't look like something created by 'nix-store --export'");
             }
 
+            // Deleted when closed, whatever happens.
             var spool = Path.Combine(Path.GetTempPath(), $"kiln-import-{Guid.NewGuid():N}.nar");
-            try
+            await using var file = new FileStream(spool, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 16, FileOptions.DeleteOnClose);
+            NixHash narHash;
+            using (var hashing = new HashingStream(NixHashAlgorithm.Sha256, file))
             {
-                NixHash narHash;
-                long narSize;
-                await using (var file = new FileStream(spool, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 16, FileOptions.DeleteOnClose))
-                {
-                    using (var hashing = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256))
-                    {
-                        var nar = new DelimitedNarStream(_input);
-                        var buffer = new byte[1 << 16];
-                        int n;
-                        while ((n = await nar.ReadAsync(buffer, ct).ConfigureAwait(false)) > 0)
-                        {
-                            hashing.AppendData(buffer, 0, n);
-                            await file.WriteAsync(buffer.AsMemory(0, n), ct).ConfigureAwait(false);
-                        }
-
-                        narHash = new NixHash(NixHashAlgorithm.Sha256, hashing.GetHashAndReset());
-                        narSize = file.Length;
-                    }
-
-                    if (await _input.ReadU64Async(ct).ConfigureAwait(false) != ExportMagic)
-                    {
-                        throw new ProtocolViolationException("Nix archive cannot be imported; wrong format");
-                    }
-
-                    var path = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
-                    var references = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
-                    var deriver = await _input.ReadStringAsync(ct).ConfigureAwait(false);
-                    if (await _input.ReadU64Async(ct).ConfigureAwait(false) == 1)
-                    {
-                        await _input.ReadStringAsync(ct).ConfigureAwait(false); // a legacy signature: ignored, as Nix does
-                    }
-
-                    var info = new Kiln.Nix.Store.ValidPathInfo
-                    {
-                        Path = path,
-                        NarHash = narHash,
-                        NarSize = narSize,
-                        References = references,
-                        Deriver = deriver.Length == 0 ? null : StorePath.Parse(deriver),
-                    };
-                    file.Position = 0;
-                    await store.AddToStoreAsync(info, file, repair: false, checkSignatures: false, ct).ConfigureAwait(false);
-                }
+                await new DelimitedNarStream(_input).CopyToAsync(hashing, ct).ConfigureAwait(false);
+                narHash = hashing.Finish();
             }
-            finally
+
+            if (await _input.ReadU64Async(ct).ConfigureAwait(false) != ExportMagic)
             {
-                File.Delete(spool);
+                throw new ProtocolViolationException("Nix archive cannot be imported; wrong format");
             }
+
+            var path = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
+            var references = await _input.ReadStorePathsAsync(ct).ConfigureAwait(false);
+            var deriver = await _input.ReadStringAsync(ct).ConfigureAwait(false);
+            if (await _input.ReadU64Async(ct).ConfigureAwait(false) == 1)
+            {
+                await _input.ReadStringAsync(ct).ConfigureAwait(false); // a legacy signature: ignored, as Nix does
+            }
+
+            var info = new Kiln.Nix.Store.ValidPathInfo
+            {
+                Path = path,
+                NarHash = narHash,
+                NarSize = file.Length,
+                References = references,
+                Deriver = deriver.Length == 0 ? null : StorePath.Parse(deriver),
+            };
+            file.Position = 0;
+            await store.AddToStoreAsync(info, file, repair: false, checkSignatures: false, ct).ConfigureAwait(false);
         }
 
         _output.WriteU64(1);

@@ -80,8 +80,9 @@ public sealed class UpstreamSubstituter : IDisposable
 
     private async Task<NarInfo?> NarInfoAsync(UpstreamCache cache, string hashPart, Action<string> warn, CancellationToken cancellationToken)
     {
+        // Only public caches' answers are remembered: what credentials fetched is that account's alone.
         var key = (cache.Url, hashPart);
-        if (_narInfos.TryGetValue(key, out var known) && known.Until > DateTime.UtcNow && cache.IsPublic)
+        if (cache.IsPublic && _narInfos.TryGetValue(key, out var known) && known.Until > DateTime.UtcNow)
         {
             return known.Info;
         }
@@ -93,20 +94,28 @@ public sealed class UpstreamSubstituter : IDisposable
             using var response = await _http.SendAsync(Request(cache, $"{hashPart}.narinfo"), timeout.Token).ConfigureAwait(false);
             if (response.StatusCode is HttpStatusCode.NotFound or HttpStatusCode.Forbidden)
             {
-                _narInfos[key] = (null, DateTime.UtcNow + Missing);
+                Remember(cache, key, null, Missing);
                 return null;
             }
 
             response.EnsureSuccessStatusCode();
             var text = await response.Content.ReadAsStringAsync(timeout.Token).ConfigureAwait(false);
             var info = NarInfo.Parse(text, $"{cache.Url}{hashPart}.narinfo");
-            _narInfos[key] = (info, DateTime.UtcNow + Found);
+            Remember(cache, key, info, Found);
             return info;
         }
         catch (Exception e) when (e is HttpRequestException or NixFormatException || (e is OperationCanceledException && !cancellationToken.IsCancellationRequested))
         {
             warn($"substituter '{cache.Url}' failed for '{hashPart}': {Reason(e)}");
             return null;
+        }
+    }
+
+    private void Remember(UpstreamCache cache, (Uri, string) key, NarInfo? info, TimeSpan lifetime)
+    {
+        if (cache.IsPublic)
+        {
+            _narInfos[key] = (info, DateTime.UtcNow + lifetime);
         }
     }
 
@@ -145,7 +154,7 @@ public sealed class UpstreamSubstituter : IDisposable
         }
 
         // The missing closure, found level by level from the caches' narinfo files.
-        var found = new Dictionary<StorePath, NarInfo>();
+        var found = new Dictionary<StorePath, (UpstreamCache Cache, NarInfo Info)>();
         var unavailable = new HashSet<StorePath>();
         var frontier = paths.Where(p => !valid.Contains(p)).Distinct().ToList();
         while (frontier.Count > 0)
@@ -156,7 +165,7 @@ public sealed class UpstreamSubstituter : IDisposable
             {
                 if (await LookupAsync(plan, path, warn, cancellationToken).ConfigureAwait(false) is { } hit)
                 {
-                    found[path] = hit.Info;
+                    found[path] = hit;
                     next.AddRange(hit.Info.References.Where(r => r != path));
                 }
                 else
@@ -170,16 +179,16 @@ public sealed class UpstreamSubstituter : IDisposable
 
         // References first; a path whose closure cannot be completed is left for the caller to build.
         var failed = new HashSet<StorePath>(unavailable);
-        foreach (var path in Graph.Order(found.Keys, p => found[p].References.Where(r => r != p), found.Keys.ToHashSet()))
+        foreach (var path in Graph.Order(found.Keys, p => found[p].Info.References.Where(r => r != p), found.Keys.ToHashSet()))
         {
-            var info = found[path];
+            var (cache, info) = found[path];
             if (info.References.Any(failed.Contains))
             {
                 failed.Add(path);
                 continue;
             }
 
-            if (!await FetchAsync(view, plan, path, info, warn, cancellationToken).ConfigureAwait(false))
+            if (!await FetchAsync(view, cache, info, warn, cancellationToken).ConfigureAwait(false))
             {
                 failed.Add(path);
             }
@@ -188,15 +197,17 @@ public sealed class UpstreamSubstituter : IDisposable
         return new HashSet<StorePath>(await view.QueryValidPathsAsync(paths, cancellationToken).ConfigureAwait(false));
     }
 
-    // One path into the view: from the blob Kiln already has, or downloaded once however many sessions want it.
-    private async Task<bool> FetchAsync(StoreView view, UpstreamPlan plan, StorePath path, NarInfo narInfo, Action<string> warn, CancellationToken cancellationToken)
+    // One path into the view: from the blob Kiln already has, or downloaded once (from the cache whose narinfo was
+    // accepted) however many sessions want it.
+    private async Task<bool> FetchAsync(StoreView view, UpstreamCache cache, NarInfo narInfo, Action<string> warn, CancellationToken cancellationToken)
     {
+        var path = narInfo.StorePath;
         var info = narInfo.ToValidPathInfo();
         try
         {
             if (!view.Blobs.Exists(narInfo.NarHash))
             {
-                var download = _downloads.GetOrAdd(path, _ => DownloadAsync(view, plan, info, narInfo));
+                var download = _downloads.GetOrAdd(path, _ => DownloadAsync(view, cache, info, narInfo));
                 try
                 {
                     await download.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -226,11 +237,9 @@ public sealed class UpstreamSubstituter : IDisposable
         }
     }
 
-    // Streams the NAR from the first cache that offered it, decompressing and verifying it into the view.
-    private async Task DownloadAsync(StoreView view, UpstreamPlan plan, ValidPathInfo info, NarInfo narInfo)
+    // Streams the NAR from the cache, decompressing and verifying it into the view.
+    private async Task DownloadAsync(StoreView view, UpstreamCache cache, ValidPathInfo info, NarInfo narInfo)
     {
-        var cache = (await LookupAsync(plan, info.Path, _ => { }, CancellationToken.None).ConfigureAwait(false))?.Cache
-            ?? throw new HttpRequestException($"no cache offers '{info.Path}' any more");
         using var idle = new CancellationTokenSource(ReadTimeout);
         using var response = await _http.SendAsync(Request(cache, narInfo.Url), HttpCompletionOption.ResponseHeadersRead, idle.Token).ConfigureAwait(false);
         response.EnsureSuccessStatusCode();
