@@ -155,65 +155,30 @@ public sealed partial class BinaryCache
         await FileAsync(context, _store.Blobs.PathOf(narHash)).ConfigureAwait(false);
     }
 
-    // A NAR file, straight from disk. Whole-file GETs (what Nix sends) are copied in large blocks straight into
-    // Kestrel's output buffers, one read per block; ranges and conditional requests go through ASP.NET Core's file
-    // result, which implements them fully. Only successful answers are marked immutable.
+    // A NAR file, straight from disk through ASP.NET Core's file result (ranges, conditional requests), whose body
+    // goes by sendfile when the server is set up with ZeroCopyFiles. Only successful answers are marked immutable.
     private static async Task FileAsync(HttpContext context, string file)
     {
-        var request = context.Request;
-        if (request.Headers.Range.Count > 0 || request.Headers.IfModifiedSince.Count > 0 || request.Headers.IfNoneMatch.Count > 0
-            || request.Headers.IfRange.Count > 0 || request.Headers.IfMatch.Count > 0 || request.Headers.IfUnmodifiedSince.Count > 0)
+        context.Response.OnStarting(() =>
         {
-            context.Response.OnStarting(() =>
+            if (context.Response.StatusCode is StatusCodes.Status200OK or StatusCodes.Status206PartialContent or StatusCodes.Status304NotModified)
             {
-                if (context.Response.StatusCode is StatusCodes.Status200OK or StatusCodes.Status206PartialContent or StatusCodes.Status304NotModified)
-                {
-                    context.Response.Headers.CacheControl = Immutable;
-                }
+                context.Response.Headers.CacheControl = Immutable;
+            }
 
-                return Task.CompletedTask;
-            });
+            return Task.CompletedTask;
+        });
+        try
+        {
             await TypedResults.PhysicalFile(file, "application/x-nix-nar", lastModified: File.GetLastWriteTimeUtc(file), enableRangeProcessing: true)
                 .ExecuteAsync(context).ConfigureAwait(false);
-            return;
         }
-
-        using var handle = File.OpenHandle(file, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.SequentialScan);
-        var length = RandomAccess.GetLength(handle);
-        var response = context.Response;
-        response.StatusCode = StatusCodes.Status200OK;
-        response.ContentType = "application/x-nix-nar";
-        response.ContentLength = length;
-        response.Headers.AcceptRanges = "bytes";
-        response.Headers.CacheControl = Immutable;
-        response.Headers.LastModified = File.GetLastWriteTimeUtc(file).ToString("R", CultureInfo.InvariantCulture);
-        if (HttpMethods.IsHead(request.Method))
+        catch (FileNotFoundException) when (!context.Response.HasStarted)
         {
-            return;
-        }
-
-        var writer = response.BodyWriter;
-        long offset = 0;
-        while (offset < length)
-        {
-            var block = writer.GetMemory((int)Math.Min(length - offset, CopyBlock));
-            var read = RandomAccess.Read(handle, block.Span[..(int)Math.Min(block.Length, length - offset)], offset);
-            if (read == 0)
-            {
-                throw new IOException($"'{file}' ended early");
-            }
-
-            writer.Advance(read);
-            offset += read;
-            var flushed = await writer.FlushAsync(context.RequestAborted).ConfigureAwait(false);
-            if (flushed.IsCanceled || flushed.IsCompleted)
-            {
-                return;
-            }
+            // Collected between the lookup and the open: as good as never there.
+            await NotFoundAsync(context).ConfigureAwait(false);
         }
     }
-
-    private const int CopyBlock = 256 * 1024;
 
     private const string Immutable = "public, max-age=31536000, immutable";
 

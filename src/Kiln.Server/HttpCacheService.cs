@@ -1,5 +1,6 @@
 using System.Net;
 using Kiln.Http;
+using Kiln.Http.ZeroCopy;
 using Kiln.Store;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -39,12 +40,13 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         builder.Logging.ClearProviders(); // Kiln logs what matters itself, in its own format
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            kestrel.Listen(endpoint);
+            kestrel.Listen(endpoint, listen => ZeroCopyFiles.Listen(listen)); // NAR bodies by sendfile
             kestrel.AddServerHeader = false;
             kestrel.Limits.MaxRequestBodySize = null; // uploads are bounded by the cache, per kind of file
             kestrel.Limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 1024, gracePeriod: TimeSpan.FromSeconds(30));
         });
         _app = builder.Build();
+        ZeroCopyFiles.Use(_app);
         _app.Run(cache.HandleAsync);
         try
         {

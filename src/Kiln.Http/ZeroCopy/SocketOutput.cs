@@ -1,0 +1,226 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Microsoft.AspNetCore.Connections;
+
+namespace Kiln.Http.ZeroCopy;
+
+/// <summary>
+/// The output of one plain HTTP/1.1 connection, written straight to its socket by whoever flushes it. Kestrel's own
+/// transport hands every response byte to a send loop of its own; with that loop in between, nothing else may write
+/// to the socket, because nobody can tell when the loop has sent what came before. Here Kestrel's output is sent
+/// during its flush, so once a flush returns everything before it is on the wire and a file body can follow by
+/// sendfile(2), from the page cache to the socket without passing through user space.
+/// </summary>
+/// <remarks>
+/// Kestrel checks a response against its Content-Length by counting the body bytes written through it, so after a
+/// file body has gone by sendfile the same number of bytes is "written" through Kestrel as placeholders:
+/// <see cref="GetMemory"/> hands out a shared scratch buffer that nobody reads and <see cref="Advance"/> drops
+/// them. Nothing else in the connection can write in between: a request's handler is the only writer while it runs.
+/// </remarks>
+internal sealed class SocketOutput : PipeWriter
+{
+    // A sendfile call moves at most this much; a client that accepts less within the stall timeout is dropped
+    // (Kestrel's response data rate does not see bytes it did not send).
+    private const int FileChunk = 1 << 20;
+
+    // Handed out for placeholder bytes; never read, never sent.
+    private static readonly byte[] Scratch = new byte[FileChunk];
+
+    private readonly Socket _socket;
+    private readonly ConnectionContext _connection;
+    private readonly TimeSpan _stallTimeout;
+    private readonly Pipe _pending = new(new PipeOptions(
+        pauseWriterThreshold: 0, // never makes a flush wait: the flush itself sends
+        readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline, useSynchronizationContext: false));
+
+    private long _placeholders;
+    private volatile bool _closed;
+    private CancellationTokenSource? _flushCancellation;
+
+    public SocketOutput(Socket socket, ConnectionContext connection, TimeSpan stallTimeout)
+    {
+        _socket = socket;
+        _connection = connection;
+        _stallTimeout = stallTimeout;
+    }
+
+    /// <summary>File bytes sent by sendfile over every connection since start (what the tests and figures check).</summary>
+    public static long FileBytesSent => Interlocked.Read(ref s_fileBytesSent);
+
+    private static long s_fileBytesSent;
+
+    public override Memory<byte> GetMemory(int sizeHint = 0) =>
+        _placeholders > 0 ? Scratch.AsMemory(0, (int)Math.Min(_placeholders, Scratch.Length)) : _pending.Writer.GetMemory(sizeHint);
+
+    public override Span<byte> GetSpan(int sizeHint = 0) => GetMemory(sizeHint).Span;
+
+    public override void Advance(int bytes)
+    {
+        if (_placeholders == 0)
+        {
+            _pending.Writer.Advance(bytes);
+            return;
+        }
+
+        if (bytes > _placeholders)
+        {
+            throw new InvalidOperationException("more bytes were written than a file body sent by sendfile accounted for");
+        }
+
+        _placeholders -= bytes;
+    }
+
+    public override void CancelPendingFlush() => _flushCancellation?.Cancel();
+
+    public override void Complete(Exception? exception = null) => _pending.Writer.Complete(exception);
+
+    public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => SendPendingAsync(cancellationToken);
+
+    /// <summary>
+    /// Sends <paramref name="count"/> bytes of <paramref name="file"/> from <paramref name="offset"/> by sendfile, after
+    /// everything flushed before it, then accounts for them through <paramref name="body"/> (the response's writer)
+    /// without copying any. The file must be opened for asynchronous reads (.NET's sendfile path needs it).
+    /// </summary>
+    public async Task SendFileAsync(PipeWriter body, FileStream file, long offset, long count, CancellationToken cancellationToken)
+    {
+        await SendPendingAsync(cancellationToken).ConfigureAwait(false);
+        using var send = new SocketAsyncEventArgs();
+        send.Completed += static (_, e) => ((TaskCompletionSource<SocketError>)e.UserToken!).TrySetResult(e.SocketError);
+        for (long sent = 0; sent < count;)
+        {
+            ConnectionClosedIf(_closed);
+            var chunk = (int)Math.Min(count - sent, FileChunk);
+            send.SendPacketsElements = [new SendPacketsElement(file, offset + sent, chunk, endOfPacket: false)];
+            var done = new TaskCompletionSource<SocketError>(TaskCreationOptions.RunContinuationsAsynchronously);
+            send.UserToken = done;
+            var result = _socket.SendPacketsAsync(send) ? await WaitAsync(done.Task, cancellationToken).ConfigureAwait(false) : send.SocketError;
+            if (result != SocketError.Success)
+            {
+                Close();
+                ConnectionClosedIf(true);
+            }
+
+            sent += chunk;
+            Interlocked.Add(ref s_fileBytesSent, chunk);
+        }
+
+        _placeholders = count;
+        while (_placeholders > 0)
+        {
+            var placeholder = body.GetMemory((int)Math.Min(_placeholders, FileChunk));
+            body.Advance((int)Math.Min(placeholder.Length, _placeholders));
+        }
+
+        await body.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    // A sendfile that makes no progress for the stall timeout, or whose request is aborted, ends the connection:
+    // that is also the only way to get a pending socket operation back.
+    private async Task<SocketError> WaitAsync(Task<SocketError> sending, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await sending.WaitAsync(_stallTimeout, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is TimeoutException or OperationCanceledException)
+        {
+            Close();
+            await sending.ConfigureAwait(false);
+            throw new ConnectionAbortedException(e is TimeoutException ? "the client stopped reading a file body" : "the request was aborted");
+        }
+    }
+
+    private async ValueTask<FlushResult> SendPendingAsync(CancellationToken cancellationToken)
+    {
+        await _pending.Writer.FlushAsync(CancellationToken.None).ConfigureAwait(false); // commits; never waits (no back-pressure)
+        if (!_pending.Reader.TryRead(out var read))
+        {
+            return new FlushResult(isCanceled: false, isCompleted: _closed);
+        }
+
+        var canceled = false;
+        try
+        {
+            if (!_closed && !read.Buffer.IsEmpty)
+            {
+                using var flush = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                _flushCancellation = flush;
+                await SendAsync(read.Buffer, flush.Token).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Part of the response may have gone: the connection cannot carry another one.
+            canceled = true;
+            Close();
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            Close();
+        }
+        finally
+        {
+            _flushCancellation = null;
+            _pending.Reader.AdvanceTo(read.Buffer.End);
+        }
+
+        return new FlushResult(canceled, _closed);
+    }
+
+    private async ValueTask SendAsync(ReadOnlySequence<byte> buffer, CancellationToken cancellationToken)
+    {
+        if (buffer.IsSingleSegment)
+        {
+            for (var rest = buffer.First; !rest.IsEmpty;)
+            {
+                rest = rest[await _socket.SendAsync(rest, SocketFlags.None, cancellationToken).ConfigureAwait(false)..];
+            }
+
+            return;
+        }
+
+        // Several segments (a longer body): one gathering send for all of them.
+        var segments = new List<ArraySegment<byte>>();
+        foreach (var memory in buffer)
+        {
+            segments.Add(MemoryMarshal.TryGetArray(memory, out var segment) ? segment : memory.ToArray());
+        }
+
+        var left = buffer.Length;
+        while (left > 0)
+        {
+            var sent = await _socket.SendAsync(segments, SocketFlags.None).WaitAsync(cancellationToken).ConfigureAwait(false);
+            left -= sent;
+            while (sent > 0 && segments.Count > 0)
+            {
+                var first = segments[0];
+                if (sent >= first.Count)
+                {
+                    sent -= first.Count;
+                    segments.RemoveAt(0);
+                }
+                else
+                {
+                    segments[0] = first[sent..];
+                    sent = 0;
+                }
+            }
+        }
+    }
+
+    private void Close()
+    {
+        _closed = true;
+        _connection.Abort(new ConnectionAbortedException("the connection's output failed"));
+    }
+
+    private static void ConnectionClosedIf(bool closed)
+    {
+        if (closed)
+        {
+            throw new ConnectionAbortedException("the client closed the connection");
+        }
+    }
+}

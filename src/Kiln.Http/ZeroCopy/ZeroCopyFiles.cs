@@ -1,0 +1,116 @@
+using System.IO.Pipelines;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+
+namespace Kiln.Http.ZeroCopy;
+
+/// <summary>
+/// File bodies by sendfile(2) under Kestrel, which has none of its own: <see cref="Listen"/> puts a
+/// <see cref="SocketOutput"/> under each plain HTTP/1.1 connection, and <see cref="Use"/> makes
+/// <c>Response.SendFileAsync</c> (what ASP.NET Core's file results call, ranges included) send through it when the
+/// response's length is known. Everything else (HEAD, chunked bodies, TLS) takes Kestrel's own path.
+/// </summary>
+public static class ZeroCopyFiles
+{
+    /// <summary>How long a file body may make no progress before its connection is dropped.</summary>
+    public static readonly TimeSpan DefaultStallTimeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>Configures a listener: HTTP/1.1 only (its bytes go straight to the socket), output by <see cref="SocketOutput"/>.</summary>
+    public static ListenOptions Listen(ListenOptions listen, TimeSpan? stallTimeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(listen);
+        var timeout = stallTimeout ?? DefaultStallTimeout;
+        listen.Protocols = HttpProtocols.Http1;
+        listen.Use(next => async connection =>
+        {
+            if (connection.Features.Get<IConnectionSocketFeature>()?.Socket is not { } socket)
+            {
+                await next(connection).ConfigureAwait(false);
+                return;
+            }
+
+            var transport = connection.Transport;
+            var output = new SocketOutput(socket, connection, timeout);
+            connection.Transport = new DuplexPipe(transport.Input, output);
+            connection.Features.Set(output);
+            try
+            {
+                await next(connection).ConfigureAwait(false);
+                await output.FlushAsync().ConfigureAwait(false); // anything Kestrel wrote last and did not flush
+            }
+            finally
+            {
+                connection.Transport = transport;
+            }
+        });
+        return listen;
+    }
+
+    /// <summary>Adds the request side: <c>Response.SendFileAsync</c> through the connection's <see cref="SocketOutput"/>.</summary>
+    public static IApplicationBuilder Use(IApplicationBuilder app)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        return app.Use((context, next) =>
+        {
+            // Under TLS the socket carries ciphertext: a file cannot go to it as it is.
+            if (context.Features.Get<SocketOutput>() is { } output && context.Features.Get<ITlsConnectionFeature>() is null
+                && context.Features.Get<IHttpResponseBodyFeature>() is { } body)
+            {
+                context.Features.Set<IHttpResponseBodyFeature>(new SendfileResponseBody(body, output, context));
+            }
+
+            return next(context);
+        });
+    }
+
+    private sealed class DuplexPipe(PipeReader input, PipeWriter output) : IDuplexPipe
+    {
+        public PipeReader Input => input;
+
+        public PipeWriter Output => output;
+    }
+
+    // Kestrel's response body, except that a file body whose length the response declares goes by sendfile.
+    private sealed class SendfileResponseBody(IHttpResponseBodyFeature kestrel, SocketOutput output, HttpContext context) : IHttpResponseBodyFeature
+    {
+        public Stream Stream => kestrel.Stream;
+
+        public PipeWriter Writer => kestrel.Writer;
+
+        public void DisableBuffering() => kestrel.DisableBuffering();
+
+        public Task StartAsync(CancellationToken cancellationToken = default) => kestrel.StartAsync(cancellationToken);
+
+        public Task CompleteAsync() => kestrel.CompleteAsync();
+
+        public async Task SendFileAsync(string path, long offset, long? count, CancellationToken cancellationToken)
+        {
+            var response = context.Response;
+            // The file is opened before anything is sent, so that a missing one is still an error response.
+            var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.Asynchronous | FileOptions.SequentialScan);
+            await using (file.ConfigureAwait(false))
+            {
+                var length = count ?? file.Length - offset;
+                if (HttpMethods.IsHead(context.Request.Method) || response.HasStarted || response.ContentLength != length
+                    || offset < 0 || offset + length > file.Length)
+                {
+                    await kestrel.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
+                    return;
+                }
+
+                await kestrel.StartAsync(cancellationToken).ConfigureAwait(false);
+                var headers = await kestrel.Writer.FlushAsync(cancellationToken).ConfigureAwait(false);
+                if (headers.IsCompleted || headers.IsCanceled)
+                {
+                    return;
+                }
+
+                await output.SendFileAsync(kestrel.Writer, file, offset, length, cancellationToken).ConfigureAwait(false);
+            }
+        }
+    }
+}
