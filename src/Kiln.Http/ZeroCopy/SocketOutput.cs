@@ -47,9 +47,9 @@ internal sealed class SocketOutput : PipeWriter
     }
 
     /// <summary>File bytes sent by sendfile over every connection since start (what the tests and figures check).</summary>
-    public static long FileBytesSent => Interlocked.Read(ref s_fileBytesSent);
+    public static long FileBytesSent => Interlocked.Read(ref _fileBytesSent);
 
-    private static long s_fileBytesSent;
+    private static long _fileBytesSent;
 
     public override Memory<byte> GetMemory(int sizeHint = 0) =>
         _placeholders > 0 ? Scratch.AsMemory(0, (int)Math.Min(_placeholders, Scratch.Length)) : _pending.Writer.GetMemory(sizeHint);
@@ -103,7 +103,7 @@ internal sealed class SocketOutput : PipeWriter
             }
 
             sent += chunk;
-            Interlocked.Add(ref s_fileBytesSent, chunk);
+            Interlocked.Add(ref _fileBytesSent, chunk);
         }
 
         _placeholders = count;
