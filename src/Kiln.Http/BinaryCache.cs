@@ -24,6 +24,9 @@ public sealed partial class BinaryCache
     private readonly ILogger _logger;
     private readonly NarUploads _uploads;
     private readonly byte[] _cacheInfo;
+    private readonly NarInfoCache _narInfos;
+
+    private const string NarInfoType = "text/x-nix-narinfo";
 
     // Anonymous requests read every public account's view; the list is read at most once a second.
     private IReadOnlyList<long> _publicAccounts = [];
@@ -37,6 +40,7 @@ public sealed partial class BinaryCache
         _options = options;
         _logger = logger;
         _uploads = new NarUploads(store, options);
+        _narInfos = new NarInfoCache(store.Metadata);
         _cacheInfo = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture,
             $"StoreDir: {StorePath.StoreDir}\nWantMassQuery: 1\nPriority: {options.Priority}\n"));
     }
@@ -112,6 +116,13 @@ public sealed partial class BinaryCache
 
     private async Task NarInfoAsync(HttpContext context, CacheCaller caller, string hashPart)
     {
+        if (_narInfos.Find(caller.View, hashPart) is { } kept)
+        {
+            await BytesAsync(context, NarInfoType, kept).ConfigureAwait(false);
+            return;
+        }
+
+        var version = _narInfos.Version;
         var found = await _store.Metadata.FindPathByHashPartAsync(caller.ReadableAccounts, hashPart, context.RequestAborted).ConfigureAwait(false);
         if (found is not { Record.Info: var info })
         {
@@ -133,7 +144,9 @@ public sealed partial class BinaryCache
             Signatures = new SortedSet<string>(info.Signatures, StringComparer.Ordinal),
             ContentAddress = info.ContentAddress,
         };
-        await BytesAsync(context, "text/x-nix-narinfo", Encoding.UTF8.GetBytes(narInfo.ToString())).ConfigureAwait(false);
+        var body = Encoding.UTF8.GetBytes(narInfo.ToString());
+        _narInfos.Add(caller.View, hashPart, body, version);
+        await BytesAsync(context, NarInfoType, body).ConfigureAwait(false);
     }
 
     private async Task NarAsync(HttpContext context, CacheCaller caller, string file)

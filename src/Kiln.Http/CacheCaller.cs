@@ -15,6 +15,11 @@ internal sealed record CacheCaller(IReadOnlyList<long> ReadableAccounts, TokenRe
 {
     public bool CanWrite => Token is { } token && token.Permissions.HasFlag(KeyPermissions.StoreWrite);
 
+    /// <summary>The readable accounts as one key (what cached answers are kept under).</summary>
+    public string View => _view ??= string.Join(',', ReadableAccounts);
+
+    private string? _view;
+
     /// <summary>
     /// The caller from the request's <c>Authorization</c> header: Basic (Nix's <c>netrc-file</c>; the token is the password,
     /// or the login when the password is empty) or Bearer. Null when a token was offered and is not valid.

@@ -66,6 +66,29 @@ public class HttpCacheTests
         Assert.Contains("building layer 2 item 1", log.StdoutText, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_narinfo_answer_changes_as_soon_as_its_path_is_signed_or_deleted()
+    {
+        // narinfo answers are kept in memory: signing or deleting through the worker protocol must show at once.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(http: true);
+        var workspace = client.NewWorkspace();
+        var top = BuildInKiln(client, kiln, workspace, "keptdag")[0];
+        kiln.Cli("account", "set", "local", "--public-cache");
+        using var http = new HttpClient { BaseAddress = new Uri(kiln.HttpUrl) };
+        var narInfo = $"/{StorePath.Parse(top).HashPart}.narinfo";
+        Assert.Equal(await http.GetStringAsync(narInfo), await http.GetStringAsync(narInfo));
+        Assert.DoesNotContain("Sig: later-1:", await http.GetStringAsync(narInfo), StringComparison.Ordinal);
+
+        client.Ok(kiln, "nix-store", "--generate-binary-cache-key", "later-1", $"{workspace}/later.secret", $"{workspace}/later.public");
+        client.Ok(kiln, "nix", "store", "sign", "--store", Socket, "--key-file", $"{workspace}/later.secret", top);
+        Assert.Contains("Sig: later-1:", await http.GetStringAsync(narInfo), StringComparison.Ordinal);
+
+        client.Ok(kiln, "nix", "store", "delete", "--store", Socket, top);
+        using var gone = await http.GetAsync(narInfo);
+        Assert.Equal(HttpStatusCode.NotFound, gone.StatusCode);
+    }
+
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public async Task Nix_copy_to_http_with_a_netrc_token_uploads_into_that_account_alone(string version)

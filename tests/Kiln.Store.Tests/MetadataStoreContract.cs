@@ -251,6 +251,24 @@ public abstract class MetadataStoreContract
     }
 
     [Fact]
+    public async Task The_path_records_version_moves_when_a_record_changes_or_goes_not_when_one_is_added()
+    {
+        await using var store = await CreateAsync();
+        var account = await store.GetOrCreateAccountAsync("alice", default);
+        var path = P("p");
+        var start = store.PathRecordsVersion;
+        await store.RegisterAsync(account, [New(Info(path))], default);
+        Assert.Equal(start, store.PathRecordsVersion);
+
+        await store.AddSignaturesAsync(account, path, ["a:1"], default);
+        var signed = store.PathRecordsVersion;
+        Assert.NotEqual(start, signed);
+
+        await store.DeletePathsAsync(account, [path], default);
+        Assert.NotEqual(signed, store.PathRecordsVersion);
+    }
+
+    [Fact]
     public async Task Graph_deletion_and_blob_references()
     {
         await using var store = await CreateAsync();

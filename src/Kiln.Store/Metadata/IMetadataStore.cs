@@ -182,6 +182,12 @@ public interface IMetadataStore : IAsyncDisposable
 
     Task AddSignaturesAsync(long account, StorePath path, IReadOnlyCollection<string> signatures, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Changes whenever this store object changes or removes a path record that was there (signatures added, paths
+    /// deleted); registrations only add records and leave it alone. Caches of rendered path records compare it.
+    /// </summary>
+    long PathRecordsVersion { get; }
+
     /// <summary>The whole reference graph of a view.</summary>
     Task<IReadOnlyList<GraphNode>> GetGraphAsync(long account, CancellationToken cancellationToken);
 

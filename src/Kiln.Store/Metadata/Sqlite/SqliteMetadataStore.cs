@@ -550,15 +550,25 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         }, cancellationToken);
     }
 
-    public Task AddSignaturesAsync(long account, StorePath path, IReadOnlyCollection<string> signatures, CancellationToken cancellationToken) =>
-        WriteAsync(async (connection, transaction) =>
+    public long PathRecordsVersion => Interlocked.Read(ref _pathRecordsVersion);
+
+    private long _pathRecordsVersion;
+
+    // After the commit: a reader that read the version before its query and saw the old record keeps it under the old version.
+    private void PathRecordsChanged() => Interlocked.Increment(ref _pathRecordsVersion);
+
+    public async Task AddSignaturesAsync(long account, StorePath path, IReadOnlyCollection<string> signatures, CancellationToken cancellationToken)
+    {
+        await WriteAsync(async (connection, transaction) =>
         {
             using var command = Command(connection, """
                 INSERT OR IGNORE INTO sigs (path_id, sig)
                 SELECT p.id, j.value FROM paths p, json_each($sigs) j WHERE p.account_id = $a AND p.path = $p
                 """, transaction, ("$sigs", JsonArray(signatures)), ("$a", account), ("$p", path.BaseName));
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-        }, cancellationToken);
+        }, cancellationToken).ConfigureAwait(false);
+        PathRecordsChanged();
+    }
 
     public Task<IReadOnlyList<GraphNode>> GetGraphAsync(long account, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<GraphNode>>(async connection =>
@@ -586,14 +596,14 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             return nodes;
         }, cancellationToken);
 
-    public Task DeletePathsAsync(long account, IReadOnlyList<StorePath> paths, CancellationToken cancellationToken)
+    public async Task DeletePathsAsync(long account, IReadOnlyList<StorePath> paths, CancellationToken cancellationToken)
     {
         if (paths.Count == 0)
         {
-            return Task.CompletedTask;
+            return;
         }
 
-        return WriteAsync(async (connection, transaction) =>
+        await WriteAsync(async (connection, transaction) =>
         {
             using var delete = Command(connection, "DELETE FROM paths WHERE account_id = $a AND path = $p", transaction);
             delete.Parameters.AddWithValue("$a", account);
@@ -603,7 +613,8 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                 path.Value = storePath.BaseName;
                 await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             }
-        }, cancellationToken);
+        }, cancellationToken).ConfigureAwait(false);
+        PathRecordsChanged();
     }
 
     public Task<IReadOnlySet<NixHash>> GetReferencedBlobsAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken)

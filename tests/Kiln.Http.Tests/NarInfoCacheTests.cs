@@ -1,0 +1,60 @@
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Store.Metadata;
+using Kiln.Store.Metadata.Sqlite;
+
+namespace Kiln.Http.Tests;
+
+public sealed class NarInfoCacheTests : IAsyncLifetime
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("kiln-narinfo-cache-").FullName;
+    private SqliteMetadataStore _metadata = null!;
+
+    public async ValueTask InitializeAsync()
+    {
+        _metadata = new SqliteMetadataStore(Path.Combine(_directory, "kiln.db"));
+        await _metadata.MigrateAsync(default);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _metadata.DisposeAsync();
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    [Fact]
+    public async Task Answers_are_kept_per_view_until_a_path_record_changes()
+    {
+        var account = await _metadata.GetOrCreateAccountAsync("alice", default);
+        var path = StorePath.FromHash(new byte[20], "kept");
+        var info = new ValidPathInfo { Path = path, NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, "kept"), NarSize = 8 };
+        await _metadata.RegisterAsync(account, [new NewPath(info, Provenance.Uploaded, PathTrust.Untrusted, null)], default);
+
+        var cache = new NarInfoCache(_metadata);
+        Assert.Null(cache.Find("1", path.HashPart));
+        cache.Add("1", path.HashPart, [1, 2, 3], cache.Version);
+        Assert.Equal([1, 2, 3], cache.Find("1", path.HashPart));
+        Assert.Null(cache.Find("1,2", path.HashPart)); // another view, another answer
+
+        // An answer read before a change is never given after it, even when it is added after the change.
+        var before = cache.Version;
+        await _metadata.AddSignaturesAsync(account, path, ["k-1:" + Convert.ToBase64String(new byte[64])], default);
+        Assert.Null(cache.Find("1", path.HashPart));
+        cache.Add("1", path.HashPart, [4], before);
+        Assert.Null(cache.Find("1", path.HashPart));
+    }
+
+    [Fact]
+    public void It_stays_within_its_capacity()
+    {
+        var cache = new NarInfoCache(_metadata, capacity: 10);
+        for (var i = 0; i < 25; i++)
+        {
+            cache.Add("1", $"hash{i}", [(byte)i], cache.Version);
+        }
+
+        Assert.Equal([24], cache.Find("1", "hash24"));
+        Assert.Null(cache.Find("1", "hash0"));
+    }
+}
