@@ -2,7 +2,8 @@
 # Kiln's HTTP binary cache against nginx serving the same narinfo files and NARs as static files (what
 # `nix copy --to file://…?compression=none` writes), on the same machine, in one run:
 #  (a) narinfo latency: a GET of every path's .narinfo, one after another over one keep-alive connection; total time
-#      and mean / median / p99 per request;
+#      and mean / median / p99 per request (paths asked for before: Kiln answers from its narinfo answer cache), and
+#      once, before anything else, the mean of each path's very first GET (Kiln: a database query and a rendering);
 #  (b) NAR download throughput: every NAR of the closure (URL taken from each server's own narinfo, fetched before
 #      the timing), read and discarded, over 1 connection and over 4 parallel connections (the NARs split evenly by
 #      size); MiB/s;
@@ -217,6 +218,16 @@ warn()
 PY
 client() { python3 "$work/client.py" "$@"; }
 
+# Each path's first narinfo GET, before anything else asked for it: Kiln answers from its database (later GETs of the
+# same path come from its answer cache, as for a fleet of CI runners asking for the same closure).
+# The first 30 paths warm up both servers' code paths (Kiln's JIT); the other paths' first GETs are timed.
+head -30 "$work/closure.hashes" > "$work/warm.hashes"; tail -n +31 "$work/closure.hashes" > "$work/first.hashes"
+for side in kiln nginx; do
+  url_var="${side}_url"
+  client narinfo "${!url_var}" "$work/warm.hashes" > /dev/null
+  client narinfo "${!url_var}" "$work/first.hashes" > "$work/$side.narinfo-first"
+done
+
 # Untimed: both servers' NAR URLs from their own narinfo, and one full download each (checks, warms the page cache).
 echo "checking both servers (every narinfo and NAR once)..."
 for side in kiln nginx; do
@@ -251,6 +262,8 @@ done
 
 read -r k_total k_mean k_p50 k_p99 < <(best_line < "$work/kiln.narinfo")
 read -r n_total n_mean n_p50 n_p99 < <(best_line < "$work/nginx.narinfo")
+read -r _ kf_mean _ _ < "$work/kiln.narinfo-first"
+read -r _ nf_mean _ _ < "$work/nginx.narinfo-first"
 mibs() { sort -n "$1" | head -1 | awk '{ printf "%.1f", $2 / 1048576 / $1 }'; }
 k1=$(mibs "$work/kiln.nars1") n1=$(mibs "$work/nginx.nars1") k4=$(mibs "$work/kiln.nars4") n4=$(mibs "$work/nginx.nars4")
 kp=$(best_line < "$work/kiln.pull") np=$(best_line < "$work/nginx.pull")
@@ -265,6 +278,7 @@ printf '%-46s %11.3fs %11.3fs %10.2fx\n' "narinfo: $count GETs, one connection, 
 printf '%-46s %10.0fµs %10.0fµs %10.2fx\n' "narinfo: mean per request" "$k_mean" "$n_mean" "$(ratio "$k_mean" "$n_mean")"
 printf '%-46s %10.0fµs %10.0fµs %10.2fx\n' "narinfo: median per request" "$k_p50" "$n_p50" "$(ratio "$k_p50" "$n_p50")"
 printf '%-46s %10.0fµs %10.0fµs %10.2fx\n' "narinfo: p99 per request" "$k_p99" "$n_p99" "$(ratio "$k_p99" "$n_p99")"
+printf '%-46s %10.0fµs %10.0fµs %10.2fx\n' "narinfo: mean, first GET of a path (one run)" "$kf_mean" "$nf_mean" "$(ratio "$kf_mean" "$nf_mean")"
 printf '%-46s %8.1fMiB/s %8.1fMiB/s %10.2fx\n' "NARs: 1 connection" "$k1" "$n1" "$(ratio "$k1" "$n1")"
 printf '%-46s %8.1fMiB/s %8.1fMiB/s %10.2fx\n' "NARs: 4 parallel connections" "$k4" "$n4" "$(ratio "$k4" "$n4")"
 printf '%-46s %11.2fs %11.2fs %10.2fx\n' "nix copy --from http:// into an empty store" "$kp" "$np" "$(ratio "$kp" "$np")"
