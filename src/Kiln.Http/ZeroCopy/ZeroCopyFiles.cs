@@ -16,28 +16,25 @@ namespace Kiln.Http.ZeroCopy;
 /// </summary>
 public static class ZeroCopyFiles
 {
-    /// <summary>
-    /// Configures a listener: HTTP/1.1 only (its bytes go straight to the socket), output by <see cref="SocketOutput"/>.
-    /// A client that reads a file body slower than <paramref name="minBytesPerSecond"/> (16 KiB/s), after
-    /// <paramref name="grace"/> (60 s) for each sendfile step, is dropped.
-    /// </summary>
-    public static ListenOptions Listen(ListenOptions listen, TimeSpan? grace = null, long minBytesPerSecond = 16 * 1024)
+    /// <summary>How long a file body may make no progress before its connection is dropped.</summary>
+    public static readonly TimeSpan DefaultStallTimeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>Configures a listener: HTTP/1.1 only (its bytes go straight to the socket), output by <see cref="SocketOutput"/>.</summary>
+    public static ListenOptions Listen(ListenOptions listen, TimeSpan? stallTimeout = null)
     {
         ArgumentNullException.ThrowIfNull(listen);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(minBytesPerSecond);
-        var timeout = grace ?? TimeSpan.FromSeconds(60);
+        var timeout = stallTimeout ?? DefaultStallTimeout;
         listen.Protocols = HttpProtocols.Http1;
         listen.Use(next => async connection =>
         {
-            // Under TLS (a listener with UseHttps before this) the socket carries ciphertext: Kestrel's path then.
-            if (connection.Features.Get<IConnectionSocketFeature>()?.Socket is not { } socket || connection.Features.Get<ITlsConnectionFeature>() is not null)
+            if (connection.Features.Get<IConnectionSocketFeature>()?.Socket is not { } socket)
             {
                 await next(connection).ConfigureAwait(false);
                 return;
             }
 
             var transport = connection.Transport;
-            var output = new SocketOutput(socket, connection, timeout, minBytesPerSecond);
+            var output = new SocketOutput(socket, connection, timeout);
             connection.Transport = new DuplexPipe(transport.Input, output);
             connection.Features.Set(output);
             try
@@ -106,17 +103,10 @@ public static class ZeroCopyFiles
                 }
 
                 await kestrel.StartAsync(cancellationToken).ConfigureAwait(false);
-                if (response.ContentLength != length || response.StatusCode is StatusCodes.Status204NoContent or StatusCodes.Status304NotModified)
-                {
-                    // Changed while starting (an OnStarting callback): Kestrel knows what such a response may carry.
-                    await kestrel.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
-                    return;
-                }
-
                 var headers = await kestrel.Writer.FlushAsync(cancellationToken).ConfigureAwait(false);
                 if (headers.IsCompleted || headers.IsCanceled)
                 {
-                    throw new ConnectionAbortedException("the client closed the connection");
+                    return;
                 }
 
                 await output.SendFileAsync(kestrel.Writer, file, offset, length, cancellationToken).ConfigureAwait(false);
