@@ -29,7 +29,7 @@ public sealed class ZeroCopyFilesTests : IAsyncLifetime
         await File.WriteAllBytesAsync(Path.Combine(_directory, "large"), _large);
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
-        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0, listen => ZeroCopyFiles.Listen(listen, TimeSpan.FromSeconds(1))));
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(IPAddress.Loopback, 0, listen => ZeroCopyFiles.Listen(listen, TimeSpan.FromSeconds(1), minBytesPerSecond: 1L << 40)));
         _app = builder.Build();
         ZeroCopyFiles.Use(_app);
         _app.Run(async context =>

@@ -21,8 +21,9 @@ namespace Kiln.Http.ZeroCopy;
 /// </remarks>
 internal sealed class SocketOutput : PipeWriter
 {
-    // A sendfile call moves at most this much; a client that accepts less within the stall timeout is dropped
-    // (Kestrel's response data rate does not see bytes it did not send). Larger steps cost fewer wake-ups.
+    // A sendfile call moves at most this much (larger steps cost fewer wake-ups). Kestrel's response data rate does
+    // not see bytes it did not send, so each step has its own deadline: the grace time, plus the step at the
+    // slowest rate a client may read.
     private const int FileChunk = 4 << 20;
 
     // Handed out for placeholder bytes; never read, never sent.
@@ -30,7 +31,7 @@ internal sealed class SocketOutput : PipeWriter
 
     private readonly Socket _socket;
     private readonly ConnectionContext _connection;
-    private readonly TimeSpan _stallTimeout;
+    private readonly TimeSpan _stepTimeout;
     private readonly Pipe _pending = new(new PipeOptions(
         pauseWriterThreshold: 0, // never makes a flush wait: the flush itself sends
         readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline, useSynchronizationContext: false));
@@ -39,11 +40,11 @@ internal sealed class SocketOutput : PipeWriter
     private volatile bool _closed;
     private CancellationTokenSource? _flushCancellation;
 
-    public SocketOutput(Socket socket, ConnectionContext connection, TimeSpan stallTimeout)
+    public SocketOutput(Socket socket, ConnectionContext connection, TimeSpan grace, long minBytesPerSecond)
     {
         _socket = socket;
         _connection = connection;
-        _stallTimeout = stallTimeout;
+        _stepTimeout = grace + TimeSpan.FromSeconds((double)FileChunk / minBytesPerSecond);
     }
 
     /// <summary>File bytes sent by sendfile over every connection since start (what the tests and figures check).</summary>
@@ -96,8 +97,18 @@ internal sealed class SocketOutput : PipeWriter
             // Continued on the thread that saw the step end: the next step starts there, without a hand-off.
             var done = new TaskCompletionSource<SocketError>();
             send.UserToken = done;
-            var result = _socket.SendPacketsAsync(send) ? await WaitAsync(done.Task, cancellationToken).ConfigureAwait(false) : send.SocketError;
-            if (result != SocketError.Success)
+            SocketError result;
+            try
+            {
+                result = _socket.SendPacketsAsync(send) ? await WaitAsync(done.Task, cancellationToken).ConfigureAwait(false) : send.SocketError;
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                result = SocketError.Shutdown; // Kestrel closed the connection between two steps
+            }
+
+            // A short step (the file shrank under us) must end the connection too: the body would be cut short.
+            if (result != SocketError.Success || send.BytesTransferred != chunk)
             {
                 Close();
                 ConnectionClosedIf(true);
@@ -107,29 +118,42 @@ internal sealed class SocketOutput : PipeWriter
             Interlocked.Add(ref _fileBytesSent, chunk);
         }
 
+        // Kestrel counts the body against Content-Length: the same number of bytes, as placeholders.
         _placeholders = count;
-        while (_placeholders > 0)
+        try
         {
-            var placeholder = body.GetMemory((int)Math.Min(_placeholders, FileChunk));
-            body.Advance((int)Math.Min(placeholder.Length, _placeholders));
+            for (var left = count; left > 0;)
+            {
+                var placeholder = body.GetMemory((int)Math.Min(left, FileChunk));
+                var advanced = (int)Math.Min(placeholder.Length, left);
+                body.Advance(advanced);
+                left -= advanced;
+            }
+
+            // Kestrel hands out memory of its own once its output is done (the client left): then ours were not taken.
+            ConnectionClosedIf(_placeholders != 0);
+        }
+        finally
+        {
+            _placeholders = 0;
         }
 
         await body.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    // A sendfile that makes no progress for the stall timeout, or whose request is aborted, ends the connection:
-    // that is also the only way to get a pending socket operation back.
+    // A step that does not finish in time, or whose request is aborted, ends the connection: that is also the only way
+    // to get a pending socket operation back.
     private async Task<SocketError> WaitAsync(Task<SocketError> sending, CancellationToken cancellationToken)
     {
         try
         {
-            return await sending.WaitAsync(_stallTimeout, cancellationToken).ConfigureAwait(false);
+            return await sending.WaitAsync(_stepTimeout, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is TimeoutException or OperationCanceledException)
         {
             Close();
             await sending.ConfigureAwait(false);
-            throw new ConnectionAbortedException(e is TimeoutException ? "the client stopped reading a file body" : "the request was aborted");
+            throw new ConnectionAbortedException(e is TimeoutException ? "the client reads a file body too slowly" : "the request was aborted");
         }
     }
 
@@ -142,11 +166,11 @@ internal sealed class SocketOutput : PipeWriter
         }
 
         var canceled = false;
+        var flush = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         try
         {
             if (!_closed && !read.Buffer.IsEmpty)
             {
-                using var flush = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
                 _flushCancellation = flush;
                 await SendAsync(read.Buffer, flush.Token).ConfigureAwait(false);
             }
@@ -163,7 +187,8 @@ internal sealed class SocketOutput : PipeWriter
         }
         finally
         {
-            _flushCancellation = null;
+            _flushCancellation = null; // before disposing: CancelPendingFlush may come from another thread
+            flush.Dispose();
             _pending.Reader.AdvanceTo(read.Buffer.End);
         }
 
@@ -182,7 +207,8 @@ internal sealed class SocketOutput : PipeWriter
             return;
         }
 
-        // Several segments (a longer body): one gathering send for all of them.
+        // Several segments (a longer body): one gathering send for all of them. It has no cancellation of its own:
+        // it is awaited to the end (a cancelled flush ends the connection, which ends the send).
         var segments = new List<ArraySegment<byte>>();
         foreach (var memory in buffer)
         {
@@ -192,7 +218,8 @@ internal sealed class SocketOutput : PipeWriter
         var left = buffer.Length;
         while (left > 0)
         {
-            var sent = await _socket.SendAsync(segments, SocketFlags.None).WaitAsync(cancellationToken).ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
+            var sent = await _socket.SendAsync(segments, SocketFlags.None).ConfigureAwait(false);
             left -= sent;
             while (sent > 0 && segments.Count > 0)
             {

@@ -16,25 +16,28 @@ namespace Kiln.Http.ZeroCopy;
 /// </summary>
 public static class ZeroCopyFiles
 {
-    /// <summary>How long a file body may make no progress before its connection is dropped.</summary>
-    public static readonly TimeSpan DefaultStallTimeout = TimeSpan.FromSeconds(60);
-
-    /// <summary>Configures a listener: HTTP/1.1 only (its bytes go straight to the socket), output by <see cref="SocketOutput"/>.</summary>
-    public static ListenOptions Listen(ListenOptions listen, TimeSpan? stallTimeout = null)
+    /// <summary>
+    /// Configures a listener: HTTP/1.1 only (its bytes go straight to the socket), output by <see cref="SocketOutput"/>.
+    /// A client that reads a file body slower than <paramref name="minBytesPerSecond"/> (16 KiB/s), after
+    /// <paramref name="grace"/> (60 s) for each sendfile step, is dropped.
+    /// </summary>
+    public static ListenOptions Listen(ListenOptions listen, TimeSpan? grace = null, long minBytesPerSecond = 16 * 1024)
     {
         ArgumentNullException.ThrowIfNull(listen);
-        var timeout = stallTimeout ?? DefaultStallTimeout;
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(minBytesPerSecond);
+        var timeout = grace ?? TimeSpan.FromSeconds(60);
         listen.Protocols = HttpProtocols.Http1;
         listen.Use(next => async connection =>
         {
-            if (connection.Features.Get<IConnectionSocketFeature>()?.Socket is not { } socket)
+            // Under TLS (a listener with UseHttps before this) the socket carries ciphertext: Kestrel's path then.
+            if (connection.Features.Get<IConnectionSocketFeature>()?.Socket is not { } socket || connection.Features.Get<ITlsConnectionFeature>() is not null)
             {
                 await next(connection).ConfigureAwait(false);
                 return;
             }
 
             var transport = connection.Transport;
-            var output = new SocketOutput(socket, connection, timeout);
+            var output = new SocketOutput(socket, connection, timeout, minBytesPerSecond);
             connection.Transport = new DuplexPipe(transport.Input, output);
             connection.Features.Set(output);
             try
@@ -103,10 +106,17 @@ public static class ZeroCopyFiles
                 }
 
                 await kestrel.StartAsync(cancellationToken).ConfigureAwait(false);
+                if (response.ContentLength != length || response.StatusCode is StatusCodes.Status204NoContent or StatusCodes.Status304NotModified)
+                {
+                    // Changed while starting (an OnStarting callback): Kestrel knows what such a response may carry.
+                    await kestrel.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
+                    return;
+                }
+
                 var headers = await kestrel.Writer.FlushAsync(cancellationToken).ConfigureAwait(false);
                 if (headers.IsCompleted || headers.IsCanceled)
                 {
-                    return;
+                    throw new ConnectionAbortedException("the client closed the connection");
                 }
 
                 await output.SendFileAsync(kestrel.Writer, file, offset, length, cancellationToken).ConfigureAwait(false);
