@@ -47,7 +47,7 @@ internal sealed class SocketOutput : PipeWriter
         _stepTimeout = grace + TimeSpan.FromSeconds((double)FileChunk / minBytesPerSecond);
     }
 
-    /// <summary>File bytes sent by sendfile over every connection since start (what the tests and figures check).</summary>
+    /// <summary>File bytes sent by sendfile over every connection since start (what the tests check).</summary>
     public static long FileBytesSent => Interlocked.Read(ref _fileBytesSent);
 
     private static long _fileBytesSent;

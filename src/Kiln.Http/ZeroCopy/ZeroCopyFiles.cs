@@ -98,17 +98,14 @@ public static class ZeroCopyFiles
             await using (file.ConfigureAwait(false))
             {
                 var length = count ?? file.Length - offset;
-                if (HttpMethods.IsHead(context.Request.Method) || response.HasStarted || response.ContentLength != length
+                // Checked once the response has started, so that an OnStarting callback's changes count too.
+                var wroteBefore = response.HasStarted;
+                await kestrel.StartAsync(cancellationToken).ConfigureAwait(false);
+                if (wroteBefore || HttpMethods.IsHead(context.Request.Method) || response.ContentLength != length
+                    || response.StatusCode is StatusCodes.Status204NoContent or StatusCodes.Status304NotModified
                     || offset < 0 || offset + length > file.Length)
                 {
-                    await kestrel.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
-                    return;
-                }
-
-                await kestrel.StartAsync(cancellationToken).ConfigureAwait(false);
-                if (response.ContentLength != length || response.StatusCode is StatusCodes.Status204NoContent or StatusCodes.Status304NotModified)
-                {
-                    // Changed while starting (an OnStarting callback): Kestrel knows what such a response may carry.
+                    // Kestrel knows what such a response may carry.
                     await kestrel.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
                     return;
                 }
