@@ -9,8 +9,8 @@ repo="$(cd "$(dirname "$0")" && pwd)"
 cd "$repo"
 
 # The reference Nix, Kiln's sandbox, the test builds' shell, setfattr, sshd and ssh-keygen, compression tools for the
-# decoder tests, and nginx for the fake upstream cache.
-packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx"
+# decoder tests, nginx for the fake upstream cache, and clang and zlib1g-dev for the NativeAOT kiln-bridge.
+packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev"
 if ! dpkg -s $packages > /dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing $packages..."

@@ -21,9 +21,17 @@ internal static class Program
 {
     private const int MaxAnswer = 4096;
 
+    /// <summary>Exit status of <c>--auth-keys</c> when the server cannot be asked (the script falls back to <c>kiln auth-keys</c>).</summary>
+    private const int ServerUnreachable = 75;
+
     private static int Main(string[] args)
     {
         using var stderr = Console.OpenStandardError();
+        if (args.Length > 0 && args[0] == "--auth-keys")
+        {
+            return AuthKeys(args, stderr);
+        }
+
         if (args.Length != 3 || args[0] != "--socket" || !long.TryParse(args[2], out var keyId))
         {
             stderr.Write("kiln-bridge: usage: kiln-bridge --socket PATH KEY-ID (sshd runs it for Kiln's keys)\n"u8);
@@ -79,6 +87,57 @@ internal static class Program
         errors?.Join(TimeSpan.FromSeconds(2));
         return 0;
     }
+
+    // sshd's AuthorizedKeysCommand: --auth-keys --socket PATH --bridge COMMAND USER TYPE KEY. sshd runs it (as root) for
+    // every key a client offers, often twice per login, so it asks the running server over the bridge socket, which
+    // answers "key ID" or "none" from its database, instead of starting .NET and opening the database itself.
+    private static int AuthKeys(string[] args, Stream stderr)
+    {
+        if (args.Length != 8 || args[1] != "--socket" || args[3] != "--bridge")
+        {
+            stderr.Write("kiln-bridge: usage: kiln-bridge --auth-keys --socket PATH --bridge COMMAND USER TYPE KEY\n"u8);
+            return 2;
+        }
+
+        var (type, blob) = (args[6], args[7]);
+        if (!IsKeyText(type) || !IsKeyText(blob))
+        {
+            return 0; // not a key Kiln could have: nothing to authorise
+        }
+
+        string? answer;
+        try
+        {
+            using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            socket.ReceiveTimeout = 10_000;
+            socket.Connect(new UnixDomainSocketEndPoint(args[2]));
+            socket.Send(Encoding.UTF8.GetBytes($"{{\"auth\":{{\"type\":\"{type}\",\"key\":\"{blob}\"}}}}\n"));
+            answer = ReadLine(socket);
+        }
+        catch (SocketException)
+        {
+            return ServerUnreachable;
+        }
+
+        if (answer is null)
+        {
+            return ServerUnreachable;
+        }
+
+        if (answer.StartsWith("key ", StringComparison.Ordinal) && long.TryParse(answer.AsSpan(4), out var id))
+        {
+            // restrict: no forwarding, no pty unless asked (ssh -t re-enables it with pty), no user rc.
+            using var stdout = Console.OpenStandardOutput();
+            stdout.Write(Encoding.UTF8.GetBytes($"command=\"{args[4]} {id}\",restrict,pty {type} {blob}\n"));
+        }
+
+        return 0;
+    }
+
+    // What sshd passes as %t and %k: a key type and base64; anything else cannot be one of Kiln's keys, and must not
+    // reach the JSON line or the authorized_keys line unquoted.
+    private static bool IsKeyText(string text) =>
+        text.Length is > 0 and <= 16 * 1024 && text.All(c => char.IsAsciiLetterOrDigit(c) || c is '+' or '/' or '=' or '-' or '.' or '@');
 
     private delegate int Source(Span<byte> buffer);
 

@@ -46,13 +46,9 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
         {
             using (socket)
             {
-                var stream = new NetworkStream(socket, ownsSocket: false);
-                await using (stream.ConfigureAwait(false))
-                {
-                    var peer = PeerCredentials.Of(socket);
-                    using var view = await store.OpenViewAsync(options.SocketAccount, stoppingToken, peer?.FileSystemRoot()).ConfigureAwait(false);
-                    summary = await RunWorkerSessionAsync(socket, stream, view, sessionOptions, scheduler, logger, stoppingToken).ConfigureAwait(false);
-                }
+                var peer = PeerCredentials.Of(socket);
+                using var view = await store.OpenViewAsync(options.SocketAccount, stoppingToken, peer?.FileSystemRoot()).ConfigureAwait(false);
+                summary = await RunWorkerSessionAsync(socket, view, sessionOptions, scheduler, logger, stoppingToken).ConfigureAwait(false);
             }
         }
 #pragma warning disable CA1031 // A session's failure must never reach the listener: log it and go on.
@@ -68,21 +64,30 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
         LogSession(logger, id, options.SocketAccount, version, summary.Operations, summary.BytesIn, summary.BytesOut, watch.Elapsed.TotalSeconds, reason);
     }
 
-    /// <summary>Serves one worker-protocol session on a connected socket against <paramref name="view"/>.</summary>
-    internal static Task<SessionSummary> RunWorkerSessionAsync(Socket socket, Stream stream, StoreView view, WorkerSessionOptions sessionOptions,
-        Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken cancellationToken) =>
-        RunOverPipesAsync(stream, (reader, writer) =>
-            new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view)).RunAsync(reader, writer, new SocketFileSender(socket), cancellationToken));
+    /// <summary>Serves one worker-protocol session on a connected socket against <paramref name="view"/>, until the client leaves.</summary>
+    internal static Task<SessionSummary> RunWorkerSessionAsync(Socket socket, StoreView view, WorkerSessionOptions sessionOptions,
+        Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken stoppingToken) =>
+        RunOverConnectionAsync(socket, (reader, writer, sessionToken) =>
+            new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view)).RunAsync(reader, writer, new SocketFileSender(socket), sessionToken),
+            stoppingToken);
 
-    /// <summary>Runs a protocol session over a connection's stream through pipes (both protocols read and write this way).</summary>
-    internal static async Task<SessionSummary> RunOverPipesAsync(Stream stream, Func<PipeReader, PipeWriter, Task<SessionSummary>> session)
+    /// <summary>
+    /// Runs a protocol session over a connection (both protocols read and write this way). The session's token fires
+    /// when the server stops or the client goes away, whichever comes first, so a request (a build) nobody waits for
+    /// any more is cancelled.
+    /// </summary>
+    internal static async Task<SessionSummary> RunOverConnectionAsync(Socket socket, Func<PipeReader, PipeWriter, CancellationToken, Task<SessionSummary>> session,
+        CancellationToken stoppingToken)
     {
-        var reader = PipeReader.Create(stream, new StreamPipeReaderOptions(bufferSize: 64 * 1024, minimumReadSize: 16 * 1024));
-        var writer = PipeWriter.Create(stream, new StreamPipeWriterOptions(minimumBufferSize: 64 * 1024));
-        var summary = await session(reader, writer).ConfigureAwait(false);
-        await writer.CompleteAsync().ConfigureAwait(false);
-        await reader.CompleteAsync().ConfigureAwait(false);
-        return summary;
+        var connection = new Connection(socket);
+        await using (connection.ConfigureAwait(false))
+        {
+            using var sessionToken = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken, connection.Closed);
+            var summary = await session(connection.Input, connection.Output, sessionToken.Token).ConfigureAwait(false);
+            return connection.IsClosed && !stoppingToken.IsCancellationRequested && summary.CloseReason == SessionSummary.Cancelled
+                ? summary with { CloseReason = "client disconnected during a request (its work was cancelled)" }
+                : summary;
+        }
     }
 
     [LoggerMessage(EventId = 2001, Level = LogLevel.Information,

@@ -288,6 +288,49 @@ public class SshTests
         Assert.Contains("sshd exited", kiln.Log, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void The_AuthorizedKeysCommand_is_the_native_bridge_asking_the_server_and_falls_back_to_the_database_when_the_server_is_gone()
+    {
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(ssh: true);
+        var alice = NewLogin(client, kiln, "alice");
+        var offered = File.ReadAllText(alice.KeyFile + ".pub").Split(' ');
+        var stranger = File.ReadAllText(NewKey(client, "stranger") + ".pub").Split(' ');
+
+        // sshd_config names the script; the script runs the bridge Kiln installed beside it, a native executable.
+        var config = File.ReadAllLines(Path.Combine(kiln.DataDirectory, "ssh", "sshd_config"));
+        var script = config.Single(l => l.StartsWith("AuthorizedKeysCommand ", StringComparison.Ordinal)).Split(' ')[1];
+        var bridge = Path.Combine(Path.GetDirectoryName(script)!, "kiln-bridge");
+        Assert.Equal("\u007fELF"u8.ToArray(), File.ReadAllBytes(bridge)[..4]);
+
+        // As sshd runs it (root): the known key gets its forced command, a stranger's nothing.
+        var line = Processes.Run(script, ["kiln", offered[0], offered[1]]);
+        Assert.True(line.ExitCode == 0, line.Stderr);
+        Assert.Matches($"^command=\"{System.Text.RegularExpressions.Regex.Escape(bridge)} --socket [^ ]+/bridge.sock [0-9]+\",restrict,pty {offered[0]} {System.Text.RegularExpressions.Regex.Escape(offered[1])}\n$", line.StdoutText);
+        var none = Processes.Run(script, ["kiln", stranger[0], stranger[1]]);
+        Assert.Equal(0, none.ExitCode);
+        Assert.Equal("", none.StdoutText);
+
+        // The server answers key questions from root only: another user learns nothing about which keys exist.
+        var socket = Path.Combine(kiln.DataDirectory, "ssh", "bridge.sock");
+        var asNobody = Processes.Run("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", bridge, "--auth-keys", "--socket", socket, "--bridge", "x", "kiln", offered[0], offered[1]]);
+        Assert.Equal(0, asNobody.ExitCode);
+        Assert.Equal("", asNobody.StdoutText);
+        Assert.Contains("refused a connection from uid", kiln.Log, StringComparison.Ordinal);
+
+        // No server to ask (status 75): the script's second line reads the database itself and prints the same line.
+        Assert.Equal(75, Processes.Run(bridge, ["--auth-keys", "--socket", "/nonexistent/bridge.sock", "--bridge", "x", "kiln", offered[0], offered[1]]).ExitCode);
+        using var temp = new TempDir();
+        var text = File.ReadAllText(script);
+        var nativeCall = text.IndexOf(" --auth-keys --socket ", StringComparison.Ordinal);
+        var withoutServer = temp["auth-keys"];
+        File.WriteAllText(withoutServer, text.Replace(text[nativeCall..text.IndexOf(" --bridge ", nativeCall, StringComparison.Ordinal)], " --auth-keys --socket /nonexistent/bridge.sock", StringComparison.Ordinal));
+        File.SetUnixFileMode(withoutServer, (UnixFileMode)Convert.ToInt32("755", 8));
+        var fallback = Processes.Run(withoutServer, ["kiln", offered[0], offered[1]]);
+        Assert.True(fallback.ExitCode == 0, fallback.Stderr);
+        Assert.Equal(line.StdoutText, fallback.StdoutText);
+    }
+
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public async Task Unknown_keys_are_refused_read_only_keys_cannot_upload_and_accounts_share_builds_but_not_uploads(string version)

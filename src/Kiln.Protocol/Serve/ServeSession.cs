@@ -108,7 +108,7 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            closeReason = "server shutting down";
+            closeReason = SessionSummary.Cancelled;
         }
         catch (IOException e)
         {

@@ -70,7 +70,7 @@ public sealed partial class WorkerSession
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            closeReason = "server shutting down";
+            closeReason = SessionSummary.Cancelled;
         }
         catch (IOException e)
         {

@@ -45,4 +45,8 @@ public sealed record WorkerSessionOptions
 }
 
 /// <summary>How a session went, for the server's one log line per session.</summary>
-public sealed record SessionSummary(ProtocolVersion? ClientVersion, int Operations, long BytesIn, long BytesOut, string? CloseReason);
+public sealed record SessionSummary(ProtocolVersion? ClientVersion, int Operations, long BytesIn, long BytesOut, string? CloseReason)
+{
+    /// <summary>The close reason of a session whose token fired (the server says whether it stopped or the client left).</summary>
+    public const string Cancelled = "server shutting down";
+}

@@ -53,6 +53,11 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
         var sshd = Task.Run(() => SuperviseAsync(ssh, stoppingToken), CancellationToken.None);
         LogListening(logger, ssh.Address, ssh.Port, options.SshUser, ssh.HostPublicKey);
+        if (!ssh.NativeBridge)
+        {
+            LogNoNativeBridge(logger);
+        }
+
         try
         {
             await SocketListener.AcceptAllAsync(listener, ssh.BridgeSocket, client => ServeAsync(ssh, client, stoppingToken), options.ShutdownGrace, stoppingToken)
@@ -113,7 +118,8 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     }
 
     /// <summary>What the bridge says about the login; or, on a serve session's second connection, its stderr token.</summary>
-    private sealed record BridgeHeader(long KeyId, string Command, IReadOnlyDictionary<string, string> Environment, string? StderrToken);
+    private sealed record BridgeHeader(long KeyId, string Command, IReadOnlyDictionary<string, string> Environment, string? StderrToken,
+        (string Type, string Blob)? Auth = null);
 
     /// <summary>A serve session waiting for (then using) the bridge's connection for its stderr.</summary>
     private sealed class StderrSlot
@@ -136,8 +142,11 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             {
                 try
                 {
+                    // Two kinds of caller: sshd's AuthorizedKeysCommand (root) asks about keys; the bridge (the login
+                    // user, whom only sshd runs) starts sessions. Anyone else may connect but is told nothing.
                     var peer = PeerCredentials.Of(socket);
-                    if (peer is null || peer.UserId != ssh.LoginUserId)
+                    var fromSshd = peer?.UserId == 0;
+                    if (peer is null || (peer.UserId != ssh.LoginUserId && !fromSshd))
                     {
                         LogRefusedPeer(logger, peer?.UserId ?? -1);
                         await AnswerAsync(stream, "error: this socket is for Kiln's SSH bridge only", stoppingToken).ConfigureAwait(false);
@@ -145,6 +154,12 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     }
 
                     var header = await ReadHeaderAsync(stream, stoppingToken).ConfigureAwait(false);
+                    if (fromSshd)
+                    {
+                        await AnswerKeyQueryAsync(stream, header?.Auth, stoppingToken).ConfigureAwait(false);
+                        return;
+                    }
+
                     if (header?.StderrToken is { } token)
                     {
                         if (_stderrSlots.TryGetValue(token, out var slot) && slot.Connected.TrySetResult(stream))
@@ -204,7 +219,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
                     await AnswerAsync(stream, "ok", stoppingToken).ConfigureAwait(false);
                     using var view = await store.OpenViewAsync(key.AccountName, stoppingToken).ConfigureAwait(false);
-                    var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, stream, view, SessionOptions(key), scheduler, logger, stoppingToken).ConfigureAwait(false);
+                    var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, stoppingToken).ConfigureAwait(false);
                     LogSession(logger, id, key.AccountName, key.Fingerprint, command, summary.CloseReason ?? "client disconnected", summary.Operations, watch.Elapsed.TotalSeconds);
                 }
 #pragma warning disable CA1031 // A session's failure must never reach the listener: log it and go on.
@@ -215,6 +230,13 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                 }
             }
         }
+    }
+
+    // The AuthorizedKeysCommand's question: which enabled key, if any, is this? "key ID" or "none".
+    private async Task AnswerKeyQueryAsync(Stream stream, (string Type, string Blob)? offered, CancellationToken stoppingToken)
+    {
+        var key = offered is { } o ? await store.Metadata.FindSshKeyAsync(o.Type, o.Blob, stoppingToken).ConfigureAwait(false) : null;
+        await AnswerAsync(stream, key is { Enabled: true } ? $"key {key.Id}" : "none", stoppingToken).ConfigureAwait(false);
     }
 
     // nix-store --serve: stdout on this connection, stderr on a second one the bridge opens with the token.
@@ -236,12 +258,12 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                 UploadsDenied = write ? keyOptions.UploadsDenied : ReadOnly,
                 BuildsDenied = write ? keyOptions.BuildsDenied : ReadOnly,
             }, logger);
-            return await DaemonSocketService.RunOverPipesAsync(stream, (reader, writer) =>
+            return await DaemonSocketService.RunOverConnectionAsync(socket, (reader, writer, sessionToken) =>
                 serve.RunAsync(reader, writer, new DaemonSocketService.SocketFileSender(socket), async line =>
                 {
-                    await errors.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), stoppingToken).ConfigureAwait(false);
-                    await errors.FlushAsync(stoppingToken).ConfigureAwait(false);
-                }, stoppingToken)).ConfigureAwait(false);
+                    await errors.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), sessionToken).ConfigureAwait(false);
+                    await errors.FlushAsync(sessionToken).ConfigureAwait(false);
+                }, sessionToken), stoppingToken).ConfigureAwait(false);
         }
         finally
         {
@@ -307,6 +329,11 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                 }
             }
 
+            if (root.TryGetProperty("auth", out var auth) && auth.ValueKind == JsonValueKind.Object)
+            {
+                return new BridgeHeader(0, "", environment, null, (auth.GetProperty("type").GetString() ?? "", auth.GetProperty("key").GetString() ?? ""));
+            }
+
             if (root.TryGetProperty("stderr", out var stderr) && stderr.ValueKind == JsonValueKind.String)
             {
                 return new BridgeHeader(0, "", environment, stderr.GetString());
@@ -325,6 +352,10 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
     [LoggerMessage(EventId = 3002, Level = LogLevel.Information, Message = "ssh: listening on {Address}:{Port} (log in as {User}); host key {HostKey}")]
     private static partial void LogListening(ILogger logger, string address, int port, string user, string hostKey);
+
+    [LoggerMessage(EventId = 3008, Level = LogLevel.Warning,
+        Message = "ssh: no native kiln-bridge next to kiln (built with clang); every SSH login starts .NET twice and costs about 0.3 s more")]
+    private static partial void LogNoNativeBridge(ILogger logger);
 
     [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "sshd: {Line}")]
     private static partial void LogSshd(ILogger logger, string line);

@@ -12,9 +12,12 @@ namespace Kiln.Server.Ssh;
 /// user could write, such as /tmp or a user's checkout), the auth-keys script and a copy of the bridge that the
 /// login user can run.
 /// </summary>
-public sealed record SshInstallation(string ConfigFile, string HostPublicKey, string Address, int Port, string BridgeSocket, int LoginUserId, string RuntimeDirectory)
+public sealed record SshInstallation(string ConfigFile, string HostPublicKey, string Address, int Port, string BridgeSocket, int LoginUserId, string RuntimeDirectory,
+    bool NativeBridge)
 {
     private const string RuntimeRoot = "/run/kiln-ssh";
+
+    private static readonly string[] ManagedBridgeFiles = ["kiln-bridge.dll", "kiln-bridge.runtimeconfig.json", "kiln-bridge.deps.json"];
 
     /// <summary>Prepares the files; throws <see cref="InvalidOperationException"/> with the reason when it cannot.</summary>
     public static SshInstallation Prepare(ServerOptions options)
@@ -51,18 +54,27 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
         }
 
         var bridgeSocket = Path.Combine(directory, "bridge.sock");
-        var dotnet = DotnetHost();
-        foreach (var file in new[] { "kiln-bridge.dll", "kiln-bridge.runtimeconfig.json", "kiln-bridge.deps.json" })
+
+        // The bridge runs for every session and, as the AuthorizedKeysCommand's first resort, for every offered key:
+        // the NativeAOT build starts in a few milliseconds; the framework-dependent one (where no native build was
+        // made) costs a .NET start each time.
+        var native = Path.Combine(AppContext.BaseDirectory, "native", "kiln-bridge");
+        var isNative = File.Exists(native);
+        (string Source, string Name, string Mode)[] files = isNative
+            ? [(native, "kiln-bridge", "755")]
+            : ManagedBridgeFiles.Select(f => (Path.Combine(AppContext.BaseDirectory, f), f, "644")).ToArray();
+        foreach (var (source, name, mode) in files.Where(f => File.Exists(f.Source)))
         {
-            var source = Path.Combine(AppContext.BaseDirectory, file);
-            if (File.Exists(source))
-            {
-                File.Copy(source, Path.Combine(runtime, file), overwrite: true);
-                File.SetUnixFileMode(Path.Combine(runtime, file), (UnixFileMode)Convert.ToInt32("644", 8));
-            }
+            // Written beside and renamed: a running bridge keeps its old file, and sshd never runs a half-written one.
+            var target = Path.Combine(runtime, name);
+            File.Copy(source, target + ".new", overwrite: true);
+            File.SetUnixFileMode(target + ".new", (UnixFileMode)Convert.ToInt32(mode, 8));
+            File.Move(target + ".new", target, overwrite: true);
         }
 
-        var bridge = $"{dotnet} {Path.Combine(runtime, "kiln-bridge.dll")} --socket {bridgeSocket}";
+        var dotnet = isNative ? "" : DotnetHost();
+        var bridgeProgram = isNative ? Path.Combine(runtime, "kiln-bridge") : $"{dotnet} {Path.Combine(runtime, "kiln-bridge.dll")}";
+        var bridge = $"{bridgeProgram} --socket {bridgeSocket}";
         foreach (var path in new[] { dotnet, runtime, bridgeSocket })
         {
             // The forced command is one double-quoted authorized_keys option, split on spaces by the shell.
@@ -74,12 +86,24 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
 
         var authKeys = Path.Combine(runtime, "auth-keys");
         var kiln = KilnCommand();
-        File.WriteAllText(authKeys, $"""
-            #!/bin/sh
-            # sshd's AuthorizedKeysCommand for the Kiln server in {Quote(options.DataDirectory)} (written by kiln serve).
-            exec {kiln} auth-keys --data {Quote(options.DataDirectory)} --bridge {Quote(bridge)} "$@"
+        var fallback = $"exec {kiln} auth-keys --data {Quote(options.DataDirectory)} --bridge {Quote(bridge)} \"$@\"";
+        File.WriteAllText(authKeys, isNative
+            ? $"""
+                #!/bin/sh
+                # sshd's AuthorizedKeysCommand for the Kiln server in {Quote(options.DataDirectory)} (written by kiln serve).
+                # The native bridge asks the running server; when it cannot (status 75), kiln reads the database itself.
+                {bridgeProgram} --auth-keys --socket {bridgeSocket} --bridge {Quote(bridge)} "$@"
+                status=$?
+                [ "$status" = 75 ] || exit "$status"
+                {fallback}
 
-            """);
+                """
+            : $"""
+                #!/bin/sh
+                # sshd's AuthorizedKeysCommand for the Kiln server in {Quote(options.DataDirectory)} (written by kiln serve).
+                {fallback}
+
+                """);
         File.SetUnixFileMode(authKeys, (UnixFileMode)Convert.ToInt32("755", 8));
 
         var config = Path.Combine(directory, "sshd_config");
@@ -109,7 +133,7 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             """);
 
         var publicKey = File.ReadAllText(hostKey + ".pub").Trim();
-        return new SshInstallation(config, publicKey, address, port, bridgeSocket, uid, runtime);
+        return new SshInstallation(config, publicKey, address, port, bridgeSocket, uid, runtime, isNative);
     }
 
     private static (string Address, int Port) ParseListen(string listen)
