@@ -15,9 +15,9 @@ public class SshTests
     private const string Kiln = "ssh-ng://kiln@127.0.0.1";
 
     /// <summary>An account with a key of its own, usable from a client's chroot.</summary>
-    private sealed record Login(string Account, string KeyFile, string[] Environment);
+    internal sealed record Login(string Account, string KeyFile, string[] Environment);
 
-    private static Login NewLogin(NixClient client, KilnProcess kiln, string account, string permissions = "store:read,store:write,build:read,build:write")
+    internal static Login NewLogin(NixClient client, KilnProcess kiln, string account, string permissions = "store:read,store:write,build:read,build:write")
     {
         var key = NewKey(client, account);
         kiln.Cli("account", "create", account);

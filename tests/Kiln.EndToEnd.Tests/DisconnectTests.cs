@@ -1,0 +1,159 @@
+using System.Diagnostics;
+using System.Text;
+using Kiln.EndToEnd.Tests.Support;
+using Kiln.Store.Metadata.Sqlite;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// A session lives as long as its connection: a client killed during a long build (over the socket and through
+/// sshd) has its build cancelled — sandbox processes gone within 2 s, nothing registered — unless another client
+/// waits for the same build, which then goes on for that one.
+/// </summary>
+public class DisconnectTests
+{
+    public static TheoryData<string> Transports() => new("unix", "ssh-ng");
+
+    [Theory]
+    [MemberData(nameof(Transports))]
+    public async Task A_client_killed_during_a_long_build_has_it_cancelled_within_2_s_and_nothing_registered(string transport)
+    {
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: transport == "ssh-ng");
+        var (store, environment) = Reach(client, kiln, transport);
+        var workspace = client.NewWorkspace();
+        var marker = Guid.NewGuid().ToString("N");
+        var slow = Dag.WriteSingle(client, workspace, "slow", $"echo {marker} started; i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; mkdir $out");
+        var drv = client.Ok(kiln, [.. environment, "nix-instantiate", "--store", store, slow]).StdoutText.Trim();
+        var output = client.Ok(kiln, [.. environment, "nix-store", "--store", store, "-q", "--outputs", drv]).StdoutText.Trim();
+
+        using var first = client.Start(kiln, [.. environment, "nix-build", "--store", store, drv, "--no-out-link"]);
+        await WaitForAsync(() => BuilderProcesses(marker).Count > 0, TimeSpan.FromSeconds(60), "the build to start");
+
+        first.Kill(entireProcessTree: true);
+        var clock = Stopwatch.StartNew();
+        await WaitForAsync(() => BuilderProcesses(marker).Count == 0, TimeSpan.FromSeconds(30), "the sandbox to go");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(2), $"the sandbox outlived its only client by {clock.Elapsed.TotalSeconds:F1} s");
+
+        // Nothing registered: the output is not valid, and the build is recorded as cancelled, not as built.
+        var invalid = client.Ok(kiln, [.. environment, "nix-store", "--store", store, "--check-validity", "--print-invalid", output]).StdoutText.Trim();
+        Assert.Equal(output, invalid);
+        await WaitForAsync(() => BuildsAsync(kiln).Result.Count > 0, TimeSpan.FromSeconds(10), "the build record");
+        var record = Assert.Single(await BuildsAsync(kiln));
+        Assert.False(record.Succeeded);
+        Assert.Contains("cancelled", record.Error, StringComparison.Ordinal);
+        Assert.Contains("client disconnected during a request", kiln.Log, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [MemberData(nameof(Transports))]
+    public async Task A_build_another_client_joined_goes_on_for_it_when_the_first_is_killed(string transport)
+    {
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: transport == "ssh-ng");
+        var (store, environment) = Reach(client, kiln, transport);
+        var workspace = client.NewWorkspace();
+        var marker = Guid.NewGuid().ToString("N");
+        var slow = Dag.WriteSingle(client, workspace, "joined", $"echo {marker} started; i=0; while [ $i -lt 60 ]; do sleep 0.1; i=$((i+1)); done; echo {marker} done; mkdir $out");
+        var drv = client.Ok(kiln, [.. environment, "nix-instantiate", "--store", store, slow]).StdoutText.Trim();
+
+        using var first = client.Start(kiln, [.. environment, "nix-build", "--store", store, drv, "--no-out-link"]);
+        await WaitForAsync(() => BuilderProcesses(marker).Count > 0, TimeSpan.FromSeconds(60), "the build to start");
+
+        // The second client joins: it is shown the log so far.
+        using var second = client.Start(kiln, [.. environment, "nix-build", "--store", store, drv, "--no-out-link"]);
+        var secondErr = new StringBuilder();
+        second.ErrorDataReceived += (_, e) =>
+        {
+            lock (secondErr)
+            {
+                secondErr.AppendLine(e.Data);
+            }
+        };
+        second.BeginErrorReadLine();
+        var secondOut = second.StandardOutput.ReadToEndAsync();
+        await WaitForAsync(() =>
+        {
+            lock (secondErr)
+            {
+                return secondErr.ToString().Contains($"{marker} started", StringComparison.Ordinal);
+            }
+        }, TimeSpan.FromSeconds(60), "the second client to join");
+
+        first.Kill(entireProcessTree: true);
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        Assert.NotEmpty(BuilderProcesses(marker)); // still building, for the second client
+
+        await second.WaitForExitAsync();
+        string errors;
+        lock (secondErr)
+        {
+            errors = secondErr.ToString();
+        }
+
+        Assert.True(second.ExitCode == 0, errors);
+        var output = (await secondOut).Trim();
+        Assert.Matches("^/nix/store/[a-z0-9]{32}-joined$", output);
+        Assert.Contains($"{marker} done", errors, StringComparison.Ordinal);
+        client.Ok(kiln, [.. environment, "nix-store", "--store", store, "--check-validity", output]);
+        var record = Assert.Single(await BuildsAsync(kiln));
+        Assert.True(record.Succeeded, record.Error);
+    }
+
+    // The store URI and environment for a client reaching Kiln over the transport.
+    private static (string Store, string[] Environment) Reach(NixClient client, KilnProcess kiln, string transport)
+    {
+        if (transport == "unix")
+        {
+            return (NixClient.SocketUri, []);
+        }
+
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        return ("ssh-ng://kiln@127.0.0.1", alice.Environment);
+    }
+
+    private static async Task<IReadOnlyList<Kiln.Store.Metadata.BuildRecord>> BuildsAsync(KilnProcess kiln)
+    {
+        await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
+        return await metadata.ListBuildsAsync(null, 100, CancellationToken.None);
+    }
+
+    // Processes whose command line carries the marker: the builder's shell (and bwrap, which was given its arguments).
+    private static List<int> BuilderProcesses(string marker)
+    {
+        var found = new List<int>();
+        foreach (var directory in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(directory), out var pid))
+            {
+                continue;
+            }
+
+            try
+            {
+                if (Encoding.UTF8.GetString(File.ReadAllBytes(Path.Combine(directory, "cmdline"))).Contains(marker, StringComparison.Ordinal))
+                {
+                    found.Add(pid);
+                }
+            }
+            catch (IOException)
+            {
+            }
+            catch (UnauthorizedAccessException)
+            {
+            }
+        }
+
+        return found;
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition, TimeSpan timeout, string what)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"timed out waiting for {what}");
+            await Task.Delay(20);
+        }
+    }
+}
