@@ -24,17 +24,21 @@ public interface IBuildLog
 public interface IAgentStore
 {
     /// <summary>Opens the NAR with this hash; it must exist.</summary>
-    Stream OpenNar(NixHash narHash);
+    Task<Stream> OpenNarAsync(NixHash narHash, CancellationToken cancellationToken);
 
-    /// <summary>Starts a NAR the agent writes (hashing it as it goes); nothing is kept unless it is committed.</summary>
+    /// <summary>Starts a NAR the agent writes (the store hashes it as it goes); nothing is kept unless it is committed.</summary>
     IPendingNar CreateNar();
 }
 
 /// <summary>A NAR being written to the store.</summary>
 public interface IPendingNar : IDisposable
 {
-    Stream Stream { get; }
+    /// <summary>Appends the NAR's next bytes.</summary>
+    void Write(ReadOnlySpan<byte> data);
 
-    /// <summary>Keeps the NAR under its hash (once, however often the same NAR is committed).</summary>
-    void Commit(NixHash narHash);
+    /// <summary>Ends the NAR; returns its SHA-256 and size.</summary>
+    (NixHash NarHash, long NarSize) Complete();
+
+    /// <summary>Keeps the completed NAR under its hash (once, however often the same NAR is committed).</summary>
+    void Commit();
 }

@@ -31,7 +31,7 @@ internal sealed class InputCache(string root, IAgentStore store)
             return Task.FromResult(path);
         }
 
-        var lazy = _pending.GetOrAdd(narHash, h => new Lazy<Task<string>>(() => Task.Run(() => Unpack(h, path))));
+        var lazy = _pending.GetOrAdd(narHash, h => new Lazy<Task<string>>(() => Task.Run(() => UnpackAsync(h, path))));
         return lazy.Value.ContinueWith(t =>
         {
             _pending.TryRemove(narHash, out _);
@@ -54,7 +54,7 @@ internal sealed class InputCache(string root, IAgentStore store)
         _ = Native.Rename(tree, path);
     }
 
-    private string Unpack(NixHash narHash, string path)
+    private async Task<string> UnpackAsync(NixHash narHash, string path)
     {
         if (StorePathGraph.ExistsNoFollow(path))
         {
@@ -67,9 +67,10 @@ internal sealed class InputCache(string root, IAgentStore store)
         var temp = Path.Combine(parent, $".tmp-{Guid.NewGuid():N}");
         try
         {
-            using (var nar = store.OpenNar(narHash))
+            var nar = await store.OpenNarAsync(narHash, CancellationToken.None).ConfigureAwait(false);
+            await using (nar.ConfigureAwait(false))
             {
-                NarExtractor.Restore(nar, temp, canonical: true);
+                NarExtractor.Restore(new BufferedStream(nar, 256 * 1024), temp, canonical: true);
             }
 
             if (!Native.Rename(temp, path) && !StorePathGraph.ExistsNoFollow(path))

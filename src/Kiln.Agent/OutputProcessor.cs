@@ -58,13 +58,12 @@ internal static class OutputProcessor
                 var nar = store.CreateNar();
                 pending.Add(nar);
                 var scanner = new ReferenceScanner(candidates);
-                NixHash narHash;
-                long narSize;
-                using (var tee = new OutputStream(nar.Stream, scanner))
+                using (var tee = new OutputStream(nar, scanner))
                 {
                     NarDumper.Dump(tree, tee);
-                    (narHash, narSize) = tee.Finish();
                 }
+
+                var (narHash, narSize) = nar.Complete();
 
                 ContentAddress? ca = null;
                 if (declared.Kind == DerivationOutputKind.Fixed)
@@ -80,7 +79,7 @@ internal static class OutputProcessor
             CheckReferences(job, structured, results.Select(r => r.Item1).ToList());
             for (var i = 0; i < results.Count; i++)
             {
-                pending[i].Commit(results[i].Item1.NarHash);
+                pending[i].Commit();
             }
 
             return results;
@@ -267,23 +266,15 @@ internal static class OutputProcessor
         throw new RejectedException($"derivation '{drvPath}' contains an illegal reference specifier '{spec}'");
     }
 
-    // Writes the NAR to the store while hashing it and scanning it for references.
-    private sealed class OutputStream(Stream inner, ReferenceScanner scanner) : Stream
+    // Writes the NAR to the store (which hashes it) while scanning it for references.
+    private sealed class OutputStream(IPendingNar nar, ReferenceScanner scanner) : Stream
     {
-        private readonly HashingSink _hash = new(NixHashAlgorithm.Sha256);
         private long _size;
-
-        public (NixHash Hash, long Size) Finish()
-        {
-            inner.Flush();
-            return (_hash.Finish(), _size);
-        }
 
         public override void Write(ReadOnlySpan<byte> buffer)
         {
-            _hash.Append(buffer);
             scanner.Scan(buffer);
-            inner.Write(buffer);
+            nar.Write(buffer);
             _size += buffer.Length;
         }
 
@@ -299,23 +290,15 @@ internal static class OutputProcessor
 
         public override long Position { get => _size; set => throw new NotSupportedException(); }
 
-        public override void Flush() => inner.Flush();
+        public override void Flush()
+        {
+        }
 
         public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 
         public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
 
         public override void SetLength(long value) => throw new NotSupportedException();
-
-        protected override void Dispose(bool disposing)
-        {
-            if (disposing)
-            {
-                _hash.Dispose();
-            }
-
-            base.Dispose(disposing);
-        }
     }
 }
 

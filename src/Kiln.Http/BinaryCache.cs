@@ -28,10 +28,6 @@ public sealed partial class BinaryCache
 
     private const string NarInfoType = "text/x-nix-narinfo";
 
-    // Anonymous requests read every public account's view; the list is read at most once a second.
-    private IReadOnlyList<long> _publicAccounts = [];
-    private long _publicAccountsUntil;
-
     public BinaryCache(KilnStore store, BinaryCacheOptions options, ILogger logger)
     {
         ArgumentNullException.ThrowIfNull(store);
@@ -39,8 +35,8 @@ public sealed partial class BinaryCache
         _store = store;
         _options = options;
         _logger = logger;
-        _uploads = new NarUploads(store, options);
-        _narInfos = new NarInfoCache(store.Metadata);
+        _uploads = new NarUploads(options);
+        _narInfos = new NarInfoCache(() => store.PathRecordsVersion);
         _cacheInfo = Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture,
             $"StoreDir: {StorePath.StoreDir}\nWantMassQuery: 1\nPriority: {options.Priority}\n"));
     }
@@ -51,7 +47,7 @@ public sealed partial class BinaryCache
         ArgumentNullException.ThrowIfNull(context);
         var request = context.Request;
         var cancellationToken = context.RequestAborted;
-        var caller = await CacheCaller.IdentifyAsync(request, _store.Metadata, PublicAccountsAsync, cancellationToken).ConfigureAwait(false);
+        var caller = await CacheCaller.IdentifyAsync(request, _store, cancellationToken).ConfigureAwait(false);
         if (caller is null)
         {
             context.Response.Headers.WWWAuthenticate = "Basic realm=\"kiln\"";
@@ -59,6 +55,8 @@ public sealed partial class BinaryCache
             return;
         }
 
+        // Every answer comes from the caller's view: what it may read, the store decided.
+        using var view = _store.OpenView(caller);
         var path = request.Path.Value ?? "/";
         var reading = HttpMethods.IsGet(request.Method) || HttpMethods.IsHead(request.Method);
         try
@@ -69,19 +67,19 @@ public sealed partial class BinaryCache
                     await BytesAsync(context, "text/x-nix-cache-info", _cacheInfo).ConfigureAwait(false);
                     break;
                 case (true, _) when path.StartsWith("/nar/", StringComparison.Ordinal):
-                    await NarAsync(context, caller, path[5..]).ConfigureAwait(false);
+                    await NarAsync(context, view, path[5..]).ConfigureAwait(false);
                     break;
                 case (true, _) when path.StartsWith("/log/", StringComparison.Ordinal):
-                    await LogAsync(context, caller, path[5..]).ConfigureAwait(false);
+                    await LogAsync(context, view, path[5..]).ConfigureAwait(false);
                     break;
                 case (true, _) when path.EndsWith(".narinfo", StringComparison.Ordinal):
-                    await NarInfoAsync(context, caller, HashPart(path[1..^8])).ConfigureAwait(false);
+                    await NarInfoAsync(context, view, HashPart(path[1..^8])).ConfigureAwait(false);
                     break;
                 case (true, _) when path.EndsWith(".ls", StringComparison.Ordinal):
-                    await ListingAsync(context, caller, HashPart(path[1..^3])).ConfigureAwait(false);
+                    await ListingAsync(context, view, HashPart(path[1..^3])).ConfigureAwait(false);
                     break;
                 case (false, _) when HttpMethods.IsPut(request.Method):
-                    await PutAsync(context, caller, path).ConfigureAwait(false);
+                    await PutAsync(context, view, path).ConfigureAwait(false);
                     break;
                 case (false, _):
                     context.Response.Headers.Allow = "GET, HEAD, PUT";
@@ -98,33 +96,21 @@ public sealed partial class BinaryCache
         }
     }
 
-    private async Task<IReadOnlyList<long>> PublicAccountsAsync(CancellationToken cancellationToken)
-    {
-        var now = Environment.TickCount64;
-        if (now >= Volatile.Read(ref _publicAccountsUntil))
-        {
-            _publicAccounts = await _store.Metadata.GetPublicCacheAccountsAsync(cancellationToken).ConfigureAwait(false);
-            Volatile.Write(ref _publicAccountsUntil, now + 1000);
-        }
-
-        return _publicAccounts;
-    }
-
     // A store path's hash part: 32 Nix32 digits.
     private static string HashPart(string text) =>
         text.Length == StorePath.HashLength && text.All(Nix32.IsDigit) ? text : throw new BadRequestException($"'{text}' is not a store path hash");
 
-    private async Task NarInfoAsync(HttpContext context, CacheCaller caller, string hashPart)
+    private async Task NarInfoAsync(HttpContext context, StoreView view, string hashPart)
     {
-        if (_narInfos.Find(caller.View, hashPart) is { } kept)
+        var reader = view.Caller.ReadableKey;
+        if (_narInfos.Find(reader, hashPart) is { } kept)
         {
             await BytesAsync(context, NarInfoType, kept).ConfigureAwait(false);
             return;
         }
 
         var version = _narInfos.Version;
-        var found = await _store.Metadata.FindPathByHashPartAsync(caller.ReadableAccounts, hashPart, context.RequestAborted).ConfigureAwait(false);
-        if (found is not { Record.Info: var info })
+        if (await view.FindByHashPartAsync(hashPart, context.RequestAborted).ConfigureAwait(false) is not { Info: var info })
         {
             await NotFoundAsync(context).ConfigureAwait(false);
             return;
@@ -145,69 +131,27 @@ public sealed partial class BinaryCache
             ContentAddress = info.ContentAddress,
         };
         var body = Encoding.UTF8.GetBytes(narInfo.ToString());
-        _narInfos.Add(caller.View, hashPart, body, version);
+        _narInfos.Add(reader, hashPart, body, version);
         await BytesAsync(context, NarInfoType, body).ConfigureAwait(false);
     }
 
-    private async Task NarAsync(HttpContext context, CacheCaller caller, string file)
+    private static async Task NarAsync(HttpContext context, StoreView view, string file)
     {
-        // Only nar/<NAR hash>.nar names a blob, and only when a path in the caller's views has that NAR.
-        if (!file.EndsWith(".nar", StringComparison.Ordinal) || !TryNarHash(file[..^4], out var narHash))
-        {
-            await KeptFileAsync(context, caller, file).ConfigureAwait(false);
-            return;
-        }
-
-        if (await _store.Metadata.FindNarAsync(caller.ReadableAccounts, narHash, context.RequestAborted).ConfigureAwait(false) is null
-            || !_store.Blobs.Exists(narHash))
+        // Only nar/<NAR hash>.nar names a blob, and only when a path in the caller's view has that NAR; other names
+        // are compressed files kept as uploaded.
+        var blob = file.EndsWith(".nar", StringComparison.Ordinal) && TryNarHash(file[..^4], out var narHash)
+            ? await view.OpenNarByHashAsync(narHash, context.RequestAborted).ConfigureAwait(false)
+            : NarUploads.IsNarFileName(file) ? await view.OpenKeptNarFileAsync(file, context.RequestAborted).ConfigureAwait(false) : null;
+        if (blob is null)
         {
             await NotFoundAsync(context).ConfigureAwait(false);
             return;
         }
 
-        await FileAsync(context, _store.Blobs.PathOf(narHash)).ConfigureAwait(false);
-    }
-
-    // A NAR file, straight from disk through ASP.NET Core's file result (ranges, conditional requests), whose body
-    // goes by sendfile when the server is set up with ZeroCopyFiles. Only successful answers are marked immutable.
-    private static async Task FileAsync(HttpContext context, string file)
-    {
-        context.Response.OnStarting(() =>
+        await using (blob.ConfigureAwait(false))
         {
-            if (context.Response.StatusCode is StatusCodes.Status200OK or StatusCodes.Status206PartialContent or StatusCodes.Status304NotModified)
-            {
-                context.Response.Headers.CacheControl = Immutable;
-            }
-
-            return Task.CompletedTask;
-        });
-        try
-        {
-            await TypedResults.PhysicalFile(file, "application/x-nix-nar", lastModified: File.GetLastWriteTimeUtc(file), enableRangeProcessing: true)
-                .ExecuteAsync(context).ConfigureAwait(false);
+            await BlobResponse.WriteAsync(context, blob, "application/x-nix-nar").ConfigureAwait(false);
         }
-        catch (FileNotFoundException) when (!context.Response.HasStarted)
-        {
-            // Collected between the lookup and the open: as good as never there.
-            await NotFoundAsync(context).ConfigureAwait(false);
-        }
-    }
-
-    private const string Immutable = "public, max-age=31536000, immutable";
-
-    // A compressed NAR kept as uploaded, readable by whoever may read the NAR it holds.
-    private async Task KeptFileAsync(HttpContext context, CacheCaller caller, string file)
-    {
-        if (!NarUploads.IsNarFileName(file)
-            || await _store.Metadata.FindNarFileAsync(file, context.RequestAborted).ConfigureAwait(false) is not { } kept
-            || await _store.Metadata.FindNarAsync(caller.ReadableAccounts, kept.NarHash, context.RequestAborted).ConfigureAwait(false) is null
-            || !File.Exists(Path.Combine(_options.NarFilesDirectory, file)))
-        {
-            await NotFoundAsync(context).ConfigureAwait(false);
-            return;
-        }
-
-        await FileAsync(context, Path.Combine(_options.NarFilesDirectory, file)).ConfigureAwait(false);
     }
 
     internal static bool TryNarHash(string text, out NixHash hash)
@@ -228,25 +172,29 @@ public sealed partial class BinaryCache
         return true;
     }
 
-    private async Task ListingAsync(HttpContext context, CacheCaller caller, string hashPart)
+    private static async Task ListingAsync(HttpContext context, StoreView view, string hashPart)
     {
-        var found = await _store.Metadata.FindPathByHashPartAsync(caller.ReadableAccounts, hashPart, context.RequestAborted).ConfigureAwait(false);
-        if (found is not { Record.Info: var info } || !_store.Blobs.Exists(info.NarHash))
+        var cancellationToken = context.RequestAborted;
+        var blob = await view.FindByHashPartAsync(hashPart, cancellationToken).ConfigureAwait(false) is { Info: var info }
+            ? await view.OpenNarByHashAsync(info.NarHash, cancellationToken).ConfigureAwait(false)
+            : null;
+        if (blob is null)
         {
             await NotFoundAsync(context).ConfigureAwait(false);
             return;
         }
 
         var text = new StringWriter(CultureInfo.InvariantCulture);
-        using (var nar = new FileStream(_store.Blobs.PathOf(info.NarHash), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16))
+        await using (blob.ConfigureAwait(false))
         {
+            var nar = new BufferedStream(await blob.OpenStreamAsync(cancellationToken).ConfigureAwait(false), 1 << 16);
             NarListing.WriteBinaryCacheListing(nar, text);
         }
 
         await BytesAsync(context, "application/json", Encoding.UTF8.GetBytes(text.ToString())).ConfigureAwait(false);
     }
 
-    private async Task LogAsync(HttpContext context, CacheCaller caller, string baseName)
+    private async Task LogAsync(HttpContext context, StoreView view, string baseName)
     {
         // The log of a derivation in the caller's views (the builds that wrote it are shared as the outputs are).
         if (_options.LogPath is null || !StorePath.IsValidBaseName(baseName) || !baseName.EndsWith(".drv", StringComparison.Ordinal))
@@ -256,9 +204,9 @@ public sealed partial class BinaryCache
         }
 
         var drv = StorePath.FromBaseName(baseName);
-        var found = await _store.Metadata.FindPathByHashPartAsync(caller.ReadableAccounts, drv.HashPart, context.RequestAborted).ConfigureAwait(false);
+        var found = await view.FindByHashPartAsync(drv.HashPart, context.RequestAborted).ConfigureAwait(false);
         var file = _options.LogPath(drv);
-        if (found is not { Record.Info.Path: var path } || path != drv || !File.Exists(file))
+        if (found is not { Info.Path: var path } || path != drv || !File.Exists(file))
         {
             await NotFoundAsync(context).ConfigureAwait(false);
             return;
@@ -267,32 +215,32 @@ public sealed partial class BinaryCache
         await TypedResults.PhysicalFile(file, "text/plain; charset=utf-8").ExecuteAsync(context).ConfigureAwait(false);
     }
 
-    private async Task PutAsync(HttpContext context, CacheCaller caller, string path)
+    private async Task PutAsync(HttpContext context, StoreView view, string path)
     {
-        if (caller.Token is null)
+        var caller = view.Caller;
+        if (caller.AccountId is not { } account)
         {
             context.Response.Headers.WWWAuthenticate = "Basic realm=\"kiln\"";
             await TextAsync(context, StatusCodes.Status401Unauthorized, "uploading needs a token with store:write\n").ConfigureAwait(false);
             return;
         }
 
-        if (!caller.CanWrite)
+        if (!caller.Can(Kiln.Store.Accounts.KeyPermissions.StoreWrite))
         {
             await TextAsync(context, StatusCodes.Status403Forbidden, "this token lacks the store:write permission\n").ConfigureAwait(false);
             return;
         }
 
-        var token = caller.Token;
         if (path.StartsWith("/nar/", StringComparison.Ordinal))
         {
-            await _uploads.StageAsync(token.AccountId, path[5..], context.Request.Body, context.RequestAborted).ConfigureAwait(false);
+            await _uploads.StageAsync(account, path[5..], context.Request.Body, context.RequestAborted).ConfigureAwait(false);
             await TextAsync(context, StatusCodes.Status200OK, "").ConfigureAwait(false);
         }
         else if (path.EndsWith(".narinfo", StringComparison.Ordinal))
         {
             var hashPart = HashPart(path[1..^8]);
-            var stored = await _uploads.CommitAsync(token.AccountId, token.AccountName, hashPart, context.Request.Body, context.RequestAborted).ConfigureAwait(false);
-            LogUploaded(_logger, token.AccountName, stored);
+            var stored = await _uploads.CommitAsync(view, hashPart, context.Request.Body, context.RequestAborted).ConfigureAwait(false);
+            LogUploaded(_logger, view.AccountName, stored);
             await TextAsync(context, StatusCodes.Status200OK, "").ConfigureAwait(false);
         }
         else if (path.EndsWith(".ls", StringComparison.Ordinal))

@@ -1,37 +1,36 @@
 using System.Collections.Concurrent;
-using Kiln.Store.Metadata;
 
 namespace Kiln.Http;
 
 /// <summary>
 /// narinfo answers as sent, so that a path asked for again (by every CI runner that needs it) costs a dictionary
 /// lookup instead of a database query and a rendering. An answer is kept per view (the accounts the caller reads)
-/// and is good until any path record in the store changes or goes (<see cref="IMetadataStore.PathRecordsVersion"/>:
-/// new signatures, deletions), and for <see cref="MaxAge"/> at most. Only found paths are kept: a missing one may
+/// and is good until any path record in the store changes or goes (<paramref name="version"/>, the store's
+/// <c>PathRecordsVersion</c>: new signatures, deletions), and for <see cref="MaxAge"/> at most. Only found paths are kept: a missing one may
 /// arrive at any moment. Bounded: when full, it starts over.
 /// </summary>
-internal sealed class NarInfoCache(IMetadataStore metadata, int capacity = 20_000)
+internal sealed class NarInfoCache(Func<long> version, int capacity = 20_000)
 {
     // A bound for what this process cannot see (another server on the same database).
     public static readonly TimeSpan MaxAge = TimeSpan.FromSeconds(30);
 
     private readonly ConcurrentDictionary<(string View, string HashPart), Entry> _entries = new();
-    private long _version = metadata.PathRecordsVersion;
+    private long _version = version();
 
     private sealed record Entry(byte[] Body, long Version, long Until);
 
     /// <summary>The version to give <see cref="Add"/>: read it before reading the record.</summary>
-    public long Version => metadata.PathRecordsVersion;
+    public long Version => version();
 
     public byte[]? Find(string view, string hashPart)
     {
-        var version = metadata.PathRecordsVersion;
-        if (version != Interlocked.Exchange(ref _version, version))
+        var now = version();
+        if (now != Interlocked.Exchange(ref _version, now))
         {
             _entries.Clear(); // everything kept is older than the change
         }
 
-        return _entries.TryGetValue((view, hashPart), out var entry) && entry.Version == version && Environment.TickCount64 < entry.Until
+        return _entries.TryGetValue((view, hashPart), out var entry) && entry.Version == now && Environment.TickCount64 < entry.Until
             ? entry.Body
             : null;
     }

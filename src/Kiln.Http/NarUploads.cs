@@ -23,12 +23,10 @@ internal sealed class NarUploads
 {
     private const int MaxNarInfoSize = 1 << 20;
 
-    private readonly KilnStore _store;
     private readonly BinaryCacheOptions _options;
 
-    public NarUploads(KilnStore store, BinaryCacheOptions options)
+    public NarUploads(BinaryCacheOptions options)
     {
-        _store = store;
         _options = options;
         // Nothing staged survives a restart: the narinfo that would have completed it can be sent again.
         if (Directory.Exists(options.StagingDirectory))
@@ -37,7 +35,6 @@ internal sealed class NarUploads
         }
 
         Directory.CreateDirectory(options.StagingDirectory);
-        Directory.CreateDirectory(options.NarFilesDirectory);
     }
 
     private string StagedPath(long account, string file) => Path.Combine(_options.StagingDirectory, account.ToString(System.Globalization.CultureInfo.InvariantCulture), file);
@@ -93,10 +90,9 @@ internal sealed class NarUploads
         }
     }
 
-    public async Task<StorePath> CommitAsync(long account, string accountName, string hashPart, Stream body, CancellationToken cancellationToken)
+    public async Task<StorePath> CommitAsync(StoreView view, string hashPart, Stream body, CancellationToken cancellationToken)
     {
         var narInfo = await ReadNarInfoAsync(body, hashPart, cancellationToken).ConfigureAwait(false);
-        using var view = await _store.OpenViewAsync(accountName, cancellationToken).ConfigureAwait(false);
         if ((await view.QueryValidPathsAsync([narInfo.StorePath], cancellationToken).ConfigureAwait(false)).Contains(narInfo.StorePath))
         {
             return narInfo.StorePath; // already there: as Nix's stores, adding a valid path again changes nothing
@@ -104,18 +100,19 @@ internal sealed class NarUploads
 
         var info = narInfo.ToValidPathInfo();
         var file = narInfo.Url[4..];
-        var staged = StagedPath(account, file);
+        var staged = StagedPath(view.AccountId, file);
+        var isBlob = file == $"{narInfo.NarHash.ToNix32()}.nar";
         Stream nar;
         if (File.Exists(staged))
         {
-            await CheckFileAsync(staged, narInfo, cancellationToken).ConfigureAwait(false);
+            await CheckFileAsync(staged, file, narInfo, cancellationToken).ConfigureAwait(false);
             nar = Decompression.Open(narInfo.Compression, new FileStream(staged, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16));
         }
-        else if (narInfo.Compression == "none" && file == $"{narInfo.NarHash.ToNix32()}.nar"
-            && await _store.Metadata.FindNarAsync([account], narInfo.NarHash, cancellationToken).ConfigureAwait(false) is not null
-            && _store.Blobs.Exists(narInfo.NarHash))
+        else if (narInfo.Compression == "none" && isBlob
+            && await view.OpenNarByHashAsync(narInfo.NarHash, cancellationToken).ConfigureAwait(false) is { } readable)
         {
-            nar = new FileStream(_store.Blobs.PathOf(narInfo.NarHash), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+            // A NAR this account can already read under another path (Nix skips uploading what the cache has).
+            nar = new BlobStream(readable, await readable.OpenStreamAsync(cancellationToken).ConfigureAwait(false));
         }
         else
         {
@@ -135,17 +132,32 @@ internal sealed class NarUploads
         }
 
         // Kept as uploaded when it is not the blob itself: the uploader's narinfo cache names this file.
-        if (File.Exists(staged) && file != $"{narInfo.NarHash.ToNix32()}.nar")
+        if (File.Exists(staged) && !isBlob)
         {
-            File.Move(staged, Path.Combine(_options.NarFilesDirectory, file), overwrite: true);
-            await _store.Metadata.AddNarFileAsync(file, narInfo.NarHash, narInfo.Compression, new FileInfo(Path.Combine(_options.NarFilesDirectory, file)).Length,
-                cancellationToken).ConfigureAwait(false);
+            var kept = new FileStream(staged, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+            await using (kept.ConfigureAwait(false))
+            {
+                await view.KeepNarFileAsync(file, narInfo.NarHash, narInfo.Compression, kept, cancellationToken).ConfigureAwait(false);
+            }
         }
 
         File.Delete(staged);
         return narInfo.StorePath;
     }
 
+    // A blob's stream that also closes the blob source.
+    private sealed class BlobStream(Kiln.Store.Blobs.BlobSource source, Stream inner) : Kiln.Nix.ReadOnlyStream
+    {
+        public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, cancellationToken);
+
+        public override async ValueTask DisposeAsync()
+        {
+            await source.DisposeAsync().ConfigureAwait(false);
+            await base.DisposeAsync().ConfigureAwait(false);
+        }
+    }
 
     private static async Task<NarInfo> ReadNarInfoAsync(Stream body, string hashPart, CancellationToken cancellationToken)
     {
@@ -190,8 +202,8 @@ internal sealed class NarUploads
         return narInfo;
     }
 
-    // The staged file is the one the narinfo describes (FileHash, FileSize), when it says so.
-    private static async Task CheckFileAsync(string staged, NarInfo narInfo, CancellationToken cancellationToken)
+    // The staged file is the one its name and the narinfo say (FileHash, FileSize): a name is the SHA-256 of the file.
+    private static async Task CheckFileAsync(string staged, string name, NarInfo narInfo, CancellationToken cancellationToken)
     {
         var length = new FileInfo(staged).Length;
         if (narInfo.FileSize is { } size && size != length)
@@ -199,14 +211,16 @@ internal sealed class NarUploads
             throw new BadRequestException($"'{narInfo.Url}' is {length} bytes, but the narinfo says {size}");
         }
 
-        if (narInfo.FileHash is { Algorithm: NixHashAlgorithm.Sha256 } expected)
+        await using var file = new FileStream(staged, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        var actual = new NixHash(NixHashAlgorithm.Sha256, await SHA256.HashDataAsync(file, cancellationToken).ConfigureAwait(false));
+        if (narInfo.FileHash is { Algorithm: NixHashAlgorithm.Sha256 } expected && actual != expected)
         {
-            await using var file = new FileStream(staged, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-            var actual = new NixHash(NixHashAlgorithm.Sha256, await SHA256.HashDataAsync(file, cancellationToken).ConfigureAwait(false));
-            if (actual != expected)
-            {
-                throw new BadRequestException($"'{narInfo.Url}' has hash {actual}, but the narinfo says {expected}");
-            }
+            throw new BadRequestException($"'{narInfo.Url}' has hash {actual}, but the narinfo says {expected}");
+        }
+
+        if (!name.StartsWith(actual.ToNix32() + ".", StringComparison.Ordinal))
+        {
+            throw new BadRequestException($"'{narInfo.Url}' is not named after its contents' SHA-256 ({actual.ToNix32()})");
         }
     }
 

@@ -4,37 +4,34 @@ using Kiln.Store.Blobs;
 
 namespace Kiln.Scheduler;
 
-/// <summary>The embedded agent's view of the blob store: it reads input NARs and writes output NARs in place.</summary>
-public sealed class LocalAgentStore(BlobStore blobs) : IAgentStore
+/// <summary>
+/// The embedded agent's view of the blob store: it reads input NARs and writes output NARs through the blob port
+/// directly, in the server's process. (A remote agent reaches the same blobs over HTTP.)
+/// </summary>
+public sealed class LocalAgentStore(IBlobStore blobs) : IAgentStore
 {
-    public Stream OpenNar(NixHash narHash) => File.OpenRead(blobs.PathOf(narHash));
-
-    public IPendingNar CreateNar()
+    public async Task<Stream> OpenNarAsync(NixHash narHash, CancellationToken cancellationToken)
     {
-        var stream = blobs.CreateTemp(out var path);
-        return new PendingNar(blobs, stream, path);
+        var source = await blobs.OpenReadAsync(narHash, cancellationToken).ConfigureAwait(false)
+            ?? throw new IOException($"the input NAR {narHash.ToNix32()} is missing from the store");
+        return await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    private sealed class PendingNar(BlobStore blobs, FileStream stream, string path) : IPendingNar
+    public IPendingNar CreateNar() => new PendingNar(blobs.CreateWriter());
+
+    // The agent's output processing is synchronous (it walks trees); the blob writer's completion is awaited here.
+    private sealed class PendingNar(IBlobWriter writer) : IPendingNar
     {
-        private bool _committed;
+        public void Write(ReadOnlySpan<byte> data) => writer.Write(data);
 
-        public Stream Stream => stream;
-
-        public void Commit(NixHash narHash)
+        public (NixHash NarHash, long NarSize) Complete()
         {
-            blobs.Seal(stream);
-            blobs.Commit(path, narHash);
-            _committed = true;
+            var length = writer.Length;
+            return (writer.CompleteAsync(CancellationToken.None).AsTask().GetAwaiter().GetResult(), length);
         }
 
-        public void Dispose()
-        {
-            stream.Dispose();
-            if (!_committed)
-            {
-                BlobStore.DeleteTemp(path);
-            }
-        }
+        public void Commit() => writer.CommitAsync(CancellationToken.None).AsTask().GetAwaiter().GetResult();
+
+        public void Dispose() => writer.DisposeAsync().AsTask().GetAwaiter().GetResult();
     }
 }

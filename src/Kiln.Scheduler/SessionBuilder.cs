@@ -87,7 +87,32 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
 
         public void Dispose() => _stop.Dispose();
 
-        private Derivation Load(StorePath drvPath) => _derivations.GetOrAdd(drvPath, _view.ReadDerivation);
+        // The hasher's resolver: every derivation it asks for was read (asynchronously) beforehand by LoadClosureAsync,
+        // so it never waits on the database, least of all under its lock.
+        private Derivation Load(StorePath drvPath) =>
+            _derivations.TryGetValue(drvPath, out var derivation) ? derivation : throw new InvalidOperationException($"'{drvPath}' was not read before hashing");
+
+        private readonly ConcurrentDictionary<StorePath, Lazy<Task<Derivation>>> _reads = new();
+
+        private Task<Derivation> ReadAsync(StorePath drvPath) =>
+            _reads.GetOrAdd(drvPath, p => new Lazy<Task<Derivation>>(async () =>
+            {
+                var derivation = await _view.ReadDerivationAsync(p, _stop.Token).ConfigureAwait(false);
+                _derivations[p] = derivation;
+                return derivation;
+            })).Value;
+
+        // The derivation and every input derivation below it, read once each, a level at a time.
+        private async Task LoadClosureAsync(StorePath drvPath)
+        {
+            var frontier = new List<StorePath> { drvPath };
+            var seen = new HashSet<StorePath> { drvPath };
+            while (frontier.Count > 0)
+            {
+                var derivations = await Task.WhenAll(frontier.Select(ReadAsync)).ConfigureAwait(false);
+                frontier = derivations.SelectMany(d => d.InputDerivations.Keys).Where(seen.Add).ToList();
+            }
+        }
 
         public async Task<BuildResult> RealiseTargetAsync(DerivedPath target)
         {
@@ -108,7 +133,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                         ? new BuildResult { Status = BuildStatus.AlreadyValid }
                         : throw new NixErrorException($"path '{opaque.Path}' does not exist and cannot be created");
                 case DerivedPath.Built built:
-                    var derivation = Load(built.DrvPath);
+                    var derivation = await ReadAsync(built.DrvPath).ConfigureAwait(false);
                     var unknown = built.Outputs?.Where(o => !derivation.Outputs.ContainsKey(o)).ToList() ?? [];
                     if (unknown.Count > 0)
                     {
@@ -155,7 +180,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
         private async Task<Step> RealiseUncheckedAsync(StorePath drvPath)
         {
             var token = _stop.Token;
-            var derivation = Load(drvPath);
+            var derivation = await ReadAsync(drvPath).ConfigureAwait(false);
             if (await NothingToBuildAsync(drvPath, derivation).ConfigureAwait(false) is { } done)
             {
                 return done;
@@ -200,6 +225,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             // The declared output paths must be the ones Nix computes, or Kiln would vouch for a false mapping.
             if (!derivation.IsFixedOutput || derivation.Outputs.Count > 1)
             {
+                await LoadClosureAsync(drvPath).ConfigureAwait(false);
                 IReadOnlyDictionary<string, string> computed;
                 lock (_hasherGate)
                 {
@@ -295,7 +321,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             if (record is not null)
             {
                 var stored = JsonSerializer.Deserialize(record.OutputsJson, SchedulerJson.Default.ListStoredOutput)!.Select(o => o.ToBuiltOutput()).ToList();
-                if (stored.All(o => _scheduler.Store.Blobs.Exists(o.NarHash)))
+                if (await AllStoredAsync(stored, token).ConfigureAwait(false))
                 {
                     await RegisterAsync(drvPath, stored, trusted, token).ConfigureAwait(false);
                     return new Step(BuildStatus.Built, "", outputs);
@@ -318,6 +344,19 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
 
             await RegisterAsync(drvPath, outcome.Outputs, trusted, token).ConfigureAwait(false);
             return new Step(BuildStatus.Built, "", outputs, result.Reused ? null : outcome);
+        }
+
+        private async Task<bool> AllStoredAsync(IReadOnlyList<BuiltOutput> outputs, CancellationToken token)
+        {
+            foreach (var output in outputs)
+            {
+                if (!await _scheduler.Store.Blobs.HasAsync(output.NarHash, token).ConfigureAwait(false))
+                {
+                    return false;
+                }
+            }
+
+            return true;
         }
 
         // The tighter of Kiln's limits and the client's.

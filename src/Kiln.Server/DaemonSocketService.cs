@@ -104,7 +104,25 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
     /// <summary>NarFromPath by sendfile on the session's socket.</summary>
     internal sealed class SocketFileSender(Socket socket) : IFileSender
     {
-        public async ValueTask SendFileAsync(string path, long length, CancellationToken cancellationToken) =>
-            await socket.SendFileAsync(path, cancellationToken).ConfigureAwait(false);
+        public async ValueTask SendFileAsync(FileStream file, long length, CancellationToken cancellationToken)
+        {
+            // SendPackets sends a file element with sendfile(2); an element is at most 2 GiB.
+            using var send = new SocketAsyncEventArgs();
+            send.Completed += static (_, e) => ((TaskCompletionSource<SocketError>)e.UserToken!).TrySetResult(e.SocketError);
+            for (long sent = 0; sent < length;)
+            {
+                var chunk = (int)Math.Min(length - sent, 1L << 30);
+                send.SendPacketsElements = [new SendPacketsElement(file, sent, chunk, endOfPacket: false)];
+                var done = new TaskCompletionSource<SocketError>(TaskCreationOptions.RunContinuationsAsynchronously);
+                send.UserToken = done;
+                var error = socket.SendPacketsAsync(send) ? await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false) : send.SocketError;
+                if (error != SocketError.Success)
+                {
+                    throw new IOException($"sending a NAR failed ({error})", new SocketException((int)error));
+                }
+
+                sent += chunk;
+            }
+        }
     }
 }

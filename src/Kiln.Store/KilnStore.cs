@@ -1,3 +1,4 @@
+using Kiln.Store.Accounts;
 using Kiln.Store.Blobs;
 using Kiln.Store.Gc;
 using Kiln.Store.Metadata;
@@ -17,8 +18,9 @@ public sealed class KilnStore : IAsyncDisposable
     {
         Options = options;
         Metadata = metadata;
-        Blobs = new BlobStore(options.BlobDirectory, options.FsyncBlobs);
+        Blobs = new DiskBlobStore(options.BlobDirectory, options.FsyncBlobs);
         TempRoots = new TempRoots();
+        KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory);
         Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
         GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
     }
@@ -50,9 +52,15 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>Fetches from accounts' upstream binary caches.</summary>
     public Upstream.UpstreamSubstituter Upstream { get; } = new();
 
-    public BlobStore Blobs { get; }
+    /// <summary>NAR content by hash (the agent reads inputs and writes outputs through it).</summary>
+    public IBlobStore Blobs { get; }
 
     public TempRoots TempRoots { get; }
+
+    /// <summary>Moves whenever a path record changes or goes (signatures added, paths deleted): caches of rendered records compare it.</summary>
+    public long PathRecordsVersion => Metadata.PathRecordsVersion;
+
+    internal KeptNarFiles KeptNarFiles { get; }
 
     public GarbageCollector GarbageCollector { get; }
 
@@ -87,16 +95,70 @@ public sealed class KilnStore : IAsyncDisposable
         return await CreateAsync(options, metadata, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>
-    /// A session's view of one account (created on first use). <paramref name="clientRoot"/> is where the client's
-    /// file system root is from here, when the client is local: its GC root symlinks are resolved under it.
-    /// Dispose the view when the session ends.
-    /// </summary>
-    public async Task<StoreView> OpenViewAsync(string account, CancellationToken cancellationToken, string? clientRoot = null)
+    /// <summary>A caller acting for <paramref name="account"/> (created on first use), reading its view only.</summary>
+    public async Task<Caller> CallerForAccountAsync(string account, KeyPermissions permissions, CancellationToken cancellationToken)
     {
         var id = await Metadata.GetOrCreateAccountAsync(account, cancellationToken).ConfigureAwait(false);
-        return new StoreView(this, id, account, clientRoot);
+        return new Caller(id, account, permissions, [id]);
     }
+
+    /// <summary>A login by an SSH key: its account, within the key's permissions.</summary>
+    public static Caller CallerForSshKey(SshKeyRecord key)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        return new Caller(key.AccountId, key.AccountName, key.Permissions, [key.AccountId]);
+    }
+
+    /// <summary>
+    /// An HTTP request with a token: its account's view, within the token's permissions (a write-only token still
+    /// reads its own view: Nix's uploader asks what is there first). Null for a token that is malformed, unknown,
+    /// revoked, expired or grants nothing of the store — never an anonymous caller instead.
+    /// </summary>
+    public async Task<Caller?> CallerForTokenAsync(string token, CancellationToken cancellationToken)
+    {
+        if (!AccessToken.LooksValid(token))
+        {
+            return null;
+        }
+
+        var record = await Metadata.FindTokenAsync(AccessToken.Hash(token), cancellationToken).ConfigureAwait(false);
+        if (record is null || !record.IsValidAt(DateTimeOffset.UtcNow.ToUnixTimeSeconds())
+            || (record.Permissions & (KeyPermissions.StoreRead | KeyPermissions.StoreWrite)) == 0)
+        {
+            return null;
+        }
+
+        return new Caller(record.AccountId, record.AccountName, record.Permissions, [record.AccountId]);
+    }
+
+    private Caller? _anonymous;
+    private long _anonymousUntil;
+
+    /// <summary>A request without credentials: it reads the views of accounts made public (the list is re-read at most once a second).</summary>
+    public async Task<Caller> AnonymousCallerAsync(CancellationToken cancellationToken)
+    {
+        var now = Environment.TickCount64;
+        if (_anonymous is not { } known || now >= Volatile.Read(ref _anonymousUntil))
+        {
+            var accounts = await Metadata.GetPublicCacheAccountsAsync(cancellationToken).ConfigureAwait(false);
+            known = new Caller(null, null, KeyPermissions.StoreRead, accounts);
+            _anonymous = known;
+            Volatile.Write(ref _anonymousUntil, now + 1000);
+        }
+
+        return known;
+    }
+
+    /// <summary>
+    /// A view of the store for <paramref name="caller"/>. <paramref name="clientRoot"/> is where the client's file
+    /// system root is from here, when the client is local: its GC root symlinks are resolved under it. Dispose the
+    /// view when the session or request ends (it holds the session's temporary roots).
+    /// </summary>
+    public StoreView OpenView(Caller caller, string? clientRoot = null) => new(this, caller, clientRoot);
+
+    /// <summary>A view acting for <paramref name="account"/> with every permission (the unix socket's, tests').</summary>
+    public async Task<StoreView> OpenViewAsync(string account, CancellationToken cancellationToken, string? clientRoot = null) =>
+        OpenView(await CallerForAccountAsync(account, KeyPermissions.All, cancellationToken).ConfigureAwait(false), clientRoot);
 
     public async ValueTask DisposeAsync()
     {

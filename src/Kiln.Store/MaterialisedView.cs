@@ -13,7 +13,7 @@ namespace Kiln.Store;
 /// <c>unix://…/daemon.sock?root=ROOT</c>. Each path is unpacked under a temporary name and renamed into place, so a
 /// client never sees half a path; a path leaves the tree when it leaves the view.
 /// </summary>
-public sealed class MaterialisedView(string root, BlobStore blobs)
+public sealed class MaterialisedView(string root, IBlobStore blobs)
 {
     private const string TemporaryPrefix = ".kiln-tmp-";
 
@@ -38,10 +38,11 @@ public sealed class MaterialisedView(string root, BlobStore blobs)
             }
 
             var temporary = Path.Combine(StoreDirectory, $"{TemporaryPrefix}{Guid.NewGuid():N}");
-            var blob = new FileStream(blobs.PathOf(narHash), FileMode.Open, FileAccess.Read, FileShare.Read, 256 * 1024, FileOptions.SequentialScan);
+            var blob = await blobs.OpenReadAsync(narHash, cancellationToken).ConfigureAwait(false)
+                ?? throw new IOException($"the blob {narHash.ToNix32()} of '{path}' is missing");
             await using (blob.ConfigureAwait(false))
             {
-                NarExtractor.Restore(blob, temporary, canonical: true);
+                NarExtractor.Restore(new BufferedStream(await blob.OpenStreamAsync(cancellationToken).ConfigureAwait(false), 256 * 1024), temporary, canonical: true);
             }
 
             MoveIntoPlace(temporary, target);

@@ -19,18 +19,23 @@ public static class StoreMaintenance
         var blobs = 0;
         long bytes = 0;
         var present = new HashSet<NixHash>();
-        foreach (var (hash, path, _) in store.Blobs.Enumerate())
+        await foreach (var blob in store.Blobs.ListAsync(cancellationToken).ConfigureAwait(false))
         {
-            var actual = await StoreView.HashFileAsync(path, cancellationToken).ConfigureAwait(false);
-            blobs++;
-            bytes += new FileInfo(path).Length;
-            if (actual != hash)
+            var actual = await StoreView.HashBlobAsync(store.Blobs, blob.Hash, cancellationToken).ConfigureAwait(false);
+            if (actual is null)
             {
-                problems.Add($"blob {path} is corrupt: its name says {hash.ToNix32()}, its contents hash to {actual.ToNix32()}");
+                continue; // collected while this ran
+            }
+
+            blobs++;
+            bytes += blob.Length;
+            if (actual != blob.Hash)
+            {
+                problems.Add($"blob {blob.Hash.ToNix32()} is corrupt: its contents hash to {actual.Value.ToNix32()}");
             }
             else
             {
-                present.Add(hash);
+                present.Add(blob.Hash);
             }
         }
 

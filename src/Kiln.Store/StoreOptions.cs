@@ -42,4 +42,7 @@ public sealed record StoreOptions
     public string NarFilesDirectory => Path.Combine(DataDirectory, "nar-files");
 
     public string BlobDirectory => Path.Combine(DataDirectory, "blobs");
+
+    /// <summary>Scratch files of the store's own (flat uploads spooled to learn their size); emptied as they are used.</summary>
+    public string TemporaryDirectory => Path.Combine(DataDirectory, "tmp");
 }

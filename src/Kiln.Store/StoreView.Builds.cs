@@ -13,24 +13,29 @@ public sealed partial class StoreView
 
     /// <summary>Reads and parses a derivation valid in the view.</summary>
     /// <exception cref="NixErrorException">It is not valid in the view, or not a derivation.</exception>
-    public Derivation ReadDerivation(StorePath drvPath)
+    public async Task<Derivation> ReadDerivationAsync(StorePath drvPath, CancellationToken cancellationToken)
     {
-        var records = Metadata.GetPathsAsync(AccountId, [drvPath], CancellationToken.None).GetAwaiter().GetResult();
+        var records = await GetRecordsAsync([drvPath], cancellationToken).ConfigureAwait(false);
         if (!records.TryGetValue(drvPath, out var record))
         {
             throw new NixErrorException($"path '{drvPath}' is not valid");
         }
 
-        try
+        var source = await _store.Blobs.OpenReadAsync(record.Info.NarHash, cancellationToken).ConfigureAwait(false)
+            ?? throw new NixErrorException($"the contents of '{drvPath}' are missing from Kiln's store; an operator should run 'kiln store verify'");
+        await using (source.ConfigureAwait(false))
         {
-            using var nar = File.OpenRead(_store.Blobs.PathOf(record.Info.NarHash));
-            var capture = new FileCapture();
-            NarReading.Parse(nar, capture);
-            return ATerm.Parse(capture.Captured.WrittenSpan, Derivation.NameFromPath(drvPath));
-        }
-        catch (Exception e) when (e is Kiln.Nix.NixFormatException or IOException or InvalidDataException)
-        {
-            throw new NixErrorException($"'{drvPath}' is not a derivation Kiln can read: {e.Message}");
+            try
+            {
+                var nar = new BufferedStream(await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false), 64 * 1024);
+                var capture = new FileCapture();
+                NarReading.Parse(nar, capture);
+                return ATerm.Parse(capture.Captured.WrittenSpan, Derivation.NameFromPath(drvPath));
+            }
+            catch (Exception e) when (e is Kiln.Nix.NixFormatException or IOException or InvalidDataException)
+            {
+                throw new NixErrorException($"'{drvPath}' is not a derivation Kiln can read: {e.Message}");
+            }
         }
     }
 
@@ -41,7 +46,7 @@ public sealed partial class StoreView
         var frontier = roots.Distinct().ToList();
         while (frontier.Count > 0)
         {
-            var records = await Metadata.GetPathsAsync(AccountId, frontier, cancellationToken).ConfigureAwait(false);
+            var records = await GetRecordsAsync(frontier, cancellationToken).ConfigureAwait(false);
             var next = new HashSet<StorePath>();
             foreach (var (path, record) in records)
             {
@@ -64,10 +69,6 @@ public sealed partial class StoreView
 
         return closure;
     }
-
-    /// <summary>The records of those paths valid in the view.</summary>
-    public Task<IReadOnlyDictionary<StorePath, PathRecord>> GetRecordsAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
-        Metadata.GetPathsAsync(AccountId, paths, cancellationToken);
 
     /// <summary>
     /// Registers build outputs whose NARs are already in the blob store (references before referrers, in one
@@ -112,7 +113,7 @@ public sealed partial class StoreView
 
         foreach (var output in outputs)
         {
-            _tempRoots.Add(output.Info.Path);
+            AddTempRoot(output.Info.Path);
         }
 
         if (_store.MaterialisedFor(AccountId) is { } tree)

@@ -20,18 +20,14 @@ public sealed partial class StoreView
         ArgumentNullException.ThrowIfNull(info);
         if (!repair && (await QueryValidPathsAsync([info.Path], cancellationToken).ConfigureAwait(false)).Contains(info.Path))
         {
-            _tempRoots.Add(info.Path);
+            AddTempRoot(info.Path);
             return; // already valid: the caller drains the NAR
         }
 
         var upload = await IngestDeclaredAsync(info, nar, cancellationToken).ConfigureAwait(false);
-        try
+        await using (upload.Nar.ConfigureAwait(false))
         {
             await CommitAsync([upload], cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            Discard(upload.Nar);
         }
     }
 
@@ -42,13 +38,9 @@ public sealed partial class StoreView
     internal async Task AddSubstitutedAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
     {
         var upload = await IngestDeclaredAsync(info, nar, cancellationToken, PathTrust.SignedByTrustedKey).ConfigureAwait(false);
-        try
+        await using (upload.Nar.ConfigureAwait(false))
         {
             await CommitAsync([upload], cancellationToken, Provenance.Substituted).ConfigureAwait(false);
-        }
-        finally
-        {
-            Discard(upload.Nar);
         }
     }
 
@@ -91,7 +83,7 @@ public sealed partial class StoreView
                 var known = await FindContentAddressedAsync(name, method, buffer.AsMemory(0, filled), references, cancellationToken).ConfigureAwait(false);
                 if (known is not null)
                 {
-                    _tempRoots.Add(known.Path);
+                    AddTempRoot(known.Path);
                     return known;
                 }
             }
@@ -112,8 +104,9 @@ public sealed partial class StoreView
         var unpackTo = _store.MaterialisedFor(AccountId)?.NewTemporaryPath();
         var ingested = method.Method == ContentAddressMethod.Recursive
             ? await NarIngest.IngestAsync(_store.Blobs, data, method, captureUpTo, _store.Options.MaxNarSize, cancellationToken, unpackTo).ConfigureAwait(false)
-            : await NarIngest.IngestFlatAsync(_store.Blobs, data, method.Algorithm, captureUpTo, _store.Options.MaxNarSize, cancellationToken, unpackTo).ConfigureAwait(false);
-        try
+            : await NarIngest.IngestFlatAsync(_store.Blobs, _store.Options.TemporaryDirectory, data, method.Algorithm, captureUpTo, _store.Options.MaxNarSize,
+                cancellationToken, unpackTo).ConfigureAwait(false);
+        await using (ingested.ConfigureAwait(false))
         {
             var ca = new ContentAddress(method.Method, ingested.ContentHash!.Value);
             StorePath path;
@@ -140,7 +133,7 @@ public sealed partial class StoreView
                 var existing = await QueryPathInfosAsync([path], cancellationToken).ConfigureAwait(false);
                 if (existing.TryGetValue(path, out var known))
                 {
-                    _tempRoots.Add(path);
+                    AddTempRoot(path);
                     return known;
                 }
             }
@@ -148,10 +141,6 @@ public sealed partial class StoreView
             var upload = new Upload(info, ingested, PathTrust.ContentAddressed, DerivationOutputs(path, ingested.FileContents));
             await CommitAsync([upload], cancellationToken).ConfigureAwait(false);
             return info;
-        }
-        finally
-        {
-            Discard(ingested);
         }
     }
 
@@ -241,6 +230,7 @@ public sealed partial class StoreView
         var captureUpTo = info.Path.IsDerivation ? ATerm.MaxSize : 0;
         var unpackTo = _store.MaterialisedFor(AccountId)?.NewTemporaryPath();
         var ingested = await NarIngest.IngestAsync(_store.Blobs, nar, contentMethod, captureUpTo, _store.Options.MaxNarSize, cancellationToken, unpackTo).ConfigureAwait(false);
+        var handedOver = false;
         try
         {
             if (ingested.NarSize != info.NarSize)
@@ -260,12 +250,15 @@ public sealed partial class StoreView
 
             var trust = trustAs ?? (info.ContentAddress is null ? PathTrust.Untrusted : PathTrust.ContentAddressed);
             var stored = info with { Ultimate = false, RegistrationTime = DateTimeOffset.UtcNow.ToUnixTimeSeconds() };
+            handedOver = true;
             return new Upload(stored, ingested, trust, DerivationOutputs(info.Path, ingested.FileContents));
         }
-        catch
+        finally
         {
-            Discard(ingested);
-            throw;
+            if (!handedOver)
+            {
+                await ingested.DisposeAsync().ConfigureAwait(false);
+            }
         }
     }
 
@@ -276,7 +269,7 @@ public sealed partial class StoreView
         using var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         foreach (var upload in ordered)
         {
-            _store.Blobs.Commit(upload.Nar.TempPath, upload.Nar.NarHash);
+            await upload.Nar.CommitAsync(cancellationToken).ConfigureAwait(false);
         }
 
         try
@@ -292,7 +285,7 @@ public sealed partial class StoreView
 
         foreach (var upload in ordered)
         {
-            _tempRoots.Add(upload.Info.Path);
+            AddTempRoot(upload.Info.Path);
         }
 
         // Before the client hears "done": it may read the path from disk next. Trees unpacked while the NARs
@@ -305,16 +298,6 @@ public sealed partial class StoreView
             }
 
             await tree.AddAsync(ordered.Where(u => u.Nar.TreePath is null).Select(u => (u.Info.Path, u.Info.NarHash)), cancellationToken).ConfigureAwait(false);
-        }
-    }
-
-    // Removes what an upload left in temporary places (after a commit, only what was not used).
-    private static void Discard(IngestedNar ingested)
-    {
-        BlobStore.DeleteTemp(ingested.TempPath);
-        if (ingested.TreePath is { } tree && Path.Exists(tree))
-        {
-            Kiln.Nix.Nar.NarExtractor.DeleteTree(tree);
         }
     }
 
@@ -341,7 +324,7 @@ public sealed partial class StoreView
         {
             if (!_seen.Add(info.Path) || (await view.QueryValidPathsAsync([info.Path], cancellationToken).ConfigureAwait(false)).Contains(info.Path))
             {
-                view._tempRoots.Add(info.Path);
+                view.AddTempRoot(info.Path);
                 return; // already there: the caller drains the NAR
             }
 
@@ -353,16 +336,15 @@ public sealed partial class StoreView
             await view.CommitAsync(_uploads, cancellationToken).ConfigureAwait(false);
         }
 
-        public ValueTask DisposeAsync()
+        public async ValueTask DisposeAsync()
         {
             // Anything not committed (the client went away, an upload failed): nothing registered, no files left.
             foreach (var upload in _uploads)
             {
-                Discard(upload.Nar);
+                await upload.Nar.DisposeAsync().ConfigureAwait(false);
             }
 
             _uploads.Clear();
-            return ValueTask.CompletedTask;
         }
     }
 }

@@ -9,10 +9,14 @@ public sealed partial class StoreView
 {
     private UpstreamPlan? _plan;
 
-    internal BlobStore Blobs => _store.Blobs;
+    internal IBlobStore Blobs => _store.Blobs;
 
     /// <summary>Where warnings about upstream caches go when the caller has no client to tell (they are logged).</summary>
     public Action<string> Warnings { get; set; } = _ => { };
+
+    /// <summary>Whether a path in this view has that NAR (so its bytes are this account's to read under another path).</summary>
+    internal async Task<bool> CanReadNarAsync(Kiln.Nix.Hashing.NixHash narHash, CancellationToken cancellationToken) =>
+        await Metadata.FindNarAsync([AccountId], narHash, cancellationToken).ConfigureAwait(false) is not null;
 
     /// <summary>The account's upstream caches and trusted keys (read once per view).</summary>
     public async Task<UpstreamPlan> UpstreamPlanAsync(CancellationToken cancellationToken)
@@ -36,7 +40,7 @@ public sealed partial class StoreView
         var valid = await _store.Upstream.SubstituteAsync(this, plan, paths, warn ?? Warnings, cancellationToken).ConfigureAwait(false);
         foreach (var path in valid)
         {
-            _tempRoots.Add(path);
+            AddTempRoot(path);
         }
 
         return valid;

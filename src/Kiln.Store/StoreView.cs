@@ -6,65 +6,147 @@ using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
 using Kiln.Protocol;
 using Kiln.Protocol.Worker;
+using Kiln.Store.Blobs;
 using Kiln.Store.Gc;
 using Kiln.Store.Metadata;
 
 namespace Kiln.Store;
 
 /// <summary>
-/// One account's view of the store, as one session uses it. The account sees exactly the paths in its view;
-/// knowing a store path gives nothing else. Uploads are verified completely (NAR hash and size, NAR well-formed,
-/// content address and content hash, references present) before they are registered, and registered atomically.
-/// Paths the session uploads or names with AddTempRoot are temporary roots until it ends.
+/// The store as one caller sees it (a session, an HTTP request): the paths in the views of the caller's readable
+/// accounts (<see cref="Caller.Readable"/>, decided by <see cref="KilnStore"/>) and nothing else — knowing a store
+/// path gives nothing. Writes go to the caller's own account. Uploads are verified completely (NAR hash and size, NAR
+/// well-formed, content address and content hash, references present) before they are registered, and registered
+/// atomically. Paths the session uploads or names with AddTempRoot are temporary roots until it ends.
 /// </summary>
 public sealed partial class StoreView : IWorkerStore, IDisposable
 {
     private readonly KilnStore _store;
-    private readonly TempRoots.SessionRoots _tempRoots;
+    private readonly TempRoots.SessionRoots? _tempRoots;
 
     private readonly string? _clientRoot;
 
-    internal StoreView(KilnStore store, long accountId, string accountName, string? clientRoot)
+    internal StoreView(KilnStore store, Caller caller, string? clientRoot)
     {
         _store = store;
-        AccountId = accountId;
-        AccountName = accountName;
+        Caller = caller;
         _clientRoot = clientRoot;
-        _tempRoots = store.TempRoots.Open(accountId);
+        _tempRoots = caller.AccountId is { } owner ? store.TempRoots.Open(owner) : null;
     }
 
-    public long AccountId { get; }
+    public Caller Caller { get; }
 
-    public string AccountName { get; }
+    /// <summary>The account this view writes to.</summary>
+    /// <exception cref="NixErrorException">The view is an anonymous reader's.</exception>
+    public long AccountId => Caller.AccountId ?? throw new NixErrorException("this view is read-only: it acts for no account");
+
+    public string AccountName => Caller.AccountName ?? throw new NixErrorException("this view is read-only: it acts for no account");
+
+    private IReadOnlyList<long> Readable => Caller.Readable;
 
     private IMetadataStore Metadata => _store.Metadata;
 
-    public void Dispose() => _tempRoots.Dispose();
+    public void Dispose() => _tempRoots?.Dispose();
+
+    private void AddTempRoot(StorePath path) => _tempRoots?.Add(path);
+
+    /// <summary>
+    /// The records of those <paramref name="paths"/> in the view: for each, from the first readable account that has
+    /// it (one query per readable account that is still needed; a session's view has one).
+    /// </summary>
+    public async Task<IReadOnlyDictionary<StorePath, PathRecord>> GetRecordsAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(paths);
+        if (Readable.Count == 1)
+        {
+            return await Metadata.GetPathsAsync(Readable[0], paths, cancellationToken).ConfigureAwait(false);
+        }
+
+        var found = new Dictionary<StorePath, PathRecord>();
+        IReadOnlyCollection<StorePath> missing = paths;
+        foreach (var account in Readable)
+        {
+            if (missing.Count == 0)
+            {
+                break;
+            }
+
+            foreach (var (path, record) in await Metadata.GetPathsAsync(account, missing, cancellationToken).ConfigureAwait(false))
+            {
+                found[path] = record;
+            }
+
+            missing = paths.Where(p => !found.ContainsKey(p)).ToList();
+        }
+
+        return found;
+    }
+
+    /// <summary>The record of the path with that hash part in the view (the first readable account's that has one).</summary>
+    public async Task<PathRecord?> FindByHashPartAsync(string hashPart, CancellationToken cancellationToken) =>
+        await Metadata.FindPathByHashPartAsync(Readable, hashPart, cancellationToken).ConfigureAwait(false) is { } found ? found.Record : null;
+
+    /// <summary>The blob of a NAR some path in the view has; null when none has it (or its blob is gone).</summary>
+    public async Task<Blobs.BlobSource?> OpenNarByHashAsync(NixHash narHash, CancellationToken cancellationToken) =>
+        await Metadata.FindNarAsync(Readable, narHash, cancellationToken).ConfigureAwait(false) is null
+            ? null
+            : await _store.Blobs.OpenReadAsync(narHash, cancellationToken).ConfigureAwait(false);
+
+    // Sets over every readable account.
+    private async Task<IReadOnlySet<StorePath>> UnionAsync(Func<long, Task<IReadOnlySet<StorePath>>> query)
+    {
+        if (Readable.Count == 1)
+        {
+            return await query(Readable[0]).ConfigureAwait(false);
+        }
+
+        var all = new SortedSet<StorePath>();
+        foreach (var account in Readable)
+        {
+            all.UnionWith(await query(account).ConfigureAwait(false));
+        }
+
+        return all;
+    }
 
     public async Task<IReadOnlySet<StorePath>> QueryValidPathsAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
     {
-        var records = await Metadata.GetPathsAsync(AccountId, paths, cancellationToken).ConfigureAwait(false);
+        var records = await GetRecordsAsync(paths, cancellationToken).ConfigureAwait(false);
         return new SortedSet<StorePath>(records.Keys);
     }
 
     public async Task<IReadOnlyDictionary<StorePath, ValidPathInfo>> QueryPathInfosAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
     {
-        var records = await Metadata.GetPathsAsync(AccountId, paths, cancellationToken).ConfigureAwait(false);
+        var records = await GetRecordsAsync(paths, cancellationToken).ConfigureAwait(false);
         return records.ToDictionary(r => r.Key, r => r.Value.Info);
     }
 
-    public Task<StorePath?> QueryPathFromHashPartAsync(string hashPart, CancellationToken cancellationToken) =>
-        Metadata.FindByHashPartAsync(AccountId, hashPart, cancellationToken);
+    public async Task<StorePath?> QueryPathFromHashPartAsync(string hashPart, CancellationToken cancellationToken) =>
+        (await FindByHashPartAsync(hashPart, cancellationToken).ConfigureAwait(false))?.Info.Path;
 
     public Task<IReadOnlySet<StorePath>> QueryReferrersAsync(StorePath path, CancellationToken cancellationToken) =>
-        Metadata.GetReferrersAsync(AccountId, path, cancellationToken);
+        UnionAsync(account => Metadata.GetReferrersAsync(account, path, cancellationToken));
 
     public Task<IReadOnlySet<StorePath>> QueryValidDeriversAsync(StorePath path, CancellationToken cancellationToken) =>
-        Metadata.GetValidDeriversAsync(AccountId, path, cancellationToken);
+        UnionAsync(account => Metadata.GetValidDeriversAsync(account, path, cancellationToken));
+
+    // The outputs a derivation in the view declares (from the first readable account that has it), or null.
+    private async Task<IReadOnlyDictionary<string, StorePath?>?> DerivationOutputsAsync(StorePath drvPath, CancellationToken cancellationToken)
+    {
+        foreach (var account in Readable)
+        {
+            if (await Metadata.GetDerivationOutputsAsync(account, drvPath, cancellationToken).ConfigureAwait(false) is { } outputs)
+            {
+                return outputs;
+            }
+        }
+
+        return null;
+    }
 
     public async Task<IReadOnlyDictionary<string, StorePath?>> QueryDerivationOutputMapAsync(StorePath drvPath, CancellationToken cancellationToken)
     {
-        var outputs = await Metadata.GetDerivationOutputsAsync(AccountId, drvPath, cancellationToken).ConfigureAwait(false)
+        var outputs = await DerivationOutputsAsync(drvPath, cancellationToken).ConfigureAwait(false)
             ?? throw new NixErrorException($"path '{drvPath}' is not valid");
         if (outputs.Count == 0)
         {
@@ -74,8 +156,8 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         return outputs;
     }
 
-    public async Task<IReadOnlySet<StorePath>> QueryAllValidPathsAsync(CancellationToken cancellationToken) =>
-        new SortedSet<StorePath>(await Metadata.GetAllPathsAsync(AccountId, cancellationToken).ConfigureAwait(false));
+    public Task<IReadOnlySet<StorePath>> QueryAllValidPathsAsync(CancellationToken cancellationToken) =>
+        UnionAsync(async account => new SortedSet<StorePath>(await Metadata.GetAllPathsAsync(account, cancellationToken).ConfigureAwait(false)));
 
     /// <summary>
     /// What realising <paramref name="targets"/> takes, as Nix's queryMissing says it: every derivation whose wanted
@@ -124,7 +206,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
                 }
 
                 willBuild.Add(drvPath);
-                var derivation = ReadDerivation(drvPath);
+                var derivation = await ReadDerivationAsync(drvPath, cancellationToken).ConfigureAwait(false);
                 var sources = await QueryValidPathsAsync(derivation.InputSources.ToList(), cancellationToken).ConfigureAwait(false);
                 unknown.UnionWith(derivation.InputSources.Where(s => !sources.Contains(s)));
                 next.AddRange(derivation.InputDerivations.Select(i => (i.Key, (IReadOnlySet<string>?)i.Value)));
@@ -142,7 +224,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     /// </summary>
     private async Task<IReadOnlyList<StorePath>?> MissingOutputsAsync(StorePath drvPath, IReadOnlySet<string>? wanted, CancellationToken cancellationToken)
     {
-        var outputs = await Metadata.GetDerivationOutputsAsync(AccountId, drvPath, cancellationToken).ConfigureAwait(false) ?? new Dictionary<string, StorePath?>();
+        var outputs = await DerivationOutputsAsync(drvPath, cancellationToken).ConfigureAwait(false) ?? new Dictionary<string, StorePath?>();
         var requested = outputs.Where(o => wanted is null || wanted.Contains(o.Key)).ToList();
         if (requested.Count == 0 || requested.Any(o => o.Value is null))
         {
@@ -157,24 +239,20 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
     public async Task<NarBlob?> OpenNarAsync(StorePath path, CancellationToken cancellationToken)
     {
-        var records = await Metadata.GetPathsAsync(AccountId, [path], cancellationToken).ConfigureAwait(false);
+        var records = await GetRecordsAsync([path], cancellationToken).ConfigureAwait(false);
         if (!records.TryGetValue(path, out var record))
         {
             return null;
         }
 
-        var file = _store.Blobs.PathOf(record.Info.NarHash);
-        if (!File.Exists(file))
-        {
-            throw new NixErrorException($"the contents of '{path}' are missing from Kiln's store; an operator should run 'kiln store verify'");
-        }
-
-        return new NarBlob(file, record.Info.NarSize, record.Info.NarHash);
+        var source = await _store.Blobs.OpenReadAsync(record.Info.NarHash, cancellationToken).ConfigureAwait(false)
+            ?? throw new NixErrorException($"the contents of '{path}' are missing from Kiln's store; an operator should run 'kiln store verify'");
+        return new NarBlob(await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false), record.Info.NarSize, record.Info.NarHash);
     }
 
     public Task AddTempRootAsync(StorePath path, CancellationToken cancellationToken)
     {
-        _tempRoots.Add(path);
+        AddTempRoot(path);
         return Task.CompletedTask;
     }
 
@@ -255,23 +333,28 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
             var records = await Metadata.GetPathsAsync(AccountId, batch, cancellationToken).ConfigureAwait(false);
             foreach (var (path, record) in records.OrderBy(r => r.Key))
             {
-                var file = _store.Blobs.PathOf(record.Info.NarHash);
-                if (!File.Exists(file))
-                {
-                    log.Log($"path '{path}' disappeared, but it still has valid referrers!");
-                    errors = true;
-                    continue;
-                }
-
                 if (!checkContents)
                 {
+                    if (!await _store.Blobs.HasAsync(record.Info.NarHash, cancellationToken).ConfigureAwait(false))
+                    {
+                        log.Log($"path '{path}' disappeared, but it still has valid referrers!");
+                        errors = true;
+                    }
+
                     continue;
                 }
 
                 if (!checkedHashes.TryGetValue(record.Info.NarHash, out var actual))
                 {
-                    actual = await HashFileAsync(file, cancellationToken).ConfigureAwait(false);
+                    actual = await HashBlobAsync(_store.Blobs, record.Info.NarHash, cancellationToken).ConfigureAwait(false);
                     checkedHashes[record.Info.NarHash] = actual;
+                }
+
+                if (actual is null)
+                {
+                    log.Log($"path '{path}' disappeared, but it still has valid referrers!");
+                    errors = true;
+                    continue;
                 }
 
                 if (actual != record.Info.NarHash)
@@ -285,11 +368,18 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         return errors;
     }
 
-    internal static async Task<NixHash> HashFileAsync(string file, CancellationToken cancellationToken)
+    /// <summary>The SHA-256 of a stored blob's bytes (null when it is not stored).</summary>
+    internal static async Task<NixHash?> HashBlobAsync(IBlobStore blobs, NixHash hash, CancellationToken cancellationToken)
     {
-        var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.Asynchronous | FileOptions.SequentialScan);
-        await using (stream.ConfigureAwait(false))
+        var source = await blobs.OpenReadAsync(hash, cancellationToken).ConfigureAwait(false);
+        if (source is null)
         {
+            return null;
+        }
+
+        await using (source.ConfigureAwait(false))
+        {
+            var stream = await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false);
             var hashing = new HashingStream(NixHashAlgorithm.Sha256);
             await using (hashing.ConfigureAwait(false))
             {

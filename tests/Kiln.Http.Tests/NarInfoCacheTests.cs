@@ -31,7 +31,7 @@ public sealed class NarInfoCacheTests : IAsyncLifetime
         var info = new ValidPathInfo { Path = path, NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, "kept"), NarSize = 8 };
         await _metadata.RegisterAsync(account, [new NewPath(info, Provenance.Uploaded, PathTrust.Untrusted, null)], default);
 
-        var cache = new NarInfoCache(_metadata);
+        var cache = new NarInfoCache(() => _metadata.PathRecordsVersion);
         Assert.Null(cache.Find("1", path.HashPart));
         cache.Add("1", path.HashPart, [1, 2, 3], cache.Version);
         Assert.Equal([1, 2, 3], cache.Find("1", path.HashPart));
@@ -48,7 +48,7 @@ public sealed class NarInfoCacheTests : IAsyncLifetime
     [Fact]
     public void It_stays_within_its_capacity()
     {
-        var cache = new NarInfoCache(_metadata, capacity: 10);
+        var cache = new NarInfoCache(() => _metadata.PathRecordsVersion, capacity: 10);
         for (var i = 0; i < 25; i++)
         {
             cache.Add("1", $"hash{i}", [(byte)i], cache.Version);

@@ -21,8 +21,6 @@ public sealed class FakeStore : IWorkerStore
 
     public List<string> Calls { get; } = [];
 
-    public string? NarDirectory { get; set; }
-
     public void Add(ValidPathInfo info, byte[] nar)
     {
         Infos[info.Path] = info;
@@ -123,9 +121,7 @@ public sealed class FakeStore : IWorkerStore
             return Task.FromResult<NarBlob?>(null);
         }
 
-        var file = Path.Combine(NarDirectory ?? Path.GetTempPath(), $"fake-{Guid.NewGuid():N}.nar");
-        File.WriteAllBytes(file, nar);
-        return Task.FromResult<NarBlob?>(new NarBlob(file, nar.Length, Infos[path].NarHash));
+        return Task.FromResult<NarBlob?>(new NarBlob(new MemoryStream(nar, writable: false), nar.Length, Infos[path].NarHash));
     }
 
     public Task AddTempRootAsync(StorePath path, CancellationToken cancellationToken)

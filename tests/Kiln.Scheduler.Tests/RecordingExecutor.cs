@@ -70,10 +70,11 @@ internal sealed class RecordingExecutor(IAgentStore store, int slots = 4) : IBui
     {
         var nar = Nar.OfFile(Encoding.UTF8.GetBytes(text));
         using var pending = store.CreateNar();
-        pending.Stream.Write(nar);
-        var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
-        pending.Commit(hash);
-        return new BuiltOutput(name, path, hash, nar.Length, [], null);
+        pending.Write(nar);
+        var (hash, size) = pending.Complete();
+        Assert.Equal(NixHash.Compute(NixHashAlgorithm.Sha256, nar), hash);
+        pending.Commit();
+        return new BuiltOutput(name, path, hash, size, [], null);
     }
 }
 

@@ -92,32 +92,71 @@ public static class ZeroCopyFiles
 
         public async Task SendFileAsync(string path, long offset, long? count, CancellationToken cancellationToken)
         {
-            var response = context.Response;
             // The file is opened before anything is sent, so that a missing one is still an error response.
             var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.Asynchronous | FileOptions.SequentialScan);
             await using (file.ConfigureAwait(false))
             {
-                var length = count ?? file.Length - offset;
-                // Checked once the response has started, so that an OnStarting callback's changes count too.
-                var wroteBefore = response.HasStarted;
-                await kestrel.StartAsync(cancellationToken).ConfigureAwait(false);
-                if (wroteBefore || HttpMethods.IsHead(context.Request.Method) || response.ContentLength != length
-                    || response.StatusCode is StatusCodes.Status204NoContent or StatusCodes.Status304NotModified
-                    || offset < 0 || offset + length > file.Length)
-                {
-                    // Kestrel knows what such a response may carry.
-                    await kestrel.SendFileAsync(path, offset, count, cancellationToken).ConfigureAwait(false);
-                    return;
-                }
-
-                var headers = await kestrel.Writer.FlushAsync(cancellationToken).ConfigureAwait(false);
-                if (headers.IsCompleted || headers.IsCanceled)
-                {
-                    throw new ConnectionAbortedException("the client closed the connection");
-                }
-
-                await output.SendFileAsync(kestrel.Writer, file, offset, length, cancellationToken).ConfigureAwait(false);
+                await SendOpenFileAsync(file, offset, count, cancellationToken).ConfigureAwait(false);
             }
+        }
+
+        /// <summary>The same for a file already open (a blob store hands out open files, never paths).</summary>
+        public async Task SendOpenFileAsync(FileStream file, long offset, long? count, CancellationToken cancellationToken)
+        {
+            var response = context.Response;
+            var length = count ?? file.Length - offset;
+            // Checked once the response has started, so that an OnStarting callback's changes count too.
+            var wroteBefore = response.HasStarted;
+            await kestrel.StartAsync(cancellationToken).ConfigureAwait(false);
+            if (HttpMethods.IsHead(context.Request.Method) || response.StatusCode is StatusCodes.Status204NoContent or StatusCodes.Status304NotModified)
+            {
+                return; // no body
+            }
+
+            if (wroteBefore || response.ContentLength != length || offset < 0 || offset + length > file.Length)
+            {
+                // Kestrel checks what such a response may carry.
+                await CopyAsync(file, offset, length, kestrel.Stream, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+
+            var headers = await kestrel.Writer.FlushAsync(cancellationToken).ConfigureAwait(false);
+            if (headers.IsCompleted || headers.IsCanceled)
+            {
+                throw new ConnectionAbortedException("the client closed the connection");
+            }
+
+            await output.SendFileAsync(kestrel.Writer, file, offset, length, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Sends <paramref name="count"/> bytes of an open file from <paramref name="offset"/> as the response body: by
+    /// sendfile where the connection allows it (see <see cref="Use"/>), by copying otherwise. The response's headers
+    /// (status, Content-Length) must be set.
+    /// </summary>
+    public static Task SendFileAsync(HttpContext context, FileStream file, long offset, long count, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        return context.Features.Get<IHttpResponseBodyFeature>() is SendfileResponseBody zeroCopy
+            ? zeroCopy.SendOpenFileAsync(file, offset, count, cancellationToken)
+            : CopyAsync(file, offset, count, context.Response.Body, cancellationToken);
+    }
+
+    private static async Task CopyAsync(Stream file, long offset, long count, Stream body, CancellationToken cancellationToken)
+    {
+        file.Seek(offset, SeekOrigin.Begin);
+        var buffer = new byte[Math.Min(count, 256 * 1024)];
+        for (var left = count; left > 0;)
+        {
+            var read = await file.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, left)), cancellationToken).ConfigureAwait(false);
+            if (read == 0)
+            {
+                throw new IOException("the file is shorter than the response says");
+            }
+
+            await body.WriteAsync(buffer.AsMemory(0, read), cancellationToken).ConfigureAwait(false);
+            left -= read;
         }
     }
 }

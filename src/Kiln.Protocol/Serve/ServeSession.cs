@@ -210,7 +210,10 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
     {
         var path = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
         var blob = await store.OpenNarAsync(path, ct).ConfigureAwait(false) ?? throw new NixErrorException($"path '{path}' is not valid");
-        await _output.SendFileAsync(blob.FilePath, blob.Size, ct).ConfigureAwait(false);
+        await using (blob.ConfigureAwait(false))
+        {
+            await _output.SendNarAsync(blob, ct).ConfigureAwait(false);
+        }
     }
 
     // The closure of references, one batched query per level; with includeOutputs, derivations' outputs too.
@@ -377,8 +380,12 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
         {
             var info = infos[path];
             var blob = await store.OpenNarAsync(path, ct).ConfigureAwait(false) ?? throw new NixErrorException($"path '{path}' is not valid");
-            _output.WriteU64(1);
-            await _output.SendFileAsync(blob.FilePath, blob.Size, ct).ConfigureAwait(false);
+            await using (blob.ConfigureAwait(false))
+            {
+                _output.WriteU64(1);
+                await _output.SendNarAsync(blob, ct).ConfigureAwait(false);
+            }
+
             _output.WriteU64(ExportMagic);
             _output.WriteStorePath(path);
             _output.WriteStorePaths(info.References);

@@ -2,14 +2,15 @@ using System.Buffers;
 using System.IO.Pipelines;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Wire;
+using Kiln.Protocol.Worker;
 
 namespace Kiln.Protocol.Wire;
 
 /// <summary>Sends a file's bytes without copying them through the process (sendfile on the session's socket).</summary>
 public interface IFileSender
 {
-    /// <summary>Sends <paramref name="length"/> bytes of the file at <paramref name="path"/> after everything written so far.</summary>
-    ValueTask SendFileAsync(string path, long length, CancellationToken cancellationToken);
+    /// <summary>Sends <paramref name="length"/> bytes of <paramref name="file"/>, from its start, after everything written so far.</summary>
+    ValueTask SendFileAsync(FileStream file, long length, CancellationToken cancellationToken);
 }
 
 /// <summary>
@@ -76,37 +77,34 @@ public sealed class WireOutput
     }
 
     /// <summary>
-    /// Sends a file after everything written so far: by sendfile when the transport offers it, otherwise by copying
-    /// through the pipe in 256 KiB pieces with back-pressure.
+    /// Sends a NAR after everything written so far: by sendfile when it is a local file and the transport offers
+    /// that, otherwise by copying through the pipe in 256 KiB pieces with back-pressure.
     /// </summary>
-    public async ValueTask SendFileAsync(string path, long length, CancellationToken cancellationToken)
+    public async ValueTask SendNarAsync(NarBlob blob, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(blob);
         await FlushAsync(cancellationToken).ConfigureAwait(false);
-        if (_fileSender is not null)
+        if (_fileSender is not null && blob.Content is FileStream file)
         {
-            await _fileSender.SendFileAsync(path, length, cancellationToken).ConfigureAwait(false);
-            _counting.AddExternal(length);
+            await _fileSender.SendFileAsync(file, blob.Size, cancellationToken).ConfigureAwait(false);
+            _counting.AddExternal(blob.Size);
             _flushedAt = BytesWritten;
             return;
         }
 
-        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.Asynchronous | FileOptions.SequentialScan);
-        await using (stream.ConfigureAwait(false))
+        var remaining = blob.Size;
+        while (remaining > 0)
         {
-            var remaining = length;
-            while (remaining > 0)
+            var memory = _counting.GetMemory((int)Math.Min(remaining, 256 * 1024));
+            var read = await blob.Content.ReadAsync(memory[..(int)Math.Min(memory.Length, remaining)], cancellationToken).ConfigureAwait(false);
+            if (read == 0)
             {
-                var memory = _counting.GetMemory((int)Math.Min(remaining, 256 * 1024));
-                var read = await stream.ReadAsync(memory[..(int)Math.Min(memory.Length, remaining)], cancellationToken).ConfigureAwait(false);
-                if (read == 0)
-                {
-                    throw new IOException($"'{path}' is shorter than expected");
-                }
-
-                _counting.Advance(read);
-                remaining -= read;
-                await FlushAsync(cancellationToken).ConfigureAwait(false);
+                throw new IOException($"the NAR {blob.NarHash} is shorter than its recorded size");
             }
+
+            _counting.Advance(read);
+            remaining -= read;
+            await FlushAsync(cancellationToken).ConfigureAwait(false);
         }
     }
 

@@ -81,8 +81,20 @@ public interface IUploadBatch : IAsyncDisposable
     Task CommitAsync(CancellationToken cancellationToken);
 }
 
-/// <summary>Where a path's NAR is: a file of <see cref="Size"/> bytes.</summary>
-public sealed record NarBlob(string FilePath, long Size, NixHash NarHash);
+/// <summary>
+/// A path's NAR, ready to send: <see cref="Size"/> bytes from <see cref="Content"/> — a <see cref="FileStream"/> when the
+/// store holds it as a local file, which sessions send with sendfile. Whoever opened it disposes it.
+/// </summary>
+public sealed class NarBlob(Stream content, long size, NixHash narHash) : IAsyncDisposable
+{
+    public Stream Content => content;
+
+    public long Size => size;
+
+    public NixHash NarHash => narHash;
+
+    public ValueTask DisposeAsync() => content.DisposeAsync();
+}
 
 /// <summary>QueryMissing's answer.</summary>
 public sealed record MissingPaths(

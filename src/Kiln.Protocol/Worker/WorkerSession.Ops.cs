@@ -314,10 +314,13 @@ public sealed partial class WorkerSession
         var path = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
         _log.StartWork();
         var blob = await _store.OpenNarAsync(path, ct).ConfigureAwait(false) ?? throw NotValid(path);
-        _log.StopWork();
+        await using (blob.ConfigureAwait(false))
+        {
+            _log.StopWork();
 
-        // The NAR follows raw: the client parses it to find its end.
-        await _output.SendFileAsync(blob.FilePath, blob.Size, ct).ConfigureAwait(false);
+            // The NAR follows raw: the client parses it to find its end.
+            await _output.SendNarAsync(blob, ct).ConfigureAwait(false);
+        }
     }
 
     private async Task ReplyOneAsync(Func<Task> work)

@@ -7,72 +7,95 @@ using Kiln.Protocol;
 
 namespace Kiln.Store.Blobs;
 
-/// <summary>A NAR written to a temporary blob, with what was learnt while it streamed past.</summary>
-public sealed record IngestedNar(string TempPath, NixHash NarHash, long NarSize, NixHash? ContentHash, byte[]? FileContents)
+/// <summary>
+/// A NAR written to a blob that is not committed yet, with what was learnt while it streamed past. Commit the blob
+/// once the upload is verified and registered; dispose it in any case (an uncommitted blob leaves nothing).
+/// </summary>
+public sealed class IngestedNar(IBlobWriter blob, NixHash narHash, long narSize, NixHash? contentHash, byte[]? fileContents, string? treePath)
+    : IAsyncDisposable
 {
+    public IBlobWriter Blob => blob;
+
+    public NixHash NarHash => narHash;
+
+    public long NarSize => narSize;
+
+    /// <summary>The content hash a content address is checked against (null when none was asked for).</summary>
+    public NixHash? ContentHash { get; init; } = contentHash;
+
+    /// <summary>The single regular file's contents, when it was small enough to keep (a .drv).</summary>
+    public byte[]? FileContents { get; init; } = fileContents;
+
     /// <summary>The NAR unpacked as it streamed, when asked for: a temporary tree to rename into place.</summary>
-    public string? TreePath { get; init; }
+    public string? TreePath => treePath;
+
+    /// <summary>Makes the blob readable under its NAR hash.</summary>
+    public ValueTask CommitAsync(CancellationToken cancellationToken) => blob.CommitAsync(cancellationToken);
+
+    /// <summary>Drops what was not used: the blob if it was not committed, the unpacked tree if it was not adopted.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await blob.DisposeAsync().ConfigureAwait(false);
+        if (treePath is not null && Path.Exists(treePath))
+        {
+            NarExtractor.DeleteTree(treePath);
+        }
+    }
 }
 
 /// <summary>
-/// Streams an upload into a temporary blob in one pass: SHA-256 and size of the NAR, NAR validation (a malformed or
-/// hostile archive is refused before anything is registered), the content hash a content address needs (the NAR
-/// under another algorithm, or the single file's contents for flat and text addresses), and the contents of a small
-/// single-file NAR when the caller wants them (a .drv, to learn its outputs). Memory stays constant whatever the
-/// NAR's size. On any failure the temporary file is removed.
+/// Streams an upload into a new blob in one pass: SHA-256 and size of the NAR (the blob writer's), NAR validation (a
+/// malformed or hostile archive is refused before anything is registered), the content hash a content address needs
+/// (the NAR under another algorithm, or the single file's contents for flat and text addresses), and the contents of
+/// a small single-file NAR when the caller wants them (a .drv, to learn its outputs). Memory stays constant whatever
+/// the NAR's size. On any failure nothing is left behind.
 /// </summary>
 public static class NarIngest
 {
     private const int BufferSize = 256 * 1024;
 
-    /// <summary>Copies the NAR from <paramref name="source"/> to a new temporary blob.</summary>
-    /// <param name="blobs">Where the temporary blob goes.</param>
+    /// <summary>Copies the NAR from <paramref name="source"/> into a new, uncommitted blob.</summary>
+    /// <param name="blobs">Where the blob goes.</param>
     /// <param name="source">The NAR.</param>
     /// <param name="contentMethod">With a content address to check: how its hash is computed.</param>
     /// <param name="captureFileUpTo">Keep the single regular file's contents if it is at most this many bytes.</param>
     /// <param name="maxSize">Refuse a NAR larger than this.</param>
     /// <param name="unpackTo">Also unpack the NAR, canonically, at this (new) path as it streams.</param>
     /// <param name="cancellationToken">Stops the copy.</param>
-    public static async Task<IngestedNar> IngestAsync(BlobStore blobs, Stream source, ContentAddressMethodAndAlgorithm? contentMethod,
+    public static async Task<IngestedNar> IngestAsync(IBlobStore blobs, Stream source, ContentAddressMethodAndAlgorithm? contentMethod,
         int captureFileUpTo, long maxSize, CancellationToken cancellationToken, string? unpackTo = null)
     {
         ArgumentNullException.ThrowIfNull(blobs);
         ArgumentNullException.ThrowIfNull(source);
-        var file = blobs.CreateTemp(out var tempPath);
+        var blob = blobs.CreateWriter();
         var succeeded = false;
         using var extractor = unpackTo is null ? null : new NarExtractor(unpackTo, canonical: true);
         try
         {
-            using var narHash = new HashingSink(NixHashAlgorithm.Sha256);
             using var visitor = new IngestVisitor(contentMethod, captureFileUpTo);
             var parser = new NarParser(extractor is null ? visitor : new BothVisitors(visitor, extractor));
             var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
             try
             {
-                await using (file.ConfigureAwait(false))
+                int read;
+                while ((read = await FillAsync(source, buffer, cancellationToken).ConfigureAwait(false)) > 0)
                 {
-                    int read;
-                    while ((read = await FillAsync(source, buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                    var chunk = buffer.AsSpan(0, read);
+                    if (parser.Feed(chunk) < read)
                     {
-                        var chunk = buffer.AsSpan(0, read);
-                        if (parser.Feed(chunk) < read)
-                        {
-                            throw new NixErrorException("bad archive: trailing data after the end of the NAR");
-                        }
-
-                        narHash.Append(chunk);
-                        visitor.AppendNar(chunk);
-                        if (narHash.BytesWritten > maxSize)
-                        {
-                            throw new NixErrorException($"NAR is larger than the limit of {maxSize} bytes");
-                        }
-
-                        file.Write(chunk);
+                        throw new NixErrorException("bad archive: trailing data after the end of the NAR");
                     }
 
-                    parser.Finish();
-                    blobs.Seal(file);
+                    visitor.AppendNar(chunk);
+                    if (blob.Length + read > maxSize)
+                    {
+                        throw new NixErrorException($"NAR is larger than the limit of {maxSize} bytes");
+                    }
+
+                    blob.Write(chunk);
                 }
+
+                parser.Finish();
             }
             catch (NarException e)
             {
@@ -83,8 +106,9 @@ public static class NarIngest
                 ArrayPool<byte>.Shared.Return(buffer);
             }
 
-            var size = narHash.BytesWritten;
-            var result = new IngestedNar(tempPath, narHash.Finish(), size, visitor.ContentHash(), visitor.CapturedContents) { TreePath = unpackTo };
+            var size = blob.Length;
+            var narHash = await blob.CompleteAsync(cancellationToken).ConfigureAwait(false);
+            var result = new IngestedNar(blob, narHash, size, visitor.ContentHash(), visitor.CapturedContents, unpackTo);
             succeeded = true;
             return result;
         }
@@ -92,7 +116,7 @@ public static class NarIngest
         {
             if (!succeeded)
             {
-                BlobStore.DeleteTemp(tempPath);
+                await blob.DisposeAsync().ConfigureAwait(false);
                 if (unpackTo is not null)
                 {
                     extractor!.Dispose();
@@ -160,15 +184,17 @@ public static class NarIngest
     }
 
     /// <summary>
-    /// Writes flat contents (text and flat uploads) as the NAR of one regular file: the contents go to a temporary
-    /// file first, to learn their size and hash, then into a NAR blob. Returns the blob and the contents' hash.
+    /// Writes flat contents (text and flat uploads) as the NAR of one regular file: the contents are spooled to a file
+    /// in <paramref name="spoolDirectory"/> first, to learn their size and hash, then go into a NAR blob. Returns the
+    /// blob and the contents' hash.
     /// </summary>
-    public static async Task<IngestedNar> IngestFlatAsync(BlobStore blobs, Stream contents, NixHashAlgorithm contentAlgorithm,
+    public static async Task<IngestedNar> IngestFlatAsync(IBlobStore blobs, string spoolDirectory, Stream contents, NixHashAlgorithm contentAlgorithm,
         int captureUpTo, long maxSize, CancellationToken cancellationToken, string? unpackTo = null)
     {
         ArgumentNullException.ThrowIfNull(blobs);
         ArgumentNullException.ThrowIfNull(contents);
-        var flat = blobs.CreateTemp(out var flatPath);
+        Directory.CreateDirectory(spoolDirectory);
+        var flatPath = Path.Combine(spoolDirectory, $"flat-{Guid.NewGuid():N}");
         try
         {
             using var contentHash = new HashingSink(contentAlgorithm);
@@ -176,6 +202,13 @@ public static class NarIngest
             var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
             try
             {
+                var flat = new FileStream(flatPath, new FileStreamOptions
+                {
+                    Mode = FileMode.CreateNew,
+                    Access = FileAccess.Write,
+                    BufferSize = 0,
+                    UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                });
                 await using (flat.ConfigureAwait(false))
                 {
                     int read;
@@ -207,12 +240,18 @@ public static class NarIngest
             await using (nar.ConfigureAwait(false))
             {
                 var ingested = await IngestAsync(blobs, nar, null, 0, long.MaxValue, cancellationToken, unpackTo).ConfigureAwait(false);
-                return ingested with { ContentHash = hash, FileContents = size <= captureUpTo ? captured.WrittenSpan.ToArray() : null };
+                return new IngestedNar(ingested.Blob, ingested.NarHash, ingested.NarSize, hash, size <= captureUpTo ? captured.WrittenSpan.ToArray() : null, ingested.TreePath);
             }
         }
         finally
         {
-            BlobStore.DeleteTemp(flatPath);
+            try
+            {
+                File.Delete(flatPath);
+            }
+            catch (IOException)
+            {
+            }
         }
     }
 

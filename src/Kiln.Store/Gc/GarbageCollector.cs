@@ -14,7 +14,7 @@ namespace Kiln.Store.Gc;
 /// <c>keep-derivations</c>). Dead paths leave the view referrers first; a blob is deleted once no view of any
 /// account names it any more.
 /// </summary>
-public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, TempRoots tempRoots, GcLock gcLock, StoreOptions options, KilnStore store)
+public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, TempRoots tempRoots, GcLock gcLock, StoreOptions options, KilnStore store)
 {
     public async Task<GcResult> CollectAsync(long account, GcRequest request, CancellationToken cancellationToken)
     {
@@ -190,10 +190,8 @@ public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, T
         var gone = candidates.Where(h => !referenced.Contains(h)).ToList();
         foreach (var hash in gone)
         {
-            var path = blobs.PathOf(hash);
-            if (File.Exists(path))
+            if (await blobs.DeleteAsync(hash, cancellationToken).ConfigureAwait(false))
             {
-                File.Delete(path);
                 count++;
             }
         }
@@ -212,7 +210,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, T
 
         foreach (var file in await metadata.RemoveNarFilesAsync(narHashes, cancellationToken).ConfigureAwait(false))
         {
-            File.Delete(Path.Combine(options.NarFilesDirectory, file));
+            store.KeptNarFiles.Delete(file);
         }
     }
 
@@ -234,20 +232,31 @@ public sealed class GarbageCollector(IMetadataStore metadata, BlobStore blobs, T
 
         using var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
         long swept = 0;
-        foreach (var batch in blobs.Enumerate().Where(b => DateTime.UtcNow - b.Modified >= grace).Chunk(1000))
+        var old = new List<NixHash>();
+        await foreach (var blob in blobs.ListAsync(cancellationToken).ConfigureAwait(false))
         {
-            var referenced = await metadata.GetReferencedBlobsAsync(batch.Select(b => b.Hash).ToList(), cancellationToken).ConfigureAwait(false);
-            var gone = batch.Where(b => !referenced.Contains(b.Hash)).ToList();
-            foreach (var blob in gone)
+            if (DateTimeOffset.UtcNow - blob.Written >= grace)
             {
-                File.Delete(blob.Path);
-                swept++;
+                old.Add(blob.Hash);
             }
-
-            await RemoveNarFilesAsync(gone.Select(b => b.Hash).ToList(), cancellationToken).ConfigureAwait(false);
         }
 
-        blobs.CleanTemp(grace);
+        foreach (var batch in old.Chunk(1000))
+        {
+            var referenced = await metadata.GetReferencedBlobsAsync(batch, cancellationToken).ConfigureAwait(false);
+            var gone = batch.Where(b => !referenced.Contains(b)).ToList();
+            foreach (var hash in gone)
+            {
+                if (await blobs.DeleteAsync(hash, cancellationToken).ConfigureAwait(false))
+                {
+                    swept++;
+                }
+            }
+
+            await RemoveNarFilesAsync(gone, cancellationToken).ConfigureAwait(false);
+        }
+
+        await blobs.CleanAbandonedAsync(grace, cancellationToken).ConfigureAwait(false);
         return (paths, bytes, swept);
     }
 }

@@ -15,8 +15,8 @@ namespace Kiln.Store.Upstream;
 /// Substitution on the farm side: Kiln asks its accounts' upstream binary caches for paths (narinfo), trusts only what
 /// a trusted key signed for exactly that path, downloads the NAR itself (never through the client), verifies NAR hash
 /// and size while it streams into the blob store, and registers the path, references first, in the account's view.
-/// Content is stored once: a NAR Kiln already has is not downloaded again, and concurrent requests for one path share
-/// one download. Any upstream failure (unreachable, 5xx, timeout, bad signature, wrong hash, cut short) is a warning
+/// Content is stored once, but knowing a NAR hash never yields content: a NAR is taken from the blob store only when the
+/// account can already read it, and otherwise downloaded (once per cache and NAR, however many sessions want it). Any upstream failure (unreachable, 5xx, timeout, bad signature, wrong hash, cut short) is a warning
 /// and the path is simply not substituted, so the caller falls back to building.
 /// </summary>
 public sealed class UpstreamSubstituter : IDisposable
@@ -26,7 +26,10 @@ public sealed class UpstreamSubstituter : IDisposable
 
     private readonly HttpClient _http;
     private readonly ConcurrentDictionary<(Uri Cache, string HashPart), (NarInfo? Info, DateTime Until)> _narInfos = new();
-    private readonly ConcurrentDictionary<StorePath, Task> _downloads = new();
+    private readonly ConcurrentDictionary<string, Task> _downloads = new();
+
+    // Remembered narinfo answers are bounded: expired ones are dropped when there are this many, all if none expired.
+    private const int MaxNarInfos = 50_000;
 
     public UpstreamSubstituter(HttpMessageHandler? handler = null)
     {
@@ -113,11 +116,30 @@ public sealed class UpstreamSubstituter : IDisposable
 
     private void Remember(UpstreamCache cache, (Uri, string) key, NarInfo? info, TimeSpan lifetime)
     {
-        if (cache.IsPublic)
+        if (!cache.IsPublic)
         {
-            _narInfos[key] = (info, DateTime.UtcNow + lifetime);
+            return;
         }
+
+        if (_narInfos.Count >= MaxNarInfos)
+        {
+            var now = DateTime.UtcNow;
+            foreach (var expired in _narInfos.Where(e => e.Value.Until <= now).ToList())
+            {
+                _narInfos.TryRemove(expired);
+            }
+
+            if (_narInfos.Count >= MaxNarInfos)
+            {
+                _narInfos.Clear();
+            }
+        }
+
+        _narInfos[key] = (info, DateTime.UtcNow + lifetime);
     }
+
+    /// <summary>How many narinfo answers are remembered (tests check the bound).</summary>
+    internal int RememberedNarInfos => _narInfos.Count;
 
     private static HttpRequestMessage Request(UpstreamCache cache, string relative)
     {
@@ -197,33 +219,37 @@ public sealed class UpstreamSubstituter : IDisposable
         return new HashSet<StorePath>(await view.QueryValidPathsAsync(paths, cancellationToken).ConfigureAwait(false));
     }
 
-    // One path into the view: from the blob Kiln already has, or downloaded once (from the cache whose narinfo was
-    // accepted) however many sessions want it.
+    // One path into the view. Knowing a NAR hash never yields content: the bytes come from a blob this account can
+    // already read, or from this cache — downloaded once per (cache, NAR) however many sessions want it, and shared
+    // only where the cache answers everyone alike (a public cache, fetched without credentials).
     private async Task<bool> FetchAsync(StoreView view, UpstreamCache cache, NarInfo narInfo, Action<string> warn, CancellationToken cancellationToken)
     {
         var path = narInfo.StorePath;
         var info = narInfo.ToValidPathInfo();
         try
         {
-            if (!view.Blobs.Exists(narInfo.NarHash))
+            if (!await view.CanReadNarAsync(narInfo.NarHash, cancellationToken).ConfigureAwait(false))
             {
-                var download = _downloads.GetOrAdd(path, _ => DownloadAsync(view, cache, info, narInfo));
+                var key = cache.IsPublic ? $"{cache.Url}\n{narInfo.Url}" : $"{cache.Url}\n{narInfo.Url}\n{view.AccountId}";
+                var download = _downloads.GetOrAdd(key, _ => DownloadAsync(view, cache, info, narInfo));
                 try
                 {
                     await download.WaitAsync(cancellationToken).ConfigureAwait(false);
                 }
                 finally
                 {
-                    _downloads.TryRemove(KeyValuePair.Create(path, download));
+                    _downloads.TryRemove(KeyValuePair.Create(key, download));
                 }
             }
 
+            // Joined another view's download of the same public NAR, or the content was in this view under another path.
             if (!(await view.QueryValidPathsAsync([path], cancellationToken).ConfigureAwait(false)).Contains(path))
             {
-                var blob = new FileStream(view.Blobs.PathOf(narInfo.NarHash), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+                var blob = await view.Blobs.OpenReadAsync(narInfo.NarHash, cancellationToken).ConfigureAwait(false)
+                    ?? throw new IOException($"the NAR of '{path}' was collected while it was being substituted");
                 await using (blob.ConfigureAwait(false))
                 {
-                    await view.AddSubstitutedAsync(info, blob, cancellationToken).ConfigureAwait(false);
+                    await view.AddSubstitutedAsync(info, await blob.OpenStreamAsync(cancellationToken).ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
                 }
             }
 

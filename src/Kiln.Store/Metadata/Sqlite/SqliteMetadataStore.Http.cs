@@ -108,6 +108,7 @@ public sealed partial class SqliteMetadataStore
     private static readonly PreparedQuery HashPartQuery = new($"""
         SELECT {PathColumns}, p.account_id
         FROM json_each($accounts) j CROSS JOIN paths p ON p.account_id = j.value AND p.hash_part = $hash
+        ORDER BY j.key
         LIMIT 1
         """, "$accounts", "$hash");
 

@@ -1,0 +1,107 @@
+using Kiln.Nix.Hashing;
+
+namespace Kiln.Store.Blobs;
+
+/// <summary>
+/// The blob port: content stored once under its SHA-256 — NARs under their NAR hash, compressed NAR files kept for
+/// HTTP clients under their file hash. A blob is written through an <see cref="IBlobWriter"/>, which hashes what
+/// passes and makes it readable only when committed, under the hash it computed; so a blob under a name is always
+/// complete and is what that name says. Nothing outside an implementation knows where blobs live: a reader gets a
+/// <see cref="BlobSource"/>. The directory store (<see cref="DiskBlobStore"/>) is the embedded default; an object
+/// store implements the same contract (<c>tests/Kiln.Store.Tests/BlobStoreContract.cs</c>).
+/// </summary>
+public interface IBlobStore
+{
+    ValueTask<bool> HasAsync(NixHash hash, CancellationToken cancellationToken);
+
+    /// <summary>The blob's bytes, or null when no blob has this hash. Dispose the source when done.</summary>
+    ValueTask<BlobSource?> OpenReadAsync(NixHash hash, CancellationToken cancellationToken);
+
+    /// <summary>Starts a new blob; nothing is kept unless it is committed.</summary>
+    IBlobWriter CreateWriter();
+
+    /// <summary>Deletes a blob (the garbage collector does, once nothing names it); false if there was none.</summary>
+    ValueTask<bool> DeleteAsync(NixHash hash, CancellationToken cancellationToken);
+
+    /// <summary>Every stored blob, with its size and when it was written (the collector's sweep, verification).</summary>
+    IAsyncEnumerable<StoredBlob> ListAsync(CancellationToken cancellationToken);
+
+    /// <summary>Removes what writers left that are older than <paramref name="age"/> (a crash mid-upload); returns how many.</summary>
+    ValueTask<int> CleanAbandonedAsync(TimeSpan age, CancellationToken cancellationToken);
+}
+
+/// <summary>A blob as listed: its hash, size and when it was written.</summary>
+public sealed record StoredBlob(NixHash Hash, long Length, DateTimeOffset Written);
+
+/// <summary>
+/// A blob being written. Bytes are SHA-256-hashed and counted as they pass; <see cref="CompleteAsync"/> ends the
+/// writing and says what the hash is; <see cref="CommitAsync"/> then makes the blob readable under that hash (or
+/// drops it, when that content is stored already). Disposing an uncommitted writer leaves nothing behind.
+/// </summary>
+public interface IBlobWriter : IAsyncDisposable
+{
+    /// <summary>Bytes written so far.</summary>
+    long Length { get; }
+
+    /// <summary>Appends bytes (callers write large chunks: the directory store writes through, unbuffered).</summary>
+    void Write(ReadOnlySpan<byte> data);
+
+    /// <summary>Ends the writing (durably, when the store is so configured) and returns the SHA-256 of what was written.</summary>
+    ValueTask<NixHash> CompleteAsync(CancellationToken cancellationToken);
+
+    /// <summary>Makes the completed blob readable under its hash.</summary>
+    ValueTask CommitAsync(CancellationToken cancellationToken);
+}
+
+/// <summary>
+/// A stored blob, ready to be read: a local file a caller may send with sendfile (<see cref="LocalFile"/>), or a
+/// stream; and possibly a URL a client may be sent to instead (<see cref="Location"/>, an object store's). The
+/// source holds the blob open, so a collection after it was opened cannot cut it short.
+/// </summary>
+public sealed class BlobSource : IAsyncDisposable
+{
+    private readonly Func<CancellationToken, ValueTask<Stream>>? _open;
+    private Stream? _content;
+
+    private BlobSource(NixHash hash, long length, Stream? content, Func<CancellationToken, ValueTask<Stream>>? open, Uri? location)
+    {
+        Hash = hash;
+        Length = length;
+        _content = content;
+        _open = open;
+        Location = location;
+    }
+
+    /// <summary>A blob held in an open local file.</summary>
+    public static BlobSource FromFile(NixHash hash, FileStream file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return new BlobSource(hash, file.Length, file, null, null);
+    }
+
+    /// <summary>A blob read through <paramref name="open"/>, which a client may also fetch at <paramref name="location"/>.</summary>
+    public static BlobSource FromStream(NixHash hash, long length, Func<CancellationToken, ValueTask<Stream>> open, Uri? location = null) =>
+        new(hash, length, null, open, location);
+
+    public NixHash Hash { get; }
+
+    public long Length { get; }
+
+    /// <summary>The blob as an open local file (positioned at its start), when it is one.</summary>
+    public FileStream? LocalFile => _content as FileStream;
+
+    /// <summary>Where a client may fetch the blob itself, when the store offers that.</summary>
+    public Uri? Location { get; }
+
+    /// <summary>The blob's bytes from the start. A source is read once; the stream goes with the source.</summary>
+    public async ValueTask<Stream> OpenStreamAsync(CancellationToken cancellationToken) =>
+        _content ??= await _open!(cancellationToken).ConfigureAwait(false);
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_content is not null)
+        {
+            await _content.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+}
