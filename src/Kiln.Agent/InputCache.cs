@@ -16,7 +16,7 @@ internal sealed class InputCache(string root, IAgentStore store)
 
     public string Root => root;
 
-    public string PathOf(NixHash narHash)
+    public string TreeOf(NixHash narHash)
     {
         var name = narHash.ToNix32();
         return Path.Combine(root, name[..2], name);
@@ -25,7 +25,7 @@ internal sealed class InputCache(string root, IAgentStore store)
     /// <summary>The unpacked tree of the NAR with this hash, unpacking it first if needed.</summary>
     public Task<string> EnsureAsync(NixHash narHash)
     {
-        var path = PathOf(narHash);
+        var path = TreeOf(narHash);
         if (StorePathGraph.ExistsNoFollow(path))
         {
             return Task.FromResult(path);
@@ -42,7 +42,7 @@ internal sealed class InputCache(string root, IAgentStore store)
     /// <summary>Takes a canonical output tree the agent just built and stored as this NAR (it moves, or stays where it is).</summary>
     public void Adopt(NixHash narHash, string tree)
     {
-        var path = PathOf(narHash);
+        var path = TreeOf(narHash);
         if (StorePathGraph.ExistsNoFollow(path))
         {
             return;

@@ -194,25 +194,27 @@ public sealed partial class BinaryCache
         await BytesAsync(context, "application/json", Encoding.UTF8.GetBytes(text.ToString())).ConfigureAwait(false);
     }
 
-    private async Task LogAsync(HttpContext context, StoreView view, string baseName)
+    private static async Task LogAsync(HttpContext context, StoreView view, string baseName)
     {
-        // The log of a derivation in the caller's views (the builds that wrote it are shared as the outputs are).
-        if (_options.LogPath is null || !StorePath.IsValidBaseName(baseName) || !baseName.EndsWith(".drv", StringComparison.Ordinal))
+        // The log of the latest build of that derivation that was for one of the caller's accounts.
+        var log = StorePath.IsValidBaseName(baseName) && baseName.EndsWith(".drv", StringComparison.Ordinal)
+            ? await view.OpenDerivationLogAsync(StorePath.FromBaseName(baseName), context.RequestAborted).ConfigureAwait(false)
+            : null;
+        if (log is null)
         {
             await NotFoundAsync(context).ConfigureAwait(false);
             return;
         }
 
-        var drv = StorePath.FromBaseName(baseName);
-        var found = await view.FindByHashPartAsync(drv.HashPart, context.RequestAborted).ConfigureAwait(false);
-        var file = _options.LogPath(drv);
-        if (found is not { Info.Path: var path } || path != drv || !File.Exists(file))
+        await using (log.ConfigureAwait(false))
         {
-            await NotFoundAsync(context).ConfigureAwait(false);
-            return;
+            context.Response.ContentType = "text/plain; charset=utf-8";
+            context.Response.ContentLength = log.Length - log.Position;
+            if (!HttpMethods.IsHead(context.Request.Method))
+            {
+                await log.CopyToAsync(context.Response.Body, context.RequestAborted).ConfigureAwait(false);
+            }
         }
-
-        await TypedResults.PhysicalFile(file, "text/plain; charset=utf-8").ExecuteAsync(context).ConfigureAwait(false);
     }
 
     private async Task PutAsync(HttpContext context, StoreView view, string path)

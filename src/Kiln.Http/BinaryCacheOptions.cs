@@ -1,5 +1,3 @@
-using Kiln.Nix.StorePaths;
-
 namespace Kiln.Http;
 
 /// <summary>How the HTTP binary cache runs.</summary>
@@ -7,12 +5,6 @@ public sealed record BinaryCacheOptions
 {
     /// <summary>Where uploaded NARs wait for their narinfo (Nix uploads the NAR first); emptied on start.</summary>
     public required string StagingDirectory { get; init; }
-
-    /// <summary>Where compressed NARs are kept as uploaded, for clients whose narinfo cache names them.</summary>
-    public required string NarFilesDirectory { get; init; }
-
-    /// <summary>Where a derivation's build log is (a plain text file), or null when Kiln keeps none.</summary>
-    public Func<StorePath, string>? LogPath { get; init; }
 
     /// <summary>The largest (compressed) NAR an upload may send.</summary>
     public long MaxUploadSize { get; init; } = 64L << 30;

@@ -7,6 +7,7 @@ using Kiln.Nix.Signing;
 using Kiln.Nix.StorePaths;
 using Kiln.Protocol;
 using Kiln.Store;
+using Kiln.Store.Blobs;
 using Microsoft.AspNetCore.Http;
 
 namespace Kiln.Http;
@@ -146,7 +147,7 @@ internal sealed class NarUploads
     }
 
     // A blob's stream that also closes the blob source.
-    private sealed class BlobStream(Kiln.Store.Blobs.BlobSource source, Stream inner) : Kiln.Nix.ReadOnlyStream
+    private sealed class BlobStream(BlobSource source, Stream inner) : Kiln.Nix.ReadOnlyStream
     {
         public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
 

@@ -3,12 +3,6 @@ namespace Kiln.Scheduler;
 /// <summary>Operator settings for building.</summary>
 public sealed record SchedulerOptions
 {
-    /// <summary>Where build logs are kept: <c>&lt;2&gt;/&lt;drv base name&gt;</c>, as Nix's <c>/nix/var/log/nix/drvs</c>.</summary>
-    public required string LogDirectory { get; init; }
-
-    /// <summary>The system Kiln's agents build for.</summary>
-    public string System { get; init; } = "x86_64-linux";
-
     /// <summary>Kiln's limits; a client may ask for tighter ones, never looser.</summary>
     public TimeSpan MaxSilentTime { get; init; }
 

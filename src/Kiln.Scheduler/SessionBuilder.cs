@@ -7,6 +7,7 @@ using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
 using Kiln.Protocol;
 using Kiln.Protocol.Worker;
+using Kiln.Scheduler.Queue;
 using Kiln.Store;
 using Kiln.Store.Metadata;
 
@@ -186,12 +187,6 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 return done;
             }
 
-            if (derivation.Platform != _scheduler.Options.System && !derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal))
-            {
-                return Step.Failed(BuildStatus.MiscFailure,
-                    $"a '{derivation.Platform}' is required to build '{drvPath}', but Kiln builds for '{_scheduler.Options.System}'");
-            }
-
             // Inputs first, all at once.
             var inputSteps = derivation.InputDerivations.Keys.Select(RealiseAsync).ToList();
             var inputResults = await Task.WhenAll(inputSteps).ConfigureAwait(false);
@@ -316,13 +311,14 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             var token = _stop.Token;
             var outputs = derivation.Outputs.ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
 
-            // Built before, for anyone, from identical inputs: reuse it.
-            var record = await _scheduler.Store.Metadata.FindSuccessfulBuildAsync(key, token).ConfigureAwait(false);
+            // Built before, for anyone, from identical inputs: reuse it (and the build is now this account's too).
+            var record = await _scheduler.Builds.FindSuccessfulBuildAsync(key, token).ConfigureAwait(false);
             if (record is not null)
             {
-                var stored = JsonSerializer.Deserialize(record.OutputsJson, SchedulerJson.Default.ListStoredOutput)!.Select(o => o.ToBuiltOutput()).ToList();
+                var stored = record.Outputs.Select(BuildScheduler.FromRecord).ToList();
                 if (await AllStoredAsync(stored, token).ConfigureAwait(false))
                 {
+                    await _scheduler.Builds.AddBuildAccountAsync(record.Id, _view.AccountId, token).ConfigureAwait(false);
                     await RegisterAsync(drvPath, stored, trusted, token).ConfigureAwait(false);
                     return new Step(BuildStatus.Built, "", outputs);
                 }
@@ -335,7 +331,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 Inputs = closure.Select(r => new BuildInput(r.Info.Path, r.Info.NarHash, r.Info.NarSize, r.Info.References.ToList())).ToList(),
                 Limits = Limits(),
             };
-            var result = await _scheduler.RunOrJoinAsync(key, job, _view.AccountId, _events, token).ConfigureAwait(false);
+            var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation), _view.AccountId, _events, token).ConfigureAwait(false);
             var outcome = result.Outcome;
             if (!outcome.Succeeded)
             {
@@ -350,13 +346,42 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
         {
             foreach (var output in outputs)
             {
-                if (!await _scheduler.Store.Blobs.HasAsync(output.NarHash, token).ConfigureAwait(false))
+                if (!await _scheduler.Blobs.HasAsync(output.NarHash, token).ConfigureAwait(false))
                 {
                     return false;
                 }
             }
 
             return true;
+        }
+
+        // The system and the requiredSystemFeatures (an attribute, or a key of the structured attributes) the agent must have.
+        private static JobRequirements Requirements(Derivation derivation)
+        {
+            var features = new SortedSet<string>(StringComparer.Ordinal);
+            if (derivation.Environment.TryGetValue("__json", out var json))
+            {
+                try
+                {
+                    using var attributes = JsonDocument.Parse(json);
+                    if (attributes.RootElement.ValueKind == JsonValueKind.Object
+                        && attributes.RootElement.TryGetProperty("requiredSystemFeatures", out var list) && list.ValueKind == JsonValueKind.Array)
+                    {
+                        features.UnionWith(list.EnumerateArray().Where(f => f.ValueKind == JsonValueKind.String).Select(f => f.GetString()!));
+                    }
+                }
+                catch (JsonException)
+                {
+                    // The agent refuses malformed structured attributes with Nix's message.
+                }
+            }
+            else if (derivation.Environment.TryGetValue("requiredSystemFeatures", out var text))
+            {
+                features.UnionWith(text.Split([' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries));
+            }
+
+            var system = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal) ? "builtin" : derivation.Platform;
+            return new JobRequirements(system, features);
         }
 
         // The tighter of Kiln's limits and the client's.

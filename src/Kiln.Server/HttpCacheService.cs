@@ -14,7 +14,7 @@ namespace Kiln.Server;
 /// The HTTP front: Kestrel on <see cref="ServerOptions.HttpListen"/> serving <see cref="BinaryCache"/>. It is its own
 /// small web application inside <c>kiln serve</c>'s host, sharing the store and the scheduler's log layout.
 /// </summary>
-public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Scheduler.BuildScheduler scheduler, ILoggerFactory loggers)
+public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, ILoggerFactory loggers)
     : IHostedService, IAsyncDisposable
 {
     private WebApplication? _app;
@@ -31,8 +31,6 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         var cache = new BinaryCache(store, new BinaryCacheOptions
         {
             StagingDirectory = Path.Combine(options.DataDirectory, "http-uploads"),
-            NarFilesDirectory = store.Options.NarFilesDirectory,
-            LogPath = scheduler.LogPath,
             MaxUploadSize = store.Options.MaxNarSize,
         }, logger);
 

@@ -2,6 +2,7 @@ using Kiln.Agent;
 using Kiln.Nix.Signing;
 using Kiln.Protocol.Worker;
 using Kiln.Scheduler;
+using Kiln.Scheduler.Queue;
 using Kiln.Store;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
@@ -24,31 +25,77 @@ public static partial class KilnServer
         await using (store.ConfigureAwait(false))
         {
             await store.ReconcileMaterialisedAsync(cancellationToken).ConfigureAwait(false);
-            var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
-            builder.Logging.AddSimpleConsole(console =>
+            using var loggers = LoggerFactory.Create(ConfigureLogging);
+            var logger = loggers.CreateLogger("Kiln.Scheduler");
+            var abandoned = await store.Builds.AbandonRunningBuildsAsync("the Kiln server stopped while it ran", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), cancellationToken)
+                .ConfigureAwait(false);
+            if (abandoned > 0)
             {
-                console.SingleLine = true;
-                console.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fff ";
-                console.ColorBehavior = LoggerColorBehavior.Disabled;
-            });
-            builder.Logging.SetMinimumLevel(LogLevel.Information);
-            builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
-            builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.ShutdownGrace + TimeSpan.FromSeconds(5));
-            builder.Services.AddSingleton(store);
-            builder.Services.AddSingleton(options);
-            builder.Services.AddSingleton(new WorkerSessionOptions());
-            builder.Services.AddSingleton(services => CreateScheduler(options, store, services.GetRequiredService<ILoggerFactory>()));
-            builder.Services.AddHostedService<DaemonSocketService>();
-            builder.Services.AddHostedService<Ssh.SshFrontDoor>();
-            builder.Services.AddHostedService<HttpCacheService>();
-            using var host = builder.Build();
-            await host.RunAsync(cancellationToken).ConfigureAwait(false);
+                LogAbandoned(logger, abandoned);
+            }
+
+            // The embedded agent pulls work from the queue as a remote agent will; the scheduler only offers it.
+            using var queue = new InMemoryJobQueue();
+            var executor = CreateExecutor(options, store, logger);
+            var scheduler = new BuildScheduler(store.Builds, store.Blobs, queue, store.Logs, new SchedulerOptions
+            {
+                Cores = options.Cores,
+                MaxSilentTime = options.MaxSilentTime,
+                Timeout = options.BuildTimeout,
+                MaxLogSize = options.MaxLogSize,
+            }, BuildKey(options.DataDirectory), logger);
+            var agent = new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, executor.Slots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4);
+            await using (agent.ConfigureAwait(false))
+            {
+                var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+                ConfigureLogging(builder.Logging);
+                builder.Services.Configure<ConsoleLifetimeOptions>(o => o.SuppressStatusMessages = true);
+                builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = options.ShutdownGrace + TimeSpan.FromSeconds(5));
+                builder.Services.AddSingleton(store);
+                builder.Services.AddSingleton(options);
+                builder.Services.AddSingleton(new WorkerSessionOptions());
+                builder.Services.AddSingleton(scheduler);
+                builder.Services.AddHostedService<DaemonSocketService>();
+                builder.Services.AddHostedService<Ssh.SshFrontDoor>();
+                builder.Services.AddHostedService<HttpCacheService>();
+                using var host = builder.Build();
+                await host.RunAsync(cancellationToken).ConfigureAwait(false);
+
+                // Stopped accepting; sessions were told to end, so the builds nobody waits for are being cancelled. Let
+                // them record how they ended before the agent stops (aborting what is left) and the store closes.
+                await DrainAsync(scheduler, options.ShutdownGrace).ConfigureAwait(false);
+            }
+
+            await DrainAsync(scheduler, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
         }
 
         return 0;
     }
 
-    private static BuildScheduler CreateScheduler(ServerOptions options, KilnStore store, ILoggerFactory loggers)
+    private static void ConfigureLogging(ILoggingBuilder logging)
+    {
+        logging.AddSimpleConsole(console =>
+        {
+            console.SingleLine = true;
+            console.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fff ";
+            console.ColorBehavior = LoggerColorBehavior.Disabled;
+        });
+        logging.SetMinimumLevel(LogLevel.Information);
+    }
+
+    private static async Task DrainAsync(BuildScheduler scheduler, TimeSpan grace)
+    {
+        try
+        {
+            await scheduler.DrainAsync().WaitAsync(grace).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // The agent's disposal cancels what is still running.
+        }
+    }
+
+    private static SandboxExecutor CreateExecutor(ServerOptions options, KilnStore store, ILogger logger)
     {
         var executor = new SandboxExecutor(new SandboxOptions
         {
@@ -57,21 +104,21 @@ public static partial class KilnServer
             Cores = options.Cores,
             SandboxPaths = options.SandboxPaths,
         }, new LocalAgentStore(store.Blobs));
-        var logger = loggers.CreateLogger("Kiln.Scheduler");
         if (executor.BuildUsersUnavailable is { } why)
         {
             LogNoBuildUsers(logger, why);
         }
 
-        return new BuildScheduler(store, executor, new SchedulerOptions
-        {
-            LogDirectory = Path.Combine(options.DataDirectory, "logs"),
-            Cores = options.Cores,
-            MaxSilentTime = options.MaxSilentTime,
-            Timeout = options.BuildTimeout,
-            MaxLogSize = options.MaxLogSize,
-        }, BuildKey(options.DataDirectory), logger);
+        return executor;
     }
+
+    // What the embedded agent builds: this machine's system, with Nix's default system features (minus kvm and
+    // uid-range, which Kiln's sandbox does not provide).
+    private static AgentInfo EmbeddedAgentInfo(ServerOptions options, int slots) =>
+        new("embedded", new SortedSet<string>(options.Systems, StringComparer.Ordinal), new SortedSet<string>(options.SystemFeatures, StringComparer.Ordinal), slots);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} builds were still running when the server last stopped; recorded as failed")]
+    private static partial void LogAbandoned(ILogger logger, int count);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "no build users: {Reason}")]
     private static partial void LogNoBuildUsers(ILogger logger, string reason);

@@ -18,6 +18,12 @@ public sealed record ServerOptions
     /// <summary>How long running sessions get to finish when the server stops.</summary>
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>The systems the embedded agent builds for (Nix's <c>system</c> and <c>extra-platforms</c>).</summary>
+    public IReadOnlyList<string> Systems { get; init; } = ["x86_64-linux"];
+
+    /// <summary>The features the embedded agent has (Nix's <c>system-features</c>; derivations' <c>requiredSystemFeatures</c> must be among them).</summary>
+    public IReadOnlyList<string> SystemFeatures { get; init; } = ["benchmark", "big-parallel", "nixos-test"];
+
     /// <summary>Builds at once (Nix's <c>max-jobs</c>).</summary>
     public int MaxJobs { get; init; } = Math.Max(1, Environment.ProcessorCount);
 

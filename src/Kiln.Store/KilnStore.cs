@@ -1,8 +1,8 @@
 using Kiln.Store.Accounts;
 using Kiln.Store.Blobs;
 using Kiln.Store.Gc;
+using Kiln.Store.Logs;
 using Kiln.Store.Metadata;
-using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.Store;
 
@@ -21,6 +21,7 @@ public sealed class KilnStore : IAsyncDisposable
         Blobs = new DiskBlobStore(options.BlobDirectory, options.FsyncBlobs);
         TempRoots = new TempRoots();
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory);
+        Logs = new FileBuildLogStore(options.LogDirectory);
         Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
         GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
     }
@@ -62,6 +63,12 @@ public sealed class KilnStore : IAsyncDisposable
 
     internal KeptNarFiles KeptNarFiles { get; }
 
+    /// <summary>Build logs, by build id (the scheduler writes them; views decide who reads them).</summary>
+    public IBuildLogStore Logs { get; }
+
+    /// <summary>Build records (the scheduler's port onto the metadata).</summary>
+    public IBuildMetadata Builds => Metadata;
+
     public GarbageCollector GarbageCollector { get; }
 
     internal GcLock GcLock => _gcLock;
@@ -71,7 +78,7 @@ public sealed class KilnStore : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         Directory.CreateDirectory(options.DataDirectory);
-        var metadata = new SqliteMetadataStore(options.DatabasePath);
+        var metadata = MetadataStores.Open(options.EffectiveMetadataUrl);
         await metadata.MigrateAsync(cancellationToken).ConfigureAwait(false);
         return await CreateAsync(options, metadata, cancellationToken).ConfigureAwait(false);
     }

@@ -36,12 +36,18 @@ public sealed record StoreOptions
     /// <summary>Keys trusted for every account's upstream caches (<c>kiln serve --trusted-public-keys</c>).</summary>
     public IReadOnlyList<string> DefaultTrustedPublicKeys { get; init; } = [];
 
-    public string DatabasePath => Path.Combine(DataDirectory, "kiln.db");
+    /// <summary>Where the metadata is (<see cref="Metadata.MetadataStores"/>); by default SQLite in the data directory.</summary>
+    public string? MetadataUrl { get; init; }
+
+    public string EffectiveMetadataUrl => MetadataUrl ?? Metadata.MetadataStores.DefaultUrl(DataDirectory);
 
     /// <summary>Compressed NARs kept as HTTP clients uploaded them (they go when their blob goes).</summary>
     public string NarFilesDirectory => Path.Combine(DataDirectory, "nar-files");
 
     public string BlobDirectory => Path.Combine(DataDirectory, "blobs");
+
+    /// <summary>Build logs, one file per build (<see cref="Logs.FileBuildLogStore"/>).</summary>
+    public string LogDirectory => Path.Combine(DataDirectory, "logs", "builds");
 
     /// <summary>Scratch files of the store's own (flat uploads spooled to learn their size); emptied as they are used.</summary>
     public string TemporaryDirectory => Path.Combine(DataDirectory, "tmp");

@@ -3,6 +3,7 @@ using Kiln.Nix.Derivations;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
 using Kiln.Protocol.Worker;
+using Kiln.Scheduler.Queue;
 using Kiln.Store;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -19,18 +20,24 @@ public sealed class SchedulerTests : IAsyncLifetime
     private KilnStore _store = null!;
     private RecordingExecutor _executor = null!;
     private BuildScheduler _scheduler = null!;
+    private InMemoryJobQueue _queue = null!;
+    private EmbeddedAgent _agent = null!;
     private readonly Dictionary<StorePath, Derivation> _derivations = [];
 
     public async ValueTask InitializeAsync()
     {
         _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
         _executor = new RecordingExecutor(new LocalAgentStore(_store.Blobs), slots: 2);
-        _scheduler = new BuildScheduler(_store, _executor, new SchedulerOptions { LogDirectory = _temp["logs"] }, null, NullLogger.Instance);
+        _queue = new InMemoryJobQueue();
+        _agent = new EmbeddedAgent(_queue, _executor, new AgentInfo("test", new SortedSet<string> { "x86_64-linux" }, new SortedSet<string> { "big-parallel" }, _executor.Slots),
+            NullLogger.Instance, TimeSpan.FromSeconds(1));
+        _scheduler = new BuildScheduler(_store.Builds, _store.Blobs, _queue, _store.Logs, new SchedulerOptions(), null, NullLogger.Instance);
     }
 
     public async ValueTask DisposeAsync()
     {
-        _scheduler.Dispose();
+        await _agent.DisposeAsync();
+        _queue.Dispose();
         await _store.DisposeAsync();
         _temp.Dispose();
     }

@@ -34,7 +34,7 @@ public sealed class StoreTests : IAsyncLifetime
         References = new SortedSet<StorePath>(references),
     };
 
-    private static StorePath Ia(string name) => MetadataStoreContract.P(name);
+    private static StorePath Ia(string name) => MetadataContract.P(name);
 
     private string[] TempFiles() => Directory.GetFiles(Path.Combine(_temp["data"], "blobs", "tmp"));
 

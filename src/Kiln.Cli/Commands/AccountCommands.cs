@@ -2,7 +2,6 @@ using System.CommandLine;
 using System.Text.Json;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
-using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.Cli.Commands;
 
@@ -20,16 +19,16 @@ internal static class AccountCommands
 
     internal static Option<bool> JsonOption() => new("--json") { Description = "Print JSON instead of text." };
 
-    internal static async Task<SqliteMetadataStore> OpenAsync(string data, CancellationToken cancellationToken)
+    internal static async Task<IMetadataStore> OpenAsync(string data, CancellationToken cancellationToken)
     {
         var directory = Path.GetFullPath(data);
         Directory.CreateDirectory(directory);
-        var metadata = new SqliteMetadataStore(Path.Combine(directory, "kiln.db"));
+        var metadata = MetadataStores.Open(MetadataStores.DefaultUrl(directory));
         await metadata.MigrateAsync(cancellationToken).ConfigureAwait(false);
         return metadata;
     }
 
-    internal static async Task<AccountRecord> AccountAsync(SqliteMetadataStore metadata, string name, CancellationToken cancellationToken) =>
+    internal static async Task<AccountRecord> AccountAsync(IAccountMetadata metadata, string name, CancellationToken cancellationToken) =>
         await metadata.FindAccountAsync(AccountName.Validate(name), cancellationToken).ConfigureAwait(false)
             ?? throw new CommandException($"there is no account '{name}' (see 'kiln account list')");
 
@@ -256,7 +255,7 @@ internal static class AccountCommands
                 return 0;
             }
 
-            var metadata = new SqliteMetadataStore(database, readOnly: true);
+            var metadata = MetadataStores.Open("sqlite://" + database, readOnly: true);
             await using (metadata.ConfigureAwait(false))
             {
                 var key = await metadata.FindSshKeyAsync(offered.Type, offered.Blob, cancellationToken).ConfigureAwait(false);

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using Kiln.Nix.StorePaths;
+using Kiln.Store;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 
@@ -14,7 +14,7 @@ namespace Kiln.Server.Ssh;
 /// line on stderr and never ends an interactive session; a one-shot command's exit status says whether it worked.
 /// What it shows is the key's own account only, within the key's permissions.
 /// </summary>
-internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, Func<StorePath, string> logPath, Stream connection)
+internal sealed class AdminShell(IAccountMetadata metadata, SshKeyRecord key, StoreView view, Stream connection)
 {
     private const string Help = """
         Kiln shell commands (add --json for JSON):
@@ -144,25 +144,34 @@ internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, Func
             case "list":
                 var limitAt = words.IndexOf("--limit");
                 var limit = limitAt > 0 ? int.Parse(words.ElementAtOrDefault(limitAt + 1) ?? "", NumberStyles.None, CultureInfo.InvariantCulture) : 20;
-                var builds = await metadata.ListBuildsAsync(key.AccountId, Math.Clamp(limit, 1, 10_000), cancellationToken).ConfigureAwait(false);
+                var builds = await view.ListBuildsAsync(Math.Clamp(limit, 1, 10_000), cancellationToken).ConfigureAwait(false);
                 return Show(json, builds.Select(BuildJson), builds.Count == 0 ? "no builds yet" : string.Join("\n", builds.Select(b =>
-                    $"{b.Id,8}  {(b.Succeeded ? "built " : "failed")}  {Time(b.Started)}  {b.Stopped - b.Started,5}s  {b.DrvPath}")));
+                    $"{b.Id,8}  {Status(b)}  {Time(b.Started)}  {b.Stopped - b.Started,5}s  {b.DrvPath}")));
             case "show" or "log":
                 var id = long.Parse(words.ElementAtOrDefault(2) ?? throw new ShellException($"usage: builds {words[1]} ID"), NumberStyles.None, CultureInfo.InvariantCulture);
-                var build = await metadata.GetBuildAsync(key.AccountId, id, cancellationToken).ConfigureAwait(false)
+                var build = await view.GetBuildAsync(id, cancellationToken).ConfigureAwait(false)
                     ?? throw new ShellException($"the account has no build {id}");
                 if (words[1] == "show")
                 {
                     return Show(json, BuildJson(build), string.Join("\n",
-                        $"build {build.Id}: {(build.Succeeded ? "built" : "failed")}",
+                        $"build {build.Id}: {Status(build).Trim()}",
                         $"derivation /nix/store/{build.DrvPath}",
                         $"started {Time(build.Started)}, took {build.Stopped - build.Started} s",
                         $"cpu {(build.CpuUserMicroseconds ?? 0) / 1e6:F2} s user, {(build.CpuSystemMicroseconds ?? 0) / 1e6:F2} s system; peak memory {build.PeakMemory ?? 0} bytes",
                         build.Error.Length > 0 ? $"error: {build.Error}" : ""));
                 }
 
-                var log = logPath(StorePath.FromBaseName(build.DrvPath));
-                return File.Exists(log) ? await File.ReadAllTextAsync(log, cancellationToken).ConfigureAwait(false) : "";
+                var log = await view.OpenBuildLogAsync(build.Id, cancellationToken).ConfigureAwait(false);
+                if (log is null)
+                {
+                    return "";
+                }
+
+                await using (log.ConfigureAwait(false))
+                {
+                    using var text = new StreamReader(log, Encoding.UTF8);
+                    return await text.ReadToEndAsync(cancellationToken).ConfigureAwait(false);
+                }
             default:
                 throw new ShellException("usage: builds list [--limit N] | builds show ID | builds log ID");
         }
@@ -170,12 +179,11 @@ internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, Func
 
     private async Task<string> UsageAsync(bool json, CancellationToken cancellationToken)
     {
-        var graph = await metadata.GetGraphAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
-        var builds = await metadata.ListBuildsAsync(key.AccountId, 1_000_000, cancellationToken).ConfigureAwait(false);
+        var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
+        var builds = await view.ListBuildsAsync(1_000_000, cancellationToken).ConfigureAwait(false);
         var cpu = builds.Sum(b => (b.CpuUserMicroseconds ?? 0) + (b.CpuSystemMicroseconds ?? 0)) / 1e6;
-        var narBytes = graph.Sum(n => n.NarSize);
-        return Show(json, new { paths = graph.Count, narBytes, builds = builds.Count, failedBuilds = builds.Count(b => !b.Succeeded), cpuSeconds = Math.Round(cpu, 2) },
-            $"store: {graph.Count} paths, {narBytes} bytes (NAR)\nbuilds: {builds.Count} ({builds.Count(b => !b.Succeeded)} failed), {cpu:F2} s of CPU");
+        return Show(json, new { paths, narBytes, builds = builds.Count, failedBuilds = builds.Count(b => !b.Succeeded), cpuSeconds = Math.Round(cpu, 2) },
+            $"store: {paths} paths, {narBytes} bytes (NAR)\nbuilds: {builds.Count} ({builds.Count(b => !b.Succeeded)} failed), {cpu:F2} s of CPU");
     }
 
     private void Need(KeyPermissions permission)
@@ -198,7 +206,7 @@ internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, Func
     {
         id = b.Id,
         derivation = "/nix/store/" + b.DrvPath,
-        status = b.Succeeded ? "built" : "failed",
+        status = Status(b).Trim(),
         failure = b.Failure,
         error = b.Error,
         started = Time(b.Started),
@@ -207,6 +215,8 @@ internal sealed class AdminShell(IMetadataStore metadata, SshKeyRecord key, Func
         cpuSystemSeconds = (b.CpuSystemMicroseconds ?? 0) / 1e6,
         peakMemory = b.PeakMemory,
     };
+
+    private static string Status(BuildRecord b) => b.Running ? "running" : b.Succeeded ? "built  " : "failed ";
 
     private static string Time(long unix) => DateTimeOffset.FromUnixTimeSeconds(unix).ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture);
 

@@ -188,7 +188,8 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     if (command is "" or "shell" or "kiln" || command.StartsWith("kiln ", StringComparison.Ordinal))
                     {
                         await AnswerAsync(stream, "ok framed", stoppingToken).ConfigureAwait(false);
-                        var shell = new AdminShell(store.Metadata, key, scheduler.LogPath, stream);
+                        using var shellView = store.OpenView(KilnStore.CallerForSshKey(key));
+                        var shell = new AdminShell(store.Metadata, key, shellView, stream);
                         var shown = Printable(command);
                         if (command.StartsWith("kiln ", StringComparison.Ordinal))
                         {
@@ -218,7 +219,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     }
 
                     await AnswerAsync(stream, "ok", stoppingToken).ConfigureAwait(false);
-                    using var view = await store.OpenViewAsync(key.AccountName, stoppingToken).ConfigureAwait(false);
+                    using var view = store.OpenView(KilnStore.CallerForSshKey(key));
                     var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, stoppingToken).ConfigureAwait(false);
                     LogSession(logger, id, key.AccountName, key.Fingerprint, command, summary.CloseReason ?? "client disconnected", summary.Operations, watch.Elapsed.TotalSeconds);
                 }
@@ -249,7 +250,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         {
             await AnswerAsync(stream, $"ok stderr={token}", stoppingToken).ConfigureAwait(false);
             var errors = await slot.Connected.Task.WaitAsync(TimeSpan.FromSeconds(30), stoppingToken).ConfigureAwait(false);
-            using var view = await store.OpenViewAsync(key.AccountName, stoppingToken).ConfigureAwait(false);
+            using var view = store.OpenView(KilnStore.CallerForSshKey(key));
             const string ReadOnly = "Kiln: this session is read-only (nix-store --serve without --write)";
             var keyOptions = SessionOptions(key);
             var serve = new Kiln.Protocol.Serve.ServeSession(view, scheduler.ForSession(view), new Kiln.Protocol.Serve.ServeSessionOptions

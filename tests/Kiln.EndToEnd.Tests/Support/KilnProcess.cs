@@ -129,6 +129,23 @@ public sealed class KilnProcess : IDisposable
         }
     }
 
+    /// <summary>Waits until the server's log says <paramref name="text"/> (its lines arrive asynchronously); false on timeout.</summary>
+    public bool WaitForLog(string text, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
+        while (!Log.Contains(text, StringComparison.Ordinal))
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                return false;
+            }
+
+            Thread.Sleep(20);
+        }
+
+        return true;
+    }
+
     private void Append(string? line)
     {
         if (line is not null)

@@ -3,7 +3,7 @@ using Microsoft.Data.Sqlite;
 
 namespace Kiln.Store.Metadata.Sqlite;
 
-// Accounts and their login keys.
+// IAccountMetadata: accounts, their login keys and tokens, signing keys, public caches.
 public sealed partial class SqliteMetadataStore
 {
     private const string KeyColumns = "k.id, k.account_id, a.name, k.key_type, k.key_blob, k.comment, k.permissions, k.enabled, k.created";
@@ -84,4 +84,101 @@ public sealed partial class SqliteMetadataStore
         KeyPermissionNames.Parse(reader.GetString(6)),
         reader.GetInt64(7) != 0,
         reader.GetInt64(8));
+
+    private const string TokenColumns = "t.id, t.account_id, a.name, t.description, t.permissions, t.expires, t.revoked, t.created";
+
+    public Task<bool> SetPublicCacheAsync(long account, bool isPublic, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var update = Command(connection, "UPDATE accounts SET public_cache = $p WHERE id = $a", transaction, ("$p", isPublic ? 1 : 0), ("$a", account));
+            return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<long>> GetPublicCacheAccountsAsync(CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<long>>(async connection =>
+        {
+            using var select = Command(connection, "SELECT id FROM accounts WHERE public_cache != 0 ORDER BY id");
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var ids = new List<long>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                ids.Add(reader.GetInt64(0));
+            }
+
+            return ids;
+        }, cancellationToken);
+
+    public Task<TokenRecord> AddTokenAsync(long account, string tokenHash, string description, KeyPermissions permissions, long? expires, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, """
+                INSERT INTO tokens (account_id, token_hash, description, permissions, expires, created)
+                VALUES ($a, $h, $d, $p, $e, $n) RETURNING id
+                """, transaction, ("$a", account), ("$h", tokenHash), ("$d", description), ("$p", KeyPermissionNames.Format(permissions, " ")),
+                ("$e", expires), ("$n", Now()));
+            var id = (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+            return (await ReadOneTokenAsync(connection, transaction, "t.id = $i", cancellationToken, ("$i", id)))!;
+        }, cancellationToken);
+
+    public Task<TokenRecord?> FindTokenAsync(string tokenHash, CancellationToken cancellationToken) =>
+        ReadAsync(connection => ReadOneTokenAsync(connection, null, "t.token_hash = $h", cancellationToken, ("$h", tokenHash)), cancellationToken);
+
+    public Task<IReadOnlyList<TokenRecord>> ListTokensAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<TokenRecord>>(async connection =>
+        {
+            using var select = Command(connection, $"SELECT {TokenColumns} FROM tokens t JOIN accounts a ON a.id = t.account_id WHERE t.account_id = $a ORDER BY t.id",
+                null, ("$a", account));
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var tokens = new List<TokenRecord>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                tokens.Add(ReadToken(reader));
+            }
+
+            return tokens;
+        }, cancellationToken);
+
+    public Task<bool> RevokeTokenAsync(long account, long id, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var update = Command(connection, "UPDATE tokens SET revoked = $n WHERE account_id = $a AND id = $i AND revoked IS NULL",
+                transaction, ("$n", Now()), ("$a", account), ("$i", id));
+            return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
+        }, cancellationToken);
+
+    private static async Task<TokenRecord?> ReadOneTokenAsync(SqliteConnection connection, SqliteTransaction? transaction, string condition,
+        CancellationToken cancellationToken, params (string Name, object? Value)[] parameters)
+    {
+        using var select = Command(connection, $"SELECT {TokenColumns} FROM tokens t JOIN accounts a ON a.id = t.account_id WHERE {condition}", transaction, parameters);
+        using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadToken(reader) : null;
+    }
+
+    private static TokenRecord ReadToken(SqliteDataReader reader) => new(
+        reader.GetInt64(0),
+        reader.GetInt64(1),
+        reader.GetString(2),
+        reader.GetString(3),
+        KeyPermissionNames.Parse(reader.GetString(4)),
+        reader.IsDBNull(5) ? null : reader.GetInt64(5),
+        reader.IsDBNull(6) ? null : reader.GetInt64(6),
+        reader.GetInt64(7));
+
+    public Task SetSigningKeyAsync(long account, string secretKey, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var upsert = Command(connection, """
+                INSERT INTO signing_keys (account_id, secret, created) VALUES ($a, $s, $n)
+                ON CONFLICT (account_id) DO UPDATE SET secret = excluded.secret, created = excluded.created
+                """, transaction, ("$a", account), ("$s", secretKey), ("$n", Now()));
+            await upsert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return true;
+        }, cancellationToken);
+
+    public Task<string?> GetSigningKeyAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var select = Command(connection, "SELECT secret FROM signing_keys WHERE account_id = $a", null, ("$a", account));
+            return await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) as string;
+        }, cancellationToken);
 }

@@ -1,28 +1,65 @@
+using System.Text.Json;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.StorePaths;
 using Microsoft.Data.Sqlite;
 
 namespace Kiln.Store.Metadata.Sqlite;
 
+// IBuildMetadata: builds and the accounts they were for.
 public sealed partial class SqliteMetadataStore
 {
-    private const string BuildColumns = "id, step_key, drv_path, account_id, status, failure, error, started, stopped, cpu_user_us, cpu_system_us, peak_memory, outputs";
+    private const string BuildColumns =
+        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs";
 
-    public Task<long> RecordBuildAsync(BuildRecord build, CancellationToken cancellationToken) =>
+    public Task<long> StartBuildAsync(string stepKey, string drvPath, long account, long started, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
             using var insert = Command(connection, """
-                INSERT INTO builds (step_key, drv_path, account_id, status, failure, error, started, stopped, cpu_user_us, cpu_system_us, peak_memory, outputs)
-                VALUES ($k, $d, $a, $s, $f, $e, $t0, $t1, $cu, $cs, $m, $o) RETURNING id
+                INSERT INTO builds (step_key, drv_path, account_id, status, started, stopped) VALUES ($k, $d, $a, 'running', $t, 0) RETURNING id
+                """, transaction, ("$k", stepKey), ("$d", drvPath), ("$a", account), ("$t", started));
+            var id = (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+            using var link = Command(connection, "INSERT INTO build_accounts (build_id, account_id) VALUES ($b, $a)", transaction, ("$b", id), ("$a", account));
+            await link.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return id;
+        }, cancellationToken);
+
+    public Task FinishBuildAsync(long id, BuildEnd outcome, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(outcome);
+        var end = outcome;
+        return WriteAsync(async (connection, transaction) =>
+        {
+            using var update = Command(connection, """
+                UPDATE builds SET status = $s, failure = $f, error = $e, stopped = $t, cpu_user_us = $cu, cpu_system_us = $cs, peak_memory = $m, outputs = $o
+                WHERE id = $i
                 """, transaction,
-                ("$k", build.StepKey), ("$d", build.DrvPath), ("$a", build.AccountId), ("$s", build.Succeeded ? "built" : "failed"),
-                ("$f", build.Failure), ("$e", build.Error), ("$t0", build.Started), ("$t1", build.Stopped), ("$cu", build.CpuUserMicroseconds),
-                ("$cs", build.CpuSystemMicroseconds), ("$m", build.PeakMemory), ("$o", build.OutputsJson));
-            return (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+                ("$i", id), ("$s", end.Succeeded ? "built" : "failed"), ("$f", end.Failure), ("$e", end.Error), ("$t", end.Stopped),
+                ("$cu", end.CpuUserMicroseconds), ("$cs", end.CpuSystemMicroseconds), ("$m", end.PeakMemory), ("$o", OutputsJson(end.Outputs)));
+            await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+    }
+
+    public Task AddBuildAccountAsync(long id, long account, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var link = Command(connection, "INSERT INTO build_accounts (build_id, account_id) VALUES ($b, $a) ON CONFLICT DO NOTHING", transaction,
+                ("$b", id), ("$a", account));
+            await link.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<int> AbandonRunningBuildsAsync(string reason, long now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var update = Command(connection, "UPDATE builds SET status = 'failed', failure = 'MiscFailure', error = $e, stopped = $t WHERE status = 'running'",
+                transaction, ("$e", reason), ("$t", now));
+            return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
     public Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
-            using var command = Command(connection, $"SELECT {BuildColumns} FROM builds WHERE step_key = $k AND status = 'built' ORDER BY id DESC LIMIT 1", null, ("$k", stepKey));
+            using var command = Command(connection, $"SELECT {BuildColumns} FROM builds b WHERE b.step_key = $k AND b.status = 'built' ORDER BY b.id DESC LIMIT 1",
+                null, ("$k", stepKey));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadBuild(reader) : null;
         }, cancellationToken);
@@ -30,7 +67,9 @@ public sealed partial class SqliteMetadataStore
     public Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
-            using var command = Command(connection, $"SELECT {BuildColumns} FROM builds WHERE id = $i AND account_id = $a", null, ("$i", id), ("$a", account));
+            using var command = Command(connection, $"""
+                SELECT {BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.build_id = $i AND f.account_id = $a
+                """, null, ("$i", id), ("$a", account));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadBuild(reader) : null;
         }, cancellationToken);
@@ -38,8 +77,11 @@ public sealed partial class SqliteMetadataStore
     public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<BuildRecord>>(async connection =>
         {
-            using var command = Command(connection,
-                $"SELECT {BuildColumns} FROM builds WHERE $a IS NULL OR account_id = $a ORDER BY id DESC LIMIT $l", null, ("$a", account), ("$l", limit));
+            using var command = account is null
+                ? Command(connection, $"SELECT {BuildColumns} FROM builds b ORDER BY b.id DESC LIMIT $l", null, ("$l", limit))
+                : Command(connection, $"""
+                    SELECT {BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.account_id = $a ORDER BY f.build_id DESC LIMIT $l
+                    """, null, ("$a", account), ("$l", limit));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var builds = new List<BuildRecord>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
@@ -50,12 +92,28 @@ public sealed partial class SqliteMetadataStore
             return builds;
         }, cancellationToken);
 
+    public Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(accounts);
+        return ReadAsync(async connection =>
+        {
+            using var command = Command(connection, $"""
+                SELECT {BuildColumns} FROM builds b
+                WHERE b.drv_path = $d AND EXISTS (SELECT 1 FROM build_accounts f JOIN json_each($accounts) j ON f.account_id = j.value WHERE f.build_id = b.id)
+                ORDER BY b.status = 'built' DESC, b.id DESC LIMIT 1
+                """, null, ("$d", drvPath), ("$accounts", "[" + string.Join(',', accounts) + "]"));
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadBuild(reader) : null;
+        }, cancellationToken);
+    }
+
     private static BuildRecord ReadBuild(SqliteDataReader reader) => new()
     {
         Id = reader.GetInt64(0),
         StepKey = reader.GetString(1),
         DrvPath = reader.GetString(2),
         AccountId = reader.GetInt64(3),
+        Running = reader.GetString(4) == "running",
         Succeeded = reader.GetString(4) == "built",
         Failure = reader.GetString(5),
         Error = reader.GetString(6),
@@ -64,6 +122,18 @@ public sealed partial class SqliteMetadataStore
         CpuUserMicroseconds = reader.IsDBNull(9) ? null : reader.GetInt64(9),
         CpuSystemMicroseconds = reader.IsDBNull(10) ? null : reader.GetInt64(10),
         PeakMemory = reader.IsDBNull(11) ? null : reader.GetInt64(11),
-        OutputsJson = reader.GetString(12),
+        Outputs = ParseOutputs(reader.GetString(12)),
     };
+
+    // Outputs as JSON in one column: they are only ever read whole, with their build.
+    private static string OutputsJson(IReadOnlyList<BuildOutputRecord> outputs) =>
+        JsonSerializer.Serialize(outputs.Select(o => new StoredOutput(o.Name, o.Path.FullPath, o.NarHash.ToString(HashFormat.Nix32, true), o.NarSize,
+            o.References.Select(r => r.FullPath).ToList(), o.ContentAddress?.ToString())).ToList(), JsonContext.Default.ListStoredOutput);
+
+    private static List<BuildOutputRecord> ParseOutputs(string json) =>
+        JsonSerializer.Deserialize(json, JsonContext.Default.ListStoredOutput)!.Select(o => new BuildOutputRecord(o.Name, StorePath.Parse(o.Path),
+            NixHash.ParseAnyPrefixed(o.NarHash), o.NarSize, o.References.Select(StorePath.Parse).ToList(), o.Ca is null ? null : ContentAddress.Parse(o.Ca))).ToList();
 }
+
+/// <summary>A build output as the <c>outputs</c> column keeps it.</summary>
+internal sealed record StoredOutput(string Name, string Path, string NarHash, long NarSize, List<string> References, string? Ca);

@@ -686,4 +686,5 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
 }
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(string[]))]
+[System.Text.Json.Serialization.JsonSerializable(typeof(List<StoredOutput>))]
 internal sealed partial class JsonContext : System.Text.Json.Serialization.JsonSerializerContext;

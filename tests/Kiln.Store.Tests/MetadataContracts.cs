@@ -6,11 +6,14 @@ using Kiln.Store.Metadata;
 namespace Kiln.Store.Tests;
 
 /// <summary>
-/// The contract every metadata provider keeps. Each provider's test class derives from this and says how to make
-/// an empty store: SQLite now, PostgreSQL when Kiln scales out.
+/// What every metadata contract needs: an empty store from the provider under test, and path helpers. Each concern
+/// of the metadata port has its own contract (accounts and credentials, settings, paths and roots, builds); each
+/// provider's test classes derive from them and say how to make an empty store: SQLite now, PostgreSQL when Kiln
+/// scales out.
 /// </summary>
-public abstract class MetadataStoreContract
+public abstract class MetadataContract
 {
+
     protected abstract Task<IMetadataStore> CreateAsync();
 
     internal static StorePath P(string name, int seed = 0)
@@ -31,7 +34,11 @@ public abstract class MetadataStoreContract
 
     internal static NewPath New(ValidPathInfo info, IReadOnlyDictionary<string, StorePath?>? outputs = null) =>
         new(info, Provenance.Uploaded, PathTrust.Untrusted, outputs);
+}
 
+/// <summary>The contract of <see cref="IAccountMetadata"/>: accounts, SSH keys, tokens, public caches, signing keys.</summary>
+public abstract class AccountMetadataContract : MetadataContract
+{
     [Fact]
     public async Task Accounts_are_created_once()
     {
@@ -82,7 +89,7 @@ public abstract class MetadataStoreContract
     }
 
     [Fact]
-    public async Task Tokens_public_caches_signing_keys_and_upstream_settings_belong_to_accounts()
+    public async Task Tokens_public_caches_and_signing_keys_belong_to_accounts()
     {
         await using var store = await CreateAsync();
         var alice = (await store.TryCreateAccountAsync("alice", default))!;
@@ -109,14 +116,29 @@ public abstract class MetadataStoreContract
         await store.SetSigningKeyAsync(alice.Id, "k-1:secret", default);
         await store.SetSigningKeyAsync(alice.Id, "k-2:secret", default);
         Assert.Equal("k-2:secret", await store.GetSigningKeyAsync(alice.Id, default));
+    }
+}
 
+/// <summary>The contract of <see cref="ISettingsMetadata"/>.</summary>
+public abstract class SettingsMetadataContract : MetadataContract
+{
+    [Fact]
+    public async Task Upstream_settings_belong_to_accounts_and_change_field_by_field()
+    {
+        await using var store = await CreateAsync();
+        var alice = (await store.TryCreateAccountAsync("alice", default))!;
+        var bob = (await store.TryCreateAccountAsync("bob", default))!;
         Assert.Equal(new UpstreamSettings("", "", ""), await store.GetUpstreamSettingsAsync(alice.Id, default));
         await store.SetUpstreamSettingsAsync(alice.Id, "https://a https://b", "k:AAAA", null, default);
         await store.SetUpstreamSettingsAsync(alice.Id, null, null, "machine a login u password p", default);
         Assert.Equal(new UpstreamSettings("https://a https://b", "k:AAAA", "machine a login u password p"), await store.GetUpstreamSettingsAsync(alice.Id, default));
         Assert.Equal(new UpstreamSettings("", "", ""), await store.GetUpstreamSettingsAsync(bob.Id, default));
     }
+}
 
+/// <summary>The contract of <see cref="IPathMetadata"/>: views, registration, lookups over several views, GC graph and roots.</summary>
+public abstract class PathMetadataContract : MetadataContract
+{
     [Fact]
     public async Task Lookups_over_several_views_find_paths_and_nars_only_there()
     {
@@ -131,9 +153,14 @@ public abstract class MetadataStoreContract
         var found = (await store.FindPathByHashPartAsync([alice, bob], path.HashPart, default))!.Value;
         Assert.Equal((bob, path), (found.Account, found.Record.Info.Path));
 
+        // Held by several of the views: the first account asked for wins, whatever the ids.
+        await store.RegisterAsync(carol, [New(Info(path) with { NarSize = 1, NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, "carol's") })], default);
+        Assert.Equal(bob, (await store.FindPathByHashPartAsync([bob, carol], path.HashPart, default))!.Value.Account);
+        Assert.Equal(carol, (await store.FindPathByHashPartAsync([carol, bob], path.HashPart, default))!.Value.Account);
+
         var narHash = Info(path).NarHash;
         Assert.Null(await store.FindNarAsync([alice, carol], narHash, default));
-        Assert.Equal(Info(path).NarSize, await store.FindNarAsync([carol, bob], narHash, default));
+        Assert.Equal(Info(path).NarSize, await store.FindNarAsync([alice, bob], narHash, default));
 
         await store.AddNarFileAsync("x.nar.xz", narHash, "xz", 42, default);
         Assert.Equal((narHash, "xz"), await store.FindNarFileAsync("x.nar.xz", default));
@@ -320,67 +347,76 @@ public abstract class MetadataStoreContract
     }
 }
 
-/// <summary>The contract on SQLite (the embedded default).</summary>
-public sealed class SqliteMetadataStoreTests : MetadataStoreContract, IDisposable
+/// <summary>The contract of <see cref="IBuildMetadata"/>: builds from start to end, and the accounts they were for.</summary>
+public abstract class BuildMetadataContract : MetadataContract
 {
-    private readonly Kiln.Nix.Tests.Support.TempDir _temp = new();
+    private static BuildOutputRecord Output(string name) =>
+        new(name, P(name), Info(P(name)).NarHash, 123, [P("dep")], null);
 
-    protected override async Task<IMetadataStore> CreateAsync()
+    [Fact]
+    public async Task A_build_is_recorded_when_it_starts_and_completed_when_it_ends()
     {
-        var store = new Kiln.Store.Metadata.Sqlite.SqliteMetadataStore(_temp[$"{Guid.NewGuid():N}.db"]);
-        await store.MigrateAsync(default);
-        return store;
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var id = await store.StartBuildAsync("key-1", "x.drv", alice, 1000, default);
+        var running = (await store.GetBuildAsync(alice, id, default))!;
+        Assert.True(running.Running);
+        Assert.False(running.Succeeded);
+        Assert.Null(await store.FindSuccessfulBuildAsync("key-1", default));
+
+        await store.FinishBuildAsync(id, new BuildEnd(true, "", "", 1005, 1_500_000, 250_000, 1 << 20, [Output("x")]), default);
+        var done = (await store.FindSuccessfulBuildAsync("key-1", default))!;
+        Assert.Equal((id, false, true, 1000L, 1005L, (long?)1_500_000, (long?)(1 << 20)), (done.Id, done.Running, done.Succeeded, done.Started, done.Stopped, done.CpuUserMicroseconds, done.PeakMemory));
+        var output = Assert.Single(done.Outputs);
+        Assert.Equal(Output("x") with { References = output.References }, output);
+        Assert.Equal([P("dep")], output.References);
+
+        var failed = await store.StartBuildAsync("key-1", "x.drv", alice, 2000, default);
+        await store.FinishBuildAsync(failed, new BuildEnd(false, "PermanentFailure", "exit 1", 2001, null, null, null, []), default);
+        Assert.Equal(id, (await store.FindSuccessfulBuildAsync("key-1", default))!.Id);
+        Assert.Equal([failed, id], (await store.ListBuildsAsync(alice, 10, default)).Select(b => b.Id));
     }
 
     [Fact]
-    public async Task Migrations_apply_once_and_the_database_is_in_wal_mode()
+    public async Task Accounts_see_the_builds_they_were_for_and_no_others()
     {
-        var path = _temp["twice.db"];
-        await using (var store = new Kiln.Store.Metadata.Sqlite.SqliteMetadataStore(path))
-        {
-            await store.MigrateAsync(default);
-            await store.GetOrCreateAccountAsync("alice", default);
-            await store.MigrateAsync(default);
-        }
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var carol = await store.GetOrCreateAccountAsync("carol", default);
+        var id = await store.StartBuildAsync("k", "y.drv", alice, 1, default);
+        Assert.Null(await store.GetBuildAsync(bob, id, default));
+        Assert.Empty(await store.ListBuildsAsync(bob, 10, default));
 
-        using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path}");
-        connection.Open();
-        using var count = connection.CreateCommand();
-        count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
-        using var reader = count.ExecuteReader();
-        reader.Read();
-        Assert.Equal(4, reader.GetInt64(0)); // 0001_initial, 0002_builds, 0003_ssh_keys, 0004_tokens_signing_keys: each applied once
-        Assert.Equal(1, reader.GetInt64(1));
-        using var mode = connection.CreateCommand();
-        mode.CommandText = "PRAGMA journal_mode";
-        Assert.Equal("wal", (string)mode.ExecuteScalar()!);
+        await store.AddBuildAccountAsync(id, bob, default);
+        await store.AddBuildAccountAsync(id, bob, default); // joining twice changes nothing
+        Assert.Equal(id, (await store.GetBuildAsync(bob, id, default))!.Id);
+        Assert.Equal([id], (await store.ListBuildsAsync(bob, 10, default)).Select(b => b.Id));
+        Assert.Single(await store.ListBuildsAsync(null, 10, default));
+        Assert.Null(await store.GetBuildAsync(carol, id, default));
+
+        // The latest build of a derivation one of the accounts was for, successful ones first.
+        Assert.Null(await store.FindLatestBuildAsync([carol], "y.drv", default));
+        await store.FinishBuildAsync(id, new BuildEnd(true, "", "", 2, null, null, null, []), default);
+        var later = await store.StartBuildAsync("k2", "y.drv", alice, 3, default);
+        await store.FinishBuildAsync(later, new BuildEnd(false, "MiscFailure", "no", 4, null, null, null, []), default);
+        Assert.Equal(id, (await store.FindLatestBuildAsync([carol, alice], "y.drv", default))!.Id);
+        Assert.Equal(id, (await store.FindLatestBuildAsync([bob], "y.drv", default))!.Id);
+        Assert.Null(await store.FindLatestBuildAsync([alice], "z.drv", default));
     }
 
     [Fact]
-    public async Task Two_processes_migrating_a_new_database_at_once_both_succeed()
+    public async Task Builds_left_running_by_a_stopped_server_are_recorded_as_failed()
     {
-        // kiln serve starting while an operator runs kiln account create: both open and migrate the same file.
-        for (var round = 0; round < 5; round++)
-        {
-            var path = Path.Combine(Path.GetTempPath(), $"kiln-race-{Guid.NewGuid():N}.db");
-            try
-            {
-                var stores = Enumerable.Range(0, 3).Select(_ => new Kiln.Store.Metadata.Sqlite.SqliteMetadataStore(path)).ToList();
-                await Task.WhenAll(stores.Select(s => Task.Run(() => s.MigrateAsync(default))));
-                foreach (var store in stores)
-                {
-                    await store.DisposeAsync();
-                }
-            }
-            finally
-            {
-                foreach (var file in new[] { path, path + "-wal", path + "-shm" })
-                {
-                    File.Delete(file);
-                }
-            }
-        }
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var running = await store.StartBuildAsync("k", "r.drv", alice, 1, default);
+        var finished = await store.StartBuildAsync("k", "r.drv", alice, 1, default);
+        await store.FinishBuildAsync(finished, new BuildEnd(true, "", "", 2, null, null, null, []), default);
+        Assert.Equal(1, await store.AbandonRunningBuildsAsync("the server stopped", 9, default));
+        var record = (await store.GetBuildAsync(alice, running, default))!;
+        Assert.Equal((false, false, "the server stopped", 9L), (record.Running, record.Succeeded, record.Error, record.Stopped));
+        Assert.True((await store.GetBuildAsync(alice, finished, default))!.Succeeded);
+        Assert.Equal(0, await store.AbandonRunningBuildsAsync("again", 10, default));
     }
-
-    public void Dispose() => _temp.Dispose();
 }

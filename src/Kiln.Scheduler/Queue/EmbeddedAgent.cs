@@ -1,0 +1,119 @@
+using Kiln.Agent;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Scheduler.Queue;
+
+/// <summary>
+/// The agent inside <c>kiln serve</c>: it pulls work from the job queue exactly as a remote agent will — one claim
+/// loop per slot, each leasing a job it can run, heartbeating while the executor builds it, then reporting the
+/// outcome. Stopping it stops claiming and cancels the builds it runs (each reports its cancelled outcome).
+/// </summary>
+public sealed partial class EmbeddedAgent : IAsyncDisposable
+{
+    private readonly IJobQueue _queue;
+    private readonly IBuildExecutor _executor;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly IDisposable _registration;
+    private readonly Task[] _loops;
+
+    public EmbeddedAgent(IJobQueue queue, IBuildExecutor executor, AgentInfo info, ILogger logger, TimeSpan heartbeat)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        ArgumentNullException.ThrowIfNull(info);
+        _queue = queue;
+        _executor = executor;
+        _logger = logger;
+        Info = info;
+        Heartbeat = heartbeat;
+        _registration = queue.Register(info);
+        _loops = Enumerable.Range(0, Math.Max(1, info.Slots)).Select(_ => Task.Run(ClaimLoopAsync)).ToArray();
+        LogStarted(logger, info.Name, info, info.Slots);
+    }
+
+    public AgentInfo Info { get; }
+
+    public TimeSpan Heartbeat { get; }
+
+    private async Task ClaimLoopAsync()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            ILease lease;
+            try
+            {
+                lease = await _queue.ClaimAsync(Info, _stop.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+
+            await RunAsync(lease).ConfigureAwait(false);
+        }
+    }
+
+    private async Task RunAsync(ILease lease)
+    {
+        var job = lease.Offer.Job;
+        using var build = CancellationTokenSource.CreateLinkedTokenSource(lease.Cancelled, _stop.Token);
+        using var beating = new CancellationTokenSource();
+        var heartbeats = BeatAsync(lease, beating.Token);
+        BuildOutcome outcome;
+        try
+        {
+            outcome = await _executor.BuildAsync(job, lease.Offer.Log, build.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            outcome = BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{job.DrvPath}' was cancelled");
+        }
+#pragma warning disable CA1031 // an agent's failure is the build's, reported; the agent goes on
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            LogFailed(_logger, job.DrvPath.FullPath, e);
+            outcome = BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"Kiln failed to build '{job.DrvPath}': {e.Message}");
+        }
+        finally
+        {
+            await beating.CancelAsync().ConfigureAwait(false);
+            await heartbeats.ConfigureAwait(false);
+        }
+
+        lease.Complete(outcome);
+    }
+
+    private async Task BeatAsync(ILease lease, CancellationToken done)
+    {
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(Heartbeat, done).ConfigureAwait(false);
+                lease.Heartbeat();
+            }
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync().ConfigureAwait(false);
+        await Task.WhenAll(_loops).ConfigureAwait(false);
+        _registration.Dispose();
+        _stop.Dispose();
+        LogStopped(_logger, Info.Name);
+    }
+
+    [LoggerMessage(EventId = LogEvents.AgentStarted, Level = LogLevel.Information, Message = "agent {Name}: builds for {What}, {Slots} at a time")]
+    private static partial void LogStarted(ILogger logger, string name, AgentInfo what, int slots);
+
+    [LoggerMessage(EventId = LogEvents.AgentFailed, Level = LogLevel.Error, Message = "agent: the build of {DrvPath} failed inside Kiln")]
+    private static partial void LogFailed(ILogger logger, string drvPath, Exception exception);
+
+    [LoggerMessage(EventId = LogEvents.AgentStopped, Level = LogLevel.Information, Message = "agent {Name} stopped")]
+    private static partial void LogStopped(ILogger logger, string name);
+}

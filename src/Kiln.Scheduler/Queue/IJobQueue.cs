@@ -1,0 +1,75 @@
+using Kiln.Agent;
+
+namespace Kiln.Scheduler.Queue;
+
+/// <summary>What a job needs of the agent that runs it (Nix's system and <c>requiredSystemFeatures</c>).</summary>
+public sealed record JobRequirements(string System, IReadOnlySet<string> Features)
+{
+    /// <summary>Nix's words for it: <c>a 'x86_64-linux' with features {kvm}</c>.</summary>
+    public override string ToString() => Features.Count == 0 ? $"a '{System}'" : $"a '{System}' with features {{{string.Join(", ", Features.Order(StringComparer.Ordinal))}}}";
+}
+
+/// <summary>
+/// An agent as it advertises itself: the systems it builds for, the features it has, and how many builds it runs at
+/// once. Builtin builders (<c>builtin:fetchurl</c>, system <c>builtin</c>) run on any agent, as in Nix.
+/// </summary>
+public sealed record AgentInfo(string Name, IReadOnlySet<string> Systems, IReadOnlySet<string> Features, int Slots)
+{
+    public bool CanRun(JobRequirements requirements)
+    {
+        ArgumentNullException.ThrowIfNull(requirements);
+        return (requirements.System == "builtin" || Systems.Contains(requirements.System)) && requirements.Features.IsSubsetOf(Features);
+    }
+
+    public override string ToString() => $"a '{string.Join("', '", Systems.Order(StringComparer.Ordinal))}' with features {{{string.Join(", ", Features.Order(StringComparer.Ordinal))}}}";
+}
+
+/// <summary>A build offered to agents: the job, what it needs, and where its log lines go as the agent sends them.</summary>
+public sealed record JobOffer(long BuildId, BuildJob Job, JobRequirements Requirements, IBuildLog Log);
+
+/// <summary>
+/// The job queue / lease port between the scheduler and the agents. The scheduler offers jobs; agents pull them —
+/// claim one with a lease, heartbeat while it runs, then complete or abandon it. A lease whose agent stops
+/// heartbeating is taken back and the job offered again. The embedded agent pulls exactly as a remote agent over HTTP
+/// will; the in-memory queue (<see cref="InMemoryJobQueue"/>) is the embedded default.
+/// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Naming", "CA1711", Justification = "it is a queue")]
+public interface IJobQueue
+{
+    /// <summary>Makes an agent known (jobs nobody registered can run fail at once); dispose to withdraw it.</summary>
+    IDisposable Register(AgentInfo agent);
+
+    /// <summary>Offers a job; the ticket completes with the outcome reported by the agent that ran it.</summary>
+    JobTicket Offer(JobOffer offer);
+
+    /// <summary>Waits for a job <paramref name="agent"/> can run and leases it to it.</summary>
+    Task<ILease> ClaimAsync(AgentInfo agent, CancellationToken cancellationToken);
+}
+
+/// <summary>The scheduler's handle on an offered job.</summary>
+public abstract class JobTicket
+{
+    /// <summary>The outcome: the agent's, or a failure Kiln reports (cancelled, no agent can run it, agent lost).</summary>
+    public abstract Task<BuildOutcome> Completion { get; }
+
+    /// <summary>Nobody wants the job any more: withdrawn if waiting, its agent told to stop if running.</summary>
+    public abstract void Cancel();
+}
+
+/// <summary>An agent's hold on a job it claimed.</summary>
+public interface ILease
+{
+    JobOffer Offer { get; }
+
+    /// <summary>Fires when the job is cancelled or the lease was taken back: the agent stops the build.</summary>
+    CancellationToken Cancelled { get; }
+
+    /// <summary>Says the agent is still at it (the lease lapses without these).</summary>
+    void Heartbeat();
+
+    /// <summary>Reports how the build ended (a failure of the build itself included).</summary>
+    void Complete(BuildOutcome outcome);
+
+    /// <summary>Gives the job back without an outcome (the agent is stopping, or failed itself): it is offered again.</summary>
+    void Abandon(string reason);
+}

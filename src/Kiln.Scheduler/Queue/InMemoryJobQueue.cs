@@ -1,0 +1,273 @@
+using Kiln.Agent;
+
+namespace Kiln.Scheduler.Queue;
+
+/// <summary>
+/// <see cref="IJobQueue"/> in one process (the embedded default): offers wait in arrival order until an agent that can
+/// run them claims one; a lease not heartbeaten for <see cref="LeaseDuration"/> is taken back (its agent is told to
+/// stop) and the job offered again, up to <see cref="MaxAttempts"/> times.
+/// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Naming", "CA1711", Justification = "it is a queue")]
+public sealed class InMemoryJobQueue : IJobQueue, IDisposable
+{
+    private readonly Lock _gate = new();
+    private readonly LinkedList<Entry> _waiting = new();
+    private readonly List<(AgentInfo Agent, TaskCompletionSource<ILease> Claim)> _claims = [];
+    private readonly HashSet<Entry> _leased = [];
+    private readonly List<AgentInfo> _agents = [];
+    private readonly Timer _expiry;
+
+    public InMemoryJobQueue(TimeSpan? leaseDuration = null)
+    {
+        LeaseDuration = leaseDuration ?? TimeSpan.FromSeconds(60);
+        var period = LeaseDuration / 4;
+        _expiry = new Timer(_ => ExpireLeases(), null, period, period);
+    }
+
+    public TimeSpan LeaseDuration { get; }
+
+    /// <summary>How often a job is offered before losing its agent counts as its failure.</summary>
+    public int MaxAttempts { get; init; } = 3;
+
+    public void Dispose() => _expiry.Dispose();
+
+    public IDisposable Register(AgentInfo agent)
+    {
+        lock (_gate)
+        {
+            _agents.Add(agent);
+        }
+
+        return new Registration(this, agent);
+    }
+
+    private sealed class Registration(InMemoryJobQueue queue, AgentInfo agent) : IDisposable
+    {
+        public void Dispose()
+        {
+            lock (queue._gate)
+            {
+                queue._agents.Remove(agent);
+            }
+        }
+    }
+
+    public JobTicket Offer(JobOffer offer)
+    {
+        ArgumentNullException.ThrowIfNull(offer);
+        var entry = new Entry(this, offer);
+        lock (_gate)
+        {
+            if (!_agents.Any(a => a.CanRun(offer.Requirements)))
+            {
+                var known = _agents.Count == 0 ? "it has no agents" : $"its agents are {string.Join("; ", _agents.Select(a => a.ToString()).Distinct())}";
+                entry.Finish(BuildOutcome.Failed(BuildFailureKind.MiscFailure,
+                    $"{offer.Requirements} is required to build '{offer.Job.DrvPath}', but Kiln cannot build that: {known}"));
+                return entry;
+            }
+
+            Enqueue(entry);
+        }
+
+        return entry;
+    }
+
+    // Hands the entry to a waiting agent that can run it, or queues it. Called under the gate.
+    private void Enqueue(Entry entry)
+    {
+        for (var i = 0; i < _claims.Count; i++)
+        {
+            var (agent, claim) = _claims[i];
+            if (agent.CanRun(entry.Offer.Requirements) && !claim.Task.IsCompleted)
+            {
+                _claims.RemoveAt(i);
+                claim.TrySetResult(entry.Lease(agent));
+                return;
+            }
+        }
+
+        _waiting.AddLast(entry);
+    }
+
+    public Task<ILease> ClaimAsync(AgentInfo agent, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(agent);
+        TaskCompletionSource<ILease> claim;
+        lock (_gate)
+        {
+            for (var node = _waiting.First; node is not null; node = node.Next)
+            {
+                if (agent.CanRun(node.Value.Offer.Requirements))
+                {
+                    _waiting.Remove(node);
+                    return Task.FromResult<ILease>(node.Value.Lease(agent));
+                }
+            }
+
+            claim = new TaskCompletionSource<ILease>(TaskCreationOptions.RunContinuationsAsynchronously);
+            _claims.Add((agent, claim));
+        }
+
+        if (cancellationToken.CanBeCanceled)
+        {
+            cancellationToken.Register(() =>
+            {
+                lock (_gate)
+                {
+                    _claims.RemoveAll(c => c.Claim == claim);
+                }
+
+                claim.TrySetCanceled(cancellationToken);
+            });
+        }
+
+        return claim.Task;
+    }
+
+    private void ExpireLeases()
+    {
+        List<Entry> lapsed;
+        lock (_gate)
+        {
+            lapsed = _leased.Where(e => e.Lapsed(LeaseDuration)).ToList();
+        }
+
+        foreach (var entry in lapsed)
+        {
+            entry.TakeBack("its agent stopped answering");
+        }
+    }
+
+    /// <summary>One offered job: its ticket, and its current lease.</summary>
+    private sealed class Entry(InMemoryJobQueue queue, JobOffer offer) : JobTicket
+    {
+        private readonly TaskCompletionSource<BuildOutcome> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private Lease? _lease;
+        private int _attempts;
+        private bool _cancelled;
+
+        public JobOffer Offer => offer;
+
+        public override Task<BuildOutcome> Completion => _completion.Task;
+
+        public void Finish(BuildOutcome outcome) => _completion.TrySetResult(outcome);
+
+        // Called under the queue's gate.
+        public Lease Lease(AgentInfo agent)
+        {
+            _attempts++;
+            _lease = new Lease(this, agent);
+            queue._leased.Add(this);
+            return _lease;
+        }
+
+        public bool Lapsed(TimeSpan duration) => _lease is { } lease && lease.Lapsed(duration);
+
+        public override void Cancel()
+        {
+            Lease? running;
+            lock (queue._gate)
+            {
+                if (_completion.Task.IsCompleted || _cancelled)
+                {
+                    return;
+                }
+
+                _cancelled = true;
+                running = _lease;
+                if (running is null)
+                {
+                    queue._waiting.Remove(this);
+                }
+            }
+
+            if (running is null)
+            {
+                Finish(BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{offer.Job.DrvPath}' was cancelled"));
+            }
+            else
+            {
+                running.Stop(); // the agent reports its (cancelled) outcome
+            }
+        }
+
+        // The lease ends without an outcome: offer the job again, unless it was cancelled or has lost agents too often.
+        public void TakeBack(string reason)
+        {
+            Lease? old;
+            bool again;
+            lock (queue._gate)
+            {
+                old = _lease;
+                if (old is null || _completion.Task.IsCompleted)
+                {
+                    return;
+                }
+
+                _lease = null;
+                queue._leased.Remove(this);
+                again = !_cancelled && _attempts < queue.MaxAttempts;
+                if (again)
+                {
+                    queue.Enqueue(this);
+                }
+            }
+
+            old.Stop();
+            if (!again)
+            {
+                Finish(BuildOutcome.Failed(BuildFailureKind.MiscFailure,
+                    _cancelled ? $"the build of '{offer.Job.DrvPath}' was cancelled" : $"Kiln could not build '{offer.Job.DrvPath}': {reason} ({_attempts} attempts)"));
+            }
+        }
+
+        public void Completed(Lease lease, BuildOutcome outcome)
+        {
+            lock (queue._gate)
+            {
+                if (_lease != lease)
+                {
+                    return; // a lease taken back: its late report is ignored
+                }
+
+                _lease = null;
+                queue._leased.Remove(this);
+            }
+
+            Finish(outcome);
+        }
+    }
+
+    // Its token source needs no disposal: it never has a timer.
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Design", "CA1001", Justification = "a CancellationTokenSource without timers holds nothing to release")]
+    private sealed class Lease(Entry entry, AgentInfo agent) : ILease
+    {
+        private readonly CancellationTokenSource _stop = new();
+        private long _lastHeartbeat = Environment.TickCount64;
+
+        public JobOffer Offer => entry.Offer;
+
+        public AgentInfo Agent => agent;
+
+        public CancellationToken Cancelled => _stop.Token;
+
+        public bool Lapsed(TimeSpan duration) => Environment.TickCount64 - Interlocked.Read(ref _lastHeartbeat) > (long)duration.TotalMilliseconds;
+
+        public void Heartbeat() => Interlocked.Exchange(ref _lastHeartbeat, Environment.TickCount64);
+
+        public void Complete(BuildOutcome outcome) => entry.Completed(this, outcome);
+
+        public void Abandon(string reason) => entry.TakeBack(reason);
+
+        public void Stop()
+        {
+            try
+            {
+                _stop.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+            }
+        }
+    }
+}

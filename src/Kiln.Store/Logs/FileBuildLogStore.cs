@@ -1,0 +1,131 @@
+using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using System.Text;
+
+namespace Kiln.Store.Logs;
+
+/// <summary>
+/// <see cref="IBuildLogStore"/> in a directory: <c>&lt;id / 1000&gt;/&lt;id&gt;.log</c>, plain text, readable by Kiln
+/// only. A log being written is followed through its writer's signal (this process writes every log it serves live).
+/// </summary>
+public sealed class FileBuildLogStore(string directory) : IBuildLogStore
+{
+    private readonly ConcurrentDictionary<long, Writer> _active = new();
+
+    private string PathOf(long buildId) =>
+        Path.Combine(directory, (buildId / 1000).ToString(System.Globalization.CultureInfo.InvariantCulture), $"{buildId}.log");
+
+    public IBuildLogWriter Create(long buildId)
+    {
+        var path = PathOf(buildId);
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        var file = new FileStream(path, new FileStreamOptions
+        {
+            Mode = FileMode.CreateNew, // a build's log is written once, by that build
+            Access = FileAccess.Write,
+            Share = FileShare.Read,
+            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+        });
+        var writer = new Writer(this, buildId, new StreamWriter(file, new UTF8Encoding(false), 64 * 1024) { AutoFlush = false });
+        _active[buildId] = writer;
+        return writer;
+    }
+
+    public Task<Stream?> OpenReadAsync(long buildId, long offset, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var file = new FileStream(PathOf(buildId), FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 64 * 1024, FileOptions.Asynchronous);
+            file.Seek(Math.Min(Math.Max(0, offset), file.Length), SeekOrigin.Begin);
+            return Task.FromResult<Stream?>(file);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            return Task.FromResult<Stream?>(null);
+        }
+    }
+
+    public async IAsyncEnumerable<string> FollowAsync(long buildId, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var stream = await OpenReadAsync(buildId, 0, cancellationToken).ConfigureAwait(false);
+        if (stream is null)
+        {
+            yield break;
+        }
+
+        using var reader = new StreamReader(stream, Encoding.UTF8);
+        while (true)
+        {
+            // Taken before reading: a line appended after the reads below completes this task.
+            var more = _active.TryGetValue(buildId, out var writer) ? writer.NextAppend : null;
+            string? line;
+            while ((line = await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false)) is not null)
+            {
+                yield return line;
+            }
+
+            if (more is null)
+            {
+                yield break;
+            }
+
+            await more.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private sealed class Writer(FileBuildLogStore owner, long buildId, StreamWriter file) : IBuildLogWriter
+    {
+        private readonly Lock _gate = new();
+        private TaskCompletionSource _appended = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private bool _done;
+
+        /// <summary>Completes at the next append, or when the log is done.</summary>
+        public Task NextAppend
+        {
+            get
+            {
+                lock (_gate)
+                {
+                    return _done ? Task.CompletedTask : _appended.Task;
+                }
+            }
+        }
+
+        public void AppendLine(string line)
+        {
+            TaskCompletionSource signal;
+            lock (_gate)
+            {
+                if (_done)
+                {
+                    return;
+                }
+
+                file.Write(line);
+                file.Write('\n');
+                file.Flush(); // readers and followers see each line as it comes (whole, up to 64 KiB)
+                signal = _appended;
+                _appended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+
+            signal.TrySetResult();
+        }
+
+        public void Dispose()
+        {
+            lock (_gate)
+            {
+                if (_done)
+                {
+                    return;
+                }
+
+                _done = true;
+                file.Dispose();
+            }
+
+            owner._active.TryRemove(buildId, out _);
+            _appended.TrySetResult();
+        }
+    }
+}

@@ -1,0 +1,78 @@
+using Kiln.Nix.Hashing;
+using Kiln.Nix.StorePaths;
+
+namespace Kiln.Store.Metadata;
+
+/// <summary>An output a build produced: its NAR is in the blob store under <see cref="NarHash"/>.</summary>
+public sealed record BuildOutputRecord(string Name, StorePath Path, NixHash NarHash, long NarSize, IReadOnlyList<StorePath> References, ContentAddress? ContentAddress);
+
+/// <summary>A build Kiln ran or is running. Times are Unix seconds.</summary>
+public sealed record BuildRecord
+{
+    public long Id { get; init; }
+
+    public required string StepKey { get; init; }
+
+    /// <summary>The derivation's base name.</summary>
+    public required string DrvPath { get; init; }
+
+    /// <summary>The account whose request started the build.</summary>
+    public required long AccountId { get; init; }
+
+    /// <summary>Still running (no outcome yet).</summary>
+    public bool Running { get; init; }
+
+    public bool Succeeded { get; init; }
+
+    public string Failure { get; init; } = "";
+
+    public string Error { get; init; } = "";
+
+    public long Started { get; init; }
+
+    public long Stopped { get; init; }
+
+    public long? CpuUserMicroseconds { get; init; }
+
+    public long? CpuSystemMicroseconds { get; init; }
+
+    public long? PeakMemory { get; init; }
+
+    public IReadOnlyList<BuildOutputRecord> Outputs { get; init; } = [];
+}
+
+/// <summary>How a build ended, recorded once it has.</summary>
+public sealed record BuildEnd(bool Succeeded, string Failure, string Error, long Stopped, long? CpuUserMicroseconds, long? CpuSystemMicroseconds,
+    long? PeakMemory, IReadOnlyList<BuildOutputRecord> Outputs);
+
+/// <summary>
+/// Builds: a row from the moment a build starts (so it has an id its log and waiting sessions can name), its outcome
+/// when it ends, and the accounts it was for — the one that started it, those that joined it while it ran, those whose
+/// views got its outputs by reuse. An account sees (lists, reads the log of) exactly the builds it was for.
+/// </summary>
+public interface IBuildMetadata
+{
+    /// <summary>Records a build that is starting for <see cref="BuildRecord.AccountId"/>; returns its id.</summary>
+    Task<long> StartBuildAsync(string stepKey, string drvPath, long account, long started, CancellationToken cancellationToken);
+
+    /// <summary>Records how the build ended.</summary>
+    Task FinishBuildAsync(long id, BuildEnd outcome, CancellationToken cancellationToken);
+
+    /// <summary>Records that the build is (also) for <paramref name="account"/> (it joined, or reused the outputs).</summary>
+    Task AddBuildAccountAsync(long id, long account, CancellationToken cancellationToken);
+
+    /// <summary>Marks builds left running by a server that stopped (or crashed) as failed; returns how many.</summary>
+    Task<int> AbandonRunningBuildsAsync(string reason, long now, CancellationToken cancellationToken);
+
+    /// <summary>The latest successful build with this step key (the derivation and its inputs' contents), if any.</summary>
+    Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken);
+
+    /// <summary>The build with that id, if it was for <paramref name="account"/>.</summary>
+    Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken);
+
+    /// <summary>The latest builds, newest first; of those for one account, or of all when <paramref name="account"/> is null.</summary>
+    Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken);
+
+    /// <summary>The latest build of the derivation (base name) that was for one of <paramref name="accounts"/>; successful ones first.</summary>
+    Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken);
+}

@@ -1,0 +1,128 @@
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+
+namespace Kiln.Store.Metadata;
+
+/// <summary>How a path came into an account's view.</summary>
+public enum Provenance
+{
+    Uploaded,
+    Built,
+    Substituted,
+    Shared,
+}
+
+/// <summary>Why Kiln believes a path's contents (never who may see it: that is membership in the view).</summary>
+public enum PathTrust
+{
+    /// <summary>Someone uploaded it; nothing vouches for it beyond that account.</summary>
+    Untrusted,
+
+    /// <summary>Its path follows from its content, which was checked.</summary>
+    ContentAddressed,
+
+    /// <summary>Signed by a key the account trusts.</summary>
+    SignedByTrustedKey,
+
+    /// <summary>Kiln built it from trusted inputs.</summary>
+    Built,
+}
+
+/// <summary>A path record in an account's view.</summary>
+public sealed record PathRecord(ValidPathInfo Info, Provenance Provenance, PathTrust Trust);
+
+/// <summary>A path to register: its info, how it came, and the outputs it declares if it is a derivation.</summary>
+public sealed record NewPath(ValidPathInfo Info, Provenance Provenance, PathTrust Trust, IReadOnlyDictionary<string, StorePath?>? DerivationOutputs);
+
+/// <summary>Kinds of garbage collector roots kept in the metadata.</summary>
+public enum RootKind
+{
+    Permanent,
+    Indirect,
+}
+
+public sealed record RootRecord(RootKind Kind, string Name, StorePath Path);
+
+/// <summary>A path in a view's reference graph, as the garbage collector sees it.</summary>
+public sealed record GraphNode(StorePath Path, IReadOnlyList<StorePath> References, StorePath? Deriver, long NarSize, NixHash NarHash);
+
+/// <summary>Registering refused because references are not valid in the view.</summary>
+public sealed class MissingReferencesException(StorePath path, IReadOnlyCollection<StorePath> missing)
+    : Exception($"cannot add '{path}': it refers to {string.Join(", ", missing.Select(m => $"'{m}'"))}, which {(missing.Count == 1 ? "is" : "are")} not valid in your store")
+{
+    public StorePath Path { get; } = path;
+
+    public IReadOnlyCollection<StorePath> Missing { get; } = missing;
+}
+
+/// <summary>
+/// Paths and roots: each account's view of the store (path records with references, signatures, derivation outputs,
+/// provenance and trust), garbage-collector roots, and the compressed NAR files kept for HTTP clients. A record is
+/// in exactly one account's view; queries over several views take the accounts in order of preference.
+/// </summary>
+public interface IPathMetadata
+{
+    /// <summary>A path with that hash part in the first of <paramref name="accounts"/>' views that has one.</summary>
+    Task<(long Account, PathRecord Record)?> FindPathByHashPartAsync(IReadOnlyList<long> accounts, string hashPart, CancellationToken cancellationToken);
+
+    /// <summary>The size of a NAR with that hash if some path in <paramref name="accounts"/>' views has it; null otherwise.</summary>
+    Task<long?> FindNarAsync(IReadOnlyList<long> accounts, NixHash narHash, CancellationToken cancellationToken);
+
+    /// <summary>Records a compressed NAR file kept as uploaded (its name under <c>nar/</c>).</summary>
+    Task AddNarFileAsync(string file, NixHash narHash, string compression, long fileSize, CancellationToken cancellationToken);
+
+    /// <summary>Forgets the kept compressed files of these NARs; returns their names (the caller deletes the files).</summary>
+    Task<IReadOnlyList<string>> RemoveNarFilesAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken);
+
+    /// <summary>The NAR hash and compression of a kept compressed NAR file, if there is one by that name.</summary>
+    Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken);
+
+    /// <summary>The records of those <paramref name="paths"/> valid in the account's view.</summary>
+    Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);
+
+    Task<StorePath?> FindByHashPartAsync(long account, string hashPart, CancellationToken cancellationToken);
+
+    Task<IReadOnlyList<StorePath>> GetAllPathsAsync(long account, CancellationToken cancellationToken);
+
+    Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken);
+
+    /// <summary>The outputs a derivation valid in the view declares, or null when it is not valid there.</summary>
+    Task<IReadOnlyDictionary<string, StorePath?>?> GetDerivationOutputsAsync(long account, StorePath drvPath, CancellationToken cancellationToken);
+
+    /// <summary>Derivations valid in the view that declare <paramref name="output"/> as an output.</summary>
+    Task<IReadOnlySet<StorePath>> GetValidDeriversAsync(long account, StorePath output, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Registers paths in one transaction: all or none. Paths already valid in the view are left as they are.
+    /// References must be valid in the view or registered earlier in the same call (a path may refer to itself).
+    /// </summary>
+    /// <exception cref="MissingReferencesException">A reference is not valid.</exception>
+    Task RegisterAsync(long account, IReadOnlyList<NewPath> paths, CancellationToken cancellationToken);
+
+    Task AddSignaturesAsync(long account, StorePath path, IReadOnlyCollection<string> signatures, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// The "records changed" signal: moves whenever a path record that was there changes or goes (signatures added,
+    /// paths deleted) — through any process sharing this metadata; registrations only add records and leave it alone.
+    /// Caches of rendered path records compare it. SQLite keeps it in the one server process that owns the database
+    /// (the data directory's lock; offline commands run only while no server does); a shared database notifies every
+    /// server (PostgreSQL: LISTEN/NOTIFY).
+    /// </summary>
+    long PathRecordsVersion { get; }
+
+    /// <summary>The whole reference graph of a view.</summary>
+    Task<IReadOnlyList<GraphNode>> GetGraphAsync(long account, CancellationToken cancellationToken);
+
+    /// <summary>Removes paths from a view in one transaction; referrers must come before what they refer to.</summary>
+    Task DeletePathsAsync(long account, IReadOnlyList<StorePath> paths, CancellationToken cancellationToken);
+
+    /// <summary>Which of the NAR hashes any view (of any account) still names.</summary>
+    Task<IReadOnlySet<NixHash>> GetReferencedBlobsAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken);
+
+    Task AddRootAsync(long account, RootKind kind, string name, StorePath path, CancellationToken cancellationToken);
+
+    Task<IReadOnlyList<RootRecord>> GetRootsAsync(long account, CancellationToken cancellationToken);
+
+    Task RemoveRootAsync(long account, RootKind kind, string name, CancellationToken cancellationToken);
+}

@@ -1,0 +1,39 @@
+using Kiln.Store.Metadata.Sqlite;
+
+namespace Kiln.Store.Metadata;
+
+/// <summary>
+/// Where metadata lives, by URL — the one place a provider is chosen: <c>sqlite:///absolute/path/kiln.db</c> (the
+/// embedded default, in the data directory); <c>postgres://…</c> when Kiln scales out.
+/// </summary>
+public static class MetadataStores
+{
+    /// <summary>The embedded default for a data directory.</summary>
+    public static string DefaultUrl(string dataDirectory) => "sqlite://" + Path.Combine(Path.GetFullPath(dataDirectory), "kiln.db");
+
+    /// <summary>Opens (without migrating) the metadata at <paramref name="url"/>.</summary>
+    /// <param name="url">Where the metadata is.</param>
+    /// <param name="readOnly">Never write (lookups from sshd's AuthorizedKeysCommand).</param>
+    /// <exception cref="ArgumentException">The URL names no provider Kiln has.</exception>
+    public static IMetadataStore Open(string url, bool readOnly = false)
+    {
+        ArgumentNullException.ThrowIfNull(url);
+        if (url.StartsWith("sqlite://", StringComparison.Ordinal))
+        {
+            var path = url["sqlite://".Length..];
+            if (!Path.IsPathRooted(path))
+            {
+                throw new ArgumentException($"'{url}': a SQLite URL names an absolute path (sqlite:///var/lib/kiln/kiln.db)");
+            }
+
+            return new SqliteMetadataStore(path, readOnly);
+        }
+
+        if (url.StartsWith("postgres://", StringComparison.Ordinal) || url.StartsWith("postgresql://", StringComparison.Ordinal))
+        {
+            throw new ArgumentException("PostgreSQL metadata is not available in this version of Kiln yet; use sqlite://");
+        }
+
+        throw new ArgumentException($"'{url}' is not a metadata URL Kiln knows (sqlite:///path/kiln.db)");
+    }
+}

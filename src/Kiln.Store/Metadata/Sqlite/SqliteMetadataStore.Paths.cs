@@ -1,0 +1,85 @@
+using Kiln.Nix.Hashing;
+
+namespace Kiln.Store.Metadata.Sqlite;
+
+// IPathMetadata, continued: lookups over several views (a request's readable accounts) and kept compressed NAR files.
+public sealed partial class SqliteMetadataStore
+{
+    private static readonly PreparedQuery HashPartQuery = new($"""
+        SELECT {PathColumns}, p.account_id
+        FROM json_each($accounts) j CROSS JOIN paths p ON p.account_id = j.value AND p.hash_part = $hash
+        ORDER BY j.key
+        LIMIT 1
+        """, "$accounts", "$hash");
+
+    public Task<(long Account, PathRecord Record)?> FindPathByHashPartAsync(IReadOnlyList<long> accounts, string hashPart, CancellationToken cancellationToken)
+    {
+        if (accounts.Count == 0)
+        {
+            return Task.FromResult<(long, PathRecord)?>(null);
+        }
+
+        // Every narinfo request lands here: prepared once per connection, like the path query.
+        return ReadPreparedAsync<(long, PathRecord)?>(HashPartQuery, async command =>
+        {
+            command.Parameters["$accounts"].Value = "[" + string.Join(',', accounts) + "]";
+            command.Parameters["$hash"].Value = hashPart;
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? (reader.GetInt64(12), ReadPath(reader)) : null;
+        }, cancellationToken);
+    }
+
+    private static readonly PreparedQuery NarHashQuery = new("""
+        SELECT p.nar_size FROM paths p WHERE p.nar_hash = $hash AND p.account_id IN (SELECT value FROM json_each($accounts)) LIMIT 1
+        """, "$accounts", "$hash");
+
+    public Task<long?> FindNarAsync(IReadOnlyList<long> accounts, NixHash narHash, CancellationToken cancellationToken)
+    {
+        if (accounts.Count == 0)
+        {
+            return Task.FromResult<long?>(null);
+        }
+
+        return ReadPreparedAsync(NarHashQuery, async command =>
+        {
+            command.Parameters["$accounts"].Value = "[" + string.Join(',', accounts) + "]";
+            command.Parameters["$hash"].Value = narHash.Digest.ToArray();
+            return await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) as long?;
+        }, cancellationToken);
+    }
+
+    public Task AddNarFileAsync(string file, NixHash narHash, string compression, long fileSize, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, """
+                INSERT INTO nar_files (file, nar_hash, compression, file_size, created) VALUES ($f, $h, $c, $s, $n) ON CONFLICT (file) DO NOTHING
+                """, transaction, ("$f", file), ("$h", narHash.Digest.ToArray()), ("$c", compression), ("$s", fileSize), ("$n", Now()));
+            await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return true;
+        }, cancellationToken);
+
+    public Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken) =>
+        ReadAsync<(NixHash, string)?>(async connection =>
+        {
+            using var select = Command(connection, "SELECT nar_hash, compression FROM nar_files WHERE file = $f", null, ("$f", file));
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
+                ? (new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(0)), reader.GetString(1))
+                : null;
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<string>> RemoveNarFilesAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken) =>
+        WriteAsync<IReadOnlyList<string>>(async (connection, transaction) =>
+        {
+            using var delete = Command(connection, "DELETE FROM nar_files WHERE nar_hash IN (SELECT unhex(value) FROM json_each($hashes)) RETURNING file",
+                transaction, ("$hashes", JsonArray(narHashes.Select(h => h.ToBase16()))));
+            using var reader = await delete.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var files = new List<string>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                files.Add(reader.GetString(0));
+            }
+
+            return files;
+        }, cancellationToken);
+}

@@ -1,0 +1,25 @@
+namespace Kiln.Store.Metadata.Sqlite;
+
+// ISettingsMetadata: per-account settings (upstream caches).
+public sealed partial class SqliteMetadataStore
+{
+    public Task<UpstreamSettings> GetUpstreamSettingsAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var select = Command(connection, "SELECT substituters, trusted_public_keys, netrc FROM accounts WHERE id = $a", null, ("$a", account));
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
+                ? new UpstreamSettings(reader.GetString(0), reader.GetString(1), reader.GetString(2))
+                : new UpstreamSettings("", "", "");
+        }, cancellationToken);
+
+    public Task SetUpstreamSettingsAsync(long account, string? substituters, string? trustedPublicKeys, string? netrc, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var update = Command(connection, """
+                UPDATE accounts SET substituters = coalesce($s, substituters), trusted_public_keys = coalesce($k, trusted_public_keys),
+                    netrc = coalesce($n, netrc) WHERE id = $a
+                """, transaction, ("$s", substituters), ("$k", trustedPublicKeys), ("$n", netrc), ("$a", account));
+            await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+}

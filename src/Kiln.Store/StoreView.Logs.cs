@@ -1,0 +1,54 @@
+using Kiln.Nix.StorePaths;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Store;
+
+// Builds and their logs, as far as this caller may see them: the builds its readable accounts were for (started,
+// joined, or reused). A log belongs to its build; knowing a .drv path gives nobody another account's log.
+public sealed partial class StoreView
+{
+    /// <summary>How many paths the caller's own view holds and their NAR bytes.</summary>
+    public async Task<(int Paths, long NarBytes)> StorageAsync(CancellationToken cancellationToken)
+    {
+        var graph = await Metadata.GetGraphAsync(AccountId, cancellationToken).ConfigureAwait(false);
+        return (graph.Count, graph.Sum(n => n.NarSize));
+    }
+
+    /// <summary>The build with that id, if it was for one of the readable accounts.</summary>
+    public async Task<BuildRecord?> GetBuildAsync(long id, CancellationToken cancellationToken)
+    {
+        foreach (var account in Readable)
+        {
+            if (await Metadata.GetBuildAsync(account, id, cancellationToken).ConfigureAwait(false) is { } build)
+            {
+                return build;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>The latest builds for the readable accounts, newest first.</summary>
+    public async Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(int limit, CancellationToken cancellationToken)
+    {
+        var builds = new List<BuildRecord>();
+        foreach (var account in Readable)
+        {
+            builds.AddRange(await Metadata.ListBuildsAsync(account, limit, cancellationToken).ConfigureAwait(false));
+        }
+
+        return Readable.Count == 1 ? builds : builds.DistinctBy(b => b.Id).OrderByDescending(b => b.Id).Take(limit).ToList();
+    }
+
+    /// <summary>A build's log (as far as it is written), if the build was for one of the readable accounts and has one.</summary>
+    public async Task<Stream?> OpenBuildLogAsync(long id, CancellationToken cancellationToken) =>
+        await GetBuildAsync(id, cancellationToken).ConfigureAwait(false) is null
+            ? null
+            : await _store.Logs.OpenReadAsync(id, 0, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>The log of the latest build of <paramref name="drvPath"/> for one of the readable accounts (a successful one first), as <c>nix log</c> wants it.</summary>
+    public async Task<Stream?> OpenDerivationLogAsync(StorePath drvPath, CancellationToken cancellationToken) =>
+        await Metadata.FindLatestBuildAsync(Readable, drvPath.BaseName, cancellationToken).ConfigureAwait(false) is { } build
+            ? await _store.Logs.OpenReadAsync(build.Id, 0, cancellationToken).ConfigureAwait(false)
+            : null;
+}
