@@ -4,6 +4,7 @@ using Kiln.Nix.Hashing;
 using Kiln.Nix.Nar;
 using Kiln.Nix.Signing;
 using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
 using Kiln.Store;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
@@ -41,10 +42,35 @@ public sealed partial class BinaryCache
             $"StoreDir: {StorePath.StoreDir}\nWantMassQuery: 1\nPriority: {options.Priority}\n"));
     }
 
-    /// <summary>Answers one request.</summary>
+    /// <summary>Answers one request. Kiln's errors are mapped to statuses in one place (<see cref="Errors"/>); anything else is logged with the request and answered 500.</summary>
     public async Task HandleAsync(HttpContext context)
     {
         ArgumentNullException.ThrowIfNull(context);
+        var request = context.Request;
+        try
+        {
+            await HandleCoreAsync(context).ConfigureAwait(false);
+        }
+        catch (KilnException e) when (!context.Response.HasStarted)
+        {
+            await TextAsync(context, Errors.StatusOf(e.Kind), e.Message + "\n").ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !context.RequestAborted.IsCancellationRequested)
+        {
+            // A bug or a broken store, not the client's doing: never lost, never a stack trace to the client.
+            LogUnhandled(_logger, request.Method, request.Path.Value ?? "/", e);
+            if (context.Response.HasStarted)
+            {
+                context.Abort();
+                return;
+            }
+
+            await TextAsync(context, StatusCodes.Status500InternalServerError, "internal error in Kiln; the server's log says more\n").ConfigureAwait(false);
+        }
+    }
+
+    private async Task HandleCoreAsync(HttpContext context)
+    {
         var request = context.Request;
         var cancellationToken = context.RequestAborted;
         var caller = await CacheCaller.IdentifyAsync(request, _store, cancellationToken).ConfigureAwait(false);
@@ -59,46 +85,39 @@ public sealed partial class BinaryCache
         using var view = _store.OpenView(caller);
         var path = request.Path.Value ?? "/";
         var reading = HttpMethods.IsGet(request.Method) || HttpMethods.IsHead(request.Method);
-        try
+        switch (reading, path)
         {
-            switch (reading, path)
-            {
-                case (true, "/nix-cache-info"):
-                    await BytesAsync(context, "text/x-nix-cache-info", _cacheInfo).ConfigureAwait(false);
-                    break;
-                case (true, _) when path.StartsWith("/nar/", StringComparison.Ordinal):
-                    await NarAsync(context, view, path[5..]).ConfigureAwait(false);
-                    break;
-                case (true, _) when path.StartsWith("/log/", StringComparison.Ordinal):
-                    await LogAsync(context, view, path[5..]).ConfigureAwait(false);
-                    break;
-                case (true, _) when path.EndsWith(".narinfo", StringComparison.Ordinal):
-                    await NarInfoAsync(context, view, HashPart(path[1..^8])).ConfigureAwait(false);
-                    break;
-                case (true, _) when path.EndsWith(".ls", StringComparison.Ordinal):
-                    await ListingAsync(context, view, HashPart(path[1..^3])).ConfigureAwait(false);
-                    break;
-                case (false, _) when HttpMethods.IsPut(request.Method):
-                    await PutAsync(context, view, path).ConfigureAwait(false);
-                    break;
-                case (false, _):
-                    context.Response.Headers.Allow = "GET, HEAD, PUT";
-                    await TextAsync(context, StatusCodes.Status405MethodNotAllowed, "Kiln's binary cache answers GET, HEAD and PUT\n").ConfigureAwait(false);
-                    break;
-                default:
-                    await NotFoundAsync(context).ConfigureAwait(false);
-                    break;
-            }
-        }
-        catch (BadRequestException e)
-        {
-            await TextAsync(context, e.Status, e.Message + "\n").ConfigureAwait(false);
+            case (true, "/nix-cache-info"):
+                await BytesAsync(context, "text/x-nix-cache-info", _cacheInfo).ConfigureAwait(false);
+                break;
+            case (true, _) when path.StartsWith("/nar/", StringComparison.Ordinal):
+                await NarAsync(context, view, path[5..]).ConfigureAwait(false);
+                break;
+            case (true, _) when path.StartsWith("/log/", StringComparison.Ordinal):
+                await LogAsync(context, view, path[5..]).ConfigureAwait(false);
+                break;
+            case (true, _) when path.EndsWith(".narinfo", StringComparison.Ordinal):
+                await NarInfoAsync(context, view, HashPart(path[1..^8])).ConfigureAwait(false);
+                break;
+            case (true, _) when path.EndsWith(".ls", StringComparison.Ordinal):
+                await ListingAsync(context, view, HashPart(path[1..^3])).ConfigureAwait(false);
+                break;
+            case (false, _) when HttpMethods.IsPut(request.Method):
+                await PutAsync(context, view, path).ConfigureAwait(false);
+                break;
+            case (false, _):
+                context.Response.Headers.Allow = "GET, HEAD, PUT";
+                await TextAsync(context, StatusCodes.Status405MethodNotAllowed, "Kiln's binary cache answers GET, HEAD and PUT\n").ConfigureAwait(false);
+                break;
+            default:
+                await NotFoundAsync(context).ConfigureAwait(false);
+                break;
         }
     }
 
     // A store path's hash part: 32 Nix32 digits.
     private static string HashPart(string text) =>
-        text.Length == StorePath.HashLength && text.All(Nix32.IsDigit) ? text : throw new BadRequestException($"'{text}' is not a store path hash");
+        text.Length == StorePath.HashLength && text.All(Nix32.IsDigit) ? text : throw new KilnException(ErrorKind.Invalid, $"'{text}' is not a store path hash");
 
     private async Task NarInfoAsync(HttpContext context, StoreView view, string hashPart)
     {
@@ -257,7 +276,10 @@ public sealed partial class BinaryCache
         }
     }
 
-    [LoggerMessage(EventId = 4003, Level = LogLevel.Information, Message = "http: {Account} uploaded {Path}")]
+    [LoggerMessage(EventId = LogEvents.HttpUnhandled, Level = LogLevel.Error, Message = "http: {Method} {Path} failed inside Kiln")]
+    private static partial void LogUnhandled(ILogger logger, string method, string path, Exception exception);
+
+    [LoggerMessage(EventId = LogEvents.HttpUploaded, Level = LogLevel.Information, Message = "http: {Account} uploaded {Path}")]
     private static partial void LogUploaded(ILogger logger, string account, StorePath path);
 
     private static Task NotFoundAsync(HttpContext context) => TextAsync(context, StatusCodes.Status404NotFound, "not found\n");
@@ -279,10 +301,4 @@ public sealed partial class BinaryCache
             await response.Body.WriteAsync(body, context.RequestAborted).ConfigureAwait(false);
         }
     }
-}
-
-/// <summary>A request Kiln refuses with a 4xx status and a one-line reason.</summary>
-internal sealed class BadRequestException(string message, int status = StatusCodes.Status400BadRequest) : Exception(message)
-{
-    public int Status { get; } = status;
 }

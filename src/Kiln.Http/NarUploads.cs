@@ -8,7 +8,6 @@ using Kiln.Nix.StorePaths;
 using Kiln.Protocol;
 using Kiln.Store;
 using Kiln.Store.Blobs;
-using Microsoft.AspNetCore.Http;
 
 namespace Kiln.Http;
 
@@ -57,7 +56,7 @@ internal sealed class NarUploads
     {
         if (!IsNarFileName(file))
         {
-            throw new BadRequestException($"'nar/{file}' is not a NAR file name Kiln takes (nar/<nix32 sha256>.nar[.xz|.zst|.bz2|.br|.gz])");
+            throw new KilnException(ErrorKind.Invalid, $"'nar/{file}' is not a NAR file name Kiln takes (nar/<nix32 sha256>.nar[.xz|.zst|.bz2|.br|.gz])");
         }
 
         RemoveExpired();
@@ -76,7 +75,7 @@ internal sealed class NarUploads
                     total += n;
                     if (total > _options.MaxUploadSize)
                     {
-                        throw new BadRequestException($"the NAR is larger than Kiln takes ({_options.MaxUploadSize} bytes)", 413);
+                        throw new KilnException(ErrorKind.TooLarge, $"the NAR is larger than Kiln takes ({_options.MaxUploadSize} bytes)");
                     }
 
                     await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
@@ -117,7 +116,7 @@ internal sealed class NarUploads
         }
         else
         {
-            throw new BadRequestException($"'{narInfo.Url}' has not been uploaded (PUT the NAR before its narinfo)", StatusCodes.Status409Conflict);
+            throw new KilnException(ErrorKind.Conflict, $"'{narInfo.Url}' has not been uploaded (PUT the NAR before its narinfo)");
         }
 
         await using (nar.ConfigureAwait(false))
@@ -126,9 +125,13 @@ internal sealed class NarUploads
             {
                 await view.AddToStoreAsync(info, nar, repair: false, checkSignatures: true, cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception e) when (e is NixErrorException or NixFormatException)
+            catch (KilnException e)
             {
-                throw new BadRequestException($"cannot add '{narInfo.StorePath}': {e.Message}");
+                throw new KilnException(e.Kind, $"cannot add '{narInfo.StorePath}': {e.Message}", e);
+            }
+            catch (NixFormatException e)
+            {
+                throw new KilnException(ErrorKind.Invalid, $"cannot add '{narInfo.StorePath}': {e.Message}", e);
             }
         }
 
@@ -169,7 +172,7 @@ internal sealed class NarUploads
         {
             if (buffer.Length + n > MaxNarInfoSize)
             {
-                throw new BadRequestException("the narinfo is too large", 413);
+                throw new KilnException(ErrorKind.TooLarge, "the narinfo is too large");
             }
 
             buffer.Write(chunk, 0, n);
@@ -182,22 +185,22 @@ internal sealed class NarUploads
         }
         catch (NixFormatException e)
         {
-            throw new BadRequestException(e.Message);
+            throw new KilnException(ErrorKind.Invalid, e.Message);
         }
 
         if (narInfo.StorePath.HashPart != hashPart)
         {
-            throw new BadRequestException($"'{hashPart}.narinfo' describes '{narInfo.StorePath}'");
+            throw new KilnException(ErrorKind.Invalid, $"'{hashPart}.narinfo' describes '{narInfo.StorePath}'");
         }
 
         if (!Decompression.IsKnown(narInfo.Compression))
         {
-            throw new BadRequestException($"Kiln cannot read NARs compressed with '{narInfo.Compression}' (it reads {string.Join(", ", Decompression.Methods)})");
+            throw new KilnException(ErrorKind.Invalid, $"Kiln cannot read NARs compressed with '{narInfo.Compression}' (it reads {string.Join(", ", Decompression.Methods)})");
         }
 
         if (!narInfo.Url.StartsWith("nar/", StringComparison.Ordinal) || !IsNarFileName(narInfo.Url[4..]))
         {
-            throw new BadRequestException($"the narinfo's URL '{narInfo.Url}' is not a NAR Kiln takes (nar/<nix32 sha256>.nar[.xz…])");
+            throw new KilnException(ErrorKind.Invalid, $"the narinfo's URL '{narInfo.Url}' is not a NAR Kiln takes (nar/<nix32 sha256>.nar[.xz…])");
         }
 
         return narInfo;
@@ -209,19 +212,19 @@ internal sealed class NarUploads
         var length = new FileInfo(staged).Length;
         if (narInfo.FileSize is { } size && size != length)
         {
-            throw new BadRequestException($"'{narInfo.Url}' is {length} bytes, but the narinfo says {size}");
+            throw new KilnException(ErrorKind.Invalid, $"'{narInfo.Url}' is {length} bytes, but the narinfo says {size}");
         }
 
         await using var file = new FileStream(staged, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
         var actual = new NixHash(NixHashAlgorithm.Sha256, await SHA256.HashDataAsync(file, cancellationToken).ConfigureAwait(false));
         if (narInfo.FileHash is { Algorithm: NixHashAlgorithm.Sha256 } expected && actual != expected)
         {
-            throw new BadRequestException($"'{narInfo.Url}' has hash {actual}, but the narinfo says {expected}");
+            throw new KilnException(ErrorKind.Invalid, $"'{narInfo.Url}' has hash {actual}, but the narinfo says {expected}");
         }
 
         if (!name.StartsWith(actual.ToNix32() + ".", StringComparison.Ordinal))
         {
-            throw new BadRequestException($"'{narInfo.Url}' is not named after its contents' SHA-256 ({actual.ToNix32()})");
+            throw new KilnException(ErrorKind.Invalid, $"'{narInfo.Url}' is not named after its contents' SHA-256 ({actual.ToNix32()})");
         }
     }
 

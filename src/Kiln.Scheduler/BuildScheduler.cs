@@ -5,6 +5,7 @@ using Kiln.Agent;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Signing;
 using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
 using Kiln.Protocol.Worker;
 using Kiln.Scheduler.Queue;
 using Kiln.Store;

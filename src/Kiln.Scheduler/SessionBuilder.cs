@@ -132,13 +132,13 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
 
                     return valid.Contains(opaque.Path)
                         ? new BuildResult { Status = BuildStatus.AlreadyValid }
-                        : throw new NixErrorException($"path '{opaque.Path}' does not exist and cannot be created");
+                        : throw new KilnException(ErrorKind.NotFound, $"path '{opaque.Path}' does not exist and cannot be created");
                 case DerivedPath.Built built:
                     var derivation = await ReadAsync(built.DrvPath).ConfigureAwait(false);
                     var unknown = built.Outputs?.Where(o => !derivation.Outputs.ContainsKey(o)).ToList() ?? [];
                     if (unknown.Count > 0)
                     {
-                        throw new NixErrorException($"derivation '{built.DrvPath}' does not have wanted outputs {string.Join(", ", unknown.Select(o => $"'{o}'"))}");
+                        throw new KilnException(ErrorKind.Invalid, $"derivation '{built.DrvPath}' does not have wanted outputs {string.Join(", ", unknown.Select(o => $"'{o}'"))}");
                     }
 
                     var step = await RealiseAsync(built.DrvPath).ConfigureAwait(false);
@@ -163,7 +163,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
 
                 return step;
             }
-            catch (NixErrorException e)
+            catch (KilnException e)
             {
                 if (!_settings.KeepGoing)
                 {
@@ -300,7 +300,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 var key = BuildScheduler.StepKey(drvPath, text, closure.Values.Select(r => (r.Info.Path, r.Info.NarHash)), privateTo: _view.AccountId);
                 return await BuildStepAsync(drvPath, derivation, key, closure.Values.ToList(), trusted: false).ConfigureAwait(false);
             }
-            catch (NixErrorException e)
+            catch (KilnException e)
             {
                 return Step.Failed(BuildStatus.MiscFailure, e.Message);
             }

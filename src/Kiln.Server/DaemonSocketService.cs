@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.IO.Pipelines;
 using System.Net.Sockets;
+using Kiln.Protocol;
 using Kiln.Protocol.Wire;
 using Kiln.Protocol.Worker;
 using Kiln.Store;
@@ -90,15 +91,15 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
         }
     }
 
-    [LoggerMessage(EventId = 2001, Level = LogLevel.Information,
+    [LoggerMessage(EventId = LogEvents.SocketListening, Level = LogLevel.Information,
         Message = "listening on {Path} (worker protocol, account {Account}); clients use --store 'unix://{Path}?root={Root}'")]
     private static partial void LogListening(ILogger logger, string path, string account, string root);
 
-    [LoggerMessage(EventId = 2002, Level = LogLevel.Information,
+    [LoggerMessage(EventId = LogEvents.SocketSession, Level = LogLevel.Information,
         Message = "session {Id} account={Account} client={Version} ops={Ops} in={BytesIn} out={BytesOut} seconds={Seconds:F2} end: {Reason}")]
     private static partial void LogSession(ILogger logger, long id, string account, string version, int ops, long bytesIn, long bytesOut, double seconds, string reason);
 
-    [LoggerMessage(EventId = 2003, Level = LogLevel.Error, Message = "session {Id} failed")]
+    [LoggerMessage(EventId = LogEvents.SocketSessionFailed, Level = LogLevel.Error, Message = "session {Id} failed")]
     private static partial void LogSessionFailed(ILogger logger, long id, Exception exception);
 
     /// <summary>NarFromPath by sendfile on the session's socket.</summary>

@@ -1,6 +1,7 @@
 using System.Net;
 using Kiln.Http;
 using Kiln.Http.ZeroCopy;
+using Kiln.Protocol;
 using Kiln.Store;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -35,7 +36,11 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         }, logger);
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "kiln" });
-        builder.Logging.ClearProviders(); // Kiln logs what matters itself, in its own format
+        // Kiln logs requests' outcomes itself; Kestrel's own warnings and errors (a connection it dropped, a failure
+        // outside the handler) go to the same log, in the same format, never lost.
+        builder.Logging.ClearProviders();
+        KilnServer.ConfigureLogging(builder.Logging);
+        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.Listen(endpoint, listen => ZeroCopyFiles.Listen(listen)); // NAR bodies by sendfile
@@ -78,9 +83,9 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         }
     }
 
-    [LoggerMessage(EventId = 4002, Level = LogLevel.Error, Message = "http: cannot listen on {Endpoint} ({Reason}); serving without the HTTP binary cache")]
+    [LoggerMessage(EventId = LogEvents.HttpNotListening, Level = LogLevel.Error, Message = "http: cannot listen on {Endpoint} ({Reason}); serving without the HTTP binary cache")]
     private static partial void LogNoHttp(ILogger logger, IPEndPoint endpoint, string reason);
 
-    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "http: listening on http://{Url} (binary cache)")]
+    [LoggerMessage(EventId = LogEvents.HttpListening, Level = LogLevel.Information, Message = "http: listening on http://{Url} (binary cache)")]
     private static partial void LogListening(ILogger logger, IPEndPoint url);
 }

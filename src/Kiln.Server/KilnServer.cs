@@ -1,5 +1,6 @@
 using Kiln.Agent;
 using Kiln.Nix.Signing;
+using Kiln.Protocol;
 using Kiln.Protocol.Worker;
 using Kiln.Scheduler;
 using Kiln.Scheduler.Queue;
@@ -72,7 +73,7 @@ public static partial class KilnServer
         return 0;
     }
 
-    private static void ConfigureLogging(ILoggingBuilder logging)
+    internal static void ConfigureLogging(ILoggingBuilder logging)
     {
         logging.AddSimpleConsole(console =>
         {
@@ -117,10 +118,10 @@ public static partial class KilnServer
     private static AgentInfo EmbeddedAgentInfo(ServerOptions options, int slots) =>
         new("embedded", new SortedSet<string>(options.Systems, StringComparer.Ordinal), new SortedSet<string>(options.SystemFeatures, StringComparer.Ordinal), slots);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "{Count} builds were still running when the server last stopped; recorded as failed")]
+    [LoggerMessage(EventId = LogEvents.BuildsAbandoned, Level = LogLevel.Warning, Message = "{Count} builds were still running when the server last stopped; recorded as failed")]
     private static partial void LogAbandoned(ILogger logger, int count);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "no build users: {Reason}")]
+    [LoggerMessage(EventId = LogEvents.NoBuildUsers, Level = LogLevel.Warning, Message = "no build users: {Reason}")]
     private static partial void LogNoBuildUsers(ILogger logger, string reason);
 
     // Kiln's build key, created on first start: it signs what Kiln built from trusted inputs.

@@ -12,17 +12,17 @@ public sealed partial class StoreView
     private const int MaxDerivationSize = 64 << 20;
 
     /// <summary>Reads and parses a derivation valid in the view.</summary>
-    /// <exception cref="NixErrorException">It is not valid in the view, or not a derivation.</exception>
+    /// <exception cref="KilnException">It is not valid in the view, or not a derivation.</exception>
     public async Task<Derivation> ReadDerivationAsync(StorePath drvPath, CancellationToken cancellationToken)
     {
         var records = await GetRecordsAsync([drvPath], cancellationToken).ConfigureAwait(false);
         if (!records.TryGetValue(drvPath, out var record))
         {
-            throw new NixErrorException($"path '{drvPath}' is not valid");
+            throw new KilnException(ErrorKind.NotFound, $"path '{drvPath}' is not valid");
         }
 
         var source = await _store.Blobs.OpenReadAsync(record.Info.NarHash, cancellationToken).ConfigureAwait(false)
-            ?? throw new NixErrorException($"the contents of '{drvPath}' are missing from Kiln's store; an operator should run 'kiln store verify'");
+            ?? throw new KilnException(ErrorKind.Failed, $"the contents of '{drvPath}' are missing from Kiln's store; an operator should run 'kiln store verify'");
         await using (source.ConfigureAwait(false))
         {
             try
@@ -34,7 +34,7 @@ public sealed partial class StoreView
             }
             catch (Exception e) when (e is Kiln.Nix.NixFormatException or IOException or InvalidDataException)
             {
-                throw new NixErrorException($"'{drvPath}' is not a derivation Kiln can read: {e.Message}");
+                throw new KilnException(ErrorKind.Invalid, $"'{drvPath}' is not a derivation Kiln can read: {e.Message}");
             }
         }
     }
@@ -108,7 +108,7 @@ public sealed partial class StoreView
         }
         catch (MissingReferencesException e)
         {
-            throw new NixErrorException(e.Message);
+            throw new KilnException(ErrorKind.Invalid, e.Message);
         }
 
         foreach (var output in outputs)

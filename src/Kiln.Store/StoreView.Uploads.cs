@@ -57,17 +57,17 @@ public sealed partial class StoreView
         }
         catch (BadStorePathException e)
         {
-            throw new NixErrorException($"invalid store path name '{name}': {e.Message}");
+            throw new KilnException(ErrorKind.Invalid, $"invalid store path name '{name}': {e.Message}");
         }
 
         if (method.Method == ContentAddressMethod.Git)
         {
-            throw new NixErrorException("git content addresses are not supported by Kiln");
+            throw new KilnException(ErrorKind.Invalid, "git content addresses are not supported by Kiln");
         }
 
         if (method.Method == ContentAddressMethod.Text && method.Algorithm != NixHashAlgorithm.Sha256)
         {
-            throw new NixErrorException("text content addresses are always sha256");
+            throw new KilnException(ErrorKind.Invalid, "text content addresses are always sha256");
         }
 
         // Evaluation re-adds every .drv and source on each run: when the payload is small, its path follows from
@@ -116,7 +116,7 @@ public sealed partial class StoreView
             }
             catch (NixFormatException e)
             {
-                throw new NixErrorException(e.Message);
+                throw new KilnException(ErrorKind.Invalid, e.Message);
             }
 
             var info = new ValidPathInfo
@@ -213,7 +213,7 @@ public sealed partial class StoreView
     {
         if (info.NarHash.Algorithm != NixHashAlgorithm.Sha256)
         {
-            throw new NixErrorException($"cannot add '{info.Path}': its NAR hash must be SHA-256");
+            throw new KilnException(ErrorKind.Invalid, $"cannot add '{info.Path}': its NAR hash must be SHA-256");
         }
 
         ContentAddressMethodAndAlgorithm? contentMethod = null;
@@ -221,7 +221,7 @@ public sealed partial class StoreView
         {
             if (!info.PathMatchesContentAddress())
             {
-                throw new NixErrorException($"path '{info.Path}' claims to be content-addressed as '{ca}', but its name does not follow from that");
+                throw new KilnException(ErrorKind.Invalid, $"path '{info.Path}' claims to be content-addressed as '{ca}', but its name does not follow from that");
             }
 
             contentMethod = ca.MethodAndAlgorithm;
@@ -235,17 +235,17 @@ public sealed partial class StoreView
         {
             if (ingested.NarSize != info.NarSize)
             {
-                throw new NixErrorException($"size mismatch importing path '{info.Path}';\n  specified: {info.NarSize}\n  got:       {ingested.NarSize}");
+                throw new KilnException(ErrorKind.Invalid, $"size mismatch importing path '{info.Path}';\n  specified: {info.NarSize}\n  got:       {ingested.NarSize}");
             }
 
             if (ingested.NarHash != info.NarHash)
             {
-                throw new NixErrorException($"hash mismatch importing path '{info.Path}';\n  specified: {Describe(info.NarHash)}\n  got:       {Describe(ingested.NarHash)}");
+                throw new KilnException(ErrorKind.Invalid, $"hash mismatch importing path '{info.Path}';\n  specified: {Describe(info.NarHash)}\n  got:       {Describe(ingested.NarHash)}");
             }
 
             if (info.ContentAddress is { } address && ingested.ContentHash != address.Hash)
             {
-                throw new NixErrorException($"ca hash mismatch importing path '{info.Path}';\n  specified: {Describe(address.Hash)}\n  got:       {Describe(ingested.ContentHash!.Value)}");
+                throw new KilnException(ErrorKind.Invalid, $"ca hash mismatch importing path '{info.Path}';\n  specified: {Describe(address.Hash)}\n  got:       {Describe(ingested.ContentHash!.Value)}");
             }
 
             var trust = trustAs ?? (info.ContentAddress is null ? PathTrust.Untrusted : PathTrust.ContentAddressed);
@@ -280,7 +280,7 @@ public sealed partial class StoreView
         catch (MissingReferencesException e)
         {
             // The blobs stay until the collector finds that nothing names them.
-            throw new NixErrorException(e.Message);
+            throw new KilnException(ErrorKind.Invalid, e.Message);
         }
 
         foreach (var upload in ordered)

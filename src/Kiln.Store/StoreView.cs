@@ -37,10 +37,10 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     public Caller Caller { get; }
 
     /// <summary>The account this view writes to.</summary>
-    /// <exception cref="NixErrorException">The view is an anonymous reader's.</exception>
-    public long AccountId => Caller.AccountId ?? throw new NixErrorException("this view is read-only: it acts for no account");
+    /// <exception cref="KilnException">The view is an anonymous reader's.</exception>
+    public long AccountId => Caller.AccountId ?? throw new KilnException(ErrorKind.Forbidden, "this view is read-only: it acts for no account");
 
-    public string AccountName => Caller.AccountName ?? throw new NixErrorException("this view is read-only: it acts for no account");
+    public string AccountName => Caller.AccountName ?? throw new KilnException(ErrorKind.Forbidden, "this view is read-only: it acts for no account");
 
     private IReadOnlyList<long> Readable => Caller.Readable;
 
@@ -147,10 +147,10 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     public async Task<IReadOnlyDictionary<string, StorePath?>> QueryDerivationOutputMapAsync(StorePath drvPath, CancellationToken cancellationToken)
     {
         var outputs = await DerivationOutputsAsync(drvPath, cancellationToken).ConfigureAwait(false)
-            ?? throw new NixErrorException($"path '{drvPath}' is not valid");
+            ?? throw new KilnException(ErrorKind.NotFound, $"path '{drvPath}' is not valid");
         if (outputs.Count == 0)
         {
-            throw new NixErrorException($"'{drvPath}' is not a derivation Kiln could read");
+            throw new KilnException(ErrorKind.Invalid, $"'{drvPath}' is not a derivation Kiln could read");
         }
 
         return outputs;
@@ -246,7 +246,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         }
 
         var source = await _store.Blobs.OpenReadAsync(record.Info.NarHash, cancellationToken).ConfigureAwait(false)
-            ?? throw new NixErrorException($"the contents of '{path}' are missing from Kiln's store; an operator should run 'kiln store verify'");
+            ?? throw new KilnException(ErrorKind.Failed, $"the contents of '{path}' are missing from Kiln's store; an operator should run 'kiln store verify'");
         return new NarBlob(await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false), record.Info.NarSize, record.Info.NarHash);
     }
 
@@ -289,7 +289,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         await RequireValidAsync(path, cancellationToken).ConfigureAwait(false);
         if (string.IsNullOrEmpty(rootName) || rootName.Length > 4096)
         {
-            throw new NixErrorException("a garbage collector root needs a name of at most 4096 characters");
+            throw new KilnException(ErrorKind.Invalid, "a garbage collector root needs a name of at most 4096 characters");
         }
 
         await Metadata.AddRootAsync(AccountId, RootKind.Permanent, rootName, path, cancellationToken).ConfigureAwait(false);
@@ -310,7 +310,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
             var colon = signature.IndexOf(':', StringComparison.Ordinal);
             if (colon <= 0 || !NixBase64.TryDecode(signature.AsSpan(colon + 1), out var bytes) || bytes.Length != 64)
             {
-                throw new NixErrorException($"'{signature}' is not a signature (expected name:base64 of 64 bytes)");
+                throw new KilnException(ErrorKind.Invalid, $"'{signature}' is not a signature (expected name:base64 of 64 bytes)");
             }
         }
 
@@ -322,7 +322,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         ArgumentNullException.ThrowIfNull(log);
         if (repair)
         {
-            throw new NixErrorException("Kiln cannot repair paths: it has no substituters to fetch them from yet");
+            throw new KilnException(ErrorKind.Invalid, "Kiln cannot repair paths: it has no substituters to fetch them from yet");
         }
 
         var paths = await Metadata.GetAllPathsAsync(AccountId, cancellationToken).ConfigureAwait(false);
@@ -394,7 +394,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         var valid = await SubstituteAsync([path], cancellationToken).ConfigureAwait(false);
         if (!valid.Contains(path))
         {
-            throw new NixErrorException($"path '{path}' does not exist and cannot be created");
+            throw new KilnException(ErrorKind.NotFound, $"path '{path}' does not exist and cannot be created");
         }
     }
 
@@ -403,7 +403,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         var valid = await QueryValidPathsAsync([path], cancellationToken).ConfigureAwait(false);
         if (!valid.Contains(path))
         {
-            throw new NixErrorException($"path '{path}' is not valid");
+            throw new KilnException(ErrorKind.NotFound, $"path '{path}' is not valid");
         }
     }
 

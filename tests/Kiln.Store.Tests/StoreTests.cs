@@ -105,7 +105,8 @@ public sealed class StoreTests : IAsyncLifetime
                 break;
         }
 
-        await Assert.ThrowsAsync<NixErrorException>(() => view.AddToStoreAsync(info, new MemoryStream(nar), false, true, default));
+        var refused = await Assert.ThrowsAsync<KilnException>(() => view.AddToStoreAsync(info, new MemoryStream(nar), false, true, default));
+        Assert.Equal(ErrorKind.Invalid, refused.Kind);
         Assert.Empty(await view.QueryAllValidPathsAsync(default));
         Assert.Empty(TempFiles());
         if (defect != "reference")
@@ -233,7 +234,7 @@ public sealed class StoreTests : IAsyncLifetime
         }
 
         using var gc = await _store.OpenViewAsync("local", default);
-        var error = await Assert.ThrowsAsync<NixErrorException>(() => gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteSpecific, new HashSet<StorePath> { dependency }, 0), default));
+        var error = await Assert.ThrowsAsync<KilnException>(() => gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteSpecific, new HashSet<StorePath> { dependency }, 0), default));
         Assert.Contains("still alive", error.Message, StringComparison.Ordinal);
         var dead = await gc.CollectGarbageAsync(new GcRequest(GcAction.ReturnDead, new HashSet<StorePath>(), 0), default);
         Assert.Equal([garbage], dead.Paths);

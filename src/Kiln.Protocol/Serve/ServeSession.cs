@@ -96,7 +96,7 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
                 await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
             }
         }
-        catch (Exception e) when (e is NixErrorException or NixFormatException or BadStorePathException)
+        catch (Exception e) when (e is KilnException or NixFormatException or BadStorePathException)
         {
             closeReason = e.Message;
             await _stderr($"error: {e.Message}").ConfigureAwait(false);
@@ -482,6 +482,6 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
         public void Message(string text) => lines.TryWrite(text);
     }
 
-    [LoggerMessage(EventId = 1101, Level = LogLevel.Error, Message = "internal error in a serve session")]
+    [LoggerMessage(EventId = LogEvents.ServeSessionFailed, Level = LogLevel.Error, Message = "internal error in a serve session")]
     private static partial void LogInternalError(ILogger logger, Exception exception);
 }

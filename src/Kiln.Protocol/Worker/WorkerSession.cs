@@ -199,14 +199,14 @@ public sealed partial class WorkerSession
         }
     }
 
-    private static bool IsClientError(Exception e) => e is NixErrorException or NixFormatException;
+    private static bool IsClientError(Exception e) => e is KilnException or NixFormatException;
 
-    private static int StatusOf(Exception e) => e is NixErrorException nix ? nix.Status : 1;
+    private static int StatusOf(Exception e) => e is KilnException kiln ? kiln.NixStatus : 1;
 
-    [LoggerMessage(EventId = 1002, Level = LogLevel.Error, Message = "internal error in a worker session")]
+    [LoggerMessage(EventId = LogEvents.WorkerSessionFailed, Level = LogLevel.Error, Message = "internal error in a worker session")]
     private static partial void LogSessionError(ILogger logger, Exception exception);
 
-    [LoggerMessage(EventId = 1001, Level = LogLevel.Error, Message = "internal error while handling {Op}")]
+    [LoggerMessage(EventId = LogEvents.WorkerOpFailed, Level = LogLevel.Error, Message = "internal error while handling {Op}")]
     private static partial void LogInternalError(ILogger logger, WorkerOp op, Exception exception);
 
     /// <summary>A request that ends the session (its error has been reported to the client).</summary>

@@ -1,4 +1,5 @@
 using Kiln.Agent;
+using Kiln.Protocol;
 using Microsoft.Extensions.Logging;
 
 namespace Kiln.Scheduler.Queue;

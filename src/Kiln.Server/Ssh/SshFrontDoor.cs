@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using System.Text.Json;
+using Kiln.Protocol;
 using Kiln.Protocol.Worker;
 using Kiln.Store;
 using Kiln.Store.Accounts;
@@ -348,29 +349,29 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         }
     }
 
-    [LoggerMessage(EventId = 3001, Level = LogLevel.Warning, Message = "no SSH front door: {Reason}")]
+    [LoggerMessage(EventId = LogEvents.NoSsh, Level = LogLevel.Warning, Message = "no SSH front door: {Reason}")]
     private static partial void LogNoSsh(ILogger logger, string reason);
 
-    [LoggerMessage(EventId = 3002, Level = LogLevel.Information, Message = "ssh: listening on {Address}:{Port} (log in as {User}); host key {HostKey}")]
+    [LoggerMessage(EventId = LogEvents.SshListening, Level = LogLevel.Information, Message = "ssh: listening on {Address}:{Port} (log in as {User}); host key {HostKey}")]
     private static partial void LogListening(ILogger logger, string address, int port, string user, string hostKey);
 
-    [LoggerMessage(EventId = 3008, Level = LogLevel.Warning,
+    [LoggerMessage(EventId = LogEvents.NoNativeBridge, Level = LogLevel.Warning,
         Message = "ssh: no native kiln-bridge next to kiln (built with clang); every SSH login starts .NET twice and costs about 0.3 s more")]
     private static partial void LogNoNativeBridge(ILogger logger);
 
-    [LoggerMessage(EventId = 3003, Level = LogLevel.Debug, Message = "sshd: {Line}")]
+    [LoggerMessage(EventId = LogEvents.Sshd, Level = LogLevel.Debug, Message = "sshd: {Line}")]
     private static partial void LogSshd(ILogger logger, string line);
 
-    [LoggerMessage(EventId = 3004, Level = LogLevel.Warning, Message = "sshd exited with status {Status}; restarting in {Seconds} s")]
+    [LoggerMessage(EventId = LogEvents.SshdExited, Level = LogLevel.Warning, Message = "sshd exited with status {Status}; restarting in {Seconds} s")]
     private static partial void LogSshdExited(ILogger logger, int status, double seconds);
 
-    [LoggerMessage(EventId = 3005, Level = LogLevel.Warning, Message = "bridge socket: refused a connection from uid {Uid}")]
+    [LoggerMessage(EventId = LogEvents.BridgeRefusedPeer, Level = LogLevel.Warning, Message = "bridge socket: refused a connection from uid {Uid}")]
     private static partial void LogRefusedPeer(ILogger logger, int uid);
 
-    [LoggerMessage(EventId = 3006, Level = LogLevel.Information,
+    [LoggerMessage(EventId = LogEvents.SshSession, Level = LogLevel.Information,
         Message = "ssh session {Id} account={Account} key={Fingerprint} command='{Command}' ops={Ops} seconds={Seconds:F2} end: {Reason}")]
     private static partial void LogSession(ILogger logger, long id, string account, string fingerprint, string command, string reason, int ops, double seconds);
 
-    [LoggerMessage(EventId = 3007, Level = LogLevel.Error, Message = "ssh session {Id} failed")]
+    [LoggerMessage(EventId = LogEvents.SshSessionFailed, Level = LogLevel.Error, Message = "ssh session {Id} failed")]
     private static partial void LogSessionFailed(ILogger logger, long id, Exception exception);
 }

@@ -83,13 +83,13 @@ public static class NarIngest
                     var chunk = buffer.AsSpan(0, read);
                     if (parser.Feed(chunk) < read)
                     {
-                        throw new NixErrorException("bad archive: trailing data after the end of the NAR");
+                        throw new KilnException(ErrorKind.Invalid, "bad archive: trailing data after the end of the NAR");
                     }
 
                     visitor.AppendNar(chunk);
                     if (blob.Length + read > maxSize)
                     {
-                        throw new NixErrorException($"NAR is larger than the limit of {maxSize} bytes");
+                        throw new KilnException(ErrorKind.TooLarge, $"NAR is larger than the limit of {maxSize} bytes");
                     }
 
                     blob.Write(chunk);
@@ -99,7 +99,7 @@ public static class NarIngest
             }
             catch (NarException e)
             {
-                throw new NixErrorException(e.Message);
+                throw new KilnException(ErrorKind.Invalid, e.Message);
             }
             finally
             {
@@ -217,7 +217,7 @@ public static class NarIngest
                         contentHash.Append(buffer.AsSpan(0, read));
                         if (contentHash.BytesWritten > maxSize)
                         {
-                            throw new NixErrorException($"file is larger than the limit of {maxSize} bytes");
+                            throw new KilnException(ErrorKind.TooLarge, $"file is larger than the limit of {maxSize} bytes");
                         }
 
                         if (contentHash.BytesWritten <= captureUpTo)
@@ -292,12 +292,12 @@ public static class NarIngest
 
             if ((method.Method is ContentAddressMethod.Flat or ContentAddressMethod.Text) && !_rootIsFile)
             {
-                throw new NixErrorException($"a {method.ToCamString()} content address needs a single regular file, but the NAR holds something else");
+                throw new KilnException(ErrorKind.Invalid, $"a {method.ToCamString()} content address needs a single regular file, but the NAR holds something else");
             }
 
             if (method.Method == ContentAddressMethod.Git)
             {
-                throw new NixErrorException("git content addresses are not supported by Kiln");
+                throw new KilnException(ErrorKind.Invalid, "git content addresses are not supported by Kiln");
             }
 
             return _hash!.Finish();

@@ -39,7 +39,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
             {
                 if (live.Contains(path))
                 {
-                    throw new NixErrorException($"cannot delete path '{path}' since it is still alive. To find out why, use: nix-store --query --roots");
+                    throw new KilnException(ErrorKind.Conflict, $"cannot delete path '{path}' since it is still alive. To find out why, use: nix-store --query --roots");
                 }
             }
 

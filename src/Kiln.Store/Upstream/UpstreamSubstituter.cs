@@ -255,7 +255,7 @@ public sealed class UpstreamSubstituter : IDisposable
 
             return true;
         }
-        catch (Exception e) when (e is HttpRequestException or NixFormatException or NixErrorException or IOException
+        catch (Exception e) when (e is HttpRequestException or NixFormatException or KilnException or IOException
             || (e is OperationCanceledException && !cancellationToken.IsCancellationRequested))
         {
             warn($"substituting '{path}' failed: {Reason(e)}; building it instead");

@@ -1,0 +1,40 @@
+namespace Kiln.Protocol;
+
+/// <summary>
+/// Every log event id Kiln uses, in one place, so an operator can filter and alert on them and no two messages share
+/// one: 1xxx sessions (protocols), 2xxx the daemon socket, 3xxx the SSH front door, 4xxx HTTP, 5xxx the scheduler and
+/// agents, 6xxx the server's life (start, stop, store).
+/// </summary>
+public static class LogEvents
+{
+    public const int WorkerOpFailed = 1001;
+    public const int WorkerSessionFailed = 1002;
+    public const int ServeSessionFailed = 1101;
+
+    public const int SocketListening = 2001;
+    public const int SocketSession = 2002;
+    public const int SocketSessionFailed = 2003;
+
+    public const int NoSsh = 3001;
+    public const int SshListening = 3002;
+    public const int Sshd = 3003;
+    public const int SshdExited = 3004;
+    public const int BridgeRefusedPeer = 3005;
+    public const int SshSession = 3006;
+    public const int SshSessionFailed = 3007;
+    public const int NoNativeBridge = 3008;
+
+    public const int HttpListening = 4001;
+    public const int HttpNotListening = 4002;
+    public const int HttpUploaded = 4003;
+    public const int HttpUnhandled = 4004;
+
+    public const int BuildDone = 5001;
+    public const int BuildFailedInKiln = 5002;
+    public const int AgentStarted = 5010;
+    public const int AgentFailed = 5011;
+    public const int AgentStopped = 5012;
+
+    public const int NoBuildUsers = 6001;
+    public const int BuildsAbandoned = 6002;
+}
