@@ -110,7 +110,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         if (cancellationToken.CanBeCanceled)
         {
-            cancellationToken.Register(() =>
+            var registration = cancellationToken.Register(() =>
             {
                 lock (_gate)
                 {
@@ -119,6 +119,9 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 claim.TrySetCanceled(cancellationToken);
             });
+
+            // A long-lived token (the agent's) must not keep every job it was handed reachable through this callback.
+            _ = claim.Task.ContinueWith(_ => registration.Dispose(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
 
         return claim.Task;
@@ -126,15 +129,15 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
     private void ExpireLeases()
     {
-        List<Entry> lapsed;
+        List<(Entry Entry, Lease Lease)> lapsed;
         lock (_gate)
         {
-            lapsed = _leased.Where(e => e.Lapsed(LeaseDuration)).ToList();
+            lapsed = _leased.Select(e => (Entry: e, Lease: e.CurrentLease)).Where(l => l.Lease is { } lease && lease.Lapsed(LeaseDuration)).Select(l => (l.Entry, l.Lease!)).ToList();
         }
 
-        foreach (var entry in lapsed)
+        foreach (var (entry, lease) in lapsed)
         {
-            entry.TakeBack("its agent stopped answering");
+            entry.TakeBack(lease, "its agent stopped answering");
         }
     }
 
@@ -161,7 +164,8 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             return _lease;
         }
 
-        public bool Lapsed(TimeSpan duration) => _lease is { } lease && lease.Lapsed(duration);
+        /// <summary>The lease the job is under now (read under the queue's gate).</summary>
+        public Lease? CurrentLease => _lease;
 
         public override void Cancel()
         {
@@ -192,14 +196,15 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         }
 
         // The lease ends without an outcome: offer the job again, unless it was cancelled or has lost agents too often.
-        public void TakeBack(string reason)
+        // Only the lease the job is under now can end it: a lease taken back earlier (its agent late) changes nothing.
+        public void TakeBack(Lease ending, string reason)
         {
             Lease? old;
             bool again;
             lock (queue._gate)
             {
                 old = _lease;
-                if (old is null || _completion.Task.IsCompleted)
+                if (old is null || old != ending || _completion.Task.IsCompleted)
                 {
                     return;
                 }
@@ -257,7 +262,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         public void Complete(BuildOutcome outcome) => entry.Completed(this, outcome);
 
-        public void Abandon(string reason) => entry.TakeBack(reason);
+        public void Abandon(string reason) => entry.TakeBack(this, reason);
 
         public void Stop()
         {

@@ -19,16 +19,30 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
     {
         var path = PathOf(buildId);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        var file = new FileStream(path, new FileStreamOptions
+        // Known as active before the file exists, so a follower that finds the file also finds its writer.
+        var writer = new Writer(this, buildId);
+        if (!_active.TryAdd(buildId, writer))
         {
-            Mode = FileMode.CreateNew, // a build's log is written once, by that build
-            Access = FileAccess.Write,
-            Share = FileShare.Read,
-            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-        });
-        var writer = new Writer(this, buildId, new StreamWriter(file, new UTF8Encoding(false), 64 * 1024) { AutoFlush = false });
-        _active[buildId] = writer;
-        return writer;
+            throw new IOException($"build {buildId} already has a log being written");
+        }
+
+        try
+        {
+            var file = new FileStream(path, new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew, // a build's log is written once, by that build
+                Access = FileAccess.Write,
+                Share = FileShare.Read,
+                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+            });
+            writer.Open(new StreamWriter(file, new UTF8Encoding(false), 64 * 1024) { AutoFlush = false });
+            return writer;
+        }
+        catch
+        {
+            _active.TryRemove(buildId, out _);
+            throw;
+        }
     }
 
     public Task<Stream?> OpenReadAsync(long buildId, long offset, CancellationToken cancellationToken)
@@ -53,19 +67,40 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
             yield break;
         }
 
+        // Lines are split here, not by ReadLine: text after the last newline may be a line still being written, and is
+        // held back until its newline (or the end of the log) arrives.
         using var reader = new StreamReader(stream, Encoding.UTF8);
+        var buffer = new char[16 * 1024];
+        var pending = new StringBuilder();
         while (true)
         {
             // Taken before reading: a line appended after the reads below completes this task.
             var more = _active.TryGetValue(buildId, out var writer) ? writer.NextAppend : null;
-            string? line;
-            while ((line = await reader.ReadLineAsync(cancellationToken).ConfigureAwait(false)) is not null)
+            int read;
+            while ((read = await reader.ReadAsync(buffer.AsMemory(), cancellationToken).ConfigureAwait(false)) > 0)
             {
-                yield return line;
+                var start = 0;
+                for (var i = 0; i < read; i++)
+                {
+                    if (buffer[i] == '\n')
+                    {
+                        pending.Append(buffer, start, i - start);
+                        yield return pending.ToString();
+                        pending.Clear();
+                        start = i + 1;
+                    }
+                }
+
+                pending.Append(buffer, start, read - start);
             }
 
             if (more is null)
             {
+                if (pending.Length > 0)
+                {
+                    yield return pending.ToString();
+                }
+
                 yield break;
             }
 
@@ -73,9 +108,13 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
         }
     }
 
-    private sealed class Writer(FileBuildLogStore owner, long buildId, StreamWriter file) : IBuildLogWriter
+    private sealed class Writer(FileBuildLogStore owner, long buildId) : IBuildLogWriter
     {
         private readonly Lock _gate = new();
+        private StreamWriter _file = null!;
+
+        public void Open(StreamWriter file) => _file = file;
+
         private TaskCompletionSource _appended = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private bool _done;
 
@@ -101,9 +140,9 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
                     return;
                 }
 
-                file.Write(line);
-                file.Write('\n');
-                file.Flush(); // readers and followers see each line as it comes (whole, up to 64 KiB)
+                _file.Write(line);
+                _file.Write('\n');
+                _file.Flush(); // readers and followers see each line as it comes (whole, up to 64 KiB)
                 signal = _appended;
                 _appended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             }
@@ -121,7 +160,7 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
                 }
 
                 _done = true;
-                file.Dispose();
+                _file.Dispose();
             }
 
             owner._active.TryRemove(buildId, out _);

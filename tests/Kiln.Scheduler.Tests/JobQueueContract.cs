@@ -1,0 +1,491 @@
+using Kiln.Agent;
+using Kiln.Nix.Derivations;
+using Kiln.Nix.StorePaths;
+using Kiln.Scheduler.Queue;
+
+namespace Kiln.Scheduler.Tests;
+
+/// <summary>
+/// The contract of <see cref="IJobQueue"/>, the port between the scheduler and its agents: offers go to an agent that
+/// can run them (system, <c>requiredSystemFeatures</c>), outcomes come back to the ticket, cancelling reaches the
+/// agent, and a lease not heartbeaten is taken back and offered again. Each queue's test class derives from it and
+/// says how to make an empty queue: in memory now, PostgreSQL when Kiln scales out. Waits are generous and nothing
+/// depends on exact timings: a lease lapses at some point after its duration, never at a given instant.
+/// </summary>
+public abstract class JobQueueContract
+{
+    /// <summary>How long anything the queue promises may take on a loaded machine before the test gives up.</summary>
+    protected static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
+
+    /// <summary>A lease short enough to lapse quickly in the tests that let it.</summary>
+    protected static readonly TimeSpan ShortLease = TimeSpan.FromMilliseconds(300);
+
+    /// <summary>A lease no test lets lapse.</summary>
+    protected static readonly TimeSpan LongLease = TimeSpan.FromMinutes(10);
+
+    /// <summary>An empty queue whose leases lapse after <paramref name="leaseDuration"/> without a heartbeat.</summary>
+    protected abstract IJobQueue Create(TimeSpan leaseDuration, int maxAttempts = 3);
+
+    private static AgentInfo Agent(string name, string system = "x86_64-linux", params string[] features) =>
+        new(name, new SortedSet<string>(StringComparer.Ordinal) { system }, new SortedSet<string>(features, StringComparer.Ordinal), 1);
+
+    private static JobOffer Offer(long buildId, string system = "x86_64-linux", params string[] features)
+    {
+        var hash = new byte[20];
+        BitConverter.TryWriteBytes(hash, buildId);
+        var name = $"job-{buildId}";
+        var job = new BuildJob
+        {
+            DrvPath = StorePath.FromHash(hash, $"{name}.drv"),
+            Derivation = new Derivation { Name = name, Platform = system, Builder = "/bin/sh" },
+            Inputs = [],
+        };
+        return new JobOffer(buildId, job, new JobRequirements(system, new SortedSet<string>(features, StringComparer.Ordinal)), NoLog.Instance);
+    }
+
+    private static BuildOutcome Outcome(string message, int exitCode) =>
+        BuildOutcome.Failed(BuildFailureKind.PermanentFailure, message) with { ExitCode = exitCode };
+
+    private static void AssertOutcome(BuildOutcome expected, BuildOutcome actual)
+    {
+        Assert.Equal(expected.Failure, actual.Failure);
+        Assert.Equal(expected.ErrorMessage, actual.ErrorMessage);
+        Assert.Equal(expected.ExitCode, actual.ExitCode);
+    }
+
+    // A claim given up after Patience (the test then fails on its OperationCanceledException).
+    private static async Task<ILease> ClaimAsync(IJobQueue queue, AgentInfo agent)
+    {
+        using var patience = new CancellationTokenSource(Patience);
+        return await queue.ClaimAsync(agent, patience.Token);
+    }
+
+    private static async Task WhenCancelledAsync(CancellationToken token)
+    {
+        var fired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var registration = token.Register(() => fired.TrySetResult());
+        await fired.Task.WaitAsync(Patience, CancellationToken.None);
+    }
+
+    // Lets a lease lapse: waits until the queue takes it back (its token fires).
+    private static Task LapseAsync(ILease lease) => WhenCancelledAsync(lease.Cancelled);
+
+    [Fact]
+    public async Task A_job_offered_before_any_claim_goes_to_the_next_claimer()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        var ticket = queue.Offer(Offer(1));
+        Assert.False(ticket.Completion.IsCompleted);
+
+        var lease = await ClaimAsync(queue, agent);
+        Assert.Equal(1, lease.Offer.BuildId);
+        Assert.Equal(Offer(1).Job.DrvPath, lease.Offer.Job.DrvPath);
+        Assert.False(lease.Cancelled.IsCancellationRequested);
+        Assert.False(ticket.Completion.IsCompleted);
+    }
+
+    [Fact]
+    public async Task A_claimer_waiting_before_the_offer_gets_it()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        using var patience = new CancellationTokenSource(Patience);
+        var claim = queue.ClaimAsync(agent, patience.Token);
+        Assert.False(claim.IsCompleted);
+
+        queue.Offer(Offer(1));
+        var lease = await claim;
+        Assert.Equal(1, lease.Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task Each_job_is_leased_to_one_claimer_only()
+    {
+        var queue = Create(LongLease);
+        var a = Agent("a");
+        var b = Agent("b");
+        using var ra = queue.Register(a);
+        using var rb = queue.Register(b);
+        queue.Offer(Offer(1));
+        queue.Offer(Offer(2));
+
+        var first = await ClaimAsync(queue, a);
+        var second = await ClaimAsync(queue, b);
+        Assert.Equal([1L, 2L], new[] { first.Offer.BuildId, second.Offer.BuildId }.Order());
+
+        using var cancel = new CancellationTokenSource();
+        var third = queue.ClaimAsync(a, cancel.Token);
+        queue.Offer(Offer(3));
+        Assert.Equal(3, (await third.WaitAsync(Patience)).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task An_agent_lacking_a_feature_never_gets_the_job()
+    {
+        var queue = Create(LongLease);
+        var plain = Agent("plain");
+        var kvm = Agent("kvm", "x86_64-linux", "kvm", "big-parallel");
+        using var rp = queue.Register(plain);
+        using var rk = queue.Register(kvm);
+        using var patience = new CancellationTokenSource(Patience);
+        var plainClaim = queue.ClaimAsync(plain, patience.Token);
+
+        var ticket = queue.Offer(Offer(1, "x86_64-linux", "kvm"));
+        Assert.False(ticket.Completion.IsCompleted); // an agent has the feature: the job waits for it
+
+        var lease = await ClaimAsync(queue, kvm);
+        Assert.Equal(1, lease.Offer.BuildId);
+
+        // The plain agent's claim was left waiting for a job it can run, and takes the next one.
+        Assert.False(plainClaim.IsCompleted);
+        queue.Offer(Offer(2));
+        Assert.Equal(2, (await plainClaim).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task An_agent_for_another_system_never_gets_the_job()
+    {
+        var queue = Create(LongLease);
+        var x86 = Agent("x86");
+        var arm = Agent("arm", "aarch64-linux");
+        using var rx = queue.Register(x86);
+        using var ra = queue.Register(arm);
+        using var patience = new CancellationTokenSource(Patience);
+        var x86Claim = queue.ClaimAsync(x86, patience.Token);
+
+        queue.Offer(Offer(1, "aarch64-linux"));
+        Assert.Equal(1, (await ClaimAsync(queue, arm)).Offer.BuildId);
+
+        Assert.False(x86Claim.IsCompleted);
+        queue.Offer(Offer(2, "x86_64-linux"));
+        Assert.Equal(2, (await x86Claim).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task Builtin_jobs_run_on_any_agent()
+    {
+        var queue = Create(LongLease);
+        var arm = Agent("arm", "aarch64-linux");
+        using var registration = queue.Register(arm);
+
+        var ticket = queue.Offer(Offer(1, "builtin"));
+        Assert.False(ticket.Completion.IsCompleted);
+        Assert.Equal(1, (await ClaimAsync(queue, arm)).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task An_offer_no_registered_agent_can_run_fails_at_once_naming_the_requirement()
+    {
+        var queue = Create(LongLease);
+        using var registration = queue.Register(Agent("x86", "x86_64-linux", "kvm"));
+        var offer = Offer(1, "aarch64-linux", "kvm");
+
+        var outcome = await queue.Offer(offer).Completion.WaitAsync(Patience);
+        Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
+        Assert.Contains($"a 'aarch64-linux' with features {{kvm}} is required to build '{offer.Job.DrvPath}'", outcome.ErrorMessage, StringComparison.Ordinal);
+
+        // The right system without the feature is no better.
+        var featureless = Offer(2, "x86_64-linux", "kvm", "nixos-test");
+        outcome = await queue.Offer(featureless).Completion.WaitAsync(Patience);
+        Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
+        Assert.Contains($"a 'x86_64-linux' with features {{kvm, nixos-test}} is required to build '{featureless.Job.DrvPath}'", outcome.ErrorMessage, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Without_agents_every_offer_fails_at_once()
+    {
+        var queue = Create(LongLease);
+        var outcome = await queue.Offer(Offer(1)).Completion.WaitAsync(Patience);
+        Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
+        Assert.Contains("a 'x86_64-linux' is required to build", outcome.ErrorMessage, StringComparison.Ordinal);
+
+        // A withdrawn agent no longer counts.
+        queue.Register(Agent("gone")).Dispose();
+        outcome = await queue.Offer(Offer(2)).Completion.WaitAsync(Patience);
+        Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
+    }
+
+    [Fact]
+    public async Task Complete_delivers_the_agents_outcome_to_the_ticket()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        var ticket = queue.Offer(Offer(1));
+        var lease = await ClaimAsync(queue, agent);
+        lease.Heartbeat();
+        Assert.False(ticket.Completion.IsCompleted);
+
+        var outcome = Outcome("builder for 'job-1.drv' failed with exit code 2", 2);
+        lease.Complete(outcome);
+        AssertOutcome(outcome, await ticket.Completion.WaitAsync(Patience));
+
+        var success = new BuildOutcome { Failure = BuildFailureKind.None };
+        var next = queue.Offer(Offer(2));
+        (await ClaimAsync(queue, agent)).Complete(success);
+        Assert.True((await next.Completion.WaitAsync(Patience)).Succeeded);
+    }
+
+    [Fact]
+    public async Task Cancelling_a_waiting_job_completes_it_as_cancelled_and_no_agent_claims_it()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        var offer = Offer(1);
+        var ticket = queue.Offer(offer);
+
+        ticket.Cancel();
+        var outcome = await ticket.Completion.WaitAsync(Patience);
+        Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
+        Assert.Contains("cancelled", outcome.ErrorMessage, StringComparison.Ordinal);
+        ticket.Cancel(); // twice is harmless
+
+        // The next claim gets the job offered after it, not the cancelled one.
+        queue.Offer(Offer(2));
+        Assert.Equal(2, (await ClaimAsync(queue, agent)).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task Cancelling_a_leased_job_tells_its_agent_and_the_ticket_gets_the_agents_outcome()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        var ticket = queue.Offer(Offer(1));
+        var lease = await ClaimAsync(queue, agent);
+
+        ticket.Cancel();
+        await WhenCancelledAsync(lease.Cancelled);
+        Assert.False(ticket.Completion.IsCompleted); // the agent says how its build ended
+
+        var outcome = Outcome("the build of 'job-1.drv' was cancelled", 130);
+        lease.Complete(outcome);
+        AssertOutcome(outcome, await ticket.Completion.WaitAsync(Patience));
+    }
+
+    [Fact]
+    public async Task A_cancelled_job_its_agent_abandons_completes_as_cancelled_and_is_not_offered_again()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        var ticket = queue.Offer(Offer(1));
+        var lease = await ClaimAsync(queue, agent);
+
+        ticket.Cancel();
+        lease.Abandon("the agent is stopping");
+        var outcome = await ticket.Completion.WaitAsync(Patience);
+        Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
+        Assert.Contains("cancelled", outcome.ErrorMessage, StringComparison.Ordinal);
+
+        queue.Offer(Offer(2));
+        Assert.Equal(2, (await ClaimAsync(queue, agent)).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task A_lease_not_heartbeaten_is_taken_back_and_the_job_offered_again()
+    {
+        var queue = Create(ShortLease);
+        var a = Agent("a");
+        var b = Agent("b");
+        using var ra = queue.Register(a);
+        using var rb = queue.Register(b);
+        var ticket = queue.Offer(Offer(1));
+        var first = await ClaimAsync(queue, a);
+
+        // a goes silent: its lease is taken back, and b's claim gets the job.
+        var second = await ClaimAsync(queue, b);
+        Assert.Equal(1, second.Offer.BuildId);
+        await LapseAsync(first);
+        Assert.False(ticket.Completion.IsCompleted);
+
+        second.Heartbeat();
+        var outcome = Outcome("built by b", 1);
+        second.Complete(outcome);
+        AssertOutcome(outcome, await ticket.Completion.WaitAsync(Patience));
+    }
+
+    [Fact]
+    public async Task A_lease_heartbeaten_in_time_is_kept()
+    {
+        var lease = TimeSpan.FromSeconds(2);
+        var queue = Create(lease);
+        var a = Agent("a");
+        var b = Agent("b");
+        using var ra = queue.Register(a);
+        using var rb = queue.Register(b);
+        var ticket = queue.Offer(Offer(1));
+        var held = await ClaimAsync(queue, a);
+        using var cancel = new CancellationTokenSource();
+        var other = queue.ClaimAsync(b, cancel.Token);
+
+        // Heartbeats far more often than the lease needs, for longer than the lease lasts.
+        var until = DateTime.UtcNow + (lease * 2);
+        while (DateTime.UtcNow < until)
+        {
+            held.Heartbeat();
+            await Task.Delay(100);
+        }
+
+        Assert.False(held.Cancelled.IsCancellationRequested);
+        Assert.False(other.IsCompleted);
+        var outcome = Outcome("built by a", 1);
+        held.Complete(outcome);
+        AssertOutcome(outcome, await ticket.Completion.WaitAsync(Patience));
+
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => other.WaitAsync(Patience));
+    }
+
+    [Fact]
+    public async Task After_max_attempts_lapse_the_ticket_completes_with_a_failure()
+    {
+        var queue = Create(ShortLease, maxAttempts: 2);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        var offer = Offer(1);
+        var ticket = queue.Offer(offer);
+
+        var first = await ClaimAsync(queue, agent);
+        await LapseAsync(first);
+        Assert.False(ticket.Completion.IsCompleted);
+        var second = await ClaimAsync(queue, agent);
+        Assert.Equal(1, second.Offer.BuildId);
+        await LapseAsync(second);
+
+        var outcome = await ticket.Completion.WaitAsync(Patience);
+        Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
+        Assert.Contains(offer.Job.DrvPath.FullPath, outcome.ErrorMessage, StringComparison.Ordinal);
+
+        // It is not offered a third time: the next claim gets the next job.
+        queue.Offer(Offer(2));
+        Assert.Equal(2, (await ClaimAsync(queue, agent)).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task Abandon_offers_the_job_again()
+    {
+        var queue = Create(LongLease);
+        var a = Agent("a");
+        var b = Agent("b");
+        using var ra = queue.Register(a);
+        using var rb = queue.Register(b);
+        var ticket = queue.Offer(Offer(1));
+        var first = await ClaimAsync(queue, a);
+
+        first.Abandon("agent a is stopping");
+        Assert.False(ticket.Completion.IsCompleted);
+        var second = await ClaimAsync(queue, b);
+        Assert.Equal(1, second.Offer.BuildId);
+        Assert.False(second.Cancelled.IsCancellationRequested);
+
+        var outcome = Outcome("built by b", 1);
+        second.Complete(outcome);
+        AssertOutcome(outcome, await ticket.Completion.WaitAsync(Patience));
+    }
+
+    [Fact]
+    public async Task A_late_Complete_on_a_lease_taken_back_is_ignored()
+    {
+        var queue = Create(ShortLease);
+        var a = Agent("a");
+        var b = Agent("b");
+        using var ra = queue.Register(a);
+        using var rb = queue.Register(b);
+        var ticket = queue.Offer(Offer(1));
+        var stale = await ClaimAsync(queue, a);
+        await LapseAsync(stale);
+        var current = await ClaimAsync(queue, b);
+        Assert.Equal(1, current.Offer.BuildId);
+
+        stale.Complete(Outcome("built by a, too late", 1));
+        Assert.False(ticket.Completion.IsCompleted);
+        Assert.False(current.Cancelled.IsCancellationRequested);
+
+        current.Heartbeat();
+        var outcome = Outcome("built by b", 2);
+        current.Complete(outcome);
+        AssertOutcome(outcome, await ticket.Completion.WaitAsync(Patience));
+    }
+
+    [Fact]
+    public async Task A_late_Abandon_on_a_lease_taken_back_is_ignored()
+    {
+        var queue = Create(ShortLease);
+        var a = Agent("a");
+        var b = Agent("b");
+        using var ra = queue.Register(a);
+        using var rb = queue.Register(b);
+        var ticket = queue.Offer(Offer(1));
+        var stale = await ClaimAsync(queue, a);
+        await LapseAsync(stale);
+        var current = await ClaimAsync(queue, b);
+        current.Heartbeat();
+
+        // Agent a comes back, finds its build cancelled, and gives the job back: that is not b's lease to end.
+        stale.Abandon("agent a is stopping");
+        Assert.False(current.Cancelled.IsCancellationRequested);
+        Assert.False(ticket.Completion.IsCompleted);
+
+        current.Heartbeat();
+        var outcome = Outcome("built by b", 2);
+        current.Complete(outcome);
+        AssertOutcome(outcome, await ticket.Completion.WaitAsync(Patience));
+    }
+
+    [Fact]
+    public async Task ClaimAsync_honours_its_cancellation_token()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+
+        using var cancel = new CancellationTokenSource();
+        var claim = queue.ClaimAsync(agent, cancel.Token);
+        Assert.False(claim.IsCompleted);
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => claim.WaitAsync(Patience));
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => queue.ClaimAsync(agent, cancel.Token).WaitAsync(Patience));
+
+        // The cancelled claims took nothing: the next offer goes to the next claim.
+        var ticket = queue.Offer(Offer(1));
+        var lease = await ClaimAsync(queue, agent);
+        Assert.Equal(1, lease.Offer.BuildId);
+        Assert.False(ticket.Completion.IsCompleted);
+    }
+
+    private sealed class NoLog : IBuildLog
+    {
+        public static readonly NoLog Instance = new();
+
+        public void Line(string line)
+        {
+        }
+    }
+}
+
+/// <summary>The contract, run against the embedded in-memory queue.</summary>
+public sealed class InMemoryJobQueueTests : JobQueueContract, IDisposable
+{
+    private readonly List<InMemoryJobQueue> _queues = [];
+
+    protected override IJobQueue Create(TimeSpan leaseDuration, int maxAttempts = 3)
+    {
+        var queue = new InMemoryJobQueue(leaseDuration) { MaxAttempts = maxAttempts };
+        _queues.Add(queue);
+        return queue;
+    }
+
+    public void Dispose()
+    {
+        foreach (var queue in _queues)
+        {
+            queue.Dispose();
+        }
+    }
+}

@@ -1,0 +1,274 @@
+using System.Text;
+using Kiln.Nix.Tests.Support;
+using Kiln.Store.Logs;
+
+namespace Kiln.Store.Tests;
+
+/// <summary>
+/// The contract of <see cref="IBuildLogStore"/>: each build's log, written once by that build, read back from any
+/// offset, and followed live until its writer is done. Each store's test class derives from it and says how to make
+/// an empty store: a directory now, shared storage when Kiln scales out.
+/// </summary>
+public abstract class BuildLogStoreContract
+{
+    /// <summary>How long anything the store promises may take on a loaded machine before the test gives up.</summary>
+    protected static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
+
+    /// <summary>An empty store, the same one for the whole test.</summary>
+    protected abstract IBuildLogStore Store { get; }
+
+    private async Task<string?> ReadAsync(long buildId, long offset = 0)
+    {
+        var stream = await Store.OpenReadAsync(buildId, offset, default);
+        if (stream is null)
+        {
+            return null;
+        }
+
+        await using (stream)
+        {
+            using var reader = new StreamReader(stream, Encoding.UTF8);
+            return await reader.ReadToEndAsync();
+        }
+    }
+
+    private static async Task<string> NextAsync(IAsyncEnumerator<string> lines)
+    {
+        Assert.True(await lines.MoveNextAsync().AsTask().WaitAsync(Patience), "the log ended");
+        return lines.Current;
+    }
+
+    private static async Task AssertEndsAsync(IAsyncEnumerator<string> lines) =>
+        Assert.False(await lines.MoveNextAsync().AsTask().WaitAsync(Patience), "the log did not end");
+
+    [Fact]
+    public async Task Lines_appended_are_read_back_from_the_start_or_an_offset()
+    {
+        using (var writer = Store.Create(7))
+        {
+            writer.AppendLine("one");
+            writer.AppendLine("two");
+
+            // Readable while the build runs, as far as it is written.
+            Assert.Equal("one\ntwo\n", await ReadAsync(7));
+            writer.AppendLine("thrée ✓");
+        }
+
+        Assert.Equal("one\ntwo\nthrée ✓\n", await ReadAsync(7));
+        Assert.Equal("two\nthrée ✓\n", await ReadAsync(7, "one\n".Length));
+        Assert.Equal("wo\nthrée ✓\n", await ReadAsync(7, "one\nt".Length));
+        var length = Encoding.UTF8.GetByteCount("one\ntwo\nthrée ✓\n");
+        Assert.Equal("", await ReadAsync(7, length));
+        Assert.Equal("", await ReadAsync(7, length + 100)); // past the end: nothing, not an error
+    }
+
+    [Fact]
+    public async Task An_empty_log_reads_as_empty()
+    {
+        using (Store.Create(8))
+        {
+            Assert.Equal("", await ReadAsync(8));
+        }
+
+        Assert.Equal("", await ReadAsync(8));
+    }
+
+    [Fact]
+    public async Task A_build_without_a_log_has_none()
+    {
+        Assert.Null(await Store.OpenReadAsync(404, 0, default));
+        Assert.Null(await Store.OpenReadAsync(404, 10, default));
+        await foreach (var line in Store.FollowAsync(404, default))
+        {
+            Assert.Fail($"a log that does not exist has a line: {line}");
+        }
+    }
+
+    [Fact]
+    public async Task A_log_is_written_once_by_its_build()
+    {
+        var writer = Store.Create(9);
+        writer.AppendLine("the build's own line");
+
+        // Neither while its build writes it, nor after, can another writer start the same log.
+        Assert.ThrowsAny<IOException>(() => Store.Create(9));
+        writer.AppendLine("still the build's");
+        writer.Dispose();
+        Assert.ThrowsAny<IOException>(() => Store.Create(9));
+
+        Assert.Equal("the build's own line\nstill the build's\n", await ReadAsync(9));
+    }
+
+    [Fact]
+    public async Task Appending_after_the_writer_is_done_changes_nothing()
+    {
+        var writer = Store.Create(10);
+        writer.AppendLine("last");
+        writer.Dispose();
+        writer.AppendLine("after the end");
+        writer.Dispose();
+        Assert.Equal("last\n", await ReadAsync(10));
+    }
+
+    [Fact]
+    public async Task Following_yields_the_lines_written_so_far_then_new_ones_until_the_writer_is_done()
+    {
+        using var patience = new CancellationTokenSource(Patience);
+        var writer = Store.Create(11);
+        try
+        {
+            writer.AppendLine("before 1");
+            writer.AppendLine("before 2");
+
+            await using var lines = Store.FollowAsync(11, patience.Token).GetAsyncEnumerator(patience.Token);
+            Assert.Equal("before 1", await NextAsync(lines));
+            Assert.Equal("before 2", await NextAsync(lines));
+
+            // The follower waits for the next line…
+            var next = lines.MoveNextAsync().AsTask();
+            await Task.Delay(200);
+            Assert.False(next.IsCompleted);
+            writer.AppendLine("after 1");
+            Assert.True(await next.WaitAsync(Patience));
+            Assert.Equal("after 1", lines.Current);
+
+            // …including several appended at once while it was not looking…
+            writer.AppendLine("after 2");
+            writer.AppendLine("after 3");
+            Assert.Equal("after 2", await NextAsync(lines));
+            Assert.Equal("after 3", await NextAsync(lines));
+
+            // …and ends when the build is done with its log.
+            next = lines.MoveNextAsync().AsTask();
+            writer.AppendLine("last");
+            writer.Dispose();
+            Assert.True(await next.WaitAsync(Patience));
+            Assert.Equal("last", lines.Current);
+            await AssertEndsAsync(lines);
+        }
+        finally
+        {
+            writer.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task Following_a_log_started_but_still_empty_waits_for_its_first_line()
+    {
+        using var patience = new CancellationTokenSource(Patience);
+        using var writer = Store.Create(12);
+        await using var lines = Store.FollowAsync(12, patience.Token).GetAsyncEnumerator(patience.Token);
+        var next = lines.MoveNextAsync().AsTask();
+        await Task.Delay(200);
+        Assert.False(next.IsCompleted);
+
+        writer.AppendLine("first");
+        Assert.True(await next.WaitAsync(Patience));
+        Assert.Equal("first", lines.Current);
+        writer.Dispose();
+        await AssertEndsAsync(lines);
+    }
+
+    [Fact]
+    public async Task Following_a_finished_log_yields_it_whole_and_ends()
+    {
+        using (var writer = Store.Create(13))
+        {
+            writer.AppendLine("a");
+            writer.AppendLine("");
+            writer.AppendLine("c");
+        }
+
+        var lines = new List<string>();
+        using var patience = new CancellationTokenSource(Patience);
+        await foreach (var line in Store.FollowAsync(13, patience.Token))
+        {
+            lines.Add(line);
+        }
+
+        Assert.Equal(["a", "", "c"], lines);
+    }
+
+    [Fact]
+    public async Task Following_stops_when_cancelled()
+    {
+        using var writer = Store.Create(14);
+        writer.AppendLine("only");
+        using var cancel = new CancellationTokenSource();
+        await using var lines = Store.FollowAsync(14, cancel.Token).GetAsyncEnumerator(cancel.Token);
+        Assert.Equal("only", await NextAsync(lines));
+
+        var next = lines.MoveNextAsync().AsTask();
+        await cancel.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => next.WaitAsync(Patience));
+    }
+
+    [Fact]
+    public async Task Two_builds_logs_are_independent()
+    {
+        using var patience = new CancellationTokenSource(Patience);
+        var first = Store.Create(21);
+        var second = Store.Create(1021); // another thousand as well
+        try
+        {
+            first.AppendLine("first 1");
+            second.AppendLine("second 1");
+            first.AppendLine("first 2");
+
+            await using var following = Store.FollowAsync(21, patience.Token).GetAsyncEnumerator(patience.Token);
+            Assert.Equal("first 1", await NextAsync(following));
+            Assert.Equal("first 2", await NextAsync(following));
+
+            // The other build finishing ends neither the first log nor its follower.
+            second.AppendLine("second 2");
+            second.Dispose();
+            var next = following.MoveNextAsync().AsTask();
+            await Task.Delay(200);
+            Assert.False(next.IsCompleted);
+            first.AppendLine("first 3");
+            Assert.True(await next.WaitAsync(Patience));
+            Assert.Equal("first 3", following.Current);
+            first.Dispose();
+            await AssertEndsAsync(following);
+
+            Assert.Equal("first 1\nfirst 2\nfirst 3\n", await ReadAsync(21));
+            Assert.Equal("second 1\nsecond 2\n", await ReadAsync(1021));
+            Assert.Null(await ReadAsync(22));
+        }
+        finally
+        {
+            first.Dispose();
+            second.Dispose();
+        }
+    }
+}
+
+/// <summary>The contract, run against the directory store; and what is the directory's own: file permissions.</summary>
+public sealed class FileBuildLogStoreTests : BuildLogStoreContract, IDisposable
+{
+    private readonly TempDir _temp = new();
+    private readonly FileBuildLogStore _store;
+
+    public FileBuildLogStoreTests() => _store = new FileBuildLogStore(_temp["logs"]);
+
+    protected override IBuildLogStore Store => _store;
+
+    [Fact]
+    public void A_log_file_is_readable_by_Kiln_only()
+    {
+        using (var writer = Store.Create(1234))
+        {
+            writer.AppendLine("a secret of the build's account");
+        }
+
+        var file = Assert.Single(Directory.GetFiles(_temp["logs"], "*", SearchOption.AllDirectories));
+        Assert.Equal("1234.log", Path.GetFileName(file));
+        const UnixFileMode others = UnixFileMode.GroupRead | UnixFileMode.GroupWrite | UnixFileMode.GroupExecute
+            | UnixFileMode.OtherRead | UnixFileMode.OtherWrite | UnixFileMode.OtherExecute;
+        var mode = File.GetUnixFileMode(file);
+        Assert.Equal((UnixFileMode)0, mode & others);
+        Assert.True(mode.HasFlag(UnixFileMode.UserRead));
+    }
+
+    public void Dispose() => _temp.Dispose();
+}
