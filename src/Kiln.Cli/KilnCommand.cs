@@ -63,7 +63,7 @@ internal static class KilnCommand
     }
 
     private static bool IsUserFacing(Exception e) =>
-        e is NixFormatException or IOException or UnauthorizedAccessException or CommandException or ArgumentException;
+        e is NixFormatException or IOException or UnauthorizedAccessException or CommandException or ArgumentException or Kiln.Protocol.KilnException;
 
     /// <summary>Prints <c>kiln: error: message</c> on one line and returns exit code 1.</summary>
     public static int Fail(string message)

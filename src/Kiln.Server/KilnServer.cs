@@ -1,3 +1,4 @@
+using Kiln.Accounts;
 using Kiln.Agent;
 using Kiln.Nix.Signing;
 using Kiln.Protocol;
@@ -35,6 +36,9 @@ public static partial class KilnServer
                 LogAbandoned(logger, abandoned);
             }
 
+            var buildKey = BuildKey(options.DataDirectory);
+            var accounts = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), AccountService.InstanceName(buildKey.PublicKey));
+
             // The embedded agent pulls work from the queue as a remote agent will; the scheduler only offers it.
             using var queue = new InMemoryJobQueue();
             var executor = CreateExecutor(options, store, logger);
@@ -44,7 +48,7 @@ public static partial class KilnServer
                 MaxSilentTime = options.MaxSilentTime,
                 Timeout = options.BuildTimeout,
                 MaxLogSize = options.MaxLogSize,
-            }, BuildKey(options.DataDirectory), logger);
+            }, buildKey, logger);
             var agent = new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, executor.Slots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4);
             await using (agent.ConfigureAwait(false))
             {
@@ -56,6 +60,7 @@ public static partial class KilnServer
                 builder.Services.AddSingleton(options);
                 builder.Services.AddSingleton(new WorkerSessionOptions());
                 builder.Services.AddSingleton(scheduler);
+                builder.Services.AddSingleton(accounts);
                 builder.Services.AddHostedService<DaemonSocketService>();
                 builder.Services.AddHostedService<Ssh.SshFrontDoor>();
                 builder.Services.AddHostedService<HttpCacheService>();

@@ -48,7 +48,13 @@ public sealed class KilnStore : IAsyncDisposable
 
     public StoreOptions Options { get; }
 
-    public IMetadataStore Metadata { get; }
+    internal IMetadataStore Metadata { get; }
+
+    /// <summary>Accounts and their credentials (the account services' and the logins' port onto the metadata).</summary>
+    public IAccountMetadata Accounts => Metadata;
+
+    /// <summary>Per-account settings.</summary>
+    public ISettingsMetadata Settings => Metadata;
 
     /// <summary>Fetches from accounts' upstream binary caches.</summary>
     public Upstream.UpstreamSubstituter Upstream { get; } = new();

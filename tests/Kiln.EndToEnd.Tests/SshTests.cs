@@ -225,7 +225,8 @@ public class SshTests
         var workspace = client.NewWorkspace();
         var alice = NewLogin(client, kiln, "alice", permissions: "store:read,store:write,build:read,build:write,account:write");
         var reader = NewLogin(client, kiln, "reader", permissions: "store:read,build:read");
-        var newKey = File.ReadAllText(NewKey(client, "laptop") + ".pub").Trim();
+        var laptop = NewKey(client, "laptop");
+        var newKey = File.ReadAllText(laptop + ".pub").Trim();
 
         // A build to look at afterwards.
         var talker = Dag.WriteSingle(client, workspace, "talker", "echo hello from the builder; mkdir $out");
@@ -236,8 +237,11 @@ public class SshTests
              "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(login.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR",
              "kiln@127.0.0.1", .. command], stdin is null ? null : System.Text.Encoding.UTF8.GetBytes(stdin));
 
+        // Adding a key needs proof that the adder holds it: the shell says what to sign.
+        var proof = ProveKey(Ssh(alice, null, "kiln", "keys", "add", $"'{newKey}'", "--permissions", "store:read"), laptop);
+
         // Interactive, no PTY: a prompt per line; a mistake is reported and the session goes on.
-        var session = Ssh(alice, $"whoami\nbogus\nkeys add '{newKey}' --permissions store:read\nkeys list --json\nbuilds list\nexit\n");
+        var session = Ssh(alice, $"whoami\nbogus\nkeys add '{newKey}' --permissions store:read --proof '{proof}'\nkeys list --json\nbuilds list\nexit\n");
         Assert.Equal(0, session.ExitCode);
         Assert.Contains("account alice", session.StdoutText, StringComparison.Ordinal);
         Assert.Contains("error: unknown command 'bogus'", session.Stderr, StringComparison.Ordinal);
@@ -286,6 +290,66 @@ public class SshTests
 
         Assert.True(again.ExitCode == 0, again.Stderr + kiln.Log);
         Assert.Contains("sshd exited", kiln.Log, StringComparison.Ordinal);
+    }
+
+    /// <summary>Runs <c>ssh kiln@127.0.0.1 COMMAND…</c> with a login's key (stdin as given, or closed).</summary>
+    internal static ProcessResult Shell(KilnProcess kiln, Login login, string? stdin, params string[] command) => Processes.Run("ssh",
+        ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", login.KeyFile, "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(login.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR",
+         "kiln@127.0.0.1", .. command], stdin is null ? null : System.Text.Encoding.UTF8.GetBytes(stdin));
+
+    [Fact]
+    public void Nobody_can_register_another_persons_public_key_without_proving_they_hold_it()
+    {
+        // The attack (found on 8b92d5f): Mallory registers Bob's public key (GitHub publishes it) in her account, and
+        // Bob's ssh, offering that key, lands in her account. Now a key added from an account needs a signature by it.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(ssh: true);
+        var mallory = NewLogin(client, kiln, "mallory", permissions: "store:read,store:write,build:read,build:write,account:write");
+        var bobKey = NewKey(client, "bob");
+        var bobPublic = File.ReadAllText(bobKey + ".pub").Trim();
+
+        var attempt = Shell(kiln, mallory, null, "kiln", "keys", "add", $"'{bobPublic}'");
+        Assert.Equal(1, attempt.ExitCode);
+        Assert.Contains("prove that you hold this key", attempt.Stderr, StringComparison.Ordinal);
+
+        // A signature by another key (hers) of the very message is no proof.
+        var forged = ProveKey(attempt, mallory.KeyFile);
+        var refused = Shell(kiln, mallory, null, "kiln", "keys", "add", $"'{bobPublic}'", "--proof", $"'{forged}'");
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("is not a signature by", refused.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("added", refused.StdoutText, StringComparison.Ordinal);
+        var keys = Shell(kiln, mallory, null, "kiln", "keys", "list");
+        Assert.DoesNotContain("bob", keys.StdoutText, StringComparison.Ordinal);
+
+        // So Bob's key still logs in nowhere, and once his own account has it, his logins land there.
+        var bob = new Login("bob", bobKey, SshEnvironment(client, kiln, bobKey));
+        Assert.Contains("Permission denied (publickey)", Shell(kiln, bob, null, "kiln", "whoami").Stderr, StringComparison.Ordinal);
+        kiln.Cli("account", "create", "bob");
+        kiln.Cli("key", "add", "bob", bobPublic);
+        Assert.Contains("account bob", Shell(kiln, bob, null, "kiln", "whoami").StdoutText, StringComparison.Ordinal);
+
+        // A real proof is for one account: Bob adds a second key of his with it; replayed by Mallory it adds nothing.
+        var bobSecond = NewKey(client, "bob-laptop");
+        var secondPublic = File.ReadAllText(bobSecond + ".pub").Trim();
+        var proof = ProveKey(Shell(kiln, bob, null, "kiln", "keys", "add", $"'{secondPublic}'"), bobSecond);
+        var added = Shell(kiln, bob, null, "kiln", "keys", "add", $"'{secondPublic}'", "--proof", $"'{proof}'");
+        Assert.True(added.ExitCode == 0, added.Stderr);
+        var replayed = Shell(kiln, mallory, null, "kiln", "keys", "add", $"'{secondPublic}'", "--proof", $"'{proof}'");
+        Assert.Equal(1, replayed.ExitCode);
+        Assert.Contains("is not a signature by", replayed.Stderr, StringComparison.Ordinal);
+    }
+
+    // Follows the shell's instructions for proving a key: signs its message with the key, returns the signature's
+    // base64 on one line (as it is pasted into the shell).
+    internal static string ProveKey(ProcessResult refused, string privateKey)
+    {
+        Assert.True(refused.ExitCode == 1, refused.StdoutText + refused.Stderr);
+        var message = System.Text.RegularExpressions.Regex.Match(refused.Stderr, @"printf '%s\\n' '([^']+)' \| ssh-keygen -Y sign -n kiln");
+        Assert.True(message.Success, refused.Stderr);
+        var signed = Processes.Run("ssh-keygen", ["-Y", "sign", "-n", "kiln", "-f", privateKey], System.Text.Encoding.UTF8.GetBytes(message.Groups[1].Value + "\n"));
+        Assert.True(signed.ExitCode == 0, signed.Stderr);
+        return string.Concat(signed.StdoutText.Split('\n').Where(l => !l.StartsWith("-----", StringComparison.Ordinal)).Select(l => l.Trim()));
     }
 
     [Fact]

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using Kiln.Accounts;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 
@@ -28,9 +29,11 @@ internal static class AccountCommands
         return metadata;
     }
 
-    internal static async Task<AccountRecord> AccountAsync(IAccountMetadata metadata, string name, CancellationToken cancellationToken) =>
-        await metadata.FindAccountAsync(AccountName.Validate(name), cancellationToken).ConfigureAwait(false)
-            ?? throw new CommandException($"there is no account '{name}' (see 'kiln account list')");
+    /// <summary>The account services, as the operator (who may do anything: proofs are for keys adding keys).</summary>
+    internal static AccountService Service(IMetadataStore metadata) => new(metadata, metadata, new SshKeygenProofs(), "operator");
+
+    internal static Task<AccountRecord> AccountAsync(IMetadataStore metadata, string name, CancellationToken cancellationToken) =>
+        Service(metadata).AccountAsync(Actor.Operator, name, cancellationToken);
 
     internal static void Print(bool json, object value, string text)
     {
@@ -59,12 +62,10 @@ internal static class AccountCommands
         var create = new Command("create", "Create an account.") { name, createData, createJson };
         create.SetAction(async (result, cancellationToken) =>
         {
-            var wanted = AccountName.Validate(result.GetValue(name)!);
             var metadata = await OpenAsync(result.GetValue(createData)!, cancellationToken).ConfigureAwait(false);
             await using (metadata.ConfigureAwait(false))
             {
-                var account = await metadata.TryCreateAccountAsync(wanted, cancellationToken).ConfigureAwait(false)
-                    ?? throw new CommandException($"the account '{wanted}' already exists");
+                var account = await Service(metadata).CreateAccountAsync(Actor.Operator, result.GetValue(name)!, cancellationToken).ConfigureAwait(false);
                 Print(result.GetValue(createJson), new { name = account.Name, id = account.Id }, $"created account {account.Name}");
                 return 0;
             }
@@ -78,7 +79,7 @@ internal static class AccountCommands
             var metadata = await OpenAsync(result.GetValue(listData)!, cancellationToken).ConfigureAwait(false);
             await using (metadata.ConfigureAwait(false))
             {
-                var accounts = await metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false);
+                var accounts = await Service(metadata).ListAccountsAsync(Actor.Operator, cancellationToken).ConfigureAwait(false);
                 Print(result.GetValue(listJson), accounts.Select(a => new { name = a.Name, id = a.Id }), string.Join("\n", accounts.Select(a => a.Name)));
                 return 0;
             }
@@ -107,36 +108,22 @@ internal static class AccountCommands
                 throw new CommandException("nothing to set (see 'kiln account set --help')");
             }
 
-            foreach (var key in (keys ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            {
-                Kiln.Nix.Signing.PublicKey.Parse(key); // a typo is an error now, not a warning at every build
-            }
-
             var netrc = netrcPath is null ? null : netrcPath.Length == 0 ? "" : File.ReadAllText(netrcPath);
             var metadata = await OpenAsync(result.GetValue(setData)!, cancellationToken).ConfigureAwait(false);
             await using (metadata.ConfigureAwait(false))
             {
-                var account = await AccountAsync(metadata, result.GetValue(setName)!, cancellationToken).ConfigureAwait(false);
-                if (makePublic || makePrivate)
-                {
-                    await metadata.SetPublicCacheAsync(account.Id, makePublic, cancellationToken).ConfigureAwait(false);
-                }
-
-                if (caches is not null || keys is not null || netrc is not null)
-                {
-                    await metadata.SetUpstreamSettingsAsync(account.Id, caches, keys, netrc, cancellationToken).ConfigureAwait(false);
-                }
-
-                var settings = await metadata.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
-                var isPublic = (await metadata.GetPublicCacheAccountsAsync(cancellationToken).ConfigureAwait(false)).Contains(account.Id);
+                var service = Service(metadata);
+                var account = await service.AccountAsync(Actor.Operator, result.GetValue(setName)!, cancellationToken).ConfigureAwait(false);
+                var settings = await service.ChangeSettingsAsync(Actor.Operator, account,
+                    new SettingsChange(makePublic ? true : makePrivate ? false : null, caches, keys, netrc), cancellationToken).ConfigureAwait(false);
                 Print(result.GetValue(setJson), new
                 {
                     name = account.Name,
-                    publicCache = isPublic,
+                    publicCache = settings.PublicCache,
                     substituters = settings.Substituters,
                     trustedPublicKeys = settings.TrustedPublicKeys,
-                    credentials = settings.Netrc.Length > 0,
-                }, $"{account.Name}: {(isPublic ? "public" : "private")} cache; substituters '{settings.Substituters}'; trusted keys '{settings.TrustedPublicKeys}'{(settings.Netrc.Length > 0 ? "; with credentials" : "")}");
+                    credentials = settings.HasCredentials,
+                }, $"{account.Name}: {(settings.PublicCache ? "public" : "private")} cache; substituters '{settings.Substituters}'; trusted keys '{settings.TrustedPublicKeys}'{(settings.HasCredentials ? "; with credentials" : "")}");
                 return 0;
             }
         });
@@ -163,16 +150,9 @@ internal static class AccountCommands
             var metadata = await OpenAsync(result.GetValue(addData)!, cancellationToken).ConfigureAwait(false);
             await using (metadata.ConfigureAwait(false))
             {
-                var account = await AccountAsync(metadata, result.GetValue(addAccount)!, cancellationToken).ConfigureAwait(false);
-                SshKeyRecord added;
-                try
-                {
-                    added = await metadata.AddSshKeyAsync(account.Id, key, granted, cancellationToken).ConfigureAwait(false);
-                }
-                catch (DuplicateKeyException e)
-                {
-                    throw new CommandException(e.Message);
-                }
+                var service = Service(metadata);
+                var account = await service.AccountAsync(Actor.Operator, result.GetValue(addAccount)!, cancellationToken).ConfigureAwait(false);
+                var added = (await service.AddKeyAsync(Actor.Operator, account, key, granted, proof: null, cancellationToken).ConfigureAwait(false)).Added!;
 
                 Print(result.GetValue(addJson), KeyJson(added), $"added {KeyText(added)}");
                 return 0;
@@ -189,7 +169,7 @@ internal static class AccountCommands
             await using (metadata.ConfigureAwait(false))
             {
                 var account = await AccountAsync(metadata, result.GetValue(listAccount)!, cancellationToken).ConfigureAwait(false);
-                var keys = await metadata.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
+                var keys = await Service(metadata).ListKeysAsync(Actor.Operator, account, cancellationToken).ConfigureAwait(false);
                 Print(result.GetValue(listJson), keys.Select(KeyJson), string.Join("\n", keys.Select(KeyText)));
                 return 0;
             }
@@ -208,10 +188,7 @@ internal static class AccountCommands
             await using (metadata.ConfigureAwait(false))
             {
                 var account = await AccountAsync(metadata, result.GetValue(removeAccount)!, cancellationToken).ConfigureAwait(false);
-                if (!await metadata.RemoveSshKeyAsync(account.Id, fingerprint, cancellationToken).ConfigureAwait(false))
-                {
-                    throw new CommandException($"the account '{account.Name}' has no key {fingerprint}");
-                }
+                await Service(metadata).RemoveKeyAsync(Actor.Operator, account, fingerprint, cancellationToken).ConfigureAwait(false);
 
                 Print(result.GetValue(removeJson), new { account = account.Name, fingerprint, removed = true }, $"removed {fingerprint}");
                 return 0;

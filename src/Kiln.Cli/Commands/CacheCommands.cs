@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using Kiln.Nix.Signing;
+using Kiln.Accounts;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 using static Kiln.Cli.Commands.AccountCommands;
@@ -54,19 +54,13 @@ internal static class CacheCommands
         create.SetAction(async (result, cancellationToken) =>
         {
             var granted = KeyPermissionNames.Parse(result.GetValue(permissions)!);
-            if ((granted & ~(KeyPermissions.StoreRead | KeyPermissions.StoreWrite)) != 0)
-            {
-                throw new CommandException("HTTP tokens carry store:read and store:write only");
-            }
-
             var expiry = AccessToken.ParseExpiry(result.GetValue(expires)!, DateTimeOffset.UtcNow);
             var metadata = await OpenAsync(result.GetValue(createData)!, cancellationToken).ConfigureAwait(false);
             await using (metadata.ConfigureAwait(false))
             {
                 var account = await AccountAsync(metadata, result.GetValue(createAccount)!, cancellationToken).ConfigureAwait(false);
-                var secret = AccessToken.Generate();
-                var token = await metadata.AddTokenAsync(account.Id, AccessToken.Hash(secret), result.GetValue(description)!, granted,
-                    expiry?.ToUnixTimeSeconds(), cancellationToken).ConfigureAwait(false);
+                var (secret, token) = await Service(metadata).CreateTokenAsync(Actor.Operator, account, granted, expiry, result.GetValue(description)!, cancellationToken)
+                    .ConfigureAwait(false);
                 Print(result.GetValue(createJson), new { token = secret, details = TokenJson(token) },
                     $"{secret}\n(token {token.Id} for {account.Name}: {KeyPermissionNames.Format(granted)}, expires {Time(token.Expires)}; it is not shown again)");
                 return 0;
@@ -83,7 +77,7 @@ internal static class CacheCommands
             await using (metadata.ConfigureAwait(false))
             {
                 var account = await AccountAsync(metadata, result.GetValue(listAccount)!, cancellationToken).ConfigureAwait(false);
-                var tokens = await metadata.ListTokensAsync(account.Id, cancellationToken).ConfigureAwait(false);
+                var tokens = await Service(metadata).ListTokensAsync(Actor.Operator, account, cancellationToken).ConfigureAwait(false);
                 Print(result.GetValue(listJson), tokens.Select(TokenJson), string.Join("\n", tokens.Select(TokenText)));
                 return 0;
             }
@@ -101,10 +95,7 @@ internal static class CacheCommands
             {
                 var account = await AccountAsync(metadata, result.GetValue(revokeAccount)!, cancellationToken).ConfigureAwait(false);
                 var id = result.GetValue(revokeId);
-                if (!await metadata.RevokeTokenAsync(account.Id, id, cancellationToken).ConfigureAwait(false))
-                {
-                    throw new CommandException($"the account '{account.Name}' has no token {id} that is not revoked already");
-                }
+                await Service(metadata).RevokeTokenAsync(Actor.Operator, account, id, cancellationToken).ConfigureAwait(false);
 
                 Print(result.GetValue(revokeJson), new { account = account.Name, id, revoked = true }, $"revoked token {id}");
                 return 0;
@@ -130,15 +121,8 @@ internal static class CacheCommands
             await using (metadata.ConfigureAwait(false))
             {
                 var account = await AccountAsync(metadata, result.GetValue(createAccount)!, cancellationToken).ConfigureAwait(false);
-                var keyName = result.GetValue(name) ?? $"{Environment.MachineName}-{account.Name}-1";
-                if (keyName.Length == 0 || keyName.Any(c => c is ':' or ' ' or '\n'))
-                {
-                    throw new CommandException($"'{keyName}' cannot name a key (no ':', spaces or newlines)");
-                }
-
-                var key = SecretKey.Generate(keyName);
-                await metadata.SetSigningKeyAsync(account.Id, key.ToString(), cancellationToken).ConfigureAwait(false);
-                Print(result.GetValue(createJson), new { account = account.Name, publicKey = key.PublicKey.ToString() }, key.PublicKey.ToString());
+                var publicKey = await Service(metadata).CreateSigningKeyAsync(Actor.Operator, account, result.GetValue(name), cancellationToken).ConfigureAwait(false);
+                Print(result.GetValue(createJson), new { account = account.Name, publicKey = publicKey.ToString() }, publicKey.ToString());
                 return 0;
             }
         });
@@ -153,9 +137,7 @@ internal static class CacheCommands
             await using (metadata.ConfigureAwait(false))
             {
                 var account = await AccountAsync(metadata, result.GetValue(showAccount)!, cancellationToken).ConfigureAwait(false);
-                var secret = await metadata.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false)
-                    ?? throw new CommandException($"the account '{account.Name}' has no signing key (see 'kiln signing-key create')");
-                var publicKey = SecretKey.Parse(secret).PublicKey.ToString();
+                var publicKey = (await Service(metadata).SigningKeyAsync(Actor.Operator, account, cancellationToken).ConfigureAwait(false)).ToString();
                 Print(result.GetValue(showJson), new { account = account.Name, publicKey }, publicKey);
                 return 0;
             }

@@ -2,6 +2,8 @@ using System.Buffers.Binary;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Kiln.Accounts;
+using Kiln.Protocol;
 using Kiln.Store;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
@@ -14,13 +16,17 @@ namespace Kiln.Server.Ssh;
 /// line on stderr and never ends an interactive session; a one-shot command's exit status says whether it worked.
 /// What it shows is the key's own account only, within the key's permissions.
 /// </summary>
-internal sealed class AdminShell(IAccountMetadata metadata, SshKeyRecord key, StoreView view, Stream connection)
+internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, StoreView view, Stream connection)
 {
+    private readonly Actor _actor = Actor.ForKey(key);
+
     private const string Help = """
         Kiln shell commands (add --json for JSON):
           whoami                          the account and key you are logged in with
           keys list                       the account's SSH keys
-          keys add 'KEY' [--permissions P] let another key log in (P: store:read,store:write,build:read,build:write,account:write)
+          keys add 'KEY' [--permissions P] [--proof SIG]
+                                          let another key log in (P: store:read,store:write,build:read,build:write,
+                                          account:write); SIG proves you hold it (the command says how to make it)
           keys remove FINGERPRINT         stop a key logging in
           builds list [--limit N]         recent builds run for the account
           builds show ID                  one build
@@ -71,7 +77,7 @@ internal sealed class AdminShell(IAccountMetadata metadata, SshKeyRecord key, St
             await OutAsync(text.EndsWith('\n') || text.Length == 0 ? text : text + "\n", cancellationToken).ConfigureAwait(false);
             return true;
         }
-        catch (Exception e) when (e is ShellException or ArgumentException or DuplicateKeyException or FormatException or OverflowException)
+        catch (Exception e) when (e is ShellException or KilnException or ArgumentException or FormatException or OverflowException)
         {
             await ErrAsync($"error: {e.Message}\n", cancellationToken).ConfigureAwait(false);
             return false;
@@ -103,38 +109,47 @@ internal sealed class AdminShell(IAccountMetadata metadata, SshKeyRecord key, St
 
     private async Task<string> KeysAsync(List<string> words, bool json, CancellationToken cancellationToken)
     {
+        var account = AccountService.OwnAccount(_actor);
         switch (words.ElementAtOrDefault(1))
         {
             case "list":
-                var keys = await metadata.ListSshKeysAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
+                var keys = await accounts.ListKeysAsync(_actor, account, cancellationToken).ConfigureAwait(false);
                 return Show(json, keys.Select(KeyJson), string.Join("\n", keys.Select(k =>
                     $"{k.Fingerprint} {k.Key.Type} {KeyPermissionNames.Format(k.Permissions)}{(k.Key.Comment.Length > 0 ? " " + k.Key.Comment : "")}{(k.Id == key.Id ? " (this key)" : "")}")));
             case "add":
-                Need(KeyPermissions.AccountWrite);
-                var permissionsAt = words.IndexOf("--permissions");
-                var granted = permissionsAt > 0 ? KeyPermissionNames.Parse(words.ElementAtOrDefault(permissionsAt + 1) ?? "") : KeyPermissions.All;
-                var text = words.ElementAtOrDefault(2) ?? throw new ShellException("usage: keys add 'ssh-ed25519 AAAA… comment' [--permissions …]");
-
-                // A key can never grant more than the key adding it has.
-                if ((granted & ~key.Permissions) != 0)
+                var granted = Option(words, "--permissions") is { } names ? KeyPermissionNames.Parse(names) : KeyPermissions.All;
+                var text = words.ElementAtOrDefault(2) is { } given && !given.StartsWith("--", StringComparison.Ordinal)
+                    ? given
+                    : throw new ShellException("usage: keys add 'ssh-ed25519 AAAA… comment' [--permissions …] [--proof SIG]");
+                var newKey = SshPublicKey.Parse(text);
+                var result = await accounts.AddKeyAsync(_actor, account, newKey, granted, Option(words, "--proof"), cancellationToken).ConfigureAwait(false);
+                if (result.Added is not { } added)
                 {
-                    throw new ShellException($"this key cannot grant {KeyPermissionNames.Format(granted & ~key.Permissions)}, which it lacks itself");
+                    // Proof of possession: so nobody can register someone else's public key and take over their logins.
+                    throw new ShellException($"""
+                        prove that you hold this key first: sign this message with it,
+                          printf '%s\n' '{result.ProofMessage!.TrimEnd('\n')}' | ssh-keygen -Y sign -n {SshKeygenProofs.Namespace} -f PRIVATE_KEY_FILE > proof.sig
+                        then add it again with the signature:
+                          keys add '{newKey}' --permissions {KeyPermissionNames.Format(granted)} --proof "$(cat proof.sig)"
+                        (in this shell, paste the signature's lines joined: --proof 'U1NIU0lH…')
+                        """);
                 }
 
-                var added = await metadata.AddSshKeyAsync(key.AccountId, SshPublicKey.Parse(text), granted, cancellationToken).ConfigureAwait(false);
                 return Show(json, KeyJson(added), $"added {added.Fingerprint} ({KeyPermissionNames.Format(added.Permissions)})");
             case "remove":
-                Need(KeyPermissions.AccountWrite);
                 var fingerprint = words.ElementAtOrDefault(2) ?? throw new ShellException("usage: keys remove FINGERPRINT");
-                if (!await metadata.RemoveSshKeyAsync(key.AccountId, fingerprint, cancellationToken).ConfigureAwait(false))
-                {
-                    throw new ShellException($"the account has no key {fingerprint}");
-                }
-
+                await accounts.RemoveKeyAsync(_actor, account, fingerprint, cancellationToken).ConfigureAwait(false);
                 return Show(json, new { removed = fingerprint }, $"removed {fingerprint}");
             default:
-                throw new ShellException("usage: keys list | keys add 'KEY' [--permissions …] | keys remove FINGERPRINT");
+                throw new ShellException("usage: keys list | keys add 'KEY' [--permissions …] [--proof SIG] | keys remove FINGERPRINT");
         }
+    }
+
+    // The word after an option, if the option is there.
+    private static string? Option(List<string> words, string name)
+    {
+        var at = words.IndexOf(name);
+        return at < 0 ? null : words.ElementAtOrDefault(at + 1) ?? throw new ShellException($"{name} needs a value");
     }
 
     private async Task<string> BuildsAsync(List<string> words, bool json, CancellationToken cancellationToken)

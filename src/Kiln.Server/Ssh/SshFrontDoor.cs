@@ -19,7 +19,7 @@ namespace Kiln.Server.Ssh;
 /// processes are believed (the kernel's peer credentials); the key's account and permissions decide the session.
 /// </summary>
 public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options, WorkerSessionOptions sessionOptions,
-    Kiln.Scheduler.BuildScheduler scheduler, ILogger<SshFrontDoor> logger) : BackgroundService
+    Kiln.Scheduler.BuildScheduler scheduler, Kiln.Accounts.AccountService accounts, ILogger<SshFrontDoor> logger) : BackgroundService
 {
     private const int MaxHeader = 64 * 1024;
     private long _nextSession;
@@ -171,7 +171,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                         return;
                     }
 
-                    var key = header is null ? null : await store.Metadata.GetSshKeyAsync(header.KeyId, stoppingToken).ConfigureAwait(false);
+                    var key = header is null ? null : await store.Accounts.GetSshKeyAsync(header.KeyId, stoppingToken).ConfigureAwait(false);
                     if (header is null || key is null || !key.Enabled)
                     {
                         await AnswerAsync(stream, "error: this key is not (or no longer) registered with Kiln", stoppingToken).ConfigureAwait(false);
@@ -190,7 +190,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     {
                         await AnswerAsync(stream, "ok framed", stoppingToken).ConfigureAwait(false);
                         using var shellView = store.OpenView(KilnStore.CallerForSshKey(key));
-                        var shell = new AdminShell(store.Metadata, key, shellView, stream);
+                        var shell = new AdminShell(accounts, key, shellView, stream);
                         var shown = Printable(command);
                         if (command.StartsWith("kiln ", StringComparison.Ordinal))
                         {
@@ -237,7 +237,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     // The AuthorizedKeysCommand's question: which enabled key, if any, is this? "key ID" or "none".
     private async Task AnswerKeyQueryAsync(Stream stream, (string Type, string Blob)? offered, CancellationToken stoppingToken)
     {
-        var key = offered is { } o ? await store.Metadata.FindSshKeyAsync(o.Type, o.Blob, stoppingToken).ConfigureAwait(false) : null;
+        var key = offered is { } o ? await store.Accounts.FindSshKeyAsync(o.Type, o.Blob, stoppingToken).ConfigureAwait(false) : null;
         await AnswerAsync(stream, key is { Enabled: true } ? $"key {key.Id}" : "none", stoppingToken).ConfigureAwait(false);
     }
 

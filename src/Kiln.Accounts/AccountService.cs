@@ -1,0 +1,275 @@
+using Kiln.Nix.Signing;
+using Kiln.Protocol;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Accounts;
+
+/// <summary>What an account's settings are now.</summary>
+public sealed record AccountSettings(string Account, bool PublicCache, string Substituters, string TrustedPublicKeys, bool HasCredentials);
+
+/// <summary>A change to an account's settings; a null field is left as it is.</summary>
+public sealed record SettingsChange(bool? PublicCache = null, string? Substituters = null, string? TrustedPublicKeys = null, string? Netrc = null);
+
+/// <summary>How adding a key went: added, or the proof the caller must give first (<see cref="ProofMessage"/> to sign).</summary>
+public sealed record KeyAddition(SshKeyRecord? Added, string? ProofMessage);
+
+/// <summary>
+/// The rules for accounts and what they own — SSH keys, HTTP tokens, signing keys, settings — in one place, shared
+/// by the <c>kiln</c> CLI (the operator), the SSH shell and (later) the API (a logged-in key):
+/// <list type="bullet">
+/// <item>a key acts on its own account only; another account is "not found", never "forbidden";</item>
+/// <item>changing anything needs <c>account:write</c>, and so does listing keys (which keys log in to an account is the
+/// account manager's business);</item>
+/// <item>a key never grants (to a key or a token) a permission it lacks, nor removes a key that has one it lacks;</item>
+/// <item>a key added by a key must be proven: signed with its private half (<c>ssh-keygen -Y sign -n kiln</c>) over a
+/// message naming the key, the account and this Kiln, so the first to register someone's public key cannot take over
+/// their logins; only after the proof does Kiln say whether the key is registered elsewhere. The operator is trusted.</item>
+/// </list>
+/// Failures are <see cref="KilnException"/>s with their kind.
+/// </summary>
+public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata settings, IKeyProofs proofs, string instance)
+{
+    /// <summary>The name of this Kiln in proof messages (so a proof for one Kiln is no proof for another).</summary>
+    public string Instance => instance;
+
+    /// <summary>A Kiln's name for proofs, from its build key: the key's name and a digest of the key.</summary>
+    public static string InstanceName(PublicKey buildKey)
+    {
+        ArgumentNullException.ThrowIfNull(buildKey);
+        var text = buildKey.ToString();
+        var digest = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(text)))[..16];
+        return $"{text[..text.IndexOf(':', StringComparison.Ordinal)]}/{digest}";
+    }
+
+    public async Task<AccountRecord> CreateAccountAsync(Actor actor, string name, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(actor);
+        if (!actor.IsOperator)
+        {
+            throw new KilnException(ErrorKind.Forbidden, "only the operator creates accounts");
+        }
+
+        var wanted = Validate(() => AccountName.Validate(name));
+        return await accounts.TryCreateAccountAsync(wanted, cancellationToken).ConfigureAwait(false)
+            ?? throw new KilnException(ErrorKind.Conflict, $"the account '{wanted}' already exists");
+    }
+
+    public async Task<IReadOnlyList<AccountRecord>> ListAccountsAsync(Actor actor, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(actor);
+        var all = await accounts.ListAccountsAsync(cancellationToken).ConfigureAwait(false);
+        return actor.IsOperator ? all : all.Where(a => a.Id == actor.AccountId).ToList();
+    }
+
+    /// <summary>The account by name, as <paramref name="actor"/> may see it (a key sees its own only).</summary>
+    public async Task<AccountRecord> AccountAsync(Actor actor, string name, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(actor);
+        var account = await accounts.FindAccountAsync(Validate(() => AccountName.Validate(name)), cancellationToken).ConfigureAwait(false);
+        return account is not null && (actor.IsOperator || account.Id == actor.AccountId)
+            ? account
+            : throw new KilnException(ErrorKind.NotFound, $"there is no account '{name}' (see 'kiln account list')");
+    }
+
+    /// <summary>A key's own account.</summary>
+    public static AccountRecord OwnAccount(Actor actor)
+    {
+        ArgumentNullException.ThrowIfNull(actor);
+        return actor.Key is { } key ? new AccountRecord(key.AccountId, key.AccountName) : throw new KilnException(ErrorKind.Invalid, "the operator names an account");
+    }
+
+    // ---- SSH keys ----
+
+    public async Task<IReadOnlyList<SshKeyRecord>> ListKeysAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
+    {
+        Need(actor, account, KeyPermissions.AccountWrite);
+        return await accounts.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>What a key's holder signs to prove it, for adding that key to that account on this Kiln.</summary>
+    public string ProofMessage(AccountRecord account, SshPublicKey key)
+    {
+        ArgumentNullException.ThrowIfNull(account);
+        ArgumentNullException.ThrowIfNull(key);
+        return $"kiln: add key {key.Fingerprint} to account {account.Name} at {instance}\n";
+    }
+
+    /// <summary>
+    /// Adds a login key with <paramref name="permissions"/>. A key acting must give <paramref name="proof"/> (a signature
+    /// of <see cref="ProofMessage"/>); without one, nothing is added and the message to sign comes back.
+    /// </summary>
+    public async Task<KeyAddition> AddKeyAsync(Actor actor, AccountRecord account, SshPublicKey key, KeyPermissions permissions, string? proof,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        Need(actor, account, KeyPermissions.AccountWrite);
+        CannotGrantMore(actor, permissions, "grant");
+        if (!actor.IsOperator)
+        {
+            if (proof is null)
+            {
+                return new KeyAddition(null, ProofMessage(account, key));
+            }
+
+            if (!await proofs.VerifyAsync(key, ProofMessage(account, key), proof, cancellationToken).ConfigureAwait(false))
+            {
+                throw new KilnException(ErrorKind.Forbidden, $"the proof is not a signature by {key.Fingerprint} of the message for this account and this Kiln (ssh-keygen -Y sign -n {SshKeygenProofs.Namespace})");
+            }
+        }
+
+        try
+        {
+            return new KeyAddition(await accounts.AddSshKeyAsync(account.Id, key, permissions, cancellationToken).ConfigureAwait(false), null);
+        }
+        catch (DuplicateKeyException e)
+        {
+            // Told only to the operator or to whoever just proved they hold the key.
+            throw new KilnException(ErrorKind.Conflict, e.Message, e);
+        }
+    }
+
+    public async Task<SshKeyRecord> RemoveKeyAsync(Actor actor, AccountRecord account, string fingerprint, CancellationToken cancellationToken)
+    {
+        Need(actor, account, KeyPermissions.AccountWrite);
+        var keys = await accounts.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
+        var target = keys.FirstOrDefault(k => k.Fingerprint == fingerprint)
+            ?? throw new KilnException(ErrorKind.NotFound, $"the account has no key {fingerprint}");
+        CannotGrantMore(actor, target.Permissions, "remove a key with");
+        if (!await accounts.RemoveSshKeyAsync(account.Id, fingerprint, cancellationToken).ConfigureAwait(false))
+        {
+            throw new KilnException(ErrorKind.NotFound, $"the account has no key {fingerprint}");
+        }
+
+        return target;
+    }
+
+    // ---- HTTP tokens ----
+
+    /// <summary>Creates a token; its secret is returned once, only its hash is kept.</summary>
+    public async Task<(string Secret, TokenRecord Token)> CreateTokenAsync(Actor actor, AccountRecord account, KeyPermissions permissions, DateTimeOffset? expires,
+        string description, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(description);
+        Need(actor, account, KeyPermissions.AccountWrite);
+        if ((permissions & ~(KeyPermissions.StoreRead | KeyPermissions.StoreWrite)) != 0 || permissions == KeyPermissions.None)
+        {
+            throw new KilnException(ErrorKind.Invalid, "HTTP tokens carry store:read and store:write only");
+        }
+
+        CannotGrantMore(actor, permissions, "grant");
+        var secret = AccessToken.Generate();
+        var token = await accounts.AddTokenAsync(account.Id, AccessToken.Hash(secret), description, permissions, expires?.ToUnixTimeSeconds(), cancellationToken)
+            .ConfigureAwait(false);
+        return (secret, token);
+    }
+
+    public async Task<IReadOnlyList<TokenRecord>> ListTokensAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
+    {
+        Need(actor, account, KeyPermissions.AccountWrite);
+        return await accounts.ListTokensAsync(account.Id, cancellationToken).ConfigureAwait(false);
+    }
+
+    public async Task RevokeTokenAsync(Actor actor, AccountRecord account, long id, CancellationToken cancellationToken)
+    {
+        Need(actor, account, KeyPermissions.AccountWrite);
+        if (!await accounts.RevokeTokenAsync(account.Id, id, cancellationToken).ConfigureAwait(false))
+        {
+            throw new KilnException(ErrorKind.NotFound, $"the account '{account.Name}' has no token {id} that is not revoked already");
+        }
+    }
+
+    // ---- signing keys ----
+
+    /// <summary>Gives the account a new signing key (replacing any it had); returns its public half.</summary>
+    public async Task<PublicKey> CreateSigningKeyAsync(Actor actor, AccountRecord account, string? name, CancellationToken cancellationToken)
+    {
+        Need(actor, account, KeyPermissions.AccountWrite);
+        var keyName = name ?? $"{Environment.MachineName}-{account.Name}-1";
+        if (keyName.Length == 0 || keyName.Any(c => c is ':' or ' ' or '\n'))
+        {
+            throw new KilnException(ErrorKind.Invalid, $"'{keyName}' cannot name a key (no ':', spaces or newlines)");
+        }
+
+        var key = SecretKey.Generate(keyName);
+        await accounts.SetSigningKeyAsync(account.Id, key.ToString(), cancellationToken).ConfigureAwait(false);
+        return key.PublicKey;
+    }
+
+    public async Task<PublicKey> SigningKeyAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
+    {
+        Need(actor, account, KeyPermissions.None);
+        var secret = await accounts.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false)
+            ?? throw new KilnException(ErrorKind.NotFound, $"the account '{account.Name}' has no signing key (see 'kiln signing-key create')");
+        return SecretKey.Parse(secret).PublicKey;
+    }
+
+    // ---- settings ----
+
+    public async Task<AccountSettings> SettingsAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
+    {
+        Need(actor, account, KeyPermissions.None);
+        var upstream = await settings.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+        var isPublic = (await accounts.GetPublicCacheAccountsAsync(cancellationToken).ConfigureAwait(false)).Contains(account.Id);
+        return new AccountSettings(account.Name, isPublic, upstream.Substituters, upstream.TrustedPublicKeys, upstream.Netrc.Length > 0);
+    }
+
+    public async Task<AccountSettings> ChangeSettingsAsync(Actor actor, AccountRecord account, SettingsChange change, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(change);
+        Need(actor, account, KeyPermissions.AccountWrite);
+        foreach (var key in (change.TrustedPublicKeys ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries))
+        {
+            Validate(() => PublicKey.Parse(key)); // a typo is an error now, not a warning at every build
+        }
+
+        if (change.PublicCache is { } isPublic)
+        {
+            await accounts.SetPublicCacheAsync(account.Id, isPublic, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (change.Substituters is not null || change.TrustedPublicKeys is not null || change.Netrc is not null)
+        {
+            await settings.SetUpstreamSettingsAsync(account.Id, change.Substituters, change.TrustedPublicKeys, change.Netrc, cancellationToken).ConfigureAwait(false);
+        }
+
+        return await SettingsAsync(actor, account, cancellationToken).ConfigureAwait(false);
+    }
+
+    // ---- the rules ----
+
+    private static void Need(Actor actor, AccountRecord account, KeyPermissions permission)
+    {
+        ArgumentNullException.ThrowIfNull(actor);
+        ArgumentNullException.ThrowIfNull(account);
+        if (!actor.IsOperator && actor.AccountId != account.Id)
+        {
+            throw new KilnException(ErrorKind.NotFound, $"there is no account '{account.Name}'");
+        }
+
+        if (!actor.IsOperator && (actor.Permissions & permission) != permission)
+        {
+            throw new KilnException(ErrorKind.Forbidden, $"this key lacks the {KeyPermissionNames.Format(permission)} permission");
+        }
+    }
+
+    private static void CannotGrantMore(Actor actor, KeyPermissions permissions, string what)
+    {
+        if (!actor.IsOperator && (permissions & ~actor.Permissions) != 0)
+        {
+            throw new KilnException(ErrorKind.Forbidden, $"this key cannot {what} {KeyPermissionNames.Format(permissions & ~actor.Permissions)}, which it lacks itself");
+        }
+    }
+
+    private static T Validate<T>(Func<T> parse)
+    {
+        try
+        {
+            return parse();
+        }
+        catch (Exception e) when (e is ArgumentException or FormatException or Kiln.Nix.NixFormatException)
+        {
+            throw new KilnException(ErrorKind.Invalid, e.Message, e);
+        }
+    }
+}
