@@ -36,7 +36,7 @@ public sealed partial class BuildScheduler
     public BuildScheduler(IBuildMetadata builds, IBlobStore blobs, IJobQueue queue, IBuildLogStore logs, SchedulerOptions options, SecretKey? buildKey, ILogger logger)
     {
         Builds = builds;
-        Blobs = blobs;
+        Content = blobs;
         Queue = queue;
         Logs = logs;
         Options = options;
@@ -46,7 +46,7 @@ public sealed partial class BuildScheduler
 
     internal IBuildMetadata Builds { get; }
 
-    internal IBlobStore Blobs { get; }
+    internal IBlobStore Content { get; }
 
     internal IJobQueue Queue { get; }
 

@@ -346,7 +346,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
         {
             foreach (var output in outputs)
             {
-                if (!await _scheduler.Blobs.HasAsync(output.NarHash, token).ConfigureAwait(false))
+                if (!await _scheduler.Content.HasAsync(output.NarHash, token).ConfigureAwait(false))
                 {
                     return false;
                 }

@@ -21,6 +21,12 @@ public sealed partial class StoreView
             throw new KilnException(ErrorKind.NotFound, $"path '{drvPath}' is not valid");
         }
 
+        return await ReadDerivationAsync(drvPath, record, cancellationToken).ConfigureAwait(false);
+    }
+
+    // Reads a derivation whose record is at hand (no metadata query).
+    private async Task<Derivation> ReadDerivationAsync(StorePath drvPath, PathRecord record, CancellationToken cancellationToken)
+    {
         var source = await _store.Blobs.OpenReadAsync(record.Info.NarHash, cancellationToken).ConfigureAwait(false)
             ?? throw new KilnException(ErrorKind.Failed, $"the contents of '{drvPath}' are missing from Kiln's store; an operator should run 'kiln store verify'");
         await using (source.ConfigureAwait(false))

@@ -11,20 +11,22 @@ public sealed partial class StoreView
 
     internal IBlobStore Blobs => _store.Blobs;
 
-    /// <summary>Where warnings about upstream caches go when the caller has no client to tell (they are logged).</summary>
-    public Action<string> Warnings { get; set; } = _ => { };
+    /// <summary>Where warnings about upstream caches go when the caller passes no client log (they are dropped).</summary>
+    private static void NoWarnings(string message)
+    {
+    }
 
     /// <summary>Whether a path in this view has that NAR (so its bytes are this account's to read under another path).</summary>
     internal async Task<bool> CanReadNarAsync(Kiln.Nix.Hashing.NixHash narHash, CancellationToken cancellationToken) =>
         await Metadata.FindNarAsync([AccountId], narHash, cancellationToken).ConfigureAwait(false) is not null;
 
     /// <summary>The account's upstream caches and trusted keys (read once per view).</summary>
-    public async Task<UpstreamPlan> UpstreamPlanAsync(CancellationToken cancellationToken)
+    public async Task<UpstreamPlan> UpstreamPlanAsync(Action<string> warn, CancellationToken cancellationToken)
     {
         if (_plan is null)
         {
             var settings = await Metadata.GetUpstreamSettingsAsync(AccountId, cancellationToken).ConfigureAwait(false);
-            _plan = UpstreamPlan.Resolve(settings, _store.Options, Warnings);
+            _plan = UpstreamPlan.Resolve(settings, _store.Options, warn);
         }
 
         return _plan;
@@ -32,12 +34,12 @@ public sealed partial class StoreView
 
     /// <summary>
     /// Substitutes what it can of <paramref name="paths"/> from the account's upstream caches; returns those valid in
-    /// the view afterwards. Failures are warnings (to <paramref name="warn"/>, or <see cref="Warnings"/>).
+    /// the view afterwards. Failures are warnings (to <paramref name="warn"/>).
     /// </summary>
     public async Task<IReadOnlySet<StorePath>> SubstituteAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken, Action<string>? warn = null)
     {
-        var plan = await UpstreamPlanAsync(cancellationToken).ConfigureAwait(false);
-        var valid = await _store.Upstream.SubstituteAsync(this, plan, paths, warn ?? Warnings, cancellationToken).ConfigureAwait(false);
+        var plan = await UpstreamPlanAsync(warn ?? NoWarnings, cancellationToken).ConfigureAwait(false);
+        var valid = await _store.Upstream.SubstituteAsync(this, plan, paths, warn ?? NoWarnings, cancellationToken).ConfigureAwait(false);
         foreach (var path in valid)
         {
             AddTempRoot(path);
@@ -46,27 +48,22 @@ public sealed partial class StoreView
         return valid;
     }
 
-    // What QueryMissing reports for outputs an upstream cache has: their download and NAR sizes, or null if any is missing there.
-    private async Task<(long Download, long Nar)?> SubstitutableAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
+    // What QueryMissing reports for outputs an upstream cache has: their download and NAR sizes, or null if any is
+    // missing there. The lookups run at once (the substituter remembers answers, so a level's shared outputs cost one).
+    private async Task<(long Download, long Nar)?> SubstitutableAsync(IReadOnlyCollection<StorePath> paths, Action<string> warn, CancellationToken cancellationToken)
     {
-        var plan = await UpstreamPlanAsync(cancellationToken).ConfigureAwait(false);
+        var plan = await UpstreamPlanAsync(warn, cancellationToken).ConfigureAwait(false);
         if (plan.Caches.Count == 0)
         {
             return null;
         }
 
-        long download = 0, nar = 0;
-        foreach (var path in paths)
+        var found = await Task.WhenAll(paths.Select(path => _store.Upstream.LookupAsync(plan, path, warn, cancellationToken))).ConfigureAwait(false);
+        if (found.Any(f => f is null))
         {
-            if (await _store.Upstream.LookupAsync(plan, path, Warnings, cancellationToken).ConfigureAwait(false) is not { Info: var info })
-            {
-                return null;
-            }
-
-            download += info.FileSize ?? info.NarSize;
-            nar += info.NarSize;
+            return null;
         }
 
-        return (download, nar);
+        return (found.Sum(f => f!.Value.Info.FileSize ?? f!.Value.Info.NarSize), found.Sum(f => f!.Value.Info.NarSize));
     }
 }

@@ -164,10 +164,23 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     /// outputs are not valid is to be built, and so, recursively, is every input derivation whose needed outputs are
     /// missing (clients print the whole list: "these 20 derivations will be built"), unless an upstream cache of the
     /// account has the missing outputs: those will be substituted (with their download and NAR sizes). Paths that are
-    /// neither valid nor buildable are unknown.
+    /// neither valid nor buildable are unknown. The graph is walked a level at a time with a constant number of
+    /// metadata queries per level (not per derivation), and the upstream caches are asked about a level's outputs all
+    /// at once; their warnings go to <paramref name="log"/>.
     /// </summary>
-    public async Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, CancellationToken cancellationToken)
+    public async Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, IClientLog log, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(targets);
+        ArgumentNullException.ThrowIfNull(log);
+        var logGate = new Lock();
+        void Warn(string message)
+        {
+            lock (logGate)
+            {
+                log.Log(message); // lookups run concurrently; the client's log is one stream
+            }
+        }
+
         var willBuild = new SortedSet<StorePath>();
         var willSubstitute = new SortedSet<StorePath>();
         long downloadSize = 0, narSize = 0;
@@ -177,64 +190,94 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         unknown.UnionWith(opaque.Where(p => !validOpaque.Contains(p)));
 
         // Level by level: (derivation, wanted outputs or null for all) whose outputs still have to be checked.
-        var frontier = targets.OfType<DerivedPath.Built>().Select(b => (b.DrvPath, b.Outputs)).ToList();
+        var frontier = targets.OfType<DerivedPath.Built>().Select(b => (b.DrvPath, Wanted: b.Outputs)).ToList();
         while (frontier.Count > 0)
         {
-            var validDrvs = await QueryValidPathsAsync(frontier.Select(f => f.DrvPath).Distinct().ToList(), cancellationToken).ConfigureAwait(false);
-            var next = new List<(StorePath, IReadOnlySet<string>?)>();
+            var drvs = frontier.Select(f => f.DrvPath).Where(d => !willBuild.Contains(d)).Distinct().ToList();
+            var records = await GetRecordsAsync(drvs, cancellationToken).ConfigureAwait(false);
+            var declared = await DerivationOutputsAsync(records.Keys.ToList(), cancellationToken).ConfigureAwait(false);
+
+            // Each derivation's wanted outputs; an output without a known path must be built.
+            var checks = new List<(StorePath Drv, IReadOnlyList<StorePath>? Outputs)>();
             foreach (var (drvPath, wanted) in frontier)
             {
-                if (!validDrvs.Contains(drvPath))
+                if (willBuild.Contains(drvPath))
+                {
+                    continue;
+                }
+
+                if (!records.ContainsKey(drvPath))
                 {
                     unknown.Add(drvPath);
                     continue;
                 }
 
-                if (willBuild.Contains(drvPath) || willSubstitute.Contains(drvPath)
-                    || await MissingOutputsAsync(drvPath, wanted, cancellationToken).ConfigureAwait(false) is not { } missing)
-                {
-                    continue;
-                }
+                var outputs = declared.GetValueOrDefault(drvPath) ?? new Dictionary<string, StorePath?>();
+                var requested = outputs.Where(o => wanted is null || wanted.Contains(o.Key)).ToList();
+                checks.Add((drvPath, requested.Count == 0 || requested.Any(o => o.Value is null) ? null : requested.Select(o => o.Value!.Value).ToList()));
+            }
 
-                // Outputs an upstream cache has are fetched by Kiln, not built: their inputs are not needed.
-                if (missing.Count > 0 && await SubstitutableAsync(missing, cancellationToken).ConfigureAwait(false) is { } sizes)
-                {
-                    willSubstitute.UnionWith(missing);
-                    downloadSize += sizes.Download;
-                    narSize += sizes.Nar;
-                    continue;
-                }
+            var valid = await QueryValidPathsAsync(checks.SelectMany(c => c.Outputs ?? []).Distinct().ToList(), cancellationToken).ConfigureAwait(false);
+            var missing = checks
+                .Select(c => (c.Drv, Missing: c.Outputs?.Where(o => !valid.Contains(o)).ToList()))
+                .Where(c => c.Missing is null || c.Missing.Count > 0)
+                .ToList();
 
-                willBuild.Add(drvPath);
-                var derivation = await ReadDerivationAsync(drvPath, cancellationToken).ConfigureAwait(false);
-                var sources = await QueryValidPathsAsync(derivation.InputSources.ToList(), cancellationToken).ConfigureAwait(false);
-                unknown.UnionWith(derivation.InputSources.Where(s => !sources.Contains(s)));
+            // Outputs an upstream cache has are fetched by Kiln, not built: their inputs are not needed.
+            var substitutable = await Task.WhenAll(missing.Select(async c =>
+                c.Missing is { Count: > 0 } paths ? await SubstitutableAsync(paths, Warn, cancellationToken).ConfigureAwait(false) : null)).ConfigureAwait(false);
+            var toBuild = new List<StorePath>();
+            foreach (var ((drvPath, paths), sizes) in missing.Zip(substitutable))
+            {
+                if (sizes is { } found)
+                {
+                    willSubstitute.UnionWith(paths!);
+                    downloadSize += found.Download;
+                    narSize += found.Nar;
+                }
+                else if (willBuild.Add(drvPath))
+                {
+                    toBuild.Add(drvPath);
+                }
+            }
+
+            var next = new List<(StorePath, IReadOnlySet<string>?)>();
+            var sources = new HashSet<StorePath>();
+            foreach (var drvPath in toBuild)
+            {
+                var derivation = await ReadDerivationAsync(drvPath, records[drvPath], cancellationToken).ConfigureAwait(false);
+                sources.UnionWith(derivation.InputSources);
                 next.AddRange(derivation.InputDerivations.Select(i => (i.Key, (IReadOnlySet<string>?)i.Value)));
             }
 
+            var validSources = await QueryValidPathsAsync(sources.ToList(), cancellationToken).ConfigureAwait(false);
+            unknown.UnionWith(sources.Where(s => !validSources.Contains(s)));
             frontier = next;
         }
 
         return new MissingPaths(willBuild, willSubstitute, unknown, downloadSize, narSize);
     }
 
-    /// <summary>
-    /// The <paramref name="wanted"/> outputs (all when null) of a valid derivation that are not valid in the view;
-    /// null when none is missing. An empty list means some output has no known path (it must be built).
-    /// </summary>
-    private async Task<IReadOnlyList<StorePath>?> MissingOutputsAsync(StorePath drvPath, IReadOnlySet<string>? wanted, CancellationToken cancellationToken)
+    // The outputs the derivations declare (from the first readable account that has each), batched per account.
+    private async Task<IReadOnlyDictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>> DerivationOutputsAsync(IReadOnlyCollection<StorePath> drvPaths,
+        CancellationToken cancellationToken)
     {
-        var outputs = await DerivationOutputsAsync(drvPath, cancellationToken).ConfigureAwait(false) ?? new Dictionary<string, StorePath?>();
-        var requested = outputs.Where(o => wanted is null || wanted.Contains(o.Key)).ToList();
-        if (requested.Count == 0 || requested.Any(o => o.Value is null))
+        var found = new Dictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>();
+        foreach (var account in Readable)
         {
-            return [];
+            var missing = drvPaths.Where(d => !found.ContainsKey(d)).ToList();
+            if (missing.Count == 0)
+            {
+                break;
+            }
+
+            foreach (var (drv, outputs) in await Metadata.GetDerivationOutputsAsync(account, missing, cancellationToken).ConfigureAwait(false))
+            {
+                found[drv] = outputs;
+            }
         }
 
-        var paths = requested.Select(o => o.Value!.Value).ToList();
-        var valid = await QueryValidPathsAsync(paths, cancellationToken).ConfigureAwait(false);
-        var missing = paths.Where(p => !valid.Contains(p)).ToList();
-        return missing.Count == 0 ? null : missing;
+        return found;
     }
 
     public async Task<NarBlob?> OpenNarAsync(StorePath path, CancellationToken cancellationToken)

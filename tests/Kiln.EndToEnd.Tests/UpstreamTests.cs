@@ -74,6 +74,21 @@ public class UpstreamTests
             await metadata.GetPathsAsync(account, paths.Select(StorePath.Parse).ToList(), CancellationToken.None));
     }
 
+    [Fact]
+    public void A_dry_run_tells_the_client_when_an_upstream_cache_fails()
+    {
+        // QueryMissing asks the upstream caches; their warnings were dropped (StoreView.Warnings was never set, on
+        // 8b92d5f): the client must hear that a cache failed, as stock Nix's dry run says so.
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess();
+        kiln.Cli("account", "set", "local", "--substituters", "http://127.0.0.1:1");
+        var workspace = client.NewWorkspace();
+        var single = Dag.WriteSingle(client, workspace, "dry", $"echo {Guid.NewGuid()}; mkdir $out");
+        var dryRun = client.Ok(kiln, "nix-build", "--dry-run", "--store", Socket, single);
+        Assert.Contains("will be built", dryRun.Stderr, StringComparison.Ordinal);
+        Assert.Contains("substituter 'http://127.0.0.1:1/' failed", dryRun.Stderr, StringComparison.Ordinal);
+    }
+
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public async Task A_remote_store_build_substitutes_its_inputs_from_the_upstream_cache_on_Kiln_side(string version)

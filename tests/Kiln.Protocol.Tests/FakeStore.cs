@@ -50,7 +50,7 @@ public sealed class FakeStore : IWorkerStore
     public Task<IReadOnlySet<StorePath>> QueryAllValidPathsAsync(CancellationToken cancellationToken) =>
         Task.FromResult<IReadOnlySet<StorePath>>(new SortedSet<StorePath>(Infos.Keys));
 
-    public Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, CancellationToken cancellationToken)
+    public Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, IClientLog log, CancellationToken cancellationToken)
     {
         var unknown = new SortedSet<StorePath>(targets.OfType<DerivedPath.Opaque>().Select(t => t.Path).Where(p => !Infos.ContainsKey(p)));
         var willBuild = new SortedSet<StorePath>(targets.OfType<DerivedPath.Built>().Select(t => t.DrvPath));

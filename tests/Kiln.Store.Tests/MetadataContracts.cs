@@ -260,6 +260,13 @@ public abstract class PathMetadataContract : MetadataContract
         Assert.Equal(output, outputs!["out"]);
         Assert.Null(outputs["ca"]);
         Assert.Null(await store.GetDerivationOutputsAsync(account, P("other.drv"), default));
+        var plain = P("plain.drv");
+        await store.RegisterAsync(account, [New(Info(plain), new Dictionary<string, StorePath?>())], default);
+        var batch = await store.GetDerivationOutputsAsync(account, [drv, plain, P("other.drv")], default);
+        Assert.Equal(new SortedSet<StorePath> { drv, plain }, new SortedSet<StorePath>(batch.Keys));
+        Assert.Equal(output, batch[drv]["out"]);
+        Assert.Null(batch[drv]["ca"]);
+        Assert.Empty(batch[plain]);
         Assert.Equal(new SortedSet<StorePath> { drv }, await store.GetValidDeriversAsync(account, output, default));
         var bob = await store.GetOrCreateAccountAsync("bob", default);
         Assert.Empty(await store.GetValidDeriversAsync(bob, output, default));

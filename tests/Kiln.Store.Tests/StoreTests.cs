@@ -281,16 +281,17 @@ public sealed class StoreTests : IAsyncLifetime
         Assert.Equal(TreeNar, NarBytes(Path.Combine(tree, path.BaseName)));
     }
 
-    private sealed class ListLog : IClientLog
-    {
-        public List<string> Lines { get; } = [];
-
-        public void Log(string message) => Lines.Add(message);
-    }
-
     private sealed class BreakingStream(byte[] data, int breakAt) : MemoryStream(data)
     {
         public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
             Position >= breakAt ? throw new IOException("the client went away") : base.ReadAsync(buffer[..Math.Min(buffer.Length, 65536)], cancellationToken);
     }
+}
+
+/// <summary>A client log that keeps its lines.</summary>
+internal sealed class ListLog : IClientLog
+{
+    public List<string> Lines { get; } = [];
+
+    public void Log(string message) => Lines.Add(message);
 }

@@ -6,7 +6,7 @@ namespace Kiln.Protocol.Worker;
 
 /// <summary>
 /// The store as one worker-protocol session sees it: one account's view, with the session's temporary roots.
-/// Methods throw <see cref="NixErrorException"/> for failures the client should hear about; anything else is an
+/// Methods throw <see cref="KilnException"/> for failures the client should hear about; anything else is an
 /// internal error. Methods taking many paths answer them in one round trip to the metadata store.
 /// </summary>
 public interface IWorkerStore
@@ -34,7 +34,8 @@ public interface IWorkerStore
 
     Task<IReadOnlySet<StorePath>> QueryAllValidPathsAsync(CancellationToken cancellationToken);
 
-    Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, CancellationToken cancellationToken);
+    /// <summary>What realising the targets takes; warnings (an upstream cache that failed) go to <paramref name="log"/>.</summary>
+    Task<MissingPaths> QueryMissingAsync(IReadOnlyList<DerivedPath> targets, IClientLog log, CancellationToken cancellationToken);
 
     /// <summary>Adds a path whose info the client declares; the NAR is verified against it before anything is registered.</summary>
     Task AddToStoreAsync(ValidPathInfo info, Stream nar, bool repair, bool checkSignatures, CancellationToken cancellationToken);

@@ -253,7 +253,7 @@ public sealed partial class WorkerSession
     {
         var targets = await ReadDerivedPathsAsync(ct).ConfigureAwait(false);
         _log.StartWork();
-        var missing = await _store.QueryMissingAsync(targets, ct).ConfigureAwait(false);
+        var missing = await _store.QueryMissingAsync(targets, _log, ct).ConfigureAwait(false);
         _log.StopWork();
         _output.WriteStorePaths(missing.WillBuild);
         _output.WriteStorePaths(missing.WillSubstitute);

@@ -90,6 +90,10 @@ public interface IPathMetadata
     /// <summary>The outputs a derivation valid in the view declares, or null when it is not valid there.</summary>
     Task<IReadOnlyDictionary<string, StorePath?>?> GetDerivationOutputsAsync(long account, StorePath drvPath, CancellationToken cancellationToken);
 
+    /// <summary>The outputs each of <paramref name="drvPaths"/> valid in the view declares (one statement); derivations not valid there are absent.</summary>
+    Task<IReadOnlyDictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>> GetDerivationOutputsAsync(long account, IReadOnlyCollection<StorePath> drvPaths,
+        CancellationToken cancellationToken);
+
     /// <summary>Derivations valid in the view that declare <paramref name="output"/> as an output.</summary>
     Task<IReadOnlySet<StorePath>> GetValidDeriversAsync(long account, StorePath output, CancellationToken cancellationToken);
 

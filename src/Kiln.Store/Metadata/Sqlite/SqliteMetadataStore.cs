@@ -434,6 +434,42 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             return (IReadOnlyDictionary<string, StorePath?>?)outputs;
         }, cancellationToken);
 
+    public Task<IReadOnlyDictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>> GetDerivationOutputsAsync(long account,
+        IReadOnlyCollection<StorePath> drvPaths, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(drvPaths);
+        if (drvPaths.Count == 0)
+        {
+            return Task.FromResult<IReadOnlyDictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>>(new Dictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>());
+        }
+
+        return ReadAsync<IReadOnlyDictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>>(async connection =>
+        {
+            using var command = Command(connection, """
+                SELECT p.path, o.output, o.path
+                FROM json_each($paths) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value
+                LEFT JOIN drv_outputs o ON o.drv_id = p.id
+                """, null, ("$a", account), ("$paths", JsonArray(drvPaths.Select(d => d.BaseName))));
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var found = new Dictionary<StorePath, SortedDictionary<string, StorePath?>>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                var drv = StorePath.FromBaseName(reader.GetString(0));
+                if (!found.TryGetValue(drv, out var outputs))
+                {
+                    found[drv] = outputs = new SortedDictionary<string, StorePath?>(StringComparer.Ordinal);
+                }
+
+                if (!reader.IsDBNull(1))
+                {
+                    outputs[reader.GetString(1)] = reader.IsDBNull(2) ? null : StorePath.FromBaseName(reader.GetString(2));
+                }
+            }
+
+            return found.ToDictionary(f => f.Key, f => (IReadOnlyDictionary<string, StorePath?>)f.Value);
+        }, cancellationToken);
+    }
+
     public Task<IReadOnlySet<StorePath>> GetValidDeriversAsync(long account, StorePath output, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlySet<StorePath>>(async connection =>
         {
