@@ -28,8 +28,8 @@ public sealed class UpstreamSubstituter : IDisposable
     private readonly ConcurrentDictionary<(Uri Cache, string HashPart), (NarInfo? Info, DateTime Until)> _narInfos = new();
     private readonly ConcurrentDictionary<string, Task> _downloads = new();
 
-    // Remembered narinfo answers are bounded: expired ones are dropped when there are this many, all if none expired.
-    private const int MaxNarInfos = 50_000;
+    /// <summary>How many narinfo answers are remembered: expired ones are dropped when there are this many, all if none expired.</summary>
+    public int MaxNarInfos { get; init; } = 50_000;
 
     public UpstreamSubstituter(HttpMessageHandler? handler = null)
     {

@@ -1,0 +1,156 @@
+using System.Net;
+using System.Text;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Signing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Nix.Tests.Support;
+using Kiln.Store.Upstream;
+
+namespace Kiln.Store.Tests;
+
+/// <summary>
+/// Substitution against a real HTTP server of the test's own (<see cref="HttpListener"/> on loopback) that serves what
+/// the test decides — including what an attacker would serve.
+/// </summary>
+public sealed class UpstreamSubstituterTests : IAsyncLifetime
+{
+    private static readonly byte[] HelloNar = File.ReadAllBytes(Repo.Golden("nar", "hello.txt.nar"));
+
+    private readonly TempDir _temp = new();
+    private readonly HttpListener _listener = new();
+    private readonly Dictionary<string, byte[]> _files = [];
+    private readonly List<string> _requests = [];
+    private KilnStore _store = null!;
+    private Task _serving = Task.CompletedTask;
+    private string _url = "";
+
+    public async ValueTask InitializeAsync()
+    {
+        _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
+        for (var port = 20000 + Random.Shared.Next(20000); ; port++)
+        {
+            try
+            {
+                _url = $"http://127.0.0.1:{port}/";
+                _listener.Prefixes.Clear();
+                _listener.Prefixes.Add(_url);
+                _listener.Start();
+                break;
+            }
+            catch (HttpListenerException)
+            {
+            }
+        }
+
+        _serving = ServeAsync();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _listener.Stop();
+        _listener.Close();
+        try
+        {
+            await _serving;
+        }
+        catch (Exception e) when (e is HttpListenerException or ObjectDisposedException)
+        {
+        }
+
+        await _store.DisposeAsync();
+        _temp.Dispose();
+    }
+
+    private async Task ServeAsync()
+    {
+        while (_listener.IsListening)
+        {
+            HttpListenerContext context;
+            try
+            {
+                context = await _listener.GetContextAsync();
+            }
+            catch (Exception e) when (e is HttpListenerException or ObjectDisposedException or InvalidOperationException)
+            {
+                return;
+            }
+
+            var name = context.Request.Url!.AbsolutePath.TrimStart('/');
+            lock (_requests)
+            {
+                _requests.Add(name);
+            }
+
+            if (_files.TryGetValue(name, out var body))
+            {
+                context.Response.StatusCode = 200;
+                await context.Response.OutputStream.WriteAsync(body);
+            }
+            else
+            {
+                context.Response.StatusCode = 404;
+            }
+
+            context.Response.Close();
+        }
+    }
+
+    private static ValidPathInfo Declared(StorePath path, byte[] nar) => new()
+    {
+        Path = path,
+        NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar),
+        NarSize = nar.Length,
+    };
+
+    // A narinfo for `path` claiming `nar`'s hash and size, signed with `key`, its NAR at nar/<hash>.nar (not served unless added).
+    private void Publish(StorePath path, byte[] nar, SecretKey key)
+    {
+        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
+        var info = new NarInfo { StorePath = path, Url = $"nar/{narHash.ToNix32()}.nar", Compression = "none", NarHash = narHash, NarSize = nar.Length }.WithSignature(key);
+        _files[$"{path.HashPart}.narinfo"] = Encoding.UTF8.GetBytes(info.ToString());
+    }
+
+    [Fact]
+    public async Task Knowing_a_nar_hash_another_account_holds_gives_nothing()
+    {
+        // Bob uploads a private path. Mallory runs a cache of her own, trusted only by her, whose narinfo claims a path of
+        // her choosing has Bob's NAR hash; she cannot serve the NAR itself (she does not have it). On 8b92d5f Kiln saw
+        // the blob was there and registered it for her without a download: she read Bob's secret.
+        var secret = MetadataContract.P("bobs-secret");
+        using (var bob = await _store.OpenViewAsync("bob", default))
+        {
+            await bob.AddToStoreAsync(Declared(secret, HelloNar), new MemoryStream(HelloNar), false, true, default);
+        }
+
+        var malloryKey = SecretKey.Generate("mallory-cache-1");
+        var stolen = MetadataContract.P("stolen");
+        Publish(stolen, HelloNar, malloryKey);
+        using var mallory = await _store.OpenViewAsync("mallory", default);
+        await _store.Settings.SetUpstreamSettingsAsync(mallory.AccountId, _url, malloryKey.PublicKey.ToString(), null, default);
+        using var again = await _store.OpenViewAsync("mallory", default);
+        var warnings = new List<string>();
+        var valid = await again.SubstituteAsync([stolen], default, warnings.Add);
+
+        Assert.Empty(valid);
+        Assert.Null(await again.OpenNarAsync(stolen, default));
+        Assert.Contains($"nar/{NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar).ToNix32()}.nar", _requests); // Kiln asked her for the bytes
+        Assert.Contains(warnings, w => w.Contains("building it instead", StringComparison.Ordinal));
+
+        // Had she had the bytes (served them, and they hashed right), she would get them: that is no leak.
+        _files[$"nar/{NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar).ToNix32()}.nar"] = HelloNar;
+        Assert.Contains(stolen, await again.SubstituteAsync([stolen], default, warnings.Add));
+    }
+
+    [Fact]
+    public async Task Remembered_narinfo_answers_stay_within_their_bound()
+    {
+        using var substituter = new UpstreamSubstituter { MaxNarInfos = 10 };
+        var plan = new UpstreamPlan([new UpstreamCache(new Uri(_url), null)], []);
+        for (var i = 0; i < 50; i++)
+        {
+            Assert.Null(await substituter.LookupAsync(plan, MetadataContract.P($"absent-{i}"), _ => { }, default));
+            Assert.True(substituter.RememberedNarInfos <= 10, $"{substituter.RememberedNarInfos} answers kept");
+        }
+    }
+}
