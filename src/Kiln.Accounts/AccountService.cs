@@ -44,6 +44,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     public async Task<AccountRecord> CreateAccountAsync(Actor actor, string name, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(actor);
         if (!actor.IsOperator)
         {
@@ -57,6 +58,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     public async Task<IReadOnlyList<AccountRecord>> ListAccountsAsync(Actor actor, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(actor);
         var all = await accounts.ListAccountsAsync(cancellationToken).ConfigureAwait(false);
         return actor.IsOperator ? all : all.Where(a => a.Id == actor.AccountId).ToList();
@@ -65,6 +67,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     /// <summary>The account by name, as <paramref name="actor"/> may see it (a key sees its own only).</summary>
     public async Task<AccountRecord> AccountAsync(Actor actor, string name, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(actor);
         var account = await accounts.FindAccountAsync(Validate(() => AccountName.Validate(name)), cancellationToken).ConfigureAwait(false);
         return account is not null && (actor.IsOperator || account.Id == actor.AccountId)
@@ -83,16 +86,31 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     public async Task<IReadOnlyList<SshKeyRecord>> ListKeysAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
         return await accounts.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>What a key's holder signs to prove it, for adding that key to that account on this Kiln.</summary>
-    public string ProofMessage(AccountRecord account, SshPublicKey key)
+    /// <summary>How long a proof stays good: it names the hour it was asked for, and the next hour still takes it.</summary>
+    private static long Window(DateTimeOffset at) => at.ToUnixTimeSeconds() / 3600;
+
+    /// <summary>
+    /// What a key's holder signs to prove it, for adding that key to that account on this Kiln, now. It names the
+    /// hour, so a proof seen later (in a shell history, a CI log) cannot add the key again once it was removed.
+    /// </summary>
+    public string ProofMessage(AccountRecord account, SshPublicKey key, DateTimeOffset? at = null)
     {
         ArgumentNullException.ThrowIfNull(account);
         ArgumentNullException.ThrowIfNull(key);
-        return $"kiln: add key {key.Fingerprint} to account {account.Name} at {instance}\n";
+        return $"kiln: add key {key.Fingerprint} to account {account.Name} at {instance} in hour {Window(at ?? DateTimeOffset.UtcNow)}\n";
+    }
+
+    // A proof of this hour's message or the last hour's.
+    private async Task<bool> ProvenAsync(AccountRecord account, SshPublicKey key, string proof, CancellationToken cancellationToken)
+    {
+        var now = DateTimeOffset.UtcNow;
+        return await proofs.VerifyAsync(key, ProofMessage(account, key, now), proof, cancellationToken).ConfigureAwait(false)
+            || await proofs.VerifyAsync(key, ProofMessage(account, key, now.AddHours(-1)), proof, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -102,6 +120,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     public async Task<KeyAddition> AddKeyAsync(Actor actor, AccountRecord account, SshPublicKey key, KeyPermissions permissions, string? proof,
         CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(key);
         Need(actor, account, KeyPermissions.AccountWrite);
         CannotGrantMore(actor, permissions, "grant");
@@ -112,7 +131,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
                 return new KeyAddition(null, ProofMessage(account, key));
             }
 
-            if (!await proofs.VerifyAsync(key, ProofMessage(account, key), proof, cancellationToken).ConfigureAwait(false))
+            if (!await ProvenAsync(account, key, proof, cancellationToken).ConfigureAwait(false))
             {
                 throw new KilnException(ErrorKind.Forbidden, $"the proof is not a signature by {key.Fingerprint} of the message for this account and this Kiln (ssh-keygen -Y sign -n {SshKeygenProofs.Namespace})");
             }
@@ -131,6 +150,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     public async Task<SshKeyRecord> RemoveKeyAsync(Actor actor, AccountRecord account, string fingerprint, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
         var keys = await accounts.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
         var target = keys.FirstOrDefault(k => k.Fingerprint == fingerprint)
@@ -150,6 +170,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     public async Task<(string Secret, TokenRecord Token)> CreateTokenAsync(Actor actor, AccountRecord account, KeyPermissions permissions, DateTimeOffset? expires,
         string description, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(description);
         Need(actor, account, KeyPermissions.AccountWrite);
         if ((permissions & ~(KeyPermissions.StoreRead | KeyPermissions.StoreWrite)) != 0 || permissions == KeyPermissions.None)
@@ -166,12 +187,14 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     public async Task<IReadOnlyList<TokenRecord>> ListTokensAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
         return await accounts.ListTokensAsync(account.Id, cancellationToken).ConfigureAwait(false);
     }
 
     public async Task RevokeTokenAsync(Actor actor, AccountRecord account, long id, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
         if (!await accounts.RevokeTokenAsync(account.Id, id, cancellationToken).ConfigureAwait(false))
         {
@@ -184,6 +207,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     /// <summary>Gives the account a new signing key (replacing any it had); returns its public half.</summary>
     public async Task<PublicKey> CreateSigningKeyAsync(Actor actor, AccountRecord account, string? name, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
         var keyName = name ?? $"{Environment.MachineName}-{account.Name}-1";
         if (keyName.Length == 0 || keyName.Any(c => c is ':' or ' ' or '\n'))
@@ -198,6 +222,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     public async Task<PublicKey> SigningKeyAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.None);
         var secret = await accounts.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false)
             ?? throw new KilnException(ErrorKind.NotFound, $"the account '{account.Name}' has no signing key (see 'kiln signing-key create')");
@@ -208,6 +233,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     public async Task<AccountSettings> SettingsAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.None);
         var upstream = await settings.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
         var isPublic = (await accounts.GetPublicCacheAccountsAsync(cancellationToken).ConfigureAwait(false)).Contains(account.Id);
@@ -216,6 +242,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     public async Task<AccountSettings> ChangeSettingsAsync(Actor actor, AccountRecord account, SettingsChange change, CancellationToken cancellationToken)
     {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(change);
         Need(actor, account, KeyPermissions.AccountWrite);
         foreach (var key in (change.TrustedPublicKeys ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries))
@@ -234,6 +261,22 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         }
 
         return await SettingsAsync(actor, account, cancellationToken).ConfigureAwait(false);
+    }
+
+    // A key acts as it stands now, not as it stood when its session began: a removed, disabled or narrowed key cannot
+    // keep using a shell it opened before.
+    private async Task<Actor> CurrentAsync(Actor actor, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(actor);
+        if (actor.Key is not { } key)
+        {
+            return actor;
+        }
+
+        var now = await accounts.GetSshKeyAsync(key.Id, cancellationToken).ConfigureAwait(false);
+        return now is { Enabled: true } && now.AccountId == key.AccountId
+            ? Actor.ForKey(now)
+            : throw new KilnException(ErrorKind.Forbidden, "this key is no longer registered with Kiln");
     }
 
     // ---- the rules ----

@@ -15,9 +15,11 @@ namespace Kiln.Server;
 internal sealed class Connection : IAsyncDisposable
 {
     // Back-pressure: the receive loop stops reading when this much is waiting for the session, so an upload never
-    // piles up in memory.
+    // piles up in memory. The session's continuations run inline on the receive loop (no thread-pool hop per request,
+    // as reading the socket directly would have it): while a request waits on something else (a build), the loop is
+    // free again and sees the client leave.
     private static readonly PipeOptions InputOptions = new(pauseWriterThreshold: 1 << 20, resumeWriterThreshold: 512 << 10,
-        minimumSegmentSize: 16 << 10, useSynchronizationContext: false);
+        readerScheduler: PipeScheduler.Inline, writerScheduler: PipeScheduler.Inline, minimumSegmentSize: 16 << 10, useSynchronizationContext: false);
 
     private readonly Socket _socket;
     private readonly Pipe _input = new(InputOptions);

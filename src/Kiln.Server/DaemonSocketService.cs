@@ -68,26 +68,19 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
     /// <summary>Serves one worker-protocol session on a connected socket against <paramref name="view"/>, until the client leaves.</summary>
     internal static Task<SessionSummary> RunWorkerSessionAsync(Socket socket, StoreView view, WorkerSessionOptions sessionOptions,
         Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken stoppingToken) =>
-        RunOverConnectionAsync(socket, (reader, writer, sessionToken) =>
-            new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view)).RunAsync(reader, writer, new SocketFileSender(socket), sessionToken),
-            stoppingToken);
+        RunOverConnectionAsync(socket, (reader, writer, clientGone) =>
+            new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view)).RunAsync(reader, writer, new SocketFileSender(socket), stoppingToken, clientGone));
 
     /// <summary>
-    /// Runs a protocol session over a connection (both protocols read and write this way). The session's token fires
-    /// when the server stops or the client goes away, whichever comes first, so a request (a build) nobody waits for
-    /// any more is cancelled.
+    /// Runs a protocol session over a connection (both protocols read and write this way), giving it the token that
+    /// fires when the client goes away, so a request (a build) nobody waits for any more is cancelled.
     /// </summary>
-    internal static async Task<SessionSummary> RunOverConnectionAsync(Socket socket, Func<PipeReader, PipeWriter, CancellationToken, Task<SessionSummary>> session,
-        CancellationToken stoppingToken)
+    internal static async Task<SessionSummary> RunOverConnectionAsync(Socket socket, Func<PipeReader, PipeWriter, CancellationToken, Task<SessionSummary>> session)
     {
         var connection = new Connection(socket);
         await using (connection.ConfigureAwait(false))
         {
-            using var sessionToken = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken, connection.Closed);
-            var summary = await session(connection.Input, connection.Output, sessionToken.Token).ConfigureAwait(false);
-            return connection.IsClosed && !stoppingToken.IsCancellationRequested && summary.CloseReason == SessionSummary.Cancelled
-                ? summary with { CloseReason = "client disconnected during a request (its work was cancelled)" }
-                : summary;
+            return await session(connection.Input, connection.Output, connection.Closed).ConfigureAwait(false);
         }
     }
 

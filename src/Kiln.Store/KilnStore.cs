@@ -57,12 +57,12 @@ public sealed class KilnStore : IAsyncDisposable
     public ISettingsMetadata Settings => Metadata;
 
     /// <summary>Fetches from accounts' upstream binary caches.</summary>
-    public Upstream.UpstreamSubstituter Upstream { get; } = new();
+    internal Upstream.UpstreamSubstituter Upstream { get; } = new();
 
     /// <summary>NAR content by hash (the agent reads inputs and writes outputs through it).</summary>
     public IBlobStore Blobs { get; }
 
-    public TempRoots TempRoots { get; }
+    internal TempRoots TempRoots { get; }
 
     /// <summary>Moves whenever a path record changes or goes (signatures added, paths deleted): caches of rendered records compare it.</summary>
     public long PathRecordsVersion => Metadata.PathRecordsVersion;
@@ -75,7 +75,14 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>Build records (the scheduler's port onto the metadata).</summary>
     public IBuildMetadata Builds => Metadata;
 
-    public GarbageCollector GarbageCollector { get; }
+    internal GarbageCollector GarbageCollector { get; }
+
+    /// <summary>
+    /// Collects every account's view, then sweeps every blob nothing names (older than <paramref name="blobGrace"/>)
+    /// and what interrupted uploads left: <c>kiln store gc</c>, with the server stopped.
+    /// </summary>
+    public Task<(int Paths, long Bytes, long Blobs)> CollectAllGarbageAsync(TimeSpan? blobGrace, CancellationToken cancellationToken) =>
+        GarbageCollector.CollectAllAsync(blobGrace, cancellationToken);
 
     internal GcLock GcLock => _gcLock;
 

@@ -153,6 +153,28 @@ public sealed class AccountServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_proof_is_good_for_an_hour_or_two_not_for_ever()
+    {
+        var (alice, actor, _) = await LoginAsync("alice", KeyPermissions.All);
+        var (file, key) = NewKey("laptop");
+        var old = Sign(file, _service.ProofMessage(alice, key, DateTimeOffset.UtcNow.AddHours(-3)));
+        await Refused(ErrorKind.Forbidden, () => _service.AddKeyAsync(actor, alice, key, KeyPermissions.StoreRead, old, default));
+        var lastHour = Sign(file, _service.ProofMessage(alice, key, DateTimeOffset.UtcNow.AddHours(-1)));
+        Assert.NotNull((await _service.AddKeyAsync(actor, alice, key, KeyPermissions.StoreRead, lastHour, default)).Added);
+    }
+
+    [Fact]
+    public async Task A_key_acts_as_it_stands_now_not_as_when_its_session_began()
+    {
+        var (alice, stale, _) = await LoginAsync("alice", KeyPermissions.All);
+        await _service.RemoveKeyAsync(Actor.Operator, alice, stale.Key!.Fingerprint, default);
+        var (_, other) = NewKey("other");
+        var refused = await Refused(ErrorKind.Forbidden, () => _service.AddKeyAsync(stale, alice, other, KeyPermissions.StoreRead, null, default));
+        Assert.Contains("no longer registered", refused.Message, StringComparison.Ordinal);
+        await Refused(ErrorKind.Forbidden, () => _service.ListKeysAsync(stale, alice, default));
+    }
+
+    [Fact]
     public async Task Tokens_signing_keys_and_settings_follow_the_same_rules()
     {
         var (alice, actor, _) = await LoginAsync("alice", KeyPermissions.StoreRead | KeyPermissions.StoreWrite | KeyPermissions.AccountWrite);

@@ -340,6 +340,55 @@ public class SshTests
         Assert.Contains("is not a signature by", replayed.Stderr, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Removing_a_key_ends_its_live_sessions()
+    {
+        // Before, a session kept the rights of the key it started with, whatever happened to the key (found on 8b92d5f).
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(ssh: true);
+        var alice = NewLogin(client, kiln, "alice", permissions: "store:read,store:write,build:read,build:write,account:write");
+        var info = new System.Diagnostics.ProcessStartInfo("ssh") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var argument in new[] { "-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", alice.KeyFile, "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(alice.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR", "kiln@127.0.0.1" })
+        {
+            info.ArgumentList.Add(argument);
+        }
+
+        using var shell = System.Diagnostics.Process.Start(info)!;
+        var output = new System.Text.StringBuilder();
+        shell.OutputDataReceived += (_, e) =>
+        {
+            lock (output)
+            {
+                output.AppendLine(e.Data);
+            }
+        };
+        shell.BeginOutputReadLine();
+        await shell.StandardInput.WriteLineAsync("whoami");
+        await shell.StandardInput.FlushAsync();
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (!Contains(output, "account alice"))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the shell did not answer");
+            await Task.Delay(50);
+        }
+
+        // The operator removes the key; the open shell (stdin still open) ends within a few seconds.
+        var fingerprint = global::Kiln.Store.Accounts.SshPublicKey.Parse(File.ReadAllText(alice.KeyFile + ".pub")).Fingerprint;
+        kiln.Cli("key", "remove", "alice", fingerprint);
+        using var exited = new CancellationTokenSource(TimeSpan.FromSeconds(20));
+        await shell.WaitForExitAsync(exited.Token);
+        Assert.True(kiln.WaitForLog("its key was removed or changed"), kiln.Log);
+    }
+
+    private static bool Contains(System.Text.StringBuilder text, string what)
+    {
+        lock (text)
+        {
+            return text.ToString().Contains(what, StringComparison.Ordinal);
+        }
+    }
+
     // Follows the shell's instructions for proving a key: signs its message with the key, returns the signature's
     // base64 on one line (as it is pasted into the shell).
     internal static string ProveKey(ProcessResult refused, string privateKey)

@@ -79,6 +79,7 @@ public sealed class SqliteMetadataStoreTests : IDisposable
             await store.MigrateAsync(default);
         }
 
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(path)); // signing keys and credentials are in it
         using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path}");
         connection.Open();
         using var count = connection.CreateCommand();

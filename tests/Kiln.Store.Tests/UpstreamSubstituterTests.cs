@@ -21,6 +21,7 @@ public sealed class UpstreamSubstituterTests : IAsyncLifetime
     private readonly HttpListener _listener = new();
     private readonly Dictionary<string, byte[]> _files = [];
     private readonly List<string> _requests = [];
+    private readonly HashSet<string> _slow = [];
     private KilnStore _store = null!;
     private Task _serving = Task.CompletedTask;
     private string _url = "";
@@ -85,6 +86,20 @@ public sealed class UpstreamSubstituterTests : IAsyncLifetime
             if (_files.TryGetValue(name, out var body))
             {
                 context.Response.StatusCode = 200;
+                if (_slow.Contains(name))
+                {
+                    var slow = context;
+                    _ = Task.Run(async () =>
+                    {
+                        await slow.Response.OutputStream.WriteAsync(body.AsMemory(0, 1));
+                        await slow.Response.OutputStream.FlushAsync();
+                        await Task.Delay(2000);
+                        await slow.Response.OutputStream.WriteAsync(body.AsMemory(1));
+                        slow.Response.Close();
+                    });
+                    continue;
+                }
+
                 await context.Response.OutputStream.WriteAsync(body);
             }
             else
@@ -140,6 +155,45 @@ public sealed class UpstreamSubstituterTests : IAsyncLifetime
         // Had she had the bytes (served them, and they hashed right), she would get them: that is no leak.
         _files[$"nar/{NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar).ToNix32()}.nar"] = HelloNar;
         Assert.Contains(stolen, await again.SubstituteAsync([stolen], default, warnings.Add));
+    }
+
+    [Fact]
+    public async Task Joining_a_download_of_the_same_nar_url_under_another_hash_yields_nothing()
+    {
+        // Found in review (on 1582f72): two narinfos of Mallory's cache share one NAR URL, one with the hash of a NAR she
+        // has, one with Bob's; the second request joined the first's download and then took Bob's blob by its hash.
+        var secret = MetadataContract.P("bobs-secret");
+        using (var bob = await _store.OpenViewAsync("bob", default))
+        {
+            await bob.AddToStoreAsync(Declared(secret, HelloNar), new MemoryStream(HelloNar), false, true, default);
+        }
+
+        var mine = File.ReadAllBytes(Repo.Golden("nar", "script.sh.nar"));
+        var key = SecretKey.Generate("mallory-cache-1");
+        var decoy = MetadataContract.P("decoy");
+        var stolen = MetadataContract.P("stolen");
+        void Publish(StorePath path, byte[] nar)
+        {
+            var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
+            var info = new NarInfo { StorePath = path, Url = "nar/shared.nar", Compression = "none", NarHash = hash, NarSize = nar.Length }.WithSignature(key);
+            _files[$"{path.HashPart}.narinfo"] = Encoding.UTF8.GetBytes(info.ToString());
+        }
+
+        Publish(decoy, mine);
+        Publish(stolen, HelloNar); // Bob's hash and size; Mallory never has these bytes
+        _files["nar/shared.nar"] = mine;
+        _slow.Add("nar/shared.nar");
+        using var mallory = await _store.OpenViewAsync("mallory", default);
+        await _store.Settings.SetUpstreamSettingsAsync(mallory.AccountId, _url, key.PublicKey.ToString(), null, default);
+        using var a = await _store.OpenViewAsync("mallory", default);
+        using var b = await _store.OpenViewAsync("mallory", default);
+        var first = a.SubstituteAsync([decoy], default, _ => { });
+        await Task.Delay(500);
+        var second = b.SubstituteAsync([stolen], default, _ => { });
+        await Task.WhenAll(first, second);
+        Assert.Contains(decoy, await first);
+        Assert.DoesNotContain(stolen, await second);
+        Assert.Null(await b.OpenNarAsync(stolen, default));
     }
 
     [Fact]

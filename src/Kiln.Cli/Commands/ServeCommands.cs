@@ -92,7 +92,7 @@ internal static class ServeCommands
             await using (store.ConfigureAwait(false))
             {
                 // With the server stopped no upload is in flight, so no grace period is needed for blobs.
-                var (paths, bytes, blobs) = await store.GarbageCollector.CollectAllAsync(TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+                var (paths, bytes, blobs) = await store.CollectAllGarbageAsync(TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
                 Console.Out.Write($"deleted {paths} paths ({bytes} bytes of NAR) from accounts' views; removed {blobs} blobs\n");
             }
 

@@ -56,8 +56,13 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
         AddToStoreNar = 9,
     }
 
-    /// <summary>Serves until the client closes; <paramref name="stderr"/> receives log and error lines (no newline).</summary>
-    public async Task<SessionSummary> RunAsync(PipeReader input, PipeWriter output, IFileSender? fileSender, Func<string, ValueTask> stderr, CancellationToken cancellationToken)
+    /// <summary>
+    /// Serves until the client closes; <paramref name="stderr"/> receives log and error lines (no newline).
+    /// <paramref name="clientGone"/> fires when the client has gone away: a request being worked on (a build) stops;
+    /// between requests the end of input ends the session as usual.
+    /// </summary>
+    public async Task<SessionSummary> RunAsync(PipeReader input, PipeWriter output, IFileSender? fileSender, Func<string, ValueTask> stderr, CancellationToken cancellationToken,
+        CancellationToken clientGone = default)
     {
         ArgumentNullException.ThrowIfNull(stderr);
         _input = new WireInput(input, options.Limits);
@@ -83,6 +88,7 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
             }
 
             _minor = negotiated.Minor;
+            using var working = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, clientGone);
             while (true)
             {
                 var (ok, code) = await _input.TryReadFirstAsync<ulong>(WireReader.TryReadU64, cancellationToken).ConfigureAwait(false);
@@ -92,8 +98,8 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
                 }
 
                 _operations++;
-                await PerformAsync((Command)code, cancellationToken).ConfigureAwait(false);
-                await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+                await PerformAsync((Command)code, working.Token).ConfigureAwait(false);
+                await _output.FlushAsync(working.Token).ConfigureAwait(false);
             }
         }
         catch (Exception e) when (e is KilnException or NixFormatException or BadStorePathException)
@@ -109,6 +115,10 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
             closeReason = SessionSummary.Cancelled;
+        }
+        catch (OperationCanceledException) when (clientGone.IsCancellationRequested)
+        {
+            closeReason = SessionSummary.ClientGone;
         }
         catch (IOException e)
         {

@@ -41,8 +41,13 @@ public sealed partial class WorkerSession
         _logger = logger ?? throw new ArgumentNullException(nameof(logger));
     }
 
-    /// <summary>Serves the connection until the client leaves, the stream breaks or <paramref name="cancellationToken"/> fires.</summary>
-    public async Task<SessionSummary> RunAsync(PipeReader input, PipeWriter output, IFileSender? fileSender, CancellationToken cancellationToken)
+    /// <summary>
+    /// Serves the connection until the client leaves, the stream breaks or <paramref name="cancellationToken"/> fires.
+    /// <paramref name="clientGone"/> fires when the client has gone away: a request being worked on (a build) stops;
+    /// between requests the end of input ends the session as usual.
+    /// </summary>
+    public async Task<SessionSummary> RunAsync(PipeReader input, PipeWriter output, IFileSender? fileSender, CancellationToken cancellationToken,
+        CancellationToken clientGone = default)
     {
         _input = new WireInput(input, _options.Limits);
         _output = new WireOutput(output, fileSender);
@@ -53,7 +58,7 @@ public sealed partial class WorkerSession
             clientVersion = await HandshakeAsync(cancellationToken).ConfigureAwait(false);
             if (clientVersion is not null)
             {
-                await ServeAsync(cancellationToken).ConfigureAwait(false);
+                await ServeAsync(cancellationToken, clientGone).ConfigureAwait(false);
             }
             else
             {
@@ -71,6 +76,10 @@ public sealed partial class WorkerSession
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
             closeReason = SessionSummary.Cancelled;
+        }
+        catch (OperationCanceledException) when (clientGone.IsCancellationRequested)
+        {
+            closeReason = SessionSummary.ClientGone;
         }
         catch (IOException e)
         {
@@ -153,8 +162,11 @@ public sealed partial class WorkerSession
         return client;
     }
 
-    private async Task ServeAsync(CancellationToken cancellationToken)
+    private async Task ServeAsync(CancellationToken cancellationToken, CancellationToken clientGone)
     {
+        // Waiting for a request, only the server's stop interrupts (the client leaving is the end of input); working on
+        // one, the client leaving does too.
+        using var working = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, clientGone);
         while (true)
         {
             var (ok, code) = await _input.TryReadFirstAsync<ulong>(WireReader.TryReadU64, cancellationToken).ConfigureAwait(false);
@@ -165,9 +177,10 @@ public sealed partial class WorkerSession
 
             _operations++;
             var op = (WorkerOp)code;
+            var ct = working.Token;
             try
             {
-                await PerformAsync(op, cancellationToken).ConfigureAwait(false);
+                await PerformAsync(op, ct).ConfigureAwait(false);
             }
             catch (Exception e) when (IsClientError(e))
             {

@@ -47,6 +47,9 @@ public sealed record WorkerSessionOptions
 /// <summary>How a session went, for the server's one log line per session.</summary>
 public sealed record SessionSummary(ProtocolVersion? ClientVersion, int Operations, long BytesIn, long BytesOut, string? CloseReason)
 {
-    /// <summary>The close reason of a session whose token fired (the server says whether it stopped or the client left).</summary>
+    /// <summary>The close reason of a session the server stopped.</summary>
     public const string Cancelled = "server shutting down";
+
+    /// <summary>The close reason of a session whose client went away while a request was being worked on.</summary>
+    public const string ClientGone = "client disconnected during a request (its work was cancelled)";
 }

@@ -22,6 +22,9 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     Kiln.Scheduler.BuildScheduler scheduler, Kiln.Accounts.AccountService accounts, ILogger<SshFrontDoor> logger) : BackgroundService
 {
     private const int MaxHeader = 64 * 1024;
+
+    /// <summary>How often a live session's key is looked at again (a removed key's sessions end within this).</summary>
+    internal static readonly TimeSpan KeyCheckInterval = TimeSpan.FromSeconds(3);
     private long _nextSession;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -178,11 +181,16 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                         return;
                     }
 
+                    // From here the session lives as long as its key stands as it is (and the server runs).
+                    using var keyWatch = new KeyWatch(store.Accounts, key, KeyCheckInterval, stoppingToken);
+                    var sessionToken = keyWatch.Token;
+                    string Ended(string? reason) => keyWatch.Revoked ? "its key was removed or changed" : reason ?? "client disconnected";
                     var command = string.Join(' ', header.Command.Split(' ', StringSplitOptions.RemoveEmptyEntries));
                     if (command is "nix-store --serve" or "nix-store --serve --write" && key.Permissions.HasFlag(KeyPermissions.StoreRead))
                     {
-                        var served = await ServeLegacyAsync(socket, stream, key, write: command.EndsWith("--write", StringComparison.Ordinal), stoppingToken).ConfigureAwait(false);
-                        LogSession(logger, id, key.AccountName, key.Fingerprint, command, served.CloseReason ?? "client disconnected", served.Operations, watch.Elapsed.TotalSeconds);
+                        var served = await ServeLegacyAsync(socket, stream, key, write: command.EndsWith("--write", StringComparison.Ordinal), sessionToken).ConfigureAwait(false);
+                        var servedEnd = Ended(served.CloseReason);
+                        LogSession(logger, id, key.AccountName, key.Fingerprint, command, servedEnd, served.Operations, watch.Elapsed.TotalSeconds);
                         return;
                     }
 
@@ -192,16 +200,23 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                         using var shellView = store.OpenView(KilnStore.CallerForSshKey(key));
                         var shell = new AdminShell(accounts, key, shellView, stream);
                         var shown = Printable(command);
-                        if (command.StartsWith("kiln ", StringComparison.Ordinal))
+                        try
                         {
-                            await shell.RunOnceAsync(command["kiln ".Length..], stoppingToken).ConfigureAwait(false);
+                            if (command.StartsWith("kiln ", StringComparison.Ordinal))
+                            {
+                                await shell.RunOnceAsync(command["kiln ".Length..], sessionToken).ConfigureAwait(false);
+                            }
+                            else
+                            {
+                                await shell.RunInteractiveAsync(sessionToken).ConfigureAwait(false);
+                            }
                         }
-                        else
+                        catch (OperationCanceledException) when (keyWatch.Revoked)
                         {
-                            await shell.RunInteractiveAsync(stoppingToken).ConfigureAwait(false);
                         }
 
-                        LogSession(logger, id, key.AccountName, key.Fingerprint, shown, "shell closed", 0, watch.Elapsed.TotalSeconds);
+                        var shellEnd = Ended("shell closed");
+                        LogSession(logger, id, key.AccountName, key.Fingerprint, shown, shellEnd, 0, watch.Elapsed.TotalSeconds);
                         return;
                     }
 
@@ -221,8 +236,9 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
                     await AnswerAsync(stream, "ok", stoppingToken).ConfigureAwait(false);
                     using var view = store.OpenView(KilnStore.CallerForSshKey(key));
-                    var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, stoppingToken).ConfigureAwait(false);
-                    LogSession(logger, id, key.AccountName, key.Fingerprint, command, summary.CloseReason ?? "client disconnected", summary.Operations, watch.Elapsed.TotalSeconds);
+                    var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, sessionToken).ConfigureAwait(false);
+                    var end = Ended(summary.CloseReason);
+                    LogSession(logger, id, key.AccountName, key.Fingerprint, command, end, summary.Operations, watch.Elapsed.TotalSeconds);
                 }
 #pragma warning disable CA1031 // A session's failure must never reach the listener: log it and go on.
                 catch (Exception e)
@@ -260,12 +276,12 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                 UploadsDenied = write ? keyOptions.UploadsDenied : ReadOnly,
                 BuildsDenied = write ? keyOptions.BuildsDenied : ReadOnly,
             }, logger);
-            return await DaemonSocketService.RunOverConnectionAsync(socket, (reader, writer, sessionToken) =>
+            return await DaemonSocketService.RunOverConnectionAsync(socket, (reader, writer, clientGone) =>
                 serve.RunAsync(reader, writer, new DaemonSocketService.SocketFileSender(socket), async line =>
                 {
-                    await errors.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), sessionToken).ConfigureAwait(false);
-                    await errors.FlushAsync(sessionToken).ConfigureAwait(false);
-                }, sessionToken), stoppingToken).ConfigureAwait(false);
+                    await errors.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), stoppingToken).ConfigureAwait(false);
+                    await errors.FlushAsync(stoppingToken).ConfigureAwait(false);
+                }, stoppingToken, clientGone)).ConfigureAwait(false);
         }
         finally
         {

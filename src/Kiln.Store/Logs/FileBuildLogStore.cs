@@ -28,9 +28,12 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
 
         try
         {
+            // Ids come from the build records, so a file already there is stale (records reset, logs kept): it is
+            // replaced, never appended to or shown.
+            File.Delete(path);
             var file = new FileStream(path, new FileStreamOptions
             {
-                Mode = FileMode.CreateNew, // a build's log is written once, by that build
+                Mode = FileMode.CreateNew,
                 Access = FileAccess.Write,
                 Share = FileShare.Read,
                 UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,

@@ -230,7 +230,10 @@ public sealed class UpstreamSubstituter : IDisposable
         {
             if (!await view.CanReadNarAsync(narInfo.NarHash, cancellationToken).ConfigureAwait(false))
             {
-                var key = cache.IsPublic ? $"{cache.Url}\n{narInfo.Url}" : $"{cache.Url}\n{narInfo.Url}\n{view.AccountId}";
+                // Joiners take the blob under their own narinfo's hash afterwards, so they may join only a download of
+                // exactly that NAR (hash, size, compression), never merely of the same URL.
+                var key = $"{cache.Url}\n{narInfo.Url}\n{narInfo.Compression}\n{narInfo.NarHash.ToNix32()}\n{narInfo.NarSize}"
+                    + (cache.IsPublic ? "" : $"\n{view.AccountId}");
                 var download = _downloads.GetOrAdd(key, _ => DownloadAsync(view, cache, info, narInfo));
                 try
                 {

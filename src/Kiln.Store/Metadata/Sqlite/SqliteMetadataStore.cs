@@ -19,6 +19,7 @@ namespace Kiln.Store.Metadata.Sqlite;
 public sealed partial class SqliteMetadataStore : IMetadataStore
 {
     private readonly string _connectionString;
+    private readonly string _databasePath;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly System.Runtime.CompilerServices.ConditionalWeakTable<object, object> _configured = new();
 
@@ -26,6 +27,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     /// <param name="readOnly">Open an existing database for reading only (sshd's key lookups: they must never write).</param>
     public SqliteMetadataStore(string databasePath, bool readOnly = false)
     {
+        _databasePath = databasePath;
         _connectionString = new SqliteConnectionStringBuilder
         {
             DataSource = databasePath,
@@ -174,6 +176,13 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
         {
+            // The database holds account signing keys and upstream credentials: Kiln's alone (SQLite gives its WAL
+            // and shared-memory files the database file's mode).
+            foreach (var file in new[] { _databasePath, _databasePath + "-wal", _databasePath + "-shm" }.Where(File.Exists))
+            {
+                File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            }
+
             using (var wal = Command(connection, "PRAGMA journal_mode = WAL;"))
             {
                 await wal.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
