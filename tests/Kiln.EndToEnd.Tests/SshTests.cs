@@ -195,10 +195,7 @@ public class SshTests
         var slow = Dag.WriteSingle(client, workspace, "slow", $"echo {Guid.NewGuid()}; sleep 4; mkdir $out");
         var build = Task.Run(() => client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Kiln, slow, "--no-out-link"]));
 
-        ProcessResult Garbage(string command, byte[] bytes) => Processes.Run("ssh",
-            ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", mallory.KeyFile, "-o", "IdentitiesOnly=yes",
-             "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(mallory.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR",
-             "kiln@127.0.0.1", command], bytes);
+        ProcessResult Garbage(string command, byte[] bytes) => Processes.Run("ssh", [.. SshArguments(kiln, mallory), command], bytes);
 
         var random = new byte[64 * 1024];
         new Random(7).NextBytes(random);
@@ -232,10 +229,7 @@ public class SshTests
         var talker = Dag.WriteSingle(client, workspace, "talker", "echo hello from the builder; mkdir $out");
         client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Kiln, talker, "--no-out-link"]);
 
-        ProcessResult Ssh(Login login, string? stdin, params string[] command) => Processes.Run("ssh",
-            ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", login.KeyFile, "-o", "IdentitiesOnly=yes",
-             "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(login.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR",
-             "kiln@127.0.0.1", .. command], stdin is null ? null : System.Text.Encoding.UTF8.GetBytes(stdin));
+        ProcessResult Ssh(Login login, string? stdin, params string[] command) => Shell(kiln, login, stdin, command);
 
         // Adding a key needs proof that the adder holds it: the shell says what to sign.
         var proof = ProveKey(Ssh(alice, null, "kiln", "keys", "add", $"'{newKey}'", "--permissions", "store:read"), laptop);
@@ -292,11 +286,15 @@ public class SshTests
         Assert.Contains("sshd exited", kiln.Log, StringComparison.Ordinal);
     }
 
-    /// <summary>Runs <c>ssh kiln@127.0.0.1 COMMAND…</c> with a login's key (stdin as given, or closed).</summary>
-    internal static ProcessResult Shell(KilnProcess kiln, Login login, string? stdin, params string[] command) => Processes.Run("ssh",
+    /// <summary>ssh's arguments for a login: Kiln's port, the login's key only, the host key pinned; then the destination.</summary>
+    private static string[] SshArguments(KilnProcess kiln, Login login) =>
         ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", login.KeyFile, "-o", "IdentitiesOnly=yes",
          "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(login.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR",
-         "kiln@127.0.0.1", .. command], stdin is null ? null : System.Text.Encoding.UTF8.GetBytes(stdin));
+         "kiln@127.0.0.1"];
+
+    /// <summary>Runs <c>ssh kiln@127.0.0.1 COMMAND…</c> with a login's key (stdin as given, or closed).</summary>
+    internal static ProcessResult Shell(KilnProcess kiln, Login login, string? stdin, params string[] command) =>
+        Processes.Run("ssh", [.. SshArguments(kiln, login), .. command], stdin is null ? null : System.Text.Encoding.UTF8.GetBytes(stdin));
 
     [Fact]
     public void Nobody_can_register_another_persons_public_key_without_proving_they_hold_it()
@@ -348,8 +346,7 @@ public class SshTests
         using var kiln = new KilnProcess(ssh: true);
         var alice = NewLogin(client, kiln, "alice", permissions: "store:read,store:write,build:read,build:write,account:write");
         var info = new System.Diagnostics.ProcessStartInfo("ssh") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var argument in new[] { "-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", alice.KeyFile, "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(alice.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR", "kiln@127.0.0.1" })
+        foreach (var argument in SshArguments(kiln, alice))
         {
             info.ArgumentList.Add(argument);
         }

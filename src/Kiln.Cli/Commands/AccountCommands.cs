@@ -226,13 +226,13 @@ internal static class AccountCommands
                 return 0; // not a key Kiln could have: nothing to authorise
             }
 
-            var database = Path.Combine(Path.GetFullPath(result.GetValue(data)!), "kiln.db");
-            if (!File.Exists(database))
+            var url = MetadataStores.DefaultUrl(result.GetValue(data)!);
+            if (!MetadataStores.Exists(url))
             {
                 return 0;
             }
 
-            var metadata = MetadataStores.Open("sqlite://" + database, readOnly: true);
+            var metadata = MetadataStores.Open(url, readOnly: true);
             await using (metadata.ConfigureAwait(false))
             {
                 var key = await metadata.FindSshKeyAsync(offered.Type, offered.Blob, cancellationToken).ConfigureAwait(false);

@@ -11,6 +11,13 @@ public static class MetadataStores
     /// <summary>The embedded default for a data directory.</summary>
     public static string DefaultUrl(string dataDirectory) => "sqlite://" + Path.Combine(Path.GetFullPath(dataDirectory), "kiln.db");
 
+    /// <summary>Whether metadata exists at <paramref name="url"/> (a read-only lookup before the first server start finds nothing).</summary>
+    public static bool Exists(string url)
+    {
+        ArgumentNullException.ThrowIfNull(url);
+        return !url.StartsWith("sqlite://", StringComparison.Ordinal) || File.Exists(url["sqlite://".Length..]);
+    }
+
     /// <summary>Opens (without migrating) the metadata at <paramref name="url"/>.</summary>
     /// <param name="url">Where the metadata is.</param>
     /// <param name="readOnly">Never write (lookups from sshd's AuthorizedKeysCommand).</param>
