@@ -3,7 +3,7 @@ namespace Kiln.Protocol;
 /// <summary>
 /// Every log event id Kiln uses, in one place, so an operator can filter and alert on them and no two messages share
 /// one: 1xxx sessions (protocols), 2xxx the daemon socket, 3xxx the SSH front door, 4xxx HTTP, 5xxx the scheduler and
-/// agents, 6xxx the server's life (start, stop, store).
+/// agents, 6xxx the server's life (start, stop) and the store (61xx).
 /// </summary>
 public static class LogEvents
 {
@@ -37,4 +37,9 @@ public static class LogEvents
 
     public const int NoBuildUsers = 6001;
     public const int BuildsAbandoned = 6002;
+
+    public const int StoreOpened = 6101;
+    public const int GarbageCollected = 6102;
+    public const int SubstitutionWarning = 6103;
+    public const int BlobMissing = 6104;
 }

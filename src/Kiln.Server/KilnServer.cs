@@ -23,11 +23,12 @@ public static partial class KilnServer
     {
         ArgumentNullException.ThrowIfNull(options);
         using var dataLock = DataDirectoryLock.Acquire(options.DataDirectory, "kiln serve");
-        var store = await KilnStore.OpenAsync(storeOptions with { MaterialisedAccount = options.SocketAccount }, cancellationToken).ConfigureAwait(false);
+        using var loggers = LoggerFactory.Create(ConfigureLogging);
+        var store = await KilnStore.OpenAsync(storeOptions with { MaterialisedAccount = options.SocketAccount, Logger = loggers.CreateLogger("Kiln.Store") },
+            cancellationToken).ConfigureAwait(false);
         await using (store.ConfigureAwait(false))
         {
             await store.ReconcileMaterialisedAsync(cancellationToken).ConfigureAwait(false);
-            using var loggers = LoggerFactory.Create(ConfigureLogging);
             var logger = loggers.CreateLogger("Kiln.Scheduler");
             var abandoned = await store.Builds.AbandonRunningBuildsAsync("the Kiln server stopped while it ran", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), cancellationToken)
                 .ConfigureAwait(false);

@@ -99,6 +99,7 @@ public sealed class KilnStore : IAsyncDisposable
     private static async Task<KilnStore> CreateAsync(StoreOptions options, IMetadataStore metadata, CancellationToken cancellationToken)
     {
         var store = new KilnStore(options, metadata);
+        StoreLog.Opened(options.Logger, options.DataDirectory, options.MetadataUrl ?? "sqlite (in the data directory)");
         if (options.MaterialisedAccount is { } account)
         {
             store._materialisedAccountId = await metadata.GetOrCreateAccountAsync(account, cancellationToken).ConfigureAwait(false);

@@ -30,6 +30,9 @@ public sealed record StoreOptions
     /// <summary>Where that tree lives: clients use <c>unix://…?root=</c> this.</summary>
     public string MaterialisedRoot => Path.Combine(DataDirectory, "root");
 
+    /// <summary>Where the store logs what an operator needs (collections, failing upstream caches, lost content).</summary>
+    public Microsoft.Extensions.Logging.ILogger Logger { get; init; } = Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
+
     /// <summary>Upstream caches for accounts that name none of their own (<c>kiln serve --substituters</c>).</summary>
     public IReadOnlyList<string> DefaultSubstituters { get; init; } = [];
 

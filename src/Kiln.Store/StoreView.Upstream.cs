@@ -11,10 +11,12 @@ public sealed partial class StoreView
 
     internal IBlobStore Blobs => _store.Blobs;
 
-    /// <summary>Where warnings about upstream caches go when the caller passes no client log (they are dropped).</summary>
-    private static void NoWarnings(string message)
+    // Warnings about upstream caches go to the client (when there is one) and to the operator's log.
+    private Action<string> Logged(Action<string>? warn) => message =>
     {
-    }
+        StoreLog.SubstitutionWarning(_store.Options.Logger, Caller.AccountName ?? "-", message);
+        warn?.Invoke(message);
+    };
 
     /// <summary>Whether a path in this view has that NAR (so its bytes are this account's to read under another path).</summary>
     internal async Task<bool> CanReadNarAsync(Kiln.Nix.Hashing.NixHash narHash, CancellationToken cancellationToken) =>
@@ -38,8 +40,9 @@ public sealed partial class StoreView
     /// </summary>
     public async Task<IReadOnlySet<StorePath>> SubstituteAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken, Action<string>? warn = null)
     {
-        var plan = await UpstreamPlanAsync(warn ?? NoWarnings, cancellationToken).ConfigureAwait(false);
-        var valid = await _store.Upstream.SubstituteAsync(this, plan, paths, warn ?? NoWarnings, cancellationToken).ConfigureAwait(false);
+        var both = Logged(warn);
+        var plan = await UpstreamPlanAsync(both, cancellationToken).ConfigureAwait(false);
+        var valid = await _store.Upstream.SubstituteAsync(this, plan, paths, both, cancellationToken).ConfigureAwait(false);
         foreach (var path in valid)
         {
             AddTempRoot(path);
@@ -52,6 +55,7 @@ public sealed partial class StoreView
     // missing there. The lookups run at once (the substituter remembers answers, so a level's shared outputs cost one).
     private async Task<(long Download, long Nar)?> SubstitutableAsync(IReadOnlyCollection<StorePath> paths, Action<string> warn, CancellationToken cancellationToken)
     {
+        warn = Logged(warn);
         var plan = await UpstreamPlanAsync(warn, cancellationToken).ConfigureAwait(false);
         if (plan.Caches.Count == 0)
         {

@@ -288,8 +288,13 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
             return null;
         }
 
-        var source = await _store.Blobs.OpenReadAsync(record.Info.NarHash, cancellationToken).ConfigureAwait(false)
-            ?? throw new KilnException(ErrorKind.Failed, $"the contents of '{path}' are missing from Kiln's store; an operator should run 'kiln store verify'");
+        var source = await _store.Blobs.OpenReadAsync(record.Info.NarHash, cancellationToken).ConfigureAwait(false);
+        if (source is null)
+        {
+            StoreLog.BlobMissing(_store.Options.Logger, path.FullPath, record.Info.NarHash.ToNix32());
+            throw new KilnException(ErrorKind.Failed, $"the contents of '{path}' are missing from Kiln's store; an operator should run 'kiln store verify'");
+        }
+
         return new NarBlob(await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false), record.Info.NarSize, record.Info.NarHash);
     }
 

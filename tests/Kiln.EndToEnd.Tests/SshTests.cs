@@ -267,9 +267,22 @@ public class SshTests
         var knownHost = config.StdoutText.Split('\n').Single(l => l.TrimStart().StartsWith("#   [127.0.0.1]", StringComparison.Ordinal)).TrimStart()[4..];
         File.WriteAllText($"{directory}/config", sshConfig + $"\n  UserKnownHostsFile {directory}/pinned\n  LogLevel ERROR\n");
         File.WriteAllText($"{directory}/pinned", knownHost + "\n");
-        var viaConfig = Processes.Run("ssh", ["-F", $"{directory}/config", "kiln", "kiln", "whoami"]);
-        Assert.True(viaConfig.ExitCode == 0, viaConfig.Stderr);
-        Assert.Contains("account alice", viaConfig.StdoutText, StringComparison.Ordinal);
+        Directory.CreateDirectory(Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".ssh")); // where a user's keys live
+        try
+        {
+            var viaConfig = Processes.Run("ssh", ["-F", $"{directory}/config", "kiln", "kiln", "whoami"]);
+            Assert.True(viaConfig.ExitCode == 0, viaConfig.Stderr);
+            Assert.Contains("account alice", viaConfig.StdoutText, StringComparison.Ordinal);
+
+            // It multiplexes: the next session goes over the master connection the first left running.
+            Assert.Equal(0, Processes.Run("ssh", ["-F", $"{directory}/config", "-O", "check", "kiln"]).ExitCode);
+            Assert.Contains("account alice", Processes.Run("ssh", ["-F", $"{directory}/config", "kiln", "kiln", "whoami"]).StdoutText, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Processes.Run("ssh", ["-F", $"{directory}/config", "-O", "exit", "kiln"]); // the master would linger for ControlPersist
+        }
+
         Assert.Contains("extra-trusted-public-keys = " + File.ReadAllText(Path.Combine(kiln.DataDirectory, "keys", "build.public")).Trim(), config.StdoutText, StringComparison.Ordinal);
 
         // sshd dies: Kiln starts it again, and logins work as before.

@@ -284,6 +284,10 @@ internal static class AccountCommands
                   StrictHostKeyChecking yes
                   # the host key, pinned: also add this line to ~/.ssh/known_hosts
                   #   {known} {hostKey}
+                  # one connection for many sessions: a remote builder opens a session per derivation
+                  ControlMaster auto
+                  ControlPath ~/.ssh/kiln-%C
+                  ControlPersist 10m
 
                 # nix.conf: trust what Kiln built, and fetch it from Kiln
                 extra-trusted-public-keys = {buildKey}

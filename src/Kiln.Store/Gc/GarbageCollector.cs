@@ -82,6 +82,11 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
         await metadata.DeletePathsAsync(account, deleted, cancellationToken).ConfigureAwait(false);
         store.MaterialisedFor(account)?.Remove(deleted);
         await SweepBlobsAsync(deleted.Select(p => nodes[p].NarHash).Distinct().ToList(), cancellationToken).ConfigureAwait(false);
+        if (deleted.Count > 0)
+        {
+            StoreLog.Collected(options.Logger, account, deleted.Count, freed);
+        }
+
         return new GcResult(deleted, freed);
     }
 
