@@ -17,7 +17,8 @@ namespace Kiln.Scheduler;
 /// One session's builds. A request walks the derivation graph in the session's view: outputs already valid are
 /// done; otherwise the inputs are realised first (in parallel), the input closure is resolved to NAR hashes, and the
 /// step is reused, joined or run by the <see cref="BuildScheduler"/>. Outputs land in this view, as built by Kiln,
-/// signed with Kiln's key when every input was trusted. Without keep-going, the first failure stops the request.
+/// signed with Kiln's key when the derivation and every input were globally trusted. Without keep-going, the first
+/// failure stops the request.
 /// </summary>
 internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) : IWorkerBuilder
 {
@@ -238,8 +239,12 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
 
             var drvRecord = (await _view.GetRecordsAsync([drvPath], token).ConfigureAwait(false))[drvPath];
             var key = BuildScheduler.StepKey(drvPath, drvRecord.Info.NarHash, closure.Values.Select(r => (r.Info.Path, r.Info.NarHash)));
-            var trusted = drvRecord.Trust != PathTrust.Untrusted && closure.Values.All(r => r.Trust != PathTrust.Untrusted);
-            return await BuildStepAsync(drvPath, derivation, key, closure.Values.ToList(), trusted).ConfigureAwait(false);
+            // Globally trusted only if the .drv and every input are (content-addressed, signed by an operator's key,
+            // or built so); trusted by this account if its own keys vouch for the rest. Never mixed: an account's own
+            // trust never earns Kiln's build key.
+            var all = closure.Values.Select(r => r.Trust).Append(drvRecord.Trust).ToList();
+            var trust = all.All(t => t.IsGlobal()) ? PathTrust.Built : all.All(t => t.IsTrustedByAccount()) ? PathTrust.BuiltByAccountTrust : PathTrust.Untrusted;
+            return await BuildStepAsync(drvPath, derivation, key, closure.Values.ToList(), trust).ConfigureAwait(false);
         }
 
         // The step's end when there is nothing Kiln can or needs to build (outputs without static paths, or all
@@ -298,7 +303,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 // Nothing proves this derivation is the one its path names, so its build is this account's alone.
                 var text = Kiln.Nix.Hashing.NixHash.Compute(Kiln.Nix.Hashing.NixHashAlgorithm.Sha256, ATerm.Print(derivation));
                 var key = BuildScheduler.StepKey(drvPath, text, closure.Values.Select(r => (r.Info.Path, r.Info.NarHash)), privateTo: _view.AccountId);
-                return await BuildStepAsync(drvPath, derivation, key, closure.Values.ToList(), trusted: false).ConfigureAwait(false);
+                return await BuildStepAsync(drvPath, derivation, key, closure.Values.ToList(), PathTrust.Untrusted).ConfigureAwait(false);
             }
             catch (KilnException e)
             {
@@ -306,7 +311,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             }
         }
 
-        private async Task<Step> BuildStepAsync(StorePath drvPath, Derivation derivation, string key, IReadOnlyList<PathRecord> closure, bool trusted)
+        private async Task<Step> BuildStepAsync(StorePath drvPath, Derivation derivation, string key, IReadOnlyList<PathRecord> closure, PathTrust trust)
         {
             var token = _stop.Token;
             var outputs = derivation.Outputs.ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
@@ -319,7 +324,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 if (await AllStoredAsync(stored, token).ConfigureAwait(false))
                 {
                     await _scheduler.Builds.AddBuildAccountAsync(record.Id, _view.AccountId, token).ConfigureAwait(false);
-                    await RegisterAsync(drvPath, stored, trusted, token).ConfigureAwait(false);
+                    await RegisterAsync(drvPath, stored, trust, token).ConfigureAwait(false);
                     return new Step(BuildStatus.Built, "", outputs);
                 }
             }
@@ -338,7 +343,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 return Step.Failed(StatusOf(outcome.Failure), FailureMessage(outcome), outcome);
             }
 
-            await RegisterAsync(drvPath, outcome.Outputs, trusted, token).ConfigureAwait(false);
+            await RegisterAsync(drvPath, outcome.Outputs, trust, token).ConfigureAwait(false);
             return new Step(BuildStatus.Built, "", outputs, result.Reused ? null : outcome);
         }
 
@@ -421,7 +426,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             _ => BuildStatus.MiscFailure,
         };
 
-        private async Task RegisterAsync(StorePath drvPath, IReadOnlyList<BuiltOutput> outputs, bool trusted, CancellationToken token)
+        private async Task RegisterAsync(StorePath drvPath, IReadOnlyList<BuiltOutput> outputs, PathTrust trust, CancellationToken token)
         {
             var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             var byPath = outputs.ToDictionary(o => o.Path);
@@ -454,7 +459,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             var paths = ordered.Select(o =>
             {
                 var signatures = new SortedSet<string>(StringComparer.Ordinal);
-                if (trusted && _scheduler.BuildKey is { } key)
+                if (trust == PathTrust.Built && _scheduler.BuildKey is { } key)
                 {
                     signatures.Add(key.Sign(NarInfo.ComputeFingerprint(o.Path, o.NarHash, o.NarSize, o.References)));
                 }
@@ -470,7 +475,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                     Signatures = signatures,
                     ContentAddress = o.ContentAddress,
                 };
-                return new NewPath(info, Provenance.Built, trusted ? PathTrust.Built : PathTrust.Untrusted, null);
+                return new NewPath(info, Provenance.Built, trust, null);
             }).ToList();
             await _view.RegisterOutputsAsync(paths, token).ConfigureAwait(false);
         }

@@ -93,11 +93,12 @@ public sealed partial class StoreView
     public async Task RegisterOutputsAsync(IReadOnlyList<NewPath> outputs, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(outputs);
-        // The account's own key (if it has one) signs everything built for it, trusted inputs or not: it vouches
-        // "Kiln built this for us", so the account's users can trust that key alone.
+        // The account's own key (if it has one) signs what Kiln built for it from a derivation whose output paths it
+        // checked and from inputs the account trusts: "Kiln built this, from what we trust". Not outputs of a bare
+        // BuildDerivation (paths the client chose) nor of untrusted inputs (registered Untrusted).
         if (await AccountSigningKeyAsync().ConfigureAwait(false) is { } key)
         {
-            outputs = outputs.Select(o => o.Provenance != Provenance.Built ? o : o with
+            outputs = outputs.Select(o => o.Provenance != Provenance.Built || !o.Trust.IsTrustedByAccount() ? o : o with
             {
                 Info = o.Info with
                 {

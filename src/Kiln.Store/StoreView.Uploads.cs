@@ -33,11 +33,13 @@ public sealed partial class StoreView
 
     /// <summary>
     /// A path an upstream cache served, signed by a key the account trusts: verified like any upload (NAR hash and
-    /// size, content address, references valid in the view), registered as substituted and trusted.
+    /// size, content address, references valid in the view), registered as substituted, trusted as far as its
+    /// signatures go (<paramref name="trust"/>: globally by an operator's key, or by this account's own).
     /// </summary>
-    internal async Task AddSubstitutedAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
+    internal async Task AddSubstitutedAsync(ValidPathInfo info, Stream nar, PathTrust trust, CancellationToken cancellationToken)
     {
-        var upload = await IngestDeclaredAsync(info, nar, cancellationToken, PathTrust.SignedByTrustedKey).ConfigureAwait(false);
+        // A content-addressed path is globally trusted whoever signed it: its name follows from its checked content.
+        var upload = await IngestDeclaredAsync(info, nar, cancellationToken, info.ContentAddress is null ? trust : PathTrust.ContentAddressed).ConfigureAwait(false);
         await using (upload.Nar.ConfigureAwait(false))
         {
             await CommitAsync([upload], cancellationToken, Provenance.Substituted).ConfigureAwait(false);

@@ -116,7 +116,8 @@ public class UpstreamTests
         Assert.Contains("consumer-", builds[0].DrvPath, StringComparison.Ordinal);
         Assert.Equal(upstream.Outputs.Length, records.Count);
         Assert.All(records.Values, r => Assert.Equal(Provenance.Substituted, r.Provenance));
-        Assert.All(records.Values, r => Assert.Equal(PathTrust.SignedByTrustedKey, r.Trust));
+        // Signed by a key the account trusts (its own --trusted-public-keys): trusted by that account, not globally.
+        Assert.All(records.Values, r => Assert.Equal(PathTrust.SignedByAccountKey, r.Trust));
     }
 
     [Fact]

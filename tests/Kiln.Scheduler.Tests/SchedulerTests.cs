@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Kiln.Nix.Derivations;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
@@ -223,26 +222,5 @@ public sealed class SchedulerTests : IAsyncLifetime
         }
 
         Assert.True(condition());
-    }
-
-    private sealed class Events : IBuildEvents
-    {
-        private long _next;
-
-        public ConcurrentQueue<string> Queue { get; } = new();
-
-        public List<string> Lines => [.. Queue];
-
-        public long BuildStarted(StorePath drvPath) => Interlocked.Increment(ref _next);
-
-        public void LogLine(long activity, string line) => Queue.Enqueue(line);
-
-        public void BuildStopped(long activity)
-        {
-        }
-
-        public void Message(string text)
-        {
-        }
     }
 }

@@ -1,4 +1,3 @@
-using System.Net;
 using System.Text;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Signing;
@@ -10,105 +9,24 @@ using Kiln.Store.Upstream;
 namespace Kiln.Store.Tests;
 
 /// <summary>
-/// Substitution against a real HTTP server of the test's own (<see cref="HttpListener"/> on loopback) that serves what
-/// the test decides — including what an attacker would serve.
+/// Substitution against a real HTTP server of the test's own (<see cref="FileServer"/>) that serves what the test
+/// decides — including what an attacker would serve.
 /// </summary>
 public sealed class UpstreamSubstituterTests : IAsyncLifetime
 {
     private static readonly byte[] HelloNar = File.ReadAllBytes(Repo.Golden("nar", "hello.txt.nar"));
 
     private readonly TempDir _temp = new();
-    private readonly HttpListener _listener = new();
-    private readonly Dictionary<string, byte[]> _files = [];
-    private readonly List<string> _requests = [];
-    private readonly HashSet<string> _slow = [];
+    private readonly FileServer _server = new();
     private KilnStore _store = null!;
-    private Task _serving = Task.CompletedTask;
-    private string _url = "";
 
-    public async ValueTask InitializeAsync()
-    {
-        _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
-        for (var port = 20000 + Random.Shared.Next(20000); ; port++)
-        {
-            try
-            {
-                _url = $"http://127.0.0.1:{port}/";
-                _listener.Prefixes.Clear();
-                _listener.Prefixes.Add(_url);
-                _listener.Start();
-                break;
-            }
-            catch (HttpListenerException)
-            {
-            }
-        }
-
-        _serving = ServeAsync();
-    }
+    public async ValueTask InitializeAsync() => _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
 
     public async ValueTask DisposeAsync()
     {
-        _listener.Stop();
-        _listener.Close();
-        try
-        {
-            await _serving;
-        }
-        catch (Exception e) when (e is HttpListenerException or ObjectDisposedException)
-        {
-        }
-
+        await _server.DisposeAsync();
         await _store.DisposeAsync();
         _temp.Dispose();
-    }
-
-    private async Task ServeAsync()
-    {
-        while (_listener.IsListening)
-        {
-            HttpListenerContext context;
-            try
-            {
-                context = await _listener.GetContextAsync();
-            }
-            catch (Exception e) when (e is HttpListenerException or ObjectDisposedException or InvalidOperationException)
-            {
-                return;
-            }
-
-            var name = context.Request.Url!.AbsolutePath.TrimStart('/');
-            lock (_requests)
-            {
-                _requests.Add(name);
-            }
-
-            if (_files.TryGetValue(name, out var body))
-            {
-                context.Response.StatusCode = 200;
-                if (_slow.Contains(name))
-                {
-                    var slow = context;
-                    _ = Task.Run(async () =>
-                    {
-                        await slow.Response.OutputStream.WriteAsync(body.AsMemory(0, 1));
-                        await slow.Response.OutputStream.FlushAsync();
-                        await Task.Delay(2000);
-                        await slow.Response.OutputStream.WriteAsync(body.AsMemory(1));
-                        slow.Response.Close();
-                    });
-                    continue;
-                }
-
-                await context.Response.OutputStream.WriteAsync(body);
-            }
-            else
-            {
-                context.Response.StatusCode = 404;
-            }
-
-            context.Response.Close();
-        }
     }
 
     private static ValidPathInfo Declared(StorePath path, byte[] nar) => new()
@@ -123,7 +41,7 @@ public sealed class UpstreamSubstituterTests : IAsyncLifetime
     {
         var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
         var info = new NarInfo { StorePath = path, Url = $"nar/{narHash.ToNix32()}.nar", Compression = "none", NarHash = narHash, NarSize = nar.Length }.WithSignature(key);
-        _files[$"{path.HashPart}.narinfo"] = Encoding.UTF8.GetBytes(info.ToString());
+        _server.Files[$"{path.HashPart}.narinfo"] = Encoding.UTF8.GetBytes(info.ToString());
     }
 
     [Fact]
@@ -142,18 +60,18 @@ public sealed class UpstreamSubstituterTests : IAsyncLifetime
         var stolen = MetadataContract.P("stolen");
         Publish(stolen, HelloNar, malloryKey);
         using var mallory = await _store.OpenViewAsync("mallory", default);
-        await _store.Settings.SetUpstreamSettingsAsync(mallory.AccountId, _url, malloryKey.PublicKey.ToString(), null, default);
+        await _store.Settings.SetUpstreamSettingsAsync(mallory.AccountId, _server.Url, malloryKey.PublicKey.ToString(), null, default);
         using var again = await _store.OpenViewAsync("mallory", default);
         var warnings = new List<string>();
         var valid = await again.SubstituteAsync([stolen], default, warnings.Add);
 
         Assert.Empty(valid);
         Assert.Null(await again.OpenNarAsync(stolen, default));
-        Assert.Contains($"nar/{NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar).ToNix32()}.nar", _requests); // Kiln asked her for the bytes
+        Assert.Contains($"nar/{NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar).ToNix32()}.nar", _server.Requests); // Kiln asked her for the bytes
         Assert.Contains(warnings, w => w.Contains("building it instead", StringComparison.Ordinal));
 
         // Had she had the bytes (served them, and they hashed right), she would get them: that is no leak.
-        _files[$"nar/{NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar).ToNix32()}.nar"] = HelloNar;
+        _server.Files[$"nar/{NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar).ToNix32()}.nar"] = HelloNar;
         Assert.Contains(stolen, await again.SubstituteAsync([stolen], default, warnings.Add));
     }
 
@@ -176,15 +94,15 @@ public sealed class UpstreamSubstituterTests : IAsyncLifetime
         {
             var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
             var info = new NarInfo { StorePath = path, Url = "nar/shared.nar", Compression = "none", NarHash = hash, NarSize = nar.Length }.WithSignature(key);
-            _files[$"{path.HashPart}.narinfo"] = Encoding.UTF8.GetBytes(info.ToString());
+            _server.Files[$"{path.HashPart}.narinfo"] = Encoding.UTF8.GetBytes(info.ToString());
         }
 
         Publish(decoy, mine);
         Publish(stolen, HelloNar); // Bob's hash and size; Mallory never has these bytes
-        _files["nar/shared.nar"] = mine;
-        _slow.Add("nar/shared.nar");
+        _server.Files["nar/shared.nar"] = mine;
+        _server.Slow["nar/shared.nar"] = true;
         using var mallory = await _store.OpenViewAsync("mallory", default);
-        await _store.Settings.SetUpstreamSettingsAsync(mallory.AccountId, _url, key.PublicKey.ToString(), null, default);
+        await _store.Settings.SetUpstreamSettingsAsync(mallory.AccountId, _server.Url, key.PublicKey.ToString(), null, default);
         using var a = await _store.OpenViewAsync("mallory", default);
         using var b = await _store.OpenViewAsync("mallory", default);
         var first = a.SubstituteAsync([decoy], default, _ => { });
@@ -200,7 +118,7 @@ public sealed class UpstreamSubstituterTests : IAsyncLifetime
     public async Task Remembered_narinfo_answers_stay_within_their_bound()
     {
         using var substituter = new UpstreamSubstituter { MaxNarInfos = 10 };
-        var plan = new UpstreamPlan([new UpstreamCache(new Uri(_url), null)], []);
+        var plan = new UpstreamPlan([new UpstreamCache(new Uri(_server.Url), null)], [], []);
         for (var i = 0; i < 50; i++)
         {
             Assert.Null(await substituter.LookupAsync(plan, MetadataContract.P($"absent-{i}"), _ => { }, default));

@@ -13,7 +13,12 @@ public enum Provenance
     Shared,
 }
 
-/// <summary>Why Kiln believes a path's contents (never who may see it: that is membership in the view).</summary>
+/// <summary>
+/// Why Kiln believes a path's contents (never who may see it: that is membership in the view). Two levels, never
+/// mixed: <em>globally trusted</em> (content-addressed, signed by a key the operator trusts, or built by Kiln from
+/// globally trusted inputs) — only such outputs get Kiln's build-key signature; and <em>trusted by the account</em>
+/// (also signed by a key only that account trusts, or built from such inputs), which counts for that account alone.
+/// </summary>
 public enum PathTrust
 {
     /// <summary>Someone uploaded it; nothing vouches for it beyond that account.</summary>
@@ -22,11 +27,27 @@ public enum PathTrust
     /// <summary>Its path follows from its content, which was checked.</summary>
     ContentAddressed,
 
-    /// <summary>Signed by a key the account trusts.</summary>
+    /// <summary>Signed by a key the operator trusts (the server's trusted public keys).</summary>
     SignedByTrustedKey,
 
-    /// <summary>Kiln built it from trusted inputs.</summary>
+    /// <summary>Kiln built it from globally trusted inputs.</summary>
     Built,
+
+    /// <summary>Signed by a key only this account trusts.</summary>
+    SignedByAccountKey,
+
+    /// <summary>Kiln built it from inputs this account trusts, not all of them globally.</summary>
+    BuiltByAccountTrust,
+}
+
+/// <summary>The two levels of <see cref="PathTrust"/>.</summary>
+public static class PathTrustLevels
+{
+    /// <summary>Trusted whoever asks: what Kiln's build key may vouch for.</summary>
+    public static bool IsGlobal(this PathTrust trust) => trust is PathTrust.ContentAddressed or PathTrust.SignedByTrustedKey or PathTrust.Built;
+
+    /// <summary>Trusted by the account whose record it is (globally trusted, or by its own keys).</summary>
+    public static bool IsTrustedByAccount(this PathTrust trust) => trust.IsGlobal() || trust is PathTrust.SignedByAccountKey or PathTrust.BuiltByAccountTrust;
 }
 
 /// <summary>A path record in an account's view.</summary>

@@ -10,10 +10,23 @@ public sealed record UpstreamCache(Uri Url, NetworkCredential? Credentials)
     public bool IsPublic => Credentials is null;
 }
 
-/// <summary>An account's upstream caches, in order of preference, and the keys it trusts for what they serve.</summary>
-public sealed record UpstreamPlan(IReadOnlyList<UpstreamCache> Caches, IReadOnlyList<PublicKey> TrustedKeys)
+/// <summary>
+/// An account's upstream caches, in order of preference, and the keys it trusts for what they serve: the operator's
+/// (<see cref="ServerKeys"/>, whose signatures make a path globally trusted) and its own (trusted by it alone).
+/// </summary>
+public sealed record UpstreamPlan(IReadOnlyList<UpstreamCache> Caches, IReadOnlyList<PublicKey> TrustedKeys, IReadOnlyList<PublicKey> ServerKeys)
 {
-    public static UpstreamPlan None { get; } = new([], []);
+    public static UpstreamPlan None { get; } = new([], [], []);
+
+    /// <summary>How far a narinfo's signatures make its path trusted: globally (an operator's key signed it) or by this account only.</summary>
+    public Metadata.PathTrust TrustOf(NarInfo narInfo)
+    {
+        ArgumentNullException.ThrowIfNull(narInfo);
+        var fingerprint = narInfo.Fingerprint();
+        return ServerKeys.Any(key => narInfo.Signatures.Any(signature => key.Verify(fingerprint, signature)))
+            ? Metadata.PathTrust.SignedByTrustedKey
+            : Metadata.PathTrust.SignedByAccountKey;
+    }
 
     /// <summary>
     /// The account's caches (its own list, or the server's when it names none), the server's keys and the account's,
@@ -44,8 +57,14 @@ public sealed record UpstreamPlan(IReadOnlyList<UpstreamCache> Caches, IReadOnly
             }
         }
 
+        var server = Keys(options.DefaultTrustedPublicKeys, warn);
+        return new UpstreamPlan(caches, [.. server, .. Keys(Split(settings.TrustedPublicKeys), warn)], server);
+    }
+
+    private static List<PublicKey> Keys(IEnumerable<string> texts, Action<string> warn)
+    {
         var keys = new List<PublicKey>();
-        foreach (var text in options.DefaultTrustedPublicKeys.Concat(Split(settings.TrustedPublicKeys)))
+        foreach (var text in texts)
         {
             try
             {
@@ -57,7 +76,7 @@ public sealed record UpstreamPlan(IReadOnlyList<UpstreamCache> Caches, IReadOnly
             }
         }
 
-        return new UpstreamPlan(caches, keys);
+        return keys;
     }
 
     private static string[] Split(string text) => text.Split([' ', '\n', '\t'], StringSplitOptions.RemoveEmptyEntries);

@@ -210,7 +210,7 @@ public sealed class UpstreamSubstituter : IDisposable
                 continue;
             }
 
-            if (!await FetchAsync(view, cache, info, warn, cancellationToken).ConfigureAwait(false))
+            if (!await FetchAsync(view, cache, info, plan.TrustOf(info), warn, cancellationToken).ConfigureAwait(false))
             {
                 failed.Add(path);
             }
@@ -222,7 +222,7 @@ public sealed class UpstreamSubstituter : IDisposable
     // One path into the view. Knowing a NAR hash never yields content: the bytes come from a blob this account can
     // already read, or from this cache — downloaded once per (cache, NAR) however many sessions want it, and shared
     // only where the cache answers everyone alike (a public cache, fetched without credentials).
-    private async Task<bool> FetchAsync(StoreView view, UpstreamCache cache, NarInfo narInfo, Action<string> warn, CancellationToken cancellationToken)
+    private async Task<bool> FetchAsync(StoreView view, UpstreamCache cache, NarInfo narInfo, Metadata.PathTrust trust, Action<string> warn, CancellationToken cancellationToken)
     {
         var path = narInfo.StorePath;
         var info = narInfo.ToValidPathInfo();
@@ -234,7 +234,7 @@ public sealed class UpstreamSubstituter : IDisposable
                 // exactly that NAR (hash, size, compression), never merely of the same URL.
                 var key = $"{cache.Url}\n{narInfo.Url}\n{narInfo.Compression}\n{narInfo.NarHash.ToNix32()}\n{narInfo.NarSize}"
                     + (cache.IsPublic ? "" : $"\n{view.AccountId}");
-                var download = _downloads.GetOrAdd(key, _ => DownloadAsync(view, cache, info, narInfo));
+                var download = _downloads.GetOrAdd(key, _ => DownloadAsync(view, cache, info, narInfo, trust));
                 try
                 {
                     await download.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -252,7 +252,7 @@ public sealed class UpstreamSubstituter : IDisposable
                     ?? throw new IOException($"the NAR of '{path}' was collected while it was being substituted");
                 await using (blob.ConfigureAwait(false))
                 {
-                    await view.AddSubstitutedAsync(info, await blob.OpenStreamAsync(cancellationToken).ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
+                    await view.AddSubstitutedAsync(info, await blob.OpenStreamAsync(cancellationToken).ConfigureAwait(false), trust, cancellationToken).ConfigureAwait(false);
                 }
             }
 
@@ -267,7 +267,7 @@ public sealed class UpstreamSubstituter : IDisposable
     }
 
     // Streams the NAR from the cache, decompressing and verifying it into the view.
-    private async Task DownloadAsync(StoreView view, UpstreamCache cache, ValidPathInfo info, NarInfo narInfo)
+    private async Task DownloadAsync(StoreView view, UpstreamCache cache, ValidPathInfo info, NarInfo narInfo, Metadata.PathTrust trust)
     {
         using var idle = new CancellationTokenSource(ReadTimeout);
         using var response = await _http.SendAsync(Request(cache, narInfo.Url), HttpCompletionOption.ResponseHeadersRead, idle.Token).ConfigureAwait(false);
@@ -276,7 +276,7 @@ public sealed class UpstreamSubstituter : IDisposable
         await using (body.ConfigureAwait(false))
         {
             using var nar = Decompression.Open(narInfo.Compression, new IdleTimeoutStream(body, idle, ReadTimeout));
-            await view.AddSubstitutedAsync(info, nar, idle.Token).ConfigureAwait(false);
+            await view.AddSubstitutedAsync(info, nar, trust, idle.Token).ConfigureAwait(false);
         }
     }
 

@@ -343,6 +343,8 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         PathTrust.ContentAddressed => "content-addressed",
         PathTrust.SignedByTrustedKey => "signed",
         PathTrust.Built => "built",
+        PathTrust.SignedByAccountKey => "signed-by-account",
+        PathTrust.BuiltByAccountTrust => "built-by-account",
         _ => throw new ArgumentOutOfRangeException(nameof(trust)),
     };
 
@@ -351,6 +353,8 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         "content-addressed" => PathTrust.ContentAddressed,
         "signed" => PathTrust.SignedByTrustedKey,
         "built" => PathTrust.Built,
+        "signed-by-account" => PathTrust.SignedByAccountKey,
+        "built-by-account" => PathTrust.BuiltByAccountTrust,
         _ => PathTrust.Untrusted,
     };
 
