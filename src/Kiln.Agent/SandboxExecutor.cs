@@ -28,14 +28,17 @@ public sealed class SandboxExecutor : IBuildExecutor
         _store = store;
         _inputs = new InputCache(Path.Combine(options.WorkDirectory, "unpacked"), store);
         _users = BuildUsers.ForThisProcess(options.BuildUsersBase, options.MaxJobs);
+        // As root, a build must run as a build user: as Kiln itself, uid 1000 in the sandbox would be root outside it.
+        // When build users cannot work here, builds are refused (with the fix), never run as root.
         if (_users is not null && UnreachableAncestor(Path.GetFullPath(options.WorkDirectory)) is { } closed)
         {
-            BuildUsersUnavailable = $"'{closed}' is not searchable by others (chmod o+x), so builds run as Kiln's own user";
+            BuildUsersUnavailable = $"'{closed}' is not searchable by others, so build users cannot reach the build directories: run 'chmod o+x {closed}' " +
+                "(or give kiln serve a data directory build users can reach) and restart Kiln";
             _users = null;
         }
         else if (_users is not null && !File.Exists(options.Setpriv))
         {
-            BuildUsersUnavailable = $"'{options.Setpriv}' (util-linux) is missing, so builds run as Kiln's own user";
+            BuildUsersUnavailable = $"'{options.Setpriv}' is missing, so builds cannot switch to a build user: install util-linux and restart Kiln";
             _users = null;
         }
         _builds = Path.Combine(options.WorkDirectory, "builds");
@@ -47,7 +50,10 @@ public sealed class SandboxExecutor : IBuildExecutor
 
     public int Slots => _options.MaxJobs;
 
-    /// <summary>Why builds do not run as build users although Kiln is root (for the server to log); null if they do.</summary>
+    /// <summary>
+    /// Why builds cannot run as build users although Kiln is root, and how to fix it; null if they can (or Kiln is not
+    /// root, when builds run as its own unprivileged user). While set, every build but a builtin one is refused.
+    /// </summary>
     public string? BuildUsersUnavailable { get; }
 
     // The first directory on the way to the work directory that a build user cannot pass through: bubblewrap runs as
@@ -88,6 +94,11 @@ public sealed class SandboxExecutor : IBuildExecutor
         ArgumentNullException.ThrowIfNull(job);
         ArgumentNullException.ThrowIfNull(log);
         var start = DateTimeOffset.UtcNow;
+        if (BuildUsersUnavailable is { } why && !job.Derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal))
+        {
+            return BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"Kiln refuses to build '{job.DrvPath}' as root: {why}") with { StartTime = start, StopTime = start };
+        }
+
         var id = $"{job.DrvPath.HashPart}-{Interlocked.Increment(ref _counter)}";
         var directory = Path.Combine(_builds, id);
         try

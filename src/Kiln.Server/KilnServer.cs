@@ -127,7 +127,7 @@ public static partial class KilnServer
     [LoggerMessage(EventId = LogEvents.BuildsAbandoned, Level = LogLevel.Warning, Message = "{Count} builds were still running when the server last stopped; recorded as failed")]
     private static partial void LogAbandoned(ILogger logger, int count);
 
-    [LoggerMessage(EventId = LogEvents.NoBuildUsers, Level = LogLevel.Warning, Message = "no build users: {Reason}")]
+    [LoggerMessage(EventId = LogEvents.NoBuildUsers, Level = LogLevel.Error, Message = "builds are refused: Kiln runs as root and build users cannot work: {Reason}")]
     private static partial void LogNoBuildUsers(ILogger logger, string reason);
 
     // Kiln's build key, created on first start: it signs what Kiln built from trusted inputs.

@@ -16,6 +16,24 @@ public class BuildTests
         return await metadata.ListBuildsAsync(null, 100_000, CancellationToken.None);
     }
 
+    [Fact]
+    public void As_root_without_working_build_users_Kiln_refuses_to_build_and_says_how_to_fix_it()
+    {
+        // 19.7 (on 8b92d5f Kiln warned and built as itself, so uid 1000 in the sandbox was root outside it): the data
+        // directory's parent is closed to others, so build users cannot reach their build directories.
+        var client = NixClient.For("2.8.0");
+        using var closed = new Kiln.Nix.Tests.Support.TempDir();
+        File.SetUnixFileMode(closed.Path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        using var kiln = new KilnProcess(dataDirectory: closed["data"]);
+        var workspace = client.NewWorkspace();
+        var single = Dag.WriteSingle(client, workspace, "refused", $"echo {Guid.NewGuid()}; mkdir $out");
+        var result = client.Run(kiln, "nix-build", "--store", Kiln, single, "--no-out-link");
+        Assert.NotEqual(0, result.ExitCode);
+        Assert.Contains("Kiln refuses to build", result.Stderr, StringComparison.Ordinal);
+        Assert.Contains($"chmod o+x {closed.Path}", result.Stderr, StringComparison.Ordinal);
+        Assert.Contains("builds are refused", kiln.Log, StringComparison.Ordinal);
+    }
+
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public async Task A_200_derivation_dag_builds_and_building_it_again_builds_nothing(string version)

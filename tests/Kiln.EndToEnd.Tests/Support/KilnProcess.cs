@@ -14,9 +14,10 @@ public sealed class KilnProcess : IDisposable
 
     /// <param name="ssh">Also run the SSH front door, on a free port of 127.0.0.1 (<see cref="SshPort"/>).</param>
     /// <param name="http">Also serve the HTTP binary cache, on a free port of 127.0.0.1 (<see cref="HttpUrl"/>).</param>
-    public KilnProcess(bool ssh = false, bool http = false)
+    /// <param name="dataDirectory">Where the data directory goes (default: a fresh one of the test's own).</param>
+    public KilnProcess(bool ssh = false, bool http = false, string? dataDirectory = null)
     {
-        DataDirectory = _temp["data"];
+        DataDirectory = dataDirectory ?? _temp["data"];
         SocketDirectory = _temp["sockets"];
         Directory.CreateDirectory(SocketDirectory);
         var info = new ProcessStartInfo("dotnet")
