@@ -91,6 +91,7 @@ public sealed class KilnStore : IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(options);
         Directory.CreateDirectory(options.DataDirectory);
+        DataDirectoryModes.Apply(options);
         var metadata = MetadataStores.Open(options.EffectiveMetadataUrl);
         await metadata.MigrateAsync(cancellationToken).ConfigureAwait(false);
         return await CreateAsync(options, metadata, cancellationToken).ConfigureAwait(false);

@@ -247,6 +247,27 @@ public sealed class StoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Kilns_own_files_are_its_alone_and_a_data_directory_others_can_write_is_refused()
+    {
+        // 19.8 (on 8b92d5f blobs and logs were world-readable: any local user could read every account's uploads).
+        using var view = await _store.OpenViewAsync("local", default);
+        await view.AddToStoreAsync(Declared(Ia("private"), HelloNar), new MemoryStream(HelloNar), false, true, default);
+        var data = _temp["data"];
+        Assert.Equal((UnixFileMode)Convert.ToInt32("711", 8), File.GetUnixFileMode(data));
+        foreach (var directory in new[] { "blobs", "nar-files", "logs", "tmp", "keys" })
+        {
+            Assert.Equal((UnixFileMode)Convert.ToInt32("700", 8), File.GetUnixFileMode(Path.Combine(data, directory)));
+        }
+
+        Assert.Equal(UnixFileMode.UserRead, File.GetUnixFileMode(Blobs().Single()));
+
+        using var other = new TempDir();
+        File.SetUnixFileMode(other.Path, (UnixFileMode)Convert.ToInt32("777", 8));
+        var refused = await Assert.ThrowsAsync<KilnException>(() => KilnStore.OpenAsync(new StoreOptions { DataDirectory = other.Path }, default));
+        Assert.Contains("chmod go-w", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Verification_finds_a_corrupted_blob()
     {
         using var view = await _store.OpenViewAsync("local", default);

@@ -186,7 +186,7 @@ public sealed class DiskBlobStore : IBlobStore
             else
             {
                 Directory.CreateDirectory(Path.GetDirectoryName(target)!);
-                File.SetUnixFileMode(_path, UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+                File.SetUnixFileMode(_path, UnixFileMode.UserRead); // Kiln's alone, never written again
                 File.Move(_path, target, overwrite: true);
             }
 

@@ -80,7 +80,7 @@ internal sealed class KeptNarFiles
                 return false;
             }
 
-            File.SetUnixFileMode(temp, UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+            File.SetUnixFileMode(temp, UnixFileMode.UserRead);
             File.Move(temp, target, overwrite: false);
             return true;
         }
