@@ -514,6 +514,27 @@ public class SshTests
     }
 
     [Fact]
+    public void A_login_cannot_attach_signatures_of_its_own_to_paths_in_the_store()
+    {
+        // A signature a tenant attaches would vouch for bytes Kiln never checked against that key; Nix's daemon refuses
+        // AddSignatures from clients it does not trust, and so does Kiln (the socket's owner still may).
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(ssh: true);
+        var workspace = client.NewWorkspace();
+        var alice = NewLogin(client, kiln, "alice");
+        var local = $"local?root={workspace}/local";
+        File.WriteAllText(client.HostPath($"{workspace}/mine.txt"), $"alice's {Guid.NewGuid()}\n");
+        var path = client.Ok(kiln, "nix-store", "--store", local, "--add", $"{workspace}/mine.txt").StdoutText.Trim();
+        client.Ok(kiln, [.. alice.Environment, "nix", "copy", "--from", local, "--to", Kiln, path]);
+        client.Ok(kiln, "nix-store", "--generate-binary-cache-key", "forged-1", $"{workspace}/forged.secret", $"{workspace}/forged.public");
+
+        var refused = client.Run(kiln, [.. alice.Environment, "nix", "store", "sign", "--store", Kiln, "--key-file", $"{workspace}/forged.secret", path]);
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Contains("you are not privileged to add signatures", refused.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("forged-1:", client.Ok(kiln, [.. alice.Environment, "nix", "path-info", "--sigs", "--store", Kiln, path]).StdoutText, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Serve_ImportPaths_takes_what_nix_store_export_writes_and_ExportPaths_gives_the_same_bytes_back()
     {
         // No client Kiln supports sends these (they are for servers before serve 2.5), so this speaks the protocol

@@ -409,7 +409,9 @@ public sealed partial class WorkerSession
     {
         var path = await _input.ReadStorePathAsync(ct).ConfigureAwait(false);
         var signatures = await _input.ReadStringsAsync(ct).ConfigureAwait(false);
-        await ReplyOneAsync(() => _store.AddSignaturesAsync(path, new SortedSet<string>(signatures, StringComparer.Ordinal), ct)).ConfigureAwait(false);
+        await ReplyOneAsync(() => _options.SignaturesAllowed
+            ? _store.AddSignaturesAsync(path, new SortedSet<string>(signatures, StringComparer.Ordinal), ct)
+            : throw new NixErrorException("you are not privileged to add signatures")).ConfigureAwait(false);
     }
 
     private async Task VerifyStoreAsync(CancellationToken ct)

@@ -42,6 +42,12 @@ public sealed record WorkerSessionOptions
 
     /// <summary>Why this session may not build (BuildPaths, BuildDerivation, EnsurePath), or null if it may.</summary>
     public string? BuildsDenied { get; init; }
+
+    /// <summary>
+    /// Whether AddSignatures is taken (the socket's owner). Like Nix's daemon for clients it does not trust, Kiln refuses
+    /// it from tenants' logins: a signature a client attaches vouches for nothing Kiln checked.
+    /// </summary>
+    public bool SignaturesAllowed { get; init; } = true;
 }
 
 /// <summary>How a session went, for the server's one log line per session.</summary>

@@ -292,6 +292,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
     private WorkerSessionOptions SessionOptions(SshKeyRecord key) => sessionOptions with
     {
+        SignaturesAllowed = false, // a tenant's login is an untrusted client: Nix's daemon refuses it too
         UploadsDenied = key.Permissions.HasFlag(KeyPermissions.StoreWrite) ? null : $"Kiln: this key ({key.Fingerprint}) may not add to the store: it lacks the store:write permission",
         BuildsDenied = key.Permissions.HasFlag(KeyPermissions.BuildWrite) ? null : $"Kiln: this key ({key.Fingerprint}) may not build: it lacks the build:write permission",
     };
