@@ -65,13 +65,20 @@ internal static class OutputProcessor
 
                 var (narHash, narSize) = nar.Complete();
 
+                var references = scanner.Found.Order().ToList();
                 ContentAddress? ca = null;
                 if (declared.Kind == DerivationOutputKind.Fixed)
                 {
                     ca = CheckFixedOutput(job.DrvPath, derivation.Name, name, path, declared.FixedHash, tree, narHash);
+
+                    // A fixed-output path is named by its content alone: references would be closure the name does
+                    // not vouch for (and a way to smuggle paths past the hash). Nix refuses them as a hash mismatch.
+                    if (references.Count > 0)
+                    {
+                        throw new HashMismatchException($"fixed-output derivations must not reference store paths: '{job.DrvPath}' references {references.Count} distinct paths, e.g. '{references[0]}'");
+                    }
                 }
 
-                var references = scanner.Found.Order().ToList();
                 results.Add((new BuiltOutput(name, path, narHash, narSize, references, ca), tree));
             }
 

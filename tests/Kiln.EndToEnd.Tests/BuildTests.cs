@@ -98,6 +98,36 @@ public class BuildTests
         Assert.Equal(20, (await BuildRecordsAsync(kiln)).Count);
     }
 
+    [Fact]
+    public async Task A_fixed_output_whose_content_names_a_store_path_is_refused_though_its_hash_matches()
+    {
+        // 19.10: a fixed-output path is named by its content alone, so references would be closure nobody vouched for.
+        // Later Nix refuses it with this message (Nix 2.8 returns success without registering the path, so the
+        // fidelity corpus cannot hold this case). The hash is right for the content, so only the references are wrong.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        Dag.WriteBusybox(client, workspace);
+        File.WriteAllText(client.HostPath($"{workspace}/fod-refs.nix"), """
+            let bb = ./bb; target = builtins.toFile "fod-ref-target" "referenced by a fixed-output path\n"; in derivation {
+              name = "fod-refs";
+              system = "x86_64-linux";
+              builder = "${bb}/bin/sh";
+              PATH = "${bb}/bin";
+              args = [ "-c" "mkdir $out; printf ${target} > $out/ref" ];
+              outputHashMode = "recursive";
+              outputHashAlgo = "sha256";
+              outputHash = "sha256-KhpYev2EUhzF/sZu+0ess0UQSqrn7hC3JaEoUwN9Quc=";
+            }
+            """);
+        var refused = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/fod-refs.nix", "--no-out-link");
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Matches(@"fixed-output derivations must not reference store paths: '/nix/store/[a-z0-9]{32}-fod-refs\.drv' references 1 distinct paths, e\.g\. '/nix/store/4xyh7qv09vx5kacqgc6q9lg3vrk62f5q-fod-ref-target'", refused.Stderr);
+        Assert.DoesNotContain("hash mismatch", refused.Stderr, StringComparison.Ordinal);
+        Assert.Contains(await BuildRecordsAsync(kiln), b => b.DrvPath.EndsWith("-fod-refs.drv", StringComparison.Ordinal));
+        Assert.Empty(Directory.GetDirectories(Path.Combine(kiln.StoreRoot, "nix", "store"), "*-fod-refs"));
+    }
+
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public void Nix_build_shows_the_builders_log_and_a_failing_build_shows_Nixs_error(string version)
