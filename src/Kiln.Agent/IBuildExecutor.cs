@@ -17,6 +17,9 @@ public interface IBuildExecutor
 /// <summary>Where a build's log goes, line by line, as the builder writes it.</summary>
 public interface IBuildLog
 {
+    /// <summary>An agent has taken the build and begins it: the clocks of the time limits start now, not in the queue.</summary>
+    void Running();
+
     void Line(string line);
 }
 

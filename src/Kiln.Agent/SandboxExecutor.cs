@@ -321,9 +321,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         _ => $"signal {signal}",
     };
 
-    private static string Goal(BuildJob job) => $"building of '{job.DrvPath}!{string.Join(',', job.Derivation.Outputs.Keys)}' from .drv file";
-
-    private static string LogLimitMessage(BuildJob job) => $"{Goal(job)} killed after writing more than {job.Limits.MaxLogSize} bytes of log output";
+    private static string LogLimitMessage(BuildJob job) => LimitMessages.LogTooLong(job, job.Limits.MaxLogSize);
 
     // Waits for the builder, enforcing the timeouts and the log limit and honouring cancellation: any of them kills
     // every process of the build.
@@ -331,7 +329,6 @@ public sealed class SandboxExecutor : IBuildExecutor
     {
         var started = Stopwatch.StartNew();
         var limits = job.Limits;
-        var goal = Goal(job);
         var exited = process.WaitForExitAsync(CancellationToken.None);
         var cancelled = Task.Delay(Timeout.Infinite, cancellationToken);
         while (true)
@@ -353,11 +350,11 @@ public sealed class SandboxExecutor : IBuildExecutor
             }
             else if (limits.Timeout > TimeSpan.Zero && started.Elapsed > limits.Timeout)
             {
-                stop = (BuildFailureKind.TimedOut, $"{goal} timed out after {(long)limits.Timeout.TotalSeconds} seconds");
+                stop = (BuildFailureKind.TimedOut, LimitMessages.TimedOut(job, limits.Timeout));
             }
             else if (limits.MaxSilentTime > TimeSpan.Zero && tail.SilentFor > limits.MaxSilentTime)
             {
-                stop = (BuildFailureKind.TimedOut, $"{goal} timed out after {(long)limits.MaxSilentTime.TotalSeconds} seconds of silence");
+                stop = (BuildFailureKind.TimedOut, LimitMessages.Silent(job, limits.MaxSilentTime));
             }
 
             if (stop is { } reason)

@@ -88,7 +88,7 @@ public sealed partial class BuildScheduler
     }
 
     /// <summary>Runs the step with this key, or joins it if it is already running; the build is recorded as for <paramref name="accountId"/> too.</summary>
-    internal Task<StepOutcome> RunOrJoinAsync(string key, BuildJob job, JobRequirements requirements, long accountId, IBuildEvents events, CancellationToken cancellationToken)
+    internal Task<StepOutcome> RunOrJoinAsync(string key, BuildJob job, JobRequirements requirements, long accountId, IBuildEvents events, BuildLimits sessionLimits, CancellationToken cancellationToken)
     {
         RunningStep? step;
         lock (_runningGate)
@@ -100,13 +100,13 @@ public sealed partial class BuildScheduler
 
             if (!_running.TryGetValue(key, out step))
             {
-                step = new RunningStep(key, job.DrvPath, accountId, Options.JoinBacklogLines);
+                step = new RunningStep(key, job, accountId, Options.JoinBacklogLines);
                 step.Completion = RunStepAsync(step, job, requirements, accountId);
                 _running.Add(key, step);
             }
         }
 
-        return JoinAsync(step, accountId, events, cancellationToken);
+        return JoinAsync(step, accountId, events, sessionLimits, cancellationToken);
     }
 
     private async Task<StepOutcome> ReusedAsync(StepOutcome done, long accountId, CancellationToken cancellationToken)
@@ -115,9 +115,9 @@ public sealed partial class BuildScheduler
         return done with { Reused = true };
     }
 
-    private async Task<StepOutcome> JoinAsync(RunningStep step, long accountId, IBuildEvents events, CancellationToken cancellationToken)
+    private async Task<StepOutcome> JoinAsync(RunningStep step, long accountId, IBuildEvents events, BuildLimits sessionLimits, CancellationToken cancellationToken)
     {
-        var joined = step.JoinAsync(events, cancellationToken);
+        var joined = step.JoinAsync(events, sessionLimits, cancellationToken);
         if (accountId != step.StartedFor && await step.BuildId.WaitAsync(cancellationToken).ConfigureAwait(false) is { } id)
         {
             await Builds.AddBuildAccountAsync(id, accountId, cancellationToken).ConfigureAwait(false);
@@ -139,6 +139,11 @@ public sealed partial class BuildScheduler
             using (step.Cancellation.Register(ticket.Cancel))
             {
                 outcome = await ticket.Completion.ConfigureAwait(false);
+            }
+
+            if (!outcome.Succeeded && step.GaveUp is { } gaveUp)
+            {
+                outcome = gaveUp; // cancelled because its last session's own limit was passed: say which
             }
         }
 #pragma warning disable CA1031 // a failure of Kiln's is reported as the build's, never lost

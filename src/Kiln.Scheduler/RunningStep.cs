@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Kiln.Agent;
 using Kiln.Nix.StorePaths;
 using Kiln.Protocol.Worker;
@@ -8,30 +9,38 @@ namespace Kiln.Scheduler;
 /// <summary>
 /// A build in flight, shared by every session that wants it: the first starts it, later ones join and get the log
 /// so far, then the live log. It is cancelled only when no session waits for it any more. It is the job's log sink:
-/// lines go to the build's own log and to every session watching.
+/// lines go to the build's own log and to every session watching. The build runs under the operator's limits; a
+/// session whose client asked for tighter ones (timeout, max-silent-time, max-build-log-size) stops waiting when they
+/// are passed and gets Nix's failure for them, while the build goes on for the others.
 /// </summary>
 internal sealed class RunningStep : IBuildLog, IDisposable
 {
+    private static readonly TimeSpan LimitCheck = TimeSpan.FromMilliseconds(250);
+
     private readonly Lock _gate = new();
-    private readonly List<(IBuildEvents Events, long Activity)> _watchers = [];
+    private readonly List<Watcher> _watchers = [];
     private readonly Queue<string> _backlog = new();
     private readonly int _backlogLimit;
     private readonly CancellationTokenSource _cancel = new();
     private readonly TaskCompletionSource<long?> _buildId = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private IBuildLogWriter? _log;
     private int _waiters;
+    private long _runningSince; // Stopwatch timestamp of the agent starting it; 0 while it waits in the queue
+    private BuildOutcome? _gaveUp;
 
-    public RunningStep(string key, StorePath drvPath, long startedFor, int backlogLimit)
+    public RunningStep(string key, BuildJob job, long startedFor, int backlogLimit)
     {
         Key = key;
-        DrvPath = drvPath;
+        Job = job;
         StartedFor = startedFor;
         _backlogLimit = backlogLimit;
     }
 
     public string Key { get; }
 
-    public StorePath DrvPath { get; }
+    public BuildJob Job { get; }
+
+    public StorePath DrvPath => Job.DrvPath;
 
     /// <summary>The account whose request started the build.</summary>
     public long StartedFor { get; }
@@ -45,6 +54,21 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     /// <summary>The build's end; set by whoever started it.</summary>
     public Task<StepOutcome> Completion { get; set; } = null!;
 
+    /// <summary>
+    /// Why the last session left, when it left because of a limit of its own: the build was cancelled for that, and
+    /// its record says so rather than "cancelled".
+    /// </summary>
+    public BuildOutcome? GaveUp
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _gaveUp;
+            }
+        }
+    }
+
     /// <summary>The build has its record and its log.</summary>
     public void Started(long? id, IBuildLogWriter? log)
     {
@@ -56,34 +80,64 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         _buildId.TrySetResult(id);
     }
 
-    /// <summary>Waits for the build as one more interested session.</summary>
-    public async Task<StepOutcome> JoinAsync(IBuildEvents events, CancellationToken cancellationToken)
+    /// <summary>
+    /// Waits for the build as one more interested session; <paramref name="limits"/> are the session's own (zero: none),
+    /// counted from when it joined or the build began running, whichever is later.
+    /// </summary>
+    public async Task<StepOutcome> JoinAsync(IBuildEvents events, BuildLimits limits, CancellationToken cancellationToken)
     {
-        long activity;
+        Watcher watcher;
         lock (_gate)
         {
             _waiters++;
-            activity = events.BuildStarted(DrvPath);
+            watcher = new Watcher(events, events.BuildStarted(DrvPath), limits, Stopwatch.GetTimestamp());
             foreach (var line in _backlog)
             {
-                events.LogLine(activity, line);
+                watcher.Line(line);
             }
 
-            _watchers.Add((events, activity));
+            _watchers.Add(watcher);
         }
 
+        BuildOutcome? exceeded = null;
         try
         {
-            return await Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
+            if (limits.Timeout == TimeSpan.Zero && limits.MaxSilentTime == TimeSpan.Zero && limits.MaxLogSize == 0)
+            {
+                return await Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            while (true)
+            {
+                // The log limit is seen as the line arrives (a loud build may end at once); the clocks every LimitCheck.
+                await Task.WhenAny(watcher.LogLimitPassed, Completion, Task.Delay(LimitCheck, cancellationToken)).ConfigureAwait(false);
+                lock (_gate)
+                {
+                    exceeded = watcher.Exceeded(Job, _runningSince);
+                }
+
+                if (exceeded is not null)
+                {
+                    return new StepOutcome(exceeded, await BuildId.ConfigureAwait(false) ?? 0, Reused: false);
+                }
+
+                if (Completion.IsCompleted)
+                {
+                    return await Completion.ConfigureAwait(false);
+                }
+
+                cancellationToken.ThrowIfCancellationRequested();
+            }
         }
         finally
         {
             lock (_gate)
             {
-                _watchers.Remove((events, activity));
-                events.BuildStopped(activity);
+                _watchers.Remove(watcher);
+                events.BuildStopped(watcher.Activity);
                 if (--_waiters == 0 && !Completion.IsCompleted)
                 {
+                    _gaveUp = exceeded;
                     try
                     {
                         _cancel.Cancel(); // nobody wants it any more
@@ -94,6 +148,14 @@ internal sealed class RunningStep : IBuildLog, IDisposable
                     }
                 }
             }
+        }
+    }
+
+    public void Running()
+    {
+        lock (_gate)
+        {
+            _runningSince = Stopwatch.GetTimestamp();
         }
     }
 
@@ -108,9 +170,9 @@ internal sealed class RunningStep : IBuildLog, IDisposable
                 _backlog.Dequeue();
             }
 
-            foreach (var (events, activity) in _watchers)
+            foreach (var watcher in _watchers)
             {
-                events.LogLine(activity, line);
+                watcher.Line(line);
             }
         }
     }
@@ -125,6 +187,58 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         }
 
         _buildId.TrySetResult(null);
+    }
+
+    // One waiting session: where its log lines go, and how much log and silence it has seen against its own limits.
+    private sealed class Watcher(IBuildEvents events, long activity, BuildLimits limits, long joined)
+    {
+        private readonly TaskCompletionSource _logLimitPassed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private long _logBytes;
+        private long _lastLine;
+
+        public long Activity => activity;
+
+        public Task LogLimitPassed => _logLimitPassed.Task;
+
+        public void Line(string line)
+        {
+            _logBytes += System.Text.Encoding.UTF8.GetByteCount(line) + 1;
+            _lastLine = Stopwatch.GetTimestamp();
+            if (limits.MaxLogSize > 0 && _logBytes > limits.MaxLogSize)
+            {
+                _logLimitPassed.TrySetResult();
+            }
+
+            events.LogLine(activity, line);
+        }
+
+        // The session's first limit passed, as the failure it reports; null while all hold. Time counts only once
+        // the build runs (a build waiting for an agent is neither slow nor silent).
+        public BuildOutcome? Exceeded(BuildJob job, long runningSince)
+        {
+            if (limits.MaxLogSize > 0 && _logBytes > limits.MaxLogSize)
+            {
+                return BuildOutcome.Failed(BuildFailureKind.LogLimitExceeded, LimitMessages.LogTooLong(job, limits.MaxLogSize));
+            }
+
+            if (runningSince == 0)
+            {
+                return null;
+            }
+
+            var from = Math.Max(joined, runningSince);
+            if (limits.Timeout > TimeSpan.Zero && Stopwatch.GetElapsedTime(from) > limits.Timeout)
+            {
+                return BuildOutcome.Failed(BuildFailureKind.TimedOut, LimitMessages.TimedOut(job, limits.Timeout));
+            }
+
+            if (limits.MaxSilentTime > TimeSpan.Zero && Stopwatch.GetElapsedTime(Math.Max(from, _lastLine)) > limits.MaxSilentTime)
+            {
+                return BuildOutcome.Failed(BuildFailureKind.TimedOut, LimitMessages.Silent(job, limits.MaxSilentTime));
+            }
+
+            return null;
+        }
     }
 }
 

@@ -334,9 +334,9 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 DrvPath = drvPath,
                 Derivation = derivation,
                 Inputs = closure.Select(r => new BuildInput(r.Info.Path, r.Info.NarHash, r.Info.NarSize, r.Info.References.ToList())).ToList(),
-                Limits = Limits(),
+                Limits = OperatorLimits(),
             };
-            var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation), _view.AccountId, _events, token).ConfigureAwait(false);
+            var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation), _view.AccountId, _events, ClientLimits(), token).ConfigureAwait(false);
             var outcome = result.Outcome;
             if (!outcome.Succeeded)
             {
@@ -389,20 +389,16 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             return new JobRequirements(system, features);
         }
 
-        // The tighter of Kiln's limits and the client's.
-        private BuildLimits Limits()
+        // The build runs under Kiln's limits: it may be shared by sessions whose clients asked for different ones.
+        private BuildLimits OperatorLimits()
         {
-            static TimeSpan Tighter(TimeSpan server, TimeSpan client) =>
-                server == TimeSpan.Zero ? client : client == TimeSpan.Zero ? server : server < client ? server : client;
             var options = _scheduler.Options;
-            return new BuildLimits
-            {
-                Cores = options.Cores,
-                MaxSilentTime = Tighter(options.MaxSilentTime, _settings.MaxSilentTime),
-                Timeout = Tighter(options.Timeout, _settings.Timeout),
-                MaxLogSize = options.MaxLogSize == 0 ? _settings.MaxLogSize : _settings.MaxLogSize == 0 ? options.MaxLogSize : Math.Min(options.MaxLogSize, _settings.MaxLogSize),
-            };
+            return new BuildLimits { Cores = options.Cores, MaxSilentTime = options.MaxSilentTime, Timeout = options.Timeout, MaxLogSize = options.MaxLogSize };
         }
+
+        // The client's own limits, which this session applies to its wait (a client may ask for tighter, never looser).
+        private BuildLimits ClientLimits() =>
+            new() { MaxSilentTime = _settings.MaxSilentTime, Timeout = _settings.Timeout, MaxLogSize = _settings.MaxLogSize };
 
         private string FailureMessage(BuildOutcome outcome)
         {

@@ -463,6 +463,10 @@ public abstract class JobQueueContract
     {
         public static readonly NoLog Instance = new();
 
+        public void Running()
+        {
+        }
+
         public void Line(string line)
         {
         }

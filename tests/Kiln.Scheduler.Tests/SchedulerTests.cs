@@ -64,12 +64,14 @@ public sealed class SchedulerTests : IAsyncLifetime
         return info.Path;
     }
 
-    private async Task<(IReadOnlyList<BuildResult> Results, Events Events)> BuildAsync(string account, bool keepGoing, params StorePath[] drvs)
+    private Task<(IReadOnlyList<BuildResult> Results, Events Events)> BuildAsync(string account, bool keepGoing, params StorePath[] drvs) =>
+        BuildWithAsync(account, new ClientBuildSettings { KeepGoing = keepGoing }, drvs);
+
+    private async Task<(IReadOnlyList<BuildResult> Results, Events Events)> BuildWithAsync(string account, ClientBuildSettings settings, params StorePath[] drvs)
     {
         using var view = await _store.OpenViewAsync(account, default);
         var events = new Events();
-        var results = await _scheduler.ForSession(view).BuildPathsAsync(drvs.Select(d => (DerivedPath)new DerivedPath.Built(d, null)).ToList(),
-            new ClientBuildSettings { KeepGoing = keepGoing }, events, default);
+        var results = await _scheduler.ForSession(view).BuildPathsAsync(drvs.Select(d => (DerivedPath)new DerivedPath.Built(d, null)).ToList(), settings, events, default);
         return (results, events);
     }
 
@@ -132,6 +134,78 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.Equal(["building shared.drv", "done"], secondEvents.Lines); // the backlog, then the live line
         Assert.True(await ValidAsync("a", Out(drv)));
         Assert.True(await ValidAsync("b", Out(drv)));
+    }
+
+    [Fact]
+    public async Task Sessions_sharing_a_build_each_wait_under_their_own_limits_and_the_build_under_Kilns()
+    {
+        // 19.10: a builds with a 1 s timeout, b joins with none. The build runs under Kiln's limits (none here); a
+        // gives up after its second with Nix's message, b gets the build, whose record is a success.
+        var drv = await DerivationAsync("a", "shared-limits");
+        await DerivationAsync("b", "shared-limits");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        var impatient = BuildWithAsync("a", new ClientBuildSettings { Timeout = TimeSpan.FromSeconds(1) }, drv);
+        await WaitUntil(() => _executor.Jobs.Count == 1);
+        var patient = BuildWithAsync("b", new ClientBuildSettings(), drv);
+        var (impatientResults, _) = await impatient.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(BuildStatus.TimedOut, impatientResults.Single().Status);
+        Assert.Contains($"building of '{drv}!out' from .drv file timed out after 1 seconds", impatientResults.Single().ErrorMessage, StringComparison.Ordinal);
+        Assert.False(patient.IsCompleted);
+
+        _executor.Gate.SetResult();
+        var (patientResults, _) = await patient;
+        Assert.Equal(BuildStatus.Built, patientResults.Single().Status);
+        Assert.Single(_executor.Jobs);
+        Assert.Equal(TimeSpan.Zero, _executor.Jobs.Single().Limits.Timeout);
+        Assert.True((await _store.Builds.ListBuildsAsync(null, 10, default)).Single().Succeeded);
+    }
+
+    [Fact]
+    public async Task A_session_alone_passing_its_own_limit_stops_the_build_and_the_record_says_which_limit()
+    {
+        var drv = await DerivationAsync("a", "silent");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        var (results, events) = await BuildWithAsync("a", new ClientBuildSettings { MaxSilentTime = TimeSpan.FromSeconds(1) }, drv).WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(BuildStatus.TimedOut, results.Single().Status);
+        Assert.Contains("timed out after 1 seconds of silence", results.Single().ErrorMessage, StringComparison.Ordinal);
+        Assert.Equal(["building silent.drv"], events.Lines);
+        await WaitUntil(() => _store.Builds.ListBuildsAsync(null, 10, default).Result.Single() is { Running: false });
+        var record = (await _store.Builds.ListBuildsAsync(null, 10, default)).Single();
+        Assert.Equal("TimedOut", record.Failure);
+        Assert.Contains("of silence", record.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_session_log_limit_counts_the_lines_it_was_sent()
+    {
+        // The build logs one line ("building chatty.drv", 20 bytes with its newline) and then waits: past 5 bytes.
+        var drv = await DerivationAsync("a", "chatty");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        var (results, _) = await BuildWithAsync("a", new ClientBuildSettings { MaxLogSize = 5 }, drv).WaitAsync(TimeSpan.FromSeconds(30));
+
+        Assert.Equal(BuildStatus.LogLimitExceeded, results.Single().Status);
+        Assert.Contains("killed after writing more than 5 bytes of log output", results.Single().ErrorMessage, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Time_waiting_for_an_agent_does_not_count_against_a_timeout()
+    {
+        // Both slots are busy for 1.5 s; the third build waits in the queue longer than its 1 s timeout, then runs.
+        _executor.Durations["busy-0"] = 1500;
+        _executor.Durations["busy-1"] = 1500;
+        var busy = new[] { await DerivationAsync("a", "busy-0"), await DerivationAsync("a", "busy-1") };
+        var queued = await DerivationAsync("a", "queued");
+
+        var running = BuildAsync("a", keepGoing: true, busy);
+        await WaitUntil(() => _executor.Jobs.Count == 2);
+        var (results, _) = await BuildWithAsync("a", new ClientBuildSettings { Timeout = TimeSpan.FromSeconds(1) }, queued);
+        await running;
+
+        Assert.Equal(BuildStatus.Built, results.Single().Status);
     }
 
     [Fact]

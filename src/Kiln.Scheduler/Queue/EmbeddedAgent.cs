@@ -63,6 +63,7 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
         BuildOutcome outcome;
         try
         {
+            lease.Offer.Log.Running();
             outcome = await _executor.BuildAsync(job, lease.Offer.Log, build.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
