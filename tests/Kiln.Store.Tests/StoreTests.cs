@@ -75,6 +75,7 @@ public sealed class StoreTests : IAsyncLifetime
     [InlineData("ca-path")]
     [InlineData("ca-hash")]
     [InlineData("reference")]
+    [InlineData("ca-executable")]
     public async Task A_bad_upload_leaves_nothing_behind(string defect)
     {
         using var view = await _store.OpenViewAsync("local", default);
@@ -103,10 +104,17 @@ public sealed class StoreTests : IAsyncLifetime
             case "reference":
                 info = info with { References = new SortedSet<StorePath> { Ia("absent") } };
                 break;
+            case "ca-executable":
+                // The right flat path for the bytes, but the file is executable: a second NAR under one trusted name.
+                nar = NarBuilder.Start().Tokens("(", "type", "regular", "executable", "", "contents", "hello\n", ")").ToArray();
+                var flat = new ContentAddress(ContentAddressMethod.Flat, NixHash.Compute(NixHashAlgorithm.Sha256, "hello\n"));
+                info = Declared(StorePathComputer.MakeFixedOutputPath("hello.txt", flat), nar) with { ContentAddress = flat };
+                break;
         }
 
         var refused = await Assert.ThrowsAsync<KilnException>(() => view.AddToStoreAsync(info, new MemoryStream(nar), false, true, default));
         Assert.Equal(ErrorKind.Invalid, refused.Kind);
+        Assert.True(defect != "ca-executable" || refused.Message.Contains("needs a non-executable regular file", StringComparison.Ordinal), refused.Message);
         Assert.Empty(await view.QueryAllValidPathsAsync(default));
         Assert.Empty(TempFiles());
         if (defect != "reference")

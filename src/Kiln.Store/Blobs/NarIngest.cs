@@ -264,6 +264,7 @@ public static class NarIngest
         private ArrayBufferWriter<byte>? _capture;
         private int _nodes;
         private bool _rootIsFile;
+        private bool _rootIsExecutable;
 
         public IngestVisitor(ContentAddressMethodAndAlgorithm? method, int captureUpTo)
         {
@@ -295,6 +296,13 @@ public static class NarIngest
                 throw new KilnException(ErrorKind.Invalid, $"a {method.ToCamString()} content address needs a single regular file, but the NAR holds something else");
             }
 
+            // The hash of a flat or text path covers the bytes, not the mode: an executable variant would be a second
+            // NAR under the same globally trusted name. Nix only ever makes such paths non-executable.
+            if ((method.Method is ContentAddressMethod.Flat or ContentAddressMethod.Text) && _rootIsExecutable)
+            {
+                throw new KilnException(ErrorKind.Invalid, $"a {method.ToCamString()} content address needs a non-executable regular file, but the NAR's file is executable");
+            }
+
             if (method.Method == ContentAddressMethod.Git)
             {
                 throw new KilnException(ErrorKind.Invalid, "git content addresses are not supported by Kiln");
@@ -308,6 +316,7 @@ public static class NarIngest
             if (_nodes++ == 0)
             {
                 _rootIsFile = true;
+                _rootIsExecutable = executable;
                 if (size <= _captureUpTo)
                 {
                     _capture = new ArrayBufferWriter<byte>((int)Math.Max(size, 1));
