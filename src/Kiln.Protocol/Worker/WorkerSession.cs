@@ -77,8 +77,10 @@ public sealed partial class WorkerSession
         {
             closeReason = SessionSummary.Cancelled;
         }
-        catch (OperationCanceledException) when (clientGone.IsCancellationRequested)
+        catch (Exception e) when ((e is OperationCanceledException or IOException) && clientGone.IsCancellationRequested)
         {
+            // Once the client has gone, whichever comes first (the cancelled work, or a write into the closed
+            // connection) ends the session for the same reason.
             closeReason = SessionSummary.ClientGone;
         }
         catch (IOException e)
