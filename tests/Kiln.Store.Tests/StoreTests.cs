@@ -61,6 +61,38 @@ public sealed class StoreTests : IAsyncLifetime
         Assert.Equal(Convert.ToInt32("555", 8), (int)new DirectoryInfo(unpacked).UnixFileMode);
     }
 
+    [Fact]
+    public async Task A_repair_upload_changes_no_one_elses_content_and_not_even_the_uploaders_record()
+    {
+        // Bob holds a path; Mallory "repairs" the same name with other bytes, and repairs her own earlier copy of
+        // another path the same way. Repair re-sends a path, it does not rewrite what anyone registered: Nix refuses
+        // it from untrusted clients outright; in Kiln records are per account and never replaced by an upload, so
+        // Bob's record and bytes are unchanged, and so is her own earlier record.
+        var shared = Ia("shared");
+        using (var bob = await _store.OpenViewAsync("bob", default))
+        {
+            await bob.AddToStoreAsync(Declared(shared, TreeNar), new MemoryStream(TreeNar), false, true, default);
+        }
+
+        var own = Ia("mallorys");
+        using (var mallory = await _store.OpenViewAsync("mallory", default))
+        {
+            await mallory.AddToStoreAsync(Declared(own, TreeNar), new MemoryStream(TreeNar), false, true, default);
+            await mallory.AddToStoreAsync(Declared(shared, HelloNar), new MemoryStream(HelloNar), repair: true, checkSignatures: false, default);
+            await mallory.AddToStoreAsync(Declared(own, HelloNar), new MemoryStream(HelloNar), repair: true, checkSignatures: false, default);
+            Assert.Equal(NixHash.Compute(NixHashAlgorithm.Sha256, TreeNar), (await mallory.QueryPathInfosAsync([own], default))[own].NarHash);
+        }
+
+        using var again = await _store.OpenViewAsync("bob", default);
+        Assert.Equal(NixHash.Compute(NixHashAlgorithm.Sha256, TreeNar), (await again.QueryPathInfosAsync([shared], default))[shared].NarHash);
+        await using var nar = await again.OpenNarAsync(shared, default);
+        Assert.NotNull(nar);
+        using var read = new MemoryStream();
+        await nar.Content.CopyToAsync(read);
+        Assert.Equal(TreeNar, read.ToArray());
+        Assert.Empty(await again.QueryValidPathsAsync([own], default));
+    }
+
     private static byte[] NarBytes(string path)
     {
         using var output = new MemoryStream();
