@@ -51,8 +51,9 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     private void AddTempRoot(StorePath path) => _tempRoots?.Add(path);
 
     /// <summary>
-    /// The records of those <paramref name="paths"/> in the view: for each, from the first readable account that has
-    /// it (one query per readable account that is still needed; a session's view has one).
+    /// The records of those <paramref name="paths"/> in the view: for each, a globally trusted record if a readable
+    /// account has one, else the first readable account's (one query per readable account still needed; a session's
+    /// view has one account).
     /// </summary>
     public async Task<IReadOnlyDictionary<StorePath, PathRecord>> GetRecordsAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
     {
@@ -62,21 +63,28 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
             return await Metadata.GetPathsAsync(Readable[0], paths, cancellationToken).ConfigureAwait(false);
         }
 
+        // Several accounts (the public caches, for an anonymous request): a globally trusted record wins over any
+        // other, then the accounts' order. Otherwise a tenant who made their account public could shadow another
+        // public cache's signed path with an unsigned upload under the same name: clients that require signatures
+        // would be refused the path, and clients that do not would take her bytes.
         var found = new Dictionary<StorePath, PathRecord>();
-        IReadOnlyCollection<StorePath> missing = paths;
+        IReadOnlyCollection<StorePath> wanted = paths;
         foreach (var account in Readable)
         {
-            if (missing.Count == 0)
+            if (wanted.Count == 0)
             {
                 break;
             }
 
-            foreach (var (path, record) in await Metadata.GetPathsAsync(account, missing, cancellationToken).ConfigureAwait(false))
+            foreach (var (path, record) in await Metadata.GetPathsAsync(account, wanted, cancellationToken).ConfigureAwait(false))
             {
-                found[path] = record;
+                if (!found.TryGetValue(path, out var earlier) || (record.Trust.IsGlobal() && !earlier.Trust.IsGlobal()))
+                {
+                    found[path] = record;
+                }
             }
 
-            missing = paths.Where(p => !found.ContainsKey(p)).ToList();
+            wanted = paths.Where(p => !found.TryGetValue(p, out var record) || !record.Trust.IsGlobal()).ToList();
         }
 
         return found;

@@ -8,10 +8,13 @@ public sealed partial class SqliteMetadataStore
     private static readonly PreparedQuery HashPartQuery = new($"""
         SELECT {PathColumns}, p.account_id
         FROM json_each($accounts) j CROSS JOIN paths p ON p.account_id = j.value AND p.hash_part = $hash
-        ORDER BY j.key
+        ORDER BY p.trust IN ('content-addressed', 'signed', 'built') DESC, j.key
         LIMIT 1
         """, "$accounts", "$hash");
 
+    // Several accounts may hold the path (all public caches, for an anonymous request): a globally trusted record
+    // comes before the others, so a tenant cannot shadow a trusted path with an unsigned one of the same name (see
+    // StoreView.GetRecordsAsync); among equals, the accounts' order.
     public Task<(long Account, PathRecord Record)?> FindPathByHashPartAsync(IReadOnlyList<long> accounts, string hashPart, CancellationToken cancellationToken)
     {
         if (accounts.Count == 0)
