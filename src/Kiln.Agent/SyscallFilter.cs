@@ -10,6 +10,13 @@ namespace Kiln.Agent;
 /// Nix on x86_64, the filter covers the 64-bit, i386 and x32 system-call tables and kills a process that uses any
 /// other.
 /// <para>
+/// Kiln goes further than Nix, which leaves the calls that create a file with a mode alone: <c>open</c>,
+/// <c>openat</c> and <c>creat</c> when they create (<c>O_CREAT</c> or <c>O_TMPFILE</c>), and <c>mknod</c>,
+/// <c>mknodat</c>, also fail with EPERM for a setuid or setgid mode, so such a file cannot exist for an instant either
+/// (<c>mkdir</c> needs no rule: the kernel drops those bits from its mode). <c>openat2</c> takes its mode in memory a
+/// filter cannot read, so it answers ENOSYS and callers fall back to <c>openat</c>, as on kernels before 5.6.
+/// </para>
+/// <para>
 /// The program is classic BPF as the kernel takes it (<c>struct sock_filter</c> records over
 /// <c>struct seccomp_data</c>), handed to bubblewrap's <c>--seccomp FD</c>. Kiln writes it itself so that agents
 /// need no libseccomp.
@@ -23,7 +30,10 @@ public static class SyscallFilter
 
     private const uint SetUidOrSetGid = 0x800 | 0x400; // S_ISUID | S_ISGID
     private const uint Eperm = 1;
+    private const uint Enosys = 38;
     private const uint Enotsup = 95;
+
+    private const uint CreatesFile = 0x40 | 0x400000; // O_CREAT | __O_TMPFILE
 
     private const uint RetAllow = 0x7FFF0000;
     private const uint RetErrno = 0x00050000;
@@ -42,8 +52,11 @@ public static class SyscallFilter
     private const ushort JumpIfAnyBit = 0x45;     // BPF_JMP | BPF_JSET | BPF_K
     private const ushort Return = 0x06;           // BPF_RET | BPF_K
 
-    /// <summary>A rule: the system call, and the argument holding a mode (or -1: always refused).</summary>
-    private sealed record Rule(uint Number, int ModeArgument, uint Errno);
+    /// <summary>
+    /// A rule: the system call, and the argument holding a mode (or -1: always refused); with a flags argument, the
+    /// mode counts only when the flags ask to create a file (elsewhere the mode argument is not read by the kernel).
+    /// </summary>
+    private sealed record Rule(uint Number, int ModeArgument, uint Errno, int FlagsArgument = -1);
 
     // Numbers from the kernel's syscall tables. x32 shares the 64-bit numbers (with X32SyscallBit set).
     private static readonly Rule[] X86_64 =
@@ -55,6 +68,12 @@ public static class SyscallFilter
         new(188, -1, Enotsup), // setxattr
         new(189, -1, Enotsup), // lsetxattr
         new(190, -1, Enotsup), // fsetxattr
+        new(2, 2, Eperm, FlagsArgument: 1),   // open(path, flags, mode)
+        new(257, 3, Eperm, FlagsArgument: 2), // openat(dirfd, path, flags, mode)
+        new(85, 1, Eperm),   // creat(path, mode)
+        new(133, 1, Eperm),  // mknod(path, mode, dev)
+        new(259, 2, Eperm),  // mknodat(dirfd, path, mode, dev)
+        new(437, -1, Enosys), // openat2(dirfd, path, how, size)
     ];
 
     private static readonly Rule[] I386 =
@@ -66,6 +85,12 @@ public static class SyscallFilter
         new(226, -1, Enotsup),
         new(227, -1, Enotsup),
         new(228, -1, Enotsup),
+        new(5, 2, Eperm, FlagsArgument: 1),
+        new(295, 3, Eperm, FlagsArgument: 2),
+        new(8, 1, Eperm),
+        new(14, 1, Eperm),
+        new(297, 2, Eperm),
+        new(437, -1, Enosys),
     ];
 
     private readonly record struct Instruction(ushort Code, byte JumpTrue, byte JumpFalse, uint K);
@@ -121,9 +146,19 @@ public static class SyscallFilter
                 continue;
             }
 
-            // The mode is a mode_t: its low 32 bits are the whole of it. The accumulator is reloaded, so a match
-            // ends in a return either way.
-            block.Add(new(JumpIfEqual, 0, 4, rule.Number));
+            // The mode is a mode_t and the flags an int: their low 32 bits are the whole of them. The accumulator is
+            // reloaded, so a match ends in a return either way.
+            if (rule.FlagsArgument >= 0)
+            {
+                block.Add(new(JumpIfEqual, 0, 6, rule.Number));
+                block.Add(new(LoadWordAbsolute, 0, 0, OffsetArgLow(rule.FlagsArgument)));
+                block.Add(new(JumpIfAnyBit, 0, 3, CreatesFile)); // not creating: allow
+            }
+            else
+            {
+                block.Add(new(JumpIfEqual, 0, 4, rule.Number));
+            }
+
             block.Add(new(LoadWordAbsolute, 0, 0, OffsetArgLow(rule.ModeArgument)));
             block.Add(new(JumpIfAnyBit, 0, 1, SetUidOrSetGid));
             block.Add(refuse);
