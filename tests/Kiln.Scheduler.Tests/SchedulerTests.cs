@@ -21,11 +21,12 @@ public sealed class SchedulerTests : IAsyncLifetime
     private BuildScheduler _scheduler = null!;
     private InMemoryJobQueue _queue = null!;
     private EmbeddedAgent _agent = null!;
-    private readonly Dictionary<StorePath, Derivation> _derivations = [];
+    private TestDerivations _derivations = null!;
 
     public async ValueTask InitializeAsync()
     {
         _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
+        _derivations = new TestDerivations(_store);
         _executor = new RecordingExecutor(new LocalAgentStore(_store.Blobs), slots: 2);
         _queue = new InMemoryJobQueue();
         _agent = new EmbeddedAgent(_queue, _executor, new AgentInfo("test", new SortedSet<string> { "x86_64-linux" }, new SortedSet<string> { "big-parallel" }, _executor.Slots),
@@ -43,26 +44,7 @@ public sealed class SchedulerTests : IAsyncLifetime
 
     // Writes an input-addressed derivation depending on the "out" outputs of `inputs` into the account's view, the
     // way evaluation does (AddTextToStore), and returns its path.
-    private async Task<StorePath> DerivationAsync(string account, string name, params StorePath[] inputs)
-    {
-        var derivation = new Derivation { Name = name, Platform = "x86_64-linux", Builder = "/bin/sh" };
-        derivation.Outputs["out"] = new DerivationOutput("", "", "");
-        derivation.Environment["name"] = name;
-        derivation.Environment["out"] = "";
-        foreach (var input in inputs)
-        {
-            derivation.InputDerivations[input] = new SortedSet<string> { "out" };
-        }
-
-        var path = new DerivationHasher(p => _derivations[p]).ComputeOutputPaths(derivation)["out"];
-        derivation.Outputs["out"] = new DerivationOutput(path, "", "");
-        derivation.Environment["out"] = path;
-        using var view = await _store.OpenViewAsync(account, default);
-        var info = await view.AddContentAddressedAsync($"{name}.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
-            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(inputs), false, default);
-        _derivations[info.Path] = derivation;
-        return info.Path;
-    }
+    private Task<StorePath> DerivationAsync(string account, string name, params StorePath[] inputs) => _derivations.WriteAsync(account, name, inputs);
 
     private Task<(IReadOnlyList<BuildResult> Results, Events Events)> BuildAsync(string account, bool keepGoing, params StorePath[] drvs) =>
         BuildWithAsync(account, new ClientBuildSettings { KeepGoing = keepGoing }, drvs);

@@ -1,5 +1,4 @@
 using System.Text;
-using Kiln.Nix.Derivations;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Signing;
 using Kiln.Nix.StorePaths;
@@ -23,7 +22,7 @@ public sealed class TrustTests : IAsyncLifetime
     private readonly FileServer _cache = new();
     private readonly SecretKey _operatorKey = SecretKey.Generate("operator-cache-1");
     private readonly SecretKey _buildKey = SecretKey.Generate("kiln-build-1");
-    private readonly Dictionary<StorePath, Derivation> _derivations = [];
+    private TestDerivations _derivations = null!;
     private KilnStore _store = null!;
     private InMemoryJobQueue _queue = null!;
     private EmbeddedAgent _agent = null!;
@@ -32,6 +31,7 @@ public sealed class TrustTests : IAsyncLifetime
     public async ValueTask InitializeAsync()
     {
         _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"], DefaultTrustedPublicKeys = [_operatorKey.PublicKey.ToString()] }, default);
+        _derivations = new TestDerivations(_store);
         var executor = new RecordingExecutor(new LocalAgentStore(_store.Blobs), slots: 2);
         _queue = new InMemoryJobQueue();
         _agent = new EmbeddedAgent(_queue, executor, new AgentInfo("test", new SortedSet<string> { "x86_64-linux" }, new SortedSet<string>(), 2), NullLogger.Instance,
@@ -48,26 +48,7 @@ public sealed class TrustTests : IAsyncLifetime
         _temp.Dispose();
     }
 
-    private async Task<StorePath> DerivationAsync(string account, string name, params StorePath[] inputs)
-    {
-        var derivation = new Derivation { Name = name, Platform = "x86_64-linux", Builder = "/bin/sh" };
-        derivation.Outputs["out"] = new DerivationOutput("", "", "");
-        derivation.Environment["name"] = name;
-        derivation.Environment["out"] = "";
-        foreach (var input in inputs)
-        {
-            derivation.InputDerivations[input] = new SortedSet<string> { "out" };
-        }
-
-        var path = new DerivationHasher(p => _derivations[p]).ComputeOutputPaths(derivation)["out"];
-        derivation.Outputs["out"] = new DerivationOutput(path, "", "");
-        derivation.Environment["out"] = path;
-        using var view = await _store.OpenViewAsync(account, default);
-        var info = await view.AddContentAddressedAsync($"{name}.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
-            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(inputs), false, default);
-        _derivations[info.Path] = derivation;
-        return info.Path;
-    }
+    private Task<StorePath> DerivationAsync(string account, string name, params StorePath[] inputs) => _derivations.WriteAsync(account, name, inputs);
 
     private StorePath Out(StorePath drv) => _derivations[drv].Outputs["out"].StorePath!.Value;
 
