@@ -58,7 +58,8 @@ internal static class SandboxLayout
             }
         }
 
-        args.AddRange(["--dev", "/dev", "--proc", "/proc"]);
+        // bubblewrap's /dev (with a private devpts); its /dev/shm is a plain directory, Nix's a tmpfs open to all.
+        args.AddRange(["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]);
         args.AddRange(["--ro-bind", Path.Combine(etc, "passwd"), "/etc/passwd"]);
         args.AddRange(["--ro-bind", Path.Combine(etc, "group"), "/etc/group"]);
         if (fixedOutput)

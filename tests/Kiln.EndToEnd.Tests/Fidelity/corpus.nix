@@ -146,6 +146,7 @@ in {
       rm -rf $dep 2> /dev/null && echo removed an input || echo cannot remove an input
       for d in / /etc /nix /nix/store /tmp /build; do touch $d/kiln-probe 2> /dev/null && echo "can write $d" || echo "cannot write $d"; done
       echo "== tmp"; stat -c '%a' /tmp
+      echo "== shm"; stat -f -c '%T' /dev/shm; stat -c '%a' /dev/shm; touch /dev/shm/probe && echo can write /dev/shm
       # Open descriptors and how (the terminal's number depends on what else is running).
       echo "== fds"; ls -l /proc/self/fd | sed 1d | awk '{ print $1, $9, $10, $11 }' | sed -e 's/pipe:.*/pipe/' -e 's,/dev/pts/[0-9]*,/dev/pts/N,' | sort -n -k2
       echo "== pid"; echo $$
