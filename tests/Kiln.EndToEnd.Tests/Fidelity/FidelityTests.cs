@@ -36,6 +36,7 @@ public class FidelityTests
     private static readonly Lazy<(TempDir Dir, string Workspace, string[] Arguments)> Shared = new(() =>
     {
         var dir = new TempDir();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => dir.Dispose(); // shared by every case, so removed at the end
         var workspace = dir["work"];
         Directory.CreateDirectory(Path.Combine(workspace, "bb", "bin"));
         File.Copy("/bin/busybox", Path.Combine(workspace, "bb", "bin", "busybox"));
