@@ -1,11 +1,7 @@
-using System.Text;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
-using Kiln.Store;
-using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kiln.Http.Tests;
 
@@ -14,32 +10,16 @@ namespace Kiln.Http.Tests;
 /// trusted record is the one served, whichever account is older: otherwise a tenant who made her account public
 /// first could shadow another public cache's path with an unsigned upload of her own bytes under its name.
 /// </summary>
-public sealed class PublicCachesTests : IAsyncLifetime
+public sealed class PublicCachesTests : CacheFixture
 {
-    private readonly TempDir _temp = new();
-    private KilnStore _store = null!;
-    private BinaryCache _cache = null!;
-
-    public async ValueTask InitializeAsync()
-    {
-        _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
-        _cache = new BinaryCache(_store, new BinaryCacheOptions { StagingDirectory = _temp["staging"] }, NullLogger.Instance);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _store.DisposeAsync();
-        _temp.Dispose();
-    }
-
     [Fact]
     public async Task A_tenants_unsigned_upload_does_not_shadow_another_public_caches_trusted_path()
     {
         // Mallory's account is created (and made public) first, so it comes first among the public accounts.
-        using var mallory = await _store.OpenViewAsync("mallory", default);
-        using var cache = await _store.OpenViewAsync("company-cache", default);
-        await _store.Accounts.SetPublicCacheAsync(mallory.AccountId, true, default);
-        await _store.Accounts.SetPublicCacheAsync(cache.AccountId, true, default);
+        using var mallory = await Store.OpenViewAsync("mallory", default);
+        using var cache = await Store.OpenViewAsync("company-cache", default);
+        await Store.Accounts.SetPublicCacheAsync(mallory.AccountId, true, default);
+        await Store.Accounts.SetPublicCacheAsync(cache.AccountId, true, default);
 
         // The company cache holds a content-addressed path (globally trusted: its name follows from its content).
         var genuine = NarOf("the real thing\n");
@@ -55,24 +35,13 @@ public sealed class PublicCachesTests : IAsyncLifetime
             NarSize = fake.Length,
         }, new MemoryStream(fake), false, true, default);
 
-        var narinfo = await GetAsync($"/{trusted.Path.HashPart}.narinfo");
+        var (status, narinfo) = await GetAsync($"/{trusted.Path.HashPart}.narinfo");
+        Assert.Equal(200, status);
         Assert.Contains($"NarHash: sha256:{trusted.NarHash.ToNix32()}\n", narinfo, StringComparison.Ordinal);
 
         // The worker protocol's reading of the same views agrees.
-        using var anonymous = _store.OpenView(await _store.AnonymousCallerAsync(default));
+        using var anonymous = Store.OpenView(await Store.AnonymousCallerAsync(default));
         Assert.Equal(trusted.NarHash, (await anonymous.QueryPathInfosAsync([trusted.Path], default))[trusted.Path].NarHash);
-    }
-
-    private async Task<string> GetAsync(string url)
-    {
-        var context = new DefaultHttpContext();
-        context.Request.Method = "GET";
-        context.Request.Path = url;
-        var body = new MemoryStream();
-        context.Response.Body = body;
-        await _cache.HandleAsync(context);
-        Assert.Equal(200, context.Response.StatusCode);
-        return Encoding.UTF8.GetString(body.ToArray());
     }
 
     private static byte[] NarOf(string contents) =>
