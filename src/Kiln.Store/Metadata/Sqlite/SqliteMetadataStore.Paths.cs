@@ -5,10 +5,14 @@ namespace Kiln.Store.Metadata.Sqlite;
 // IPathMetadata, continued: lookups over several views (a request's readable accounts) and kept compressed NAR files.
 public sealed partial class SqliteMetadataStore
 {
+    // The stored texts of the globally trusted levels (PathTrust.IsGlobal), for ordering in SQL.
+    private static readonly string GlobalTrustTexts =
+        string.Join(", ", Enum.GetValues<PathTrust>().Where(t => t.IsGlobal()).Select(t => $"'{TrustText(t)}'"));
+
     private static readonly PreparedQuery HashPartQuery = new($"""
         SELECT {PathColumns}, p.account_id
         FROM json_each($accounts) j CROSS JOIN paths p ON p.account_id = j.value AND p.hash_part = $hash
-        ORDER BY p.trust IN ('content-addressed', 'signed', 'built') DESC, j.key
+        ORDER BY p.trust IN ({GlobalTrustTexts}) DESC, j.key
         LIMIT 1
         """, "$accounts", "$hash");
 
