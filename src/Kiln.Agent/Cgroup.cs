@@ -202,6 +202,72 @@ internal static partial class Native
         }
     }
 
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    private static partial int OpenNative(string path, int flags);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    private static partial int Ioctl(int fd, ulong request);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    private static partial int CloseNative(int fd);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "mkfifo", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    private static partial int MakeFifoNative(string path, uint mode);
+
+    /// <summary>open(2) for reading, close-on-exec (no child inherits it).</summary>
+    public static int OpenReadOnly(string path)
+    {
+        const int ReadOnlyCloseOnExec = 0x80000; // O_RDONLY | O_CLOEXEC
+        var fd = OpenNative(path, ReadOnlyCloseOnExec);
+        return fd >= 0 ? fd : throw new IOException($"cannot open '{path}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
+    }
+
+    /// <summary>The parent of a user namespace (ioctl NS_GET_PARENT), as a new close-on-exec descriptor; -1 if it has none Kiln may see.</summary>
+    public static int NamespaceParent(int fd) => Ioctl(fd, 0xb702);
+
+    public static void Close(int fd) => CloseNative(fd);
+
+    /// <summary>The text of a symbolic link (for /proc's namespace links, which .NET cannot resolve).</summary>
+    public static string? ReadLink(string path) => new FileInfo(path).LinkTarget;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "write", SetLastError = true)]
+    private static partial nint WriteNative(int fd, ReadOnlySpan<byte> buffer, nuint count);
+
+    /// <summary>
+    /// Writes a byte to a named pipe without waiting for a reader: with none (the reader is gone) it fails at once
+    /// instead of blocking forever.
+    /// </summary>
+    public static void Poke(string fifo)
+    {
+        const int WriteOnlyNonBlocking = 0x1 | 0x800 | 0x80000; // O_WRONLY | O_NONBLOCK | O_CLOEXEC
+        var fd = OpenNative(fifo, WriteOnlyNonBlocking);
+        if (fd < 0)
+        {
+            throw new IOException($"nothing reads '{fifo}' any more: error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
+        }
+
+        try
+        {
+            if (WriteNative(fd, "x"u8, 1) != 1)
+            {
+                throw new IOException($"cannot write to '{fifo}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
+            }
+        }
+        finally
+        {
+            CloseNative(fd);
+        }
+    }
+
+    /// <summary>mkfifo(3), mode 0600.</summary>
+    public static void MakeFifo(string path)
+    {
+        if (MakeFifoNative(path, 0x180) != 0)
+        {
+            throw new IOException($"cannot make the pipe '{path}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
+        }
+    }
+
     /// <summary>link(2).</summary>
     public static void Link(string existing, string created)
     {

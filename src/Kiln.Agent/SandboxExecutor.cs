@@ -52,7 +52,7 @@ public sealed class SandboxExecutor : IBuildExecutor
 
     /// <summary>
     /// Why builds cannot run as build users although Kiln is root, and how to fix it; null if they can (or Kiln is not
-    /// root, when builds run as its own unprivileged user). While set, every build but a builtin one is refused.
+    /// root, when builds run as its own unprivileged user). While set, every build is refused.
     /// </summary>
     public string? BuildUsersUnavailable { get; }
 
@@ -94,7 +94,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         ArgumentNullException.ThrowIfNull(job);
         ArgumentNullException.ThrowIfNull(log);
         var start = DateTimeOffset.UtcNow;
-        if (BuildUsersUnavailable is { } why && !job.Derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal))
+        if (BuildUsersUnavailable is { } why)
         {
             return BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"Kiln refuses to build '{job.DrvPath}' as root: {why}") with { StartTime = start, StopTime = start };
         }
@@ -147,9 +147,32 @@ public sealed class SandboxExecutor : IBuildExecutor
             return BuildOutcome.Failed(BuildFailureKind.InputRejected, e.Message);
         }
 
+        // A built-in builder runs in the same sandbox as any fixed-output builder, as Kiln's own program.
+        SandboxLayout.Command? command = null;
+        if (derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal))
+        {
+            if (BuiltinFetcher.Refusal(job) is { } refusal)
+            {
+                return BuildOutcome.Failed(BuildFailureKind.InputRejected, refusal);
+            }
+
+            if (_options.Fetcher is not { } fetcher)
+            {
+                return BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"this Kiln agent cannot run '{derivation.Builder}' (it was started without a fetcher)");
+            }
+
+            command = fetcher.CommandFor(job);
+        }
+
+        if (derivation.IsFixedOutput && _options.FixedOutputNetwork.Isolated && !File.Exists(_options.FixedOutputNetwork.Slirp4netns))
+        {
+            return BuildOutcome.Failed(BuildFailureKind.MiscFailure,
+                $"Kiln cannot give the fixed-output derivation '{job.DrvPath}' its network: '{_options.FixedOutputNetwork.Slirp4netns}' is missing " +
+                "(install slirp4netns, or start kiln serve with --fod-network host to give such builds the host's network as stock Nix does)");
+        }
+
         // The build's own user, if Kiln is root and has users to give builds; released once the build is over.
-        var builtin = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal);
-        using var user = builtin ? null : _users?.Acquire();
+        using var user = _users?.Acquire();
         var buildDir = Path.Combine(directory, "build");
         var storeDir = Path.Combine(directory, "store");
         Directory.CreateDirectory(buildDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -182,9 +205,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             }
         }
 
-        var run = builtin
-            ? await BuiltinBuilders.RunAsync(job, storeDir, log, cancellationToken).ConfigureAwait(false)
-            : await RunSandboxAsync(job, environment, directory, buildDir, storeDir, inputs, id, user, log, cancellationToken).ConfigureAwait(false);
+        var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, id, user, log, cancellationToken).ConfigureAwait(false);
         if (run.Failure != BuildFailureKind.None)
         {
             return run;
@@ -206,27 +227,41 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
     }
 
-    private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, string directory, string buildDir,
+    private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, SandboxLayout.Command? command, string directory, string buildDir,
         string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, string id, BuildUsers.Lease? user, IBuildLog log,
         CancellationToken cancellationToken)
     {
         var derivation = job.Derivation;
-        var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildDir, storeDir, inputs, _etc, _options.SandboxPaths);
+        var ownNetwork = derivation.IsFixedOutput && _options.FixedOutputNetwork.Isolated;
+        var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildDir, storeDir, inputs, _etc, _options.SandboxPaths,
+            hostNetwork: !_options.FixedOutputNetwork.Isolated, command);
         var statusFile = Path.Combine(directory, "status.json");
+        var block = ownNetwork ? Path.Combine(directory, "network-block") : "";
+        if (ownNetwork)
+        {
+            Native.MakeFifo(block);
+        }
+
         using var pty = Pty.Open();
         using var cgroup = Cgroup.TryCreate($"build-{id}");
 
         // A small shell joins the cgroup first, so every process the build starts is in it, then becomes bwrap with
         // the terminal as stdout and stderr, bwrap's status report on descriptor 3 and the syscall filter, which bwrap
-        // reads and closes, on descriptor 9. Like Nix, stdin is /dev/null and the terminal are open read-write.
+        // reads and closes, on descriptor 9. Like Nix, stdin is /dev/null and the terminal are open read-write. A
+        // sandbox that waits for its network reads descriptor 8 (bwrap closes it), a pipe Kiln writes to when it is up.
         var start = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, RedirectStandardError = true };
         start.ArgumentList.Add("-c");
-        start.ArgumentList.Add("""for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; shift 4; exec "$@" 3>"$status" 9<"$filter" <>/dev/null 1<>"$pty" 2>&1""");
+        start.ArgumentList.Add("""
+            for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; block=$5; shift 5
+            if [ -n "$block" ]; then exec "$@" 3>"$status" 9<"$filter" 8<>"$block" <>/dev/null 1<>"$pty" 2>&1; fi
+            exec "$@" 3>"$status" 9<"$filter" <>/dev/null 1<>"$pty" 2>&1
+            """);
         start.ArgumentList.Add("kiln-build");
         start.ArgumentList.Add(string.Join(' ', cgroup?.ProcsFiles ?? []));
         start.ArgumentList.Add(pty.SlavePath);
         start.ArgumentList.Add(statusFile);
         start.ArgumentList.Add(_seccomp);
+        start.ArgumentList.Add(block);
         if (user is not null)
         {
             // The build's user from here on: no capabilities, no way back, and no gaining privileges (as Nix).
@@ -252,6 +287,24 @@ public sealed class SandboxExecutor : IBuildExecutor
         using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
         var reader = Task.Factory.StartNew(() => tail.ReadAll(pty), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
+        var (network, networkError) = ownNetwork ? await ConnectNetworkAsync(process, statusFile, directory, block, cgroup, cancellationToken).ConfigureAwait(false) : (null, null);
+        using var networkLease = network;
+        if (networkError is not null)
+        {
+            cgroup?.KillAll();
+            KillTree(process);
+            await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
+            pty.CloseSlave();
+            await reader.ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
+            var why = (await wrapperErrors.ConfigureAwait(false)).Trim();
+            return new BuildOutcome
+            {
+                Failure = BuildFailureKind.MiscFailure,
+                ErrorMessage = $"Kiln could not give the fixed-output derivation '{job.DrvPath}' its network: {(why.Length > 0 ? why : networkError)}",
+                LogTail = tail.LastLines,
+            };
+        }
 
         var (failure, message) = await WatchAsync(job, process, tail, cgroup, cancellationToken).ConfigureAwait(false);
         await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
@@ -301,6 +354,87 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         return outcome;
+    }
+
+    // Waits for the sandbox's first process (bwrap reports it on its status descriptor), connects its network namespace,
+    // and lets it run. Returns the network to release when the build ends, or why there is none.
+    private async Task<(IDisposable? Network, string? Error)> ConnectNetworkAsync(Process process, string statusFile, string directory, string block, Cgroup? cgroup,
+        CancellationToken cancellationToken)
+    {
+        var waited = Stopwatch.StartNew();
+        int? child = null;
+        while (child is null)
+        {
+            if (process.HasExited || cancellationToken.IsCancellationRequested)
+            {
+                return (null, "the sandbox ended before its network was up");
+            }
+
+            if (waited.Elapsed > TimeSpan.FromSeconds(30))
+            {
+                return (null, "the sandbox did not start within 30 seconds");
+            }
+
+            child = ChildPid(statusFile);
+            if (child is null)
+            {
+                await Task.Delay(2, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
+
+        IDisposable network;
+        try
+        {
+            network = await FixedOutputNetwork.AttachAsync(_options.FixedOutputNetwork, child.Value, directory, cgroup?.ProcsFiles ?? [], cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or OperationCanceledException)
+        {
+            return (null, e.Message);
+        }
+
+        try
+        {
+            Native.Poke(block);
+        }
+        catch (IOException e)
+        {
+            network.Dispose();
+            return (null, e.Message);
+        }
+
+        return (network, null);
+    }
+
+    // The child-pid bwrap writes first on its status descriptor, once the child exists.
+    private static int? ChildPid(string statusFile)
+    {
+        try
+        {
+            var text = File.ReadAllText(statusFile);
+            var at = text.IndexOf("\"child-pid\":", StringComparison.Ordinal);
+            if (at < 0)
+            {
+                return null;
+            }
+
+            var digits = new string(text[(at + 12)..].SkipWhile(char.IsWhiteSpace).TakeWhile(char.IsAsciiDigit).ToArray());
+            return int.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out var pid) && text.Contains('}', StringComparison.Ordinal) ? pid : null;
+        }
+        catch (FileNotFoundException)
+        {
+            return null;
+        }
+    }
+
+    private static void KillTree(Process process)
+    {
+        try
+        {
+            process.Kill(entireProcessTree: true);
+        }
+        catch (InvalidOperationException)
+        {
+        }
     }
 
     // bwrap exits with the builder's status, or 128 + the signal that killed it.
@@ -360,14 +494,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             if (stop is { } reason)
             {
                 cgroup?.KillAll();
-                try
-                {
-                    process.Kill(entireProcessTree: true);
-                }
-                catch (InvalidOperationException)
-                {
-                }
-
+                KillTree(process);
                 return reason;
             }
         }

@@ -9,8 +9,10 @@ namespace Kiln.Agent;
 /// <c>localhost</c>; the builder as PID 1 in a new session; a fresh root with <c>/build</c> (the build directory,
 /// also the working directory), a writable <c>/nix/store</c> with each input bind-mounted read-only at its path,
 /// minimal <c>/dev</c>, <c>/proc</c>, <c>/tmp</c> (1777), and Nix's <c>/etc/passwd</c>, <c>/etc/group</c> and
-/// <c>/etc/hosts</c>. Fixed-output builds get the host's network, <c>/etc/resolv.conf</c>, <c>/etc/services</c> and
-/// <c>/etc/hosts</c> instead, as Nix gives them.
+/// <c>/etc/hosts</c>. Fixed-output builds get a network, <c>/etc/resolv.conf</c>, <c>/etc/services</c> and
+/// <c>/etc/hosts</c> instead, as Nix gives them; Nix gives them the host's network, Kiln (unless the operator says
+/// otherwise) a namespace of their own that <see cref="FixedOutputNetwork"/> connects once it exists, so the sandbox
+/// waits on descriptor 8 until Kiln lets it go.
 /// </summary>
 internal static class SandboxLayout
 {
@@ -20,21 +22,34 @@ internal static class SandboxLayout
         ("group", "root:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n"),
         ("hosts", "127.0.0.1 localhost\n::1 localhost\n"),
         ("nsswitch.conf", "hosts: files dns\nservices: files\n"),
+        ("resolv.conf", FixedOutputNetwork.ResolvConf),
     ];
 
+    /// <summary>The descriptor an isolated fixed-output sandbox waits on before it runs the builder.</summary>
+    public const int BlockDescriptor = 8;
+
+    /// <summary>What runs instead of the derivation's builder (a built-in builder's program), with what it needs to see.</summary>
+    public sealed record Command(string Program, IReadOnlyList<string> Arguments, IReadOnlyList<string> ReadOnlyPaths, IReadOnlyDictionary<string, string> Environment);
+
     public static List<string> BubblewrapArguments(Derivation derivation, BuildEnvironment environment, string buildDir, string storeDir,
-        IReadOnlyList<(StorePath Path, string Tree)> inputs, string etc, IReadOnlyList<string> sandboxPaths)
+        IReadOnlyList<(StorePath Path, string Tree)> inputs, string etc, IReadOnlyList<string> sandboxPaths, bool hostNetwork = false, Command? command = null)
     {
         var fixedOutput = derivation.IsFixedOutput;
+        var ownNetwork = fixedOutput && !hostNetwork;
         var args = new List<string>
         {
             "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--uid", "1000", "--gid", "100", "--hostname", "localhost",
             "--die-with-parent", "--new-session", "--as-pid-1", "--json-status-fd", "3",
         };
-        if (!fixedOutput)
+        if (!fixedOutput || ownNetwork)
         {
             args.Add("--unshare-net");
+        }
+
+        if (ownNetwork)
+        {
+            args.AddRange(["--block-fd", BlockDescriptor.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         }
 
         // Nix's sandbox root, /etc and /nix belong to root, which the build is not: it cannot write there. Here the
@@ -67,12 +82,18 @@ internal static class SandboxLayout
             args.AddRange(["--ro-bind", Path.Combine(etc, "nsswitch.conf"), "/etc/nsswitch.conf"]);
             foreach (var file in new[] { "/etc/resolv.conf", "/etc/services", "/etc/hosts" })
             {
-                args.AddRange(["--ro-bind-try", file, file]);
+                // The host's resolver may be on its loopback, which the build's own network cannot reach.
+                args.AddRange(file == "/etc/resolv.conf" && ownNetwork ? ["--ro-bind", Path.Combine(etc, "resolv.conf"), file] : ["--ro-bind-try", file, file]);
             }
         }
         else
         {
             args.AddRange(["--ro-bind", Path.Combine(etc, "hosts"), "/etc/hosts"]);
+        }
+
+        foreach (var path in command?.ReadOnlyPaths ?? [])
+        {
+            args.AddRange(["--ro-bind-try", path, path]);
         }
 
         foreach (var entry in sandboxPaths)
@@ -91,6 +112,18 @@ internal static class SandboxLayout
         }
 
         args.Add("--");
+        if (command is not null)
+        {
+            foreach (var (name, value) in command.Environment)
+            {
+                args.InsertRange(args.Count - 1, ["--setenv", name, value]);
+            }
+
+            args.Add(command.Program);
+            args.AddRange(command.Arguments);
+            return args;
+        }
+
         args.Add(BuildEnvironment.RewriteStrings(derivation.Builder, environment.Rewrites));
         args.AddRange(derivation.Arguments.Select(a => BuildEnvironment.RewriteStrings(a, environment.Rewrites)));
         return args;

@@ -18,6 +18,12 @@ public sealed record SandboxOptions
     /// <summary>Values a fixed-output derivation's <c>impureEnvVars</c> may receive (Nix's <c>impure-env</c>); never Kiln's own environment.</summary>
     public IReadOnlyDictionary<string, string> ImpureEnvironment { get; init; } = new Dictionary<string, string>();
 
+    /// <summary>The network fixed-output builds get (by default their own, without the host's loopback or private ranges).</summary>
+    public FixedOutputNetworkOptions FixedOutputNetwork { get; init; } = new();
+
+    /// <summary>The program that runs <c>builtin:fetchurl</c> in a sandbox; null refuses such derivations.</summary>
+    public BuiltinFetcher? Fetcher { get; init; }
+
     public string Bubblewrap { get; init; } = "/usr/bin/bwrap";
 
     /// <summary>util-linux's <c>setpriv</c>, which makes a build its user before bubblewrap starts.</summary>

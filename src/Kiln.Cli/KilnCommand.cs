@@ -17,6 +17,7 @@ internal static class KilnCommand
         ["nix"] = NixCommands.Create,
         ["serve"] = ServeCommands.Serve,
         ["store"] = ServeCommands.Store,
+        [Kiln.Agent.BuiltinFetcher.CommandName] = ServeCommands.BuiltinFetchurl,
         ["account"] = AccountCommands.Account,
         ["key"] = AccountCommands.Key,
         ["auth-keys"] = AccountCommands.AuthKeys,

@@ -110,6 +110,8 @@ public static partial class KilnServer
             MaxJobs = options.MaxJobs,
             Cores = options.Cores,
             SandboxPaths = options.SandboxPaths,
+            FixedOutputNetwork = options.FixedOutputNetwork,
+            Fetcher = options.Fetcher,
         }, new LocalAgentStore(store.Blobs));
         if (executor.BuildUsersUnavailable is { } why)
         {

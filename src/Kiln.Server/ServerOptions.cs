@@ -33,6 +33,12 @@ public sealed record ServerOptions
     /// <summary>Extra paths in every sandbox, as Nix's <c>sandbox-paths</c> (<c>/bin/sh=/bin/busybox</c>).</summary>
     public IReadOnlyList<string> SandboxPaths { get; init; } = [];
 
+    /// <summary>The network fixed-output builds get (their own by default).</summary>
+    public Kiln.Agent.FixedOutputNetworkOptions FixedOutputNetwork { get; init; } = new();
+
+    /// <summary>How the embedded agent runs <c>builtin:fetchurl</c> in a sandbox; null refuses it.</summary>
+    public Kiln.Agent.BuiltinFetcher? Fetcher { get; init; }
+
     /// <summary>Kiln's build limits (zero: none); clients may ask for tighter ones.</summary>
     public TimeSpan MaxSilentTime { get; init; }
 

@@ -40,10 +40,23 @@ internal static class ServeCommands
         };
         var substituters = new Option<string>("--substituters") { Description = "Upstream binary caches for accounts that set none, space-separated.", DefaultValueFactory = _ => "" };
         var trustedKeys = new Option<string>("--trusted-public-keys") { Description = "Keys trusted for every account's upstream caches, space-separated.", DefaultValueFactory = _ => "" };
+        var fodNetwork = new Option<string>("--fod-network")
+        {
+            Description = "The network fixed-output builds and builtin:fetchurl get: 'isolated' (their own, through slirp4netns, without the host's " +
+                "loopback, addresses, link-local or private ranges) or 'host' (the host's, as stock Nix gives them).",
+            DefaultValueFactory = _ => "isolated",
+        };
+        fodNetwork.AcceptOnlyFromAmong("isolated", "host");
+        var fodAllow = new Option<string[]>("--fod-allow-network")
+        {
+            Description = "A range isolated fixed-output builds may reach although it is private or the host's, as CIDR (10.1.2.0/24; repeatable).",
+            AllowMultipleArgumentsPerToken = false,
+        };
         var sshUser = new Option<string>("--ssh-user") { Description = "The user SSH clients log in as (created if missing).", DefaultValueFactory = _ => "kiln" };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
+            fodNetwork, fodAllow,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -62,6 +75,12 @@ internal static class ServeCommands
                 SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
                 SshUser = result.GetValue(sshUser)!,
                 HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
+                FixedOutputNetwork = new Kiln.Agent.FixedOutputNetworkOptions
+                {
+                    Isolated = result.GetValue(fodNetwork) == "isolated",
+                    Allowed = (result.GetValue(fodAllow) ?? []).Select(ParseRange).ToList(),
+                },
+                Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess(),
             };
             var storeOptions = new StoreOptions
             {
@@ -78,6 +97,22 @@ internal static class ServeCommands
     private static string ParseListen(string text) =>
         System.Net.IPEndPoint.TryParse(text, out var endpoint) && endpoint.Port != 0 ? text
             : throw new CommandException($"'{text}' is not ADDRESS:PORT (for example 127.0.0.1:8080), or 'none'");
+
+    private static System.Net.IPNetwork ParseRange(string text) =>
+        System.Net.IPNetwork.TryParse(text, out var range) && range.BaseAddress.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? range
+            : throw new CommandException($"'{text}' is not an IPv4 range in CIDR form (for example 10.1.2.0/24 or 192.0.2.7/32)");
+
+    /// <summary>
+    /// <c>kiln builtin-fetchurl</c>: Nix's <c>builtin:fetchurl</c>, run by Kiln as the builder of a fixed-output sandbox
+    /// (not for people: it reads <c>url</c>, <c>out</c>, <c>unpack</c> and <c>executable</c> from its environment).
+    /// </summary>
+    public static Command BuiltinFetchurl()
+    {
+        var command = new Command(Kiln.Agent.BuiltinFetcher.CommandName, "Download a builtin:fetchurl derivation's output (run by Kiln inside a build sandbox).") { Hidden = true };
+        command.SetAction((_, cancellationToken) =>
+            Kiln.Agent.BuiltinFetchurl.RunAsync(Environment.GetEnvironmentVariable, Console.Error, cancellationToken));
+        return command;
+    }
 
     public static Command Store()
     {

@@ -43,14 +43,15 @@ public class FidelityTests
         File.CreateSymbolicLink(Path.Combine(workspace, "bb", "bin", "sh"), "busybox");
         File.Copy(Path.Combine(AppContext.BaseDirectory, "Fidelity", "corpus.nix"), Path.Combine(workspace, "corpus.nix"));
 
-        // What the fetching cases fetch, from a plain HTTP server on loopback; its hashes as stock Nix computes them.
+        // What the fetching cases fetch, from a plain HTTP server on an address of this host that Kiln is told to let
+        // fixed-output builds reach (loopback it never lets them); its hashes as stock Nix computes them.
         var served = Path.Combine(dir.Path, "served");
         Directory.CreateDirectory(served);
         File.WriteAllText(Path.Combine(served, "greeting.txt"), "fetched over http\n");
         var flat = Processes.Run("nix-hash", ["--type", "sha256", "--flat", Path.Combine(served, "greeting.txt")]).StdoutText.Trim();
         var recursive = Processes.Run("nix-hash", ["--type", "sha256", "--base32", served]).StdoutText.Trim();
-        var port = HttpServer.Start(served);
-        return (dir, workspace, ["--argstr", "fetchBase", $"http://127.0.0.1:{port}", "--argstr", "fetchFlat", flat, "--argstr", "fetchRecursive", recursive]);
+        var port = HttpServer.Start(served, TestAddresses.Allowed);
+        return (dir, workspace, ["--argstr", "fetchBase", $"http://{TestAddresses.Allowed}:{port}", "--argstr", "fetchFlat", flat, "--argstr", "fetchRecursive", recursive]);
     });
 
     private static readonly Dictionary<string, string> Environment = new()
@@ -70,7 +71,7 @@ public class FidelityTests
     {
         NixClient.RequireEndToEnd();
         var workspace = Shared.Value.Workspace;
-        using var kiln = new KilnProcess();
+        using var kiln = new KilnProcess(arguments: ["--fod-allow-network", $"{TestAddresses.Allowed}/32"]);
         var reference = Path.Combine(workspace, $"ref-{attribute}");
         var kilnStore = $"unix://{kiln.SocketPath}?root={kiln.StoreRoot}";
 

@@ -4,21 +4,22 @@ using System.Net.Sockets;
 namespace Kiln.EndToEnd.Tests.Support;
 
 /// <summary>
-/// A plain HTTP file server on 127.0.0.1 (.NET's HttpListener) for builds that fetch: GET of a file in the directory,
+/// A plain HTTP file server (.NET's HttpListener, on 127.0.0.1 or another address of this host) for builds that fetch: GET of a file in the directory,
 /// 404 otherwise. It lives as long as the test process.
 /// </summary>
 public static class HttpServer
 {
-    /// <summary>Serves <paramref name="directory"/>; returns the port.</summary>
-    public static int Start(string directory)
+    /// <summary>Serves <paramref name="directory"/> on <paramref name="address"/> (default loopback); returns the port.</summary>
+    public static int Start(string directory, IPAddress? address = null)
     {
-        var probe = new TcpListener(IPAddress.Loopback, 0);
+        address ??= IPAddress.Loopback;
+        var probe = new TcpListener(address, 0);
         probe.Start();
         var port = ((IPEndPoint)probe.LocalEndpoint).Port;
         probe.Stop();
 
         var listener = new HttpListener();
-        listener.Prefixes.Add($"http://127.0.0.1:{port}/");
+        listener.Prefixes.Add($"http://{address}:{port}/");
         listener.Start();
         _ = Task.Run(async () =>
         {

@@ -15,7 +15,8 @@ public sealed class KilnProcess : IDisposable
     /// <param name="ssh">Also run the SSH front door, on a free port of 127.0.0.1 (<see cref="SshPort"/>).</param>
     /// <param name="http">Also serve the HTTP binary cache, on a free port of 127.0.0.1 (<see cref="HttpUrl"/>).</param>
     /// <param name="dataDirectory">Where the data directory goes (default: a fresh one of the test's own).</param>
-    public KilnProcess(bool ssh = false, bool http = false, string? dataDirectory = null)
+    /// <param name="arguments">More options for <c>kiln serve</c>.</param>
+    public KilnProcess(bool ssh = false, bool http = false, string? dataDirectory = null, IEnumerable<string>? arguments = null)
     {
         DataDirectory = dataDirectory ?? _temp["data"];
         SocketDirectory = _temp["sockets"];
@@ -32,7 +33,7 @@ public sealed class KilnProcess : IDisposable
         {
             Dll, "serve", "--data", DataDirectory, "--socket", Path.Combine(SocketDirectory, "daemon.sock"),
             "--ssh-listen", ssh ? $"127.0.0.1:{SshPort}" : "none", "--http-listen", http ? $"127.0.0.1:{HttpPort}" : "none",
-        })
+        }.Concat(arguments ?? []))
         {
             info.ArgumentList.Add(arg);
         }

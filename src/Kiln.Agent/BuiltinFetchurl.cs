@@ -1,0 +1,113 @@
+using System.Reflection;
+using Kiln.Nix.Nar;
+
+namespace Kiln.Agent;
+
+/// <summary>
+/// How Kiln runs the one program Nix builds in: <c>builtin:fetchurl</c>. Nix runs it in the forked process that would
+/// have run the builder, inside the fixed-output sandbox; Kiln runs its own <c>kiln builtin-fetchurl</c> in the same
+/// sandbox a fixed-output builder gets (its own network, the build user, the syscall filter), never in the server,
+/// which is root and sits on every network the host has. Only the program's files and the system's libraries are
+/// added to the sandbox, read-only.
+/// </summary>
+public sealed record BuiltinFetcher(IReadOnlyList<string> Command, IReadOnlyList<string> ReadOnlyPaths)
+{
+    /// <summary>The CLI command that downloads (see <see cref="BuiltinFetchurl"/>).</summary>
+    public const string CommandName = "builtin-fetchurl";
+
+    private static readonly string[] SystemPaths = ["/usr", "/lib", "/lib64", "/bin", "/etc/ssl", "/etc/ca-certificates", "/etc/pki"];
+
+    /// <summary>This running Kiln as the fetcher: <c>dotnet kiln.dll builtin-fetchurl</c>, or the published <c>kiln builtin-fetchurl</c>.</summary>
+    public static BuiltinFetcher ForThisProcess()
+    {
+        var process = Environment.ProcessPath ?? throw new InvalidOperationException("no process path");
+        var application = Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory);
+        if (Path.GetFileName(process) == "dotnet")
+        {
+            var runtime = Path.GetDirectoryName(new FileInfo(process).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? process)!;
+            var entry = Assembly.GetEntryAssembly()?.Location ?? throw new InvalidOperationException("no entry assembly");
+            return new BuiltinFetcher([process, entry, CommandName], [.. SystemPaths, runtime, Path.GetDirectoryName(process)!, application]);
+        }
+
+        return new BuiltinFetcher([process, CommandName], [.. SystemPaths, application]);
+    }
+
+    /// <summary>The sandbox command for a built-in builder, or why the derivation cannot be built.</summary>
+    internal SandboxLayout.Command CommandFor(BuildJob job) => new(Command[0], Command.Skip(1).ToList(), ReadOnlyPaths, new Dictionary<string, string>
+    {
+        // No ICU in the sandbox's view of the system is needed for downloading.
+        ["DOTNET_SYSTEM_GLOBALIZATION_INVARIANT"] = "1",
+        ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1",
+        ["DOTNET_gcServer"] = "0",
+    });
+
+    /// <summary>Why Kiln cannot build this built-in derivation (checked before any sandbox starts), or null.</summary>
+    internal static string? Refusal(BuildJob job)
+    {
+        var derivation = job.Derivation;
+        return derivation.Builder switch
+        {
+            "builtin:fetchurl" when !derivation.IsFixedOutput => "'builtin:fetchurl' must be a fixed-output or impure derivation",
+            "builtin:fetchurl" => null,
+            _ => $"unsupported builtin builder '{derivation.Builder}'",
+        };
+    }
+}
+
+/// <summary>
+/// <c>builtin:fetchurl</c> itself, run as the builder of a fixed-output sandbox: downloads <c>url</c> to <c>out</c>
+/// (as a file, made executable with <c>executable = "1"</c>, or unpacked as a NAR with <c>unpack = "1"</c>), all
+/// read from the environment as the derivation gives them. The fixed-output hash check that follows every
+/// fixed-output build decides whether the download is right, as in Nix.
+/// </summary>
+public static class BuiltinFetchurl
+{
+    /// <summary>Downloads; returns the exit status (0, or 1 with the reason written to <paramref name="log"/>).</summary>
+    public static async Task<int> RunAsync(Func<string, string?> environment, TextWriter log, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(environment);
+        ArgumentNullException.ThrowIfNull(log);
+        if (environment("url") is not { } url || environment("out") is not { } output)
+        {
+            await log.WriteLineAsync("error: attribute 'url' missing").ConfigureAwait(false);
+            return 1;
+        }
+
+        using var http = new HttpClient(new SocketsHttpHandler { AutomaticDecompression = System.Net.DecompressionMethods.None }) { Timeout = TimeSpan.FromMinutes(30) };
+        try
+        {
+            await log.WriteLineAsync($"downloading '{url}'...").ConfigureAwait(false);
+            using var response = await http.GetAsync(new Uri(url), HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode)
+            {
+                await log.WriteLineAsync($"error: unable to download '{url}': HTTP error {(int)response.StatusCode}").ConfigureAwait(false);
+                return 1;
+            }
+
+            await using var body = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            if (environment("unpack") == "1")
+            {
+                NarExtractor.Restore(body, output);
+            }
+            else
+            {
+                await using (var file = File.Create(output))
+                {
+                    await body.CopyToAsync(file, cancellationToken).ConfigureAwait(false);
+                }
+
+                if (environment("executable") == "1")
+                {
+                    File.SetUnixFileMode(output, (UnixFileMode)Convert.ToInt32("755", 8));
+                }
+            }
+
+            return 0;
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException or UriFormatException or TaskCanceledException or Kiln.Nix.NixFormatException)
+        {
+            await log.WriteLineAsync($"error: unable to download '{url}': {e.Message}").ConfigureAwait(false);
+            return 1;
+        }
+    }
+}
