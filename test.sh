@@ -10,7 +10,7 @@ cd "$repo"
 
 # The reference Nix, Kiln's sandbox, the test builds' shell, setfattr, sshd and ssh-keygen, compression tools for the
 # decoder tests, nginx for the fake upstream cache, and clang and zlib1g-dev for the NativeAOT kiln-bridge.
-packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev"
+packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev slirp4netns"
 if ! dpkg -s $packages > /dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing $packages..."

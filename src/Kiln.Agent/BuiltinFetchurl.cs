@@ -10,7 +10,7 @@ namespace Kiln.Agent;
 /// which is root and sits on every network the host has. Only the program's files and the system's libraries are
 /// added to the sandbox, read-only.
 /// </summary>
-public sealed record BuiltinFetcher(IReadOnlyList<string> Command, IReadOnlyList<string> ReadOnlyPaths)
+public sealed record BuiltinFetcher(IReadOnlyList<string> Command, IReadOnlyList<string> ReadOnlyPaths, string? DotnetRoot = null)
 {
     /// <summary>The CLI command that downloads (see <see cref="BuiltinFetchurl"/>).</summary>
     public const string CommandName = "builtin-fetchurl";
@@ -22,14 +22,16 @@ public sealed record BuiltinFetcher(IReadOnlyList<string> Command, IReadOnlyList
     {
         var process = Environment.ProcessPath ?? throw new InvalidOperationException("no process path");
         var application = Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory);
+        // The .NET installation this process runs on (…/shared/Microsoft.NETCore.App/<version>/ → its root), which a
+        // published kiln finds through DOTNET_ROOT when it is not where the system keeps it.
+        var root = Path.GetFullPath(Path.Combine(System.Runtime.InteropServices.RuntimeEnvironment.GetRuntimeDirectory(), "..", "..", ".."));
         if (Path.GetFileName(process) == "dotnet")
         {
-            var runtime = Path.GetDirectoryName(new FileInfo(process).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? process)!;
             var entry = Assembly.GetEntryAssembly()?.Location ?? throw new InvalidOperationException("no entry assembly");
-            return new BuiltinFetcher([process, entry, CommandName], [.. SystemPaths, runtime, Path.GetDirectoryName(process)!, application]);
+            return new BuiltinFetcher([process, entry, CommandName], [.. SystemPaths, root, Path.GetDirectoryName(process)!, application], root);
         }
 
-        return new BuiltinFetcher([process, CommandName], [.. SystemPaths, application]);
+        return new BuiltinFetcher([process, CommandName], [.. SystemPaths, root, application], root);
     }
 
     /// <summary>The sandbox command for a built-in builder, or why the derivation cannot be built.</summary>
@@ -39,6 +41,7 @@ public sealed record BuiltinFetcher(IReadOnlyList<string> Command, IReadOnlyList
         ["DOTNET_SYSTEM_GLOBALIZATION_INVARIANT"] = "1",
         ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1",
         ["DOTNET_gcServer"] = "0",
+        ["DOTNET_ROOT"] = DotnetRoot ?? "",
     });
 
     /// <summary>Why Kiln cannot build this built-in derivation (checked before any sandbox starts), or null.</summary>

@@ -1,0 +1,100 @@
+using System.Security.Cryptography;
+using Kiln.EndToEnd.Tests.Support;
+using Kiln.Nix.Tests.Support;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// 19.6: a fixed-output build has a network, as in Nix, but on a shared host it must not reach Kiln's own ports on
+/// loopback, the host's private networks or a cloud's link-local metadata service — only the internet and what the
+/// operator allowed. Every target is a real listener the host reaches, and the same builds run on a Kiln started
+/// with <c>--fod-network host</c> (stock Nix's behaviour) reach them all, so the test fails without the isolation.
+/// </summary>
+public class FixedOutputNetworkTests
+{
+    private const string Store = NixClient.SocketUri;
+
+    [Fact]
+    public void A_fixed_output_build_reaches_what_the_operator_allowed_and_never_Kiln_loopback_private_or_link_local_addresses()
+    {
+        var client = NixClient.For("2.8.0");
+        using var served = new TempDir();
+        File.WriteAllText(Path.Combine(served.Path, "greeting.txt"), "fetched over http\n");
+        var allowed = HttpServer.Start(served.Path, TestAddresses.Allowed);
+        var forbidden = new[]
+        {
+            $"http://{TestAddresses.Private}:{HttpServer.Start(served.Path, TestAddresses.Private)}/greeting.txt",
+            $"http://{TestAddresses.LinkLocal}:{HttpServer.Start(served.Path, TestAddresses.LinkLocal)}/greeting.txt",
+        };
+        var recursive = Processes.Run("nix-hash", ["--type", "sha256", "--base32", served.Path]).StdoutText.Trim();
+
+        var isolated = Attempt(client, ["--fod-allow-network", $"{TestAddresses.Allowed}/32"], allowed, forbidden, recursive);
+        Assert.True(isolated.Shell.ExitCode == 0, isolated.Shell.Stderr);
+        foreach (var target in isolated.Targets)
+        {
+            Assert.Contains($"refused {target}", isolated.Shell.Stderr, StringComparison.Ordinal);
+        }
+
+        Assert.True(isolated.Fetchurl.ExitCode != 0, isolated.Fetchurl.Stderr);
+        Assert.Contains("unable to download", isolated.Fetchurl.Stderr, StringComparison.Ordinal);
+
+        // The control: with the host's network, as stock Nix gives it, the same builds reach every target (but the
+        // address slirp4netns would map to the host's loopback, which only exists in the isolated network).
+        var host = Attempt(client, ["--fod-network", "host"], allowed, forbidden, recursive);
+        Assert.True(host.Shell.ExitCode != 0, host.Shell.Stderr);
+        foreach (var target in host.Targets.Where(t => !t.Contains("//10.0.2.2:", StringComparison.Ordinal)))
+        {
+            Assert.Contains($"reached {target}", host.Shell.Stderr, StringComparison.Ordinal);
+        }
+
+        Assert.True(host.Fetchurl.ExitCode == 0, host.Fetchurl.Stderr);
+    }
+
+    // Builds, on a fresh Kiln with the given options, a shell fixed-output derivation that tries every forbidden
+    // target (failing if it reaches one) and then fetches its output from the allowed server, and a builtin:fetchurl
+    // of Kiln's own /nix-cache-info on loopback.
+    private static (ProcessResult Shell, ProcessResult Fetchurl, string[] Targets) Attempt(NixClient client, string[] options, int allowedPort,
+        string[] forbidden, string recursiveHash)
+    {
+        using var kiln = new KilnProcess(http: true, arguments: options);
+        var cacheInfo = $"http://127.0.0.1:{kiln.HttpPort}/nix-cache-info";
+        string[] targets = [cacheInfo, $"http://10.0.2.2:{kiln.HttpPort}/nix-cache-info", .. forbidden];
+        using var http = new HttpClient();
+        var cacheInfoHash = Convert.ToHexStringLower(SHA256.HashData(http.GetByteArrayAsync(new Uri(cacheInfo)).GetAwaiter().GetResult()));
+
+        var workspace = client.NewWorkspace();
+        Dag.WriteBusybox(client, workspace);
+        File.WriteAllText(client.HostPath($"{workspace}/fod-network.nix"), $$"""
+            let bb = ./bb; in {
+              shell = derivation {
+                name = "fod-network";
+                system = "x86_64-linux";
+                builder = "${bb}/bin/sh";
+                PATH = "${bb}/bin";
+                args = [ "-c" ''
+                  for u in {{string.Join(' ', targets)}}; do
+                    if timeout 10 wget -q -O /dev/null "$u"; then echo "reached $u"; reached=1; else echo "refused $u"; fi
+                  done
+                  [ -z "$reached" ] || exit 1
+                  mkdir $out; wget -q -O $out/greeting.txt http://{{TestAddresses.Allowed}}:{{allowedPort}}/greeting.txt
+                '' ];
+                outputHashMode = "recursive";
+                outputHashAlgo = "sha256";
+                outputHash = "{{recursiveHash}}";
+              };
+              fetchurl = derivation {
+                name = "kiln-cache-info";
+                system = "builtin";
+                builder = "builtin:fetchurl";
+                url = "{{cacheInfo}}";
+                outputHashMode = "flat";
+                outputHashAlgo = "sha256";
+                outputHash = "{{cacheInfoHash}}";
+              };
+            }
+            """);
+        var shell = client.Run(kiln, "nix-build", "--store", Store, $"{workspace}/fod-network.nix", "-A", "shell", "--no-out-link");
+        var fetchurl = client.Run(kiln, "nix-build", "--store", Store, $"{workspace}/fod-network.nix", "-A", "fetchurl", "--no-out-link");
+        return (shell, fetchurl, targets);
+    }
+}
