@@ -233,8 +233,6 @@ public sealed class SandboxExecutor : IBuildExecutor
     {
         var derivation = job.Derivation;
         var ownNetwork = derivation.IsFixedOutput && _options.FixedOutputNetwork.Isolated;
-        var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildDir, storeDir, inputs, _etc, _options.SandboxPaths,
-            hostNetwork: !_options.FixedOutputNetwork.Isolated, command);
         var statusFile = Path.Combine(directory, "status.json");
         var block = ownNetwork ? Path.Combine(directory, "network-block") : "";
         if (ownNetwork)
@@ -242,17 +240,41 @@ public sealed class SandboxExecutor : IBuildExecutor
             Native.MakeFifo(block);
         }
 
+        // As root, Kiln builds /dev as Nix's; its mounts are made by the launcher in a mount namespace of its own.
+        var dev = user is not null ? Path.Combine(directory, "dev") : null;
+        if (dev is not null)
+        {
+            SandboxLayout.DevDirectory(dev);
+        }
+
+        var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildDir, storeDir, inputs, _etc, _options.SandboxPaths,
+            hostNetwork: !_options.FixedOutputNetwork.Isolated, command, dev);
+
         using var pty = Pty.Open();
         using var cgroup = Cgroup.TryCreate($"build-{id}");
 
-        // A small shell joins the cgroup first, so every process the build starts is in it, then becomes bwrap with
+        // A small shell joins the cgroup first, so every process the build starts is in it, (as root) mounts /dev's
+        // devpts, shm and device nodes in the mount namespace unshare gave it, then becomes bwrap with
         // the terminal as stdout and stderr, bwrap's status report on descriptor 3 and the syscall filter, which bwrap
         // reads and closes, on descriptor 9. Like Nix, stdin is /dev/null and the terminal are open read-write. A
         // sandbox that waits for its network reads descriptor 8 (bwrap closes it), a pipe Kiln writes to when it is up.
-        var start = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, RedirectStandardError = true };
+        var start = new ProcessStartInfo(dev is null ? "/bin/sh" : _options.Unshare) { UseShellExecute = false, RedirectStandardError = true };
+        if (dev is not null)
+        {
+            start.ArgumentList.Add("--mount");
+            start.ArgumentList.Add("--propagation");
+            start.ArgumentList.Add("private");
+            start.ArgumentList.Add("/bin/sh");
+        }
+
         start.ArgumentList.Add("-c");
         start.ArgumentList.Add("""
-            for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; block=$5; shift 5
+            for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; block=$5; dev=$6; shift 6
+            if [ -n "$dev" ]; then
+              mount -t devpts -o newinstance,mode=0620,ptmxmode=0666 devpts "$dev/pts" || exit 125
+              mount -t tmpfs -o mode=1777 none "$dev/shm" || exit 125
+              for n in $DEVICES; do mount --bind "/dev/$n" "$dev/$n" || exit 125; done
+            fi
             if [ -n "$block" ]; then exec "$@" 3>"$status" 9<"$filter" 8<>"$block" <>/dev/null 1<>"$pty" 2>&1; fi
             exec "$@" 3>"$status" 9<"$filter" <>/dev/null 1<>"$pty" 2>&1
             """);
@@ -262,6 +284,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         start.ArgumentList.Add(statusFile);
         start.ArgumentList.Add(_seccomp);
         start.ArgumentList.Add(block);
+        start.ArgumentList.Add(dev ?? "");
         if (user is not null)
         {
             // The build's user from here on: no capabilities, no way back, and no gaining privileges (as Nix).
@@ -282,6 +305,7 @@ public sealed class SandboxExecutor : IBuildExecutor
 
         start.Environment.Clear();
         start.Environment["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin";
+        start.Environment["DEVICES"] = string.Join(' ', SandboxLayout.Devices);
 
         var tail = new LogTail(job.Limits.MaxLogSize, log);
         using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");

@@ -31,8 +31,36 @@ internal static class SandboxLayout
     /// <summary>What runs instead of the derivation's builder (a built-in builder's program), with what it needs to see.</summary>
     public sealed record Command(string Program, IReadOnlyList<string> Arguments, IReadOnlyList<string> ReadOnlyPaths, IReadOnlyDictionary<string, string> Environment);
 
+    /// <summary>The device nodes Nix's sandbox binds from the host (Nix adds kvm only for builds that need it, which Kiln does not offer).</summary>
+    public static readonly IReadOnlyList<string> Devices = ["full", "null", "random", "tty", "urandom", "zero"];
+
+    /// <summary>
+    /// Lays out Nix's <c>/dev</c> in <paramref name="path"/>: empty files where the launcher bind-mounts the host's
+    /// device nodes, <c>pts</c> where it mounts a private devpts, <c>shm</c> where it mounts a
+    /// tmpfs open to all, and Nix's links (<c>fd</c>, the three
+    /// standard streams, <c>ptmx</c> → <c>/dev/pts/ptmx</c>). The mounts are made in a mount namespace of the build's
+    /// own, so they vanish with it and never show in the host's mount table.
+    /// </summary>
+    public static void DevDirectory(string path)
+    {
+        Directory.CreateDirectory(path);
+        File.SetUnixFileMode(path, (UnixFileMode)Convert.ToInt32("755", 8));
+        foreach (var device in Devices)
+        {
+            File.WriteAllBytes(Path.Combine(path, device), []);
+        }
+
+        Directory.CreateDirectory(Path.Combine(path, "pts"));
+        Directory.CreateDirectory(Path.Combine(path, "shm"));
+        foreach (var (name, target) in new[] { ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "/dev/pts/ptmx") })
+        {
+            File.CreateSymbolicLink(Path.Combine(path, name), target);
+        }
+    }
+
     public static List<string> BubblewrapArguments(Derivation derivation, BuildEnvironment environment, string buildDir, string storeDir,
-        IReadOnlyList<(StorePath Path, string Tree)> inputs, string etc, IReadOnlyList<string> sandboxPaths, bool hostNetwork = false, Command? command = null)
+        IReadOnlyList<(StorePath Path, string Tree)> inputs, string etc, IReadOnlyList<string> sandboxPaths, bool hostNetwork = false, Command? command = null,
+        string? dev = null)
     {
         var fixedOutput = derivation.IsFixedOutput;
         var ownNetwork = fixedOutput && !hostNetwork;
@@ -73,8 +101,10 @@ internal static class SandboxLayout
             }
         }
 
-        // bubblewrap's /dev (with a private devpts); its /dev/shm is a plain directory, Nix's a tmpfs open to all.
-        args.AddRange(["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]);
+        // Nix's /dev, prepared by Kiln (see DevDirectory) when it is root; otherwise bubblewrap's, which also has
+        // console and core. Either way /dev/shm is a tmpfs open to all, as Nix's.
+        args.AddRange(dev is null ? ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"] : ["--dev-bind", dev, "/dev"]);
+        args.AddRange(["--proc", "/proc"]);
         args.AddRange(["--ro-bind", Path.Combine(etc, "passwd"), "/etc/passwd"]);
         args.AddRange(["--ro-bind", Path.Combine(etc, "group"), "/etc/group"]);
         if (fixedOutput)

@@ -26,6 +26,9 @@ public sealed record SandboxOptions
 
     public string Bubblewrap { get; init; } = "/usr/bin/bwrap";
 
+    /// <summary>util-linux's <c>unshare</c>, which gives a root build's launcher its own mount namespace for <c>/dev</c>.</summary>
+    public string Unshare { get; init; } = "/usr/bin/unshare";
+
     /// <summary>util-linux's <c>setpriv</c>, which makes a build its user before bubblewrap starts.</summary>
     public string Setpriv { get; init; } = "/usr/bin/setpriv";
 

@@ -83,7 +83,7 @@ public class FidelityTests
         Assert.True(nixOk == kilnOk, $"stock Nix {(nixOk ? "built" : "failed")}, Kiln {(kilnOk ? "built" : "failed")}:\nNix: {nixError}\nKiln: {kilnError}\n{kiln.Log}");
         if (!nixOk)
         {
-            Assert.Equal(FailureClass(nixError), FailureClass(kilnError));
+            Assert.True(FailureClass(nixError) == FailureClass(kilnError), $"Nix and Kiln failed differently:\nNix: {nixError}\nKiln: {kilnError}\n{kiln.Log}");
             return;
         }
 

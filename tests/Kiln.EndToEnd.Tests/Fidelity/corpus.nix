@@ -147,6 +147,11 @@ in {
       for d in / /etc /nix /nix/store /tmp /build; do touch $d/kiln-probe 2> /dev/null && echo "can write $d" || echo "cannot write $d"; done
       echo "== tmp"; stat -c '%a' /tmp
       echo "== shm"; stat -f -c '%T' /dev/shm; stat -c '%a' /dev/shm; touch /dev/shm/probe && echo can write /dev/shm
+      # Every node of /dev (but kvm, which Nix gives only where the host offers the kvm feature and Kiln does not).
+      echo "== dev"; stat -c '%n %a %u %g' /dev /dev/pts; stat -f -c '%T' /dev/pts
+      for f in /dev/* /dev/pts/*; do
+        if [ "$f" = /dev/kvm ]; then :; elif [ -L "$f" ]; then echo "$f -> $(readlink "$f")"; else stat -c '%n %F %a %u %g %t,%T' "$f"; fi
+      done
       # Open descriptors and how (the terminal's number depends on what else is running).
       echo "== fds"; ls -l /proc/self/fd | sed 1d | awk '{ print $1, $9, $10, $11 }' | sed -e 's/pipe:.*/pipe/' -e 's,/dev/pts/[0-9]*,/dev/pts/N,' | sort -n -k2
       echo "== pid"; echo $$
