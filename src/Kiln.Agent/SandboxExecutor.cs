@@ -251,7 +251,8 @@ public sealed class SandboxExecutor : IBuildExecutor
             hostNetwork: !_options.FixedOutputNetwork.Isolated, command, dev);
 
         using var pty = Pty.Open();
-        using var cgroup = Cgroup.TryCreate($"build-{id}");
+        // Named by this process too: another Kiln on the host may build the same derivation at the same moment.
+        using var cgroup = Cgroup.TryCreate($"build-{Environment.ProcessId}-{id}");
 
         // A small shell joins the cgroup first, so every process the build starts is in it, (as root) mounts /dev's
         // devpts, shm and device nodes in the mount namespace unshare gave it, then becomes bwrap with
