@@ -222,6 +222,14 @@ internal static partial class Native
         return fd >= 0 ? fd : throw new IOException($"cannot open '{path}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
     }
 
+    /// <summary>open(2) for reading and writing, close-on-exec (for a named pipe: Kiln is then a writer its readers see go when it dies).</summary>
+    public static int OpenReadWrite(string path)
+    {
+        const int ReadWriteCloseOnExec = 0x2 | 0x80000; // O_RDWR | O_CLOEXEC
+        var fd = OpenNative(path, ReadWriteCloseOnExec);
+        return fd >= 0 ? fd : throw new IOException($"cannot open '{path}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
+    }
+
     /// <summary>The parent of a user namespace (ioctl NS_GET_PARENT), as a new close-on-exec descriptor; -1 if it has none Kiln may see.</summary>
     public static int NamespaceParent(int fd) => Ioctl(fd, 0xb702);
 

@@ -50,6 +50,13 @@ public sealed class SandboxExecutor : IBuildExecutor
 
     public int Slots => _options.MaxJobs;
 
+    /// <summary>What the operator should know about fixed-output builds' network here, or null.</summary>
+    public string? FixedOutputNetworkNote =>
+        _options.FixedOutputNetwork.Isolated && _users is not null && !FixedOutputNetwork.TunOpenToAll()
+            ? "/dev/net/tun is not open to all users (stock Debian makes it 0666), so slirp4netns, which gives fixed-output builds their network, " +
+              "runs as root (with every capability dropped, in a mount namespace of its own) instead of as the build's user: run 'chmod 0666 /dev/net/tun'"
+            : null;
+
     /// <summary>
     /// Why builds cannot run as build users although Kiln is root, and how to fix it; null if they can (or Kiln is not
     /// root, when builds run as its own unprivileged user). While set, every build is refused.
@@ -79,14 +86,34 @@ public sealed class SandboxExecutor : IBuildExecutor
             NarExtractor.DeleteTree(_builds);
         }
 
-        Directory.CreateDirectory(_builds);
-        Directory.CreateDirectory(_etc);
+        foreach (var directory in new[] { _builds, _etc, _inputs.Root })
+        {
+            Directory.CreateDirectory(directory);
+            KeepToBuilds(directory);
+        }
+
         foreach (var (name, contents) in SandboxLayout.EtcFiles)
         {
             File.WriteAllText(Path.Combine(_etc, name), contents);
         }
 
         File.WriteAllBytes(_seccomp, SyscallFilter.Program());
+    }
+
+    // What builds read (every account's unpacked inputs, the build directories, the sandbox's /etc) is root's and the
+    // build group's only (0750, as Nix's store is root:nixbld): other local users cannot list or read it. Without build
+    // users, Kiln's own (0700).
+    private void KeepToBuilds(string directory)
+    {
+        if (_users is not null)
+        {
+            ChangeOwner(directory, 0, _users.GroupId);
+            File.SetUnixFileMode(directory, (UnixFileMode)Convert.ToInt32("750", 8));
+        }
+        else
+        {
+            File.SetUnixFileMode(directory, (UnixFileMode)Convert.ToInt32("700", 8));
+        }
     }
 
     public async Task<BuildOutcome> BuildAsync(BuildJob job, IBuildLog log, CancellationToken cancellationToken)
@@ -312,7 +339,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
         var reader = Task.Factory.StartNew(() => tail.ReadAll(pty), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
-        var (network, networkError) = ownNetwork ? await ConnectNetworkAsync(process, statusFile, directory, block, cgroup, cancellationToken).ConfigureAwait(false) : (null, null);
+        var (network, networkError) = ownNetwork ? await ConnectNetworkAsync(process, statusFile, directory, block, cgroup, user, cancellationToken).ConfigureAwait(false) : (null, null);
         using var networkLease = network;
         if (networkError is not null)
         {
@@ -384,7 +411,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     // Waits for the sandbox's first process (bwrap reports it on its status descriptor), connects its network namespace,
     // and lets it run. Returns the network to release when the build ends, or why there is none.
     private async Task<(IDisposable? Network, string? Error)> ConnectNetworkAsync(Process process, string statusFile, string directory, string block, Cgroup? cgroup,
-        CancellationToken cancellationToken)
+        BuildUsers.Lease? user, CancellationToken cancellationToken)
     {
         var waited = Stopwatch.StartNew();
         int? child = null;
@@ -410,7 +437,8 @@ public sealed class SandboxExecutor : IBuildExecutor
         IDisposable network;
         try
         {
-            network = await FixedOutputNetwork.AttachAsync(_options.FixedOutputNetwork, child.Value, directory, cgroup?.ProcsFiles ?? [], cancellationToken).ConfigureAwait(false);
+            network = await FixedOutputNetwork.AttachAsync(_options.FixedOutputNetwork, child.Value, directory, cgroup?.ProcsFiles ?? [],
+                user is null ? null : (user.UserId, user.GroupId), _options.Setpriv, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (e is IOException or System.ComponentModel.Win32Exception or OperationCanceledException)
         {

@@ -25,6 +25,8 @@ internal static class SandboxLayout
         ("resolv.conf", FixedOutputNetwork.ResolvConf),
     ];
 
+    private static readonly HashSet<string> BuiltinVariables = ["out", "url", "unpack", "executable", "TMPDIR", "TMP", "TEMP", "TEMPDIR", "NIX_BUILD_TOP", "PWD"];
+
     /// <summary>The descriptor an isolated fixed-output sandbox waits on before it runs the builder.</summary>
     public const int BlockDescriptor = 8;
 
@@ -88,7 +90,7 @@ internal static class SandboxLayout
         args.AddRange(["--perms", "1777", "--dir", "/tmp"]);
         args.AddRange(["--bind", buildDir, BuildEnvironment.BuildDirectory]);
         args.AddRange(["--bind", storeDir, BuildEnvironment.StoreDirectory]);
-        foreach (var (path, tree) in inputs)
+        foreach (var (path, tree) in command is null ? inputs : [])
         {
             var info = new FileInfo(tree);
             if (info.LinkTarget is { } target)
@@ -136,7 +138,9 @@ internal static class SandboxLayout
         }
 
         args.AddRange(["--chdir", BuildEnvironment.BuildDirectory, "--clearenv"]);
-        foreach (var (name, value) in environment.Variables)
+        // A built-in builder is Kiln's program, not the derivation's: it gets what it reads and the proxy settings,
+        // never what would run code in it (LD_PRELOAD, DOTNET_STARTUP_HOOKS, …).
+        foreach (var (name, value) in environment.Variables.Where(v => command is null || BuiltinVariables.Contains(v.Key) || v.Key.EndsWith("_proxy", StringComparison.OrdinalIgnoreCase)))
         {
             args.AddRange(["--setenv", name, value]);
         }

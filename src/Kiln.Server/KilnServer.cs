@@ -118,6 +118,11 @@ public static partial class KilnServer
             LogNoBuildUsers(logger, why);
         }
 
+        if (executor.FixedOutputNetworkNote is { } note)
+        {
+            LogNetworkHelperAsRoot(logger, note);
+        }
+
         return executor;
     }
 
@@ -125,6 +130,9 @@ public static partial class KilnServer
     // uid-range, which Kiln's sandbox does not provide).
     private static AgentInfo EmbeddedAgentInfo(ServerOptions options, int slots) =>
         new("embedded", new SortedSet<string>(options.Systems, StringComparer.Ordinal), new SortedSet<string>(options.SystemFeatures, StringComparer.Ordinal), slots);
+
+    [LoggerMessage(EventId = LogEvents.NetworkHelperAsRoot, Level = LogLevel.Warning, Message = "{Note}")]
+    private static partial void LogNetworkHelperAsRoot(ILogger logger, string note);
 
     [LoggerMessage(EventId = LogEvents.BuildsAbandoned, Level = LogLevel.Warning, Message = "{Count} builds were still running when the server last stopped; recorded as failed")]
     private static partial void LogAbandoned(ILogger logger, int count);

@@ -4,9 +4,10 @@ namespace Kiln.Store;
 
 /// <summary>
 /// Who may touch what in the data directory. Kiln's own material — blobs, kept NAR files, build logs, scratch files,
-/// keys, the database (0600, see the SQLite store) — is Kiln's alone (0700 directories, 0400 blobs). The data
-/// directory itself is 0711: build users must pass through it to their build directories and inputs, the login user to
-/// the bridge socket and local clients to the unpacked store tree, but nobody may list it. Checked and set on every
+/// keys, the database (0600, see the SQLite store), the socket account's unpacked tree (read by the socket's clients,
+/// who are Kiln's user: the socket is 0600) — is Kiln's alone (0700 directories, 0400 blobs). The data
+/// directory itself is 0711: build users must pass through it to their build directories and inputs (those are the
+/// build group's, see the agent) and the login user to the bridge socket, but nobody may list it. Checked and set on every
 /// start; a data directory others can write to is refused (anyone could swap Kiln's files).
 /// </summary>
 internal static class DataDirectoryModes
@@ -28,7 +29,7 @@ internal static class DataDirectoryModes
 
         data.UnixFileMode = PassThrough;
         foreach (var directory in new[] { options.BlobDirectory, options.NarFilesDirectory, Path.Combine(options.DataDirectory, "logs"), options.TemporaryDirectory,
-            Path.Combine(options.DataDirectory, "keys") })
+            Path.Combine(options.DataDirectory, "keys"), options.MaterialisedRoot })
         {
             Directory.CreateDirectory(directory);
             File.SetUnixFileMode(directory, Private);

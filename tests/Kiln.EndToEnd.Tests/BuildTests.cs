@@ -99,6 +99,33 @@ public class BuildTests
     }
 
     [Fact]
+    public void Other_local_users_can_neither_list_nor_read_the_inputs_builds_see()
+    {
+        // 19.8: on 2346f38 DATA/unpacked was 0755, so any local user could list and read every account's unpacked
+        // (private) inputs and outputs; now it is root's and the build group's, as Nix's store is root:nixbld.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        var secret = Dag.WriteSingle(client, workspace, "secret-output", "mkdir $out; echo private to its account > $out/data");
+        client.Ok(kiln, "nix-build", "--store", Kiln, secret, "--no-out-link");
+        var unpacked = Path.Combine(kiln.DataDirectory, "unpacked");
+        var data = Directory.EnumerateFiles(unpacked, "data", SearchOption.AllDirectories).Single();
+        Assert.Equal("private to its account\n", File.ReadAllText(data));
+
+        string[] nobody = ["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"];
+        foreach (var attempt in new[] { new[] { "cat", data }, ["ls", unpacked], ["ls", Path.Combine(kiln.DataDirectory, "builds")], ["ls", kiln.StoreRoot] })
+        {
+            var result = Nix.Tests.Support.Processes.Run("setpriv", [.. nobody, .. attempt]);
+            Assert.True(result.ExitCode != 0 && result.Stderr.Contains("Permission denied", StringComparison.Ordinal), $"{string.Join(' ', attempt)}: {result.StdoutText}{result.Stderr}");
+        }
+
+        foreach (var directory in new[] { unpacked, Path.Combine(kiln.DataDirectory, "builds"), Path.Combine(kiln.DataDirectory, "sandbox-etc") })
+        {
+            Assert.Equal("750 0 30000", Nix.Tests.Support.Processes.Run("stat", ["-c", "%a %u %g", directory]).StdoutText.Trim());
+        }
+    }
+
+    [Fact]
     public async Task A_fixed_output_whose_content_names_a_store_path_is_refused_though_its_hash_matches()
     {
         // 19.10: a fixed-output path is named by its content alone, so references would be closure nobody vouched for.

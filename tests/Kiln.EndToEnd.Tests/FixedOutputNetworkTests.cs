@@ -27,8 +27,9 @@ public class FixedOutputNetworkTests
             $"http://{TestAddresses.LinkLocal}:{HttpServer.Start(served.Path, TestAddresses.LinkLocal)}/greeting.txt",
         };
         var recursive = Processes.Run("nix-hash", ["--type", "sha256", "--base32", served.Path]).StdoutText.Trim();
+        var flat = Processes.Run("nix-hash", ["--type", "sha256", "--flat", Path.Combine(served.Path, "greeting.txt")]).StdoutText.Trim();
 
-        var isolated = Attempt(client, ["--fod-allow-network", $"{TestAddresses.Allowed}/32"], allowed, forbidden, recursive);
+        var isolated = Attempt(client, ["--fod-allow-network", $"{TestAddresses.Allowed}/32"], allowed, forbidden, recursive, flat);
         Assert.True(isolated.Shell.ExitCode == 0, isolated.Shell.Stderr);
         foreach (var target in isolated.Targets)
         {
@@ -38,9 +39,13 @@ public class FixedOutputNetworkTests
         Assert.True(isolated.Fetchurl.ExitCode != 0, isolated.Fetchurl.Stderr);
         Assert.Contains("unable to download", isolated.Fetchurl.Stderr, StringComparison.Ordinal);
 
+        // builtin:fetchurl is Kiln's program: a derivation's variables that would run code in it are not given to it
+        // (before, a startup hook naming a missing assembly stopped it, so one naming the tenant's would have run).
+        Assert.True(isolated.Hooked.ExitCode == 0, isolated.Hooked.Stderr);
+
         // The control: with the host's network, as stock Nix gives it, the same builds reach every target (but the
         // address slirp4netns would map to the host's loopback, which only exists in the isolated network).
-        var host = Attempt(client, ["--fod-network", "host"], allowed, forbidden, recursive);
+        var host = Attempt(client, ["--fod-network", "host"], allowed, forbidden, recursive, flat);
         Assert.True(host.Shell.ExitCode != 0, host.Shell.Stderr);
         foreach (var target in host.Targets.Where(t => !t.Contains("//10.0.2.2:", StringComparison.Ordinal)))
         {
@@ -53,8 +58,8 @@ public class FixedOutputNetworkTests
     // Builds, on a fresh Kiln with the given options, a shell fixed-output derivation that tries every forbidden
     // target (failing if it reaches one) and then fetches its output from the allowed server, and a builtin:fetchurl
     // of Kiln's own /nix-cache-info on loopback.
-    private static (ProcessResult Shell, ProcessResult Fetchurl, string[] Targets) Attempt(NixClient client, string[] options, int allowedPort,
-        string[] forbidden, string recursiveHash)
+    private static (ProcessResult Shell, ProcessResult Fetchurl, ProcessResult Hooked, string[] Targets) Attempt(NixClient client, string[] options, int allowedPort,
+        string[] forbidden, string recursiveHash, string flatHash)
     {
         using var kiln = new KilnProcess(http: true, arguments: options);
         var cacheInfo = $"http://127.0.0.1:{kiln.HttpPort}/nix-cache-info";
@@ -91,10 +96,22 @@ public class FixedOutputNetworkTests
                 outputHashAlgo = "sha256";
                 outputHash = "{{cacheInfoHash}}";
               };
+              hooked = derivation {
+                name = "greeting.txt";
+                system = "builtin";
+                builder = "builtin:fetchurl";
+                url = "http://{{TestAddresses.Allowed}}:{{allowedPort}}/greeting.txt";
+                DOTNET_STARTUP_HOOKS = "/nix/store/00000000000000000000000000000000-hook/hook.dll";
+                LD_PRELOAD = "/nix/store/00000000000000000000000000000000-hook/hook.so";
+                outputHashMode = "flat";
+                outputHashAlgo = "sha256";
+                outputHash = "{{flatHash}}";
+              };
             }
             """);
         var shell = client.Run(kiln, "nix-build", "--store", Store, $"{workspace}/fod-network.nix", "-A", "shell", "--no-out-link");
         var fetchurl = client.Run(kiln, "nix-build", "--store", Store, $"{workspace}/fod-network.nix", "-A", "fetchurl", "--no-out-link");
-        return (shell, fetchurl, targets);
+        var hooked = client.Run(kiln, "nix-build", "--store", Store, $"{workspace}/fod-network.nix", "-A", "hooked", "--no-out-link");
+        return (shell, fetchurl, hooked, targets);
     }
 }

@@ -294,7 +294,7 @@ public sealed class StoreTests : IAsyncLifetime
         await view.AddToStoreAsync(Declared(Ia("private"), HelloNar), new MemoryStream(HelloNar), false, true, default);
         var data = _temp["data"];
         Assert.Equal((UnixFileMode)Convert.ToInt32("711", 8), File.GetUnixFileMode(data));
-        foreach (var directory in new[] { "blobs", "nar-files", "logs", "tmp", "keys" })
+        foreach (var directory in new[] { "blobs", "nar-files", "logs", "tmp", "keys", "root" })
         {
             Assert.Equal((UnixFileMode)Convert.ToInt32("700", 8), File.GetUnixFileMode(Path.Combine(data, directory)));
         }
