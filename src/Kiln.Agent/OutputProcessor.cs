@@ -103,35 +103,43 @@ internal static class OutputProcessor
     // Outputs may refer to each other only one way: Nix registers them in reference order and refuses a cycle.
     private static void CheckCycles(BuildJob job, IReadOnlyList<BuiltOutput> outputs)
     {
+        // A depth-first walk with its own stack (a derivation may have as many outputs as its author likes): meeting
+        // an output again while it is still being visited is a cycle.
         var byPath = outputs.ToDictionary(o => o.Path);
         var state = new Dictionary<StorePath, bool>(); // false: being visited, true: done
-        void Visit(BuiltOutput output, BuiltOutput? from)
+        var stack = new Stack<(BuiltOutput Output, BuiltOutput? From, bool Expanded)>();
+        foreach (var root in outputs)
         {
-            if (state.TryGetValue(output.Path, out var done))
+            stack.Push((root, null, false));
+            while (stack.TryPop(out var item))
             {
-                if (!done)
+                var (output, from, expanded) = item;
+                if (expanded)
                 {
-                    throw new RejectedException($"cycle detected in build of '{job.DrvPath}' in the references of output '{output.Name}' from output '{from?.Name}'");
+                    state[output.Path] = true;
+                    continue;
                 }
 
-                return;
-            }
-
-            state[output.Path] = false;
-            foreach (var reference in output.References)
-            {
-                if (reference != output.Path && byPath.TryGetValue(reference, out var sibling))
+                if (state.TryGetValue(output.Path, out var done))
                 {
-                    Visit(sibling, output);
+                    if (!done)
+                    {
+                        throw new RejectedException($"cycle detected in build of '{job.DrvPath}' in the references of output '{output.Name}' from output '{from?.Name}'");
+                    }
+
+                    continue;
+                }
+
+                state[output.Path] = false;
+                stack.Push((output, from, true));
+                foreach (var reference in output.References)
+                {
+                    if (reference != output.Path && byPath.TryGetValue(reference, out var sibling))
+                    {
+                        stack.Push((sibling, output, false));
+                    }
                 }
             }
-
-            state[output.Path] = true;
-        }
-
-        foreach (var output in outputs)
-        {
-            Visit(output, null);
         }
     }
 

@@ -427,30 +427,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
             var byPath = outputs.ToDictionary(o => o.Path);
             // Siblings first when outputs refer to each other.
-            var ordered = new List<BuiltOutput>();
-            var seen = new HashSet<StorePath>();
-            void Visit(BuiltOutput output)
-            {
-                if (!seen.Add(output.Path))
-                {
-                    return;
-                }
-
-                foreach (var reference in output.References)
-                {
-                    if (reference != output.Path && byPath.TryGetValue(reference, out var sibling))
-                    {
-                        Visit(sibling);
-                    }
-                }
-
-                ordered.Add(output);
-            }
-
-            foreach (var output in outputs)
-            {
-                Visit(output);
-            }
+            var ordered = Kiln.Nix.Graph.Order(outputs.Select(o => o.Path), p => byPath[p].References.Where(r => r != p), byPath.ContainsKey).Select(p => byPath[p]).ToList();
 
             var paths = ordered.Select(o =>
             {

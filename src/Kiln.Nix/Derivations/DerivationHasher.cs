@@ -29,6 +29,27 @@ public sealed class DerivationHasher(Func<StorePath, Derivation> loadDerivation)
     public ModuloHash HashModulo(Derivation derivation, bool maskOutputs)
     {
         ArgumentNullException.ThrowIfNull(derivation);
+        HashInputs(derivation);
+        return Compute(derivation, maskOutputs);
+    }
+
+    // Hashes every input derivation not hashed yet, deepest first, so that computing one only ever reads hashes
+    // already known: iterative, because the depth of a derivation graph is the tenant's to choose (Nix recurses; a
+    // chain of 100,000 derivations must not overflow Kiln's stack).
+    private void HashInputs(Derivation derivation)
+    {
+        var loaded = new Dictionary<StorePath, Derivation>();
+        Derivation Load(StorePath path) => loaded.TryGetValue(path, out var found) ? found : loaded[path] = loadDerivation(path);
+        var order = Graph.Order(derivation.InputDerivations.Keys.Where(p => !_cache.ContainsKey(p)), p => Load(p).InputDerivations.Keys, p => !_cache.ContainsKey(p));
+        foreach (var path in order)
+        {
+            _cache[path] = Compute(Load(path), maskOutputs: false);
+            loaded.Remove(path);
+        }
+    }
+
+    private ModuloHash Compute(Derivation derivation, bool maskOutputs)
+    {
         if (derivation.IsFixedOutput)
         {
             var hashes = new Dictionary<string, NixHash>();
@@ -59,7 +80,9 @@ public sealed class DerivationHasher(Func<StorePath, Derivation> loadDerivation)
         var inputs = new SortedDictionary<string, SortedSet<string>>(Utf8Order.Comparer);
         foreach (var (drvPath, outputs) in derivation.InputDerivations)
         {
-            var inputHash = HashModuloOfPath(drvPath);
+            // Every input was hashed first; one that was not can only be on a cycle (which no real .drv can form).
+            var inputHash = _cache.TryGetValue(drvPath, out var known) ? known
+                : throw new DerivationFormatException($"derivation '{drvPath}' depends on itself");
             deferred |= inputHash.Deferred;
             foreach (var outputName in outputs)
             {
@@ -80,17 +103,6 @@ public sealed class DerivationHasher(Func<StorePath, Derivation> loadDerivation)
 
         var digest = NixHash.Compute(NixHashAlgorithm.Sha256, ATerm.Print(derivation, maskOutputs, inputs));
         return new ModuloHash(derivation.Outputs.Keys.ToDictionary(k => k, _ => digest), deferred);
-    }
-
-    private ModuloHash HashModuloOfPath(StorePath drvPath)
-    {
-        if (!_cache.TryGetValue(drvPath, out var result))
-        {
-            result = HashModulo(loadDerivation(drvPath), maskOutputs: false);
-            _cache[drvPath] = result;
-        }
-
-        return result;
     }
 
     /// <summary>

@@ -366,27 +366,8 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
             throw new NixErrorException($"path '{missing}' is not valid");
         }
 
-        var ordered = new List<StorePath>();
-        var placed = new HashSet<StorePath>();
-        void Place(StorePath path)
-        {
-            if (!placed.Add(path))
-            {
-                return;
-            }
-
-            foreach (var reference in infos[path].References.Where(r => r != path && infos.ContainsKey(r)))
-            {
-                Place(reference);
-            }
-
-            ordered.Add(path);
-        }
-
-        foreach (var path in paths)
-        {
-            Place(path);
-        }
+        // References first; iterative, as a client chooses how deep the chain of paths it names is.
+        var ordered = Graph.Order(paths, p => infos[p].References.Where(r => r != p), infos.ContainsKey);
 
         foreach (var path in ordered)
         {

@@ -1,3 +1,4 @@
+using Kiln.Nix;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.StorePaths;
 using Kiln.Protocol;

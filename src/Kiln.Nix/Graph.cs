@@ -1,7 +1,7 @@
-namespace Kiln.Store;
+namespace Kiln.Nix;
 
-/// <summary>Graph orders the store needs over paths and their references.</summary>
-internal static class Graph
+/// <summary>Graph orders over store paths and their references, or derivations and their inputs.</summary>
+public static class Graph
 {
     /// <summary>
     /// A depth-first order of <paramref name="nodes"/> in which every node comes after the nodes
@@ -11,6 +11,17 @@ internal static class Graph
     public static List<T> Order<T>(IEnumerable<T> nodes, Func<T, IEnumerable<T>> before, ISet<T> members)
         where T : notnull
     {
+        ArgumentNullException.ThrowIfNull(members);
+        return Order(nodes, before, members.Contains);
+    }
+
+    /// <summary>As above, with membership decided by <paramref name="isMember"/> (asked once per node met).</summary>
+    public static List<T> Order<T>(IEnumerable<T> nodes, Func<T, IEnumerable<T>> before, Func<T, bool> isMember)
+        where T : notnull
+    {
+        ArgumentNullException.ThrowIfNull(nodes);
+        ArgumentNullException.ThrowIfNull(before);
+        ArgumentNullException.ThrowIfNull(isMember);
         var order = new List<T>();
         var seen = new HashSet<T>();
         foreach (var root in nodes)
@@ -33,7 +44,7 @@ internal static class Graph
                 stack.Push((item.Node, true));
                 foreach (var next in before(item.Node))
                 {
-                    if (members.Contains(next) && !seen.Contains(next))
+                    if (!seen.Contains(next) && isMember(next))
                     {
                         stack.Push((next, false));
                     }
