@@ -99,6 +99,24 @@ public class BuildTests
     }
 
     [Fact]
+    public void A_builder_that_never_ends_a_line_does_not_grow_the_server()
+    {
+        // 20.1: every byte of an unended line was kept (a builder writing /dev/zero for 25 s grew kiln serve to
+        // 3.2 GiB); now a line is kept to 1 MiB and marked as cut. 300 MB of NULs in one line here.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        client.Ok(kiln, "nix-build", "--store", Kiln, Dag.WriteSingle(client, workspace, "warm", "echo warm; mkdir $out"), "--no-out-link");
+        var before = kiln.PeakMemoryKib();
+        var zeros = Dag.WriteSingle(client, workspace, "zeros", "head -c 300000000 /dev/zero; echo; echo after the long line; mkdir $out");
+        var built = client.Ok(kiln, "nix-build", "--store", Kiln, zeros, "--no-out-link");
+        var grownMib = (kiln.PeakMemoryKib() - before) / 1024;
+        Assert.True(grownMib < 150, $"kiln serve's peak memory grew by {grownMib} MiB for one long line");
+        Assert.Contains("after the long line", built.Stderr, StringComparison.Ordinal);
+        Assert.Contains("[line cut by Kiln: longer than 1 MiB]", built.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Other_local_users_can_neither_list_nor_read_the_inputs_builds_see()
     {
         // 19.8: on 2346f38 DATA/unpacked was 0755, so any local user could list and read every account's unpacked
