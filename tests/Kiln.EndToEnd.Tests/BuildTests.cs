@@ -102,18 +102,31 @@ public class BuildTests
     public void A_builder_that_never_ends_a_line_does_not_grow_the_server()
     {
         // 20.1: every byte of an unended line was kept (a builder writing /dev/zero for 25 s grew kiln serve to
-        // 3.2 GiB); now a line is kept to 1 MiB and marked as cut. 300 MB of NULs in one line here.
+        // 3.2 GiB); now a line is kept to 1 MiB and marked as cut. 200 MB of NULs in one line here (under the default log limit).
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess();
         var workspace = client.NewWorkspace();
         client.Ok(kiln, "nix-build", "--store", Kiln, Dag.WriteSingle(client, workspace, "warm", "echo warm; mkdir $out"), "--no-out-link");
         var before = kiln.PeakMemoryKib();
-        var zeros = Dag.WriteSingle(client, workspace, "zeros", "head -c 300000000 /dev/zero; echo; echo after the long line; mkdir $out");
+        var zeros = Dag.WriteSingle(client, workspace, "zeros", "head -c 200000000 /dev/zero; echo; echo after the long line; mkdir $out");
         var built = client.Ok(kiln, "nix-build", "--store", Kiln, zeros, "--no-out-link");
         var grownMib = (kiln.PeakMemoryKib() - before) / 1024;
         Assert.True(grownMib < 150, $"kiln serve's peak memory grew by {grownMib} MiB for one long line");
         Assert.Contains("after the long line", built.Stderr, StringComparison.Ordinal);
         Assert.Contains("[line cut by Kiln: longer than 1 MiB]", built.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Without_options_a_build_is_still_stopped_at_the_default_log_limit()
+    {
+        // 20.1: Kiln's limits are finite by default (Nix's are not): 256 MiB of log, 24 h, 3 h of silence.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess();
+        var workspace = client.NewWorkspace();
+        var flood = Dag.WriteSingle(client, workspace, "flood", "head -c 300000000 /dev/zero; mkdir $out");
+        var result = client.Run(kiln, "nix-build", "--store", Kiln, flood, "--no-out-link");
+        Assert.NotEqual(0, result.ExitCode);
+        Assert.Contains("killed after writing more than 268435456 bytes of log output", result.Stderr, StringComparison.Ordinal);
     }
 
     [Fact]

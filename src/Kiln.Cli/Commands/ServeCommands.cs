@@ -25,9 +25,11 @@ internal static class ServeCommands
             Description = "An extra path in every build sandbox, as Nix's sandbox-paths: TARGET=SOURCE or PATH (repeatable).",
             AllowMultipleArgumentsPerToken = false,
         };
-        var maxSilent = new Option<int>("--max-silent-time") { Description = "Kill a build silent this many seconds (0: never)." };
-        var timeout = new Option<int>("--timeout") { Description = "Kill a build running this many seconds (0: never)." };
-        var maxLog = new Option<long>("--max-build-log-size") { Description = "Kill a build whose log exceeds this many bytes (0: no limit)." };
+        // Finite by default (Nix's are unlimited): on a shared service one build must not hold a slot, or fill the
+        // disk with its log, for ever. Operators lift them with 0.
+        var maxSilent = new Option<int>("--max-silent-time") { Description = "Kill a build silent this many seconds (0: never).", DefaultValueFactory = _ => 3 * 3600 };
+        var timeout = new Option<int>("--timeout") { Description = "Kill a build running this many seconds (0: never).", DefaultValueFactory = _ => 24 * 3600 };
+        var maxLog = new Option<long>("--max-build-log-size") { Description = "Kill a build whose log exceeds this many bytes (0: no limit).", DefaultValueFactory = _ => 256L << 20 };
         var sshListen = new Option<string>("--ssh-listen")
         {
             Description = "Where Kiln's sshd listens, ADDRESS:PORT, or 'none' for no SSH front door (needs root and openssh-server).",

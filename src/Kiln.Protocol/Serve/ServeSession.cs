@@ -449,30 +449,45 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
     private async Task<T> WithLogAsync<T>(Func<IBuildEvents, Task<T>> work)
     {
         var lines = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true });
-        var task = Task.Run(() => work(new StderrEvents(lines.Writer)));
+        var events = new StderrEvents(lines.Writer);
+        var task = Task.Run(() => work(events));
         _ = task.ContinueWith(_ => lines.Writer.TryComplete(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         await foreach (var line in lines.Reader.ReadAllAsync().ConfigureAwait(false))
         {
+            events.Pending.Taken(line);
             await _stderr(line).ConfigureAwait(false);
         }
 
         return await task.ConfigureAwait(false);
     }
 
-    /// <summary>Build events as <c>nix-store --serve</c> shows them: the builder's lines as they are.</summary>
+    /// <summary>
+    /// Build events as <c>nix-store --serve</c> shows them: the builder's lines as they are, as many as
+    /// <see cref="PendingLog"/> lets wait for a slow client.
+    /// </summary>
     private sealed class StderrEvents(ChannelWriter<string> lines) : IBuildEvents
     {
         private long _activity;
 
+        public PendingLog Pending { get; } = new();
+
         public long BuildStarted(StorePath drvPath) => Interlocked.Increment(ref _activity);
 
-        public void LogLine(long activity, string line) => lines.TryWrite(line);
+        public void LogLine(long activity, string line) => Add(line);
 
         public void BuildStopped(long activity)
         {
         }
 
-        public void Message(string text) => lines.TryWrite(text);
+        public void Message(string text) => Add(text);
+
+        private void Add(string line)
+        {
+            if (Pending.TryAdd(line))
+            {
+                lines.TryWrite(line);
+            }
+        }
     }
 
     [LoggerMessage(EventId = LogEvents.ServeSessionFailed, Level = LogLevel.Error, Message = "internal error in a serve session")]

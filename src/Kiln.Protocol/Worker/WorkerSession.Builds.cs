@@ -12,7 +12,6 @@ namespace Kiln.Protocol.Worker;
 /// </summary>
 public sealed partial class WorkerSession
 {
-    private const int MaxPendingLines = 10_000;
     private ulong _nextActivity = ((ulong)Environment.ProcessId << 32) | 1;
 
     private async Task BuildPathsAsync(bool withResults, CancellationToken ct)
@@ -113,7 +112,7 @@ public sealed partial class WorkerSession
                     _log.StartActivity(started.Activity, info, 105, $"building '{started.DrvPath}'", [started.DrvPath.FullPath, "", 1L, 1L], 0);
                     break;
                 case BuildEvent.Line line:
-                    Interlocked.Decrement(ref events.PendingLines);
+                    events.Pending.Taken(line.Text);
                     if (printLines)
                     {
                         _log.Log(line.Text);
@@ -153,7 +152,7 @@ public sealed partial class WorkerSession
     // stops are never dropped (a result for an unknown activity makes Nix's progress bar abort).
     private sealed class ChannelEvents(ChannelWriter<BuildEvent> writer, Func<ulong> nextActivity) : IBuildEvents
     {
-        public int PendingLines;
+        public PendingLog Pending { get; } = new();
 
         public long BuildStarted(StorePath drvPath)
         {
@@ -164,9 +163,8 @@ public sealed partial class WorkerSession
 
         public void LogLine(long activity, string line)
         {
-            if (Interlocked.Increment(ref PendingLines) > MaxPendingLines)
+            if (!Pending.TryAdd(line))
             {
-                Interlocked.Decrement(ref PendingLines);
                 return;
             }
 
