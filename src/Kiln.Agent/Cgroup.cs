@@ -47,6 +47,44 @@ internal abstract class Cgroup : IDisposable
         return null;
     }
 
+    /// <summary>
+    /// Kills and removes the groups of builds whose Kiln is gone (a crash leaves their processes — a builder, slirp4netns
+    /// — running and their groups behind). A group is named <c>build-PID-…</c> by the Kiln that made it; one whose PID
+    /// is not a running process is abandoned. Returns how many were swept.
+    /// </summary>
+    public static int SweepAbandoned()
+    {
+        var swept = 0;
+        foreach (var parent in new[] { Path.Combine(Root, "kiln"), Path.Combine(Root, "memory", "kiln"), Path.Combine(Root, "cpuacct", "kiln"), Path.Combine(Root, "pids", "kiln") })
+        {
+            if (!Directory.Exists(parent))
+            {
+                continue;
+            }
+
+            foreach (var group in Directory.EnumerateDirectories(parent, "build-*"))
+            {
+                var parts = Path.GetFileName(group).Split('-');
+                if (parts.Length < 3 || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var owner) || Directory.Exists($"/proc/{owner}"))
+                {
+                    continue; // not named by a PID (an older Kiln's), or its Kiln still runs
+                }
+
+                try
+                {
+                    KillProcesses(Path.Combine(group, "cgroup.procs"));
+                    RemoveDirectory(group);
+                    swept++;
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                }
+            }
+        }
+
+        return swept;
+    }
+
     protected static void KillProcesses(string procsFile)
     {
         for (var round = 0; round < 100; round++)

@@ -78,9 +78,11 @@ public sealed class SandboxExecutor : IBuildExecutor
         return null;
     }
 
-    // Leftovers of builds a crash interrupted, and the files every sandbox shares.
+    // Leftovers of builds a crash interrupted (their directories, and the processes and groups of any Kiln on this
+    // host that died), and the files every sandbox shares.
     private void CleanUp()
     {
+        Cgroup.SweepAbandoned();
         if (Directory.Exists(_builds))
         {
             NarExtractor.DeleteTree(_builds);

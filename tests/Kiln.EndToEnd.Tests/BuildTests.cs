@@ -130,6 +130,42 @@ public class BuildTests
     }
 
     [Fact]
+    public void A_dead_Kilns_build_groups_and_their_processes_are_swept_when_Kiln_starts()
+    {
+        // 20.3: a crash leaves a build's processes (its builder, slirp4netns) running in their group. Kiln names each
+        // group by its PID; a group whose Kiln is gone is killed and removed at start. PID 2147483646 never exists.
+        NixClient.RequireEndToEnd();
+        var v2 = File.Exists("/sys/fs/cgroup/cgroup.controllers") && File.ReadAllText("/sys/fs/cgroup/cgroup.controllers").Contains("memory", StringComparison.Ordinal);
+        var groups = (v2 ? new[] { "" } : ["memory", "cpuacct", "pids"]).Select(c => Path.Combine("/sys/fs/cgroup", c, "kiln", "build-2147483646-1-leftover")).ToList();
+        using var leftover = System.Diagnostics.Process.Start("sleep", "600");
+        try
+        {
+            foreach (var group in groups)
+            {
+                Directory.CreateDirectory(group);
+                File.WriteAllText(Path.Combine(group, "cgroup.procs"), leftover.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            }
+
+            using var kiln = new KilnProcess();
+            Assert.True(leftover.WaitForExit(10_000), "the abandoned build's process is still running");
+            Assert.All(groups, group => Assert.False(Directory.Exists(group), $"{group} is still there"));
+        }
+        finally
+        {
+            if (!leftover.HasExited)
+            {
+                leftover.Kill();
+                leftover.WaitForExit();
+            }
+
+            foreach (var group in groups.Where(Directory.Exists))
+            {
+                Directory.Delete(group);
+            }
+        }
+    }
+
+    [Fact]
     public void Other_local_users_can_neither_list_nor_read_the_inputs_builds_see()
     {
         // 19.8: on 2346f38 DATA/unpacked was 0755, so any local user could list and read every account's unpacked

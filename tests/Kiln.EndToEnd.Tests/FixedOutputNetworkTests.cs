@@ -55,6 +55,39 @@ public class FixedOutputNetworkTests
         Assert.True(host.Fetchurl.ExitCode == 0, host.Fetchurl.Stderr);
     }
 
+    [Fact]
+    public void A_builtin_download_larger_than_the_operators_cap_is_refused()
+    {
+        // 20.1: builtin:fetchurl's size is capped (--fetch-max-size, 4 GiB by default); here 10 bytes against 18.
+        var client = NixClient.For("2.8.0");
+        using var served = new TempDir();
+        File.WriteAllText(Path.Combine(served.Path, "greeting.txt"), "fetched over http\n");
+        var port = HttpServer.Start(served.Path, TestAddresses.Allowed);
+        var flat = Processes.Run("nix-hash", ["--type", "sha256", "--flat", Path.Combine(served.Path, "greeting.txt")]).StdoutText.Trim();
+        var workspace = client.NewWorkspace();
+        File.WriteAllText(client.HostPath($"{workspace}/capped.nix"), $$"""
+            derivation {
+              name = "greeting.txt";
+              system = "builtin";
+              builder = "builtin:fetchurl";
+              url = "http://{{TestAddresses.Allowed}}:{{port}}/greeting.txt";
+              outputHashMode = "flat";
+              outputHashAlgo = "sha256";
+              outputHash = "{{flat}}";
+            }
+            """);
+        string[] allow = ["--fod-allow-network", $"{TestAddresses.Allowed}/32"];
+        using (var capped = new KilnProcess(arguments: [.. allow, "--fetch-max-size", "10"]))
+        {
+            var refused = client.Run(capped, "nix-build", "--store", Store, $"{workspace}/capped.nix", "--no-out-link");
+            Assert.NotEqual(0, refused.ExitCode);
+            Assert.Contains("more than this Kiln allows (10", refused.Stderr, StringComparison.Ordinal);
+        }
+
+        using var kiln = new KilnProcess(arguments: allow);
+        Assert.Equal(0, client.Run(kiln, "nix-build", "--store", Store, $"{workspace}/capped.nix", "--no-out-link").ExitCode);
+    }
+
     // Builds, on a fresh Kiln with the given options, a shell fixed-output derivation that tries every forbidden
     // target (failing if it reaches one) and then fetches its output from the allowed server, and a builtin:fetchurl
     // of Kiln's own /nix-cache-info on loopback.

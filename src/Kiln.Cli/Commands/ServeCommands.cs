@@ -54,11 +54,16 @@ internal static class ServeCommands
             Description = "A range isolated fixed-output builds may reach although it is private or the host's, as CIDR (10.1.2.0/24; repeatable).",
             AllowMultipleArgumentsPerToken = false,
         };
+        var fetchMax = new Option<long>("--fetch-max-size")
+        {
+            Description = "The most bytes one builtin:fetchurl download may bring (default 4 GiB).",
+            DefaultValueFactory = _ => 4L << 30,
+        };
         var sshUser = new Option<string>("--ssh-user") { Description = "The user SSH clients log in as (created if missing).", DefaultValueFactory = _ => "kiln" };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
-            fodNetwork, fodAllow,
+            fodNetwork, fodAllow, fetchMax,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -82,7 +87,7 @@ internal static class ServeCommands
                     Isolated = result.GetValue(fodNetwork) == "isolated",
                     Allowed = (result.GetValue(fodAllow) ?? []).Select(ParseRange).ToList(),
                 },
-                Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess(),
+                Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess() with { MaxDownloadBytes = Math.Max(1, result.GetValue(fetchMax)) },
             };
             var storeOptions = new StoreOptions
             {
