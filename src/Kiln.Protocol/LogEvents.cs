@@ -43,4 +43,5 @@ public static class LogEvents
     public const int GarbageCollected = 6102;
     public const int SubstitutionWarning = 6103;
     public const int BlobMissing = 6104;
+    public const int BlobSweepFailed = 6105;
 }

@@ -65,6 +65,7 @@ public static partial class KilnServer
                 builder.Services.AddHostedService<DaemonSocketService>();
                 builder.Services.AddHostedService<Ssh.SshFrontDoor>();
                 builder.Services.AddHostedService<HttpCacheService>();
+                builder.Services.AddHostedService<BlobSweepService>();
                 using var host = builder.Build();
                 await host.RunAsync(cancellationToken).ConfigureAwait(false);
 

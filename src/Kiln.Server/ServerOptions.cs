@@ -33,6 +33,9 @@ public sealed record ServerOptions
     /// <summary>Extra paths in every sandbox, as Nix's <c>sandbox-paths</c> (<c>/bin/sh=/bin/busybox</c>).</summary>
     public IReadOnlyList<string> SandboxPaths { get; init; } = [];
 
+    /// <summary>How often the running server deletes blobs nothing names (zero: never; <c>kiln store gc</c> still does).</summary>
+    public TimeSpan BlobSweepInterval { get; init; } = TimeSpan.FromHours(1);
+
     /// <summary>The network fixed-output builds get (their own by default).</summary>
     public Kiln.Agent.FixedOutputNetworkOptions FixedOutputNetwork { get; init; } = new();
 

@@ -84,6 +84,10 @@ public sealed class KilnStore : IAsyncDisposable
     public Task<(int Paths, long Bytes, long Blobs)> CollectAllGarbageAsync(TimeSpan? blobGrace, CancellationToken cancellationToken) =>
         GarbageCollector.CollectAllAsync(blobGrace, cancellationToken);
 
+    /// <summary>The running server's sweep of blobs nothing names, older than the grace period (see <see cref="StoreOptions.BlobGracePeriod"/>).</summary>
+    public Task<long> SweepUnnamedBlobsAsync(TimeSpan? grace, CancellationToken cancellationToken) =>
+        GarbageCollector.SweepUnnamedBlobsAsync(grace ?? Options.BlobGracePeriod, cancellationToken);
+
     internal GcLock GcLock => _gcLock;
 
     /// <summary>Opens (creating if needed) the embedded store: SQLite metadata and a blob directory under the data directory.</summary>

@@ -166,6 +166,38 @@ public class BuildTests
     }
 
     [Fact]
+    public void The_running_server_sweeps_blobs_nothing_names_and_keeps_the_rest()
+    {
+        // 20.3: a blob whose registration never came (an aborted upload, a refused repair) was only ever removed by the
+        // offline `kiln store gc`; the running server now sweeps them (past the grace period) every interval.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(arguments: ["--blob-sweep-interval", "1"]);
+        var workspace = client.NewWorkspace();
+        client.Ok(kiln, "nix-build", "--store", Kiln, Dag.WriteSingle(client, workspace, "kept", "echo kept > $out"), "--no-out-link");
+        var blobs = Path.Combine(kiln.DataDirectory, "blobs");
+        var named = Directory.GetFiles(blobs, "*.nar", SearchOption.AllDirectories);
+        Assert.NotEmpty(named);
+
+        var hash = global::Kiln.Nix.Hashing.NixHash.Compute(global::Kiln.Nix.Hashing.NixHashAlgorithm.Sha256, Guid.NewGuid().ToString()).ToNix32();
+        var orphan = Path.Combine(blobs, hash[..2], hash + ".nar");
+        Directory.CreateDirectory(Path.GetDirectoryName(orphan)!);
+        File.WriteAllText(orphan, "committed, never registered");
+        foreach (var blob in named.Append(orphan))
+        {
+            File.SetLastWriteTimeUtc(blob, DateTime.UtcNow.AddHours(-1)); // all past the grace period
+        }
+
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (File.Exists(orphan) && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(200);
+        }
+
+        Assert.False(File.Exists(orphan), "the blob nothing names is still there");
+        Assert.All(named, blob => Assert.True(File.Exists(blob), $"{blob} was named and is gone"));
+    }
+
+    [Fact]
     public void Other_local_users_can_neither_list_nor_read_the_inputs_builds_see()
     {
         // 19.8: on 2346f38 DATA/unpacked was 0755, so any local user could list and read every account's unpacked

@@ -54,6 +54,11 @@ internal static class ServeCommands
             Description = "A range isolated fixed-output builds may reach although it is private or the host's, as CIDR (10.1.2.0/24; repeatable).",
             AllowMultipleArgumentsPerToken = false,
         };
+        var blobSweep = new Option<int>("--blob-sweep-interval")
+        {
+            Description = "Seconds between sweeps of blobs nothing names (uploads or builds whose registration never came; 0: only 'kiln store gc').",
+            DefaultValueFactory = _ => 3600,
+        };
         var fetchMax = new Option<long>("--fetch-max-size")
         {
             Description = "The most bytes one builtin:fetchurl download may bring (default 4 GiB).",
@@ -63,7 +68,7 @@ internal static class ServeCommands
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
-            fodNetwork, fodAllow, fetchMax,
+            fodNetwork, fodAllow, fetchMax, blobSweep,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -87,6 +92,7 @@ internal static class ServeCommands
                     Isolated = result.GetValue(fodNetwork) == "isolated",
                     Allowed = (result.GetValue(fodAllow) ?? []).Select(ParseRange).ToList(),
                 },
+                BlobSweepInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(blobSweep))),
                 Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess() with { MaxDownloadBytes = Math.Max(1, result.GetValue(fetchMax)) },
             };
             var storeOptions = new StoreOptions

@@ -236,6 +236,17 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
             bytes += result.BytesFreed;
         }
 
+        return (paths, bytes, await SweepUnnamedBlobsAsync(grace, cancellationToken).ConfigureAwait(false));
+    }
+
+    /// <summary>
+    /// Deletes every blob no view names that is older than <paramref name="grace"/> (a blob committed by an upload or
+    /// build whose registration failed or never came: AddMultipleToStore aborted, a refused repair), with the
+    /// temporary files interrupted uploads left. Safe while the server runs: under the GC's exclusive lock, and the
+    /// grace period spares blobs whose registration is still on its way.
+    /// </summary>
+    public async Task<long> SweepUnnamedBlobsAsync(TimeSpan grace, CancellationToken cancellationToken)
+    {
         using var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
         long swept = 0;
         var old = new List<NixHash>();
@@ -263,6 +274,6 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
         }
 
         await blobs.CleanAbandonedAsync(grace, cancellationToken).ConfigureAwait(false);
-        return (paths, bytes, swept);
+        return swept;
     }
 }

@@ -1,0 +1,47 @@
+using Kiln.Protocol;
+using Kiln.Store;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Server;
+
+/// <summary>
+/// The running server's collection of blobs nothing names (20.3): a blob committed by an upload or build whose
+/// registration failed or never came is deleted once it is older than the store's grace period, every
+/// <see cref="ServerOptions.BlobSweepInterval"/> — not only by the offline <c>kiln store gc</c>.
+/// </summary>
+public sealed partial class BlobSweepService(KilnStore store, ServerOptions options, ILoggerFactory loggers) : BackgroundService
+{
+    private readonly ILogger _logger = loggers.CreateLogger("Kiln.Store");
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        if (options.BlobSweepInterval <= TimeSpan.Zero)
+        {
+            return;
+        }
+
+        using var timer = new PeriodicTimer(options.BlobSweepInterval);
+        while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
+        {
+            try
+            {
+                var swept = await store.SweepUnnamedBlobsAsync(null, stoppingToken).ConfigureAwait(false);
+                if (swept > 0)
+                {
+                    LogSwept(_logger, swept);
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or KilnException)
+            {
+                LogSweepFailed(_logger, e);
+            }
+        }
+    }
+
+    [LoggerMessage(EventId = LogEvents.GarbageCollected, Level = LogLevel.Information, Message = "removed {Count} blobs nothing names")]
+    private static partial void LogSwept(ILogger logger, long count);
+
+    [LoggerMessage(EventId = LogEvents.BlobSweepFailed, Level = LogLevel.Warning, Message = "the sweep of blobs nothing names failed; it is tried again at the next interval")]
+    private static partial void LogSweepFailed(ILogger logger, Exception exception);
+}
