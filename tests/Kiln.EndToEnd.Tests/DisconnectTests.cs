@@ -38,7 +38,8 @@ public class DisconnectTests
         // Nothing registered: the output is not valid, and the build is recorded as cancelled, not as built.
         var invalid = client.Ok(kiln, [.. environment, "nix-store", "--store", store, "--check-validity", "--print-invalid", output]).StdoutText.Trim();
         Assert.Equal(output, invalid);
-        await WaitForAsync(() => BuildsAsync(kiln).Result.Count > 0, TimeSpan.FromSeconds(10), "the build record");
+        // The record exists from the build's start; it is final once the agent has reported (seen to lag under load).
+        await WaitForAsync(() => BuildsAsync(kiln).Result is [{ Running: false }], TimeSpan.FromSeconds(30), "the build record to be final");
         var record = Assert.Single(await BuildsAsync(kiln));
         Assert.False(record.Succeeded);
         Assert.Contains("cancelled", record.Error, StringComparison.Ordinal);
