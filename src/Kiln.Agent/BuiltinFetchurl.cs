@@ -40,8 +40,8 @@ public sealed record BuiltinFetcher(IReadOnlyList<string> Command, IReadOnlyList
         return new BuiltinFetcher([process, CommandName], [.. SystemPaths, root, application], root);
     }
 
-    /// <summary>The sandbox command for a built-in builder, or why the derivation cannot be built.</summary>
-    internal SandboxLayout.Command CommandFor(BuildJob job) => new(Command[0], Command.Skip(1).ToList(), ReadOnlyPaths, new Dictionary<string, string>
+    /// <summary>What the sandbox runs for a built-in builder: this program, with the .NET settings and Kiln's cap it needs.</summary>
+    internal SandboxLayout.Command SandboxCommand() => new(Command[0], Command.Skip(1).ToList(), ReadOnlyPaths, new Dictionary<string, string>
     {
         // No ICU in the sandbox's view of the system is needed for downloading.
         ["DOTNET_SYSTEM_GLOBALIZATION_INVARIANT"] = "1",

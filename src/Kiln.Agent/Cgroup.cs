@@ -55,7 +55,7 @@ internal abstract class Cgroup : IDisposable
     public static int SweepAbandoned()
     {
         var swept = 0;
-        foreach (var parent in new[] { Path.Combine(Root, "kiln"), Path.Combine(Root, "memory", "kiln"), Path.Combine(Root, "cpuacct", "kiln"), Path.Combine(Root, "pids", "kiln") })
+        foreach (var parent in V1Controllers.Select(c => Path.Combine(Root, c, "kiln")).Prepend(Path.Combine(Root, "kiln")))
         {
             if (!Directory.Exists(parent))
             {
@@ -84,6 +84,9 @@ internal abstract class Cgroup : IDisposable
 
         return swept;
     }
+
+    // The cgroup v1 hierarchies a build's group is made in (v2 has one).
+    private static readonly string[] V1Controllers = ["memory", "cpuacct", "pids"];
 
     protected static void KillProcesses(string procsFile)
     {
@@ -128,11 +131,9 @@ internal abstract class Cgroup : IDisposable
 
     private sealed class V1(string memory, string cpu, string pids) : Cgroup
     {
-        private static readonly string[] Controllers = ["memory", "cpuacct", "pids"];
-
         public static V1 Create(string name)
         {
-            var dirs = Controllers.Select(c => Path.Combine(Root, c, "kiln", name)).ToArray();
+            var dirs = V1Controllers.Select(c => Path.Combine(Root, c, "kiln", name)).ToArray();
             foreach (var dir in dirs)
             {
                 Directory.CreateDirectory(dir);
@@ -252,19 +253,17 @@ internal static partial class Native
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "mkfifo", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
     private static partial int MakeFifoNative(string path, uint mode);
 
-    /// <summary>open(2) for reading, close-on-exec (no child inherits it).</summary>
-    public static int OpenReadOnly(string path)
-    {
-        const int ReadOnlyCloseOnExec = 0x80000; // O_RDONLY | O_CLOEXEC
-        var fd = OpenNative(path, ReadOnlyCloseOnExec);
-        return fd >= 0 ? fd : throw new IOException($"cannot open '{path}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
-    }
+    private const int CloseOnExec = 0x80000; // O_CLOEXEC: no child inherits the descriptor
+
+    /// <summary>open(2) for reading, close-on-exec.</summary>
+    public static int OpenReadOnly(string path) => Open(path, CloseOnExec); // O_RDONLY is 0
 
     /// <summary>open(2) for reading and writing, close-on-exec (for a named pipe: Kiln is then a writer its readers see go when it dies).</summary>
-    public static int OpenReadWrite(string path)
+    public static int OpenReadWrite(string path) => Open(path, 0x2 | CloseOnExec); // O_RDWR
+
+    private static int Open(string path, int flags)
     {
-        const int ReadWriteCloseOnExec = 0x2 | 0x80000; // O_RDWR | O_CLOEXEC
-        var fd = OpenNative(path, ReadWriteCloseOnExec);
+        var fd = OpenNative(path, flags);
         return fd >= 0 ? fd : throw new IOException($"cannot open '{path}': error {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
     }
 
@@ -285,7 +284,7 @@ internal static partial class Native
     /// </summary>
     public static void Poke(string fifo)
     {
-        const int WriteOnlyNonBlocking = 0x1 | 0x800 | 0x80000; // O_WRONLY | O_NONBLOCK | O_CLOEXEC
+        const int WriteOnlyNonBlocking = 0x1 | 0x800 | CloseOnExec; // O_WRONLY | O_NONBLOCK
         var fd = OpenNative(fifo, WriteOnlyNonBlocking);
         if (fd < 0)
         {

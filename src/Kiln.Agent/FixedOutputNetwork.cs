@@ -148,7 +148,7 @@ internal static class FixedOutputNetwork
         start.ArgumentList.Add(owner.Path);
         start.ArgumentList.Add(network.Path);
         var unprivileged = user is not null && TunOpenToAll();
-        if (user is { } u && unprivileged)
+        if (unprivileged && user is { } u)
         {
             foreach (var argument in new[] { setpriv, "--reuid", u.UserId.ToString(CultureInfo.InvariantCulture), "--regid", u.GroupId.ToString(CultureInfo.InvariantCulture), "--clear-groups", "--no-new-privs", "--" })
             {

@@ -190,7 +190,7 @@ public sealed class SandboxExecutor : IBuildExecutor
                 return BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"this Kiln agent cannot run '{derivation.Builder}' (it was started without a fetcher)");
             }
 
-            command = fetcher.CommandFor(job);
+            command = fetcher.SandboxCommand();
         }
 
         if (derivation.IsFixedOutput && _options.FixedOutputNetwork.Isolated && !File.Exists(_options.FixedOutputNetwork.Slirp4netns))
@@ -343,24 +343,9 @@ public sealed class SandboxExecutor : IBuildExecutor
         var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
         var (network, networkError) = ownNetwork ? await ConnectNetworkAsync(process, statusFile, directory, block, cgroup, user, cancellationToken).ConfigureAwait(false) : (null, null);
         using var networkLease = network;
-        if (networkError is not null)
-        {
-            cgroup?.KillAll();
-            KillTree(process);
-            await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
-            pty.CloseSlave();
-            await reader.ConfigureAwait(false);
-            cancellationToken.ThrowIfCancellationRequested();
-            var why = (await wrapperErrors.ConfigureAwait(false)).Trim();
-            return new BuildOutcome
-            {
-                Failure = BuildFailureKind.MiscFailure,
-                ErrorMessage = $"Kiln could not give the fixed-output derivation '{job.DrvPath}' its network: {(why.Length > 0 ? why : networkError)}",
-                LogTail = tail.LastLines,
-            };
-        }
-
-        var (failure, message) = await WatchAsync(job, process, tail, cgroup, cancellationToken).ConfigureAwait(false);
+        var (failure, message) = networkError is null
+            ? await WatchAsync(job, process, tail, cgroup, cancellationToken).ConfigureAwait(false)
+            : await StopWithoutNetworkAsync(job, process, cgroup, wrapperErrors, networkError, cancellationToken).ConfigureAwait(false);
         await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
         cgroup?.KillAll();
         pty.CloseSlave();
@@ -458,6 +443,23 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         return (network, null);
+    }
+
+    // A sandbox whose network could not be connected never ran its builder: it is stopped, and the build fails with why
+    // (or as cancelled, when cancellation is what stopped the connecting), through the same end as any other stop.
+    private static async Task<(BuildFailureKind, string)> StopWithoutNetworkAsync(BuildJob job, Process process, Cgroup? cgroup, Task<string> wrapperErrors,
+        string networkError, CancellationToken cancellationToken)
+    {
+        cgroup?.KillAll();
+        KillTree(process);
+        await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return (BuildFailureKind.MiscFailure, "the build was cancelled");
+        }
+
+        var why = (await wrapperErrors.ConfigureAwait(false)).Trim();
+        return (BuildFailureKind.MiscFailure, $"Kiln could not give the fixed-output derivation '{job.DrvPath}' its network: {(why.Length > 0 ? why : networkError)}");
     }
 
     // The child-pid bwrap writes first on its status descriptor, once the child exists.

@@ -145,14 +145,14 @@ internal static class SandboxLayout
             args.AddRange(["--setenv", name, value]);
         }
 
+        foreach (var (name, value) in command?.Environment ?? new Dictionary<string, string>())
+        {
+            args.AddRange(["--setenv", name, value]); // after the derivation's, so Kiln's own settings win
+        }
+
         args.Add("--");
         if (command is not null)
         {
-            foreach (var (name, value) in command.Environment)
-            {
-                args.InsertRange(args.Count - 1, ["--setenv", name, value]);
-            }
-
             args.Add(command.Program);
             args.AddRange(command.Arguments);
             return args;

@@ -15,7 +15,7 @@ public static class Graph
         return Order(nodes, before, members.Contains);
     }
 
-    /// <summary>As above, with membership decided by <paramref name="isMember"/> (asked once per node met).</summary>
+    /// <summary>As above, with membership decided by <paramref name="isMember"/> (asked of each node not yet placed as it is met).</summary>
     public static List<T> Order<T>(IEnumerable<T> nodes, Func<T, IEnumerable<T>> before, Func<T, bool> isMember)
         where T : notnull
     {

@@ -19,15 +19,13 @@ public class FixedOutputNetworkTests
     {
         var client = NixClient.For("2.8.0");
         using var served = new TempDir();
-        File.WriteAllText(Path.Combine(served.Path, "greeting.txt"), "fetched over http\n");
+        var (flat, recursive) = Greeting(served.Path);
         var allowed = HttpServer.Start(served.Path, TestAddresses.Allowed);
         var forbidden = new[]
         {
             $"http://{TestAddresses.Private}:{HttpServer.Start(served.Path, TestAddresses.Private)}/greeting.txt",
             $"http://{TestAddresses.LinkLocal}:{HttpServer.Start(served.Path, TestAddresses.LinkLocal)}/greeting.txt",
         };
-        var recursive = Processes.Run("nix-hash", ["--type", "sha256", "--base32", served.Path]).StdoutText.Trim();
-        var flat = Processes.Run("nix-hash", ["--type", "sha256", "--flat", Path.Combine(served.Path, "greeting.txt")]).StdoutText.Trim();
 
         var isolated = Attempt(client, ["--fod-allow-network", $"{TestAddresses.Allowed}/32"], allowed, forbidden, recursive, flat);
         Assert.True(isolated.Shell.ExitCode == 0, isolated.Shell.Stderr);
@@ -61,21 +59,10 @@ public class FixedOutputNetworkTests
         // 20.1: builtin:fetchurl's size is capped (--fetch-max-size, 4 GiB by default); here 10 bytes against 18.
         var client = NixClient.For("2.8.0");
         using var served = new TempDir();
-        File.WriteAllText(Path.Combine(served.Path, "greeting.txt"), "fetched over http\n");
+        var (flat, _) = Greeting(served.Path);
         var port = HttpServer.Start(served.Path, TestAddresses.Allowed);
-        var flat = Processes.Run("nix-hash", ["--type", "sha256", "--flat", Path.Combine(served.Path, "greeting.txt")]).StdoutText.Trim();
         var workspace = client.NewWorkspace();
-        File.WriteAllText(client.HostPath($"{workspace}/capped.nix"), $$"""
-            derivation {
-              name = "greeting.txt";
-              system = "builtin";
-              builder = "builtin:fetchurl";
-              url = "http://{{TestAddresses.Allowed}}:{{port}}/greeting.txt";
-              outputHashMode = "flat";
-              outputHashAlgo = "sha256";
-              outputHash = "{{flat}}";
-            }
-            """);
+        File.WriteAllText(client.HostPath($"{workspace}/capped.nix"), Fetchurl("greeting.txt", $"http://{TestAddresses.Allowed}:{port}/greeting.txt", flat));
         string[] allow = ["--fod-allow-network", $"{TestAddresses.Allowed}/32"];
         using (var capped = new KilnProcess(arguments: [.. allow, "--fetch-max-size", "10"]))
         {
@@ -120,26 +107,11 @@ public class FixedOutputNetworkTests
                 outputHashAlgo = "sha256";
                 outputHash = "{{recursiveHash}}";
               };
-              fetchurl = derivation {
-                name = "kiln-cache-info";
-                system = "builtin";
-                builder = "builtin:fetchurl";
-                url = "{{cacheInfo}}";
-                outputHashMode = "flat";
-                outputHashAlgo = "sha256";
-                outputHash = "{{cacheInfoHash}}";
-              };
-              hooked = derivation {
-                name = "greeting.txt";
-                system = "builtin";
-                builder = "builtin:fetchurl";
-                url = "http://{{TestAddresses.Allowed}}:{{allowedPort}}/greeting.txt";
+              fetchurl = {{Fetchurl("kiln-cache-info", cacheInfo, cacheInfoHash)}};
+              hooked = {{Fetchurl("greeting.txt", $"http://{TestAddresses.Allowed}:{allowedPort}/greeting.txt", flatHash, """
                 DOTNET_STARTUP_HOOKS = "/nix/store/00000000000000000000000000000000-hook/hook.dll";
                 LD_PRELOAD = "/nix/store/00000000000000000000000000000000-hook/hook.so";
-                outputHashMode = "flat";
-                outputHashAlgo = "sha256";
-                outputHash = "{{flatHash}}";
-              };
+                """)}};
             }
             """);
         var shell = client.Run(kiln, "nix-build", "--store", Store, $"{workspace}/fod-network.nix", "-A", "shell", "--no-out-link");
@@ -147,4 +119,26 @@ public class FixedOutputNetworkTests
         var hooked = client.Run(kiln, "nix-build", "--store", Store, $"{workspace}/fod-network.nix", "-A", "hooked", "--no-out-link");
         return (shell, fetchurl, hooked, targets);
     }
+
+    // What the test servers serve (greeting.txt in DIR), and its flat and recursive SHA-256 as stock Nix computes them.
+    private static (string Flat, string Recursive) Greeting(string directory)
+    {
+        File.WriteAllText(Path.Combine(directory, "greeting.txt"), "fetched over http\n");
+        return (Processes.Run("nix-hash", ["--type", "sha256", "--flat", Path.Combine(directory, "greeting.txt")]).StdoutText.Trim(),
+            Processes.Run("nix-hash", ["--type", "sha256", "--base32", directory]).StdoutText.Trim());
+    }
+
+    // A builtin:fetchurl derivation (with more attributes, if any) as a Nix expression.
+    private static string Fetchurl(string name, string url, string flatHash, string more = "") => $$"""
+        derivation {
+          name = "{{name}}";
+          system = "builtin";
+          builder = "builtin:fetchurl";
+          url = "{{url}}";
+          {{more}}
+          outputHashMode = "flat";
+          outputHashAlgo = "sha256";
+          outputHash = "{{flatHash}}";
+        }
+        """;
 }
