@@ -111,7 +111,15 @@ internal static class Program
             using var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             socket.ReceiveTimeout = 10_000;
             socket.Connect(new UnixDomainSocketEndPoint(args[2]));
-            socket.Send(Encoding.UTF8.GetBytes($"{{\"auth\":{{\"type\":\"{type}\",\"key\":\"{blob}\"}}}}\n"));
+            try
+            {
+                socket.Send(Encoding.UTF8.GetBytes($"{{\"auth\":{{\"type\":\"{type}\",\"key\":\"{blob}\"}}}}\n"));
+            }
+            catch (SocketException)
+            {
+                // The server may answer (a refusal) and close before reading the question; the answer still waits.
+            }
+
             answer = ReadLine(socket);
         }
         catch (SocketException)

@@ -153,6 +153,21 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     if (peer is null || (peer.UserId != ssh.LoginUserId && !fromSshd))
                     {
                         LogRefusedPeer(logger, peer?.UserId ?? -1);
+
+                        // Read its request before answering: closing with the request unread resets the connection,
+                        // and the caller would see "server unreachable" instead of the refusal.
+                        using (var drain = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken))
+                        {
+                            drain.CancelAfter(TimeSpan.FromSeconds(2));
+                            try
+                            {
+                                await ReadHeaderAsync(stream, drain.Token).ConfigureAwait(false);
+                            }
+                            catch (OperationCanceledException) when (!stoppingToken.IsCancellationRequested)
+                            {
+                            }
+                        }
+
                         await AnswerAsync(stream, "error: this socket is for Kiln's SSH bridge only", stoppingToken).ConfigureAwait(false);
                         return;
                     }
