@@ -36,6 +36,15 @@ public sealed record BuildLimits
     public TimeSpan Timeout { get; init; }
 
     public long MaxLogSize { get; init; }
+
+    /// <summary>
+    /// The most memory the build's processes and the files in its in-memory file systems (<c>/</c> with <c>/tmp</c>,
+    /// the build directory, <c>/dev/shm</c>) use together; each of those file systems is also this size at most.
+    /// </summary>
+    public long MemoryBytes { get; init; }
+
+    /// <summary>The most processes and threads the build runs at once (a fork bomb stops here).</summary>
+    public int Processes { get; init; }
 }
 
 /// <summary>How a build ended, in the terms Nix reports (its <c>BuildResult::Status</c> failure values).</summary>

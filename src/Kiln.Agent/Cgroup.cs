@@ -4,12 +4,16 @@ namespace Kiln.Agent;
 
 /// <summary>
 /// A control group per build: every process the builder starts lands in it, so Kiln can kill them all and measure
-/// CPU time and peak memory. cgroup v2 (one hierarchy) on most hosts, v1 (memory, cpuacct and pids hierarchies) on
-/// older ones; without either (no permission, say) builds run unmeasured and are killed through their PID namespace.
+/// CPU time and peak memory, and bound what it uses: memory (its tmpfs files count, as they are memory), processes
+/// and CPU time. cgroup v2 (one hierarchy) on most hosts, v1 (memory, cpuacct, pids and cpu hierarchies) on older
+/// ones; without either (no permission, say) builds run unmeasured and unbounded and are killed through their PID
+/// namespace.
 /// </summary>
 internal abstract class Cgroup : IDisposable
 {
-    private const string Root = "/sys/fs/cgroup";
+    /// <summary>Where the host's cgroup file systems are mounted; Kiln's groups go in <c>kiln/</c> below it.</summary>
+    public const string SystemRoot = "/sys/fs/cgroup";
+    private const long CpuPeriodMicroseconds = 100_000;
 
     /// <summary>The <c>cgroup.procs</c> files a process must write its PID to, to join.</summary>
     public abstract IReadOnlyList<string> ProcsFiles { get; }
@@ -18,26 +22,37 @@ internal abstract class Cgroup : IDisposable
 
     public abstract long? PeakMemory();
 
+    /// <summary>How many times the kernel killed one of the build's processes for going over its memory limit.</summary>
+    public abstract long OutOfMemoryKills();
+
+    /// <summary>How many times a fork or clone failed because the build was at its process limit.</summary>
+    public long ProcessLimitHits() => Counter(PidsEvents, "max");
+
+    protected abstract string PidsEvents { get; }
+
     /// <summary>Kills every process in the group, until none is left.</summary>
     public abstract void KillAll();
 
     public abstract void Dispose();
 
-    /// <summary>Creates a group for one build, or null when this host gives Kiln no usable cgroups.</summary>
-    public static Cgroup? TryCreate(string name)
+    /// <summary>Creates a group for one build, bounded by <paramref name="limits"/>, or null when this host gives Kiln no usable cgroups.</summary>
+    /// <remarks>
+    /// Below the system's root, a v2 hierarchy is used only if it has the memory controller (a hybrid host mounts an
+    /// empty one beside its v1 hierarchies); an operator's own root (a delegated subtree) is used as it is.
+    /// </remarks>
+    public static Cgroup? TryCreate(string root, string name, BuildLimits limits)
     {
         try
         {
-            if (File.Exists(Path.Combine(Root, "cgroup.controllers")) &&
-                File.ReadAllText(Path.Combine(Root, "cgroup.controllers")).Split(' ', '\n').Contains("memory"))
+            var controllers = Path.Combine(root, "cgroup.controllers");
+            if (File.Exists(controllers) && (root != SystemRoot || File.ReadAllText(controllers).Split(' ', '\n').Contains("memory")))
             {
-                return V2.Create(name);
+                return V2.Create(root, name, limits);
             }
 
-            if (Directory.Exists(Path.Combine(Root, "memory")) && Directory.Exists(Path.Combine(Root, "cpuacct")) &&
-                Directory.Exists(Path.Combine(Root, "pids")))
+            if (V1Controllers.All(c => Directory.Exists(Path.Combine(root, c))))
             {
-                return V1.Create(name);
+                return V1.Create(root, name, limits);
             }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -52,10 +67,10 @@ internal abstract class Cgroup : IDisposable
     /// — running and their groups behind). A group is named <c>build-PID-…</c> by the Kiln that made it; one whose PID
     /// is not a running process is abandoned. Returns how many were swept.
     /// </summary>
-    public static int SweepAbandoned()
+    public static int SweepAbandoned(string root)
     {
         var swept = 0;
-        foreach (var parent in V1Controllers.Select(c => Path.Combine(Root, c, "kiln")).Prepend(Path.Combine(Root, "kiln")))
+        foreach (var parent in V1Controllers.Append("cpu").Select(c => Path.Combine(root, c, "kiln")).Prepend(Path.Combine(root, "kiln")))
         {
             if (!Directory.Exists(parent))
             {
@@ -87,6 +102,9 @@ internal abstract class Cgroup : IDisposable
 
     // The cgroup v1 hierarchies a build's group is made in (v2 has one).
     private static readonly string[] V1Controllers = ["memory", "cpuacct", "pids"];
+
+    // The v2 controllers a build's group is bounded and measured by.
+    private static readonly string[] V2Controllers = ["memory", "cpu", "pids"];
 
     protected static void KillProcesses(string procsFile)
     {
@@ -129,20 +147,69 @@ internal abstract class Cgroup : IDisposable
 
     private static long ReadLong(string path) => long.Parse(File.ReadAllText(path).Trim(), CultureInfo.InvariantCulture);
 
-    private sealed class V1(string memory, string cpu, string pids) : Cgroup
+    // A "name value" line of a cgroup's flat-keyed file (memory.events, pids.events, memory.oom_control); 0 if absent.
+    private static long Counter(string file, string name)
     {
-        public static V1 Create(string name)
+        if (!File.Exists(file))
         {
-            var dirs = V1Controllers.Select(c => Path.Combine(Root, c, "kiln", name)).ToArray();
+            return 0;
+        }
+
+        foreach (var line in File.ReadLines(file))
+        {
+            var parts = line.Split(' ');
+            if (parts.Length == 2 && parts[0] == name && long.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var value))
+            {
+                return value;
+            }
+        }
+
+        return 0;
+    }
+
+    private static void Write(string directory, string file, long value) =>
+        File.WriteAllText(Path.Combine(directory, file), value.ToString(CultureInfo.InvariantCulture));
+
+    // cgroup v1: a group per controller hierarchy. cpu (for the quota) is often mounted with cpuacct as one.
+    private sealed class V1(string memory, string cpu, string pids, string? quota) : Cgroup
+    {
+        public static V1 Create(string root, string name, BuildLimits limits)
+        {
+            var dirs = V1Controllers.Select(c => Path.Combine(root, c, "kiln", name)).ToArray();
             foreach (var dir in dirs)
             {
                 Directory.CreateDirectory(dir);
             }
 
-            return new V1(dirs[0], dirs[1], dirs[2]);
+            var (memory, cpu, pids) = (dirs[0], dirs[1], dirs[2]);
+            string? quota = null;
+            if (limits.Cores > 0 && Directory.Exists(Path.Combine(root, "cpu")))
+            {
+                quota = Path.Combine(root, "cpu", "kiln", name);
+                Directory.CreateDirectory(quota);
+                Write(quota, "cpu.cfs_period_us", CpuPeriodMicroseconds);
+                Write(quota, "cpu.cfs_quota_us", limits.Cores * CpuPeriodMicroseconds);
+            }
+
+            if (limits.MemoryBytes > 0)
+            {
+                Write(memory, "memory.limit_in_bytes", limits.MemoryBytes);
+            }
+
+            if (limits.Processes > 0)
+            {
+                Write(pids, "pids.max", limits.Processes);
+            }
+
+            return new V1(memory, cpu, pids, quota);
         }
 
-        public override IReadOnlyList<string> ProcsFiles => [Path.Combine(memory, "cgroup.procs"), Path.Combine(cpu, "cgroup.procs"), Path.Combine(pids, "cgroup.procs")];
+        public override IReadOnlyList<string> ProcsFiles =>
+            new[] { memory, cpu, pids, quota }.OfType<string>().Distinct().Select(d => Path.Combine(d, "cgroup.procs")).ToList();
+
+        protected override string PidsEvents => Path.Combine(pids, "pids.events");
+
+        public override long OutOfMemoryKills() => Counter(Path.Combine(memory, "memory.oom_control"), "oom_kill");
 
         public override (TimeSpan User, TimeSpan System)? CpuTime() =>
             (TimeSpan.FromTicks(ReadLong(Path.Combine(cpu, "cpuacct.usage_user")) / 100),
@@ -158,23 +225,64 @@ internal abstract class Cgroup : IDisposable
             RemoveDirectory(memory);
             RemoveDirectory(cpu);
             RemoveDirectory(pids);
+            if (quota is not null)
+            {
+                RemoveDirectory(quota);
+            }
         }
     }
 
+    // cgroup v2: one group; a limit is written where its controller is enabled (a test's cgroup2 mount on a v1 host
+    // has none of them).
     private sealed class V2(string path) : Cgroup
     {
-        public static V2 Create(string name)
+        public static V2 Create(string root, string name, BuildLimits limits)
         {
-            var parent = Path.Combine(Root, "kiln");
+            var parent = Path.Combine(root, "kiln");
             Directory.CreateDirectory(parent);
-            // Let the builds' groups account memory, CPU and processes.
-            File.WriteAllText(Path.Combine(parent, "cgroup.subtree_control"), "+memory +cpu +pids");
+            // Let the builds' groups account and bound memory, CPU and processes: those of the three the root offers.
+            var offered = File.ReadAllText(Path.Combine(root, "cgroup.controllers")).Split(' ', '\n', StringSplitOptions.RemoveEmptyEntries);
+            var wanted = V2Controllers.Where(offered.Contains).ToList();
+            if (wanted.Count > 0)
+            {
+                var enable = string.Join(' ', wanted.Select(c => "+" + c));
+                if (!File.ReadAllText(Path.Combine(parent, "cgroup.controllers")).Split(' ', '\n').Intersect(wanted).Any())
+                {
+                    File.WriteAllText(Path.Combine(root, "cgroup.subtree_control"), enable); // a fresh cgroup2 mount enables none
+                }
+
+                File.WriteAllText(Path.Combine(parent, "cgroup.subtree_control"), enable);
+            }
+
             var path = Path.Combine(parent, name);
             Directory.CreateDirectory(path);
+            if (limits.MemoryBytes > 0 && File.Exists(Path.Combine(path, "memory.max")))
+            {
+                Write(path, "memory.max", limits.MemoryBytes);
+                if (File.Exists(Path.Combine(path, "memory.swap.max")))
+                {
+                    Write(path, "memory.swap.max", 0); // the limit is the build's memory, not memory plus the host's swap
+                }
+            }
+
+            if (limits.Processes > 0 && File.Exists(Path.Combine(path, "pids.max")))
+            {
+                Write(path, "pids.max", limits.Processes);
+            }
+
+            if (limits.Cores > 0 && File.Exists(Path.Combine(path, "cpu.max")))
+            {
+                File.WriteAllText(Path.Combine(path, "cpu.max"), string.Create(CultureInfo.InvariantCulture, $"{limits.Cores * CpuPeriodMicroseconds} {CpuPeriodMicroseconds}"));
+            }
+
             return new V2(path);
         }
 
         public override IReadOnlyList<string> ProcsFiles => [Path.Combine(path, "cgroup.procs")];
+
+        protected override string PidsEvents => Path.Combine(path, "pids.events");
+
+        public override long OutOfMemoryKills() => Counter(Path.Combine(path, "memory.events"), "oom_kill");
 
         public override (TimeSpan User, TimeSpan System)? CpuTime()
         {

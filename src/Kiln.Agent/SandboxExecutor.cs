@@ -82,7 +82,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     // host that died), and the files every sandbox shares.
     private void CleanUp()
     {
-        Cgroup.SweepAbandoned();
+        Cgroup.SweepAbandoned(_options.CgroupRoot);
         if (Directory.Exists(_builds))
         {
             NarExtractor.DeleteTree(_builds);
@@ -276,15 +276,25 @@ public sealed class SandboxExecutor : IBuildExecutor
             SandboxLayout.DevDirectory(dev);
         }
 
-        var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildDir, storeDir, inputs, _etc, _options.SandboxPaths,
-            hostNetwork: !_options.FixedOutputNetwork.Isolated, command, dev);
+        // As root, the build directory is a tmpfs too, the build memory's size at most, mounted by the launcher in its
+        // own mount namespace (gone with the build's last process, even if Kiln is killed) with what Kiln put in it.
+        var memory = job.Limits.MemoryBytes;
+        var buildTmpfs = dev is not null && memory > 0 ? Path.Combine(directory, "build-tmpfs") : null;
+        if (buildTmpfs is not null)
+        {
+            Directory.CreateDirectory(buildTmpfs, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+
+        var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildTmpfs ?? buildDir, storeDir, inputs, _etc, _options.SandboxPaths,
+            hostNetwork: !_options.FixedOutputNetwork.Isolated, command, dev, memory);
 
         using var pty = Pty.Open();
         // Named by this process too: another Kiln on the host may build the same derivation at the same moment.
-        using var cgroup = Cgroup.TryCreate($"build-{Environment.ProcessId}-{id}");
+        using var cgroup = Cgroup.TryCreate(_options.CgroupRoot, $"build-{Environment.ProcessId}-{id}", job.Limits);
 
-        // A small shell joins the cgroup first, so every process the build starts is in it, (as root) mounts /dev's
-        // devpts, shm and device nodes in the mount namespace unshare gave it, then becomes bwrap with
+        // A small shell joins the cgroup first, so every process the build starts is in it, makes the build the
+        // kernel's first choice when the host runs out of memory (a build user cannot lower it again), (as root) mounts
+        // /dev's devpts, shm and device nodes and the build directory in the mount namespace unshare gave it, then becomes bwrap with
         // the terminal as stdout and stderr, bwrap's status report on descriptor 3 and the syscall filter, which bwrap
         // reads and closes, on descriptor 9. Like Nix, stdin is /dev/null and the terminal are open read-write. A
         // sandbox that waits for its network reads descriptor 8 (bwrap closes it), a pipe Kiln writes to when it is up.
@@ -299,11 +309,16 @@ public sealed class SandboxExecutor : IBuildExecutor
 
         start.ArgumentList.Add("-c");
         start.ArgumentList.Add("""
-            for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; block=$5; dev=$6; shift 6
+            for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; block=$5; dev=$6; seed=$7; tmp=$8; shift 8
+            echo 1000 > /proc/self/oom_score_adj
             if [ -n "$dev" ]; then
               mount -t devpts -o newinstance,mode=0620,ptmxmode=0666 devpts "$dev/pts" || exit 125
-              mount -t tmpfs -o mode=1777 none "$dev/shm" || exit 125
+              mount -t tmpfs -o "mode=1777$TMPFS_SIZE" none "$dev/shm" || exit 125
               for n in $DEVICES; do mount --bind "/dev/$n" "$dev/$n" || exit 125; done
+            fi
+            if [ -n "$tmp" ]; then
+              mount -t tmpfs -o "mode=0700$TMPFS_SIZE,uid=$BUILD_UID,gid=$BUILD_GID" none "$tmp" || exit 125
+              cp -a "$seed/." "$tmp/" || exit 125
             fi
             if [ -n "$block" ]; then exec "$@" 3>"$status" 9<"$filter" 8<>"$block" <>/dev/null 1<>"$pty" 2>&1; fi
             exec "$@" 3>"$status" 9<"$filter" <>/dev/null 1<>"$pty" 2>&1
@@ -315,6 +330,8 @@ public sealed class SandboxExecutor : IBuildExecutor
         start.ArgumentList.Add(_seccomp);
         start.ArgumentList.Add(block);
         start.ArgumentList.Add(dev ?? "");
+        start.ArgumentList.Add(buildDir);
+        start.ArgumentList.Add(buildTmpfs ?? "");
         if (user is not null)
         {
             // The build's user from here on: no capabilities, no way back, and no gaining privileges (as Nix).
@@ -336,6 +353,9 @@ public sealed class SandboxExecutor : IBuildExecutor
         start.Environment.Clear();
         start.Environment["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin";
         start.Environment["DEVICES"] = string.Join(' ', SandboxLayout.Devices);
+        start.Environment["TMPFS_SIZE"] = memory > 0 ? string.Create(CultureInfo.InvariantCulture, $",size={memory}") : "";
+        start.Environment["BUILD_UID"] = user?.UserId.ToString(CultureInfo.InvariantCulture) ?? "";
+        start.Environment["BUILD_GID"] = user?.GroupId.ToString(CultureInfo.InvariantCulture) ?? "";
 
         var tail = new LogTail(job.Limits.MaxLogSize, log);
         using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
@@ -367,7 +387,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         };
         if (failure != BuildFailureKind.None)
         {
-            return outcome with { Failure = failure, ErrorMessage = message };
+            return outcome with { Failure = failure, ErrorMessage = message + ResourceNote(job, cgroup) };
         }
 
         cancellationToken.ThrowIfCancellationRequested();
@@ -387,13 +407,38 @@ public sealed class SandboxExecutor : IBuildExecutor
             return outcome with
             {
                 Failure = derivation.IsFixedOutput ? BuildFailureKind.TransientFailure : BuildFailureKind.PermanentFailure,
-                ErrorMessage = $"builder for '{job.DrvPath}' {ExitDescription(process.ExitCode)}",
+                ErrorMessage = $"builder for '{job.DrvPath}' {ExitDescription(process.ExitCode)}{ResourceNote(job, cgroup)}",
                 ExitCode = process.ExitCode,
             };
         }
 
         return outcome;
     }
+
+    // Why a failed build may have failed that its builder's exit status does not say: it hit the limits Kiln set.
+    private static string ResourceNote(BuildJob job, Cgroup? cgroup)
+    {
+        if (cgroup is null)
+        {
+            return "";
+        }
+
+        var notes = new List<string>();
+        if (cgroup.OutOfMemoryKills() is > 0 and var killed)
+        {
+            notes.Add($"the kernel killed {Plural(killed, "process", "processes")} of it for going over its memory limit of {job.Limits.MemoryBytes / (1024 * 1024)} MiB " +
+                "(memory used by its processes and by files in /tmp, the build directory and /dev/shm together)");
+        }
+
+        if (cgroup.ProcessLimitHits() is > 0 and var refused)
+        {
+            notes.Add($"it was refused {Plural(refused, "new process", "new processes")} at its limit of {job.Limits.Processes} processes at once");
+        }
+
+        return notes.Count == 0 ? "" : $"; {string.Join("; ", notes)}";
+    }
+
+    private static string Plural(long count, string one, string many) => string.Create(CultureInfo.InvariantCulture, $"{count} {(count == 1 ? one : many)}");
 
     // Waits for the sandbox's first process (bwrap reports it on its status descriptor), connects its network namespace,
     // and lets it run. Returns the network to release when the build ends, or why there is none.

@@ -62,8 +62,10 @@ internal static class SandboxLayout
 
     public static List<string> BubblewrapArguments(Derivation derivation, BuildEnvironment environment, string buildDir, string storeDir,
         IReadOnlyList<(StorePath Path, string Tree)> inputs, string etc, IReadOnlyList<string> sandboxPaths, bool hostNetwork = false, Command? command = null,
-        string? dev = null)
+        string? dev = null, long tmpfsBytes = 0)
     {
+        // Files in a tmpfs are memory: each the build gets is as big as its memory limit at most (and counts toward it).
+        string[] size = tmpfsBytes > 0 ? ["--size", tmpfsBytes.ToString(System.Globalization.CultureInfo.InvariantCulture)] : [];
         var fixedOutput = derivation.IsFixedOutput;
         var ownNetwork = fixedOutput && !hostNetwork;
         var args = new List<string>
@@ -84,7 +86,7 @@ internal static class SandboxLayout
 
         // Nix's sandbox root, /etc and /nix belong to root, which the build is not: it cannot write there. Here the
         // build's user owns everything bubblewrap makes, so those are made read-only by their modes instead.
-        args.AddRange(["--perms", "0555", "--tmpfs", "/"]);
+        args.AddRange(["--perms", "0555", .. size, "--tmpfs", "/"]);
         args.AddRange(["--perms", "0555", "--dir", "/etc"]);
         args.AddRange(["--perms", "0555", "--dir", "/nix"]);
         args.AddRange(["--perms", "1777", "--dir", "/tmp"]);
@@ -105,7 +107,7 @@ internal static class SandboxLayout
 
         // Nix's /dev, prepared by Kiln (see DevDirectory) when it is root; otherwise bubblewrap's, which also has
         // console and core. Either way /dev/shm is a tmpfs open to all, as Nix's.
-        args.AddRange(dev is null ? ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"] : ["--dev-bind", dev, "/dev"]);
+        args.AddRange(dev is null ? ["--dev", "/dev", "--perms", "1777", .. size, "--tmpfs", "/dev/shm"] : ["--dev-bind", dev, "/dev"]);
         args.AddRange(["--proc", "/proc"]);
         args.AddRange(["--ro-bind", Path.Combine(etc, "passwd"), "/etc/passwd"]);
         args.AddRange(["--ro-bind", Path.Combine(etc, "group"), "/etc/group"]);

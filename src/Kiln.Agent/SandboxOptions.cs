@@ -24,6 +24,9 @@ public sealed record SandboxOptions
     /// <summary>The program that runs <c>builtin:fetchurl</c> in a sandbox; null refuses such derivations.</summary>
     public BuiltinFetcher? Fetcher { get; init; }
 
+    /// <summary>Where the cgroup file systems are (Kiln's build groups go in <c>kiln/</c> below it): the host's, or a subtree delegated to Kiln.</summary>
+    public string CgroupRoot { get; init; } = Cgroup.SystemRoot;
+
     public string Bubblewrap { get; init; } = "/usr/bin/bwrap";
 
     /// <summary>util-linux's <c>unshare</c>, which gives a root build's launcher its own mount namespace for <c>/dev</c>.</summary>

@@ -10,6 +10,12 @@ public sealed record SchedulerOptions
 
     public long MaxLogSize { get; init; }
 
+    /// <summary>The most memory one build uses, its tmpfs files included (zero: no limit).</summary>
+    public long BuildMemory { get; init; }
+
+    /// <summary>The most processes one build runs at once (zero: no limit).</summary>
+    public int BuildProcesses { get; init; }
+
     /// <summary><c>NIX_BUILD_CORES</c>.</summary>
     public int Cores { get; init; } = Environment.ProcessorCount;
 

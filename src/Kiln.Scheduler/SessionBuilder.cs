@@ -393,7 +393,11 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
         private BuildLimits OperatorLimits()
         {
             var options = _scheduler.Options;
-            return new BuildLimits { Cores = options.Cores, MaxSilentTime = options.MaxSilentTime, Timeout = options.Timeout, MaxLogSize = options.MaxLogSize };
+            return new BuildLimits
+            {
+                Cores = options.Cores, MaxSilentTime = options.MaxSilentTime, Timeout = options.Timeout, MaxLogSize = options.MaxLogSize,
+                MemoryBytes = options.BuildMemory, Processes = options.BuildProcesses,
+            };
         }
 
         // The client's own limits, which this session applies to its wait (a client may ask for tighter, never looser).

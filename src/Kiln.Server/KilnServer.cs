@@ -49,6 +49,8 @@ public static partial class KilnServer
                 MaxSilentTime = options.MaxSilentTime,
                 Timeout = options.BuildTimeout,
                 MaxLogSize = options.MaxLogSize,
+                BuildMemory = options.BuildMemory,
+                BuildProcesses = options.BuildProcesses,
             }, buildKey, logger);
             var agent = new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, executor.Slots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4);
             await using (agent.ConfigureAwait(false))
@@ -113,6 +115,7 @@ public static partial class KilnServer
             SandboxPaths = options.SandboxPaths,
             FixedOutputNetwork = options.FixedOutputNetwork,
             Fetcher = options.Fetcher,
+            CgroupRoot = options.CgroupRoot,
         }, new LocalAgentStore(store.Blobs));
         if (executor.BuildUsersUnavailable is { } why)
         {

@@ -49,6 +49,15 @@ public sealed record ServerOptions
 
     public long MaxLogSize { get; init; }
 
+    /// <summary>The most memory one build uses, its tmpfs files included (zero: no limit).</summary>
+    public long BuildMemory { get; init; }
+
+    /// <summary>The most processes one build runs at once (zero: no limit).</summary>
+    public int BuildProcesses { get; init; }
+
+    /// <summary>Where the cgroup file systems are; Kiln's build groups go in <c>kiln/</c> below it.</summary>
+    public string CgroupRoot { get; init; } = "/sys/fs/cgroup";
+
     /// <summary>Where Kiln's sshd listens (<c>ADDRESS:PORT</c>); null: no SSH front door.</summary>
     public string? SshListen { get; init; } = "127.0.0.1:2222";
 

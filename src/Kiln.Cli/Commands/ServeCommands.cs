@@ -64,11 +64,26 @@ internal static class ServeCommands
             Description = "The most bytes one builtin:fetchurl download may bring (default 4 GiB).",
             DefaultValueFactory = _ => 4L << 30,
         };
+        var buildMemory = new Option<string>("--build-memory")
+        {
+            Description = "The most memory one build uses, files in its /tmp, build directory and /dev/shm included: SIZE (512MiB, 8GiB), N% of this machine's, or 0 for no limit (default 80%).",
+            DefaultValueFactory = _ => "80%",
+        };
+        var buildProcesses = new Option<int>("--build-processes")
+        {
+            Description = "The most processes and threads one build runs at once (0: no limit).",
+            DefaultValueFactory = _ => 10_000,
+        };
+        var cgroupRoot = new Option<string>("--cgroup-root")
+        {
+            Description = "Where the cgroup file systems are mounted, or a cgroup v2 subtree delegated to Kiln; build groups go in kiln/ below it.",
+            DefaultValueFactory = _ => "/sys/fs/cgroup",
+        };
         var sshUser = new Option<string>("--ssh-user") { Description = "The user SSH clients log in as (created if missing).", DefaultValueFactory = _ => "kiln" };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
-            fodNetwork, fodAllow, fetchMax, blobSweep,
+            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, cgroupRoot,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -84,6 +99,9 @@ internal static class ServeCommands
                 MaxSilentTime = TimeSpan.FromSeconds(result.GetValue(maxSilent)),
                 BuildTimeout = TimeSpan.FromSeconds(result.GetValue(timeout)),
                 MaxLogSize = result.GetValue(maxLog),
+                BuildMemory = MemorySize(result.GetValue(buildMemory)!),
+                BuildProcesses = Math.Max(0, result.GetValue(buildProcesses)),
+                CgroupRoot = Path.GetFullPath(result.GetValue(cgroupRoot)!),
                 SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
                 SshUser = result.GetValue(sshUser)!,
                 HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
@@ -110,6 +128,25 @@ internal static class ServeCommands
     private static string ParseListen(string text) =>
         System.Net.IPEndPoint.TryParse(text, out var endpoint) && endpoint.Port != 0 ? text
             : throw new CommandException($"'{text}' is not ADDRESS:PORT (for example 127.0.0.1:8080), or 'none'");
+
+    // SIZE with an optional binary unit (K, M, G, T, with or without "iB"), N% of this machine's memory, or 0.
+    internal static long MemorySize(string text)
+    {
+        var match = System.Text.RegularExpressions.Regex.Match(text.Trim(), @"^([0-9]+)\s*(%|[KMGT]?)(?:i?B)?$", System.Text.RegularExpressions.RegexOptions.IgnoreCase);
+        if (!match.Success || !long.TryParse(match.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
+        {
+            throw new CommandException($"'{text}' is not a memory size (for example 512MiB, 8GiB, 80% or 0)");
+        }
+
+        var unit = match.Groups[2].Value.ToUpperInvariant();
+        if (unit == "%")
+        {
+            return number is > 0 and <= 100 ? Kiln.Agent.HostMemory.TotalBytes() / 100 * number : throw new CommandException($"'{text}': a share of this machine's memory is 1% to 100%");
+        }
+
+        var shift = "_KMGT".IndexOf(unit.Length == 0 ? '_' : unit[0], StringComparison.Ordinal) * 10;
+        return number <= long.MaxValue >> shift ? number << shift : throw new CommandException($"'{text}' is too large");
+    }
 
     private static System.Net.IPNetwork ParseRange(string text) =>
         System.Net.IPNetwork.TryParse(text, out var range) && range.BaseAddress.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? range
