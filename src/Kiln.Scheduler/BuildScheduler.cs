@@ -109,6 +109,9 @@ public sealed partial class BuildScheduler
         return JoinAsync(step, accountId, events, sessionLimits, cancellationToken);
     }
 
+    /// <summary>Forgets a finished step's outcome (its outputs are gone), so the next request for it builds again.</summary>
+    internal void Forget(string key) => _recent.TryRemove(key, out _);
+
     private async Task<StepOutcome> ReusedAsync(StepOutcome done, long accountId, CancellationToken cancellationToken)
     {
         await Builds.AddBuildAccountAsync(done.BuildId, accountId, cancellationToken).ConfigureAwait(false);

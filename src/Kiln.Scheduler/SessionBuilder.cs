@@ -323,9 +323,16 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 var stored = record.Outputs.Select(BuildScheduler.FromRecord).ToList();
                 if (await AllStoredAsync(stored, token).ConfigureAwait(false))
                 {
-                    await _scheduler.Builds.AddBuildAccountAsync(record.Id, _view.AccountId, token).ConfigureAwait(false);
-                    await RegisterAsync(drvPath, stored, trust, token).ConfigureAwait(false);
-                    return new Step(BuildStatus.Built, "", outputs);
+                    try
+                    {
+                        await RegisterAsync(drvPath, stored, trust, token).ConfigureAwait(false);
+                        await _scheduler.Builds.AddBuildAccountAsync(record.Id, _view.AccountId, token).ConfigureAwait(false);
+                        return new Step(BuildStatus.Built, "", outputs);
+                    }
+                    catch (ContentGoneException)
+                    {
+                        // Collected between the look and the registration: built again below.
+                    }
                 }
             }
 
@@ -336,15 +343,31 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 Inputs = closure.Select(r => new BuildInput(r.Info.Path, r.Info.NarHash, r.Info.NarSize, r.Info.References.ToList())).ToList(),
                 Limits = OperatorLimits(),
             };
-            var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation), _view.AccountId, _events, ClientLimits(), token).ConfigureAwait(false);
-            var outcome = result.Outcome;
-            if (!outcome.Succeeded)
+            // Twice at most: outputs the collector took before they were registered (a recent build reused, or content
+            // another account's paths were the last to name) are built once more.
+            for (var attempt = 1; ; attempt++)
             {
-                return Step.Failed(StatusOf(outcome.Failure), FailureMessage(outcome), outcome);
-            }
+                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation), _view.AccountId, _events, ClientLimits(), token).ConfigureAwait(false);
+                var outcome = result.Outcome;
+                if (!outcome.Succeeded)
+                {
+                    return Step.Failed(StatusOf(outcome.Failure), FailureMessage(outcome), outcome);
+                }
 
-            await RegisterAsync(drvPath, outcome.Outputs, trust, token).ConfigureAwait(false);
-            return new Step(BuildStatus.Built, "", outputs, result.Reused ? null : outcome);
+                try
+                {
+                    await RegisterAsync(drvPath, outcome.Outputs, trust, token).ConfigureAwait(false);
+                    return new Step(BuildStatus.Built, "", outputs, result.Reused ? null : outcome);
+                }
+                catch (ContentGoneException e)
+                {
+                    _scheduler.Forget(key);
+                    if (attempt == 2)
+                    {
+                        return Step.Failed(BuildStatus.TransientFailure, $"Kiln built '{drvPath}' twice but {e.Message} both times; try again");
+                    }
+                }
+            }
         }
 
         private async Task<bool> AllStoredAsync(IReadOnlyList<BuiltOutput> outputs, CancellationToken token)

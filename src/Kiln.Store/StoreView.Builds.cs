@@ -109,6 +109,17 @@ public sealed partial class StoreView
         }
 
         using var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+
+        // Under the lock that keeps the collector out: a blob seen before it (a build reused, or built and not yet
+        // registered) may have been swept since, when the last path naming it went; a path must never be valid without it.
+        foreach (var output in outputs)
+        {
+            if (!await _store.Blobs.HasAsync(output.Info.NarHash, cancellationToken).ConfigureAwait(false))
+            {
+                throw new ContentGoneException(output.Info.Path);
+            }
+        }
+
         try
         {
             await Metadata.RegisterAsync(AccountId, outputs, cancellationToken).ConfigureAwait(false);
@@ -147,4 +158,11 @@ public sealed partial class StoreView
 
         public override void Symlink(ReadOnlySpan<byte> target) => throw new InvalidDataException("it is a symlink");
     }
+}
+
+/// <summary>A build output's content was collected before the output could be registered: the build must run again.</summary>
+public sealed class ContentGoneException(StorePath path)
+    : Exception($"the content of '{path}' was garbage-collected before it was registered")
+{
+    public StorePath Path { get; } = path;
 }

@@ -1,4 +1,5 @@
 using Kiln.Nix.Derivations;
+using Kiln.Nix.Hashing;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
 using Kiln.Protocol.Worker;
@@ -92,6 +93,37 @@ public sealed class SchedulerTests : IAsyncLifetime
         var (again, _) = await BuildAsync("a", keepGoing: false, top);
         Assert.Equal(BuildStatus.AlreadyValid, again.Single().Status);
         Assert.Equal(4, _executor.Jobs.Count);
+    }
+
+    [Fact]
+    public async Task A_finished_build_whose_outputs_were_collected_is_built_again_not_registered_without_content()
+    {
+        // 20.3: a builds; a's GC deletes the output, and its blob (nothing else names it) goes. b then asks for the
+        // same build: the scheduler still remembers the outcome, and registering it would make the path valid in b's
+        // view with no content behind it, never rebuilt. The registration checks the blob under the GC's lock instead.
+        var drv = await DerivationAsync("a", "collected");
+        await DerivationAsync("b", "collected");
+        Assert.Equal(BuildStatus.Built, (await BuildAsync("a", keepGoing: false, drv)).Results.Single().Status);
+        var narHash = _executor.Jobs.Count == 1 ? await NarHashAsync("a", Out(drv)) : throw new InvalidOperationException("one build expected");
+        using (var view = await _store.OpenViewAsync("a", default))
+        {
+            var collected = await view.CollectGarbageAsync(new GcRequest(GcAction.DeleteSpecific, new HashSet<StorePath> { Out(drv) }, 0), default);
+            Assert.Equal([Out(drv)], collected.Paths);
+        }
+
+        Assert.False(await _store.Blobs.HasAsync(narHash, default));
+
+        var (results, _) = await BuildAsync("b", keepGoing: false, drv);
+        Assert.Equal(BuildStatus.Built, results.Single().Status);
+        Assert.Equal(2, _executor.Jobs.Count);
+        Assert.True(await ValidAsync("b", Out(drv)));
+        Assert.True(await _store.Blobs.HasAsync(await NarHashAsync("b", Out(drv)), default));
+    }
+
+    private async Task<NixHash> NarHashAsync(string account, StorePath path)
+    {
+        using var view = await _store.OpenViewAsync(account, default);
+        return (await view.QueryPathInfosAsync([path], default))[path].NarHash;
     }
 
     [Fact]
