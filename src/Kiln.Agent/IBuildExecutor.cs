@@ -29,6 +29,9 @@ public interface IAgentStore
     /// <summary>Opens the NAR with this hash; it must exist.</summary>
     Task<Stream> OpenNarAsync(NixHash narHash, CancellationToken cancellationToken);
 
+    /// <summary>Whether the store still holds the NAR with this hash (an unpacked copy of one it dropped is pruned).</summary>
+    ValueTask<bool> HasNarAsync(NixHash narHash, CancellationToken cancellationToken);
+
     /// <summary>Starts a NAR the agent writes (the store hashes it as it goes); nothing is kept unless it is committed.</summary>
     IPendingNar CreateNar();
 }

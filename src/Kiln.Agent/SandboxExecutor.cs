@@ -50,6 +50,9 @@ public sealed class SandboxExecutor : IBuildExecutor
 
     public int Slots => _options.MaxJobs;
 
+    /// <summary>Removes unpacked inputs whose NAR the store dropped and no build uses; returns how many went.</summary>
+    public Task<int> PruneInputsAsync(CancellationToken cancellationToken) => _inputs.PruneAsync(cancellationToken);
+
     /// <summary>What the operator should know about fixed-output builds' network here, or null.</summary>
     public string? FixedOutputNetworkNote =>
         _options.FixedOutputNetwork.Isolated && _users is not null && !FixedOutputNetwork.TunOpenToAll()
@@ -88,6 +91,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             NarExtractor.DeleteTree(_builds);
         }
 
+        _inputs.DeleteLeftovers();
         foreach (var directory in new[] { _builds, _etc, _inputs.Root })
         {
             Directory.CreateDirectory(directory);
@@ -224,6 +228,8 @@ public sealed class SandboxExecutor : IBuildExecutor
             ChangeOwner(storeDir, 0, user.GroupId);
         }
 
+        // Taken before any input is looked at: a prune must not remove what this build is about to mount.
+        using var inUse = _inputs.Use(job.Inputs.Select(i => i.NarHash).ToList());
         var inputs = new List<(Kiln.Nix.StorePaths.StorePath Path, string Tree)>();
         foreach (var input in job.Inputs)
         {

@@ -17,6 +17,8 @@ public sealed class LocalAgentStore(IBlobStore blobs) : IAgentStore
         return await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    public ValueTask<bool> HasNarAsync(NixHash narHash, CancellationToken cancellationToken) => blobs.HasAsync(narHash, cancellationToken);
+
     public IPendingNar CreateNar() => new PendingNar(blobs.CreateWriter());
 
     // The agent's output processing is synchronous (it walks trees); the blob writer's completion is awaited here.

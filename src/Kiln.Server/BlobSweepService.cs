@@ -10,7 +10,7 @@ namespace Kiln.Server;
 /// registration failed or never came is deleted once it is older than the store's grace period, every
 /// <see cref="ServerOptions.BlobSweepInterval"/> — not only by the offline <c>kiln store gc</c>.
 /// </summary>
-public sealed partial class BlobSweepService(KilnStore store, ServerOptions options, ILoggerFactory loggers) : BackgroundService
+public sealed partial class BlobSweepService(KilnStore store, Kiln.Agent.SandboxExecutor executor, ServerOptions options, ILoggerFactory loggers) : BackgroundService
 {
     private readonly ILogger _logger = loggers.CreateLogger("Kiln.Store");
 
@@ -31,6 +31,13 @@ public sealed partial class BlobSweepService(KilnStore store, ServerOptions opti
                 {
                     LogSwept(_logger, swept);
                 }
+
+                // The embedded agent's unpacked copies of NARs the store no longer holds (collected by any GC since).
+                var pruned = await executor.PruneInputsAsync(stoppingToken).ConfigureAwait(false);
+                if (pruned > 0)
+                {
+                    LogPruned(_logger, pruned);
+                }
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or KilnException)
             {
@@ -41,6 +48,9 @@ public sealed partial class BlobSweepService(KilnStore store, ServerOptions opti
 
     [LoggerMessage(EventId = LogEvents.GarbageCollected, Level = LogLevel.Information, Message = "removed {Count} blobs nothing names")]
     private static partial void LogSwept(ILogger logger, long count);
+
+    [LoggerMessage(EventId = LogEvents.GarbageCollected, Level = LogLevel.Information, Message = "removed {Count} unpacked inputs whose NARs are gone")]
+    private static partial void LogPruned(ILogger logger, int count);
 
     [LoggerMessage(EventId = LogEvents.BlobSweepFailed, Level = LogLevel.Warning, Message = "the sweep of blobs nothing names failed; it is tried again at the next interval")]
     private static partial void LogSweepFailed(ILogger logger, Exception exception);

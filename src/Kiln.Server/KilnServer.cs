@@ -63,6 +63,7 @@ public static partial class KilnServer
                 builder.Services.AddSingleton(options);
                 builder.Services.AddSingleton(new WorkerSessionOptions());
                 builder.Services.AddSingleton(scheduler);
+                builder.Services.AddSingleton(executor);
                 builder.Services.AddSingleton(accounts);
                 builder.Services.AddHostedService<DaemonSocketService>();
                 builder.Services.AddHostedService<Ssh.SshFrontDoor>();

@@ -130,6 +130,30 @@ public class BuildTests
     }
 
     [Fact]
+    public void Unpacked_inputs_go_once_the_store_collected_their_NARs()
+    {
+        // 20.3: DATA/unpacked kept a copy of every input ever built with, for ever. The running server's sweep now
+        // removes those whose NAR the store no longer holds (here: collected by the client's GC).
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(arguments: ["--blob-sweep-interval", "1"]);
+        var workspace = client.NewWorkspace();
+        client.Ok(kiln, "nix-build", "--store", Kiln, Dag.WriteSingle(client, workspace, "unpacked", $"echo {Guid.NewGuid()}; mkdir $out"), "--no-out-link");
+        var unpacked = Path.Combine(kiln.DataDirectory, "unpacked");
+        string[] Entries() => Directory.GetDirectories(unpacked).SelectMany(d => Directory.GetFileSystemEntries(d)).Where(e => !Path.GetFileName(e).StartsWith('.')).ToArray();
+        Assert.NotEmpty(Entries()); // busybox, the build's input
+
+        client.Ok(kiln, "nix-store", "--store", Kiln, "--gc");
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (Entries().Length > 0 && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(200);
+        }
+
+        Assert.Empty(Entries());
+        Assert.True(kiln.WaitForLog("unpacked inputs whose NARs are gone"), kiln.Log);
+    }
+
+    [Fact]
     public void A_dead_Kilns_build_groups_and_their_processes_are_swept_when_Kiln_starts()
     {
         // 20.3: a crash leaves a build's processes (its builder, slirp4netns) running in their group. Kiln names each
