@@ -9,6 +9,9 @@ public sealed record BinaryCacheOptions
     /// <summary>The largest (compressed) NAR an upload may send.</summary>
     public long MaxUploadSize { get; init; } = 64L << 30;
 
+    /// <summary>The most bytes one account's uploaded NARs may hold while they wait for their narinfos (0: no limit).</summary>
+    public long MaxStagedPerAccount { get; init; } = 16L << 30;
+
     /// <summary>How long an uploaded NAR waits for its narinfo before it is deleted.</summary>
     public TimeSpan StagingLifetime { get; init; } = TimeSpan.FromHours(1);
 

@@ -25,6 +25,9 @@ internal sealed class NarUploads
 
     private readonly BinaryCacheOptions _options;
 
+    // Bytes of uploads being received now, per account (their .part files), beside what is staged already.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<long, long> _receiving = new();
+
     public NarUploads(BinaryCacheOptions options)
     {
         _options = options;
@@ -63,12 +66,15 @@ internal sealed class NarUploads
         var target = StagedPath(account, file);
         Directory.CreateDirectory(Path.GetDirectoryName(target)!);
         var temp = $"{target}.{Guid.NewGuid():N}.part";
+        // One account's NARs waiting for their narinfos are bounded, so it cannot fill the disk with uploads it never
+        // completes (each would otherwise stay until it expires).
+        var staged = Directory.EnumerateFiles(Path.GetDirectoryName(target)!).Where(f => !f.EndsWith(".part", StringComparison.Ordinal)).Sum(f => new FileInfo(f).Length);
+        long total = 0;
         try
         {
             await using (var output = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, useAsync: false))
             {
                 var buffer = new byte[1 << 16];
-                long total = 0;
                 int n;
                 while ((n = await body.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
                 {
@@ -76,6 +82,13 @@ internal sealed class NarUploads
                     if (total > _options.MaxUploadSize)
                     {
                         throw new KilnException(ErrorKind.TooLarge, $"the NAR is larger than Kiln takes ({_options.MaxUploadSize} bytes)");
+                    }
+
+                    if (staged + _receiving.AddOrUpdate(account, n, (_, bytes) => bytes + n) > _options.MaxStagedPerAccount && _options.MaxStagedPerAccount > 0)
+                    {
+                        throw new KilnException(ErrorKind.TooLarge,
+                            $"this account's uploaded NARs waiting for their narinfo would exceed {_options.MaxStagedPerAccount} bytes: " +
+                            $"PUT the narinfos of those uploaded before (each waits {_options.StagingLifetime.TotalMinutes:F0} minutes at most)");
                     }
 
                     await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
@@ -86,6 +99,7 @@ internal sealed class NarUploads
         }
         finally
         {
+            _receiving.AddOrUpdate(account, 0, (_, bytes) => bytes - total);
             File.Delete(temp);
         }
     }

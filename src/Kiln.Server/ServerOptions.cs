@@ -61,6 +61,9 @@ public sealed record ServerOptions
     /// <summary>Where Kiln's sshd listens (<c>ADDRESS:PORT</c>); null: no SSH front door.</summary>
     public string? SshListen { get; init; } = "127.0.0.1:2222";
 
+    /// <summary>The most bytes of one account's HTTP-uploaded NARs that wait for their narinfos.</summary>
+    public long HttpStagingLimit { get; init; } = 16L << 30;
+
     /// <summary>Where the HTTP binary cache listens (<c>ADDRESS:PORT</c>); null: no HTTP.</summary>
     public string? HttpListen { get; init; } = "127.0.0.1:8080";
 

@@ -231,7 +231,19 @@ public sealed partial class StoreView
 
         var captureUpTo = info.Path.IsDerivation ? ATerm.MaxSize : 0;
         var unpackTo = _store.MaterialisedFor(AccountId)?.NewTemporaryPath();
-        var ingested = await NarIngest.IngestAsync(_store.Blobs, nar, contentMethod, captureUpTo, _store.Options.MaxNarSize, cancellationToken, unpackTo).ConfigureAwait(false);
+        // Read no further than the size the uploader declared (a decompression bomb behind a small narinfo stops there,
+        // not at the store's largest NAR).
+        var declared = info.NarSize > 0 && info.NarSize < _store.Options.MaxNarSize;
+        IngestedNar ingested;
+        try
+        {
+            ingested = await NarIngest.IngestAsync(_store.Blobs, nar, contentMethod, captureUpTo, declared ? info.NarSize : _store.Options.MaxNarSize, cancellationToken, unpackTo).ConfigureAwait(false);
+        }
+        catch (KilnException e) when (declared && e.Kind == ErrorKind.TooLarge)
+        {
+            throw new KilnException(ErrorKind.Invalid, $"size mismatch importing path '{info.Path}';\n  specified: {info.NarSize}\n  got:       more than that", e);
+        }
+
         var handedOver = false;
         try
         {

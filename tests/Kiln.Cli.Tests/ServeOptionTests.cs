@@ -6,8 +6,8 @@ namespace Kiln.Cli.Tests;
 public class ServeOptionTests
 {
     [Theory]
-    [InlineData("12XB", "is not a memory size")]
-    [InlineData("-5", "is not a memory size")]
+    [InlineData("12XB", "is not a size")]
+    [InlineData("-5", "is not a size")]
     [InlineData("150%", "1% to 100%")]
     [InlineData("99999999999T", "is too large")]
     public void A_build_memory_that_is_not_a_size_is_refused(string value, string message)

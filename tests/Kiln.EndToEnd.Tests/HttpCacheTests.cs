@@ -232,4 +232,62 @@ public class HttpCacheTests
         Assert.Equal(HttpStatusCode.MethodNotAllowed, await StatusAsync(HttpMethod.Delete, $"/{path.HashPart}.narinfo", alice));
         Assert.DoesNotContain("Exception", kiln.Log, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Uploads_are_bounded_per_account_while_they_wait_and_a_decompression_bomb_stops_at_its_declared_size()
+    {
+        NixClient.RequireEndToEnd();
+        using var kiln = new KilnProcess(http: true, arguments: ["--http-staging-size", "1MiB"]);
+        kiln.Cli("account", "create", "alice");
+        kiln.Cli("account", "create", "bob");
+        var alice = kiln.Cli("token", "create", "alice", "--permissions", "store:read,store:write").Split('\n')[0];
+        var bob = kiln.Cli("token", "create", "bob", "--permissions", "store:read,store:write").Split('\n')[0];
+        using var http = new HttpClient { BaseAddress = new Uri(kiln.HttpUrl) };
+
+        async Task<(HttpStatusCode Status, string Body)> PutAsync(string path, string token, byte[] content)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Put, path) { Content = new ByteArrayContent(content) };
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            using var response = await http.SendAsync(request);
+            return (response.StatusCode, await response.Content.ReadAsStringAsync());
+        }
+
+        (byte[] Nar, string File, string NarInfo) Upload(string name)
+        {
+            var contents = new byte[700_000];
+            Random.Shared.NextBytes(contents);
+            var nar = Kiln.Nix.Tests.Support.NarBuilder.Start().Tokens("(", "type", "regular", "contents").Raw(contents).Tokens(")").ToArray();
+            var narHash = Kiln.Nix.Hashing.NixHash.Compute(Kiln.Nix.Hashing.NixHashAlgorithm.Sha256, nar);
+            var path = StorePath.FromHash(System.Security.Cryptography.RandomNumberGenerator.GetBytes(20), name);
+            return (nar, $"/nar/{narHash.ToNix32()}.nar",
+                $"StorePath: {path}\nURL: nar/{narHash.ToNix32()}.nar\nCompression: none\nNarHash: {narHash}\nNarSize: {nar.Length}\nReferences: \n");
+        }
+
+        string NarInfoPath(string narInfo) => $"/{StorePath.Parse(narInfo.Split('\n')[0]["StorePath: ".Length..]).HashPart}.narinfo";
+
+        // 20.3: alice's NARs waiting for their narinfos stop at the bound (1 MiB here); bob's are his own; once alice
+        // completes one, she may upload again.
+        var (first, second, bobs) = (Upload("first"), Upload("second"), Upload("bobs"));
+        Assert.Equal(HttpStatusCode.OK, (await PutAsync(first.File, alice, first.Nar)).Status);
+        var refused = await PutAsync(second.File, alice, second.Nar);
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, refused.Status);
+        Assert.Contains("waiting for their narinfo would exceed 1048576 bytes", refused.Body, StringComparison.Ordinal);
+        Assert.Equal(HttpStatusCode.OK, (await PutAsync(bobs.File, bob, bobs.Nar)).Status);
+        Assert.Equal(HttpStatusCode.OK, (await PutAsync(NarInfoPath(first.NarInfo), alice, System.Text.Encoding.UTF8.GetBytes(first.NarInfo))).Status);
+        Assert.Equal(HttpStatusCode.OK, (await PutAsync(second.File, alice, second.Nar)).Status);
+        Assert.Equal(HttpStatusCode.OK, (await PutAsync(NarInfoPath(second.NarInfo), alice, System.Text.Encoding.UTF8.GetBytes(second.NarInfo))).Status);
+
+        // 20.4: 50 MB of zeros in 8 KB of xz, behind a narinfo that says 1,000 bytes: read up to those, no further.
+        var bomb = Kiln.Nix.Tests.Support.NarBuilder.Start().Tokens("(", "type", "regular", "contents").Raw(new byte[50_000_000]).Tokens(")").ToArray();
+        var xz = Kiln.Nix.Tests.Support.Processes.Run("xz", ["-c"], bomb).Stdout;
+        var file = Kiln.Nix.Hashing.NixHash.Compute(Kiln.Nix.Hashing.NixHashAlgorithm.Sha256, xz).ToNix32() + ".nar.xz";
+        var bombPath = StorePath.FromHash(System.Security.Cryptography.RandomNumberGenerator.GetBytes(20), "bomb");
+        var bombInfo = $"StorePath: {bombPath}\nURL: nar/{file}\nCompression: xz\nNarHash: {Kiln.Nix.Hashing.NixHash.Compute(Kiln.Nix.Hashing.NixHashAlgorithm.Sha256, "x")}\nNarSize: 1000\nReferences: \n";
+        Assert.Equal(HttpStatusCode.OK, (await PutAsync($"/nar/{file}", alice, xz)).Status);
+        var exploded = await PutAsync(NarInfoPath(bombInfo), alice, System.Text.Encoding.UTF8.GetBytes(bombInfo));
+        Assert.Equal(HttpStatusCode.BadRequest, exploded.Status);
+        Assert.Contains("specified: 1000", exploded.Body, StringComparison.Ordinal);
+        Assert.Contains("got:       more than that", exploded.Body, StringComparison.Ordinal);
+        Assert.DoesNotContain("Exception", kiln.Log, StringComparison.Ordinal);
+    }
 }

@@ -74,6 +74,11 @@ internal static class ServeCommands
             Description = "The most processes and threads one build runs at once (0: no limit).",
             DefaultValueFactory = _ => 10_000,
         };
+        var stagingLimit = new Option<string>("--http-staging-size")
+        {
+            Description = "The most bytes of one account's NARs uploaded over HTTP that wait for their narinfos (default 16GiB).",
+            DefaultValueFactory = _ => "16GiB",
+        };
         var cgroupRoot = new Option<string>("--cgroup-root")
         {
             Description = "Where the cgroup file systems are mounted, or a cgroup v2 subtree delegated to Kiln; build groups go in kiln/ below it.",
@@ -83,7 +88,7 @@ internal static class ServeCommands
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
-            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, cgroupRoot,
+            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, cgroupRoot, stagingLimit,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -99,9 +104,10 @@ internal static class ServeCommands
                 MaxSilentTime = TimeSpan.FromSeconds(result.GetValue(maxSilent)),
                 BuildTimeout = TimeSpan.FromSeconds(result.GetValue(timeout)),
                 MaxLogSize = result.GetValue(maxLog),
-                BuildMemory = MemorySize(result.GetValue(buildMemory)!),
+                BuildMemory = Size(result.GetValue(buildMemory)!, allowShareOfMemory: true),
                 BuildProcesses = Math.Max(0, result.GetValue(buildProcesses)),
                 CgroupRoot = Path.GetFullPath(result.GetValue(cgroupRoot)!),
+                HttpStagingLimit = Size(result.GetValue(stagingLimit)!, allowShareOfMemory: false),
                 SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
                 SshUser = result.GetValue(sshUser)!,
                 HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
@@ -129,13 +135,13 @@ internal static class ServeCommands
         System.Net.IPEndPoint.TryParse(text, out var endpoint) && endpoint.Port != 0 ? text
             : throw new CommandException($"'{text}' is not ADDRESS:PORT (for example 127.0.0.1:8080), or 'none'");
 
-    // SIZE with an optional binary unit (K, M, G, T, with or without "iB"), N% of this machine's memory, or 0.
-    internal static long MemorySize(string text)
+    // SIZE with an optional binary unit (K, M, G, T, with or without "iB"), N% of this machine's memory where allowed, or 0.
+    private static long Size(string text, bool allowShareOfMemory)
     {
         var match = System.Text.RegularExpressions.Regex.Match(text.Trim(), @"^([0-9]+)\s*(%|[KMGT]?)(?:i?B)?$", System.Text.RegularExpressions.RegexOptions.IgnoreCase);
-        if (!match.Success || !long.TryParse(match.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
+        if (!match.Success || (!allowShareOfMemory && match.Groups[2].Value == "%") || !long.TryParse(match.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
         {
-            throw new CommandException($"'{text}' is not a memory size (for example 512MiB, 8GiB, 80% or 0)");
+            throw new CommandException($"'{text}' is not a size (for example 512MiB or 8GiB{(allowShareOfMemory ? ", 80%" : "")}, or 0)");
         }
 
         var unit = match.Groups[2].Value.ToUpperInvariant();

@@ -2,7 +2,10 @@ using System.Runtime.InteropServices;
 
 namespace Kiln.Nix.Compression;
 
-/// <summary>xz through liblzma's stream decoder (concatenated streams allowed, no memory limit: as Nix sets it up).</summary>
+/// <summary>
+/// xz through liblzma's stream decoder (concatenated streams allowed, as Nix sets it up) with a memory limit Nix does
+/// not set: an xz header can ask for a dictionary of up to 4 GiB, which a hostile upload would make Kiln allocate.
+/// </summary>
 internal sealed unsafe partial class XzDecoder : NativeDecoder
 {
     // lzma_stream: next_in, avail_in, total_in, next_out, avail_out, total_out, allocator, internal, 4 reserved
@@ -27,14 +30,17 @@ internal sealed unsafe partial class XzDecoder : NativeDecoder
 
     private const uint Concatenated = 0x08;
     private const int Run = 0, Finish = 3;
-    private const int Ok = 0, StreamEnd = 1;
+    private const int Ok = 0, StreamEnd = 1, MemoryLimitReached = 6;
+
+    /// <summary>What one xz decoder may use: <c>xz -9</c> (64 MiB dictionary) needs about 65 MiB to decompress.</summary>
+    public const ulong MemoryLimit = 256UL << 20;
 
     private LzmaStream* _stream;
 
     public XzDecoder(Stream inner) : base(inner)
     {
         _stream = (LzmaStream*)NativeMemory.AllocZeroed((nuint)sizeof(LzmaStream));
-        var result = lzma_stream_decoder(_stream, ulong.MaxValue, Concatenated);
+        var result = lzma_stream_decoder(_stream, MemoryLimit, Concatenated);
         if (result != Ok)
         {
             Free();
@@ -60,6 +66,7 @@ internal sealed unsafe partial class XzDecoder : NativeDecoder
             {
                 Ok => (consumed, produced, false),
                 StreamEnd => (consumed, produced, true),
+                MemoryLimitReached => throw new DecompressionException($"xz data that needs more than {MemoryLimit >> 20} MiB of memory to decompress is refused (xz -9 needs 65 MiB)"),
                 _ => throw new DecompressionException($"xz data is corrupt (liblzma error {result})"),
             };
         }

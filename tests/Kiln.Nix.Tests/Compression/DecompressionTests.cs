@@ -123,4 +123,36 @@ public class DecompressionTests
     [Fact]
     public void Unknown_methods_are_refused() =>
         Assert.Throws<DecompressionException>(() => Decompression.Open("lz5", new MemoryStream()));
+
+    [Fact]
+    public void Xz_data_asking_for_a_1_GiB_dictionary_is_refused_before_it_is_allocated()
+    {
+        // 20.4: liblzma allocates what the block header's dictionary size says (up to 4 GiB) unless given a limit.
+        // xz itself writes a small stream; its LZMA2 dictionary code is patched to 36 (1 GiB) and the header's CRC32
+        // fixed, as a hostile uploader would send it.
+        var xz = Tool("xz", ["-c", "--check=crc32", "--lzma2=dict=1MiB"], "small"u8.ToArray());
+        var headerSize = (xz[12] + 1) * 4;
+        Assert.Equal(0, xz[13] & 0xC3); // one filter, no optional sizes: the filter flags follow at once
+        Assert.Equal([0x21, 0x01], xz[14..16]); // LZMA2, one byte of properties: the dictionary code
+        xz[16] = 36;
+        BitConverter.TryWriteBytes(xz.AsSpan(12 + headerSize - 4), Crc32(xz.AsSpan(12, headerSize - 4)));
+
+        var refused = Assert.Throws<DecompressionException>(() => Decompress("xz", xz));
+        Assert.Contains("more than 256 MiB of memory", refused.Message, StringComparison.Ordinal);
+    }
+
+    private static uint Crc32(ReadOnlySpan<byte> data)
+    {
+        var crc = 0xFFFFFFFFu;
+        foreach (var b in data)
+        {
+            crc ^= b;
+            for (var k = 0; k < 8; k++)
+            {
+                crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1)));
+            }
+        }
+
+        return ~crc;
+    }
 }
