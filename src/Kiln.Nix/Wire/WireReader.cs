@@ -218,19 +218,22 @@ public static class WireReader
     {
         ArgumentNullException.ThrowIfNull(limits);
         var maxLength = limits.MaxStringLength;
-        return TryReadList(ref reader, limits, (ref SequenceReader<byte> r, out KeyValuePair<string, string> item) =>
-        {
-            item = default;
-            var start = r.Consumed;
-            if (TryReadString(ref r, maxLength, out var key) && TryReadString(ref r, maxLength, out var value))
-            {
-                item = new(key, value);
-                return true;
-            }
+        return TryReadList(ref reader, limits, (ref SequenceReader<byte> r, out KeyValuePair<string, string> item) => TryReadStringPair(ref r, maxLength, out item), out values);
+    }
 
-            r.Rewind(r.Consumed - start);
-            return false;
-        }, out values);
+    /// <summary>Reads one entry of a string map (a key, then its value); restartable.</summary>
+    public static bool TryReadStringPair(ref SequenceReader<byte> reader, int maxLength, out KeyValuePair<string, string> item)
+    {
+        item = default;
+        var start = reader.Consumed;
+        if (TryReadString(ref reader, maxLength, out var key) && TryReadString(ref reader, maxLength, out var value))
+        {
+            item = new(key, value);
+            return true;
+        }
+
+        reader.Rewind(reader.Consumed - start);
+        return false;
     }
 
     /// <summary>Reads the element count of a list, set or map.</summary>

@@ -155,8 +155,14 @@ public sealed class WireInput(PipeReader reader, WireLimits limits)
         return ReadIncrementalAsync((ref SequenceReader<byte> r, out List<string> v) => list.TryRead(ref r, out v), cancellationToken);
     }
 
-    public ValueTask<List<KeyValuePair<string, string>>> ReadStringMapAsync(CancellationToken cancellationToken) =>
-        ReadAsync((ref SequenceReader<byte> r, out List<KeyValuePair<string, string>> v) => WireReader.TryReadStringMap(ref r, Limits, out v), cancellationToken);
+    // Incremental like the lists: re-parsed from its start whenever a piece arrived, a map as big as the limits allow
+    // (SetOptions' overrides, which even a read-only key may send) cost quadratic time.
+    public ValueTask<List<KeyValuePair<string, string>>> ReadStringMapAsync(CancellationToken cancellationToken)
+    {
+        var maxLength = Limits.MaxStringLength;
+        var map = new ListReader<KeyValuePair<string, string>>(Limits, (ref SequenceReader<byte> r, out KeyValuePair<string, string> v) => WireReader.TryReadStringPair(ref r, maxLength, out v));
+        return ReadIncrementalAsync((ref SequenceReader<byte> r, out List<KeyValuePair<string, string>> v) => map.TryRead(ref r, out v), cancellationToken);
+    }
 
     /// <summary>
     /// Copies up to <paramref name="destination"/>.Length raw bytes that are already buffered or arrive next;
