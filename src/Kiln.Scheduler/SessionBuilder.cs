@@ -418,8 +418,12 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             var options = _scheduler.Options;
             return new BuildLimits
             {
-                Cores = options.Cores, MaxSilentTime = options.MaxSilentTime, Timeout = options.Timeout, MaxLogSize = options.MaxLogSize,
-                MemoryBytes = options.BuildMemory, Processes = options.BuildProcesses,
+                Cores = options.Cores,
+                MaxSilentTime = options.MaxSilentTime,
+                Timeout = options.Timeout,
+                MaxLogSize = options.MaxLogSize,
+                MemoryBytes = options.BuildMemory,
+                Processes = options.BuildProcesses,
             };
         }
 
