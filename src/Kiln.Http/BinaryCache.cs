@@ -55,6 +55,11 @@ public sealed partial class BinaryCache
         {
             await TextAsync(context, Errors.StatusOf(e.Kind), e.Message + "\n").ConfigureAwait(false);
         }
+        catch (IOException e) when (StorageFailure.Describe(e) is { } storage && !context.Response.HasStarted)
+        {
+            LogStorageFailure(_logger, request.Method, request.Path.Value ?? "/", e);
+            await TextAsync(context, StatusCodes.Status503ServiceUnavailable, storage + "\n").ConfigureAwait(false);
+        }
         catch (Exception e) when (e is not OperationCanceledException || !context.RequestAborted.IsCancellationRequested)
         {
             // A bug or a broken store, not the client's doing: never lost, never a stack trace to the client.
@@ -275,6 +280,9 @@ public sealed partial class BinaryCache
             await TextAsync(context, StatusCodes.Status403Forbidden, "Kiln's binary cache takes NARs and narinfo files (and keeps its own build logs)\n").ConfigureAwait(false);
         }
     }
+
+    [LoggerMessage(EventId = LogEvents.StorageFailed, Level = LogLevel.Error, Message = "http: {Method} {Path}: Kiln's storage failed")]
+    private static partial void LogStorageFailure(ILogger logger, string method, string path, Exception exception);
 
     [LoggerMessage(EventId = LogEvents.HttpUnhandled, Level = LogLevel.Error, Message = "http: {Method} {Path} failed inside Kiln")]
     private static partial void LogUnhandled(ILogger logger, string method, string path, Exception exception);

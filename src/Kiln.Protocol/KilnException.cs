@@ -48,3 +48,22 @@ public class KilnException : Exception
 
     public int NixStatus { get; }
 }
+
+/// <summary>
+/// Failures of Kiln's own storage (a full or read-only disk, a quota, an I/O error) that arrive as <see cref="IOException"/>,
+/// like a broken connection does: a session must report them to its client, not end as if the client had gone.
+/// </summary>
+public static class StorageFailure
+{
+    // errno values the runtime puts in IOException.HResult on Linux: ENOSPC, EDQUOT, EROFS, EIO.
+    private const int NoSpace = 28, QuotaExceeded = 122, ReadOnly = 30, InputOutput = 5;
+
+    /// <summary>What to tell a client (no server path in it), or null when <paramref name="e"/> is not a storage failure.</summary>
+    public static string? Describe(Exception e) => e is IOException io && e.GetType() == typeof(IOException) ? io.HResult switch
+    {
+        NoSpace or QuotaExceeded => "Kiln's storage is full (no space left on device); the operator has been told, try again later",
+        ReadOnly => "Kiln's storage is read-only; the operator has been told, try again later",
+        InputOutput => "Kiln's storage failed (I/O error); the operator has been told",
+        _ => null,
+    } : null;
+}

@@ -44,4 +44,6 @@ public static class LogEvents
     public const int SubstitutionWarning = 6103;
     public const int BlobMissing = 6104;
     public const int BlobSweepFailed = 6105;
+    public const int StorageFailed = 6106;
+    public const int InputsPruned = 6107;
 }

@@ -49,7 +49,7 @@ public sealed partial class BlobSweepService(KilnStore store, Kiln.Agent.Sandbox
     [LoggerMessage(EventId = LogEvents.GarbageCollected, Level = LogLevel.Information, Message = "removed {Count} blobs nothing names")]
     private static partial void LogSwept(ILogger logger, long count);
 
-    [LoggerMessage(EventId = LogEvents.GarbageCollected, Level = LogLevel.Information, Message = "removed {Count} unpacked inputs whose NARs are gone")]
+    [LoggerMessage(EventId = LogEvents.InputsPruned, Level = LogLevel.Information, Message = "removed {Count} unpacked inputs whose NARs are gone")]
     private static partial void LogPruned(ILogger logger, int count);
 
     [LoggerMessage(EventId = LogEvents.BlobSweepFailed, Level = LogLevel.Warning, Message = "the sweep of blobs nothing names failed; it is tried again at the next interval")]

@@ -21,7 +21,7 @@ public sealed class KilnStore : IAsyncDisposable
         Blobs = new DiskBlobStore(options.BlobDirectory, options.FsyncBlobs);
         TempRoots = new TempRoots();
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory);
-        Logs = new FileBuildLogStore(options.LogDirectory);
+        Logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
         Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
         GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
     }

@@ -6,6 +6,9 @@ namespace Kiln.Store;
 /// <summary>What the store tells the operator: where it is, what the collector freed, upstream caches that failed, lost content.</summary>
 internal static partial class StoreLog
 {
+    [LoggerMessage(EventId = LogEvents.StorageFailed, Level = LogLevel.Error, Message = "the log of build {BuildId} could not be written; it ends here")]
+    public static partial void LogWriteFailed(ILogger logger, long buildId, Exception exception);
+
     [LoggerMessage(EventId = LogEvents.StoreOpened, Level = LogLevel.Information, Message = "store: {Directory}, metadata {Metadata}")]
     public static partial void Opened(ILogger logger, string directory, string metadata);
 

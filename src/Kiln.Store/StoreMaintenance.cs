@@ -9,7 +9,8 @@ public static class StoreMaintenance
     public sealed record VerifyReport(int Blobs, long Bytes, IReadOnlyList<string> Problems);
 
     /// <summary>
-    /// Re-hashes every blob against the hash in its name, and checks that every path of every account has its blob.
+    /// Re-hashes every blob against the hash in its name, and checks that every path of every account has its blob and
+    /// its whole closure in that account's view (a registration interrupted half-way must leave none of it).
     /// </summary>
     public static async Task<VerifyReport> VerifyAllAsync(KilnStore store, Action<string> progress, CancellationToken cancellationToken)
     {
@@ -42,11 +43,18 @@ public static class StoreMaintenance
         progress($"checked {blobs} blobs ({bytes} bytes)");
         foreach (var account in await store.Metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false))
         {
-            foreach (var node in await store.Metadata.GetGraphAsync(account.Id, cancellationToken).ConfigureAwait(false))
+            var graph = await store.Metadata.GetGraphAsync(account.Id, cancellationToken).ConfigureAwait(false);
+            var valid = graph.Select(n => n.Path).ToHashSet();
+            foreach (var node in graph)
             {
                 if (!present.Contains(node.NarHash))
                 {
                     problems.Add($"account '{account.Name}': path '{node.Path}' has no intact contents (blob {node.NarHash.ToNix32()})");
+                }
+
+                foreach (var reference in node.References.Where(r => !valid.Contains(r)))
+                {
+                    problems.Add($"account '{account.Name}': path '{node.Path}' refers to '{reference}', which is not valid in that view");
                 }
             }
         }

@@ -107,6 +107,12 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
             closeReason = e.Message;
             await _stderr($"error: {e.Message}").ConfigureAwait(false);
         }
+        catch (IOException e) when (StorageFailure.Describe(e) is { } storage)
+        {
+            LogStorageFailure(logger, e);
+            closeReason = storage;
+            await _stderr($"error: {storage}").ConfigureAwait(false);
+        }
         catch (Exception e) when (e is ProtocolViolationException or WireFormatException)
         {
             closeReason = $"malformed request: {e.Message}";
@@ -489,6 +495,9 @@ public sealed partial class ServeSession(IWorkerStore store, IWorkerBuilder buil
             }
         }
     }
+
+    [LoggerMessage(EventId = LogEvents.StorageFailed, Level = LogLevel.Error, Message = "Kiln's storage failed in a serve session")]
+    private static partial void LogStorageFailure(ILogger logger, Exception exception);
 
     [LoggerMessage(EventId = LogEvents.ServeSessionFailed, Level = LogLevel.Error, Message = "internal error in a serve session")]
     private static partial void LogInternalError(ILogger logger, Exception exception);

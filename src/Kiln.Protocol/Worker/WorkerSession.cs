@@ -184,18 +184,25 @@ public sealed partial class WorkerSession
             {
                 await PerformAsync(op, ct).ConfigureAwait(false);
             }
-            catch (Exception e) when (IsClientError(e))
+            catch (Exception e) when (IsClientError(e) || StorageFailure.Describe(e) is not null)
             {
+                var message = e.Message;
+                if (StorageFailure.Describe(e) is { } storage)
+                {
+                    LogStorageFailure(_logger, op, e);
+                    message = storage;
+                }
+
                 if (!_log.CanSend)
                 {
                     // Still reading the request: its end cannot be found, so report and close, as Nix does.
                     _log.StartWork();
-                    _log.StopWork(e.Message, StatusOf(e));
+                    _log.StopWork(message, StatusOf(e));
                     await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
-                    throw new RequestException($"bad {op} request: {e.Message}");
+                    throw new RequestException($"{op} request failed: {message}");
                 }
 
-                _log.StopWork(e.Message, StatusOf(e));
+                _log.StopWork(message, StatusOf(e));
             }
             catch (Exception e) when (e is not (ProtocolViolationException or OperationCanceledException or WireFormatException or IOException or RequestException))
             {
@@ -220,6 +227,9 @@ public sealed partial class WorkerSession
 
     [LoggerMessage(EventId = LogEvents.WorkerSessionFailed, Level = LogLevel.Error, Message = "internal error in a worker session")]
     private static partial void LogSessionError(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = LogEvents.StorageFailed, Level = LogLevel.Error, Message = "Kiln's storage failed while handling {Op}")]
+    private static partial void LogStorageFailure(ILogger logger, WorkerOp op, Exception exception);
 
     [LoggerMessage(EventId = LogEvents.WorkerOpFailed, Level = LogLevel.Error, Message = "internal error while handling {Op}")]
     private static partial void LogInternalError(ILogger logger, WorkerOp op, Exception exception);

@@ -75,7 +75,7 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
 #pragma warning restore CA1031
         {
             LogFailed(_logger, job.DrvPath.FullPath, e);
-            outcome = BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"Kiln failed to build '{job.DrvPath}': {e.Message}");
+            outcome = BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"Kiln failed to build '{job.DrvPath}': {Kiln.Protocol.StorageFailure.Describe(e) ?? "an internal error (the server's log says more)"}");
         }
         finally
         {

@@ -8,9 +8,10 @@ namespace Kiln.Store.Logs;
 /// <see cref="IBuildLogStore"/> in a directory: <c>&lt;id / 1000&gt;/&lt;id&gt;.log</c>, plain text, readable by Kiln
 /// only. A log being written is followed through its writer's signal (this process writes every log it serves live).
 /// </summary>
-public sealed class FileBuildLogStore(string directory) : IBuildLogStore
+public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Logging.ILogger? logger = null) : IBuildLogStore
 {
     private readonly ConcurrentDictionary<long, Writer> _active = new();
+    private readonly Microsoft.Extensions.Logging.ILogger _logger = logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
 
     private string PathOf(long buildId) =>
         Path.Combine(directory, (buildId / 1000).ToString(System.Globalization.CultureInfo.InvariantCulture), $"{buildId}.log");
@@ -121,6 +122,9 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
         private TaskCompletionSource _appended = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private bool _done;
 
+        // Set when a write failed (the disk is full): the log keeps what it had, and the build is not failed for it.
+        private bool _broken;
+
         /// <summary>Completes at the next append, or when the log is done.</summary>
         public Task NextAppend
         {
@@ -138,14 +142,24 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
             TaskCompletionSource signal;
             lock (_gate)
             {
-                if (_done)
+                if (_done || _broken)
                 {
                     return;
                 }
 
-                _file.Write(line);
-                _file.Write('\n');
-                _file.Flush(); // readers and followers see each line as it comes (whole, up to 64 KiB)
+                try
+                {
+                    _file.Write(line);
+                    _file.Write('\n');
+                    _file.Flush(); // readers and followers see each line as it comes (whole, up to 64 KiB)
+                }
+                catch (IOException e)
+                {
+                    _broken = true;
+                    StoreLog.LogWriteFailed(owner._logger, buildId, e);
+                    return;
+                }
+
                 signal = _appended;
                 _appended = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             }
@@ -163,7 +177,18 @@ public sealed class FileBuildLogStore(string directory) : IBuildLogStore
                 }
 
                 _done = true;
-                _file.Dispose();
+                try
+                {
+                    _file.Dispose();
+                }
+                catch (IOException) when (_broken)
+                {
+                    // What could not be written is dropped with the buffer; the failure was logged when it happened.
+                }
+                catch (IOException e)
+                {
+                    StoreLog.LogWriteFailed(owner._logger, buildId, e);
+                }
             }
 
             owner._active.TryRemove(buildId, out _);

@@ -164,6 +164,17 @@ public sealed class KilnProcess : IDisposable
         File.ReadAllLines($"/proc/{_process.Id}/status").Where(l => l.StartsWith("VmHWM:", StringComparison.Ordinal))
             .Select(l => long.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture)).Single();
 
+    /// <summary>Kills the server with SIGKILL, as a power cut would end it (its builds die with it), and waits for it to go.</summary>
+    public void Kill()
+    {
+        if (!_process.HasExited)
+        {
+            Processes.Run("kill", ["-KILL", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        }
+
+        _process.WaitForExit();
+    }
+
     /// <summary>Stops the server with SIGTERM and returns its exit code.</summary>
     public int Stop()
     {

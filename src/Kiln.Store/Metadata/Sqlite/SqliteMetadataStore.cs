@@ -73,11 +73,18 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                 }
             }
         }
+        catch (SqliteException e) when (e.SqliteErrorCode is SqliteFull or SqliteIoError)
+        {
+            // As the blob and log stores' own failures are: the disk, not Kiln's logic (the transaction rolled back).
+            throw new IOException($"the metadata database could not be written: {e.Message}", e.SqliteErrorCode == SqliteFull ? 28 : 5);
+        }
         finally
         {
             _writeLock.Release();
         }
     }
+
+    private const int SqliteIoError = 10, SqliteFull = 13; // SQLITE_IOERR, SQLITE_FULL
 
     private Task<bool> WriteAsync(Func<SqliteConnection, SqliteTransaction, Task> work, CancellationToken cancellationToken) =>
         WriteAsync<bool>(async (c, t) =>
