@@ -9,7 +9,7 @@ public class RobustnessTests
     public static TheoryData<int> Minors() => new(21, 34, 37, 38);
 
     // The conversation, and where the AddMultipleToStore request ends (a commit is only allowed after that).
-    private static byte[] Conversation(int minor, bool withBatch) => ConversationWithBatchEnd(minor, withBatch).Bytes;
+    internal static byte[] Conversation(int minor, bool withBatch) => ConversationWithBatchEnd(minor, withBatch).Bytes;
 
     private static (byte[] Bytes, int BatchEnd) ConversationWithBatchEnd(int minor, bool withBatch)
     {

@@ -30,8 +30,8 @@ public static class Decompression
             "xz" => new XzDecoder(input),
             "zstd" => new ZstdDecoder(input),
             "bzip2" => new Bzip2Decoder(input),
-            "br" => new BrotliStream(input, CompressionMode.Decompress),
-            "gzip" => new GZipStream(input, CompressionMode.Decompress),
+            "br" => new ManagedDecoder("br", new BrotliStream(input, CompressionMode.Decompress)),
+            "gzip" => new ManagedDecoder("gzip", new GZipStream(input, CompressionMode.Decompress)),
             _ => throw new DecompressionException($"unknown compression method '{method}' (Kiln reads {string.Join(", ", Methods)})"),
         };
     }
@@ -45,4 +45,54 @@ public static class Decompression
         "gzip" => ".gz",
         _ => "." + method,
     };
+}
+
+/// <summary>
+/// .NET's brotli and gzip decoders, with corrupt data reported as every other decoder reports it: brotli throws
+/// <see cref="InvalidOperationException"/> ("Decoder ran into invalid data"), which would otherwise look like a bug in
+/// Kiln (found by the fuzzer).
+/// </summary>
+internal sealed class ManagedDecoder(string name, Stream inner) : ReadOnlyStream
+{
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    public override int Read(Span<byte> buffer)
+    {
+        try
+        {
+            return inner.Read(buffer);
+        }
+        catch (Exception e) when (e is InvalidDataException or InvalidOperationException)
+        {
+            throw new DecompressionException($"{name} data is corrupt ({e.Message})");
+        }
+    }
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            return await inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is InvalidDataException or InvalidOperationException)
+        {
+            throw new DecompressionException($"{name} data is corrupt ({e.Message})");
+        }
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            inner.Dispose();
+        }
+
+        base.Dispose(disposing);
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await inner.DisposeAsync().ConfigureAwait(false);
+        await base.DisposeAsync().ConfigureAwait(false);
+    }
 }
