@@ -152,9 +152,11 @@ for i in $(seq 1 "$idle"); do
 done
 sleep 8
 with_idle="$(rss_now)"
-sshd_kib="$(ps -eo rss,args | awk -v w="$work/kiln/ssh" '/sshd/ && !/awk/ { s += $1 } END { print s + 0 }')"
-bridge_kib="$(ps -eo rss,comm | awk '$2 == "kiln-bridge" { s += $1; n++ } END { print s + 0 }')"
-bridges="$(ps -eo comm | grep -c '^kiln-bridge$' || true)"
+# Proportional set size (shared pages divided among the processes sharing them), from smaps_rollup.
+pss_kib() { local s=0 p; for p in "$@"; do s=$((s + $(awk '/^Pss:/ { print $2 }' /proc/$p/smaps_rollup 2> /dev/null || echo 0))); done; echo $s; }
+sshd_pids=($(pgrep -f "sshd.*$work/kiln/ssh|sshd: kiln" || true))
+bridge_pids=($(pgrep -x kiln-bridge || true))
+sshd_kib="$(pss_kib "${sshd_pids[@]}")" bridge_kib="$(pss_kib "${bridge_pids[@]}")" bridges="${#bridge_pids[@]}"
 
 peak="$(sort -n "$work/rss" | tail -1)"
 hostile=""
@@ -168,6 +170,6 @@ printf '%-52s %10s %10s %10s\n' "$sessions SSH sessions (store ping + path-info)
 printf '%-52s %10s %10s %10s\n' "$http HTTP clients (narinfo + NAR) at once" "$http_ok/$http" "$http_p50" "$http_p99"
 echo
 echo "kiln serve RSS: idle $idle_rss MiB, peak $((peak / 1024)) MiB; before $idle idle sessions $before_idle MiB, with them $with_idle MiB"
-echo "sshd processes with them: $((sshd_kib / 1024)) MiB RSS in all; $bridges kiln-bridge processes: $((bridge_kib / 1024)) MiB"
+echo "with them: ${#sshd_pids[@]} sshd processes, $((sshd_kib / 1024)) MiB PSS in all; $bridges kiln-bridge processes, $((bridge_kib / 1024)) MiB PSS in all"
 echo "the hostile tenant's builds:"
 printf '%s' "$hostile"

@@ -127,7 +127,8 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             DisableForwarding yes
             PermitUserRC no
             AcceptEnv KILN_*
-            MaxStartups 100:30:200
+            MaxStartups 1000:30:2000
+            LoginGraceTime 30
             LogLevel INFO
 
             """);
