@@ -22,6 +22,9 @@ internal abstract class Cgroup : IDisposable
 
     public abstract long? PeakMemory();
 
+    /// <summary>Whether the group can bound memory and processes (a v2 hierarchy may not give Kiln those controllers).</summary>
+    public abstract bool Bounds { get; }
+
     /// <summary>How many times the kernel killed one of the build's processes for going over its memory limit.</summary>
     public abstract long OutOfMemoryKills();
 
@@ -40,27 +43,43 @@ internal abstract class Cgroup : IDisposable
     /// Below the system's root, a v2 hierarchy is used only if it has the memory controller (a hybrid host mounts an
     /// empty one beside its v1 hierarchies); an operator's own root (a delegated subtree) is used as it is.
     /// </remarks>
-    public static Cgroup? TryCreate(string root, string name, BuildLimits limits)
+    public static Cgroup? TryCreate(string root, string name, BuildLimits limits) => TryCreate(root, name, limits, out _);
+
+    /// <summary>As <see cref="TryCreate(string, string, BuildLimits)"/>, saying why there is no group.</summary>
+    public static Cgroup? TryCreate(string root, string name, BuildLimits limits, out string? why)
     {
+        why = null;
+        var made = new List<string>();
         try
         {
             var controllers = Path.Combine(root, "cgroup.controllers");
             if (File.Exists(controllers) && (root != SystemRoot || File.ReadAllText(controllers).Split(' ', '\n').Contains("memory")))
             {
-                return V2.Create(root, name, limits);
+                return V2.Create(root, name, limits, made);
             }
 
             if (V1Controllers.All(c => Directory.Exists(Path.Combine(root, c))))
             {
-                return V1.Create(root, name, limits);
+                return V1.Create(root, name, limits, made);
             }
+
+            why = $"no cgroup v2 hierarchy with the memory controller and no v1 memory, cpuacct and pids hierarchies under {root}";
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            why = e.Message;
+            foreach (var group in Enumerable.Reverse(made))
+            {
+                RemoveDirectory(group); // what was made before the failure does not stay behind
+            }
         }
 
         return null;
     }
+
+    // The most memory all builds together may use (the parent group's limit): what the host keeps for itself is
+    // never taken by builds, however many run and however much of theirs sits in tmpfs files no process owns.
+    private static long AllBuildsMemory() => HostMemory.TotalBytes() / 10 * 9;
 
     /// <summary>
     /// Kills and removes the groups of builds whose Kiln is gone (a crash leaves their processes — a builder, slirp4netns
@@ -173,12 +192,13 @@ internal abstract class Cgroup : IDisposable
     // cgroup v1: a group per controller hierarchy. cpu (for the quota) is often mounted with cpuacct as one.
     private sealed class V1(string memory, string cpu, string pids, string? quota) : Cgroup
     {
-        public static V1 Create(string root, string name, BuildLimits limits)
+        public static V1 Create(string root, string name, BuildLimits limits, List<string> made)
         {
             var dirs = V1Controllers.Select(c => Path.Combine(root, c, "kiln", name)).ToArray();
             foreach (var dir in dirs)
             {
                 Directory.CreateDirectory(dir);
+                made.Add(dir);
             }
 
             var (memory, cpu, pids) = (dirs[0], dirs[1], dirs[2]);
@@ -187,13 +207,22 @@ internal abstract class Cgroup : IDisposable
             {
                 quota = Path.Combine(root, "cpu", "kiln", name);
                 Directory.CreateDirectory(quota);
+                made.Add(quota);
                 Write(quota, "cpu.cfs_period_us", CpuPeriodMicroseconds);
                 Write(quota, "cpu.cfs_quota_us", limits.Cores * CpuPeriodMicroseconds);
             }
 
             if (limits.MemoryBytes > 0)
             {
+                var parent = Path.GetDirectoryName(memory)!;
+                Write(parent, "memory.limit_in_bytes", Math.Max(limits.MemoryBytes, AllBuildsMemory()));
                 Write(memory, "memory.limit_in_bytes", limits.MemoryBytes);
+                if (File.Exists(Path.Combine(memory, "memory.memsw.limit_in_bytes")))
+                {
+                    // With swap accounting on, memory plus swap is held to the same limit: a build does not spill into swap.
+                    Write(parent, "memory.memsw.limit_in_bytes", Math.Max(limits.MemoryBytes, AllBuildsMemory()));
+                    Write(memory, "memory.memsw.limit_in_bytes", limits.MemoryBytes);
+                }
             }
 
             if (limits.Processes > 0)
@@ -208,6 +237,8 @@ internal abstract class Cgroup : IDisposable
             new[] { memory, cpu, pids, quota }.OfType<string>().Distinct().Select(d => Path.Combine(d, "cgroup.procs")).ToList();
 
         protected override string PidsEvents => Path.Combine(pids, "pids.events");
+
+        public override bool Bounds => true;
 
         public override long OutOfMemoryKills() => Counter(Path.Combine(memory, "memory.oom_control"), "oom_kill");
 
@@ -236,28 +267,32 @@ internal abstract class Cgroup : IDisposable
     // has none of them).
     private sealed class V2(string path) : Cgroup
     {
-        public static V2 Create(string root, string name, BuildLimits limits)
+        public static V2 Create(string root, string name, BuildLimits limits, List<string> made)
         {
             var parent = Path.Combine(root, "kiln");
             Directory.CreateDirectory(parent);
-            // Let the builds' groups account and bound memory, CPU and processes: those of the three the root offers.
+            // Let the builds' groups account and bound memory, CPU and processes: those of the three the root offers,
+            // each on its own (one the kernel refuses does not take the others with it).
             var offered = File.ReadAllText(Path.Combine(root, "cgroup.controllers")).Split(' ', '\n', StringSplitOptions.RemoveEmptyEntries);
-            var wanted = V2Controllers.Where(offered.Contains).ToList();
-            if (wanted.Count > 0)
+            foreach (var controller in V2Controllers.Where(offered.Contains))
             {
-                var enable = string.Join(' ', wanted.Select(c => "+" + c));
-                if (!File.ReadAllText(Path.Combine(parent, "cgroup.controllers")).Split(' ', '\n').Intersect(wanted).Any())
+                if (!File.ReadAllText(Path.Combine(parent, "cgroup.controllers")).Split(' ', '\n').Contains(controller))
                 {
-                    File.WriteAllText(Path.Combine(root, "cgroup.subtree_control"), enable); // a fresh cgroup2 mount enables none
+                    EnableBelow(root, controller);
                 }
 
-                File.WriteAllText(Path.Combine(parent, "cgroup.subtree_control"), enable);
+                if (!File.ReadAllText(Path.Combine(parent, "cgroup.subtree_control")).Split(' ', '\n').Contains(controller))
+                {
+                    File.WriteAllText(Path.Combine(parent, "cgroup.subtree_control"), "+" + controller);
+                }
             }
 
             var path = Path.Combine(parent, name);
             Directory.CreateDirectory(path);
+            made.Add(path);
             if (limits.MemoryBytes > 0 && File.Exists(Path.Combine(path, "memory.max")))
             {
+                Write(parent, "memory.max", Math.Max(limits.MemoryBytes, AllBuildsMemory()));
                 Write(path, "memory.max", limits.MemoryBytes);
                 if (File.Exists(Path.Combine(path, "memory.swap.max")))
                 {
@@ -278,9 +313,41 @@ internal abstract class Cgroup : IDisposable
             return new V2(path);
         }
 
+        // Enables a controller for the root's children. A root that is not the hierarchy's own (a subtree delegated to
+        // Kiln, as systemd's Delegate=yes makes) may not have processes of its own and enable controllers below it
+        // ("no internal processes"): Kiln's own processes there move to a leaf group, kiln-server, first.
+        private static void EnableBelow(string root, string controller)
+        {
+            var control = Path.Combine(root, "cgroup.subtree_control");
+            try
+            {
+                File.WriteAllText(control, "+" + controller);
+            }
+            catch (IOException) when (File.Exists(Path.Combine(root, "cgroup.type")))
+            {
+                var leaf = Path.Combine(root, "kiln-server");
+                Directory.CreateDirectory(leaf);
+                foreach (var pid in File.ReadAllLines(Path.Combine(root, "cgroup.procs")).Where(l => l.Length > 0))
+                {
+                    try
+                    {
+                        File.WriteAllText(Path.Combine(leaf, "cgroup.procs"), pid);
+                    }
+                    catch (IOException)
+                    {
+                        // Gone meanwhile.
+                    }
+                }
+
+                File.WriteAllText(control, "+" + controller);
+            }
+        }
+
         public override IReadOnlyList<string> ProcsFiles => [Path.Combine(path, "cgroup.procs")];
 
         protected override string PidsEvents => Path.Combine(path, "pids.events");
+
+        public override bool Bounds => File.Exists(Path.Combine(path, "memory.max")) && File.Exists(Path.Combine(path, "pids.max"));
 
         public override long OutOfMemoryKills() => Counter(Path.Combine(path, "memory.events"), "oom_kill");
 

@@ -46,6 +46,24 @@ public sealed class SandboxExecutor : IBuildExecutor
         _seccomp = Path.Combine(options.WorkDirectory, "seccomp.bpf");
         Native.CloseInheritedOnExec();
         CleanUp();
+        ResourceLimitsNote = ProbeLimits(options.CgroupRoot);
+    }
+
+    /// <summary>Why builds here cannot be bounded by memory and processes (and how to fix it), or null if they can.</summary>
+    public string? ResourceLimitsNote { get; }
+
+    // Makes (and removes) a group as a build's would be, to tell the operator at start when builds would run unbounded.
+    private static string? ProbeLimits(string root)
+    {
+        using var probe = Cgroup.TryCreate(root, $"build-{Environment.ProcessId}-probe", new BuildLimits { Cores = 1, MemoryBytes = 1L << 30, Processes = 1000 }, out var why);
+        return probe switch
+        {
+            null => $"builds run without memory, process and CPU limits: Kiln cannot make cgroups under {root} ({why}); " +
+                    "run Kiln as root, or give it a cgroup v2 subtree of its own (systemd Delegate=yes) with --cgroup-root",
+            { Bounds: false } => $"builds run without memory and process limits: the cgroup v2 hierarchy under {root} does not give Kiln's groups " +
+                                 "the memory and pids controllers; give Kiln a subtree that has them with --cgroup-root",
+            _ => null,
+        };
     }
 
     public int Slots => _options.MaxJobs;

@@ -40,6 +40,24 @@ internal sealed class NarUploads
         Directory.CreateDirectory(options.StagingDirectory);
     }
 
+    // The staged (complete) files of one account; a file deleted meanwhile (committed, expired) counts as nothing.
+    private static long StagedBytes(string directory)
+    {
+        long bytes = 0;
+        foreach (var file in new DirectoryInfo(directory).EnumerateFiles())
+        {
+            try
+            {
+                bytes += file.Name.EndsWith(".part", StringComparison.Ordinal) ? 0 : file.Length;
+            }
+            catch (FileNotFoundException)
+            {
+            }
+        }
+
+        return bytes;
+    }
+
     private string StagedPath(long account, string file) => Path.Combine(_options.StagingDirectory, account.ToString(System.Globalization.CultureInfo.InvariantCulture), file);
 
     // nar/<52 Nix32 digits>.nar, optionally with a compression extension Kiln can read.
@@ -68,7 +86,10 @@ internal sealed class NarUploads
         var temp = $"{target}.{Guid.NewGuid():N}.part";
         // One account's NARs waiting for their narinfos are bounded, so it cannot fill the disk with uploads it never
         // completes (each would otherwise stay until it expires).
-        var staged = Directory.EnumerateFiles(Path.GetDirectoryName(target)!).Where(f => !f.EndsWith(".part", StringComparison.Ordinal)).Sum(f => new FileInfo(f).Length);
+        // What is staged already is counted again every 16 MiB: an upload that completed meanwhile leaves the
+        // receiving count and must be seen in the directory instead.
+        var directory = Path.GetDirectoryName(target)!;
+        var staged = StagedBytes(directory);
         long total = 0;
         try
         {
@@ -79,12 +100,18 @@ internal sealed class NarUploads
                 while ((n = await body.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
                 {
                     total += n;
+                    var receiving = _receiving.AddOrUpdate(account, n, (_, bytes) => bytes + n);
                     if (total > _options.MaxUploadSize)
                     {
                         throw new KilnException(ErrorKind.TooLarge, $"the NAR is larger than Kiln takes ({_options.MaxUploadSize} bytes)");
                     }
 
-                    if (staged + _receiving.AddOrUpdate(account, n, (_, bytes) => bytes + n) > _options.MaxStagedPerAccount && _options.MaxStagedPerAccount > 0)
+                    if (total % (16 << 20) < n)
+                    {
+                        staged = StagedBytes(directory);
+                    }
+
+                    if (staged + receiving > _options.MaxStagedPerAccount && _options.MaxStagedPerAccount > 0)
                     {
                         throw new KilnException(ErrorKind.TooLarge,
                             $"this account's uploaded NARs waiting for their narinfo would exceed {_options.MaxStagedPerAccount} bytes: " +

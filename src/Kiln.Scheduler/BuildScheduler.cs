@@ -109,8 +109,11 @@ public sealed partial class BuildScheduler
         return JoinAsync(step, accountId, events, sessionLimits, cancellationToken);
     }
 
-    /// <summary>Forgets a finished step's outcome (its outputs are gone), so the next request for it builds again.</summary>
-    internal void Forget(string key) => _recent.TryRemove(key, out _);
+    /// <summary>
+    /// Forgets a finished step's outcome (its outputs are gone), so the next request for it builds again — that
+    /// outcome only: a newer one another session's rebuild remembered meanwhile stays.
+    /// </summary>
+    internal void Forget(string key, StepOutcome outcome) => _recent.TryRemove(new KeyValuePair<string, StepOutcome>(key, outcome with { Reused = false }));
 
     private async Task<StepOutcome> ReusedAsync(StepOutcome done, long accountId, CancellationToken cancellationToken)
     {

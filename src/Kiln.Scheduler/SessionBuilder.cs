@@ -361,7 +361,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 }
                 catch (ContentGoneException e)
                 {
-                    _scheduler.Forget(key);
+                    _scheduler.Forget(key, result);
                     if (attempt == 2)
                     {
                         return Step.Failed(BuildStatus.TransientFailure, $"Kiln built '{drvPath}' twice but {e.Message} both times; try again");

@@ -128,6 +128,11 @@ public static partial class KilnServer
             LogNetworkHelperAsRoot(logger, note);
         }
 
+        if (executor.ResourceLimitsNote is { } unbounded)
+        {
+            LogBuildsUnbounded(logger, unbounded);
+        }
+
         return executor;
     }
 
@@ -135,6 +140,9 @@ public static partial class KilnServer
     // uid-range, which Kiln's sandbox does not provide).
     private static AgentInfo EmbeddedAgentInfo(ServerOptions options, int slots) =>
         new("embedded", new SortedSet<string>(options.Systems, StringComparer.Ordinal), new SortedSet<string>(options.SystemFeatures, StringComparer.Ordinal), slots);
+
+    [LoggerMessage(EventId = LogEvents.BuildsUnbounded, Level = LogLevel.Warning, Message = "{Note}")]
+    private static partial void LogBuildsUnbounded(ILogger logger, string note);
 
     [LoggerMessage(EventId = LogEvents.NetworkHelperAsRoot, Level = LogLevel.Warning, Message = "{Note}")]
     private static partial void LogNetworkHelperAsRoot(ILogger logger, string note);

@@ -225,6 +225,13 @@ public static class WireReader
     public static bool TryReadStringPair(ref SequenceReader<byte> reader, int maxLength, out KeyValuePair<string, string> item)
     {
         item = default;
+        // Nothing is decoded until both strings are buffered: a large key whose value trickles in byte by byte would
+        // otherwise be decoded again for every piece.
+        if (!StringsBuffered(reader, 2, maxLength))
+        {
+            return false;
+        }
+
         var start = reader.Consumed;
         if (TryReadString(ref reader, maxLength, out var key) && TryReadString(ref reader, maxLength, out var value))
         {
@@ -234,6 +241,34 @@ public static class WireReader
 
         reader.Rewind(reader.Consumed - start);
         return false;
+    }
+
+    // Whether `count` strings are wholly buffered (or one is over-long, which the reader proper then reports); reads a
+    // copy of the reader, so nothing is consumed.
+    private static bool StringsBuffered(SequenceReader<byte> reader, int count, int maxLength)
+    {
+        for (var i = 0; i < count; i++)
+        {
+            if (!TryReadU64(ref reader, out var length))
+            {
+                return false;
+            }
+
+            if (length > (ulong)maxLength)
+            {
+                return true;
+            }
+
+            var padded = (long)((length + 7) & ~7UL);
+            if (reader.Remaining < padded)
+            {
+                return false;
+            }
+
+            reader.Advance(padded);
+        }
+
+        return true;
     }
 
     /// <summary>Reads the element count of a list, set or map.</summary>

@@ -157,10 +157,22 @@ public sealed class WireInput(PipeReader reader, WireLimits limits)
 
     // Incremental like the lists: re-parsed from its start whenever a piece arrived, a map as big as the limits allow
     // (SetOptions' overrides, which even a read-only key may send) cost quadratic time.
+    // A map is at most as large as one string may be, in all: what accumulates is bounded, not only each entry.
     public ValueTask<List<KeyValuePair<string, string>>> ReadStringMapAsync(CancellationToken cancellationToken)
     {
         var maxLength = Limits.MaxStringLength;
-        var map = new ListReader<KeyValuePair<string, string>>(Limits, (ref SequenceReader<byte> r, out KeyValuePair<string, string> v) => WireReader.TryReadStringPair(ref r, maxLength, out v));
+        long total = 0;
+        var map = new ListReader<KeyValuePair<string, string>>(Limits, (ref SequenceReader<byte> r, out KeyValuePair<string, string> v) =>
+        {
+            var start = r.Consumed;
+            if (!WireReader.TryReadStringPair(ref r, maxLength, out v))
+            {
+                return false;
+            }
+
+            total += r.Consumed - start;
+            return total <= maxLength ? true : throw new WireFormatException($"a string map larger than {maxLength} bytes");
+        });
         return ReadIncrementalAsync((ref SequenceReader<byte> r, out List<KeyValuePair<string, string>> v) => map.TryRead(ref r, out v), cancellationToken);
     }
 
