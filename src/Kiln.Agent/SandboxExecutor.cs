@@ -19,6 +19,9 @@ public sealed class SandboxExecutor : IBuildExecutor
     private readonly string _builds;
     private readonly string _etc;
     private readonly string _seccomp;
+
+    // bubblewrap before 0.7 has no --size: its tmpfs are then unbounded (the cgroup's memory limit still holds).
+    private readonly bool _tmpfsSize;
     private long _counter;
 
     public SandboxExecutor(SandboxOptions options, IAgentStore store)
@@ -46,7 +49,27 @@ public sealed class SandboxExecutor : IBuildExecutor
         _seccomp = Path.Combine(options.WorkDirectory, "seccomp.bpf");
         Native.CloseInheritedOnExec();
         CleanUp();
-        ResourceLimitsNote = ProbeLimits(options.CgroupRoot);
+        _tmpfsSize = BubblewrapHasSize(options.Bubblewrap);
+        ResourceLimitsNote = ProbeLimits(options.CgroupRoot) ?? (_tmpfsSize ? null :
+            $"'{options.Bubblewrap}' is older than bubblewrap 0.7, which added --size: a build's /tmp and /dev/shm are bounded by its " +
+            "memory limit only, not by their own size; install bubblewrap 0.7 or later");
+    }
+
+    // `bwrap --version` prints "bubblewrap 0.8.0".
+    private static bool BubblewrapHasSize(string bubblewrap)
+    {
+        try
+        {
+            using var process = Process.Start(new ProcessStartInfo(bubblewrap, "--version") { RedirectStandardOutput = true, UseShellExecute = false });
+            var text = process?.StandardOutput.ReadToEnd() ?? "";
+            process?.WaitForExit();
+            var version = text.Split(' ', StringSplitOptions.RemoveEmptyEntries).LastOrDefault()?.Trim();
+            return Version.TryParse(version, out var parsed) && parsed >= new Version(0, 7);
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return false; // no bubblewrap: builds fail with their own clear message
+        }
     }
 
     /// <summary>Why builds here cannot be bounded by memory and processes (and how to fix it), or null if they can.</summary>
@@ -310,7 +333,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildTmpfs ?? buildDir, storeDir, inputs, _etc, _options.SandboxPaths,
-            hostNetwork: !_options.FixedOutputNetwork.Isolated, command, dev, memory);
+            hostNetwork: !_options.FixedOutputNetwork.Isolated, command, dev, _tmpfsSize ? memory : 0);
 
         using var pty = Pty.Open();
         // Named by this process too: another Kiln on the host may build the same derivation at the same moment.
