@@ -86,7 +86,19 @@ internal sealed class Connection : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Output.CompleteAsync().ConfigureAwait(false);
+        try
+        {
+            // Completing the output sends what is still buffered: into a connection the client already closed, that
+            // fails, and the session (which ended with its own reason) must not be reported as failed for it.
+            await Output.CompleteAsync().ConfigureAwait(false);
+        }
+        catch (IOException)
+        {
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+
         await _input.Reader.CompleteAsync().ConfigureAwait(false);
 
         // The receive loop may be waiting on the socket: shutting it down ends the wait.
