@@ -53,7 +53,7 @@ internal abstract class Cgroup : IDisposable
         try
         {
             var controllers = Path.Combine(root, "cgroup.controllers");
-            if (File.Exists(controllers) && (root != SystemRoot || File.ReadAllText(controllers).Split(' ', '\n').Contains("memory")))
+            if (File.Exists(controllers) && (root != SystemRoot || Words(controllers).Contains("memory")))
             {
                 return V2.Create(root, name, limits, made);
             }
@@ -79,7 +79,14 @@ internal abstract class Cgroup : IDisposable
 
     // The most memory all builds together may use (the parent group's limit): what the host keeps for itself is
     // never taken by builds, however many run and however much of theirs sits in tmpfs files no process owns.
-    private static long AllBuildsMemory() => HostMemory.TotalBytes() / 10 * 9;
+    // Read once: a build's group is made on every build's path.
+    private static readonly Lazy<long> AllBuildsMemory = new(() => HostMemory.TotalBytes() / 10 * 9);
+
+    // The roots whose kiln/ group already has its controllers enabled (done once, not on every build's path).
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, bool> Prepared = new(StringComparer.Ordinal);
+
+    // The words of a cgroup file that lists controllers (cgroup.controllers, cgroup.subtree_control).
+    private static string[] Words(string file) => File.ReadAllText(file).Split(' ', '\n', StringSplitOptions.RemoveEmptyEntries);
 
     /// <summary>
     /// Kills and removes the groups of builds whose Kiln is gone (a crash leaves their processes — a builder, slirp4netns
@@ -215,12 +222,13 @@ internal abstract class Cgroup : IDisposable
             if (limits.MemoryBytes > 0)
             {
                 var parent = Path.GetDirectoryName(memory)!;
-                Write(parent, "memory.limit_in_bytes", Math.Max(limits.MemoryBytes, AllBuildsMemory()));
+                var all = Math.Max(limits.MemoryBytes, AllBuildsMemory.Value);
+                Write(parent, "memory.limit_in_bytes", all);
                 Write(memory, "memory.limit_in_bytes", limits.MemoryBytes);
                 if (File.Exists(Path.Combine(memory, "memory.memsw.limit_in_bytes")))
                 {
                     // With swap accounting on, memory plus swap is held to the same limit: a build does not spill into swap.
-                    Write(parent, "memory.memsw.limit_in_bytes", Math.Max(limits.MemoryBytes, AllBuildsMemory()));
+                    Write(parent, "memory.memsw.limit_in_bytes", all);
                     Write(memory, "memory.memsw.limit_in_bytes", limits.MemoryBytes);
                 }
             }
@@ -273,18 +281,22 @@ internal abstract class Cgroup : IDisposable
             Directory.CreateDirectory(parent);
             // Let the builds' groups account and bound memory, CPU and processes: those of the three the root offers,
             // each on its own (one the kernel refuses does not take the others with it).
-            var offered = File.ReadAllText(Path.Combine(root, "cgroup.controllers")).Split(' ', '\n', StringSplitOptions.RemoveEmptyEntries);
-            foreach (var controller in V2Controllers.Where(offered.Contains))
+            if (!Prepared.ContainsKey(root))
             {
-                if (!File.ReadAllText(Path.Combine(parent, "cgroup.controllers")).Split(' ', '\n').Contains(controller))
+                foreach (var controller in V2Controllers.Where(Words(Path.Combine(root, "cgroup.controllers")).Contains))
                 {
-                    EnableBelow(root, controller);
+                    if (!Words(Path.Combine(parent, "cgroup.controllers")).Contains(controller))
+                    {
+                        EnableBelow(root, controller);
+                    }
+
+                    if (!Words(Path.Combine(parent, "cgroup.subtree_control")).Contains(controller))
+                    {
+                        File.WriteAllText(Path.Combine(parent, "cgroup.subtree_control"), "+" + controller);
+                    }
                 }
 
-                if (!File.ReadAllText(Path.Combine(parent, "cgroup.subtree_control")).Split(' ', '\n').Contains(controller))
-                {
-                    File.WriteAllText(Path.Combine(parent, "cgroup.subtree_control"), "+" + controller);
-                }
+                Prepared[root] = true;
             }
 
             var path = Path.Combine(parent, name);
@@ -292,7 +304,7 @@ internal abstract class Cgroup : IDisposable
             made.Add(path);
             if (limits.MemoryBytes > 0 && File.Exists(Path.Combine(path, "memory.max")))
             {
-                Write(parent, "memory.max", Math.Max(limits.MemoryBytes, AllBuildsMemory()));
+                Write(parent, "memory.max", Math.Max(limits.MemoryBytes, AllBuildsMemory.Value));
                 Write(path, "memory.max", limits.MemoryBytes);
                 if (File.Exists(Path.Combine(path, "memory.swap.max")))
                 {

@@ -82,13 +82,12 @@ internal sealed class NarUploads
 
         RemoveExpired();
         var target = StagedPath(account, file);
-        Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+        var directory = Path.GetDirectoryName(target)!;
+        Directory.CreateDirectory(directory);
         var temp = $"{target}.{Guid.NewGuid():N}.part";
         // One account's NARs waiting for their narinfos are bounded, so it cannot fill the disk with uploads it never
-        // completes (each would otherwise stay until it expires).
-        // What is staged already is counted again every 16 MiB: an upload that completed meanwhile leaves the
-        // receiving count and must be seen in the directory instead.
-        var directory = Path.GetDirectoryName(target)!;
+        // completes (each would otherwise stay until it expires). What is staged already is counted again every
+        // 16 MiB: an upload that completed meanwhile leaves the receiving count and must be seen in the directory.
         var staged = StagedBytes(directory);
         long total = 0;
         try

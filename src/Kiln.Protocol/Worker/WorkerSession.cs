@@ -186,12 +186,13 @@ public sealed partial class WorkerSession
             }
             catch (Exception e) when (IsClientError(e) || StorageFailure.Describe(e) is not null)
             {
-                var message = e.Message;
-                if (StorageFailure.Describe(e) is { } storage)
+                var storage = StorageFailure.Describe(e);
+                if (storage is not null)
                 {
                     LogStorageFailure(_logger, op, e);
-                    message = storage;
                 }
+
+                var message = storage ?? e.Message;
 
                 if (!_log.CanSend)
                 {
