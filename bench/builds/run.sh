@@ -28,8 +28,8 @@ export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \ns
 export NIX_REMOTE=
 
 echo "building kiln (ReadyToRun)..."
-dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
-  -o "$work/kiln-bin" -v quiet -nologo > /dev/null
+source "$repo/bench/lib/kiln.sh"
+publish_kiln "$work"
 
 cp /bin/busybox "$work/bb/bin/busybox" && ln -s busybox "$work/bb/bin/sh"
 cat > "$work/dag.nix" <<NIX
@@ -49,7 +49,7 @@ NIX
 
 start_kiln() {
   rm -rf "$work/kiln"
-  "$work/kiln-bin/kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
+  "$kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
   while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
 }

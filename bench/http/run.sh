@@ -45,9 +45,8 @@ export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \ns
 export NIX_REMOTE=
 
 echo "building kiln (ReadyToRun)..."
-dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
-  -o "$work/kiln-bin" -v quiet -nologo > /dev/null
-kiln="$work/kiln-bin/kiln"
+source "$repo/bench/lib/kiln.sh"
+publish_kiln "$work"
 
 source "$repo/bench/lib/closure.sh"
 make_closure "$work" "$chain" "$size_mib"

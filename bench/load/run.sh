@@ -30,9 +30,8 @@ export NIX_REMOTE=
 ulimit -n 65536 2> /dev/null || true
 
 echo "building kiln (ReadyToRun)..."
-dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
-  -o "$work/kiln-bin" -v quiet -nologo > /dev/null
-kiln="$work/kiln-bin/kiln"
+source "$repo/bench/lib/kiln.sh"
+publish_kiln "$work"
 
 ssh_port=$((20000 + RANDOM % 10000)) http_port=$((30000 + RANDOM % 10000))
 "$kiln" serve --data "$work/kiln" --ssh-listen "127.0.0.1:$ssh_port" --http-listen "127.0.0.1:$http_port" \

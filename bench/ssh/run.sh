@@ -25,9 +25,8 @@ export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \ns
 export NIX_REMOTE=
 
 echo "building kiln (ReadyToRun)..."
-dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
-  -o "$work/kiln-bin" -v quiet -nologo > /dev/null
-kiln="$work/kiln-bin/kiln"
+source "$repo/bench/lib/kiln.sh"
+publish_kiln "$work"
 
 kiln_port=$((20000 + RANDOM % 10000)) plain_port=$((30000 + RANDOM % 10000))
 "$kiln" serve --data "$work/kiln" --ssh-listen "127.0.0.1:$kiln_port" --http-listen none > "$work/kiln.log" 2>&1 &

@@ -26,8 +26,8 @@ rm -rf "$work" && mkdir -p "$work/src"
 export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = \nsandbox = false'
 
 echo "building kiln (ReadyToRun)..."
-dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
-  -o "$work/kiln-bin" -v quiet -nologo > /dev/null
+source "$repo/bench/lib/kiln.sh"
+publish_kiln "$work"
 
 source "$repo/bench/lib/closure.sh"
 make_closure "$work" "$chain" "$size_mib"
@@ -35,7 +35,7 @@ cat "$work"/source/nix/store/*/* > /dev/null 2>&1 || true
 
 start_kiln() {
   rm -rf "$work/kiln"
-  "$work/kiln-bin/kiln" serve --data "$work/kiln" --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
+  "$kiln" serve --data "$work/kiln" --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
   while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
 }
