@@ -45,6 +45,12 @@ public sealed record BuildLimits
 
     /// <summary>The most processes and threads the build runs at once (a fork bomb stops here).</summary>
     public int Processes { get; init; }
+
+    /// <summary>
+    /// The most bytes the build writes to disk: its outputs and whatever else it leaves in <c>/nix/store</c> (and its
+    /// build directory where that is not in memory), by apparent size, as the outputs' NARs will hold them.
+    /// </summary>
+    public long DiskBytes { get; init; }
 }
 
 /// <summary>How a build ended, in the terms Nix reports (its <c>BuildResult::Status</c> failure values).</summary>

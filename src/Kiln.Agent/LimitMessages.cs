@@ -17,5 +17,13 @@ public static class LimitMessages
 
     public static string Silent(BuildJob job, TimeSpan maxSilentTime) => $"{Goal(job)} timed out after {(long)maxSilentTime.TotalSeconds} seconds of silence";
 
+    public static string DiskLimit(BuildJob job, long used, long limit) =>
+        $"{Goal(job)} was stopped after writing {Mib(used)} MiB to disk, more than its limit of {Mib(limit)} MiB (its outputs and whatever else it leaves in /nix/store count)";
+
+    public static string DiskShort(BuildJob job, long used) =>
+        $"{Goal(job)} was stopped because Kiln's disk is nearly full and this build had written the most to it ({Mib(used)} MiB); it can be built again once there is space";
+
+    private static string Mib(long bytes) => (bytes / (1024 * 1024)).ToString(System.Globalization.CultureInfo.InvariantCulture);
+
     public static string LogTooLong(BuildJob job, long maxLogSize) => $"{Goal(job)} killed after writing more than {maxLogSize} bytes of log output";
 }

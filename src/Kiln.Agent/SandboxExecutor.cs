@@ -19,6 +19,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     private readonly string _builds;
     private readonly string _etc;
     private readonly string _seccomp;
+    private readonly DiskGuard _disk;
 
     // bubblewrap before 0.7 has no --size: its tmpfs are then unbounded (the cgroup's memory limit still holds).
     private readonly bool _tmpfsSize;
@@ -47,6 +48,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         _builds = Path.Combine(options.WorkDirectory, "builds");
         _etc = Path.Combine(options.WorkDirectory, "sandbox-etc");
         _seccomp = Path.Combine(options.WorkDirectory, "seccomp.bpf");
+        _disk = new DiskGuard(options.WorkDirectory, options.MinFreeDisk);
         Native.CloseInheritedOnExec();
         CleanUp();
         _tmpfsSize = BubblewrapHasSize(options.Bubblewrap);
@@ -405,13 +407,18 @@ public sealed class SandboxExecutor : IBuildExecutor
         start.Environment["BUILD_GID"] = user?.GroupId.ToString(CultureInfo.InvariantCulture) ?? "";
 
         var tail = new LogTail(job.Limits.MaxLogSize, log);
+        // What the build writes to disk: its store directory but the inputs linked there, and its build directory
+        // unless that is a tmpfs (counted as memory).
+        var linked = job.Inputs.Select(i => i.Path.BaseName).ToHashSet(StringComparer.Ordinal);
+        using var diskWatch = _disk.Start();
+        var disk = new DiskMeter(diskWatch, () => DiskUsage.Measure(storeDir, linked) + (buildTmpfs is null ? DiskUsage.Measure(buildDir, EmptyNames) : 0));
         using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
         var reader = Task.Factory.StartNew(() => tail.ReadAll(pty), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
         var (network, networkError) = ownNetwork ? await ConnectNetworkAsync(process, statusFile, directory, block, cgroup, user, cancellationToken).ConfigureAwait(false) : (null, null);
         using var networkLease = network;
         var (failure, message) = networkError is null
-            ? await WatchAsync(job, process, tail, cgroup, cancellationToken).ConfigureAwait(false)
+            ? await WatchAsync(job, process, tail, cgroup, disk, cancellationToken).ConfigureAwait(false)
             : await StopWithoutNetworkAsync(job, process, cgroup, wrapperErrors, networkError, cancellationToken).ConfigureAwait(false);
         await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
         cgroup?.KillAll();
@@ -422,6 +429,12 @@ public sealed class SandboxExecutor : IBuildExecutor
             // The builder wrote past the limit and exited before the watch looked. Nix reads all of a builder's
             // output before it reaps it, so for Nix this is a log-limit failure too.
             (failure, message) = (BuildFailureKind.LogLimitExceeded, LogLimitMessage(job));
+        }
+
+        if (failure == BuildFailureKind.None && disk.Check(job, force: true) is { } overDisk)
+        {
+            // Written faster than the watch looked: the limit holds all the same.
+            (failure, message) = overDisk;
         }
 
         var cpu = cgroup?.CpuTime();
@@ -608,7 +621,8 @@ public sealed class SandboxExecutor : IBuildExecutor
 
     // Waits for the builder, enforcing the timeouts and the log limit and honouring cancellation: any of them kills
     // every process of the build.
-    private static async Task<(BuildFailureKind, string)> WatchAsync(BuildJob job, Process process, LogTail tail, Cgroup? cgroup, CancellationToken cancellationToken)
+    private static async Task<(BuildFailureKind, string)> WatchAsync(BuildJob job, Process process, LogTail tail, Cgroup? cgroup, DiskMeter disk,
+        CancellationToken cancellationToken)
     {
         var started = Stopwatch.StartNew();
         var limits = job.Limits;
@@ -639,6 +653,10 @@ public sealed class SandboxExecutor : IBuildExecutor
             {
                 stop = (BuildFailureKind.TimedOut, LimitMessages.Silent(job, limits.MaxSilentTime));
             }
+            else
+            {
+                stop = disk.Check(job, force: false);
+            }
 
             if (stop is { } reason)
             {
@@ -646,6 +664,36 @@ public sealed class SandboxExecutor : IBuildExecutor
                 KillTree(process);
                 return reason;
             }
+        }
+    }
+
+    private static readonly HashSet<string> EmptyNames = [];
+
+    // Measures a running build's disk usage now and then: as often as a walk of its files allows (a build with many
+    // files is walked less often, so the walk never costs more than about a twentieth of a core).
+    private sealed class DiskMeter(DiskGuard.Watch watch, Func<long> measure)
+    {
+        private readonly Stopwatch _since = Stopwatch.StartNew();
+        private TimeSpan _interval = TimeSpan.FromMilliseconds(250);
+
+        public (BuildFailureKind, string)? Check(BuildJob job, bool force)
+        {
+            if (!force && _since.Elapsed < _interval)
+            {
+                return null;
+            }
+
+            var walk = Stopwatch.StartNew();
+            var used = measure();
+            _interval = TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerSecond / 4, walk.Elapsed.Ticks * 20));
+            _since.Restart();
+            if (job.Limits.DiskBytes > 0 && used > job.Limits.DiskBytes)
+            {
+                return (BuildFailureKind.PermanentFailure, LimitMessages.DiskLimit(job, used, job.Limits.DiskBytes));
+            }
+
+            // Not the build's fault alone, so not a permanent failure: it may be built again once there is space.
+            return watch.Update(used) ? (BuildFailureKind.MiscFailure, LimitMessages.DiskShort(job, used)) : null;
         }
     }
 }

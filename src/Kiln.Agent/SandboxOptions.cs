@@ -27,6 +27,12 @@ public sealed record SandboxOptions
     /// <summary>Where the cgroup file systems are (Kiln's build groups go in <c>kiln/</c> below it): the host's, or a subtree delegated to Kiln.</summary>
     public string CgroupRoot { get; init; } = Cgroup.SystemRoot;
 
+    /// <summary>
+    /// Free space to keep on the disk of <see cref="WorkDirectory"/> (the store's): when builds' writes take it below
+    /// this, the build that wrote the most is stopped. 0: builds may fill the disk.
+    /// </summary>
+    public long MinFreeDisk { get; init; }
+
     public string Bubblewrap { get; init; } = "/usr/bin/bwrap";
 
     /// <summary>util-linux's <c>unshare</c>, which gives a root build's launcher its own mount namespace for <c>/dev</c>.</summary>

@@ -16,6 +16,9 @@ public sealed record SchedulerOptions
     /// <summary>The most processes one build runs at once (zero: no limit).</summary>
     public int BuildProcesses { get; init; }
 
+    /// <summary>The most bytes one build writes to disk, its outputs included (zero: no limit).</summary>
+    public long BuildDisk { get; init; }
+
     /// <summary><c>NIX_BUILD_CORES</c>.</summary>
     public int Cores { get; init; } = Environment.ProcessorCount;
 

@@ -424,6 +424,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 MaxLogSize = options.MaxLogSize,
                 MemoryBytes = options.BuildMemory,
                 Processes = options.BuildProcesses,
+                DiskBytes = options.BuildDisk,
             };
         }
 

@@ -51,6 +51,7 @@ public static partial class KilnServer
                 MaxLogSize = options.MaxLogSize,
                 BuildMemory = options.BuildMemory,
                 BuildProcesses = options.BuildProcesses,
+                BuildDisk = options.BuildDisk,
             }, buildKey, logger);
             var agent = new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, executor.Slots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4);
             await using (agent.ConfigureAwait(false))
@@ -117,6 +118,7 @@ public static partial class KilnServer
             FixedOutputNetwork = options.FixedOutputNetwork,
             Fetcher = options.Fetcher,
             CgroupRoot = options.CgroupRoot,
+            MinFreeDisk = options.MinFreeDisk,
         }, new LocalAgentStore(store.Blobs));
         if (executor.BuildUsersUnavailable is { } why)
         {

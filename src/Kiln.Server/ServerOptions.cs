@@ -55,6 +55,12 @@ public sealed record ServerOptions
     /// <summary>The most processes one build runs at once (zero: no limit).</summary>
     public int BuildProcesses { get; init; }
 
+    /// <summary>The most bytes one build writes to disk, its outputs included (zero: no limit).</summary>
+    public long BuildDisk { get; init; }
+
+    /// <summary>Free space kept on the data directory's disk: under it, the build that wrote the most is stopped (zero: none kept).</summary>
+    public long MinFreeDisk { get; init; }
+
     /// <summary>Where the cgroup file systems are; Kiln's build groups go in <c>kiln/</c> below it.</summary>
     public string CgroupRoot { get; init; } = "/sys/fs/cgroup";
 

@@ -25,7 +25,7 @@ public class BuildTests
         using var closed = new Kiln.Nix.Tests.Support.TempDir();
         File.SetUnixFileMode(closed.Path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         using var kiln = new KilnProcess(dataDirectory: closed["data"]);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var single = Dag.WriteSingle(client, workspace, "refused", $"echo {Guid.NewGuid()}; mkdir $out");
         var result = client.Run(kiln, "nix-build", "--store", Kiln, single, "--no-out-link");
         Assert.NotEqual(0, result.ExitCode);
@@ -40,7 +40,7 @@ public class BuildTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var dag = Dag.Write(client, workspace, "dag");
 
         // QueryMissing names every derivation to be built, not just the ones asked for.
@@ -76,7 +76,7 @@ public class BuildTests
         }
 
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var dag = Dag.Write(client, workspace, "evaldag", depth: 4, width: 5, salt: Guid.NewGuid().ToString("N"));
 
         // The client evaluates into its own store, copies the .drv closure to Kiln, and asks Kiln to build it.
@@ -105,7 +105,7 @@ public class BuildTests
         // 3.2 GiB); now a line is kept to 1 MiB and marked as cut. 200 MB of NULs in one line here (under the default log limit).
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         client.Ok(kiln, "nix-build", "--store", Kiln, Dag.WriteSingle(client, workspace, "warm", "echo warm; mkdir $out"), "--no-out-link");
         var before = kiln.PeakMemoryKib();
         var zeros = Dag.WriteSingle(client, workspace, "zeros", "head -c 200000000 /dev/zero; echo; echo after the long line; mkdir $out");
@@ -122,7 +122,7 @@ public class BuildTests
         // 20.1: Kiln's limits are finite by default (Nix's are not): 256 MiB of log, 24 h, 3 h of silence.
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var flood = Dag.WriteSingle(client, workspace, "flood", "head -c 300000000 /dev/zero; mkdir $out");
         var result = client.Run(kiln, "nix-build", "--store", Kiln, flood, "--no-out-link");
         Assert.NotEqual(0, result.ExitCode);
@@ -136,7 +136,7 @@ public class BuildTests
         // removes those whose NAR the store no longer holds (here: collected by the client's GC).
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(arguments: ["--blob-sweep-interval", "1"]);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         client.Ok(kiln, "nix-build", "--store", Kiln, Dag.WriteSingle(client, workspace, "unpacked", $"echo {Guid.NewGuid()}; mkdir $out"), "--no-out-link");
         var unpacked = Path.Combine(kiln.DataDirectory, "unpacked");
         string[] Entries() => Directory.GetDirectories(unpacked).SelectMany(d => Directory.GetFileSystemEntries(d)).Where(e => !Path.GetFileName(e).StartsWith('.')).ToArray();
@@ -196,7 +196,7 @@ public class BuildTests
         // offline `kiln store gc`; the running server now sweeps them (past the grace period) every interval.
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(arguments: ["--blob-sweep-interval", "1"]);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         client.Ok(kiln, "nix-build", "--store", Kiln, Dag.WriteSingle(client, workspace, "kept", "echo kept > $out"), "--no-out-link");
         var blobs = Path.Combine(kiln.DataDirectory, "blobs");
         var named = Directory.GetFiles(blobs, "*.nar", SearchOption.AllDirectories);
@@ -228,7 +228,7 @@ public class BuildTests
         // (private) inputs and outputs; now it is root's and the build group's, as Nix's store is root:nixbld.
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var secret = Dag.WriteSingle(client, workspace, "secret-output", "mkdir $out; echo private to its account > $out/data");
         client.Ok(kiln, "nix-build", "--store", Kiln, secret, "--no-out-link");
         var unpacked = Path.Combine(kiln.DataDirectory, "unpacked");
@@ -256,7 +256,7 @@ public class BuildTests
         // fidelity corpus cannot hold this case). The hash is right for the content, so only the references are wrong.
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         Dag.WriteBusybox(client, workspace);
         File.WriteAllText(client.HostPath($"{workspace}/fod-refs.nix"), """
             let bb = ./bb; target = builtins.toFile "fod-ref-target" "referenced by a fixed-output path\n"; in derivation {
@@ -284,7 +284,7 @@ public class BuildTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var ok = Dag.WriteSingle(client, workspace, "talker", "echo first line; echo second line >&2; mkdir $out");
         var logged = client.Is23
             ? client.Ok(kiln, "nix-build", "--store", Kiln, ok, "--no-out-link")
@@ -306,7 +306,7 @@ public class BuildTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         // Layers 0–5 are the same in both (120 derivations); layers 6–9 differ (80 each).
         var a = Dag.Write(client, workspace, "a", salt: "a", saltFrom: 6);
         var b = Dag.Write(client, workspace, "b", salt: "b", saltFrom: 6);

@@ -13,7 +13,7 @@ public class ConcurrencyTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var expression = Closure.Write(client, workspace, chain: 20, bigFiles: 2, bigFileSize: 1 << 20, seed: 5);
         var top = client.Ok(kiln, "nix-instantiate", "--store", $"local?root={workspace}/a", expression).StdoutText.Trim();
         var copies = Enumerable.Range(0, 20).Select(_ => Task.Run(() =>
@@ -35,7 +35,7 @@ public class ConcurrencyTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var expression = Closure.Write(client, workspace, chain: 3, bigFiles: 3, bigFileSize: 64 << 20, seed: 6);
         var top = client.Ok(kiln, "nix-instantiate", "--store", $"local?root={workspace}/a", expression).StdoutText.Trim();
         using var copy = client.Start(kiln, ["nix", "copy", .. client.DerivationFlag, "--from", $"local?root={workspace}/a", "--to", Kiln, top]);

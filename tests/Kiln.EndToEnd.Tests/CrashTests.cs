@@ -29,7 +29,7 @@ public class CrashTests(ITestOutputHelper output)
         var client = NixClient.For("2.8.0");
         using var temp = new TempDir();
         var data = temp["data"];
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         Dag.WriteBusybox(client, workspace);
         var acknowledged = new ConcurrentBag<string>();
         var acknowledgedHttp = new ConcurrentBag<string>();

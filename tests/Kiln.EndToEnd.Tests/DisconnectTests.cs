@@ -21,7 +21,7 @@ public class DisconnectTests
         var client = NixClient.For("2.34.8");
         using var kiln = new KilnProcess(ssh: transport == "ssh-ng");
         var (store, environment) = Reach(client, kiln, transport);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var marker = Guid.NewGuid().ToString("N");
         var slow = Dag.WriteSingle(client, workspace, "slow", $"echo {marker} started; i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; mkdir $out");
         var drv = client.Ok(kiln, [.. environment, "nix-instantiate", "--store", store, slow]).StdoutText.Trim();
@@ -56,7 +56,7 @@ public class DisconnectTests
         var client = NixClient.For("2.34.8");
         using var kiln = new KilnProcess(ssh: transport == "ssh-ng");
         var (store, environment) = Reach(client, kiln, transport);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var marker = Guid.NewGuid().ToString("N");
         var slow = Dag.WriteSingle(client, workspace, "joined", $"echo {marker} started; i=0; while [ $i -lt 60 ]; do sleep 0.1; i=$((i+1)); done; echo {marker} done; mkdir $out");
         var drv = client.Ok(kiln, [.. environment, "nix-instantiate", "--store", store, slow]).StdoutText.Trim();

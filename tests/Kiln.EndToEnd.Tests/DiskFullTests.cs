@@ -16,76 +16,146 @@ public class DiskFullTests(ITestOutputHelper output)
     public void A_full_disk_fails_the_upload_and_the_build_clearly_and_work_resumes_when_space_is_freed()
     {
         var client = NixClient.For("2.8.0");
-        using var temp = new TempDir();
-        var image = temp["disk.img"];
-        var mount = temp["mnt"];
-        Directory.CreateDirectory(mount);
-        using (var file = File.Create(image))
+        using var disk = LoopDisk.Make(96);
+        // Space held back, freed later to show work resumes.
+        var filler = Path.Combine(disk.Mount, "filler");
+        File.WriteAllBytes(filler, new byte[24 << 20]);
+        var data = Path.Combine(disk.Mount, "data");
+        using var workspace = client.NewWorkspace();
+        var big = $"{workspace}/big";
+        File.WriteAllBytes(client.HostPath(big), System.Security.Cryptography.RandomNumberGenerator.GetBytes(100 << 20));
+        var medium = $"{workspace}/medium";
+        File.WriteAllBytes(client.HostPath(medium), System.Security.Cryptography.RandomNumberGenerator.GetBytes(12 << 20));
+
+        // Without the disk guard, so the disk really fills (the guard is the next test's).
+        using (var kiln = new KilnProcess(dataDirectory: data, arguments: ["--build-disk", "0", "--min-free-disk", "0"]))
         {
-            file.SetLength(96L << 20);
+            using var log = new LogOnExit(kiln, output);
+            // An upload larger than the space left.
+            var upload = client.Run(kiln, "nix-store", "--store", Socket, "--add", big);
+            output.WriteLine($"upload: {upload.ExitCode}\n{upload.Stderr}");
+            Assert.NotEqual(0, upload.ExitCode);
+            Assert.Contains("Kiln's storage is full (no space left on device)", upload.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain(disk.Mount, upload.Stderr, StringComparison.Ordinal); // no server path reaches the client
+
+            // A build whose output is larger than the space left.
+            var build = client.Run(kiln, "nix-build", "--store", Socket,
+                Dag.WriteSingle(client, workspace, "huge", "head -c 100000000 /dev/urandom > $out"), "--no-out-link");
+            output.WriteLine($"build: {build.ExitCode}\n{build.Stderr}");
+            Assert.NotEqual(0, build.ExitCode);
+            // The builder's own write fails (its output is on that disk: busybox says "I/O error" or "No space left
+            // on device") and the build fails for it, or Kiln's write fails first and says so.
+            Assert.True(build.Stderr.Contains("no space left on device", StringComparison.OrdinalIgnoreCase) ||
+                        (build.Stderr.Contains("I/O error", StringComparison.Ordinal) && build.Stderr.Contains("failed with exit code 1", StringComparison.Ordinal)), build.Stderr);
+            Assert.DoesNotContain(disk.Mount, build.Stderr, StringComparison.Ordinal);
+
+            // The server is up; what failed left nothing behind but the space it had: a small upload still fits.
+            var small = client.Ok(kiln, "nix-store", "--store", Socket, "--add", medium);
+            Assert.StartsWith("/nix/store/", small.StdoutText, StringComparison.Ordinal);
+
+            // Freed space: a build that did not fit before (its output, its blob and the socket account's unpacked
+            // copy: 30 MB) now does.
+            File.Delete(filler);
+            var again = client.Ok(kiln, "nix-build", "--store", Socket,
+                Dag.WriteSingle(client, workspace, "fits", "head -c 10000000 /dev/urandom > $out"), "--no-out-link");
+            Assert.StartsWith("/nix/store/", again.StdoutText, StringComparison.Ordinal);
+            Assert.DoesNotContain("Unhandled exception", kiln.Log, StringComparison.Ordinal);
+            Assert.Equal(0, kiln.Stop());
         }
 
-        Assert.Equal(0, Processes.Run("mkfs.ext4", ["-q", "-F", "-m", "0", image]).ExitCode);
-        var mounted = Processes.Run("mount", ["-o", "loop", image, mount]);
-        Assert.SkipWhen(mounted.ExitCode != 0, $"no loop mount here: {mounted.Stderr}");
-        try
+        Verify(data);
+    }
+
+    /// <summary>
+    /// 20.1, disk: a build's outputs are on the store's disk, so Kiln measures what each build writes. One over its own
+    /// limit (10 GB into $out) is stopped at it; one that would take the disk under the free space Kiln keeps is stopped
+    /// before the disk fills; both say why, and the next build and the store are fine.
+    /// </summary>
+    [Fact]
+    public void A_build_over_its_disk_limit_or_into_the_kept_free_space_is_stopped_and_says_why()
+    {
+        var client = NixClient.For("2.8.0");
+        using var disk = LoopDisk.Make(160);
+        var data = Path.Combine(disk.Mount, "data");
+        using var workspace = client.NewWorkspace();
+        using (var kiln = new KilnProcess(dataDirectory: data, arguments: ["--build-disk", "32MiB", "--min-free-disk", "64MiB"]))
         {
-            File.SetUnixFileMode(mount, (UnixFileMode)Convert.ToInt32("755", 8));
-            // Space held back, freed later to show work resumes.
-            var filler = Path.Combine(mount, "filler");
-            File.WriteAllBytes(filler, new byte[24 << 20]);
-            var data = Path.Combine(mount, "data");
-            var workspace = client.NewWorkspace();
-            var big = $"{workspace}/big";
-            File.WriteAllBytes(client.HostPath(big), System.Security.Cryptography.RandomNumberGenerator.GetBytes(100 << 20));
-            var medium = $"{workspace}/medium";
-            File.WriteAllBytes(client.HostPath(medium), System.Security.Cryptography.RandomNumberGenerator.GetBytes(12 << 20));
+            using var log = new LogOnExit(kiln, output);
+            var writer = client.Run(kiln, "nix-build", "--store", Socket,
+                Dag.WriteSingle(client, workspace, "writer", "head -c 10000000000 /dev/zero > $out"), "--no-out-link");
+            output.WriteLine($"writer: {writer.ExitCode}\n{writer.Stderr}");
+            Assert.NotEqual(0, writer.ExitCode);
+            Assert.Contains("MiB to disk, more than its limit of 32 MiB", writer.Stderr, StringComparison.Ordinal);
 
-            using (var kiln = new KilnProcess(dataDirectory: data))
-            {
-                using var log = new LogOnExit(kiln, output);
-                // An upload larger than the space left.
-                var upload = client.Run(kiln, "nix-store", "--store", Socket, "--add", big);
-                output.WriteLine($"upload: {upload.ExitCode}\n{upload.Stderr}");
-                Assert.NotEqual(0, upload.ExitCode);
-                Assert.Contains("Kiln's storage is full (no space left on device)", upload.Stderr, StringComparison.Ordinal);
-                Assert.DoesNotContain(mount, upload.Stderr, StringComparison.Ordinal); // no server path reaches the client
+            // 1 MiB every 50 ms, under its own limit, while the disk's free space goes under 64 MiB.
+            File.WriteAllBytes(Path.Combine(disk.Mount, "filler"), new byte[(int)Math.Max(0, (disk.FreeBytes() - (80L << 20)))]);
+            var slow = client.Run(kiln, "nix-build", "--store", Socket,
+                Dag.WriteSingle(client, workspace, "slow", "i=0; while [ $i -lt 30 ]; do head -c 1048576 /dev/urandom >> $out; sleep 0.05; i=$((i+1)); done"), "--no-out-link");
+            output.WriteLine($"slow: {slow.ExitCode}\n{slow.Stderr}");
+            Assert.NotEqual(0, slow.ExitCode);
+            Assert.Contains("was stopped because Kiln's disk is nearly full and this build had written the most to it", slow.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain(disk.Mount, slow.Stderr + writer.Stderr, StringComparison.Ordinal);
 
-                // A build whose output is larger than the space left.
-                var build = client.Run(kiln, "nix-build", "--store", Socket,
-                    Dag.WriteSingle(client, workspace, "huge", "head -c 100000000 /dev/urandom > $out"), "--no-out-link");
-                output.WriteLine($"build: {build.ExitCode}\n{build.Stderr}");
-                Assert.NotEqual(0, build.ExitCode);
-                // The builder's own write fails (its output is on that disk: busybox says "I/O error" or "No space left
-                // on device") and the build fails for it, or Kiln's write fails first and says so.
-                Assert.True(build.Stderr.Contains("no space left on device", StringComparison.OrdinalIgnoreCase) ||
-                            (build.Stderr.Contains("I/O error", StringComparison.Ordinal) && build.Stderr.Contains("failed with exit code 1", StringComparison.Ordinal)), build.Stderr);
-                Assert.DoesNotContain(mount, build.Stderr, StringComparison.Ordinal);
-
-                // The server is up; what failed left nothing behind but the space it had: a small upload still fits.
-                var small = client.Ok(kiln, "nix-store", "--store", Socket, "--add", medium);
-                Assert.StartsWith("/nix/store/", small.StdoutText, StringComparison.Ordinal);
-
-                // Freed space: a build that did not fit before (its output, its blob and the socket account's unpacked
-                // copy: 30 MB) now does.
-                File.Delete(filler);
-                var again = client.Ok(kiln, "nix-build", "--store", Socket,
-                    Dag.WriteSingle(client, workspace, "fits", "head -c 10000000 /dev/urandom > $out"), "--no-out-link");
-                Assert.StartsWith("/nix/store/", again.StdoutText, StringComparison.Ordinal);
-                Assert.DoesNotContain("Unhandled exception", kiln.Log, StringComparison.Ordinal);
-                Assert.Equal(0, kiln.Stop());
-            }
-
-            var verify = Processes.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "kiln.dll"), "store", "verify", "--data", data]);
-            Assert.True(verify.ExitCode == 0, $"kiln store verify: {verify.StdoutText}{verify.Stderr}");
-            Assert.Contains(" 0 problems", verify.StdoutText, StringComparison.Ordinal);
+            // What they wrote is gone with them: a small build fits.
+            var small = client.Ok(kiln, "nix-build", "--store", Socket, Dag.WriteSingle(client, workspace, "small", "head -c 1000000 /dev/urandom > $out"), "--no-out-link");
+            Assert.StartsWith("/nix/store/", small.StdoutText, StringComparison.Ordinal);
+            Assert.Equal(0, kiln.Stop());
         }
-        finally
+
+        Verify(data);
+    }
+
+    private static void Verify(string data)
+    {
+        var verify = Processes.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "kiln.dll"), "store", "verify", "--data", data]);
+        Assert.True(verify.ExitCode == 0, $"kiln store verify: {verify.StdoutText}{verify.Stderr}");
+        Assert.Contains(" 0 problems", verify.StdoutText, StringComparison.Ordinal);
+    }
+
+    // A small ext4 file system in an image file, loop-mounted for one test (skips where loop mounts are refused).
+    private sealed class LoopDisk : IDisposable
+    {
+        private readonly TempDir _temp = new();
+
+        private LoopDisk() => Mount = _temp["mnt"];
+
+        public string Mount { get; }
+
+        public long FreeBytes() => new DriveInfo(Mount).AvailableFreeSpace;
+
+        public static LoopDisk Make(int mib)
         {
-            if (Processes.Run("umount", [mount]).ExitCode != 0)
+            var disk = new LoopDisk();
+            try
             {
-                Processes.Run("umount", ["-l", mount]);
+                var image = disk._temp["disk.img"];
+                Directory.CreateDirectory(disk.Mount);
+                using (var file = File.Create(image))
+                {
+                    file.SetLength((long)mib << 20);
+                }
+
+                Assert.Equal(0, Processes.Run("mkfs.ext4", ["-q", "-F", "-m", "0", image]).ExitCode);
+                var mounted = Processes.Run("mount", ["-o", "loop", image, disk.Mount]);
+                Assert.SkipWhen(mounted.ExitCode != 0, $"no loop mount here: {mounted.Stderr}");
+                File.SetUnixFileMode(disk.Mount, (UnixFileMode)Convert.ToInt32("755", 8));
+                return disk;
             }
+            catch
+            {
+                disk.Dispose();
+                throw;
+            }
+        }
+
+        public void Dispose()
+        {
+            if (Processes.Run("mountpoint", ["-q", Mount]).ExitCode == 0 && Processes.Run("umount", [Mount]).ExitCode != 0)
+            {
+                Processes.Run("umount", ["-l", Mount]);
+            }
+
+            _temp.Dispose();
         }
     }
 

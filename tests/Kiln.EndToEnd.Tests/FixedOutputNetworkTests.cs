@@ -61,7 +61,7 @@ public class FixedOutputNetworkTests
         using var served = new TempDir();
         var (flat, _) = Greeting(served.Path);
         var port = HttpServer.Start(served.Path, TestAddresses.Allowed);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         File.WriteAllText(client.HostPath($"{workspace}/capped.nix"), Fetchurl("greeting.txt", $"http://{TestAddresses.Allowed}:{port}/greeting.txt", flat));
         string[] allow = ["--fod-allow-network", $"{TestAddresses.Allowed}/32"];
         using (var capped = new KilnProcess(arguments: [.. allow, "--fetch-max-size", "10"]))
@@ -87,7 +87,7 @@ public class FixedOutputNetworkTests
         using var http = new HttpClient();
         var cacheInfoHash = Convert.ToHexStringLower(SHA256.HashData(http.GetByteArrayAsync(new Uri(cacheInfo)).GetAwaiter().GetResult()));
 
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         Dag.WriteBusybox(client, workspace);
         File.WriteAllText(client.HostPath($"{workspace}/fod-network.nix"), $$"""
             let bb = ./bb; in {

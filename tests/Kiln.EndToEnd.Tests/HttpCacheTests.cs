@@ -31,7 +31,7 @@ public class HttpCacheTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess(http: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var accountKey = kiln.Cli("signing-key", "create", "local", "--name", "local-test-1").Trim();
         var outputs = BuildInKiln(client, kiln, workspace, "httpdag");
         Assert.Equal(2, outputs.Length);
@@ -72,7 +72,7 @@ public class HttpCacheTests
         // narinfo answers are kept in memory: signing or deleting through the worker protocol must show at once.
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(http: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var top = BuildInKiln(client, kiln, workspace, "keptdag")[0];
         kiln.Cli("account", "set", "local", "--public-cache");
         using var http = new HttpClient { BaseAddress = new Uri(kiln.HttpUrl) };
@@ -95,7 +95,7 @@ public class HttpCacheTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess(http: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         kiln.Cli("account", "create", "alice");
         kiln.Cli("account", "create", "bob");
         var alice = kiln.Cli("token", "create", "alice", "--permissions", "store:read,store:write").Split('\n')[0];

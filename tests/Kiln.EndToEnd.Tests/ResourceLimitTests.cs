@@ -19,7 +19,7 @@ public class ResourceLimitTests(ITestOutputHelper output)
     {
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(ssh: true, arguments: ["--build-memory", $"{LimitMib}MiB", "--build-processes", "300", "--timeout", "120", "--max-jobs", "4"]);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var bob = SshTests.NewLogin(client, kiln, "bob");
         client.Ok(kiln, "nix-build", "--store", Socket, Dag.WriteSingle(client, workspace, "warm", "echo warm; mkdir $out"), "--no-out-link");
         var before = kiln.PeakMemoryKib();
@@ -88,7 +88,7 @@ public class ResourceLimitTests(ITestOutputHelper output)
             var client = NixClient.For("2.8.0");
             using (var kiln = new KilnProcess(arguments: ["--cgroup-root", root.Path, "--timeout", "6", "--build-memory", $"{LimitMib}MiB", "--build-processes", "300"]))
             {
-                var workspace = client.NewWorkspace();
+                using var workspace = client.NewWorkspace();
                 var sleeper = Dag.WriteSingle(client, workspace, "sleeper", $"echo {Guid.NewGuid()}; sleep 600 & sleep 600; mkdir $out");
                 var build = Task.Run(() => client.Run(kiln, "nix-build", "--store", Socket, sleeper, "--no-out-link"));
 

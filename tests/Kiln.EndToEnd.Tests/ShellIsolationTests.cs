@@ -116,7 +116,7 @@ public sealed class ShellIsolationTests(ShellIsolationTests.World world) : IClas
         {
             var client = NixClient.For("2.8.0");
             _kiln = new KilnProcess(ssh: true);
-            var workspace = client.NewWorkspace();
+            using var workspace = client.NewWorkspace();
             var accounts = new Dictionary<string, Account>();
             foreach (var name in new[] { "alice", "bob" })
             {

@@ -19,7 +19,7 @@ public class SshTests
 
     internal static Login NewLogin(NixClient client, KilnProcess kiln, string account, string permissions = "store:read,store:write,build:read,build:write")
     {
-        var key = NewKey(client, account);
+        var key = NewKey(client, kiln, account);
         kiln.Cli("account", "create", account);
         kiln.Cli("key", "add", account, File.ReadAllText(key + ".pub").Trim(), "--permissions", permissions);
         return new Login(account, key, SshEnvironment(client, kiln, key));
@@ -27,10 +27,12 @@ public class SshTests
 
     // SSH files live at the same path on the host and in the chroot: Nix 2.8 starts ssh after re-entering its
     // original mount namespace, which also leaves the chroot, so its ssh looks for them on the host.
-    private static string NewKey(NixClient client, string name)
+    // Both copies go when the server does.
+    private static string NewKey(NixClient client, KilnProcess kiln, string name)
     {
         var directory = $"/tmp/kiln-e2e-ssh/{Guid.NewGuid():N}";
         Directory.CreateDirectory(directory);
+        kiln.RemoveOnDispose(directory, client.HostPath(directory));
         Assert.Equal(0, Processes.Run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", $"{directory}/key"]).ExitCode);
         Directory.CreateDirectory(client.HostPath(directory));
         foreach (var file in new[] { "key", "key.pub" })
@@ -56,7 +58,7 @@ public class SshTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess(ssh: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var alice = NewLogin(client, kiln, "alice");
         var dag = Dag.Write(client, workspace, "sshdag", depth: 3, width: 4, salt: Guid.NewGuid().ToString("N"));
 
@@ -88,7 +90,7 @@ public class SshTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess(ssh: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var alice = NewLogin(client, kiln, "alice");
         var dag = Dag.Write(client, workspace, "builderdag", depth: 3, width: 4, salt: Guid.NewGuid().ToString("N"));
         var local = $"local?root={workspace}/client";
@@ -162,7 +164,7 @@ public class SshTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess(ssh: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var alice = NewLogin(client, kiln, "alice");
         var dag = Dag.Write(client, workspace, "servedag", depth: 3, width: 4, salt: Guid.NewGuid().ToString("N"));
         var local = $"local?root={workspace}/client";
@@ -200,7 +202,7 @@ public class SshTests
     {
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(ssh: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var alice = NewLogin(client, kiln, "alice");
         var mallory = NewLogin(client, kiln, "mallory");
         var slow = Dag.WriteSingle(client, workspace, "slow", $"echo {Guid.NewGuid()}; sleep 4; mkdir $out");
@@ -230,10 +232,10 @@ public class SshTests
     {
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(ssh: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var alice = NewLogin(client, kiln, "alice", permissions: "store:read,store:write,build:read,build:write,account:write");
         var reader = NewLogin(client, kiln, "reader", permissions: "store:read,build:read");
-        var laptop = NewKey(client, "laptop");
+        var laptop = NewKey(client, kiln, "laptop");
         var newKey = File.ReadAllText(laptop + ".pub").Trim();
 
         // A build to look at afterwards.
@@ -328,7 +330,7 @@ public class SshTests
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(ssh: true);
         var mallory = NewLogin(client, kiln, "mallory", permissions: "store:read,store:write,build:read,build:write,account:write");
-        var bobKey = NewKey(client, "bob");
+        var bobKey = NewKey(client, kiln, "bob");
         var bobPublic = File.ReadAllText(bobKey + ".pub").Trim();
 
         var attempt = Shell(kiln, mallory, null, "kiln", "keys", "add", $"'{bobPublic}'");
@@ -352,7 +354,7 @@ public class SshTests
         Assert.Contains("account bob", Shell(kiln, bob, null, "kiln", "whoami").StdoutText, StringComparison.Ordinal);
 
         // A real proof is for one account: Bob adds a second key of his with it; replayed by Mallory it adds nothing.
-        var bobSecond = NewKey(client, "bob-laptop");
+        var bobSecond = NewKey(client, kiln, "bob-laptop");
         var secondPublic = File.ReadAllText(bobSecond + ".pub").Trim();
         var proof = ProveKey(Shell(kiln, bob, null, "kiln", "keys", "add", $"'{secondPublic}'"), bobSecond);
         var added = Shell(kiln, bob, null, "kiln", "keys", "add", $"'{secondPublic}'", "--proof", $"'{proof}'");
@@ -429,7 +431,7 @@ public class SshTests
         using var kiln = new KilnProcess(ssh: true);
         var alice = NewLogin(client, kiln, "alice");
         var offered = File.ReadAllText(alice.KeyFile + ".pub").Split(' ');
-        var stranger = File.ReadAllText(NewKey(client, "stranger") + ".pub").Split(' ');
+        var stranger = File.ReadAllText(NewKey(client, kiln, "stranger") + ".pub").Split(' ');
 
         // sshd_config names the script; the script runs the bridge Kiln installed beside it, a native executable.
         var config = File.ReadAllLines(Path.Combine(kiln.DataDirectory, "ssh", "sshd_config"));
@@ -471,7 +473,7 @@ public class SshTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess(ssh: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var alice = NewLogin(client, kiln, "alice");
         var bob = NewLogin(client, kiln, "bob");
         var reader = NewLogin(client, kiln, "reader", permissions: "store:read");
@@ -482,7 +484,7 @@ public class SshTests
         var path = client.Ok(kiln, "nix-store", "--store", local, "--add", $"{workspace}/secret.txt").StdoutText.Trim();
 
         // A key Kiln does not know: sshd refuses it before anything of Kiln's runs.
-        var strangerKey = NewKey(client, "stranger");
+        var strangerKey = NewKey(client, kiln, "stranger");
         var stranger = client.Run(kiln, [.. SshEnvironment(client, kiln, strangerKey), "nix-store", "--store", Kiln, "-q", "--hash", path]);
         Assert.NotEqual(0, stranger.ExitCode);
         Assert.Contains("Permission denied (publickey)", stranger.Stderr, StringComparison.Ordinal);
@@ -531,7 +533,7 @@ public class SshTests
         // AddSignatures from clients it does not trust, and so does Kiln (the socket's owner still may).
         var client = NixClient.For("2.8.0");
         using var kiln = new KilnProcess(ssh: true);
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var alice = NewLogin(client, kiln, "alice");
         var local = $"local?root={workspace}/local";
         File.WriteAllText(client.HostPath($"{workspace}/mine.txt"), $"alice's {Guid.NewGuid()}\n");

@@ -82,7 +82,7 @@ public class UpstreamTests
         var client = NixClient.For("2.34.8");
         using var kiln = new KilnProcess();
         kiln.Cli("account", "set", "local", "--substituters", "http://127.0.0.1:1");
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var single = Dag.WriteSingle(client, workspace, "dry", $"echo {Guid.NewGuid()}; mkdir $out");
         var dryRun = client.Ok(kiln, "nix-build", "--dry-run", "--store", Socket, single);
         Assert.Contains("will be built", dryRun.Stderr, StringComparison.Ordinal);
@@ -95,7 +95,7 @@ public class UpstreamTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var upstream = MakeUpstream(client, kiln, workspace);
         using var nginx = new Nginx(upstream.CacheDirectory);
         kiln.Cli("account", "set", "local", "--substituters", nginx.Url, "--trusted-public-keys", upstream.PublicKey);
@@ -125,7 +125,7 @@ public class UpstreamTests
     {
         var client = NixClient.For("2.34.8");
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var upstream = MakeUpstream(client, kiln, workspace);
         using var nginx = new Nginx(upstream.CacheDirectory);
         var stranger = "upstream-test-1:" + Convert.ToBase64String(new byte[32]); // the right name, the wrong key
@@ -143,7 +143,7 @@ public class UpstreamTests
     {
         var client = NixClient.For("2.34.8");
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         // Each output carries 2 MB of random bytes (incompressible); nginx sends 128 KB/s, so a download takes ~16 s.
         var upstream = MakeUpstream(client, kiln, workspace, "${bb}/bin/busybox head -c 2000000 /dev/urandom > $out/big");
         using var nginx = new Nginx(upstream.CacheDirectory, rateLimit: "128k");

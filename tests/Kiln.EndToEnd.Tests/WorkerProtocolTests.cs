@@ -38,7 +38,7 @@ public class WorkerProtocolTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var expression = Closure.Write(client, workspace, chain: 150);
         var top = client.Ok(kiln, "nix-instantiate", "--store", Local(workspace, "a"), expression).StdoutText.Trim();
 
@@ -61,7 +61,7 @@ public class WorkerProtocolTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         Closure.Write(client, workspace, chain: 1);
         foreach (var source in new[] { $"{workspace}/src/tree", $"{workspace}/src/big0" })
         {
@@ -86,7 +86,7 @@ public class WorkerProtocolTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var expression = Closure.Write(client, workspace, chain: 6, seed: 2);
         var local = client.Ok(kiln, "nix-instantiate", "--store", Local(workspace, "a"), expression).StdoutText.Trim();
         var remote = client.Ok(kiln, "nix-instantiate", "--store", Kiln, expression).StdoutText.Trim();
@@ -120,7 +120,7 @@ public class WorkerProtocolTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         Closure.Write(client, workspace, chain: 1);
         var path = client.Ok(kiln, "nix-store", "--store", Kiln, "--add", $"{workspace}/src/big0").StdoutText.Trim();
         string[] verify = client.Is23 ? ["nix", "verify", "--store", Kiln, "--all"] : ["nix", "store", "verify", "--store", Kiln, "--all"];
@@ -143,7 +143,7 @@ public class WorkerProtocolTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var expression = Closure.Write(client, workspace, chain: 3, seed: 3);
         // The client makes a symlink in its own file system (in its chroot) and registers it as an indirect root.
         var rooted = client.Ok(kiln, "nix-instantiate", "--store", Kiln, "--add-root", $"{workspace}/result", "--indirect", expression).StdoutText.Trim();
@@ -173,7 +173,7 @@ public class WorkerProtocolTests
     {
         var client = NixClient.For(version);
         using var kiln = new KilnProcess();
-        var workspace = client.NewWorkspace();
+        using var workspace = client.NewWorkspace();
         var expression = Closure.Write(client, workspace, chain: 2, seed: 4);
         var top = client.Ok(kiln, "nix-instantiate", "--store", Kiln, expression).StdoutText.Trim();
         var wanted = Lines(client.Ok(kiln, "nix-store", "--store", Kiln, "-q", "--requisites", top).StdoutText)

@@ -35,6 +35,12 @@ if ! getent group nixbld > /dev/null; then
   done
 fi
 
+# Workspaces and keys the tests remove themselves, except when a run was killed: whatever is older than any run
+# could be goes now, so the cached chroots cannot grow run after run (they once held 77 GiB and filled CI's disk).
+for scratch in "$cache"/*/tmp/kiln-e2e "$cache"/*/tmp/kiln-e2e-ssh /tmp/kiln-e2e-ssh; do
+  [ -d "$scratch" ] && find "$scratch" -mindepth 1 -maxdepth 1 -mmin +180 -exec rm -rf --one-file-system {} +
+done
+
 status=0
 for suite in bullseye bookworm trixie sid; do
   build "$suite" &

@@ -74,6 +74,16 @@ internal static class ServeCommands
             Description = "The most processes and threads one build runs at once (0: no limit).",
             DefaultValueFactory = _ => 10_000,
         };
+        var buildDisk = new Option<string>("--build-disk")
+        {
+            Description = "The most one build writes to disk, its outputs included: SIZE (10GiB), N% of the data directory's file system, or 0 for no limit (default 50%).",
+            DefaultValueFactory = _ => "50%",
+        };
+        var minFree = new Option<string>("--min-free-disk")
+        {
+            Description = "Free space kept on the data directory's file system: under it, the build that wrote the most is stopped. SIZE, N% of that file system, or 0 (default 2%).",
+            DefaultValueFactory = _ => "2%",
+        };
         var stagingLimit = new Option<string>("--http-staging-size")
         {
             Description = "The most bytes of one account's NARs uploaded over HTTP that wait for their narinfos (default 16GiB).",
@@ -88,11 +98,12 @@ internal static class ServeCommands
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
-            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, cgroupRoot, stagingLimit,
+            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
             var directory = Path.GetFullPath(result.GetValue(data)!);
+            long ShareOfDisk(long percent) => Kiln.Agent.DiskGuard.FileSystemBytes(directory) / 100 * percent;
             var options = new ServerOptions
             {
                 DataDirectory = directory,
@@ -104,10 +115,12 @@ internal static class ServeCommands
                 MaxSilentTime = TimeSpan.FromSeconds(result.GetValue(maxSilent)),
                 BuildTimeout = TimeSpan.FromSeconds(result.GetValue(timeout)),
                 MaxLogSize = result.GetValue(maxLog),
-                BuildMemory = Size(result.GetValue(buildMemory)!, allowShareOfMemory: true),
+                BuildMemory = Size(result.GetValue(buildMemory)!, percent => Kiln.Agent.HostMemory.TotalBytes() / 100 * percent, "this machine's memory"),
+                BuildDisk = Size(result.GetValue(buildDisk)!, ShareOfDisk, "the data directory's file system"),
+                MinFreeDisk = Size(result.GetValue(minFree)!, ShareOfDisk, "the data directory's file system"),
                 BuildProcesses = Math.Max(0, result.GetValue(buildProcesses)),
                 CgroupRoot = Path.GetFullPath(result.GetValue(cgroupRoot)!),
-                HttpStagingLimit = Size(result.GetValue(stagingLimit)!, allowShareOfMemory: false),
+                HttpStagingLimit = Size(result.GetValue(stagingLimit)!),
                 SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
                 SshUser = result.GetValue(sshUser)!,
                 HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
@@ -136,18 +149,19 @@ internal static class ServeCommands
             : throw new CommandException($"'{text}' is not ADDRESS:PORT (for example 127.0.0.1:8080), or 'none'");
 
     // SIZE with an optional binary unit (K, M, G, T, with or without "iB"), N% of this machine's memory where allowed, or 0.
-    private static long Size(string text, bool allowShareOfMemory)
+    // SIZE (512MiB, 8GiB, a plain number of bytes), or N% of what share reckons (when given), or 0.
+    private static long Size(string text, Func<long, long>? share = null, string? of = null)
     {
         var match = System.Text.RegularExpressions.Regex.Match(text.Trim(), @"^([0-9]+)\s*(%|[KMGT]?)(?:i?B)?$", System.Text.RegularExpressions.RegexOptions.IgnoreCase);
-        if (!match.Success || (!allowShareOfMemory && match.Groups[2].Value == "%") || !long.TryParse(match.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
+        if (!match.Success || (share is null && match.Groups[2].Value == "%") || !long.TryParse(match.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
         {
-            throw new CommandException($"'{text}' is not a size (for example 512MiB or 8GiB{(allowShareOfMemory ? ", 80%" : "")}, or 0)");
+            throw new CommandException($"'{text}' is not a size (for example 512MiB or 8GiB{(share is not null ? ", 80%" : "")}, or 0)");
         }
 
         var unit = match.Groups[2].Value.ToUpperInvariant();
         if (unit == "%")
         {
-            return number is > 0 and <= 100 ? Kiln.Agent.HostMemory.TotalBytes() / 100 * number : throw new CommandException($"'{text}': a share of this machine's memory is 1% to 100%");
+            return number is > 0 and <= 100 ? share!(number) : throw new CommandException($"'{text}': a share of {of} is 1% to 100%");
         }
 
         var shift = "_KMGT".IndexOf(unit.Length == 0 ? '_' : unit[0], StringComparison.Ordinal) * 10;

@@ -11,6 +11,7 @@ public sealed class KilnProcess : IDisposable
     private readonly Process _process;
     private readonly StringBuilder _log = new();
     private readonly TempDir _temp = new();
+    private readonly List<string> _alsoRemove = [];
 
     /// <param name="ssh">Also run the SSH front door, on a free port of 127.0.0.1 (<see cref="SshPort"/>).</param>
     /// <param name="http">Also serve the HTTP binary cache, on a free port of 127.0.0.1 (<see cref="HttpUrl"/>).</param>
@@ -192,6 +193,9 @@ public sealed class KilnProcess : IDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>Directories a test made for this server (its clients' keys) that go when it does.</summary>
+    public void RemoveOnDispose(params string[] directories) => _alsoRemove.AddRange(directories);
+
     public void Dispose()
     {
         try
@@ -202,6 +206,10 @@ public sealed class KilnProcess : IDisposable
         {
             _process.Dispose();
             _temp.Dispose();
+            foreach (var directory in _alsoRemove)
+            {
+                TempDir.Remove(directory);
+            }
         }
     }
 }

@@ -88,13 +88,19 @@ public sealed class NixClient
         ? "build-users-group = \nsandbox = false\nsubstituters = \n"
         : "experimental-features = nix-command\nbuild-users-group = \nsandbox = false\nsubstituters = \n";
 
-    /// <summary>A fresh directory inside the chroot; returns its path as the client sees it.</summary>
-    public string NewWorkspace()
+    /// <summary>
+    /// A fresh directory inside the chroot, named as the client sees it; dispose it (<c>using var</c>) so the cached
+    /// chroots do not grow run after run (they once held 77 GiB of old workspaces and filled CI's disk).
+    /// </summary>
+    public Workspace NewWorkspace()
     {
-        var inside = $"/tmp/kiln-e2e/{Guid.NewGuid():N}";
+        var inside = $"{ScratchDirectory}/{Guid.NewGuid():N}";
         Directory.CreateDirectory(HostPath(inside));
-        return inside;
+        return new Workspace(inside, HostPath(inside));
     }
+
+    /// <summary>Where workspaces go inside a chroot; setup-clients.sh empties it before each run, for runs that were killed.</summary>
+    public const string ScratchDirectory = "/tmp/kiln-e2e";
 
     /// <summary>Where a path inside the chroot is on the host.</summary>
     public string HostPath(string inside) => Root + inside;

@@ -36,17 +36,29 @@ public sealed class TempDir : IDisposable
 
     public string this[string relative] => System.IO.Path.Combine(Path, relative);
 
-    public void Dispose()
+    public void Dispose() => Remove(Path);
+
+    /// <summary>Removes a directory tree a test made, read-only directories (unpacked store paths) included.</summary>
+    public static void Remove(string path)
     {
+        if (!Directory.Exists(path))
+        {
+            return;
+        }
+
         try
         {
-            MakeWritable(new DirectoryInfo(Path));
-            Directory.Delete(Path, recursive: true);
+            MakeWritable(new DirectoryInfo(path));
+            Directory.Delete(path, recursive: true);
         }
         catch (IOException)
         {
             // .NET cannot name files whose names are not UTF-8 (the NAR tests make some): rm can.
-            Processes.Run("rm", ["-rf", "--one-file-system", Path]);
+            Processes.Run("rm", ["-rf", "--one-file-system", path]);
+        }
+        catch (UnauthorizedAccessException)
+        {
+            Processes.Run("rm", ["-rf", "--one-file-system", path]);
         }
     }
 
