@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A longer fuzzing run than CI's (20.4): every fuzz target (NAR, narinfo, .drv, the five decompressors, the worker
-# protocol session, the HTTP cache's paths) for ITERATIONS mutations each, from SEED (default: the time).
+# and serve protocol sessions, the HTTP cache's paths) for ITERATIONS mutations each, from SEED (default: the time).
 # Inputs that fail are written to bench/fuzz/crashes/; commit one under tests/Kiln.Nix.Tests/Fuzz/corpus/TARGET/ to
 # make it a regression case CI runs every time.
 #   bench/fuzz/run.sh [ITERATIONS] [SEED]
