@@ -1,5 +1,5 @@
-using Kiln.Nix.Tests.Support;
 using Kiln.Nix.StorePaths;
+using Kiln.Nix.Tests.Support;
 using Kiln.Nix.Wire;
 using Kiln.Protocol.Serve;
 

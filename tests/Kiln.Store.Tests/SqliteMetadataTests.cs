@@ -69,6 +69,49 @@ public sealed class SqliteMetadataStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task A_database_Kiln_cannot_open_or_write_fails_as_storage_with_the_errno_not_as_a_bug()
+    {
+        var directory = _temp["db"];
+        Directory.CreateDirectory(directory);
+        var file = Path.Combine(directory, "kiln.db");
+        var store = new Kiln.Store.Metadata.Sqlite.SqliteMetadataStore(file);
+        await store.MigrateAsync(default);
+        Assert.NotNull(await store.TryCreateAccountAsync("alice", default));
+        await store.DisposeAsync();
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+
+        // Read-only (a remount after an I/O error, say): reported as storage, read-only or failing.
+        if (Environment.UserName == "root" && Kiln.Nix.Tests.Support.Processes.Run("mount", ["--bind", directory, directory]).ExitCode == 0)
+        {
+            try
+            {
+                Assert.Equal(0, Kiln.Nix.Tests.Support.Processes.Run("mount", ["-o", "remount,bind,ro", directory]).ExitCode);
+                var readOnly = new Kiln.Store.Metadata.Sqlite.SqliteMetadataStore(file);
+                var refused = await Assert.ThrowsAnyAsync<IOException>(() => readOnly.TryCreateAccountAsync("bob", default));
+                Assert.True(refused.GetType() == typeof(IOException) && refused.HResult is 30 or 5, $"{refused.HResult}: {refused.Message}");
+                await readOnly.DisposeAsync();
+                Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+            }
+            finally
+            {
+                // Lazily: SQLite may still hold the files it opened there for a moment.
+                Kiln.Nix.Tests.Support.Processes.Run("umount", ["-l", directory]);
+            }
+        }
+
+        // The database's directory gone (a lost mount): it cannot be opened, for reading or writing.
+        Directory.Move(directory, directory + "-moved");
+        var gone = new Kiln.Store.Metadata.Sqlite.SqliteMetadataStore(file);
+        foreach (var attempt in new Func<Task>[] { () => gone.FindAccountAsync("alice", default), () => gone.TryCreateAccountAsync("bob", default) })
+        {
+            var failed = await Assert.ThrowsAnyAsync<IOException>(attempt);
+            Assert.True(failed.GetType() == typeof(IOException) && failed.HResult == 5, $"{failed.HResult}: {failed.Message}");
+        }
+
+        await gone.DisposeAsync();
+    }
+
+    [Fact]
     public async Task Migrations_apply_once_and_the_database_is_in_wal_mode()
     {
         var path = _temp["twice.db"];

@@ -73,10 +73,10 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                 }
             }
         }
-        catch (SqliteException e) when (e.SqliteErrorCode is SqliteFull or SqliteIoError)
+        catch (SqliteException e) when (AsStorageFailure(e, "written") is { } failure)
         {
             // As the blob and log stores' own failures are: the disk, not Kiln's logic (the transaction rolled back).
-            throw new IOException($"the metadata database could not be written: {e.Message}", e.SqliteErrorCode == SqliteFull ? 28 : 5);
+            throw failure;
         }
         finally
         {
@@ -84,7 +84,18 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         }
     }
 
-    private const int SqliteIoError = 10, SqliteFull = 13; // SQLITE_IOERR, SQLITE_FULL
+    private const int SqliteReadOnly = 8, SqliteIoError = 10, SqliteFull = 13, SqliteCantOpen = 14;
+
+    // The database's file system failing (full, read-only, I/O errors, the file gone or unreadable) as the IOException
+    // with the errno the other stores' failures carry, which every front door reports as a storage failure; null for
+    // anything else (a constraint, a bug), which stays an internal error.
+    private static IOException? AsStorageFailure(SqliteException e, string what) => e.SqliteErrorCode switch
+    {
+        SqliteFull => new IOException($"the metadata database could not be {what}: {e.Message}", 28), // ENOSPC
+        SqliteReadOnly => new IOException($"the metadata database could not be {what}: {e.Message}", 30), // EROFS
+        SqliteIoError or SqliteCantOpen => new IOException($"the metadata database could not be {what}: {e.Message}", 5), // EIO
+        _ => null,
+    };
 
     private Task<bool> WriteAsync(Func<SqliteConnection, SqliteTransaction, Task> work, CancellationToken cancellationToken) =>
         WriteAsync<bool>(async (c, t) =>
@@ -131,7 +142,14 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     {
         if (!_prepared.TryTake(out var connection))
         {
-            connection = new PreparedConnection(await OpenAsync(cancellationToken).ConfigureAwait(false));
+            try
+            {
+                connection = new PreparedConnection(await OpenAsync(cancellationToken).ConfigureAwait(false));
+            }
+            catch (SqliteException e) when (AsStorageFailure(e, "read") is { } failure)
+            {
+                throw failure;
+            }
         }
 
         var healthy = false;
@@ -140,6 +158,10 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             var result = await work(connection.For(query)).ConfigureAwait(false);
             healthy = true;
             return result;
+        }
+        catch (SqliteException e) when (AsStorageFailure(e, "read") is { } failure)
+        {
+            throw failure;
         }
         finally
         {
@@ -156,10 +178,17 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
 
     private async Task<T> ReadAsync<T>(Func<SqliteConnection, Task<T>> work, CancellationToken cancellationToken)
     {
-        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
+        try
         {
-            return await work(connection).ConfigureAwait(false);
+            var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
+            await using (connection.ConfigureAwait(false))
+            {
+                return await work(connection).ConfigureAwait(false);
+            }
+        }
+        catch (SqliteException e) when (AsStorageFailure(e, "read") is { } failure)
+        {
+            throw failure;
         }
     }
 
