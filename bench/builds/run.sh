@@ -8,8 +8,12 @@
 # (and so refer to) their inputs; the builder is a static busybox added to the store from the client. Both servers
 # get the same max-jobs and cores and are driven by the host's Nix 2.8 with `nix build --store unix://…?root=…`,
 # evaluation included (that is what a user waits for). "Fresh" starts from an empty server each round; "no-op" is
-# the same command again right after. Each fresh time ends with sync. Needs root, nix-bin and bubblewrap.
-# Figures only, no thresholds.
+# the same command again right after. Each fresh time ends with sync.
+#
+# Then the same over SSH, as a CI runner uses a remote store (W1/W2 of issue 21): `nix build --eval-store auto
+# --store ssh-ng://…` (the client evaluates into its own store, copies the derivations, asks the server to build),
+# against Kiln's own sshd and against a plain sshd whose forced command is that stock nix-daemon (`--stdio`, sandbox
+# on), fresh and as a no-op. Needs root, nix-bin, openssh-server and bubblewrap. Figures only, no thresholds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 layers=10 width=20 jobs="$(nproc)" rounds=2
@@ -47,11 +51,17 @@ let
 in builtins.elemAt layers ($layers - 1)
 NIX
 
+kiln_port=$((20000 + RANDOM % 10000)) plain_port=$((30000 + RANDOM % 10000))
 start_kiln() {
   rm -rf "$work/kiln"
-  "$kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
+  "$kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 --ssh-listen "127.0.0.1:$kiln_port" --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
-  while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
+  while [ ! -S "$work/kiln/daemon.sock" ] || ! grep -q "ssh: listening" "$work/kiln.log"; do sleep 0.1; done
+  "$kiln" account create bench --data "$work/kiln" > /dev/null
+  "$kiln" key add bench "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
+  echo "[127.0.0.1]:$kiln_port $(cut -d' ' -f1,2 "$work/kiln/ssh/ssh_host_ed25519_key.pub")" > "$work/known_hosts"
+  echo "[127.0.0.1]:$plain_port $(cut -d' ' -f1,2 "$work/kiln/ssh/ssh_host_ed25519_key.pub")" >> "$work/known_hosts"
+  cp "$work/kiln/ssh/ssh_host_ed25519_key" "$work/plain/host_key"
 }
 stop_kiln() { kill -TERM "$kiln_pid"; wait "$kiln_pid" || true; }
 
@@ -66,7 +76,41 @@ start_daemon() {
 }
 stop_daemon() { kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true; }
 
+# The stock remote: a plain sshd forcing `nix-daemon --stdio` on the daemon's store (the same settings as above).
+ssh-keygen -q -t ed25519 -N "" -C bench -f "$work/id"
+mkdir -p "$work/plain" /run/sshd
+cat > "$work/plain/stdio-daemon" <<SH
+#!/bin/sh
+export NIX_STATE_DIR="$work/daemon/state" NIX_CONFIG='build-users-group =
+sandbox = true
+sandbox-fallback = false
+max-jobs = $jobs
+cores = 1
+store = local?root=$work/daemon/root'
+exec nix-daemon --stdio
+SH
+chmod +x "$work/plain/stdio-daemon"
+echo "command=\"$work/plain/stdio-daemon\",restrict $(cat "$work/id.pub")" > "$work/plain/authorized_keys"
+cat > "$work/plain/sshd_config" <<CONF
+Port $plain_port
+ListenAddress 127.0.0.1
+HostKey $work/plain/host_key
+PidFile $work/plain/sshd.pid
+AuthorizedKeysFile $work/plain/authorized_keys
+StrictModes no
+PermitRootLogin forced-commands-only
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+LogLevel ERROR
+CONF
+start_plain() { /usr/sbin/sshd -D -e -f "$work/plain/sshd_config" 2> "$work/plain/sshd.log" & plain_pid=$!; sleep 0.5; }
+stop_plain() { kill "$plain_pid" 2> /dev/null; wait "$plain_pid" 2> /dev/null || true; }
+ssh_opts() { echo "-p $1 -i $work/id -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$work/known_hosts -o LogLevel=ERROR"; }
+
 build() { nix build --store "$1" -f "$work/dag.nix" --no-link; }
+# Over SSH: evaluation into a client store of the run's own (fresh each round, so the derivations are copied again).
+ssh_build() { NIX_SSHOPTS="$2" nix build --eval-store "local?root=$work/client" --store "$1" -f "$work/dag.nix" --no-link; }
 seconds() {
   local start end
   start=$(date +%s.%N)
@@ -77,11 +121,18 @@ fresh() { sync; seconds "$@"; }
 best() { printf '%s\n' "$@" | sort -n | head -1; }
 
 kiln_fresh=() kiln_noop=() nix_fresh=() nix_noop=()
+kiln_ssh_fresh=() kiln_ssh_noop=() nix_ssh_fresh=() nix_ssh_noop=()
 for round in $(seq 1 "$rounds"); do
   start_kiln
   kiln_url="unix://$work/kiln/daemon.sock?root=$work/kiln/root"
   kiln_fresh+=("$(fresh build "$kiln_url")")
   for _ in 1 2 3; do kiln_noop+=("$(seconds build "$kiln_url")"); done
+  stop_kiln
+  start_kiln
+  rm -rf "$work/client"
+  kiln_ssh_fresh+=("$(fresh ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")")
+  for _ in 1 2 3; do kiln_ssh_noop+=("$(seconds ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")"); done
+  grep "ssh session" "$work/kiln.log" | tail -1 | sed 's/^/  last kiln session: /' >&2
   stop_kiln
 
   start_daemon
@@ -90,6 +141,11 @@ for round in $(seq 1 "$rounds"); do
   for _ in 1 2 3; do nix_noop+=("$(seconds build "$daemon_url")"); done
   built="$(ls -d "$work"/daemon/root/nix/store/*-dag-* 2> /dev/null | grep -vc '\.drv$' || true)"
   stop_daemon
+  rm -rf "$work/daemon" "$work/client"
+  start_plain
+  nix_ssh_fresh+=("$(fresh ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")")
+  for _ in 1 2 3; do nix_ssh_noop+=("$(seconds ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")"); done
+  stop_plain
 done
 
 nf=$(best "${nix_fresh[@]}") kf=$(best "${kiln_fresh[@]}") nn=$(best "${nix_noop[@]}") kn=$(best "${kiln_noop[@]}")
@@ -99,4 +155,7 @@ echo "DAG: $((layers * width)) derivations ($layers layers of $width, 3 deps eac
 printf '%-40s %12s %12s %10s\n' "" "nix-daemon" "kiln" "kiln/nix"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "fresh  (nix build --store unix://…)" "$nf" "$kf" "$(echo "scale=3; $nf / $kf" | bc)"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "no-op  (the same again)" "$nn" "$kn" "$(echo "scale=3; $nn / $kn" | bc)"
+nsf=$(best "${nix_ssh_fresh[@]}") ksf=$(best "${kiln_ssh_fresh[@]}") nsn=$(best "${nix_ssh_noop[@]}") ksn=$(best "${kiln_ssh_noop[@]}")
+printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W1 fresh (--eval-store auto, ssh-ng://)" "$nsf" "$ksf" "$(echo "scale=3; $nsf / $ksf" | bc)"
+printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2 no-op (the same again)" "$nsn" "$ksn" "$(echo "scale=3; $nsn / $ksn" | bc)"
 echo "(kiln/nix above 1 means Kiln is faster)"
