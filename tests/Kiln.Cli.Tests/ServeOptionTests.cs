@@ -6,14 +6,18 @@ namespace Kiln.Cli.Tests;
 public class ServeOptionTests
 {
     [Theory]
-    [InlineData("12XB", "is not a size")]
-    [InlineData("-5", "is not a size")]
-    [InlineData("150%", "1% to 100%")]
-    [InlineData("99999999999T", "is too large")]
-    public void A_build_memory_that_is_not_a_size_is_refused(string value, string message)
+    [InlineData("--build-memory", "12XB", "is not a size")]
+    [InlineData("--build-memory", "-5", "is not a size")]
+    [InlineData("--build-memory", "150%", "a share of this machine's memory is 1% to 100%")]
+    [InlineData("--build-memory", "99999999999T", "is too large")]
+    [InlineData("--build-disk", "150%", "a share of the data directory's file system is 1% to 100%")]
+    [InlineData("--build-disk", "ten", "is not a size")]
+    [InlineData("--min-free-disk", "0.5GiB", "is not a size")]
+    [InlineData("--http-staging-size", "10%", "is not a size")]
+    public void A_size_that_is_not_one_is_refused(string option, string value, string message)
     {
         using var temp = new TempDir();
-        KilnCli.AssertOneLineError(KilnCli.Run("serve", "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none", "--build-memory", value), message);
+        KilnCli.AssertOneLineError(KilnCli.Run("serve", "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none", option, value), message);
         Assert.False(File.Exists(Path.Combine(temp["data"], "daemon.sock")));
     }
 }
