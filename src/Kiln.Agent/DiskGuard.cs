@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.IO.Enumeration;
 
 namespace Kiln.Agent;
 
@@ -37,23 +36,45 @@ public sealed class DiskGuard(string directory, long reserveBytes)
         return new DriveInfo(existing).TotalSize;
     }
 
+    private bool IsShort()
+    {
+        try
+        {
+            return FreeBytes() < ReserveBytes;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false; // cannot tell: no build is stopped for it
+        }
+    }
+
     /// <summary>Starts watching one build's usage; dispose when the build is over.</summary>
     public Watch Start()
     {
-        var watch = new Watch(this);
+        var watch = new Watch(this, Interlocked.Increment(ref _started));
         _running[watch] = 0;
         return watch;
     }
 
-    // The build to stop when space is short: the largest writer (one only: stopping it may be enough).
-    private bool IsLargest(Watch watch) => _running.Keys.All(other => other == watch || other.UsedBytes <= watch.UsedBytes);
+    private long _started;
+
+    // The build to stop when space is short: the largest writer, one only (stopping it may be enough); of two
+    // writers as large, the later.
+    private bool IsLargest(Watch watch) => _running.Keys.All(other => other == watch || other.UsedBytes < watch.UsedBytes ||
+        (other.UsedBytes == watch.UsedBytes && other.Sequence < watch.Sequence));
 
     /// <summary>One build's measured usage.</summary>
     public sealed class Watch : IDisposable
     {
         private readonly DiskGuard _guard;
 
-        internal Watch(DiskGuard guard) => _guard = guard;
+        internal Watch(DiskGuard guard, long sequence)
+        {
+            _guard = guard;
+            Sequence = sequence;
+        }
+
+        internal long Sequence { get; }
 
         /// <summary>Bytes the build had written when last measured.</summary>
         public long UsedBytes { get; private set; }
@@ -62,52 +83,83 @@ public sealed class DiskGuard(string directory, long reserveBytes)
         public bool Update(long usedBytes)
         {
             UsedBytes = usedBytes;
-            return usedBytes > 0 && _guard.ReserveBytes > 0 && _guard.FreeBytes() < _guard.ReserveBytes && _guard.IsLargest(this);
+            return usedBytes > 0 && _guard.ReserveBytes > 0 && _guard.IsShort() && _guard.IsLargest(this);
         }
 
         public void Dispose() => _guard._running.TryRemove(this, out _);
     }
 }
 
-/// <summary>What a build has written under its directories, as the NARs of its outputs will hold it.</summary>
+/// <summary>
+/// What a build has written, counted by GNU du in a process of its own: by apparent size (what the outputs' NARs will
+/// hold: a sparse file, each hard link and each directory in full), symbolic links never followed, one file system,
+/// whatever the names' bytes. du walks with file descriptors (fts), so a directory swapped for a link while it walks
+/// does not lead it out, and its memory is not kiln serve's.
+/// </summary>
 public static class DiskUsage
 {
-    /// <summary>
-    /// The apparent size of the regular files under <paramref name="root"/> (what a NAR of them takes: a sparse file or
-    /// a hard link counts in full), not following symbolic links, skipping top-level entries named in
-    /// <paramref name="skip"/> (the inputs linked there). Stops counting after <paramref name="maxEntries"/> entries.
-    /// </summary>
-    public static long Measure(string root, IReadOnlySet<string> skip, int maxEntries = 1_000_000)
+    // One total of all roots; hard links counted each time; one file system; bytes; apparent sizes.
+    private static readonly string[] Options = ["-s", "-c", "-l", "-x", "-B1", "--apparent-size", "--"];
+
+    /// <summary>A count: the bytes (null if du did not finish or could not say) and how long it took.</summary>
+    public readonly record struct Count(long? Bytes, TimeSpan Took, bool TimedOut);
+
+    /// <summary>The total under <paramref name="roots"/> (existing ones), or no figure after <paramref name="deadline"/>.</summary>
+    public static async Task<Count> MeasureAsync(IReadOnlyList<string> roots, TimeSpan deadline, CancellationToken cancellationToken)
     {
-        ArgumentNullException.ThrowIfNull(skip);
-        var top = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root)).Length;
-        var options = new EnumerationOptions { RecurseSubdirectories = true, IgnoreInaccessible = true, AttributesToSkip = 0, ReturnSpecialDirectories = false };
-        var files = new FileSystemEnumerable<long>(root, (ref FileSystemEntry entry) =>
-            entry.IsDirectory || (entry.Attributes & FileAttributes.ReparsePoint) != 0 ? 0 : entry.Length, options)
+        ArgumentNullException.ThrowIfNull(roots);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var start = new System.Diagnostics.ProcessStartInfo("du") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var argument in Options.Concat(roots))
         {
-            // A symbolic link is never followed (it may name any directory of the host), nor an input's tree.
-            ShouldRecursePredicate = (ref FileSystemEntry entry) =>
-                (entry.Attributes & FileAttributes.ReparsePoint) == 0 && !(entry.Directory.Length == top && skip.Contains(entry.FileName.ToString())),
-            ShouldIncludePredicate = (ref FileSystemEntry entry) => !(entry.Directory.Length == top && skip.Contains(entry.FileName.ToString())),
-        };
-        long total = 0;
-        try
-        {
-            var entries = 0;
-            foreach (var length in files)
-            {
-                total += length;
-                if (++entries >= maxEntries)
-                {
-                    break;
-                }
-            }
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // The build removed or replaced a directory while it was read: what was counted stands until next time.
+            start.ArgumentList.Add(argument);
         }
 
-        return total;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(deadline);
+        System.Diagnostics.Process? process = null;
+        try
+        {
+            process = System.Diagnostics.Process.Start(start);
+            if (process is null)
+            {
+                return new Count(null, watch.Elapsed, false);
+            }
+
+            var errors = process.StandardError.ReadToEndAsync(timeout.Token);
+            var output = await process.StandardOutput.ReadToEndAsync(timeout.Token).ConfigureAwait(false);
+            await process.WaitForExitAsync(timeout.Token).ConfigureAwait(false);
+            await errors.ConfigureAwait(false);
+            // The last line is "<bytes>\ttotal"; du goes on past what it cannot read (and then exits 1).
+            var last = output.TrimEnd('\n').Split('\n')[^1];
+            var tab = last.IndexOf('\t', StringComparison.Ordinal);
+            return tab > 0 && long.TryParse(last.AsSpan(0, tab), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bytes)
+                ? new Count(bytes, watch.Elapsed, false)
+                : new Count(null, watch.Elapsed, false);
+        }
+        catch (OperationCanceledException)
+        {
+            return new Count(null, watch.Elapsed, !cancellationToken.IsCancellationRequested);
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return new Count(null, watch.Elapsed, false); // no du on this host
+        }
+        finally
+        {
+            if (process is not null)
+            {
+                try
+                {
+                    process.Kill();
+                }
+                catch (InvalidOperationException)
+                {
+                    // it ended
+                }
+
+                process.Dispose();
+            }
+        }
     }
 }

@@ -23,6 +23,9 @@ public static class LimitMessages
     public static string DiskShort(BuildJob job, long used) =>
         $"{Goal(job)} was stopped because Kiln's disk is nearly full and this build had written the most to it ({Mib(used)} MiB); it can be built again once there is space";
 
+    public static string DiskUncountable(BuildJob job, TimeSpan deadline) =>
+        $"{Goal(job)} was stopped because Kiln could not count what it wrote to disk within {(long)deadline.TotalSeconds} seconds (too many files)";
+
     private static string Mib(long bytes) => (bytes / (1024 * 1024)).ToString(System.Globalization.CultureInfo.InvariantCulture);
 
     public static string LogTooLong(BuildJob job, long maxLogSize) => $"{Goal(job)} killed after writing more than {maxLogSize} bytes of log output";

@@ -1,5 +1,7 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
+using Kiln.Nix.Hashing;
 using Kiln.Nix.Nar;
 
 namespace Kiln.Agent;
@@ -131,7 +133,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         Cgroup.SweepAbandoned(_options.CgroupRoot);
         if (Directory.Exists(_builds))
         {
-            NarExtractor.DeleteTree(_builds);
+            RemoveTree(_builds);
         }
 
         _inputs.DeleteLeftovers();
@@ -197,11 +199,31 @@ public sealed class SandboxExecutor : IBuildExecutor
     {
         try
         {
-            NarExtractor.DeleteTree(directory);
+            RemoveTree(directory);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
             // Left for the clean-up at the next start.
+        }
+    }
+
+    // A build directory may hold what .NET cannot remove — names that are not UTF-8, paths past PATH_MAX, both a
+    // build's to choose — and a directory left behind would stop the next start: rm can remove them.
+    private static void RemoveTree(string path)
+    {
+        try
+        {
+            NarExtractor.DeleteTree(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            using var rm = Process.Start(new ProcessStartInfo("rm", ["-rf", "--one-file-system", "--", path]) { UseShellExecute = false })
+                ?? throw new IOException($"cannot remove '{path}'", e);
+            rm.WaitForExit();
+            if (Directory.Exists(path))
+            {
+                throw new IOException($"cannot remove '{path}'", e);
+            }
         }
     }
 
@@ -274,6 +296,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         // Taken before any input is looked at: a prune must not remove what this build is about to mount.
         using var inUse = _inputs.Use(job.Inputs.Select(i => i.NarHash).ToList());
         var inputs = new List<(Kiln.Nix.StorePaths.StorePath Path, string Tree)>();
+        var linked = new List<(NixHash NarHash, string Tree)>();
         foreach (var input in job.Inputs)
         {
             var tree = await _inputs.EnsureAsync(input.NarHash).ConfigureAwait(false);
@@ -281,9 +304,13 @@ public sealed class SandboxExecutor : IBuildExecutor
             {
                 inputs.Add((input.Path, tree)); // mounted
             }
+            else
+            {
+                linked.Add((input.NarHash, tree));
+            }
         }
 
-        var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, id, user, log, cancellationToken).ConfigureAwait(false);
+        var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, linked, id, user, log, cancellationToken).ConfigureAwait(false);
         if (run.Failure != BuildFailureKind.None)
         {
             return run;
@@ -306,8 +333,8 @@ public sealed class SandboxExecutor : IBuildExecutor
     }
 
     private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, SandboxLayout.Command? command, string directory, string buildDir,
-        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, string id, BuildUsers.Lease? user, IBuildLog log,
-        CancellationToken cancellationToken)
+        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, IReadOnlyList<(NixHash NarHash, string Tree)> linked, string id,
+        BuildUsers.Lease? user, IBuildLog log, CancellationToken cancellationToken)
     {
         var derivation = job.Derivation;
         var ownNetwork = derivation.IsFixedOutput && _options.FixedOutputNetwork.Isolated;
@@ -400,9 +427,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         var tail = new LogTail(job.Limits.MaxLogSize, log);
         // What the build writes to disk: its store directory but the inputs linked there, and its build directory
         // unless that is a tmpfs (counted as memory).
-        var linked = job.Inputs.Select(i => i.Path.BaseName).ToHashSet(StringComparer.Ordinal);
-        using var diskWatch = _disk.Start();
-        var disk = new DiskMeter(diskWatch, () => DiskUsage.Measure(storeDir, linked) + (buildTmpfs is null ? DiskUsage.Measure(buildDir, EmptyNames) : 0));
+        using var disk = new DiskMeter(_disk.Start(), buildTmpfs is null ? [storeDir, buildDir] : [storeDir], await LinkedBytesAsync(linked).ConfigureAwait(false));
         using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
         var reader = Task.Factory.StartNew(() => tail.ReadAll(pty), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
@@ -422,7 +447,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             (failure, message) = (BuildFailureKind.LogLimitExceeded, LogLimitMessage(job));
         }
 
-        if (failure == BuildFailureKind.None && disk.Check(job, force: true) is { } overDisk)
+        if (failure == BuildFailureKind.None && await disk.FinalCheckAsync(job).ConfigureAwait(false) is { } overDisk)
         {
             // Written faster than the watch looked: the limit holds all the same.
             (failure, message) = overDisk;
@@ -646,7 +671,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             }
             else
             {
-                stop = disk.Check(job, force: false);
+                stop = disk.Poll(job);
             }
 
             if (stop is { } reason)
@@ -657,8 +682,6 @@ public sealed class SandboxExecutor : IBuildExecutor
             }
         }
     }
-
-    private static readonly HashSet<string> EmptyNames = [];
 
     // The mounts a root build's launcher makes, in fstab(5) form for `mount -a -T`: /dev's devpts, its shm, the
     // device nodes Nix gives a build, and (with a memory limit) the build directory's tmpfs, owned by the build user.
@@ -687,31 +710,96 @@ public sealed class SandboxExecutor : IBuildExecutor
         path.Replace("\\", "\\134", StringComparison.Ordinal).Replace(" ", "\\040", StringComparison.Ordinal)
             .Replace("\t", "\\011", StringComparison.Ordinal).Replace("\n", "\\012", StringComparison.Ordinal);
 
-    // Measures a running build's disk usage now and then: as often as a walk of its files allows (a build with many
-    // files is walked less often, so the walk never costs more than about a twentieth of a core).
-    private sealed class DiskMeter(DiskGuard.Watch watch, Func<long> measure)
+    // What the inputs linked into a build's store directory count for du (the same files, hard-linked): measured once
+    // per input, not per build, and taken off every build's count.
+    private readonly ConcurrentDictionary<NixHash, Lazy<Task<long>>> _linkedBytes = new();
+
+    private async Task<long> LinkedBytesAsync(IReadOnlyList<(NixHash NarHash, string Tree)> linked)
     {
+        long total = 0;
+        foreach (var (narHash, tree) in linked)
+        {
+            total += await _linkedBytes.GetOrAdd(narHash, _ => new Lazy<Task<long>>(async () =>
+                (await DiskUsage.MeasureAsync([tree], TimeSpan.FromSeconds(60), CancellationToken.None).ConfigureAwait(false)).Bytes ?? 0)).Value.ConfigureAwait(false);
+        }
+
+        return total;
+    }
+
+    // Measures a running build's disk usage now and then, in the background (du in its own process, so a build with
+    // many files slows neither kiln serve nor the watch of its other limits): as often as a count allows — every
+    // 250 ms, or 20 times as long as the last count took, at most every 10 s — and once more when the builder exits.
+    private sealed class DiskMeter(DiskGuard.Watch watch, string[] roots, long linkedBytes) : IDisposable
+    {
+        private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(60);
+        private readonly CancellationTokenSource _stop = new();
         private readonly Stopwatch _since = Stopwatch.StartNew();
         private TimeSpan _interval = TimeSpan.FromMilliseconds(250);
+        private Task<DiskUsage.Count>? _counting;
 
-        public (BuildFailureKind, string)? Check(BuildJob job, bool force)
+        public (BuildFailureKind, string)? Poll(BuildJob job)
         {
-            if (!force && _since.Elapsed < _interval)
+            if (_counting is null)
+            {
+                if (_since.Elapsed >= _interval)
+                {
+                    _counting = DiskUsage.MeasureAsync(roots, Deadline, _stop.Token);
+                }
+
+                return null;
+            }
+
+            if (!_counting.IsCompleted)
             {
                 return null;
             }
 
-            var walk = Stopwatch.StartNew();
-            var used = measure();
-            _interval = TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerSecond / 4, walk.Elapsed.Ticks * 20));
+            var count = _counting.Result;
+            _counting = null;
             _since.Restart();
+            _interval = TimeSpan.FromTicks(Math.Clamp(count.Took.Ticks * 20, TimeSpan.TicksPerSecond / 4, TimeSpan.TicksPerSecond * 10));
+            return Judge(job, count, final: false);
+        }
+
+        // After the builder exited: its own limit only (whether the disk is short is for builds still writing).
+        public async Task<(BuildFailureKind, string)?> FinalCheckAsync(BuildJob job)
+        {
+            if (_counting is not null)
+            {
+                await _counting.ConfigureAwait(false);
+            }
+
+            return Judge(job, await DiskUsage.MeasureAsync(roots, Deadline, _stop.Token).ConfigureAwait(false), final: true);
+        }
+
+        private (BuildFailureKind, string)? Judge(BuildJob job, DiskUsage.Count count, bool final)
+        {
+            if (count.TimedOut)
+            {
+                // Files du cannot count in a minute are too many to let through unmeasured.
+                return (BuildFailureKind.PermanentFailure, LimitMessages.DiskUncountable(job, Deadline));
+            }
+
+            if (count.Bytes is not { } bytes)
+            {
+                return null; // du failed outright: the last figure stands
+            }
+
+            var used = Math.Max(0, bytes - linkedBytes);
             if (job.Limits.DiskBytes > 0 && used > job.Limits.DiskBytes)
             {
                 return (BuildFailureKind.PermanentFailure, LimitMessages.DiskLimit(job, used, job.Limits.DiskBytes));
             }
 
             // Not the build's fault alone, so not a permanent failure: it may be built again once there is space.
-            return watch.Update(used) ? (BuildFailureKind.MiscFailure, LimitMessages.DiskShort(job, used)) : null;
+            return !final && watch.Update(used) ? (BuildFailureKind.MiscFailure, LimitMessages.DiskShort(job, used)) : null;
+        }
+
+        public void Dispose()
+        {
+            _stop.Cancel();
+            _stop.Dispose();
+            watch.Dispose();
         }
     }
 }

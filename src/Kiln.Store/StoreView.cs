@@ -323,20 +323,21 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         }
 
         var hostLink = _clientRoot == "/" ? link : _clientRoot.TrimEnd('/') + link;
+        string? target;
         try
         {
-            var target = new FileInfo(hostLink).LinkTarget;
-            if (target is not null && StorePath.TryParse(target, out var path) &&
-                (await QueryValidPathsAsync([path], cancellationToken).ConfigureAwait(false)).Contains(path))
-            {
-                await Metadata.AddRootAsync(AccountId, RootKind.Indirect, hostLink, path, cancellationToken).ConfigureAwait(false);
-            }
+            target = new FileInfo(hostLink).LinkTarget;
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            return; // not a link Kiln can read: nothing to record, as for Nix
         }
-        catch (UnauthorizedAccessException)
+
+        // The store's own failures are not swallowed: a client told its root was added must have it.
+        if (target is not null && StorePath.TryParse(target, out var path) &&
+            (await QueryValidPathsAsync([path], cancellationToken).ConfigureAwait(false)).Contains(path))
         {
+            await Metadata.AddRootAsync(AccountId, RootKind.Indirect, hostLink, path, cancellationToken).ConfigureAwait(false);
         }
     }
 

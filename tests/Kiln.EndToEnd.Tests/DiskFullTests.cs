@@ -68,7 +68,7 @@ public class DiskFullTests(ITestOutputHelper output)
 
     /// <summary>
     /// 20.1, disk: a build's outputs are on the store's disk, so Kiln measures what each build writes. One over its own
-    /// limit (10 GB into $out) is stopped at it; one that would take the disk under the free space Kiln keeps is stopped
+    /// limit (10 GB into $out) is stopped at it; one that takes the disk under the free space Kiln keeps is stopped
     /// before the disk fills; both say why, and the next build and the store are fine.
     /// </summary>
     [Fact]
@@ -87,10 +87,17 @@ public class DiskFullTests(ITestOutputHelper output)
             Assert.NotEqual(0, writer.ExitCode);
             Assert.Contains("MiB to disk, more than its limit of 32 MiB", writer.Stderr, StringComparison.Ordinal);
 
-            // 1 MiB every 50 ms, under its own limit, while the disk's free space goes under 64 MiB.
+            // 20 MiB, under its own limit, which takes the disk's free space under 64 MiB; then it waits to be stopped.
+            // (Once the stopped build's directory is gone: Kiln removes it in the background.)
+            var waited = System.Diagnostics.Stopwatch.StartNew();
+            while (Directory.EnumerateDirectories(Path.Combine(data, "builds")).Any() && waited.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                Thread.Sleep(100);
+            }
+
             File.WriteAllBytes(Path.Combine(disk.Mount, "filler"), new byte[(int)Math.Max(0, (disk.FreeBytes() - (80L << 20)))]);
             var slow = client.Run(kiln, "nix-build", "--store", Socket,
-                Dag.WriteSingle(client, workspace, "slow", "i=0; while [ $i -lt 30 ]; do head -c 1048576 /dev/urandom >> $out; sleep 0.05; i=$((i+1)); done"), "--no-out-link");
+                Dag.WriteSingle(client, workspace, "slow", "head -c 20971520 /dev/urandom > $out; sleep 60"), "--no-out-link");
             output.WriteLine($"slow: {slow.ExitCode}\n{slow.Stderr}");
             Assert.NotEqual(0, slow.ExitCode);
             Assert.Contains("was stopped because Kiln's disk is nearly full and this build had written the most to it", slow.Stderr, StringComparison.Ordinal);
@@ -103,6 +110,56 @@ public class DiskFullTests(ITestOutputHelper output)
         }
 
         Verify(data);
+    }
+
+    /// <summary>
+    /// What a build leaves that .NET cannot name (bytes that are not UTF-8, paths past PATH_MAX) neither hides from the
+    /// disk count nor, left behind by a killed Kiln, stops the next start.
+    /// </summary>
+    [Fact]
+    public void Names_a_build_makes_unreadable_neither_hide_its_writes_nor_stop_a_restart()
+    {
+        var client = NixClient.For("2.8.0");
+        using var temp = new TempDir();
+        var data = temp["data"];
+        using var workspace = client.NewWorkspace();
+        const string Weird = "mkdir $out; cd $out; mkdir \"$(printf '\\377\\376')\"; " +
+            "head -c 40000000 /dev/zero > \"$(printf '\\377\\376')/$(printf 'x\\377')\"; " +
+            // 5,000 characters deep, made from two chains each short enough for a path argument.
+            "long=$(printf 'd%.0s' $(seq 1 250)); p=a; q=b; for i in $(seq 1 10); do p=$p/$long; q=$q/$long; done; mkdir -p $p $q; mv a $q/";
+        using (var kiln = new KilnProcess(dataDirectory: data, arguments: ["--build-disk", "32MiB"]))
+        {
+            using var log = new LogOnExit(kiln, output);
+            var hidden = client.Run(kiln, "nix-build", "--store", Socket, Dag.WriteSingle(client, workspace, "hidden", Weird), "--no-out-link");
+            output.WriteLine($"hidden: {hidden.ExitCode}\n{hidden.Stderr}");
+            Assert.NotEqual(0, hidden.ExitCode);
+            Assert.Contains("more than its limit of 32 MiB", hidden.Stderr, StringComparison.Ordinal);
+
+            // The same tree, then a sleep: Kiln is killed while the build directory holds it.
+            var sleeper = client.Start(kiln, "nix-build", "--store", Socket, Dag.WriteSingle(client, workspace, "sleeper", Weird.Replace("40000000", "1000", StringComparison.Ordinal) + "; sleep 600"), "--no-out-link");
+            var builds = Path.Combine(data, "builds");
+            var waited = System.Diagnostics.Stopwatch.StartNew();
+            while (!Directory.EnumerateDirectories(builds).Any() && waited.Elapsed < TimeSpan.FromSeconds(60))
+            {
+                Thread.Sleep(100);
+            }
+
+            Thread.Sleep(3000); // the tree is made in well under that
+            kiln.Kill();
+            sleeper.Kill(entireProcessTree: true);
+            sleeper.WaitForExit();
+            sleeper.Dispose();
+        }
+
+        Assert.NotEmpty(Directory.GetDirectories(Path.Combine(data, "builds")));
+        using (var again = new KilnProcess(dataDirectory: data))
+        {
+            using var log = new LogOnExit(again, output);
+            var small = client.Ok(again, "nix-build", "--store", Socket, Dag.WriteSingle(client, workspace, "after", "echo fine > $out"), "--no-out-link");
+            Assert.StartsWith("/nix/store/", small.StdoutText, StringComparison.Ordinal);
+            Assert.Empty(Directory.GetDirectories(Path.Combine(data, "builds")));
+            Assert.Equal(0, again.Stop());
+        }
     }
 
     private static void Verify(string data)

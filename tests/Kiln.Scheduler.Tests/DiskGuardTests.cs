@@ -5,19 +5,23 @@ namespace Kiln.Scheduler.Tests;
 
 /// <summary>
 /// 20.1, disk: a build's usage is what its outputs' NARs will hold (sparse files and hard links in full), never what a
-/// symbolic link points at nor the inputs linked into its store directory; when the disk is short, only the largest
-/// writer is the one to stop.
+/// symbolic link points at, and nothing hides from it (names that are not UTF-8, paths past PATH_MAX); when the disk
+/// is short, only the largest writer is the one to stop.
 /// </summary>
 public class DiskGuardTests
 {
+    private static readonly TimeSpan Minute = TimeSpan.FromMinutes(1);
+
+    private static async Task<long> CountAsync(params string[] roots) =>
+        (await DiskUsage.MeasureAsync(roots, Minute, CancellationToken.None)).Bytes ?? throw new InvalidOperationException("du gave no figure");
+
     [Fact]
-    public void Usage_counts_what_the_nars_will_hold_and_nothing_the_build_only_points_at()
+    public async Task Usage_counts_what_the_nars_will_hold_and_nothing_the_build_only_points_at()
     {
         using var temp = new TempDir();
         var store = temp["store"];
         var outside = temp["outside"];
         Directory.CreateDirectory(Path.Combine(store, "out", "sub"));
-        Directory.CreateDirectory(Path.Combine(store, "input-linked"));
         Directory.CreateDirectory(outside);
         File.WriteAllBytes(Path.Combine(store, "out", "sub", "a"), new byte[1000]);
         File.WriteAllBytes(Path.Combine(store, "stray"), new byte[300]);
@@ -27,28 +31,48 @@ public class DiskGuardTests
         }
 
         Assert.Equal(0, Processes.Run("ln", [Path.Combine(store, "out", "sub", "a"), Path.Combine(store, "out", "link-to-a")]).ExitCode);
-        File.WriteAllBytes(Path.Combine(store, "input-linked", "big"), new byte[5000]);
-        File.WriteAllBytes(Path.Combine(outside, "host-file"), new byte[7000]);
+        using (var big = File.Create(Path.Combine(outside, "host-file")))
+        {
+            big.SetLength(100L << 30);
+        }
+
         File.CreateSymbolicLink(Path.Combine(store, "out", "to-outside"), outside);
         File.CreateSymbolicLink(Path.Combine(store, "out", "to-host-file"), Path.Combine(outside, "host-file"));
 
-        var used = DiskUsage.Measure(store, new HashSet<string> { "input-linked" });
-
-        Assert.Equal((1L << 30) + 1000 + 1000 + 300, used);
-        Assert.Equal(used + 5000, DiskUsage.Measure(store + "/", new HashSet<string>()));
+        // Files, plus directories and links at their own (small) sizes.
+        var used = await CountAsync(store);
+        Assert.InRange(used, (1L << 30) + 1000 + 1000 + 300, (1L << 30) + (1 << 20));
     }
 
     [Fact]
-    public void A_walk_stops_at_its_entry_budget()
+    public async Task Names_a_program_cannot_print_and_paths_past_PATH_MAX_hide_nothing()
     {
         using var temp = new TempDir();
-        for (var i = 0; i < 50; i++)
-        {
-            File.WriteAllBytes(temp[$"f{i}"], new byte[10]);
-        }
+        // A 1 GiB file behind a name that is not UTF-8, another in a directory so named, and a third at the end of a
+        // chain of directories 5,000 characters deep.
+        const string Script = """
+            set -e
+            cd "$1"
+            truncate -s 1G "$(printf 'x\377')"
+            mkdir "$(printf '\377\376')"
+            truncate -s 1G "$(printf '\377\376')/inside"
+            long=$(printf 'd%.0s' $(seq 1 250))
+            for i in $(seq 1 20); do mkdir "$long"; cd "$long"; done
+            truncate -s 1G deep
+            """;
+        var made = Processes.Run("bash", ["-c", Script, "bash", temp.Path]);
+        Assert.True(made.ExitCode == 0, made.Stderr);
 
-        Assert.Equal(500, DiskUsage.Measure(temp.Path, new HashSet<string>()));
-        Assert.Equal(100, DiskUsage.Measure(temp.Path, new HashSet<string>(), maxEntries: 10));
+        Assert.InRange(await CountAsync(temp.Path), 3L << 30, (3L << 30) + (1 << 20));
+    }
+
+    [Fact]
+    public async Task A_count_that_does_not_finish_in_time_says_so()
+    {
+        using var temp = new TempDir();
+        var count = await DiskUsage.MeasureAsync([temp.Path], TimeSpan.Zero, CancellationToken.None);
+        Assert.True(count.TimedOut);
+        Assert.Null(count.Bytes);
     }
 
     [Fact]

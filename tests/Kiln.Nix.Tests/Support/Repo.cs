@@ -51,13 +51,9 @@ public sealed class TempDir : IDisposable
             MakeWritable(new DirectoryInfo(path));
             Directory.Delete(path, recursive: true);
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
-            // .NET cannot name files whose names are not UTF-8 (the NAR tests make some): rm can.
-            Processes.Run("rm", ["-rf", "--one-file-system", path]);
-        }
-        catch (UnauthorizedAccessException)
-        {
+            // .NET cannot name files whose names are not UTF-8 (the NAR tests make some) nor reach past PATH_MAX: rm can.
             Processes.Run("rm", ["-rf", "--one-file-system", path]);
         }
     }

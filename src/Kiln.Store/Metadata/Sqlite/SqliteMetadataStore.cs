@@ -91,11 +91,15 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     // anything else (a constraint, a bug), which stays an internal error.
     private static IOException? AsStorageFailure(SqliteException e, string what) => e.SqliteErrorCode switch
     {
-        SqliteFull => new IOException($"the metadata database could not be {what}: {e.Message}", 28), // ENOSPC
-        SqliteReadOnly => new IOException($"the metadata database could not be {what}: {e.Message}", 30), // EROFS
-        SqliteIoError or SqliteCantOpen => new IOException($"the metadata database could not be {what}: {e.Message}", 5), // EIO
+        SqliteFull => Failure(e, what, 28), // ENOSPC
+        SqliteReadOnly => Failure(e, what, 30), // EROFS
+        SqliteIoError or SqliteCantOpen => Failure(e, what, 5), // EIO
         _ => null,
     };
+
+    // SQLite's exception stays inside, for the operator's log (its extended code and stack).
+    private static IOException Failure(SqliteException e, string what, int errno) =>
+        new($"the metadata database could not be {what}: {e.Message}", e) { HResult = errno };
 
     private Task<bool> WriteAsync(Func<SqliteConnection, SqliteTransaction, Task> work, CancellationToken cancellationToken) =>
         WriteAsync<bool>(async (c, t) =>
