@@ -90,20 +90,8 @@ store = local?root=$work/daemon/root'
 exec nix-daemon --stdio
 SH
 chmod +x "$work/plain/stdio-daemon"
-echo "command=\"$work/plain/stdio-daemon\",restrict $(cat "$work/id.pub")" > "$work/plain/authorized_keys"
-cat > "$work/plain/sshd_config" <<CONF
-Port $plain_port
-ListenAddress 127.0.0.1
-HostKey $work/plain/host_key
-PidFile $work/plain/sshd.pid
-AuthorizedKeysFile $work/plain/authorized_keys
-StrictModes no
-PermitRootLogin forced-commands-only
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-LogLevel ERROR
-CONF
+source "$repo/bench/lib/plain-sshd.sh"
+plain_sshd "$work/plain" "$plain_port" "$work/plain/host_key" "$work/plain/stdio-daemon" "$(cat "$work/id.pub")"
 start_plain() { /usr/sbin/sshd -D -e -f "$work/plain/sshd_config" 2> "$work/plain/sshd.log" & plain_pid=$!; sleep 0.5; }
 stop_plain() { kill "$plain_pid" 2> /dev/null; wait "$plain_pid" 2> /dev/null || true; }
 ssh_opts() { echo "-p $1 -i $work/id -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$work/known_hosts -o LogLevel=ERROR"; }

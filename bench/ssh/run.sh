@@ -37,21 +37,8 @@ until grep -q "ssh: listening" "$work/kiln.log"; do sleep 0.1; done
 "$kiln" key add bench "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
 
 # The comparison: the same host key and client, root logging in with a forced `nix-daemon --stdio`.
-mkdir -p "$work/plain" /run/sshd
-echo "command=\"nix-daemon --stdio\",restrict $(cat "$work/id.pub")" > "$work/plain/authorized_keys"
-cat > "$work/plain/sshd_config" <<CONF
-Port $plain_port
-ListenAddress 127.0.0.1
-HostKey $work/kiln/ssh/ssh_host_ed25519_key
-PidFile $work/plain/sshd.pid
-AuthorizedKeysFile $work/plain/authorized_keys
-StrictModes no
-PermitRootLogin forced-commands-only
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-LogLevel ERROR
-CONF
+source "$repo/bench/lib/plain-sshd.sh"
+plain_sshd "$work/plain" "$plain_port" "$work/kiln/ssh/ssh_host_ed25519_key" "nix-daemon --stdio" "$(cat "$work/id.pub")"
 /usr/sbin/sshd -D -e -f "$work/plain/sshd_config" 2> "$work/plain/sshd.log" &
 plain_pid=$!
 trap 'kill $kiln_pid $plain_pid 2> /dev/null || true' EXIT
