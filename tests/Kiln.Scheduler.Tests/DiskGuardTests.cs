@@ -70,7 +70,9 @@ public class DiskGuardTests
     public async Task A_count_that_does_not_finish_in_time_says_so()
     {
         using var temp = new TempDir();
-        var count = await DiskUsage.MeasureAsync([temp.Path], TimeSpan.Zero, CancellationToken.None);
+        // 20,000 files take du far longer than a millisecond (its own start does).
+        Assert.Equal(0, Processes.Run("sh", ["-c", "cd \"$1\" && seq 1 20000 | xargs touch", "sh", temp.Path]).ExitCode);
+        var count = await DiskUsage.MeasureAsync([temp.Path], TimeSpan.FromMilliseconds(1), CancellationToken.None);
         Assert.True(count.TimedOut);
         Assert.Null(count.Bytes);
     }
