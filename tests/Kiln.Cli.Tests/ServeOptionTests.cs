@@ -13,6 +13,7 @@ public class ServeOptionTests
     [InlineData("--build-disk", "150%", "a share of the data directory's file system is 1% to 100%")]
     [InlineData("--build-disk", "ten", "is not a size")]
     [InlineData("--min-free-disk", "0.5GiB", "is not a size")]
+    [InlineData("--min-free-disk", "100%", "would stop every build that writes")]
     [InlineData("--http-staging-size", "10%", "is not a size")]
     public void A_size_that_is_not_one_is_refused(string option, string value, string message)
     {

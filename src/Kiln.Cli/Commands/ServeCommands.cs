@@ -117,7 +117,9 @@ internal static class ServeCommands
                 MaxLogSize = result.GetValue(maxLog),
                 BuildMemory = Size(result.GetValue(buildMemory)!, percent => Kiln.Agent.HostMemory.TotalBytes() / 100 * percent, "this machine's memory"),
                 BuildDisk = Size(result.GetValue(buildDisk)!, ShareOfDisk, "the data directory's file system"),
-                MinFreeDisk = Size(result.GetValue(minFree)!, ShareOfDisk, "the data directory's file system"),
+                // Keeping all of the disk free would stop every build that writes a byte.
+                MinFreeDisk = Size(result.GetValue(minFree)!, percent => percent < 100 ? ShareOfDisk(percent)
+                    : throw new CommandException($"--min-free-disk {percent}% would stop every build that writes; keep at most 99%"), "the data directory's file system"),
                 BuildProcesses = Math.Max(0, result.GetValue(buildProcesses)),
                 CgroupRoot = Path.GetFullPath(result.GetValue(cgroupRoot)!),
                 HttpStagingLimit = Size(result.GetValue(stagingLimit)!),
