@@ -133,7 +133,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         Cgroup.SweepAbandoned(_options.CgroupRoot);
         if (Directory.Exists(_builds))
         {
-            RemoveTree(_builds);
+            NarExtractor.DeleteTree(_builds);
         }
 
         _inputs.DeleteLeftovers();
@@ -199,31 +199,13 @@ public sealed class SandboxExecutor : IBuildExecutor
     {
         try
         {
-            RemoveTree(directory);
+            // (A build chooses its names and depth: DeleteTree removes what .NET cannot name, so nothing is left that
+            // would stop the next start.)
+            NarExtractor.DeleteTree(directory);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             // Left for the clean-up at the next start.
-        }
-    }
-
-    // A build directory may hold what .NET cannot remove — names that are not UTF-8, paths past PATH_MAX, both a
-    // build's to choose — and a directory left behind would stop the next start: rm can remove them.
-    private static void RemoveTree(string path)
-    {
-        try
-        {
-            NarExtractor.DeleteTree(path);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
-        {
-            using var rm = Process.Start(new ProcessStartInfo("rm", ["-rf", "--one-file-system", "--", path]) { UseShellExecute = false })
-                ?? throw new IOException($"cannot remove '{path}'", e);
-            rm.WaitForExit();
-            if (Directory.Exists(path))
-            {
-                throw new IOException($"cannot remove '{path}'", e);
-            }
         }
     }
 

@@ -150,8 +150,8 @@ internal static class ServeCommands
         System.Net.IPEndPoint.TryParse(text, out var endpoint) && endpoint.Port != 0 ? text
             : throw new CommandException($"'{text}' is not ADDRESS:PORT (for example 127.0.0.1:8080), or 'none'");
 
-    // SIZE with an optional binary unit (K, M, G, T, with or without "iB"), N% of this machine's memory where allowed, or 0.
-    // SIZE (512MiB, 8GiB, a plain number of bytes), or N% of what share reckons (when given), or 0.
+    // SIZE with an optional binary unit (K, M, G, T, with or without "iB"; 512MiB, 8GiB, a plain number of bytes), N% of
+    // what share reckons (where the option takes a share: of this machine's memory, of the data file system), or 0.
     private static long Size(string text, Func<long, long>? share = null, string? of = null)
     {
         var match = System.Text.RegularExpressions.Regex.Match(text.Trim(), @"^([0-9]+)\s*(%|[KMGT]?)(?:i?B)?$", System.Text.RegularExpressions.RegexOptions.IgnoreCase);

@@ -92,8 +92,33 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         }
     }
 
-    /// <summary>Deletes a file, symlink or directory tree, making read-only directories writable first (a store tree is).</summary>
+    /// <summary>
+    /// Deletes a file, symlink or directory tree, making read-only directories writable first (a store tree is).
+    /// Names .NET cannot hold — bytes that are not UTF-8, which a NAR or a build may use — and paths past PATH_MAX are
+    /// left to chmod and rm, which take names as bytes; the tree does not leave the file system it is on.
+    /// </summary>
     public static void DeleteTree(string path)
+    {
+        try
+        {
+            DeleteManaged(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            var start = new System.Diagnostics.ProcessStartInfo("/bin/sh", ["-c", "chmod -R u+rwX -- \"$1\" 2> /dev/null; rm -rf --one-file-system -- \"$1\"", "sh", path])
+            {
+                UseShellExecute = false,
+            };
+            using var shell = System.Diagnostics.Process.Start(start) ?? throw new IOException($"cannot remove '{path}'", e);
+            shell.WaitForExit();
+            if (System.IO.Directory.Exists(path) || File.Exists(path))
+            {
+                throw new IOException($"cannot remove '{path}'", e);
+            }
+        }
+    }
+
+    private static void DeleteManaged(string path)
     {
         var info = new FileInfo(path);
         if (info.LinkTarget is not null || info.Exists)

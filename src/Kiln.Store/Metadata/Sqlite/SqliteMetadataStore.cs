@@ -40,7 +40,16 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     private async Task<SqliteConnection> OpenAsync(CancellationToken cancellationToken)
     {
         var connection = new SqliteConnection(_connectionString);
-        await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (SqliteException e) when (AsStorageFailure(e, "opened") is { } failure)
+        {
+            // Every reader and writer opens here: the file gone or its directory unreachable is a storage failure.
+            await connection.DisposeAsync().ConfigureAwait(false);
+            throw failure;
+        }
 
         // The settings belong to the underlying database connection, which the pool hands out again and again:
         // set them once per connection, not on every open (a lookup is a fraction of a millisecond; this is not).
@@ -146,14 +155,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     {
         if (!_prepared.TryTake(out var connection))
         {
-            try
-            {
-                connection = new PreparedConnection(await OpenAsync(cancellationToken).ConfigureAwait(false));
-            }
-            catch (SqliteException e) when (AsStorageFailure(e, "read") is { } failure)
-            {
-                throw failure;
-            }
+            connection = new PreparedConnection(await OpenAsync(cancellationToken).ConfigureAwait(false));
         }
 
         var healthy = false;
@@ -182,17 +184,17 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
 
     private async Task<T> ReadAsync<T>(Func<SqliteConnection, Task<T>> work, CancellationToken cancellationToken)
     {
-        try
+        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
         {
-            var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-            await using (connection.ConfigureAwait(false))
+            try
             {
                 return await work(connection).ConfigureAwait(false);
             }
-        }
-        catch (SqliteException e) when (AsStorageFailure(e, "read") is { } failure)
-        {
-            throw failure;
+            catch (SqliteException e) when (AsStorageFailure(e, "read") is { } failure)
+            {
+                throw failure;
+            }
         }
     }
 
