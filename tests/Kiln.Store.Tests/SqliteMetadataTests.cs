@@ -64,7 +64,8 @@ public sealed class SqliteMetadataStoreTests : IDisposable
         Assert.IsType<Kiln.Store.Metadata.Sqlite.SqliteMetadataStore>(MetadataStores.Open("sqlite://" + _temp["x.db"]));
         Assert.Equal("sqlite:///var/lib/kiln/kiln.db", MetadataStores.DefaultUrl("/var/lib/kiln"));
         Assert.Contains("absolute path", Assert.Throws<ArgumentException>(() => MetadataStores.Open("sqlite://relative.db")).Message, StringComparison.Ordinal);
-        Assert.Contains("PostgreSQL", Assert.Throws<ArgumentException>(() => MetadataStores.Open("postgres://db/kiln")).Message, StringComparison.Ordinal);
+        Assert.IsType<Kiln.Store.Metadata.Postgres.PostgresMetadataStore>(MetadataStores.Open("postgres://db/kiln"));
+        Assert.IsType<Kiln.Store.Metadata.Postgres.PostgresMetadataStore>(MetadataStores.Open("Host=db;Database=kiln"));
         Assert.Throws<ArgumentException>(() => MetadataStores.Open("mysql://db/kiln"));
     }
 

@@ -1,10 +1,12 @@
+using Kiln.Store.Metadata.Postgres;
 using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.Store.Metadata;
 
 /// <summary>
 /// Where metadata lives, by URL — the one place a provider is chosen: <c>sqlite:///absolute/path/kiln.db</c> (the
-/// embedded default, in the data directory); <c>postgres://…</c> when Kiln scales out.
+/// embedded default, in the data directory); <c>postgres://…</c> (or an Npgsql connection string, <c>Host=…;Database=…</c>)
+/// when Kiln runs as several front doors on one PostgreSQL database.
 /// </summary>
 public static class MetadataStores
 {
@@ -36,11 +38,11 @@ public static class MetadataStores
             return new SqliteMetadataStore(path, readOnly);
         }
 
-        if (url.StartsWith("postgres://", StringComparison.Ordinal) || url.StartsWith("postgresql://", StringComparison.Ordinal))
+        if (PostgresConnection.IsPostgres(url))
         {
-            throw new ArgumentException("PostgreSQL metadata is not available in this version of Kiln yet; use sqlite://");
+            return new PostgresMetadataStore(PostgresConnection.Parse(url), readOnly);
         }
 
-        throw new ArgumentException($"'{url}' is not a metadata URL Kiln knows (sqlite:///path/kiln.db)");
+        throw new ArgumentException($"'{PostgresConnection.Redact(url)}' is not a metadata URL Kiln knows (sqlite:///path/kiln.db, postgres://host/database)");
     }
 }

@@ -6,13 +6,11 @@ namespace Kiln.Store.Metadata.Sqlite;
 // IAccountMetadata: accounts, their login keys and tokens, signing keys, public caches.
 public sealed partial class SqliteMetadataStore
 {
-    private const string KeyColumns = "k.id, k.account_id, a.name, k.key_type, k.key_blob, k.comment, k.permissions, k.enabled, k.created";
-
     public Task<AccountRecord?> TryCreateAccountAsync(string name, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
             using var insert = Command(connection, "INSERT INTO accounts (name, created) VALUES ($n, $t) ON CONFLICT (name) DO NOTHING RETURNING id",
-                transaction, ("$n", name), ("$t", Now()));
+                transaction, ("$n", name), ("$t", MetadataRows.Now()));
             return await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is long id ? new AccountRecord(id, name) : null;
         }, cancellationToken);
 
@@ -31,7 +29,7 @@ public sealed partial class SqliteMetadataStore
                 INSERT INTO ssh_keys (account_id, key_type, key_blob, fingerprint, comment, permissions, created)
                 VALUES ($a, $t, $b, $f, $c, $p, $n) ON CONFLICT DO NOTHING RETURNING id
                 """, transaction, ("$a", account), ("$t", key.Type), ("$b", key.Blob), ("$f", key.Fingerprint), ("$c", key.Comment),
-                ("$p", KeyPermissionNames.Format(permissions, " ")), ("$n", Now()));
+                ("$p", KeyPermissionNames.Format(permissions, " ")), ("$n", MetadataRows.Now()));
             if (await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not long id)
             {
                 throw new DuplicateKeyException(key.Fingerprint);
@@ -43,12 +41,12 @@ public sealed partial class SqliteMetadataStore
     public Task<IReadOnlyList<SshKeyRecord>> ListSshKeysAsync(long account, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<SshKeyRecord>>(async connection =>
         {
-            using var select = Command(connection, $"SELECT {KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE k.account_id = $a ORDER BY k.id", null, ("$a", account));
+            using var select = Command(connection, $"SELECT {MetadataRows.KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE k.account_id = $a ORDER BY k.id", null, ("$a", account));
             using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var keys = new List<SshKeyRecord>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                keys.Add(ReadKey(reader));
+                keys.Add(MetadataRows.ReadKey(reader));
             }
 
             return keys;
@@ -71,21 +69,10 @@ public sealed partial class SqliteMetadataStore
     private static async Task<SshKeyRecord?> ReadOneKeyAsync(SqliteConnection connection, SqliteTransaction? transaction, string condition,
         CancellationToken cancellationToken, params (string Name, object? Value)[] parameters)
     {
-        using var select = Command(connection, $"SELECT {KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE {condition}", transaction, parameters);
+        using var select = Command(connection, $"SELECT {MetadataRows.KeyColumns} FROM ssh_keys k JOIN accounts a ON a.id = k.account_id WHERE {condition}", transaction, parameters);
         using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-        return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadKey(reader) : null;
+        return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? MetadataRows.ReadKey(reader) : null;
     }
-
-    private static SshKeyRecord ReadKey(SqliteDataReader reader) => new(
-        reader.GetInt64(0),
-        reader.GetInt64(1),
-        reader.GetString(2),
-        new SshPublicKey(reader.GetString(3), reader.GetString(4), reader.GetString(5)),
-        KeyPermissionNames.Parse(reader.GetString(6)),
-        reader.GetInt64(7) != 0,
-        reader.GetInt64(8));
-
-    private const string TokenColumns = "t.id, t.account_id, a.name, t.description, t.permissions, t.expires, t.revoked, t.created";
 
     public Task<bool> SetPublicCacheAsync(long account, bool isPublic, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
@@ -115,7 +102,7 @@ public sealed partial class SqliteMetadataStore
                 INSERT INTO tokens (account_id, token_hash, description, permissions, expires, created)
                 VALUES ($a, $h, $d, $p, $e, $n) RETURNING id
                 """, transaction, ("$a", account), ("$h", tokenHash), ("$d", description), ("$p", KeyPermissionNames.Format(permissions, " ")),
-                ("$e", expires), ("$n", Now()));
+                ("$e", expires), ("$n", MetadataRows.Now()));
             var id = (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
             return (await ReadOneTokenAsync(connection, transaction, "t.id = $i", cancellationToken, ("$i", id)))!;
         }, cancellationToken);
@@ -126,13 +113,13 @@ public sealed partial class SqliteMetadataStore
     public Task<IReadOnlyList<TokenRecord>> ListTokensAsync(long account, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<TokenRecord>>(async connection =>
         {
-            using var select = Command(connection, $"SELECT {TokenColumns} FROM tokens t JOIN accounts a ON a.id = t.account_id WHERE t.account_id = $a ORDER BY t.id",
+            using var select = Command(connection, $"SELECT {MetadataRows.TokenColumns} FROM tokens t JOIN accounts a ON a.id = t.account_id WHERE t.account_id = $a ORDER BY t.id",
                 null, ("$a", account));
             using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var tokens = new List<TokenRecord>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                tokens.Add(ReadToken(reader));
+                tokens.Add(MetadataRows.ReadToken(reader));
             }
 
             return tokens;
@@ -142,27 +129,17 @@ public sealed partial class SqliteMetadataStore
         WriteAsync(async (connection, transaction) =>
         {
             using var update = Command(connection, "UPDATE tokens SET revoked = $n WHERE account_id = $a AND id = $i AND revoked IS NULL",
-                transaction, ("$n", Now()), ("$a", account), ("$i", id));
+                transaction, ("$n", MetadataRows.Now()), ("$a", account), ("$i", id));
             return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
         }, cancellationToken);
 
     private static async Task<TokenRecord?> ReadOneTokenAsync(SqliteConnection connection, SqliteTransaction? transaction, string condition,
         CancellationToken cancellationToken, params (string Name, object? Value)[] parameters)
     {
-        using var select = Command(connection, $"SELECT {TokenColumns} FROM tokens t JOIN accounts a ON a.id = t.account_id WHERE {condition}", transaction, parameters);
+        using var select = Command(connection, $"SELECT {MetadataRows.TokenColumns} FROM tokens t JOIN accounts a ON a.id = t.account_id WHERE {condition}", transaction, parameters);
         using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-        return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadToken(reader) : null;
+        return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? MetadataRows.ReadToken(reader) : null;
     }
-
-    private static TokenRecord ReadToken(SqliteDataReader reader) => new(
-        reader.GetInt64(0),
-        reader.GetInt64(1),
-        reader.GetString(2),
-        reader.GetString(3),
-        KeyPermissionNames.Parse(reader.GetString(4)),
-        reader.IsDBNull(5) ? null : reader.GetInt64(5),
-        reader.IsDBNull(6) ? null : reader.GetInt64(6),
-        reader.GetInt64(7));
 
     public Task SetSigningKeyAsync(long account, string secretKey, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
@@ -170,7 +147,7 @@ public sealed partial class SqliteMetadataStore
             using var upsert = Command(connection, """
                 INSERT INTO signing_keys (account_id, secret, created) VALUES ($a, $s, $n)
                 ON CONFLICT (account_id) DO UPDATE SET secret = excluded.secret, created = excluded.created
-                """, transaction, ("$a", account), ("$s", secretKey), ("$n", Now()));
+                """, transaction, ("$a", account), ("$s", secretKey), ("$n", MetadataRows.Now()));
             await upsert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             return true;
         }, cancellationToken);

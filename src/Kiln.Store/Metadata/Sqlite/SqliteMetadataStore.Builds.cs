@@ -1,16 +1,8 @@
-using System.Text.Json;
-using Kiln.Nix.Hashing;
-using Kiln.Nix.StorePaths;
-using Microsoft.Data.Sqlite;
-
 namespace Kiln.Store.Metadata.Sqlite;
 
 // IBuildMetadata: builds and the accounts they were for.
 public sealed partial class SqliteMetadataStore
 {
-    private const string BuildColumns =
-        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs";
-
     public Task<long> StartBuildAsync(string stepKey, string drvPath, long account, long started, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
@@ -34,7 +26,7 @@ public sealed partial class SqliteMetadataStore
                 WHERE id = $i
                 """, transaction,
                 ("$i", id), ("$s", end.Succeeded ? "built" : "failed"), ("$f", end.Failure), ("$e", end.Error), ("$t", end.Stopped),
-                ("$cu", end.CpuUserMicroseconds), ("$cs", end.CpuSystemMicroseconds), ("$m", end.PeakMemory), ("$o", OutputsJson(end.Outputs)));
+                ("$cu", end.CpuUserMicroseconds), ("$cs", end.CpuSystemMicroseconds), ("$m", end.PeakMemory), ("$o", MetadataRows.OutputsJson(end.Outputs)));
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
     }
@@ -58,35 +50,35 @@ public sealed partial class SqliteMetadataStore
     public Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
-            using var command = Command(connection, $"SELECT {BuildColumns} FROM builds b WHERE b.step_key = $k AND b.status = 'built' ORDER BY b.id DESC LIMIT 1",
+            using var command = Command(connection, $"SELECT {MetadataRows.BuildColumns} FROM builds b WHERE b.step_key = $k AND b.status = 'built' ORDER BY b.id DESC LIMIT 1",
                 null, ("$k", stepKey));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadBuild(reader) : null;
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? MetadataRows.ReadBuild(reader) : null;
         }, cancellationToken);
 
     public Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
             using var command = Command(connection, $"""
-                SELECT {BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.build_id = $i AND f.account_id = $a
+                SELECT {MetadataRows.BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.build_id = $i AND f.account_id = $a
                 """, null, ("$i", id), ("$a", account));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadBuild(reader) : null;
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? MetadataRows.ReadBuild(reader) : null;
         }, cancellationToken);
 
     public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<BuildRecord>>(async connection =>
         {
             using var command = account is null
-                ? Command(connection, $"SELECT {BuildColumns} FROM builds b ORDER BY b.id DESC LIMIT $l", null, ("$l", limit))
+                ? Command(connection, $"SELECT {MetadataRows.BuildColumns} FROM builds b ORDER BY b.id DESC LIMIT $l", null, ("$l", limit))
                 : Command(connection, $"""
-                    SELECT {BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.account_id = $a ORDER BY f.build_id DESC LIMIT $l
+                    SELECT {MetadataRows.BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.account_id = $a ORDER BY f.build_id DESC LIMIT $l
                     """, null, ("$a", account), ("$l", limit));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var builds = new List<BuildRecord>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                builds.Add(ReadBuild(reader));
+                builds.Add(MetadataRows.ReadBuild(reader));
             }
 
             return builds;
@@ -98,42 +90,12 @@ public sealed partial class SqliteMetadataStore
         return ReadAsync(async connection =>
         {
             using var command = Command(connection, $"""
-                SELECT {BuildColumns} FROM builds b
+                SELECT {MetadataRows.BuildColumns} FROM builds b
                 WHERE b.drv_path = $d AND EXISTS (SELECT 1 FROM build_accounts f JOIN json_each($accounts) j ON f.account_id = j.value WHERE f.build_id = b.id)
                 ORDER BY b.status = 'built' DESC, b.id DESC LIMIT 1
                 """, null, ("$d", drvPath), ("$accounts", "[" + string.Join(',', accounts) + "]"));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? ReadBuild(reader) : null;
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? MetadataRows.ReadBuild(reader) : null;
         }, cancellationToken);
     }
-
-    private static BuildRecord ReadBuild(SqliteDataReader reader) => new()
-    {
-        Id = reader.GetInt64(0),
-        StepKey = reader.GetString(1),
-        DrvPath = reader.GetString(2),
-        AccountId = reader.GetInt64(3),
-        Running = reader.GetString(4) == "running",
-        Succeeded = reader.GetString(4) == "built",
-        Failure = reader.GetString(5),
-        Error = reader.GetString(6),
-        Started = reader.GetInt64(7),
-        Stopped = reader.GetInt64(8),
-        CpuUserMicroseconds = reader.IsDBNull(9) ? null : reader.GetInt64(9),
-        CpuSystemMicroseconds = reader.IsDBNull(10) ? null : reader.GetInt64(10),
-        PeakMemory = reader.IsDBNull(11) ? null : reader.GetInt64(11),
-        Outputs = ParseOutputs(reader.GetString(12)),
-    };
-
-    // Outputs as JSON in one column: they are only ever read whole, with their build.
-    private static string OutputsJson(IReadOnlyList<BuildOutputRecord> outputs) =>
-        JsonSerializer.Serialize(outputs.Select(o => new StoredOutput(o.Name, o.Path.FullPath, o.NarHash.ToString(HashFormat.Nix32, true), o.NarSize,
-            o.References.Select(r => r.FullPath).ToList(), o.ContentAddress?.ToString())).ToList(), JsonContext.Default.ListStoredOutput);
-
-    private static List<BuildOutputRecord> ParseOutputs(string json) =>
-        JsonSerializer.Deserialize(json, JsonContext.Default.ListStoredOutput)!.Select(o => new BuildOutputRecord(o.Name, StorePath.Parse(o.Path),
-            NixHash.ParseAnyPrefixed(o.NarHash), o.NarSize, o.References.Select(StorePath.Parse).ToList(), o.Ca is null ? null : ContentAddress.Parse(o.Ca))).ToList();
 }
-
-/// <summary>A build output as the <c>outputs</c> column keeps it.</summary>
-internal sealed record StoredOutput(string Name, string Path, string NarHash, long NarSize, List<string> References, string? Ca);

@@ -5,14 +5,10 @@ namespace Kiln.Store.Metadata.Sqlite;
 // IPathMetadata, continued: lookups over several views (a request's readable accounts) and kept compressed NAR files.
 public sealed partial class SqliteMetadataStore
 {
-    // The stored texts of the globally trusted levels (PathTrust.IsGlobal), for ordering in SQL.
-    private static readonly string GlobalTrustTexts =
-        string.Join(", ", Enum.GetValues<PathTrust>().Where(t => t.IsGlobal()).Select(t => $"'{TrustText(t)}'"));
-
     private static readonly PreparedQuery HashPartQuery = new($"""
         SELECT {PathColumns}, p.account_id
         FROM json_each($accounts) j CROSS JOIN paths p ON p.account_id = j.value AND p.hash_part = $hash
-        ORDER BY p.trust IN ({GlobalTrustTexts}) DESC, j.key
+        ORDER BY p.trust IN ({MetadataRows.GlobalTrustTexts}) DESC, j.key
         LIMIT 1
         """, "$accounts", "$hash");
 
@@ -32,7 +28,7 @@ public sealed partial class SqliteMetadataStore
             command.Parameters["$accounts"].Value = "[" + string.Join(',', accounts) + "]";
             command.Parameters["$hash"].Value = hashPart;
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? (reader.GetInt64(12), ReadPath(reader)) : null;
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? (reader.GetInt64(12), MetadataRows.ReadPath(reader)) : null;
         }, cancellationToken);
     }
 
@@ -60,7 +56,7 @@ public sealed partial class SqliteMetadataStore
         {
             using var insert = Command(connection, """
                 INSERT INTO nar_files (file, nar_hash, compression, file_size, created) VALUES ($f, $h, $c, $s, $n) ON CONFLICT (file) DO NOTHING
-                """, transaction, ("$f", file), ("$h", narHash.Digest.ToArray()), ("$c", compression), ("$s", fileSize), ("$n", Now()));
+                """, transaction, ("$f", file), ("$h", narHash.Digest.ToArray()), ("$c", compression), ("$s", fileSize), ("$n", MetadataRows.Now()));
             await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             return true;
         }, cancellationToken);
@@ -79,7 +75,7 @@ public sealed partial class SqliteMetadataStore
         WriteAsync<IReadOnlyList<string>>(async (connection, transaction) =>
         {
             using var delete = Command(connection, "DELETE FROM nar_files WHERE nar_hash IN (SELECT unhex(value) FROM json_each($hashes)) RETURNING file",
-                transaction, ("$hashes", JsonArray(narHashes.Select(h => h.ToBase16()))));
+                transaction, ("$hashes", MetadataRows.JsonArray(narHashes.Select(h => h.ToBase16()))));
             using var reader = await delete.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var files = new List<string>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))

@@ -1,9 +1,5 @@
 using System.Collections.Concurrent;
-using System.Reflection;
-using System.Text;
-using System.Text.Json;
 using Kiln.Nix.Hashing;
-using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
 using Microsoft.Data.Sqlite;
 
@@ -211,8 +207,6 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         return command;
     }
 
-    private static string JsonArray(IEnumerable<string> values) => JsonSerializer.Serialize(values.ToArray(), JsonContext.Default.StringArray);
-
     public async Task MigrateAsync(CancellationToken cancellationToken)
     {
         var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
@@ -245,7 +239,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                 }
             }
 
-            foreach (var (version, sql) in Migrations())
+            foreach (var (version, sql) in MetadataRows.Migrations("Kiln.Store.Sqlite."))
             {
                 if (applied.Contains(version))
                 {
@@ -270,7 +264,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                         await migrate.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
                     }
 
-                    using (var record = Command(connection, "INSERT INTO schema_migrations (version, applied) VALUES ($v, $t)", transaction, ("$v", version), ("$t", Now())))
+                    using (var record = Command(connection, "INSERT INTO schema_migrations (version, applied) VALUES ($v, $t)", transaction, ("$v", version), ("$t", MetadataRows.Now())))
                     {
                         await record.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
                     }
@@ -280,22 +274,6 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             }
         }
     }
-
-    // Migrations are embedded resources named Kiln.Store.Sqlite.NNNN_description.sql, applied in number order.
-    private static IEnumerable<(long Version, string Sql)> Migrations()
-    {
-        var assembly = Assembly.GetExecutingAssembly();
-        const string Prefix = "Kiln.Store.Sqlite.";
-        foreach (var name in assembly.GetManifestResourceNames().Where(n => n.StartsWith(Prefix, StringComparison.Ordinal)).Order(StringComparer.Ordinal))
-        {
-            var version = long.Parse(name[Prefix.Length..].Split('_')[0], System.Globalization.CultureInfo.InvariantCulture);
-            using var stream = assembly.GetManifestResourceStream(name)!;
-            using var reader = new StreamReader(stream, Encoding.UTF8);
-            yield return (version, reader.ReadToEnd());
-        }
-    }
-
-    private static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 
     public async Task<long> GetOrCreateAccountAsync(string name, CancellationToken cancellationToken)
     {
@@ -311,7 +289,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     private Task<long> CreateAccountAsync(string name, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            using var insert = Command(connection, "INSERT INTO accounts (name, created) VALUES ($n, $t) ON CONFLICT (name) DO NOTHING", transaction, ("$n", name), ("$t", Now()));
+            using var insert = Command(connection, "INSERT INTO accounts (name, created) VALUES ($n, $t) ON CONFLICT (name) DO NOTHING", transaction, ("$n", name), ("$t", MetadataRows.Now()));
             await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             using var select = Command(connection, "SELECT id FROM accounts WHERE name = $n", transaction, ("$n", name));
             return (long)(await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
@@ -331,74 +309,9 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             return accounts;
         }, cancellationToken);
 
-    private const string PathColumns = """
-        p.path, p.nar_hash, p.nar_size, p.deriver, p.ca, p.registration_time, p.ultimate, p.self_reference,
-        p.provenance, p.trust,
-        (SELECT group_concat(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id),
-        (SELECT group_concat(s.sig, char(10)) FROM sigs s WHERE s.path_id = p.id)
-        """;
-
-    private static PathRecord ReadPath(SqliteDataReader reader)
-    {
-        var path = StorePath.FromBaseName(reader.GetString(0));
-        var references = new SortedSet<StorePath>();
-        if (!reader.IsDBNull(10))
-        {
-            foreach (var reference in reader.GetString(10).Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            {
-                references.Add(StorePath.FromBaseName(reference));
-            }
-        }
-
-        if (reader.GetInt64(7) != 0)
-        {
-            references.Add(path);
-        }
-
-        var signatures = new SortedSet<string>(StringComparer.Ordinal);
-        if (!reader.IsDBNull(11))
-        {
-            foreach (var signature in reader.GetString(11).Split('\n', StringSplitOptions.RemoveEmptyEntries))
-            {
-                signatures.Add(signature);
-            }
-        }
-
-        var info = new ValidPathInfo
-        {
-            Path = path,
-            NarHash = new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(1)),
-            NarSize = reader.GetInt64(2),
-            Deriver = reader.IsDBNull(3) ? null : StorePath.FromBaseName(reader.GetString(3)),
-            ContentAddress = reader.IsDBNull(4) ? null : ContentAddress.Parse(reader.GetString(4)),
-            RegistrationTime = reader.GetInt64(5),
-            Ultimate = reader.GetInt64(6) != 0,
-            References = references,
-            Signatures = signatures,
-        };
-        return new PathRecord(info, Enum.Parse<Provenance>(reader.GetString(8), ignoreCase: true), ParseTrust(reader.GetString(9)));
-    }
-
-    private static string TrustText(PathTrust trust) => trust switch
-    {
-        PathTrust.Untrusted => "untrusted",
-        PathTrust.ContentAddressed => "content-addressed",
-        PathTrust.SignedByTrustedKey => "signed",
-        PathTrust.Built => "built",
-        PathTrust.SignedByAccountKey => "signed-by-account",
-        PathTrust.BuiltByAccountTrust => "built-by-account",
-        _ => throw new ArgumentOutOfRangeException(nameof(trust)),
-    };
-
-    private static PathTrust ParseTrust(string text) => text switch
-    {
-        "content-addressed" => PathTrust.ContentAddressed,
-        "signed" => PathTrust.SignedByTrustedKey,
-        "built" => PathTrust.Built,
-        "signed-by-account" => PathTrust.SignedByAccountKey,
-        "built-by-account" => PathTrust.BuiltByAccountTrust,
-        _ => PathTrust.Untrusted,
-    };
+    // A property, not a field: the prepared queries built from it live in other parts of this class, whose static
+    // fields may be initialised before this one.
+    private static string PathColumns => MetadataRows.PathColumns("group_concat", "char(10)");
 
     private static readonly PreparedQuery PathsQuery = new($"""
         SELECT {PathColumns}
@@ -415,13 +328,13 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         // The hottest query of all (every path info, every add of a known path): prepared once per connection.
         return ReadPreparedAsync<IReadOnlyDictionary<StorePath, PathRecord>>(PathsQuery, async command =>
         {
-            command.Parameters["$paths"].Value = JsonArray(paths.Select(p => p.BaseName));
+            command.Parameters["$paths"].Value = MetadataRows.JsonArray(paths.Select(p => p.BaseName));
             command.Parameters["$account"].Value = account;
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var result = new Dictionary<StorePath, PathRecord>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                var record = ReadPath(reader);
+                var record = MetadataRows.ReadPath(reader);
                 result[record.Info.Path] = record;
             }
 
@@ -504,7 +417,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                 SELECT p.path, o.output, o.path
                 FROM json_each($paths) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value
                 LEFT JOIN drv_outputs o ON o.drv_id = p.id
-                """, null, ("$a", account), ("$paths", JsonArray(drvPaths.Select(d => d.BaseName))));
+                """, null, ("$a", account), ("$paths", MetadataRows.JsonArray(drvPaths.Select(d => d.BaseName))));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var found = new Dictionary<StorePath, SortedDictionary<string, StorePath?>>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
@@ -550,7 +463,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             // Which of them the view already has: those stay as they are.
             var existing = new HashSet<string>(StringComparer.Ordinal);
             using (var query = Command(connection, "SELECT p.path FROM json_each($paths) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value",
-                transaction, ("$paths", JsonArray(paths.Select(p => p.Info.Path.BaseName))), ("$a", account)))
+                transaction, ("$paths", MetadataRows.JsonArray(paths.Select(p => p.Info.Path.BaseName))), ("$a", account)))
             {
                 foreach (var path in await ReadPathsAsync(query, cancellationToken).ConfigureAwait(false))
                 {
@@ -599,21 +512,21 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                 parameters["$time"].Value = info.RegistrationTime;
                 parameters["$ultimate"].Value = info.Ultimate ? 1 : 0;
                 parameters["$self"].Value = info.HasSelfReference ? 1 : 0;
-                parameters["$provenance"].Value = newPath.Provenance.ToString().ToLowerInvariant();
-                parameters["$trust"].Value = TrustText(newPath.Trust);
+                parameters["$provenance"].Value = MetadataRows.ProvenanceText(newPath.Provenance);
+                parameters["$trust"].Value = MetadataRows.TrustText(newPath.Trust);
                 var id = (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
 
                 var others = info.OtherReferences.Select(r => r.BaseName).ToList();
                 if (others.Count > 0)
                 {
                     refsId.Value = id;
-                    refsList.Value = JsonArray(others);
+                    refsList.Value = MetadataRows.JsonArray(others);
                     var inserted = await refs.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
                     if (inserted != others.Count)
                     {
                         var found = new HashSet<string>(StringComparer.Ordinal);
                         using var check = Command(connection, "SELECT p.path FROM json_each($refs) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value",
-                            transaction, ("$refs", JsonArray(others)), ("$a", account));
+                            transaction, ("$refs", MetadataRows.JsonArray(others)), ("$a", account));
                         foreach (var present in await ReadPathsAsync(check, cancellationToken).ConfigureAwait(false))
                         {
                             found.Add(present.BaseName);
@@ -626,7 +539,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                 if (info.Signatures.Count > 0)
                 {
                     sigsId.Value = id;
-                    sigsList.Value = JsonArray(info.Signatures);
+                    sigsList.Value = MetadataRows.JsonArray(info.Signatures);
                     await sigs.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
                 }
 
@@ -655,7 +568,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             using var command = Command(connection, """
                 INSERT OR IGNORE INTO sigs (path_id, sig)
                 SELECT p.id, j.value FROM paths p, json_each($sigs) j WHERE p.account_id = $a AND p.path = $p
-                """, transaction, ("$sigs", JsonArray(signatures)), ("$a", account), ("$p", path.BaseName));
+                """, transaction, ("$sigs", MetadataRows.JsonArray(signatures)), ("$a", account), ("$p", path.BaseName));
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken).ConfigureAwait(false);
         PathRecordsChanged();
@@ -718,7 +631,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         return ReadAsync<IReadOnlySet<NixHash>>(async connection =>
         {
             using var command = Command(connection, "SELECT DISTINCT p.nar_hash FROM json_each($hashes) j CROSS JOIN paths p ON p.nar_hash = unhex(j.value)",
-                null, ("$hashes", JsonArray(narHashes.Select(h => h.ToBase16()))));
+                null, ("$hashes", MetadataRows.JsonArray(narHashes.Select(h => h.ToBase16()))));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var result = new HashSet<NixHash>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
@@ -736,7 +649,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             using var command = Command(connection, """
                 INSERT INTO roots (account_id, kind, name, path, created) VALUES ($a, $k, $n, $p, $t)
                 ON CONFLICT (account_id, kind, name) DO UPDATE SET path = excluded.path
-                """, transaction, ("$a", account), ("$k", KindText(kind)), ("$n", name), ("$p", path.BaseName), ("$t", Now()));
+                """, transaction, ("$a", account), ("$k", MetadataRows.KindText(kind)), ("$n", name), ("$p", path.BaseName), ("$t", MetadataRows.Now()));
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
@@ -748,7 +661,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             var roots = new List<RootRecord>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                roots.Add(new RootRecord(reader.GetString(0) == "perm" ? RootKind.Permanent : RootKind.Indirect, reader.GetString(1), StorePath.FromBaseName(reader.GetString(2))));
+                roots.Add(new RootRecord(MetadataRows.ParseKind(reader.GetString(0)), reader.GetString(1), StorePath.FromBaseName(reader.GetString(2))));
             }
 
             return roots;
@@ -758,11 +671,9 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         WriteAsync(async (connection, transaction) =>
         {
             using var command = Command(connection, "DELETE FROM roots WHERE account_id = $a AND kind = $k AND name = $n", transaction,
-                ("$a", account), ("$k", KindText(kind)), ("$n", name));
+                ("$a", account), ("$k", MetadataRows.KindText(kind)), ("$n", name));
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
-
-    private static string KindText(RootKind kind) => kind == RootKind.Permanent ? "perm" : "indirect";
 
     public async ValueTask DisposeAsync()
     {
@@ -775,7 +686,3 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         SqliteConnection.ClearAllPools();
     }
 }
-
-[System.Text.Json.Serialization.JsonSerializable(typeof(string[]))]
-[System.Text.Json.Serialization.JsonSerializable(typeof(List<StoredOutput>))]
-internal sealed partial class JsonContext : System.Text.Json.Serialization.JsonSerializerContext;

@@ -1,0 +1,180 @@
+using System.Data.Common;
+using System.Reflection;
+using System.Text;
+using System.Text.Json;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Store.Accounts;
+
+namespace Kiln.Store.Metadata;
+
+/// <summary>
+/// What the SQL providers share: how records are stored as text (trust levels, root kinds, build outputs) and read
+/// back from a row. Both providers select the same columns in the same order (their SQL differs: SQLite's
+/// <c>group_concat</c> is PostgreSQL's <c>string_agg</c>), so one reader maps a row for either.
+/// </summary>
+internal static class MetadataRows
+{
+    /// <summary>
+    /// The columns <see cref="ReadPath"/> reads, from <c>paths p</c>, in the provider's words for concatenating texts
+    /// (<c>group_concat</c> / <c>string_agg</c>) and for a newline (<c>char(10)</c> / <c>chr(10)</c>).
+    /// </summary>
+    public static string PathColumns(string aggregate, string newline) => $"""
+        p.path, p.nar_hash, p.nar_size, p.deriver, p.ca, p.registration_time, p.ultimate, p.self_reference,
+        p.provenance, p.trust,
+        (SELECT {aggregate}(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id),
+        (SELECT {aggregate}(s.sig, {newline}) FROM sigs s WHERE s.path_id = p.id)
+        """;
+
+    public static PathRecord ReadPath(DbDataReader reader)
+    {
+        var path = StorePath.FromBaseName(reader.GetString(0));
+        var references = new SortedSet<StorePath>();
+        if (!reader.IsDBNull(10))
+        {
+            foreach (var reference in reader.GetString(10).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            {
+                references.Add(StorePath.FromBaseName(reference));
+            }
+        }
+
+        if (reader.GetBoolean(7))
+        {
+            references.Add(path);
+        }
+
+        var signatures = new SortedSet<string>(StringComparer.Ordinal);
+        if (!reader.IsDBNull(11))
+        {
+            foreach (var signature in reader.GetString(11).Split('\n', StringSplitOptions.RemoveEmptyEntries))
+            {
+                signatures.Add(signature);
+            }
+        }
+
+        var info = new ValidPathInfo
+        {
+            Path = path,
+            NarHash = new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(1)),
+            NarSize = reader.GetInt64(2),
+            Deriver = reader.IsDBNull(3) ? null : StorePath.FromBaseName(reader.GetString(3)),
+            ContentAddress = reader.IsDBNull(4) ? null : ContentAddress.Parse(reader.GetString(4)),
+            RegistrationTime = reader.GetInt64(5),
+            Ultimate = reader.GetBoolean(6),
+            References = references,
+            Signatures = signatures,
+        };
+        return new PathRecord(info, Enum.Parse<Provenance>(reader.GetString(8), ignoreCase: true), ParseTrust(reader.GetString(9)));
+    }
+
+    public static string ProvenanceText(Provenance provenance) => provenance.ToString().ToLowerInvariant();
+
+    public static string TrustText(PathTrust trust) => trust switch
+    {
+        PathTrust.Untrusted => "untrusted",
+        PathTrust.ContentAddressed => "content-addressed",
+        PathTrust.SignedByTrustedKey => "signed",
+        PathTrust.Built => "built",
+        PathTrust.SignedByAccountKey => "signed-by-account",
+        PathTrust.BuiltByAccountTrust => "built-by-account",
+        _ => throw new ArgumentOutOfRangeException(nameof(trust)),
+    };
+
+    private static PathTrust ParseTrust(string text) => text switch
+    {
+        "content-addressed" => PathTrust.ContentAddressed,
+        "signed" => PathTrust.SignedByTrustedKey,
+        "built" => PathTrust.Built,
+        "signed-by-account" => PathTrust.SignedByAccountKey,
+        "built-by-account" => PathTrust.BuiltByAccountTrust,
+        _ => PathTrust.Untrusted,
+    };
+
+    /// <summary>The stored texts of the globally trusted levels (<see cref="PathTrustLevels.IsGlobal"/>), for ordering in SQL.</summary>
+    public static readonly string GlobalTrustTexts =
+        string.Join(", ", Enum.GetValues<PathTrust>().Where(t => t.IsGlobal()).Select(t => $"'{TrustText(t)}'"));
+
+    public static string KindText(RootKind kind) => kind == RootKind.Permanent ? "perm" : "indirect";
+
+    public static RootKind ParseKind(string text) => text == "perm" ? RootKind.Permanent : RootKind.Indirect;
+
+    public const string KeyColumns = "k.id, k.account_id, a.name, k.key_type, k.key_blob, k.comment, k.permissions, k.enabled, k.created";
+
+    public static SshKeyRecord ReadKey(DbDataReader reader) => new(
+        reader.GetInt64(0),
+        reader.GetInt64(1),
+        reader.GetString(2),
+        new SshPublicKey(reader.GetString(3), reader.GetString(4), reader.GetString(5)),
+        KeyPermissionNames.Parse(reader.GetString(6)),
+        reader.GetBoolean(7),
+        reader.GetInt64(8));
+
+    public const string TokenColumns = "t.id, t.account_id, a.name, t.description, t.permissions, t.expires, t.revoked, t.created";
+
+    public static TokenRecord ReadToken(DbDataReader reader) => new(
+        reader.GetInt64(0),
+        reader.GetInt64(1),
+        reader.GetString(2),
+        reader.GetString(3),
+        KeyPermissionNames.Parse(reader.GetString(4)),
+        reader.IsDBNull(5) ? null : reader.GetInt64(5),
+        reader.IsDBNull(6) ? null : reader.GetInt64(6),
+        reader.GetInt64(7));
+
+    public const string BuildColumns =
+        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs";
+
+    public static BuildRecord ReadBuild(DbDataReader reader) => new()
+    {
+        Id = reader.GetInt64(0),
+        StepKey = reader.GetString(1),
+        DrvPath = reader.GetString(2),
+        AccountId = reader.GetInt64(3),
+        Running = reader.GetString(4) == "running",
+        Succeeded = reader.GetString(4) == "built",
+        Failure = reader.GetString(5),
+        Error = reader.GetString(6),
+        Started = reader.GetInt64(7),
+        Stopped = reader.GetInt64(8),
+        CpuUserMicroseconds = reader.IsDBNull(9) ? null : reader.GetInt64(9),
+        CpuSystemMicroseconds = reader.IsDBNull(10) ? null : reader.GetInt64(10),
+        PeakMemory = reader.IsDBNull(11) ? null : reader.GetInt64(11),
+        Outputs = ParseOutputs(reader.GetString(12)),
+    };
+
+    // Outputs as JSON in one column: they are only ever read whole, with their build.
+    public static string OutputsJson(IReadOnlyList<BuildOutputRecord> outputs) =>
+        JsonSerializer.Serialize(outputs.Select(o => new StoredOutput(o.Name, o.Path.FullPath, o.NarHash.ToString(HashFormat.Nix32, true), o.NarSize,
+            o.References.Select(r => r.FullPath).ToList(), o.ContentAddress?.ToString())).ToList(), JsonContext.Default.ListStoredOutput);
+
+    private static List<BuildOutputRecord> ParseOutputs(string json) =>
+        JsonSerializer.Deserialize(json, JsonContext.Default.ListStoredOutput)!.Select(o => new BuildOutputRecord(o.Name, StorePath.Parse(o.Path),
+            NixHash.ParseAnyPrefixed(o.NarHash), o.NarSize, o.References.Select(StorePath.Parse).ToList(), o.Ca is null ? null : ContentAddress.Parse(o.Ca))).ToList();
+
+    public static string JsonArray(IEnumerable<string> values) => JsonSerializer.Serialize(values.ToArray(), JsonContext.Default.StringArray);
+
+    /// <summary>
+    /// A provider's numbered migrations: embedded resources named <c>{prefix}NNNN_description.sql</c>, in number order.
+    /// </summary>
+    public static IEnumerable<(long Version, string Sql)> Migrations(string prefix)
+    {
+        var assembly = Assembly.GetExecutingAssembly();
+        foreach (var name in assembly.GetManifestResourceNames().Where(n => n.StartsWith(prefix, StringComparison.Ordinal)).Order(StringComparer.Ordinal))
+        {
+            var version = long.Parse(name[prefix.Length..].Split('_')[0], System.Globalization.CultureInfo.InvariantCulture);
+            using var stream = assembly.GetManifestResourceStream(name)!;
+            using var reader = new StreamReader(stream, Encoding.UTF8);
+            yield return (version, reader.ReadToEnd());
+        }
+    }
+
+    public static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+}
+
+/// <summary>A build output as the <c>outputs</c> column keeps it.</summary>
+internal sealed record StoredOutput(string Name, string Path, string NarHash, long NarSize, List<string> References, string? Ca);
+
+[System.Text.Json.Serialization.JsonSerializable(typeof(string[]))]
+[System.Text.Json.Serialization.JsonSerializable(typeof(List<StoredOutput>))]
+internal sealed partial class JsonContext : System.Text.Json.Serialization.JsonSerializerContext;

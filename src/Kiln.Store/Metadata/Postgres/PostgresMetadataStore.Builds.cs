@@ -1,0 +1,92 @@
+namespace Kiln.Store.Metadata.Postgres;
+
+// IBuildMetadata: builds and the accounts they were for.
+public sealed partial class PostgresMetadataStore
+{
+    public Task<long> StartBuildAsync(string stepKey, string drvPath, long account, long started, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, """
+                WITH b AS (INSERT INTO builds (step_key, drv_path, account_id, status, started, stopped) VALUES (@k, @d, @a, 'running', @t, 0) RETURNING id)
+                INSERT INTO build_accounts (build_id, account_id) SELECT id, @a FROM b RETURNING build_id
+                """, transaction, ("k", stepKey), ("d", drvPath), ("a", account), ("t", started));
+            return (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+        }, cancellationToken);
+
+    public Task FinishBuildAsync(long id, BuildEnd outcome, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(outcome);
+        return WriteAsync(async (connection, transaction) =>
+        {
+            using var update = Command(connection, """
+                UPDATE builds SET status = @s, failure = @f, error = @e, stopped = @t, cpu_user_us = @cu::bigint, cpu_system_us = @cs::bigint,
+                    peak_memory = @m::bigint, outputs = @o
+                WHERE id = @i
+                """, transaction,
+                ("i", id), ("s", outcome.Succeeded ? "built" : "failed"), ("f", outcome.Failure), ("e", outcome.Error), ("t", outcome.Stopped),
+                ("cu", outcome.CpuUserMicroseconds), ("cs", outcome.CpuSystemMicroseconds), ("m", outcome.PeakMemory), ("o", MetadataRows.OutputsJson(outcome.Outputs)));
+            await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+    }
+
+    public Task AddBuildAccountAsync(long id, long account, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var link = Command(connection, "INSERT INTO build_accounts (build_id, account_id) VALUES (@b, @a) ON CONFLICT DO NOTHING", transaction,
+                ("b", id), ("a", account));
+            await link.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    // Every build still running in the database. With several front doors on one database this would also end the
+    // builds another front door is running: until builds carry the front door (or lease) that runs them, only one
+    // front door at a time may start against a database with running builds.
+    public Task<int> AbandonRunningBuildsAsync(string reason, long now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var update = Command(connection, "UPDATE builds SET status = 'failed', failure = 'MiscFailure', error = @e, stopped = @t WHERE status = 'running'",
+                transaction, ("e", reason), ("t", now));
+            return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var command = Command(connection, $"SELECT {MetadataRows.BuildColumns} FROM builds b WHERE b.step_key = @k AND b.status = 'built' ORDER BY b.id DESC LIMIT 1",
+                null, ("k", stepKey));
+            return await ReadOneAsync(command, MetadataRows.ReadBuild, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var command = Command(connection, $"""
+                SELECT {MetadataRows.BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.build_id = @i AND f.account_id = @a
+                """, null, ("i", id), ("a", account));
+            return await ReadOneAsync(command, MetadataRows.ReadBuild, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<BuildRecord>>(async connection =>
+        {
+            using var command = account is null
+                ? Command(connection, $"SELECT {MetadataRows.BuildColumns} FROM builds b ORDER BY b.id DESC LIMIT @l", null, ("l", limit))
+                : Command(connection, $"""
+                    SELECT {MetadataRows.BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.account_id = @a ORDER BY f.build_id DESC LIMIT @l
+                    """, null, ("a", account), ("l", limit));
+            return await ReadAllAsync(command, MetadataRows.ReadBuild, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(accounts);
+        return ReadAsync(async connection =>
+        {
+            using var command = Command(connection, $"""
+                SELECT {MetadataRows.BuildColumns} FROM builds b
+                WHERE b.drv_path = @d AND EXISTS (SELECT 1 FROM build_accounts f WHERE f.build_id = b.id AND f.account_id = ANY(@accounts::bigint[]))
+                ORDER BY b.status = 'built' DESC, b.id DESC LIMIT 1
+                """, null, ("d", drvPath), ("accounts", accounts.ToArray()));
+            return await ReadOneAsync(command, MetadataRows.ReadBuild, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+    }
+}

@@ -1,0 +1,357 @@
+using Kiln.Nix.Hashing;
+using Kiln.Nix.StorePaths;
+using Npgsql;
+
+namespace Kiln.Store.Metadata.Postgres;
+
+// IPathMetadata: views, registration, lookups over several views, the GC graph, roots and kept compressed NAR files.
+public sealed partial class PostgresMetadataStore
+{
+    private static readonly string PathColumns = MetadataRows.PathColumns("string_agg", "chr(10)");
+
+    private static string[] BaseNames(IEnumerable<StorePath> paths) => paths.Select(p => p.BaseName).ToArray();
+
+    private static byte[][] Digests(IEnumerable<NixHash> hashes) => hashes.Select(h => h.Digest.ToArray()).ToArray();
+
+    private static NixHash Sha256(NpgsqlDataReader reader, int column) => new(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(column));
+
+    public Task<(long Account, PathRecord Record)?> FindPathByHashPartAsync(IReadOnlyList<long> accounts, string hashPart, CancellationToken cancellationToken)
+    {
+        if (accounts.Count == 0)
+        {
+            return Task.FromResult<(long, PathRecord)?>(null);
+        }
+
+        // A globally trusted record before the others (a tenant cannot shadow a trusted path with an unsigned one of the
+        // same name; see StoreView.GetRecordsAsync); among equals, the accounts' order.
+        return ReadAsync<(long, PathRecord)?>(async connection =>
+        {
+            using var command = Command(connection, $"""
+                SELECT {PathColumns}, p.account_id
+                FROM unnest(@accounts::bigint[]) WITH ORDINALITY AS j(account, ord) JOIN paths p ON p.account_id = j.account AND p.hash_part = @hash
+                ORDER BY p.trust IN ({MetadataRows.GlobalTrustTexts}) DESC, j.ord
+                LIMIT 1
+                """, null, ("accounts", accounts.ToArray()), ("hash", hashPart));
+            var found = await ReadOneAsync(command, r => Tuple.Create(r.GetInt64(12), MetadataRows.ReadPath(r)), cancellationToken).ConfigureAwait(false);
+            return found is null ? null : (found.Item1, found.Item2);
+        }, cancellationToken);
+    }
+
+    public Task<long?> FindNarAsync(IReadOnlyList<long> accounts, NixHash narHash, CancellationToken cancellationToken)
+    {
+        if (accounts.Count == 0)
+        {
+            return Task.FromResult<long?>(null);
+        }
+
+        return ReadAsync(async connection =>
+        {
+            using var command = Command(connection, "SELECT nar_size FROM paths WHERE nar_hash = @h AND account_id = ANY(@accounts::bigint[]) LIMIT 1", null,
+                ("h", narHash.Digest.ToArray()), ("accounts", accounts.ToArray()));
+            return await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) as long?;
+        }, cancellationToken);
+    }
+
+    public Task AddNarFileAsync(string file, NixHash narHash, string compression, long fileSize, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, """
+                INSERT INTO nar_files (file, nar_hash, compression, file_size, created) VALUES (@f, @h, @c, @s, @n) ON CONFLICT (file) DO NOTHING
+                """, transaction, ("f", file), ("h", narHash.Digest.ToArray()), ("c", compression), ("s", fileSize), ("n", MetadataRows.Now()));
+            await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<string>> RemoveNarFilesAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken) =>
+        WriteAsync<IReadOnlyList<string>>(async (connection, transaction) =>
+        {
+            using var delete = Command(connection, "DELETE FROM nar_files WHERE nar_hash = ANY(@hashes::bytea[]) RETURNING file", transaction, ("hashes", Digests(narHashes)));
+            return await ReadAllAsync(delete, r => r.GetString(0), cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken) =>
+        ReadAsync<(NixHash, string)?>(async connection =>
+        {
+            using var select = Command(connection, "SELECT nar_hash, compression FROM nar_files WHERE file = @f", null, ("f", file));
+            var found = await ReadOneAsync(select, r => Tuple.Create(Sha256(r, 0), r.GetString(1)), cancellationToken).ConfigureAwait(false);
+            return found is null ? null : (found.Item1, found.Item2);
+        }, cancellationToken);
+
+    public Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken)
+    {
+        if (paths.Count == 0)
+        {
+            return Task.FromResult<IReadOnlyDictionary<StorePath, PathRecord>>(new Dictionary<StorePath, PathRecord>());
+        }
+
+        return ReadAsync<IReadOnlyDictionary<StorePath, PathRecord>>(async connection =>
+        {
+            using var command = Command(connection, $"SELECT {PathColumns} FROM paths p WHERE p.account_id = @a AND p.path = ANY(@paths::text[])", null,
+                ("a", account), ("paths", BaseNames(paths)));
+            var records = await ReadAllAsync(command, MetadataRows.ReadPath, cancellationToken).ConfigureAwait(false);
+            return records.ToDictionary(r => r.Info.Path);
+        }, cancellationToken);
+    }
+
+    public Task<StorePath?> FindByHashPartAsync(long account, string hashPart, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var command = Command(connection, "SELECT path FROM paths WHERE account_id = @a AND hash_part = @h LIMIT 1", null, ("a", account), ("h", hashPart));
+            return await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is string path ? StorePath.FromBaseName(path) : (StorePath?)null;
+        }, cancellationToken);
+
+    private static StorePath ReadStorePath(NpgsqlDataReader reader) => StorePath.FromBaseName(reader.GetString(0));
+
+    // COLLATE "C": byte order, as SQLite sorts, whatever the database's locale.
+    public Task<IReadOnlyList<StorePath>> GetAllPathsAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<StorePath>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT path FROM paths WHERE account_id = @a ORDER BY path COLLATE \"C\"", null, ("a", account));
+            return await ReadAllAsync(command, ReadStorePath, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlySet<StorePath>>(async connection =>
+        {
+            // A self-referencing path is among its own referrers, as in Nix.
+            using var command = Command(connection, """
+                SELECT q.path FROM paths p JOIN refs r ON r.reference = p.id JOIN paths q ON q.id = r.referrer
+                WHERE p.account_id = @a AND p.path = @p
+                UNION
+                SELECT p.path FROM paths p WHERE p.account_id = @a AND p.path = @p AND p.self_reference
+                """, null, ("a", account), ("p", path.BaseName));
+            return new SortedSet<StorePath>(await ReadAllAsync(command, ReadStorePath, cancellationToken).ConfigureAwait(false));
+        }, cancellationToken);
+
+    public async Task<IReadOnlyDictionary<string, StorePath?>?> GetDerivationOutputsAsync(long account, StorePath drvPath, CancellationToken cancellationToken)
+    {
+        var found = await GetDerivationOutputsAsync(account, [drvPath], cancellationToken).ConfigureAwait(false);
+        return found.TryGetValue(drvPath, out var outputs) ? outputs : null;
+    }
+
+    public Task<IReadOnlyDictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>> GetDerivationOutputsAsync(long account,
+        IReadOnlyCollection<StorePath> drvPaths, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(drvPaths);
+        if (drvPaths.Count == 0)
+        {
+            return Task.FromResult<IReadOnlyDictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>>(new Dictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>());
+        }
+
+        return ReadAsync<IReadOnlyDictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>>(async connection =>
+        {
+            using var command = Command(connection, """
+                SELECT p.path, o.output, o.path FROM paths p LEFT JOIN drv_outputs o ON o.drv_id = p.id
+                WHERE p.account_id = @a AND p.path = ANY(@paths::text[])
+                """, null, ("a", account), ("paths", BaseNames(drvPaths)));
+            var rows = await ReadAllAsync(command, r => (Drv: r.GetString(0), Output: r.IsDBNull(1) ? null : r.GetString(1), Path: r.IsDBNull(2) ? null : r.GetString(2)),
+                cancellationToken).ConfigureAwait(false);
+            var found = new Dictionary<StorePath, IReadOnlyDictionary<string, StorePath?>>();
+            foreach (var drv in rows.GroupBy(r => r.Drv))
+            {
+                var outputs = new SortedDictionary<string, StorePath?>(StringComparer.Ordinal);
+                foreach (var row in drv.Where(r => r.Output is not null))
+                {
+                    outputs[row.Output!] = row.Path is null ? null : StorePath.FromBaseName(row.Path);
+                }
+
+                found[StorePath.FromBaseName(drv.Key)] = outputs;
+            }
+
+            return found;
+        }, cancellationToken);
+    }
+
+    public Task<IReadOnlySet<StorePath>> GetValidDeriversAsync(long account, StorePath output, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlySet<StorePath>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT p.path FROM drv_outputs o JOIN paths p ON p.id = o.drv_id WHERE o.path = @o AND p.account_id = @a", null,
+                ("a", account), ("o", output.BaseName));
+            return new SortedSet<StorePath>(await ReadAllAsync(command, ReadStorePath, cancellationToken).ConfigureAwait(false));
+        }, cancellationToken);
+
+    public Task RegisterAsync(long account, IReadOnlyList<NewPath> paths, CancellationToken cancellationToken)
+    {
+        // The first of each path in the batch counts, as when they are registered one by one.
+        var batch = paths.DistinctBy(p => p.Info.Path).ToList();
+        if (batch.Count == 0)
+        {
+            return Task.CompletedTask;
+        }
+
+        // Four statements whatever the batch's size (a round trip per path would cost a millisecond each over a network).
+        return WriteAsync(async (connection, transaction) =>
+        {
+            // Paths the view already has stay as they are: ON CONFLICT skips them, RETURNING names only the new ones
+            // (also when another front door registers the same path at the same moment).
+            var infos = batch.Select(p => p.Info).ToList();
+            using var insert = Command(connection, """
+                INSERT INTO paths (account_id, path, hash_part, nar_hash, nar_size, deriver, ca, registration_time, ultimate, self_reference, provenance, trust)
+                SELECT @a, * FROM unnest(@path::text[], @hash_part::text[], @nar_hash::bytea[], @nar_size::bigint[], @deriver::text[], @ca::text[],
+                                         @time::bigint[], @ultimate::boolean[], @self::boolean[], @provenance::text[], @trust::text[])
+                ON CONFLICT (account_id, path) DO NOTHING
+                RETURNING id, path
+                """, transaction,
+                ("a", account),
+                ("path", BaseNames(infos.Select(i => i.Path))),
+                ("hash_part", infos.Select(i => i.Path.HashPart).ToArray()),
+                ("nar_hash", Digests(infos.Select(i => i.NarHash))),
+                ("nar_size", infos.Select(i => i.NarSize).ToArray()),
+                ("deriver", infos.Select(i => i.Deriver?.BaseName).ToArray()),
+                ("ca", infos.Select(i => i.ContentAddress?.ToString()).ToArray()),
+                ("time", infos.Select(i => i.RegistrationTime).ToArray()),
+                ("ultimate", infos.Select(i => i.Ultimate).ToArray()),
+                ("self", infos.Select(i => i.HasSelfReference).ToArray()),
+                ("provenance", batch.Select(p => MetadataRows.ProvenanceText(p.Provenance)).ToArray()),
+                ("trust", batch.Select(p => MetadataRows.TrustText(p.Trust)).ToArray()));
+            var ids = (await ReadAllAsync(insert, r => (Id: r.GetInt64(0), Path: r.GetString(1)), cancellationToken).ConfigureAwait(false))
+                .ToDictionary(r => r.Path, r => r.Id, StringComparer.Ordinal);
+            var added = batch.Where(p => ids.ContainsKey(p.Info.Path.BaseName)).ToList();
+            if (added.Count == 0)
+            {
+                return;
+            }
+
+            await InsertReferencesAsync(connection, transaction, account, added, ids, cancellationToken).ConfigureAwait(false);
+
+            var signatures = added.SelectMany(p => p.Info.Signatures.Select(s => (Id: ids[p.Info.Path.BaseName], Sig: s))).ToList();
+            if (signatures.Count > 0)
+            {
+                using var sigs = Command(connection, "INSERT INTO sigs (path_id, sig) SELECT * FROM unnest(@ids::bigint[], @sigs::text[]) ON CONFLICT DO NOTHING",
+                    transaction, ("ids", signatures.Select(s => s.Id).ToArray()), ("sigs", signatures.Select(s => s.Sig).ToArray()));
+                await sigs.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            var outputs = added.SelectMany(p => (p.DerivationOutputs ?? new Dictionary<string, StorePath?>())
+                .Select(o => (Id: ids[p.Info.Path.BaseName], Name: o.Key, Path: o.Value?.BaseName))).ToList();
+            if (outputs.Count > 0)
+            {
+                using var insertOutputs = Command(connection, "INSERT INTO drv_outputs (drv_id, output, path) SELECT * FROM unnest(@ids::bigint[], @names::text[], @paths::text[])",
+                    transaction, ("ids", outputs.Select(o => o.Id).ToArray()), ("names", outputs.Select(o => o.Name).ToArray()),
+                    ("paths", outputs.Select(o => o.Path).ToArray()));
+                await insertOutputs.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }, cancellationToken);
+    }
+
+    // Each new path's references (other than itself) must be valid in the view — earlier, or in this batch; a join finds
+    // them, and one that is not there makes the count fall short: then the first path naming one is refused, and the
+    // whole batch with it (the transaction is not committed).
+    private static async Task InsertReferencesAsync(NpgsqlConnection connection, NpgsqlTransaction transaction, long account, List<NewPath> added,
+        Dictionary<string, long> ids, CancellationToken cancellationToken)
+    {
+        var references = added.SelectMany(p => p.Info.OtherReferences.Select(r => (Id: ids[p.Info.Path.BaseName], Reference: r.BaseName))).ToList();
+        if (references.Count == 0)
+        {
+            return;
+        }
+
+        using var insert = Command(connection, """
+            INSERT INTO refs (referrer, reference)
+            SELECT x.referrer, p.id FROM unnest(@referrers::bigint[], @references::text[]) AS x(referrer, reference)
+            JOIN paths p ON p.account_id = @a AND p.path = x.reference
+            """, transaction, ("a", account), ("referrers", references.Select(r => r.Id).ToArray()), ("references", references.Select(r => r.Reference).ToArray()));
+        if (await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == references.Count)
+        {
+            return;
+        }
+
+        using var check = Command(connection, "SELECT path FROM paths WHERE account_id = @a AND path = ANY(@paths::text[])", transaction,
+            ("a", account), ("paths", references.Select(r => r.Reference).Distinct(StringComparer.Ordinal).ToArray()));
+        var present = new HashSet<string>(await ReadAllAsync(check, r => r.GetString(0), cancellationToken).ConfigureAwait(false), StringComparer.Ordinal);
+        var refused = added.First(p => p.Info.OtherReferences.Any(r => !present.Contains(r.BaseName)));
+        throw new MissingReferencesException(refused.Info.Path, refused.Info.OtherReferences.Where(r => !present.Contains(r.BaseName)).ToList());
+    }
+
+    public async Task AddSignaturesAsync(long account, StorePath path, IReadOnlyCollection<string> signatures, CancellationToken cancellationToken)
+    {
+        await WriteAsync(async (connection, transaction) =>
+        {
+            using var command = Command(connection, """
+                INSERT INTO sigs (path_id, sig)
+                SELECT p.id, s.sig FROM paths p, unnest(@sigs::text[]) AS s(sig) WHERE p.account_id = @a AND p.path = @p
+                ON CONFLICT DO NOTHING
+                """, transaction, ("sigs", signatures.ToArray()), ("a", account), ("p", path.BaseName));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            using var notify = NotifyCommand(connection, transaction);
+            await notify.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken).ConfigureAwait(false);
+        PathRecordsChanged();
+    }
+
+    public Task<IReadOnlyList<GraphNode>> GetGraphAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<GraphNode>>(async connection =>
+        {
+            using var command = Command(connection, """
+                SELECT p.path, p.deriver, p.nar_size, p.nar_hash,
+                       (SELECT string_agg(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id)
+                FROM paths p WHERE p.account_id = @a
+                """, null, ("a", account));
+            return await ReadAllAsync(command, r => new GraphNode(
+                StorePath.FromBaseName(r.GetString(0)),
+                r.IsDBNull(4) ? [] : r.GetString(4).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(StorePath.FromBaseName).ToList(),
+                r.IsDBNull(1) ? null : StorePath.FromBaseName(r.GetString(1)),
+                r.GetInt64(2),
+                Sha256(r, 3)), cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public async Task DeletePathsAsync(long account, IReadOnlyList<StorePath> paths, CancellationToken cancellationToken)
+    {
+        if (paths.Count == 0)
+        {
+            return;
+        }
+
+        // One statement: the references are checked at its end, so the order of the list does not matter here; a path
+        // still named by one that stays refuses the whole deletion.
+        await WriteAsync(async (connection, transaction) =>
+        {
+            using var delete = Command(connection, "DELETE FROM paths WHERE account_id = @a AND path = ANY(@paths::text[])", transaction,
+                ("a", account), ("paths", BaseNames(paths)));
+            await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            using var notify = NotifyCommand(connection, transaction);
+            await notify.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken).ConfigureAwait(false);
+        PathRecordsChanged();
+    }
+
+    public Task<IReadOnlySet<NixHash>> GetReferencedBlobsAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken)
+    {
+        if (narHashes.Count == 0)
+        {
+            return Task.FromResult<IReadOnlySet<NixHash>>(new HashSet<NixHash>());
+        }
+
+        return ReadAsync<IReadOnlySet<NixHash>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT DISTINCT nar_hash FROM paths WHERE nar_hash = ANY(@hashes::bytea[])", null, ("hashes", Digests(narHashes)));
+            return new HashSet<NixHash>(await ReadAllAsync(command, r => Sha256(r, 0), cancellationToken).ConfigureAwait(false));
+        }, cancellationToken);
+    }
+
+    public Task AddRootAsync(long account, RootKind kind, string name, StorePath path, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var command = Command(connection, """
+                INSERT INTO roots (account_id, kind, name, path, created) VALUES (@a, @k, @n, @p, @t)
+                ON CONFLICT (account_id, kind, name) DO UPDATE SET path = excluded.path
+                """, transaction, ("a", account), ("k", MetadataRows.KindText(kind)), ("n", name), ("p", path.BaseName), ("t", MetadataRows.Now()));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<RootRecord>> GetRootsAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<RootRecord>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT kind, name, path FROM roots WHERE account_id = @a ORDER BY kind COLLATE \"C\", name COLLATE \"C\"", null,
+                ("a", account));
+            return await ReadAllAsync(command, r => new RootRecord(MetadataRows.ParseKind(r.GetString(0)), r.GetString(1), StorePath.FromBaseName(r.GetString(2))),
+                cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task RemoveRootAsync(long account, RootKind kind, string name, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var command = Command(connection, "DELETE FROM roots WHERE account_id = @a AND kind = @k AND name = @n", transaction,
+                ("a", account), ("k", MetadataRows.KindText(kind)), ("n", name));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+}

@@ -1,0 +1,228 @@
+using Npgsql;
+
+namespace Kiln.Store.Metadata.Postgres;
+
+/// <summary>
+/// <see cref="IMetadataStore"/> on PostgreSQL, for Kiln as several front doors on one database. Every connection comes
+/// from one pooled <see cref="NpgsqlDataSource"/>; statements used again are prepared automatically per connection.
+/// Lists of paths, hashes and accounts travel as one array parameter expanded by <c>unnest</c>, so a query for
+/// 10,000 paths is one round trip. Writes are ordinary transactions: PostgreSQL serialises what conflicts (unique keys,
+/// foreign keys), so there is no process-wide write lock as SQLite needs. The "records changed" version is shared
+/// between processes with LISTEN/NOTIFY (<see cref="PathRecordsVersion"/>).
+/// </summary>
+public sealed partial class PostgresMetadataStore : IMetadataStore
+{
+    private const string Channel = "kiln_path_records";
+
+    private readonly NpgsqlDataSource _source;
+    private readonly string _connectionString; // with its password, which the data source's own copy drops
+    private readonly bool _readOnly;
+    private readonly CancellationTokenSource _stopping = new();
+    private Task? _listener;
+    private readonly Lock _listenerLock = new();
+
+    /// <param name="connectionString">An Npgsql connection string (see <see cref="PostgresConnection.Parse(string, Func{string, string?})"/> for the URL forms).</param>
+    /// <param name="readOnly">Only read (sshd's key lookups): every transaction is read-only, and nothing listens.</param>
+    public PostgresMetadataStore(string connectionString, bool readOnly = false)
+    {
+        var builder = new NpgsqlConnectionStringBuilder(connectionString);
+        if (!builder.ContainsKey("Max Auto Prepare"))
+        {
+            // The hot statements (path records, narinfo lookups) are prepared on each connection after two uses.
+            builder.MaxAutoPrepare = 64;
+            builder.AutoPrepareMinUsages = 2;
+        }
+
+        if (readOnly)
+        {
+            builder.Options = ((builder.Options ?? "") + " -c default_transaction_read_only=on").Trim();
+        }
+
+        _readOnly = readOnly;
+        _connectionString = builder.ConnectionString;
+        _source = NpgsqlDataSource.Create(builder);
+    }
+
+    /// <summary>The database's failures that are the storage's, not Kiln's logic, as the IOException every front door reports as a storage failure.</summary>
+    private static IOException? AsStorageFailure(NpgsqlException e, string what)
+    {
+        // SQLSTATE classes: 08 connection, 53 insufficient resources (53100 disk full), 57 operator intervention
+        // (the server shutting down), 58 system errors (I/O); 25006 a read-only transaction was asked to write.
+        var state = (e as PostgresException)?.SqlState;
+        var errno = state switch
+        {
+            null => 5, // no answer from the server at all (refused, reset, timed out): EIO
+            "53100" => 28, // ENOSPC
+            "25006" => 30, // EROFS
+            _ when state.StartsWith("08", StringComparison.Ordinal) || state.StartsWith("53", StringComparison.Ordinal)
+                || state.StartsWith("57", StringComparison.Ordinal) || state.StartsWith("58", StringComparison.Ordinal) => 5,
+            _ => 0,
+        };
+        return errno == 0 ? null : new IOException($"the metadata database could not be {what}: {e.Message}", e) { HResult = errno };
+    }
+
+    private async Task<T> ReadAsync<T>(Func<NpgsqlConnection, Task<T>> work, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using (connection.ConfigureAwait(false))
+            {
+                return await work(connection).ConfigureAwait(false);
+            }
+        }
+        catch (NpgsqlException e) when (AsStorageFailure(e, "read") is { } failure)
+        {
+            throw failure;
+        }
+    }
+
+    private async Task<T> WriteAsync<T>(Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using (connection.ConfigureAwait(false))
+            {
+                var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+                await using (transaction.ConfigureAwait(false))
+                {
+                    var result = await work(connection, transaction).ConfigureAwait(false);
+                    await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+                    return result;
+                }
+            }
+        }
+        catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
+        {
+            throw failure;
+        }
+    }
+
+    private Task<bool> WriteAsync(Func<NpgsqlConnection, NpgsqlTransaction, Task> work, CancellationToken cancellationToken) =>
+        WriteAsync<bool>(async (c, t) =>
+        {
+            await work(c, t).ConfigureAwait(false);
+            return true;
+        }, cancellationToken);
+
+    private static NpgsqlCommand Command(NpgsqlConnection connection, string sql, NpgsqlTransaction? transaction = null, params (string Name, object? Value)[] parameters)
+    {
+        var command = new NpgsqlCommand(sql, connection, transaction);
+        foreach (var (name, value) in parameters)
+        {
+            command.Parameters.AddWithValue(name, value ?? DBNull.Value);
+        }
+
+        return command;
+    }
+
+    private static async Task<List<T>> ReadAllAsync<T>(NpgsqlCommand command, Func<NpgsqlDataReader, T> read, CancellationToken cancellationToken)
+    {
+        var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        await using (reader.ConfigureAwait(false))
+        {
+            var result = new List<T>();
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                result.Add(read(reader));
+            }
+
+            return result;
+        }
+    }
+
+    private static async Task<T?> ReadOneAsync<T>(NpgsqlCommand command, Func<NpgsqlDataReader, T> read, CancellationToken cancellationToken)
+        where T : class
+    {
+        var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        await using (reader.ConfigureAwait(false))
+        {
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? read(reader) : null;
+        }
+    }
+
+    // A fixed key for pg_advisory_lock: every Kiln process migrating this database waits for the one that is.
+    private const long MigrationLock = 0x4b696c6e_4d696772; // "KilnMigr"
+
+    public async Task MigrateAsync(CancellationToken cancellationToken)
+    {
+        await ReadAsync(async connection =>
+        {
+            // Several front doors starting at once: the first takes the lock and migrates, the others wait for it and
+            // then find every migration applied. A session lock, so it also covers reading the applied list.
+            using (var lockCommand = Command(connection, "SELECT pg_advisory_lock(@k)", null, ("k", MigrationLock)))
+            {
+                await lockCommand.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            try
+            {
+                using (var create = Command(connection, "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY, applied bigint NOT NULL)"))
+                {
+                    await create.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                }
+
+                HashSet<long> applied;
+                using (var query = Command(connection, "SELECT version FROM schema_migrations"))
+                {
+                    applied = [.. await ReadAllAsync(query, r => r.GetInt64(0), cancellationToken).ConfigureAwait(false)];
+                }
+
+                foreach (var (version, sql) in MetadataRows.Migrations("Kiln.Store.Postgres."))
+                {
+                    if (applied.Contains(version))
+                    {
+                        continue;
+                    }
+
+                    // PostgreSQL's DDL is transactional: a migration and its record commit together or not at all.
+                    var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+                    await using (transaction.ConfigureAwait(false))
+                    {
+                        using (var migrate = Command(connection, sql, transaction))
+                        {
+                            await migrate.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                        }
+
+                        using (var record = Command(connection, "INSERT INTO schema_migrations (version, applied) VALUES (@v, @t)", transaction,
+                            ("v", version), ("t", MetadataRows.Now())))
+                        {
+                            await record.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                        }
+
+                        await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+                    }
+                }
+            }
+            finally
+            {
+                using var unlock = Command(connection, "SELECT pg_advisory_unlock(@k)", null, ("k", MigrationLock));
+                await unlock.ExecuteNonQueryAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+
+            return true;
+        }, cancellationToken).ConfigureAwait(false);
+
+        // A server opens its metadata by migrating it: from then on it hears other front doors' changes.
+        await StartListening().WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stopping.CancelAsync().ConfigureAwait(false);
+        if (_listener is { } listener)
+        {
+            try
+            {
+                await listener.ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+
+        await _source.DisposeAsync().ConfigureAwait(false);
+        _stopping.Dispose();
+    }
+}

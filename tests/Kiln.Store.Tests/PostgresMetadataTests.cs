@@ -1,0 +1,202 @@
+using Kiln.Nix.Tests.Support;
+using Kiln.Store.Metadata;
+
+[assembly: AssemblyFixture(typeof(PostgresServer))]
+
+namespace Kiln.Store.Tests;
+
+/// <summary>
+/// A fresh database per test on the run's private PostgreSQL cluster, opened the way Kiln opens one (by its
+/// connection string); the database goes when the cluster does.
+/// </summary>
+internal sealed class PostgresStores(PostgresServer server)
+{
+    public async Task<IMetadataStore> CreateAsync()
+    {
+        var store = MetadataStores.Open(server.CreateDatabase());
+        await store.MigrateAsync(default);
+        return store;
+    }
+}
+
+public sealed class PostgresAccountMetadataTests(PostgresServer server) : AccountMetadataContract
+{
+    protected override Task<IMetadataStore> CreateAsync() => new PostgresStores(server).CreateAsync();
+}
+
+public sealed class PostgresSettingsMetadataTests(PostgresServer server) : SettingsMetadataContract
+{
+    protected override Task<IMetadataStore> CreateAsync() => new PostgresStores(server).CreateAsync();
+}
+
+public sealed class PostgresPathMetadataTests(PostgresServer server) : PathMetadataContract
+{
+    protected override Task<IMetadataStore> CreateAsync() => new PostgresStores(server).CreateAsync();
+}
+
+public sealed class PostgresBuildMetadataTests(PostgresServer server) : BuildMetadataContract
+{
+    protected override Task<IMetadataStore> CreateAsync() => new PostgresStores(server).CreateAsync();
+}
+
+/// <summary>What is PostgreSQL's own: migrations under a lock, the version across processes, failures, connection forms.</summary>
+public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposable
+{
+    private readonly TempDir _temp = new();
+
+    [Fact]
+    public async Task Front_doors_starting_at_once_migrate_once()
+    {
+        var database = server.CreateDatabase();
+        var stores = Enumerable.Range(0, 4).Select(_ => MetadataStores.Open(database)).ToList();
+        try
+        {
+            await Task.WhenAll(stores.Select(s => s.MigrateAsync(default)));
+            var name = new Npgsql.NpgsqlConnectionStringBuilder(database).Database!;
+            var migrations = Kiln.Store.Metadata.MetadataRows.Migrations("Kiln.Store.Postgres.").Count();
+            Assert.Equal($"{migrations}|{migrations}", server.Sql(name, "SELECT count(*) || '|' || count(DISTINCT version) FROM schema_migrations").Trim());
+
+            // And a second start finds nothing to do.
+            await stores[0].MigrateAsync(default);
+            Assert.Equal(migrations.ToString(System.Globalization.CultureInfo.InvariantCulture), server.Sql(name, "SELECT count(*) FROM schema_migrations").Trim());
+        }
+        finally
+        {
+            foreach (var store in stores)
+            {
+                await store.DisposeAsync();
+            }
+        }
+    }
+
+    // What another front door changes reaches this one's narinfo cache through the version (LISTEN/NOTIFY).
+    [Fact]
+    public async Task A_record_changed_through_another_front_door_moves_this_ones_version()
+    {
+        var database = server.CreateDatabase();
+        await using var first = MetadataStores.Open(database);
+        await using var second = MetadataStores.Open(database);
+        await first.MigrateAsync(default);
+        await second.MigrateAsync(default);
+        var account = await first.GetOrCreateAccountAsync("alice", default);
+        var path = MetadataContract.P("p");
+        await second.RegisterAsync(account, [MetadataContract.New(MetadataContract.Info(path))], default);
+        var before = first.PathRecordsVersion;
+        await Task.Delay(200);
+        Assert.Equal(before, first.PathRecordsVersion); // a registration elsewhere changes no record
+
+        await second.AddSignaturesAsync(account, path, ["k:1"], default);
+        Assert.True(await Eventually(() => first.PathRecordsVersion != before), "the signature added through the second store never moved the first's version");
+
+        var signed = first.PathRecordsVersion;
+        await second.DeletePathsAsync(account, [path], default);
+        Assert.True(await Eventually(() => first.PathRecordsVersion != signed), "the deletion through the second store never moved the first's version");
+    }
+
+    [Fact]
+    public async Task While_nobody_listens_every_read_is_a_new_version_and_listening_resumes()
+    {
+        var database = server.CreateDatabase();
+        await using var store = MetadataStores.Open(database);
+        await store.MigrateAsync(default);
+        var name = new Npgsql.NpgsqlConnectionStringBuilder(database).Database!;
+        Assert.Equal(store.PathRecordsVersion, store.PathRecordsVersion);
+
+        // The listening connection dies (a network cut, a database restart): a change could go unheard, so no version
+        // may repeat until the store listens again.
+        Assert.Equal("t", server.Sql(name, "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'").Trim());
+        Assert.True(await Eventually(() => store.PathRecordsVersion != store.PathRecordsVersion), "the version stayed still while nothing listened");
+        Assert.True(await Eventually(() => store.PathRecordsVersion == store.PathRecordsVersion, TimeSpan.FromSeconds(15)), "the store never listened again");
+    }
+
+    [Fact]
+    public async Task A_database_that_does_not_answer_fails_as_storage_without_the_password()
+    {
+        var connection = new Npgsql.NpgsqlConnectionStringBuilder(server.CreateDatabase()) { Port = 1, Timeout = 2 };
+        await using var store = MetadataStores.Open(connection.ConnectionString);
+        var error = await Assert.ThrowsAsync<IOException>(() => store.FindAccountAsync("alice", default));
+        Assert.Equal(5, error.HResult);
+        Assert.StartsWith("the metadata database could not be read", error.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain(server.Password, error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_read_only_store_never_writes()
+    {
+        var database = server.CreateDatabase();
+        await using (var writer = MetadataStores.Open(database))
+        {
+            await writer.MigrateAsync(default);
+            await writer.GetOrCreateAccountAsync("alice", default);
+        }
+
+        await using var reader = MetadataStores.Open(database, readOnly: true);
+        Assert.NotNull(await reader.FindAccountAsync("alice", default));
+        var error = await Assert.ThrowsAsync<IOException>(() => reader.TryCreateAccountAsync("bob", default));
+        Assert.Equal(30, error.HResult);
+    }
+
+    [Fact]
+    public async Task The_password_comes_from_a_file_or_the_environment_never_needs_the_command_line()
+    {
+        var database = new Npgsql.NpgsqlConnectionStringBuilder(server.CreateDatabase());
+        var file = _temp["password"];
+        File.WriteAllText(file, server.Password + "\n");
+        var url = $"postgres://{PostgresServer.User}@127.0.0.1:{server.Port}/{database.Database}?password_file={Uri.EscapeDataString(file)}&application_name=kiln";
+        await using (var store = MetadataStores.Open(url))
+        {
+            await store.MigrateAsync(default);
+            Assert.NotNull(await store.TryCreateAccountAsync("alice", default));
+        }
+
+        var bare = $"postgres://{PostgresServer.User}@127.0.0.1:{server.Port}/{database.Database}";
+        var resolved = Kiln.Store.Metadata.Postgres.PostgresConnection.Parse(bare, name => name == "KILN_DATABASE_PASSWORD" ? server.Password : null);
+        await using (var store = MetadataStores.Open(resolved))
+        {
+            Assert.NotNull(await store.FindAccountAsync("alice", default));
+        }
+
+        var keywords = $"Host=127.0.0.1;Port={server.Port};Username={PostgresServer.User};Database={database.Database};Password File={file}";
+        await using (var store = MetadataStores.Open(keywords))
+        {
+            Assert.NotNull(await store.FindAccountAsync("alice", default));
+        }
+    }
+
+    [Fact]
+    public void Connection_forms_are_read_and_refused_clearly()
+    {
+        var parse = (string text) => new Npgsql.NpgsqlConnectionStringBuilder(Kiln.Store.Metadata.Postgres.PostgresConnection.Parse(text, _ => null));
+        var url = parse("postgres://kiln:s%40cret@db.example:6543/kiln?sslmode=require");
+        Assert.Equal(("db.example", 6543, "kiln", "s@cret", "kiln", Npgsql.SslMode.Require), (url.Host, url.Port, url.Username, url.Password, url.Database, url.SslMode));
+        var socket = parse("postgresql:///kiln?host=/run/postgresql");
+        Assert.Equal(("/run/postgresql", "kiln"), (socket.Host, socket.Database));
+
+        Assert.Contains("'nope'", Assert.Throws<ArgumentException>(() => parse("postgres://db/kiln?nope=1")).Message, StringComparison.Ordinal);
+        Assert.Contains("no host", Assert.Throws<ArgumentException>(() => parse("postgres:///kiln")).Message, StringComparison.Ordinal);
+        Assert.Contains("cannot be read", Assert.Throws<ArgumentException>(() => parse($"postgres://db/kiln?password_file={_temp["absent"]}")).Message, StringComparison.Ordinal);
+        Assert.Contains("give one", Assert.Throws<ArgumentException>(() => parse($"Host=db;Password=x;Password File={_temp["absent"]}")).Message, StringComparison.Ordinal);
+
+        Assert.Equal("postgres://kiln:***@db/kiln", Kiln.Store.Metadata.Postgres.PostgresConnection.Redact("postgres://kiln:secret@db/kiln"));
+        Assert.DoesNotContain("secret", Kiln.Store.Metadata.Postgres.PostgresConnection.Redact("Host=db;Password=secret"), StringComparison.Ordinal);
+        Assert.DoesNotContain("secret", Assert.Throws<ArgumentException>(() => MetadataStores.Open("mysql://kiln:secret@db/kiln")).Message, StringComparison.Ordinal);
+    }
+
+    private static async Task<bool> Eventually(Func<bool> condition, TimeSpan? within = null)
+    {
+        var deadline = DateTime.UtcNow + (within ?? TimeSpan.FromSeconds(5));
+        while (DateTime.UtcNow < deadline)
+        {
+            if (condition())
+            {
+                return true;
+            }
+
+            await Task.Delay(50);
+        }
+
+        return condition();
+    }
+
+    public void Dispose() => _temp.Dispose();
+}
