@@ -9,8 +9,9 @@ repo="$(cd "$(dirname "$0")" && pwd)"
 cd "$repo"
 
 # The reference Nix, Kiln's sandbox, the test builds' shell, setfattr, sshd and ssh-keygen, compression tools for the
-# decoder tests, nginx for the fake upstream cache, and clang and zlib1g-dev for the NativeAOT kiln-bridge.
-packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev slirp4netns"
+# decoder tests, nginx for the fake upstream cache, clang and zlib1g-dev for the NativeAOT kiln-bridge, and PostgreSQL's
+# server binaries for the metadata tests' private clusters.
+packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev slirp4netns postgresql"
 if ! dpkg -s $packages > /dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing $packages..."
@@ -21,8 +22,8 @@ if ! dpkg -s $packages > /dev/null 2>&1; then
   fi
 fi
 
-# The live comparisons must not silently skip when Nix is missing.
-export KILN_REQUIRE_NIX=1
+# The live comparisons must not silently skip when Nix is missing, nor the PostgreSQL contract tests without PostgreSQL.
+export KILN_REQUIRE_NIX=1 KILN_REQUIRE_POSTGRES=1
 
 # The end-to-end tests run real Nix 2.3, 2.8, 2.26 and 2.34 in chroots (built once, cached); that needs root.
 if [ "$(id -u)" = 0 ]; then

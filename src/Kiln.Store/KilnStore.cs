@@ -104,7 +104,8 @@ public sealed class KilnStore : IAsyncDisposable
     private static async Task<KilnStore> CreateAsync(StoreOptions options, IMetadataStore metadata, CancellationToken cancellationToken)
     {
         var store = new KilnStore(options, metadata);
-        StoreLog.Opened(options.Logger, options.DataDirectory, options.MetadataUrl ?? "sqlite (in the data directory)");
+        var shown = Kiln.Store.Metadata.Postgres.PostgresConnection.Redact(options.EffectiveMetadataUrl); // never the database's password
+        StoreLog.Opened(options.Logger, options.DataDirectory, shown);
         if (options.MaterialisedAccount is { } account)
         {
             store._materialisedAccountId = await metadata.GetOrCreateAccountAsync(account, cancellationToken).ConfigureAwait(false);

@@ -39,10 +39,10 @@ public sealed record StoreOptions
     /// <summary>Keys trusted for every account's upstream caches (<c>kiln serve --trusted-public-keys</c>).</summary>
     public IReadOnlyList<string> DefaultTrustedPublicKeys { get; init; } = [];
 
-    /// <summary>Where the metadata is (<see cref="Metadata.MetadataStores"/>); by default SQLite in the data directory.</summary>
+    /// <summary>Where the metadata is (<see cref="Metadata.MetadataStores"/>); by default what the data directory is bound to.</summary>
     public string? MetadataUrl { get; init; }
 
-    public string EffectiveMetadataUrl => MetadataUrl ?? Metadata.MetadataStores.DefaultUrl(DataDirectory);
+    public string EffectiveMetadataUrl => MetadataUrl ?? Metadata.MetadataStores.ForDataDirectory(DataDirectory);
 
     /// <summary>Compressed NARs kept as HTTP clients uploaded them (they go when their blob goes).</summary>
     public string NarFilesDirectory => Path.Combine(DataDirectory, "nar-files");

@@ -44,7 +44,7 @@ public class SshTests
     }
 
     // NIX_SSHOPTS: the port, the key, and the host key pinned (StrictHostKeyChecking yes: a wrong host key fails).
-    private static string[] SshEnvironment(NixClient client, KilnProcess kiln, string key)
+    internal static string[] SshEnvironment(NixClient client, KilnProcess kiln, string key)
     {
         var knownHosts = Path.Combine(Path.GetDirectoryName(key)!, "known_hosts");
         File.WriteAllText(knownHosts, kiln.KnownHostsLine + "\n");

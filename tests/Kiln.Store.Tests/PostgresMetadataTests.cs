@@ -200,3 +200,40 @@ public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposa
 
     public void Dispose() => _temp.Dispose();
 }
+
+/// <summary>A data directory bound to a database: what every command given <c>--data</c> then opens.</summary>
+public sealed class MetadataBindingTests : IDisposable
+{
+    private readonly TempDir _temp = new();
+
+    [Fact]
+    public void A_data_directory_is_bound_to_postgresql_privately_and_never_away_from_its_sqlite()
+    {
+        var data = _temp["data"];
+        Directory.CreateDirectory(data);
+        Assert.Equal("sqlite://" + Path.Combine(data, "kiln.db"), MetadataStores.ForDataDirectory(data));
+
+        var password = _temp["password"];
+        File.WriteAllText(password, "pw-from-file\n");
+        MetadataStores.Bind(data, $"postgres://kiln@db.example/kiln?password_file={password}");
+        var bound = MetadataStores.ForDataDirectory(data);
+        var connection = new Npgsql.NpgsqlConnectionStringBuilder(bound);
+        Assert.Equal(("db.example", "kiln", "pw-from-file"), (connection.Host, connection.Database, connection.Password));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(data, MetadataStores.BindingFile)));
+
+        // Bound again (the database moved), the new one wins.
+        MetadataStores.Bind(data, "Host=db2.example;Database=kiln;Password=x");
+        Assert.Equal("db2.example", new Npgsql.NpgsqlConnectionStringBuilder(MetadataStores.ForDataDirectory(data)).Host);
+
+        Assert.Contains("not a PostgreSQL database", Assert.Throws<ArgumentException>(() => MetadataStores.Bind(data, "sqlite:///x.db")).Message, StringComparison.Ordinal);
+
+        // A directory whose SQLite holds its accounts and paths is not silently switched away from them.
+        var embedded = _temp["embedded"];
+        Directory.CreateDirectory(embedded);
+        File.WriteAllText(Path.Combine(embedded, "kiln.db"), "");
+        Assert.Contains("keeps its metadata in kiln.db", Assert.Throws<ArgumentException>(() => MetadataStores.Bind(embedded, "postgres://db/kiln")).Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(Path.Combine(embedded, MetadataStores.BindingFile)));
+    }
+
+    public void Dispose() => _temp.Dispose();
+}

@@ -24,7 +24,7 @@ internal static class AccountCommands
     {
         var directory = Path.GetFullPath(data);
         Directory.CreateDirectory(directory);
-        var metadata = MetadataStores.Open(MetadataStores.DefaultUrl(directory));
+        var metadata = MetadataStores.Open(MetadataStores.ForDataDirectory(directory));
         await metadata.MigrateAsync(cancellationToken).ConfigureAwait(false);
         return metadata;
     }
@@ -226,7 +226,7 @@ internal static class AccountCommands
                 return 0; // not a key Kiln could have: nothing to authorise
             }
 
-            var url = MetadataStores.DefaultUrl(result.GetValue(data)!);
+            var url = MetadataStores.ForDataDirectory(result.GetValue(data)!);
             if (!MetadataStores.Exists(url))
             {
                 return 0;

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Kiln.Server;
 using Kiln.Store;
+using Kiln.Store.Metadata;
 
 namespace Kiln.Cli.Commands;
 
@@ -95,14 +96,32 @@ internal static class ServeCommands
             DefaultValueFactory = _ => "/sys/fs/cgroup",
         };
         var sshUser = new Option<string>("--ssh-user") { Description = "The user SSH clients log in as (created if missing).", DefaultValueFactory = _ => "kiln" };
+        var database = new Option<string?>("--database")
+        {
+            Description = "Keep metadata in PostgreSQL instead of DATA/kiln.db: postgres://USER@HOST[:PORT]/DATABASE[?password_file=FILE&sslmode=…] or " +
+                "Host=…;Database=…; the password from that file or KILN_DATABASE_PASSWORD. Remembered in DATA/database for later starts and other commands.",
+        };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
-            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit,
+            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
             var directory = Path.GetFullPath(result.GetValue(data)!);
+            if (result.GetValue(database) is { Length: > 0 } connection)
+            {
+                try
+                {
+                    Directory.CreateDirectory(directory);
+                    MetadataStores.Bind(directory, connection);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new CommandException(e.Message);
+                }
+            }
+
             long ShareOfDisk(long percent) => Kiln.Agent.DiskGuard.FileSystemBytes(directory) / 100 * percent;
             var options = new ServerOptions
             {

@@ -13,6 +13,50 @@ public static class MetadataStores
     /// <summary>The embedded default for a data directory.</summary>
     public static string DefaultUrl(string dataDirectory) => "sqlite://" + Path.Combine(Path.GetFullPath(dataDirectory), "kiln.db");
 
+    /// <summary>The file in a data directory that names the database it is bound to (<see cref="Bind"/>).</summary>
+    public const string BindingFile = "database";
+
+    /// <summary>
+    /// The metadata a data directory uses: the database <c>kiln serve --database</c> bound it to, or the embedded
+    /// SQLite in it. Every command given <c>--data</c> (accounts, the store's maintenance, sshd's key lookups) asks here,
+    /// so they all reach the database the server uses without being told again.
+    /// </summary>
+    public static string ForDataDirectory(string dataDirectory)
+    {
+        var binding = Path.Combine(Path.GetFullPath(dataDirectory), BindingFile);
+        return File.Exists(binding) ? File.ReadAllText(binding).Trim() : DefaultUrl(dataDirectory);
+    }
+
+    /// <summary>
+    /// Binds a data directory to a PostgreSQL database: its connection, with the password resolved (from a file or
+    /// <c>KILN_DATABASE_PASSWORD</c>), is kept in <see cref="BindingFile"/>, readable by Kiln's user alone (as kiln.db is,
+    /// with its signing keys), for the commands that run without the server's environment (sshd's key lookups).
+    /// </summary>
+    /// <exception cref="ArgumentException">Not a PostgreSQL connection, or the directory already keeps its metadata in SQLite.</exception>
+    public static void Bind(string dataDirectory, string connection)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        if (!PostgresConnection.IsPostgres(connection))
+        {
+            throw new ArgumentException($"'{PostgresConnection.Redact(connection)}' is not a PostgreSQL database (postgres://user@host/database, or Host=…;Database=…)");
+        }
+
+        var directory = Path.GetFullPath(dataDirectory);
+        var binding = Path.Combine(directory, BindingFile);
+        if (!File.Exists(binding) && File.Exists(Path.Combine(directory, "kiln.db")))
+        {
+            // Switching silently would hide every account, key and path the directory's SQLite holds.
+            throw new ArgumentException($"{directory} keeps its metadata in kiln.db (SQLite); start a PostgreSQL front door with a new data directory");
+        }
+
+        var resolved = PostgresConnection.Parse(connection);
+        var temporary = binding + ".tmp";
+        File.WriteAllText(temporary, "");
+        File.SetUnixFileMode(temporary, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        File.WriteAllText(temporary, resolved + "\n");
+        File.Move(temporary, binding, overwrite: true);
+    }
+
     /// <summary>Whether metadata exists at <paramref name="url"/> (a read-only lookup before the first server start finds nothing).</summary>
     public static bool Exists(string url)
     {
