@@ -28,7 +28,7 @@ internal static class DataDirectoryModes
         }
 
         data.UnixFileMode = PassThrough;
-        foreach (var directory in new[] { options.BlobDirectory, options.NarFilesDirectory, Path.Combine(options.DataDirectory, "logs"), options.TemporaryDirectory,
+        foreach (var directory in new[] { options.BlobDirectory, options.BlobCacheDirectory, options.NarFilesDirectory, Path.Combine(options.DataDirectory, "logs"), options.TemporaryDirectory,
             Path.Combine(options.DataDirectory, "keys"), options.MaterialisedRoot })
         {
             Directory.CreateDirectory(directory);

@@ -18,7 +18,7 @@ public sealed class KilnStore : IAsyncDisposable
     {
         Options = options;
         Metadata = metadata;
-        Blobs = new DiskBlobStore(options.BlobDirectory, options.FsyncBlobs);
+        Blobs = BlobStores.Open(options);
         TempRoots = new TempRoots();
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory);
         Logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
@@ -190,6 +190,7 @@ public sealed class KilnStore : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         Upstream.Dispose();
+        (Blobs as IDisposable)?.Dispose();
         await Metadata.DisposeAsync().ConfigureAwait(false);
         _gcLock.Dispose();
     }

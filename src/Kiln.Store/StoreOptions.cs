@@ -49,6 +49,15 @@ public sealed record StoreOptions
 
     public string BlobDirectory => Path.Combine(DataDirectory, "blobs");
 
+    /// <summary>Where blobs are when not in <see cref="BlobDirectory"/> (<see cref="Blobs.BlobStores"/>); by default what the data directory is bound to.</summary>
+    public string? BlobStoreUrl { get; init; }
+
+    /// <summary>Recently used blobs of a remote blob store, kept on local disk.</summary>
+    public string BlobCacheDirectory => Path.Combine(DataDirectory, "blob-cache");
+
+    /// <summary>The most bytes <see cref="BlobCacheDirectory"/> keeps (<c>kiln serve --blob-cache-size</c>).</summary>
+    public long BlobCacheBytes { get; init; } = 10L << 30;
+
     /// <summary>Build logs, one file per build (<see cref="Logs.FileBuildLogStore"/>).</summary>
     public string LogDirectory => Path.Combine(DataDirectory, "logs", "builds");
 

@@ -23,8 +23,7 @@ public static class MetadataStores
     /// </summary>
     public static string ForDataDirectory(string dataDirectory)
     {
-        var binding = Path.Combine(Path.GetFullPath(dataDirectory), BindingFile);
-        return File.Exists(binding) ? File.ReadAllText(binding).Trim() : DefaultUrl(dataDirectory);
+        return DataDirectoryBindings.Read(dataDirectory, BindingFile) ?? DefaultUrl(dataDirectory);
     }
 
     /// <summary>
@@ -49,12 +48,7 @@ public static class MetadataStores
             throw new ArgumentException($"{directory} keeps its metadata in kiln.db (SQLite); start a PostgreSQL front door with a new data directory");
         }
 
-        var resolved = PostgresConnection.Parse(connection);
-        var temporary = binding + ".tmp";
-        File.WriteAllText(temporary, "");
-        File.SetUnixFileMode(temporary, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        File.WriteAllText(temporary, resolved + "\n");
-        File.Move(temporary, binding, overwrite: true);
+        DataDirectoryBindings.Write(directory, BindingFile, PostgresConnection.Parse(connection));
     }
 
     /// <summary>Whether metadata exists at <paramref name="url"/> (a read-only lookup before the first server start finds nothing).</summary>

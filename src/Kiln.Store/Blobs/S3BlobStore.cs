@@ -1,0 +1,379 @@
+using System.Net;
+using System.Runtime.CompilerServices;
+using Amazon.Runtime;
+using Amazon.S3;
+using Amazon.S3.Model;
+using Kiln.Nix.Hashing;
+
+namespace Kiln.Store.Blobs;
+
+/// <summary>
+/// <see cref="IBlobStore"/> in an S3-compatible bucket (AWS S3, R2, MinIO, Garage, Ceph RGW): each blob is the object
+/// <c>PREFIX/blobs/&lt;nix32 sha256&gt;.nar</c>. A writer spools to local disk while it hashes (never a whole NAR in
+/// memory), and commit uploads the spool — multipart beyond 16 MiB, parts read from the file — then checks the object's
+/// size, so an object under a blob's name is complete before any metadata names it; an upload cut short leaves at most
+/// an incomplete multipart upload, which <see cref="CleanAbandonedAsync"/> aborts. Recently used blobs stay on local
+/// disk (<see cref="LocalBlobCache"/>), so the HTTP cache's sendfile path and the agents' input reads stay local;
+/// a blob fetched from the bucket is hashed on the way in and refused if the bucket's copy is not what its name says.
+/// </summary>
+public sealed class S3BlobStore : IBlobStore, IDisposable
+{
+    private const long PartSize = 16L << 20;
+
+    private readonly IAmazonS3 _client;
+    private readonly S3BlobLocation _location;
+    private readonly LocalBlobCache _cache;
+
+    public S3BlobStore(S3BlobLocation location, LocalBlobCache cache)
+    {
+        ArgumentNullException.ThrowIfNull(location);
+        _location = location;
+        _cache = cache;
+        _client = location.CreateClient();
+    }
+
+    private string KeyOf(NixHash hash) => _location.Prefix + "blobs/" + hash.ToNix32() + ".nar";
+
+    // The bucket unreachable or failing is a storage failure (EIO), as the disk's are: every front door reports it
+    // as "Kiln's storage…" and goes on.
+    private static async Task<T> Storage<T>(string what, Func<Task<T>> work)
+    {
+        try
+        {
+            return await work().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is AmazonServiceException or AmazonClientException or HttpRequestException or System.Net.Sockets.SocketException
+            && e is not OperationCanceledException)
+        {
+            throw new IOException($"the blob store could not {what}: {e.Message}", e) { HResult = 5 };
+        }
+    }
+
+    private static bool IsNotFound(AmazonS3Exception e) => e.StatusCode == HttpStatusCode.NotFound;
+
+    private async Task<long?> LengthAsync(NixHash hash, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var head = await _client.GetObjectMetadataAsync(_location.Bucket, KeyOf(hash), cancellationToken).ConfigureAwait(false);
+            return head.ContentLength;
+        }
+        catch (AmazonS3Exception e) when (IsNotFound(e))
+        {
+            return null;
+        }
+    }
+
+    public async ValueTask<bool> HasAsync(NixHash hash, CancellationToken cancellationToken) =>
+        _cache.Contains(hash) || await Storage("be read", () => LengthAsync(hash, cancellationToken)).ConfigureAwait(false) is not null;
+
+    public async ValueTask<BlobSource?> OpenReadAsync(NixHash hash, CancellationToken cancellationToken)
+    {
+        if (_cache.TryOpen(hash) is { } cached)
+        {
+            return BlobSource.FromFile(hash, cached);
+        }
+
+        return await Storage("be read", async () =>
+        {
+            GetObjectResponse response;
+            try
+            {
+                response = await _client.GetObjectAsync(_location.Bucket, KeyOf(hash), cancellationToken).ConfigureAwait(false);
+            }
+            catch (AmazonS3Exception e) when (IsNotFound(e))
+            {
+                return null;
+            }
+
+            using (response)
+            {
+                // Through the local cache: fetched once, hashed on the way, then read (and sent) as a local file.
+                var spool = _cache.NewSpoolPath();
+                try
+                {
+                    await using (var file = SpoolFile(spool))
+                    using (var hashing = new HashingSink(NixHashAlgorithm.Sha256))
+                    {
+                        var buffer = new byte[1 << 20];
+                        int read;
+                        while ((read = await response.ResponseStream.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                        {
+                            hashing.Append(buffer.AsSpan(0, read));
+                            file.Write(buffer, 0, read);
+                        }
+
+                        if (hashing.Finish() != hash)
+                        {
+                            throw new IOException($"the blob store's copy of {hash.ToNix32()} is not what its name says (changed or damaged in the bucket)")
+                            {
+                                HResult = 5,
+                            };
+                        }
+                    }
+
+                    if (_cache.Limit > 0)
+                    {
+                        _cache.Adopt(hash, spool);
+                        if (_cache.TryOpen(hash) is { } adopted)
+                        {
+                            return BlobSource.FromFile(hash, adopted);
+                        }
+                    }
+
+                    // Not kept (no cache, or larger than it): read from the spool, which goes when the reader is done.
+                    var once = new FileStream(spool, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, bufferSize: 0,
+                        FileOptions.Asynchronous | FileOptions.SequentialScan | FileOptions.DeleteOnClose);
+                    return BlobSource.FromFile(hash, once);
+                }
+                catch
+                {
+                    File.Delete(spool);
+                    throw;
+                }
+            }
+        }).ConfigureAwait(false);
+    }
+
+    private static FileStream SpoolFile(string path) => new(path, new FileStreamOptions
+    {
+        Mode = FileMode.CreateNew,
+        Access = FileAccess.Write,
+        Share = FileShare.None,
+        BufferSize = 0,
+        UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+    });
+
+    public IBlobWriter CreateWriter() => new Writer(this);
+
+    public async ValueTask<bool> DeleteAsync(NixHash hash, CancellationToken cancellationToken)
+    {
+        _cache.Forget(hash);
+        return await Storage("delete a blob", async () =>
+        {
+            if (await LengthAsync(hash, cancellationToken).ConfigureAwait(false) is null)
+            {
+                return false;
+            }
+
+            await _client.DeleteObjectAsync(_location.Bucket, KeyOf(hash), cancellationToken).ConfigureAwait(false);
+            return true;
+        }).ConfigureAwait(false);
+    }
+
+    public async IAsyncEnumerable<StoredBlob> ListAsync([EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        var prefix = _location.Prefix + "blobs/";
+        string? continuation = null;
+        do
+        {
+            var page = await Storage("be listed", () => _client.ListObjectsV2Async(new ListObjectsV2Request
+            {
+                BucketName = _location.Bucket,
+                Prefix = prefix,
+                ContinuationToken = continuation,
+            }, cancellationToken)).ConfigureAwait(false);
+            foreach (var item in page.S3Objects ?? [])
+            {
+                var name = item.Key[prefix.Length..];
+                if (name.EndsWith(".nar", StringComparison.Ordinal) && !name.Contains('/', StringComparison.Ordinal)
+                    && LocalBlobCache.BlobName(name[..^4]) is { } hash)
+                {
+                    yield return new StoredBlob(hash, item.Size ?? 0, item.LastModified ?? DateTime.UtcNow);
+                }
+            }
+
+            continuation = page.IsTruncated == true ? page.NextContinuationToken : null;
+        }
+        while (continuation is not null);
+    }
+
+    public async ValueTask<int> CleanAbandonedAsync(TimeSpan age, CancellationToken cancellationToken)
+    {
+        var removed = 0;
+        foreach (var file in Directory.EnumerateFiles(_cache.SpoolDirectory))
+        {
+            if (DateTime.UtcNow - File.GetLastWriteTimeUtc(file) >= age)
+            {
+                File.Delete(file);
+                removed++;
+            }
+        }
+
+        // Multipart uploads a server began and never finished (it was killed mid-NAR): their parts cost storage
+        // until aborted, and nothing else would ever remove them.
+        return removed + await Storage("be cleaned", async () =>
+        {
+            ListMultipartUploadsResponse uploads;
+            try
+            {
+                uploads = await _client.ListMultipartUploadsAsync(new ListMultipartUploadsRequest { BucketName = _location.Bucket, Prefix = _location.Prefix + "blobs/" },
+                    cancellationToken).ConfigureAwait(false);
+            }
+            catch (AmazonS3Exception e) when (e.StatusCode == HttpStatusCode.NotImplemented)
+            {
+                return 0; // a server without the listing (s3rver): its own housekeeping has to do
+            }
+
+            var aborted = 0;
+            foreach (var upload in uploads.MultipartUploads ?? [])
+            {
+                if (DateTime.UtcNow - (upload.Initiated ?? DateTime.UtcNow).ToUniversalTime() >= age)
+                {
+                    await _client.AbortMultipartUploadAsync(_location.Bucket, upload.Key, upload.UploadId, cancellationToken).ConfigureAwait(false);
+                    aborted++;
+                }
+            }
+
+            return aborted;
+        }).ConfigureAwait(false);
+    }
+
+    // One PUT up to a part's size; beyond it a multipart upload, parts read from the spool file (never the whole blob in
+    // memory), up to 4 at once. Unchunked: every S3-compatible server understands it (s3rver keeps aws-chunked bodies
+    // verbatim), and the SDK then signs each body's SHA-256, so the server checks what it got.
+    private async Task UploadAsync(string file, long length, string key, CancellationToken cancellationToken)
+    {
+        if (length <= PartSize)
+        {
+            await _client.PutObjectAsync(new PutObjectRequest
+            {
+                BucketName = _location.Bucket,
+                Key = key,
+                FilePath = file,
+                ContentType = "application/x-nix-nar",
+                UseChunkEncoding = false,
+            }, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        var upload = await _client.InitiateMultipartUploadAsync(new InitiateMultipartUploadRequest
+        {
+            BucketName = _location.Bucket,
+            Key = key,
+            ContentType = "application/x-nix-nar",
+        }, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var parts = (int)((length + PartSize - 1) / PartSize);
+            var etags = new PartETag[parts];
+            using var slots = new SemaphoreSlim(4);
+            await Task.WhenAll(Enumerable.Range(0, parts).Select(async index =>
+            {
+                await slots.WaitAsync(cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    var response = await _client.UploadPartAsync(new UploadPartRequest
+                    {
+                        BucketName = _location.Bucket,
+                        Key = key,
+                        UploadId = upload.UploadId,
+                        PartNumber = index + 1,
+                        FilePath = file,
+                        FilePosition = index * PartSize,
+                        PartSize = Math.Min(PartSize, length - (index * PartSize)),
+                        UseChunkEncoding = false,
+                    }, cancellationToken).ConfigureAwait(false);
+                    etags[index] = new PartETag(index + 1, response.ETag);
+                }
+                finally
+                {
+                    slots.Release();
+                }
+            })).ConfigureAwait(false);
+            await _client.CompleteMultipartUploadAsync(new CompleteMultipartUploadRequest
+            {
+                BucketName = _location.Bucket,
+                Key = key,
+                UploadId = upload.UploadId,
+                PartETags = [.. etags],
+            }, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            // Its parts would cost storage for ever; a server killed before this runs leaves them to CleanAbandonedAsync.
+            await _client.AbortMultipartUploadAsync(_location.Bucket, key, upload.UploadId, CancellationToken.None).ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    public void Dispose() => _client.Dispose();
+
+    /// <summary>A blob spooled to local disk while it is hashed, uploaded on commit, then kept in the local cache.</summary>
+    private sealed class Writer(S3BlobStore store) : IBlobWriter
+    {
+        private readonly string _path = store._cache.NewSpoolPath();
+        private readonly HashingSink _hash = new(NixHashAlgorithm.Sha256);
+        private FileStream? _file;
+        private NixHash? _completed;
+        private long _length;
+        private bool _committed;
+
+        public long Length => _completed is null ? _hash.BytesWritten : _length;
+
+        public void Write(ReadOnlySpan<byte> data)
+        {
+            if (_completed is not null)
+            {
+                throw new InvalidOperationException("the blob is complete");
+            }
+
+            _file ??= SpoolFile(_path);
+            _hash.Append(data);
+            _file.Write(data);
+        }
+
+        public ValueTask<NixHash> CompleteAsync(CancellationToken cancellationToken)
+        {
+            if (_completed is null)
+            {
+                (_file ??= SpoolFile(_path)).Dispose();
+                _length = _hash.BytesWritten;
+                _completed = _hash.Finish();
+            }
+
+            return ValueTask.FromResult(_completed.Value);
+        }
+
+        public async ValueTask CommitAsync(CancellationToken cancellationToken)
+        {
+            var hash = await CompleteAsync(cancellationToken).ConfigureAwait(false);
+            if (_committed)
+            {
+                return;
+            }
+
+            var length = Length;
+            await Storage("store a blob", async () =>
+            {
+                // Content stored already (by any path, account or front door) is not sent again.
+                if (await store.LengthAsync(hash, cancellationToken).ConfigureAwait(false) is not { } stored || stored != length)
+                {
+                    await store.UploadAsync(_path, length, store.KeyOf(hash), cancellationToken).ConfigureAwait(false);
+                    if (await store.LengthAsync(hash, cancellationToken).ConfigureAwait(false) is { } kept && kept != length)
+                    {
+                        // Never name an object whose bytes are not the blob's (a server that kept a transfer encoding, say).
+                        await store._client.DeleteObjectAsync(store._location.Bucket, store.KeyOf(hash), cancellationToken).ConfigureAwait(false);
+                        throw new IOException($"the blob store kept {hash.ToNix32()} as {kept} bytes, not the {length} sent") { HResult = 5 };
+                    }
+                }
+
+                return true;
+            }).ConfigureAwait(false);
+            store._cache.Adopt(hash, _path);
+            _committed = true;
+        }
+
+        public ValueTask DisposeAsync()
+        {
+            _file?.Dispose();
+            _hash.Dispose();
+            if (!_committed)
+            {
+                File.Delete(_path);
+            }
+
+            return ValueTask.CompletedTask;
+        }
+    }
+}
