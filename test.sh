@@ -22,8 +22,19 @@ if ! dpkg -s $packages > /dev/null 2>&1; then
   fi
 fi
 
-# The live comparisons must not silently skip when Nix is missing, nor the PostgreSQL contract tests without PostgreSQL.
-export KILN_REQUIRE_NIX=1 KILN_REQUIRE_POSTGRES=1
+# s3rver (npm): the S3-speaking server the S3 blob-store tests start on loopback.
+if ! command -v s3rver > /dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    command -v npm > /dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm > /dev/null
+    npm install -g --silent s3rver@3.7.1 > /dev/null
+  else
+    echo "the S3 tests need s3rver: run 'sudo npm install -g s3rver@3.7.1' first" >&2
+    exit 1
+  fi
+fi
+
+# The live comparisons must not silently skip when Nix is missing, nor the PostgreSQL and S3 tests without their servers.
+export KILN_REQUIRE_NIX=1 KILN_REQUIRE_POSTGRES=1 KILN_REQUIRE_S3=1
 
 # The end-to-end tests run real Nix 2.3, 2.8, 2.26 and 2.34 in chroots (built once, cached); that needs root.
 if [ "$(id -u)" = 0 ]; then

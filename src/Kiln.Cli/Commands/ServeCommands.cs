@@ -101,20 +101,36 @@ internal static class ServeCommands
             Description = "Keep metadata in PostgreSQL instead of DATA/kiln.db: postgres://USER@HOST[:PORT]/DATABASE[?password_file=FILE&sslmode=…] or " +
                 "Host=…;Database=…; the password from that file or KILN_DATABASE_PASSWORD. Remembered in DATA/database for later starts and other commands.",
         };
+        var blobs = new Option<string?>("--blobs")
+        {
+            Description = "Keep NARs in an S3-compatible bucket instead of DATA/blobs: s3://BUCKET/PREFIX?region=…&endpoint=https://…; credentials from " +
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the AWS shared credentials file, or &credentials_file=FILE&profile=NAME. Remembered in DATA/blob-store.",
+        };
+        var blobCache = new Option<string>("--blob-cache-size")
+        {
+            Description = "With --blobs: the most bytes of recently used NARs kept on local disk in DATA/blob-cache (SIZE, N% of the data directory's file system, or 0; default 10GiB).",
+            DefaultValueFactory = _ => "10GiB",
+        };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
-            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database,
+            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
             var directory = Path.GetFullPath(result.GetValue(data)!);
-            if (result.GetValue(database) is { Length: > 0 } connection)
+            // What the data directory is bound to (its database, its bucket), remembered for later starts and other commands.
+            void Bind(string? target, Action<string, string> bind)
             {
+                if (string.IsNullOrEmpty(target))
+                {
+                    return;
+                }
+
                 try
                 {
                     Directory.CreateDirectory(directory);
-                    MetadataStores.Bind(directory, connection);
+                    bind(directory, target);
                 }
                 catch (ArgumentException e)
                 {
@@ -122,6 +138,8 @@ internal static class ServeCommands
                 }
             }
 
+            Bind(result.GetValue(database), MetadataStores.Bind);
+            Bind(result.GetValue(blobs), Kiln.Store.Blobs.BlobStores.Bind);
             long ShareOfDisk(long percent) => Kiln.Agent.DiskGuard.FileSystemBytes(directory) / 100 * percent;
             var options = new ServerOptions
             {
@@ -158,6 +176,7 @@ internal static class ServeCommands
                 DataDirectory = directory,
                 DefaultSubstituters = result.GetValue(substituters)!.Split(' ', StringSplitOptions.RemoveEmptyEntries),
                 DefaultTrustedPublicKeys = result.GetValue(trustedKeys)!.Split(' ', StringSplitOptions.RemoveEmptyEntries),
+                BlobCacheBytes = Size(result.GetValue(blobCache)!, ShareOfDisk, "the data directory's file system"),
             };
             return await KilnServer.RunAsync(options, storeOptions, cancellationToken).ConfigureAwait(false);
         });
