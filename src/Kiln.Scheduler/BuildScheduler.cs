@@ -137,8 +137,18 @@ public sealed partial class BuildScheduler
         await Task.Yield();
         long id = 0;
         var outcome = BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"Kiln failed to build '{job.DrvPath}'");
+        var claimed = false;
         try
         {
+            if (await ClaimOrAwaitElsewhereAsync(step, accountId).ConfigureAwait(false) is { } elsewhere)
+            {
+                step.Started(elsewhere.BuildId, null);
+                step.Dispose();
+                Finished(step.Key, elsewhere);
+                return elsewhere;
+            }
+
+            claimed = true;
             id = await Builds.StartBuildAsync(step.Key, job.DrvPath.BaseName, accountId, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), CancellationToken.None).ConfigureAwait(false);
             step.Started(id, Logs.Create(id));
             var ticket = Queue.Offer(new JobOffer(id, job, requirements, step));
@@ -177,24 +187,143 @@ public sealed partial class BuildScheduler
         }
         finally
         {
-            lock (_runningGate)
+            // After the record: a front door waiting on the claim finds the build's end before it could claim the step.
+            if (claimed)
             {
-                _running.Remove(step.Key);
-                if (outcome.Succeeded)
-                {
-                    if (_recent.Count > 10_000)
-                    {
-                        _recent.Clear();
-                    }
-
-                    _recent[step.Key] = new StepOutcome(outcome, id, Reused: false);
-                }
+                _claimed.TryRemove(step.Key, out _);
+                await ReleaseClaimAsync(step.Key).ConfigureAwait(false);
             }
+
+            Finished(step.Key, new StepOutcome(outcome, id, Reused: false));
         }
 
         LogBuildDone(_logger, job.DrvPath.FullPath, id, outcome.Succeeded ? "built" : outcome.Failure.ToString(), (outcome.StopTime - outcome.StartTime).TotalSeconds);
         return new StepOutcome(outcome, id, Reused: false);
     }
+
+    private void Finished(string key, StepOutcome outcome)
+    {
+        lock (_runningGate)
+        {
+            _running.Remove(key);
+            if (outcome.Outcome.Succeeded)
+            {
+                if (_recent.Count > 10_000)
+                {
+                    _recent.Clear();
+                }
+
+                _recent[key] = outcome with { Reused = false };
+            }
+        }
+    }
+
+    // Steps this front door holds a claim on, renewed by KeepClaimsAsync.
+    private readonly ConcurrentDictionary<string, bool> _claimed = new();
+
+    /// <summary>
+    /// Claims the step for this front door (null: build it here), or — while another front door on the same database
+    /// holds it — waits for that build's end and returns its outcome as reused (the client's log gets one line saying
+    /// so; the other front door has the build's own log). A build that failed there, or a claim that lapsed because its
+    /// front door went away, is claimed and built here.
+    /// </summary>
+    private async Task<StepOutcome?> ClaimOrAwaitElsewhereAsync(RunningStep step, long accountId)
+    {
+        var told = false;
+        while (true)
+        {
+            var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            var claimed = await Builds.ClaimStepAsync(step.Key, Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, now, CancellationToken.None)
+                .ConfigureAwait(false);
+
+            // Looked at after a claim too: another front door may have finished the step (its record is written before
+            // its claim goes) between this request's look for a build and the claim.
+            if (await Builds.FindSuccessfulBuildAsync(step.Key, CancellationToken.None).ConfigureAwait(false) is { } record)
+            {
+                if (claimed)
+                {
+                    await ReleaseClaimAsync(step.Key).ConfigureAwait(false);
+                }
+
+                await Builds.AddBuildAccountAsync(record.Id, accountId, CancellationToken.None).ConfigureAwait(false);
+                var outcome = new BuildOutcome
+                {
+                    Outputs = record.Outputs.Select(FromRecord).ToList(),
+                    StartTime = DateTimeOffset.FromUnixTimeSeconds(record.Started),
+                    StopTime = DateTimeOffset.FromUnixTimeSeconds(record.Stopped),
+                };
+                return new StepOutcome(outcome, record.Id, Reused: true);
+            }
+
+            if (claimed)
+            {
+                _claimed[step.Key] = true;
+                return null;
+            }
+
+            if (!told)
+            {
+                step.Line($"kiln: another Kiln front door is building '{step.DrvPath}'; waiting for it");
+                told = true;
+            }
+
+            await Task.Delay(Options.ClaimPoll, step.Cancellation).ConfigureAwait(false);
+        }
+    }
+
+    private async Task ReleaseClaimAsync(string key)
+    {
+        try
+        {
+            await Builds.ReleaseStepClaimsAsync(Options.FrontDoor, key, CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // the claim lapses by itself; a front door waiting for it only waits longer
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            LogClaimError(_logger, e);
+        }
+    }
+
+    /// <summary>
+    /// Until <paramref name="stopping"/>: renews this front door's step claims every third of a lease, and fails the
+    /// builds still recorded as running whose claims lapsed (their front door went away).
+    /// </summary>
+    public async Task KeepClaimsAsync(CancellationToken stopping)
+    {
+        try
+        {
+            while (!stopping.IsCancellationRequested)
+            {
+                await Task.Delay(Options.ClaimLease / 3, stopping).ConfigureAwait(false);
+                try
+                {
+                    var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+                    await Builds.RenewStepClaimsAsync(_claimed.Keys.ToList(), Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, stopping).ConfigureAwait(false);
+                    var abandoned = await Builds.AbandonRunningBuildsAsync("the Kiln front door running this build went away", now, stopping).ConfigureAwait(false);
+                    if (abandoned > 0)
+                    {
+                        LogAbandonedElsewhere(_logger, abandoned);
+                    }
+                }
+#pragma warning disable CA1031 // the database unreachable for a moment: try again at the next round
+                catch (Exception e) when (e is not OperationCanceledException)
+#pragma warning restore CA1031
+                {
+                    LogClaimError(_logger, e);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+        }
+    }
+
+    [LoggerMessage(EventId = LogEvents.StepClaimFailed, Level = LogLevel.Warning, Message = "step claims could not be kept up to date")]
+    private static partial void LogClaimError(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = LogEvents.BuildsAbandonedElsewhere, Level = LogLevel.Warning, Message = "{Count} builds of a Kiln front door that went away are recorded as failed")]
+    private static partial void LogAbandonedElsewhere(ILogger logger, int count);
 
     internal static BuildOutputRecord ToRecord(BuiltOutput output) =>
         new(output.Name, output.Path, output.NarHash, output.NarSize, output.References, output.ContentAddress);

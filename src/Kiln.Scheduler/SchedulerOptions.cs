@@ -24,4 +24,16 @@ public sealed record SchedulerOptions
 
     /// <summary>Log lines kept in memory per running build, for sessions that join it late.</summary>
     public int JoinBacklogLines { get; init; } = 10_000;
+
+    /// <summary>
+    /// This front door's name in step claims (<see cref="Kiln.Store.Metadata.IBuildMetadata.ClaimStepAsync"/>), the same
+    /// from one start to the next (its host and data directory), so a restart can release what it held before.
+    /// </summary>
+    public string FrontDoor { get; init; } = $"{Environment.MachineName}:{Environment.ProcessId}";
+
+    /// <summary>How long a step claim lasts unless renewed: a front door that stops renewing (killed, cut off) loses its steps after this.</summary>
+    public TimeSpan ClaimLease { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How often a step another front door builds is looked at, for its end or a lapsed claim.</summary>
+    public TimeSpan ClaimPoll { get; init; } = TimeSpan.FromMilliseconds(500);
 }

@@ -30,6 +30,11 @@ public static partial class KilnServer
         {
             await store.ReconcileMaterialisedAsync(cancellationToken).ConfigureAwait(false);
             var logger = loggers.CreateLogger("Kiln.Scheduler");
+
+            // This front door's name in step claims: the same at every start, so what a previous run held is released
+            // here, and its builds (with those of any front door whose claims lapsed) are recorded as failed.
+            var frontDoor = $"{Environment.MachineName}:{options.DataDirectory}";
+            await store.Builds.ReleaseStepClaimsAsync(frontDoor, null, cancellationToken).ConfigureAwait(false);
             var abandoned = await store.Builds.AbandonRunningBuildsAsync("the Kiln server stopped while it ran", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), cancellationToken)
                 .ConfigureAwait(false);
             if (abandoned > 0)
@@ -52,7 +57,11 @@ public static partial class KilnServer
                 BuildMemory = options.BuildMemory,
                 BuildProcesses = options.BuildProcesses,
                 BuildDisk = options.BuildDisk,
+                FrontDoor = frontDoor,
+                ClaimLease = options.StepClaimLease,
             }, buildKey, logger);
+            using var stopClaims = new CancellationTokenSource();
+            var claims = scheduler.KeepClaimsAsync(stopClaims.Token);
             var agent = new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, executor.Slots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4);
             await using (agent.ConfigureAwait(false))
             {
@@ -79,6 +88,8 @@ public static partial class KilnServer
             }
 
             await DrainAsync(scheduler, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
+            await stopClaims.CancelAsync().ConfigureAwait(false);
+            await claims.ConfigureAwait(false);
         }
 
         return 0;

@@ -18,6 +18,9 @@ public sealed record ServerOptions
     /// <summary>How long running sessions get to finish when the server stops.</summary>
     public TimeSpan ShutdownGrace { get; init; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>How long this front door's step claims last unless renewed (<c>--step-claim-lease</c>).</summary>
+    public TimeSpan StepClaimLease { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>The systems the embedded agent builds for (Nix's <c>system</c> and <c>extra-platforms</c>).</summary>
     public IReadOnlyList<string> Systems { get; init; } = ["x86_64-linux"];
 

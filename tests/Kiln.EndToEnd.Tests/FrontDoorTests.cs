@@ -15,18 +15,34 @@ namespace Kiln.EndToEnd.Tests;
 /// </summary>
 public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
 {
+    // Two front doors, A and B, each with a data directory of its own, on a fresh database and a fresh bucket.
+    private (string Database, string Bucket, KilnProcess A, KilnProcess B) TwoFrontDoors(bool http, params string[] more)
+    {
+        postgres.Require();
+        s3.Require();
+        var database = postgres.CreateDatabase();
+        var bucket = s3.NewLocation();
+        string[] shared = ["--database", database, "--blobs", bucket, .. more];
+        var a = new KilnProcess(ssh: true, http: http, arguments: shared);
+        try
+        {
+            return (database, bucket, a, new KilnProcess(ssh: true, http: http, arguments: shared));
+        }
+        catch
+        {
+            a.Dispose();
+            throw;
+        }
+    }
+
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public async Task Two_front_doors_on_one_database_and_one_bucket_serve_the_same_store(string version)
     {
         var client = NixClient.For(version);
-        postgres.Require();
-        s3.Require();
-        var database = postgres.CreateDatabase();
-        var bucket = s3.NewLocation();
-        string[] shared = ["--database", database, "--blobs", bucket, "--blob-cache-size", "64MiB"];
-        using var a = new KilnProcess(ssh: true, http: true, arguments: shared);
-        using var b = new KilnProcess(ssh: true, http: true, arguments: shared);
+        var (database, bucket, a, b) = TwoFrontDoors(http: true, "--blob-cache-size", "64MiB");
+        using var doorA = a;
+        using var doorB = b;
         using var workspace = client.NewWorkspace();
 
         // Account, key and token made through A's data directory; used through B.
@@ -47,7 +63,7 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         var dag = Dag.Write(client, workspace, "doordag", depth: 2, width: 3, salt: Guid.NewGuid().ToString("N"));
         string[] evalStore = client.Is23 ? [] : ["--eval-store", "auto"];
         client.Ok(a, [.. alice.Environment, "nix", "build", .. evalStore, "--store", "ssh-ng://kiln@127.0.0.1", "-f", dag, "--no-link"]);
-        string[] throughB = [.. SshTests.SshEnvironment(client, b, alice.KeyFile)];
+        var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
         var outputs = client.Ok(b, [.. throughB, "nix", "path-info", .. evalStore, "--store", "ssh-ng://kiln@127.0.0.1", "-f", dag]).StdoutText
             .Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(3, outputs.Length); // the last layer's three derivations
@@ -65,5 +81,87 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         {
             Assert.Empty(Directory.EnumerateFiles(Path.Combine(door.DataDirectory, "blobs"), "*.nar", SearchOption.AllDirectories));
         }
+    }
+
+    // One scheduler across front doors: the step's claim is in the database, so a DAG asked for through A and B at
+    // once is built once, derivation by derivation, whichever front door got there first.
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task A_dag_built_through_two_front_doors_at_once_is_built_once(string version)
+    {
+        var client = NixClient.For(version);
+        var (database, _, a, b) = TwoFrontDoors(http: false);
+        using var doorA = a;
+        using var doorB = b;
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, a, "alice");
+        var throughA = alice.Environment;
+        var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
+
+        var dag = Dag.Write(client, workspace, "oncedag", depth: 3, width: 4, salt: Guid.NewGuid().ToString("N"));
+        string[] evalStore = client.Is23 ? [] : ["--eval-store", "auto"];
+        string[] build = ["nix", "build", .. evalStore, "--store", "ssh-ng://kiln@127.0.0.1", "-f", dag, "--no-link"];
+        using var first = client.Start(a, [.. throughA, .. build]);
+        using var second = client.Start(b, [.. throughB, .. build]);
+        var outputs = await Task.WhenAll(first.StandardError.ReadToEndAsync(), second.StandardError.ReadToEndAsync());
+        await Task.WhenAll(first.WaitForExitAsync(), second.WaitForExitAsync());
+        Assert.True(first.ExitCode == 0, outputs[0] + a.Log + b.Log);
+        Assert.True(second.ExitCode == 0, outputs[1] + a.Log + b.Log);
+
+        await using var metadata = MetadataStores.Open(database);
+        var builds = await metadata.ListBuildsAsync(null, 1000, CancellationToken.None);
+        Assert.All(builds, r => Assert.True(r.Succeeded, r.Error));
+        Assert.Equal(12, builds.Count);
+        Assert.Equal(12, builds.Select(r => r.DrvPath).Distinct().Count());
+    }
+
+    // A front door killed in the middle of a build: its claim lapses and another front door builds the step for the
+    // client waiting there, which simply succeeds; the lost front door's build is recorded as failed, once.
+    [Fact]
+    public async Task When_a_front_door_is_killed_mid_build_another_takes_the_build_over()
+    {
+        var client = NixClient.For("2.8.0");
+        var (database, _, a, b) = TwoFrontDoors(http: false, "--step-claim-lease", "4");
+        using var doorA = a;
+        using var doorB = b;
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, a, "alice");
+        var throughA = alice.Environment;
+        var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
+
+        var slow = Dag.WriteSingle(client, workspace, "slow", $"echo {Guid.NewGuid():N}; sleep 8; mkdir $out");
+        string[] build = ["nix", "build", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1", "-f", slow, "--no-link"];
+        using var onA = client.Start(a, [.. throughA, .. build]);
+        await using var metadata = MetadataStores.Open(database);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (!(await metadata.ListBuildsAsync(null, 10, CancellationToken.None)).Any(r => r.Running))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the build never started on A");
+            await Task.Delay(100);
+        }
+
+        using var onB = client.Start(b, [.. throughB, .. build]);
+        var bErrors = onB.StandardError.ReadToEndAsync();
+        await Task.Delay(1500); // B is waiting on A's claim
+        a.Kill();
+        await onB.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(90));
+        Assert.True(onB.ExitCode == 0, await bErrors);
+        await onA.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.NotEqual(0, onA.ExitCode);
+
+        // The lost build is recorded as failed by B once A's claim has lapsed (B looks every third of a lease).
+        var builds = await metadata.ListBuildsAsync(null, 10, CancellationToken.None);
+        deadline = DateTime.UtcNow + TimeSpan.FromSeconds(15);
+        while (builds.Any(r => r.Running) && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(200);
+            builds = await metadata.ListBuildsAsync(null, 10, CancellationToken.None);
+        }
+
+        Assert.Equal(2, builds.Count);
+        Assert.Single(builds, r => r.Succeeded);
+        var lost = Assert.Single(builds, r => !r.Succeeded);
+        Assert.False(lost.Running);
+        Assert.Contains("went away", lost.Error, StringComparison.Ordinal);
     }
 }

@@ -43,10 +43,11 @@ public class SshTests
         return $"{directory}/key";
     }
 
-    // NIX_SSHOPTS: the port, the key, and the host key pinned (StrictHostKeyChecking yes: a wrong host key fails).
+    // NIX_SSHOPTS: the port, the key, and the host key pinned (StrictHostKeyChecking yes: a wrong host key fails). A
+    // known_hosts file per server, so one key can reach several (front doors).
     internal static string[] SshEnvironment(NixClient client, KilnProcess kiln, string key)
     {
-        var knownHosts = Path.Combine(Path.GetDirectoryName(key)!, "known_hosts");
+        var knownHosts = Path.Combine(Path.GetDirectoryName(key)!, $"known_hosts-{kiln.SshPort}");
         File.WriteAllText(knownHosts, kiln.KnownHostsLine + "\n");
         File.WriteAllText(client.HostPath(knownHosts), kiln.KnownHostsLine + "\n");
         return ["env", $"NIX_SSHOPTS=-p {kiln.SshPort} -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={knownHosts} -o LogLevel=ERROR"];

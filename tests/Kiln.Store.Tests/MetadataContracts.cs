@@ -426,4 +426,41 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.True((await store.GetBuildAsync(alice, finished, default))!.Succeeded);
         Assert.Equal(0, await store.AbandonRunningBuildsAsync("again", 10, default));
     }
+
+    [Fact]
+    public async Task A_step_is_claimed_by_one_front_door_until_its_claim_lapses()
+    {
+        await using var store = await CreateAsync();
+        Assert.True(await store.ClaimStepAsync("k", "door-a", expires: 130, now: 100, default));
+        Assert.False(await store.ClaimStepAsync("k", "door-b", expires: 135, now: 105, default));
+        Assert.True(await store.ClaimStepAsync("k", "door-a", expires: 140, now: 110, default)); // its own: renewed
+        Assert.True(await store.ClaimStepAsync("other", "door-b", expires: 140, now: 110, default));
+
+        // Renewed in one statement, only the owner's.
+        await store.RenewStepClaimsAsync(["k", "other"], "door-a", expires: 170, default);
+        Assert.False(await store.ClaimStepAsync("k", "door-b", expires: 180, now: 150, default));
+        Assert.True(await store.ClaimStepAsync("other", "door-c", expires: 180, now: 150, default)); // door-b's lapsed at 140
+
+        // A running build is abandoned only once no live claim covers its step.
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var build = await store.StartBuildAsync("k", "k.drv", alice, 100, default);
+        Assert.Equal(0, await store.AbandonRunningBuildsAsync("its front door went away", 160, default));
+        Assert.Equal(1, await store.AbandonRunningBuildsAsync("its front door went away", 171, default));
+        Assert.False((await store.GetBuildAsync(alice, build, default))!.Running);
+
+        // Released: by step, or all of an owner's at once (a front door starting again).
+        await store.ReleaseStepClaimsAsync("door-a", "k", default);
+        Assert.True(await store.ClaimStepAsync("k", "door-b", expires: 200, now: 160, default));
+        await store.ReleaseStepClaimsAsync("door-b", null, default);
+        Assert.True(await store.ClaimStepAsync("k", "door-a", expires: 200, now: 160, default));
+        Assert.False(await store.ClaimStepAsync("other", "door-a", expires: 200, now: 160, default)); // door-c's, live
+    }
+
+    [Fact]
+    public async Task Of_front_doors_claiming_a_step_at_once_exactly_one_gets_it()
+    {
+        await using var store = await CreateAsync();
+        var claims = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => Task.Run(() => store.ClaimStepAsync("k", $"door-{i}", 200, 100, default))));
+        Assert.Single(claims, c => c);
+    }
 }

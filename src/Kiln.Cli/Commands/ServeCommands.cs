@@ -111,10 +111,16 @@ internal static class ServeCommands
             Description = "With --blobs: the most bytes of recently used NARs kept on local disk in DATA/blob-cache (SIZE, N% of the data directory's file system, or 0; default 10GiB).",
             DefaultValueFactory = _ => "10GiB",
         };
+        var claimLease = new Option<int>("--step-claim-lease")
+        {
+            Description = "With several front doors on one database: seconds a front door's claim on a build lasts unless renewed, so the builds of one " +
+                "that went away (killed, cut off) are taken over by another after this (default 30).",
+            DefaultValueFactory = _ => 30,
+        };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
-            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache,
+            fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -169,6 +175,7 @@ internal static class ServeCommands
                     Allowed = (result.GetValue(fodAllow) ?? []).Select(ParseRange).ToList(),
                 },
                 BlobSweepInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(blobSweep))),
+                StepClaimLease = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(claimLease))),
                 Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess() with { MaxDownloadBytes = Math.Max(1, result.GetValue(fetchMax)) },
             };
             var storeOptions = new StoreOptions

@@ -146,6 +146,30 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
 
     public IBlobWriter CreateWriter() => new Writer(this);
 
+    // Never commit a blob whose object is not whole: a server that kept a transfer encoding, or one that writes an
+    // object in place while another front door uploads the same content (s3rver does; S3 replaces objects atomically),
+    // shows another size. The key is the content's hash, so any upload that completes is right: wait a little for it,
+    // and never delete what may be another front door's good copy.
+    private async Task ExpectLengthAsync(NixHash hash, long length, CancellationToken cancellationToken)
+    {
+        long? kept = null;
+        for (var attempt = 0; attempt < 20; attempt++)
+        {
+            kept = await LengthAsync(hash, cancellationToken).ConfigureAwait(false);
+            if (kept == length)
+            {
+                return;
+            }
+
+            await Task.Delay(100, cancellationToken).ConfigureAwait(false);
+        }
+
+        throw new IOException($"the blob store kept {hash.ToNix32()} as {kept?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "nothing"}, not the {length} bytes sent")
+        {
+            HResult = 5,
+        };
+    }
+
     public async ValueTask<bool> DeleteAsync(NixHash hash, CancellationToken cancellationToken)
     {
         _cache.Forget(hash);
@@ -350,12 +374,7 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
                 if (await store.LengthAsync(hash, cancellationToken).ConfigureAwait(false) is not { } stored || stored != length)
                 {
                     await store.UploadAsync(_path, length, store.KeyOf(hash), cancellationToken).ConfigureAwait(false);
-                    if (await store.LengthAsync(hash, cancellationToken).ConfigureAwait(false) is { } kept && kept != length)
-                    {
-                        // Never name an object whose bytes are not the blob's (a server that kept a transfer encoding, say).
-                        await store._client.DeleteObjectAsync(store._location.Bucket, store.KeyOf(hash), cancellationToken).ConfigureAwait(false);
-                        throw new IOException($"the blob store kept {hash.ToNix32()} as {kept} bytes, not the {length} sent") { HResult = 5 };
-                    }
+                    await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
                 }
 
                 return true;

@@ -61,8 +61,24 @@ public interface IBuildMetadata
     /// <summary>Records that the build is (also) for <paramref name="account"/> (it joined, or reused the outputs).</summary>
     Task AddBuildAccountAsync(long id, long account, CancellationToken cancellationToken);
 
-    /// <summary>Marks builds left running by a server that stopped (or crashed) as failed; returns how many.</summary>
+    /// <summary>
+    /// Marks as failed the builds still recorded as running whose step no live claim covers (their server stopped,
+    /// crashed or was cut off, and its claim lapsed); returns how many.
+    /// </summary>
     Task<int> AbandonRunningBuildsAsync(string reason, long now, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Claims the step for <paramref name="owner"/> until <paramref name="expires"/>: a new claim, a renewal of its
+    /// own, or a claim another owner let lapse (expired before <paramref name="now"/>); false while another owner's
+    /// claim is live. Front doors on one database build each step once this way.
+    /// </summary>
+    Task<bool> ClaimStepAsync(string stepKey, string owner, long expires, long now, CancellationToken cancellationToken);
+
+    /// <summary>Renews every claim <paramref name="owner"/> holds on <paramref name="stepKeys"/> (one statement).</summary>
+    Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken);
+
+    /// <summary>Releases the owner's claims: those on <paramref name="stepKey"/>, or all of them when it is null (a server starting again).</summary>
+    Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken);
 
     /// <summary>The latest successful build with this step key (the derivation and its inputs' contents), if any.</summary>
     Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken);

@@ -122,6 +122,16 @@ internal static class MetadataRows
         reader.IsDBNull(6) ? null : reader.GetInt64(6),
         reader.GetInt64(7));
 
+    /// <summary>
+    /// Claims a step (<c>@k</c>) for an owner (<c>@o</c>) until <c>@e</c>: inserted, renewed by its owner, or taken over
+    /// once expired before <c>@now</c>; a row comes back (with RETURNING) exactly when the claim is the owner's.
+    /// </summary>
+    public const string ClaimStep = """
+        INSERT INTO step_claims (step_key, owner, expires) VALUES (@k, @o, @e)
+        ON CONFLICT (step_key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires
+        WHERE step_claims.owner = excluded.owner OR step_claims.expires < @now
+        """;
+
     public const string BuildColumns =
         "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs";
 

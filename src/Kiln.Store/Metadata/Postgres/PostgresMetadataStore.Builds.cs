@@ -37,15 +37,38 @@ public sealed partial class PostgresMetadataStore
             await link.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
-    // Every build still running in the database. With several front doors on one database this would also end the
-    // builds another front door is running: until builds carry the front door (or lease) that runs them, only one
-    // front door at a time may start against a database with running builds.
     public Task<int> AbandonRunningBuildsAsync(string reason, long now, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            using var update = Command(connection, "UPDATE builds SET status = 'failed', failure = 'MiscFailure', error = @e, stopped = @t WHERE status = 'running'",
-                transaction, ("e", reason), ("t", now));
+            using var update = Command(connection, """
+                UPDATE builds SET status = 'failed', failure = 'MiscFailure', error = @e, stopped = @t
+                WHERE status = 'running' AND NOT EXISTS (SELECT 1 FROM step_claims c WHERE c.step_key = builds.step_key AND c.expires >= @t)
+                """, transaction, ("e", reason), ("t", now));
             return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    // ON CONFLICT … DO UPDATE locks the claim's row, so of two front doors claiming at once exactly one gets it.
+    public Task<bool> ClaimStepAsync(string stepKey, string owner, long expires, long now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var claim = Command(connection, $"{MetadataRows.ClaimStep} RETURNING owner", transaction, ("k", stepKey), ("o", owner), ("e", expires), ("now", now));
+            return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
+        }, cancellationToken);
+
+    public Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
+        stepKeys.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+        {
+            using var renew = Command(connection, "UPDATE step_claims SET expires = @e WHERE owner = @o AND step_key = ANY(@keys::text[])", transaction,
+                ("e", expires), ("o", owner), ("keys", stepKeys.ToArray()));
+            await renew.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var release = Command(connection, "DELETE FROM step_claims WHERE owner = @o AND (@k::text IS NULL OR step_key = @k::text)", transaction,
+                ("o", owner), ("k", stepKey));
+            await release.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
     public Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken) =>

@@ -301,12 +301,16 @@ public sealed partial class PostgresMetadataStore
             return;
         }
 
-        // One statement: the references are checked at its end, so the order of the list does not matter here; a path
-        // still named by one that stays refuses the whole deletion.
+        // The references held by the paths that go are removed first, by a statement of their own: within one DELETE,
+        // the check that nothing refers to a deleted path may run before the cascade that removes a deleted referrer's
+        // references (it depends on the order the rows are met). Then a path still named by one that stays refuses the
+        // whole deletion, and the order of the list does not matter.
         await WriteAsync(async (connection, transaction) =>
         {
-            using var delete = Command(connection, "DELETE FROM paths WHERE account_id = @a AND path = ANY(@paths::text[])", transaction,
-                ("a", account), ("paths", BaseNames(paths)));
+            using var delete = Command(connection, """
+                DELETE FROM refs WHERE referrer IN (SELECT id FROM paths WHERE account_id = @a AND path = ANY(@paths::text[]));
+                DELETE FROM paths WHERE account_id = @a AND path = ANY(@paths::text[]);
+                """, transaction, ("a", account), ("paths", BaseNames(paths)));
             await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             using var notify = NotifyCommand(connection, transaction);
             await notify.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);

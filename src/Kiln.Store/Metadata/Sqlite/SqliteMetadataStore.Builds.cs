@@ -42,9 +42,35 @@ public sealed partial class SqliteMetadataStore
     public Task<int> AbandonRunningBuildsAsync(string reason, long now, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            using var update = Command(connection, "UPDATE builds SET status = 'failed', failure = 'MiscFailure', error = $e, stopped = $t WHERE status = 'running'",
-                transaction, ("$e", reason), ("$t", now));
+            using var update = Command(connection, """
+                UPDATE builds SET status = 'failed', failure = 'MiscFailure', error = $e, stopped = $t
+                WHERE status = 'running' AND NOT EXISTS (SELECT 1 FROM step_claims c WHERE c.step_key = builds.step_key AND c.expires >= $t)
+                """, transaction, ("$e", reason), ("$t", now));
             return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<bool> ClaimStepAsync(string stepKey, string owner, long expires, long now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            // The statement PostgreSQL runs too (SQLite reads @name parameters as well as $name).
+            using var claim = Command(connection, $"{MetadataRows.ClaimStep} RETURNING owner", transaction,
+                ("@k", stepKey), ("@o", owner), ("@e", expires), ("@now", now));
+            return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
+        }, cancellationToken);
+
+    public Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
+        stepKeys.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+        {
+            using var renew = Command(connection, "UPDATE step_claims SET expires = $e WHERE owner = $o AND step_key IN (SELECT value FROM json_each($keys))", transaction,
+                ("$e", expires), ("$o", owner), ("$keys", MetadataRows.JsonArray(stepKeys)));
+            await renew.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var release = Command(connection, "DELETE FROM step_claims WHERE owner = $o AND ($k IS NULL OR step_key = $k)", transaction, ("$o", owner), ("$k", stepKey));
+            await release.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
     public Task<BuildRecord?> FindSuccessfulBuildAsync(string stepKey, CancellationToken cancellationToken) =>

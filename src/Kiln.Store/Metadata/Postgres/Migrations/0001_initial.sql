@@ -31,8 +31,8 @@ CREATE TABLE paths (
 CREATE INDEX paths_hash_part ON paths (account_id, hash_part);
 CREATE INDEX paths_nar_hash ON paths (nar_hash);
 
--- NO ACTION rather than SQLite's RESTRICT: PostgreSQL checks it at the end of the statement, after the cascades, so
--- one DELETE can remove a path together with everything that refers to it.
+-- A path that others refer to cannot be deleted before them (the deletion removes the references the deleted paths
+-- hold first, in a statement of its own).
 CREATE TABLE refs (
     referrer bigint NOT NULL REFERENCES paths(id) ON DELETE CASCADE,
     reference bigint NOT NULL REFERENCES paths(id),
