@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Kiln with its metadata in SQLite (the embedded default) against Kiln with its metadata in PostgreSQL, blobs on the
-# same disk for both, in one run with the host's Nix 2.8:
+# Kiln on its embedded default (SQLite metadata, blobs in a directory) against Kiln with its metadata in PostgreSQL
+# (blobs in the same kind of directory), and with PostgreSQL and its blobs in S3 (s3rver on loopback, a 1 GiB local
+# blob cache), in one run with the host's Nix 2.8:
 #  push      `nix copy --to unix://…` of the closure into a fresh server (ending with sync);
 #  no-op     the same push again: every path is valid already, so it is queries only (a CI run that changed nothing);
 #  narinfo   over HTTP, one keep-alive connection: each path's first GET (a database query and a rendering), then
@@ -10,7 +11,8 @@
 # PostgreSQL is a private cluster of Debian's PostgreSQL in the work directory, on loopback (no systemd), started and
 # stopped here; synchronous_commit off, which is what SQLite's WAL with synchronous=NORMAL also gives (a crash loses
 # at most the last commits, never consistency). Best of N rounds, each with fresh data directories and a fresh
-# database, the sides taking turns to go first. Figures only, no thresholds.
+# database, the sides taking turns to go first. s3rver (npm) is a functional S3 server written in JavaScript, not a
+# fast one: the S3 column is an upper bound on what S3 costs. Figures only, no thresholds.
 #
 #   bench/metadata/run.sh [--paths 330] [--size-mib 200] [--rounds 2]
 set -euo pipefail
@@ -48,9 +50,16 @@ as_pg() { runuser -u postgres -- "$@"; }
 as_pg "$pg_bin/initdb" -D "$work/pg/data" -U kiln --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync > "$work/pg/initdb.log"
 as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -o \
   "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c synchronous_commit=off" start > /dev/null
+s3_port=$((50000 + RANDOM % 10000))
+mkdir -p "$work/s3"
+s3rver -d "$work/s3" -a 127.0.0.1 -p "$s3_port" --silent --no-vhost-buckets > /dev/null 2>&1 &
+s3_pid=$!
+printf '[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n' > "$work/s3.credentials"
+until curl -s -o /dev/null "http://127.0.0.1:$s3_port/"; do sleep 0.1; done
 kiln_pid=
 cleanup() {
   [ -z "$kiln_pid" ] || kill "$kiln_pid" 2> /dev/null || true
+  kill "$s3_pid" 2> /dev/null || true
   wait 2> /dev/null || true
   as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -m fast -w stop > /dev/null 2>&1 || true
   rm -rf "$work"
@@ -63,9 +72,13 @@ seconds() { local s e; sync; s=$(date +%s.%N); "$@" > "$work/step.log" 2>&1 || {
 # One round of one side: a fresh server (and database), every figure once, appended to $work/SIDE.FIGURE.
 run_side() {
   local side="$1" round="$2" data="$work/$1-$2" port=$((30000 + RANDOM % 10000)) database=()
-  if [ "$side" = postgresql ]; then
-    as_pg "$pg_bin/createdb" -h "$work/pg" -p "$pg_port" -U kiln "kiln_$round"
-    database=(--database "Host=127.0.0.1;Port=$pg_port;Username=kiln;Database=kiln_$round")
+  if [ "$side" != sqlite ]; then
+    as_pg "$pg_bin/createdb" -h "$work/pg" -p "$pg_port" -U kiln "kiln_${side//-/_}_$round"
+    database=(--database "Host=127.0.0.1;Port=$pg_port;Username=kiln;Database=kiln_${side//-/_}_$round")
+  fi
+  if [ "$side" = postgresql-s3 ]; then
+    curl -sf -X PUT "http://127.0.0.1:$s3_port/bench$round" > /dev/null
+    database+=(--blobs "s3://bench$round/kiln?endpoint=http%3A%2F%2F127.0.0.1%3A$s3_port&credentials_file=$work/s3.credentials" --blob-cache-size 1GiB)
   fi
   "$kiln" serve --data "$data" --ssh-listen none --http-listen "127.0.0.1:$port" "${database[@]}" > "$work/$side-$round.log" 2>&1 &
   kiln_pid=$!
@@ -93,7 +106,7 @@ run_side() {
 
 for round in $(seq 1 "$rounds"); do
   echo "round $round of $rounds..."
-  order="sqlite postgresql"; [ $((round % 2)) = 1 ] || order="postgresql sqlite"
+  order="sqlite postgresql postgresql-s3"; [ $((round % 2)) = 1 ] || order="postgresql-s3 postgresql sqlite"
   for side in $order; do run_side "$side" "$round"; done
 done
 
@@ -101,18 +114,27 @@ best() { sort -n "$1" | head -1; }
 field() { sort -n -k1 "$1" | head -1 | awk -v f="$2" '{ print $f }'; }
 ratio() { echo "scale=2; $1 / $2" | bc; }
 mibs() { sort -n "$1" | head -1 | awk '{ printf "%.1f", $2 / 1048576 / $1 }'; }
-row() { printf '%-48s %12s %12s %8sx\n' "$1" "$2" "$3" "$(ratio "$4" "$5")"; }
+row() { printf '%-42s %12s %12s %12s %8sx %8sx\n' "$1" "$2" "$3" "$4" "$(ratio "$6" "$5")" "$(ratio "$7" "$5")"; }
 mib=$(echo "scale=1; $bytes / 1048576" | bc)
 echo
-echo "Metadata: SQLite vs PostgreSQL $("$pg_bin/postgres" --version | awk '{ print $3 }') (loopback), blobs on the same disk;" \
+echo "Kiln's backends: SQLite + directory vs PostgreSQL $("$pg_bin/postgres" --version | awk '{ print $3 }') + directory vs PostgreSQL + S3 (s3rver), all on loopback;" \
   "closure of $count paths, $mib MiB of NAR; best of $rounds rounds; $(nix --version), $(nproc) cores"
-printf '%-48s %12s %12s %9s\n' "" "sqlite" "postgresql" "pg/sqlite"
-s=$(best "$work/sqlite.push") p=$(best "$work/postgresql.push"); row "push (nix copy --to unix://)" "${s}s" "${p}s" "$p" "$s"
-s=$(best "$work/sqlite.noop") p=$(best "$work/postgresql.noop"); row "no-op push (every path valid already)" "${s}s" "${p}s" "$p" "$s"
-s=$(field "$work/sqlite.first" 2) p=$(field "$work/postgresql.first" 2); row "narinfo: mean, first GET of a path" "${s}µs" "${p}µs" "$p" "$s"
-s=$(field "$work/sqlite.cached" 3) p=$(field "$work/postgresql.cached" 3); row "narinfo: median, cached answer" "${s}µs" "${p}µs" "$p" "$s"
-s=$(field "$work/sqlite.cached" 4) p=$(field "$work/postgresql.cached" 4); row "narinfo: p99, cached answer" "${s}µs" "${p}µs" "$p" "$s"
-s=$(mibs "$work/sqlite.nars1") p=$(mibs "$work/postgresql.nars1"); row "NARs over one HTTP connection" "${s}MiB/s" "${p}MiB/s" "$p" "$s"
-s=$(best "$work/sqlite.pull") p=$(best "$work/postgresql.pull"); row "pull (nix copy --from http://)" "${s}s" "${p}s" "$p" "$s"
-s=$(sort -n "$work/sqlite.rss" | tail -1) p=$(sort -n "$work/postgresql.rss" | tail -1); row "kiln serve peak RSS" "$((s / 1024))MiB" "$((p / 1024))MiB" "$p" "$s"
-echo "(times and latencies: below 1 means PostgreSQL is faster; throughput: above 1)"
+printf '%-42s %12s %12s %12s %9s %9s\n' "" "sqlite" "postgresql" "pg+s3" "pg/sqlite" "s3/sqlite"
+three() { # label unit extract-command…
+  local label="$1" unit="$2"; shift 2
+  local s p q; s=$("$@" sqlite) p=$("$@" postgresql) q=$("$@" postgresql-s3)
+  row "$label" "$s$unit" "$p$unit" "$q$unit" "$s" "$p" "$q"
+}
+best_of() { best "$work/$2.$1"; }
+field_of() { field "$work/$3.$1" "$2"; }
+mibs_of() { mibs "$work/$1.nars1"; }
+rss_of() { echo $(( $(sort -n "$work/$1.rss" | tail -1) / 1024 )); }
+three "push (nix copy --to unix://)" s best_of push
+three "no-op push (every path valid already)" s best_of noop
+three "narinfo: mean, first GET of a path" µs field_of first 2
+three "narinfo: median, cached answer" µs field_of cached 3
+three "narinfo: p99, cached answer" µs field_of cached 4
+three "NARs over one HTTP connection" MiB/s mibs_of
+three "pull (nix copy --from http://)" s best_of pull
+three "kiln serve peak RSS" MiB rss_of
+echo "(times and latencies: a ratio below 1 means faster than SQLite + directory; throughput: above 1)"

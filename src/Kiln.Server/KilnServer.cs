@@ -1,6 +1,5 @@
 using Kiln.Accounts;
 using Kiln.Agent;
-using Kiln.Nix.Signing;
 using Kiln.Protocol;
 using Kiln.Protocol.Worker;
 using Kiln.Scheduler;
@@ -42,7 +41,12 @@ public static partial class KilnServer
                 LogAbandoned(logger, abandoned);
             }
 
-            var buildKey = BuildKey(options.DataDirectory);
+            var buildKey = await ServiceKeys.BuildKeyAsync(options.DataDirectory, store.Settings, cancellationToken).ConfigureAwait(false);
+            if (options.SshListen is not null)
+            {
+                await ServiceKeys.ShareHostKeyAsync(options.SshDirectory, store.Settings, cancellationToken).ConfigureAwait(false);
+            }
+
             var accounts = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), AccountService.InstanceName(buildKey.PublicKey));
 
             // The embedded agent pulls work from the queue as a remote agent will; the scheduler only offers it.
@@ -165,31 +169,4 @@ public static partial class KilnServer
 
     [LoggerMessage(EventId = LogEvents.NoBuildUsers, Level = LogLevel.Error, Message = "builds are refused: Kiln runs as root and build users cannot work: {Reason}")]
     private static partial void LogNoBuildUsers(ILogger logger, string reason);
-
-    // Kiln's build key, created on first start: it signs what Kiln built from trusted inputs.
-    private static SecretKey BuildKey(string dataDirectory)
-    {
-        var directory = Path.Combine(dataDirectory, "keys");
-        var file = Path.Combine(directory, "build.secret");
-        if (!File.Exists(file))
-        {
-            Directory.CreateDirectory(directory);
-            var key = SecretKey.Generate($"{Environment.MachineName}-kiln-1");
-            var temp = file + ".tmp";
-            File.WriteAllText(temp, key.ToString(), new System.Text.UTF8Encoding(false));
-            File.SetUnixFileMode(temp, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            File.Move(temp, file);
-        }
-
-        // The public half next to it, for operators and clients' trusted-public-keys (kiln client-config prints it).
-        var secret = SecretKey.Parse(File.ReadAllText(file).Trim());
-        var publicFile = Path.Combine(directory, "build.public");
-        var publicKey = secret.PublicKey.ToString();
-        if (!File.Exists(publicFile) || File.ReadAllText(publicFile).Trim() != publicKey)
-        {
-            File.WriteAllText(publicFile, publicKey + "\n");
-        }
-
-        return secret;
-    }
 }

@@ -11,7 +11,7 @@ namespace Kiln.EndToEnd.Tests;
 /// Two <c>kiln serve</c> front doors, each with its own data directory, on one PostgreSQL database and one S3 bucket
 /// (s3rver): an account, key and token made through one work through the other; a closure pushed through A over HTTP
 /// is pulled through B byte for byte; what A built over <c>ssh-ng://</c> is valid through B and copies from it; the
-/// NARs are in the bucket, not in either data directory.
+/// NARs are in the bucket, not in either data directory; both show the same SSH host key and sign with the same build key.
 /// </summary>
 public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
 {
@@ -44,6 +44,10 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         using var doorA = a;
         using var doorB = b;
         using var workspace = client.NewWorkspace();
+
+        // One service: the same SSH host key (clients pin one key, StrictHostKeyChecking passes on both) and build key.
+        Assert.Equal(a.KnownHostsLine.Split(' ', 2)[1], b.KnownHostsLine.Split(' ', 2)[1]);
+        Assert.Equal(File.ReadAllText(Path.Combine(a.DataDirectory, "keys", "build.public")), File.ReadAllText(Path.Combine(b.DataDirectory, "keys", "build.public")));
 
         // Account, key and token made through A's data directory; used through B.
         var alice = SshTests.NewLogin(client, a, "alice");

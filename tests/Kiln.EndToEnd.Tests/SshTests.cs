@@ -47,7 +47,7 @@ public class SshTests
     // known_hosts file per server, so one key can reach several (front doors).
     internal static string[] SshEnvironment(NixClient client, KilnProcess kiln, string key)
     {
-        var knownHosts = Path.Combine(Path.GetDirectoryName(key)!, $"known_hosts-{kiln.SshPort}");
+        var knownHosts = KnownHosts(kiln, key);
         File.WriteAllText(knownHosts, kiln.KnownHostsLine + "\n");
         File.WriteAllText(client.HostPath(knownHosts), kiln.KnownHostsLine + "\n");
         return ["env", $"NIX_SSHOPTS=-p {kiln.SshPort} -i {key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={knownHosts} -o LogLevel=ERROR"];
@@ -313,10 +313,13 @@ public class SshTests
         Assert.Contains("sshd exited", kiln.Log, StringComparison.Ordinal);
     }
 
+    /// <summary>The known_hosts file <see cref="SshEnvironment"/> wrote for that server beside the key.</summary>
+    internal static string KnownHosts(KilnProcess kiln, string key) => Path.Combine(Path.GetDirectoryName(key)!, $"known_hosts-{kiln.SshPort}");
+
     /// <summary>ssh's arguments for a login: Kiln's port, the login's key only, the host key pinned; then the destination.</summary>
     private static string[] SshArguments(KilnProcess kiln, Login login) =>
         ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", login.KeyFile, "-o", "IdentitiesOnly=yes",
-         "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={Path.GetDirectoryName(login.KeyFile)}/known_hosts", "-o", "LogLevel=ERROR",
+         "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={KnownHosts(kiln, login.KeyFile)}", "-o", "LogLevel=ERROR",
          "kiln@127.0.0.1"];
 
     /// <summary>Runs <c>ssh kiln@127.0.0.1 COMMAND…</c> with a login's key (stdin as given, or closed).</summary>
@@ -570,7 +573,7 @@ public class SshTests
         var exported = Processes.Run("nix-store", ["--store", store, "--export", .. closure], environment: environment);
         Assert.True(exported.ExitCode == 0, exported.Stderr);
 
-        var knownHosts = Path.Combine(Path.GetDirectoryName(alice.KeyFile)!, "known_hosts");
+        var knownHosts = KnownHosts(kiln, alice.KeyFile);
         var info = new System.Diagnostics.ProcessStartInfo("ssh", ["-p", kiln.SshPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-i", alice.KeyFile,
             "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", $"UserKnownHostsFile={knownHosts}", "-o", "LogLevel=ERROR",
             "kiln@127.0.0.1", "nix-store --serve --write"])

@@ -123,6 +123,17 @@ public abstract class AccountMetadataContract : MetadataContract
 public abstract class SettingsMetadataContract : MetadataContract
 {
     [Fact]
+    public async Task A_service_secret_is_the_first_one_stored()
+    {
+        await using var store = await CreateAsync();
+        Assert.Equal("first", await store.GetOrAddServerSecretAsync("build-key", "first", default));
+        Assert.Equal("first", await store.GetOrAddServerSecretAsync("build-key", "second", default));
+        Assert.Equal("other", await store.GetOrAddServerSecretAsync("ssh-host-key", "other", default));
+        var racing = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => Task.Run(() => store.GetOrAddServerSecretAsync("raced", $"candidate-{i}", default))));
+        Assert.Single(racing.Distinct());
+    }
+
+    [Fact]
     public async Task Upstream_settings_belong_to_accounts_and_change_field_by_field()
     {
         await using var store = await CreateAsync();

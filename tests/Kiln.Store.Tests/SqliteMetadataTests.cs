@@ -130,7 +130,7 @@ public sealed class SqliteMetadataStoreTests : IDisposable
         count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
         using var reader = count.ExecuteReader();
         reader.Read();
-        Assert.Equal(6, reader.GetInt64(0)); // 0001_initial … 0006_step_claims: each applied once
+        Assert.Equal(7, reader.GetInt64(0)); // 0001_initial … 0007_server_secrets: each applied once
         Assert.Equal(1, reader.GetInt64(1));
         using var mode = connection.CreateCommand();
         mode.CommandText = "PRAGMA journal_mode";

@@ -10,4 +10,10 @@ public interface ISettingsMetadata
 
     /// <summary>Changes the account's upstream settings; a null field is left as it is.</summary>
     Task SetUpstreamSettingsAsync(long account, string? substituters, string? trustedPublicKeys, string? netrc, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// The service's secret by that name (the build key, the SSH host key): the one stored, or — when there is none
+    /// yet — <paramref name="candidate"/>, stored now. Of front doors starting at once, one candidate wins and all get it.
+    /// </summary>
+    Task<string> GetOrAddServerSecretAsync(string name, string candidate, CancellationToken cancellationToken);
 }

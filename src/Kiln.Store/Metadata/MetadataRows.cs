@@ -132,6 +132,9 @@ internal static class MetadataRows
         WHERE step_claims.owner = excluded.owner OR step_claims.expires < @now
         """;
 
+    /// <summary>Stores a service secret (<c>@n</c>, <c>@s</c>, <c>@t</c>) unless one by that name is stored already.</summary>
+    public const string AddServerSecret = "INSERT INTO server_secrets (name, secret, created) VALUES (@n, @s, @t) ON CONFLICT (name) DO NOTHING";
+
     public const string BuildColumns =
         "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs";
 

@@ -33,6 +33,13 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
             builder.AutoPrepareMinUsages = 2;
         }
 
+        if (!builder.ContainsKey("No Reset On Close"))
+        {
+            // Kiln never changes a pooled connection's session (LISTEN has a connection of its own), so the DISCARD ALL
+            // Npgsql would send each time a connection goes back to the pool is only a cost.
+            builder.NoResetOnClose = true;
+        }
+
         if (readOnly)
         {
             builder.Options = ((builder.Options ?? "") + " -c default_transaction_read_only=on").Trim();

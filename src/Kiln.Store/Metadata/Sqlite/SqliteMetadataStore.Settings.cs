@@ -22,4 +22,13 @@ public sealed partial class SqliteMetadataStore
                 """, transaction, ("$s", substituters), ("$k", trustedPublicKeys), ("$n", netrc), ("$a", account));
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
+
+    public Task<string> GetOrAddServerSecretAsync(string name, string candidate, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, MetadataRows.AddServerSecret, transaction, ("@n", name), ("@s", candidate), ("@t", MetadataRows.Now()));
+            await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            using var select = Command(connection, "SELECT secret FROM server_secrets WHERE name = @n", transaction, ("@n", name));
+            return (string)(await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+        }, cancellationToken);
 }
