@@ -237,8 +237,10 @@ public sealed partial class BuildScheduler
                 .ConfigureAwait(false);
 
             // Looked at after a claim too: another front door may have finished the step (its record is written before
-            // its claim goes) between this request's look for a build and the claim.
-            if (await Builds.FindSuccessfulBuildAsync(step.Key, CancellationToken.None).ConfigureAwait(false) is { } record)
+            // its claim goes) between this request's look for a build and the claim. Only a record whose outputs are all
+            // still stored counts: one whose content was collected is what sent this request here, to build again.
+            if (await Builds.FindSuccessfulBuildAsync(step.Key, CancellationToken.None).ConfigureAwait(false) is { } record
+                && await OutputsStoredAsync(record).ConfigureAwait(false))
             {
                 if (claimed)
                 {
@@ -269,6 +271,19 @@ public sealed partial class BuildScheduler
 
             await Task.Delay(Options.ClaimPoll, step.Cancellation).ConfigureAwait(false);
         }
+    }
+
+    private async Task<bool> OutputsStoredAsync(BuildRecord record)
+    {
+        foreach (var output in record.Outputs)
+        {
+            if (!await Content.HasAsync(output.NarHash, CancellationToken.None).ConfigureAwait(false))
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     private async Task ReleaseClaimAsync(string key)

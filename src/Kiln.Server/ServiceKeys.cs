@@ -80,6 +80,7 @@ public static class ServiceKeys
     private static string SshKeygen(params string[] args)
     {
         var info = new ProcessStartInfo("ssh-keygen") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+        Kiln.Store.SecretEnvironment.RemoveFrom(info);
         foreach (var arg in args)
         {
             info.ArgumentList.Add(arg);

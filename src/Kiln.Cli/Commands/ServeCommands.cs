@@ -135,7 +135,10 @@ internal static class ServeCommands
 
                 try
                 {
+                    // Under the data directory's lock: a second kiln serve given another database must not rebind the
+                    // directory a running server (and sshd's key lookups) use, and is refused by the lock instead.
                     Directory.CreateDirectory(directory);
+                    using var dataLock = DataDirectoryLock.Acquire(directory, "kiln serve");
                     bind(directory, target);
                 }
                 catch (ArgumentException e)

@@ -82,6 +82,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         while (!stoppingToken.IsCancellationRequested)
         {
             var start = new ProcessStartInfo(options.Sshd) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+            Kiln.Store.SecretEnvironment.RemoveFrom(start); // sshd and the sessions it starts have no use for them
             foreach (var argument in new[] { "-D", "-e", "-f", ssh.ConfigFile })
             {
                 start.ArgumentList.Add(argument);

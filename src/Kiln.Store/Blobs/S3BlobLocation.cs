@@ -26,7 +26,8 @@ public sealed record S3BlobLocation(string Bucket, string Prefix, string Region,
         ArgumentNullException.ThrowIfNull(text);
         if (!IsS3(text) || !Uri.TryCreate(text, UriKind.Absolute, out var uri) || uri.Host.Length == 0)
         {
-            throw new ArgumentException($"'{text}' is not an S3 location (s3://BUCKET/PREFIX?region=…&endpoint=…)");
+            // Not echoed: a mistyped location may carry a secret key.
+            throw new ArgumentException("the blob store is not an S3 location (s3://BUCKET/PREFIX?region=…&endpoint=…)");
         }
 
         if (uri.UserInfo.Length > 0)

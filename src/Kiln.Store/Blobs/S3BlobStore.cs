@@ -64,8 +64,18 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
         }
     }
 
-    public async ValueTask<bool> HasAsync(NixHash hash, CancellationToken cancellationToken) =>
-        _cache.Contains(hash) || await Storage("be read", () => LengthAsync(hash, cancellationToken)).ConfigureAwait(false) is not null;
+    // Asked of the bucket, not the cache: another front door's collector may have deleted the object, and what is
+    // registered on a "yes" must really be stored.
+    public async ValueTask<bool> HasAsync(NixHash hash, CancellationToken cancellationToken)
+    {
+        if (await Storage("be read", () => LengthAsync(hash, cancellationToken)).ConfigureAwait(false) is not null)
+        {
+            return true;
+        }
+
+        _cache.Forget(hash);
+        return false;
+    }
 
     public async ValueTask<BlobSource?> OpenReadAsync(NixHash hash, CancellationToken cancellationToken)
     {
@@ -112,19 +122,17 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
                         }
                     }
 
-                    if (_cache.Limit > 0)
+                    // Opened before the cache takes it: the open file survives the rename and any eviction after it. Not
+                    // kept (no cache, or larger than it), the spool goes when the reader is done.
+                    var kept = _cache.Limit > 0 && new FileInfo(spool).Length <= _cache.Limit;
+                    var open = new FileStream(spool, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, bufferSize: 0,
+                        FileOptions.Asynchronous | FileOptions.SequentialScan | (kept ? FileOptions.None : FileOptions.DeleteOnClose));
+                    if (kept)
                     {
                         _cache.Adopt(hash, spool);
-                        if (_cache.TryOpen(hash) is { } adopted)
-                        {
-                            return BlobSource.FromFile(hash, adopted);
-                        }
                     }
 
-                    // Not kept (no cache, or larger than it): read from the spool, which goes when the reader is done.
-                    var once = new FileStream(spool, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, bufferSize: 0,
-                        FileOptions.Asynchronous | FileOptions.SequentialScan | FileOptions.DeleteOnClose);
-                    return BlobSource.FromFile(hash, once);
+                    return BlobSource.FromFile(hash, open);
                 }
                 catch
                 {
@@ -181,6 +189,7 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
             }
 
             await _client.DeleteObjectAsync(_location.Bucket, KeyOf(hash), cancellationToken).ConfigureAwait(false);
+            _cache.Forget(hash); // again: a reader may have fetched it into the cache meanwhile
             return true;
         }).ConfigureAwait(false);
     }
@@ -370,13 +379,11 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
             var length = Length;
             await Storage("store a blob", async () =>
             {
-                // Content stored already (by any path, account or front door) is not sent again.
-                if (await store.LengthAsync(hash, cancellationToken).ConfigureAwait(false) is not { } stored || stored != length)
-                {
-                    await store.UploadAsync(_path, length, store.KeyOf(hash), cancellationToken).ConfigureAwait(false);
-                    await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
-                }
-
+                // Sent even when the content is stored already: the upload renews the object's age, which the sweep of
+                // unnamed blobs goes by (another front door's collector must not take it before this registration), and
+                // an upload that takes as long whether or not someone stored the content tells the uploader nothing.
+                await store.UploadAsync(_path, length, store.KeyOf(hash), cancellationToken).ConfigureAwait(false);
+                await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
                 return true;
             }).ConfigureAwait(false);
             store._cache.Adopt(hash, _path);

@@ -55,7 +55,10 @@ public interface IBuildMetadata
     /// <summary>Records a build that is starting for <see cref="BuildRecord.AccountId"/>; returns its id.</summary>
     Task<long> StartBuildAsync(string stepKey, string drvPath, long account, long started, CancellationToken cancellationToken);
 
-    /// <summary>Records how the build ended.</summary>
+    /// <summary>
+    /// Records how the build ended — once: a build already recorded as ended (abandoned because its front door's claim
+    /// lapsed) keeps that record, and a late result is discarded.
+    /// </summary>
     Task FinishBuildAsync(long id, BuildEnd outcome, CancellationToken cancellationToken);
 
     /// <summary>Records that the build is (also) for <paramref name="account"/> (it joined, or reused the outputs).</summary>

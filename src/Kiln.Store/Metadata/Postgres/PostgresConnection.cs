@@ -158,8 +158,10 @@ public static class PostgresConnection
         ArgumentNullException.ThrowIfNull(text);
         if (text.Contains("://", StringComparison.Ordinal))
         {
-            var at = text.IndexOf('@', StringComparison.Ordinal);
+            // The user information ends at the last '@' before the path (a password may hold an unescaped '@').
             var scheme = text.IndexOf("://", StringComparison.Ordinal) + 3;
+            var slash = text.IndexOf('/', scheme);
+            var at = text.LastIndexOf('@', slash < 0 ? text.Length - 1 : slash);
             var colon = at < 0 ? -1 : text.IndexOf(':', scheme, at - scheme);
             return colon < 0 ? text : text[..(colon + 1)] + "***" + text[at..];
         }
@@ -170,6 +172,11 @@ public static class PostgresConnection
             if (!string.IsNullOrEmpty(builder.Password))
             {
                 builder.Password = "***";
+            }
+
+            if (!string.IsNullOrEmpty(builder.SslPassword))
+            {
+                builder.SslPassword = "***";
             }
 
             return builder.ConnectionString;
