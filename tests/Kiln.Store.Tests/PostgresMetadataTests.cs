@@ -179,6 +179,8 @@ public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposa
 
         Assert.Equal("postgres://kiln:***@db/kiln", Kiln.Store.Metadata.Postgres.PostgresConnection.Redact("postgres://kiln:secret@db/kiln"));
         Assert.DoesNotContain("secret", Kiln.Store.Metadata.Postgres.PostgresConnection.Redact("Host=db;Password=secret"), StringComparison.Ordinal);
+        Assert.DoesNotContain("secret", Kiln.Store.Metadata.Postgres.PostgresConnection.Redact("Host=db;SSL Password=secret"), StringComparison.Ordinal);
+        Assert.Equal("postgres://kiln:***@db/kiln", Kiln.Store.Metadata.Postgres.PostgresConnection.Redact("postgres://kiln:se@cret@db/kiln"));
         Assert.DoesNotContain("secret", Assert.Throws<ArgumentException>(() => MetadataStores.Open("mysql://kiln:secret@db/kiln")).Message, StringComparison.Ordinal);
     }
 
