@@ -44,6 +44,28 @@ public sealed class KilnProcess : IDisposable
         _process.ErrorDataReceived += (_, e) => Append(e.Data);
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
+        try
+        {
+            WaitUntilServing(ssh, http);
+        }
+        catch
+        {
+            // A server that did not come up goes now, with its directory: nothing outlives the test that started it.
+            try
+            {
+                Dispose();
+            }
+            catch (InvalidOperationException)
+            {
+                // it had to be killed; the reason it did not start is the one to report
+            }
+
+            throw;
+        }
+    }
+
+    private void WaitUntilServing(bool ssh, bool http)
+    {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         while (!File.Exists(Path.Combine(SocketDirectory, "daemon.sock")))
         {
