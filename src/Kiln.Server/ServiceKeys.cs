@@ -59,23 +59,7 @@ public static class ServiceKeys
         }
     }
 
-    // Written beside and renamed, readable by Kiln alone: a reader never sees half a key.
-    private static void WritePrivate(string file, string text)
-    {
-        var temporary = file + ".tmp";
-        File.Delete(temporary);
-        using (var stream = new FileStream(temporary, new FileStreamOptions
-        {
-            Mode = FileMode.CreateNew,
-            Access = FileAccess.Write,
-            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-        }))
-        {
-            stream.Write(System.Text.Encoding.UTF8.GetBytes(text.EndsWith('\n') ? text : text + "\n"));
-        }
-
-        File.Move(temporary, file, overwrite: true);
-    }
+    private static void WritePrivate(string file, string text) => Kiln.Store.DataDirectoryBindings.WritePrivateFile(file, text.EndsWith('\n') ? text : text + "\n");
 
     private static string SshKeygen(params string[] args)
     {

@@ -15,9 +15,12 @@ public static class DataDirectoryBindings
     }
 
     /// <summary>Writes the binding whole (a reader sees the old text or the new, never part of one), mode 0600.</summary>
-    public static void Write(string dataDirectory, string name, string text)
+    public static void Write(string dataDirectory, string name, string text) =>
+        WritePrivateFile(Path.Combine(Path.GetFullPath(dataDirectory), name), text.TrimEnd('\n') + "\n");
+
+    /// <summary>Writes a file readable by Kiln alone, beside and renamed: a reader never sees half of it.</summary>
+    public static void WritePrivateFile(string file, string text)
     {
-        var file = Path.Combine(Path.GetFullPath(dataDirectory), name);
         var temporary = file + ".tmp";
         File.Delete(temporary);
         using (var stream = new FileStream(temporary, new FileStreamOptions
@@ -27,7 +30,7 @@ public static class DataDirectoryBindings
             UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
         }))
         {
-            stream.Write(System.Text.Encoding.UTF8.GetBytes(text + "\n"));
+            stream.Write(System.Text.Encoding.UTF8.GetBytes(text));
         }
 
         File.Move(temporary, file, overwrite: true);
