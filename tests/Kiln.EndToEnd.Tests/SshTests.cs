@@ -313,6 +313,30 @@ public class SshTests
         Assert.Contains("sshd exited", kiln.Log, StringComparison.Ordinal);
     }
 
+    // kiln serve killed with SIGKILL leaves its sshd child listening; the next start on that data directory stops it
+    // (found when killed front doors in the front-door tests left their sshd running).
+    [Fact]
+    public async Task A_server_started_after_a_crash_stops_the_sshd_the_crashed_one_left()
+    {
+        NixClient.RequireEndToEnd();
+        using var crashed = new KilnProcess(ssh: true);
+        var pidFile = Path.Combine(crashed.DataDirectory, "ssh", "sshd.pid");
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!File.Exists(pidFile) && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+
+        var sshd = int.Parse(File.ReadAllText(pidFile).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+        Processes.Run("kill", ["-KILL", crashed.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        await Task.Delay(500);
+        Assert.True(Directory.Exists($"/proc/{sshd}"), "sshd went with the server it was started by");
+
+        using var restarted = new KilnProcess(ssh: true, dataDirectory: crashed.DataDirectory);
+        Assert.False(Directory.Exists($"/proc/{sshd}") && File.ReadAllText($"/proc/{sshd}/cmdline").Contains("sshd", StringComparison.Ordinal),
+            "the crashed server's sshd is still running");
+    }
+
     /// <summary>The known_hosts file <see cref="SshEnvironment"/> wrote for that server beside the key.</summary>
     internal static string KnownHosts(KilnProcess kiln, string key) => Path.Combine(Path.GetDirectoryName(key)!, $"known_hosts-{kiln.SshPort}");
 

@@ -20,6 +20,37 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
     private static readonly string[] ManagedBridgeFiles = ["kiln-bridge.dll", "kiln-bridge.runtimeconfig.json", "kiln-bridge.deps.json"];
 
     /// <summary>Prepares the files; throws <see cref="InvalidOperationException"/> with the reason when it cannot.</summary>
+    /// <summary>
+    /// Stops the sshd a previous run of this data directory left (kiln serve killed with SIGKILL, or by the OOM killer,
+    /// leaves its sshd child listening on the port the new one needs). The data directory's lock is held, so an sshd
+    /// running with this directory's configuration belongs to no live server.
+    /// </summary>
+    public static void StopOrphanedSshd(string pidFile, string config)
+    {
+        if (!File.Exists(pidFile) || !int.TryParse(File.ReadAllText(pidFile).Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid))
+        {
+            return;
+        }
+
+        try
+        {
+            var commandLine = File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' ');
+            if (!commandLine.Contains("sshd", StringComparison.Ordinal) || !commandLine.Contains(config, StringComparison.Ordinal))
+            {
+                return; // the PID was reused by something else
+            }
+
+            using var orphan = Process.GetProcessById(pid);
+            orphan.Kill();
+            orphan.WaitForExit(TimeSpan.FromSeconds(5));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException
+            or System.ComponentModel.Win32Exception)
+        {
+            // gone already
+        }
+    }
+
     public static SshInstallation Prepare(ServerOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -107,6 +138,7 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
         File.SetUnixFileMode(authKeys, (UnixFileMode)Convert.ToInt32("755", 8));
 
         var config = Path.Combine(directory, "sshd_config");
+        StopOrphanedSshd(Path.Combine(directory, "sshd.pid"), config);
         File.WriteAllText(config, $"""
             # Written by kiln serve on every start; edits are lost. Kiln supervises sshd -D -e -f {config}.
             Port {port}
