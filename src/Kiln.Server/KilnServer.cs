@@ -33,8 +33,12 @@ public static partial class KilnServer
             // This front door's name in step claims: the same at every start, so what a previous run held is released
             // here, and its builds (with those of any front door whose claims lapsed) are recorded as failed. A random
             // id kept in the data directory: host names and paths repeat across containers.
-            var frontDoor = DataDirectoryBindings.Read(options.DataDirectory, "front-door") ?? $"{Environment.MachineName}-{Guid.NewGuid():N}";
-            DataDirectoryBindings.Write(options.DataDirectory, "front-door", frontDoor);
+            var frontDoor = DataDirectoryBindings.Read(options.DataDirectory, "front-door");
+            if (frontDoor is null)
+            {
+                frontDoor = $"{Environment.MachineName}-{Guid.NewGuid():N}";
+                DataDirectoryBindings.Write(options.DataDirectory, "front-door", frontDoor);
+            }
             await store.Builds.ReleaseStepClaimsAsync(frontDoor, null, cancellationToken).ConfigureAwait(false);
             var abandoned = await store.Builds.AbandonRunningBuildsAsync("the Kiln server stopped while it ran", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), cancellationToken)
                 .ConfigureAwait(false);

@@ -20,10 +20,11 @@ public static class ServiceKeys
         var directory = Path.Combine(dataDirectory, "keys");
         Directory.CreateDirectory(directory);
         var file = Path.Combine(directory, "build.secret");
-        var local = File.Exists(file) ? File.ReadAllText(file).Trim() : SecretKey.Generate($"{Environment.MachineName}-kiln-1").ToString();
-        var shared = await settings.GetOrAddServerSecretAsync("build-key", local, cancellationToken).ConfigureAwait(false);
+        var existing = File.Exists(file) ? File.ReadAllText(file).Trim() : null;
+        var shared = await settings.GetOrAddServerSecretAsync("build-key", existing ?? SecretKey.Generate($"{Environment.MachineName}-kiln-1").ToString(), cancellationToken)
+            .ConfigureAwait(false);
         var secret = SecretKey.Parse(shared);
-        if (!File.Exists(file) || File.ReadAllText(file).Trim() != shared)
+        if (existing != shared)
         {
             WritePrivate(file, shared);
         }
