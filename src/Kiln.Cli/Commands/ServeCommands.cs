@@ -274,6 +274,42 @@ internal static class ServeCommands
             }
         });
 
-        return new Command("store", "Maintain a Kiln store offline.") { gc, verify };
+        var migrateData = DataOption();
+        var toDatabase = new Option<string?>("--to-database")
+        {
+            Description = "The PostgreSQL database to move the metadata to (as kiln serve --database; it must be empty, or hold an earlier, interrupted migration of this installation).",
+        };
+        var toBlobs = new Option<string?>("--to-blobs") { Description = "The S3 bucket to move the blobs to (as kiln serve --blobs)." };
+        var migrate = new Command("migrate", "Copy this installation's metadata and blobs to PostgreSQL and S3, check the copy, and use them from now on (server stopped; " +
+            "resumable: run it again after an interruption).") { migrateData, toDatabase, toBlobs };
+        migrate.SetAction(async (result, cancellationToken) =>
+        {
+            var directory = Path.GetFullPath(result.GetValue(migrateData)!);
+            using var dataLock = DataDirectoryLock.Acquire(directory, "kiln store migrate");
+            try
+            {
+                var report = await StoreMigration.MigrateDataDirectoryAsync(directory, result.GetValue(toDatabase), result.GetValue(toBlobs),
+                    message => Console.Error.WriteLine(message), cancellationToken).ConfigureAwait(false);
+                Console.Out.Write($"copied {report.BlobsCopied} blobs ({report.BytesCopied} bytes; {report.BlobsPresent} were there already) and " +
+                    $"{report.Tables.Sum(t => t.Added)} rows of {report.Tables.Count(t => t.Rows > 0)} tables; {directory} now uses the new backends\n");
+                if (report.Tables.Count > 0 && File.Exists(Path.Combine(directory, "kiln.db")))
+                {
+                    Console.Out.Write($"{Path.Combine(directory, "kiln.db")} is no longer used: remove it once 'kiln store verify' is content\n");
+                }
+
+                if (result.GetValue(toBlobs) is not null && Directory.Exists(Path.Combine(directory, "blobs")))
+                {
+                    Console.Out.Write($"{Path.Combine(directory, "blobs")} is no longer used: remove it once 'kiln store verify' is content\n");
+                }
+
+                return 0;
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+            {
+                throw new CommandException(e.Message);
+            }
+        });
+
+        return new Command("store", "Maintain a Kiln store offline.") { gc, verify, migrate };
     }
 }

@@ -34,12 +34,7 @@ public static class MetadataStores
     /// <exception cref="ArgumentException">Not a PostgreSQL connection, or the directory already keeps its metadata in SQLite.</exception>
     public static void Bind(string dataDirectory, string connection)
     {
-        ArgumentNullException.ThrowIfNull(connection);
-        if (!PostgresConnection.IsPostgres(connection))
-        {
-            throw new ArgumentException($"'{PostgresConnection.Redact(connection)}' is not a PostgreSQL database (postgres://user@host/database, or Host=…;Database=…)");
-        }
-
+        var resolved = Resolve(connection);
         var directory = Path.GetFullPath(dataDirectory);
         var binding = Path.Combine(directory, BindingFile);
         if (!File.Exists(binding) && File.Exists(Path.Combine(directory, "kiln.db")))
@@ -48,7 +43,19 @@ public static class MetadataStores
             throw new ArgumentException($"{directory} keeps its metadata in kiln.db (SQLite); start a PostgreSQL front door with a new data directory");
         }
 
-        DataDirectoryBindings.Write(directory, BindingFile, PostgresConnection.Parse(connection));
+        DataDirectoryBindings.Write(directory, BindingFile, resolved);
+    }
+
+    /// <summary>
+    /// A PostgreSQL database as a data directory is bound to it: its connection string with the password resolved (from
+    /// <c>password_file</c> or <c>KILN_DATABASE_PASSWORD</c>).
+    /// </summary>
+    /// <exception cref="ArgumentException">Not a PostgreSQL connection.</exception>
+    public static string Resolve(string connection)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        return PostgresConnection.IsPostgres(connection) ? PostgresConnection.Parse(connection)
+            : throw new ArgumentException($"'{PostgresConnection.Redact(connection)}' is not a PostgreSQL database (postgres://user@host/database, or Host=…;Database=…)");
     }
 
     /// <summary>Whether metadata exists at <paramref name="url"/> (a read-only lookup before the first server start finds nothing).</summary>
