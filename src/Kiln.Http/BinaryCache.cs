@@ -159,11 +159,26 @@ public sealed partial class BinaryCache
         await BytesAsync(context, NarInfoType, body).ConfigureAwait(false);
     }
 
-    private static async Task NarAsync(HttpContext context, StoreView view, string file)
+    private async Task NarAsync(HttpContext context, StoreView view, string file)
     {
         // Only nar/<NAR hash>.nar names a blob, and only when a path in the caller's view has that NAR; other names
         // are compressed files kept as uploaded.
-        var blob = file.EndsWith(".nar", StringComparison.Ordinal) && TryNarHash(file[..^4], out var narHash)
+        var narHash = default(NixHash);
+        var isBlob = file.EndsWith(".nar", StringComparison.Ordinal) && TryNarHash(file[..^4], out narHash);
+        if (isBlob && _options.NarRedirect is { } lifetime
+            && await view.LinkNarByHashAsync(narHash, lifetime, context.RequestAborted).ConfigureAwait(false) is { } link)
+        {
+            // Checked like the bytes would be (the caller may read this NAR), then sent to the bucket for them. The
+            // client checks what it gets against the NAR hash in the narinfo, as it does any download. Never cached:
+            // the URL expires.
+            context.Response.StatusCode = StatusCodes.Status307TemporaryRedirect;
+            context.Response.Headers.Location = link.AbsoluteUri;
+            context.Response.Headers.CacheControl = "no-store";
+            context.Response.ContentLength = 0;
+            return;
+        }
+
+        var blob = isBlob
             ? await view.OpenNarByHashAsync(narHash, context.RequestAborted).ConfigureAwait(false)
             : NarUploads.IsNarFileName(file) ? await view.OpenKeptNarFileAsync(file, context.RequestAborted).ConfigureAwait(false) : null;
         if (blob is null)

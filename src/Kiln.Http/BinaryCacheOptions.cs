@@ -15,6 +15,13 @@ public sealed record BinaryCacheOptions
     /// <summary>How long an uploaded NAR waits for its narinfo before it is deleted.</summary>
     public TimeSpan StagingLifetime { get; init; } = TimeSpan.FromHours(1);
 
+    /// <summary>
+    /// Answer <c>nar/…</c> with a redirect to the blob store's own short-lived URL for the NAR (<c>kiln serve
+    /// --nar-redirect</c>), valid this long, instead of sending its bytes; null to send them. Only where the blob store
+    /// gives such URLs (S3's presigned ones): the bytes then go from the bucket to the client, not through Kiln.
+    /// </summary>
+    public TimeSpan? NarRedirect { get; init; }
+
     /// <summary><c>Priority</c> in <c>nix-cache-info</c> (lower is preferred; cache.nixos.org has 40).</summary>
     public int Priority { get; init; } = 30;
 }

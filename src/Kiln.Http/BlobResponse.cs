@@ -7,11 +7,10 @@ using Microsoft.Net.Http.Headers;
 namespace Kiln.Http;
 
 /// <summary>
-/// A blob as an HTTP answer: a redirect when the store offers the client a URL of its own, otherwise the bytes — by
-/// sendfile when the blob is a local file — with what clients and proxies expect of immutable, content-addressed
-/// files: a strong ETag (the hash), <c>Cache-Control: immutable</c>, conditional requests (<c>If-None-Match</c> → 304)
-/// and one byte range (<c>Range</c>, <c>If-Range</c>; several ranges are answered with the whole blob, as ASP.NET Core's
-/// file results do).
+/// A blob as an HTTP answer: the bytes — by sendfile when the blob is a local file — with what clients and proxies
+/// expect of immutable, content-addressed files: a strong ETag (the hash), <c>Cache-Control: immutable</c>, conditional
+/// requests (<c>If-None-Match</c> → 304) and one byte range (<c>Range</c>, <c>If-Range</c>; several ranges are answered
+/// with the whole blob, as ASP.NET Core's file results do).
 /// </summary>
 internal static class BlobResponse
 {
@@ -22,14 +21,6 @@ internal static class BlobResponse
         var request = context.Request;
         var response = context.Response;
         var cancellationToken = context.RequestAborted;
-        if (blob.Location is { } location)
-        {
-            response.StatusCode = StatusCodes.Status307TemporaryRedirect;
-            response.Headers.Location = location.AbsoluteUri;
-            response.ContentLength = 0;
-            return;
-        }
-
         var etag = new EntityTagHeaderValue($"\"{blob.Hash.ToNix32()}\"");
         response.Headers.ETag = etag.ToString();
         response.Headers.CacheControl = Immutable;

@@ -34,6 +34,7 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
             StagingDirectory = Path.Combine(options.DataDirectory, "http-uploads"),
             MaxUploadSize = store.Options.MaxNarSize,
             MaxStagedPerAccount = options.HttpStagingLimit,
+            NarRedirect = options.NarRedirect,
         }, logger);
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "kiln" });

@@ -73,6 +73,9 @@ public sealed record ServerOptions
     /// <summary>The most bytes of one account's HTTP-uploaded NARs that wait for their narinfos.</summary>
     public long HttpStagingLimit { get; init; } = 16L << 30;
 
+    /// <summary>Answer the HTTP cache's <c>nar/…</c> with redirects to the bucket's presigned URLs valid this long; null: send the bytes.</summary>
+    public TimeSpan? NarRedirect { get; init; }
+
     /// <summary>Where the HTTP binary cache listens (<c>ADDRESS:PORT</c>); null: no HTTP.</summary>
     public string? HttpListen { get; init; } = "127.0.0.1:8080";
 

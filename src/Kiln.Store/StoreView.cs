@@ -100,6 +100,13 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
             ? null
             : await _store.Blobs.OpenReadAsync(narHash, cancellationToken).ConfigureAwait(false);
 
+    /// <summary>
+    /// A short-lived URL at which the caller may fetch a NAR straight from the blob store, when a path in the view has
+    /// it and the store gives such URLs (<see cref="Blobs.IBlobStore.LinkFor"/>); null otherwise.
+    /// </summary>
+    public async Task<Uri?> LinkNarByHashAsync(NixHash narHash, TimeSpan lifetime, CancellationToken cancellationToken) =>
+        await Metadata.FindNarAsync(Readable, narHash, cancellationToken).ConfigureAwait(false) is null ? null : _store.Blobs.LinkFor(narHash, lifetime);
+
     // Sets over every readable account.
     private async Task<IReadOnlySet<StorePath>> UnionAsync(Func<long, Task<IReadOnlySet<StorePath>>> query)
     {

@@ -117,10 +117,21 @@ internal static class ServeCommands
                 "that went away (killed, cut off) are taken over by another after this (default 30).",
             DefaultValueFactory = _ => 30,
         };
+        var narRedirect = new Option<bool>("--nar-redirect")
+        {
+            Description = "With --blobs: answer the HTTP cache's nar/… with a redirect to a short-lived presigned URL of the bucket, so NAR bytes go from " +
+                "the bucket to clients, not through Kiln (clients must reach the bucket's endpoint).",
+        };
+        var narRedirectLifetime = new Option<int>("--nar-redirect-lifetime")
+        {
+            Description = "Seconds a --nar-redirect URL stays valid (default 300).",
+            DefaultValueFactory = _ => 300,
+        };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
+            narRedirect, narRedirectLifetime,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -149,6 +160,11 @@ internal static class ServeCommands
 
             Bind(result.GetValue(database), MetadataStores.Bind);
             Bind(result.GetValue(blobs), Kiln.Store.Blobs.BlobStores.Bind);
+            if (result.GetValue(narRedirect) && Kiln.Store.Blobs.BlobStores.ForDataDirectory(directory) is null)
+            {
+                throw new CommandException("--nar-redirect sends clients to the bucket's own URLs: it needs --blobs s3://… (the blob directory has none)");
+            }
+
             long ShareOfDisk(long percent) => Kiln.Agent.DiskGuard.FileSystemBytes(directory) / 100 * percent;
             var options = new ServerOptions
             {
@@ -179,6 +195,7 @@ internal static class ServeCommands
                 },
                 BlobSweepInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(blobSweep))),
                 StepClaimLease = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(claimLease))),
+                NarRedirect = result.GetValue(narRedirect) ? TimeSpan.FromSeconds(Math.Clamp(result.GetValue(narRedirectLifetime), 10, 7 * 24 * 3600)) : null,
                 Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess() with { MaxDownloadBytes = Math.Max(1, result.GetValue(fetchMax)) },
             };
             var storeOptions = new StoreOptions

@@ -93,6 +93,9 @@ public sealed class DiskBlobStore : IBlobStore
         }
     }
 
+    // Its files are for this server alone to send.
+    public Uri? LinkFor(NixHash hash, TimeSpan lifetime) => null;
+
     public ValueTask<int> CleanAbandonedAsync(TimeSpan age, CancellationToken cancellationToken)
     {
         var removed = 0;

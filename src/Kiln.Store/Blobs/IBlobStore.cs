@@ -28,6 +28,14 @@ public interface IBlobStore
 
     /// <summary>Removes what writers left that are older than <paramref name="age"/> (a crash mid-upload); returns how many.</summary>
     ValueTask<int> CleanAbandonedAsync(TimeSpan age, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// A URL at which anyone holding it may fetch the blob directly for <paramref name="lifetime"/> (an object store's
+    /// presigned URL), so the HTTP cache can send a client there instead of sending the bytes itself; null when the
+    /// store has no such URLs (the directory store). Made without asking the store whether the blob exists: callers
+    /// give it only for blobs the metadata names.
+    /// </summary>
+    Uri? LinkFor(NixHash hash, TimeSpan lifetime);
 }
 
 /// <summary>A blob as listed: its hash, size and when it was written.</summary>
@@ -55,33 +63,31 @@ public interface IBlobWriter : IAsyncDisposable
 
 /// <summary>
 /// A stored blob, ready to be read: a local file a caller may send with sendfile (<see cref="LocalFile"/>), or a
-/// stream; and possibly a URL a client may be sent to instead (<see cref="Location"/>, an object store's). The
-/// source holds the blob open, so a collection after it was opened cannot cut it short.
+/// stream. The source holds the blob open, so a collection after it was opened cannot cut it short.
 /// </summary>
 public sealed class BlobSource : IAsyncDisposable
 {
     private readonly Func<CancellationToken, ValueTask<Stream>>? _open;
     private Stream? _content;
 
-    private BlobSource(NixHash hash, long length, Stream? content, Func<CancellationToken, ValueTask<Stream>>? open, Uri? location)
+    private BlobSource(NixHash hash, long length, Stream? content, Func<CancellationToken, ValueTask<Stream>>? open)
     {
         Hash = hash;
         Length = length;
         _content = content;
         _open = open;
-        Location = location;
     }
 
     /// <summary>A blob held in an open local file.</summary>
     public static BlobSource FromFile(NixHash hash, FileStream file)
     {
         ArgumentNullException.ThrowIfNull(file);
-        return new BlobSource(hash, file.Length, file, null, null);
+        return new BlobSource(hash, file.Length, file, null);
     }
 
-    /// <summary>A blob read through <paramref name="open"/>, which a client may also fetch at <paramref name="location"/>.</summary>
-    public static BlobSource FromStream(NixHash hash, long length, Func<CancellationToken, ValueTask<Stream>> open, Uri? location = null) =>
-        new(hash, length, null, open, location);
+    /// <summary>A blob read through <paramref name="open"/>.</summary>
+    public static BlobSource FromStream(NixHash hash, long length, Func<CancellationToken, ValueTask<Stream>> open) =>
+        new(hash, length, null, open);
 
     public NixHash Hash { get; }
 
@@ -89,9 +95,6 @@ public sealed class BlobSource : IAsyncDisposable
 
     /// <summary>The blob as an open local file (positioned at its start), when it is one.</summary>
     public FileStream? LocalFile => _content as FileStream;
-
-    /// <summary>Where a client may fetch the blob itself, when the store offers that.</summary>
-    public Uri? Location { get; }
 
     /// <summary>The blob's bytes from the start. A source is read once; the stream goes with the source.</summary>
     public async ValueTask<Stream> OpenStreamAsync(CancellationToken cancellationToken) =>

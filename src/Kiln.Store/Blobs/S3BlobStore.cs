@@ -221,6 +221,21 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
         while (continuation is not null);
     }
 
+    public Uri? LinkFor(NixHash hash, TimeSpan lifetime)
+    {
+        // Signed here, with this server's credentials, for a GET of this one object until it expires: no request to
+        // the bucket, and nothing a client can widen (another key, another verb, longer) without breaking the signature.
+        var url = _client.GetPreSignedURL(new GetPreSignedUrlRequest
+        {
+            BucketName = _location.Bucket,
+            Key = KeyOf(hash),
+            Verb = HttpVerb.GET,
+            Expires = DateTime.UtcNow + lifetime,
+            Protocol = _location.Endpoint?.Scheme == "http" ? Amazon.S3.Protocol.HTTP : Amazon.S3.Protocol.HTTPS,
+        });
+        return new Uri(url);
+    }
+
     public async ValueTask<int> CleanAbandonedAsync(TimeSpan age, CancellationToken cancellationToken)
     {
         var removed = 0;

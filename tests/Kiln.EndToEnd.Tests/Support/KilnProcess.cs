@@ -7,7 +7,7 @@ namespace Kiln.EndToEnd.Tests.Support;
 /// <summary>A running <c>kiln serve</c> with its own data directory and socket, stopped with SIGTERM on dispose.</summary>
 public sealed class KilnProcess : IDisposable
 {
-    private static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kiln.dll");
+    internal static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kiln.dll");
     private readonly Process _process;
     private readonly StringBuilder _log = new();
     private readonly TempDir _temp = new();
