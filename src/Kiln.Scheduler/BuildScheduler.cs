@@ -179,6 +179,8 @@ public sealed partial class BuildScheduler
         {
             if (id != 0)
             {
+                // Before the record says the build ended: a front door waiting for it then finds the whole log.
+                await SealLogAsync(id).ConfigureAwait(false);
                 await Builds.FinishBuildAsync(id, new BuildEnd(outcome.Succeeded, outcome.Failure == BuildFailureKind.None ? "" : outcome.Failure.ToString(),
                     outcome.ErrorMessage, outcome.StopTime == default ? DateTimeOffset.UtcNow.ToUnixTimeSeconds() : outcome.StopTime.ToUnixTimeSeconds(),
                     outcome.CpuUser is { } user ? user.Ticks / 10 : null, outcome.CpuSystem is { } system ? system.Ticks / 10 : null, outcome.PeakMemoryBytes,
@@ -248,6 +250,11 @@ public sealed partial class BuildScheduler
                 }
 
                 await Builds.AddBuildAccountAsync(record.Id, accountId, CancellationToken.None).ConfigureAwait(false);
+                if (told)
+                {
+                    await ReplayLogAsync(step, record.Id).ConfigureAwait(false);
+                }
+
                 var outcome = new BuildOutcome
                 {
                     Outputs = record.Outputs.Select(FromRecord).ToList(),
@@ -270,6 +277,58 @@ public sealed partial class BuildScheduler
             }
 
             await Task.Delay(Options.ClaimPoll, step.Cancellation).ConfigureAwait(false);
+        }
+    }
+
+    private async Task SealLogAsync(long id)
+    {
+        try
+        {
+            await Logs.SealAsync(id, CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // the build is no less done: only other front doors' clients miss its log
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            LogLogNotShared(_logger, id, e);
+        }
+    }
+
+    // The clients who waited here for another front door's build get its log at its end (the lines a session joining
+    // late would get: the last JoinBacklogLines), as they would have had it live there.
+    private async Task ReplayLogAsync(RunningStep step, long id)
+    {
+        var tail = new Queue<string>();
+        try
+        {
+            var stream = await Logs.OpenReadAsync(id, 0, CancellationToken.None).ConfigureAwait(false);
+            if (stream is null)
+            {
+                return;
+            }
+
+            using var reader = new StreamReader(stream, System.Text.Encoding.UTF8);
+            while (await reader.ReadLineAsync(step.Cancellation).ConfigureAwait(false) is { } line)
+            {
+                tail.Enqueue(line);
+                if (tail.Count > Options.JoinBacklogLines)
+                {
+                    tail.Dequeue();
+                }
+            }
+        }
+#pragma warning disable CA1031 // the outputs are there; only the log is missing
+        catch (Exception e) when (e is not OperationCanceledException)
+#pragma warning restore CA1031
+        {
+            LogLogNotShared(_logger, id, e);
+            return;
+        }
+
+        step.Line($"kiln: the log of build {id}, from the front door that ran it:");
+        foreach (var line in tail)
+        {
+            step.Line(line);
         }
     }
 
@@ -336,6 +395,9 @@ public sealed partial class BuildScheduler
 
     [LoggerMessage(EventId = LogEvents.StepClaimFailed, Level = LogLevel.Warning, Message = "step claims could not be kept up to date")]
     private static partial void LogClaimError(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = LogEvents.BuildLogNotShared, Level = LogLevel.Warning, Message = "the log of build {Id} could not be shared with other front doors")]
+    private static partial void LogLogNotShared(ILogger logger, long id, Exception exception);
 
     [LoggerMessage(EventId = LogEvents.BuildsAbandonedElsewhere, Level = LogLevel.Warning, Message = "{Count} builds of a Kiln front door that went away are recorded as failed")]
     private static partial void LogAbandonedElsewhere(ILogger logger, int count);

@@ -21,7 +21,8 @@ public sealed class KilnStore : IAsyncDisposable
         Blobs = BlobStores.Open(options);
         TempRoots = new TempRoots();
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory);
-        Logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
+        var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
+        Logs = Blobs is IBuildLogArchive archive ? new SharedBuildLogStore(logs, archive) : logs; // a bucket front doors share
         Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
         GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
     }

@@ -87,6 +87,56 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         }
     }
 
+    // Logs across front doors: a client of B waiting for the build A runs gets its log at the end (live on A), and B's
+    // SSH shell and HTTP cache show it afterwards, from the bucket the front doors share.
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task The_log_of_a_build_one_front_door_ran_is_shown_through_the_other(string version)
+    {
+        var client = NixClient.For(version);
+        var (database, _, a, b) = TwoFrontDoors(http: true);
+        using var doorA = a;
+        using var doorB = b;
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, a, "alice");
+        var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
+        var token = a.Cli("token", "create", "alice", "--permissions", "store:read").Split('\n')[0];
+        File.WriteAllText(client.HostPath($"{workspace}/alice.netrc"), $"machine 127.0.0.1\nlogin alice\npassword {token}\n");
+
+        var marker = Guid.NewGuid().ToString("N");
+        var drv = Dag.WriteSingle(client, workspace, "slowlog", $"echo said-{marker}; sleep 3; echo done > $out");
+        string[] evalStore = client.Is23 ? [] : ["--eval-store", "auto"];
+        string[] build = ["nix", "build", .. (client.Is23 ? Array.Empty<string>() : ["-L"]), .. evalStore, "--store", "ssh-ng://kiln@127.0.0.1", "-f", drv, "--no-link"];
+        await using var metadata = MetadataStores.Open(database);
+        using var first = client.Start(a, [.. alice.Environment, .. build]);
+        var firstErr = first.StandardError.ReadToEndAsync();
+        var started = DateTime.UtcNow;
+        while ((await metadata.ListBuildsAsync(null, 10, CancellationToken.None)).Count == 0)
+        {
+            Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(60), "the build never started on A" + a.Log);
+            await Task.Delay(100);
+        }
+
+        using var second = client.Start(b, [.. throughB, .. build]);
+        var secondErr = await second.StandardError.ReadToEndAsync();
+        await Task.WhenAll(first.WaitForExitAsync(), second.WaitForExitAsync());
+        Assert.True(first.ExitCode == 0, await firstErr + a.Log);
+        Assert.True(second.ExitCode == 0, secondErr + b.Log);
+        var record = Assert.Single(await metadata.ListBuildsAsync(null, 10, CancellationToken.None)); // built once, on A
+        if (!client.Is23)
+        {
+            Assert.Contains("another Kiln front door is building", secondErr, StringComparison.Ordinal);
+            Assert.Contains($"said-{marker}", secondErr, StringComparison.Ordinal);
+        }
+
+        var id = record.Id.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var shell = SshTests.Shell(b, alice, null, "kiln", "builds", "log", id);
+        Assert.True(shell.ExitCode == 0, shell.Stderr);
+        Assert.Contains($"said-{marker}", shell.StdoutText, StringComparison.Ordinal);
+        var log = client.Ok(b, "nix", "log", "--store", b.HttpUrl, "--option", "netrc-file", $"{workspace}/alice.netrc", $"/nix/store/{record.DrvPath}");
+        Assert.Contains($"said-{marker}", log.StdoutText, StringComparison.Ordinal);
+    }
+
     // One scheduler across front doors: the step's claim is in the database, so a DAG asked for through A and B at
     // once is built once, derivation by derivation, whichever front door got there first.
     [Theory]

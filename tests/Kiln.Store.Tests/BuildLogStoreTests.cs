@@ -1,5 +1,6 @@
 using System.Text;
 using Kiln.Nix.Tests.Support;
+using Kiln.Store.Blobs;
 using Kiln.Store.Logs;
 
 namespace Kiln.Store.Tests;
@@ -278,4 +279,75 @@ public sealed class FileBuildLogStoreTests : BuildLogStoreContract, IDisposable
     }
 
     public void Dispose() => _temp.Dispose();
+}
+
+/// <summary>
+/// The contract, run against front doors' shared logs on a real S3 server (s3rver); and what sharing adds: a log
+/// written and sealed by one front door is read and followed whole by another (its own directory, the same bucket),
+/// and a log not sealed yet (its build still running there) is not there at all.
+/// </summary>
+public sealed class SharedBuildLogStoreTests : BuildLogStoreContract, IDisposable
+{
+    private readonly TempDir _temp = new();
+    private readonly S3Server _server;
+    private readonly string _location;
+    private readonly List<S3BlobStore> _buckets = [];
+    private readonly SharedBuildLogStore _store;
+
+    public SharedBuildLogStoreTests(S3Server server)
+    {
+        _server = server;
+        _location = server.NewLocation();
+        _store = FrontDoor("a");
+    }
+
+    private SharedBuildLogStore FrontDoor(string name)
+    {
+        var bucket = new S3BlobStore(S3BlobLocation.Parse(_location), new LocalBlobCache(_temp[$"cache-{name}"], 0));
+        _buckets.Add(bucket);
+        return new SharedBuildLogStore(new FileBuildLogStore(_temp[$"logs-{name}"]), bucket);
+    }
+
+    protected override IBuildLogStore Store => _store;
+
+    [Fact]
+    public async Task A_sealed_log_is_read_by_another_front_door_and_an_unsealed_one_is_not()
+    {
+        var other = FrontDoor("b");
+        using (var writer = _store.Create(501))
+        {
+            writer.AppendLine("line one");
+            writer.AppendLine("ünïcode two");
+            Assert.Null(await other.OpenReadAsync(501, 0, default)); // still running on front door a
+        }
+
+        Assert.Null(await other.OpenReadAsync(501, 0, default)); // ended, not yet sealed
+        await _store.SealAsync(501, default);
+        Assert.Contains(_server.ObjectFiles(_location), f => f.Contains("501.log", StringComparison.Ordinal));
+
+        await using (var stream = (await other.OpenReadAsync(501, 5, default))!)
+        {
+            using var reader = new StreamReader(stream);
+            Assert.Equal("one\nünïcode two\n", await reader.ReadToEndAsync());
+        }
+
+        var followed = new List<string>();
+        await foreach (var line in FrontDoor("c").FollowAsync(501, default))
+        {
+            followed.Add(line);
+        }
+
+        Assert.Equal(["line one", "ünïcode two"], followed);
+        Assert.Null(await other.OpenReadAsync(502, 0, default)); // no build, no log, anywhere
+    }
+
+    public void Dispose()
+    {
+        foreach (var bucket in _buckets)
+        {
+            bucket.Dispose();
+        }
+
+        _temp.Dispose();
+    }
 }

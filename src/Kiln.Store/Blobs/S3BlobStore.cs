@@ -16,7 +16,7 @@ namespace Kiln.Store.Blobs;
 /// disk (<see cref="LocalBlobCache"/>), so the HTTP cache's sendfile path and the agents' input reads stay local;
 /// a blob fetched from the bucket is hashed on the way in and refused if the bucket's copy is not what its name says.
 /// </summary>
-public sealed class S3BlobStore : IBlobStore, IDisposable
+public sealed class S3BlobStore : IBlobStore, Logs.IBuildLogArchive, IDisposable
 {
     private const long PartSize = 16L << 20;
 
@@ -280,7 +280,7 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
     // One PUT up to a part's size; beyond it a multipart upload, parts read from the spool file (never the whole blob in
     // memory), up to 4 at once. Unchunked: every S3-compatible server understands it (s3rver keeps aws-chunked bodies
     // verbatim), and the SDK then signs each body's SHA-256, so the server checks what it got.
-    private async Task UploadAsync(string file, long length, string key, CancellationToken cancellationToken)
+    private async Task UploadAsync(string file, long length, string key, string contentType, CancellationToken cancellationToken)
     {
         if (length <= PartSize)
         {
@@ -289,7 +289,7 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
                 BucketName = _location.Bucket,
                 Key = key,
                 FilePath = file,
-                ContentType = "application/x-nix-nar",
+                ContentType = contentType,
                 UseChunkEncoding = false,
             }, cancellationToken).ConfigureAwait(false);
             return;
@@ -299,7 +299,7 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
         {
             BucketName = _location.Bucket,
             Key = key,
-            ContentType = "application/x-nix-nar",
+            ContentType = contentType,
         }, cancellationToken).ConfigureAwait(false);
         try
         {
@@ -344,6 +344,38 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
             throw;
         }
     }
+
+    // Finished build logs, beside the blobs (PREFIX/logs/<id>.log), for front doors that did not run the build.
+    private string LogKeyOf(long buildId) => _location.Prefix + "logs/" + buildId.ToString(System.Globalization.CultureInfo.InvariantCulture) + ".log";
+
+    public Task PutLogAsync(long buildId, string file, CancellationToken cancellationToken) =>
+        Storage("store a build log", async () =>
+        {
+            await UploadAsync(file, new FileInfo(file).Length, LogKeyOf(buildId), "text/plain; charset=utf-8", cancellationToken).ConfigureAwait(false);
+            return true;
+        });
+
+    public Task<bool> GetLogAsync(long buildId, string destination, CancellationToken cancellationToken) =>
+        Storage("read a build log", async () =>
+        {
+            GetObjectResponse response;
+            try
+            {
+                response = await _client.GetObjectAsync(_location.Bucket, LogKeyOf(buildId), cancellationToken).ConfigureAwait(false);
+            }
+            catch (AmazonS3Exception e) when (IsNotFound(e))
+            {
+                return false;
+            }
+
+            using (response)
+            {
+                await using var file = SpoolFile(destination);
+                await response.ResponseStream.CopyToAsync(file, 1 << 20, cancellationToken).ConfigureAwait(false);
+            }
+
+            return true;
+        });
 
     public void Dispose() => _client.Dispose();
 
@@ -397,7 +429,7 @@ public sealed class S3BlobStore : IBlobStore, IDisposable
                 // Sent even when the content is stored already: the upload renews the object's age, which the sweep of
                 // unnamed blobs goes by (another front door's collector must not take it before this registration), and
                 // an upload that takes as long whether or not someone stored the content tells the uploader nothing.
-                await store.UploadAsync(_path, length, store.KeyOf(hash), cancellationToken).ConfigureAwait(false);
+                await store.UploadAsync(_path, length, store.KeyOf(hash), "application/x-nix-nar", cancellationToken).ConfigureAwait(false);
                 await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
                 return true;
             }).ConfigureAwait(false);

@@ -16,6 +16,12 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
     private string PathOf(long buildId) =>
         Path.Combine(directory, (buildId / 1000).ToString(System.Globalization.CultureInfo.InvariantCulture), $"{buildId}.log");
 
+    /// <summary>Where a build's log is (or would be) kept.</summary>
+    internal string FileOf(long buildId) => PathOf(buildId);
+
+    // Every reader looks in this directory, where the log already is.
+    public Task SealAsync(long buildId, CancellationToken cancellationToken) => Task.CompletedTask;
+
     public IBuildLogWriter Create(long buildId)
     {
         var path = PathOf(buildId);

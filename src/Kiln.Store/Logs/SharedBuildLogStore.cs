@@ -1,0 +1,62 @@
+namespace Kiln.Store.Logs;
+
+/// <summary>
+/// The build logs of several front doors: each front door writes and follows the logs of the builds it runs in its
+/// own directory (<see cref="FileBuildLogStore"/>, live), and hands each log, once its build ended, to the archive they
+/// share (<see cref="IBuildLogArchive"/>, the bucket). A log this front door does not have — the build ran on another —
+/// is fetched from the archive once and kept beside its own. So a client of any front door reads the log of any build
+/// it may read, live where the build runs, and from its end everywhere else.
+/// </summary>
+public sealed class SharedBuildLogStore(FileBuildLogStore local, IBuildLogArchive archive) : IBuildLogStore
+{
+    public IBuildLogWriter Create(long buildId) => local.Create(buildId);
+
+    public async Task SealAsync(long buildId, CancellationToken cancellationToken)
+    {
+        var file = local.FileOf(buildId);
+        if (File.Exists(file))
+        {
+            await archive.PutLogAsync(buildId, file, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public async Task<Stream?> OpenReadAsync(long buildId, long offset, CancellationToken cancellationToken) =>
+        await local.OpenReadAsync(buildId, offset, cancellationToken).ConfigureAwait(false)
+        ?? (await FetchAsync(buildId, cancellationToken).ConfigureAwait(false) ? await local.OpenReadAsync(buildId, offset, cancellationToken).ConfigureAwait(false) : null);
+
+    public async IAsyncEnumerable<string> FollowAsync(long buildId, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        if (!File.Exists(local.FileOf(buildId)))
+        {
+            await FetchAsync(buildId, cancellationToken).ConfigureAwait(false);
+        }
+
+        await foreach (var line in local.FollowAsync(buildId, cancellationToken).ConfigureAwait(false))
+        {
+            yield return line;
+        }
+    }
+
+    // Into a file of its own first, then renamed into place: a reader never sees half a log, and two fetching at once
+    // both end with the whole one.
+    private async Task<bool> FetchAsync(long buildId, CancellationToken cancellationToken)
+    {
+        var file = local.FileOf(buildId);
+        Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+        var partial = $"{file}.{Guid.NewGuid():N}.part";
+        try
+        {
+            if (!await archive.GetLogAsync(buildId, partial, cancellationToken).ConfigureAwait(false))
+            {
+                return false;
+            }
+
+            File.Move(partial, file, overwrite: true);
+            return true;
+        }
+        finally
+        {
+            File.Delete(partial);
+        }
+    }
+}
