@@ -20,9 +20,9 @@ public sealed class KilnStore : IAsyncDisposable
         Metadata = metadata;
         Blobs = BlobStores.Open(options);
         TempRoots = new TempRoots();
-        KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory);
+        KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
         var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
-        Logs = Blobs is IBuildLogArchive archive ? new SharedBuildLogStore(logs, archive) : logs; // a bucket front doors share
+        Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared) : logs; // a bucket front doors share
         Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
         GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
     }

@@ -15,7 +15,7 @@ public sealed partial class StoreView
             return null;
         }
 
-        return await _store.KeptNarFiles.OpenAsync(name).ConfigureAwait(false);
+        return await _store.KeptNarFiles.OpenAsync(name, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>

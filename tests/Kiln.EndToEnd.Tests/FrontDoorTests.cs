@@ -63,6 +63,30 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         client.Ok(b, ["nix", "copy", "--from", b.HttpUrl, "--to", $"local?root={workspace}/pulled", "--no-check-sigs", .. netrc, top]);
         Assert.Equal(File.ReadAllBytes(client.HostPath($"{workspace}/source{top}")), File.ReadAllBytes(client.HostPath($"{workspace}/pulled{top}")));
 
+        // The compressed files Nix uploaded through A (its narinfo cache names them, and behind a load balancer it asks
+        // whichever front door it reaches) are served by B too, byte for byte.
+        await using (var shared = MetadataStores.Open(database))
+        {
+            var narFiles = MetadataTables.All.Single(t => t.Name == "nar_files");
+            var kept = new List<string>();
+            await foreach (var row in shared.ReadTableAsync(narFiles, CancellationToken.None))
+            {
+                kept.Add((string)row[0]!);
+            }
+
+            Assert.NotEmpty(kept);
+            using var http = new HttpClient();
+            foreach (var file in kept)
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Get, $"{b.HttpUrl}/nar/{file}");
+                request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Basic", Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes($"alice:{token}")));
+                using var response = await http.SendAsync(request);
+                Assert.True(response.IsSuccessStatusCode, $"{file}: {response.StatusCode}");
+                var bytes = await response.Content.ReadAsByteArrayAsync();
+                Assert.StartsWith(Kiln.Nix.Hashing.NixHash.Compute(Kiln.Nix.Hashing.NixHashAlgorithm.Sha256, bytes).ToNix32() + ".", file, StringComparison.Ordinal);
+            }
+        }
+
         // Build through A over ssh-ng; B (its own host key pinned) sees the outputs and serves their NARs.
         var dag = Dag.Write(client, workspace, "doordag", depth: 2, width: 3, salt: Guid.NewGuid().ToString("N"));
         string[] evalStore = client.Is23 ? [] : ["--eval-store", "auto"];

@@ -5,17 +5,23 @@ namespace Kiln.Store.Blobs;
 /// <summary>
 /// Compressed NARs kept as HTTP clients uploaded them (<c>&lt;nix32 file hash&gt;.nar.xz</c> and the like), because
 /// the uploader's own narinfo cache names them and it asks for them by that name. A file is kept only under the name
-/// its contents hash to, so no upload can replace another's; it goes when the collector removes its NAR's blob.
+/// its contents hash to, so no upload can replace another's; it goes when the collector removes its NAR's blob. With
+/// several front doors on one bucket, each kept file is also put there (<see cref="ISharedFiles"/>, <c>nar-files/</c>):
+/// a client whose narinfo cache names a file it uploaded through one front door gets it from any other.
 /// </summary>
 internal sealed class KeptNarFiles
 {
     private readonly string _directory;
+    private readonly ISharedFiles? _shared;
 
-    public KeptNarFiles(string directory)
+    public KeptNarFiles(string directory, ISharedFiles? shared)
     {
         _directory = directory;
+        _shared = shared;
         Directory.CreateDirectory(directory);
     }
+
+    private static string SharedName(string name) => "nar-files/" + name;
 
     // The file hash a kept file's name starts with (52 Nix32 digits before the first dot).
     private static NixHash? HashOf(string name)
@@ -27,22 +33,54 @@ internal sealed class KeptNarFiles
             : null;
     }
 
-    public ValueTask<BlobSource?> OpenAsync(string name)
+    public async ValueTask<BlobSource?> OpenAsync(string name, CancellationToken cancellationToken)
     {
         if (HashOf(name) is not { } hash)
         {
-            return ValueTask.FromResult<BlobSource?>(null);
+            return null;
         }
 
+        if (Open(hash, name) is { } kept)
+        {
+            return kept;
+        }
+
+        if (_shared is null)
+        {
+            return null;
+        }
+
+        // Kept by another front door: fetched once (into a file of its own, renamed into place) and kept here too.
+        var temp = Path.Combine(_directory, $".tmp-{Guid.NewGuid():N}");
+        try
+        {
+            if (!await _shared.GetFileAsync(SharedName(name), temp, cancellationToken).ConfigureAwait(false))
+            {
+                return null;
+            }
+
+            File.SetUnixFileMode(temp, UnixFileMode.UserRead);
+            File.Move(temp, Path.Combine(_directory, name), overwrite: true);
+        }
+        finally
+        {
+            File.Delete(temp);
+        }
+
+        return Open(hash, name);
+    }
+
+    private BlobSource? Open(NixHash hash, string name)
+    {
         try
         {
             var file = new FileStream(Path.Combine(_directory, name), FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 0,
                 FileOptions.Asynchronous | FileOptions.SequentialScan);
-            return ValueTask.FromResult<BlobSource?>(BlobSource.FromFile(hash, file));
+            return BlobSource.FromFile(hash, file);
         }
         catch (FileNotFoundException)
         {
-            return ValueTask.FromResult<BlobSource?>(null);
+            return null;
         }
     }
 
@@ -57,6 +95,7 @@ internal sealed class KeptNarFiles
         var target = Path.Combine(_directory, name);
         if (File.Exists(target))
         {
+            await ShareAsync(name, target, cancellationToken).ConfigureAwait(false);
             return true; // the same name is the same content
         }
 
@@ -81,24 +120,43 @@ internal sealed class KeptNarFiles
             }
 
             File.SetUnixFileMode(temp, UnixFileMode.UserRead);
-            File.Move(temp, target, overwrite: false);
-            return true;
-        }
-        catch (IOException) when (File.Exists(target))
-        {
-            return true; // kept by a concurrent upload of the same file
+            try
+            {
+                File.Move(temp, target, overwrite: false);
+            }
+            catch (IOException) when (File.Exists(target))
+            {
+                // kept by a concurrent upload of the same file
+            }
         }
         finally
         {
             File.Delete(temp);
         }
+
+        await ShareAsync(name, target, cancellationToken).ConfigureAwait(false);
+        return true;
     }
 
-    public void Delete(string name)
+    // Put for the other front doors every time it is kept: an earlier put may have failed, and it costs one upload of
+    // a file the client has just sent anyway.
+    private async Task ShareAsync(string name, string file, CancellationToken cancellationToken)
+    {
+        if (_shared is not null)
+        {
+            await _shared.PutFileAsync(SharedName(name), file, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public async Task DeleteAsync(string name, CancellationToken cancellationToken)
     {
         if (HashOf(name) is not null)
         {
             File.Delete(Path.Combine(_directory, name));
+            if (_shared is not null)
+            {
+                await _shared.DeleteFileAsync(SharedName(name), cancellationToken).ConfigureAwait(false);
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ namespace Kiln.Store.Blobs;
 /// disk (<see cref="LocalBlobCache"/>), so the HTTP cache's sendfile path and the agents' input reads stay local;
 /// a blob fetched from the bucket is hashed on the way in and refused if the bucket's copy is not what its name says.
 /// </summary>
-public sealed class S3BlobStore : IBlobStore, Logs.IBuildLogArchive, IDisposable
+public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 {
     private const long PartSize = 16L << 20;
 
@@ -345,23 +345,23 @@ public sealed class S3BlobStore : IBlobStore, Logs.IBuildLogArchive, IDisposable
         }
     }
 
-    // Finished build logs, beside the blobs (PREFIX/logs/<id>.log), for front doors that did not run the build.
-    private string LogKeyOf(long buildId) => _location.Prefix + "logs/" + buildId.ToString(System.Globalization.CultureInfo.InvariantCulture) + ".log";
+    // Shared files beside the blobs: PREFIX/logs/…, PREFIX/nar-files/… (never under blobs/, which the sweep lists).
+    private string SharedKeyOf(string name) => _location.Prefix + name;
 
-    public Task PutLogAsync(long buildId, string file, CancellationToken cancellationToken) =>
-        Storage("store a build log", async () =>
+    public Task PutFileAsync(string name, string file, CancellationToken cancellationToken) =>
+        Storage("store a shared file", async () =>
         {
-            await UploadAsync(file, new FileInfo(file).Length, LogKeyOf(buildId), "text/plain; charset=utf-8", cancellationToken).ConfigureAwait(false);
+            await UploadAsync(file, new FileInfo(file).Length, SharedKeyOf(name), "application/octet-stream", cancellationToken).ConfigureAwait(false);
             return true;
         });
 
-    public Task<bool> GetLogAsync(long buildId, string destination, CancellationToken cancellationToken) =>
-        Storage("read a build log", async () =>
+    public Task<bool> GetFileAsync(string name, string destination, CancellationToken cancellationToken) =>
+        Storage("read a shared file", async () =>
         {
             GetObjectResponse response;
             try
             {
-                response = await _client.GetObjectAsync(_location.Bucket, LogKeyOf(buildId), cancellationToken).ConfigureAwait(false);
+                response = await _client.GetObjectAsync(_location.Bucket, SharedKeyOf(name), cancellationToken).ConfigureAwait(false);
             }
             catch (AmazonS3Exception e) when (IsNotFound(e))
             {
@@ -374,6 +374,13 @@ public sealed class S3BlobStore : IBlobStore, Logs.IBuildLogArchive, IDisposable
                 await response.ResponseStream.CopyToAsync(file, 1 << 20, cancellationToken).ConfigureAwait(false);
             }
 
+            return true;
+        });
+
+    public Task DeleteFileAsync(string name, CancellationToken cancellationToken) =>
+        Storage("delete a shared file", async () =>
+        {
+            await _client.DeleteObjectAsync(_location.Bucket, SharedKeyOf(name), cancellationToken).ConfigureAwait(false);
             return true;
         });
 

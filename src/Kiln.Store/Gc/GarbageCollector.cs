@@ -216,7 +216,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
 
         foreach (var file in await metadata.RemoveNarFilesAsync(narHashes, cancellationToken).ConfigureAwait(false))
         {
-            store.KeptNarFiles.Delete(file);
+            await store.KeptNarFiles.DeleteAsync(file, cancellationToken).ConfigureAwait(false);
         }
     }
 

@@ -13,7 +13,7 @@ public interface IBuildLogStore
     IBuildLogWriter Create(long buildId);
 
     /// <summary>
-    /// The build has ended and its writer is disposed: its log is whole. Front doors that share an archive make it
+    /// The build has ended and its writer is disposed: its log is whole. Front doors that share a bucket make it
     /// readable by the others here; the directory store has nothing to do.
     /// </summary>
     Task SealAsync(long buildId, CancellationToken cancellationToken);

@@ -1,14 +1,18 @@
+using Kiln.Store.Blobs;
+
 namespace Kiln.Store.Logs;
 
 /// <summary>
 /// The build logs of several front doors: each front door writes and follows the logs of the builds it runs in its
-/// own directory (<see cref="FileBuildLogStore"/>, live), and hands each log, once its build ended, to the archive they
-/// share (<see cref="IBuildLogArchive"/>, the bucket). A log this front door does not have — the build ran on another —
-/// is fetched from the archive once and kept beside its own. So a client of any front door reads the log of any build
+/// own directory (<see cref="FileBuildLogStore"/>, live), and puts each log, once its build ended, in the bucket they
+/// share (<see cref="ISharedFiles"/>). A log this front door does not have — the build ran on another — is fetched from
+/// there once and kept beside its own. So a client of any front door reads the log of any build
 /// it may read, live where the build runs, and from its end everywhere else.
 /// </summary>
-public sealed class SharedBuildLogStore(FileBuildLogStore local, IBuildLogArchive archive) : IBuildLogStore
+public sealed class SharedBuildLogStore(FileBuildLogStore local, ISharedFiles shared) : IBuildLogStore
 {
+    private static string NameOf(long buildId) => $"logs/{buildId.ToString(System.Globalization.CultureInfo.InvariantCulture)}.log";
+
     public IBuildLogWriter Create(long buildId) => local.Create(buildId);
 
     public async Task SealAsync(long buildId, CancellationToken cancellationToken)
@@ -16,7 +20,7 @@ public sealed class SharedBuildLogStore(FileBuildLogStore local, IBuildLogArchiv
         var file = local.FileOf(buildId);
         if (File.Exists(file))
         {
-            await archive.PutLogAsync(buildId, file, cancellationToken).ConfigureAwait(false);
+            await shared.PutFileAsync(NameOf(buildId), file, cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -46,7 +50,7 @@ public sealed class SharedBuildLogStore(FileBuildLogStore local, IBuildLogArchiv
         var partial = $"{file}.{Guid.NewGuid():N}.part";
         try
         {
-            if (!await archive.GetLogAsync(buildId, partial, cancellationToken).ConfigureAwait(false))
+            if (!await shared.GetFileAsync(NameOf(buildId), partial, cancellationToken).ConfigureAwait(false))
             {
                 return false;
             }
