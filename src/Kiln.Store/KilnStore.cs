@@ -12,12 +12,13 @@ namespace Kiln.Store;
 /// </summary>
 public sealed class KilnStore : IAsyncDisposable
 {
-    private readonly GcLock _gcLock = new();
+    private readonly GcLock _gcLock;
 
     private KilnStore(StoreOptions options, IMetadataStore metadata)
     {
         Options = options;
         Metadata = metadata;
+        _gcLock = new GcLock(metadata.LockAgainstCollectionAsync);
         Blobs = BlobStores.Open(options);
         TempRoots = new TempRoots();
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);

@@ -108,7 +108,8 @@ public sealed partial class StoreView
             }).ToList();
         }
 
-        using var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+        var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+        await using var _ = shared.ConfigureAwait(false);
 
         // Under the lock that keeps the collector out: a blob seen before it (a build reused, or built and not yet
         // registered) may have been swept since, when the last path naming it went; a path must never be valid without it.

@@ -280,7 +280,8 @@ public sealed partial class StoreView
     private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken, Provenance provenance = Provenance.Uploaded)
     {
         var ordered = TopologicalOrder(uploads);
-        using var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+        var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+        await using var _ = shared.ConfigureAwait(false);
         foreach (var upload in ordered)
         {
             await upload.Nar.CommitAsync(cancellationToken).ConfigureAwait(false);

@@ -69,6 +69,39 @@ public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposa
         }
     }
 
+    // The collection lock across front doors: registrations share it, a collection has it alone, in PostgreSQL's order.
+    [Fact]
+    public async Task The_collection_lock_is_shared_by_registrations_and_held_alone_by_a_collection()
+    {
+        var database = server.CreateDatabase();
+        await using var first = MetadataStores.Open(database);
+        await using var second = MetadataStores.Open(database);
+        await first.MigrateAsync(default);
+        await second.MigrateAsync(default);
+
+        var shared1 = (await first.LockAgainstCollectionAsync(exclusive: false, default))!;
+        var shared2 = (await second.LockAgainstCollectionAsync(exclusive: false, default))!; // both at once
+        var collection = first.LockAgainstCollectionAsync(exclusive: true, default);
+        await Task.Delay(300);
+        Assert.False(collection.IsCompleted);
+        await shared1.DisposeAsync();
+        await Task.Delay(300);
+        Assert.False(collection.IsCompleted);
+        await shared2.DisposeAsync();
+        var held = (await collection.WaitAsync(TimeSpan.FromSeconds(30)))!;
+
+        var registration = second.LockAgainstCollectionAsync(exclusive: false, default);
+        await Task.Delay(300);
+        Assert.False(registration.IsCompleted);
+        await held.DisposeAsync();
+        await using var _ = (await registration.WaitAsync(TimeSpan.FromSeconds(30)))!;
+
+        // SQLite has one writing process: its in-process lock is the whole of it.
+        await using var sqlite = MetadataStores.Open("sqlite://" + _temp["kiln.db"]);
+        await sqlite.MigrateAsync(default);
+        Assert.Null(await sqlite.LockAgainstCollectionAsync(exclusive: true, default));
+    }
+
     // What another front door changes reaches this one's narinfo cache through the version (LISTEN/NOTIFY).
     [Fact]
     public async Task A_record_changed_through_another_front_door_moves_this_ones_version()

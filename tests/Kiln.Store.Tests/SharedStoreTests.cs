@@ -9,9 +9,11 @@ namespace Kiln.Store.Tests;
 /// <summary>
 /// Two stores as two front doors (each its own data directory) on one database and one real S3 bucket (s3rver): a
 /// compressed NAR kept through one is served by the other, and when the collector of either takes the path, its NAR,
-/// and the kept file go from the bucket.
+/// and the kept file go from the bucket. On PostgreSQL (a real one), a collection through one front door holds off
+/// registrations through the other, and spares what the other registered within the grace period (its sessions'
+/// temporary roots are not visible here).
 /// </summary>
-public sealed class SharedStoreTests(S3Server s3) : IAsyncLifetime
+public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAsyncLifetime
 {
     private readonly TempDir _temp = new();
     private KilnStore _a = null!, _b = null!;
@@ -73,5 +75,50 @@ public sealed class SharedStoreTests(S3Server s3) : IAsyncLifetime
         {
             Assert.Null(await view.OpenKeptNarFileAsync(name, default));
         }
+    }
+
+    [Fact]
+    public async Task A_collection_on_one_front_door_holds_off_the_others_registrations_and_spares_their_recent_paths()
+    {
+        var database = postgres.CreateDatabase();
+        var bucket = s3.NewLocation();
+        await using var a = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["pa"], MetadataUrl = database, BlobStoreUrl = bucket }, default);
+        await using var b = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["pb"], MetadataUrl = database, BlobStoreUrl = bucket }, default);
+        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
+        var old = MetadataContract.P("old");
+        var fresh = MetadataContract.P("fresh");
+        var account = await a.Accounts.GetOrCreateAccountAsync("alice", default);
+        using (var view = await a.OpenViewAsync("alice", default))
+        {
+            await view.AddToStoreAsync(new ValidPathInfo { Path = old, NarHash = narHash, NarSize = HelloNar.Length }, new MemoryStream(HelloNar), false, true, default);
+        }
+
+        // Registered long ago (as if), so only its missing roots decide.
+        var oldTime = DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeSeconds();
+        postgres.Sql(new Npgsql.NpgsqlConnectionStringBuilder(database).Database!, $"UPDATE paths SET registration_time = {oldTime}");
+
+        // While a collection through A holds the lock, an upload through B waits; then it goes in.
+        Task upload;
+        using var viewB = await b.OpenViewAsync("alice", default);
+        var holder = await a.GcLock.ExclusiveAsync(default);
+        await using (holder)
+        {
+            Assert.True(holder.AcrossProcesses);
+            upload = viewB.AddToStoreAsync(new ValidPathInfo { Path = fresh, NarHash = narHash, NarSize = HelloNar.Length }, new MemoryStream(HelloNar), false, true, default);
+            await Task.Delay(500);
+            Assert.False(upload.IsCompleted, "a registration went in during another front door's collection");
+        }
+
+        await upload;
+
+        // A's collection takes the old path and spares the one B just registered (and B's session still holds).
+        using (var gc = await a.OpenViewAsync("alice", default))
+        {
+            var result = await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default);
+            Assert.Equal([old], result.Paths);
+        }
+
+        Assert.Equal([fresh], await a.Metadata.GetAllPathsAsync(account, default));
+        Assert.Contains(s3.ObjectFiles(bucket), f => f.Contains(narHash.ToNix32(), StringComparison.Ordinal)); // still named by 'fresh'
     }
 }

@@ -20,10 +20,20 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
     public async Task<GcResult> CollectAsync(long account, GcRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
-        using var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
+        var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
+        await using var _ = exclusive.ConfigureAwait(false);
         var graph = await metadata.GetGraphAsync(account, cancellationToken).ConfigureAwait(false);
         var nodes = graph.ToDictionary(n => n.Path);
-        var live = Mark(nodes, await RootsAsync(account, cancellationToken).ConfigureAwait(false));
+        var roots = await RootsAsync(account, cancellationToken).ConfigureAwait(false);
+        if (exclusive.AcrossProcesses)
+        {
+            // Other front doors' sessions hold temporary roots this one cannot see (a closure being copied leaf first
+            // through one of them): what was registered within the grace period is kept as if it were rooted.
+            var since = DateTimeOffset.UtcNow.ToUnixTimeSeconds() - (long)options.BlobGracePeriod.TotalSeconds;
+            roots = [.. roots, .. graph.Where(n => n.RegistrationTime > since).Select(n => new KeyValuePair<string, StorePath>("{temp:another-front-door}", n.Path))];
+        }
+
+        var live = Mark(nodes, roots);
 
         switch (request.Action)
         {
@@ -247,7 +257,8 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
     /// </summary>
     public async Task<long> SweepUnnamedBlobsAsync(TimeSpan grace, CancellationToken cancellationToken)
     {
-        using var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
+        var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
+        await using var _ = exclusive.ConfigureAwait(false);
         long swept = 0;
         var old = new List<NixHash>();
         await foreach (var blob in blobs.ListAsync(cancellationToken).ConfigureAwait(false))

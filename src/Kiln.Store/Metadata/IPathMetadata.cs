@@ -66,7 +66,7 @@ public enum RootKind
 public sealed record RootRecord(RootKind Kind, string Name, StorePath Path);
 
 /// <summary>A path in a view's reference graph, as the garbage collector sees it.</summary>
-public sealed record GraphNode(StorePath Path, IReadOnlyList<StorePath> References, StorePath? Deriver, long NarSize, NixHash NarHash);
+public sealed record GraphNode(StorePath Path, IReadOnlyList<StorePath> References, StorePath? Deriver, long NarSize, NixHash NarHash, long RegistrationTime = 0);
 
 /// <summary>Registering refused because references are not valid in the view.</summary>
 public sealed class MissingReferencesException(StorePath path, IReadOnlyCollection<StorePath> missing)
@@ -144,6 +144,14 @@ public interface IPathMetadata
 
     /// <summary>Which of the NAR hashes any view (of any account) still names.</summary>
     Task<IReadOnlySet<NixHash>> GetReferencedBlobsAsync(IReadOnlyCollection<NixHash> narHashes, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Keeps collections and registrations of every process on this metadata apart (several front doors on one
+    /// database): a registration holds it shared from committing its blobs until its paths are registered, a collection
+    /// exclusively while it marks and deletes. Null when one process alone writes this metadata (SQLite: the server),
+    /// whose in-process lock suffices; dispose what is returned to release it.
+    /// </summary>
+    Task<IAsyncDisposable?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken);
 
     Task AddRootAsync(long account, RootKind kind, string name, StorePath path, CancellationToken cancellationToken);
 

@@ -27,6 +27,24 @@ internal static class MetadataRows
         (SELECT {aggregate}(s.sig, {newline}) FROM sigs s WHERE s.path_id = p.id)
         """;
 
+    /// <summary>
+    /// What <see cref="ReadGraphNode"/> reads, from <c>paths p</c> of one account, in the provider's word for
+    /// concatenating texts.
+    /// </summary>
+    public static string GraphColumns(string aggregate) => $"""
+        p.path, p.deriver, p.nar_size, p.nar_hash,
+        (SELECT {aggregate}(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id),
+        p.registration_time
+        """;
+
+    public static GraphNode ReadGraphNode(DbDataReader reader) => new(
+        StorePath.FromBaseName(reader.GetString(0)),
+        reader.IsDBNull(4) ? [] : reader.GetString(4).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(StorePath.FromBaseName).ToList(),
+        reader.IsDBNull(1) ? null : StorePath.FromBaseName(reader.GetString(1)),
+        reader.GetInt64(2),
+        new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(3)),
+        reader.GetInt64(5));
+
     public static PathRecord ReadPath(DbDataReader reader)
     {
         var path = StorePath.FromBaseName(reader.GetString(0));

@@ -281,17 +281,8 @@ public sealed partial class PostgresMetadataStore
     public Task<IReadOnlyList<GraphNode>> GetGraphAsync(long account, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<GraphNode>>(async connection =>
         {
-            using var command = Command(connection, """
-                SELECT p.path, p.deriver, p.nar_size, p.nar_hash,
-                       (SELECT string_agg(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id)
-                FROM paths p WHERE p.account_id = @a
-                """, null, ("a", account));
-            return await ReadAllAsync(command, r => new GraphNode(
-                StorePath.FromBaseName(r.GetString(0)),
-                r.IsDBNull(4) ? [] : r.GetString(4).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(StorePath.FromBaseName).ToList(),
-                r.IsDBNull(1) ? null : StorePath.FromBaseName(r.GetString(1)),
-                r.GetInt64(2),
-                Sha256(r, 3)), cancellationToken).ConfigureAwait(false);
+            using var command = Command(connection, $"SELECT {MetadataRows.GraphColumns("string_agg")} FROM paths p WHERE p.account_id = @a", null, ("a", account));
+            return await ReadAllAsync(command, MetadataRows.ReadGraphNode, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
     public async Task DeletePathsAsync(long account, IReadOnlyList<StorePath> paths, CancellationToken cancellationToken)
@@ -358,4 +349,67 @@ public sealed partial class PostgresMetadataStore
                 ("a", account), ("k", MetadataRows.KindText(kind)), ("n", name));
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
+
+    // A fixed key for the collection lock: a session-level advisory lock, shared or exclusive, which PostgreSQL queues
+    // fairly (a waiting collection holds back registrations that come after it) and releases if its connection dies.
+    private const long CollectionLock = 0x4b696c6e_47634c6b; // "KilnGcLk"
+
+    public async Task<IAsyncDisposable?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken)
+    {
+        if (_readOnly)
+        {
+            return null;
+        }
+
+        NpgsqlConnection? connection = null;
+        try
+        {
+            connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            using var command = Command(connection, exclusive ? "SELECT pg_advisory_lock(@k)" : "SELECT pg_advisory_lock_shared(@k)", null, ("k", CollectionLock));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            var held = new CollectionLockHeld(connection, exclusive);
+            connection = null;
+            return held;
+        }
+        catch (NpgsqlException e) when (AsStorageFailure(e, "locked") is { } failure)
+        {
+            throw failure;
+        }
+        finally
+        {
+            if (connection is not null)
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    private sealed class CollectionLockHeld(NpgsqlConnection connection, bool exclusive) : IAsyncDisposable
+    {
+        private int _released;
+
+        public async ValueTask DisposeAsync()
+        {
+            if (Interlocked.Exchange(ref _released, 1) != 0)
+            {
+                return;
+            }
+
+            try
+            {
+                // Unlocked before the connection goes back to the pool (which keeps its session as it is): the lock
+                // must not outlive its holder on a pooled connection. If this fails the connection is broken, and its
+                // session, lock and all, is gone with it.
+                using var command = Command(connection, exclusive ? "SELECT pg_advisory_unlock(@k)" : "SELECT pg_advisory_unlock_shared(@k)", null, ("k", CollectionLock));
+                await command.ExecuteNonQueryAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (NpgsqlException)
+            {
+            }
+            finally
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
 }

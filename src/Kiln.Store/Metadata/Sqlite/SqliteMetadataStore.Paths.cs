@@ -85,4 +85,7 @@ public sealed partial class SqliteMetadataStore
 
             return files;
         }, cancellationToken);
+
+    // The server is the one process writing this database ('kiln store gc' runs with it stopped).
+    public Task<IAsyncDisposable?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken) => Task.FromResult<IAsyncDisposable?>(null);
 }

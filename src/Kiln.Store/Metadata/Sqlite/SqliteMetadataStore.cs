@@ -577,24 +577,12 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     public Task<IReadOnlyList<GraphNode>> GetGraphAsync(long account, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<GraphNode>>(async connection =>
         {
-            using var command = Command(connection, """
-                SELECT p.path, p.deriver, p.nar_size, p.nar_hash,
-                       (SELECT group_concat(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id)
-                FROM paths p WHERE p.account_id = $a
-                """, null, ("$a", account));
+            using var command = Command(connection, $"SELECT {MetadataRows.GraphColumns("group_concat")} FROM paths p WHERE p.account_id = $a", null, ("$a", account));
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             var nodes = new List<GraphNode>();
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                var references = reader.IsDBNull(4)
-                    ? []
-                    : reader.GetString(4).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(StorePath.FromBaseName).ToList();
-                nodes.Add(new GraphNode(
-                    StorePath.FromBaseName(reader.GetString(0)),
-                    references,
-                    reader.IsDBNull(1) ? null : StorePath.FromBaseName(reader.GetString(1)),
-                    reader.GetInt64(2),
-                    new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(3))));
+                nodes.Add(MetadataRows.ReadGraphNode(reader));
             }
 
             return nodes;
