@@ -252,13 +252,13 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
     /// <summary>
     /// Deletes every blob no view names that is older than <paramref name="grace"/> (a blob committed by an upload or
     /// build whose registration failed or never came: AddMultipleToStore aborted, a refused repair), with the
-    /// temporary files interrupted uploads left. Safe while the server runs: under the GC's exclusive lock, and the
-    /// grace period spares blobs whose registration is still on its way.
+    /// temporary files interrupted uploads left. Safe while the server runs: the listing (long, for a large bucket) is
+    /// done without the GC's lock; each batch of candidates is then checked against the metadata and deleted under the
+    /// exclusive lock, so a registration (which holds the lock shared from committing its blob until its paths are in)
+    /// is either wholly before a batch — and its blob is named — or wholly after it, and commits its blob again.
     /// </summary>
     public async Task<long> SweepUnnamedBlobsAsync(TimeSpan grace, CancellationToken cancellationToken)
     {
-        var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
-        await using var _ = exclusive.ConfigureAwait(false);
         long swept = 0;
         var old = new List<NixHash>();
         await foreach (var blob in blobs.ListAsync(cancellationToken).ConfigureAwait(false))
@@ -271,6 +271,8 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
 
         foreach (var batch in old.Chunk(1000))
         {
+            var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
+            await using var _ = exclusive.ConfigureAwait(false);
             var referenced = await metadata.GetReferencedBlobsAsync(batch, cancellationToken).ConfigureAwait(false);
             var gone = batch.Where(b => !referenced.Contains(b)).ToList();
             foreach (var hash in gone)
