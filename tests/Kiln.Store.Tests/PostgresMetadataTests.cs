@@ -69,6 +69,18 @@ public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposa
         }
     }
 
+    // Statements prepared after their second use and no DISCARD ALL per pooled use, unless the operator said otherwise
+    // (found as every statement parsed and planned again: a connection string builder answers "yes" for any keyword).
+    [Fact]
+    public void Kiln_prepares_statements_and_keeps_sessions_unless_told_otherwise()
+    {
+        var plain = Kiln.Store.Metadata.Postgres.PostgresMetadataStore.Settings("Host=db;Database=kiln;Username=kiln", readOnly: false);
+        Assert.Equal((64, 2, true), (plain.MaxAutoPrepare, plain.AutoPrepareMinUsages, plain.NoResetOnClose));
+        var told = Kiln.Store.Metadata.Postgres.PostgresMetadataStore.Settings("Host=db;Database=kiln;Max Auto Prepare=0;NoResetOnClose=false", readOnly: true);
+        Assert.Equal((0, false), (told.MaxAutoPrepare, told.NoResetOnClose));
+        Assert.Contains("default_transaction_read_only=on", told.Options, StringComparison.Ordinal);
+    }
+
     // The collection lock across front doors: registrations share it, a collection has it alone, in PostgreSQL's order.
     [Fact]
     public async Task The_collection_lock_is_shared_by_registrations_and_held_alone_by_a_collection()

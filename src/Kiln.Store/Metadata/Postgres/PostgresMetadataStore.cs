@@ -25,18 +25,33 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
     /// <param name="readOnly">Only read (sshd's key lookups): every transaction is read-only, and nothing listens.</param>
     public PostgresMetadataStore(string connectionString, bool readOnly = false)
     {
+        var builder = Settings(connectionString, readOnly);
+        _readOnly = readOnly;
+        _connectionString = builder.ConnectionString;
+        _source = NpgsqlDataSource.Create(builder);
+    }
+
+    /// <summary>The connection settings Kiln runs with: the operator's, with Kiln's defaults where they said nothing.</summary>
+    internal static NpgsqlConnectionStringBuilder Settings(string connectionString, bool readOnly)
+    {
         var builder = new NpgsqlConnectionStringBuilder(connectionString);
-        if (!builder.ContainsKey("Max Auto Prepare"))
+        // What the operator's connection string says explicitly is kept: NpgsqlConnectionStringBuilder.ContainsKey is
+        // true of every keyword it knows, set or not, so what was given is read from a plain builder.
+        var given = new System.Data.Common.DbConnectionStringBuilder { ConnectionString = connectionString };
+        bool Given(params string[] keywords) => keywords.Any(given.ContainsKey);
+        if (!Given("Max Auto Prepare", "MaxAutoPrepare"))
         {
-            // The hot statements (path records, narinfo lookups) are prepared on each connection after two uses.
+            // The hot statements (path records, narinfo lookups) are prepared on each connection after two uses:
+            // parsing and planning them again each time costs more than running them.
             builder.MaxAutoPrepare = 64;
             builder.AutoPrepareMinUsages = 2;
         }
 
-        if (!builder.ContainsKey("No Reset On Close"))
+        if (!Given("No Reset On Close", "NoResetOnClose"))
         {
-            // Kiln never changes a pooled connection's session (LISTEN has a connection of its own), so the DISCARD ALL
-            // Npgsql would send each time a connection goes back to the pool is only a cost.
+            // Kiln leaves no state on a pooled connection's session (LISTEN has a connection of its own; the collection
+            // lock is released before its connection goes back), so the DISCARD ALL Npgsql would send each time a
+            // connection goes back to the pool — a round trip — is only a cost.
             builder.NoResetOnClose = true;
         }
 
@@ -45,9 +60,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
             builder.Options = ((builder.Options ?? "") + " -c default_transaction_read_only=on").Trim();
         }
 
-        _readOnly = readOnly;
-        _connectionString = builder.ConnectionString;
-        _source = NpgsqlDataSource.Create(builder);
+        return builder;
     }
 
     /// <summary>The database's failures that are the storage's, not Kiln's logic, as the IOException every front door reports as a storage failure.</summary>
