@@ -51,14 +51,10 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
 
         // Account, key and token made through A's data directory; used through B.
         var alice = SshTests.NewLogin(client, a, "alice");
-        var token = a.Cli("token", "create", "alice", "--permissions", "store:read,store:write").Split('\n')[0];
-        File.WriteAllText(client.HostPath($"{workspace}/alice.netrc"), $"machine 127.0.0.1\nlogin alice\npassword {token}\n");
-        string[] netrc = ["--option", "netrc-file", $"{workspace}/alice.netrc"];
+        var (token, netrc) = CacheAccess.Netrc(client, a, workspace, "alice");
 
         // Push through A over HTTP, pull through B over HTTP: the same bytes.
-        var source = $"local?root={workspace}/source";
-        var top = client.Ok(a, "nix-instantiate", "--store", source, "--read-write-mode", "--eval", "-E",
-            $"builtins.toFile \"b\" \"${{builtins.toFile \"a\" \"{Guid.NewGuid():N}\"}}\"").StdoutText.Trim().Trim('"');
+        var (source, top) = CacheAccess.SmallClosure(client, a, workspace);
         client.Ok(a, ["nix", "copy", "--store", source, "--to", a.HttpUrl, .. netrc, top]);
         client.Ok(b, ["nix", "copy", "--from", b.HttpUrl, "--to", $"local?root={workspace}/pulled", "--no-check-sigs", .. netrc, top]);
         Assert.Equal(File.ReadAllBytes(client.HostPath($"{workspace}/source{top}")), File.ReadAllBytes(client.HostPath($"{workspace}/pulled{top}")));
@@ -124,8 +120,7 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         using var workspace = client.NewWorkspace();
         var alice = SshTests.NewLogin(client, a, "alice");
         var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
-        var token = a.Cli("token", "create", "alice", "--permissions", "store:read").Split('\n')[0];
-        File.WriteAllText(client.HostPath($"{workspace}/alice.netrc"), $"machine 127.0.0.1\nlogin alice\npassword {token}\n");
+        var (_, netrc) = CacheAccess.Netrc(client, a, workspace, "alice", "store:read");
 
         var marker = Guid.NewGuid().ToString("N");
         var drv = Dag.WriteSingle(client, workspace, "slowlog", $"echo said-{marker}; sleep 3; echo done > $out");
@@ -157,7 +152,7 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         var shell = SshTests.Shell(b, alice, null, "kiln", "builds", "log", id);
         Assert.True(shell.ExitCode == 0, shell.Stderr);
         Assert.Contains($"said-{marker}", shell.StdoutText, StringComparison.Ordinal);
-        var log = client.Ok(b, "nix", "log", "--store", b.HttpUrl, "--option", "netrc-file", $"{workspace}/alice.netrc", $"/nix/store/{record.DrvPath}");
+        var log = client.Ok(b, ["nix", "log", "--store", b.HttpUrl, .. netrc, $"/nix/store/{record.DrvPath}"]);
         Assert.Contains($"said-{marker}", log.StdoutText, StringComparison.Ordinal);
     }
 

@@ -28,9 +28,7 @@ public sealed class MigrationTests(PostgresServer postgres, S3Server s3)
         using var kiln = new KilnProcess(ssh: true, http: true);
         var alice = SshTests.NewLogin(client, kiln, "alice");
         var publicKey = kiln.Cli("signing-key", "create", "alice").Trim();
-        var token = kiln.Cli("token", "create", "alice", "--permissions", "store:read,store:write").Split('\n')[0];
-        File.WriteAllText(client.HostPath($"{workspace}/alice.netrc"), $"machine 127.0.0.1\nlogin alice\npassword {token}\n");
-        string[] netrc = ["--option", "netrc-file", $"{workspace}/alice.netrc"];
+        var (_, netrc) = CacheAccess.Netrc(client, kiln, workspace, "alice");
         string[] aliceSignatures = ["--option", "trusted-public-keys", publicKey];
 
         // Before: a DAG built over ssh-ng (signed with alice's key), a closure pushed over HTTP, both pulled back.
@@ -39,9 +37,7 @@ public sealed class MigrationTests(PostgresServer postgres, S3Server s3)
         var outputs = client.Ok(kiln, [.. alice.Environment, "nix", "path-info", .. evalStore, "--store", Kiln, "-f", dag]).StdoutText
             .Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(3, outputs.Length);
-        var source = $"local?root={workspace}/source";
-        var top = client.Ok(kiln, "nix-instantiate", "--store", source, "--read-write-mode", "--eval", "-E",
-            $"builtins.toFile \"b\" \"${{builtins.toFile \"a\" \"{Guid.NewGuid():N}\"}}\"").StdoutText.Trim().Trim('"');
+        var (source, top) = CacheAccess.SmallClosure(client, kiln, workspace);
         client.Ok(kiln, ["nix", "copy", "--store", source, "--to", kiln.HttpUrl, .. netrc, top]);
         client.Ok(kiln, ["nix", "copy", "--from", kiln.HttpUrl, "--to", $"local?root={workspace}/before", .. netrc, .. aliceSignatures, .. outputs]);
         client.Ok(kiln, ["nix", "copy", "--from", kiln.HttpUrl, "--to", $"local?root={workspace}/before", "--no-check-sigs", .. netrc, top]);

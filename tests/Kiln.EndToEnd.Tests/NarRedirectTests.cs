@@ -24,14 +24,9 @@ public sealed class NarRedirectTests(S3Server s3)
         using var workspace = client.NewWorkspace();
         kiln.Cli("account", "create", "alice");
         kiln.Cli("account", "create", "bob");
-        var token = kiln.Cli("token", "create", "alice", "--permissions", "store:read,store:write").Split('\n')[0];
-        var other = kiln.Cli("token", "create", "bob", "--permissions", "store:read,store:write").Split('\n')[0];
-        File.WriteAllText(client.HostPath($"{workspace}/alice.netrc"), $"machine 127.0.0.1\nlogin alice\npassword {token}\n");
-        string[] netrc = ["--option", "netrc-file", $"{workspace}/alice.netrc"];
-
-        var source = $"local?root={workspace}/source";
-        var top = client.Ok(kiln, "nix-instantiate", "--store", source, "--read-write-mode", "--eval", "-E",
-            $"builtins.toFile \"b\" \"${{builtins.toFile \"a\" \"{Guid.NewGuid():N}\"}}\"").StdoutText.Trim().Trim('"');
+        var (token, netrc) = CacheAccess.Netrc(client, kiln, workspace, "alice");
+        var (other, _) = CacheAccess.Netrc(client, kiln, workspace, "bob");
+        var (source, top) = CacheAccess.SmallClosure(client, kiln, workspace);
         client.Ok(kiln, ["nix", "copy", "--store", source, "--to", kiln.HttpUrl, .. netrc, top]);
         client.Ok(kiln, ["nix", "copy", "--from", kiln.HttpUrl, "--to", $"local?root={workspace}/pulled", "--no-check-sigs", .. netrc, top]);
         Assert.Equal(File.ReadAllBytes(client.HostPath($"{workspace}/source{top}")), File.ReadAllBytes(client.HostPath($"{workspace}/pulled{top}")));

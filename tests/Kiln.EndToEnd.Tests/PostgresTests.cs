@@ -43,12 +43,8 @@ public sealed class PostgresTests(PostgresServer server)
         Assert.False(File.Exists(Path.Combine(kiln.DataDirectory, "kiln.db")), "the metadata went to SQLite, not PostgreSQL");
 
         // Push a closure over HTTP with a token, and pull the built outputs back over HTTP.
-        var token = kiln.Cli("token", "create", "alice", "--permissions", "store:read,store:write").Split('\n')[0];
-        File.WriteAllText(client.HostPath($"{workspace}/alice.netrc"), $"machine 127.0.0.1\nlogin alice\npassword {token}\n");
-        string[] netrc = ["--option", "netrc-file", $"{workspace}/alice.netrc"];
-        var source = $"local?root={workspace}/source";
-        var top = client.Ok(kiln, "nix-instantiate", "--store", source, "--read-write-mode", "--eval", "-E",
-            $"builtins.toFile \"b\" \"${{builtins.toFile \"a\" \"{Guid.NewGuid():N}\"}}\"").StdoutText.Trim().Trim('"');
+        var (_, netrc) = CacheAccess.Netrc(client, kiln, workspace, "alice");
+        var (source, top) = CacheAccess.SmallClosure(client, kiln, workspace);
         client.Ok(kiln, ["nix", "copy", "--store", source, "--to", kiln.HttpUrl, .. netrc, top]);
         var pushed = (await metadata.GetPathsAsync(account.Id, [StorePath.Parse(top)], CancellationToken.None)).Values.Single();
         Assert.Single(pushed.Info.References);

@@ -51,6 +51,19 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
     private static bool IsNotFound(AmazonS3Exception e) => e.StatusCode == HttpStatusCode.NotFound;
 
+    // The object, or null when the bucket has none under that key. Dispose the response.
+    private async Task<GetObjectResponse?> GetObjectAsync(string key, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await _client.GetObjectAsync(_location.Bucket, key, cancellationToken).ConfigureAwait(false);
+        }
+        catch (AmazonS3Exception e) when (IsNotFound(e))
+        {
+            return null;
+        }
+    }
+
     private async Task<long?> LengthAsync(NixHash hash, CancellationToken cancellationToken)
     {
         try
@@ -86,12 +99,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
         return await Storage("be read", async () =>
         {
-            GetObjectResponse response;
-            try
-            {
-                response = await _client.GetObjectAsync(_location.Bucket, KeyOf(hash), cancellationToken).ConfigureAwait(false);
-            }
-            catch (AmazonS3Exception e) when (IsNotFound(e))
+            if (await GetObjectAsync(KeyOf(hash), cancellationToken).ConfigureAwait(false) is not { } response)
             {
                 return null;
             }
@@ -358,12 +366,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     public Task<bool> GetFileAsync(string name, string destination, CancellationToken cancellationToken) =>
         Storage("read a shared file", async () =>
         {
-            GetObjectResponse response;
-            try
-            {
-                response = await _client.GetObjectAsync(_location.Bucket, SharedKeyOf(name), cancellationToken).ConfigureAwait(false);
-            }
-            catch (AmazonS3Exception e) when (IsNotFound(e))
+            if (await GetObjectAsync(SharedKeyOf(name), cancellationToken).ConfigureAwait(false) is not { } response)
             {
                 return false;
             }

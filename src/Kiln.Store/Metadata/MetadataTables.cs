@@ -60,6 +60,21 @@ public static class MetadataTables
 
     /// <summary>The SQL list of a table's columns, in <see cref="MetadataTable.Columns"/> order.</summary>
     internal static string ColumnList(MetadataTable table) => string.Join(", ", table.Columns.Select(c => c.Name));
+
+    /// <summary>A row as <see cref="IMetadataTables.ReadTableAsync"/> gives it, from a <c>SELECT</c> of <see cref="ColumnList"/>.</summary>
+    internal static object?[] ReadRow(System.Data.Common.DbDataReader reader, MetadataTable table)
+    {
+        var row = new object?[table.Columns.Count];
+        for (var i = 0; i < row.Length; i++)
+        {
+            // SQLite has no boolean: a flag is stored as 0 or 1.
+            row[i] = reader.IsDBNull(i) ? null
+                : reader.GetValue(i) is long flag && table.Columns[i].Kind == ColumnKind.Boolean ? flag != 0
+                : reader.GetValue(i);
+        }
+
+        return row;
+    }
 }
 
 /// <summary>

@@ -20,13 +20,7 @@ public sealed partial class PostgresMetadataStore
             {
                 while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
                 {
-                    var row = new object?[table.Columns.Count];
-                    for (var i = 0; i < row.Length; i++)
-                    {
-                        row[i] = reader.IsDBNull(i) ? null : reader.GetValue(i);
-                    }
-
-                    yield return row;
+                    yield return MetadataTables.ReadRow(reader, table);
                 }
             }
         }

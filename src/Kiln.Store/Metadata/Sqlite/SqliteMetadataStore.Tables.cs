@@ -17,16 +17,7 @@ public sealed partial class SqliteMetadataStore
             {
                 while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
                 {
-                    var row = new object?[table.Columns.Count];
-                    for (var i = 0; i < row.Length; i++)
-                    {
-                        // SQLite has no boolean: a flag is stored as 0 or 1.
-                        row[i] = reader.IsDBNull(i) ? null
-                            : table.Columns[i].Kind == ColumnKind.Boolean ? reader.GetInt64(i) != 0
-                            : reader.GetValue(i);
-                    }
-
-                    yield return row;
+                    yield return MetadataTables.ReadRow(reader, table);
                 }
             }
         }
