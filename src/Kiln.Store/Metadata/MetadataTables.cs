@@ -61,8 +61,30 @@ public static class MetadataTables
     /// <summary>The SQL list of a table's columns, in <see cref="MetadataTable.Columns"/> order.</summary>
     internal static string ColumnList(MetadataTable table) => string.Join(", ", table.Columns.Select(c => c.Name));
 
+    /// <summary>
+    /// Every row of <paramref name="table"/> through <paramref name="connection"/> (opened, and disposed here), streamed
+    /// as both providers' readers stream them: a table of millions of paths is never in memory at once.
+    /// </summary>
+    internal static async IAsyncEnumerable<object?[]> ReadRowsAsync(System.Data.Common.DbConnection connection, MetadataTable table,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = connection.CreateCommand();
+            command.CommandText = $"SELECT {ColumnList(table)} FROM {table.Name}";
+            var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            await using (reader.ConfigureAwait(false))
+            {
+                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                {
+                    yield return ReadRow(reader, table);
+                }
+            }
+        }
+    }
+
     /// <summary>A row as <see cref="IMetadataTables.ReadTableAsync"/> gives it, from a <c>SELECT</c> of <see cref="ColumnList"/>.</summary>
-    internal static object?[] ReadRow(System.Data.Common.DbDataReader reader, MetadataTable table)
+    private static object?[] ReadRow(System.Data.Common.DbDataReader reader, MetadataTable table)
     {
         var row = new object?[table.Columns.Count];
         for (var i = 0; i < row.Length; i++)

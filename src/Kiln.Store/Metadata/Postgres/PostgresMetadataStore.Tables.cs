@@ -11,18 +11,9 @@ public sealed partial class PostgresMetadataStore
     {
         ArgumentNullException.ThrowIfNull(table);
         var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
+        await foreach (var row in MetadataTables.ReadRowsAsync(connection, table, cancellationToken).ConfigureAwait(false))
         {
-            // Npgsql streams the rows as they come: a table of millions of paths is never in memory at once.
-            using var command = Command(connection, $"SELECT {MetadataTables.ColumnList(table)} FROM {table.Name}");
-            var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            await using (reader.ConfigureAwait(false))
-            {
-                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-                {
-                    yield return MetadataTables.ReadRow(reader, table);
-                }
-            }
+            yield return row;
         }
     }
 

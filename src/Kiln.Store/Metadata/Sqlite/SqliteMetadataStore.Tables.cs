@@ -9,17 +9,9 @@ public sealed partial class SqliteMetadataStore
     {
         ArgumentNullException.ThrowIfNull(table);
         var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
+        await foreach (var row in MetadataTables.ReadRowsAsync(connection, table, cancellationToken).ConfigureAwait(false))
         {
-            using var command = Command(connection, $"SELECT {MetadataTables.ColumnList(table)} FROM {table.Name}");
-            var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            await using (reader.ConfigureAwait(false))
-            {
-                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-                {
-                    yield return MetadataTables.ReadRow(reader, table);
-                }
-            }
+            yield return row;
         }
     }
 
