@@ -234,7 +234,7 @@ public sealed partial class BuildScheduler
         var told = false;
         while (true)
         {
-            var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            var now = await ClockAsync().ConfigureAwait(false);
             var claimed = await Builds.ClaimStepAsync(step.Key, Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, now, CancellationToken.None)
                 .ConfigureAwait(false);
 
@@ -332,6 +332,21 @@ public sealed partial class BuildScheduler
         }
     }
 
+    // How far the database's clock is ahead of this machine's (seconds), measured at the first claim and again at every
+    // renewal: claims are reckoned on the database's clock, so front doors whose clocks differ still agree on leases,
+    // at one round trip per renewal rather than per claim.
+    private long? _clockOffset;
+
+    private async Task<long> ClockAsync() =>
+        _clockOffset is { } offset ? DateTimeOffset.UtcNow.ToUnixTimeSeconds() + offset : await SyncClockAsync(CancellationToken.None).ConfigureAwait(false);
+
+    private async Task<long> SyncClockAsync(CancellationToken cancellationToken)
+    {
+        var database = await Builds.ClockAsync(cancellationToken).ConfigureAwait(false);
+        _clockOffset = database - DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        return database;
+    }
+
     private async Task<bool> OutputsStoredAsync(BuildRecord record)
     {
         foreach (var output in record.Outputs)
@@ -372,7 +387,7 @@ public sealed partial class BuildScheduler
                 await Task.Delay(Options.ClaimLease / 3, stopping).ConfigureAwait(false);
                 try
                 {
-                    var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+                    var now = await SyncClockAsync(stopping).ConfigureAwait(false);
                     await Builds.RenewStepClaimsAsync(_claimed.Keys.ToList(), Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, stopping).ConfigureAwait(false);
                     var abandoned = await Builds.AbandonRunningBuildsAsync("the Kiln front door running this build went away", now, stopping).ConfigureAwait(false);
                     if (abandoned > 0)

@@ -77,6 +77,12 @@ public interface IBuildMetadata
     /// </summary>
     Task<bool> ClaimStepAsync(string stepKey, string owner, long expires, long now, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The database's clock, in Unix seconds: what claims' expiry times are measured by, so every front door on one
+    /// database reckons a lease alike whatever its own clock says.
+    /// </summary>
+    Task<long> ClockAsync(CancellationToken cancellationToken);
+
     /// <summary>Renews every claim <paramref name="owner"/> holds on <paramref name="stepKeys"/> (one statement).</summary>
     Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken);
 

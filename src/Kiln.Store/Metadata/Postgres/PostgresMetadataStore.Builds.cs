@@ -55,6 +55,13 @@ public sealed partial class PostgresMetadataStore
             return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
         }, cancellationToken);
 
+    public Task<long> ClockAsync(CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var command = Command(connection, "SELECT floor(extract(epoch FROM clock_timestamp()))::bigint");
+            return (long)(await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+        }, cancellationToken);
+
     public Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
         stepKeys.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
         {

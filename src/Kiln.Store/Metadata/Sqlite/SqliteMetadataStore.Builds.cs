@@ -58,6 +58,9 @@ public sealed partial class SqliteMetadataStore
             return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
         }, cancellationToken);
 
+    // One machine's database: its clock is this machine's.
+    public Task<long> ClockAsync(CancellationToken cancellationToken) => Task.FromResult(DateTimeOffset.UtcNow.ToUnixTimeSeconds());
+
     public Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
         stepKeys.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
         {
