@@ -332,6 +332,27 @@ public sealed partial class BuildScheduler
         }
     }
 
+    // Fencing a front door that lost claims (a renewal found them taken, or it could not renew for a lease): their
+    // builds are stopped, and their sessions told why; the other front door that holds the claims builds the steps.
+    private void LoseClaims(IEnumerable<string> keys)
+    {
+        foreach (var key in keys)
+        {
+            RunningStep? step;
+            lock (_runningGate)
+            {
+                _running.TryGetValue(key, out step);
+            }
+
+            if (_claimed.TryRemove(key, out _) && step is not null)
+            {
+                LogClaimLost(_logger, step.DrvPath.FullPath);
+                step.Abandon(BuildOutcome.Failed(BuildFailureKind.MiscFailure,
+                    $"this Kiln front door lost its claim on building '{step.DrvPath}' (it was cut off from the database for longer than the claim lease); build it again to join the front door that builds it now"));
+            }
+        }
+    }
+
     // How far the database's clock is ahead of this machine's (seconds), measured at the first claim and again at every
     // renewal: claims are reckoned on the database's clock, so front doors whose clocks differ still agree on leases,
     // at one round trip per renewal rather than per claim.
@@ -380,15 +401,26 @@ public sealed partial class BuildScheduler
     /// </summary>
     public async Task KeepClaimsAsync(CancellationToken stopping)
     {
+        var lastRenewed = DateTimeOffset.UtcNow;
         try
         {
             while (!stopping.IsCancellationRequested)
             {
                 await Task.Delay(Options.ClaimLease / 3, stopping).ConfigureAwait(false);
+                if (DateTimeOffset.UtcNow - lastRenewed > Options.ClaimLease)
+                {
+                    // Cut off from the database for longer than a lease: every claim may have lapsed and been taken,
+                    // so this front door stops building rather than build what another one builds now.
+                    LoseClaims(_claimed.Keys.ToList());
+                }
+
                 try
                 {
                     var now = await SyncClockAsync(stopping).ConfigureAwait(false);
-                    await Builds.RenewStepClaimsAsync(_claimed.Keys.ToList(), Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, stopping).ConfigureAwait(false);
+                    var held = _claimed.Keys.ToList();
+                    var renewed = await Builds.RenewStepClaimsAsync(held, Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, stopping).ConfigureAwait(false);
+                    lastRenewed = DateTimeOffset.UtcNow;
+                    LoseClaims(held.Where(k => !renewed.Contains(k) && _claimed.ContainsKey(k)));
                     var abandoned = await Builds.AbandonRunningBuildsAsync("the Kiln front door running this build went away", now, stopping).ConfigureAwait(false);
                     if (abandoned > 0)
                     {
@@ -410,6 +442,9 @@ public sealed partial class BuildScheduler
 
     [LoggerMessage(EventId = LogEvents.StepClaimFailed, Level = LogLevel.Warning, Message = "step claims could not be kept up to date")]
     private static partial void LogClaimError(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = LogEvents.StepClaimLost, Level = LogLevel.Warning, Message = "lost the claim on building {DrvPath} (another front door builds it now): the build here is stopped")]
+    private static partial void LogClaimLost(ILogger logger, string drvPath);
 
     [LoggerMessage(EventId = LogEvents.BuildLogNotShared, Level = LogLevel.Warning, Message = "the log of build {Id} could not be shared with other front doors")]
     private static partial void LogLogNotShared(ILogger logger, long id, Exception exception);

@@ -151,6 +151,31 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         }
     }
 
+    /// <summary>
+    /// Stops the build for a reason of Kiln's (this front door lost its claim on the step): the build is cancelled and its
+    /// sessions are told <paramref name="why"/>.
+    /// </summary>
+    public void Abandon(BuildOutcome why)
+    {
+        lock (_gate)
+        {
+            if (Completion is { IsCompleted: true })
+            {
+                return;
+            }
+
+            _gaveUp = why;
+            try
+            {
+                _cancel.Cancel();
+            }
+            catch (ObjectDisposedException)
+            {
+                // it has just finished
+            }
+        }
+    }
+
     public void Running()
     {
         lock (_gate)

@@ -192,6 +192,35 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.Contains("of silence", record.Error, StringComparison.Ordinal);
     }
 
+    // Fencing: a front door whose claim on a running build was taken by another (it lapsed while this one was cut off)
+    // stops that build at its next renewal, and its session is told why, rather than build it a second time.
+    [Fact]
+    public async Task A_build_whose_claim_another_front_door_took_is_stopped_at_the_next_renewal()
+    {
+        var scheduler = new BuildScheduler(_store.Builds, _store.Blobs, _queue, _store.Logs,
+            new SchedulerOptions { FrontDoor = "door-a", ClaimLease = TimeSpan.FromSeconds(1.5) }, null, NullLogger.Instance);
+        using var stopping = new CancellationTokenSource();
+        var keeping = scheduler.KeepClaimsAsync(stopping.Token);
+        var drv = await DerivationAsync("a", "taken");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var view = await _store.OpenViewAsync("a", default);
+        var build = scheduler.ForSession(view).BuildPathsAsync([new DerivedPath.Built(drv, null)], new ClientBuildSettings(), new Events(), default);
+        await WaitUntil(() => _executor.Jobs.Count == 1);
+
+        // Another front door takes the claim (as if door-a's had lapsed).
+        var step = (await _store.Builds.ListBuildsAsync(null, 10, default)).Single().StepKey;
+        await _store.Builds.ReleaseStepClaimsAsync("door-a", step, default);
+        var now = await _store.Builds.ClockAsync(default);
+        Assert.True(await _store.Builds.ClaimStepAsync(step, "door-b", now + 60, now, default));
+
+        var result = (await build.WaitAsync(TimeSpan.FromSeconds(30))).Single();
+        Assert.NotEqual(BuildStatus.Built, result.Status);
+        Assert.Contains("lost its claim", result.ErrorMessage, StringComparison.Ordinal);
+        Assert.False(await _store.Builds.ClaimStepAsync(step, "door-c", now + 60, now, default)); // door-b's claim stands
+        await stopping.CancelAsync();
+        await keeping;
+    }
+
     [Fact]
     public async Task A_session_log_limit_counts_the_lines_it_was_sent()
     {

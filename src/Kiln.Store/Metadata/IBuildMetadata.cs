@@ -83,8 +83,11 @@ public interface IBuildMetadata
     /// </summary>
     Task<long> ClockAsync(CancellationToken cancellationToken);
 
-    /// <summary>Renews every claim <paramref name="owner"/> holds on <paramref name="stepKeys"/> (one statement).</summary>
-    Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken);
+    /// <summary>
+    /// Renews every claim <paramref name="owner"/> still holds on <paramref name="stepKeys"/> (one statement) and
+    /// returns those keys: one missing lapsed and was taken by another front door, which builds that step now.
+    /// </summary>
+    Task<IReadOnlySet<string>> RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken);
 
     /// <summary>Releases the owner's claims: those on <paramref name="stepKey"/>, or all of them when it is null (a server starting again).</summary>
     Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken);

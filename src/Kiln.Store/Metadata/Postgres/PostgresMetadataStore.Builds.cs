@@ -62,12 +62,12 @@ public sealed partial class PostgresMetadataStore
             return (long)(await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
         }, cancellationToken);
 
-    public Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
-        stepKeys.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+    public Task<IReadOnlySet<string>> RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
+        stepKeys.Count == 0 ? Task.FromResult<IReadOnlySet<string>>(new HashSet<string>()) : WriteAsync<IReadOnlySet<string>>(async (connection, transaction) =>
         {
-            using var renew = Command(connection, "UPDATE step_claims SET expires = @e WHERE owner = @o AND step_key = ANY(@keys::text[])", transaction,
+            using var renew = Command(connection, "UPDATE step_claims SET expires = @e WHERE owner = @o AND step_key = ANY(@keys::text[]) RETURNING step_key", transaction,
                 ("e", expires), ("o", owner), ("keys", stepKeys.ToArray()));
-            await renew.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return (await ReadAllAsync(renew, r => r.GetString(0), cancellationToken).ConfigureAwait(false)).ToHashSet(StringComparer.Ordinal);
         }, cancellationToken);
 
     public Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken) =>

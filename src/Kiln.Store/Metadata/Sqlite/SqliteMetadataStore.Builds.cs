@@ -61,12 +61,19 @@ public sealed partial class SqliteMetadataStore
     // One machine's database: its clock is this machine's.
     public Task<long> ClockAsync(CancellationToken cancellationToken) => Task.FromResult(DateTimeOffset.UtcNow.ToUnixTimeSeconds());
 
-    public Task RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
-        stepKeys.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+    public Task<IReadOnlySet<string>> RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
+        stepKeys.Count == 0 ? Task.FromResult<IReadOnlySet<string>>(new HashSet<string>()) : WriteAsync<IReadOnlySet<string>>(async (connection, transaction) =>
         {
-            using var renew = Command(connection, "UPDATE step_claims SET expires = $e WHERE owner = $o AND step_key IN (SELECT value FROM json_each($keys))", transaction,
-                ("$e", expires), ("$o", owner), ("$keys", MetadataRows.JsonArray(stepKeys)));
-            await renew.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            using var renew = Command(connection, "UPDATE step_claims SET expires = $e WHERE owner = $o AND step_key IN (SELECT value FROM json_each($keys)) RETURNING step_key",
+                transaction, ("$e", expires), ("$o", owner), ("$keys", MetadataRows.JsonArray(stepKeys)));
+            using var reader = await renew.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var renewed = new HashSet<string>(StringComparer.Ordinal);
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                renewed.Add(reader.GetString(0));
+            }
+
+            return renewed;
         }, cancellationToken);
 
     public Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken) =>
