@@ -165,7 +165,8 @@ public sealed partial class BinaryCache
         // are compressed files kept as uploaded.
         var narHash = default(NixHash);
         var isBlob = file.EndsWith(".nar", StringComparison.Ordinal) && TryNarHash(file[..^4], out narHash);
-        if (isBlob && _options.NarRedirect is { } lifetime
+        // GET only: a presigned URL is signed for GET, and Nix asks with HEAD whether a NAR exists before uploading one.
+        if (isBlob && HttpMethods.IsGet(context.Request.Method) && _options.NarRedirect is { } lifetime
             && await view.LinkNarByHashAsync(narHash, lifetime, context.RequestAborted).ConfigureAwait(false) is { } link)
         {
             // Checked like the bytes would be (the caller may read this NAR), then sent to the bucket for them. The

@@ -220,8 +220,8 @@ public sealed partial class BuildScheduler
         }
     }
 
-    // Steps this front door holds a claim on, renewed by KeepClaimsAsync.
-    private readonly ConcurrentDictionary<string, bool> _claimed = new();
+    // Steps this front door holds a claim on, with when it claimed each (Environment.TickCount64), renewed by KeepClaimsAsync.
+    private readonly ConcurrentDictionary<string, long> _claimed = new();
 
     /// <summary>
     /// Claims the step for this front door (null: build it here), or — while another front door on the same database
@@ -266,7 +266,7 @@ public sealed partial class BuildScheduler
 
             if (claimed)
             {
-                _claimed[step.Key] = true;
+                _claimed[step.Key] = Environment.TickCount64;
                 return null;
             }
 
@@ -334,17 +334,24 @@ public sealed partial class BuildScheduler
 
     // Fencing a front door that lost claims (a renewal found them taken, or it could not renew for a lease): their
     // builds are stopped, and their sessions told why; the other front door that holds the claims builds the steps.
-    private void LoseClaims(IEnumerable<string> keys)
+    private void LoseClaims(IEnumerable<string> keys, long before)
     {
         foreach (var key in keys)
         {
+            // Only a claim made before the renewal that missed it: one made since (the step finished, and was claimed
+            // again in between) is not lost.
+            if (!_claimed.TryGetValue(key, out var since) || since >= before || !_claimed.TryRemove(new KeyValuePair<string, long>(key, since)))
+            {
+                continue;
+            }
+
             RunningStep? step;
             lock (_runningGate)
             {
                 _running.TryGetValue(key, out step);
             }
 
-            if (_claimed.TryRemove(key, out _) && step is not null)
+            if (step is not null)
             {
                 LogClaimLost(_logger, step.DrvPath.FullPath);
                 step.Abandon(BuildOutcome.Failed(BuildFailureKind.MiscFailure,
@@ -356,15 +363,16 @@ public sealed partial class BuildScheduler
     // How far the database's clock is ahead of this machine's (seconds), measured at the first claim and again at every
     // renewal: claims are reckoned on the database's clock, so front doors whose clocks differ still agree on leases,
     // at one round trip per renewal rather than per claim.
-    private long? _clockOffset;
+    // A box swapped whole: threads read an offset, never half of one.
+    private System.Runtime.CompilerServices.StrongBox<long>? _clockOffset;
 
     private async Task<long> ClockAsync() =>
-        _clockOffset is { } offset ? DateTimeOffset.UtcNow.ToUnixTimeSeconds() + offset : await SyncClockAsync(CancellationToken.None).ConfigureAwait(false);
+        Volatile.Read(ref _clockOffset) is { } offset ? DateTimeOffset.UtcNow.ToUnixTimeSeconds() + offset.Value : await SyncClockAsync(CancellationToken.None).ConfigureAwait(false);
 
     private async Task<long> SyncClockAsync(CancellationToken cancellationToken)
     {
         var database = await Builds.ClockAsync(cancellationToken).ConfigureAwait(false);
-        _clockOffset = database - DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        Volatile.Write(ref _clockOffset, new System.Runtime.CompilerServices.StrongBox<long>(database - DateTimeOffset.UtcNow.ToUnixTimeSeconds()));
         return database;
     }
 
@@ -401,34 +409,41 @@ public sealed partial class BuildScheduler
     /// </summary>
     public async Task KeepClaimsAsync(CancellationToken stopping)
     {
-        var lastRenewed = DateTimeOffset.UtcNow;
+        // Monotonic: a step of the wall clock neither fences early nor late.
+        var lastRenewed = Environment.TickCount64;
+        var lease = (long)Options.ClaimLease.TotalMilliseconds;
         try
         {
             while (!stopping.IsCancellationRequested)
             {
                 await Task.Delay(Options.ClaimLease / 3, stopping).ConfigureAwait(false);
-                if (DateTimeOffset.UtcNow - lastRenewed > Options.ClaimLease)
-                {
-                    // Cut off from the database for longer than a lease: every claim may have lapsed and been taken,
-                    // so this front door stops building rather than build what another one builds now.
-                    LoseClaims(_claimed.Keys.ToList());
-                }
-
                 try
                 {
-                    var now = await SyncClockAsync(stopping).ConfigureAwait(false);
+                    if (Environment.TickCount64 - lastRenewed > lease)
+                    {
+                        // Cut off from the database for longer than a lease: every claim may have lapsed and been taken,
+                        // so this front door stops building rather than build what another one builds now.
+                        LoseClaims(_claimed.Keys.ToList(), before: Environment.TickCount64);
+                    }
+
+                    // A renewal that hangs (a database cut off without a reset) is given up after a third of a lease,
+                    // so the check above comes round in time.
+                    using var patience = CancellationTokenSource.CreateLinkedTokenSource(stopping);
+                    patience.CancelAfter(Options.ClaimLease / 3);
+                    var started = Environment.TickCount64;
+                    var now = await SyncClockAsync(patience.Token).ConfigureAwait(false);
                     var held = _claimed.Keys.ToList();
-                    var renewed = await Builds.RenewStepClaimsAsync(held, Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, stopping).ConfigureAwait(false);
-                    lastRenewed = DateTimeOffset.UtcNow;
-                    LoseClaims(held.Where(k => !renewed.Contains(k) && _claimed.ContainsKey(k)));
-                    var abandoned = await Builds.AbandonRunningBuildsAsync("the Kiln front door running this build went away", now, stopping).ConfigureAwait(false);
+                    var renewed = await Builds.RenewStepClaimsAsync(held, Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, patience.Token).ConfigureAwait(false);
+                    lastRenewed = started;
+                    LoseClaims(held.Where(k => !renewed.Contains(k)), before: started);
+                    var abandoned = await Builds.AbandonRunningBuildsAsync("the Kiln front door running this build went away", now, patience.Token).ConfigureAwait(false);
                     if (abandoned > 0)
                     {
                         LogAbandonedElsewhere(_logger, abandoned);
                     }
                 }
-#pragma warning disable CA1031 // the database unreachable for a moment: try again at the next round
-                catch (Exception e) when (e is not OperationCanceledException)
+#pragma warning disable CA1031 // the database unreachable for a moment: try again at the next round (never stop renewing)
+                catch (Exception e) when (!stopping.IsCancellationRequested)
 #pragma warning restore CA1031
                 {
                     LogClaimError(_logger, e);

@@ -165,14 +165,16 @@ internal sealed class RunningStep : IBuildLog, IDisposable
             }
 
             _gaveUp = why;
-            try
-            {
-                _cancel.Cancel();
-            }
-            catch (ObjectDisposedException)
-            {
-                // it has just finished
-            }
+        }
+
+        // Outside the lock: cancelling runs the build's callbacks (the queue's, the agent's) on this thread.
+        try
+        {
+            _cancel.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+            // it has just finished
         }
     }
 

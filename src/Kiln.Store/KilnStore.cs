@@ -14,7 +14,7 @@ public sealed class KilnStore : IAsyncDisposable
 {
     private readonly GcLock _gcLock;
 
-    private KilnStore(StoreOptions options, IMetadataStore metadata)
+    private KilnStore(StoreOptions options, IMetadataStore metadata, string installation)
     {
         Options = options;
         Metadata = metadata;
@@ -23,7 +23,7 @@ public sealed class KilnStore : IAsyncDisposable
         TempRoots = new TempRoots();
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
         var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
-        Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared) : logs; // a bucket front doors share
+        Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared, installation) : logs; // a bucket front doors share
         Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
         GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
     }
@@ -105,7 +105,11 @@ public sealed class KilnStore : IAsyncDisposable
 
     private static async Task<KilnStore> CreateAsync(StoreOptions options, IMetadataStore metadata, CancellationToken cancellationToken)
     {
-        var store = new KilnStore(options, metadata);
+        // Which installation this is (made once, kept with the service's secrets): what it puts in a shared bucket is named
+        // by it, so a bucket reused by another installation, or by this one after its database was reset (build ids
+        // counting from 1 again), never shows one build's log as another's.
+        var installation = await metadata.GetOrAddServerSecretAsync("installation", Guid.NewGuid().ToString("N"), cancellationToken).ConfigureAwait(false);
+        var store = new KilnStore(options, metadata, installation);
         var shown = Kiln.Store.Metadata.Postgres.PostgresConnection.Redact(options.EffectiveMetadataUrl); // never the database's password
         StoreLog.Opened(options.Logger, options.DataDirectory, shown);
         if (options.MaterialisedAccount is { } account)

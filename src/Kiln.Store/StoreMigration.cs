@@ -68,6 +68,10 @@ public static class StoreMigration
                 // Nothing kept in DATA/blob-cache on the way: the blobs being copied are on this disk already.
                 var target = BlobStores.Open(options with { BlobStoreUrl = toBlobs, BlobCacheBytes = 0 });
                 (copied, present, bytes) = await CopyBlobsAsync(sourceBlobs, target, progress, cancellationToken).ConfigureAwait(false);
+                if (target is ISharedFiles shared)
+                {
+                    await ShareFilesAsync(source, options, shared, progress, cancellationToken).ConfigureAwait(false);
+                }
             }
 
             var tables = new List<(string, long, long)>();
@@ -94,6 +98,34 @@ public static class StoreMigration
 
             return new Report(copied, present, bytes, tables);
         }
+    }
+
+    // What front doors on a bucket read from it beside the blobs: the compressed NARs kept for HTTP uploaders and the
+    // build logs, named as SharedBuildLogStore and KeptNarFiles name them (put again on a resumed run: same content).
+    private static async Task ShareFilesAsync(IMetadataStore source, StoreOptions options, ISharedFiles shared, Action<string> progress, CancellationToken cancellationToken)
+    {
+        var kept = 0;
+        foreach (var file in Directory.Exists(options.NarFilesDirectory) ? Directory.EnumerateFiles(options.NarFilesDirectory) : [])
+        {
+            if (KeptNarFiles.HashOf(Path.GetFileName(file)) is not null)
+            {
+                await shared.PutFileAsync(KeptNarFiles.SharedName(Path.GetFileName(file)), file, cancellationToken).ConfigureAwait(false);
+                kept++;
+            }
+        }
+
+        var installation = await source.GetOrAddServerSecretAsync("installation", Guid.NewGuid().ToString("N"), cancellationToken).ConfigureAwait(false);
+        var logs = 0;
+        foreach (var file in Directory.Exists(options.LogDirectory) ? Directory.EnumerateFiles(options.LogDirectory, "*.log", SearchOption.AllDirectories) : [])
+        {
+            if (long.TryParse(Path.GetFileNameWithoutExtension(file), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var id))
+            {
+                await shared.PutFileAsync(Logs.SharedBuildLogStore.NameOf(installation, id), file, cancellationToken).ConfigureAwait(false);
+                logs++;
+            }
+        }
+
+        progress($"shared files: {kept} kept compressed NARs, {logs} build logs");
     }
 
     /// <summary>Copies every blob <paramref name="from"/> has that <paramref name="to"/> has not, re-hashing each on the way.</summary>

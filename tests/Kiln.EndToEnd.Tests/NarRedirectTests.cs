@@ -61,6 +61,15 @@ public sealed class NarRedirectTests(S3Server s3)
             Assert.True(redirect.Headers.CacheControl!.NoStore);
         }
 
+        // HEAD is answered here (a URL signed for GET answers HEAD with 403, and Nix asks with HEAD before uploading).
+        using (var head = Get("alice", token))
+        {
+            head.Method = HttpMethod.Head;
+            using var answer = await http.SendAsync(head);
+            Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+            Assert.Null(answer.Headers.Location);
+        }
+
         using (var bob = await http.SendAsync(Get("bob", other)))
         {
             Assert.Equal(HttpStatusCode.NotFound, bob.StatusCode);

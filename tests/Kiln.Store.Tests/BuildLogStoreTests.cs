@@ -305,7 +305,7 @@ public sealed class SharedBuildLogStoreTests : BuildLogStoreContract, IDisposabl
     {
         var bucket = new S3BlobStore(S3BlobLocation.Parse(_location), new LocalBlobCache(_temp[$"cache-{name}"], 0));
         _buckets.Add(bucket);
-        return new SharedBuildLogStore(new FileBuildLogStore(_temp[$"logs-{name}"]), bucket);
+        return new SharedBuildLogStore(new FileBuildLogStore(_temp[$"logs-{name}"]), bucket, "installation-1");
     }
 
     protected override IBuildLogStore Store => _store;
@@ -339,6 +339,12 @@ public sealed class SharedBuildLogStoreTests : BuildLogStoreContract, IDisposabl
 
         Assert.Equal(["line one", "ünïcode two"], followed);
         Assert.Null(await other.OpenReadAsync(502, 0, default)); // no build, no log, anywhere
+
+        // Another installation on the same bucket (or this one after its database was reset) has build 501 too: it
+        // never gets this one's log.
+        var bucket = new S3BlobStore(S3BlobLocation.Parse(_location), new LocalBlobCache(_temp["cache-other"], 0));
+        _buckets.Add(bucket);
+        Assert.Null(await new SharedBuildLogStore(new FileBuildLogStore(_temp["logs-other"]), bucket, "installation-2").OpenReadAsync(501, 0, default));
     }
 
     public void Dispose()

@@ -20,6 +20,8 @@ public sealed class StoreMigrationTests(PostgresServer postgres, S3Server s3) : 
 
     private static StorePath P(string name) => MetadataContract.P(name);
 
+    private static readonly byte[] KeptFile = "a compressed NAR, as an HTTP client uploaded it"u8.ToArray();
+
     /// <summary>An installation with something in every table; returns its blobs' bytes by hash.</summary>
     private static async Task<Dictionary<NixHash, byte[]>> FillAsync(string directory)
     {
@@ -85,7 +87,16 @@ public sealed class StoreMigrationTests(PostgresServer postgres, S3Server s3) : 
         await metadata.AddBuildAccountAsync(built, bob, default);
         await metadata.StartBuildAsync("step-2", drv.BaseName, bob, 1020, default); // left running: the next start abandons it
         await metadata.ClaimStepAsync("step-2", "door-a", 2000, 1020, default);
-        await metadata.AddNarFileAsync(small.ToNix32() + ".nar.xz", small, "xz", 4000, default);
+        using (var view = await store.OpenViewAsync("alice", default))
+        {
+            Assert.True(await view.KeepNarFileAsync(NixHash.Compute(NixHashAlgorithm.Sha256, KeptFile).ToNix32() + ".nar.xz", small, "xz", new MemoryStream(KeptFile), default));
+        }
+
+        using (var log = store.Logs.Create(built))
+        {
+            log.AppendLine("the log of the first build");
+        }
+
         await metadata.GetOrAddServerSecretAsync("build-key", "kiln-1:" + Convert.ToBase64String(new byte[64]), default);
         return blobs;
     }
@@ -149,6 +160,23 @@ public sealed class StoreMigrationTests(PostgresServer postgres, S3Server s3) : 
             Assert.True(carol > alice.Id);
             await store.Metadata.RegisterAsync(carol, [MetadataContract.New(MetadataContract.Info(P("new")))], default);
             Assert.Single(await store.Metadata.GetAllPathsAsync(carol, default));
+        }
+
+        // Another front door on the same database and bucket (a data directory of its own) serves the kept compressed NAR
+        // and the build log that were files of the embedded installation.
+        await using (var other = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["other"], MetadataUrl = database, BlobStoreUrl = bucket }, default))
+        {
+            using var view = await other.OpenViewAsync("alice", default);
+            await using (var kept = (await view.OpenKeptNarFileAsync(NixHash.Compute(NixHashAlgorithm.Sha256, KeptFile).ToNix32() + ".nar.xz", default))!)
+            {
+                using var copy = new MemoryStream();
+                await (await kept.OpenStreamAsync(default)).CopyToAsync(copy);
+                Assert.Equal(KeptFile, copy.ToArray());
+            }
+
+            var first = (await other.Builds.ListBuildsAsync(null, 10, default)).Single(b => b.StepKey == "step-1");
+            await using var log = (await other.Logs.OpenReadAsync(first.Id, 0, default))!;
+            Assert.Equal("the log of the first build\n", await new StreamReader(log).ReadToEndAsync());
         }
 
         // And back: the same tables copy from PostgreSQL into a new SQLite database and compare equal there too.

@@ -124,7 +124,7 @@ internal static class ServeCommands
         };
         var narRedirectLifetime = new Option<int>("--nar-redirect-lifetime")
         {
-            Description = "Seconds a --nar-redirect URL stays valid (default 300).",
+            Description = "Seconds a --nar-redirect URL stays valid (default 300, at most 3600: a URL outlives the revocation of the token it was given for).",
             DefaultValueFactory = _ => 300,
         };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
@@ -195,7 +195,7 @@ internal static class ServeCommands
                 },
                 BlobSweepInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(blobSweep))),
                 StepClaimLease = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(claimLease))),
-                NarRedirect = result.GetValue(narRedirect) ? TimeSpan.FromSeconds(Math.Clamp(result.GetValue(narRedirectLifetime), 10, 7 * 24 * 3600)) : null,
+                NarRedirect = result.GetValue(narRedirect) ? TimeSpan.FromSeconds(Math.Clamp(result.GetValue(narRedirectLifetime), 10, 3600)) : null,
                 Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess() with { MaxDownloadBytes = Math.Max(1, result.GetValue(fetchMax)) },
             };
             var storeOptions = new StoreOptions

@@ -21,10 +21,10 @@ internal sealed class KeptNarFiles
         Directory.CreateDirectory(directory);
     }
 
-    private static string SharedName(string name) => "nar-files/" + name;
+    internal static string SharedName(string name) => "nar-files/" + name;
 
     // The file hash a kept file's name starts with (52 Nix32 digits before the first dot).
-    private static NixHash? HashOf(string name)
+    internal static NixHash? HashOf(string name)
     {
         var dot = name.IndexOf('.', StringComparison.Ordinal);
         var digest = new byte[32];
@@ -57,6 +57,24 @@ internal sealed class KeptNarFiles
             if (!await _shared.GetFileAsync(SharedName(name), temp, cancellationToken).ConfigureAwait(false))
             {
                 return null;
+            }
+
+            // Kept only as what its name says, as when it was uploaded here: the bucket's copy may be damaged.
+            var file = File.OpenRead(temp);
+            await using (file.ConfigureAwait(false))
+            {
+                NixHash actual;
+                var hashing = new HashingStream(NixHashAlgorithm.Sha256);
+                await using (hashing.ConfigureAwait(false))
+                {
+                    await file.CopyToAsync(hashing, 256 * 1024, cancellationToken).ConfigureAwait(false);
+                    actual = hashing.Finish();
+                }
+
+                if (actual != hash)
+                {
+                    throw new IOException($"the blob store's copy of the kept file {name} is not what its name says") { HResult = 5 };
+                }
             }
 
             File.SetUnixFileMode(temp, UnixFileMode.UserRead);

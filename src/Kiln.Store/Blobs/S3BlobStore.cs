@@ -233,15 +233,23 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     {
         // Signed here, with this server's credentials, for a GET of this one object until it expires: no request to
         // the bucket, and nothing a client can widen (another key, another verb, longer) without breaking the signature.
-        var url = _client.GetPreSignedURL(new GetPreSignedUrlRequest
+        try
         {
-            BucketName = _location.Bucket,
-            Key = KeyOf(hash),
-            Verb = HttpVerb.GET,
-            Expires = DateTime.UtcNow + lifetime,
-            Protocol = _location.Endpoint?.Scheme == "http" ? Amazon.S3.Protocol.HTTP : Amazon.S3.Protocol.HTTPS,
-        });
-        return new Uri(url);
+            var url = _client.GetPreSignedURL(new GetPreSignedUrlRequest
+            {
+                BucketName = _location.Bucket,
+                Key = KeyOf(hash),
+                Verb = HttpVerb.GET,
+                Expires = DateTime.UtcNow + lifetime,
+                Protocol = _location.Endpoint?.Scheme == "http" ? Amazon.S3.Protocol.HTTP : Amazon.S3.Protocol.HTTPS,
+            });
+            return new Uri(url);
+        }
+        catch (AmazonClientException e)
+        {
+            // Credentials that cannot be resolved: the storage's failure (503), as any other request to the bucket.
+            throw new IOException($"the blob store could not sign a link: {e.Message}", e) { HResult = 5 };
+        }
     }
 
     public async ValueTask<int> CleanAbandonedAsync(TimeSpan age, CancellationToken cancellationToken)

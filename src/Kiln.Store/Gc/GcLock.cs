@@ -4,9 +4,12 @@ namespace Kiln.Store.Gc;
 /// Keeps the garbage collector and registrations apart: uploads hold it shared while they move a blob into place
 /// and register it; the collector holds it exclusively while it marks and sweeps. Without it, a blob committed but
 /// not yet registered could be swept, or a path registered after the mark could lose a reference. Within the process
-/// it is a reader-writer lock; with several front doors on one database each holder also takes the database's
-/// (<see cref="Metadata.IPathMetadata.LockAgainstCollectionAsync"/>), always after this process's own, so no two
-/// holders ever wait for each other in opposite orders.
+/// it is a reader-writer lock. With several front doors on one database the process also holds the database's
+/// (<see cref="Metadata.IPathMetadata.LockAgainstCollectionAsync"/>): shared from its first reader until its last, one
+/// lock for all of them (so registrations cost no database round trip while others are in flight, and hold no pooled
+/// connection), exclusive for its collector — always after its own lock, so no two holders ever wait for each other in
+/// opposite orders. A busy front door therefore holds the database's lock shared for as long as its registrations
+/// overlap; another front door's collection waits for a gap.
 /// </summary>
 public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>>? acrossProcesses = null) : IDisposable
 {
@@ -14,51 +17,21 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly object _count = new();
     private int _readers;
+    private IAsyncDisposable? _sharedAcross; // the database's shared lock, held from the first reader to the last
+
+    /// <summary>The lock, held; dispose to release it.</summary>
+    public sealed class Holder(Func<ValueTask> release, bool acrossProcesses) : IAsyncDisposable
+    {
+        private int _released;
+
+        /// <summary>Other processes (front doors) write this metadata: their sessions' temporary roots are not seen here.</summary>
+        public bool AcrossProcesses => acrossProcesses;
+
+        public ValueTask DisposeAsync() => Interlocked.Exchange(ref _released, 1) == 0 ? release() : ValueTask.CompletedTask;
+    }
 
     /// <summary>Held by registrations (many at once).</summary>
-    public async Task<Holder> SharedAsync(CancellationToken cancellationToken) =>
-        await AcrossAsync(await LocalSharedAsync(cancellationToken).ConfigureAwait(false), exclusive: false, cancellationToken).ConfigureAwait(false);
-
-    /// <summary>Held by a collection (alone).</summary>
-    public async Task<Holder> ExclusiveAsync(CancellationToken cancellationToken) =>
-        await AcrossAsync(await LocalExclusiveAsync(cancellationToken).ConfigureAwait(false), exclusive: true, cancellationToken).ConfigureAwait(false);
-
-    private async Task<Holder> AcrossAsync(IDisposable local, bool exclusive, CancellationToken cancellationToken)
-    {
-        try
-        {
-            return new Holder(local, acrossProcesses is null ? null : await acrossProcesses(exclusive, cancellationToken).ConfigureAwait(false));
-        }
-        catch
-        {
-            local.Dispose();
-            throw;
-        }
-    }
-
-    /// <summary>The lock, held: in this process, and in the database when other processes share it.</summary>
-    public sealed class Holder(IDisposable local, IAsyncDisposable? database) : IAsyncDisposable
-    {
-        /// <summary>Other processes (front doors) write this metadata: their sessions' temporary roots are not seen here.</summary>
-        public bool AcrossProcesses => database is not null;
-
-        public async ValueTask DisposeAsync()
-        {
-            try
-            {
-                if (database is not null)
-                {
-                    await database.DisposeAsync().ConfigureAwait(false);
-                }
-            }
-            finally
-            {
-                local.Dispose();
-            }
-        }
-    }
-
-    private async Task<IDisposable> LocalSharedAsync(CancellationToken cancellationToken)
+    public async Task<Holder> SharedAsync(CancellationToken cancellationToken)
     {
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
@@ -74,6 +47,15 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
                 try
                 {
                     await _exclusive.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    try
+                    {
+                        _sharedAcross = acrossProcesses is null ? null : await acrossProcesses(false, cancellationToken).ConfigureAwait(false);
+                    }
+                    catch
+                    {
+                        _exclusive.Release();
+                        throw;
+                    }
                 }
                 catch
                 {
@@ -91,7 +73,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
             _gate.Release();
         }
 
-        return new Release(() =>
+        return new Holder(async () =>
         {
             bool last;
             lock (_count)
@@ -101,12 +83,26 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
 
             if (last)
             {
-                _exclusive.Release();
+                // A reader arriving now counts itself first and waits for _exclusive, released only after this.
+                var across = _sharedAcross;
+                _sharedAcross = null;
+                try
+                {
+                    if (across is not null)
+                    {
+                        await across.DisposeAsync().ConfigureAwait(false);
+                    }
+                }
+                finally
+                {
+                    _exclusive.Release();
+                }
             }
-        });
+        }, _sharedAcross is not null);
     }
 
-    private async Task<IDisposable> LocalExclusiveAsync(CancellationToken cancellationToken)
+    /// <summary>Held by a collection (alone).</summary>
+    public async Task<Holder> ExclusiveAsync(CancellationToken cancellationToken)
     {
         // Holding the gate stops new readers from slipping in while the collector waits for the current ones.
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -119,25 +115,36 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
             _gate.Release();
         }
 
-        return new Release(() => _exclusive.Release());
+        IAsyncDisposable? across;
+        try
+        {
+            across = acrossProcesses is null ? null : await acrossProcesses(true, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            _exclusive.Release();
+            throw;
+        }
+
+        return new Holder(async () =>
+        {
+            try
+            {
+                if (across is not null)
+                {
+                    await across.DisposeAsync().ConfigureAwait(false);
+                }
+            }
+            finally
+            {
+                _exclusive.Release();
+            }
+        }, across is not null);
     }
 
     public void Dispose()
     {
         _exclusive.Dispose();
         _gate.Dispose();
-    }
-
-    private sealed class Release(Action release) : IDisposable
-    {
-        private int _done;
-
-        public void Dispose()
-        {
-            if (Interlocked.Exchange(ref _done, 1) == 0)
-            {
-                release();
-            }
-        }
     }
 }

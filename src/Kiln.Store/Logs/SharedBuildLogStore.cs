@@ -6,12 +6,16 @@ namespace Kiln.Store.Logs;
 /// The build logs of several front doors: each front door writes and follows the logs of the builds it runs in its
 /// own directory (<see cref="FileBuildLogStore"/>, live), and puts each log, once its build ended, in the bucket they
 /// share (<see cref="ISharedFiles"/>). A log this front door does not have — the build ran on another — is fetched from
-/// there once and kept beside its own. So a client of any front door reads the log of any build
+/// there once and kept beside its own. Names carry the installation's id (<c>logs/&lt;installation&gt;/&lt;id&gt;.log</c>). So a client of any front door reads the log of any build
 /// it may read, live where the build runs, and from its end everywhere else.
 /// </summary>
-public sealed class SharedBuildLogStore(FileBuildLogStore local, ISharedFiles shared) : IBuildLogStore
+public sealed class SharedBuildLogStore(FileBuildLogStore local, ISharedFiles shared, string installation) : IBuildLogStore
 {
-    private static string NameOf(long buildId) => $"logs/{buildId.ToString(System.Globalization.CultureInfo.InvariantCulture)}.log";
+    // Under the installation's id: build ids restart with a reset database, and a bucket may be given to another
+    // installation; neither may show an old log as a new build's.
+    private string NameOf(long buildId) => NameOf(installation, buildId);
+
+    internal static string NameOf(string installation, long buildId) => $"logs/{installation}/{buildId.ToString(System.Globalization.CultureInfo.InvariantCulture)}.log";
 
     public IBuildLogWriter Create(long buildId) => local.Create(buildId);
 

@@ -351,8 +351,15 @@ public sealed partial class PostgresMetadataStore
         }, cancellationToken);
 
     // A fixed key for the collection lock: a session-level advisory lock, shared or exclusive, which PostgreSQL queues
-    // fairly (a waiting collection holds back registrations that come after it) and releases if its connection dies.
+    // fairly (a waiting collection holds back registrations that come after it) and releases when its session ends.
     private const long CollectionLock = 0x4b696c6e_47634c6b; // "KilnGcLk"
+
+    // The collection lock's own session: one unpooled connection with keepalives, never a pooled one (a lock left on a
+    // pooled connection would outlive its holder). GcLock asks for one lock at a time per process (its own readers
+    // share the one shared lock), so one session serves them all; when anything goes wrong on it the session is closed,
+    // and the lock goes with it.
+    private readonly SemaphoreSlim _lockSession = new(1, 1);
+    private NpgsqlConnection? _lockConnection;
 
     public async Task<IAsyncDisposable?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken)
     {
@@ -361,30 +368,45 @@ public sealed partial class PostgresMetadataStore
             return null;
         }
 
-        NpgsqlConnection? connection = null;
+        await _lockSession.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-            using var command = Command(connection, exclusive ? "SELECT pg_advisory_lock(@k)" : "SELECT pg_advisory_lock_shared(@k)", null, ("k", CollectionLock));
-            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-            var held = new CollectionLockHeld(connection, exclusive);
-            connection = null;
-            return held;
-        }
-        catch (NpgsqlException e) when (AsStorageFailure(e, "locked") is { } failure)
-        {
-            throw failure;
-        }
-        finally
-        {
-            if (connection is not null)
+            if (_lockConnection is not { State: System.Data.ConnectionState.Open })
             {
-                await connection.DisposeAsync().ConfigureAwait(false);
+                await CloseLockSessionAsync().ConfigureAwait(false);
+                var builder = new NpgsqlConnectionStringBuilder(_connectionString) { Pooling = false, KeepAlive = 5 };
+                _lockConnection = new NpgsqlConnection(builder.ConnectionString);
+                await _lockConnection.OpenAsync(cancellationToken).ConfigureAwait(false);
             }
+
+            using var command = Command(_lockConnection, exclusive ? "SELECT pg_advisory_lock(@k)" : "SELECT pg_advisory_lock_shared(@k)", null, ("k", CollectionLock));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return new CollectionLockHeld(this, exclusive);
+        }
+        catch (Exception e)
+        {
+            // Cancelled or failed while asking: the lock may have been granted after all, so the session goes.
+            await CloseLockSessionAsync().ConfigureAwait(false);
+            _lockSession.Release();
+            if (e is NpgsqlException npgsql && AsStorageFailure(npgsql, "locked") is { } failure)
+            {
+                throw failure;
+            }
+
+            throw;
         }
     }
 
-    private sealed class CollectionLockHeld(NpgsqlConnection connection, bool exclusive) : IAsyncDisposable
+    private async Task CloseLockSessionAsync()
+    {
+        if (_lockConnection is { } connection)
+        {
+            _lockConnection = null;
+            await connection.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private sealed class CollectionLockHeld(PostgresMetadataStore store, bool exclusive) : IAsyncDisposable
     {
         private int _released;
 
@@ -397,18 +419,18 @@ public sealed partial class PostgresMetadataStore
 
             try
             {
-                // Unlocked before the connection goes back to the pool (which keeps its session as it is): the lock
-                // must not outlive its holder on a pooled connection. If this fails the connection is broken, and its
-                // session, lock and all, is gone with it.
-                using var command = Command(connection, exclusive ? "SELECT pg_advisory_unlock(@k)" : "SELECT pg_advisory_unlock_shared(@k)", null, ("k", CollectionLock));
+                using var command = Command(store._lockConnection!, exclusive ? "SELECT pg_advisory_unlock(@k)" : "SELECT pg_advisory_unlock_shared(@k)", null, ("k", CollectionLock));
                 await command.ExecuteNonQueryAsync(CancellationToken.None).ConfigureAwait(false);
             }
-            catch (NpgsqlException)
+#pragma warning disable CA1031 // whatever failed, closing the session releases the lock
+            catch (Exception)
+#pragma warning restore CA1031
             {
+                await store.CloseLockSessionAsync().ConfigureAwait(false);
             }
             finally
             {
-                await connection.DisposeAsync().ConfigureAwait(false);
+                store._lockSession.Release();
             }
         }
     }

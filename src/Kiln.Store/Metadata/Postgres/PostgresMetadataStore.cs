@@ -242,7 +242,9 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
             }
         }
 
+        await CloseLockSessionAsync().ConfigureAwait(false);
         await _source.DisposeAsync().ConfigureAwait(false);
         _stopping.Dispose();
+        _lockSession.Dispose();
     }
 }

@@ -2,7 +2,7 @@
 -- so every front door on one database signs with the same key and shows clients the same host key; the first front
 -- door to start puts its own (or a new one) here, later ones adopt it.
 CREATE TABLE server_secrets (
-    name TEXT PRIMARY KEY,              -- build-key | ssh-host-key
+    name TEXT PRIMARY KEY,              -- build-key | ssh-host-key | installation (an id, not a secret)
     secret TEXT NOT NULL,
     created INTEGER NOT NULL
 );
