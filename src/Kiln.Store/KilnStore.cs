@@ -105,11 +105,7 @@ public sealed class KilnStore : IAsyncDisposable
 
     private static async Task<KilnStore> CreateAsync(StoreOptions options, IMetadataStore metadata, CancellationToken cancellationToken)
     {
-        // Which installation this is (made once, kept with the service's secrets): what it puts in a shared bucket is named
-        // by it, so a bucket reused by another installation, or by this one after its database was reset (build ids
-        // counting from 1 again), never shows one build's log as another's.
-        var installation = await metadata.GetOrAddServerSecretAsync("installation", Guid.NewGuid().ToString("N"), cancellationToken).ConfigureAwait(false);
-        var store = new KilnStore(options, metadata, installation);
+        var store = new KilnStore(options, metadata, await InstallationAsync(metadata, cancellationToken).ConfigureAwait(false));
         var shown = Kiln.Store.Metadata.Postgres.PostgresConnection.Redact(options.EffectiveMetadataUrl); // never the database's password
         StoreLog.Opened(options.Logger, options.DataDirectory, shown);
         if (options.MaterialisedAccount is { } account)
@@ -119,6 +115,14 @@ public sealed class KilnStore : IAsyncDisposable
 
         return store;
     }
+
+    /// <summary>
+    /// Which installation this is (made once, kept with the service's secrets): what it puts in a shared bucket is named
+    /// by it, so a bucket reused by another installation, or by this one after its database was reset (build ids
+    /// counting from 1 again), never shows one build's log as another's.
+    /// </summary>
+    internal static Task<string> InstallationAsync(ISettingsMetadata metadata, CancellationToken cancellationToken) =>
+        metadata.GetOrAddServerSecretAsync("installation", Guid.NewGuid().ToString("N"), cancellationToken);
 
     /// <summary>Opens a store over an existing metadata provider (the contract tests run it on each).</summary>
     public static async Task<KilnStore> OpenAsync(StoreOptions options, IMetadataStore metadata, CancellationToken cancellationToken)

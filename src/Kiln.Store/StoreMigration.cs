@@ -57,6 +57,7 @@ public static class StoreMigration
 
         var options = new StoreOptions { DataDirectory = directory };
         var sourceBlobs = BlobStores.Open(options);
+        using var disposeSourceBlobs = sourceBlobs as IDisposable;
         var source = MetadataStores.Open(fromDatabase);
         await using (source.ConfigureAwait(false))
         {
@@ -67,10 +68,13 @@ public static class StoreMigration
             {
                 // Nothing kept in DATA/blob-cache on the way: the blobs being copied are on this disk already.
                 var target = BlobStores.Open(options with { BlobStoreUrl = toBlobs, BlobCacheBytes = 0 });
-                (copied, present, bytes) = await CopyBlobsAsync(sourceBlobs, target, progress, cancellationToken).ConfigureAwait(false);
-                if (target is ISharedFiles shared)
+                using (target as IDisposable)
                 {
-                    await ShareFilesAsync(source, options, shared, progress, cancellationToken).ConfigureAwait(false);
+                    (copied, present, bytes) = await CopyBlobsAsync(sourceBlobs, target, progress, cancellationToken).ConfigureAwait(false);
+                    if (target is ISharedFiles shared)
+                    {
+                        await ShareFilesAsync(source, options, shared, progress, cancellationToken).ConfigureAwait(false);
+                    }
                 }
             }
 
@@ -114,7 +118,7 @@ public static class StoreMigration
             }
         }
 
-        var installation = await source.GetOrAddServerSecretAsync("installation", Guid.NewGuid().ToString("N"), cancellationToken).ConfigureAwait(false);
+        var installation = await KilnStore.InstallationAsync(source, cancellationToken).ConfigureAwait(false);
         var logs = 0;
         foreach (var file in Directory.Exists(options.LogDirectory) ? Directory.EnumerateFiles(options.LogDirectory, "*.log", SearchOption.AllDirectories) : [])
         {

@@ -77,8 +77,7 @@ internal sealed class KeptNarFiles
                 }
             }
 
-            File.SetUnixFileMode(temp, UnixFileMode.UserRead);
-            File.Move(temp, Path.Combine(_directory, name), overwrite: true);
+            MoveIntoPlace(temp, Path.Combine(_directory, name));
         }
         finally
         {
@@ -137,15 +136,7 @@ internal sealed class KeptNarFiles
                 return false;
             }
 
-            File.SetUnixFileMode(temp, UnixFileMode.UserRead);
-            try
-            {
-                File.Move(temp, target, overwrite: false);
-            }
-            catch (IOException) when (File.Exists(target))
-            {
-                // kept by a concurrent upload of the same file
-            }
+            MoveIntoPlace(temp, target);
         }
         finally
         {
@@ -154,6 +145,20 @@ internal sealed class KeptNarFiles
 
         await ShareAsync(name, target, cancellationToken).ConfigureAwait(false);
         return true;
+    }
+
+    // A file whose contents were checked against its name, made read-only and renamed into place: a reader sees all of
+    // it or nothing. Already there (kept by a concurrent upload or fetch of the same name) is the same content.
+    private static void MoveIntoPlace(string temp, string target)
+    {
+        File.SetUnixFileMode(temp, UnixFileMode.UserRead);
+        try
+        {
+            File.Move(temp, target, overwrite: false);
+        }
+        catch (IOException) when (File.Exists(target))
+        {
+        }
     }
 
     // Put for the other front doors every time it is kept: an earlier put may have failed, and it costs one upload of

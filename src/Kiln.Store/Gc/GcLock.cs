@@ -86,17 +86,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
                 // A reader arriving now counts itself first and waits for _exclusive, released only after this.
                 var across = _sharedAcross;
                 _sharedAcross = null;
-                try
-                {
-                    if (across is not null)
-                    {
-                        await across.DisposeAsync().ConfigureAwait(false);
-                    }
-                }
-                finally
-                {
-                    _exclusive.Release();
-                }
+                await ReleaseAsync(across).ConfigureAwait(false);
             }
         }, _sharedAcross is not null);
     }
@@ -126,20 +116,23 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
             throw;
         }
 
-        return new Holder(async () =>
+        return new Holder(() => ReleaseAsync(across), across is not null);
+    }
+
+    // The database's lock first, then this process's: the order they were taken in, reversed.
+    private async ValueTask ReleaseAsync(IAsyncDisposable? across)
+    {
+        try
         {
-            try
+            if (across is not null)
             {
-                if (across is not null)
-                {
-                    await across.DisposeAsync().ConfigureAwait(false);
-                }
+                await across.DisposeAsync().ConfigureAwait(false);
             }
-            finally
-            {
-                _exclusive.Release();
-            }
-        }, across is not null);
+        }
+        finally
+        {
+            _exclusive.Release();
+        }
     }
 
     public void Dispose()
