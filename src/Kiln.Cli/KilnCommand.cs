@@ -24,6 +24,9 @@ internal static class KilnCommand
         ["client-config"] = AccountCommands.ClientConfig,
         ["token"] = CacheCommands.Token,
         ["signing-key"] = CacheCommands.SigningKey,
+        ["agent"] = AgentCommands.Agent,
+        ["agent-token"] = AgentCommands.AgentTokens,
+        ["agents"] = AgentCommands.Agents,
     };
 
     public static async Task<int> RunAsync(string[] args)

@@ -38,6 +38,11 @@ public static class LogEvents
     public const int AgentStarted = 5010;
     public const int AgentFailed = 5011;
     public const int AgentStopped = 5012;
+    public const int AgentConnected = 5020;
+    public const int AgentLost = 5021;
+    public const int AgentRefused = 5022;
+    public const int AgentMisbehaved = 5023;
+    public const int AgentServerUnreachable = 5024;
 
     public const int NoBuildUsers = 6001;
     public const int BuildsAbandoned = 6002;

@@ -15,7 +15,7 @@ namespace Kiln.Server;
 /// The HTTP front: Kestrel on <see cref="ServerOptions.HttpListen"/> serving <see cref="BinaryCache"/>. It is its own
 /// small web application inside <c>kiln serve</c>'s host, sharing the store and the scheduler's log layout.
 /// </summary>
-public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, ILoggerFactory loggers)
+public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Farm.AgentGateway agents, ILoggerFactory loggers)
     : IHostedService, IAsyncDisposable
 {
     private WebApplication? _app;
@@ -52,7 +52,8 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         });
         _app = builder.Build();
         ZeroCopyFiles.Use(_app);
-        _app.Run(cache.HandleAsync);
+        // Agents dial in to the same listener (their requests are under one prefix); the rest is the binary cache.
+        _app.Run(context => Kiln.Farm.AgentGateway.Handles(context) ? agents.HandleAsync(context) : cache.HandleAsync(context));
         try
         {
             await _app.StartAsync(cancellationToken).ConfigureAwait(false);

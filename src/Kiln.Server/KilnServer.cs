@@ -56,8 +56,15 @@ public static partial class KilnServer
             var accounts = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), AccountService.InstanceName(buildKey.PublicKey));
 
             // The embedded agent pulls work from the queue as a remote agent will; the scheduler only offers it.
-            using var queue = new InMemoryJobQueue();
+            using var queue = new InMemoryJobQueue(options.AgentTimeout) { PlacementWait = options.AgentWait };
             var executor = CreateExecutor(options, store, logger);
+            var gateway = new Kiln.Farm.AgentGateway(queue, store.Agents, store.Blobs, new Kiln.Farm.AgentGatewayOptions
+            {
+                FrontDoor = frontDoor,
+                AgentTimeout = options.AgentTimeout,
+                MaxNarSize = store.Options.MaxNarSize,
+            }, loggers.CreateLogger("Kiln.Farm"));
+            await using var gatewayDisposal = gateway.ConfigureAwait(false);
             var scheduler = new BuildScheduler(store.Builds, store.Blobs, queue, store.Logs, new SchedulerOptions
             {
                 Cores = options.Cores,
@@ -72,8 +79,11 @@ public static partial class KilnServer
             }, buildKey, logger);
             using var stopClaims = new CancellationTokenSource();
             var claims = scheduler.KeepClaimsAsync(stopClaims.Token);
-            var agent = new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, executor.Slots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4);
-            await using (agent.ConfigureAwait(false))
+            var localSlots = options.LocalSlots ?? executor.Slots;
+            var agent = localSlots > 0
+                ? new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, localSlots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4)
+                : null;
+            try
             {
                 var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
                 ConfigureLogging(builder.Logging);
@@ -85,6 +95,7 @@ public static partial class KilnServer
                 builder.Services.AddSingleton(scheduler);
                 builder.Services.AddSingleton(executor);
                 builder.Services.AddSingleton(accounts);
+                builder.Services.AddSingleton(gateway);
                 builder.Services.AddHostedService<DaemonSocketService>();
                 builder.Services.AddHostedService<Ssh.SshFrontDoor>();
                 builder.Services.AddHostedService<HttpCacheService>();
@@ -96,6 +107,13 @@ public static partial class KilnServer
                 // them record how they ended before the agent stops (aborting what is left) and the store closes.
                 await DrainAsync(scheduler, options.ShutdownGrace).ConfigureAwait(false);
             }
+            finally
+            {
+                if (agent is not null)
+                {
+                    await agent.DisposeAsync().ConfigureAwait(false);
+                }
+            }
 
             await DrainAsync(scheduler, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
             await stopClaims.CancelAsync().ConfigureAwait(false);
@@ -105,7 +123,7 @@ public static partial class KilnServer
         return 0;
     }
 
-    internal static void ConfigureLogging(ILoggingBuilder logging)
+    public static void ConfigureLogging(ILoggingBuilder logging)
     {
         logging.AddSimpleConsole(console =>
         {

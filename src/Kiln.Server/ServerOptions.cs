@@ -30,6 +30,15 @@ public sealed record ServerOptions
     /// <summary>Builds at once (Nix's <c>max-jobs</c>).</summary>
     public int MaxJobs { get; init; } = Math.Max(1, Environment.ProcessorCount);
 
+    /// <summary>Builds the embedded agent runs at once (null: <see cref="MaxJobs"/>; 0: none, a pure coordinator for remote agents).</summary>
+    public int? LocalSlots { get; init; }
+
+    /// <summary>A remote agent not heard from for this long is lost, and its builds run elsewhere.</summary>
+    public TimeSpan AgentTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long a build no connected agent can run waits for one before it fails.</summary>
+    public TimeSpan AgentWait { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary><c>NIX_BUILD_CORES</c> for each build.</summary>
     public int Cores { get; init; } = Environment.ProcessorCount;
 

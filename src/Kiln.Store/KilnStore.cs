@@ -77,6 +77,9 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>Build records (the scheduler's port onto the metadata).</summary>
     public IBuildMetadata Builds => Metadata;
 
+    /// <summary>Agent tokens and the agents' last known state.</summary>
+    public IAgentMetadata Agents => Metadata;
+
     internal GarbageCollector GarbageCollector { get; }
 
     /// <summary>

@@ -127,11 +127,25 @@ internal static class ServeCommands
             Description = "Seconds a --nar-redirect URL stays valid (default 300, at most 3600: a URL outlives the revocation of the token it was given for).",
             DefaultValueFactory = _ => 300,
         };
+        var localSlots = new Option<int?>("--local-slots")
+        {
+            Description = "Builds the agent inside this server runs at once (default: --max-jobs; 0: none, builds only on remote agents that dial in with 'kiln agent').",
+        };
+        var agentTimeout = new Option<int>("--agent-timeout")
+        {
+            Description = "Seconds after which a remote agent not heard from is lost and its builds run on another agent (default 30).",
+            DefaultValueFactory = _ => 30,
+        };
+        var agentWait = new Option<int>("--agent-wait")
+        {
+            Description = "Seconds a build waits for an agent with its system and features to connect before it fails (default 60; 0: fail at once).",
+            DefaultValueFactory = _ => 60,
+        };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
-            narRedirect, narRedirectLifetime,
+            narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -172,6 +186,9 @@ internal static class ServeCommands
                 SocketPath = result.GetValue(socket) is { } s ? Path.GetFullPath(s) : null,
                 SocketAccount = result.GetValue(account)!,
                 MaxJobs = Math.Max(1, result.GetValue(maxJobs)),
+                LocalSlots = result.GetValue(localSlots) is { } slots ? Math.Max(0, slots) : null,
+                AgentTimeout = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(agentTimeout))),
+                AgentWait = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(agentWait))),
                 Cores = Math.Max(1, result.GetValue(cores)),
                 SandboxPaths = result.GetValue(sandboxPaths) ?? [],
                 MaxSilentTime = TimeSpan.FromSeconds(result.GetValue(maxSilent)),
@@ -217,7 +234,7 @@ internal static class ServeCommands
 
     // SIZE with an optional binary unit (K, M, G, T, with or without "iB"; 512MiB, 8GiB, a plain number of bytes), N% of
     // what share reckons (where the option takes a share: of this machine's memory, of the data file system), or 0.
-    private static long Size(string text, Func<long, long>? share = null, string? of = null)
+    internal static long Size(string text, Func<long, long>? share = null, string? of = null)
     {
         var match = System.Text.RegularExpressions.Regex.Match(text.Trim(), @"^([0-9]+)\s*(%|[KMGT]?)(?:i?B)?$", System.Text.RegularExpressions.RegexOptions.IgnoreCase);
         if (!match.Success || (share is null && match.Groups[2].Value == "%") || !long.TryParse(match.Groups[1].Value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number))
@@ -235,7 +252,7 @@ internal static class ServeCommands
         return number <= long.MaxValue >> shift ? number << shift : throw new CommandException($"'{text}' is too large");
     }
 
-    private static System.Net.IPNetwork ParseRange(string text) =>
+    internal static System.Net.IPNetwork ParseRange(string text) =>
         System.Net.IPNetwork.TryParse(text, out var range) && range.BaseAddress.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? range
             : throw new CommandException($"'{text}' is not an IPv4 range in CIDR form (for example 10.1.2.0/24 or 192.0.2.7/32)");
 

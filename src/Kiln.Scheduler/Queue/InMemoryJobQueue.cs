@@ -60,16 +60,51 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         {
             if (!_agents.Any(a => a.CanRun(offer.Requirements)))
             {
-                var known = _agents.Count == 0 ? "it has no agents" : $"its agents are {string.Join("; ", _agents.Select(a => a.ToString()).Distinct())}";
-                entry.Finish(BuildOutcome.Failed(BuildFailureKind.MiscFailure,
-                    $"{offer.Requirements} is required to build '{offer.Job.DrvPath}', but Kiln cannot build that: {known}"));
-                return entry;
+                if (PlacementWait <= TimeSpan.Zero)
+                {
+                    entry.Finish(Unplaceable(offer));
+                    return entry;
+                }
+
+                // An agent that can run it may yet connect (agents come and go): wait for one, saying so, for a while.
+                offer.Log.Line($"kiln: waiting for an agent with system {offer.Requirements.System}" +
+                    (offer.Requirements.Features.Count == 0 ? "" : $" and features {string.Join(", ", offer.Requirements.Features.Order(StringComparer.Ordinal))}") +
+                    $" to build '{offer.Job.DrvPath}' (at most {PlacementWait.TotalSeconds:0} s)");
+                _ = Task.Delay(PlacementWait).ContinueWith(_ => GiveUpWaiting(entry), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             }
 
             Enqueue(entry);
         }
 
         return entry;
+    }
+
+    /// <summary>How long a job no registered agent can run waits for one (zero: it fails at once, as Nix does).</summary>
+    public TimeSpan PlacementWait { get; init; }
+
+    // Called under the gate.
+    private BuildOutcome Unplaceable(JobOffer offer)
+    {
+        var known = _agents.Count == 0 ? "it has no agents" : $"its agents are {string.Join("; ", _agents.Select(a => a.ToString()).Distinct())}";
+        return BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"{offer.Requirements} is required to build '{offer.Job.DrvPath}', but Kiln cannot build that: {known}");
+    }
+
+    // The wait is over: a job still waiting that no agent can run fails.
+    private void GiveUpWaiting(Entry entry)
+    {
+        BuildOutcome outcome;
+        lock (_gate)
+        {
+            if (!_waiting.Contains(entry) || _agents.Any(a => a.CanRun(entry.Offer.Requirements)))
+            {
+                return;
+            }
+
+            _waiting.Remove(entry);
+            outcome = Unplaceable(entry.Offer);
+        }
+
+        entry.Finish(outcome);
     }
 
     // Hands the entry to a waiting agent that can run it, or queues it. Called under the gate.
@@ -201,6 +236,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         {
             Lease? old;
             bool again;
+            int attempt;
             lock (queue._gate)
             {
                 old = _lease;
@@ -212,6 +248,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
                 _lease = null;
                 queue._leased.Remove(this);
                 again = !_cancelled && _attempts < queue.MaxAttempts;
+                attempt = _attempts + 1; // read before Enqueue: a waiting agent may lease it at once
                 if (again)
                 {
                     queue.Enqueue(this);
@@ -219,7 +256,12 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             }
 
             old.Stop();
-            if (!again)
+            if (again)
+            {
+                // The one line the client sees of it: the build goes on elsewhere.
+                offer.Log.Line($"kiln: {reason} ({old.Agent.Name}); building '{offer.Job.DrvPath}' again on another agent (attempt {attempt} of {queue.MaxAttempts})");
+            }
+            else
             {
                 Finish(BuildOutcome.Failed(BuildFailureKind.MiscFailure,
                     _cancelled ? $"the build of '{offer.Job.DrvPath}' was cancelled" : $"Kiln could not build '{offer.Job.DrvPath}': {reason} ({_attempts} attempts)"));
@@ -260,7 +302,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         public void Heartbeat() => Interlocked.Exchange(ref _lastHeartbeat, Environment.TickCount64);
 
-        public void Complete(BuildOutcome outcome) => entry.Completed(this, outcome);
+        public void Complete(BuildOutcome outcome) => entry.Completed(this, outcome with { Agent = agent.Name });
 
         public void Abandon(string reason) => entry.TakeBack(this, reason);
 

@@ -11,7 +11,7 @@ public static class AccessToken
 {
     public const string Prefix = "kiln_";
 
-    private static readonly System.Buffers.SearchValues<char> HexDigits = System.Buffers.SearchValues.Create("0123456789abcdef");
+    internal static readonly System.Buffers.SearchValues<char> HexDigits = System.Buffers.SearchValues.Create("0123456789abcdef");
 
     public static string Generate() => Prefix + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(24));
 
@@ -60,4 +60,21 @@ public static class AccessToken
 
         return at > now ? at : throw new ArgumentException($"expiry '{text}' is not in the future");
     }
+}
+
+/// <summary>
+/// Agent tokens (<c>kiln agent --token</c>): <c>kiln-agent_</c> and 48 hex digits, shown once, stored as SHA-256 like
+/// access tokens but in their own table, so no account token is ever an agent's and no agent token opens an account.
+/// </summary>
+public static class AgentToken
+{
+    public const string Prefix = "kiln-agent_";
+
+    public static string Generate() => Prefix + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(24));
+
+    public static string Hash(string token) => AccessToken.Hash(token);
+
+    public static bool LooksValid(string text) =>
+        text is not null && text.Length == Prefix.Length + 48 && text.StartsWith(Prefix, StringComparison.Ordinal) &&
+        text.AsSpan(Prefix.Length).ContainsAnyExcept(AccessToken.HexDigits) is false;
 }

@@ -39,11 +39,14 @@ public sealed record BuildRecord
     public long? PeakMemory { get; init; }
 
     public IReadOnlyList<BuildOutputRecord> Outputs { get; init; } = [];
+
+    /// <summary>The agent that ran it (empty when none did).</summary>
+    public string Agent { get; init; } = "";
 }
 
 /// <summary>How a build ended, recorded once it has.</summary>
 public sealed record BuildEnd(bool Succeeded, string Failure, string Error, long Stopped, long? CpuUserMicroseconds, long? CpuSystemMicroseconds,
-    long? PeakMemory, IReadOnlyList<BuildOutputRecord> Outputs);
+    long? PeakMemory, IReadOnlyList<BuildOutputRecord> Outputs, string Agent = "");
 
 /// <summary>
 /// Builds: a row from the moment a build starts (so it has an id its log and waiting sessions can name), its outcome

@@ -8,7 +8,7 @@ namespace Kiln.Store.Metadata;
 /// uses is decided in one place, by URL (<see cref="MetadataStores.Open"/>). Every method that takes many paths
 /// answers in one statement, not one per path.
 /// </summary>
-public interface IMetadataStore : IPathMetadata, IAccountMetadata, IBuildMetadata, ISettingsMetadata, IMetadataTables, IAsyncDisposable
+public interface IMetadataStore : IPathMetadata, IAccountMetadata, IBuildMetadata, ISettingsMetadata, IMetadataTables, IAgentMetadata, IAsyncDisposable
 {
     /// <summary>Creates or upgrades the schema (numbered migrations, each applied once, safe against two processes at once).</summary>
     Task MigrateAsync(CancellationToken cancellationToken);

@@ -154,7 +154,7 @@ internal static class MetadataRows
     public const string AddServerSecret = "INSERT INTO server_secrets (name, secret, created) VALUES (@n, @s, @t) ON CONFLICT (name) DO NOTHING";
 
     public const string BuildColumns =
-        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs";
+        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs, b.agent";
 
     public static BuildRecord ReadBuild(DbDataReader reader) => new()
     {
@@ -172,6 +172,7 @@ internal static class MetadataRows
         CpuSystemMicroseconds = reader.IsDBNull(10) ? null : reader.GetInt64(10),
         PeakMemory = reader.IsDBNull(11) ? null : reader.GetInt64(11),
         Outputs = ParseOutputs(reader.GetString(12)),
+        Agent = reader.GetString(13),
     };
 
     // Outputs as JSON in one column: they are only ever read whole, with their build.

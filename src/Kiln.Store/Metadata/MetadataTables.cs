@@ -44,7 +44,7 @@ public static class MetadataTables
         new("drv_outputs", [("drv_id", I), ("output", T), ("path", T)]),
         new("roots", [("id", I), ("account_id", I), ("kind", T), ("name", T), ("path", T), ("created", I)], HasIdentity: true),
         new("builds", [("id", I), ("step_key", T), ("drv_path", T), ("account_id", I), ("status", T), ("failure", T), ("error", T), ("started", I),
-            ("stopped", I), ("cpu_user_us", I), ("cpu_system_us", I), ("peak_memory", I), ("outputs", T)], HasIdentity: true),
+            ("stopped", I), ("cpu_user_us", I), ("cpu_system_us", I), ("peak_memory", I), ("outputs", T), ("agent", T)], HasIdentity: true),
         new("build_accounts", [("build_id", I), ("account_id", I)]),
         new("ssh_keys", [("id", I), ("account_id", I), ("key_type", T), ("key_blob", T), ("fingerprint", T), ("comment", T), ("permissions", T),
             ("enabled", B), ("created", I)], HasIdentity: true),
@@ -53,10 +53,11 @@ public static class MetadataTables
         new("signing_keys", [("account_id", I), ("secret", T), ("created", I)]),
         new("nar_files", [("file", T), ("nar_hash", Y), ("compression", T), ("file_size", I), ("created", I)]),
         new("server_secrets", [("name", T), ("secret", T), ("created", I)]),
+        new("agent_tokens", [("id", I), ("name", T), ("token_hash", T), ("created", I), ("revoked", I)], HasIdentity: true),
     ];
 
-    /// <summary>Tables a provider has that are not copied: its own bookkeeping, and claims of running servers.</summary>
-    public static IReadOnlySet<string> NotCopied { get; } = new HashSet<string>(StringComparer.Ordinal) { "schema_migrations", "step_claims" };
+    /// <summary>Tables a provider has that are not copied: its own bookkeeping, claims of running servers, and the state of the agents connected to them.</summary>
+    public static IReadOnlySet<string> NotCopied { get; } = new HashSet<string>(StringComparer.Ordinal) { "schema_migrations", "step_claims", "agents" };
 
     /// <summary>The SQL list of a table's columns, in <see cref="MetadataTable.Columns"/> order.</summary>
     internal static string ColumnList(MetadataTable table) => string.Join(", ", table.Columns.Select(c => c.Name));

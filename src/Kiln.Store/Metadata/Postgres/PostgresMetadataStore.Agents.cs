@@ -1,0 +1,48 @@
+namespace Kiln.Store.Metadata.Postgres;
+
+// IAgentMetadata: agent tokens and agents' last known state (the statements are AgentRows').
+public sealed partial class PostgresMetadataStore
+{
+    public Task<AgentTokenRecord?> AddAgentTokenAsync(string name, string tokenHash, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            var created = MetadataRows.Now();
+            using var insert = Command(connection, AgentRows.AddToken, transaction, ("n", name), ("h", tokenHash), ("t", created));
+            return await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is long id ? new AgentTokenRecord(id, name, created, null) : null;
+        }, cancellationToken);
+
+    public Task<AgentTokenRecord?> FindAgentTokenAsync(string tokenHash, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var select = Command(connection, AgentRows.FindToken, null, ("h", tokenHash));
+            return await ReadOneAsync(select, AgentRows.ReadToken, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<AgentTokenRecord>> ListAgentTokensAsync(CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<AgentTokenRecord>>(async connection =>
+        {
+            using var select = Command(connection, AgentRows.ListTokens);
+            return await ReadAllAsync(select, AgentRows.ReadToken, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<bool> RevokeAgentTokenAsync(string name, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var update = Command(connection, AgentRows.RevokeToken, transaction, ("n", name), ("t", MetadataRows.Now()));
+            return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
+        }, cancellationToken);
+
+    public Task ReportAgentAsync(AgentRecord agent, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var upsert = Command(connection, AgentRows.Report, transaction, AgentRows.ReportParameters(agent, ""));
+            return await upsert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<AgentRecord>> ListAgentsAsync(CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<AgentRecord>>(async connection =>
+        {
+            using var select = Command(connection, AgentRows.ListAgents);
+            return await ReadAllAsync(select, AgentRows.ReadAgent, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+}
