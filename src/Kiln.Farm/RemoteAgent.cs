@@ -186,6 +186,7 @@ public sealed partial class RemoteAgent : IAsyncDisposable
 
         using var build = CancellationTokenSource.CreateLinkedTokenSource(stop);
         _running[message.Lease] = build;
+        LogBuilding(_logger, job.DrvPath.FullPath, message.BuildId);
         var log = new RemoteBuildLog(this, message.Lease);
         BuildOutcome outcome;
         try
@@ -221,6 +222,7 @@ public sealed partial class RemoteAgent : IAsyncDisposable
         }
 
         await CompleteAsync(message.Lease, outcome).ConfigureAwait(false);
+        LogBuilt(_logger, job.DrvPath.FullPath, outcome.Succeeded ? "built" : $"failed ({outcome.Failure})");
     }
 
     // Reports an outcome, trying a while if the server is away: the lease may still be there when it is back.
@@ -405,6 +407,12 @@ public sealed partial class RemoteAgent : IAsyncDisposable
 
     [LoggerMessage(EventId = LogEvents.AgentLost, Level = LogLevel.Warning, Message = "lease {Lease} was taken back by the server before the outcome arrived; the outcome is dropped")]
     private static partial void LogLeaseGone(ILogger logger, string lease);
+
+    [LoggerMessage(EventId = LogEvents.AgentBuilding, Level = LogLevel.Information, Message = "building {DrvPath} (build {BuildId})")]
+    private static partial void LogBuilding(ILogger logger, string drvPath, long buildId);
+
+    [LoggerMessage(EventId = LogEvents.AgentBuilt, Level = LogLevel.Information, Message = "{DrvPath}: {How}")]
+    private static partial void LogBuilt(ILogger logger, string drvPath, string how);
 
     [LoggerMessage(EventId = LogEvents.AgentStopped, Level = LogLevel.Information, Message = "the server asked to stop the build of lease {Lease}")]
     private static partial void LogStopping(ILogger logger, string lease);

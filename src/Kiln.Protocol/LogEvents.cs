@@ -43,6 +43,8 @@ public static class LogEvents
     public const int AgentRefused = 5022;
     public const int AgentMisbehaved = 5023;
     public const int AgentServerUnreachable = 5024;
+    public const int AgentBuilding = 5025;
+    public const int AgentBuilt = 5026;
 
     public const int NoBuildUsers = 6001;
     public const int BuildsAbandoned = 6002;

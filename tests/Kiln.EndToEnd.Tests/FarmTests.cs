@@ -1,0 +1,188 @@
+using System.Text.Json;
+using Kiln.EndToEnd.Tests.Support;
+using Kiln.Store.Metadata;
+using Kiln.Store.Metadata.Sqlite;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// The farm with real parts: <c>kiln serve --local-slots 0</c> (a pure coordinator) and <c>kiln agent</c> processes
+/// with their own data directories dialled in over HTTP; stock Nix clients build through the socket as ever. Builds
+/// spread over the agents and come out as a local build's; an agent killed or frozen mid-build costs the client
+/// nothing but a log line; placement follows systems and features.
+/// </summary>
+public class FarmTests(ITestOutputHelper output)
+{
+    private const string Kiln = NixClient.SocketUri;
+
+    private static async Task<IReadOnlyList<BuildRecord>> BuildRecordsAsync(KilnProcess kiln)
+    {
+        await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
+        return await metadata.ListBuildsAsync(null, 100_000, CancellationToken.None);
+    }
+
+    private static KilnProcess Coordinator(params string[] arguments) =>
+        new(http: true, arguments: ["--local-slots", "0", "--agent-timeout", "5", .. arguments]);
+
+    private static string Token(KilnProcess kiln, string name) => kiln.Cli("agent-token", "create", name).Trim();
+
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task A_200_derivation_dag_spreads_over_the_agents_and_matches_a_local_build(string version)
+    {
+        var client = NixClient.For(version);
+        using var workspace = client.NewWorkspace();
+        var dag = Dag.Write(client, workspace, "farmdag");
+        Dictionary<string, string> farmOutputs;
+        using (var kiln = Coordinator())
+        {
+            var token = Token(kiln, "farm");
+            using var one = new AgentProcess(kiln, token, "one", slots: 4);
+            using var two = new AgentProcess(kiln, token, "two", slots: 4);
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            client.Ok(kiln, "nix-build", "--store", Kiln, dag, "--no-out-link");
+            output.WriteLine($"Nix {version}: 200 derivations on 2 agents x 4 slots in {watch.Elapsed.TotalSeconds:F1} s");
+
+            var builds = await BuildRecordsAsync(kiln);
+            Assert.Equal(200, builds.Count);
+            Assert.All(builds, b => Assert.True(b.Succeeded, b.Error));
+            var perAgent = builds.GroupBy(b => b.Agent).ToDictionary(g => g.Key, g => g.Count());
+            output.WriteLine(string.Join(", ", perAgent.Select(p => $"{p.Key}: {p.Value}")));
+            Assert.Equal(["one", "two"], perAgent.Keys.Order(StringComparer.Ordinal));
+            Assert.All(perAgent.Values, count => Assert.True(count >= 10, $"builds per agent: {string.Join(", ", perAgent)}"));
+            farmOutputs = Outputs(builds);
+
+            // The operator sees both agents, connected, under the token they used.
+            using var listed = JsonDocument.Parse(kiln.Cli("agents", "list", "--json"));
+            var agents = listed.RootElement.EnumerateArray().ToList();
+            Assert.Equal(["one", "two"], agents.Select(a => a.GetProperty("name").GetString()));
+            Assert.All(agents, a => Assert.True(a.GetProperty("connected").GetBoolean() && a.GetProperty("token").GetString() == "farm"));
+
+            // Building again builds nothing.
+            client.Ok(kiln, "nix-build", "--store", Kiln, dag, "--no-out-link");
+            Assert.Equal(200, (await BuildRecordsAsync(kiln)).Count);
+        }
+
+        // The same DAG built by the embedded agent alone: the same outputs, byte for byte (NAR hashes).
+        using (var local = new KilnProcess())
+        {
+            client.Ok(local, "nix-build", "--store", Kiln, dag, "--no-out-link");
+            Assert.Equal(Outputs(await BuildRecordsAsync(local)), farmOutputs);
+        }
+    }
+
+    private static Dictionary<string, string> Outputs(IEnumerable<BuildRecord> builds) =>
+        builds.SelectMany(b => b.Outputs).ToDictionary(o => o.Path.FullPath, o => o.NarHash.ToString());
+
+    [Theory]
+    [InlineData("KILL")]
+    [InlineData("STOP")]
+    public async Task An_agent_lost_mid_build_costs_the_client_nothing_and_its_late_result_is_not_registered_twice(string signal)
+    {
+        var client = NixClient.For("2.34.8");
+        using var kiln = Coordinator();
+        var token = Token(kiln, "farm");
+        using var one = new AgentProcess(kiln, token, "one", slots: 1);
+        using var two = new AgentProcess(kiln, token, "two", slots: 1);
+        using var workspace = client.NewWorkspace();
+        var marker = Guid.NewGuid().ToString("N");
+        var slow = Dag.WriteSingle(client, workspace, "slow", $"echo starting {marker}; sleep 8; mkdir $out; echo {marker} > $out/done");
+        using var build = client.Start(kiln, "nix-build", "--store", Kiln, slow, "--no-out-link");
+        var stderr = build.StandardError.ReadToEndAsync();
+        var stdout = build.StandardOutput.ReadToEndAsync();
+
+        // Whichever agent took it is lost: killed, or frozen as a machine that hangs or loses its network.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        AgentProcess? first = null;
+        while (first is null && DateTime.UtcNow < deadline)
+        {
+            first = new[] { one, two }.FirstOrDefault(a => a.Log.Contains("slow.drv", StringComparison.Ordinal));
+            await Task.Delay(50);
+        }
+
+        Assert.NotNull(first);
+        var second = first == one ? two : one;
+        first.Signal(signal);
+        Assert.True(await build.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(120)).ContinueWith(t => t.IsCompletedSuccessfully),
+            "the client's build did not end");
+        Assert.True(build.ExitCode == 0, await stderr + "\n" + kiln.Log);
+        Assert.Contains("again on another agent", await stderr, StringComparison.Ordinal);
+        Assert.Contains($"agent {first.Name} lost", kiln.Log, StringComparison.Ordinal);
+        var outPath = (await stdout).Trim();
+        Assert.Equal(marker + "\n", File.ReadAllText(Path.Combine(kiln.StoreRoot, outPath.TrimStart('/'), "done")));
+
+        if (signal == "STOP")
+        {
+            // Back from the dead: it learns its session is gone, stops the build or reports it late; either way
+            // nothing is registered again.
+            first.Signal("CONT");
+            var back = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+            while (first.Log.Split("connected to").Length < 3 && DateTime.UtcNow < back)
+            {
+                await Task.Delay(50);
+            }
+
+            Assert.True(first.Log.Split("connected to").Length >= 3, first.Log);
+        }
+
+        var builds = (await BuildRecordsAsync(kiln)).Where(b => b.DrvPath.Contains("slow", StringComparison.Ordinal)).ToList();
+        var record = Assert.Single(builds);
+        Assert.True(record.Succeeded, record.Error);
+        Assert.Equal(second.Name, record.Agent);
+
+        // The server kept serving: another build runs on the agent left.
+        var after = Dag.WriteSingle(client, workspace, "after", $"echo {marker}; mkdir $out");
+        client.Ok(kiln, "nix-build", "--store", Kiln, after, "--no-out-link");
+    }
+
+    [Fact]
+    public async Task Steps_go_only_to_an_agent_with_their_system_and_features_and_a_system_nobody_has_waits_then_fails()
+    {
+        var client = NixClient.For("2.26.3");
+        using var kiln = Coordinator("--agent-wait", "3");
+        var token = Token(kiln, "farm");
+        using var plain = new AgentProcess(kiln, token, "plain", slots: 2);
+        using var special = new AgentProcess(kiln, token, "special", slots: 1, ["--features", "bench-feature"]);
+        using var workspace = client.NewWorkspace();
+        Dag.WriteBusybox(client, workspace);
+        var marker = Guid.NewGuid().ToString("N");
+        File.WriteAllText(client.HostPath($"{workspace}/placed.nix"), $$"""
+            let bb = ./bb; mk = i: derivation {
+              name = "placed-${toString i}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+              requiredSystemFeatures = [ "bench-feature" ];
+              args = [ "-c" "echo {{marker}} ${toString i}; mkdir $out" ];
+            }; in map mk [ 1 2 3 4 ]
+            """);
+        client.Ok(kiln, "nix-build", "--store", Kiln, $"{workspace}/placed.nix", "--no-out-link");
+        var placed = (await BuildRecordsAsync(kiln)).Where(b => b.DrvPath.Contains("placed", StringComparison.Ordinal)).ToList();
+        Assert.Equal(4, placed.Count);
+        Assert.All(placed, b => Assert.Equal("special", b.Agent));
+
+        File.WriteAllText(client.HostPath($"{workspace}/arm.nix"), $$"""
+            derivation { name = "arm-{{marker}}"; system = "aarch64-linux"; builder = "/bin/sh"; args = [ "-c" "mkdir $out" ]; }
+            """);
+        var arm = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/arm.nix", "--no-out-link");
+        Assert.NotEqual(0, arm.ExitCode);
+        Assert.Contains("waiting for an agent with system aarch64-linux", arm.Stderr, StringComparison.Ordinal);
+        Assert.Contains("a 'aarch64-linux' is required to build", arm.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void An_agent_with_a_wrong_or_revoked_token_is_refused_and_says_so()
+    {
+        using var kiln = Coordinator();
+        var token = Token(kiln, "doomed");
+        using (var wrong = new AgentProcess(kiln, "kiln-agent_" + new string('0', 48), "wrong", wait: false))
+        {
+            Assert.True(wrong.WaitForExit(TimeSpan.FromSeconds(60)), wrong.Log);
+            Assert.Equal(1, wrong.ExitCode);
+            Assert.Contains("refused the agent token", wrong.Log, StringComparison.Ordinal);
+        }
+
+        kiln.Cli("agent-token", "revoke", "doomed");
+        using var revoked = new AgentProcess(kiln, token, "revoked", wait: false);
+        Assert.True(revoked.WaitForExit(TimeSpan.FromSeconds(60)), revoked.Log);
+        Assert.Contains("refused the agent token", revoked.Log, StringComparison.Ordinal);
+        Assert.DoesNotContain(token, kiln.Log, StringComparison.Ordinal);
+    }
+}
