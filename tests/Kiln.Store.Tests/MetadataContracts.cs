@@ -382,8 +382,9 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.False(running.Succeeded);
         Assert.Null(await store.FindSuccessfulBuildAsync("key-1", default));
 
-        await store.FinishBuildAsync(id, new BuildEnd(true, "", "", 1005, 1_500_000, 250_000, 1 << 20, [Output("x")]), default);
+        await store.FinishBuildAsync(id, new BuildEnd(true, "", "", 1005, 1_500_000, 250_000, 1 << 20, [Output("x")], "agent-7"), default);
         var done = (await store.FindSuccessfulBuildAsync("key-1", default))!;
+        Assert.Equal("agent-7", done.Agent);
         Assert.Equal((id, false, true, 1000L, 1005L, (long?)1_500_000, (long?)(1 << 20)), (done.Id, done.Running, done.Succeeded, done.Started, done.Stopped, done.CpuUserMicroseconds, done.PeakMemory));
         var output = Assert.Single(done.Outputs);
         Assert.Equal(Output("x") with { References = output.References }, output);
@@ -475,5 +476,53 @@ public abstract class BuildMetadataContract : MetadataContract
         await using var store = await CreateAsync();
         var claims = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => Task.Run(() => store.ClaimStepAsync("k", $"door-{i}", 200, 100, default))));
         Assert.Single(claims, c => c);
+    }
+}
+
+/// <summary>The contract of <see cref="IAgentMetadata"/>: agent tokens (hashes, unique names, revocation) and agents' last known state.</summary>
+public abstract class AgentMetadataContract : MetadataContract
+{
+    [Fact]
+    public async Task Agent_tokens_are_found_by_hash_until_revoked_and_names_stay_taken()
+    {
+        await using var store = await CreateAsync();
+        var token = await store.AddAgentTokenAsync("farm", "hash-1", default);
+        Assert.NotNull(token);
+        Assert.Null(await store.AddAgentTokenAsync("farm", "hash-2", default));
+        Assert.Equal(token, await store.FindAgentTokenAsync("hash-1", default));
+        Assert.Null(await store.FindAgentTokenAsync("hash-2", default));
+        Assert.NotNull(await store.AddAgentTokenAsync("ci", "hash-3", default));
+
+        Assert.True(await store.RevokeAgentTokenAsync("farm", default));
+        Assert.False(await store.RevokeAgentTokenAsync("farm", default));
+        Assert.False(await store.RevokeAgentTokenAsync("nobody", default));
+        Assert.Null(await store.FindAgentTokenAsync("hash-1", default));
+        Assert.Null(await store.AddAgentTokenAsync("farm", "hash-4", default));
+        var listed = await store.ListAgentTokensAsync(default);
+        Assert.Equal(["ci", "farm"], listed.Select(t => t.Name));
+        Assert.NotNull(listed[1].Revoked);
+        Assert.Null(listed[0].Revoked);
+    }
+
+    [Fact]
+    public async Task An_agents_state_is_kept_by_name_and_replaced_when_reported_again()
+    {
+        await using var store = await CreateAsync();
+        var one = new AgentRecord
+        {
+            Name = "one", TokenName = "farm", Systems = ["x86_64-linux", "i686-linux"], Features = ["kvm"], Slots = 4, SlotsBusy = 1, Cores = 8,
+            MemoryBytes = 16L << 30, InputCacheBytes = 5L << 30, BuildsRun = 12, LastSeen = 1700000000, FrontDoor = "door-a", Connected = true,
+        };
+        await store.ReportAgentAsync(one, default);
+        await store.ReportAgentAsync(one with { Name = "two", Features = [] }, default);
+        await store.ReportAgentAsync(one with { SlotsBusy = 0, BuildsRun = 13, Connected = false }, default);
+        var agents = await store.ListAgentsAsync(default);
+        Assert.Equal(["one", "two"], agents.Select(a => a.Name));
+        var first = agents[0];
+        Assert.Equal((one.TokenName, 4, 0, 8, 16L << 30, 5L << 30, 13L, 1700000000L, "door-a", false),
+            (first.TokenName, first.Slots, first.SlotsBusy, first.Cores, first.MemoryBytes, first.InputCacheBytes, first.BuildsRun, first.LastSeen, first.FrontDoor, first.Connected));
+        Assert.Equal(["x86_64-linux", "i686-linux"], first.Systems);
+        Assert.Equal(["kvm"], first.Features);
+        Assert.Empty(agents[1].Features);
     }
 }

@@ -39,6 +39,11 @@ public sealed class PostgresBuildMetadataTests(PostgresServer server) : BuildMet
     protected override Task<IMetadataStore> CreateAsync() => new PostgresStores(server).CreateAsync();
 }
 
+public sealed class PostgresAgentMetadataTests(PostgresServer server) : AgentMetadataContract
+{
+    protected override Task<IMetadataStore> CreateAsync() => new PostgresStores(server).CreateAsync();
+}
+
 /// <summary>What is PostgreSQL's own: migrations under a lock, the version across processes, failures, connection forms.</summary>
 public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposable
 {

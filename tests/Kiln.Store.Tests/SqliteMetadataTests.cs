@@ -26,6 +26,15 @@ public sealed class SqliteAccountMetadataTests : AccountMetadataContract, IDispo
     public void Dispose() => _stores.Dispose();
 }
 
+public sealed class SqliteAgentMetadataTests : AgentMetadataContract, IDisposable
+{
+    private readonly SqliteStores _stores = new();
+
+    protected override Task<IMetadataStore> CreateAsync() => _stores.CreateAsync();
+
+    public void Dispose() => _stores.Dispose();
+}
+
 public sealed class SqliteSettingsMetadataTests : SettingsMetadataContract, IDisposable
 {
     private readonly SqliteStores _stores = new();
@@ -130,7 +139,7 @@ public sealed class SqliteMetadataStoreTests : IDisposable
         count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
         using var reader = count.ExecuteReader();
         reader.Read();
-        Assert.Equal(7, reader.GetInt64(0)); // 0001_initial … 0007_server_secrets: each applied once
+        Assert.Equal(8, reader.GetInt64(0)); // 0001_initial … 0008_agents: each applied once
         Assert.Equal(1, reader.GetInt64(1));
         using var mode = connection.CreateCommand();
         mode.CommandText = "PRAGMA journal_mode";
