@@ -151,7 +151,7 @@ public sealed partial class BuildScheduler
             claimed = true;
             id = await Builds.StartBuildAsync(step.Key, job.DrvPath.BaseName, accountId, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), CancellationToken.None).ConfigureAwait(false);
             step.Started(id, Logs.Create(id));
-            var ticket = Queue.Offer(new JobOffer(id, job, requirements, step));
+            var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId));
             using (step.Cancellation.Register(ticket.Cancel))
             {
                 outcome = await ticket.Completion.ConfigureAwait(false);

@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using Kiln.Agent;
 using Kiln.Nix.Derivations;
 using Kiln.Nix.StorePaths;
@@ -26,10 +27,10 @@ public abstract class JobQueueContract
     /// <summary>An empty queue whose leases lapse after <paramref name="leaseDuration"/> without a heartbeat.</summary>
     protected abstract IJobQueue Create(TimeSpan leaseDuration, int maxAttempts = 3);
 
-    private static AgentInfo Agent(string name, string system = "x86_64-linux", params string[] features) =>
+    protected static AgentInfo Agent(string name, string system = "x86_64-linux", params string[] features) =>
         new(name, new SortedSet<string>(StringComparer.Ordinal) { system }, new SortedSet<string>(features, StringComparer.Ordinal), 1);
 
-    private static JobOffer Offer(long buildId, string system = "x86_64-linux", params string[] features)
+    protected static JobOffer Offer(long buildId, string system = "x86_64-linux", params string[] features)
     {
         var hash = new byte[20];
         BitConverter.TryWriteBytes(hash, buildId);
@@ -54,7 +55,7 @@ public abstract class JobQueueContract
     }
 
     // A claim given up after Patience (the test then fails on its OperationCanceledException).
-    private static async Task<ILease> ClaimAsync(IJobQueue queue, AgentInfo agent)
+    protected static async Task<ILease> ClaimAsync(IJobQueue queue, AgentInfo agent)
     {
         using var patience = new CancellationTokenSource(Patience);
         return await queue.ClaimAsync(agent, patience.Token);
@@ -459,6 +460,43 @@ public abstract class JobQueueContract
         Assert.False(ticket.Completion.IsCompleted);
     }
 
+    [Fact]
+    public async Task One_accounts_many_jobs_do_not_stall_another_accounts_one()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        for (var i = 1; i <= 50; i++)
+        {
+            queue.Offer(Offer(i) with { Account = 1 });
+        }
+
+        queue.Offer(Offer(100) with { Account = 2 });
+        queue.Offer(Offer(200) with { Account = 3 });
+        queue.Offer(Offer(51) with { Account = 1 });
+
+        // Round-robin between accounts with work waiting, first come first served within each.
+        var order = new List<long>();
+        for (var i = 0; i < 53; i++)
+        {
+            order.Add((await ClaimAsync(queue, agent)).Offer.BuildId);
+        }
+
+        Assert.Equal([1, 100, 200, 2, 3], order.Take(5));
+        Assert.Equal(Enumerable.Range(1, 51).Select(i => (long)i), order.Where(id => id < 100));
+    }
+
+    protected sealed class LineLog : IBuildLog
+    {
+        public ConcurrentQueue<string> Lines { get; } = new();
+
+        public void Running()
+        {
+        }
+
+        public void Line(string line) => Lines.Enqueue(line);
+    }
+
     private sealed class NoLog : IBuildLog
     {
         public static readonly NoLog Instance = new();
@@ -483,6 +521,30 @@ public sealed class InMemoryJobQueueTests : JobQueueContract, IDisposable
         var queue = new InMemoryJobQueue(leaseDuration) { MaxAttempts = maxAttempts };
         _queues.Add(queue);
         return queue;
+    }
+
+    // The wait is the in-memory queue's setting (kiln serve --agent-wait).
+    [Fact]
+    public async Task A_job_no_agent_can_run_yet_waits_for_one_then_fails_saying_what_it_waited_for()
+    {
+        using var queue = new InMemoryJobQueue(LongLease) { PlacementWait = TimeSpan.FromSeconds(2) };
+        var log = new LineLog();
+        using var x86 = queue.Register(Agent("x86"));
+        var early = queue.Offer(Offer(1, "aarch64-linux") with { Log = log });
+        Assert.Contains(log.Lines, l => l.Contains("waiting for an agent with system aarch64-linux", StringComparison.Ordinal));
+
+        // An agent that can run it connects within the wait: it gets the job.
+        using var arm = queue.Register(Agent("arm", "aarch64-linux"));
+        var lease = await ClaimAsync(queue, Agent("arm", "aarch64-linux"));
+        Assert.Equal(1, lease.Offer.BuildId);
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        Assert.False(early.Completion.IsCompleted);
+        arm.Dispose();
+
+        // None connects: after the wait it fails with Nix's words.
+        var late = queue.Offer(Offer(2, "riscv64-linux", "kvm"));
+        var outcome = await late.Completion.WaitAsync(Patience);
+        Assert.Contains("a 'riscv64-linux' with features {kvm} is required to build", outcome.ErrorMessage, StringComparison.Ordinal);
     }
 
     public void Dispose()

@@ -24,8 +24,11 @@ public sealed record AgentInfo(string Name, IReadOnlySet<string> Systems, IReadO
     public override string ToString() => $"a '{string.Join("', '", Systems.Order(StringComparer.Ordinal))}' with features {{{string.Join(", ", Features.Order(StringComparer.Ordinal))}}}";
 }
 
-/// <summary>A build offered to agents: the job, what it needs, and where its log lines go as the agent sends them.</summary>
-public sealed record JobOffer(long BuildId, BuildJob Job, JobRequirements Requirements, IBuildLog Log);
+/// <summary>
+/// A build offered to agents: the job, what it needs, where its log lines go as the agent sends them, and the account
+/// whose request started it (the queue is fair between accounts).
+/// </summary>
+public sealed record JobOffer(long BuildId, BuildJob Job, JobRequirements Requirements, IBuildLog Log, long Account = 0);
 
 /// <summary>
 /// The job queue / lease port between the scheduler and the agents. The scheduler offers jobs; agents pull them —

@@ -3,15 +3,16 @@ using Kiln.Agent;
 namespace Kiln.Scheduler.Queue;
 
 /// <summary>
-/// <see cref="IJobQueue"/> in one process (the embedded default): offers wait in arrival order until an agent that can
-/// run them claims one; a lease not heartbeaten for <see cref="LeaseDuration"/> is taken back (its agent is told to
-/// stop) and the job offered again, up to <see cref="MaxAttempts"/> times.
+/// <see cref="IJobQueue"/> in one process (the embedded default): offers wait until an agent that can run them claims
+/// one — in arrival order within an account, and round-robin between accounts (<see cref="FairLine{T}"/>); a lease not
+/// heartbeaten for <see cref="LeaseDuration"/> is taken back (its agent is told to stop) and the job offered again,
+/// up to <see cref="MaxAttempts"/> times.
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Naming", "CA1711", Justification = "it is a queue")]
 public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 {
     private readonly Lock _gate = new();
-    private readonly LinkedList<Entry> _waiting = new();
+    private readonly FairLine<Entry> _waiting = new(e => e.Offer.Account);
     private readonly List<(AgentInfo Agent, TaskCompletionSource<ILease> Claim)> _claims = [];
     private readonly HashSet<Entry> _leased = [];
     private readonly List<AgentInfo> _agents = [];
@@ -130,13 +131,9 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         TaskCompletionSource<ILease> claim;
         lock (_gate)
         {
-            for (var node = _waiting.First; node is not null; node = node.Next)
+            if (_waiting.TakeFirst(e => agent.CanRun(e.Offer.Requirements)) is { } waiting)
             {
-                if (agent.CanRun(node.Value.Offer.Requirements))
-                {
-                    _waiting.Remove(node);
-                    return Task.FromResult<ILease>(node.Value.Lease(agent));
-                }
+                return Task.FromResult<ILease>(waiting.Lease(agent));
             }
 
             claim = new TaskCompletionSource<ILease>(TaskCreationOptions.RunContinuationsAsynchronously);
