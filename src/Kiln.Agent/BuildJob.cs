@@ -107,6 +107,9 @@ public sealed record BuildOutcome
     /// <summary>The last lines of the log (for the failure message Nix shows).</summary>
     public IReadOnlyList<string> LogTail { get; init; } = [];
 
+    /// <summary>The kernel killed processes of the build for going over its memory limit (a failure then may be the limit's).</summary>
+    public bool OutOfMemory { get; init; }
+
     /// <summary>The agent that ran the build (set by the job queue; empty when none did).</summary>
     public string Agent { get; init; } = "";
 

@@ -441,6 +441,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             CpuUser = cpu?.User,
             CpuSystem = cpu?.System,
             PeakMemoryBytes = cgroup?.PeakMemory(),
+            OutOfMemory = cgroup?.OutOfMemoryKills() > 0,
             LogTail = tail.LastLines,
         };
         if (failure != BuildFailureKind.None)

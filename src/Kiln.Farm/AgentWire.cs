@@ -61,7 +61,7 @@ public static class AgentWire
                 o.ContentAddress?.ToString())).ToList(),
             outcome.StartTime.ToUnixTimeMilliseconds(), outcome.StopTime.ToUnixTimeMilliseconds(),
             outcome.CpuUser is { } user ? user.Ticks / 10 : null, outcome.CpuSystem is { } system ? system.Ticks / 10 : null, outcome.PeakMemoryBytes, outcome.ExitCode,
-            outcome.LogTail.ToList());
+            outcome.LogTail.ToList(), outcome.OutOfMemory);
     }
 
     public static BuildOutcome ToOutcome(OutcomeMessage message)
@@ -85,6 +85,7 @@ public static class AgentWire
             PeakMemoryBytes = message.PeakMemory,
             ExitCode = message.ExitCode,
             LogTail = message.LogTail,
+            OutOfMemory = message.OutOfMemory,
         };
     }
 
@@ -117,7 +118,7 @@ public sealed record LogMessage(bool Running, IReadOnlyList<string> Lines);
 
 /// <summary><c>POST leases/ID/complete</c>: how the build ended; outputs' NARs were put first.</summary>
 public sealed record OutcomeMessage(string Failure, string Error, IReadOnlyList<OutputMessage> Outputs, long StartedMs, long StoppedMs,
-    long? CpuUserMicroseconds, long? CpuSystemMicroseconds, long? PeakMemory, int? ExitCode, IReadOnlyList<string> LogTail);
+    long? CpuUserMicroseconds, long? CpuSystemMicroseconds, long? PeakMemory, int? ExitCode, IReadOnlyList<string> LogTail, bool OutOfMemory = false);
 
 public sealed record OutputMessage(string Name, string Path, string NarHash, long NarSize, IReadOnlyList<string> References, string? ContentAddress);
 

@@ -132,6 +132,27 @@ public sealed partial class BuildScheduler
         return await joined.ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// The job with its memory grant: twice the most the package's latest successful builds used (its derivation name
+    /// without version, as nixbuild.net sizes builds), or the default for a package never built, within the operator's
+    /// minimum and maximum (<c>--min-mem</c>, <c>--build-memory</c>).
+    /// </summary>
+    private async Task<BuildJob> SizedAsync(BuildJob job)
+    {
+        var max = Options.BuildMemory;
+        if (max <= 0)
+        {
+            return job;
+        }
+
+        var usage = await Builds.RecentUsageAsync(PackageNames.Of(job.DrvPath.BaseName), 5, CancellationToken.None).ConfigureAwait(false);
+        var grant = usage.Count > 0 ? usage.Max(u => u.PeakMemory) * 2 : Options.DefaultMemory > 0 ? Options.DefaultMemory : max;
+        grant = Math.Clamp(grant, Math.Min(Options.MinMemory, max), max);
+        return job with { Limits = job.Limits with { MemoryBytes = grant } };
+    }
+
+    private static long Mib(long bytes) => bytes >> 20;
+
     private async Task<StepOutcome> RunStepAsync(RunningStep step, BuildJob job, JobRequirements requirements, long accountId)
     {
         await Task.Yield();
@@ -151,10 +172,30 @@ public sealed partial class BuildScheduler
             claimed = true;
             id = await Builds.StartBuildAsync(step.Key, job.DrvPath.BaseName, accountId, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), CancellationToken.None).ConfigureAwait(false);
             step.Started(id, Logs.Create(id));
-            var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId));
-            using (step.Cancellation.Register(ticket.Cancel))
+            job = await SizedAsync(job).ConfigureAwait(false);
+            while (true)
             {
-                outcome = await ticket.Completion.ConfigureAwait(false);
+                var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId));
+                using (step.Cancellation.Register(ticket.Cancel))
+                {
+                    outcome = await ticket.Completion.ConfigureAwait(false);
+                }
+
+                if (outcome.Succeeded || !outcome.OutOfMemory || step.Cancellation.IsCancellationRequested || job.Limits.MemoryBytes <= 0)
+                {
+                    break;
+                }
+
+                if (job.Limits.MemoryBytes >= Options.BuildMemory)
+                {
+                    outcome = outcome with { ErrorMessage = outcome.ErrorMessage + $"; {Mib(Options.BuildMemory)} MiB is the most memory Kiln gives one build" };
+                    break;
+                }
+
+                // Killed by its memory grant, which history or the default chose below the maximum: once more with twice it.
+                var more = Math.Min(Options.BuildMemory, job.Limits.MemoryBytes * 2);
+                step.Line($"kiln: '{job.DrvPath}' ran out of its {Mib(job.Limits.MemoryBytes)} MiB of memory; building it again with {Mib(more)} MiB");
+                job = job with { Limits = job.Limits with { MemoryBytes = more } };
             }
 
             if (!outcome.Succeeded && step.GaveUp is { } gaveUp)

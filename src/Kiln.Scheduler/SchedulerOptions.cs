@@ -10,8 +10,14 @@ public sealed record SchedulerOptions
 
     public long MaxLogSize { get; init; }
 
-    /// <summary>The most memory one build uses, its tmpfs files included (zero: no limit).</summary>
+    /// <summary>The most memory one build uses, its tmpfs files included (zero: no limit, and no sizing).</summary>
     public long BuildMemory { get; init; }
+
+    /// <summary>The least memory a build is given, whatever its history says.</summary>
+    public long MinMemory { get; init; } = 256L << 20;
+
+    /// <summary>The memory a build of a package never built before is given (zero: <see cref="BuildMemory"/>).</summary>
+    public long DefaultMemory { get; init; }
 
     /// <summary>The most processes one build runs at once (zero: no limit).</summary>
     public int BuildProcesses { get; init; }

@@ -72,6 +72,8 @@ public static partial class KilnServer
                 Timeout = options.BuildTimeout,
                 MaxLogSize = options.MaxLogSize,
                 BuildMemory = options.BuildMemory,
+                MinMemory = options.MinMemory,
+                DefaultMemory = options.DefaultMemory,
                 BuildProcesses = options.BuildProcesses,
                 BuildDisk = options.BuildDisk,
                 FrontDoor = frontDoor,

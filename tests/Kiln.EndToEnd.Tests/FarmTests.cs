@@ -215,6 +215,37 @@ public class FarmTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_build_that_runs_out_of_its_memory_grant_gets_twice_it_history_sizes_the_next_and_the_maximum_holds()
+    {
+        var client = NixClient.For("2.34.8");
+        using var kiln = Coordinator("--build-memory", "1GiB", "--min-mem", "64MiB", "--default-mem", "64MiB");
+        using var agent = new AgentProcess(kiln, Token(kiln, "farm"), "only", slots: 1);
+        using var workspace = client.NewWorkspace();
+        var salt = Guid.NewGuid().ToString("N");
+
+        // busybox awk doubles a string to 2^(4+n) bytes (and holds the old one while making the new).
+        string Hog(string name, int doublings) => Dag.WriteSingle(client, workspace, name,
+            $"echo {salt}; ${{bb}}/bin/busybox awk 'BEGIN {{ s = \"0123456789abcdef\"; for (i = 0; i < {doublings}; i++) s = s s; print length(s) }}' && mkdir $out");
+
+        // 64 MiB of string: more than the default grant for a package never built.
+        var first = client.Ok(kiln, "nix-build", "--store", Kiln, Hog("hog-1", 22), "--no-out-link");
+        output.WriteLine(first.Stderr);
+        Assert.Contains("ran out of its 64 MiB of memory; building it again with 128 MiB", first.Stderr, StringComparison.Ordinal);
+
+        // The same package again (another version): history gives it enough at once.
+        var second = client.Ok(kiln, "nix-build", "--store", Kiln, Hog("hog-2", 22), "--no-out-link");
+        Assert.DoesNotContain("ran out of", second.Stderr, StringComparison.Ordinal);
+
+        // 2 GiB: past the maximum, however often it is doubled.
+        var big = client.Run(kiln, "nix-build", "--store", Kiln, Hog("bighog-1", 27), "--no-out-link");
+        output.WriteLine(big.Stderr);
+        Assert.NotEqual(0, big.ExitCode);
+        Assert.Contains("building it again with 1024 MiB", big.Stderr, StringComparison.Ordinal);
+        Assert.Contains("for going over its memory limit of 1024 MiB", big.Stderr, StringComparison.Ordinal);
+        Assert.Contains("1024 MiB is the most memory Kiln gives one build", big.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void An_agent_with_a_wrong_or_revoked_token_is_refused_and_says_so()
     {
         using var kiln = Coordinator();

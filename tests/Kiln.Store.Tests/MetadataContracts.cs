@@ -372,6 +372,28 @@ public abstract class BuildMetadataContract : MetadataContract
         new(name, P(name), Info(P(name)).NarHash, 123, [P("dep")], null);
 
     [Fact]
+    public async Task The_usage_of_a_packages_latest_successful_builds_is_found_by_its_name_without_version()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        async Task BuildAsync(string drv, bool succeeded, long? peak, long started, long stopped)
+        {
+            var id = await store.StartBuildAsync("key-" + drv, drv, alice, started, default);
+            await store.FinishBuildAsync(id, new BuildEnd(succeeded, succeeded ? "" : "PermanentFailure", "", stopped, 3_000_000, 1_000_000, peak, []), default);
+        }
+
+        await BuildAsync(P("hello-2.12.drv").BaseName, true, 100 << 20, 1000, 1010);
+        await BuildAsync(P("hello-2.13.drv").BaseName, true, 300 << 20, 2000, 2004);
+        await BuildAsync(P("hello-2.14.drv").BaseName, false, 900 << 20, 3000, 3001); // failed: not a measure of need
+        await BuildAsync(P("hello-2.15.drv").BaseName, true, null, 3000, 3001); // no memory reported
+        await BuildAsync(P("hello-world-1.0.drv").BaseName, true, 700 << 20, 4000, 4001); // another package
+        Assert.Equal([new BuildUsage(300 << 20, 4_000_000, 4), new BuildUsage(100 << 20, 4_000_000, 10)], await store.RecentUsageAsync("hello", 5, default));
+        Assert.Single(await store.RecentUsageAsync("hello", 1, default));
+        Assert.Equal(700L << 20, Assert.Single(await store.RecentUsageAsync("hello-world", 5, default)).PeakMemory);
+        Assert.Empty(await store.RecentUsageAsync("nobody", 5, default));
+    }
+
+    [Fact]
     public async Task A_build_is_recorded_when_it_starts_and_completed_when_it_ends()
     {
         await using var store = await CreateAsync();

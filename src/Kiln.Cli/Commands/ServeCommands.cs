@@ -67,8 +67,20 @@ internal static class ServeCommands
         };
         var buildMemory = new Option<string>("--build-memory")
         {
-            Description = "The most memory one build uses, files in its /tmp, build directory and /dev/shm included: SIZE (512MiB, 8GiB), N% of this machine's, or 0 for no limit (default 80%).",
+            Description = "The most memory one build uses, files in its /tmp, build directory and /dev/shm included (the top of what --min-mem and history grant): " +
+                "SIZE (512MiB, 8GiB), N% of this machine's, or 0 for no limit (default 80%).",
             DefaultValueFactory = _ => "80%",
+        };
+        var minMemory = new Option<string>("--min-mem")
+        {
+            Description = "The least memory a build is given: a build gets twice what its package's latest builds used (the derivation name " +
+                "without version), at least this and at most --build-memory; one killed for going over it is built again with twice it (default 256MiB).",
+            DefaultValueFactory = _ => "256MiB",
+        };
+        var defaultMemory = new Option<string>("--default-mem")
+        {
+            Description = "The memory a build of a package Kiln has not built before is given: SIZE, N% of this machine's, or 0 for --build-memory (the default).",
+            DefaultValueFactory = _ => "0",
         };
         var buildProcesses = new Option<int>("--build-processes")
         {
@@ -145,7 +157,7 @@ internal static class ServeCommands
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
-            narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait,
+            narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -196,6 +208,8 @@ internal static class ServeCommands
                 MaxLogSize = result.GetValue(maxLog),
                 BuildMemory = Size(result.GetValue(buildMemory)!, percent => Kiln.Agent.HostMemory.TotalBytes() / 100 * percent, "this machine's memory"),
                 BuildDisk = Size(result.GetValue(buildDisk)!, ShareOfDisk, "the data directory's file system"),
+                MinMemory = Size(result.GetValue(minMemory)!),
+                DefaultMemory = Size(result.GetValue(defaultMemory)!, percent => Kiln.Agent.HostMemory.TotalBytes() / 100 * percent, "this machine's memory"),
                 // Keeping all of the disk free would stop every build that writes a byte.
                 MinFreeDisk = Size(result.GetValue(minFree)!, percent => percent < 100 ? ShareOfDisk(percent)
                     : throw new CommandException($"--min-free-disk {percent}% would stop every build that writes; keep at most 99%"), "the data directory's file system"),

@@ -44,6 +44,9 @@ public sealed record BuildRecord
     public string Agent { get; init; } = "";
 }
 
+/// <summary>What one finished build used: its peak memory (bytes), CPU time (user and system, µs) and wall time (s).</summary>
+public sealed record BuildUsage(long PeakMemory, long CpuMicroseconds, long WallSeconds);
+
 /// <summary>How a build ended, recorded once it has.</summary>
 public sealed record BuildEnd(bool Succeeded, string Failure, string Error, long Stopped, long? CpuUserMicroseconds, long? CpuSystemMicroseconds,
     long? PeakMemory, IReadOnlyList<BuildOutputRecord> Outputs, string Agent = "");
@@ -103,6 +106,12 @@ public interface IBuildMetadata
 
     /// <summary>The latest builds, newest first; of those for one account, or of all when <paramref name="account"/> is null.</summary>
     Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// What the latest <paramref name="limit"/> successful builds of a package (its derivation name without version,
+    /// <see cref="PackageNames.Of"/>) used, newest first; builds that did not report their memory are left out.
+    /// </summary>
+    Task<IReadOnlyList<BuildUsage>> RecentUsageAsync(string packageName, int limit, CancellationToken cancellationToken);
 
     /// <summary>The latest build of the derivation (base name) that was for one of <paramref name="accounts"/>; successful ones first.</summary>
     Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken);

@@ -153,6 +153,14 @@ internal static class MetadataRows
     /// <summary>Stores a service secret (<c>@n</c>, <c>@s</c>, <c>@t</c>) unless one by that name is stored already.</summary>
     public const string AddServerSecret = "INSERT INTO server_secrets (name, secret, created) VALUES (@n, @s, @t) ON CONFLICT (name) DO NOTHING";
 
+    /// <summary>What the latest successful builds of a package (<c>@p</c>) used, newest first, at most <c>@n</c>.</summary>
+    public const string RecentUsage = """
+        SELECT peak_memory, COALESCE(cpu_user_us, 0) + COALESCE(cpu_system_us, 0), stopped - started FROM builds
+        WHERE pname = @p AND status = 'built' AND peak_memory IS NOT NULL ORDER BY id DESC LIMIT @n
+        """;
+
+    public static BuildUsage ReadUsage(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
+
     public const string BuildColumns =
         "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs, b.agent";
 

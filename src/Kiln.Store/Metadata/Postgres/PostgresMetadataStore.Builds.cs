@@ -7,9 +7,9 @@ public sealed partial class PostgresMetadataStore
         WriteAsync(async (connection, transaction) =>
         {
             using var insert = Command(connection, """
-                WITH b AS (INSERT INTO builds (step_key, drv_path, account_id, status, started, stopped) VALUES (@k, @d, @a, 'running', @t, 0) RETURNING id)
+                WITH b AS (INSERT INTO builds (step_key, drv_path, account_id, status, started, stopped, pname) VALUES (@k, @d, @a, 'running', @t, 0, @p) RETURNING id)
                 INSERT INTO build_accounts (build_id, account_id) SELECT id, @a FROM b RETURNING build_id
-                """, transaction, ("k", stepKey), ("d", drvPath), ("a", account), ("t", started));
+                """, transaction, ("k", stepKey), ("d", drvPath), ("a", account), ("t", started), ("p", PackageNames.Of(drvPath)));
             return (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
         }, cancellationToken);
 
@@ -104,6 +104,13 @@ public sealed partial class PostgresMetadataStore
                     SELECT {MetadataRows.BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.account_id = @a ORDER BY f.build_id DESC LIMIT @l
                     """, null, ("a", account), ("l", limit));
             return await ReadAllAsync(command, MetadataRows.ReadBuild, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<BuildUsage>> RecentUsageAsync(string packageName, int limit, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<BuildUsage>>(async connection =>
+        {
+            using var select = Command(connection, MetadataRows.RecentUsage, null, ("p", packageName), ("n", (long)limit));
+            return await ReadAllAsync(select, MetadataRows.ReadUsage, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
     public Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken)

@@ -14,12 +14,12 @@ public sealed partial class SqliteMetadataStore
         }, cancellationToken);
 
     public Task<AgentTokenRecord?> FindAgentTokenAsync(string tokenHash, CancellationToken cancellationToken) =>
-        ReadAsync(async connection => (await ReadAgentRowsAsync(Command(connection, AgentRows.FindToken, null, ("@h", tokenHash)), AgentRows.ReadToken, cancellationToken)
+        ReadAsync(async connection => (await ReadRowsAsync(Command(connection, AgentRows.FindToken, null, ("@h", tokenHash)), AgentRows.ReadToken, cancellationToken)
             .ConfigureAwait(false)).FirstOrDefault(), cancellationToken);
 
     public Task<IReadOnlyList<AgentTokenRecord>> ListAgentTokensAsync(CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<AgentTokenRecord>>(async connection =>
-            await ReadAgentRowsAsync(Command(connection, AgentRows.ListTokens), AgentRows.ReadToken, cancellationToken).ConfigureAwait(false), cancellationToken);
+            await ReadRowsAsync(Command(connection, AgentRows.ListTokens), AgentRows.ReadToken, cancellationToken).ConfigureAwait(false), cancellationToken);
 
     public Task<bool> RevokeAgentTokenAsync(string name, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
@@ -37,9 +37,9 @@ public sealed partial class SqliteMetadataStore
 
     public Task<IReadOnlyList<AgentRecord>> ListAgentsAsync(CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<AgentRecord>>(async connection =>
-            await ReadAgentRowsAsync(Command(connection, AgentRows.ListAgents), AgentRows.ReadAgent, cancellationToken).ConfigureAwait(false), cancellationToken);
+            await ReadRowsAsync(Command(connection, AgentRows.ListAgents), AgentRows.ReadAgent, cancellationToken).ConfigureAwait(false), cancellationToken);
 
-    private static async Task<List<T>> ReadAgentRowsAsync<T>(SqliteCommand command, Func<SqliteDataReader, T> read, CancellationToken cancellationToken)
+    private static async Task<List<T>> ReadRowsAsync<T>(SqliteCommand command, Func<SqliteDataReader, T> read, CancellationToken cancellationToken)
     {
         using (command)
         {

@@ -7,8 +7,8 @@ public sealed partial class SqliteMetadataStore
         WriteAsync(async (connection, transaction) =>
         {
             using var insert = Command(connection, """
-                INSERT INTO builds (step_key, drv_path, account_id, status, started, stopped) VALUES ($k, $d, $a, 'running', $t, 0) RETURNING id
-                """, transaction, ("$k", stepKey), ("$d", drvPath), ("$a", account), ("$t", started));
+                INSERT INTO builds (step_key, drv_path, account_id, status, started, stopped, pname) VALUES ($k, $d, $a, 'running', $t, 0, $p) RETURNING id
+                """, transaction, ("$k", stepKey), ("$d", drvPath), ("$a", account), ("$t", started), ("$p", PackageNames.Of(drvPath)));
             var id = (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
             using var link = Command(connection, "INSERT INTO build_accounts (build_id, account_id) VALUES ($b, $a)", transaction, ("$b", id), ("$a", account));
             await link.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
@@ -119,6 +119,11 @@ public sealed partial class SqliteMetadataStore
 
             return builds;
         }, cancellationToken);
+
+    public Task<IReadOnlyList<BuildUsage>> RecentUsageAsync(string packageName, int limit, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<BuildUsage>>(async connection =>
+            await ReadRowsAsync(Command(connection, MetadataRows.RecentUsage, null, ("@p", packageName), ("@n", (long)limit)), MetadataRows.ReadUsage, cancellationToken)
+                .ConfigureAwait(false), cancellationToken);
 
     public Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken)
     {
