@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The farm's figures (issue 15), in one run, with the host's Nix 2.8 building through Kiln's socket:
+#
+#   bench/farm/run.sh [--derivations 200] [--rounds 1]
+#
+# 1. Throughput: DERIVATIONS independent derivations that each sleep 1 s (so the figure does not depend on this
+#    machine's cores) built by `kiln serve --local-slots 0` with 1 agent x 4 slots, then with 3 agents x 4 slots
+#    (each agent a `kiln agent` process with its own data directory, dialled in over HTTP on loopback).
+# 2. Per-build overhead of a remote agent: the no-work DAG of bench/builds (10 layers of 20, 3 deps each) built by
+#    the embedded agent (4 slots) and by one remote agent (4 slots) behind a pure coordinator.
+# Each measurement starts from empty servers. Needs root, nix-bin and bubblewrap. Figures only, no thresholds.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+derivations=200 rounds=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --derivations) derivations="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+work="${KILN_BENCH_DIR:-/tmp/kiln-farm-bench}"
+rm -rf "$work" && mkdir -p "$work/bb/bin"
+export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = '
+export NIX_REMOTE=
+
+echo "building kiln (ReadyToRun)..."
+source "$repo/bench/lib/kiln.sh"
+publish_kiln "$work"
+cp /bin/busybox "$work/bb/bin/busybox" && ln -s busybox "$work/bb/bin/sh"
+
+write_sleepers() { # SALT
+  cat > "$work/sleep.nix" <<NIX
+let bb = ./bb; mk = i: derivation {
+  name = "sleep-\${toString i}"; system = "x86_64-linux"; builder = "\${bb}/bin/sh"; PATH = "\${bb}/bin";
+  args = [ "-c" "echo $1 \${toString i}; sleep 1; mkdir \$out" ];
+}; in builtins.genList mk $derivations
+NIX
+}
+write_dag() { # SALT
+  cat > "$work/dag.nix" <<NIX
+let
+  bb = ./bb;
+  mk = l: i: deps: derivation {
+    name = "dag-\${toString l}-\${toString i}"; system = "x86_64-linux"; builder = "\${bb}/bin/sh"; inherit deps;
+    salt = "$1";
+    args = [ "-c" "echo building layer \${toString l} item \${toString i}; \${bb}/bin/busybox mkdir \$out; echo \${toString l}-\${toString i} > \$out/id; for d in \$deps; do echo \$d >> \$out/deps; done" ];
+  };
+  pick = l: i: k: builtins.elemAt (builtins.elemAt layers (l - 1)) ((i + k * 7) - ((i + k * 7) / 20) * 20);
+  layers = builtins.genList (l: builtins.genList (i: mk l i (if l == 0 then [] else map (pick l i) [ 0 1 2 ])) 20) 10;
+in builtins.elemAt layers 9
+NIX
+}
+
+port=$((20000 + RANDOM % 10000))
+agent_pids=()
+start_server() { # LOCAL_SLOTS
+  rm -rf "$work/server" "$work"/agent-*
+  "$kiln" serve --data "$work/server" --local-slots "$1" --max-jobs 4 --cores 1 --ssh-listen none --http-listen "127.0.0.1:$port" > "$work/server.log" 2>&1 &
+  server_pid=$!
+  while [ ! -S "$work/server/daemon.sock" ] || ! grep -q "http: listening" "$work/server.log"; do sleep 0.1; done
+  "$kiln" agent-token create bench --data "$work/server" > "$work/token"
+}
+start_agents() { # COUNT SLOTS
+  for i in $(seq 1 "$1"); do
+    "$kiln" agent --server "http://127.0.0.1:$port" --token "$work/token" --data "$work/agent-$i" --name "agent-$i" --slots "$2" --cores 1 > "$work/agent-$i.log" 2>&1 &
+    agent_pids+=($!)
+    while ! grep -q "agent agent-$i connected" "$work/server.log"; do sleep 0.1; done
+  done
+}
+stop_all() {
+  for pid in "${agent_pids[@]}"; do kill -TERM "$pid" 2> /dev/null || true; wait "$pid" 2> /dev/null || true; done
+  agent_pids=()
+  kill -TERM "$server_pid"; wait "$server_pid" || true
+}
+seconds() {
+  local start end
+  start=$(date +%s.%N)
+  if ! "$@" > "$work/last.log" 2>&1; then cat "$work/last.log" >&2; exit 1; fi
+  end=$(date +%s.%N); echo "$end - $start" | bc
+}
+build() { nix build --store "unix://$work/server/daemon.sock?root=$work/server/root" -f "$1" --no-link; }
+best() { printf '%s\n' "$@" | sort -n | head -1; }
+
+one=() three=() embedded=() remote=()
+for round in $(seq 1 "$rounds"); do
+  salt="$(date +%s%N)"
+  write_sleepers "$salt"
+  start_server 0; start_agents 1 4; one+=("$(seconds build "$work/sleep.nix")"); stop_all
+  start_server 0; start_agents 3 4; three+=("$(seconds build "$work/sleep.nix")")
+  per_agent="$(for i in 1 2 3; do printf 'agent-%s: %s  ' "$i" "$(grep -c 'building /nix/store' "$work/agent-$i.log" || true)"; done)"
+  stop_all
+  write_dag "$salt"
+  start_server 4; embedded+=("$(seconds build "$work/dag.nix")"); stop_all
+  start_server 0; start_agents 1 4; remote+=("$(seconds build "$work/dag.nix")"); stop_all
+done
+
+o=$(best "${one[@]}") t=$(best "${three[@]}") e=$(best "${embedded[@]}") r=$(best "${remote[@]}")
+echo
+echo "$derivations derivations sleeping 1 s each; best of $rounds; client: $(nix --version); $(nproc) cores"
+printf '%-52s %10.2fs\n' "1 agent x 4 slots" "$o"
+printf '%-52s %10.2fs   (%s)\n' "3 agents x 4 slots" "$t" "$per_agent"
+printf '%-52s %10.2fx\n' "throughput, 3 agents / 1 agent" "$(echo "scale=3; $o / $t" | bc)"
+echo
+echo "200-derivation no-work DAG (10 layers of 20), 4 slots; best of $rounds"
+printf '%-52s %10.2fs\n' "embedded agent (kiln serve --local-slots 4)" "$e"
+printf '%-52s %10.2fs\n' "remote agent (--local-slots 0, 1 kiln agent)" "$r"
+printf '%-52s %10.2fx\n' "remote / embedded" "$(echo "scale=3; $r / $e" | bc)"
