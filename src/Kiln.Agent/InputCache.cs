@@ -9,11 +9,20 @@ namespace Kiln.Agent;
 /// mtime 1), bind-mounted read-only into every sandbox that needs them. Keyed by NAR hash, not store path, so
 /// accounts holding different contents under one path never see each other's, and identical contents are unpacked
 /// once. An entry appears whole (unpacked beside its final name, then renamed) or not at all, and goes (pruned) once
-/// the store no longer holds its NAR and no build uses it.
+/// the store no longer holds its NAR and no build uses it, or (trimmed) when the cache is over its size bound and no
+/// build has used it for longest.
 /// </summary>
 internal sealed class InputCache(string root, IAgentStore store)
 {
     private readonly ConcurrentDictionary<NixHash, Lazy<Task<string>>> _pending = new();
+
+    // Each entry's size (its NAR's, or its files' for one found at start) and when a build last took it (a counter).
+    private readonly ConcurrentDictionary<NixHash, (long Size, long Used)> _entries = new();
+    private long _clock;
+    private long _bytes;
+
+    /// <summary>The bytes of the entries (by NAR size), as far as this process has seen them.</summary>
+    public long Bytes => Interlocked.Read(ref _bytes);
 
     // How many running builds use each entry (taken before an entry is looked at, so a prune never removes one a
     // build is about to mount); guarded by itself.
@@ -27,14 +36,20 @@ internal sealed class InputCache(string root, IAgentStore store)
         return Path.Combine(root, name[..2], name);
     }
 
-    /// <summary>Marks entries as used by a build until the returned lease is disposed: they are not pruned meanwhile.</summary>
-    public IDisposable Use(IReadOnlyCollection<NixHash> narHashes)
+    /// <summary>
+    /// Marks entries (by NAR hash, with their NAR sizes) as used by a build until the returned lease is disposed: they
+    /// are not pruned or trimmed meanwhile, and are the most recently used.
+    /// </summary>
+    public IDisposable Use(IReadOnlyCollection<(NixHash NarHash, long NarSize)> inputs)
     {
+        var narHashes = inputs.Select(i => i.NarHash).ToList();
         lock (_inUse)
         {
-            foreach (var hash in narHashes)
+            var now = ++_clock;
+            foreach (var (hash, size) in inputs)
             {
                 _inUse[hash] = _inUse.GetValueOrDefault(hash) + 1;
+                Track(hash, size, now);
             }
         }
 
@@ -90,10 +105,101 @@ internal sealed class InputCache(string root, IAgentStore store)
             }
 
             NarExtractor.DeleteTree(doomed);
+            Forget(hash);
             pruned++;
         }
 
         return pruned;
+    }
+
+    // Counts an entry (once; a later sighting only refreshes when it was used). Called under the in-use lock.
+    private void Track(NixHash hash, long size, long used)
+    {
+        _entries.AddOrUpdate(hash, _ =>
+        {
+            Interlocked.Add(ref _bytes, size);
+            return (size, used);
+        }, (_, old) => (old.Size, Math.Max(old.Used, used)));
+    }
+
+    private void Forget(NixHash hash)
+    {
+        if (_entries.TryRemove(hash, out var gone))
+        {
+            Interlocked.Add(ref _bytes, -gone.Size);
+        }
+    }
+
+    /// <summary>Counts the entries a previous run left (as least recently used), so the size bound covers them too.</summary>
+    public void Index()
+    {
+        if (!Directory.Exists(root))
+        {
+            return;
+        }
+
+        foreach (var entry in Directory.EnumerateDirectories(root).SelectMany(d => Directory.EnumerateFileSystemEntries(d)))
+        {
+            var name = Path.GetFileName(entry);
+            if (name.Length == Nix32.EncodedLength(32) && name.All(Nix32.IsDigit))
+            {
+                var size = Directory.Exists(entry)
+                    ? new DirectoryInfo(entry).EnumerateFiles("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 }).Sum(f => f.Length)
+                    : new FileInfo(entry).Length;
+                lock (_inUse)
+                {
+                    Track(NixHash.ParseUnprefixed(name, NixHashAlgorithm.Sha256), size, 0);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Removes the least recently used entries no build uses until the cache holds at most <paramref name="maxBytes"/>
+    /// (0: no bound); returns how many went.
+    /// </summary>
+    public int Trim(long maxBytes)
+    {
+        var trimmed = 0;
+        if (maxBytes <= 0 || Bytes <= maxBytes)
+        {
+            return 0;
+        }
+
+        foreach (var (hash, _) in _entries.OrderBy(e => e.Value.Used).ToList())
+        {
+            if (Bytes <= maxBytes)
+            {
+                break;
+            }
+
+            var entry = TreeOf(hash);
+            var doomed = Path.Combine(Path.GetDirectoryName(entry)!, $".gone-{Guid.NewGuid():N}");
+            lock (_inUse)
+            {
+                if (_inUse.ContainsKey(hash))
+                {
+                    continue;
+                }
+
+                if (!Native.Rename(entry, doomed))
+                {
+                    if (!StorePathGraph.ExistsNoFollow(entry))
+                    {
+                        Forget(hash); // gone already (it never got there, or was pruned)
+                    }
+
+                    continue;
+                }
+
+                Forget(hash);
+            }
+
+            NarExtractor.DeleteTree(doomed);
+            trimmed++;
+        }
+
+        return trimmed;
     }
 
     /// <summary>Deletes what unpacks and prunes a crash interrupted (only while no build runs: at start).</summary>
@@ -141,7 +247,7 @@ internal sealed class InputCache(string root, IAgentStore store)
     }
 
     /// <summary>Takes a canonical output tree the agent just built and stored as this NAR (it moves, or stays where it is).</summary>
-    public void Adopt(NixHash narHash, string tree)
+    public void Adopt(NixHash narHash, long narSize, string tree)
     {
         var path = TreeOf(narHash);
         if (StorePathGraph.ExistsNoFollow(path))
@@ -152,7 +258,13 @@ internal sealed class InputCache(string root, IAgentStore store)
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         // Fails harmlessly when another build adopted it first, when it is on another file system, or when moving a
         // read-only directory to another parent is not allowed (not root): it is unpacked when needed instead.
-        _ = Native.Rename(tree, path);
+        if (Native.Rename(tree, path))
+        {
+            lock (_inUse)
+            {
+                Track(narHash, narSize, ++_clock);
+            }
+        }
     }
 
     private async Task<string> UnpackAsync(NixHash narHash, string path)

@@ -98,6 +98,9 @@ public sealed class SandboxExecutor : IBuildExecutor
     /// <summary>Removes unpacked inputs whose NAR the store dropped and no build uses; returns how many went.</summary>
     public Task<int> PruneInputsAsync(CancellationToken cancellationToken) => _inputs.PruneAsync(cancellationToken);
 
+    /// <summary>The unpacked inputs' size (by NAR size).</summary>
+    public long InputCacheBytes => _inputs.Bytes;
+
     /// <summary>What the operator should know about fixed-output builds' network here, or null.</summary>
     public string? FixedOutputNetworkNote =>
         _options.FixedOutputNetwork.Isolated && _users is not null && !FixedOutputNetwork.TunOpenToAll()
@@ -137,6 +140,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         _inputs.DeleteLeftovers();
+        _inputs.Index();
         foreach (var directory in new[] { _builds, _etc, _inputs.Root })
         {
             Directory.CreateDirectory(directory);
@@ -186,6 +190,9 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
         finally
         {
+            // The build let go of its inputs: room for the next ones, least recently used first.
+            _inputs.Trim(_options.InputCacheBytes);
+
             // Off the build's path: the sandbox leaves a mount point behind for every input, and the slot, the
             // build's dependents and the client need not wait for them to go.
             _ = Task.Run(() => DeleteBuildDirectory(directory), CancellationToken.None);
@@ -276,7 +283,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         // Taken before any input is looked at: a prune must not remove what this build is about to mount.
-        using var inUse = _inputs.Use(job.Inputs.Select(i => i.NarHash).ToList());
+        using var inUse = _inputs.Use(job.Inputs.Select(i => (i.NarHash, i.NarSize)).ToList());
         var inputs = new List<(Kiln.Nix.StorePaths.StorePath Path, string Tree)>();
         var linked = new List<(NixHash NarHash, string Tree)>();
         foreach (var input in job.Inputs)
@@ -303,7 +310,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             var outputs = OutputProcessor.Process(job, environment.Structured, storeDir, _store, user?.UserId);
             foreach (var (output, tree) in outputs)
             {
-                _inputs.Adopt(output.NarHash, tree);
+                _inputs.Adopt(output.NarHash, output.NarSize, tree);
             }
 
             return run with { Outputs = outputs.Select(o => o.Output).ToList() };

@@ -33,6 +33,9 @@ public sealed record SandboxOptions
     /// </summary>
     public long MinFreeDisk { get; init; }
 
+    /// <summary>The most bytes of unpacked inputs kept (by NAR size; least recently used go first); 0: no bound.</summary>
+    public long InputCacheBytes { get; init; }
+
     public string Bubblewrap { get; init; } = "/usr/bin/bwrap";
 
     /// <summary>util-linux's <c>unshare</c>, which gives a root build's launcher its own mount namespace for <c>/dev</c>.</summary>

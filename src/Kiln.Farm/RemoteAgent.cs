@@ -35,8 +35,8 @@ public sealed record RemoteAgentOptions
     /// <summary>Where output NARs are spooled before they are put.</summary>
     public required string SpoolDirectory { get; init; }
 
-    /// <summary>Where the executor keeps unpacked inputs (its size is reported to the server).</summary>
-    public string? InputCacheDirectory { get; init; }
+    /// <summary>The size of the executor's unpacked inputs, reported to the server.</summary>
+    public Func<long>? InputCacheBytes { get; init; }
 }
 
 /// <summary>
@@ -57,8 +57,6 @@ public sealed partial class RemoteAgent : IAsyncDisposable
     private readonly SemaphoreSlim _helloGate = new(1, 1);
     private volatile WelcomeMessage? _welcome;
     private long _builds;
-    private long _measured = -60_000;
-    private long _inputCacheBytes;
 
     public RemoteAgent(RemoteAgentOptions options, Func<IAgentStore, IBuildExecutor> executor, ILogger logger, HttpMessageHandler? handler = null)
     {
@@ -273,7 +271,7 @@ public sealed partial class RemoteAgent : IAsyncDisposable
             try
             {
                 await Task.Delay(TimeSpan.FromMilliseconds(session.HeartbeatMilliseconds), stop).ConfigureAwait(false);
-                var beat = new HeartbeatMessage(_running.Keys.ToList(), _running.Count, InputCacheBytes());
+                var beat = new HeartbeatMessage(_running.Keys.ToList(), _running.Count, _options.InputCacheBytes?.Invoke() ?? 0);
                 using var response = await SendAsync(HttpMethod.Post, "heartbeat", JsonContent.Create(beat, AgentJson.Default.HeartbeatMessage),
                     TimeSpan.FromMilliseconds(session.LeaseMilliseconds / 2.0), stop).ConfigureAwait(false);
                 if (response.StatusCode == HttpStatusCode.NotFound)
@@ -308,27 +306,6 @@ public sealed partial class RemoteAgent : IAsyncDisposable
                 LogUnreachable(_logger, _options.Server, e.Message, session.HeartbeatMilliseconds / 1000);
             }
         }
-    }
-
-    // The unpacked inputs' size, measured at most once a minute (it is a walk of the tree).
-    private long InputCacheBytes()
-    {
-        if (_options.InputCacheDirectory is not { } directory || Environment.TickCount64 - _measured < 60_000)
-        {
-            return _inputCacheBytes;
-        }
-
-        _measured = Environment.TickCount64;
-        try
-        {
-            var files = new DirectoryInfo(directory).EnumerateFiles("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0, IgnoreInaccessible = true });
-            _inputCacheBytes = files.Sum(f => f.Length);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-        }
-
-        return _inputCacheBytes;
     }
 
     internal async Task<HttpResponseMessage> SendAsync(HttpMethod method, string path, HttpContent? content, TimeSpan timeout, CancellationToken cancellationToken)

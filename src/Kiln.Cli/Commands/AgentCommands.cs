@@ -26,11 +26,16 @@ internal static class AgentCommands
         };
         var sandboxPaths = new Option<string[]>("--sandbox-path") { Description = "An extra path in every build sandbox, as Nix's sandbox-paths (repeatable).", AllowMultipleArgumentsPerToken = false };
         var cgroupRoot = new Option<string>("--cgroup-root") { Description = "Where the cgroup file systems are mounted, or a delegated v2 subtree.", DefaultValueFactory = _ => "/sys/fs/cgroup" };
+        var inputCache = new Option<string>("--input-cache-size")
+        {
+            Description = "The most bytes of unpacked inputs kept for later builds (least recently used go first): SIZE, or N% of the agent directory's file system (default 25%).",
+            DefaultValueFactory = _ => "25%",
+        };
         var fodNetwork = new Option<string>("--fod-network") { Description = "The network fixed-output builds get: 'isolated' or 'host'.", DefaultValueFactory = _ => "isolated" };
         fodNetwork.AcceptOnlyFromAmong("isolated", "host");
         var command = new Command("agent", "Run builds for a Kiln server: dial out to it, take jobs its scheduler offers, run them sandboxed here, send back logs and outputs.")
         {
-            server, tokenFile, data, name, slots, cores, memory, systems, features, sandboxPaths, cgroupRoot, fodNetwork,
+            server, tokenFile, data, name, slots, cores, memory, systems, features, sandboxPaths, cgroupRoot, fodNetwork, inputCache,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -49,6 +54,7 @@ internal static class AgentCommands
                 : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "kiln-agent")));
             Directory.CreateDirectory(directory);
             using var directoryLock = DataDirectoryLock.Acquire(directory, "kiln agent");
+            Kiln.Agent.SandboxExecutor? executor = null;
             var memoryBytes = ServeCommands.Size(result.GetValue(memory)!, percent => Kiln.Agent.HostMemory.TotalBytes() / 100 * percent, "this machine's memory");
             var slotCount = Math.Max(1, result.GetValue(slots));
             var coreCount = Math.Max(1, result.GetValue(cores));
@@ -63,7 +69,7 @@ internal static class AgentCommands
                 Cores = coreCount,
                 MemoryBytes = memoryBytes,
                 SpoolDirectory = Path.Combine(directory, "spool"),
-                InputCacheDirectory = Path.Combine(directory, "unpacked"),
+                InputCacheBytes = () => executor?.InputCacheBytes ?? 0,
             };
             var sandbox = new Kiln.Agent.SandboxOptions
             {
@@ -74,10 +80,12 @@ internal static class AgentCommands
                 CgroupRoot = Path.GetFullPath(result.GetValue(cgroupRoot)!),
                 FixedOutputNetwork = new Kiln.Agent.FixedOutputNetworkOptions { Isolated = result.GetValue(fodNetwork) == "isolated" },
                 Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess(),
+                InputCacheBytes = ServeCommands.Size(result.GetValue(inputCache)!, percent => Kiln.Agent.DiskGuard.FileSystemBytes(directory) / 100 * percent,
+                    "the agent directory's file system"),
             };
 
             using var loggers = LoggerFactory.Create(Kiln.Server.KilnServer.ConfigureLogging);
-            var agent = new RemoteAgent(options, store => new MemoryBoundExecutor(new Kiln.Agent.SandboxExecutor(sandbox, store), memoryBytes), loggers.CreateLogger("Kiln.Agent"));
+            var agent = new RemoteAgent(options, store => new MemoryBoundExecutor(executor = new Kiln.Agent.SandboxExecutor(sandbox, store), memoryBytes), loggers.CreateLogger("Kiln.Agent"));
             await using (agent.ConfigureAwait(false))
             {
                 try

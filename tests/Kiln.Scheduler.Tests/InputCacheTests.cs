@@ -1,0 +1,73 @@
+using Kiln.Agent;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Tests.Support;
+
+namespace Kiln.Scheduler.Tests;
+
+/// <summary>The agent's unpacked inputs stay under their size bound, least recently used first, never one a build uses.</summary>
+public sealed class InputCacheTests : IDisposable
+{
+    private readonly TempDir _temp = new();
+
+    public void Dispose() => _temp.Dispose();
+
+    private sealed class Store : IAgentStore
+    {
+        public Dictionary<NixHash, byte[]> Nars { get; } = [];
+
+        public (NixHash Hash, long Size) Add(string contents)
+        {
+            var nar = NarBuilder.Start().File(contents).ToArray();
+            var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
+            Nars[hash] = nar;
+            return (hash, nar.Length);
+        }
+
+        public Task<Stream> OpenNarAsync(NixHash narHash, CancellationToken cancellationToken) => Task.FromResult<Stream>(new MemoryStream(Nars[narHash]));
+
+        public ValueTask<bool> HasNarAsync(NixHash narHash, CancellationToken cancellationToken) => ValueTask.FromResult(true);
+
+        public IPendingNar CreateNar() => throw new NotSupportedException();
+    }
+
+    [Fact]
+    public async Task The_least_recently_used_entries_no_build_holds_go_when_the_cache_is_over_its_bound()
+    {
+        var store = new Store();
+        var cache = new InputCache(_temp["unpacked"], store);
+        var nars = Enumerable.Range(0, 4).Select(i => store.Add(new string((char)('a' + i), 1000))).ToList();
+        var size = nars[0].Size;
+
+        // a, b, c used in turn; a is used again (so b is now the oldest); d is held by a running build.
+        foreach (var i in new[] { 0, 1, 2, 0 })
+        {
+            using var use = cache.Use([nars[i]]);
+            await cache.EnsureAsync(nars[i].Hash);
+        }
+
+        using (cache.Use([nars[3]]))
+        {
+            await cache.EnsureAsync(nars[3].Hash);
+            Assert.Equal(4 * size, cache.Bytes);
+
+            // Room for two: b then c go; d stays (in use) although the bound is passed without it.
+            Assert.Equal(2, cache.Trim(2 * size));
+            Assert.False(Directory.Exists(cache.TreeOf(nars[1].Hash)) || File.Exists(cache.TreeOf(nars[1].Hash)));
+            Assert.False(File.Exists(cache.TreeOf(nars[2].Hash)));
+            Assert.True(File.Exists(cache.TreeOf(nars[0].Hash)));
+            Assert.True(File.Exists(cache.TreeOf(nars[3].Hash)));
+            Assert.Equal(2 * size, cache.Bytes);
+
+            Assert.Equal(1, cache.Trim(size));
+            Assert.True(File.Exists(cache.TreeOf(nars[3].Hash)));
+        }
+
+        // A new process finds what is left and counts it; unbounded never trims.
+        var again = new InputCache(_temp["unpacked"], store);
+        again.Index();
+        Assert.Equal(1000, again.Bytes); // the file's bytes (a NAR it finds is counted by its contents)
+        Assert.Equal(0, again.Trim(0));
+        Assert.Equal(1, again.Trim(1));
+        Assert.Equal(0, again.Bytes);
+    }
+}
