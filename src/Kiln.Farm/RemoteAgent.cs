@@ -35,6 +35,9 @@ public sealed record RemoteAgentOptions
     /// <summary>Where output NARs are spooled before they are put.</summary>
     public required string SpoolDirectory { get; init; }
 
+    /// <summary>A CA certificate (PEM) the server's TLS certificate must chain to, instead of the system's trust store.</summary>
+    public string? CaCertificate { get; init; }
+
     /// <summary>The size of the executor's unpacked inputs, reported to the server.</summary>
     public Func<long>? InputCacheBytes { get; init; }
 }
@@ -64,7 +67,7 @@ public sealed partial class RemoteAgent : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(executor);
         _options = options;
         _logger = logger;
-        _http = new HttpClient(handler ?? new SocketsHttpHandler { PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30), ConnectTimeout = TimeSpan.FromSeconds(10) })
+        _http = new HttpClient(handler ?? Handler(options))
         {
             BaseAddress = new Uri(options.Server, AgentWire.Root + "/"),
             Timeout = Timeout.InfiniteTimeSpan, // long polls and large NARs; control requests have their own limits
@@ -72,6 +75,33 @@ public sealed partial class RemoteAgent : IAsyncDisposable
         _http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", options.Token);
         _store = new RemoteAgentStore(this, options.SpoolDirectory);
         _executor = executor(_store);
+    }
+
+    private static SocketsHttpHandler Handler(RemoteAgentOptions options)
+    {
+        var handler = new SocketsHttpHandler { PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30), ConnectTimeout = TimeSpan.FromSeconds(10) };
+        if (options.CaCertificate is { } file)
+        {
+            // A private CA: the server's certificate must chain to it (and name the host), and to nothing else.
+            System.Security.Cryptography.X509Certificates.X509Certificate2 authority;
+            try
+            {
+                authority = System.Security.Cryptography.X509Certificates.X509CertificateLoader.LoadCertificateFromFile(file);
+            }
+            catch (System.Security.Cryptography.CryptographicException e)
+            {
+                throw new ArgumentException($"cannot read the CA certificate {file}: {e.Message}", e);
+            }
+
+            handler.SslOptions.CertificateChainPolicy = new System.Security.Cryptography.X509Certificates.X509ChainPolicy
+            {
+                TrustMode = System.Security.Cryptography.X509Certificates.X509ChainTrustMode.CustomRootTrust,
+                CustomTrustStore = { authority },
+                RevocationMode = System.Security.Cryptography.X509Certificates.X509RevocationMode.NoCheck,
+            };
+        }
+
+        return handler;
     }
 
     /// <summary>Builds run to an outcome the server accepted.</summary>

@@ -45,6 +45,7 @@ public static class LogEvents
     public const int AgentServerUnreachable = 5024;
     public const int AgentBuilding = 5025;
     public const int AgentBuilt = 5026;
+    public const int AgentsListening = 5027;
 
     public const int NoBuildUsers = 6001;
     public const int BuildsAbandoned = 6002;

@@ -1,10 +1,12 @@
 using System.Net;
+using System.Security.Cryptography.X509Certificates;
 using Kiln.Http;
 using Kiln.Http.ZeroCopy;
 using Kiln.Protocol;
 using Kiln.Store;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -22,13 +24,16 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
 
     public async Task StartAsync(CancellationToken cancellationToken)
     {
-        if (options.HttpListen is null)
+        if (options.HttpListen is null && options.AgentListen is null)
         {
             return;
         }
 
         var logger = loggers.CreateLogger("Kiln.Http");
-        var endpoint = IPEndPoint.Parse(options.HttpListen);
+        var endpoint = options.HttpListen is null ? null : IPEndPoint.Parse(options.HttpListen);
+        var agentEndpoint = options.AgentListen is null ? null : IPEndPoint.Parse(options.AgentListen);
+        // Loaded before anything listens: a wrong certificate or key is one clear line, not a half-started server.
+        using var certificate = options.AgentTls is { } tls ? LoadCertificate(tls.Certificate, tls.Key) : null;
         var cache = new BinaryCache(store, new BinaryCacheOptions
         {
             StagingDirectory = Path.Combine(options.DataDirectory, "http-uploads"),
@@ -45,15 +50,35 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
-            kestrel.Listen(endpoint, listen => ZeroCopyFiles.Listen(listen)); // NAR bodies by sendfile
+            if (endpoint is not null)
+            {
+                kestrel.Listen(endpoint, listen => ZeroCopyFiles.Listen(listen)); // NAR bodies by sendfile
+            }
+
+            if (agentEndpoint is not null)
+            {
+                kestrel.Listen(agentEndpoint, listen =>
+                {
+                    if (certificate is not null)
+                    {
+                        // Kestrel keeps its own copy: the PEM-loaded key is ephemeral, which TLS on Linux accepts.
+                        listen.UseHttps(X509CertificateLoader.LoadPkcs12(certificate.Export(X509ContentType.Pkcs12), null));
+                    }
+                });
+            }
+
             kestrel.AddServerHeader = false;
             kestrel.Limits.MaxRequestBodySize = null; // uploads are bounded by the cache, per kind of file
             kestrel.Limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 1024, gracePeriod: TimeSpan.FromSeconds(30));
         });
         _app = builder.Build();
         ZeroCopyFiles.Use(_app);
-        // Agents dial in to the same listener (their requests are under one prefix); the rest is the binary cache.
-        _app.Run(context => Kiln.Farm.AgentGateway.Handles(context) ? agents.HandleAsync(context) : cache.HandleAsync(context));
+        // Agents dial in to the same listener (their requests are under one prefix; the rest is the binary cache), or
+        // to their own, which answers nothing else.
+        var agentPort = agentEndpoint?.Port;
+        _app.Run(context => Kiln.Farm.AgentGateway.Handles(context) ? agents.HandleAsync(context)
+            : context.Connection.LocalPort == agentPort ? NotFound(context)
+            : cache.HandleAsync(context));
         try
         {
             await _app.StartAsync(cancellationToken).ConfigureAwait(false);
@@ -61,13 +86,39 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         catch (IOException e)
         {
             // As for sshd: the store, the socket and SSH keep working; the log says why HTTP does not.
-            LogNoHttp(logger, endpoint, e.Message);
+            LogNoHttp(logger, (endpoint ?? agentEndpoint)!, e.Message);
             await _app.DisposeAsync().ConfigureAwait(false);
             _app = null;
             return;
         }
 
-        LogListening(logger, endpoint);
+        if (endpoint is not null)
+        {
+            LogListening(logger, endpoint);
+        }
+
+        if (agentEndpoint is not null)
+        {
+            LogAgentsListening(logger, certificate is null ? "http" : "https", agentEndpoint);
+        }
+    }
+
+    private static X509Certificate2 LoadCertificate(string certificate, string key)
+    {
+        try
+        {
+            return X509Certificate2.CreateFromPemFile(certificate, key);
+        }
+        catch (System.Security.Cryptography.CryptographicException e)
+        {
+            throw new ArgumentException($"cannot load the agent listener's certificate {certificate} with key {key}: {e.Message}", e);
+        }
+    }
+
+    private static Task NotFound(HttpContext context)
+    {
+        context.Response.StatusCode = StatusCodes.Status404NotFound;
+        return Task.CompletedTask;
     }
 
     public async Task StopAsync(CancellationToken cancellationToken)
@@ -88,6 +139,9 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
 
     [LoggerMessage(EventId = LogEvents.HttpNotListening, Level = LogLevel.Error, Message = "http: cannot listen on {Endpoint} ({Reason}); serving without the HTTP binary cache")]
     private static partial void LogNoHttp(ILogger logger, IPEndPoint endpoint, string reason);
+
+    [LoggerMessage(EventId = LogEvents.AgentsListening, Level = LogLevel.Information, Message = "agents: listening on {Scheme}://{Url}")]
+    private static partial void LogAgentsListening(ILogger logger, string scheme, IPEndPoint url);
 
     [LoggerMessage(EventId = LogEvents.HttpListening, Level = LogLevel.Information, Message = "http: listening on http://{Url} (binary cache)")]
     private static partial void LogListening(ILogger logger, IPEndPoint url);

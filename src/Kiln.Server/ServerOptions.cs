@@ -91,6 +91,12 @@ public sealed record ServerOptions
     /// <summary>Answer the HTTP cache's <c>nar/…</c> with redirects to the bucket's presigned URLs valid this long; null: send the bytes.</summary>
     public TimeSpan? NarRedirect { get; init; }
 
+    /// <summary>A listener for agents only (<c>ADDRESS:PORT</c>); null: agents use the HTTP front's listener.</summary>
+    public string? AgentListen { get; init; }
+
+    /// <summary>The agent listener's TLS certificate and key (PEM files); null: plain HTTP (or TLS at a reverse proxy).</summary>
+    public (string Certificate, string Key)? AgentTls { get; init; }
+
     /// <summary>Where the HTTP binary cache listens (<c>ADDRESS:PORT</c>); null: no HTTP.</summary>
     public string? HttpListen { get; init; } = "127.0.0.1:8080";
 

@@ -246,6 +246,39 @@ public class FarmTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Agents_reach_the_server_through_an_nginx_reverse_proxy_and_over_TLS_on_their_own_listener()
+    {
+        var client = NixClient.For("2.8.0");
+        using var certificates = new global::Kiln.Nix.Tests.Support.TempDir();
+        var (certificate, key) = (certificates["cert.pem"], certificates["key.pem"]);
+        var openssl = global::Kiln.Nix.Tests.Support.Processes.Run("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", certificate, "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]);
+        Assert.True(openssl.ExitCode == 0, openssl.Stderr);
+        var agentPort = KilnProcess.FreePort();
+        using var kiln = Coordinator("--agent-listen", $"127.0.0.1:{agentPort}", "--agent-tls-cert", certificate, "--agent-tls-key", key);
+        Assert.True(kiln.WaitForLog($"agents: listening on https://127.0.0.1:{agentPort}"), kiln.Log);
+        var token = Token(kiln, "farm");
+        using var proxy = new Nginx(certificates.Path, proxyTo: kiln.HttpUrl);
+        using var proxied = new AgentProcess(kiln, token, "proxied", slots: 2, server: $"http://127.0.0.1:{proxy.Port}");
+        using var tls = new AgentProcess(kiln, token, "tls", slots: 2, ["--ca-cert", certificate], server: $"https://127.0.0.1:{agentPort}");
+
+        using var workspace = client.NewWorkspace();
+        var dag = Dag.Write(client, workspace, "proxydag", depth: 4, width: 6, salt: Guid.NewGuid().ToString("N"));
+        client.Ok(kiln, "nix-build", "--store", Kiln, dag, "--no-out-link");
+        var builds = await BuildRecordsAsync(kiln);
+        Assert.Equal(24, builds.Count);
+        Assert.All(builds, b => Assert.True(b.Succeeded, b.Error));
+        Assert.Equal(["proxied", "tls"], builds.Select(b => b.Agent).Distinct().Order(StringComparer.Ordinal));
+
+        // The agents' listener is theirs alone: the binary cache is not there, and a certificate it does not trust is refused.
+        using var http = new HttpClient(new HttpClientHandler { ServerCertificateCustomValidationCallback = (_, _, _, _) => true });
+        Assert.Equal(System.Net.HttpStatusCode.NotFound, (await http.GetAsync(new Uri($"https://127.0.0.1:{agentPort}/nix-cache-info"))).StatusCode);
+        using var untrusting = new AgentProcess(kiln, token, "untrusting", wait: false, server: $"https://127.0.0.1:{agentPort}");
+        Assert.True(untrusting.WaitForLog("cannot be reached", TimeSpan.FromSeconds(30)), untrusting.Log);
+        Assert.DoesNotContain("agent untrusting connected", kiln.Log, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void An_agent_with_a_wrong_or_revoked_token_is_refused_and_says_so()
     {
         using var kiln = Coordinator();

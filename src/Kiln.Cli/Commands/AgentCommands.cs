@@ -31,11 +31,12 @@ internal static class AgentCommands
             Description = "The most bytes of unpacked inputs kept for later builds (least recently used go first): SIZE, or N% of the agent directory's file system (default 25%).",
             DefaultValueFactory = _ => "25%",
         };
+        var caCert = new Option<string?>("--ca-cert") { Description = "With an https:// server: the CA certificate (PEM) its certificate must chain to, instead of the system's." };
         var fodNetwork = new Option<string>("--fod-network") { Description = "The network fixed-output builds get: 'isolated' or 'host'.", DefaultValueFactory = _ => "isolated" };
         fodNetwork.AcceptOnlyFromAmong("isolated", "host");
         var command = new Command("agent", "Run builds for a Kiln server: dial out to it, take jobs its scheduler offers, run them sandboxed here, send back logs and outputs.")
         {
-            server, tokenFile, data, name, slots, cores, memory, systems, features, sandboxPaths, cgroupRoot, fodNetwork, inputCache,
+            server, tokenFile, data, name, slots, cores, memory, systems, features, sandboxPaths, cgroupRoot, fodNetwork, inputCache, caCert,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -69,6 +70,7 @@ internal static class AgentCommands
                 Cores = coreCount,
                 MemoryBytes = memoryBytes,
                 SpoolDirectory = Path.Combine(directory, "spool"),
+                CaCertificate = result.GetValue(caCert) is { } ca ? Path.GetFullPath(ca) : null,
                 InputCacheBytes = () => executor?.InputCacheBytes ?? 0,
             };
             var sandbox = new Kiln.Agent.SandboxOptions

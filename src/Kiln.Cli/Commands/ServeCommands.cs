@@ -153,11 +153,17 @@ internal static class ServeCommands
             Description = "Seconds a build waits for an agent with its system and features to connect before it fails (default 60; 0: fail at once).",
             DefaultValueFactory = _ => 60,
         };
+        var agentListen = new Option<string?>("--agent-listen")
+        {
+            Description = "A listener for build agents only, ADDRESS:PORT (default: agents use the --http-listen listener).",
+        };
+        var agentTlsCert = new Option<string?>("--agent-tls-cert") { Description = "With --agent-listen: serve agents HTTPS with this certificate (PEM; with --agent-tls-key)." };
+        var agentTlsKey = new Option<string?>("--agent-tls-key") { Description = "The --agent-tls-cert certificate's private key (PEM)." };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
-            narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory,
+            narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -191,6 +197,11 @@ internal static class ServeCommands
                 throw new CommandException("--nar-redirect sends clients to the bucket's own URLs: it needs --blobs s3://… (the blob directory has none)");
             }
 
+            if ((result.GetValue(agentTlsCert) is null) != (result.GetValue(agentTlsKey) is null) || (result.GetValue(agentTlsCert) is not null && result.GetValue(agentListen) is null))
+            {
+                throw new CommandException("--agent-tls-cert and --agent-tls-key go together, with --agent-listen");
+            }
+
             long ShareOfDisk(long percent) => Kiln.Agent.DiskGuard.FileSystemBytes(directory) / 100 * percent;
             var options = new ServerOptions
             {
@@ -201,6 +212,8 @@ internal static class ServeCommands
                 LocalSlots = result.GetValue(localSlots) is { } slots ? Math.Max(0, slots) : null,
                 AgentTimeout = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(agentTimeout))),
                 AgentWait = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(agentWait))),
+                AgentListen = result.GetValue(agentListen) is { } agents ? ParseListen(agents) : null,
+                AgentTls = result.GetValue(agentTlsCert) is { } cert ? (Path.GetFullPath(cert), Path.GetFullPath(result.GetValue(agentTlsKey)!)) : null,
                 Cores = Math.Max(1, result.GetValue(cores)),
                 SandboxPaths = result.GetValue(sandboxPaths) ?? [],
                 MaxSilentTime = TimeSpan.FromSeconds(result.GetValue(maxSilent)),

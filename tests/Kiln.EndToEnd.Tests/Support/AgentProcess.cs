@@ -16,7 +16,7 @@ public sealed class AgentProcess : IDisposable
     private readonly TempDir _temp = new();
 
     /// <summary>Starts an agent named <paramref name="name"/>; with <paramref name="wait"/>, returns once the server says it connected.</summary>
-    public AgentProcess(KilnProcess kiln, string token, string name, int slots = 2, IEnumerable<string>? arguments = null, bool wait = true)
+    public AgentProcess(KilnProcess kiln, string token, string name, int slots = 2, IEnumerable<string>? arguments = null, bool wait = true, string? server = null)
     {
         ArgumentNullException.ThrowIfNull(kiln);
         Name = name;
@@ -25,7 +25,7 @@ public sealed class AgentProcess : IDisposable
         var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var arg in new[]
         {
-            KilnProcess.Dll, "agent", "--server", kiln.HttpUrl, "--token", tokenFile, "--data", _temp["data"], "--name", name,
+            KilnProcess.Dll, "agent", "--server", server ?? kiln.HttpUrl, "--token", tokenFile, "--data", _temp["data"], "--name", name,
             "--slots", slots.ToString(CultureInfo.InvariantCulture),
         }.Concat(arguments ?? []))
         {

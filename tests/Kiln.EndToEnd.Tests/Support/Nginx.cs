@@ -15,7 +15,8 @@ public sealed class Nginx : IDisposable
 
     /// <param name="root">The directory served.</param>
     /// <param name="rateLimit">nginx's limit_rate (bytes per second per connection, such as <c>200k</c>), or null.</param>
-    public Nginx(string root, string? rateLimit = null)
+    /// <param name="proxyTo">Instead of serving <paramref name="root"/>, be a reverse proxy to this URL (nginx's defaults, but any body size).</param>
+    public Nginx(string root, string? rateLimit = null, string? proxyTo = null)
     {
         _directory = Directory.CreateTempSubdirectory("kiln-nginx-").FullName;
         using (var probe = new TcpListener(IPAddress.Loopback, 0))
@@ -43,6 +44,7 @@ public sealed class Nginx : IDisposable
                 listen 127.0.0.1:{{Port}};
                 root {{root}};
                 {{(rateLimit is null ? "" : $"limit_rate {rateLimit};")}}
+                {{(proxyTo is null ? "" : $"client_max_body_size 0; location / {{ proxy_pass {proxyTo}; }}")}}
               }
             }
             """);
