@@ -78,7 +78,17 @@ public sealed partial class AgentGateway : IAsyncDisposable
     public async Task HandleAsync(HttpContext context)
     {
         ArgumentNullException.ThrowIfNull(context);
-        var token = await AuthenticateAsync(context).ConfigureAwait(false);
+        AgentTokenRecord? token;
+        try
+        {
+            token = await AuthenticateAsync(context).ConfigureAwait(false);
+        }
+        catch (Exception e) when (StorageFailure.Describe(e) is { } why)
+        {
+            await ErrorAsync(context, StatusCodes.Status503ServiceUnavailable, $"the server cannot check agent tokens now: {why}").ConfigureAwait(false);
+            return;
+        }
+
         if (token is null)
         {
             await ErrorAsync(context, StatusCodes.Status401Unauthorized, "the agent token is missing, wrong or revoked").ConfigureAwait(false);
@@ -115,6 +125,11 @@ public sealed partial class AgentGateway : IAsyncDisposable
                     await HeartbeatAsync(context, session).ConfigureAwait(false);
                     return;
                 case ["leases", var id, .. var rest]:
+                    if (session.Leases.TryGetValue(id, out var ended) && !ended.Lease.IsCurrent)
+                    {
+                        session.Leases.TryRemove(id, out _); // taken back by the queue (lapsed, or given to another agent)
+                    }
+
                     if (!session.Leases.TryGetValue(id, out var lease))
                     {
                         // Taken back (the agent was lost, or gave it up): whatever it brings now is discarded.
@@ -147,8 +162,13 @@ public sealed partial class AgentGateway : IAsyncDisposable
         }
     }
 
+    // Agents one token may have connected at once (an autoscaling group shares a token; a runaway script must not
+    // register thousands of agents with the queue).
+    private const int MaxSessionsPerToken = 1024;
+
     private static int StatusOf(ErrorKind kind) => kind switch
     {
+        ErrorKind.Conflict => StatusCodes.Status409Conflict,
         ErrorKind.Invalid => StatusCodes.Status400BadRequest,
         ErrorKind.NotFound => StatusCodes.Status404NotFound,
         ErrorKind.Forbidden => StatusCodes.Status403Forbidden,
@@ -175,12 +195,15 @@ public sealed partial class AgentGateway : IAsyncDisposable
         }
 
         var token = await _agents.FindAgentTokenAsync(hash, context.RequestAborted).ConfigureAwait(false);
-        _tokens[hash] = (token, now + (long)_options.TokenCacheTime.TotalMilliseconds);
         if (token is null)
         {
+            // Misses are not kept: a stranger's guesses must not grow the cache (each costs one indexed lookup).
+            _tokens.TryRemove(hash, out _);
             LogRefused(_logger, context.Connection.RemoteIpAddress?.ToString() ?? "?");
+            return null;
         }
 
+        _tokens[hash] = (token, now + (long)_options.TokenCacheTime.TotalMilliseconds);
         return token;
     }
 
@@ -191,19 +214,36 @@ public sealed partial class AgentGateway : IAsyncDisposable
 
     private async Task HelloAsync(HttpContext context, AgentTokenRecord token)
     {
-        var hello = AgentWire.Read(await ReadMessageAsync(context).ConfigureAwait(false), AgentJson.Default.HelloMessage);
+        var hello = AgentWire.Read(await ReadMessageAsync(context, SmallMessage).ConfigureAwait(false), AgentJson.Default.HelloMessage);
         Validate(hello);
         var info = new AgentInfo(hello.Name, new SortedSet<string>(hello.Systems, StringComparer.Ordinal), new SortedSet<string>(hello.Features, StringComparer.Ordinal), hello.Slots);
 
         // One session per agent name: an agent that restarted (or reconnects after a cut) replaces its old session,
-        // whose leases go back to the queue now rather than when they lapse.
-        foreach (var old in _sessions.Values.Where(s => s.Name == hello.Name))
+        // whose leases go back to the queue now rather than when they lapse — but only an agent with the same token: a
+        // name is not a credential, and one token's agents must not push out another's.
+        Session session;
+        lock (_sessions)
         {
-            Drop(old, $"agent {hello.Name} connected again");
+            var same = _sessions.Values.Where(s => s.Name == hello.Name).ToList();
+            if (same.Any(s => s.TokenId != token.Id))
+            {
+                throw new KilnException(ErrorKind.Conflict, $"an agent named {hello.Name} is connected with another token");
+            }
+
+            if (_sessions.Values.Count(s => s.TokenId == token.Id) - same.Count >= MaxSessionsPerToken)
+            {
+                throw new KilnException(ErrorKind.TooLarge, $"token {token.Name} has {MaxSessionsPerToken} agents connected already");
+            }
+
+            foreach (var old in same)
+            {
+                Drop(old, $"agent {hello.Name} connected again");
+            }
+
+            session = new Session(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)), token, hello, info, _queue.Register(info));
+            _sessions[session.Id] = session;
         }
 
-        var session = new Session(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)), token, hello, info, _queue.Register(info));
-        _sessions[session.Id] = session;
         LogConnected(_logger, hello.Name, token.Name, info, hello.Slots, context.Connection.RemoteIpAddress);
         await ReportAsync(session, CancellationToken.None).ConfigureAwait(false);
         await WriteAsync(context, new WelcomeMessage(session.Id, (int)(_options.AgentTimeout / 6).TotalMilliseconds, (int)_options.AgentTimeout.TotalMilliseconds),
@@ -236,25 +276,38 @@ public sealed partial class AgentGateway : IAsyncDisposable
 
     private async Task ClaimAsync(HttpContext context, Session session)
     {
-        using var poll = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, session.Closed, _stopping.Token);
-        poll.CancelAfter(_options.PollTime);
+        // No more jobs at once than the slots it said it has: one agent must not take the whole queue.
+        if (!session.TryStartClaim())
+        {
+            context.Response.StatusCode = StatusCodes.Status204NoContent;
+            return;
+        }
+
         ILease claimed;
         try
         {
+            using var poll = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, session.Closed, _stopping.Token);
+            poll.CancelAfter(_options.PollTime);
             claimed = await _queue.ClaimAsync(session.Info, poll.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
+            session.EndClaim();
             context.Response.StatusCode = StatusCodes.Status204NoContent;
             return;
         }
 
         var lease = new RemoteLease(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16)), claimed);
         session.Leases[lease.Id] = lease;
+        session.EndClaim();
         if (session.IsClosed)
         {
-            session.Leases.TryRemove(lease.Id, out _);
-            claimed.Abandon($"agent {session.Name} went away as it was given the job");
+            // Dropped while the claim was answered: the job goes back as if never claimed.
+            if (session.Leases.TryRemove(lease.Id, out _))
+            {
+                claimed.Release();
+            }
+
             context.Response.StatusCode = StatusCodes.Status204NoContent;
             return;
         }
@@ -268,27 +321,32 @@ public sealed partial class AgentGateway : IAsyncDisposable
         {
         }
 
-        if (context.RequestAborted.IsCancellationRequested)
+        if (context.RequestAborted.IsCancellationRequested && session.Leases.TryRemove(lease.Id, out _))
         {
-            // It never reached the agent: offer it again at once rather than when the lease lapses.
-            GiveBack(session, lease, $"agent {session.Name} did not receive the job");
+            // It never reached the agent: offer it again at once (not as another attempt) rather than when the lease lapses.
+            claimed.Release();
         }
     }
 
     private async Task HeartbeatAsync(HttpContext context, Session session)
     {
-        var beat = AgentWire.Read(await ReadMessageAsync(context).ConfigureAwait(false), AgentJson.Default.HeartbeatMessage);
+        var beat = AgentWire.Read(await ReadMessageAsync(context, SmallMessage).ConfigureAwait(false), AgentJson.Default.HeartbeatMessage);
         var stop = new List<string>();
         var held = new HashSet<string>(beat.Leases ?? [], StringComparer.Ordinal);
         foreach (var id in held)
         {
-            if (session.Leases.TryGetValue(id, out var lease) && !lease.Lease.Cancelled.IsCancellationRequested)
+            if (session.Leases.TryGetValue(id, out var lease) && lease.Lease.IsCurrent && !lease.Lease.Cancelled.IsCancellationRequested)
             {
                 lease.Lease.Heartbeat();
             }
             else
             {
+                // Cancelled (nobody waits for it: the agent stops it and reports), or no longer its: stop, and forget it.
                 stop.Add(id);
+                if (lease is not null && !lease.Lease.IsCurrent)
+                {
+                    session.Leases.TryRemove(id, out _);
+                }
             }
         }
 
@@ -313,7 +371,7 @@ public sealed partial class AgentGateway : IAsyncDisposable
         switch (rest)
         {
             case ["log"] when method == "POST":
-                var log = AgentWire.Read(await ReadMessageAsync(context).ConfigureAwait(false), AgentJson.Default.LogMessage);
+                var log = AgentWire.Read(await ReadMessageAsync(context, LargeMessage).ConfigureAwait(false), AgentJson.Default.LogMessage);
                 if (log.Running && lease.MarkRunning())
                 {
                     offer.Log.Running();
@@ -321,7 +379,7 @@ public sealed partial class AgentGateway : IAsyncDisposable
 
                 foreach (var line in log.Lines ?? [])
                 {
-                    offer.Log.Line(line);
+                    offer.Log.Line(line ?? "");
                 }
 
                 context.Response.StatusCode = StatusCodes.Status204NoContent;
@@ -336,8 +394,8 @@ public sealed partial class AgentGateway : IAsyncDisposable
                 return;
 
             case ["complete"] when method == "POST":
-                var outcome = AgentWire.ToOutcome(AgentWire.Read(await ReadMessageAsync(context).ConfigureAwait(false), AgentJson.Default.OutcomeMessage));
-                if (lease.Check(outcome) is { } wrong)
+                var outcome = AgentWire.ToOutcome(AgentWire.Read(await ReadMessageAsync(context, LargeMessage).ConfigureAwait(false), AgentJson.Default.OutcomeMessage));
+                if (lease.Check(ref outcome) is { } wrong)
                 {
                     // The agent's report does not match what it put: not a build failure, an agent fault. The job goes
                     // back to the queue; the agent hears why.
@@ -347,17 +405,18 @@ public sealed partial class AgentGateway : IAsyncDisposable
                     return;
                 }
 
-                if (session.Leases.TryRemove(lease.Id, out _))
+                if (!session.Leases.TryRemove(lease.Id, out _) || !lease.Lease.Complete(outcome))
                 {
-                    session.Finished();
-                    lease.Lease.Complete(outcome);
+                    await ErrorAsync(context, StatusCodes.Status410Gone, "the lease is no longer this agent's").ConfigureAwait(false);
+                    return;
                 }
 
+                session.Finished();
                 context.Response.StatusCode = StatusCodes.Status204NoContent;
                 return;
 
             case ["abandon"] when method == "POST":
-                var abandon = AgentWire.Read(await ReadMessageAsync(context).ConfigureAwait(false), AgentJson.Default.AbandonMessage);
+                var abandon = AgentWire.Read(await ReadMessageAsync(context, SmallMessage).ConfigureAwait(false), AgentJson.Default.AbandonMessage);
                 GiveBack(session, lease, $"agent {session.Name} gave it back ({Truncate(abandon.Reason, 200)})");
                 context.Response.StatusCode = StatusCodes.Status204NoContent;
                 return;
@@ -396,7 +455,14 @@ public sealed partial class AgentGateway : IAsyncDisposable
             var stream = await source.OpenStreamAsync(context.RequestAborted).ConfigureAwait(false);
             await using (stream.ConfigureAwait(false))
             {
-                await stream.CopyToAsync(context.Response.Body, context.RequestAborted).ConfigureAwait(false);
+                try
+                {
+                    await stream.CopyToAsync(context.Response.Body, context.RequestAborted).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is IOException or OperationCanceledException && context.RequestAborted.IsCancellationRequested)
+                {
+                    // The agent went away mid-download: nothing to answer.
+                }
             }
         }
     }
@@ -410,9 +476,15 @@ public sealed partial class AgentGateway : IAsyncDisposable
             throw new KilnException(ErrorKind.Invalid, "an output's URL ends with its NAR's SHA-256 in Nix's base-32");
         }
 
-        // A fixed-output derivation has one output, whose content hash the derivation names. (Git-addressed outputs
-        // are taken as the agent checked them: the ingest computes flat and recursive hashes.)
+        // As many NARs as the derivation has outputs (the same one may be put again): no more.
         var derivation = lease.Lease.Offer.Job.Derivation;
+        if (!lease.Uploaded.ContainsKey(expected) && lease.Uploaded.Count >= derivation.Outputs.Count)
+        {
+            throw new KilnException(ErrorKind.Conflict, $"this lease has had its {derivation.Outputs.Count} outputs put already");
+        }
+
+        // A fixed-output derivation has one output, whose content hash the derivation names; the hash is checked here
+        // for the methods Kiln's agents build (flat and recursive), and an output of any other is refused at the end.
         var fixedHash = derivation.IsFixedOutput && derivation.Outputs.Values.Single().FixedHash is { Method: ContentAddressMethod.Flat or ContentAddressMethod.Recursive } f
             ? f : (ContentAddress?)null;
         var scanner = new Kiln.Nix.References.ReferenceScanner(lease.Candidates);
@@ -500,27 +572,29 @@ public sealed partial class AgentGateway : IAsyncDisposable
         }
     }
 
-    private static async Task<byte[]> ReadMessageAsync(HttpContext context)
+    // Control messages are small; a log batch or an outcome (with its log tail) may be larger. Bounded either way, so
+    // an agent cannot make the server buffer much.
+    private const int SmallMessage = 256 * 1024, LargeMessage = 8 << 20;
+
+    private static async Task<byte[]> ReadMessageAsync(HttpContext context, int limit)
     {
-        if (context.Request.ContentLength > AgentWire.MaxMessageBytes)
+        if (context.Request.ContentLength > limit)
         {
-            throw new KilnException(ErrorKind.TooLarge, $"a message is at most {AgentWire.MaxMessageBytes} bytes");
+            throw new KilnException(ErrorKind.TooLarge, $"this message is at most {limit} bytes");
         }
 
-        using var buffer = new MemoryStream();
-        var chunk = new byte[64 * 1024];
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>(Math.Min(limit, 16 * 1024));
         int read;
-        while ((read = await context.Request.Body.ReadAsync(chunk, context.RequestAborted).ConfigureAwait(false)) > 0)
+        while ((read = await context.Request.Body.ReadAsync(buffer.GetMemory(16 * 1024), context.RequestAborted).ConfigureAwait(false)) > 0)
         {
-            if (buffer.Length + read > AgentWire.MaxMessageBytes)
+            buffer.Advance(read);
+            if (buffer.WrittenCount > limit)
             {
-                throw new KilnException(ErrorKind.TooLarge, $"a message is at most {AgentWire.MaxMessageBytes} bytes");
+                throw new KilnException(ErrorKind.TooLarge, $"this message is at most {limit} bytes");
             }
-
-            buffer.Write(chunk, 0, read);
         }
 
-        return buffer.ToArray();
+        return buffer.WrittenSpan.ToArray();
     }
 
     private static async Task WriteAsync<T>(HttpContext context, T message, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> type,
@@ -549,6 +623,9 @@ public sealed partial class AgentGateway : IAsyncDisposable
     }
 
     private static string Truncate(string? text, int length) => text is null ? "" : text.Length <= length ? text : text[..length] + "…";
+
+    /// <summary>Ends the claims agents are waiting in (the server is stopping: their long polls must not hold it up).</summary>
+    public void Stop() => _stopping.Cancel();
 
     public async ValueTask DisposeAsync()
     {
@@ -586,21 +663,36 @@ public sealed partial class AgentGateway : IAsyncDisposable
 
         public bool MarkRunning() => Interlocked.Exchange(ref _running, 1) == 0;
 
-        /// <summary>Why the outcome cannot be accepted, or null: each output put under this lease, at its path, with the references the scan found.</summary>
-        public string? Check(BuildOutcome outcome)
+        /// <summary>
+        /// Why the outcome cannot be accepted, or null. A success names each of the derivation's outputs once, each at
+        /// its declared path, put under this lease with the size reported, and referring to exactly the inputs and
+        /// outputs the scan found in it (content-addressed derivations are not built, so every path an output may
+        /// name is one the scan looks for); a fixed output is of a method Kiln checks and refers to nothing. A failure
+        /// names no outputs. The outcome returned carries the content addresses Kiln verified, not the agent's.
+        /// </summary>
+        public string? Check(ref BuildOutcome outcome)
         {
-            var derivation = lease.Offer.Job.Derivation;
+            var job = lease.Offer.Job;
+            var derivation = job.Derivation;
+            if (!outcome.Succeeded)
+            {
+                return outcome.Outputs.Count == 0 ? null : "a failed build reported outputs";
+            }
+
+            var names = outcome.Outputs.Select(o => o.Name).ToList();
+            if (names.Count != names.Distinct(StringComparer.Ordinal).Count() || !names.ToHashSet(StringComparer.Ordinal).SetEquals(derivation.Outputs.Keys))
+            {
+                return $"a successful build of '{job.DrvPath}' reports outputs {{{string.Join(", ", names)}}}, not {{{string.Join(", ", derivation.Outputs.Keys)}}}";
+            }
+
             var candidates = Candidates.ToHashSet();
+            var verified = new List<BuiltOutput>();
             foreach (var output in outcome.Outputs)
             {
-                if (!derivation.Outputs.TryGetValue(output.Name, out var declared))
+                var declared = derivation.Outputs[output.Name];
+                if (declared.StorePath is not { } path || path != output.Path)
                 {
-                    return $"'{lease.Offer.Job.DrvPath}' has no output '{output.Name}'";
-                }
-
-                if (declared.StorePath is { } path && path != output.Path)
-                {
-                    return $"output '{output.Name}' is at {output.Path}, not at {path}";
+                    return $"output '{output.Name}' is at {output.Path}, not at its declared path";
                 }
 
                 if (!Uploaded.TryGetValue(output.NarHash, out var upload) || upload.NarSize != output.NarSize)
@@ -608,16 +700,33 @@ public sealed partial class AgentGateway : IAsyncDisposable
                     return $"output '{output.Name}' ({output.NarHash.ToNix32()}, {output.NarSize} bytes) was not put under this lease";
                 }
 
-                // What a scan can see must be what the agent claims; a reference the scan cannot check (to an output
-                // whose path only the build decided) is taken as reported.
-                var claimed = output.References.Where(candidates.Contains).ToHashSet();
-                if (!claimed.SetEquals(upload.Found))
+                var references = output.References.ToHashSet();
+                if (!references.SetEquals(upload.Found) || !references.IsSubsetOf(candidates))
                 {
-                    return $"output '{output.Name}' refers to {string.Join(", ", upload.Found.Order())}, not to what the agent reported";
+                    return $"output '{output.Name}' refers to {{{string.Join(", ", upload.Found.Order())}}}, not to what the agent reported";
                 }
+
+                ContentAddress? address = null;
+                if (derivation.IsFixedOutput)
+                {
+                    if (declared.FixedHash.Method is not (ContentAddressMethod.Flat or ContentAddressMethod.Recursive))
+                    {
+                        return $"fixed output '{output.Name}' is {declared.FixedHash.Method}-addressed, which Kiln does not check";
+                    }
+
+                    if (references.Count > 0)
+                    {
+                        return $"fixed output '{output.Name}' refers to other store paths";
+                    }
+
+                    address = declared.FixedHash; // its content hash was checked as it was put
+                }
+
+                verified.Add(output with { ContentAddress = address, References = [.. output.References] });
             }
 
-            return outcome.Succeeded && outcome.Outputs.Count == 0 && derivation.Outputs.Count > 0 ? "a successful build reported no outputs" : null;
+            outcome = outcome with { Outputs = verified };
+            return null;
         }
     }
 
@@ -657,6 +766,22 @@ public sealed partial class AgentGateway : IAsyncDisposable
         }
 
         public void Finished() => Interlocked.Increment(ref _buildsRun);
+
+        private int _claiming;
+
+        /// <summary>Starts a claim unless the agent's slots are all taken by its leases and the claims it has waiting.</summary>
+        public bool TryStartClaim()
+        {
+            if (Interlocked.Increment(ref _claiming) + Leases.Count > hello.Slots)
+            {
+                Interlocked.Decrement(ref _claiming);
+                return false;
+            }
+
+            return true;
+        }
+
+        public void EndClaim() => Interlocked.Decrement(ref _claiming);
 
         // The agents table is written on hello, on loss, and at most every ten seconds in between.
         public bool ReportDue()

@@ -128,7 +128,9 @@ public sealed record AbandonMessage(string Reason);
 /// <summary>An error answer: what was wrong, for the agent's log.</summary>
 public sealed record ErrorMessage(string Error);
 
-[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
+// Nullable annotations are enforced: a null where the message type has none is malformed, not a crash later.
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, DefaultIgnoreCondition = JsonIgnoreCondition.Never,
+    RespectNullableAnnotations = true, RespectRequiredConstructorParameters = true)]
 [JsonSerializable(typeof(HelloMessage))]
 [JsonSerializable(typeof(WelcomeMessage))]
 [JsonSerializable(typeof(JobMessage))]

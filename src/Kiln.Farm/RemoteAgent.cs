@@ -196,6 +196,26 @@ public sealed partial class RemoteAgent : IAsyncDisposable
             {
                 return;
             }
+#pragma warning disable CA1031 // a refusal or a bug must not end this slot for good: it is logged and the slot goes on
+            catch (Exception e) when (!stop.IsCancellationRequested)
+#pragma warning restore CA1031
+            {
+                LogSlotFailed(_logger, e.Message);
+                await Task.Delay(delay, stop).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+                delay = TimeSpan.FromSeconds(Math.Min(15, delay.TotalSeconds * 2));
+            }
+        }
+    }
+
+    private static async Task CancelQuietlyAsync(CancellationTokenSource source)
+    {
+        try
+        {
+            await source.CancelAsync().ConfigureAwait(false);
+        }
+        catch (ObjectDisposedException)
+        {
+            // that build has just ended
         }
     }
 
@@ -234,22 +254,31 @@ public sealed partial class RemoteAgent : IAsyncDisposable
 #pragma warning restore CA1031
         {
             LogBuildFailed(_logger, job.DrvPath.FullPath, e);
-            _running.TryRemove(message.Lease, out _);
             await log.DisposeAsync().ConfigureAwait(false);
             await GiveBackAsync(message.Lease, $"the agent failed: {e.Message}").ConfigureAwait(false);
+            _running.TryRemove(message.Lease, out _);
             return;
         }
 
         await log.DisposeAsync().ConfigureAwait(false);
-        _running.TryRemove(message.Lease, out _);
-        if (stop.IsCancellationRequested)
+        try
         {
-            // The agent is stopping: the job goes back to the queue, to run elsewhere.
-            await GiveBackAsync(message.Lease, "the agent is stopping").ConfigureAwait(false);
-            return;
+            if (stop.IsCancellationRequested)
+            {
+                // The agent is stopping: the job goes back to the queue, to run elsewhere.
+                await GiveBackAsync(message.Lease, "the agent is stopping").ConfigureAwait(false);
+                return;
+            }
+
+            // Heartbeats go on for the lease until the server has the outcome (a report retried for a while must
+            // not find its lease taken back for want of them).
+            await CompleteAsync(message.Lease, outcome).ConfigureAwait(false);
+        }
+        finally
+        {
+            _running.TryRemove(message.Lease, out _);
         }
 
-        await CompleteAsync(message.Lease, outcome).ConfigureAwait(false);
         LogBuilt(_logger, job.DrvPath.FullPath, outcome.Succeeded ? "built" : $"failed ({outcome.Failure})");
     }
 
@@ -309,7 +338,7 @@ public sealed partial class RemoteAgent : IAsyncDisposable
                     // The server dropped this agent (lost, or restarted): its leases are gone; stop their builds.
                     foreach (var running in _running.Values)
                     {
-                        await running.CancelAsync().ConfigureAwait(false);
+                        await CancelQuietlyAsync(running).ConfigureAwait(false);
                     }
 
                     await HelloAsync(session, stop).ConfigureAwait(false);
@@ -323,7 +352,7 @@ public sealed partial class RemoteAgent : IAsyncDisposable
                     if (_running.TryGetValue(lease, out var running))
                     {
                         LogStopping(_logger, lease);
-                        await running.CancelAsync().ConfigureAwait(false);
+                        await CancelQuietlyAsync(running).ConfigureAwait(false);
                     }
                 }
             }
@@ -414,6 +443,9 @@ public sealed partial class RemoteAgent : IAsyncDisposable
 
     [LoggerMessage(EventId = LogEvents.AgentLost, Level = LogLevel.Warning, Message = "lease {Lease} was taken back by the server before the outcome arrived; the outcome is dropped")]
     private static partial void LogLeaseGone(ILogger logger, string lease);
+
+    [LoggerMessage(EventId = LogEvents.AgentFailed, Level = LogLevel.Warning, Message = "a build slot failed ({Reason}); it goes on")]
+    private static partial void LogSlotFailed(ILogger logger, string reason);
 
     [LoggerMessage(EventId = LogEvents.AgentBuilding, Level = LogLevel.Information, Message = "building {DrvPath} (build {BuildId})")]
     private static partial void LogBuilding(ILogger logger, string drvPath, long buildId);

@@ -32,9 +32,10 @@ internal sealed class RemoteAgentStore(RemoteAgent agent, string spoolDirectory)
         {
             foreach (var input in inputs)
             {
-                if (_leasesByInput.TryGetValue(input, out var leases))
+                if (_leasesByInput.TryGetValue(input, out var leases) && leases.TryRemove(lease, out _) && leases.IsEmpty)
                 {
-                    leases.TryRemove(lease, out _);
+                    // (another lease may name it again meanwhile: only an empty set is removed)
+                    _leasesByInput.TryRemove(new KeyValuePair<NixHash, ConcurrentDictionary<string, byte>>(input, leases));
                 }
             }
         });

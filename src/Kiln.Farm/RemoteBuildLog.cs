@@ -12,6 +12,9 @@ internal sealed class RemoteBuildLog : IBuildLog, IAsyncDisposable
 {
     private const int MaxBatchLines = 2000;
 
+    // Well under the server's bound for a log message (8 MiB), even with JSON escapes (a line is at most 1 MiB).
+    private const int MaxBatchChars = 1 << 20;
+
     private readonly RemoteAgent _agent;
     private readonly string _lease;
     private readonly Channel<string?> _lines = Channel.CreateUnbounded<string?>(new UnboundedChannelOptions { SingleReader = true });
@@ -36,7 +39,8 @@ internal sealed class RemoteBuildLog : IBuildLog, IAsyncDisposable
         {
             var running = false;
             var batch = new List<string>();
-            while (batch.Count < MaxBatchLines && reader.TryRead(out var line))
+            var chars = 0;
+            while (batch.Count < MaxBatchLines && chars < MaxBatchChars && reader.TryRead(out var line))
             {
                 if (line is null)
                 {
@@ -45,6 +49,7 @@ internal sealed class RemoteBuildLog : IBuildLog, IAsyncDisposable
                 else
                 {
                     batch.Add(line);
+                    chars += line.Length;
                 }
             }
 

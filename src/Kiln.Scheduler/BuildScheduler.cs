@@ -146,7 +146,9 @@ public sealed partial class BuildScheduler
         }
 
         var usage = await Builds.RecentUsageAsync(PackageNames.Of(job.DrvPath.BaseName), 5, CancellationToken.None).ConfigureAwait(false);
-        var grant = usage.Count > 0 ? usage.Max(u => u.PeakMemory) * 2 : Options.DefaultMemory > 0 ? Options.DefaultMemory : max;
+        // (Peaks are measurements an agent reports: a negative or absurd one must not wrap around.)
+        var peak = usage.Count > 0 ? Math.Clamp(usage.Max(u => u.PeakMemory), 0, long.MaxValue / 2) : 0;
+        var grant = peak > 0 ? peak * 2 : Options.DefaultMemory > 0 ? Options.DefaultMemory : max;
         grant = Math.Clamp(grant, Math.Min(Options.MinMemory, max), max);
         return job with { Limits = job.Limits with { MemoryBytes = grant } };
     }

@@ -75,10 +75,16 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         ZeroCopyFiles.Use(_app);
         // Agents dial in to the same listener (their requests are under one prefix; the rest is the binary cache), or
         // to their own, which answers nothing else.
-        var agentPort = agentEndpoint?.Port;
-        _app.Run(context => Kiln.Farm.AgentGateway.Handles(context) ? agents.HandleAsync(context)
-            : context.Connection.LocalPort == agentPort ? NotFound(context)
-            : cache.HandleAsync(context));
+        // With a listener of their own, agents are answered there only (a misconfigured agent must not send its token
+        // over the cache's plain listener).
+        _app.Run(context =>
+        {
+            var onAgentListener = agentEndpoint is not null && context.Connection.LocalPort == agentEndpoint.Port &&
+                (agentEndpoint.Address.Equals(IPAddress.Any) || agentEndpoint.Address.Equals(context.Connection.LocalIpAddress));
+            return Kiln.Farm.AgentGateway.Handles(context)
+                ? (agentEndpoint is null || onAgentListener ? agents.HandleAsync(context) : NotFound(context))
+                : onAgentListener ? NotFound(context) : cache.HandleAsync(context);
+        });
         try
         {
             await _app.StartAsync(cancellationToken).ConfigureAwait(false);
@@ -123,6 +129,7 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
+        agents.Stop();
         if (_app is not null)
         {
             await _app.StopAsync(cancellationToken).ConfigureAwait(false);

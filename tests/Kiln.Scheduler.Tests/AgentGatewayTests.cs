@@ -160,6 +160,12 @@ public sealed class AgentGatewayTests : IAsyncLifetime
     {
         var derivation = new Derivation { Name = output.Name, Platform = "x86_64-linux", Builder = "/bin/sh" };
         derivation.Outputs["out"] = DerivationOutput.InputAddressed(output);
+        return Offer(derivation, inputs);
+    }
+
+    private JobTicket Offer(Derivation derivation, params (NixHash Hash, long Size, StorePath Path)[] inputs)
+    {
+        var output = derivation.Outputs.Values.First().StorePath!.Value;
         var job = new BuildJob
         {
             DrvPath = Path(output.Name + ".drv"),
@@ -171,10 +177,19 @@ public sealed class AgentGatewayTests : IAsyncLifetime
 
     private static BuildOutcome Built(StorePath output, byte[] nar, params StorePath[] references) => new()
     {
-        Outputs = [new BuiltOutput("out", output, NixHash.Compute(NixHashAlgorithm.Sha256, nar), nar.Length, references, null)],
+        Outputs = [Output("out", output, nar, references)],
         StartTime = DateTimeOffset.UtcNow,
         StopTime = DateTimeOffset.UtcNow,
     };
+
+    private static BuiltOutput Output(string name, StorePath path, byte[] nar, params StorePath[] references) =>
+        new(name, path, NixHash.Compute(NixHashAlgorithm.Sha256, nar), nar.Length, references, null);
+
+    private static async Task ExpectAsync(HttpStatusCode expected, Task<HttpResponseMessage> request)
+    {
+        using var response = await request;
+        Assert.True(expected == response.StatusCode, $"{response.StatusCode}: {await response.Content.ReadAsStringAsync()}");
+    }
 
     [Fact]
     public async Task An_agent_with_a_wrong_or_revoked_token_is_refused()
@@ -335,5 +350,130 @@ public sealed class AgentGatewayTests : IAsyncLifetime
         Assert.Equal(NixHash.Compute(NixHashAlgorithm.Sha256, nar), outcome.Outputs[0].NarHash);
         var agents = await _metadata.ListAgentsAsync(default);
         Assert.Equal(["lost", "other"], agents.Select(a => a.Name));
+    }
+
+    [Fact]
+    public async Task A_success_must_name_every_output_once_and_only_references_the_scan_found_among_inputs_and_outputs()
+    {
+        var input = await AddBlobAsync("input-5", "an input");
+        using var agent = new Agent(_root, _token, "one");
+        await agent.HelloAsync();
+        var (outPath, devPath) = (Path("two-outputs"), Path("two-outputs-dev"));
+        var derivation = new Derivation { Name = "two-outputs", Platform = "x86_64-linux", Builder = "/bin/sh" };
+        derivation.Outputs["out"] = DerivationOutput.InputAddressed(outPath);
+        derivation.Outputs["dev"] = DerivationOutput.InputAddressed(devPath);
+        var ticket = Offer(derivation, input);
+        var (outNar, devNar) = (NarBuilder.Start().File("out").ToArray(), NarBuilder.Start().File("dev").ToArray());
+        var stranger = Path("someone-elses-path");
+        BuildOutcome Outcome(params BuiltOutput[] outputs) => new() { Outputs = outputs, StartTime = DateTimeOffset.UtcNow, StopTime = DateTimeOffset.UtcNow };
+
+        var attacks = new[]
+        {
+            Outcome(Output("out", outPath, outNar)), // dev left out
+            Outcome(Output("out", outPath, outNar), Output("out", outPath, outNar)), // out twice
+            Outcome(Output("out", outPath, outNar), Output("dev", devPath, devNar, stranger)), // a reference the NAR does not have
+            Outcome(Output("out", devPath, outNar), Output("dev", outPath, devNar)), // swapped paths
+            BuildOutcome.Failed(BuildFailureKind.PermanentFailure, "failed") with { Outputs = [Output("out", outPath, outNar)] }, // a failure with outputs
+        };
+        foreach (var attack in attacks)
+        {
+            var job = (await agent.ClaimAsync())!;
+            await ExpectAsync(HttpStatusCode.NoContent, agent.PutNarAsync(job.Lease, outNar));
+            await ExpectAsync(HttpStatusCode.NoContent, agent.PutNarAsync(job.Lease, devNar));
+            await ExpectAsync(HttpStatusCode.BadRequest, agent.CompleteAsync(job.Lease, attack));
+            if (attack == attacks[2])
+            {
+                // Each refusal uses up an attempt: after three the build fails (an infrastructure failure, not the
+                // builder's), and the rest need another job.
+                var failed = await ticket.Completion.WaitAsync(Patience);
+                Assert.Equal(BuildFailureKind.MiscFailure, failed.Failure);
+                Assert.Contains("3 attempts", failed.ErrorMessage, StringComparison.Ordinal);
+                ticket = Offer(derivation, input);
+            }
+        }
+
+        // One more NAR than outputs is refused too.
+        var last = (await agent.ClaimAsync())!;
+        await ExpectAsync(HttpStatusCode.NoContent, agent.PutNarAsync(last.Lease, outNar));
+        await ExpectAsync(HttpStatusCode.NoContent, agent.PutNarAsync(last.Lease, devNar));
+        await ExpectAsync(HttpStatusCode.NoContent, agent.PutNarAsync(last.Lease, devNar)); // the same again is fine
+        await ExpectAsync(HttpStatusCode.Conflict, agent.PutNarAsync(last.Lease, NarBuilder.Start().File("a third").ToArray()));
+        await ExpectAsync(HttpStatusCode.NoContent, agent.CompleteAsync(last.Lease, Outcome(Output("out", outPath, outNar), Output("dev", devPath, devNar))));
+        Assert.True((await ticket.Completion.WaitAsync(Patience)).Succeeded);
+    }
+
+    [Fact]
+    public async Task A_fixed_output_is_checked_against_its_hash_refers_to_nothing_and_carries_the_content_address_Kiln_verified()
+    {
+        var input = await AddBlobAsync("input-6", "an input");
+        using var agent = new Agent(_root, _token, "one");
+        await agent.HelloAsync();
+        JobTicket Fixed(string contents, out StorePath path, out byte[] nar)
+        {
+            var hash = NixHash.Compute(NixHashAlgorithm.Sha256, contents);
+            path = StorePathComputer.MakeFixedOutputPath("fetched", new ContentAddress(ContentAddressMethod.Flat, hash));
+            nar = NarBuilder.Start().File(contents).ToArray();
+            var derivation = new Derivation { Name = "fetched", Platform = "x86_64-linux", Builder = "/bin/sh" };
+            derivation.Outputs["out"] = new DerivationOutput(path.FullPath, "sha256", hash.ToBase16());
+            return Offer(derivation, input);
+        }
+
+        // Contents other than the hash fixes: refused as they are put.
+        var ticket = Fixed("the real download", out var path, out var nar);
+        var job = (await agent.ClaimAsync())!;
+        await ExpectAsync(HttpStatusCode.BadRequest, agent.PutNarAsync(job.Lease, NarBuilder.Start().File("something else").ToArray()));
+
+        // A fixed output that smuggles a reference to an input: refused.
+        ticket.Cancel();
+        var smuggler = Fixed($"see {input.Path.FullPath}", out var smugglerPath, out var smugglerNar);
+        job = (await agent.ClaimAsync())!;
+        await ExpectAsync(HttpStatusCode.NoContent, agent.PutNarAsync(job.Lease, smugglerNar));
+        await ExpectAsync(HttpStatusCode.BadRequest, agent.CompleteAsync(job.Lease, Built(smugglerPath, smugglerNar, input.Path)));
+        smuggler.Cancel();
+
+        // The right one, reported with a made-up content address: registered with the verified one.
+        ticket = Fixed("the real download", out path, out nar);
+        job = (await agent.ClaimAsync())!;
+        await ExpectAsync(HttpStatusCode.NoContent, agent.PutNarAsync(job.Lease, nar));
+        var lying = Built(path, nar);
+        lying = lying with { Outputs = [lying.Outputs[0] with { ContentAddress = new ContentAddress(ContentAddressMethod.Recursive, NixHash.Compute(NixHashAlgorithm.Sha256, "x")) }] };
+        await ExpectAsync(HttpStatusCode.NoContent, agent.CompleteAsync(job.Lease, lying));
+        var outcome = await ticket.Completion.WaitAsync(Patience);
+        Assert.Equal(new ContentAddress(ContentAddressMethod.Flat, NixHash.Compute(NixHashAlgorithm.Sha256, "the real download")), outcome.Outputs[0].ContentAddress);
+    }
+
+    [Fact]
+    public async Task An_agent_cannot_take_another_tokens_agent_name_nor_more_jobs_than_its_slots_nor_send_nulls_or_huge_messages()
+    {
+        using var owner = new Agent(_root, _token, "builder");
+        await owner.HelloAsync();
+        var otherToken = AgentToken.Generate();
+        await _metadata.AddAgentTokenAsync("other", AgentToken.Hash(otherToken), default);
+        using var hijacker = new Agent(_root, otherToken, "builder");
+        await ExpectAsync(HttpStatusCode.Conflict, hijacker.HelloAsync());
+        await ExpectAsync(HttpStatusCode.OK, owner.HeartbeatAsync());
+
+        // Two slots: a third claim while two jobs are held answers at once, with nothing.
+        var tickets = Enumerable.Range(0, 3).Select(i => Offer(Path($"slot-{i}"))).ToList();
+        var first = (await owner.ClaimAsync())!;
+        var second = (await owner.ClaimAsync())!;
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        using (var third = await owner.PostRawAsync("claim", ""))
+        {
+            Assert.Equal(HttpStatusCode.NoContent, third.StatusCode);
+        }
+
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(1), $"the over-slot claim waited {watch.Elapsed}");
+
+        // A null where the protocol has a string is malformed (and ends the session), not a crash in a log reader.
+        await ExpectAsync(HttpStatusCode.BadRequest, owner.PostRawAsync($"leases/{first.Lease}/log", "{\"running\": true, \"lines\": null}"));
+        await owner.HelloAsync();
+        await ExpectAsync(HttpStatusCode.RequestEntityTooLarge, owner.PostRawAsync("heartbeat", "{\"leases\": [\"" + new string('x', 1 << 20) + "\"], \"slotsBusy\": 0, \"inputCacheBytes\": 0}"));
+        var claimed = (await owner.ClaimAsync())!;
+        Assert.Contains(claimed.DrvPath, tickets.Select((_, i) => Path($"slot-{i}.drv").FullPath));
+        foreach (var ticket in tickets)
+        {
+            ticket.Cancel();
+        }
     }
 }

@@ -461,6 +461,28 @@ public abstract class JobQueueContract
     }
 
     [Fact]
+    public async Task A_job_released_undelivered_is_offered_again_without_using_an_attempt_and_a_late_report_is_refused()
+    {
+        var queue = Create(LongLease, maxAttempts: 1);
+        var agent = Agent("a");
+        using var registration = queue.Register(agent);
+        var ticket = queue.Offer(Offer(1));
+        for (var i = 0; i < 3; i++)
+        {
+            var undelivered = await ClaimAsync(queue, agent);
+            Assert.True(undelivered.IsCurrent);
+            undelivered.Release();
+            Assert.False(undelivered.IsCurrent);
+            Assert.False(undelivered.Complete(Outcome("late", 1)));
+        }
+
+        var lease = await ClaimAsync(queue, agent);
+        Assert.False(ticket.Completion.IsCompleted);
+        Assert.True(lease.Complete(Outcome("done", 2)));
+        Assert.Equal(2, (await ticket.Completion.WaitAsync(Patience)).ExitCode);
+    }
+
+    [Fact]
     public async Task One_accounts_many_jobs_do_not_stall_another_accounts_one()
     {
         var queue = Create(LongLease);

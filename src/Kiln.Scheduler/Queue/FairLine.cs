@@ -16,6 +16,9 @@ internal sealed class FairLine<T>(Func<T, long> accountOf)
 
     public int Count => _nodes.Count;
 
+    /// <summary>Every waiting job, in no particular order.</summary>
+    public IEnumerable<T> Items => _nodes.Keys;
+
     public bool Contains(T item) => _nodes.ContainsKey(item);
 
     public void AddLast(T item)

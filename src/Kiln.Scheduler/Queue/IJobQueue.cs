@@ -70,9 +70,15 @@ public interface ILease
     /// <summary>Says the agent is still at it (the lease lapses without these).</summary>
     void Heartbeat();
 
-    /// <summary>Reports how the build ended (a failure of the build itself included).</summary>
-    void Complete(BuildOutcome outcome);
+    /// <summary>Whether the job is still under this lease (false once it was taken back or ended).</summary>
+    bool IsCurrent { get; }
 
-    /// <summary>Gives the job back without an outcome (the agent is stopping, or failed itself): it is offered again.</summary>
+    /// <summary>Reports how the build ended (a failure of the build itself included); false when the lease was no longer the job's (the report is ignored).</summary>
+    bool Complete(BuildOutcome outcome);
+
+    /// <summary>Gives the job back without an outcome (the agent is stopping, or failed itself): it is offered again, as another attempt.</summary>
     void Abandon(string reason);
+
+    /// <summary>Gives the job back as if it had never been claimed (it never reached the agent): no attempt is counted, no line logged.</summary>
+    void Release();
 }

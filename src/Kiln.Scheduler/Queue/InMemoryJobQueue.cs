@@ -46,9 +46,17 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     {
         public void Dispose()
         {
+            List<Entry> stranded;
             lock (queue._gate)
             {
                 queue._agents.Remove(agent);
+                stranded = queue._waiting.Items.Where(e => !queue._agents.Any(a => a.CanRun(e.Offer.Requirements))).ToList();
+            }
+
+            // Jobs only this agent could run wait for another like it, as a new offer would, then fail.
+            foreach (var entry in stranded.Where(_ => queue.PlacementWait > TimeSpan.Zero))
+            {
+                queue.ArmPlacementWait(entry);
             }
         }
     }
@@ -57,27 +65,37 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     {
         ArgumentNullException.ThrowIfNull(offer);
         var entry = new Entry(this, offer);
+        bool wait;
         lock (_gate)
         {
-            if (!_agents.Any(a => a.CanRun(offer.Requirements)))
+            wait = !_agents.Any(a => a.CanRun(offer.Requirements));
+            if (wait && PlacementWait <= TimeSpan.Zero)
             {
-                if (PlacementWait <= TimeSpan.Zero)
-                {
-                    entry.Finish(Unplaceable(offer));
-                    return entry;
-                }
-
-                // An agent that can run it may yet connect (agents come and go): wait for one, saying so, for a while.
-                offer.Log.Line($"kiln: waiting for an agent with system {offer.Requirements.System}" +
-                    (offer.Requirements.Features.Count == 0 ? "" : $" and features {string.Join(", ", offer.Requirements.Features.Order(StringComparer.Ordinal))}") +
-                    $" to build '{offer.Job.DrvPath}' (at most {PlacementWait.TotalSeconds:0} s)");
-                _ = Task.Delay(PlacementWait).ContinueWith(_ => GiveUpWaiting(entry), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                entry.Finish(Unplaceable(offer));
+                return entry;
             }
 
             Enqueue(entry);
         }
 
+        // An agent that can run it may yet connect (agents come and go): wait for one, saying so, for a while. (The
+        // log is written outside the queue's lock: the step's own lock is taken there.)
+        if (wait)
+        {
+            ArmPlacementWait(entry);
+        }
+
         return entry;
+    }
+
+    // Says the job waits for an agent that can run it, and fails it if none has come when the wait is over.
+    private void ArmPlacementWait(Entry entry)
+    {
+        var offer = entry.Offer;
+        offer.Log.Line($"kiln: waiting for an agent with system {offer.Requirements.System}" +
+            (offer.Requirements.Features.Count == 0 ? "" : $" and features {string.Join(", ", offer.Requirements.Features.Order(StringComparer.Ordinal))}") +
+            $" to build '{offer.Job.DrvPath}' (at most {PlacementWait.TotalSeconds:0} s)");
+        _ = Task.Delay(PlacementWait).ContinueWith(_ => GiveUpWaiting(entry), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
     }
 
     /// <summary>How long a job no registered agent can run waits for one (zero: it fails at once, as Nix does).</summary>
@@ -128,6 +146,11 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     public Task<ILease> ClaimAsync(AgentInfo agent, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(agent);
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return Task.FromCanceled<ILease>(cancellationToken); // a claim already given up takes nothing
+        }
+
         TaskCompletionSource<ILease> claim;
         lock (_gate)
         {
@@ -229,10 +252,11 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         // The lease ends without an outcome: offer the job again, unless it was cancelled or has lost agents too often.
         // Only the lease the job is under now can end it: a lease taken back earlier (its agent late) changes nothing.
-        public void TakeBack(Lease ending, string reason)
+        public void TakeBack(Lease ending, string reason, bool counted = true)
         {
             Lease? old;
             bool again;
+            bool stranded = false;
             int attempt;
             lock (queue._gate)
             {
@@ -244,15 +268,31 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 _lease = null;
                 queue._leased.Remove(this);
+                if (!counted)
+                {
+                    _attempts--;
+                }
+
                 again = !_cancelled && _attempts < queue.MaxAttempts;
                 attempt = _attempts + 1; // read before Enqueue: a waiting agent may lease it at once
                 if (again)
                 {
                     queue.Enqueue(this);
+                    stranded = !queue._agents.Any(a => a.CanRun(offer.Requirements)) && queue.PlacementWait > TimeSpan.Zero;
                 }
             }
 
             old.Stop();
+            if (stranded)
+            {
+                queue.ArmPlacementWait(this); // no agent left that can run it: wait for one as a new offer would
+            }
+
+            if (again && !counted)
+            {
+                return;
+            }
+
             if (again)
             {
                 // The one line the client sees of it: the build goes on elsewhere.
@@ -265,13 +305,13 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             }
         }
 
-        public void Completed(Lease lease, BuildOutcome outcome)
+        public bool Completed(Lease lease, BuildOutcome outcome)
         {
             lock (queue._gate)
             {
                 if (_lease != lease)
                 {
-                    return; // a lease taken back: its late report is ignored
+                    return false; // a lease taken back: its late report is ignored
                 }
 
                 _lease = null;
@@ -279,6 +319,15 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             }
 
             Finish(outcome);
+            return true;
+        }
+
+        public bool IsCurrent(Lease lease)
+        {
+            lock (queue._gate)
+            {
+                return _lease == lease;
+            }
         }
     }
 
@@ -299,9 +348,13 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         public void Heartbeat() => Interlocked.Exchange(ref _lastHeartbeat, Environment.TickCount64);
 
-        public void Complete(BuildOutcome outcome) => entry.Completed(this, outcome with { Agent = agent.Name });
+        public bool IsCurrent => entry.IsCurrent(this);
+
+        public bool Complete(BuildOutcome outcome) => entry.Completed(this, outcome with { Agent = agent.Name });
 
         public void Abandon(string reason) => entry.TakeBack(this, reason);
+
+        public void Release() => entry.TakeBack(this, "", counted: false);
 
         public void Stop()
         {
