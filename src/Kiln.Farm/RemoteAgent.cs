@@ -142,6 +142,11 @@ public sealed partial class RemoteAgent : IAsyncDisposable
                         throw new KilnException(ErrorKind.Forbidden, $"the server at {_options.Server} refused the agent token (wrong or revoked)");
                     }
 
+                    if (response.StatusCode == HttpStatusCode.NotFound)
+                    {
+                        throw new KilnException(ErrorKind.NotFound, $"there is no Kiln agent listener at {_options.Server} (the server may take agents on its --agent-listen address)");
+                    }
+
                     await EnsureSuccessAsync(response, cancellationToken).ConfigureAwait(false);
                     _welcome = await ReadAsync(response, AgentJson.Default.WelcomeMessage, cancellationToken).ConfigureAwait(false);
                     LogConnected(_logger, _options.Server, _options.Name, _options.Slots);

@@ -258,7 +258,8 @@ public class FarmTests(ITestOutputHelper output)
         using var kiln = Coordinator("--agent-listen", $"127.0.0.1:{agentPort}", "--agent-tls-cert", certificate, "--agent-tls-key", key);
         Assert.True(kiln.WaitForLog($"agents: listening on https://127.0.0.1:{agentPort}"), kiln.Log);
         var token = Token(kiln, "farm");
-        using var proxy = new Nginx(certificates.Path, proxyTo: kiln.HttpUrl);
+        // nginx in front of the agents' TLS listener, as an operator might put one (plain HTTP to nginx here).
+        using var proxy = new Nginx(certificates.Path, proxyTo: $"https://127.0.0.1:{agentPort}");
         using var proxied = new AgentProcess(kiln, token, "proxied", slots: 2, server: $"http://127.0.0.1:{proxy.Port}");
         using var tls = new AgentProcess(kiln, token, "tls", slots: 2, ["--ca-cert", certificate], server: $"https://127.0.0.1:{agentPort}");
 
@@ -276,6 +277,11 @@ public class FarmTests(ITestOutputHelper output)
         using var untrusting = new AgentProcess(kiln, token, "untrusting", wait: false, server: $"https://127.0.0.1:{agentPort}");
         Assert.True(untrusting.WaitForLog("cannot be reached", TimeSpan.FromSeconds(30)), untrusting.Log);
         Assert.DoesNotContain("agent untrusting connected", kiln.Log, StringComparison.Ordinal);
+
+        // With a listener of their own, agents are not answered on the cache's plain listener (their token would travel in clear).
+        using var astray = new AgentProcess(kiln, token, "astray", wait: false);
+        Assert.True(astray.WaitForExit(TimeSpan.FromSeconds(30)), astray.Log);
+        Assert.Contains("no Kiln agent listener", astray.Log, StringComparison.Ordinal);
     }
 
     [Fact]
