@@ -532,8 +532,19 @@ public abstract class AgentMetadataContract : MetadataContract
         await using var store = await CreateAsync();
         var one = new AgentRecord
         {
-            Name = "one", TokenName = "farm", Systems = ["x86_64-linux", "i686-linux"], Features = ["kvm"], Slots = 4, SlotsBusy = 1, Cores = 8,
-            MemoryBytes = 16L << 30, InputCacheBytes = 5L << 30, BuildsRun = 12, LastSeen = 1700000000, FrontDoor = "door-a", Connected = true,
+            Name = "one",
+            TokenName = "farm",
+            Systems = ["x86_64-linux", "i686-linux"],
+            Features = ["kvm"],
+            Slots = 4,
+            SlotsBusy = 1,
+            Cores = 8,
+            MemoryBytes = 16L << 30,
+            InputCacheBytes = 5L << 30,
+            BuildsRun = 12,
+            LastSeen = 1700000000,
+            FrontDoor = "door-a",
+            Connected = true,
         };
         await store.ReportAgentAsync(one, default);
         await store.ReportAgentAsync(one with { Name = "two", Features = [] }, default);
