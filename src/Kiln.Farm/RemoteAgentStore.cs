@@ -147,14 +147,8 @@ internal sealed class RemoteAgentStore(RemoteAgent agent, string spoolDirectory)
     }
 
     // The spool file outlives each attempt to put it.
-    private sealed class NonClosing(Stream inner) : Stream
+    private sealed class NonClosing(Stream inner) : Kiln.Nix.ReadOnlyStream
     {
-        public override bool CanRead => true;
-
-        public override bool CanSeek => false;
-
-        public override bool CanWrite => false;
-
         public override long Length => inner.Length;
 
         public override long Position { get => inner.Position; set => throw new NotSupportedException(); }
@@ -162,31 +156,11 @@ internal sealed class RemoteAgentStore(RemoteAgent agent, string spoolDirectory)
         public override int Read(byte[] buffer, int offset, int count) => inner.Read(buffer, offset, count);
 
         public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => inner.ReadAsync(buffer, cancellationToken);
-
-        public override void Flush()
-        {
-        }
-
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 
     // A response body that takes the response with it when disposed.
-    private sealed class ResponseStream(HttpResponseMessage response, Stream body) : Stream
+    private sealed class ResponseStream(HttpResponseMessage response, Stream body) : Kiln.Nix.ReadOnlyStream
     {
-        public override bool CanRead => true;
-
-        public override bool CanSeek => false;
-
-        public override bool CanWrite => false;
-
-        public override long Length => throw new NotSupportedException();
-
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-
         public override int Read(byte[] buffer, int offset, int count) => body.Read(buffer, offset, count);
 
         public override int Read(Span<byte> buffer) => body.Read(buffer);
@@ -194,16 +168,6 @@ internal sealed class RemoteAgentStore(RemoteAgent agent, string spoolDirectory)
         public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => body.ReadAsync(buffer, cancellationToken);
 
         public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => body.ReadAsync(buffer, offset, count, cancellationToken);
-
-        public override void Flush()
-        {
-        }
-
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 
         protected override void Dispose(bool disposing)
         {

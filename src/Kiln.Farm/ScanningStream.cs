@@ -3,18 +3,8 @@ using Kiln.Nix.References;
 namespace Kiln.Farm;
 
 /// <summary>A read-only stream that passes its source's bytes on and scans them for store path references as they go.</summary>
-internal sealed class ScanningStream(Stream source, ReferenceScanner scanner) : Stream
+internal sealed class ScanningStream(Stream source, ReferenceScanner scanner) : Kiln.Nix.ReadOnlyStream
 {
-    public override bool CanRead => true;
-
-    public override bool CanSeek => false;
-
-    public override bool CanWrite => false;
-
-    public override long Length => throw new NotSupportedException();
-
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-
     public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
 
     public override int Read(Span<byte> buffer)
@@ -33,14 +23,4 @@ internal sealed class ScanningStream(Stream source, ReferenceScanner scanner) : 
         scanner.Scan(buffer.Span[..read]);
         return read;
     }
-
-    public override void Flush()
-    {
-    }
-
-    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-
-    public override void SetLength(long value) => throw new NotSupportedException();
-
-    public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 }

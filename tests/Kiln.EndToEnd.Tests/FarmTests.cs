@@ -29,6 +29,23 @@ public class FarmTests(ITestOutputHelper output)
 
     private static string Token(KilnProcess kiln, string name) => kiln.Cli("agent-token", "create", name).Trim();
 
+    // Polls until the condition holds; false when it did not within the timeout.
+    private static async Task<bool> EventuallyAsync(Func<bool> condition, TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                return false;
+            }
+
+            await Task.Delay(50);
+        }
+
+        return true;
+    }
+
     [Theory]
     [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
     public async Task A_200_derivation_dag_spreads_over_the_agents_and_matches_a_local_build(string version)
@@ -95,15 +112,9 @@ public class FarmTests(ITestOutputHelper output)
         var stdout = build.StandardOutput.ReadToEndAsync();
 
         // Whichever agent took it is lost: killed, or frozen as a machine that hangs or loses its network.
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
-        AgentProcess? first = null;
-        while (first is null && DateTime.UtcNow < deadline)
-        {
-            first = new[] { one, two }.FirstOrDefault(a => a.Log.Contains("slow.drv", StringComparison.Ordinal));
-            await Task.Delay(50);
-        }
-
-        Assert.NotNull(first);
+        AgentProcess? Taker() => new[] { one, two }.FirstOrDefault(a => a.Log.Contains("slow.drv", StringComparison.Ordinal));
+        Assert.True(await EventuallyAsync(() => Taker() is not null, TimeSpan.FromSeconds(60)), kiln.Log);
+        var first = Taker()!;
         var second = first == one ? two : one;
         first.Signal(signal);
         Assert.True(await build.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(120)).ContinueWith(t => t.IsCompletedSuccessfully),
@@ -119,13 +130,7 @@ public class FarmTests(ITestOutputHelper output)
             // Back from the dead: it learns its session is gone, stops the build or reports it late; either way
             // nothing is registered again.
             first.Signal("CONT");
-            var back = DateTime.UtcNow + TimeSpan.FromSeconds(60);
-            while (first.Log.Split("connected to").Length < 3 && DateTime.UtcNow < back)
-            {
-                await Task.Delay(50);
-            }
-
-            Assert.True(first.Log.Split("connected to").Length >= 3, first.Log);
+            Assert.True(await EventuallyAsync(() => first.Log.Split("connected to").Length >= 3, TimeSpan.FromSeconds(60)), first.Log);
         }
 
         var builds = (await BuildRecordsAsync(kiln)).Where(b => b.DrvPath.Contains("slow", StringComparison.Ordinal)).ToList();
@@ -189,13 +194,7 @@ public class FarmTests(ITestOutputHelper output)
 
         // Account "local" (the socket) asks for 500 builds of 3 s each: 750 s of work for the agent's two slots.
         using var many = client.Start(kiln, "nix-build", "--store", Kiln, $"{workspace}/many.nix", "--no-out-link");
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(120);
-        while (agent.Log.Split("many-").Length < 4 && DateTime.UtcNow < deadline)
-        {
-            await Task.Delay(100);
-        }
-
-        Assert.True(agent.Log.Split("many-").Length >= 4, agent.Log + kiln.Log);
+        Assert.True(await EventuallyAsync(() => agent.Log.Split("many-").Length >= 4, TimeSpan.FromSeconds(120)), agent.Log + kiln.Log);
 
         // Then alice asks for one over SSH: hers is next for a free slot, not the 501st.
         var alice = SshTests.NewLogin(client, kiln, "alice");

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using Kiln.Nix.Tests.Support;
 
 namespace Kiln.EndToEnd.Tests.Support;
@@ -12,7 +11,7 @@ namespace Kiln.EndToEnd.Tests.Support;
 public sealed class AgentProcess : IDisposable
 {
     private readonly Process _process;
-    private readonly StringBuilder _log = new();
+    private readonly ProcessOutput _output;
     private readonly TempDir _temp = new();
 
     /// <summary>Starts an agent named <paramref name="name"/>; with <paramref name="wait"/>, returns once the server says it connected.</summary>
@@ -33,10 +32,7 @@ public sealed class AgentProcess : IDisposable
         }
 
         _process = Process.Start(info)!;
-        _process.OutputDataReceived += (_, e) => Append(e.Data);
-        _process.ErrorDataReceived += (_, e) => Append(e.Data);
-        _process.BeginOutputReadLine();
-        _process.BeginErrorReadLine();
+        _output = new ProcessOutput(_process);
         if (wait && !kiln.WaitForLog($"agent {name} connected", TimeSpan.FromSeconds(60)))
         {
             Dispose();
@@ -48,44 +44,10 @@ public sealed class AgentProcess : IDisposable
 
     public bool HasExited => _process.HasExited;
 
-    public string Log
-    {
-        get
-        {
-            lock (_log)
-            {
-                return _log.ToString();
-            }
-        }
-    }
+    public string Log => _output.Text;
 
     /// <summary>Waits until the agent's log says <paramref name="text"/>; false on timeout.</summary>
-    public bool WaitForLog(string text, TimeSpan timeout)
-    {
-        var deadline = DateTime.UtcNow + timeout;
-        while (!Log.Contains(text, StringComparison.Ordinal))
-        {
-            if (DateTime.UtcNow > deadline)
-            {
-                return false;
-            }
-
-            Thread.Sleep(20);
-        }
-
-        return true;
-    }
-
-    private void Append(string? line)
-    {
-        if (line is not null)
-        {
-            lock (_log)
-            {
-                _log.AppendLine(line);
-            }
-        }
-    }
+    public bool WaitForLog(string text, TimeSpan timeout) => _output.WaitFor(text, timeout);
 
     /// <summary>Sends a signal (KILL: as a crash; STOP: as a machine that hangs or loses its network; CONT: back).</summary>
     public void Signal(string signal) => Processes.Run("kill", [$"-{signal}", _process.Id.ToString(CultureInfo.InvariantCulture)]);

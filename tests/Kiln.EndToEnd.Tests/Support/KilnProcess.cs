@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text;
 using Kiln.Nix.Tests.Support;
 
 namespace Kiln.EndToEnd.Tests.Support;
@@ -9,7 +8,7 @@ public sealed class KilnProcess : IDisposable
 {
     internal static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kiln.dll");
     private readonly Process _process;
-    private readonly StringBuilder _log = new();
+    private readonly ProcessOutput _output;
     private readonly TempDir _temp = new();
     private readonly List<string> _alsoRemove = [];
 
@@ -40,10 +39,7 @@ public sealed class KilnProcess : IDisposable
         }
 
         _process = Process.Start(info)!;
-        _process.OutputDataReceived += (_, e) => Append(e.Data);
-        _process.ErrorDataReceived += (_, e) => Append(e.Data);
-        _process.BeginOutputReadLine();
-        _process.BeginErrorReadLine();
+        _output = new ProcessOutput(_process);
         try
         {
             WaitUntilServing(ssh, http);
@@ -143,44 +139,10 @@ public sealed class KilnProcess : IDisposable
 
     public int ProcessId => _process.Id;
 
-    public string Log
-    {
-        get
-        {
-            lock (_log)
-            {
-                return _log.ToString();
-            }
-        }
-    }
+    public string Log => _output.Text;
 
     /// <summary>Waits until the server's log says <paramref name="text"/> (its lines arrive asynchronously); false on timeout.</summary>
-    public bool WaitForLog(string text, TimeSpan? timeout = null)
-    {
-        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
-        while (!Log.Contains(text, StringComparison.Ordinal))
-        {
-            if (DateTime.UtcNow > deadline)
-            {
-                return false;
-            }
-
-            Thread.Sleep(20);
-        }
-
-        return true;
-    }
-
-    private void Append(string? line)
-    {
-        if (line is not null)
-        {
-            lock (_log)
-            {
-                _log.AppendLine(line);
-            }
-        }
-    }
+    public bool WaitForLog(string text, TimeSpan? timeout = null) => _output.WaitFor(text, timeout ?? TimeSpan.FromSeconds(10));
 
     /// <summary>Peak resident memory so far, from /proc (VmHWM), in KiB.</summary>
     public long PeakMemoryKib() =>
