@@ -69,6 +69,44 @@ public sealed partial class AgentGateway : IAsyncDisposable
         _sweep = new Timer(_ => _ = SweepAsync(), null, period, period);
     }
 
+    // What each agent (by name) is known to hold in its input cache: the NARs it fetched and the outputs it put (it
+    // keeps those unpacked too). An estimate: the agent trims its cache without saying so; bounded per agent.
+    private readonly ConcurrentDictionary<string, ConcurrentDictionary<NixHash, long>> _held = new(StringComparer.Ordinal);
+    private const int MaxHeldPerAgent = 200_000;
+
+    /// <summary>How many bytes of the job's inputs the agent is known to hold (for the queue's placement).</summary>
+    public long CachedBytes(AgentInfo agent, JobOffer offer)
+    {
+        ArgumentNullException.ThrowIfNull(agent);
+        ArgumentNullException.ThrowIfNull(offer);
+        if (!_held.TryGetValue(agent.Name, out var held) || held.IsEmpty)
+        {
+            return 0;
+        }
+
+        long bytes = 0;
+        foreach (var input in offer.Job.Inputs)
+        {
+            if (held.ContainsKey(input.NarHash))
+            {
+                bytes += input.NarSize;
+            }
+        }
+
+        return bytes;
+    }
+
+    private void Holds(string agent, NixHash narHash, long size)
+    {
+        var held = _held.GetOrAdd(agent, _ => new ConcurrentDictionary<NixHash, long>());
+        if (held.Count >= MaxHeldPerAgent)
+        {
+            held.Clear(); // a rough forgetting: placement is a preference, never a promise
+        }
+
+        held[narHash] = size;
+    }
+
     /// <summary>Whether a request is for the gateway (the rest of the HTTP front is the binary cache's).</summary>
     public static bool Handles(HttpContext context) => context?.Request.Path.StartsWithSegments(AgentWire.Root, StringComparison.Ordinal) == true;
 
@@ -386,11 +424,12 @@ public sealed partial class AgentGateway : IAsyncDisposable
                 return;
 
             case ["nars", var hash] when method is "GET" or "HEAD":
-                await SendInputAsync(context, lease, hash).ConfigureAwait(false);
+                await SendInputAsync(context, session.Name, lease, hash).ConfigureAwait(false);
                 return;
 
             case ["outputs", var hash] when method == "PUT":
-                await ReceiveOutputAsync(context, lease, hash).ConfigureAwait(false);
+                var put = await ReceiveOutputAsync(context, lease, hash).ConfigureAwait(false);
+                Holds(session.Name, put.Hash, put.Size);
                 return;
 
             case ["complete"] when method == "POST":
@@ -428,7 +467,7 @@ public sealed partial class AgentGateway : IAsyncDisposable
     }
 
     // An input NAR, only if the lease's job names it: an agent reads what it builds with, not the store.
-    private async Task SendInputAsync(HttpContext context, RemoteLease lease, string hash)
+    private async Task SendInputAsync(HttpContext context, string agent, RemoteLease lease, string hash)
     {
         if (!TryParseNarHash(hash, out var narHash) || !lease.Inputs.Contains(narHash))
         {
@@ -452,6 +491,7 @@ public sealed partial class AgentGateway : IAsyncDisposable
                 return;
             }
 
+            Holds(agent, narHash, source.Length); // (as it is sent: an estimate for placement, not a promise)
             var stream = await source.OpenStreamAsync(context.RequestAborted).ConfigureAwait(false);
             await using (stream.ConfigureAwait(false))
             {
@@ -462,14 +502,16 @@ public sealed partial class AgentGateway : IAsyncDisposable
                 catch (Exception e) when (e is IOException or OperationCanceledException && context.RequestAborted.IsCancellationRequested)
                 {
                     // The agent went away mid-download: nothing to answer.
+                    return;
                 }
             }
+
         }
     }
 
     // An output NAR, streamed into a new blob: validated as a NAR, hashed (it must be the hash its URL names), its
     // content hash computed when the derivation fixes one, and scanned for the input and output paths it refers to.
-    private async Task ReceiveOutputAsync(HttpContext context, RemoteLease lease, string hash)
+    private async Task<(NixHash Hash, long Size)> ReceiveOutputAsync(HttpContext context, RemoteLease lease, string hash)
     {
         if (!TryParseNarHash(hash, out var expected))
         {
@@ -504,9 +546,9 @@ public sealed partial class AgentGateway : IAsyncDisposable
 
             await nar.CommitAsync(context.RequestAborted).ConfigureAwait(false);
             lease.Uploaded[nar.NarHash] = new Upload(nar.NarSize, scanner.Found);
+            context.Response.StatusCode = StatusCodes.Status204NoContent;
+            return (nar.NarHash, nar.NarSize);
         }
-
-        context.Response.StatusCode = StatusCodes.Status204NoContent;
     }
 
     private static bool TryParseNarHash(string text, out NixHash hash)

@@ -56,9 +56,14 @@ public static partial class KilnServer
             var accounts = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), AccountService.InstanceName(buildKey.PublicKey));
 
             // The embedded agent pulls work from the queue as a remote agent will; the scheduler only offers it.
-            using var queue = new InMemoryJobQueue(options.AgentTimeout) { PlacementWait = options.AgentWait };
+            Kiln.Farm.AgentGateway? gateway = null;
+            using var queue = new InMemoryJobQueue(options.AgentTimeout)
+            {
+                PlacementWait = options.AgentWait,
+                Affinity = (agent, offer) => gateway?.CachedBytes(agent, offer) ?? 0, // what remote agents hold already
+            };
             var executor = CreateExecutor(options, store, logger);
-            var gateway = new Kiln.Farm.AgentGateway(queue, store.Agents, store.Blobs, new Kiln.Farm.AgentGatewayOptions
+            gateway = new Kiln.Farm.AgentGateway(queue, store.Agents, store.Blobs, new Kiln.Farm.AgentGatewayOptions
             {
                 FrontDoor = frontDoor,
                 AgentTimeout = options.AgentTimeout,

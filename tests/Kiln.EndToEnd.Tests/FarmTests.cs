@@ -283,6 +283,33 @@ public class FarmTests(ITestOutputHelper output)
         Assert.Contains("no Kiln agent listener", astray.Log, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("2.8.0")]
+    [InlineData("2.34.8")]
+    public async Task Remote_store_and_remote_builder_clients_over_ssh_ng_and_ssh_build_on_agents(string version)
+    {
+        var client = NixClient.For(version);
+        using var kiln = Coordinator(ssh: true);
+        using var agent = new AgentProcess(kiln, Token(kiln, "farm"), "only", slots: 4);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        var salt = Guid.NewGuid().ToString("N");
+
+        // A remote store over ssh-ng://, then a remote builder over ssh:// (the serve protocol) and over ssh-ng://.
+        client.Ok(kiln, [.. alice.Environment, "nix", "build", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1",
+            "-f", Dag.Write(client, workspace, "storedag", depth: 2, width: 3, salt: salt), "--no-link"]);
+        foreach (var scheme in new[] { "ssh", "ssh-ng" })
+        {
+            client.Ok(kiln, [.. alice.Environment, "nix", "build", "--store", $"local?root={workspace}/client-{scheme}",
+                "--builders", $"{scheme}://kiln@127.0.0.1 x86_64-linux {alice.KeyFile} 8 1", "--max-jobs", "0",
+                "-f", Dag.Write(client, workspace, $"{scheme}dag", depth: 2, width: 3, salt: salt + scheme), "--no-link"]);
+        }
+
+        var builds = await BuildRecordsAsync(kiln);
+        Assert.Equal(18, builds.Count);
+        Assert.All(builds, b => Assert.True(b.Succeeded && b.Agent == "only", $"{b.DrvPath}: {b.Agent} {b.Error}"));
+    }
+
     [Fact]
     public void An_agent_with_a_wrong_or_revoked_token_is_refused_and_says_so()
     {

@@ -545,6 +545,30 @@ public sealed class InMemoryJobQueueTests : JobQueueContract, IDisposable
         return queue;
     }
 
+    [Fact]
+    public async Task A_job_goes_to_the_waiting_agent_holding_most_of_its_inputs_then_to_the_least_loaded()
+    {
+        var (a, b) = (Agent("a") with { Slots = 2 }, Agent("b") with { Slots = 2 });
+        var holder = "b";
+        using var queue = new InMemoryJobQueue(LongLease) { Affinity = (agent, offer) => agent.Name == holder && offer.BuildId >= 10 ? 1000 : 0 };
+        using var ra = queue.Register(a);
+        using var rb = queue.Register(b);
+        using var patience = new CancellationTokenSource(Patience);
+
+        // Both wait; the job whose inputs b holds goes to b although a asked first.
+        var fromA = queue.ClaimAsync(a, patience.Token);
+        var fromB = queue.ClaimAsync(b, patience.Token);
+        queue.Offer(Offer(10));
+        Assert.Equal(10, (await fromB).Offer.BuildId);
+        Assert.False(fromA.IsCompleted);
+
+        // Nobody holds anything of job 1: it goes to the least loaded (a: nothing running; b: one).
+        fromB = queue.ClaimAsync(b, patience.Token);
+        queue.Offer(Offer(1));
+        Assert.Equal(1, (await fromA).Offer.BuildId);
+        Assert.False(fromB.IsCompleted);
+    }
+
     // The wait is the in-memory queue's setting (kiln serve --agent-wait).
     [Fact]
     public async Task A_job_no_agent_can_run_yet_waits_for_one_then_fails_saying_what_it_waited_for()

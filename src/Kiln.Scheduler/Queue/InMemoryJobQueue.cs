@@ -126,22 +126,46 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         entry.Finish(outcome);
     }
 
-    // Hands the entry to a waiting agent that can run it, or queues it. Called under the gate.
+    /// <summary>
+    /// How many bytes of a job's inputs an agent is known to hold already (null: no agent holds anything). Among the
+    /// agents waiting for work that can run a job, it goes to the one holding the most, then to the least loaded.
+    /// Called under the queue's lock: it must only look things up.
+    /// </summary>
+    public Func<AgentInfo, JobOffer, long>? Affinity { get; init; }
+
+    // Hands the entry to the best waiting agent that can run it, or queues it. Called under the gate.
     private void Enqueue(Entry entry)
     {
+        var best = -1;
+        (long Bytes, double Load) bestScore = (-1, 0);
         for (var i = 0; i < _claims.Count; i++)
         {
             var (agent, claim) = _claims[i];
-            if (agent.CanRun(entry.Offer.Requirements) && !claim.Task.IsCompleted)
+            if (!agent.CanRun(entry.Offer.Requirements) || claim.Task.IsCompleted)
             {
-                _claims.RemoveAt(i);
-                claim.TrySetResult(entry.Lease(agent));
-                return;
+                continue;
             }
+
+            var score = (Bytes: Affinity?.Invoke(agent, entry.Offer) ?? 0, Load: Load(agent));
+            if (best < 0 || score.Bytes > bestScore.Bytes || (score.Bytes == bestScore.Bytes && score.Load < bestScore.Load))
+            {
+                (best, bestScore) = (i, score);
+            }
+        }
+
+        if (best >= 0)
+        {
+            var (agent, claim) = _claims[best];
+            _claims.RemoveAt(best);
+            claim.TrySetResult(entry.Lease(agent));
+            return;
         }
 
         _waiting.AddLast(entry);
     }
+
+    // The share of an agent's slots its leases take. Called under the gate.
+    private double Load(AgentInfo agent) => _leased.Count(e => ReferenceEquals(e.CurrentLease?.Agent, agent)) / (double)Math.Max(1, agent.Slots);
 
     public Task<ILease> ClaimAsync(AgentInfo agent, CancellationToken cancellationToken)
     {
