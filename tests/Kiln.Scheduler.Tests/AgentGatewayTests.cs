@@ -226,8 +226,12 @@ public sealed class AgentGatewayTests : IAsyncLifetime
         Assert.Equal(NarBuilder.Start().File("named by the lease").ToArray(), await named.Content.ReadAsByteArrayAsync());
 
         // The gateway remembers what the agent now holds, for placing later jobs that need it.
-        var later = new JobOffer(8, new BuildJob { DrvPath = Path("later.drv"), Derivation = new Derivation { Name = "later", Platform = "x86_64-linux", Builder = "/bin/sh" },
-            Inputs = [new BuildInput(input.Path, input.Hash, input.Size, []), new BuildInput(secret.Path, secret.Hash, secret.Size, [])] },
+        var later = new JobOffer(8, new BuildJob
+        {
+            DrvPath = Path("later.drv"),
+            Derivation = new Derivation { Name = "later", Platform = "x86_64-linux", Builder = "/bin/sh" },
+            Inputs = [new BuildInput(input.Path, input.Hash, input.Size, []), new BuildInput(secret.Path, secret.Hash, secret.Size, [])]
+        },
             new JobRequirements("x86_64-linux", new SortedSet<string>()), new Log(_log));
         var info = new AgentInfo("one", new SortedSet<string> { "x86_64-linux" }, new SortedSet<string>(), 2);
         Assert.Equal(input.Size, _gateway.CachedBytes(info, later));
