@@ -52,7 +52,17 @@ public sealed class AgentProcess : IDisposable
     /// <summary>Sends a signal (KILL: as a crash; STOP: as a machine that hangs or loses its network; CONT: back).</summary>
     public void Signal(string signal) => Processes.Run("kill", [$"-{signal}", _process.Id.ToString(CultureInfo.InvariantCulture)]);
 
-    public bool WaitForExit(TimeSpan timeout) => _process.WaitForExit(timeout);
+    /// <summary>Waits for the agent to exit, and then for the last of its output (a timed wait does not).</summary>
+    public bool WaitForExit(TimeSpan timeout)
+    {
+        if (!_process.WaitForExit(timeout))
+        {
+            return false;
+        }
+
+        _process.WaitForExit();
+        return true;
+    }
 
     public int ExitCode => _process.ExitCode;
 
