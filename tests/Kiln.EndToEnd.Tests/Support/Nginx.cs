@@ -89,7 +89,8 @@ public sealed class Nginx : IDisposable
     {
         if (File.Exists(Path.Combine(_directory, "nginx.pid")))
         {
-            Kiln.Nix.Tests.Support.Processes.Run("sh", ["-c", $"pkill -KILL -P {_process.Id}; kill -KILL {_process.Id}"]);
+            // The master is frozen first: killed workers would otherwise be replaced by new ones that outlive it.
+            Kiln.Nix.Tests.Support.Processes.Run("sh", ["-c", $"kill -STOP {_process.Id}; pkill -KILL -P {_process.Id}; kill -KILL {_process.Id}"]);
         }
 
         _process.WaitForExit();
