@@ -80,33 +80,12 @@ internal sealed class InputCache(string root, IAgentStore store)
             return 0;
         }
 
-        foreach (var entry in Directory.EnumerateDirectories(root).SelectMany(d => Directory.EnumerateFileSystemEntries(d)).ToList())
+        foreach (var (hash, entry) in Entries().ToList())
         {
-            var name = Path.GetFileName(entry);
-            if (name.Length != Nix32.EncodedLength(32) || !name.All(Nix32.IsDigit))
+            if (!await store.HasNarAsync(hash, cancellationToken).ConfigureAwait(false) && TryRemove(hash, entry))
             {
-                continue; // an unpack in progress (.tmp-…), or not Kiln's
+                pruned++;
             }
-
-            var hash = NixHash.ParseUnprefixed(name, NixHashAlgorithm.Sha256);
-            if (await store.HasNarAsync(hash, cancellationToken).ConfigureAwait(false))
-            {
-                continue;
-            }
-
-            // Out of the way first, under the lock builds take entries with, then deleted at leisure.
-            var doomed = Path.Combine(Path.GetDirectoryName(entry)!, $".gone-{Guid.NewGuid():N}");
-            lock (_inUse)
-            {
-                if (_inUse.ContainsKey(hash) || !Native.Rename(entry, doomed))
-                {
-                    continue;
-                }
-            }
-
-            NarExtractor.DeleteTree(doomed);
-            Forget(hash);
-            pruned++;
         }
 
         return pruned;
@@ -138,20 +117,52 @@ internal sealed class InputCache(string root, IAgentStore store)
             return;
         }
 
-        foreach (var entry in Directory.EnumerateDirectories(root).SelectMany(d => Directory.EnumerateFileSystemEntries(d)))
+        foreach (var (hash, entry) in Entries())
         {
-            var name = Path.GetFileName(entry);
-            if (name.Length == Nix32.EncodedLength(32) && name.All(Nix32.IsDigit))
+            var size = Directory.Exists(entry)
+                ? new DirectoryInfo(entry).EnumerateFiles("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 }).Sum(f => f.Length)
+                : new FileInfo(entry).Length;
+            lock (_inUse)
             {
-                var size = Directory.Exists(entry)
-                    ? new DirectoryInfo(entry).EnumerateFiles("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 }).Sum(f => f.Length)
-                    : new FileInfo(entry).Length;
-                lock (_inUse)
-                {
-                    Track(NixHash.ParseUnprefixed(name, NixHashAlgorithm.Sha256), size, 0);
-                }
+                Track(hash, size, 0);
             }
         }
+    }
+
+    // The entries on disk, by NAR hash (skipping unpacks in progress, .tmp-…, entries on their way out, and anything not Kiln's).
+    private IEnumerable<(NixHash Hash, string Path)> Entries() =>
+        Directory.EnumerateDirectories(root).SelectMany(d => Directory.EnumerateFileSystemEntries(d))
+            .Select(entry => (Name: Path.GetFileName(entry), Entry: entry))
+            .Where(e => e.Name.Length == Nix32.EncodedLength(32) && e.Name.All(Nix32.IsDigit))
+            .Select(e => (NixHash.ParseUnprefixed(e.Name, NixHashAlgorithm.Sha256), e.Entry));
+
+    // Removes an entry no build uses: out of the way first, under the lock builds take entries with, then deleted
+    // at leisure. False when a build uses it or it could not be moved (one that is gone already is forgotten).
+    private bool TryRemove(NixHash hash, string entry)
+    {
+        var doomed = Path.Combine(Path.GetDirectoryName(entry)!, $".gone-{Guid.NewGuid():N}");
+        lock (_inUse)
+        {
+            if (_inUse.ContainsKey(hash))
+            {
+                return false;
+            }
+
+            if (!Native.Rename(entry, doomed))
+            {
+                if (!StorePathGraph.ExistsNoFollow(entry))
+                {
+                    Forget(hash); // gone already (it never got there, or was removed meanwhile)
+                }
+
+                return false;
+            }
+
+            Forget(hash);
+        }
+
+        NarExtractor.DeleteTree(doomed);
+        return true;
     }
 
     /// <summary>
@@ -173,30 +184,10 @@ internal sealed class InputCache(string root, IAgentStore store)
                 break;
             }
 
-            var entry = TreeOf(hash);
-            var doomed = Path.Combine(Path.GetDirectoryName(entry)!, $".gone-{Guid.NewGuid():N}");
-            lock (_inUse)
+            if (TryRemove(hash, TreeOf(hash)))
             {
-                if (_inUse.ContainsKey(hash))
-                {
-                    continue;
-                }
-
-                if (!Native.Rename(entry, doomed))
-                {
-                    if (!StorePathGraph.ExistsNoFollow(entry))
-                    {
-                        Forget(hash); // gone already (it never got there, or was pruned)
-                    }
-
-                    continue;
-                }
-
-                Forget(hash);
+                trimmed++;
             }
-
-            NarExtractor.DeleteTree(doomed);
-            trimmed++;
         }
 
         return trimmed;

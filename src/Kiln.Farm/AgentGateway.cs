@@ -196,24 +196,13 @@ public sealed partial class AgentGateway : IAsyncDisposable
         }
         catch (KilnException e)
         {
-            await ErrorAsync(context, StatusOf(e.Kind), e.Message).ConfigureAwait(false);
+            await ErrorAsync(context, ErrorKinds.HttpStatus(e.Kind), e.Message).ConfigureAwait(false);
         }
     }
 
     // Agents one token may have connected at once (an autoscaling group shares a token; a runaway script must not
     // register thousands of agents with the queue).
     private const int MaxSessionsPerToken = 1024;
-
-    private static int StatusOf(ErrorKind kind) => kind switch
-    {
-        ErrorKind.Conflict => StatusCodes.Status409Conflict,
-        ErrorKind.Invalid => StatusCodes.Status400BadRequest,
-        ErrorKind.NotFound => StatusCodes.Status404NotFound,
-        ErrorKind.Forbidden => StatusCodes.Status403Forbidden,
-        ErrorKind.TooLarge => StatusCodes.Status413PayloadTooLarge,
-        ErrorKind.Unavailable => StatusCodes.Status503ServiceUnavailable,
-        _ => StatusCodes.Status500InternalServerError,
-    };
 
     // The token from "Authorization: Bearer …", looked up by hash; answers are kept for TokenCacheTime.
     private async Task<AgentTokenRecord?> AuthenticateAsync(HttpContext context)

@@ -42,7 +42,7 @@ public sealed partial class BinaryCache
             $"StoreDir: {StorePath.StoreDir}\nWantMassQuery: 1\nPriority: {options.Priority}\n"));
     }
 
-    /// <summary>Answers one request. Kiln's errors are mapped to statuses in one place (<see cref="Errors"/>); anything else is logged with the request and answered 500.</summary>
+    /// <summary>Answers one request. Kiln's errors are mapped to statuses in one place (<see cref="ErrorKinds.HttpStatus"/>); anything else is logged with the request and answered 500.</summary>
     public async Task HandleAsync(HttpContext context)
     {
         ArgumentNullException.ThrowIfNull(context);
@@ -53,7 +53,7 @@ public sealed partial class BinaryCache
         }
         catch (KilnException e) when (!context.Response.HasStarted)
         {
-            await TextAsync(context, Errors.StatusOf(e.Kind), e.Message + "\n").ConfigureAwait(false);
+            await TextAsync(context, ErrorKinds.HttpStatus(e.Kind), e.Message + "\n").ConfigureAwait(false);
         }
         catch (IOException e) when (StorageFailure.Describe(e) is { } storage && !context.Response.HasStarted)
         {

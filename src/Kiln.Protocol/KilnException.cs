@@ -3,7 +3,8 @@ namespace Kiln.Protocol;
 /// <summary>
 /// The kinds of failure Kiln reports to whoever asked, whatever the front door. Each is mapped in one place per
 /// front door: to a Nix error frame by the protocol sessions (the session goes on), to an HTTP status by the HTTP
-/// front (<c>Kiln.Http.Errors</c>), to an <c>error: …</c> line by the shell and the CLI.
+/// front — the binary cache and the agent gateway alike (<see cref="ErrorKinds.HttpStatus"/>), to an <c>error: …</c>
+/// line by the shell and the CLI.
 /// </summary>
 public enum ErrorKind
 {
@@ -66,4 +67,19 @@ public static class StorageFailure
         InputOutput => "Kiln's storage failed (I/O error); the operator has been told",
         _ => null,
     } : null;
+}
+
+/// <summary>The one mapping from Kiln's error kinds to HTTP statuses, for every HTTP front (cache and agent gateway).</summary>
+public static class ErrorKinds
+{
+    public static int HttpStatus(ErrorKind kind) => kind switch
+    {
+        ErrorKind.Invalid => 400,
+        ErrorKind.NotFound => 404,
+        ErrorKind.Forbidden => 403,
+        ErrorKind.Conflict => 409,
+        ErrorKind.TooLarge => 413,
+        ErrorKind.Unavailable => 503,
+        _ => 500,
+    };
 }
