@@ -48,3 +48,9 @@ public interface IPendingNar : IDisposable
     /// <summary>Keeps the completed NAR under its hash (once, however often the same NAR is committed).</summary>
     void Commit();
 }
+
+/// <summary>
+/// The executor could not run the build for a reason of its own, not the build's (a stock builder it cannot reach, a
+/// connection that broke): the job goes back to the queue as another attempt rather than failing.
+/// </summary>
+public sealed class ExecutorUnavailableException(string message, Exception? inner = null) : Exception(message, inner);

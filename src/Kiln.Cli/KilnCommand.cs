@@ -27,6 +27,7 @@ internal static class KilnCommand
         ["agent"] = AgentCommands.Agent,
         ["agent-token"] = AgentCommands.AgentTokens,
         ["agents"] = AgentCommands.Agents,
+        ["builder"] = BuilderCommands.Builder,
     };
 
     public static async Task<int> RunAsync(string[] args)

@@ -38,6 +38,8 @@ public static class LogEvents
     public const int AgentStarted = 5010;
     public const int AgentFailed = 5011;
     public const int AgentStopped = 5012;
+    public const int AgentUnavailable = 5013;
+    public const int BuildersChanged = 5014;
     public const int AgentConnected = 5020;
     public const int AgentLost = 5021;
     public const int AgentRefused = 5022;

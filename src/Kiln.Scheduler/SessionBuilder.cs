@@ -347,7 +347,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             // another account's paths were the last to name) are built once more.
             for (var attempt = 1; ; attempt++)
             {
-                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation), _view.AccountId, _events, ClientLimits(), token).ConfigureAwait(false);
+                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation) with { GloballyTrusted = trust.IsGlobal() }, _view.AccountId, _events, ClientLimits(), token).ConfigureAwait(false);
                 var outcome = result.Outcome;
                 if (!outcome.Succeeded)
                 {

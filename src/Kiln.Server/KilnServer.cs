@@ -90,6 +90,8 @@ public static partial class KilnServer
             var agent = localSlots > 0
                 ? new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, localSlots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4)
                 : null;
+            var stockBuilders = new Kiln.Farm.StockNix.StockBuilders(queue, store.Agents, store.Blobs, Path.Combine(options.DataDirectory, "builders"),
+                queue.LeaseDuration / 4, store.Options.MaxNarSize, loggers.CreateLogger("Kiln.Farm"));
             try
             {
                 var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
@@ -116,6 +118,7 @@ public static partial class KilnServer
             }
             finally
             {
+                await stockBuilders.DisposeAsync().ConfigureAwait(false);
                 if (agent is not null)
                 {
                     await agent.DisposeAsync().ConfigureAwait(false);

@@ -558,4 +558,35 @@ public abstract class AgentMetadataContract : MetadataContract
         Assert.Equal(["kvm"], first.Features);
         Assert.Empty(agents[1].Features);
     }
+
+    [Fact]
+    public async Task Builders_are_kept_by_name_until_removed()
+    {
+        await using var store = await CreateAsync();
+        var mac = new BuilderRecord
+        {
+            Name = "mac",
+            Uri = "ssh-ng://nix@mac.example:2222",
+            Systems = ["aarch64-darwin", "x86_64-darwin"],
+            Features = ["big-parallel"],
+            MaxJobs = 3,
+            SshKey = "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n-----END OPENSSH PRIVATE KEY-----\n",
+            HostKey = "ssh-ed25519 AAAAC3Nza",
+            Created = 1700000000,
+        };
+        Assert.True(await store.AddBuilderAsync(mac, default));
+        Assert.False(await store.AddBuilderAsync(mac with { Uri = "ssh-ng://other" }, default));
+        Assert.True(await store.AddBuilderAsync(mac with { Name = "arm", Features = [], HostKey = "" }, default));
+        var listed = await store.ListBuildersAsync(default);
+        Assert.Equal(["arm", "mac"], listed.Select(b => b.Name));
+        var back = listed[1];
+        Assert.Equal((mac.Uri, mac.MaxJobs, mac.SshKey, mac.HostKey, mac.Created), (back.Uri, back.MaxJobs, back.SshKey, back.HostKey, back.Created));
+        Assert.Equal(mac.Systems, back.Systems);
+        Assert.Equal(mac.Features, back.Features);
+        Assert.Empty(listed[0].Features);
+
+        Assert.True(await store.RemoveBuilderAsync("mac", default));
+        Assert.False(await store.RemoveBuilderAsync("mac", default));
+        Assert.Equal(["arm"], (await store.ListBuildersAsync(default)).Select(b => b.Name));
+    }
 }

@@ -100,6 +100,7 @@ public sealed class StoreMigrationTests(PostgresServer postgres, S3Server s3) : 
         await metadata.GetOrAddServerSecretAsync("build-key", "kiln-1:" + Convert.ToBase64String(new byte[64]), default);
         await metadata.AddAgentTokenAsync("farm", "12".PadRight(64, '3'), default);
         await metadata.AddAgentTokenAsync("old", "45".PadRight(64, '6'), default);
+        await metadata.AddBuilderAsync(new BuilderRecord { Name = "mac", Uri = "ssh-ng://nix@mac.example", Systems = ["aarch64-darwin"], MaxJobs = 2, SshKey = "key", Created = 1 }, default);
         await metadata.RevokeAgentTokenAsync("old", default);
         return blobs;
     }

@@ -61,6 +61,7 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
         using var beating = new CancellationTokenSource();
         var heartbeats = BeatAsync(lease, beating.Token);
         BuildOutcome outcome;
+        string? unavailable = null;
         try
         {
             lease.Offer.Log.Running();
@@ -69,6 +70,12 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
         catch (OperationCanceledException)
         {
             outcome = BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{job.DrvPath}' was cancelled");
+        }
+        catch (ExecutorUnavailableException e)
+        {
+            LogUnavailable(_logger, Info.Name, job.DrvPath.FullPath, e.Message);
+            outcome = null!;
+            unavailable = e.Message;
         }
 #pragma warning disable CA1031 // an agent's failure is the build's, reported; the agent goes on
         catch (Exception e)
@@ -81,6 +88,12 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
         {
             await beating.CancelAsync().ConfigureAwait(false);
             await heartbeats.ConfigureAwait(false);
+        }
+
+        if (unavailable is not null)
+        {
+            lease.Abandon(unavailable); // another attempt, here or on another agent
+            return;
         }
 
         lease.Complete(outcome);
@@ -115,6 +128,9 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
 
     [LoggerMessage(EventId = LogEvents.AgentFailed, Level = LogLevel.Error, Message = "agent: the build of {DrvPath} failed inside Kiln")]
     private static partial void LogFailed(ILogger logger, string drvPath, Exception exception);
+
+    [LoggerMessage(EventId = LogEvents.AgentUnavailable, Level = LogLevel.Warning, Message = "agent {Name}: could not build {DrvPath}: {Reason}")]
+    private static partial void LogUnavailable(ILogger logger, string name, string drvPath, string reason);
 
     [LoggerMessage(EventId = LogEvents.AgentStopped, Level = LogLevel.Information, Message = "agent {Name} stopped")]
     private static partial void LogStopped(ILogger logger, string name);

@@ -5,6 +5,13 @@ namespace Kiln.Scheduler.Queue;
 /// <summary>What a job needs of the agent that runs it (Nix's system and <c>requiredSystemFeatures</c>).</summary>
 public sealed record JobRequirements(string System, IReadOnlySet<string> Features)
 {
+    /// <summary>
+    /// Whether the derivation and every input are globally trusted (the store model's sense). Only such jobs go to
+    /// stock Nix builders: a builder's one store is shared by every build sent there, so an account's own contents
+    /// under an input-addressed path, or outputs a derivation nothing verified claims, must never be put there.
+    /// </summary>
+    public bool GloballyTrusted { get; init; }
+
     /// <summary>Nix's words for it: <c>a 'x86_64-linux' with features {kvm}</c>.</summary>
     public override string ToString() => Features.Count == 0 ? $"a '{System}'" : $"a '{System}' with features {{{string.Join(", ", Features.Order(StringComparer.Ordinal))}}}";
 }
@@ -15,10 +22,17 @@ public sealed record JobRequirements(string System, IReadOnlySet<string> Feature
 /// </summary>
 public sealed record AgentInfo(string Name, IReadOnlySet<string> Systems, IReadOnlySet<string> Features, int Slots)
 {
+    /// <summary>
+    /// A stock Nix machine (<c>kiln builder add</c>), not a Kiln agent: it takes only globally trusted jobs (its store is
+    /// shared, not per build), and only those no agent can take now — agents first.
+    /// </summary>
+    public bool StockBuilder { get; init; }
+
     public bool CanRun(JobRequirements requirements)
     {
         ArgumentNullException.ThrowIfNull(requirements);
-        return (requirements.System == "builtin" || Systems.Contains(requirements.System)) && requirements.Features.IsSubsetOf(Features);
+        return (requirements.System == "builtin" || Systems.Contains(requirements.System)) && requirements.Features.IsSubsetOf(Features)
+            && (!StockBuilder || requirements.GloballyTrusted);
     }
 
     public override string ToString() => $"a '{string.Join("', '", Systems.Order(StringComparer.Ordinal))}' with features {{{string.Join(", ", Features.Order(StringComparer.Ordinal))}}}";

@@ -141,7 +141,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         for (var i = 0; i < _claims.Count; i++)
         {
             var (agent, claim) = _claims[i];
-            if (!agent.CanRun(entry.Offer.Requirements) || claim.Task.IsCompleted)
+            if (!agent.CanRun(entry.Offer.Requirements) || claim.Task.IsCompleted || (agent.StockBuilder && AgentHasRoom(entry.Offer)))
             {
                 continue;
             }
@@ -164,6 +164,10 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         _waiting.AddLast(entry);
     }
 
+    // Whether a Kiln agent (not a stock builder) that can run the job has a slot free: then the job waits for it rather
+    // than going to a stock builder. Called under the gate.
+    private bool AgentHasRoom(JobOffer offer) => _agents.Any(a => !a.StockBuilder && a.CanRun(offer.Requirements) && Load(a) < 1);
+
     // The share of an agent's slots its leases take. Called under the gate.
     private double Load(AgentInfo agent) => _leased.Count(e => ReferenceEquals(e.CurrentLease?.Agent, agent)) / (double)Math.Max(1, agent.Slots);
 
@@ -178,7 +182,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         TaskCompletionSource<ILease> claim;
         lock (_gate)
         {
-            if (_waiting.TakeFirst(e => agent.CanRun(e.Offer.Requirements)) is { } waiting)
+            if (_waiting.TakeFirst(e => agent.CanRun(e.Offer.Requirements) && !(agent.StockBuilder && AgentHasRoom(e.Offer))) is { } waiting)
             {
                 return Task.FromResult<ILease>(waiting.Lease(agent));
             }

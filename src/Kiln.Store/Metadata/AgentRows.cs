@@ -32,6 +32,37 @@ internal static class AgentRows
         FROM agents ORDER BY name
         """;
 
+    public const string AddBuilder = """
+        INSERT INTO builders (name, uri, systems, features, max_jobs, ssh_key, host_key, created)
+        VALUES (@n, @u, @sy, @f, @j, @k, @h, @t) ON CONFLICT DO NOTHING
+        """;
+
+    public const string RemoveBuilder = "DELETE FROM builders WHERE name = @n";
+
+    public const string ListBuilders = "SELECT name, uri, systems, features, max_jobs, ssh_key, host_key, created FROM builders ORDER BY name";
+
+    public static (string Name, object? Value)[] BuilderParameters(BuilderRecord builder, string prefix)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        return
+        [
+            (prefix + "n", builder.Name), (prefix + "u", builder.Uri), (prefix + "sy", string.Join(' ', builder.Systems)), (prefix + "f", string.Join(' ', builder.Features)),
+            (prefix + "j", (long)builder.MaxJobs), (prefix + "k", builder.SshKey), (prefix + "h", builder.HostKey), (prefix + "t", builder.Created),
+        ];
+    }
+
+    public static BuilderRecord ReadBuilder(DbDataReader reader) => new()
+    {
+        Name = reader.GetString(0),
+        Uri = reader.GetString(1),
+        Systems = reader.GetString(2).Split(' ', StringSplitOptions.RemoveEmptyEntries),
+        Features = reader.GetString(3).Split(' ', StringSplitOptions.RemoveEmptyEntries),
+        MaxJobs = (int)reader.GetInt64(4),
+        SshKey = reader.GetString(5),
+        HostKey = reader.GetString(6),
+        Created = reader.GetInt64(7),
+    };
+
     public static (string Name, object? Value)[] ReportParameters(AgentRecord agent, string prefix)
     {
         ArgumentNullException.ThrowIfNull(agent);

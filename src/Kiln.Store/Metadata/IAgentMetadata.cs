@@ -41,8 +41,35 @@ public sealed record AgentRecord
 }
 
 /// <summary>
-/// The farm's bookkeeping: agent tokens (created and revoked by the operator; only hashes kept) and each agent's last
-/// known state, which every front door writes and <c>kiln agents list</c> reads.
+/// A stock Nix machine the operator added as a builder: Kiln logs in over SSH and speaks the worker protocol to its
+/// daemon. Times are Unix seconds.
+/// </summary>
+public sealed record BuilderRecord
+{
+    public required string Name { get; init; }
+
+    /// <summary>Where it is: <c>ssh-ng://user@host[:port]</c>.</summary>
+    public required string Uri { get; init; }
+
+    public IReadOnlyList<string> Systems { get; init; } = [];
+
+    public IReadOnlyList<string> Features { get; init; } = [];
+
+    /// <summary>How many builds Kiln runs there at once.</summary>
+    public int MaxJobs { get; init; } = 1;
+
+    /// <summary>The private key Kiln logs in with (OpenSSH format); never shown.</summary>
+    public string SshKey { get; init; } = "";
+
+    /// <summary>The builder's public host key (<c>ssh-ed25519 AAAA…</c>); empty: learnt on first contact and kept.</summary>
+    public string HostKey { get; init; } = "";
+
+    public long Created { get; init; }
+}
+
+/// <summary>
+/// The farm's bookkeeping: agent tokens (created and revoked by the operator; only hashes kept), each agent's last
+/// known state, which every front door writes and <c>kiln agents list</c> reads, and the stock Nix builders.
 /// </summary>
 public interface IAgentMetadata
 {
@@ -62,4 +89,13 @@ public interface IAgentMetadata
 
     /// <summary>Every agent ever seen, by name.</summary>
     Task<IReadOnlyList<AgentRecord>> ListAgentsAsync(CancellationToken cancellationToken);
+
+    /// <summary>Adds a stock Nix builder; false when the name is taken.</summary>
+    Task<bool> AddBuilderAsync(BuilderRecord builder, CancellationToken cancellationToken);
+
+    /// <summary>Removes the builder by name; false when there is none.</summary>
+    Task<bool> RemoveBuilderAsync(string name, CancellationToken cancellationToken);
+
+    /// <summary>Every builder, by name (with its key: callers show only what they must).</summary>
+    Task<IReadOnlyList<BuilderRecord>> ListBuildersAsync(CancellationToken cancellationToken);
 }

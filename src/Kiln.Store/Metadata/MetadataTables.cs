@@ -54,6 +54,7 @@ public static class MetadataTables
         new("nar_files", [("file", T), ("nar_hash", Y), ("compression", T), ("file_size", I), ("created", I)]),
         new("server_secrets", [("name", T), ("secret", T), ("created", I)]),
         new("agent_tokens", [("id", I), ("name", T), ("token_hash", T), ("created", I), ("revoked", I)], HasIdentity: true),
+        new("builders", [("name", T), ("uri", T), ("systems", T), ("features", T), ("max_jobs", I), ("ssh_key", T), ("host_key", T), ("created", I)]),
     ];
 
     /// <summary>Tables a provider has that are not copied: its own bookkeeping, claims of running servers, and the state of the agents connected to them.</summary>

@@ -1,6 +1,6 @@
 namespace Kiln.Store.Metadata.Postgres;
 
-// IAgentMetadata: agent tokens and agents' last known state (the statements are AgentRows').
+// IAgentMetadata: agent tokens, agents' last known state and stock builders (the statements are AgentRows').
 public sealed partial class PostgresMetadataStore
 {
     public Task<AgentTokenRecord?> AddAgentTokenAsync(string name, string tokenHash, CancellationToken cancellationToken) =>
@@ -44,5 +44,26 @@ public sealed partial class PostgresMetadataStore
         {
             using var select = Command(connection, AgentRows.ListAgents);
             return await ReadAllAsync(select, AgentRows.ReadAgent, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<bool> AddBuilderAsync(BuilderRecord builder, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, AgentRows.AddBuilder, transaction, AgentRows.BuilderParameters(builder, ""));
+            return await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
+        }, cancellationToken);
+
+    public Task<bool> RemoveBuilderAsync(string name, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var delete = Command(connection, AgentRows.RemoveBuilder, transaction, ("n", name));
+            return await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<BuilderRecord>> ListBuildersAsync(CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<BuilderRecord>>(async connection =>
+        {
+            using var select = Command(connection, AgentRows.ListBuilders);
+            return await ReadAllAsync(select, AgentRows.ReadBuilder, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 }

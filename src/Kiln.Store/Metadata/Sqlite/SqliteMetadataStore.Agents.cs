@@ -2,7 +2,7 @@ using Microsoft.Data.Sqlite;
 
 namespace Kiln.Store.Metadata.Sqlite;
 
-// IAgentMetadata: agent tokens and agents' last known state (the statements are AgentRows').
+// IAgentMetadata: agent tokens, agents' last known state and stock builders (the statements are AgentRows').
 public sealed partial class SqliteMetadataStore
 {
     public Task<AgentTokenRecord?> AddAgentTokenAsync(string name, string tokenHash, CancellationToken cancellationToken) =>
@@ -38,6 +38,24 @@ public sealed partial class SqliteMetadataStore
     public Task<IReadOnlyList<AgentRecord>> ListAgentsAsync(CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<AgentRecord>>(async connection =>
             await ReadRowsAsync(Command(connection, AgentRows.ListAgents), AgentRows.ReadAgent, cancellationToken).ConfigureAwait(false), cancellationToken);
+
+    public Task<bool> AddBuilderAsync(BuilderRecord builder, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, AgentRows.AddBuilder, transaction, AgentRows.BuilderParameters(builder, "@"));
+            return await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
+        }, cancellationToken);
+
+    public Task<bool> RemoveBuilderAsync(string name, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var delete = Command(connection, AgentRows.RemoveBuilder, transaction, ("@n", name));
+            return await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<BuilderRecord>> ListBuildersAsync(CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<BuilderRecord>>(async connection =>
+            await ReadRowsAsync(Command(connection, AgentRows.ListBuilders), AgentRows.ReadBuilder, cancellationToken).ConfigureAwait(false), cancellationToken);
 
     private static async Task<List<T>> ReadRowsAsync<T>(SqliteCommand command, Func<SqliteDataReader, T> read, CancellationToken cancellationToken)
     {

@@ -1,0 +1,374 @@
+using System.IO.Pipelines;
+using Kiln.Nix.Derivations;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Nix.Wire;
+using Kiln.Protocol.Wire;
+
+namespace Kiln.Protocol.Worker;
+
+/// <summary>
+/// The client side of the worker protocol (Nix's <c>RemoteStore</c>), for what Kiln asks of a stock Nix daemon it uses
+/// as a builder: which paths it has, copying paths in, building a derivation, copying outputs out. One request at a
+/// time; every reply is preceded by the daemon's log channel (STDERR_*), whose build log lines go to the caller.
+/// An error the daemon reports is a <see cref="NixErrorException"/> with its message; bytes that break the grammar are
+/// a <see cref="ProtocolViolationException"/> (the connection is then unusable).
+/// </summary>
+public sealed class WorkerClient
+{
+    private const ulong WorkerMagic1 = 0x6e697863;
+    private const ulong WorkerMagic2 = 0x6478696f;
+
+    // 1.37 is the newest version without the feature exchange of 1.38; every daemon since Nix 2.20 speaks it, older
+    // ones answer with their own.
+    private static readonly ProtocolVersion Newest = new(1, 37);
+    private static readonly ProtocolVersion Oldest = new(1, 21); // Nix 2.3
+
+    private readonly WireInput _input;
+    private readonly WireOutput _output;
+
+    private WorkerClient(WireInput input, WireOutput output)
+    {
+        _input = input;
+        _output = output;
+    }
+
+    /// <summary>The version both sides speak.</summary>
+    public ProtocolVersion Version { get; private set; }
+
+    /// <summary>The daemon's Nix version (empty before 1.33).</summary>
+    public string DaemonVersion { get; private set; } = "";
+
+    /// <summary>Shakes hands with the daemon at the other end of <paramref name="fromDaemon"/>/<paramref name="toDaemon"/>.</summary>
+    public static async Task<WorkerClient> ConnectAsync(PipeReader fromDaemon, PipeWriter toDaemon, CancellationToken cancellationToken)
+    {
+        var client = new WorkerClient(new WireInput(fromDaemon, WireLimits.Default), new WireOutput(toDaemon));
+        await client.HandshakeAsync(cancellationToken).ConfigureAwait(false);
+        return client;
+    }
+
+    private async Task HandshakeAsync(CancellationToken cancellationToken)
+    {
+        _output.WriteU64(WorkerMagic1);
+        await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        var magic = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+        if (magic != WorkerMagic2)
+        {
+            throw new ProtocolViolationException($"the other end does not speak the worker protocol (magic 0x{magic:x})");
+        }
+
+        var daemon = ProtocolVersion.FromWire(await _input.ReadU64Async(cancellationToken).ConfigureAwait(false));
+        if (daemon.Major != 1 || daemon < Oldest)
+        {
+            throw new ProtocolViolationException($"the daemon speaks worker protocol {daemon}; Kiln needs 1.21 (Nix 2.3) or newer");
+        }
+
+        Version = ProtocolVersion.Min(daemon, Newest);
+        _output.WriteU64(Newest.ToWire());
+        _output.WriteU64(0); // no CPU affinity (obsolete)
+        _output.WriteU64(0); // reserveSpace (obsolete)
+        await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        if (Version.AtLeast(33))
+        {
+            DaemonVersion = await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        if (Version.AtLeast(35))
+        {
+            await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // whether it trusts us: the build will tell
+        }
+
+        await ReadLogAsync(null, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Which of <paramref name="paths"/> the daemon's store holds (substituting none).</summary>
+    public async Task<SortedSet<StorePath>> QueryValidPathsAsync(IEnumerable<StorePath> paths, CancellationToken cancellationToken)
+    {
+        _output.WriteU64((ulong)WorkerOp.QueryValidPaths);
+        _output.WriteStorePaths(paths);
+        if (Version.AtLeast(27))
+        {
+            _output.WriteBool(false);
+        }
+
+        await SendAsync(null, cancellationToken).ConfigureAwait(false);
+        return await _input.ReadStorePathsAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>What the daemon knows of <paramref name="path"/>; null when it is not valid there.</summary>
+    public async Task<ValidPathInfo?> QueryPathInfoAsync(StorePath path, CancellationToken cancellationToken)
+    {
+        _output.WriteU64((ulong)WorkerOp.QueryPathInfo);
+        _output.WriteStorePath(path);
+        try
+        {
+            await SendAsync(null, cancellationToken).ConfigureAwait(false);
+        }
+        catch (NixErrorException) when (!Version.AtLeast(17))
+        {
+            return null; // before 1.17 an invalid path is an error
+        }
+
+        if (Version.AtLeast(17) && !await _input.ReadBoolAsync(cancellationToken).ConfigureAwait(false))
+        {
+            return null;
+        }
+
+        var deriver = await _input.ReadOptionalStorePathAsync(cancellationToken).ConfigureAwait(false);
+        var narHash = ParseHash(await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false));
+        var references = await _input.ReadStorePathsAsync(cancellationToken).ConfigureAwait(false);
+        var registered = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+        var narSize = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+        var info = new ValidPathInfo { Path = path, Deriver = deriver, NarHash = narHash, NarSize = (long)narSize, References = references, RegistrationTime = (long)registered };
+        if (Version.AtLeast(16))
+        {
+            var ultimate = await _input.ReadBoolAsync(cancellationToken).ConfigureAwait(false);
+            var signatures = await _input.ReadStringsAsync(cancellationToken).ConfigureAwait(false);
+            var ca = await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);
+            info = info with
+            {
+                Ultimate = ultimate,
+                Signatures = new SortedSet<string>(signatures, StringComparer.Ordinal),
+                ContentAddress = ca.Length == 0 ? null : ContentAddress.Parse(ca),
+            };
+        }
+
+        return info;
+    }
+
+    /// <summary>
+    /// Adds a path with its NAR (read from <paramref name="nar"/> as it is sent). <paramref name="repair"/> replaces
+    /// different contents the daemon holds under the path. The daemon checks no signatures: it must trust the user
+    /// Kiln logs in as (<c>trusted-users</c>), as any remote builder must trust the machine that sends it work.
+    /// </summary>
+    public async Task AddToStoreNarAsync(ValidPathInfo info, Stream nar, bool repair, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        ArgumentNullException.ThrowIfNull(nar);
+        _output.WriteU64((ulong)WorkerOp.AddToStoreNar);
+        _output.WriteStorePath(info.Path);
+        _output.WriteOptionalStorePath(info.Deriver);
+        _output.WriteString(info.NarHash.ToBase16());
+        _output.WriteStorePaths(info.References);
+        _output.WriteU64((ulong)info.RegistrationTime);
+        _output.WriteU64((ulong)info.NarSize);
+        _output.WriteBool(false); // not ultimate: the daemon did not build it
+        _output.WriteStringSet(info.Signatures);
+        _output.WriteString(info.ContentAddress?.ToString() ?? "");
+        _output.WriteBool(repair);
+        _output.WriteBool(true); // dontCheckSigs
+        var buffer = new byte[128 * 1024];
+        if (!Version.AtLeast(23))
+        {
+            // Before 1.23 the NAR follows unframed; the daemon finds its end by parsing it.
+            int read;
+            while ((read = await nar.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+            {
+                _output.WriteRaw(buffer.AsSpan(0, read));
+                await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            await SendAsync(null, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
+        // Framed, with the log channel read meanwhile: the daemon may answer (an error, say) before the last frame, and
+        // must never be left blocked writing while Kiln is blocked writing.
+        await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var reply = ReadLogAsync(null, stop.Token);
+        _ = reply.ContinueWith(t => stop.Cancel(), CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        try
+        {
+            int read;
+            while ((read = await nar.ReadAsync(buffer, stop.Token).ConfigureAwait(false)) > 0)
+            {
+                WireWriter.WriteFrame(_output.Buffer, buffer.AsSpan(0, read));
+                await _output.FlushAsync(stop.Token).ConfigureAwait(false);
+            }
+
+            WireWriter.WriteFrameEnd(_output.Buffer);
+            await _output.FlushAsync(stop.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (reply.IsFaulted && !cancellationToken.IsCancellationRequested)
+        {
+            // the daemon's answer (awaited below) says why
+        }
+
+        await reply.ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Builds <paramref name="derivation"/> (sent as a BasicDerivation: its input sources must name the whole input
+    /// closure, which the daemon must hold). Each line the builder logs goes to <paramref name="logLine"/>.
+    /// </summary>
+    public async Task<BuildResult> BuildDerivationAsync(StorePath drvPath, Derivation derivation, Action<string> logLine, CancellationToken cancellationToken)
+    {
+        _output.WriteU64((ulong)WorkerOp.BuildDerivation);
+        _output.WriteStorePath(drvPath);
+        BasicDerivationWire.Write(_output.Buffer, derivation);
+        _output.WriteU64(0); // bmNormal
+        await SendAsync(logLine, cancellationToken).ConfigureAwait(false);
+
+        var status = (BuildStatus)await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+        var message = await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);
+        var result = new BuildResult { Status = status, ErrorMessage = message };
+        if (Version.AtLeast(29))
+        {
+            result = result with
+            {
+                TimesBuilt = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false),
+                IsNonDeterministic = await _input.ReadBoolAsync(cancellationToken).ConfigureAwait(false),
+                StartTime = (long)await _input.ReadU64Async(cancellationToken).ConfigureAwait(false),
+                StopTime = (long)await _input.ReadU64Async(cancellationToken).ConfigureAwait(false),
+            };
+        }
+
+        if (Version.AtLeast(37))
+        {
+            result = result with
+            {
+                CpuUser = await ReadOptionalMicrosecondsAsync(cancellationToken).ConfigureAwait(false),
+                CpuSystem = await ReadOptionalMicrosecondsAsync(cancellationToken).ConfigureAwait(false),
+            };
+        }
+
+        if (Version.AtLeast(28))
+        {
+            // Realisations of content-addressed outputs; the outputs Kiln builds have their paths in the derivation.
+            await _input.ReadStringMapAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        return result;
+    }
+
+    /// <summary>
+    /// The NAR of <paramref name="path"/>, which must be valid: a stream that ends where the NAR does (it is read off
+    /// the connection as it is parsed). Read it to its end before the next request.
+    /// </summary>
+    public async Task<Stream> NarFromPathAsync(StorePath path, CancellationToken cancellationToken)
+    {
+        _output.WriteU64((ulong)WorkerOp.NarFromPath);
+        _output.WriteStorePath(path);
+        await SendAsync(null, cancellationToken).ConfigureAwait(false);
+        return new DelimitedNarStream(_input);
+    }
+
+    private async Task SendAsync(Action<string>? logLine, CancellationToken cancellationToken)
+    {
+        await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+        await ReadLogAsync(logLine, cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task<TimeSpan?> ReadOptionalMicrosecondsAsync(CancellationToken cancellationToken) =>
+        await _input.ReadU64Async(cancellationToken).ConfigureAwait(false) switch
+        {
+            0 => null,
+            1 => TimeSpan.FromMicroseconds(await _input.ReadInt64Async(cancellationToken).ConfigureAwait(false)),
+            var tag => throw new ProtocolViolationException($"an optional duration tagged {tag}"),
+        };
+
+    // The daemon's log channel up to the reply: STDERR_LAST, or STDERR_ERROR (thrown). Build log lines (activity
+    // results of type 101, BuildLogLine, and 107, PostBuildLogLine) go to logLine; Nix's own messages do not, as
+    // Nix's build hook keeps them out of the build's log too.
+    private async Task ReadLogAsync(Action<string>? logLine, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var tag = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+            switch (tag)
+            {
+                case StderrTag.Last:
+                    return;
+                case StderrTag.Error:
+                    throw await ReadErrorAsync(cancellationToken).ConfigureAwait(false);
+                case StderrTag.Next:
+                    await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);
+                    break;
+                case StderrTag.StartActivity:
+                    await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // id
+                    await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // level
+                    await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // type
+                    await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false); // text
+                    await ReadFieldsAsync(cancellationToken).ConfigureAwait(false);
+                    await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // parent
+                    break;
+                case StderrTag.StopActivity:
+                    await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+                    break;
+                case StderrTag.Result:
+                    await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // activity
+                    var type = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+                    var fields = await ReadFieldsAsync(cancellationToken).ConfigureAwait(false);
+                    if (type is 101 or 107 && fields is [string line, ..])
+                    {
+                        logLine?.Invoke(line);
+                    }
+
+                    break;
+                default:
+                    // STDERR_READ/WRITE belong to requests Kiln does not make.
+                    throw new ProtocolViolationException($"the daemon sent log message 0x{tag:x}, which Kiln does not expect");
+            }
+        }
+    }
+
+    private async Task<List<object>> ReadFieldsAsync(CancellationToken cancellationToken)
+    {
+        var count = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+        if (count > 1024)
+        {
+            throw new ProtocolViolationException($"a log message with {count} fields");
+        }
+
+        var fields = new List<object>();
+        for (var i = 0UL; i < count; i++)
+        {
+            fields.Add(await _input.ReadU64Async(cancellationToken).ConfigureAwait(false) switch
+            {
+                0 => await _input.ReadU64Async(cancellationToken).ConfigureAwait(false),
+                1 => await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false),
+                var kind => throw new ProtocolViolationException($"a log field of kind {kind}"),
+            });
+        }
+
+        return fields;
+    }
+
+    private async Task<NixErrorException> ReadErrorAsync(CancellationToken cancellationToken)
+    {
+        if (!Version.AtLeast(26))
+        {
+            var text = await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);
+            var status = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+            return new NixErrorException(text, (int)Math.Min(status, int.MaxValue));
+        }
+
+        await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false); // type ("Error")
+        await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // level
+        await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false); // name (unused)
+        var message = await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);
+        await ReadPositionAsync(cancellationToken).ConfigureAwait(false);
+        var traces = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+        for (var i = 0UL; i < Math.Min(traces, 1024); i++)
+        {
+            await ReadPositionAsync(cancellationToken).ConfigureAwait(false);
+            await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        return new NixErrorException(message);
+    }
+
+    // Positions are always sent empty by daemons (Nix asserts it).
+    private async Task ReadPositionAsync(CancellationToken cancellationToken)
+    {
+        if (await _input.ReadU64Async(cancellationToken).ConfigureAwait(false) != 0)
+        {
+            throw new ProtocolViolationException("an error with a source position");
+        }
+    }
+
+    private static NixHash ParseHash(string text) =>
+        text.Contains(':', StringComparison.Ordinal) ? NixHash.ParseAnyPrefixed(text) : NixHash.ParseUnprefixed(text, NixHashAlgorithm.Sha256);
+}
