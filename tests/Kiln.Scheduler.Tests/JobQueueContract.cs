@@ -165,6 +165,58 @@ public abstract class JobQueueContract
         Assert.Equal(2, (await x86Claim).Offer.BuildId);
     }
 
+    private static AgentInfo StockBuilder(string name, string system = "x86_64-linux", params string[] features) =>
+        Agent(name, system, features) with { StockBuilder = true };
+
+    private static JobOffer Trusted(JobOffer offer) => offer with { Requirements = offer.Requirements with { GloballyTrusted = true } };
+
+    [Fact]
+    public async Task A_stock_builder_takes_only_globally_trusted_jobs()
+    {
+        var queue = Create(LongLease);
+        var mac = StockBuilder("mac", "aarch64-darwin");
+        using var registration = queue.Register(mac);
+        using var patience = new CancellationTokenSource(Patience);
+        var claim = queue.ClaimAsync(mac, patience.Token);
+
+        // An account's own inputs (or an unverified derivation) never reach the builder's shared store: no agent can
+        // run the job, so it fails at once (no placement wait here), naming what is there.
+        var privateJob = queue.Offer(Offer(1, "aarch64-darwin"));
+        var outcome = await privateJob.Completion.WaitAsync(Patience);
+        Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
+        Assert.False(claim.IsCompleted);
+
+        queue.Offer(Trusted(Offer(2, "aarch64-darwin")));
+        Assert.Equal(2, (await claim).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task Agents_come_first_and_a_stock_builder_takes_what_they_have_no_room_for()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("agent");
+        var builder = StockBuilder("builder");
+        using var ra = queue.Register(agent);
+        using var rb = queue.Register(builder);
+        using var patience = new CancellationTokenSource(Patience);
+        var builderClaim = queue.ClaimAsync(builder, patience.Token);
+
+        // The agent has a free slot: the job waits for it even though the builder is asking.
+        queue.Offer(Trusted(Offer(1)));
+        Assert.False(builderClaim.IsCompleted);
+        Assert.Equal(1, (await ClaimAsync(queue, agent)).Offer.BuildId);
+
+        // Its one slot is taken: the next job overflows to the builder.
+        queue.Offer(Trusted(Offer(2)));
+        Assert.Equal(2, (await builderClaim).Offer.BuildId);
+
+        // A job only the builder's system fits goes there whatever the agents' load.
+        var arm = StockBuilder("arm", "aarch64-linux");
+        using var rarm = queue.Register(arm);
+        queue.Offer(Trusted(Offer(3, "aarch64-linux")));
+        Assert.Equal(3, (await ClaimAsync(queue, arm)).Offer.BuildId);
+    }
+
     [Fact]
     public async Task Builtin_jobs_run_on_any_agent()
     {

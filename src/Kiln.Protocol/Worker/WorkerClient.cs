@@ -158,20 +158,15 @@ public sealed class WorkerClient
         _output.WriteString(info.ContentAddress?.ToString() ?? "");
         _output.WriteBool(repair);
         _output.WriteBool(true); // dontCheckSigs
-        var buffer = new byte[128 * 1024];
         if (!Version.AtLeast(23))
         {
-            // Before 1.23 the NAR follows unframed; the daemon finds its end by parsing it.
-            int read;
-            while ((read = await nar.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
-            {
-                _output.WriteRaw(buffer.AsSpan(0, read));
-                await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
-            }
-
-            await SendAsync(null, cancellationToken).ConfigureAwait(false);
+            // Before 1.23 the daemon pulls the NAR through the log channel (STDERR_READ), a piece at a time.
+            await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await ReadLogAsync(null, cancellationToken, pull: nar).ConfigureAwait(false);
             return;
         }
+
+        var buffer = new byte[128 * 1024];
 
         // Framed, with the log channel read meanwhile: the daemon may answer (an error, say) before the last frame, and
         // must never be left blocked writing while Kiln is blocked writing.
@@ -272,8 +267,9 @@ public sealed class WorkerClient
     // The daemon's log channel up to the reply: STDERR_LAST, or STDERR_ERROR (thrown). Build log lines (activity
     // results of type 101, BuildLogLine, and 107, PostBuildLogLine) go to logLine; Nix's own messages do not, as
     // Nix's build hook keeps them out of the build's log too.
-    private async Task ReadLogAsync(Action<string>? logLine, CancellationToken cancellationToken)
+    private async Task ReadLogAsync(Action<string>? logLine, CancellationToken cancellationToken, Stream? pull = null)
     {
+        byte[]? buffer = null;
         while (true)
         {
             var tag = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
@@ -307,8 +303,15 @@ public sealed class WorkerClient
                     }
 
                     break;
+                case StderrTag.Read when pull is not null:
+                    var wanted = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
+                    buffer ??= new byte[64 * 1024];
+                    var read = await pull.ReadAsync(buffer.AsMemory(0, (int)Math.Min(wanted, (ulong)buffer.Length)), cancellationToken).ConfigureAwait(false);
+                    _output.WriteBytes(buffer.AsSpan(0, read)); // an empty answer is the end of the data
+                    await _output.FlushAsync(cancellationToken).ConfigureAwait(false);
+                    break;
                 default:
-                    // STDERR_READ/WRITE belong to requests Kiln does not make.
+                    // STDERR_WRITE, and STDERR_READ outside an upload, belong to requests Kiln does not make.
                     throw new ProtocolViolationException($"the daemon sent log message 0x{tag:x}, which Kiln does not expect");
             }
         }
