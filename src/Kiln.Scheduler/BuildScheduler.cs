@@ -133,24 +133,41 @@ public sealed partial class BuildScheduler
     }
 
     /// <summary>
-    /// The job with its memory grant: twice the most the package's latest successful builds used (its derivation name
-    /// without version, as nixbuild.net sizes builds), or the default for a package never built, within the operator's
-    /// minimum and maximum (<c>--min-mem</c>, <c>--build-memory</c>).
+    /// The job with its memory and cores granted from history, as nixbuild.net sizes builds: from the latest
+    /// successful builds of the same package (its derivation name without version). Memory: twice the most they used,
+    /// or the default for a package never built, within <c>--min-mem</c> and <c>--build-memory</c>. Cores: twice the
+    /// most parallelism they reached (CPU time over wall time, rounded up), or the default, within <c>--min-cpu</c>
+    /// and <c>--cores</c>. Twice, so a build that used all it was given gets room to show it needs more next time.
     /// </summary>
     private async Task<BuildJob> SizedAsync(BuildJob job)
     {
-        var max = Options.BuildMemory;
-        if (max <= 0)
+        var maxMemory = Options.BuildMemory;
+        var maxCores = Math.Max(1, Options.Cores);
+        var sizeCores = Options.MinCores < maxCores || (Options.DefaultCores > 0 && Options.DefaultCores < maxCores);
+        if (maxMemory <= 0 && !sizeCores)
         {
             return job;
         }
 
         var usage = await Builds.RecentUsageAsync(PackageNames.Of(job.DrvPath.BaseName), 5, CancellationToken.None).ConfigureAwait(false);
-        // (Peaks are measurements an agent reports: a negative or absurd one must not wrap around.)
-        var peak = usage.Count > 0 ? Math.Clamp(usage.Max(u => u.PeakMemory), 0, long.MaxValue / 2) : 0;
-        var grant = peak > 0 ? peak * 2 : Options.DefaultMemory > 0 ? Options.DefaultMemory : max;
-        grant = Math.Clamp(grant, Math.Min(Options.MinMemory, max), max);
-        return job with { Limits = job.Limits with { MemoryBytes = grant } };
+        var limits = job.Limits;
+        if (maxMemory > 0)
+        {
+            // (Peaks are measurements an agent reports: a negative or absurd one must not wrap around.)
+            var peak = usage.Count > 0 ? Math.Clamp(usage.Max(u => u.PeakMemory), 0, long.MaxValue / 2) : 0;
+            var grant = peak > 0 ? peak * 2 : Options.DefaultMemory > 0 ? Options.DefaultMemory : maxMemory;
+            limits = limits with { MemoryBytes = Math.Clamp(grant, Math.Min(Options.MinMemory, maxMemory), maxMemory) };
+        }
+
+        if (sizeCores)
+        {
+            var parallelism = usage.Where(u => u.WallSeconds > 0 && u.CpuMicroseconds > 0)
+                .Select(u => Math.Min(u.CpuMicroseconds / 1e6 / u.WallSeconds, maxCores)).DefaultIfEmpty(0).Max();
+            var grant = parallelism > 0 ? (int)Math.Ceiling(2 * parallelism) : Options.DefaultCores > 0 ? Options.DefaultCores : maxCores;
+            limits = limits with { Cores = Math.Clamp(grant, Math.Clamp(Options.MinCores, 1, maxCores), maxCores) };
+        }
+
+        return job with { Limits = limits };
     }
 
     private static long Mib(long bytes) => bytes >> 20;

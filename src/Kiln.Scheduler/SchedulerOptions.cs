@@ -25,8 +25,14 @@ public sealed record SchedulerOptions
     /// <summary>The most bytes one build writes to disk, its outputs included (zero: no limit).</summary>
     public long BuildDisk { get; init; }
 
-    /// <summary><c>NIX_BUILD_CORES</c>.</summary>
+    /// <summary><c>NIX_BUILD_CORES</c> at most (the cores one build may use; the top of what history grants).</summary>
     public int Cores { get; init; } = Environment.ProcessorCount;
+
+    /// <summary>The fewest cores a build is given, whatever its history says (at <see cref="Cores"/>: no sizing).</summary>
+    public int MinCores { get; init; } = int.MaxValue;
+
+    /// <summary>The cores a build of a package never built before is given (zero: <see cref="Cores"/>).</summary>
+    public int DefaultCores { get; init; }
 
     /// <summary>Log lines kept in memory per running build, for sessions that join it late.</summary>
     public int JoinBacklogLines { get; init; } = 10_000;

@@ -73,6 +73,8 @@ public static partial class KilnServer
             var scheduler = new BuildScheduler(store.Builds, store.Blobs, queue, store.Logs, new SchedulerOptions
             {
                 Cores = options.Cores,
+                MinCores = options.MinCores,
+                DefaultCores = options.DefaultCores,
                 MaxSilentTime = options.MaxSilentTime,
                 Timeout = options.BuildTimeout,
                 MaxLogSize = options.MaxLogSize,

@@ -70,6 +70,12 @@ public sealed record ServerOptions
     /// <summary>The memory a build of a package never built before is given (zero: <see cref="BuildMemory"/>).</summary>
     public long DefaultMemory { get; init; }
 
+    /// <summary>The fewest cores a build is given when its package's history says it needs few.</summary>
+    public int MinCores { get; init; } = 1;
+
+    /// <summary>The cores a build of a package never built before is given (zero: <see cref="Cores"/>).</summary>
+    public int DefaultCores { get; init; }
+
     /// <summary>The most processes one build runs at once (zero: no limit).</summary>
     public int BuildProcesses { get; init; }
 

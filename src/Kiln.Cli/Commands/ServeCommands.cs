@@ -20,7 +20,22 @@ internal static class ServeCommands
         var socket = new Option<string?>("--socket") { Description = "The worker-protocol socket (default DATA/daemon.sock)." };
         var account = new Option<string>("--account") { Description = "The account clients of the socket act as.", DefaultValueFactory = _ => "local" };
         var maxJobs = new Option<int>("--max-jobs") { Description = "Builds at once.", DefaultValueFactory = _ => Math.Max(1, Environment.ProcessorCount) };
-        var cores = new Option<int>("--cores") { Description = "NIX_BUILD_CORES for each build.", DefaultValueFactory = _ => Environment.ProcessorCount };
+        var cores = new Option<int>("--cores", "--max-cpu")
+        {
+            Description = "The most cores one build is given (NIX_BUILD_CORES, and its CPU quota): the top of what --min-cpu and history grant (default: all of this machine's).",
+            DefaultValueFactory = _ => Environment.ProcessorCount,
+        };
+        var minCores = new Option<int>("--min-cpu")
+        {
+            Description = "The fewest cores a build is given: a build gets twice the parallelism its package's latest builds reached (CPU time over wall " +
+                "time), at least this and at most --cores (default 1).",
+            DefaultValueFactory = _ => 1,
+        };
+        var defaultCores = new Option<int>("--default-cpu")
+        {
+            Description = "The cores a build of a package Kiln has not built before is given (0: --cores, the default).",
+            DefaultValueFactory = _ => 0,
+        };
         var sandboxPaths = new Option<string[]>("--sandbox-path")
         {
             Description = "An extra path in every build sandbox, as Nix's sandbox-paths: TARGET=SOURCE or PATH (repeatable).",
@@ -164,6 +179,7 @@ internal static class ServeCommands
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
+            minCores, defaultCores,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -215,6 +231,8 @@ internal static class ServeCommands
                 AgentListen = result.GetValue(agentListen) is { } agents ? ParseListen(agents) : null,
                 AgentTls = result.GetValue(agentTlsCert) is { } cert ? (Path.GetFullPath(cert), Path.GetFullPath(result.GetValue(agentTlsKey)!)) : null,
                 Cores = Math.Max(1, result.GetValue(cores)),
+                MinCores = Math.Max(1, result.GetValue(minCores)),
+                DefaultCores = Math.Max(0, result.GetValue(defaultCores)),
                 SandboxPaths = result.GetValue(sandboxPaths) ?? [],
                 MaxSilentTime = TimeSpan.FromSeconds(result.GetValue(maxSilent)),
                 BuildTimeout = TimeSpan.FromSeconds(result.GetValue(timeout)),

@@ -1,0 +1,81 @@
+using Kiln.EndToEnd.Tests.Support;
+using Kiln.Store.Metadata.Sqlite;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// A stock Nix machine as a builder: Nix 2.34's own <c>nix-daemon</c> (from its chroot, with a store of its own)
+/// behind a private OpenSSH sshd on loopback, added with <c>kiln builder add</c>. Kiln logs in as any Nix client
+/// would, copies the input closure there, builds through the daemon and copies the outputs back.
+/// </summary>
+public class StockBuilderTests(ITestOutputHelper output)
+{
+    private const string Kiln = NixClient.SocketUri;
+
+    [Fact]
+    public async Task A_derivation_needing_a_feature_only_a_stock_builder_has_is_built_there_and_its_output_is_valid_and_fetchable()
+    {
+        var client = NixClient.For("2.34.8");
+        using var builder = new StockNixBuilder("kiln-stock-feature");
+        using var kiln = new KilnProcess(arguments: ["--agent-wait", "10"]);
+        var added = kiln.Cli("builder", "add", "stock", builder.Uri, "--system", "x86_64-linux", "--features", "kiln-stock-feature", "--max-jobs", "2",
+            "--ssh-key", builder.ClientKeyPath, "--host-key", builder.HostKeyLine);
+        Assert.Contains("added builder stock", added, StringComparison.Ordinal);
+        var listed = kiln.Cli("builder", "list");
+        Assert.Contains("stock: " + builder.Uri, listed, StringComparison.Ordinal);
+        Assert.DoesNotContain("PRIVATE KEY", listed + kiln.Cli("builder", "list", "--json"), StringComparison.Ordinal);
+
+        using var workspace = client.NewWorkspace();
+        Dag.WriteBusybox(client, workspace);
+        var marker = Guid.NewGuid().ToString("N");
+        // The input is built by Kiln's own agent (no feature needed); the step needing the feature goes to the builder,
+        // which must be sent that input and the busybox source first.
+        File.WriteAllText(client.HostPath($"{workspace}/stock.nix"), $$"""
+            let bb = ./bb;
+              input = derivation {
+                name = "stock-input-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+                args = [ "-c" "mkdir $out; echo {{marker}} > $out/from-kiln" ];
+              };
+            in derivation {
+              name = "stock-built-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+              requiredSystemFeatures = [ "kiln-stock-feature" ];
+              args = [ "-c" "echo building on the stock builder {{marker}}; mkdir $out; cat ${input}/from-kiln > $out/greeting; ln -s ${input} $out/input" ];
+            }
+            """);
+        var build = client.Ok(kiln, "nix-build", "--store", Kiln, $"{workspace}/stock.nix", "--no-out-link");
+        var outPath = build.StdoutText.Trim().Split('\n')[^1];
+        Assert.Contains($"building on the stock builder {marker}", build.Stderr, StringComparison.Ordinal); // the log came through live
+
+        // The step ran there (its build record names the builder), the input ran on Kiln's agent.
+        await using (var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db")))
+        {
+            var builds = await metadata.ListBuildsAsync(null, 100, CancellationToken.None);
+            output.WriteLine(string.Join("\n", builds.Select(b => $"{b.DrvPath} {b.Agent} {b.Succeeded}")));
+            Assert.Equal("stock", Assert.Single(builds, b => b.DrvPath.Contains("stock-built", StringComparison.Ordinal)).Agent);
+            Assert.Equal("embedded", Assert.Single(builds, b => b.DrvPath.Contains("stock-input", StringComparison.Ordinal)).Agent);
+        }
+
+        // Both are in the builder's own store now, and the output is valid in Kiln's, with its reference to the input.
+        Assert.True(Directory.Exists(Path.Combine(builder.StoreDirectory, Path.GetFileName(outPath))), builder.Log);
+        var references = client.Ok(kiln, "nix-store", "--store", Kiln, "--query", "--references", outPath).StdoutText;
+        Assert.Contains($"stock-input-{marker}", references, StringComparison.Ordinal);
+        client.Ok(kiln, "nix", "store", "verify", "--store", Kiln, "--no-trust", outPath);
+
+        // And fetchable by the client: its contents, through the daemon.
+        var greeting = client.Ok(kiln, "nix", "store", "cat", "--store", Kiln, $"{outPath}/greeting").StdoutText;
+        Assert.Equal(marker + "\n", greeting);
+
+        // Removed, the builder gets nothing more: the next such step waits for someone with the feature, then fails.
+        kiln.Cli("builder", "remove", "stock");
+        await Task.Delay(TimeSpan.FromSeconds(5)); // the server reads the list every few seconds
+        File.WriteAllText(client.HostPath($"{workspace}/after.nix"), $$"""
+            let bb = ./bb; in derivation {
+              name = "stock-after-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+              requiredSystemFeatures = [ "kiln-stock-feature" ]; args = [ "-c" "mkdir $out" ];
+            }
+            """);
+        var after = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/after.nix", "--no-out-link");
+        Assert.NotEqual(0, after.ExitCode);
+        Assert.Contains("waiting for an agent", after.Stderr, StringComparison.Ordinal);
+    }
+}
