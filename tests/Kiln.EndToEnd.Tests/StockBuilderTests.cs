@@ -1,4 +1,11 @@
+using System.IO.Pipelines;
+using System.Net.Sockets;
 using Kiln.EndToEnd.Tests.Support;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Nix.Tests.Support;
+using Kiln.Protocol.Worker;
 using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.EndToEnd.Tests;
@@ -77,5 +84,47 @@ public class StockBuilderTests(ITestOutputHelper output)
         var after = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/after.nix", "--no-out-link");
         Assert.NotEqual(0, after.ExitCode);
         Assert.Contains("waiting for an agent", after.Stderr, StringComparison.Ordinal);
+    }
+
+    // The attack the trust rule stops: an account uploads its own contents under an input-addressed path (here a
+    // made-up "private-input"; it could be the output path of a real package) and asks for a build using it that only
+    // the stock builder can run. Were it sent there, the builder's one store would hold the account's contents under
+    // that path for every later build. The build is never placed there (it waits for an agent and fails), and the
+    // builder's store never sees the path.
+    [Fact]
+    public async Task An_accounts_own_contents_under_an_input_addressed_path_never_reach_a_stock_builder()
+    {
+        var client = NixClient.For("2.34.8");
+        using var builder = new StockNixBuilder("kiln-stock-feature");
+        using var kiln = new KilnProcess(arguments: ["--agent-wait", "3"]);
+        kiln.Cli("builder", "add", "stock", builder.Uri, "--features", "kiln-stock-feature", "--ssh-key", builder.ClientKeyPath, "--host-key", builder.HostKeyLine);
+
+        var marker = Guid.NewGuid().ToString("N");
+        var nar = NarBuilder.Start().File($"uploaded by the account {marker}\n").ToArray();
+        var uploaded = StorePath.FromHash(NixHash.Compute(NixHashAlgorithm.Sha256, nar).Digest[..20], "private-input");
+        using (var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        {
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(kiln.SocketPath));
+            await using var stream = new NetworkStream(socket);
+            var daemon = await WorkerClient.ConnectAsync(PipeReader.Create(stream), PipeWriter.Create(stream), CancellationToken.None);
+            var info = new ValidPathInfo { Path = uploaded, NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar), NarSize = nar.Length };
+            await daemon.AddToStoreNarAsync(info, new MemoryStream(nar), repair: false, CancellationToken.None);
+        }
+
+        using var workspace = client.NewWorkspace();
+        Dag.WriteBusybox(client, workspace);
+        File.WriteAllText(client.HostPath($"{workspace}/private.nix"), $$"""
+            let bb = ./bb; in derivation {
+              name = "stock-private-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+              requiredSystemFeatures = [ "kiln-stock-feature" ];
+              input = builtins.storePath "{{uploaded}}";
+              args = [ "-c" "cat $input > $out" ];
+            }
+            """);
+        var build = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/private.nix", "--no-out-link");
+        Assert.NotEqual(0, build.ExitCode);
+        Assert.Contains("waiting for an agent", build.Stderr, StringComparison.Ordinal);
+        Assert.False(Path.Exists(Path.Combine(builder.StoreDirectory, uploaded.BaseName)), "the account's contents reached the stock builder");
+        Assert.DoesNotContain(uploaded.BaseName, builder.Log, StringComparison.Ordinal);
     }
 }
