@@ -30,13 +30,16 @@ internal sealed class RecordingExecutor(IAgentStore store, int slots = 4) : IBui
 
     public int MaxConcurrent { get; private set; }
 
+    /// <summary>What builds of these derivation names report they used: peak memory, CPU time, wall time.</summary>
+    public Dictionary<string, (long PeakMemory, TimeSpan Cpu, TimeSpan Wall)> Usage { get; } = [];
+
     public async Task<BuildOutcome> BuildAsync(BuildJob job, IBuildLog log, CancellationToken cancellationToken)
     {
         Jobs.Enqueue(job);
-        var now = Interlocked.Increment(ref _running);
+        var running = Interlocked.Increment(ref _running);
         lock (Jobs)
         {
-            MaxConcurrent = Math.Max(MaxConcurrent, now);
+            MaxConcurrent = Math.Max(MaxConcurrent, running);
         }
 
         try
@@ -58,7 +61,13 @@ internal sealed class RecordingExecutor(IAgentStore store, int slots = 4) : IBui
 
             log.Line("done");
             var outputs = job.Derivation.Outputs.Select(o => Write(o.Key, o.Value.StorePath!.Value, $"built from {job.DrvPath}\n")).ToList();
-            return new BuildOutcome { Outputs = outputs, StartTime = DateTimeOffset.UtcNow, StopTime = DateTimeOffset.UtcNow };
+            var now = DateTimeOffset.UtcNow;
+            if (Usage.TryGetValue(job.Derivation.Name, out var used))
+            {
+                return new BuildOutcome { Outputs = outputs, StartTime = now, StopTime = now + used.Wall, CpuUser = used.Cpu, CpuSystem = TimeSpan.Zero, PeakMemoryBytes = used.PeakMemory };
+            }
+
+            return new BuildOutcome { Outputs = outputs, StartTime = now, StopTime = now };
         }
         finally
         {

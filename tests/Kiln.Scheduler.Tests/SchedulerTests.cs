@@ -192,6 +192,42 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.Contains("of silence", record.Error, StringComparison.Ordinal);
     }
 
+    // Sizing from history: a package's first build gets the defaults; the next build of the same package (another
+    // version) gets twice the memory and twice the parallelism the first reported, within the operator's bounds.
+    [Fact]
+    public async Task Memory_and_cores_come_from_the_history_of_the_same_package_within_the_bounds()
+    {
+        var scheduler = new BuildScheduler(_store.Builds, _store.Blobs, _queue, _store.Logs, new SchedulerOptions
+        {
+            BuildMemory = 8L << 30, MinMemory = 256L << 20, DefaultMemory = 1L << 30, Cores = 16, MinCores = 2, DefaultCores = 3,
+        }, null, NullLogger.Instance);
+        using var view = await _store.OpenViewAsync("a", default);
+        async Task<Kiln.Agent.BuildLimits> LimitsOfAsync(string name)
+        {
+            var drv = await DerivationAsync("a", name);
+            var results = await scheduler.ForSession(view).BuildPathsAsync([new DerivedPath.Built(drv, null)], new ClientBuildSettings(), new Events(), default);
+            Assert.Equal(BuildStatus.Built, results.Single().Status);
+            return _executor.Jobs.Single(j => j.DrvPath == drv).Limits;
+        }
+
+        // 3 cores' worth of CPU for 10 s at a 700 MiB peak.
+        _executor.Usage["sized-1.0"] = (700L << 20, TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(10));
+        var first = await LimitsOfAsync("sized-1.0");
+        Assert.Equal((1L << 30, 3), (first.MemoryBytes, first.Cores));
+        var second = await LimitsOfAsync("sized-2.0");
+        Assert.Equal((1400L << 20, 6), (second.MemoryBytes, second.Cores));
+
+        // Little used: the minimums hold. Much used: the maximums do.
+        _executor.Usage["tiny-1"] = (1L << 20, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(100));
+        await LimitsOfAsync("tiny-1");
+        var tiny = await LimitsOfAsync("tiny-2");
+        Assert.Equal((256L << 20, 2), (tiny.MemoryBytes, tiny.Cores));
+        _executor.Usage["huge-1"] = (7L << 30, TimeSpan.FromSeconds(1000), TimeSpan.FromSeconds(10));
+        await LimitsOfAsync("huge-1");
+        var huge = await LimitsOfAsync("huge-2");
+        Assert.Equal((8L << 30, 16), (huge.MemoryBytes, huge.Cores));
+    }
+
     // Fencing: a front door whose claim on a running build was taken by another (it lapsed while this one was cut off)
     // stops that build at its next renewal, and its session is told why, rather than build it a second time.
     [Fact]
