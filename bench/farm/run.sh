@@ -79,15 +79,23 @@ seconds() {
   if ! "$@" > "$work/last.log" 2>&1; then cat "$work/last.log" >&2; exit 1; fi
   end=$(date +%s.%N); echo "$end - $start" | bc
 }
+# The build phase: from the first build an agent began to the last it finished (its log's timestamps) — the
+# farm's own throughput, without the client's evaluation and upload, which no number of agents changes.
+build_phase() { # AGENT_LOG...
+  local stamps first last
+  stamps="$(grep -hE '\[502[56]\]' "$@" | awk '{print $1}' | sort)"
+  first="$(date -d "$(head -1 <<< "$stamps")" +%s.%N)" last="$(date -d "$(tail -1 <<< "$stamps")" +%s.%N)"
+  echo "$last - $first" | bc
+}
 build() { nix build --store "unix://$work/server/daemon.sock?root=$work/server/root" -f "$1" --no-link; }
 best() { printf '%s\n' "$@" | sort -n | head -1; }
 
-one=() three=() embedded=() remote=()
+one=() three=() one_phase=() three_phase=() embedded=() remote=()
 for round in $(seq 1 "$rounds"); do
   salt="$(date +%s%N)"
   write_sleepers "$salt"
-  start_server 0; start_agents 1 4; one+=("$(seconds build "$work/sleep.nix")"); stop_all
-  start_server 0; start_agents 3 4; three+=("$(seconds build "$work/sleep.nix")")
+  start_server 0; start_agents 1 4; one+=("$(seconds build "$work/sleep.nix")"); one_phase+=("$(build_phase "$work"/agent-1.log)"); stop_all
+  start_server 0; start_agents 3 4; three+=("$(seconds build "$work/sleep.nix")"); three_phase+=("$(build_phase "$work"/agent-[123].log)")
   per_agent="$(for i in 1 2 3; do printf 'agent-%s: %s  ' "$i" "$(grep -c 'building /nix/store' "$work/agent-$i.log" || true)"; done)"
   stop_all
   write_dag "$salt"
@@ -96,11 +104,15 @@ for round in $(seq 1 "$rounds"); do
 done
 
 o=$(best "${one[@]}") t=$(best "${three[@]}") e=$(best "${embedded[@]}") r=$(best "${remote[@]}")
+op=$(best "${one_phase[@]}") tp=$(best "${three_phase[@]}")
 echo
 echo "$derivations derivations sleeping 1 s each; best of $rounds; client: $(nix --version); $(nproc) cores"
 printf '%-52s %10.2fs\n' "1 agent x 4 slots" "$o"
 printf '%-52s %10.2fs   (%s)\n' "3 agents x 4 slots" "$t" "$per_agent"
-printf '%-52s %10.2fx\n' "throughput, 3 agents / 1 agent" "$(echo "scale=3; $o / $t" | bc)"
+printf '%-52s %10.2fx\n' "end to end (evaluation and upload included), 3 / 1" "$(echo "scale=3; $o / $t" | bc)"
+printf '%-52s %10.2fs\n' "build phase, 1 agent (first build began → last ended)" "$op"
+printf '%-52s %10.2fs\n' "build phase, 3 agents" "$tp"
+printf '%-52s %10.2fx\n' "throughput (build phase), 3 agents / 1 agent" "$(echo "scale=3; $op / $tp" | bc)"
 echo
 echo "200-derivation no-work DAG (10 layers of 20), 4 slots; best of $rounds"
 printf '%-52s %10.2fs\n' "embedded agent (kiln serve --local-slots 4)" "$e"

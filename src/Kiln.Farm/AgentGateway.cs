@@ -243,7 +243,10 @@ public sealed partial class AgentGateway : IAsyncDisposable
     {
         var hello = AgentWire.Read(await ReadMessageAsync(context, SmallMessage).ConfigureAwait(false), AgentJson.Default.HelloMessage);
         Validate(hello);
-        var info = new AgentInfo(hello.Name, new SortedSet<string>(hello.Systems, StringComparer.Ordinal), new SortedSet<string>(hello.Features, StringComparer.Ordinal), hello.Slots);
+        var info = new AgentInfo(hello.Name, new SortedSet<string>(hello.Systems, StringComparer.Ordinal), new SortedSet<string>(hello.Features, StringComparer.Ordinal), hello.Slots)
+        {
+            MemoryBytes = Math.Max(0, hello.MemoryBytes),
+        };
 
         // One session per agent name: an agent that restarted (or reconnects after a cut) replaces its old session,
         // whose leases go back to the queue now rather than when they lapse — but only an agent with the same token: a

@@ -217,6 +217,43 @@ public abstract class JobQueueContract
         Assert.Equal(3, (await ClaimAsync(queue, arm)).Offer.BuildId);
     }
 
+    private static JobOffer Needing(JobOffer offer, long memory) => offer with { Job = offer.Job with { Limits = offer.Job.Limits with { MemoryBytes = memory } } };
+
+    [Fact]
+    public async Task A_job_goes_to_an_agent_only_when_its_memory_fits_beside_the_builds_it_runs()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("small") with { Slots = 4, MemoryBytes = 4L << 30 };
+        using var registration = queue.Register(agent);
+
+        queue.Offer(Needing(Offer(1), 3L << 30));
+        var big = await ClaimAsync(queue, agent);
+
+        // 3 GiB of its 4 are granted: a 2 GiB job waits, though a slot is free; a 1 GiB one does not.
+        using var patience = new CancellationTokenSource(Patience);
+        var claim = queue.ClaimAsync(agent, patience.Token);
+        queue.Offer(Needing(Offer(2), 2L << 30));
+        Assert.False(claim.IsCompleted);
+        queue.Offer(Needing(Offer(3), 1L << 30));
+        Assert.Equal(3, (await claim).Offer.BuildId);
+
+        // The big one ends: the waiting job fits now, and goes to the claim already waiting.
+        var next = queue.ClaimAsync(agent, patience.Token);
+        Assert.False(next.IsCompleted);
+        big.Complete(new BuildOutcome());
+        Assert.Equal(2, (await next).Offer.BuildId);
+    }
+
+    [Fact]
+    public async Task An_idle_agent_takes_a_job_granted_more_memory_than_it_has()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("small") with { MemoryBytes = 1L << 30 };
+        using var registration = queue.Register(agent);
+        queue.Offer(Needing(Offer(1), 8L << 30));
+        Assert.Equal(1, (await ClaimAsync(queue, agent)).Offer.BuildId);
+    }
+
     [Fact]
     public async Task Builtin_jobs_run_on_any_agent()
     {

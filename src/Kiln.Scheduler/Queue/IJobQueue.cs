@@ -28,6 +28,12 @@ public sealed record AgentInfo(string Name, IReadOnlySet<string> Systems, IReadO
     /// </summary>
     public bool StockBuilder { get; init; }
 
+    /// <summary>
+    /// The memory its builds may use together (zero: not said, and not counted). A job goes to it only when its memory
+    /// grant fits beside those of the builds it runs — or when it runs none (it then gets at most this much).
+    /// </summary>
+    public long MemoryBytes { get; init; }
+
     public bool CanRun(JobRequirements requirements)
     {
         ArgumentNullException.ThrowIfNull(requirements);

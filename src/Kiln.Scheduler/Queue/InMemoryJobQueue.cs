@@ -141,7 +141,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         for (var i = 0; i < _claims.Count; i++)
         {
             var (agent, claim) = _claims[i];
-            if (!agent.CanRun(entry.Offer.Requirements) || claim.Task.IsCompleted || (agent.StockBuilder && AgentHasRoom(entry.Offer)))
+            if (claim.Task.IsCompleted || !MayTake(agent, entry.Offer))
             {
                 continue;
             }
@@ -164,6 +164,46 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         _waiting.AddLast(entry);
     }
 
+    // Whether the agent may take the job now: it can run it, its memory grant fits beside its running builds', and, for
+    // a stock builder, no Kiln agent that can run it has room. Called under the gate.
+    private bool MayTake(AgentInfo agent, JobOffer offer) =>
+        agent.CanRun(offer.Requirements) && MemoryFits(agent, offer) && !(agent.StockBuilder && AgentHasRoom(offer));
+
+    // An agent that said how much memory its builds may use takes a job whose grant fits beside its running builds'
+    // grants; an idle one takes any (a grant larger than all of it is capped by the agent). Called under the gate.
+    private bool MemoryFits(AgentInfo agent, JobOffer offer)
+    {
+        var grant = offer.Job.Limits.MemoryBytes;
+        if (agent.MemoryBytes <= 0 || grant <= 0)
+        {
+            return true;
+        }
+
+        var used = _leased.Where(e => ReferenceEquals(e.CurrentLease?.Agent, agent)).Sum(e => Math.Min(e.Offer.Job.Limits.MemoryBytes, agent.MemoryBytes));
+        return used == 0 || used + grant <= agent.MemoryBytes;
+    }
+
+    // A lease ended: memory it held is free, and a Kiln agent may have room again. Claims whose answer depends on that
+    // (agents that count memory, stock builders) look at the waiting jobs again; any other waiting claim already saw
+    // every job it could run. Called under the gate.
+    private void Rebalance()
+    {
+        for (var i = 0; i < _claims.Count; i++)
+        {
+            var (agent, claim) = _claims[i];
+            if ((agent.MemoryBytes <= 0 && !agent.StockBuilder) || claim.Task.IsCompleted)
+            {
+                continue;
+            }
+
+            if (_waiting.TakeFirst(e => MayTake(agent, e.Offer)) is { } entry)
+            {
+                _claims.RemoveAt(i--);
+                claim.TrySetResult(entry.Lease(agent));
+            }
+        }
+    }
+
     // Whether a Kiln agent (not a stock builder) that can run the job has a slot free: then the job waits for it rather
     // than going to a stock builder. Called under the gate.
     private bool AgentHasRoom(JobOffer offer) => _agents.Any(a => !a.StockBuilder && a.CanRun(offer.Requirements) && Load(a) < 1);
@@ -182,7 +222,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         TaskCompletionSource<ILease> claim;
         lock (_gate)
         {
-            if (_waiting.TakeFirst(e => agent.CanRun(e.Offer.Requirements) && !(agent.StockBuilder && AgentHasRoom(e.Offer))) is { } waiting)
+            if (_waiting.TakeFirst(e => MayTake(agent, e.Offer)) is { } waiting)
             {
                 return Task.FromResult<ILease>(waiting.Lease(agent));
             }
@@ -296,6 +336,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 _lease = null;
                 queue._leased.Remove(this);
+                queue.Rebalance();
                 if (!counted)
                 {
                     _attempts--;
@@ -344,6 +385,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 _lease = null;
                 queue._leased.Remove(this);
+                queue.Rebalance();
             }
 
             Finish(outcome);
