@@ -51,6 +51,14 @@ public interface IPendingNar : IDisposable
 
 /// <summary>
 /// The executor could not run the build for a reason of its own, not the build's (a stock builder it cannot reach, a
-/// connection that broke): the job goes back to the queue as another attempt rather than failing.
+/// connection that broke): the job goes back to the queue rather than failing. <see cref="Exception.Message"/> is what
+/// the build's log may say (it reaches tenants); <see cref="Detail"/> is for the server's log only. When
+/// <see cref="Counted"/> is false the executor itself is unavailable (nothing of the job was tried): the job is given
+/// back without counting an attempt, and the agent waits before it claims again.
 /// </summary>
-public sealed class ExecutorUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
+public sealed class ExecutorUnavailableException(string message, string detail, bool counted, Exception? inner = null) : Exception(message, inner)
+{
+    public string Detail => detail;
+
+    public bool Counted => counted;
+}

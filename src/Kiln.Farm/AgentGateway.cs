@@ -753,6 +753,12 @@ public sealed partial class AgentGateway : IAsyncDisposable
                         return $"fixed output '{output.Name}' refers to other store paths";
                     }
 
+                    // Its path follows from its hash (checked as it was put): the derivation must name that path.
+                    if (Kiln.Nix.StorePaths.StorePathComputer.MakeFixedOutputPath(Kiln.Nix.StorePaths.StorePathComputer.OutputPathName(derivation.Name, output.Name), declared.FixedHash) != path)
+                    {
+                        return $"fixed output '{output.Name}' is at {path}, not at the path its hash makes";
+                    }
+
                     address = declared.FixedHash; // its content hash was checked as it was put
                 }
 

@@ -409,7 +409,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             }
 
             var system = derivation.Builder.StartsWith("builtin:", StringComparison.Ordinal) ? "builtin" : derivation.Platform;
-            return new JobRequirements(system, features);
+            return new JobRequirements(system, features) { Impure = derivation.Environment.TryGetValue("__noChroot", out var noChroot) && noChroot == "1" };
         }
 
         // The build runs under Kiln's limits: it may be shared by sessions whose clients asked for different ones.

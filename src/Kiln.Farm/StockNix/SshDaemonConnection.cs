@@ -24,7 +24,15 @@ internal sealed class SshDaemonConnection : IAsyncDisposable
         _stderr = Task.Run(ReadStderrAsync);
     }
 
+    /// <summary>What tenants are told when the builder cannot be reached (the details go to the server's log only).</summary>
+    public const string Unreachable = "the builder could not be reached";
+
+    private static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(30);
+
     public WorkerClient Client { get; private set; } = null!;
+
+    // An ssh -o value: quoted (a path may hold spaces), with ssh's own expansions (%) escaped.
+    private static string Quoted(string path) => $"\"{path.Replace("%", "%%", StringComparison.Ordinal)}\"";
 
     /// <summary>Logs in and shakes hands; a builder that cannot be reached is an <see cref="ExecutorUnavailableException"/>.</summary>
     public static async Task<SshDaemonConnection> OpenAsync(BuilderAddress address, string keyFile, string knownHostsFile, bool hostKeyKnown, CancellationToken cancellationToken)
@@ -39,8 +47,8 @@ internal sealed class SshDaemonConnection : IAsyncDisposable
         foreach (var argument in new[]
         {
             "-F", "/dev/null", "-x", "-a", "-T",
-            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", $"IdentityFile={keyFile}",
-            "-o", $"UserKnownHostsFile={knownHostsFile}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", $"IdentityFile={Quoted(keyFile)}",
+            "-o", $"UserKnownHostsFile={Quoted(knownHostsFile)}", "-o", "GlobalKnownHostsFile=/dev/null",
             // Without a host key given, the first one seen is kept and required from then on.
             "-o", $"StrictHostKeyChecking={(hostKeyKnown ? "yes" : "accept-new")}",
             "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
@@ -61,19 +69,39 @@ internal sealed class SshDaemonConnection : IAsyncDisposable
             info.ArgumentList.Add(argument);
         }
 
-        var connection = new SshDaemonConnection(Process.Start(info) ?? throw new ExecutorUnavailableException("ssh could not be started"));
+        Process ssh;
+        try
+        {
+            ssh = Process.Start(info) ?? throw new InvalidOperationException("no process");
+        }
+        catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException)
+        {
+            throw new ExecutorUnavailableException(Unreachable, $"ssh could not be started: {e.Message}", counted: false, e);
+        }
+
+        var connection = new SshDaemonConnection(ssh);
         try
         {
             var fromDaemon = PipeReader.Create(connection._ssh.StandardOutput.BaseStream);
             var toDaemon = PipeWriter.Create(connection._ssh.StandardInput.BaseStream);
-            connection.Client = await WorkerClient.ConnectAsync(fromDaemon, toDaemon, cancellationToken).ConfigureAwait(false);
+            // ConnectTimeout covers reaching the host; a daemon that never answers must not hold a slot either.
+            using var handshake = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            handshake.CancelAfter(HandshakeTimeout);
+            connection.Client = await WorkerClient.ConnectAsync(fromDaemon, toDaemon, handshake.Token).ConfigureAwait(false);
+            if (connection.Client.Trusted == false)
+            {
+                throw new NixErrorException($"the daemon does not trust user '{address.User}' (it must be in its trusted-users, as for any remote builder)");
+            }
+
             return connection;
         }
-        catch (Exception e) when (e is ProtocolViolationException or IOException or NixErrorException)
+        catch (Exception e) when (e is ProtocolViolationException or IOException or NixErrorException or Kiln.Nix.NixFormatException
+            || (e is OperationCanceledException && !cancellationToken.IsCancellationRequested))
         {
             var why = await connection.ExitMessageAsync().ConfigureAwait(false);
             await connection.DisposeAsync().ConfigureAwait(false);
-            throw new ExecutorUnavailableException($"cannot reach the Nix daemon at {address}: {(why.Length > 0 ? why : e.Message)}", e);
+            throw new ExecutorUnavailableException(Unreachable, $"cannot reach the Nix daemon at {address}: {(e is NixErrorException || why.Length == 0 ? e.Message : why)}",
+                counted: false, e);
         }
         catch
         {
@@ -101,17 +129,44 @@ internal sealed class SshDaemonConnection : IAsyncDisposable
         }
     }
 
+    // ssh's (and the remote shell's) messages, in bounded pieces: the last few lines, each cut at 500 characters.
     private async Task ReadStderrAsync()
     {
-        while (await _ssh.StandardError.ReadLineAsync().ConfigureAwait(false) is { } line)
+        var buffer = new char[4096];
+        var line = new System.Text.StringBuilder();
+        int read;
+        while ((read = await _ssh.StandardError.ReadAsync(buffer).ConfigureAwait(false)) > 0)
         {
-            lock (_messages)
+            foreach (var c in buffer.AsSpan(0, read))
             {
-                _messages.Enqueue(line.Trim());
-                if (_messages.Count > 5)
+                if (c == '\n')
                 {
-                    _messages.Dequeue();
+                    Keep(line.ToString());
+                    line.Clear();
                 }
+                else if (line.Length < 500)
+                {
+                    line.Append(c);
+                }
+            }
+        }
+
+        Keep(line.ToString());
+    }
+
+    private void Keep(string line)
+    {
+        if (line.Trim().Length == 0)
+        {
+            return;
+        }
+
+        lock (_messages)
+        {
+            _messages.Enqueue(line.Trim());
+            if (_messages.Count > 5)
+            {
+                _messages.Dequeue();
             }
         }
     }

@@ -74,6 +74,12 @@ public sealed partial class StockBuilders : IAsyncDisposable
             {
                 _running.Remove(name);
                 await agent.DisposeAsync().ConfigureAwait(false);
+                if (record is null && Directory.Exists(Path.Combine(_directory, name)))
+                {
+                    // Its key goes with it (and a host key it learnt, which a builder added again must learn anew).
+                    Directory.Delete(Path.Combine(_directory, name), recursive: true);
+                }
+
                 LogRemoved(_logger, name);
             }
         }
@@ -91,7 +97,7 @@ public sealed partial class StockBuilders : IAsyncDisposable
                 var executor = new StockNixExecutor(login, _blobs, Math.Max(1, builder.MaxJobs), _maxNarSize);
                 var info = new AgentInfo(builder.Name, new SortedSet<string>(builder.Systems, StringComparer.Ordinal), new SortedSet<string>(builder.Features, StringComparer.Ordinal),
                     Math.Max(1, builder.MaxJobs)) { StockBuilder = true };
-                _running[builder.Name] = (Signature(builder), new EmbeddedAgent(_queue, executor, info, _logger, _heartbeat));
+                _running[builder.Name] = (Signature(builder), new EmbeddedAgent(_queue, executor, info, _logger, _heartbeat) { ReleaseOnStop = true });
                 continue;
             }
 

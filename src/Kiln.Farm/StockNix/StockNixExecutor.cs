@@ -1,3 +1,4 @@
+using System.Globalization;
 using Kiln.Agent;
 using Kiln.Nix.Derivations;
 using Kiln.Nix.Store;
@@ -39,15 +40,48 @@ public sealed class StockNixExecutor(StockBuilderLogin login, IBlobStore blobs, 
             }
             catch (Exception e) when (e is ProtocolViolationException or IOException or NixErrorException or Kiln.Nix.NixFormatException)
             {
+                // Counted: the builder was reached and failed at this job (a connection cut mid-build, a daemon error).
                 var ssh = await connection.ExitMessageAsync().ConfigureAwait(false);
-                throw new ExecutorUnavailableException($"the Nix daemon at {login.Address} failed: {e.Message}{(ssh.Length > 0 ? $" ({ssh})" : "")}", e);
+                throw new ExecutorUnavailableException("the builder failed", $"the Nix daemon at {login.Address} failed: {e.Message}{(ssh.Length > 0 ? $" ({ssh})" : "")}",
+                    counted: true, e);
             }
         }
     }
 
     private async Task<BuildOutcome> BuildAsync(WorkerClient daemon, BuildJob job, IBuildLog log, DateTimeOffset started, CancellationToken cancellationToken)
     {
+        // The operator's limits, as Nix's own settings (the daemon trusts Kiln, so it applies them); nothing substituted,
+        // and nothing passed on to builders of the builder's own.
+        var overrides = new Dictionary<string, string>(StringComparer.Ordinal) { ["builders"] = "" };
+        if (job.Limits.Timeout > TimeSpan.Zero)
+        {
+            overrides["timeout"] = ((long)Math.Ceiling(job.Limits.Timeout.TotalSeconds)).ToString(CultureInfo.InvariantCulture);
+        }
+
+        if (job.Limits.MaxLogSize > 0)
+        {
+            overrides["max-build-log-size"] = job.Limits.MaxLogSize.ToString(CultureInfo.InvariantCulture);
+        }
+
+        await daemon.SetOptionsAsync(job.Limits.Cores, job.Limits.MaxSilentTime, overrides, cancellationToken).ConfigureAwait(false);
         await CopyInputsAsync(daemon, job, cancellationToken).ConfigureAwait(false);
+
+        // Outputs already there were not built for this job (an earlier build from other inputs, the builder's own
+        // users): they go, or the build runs as a check, which fails unless it makes exactly what is there.
+        var outputPaths = job.Derivation.Outputs.Values.Where(o => o.StorePath is not null).Select(o => o.StorePath!.Value).ToList();
+        var present = await daemon.QueryValidPathsAsync(outputPaths, cancellationToken).ConfigureAwait(false);
+        var check = false;
+        if (present.Count > 0)
+        {
+            try
+            {
+                check = !(await daemon.DeletePathsAsync(present, cancellationToken).ConfigureAwait(false)).IsSupersetOf(present);
+            }
+            catch (NixErrorException)
+            {
+                check = true; // still alive there (another path refers to it)
+            }
+        }
 
         // As Nix's build hook does: with input derivations, the input sources the daemon sees name the whole closure.
         var derivation = job.Derivation.InputDerivations.Count == 0
@@ -71,15 +105,20 @@ public sealed class StockNixExecutor(StockBuilderLogin login, IBlobStore blobs, 
             {
                 tail.Dequeue();
             }
-        }, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken, check).ConfigureAwait(false);
         var outcome = new BuildOutcome
         {
-            StartTime = result.StartTime > 0 ? DateTimeOffset.FromUnixTimeSeconds(result.StartTime) : started,
-            StopTime = result.StopTime > 0 ? DateTimeOffset.FromUnixTimeSeconds(result.StopTime) : DateTimeOffset.UtcNow,
+            StartTime = Time(result.StartTime) ?? started,
+            StopTime = Time(result.StopTime) ?? DateTimeOffset.UtcNow,
             CpuUser = result.CpuUser,
             CpuSystem = result.CpuSystem,
             LogTail = [.. tail],
         };
+        if (result.Status is BuildStatus.Substituted)
+        {
+            throw new ProtocolViolationException("the daemon substituted an output Kiln asked it to build");
+        }
+
         if (!result.Succeeded)
         {
             // The daemon's message is Nix's own, with the last log lines when it was not verbose.
@@ -118,11 +157,16 @@ public sealed class StockNixExecutor(StockBuilderLogin login, IBlobStore blobs, 
         }
 
         var wanted = inputs.Keys.Where(p => !held.Contains(p) || repair.Contains(p)).ToHashSet();
+        if (!held.IsSubsetOf(inputs.Keys))
+        {
+            throw new ProtocolViolationException("the daemon named paths Kiln did not ask about");
+        }
+
         foreach (var path in ReferencesFirst(wanted, inputs))
         {
             var input = inputs[path];
             var source = await blobs.OpenReadAsync(input.NarHash, cancellationToken).ConfigureAwait(false)
-                ?? throw new ExecutorUnavailableException($"the input NAR of '{path}' is missing from Kiln's store");
+                ?? throw new ExecutorUnavailableException($"the input '{path}' is missing from Kiln's store", $"the input NAR of '{path}' is missing", counted: true);
             var nar = await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false);
             await using (nar.ConfigureAwait(false))
             {
@@ -186,6 +230,17 @@ public sealed class StockNixExecutor(StockBuilderLogin login, IBlobStore blobs, 
             return (null, $"fixed output '{name}' is {fixedHash.Value.Method}-addressed, which Kiln does not check");
         }
 
+        // A fixed output's path follows from its hash: the derivation must name the path its hash makes.
+        if (fixedHash is { } fixedAddress && StorePathComputer.MakeFixedOutputPath(StorePathComputer.OutputPathName(job.Derivation.Name, name), fixedAddress) != path)
+        {
+            return (null, $"fixed output '{name}' of '{job.DrvPath}' is at {path}, not at the path its hash makes");
+        }
+
+        if (info.NarSize > maxNarSize)
+        {
+            return (null, $"output '{name}' is {info.NarSize} bytes, more than the {maxNarSize} Kiln takes");
+        }
+
         var scanner = new Kiln.Nix.References.ReferenceScanner(job.Inputs.Select(i => i.Path).Concat(job.Derivation.Outputs.Values.Select(o => o.StorePath!.Value)));
         var source = await daemon.NarFromPathAsync(path, cancellationToken).ConfigureAwait(false);
         var nar = await NarIngest.IngestAsync(blobs, new ScanningStream(source, scanner), fixedHash?.MethodAndAlgorithm, 0, maxNarSize, cancellationToken)
@@ -212,6 +267,9 @@ public sealed class StockNixExecutor(StockBuilderLogin login, IBlobStore blobs, 
             return (new BuiltOutput(name, path, nar.NarHash, nar.NarSize, [.. references.Order()], fixedHash), null);
         }
     }
+
+    // A time the daemon reported (Unix seconds); null when it said none or one no clock shows.
+    private static DateTimeOffset? Time(long seconds) => seconds is > 0 and < 253402300799 ? DateTimeOffset.FromUnixTimeSeconds(seconds) : null;
 
     private static BuildFailureKind FailureOf(BuildStatus status) => status switch
     {

@@ -25,6 +25,10 @@ public sealed class WorkerClient
     private static readonly ProtocolVersion Newest = new(1, 37);
     private static readonly ProtocolVersion Oldest = new(1, 21); // Nix 2.3
 
+    // What a daemon may send: a log line or message is at most 1 MiB (Kiln keeps lines far shorter), a list as long as
+    // a closure may be. The daemon is another machine's: nothing it sends may make Kiln allocate without bound.
+    private static readonly WireLimits Limits = new() { MaxStringLength = 1 << 20, MaxListCount = 1 << 20, MaxFrameLength = 1 << 20 };
+
     private readonly WireInput _input;
     private readonly WireOutput _output;
 
@@ -40,10 +44,13 @@ public sealed class WorkerClient
     /// <summary>The daemon's Nix version (empty before 1.33).</summary>
     public string DaemonVersion { get; private set; } = "";
 
+    /// <summary>Whether the daemon trusts this client (null: it did not say, before 1.35).</summary>
+    public bool? Trusted { get; private set; }
+
     /// <summary>Shakes hands with the daemon at the other end of <paramref name="fromDaemon"/>/<paramref name="toDaemon"/>.</summary>
     public static async Task<WorkerClient> ConnectAsync(PipeReader fromDaemon, PipeWriter toDaemon, CancellationToken cancellationToken)
     {
-        var client = new WorkerClient(new WireInput(fromDaemon, WireLimits.Default), new WireOutput(toDaemon));
+        var client = new WorkerClient(new WireInput(fromDaemon, Limits), new WireOutput(toDaemon));
         await client.HandshakeAsync(cancellationToken).ConfigureAwait(false);
         return client;
     }
@@ -76,7 +83,7 @@ public sealed class WorkerClient
 
         if (Version.AtLeast(35))
         {
-            await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // whether it trusts us: the build will tell
+            Trusted = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false) switch { 1 => true, 2 => false, _ => null };
         }
 
         await ReadLogAsync(null, cancellationToken).ConfigureAwait(false);
@@ -101,16 +108,8 @@ public sealed class WorkerClient
     {
         _output.WriteU64((ulong)WorkerOp.QueryPathInfo);
         _output.WriteStorePath(path);
-        try
-        {
-            await SendAsync(null, cancellationToken).ConfigureAwait(false);
-        }
-        catch (NixErrorException) when (!Version.AtLeast(17))
-        {
-            return null; // before 1.17 an invalid path is an error
-        }
-
-        if (Version.AtLeast(17) && !await _input.ReadBoolAsync(cancellationToken).ConfigureAwait(false))
+        await SendAsync(null, cancellationToken).ConfigureAwait(false);
+        if (!await _input.ReadBoolAsync(cancellationToken).ConfigureAwait(false)) // every version Kiln speaks (≥ 1.21) says whether it is valid
         {
             return null;
         }
@@ -195,15 +194,60 @@ public sealed class WorkerClient
     }
 
     /// <summary>
-    /// Builds <paramref name="derivation"/> (sent as a BasicDerivation: its input sources must name the whole input
-    /// closure, which the daemon must hold). Each line the builder logs goes to <paramref name="logLine"/>.
+    /// Sets the daemon's options for the builds of this connection (Nix's <c>SetOptions</c>): no substitution, the
+    /// build's cores and silence limit, and <paramref name="overrides"/> (settings by name, which a daemon applies for a
+    /// client it trusts).
     /// </summary>
-    public async Task<BuildResult> BuildDerivationAsync(StorePath drvPath, Derivation derivation, Action<string> logLine, CancellationToken cancellationToken)
+    public async Task SetOptionsAsync(int buildCores, TimeSpan maxSilentTime, IReadOnlyDictionary<string, string> overrides, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(overrides);
+        _output.WriteU64((ulong)WorkerOp.SetOptions);
+        _output.WriteBool(false); // keepFailed
+        _output.WriteBool(false); // keepGoing
+        _output.WriteBool(false); // tryFallback
+        _output.WriteU64(0); // verbosity: errors only (build log lines come as results whatever it is)
+        _output.WriteU64(1); // maxBuildJobs
+        _output.WriteU64((ulong)Math.Max(0, (long)maxSilentTime.TotalSeconds));
+        _output.WriteBool(true); // useBuildHook (obsolete)
+        _output.WriteU64(0); // verboseBuild: build output at the error level
+        _output.WriteU64(0); // logType (obsolete)
+        _output.WriteU64(0); // printBuildTrace (obsolete)
+        _output.WriteU64((ulong)Math.Max(0, buildCores));
+        _output.WriteBool(false); // useSubstitutes: what Kiln asks for is built, never fetched from the daemon's caches
+        WireWriter.WriteStringMap(_output.Buffer, overrides);
+        await SendAsync(null, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Deletes <paramref name="paths"/> from the daemon's store (Nix's gcDeleteSpecific); returns those it deleted.</summary>
+    public async Task<SortedSet<StorePath>> DeletePathsAsync(IEnumerable<StorePath> paths, CancellationToken cancellationToken)
+    {
+        _output.WriteU64((ulong)WorkerOp.CollectGarbage);
+        _output.WriteU64(3); // gcDeleteSpecific
+        _output.WriteStorePaths(paths);
+        _output.WriteBool(false); // ignoreLiveness
+        _output.WriteU64(ulong.MaxValue); // maxFreed
+        _output.WriteU64(0);
+        _output.WriteU64(0);
+        _output.WriteU64(0); // three obsolete fields
+        await SendAsync(null, cancellationToken).ConfigureAwait(false);
+        var deleted = await _input.ReadStorePathsAsync(cancellationToken).ConfigureAwait(false);
+        await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // bytes freed
+        await _input.ReadU64Async(cancellationToken).ConfigureAwait(false); // obsolete
+        return deleted;
+    }
+
+    /// <summary>
+    /// Builds <paramref name="derivation"/> (sent as a BasicDerivation: its input sources must name the whole input
+    /// closure, which the daemon must hold). Each line the builder logs goes to <paramref name="logLine"/>. With
+    /// <paramref name="check"/> it builds even if the outputs are valid there, and fails unless the result is the same
+    /// (Nix's <c>--check</c>).
+    /// </summary>
+    public async Task<BuildResult> BuildDerivationAsync(StorePath drvPath, Derivation derivation, Action<string> logLine, CancellationToken cancellationToken, bool check = false)
     {
         _output.WriteU64((ulong)WorkerOp.BuildDerivation);
         _output.WriteStorePath(drvPath);
         BasicDerivationWire.Write(_output.Buffer, derivation);
-        _output.WriteU64(0); // bmNormal
+        _output.WriteU64(check ? 2UL : 0UL); // bmCheck or bmNormal
         await SendAsync(logLine, cancellationToken).ConfigureAwait(false);
 
         var status = (BuildStatus)await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
@@ -260,7 +304,8 @@ public sealed class WorkerClient
         await _input.ReadU64Async(cancellationToken).ConfigureAwait(false) switch
         {
             0 => null,
-            1 => TimeSpan.FromMicroseconds(await _input.ReadInt64Async(cancellationToken).ConfigureAwait(false)),
+            1 => await _input.ReadInt64Async(cancellationToken).ConfigureAwait(false) is var us and >= 0 and <= 100L * 365 * 86400 * 1_000_000
+                ? TimeSpan.FromMicroseconds(us) : throw new ProtocolViolationException("a CPU time out of range"),
             var tag => throw new ProtocolViolationException($"an optional duration tagged {tag}"),
         };
 
@@ -320,7 +365,7 @@ public sealed class WorkerClient
     private async Task<List<object>> ReadFieldsAsync(CancellationToken cancellationToken)
     {
         var count = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
-        if (count > 1024)
+        if (count > 64)
         {
             throw new ProtocolViolationException($"a log message with {count} fields");
         }
@@ -354,7 +399,12 @@ public sealed class WorkerClient
         var message = await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);
         await ReadPositionAsync(cancellationToken).ConfigureAwait(false);
         var traces = await _input.ReadU64Async(cancellationToken).ConfigureAwait(false);
-        for (var i = 0UL; i < Math.Min(traces, 1024); i++)
+        if (traces > 1024)
+        {
+            throw new ProtocolViolationException($"an error with {traces} traces");
+        }
+
+        for (var i = 0UL; i < traces; i++)
         {
             await ReadPositionAsync(cancellationToken).ConfigureAwait(false);
             await _input.ReadStringAsync(cancellationToken).ConfigureAwait(false);

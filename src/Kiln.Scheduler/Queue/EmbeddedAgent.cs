@@ -17,6 +17,7 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly IDisposable _registration;
     private readonly Task[] _loops;
+    private int _unavailableInARow; // executor-unavailable failures since the last build it ran
 
     public EmbeddedAgent(IJobQueue queue, IBuildExecutor executor, AgentInfo info, ILogger logger, TimeSpan heartbeat)
     {
@@ -35,6 +36,9 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
     public AgentInfo Info { get; }
 
     public TimeSpan Heartbeat { get; }
+
+    /// <summary>When the agent stops, its running builds go back to the queue (uncounted) rather than end cancelled.</summary>
+    public bool ReleaseOnStop { get; init; }
 
     private async Task ClaimLoopAsync()
     {
@@ -61,11 +65,18 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
         using var beating = new CancellationTokenSource();
         var heartbeats = BeatAsync(lease, beating.Token);
         BuildOutcome outcome;
-        string? unavailable = null;
+        ExecutorUnavailableException? unavailable = null;
+        var released = false;
         try
         {
             lease.Offer.Log.Running();
             outcome = await _executor.BuildAsync(job, lease.Offer.Log, build.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ReleaseOnStop && _stop.IsCancellationRequested && !lease.Cancelled.IsCancellationRequested)
+        {
+            // This agent stops (its builder was removed), not the build: it goes back to the queue, not counted.
+            outcome = null!;
+            released = true;
         }
         catch (OperationCanceledException)
         {
@@ -73,10 +84,11 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
         }
         catch (ExecutorUnavailableException e)
         {
-            LogUnavailable(_logger, Info.Name, job.DrvPath.FullPath, e.Message);
+            LogUnavailable(_logger, Info.Name, job.DrvPath.FullPath, e.Detail);
             outcome = null!;
-            unavailable = e.Message;
+            unavailable = e;
         }
+
 #pragma warning disable CA1031 // an agent's failure is the build's, reported; the agent goes on
         catch (Exception e)
 #pragma warning restore CA1031
@@ -90,12 +102,35 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
             await heartbeats.ConfigureAwait(false);
         }
 
-        if (unavailable is not null)
+        if (released)
         {
-            lease.Abandon(unavailable); // another attempt, here or on another agent
+            lease.Release();
             return;
         }
 
+        if (unavailable is not null)
+        {
+            if (unavailable.Counted)
+            {
+                lease.Abandon(unavailable.Message); // another attempt, here or on another agent
+                return;
+            }
+
+            lease.Release(); // nothing was tried: not an attempt; this loop waits before it claims again
+            var failures = Interlocked.Increment(ref _unavailableInARow);
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(Math.Min(60, 1 << Math.Min(failures, 6))), _stop.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                // stopping
+            }
+
+            return;
+        }
+
+        Interlocked.Exchange(ref _unavailableInARow, 0);
         lease.Complete(outcome);
     }
 

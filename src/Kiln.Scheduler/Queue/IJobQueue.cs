@@ -12,6 +12,9 @@ public sealed record JobRequirements(string System, IReadOnlySet<string> Feature
     /// </summary>
     public bool GloballyTrusted { get; init; }
 
+    /// <summary>The derivation asks to leave the sandbox (<c>__noChroot</c>): never sent to a stock builder's shared store.</summary>
+    public bool Impure { get; init; }
+
     /// <summary>Nix's words for it: <c>a 'x86_64-linux' with features {kvm}</c>.</summary>
     public override string ToString() => Features.Count == 0 ? $"a '{System}'" : $"a '{System}' with features {{{string.Join(", ", Features.Order(StringComparer.Ordinal))}}}";
 }
@@ -38,7 +41,7 @@ public sealed record AgentInfo(string Name, IReadOnlySet<string> Systems, IReadO
     {
         ArgumentNullException.ThrowIfNull(requirements);
         return (requirements.System == "builtin" || Systems.Contains(requirements.System)) && requirements.Features.IsSubsetOf(Features)
-            && (!StockBuilder || requirements.GloballyTrusted);
+            && (!StockBuilder || (requirements.GloballyTrusted && !requirements.Impure));
     }
 
     public override string ToString() => $"a '{string.Join("', '", Systems.Order(StringComparer.Ordinal))}' with features {{{string.Join(", ", Features.Order(StringComparer.Ordinal))}}}";

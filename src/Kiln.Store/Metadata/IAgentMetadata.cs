@@ -65,6 +65,13 @@ public sealed record BuilderRecord
     public string HostKey { get; init; } = "";
 
     public long Created { get; init; }
+
+    // The generated ToString would print the private key: a record logged or shown by mistake must not.
+    private bool PrintMembers(System.Text.StringBuilder builder)
+    {
+        builder.Append($"Name = {Name}, Uri = {Uri}, Systems = [{string.Join(", ", Systems)}], Features = [{string.Join(", ", Features)}], MaxJobs = {MaxJobs}");
+        return true;
+    }
 }
 
 /// <summary>
