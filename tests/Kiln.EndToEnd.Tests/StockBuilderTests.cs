@@ -127,4 +127,32 @@ public class StockBuilderTests(ITestOutputHelper output)
         Assert.False(Path.Exists(Path.Combine(builder.StoreDirectory, uploaded.BaseName)), "the account's contents reached the stock builder");
         Assert.DoesNotContain(uploaded.BaseName, builder.Log, StringComparison.Ordinal);
     }
+
+    // What the builder's store already holds under an output path was not built for this job (an earlier build from
+    // other inputs, or the machine's own users): it is removed and the output built, never taken as the build's.
+    [Fact]
+    public async Task Contents_already_at_an_output_path_on_the_builder_are_not_taken_as_the_build()
+    {
+        var client = NixClient.For("2.34.8");
+        using var builder = new StockNixBuilder("kiln-stock-feature");
+        using var kiln = new KilnProcess(arguments: ["--agent-wait", "10"]);
+        kiln.Cli("builder", "add", "stock", builder.Uri, "--features", "kiln-stock-feature", "--ssh-key", builder.ClientKeyPath, "--host-key", builder.HostKeyLine);
+        using var workspace = client.NewWorkspace();
+        Dag.WriteBusybox(client, workspace);
+        var marker = Guid.NewGuid().ToString("N");
+        File.WriteAllText(client.HostPath($"{workspace}/planted.nix"), $$"""
+            let bb = ./bb; in derivation {
+              name = "stock-planted-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+              requiredSystemFeatures = [ "kiln-stock-feature" ]; args = [ "-c" "echo really built > $out" ];
+            }
+            """);
+        var drv = client.Ok(kiln, "nix-instantiate", "--store", Kiln, $"{workspace}/planted.nix").StdoutText.Trim();
+        var outPath = client.Ok(kiln, "nix-store", "--store", Kiln, "--query", "--outputs", drv).StdoutText.Trim();
+        await builder.AddAsync(StorePath.Parse(outPath), NarBuilder.Start().File("planted on the builder\n").ToArray());
+        Assert.True(File.Exists(Path.Combine(builder.StoreDirectory, Path.GetFileName(outPath))));
+
+        client.Ok(kiln, "nix-store", "--store", Kiln, "--realise", drv);
+        Assert.Equal("really built\n", client.Ok(kiln, "nix", "store", "cat", "--store", Kiln, outPath).StdoutText);
+        Assert.Equal("really built\n", File.ReadAllText(Path.Combine(builder.StoreDirectory, Path.GetFileName(outPath))));
+    }
 }

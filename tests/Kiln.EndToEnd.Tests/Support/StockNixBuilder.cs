@@ -1,6 +1,11 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.IO.Pipelines;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
+using Kiln.Protocol.Worker;
 
 namespace Kiln.EndToEnd.Tests.Support;
 
@@ -159,6 +164,32 @@ public sealed class StockNixBuilder : IDisposable
 
     /// <summary>What sshd has logged so far (the daemon's own stderr goes to the client, over SSH).</summary>
     public string Log => _output.Text;
+
+    /// <summary>
+    /// Puts <paramref name="nar"/> at <paramref name="path"/> in the builder's store, as its own users could, through its
+    /// daemon (over SSH, with the worker protocol's client).
+    /// </summary>
+    public async Task AddAsync(StorePath path, byte[] nar)
+    {
+        var knownHosts = Path.Combine(_temp.Path, "test_known_hosts");
+        File.WriteAllText(knownHosts, KnownHostsLine + "\n");
+        var info = new ProcessStartInfo("ssh") { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var argument in new[]
+        {
+            "-F", "/dev/null", "-o", "BatchMode=yes", "-o", $"UserKnownHostsFile={knownHosts}", "-i", ClientKeyPath,
+            "-p", Port.ToString(CultureInfo.InvariantCulture), "root@127.0.0.1", "--", "nix-daemon", "--stdio",
+        })
+        {
+            info.ArgumentList.Add(argument);
+        }
+
+        using var ssh = Process.Start(info)!;
+        var daemon = await WorkerClient.ConnectAsync(PipeReader.Create(ssh.StandardOutput.BaseStream), PipeWriter.Create(ssh.StandardInput.BaseStream), CancellationToken.None);
+        var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
+        await daemon.AddToStoreNarAsync(new ValidPathInfo { Path = path, NarHash = hash, NarSize = nar.Length }, new MemoryStream(nar), repair: false, CancellationToken.None);
+        ssh.StandardInput.Close();
+        await ssh.WaitForExitAsync();
+    }
 
     public void Dispose()
     {
