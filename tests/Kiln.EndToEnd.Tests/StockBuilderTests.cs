@@ -155,4 +155,33 @@ public class StockBuilderTests(ITestOutputHelper output)
         Assert.Equal("really built\n", client.Ok(kiln, "nix", "store", "cat", "--store", Kiln, outPath).StdoutText);
         Assert.Equal("really built\n", File.ReadAllText(Path.Combine(builder.StoreDirectory, Path.GetFileName(outPath))));
     }
+
+    // A builder that cannot be reached costs the jobs nothing but time: it is withdrawn from the queue while it is
+    // down (no attempts spent on it), so a step only it could run waits as for any missing agent and then fails with
+    // the clear message — which names neither its address nor what ssh said (tenants read build logs).
+    [Fact]
+    public void A_builder_that_cannot_be_reached_is_withdrawn_and_its_address_never_reaches_the_client()
+    {
+        var client = NixClient.For("2.34.8");
+        using var builder = new StockNixBuilder("kiln-stock-feature");
+        using var kiln = new KilnProcess(arguments: ["--agent-wait", "3"]);
+        var dead = $"ssh-ng://root@127.0.0.1:{KilnProcess.FreePort()}";
+        kiln.Cli("builder", "add", "down", dead, "--features", "kiln-stock-feature", "--max-jobs", "2", "--ssh-key", builder.ClientKeyPath);
+        using var workspace = client.NewWorkspace();
+        Dag.WriteBusybox(client, workspace);
+        var marker = Guid.NewGuid().ToString("N");
+        File.WriteAllText(client.HostPath($"{workspace}/down.nix"), $$"""
+            let bb = ./bb; in derivation {
+              name = "stock-down-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+              requiredSystemFeatures = [ "kiln-stock-feature" ]; args = [ "-c" "mkdir $out" ];
+            }
+            """);
+        var build = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/down.nix", "--no-out-link");
+        Assert.NotEqual(0, build.ExitCode);
+        Assert.Contains("is required to build", build.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("attempts", build.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("127.0.0.1", build.Stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("Connection refused", build.Stderr, StringComparison.Ordinal);
+        Assert.Contains("cannot reach the Nix daemon at " + dead, kiln.Log, StringComparison.Ordinal); // the operator is told
+    }
 }

@@ -15,8 +15,10 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
     private readonly IBuildExecutor _executor;
     private readonly ILogger _logger;
     private readonly CancellationTokenSource _stop = new();
-    private readonly IDisposable _registration;
     private readonly Task[] _loops;
+    private readonly Lock _registrationGate = new();
+    private IDisposable? _registration; // null while suspended: the queue does not count on this agent
+    private long _suspendedUntil; // Environment.TickCount64
     private int _unavailableInARow; // executor-unavailable failures since the last build it ran
 
     public EmbeddedAgent(IJobQueue queue, IBuildExecutor executor, AgentInfo info, ILogger logger, TimeSpan heartbeat)
@@ -47,6 +49,7 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
             ILease lease;
             try
             {
+                await ResumeAsync().ConfigureAwait(false);
                 lease = await _queue.ClaimAsync(Info, _stop.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
@@ -54,7 +57,44 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
                 return;
             }
 
+            if (Suspended)
+            {
+                lease.Release(); // handed over while another slot found the executor unavailable
+                continue;
+            }
+
             await RunAsync(lease).ConfigureAwait(false);
+        }
+    }
+
+    private bool Suspended => Environment.TickCount64 < Interlocked.Read(ref _suspendedUntil);
+
+    // An executor that is unavailable (its builder unreachable) withdraws the agent from the queue for a while,
+    // doubling from 2 s to a minute while it stays so: jobs only it could run then wait as for any missing agent
+    // (and fail after the queue's placement wait), rather than spend their attempts on it.
+    private void Suspend()
+    {
+        var failures = Interlocked.Increment(ref _unavailableInARow);
+        Interlocked.Exchange(ref _suspendedUntil, Environment.TickCount64 + (long)Math.Min(60_000, 1000 << Math.Min(failures, 6)));
+        lock (_registrationGate)
+        {
+            _registration?.Dispose();
+            _registration = null;
+        }
+    }
+
+    // Waits out a suspension, then makes sure the agent is registered (the next job it gets is the probe).
+    private async Task ResumeAsync()
+    {
+        var wait = Interlocked.Read(ref _suspendedUntil) - Environment.TickCount64;
+        if (wait > 0)
+        {
+            await Task.Delay(TimeSpan.FromMilliseconds(wait), _stop.Token).ConfigureAwait(false);
+        }
+
+        lock (_registrationGate)
+        {
+            _registration ??= _queue.Register(Info);
         }
     }
 
@@ -116,17 +156,8 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
                 return;
             }
 
-            lease.Release(); // nothing was tried: not an attempt; this loop waits before it claims again
-            var failures = Interlocked.Increment(ref _unavailableInARow);
-            try
-            {
-                await Task.Delay(TimeSpan.FromSeconds(Math.Min(60, 1 << Math.Min(failures, 6))), _stop.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                // stopping
-            }
-
+            Suspend(); // first, so the job given back does not come straight back here
+            lease.Release(); // nothing was tried: not an attempt
             return;
         }
 
@@ -153,7 +184,12 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
     {
         await _stop.CancelAsync().ConfigureAwait(false);
         await Task.WhenAll(_loops).ConfigureAwait(false);
-        _registration.Dispose();
+        lock (_registrationGate)
+        {
+            _registration?.Dispose();
+            _registration = null;
+        }
+
         _stop.Dispose();
         LogStopped(_logger, Info.Name);
     }
