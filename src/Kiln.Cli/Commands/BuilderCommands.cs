@@ -48,6 +48,12 @@ internal static class BuilderCommands
             }
 
             var key = ReadKey(result.GetValue(sshKey)!);
+            var words = (result.GetValue(systems) ?? []).Concat(result.GetValue(features)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+            if (words.FirstOrDefault(w => w.Length == 0 || w.Any(char.IsWhiteSpace)) is { } bad)
+            {
+                throw new CommandException($"'{bad}' is not a system or feature name (no spaces)");
+            }
+
             var record = new BuilderRecord
             {
                 Name = builderName,
