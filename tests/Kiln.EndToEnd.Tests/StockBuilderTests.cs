@@ -19,6 +19,21 @@ public class StockBuilderTests(ITestOutputHelper output)
 {
     private const string Kiln = NixClient.SocketUri;
 
+    // Writes FILE.nix in the workspace: one derivation needing the builder's feature, running SCRIPT with busybox
+    // (ATTRIBUTES: more attributes, Nix syntax); returns its path in the chroot.
+    private static string WriteNeedingFeature(NixClient client, Workspace workspace, string name, string script, string attributes = "")
+    {
+        Dag.WriteBusybox(client, workspace);
+        var file = $"{workspace}/{name}.nix";
+        File.WriteAllText(client.HostPath(file), $$"""
+            let bb = ./bb; in derivation {
+              name = "{{name}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+              requiredSystemFeatures = [ "kiln-stock-feature" ]; args = [ "-c" "{{script}}" ]; {{attributes}}
+            }
+            """);
+        return file;
+    }
+
     [Fact]
     public async Task A_derivation_needing_a_feature_only_a_stock_builder_has_is_built_there_and_its_output_is_valid_and_fetchable()
     {
@@ -75,13 +90,7 @@ public class StockBuilderTests(ITestOutputHelper output)
         // Removed, the builder gets nothing more: the next such step waits for someone with the feature, then fails.
         kiln.Cli("builder", "remove", "stock");
         await Task.Delay(TimeSpan.FromSeconds(5)); // the server reads the list every few seconds
-        File.WriteAllText(client.HostPath($"{workspace}/after.nix"), $$"""
-            let bb = ./bb; in derivation {
-              name = "stock-after-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
-              requiredSystemFeatures = [ "kiln-stock-feature" ]; args = [ "-c" "mkdir $out" ];
-            }
-            """);
-        var after = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/after.nix", "--no-out-link");
+        var after = client.Run(kiln, "nix-build", "--store", Kiln, WriteNeedingFeature(client, workspace, $"stock-after-{marker}", "mkdir $out"), "--no-out-link");
         Assert.NotEqual(0, after.ExitCode);
         Assert.Contains("waiting for an agent", after.Stderr, StringComparison.Ordinal);
     }
@@ -112,16 +121,8 @@ public class StockBuilderTests(ITestOutputHelper output)
         }
 
         using var workspace = client.NewWorkspace();
-        Dag.WriteBusybox(client, workspace);
-        File.WriteAllText(client.HostPath($"{workspace}/private.nix"), $$"""
-            let bb = ./bb; in derivation {
-              name = "stock-private-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
-              requiredSystemFeatures = [ "kiln-stock-feature" ];
-              input = builtins.storePath "{{uploaded}}";
-              args = [ "-c" "cat $input > $out" ];
-            }
-            """);
-        var build = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/private.nix", "--no-out-link");
+        var file = WriteNeedingFeature(client, workspace, $"stock-private-{marker}", "cat $input > $out", $"input = builtins.storePath \"{uploaded}\";");
+        var build = client.Run(kiln, "nix-build", "--store", Kiln, file, "--no-out-link");
         Assert.NotEqual(0, build.ExitCode);
         Assert.Contains("waiting for an agent", build.Stderr, StringComparison.Ordinal);
         Assert.False(Path.Exists(Path.Combine(builder.StoreDirectory, uploaded.BaseName)), "the account's contents reached the stock builder");
@@ -138,15 +139,8 @@ public class StockBuilderTests(ITestOutputHelper output)
         using var kiln = new KilnProcess(arguments: ["--agent-wait", "10"]);
         kiln.Cli("builder", "add", "stock", builder.Uri, "--features", "kiln-stock-feature", "--ssh-key", builder.ClientKeyPath, "--host-key", builder.HostKeyLine);
         using var workspace = client.NewWorkspace();
-        Dag.WriteBusybox(client, workspace);
-        var marker = Guid.NewGuid().ToString("N");
-        File.WriteAllText(client.HostPath($"{workspace}/planted.nix"), $$"""
-            let bb = ./bb; in derivation {
-              name = "stock-planted-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
-              requiredSystemFeatures = [ "kiln-stock-feature" ]; args = [ "-c" "echo really built > $out" ];
-            }
-            """);
-        var drv = client.Ok(kiln, "nix-instantiate", "--store", Kiln, $"{workspace}/planted.nix").StdoutText.Trim();
+        var file = WriteNeedingFeature(client, workspace, $"stock-planted-{Guid.NewGuid():N}", "echo really built > $out");
+        var drv = client.Ok(kiln, "nix-instantiate", "--store", Kiln, file).StdoutText.Trim();
         var outPath = client.Ok(kiln, "nix-store", "--store", Kiln, "--query", "--outputs", drv).StdoutText.Trim();
         await builder.AddAsync(StorePath.Parse(outPath), NarBuilder.Start().File("planted on the builder\n").ToArray());
         Assert.True(File.Exists(Path.Combine(builder.StoreDirectory, Path.GetFileName(outPath))));
@@ -168,15 +162,7 @@ public class StockBuilderTests(ITestOutputHelper output)
         var dead = $"ssh-ng://root@127.0.0.1:{KilnProcess.FreePort()}";
         kiln.Cli("builder", "add", "down", dead, "--features", "kiln-stock-feature", "--max-jobs", "2", "--ssh-key", builder.ClientKeyPath);
         using var workspace = client.NewWorkspace();
-        Dag.WriteBusybox(client, workspace);
-        var marker = Guid.NewGuid().ToString("N");
-        File.WriteAllText(client.HostPath($"{workspace}/down.nix"), $$"""
-            let bb = ./bb; in derivation {
-              name = "stock-down-{{marker}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
-              requiredSystemFeatures = [ "kiln-stock-feature" ]; args = [ "-c" "mkdir $out" ];
-            }
-            """);
-        var build = client.Run(kiln, "nix-build", "--store", Kiln, $"{workspace}/down.nix", "--no-out-link");
+        var build = client.Run(kiln, "nix-build", "--store", Kiln, WriteNeedingFeature(client, workspace, $"stock-down-{Guid.NewGuid():N}", "mkdir $out"), "--no-out-link");
         Assert.NotEqual(0, build.ExitCode);
         Assert.Contains("is required to build", build.Stderr, StringComparison.Ordinal);
         Assert.DoesNotContain("attempts", build.Stderr, StringComparison.Ordinal);

@@ -199,7 +199,12 @@ public sealed class SchedulerTests : IAsyncLifetime
     {
         var scheduler = new BuildScheduler(_store.Builds, _store.Blobs, _queue, _store.Logs, new SchedulerOptions
         {
-            BuildMemory = 8L << 30, MinMemory = 256L << 20, DefaultMemory = 1L << 30, Cores = 16, MinCores = 2, DefaultCores = 3,
+            BuildMemory = 8L << 30,
+            MinMemory = 256L << 20,
+            DefaultMemory = 1L << 30,
+            Cores = 16,
+            MinCores = 2,
+            DefaultCores = 3,
         }, null, NullLogger.Instance);
         using var view = await _store.OpenViewAsync("a", default);
         async Task<Kiln.Agent.BuildLimits> LimitsOfAsync(string name)

@@ -96,7 +96,8 @@ public sealed partial class StockBuilders : IAsyncDisposable
                 var login = WriteLogin(builder, address);
                 var executor = new StockNixExecutor(login, _blobs, Math.Max(1, builder.MaxJobs), _maxNarSize);
                 var info = new AgentInfo(builder.Name, new SortedSet<string>(builder.Systems, StringComparer.Ordinal), new SortedSet<string>(builder.Features, StringComparer.Ordinal),
-                    Math.Max(1, builder.MaxJobs)) { StockBuilder = true };
+                    Math.Max(1, builder.MaxJobs))
+                { StockBuilder = true };
                 _running[builder.Name] = (Signature(builder), new EmbeddedAgent(_queue, executor, info, _logger, _heartbeat) { ReleaseOnStop = true });
                 continue;
             }
@@ -122,36 +123,18 @@ public sealed partial class StockBuilders : IAsyncDisposable
         Directory.CreateDirectory(_directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         var key = Path.Combine(directory, "key");
-        WritePrivate(key, builder.SshKey.EndsWith('\n') ? builder.SshKey : builder.SshKey + "\n");
+        Kiln.Store.DataDirectoryBindings.WritePrivateFile(key, builder.SshKey.EndsWith('\n') ? builder.SshKey : builder.SshKey + "\n");
         var knownHosts = Path.Combine(directory, "known_hosts");
         if (builder.HostKey.Length > 0)
         {
-            WritePrivate(knownHosts, $"{address.KnownHostsName} {builder.HostKey.Trim()}\n");
+            Kiln.Store.DataDirectoryBindings.WritePrivateFile(knownHosts, $"{address.KnownHostsName} {builder.HostKey.Trim()}\n");
         }
         else if (!File.Exists(knownHosts))
         {
-            WritePrivate(knownHosts, ""); // learnt on first contact, then kept
+            Kiln.Store.DataDirectoryBindings.WritePrivateFile(knownHosts, ""); // learnt on first contact, then kept
         }
 
         return new StockBuilderLogin(address, key, knownHosts, builder.HostKey.Length > 0);
-    }
-
-    private static void WritePrivate(string path, string contents)
-    {
-        var temporary = path + ".new";
-        File.Delete(temporary);
-        using (var stream = new FileStream(temporary, new FileStreamOptions
-        {
-            Mode = FileMode.CreateNew,
-            Access = FileAccess.Write,
-            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-        }))
-        using (var writer = new StreamWriter(stream))
-        {
-            writer.Write(contents);
-        }
-
-        File.Move(temporary, path, overwrite: true);
     }
 
     public async ValueTask DisposeAsync()

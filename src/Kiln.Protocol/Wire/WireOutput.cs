@@ -56,6 +56,28 @@ public sealed class WireOutput
 
     public void WriteStringSet(IEnumerable<string> values) => WireWriter.WriteStringSet(values, _counting);
 
+    /// <summary>ValidPathInfo as the worker protocol's <paramref name="version"/> has it (Nix's <c>ValidPathInfo::write</c>).</summary>
+    public void WritePathInfo(Kiln.Nix.Store.ValidPathInfo info, bool includePath, ProtocolVersion version)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        if (includePath)
+        {
+            WriteStorePath(info.Path);
+        }
+
+        WriteOptionalStorePath(info.Deriver);
+        WriteString(info.NarHash.ToBase16());
+        WriteStorePaths(info.References);
+        WriteU64((ulong)info.RegistrationTime);
+        WriteU64((ulong)info.NarSize);
+        if (version.AtLeast(16))
+        {
+            WriteBool(info.Ultimate);
+            WriteStringSet(info.Signatures);
+            WriteString(info.ContentAddress?.ToString() ?? "");
+        }
+    }
+
     /// <summary>Writes raw bytes (a NAR after NarFromPath, say).</summary>
     public void WriteRaw(ReadOnlySpan<byte> data)
     {

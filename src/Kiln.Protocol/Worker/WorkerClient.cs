@@ -146,15 +146,7 @@ public sealed class WorkerClient
         ArgumentNullException.ThrowIfNull(info);
         ArgumentNullException.ThrowIfNull(nar);
         _output.WriteU64((ulong)WorkerOp.AddToStoreNar);
-        _output.WriteStorePath(info.Path);
-        _output.WriteOptionalStorePath(info.Deriver);
-        _output.WriteString(info.NarHash.ToBase16());
-        _output.WriteStorePaths(info.References);
-        _output.WriteU64((ulong)info.RegistrationTime);
-        _output.WriteU64((ulong)info.NarSize);
-        _output.WriteBool(false); // not ultimate: the daemon did not build it
-        _output.WriteStringSet(info.Signatures);
-        _output.WriteString(info.ContentAddress?.ToString() ?? "");
+        _output.WritePathInfo(info with { Ultimate = false }, includePath: true, Version); // not ultimate: the daemon did not build it
         _output.WriteBool(repair);
         _output.WriteBool(true); // dontCheckSigs
         if (!Version.AtLeast(23))

@@ -137,26 +137,7 @@ public sealed partial class WorkerSession
         }
     }
 
-    /// <summary>ValidPathInfo as the version expects it (Nix's <c>ValidPathInfo::write</c>).</summary>
-    private void WritePathInfo(ValidPathInfo info, bool includePath)
-    {
-        if (includePath)
-        {
-            _output.WriteStorePath(info.Path);
-        }
-
-        _output.WriteOptionalStorePath(info.Deriver);
-        _output.WriteString(info.NarHash.ToBase16());
-        _output.WriteStorePaths(info.References);
-        _output.WriteU64((ulong)info.RegistrationTime);
-        _output.WriteU64((ulong)info.NarSize);
-        if (_version.AtLeast(16))
-        {
-            _output.WriteBool(info.Ultimate);
-            _output.WriteStringSet(info.Signatures);
-            _output.WriteString(info.ContentAddress?.ToString() ?? "");
-        }
-    }
+    private void WritePathInfo(ValidPathInfo info, bool includePath) => _output.WritePathInfo(info, includePath, _version);
 
     private async Task QueryPathHashAsync(CancellationToken ct)
     {
