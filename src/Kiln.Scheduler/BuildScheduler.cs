@@ -139,24 +139,30 @@ public sealed partial class BuildScheduler
     /// most parallelism they reached (CPU time over wall time, rounded up), or the default, within <c>--min-cpu</c>
     /// and <c>--cores</c>. Twice, so a build that used all it was given gets room to show it needs more next time.
     /// </summary>
-    private async Task<BuildJob> SizedAsync(BuildJob job)
+    /// <returns>The job, and the memory it is expected to use — what placement counts, not its limit: the most its
+    /// package used (at least <c>--min-mem</c>), or for a package never built <c>--default-mem</c> if set, else
+    /// <c>--min-mem</c> (its generous limit would otherwise let an agent run one new package at a time).</returns>
+    private async Task<(BuildJob Job, long ExpectedMemory)> SizedAsync(BuildJob job)
     {
         var maxMemory = Options.BuildMemory;
         var maxCores = Math.Max(1, Options.Cores);
         var sizeCores = Options.MinCores < maxCores || (Options.DefaultCores > 0 && Options.DefaultCores < maxCores);
         if (maxMemory <= 0 && !sizeCores)
         {
-            return job;
+            return (job, 0);
         }
 
         var usage = await Builds.RecentUsageAsync(PackageNames.Of(job.DrvPath.BaseName), 5, CancellationToken.None).ConfigureAwait(false);
         var limits = job.Limits;
+        long expected = 0;
         if (maxMemory > 0)
         {
             // (Peaks are measurements an agent reports: a negative or absurd one must not wrap around.)
             var peak = usage.Count > 0 ? Math.Clamp(usage.Max(u => u.PeakMemory), 0, long.MaxValue / 2) : 0;
             var grant = peak > 0 ? peak * 2 : Options.DefaultMemory > 0 ? Options.DefaultMemory : maxMemory;
-            limits = limits with { MemoryBytes = Math.Clamp(grant, Math.Min(Options.MinMemory, maxMemory), maxMemory) };
+            var least = Math.Min(Options.MinMemory, maxMemory);
+            limits = limits with { MemoryBytes = Math.Clamp(grant, least, maxMemory) };
+            expected = Math.Clamp(peak > 0 ? peak : Options.DefaultMemory > 0 ? Options.DefaultMemory : least, least, maxMemory);
         }
 
         if (sizeCores)
@@ -167,7 +173,7 @@ public sealed partial class BuildScheduler
             limits = limits with { Cores = Math.Clamp(grant, Math.Clamp(Options.MinCores, 1, maxCores), maxCores) };
         }
 
-        return job with { Limits = limits };
+        return (job with { Limits = limits }, expected);
     }
 
     private static long Mib(long bytes) => bytes >> 20;
@@ -191,7 +197,8 @@ public sealed partial class BuildScheduler
             claimed = true;
             id = await Builds.StartBuildAsync(step.Key, job.DrvPath.BaseName, accountId, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), CancellationToken.None).ConfigureAwait(false);
             step.Started(id, Logs.Create(id));
-            job = await SizedAsync(job).ConfigureAwait(false);
+            (job, var expected) = await SizedAsync(job).ConfigureAwait(false);
+            requirements = requirements with { MemoryBytes = expected };
             while (true)
             {
                 var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId));
@@ -214,6 +221,7 @@ public sealed partial class BuildScheduler
                 // Killed by its memory grant, which history or the default chose below the maximum: once more with twice it.
                 var more = Math.Min(Options.BuildMemory, job.Limits.MemoryBytes * 2);
                 step.Line($"kiln: '{job.DrvPath}' ran out of its {Mib(job.Limits.MemoryBytes)} MiB of memory; building it again with {Mib(more)} MiB");
+                requirements = requirements with { MemoryBytes = job.Limits.MemoryBytes }; // it used at least what killed it
                 job = job with { Limits = job.Limits with { MemoryBytes = more } };
             }
 

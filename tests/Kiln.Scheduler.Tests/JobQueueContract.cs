@@ -217,10 +217,10 @@ public abstract class JobQueueContract
         Assert.Equal(3, (await ClaimAsync(queue, arm)).Offer.BuildId);
     }
 
-    private static JobOffer Needing(JobOffer offer, long memory) => offer with { Job = offer.Job with { Limits = offer.Job.Limits with { MemoryBytes = memory } } };
+    private static JobOffer Needing(JobOffer offer, long memory) => offer with { Requirements = offer.Requirements with { MemoryBytes = memory } };
 
     [Fact]
-    public async Task A_job_goes_to_an_agent_only_when_its_memory_fits_beside_the_builds_it_runs()
+    public async Task A_job_goes_to_an_agent_only_when_the_memory_it_needs_fits_beside_the_builds_it_runs()
     {
         var queue = Create(LongLease);
         var agent = Agent("small") with { Slots = 4, MemoryBytes = 4L << 30 };
@@ -245,7 +245,7 @@ public abstract class JobQueueContract
     }
 
     [Fact]
-    public async Task An_idle_agent_takes_a_job_granted_more_memory_than_it_has()
+    public async Task An_idle_agent_takes_a_job_needing_more_memory_than_it_has()
     {
         var queue = Create(LongLease);
         var agent = Agent("small") with { MemoryBytes = 1L << 30 };

@@ -12,6 +12,12 @@ public sealed record JobRequirements(string System, IReadOnlySet<string> Feature
     /// </summary>
     public bool GloballyTrusted { get; init; }
 
+    /// <summary>
+    /// The memory the job is expected to use (zero: unknown) — what placement counts against an agent's memory. Its
+    /// limit (<see cref="BuildLimits.MemoryBytes"/>) is larger: twice it from history, or the maximum when unknown.
+    /// </summary>
+    public long MemoryBytes { get; init; }
+
     /// <summary>The derivation asks to leave the sandbox (<c>__noChroot</c>): never sent to a stock builder's shared store.</summary>
     public bool Impure { get; init; }
 
@@ -32,8 +38,8 @@ public sealed record AgentInfo(string Name, IReadOnlySet<string> Systems, IReadO
     public bool StockBuilder { get; init; }
 
     /// <summary>
-    /// The memory its builds may use together (zero: not said, and not counted). A job goes to it only when its memory
-    /// grant fits beside those of the builds it runs — or when it runs none (it then gets at most this much).
+    /// The memory its builds may use together (zero: not said, and not counted). A job goes to it only when the memory
+    /// it is expected to use fits beside that of the builds it runs — or when it runs none.
     /// </summary>
     public long MemoryBytes { get; init; }
 

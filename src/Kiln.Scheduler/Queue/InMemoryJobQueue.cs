@@ -169,18 +169,18 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private bool MayTake(AgentInfo agent, JobOffer offer) =>
         agent.CanRun(offer.Requirements) && MemoryFits(agent, offer) && !(agent.StockBuilder && AgentHasRoom(offer));
 
-    // An agent that said how much memory its builds may use takes a job whose grant fits beside its running builds'
-    // grants; an idle one takes any (a grant larger than all of it is capped by the agent). Called under the gate.
+    // An agent that said how much memory its builds may use takes a job expected to use what fits beside what its
+    // running builds are expected to use; an idle one takes any (its limit is capped by the agent). Called under the gate.
     private bool MemoryFits(AgentInfo agent, JobOffer offer)
     {
-        var grant = offer.Job.Limits.MemoryBytes;
-        if (agent.MemoryBytes <= 0 || grant <= 0)
+        var wanted = offer.Requirements.MemoryBytes;
+        if (agent.MemoryBytes <= 0 || wanted <= 0)
         {
             return true;
         }
 
-        var used = _leased.Where(e => ReferenceEquals(e.CurrentLease?.Agent, agent)).Sum(e => Math.Min(e.Offer.Job.Limits.MemoryBytes, agent.MemoryBytes));
-        return used == 0 || used + grant <= agent.MemoryBytes;
+        var used = _leased.Where(e => ReferenceEquals(e.CurrentLease?.Agent, agent)).Sum(e => Math.Min(e.Offer.Requirements.MemoryBytes, agent.MemoryBytes));
+        return used == 0 || used + wanted <= agent.MemoryBytes;
     }
 
     // A lease ended: memory it held is free, and a Kiln agent may have room again. Claims whose answer depends on that
