@@ -20,6 +20,13 @@ public sealed record BuildJob
     public required IReadOnlyList<BuildInput> Inputs { get; init; }
 
     public BuildLimits Limits { get; init; } = new();
+
+    /// <summary>
+    /// The paths an output may refer to that a reference scan can recognise: the inputs and the derivation's output
+    /// paths (content-addressed derivations are not built, so these are all an output may name).
+    /// </summary>
+    public IReadOnlyList<StorePath> ReferenceCandidates() =>
+        Inputs.Select(i => i.Path).Concat(Derivation.Outputs.Values.Select(o => o.StorePath).OfType<StorePath>()).Distinct().ToList();
 }
 
 /// <summary>A store path the builder sees, read-only, at its <c>/nix/store</c> path.</summary>

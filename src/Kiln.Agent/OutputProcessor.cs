@@ -28,7 +28,7 @@ internal static class OutputProcessor
     {
         var derivation = job.Derivation;
         var outputs = derivation.Outputs.Select(o => (Name: o.Key, Path: o.Value.StorePath!.Value, o.Value)).ToList();
-        var candidates = job.Inputs.Select(i => i.Path).Concat(outputs.Select(o => o.Path)).ToList();
+        var candidates = job.ReferenceCandidates();
         var results = new List<(BuiltOutput, string)>();
         var pending = new List<IPendingNar>();
         try

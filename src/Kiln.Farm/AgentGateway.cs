@@ -687,9 +687,8 @@ public sealed partial class AgentGateway : IAsyncDisposable
 
         public HashSet<NixHash> Inputs { get; } = lease.Offer.Job.Inputs.Select(i => i.NarHash).ToHashSet();
 
-        /// <summary>The paths an output may refer to that a scan can recognise: the inputs and the derivation's known outputs.</summary>
-        public IReadOnlyList<StorePath> Candidates { get; } = lease.Offer.Job.Inputs.Select(i => i.Path)
-            .Concat(lease.Offer.Job.Derivation.Outputs.Values.Select(o => o.StorePath).OfType<StorePath>()).Distinct().ToList();
+        /// <summary>The paths an output may refer to that a scan can recognise (<see cref="BuildJob.ReferenceCandidates"/>).</summary>
+        public IReadOnlyList<StorePath> Candidates { get; } = lease.Offer.Job.ReferenceCandidates();
 
         public ConcurrentDictionary<NixHash, Upload> Uploaded { get; } = new();
 

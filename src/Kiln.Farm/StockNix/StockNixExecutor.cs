@@ -241,7 +241,7 @@ public sealed class StockNixExecutor(StockBuilderLogin login, IBlobStore blobs, 
             return (null, $"output '{name}' is {info.NarSize} bytes, more than the {maxNarSize} Kiln takes");
         }
 
-        var scanner = new Kiln.Nix.References.ReferenceScanner(job.Inputs.Select(i => i.Path).Concat(job.Derivation.Outputs.Values.Select(o => o.StorePath!.Value)));
+        var scanner = new Kiln.Nix.References.ReferenceScanner(job.ReferenceCandidates());
         var source = await daemon.NarFromPathAsync(path, cancellationToken).ConfigureAwait(false);
         var nar = await NarIngest.IngestAsync(blobs, new ScanningStream(source, scanner), fixedHash?.MethodAndAlgorithm, 0, maxNarSize, cancellationToken)
             .ConfigureAwait(false);
