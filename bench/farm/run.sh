@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # The farm's figures (issue 15), in one run, with the host's Nix 2.8 building through Kiln's socket:
 #
-#   bench/farm/run.sh [--derivations 200] [--rounds 1]
+#   bench/farm/run.sh [--derivations 200] [--rounds 1] [--only throughput|overhead]
 #
 # 1. Throughput: DERIVATIONS independent derivations that each sleep 1 s (so the figure does not depend on this
 #    machine's cores) built by `kiln serve --local-slots 0` with 1 agent x 4 slots, then with 3 agents x 4 slots
 #    (each agent a `kiln agent` process with its own data directory, dialled in over HTTP on loopback).
 # 2. Per-build overhead of a remote agent: the no-work DAG of bench/builds (10 layers of 20, 3 deps each) built by
-#    the embedded agent (4 slots) and by one remote agent (4 slots) behind a pure coordinator.
+#    the embedded agent (4 slots) and by one remote agent (4 slots) behind a pure coordinator, each twice: from a cold
+#    start, then warm (a second DAG of the same shape, as a long-running service builds).
 # Each measurement starts from empty servers. Needs root, nix-bin and bubblewrap. Figures only, no thresholds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-derivations=200 rounds=1
+derivations=200 rounds=1 only=
 while [ $# -gt 0 ]; do
   case "$1" in
     --derivations) derivations="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --only) only="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -37,8 +39,8 @@ let bb = ./bb; mk = i: derivation {
 }; in builtins.genList mk $derivations
 NIX
 }
-write_dag() { # SALT
-  cat > "$work/dag.nix" <<NIX
+write_dag() { # SALT FILE
+  cat > "$work/$2" <<NIX
 let
   bb = ./bb;
   mk = l: i: deps: derivation {
@@ -73,6 +75,11 @@ stop_all() {
   agent_pids=()
   kill -TERM "$server_pid"; wait "$server_pid" || true
 }
+keep_logs() { # NAME: the logs of the last measurement, kept under $work/logs for a look afterwards
+  mkdir -p "$work/logs"
+  for log in "$work"/server.log "$work"/agent-*.log; do [ -e "$log" ] && cp "$log" "$work/logs/$1.$(basename "$log")"; done
+  return 0
+}
 seconds() {
   local start end
   start=$(date +%s.%N)
@@ -90,31 +97,46 @@ build_phase() { # AGENT_LOG...
 build() { nix build --store "unix://$work/server/daemon.sock?root=$work/server/root" -f "$1" --no-link; }
 best() { printf '%s\n' "$@" | sort -n | head -1; }
 
-one=() three=() one_phase=() three_phase=() embedded=() remote=()
+one=() three=() one_phase=() three_phase=() embedded=() remote=() embedded_cold=() remote_cold=()
 for round in $(seq 1 "$rounds"); do
   salt="$(date +%s%N)"
-  write_sleepers "$salt"
-  start_server 0; start_agents 1 4; one+=("$(seconds build "$work/sleep.nix")"); one_phase+=("$(build_phase "$work"/agent-1.log)"); stop_all
-  start_server 0; start_agents 3 4; three+=("$(seconds build "$work/sleep.nix")"); three_phase+=("$(build_phase "$work"/agent-[123].log)")
-  per_agent="$(for i in 1 2 3; do printf 'agent-%s: %s  ' "$i" "$(grep -c 'building /nix/store' "$work/agent-$i.log" || true)"; done)"
-  stop_all
-  write_dag "$salt"
-  start_server 4; embedded+=("$(seconds build "$work/dag.nix")"); stop_all
-  start_server 0; start_agents 1 4; remote+=("$(seconds build "$work/dag.nix")"); stop_all
+  if [ "$only" != overhead ]; then
+    write_sleepers "$salt"
+    start_server 0; start_agents 1 4; one+=("$(seconds build "$work/sleep.nix")"); one_phase+=("$(build_phase "$work"/agent-1.log)"); stop_all
+    start_server 0; start_agents 3 4; three+=("$(seconds build "$work/sleep.nix")"); three_phase+=("$(build_phase "$work"/agent-[123].log)")
+    per_agent="$(for i in 1 2 3; do printf 'agent-%s: %s  ' "$i" "$(grep -c 'building /nix/store' "$work/agent-$i.log" || true)"; done)"
+    stop_all
+  fi
+  if [ "$only" != throughput ]; then
+    # Each server (and agent) builds two DAGs of the same shape: the first from a cold start (the runtime compiles
+    # the code it runs as it first runs it, once per process: a remote agent is a second process to warm up), the
+    # second as a long-running service does.
+    write_dag "$salt-cold" cold.nix; write_dag "$salt" dag.nix
+    start_server 4; embedded_cold+=("$(seconds build "$work/cold.nix")"); embedded+=("$(seconds build "$work/dag.nix")"); stop_all
+    keep_logs "embedded-$round"
+    start_server 0; start_agents 1 4; remote_cold+=("$(seconds build "$work/cold.nix")"); remote+=("$(seconds build "$work/dag.nix")"); stop_all
+    keep_logs "remote-$round"
+  fi
 done
 
-o=$(best "${one[@]}") t=$(best "${three[@]}") e=$(best "${embedded[@]}") r=$(best "${remote[@]}")
-op=$(best "${one_phase[@]}") tp=$(best "${three_phase[@]}")
 echo
-echo "$derivations derivations sleeping 1 s each; best of $rounds; client: $(nix --version); $(nproc) cores"
-printf '%-52s %10.2fs\n' "1 agent x 4 slots" "$o"
-printf '%-52s %10.2fs   (%s)\n' "3 agents x 4 slots" "$t" "$per_agent"
-printf '%-52s %10.2fx\n' "end to end (evaluation and upload included), 3 / 1" "$(echo "scale=3; $o / $t" | bc)"
-printf '%-52s %10.2fs\n' "build phase, 1 agent (first build began → last ended)" "$op"
-printf '%-52s %10.2fs\n' "build phase, 3 agents" "$tp"
-printf '%-52s %10.2fx\n' "throughput (build phase), 3 agents / 1 agent" "$(echo "scale=3; $op / $tp" | bc)"
-echo
+if [ "$only" != overhead ]; then
+  o=$(best "${one[@]}") t=$(best "${three[@]}") op=$(best "${one_phase[@]}") tp=$(best "${three_phase[@]}")
+  echo "$derivations derivations sleeping 1 s each; best of $rounds; client: $(nix --version); $(nproc) cores"
+  printf '%-52s %10.2fs\n' "1 agent x 4 slots" "$o"
+  printf '%-52s %10.2fs   (%s)\n' "3 agents x 4 slots" "$t" "$per_agent"
+  printf '%-52s %10.2fx\n' "end to end (evaluation and upload included), 3 / 1" "$(echo "scale=3; $o / $t" | bc)"
+  printf '%-52s %10.2fs\n' "build phase, 1 agent (first build began → last ended)" "$op"
+  printf '%-52s %10.2fs\n' "build phase, 3 agents" "$tp"
+  printf '%-52s %10.2fx\n' "throughput (build phase), 3 agents / 1 agent" "$(echo "scale=3; $op / $tp" | bc)"
+  echo
+fi
+[ "$only" = throughput ] && exit 0
+e=$(best "${embedded[@]}") r=$(best "${remote[@]}") ec=$(best "${embedded_cold[@]}") rc=$(best "${remote_cold[@]}")
 echo "200-derivation no-work DAG (10 layers of 20), 4 slots; best of $rounds"
-printf '%-52s %10.2fs\n' "embedded agent (kiln serve --local-slots 4)" "$e"
-printf '%-52s %10.2fs\n' "remote agent (--local-slots 0, 1 kiln agent)" "$r"
-printf '%-52s %10.2fx\n' "remote / embedded" "$(echo "scale=3; $r / $e" | bc)"
+printf '%-52s %10.2fs   (each round: %s)\n' "embedded agent (kiln serve --local-slots 4)" "$e" "${embedded[*]}"
+printf '%-52s %10.2fs   (each round: %s)\n' "remote agent (--local-slots 0, 1 kiln agent)" "$r" "${remote[*]}"
+printf '%-52s %10.2fx\n' "remote / embedded (per build, processes warm)" "$(echo "scale=3; $r / $e" | bc)"
+printf '%-52s %10.2fs   (each round: %s)\n' "embedded, first DAG after start" "$ec" "${embedded_cold[*]}"
+printf '%-52s %10.2fs   (each round: %s)\n' "remote, first DAG after start" "$rc" "${remote_cold[*]}"
+printf '%-52s %10.2fx\n' "remote / embedded, first DAG after start" "$(echo "scale=3; $rc / $ec" | bc)"
