@@ -10,14 +10,15 @@ cd "$repo"
 
 # The reference Nix, Kiln's sandbox, the test builds' shell, setfattr, sshd and ssh-keygen, compression tools for the
 # decoder tests, nginx for the fake upstream cache, clang and zlib1g-dev for the NativeAOT kiln-bridge, and PostgreSQL's
-# server binaries for the metadata tests' private clusters.
+# server binaries for the metadata tests' private clusters; prometheus (and promtool) for the metrics tests.
 packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev slirp4netns postgresql"
-if ! dpkg -s $packages > /dev/null 2>&1; then
+if ! dpkg -s $packages prometheus > /dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    echo "installing $packages..."
+    echo "installing $packages prometheus..."
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages > /dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus > /dev/null
   else
-    echo "the tests need these packages: run 'sudo apt-get install $packages' first" >&2
+    echo "the tests need these packages: run 'sudo apt-get install $packages prometheus' first" >&2
     exit 1
   fi
 fi

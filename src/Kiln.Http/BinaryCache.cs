@@ -47,6 +47,7 @@ public sealed partial class BinaryCache
     {
         ArgumentNullException.ThrowIfNull(context);
         var request = context.Request;
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
             await HandleCoreAsync(context).ConfigureAwait(false);
@@ -71,6 +72,41 @@ public sealed partial class BinaryCache
             }
 
             await TextAsync(context, StatusCodes.Status500InternalServerError, "internal error in Kiln; the server's log says more\n").ConfigureAwait(false);
+        }
+        finally
+        {
+            Measure(context, System.Diagnostics.Stopwatch.GetElapsedTime(started));
+        }
+    }
+
+    // One request in the metrics: its kind and status class (never its path), how long it took, and the bytes whose
+    // count is known (bodies with a length: NARs both ways, narinfo).
+    private static void Measure(HttpContext context, TimeSpan took)
+    {
+        var request = context.Request;
+        var path = request.Path.Value ?? "/";
+        var reading = HttpMethods.IsGet(request.Method) || HttpMethods.IsHead(request.Method);
+        var kind = !reading ? (HttpMethods.IsPut(request.Method) ? KilnMetrics.HttpKinds.Upload : KilnMetrics.HttpKinds.Other)
+            : path == "/nix-cache-info" ? KilnMetrics.HttpKinds.CacheInfo
+            : path.StartsWith("/nar/", StringComparison.Ordinal) ? KilnMetrics.HttpKinds.Nar
+            : path.StartsWith("/log/", StringComparison.Ordinal) ? KilnMetrics.HttpKinds.Log
+            : path.EndsWith(".narinfo", StringComparison.Ordinal) ? KilnMetrics.HttpKinds.NarInfo
+            : KilnMetrics.HttpKinds.Other;
+        var status = context.Response.StatusCode;
+        KilnMetrics.HttpRequestDuration.Record(took.TotalSeconds, new KeyValuePair<string, object?>("kind", kind),
+            new KeyValuePair<string, object?>("status", KilnMetrics.StatusClass(status)));
+        if (status is >= 200 and < 300)
+        {
+            var protocol = new KeyValuePair<string, object?>("protocol", KilnMetrics.Protocols.Http);
+            if (!HttpMethods.IsHead(request.Method) && context.Response.ContentLength is > 0 and var sent)
+            {
+                KilnMetrics.BytesSent.Add(sent, protocol);
+            }
+
+            if (request.ContentLength is > 0 and var received)
+            {
+                KilnMetrics.BytesReceived.Add(received, protocol);
+            }
         }
     }
 

@@ -95,10 +95,15 @@ public sealed partial class BuildScheduler
         {
             if (_recent.TryGetValue(key, out var done))
             {
+                KilnMetrics.BuildsReused.Add(1);
                 return ReusedAsync(done, accountId, cancellationToken);
             }
 
-            if (!_running.TryGetValue(key, out step))
+            if (_running.TryGetValue(key, out step))
+            {
+                KilnMetrics.BuildsJoined.Add(1);
+            }
+            else
             {
                 step = new RunningStep(key, job, accountId, Options.JoinBacklogLines);
                 step.Completion = RunStepAsync(step, job, requirements, accountId);
@@ -197,6 +202,7 @@ public sealed partial class BuildScheduler
             claimed = true;
             id = await Builds.StartBuildAsync(step.Key, job.DrvPath.BaseName, accountId, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), CancellationToken.None).ConfigureAwait(false);
             step.Started(id, Logs.Create(id));
+            KilnMetrics.BuildsStarted.Add(1);
             (job, var expected) = await SizedAsync(job).ConfigureAwait(false);
             requirements = requirements with { MemoryBytes = expected };
             while (true)
@@ -267,7 +273,17 @@ public sealed partial class BuildScheduler
             Finished(step.Key, new StepOutcome(outcome, id, Reused: false));
         }
 
-        LogBuildDone(_logger, job.DrvPath.FullPath, id, outcome.Succeeded ? "built" : outcome.Failure.ToString(), (outcome.StopTime - outcome.StartTime).TotalSeconds);
+        var seconds = (outcome.StopTime - outcome.StartTime).TotalSeconds;
+        LogBuildDone(_logger, job.DrvPath.FullPath, id, outcome.Succeeded ? "built" : outcome.Failure.ToString(), seconds);
+        if (id != 0)
+        {
+            KilnMetrics.BuildsFinished.Add(1, new KeyValuePair<string, object?>("outcome", KilnMetrics.OutcomeTag(outcome.Succeeded, outcome.Failure == BuildFailureKind.None ? "" : outcome.Failure.ToString())));
+            if (outcome.StartTime != default && seconds >= 0)
+            {
+                KilnMetrics.BuildDuration.Record(seconds, new KeyValuePair<string, object?>("outcome", outcome.Succeeded ? "built" : "failed"));
+            }
+        }
+
         return new StepOutcome(outcome, id, Reused: false);
     }
 
@@ -329,6 +345,7 @@ public sealed partial class BuildScheduler
                     StartTime = DateTimeOffset.FromUnixTimeSeconds(record.Started),
                     StopTime = DateTimeOffset.FromUnixTimeSeconds(record.Stopped),
                 };
+                KilnMetrics.BuildsReused.Add(1); // built by another front door while this one waited
                 return new StepOutcome(outcome, record.Id, Reused: true);
             }
 

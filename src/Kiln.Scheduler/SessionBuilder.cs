@@ -265,7 +265,13 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
 
             // An upstream cache of the account may have the outputs: Kiln fetches them instead of building.
             var substituted = await _view.SubstituteAsync(outputs.Values.ToList(), _stop.Token, _events.Message).ConfigureAwait(false);
-            return outputs.Values.All(substituted.Contains) ? new Step(BuildStatus.Substituted, "", outputs) : null;
+            if (!outputs.Values.All(substituted.Contains))
+            {
+                return null;
+            }
+
+            KilnMetrics.BuildsSubstituted.Add(1);
+            return new Step(BuildStatus.Substituted, "", outputs);
         }
 
         // The records of the closure of a build's inputs, and the step's failure when an input is not valid in the view.
@@ -327,6 +333,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                     {
                         await RegisterAsync(drvPath, stored, trust, token).ConfigureAwait(false);
                         await _scheduler.Builds.AddBuildAccountAsync(record.Id, _view.AccountId, token).ConfigureAwait(false);
+                        KilnMetrics.BuildsReused.Add(1);
                         return new Step(BuildStatus.Built, "", outputs);
                     }
                     catch (ContentGoneException)

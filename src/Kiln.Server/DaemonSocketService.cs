@@ -68,19 +68,32 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
     /// <summary>Serves one worker-protocol session on a connected socket against <paramref name="view"/>, until the client leaves.</summary>
     internal static Task<SessionSummary> RunWorkerSessionAsync(Socket socket, StoreView view, WorkerSessionOptions sessionOptions,
         Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken stoppingToken) =>
-        RunOverConnectionAsync(socket, (reader, writer, clientGone) =>
+        RunOverConnectionAsync(socket, KilnMetrics.Protocols.Worker, (reader, writer, clientGone) =>
             new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view)).RunAsync(reader, writer, new SocketFileSender(socket), stoppingToken, clientGone));
 
     /// <summary>
     /// Runs a protocol session over a connection (both protocols read and write this way), giving it the token that
     /// fires when the client goes away, so a request (a build) nobody waits for any more is cancelled.
     /// </summary>
-    internal static async Task<SessionSummary> RunOverConnectionAsync(Socket socket, Func<PipeReader, PipeWriter, CancellationToken, Task<SessionSummary>> session)
+    internal static async Task<SessionSummary> RunOverConnectionAsync(Socket socket, string protocol, Func<PipeReader, PipeWriter, CancellationToken, Task<SessionSummary>> session)
     {
-        var connection = new Connection(socket);
-        await using (connection.ConfigureAwait(false))
+        var tag = new KeyValuePair<string, object?>("protocol", protocol);
+        KilnMetrics.Sessions.Add(1, tag);
+        KilnMetrics.SessionsOpen.Add(1, tag);
+        try
         {
-            return await session(connection.Input, connection.Output, connection.Closed).ConfigureAwait(false);
+            var connection = new Connection(socket);
+            await using (connection.ConfigureAwait(false))
+            {
+                var summary = await session(connection.Input, connection.Output, connection.Closed).ConfigureAwait(false);
+                KilnMetrics.BytesReceived.Add(summary.BytesIn, tag);
+                KilnMetrics.BytesSent.Add(summary.BytesOut, tag);
+                return summary;
+            }
+        }
+        finally
+        {
+            KilnMetrics.SessionsOpen.Add(-1, tag);
         }
     }
 

@@ -8,16 +8,20 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
 
 namespace Kiln.Server;
 
 /// <summary>
-/// The HTTP front: Kestrel on <see cref="ServerOptions.HttpListen"/> serving <see cref="BinaryCache"/>. It is its own
-/// small web application inside <c>kiln serve</c>'s host, sharing the store and the scheduler's log layout.
+/// The HTTP front: Kestrel on <see cref="ServerOptions.HttpListen"/> serving <see cref="BinaryCache"/>, the agents'
+/// protocol, <c>/metrics</c> (Prometheus) and the health probes. It is its own small web application inside
+/// <c>kiln serve</c>'s host, sharing the store and the scheduler's log layout.
 /// </summary>
-public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Farm.AgentGateway agents, ILoggerFactory loggers)
+public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Farm.AgentGateway agents, Ssh.SshFrontDoor ssh, ILoggerFactory loggers)
     : IHostedService, IAsyncDisposable
 {
     private WebApplication? _app;
@@ -48,6 +52,11 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         builder.Logging.ClearProviders();
         KilnServer.ConfigureLogging(builder.Logging);
         builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        // /metrics: Kiln's instruments (KilnMetrics, and this server's gauges) in Prometheus's text format.
+        builder.Services.AddOpenTelemetry().ConfigureResource(resource => resource.AddService("kiln")).WithMetrics(metrics => metrics
+            .AddMeter(KilnMetrics.MeterName, KilnMetrics.ServerMeterName)
+            .AddPrometheusExporter(exporter => exporter.ScrapeResponseCacheDurationMilliseconds = 0));
+        var health = new Observability.HealthEndpoints(store, options, () => ssh.SshdRunning);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             if (endpoint is not null)
@@ -73,17 +82,23 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         });
         _app = builder.Build();
         ZeroCopyFiles.Use(_app);
+        bool OnAgentListener(HttpContext context) => agentEndpoint is not null && context.Connection.LocalPort == agentEndpoint.Port &&
+            (agentEndpoint.Address.Equals(IPAddress.Any) || agentEndpoint.Address.Equals(context.Connection.LocalIpAddress));
+        bool IsScrape(HttpContext context) => endpoint is not null && context.Request.Path.Value == Observability.HealthEndpoints.MetricsPath && !OnAgentListener(context);
+        _app.Use((context, next) => IsScrape(context) && !health.MayScrape(context) ? Observability.HealthEndpoints.RefuseAsync(context) : next(context));
+        _app.UseOpenTelemetryPrometheusScrapingEndpoint(IsScrape);
         // Agents dial in to the same listener (their requests are under one prefix; the rest is the binary cache), or
         // to their own, which answers nothing else.
         // With a listener of their own, agents are answered there only (a misconfigured agent must not send its token
         // over the cache's plain listener).
         _app.Run(context =>
         {
-            var onAgentListener = agentEndpoint is not null && context.Connection.LocalPort == agentEndpoint.Port &&
-                (agentEndpoint.Address.Equals(IPAddress.Any) || agentEndpoint.Address.Equals(context.Connection.LocalIpAddress));
+            var onAgentListener = OnAgentListener(context);
             return Kiln.Farm.AgentGateway.Handles(context)
                 ? (agentEndpoint is null || onAgentListener ? agents.HandleAsync(context) : NotFound(context))
-                : onAgentListener ? NotFound(context) : cache.HandleAsync(context);
+                : onAgentListener ? NotFound(context)
+                : Observability.HealthEndpoints.Handles(context) ? health.HandleAsync(context)
+                : cache.HandleAsync(context);
         });
         try
         {

@@ -62,6 +62,8 @@ public static partial class KilnServer
                 PlacementWait = options.AgentWait,
                 Affinity = (agent, offer) => gateway?.CachedBytes(agent, offer) ?? 0, // what remote agents hold already
             };
+            using var metrics = new Observability.ServerMetrics(store, queue);
+            await metrics.RefreshAsync(cancellationToken).ConfigureAwait(false);
             var executor = CreateExecutor(options, store, logger);
             gateway = new Kiln.Farm.AgentGateway(queue, store.Agents, store.Blobs, new Kiln.Farm.AgentGatewayOptions
             {
@@ -108,7 +110,8 @@ public static partial class KilnServer
                 builder.Services.AddSingleton(accounts);
                 builder.Services.AddSingleton(gateway);
                 builder.Services.AddHostedService<DaemonSocketService>();
-                builder.Services.AddHostedService<Ssh.SshFrontDoor>();
+                builder.Services.AddSingleton<Ssh.SshFrontDoor>();
+                builder.Services.AddHostedService(services => services.GetRequiredService<Ssh.SshFrontDoor>());
                 builder.Services.AddHostedService<HttpCacheService>();
                 builder.Services.AddHostedService<BlobSweepService>();
                 using var host = builder.Build();

@@ -97,6 +97,12 @@ public sealed record ServerOptions
     /// <summary>Answer the HTTP cache's <c>nar/…</c> with redirects to the bucket's presigned URLs valid this long; null: send the bytes.</summary>
     public TimeSpan? NarRedirect { get; init; }
 
+    /// <summary>
+    /// The token a <c>/metrics</c> scrape from another host must send (<c>Authorization: Bearer …</c>); null: only
+    /// scrapes from loopback (not forwarded by a reverse proxy) are answered.
+    /// </summary>
+    public string? MetricsToken { get; init; }
+
     /// <summary>A listener for agents only (<c>ADDRESS:PORT</c>); null: agents use the HTTP front's listener.</summary>
     public string? AgentListen { get; init; }
 

@@ -89,6 +89,9 @@ public sealed class KilnStore : IAsyncDisposable
     public Task<(int Paths, long Bytes, long Blobs)> CollectAllGarbageAsync(TimeSpan? blobGrace, CancellationToken cancellationToken) =>
         GarbageCollector.CollectAllAsync(blobGrace, cancellationToken);
 
+    /// <summary>The whole store's size (every view's records, the distinct NARs they name): a scan, for gauges read now and then.</summary>
+    public Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken) => Metadata.GetTotalsAsync(cancellationToken);
+
     /// <summary>The running server's sweep of blobs nothing names, older than the grace period (see <see cref="StoreOptions.BlobGracePeriod"/>).</summary>
     public Task<long> SweepUnnamedBlobsAsync(TimeSpan? grace, CancellationToken cancellationToken) =>
         GarbageCollector.SweepUnnamedBlobsAsync(grace ?? Options.BlobGracePeriod, cancellationToken);

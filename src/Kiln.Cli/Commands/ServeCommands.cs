@@ -174,12 +174,17 @@ internal static class ServeCommands
         };
         var agentTlsCert = new Option<string?>("--agent-tls-cert") { Description = "With --agent-listen: serve agents HTTPS with this certificate (PEM; with --agent-tls-key)." };
         var agentTlsKey = new Option<string?>("--agent-tls-key") { Description = "The --agent-tls-cert certificate's private key (PEM)." };
+        var metricsToken = new Option<string?>("--metrics-token")
+        {
+            Description = "A file holding the token a /metrics scrape from another host must send as 'Authorization: Bearer TOKEN' (without it, only " +
+                "scrapes from this host are answered, and none a reverse proxy forwards).",
+        };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
-            minCores, defaultCores,
+            minCores, defaultCores, metricsToken,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -257,6 +262,7 @@ internal static class ServeCommands
                 },
                 BlobSweepInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(blobSweep))),
                 StepClaimLease = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(claimLease))),
+                MetricsToken = ReadMetricsToken(result.GetValue(metricsToken)),
                 NarRedirect = result.GetValue(narRedirect) ? TimeSpan.FromSeconds(Math.Clamp(result.GetValue(narRedirectLifetime), 10, 3600)) : null,
                 Fetcher = Kiln.Agent.BuiltinFetcher.ForThisProcess() with { MaxDownloadBytes = Math.Max(1, result.GetValue(fetchMax)) },
             };
@@ -270,6 +276,29 @@ internal static class ServeCommands
             return await KilnServer.RunAsync(options, storeOptions, cancellationToken).ConfigureAwait(false);
         });
         return command;
+    }
+
+    // The token is read at start (not its file's name kept): a missing file or an empty or short token is one clear line.
+    private static string? ReadMetricsToken(string? file)
+    {
+        if (file is null)
+        {
+            return null;
+        }
+
+        string token;
+        try
+        {
+            token = File.ReadAllText(file).Trim();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CommandException($"--metrics-token: cannot read {file}: {e.Message}");
+        }
+
+        return token.Length >= 16 && !token.Any(char.IsWhiteSpace)
+            ? token
+            : throw new CommandException($"--metrics-token: {file} must hold one token of at least 16 characters (e.g. from 'openssl rand -hex 32')");
     }
 
     // ADDRESS:PORT, checked before anything starts so a typo is one clear line.

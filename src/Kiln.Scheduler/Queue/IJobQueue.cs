@@ -111,3 +111,9 @@ public interface ILease
     /// <summary>Gives the job back as if it had never been claimed (it never reached the agent): no attempt is counted, no line logged.</summary>
     void Release();
 }
+
+/// <summary>
+/// A queue's state at one moment: jobs waiting for an agent and leased to one, Kiln agents and stock Nix builders
+/// registered, their slots, and the slots busy with a lease.
+/// </summary>
+public sealed record QueueSnapshot(int Waiting, int Leased, int Agents, int StockBuilders, int Slots, int BusySlots);

@@ -1,4 +1,5 @@
 using Kiln.Agent;
+using Kiln.Protocol;
 
 namespace Kiln.Scheduler.Queue;
 
@@ -31,6 +32,18 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     public int MaxAttempts { get; init; } = 3;
 
     public void Dispose() => _expiry.Dispose();
+
+    /// <summary>What the queue holds now, for the server's gauges.</summary>
+    public QueueSnapshot Snapshot()
+    {
+        lock (_gate)
+        {
+            var agents = _agents.Where(a => !a.StockBuilder).ToList();
+            var builders = _agents.Where(a => a.StockBuilder).ToList();
+            return new QueueSnapshot(_waiting.Items.Count(), _leased.Count, agents.Count, builders.Count, _agents.Sum(a => a.Slots),
+                _leased.Count(e => e.CurrentLease is { } lease && _agents.Contains(lease.Agent)));
+        }
+    }
 
     public IDisposable Register(AgentInfo agent)
     {
@@ -136,6 +149,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     // Hands the entry to the best waiting agent that can run it, or queues it. Called under the gate.
     private void Enqueue(Entry entry)
     {
+        entry.QueuedAt = Environment.TickCount64;
         var best = -1;
         (long Bytes, double Load) bestScore = (-1, 0);
         for (var i = 0; i < _claims.Count; i++)
@@ -278,9 +292,13 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         public void Finish(BuildOutcome outcome) => _completion.TrySetResult(outcome);
 
+        /// <summary>When it was last put in line (Environment.TickCount64), for the queue-wait histogram.</summary>
+        public long QueuedAt { get; set; }
+
         // Called under the queue's gate.
         public Lease Lease(AgentInfo agent)
         {
+            KilnMetrics.QueueWait.Record((Environment.TickCount64 - QueuedAt) / 1000.0);
             _attempts++;
             _lease = new Lease(this, agent);
             queue._leased.Add(this);

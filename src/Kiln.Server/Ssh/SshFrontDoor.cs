@@ -26,6 +26,10 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     /// <summary>How often a live session's key is looked at again (a removed key's sessions end within this).</summary>
     internal static readonly TimeSpan KeyCheckInterval = TimeSpan.FromSeconds(3);
     private long _nextSession;
+    private volatile bool _sshdRunning;
+
+    /// <summary>Whether the SSH front door is up (sshd running under Kiln); null when it is not configured (<c>--ssh-listen none</c>).</summary>
+    public bool? SshdRunning => options.SshListen is null ? null : _sshdRunning;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -89,6 +93,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             }
 
             using var process = Process.Start(start)!;
+            _sshdRunning = true;
             var started = Stopwatch.StartNew();
             process.ErrorDataReceived += (_, e) =>
             {
@@ -106,8 +111,11 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             {
                 process.Kill(entireProcessTree: false); // sshd's sessions end with their connections
                 await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
+                _sshdRunning = false;
                 return;
             }
+
+            _sshdRunning = false;
 
             LogSshdExited(logger, process.ExitCode, delay.TotalSeconds);
             delay = started.Elapsed > TimeSpan.FromMinutes(1) ? TimeSpan.FromSeconds(1) : TimeSpan.FromSeconds(Math.Min(30, delay.TotalSeconds * 2));
@@ -292,7 +300,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                 UploadsDenied = write ? keyOptions.UploadsDenied : ReadOnly,
                 BuildsDenied = write ? keyOptions.BuildsDenied : ReadOnly,
             }, logger);
-            return await DaemonSocketService.RunOverConnectionAsync(socket, (reader, writer, clientGone) =>
+            return await DaemonSocketService.RunOverConnectionAsync(socket, KilnMetrics.Protocols.Serve, (reader, writer, clientGone) =>
                 serve.RunAsync(reader, writer, new DaemonSocketService.SocketFileSender(socket), async line =>
                 {
                     await errors.WriteAsync(Encoding.UTF8.GetBytes(line + "\n"), stoppingToken).ConfigureAwait(false);

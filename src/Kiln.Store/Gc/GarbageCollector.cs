@@ -98,6 +98,8 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
             StoreLog.Collected(options.Logger, account, deleted.Count, freed);
         }
 
+        KilnMetrics.GcRuns.Add(1);
+        KilnMetrics.GcFreed.Add(freed);
         return new GcResult(deleted, freed);
     }
 

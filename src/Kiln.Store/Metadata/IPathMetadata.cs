@@ -106,6 +106,12 @@ public interface IPathMetadata
 
     Task<IReadOnlyList<StorePath>> GetAllPathsAsync(long account, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The whole store's size, for the server's gauges: path records in all views, and the distinct NARs they name
+    /// with the bytes of those (content shared by views counted once). A scan of every record: read it now and then.
+    /// </summary>
+    Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken);
+
     Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken);
 
     /// <summary>The outputs a derivation valid in the view declares, or null when it is not valid there.</summary>
@@ -159,3 +165,6 @@ public interface IPathMetadata
 
     Task RemoveRootAsync(long account, RootKind kind, string name, CancellationToken cancellationToken);
 }
+
+/// <summary>The store's size: path records in all views, and the distinct NARs they name with their bytes.</summary>
+public readonly record struct StoreTotals(long Paths, long Nars, long NarBytes);

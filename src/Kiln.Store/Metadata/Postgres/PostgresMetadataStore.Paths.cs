@@ -109,6 +109,15 @@ public sealed partial class PostgresMetadataStore
             return await ReadAllAsync(command, ReadStorePath, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            await using var command = Command(connection, "SELECT (SELECT COUNT(*) FROM paths), COUNT(*), COALESCE(SUM(size), 0)::bigint FROM (SELECT MAX(nar_size) AS size FROM paths GROUP BY nar_hash) AS nars");
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+            return new StoreTotals(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
+        }, cancellationToken);
+
     public Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlySet<StorePath>>(async connection =>
         {

@@ -357,6 +357,15 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             return await ReadPathsAsync(command, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var command = Command(connection, "SELECT (SELECT COUNT(*) FROM paths), COUNT(*), COALESCE(SUM(size), 0) FROM (SELECT MAX(nar_size) AS size FROM paths GROUP BY nar_hash) AS nars");
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+            return new StoreTotals(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
+        }, cancellationToken);
+
     private static async Task<List<StorePath>> ReadPathsAsync(SqliteCommand command, CancellationToken cancellationToken)
     {
         using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
