@@ -21,4 +21,22 @@ public class ServeOptionTests
         KilnCli.AssertOneLineError(KilnCli.Run("serve", "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none", option, value), message);
         Assert.False(File.Exists(Path.Combine(temp["data"], "daemon.sock")));
     }
+
+    [Theory]
+    [InlineData(null, "cannot read")]
+    [InlineData("short", "must hold one token of at least 16 characters")]
+    [InlineData("two tokens-of-a-good-length", "must hold one token of at least 16 characters")]
+    [InlineData("", "must hold one token of at least 16 characters")]
+    public void A_metrics_token_file_without_one_good_token_is_refused(string? content, string message)
+    {
+        using var temp = new TempDir();
+        var file = temp["metrics-token"];
+        if (content is not null)
+        {
+            File.WriteAllText(file, content + "\n");
+        }
+
+        KilnCli.AssertOneLineError(KilnCli.Run("serve", "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none", "--metrics-token", file), message);
+        Assert.False(File.Exists(Path.Combine(temp["data"], "daemon.sock")));
+    }
 }

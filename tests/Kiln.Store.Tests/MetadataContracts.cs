@@ -235,6 +235,25 @@ public abstract class PathMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task Totals_count_every_views_records_and_each_distinct_NAR_once()
+    {
+        await using var store = await CreateAsync();
+        Assert.Equal(new StoreTotals(0, 0, 0), await store.GetTotalsAsync(default));
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var shared = P("shared");
+        var own = P("own");
+        var big = Info(P("big")) with { NarSize = 5L << 32 }; // past 32 bits: the sum is a 64-bit figure on both databases
+        await store.RegisterAsync(alice, [New(Info(shared)), New(Info(own)), New(big)], default);
+        await store.RegisterAsync(bob, [New(Info(shared))], default); // the same content in a second view
+
+        var totals = await store.GetTotalsAsync(default);
+        Assert.Equal(4, totals.Paths);
+        Assert.Equal(3, totals.Nars);
+        Assert.Equal(Info(shared).NarSize + Info(own).NarSize + big.NarSize, totals.NarBytes);
+    }
+
+    [Fact]
     public async Task Missing_references_refuse_the_whole_batch()
     {
         await using var store = await CreateAsync();
