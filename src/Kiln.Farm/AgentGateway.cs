@@ -405,6 +405,7 @@ public sealed partial class AgentGateway : IAsyncDisposable
                 if (log.Running && lease.MarkRunning())
                 {
                     offer.Log.Running();
+                    offer.Log.Line(Placement.Line(session.Info, offer.Job));
                 }
 
                 foreach (var line in log.Lines ?? [])

@@ -91,15 +91,15 @@ public sealed partial class BuildScheduler
     internal Task<StepOutcome> RunOrJoinAsync(string key, BuildJob job, JobRequirements requirements, long accountId, IBuildEvents events, BuildLimits sessionLimits, CancellationToken cancellationToken)
     {
         RunningStep? step;
+        StepOutcome? reused = null;
         lock (_runningGate)
         {
             if (_recent.TryGetValue(key, out var done))
             {
-                KilnMetrics.BuildsReused.Add(1);
-                return ReusedAsync(done, accountId, cancellationToken);
+                reused = done;
+                step = null;
             }
-
-            if (_running.TryGetValue(key, out step))
+            else if (_running.TryGetValue(key, out step))
             {
                 KilnMetrics.BuildsJoined.Add(1);
             }
@@ -111,7 +111,15 @@ public sealed partial class BuildScheduler
             }
         }
 
-        return JoinAsync(step, accountId, events, sessionLimits, cancellationToken);
+        if (reused is { } earlier)
+        {
+            // (The client is told outside the lock: its session writes to a socket.)
+            KilnMetrics.BuildsReused.Add(1);
+            events.Message(ReusingMessage(job.DrvPath, earlier.Outcome.StopTime));
+            return ReusedAsync(earlier, accountId, cancellationToken);
+        }
+
+        return JoinAsync(step!, accountId, events, sessionLimits, cancellationToken);
     }
 
     /// <summary>
@@ -119,6 +127,12 @@ public sealed partial class BuildScheduler
     /// outcome only: a newer one another session's rebuild remembered meanwhile stays.
     /// </summary>
     internal void Forget(string key, StepOutcome outcome) => _recent.TryRemove(new KeyValuePair<string, StepOutcome>(key, outcome with { Reused = false }));
+
+    /// <summary>What a client is told when its step is answered by a build that succeeded before (for anyone).</summary>
+    internal static string ReusingMessage(StorePath drvPath, DateTimeOffset finished) =>
+        finished == default
+            ? $"kiln: reusing an earlier build of '{drvPath}'"
+            : $"kiln: reusing a build of '{drvPath}' from {finished.UtcDateTime:yyyy-MM-dd HH:mm} UTC";
 
     private async Task<StepOutcome> ReusedAsync(StepOutcome done, long accountId, CancellationToken cancellationToken)
     {

@@ -27,6 +27,8 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     private int _waiters;
     private long _runningSince; // Stopwatch timestamp of the agent starting it; 0 while it waits in the queue
     private BuildOutcome? _gaveUp;
+    private readonly long _created = Stopwatch.GetTimestamp();
+    private bool _joined; // a session has waited for it already: the next one joins a build someone else started
 
     public RunningStep(string key, BuildJob job, long startedFor, int backlogLimit)
     {
@@ -91,6 +93,15 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         {
             _waiters++;
             watcher = new Watcher(events, events.BuildStarted(DrvPath), limits, Stopwatch.GetTimestamp());
+            if (_joined)
+            {
+                // Only this session's log says so (not the build's own): the others started or joined it themselves.
+                var seconds = (int)Stopwatch.GetElapsedTime(_created).TotalSeconds;
+                events.LogLine(watcher.Activity, $"kiln: joining a build of '{DrvPath}' started {seconds} s ago" +
+                    (_runningSince == 0 ? " (it is waiting for a build slot)" : ""));
+            }
+
+            _joined = true;
             foreach (var line in _backlog)
             {
                 watcher.Line(line);

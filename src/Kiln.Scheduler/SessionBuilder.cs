@@ -334,6 +334,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                         await RegisterAsync(drvPath, stored, trust, token).ConfigureAwait(false);
                         await _scheduler.Builds.AddBuildAccountAsync(record.Id, _view.AccountId, token).ConfigureAwait(false);
                         KilnMetrics.BuildsReused.Add(1);
+                        _events.Message(BuildScheduler.ReusingMessage(drvPath, record.Stopped > 0 ? DateTimeOffset.FromUnixTimeSeconds(record.Stopped) : default));
                         return new Step(BuildStatus.Built, "", outputs);
                     }
                     catch (ContentGoneException)

@@ -21,7 +21,8 @@ internal sealed class Events : IBuildEvents
     {
     }
 
-    public void Message(string text)
-    {
-    }
+    /// <summary>The messages for the client's terminal (not of any build's log).</summary>
+    public ConcurrentQueue<string> Messages { get; } = new();
+
+    public void Message(string text) => Messages.Enqueue(text);
 }

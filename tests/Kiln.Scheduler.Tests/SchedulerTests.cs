@@ -145,7 +145,9 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.Equal(BuildStatus.Built, firstResults.Single().Status);
         Assert.Equal(BuildStatus.Built, secondResults.Single().Status);
         Assert.Equal(["building shared.drv", "done"], firstEvents.Lines);
-        Assert.Equal(["building shared.drv", "done"], secondEvents.Lines); // the backlog, then the live line
+        // The joining session is told it joined (only it), then gets the backlog and the live line.
+        Assert.Matches($"^kiln: joining a build of '{drv}' started [0-9]+ s ago$", secondEvents.Lines[0]);
+        Assert.Equal(["building shared.drv", "done"], secondEvents.Lines[1..]);
         Assert.True(await ValidAsync("a", Out(drv)));
         Assert.True(await ValidAsync("b", Out(drv)));
     }
@@ -300,11 +302,33 @@ public sealed class SchedulerTests : IAsyncLifetime
         await DerivationAsync("b", "reused");
         Assert.False(await ValidAsync("b", Out(drv)));
 
-        var (results, _) = await BuildAsync("b", keepGoing: false, drv);
+        var (results, events) = await BuildAsync("b", keepGoing: false, drv);
 
         Assert.Equal(BuildStatus.Built, results.Single().Status);
         Assert.Single(_executor.Jobs);
         Assert.True(await ValidAsync("b", Out(drv)));
+        Assert.Matches($"^kiln: reusing a build of '{drv}' from [0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} [0-9]{{2}}:[0-9]{{2}} UTC$", Assert.Single(events.Messages));
+    }
+
+    [Fact]
+    public async Task A_build_waiting_for_a_slot_says_so_in_its_log_with_how_busy_the_agents_are()
+    {
+        var drvs = new List<StorePath>();
+        for (var i = 0; i < 3; i++)
+        {
+            drvs.Add(await DerivationAsync("a", $"slot-{i}"));
+        }
+
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var building = BuildAsync("a", keepGoing: false, [.. drvs]);
+        await WaitUntil(() => _executor.Jobs.Count == 2); // both slots taken; the third waits
+        await Task.Delay(1500); // past the queue's notice
+        _executor.Gate.SetResult();
+        var (results, events) = await building;
+
+        Assert.All(results, r => Assert.Equal(BuildStatus.Built, r.Status));
+        var waiting = Assert.Single(events.Lines, l => l.StartsWith("kiln: waiting for a build slot", StringComparison.Ordinal));
+        Assert.Matches("^kiln: waiting for a build slot for '/nix/store/[a-z0-9]{32}-slot-[0-2].drv': 2 of 2 busy, 1 builds waiting$", waiting);
     }
 
     [Theory]

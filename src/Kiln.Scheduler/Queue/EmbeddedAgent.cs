@@ -110,6 +110,10 @@ public sealed partial class EmbeddedAgent : IAsyncDisposable
         try
         {
             lease.Offer.Log.Running();
+            if (Info.StockBuilder)
+            {
+                lease.Offer.Log.Line(Placement.Line(Info, job)); // (the embedded agent's own builds need no such line)
+            }
             outcome = await _executor.BuildAsync(job, lease.Offer.Log, build.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (ReleaseOnStop && _stop.IsCancellationRequested && !lease.Cancelled.IsCancellationRequested)

@@ -97,8 +97,35 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         {
             ArmPlacementWait(entry);
         }
+        else if (SlotWaitNotice > TimeSpan.Zero)
+        {
+            _ = Task.Delay(SlotWaitNotice).ContinueWith(_ => NoteSlotWait(entry), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
 
         return entry;
+    }
+
+    /// <summary>How long a job waits for a slot before its log says so (zero: never).</summary>
+    public TimeSpan SlotWaitNotice { get; init; } = TimeSpan.FromSeconds(1);
+
+    // A job still in line after SlotWaitNotice: its log says why (every agent that could run it is busy) and how busy.
+    private void NoteSlotWait(Entry entry)
+    {
+        string line;
+        lock (_gate)
+        {
+            if (!_waiting.Items.Contains(entry))
+            {
+                return; // claimed, cancelled or failed meanwhile
+            }
+
+            var able = _agents.Where(a => a.CanRun(entry.Offer.Requirements)).ToList();
+            var slots = able.Sum(a => a.Slots);
+            var busy = _leased.Count(e => e.CurrentLease is { } lease && able.Contains(lease.Agent));
+            line = $"kiln: waiting for a build slot for '{entry.Offer.Job.DrvPath}': {busy} of {slots} busy, {_waiting.Items.Count()} builds waiting";
+        }
+
+        entry.Offer.Log.Line(line); // (outside the queue's lock: the step takes its own)
     }
 
     // Says the job waits for an agent that can run it, and fails it if none has come when the wait is over.
