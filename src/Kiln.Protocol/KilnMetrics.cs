@@ -49,7 +49,7 @@ public static class KilnMetrics
     /// <summary>Steps whose outputs were substituted from an upstream cache instead of built.</summary>
     public static readonly Counter<long> BuildsSubstituted = Meter.CreateCounter<long>("kiln.builds.substituted", "{build}", "Steps answered by substitution");
 
-    /// <summary>How long offered jobs waited in the queue before an agent claimed them.</summary>
+    /// <summary>How long offered jobs waited in the queue before an agent claimed them (per lease: a job given back waits again).</summary>
     public static readonly Histogram<double> QueueWait = Meter.CreateHistogram("kiln.queue.wait", "s", "Time jobs waited for an agent",
         advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = WaitSeconds });
 

@@ -114,7 +114,6 @@ public sealed partial class BuildScheduler
         if (reused is { } earlier)
         {
             // (The client is told outside the lock: its session writes to a socket.)
-            KilnMetrics.BuildsReused.Add(1);
             events.Message(ReusingMessage(job.DrvPath, earlier.Outcome.StopTime));
             return ReusedAsync(earlier, accountId, cancellationToken);
         }
@@ -263,6 +262,16 @@ public sealed partial class BuildScheduler
             step.Dispose();
         }
 
+        if (id != 0)
+        {
+            // (Before the record is written: a build counted as started is counted as finished even if that fails.)
+            KilnMetrics.BuildsFinished.Add(1, new KeyValuePair<string, object?>("outcome", KilnMetrics.OutcomeTag(outcome.Succeeded, outcome.Failure == BuildFailureKind.None ? "" : outcome.Failure.ToString())));
+            if (outcome.StartTime != default && outcome.StopTime >= outcome.StartTime)
+            {
+                KilnMetrics.BuildDuration.Record((outcome.StopTime - outcome.StartTime).TotalSeconds, new KeyValuePair<string, object?>("outcome", outcome.Succeeded ? "built" : "failed"));
+            }
+        }
+
         try
         {
             if (id != 0)
@@ -289,15 +298,6 @@ public sealed partial class BuildScheduler
 
         var seconds = (outcome.StopTime - outcome.StartTime).TotalSeconds;
         LogBuildDone(_logger, job.DrvPath.FullPath, id, outcome.Succeeded ? "built" : outcome.Failure.ToString(), seconds);
-        if (id != 0)
-        {
-            KilnMetrics.BuildsFinished.Add(1, new KeyValuePair<string, object?>("outcome", KilnMetrics.OutcomeTag(outcome.Succeeded, outcome.Failure == BuildFailureKind.None ? "" : outcome.Failure.ToString())));
-            if (outcome.StartTime != default && seconds >= 0)
-            {
-                KilnMetrics.BuildDuration.Record(seconds, new KeyValuePair<string, object?>("outcome", outcome.Succeeded ? "built" : "failed"));
-            }
-        }
-
         return new StepOutcome(outcome, id, Reused: false);
     }
 
@@ -359,7 +359,6 @@ public sealed partial class BuildScheduler
                     StartTime = DateTimeOffset.FromUnixTimeSeconds(record.Started),
                     StopTime = DateTimeOffset.FromUnixTimeSeconds(record.Stopped),
                 };
-                KilnMetrics.BuildsReused.Add(1); // built by another front door while this one waited
                 return new StepOutcome(outcome, record.Id, Reused: true);
             }
 

@@ -365,6 +365,12 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                 try
                 {
                     await RegisterAsync(drvPath, outcome.Outputs, trust, token).ConfigureAwait(false);
+                    if (result.Reused)
+                    {
+                        // (Counted once registered: a reuse whose content was collected meanwhile is built instead.)
+                        KilnMetrics.BuildsReused.Add(1);
+                    }
+
                     return new Step(BuildStatus.Built, "", outputs, result.Reused ? null : outcome);
                 }
                 catch (ContentGoneException e)

@@ -57,6 +57,10 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
             .AddMeter(KilnMetrics.MeterName, KilnMetrics.ServerMeterName)
             .AddPrometheusExporter(exporter => exporter.ScrapeResponseCacheDurationMilliseconds = 0));
         var health = new Observability.HealthEndpoints(store, options, () => ssh.SshdRunning);
+        // Kiln trusts no forwarding header, whatever ASPNETCORE_FORWARDEDHEADERS_ENABLED says: a client's address is the
+        // connection's (who may scrape /metrics depends on it).
+        builder.Services.PostConfigure<Microsoft.AspNetCore.Builder.ForwardedHeadersOptions>(forwarded =>
+            forwarded.ForwardedHeaders = Microsoft.AspNetCore.HttpOverrides.ForwardedHeaders.None);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             if (endpoint is not null)
@@ -83,7 +87,8 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         _app = builder.Build();
         ZeroCopyFiles.Use(_app);
         bool OnAgentListener(HttpContext context) => agentEndpoint is not null && context.Connection.LocalPort == agentEndpoint.Port &&
-            (agentEndpoint.Address.Equals(IPAddress.Any) || agentEndpoint.Address.Equals(context.Connection.LocalIpAddress));
+            (agentEndpoint.Address.Equals(IPAddress.Any) || agentEndpoint.Address.Equals(IPAddress.IPv6Any) ||
+             agentEndpoint.Address.Equals(context.Connection.LocalIpAddress));
         bool IsScrape(HttpContext context) => endpoint is not null && context.Request.Path.Value == Observability.HealthEndpoints.MetricsPath && !OnAgentListener(context);
         _app.Use((context, next) => IsScrape(context) && !health.MayScrape(context) ? Observability.HealthEndpoints.RefuseAsync(context) : next(context));
         _app.UseOpenTelemetryPrometheusScrapingEndpoint(IsScrape);

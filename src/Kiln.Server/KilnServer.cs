@@ -63,7 +63,7 @@ public static partial class KilnServer
                 Affinity = (agent, offer) => gateway?.CachedBytes(agent, offer) ?? 0, // what remote agents hold already
             };
             using var metrics = new Observability.ServerMetrics(store, queue);
-            await metrics.RefreshAsync(cancellationToken).ConfigureAwait(false);
+            metrics.Start();
             var executor = CreateExecutor(options, store, logger);
             gateway = new Kiln.Farm.AgentGateway(queue, store.Agents, store.Blobs, new Kiln.Farm.AgentGatewayOptions
             {

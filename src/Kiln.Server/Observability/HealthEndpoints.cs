@@ -9,8 +9,9 @@ namespace Kiln.Server.Observability;
 /// <summary>
 /// The HTTP front's operator endpoints: <c>/healthz</c> (the process answers), <c>/readyz</c> (the database and the
 /// blob store answer, and sshd runs when the SSH front door is configured: 503 naming what does not) and who may
-/// scrape <c>/metrics</c> — anyone on this host (a request a reverse proxy forwarded does not count as this host's),
-/// others only with the <c>--metrics-token</c>. Health answers carry no account, path or key: they are open.
+/// scrape <c>/metrics</c> — with <c>--metrics-token</c>, whoever sends it (from this host too); without, this host
+/// only (a request a reverse proxy forwarded does not count as this host's). Health answers carry no account, path or
+/// key: they are open, and <c>/readyz</c>'s checks are shared by the probes of the same 2 s.
 /// </summary>
 public sealed class HealthEndpoints(KilnStore store, ServerOptions options, Func<bool?> sshdRunning)
 {
@@ -41,11 +42,36 @@ public sealed class HealthEndpoints(KilnStore store, ServerOptions options, Func
             return;
         }
 
+        var (ready, text) = await ReadinessAsync().ConfigureAwait(false);
+        await WriteAsync(context, ready ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable, text).ConfigureAwait(false);
+    }
+
+    // One round of checks serves every probe of the next 2 s: /readyz is open, and must not become a way to make Kiln
+    // query its database and blob store as fast as someone can ask.
+    private Task<(bool Ready, string Text)> ReadinessAsync()
+    {
+        lock (_readinessGate)
+        {
+            if (_readiness is null || (_readiness.IsCompleted && Environment.TickCount64 - _readinessAt > 2000))
+            {
+                _readinessAt = Environment.TickCount64;
+                _readiness = CheckAllAsync();
+            }
+
+            return _readiness;
+        }
+    }
+
+    private readonly Lock _readinessGate = new();
+    private Task<(bool Ready, string Text)>? _readiness;
+    private long _readinessAt;
+
+    private async Task<(bool Ready, string Text)> CheckAllAsync()
+    {
         var checks = new List<(string Name, string? Problem)>
         {
-            ("database", await CheckAsync(async token => await store.Accounts.FindAccountAsync(options.SocketAccount, token).ConfigureAwait(false), context.RequestAborted)
-                .ConfigureAwait(false)),
-            ("blobs", await CheckAsync(async token => await store.Blobs.HasAsync(Probe, token).ConfigureAwait(false), context.RequestAborted).ConfigureAwait(false)),
+            ("database", await CheckAsync(async token => await store.Accounts.FindAccountAsync(options.SocketAccount, token).ConfigureAwait(false)).ConfigureAwait(false)),
+            ("blobs", await CheckAsync(async token => await store.Blobs.HasAsync(Probe, token).ConfigureAwait(false)).ConfigureAwait(false)),
         };
         if (sshdRunning() is { } running)
         {
@@ -59,25 +85,24 @@ public sealed class HealthEndpoints(KilnStore store, ServerOptions options, Func
             text.Append(name).Append(": ").Append(problem ?? "ok").Append('\n');
         }
 
-        await WriteAsync(context, ready ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable, text.ToString()).ConfigureAwait(false);
+        return (ready, text.ToString());
     }
 
     // A check's problem in a few words (never the exception's text: it may name a host, a bucket or a credential).
-    private static async Task<string?> CheckAsync(Func<CancellationToken, Task> check, CancellationToken aborted)
+    private static async Task<string?> CheckAsync(Func<CancellationToken, Task> check)
     {
-        using var limit = CancellationTokenSource.CreateLinkedTokenSource(aborted);
-        limit.CancelAfter(CheckTimeout);
+        using var limit = new CancellationTokenSource(CheckTimeout);
         try
         {
             await check(limit.Token).ConfigureAwait(false);
             return null;
         }
-        catch (OperationCanceledException) when (!aborted.IsCancellationRequested)
+        catch (OperationCanceledException)
         {
             return $"no answer within {CheckTimeout.TotalSeconds:0} s";
         }
 #pragma warning disable CA1031 // whatever the backend threw, the probe answers "not ready"
-        catch (Exception e) when (e is not OperationCanceledException)
+        catch (Exception)
 #pragma warning restore CA1031
         {
             return "unreachable";
@@ -89,19 +114,19 @@ public sealed class HealthEndpoints(KilnStore store, ServerOptions options, Func
     {
         ArgumentNullException.ThrowIfNull(context);
         var request = context.Request;
+        if (_metricsToken is not null)
+        {
+            // With a token, every scrape shows it, this host's too: a plain TCP forwarder (socat, ssh -L, a proxy
+            // adding no header) makes any client look local.
+            var header = request.Headers.Authorization.ToString();
+            return header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) &&
+                CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header["Bearer ".Length..].Trim()), _metricsToken);
+        }
+
         var remote = context.Connection.RemoteIpAddress;
-        var forwarded = request.Headers.ContainsKey("X-Forwarded-For") || request.Headers.ContainsKey("Forwarded") || request.Headers.ContainsKey("X-Real-IP");
-        if (remote is not null && IPAddress.IsLoopback(remote) && !forwarded)
-        {
-            return true;
-        }
-
-        if (_metricsToken is null || request.Headers.Authorization.ToString() is not { } header || !header.StartsWith("Bearer ", StringComparison.Ordinal))
-        {
-            return false;
-        }
-
-        return CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header["Bearer ".Length..].Trim()), _metricsToken);
+        var forwarded = request.Headers.ContainsKey("X-Forwarded-For") || request.Headers.ContainsKey("Forwarded") || request.Headers.ContainsKey("X-Real-IP") ||
+            request.Headers.ContainsKey("X-Original-For");
+        return remote is not null && IPAddress.IsLoopback(remote) && !forwarded;
     }
 
     /// <summary>The answer to a scrape that may not read the metrics.</summary>

@@ -21,7 +21,7 @@ public sealed class ServerMetrics : IDisposable
     private readonly Meter _meter = new(KilnMetrics.ServerMeterName);
     private readonly KilnStore _store;
     private volatile StrongBox<StoreTotals> _totals = new(default); // (swapped whole: never read half-written)
-    private long _totalsRead = long.MinValue;
+    private long _nextRead; // Environment.TickCount64 when the store's size is due to be read again (0: now)
     private int _reading;
 
     public ServerMetrics(KilnStore store, InMemoryJobQueue queue)
@@ -54,19 +54,20 @@ public sealed class ServerMetrics : IDisposable
     // until it is done: a gauge callback must not wait on the database).
     private StoreTotals Totals()
     {
-        if (Environment.TickCount64 - Interlocked.Read(ref _totalsRead) > TotalsAge.TotalMilliseconds && Interlocked.Exchange(ref _reading, 1) == 0)
+        if (Environment.TickCount64 >= Interlocked.Read(ref _nextRead) && Interlocked.Exchange(ref _reading, 1) == 0)
         {
             _ = Task.Run(async () =>
             {
                 try
                 {
                     _totals = new(await _store.GetTotalsAsync(CancellationToken.None).ConfigureAwait(false));
-                    Interlocked.Exchange(ref _totalsRead, Environment.TickCount64);
+                    Interlocked.Exchange(ref _nextRead, Environment.TickCount64 + (long)TotalsAge.TotalMilliseconds);
                 }
-#pragma warning disable CA1031 // a database away for a moment: the last figures stand, the next scrape tries again
+#pragma warning disable CA1031 // a database away for a moment: the last figures stand, a later scrape tries again
                 catch (Exception)
 #pragma warning restore CA1031
                 {
+                    Interlocked.Exchange(ref _nextRead, Environment.TickCount64 + 10_000);
                 }
                 finally
                 {
@@ -78,12 +79,8 @@ public sealed class ServerMetrics : IDisposable
         return _totals.Value;
     }
 
-    /// <summary>Reads the store's size now (the server's start, so the first scrape has it).</summary>
-    public async Task RefreshAsync(CancellationToken cancellationToken)
-    {
-        _totals = new(await _store.GetTotalsAsync(cancellationToken).ConfigureAwait(false));
-        Interlocked.Exchange(ref _totalsRead, Environment.TickCount64);
-    }
+    /// <summary>Starts reading the store's size (at the server's start, so the first scrape has it; in the background).</summary>
+    public void Start() => Totals();
 
     public void Dispose() => _meter.Dispose();
 }

@@ -54,7 +54,16 @@ public sealed class Prometheus : IDisposable
             start.ArgumentList.Add(argument);
         }
 
-        _process = Process.Start(start)!;
+        try
+        {
+            _process = Process.Start(start)!;
+        }
+        catch
+        {
+            Directory.Delete(_directory, recursive: true);
+            throw;
+        }
+
         _process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) { lock (_log) { _log.Add(line); } } };
         _process.OutputDataReceived += (_, _) => { };
         _process.BeginErrorReadLine();
@@ -101,9 +110,9 @@ public sealed class Prometheus : IDisposable
                     }
                 }
             }
-            catch (HttpRequestException)
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
             {
-                // not listening yet
+                // not listening yet, or slow to answer
             }
 
             await Task.Delay(500);
