@@ -28,7 +28,8 @@ public class MetricsTests
     {
         RequirePrometheus();
         var client = NixClient.For("2.34.8");
-        using var kiln = new KilnProcess(ssh: true, http: true);
+        // (ASP.NET Core's switch to trust X-Forwarded-For from anyone: Kiln must not let it make a forwarded scrape local.)
+        using var kiln = new KilnProcess(ssh: true, http: true, environment: new Dictionary<string, string> { ["ASPNETCORE_FORWARDEDHEADERS_ENABLED"] = "true" });
         using var workspace = client.NewWorkspace();
         using var prometheus = new Prometheus($"127.0.0.1:{kiln.HttpPort}");
 
@@ -50,7 +51,7 @@ public class MetricsTests
         // Without a metrics token, a scrape a reverse proxy on this host forwarded is not this host's.
         using (var forwarded = new HttpRequestMessage(HttpMethod.Get, $"{kiln.HttpUrl}/metrics"))
         {
-            forwarded.Headers.Add("X-Forwarded-For", "203.0.113.7");
+            forwarded.Headers.Add("X-Forwarded-For", "127.0.0.1");
             using var refused = await http.SendAsync(forwarded, TestContext.Current.CancellationToken);
             Assert.Equal(HttpStatusCode.Forbidden, refused.StatusCode);
         }

@@ -16,7 +16,9 @@ public sealed class KilnProcess : IDisposable
     /// <param name="http">Also serve the HTTP binary cache, on a free port of 127.0.0.1 (<see cref="HttpUrl"/>).</param>
     /// <param name="dataDirectory">Where the data directory goes (default: a fresh one of the test's own).</param>
     /// <param name="arguments">More options for <c>kiln serve</c>.</param>
-    public KilnProcess(bool ssh = false, bool http = false, string? dataDirectory = null, IEnumerable<string>? arguments = null)
+    /// <param name="environment">More environment variables for it.</param>
+    public KilnProcess(bool ssh = false, bool http = false, string? dataDirectory = null, IEnumerable<string>? arguments = null,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         DataDirectory = dataDirectory ?? _temp["data"];
         SocketDirectory = _temp["sockets"];
@@ -36,6 +38,11 @@ public sealed class KilnProcess : IDisposable
         }.Concat(arguments ?? []))
         {
             info.ArgumentList.Add(arg);
+        }
+
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            info.Environment[name] = value;
         }
 
         _process = Process.Start(info)!;
