@@ -40,6 +40,7 @@ public static partial class KilnServer
                 DataDirectoryBindings.Write(options.DataDirectory, "front-door", frontDoor);
             }
             await store.Builds.ReleaseStepClaimsAsync(frontDoor, null, cancellationToken).ConfigureAwait(false);
+            await store.ShareTempRootsAsync(frontDoor, cancellationToken).ConfigureAwait(false);
             var abandoned = await store.Builds.AbandonRunningBuildsAsync("the Kiln server stopped while it ran", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), cancellationToken)
                 .ConfigureAwait(false);
             if (abandoned > 0)

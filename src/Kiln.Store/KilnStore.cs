@@ -20,7 +20,7 @@ public sealed class KilnStore : IAsyncDisposable
         Metadata = metadata;
         _gcLock = new GcLock(metadata.LockAgainstCollectionAsync);
         Blobs = BlobStores.Open(options);
-        TempRoots = new TempRoots();
+        TempRoots = new TempRoots(metadata);
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
         var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
         Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared, installation) : logs; // a bucket front doors share
@@ -203,8 +203,15 @@ public sealed class KilnStore : IAsyncDisposable
     public async Task<StoreView> OpenViewAsync(string account, CancellationToken cancellationToken, string? clientRoot = null) =>
         OpenView(await CallerForAccountAsync(account, KeyPermissions.All, cancellationToken).ConfigureAwait(false), clientRoot);
 
+    /// <summary>
+    /// Names this process's front door to the store: on a database several front doors share, its sessions' temporary
+    /// roots are published there from now on, so the other front doors' collectors spare them.
+    /// </summary>
+    public Task ShareTempRootsAsync(string frontDoor, CancellationToken cancellationToken) => TempRoots.ShareAsync(frontDoor, cancellationToken);
+
     public async ValueTask DisposeAsync()
     {
+        await TempRoots.DisposeAsync().ConfigureAwait(false);
         Upstream.Dispose();
         (Blobs as IDisposable)?.Dispose();
         await Metadata.DisposeAsync().ConfigureAwait(false);

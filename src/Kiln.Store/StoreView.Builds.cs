@@ -130,10 +130,7 @@ public sealed partial class StoreView
             throw new KilnException(ErrorKind.Invalid, e.Message);
         }
 
-        foreach (var output in outputs)
-        {
-            AddTempRoot(output.Info.Path);
-        }
+        await HoldAsync(outputs.Select(o => o.Info.Path).ToList(), cancellationToken).ConfigureAwait(false);
 
         if (_store.MaterialisedFor(AccountId) is { } tree)
         {

@@ -20,7 +20,7 @@ public sealed partial class StoreView
         ArgumentNullException.ThrowIfNull(info);
         if (!repair && (await QueryValidPathsAsync([info.Path], cancellationToken).ConfigureAwait(false)).Contains(info.Path))
         {
-            AddTempRoot(info.Path);
+            await HoldAsync([info.Path], cancellationToken).ConfigureAwait(false);
             return; // already valid: the caller drains the NAR
         }
 
@@ -85,7 +85,7 @@ public sealed partial class StoreView
                 var known = await FindContentAddressedAsync(name, method, buffer.AsMemory(0, filled), references, cancellationToken).ConfigureAwait(false);
                 if (known is not null)
                 {
-                    AddTempRoot(known.Path);
+                    await HoldAsync([known.Path], cancellationToken).ConfigureAwait(false);
                     return known;
                 }
             }
@@ -135,7 +135,7 @@ public sealed partial class StoreView
                 var existing = await QueryPathInfosAsync([path], cancellationToken).ConfigureAwait(false);
                 if (existing.TryGetValue(path, out var known))
                 {
-                    AddTempRoot(path);
+                    await HoldAsync([path], cancellationToken).ConfigureAwait(false);
                     return known;
                 }
             }
@@ -298,10 +298,7 @@ public sealed partial class StoreView
             throw new KilnException(ErrorKind.Invalid, e.Message);
         }
 
-        foreach (var upload in ordered)
-        {
-            AddTempRoot(upload.Info.Path);
-        }
+        await HoldAsync(ordered.Select(u => u.Info.Path).ToList(), cancellationToken).ConfigureAwait(false);
 
         // Before the client hears "done": it may read the path from disk next. Trees unpacked while the NARs
         // streamed in are renamed into place; anything else is unpacked from its blob.
@@ -339,7 +336,7 @@ public sealed partial class StoreView
         {
             if (!_seen.Add(info.Path) || (await view.QueryValidPathsAsync([info.Path], cancellationToken).ConfigureAwait(false)).Contains(info.Path))
             {
-                view.AddTempRoot(info.Path);
+                await view.HoldAsync([info.Path], cancellationToken).ConfigureAwait(false);
                 return; // already there: the caller drains the NAR
             }
 

@@ -43,10 +43,7 @@ public sealed partial class StoreView
         var both = Logged(warn);
         var plan = await UpstreamPlanAsync(both, cancellationToken).ConfigureAwait(false);
         var valid = await _store.Upstream.SubstituteAsync(this, plan, paths, both, cancellationToken).ConfigureAwait(false);
-        foreach (var path in valid)
-        {
-            AddTempRoot(path);
-        }
+        await HoldAsync(valid.ToList(), cancellationToken).ConfigureAwait(false);
 
         return valid;
     }

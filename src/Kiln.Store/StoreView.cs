@@ -48,7 +48,10 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
     public void Dispose() => _tempRoots?.Dispose();
 
-    private void AddTempRoot(StorePath path) => _tempRoots?.Add(path);
+    // Makes paths temporary roots of this session (and, on a shared database, of the other front doors' collectors:
+    // published before this returns, as Nix's AddTempRoot is in effect when it answers).
+    private Task HoldAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
+        _tempRoots?.AddAsync(paths, cancellationToken) ?? Task.CompletedTask;
 
     /// <summary>
     /// The records of those <paramref name="paths"/> in the view: for each, a globally trusted record if a readable
@@ -313,11 +316,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         return new NarBlob(await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false), record.Info.NarSize, record.Info.NarHash);
     }
 
-    public Task AddTempRootAsync(StorePath path, CancellationToken cancellationToken)
-    {
-        AddTempRoot(path);
-        return Task.CompletedTask;
-    }
+    public Task AddTempRootAsync(StorePath path, CancellationToken cancellationToken) => HoldAsync([path], cancellationToken);
 
     public async Task AddIndirectRootAsync(string link, CancellationToken cancellationToken)
     {

@@ -121,4 +121,56 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         Assert.Equal([fresh], await a.Metadata.GetAllPathsAsync(account, default));
         Assert.Contains(s3.ObjectFiles(bucket), f => f.Contains(narHash.ToNix32(), StringComparison.Ordinal)); // still named by 'fresh'
     }
+
+    [Fact]
+    public async Task A_collection_on_one_front_door_spares_what_a_session_on_another_holds_as_temporary_roots_until_it_ends()
+    {
+        var database = postgres.CreateDatabase();
+        var bucket = s3.NewLocation();
+        await using var a = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["ta"], MetadataUrl = database, BlobStoreUrl = bucket }, default);
+        await using var b = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["tb"], MetadataUrl = database, BlobStoreUrl = bucket }, default);
+        await a.ShareTempRootsAsync("door-a", default);
+        await b.ShareTempRootsAsync("door-b", default);
+        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
+        var held = MetadataContract.P("held");
+        var loose = MetadataContract.P("loose");
+        var account = await a.Accounts.GetOrCreateAccountAsync("alice", default);
+        using (var view = await a.OpenViewAsync("alice", default))
+        {
+            foreach (var path in new[] { held, loose })
+            {
+                await view.AddToStoreAsync(new ValidPathInfo { Path = path, NarHash = narHash, NarSize = HelloNar.Length }, new MemoryStream(HelloNar), false, true, default);
+            }
+        }
+
+        // Registered long ago (as if): the grace for recent registrations does not cover them; only roots do.
+        var oldTime = DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeSeconds();
+        postgres.Sql(new Npgsql.NpgsqlConnectionStringBuilder(database).Database!, $"UPDATE paths SET registration_time = {oldTime}");
+
+        // A session through B holds 'held' (as a client's AddTempRoot, or a build's input, would): A's collection spares it.
+        var viewB = await b.OpenViewAsync("alice", default);
+        await viewB.AddTempRootAsync(held, default);
+        using (var gc = await a.OpenViewAsync("alice", default))
+        {
+            var result = await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default);
+            Assert.Equal([loose], result.Paths);
+        }
+
+        Assert.Equal([held], await a.Metadata.GetAllPathsAsync(account, default));
+
+        // The session ends: its roots are withdrawn, and the next collection takes the path.
+        viewB.Dispose();
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while ((await a.Metadata.GetTempRootsAsync(account, "door-a", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), default)).Count > 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the ended session's temporary roots were never withdrawn");
+            await Task.Delay(50);
+        }
+
+        using (var gc = await a.OpenViewAsync("alice", default))
+        {
+            var result = await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default);
+            Assert.Equal([held], result.Paths);
+        }
+    }
 }

@@ -125,6 +125,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
         }
 
         roots.AddRange(tempRoots.For(account));
+        roots.AddRange(await tempRoots.ElsewhereAsync(account, cancellationToken).ConfigureAwait(false)); // other front doors' sessions
         return roots;
     }
 

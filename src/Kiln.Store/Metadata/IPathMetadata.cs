@@ -107,6 +107,24 @@ public interface IPathMetadata
     Task<IReadOnlyList<StorePath>> GetAllPathsAsync(long account, CancellationToken cancellationToken);
 
     /// <summary>
+    /// Whether several processes share this metadata (PostgreSQL): then each front door publishes its sessions'
+    /// temporary roots for the others' collectors. SQLite is one server's alone, and the temp-root calls do nothing.
+    /// </summary>
+    bool SharesTempRoots { get; }
+
+    /// <summary>Publishes temporary roots of one session of <paramref name="frontDoor"/>, valid until <paramref name="expires"/> (unix seconds) unless renewed.</summary>
+    Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, long expires, CancellationToken cancellationToken);
+
+    /// <summary>Withdraws the temporary roots of one session of <paramref name="frontDoor"/> (null: all of them, as at its start).</summary>
+    Task WithdrawTempRootsAsync(string frontDoor, long? session, CancellationToken cancellationToken);
+
+    /// <summary>Extends every temporary root <paramref name="frontDoor"/> published to <paramref name="expires"/>, and drops every lapsed one (of any front door).</summary>
+    Task RenewTempRootsAsync(string frontDoor, long expires, long now, CancellationToken cancellationToken);
+
+    /// <summary>The unlapsed temporary roots other front doors than <paramref name="frontDoor"/> published for the account.</summary>
+    Task<IReadOnlyList<StorePath>> GetTempRootsAsync(long account, string frontDoor, long now, CancellationToken cancellationToken);
+
+    /// <summary>
     /// The whole store's size, for the server's gauges: path records in all views, and the distinct NARs they name
     /// with the bytes of those (content shared by views counted once). A scan of every record: read it now and then.
     /// </summary>

@@ -109,6 +109,44 @@ public sealed partial class PostgresMetadataStore
             return await ReadAllAsync(command, ReadStorePath, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public bool SharesTempRoots => true;
+
+    public Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, long expires, CancellationToken cancellationToken) =>
+        paths.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+        {
+            using var insert = Command(connection, """
+                INSERT INTO temp_roots (front_door, session, account_id, path, expires)
+                SELECT @f, @s, @a, p, @e FROM unnest(@paths::text[]) AS p
+                ON CONFLICT (front_door, session, path) DO UPDATE SET expires = excluded.expires
+                """, transaction, ("f", frontDoor), ("s", session), ("a", account), ("paths", paths.Select(p => p.BaseName).ToArray()), ("e", expires));
+            await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task WithdrawTempRootsAsync(string frontDoor, long? session, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var delete = Command(connection, "DELETE FROM temp_roots WHERE front_door = @f AND (@s::bigint IS NULL OR session = @s::bigint)", transaction,
+                ("f", frontDoor), ("s", session));
+            await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task RenewTempRootsAsync(string frontDoor, long expires, long now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var renew = Command(connection, "UPDATE temp_roots SET expires = @e WHERE front_door = @f", transaction, ("f", frontDoor), ("e", expires));
+            await renew.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            using var lapsed = Command(connection, "DELETE FROM temp_roots WHERE expires < @now", transaction, ("now", now));
+            await lapsed.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<StorePath>> GetTempRootsAsync(long account, string frontDoor, long now, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<StorePath>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT DISTINCT path FROM temp_roots WHERE account_id = @a AND front_door <> @f AND expires >= @now", null,
+                ("a", account), ("f", frontDoor), ("now", now));
+            return await ReadAllAsync(command, ReadStorePath, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
     public Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
