@@ -322,6 +322,10 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             var token = _stop.Token;
             var outputs = derivation.Outputs.ToDictionary(o => o.Key, o => o.Value.StorePath!.Value);
 
+            // The inputs are this session's temporary roots while it builds (on every front door's collector): a
+            // collection meanwhile must not take what the build reads.
+            await _view.AddTempRootsAsync(closure.Select(r => r.Info.Path).ToList(), token).ConfigureAwait(false);
+
             // Built before, for anyone, from identical inputs: reuse it (and the build is now this account's too).
             var record = await _scheduler.Builds.FindSuccessfulBuildAsync(key, token).ConfigureAwait(false);
             if (record is not null)

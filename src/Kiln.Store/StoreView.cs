@@ -318,6 +318,9 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
     public Task AddTempRootAsync(StorePath path, CancellationToken cancellationToken) => HoldAsync([path], cancellationToken);
 
+    /// <summary>Makes paths temporary roots of this session (a build's inputs, while it runs).</summary>
+    public Task AddTempRootsAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) => HoldAsync(paths, cancellationToken);
+
     public async Task AddIndirectRootAsync(string link, CancellationToken cancellationToken)
     {
         // Nix records the link and reads it at collection time. Kiln can only follow links it can see: a local

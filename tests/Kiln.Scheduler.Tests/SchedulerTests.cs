@@ -311,6 +311,29 @@ public sealed class SchedulerTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_collection_while_a_build_runs_spares_its_inputs()
+    {
+        var dependency = await DerivationAsync("a", "input");
+        await BuildAsync("a", keepGoing: false, dependency);
+        var top = await DerivationAsync("a", "consumer", dependency);
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        var building = BuildAsync("a", keepGoing: false, top);
+        await WaitUntil(() => _executor.Jobs.Count == 2);
+        using (var view = await _store.OpenViewAsync("a", default))
+        {
+            // Nothing roots the input but the session building with it.
+            var collected = await view.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default);
+            Assert.DoesNotContain(Out(dependency), collected.Paths);
+        }
+
+        Assert.True(await ValidAsync("a", Out(dependency)));
+        _executor.Gate.SetResult();
+        var (results, _) = await building;
+        Assert.Equal(BuildStatus.Built, results.Single().Status);
+    }
+
+    [Fact]
     public async Task A_build_waiting_for_a_slot_says_so_in_its_log_with_how_busy_the_agents_are()
     {
         var drvs = new List<StorePath>();
