@@ -20,7 +20,7 @@ public sealed class KilnStore : IAsyncDisposable
         Metadata = metadata;
         _gcLock = new GcLock(metadata.LockAgainstCollectionAsync);
         Blobs = BlobStores.Open(options);
-        TempRoots = new TempRoots(metadata);
+        TempRoots = new TempRoots(metadata, _gcLock);
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
         var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
         Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared, installation) : logs; // a bucket front doors share

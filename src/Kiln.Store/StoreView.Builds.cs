@@ -130,7 +130,7 @@ public sealed partial class StoreView
             throw new KilnException(ErrorKind.Invalid, e.Message);
         }
 
-        await HoldAsync(outputs.Select(o => o.Info.Path).ToList(), cancellationToken).ConfigureAwait(false);
+        await HoldAsync(outputs.Select(o => o.Info.Path).ToList(), cancellationToken, lockHeld: true).ConfigureAwait(false);
 
         if (_store.MaterialisedFor(AccountId) is { } tree)
         {

@@ -18,9 +18,11 @@ public sealed partial class StoreView
     public async Task AddToStoreAsync(ValidPathInfo info, Stream nar, bool repair, bool checkSignatures, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(info);
+        // Held before it is looked at (as Nix's AddTempRoot, then the check): a collection between the two must not
+        // take a path this session has just been told is there.
+        await HoldAsync([info.Path], cancellationToken).ConfigureAwait(false);
         if (!repair && (await QueryValidPathsAsync([info.Path], cancellationToken).ConfigureAwait(false)).Contains(info.Path))
         {
-            await HoldAsync([info.Path], cancellationToken).ConfigureAwait(false);
             return; // already valid: the caller drains the NAR
         }
 
@@ -132,10 +134,10 @@ public sealed partial class StoreView
             };
             if (!repair)
             {
+                await HoldAsync([path], cancellationToken).ConfigureAwait(false); // (before the look, as above)
                 var existing = await QueryPathInfosAsync([path], cancellationToken).ConfigureAwait(false);
                 if (existing.TryGetValue(path, out var known))
                 {
-                    await HoldAsync([path], cancellationToken).ConfigureAwait(false);
                     return known;
                 }
             }
@@ -298,7 +300,7 @@ public sealed partial class StoreView
             throw new KilnException(ErrorKind.Invalid, e.Message);
         }
 
-        await HoldAsync(ordered.Select(u => u.Info.Path).ToList(), cancellationToken).ConfigureAwait(false);
+        await HoldAsync(ordered.Select(u => u.Info.Path).ToList(), cancellationToken, lockHeld: true).ConfigureAwait(false);
 
         // Before the client hears "done": it may read the path from disk next. Trees unpacked while the NARs
         // streamed in are renamed into place; anything else is unpacked from its blob.
@@ -334,9 +336,9 @@ public sealed partial class StoreView
 
         public async Task AddAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
         {
+            await view.HoldAsync([info.Path], cancellationToken).ConfigureAwait(false); // (before the look, as above)
             if (!_seen.Add(info.Path) || (await view.QueryValidPathsAsync([info.Path], cancellationToken).ConfigureAwait(false)).Contains(info.Path))
             {
-                await view.HoldAsync([info.Path], cancellationToken).ConfigureAwait(false);
                 return; // already there: the caller drains the NAR
             }
 

@@ -50,8 +50,9 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
     // Makes paths temporary roots of this session (and, on a shared database, of the other front doors' collectors:
     // published before this returns, as Nix's AddTempRoot is in effect when it answers).
-    private Task HoldAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
-        _tempRoots?.AddAsync(paths, cancellationToken) ?? Task.CompletedTask;
+    // lockHeld: the caller holds the collection lock shared (registering), so it is not taken again.
+    private Task HoldAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken, bool lockHeld = false) =>
+        _tempRoots?.AddAsync(paths, lockHeld, cancellationToken) ?? Task.CompletedTask;
 
     /// <summary>
     /// The records of those <paramref name="paths"/> in the view: for each, a globally trusted record if a readable

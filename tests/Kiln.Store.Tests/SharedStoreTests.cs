@@ -3,6 +3,7 @@ using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
 using Kiln.Protocol.Worker;
+using Kiln.Store.Gc;
 
 namespace Kiln.Store.Tests;
 
@@ -147,9 +148,19 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         var oldTime = DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeSeconds();
         postgres.Sql(new Npgsql.NpgsqlConnectionStringBuilder(database).Database!, $"UPDATE paths SET registration_time = {oldTime}");
 
-        // A session through B holds 'held' (as a client's AddTempRoot, or a build's input, would): A's collection spares it.
+        // A session through B holds 'held' (as a client's AddTempRoot, or a build's input, would): never in the middle of
+        // a collection through A (it waits for its end), and A's next collection spares it.
         var viewB = await b.OpenViewAsync("alice", default);
-        await viewB.AddTempRootAsync(held, default);
+        Task holding;
+        var collecting = await a.GcLock.ExclusiveAsync(default);
+        await using (collecting)
+        {
+            holding = viewB.AddTempRootAsync(held, default);
+            await Task.Delay(300);
+            Assert.False(holding.IsCompleted, "a temporary root was published during another front door's collection");
+        }
+
+        await holding;
         using (var gc = await a.OpenViewAsync("alice", default))
         {
             var result = await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default);
@@ -158,10 +169,17 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
 
         Assert.Equal([held], await a.Metadata.GetAllPathsAsync(account, default));
 
+        // B's lease lapses (B went away, as if): its roots no longer count; renewed, they do again.
+        var name = new Npgsql.NpgsqlConnectionStringBuilder(database).Database!;
+        postgres.Sql(name, "UPDATE temp_root_doors SET expires = 0 WHERE front_door = 'door-b'");
+        Assert.Empty(await a.Metadata.GetTempRootsAsync(account, "door-a", default));
+        await a.Metadata.RenewTempRootsAsync("door-b", TempRoots.Lease, default);
+        Assert.Equal([held], await a.Metadata.GetTempRootsAsync(account, "door-a", default));
+
         // The session ends: its roots are withdrawn, and the next collection takes the path.
         viewB.Dispose();
         var deadline = DateTime.UtcNow.AddSeconds(10);
-        while ((await a.Metadata.GetTempRootsAsync(account, "door-a", DateTimeOffset.UtcNow.ToUnixTimeSeconds(), default)).Count > 0)
+        while ((await a.Metadata.GetTempRootsAsync(account, "door-a", default)).Count > 0)
         {
             Assert.True(DateTime.UtcNow < deadline, "the ended session's temporary roots were never withdrawn");
             await Task.Delay(50);

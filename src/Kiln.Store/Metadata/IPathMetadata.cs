@@ -112,17 +112,17 @@ public interface IPathMetadata
     /// </summary>
     bool SharesTempRoots { get; }
 
-    /// <summary>Publishes temporary roots of one session of <paramref name="frontDoor"/>, valid until <paramref name="expires"/> (unix seconds) unless renewed.</summary>
-    Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, long expires, CancellationToken cancellationToken);
+    /// <summary>Publishes temporary roots of one session of <paramref name="frontDoor"/> (they count while its lease does).</summary>
+    Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);
 
     /// <summary>Withdraws the temporary roots of one session of <paramref name="frontDoor"/> (null: all of them, as at its start).</summary>
     Task WithdrawTempRootsAsync(string frontDoor, long? session, CancellationToken cancellationToken);
 
-    /// <summary>Extends every temporary root <paramref name="frontDoor"/> published to <paramref name="expires"/>, and drops every lapsed one (of any front door).</summary>
-    Task RenewTempRootsAsync(string frontDoor, long expires, long now, CancellationToken cancellationToken);
+    /// <summary>Renews <paramref name="frontDoor"/>'s lease on its temporary roots for <paramref name="lease"/>, by the database's clock.</summary>
+    Task RenewTempRootsAsync(string frontDoor, TimeSpan lease, CancellationToken cancellationToken);
 
-    /// <summary>The unlapsed temporary roots other front doors than <paramref name="frontDoor"/> published for the account.</summary>
-    Task<IReadOnlyList<StorePath>> GetTempRootsAsync(long account, string frontDoor, long now, CancellationToken cancellationToken);
+    /// <summary>The temporary roots other front doors than <paramref name="frontDoor"/> whose lease holds published for the account.</summary>
+    Task<IReadOnlyList<StorePath>> GetTempRootsAsync(long account, string frontDoor, CancellationToken cancellationToken);
 
     /// <summary>
     /// The whole store's size, for the server's gauges: path records in all views, and the distinct NARs they name

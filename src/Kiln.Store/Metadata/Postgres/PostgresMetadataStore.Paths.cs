@@ -111,14 +111,14 @@ public sealed partial class PostgresMetadataStore
 
     public bool SharesTempRoots => true;
 
-    public Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, long expires, CancellationToken cancellationToken) =>
+    public Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
         paths.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
         {
             using var insert = Command(connection, """
-                INSERT INTO temp_roots (front_door, session, account_id, path, expires)
-                SELECT @f, @s, @a, p, @e FROM unnest(@paths::text[]) AS p
-                ON CONFLICT (front_door, session, path) DO UPDATE SET expires = excluded.expires
-                """, transaction, ("f", frontDoor), ("s", session), ("a", account), ("paths", paths.Select(p => p.BaseName).ToArray()), ("e", expires));
+                INSERT INTO temp_roots (front_door, session, account_id, path)
+                SELECT @f, @s, @a, p FROM unnest(@paths::text[]) AS p
+                ON CONFLICT DO NOTHING
+                """, transaction, ("f", frontDoor), ("s", session), ("a", account), ("paths", paths.Select(p => p.BaseName).ToArray()));
             await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
@@ -130,20 +130,24 @@ public sealed partial class PostgresMetadataStore
             await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
-    public Task RenewTempRootsAsync(string frontDoor, long expires, long now, CancellationToken cancellationToken) =>
+    // One row per front door, by the database's clock: the machines' clocks need not agree.
+    public Task RenewTempRootsAsync(string frontDoor, TimeSpan lease, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            using var renew = Command(connection, "UPDATE temp_roots SET expires = @e WHERE front_door = @f", transaction, ("f", frontDoor), ("e", expires));
+            using var renew = Command(connection, """
+                INSERT INTO temp_root_doors (front_door, expires) VALUES (@f, extract(epoch FROM now())::bigint + @l)
+                ON CONFLICT (front_door) DO UPDATE SET expires = excluded.expires
+                """, transaction, ("f", frontDoor), ("l", (long)lease.TotalSeconds));
             await renew.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-            using var lapsed = Command(connection, "DELETE FROM temp_roots WHERE expires < @now", transaction, ("now", now));
-            await lapsed.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
-    public Task<IReadOnlyList<StorePath>> GetTempRootsAsync(long account, string frontDoor, long now, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<StorePath>> GetTempRootsAsync(long account, string frontDoor, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<StorePath>>(async connection =>
         {
-            using var command = Command(connection, "SELECT DISTINCT path FROM temp_roots WHERE account_id = @a AND front_door <> @f AND expires >= @now", null,
-                ("a", account), ("f", frontDoor), ("now", now));
+            using var command = Command(connection, """
+                SELECT DISTINCT r.path FROM temp_roots r JOIN temp_root_doors d ON d.front_door = r.front_door
+                WHERE r.account_id = @a AND r.front_door <> @f AND d.expires >= extract(epoch FROM now())::bigint
+                """, null, ("a", account), ("f", frontDoor));
             return await ReadAllAsync(command, ReadStorePath, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 

@@ -360,14 +360,14 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     // One server process owns a SQLite database (the data directory's lock): its temp roots in memory are all there are.
     public bool SharesTempRoots => false;
 
-    public Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, long expires, CancellationToken cancellationToken) =>
+    public Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
         Task.CompletedTask;
 
     public Task WithdrawTempRootsAsync(string frontDoor, long? session, CancellationToken cancellationToken) => Task.CompletedTask;
 
-    public Task RenewTempRootsAsync(string frontDoor, long expires, long now, CancellationToken cancellationToken) => Task.CompletedTask;
+    public Task RenewTempRootsAsync(string frontDoor, TimeSpan lease, CancellationToken cancellationToken) => Task.CompletedTask;
 
-    public Task<IReadOnlyList<StorePath>> GetTempRootsAsync(long account, string frontDoor, long now, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<StorePath>> GetTempRootsAsync(long account, string frontDoor, CancellationToken cancellationToken) =>
         Task.FromResult<IReadOnlyList<StorePath>>([]);
 
     public Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken) =>
