@@ -491,7 +491,7 @@ public sealed partial class AgentGateway : IAsyncDisposable
                 try
                 {
                     await stream.CopyToAsync(context.Response.Body, context.RequestAborted).ConfigureAwait(false);
-                    KilnMetrics.BytesSent.Add(source.Length, new KeyValuePair<string, object?>("protocol", KilnMetrics.Protocols.Agent));
+                    KilnMetrics.BytesSent.Add(source.Length, KilnMetrics.ProtocolTag(KilnMetrics.Protocols.Agent));
                 }
                 catch (Exception e) when (e is IOException or OperationCanceledException && context.RequestAborted.IsCancellationRequested)
                 {
@@ -539,7 +539,7 @@ public sealed partial class AgentGateway : IAsyncDisposable
             }
 
             await nar.CommitAsync(context.RequestAborted).ConfigureAwait(false);
-            KilnMetrics.BytesReceived.Add(nar.NarSize, new KeyValuePair<string, object?>("protocol", KilnMetrics.Protocols.Agent));
+            KilnMetrics.BytesReceived.Add(nar.NarSize, KilnMetrics.ProtocolTag(KilnMetrics.Protocols.Agent));
             lease.Uploaded[nar.NarHash] = new Upload(nar.NarSize, scanner.Found);
             context.Response.StatusCode = StatusCodes.Status204NoContent;
             return (nar.NarHash, nar.NarSize);

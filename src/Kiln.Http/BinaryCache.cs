@@ -84,20 +84,21 @@ public sealed partial class BinaryCache
     private static void Measure(HttpContext context, TimeSpan took)
     {
         var request = context.Request;
-        var path = request.Path.Value ?? "/";
-        var reading = HttpMethods.IsGet(request.Method) || HttpMethods.IsHead(request.Method);
-        var kind = !reading ? (HttpMethods.IsPut(request.Method) ? KilnMetrics.HttpKinds.Upload : KilnMetrics.HttpKinds.Other)
-            : path == "/nix-cache-info" ? KilnMetrics.HttpKinds.CacheInfo
-            : path.StartsWith("/nar/", StringComparison.Ordinal) ? KilnMetrics.HttpKinds.Nar
-            : path.StartsWith("/log/", StringComparison.Ordinal) ? KilnMetrics.HttpKinds.Log
-            : path.EndsWith(".narinfo", StringComparison.Ordinal) ? KilnMetrics.HttpKinds.NarInfo
-            : KilnMetrics.HttpKinds.Other;
+        var kind = RouteOf(request) switch
+        {
+            Route.CacheInfo => KilnMetrics.HttpKinds.CacheInfo,
+            Route.Nar => KilnMetrics.HttpKinds.Nar,
+            Route.Log => KilnMetrics.HttpKinds.Log,
+            Route.NarInfo => KilnMetrics.HttpKinds.NarInfo,
+            Route.Upload => KilnMetrics.HttpKinds.Upload,
+            _ => KilnMetrics.HttpKinds.Other,
+        };
         var status = context.Response.StatusCode;
         KilnMetrics.HttpRequestDuration.Record(took.TotalSeconds, new KeyValuePair<string, object?>("kind", kind),
             new KeyValuePair<string, object?>("status", KilnMetrics.StatusClass(status)));
         if (status is >= 200 and < 300)
         {
-            var protocol = new KeyValuePair<string, object?>("protocol", KilnMetrics.Protocols.Http);
+            var protocol = KilnMetrics.ProtocolTag(KilnMetrics.Protocols.Http);
             if (!HttpMethods.IsHead(request.Method) && context.Response.ContentLength is > 0 and var sent)
             {
                 KilnMetrics.BytesSent.Add(sent, protocol);
@@ -108,6 +109,35 @@ public sealed partial class BinaryCache
                 KilnMetrics.BytesReceived.Add(received, protocol);
             }
         }
+    }
+
+    // What a request asks for, by its method and path: the one place both the answer and the metrics read it from.
+    private enum Route
+    {
+        CacheInfo,
+        Nar,
+        Log,
+        NarInfo,
+        Listing,
+        Upload,
+        OtherMethod,
+        NotFound,
+    }
+
+    private static Route RouteOf(HttpRequest request)
+    {
+        var path = request.Path.Value ?? "/";
+        if (!HttpMethods.IsGet(request.Method) && !HttpMethods.IsHead(request.Method))
+        {
+            return HttpMethods.IsPut(request.Method) ? Route.Upload : Route.OtherMethod;
+        }
+
+        return path == "/nix-cache-info" ? Route.CacheInfo
+            : path.StartsWith("/nar/", StringComparison.Ordinal) ? Route.Nar
+            : path.StartsWith("/log/", StringComparison.Ordinal) ? Route.Log
+            : path.EndsWith(".narinfo", StringComparison.Ordinal) ? Route.NarInfo
+            : path.EndsWith(".ls", StringComparison.Ordinal) ? Route.Listing
+            : Route.NotFound;
     }
 
     private async Task HandleCoreAsync(HttpContext context)
@@ -125,28 +155,27 @@ public sealed partial class BinaryCache
         // Every answer comes from the caller's view: what it may read, the store decided.
         using var view = _store.OpenView(caller);
         var path = request.Path.Value ?? "/";
-        var reading = HttpMethods.IsGet(request.Method) || HttpMethods.IsHead(request.Method);
-        switch (reading, path)
+        switch (RouteOf(request))
         {
-            case (true, "/nix-cache-info"):
+            case Route.CacheInfo:
                 await BytesAsync(context, "text/x-nix-cache-info", _cacheInfo).ConfigureAwait(false);
                 break;
-            case (true, _) when path.StartsWith("/nar/", StringComparison.Ordinal):
+            case Route.Nar:
                 await NarAsync(context, view, path[5..]).ConfigureAwait(false);
                 break;
-            case (true, _) when path.StartsWith("/log/", StringComparison.Ordinal):
+            case Route.Log:
                 await LogAsync(context, view, path[5..]).ConfigureAwait(false);
                 break;
-            case (true, _) when path.EndsWith(".narinfo", StringComparison.Ordinal):
+            case Route.NarInfo:
                 await NarInfoAsync(context, view, HashPart(path[1..^8])).ConfigureAwait(false);
                 break;
-            case (true, _) when path.EndsWith(".ls", StringComparison.Ordinal):
+            case Route.Listing:
                 await ListingAsync(context, view, HashPart(path[1..^3])).ConfigureAwait(false);
                 break;
-            case (false, _) when HttpMethods.IsPut(request.Method):
+            case Route.Upload:
                 await PutAsync(context, view, path).ConfigureAwait(false);
                 break;
-            case (false, _):
+            case Route.OtherMethod:
                 context.Response.Headers.Allow = "GET, HEAD, PUT";
                 await TextAsync(context, StatusCodes.Status405MethodNotAllowed, "Kiln's binary cache answers GET, HEAD and PUT\n").ConfigureAwait(false);
                 break;

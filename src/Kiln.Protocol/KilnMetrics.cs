@@ -84,6 +84,9 @@ public static class KilnMetrics
         public const string Agent = "agent";
     }
 
+    /// <summary>The <c>protocol</c> tag, with one of <see cref="Protocols"/>' values.</summary>
+    public static KeyValuePair<string, object?> ProtocolTag(string protocol) => new("protocol", protocol);
+
     /// <summary>The values the <c>kind</c> tag of binary-cache requests takes.</summary>
     public static class HttpKinds
     {

@@ -77,7 +77,7 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
     /// </summary>
     internal static async Task<SessionSummary> RunOverConnectionAsync(Socket socket, string protocol, Func<PipeReader, PipeWriter, CancellationToken, Task<SessionSummary>> session)
     {
-        var tag = new KeyValuePair<string, object?>("protocol", protocol);
+        var tag = KilnMetrics.ProtocolTag(protocol);
         KilnMetrics.Sessions.Add(1, tag);
         KilnMetrics.SessionsOpen.Add(1, tag);
         try

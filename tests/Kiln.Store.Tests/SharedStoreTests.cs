@@ -37,6 +37,15 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         _temp.Dispose();
     }
 
+    // A front door of its own data directory on the shared database and bucket.
+    private Task<KilnStore> OpenFrontDoorAsync(string name, string database, string bucket) =>
+        KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp[name], MetadataUrl = database, BlobStoreUrl = bucket }, default);
+
+    // Every path registered an hour ago (as if), out of the grace a collection gives recent registrations.
+    private void AgeRegistrations(string database) =>
+        postgres.Sql(new Npgsql.NpgsqlConnectionStringBuilder(database).Database!,
+            $"UPDATE paths SET registration_time = {DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeSeconds()}");
+
     [Fact]
     public async Task A_file_kept_through_one_front_door_is_served_by_the_other_and_collected_from_the_bucket()
     {
@@ -81,10 +90,9 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
     [Fact]
     public async Task A_collection_on_one_front_door_holds_off_the_others_registrations_and_spares_their_recent_paths()
     {
-        var database = postgres.CreateDatabase();
-        var bucket = s3.NewLocation();
-        await using var a = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["pa"], MetadataUrl = database, BlobStoreUrl = bucket }, default);
-        await using var b = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["pb"], MetadataUrl = database, BlobStoreUrl = bucket }, default);
+        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
+        await using var a = await OpenFrontDoorAsync("pa", database, bucket);
+        await using var b = await OpenFrontDoorAsync("pb", database, bucket);
         var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
         var old = MetadataContract.P("old");
         var fresh = MetadataContract.P("fresh");
@@ -95,8 +103,7 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         }
 
         // Registered long ago (as if), so only its missing roots decide.
-        var oldTime = DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeSeconds();
-        postgres.Sql(new Npgsql.NpgsqlConnectionStringBuilder(database).Database!, $"UPDATE paths SET registration_time = {oldTime}");
+        AgeRegistrations(database);
 
         // While a collection through A holds the lock, an upload through B waits; then it goes in.
         Task upload;
@@ -126,10 +133,9 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
     [Fact]
     public async Task A_collection_on_one_front_door_spares_what_a_session_on_another_holds_as_temporary_roots_until_it_ends()
     {
-        var database = postgres.CreateDatabase();
-        var bucket = s3.NewLocation();
-        await using var a = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["ta"], MetadataUrl = database, BlobStoreUrl = bucket }, default);
-        await using var b = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["tb"], MetadataUrl = database, BlobStoreUrl = bucket }, default);
+        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
+        await using var a = await OpenFrontDoorAsync("ta", database, bucket);
+        await using var b = await OpenFrontDoorAsync("tb", database, bucket);
         await a.ShareTempRootsAsync("door-a", default);
         await b.ShareTempRootsAsync("door-b", default);
         var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
@@ -145,8 +151,7 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         }
 
         // Registered long ago (as if): the grace for recent registrations does not cover them; only roots do.
-        var oldTime = DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeSeconds();
-        postgres.Sql(new Npgsql.NpgsqlConnectionStringBuilder(database).Database!, $"UPDATE paths SET registration_time = {oldTime}");
+        AgeRegistrations(database);
 
         // A session through B holds 'held' (as a client's AddTempRoot, or a build's input, would): never in the middle of
         // a collection through A (it waits for its end), and A's next collection spares it.

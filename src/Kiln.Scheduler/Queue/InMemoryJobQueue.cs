@@ -38,10 +38,8 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     {
         lock (_gate)
         {
-            var agents = _agents.Where(a => !a.StockBuilder).ToList();
-            var builders = _agents.Where(a => a.StockBuilder).ToList();
-            return new QueueSnapshot(_waiting.Items.Count(), _leased.Count, agents.Count, builders.Count, _agents.Sum(a => a.Slots),
-                _leased.Count(e => e.CurrentLease is { } lease && _agents.Contains(lease.Agent)));
+            return new QueueSnapshot(_waiting.Items.Count(), _leased.Count, _agents.Count(a => !a.StockBuilder), _agents.Count(a => a.StockBuilder),
+                _agents.Sum(a => a.Slots), _agents.Sum(LeaseCount));
         }
     }
 
@@ -121,7 +119,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
             var able = _agents.Where(a => a.CanRun(entry.Offer.Requirements)).ToList();
             var slots = able.Sum(a => a.Slots);
-            var busy = _leased.Count(e => e.CurrentLease is { } lease && able.Contains(lease.Agent));
+            var busy = able.Sum(LeaseCount);
             line = $"kiln: waiting for a build slot for '{entry.Offer.Job.DrvPath}': {busy} of {slots} busy, {_waiting.Items.Count()} builds waiting";
         }
 
@@ -250,7 +248,10 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private bool AgentHasRoom(JobOffer offer) => _agents.Any(a => !a.StockBuilder && a.CanRun(offer.Requirements) && Load(a) < 1);
 
     // The share of an agent's slots its leases take. Called under the gate.
-    private double Load(AgentInfo agent) => _leased.Count(e => ReferenceEquals(e.CurrentLease?.Agent, agent)) / (double)Math.Max(1, agent.Slots);
+    private double Load(AgentInfo agent) => LeaseCount(agent) / (double)Math.Max(1, agent.Slots);
+
+    // The jobs leased to an agent (this registration of it). Called under the gate.
+    private int LeaseCount(AgentInfo agent) => _leased.Count(e => ReferenceEquals(e.CurrentLease?.Agent, agent));
 
     public Task<ILease> ClaimAsync(AgentInfo agent, CancellationToken cancellationToken)
     {

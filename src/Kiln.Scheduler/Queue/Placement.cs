@@ -27,8 +27,8 @@ public static class Placement
         return $"kiln: building '{job.DrvPath}' on {agent.Name}" + (details.Count == 0 ? "" : ", " + string.Join(", ", details));
     }
 
-    private static string Size(long bytes) => bytes >= 1L << 30 && bytes % (1L << 30) == 0
-        ? string.Create(CultureInfo.InvariantCulture, $"{bytes >> 30} GiB")
-        : bytes >= 1L << 30 ? string.Create(CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 30):0.#} GiB")
+    // (0.# prints a whole number of GiB without a fraction.)
+    private static string Size(long bytes) => bytes >= 1L << 30
+        ? string.Create(CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 30):0.#} GiB")
         : string.Create(CultureInfo.InvariantCulture, $"{bytes >> 20} MiB");
 }

@@ -111,11 +111,12 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             {
                 process.Kill(entireProcessTree: false); // sshd's sessions end with their connections
                 await process.WaitForExitAsync(CancellationToken.None).ConfigureAwait(false);
-                _sshdRunning = false;
                 return;
             }
-
-            _sshdRunning = false;
+            finally
+            {
+                _sshdRunning = false;
+            }
 
             LogSshdExited(logger, process.ExitCode, delay.TotalSeconds);
             delay = started.Elapsed > TimeSpan.FromMinutes(1) ? TimeSpan.FromSeconds(1) : TimeSpan.FromSeconds(Math.Min(30, delay.TotalSeconds * 2));
