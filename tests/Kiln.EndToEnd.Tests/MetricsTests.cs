@@ -99,6 +99,31 @@ public class MetricsTests
         }
     }
 
+    [Fact]
+    public async Task An_agent_listener_on_every_address_answers_agents_only_over_IPv4_and_IPv6()
+    {
+        // The agents' own listener on [::] (dual-stack) takes connections to 127.0.0.1 and ::1 alike; the cache, the metrics and
+        // the health answers are the cache listener's, never there (the listener was once matched by its exact address only).
+        var agentPort = KilnProcess.FreePort();
+        using var kiln = new KilnProcess(http: true, arguments: ["--agent-listen", $"[::]:{agentPort}"]);
+        Assert.True(kiln.WaitForLog($"agents: listening on http://[::]:{agentPort}"), kiln.Log);
+        using var http = new HttpClient();
+        var cancel = TestContext.Current.CancellationToken;
+        using (var cacheInfo = await http.GetAsync($"{kiln.HttpUrl}/nix-cache-info", cancel))
+        {
+            Assert.Equal(HttpStatusCode.OK, cacheInfo.StatusCode);
+        }
+
+        foreach (var host in new[] { "127.0.0.1", "[::1]" })
+        {
+            foreach (var path in new[] { "/nix-cache-info", "/metrics", "/readyz", "/healthz" })
+            {
+                using var response = await http.GetAsync($"http://{host}:{agentPort}{path}", cancel);
+                Assert.True(response.StatusCode == HttpStatusCode.NotFound, $"{host}{path}: {response.StatusCode}");
+            }
+        }
+    }
+
     private static async Task HealthAndTokenAsync(string token, string tokenFile)
     {
         File.WriteAllText(tokenFile, token + "\n");
