@@ -29,15 +29,19 @@ public sealed partial class StoreView
     }
 
     /// <summary>The latest builds for the readable accounts, newest first.</summary>
-    public async Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(int limit, CancellationToken cancellationToken)
+    public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(int limit, CancellationToken cancellationToken) =>
+        ListBuildsAsync(new BuildQuery { Limit = limit }, cancellationToken);
+
+    /// <summary>The builds for the readable accounts that <paramref name="query"/> selects, newest first.</summary>
+    public async Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(BuildQuery query, CancellationToken cancellationToken)
     {
         var builds = new List<BuildRecord>();
         foreach (var account in Readable)
         {
-            builds.AddRange(await Metadata.ListBuildsAsync(account, limit, cancellationToken).ConfigureAwait(false));
+            builds.AddRange(await Metadata.ListBuildsAsync(account, query, cancellationToken).ConfigureAwait(false));
         }
 
-        return Readable.Count == 1 ? builds : builds.DistinctBy(b => b.Id).OrderByDescending(b => b.Id).Take(limit).ToList();
+        return Readable.Count == 1 ? builds : builds.DistinctBy(b => b.Id).OrderByDescending(b => b.Id).Take(query.Limit).ToList();
     }
 
     /// <summary>A build's log (as far as it is written), if the build was for one of the readable accounts and has one.</summary>

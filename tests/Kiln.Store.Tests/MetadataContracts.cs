@@ -438,6 +438,39 @@ public abstract class BuildMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task A_listing_pages_by_cursor_and_filters_by_state_and_start_time_within_the_account()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var ids = new List<long>();
+        for (var i = 0; i < 7; i++)
+        {
+            var id = await store.StartBuildAsync($"k{i}", $"d{i}.drv", i == 3 ? bob : alice, 100 * i, default);
+            if (i % 3 != 2)
+            {
+                await store.FinishBuildAsync(id, new BuildEnd(i % 3 == 0, i % 3 == 0 ? "" : "PermanentFailure", "", 100 * i + 1, null, null, null, []), default);
+            }
+
+            ids.Add(id);
+        }
+
+        async Task<long[]> ListAsync(long? account, BuildQuery query) => [.. (await store.ListBuildsAsync(account, query, default)).Select(b => b.Id)];
+
+        // Alice's builds (not the one of Bob's), newest first, two at a time: each page continues below the last id.
+        Assert.Equal([ids[6], ids[5]], await ListAsync(alice, new BuildQuery { Limit = 2 }));
+        Assert.Equal([ids[4], ids[2]], await ListAsync(alice, new BuildQuery { Limit = 2, Before = ids[5] }));
+        Assert.Equal([ids[1], ids[0]], await ListAsync(alice, new BuildQuery { Limit = 2, Before = ids[2] }));
+        Assert.Empty(await ListAsync(alice, new BuildQuery { Limit = 2, Before = ids[0] }));
+        Assert.Equal([ids[6], ids[0]], await ListAsync(alice, new BuildQuery { State = BuildState.Built }));
+        Assert.Equal([ids[4], ids[1]], await ListAsync(alice, new BuildQuery { State = BuildState.Failed }));
+        Assert.Equal([ids[5], ids[2]], await ListAsync(alice, new BuildQuery { State = BuildState.Running }));
+        Assert.Equal([ids[5], ids[4], ids[2]], await ListAsync(alice, new BuildQuery { Since = 200, Until = 600 }));
+        Assert.Equal([ids[3]], await ListAsync(bob, new BuildQuery()));
+        Assert.Equal([ids[4], ids[3]], await ListAsync(null, new BuildQuery { Since = 300, Until = 500 }));
+    }
+
+    [Fact]
     public async Task Accounts_see_the_builds_they_were_for_and_no_others()
     {
         await using var store = await CreateAsync();

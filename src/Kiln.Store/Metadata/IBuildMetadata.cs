@@ -44,6 +44,33 @@ public sealed record BuildRecord
     public string Agent { get; init; } = "";
 }
 
+/// <summary>Which builds a listing wants: newest first, older than a cursor, by state and start time.</summary>
+public sealed record BuildQuery
+{
+    /// <summary>At most this many.</summary>
+    public int Limit { get; init; } = 20;
+
+    /// <summary>Only builds with a smaller id (the last id of the previous page: a cursor that stays put while builds are added).</summary>
+    public long? Before { get; init; }
+
+    /// <summary>Only builds in this state.</summary>
+    public BuildState? State { get; init; }
+
+    /// <summary>Only builds started at or after this time (Unix seconds).</summary>
+    public long? Since { get; init; }
+
+    /// <summary>Only builds started before this time (Unix seconds).</summary>
+    public long? Until { get; init; }
+}
+
+/// <summary>Where a build stands: running, or how it ended.</summary>
+public enum BuildState
+{
+    Running,
+    Built,
+    Failed,
+}
+
 /// <summary>What one finished build used: its peak memory (bytes), CPU time (user and system, µs) and wall time (s).</summary>
 public sealed record BuildUsage(long PeakMemory, long CpuMicroseconds, long WallSeconds);
 
@@ -105,7 +132,11 @@ public interface IBuildMetadata
     Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken);
 
     /// <summary>The latest builds, newest first; of those for one account, or of all when <paramref name="account"/> is null.</summary>
-    Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken);
+    Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken) =>
+        ListBuildsAsync(account, new BuildQuery { Limit = limit }, cancellationToken);
+
+    /// <summary>The builds <paramref name="query"/> selects, newest first; of those for one account, or of all when <paramref name="account"/> is null.</summary>
+    Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, BuildQuery query, CancellationToken cancellationToken);
 
     /// <summary>
     /// What the latest <paramref name="limit"/> successful builds of a package (its derivation name without version,

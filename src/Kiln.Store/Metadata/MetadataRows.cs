@@ -161,6 +161,51 @@ internal static class MetadataRows
 
     public static BuildUsage ReadUsage(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
 
+    /// <summary>
+    /// The listing <paramref name="query"/> asks for, of one account's builds (<c>@a</c>) or of all: the statement and
+    /// its parameters (named without a prefix).
+    /// </summary>
+    public static (string Sql, (string Name, object? Value)[] Parameters) ListBuilds(long? account, BuildQuery query)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        var where = new List<string>();
+        var parameters = new List<(string, object?)> { ("l", (long)query.Limit) };
+        void Filter(string condition, string name, object value)
+        {
+            where.Add(condition);
+            parameters.Add((name, value));
+        }
+
+        if (account is { } id)
+        {
+            Filter("f.account_id = @a", "a", id);
+        }
+
+        if (query.Before is { } before)
+        {
+            Filter("b.id < @before", "before", before);
+        }
+
+        if (query.State is { } state)
+        {
+            Filter("b.status = @status", "status", state switch { BuildState.Running => "running", BuildState.Built => "built", _ => "failed" });
+        }
+
+        if (query.Since is { } since)
+        {
+            Filter("b.started >= @since", "since", since);
+        }
+
+        if (query.Until is { } until)
+        {
+            Filter("b.started < @until", "until", until);
+        }
+
+        var from = account is null ? "builds b" : "build_accounts f JOIN builds b ON b.id = f.build_id";
+        var sql = $"SELECT {BuildColumns} FROM {from}{(where.Count == 0 ? "" : " WHERE " + string.Join(" AND ", where))} ORDER BY b.id DESC LIMIT @l";
+        return (sql, parameters.ToArray());
+    }
+
     public const string BuildColumns =
         "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs, b.agent";
 

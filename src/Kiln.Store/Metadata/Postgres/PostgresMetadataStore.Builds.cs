@@ -95,14 +95,11 @@ public sealed partial class PostgresMetadataStore
             return await ReadOneAsync(command, MetadataRows.ReadBuild, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
-    public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, BuildQuery query, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<BuildRecord>>(async connection =>
         {
-            using var command = account is null
-                ? Command(connection, $"SELECT {MetadataRows.BuildColumns} FROM builds b ORDER BY b.id DESC LIMIT @l", null, ("l", limit))
-                : Command(connection, $"""
-                    SELECT {MetadataRows.BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.account_id = @a ORDER BY f.build_id DESC LIMIT @l
-                    """, null, ("a", account), ("l", limit));
+            var (sql, parameters) = MetadataRows.ListBuilds(account, query);
+            using var command = Command(connection, sql, null, parameters);
             return await ReadAllAsync(command, MetadataRows.ReadBuild, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 

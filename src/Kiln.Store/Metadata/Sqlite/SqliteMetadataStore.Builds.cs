@@ -102,22 +102,12 @@ public sealed partial class SqliteMetadataStore
             return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? MetadataRows.ReadBuild(reader) : null;
         }, cancellationToken);
 
-    public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, BuildQuery query, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<BuildRecord>>(async connection =>
         {
-            using var command = account is null
-                ? Command(connection, $"SELECT {MetadataRows.BuildColumns} FROM builds b ORDER BY b.id DESC LIMIT $l", null, ("$l", limit))
-                : Command(connection, $"""
-                    SELECT {MetadataRows.BuildColumns} FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.account_id = $a ORDER BY f.build_id DESC LIMIT $l
-                    """, null, ("$a", account), ("$l", limit));
-            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            var builds = new List<BuildRecord>();
-            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-            {
-                builds.Add(MetadataRows.ReadBuild(reader));
-            }
-
-            return builds;
+            var (sql, parameters) = MetadataRows.ListBuilds(account, query);
+            return await ReadRowsAsync(Command(connection, sql, null, [.. parameters.Select(p => ("@" + p.Name, p.Value))]), MetadataRows.ReadBuild, cancellationToken)
+                .ConfigureAwait(false);
         }, cancellationToken);
 
     public Task<IReadOnlyList<BuildUsage>> RecentUsageAsync(string packageName, int limit, CancellationToken cancellationToken) =>
