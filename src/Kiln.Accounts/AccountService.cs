@@ -75,11 +75,11 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
             : throw new KilnException(ErrorKind.NotFound, $"there is no account '{name}' (see 'kiln account list')");
     }
 
-    /// <summary>A key's own account.</summary>
+    /// <summary>A key's or token's own account.</summary>
     public static AccountRecord OwnAccount(Actor actor)
     {
         ArgumentNullException.ThrowIfNull(actor);
-        return actor.Key is { } key ? new AccountRecord(key.AccountId, key.AccountName) : throw new KilnException(ErrorKind.Invalid, "the operator names an account");
+        return actor is { AccountId: { } id, AccountName: { } name } ? new AccountRecord(id, name) : throw new KilnException(ErrorKind.Invalid, "the operator names an account");
     }
 
     // ---- SSH keys ----
@@ -173,9 +173,9 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(description);
         Need(actor, account, KeyPermissions.AccountWrite);
-        if ((permissions & ~(KeyPermissions.StoreRead | KeyPermissions.StoreWrite)) != 0 || permissions == KeyPermissions.None)
+        if (permissions == KeyPermissions.None)
         {
-            throw new KilnException(ErrorKind.Invalid, "HTTP tokens carry store:read and store:write only");
+            throw new KilnException(ErrorKind.Invalid, "a token needs at least one permission");
         }
 
         CannotGrantMore(actor, permissions, "grant");
@@ -292,7 +292,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
         if (!actor.IsOperator && (actor.Permissions & permission) != permission)
         {
-            throw new KilnException(ErrorKind.Forbidden, $"this key lacks the {KeyPermissionNames.Format(permission)} permission");
+            throw new KilnException(ErrorKind.Forbidden, $"this {Credential(actor)} lacks the {KeyPermissionNames.Format(permission)} permission");
         }
     }
 
@@ -300,9 +300,11 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     {
         if (!actor.IsOperator && (permissions & ~actor.Permissions) != 0)
         {
-            throw new KilnException(ErrorKind.Forbidden, $"this key cannot {what} {KeyPermissionNames.Format(permissions & ~actor.Permissions)}, which it lacks itself");
+            throw new KilnException(ErrorKind.Forbidden, $"this {Credential(actor)} cannot {what} {KeyPermissionNames.Format(permissions & ~actor.Permissions)}, which it lacks itself");
         }
     }
+
+    private static string Credential(Actor actor) => actor.Token is null ? "key" : "token";
 
     private static T Validate<T>(Func<T> parse)
     {

@@ -187,7 +187,7 @@ public sealed partial class BinaryCache
 
     // A store path's hash part: 32 Nix32 digits.
     private static string HashPart(string text) =>
-        text.Length == StorePath.HashLength && text.All(Nix32.IsDigit) ? text : throw new KilnException(ErrorKind.Invalid, $"'{text}' is not a store path hash");
+        StorePath.IsHashPart(text) ? text : throw new KilnException(ErrorKind.Invalid, $"'{text}' is not a store path hash");
 
     private async Task NarInfoAsync(HttpContext context, StoreView view, string hashPart)
     {

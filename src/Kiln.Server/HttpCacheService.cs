@@ -1,5 +1,6 @@
 using System.Net;
 using System.Security.Cryptography.X509Certificates;
+using Kiln.Api;
 using Kiln.Http;
 using Kiln.Http.ZeroCopy;
 using Kiln.Protocol;
@@ -17,11 +18,12 @@ using OpenTelemetry.Resources;
 namespace Kiln.Server;
 
 /// <summary>
-/// The HTTP front: Kestrel on <see cref="ServerOptions.HttpListen"/> serving <see cref="BinaryCache"/>, the agents'
-/// protocol, <c>/metrics</c> (Prometheus) and the health probes. It is its own small web application inside
+/// The HTTP front: Kestrel on <see cref="ServerOptions.HttpListen"/> serving <see cref="BinaryCache"/>, the API
+/// (<c>/api/v1</c>, <see cref="Kiln.Api.KilnApi"/>), the agents' protocol, <c>/metrics</c> (Prometheus) and the health probes. It is its own small web application inside
 /// <c>kiln serve</c>'s host, sharing the store and the scheduler's log layout.
 /// </summary>
-public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Farm.AgentGateway agents, Ssh.SshFrontDoor ssh, ILoggerFactory loggers)
+public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Farm.AgentGateway agents, Ssh.SshFrontDoor ssh,
+    Kiln.Accounts.AccountService accounts, ILoggerFactory loggers)
     : IHostedService, IAsyncDisposable
 {
     private WebApplication? _app;
@@ -56,6 +58,7 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         builder.Services.AddOpenTelemetry().ConfigureResource(resource => resource.AddService("kiln")).WithMetrics(metrics => metrics
             .AddMeter(KilnMetrics.MeterName, KilnMetrics.ServerMeterName)
             .AddPrometheusExporter(exporter => exporter.ScrapeResponseCacheDurationMilliseconds = 0));
+        builder.Services.AddKilnApi();
         var health = new Observability.HealthEndpoints(store, options, () => ssh.SshdRunning);
         // Kiln trusts no forwarding header, whatever ASPNETCORE_FORWARDEDHEADERS_ENABLED says: a client's address is the
         // connection's (who may scrape /metrics depends on it).
@@ -89,22 +92,21 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         bool OnAgentListener(HttpContext context) => agentEndpoint is not null && context.Connection.LocalPort == agentEndpoint.Port &&
             (agentEndpoint.Address.Equals(IPAddress.Any) || agentEndpoint.Address.Equals(IPAddress.IPv6Any) ||
              agentEndpoint.Address.Equals(context.Connection.LocalIpAddress));
-        bool IsScrape(HttpContext context) => endpoint is not null && context.Request.Path.Value == Observability.HealthEndpoints.MetricsPath && !OnAgentListener(context);
+        bool IsScrape(HttpContext context) => endpoint is not null && context.Request.Path.Value == Observability.HealthEndpoints.MetricsPath;
+        // With a listener of their own, agents are answered there only (a misconfigured agent must not send its token
+        // over the cache's plain listener), and that listener answers nothing else.
+        bool Misdirected(HttpContext context) => agentEndpoint is not null && OnAgentListener(context) != Kiln.Farm.AgentGateway.Handles(context);
+        _app.Use((context, next) => Misdirected(context) ? NotFound(context) : next(context));
         _app.Use((context, next) => IsScrape(context) && !health.MayScrape(context) ? Observability.HealthEndpoints.RefuseAsync(context) : next(context));
         _app.UseOpenTelemetryPrometheusScrapingEndpoint(IsScrape);
+        _app.UseRouting();
+        _app.MapKilnApi(store, accounts);
+        _app.UseEndpoints(_ => { });
         // Agents dial in to the same listener (their requests are under one prefix; the rest is the binary cache), or
-        // to their own, which answers nothing else.
-        // With a listener of their own, agents are answered there only (a misconfigured agent must not send its token
-        // over the cache's plain listener).
-        _app.Run(context =>
-        {
-            var onAgentListener = OnAgentListener(context);
-            return Kiln.Farm.AgentGateway.Handles(context)
-                ? (agentEndpoint is null || onAgentListener ? agents.HandleAsync(context) : NotFound(context))
-                : onAgentListener ? NotFound(context)
-                : Observability.HealthEndpoints.Handles(context) ? health.HandleAsync(context)
-                : cache.HandleAsync(context);
-        });
+        // to their own.
+        _app.Run(context => Kiln.Farm.AgentGateway.Handles(context) ? agents.HandleAsync(context)
+            : Observability.HealthEndpoints.Handles(context) ? health.HandleAsync(context)
+            : cache.HandleAsync(context));
         try
         {
             await _app.StartAsync(cancellationToken).ConfigureAwait(false);

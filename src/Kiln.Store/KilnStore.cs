@@ -157,7 +157,14 @@ public sealed class KilnStore : IAsyncDisposable
     /// reads its own view: Nix's uploader asks what is there first). Null for a token that is malformed, unknown,
     /// revoked, expired or grants nothing of the store — never an anonymous caller instead.
     /// </summary>
-    public async Task<Caller?> CallerForTokenAsync(string token, CancellationToken cancellationToken)
+    public async Task<Caller?> CallerForTokenAsync(string token, CancellationToken cancellationToken) =>
+        await FindValidTokenAsync(token, cancellationToken).ConfigureAwait(false) is { } record
+        && (record.Permissions & (KeyPermissions.StoreRead | KeyPermissions.StoreWrite)) != 0
+            ? CallerForToken(record)
+            : null;
+
+    /// <summary>The token with that secret if it is well formed, known, not revoked and not expired; null otherwise.</summary>
+    public async Task<TokenRecord?> FindValidTokenAsync(string token, CancellationToken cancellationToken)
     {
         if (!AccessToken.LooksValid(token))
         {
@@ -165,13 +172,14 @@ public sealed class KilnStore : IAsyncDisposable
         }
 
         var record = await Metadata.FindTokenAsync(AccessToken.Hash(token), cancellationToken).ConfigureAwait(false);
-        if (record is null || !record.IsValidAt(DateTimeOffset.UtcNow.ToUnixTimeSeconds())
-            || (record.Permissions & (KeyPermissions.StoreRead | KeyPermissions.StoreWrite)) == 0)
-        {
-            return null;
-        }
+        return record is not null && record.IsValidAt(DateTimeOffset.UtcNow.ToUnixTimeSeconds()) ? record : null;
+    }
 
-        return new Caller(record.AccountId, record.AccountName, record.Permissions, [record.AccountId]);
+    /// <summary>A valid token's caller (<see cref="FindValidTokenAsync"/>): its account's view, within its permissions.</summary>
+    public static Caller CallerForToken(TokenRecord token)
+    {
+        ArgumentNullException.ThrowIfNull(token);
+        return new Caller(token.AccountId, token.AccountName, token.Permissions, [token.AccountId]);
     }
 
     private Caller? _anonymous;

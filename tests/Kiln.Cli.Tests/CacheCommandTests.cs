@@ -35,7 +35,7 @@ public class CacheCommandTests
         KilnCli.Ok("token", "revoke", "alice", id.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data", data);
         Assert.Contains("(revoked)", KilnCli.Ok("token", "list", "alice", "--data", data).StdoutText, StringComparison.Ordinal);
         KilnCli.AssertOneLineError(KilnCli.Run("token", "revoke", "alice", id.ToString(System.Globalization.CultureInfo.InvariantCulture), "--data", data), "no token");
-        KilnCli.AssertOneLineError(KilnCli.Run("token", "create", "alice", "--permissions", "build:write", "--data", data), "store:read and store:write only");
+        KilnCli.AssertOneLineError(KilnCli.Run("token", "create", "alice", "--permissions", "build:sudo", "--data", data), "build:sudo");
         KilnCli.AssertOneLineError(KilnCli.Run("token", "create", "alice", "--expires", "yesterday", "--data", data), "expiry");
         KilnCli.AssertOneLineError(KilnCli.Run("token", "create", "nobody", "--data", data), "no account");
     }

@@ -1,3 +1,4 @@
+using Kiln.Store.Metadata;
 using Kiln.EndToEnd.Tests.Support;
 using Kiln.Store.Metadata.Sqlite;
 

@@ -1,3 +1,4 @@
+using Kiln.Store.Metadata;
 using System.Diagnostics;
 using System.Text;
 using Kiln.EndToEnd.Tests.Support;

@@ -1,3 +1,4 @@
+using Kiln.Store.Metadata;
 using System.Net;
 using System.Net.Http.Headers;
 using Kiln.EndToEnd.Tests.Support;

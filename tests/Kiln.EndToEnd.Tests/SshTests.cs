@@ -1,3 +1,4 @@
+using Kiln.Store.Metadata;
 using System.Text.Json;
 using Kiln.EndToEnd.Tests.Support;
 using Kiln.Nix.Tests.Support;

@@ -1,3 +1,4 @@
+using Kiln.Store.Metadata;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Kiln.EndToEnd.Tests.Support;

@@ -1,3 +1,4 @@
+using Kiln.Store.Metadata;
 using Kiln.Nix.Derivations;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.StorePaths;

@@ -38,7 +38,7 @@ internal static class CacheCommands
         var createAccount = new Argument<string>("ACCOUNT");
         var permissions = new Option<string>("--permissions")
         {
-            Description = "What the token may do, comma-separated: store:read, store:write (default: store:read).",
+            Description = "What the token may do, comma-separated: store:read, store:write (the binary cache), build:read, build:write, account:write (the API) (default: store:read).",
             DefaultValueFactory = _ => "store:read",
         };
         var expires = new Option<string>("--expires")

@@ -117,6 +117,13 @@ public readonly record struct StorePath : IComparable<StorePath>
     /// <summary>Whether <paramref name="baseName"/> is a valid <c>hash-name</c>.</summary>
     public static bool IsValidBaseName(string baseName) => TryValidateBaseName(baseName, out _);
 
+    /// <summary>Whether <paramref name="text"/> is a store path's hash part: 32 nix32 digits.</summary>
+    public static bool IsHashPart(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return text.Length == HashLength && text.All(Nix32.IsDigit);
+    }
+
     // Nix's canonPath without symlink resolution.
     private static string Canonicalise(string path)
     {

@@ -131,10 +131,6 @@ public interface IBuildMetadata
     /// <summary>The build with that id, if it was for <paramref name="account"/>.</summary>
     Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken);
 
-    /// <summary>The latest builds, newest first; of those for one account, or of all when <paramref name="account"/> is null.</summary>
-    Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, int limit, CancellationToken cancellationToken) =>
-        ListBuildsAsync(account, new BuildQuery { Limit = limit }, cancellationToken);
-
     /// <summary>The builds <paramref name="query"/> selects, newest first; of those for one account, or of all when <paramref name="account"/> is null.</summary>
     Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, BuildQuery query, CancellationToken cancellationToken);
 
@@ -146,4 +142,14 @@ public interface IBuildMetadata
 
     /// <summary>The latest build of the derivation (base name) that was for one of <paramref name="accounts"/>; successful ones first.</summary>
     Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken);
+}
+
+public static class BuildMetadataExtensions
+{
+    /// <summary>The latest builds, newest first; of those for one account, or of all when <paramref name="account"/> is null.</summary>
+    public static Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(this IBuildMetadata builds, long? account, int limit, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(builds);
+        return builds.ListBuildsAsync(account, new BuildQuery { Limit = limit }, cancellationToken);
+    }
 }

@@ -1,0 +1,50 @@
+using Kiln.Accounts;
+using Kiln.Protocol;
+using Kiln.Store;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+using Microsoft.AspNetCore.Http;
+
+namespace Kiln.Api;
+
+/// <summary>
+/// Who is calling the API: the token presented (looked up for every request, so a revoked or expired one stops at the
+/// next request), as the account services see it (<see cref="Actor"/>) and as the store does (<see cref="Caller"/>).
+/// Made by the API's filter for every endpoint but the OpenAPI document; handlers take it from the request.
+/// </summary>
+public sealed class ApiCaller
+{
+    private static readonly object ItemKey = new();
+
+    internal ApiCaller(TokenRecord token)
+    {
+        Token = token;
+        Actor = Actor.ForToken(token);
+        Caller = KilnStore.CallerForToken(token);
+    }
+
+    public TokenRecord Token { get; }
+
+    public Actor Actor { get; }
+
+    public Caller Caller { get; }
+
+    public AccountRecord Account => AccountService.OwnAccount(Actor);
+
+    /// <summary>Refuses the request unless the token carries <paramref name="permission"/>.</summary>
+    /// <exception cref="KilnException">It does not (Forbidden).</exception>
+    public void Need(KeyPermissions permission)
+    {
+        if (!Caller.Can(permission))
+        {
+            throw new KilnException(ErrorKind.Forbidden, $"this token lacks the {KeyPermissionNames.Format(permission)} permission");
+        }
+    }
+
+    internal static ApiCaller Of(HttpContext context) =>
+        context.Items.TryGetValue(ItemKey, out var caller) && caller is ApiCaller known
+            ? known
+            : throw new InvalidOperationException("an API endpoint ran without the API's caller filter");
+
+    internal void Attach(HttpContext context) => context.Items[ItemKey] = this;
+}

@@ -1,0 +1,143 @@
+using System.Globalization;
+using System.Text;
+using Kiln.Protocol;
+using Kiln.Store;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace Kiln.Api;
+
+/// <summary><c>/builds</c>: the builds the caller's account was for (started, joined or reused), and their logs.</summary>
+internal static class BuildEndpoints
+{
+    private const int DefaultLimit = 50;
+    private const int MaxLimit = 1000;
+
+    public static void Map(RouteGroupBuilder api, KilnStore store)
+    {
+        api.MapGet("/me", (HttpContext context) =>
+        {
+            var caller = ApiCaller.Of(context);
+            return TypedResults.Ok(new MeDocument(caller.Account.Name, TokenDocument.Of(caller.Token), KeyPermissionNames.ToNames(caller.Token.Permissions)));
+        }).WithSummary("The caller's account, token and permissions.");
+
+        api.MapGet("/builds", async Task<IResult> (HttpContext context, string? status, string? since, string? until, int? limit, string? cursor) =>
+        {
+            var caller = ApiCaller.Of(context);
+            caller.Need(KeyPermissions.BuildRead);
+            var query = new BuildQuery
+            {
+                Limit = limit is null ? DefaultLimit : limit is >= 1 and <= MaxLimit ? limit.Value : throw Invalid($"limit must be 1 to {MaxLimit}"),
+                Before = cursor is null ? null : long.TryParse(cursor, NumberStyles.None, CultureInfo.InvariantCulture, out var before) ? before : throw Invalid("that cursor is not one this API gave"),
+                State = status switch
+                {
+                    null => null,
+                    "running" => BuildState.Running,
+                    "built" => BuildState.Built,
+                    "failed" => BuildState.Failed,
+                    _ => throw Invalid("status is running, built or failed"),
+                },
+                Since = Time(since, "since"),
+                Until = Time(until, "until"),
+            };
+            using var view = store.OpenView(caller.Caller);
+            var builds = await view.ListBuildsAsync(query, context.RequestAborted).ConfigureAwait(false);
+            return TypedResults.Ok(new BuildPage([.. builds.Select(b => BuildDocument.Of(b, caller.Caller.AccountId))],
+                builds.Count == query.Limit ? builds[^1].Id.ToString(CultureInfo.InvariantCulture) : null));
+        }).WithSummary("The caller's builds, newest first, a page at a time (pass the answer's next as cursor).")
+          .Produces<BuildPage>().ProducesProblem(StatusCodes.Status400BadRequest).ProducesProblem(StatusCodes.Status403Forbidden);
+
+        api.MapGet("/builds/{id:long}", async Task<IResult> (HttpContext context, long id) =>
+        {
+            var caller = ApiCaller.Of(context);
+            var build = await VisibleBuildAsync(store, caller, id, context.RequestAborted).ConfigureAwait(false);
+            return TypedResults.Ok(BuildDocument.Of(build, caller.Caller.AccountId));
+        }).WithSummary("One build: derivation, outputs, status, times, CPU, memory, agent.")
+          .Produces<BuildDocument>().ProducesProblem(StatusCodes.Status404NotFound);
+
+        api.MapGet("/builds/{id:long}/log", async Task<IResult> (HttpContext context, long id, string? follow) =>
+        {
+            var caller = ApiCaller.Of(context);
+            var build = await VisibleBuildAsync(store, caller, id, context.RequestAborted).ConfigureAwait(false);
+            var wantsEvents = follow is "1" or "true" || context.Request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.Ordinal);
+            if (wantsEvents)
+            {
+                await FollowAsync(context, store, build).ConfigureAwait(false);
+                return TypedResults.Empty;
+            }
+
+            using var view = store.OpenView(caller.Caller);
+            var log = await view.OpenBuildLogAsync(build.Id, context.RequestAborted).ConfigureAwait(false);
+            return log is null ? TypedResults.Text("", "text/plain; charset=utf-8") : TypedResults.Stream(log, "text/plain; charset=utf-8");
+        }).WithSummary("A build's log as text; with ?follow=1 (or Accept: text/event-stream) as Server-Sent Events while it runs: one 'line' event per line, then 'end'.")
+          .Produces<string>(contentType: "text/plain").Produces<string>(contentType: "text/event-stream").ProducesProblem(StatusCodes.Status404NotFound);
+    }
+
+    // The build if it was for the caller's account; otherwise not found, the same answer as for a build that never was.
+    private static async Task<BuildRecord> VisibleBuildAsync(KilnStore store, ApiCaller caller, long id, CancellationToken cancellationToken)
+    {
+        caller.Need(KeyPermissions.BuildRead);
+        using var view = store.OpenView(caller.Caller);
+        return await view.GetBuildAsync(id, cancellationToken).ConfigureAwait(false)
+            ?? throw new KilnException(ErrorKind.NotFound, $"the account has no build {id}");
+    }
+
+    // Server-Sent Events: each line an event (its number the id, so a client reconnecting with Last-Event-ID carries on
+    // after it), then an 'end' event with the build's status once the log is whole.
+    private static async Task FollowAsync(HttpContext context, KilnStore store, BuildRecord build)
+    {
+        var response = context.Response;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache";
+        response.Headers["X-Accel-Buffering"] = "no"; // nginx in front: pass events on as they come
+        var resumeAfter = long.TryParse(context.Request.Headers["Last-Event-ID"].ToString(), NumberStyles.None, CultureInfo.InvariantCulture, out var last) ? last : 0;
+        var cancel = context.RequestAborted;
+        var writer = response.BodyWriter;
+        long number = 0;
+        try
+        {
+            await response.StartAsync(cancel).ConfigureAwait(false);
+            await foreach (var line in store.Logs.FollowAsync(build.Id, cancel).ConfigureAwait(false))
+            {
+                if (++number <= resumeAfter)
+                {
+                    continue;
+                }
+
+                // A line may hold a carriage return (progress bars); an event's data ends at any line break, so it goes.
+                await writer.WriteAsync(Encoding.UTF8.GetBytes($"id: {number}\nevent: line\ndata: {line.Replace("\r", "", StringComparison.Ordinal)}\n\n"), cancel)
+                    .ConfigureAwait(false);
+            }
+
+            using var view = store.OpenView(KilnStore.CallerForToken(ApiCaller.Of(context).Token));
+            var ended = await view.GetBuildAsync(build.Id, cancel).ConfigureAwait(false) ?? build;
+            await writer.WriteAsync(Encoding.UTF8.GetBytes($"event: end\ndata: {BuildDocument.StatusOf(ended)}\n\n"), cancel).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+            // the client went away: nothing to answer
+        }
+    }
+
+    private static long? Time(string? text, string name)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+
+        if (long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var unix))
+        {
+            return unix;
+        }
+
+        return DateTimeOffset.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var time)
+            ? time.ToUnixTimeSeconds()
+            : throw Invalid($"{name} is a date (2026-12-01, 2026-12-01T12:00:00Z) or Unix seconds");
+    }
+
+    private static KilnException Invalid(string message) => new(ErrorKind.Invalid, message);
+}

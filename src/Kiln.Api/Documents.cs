@@ -1,0 +1,98 @@
+using System.Globalization;
+using Kiln.Accounts;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Api;
+
+// The JSON the API answers with (and the SSH shell's --json, which shows the same records). Times are ISO 8601 in UTC;
+// other accounts are never named: a build another account started says so, not who.
+
+/// <summary>A build as the caller may see it.</summary>
+/// <param name="Relation">started: the caller's account started it; shared: it was for the caller too (joined while it ran, or its outputs reused).</param>
+public sealed record BuildDocument(long Id, string Derivation, string Status, string Failure, string Error, string Started, string? Stopped, long Seconds,
+    double CpuUserSeconds, double CpuSystemSeconds, long? PeakMemory, string Agent, string Relation, IReadOnlyList<BuildOutputDocument> Outputs)
+{
+    public static BuildDocument Of(BuildRecord build, long? viewer)
+    {
+        ArgumentNullException.ThrowIfNull(build);
+        return new BuildDocument(build.Id, "/nix/store/" + build.DrvPath, StatusOf(build), build.Failure, build.Error, Time(build.Started),
+            build.Running ? null : Time(build.Stopped), build.Running ? 0 : build.Stopped - build.Started,
+            (build.CpuUserMicroseconds ?? 0) / 1e6, (build.CpuSystemMicroseconds ?? 0) / 1e6, build.PeakMemory, build.Agent,
+            build.AccountId == viewer ? "started" : "shared", [.. build.Outputs.Select(o => new BuildOutputDocument(o.Name, o.Path.ToString()))]);
+    }
+
+    /// <summary>running, built or failed (the values <c>?status=</c> takes).</summary>
+    public static string StatusOf(BuildRecord build)
+    {
+        ArgumentNullException.ThrowIfNull(build);
+        return build.Running ? "running" : build.Succeeded ? "built" : "failed";
+    }
+
+    internal static string Time(long unix) => DateTimeOffset.FromUnixTimeSeconds(unix).ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture);
+}
+
+public sealed record BuildOutputDocument(string Name, string Path);
+
+/// <summary>A page of builds, newest first; <c>next</c> is the cursor of the following page (null on the last).</summary>
+public sealed record BuildPage(IReadOnlyList<BuildDocument> Builds, string? Next);
+
+/// <summary>The caller: its account, the token it used, and what that token may do.</summary>
+public sealed record MeDocument(string Account, TokenDocument Token, IReadOnlyList<string> Permissions);
+
+/// <summary>A token (never its secret).</summary>
+public sealed record TokenDocument(long Id, string Description, IReadOnlyList<string> Permissions, string Created, string? Expires, bool Revoked)
+{
+    public static TokenDocument Of(TokenRecord token)
+    {
+        ArgumentNullException.ThrowIfNull(token);
+        return new TokenDocument(token.Id, token.Description, KeyPermissionNames.ToNames(token.Permissions), BuildDocument.Time(token.Created),
+            token.Expires is { } expires ? BuildDocument.Time(expires) : null, token.Revoked is not null);
+    }
+}
+
+/// <summary>A token just made: its secret, shown this once, and its record.</summary>
+public sealed record NewTokenDocument(string Token, TokenDocument Details);
+
+/// <summary>What a new token is to carry.</summary>
+/// <param name="Permissions">Names: store:read, store:write, build:read, build:write, account:write; at most the caller's own.</param>
+/// <param name="Expires">A duration (90d, 12h), a date (2027-01-31) or never (the default).</param>
+public sealed record TokenRequest(IReadOnlyList<string>? Permissions, string? Expires, string? Description);
+
+/// <summary>An SSH login key of the account.</summary>
+public sealed record KeyDocument(string Fingerprint, string Type, string Comment, IReadOnlyList<string> Permissions)
+{
+    public static KeyDocument Of(SshKeyRecord key)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        return new KeyDocument(key.Fingerprint, key.Key.Type, key.Key.Comment, KeyPermissionNames.ToNames(key.Permissions));
+    }
+}
+
+/// <summary>The account's settings (a netrc's content is never shown, only whether there is one).</summary>
+public sealed record SettingsDocument(string Account, bool PublicCache, string Substituters, string TrustedPublicKeys, bool HasCredentials)
+{
+    public static SettingsDocument Of(AccountSettings settings)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        return new SettingsDocument(settings.Account, settings.PublicCache, settings.Substituters, settings.TrustedPublicKeys, settings.HasCredentials);
+    }
+}
+
+/// <summary>The public half of the account's signing key.</summary>
+public sealed record SigningKeyDocument(string PublicKey);
+
+/// <summary>A store path in the caller's view.</summary>
+/// <param name="Provenance">uploaded, built, substituted or shared: how it came into the account's view.</param>
+public sealed record PathDocument(string Path, string NarHash, long NarSize, IReadOnlyList<string> References, string? Deriver, string Registered,
+    IReadOnlyList<string> Signatures, string? ContentAddress, string Provenance)
+{
+    public static PathDocument Of(PathRecord record)
+    {
+        ArgumentNullException.ThrowIfNull(record);
+        var info = record.Info;
+        return new PathDocument(info.Path.ToString(), info.NarHash.ToString(), info.NarSize, [.. info.References.Select(r => r.ToString())],
+            info.Deriver?.ToString(), BuildDocument.Time(info.RegistrationTime), [.. info.Signatures], info.ContentAddress?.ToString(),
+            record.Provenance.ToString().ToLowerInvariant());
+    }
+}

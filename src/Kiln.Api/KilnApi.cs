@@ -1,0 +1,67 @@
+using Kiln.Accounts;
+using Kiln.Protocol;
+using Kiln.Store;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace Kiln.Api;
+
+/// <summary>
+/// Kiln's HTTP API, <c>/api/v1</c>, on the HTTP front's listener: JSON for programs, authenticated by the same
+/// tokens as the binary cache (<c>Authorization: Bearer</c>), each endpoint needing one permission of the token.
+/// It answers through the same services as the SSH shell and the CLI: visibility from the token's <see cref="StoreView"/>,
+/// account rules from <see cref="AccountService"/>; nothing here decides who may see what.
+/// </summary>
+public static class KilnApi
+{
+    public const string Prefix = "/api/v1";
+
+    /// <summary>Where the OpenAPI document is served (without a token: it describes the API, not anyone's data).</summary>
+    public const string OpenApiPath = Prefix + "/openapi.json";
+
+    /// <summary>The services the API needs on the web application it is mapped into.</summary>
+    public static IServiceCollection AddKilnApi(this IServiceCollection services)
+    {
+        services.AddOpenApi(options => options.AddDocumentTransformer((document, _, _) =>
+        {
+            document.Info = new() { Title = "Kiln", Version = "v1", Description = "Builds, logs, paths, tokens and keys of the caller's account." };
+            return Task.CompletedTask;
+        }));
+        services.AddProblemDetails();
+        return services;
+    }
+
+    /// <summary>Maps every endpoint under <see cref="Prefix"/>.</summary>
+    public static void MapKilnApi(this IEndpointRouteBuilder routes, KilnStore store, AccountService accounts)
+    {
+        ArgumentNullException.ThrowIfNull(routes);
+        routes.MapOpenApi(OpenApiPath);
+        var api = routes.MapGroup(Prefix).AddEndpointFilter(async (invocation, next) =>
+        {
+            var context = invocation.HttpContext;
+            var token = context.Request.Headers.Authorization.ToString() is { } header && header.StartsWith("Bearer ", StringComparison.Ordinal) ? header[7..].Trim() : "";
+            if (await store.FindValidTokenAsync(token, context.RequestAborted).ConfigureAwait(false) is not { } record)
+            {
+                return Problems.Unauthorized(context);
+            }
+
+            new ApiCaller(record).Attach(context);
+            try
+            {
+                return await next(invocation).ConfigureAwait(false);
+            }
+            catch (KilnException e)
+            {
+                return Problems.Of(e);
+            }
+        }).WithTags("v1");
+        BuildEndpoints.Map(api, store);
+        AccountEndpoints.Map(api, accounts);
+        PathEndpoints.Map(api, store);
+        // Anything else under the prefix is a problem document too, not the binary cache's plain 404.
+        routes.Map(Prefix + "/{**rest}", () => Problems.Of(StatusCodes.Status404NotFound, "not-found", "there is no such API endpoint (see " + OpenApiPath + ")"))
+            .ExcludeFromDescription();
+    }
+}
