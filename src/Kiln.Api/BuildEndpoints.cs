@@ -112,8 +112,15 @@ internal static class BuildEndpoints
                     .ConfigureAwait(false);
             }
 
+            // The log is whole once its writer is done, a moment before the build's outcome is recorded: wait for that.
             using var view = store.OpenView(KilnStore.CallerForToken(ApiCaller.Of(context).Token));
-            var ended = await view.GetBuildAsync(build.Id, cancel).ConfigureAwait(false) ?? build;
+            var ended = build;
+            for (var tries = 0; tries < 50 && ended.Running; tries++)
+            {
+                await Task.Delay(tries == 0 ? 0 : 100, cancel).ConfigureAwait(false);
+                ended = await view.GetBuildAsync(build.Id, cancel).ConfigureAwait(false) ?? ended;
+            }
+
             await writer.WriteAsync(Encoding.UTF8.GetBytes($"event: end\ndata: {BuildDocument.StatusOf(ended)}\n\n"), cancel).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)

@@ -29,8 +29,40 @@ public static class KilnApi
             document.Info = new() { Title = "Kiln", Version = "v1", Description = "Builds, logs, paths, tokens and keys of the caller's account." };
             return Task.CompletedTask;
         }));
-        services.AddProblemDetails();
+        // Errors the framework answers itself (a body that is not JSON, a method the endpoint does not take) get a
+        // code too, so every API error has one.
+        services.AddProblemDetails(options => options.CustomizeProblemDetails = problem =>
+        {
+            if (!problem.ProblemDetails.Extensions.ContainsKey("code"))
+            {
+                var code = problem.ProblemDetails.Status switch
+                {
+                    StatusCodes.Status400BadRequest => "invalid",
+                    StatusCodes.Status401Unauthorized => "unauthorized",
+                    StatusCodes.Status403Forbidden => "forbidden",
+                    StatusCodes.Status404NotFound => "not-found",
+                    StatusCodes.Status405MethodNotAllowed => "method-not-allowed",
+                    StatusCodes.Status415UnsupportedMediaType => "unsupported-media-type",
+                    _ => "failed",
+                };
+                problem.ProblemDetails.Type = $"urn:kiln:problem:{code}";
+                problem.ProblemDetails.Extensions["code"] = code;
+            }
+        });
         return services;
+    }
+
+    /// <summary>
+    /// Puts the API into <paramref name="app"/>'s pipeline at this point: requests under <see cref="Prefix"/> are answered
+    /// here; everything else goes on to what comes next.
+    /// </summary>
+    public static void UseKilnApi(this WebApplication app, KilnStore store, AccountService accounts)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        app.UseWhen(context => context.Request.Path.StartsWithSegments(Prefix, StringComparison.Ordinal), api => api.UseStatusCodePages());
+        app.UseRouting();
+        app.MapKilnApi(store, accounts);
+        app.UseEndpoints(_ => { });
     }
 
     /// <summary>Maps every endpoint under <see cref="Prefix"/>.</summary>

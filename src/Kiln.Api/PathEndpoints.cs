@@ -23,7 +23,7 @@ internal static class PathEndpoints
 
             using var view = store.OpenView(caller.Caller);
             var record = await view.FindByHashPartAsync(hash, context.RequestAborted).ConfigureAwait(false)
-                ?? throw new KilnException(ErrorKind.NotFound, $"no path with hash {hash} is in the account's store");
+                ?? throw new KilnException(ErrorKind.NotFound, "no path with that hash is in the account's store");
             return TypedResults.Ok(PathDocument.Of(record));
         }).WithSummary("A store path by its hash (the 32 characters after /nix/store/), as the account's view has it (needs store:read).")
           .ProducesProblem(StatusCodes.Status404NotFound);

@@ -99,9 +99,7 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         _app.Use((context, next) => Misdirected(context) ? NotFound(context) : next(context));
         _app.Use((context, next) => IsScrape(context) && !health.MayScrape(context) ? Observability.HealthEndpoints.RefuseAsync(context) : next(context));
         _app.UseOpenTelemetryPrometheusScrapingEndpoint(IsScrape);
-        _app.UseRouting();
-        _app.MapKilnApi(store, accounts);
-        _app.UseEndpoints(_ => { });
+        _app.UseKilnApi(store, accounts);
         // Agents dial in to the same listener (their requests are under one prefix; the rest is the binary cache), or
         // to their own.
         _app.Run(context => Kiln.Farm.AgentGateway.Handles(context) ? agents.HandleAsync(context)

@@ -75,6 +75,11 @@ internal sealed class SocketOutput : PipeWriter
 
     public override void CancelPendingFlush() => _flushCancellation?.Cancel();
 
+    // System.Text.Json asks how much a response holds unflushed, to flush large documents as it writes them.
+    public override bool CanGetUnflushedBytes => true;
+
+    public override long UnflushedBytes => _pending.Writer.UnflushedBytes;
+
     public override void Complete(Exception? exception = null) => _pending.Writer.Complete(exception);
 
     public override ValueTask<FlushResult> FlushAsync(CancellationToken cancellationToken = default) => SendPendingAsync(cancellationToken);

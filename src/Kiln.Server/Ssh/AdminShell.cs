@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Kiln.Accounts;
+using Kiln.Api;
 using Kiln.Protocol;
 using Kiln.Store;
 using Kiln.Store.Accounts;
@@ -35,7 +36,11 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
           help, exit
         """;
 
-    private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase, // the API's documents, as the API shows them
+    };
 
     /// <summary>Answers lines from the connection with a prompt until <c>exit</c> or end of input.</summary>
     public async Task RunInteractiveAsync(CancellationToken cancellationToken)
@@ -114,7 +119,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
         {
             case "list":
                 var keys = await accounts.ListKeysAsync(_actor, account, cancellationToken).ConfigureAwait(false);
-                return Show(json, keys.Select(KeyJson), string.Join("\n", keys.Select(k =>
+                return Show(json, keys.Select(KeyDocument.Of), string.Join("\n", keys.Select(k =>
                     $"{k.Fingerprint} {k.Key.Type} {KeyPermissionNames.Format(k.Permissions)}{(k.Key.Comment.Length > 0 ? " " + k.Key.Comment : "")}{(k.Id == key.Id ? " (this key)" : "")}")));
             case "add":
                 var granted = Option(words, "--permissions") is { } names ? KeyPermissionNames.Parse(names) : KeyPermissions.All;
@@ -135,7 +140,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                         """);
                 }
 
-                return Show(json, KeyJson(added), $"added {added.Fingerprint} ({KeyPermissionNames.Format(added.Permissions)})");
+                return Show(json, KeyDocument.Of(added), $"added {added.Fingerprint} ({KeyPermissionNames.Format(added.Permissions)})");
             case "remove":
                 var fingerprint = words.ElementAtOrDefault(2) ?? throw new ShellException("usage: keys remove FINGERPRINT");
                 await accounts.RemoveKeyAsync(_actor, account, fingerprint, cancellationToken).ConfigureAwait(false);
@@ -160,7 +165,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                 var limitAt = words.IndexOf("--limit");
                 var limit = limitAt > 0 ? int.Parse(words.ElementAtOrDefault(limitAt + 1) ?? "", NumberStyles.None, CultureInfo.InvariantCulture) : 20;
                 var builds = await view.ListBuildsAsync(Math.Clamp(limit, 1, 10_000), cancellationToken).ConfigureAwait(false);
-                return Show(json, builds.Select(BuildJson), builds.Count == 0 ? "no builds yet" : string.Join("\n", builds.Select(b =>
+                return Show(json, builds.Select(b => BuildDocument.Of(b, key.AccountId)), builds.Count == 0 ? "no builds yet" : string.Join("\n", builds.Select(b =>
                     $"{b.Id,8}  {Status(b)}  {Time(b.Started)}  {b.Stopped - b.Started,5}s  {b.DrvPath}")));
             case "show" or "log":
                 var id = long.Parse(words.ElementAtOrDefault(2) ?? throw new ShellException($"usage: builds {words[1]} ID"), NumberStyles.None, CultureInfo.InvariantCulture);
@@ -168,7 +173,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                     ?? throw new ShellException($"the account has no build {id}");
                 if (words[1] == "show")
                 {
-                    return Show(json, BuildJson(build), string.Join("\n",
+                    return Show(json, BuildDocument.Of(build, key.AccountId), string.Join("\n",
                         $"build {build.Id}: {Status(build).Trim()}",
                         $"derivation /nix/store/{build.DrvPath}",
                         $"started {Time(build.Started)}, took {build.Stopped - build.Started} s",
@@ -208,28 +213,6 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             throw new ShellException($"this key lacks the {KeyPermissionNames.Format(permission)} permission");
         }
     }
-
-    private static object KeyJson(SshKeyRecord k) => new
-    {
-        fingerprint = k.Fingerprint,
-        type = k.Key.Type,
-        comment = k.Key.Comment,
-        permissions = KeyPermissionNames.ToNames(k.Permissions),
-    };
-
-    private static object BuildJson(BuildRecord b) => new
-    {
-        id = b.Id,
-        derivation = "/nix/store/" + b.DrvPath,
-        status = Status(b).Trim(),
-        failure = b.Failure,
-        error = b.Error,
-        started = Time(b.Started),
-        seconds = b.Stopped - b.Started,
-        cpuUserSeconds = (b.CpuUserMicroseconds ?? 0) / 1e6,
-        cpuSystemSeconds = (b.CpuSystemMicroseconds ?? 0) / 1e6,
-        peakMemory = b.PeakMemory,
-    };
 
     private static string Status(BuildRecord b) => b.Running ? "running" : b.Succeeded ? "built  " : "failed ";
 

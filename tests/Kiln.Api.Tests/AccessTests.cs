@@ -1,0 +1,147 @@
+using System.Text.Json;
+using Kiln.Store.Accounts;
+
+namespace Kiln.Api.Tests;
+
+/// <summary>
+/// Who sees what, as one table over every endpoint: without a valid token nothing answers; with Bob's token nothing of
+/// Alice's (her builds, logs, paths, tokens) is there, and the answer is the one for something that never existed; a
+/// token without an endpoint's permission is refused with a problem document naming it.
+/// </summary>
+public sealed class AccessTests : ApiFixture
+{
+    // Every endpoint, with the permission it needs; {build}, {path} and {token} are Alice's.
+    private static readonly (string Method, string Path, KeyPermissions Needs, string? Body)[] Endpoints =
+    [
+        ("GET", "/api/v1/me", KeyPermissions.None, null),
+        ("GET", "/api/v1/builds", KeyPermissions.BuildRead, null),
+        ("GET", "/api/v1/builds/{build}", KeyPermissions.BuildRead, null),
+        ("GET", "/api/v1/builds/{build}/log", KeyPermissions.BuildRead, null),
+        ("GET", "/api/v1/builds/{build}/log?follow=1", KeyPermissions.BuildRead, null),
+        ("GET", "/api/v1/keys", KeyPermissions.AccountWrite, null),
+        ("GET", "/api/v1/tokens", KeyPermissions.AccountWrite, null),
+        ("POST", "/api/v1/tokens", KeyPermissions.AccountWrite, """{"permissions":["account:write"]}"""),
+        ("DELETE", "/api/v1/tokens/{token}", KeyPermissions.AccountWrite, null),
+        ("GET", "/api/v1/signing-key", KeyPermissions.None, null),
+        ("GET", "/api/v1/settings", KeyPermissions.None, null),
+        ("GET", "/api/v1/paths/{path}", KeyPermissions.StoreRead, null),
+    ];
+
+    [Fact]
+    public async Task Every_endpoint_but_the_OpenAPI_document_wants_a_valid_token()
+    {
+        var revoked = await TokenAsync("alice");
+        var (_, body, _) = await GetAsync("/api/v1/me", revoked);
+        var id = JsonDocument.Parse(body).RootElement.GetProperty("token").GetProperty("id").GetInt64();
+        Assert.Equal(204, (await SendAsync(HttpMethod.Delete, $"/api/v1/tokens/{id}", revoked)).Status); // it revokes itself
+        var expired = await TokenAsync("alice", expires: DateTimeOffset.UtcNow.AddSeconds(1));
+        await Task.Delay(2100, TestContext.Current.CancellationToken);
+        var (alice, _) = await AliceAsync();
+        foreach (var (method, path, _, json) in Endpoints)
+        {
+            foreach (var token in new[] { null, "", "kiln_" + new string('0', 48), "not-a-token", revoked, expired })
+            {
+                var (status, answer, type) = await SendAsync(new HttpMethod(method), Fill(path, alice), token, json);
+                Assert.True(status == 401, $"{method} {path} with {token ?? "no token"}: {status} {answer}");
+                Assert.Equal("application/problem+json", type);
+                Assert.Equal("unauthorized", JsonDocument.Parse(answer).RootElement.GetProperty("code").GetString());
+            }
+        }
+
+        Assert.Equal(200, (await GetAsync(KilnApi.OpenApiPath, null)).Status);
+    }
+
+    [Fact]
+    public async Task Bobs_token_sees_nothing_of_Alices_builds_logs_paths_or_tokens()
+    {
+        var (alice, aliceToken) = await AliceAsync();
+        var bob = await TokenAsync("bob");
+        await BuildAsync("bob", "bobs-own", log: ["bob's line"]);
+        foreach (var (method, path, _, json) in Endpoints)
+        {
+            var (status, body, _) = await SendAsync(new HttpMethod(method), Fill(path, alice), bob, json);
+            Assert.True(status is 200 or 201 or 404, $"{method} {path}: {status} {body}");
+            foreach (var secret in new[] { "alice", "alices-secret", "hunter2", alice.PathHash, aliceToken })
+            {
+                Assert.False(body.Contains(secret, StringComparison.Ordinal), $"{method} {path} showed Bob '{secret}': {body}");
+            }
+
+            if (path.Contains('{', StringComparison.Ordinal))
+            {
+                Assert.True(status == 404, $"{method} {path}: {status} {body}");
+                Assert.Equal("not-found", JsonDocument.Parse(body).RootElement.GetProperty("code").GetString());
+            }
+        }
+
+        // Alice's token still works: Bob's DELETE of it did nothing.
+        Assert.Equal(200, (await GetAsync("/api/v1/me", aliceToken)).Status);
+        // And Alice does see her things.
+        Assert.Contains("hunter2", (await GetAsync($"/api/v1/builds/{alice.Build}/log", aliceToken)).Body, StringComparison.Ordinal);
+        Assert.Contains(alice.PathHash, (await GetAsync($"/api/v1/paths/{alice.PathHash}", aliceToken)).Body, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_token_without_an_endpoints_permission_is_refused_with_the_permission_named()
+    {
+        var (alice, _) = await AliceAsync();
+        foreach (var (method, path, needs, json) in Endpoints.Where(e => e.Needs != KeyPermissions.None))
+        {
+            var lacking = await TokenAsync("alice", KeyPermissions.All & ~needs);
+            var (status, body, type) = await SendAsync(new HttpMethod(method), Fill(path, alice), lacking, json);
+            Assert.True(status == 403, $"{method} {path}: {status} {body}");
+            Assert.Equal("application/problem+json", type);
+            var problem = JsonDocument.Parse(body).RootElement;
+            Assert.Equal("forbidden", problem.GetProperty("code").GetString());
+            Assert.Contains(KeyPermissionNames.Format(needs), problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+
+            var holding = await TokenAsync("alice", needs);
+            Assert.InRange((await SendAsync(new HttpMethod(method), Fill(path, alice), holding, json)).Status, 200, 299);
+        }
+    }
+
+    [Fact]
+    public async Task A_token_grants_at_most_its_own_permissions_and_a_revoked_one_stops_at_the_next_request()
+    {
+        var writer = await TokenAsync("alice", KeyPermissions.AccountWrite | KeyPermissions.BuildRead);
+        var refused = await SendAsync(HttpMethod.Post, "/api/v1/tokens", writer, """{"permissions":["store:write"]}""");
+        Assert.Equal(403, refused.Status);
+        Assert.Contains("cannot grant store:write", refused.Body, StringComparison.Ordinal);
+        Assert.Equal(400, (await SendAsync(HttpMethod.Post, "/api/v1/tokens", writer, """{"permissions":["build:sudo"]}""")).Status);
+        Assert.Equal(400, (await SendAsync(HttpMethod.Post, "/api/v1/tokens", writer, """{"permissions":["build:read"],"expires":"yesterday"}""")).Status);
+        var malformed = await SendAsync(HttpMethod.Post, "/api/v1/tokens", writer, "{nope");
+        Assert.Equal((400, "application/problem+json"), (malformed.Status, malformed.ContentType));
+        Assert.Equal("invalid", JsonDocument.Parse(malformed.Body).RootElement.GetProperty("code").GetString());
+
+        var made = await SendAsync(HttpMethod.Post, "/api/v1/tokens", writer, """{"permissions":["build:read"],"expires":"2d","description":"ci"}""");
+        Assert.Equal(201, made.Status);
+        var answer = JsonDocument.Parse(made.Body).RootElement;
+        var secret = answer.GetProperty("token").GetString()!;
+        var id = answer.GetProperty("details").GetProperty("id").GetInt64();
+        Assert.Equal(["build:read"], answer.GetProperty("details").GetProperty("permissions").EnumerateArray().Select(p => p.GetString()));
+        Assert.Equal(200, (await GetAsync("/api/v1/builds", secret)).Status);
+        var listed = (await GetAsync("/api/v1/tokens", writer)).Body;
+        Assert.Contains("\"ci\"", listed, StringComparison.Ordinal);
+        Assert.DoesNotContain(secret, listed, StringComparison.Ordinal);
+
+        Assert.Equal(204, (await SendAsync(HttpMethod.Delete, $"/api/v1/tokens/{id}", writer)).Status);
+        Assert.Equal(401, (await GetAsync("/api/v1/builds", secret)).Status);
+        Assert.Equal(404, (await SendAsync(HttpMethod.Delete, $"/api/v1/tokens/{id}", writer)).Status);
+    }
+
+    private sealed record Alice(long Build, string PathHash, long Token);
+
+    // Alice's build (with a secret in its log), path and token: what Bob must never see.
+    private async Task<(Alice Alice, string Token)> AliceAsync()
+    {
+        var build = await BuildAsync("alice", "alices-secret", log: ["the password is hunter2"]);
+        var path = await PathAsync("alice", "alices-secret", "hunter2");
+        var token = await TokenAsync("alice");
+        var id = JsonDocument.Parse((await GetAsync("/api/v1/me", token)).Body).RootElement.GetProperty("token").GetProperty("id").GetInt64();
+        return (new Alice(build, path.HashPart, id), token);
+    }
+
+    private static string Fill(string path, Alice alice) => path
+        .Replace("{build}", alice.Build.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
+        .Replace("{path}", alice.PathHash, StringComparison.Ordinal)
+        .Replace("{token}", alice.Token.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
+}
