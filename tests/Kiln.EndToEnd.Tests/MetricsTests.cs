@@ -116,7 +116,7 @@ public class MetricsTests
 
         foreach (var host in new[] { "127.0.0.1", "[::1]" })
         {
-            foreach (var path in new[] { "/nix-cache-info", "/metrics", "/readyz", "/healthz" })
+            foreach (var path in new[] { "/nix-cache-info", "/metrics", "/readyz", "/healthz", "/api/v1/me", "/api/v1/openapi.json" })
             {
                 using var response = await http.GetAsync($"http://{host}:{agentPort}{path}", cancel);
                 Assert.True(response.StatusCode == HttpStatusCode.NotFound, $"{host}{path}: {response.StatusCode}");

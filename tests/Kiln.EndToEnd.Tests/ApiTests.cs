@@ -1,0 +1,111 @@
+using System.Net.Http.Headers;
+using System.Text.Json;
+using Kiln.EndToEnd.Tests.Support;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// The API of a running <c>kiln serve</c>, over builds stock Nix made through SSH: they are listed with their outcomes
+/// for the account that asked for them (and for nobody else), and a running build's log streams as Server-Sent Events,
+/// line by line, in order.
+/// </summary>
+public sealed class ApiTests
+{
+    private const string Store = "ssh-ng://kiln@127.0.0.1";
+
+    [Fact]
+    public async Task Builds_stock_Nix_ran_over_SSH_are_listed_with_their_outcomes_and_a_running_ones_log_streams_live()
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: true, http: true);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        kiln.Cli("account", "create", "bob");
+        var aliceToken = kiln.Cli("token", "create", "alice", "--permissions", "build:read").Split('\n')[0];
+        var bobToken = kiln.Cli("token", "create", "bob", "--permissions", "build:read").Split('\n')[0];
+        var salt = Guid.NewGuid().ToString("N");
+        var cancel = TestContext.Current.CancellationToken;
+        using var http = new HttpClient { BaseAddress = new Uri(kiln.HttpUrl) };
+
+        // Four derivations that build and one that fails.
+        client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, Dag.Write(client, workspace, "apidag", depth: 2, width: 2, salt: salt), "--no-out-link"]);
+        var failing = client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Store,
+            Dag.WriteSingle(client, workspace, "api-fails", $"echo {salt}; echo it broke; exit 3"), "--no-out-link"]);
+        Assert.NotEqual(0, failing.ExitCode);
+
+        var builds = (await GetJsonAsync(http, "/api/v1/builds", aliceToken, cancel)).GetProperty("builds").EnumerateArray().ToList();
+        Assert.Equal(5, builds.Count);
+        var failed = Assert.Single(builds, b => b.GetProperty("status").GetString() == "failed");
+        Assert.EndsWith("-api-fails.drv", failed.GetProperty("derivation").GetString(), StringComparison.Ordinal);
+        Assert.Equal(4, builds.Count(b => b.GetProperty("status").GetString() == "built" && b.GetProperty("outputs").GetArrayLength() == 1));
+        Assert.All(builds, b => Assert.Equal("started", b.GetProperty("relation").GetString()));
+        var failedLog = await GetStringAsync(http, $"/api/v1/builds/{failed.GetProperty("id").GetInt64()}/log", aliceToken, cancel);
+        Assert.Contains("it broke", failedLog, StringComparison.Ordinal);
+        Assert.Empty((await GetJsonAsync(http, "/api/v1/builds", bobToken, cancel)).GetProperty("builds").EnumerateArray());
+
+        // A build that prints a line every 0.3 s: its log, followed while it runs, arrives line by line, in order.
+        var ticking = Dag.WriteSingle(client, workspace, "api-ticks", $"echo {salt}; for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.3; done; mkdir $out");
+        var run = Task.Run(() => client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Store, ticking, "--no-out-link"]), cancel);
+        long? running = null;
+        for (var i = 0; i < 300 && running is null; i++)
+        {
+            running = (await GetJsonAsync(http, "/api/v1/builds?status=running", aliceToken, cancel)).GetProperty("builds").EnumerateArray()
+                .Select(b => (long?)b.GetProperty("id").GetInt64()).FirstOrDefault();
+            await Task.Delay(running is null ? 100 : 0, cancel);
+        }
+
+        Assert.NotNull(running);
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"/api/v1/builds/{running}/log?follow=1");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", aliceToken);
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel);
+        Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);
+        using var events = new StreamReader(await response.Content.ReadAsStreamAsync(cancel));
+        var data = new List<string>();
+        var arrivals = new List<DateTime>();
+        string? end = null;
+        string? eventName = null;
+        while (end is null && await events.ReadLineAsync(cancel) is { } line)
+        {
+            if (line.StartsWith("event: ", StringComparison.Ordinal))
+            {
+                eventName = line[7..];
+            }
+            else if (line.StartsWith("data: ", StringComparison.Ordinal))
+            {
+                if (eventName == "end")
+                {
+                    end = line[6..];
+                }
+                else if (line.Contains("tick", StringComparison.Ordinal))
+                {
+                    data.Add(line[6..]);
+                    arrivals.Add(DateTime.UtcNow);
+                }
+            }
+        }
+
+        Assert.Equal(0, (await run).ExitCode);
+        Assert.Equal("built", end);
+        Assert.Equal(Enumerable.Range(1, 8).Select(i => $"tick {i}"), data);
+        // Live, not all at the end: the ticks the stream carried arrived over more than a second.
+        Assert.True(arrivals[^1] - arrivals[0] > TimeSpan.FromSeconds(1), $"the ticks arrived within {(arrivals[^1] - arrivals[0]).TotalMilliseconds} ms");
+        // Bob cannot follow it.
+        using var bobs = new HttpRequestMessage(HttpMethod.Get, $"/api/v1/builds/{running}/log?follow=1");
+        bobs.Headers.Authorization = new AuthenticationHeaderValue("Bearer", bobToken);
+        Assert.Equal(System.Net.HttpStatusCode.NotFound, (await http.SendAsync(bobs, cancel)).StatusCode);
+    }
+
+    private static async Task<string> GetStringAsync(HttpClient http, string path, string token, CancellationToken cancellationToken)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, path);
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        using var response = await http.SendAsync(request, cancellationToken);
+        var body = await response.Content.ReadAsStringAsync(cancellationToken);
+        Assert.True(response.IsSuccessStatusCode, $"{path}: {response.StatusCode} {body}");
+        return body;
+    }
+
+    private static async Task<JsonElement> GetJsonAsync(HttpClient http, string path, string token, CancellationToken cancellationToken) =>
+        JsonDocument.Parse(await GetStringAsync(http, path, token, cancellationToken)).RootElement;
+}
