@@ -178,7 +178,8 @@ public sealed class AccountServiceTests : IAsyncLifetime
     public async Task Tokens_signing_keys_and_settings_follow_the_same_rules()
     {
         var (alice, actor, _) = await LoginAsync("alice", KeyPermissions.StoreRead | KeyPermissions.StoreWrite | KeyPermissions.AccountWrite);
-        await Refused(ErrorKind.Invalid, () => _service.CreateTokenAsync(actor, alice, KeyPermissions.BuildRead, null, "", default));
+        await Refused(ErrorKind.Invalid, () => _service.CreateTokenAsync(actor, alice, KeyPermissions.None, null, "", default));
+        await Refused(ErrorKind.Forbidden, () => _service.CreateTokenAsync(actor, alice, KeyPermissions.BuildRead, null, "", default)); // more than the key has
         var (secret, token) = await _service.CreateTokenAsync(actor, alice, KeyPermissions.StoreRead, DateTimeOffset.UtcNow.AddDays(1), "ci", default);
         Assert.True(AccessToken.LooksValid(secret));
         Assert.Equal(token.Id, (await _metadata.FindTokenAsync(AccessToken.Hash(secret), default))!.Id); // kept as its hash
