@@ -16,7 +16,7 @@ internal static class BuildEndpoints
     private const int DefaultLimit = 50;
     private const int MaxLimit = 1000;
 
-    public static void Map(RouteGroupBuilder api, KilnStore store)
+    public static void Map(RouteGroupBuilder api, KilnStore store, IBuildControl control)
     {
         api.MapGet("/me", (HttpContext context) =>
         {
@@ -53,15 +53,30 @@ internal static class BuildEndpoints
         api.MapGet("/builds/{id:long}", async Task<IResult> (HttpContext context, long id) =>
         {
             var caller = ApiCaller.Of(context);
-            var build = await VisibleBuildAsync(store, caller, id, context.RequestAborted).ConfigureAwait(false);
+            var build = await VisibleBuildAsync(store, caller, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
             return TypedResults.Ok(BuildDocument.Of(build, caller.Caller.AccountId));
         }).WithSummary("One build: derivation, outputs, status, times, CPU, memory, agent.")
           .Produces<BuildDocument>().ProducesProblem(StatusCodes.Status404NotFound);
 
+        api.MapPost("/builds/{id:long}/cancel", async Task<IResult> (HttpContext context, long id) =>
+        {
+            var caller = ApiCaller.Of(context);
+            var build = await VisibleBuildAsync(store, caller, id, KeyPermissions.BuildWrite, context.RequestAborted).ConfigureAwait(false);
+            if (!build.Running)
+            {
+                throw new KilnException(ErrorKind.Conflict, $"build {id} has ended ({BuildDocument.StatusOf(build)})");
+            }
+
+            return control.Cancel(id, caller.Caller.AccountId!.Value)
+                ? TypedResults.Accepted($"{KilnApi.Prefix}/builds/{id}", BuildDocument.Of(build, caller.Caller.AccountId))
+                : throw new KilnException(ErrorKind.Conflict, $"no request of this account waits for build {id} here (it may run for another front door)");
+        }).WithSummary("Cancels the account's requests for a running build: they fail, and the build stops unless another account still waits for it (needs build:write).")
+          .Produces<BuildDocument>(StatusCodes.Status202Accepted).ProducesProblem(StatusCodes.Status404NotFound).ProducesProblem(StatusCodes.Status409Conflict);
+
         api.MapGet("/builds/{id:long}/log", async Task<IResult> (HttpContext context, long id, string? follow) =>
         {
             var caller = ApiCaller.Of(context);
-            var build = await VisibleBuildAsync(store, caller, id, context.RequestAborted).ConfigureAwait(false);
+            var build = await VisibleBuildAsync(store, caller, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
             var wantsEvents = follow is "1" or "true" || context.Request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.Ordinal);
             if (wantsEvents)
             {
@@ -77,9 +92,9 @@ internal static class BuildEndpoints
     }
 
     // The build if it was for the caller's account; otherwise not found, the same answer as for a build that never was.
-    private static async Task<BuildRecord> VisibleBuildAsync(KilnStore store, ApiCaller caller, long id, CancellationToken cancellationToken)
+    private static async Task<BuildRecord> VisibleBuildAsync(KilnStore store, ApiCaller caller, long id, KeyPermissions permission, CancellationToken cancellationToken)
     {
-        caller.Need(KeyPermissions.BuildRead);
+        caller.Need(permission);
         using var view = store.OpenView(caller.Caller);
         return await view.GetBuildAsync(id, cancellationToken).ConfigureAwait(false)
             ?? throw new KilnException(ErrorKind.NotFound, $"the account has no build {id}");

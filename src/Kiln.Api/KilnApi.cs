@@ -56,17 +56,17 @@ public static class KilnApi
     /// Puts the API into <paramref name="app"/>'s pipeline at this point: requests under <see cref="Prefix"/> are answered
     /// here; everything else goes on to what comes next.
     /// </summary>
-    public static void UseKilnApi(this WebApplication app, KilnStore store, AccountService accounts)
+    public static void UseKilnApi(this WebApplication app, KilnStore store, AccountService accounts, IBuildControl builds)
     {
         ArgumentNullException.ThrowIfNull(app);
         app.UseWhen(context => context.Request.Path.StartsWithSegments(Prefix, StringComparison.Ordinal), api => api.UseStatusCodePages());
         app.UseRouting();
-        app.MapKilnApi(store, accounts);
+        app.MapKilnApi(store, accounts, builds);
         app.UseEndpoints(_ => { });
     }
 
     /// <summary>Maps every endpoint under <see cref="Prefix"/>.</summary>
-    public static void MapKilnApi(this IEndpointRouteBuilder routes, KilnStore store, AccountService accounts)
+    public static void MapKilnApi(this IEndpointRouteBuilder routes, KilnStore store, AccountService accounts, IBuildControl builds)
     {
         ArgumentNullException.ThrowIfNull(routes);
         routes.MapOpenApi(OpenApiPath);
@@ -89,7 +89,7 @@ public static class KilnApi
                 return Problems.Of(e);
             }
         }).WithTags("v1");
-        BuildEndpoints.Map(api, store);
+        BuildEndpoints.Map(api, store, builds);
         AccountEndpoints.Map(api, accounts);
         PathEndpoints.Map(api, store);
         // Anything else under the prefix is a problem document too, not the binary cache's plain 404.

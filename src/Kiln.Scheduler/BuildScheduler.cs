@@ -127,6 +127,28 @@ public sealed partial class BuildScheduler
     /// </summary>
     internal void Forget(string key, StepOutcome outcome) => _recent.TryRemove(new KeyValuePair<string, StepOutcome>(key, outcome with { Reused = false }));
 
+    /// <summary>
+    /// Cancels build <paramref name="buildId"/> for <paramref name="account"/>: the account's sessions waiting for it
+    /// here stop waiting, each told so; the build stops when nobody else waits for it (another account that joined it
+    /// keeps it). False when no session of the account waits for it in this process (it ended, or runs elsewhere).
+    /// </summary>
+    public bool Cancel(long buildId, long account)
+    {
+        List<RunningStep> steps;
+        lock (_runningGate)
+        {
+            steps = [.. _running.Values.Where(s => s.BuildId is { IsCompletedSuccessfully: true, Result: { } id } && id == buildId)];
+        }
+
+        var stopped = 0;
+        foreach (var step in steps)
+        {
+            stopped += step.StopWaitsOf(account, BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{step.DrvPath}' was cancelled through Kiln's API"));
+        }
+
+        return stopped > 0;
+    }
+
     /// <summary>What a client is told when its step is answered by a build that succeeded before (for anyone).</summary>
     internal static string ReusingMessage(StorePath drvPath, DateTimeOffset finished) =>
         finished == default
@@ -141,7 +163,7 @@ public sealed partial class BuildScheduler
 
     private async Task<StepOutcome> JoinAsync(RunningStep step, long accountId, IBuildEvents events, BuildLimits sessionLimits, CancellationToken cancellationToken)
     {
-        var joined = step.JoinAsync(events, sessionLimits, cancellationToken);
+        var joined = step.JoinAsync(events, sessionLimits, accountId, cancellationToken);
         if (accountId != step.StartedFor && await step.BuildId.WaitAsync(cancellationToken).ConfigureAwait(false) is { } id)
         {
             await Builds.AddBuildAccountAsync(id, accountId, cancellationToken).ConfigureAwait(false);

@@ -86,13 +86,13 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     /// Waits for the build as one more interested session; <paramref name="limits"/> are the session's own (zero: none),
     /// counted from when it joined or the build began running, whichever is later.
     /// </summary>
-    public async Task<StepOutcome> JoinAsync(IBuildEvents events, BuildLimits limits, CancellationToken cancellationToken)
+    public async Task<StepOutcome> JoinAsync(IBuildEvents events, BuildLimits limits, long account, CancellationToken cancellationToken)
     {
         Watcher watcher;
         lock (_gate)
         {
             _waiters++;
-            watcher = new Watcher(events, events.BuildStarted(DrvPath), limits, Stopwatch.GetTimestamp());
+            watcher = new Watcher(events, events.BuildStarted(DrvPath), limits, account, Stopwatch.GetTimestamp());
             if (_joined)
             {
                 // Only this session's log says so (not the build's own): the others started or joined it themselves.
@@ -115,13 +115,19 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         {
             if (limits.Timeout == TimeSpan.Zero && limits.MaxSilentTime == TimeSpan.Zero && limits.MaxLogSize == 0)
             {
-                return await Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
+                if (await Task.WhenAny(Completion, watcher.Stopped).WaitAsync(cancellationToken).ConfigureAwait(false) == Completion)
+                {
+                    return await Completion.ConfigureAwait(false);
+                }
+
+                exceeded = await watcher.Stopped.ConfigureAwait(false);
+                return new StepOutcome(exceeded, await BuildId.ConfigureAwait(false) ?? 0, Reused: false);
             }
 
             while (true)
             {
                 // The log limit is seen as the line arrives (a loud build may end at once); the clocks every LimitCheck.
-                await Task.WhenAny(watcher.LogLimitPassed, Completion, Task.Delay(LimitCheck, cancellationToken)).ConfigureAwait(false);
+                await Task.WhenAny(watcher.LogLimitPassed, watcher.Stopped, Completion, Task.Delay(LimitCheck, cancellationToken)).ConfigureAwait(false);
                 lock (_gate)
                 {
                     exceeded = watcher.Exceeded(Job, _runningSince);
@@ -189,6 +195,25 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         }
     }
 
+    /// <summary>
+    /// Ends the waits of <paramref name="account"/>'s sessions with <paramref name="why"/> (its user cancelled the build);
+    /// the build stops when no other session waits for it. Returns how many waits there were.
+    /// </summary>
+    public int StopWaitsOf(long account, BuildOutcome why)
+    {
+        lock (_gate)
+        {
+            var stopped = 0;
+            foreach (var watcher in _watchers.Where(w => w.Account == account))
+            {
+                watcher.Stop(why);
+                stopped++;
+            }
+
+            return stopped;
+        }
+    }
+
     public void Running()
     {
         lock (_gate)
@@ -228,9 +253,18 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     }
 
     // One waiting session: where its log lines go, and how much log and silence it has seen against its own limits.
-    private sealed class Watcher(IBuildEvents events, long activity, BuildLimits limits, long joined)
+    private sealed class Watcher(IBuildEvents events, long activity, BuildLimits limits, long account, long joined)
     {
         private readonly TaskCompletionSource _logLimitPassed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource<BuildOutcome> _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>The account whose session this is.</summary>
+        public long Account => account;
+
+        /// <summary>Completes when the session's wait was ended for it (<see cref="Stop"/>), with the failure it reports.</summary>
+        public Task<BuildOutcome> Stopped => _stopped.Task;
+
+        public void Stop(BuildOutcome why) => _stopped.TrySetResult(why);
         private long _logBytes;
         private long _lastLine;
 
@@ -254,6 +288,11 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         // the build runs (a build waiting for an agent is neither slow nor silent).
         public BuildOutcome? Exceeded(BuildJob job, long runningSince)
         {
+            if (_stopped.Task.IsCompleted)
+            {
+                return _stopped.Task.Result;
+            }
+
             if (limits.MaxLogSize > 0 && _logBytes > limits.MaxLogSize)
             {
                 return BuildOutcome.Failed(BuildFailureKind.LogLimitExceeded, LimitMessages.LogTooLong(job, limits.MaxLogSize));

@@ -23,7 +23,7 @@ namespace Kiln.Server;
 /// <c>kiln serve</c>'s host, sharing the store and the scheduler's log layout.
 /// </summary>
 public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Farm.AgentGateway agents, Ssh.SshFrontDoor ssh,
-    Kiln.Accounts.AccountService accounts, ILoggerFactory loggers)
+    Kiln.Accounts.AccountService accounts, Kiln.Scheduler.BuildScheduler scheduler, ILoggerFactory loggers)
     : IHostedService, IAsyncDisposable
 {
     private WebApplication? _app;
@@ -99,7 +99,7 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         _app.Use((context, next) => Misdirected(context) ? NotFound(context) : next(context));
         _app.Use((context, next) => IsScrape(context) && !health.MayScrape(context) ? Observability.HealthEndpoints.RefuseAsync(context) : next(context));
         _app.UseOpenTelemetryPrometheusScrapingEndpoint(IsScrape);
-        _app.UseKilnApi(store, accounts);
+        _app.UseKilnApi(store, accounts, new SchedulerControl(scheduler));
         // Agents dial in to the same listener (their requests are under one prefix; the rest is the binary cache), or
         // to their own.
         _app.Run(context => Kiln.Farm.AgentGateway.Handles(context) ? agents.HandleAsync(context)
@@ -172,4 +172,10 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
 
     [LoggerMessage(EventId = LogEvents.HttpListening, Level = LogLevel.Information, Message = "http: listening on http://{Url} (binary cache)")]
     private static partial void LogListening(ILogger logger, IPEndPoint url);
+}
+
+/// <summary>The API's port to the scheduler.</summary>
+internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler) : IBuildControl
+{
+    public bool Cancel(long buildId, long account) => scheduler.Cancel(buildId, account);
 }

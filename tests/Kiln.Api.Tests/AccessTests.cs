@@ -18,6 +18,7 @@ public sealed class AccessTests : ApiFixture
         ("GET", "/api/v1/builds/{build}", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/builds/{build}/log", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/builds/{build}/log?follow=1", KeyPermissions.BuildRead, null),
+        ("POST", "/api/v1/builds/{running}/cancel", KeyPermissions.BuildWrite, null),
         ("GET", "/api/v1/keys", KeyPermissions.AccountWrite, null),
         ("GET", "/api/v1/tokens", KeyPermissions.AccountWrite, null),
         ("POST", "/api/v1/tokens", KeyPermissions.AccountWrite, """{"permissions":["account:write"]}"""),
@@ -73,7 +74,8 @@ public sealed class AccessTests : ApiFixture
             }
         }
 
-        // Alice's token still works: Bob's DELETE of it did nothing.
+        // Nothing was cancelled for Bob; Alice's token still works: Bob's DELETE of it did nothing.
+        Assert.Empty(Control.Cancelled);
         Assert.Equal(200, (await GetAsync("/api/v1/me", aliceToken)).Status);
         // And Alice does see her things.
         Assert.Contains("hunter2", (await GetAsync($"/api/v1/builds/{alice.Build}/log", aliceToken)).Body, StringComparison.Ordinal);
@@ -128,20 +130,22 @@ public sealed class AccessTests : ApiFixture
         Assert.Equal(404, (await SendAsync(HttpMethod.Delete, $"/api/v1/tokens/{id}", writer)).Status);
     }
 
-    private sealed record Alice(long Build, string PathHash, long Token);
+    private sealed record Alice(long Build, long Running, string PathHash, long Token);
 
     // Alice's build (with a secret in its log), path and token: what Bob must never see.
     private async Task<(Alice Alice, string Token)> AliceAsync()
     {
         var build = await BuildAsync("alice", "alices-secret", log: ["the password is hunter2"]);
+        var running = await BuildAsync("alice", "alices-running", running: true);
         var path = await PathAsync("alice", "alices-secret", "hunter2");
         var token = await TokenAsync("alice");
         var id = JsonDocument.Parse((await GetAsync("/api/v1/me", token)).Body).RootElement.GetProperty("token").GetProperty("id").GetInt64();
-        return (new Alice(build, path.HashPart, id), token);
+        return (new Alice(build, running, path.HashPart, id), token);
     }
 
     private static string Fill(string path, Alice alice) => path
         .Replace("{build}", alice.Build.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
+        .Replace("{running}", alice.Running.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
         .Replace("{path}", alice.PathHash, StringComparison.Ordinal)
         .Replace("{token}", alice.Token.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
 }

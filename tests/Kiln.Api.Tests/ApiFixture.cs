@@ -25,6 +25,27 @@ public abstract class ApiFixture : IAsyncLifetime
 
     protected AccountService Accounts { get; private set; } = null!;
 
+    /// <summary>
+    /// The scheduler's side of cancelling, as the API sees it: it records what it is asked (the scheduler's own cancel is
+    /// tested in Kiln.Scheduler.Tests and, through this API, end to end).
+    /// </summary>
+    protected RecordingControl Control { get; } = new();
+
+    protected sealed class RecordingControl : IBuildControl
+    {
+        public List<(long Build, long Account)> Cancelled { get; } = [];
+
+        public bool Cancel(long buildId, long account)
+        {
+            lock (Cancelled)
+            {
+                Cancelled.Add((buildId, account));
+            }
+
+            return true;
+        }
+    }
+
     protected HttpClient Http { get; private set; } = null!;
 
     public async ValueTask InitializeAsync()
@@ -36,7 +57,7 @@ public abstract class ApiFixture : IAsyncLifetime
         builder.Logging.ClearProviders();
         builder.Services.AddKilnApi();
         _app = builder.Build();
-        _app.UseKilnApi(Store, Accounts);
+        _app.UseKilnApi(Store, Accounts, Control);
         await _app.StartAsync();
         Http = _app.GetTestClient();
     }

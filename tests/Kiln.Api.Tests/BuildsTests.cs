@@ -65,6 +65,22 @@ public sealed class BuildsTests : ApiFixture
     }
 
     [Fact]
+    public async Task Cancelling_asks_the_scheduler_for_the_callers_account_and_a_finished_build_is_a_conflict()
+    {
+        var token = await TokenAsync("alice", KeyPermissions.BuildWrite);
+        var running = await BuildAsync("alice", "long", running: true);
+        var done = await BuildAsync("alice", "short");
+        var (status, body, _) = await SendAsync(HttpMethod.Post, $"/api/v1/builds/{running}/cancel", token);
+        Assert.True(status == 202, body);
+        var alice = await Store.Accounts.GetOrCreateAccountAsync("alice", default);
+        Assert.Equal([(running, alice)], Control.Cancelled);
+        var ended = await SendAsync(HttpMethod.Post, $"/api/v1/builds/{done}/cancel", token);
+        Assert.Equal(409, ended.Status);
+        Assert.Equal("conflict", JsonDocument.Parse(ended.Body).RootElement.GetProperty("code").GetString());
+        Assert.Single(Control.Cancelled);
+    }
+
+    [Fact]
     public async Task Following_a_running_builds_log_streams_its_lines_in_order_as_events_then_the_end()
     {
         var cancel = TestContext.Current.CancellationToken;

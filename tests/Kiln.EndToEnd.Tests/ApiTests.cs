@@ -96,6 +96,64 @@ public sealed class ApiTests
         Assert.Equal(System.Net.HttpStatusCode.NotFound, (await http.SendAsync(bobs, cancel)).StatusCode);
     }
 
+    [Fact]
+    public async Task A_build_cancelled_through_the_API_ends_the_stock_Nix_client_waiting_for_it()
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: true, http: true);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        var token = kiln.Cli("token", "create", "alice", "--permissions", "build:read,build:write").Split('\n')[0];
+        var cancel = TestContext.Current.CancellationToken;
+        using var http = new HttpClient { BaseAddress = new Uri(kiln.HttpUrl) };
+        var sleeper = Dag.WriteSingle(client, workspace, "api-sleeps", $"echo {Guid.NewGuid():N}; echo going to sleep; sleep 120; mkdir $out");
+        var started = DateTime.UtcNow;
+        var run = Task.Run(() => client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Store, sleeper, "--no-out-link"]), cancel);
+        long? running = null;
+        for (var i = 0; i < 300 && running is null; i++)
+        {
+            running = (await GetJsonAsync(http, "/api/v1/builds?status=running", token, cancel)).GetProperty("builds").EnumerateArray()
+                .Select(b => (long?)b.GetProperty("id").GetInt64()).FirstOrDefault();
+            await Task.Delay(running is null ? 100 : 0, cancel);
+        }
+
+        Assert.NotNull(running);
+        HttpResponseMessage? response = null;
+        for (var i = 0; i < 50; i++) // the client's session may be a moment behind its build's record
+        {
+            using var attempt = new HttpRequestMessage(HttpMethod.Post, $"/api/v1/builds/{running}/cancel");
+            attempt.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            response?.Dispose();
+            response = await http.SendAsync(attempt, cancel);
+            if (response.StatusCode != System.Net.HttpStatusCode.Conflict)
+            {
+                break;
+            }
+
+            await Task.Delay(100, cancel);
+        }
+
+        using (response)
+        {
+            Assert.Equal(System.Net.HttpStatusCode.Accepted, response!.StatusCode);
+        }
+
+        var result = await run;
+        Assert.NotEqual(0, result.ExitCode);
+        Assert.Contains("was cancelled through Kiln's API", result.Stderr, StringComparison.Ordinal);
+        Assert.True(DateTime.UtcNow - started < TimeSpan.FromSeconds(60), "the client waited for the build to end by itself");
+        var build = await GetJsonAsync(http, $"/api/v1/builds/{running}", token, cancel);
+        for (var i = 0; i < 100 && build.GetProperty("status").GetString() == "running"; i++)
+        {
+            await Task.Delay(100, cancel);
+            build = await GetJsonAsync(http, $"/api/v1/builds/{running}", token, cancel);
+        }
+
+        Assert.Equal("failed", build.GetProperty("status").GetString());
+        Assert.Contains("cancelled through Kiln's API", build.GetProperty("error").GetString(), StringComparison.Ordinal);
+    }
+
     private static async Task<string> GetStringAsync(HttpClient http, string path, string token, CancellationToken cancellationToken)
     {
         using var request = new HttpRequestMessage(HttpMethod.Get, path);

@@ -154,6 +154,47 @@ public sealed class SchedulerTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Cancelling_for_one_account_ends_its_wait_and_the_build_stops_only_when_nobody_else_waits()
+    {
+        var drv = await DerivationAsync("a", "cancelled");
+        await DerivationAsync("b", "cancelled");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var first = BuildAsync("a", keepGoing: false, drv);
+        await WaitUntil(() => _executor.Jobs.Count == 1);
+        var second = BuildAsync("b", keepGoing: false, drv);
+        await WaitUntil(() => _store.Builds.ListBuildsAsync(null, 10, default).Result is [{ Running: true }]);
+        var id = (await _store.Builds.ListBuildsAsync(null, 10, default)).Single().Id;
+        var a = await _store.Accounts.GetOrCreateAccountAsync("a", default);
+        var b = await _store.Accounts.GetOrCreateAccountAsync("b", default);
+        await WaitUntil(() => _store.Builds.GetBuildAsync(b, id, default).Result is not null); // b has joined (its wait is registered before that)
+        Assert.True(_scheduler.Cancel(id, a));
+
+        // a's request fails with the reason; b's still waits, and gets the build.
+        var (aResults, _) = await first.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(BuildStatus.MiscFailure, aResults.Single().Status);
+        Assert.Contains($"the build of '{drv}' was cancelled through Kiln's API", aResults.Single().ErrorMessage, StringComparison.Ordinal);
+        Assert.False(second.IsCompleted);
+        Assert.False(_scheduler.Cancel(id, a)); // nothing of a's waits any more
+        _executor.Gate.SetResult();
+        Assert.Equal(BuildStatus.Built, (await second).Results.Single().Status);
+        Assert.True((await _store.Builds.ListBuildsAsync(null, 10, default)).Single().Succeeded);
+
+        // Alone, a's cancel stops the build, and the record says why.
+        var alone = await DerivationAsync("a", "cancelled-alone");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var third = BuildAsync("a", keepGoing: false, alone);
+        await WaitUntil(() => _store.Builds.ListBuildsAsync(null, 10, default).Result is [{ Running: true }, ..]);
+        var aloneId = (await _store.Builds.ListBuildsAsync(null, 10, default))[0].Id;
+        await WaitUntil(() => _scheduler.Cancel(aloneId, a));
+        Assert.False(_scheduler.Cancel(aloneId, b));
+        Assert.Equal(BuildStatus.MiscFailure, (await third.WaitAsync(TimeSpan.FromSeconds(30))).Results.Single().Status);
+        await WaitUntil(() => _store.Builds.ListBuildsAsync(null, 10, default).Result[0] is { Running: false });
+        var record = (await _store.Builds.ListBuildsAsync(null, 10, default))[0];
+        Assert.False(record.Succeeded);
+        Assert.Contains("cancelled through Kiln's API", record.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Sessions_sharing_a_build_each_wait_under_their_own_limits_and_the_build_under_Kilns()
     {
         // 19.10: a builds with a 1 s timeout, b joins with none. The build runs under Kiln's limits (none here); a

@@ -1,0 +1,15 @@
+namespace Kiln.Api;
+
+/// <summary>
+/// What the API asks of the scheduler (the port's one implementation adapts <c>BuildScheduler</c> in Kiln.Server, so
+/// the API does not depend on the scheduler's project).
+/// </summary>
+public interface IBuildControl
+{
+    /// <summary>
+    /// Cancels build <paramref name="buildId"/> for <paramref name="account"/>: the account's requests waiting for it
+    /// end with an error; the build stops unless another account still waits for it. False when no request of the
+    /// account waits for it in this process.
+    /// </summary>
+    bool Cancel(long buildId, long account);
+}
