@@ -471,6 +471,34 @@ public abstract class BuildMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task Tags_are_kept_per_account_and_select_builds_in_listings()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var first = await store.StartBuildAsync("k1", "one.drv", alice, 1, default);
+        var second = await store.StartBuildAsync("k2", "two.drv", alice, 2, default);
+        await store.AddBuildAccountAsync(first, bob, default);
+        BuildTag[] run7 = [new("ci-run", "7"), new("job", "lint")];
+        await store.TagBuildAsync(first, alice, run7, default);
+        await store.TagBuildAsync(first, alice, run7, default); // again: kept once
+        await store.TagBuildAsync(first, alice, [new("ci-run", "8")], default); // a second run reused it
+        await store.TagBuildAsync(second, alice, [new("ci-run", "8")], default);
+        await store.TagBuildAsync(first, bob, [new("ci-run", "7 (bob's)")], default);
+        await store.TagBuildAsync(second, alice, [], default);
+
+        Assert.Equal([new("ci-run", "7"), new("ci-run", "8"), new("job", "lint")], await store.GetBuildTagsAsync(first, alice, default));
+        Assert.Equal([new BuildTag("ci-run", "7 (bob's)")], await store.GetBuildTagsAsync(first, bob, default));
+        async Task<long[]> TaggedAsync(long? account, string tag) =>
+            [.. (await store.ListBuildsAsync(account, new BuildQuery { Tag = BuildTag.Parse(tag) }, default)).Select(b => b.Id)];
+        Assert.Equal([first], await TaggedAsync(alice, "ci-run=7"));
+        Assert.Equal([second, first], await TaggedAsync(alice, "ci-run=8"));
+        Assert.Empty(await TaggedAsync(bob, "ci-run=7")); // Alice's tags are hers
+        Assert.Equal([first], await TaggedAsync(bob, "ci-run=7 (bob's)"));
+        Assert.Equal([first], await TaggedAsync(null, "job=lint"));
+    }
+
+    [Fact]
     public async Task Accounts_see_the_builds_they_were_for_and_no_others()
     {
         await using var store = await CreateAsync();

@@ -61,6 +61,52 @@ public sealed record BuildQuery
 
     /// <summary>Only builds started before this time (Unix seconds).</summary>
     public long? Until { get; init; }
+
+    /// <summary>Only builds a request of the listed account (of any account, listing all) tagged so.</summary>
+    public BuildTag? Tag { get; init; }
+}
+
+/// <summary>
+/// A label a request gave the builds it was for, as <c>name=value</c>: from <c>KILN_TAG_&lt;NAME&gt;=value</c> in an SSH
+/// session's environment (the name lower-cased, <c>_</c> read as <c>-</c>: <c>KILN_TAG_CI_RUN=123</c> is <c>ci-run=123</c>).
+/// </summary>
+public sealed record BuildTag(string Name, string Value)
+{
+    public const string EnvironmentPrefix = "KILN_TAG_";
+
+    /// <summary>At most this many tags per request; names and values at most <see cref="MaxLength"/> characters.</summary>
+    public const int MaxTags = 16;
+
+    public const int MaxLength = 128;
+
+    public override string ToString() => $"{Name}={Value}";
+
+    /// <summary>Parses <c>name=value</c>.</summary>
+    /// <exception cref="FormatException">It is not one.</exception>
+    public static BuildTag Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var equals = text.IndexOf('=', StringComparison.Ordinal);
+        return equals > 0 && Valid(text[..equals], text[(equals + 1)..]) is { } tag
+            ? tag
+            : throw new FormatException($"'{text}' is not a tag: name=value, the name of letters, digits, '-', '_' and '.', at most {MaxLength} characters each");
+    }
+
+    /// <summary>The tags in a session's environment (<c>KILN_TAG_*</c>); malformed ones and those past <see cref="MaxTags"/> are left out.</summary>
+    public static IReadOnlyList<BuildTag> FromEnvironment(IReadOnlyDictionary<string, string> environment)
+    {
+        ArgumentNullException.ThrowIfNull(environment);
+        return [.. environment.Where(v => v.Key.StartsWith(EnvironmentPrefix, StringComparison.Ordinal))
+            .OrderBy(v => v.Key, StringComparer.Ordinal)
+            .Select(v => Valid(v.Key[EnvironmentPrefix.Length..].ToLowerInvariant().Replace('_', '-'), v.Value))
+            .OfType<BuildTag>().Take(MaxTags)];
+    }
+
+    private static BuildTag? Valid(string name, string value) =>
+        name.Length is > 0 and <= MaxLength && value.Length <= MaxLength && name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.')
+        && value.All(c => c >= ' ' && c != 0x7f)
+            ? new BuildTag(name, value)
+            : null;
 }
 
 /// <summary>Where a build stands: running, or how it ended.</summary>
@@ -96,6 +142,12 @@ public interface IBuildMetadata
 
     /// <summary>Records that the build is (also) for <paramref name="account"/> (it joined, or reused the outputs).</summary>
     Task AddBuildAccountAsync(long id, long account, CancellationToken cancellationToken);
+
+    /// <summary>Adds the tags a request of <paramref name="account"/> gave the build (kept once each).</summary>
+    Task TagBuildAsync(long id, long account, IReadOnlyCollection<BuildTag> tags, CancellationToken cancellationToken);
+
+    /// <summary>The tags <paramref name="account"/>'s requests gave the build, ordered by name and value.</summary>
+    Task<IReadOnlyList<BuildTag>> GetBuildTagsAsync(long id, long account, CancellationToken cancellationToken);
 
     /// <summary>
     /// Marks as failed the builds still recorded as running whose step no live claim covers (their server stopped,

@@ -191,6 +191,13 @@ internal static class MetadataRows
             Filter("b.status = @status", "status", state switch { BuildState.Running => "running", BuildState.Built => "built", _ => "failed" });
         }
 
+        if (query.Tag is { } tag)
+        {
+            where.Add($"EXISTS (SELECT 1 FROM build_tags t WHERE t.build_id = b.id{(account is null ? "" : " AND t.account_id = @a")} AND t.name = @tag_name AND t.value = @tag_value)");
+            parameters.Add(("tag_name", tag.Name));
+            parameters.Add(("tag_value", tag.Value));
+        }
+
         if (query.Since is { } since)
         {
             Filter("b.started >= @since", "since", since);
@@ -205,6 +212,14 @@ internal static class MetadataRows
         var sql = $"SELECT {BuildColumns} FROM {from}{(where.Count == 0 ? "" : " WHERE " + string.Join(" AND ", where))} ORDER BY b.id DESC LIMIT @l";
         return (sql, parameters.ToArray());
     }
+
+    /// <summary>Tags a build (<c>@b</c>) for an account (<c>@a</c>): <c>@n</c>=<c>@v</c>, once.</summary>
+    public const string TagBuild = "INSERT INTO build_tags (build_id, account_id, name, value) VALUES (@b, @a, @n, @v) ON CONFLICT DO NOTHING";
+
+    /// <summary>The tags of a build (<c>@b</c>) for an account (<c>@a</c>).</summary>
+    public const string BuildTags = "SELECT name, value FROM build_tags WHERE build_id = @b AND account_id = @a ORDER BY name, value";
+
+    public static BuildTag ReadTag(DbDataReader reader) => new(reader.GetString(0), reader.GetString(1));
 
     public const string BuildColumns =
         "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs, b.agent";

@@ -37,6 +37,26 @@ public sealed partial class PostgresMetadataStore
             await link.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task TagBuildAsync(long id, long account, IReadOnlyCollection<BuildTag> tags, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(tags);
+        return tags.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+        {
+            foreach (var tag in tags)
+            {
+                using var insert = Command(connection, MetadataRows.TagBuild, transaction, ("b", id), ("a", account), ("n", tag.Name), ("v", tag.Value));
+                await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }, cancellationToken);
+    }
+
+    public Task<IReadOnlyList<BuildTag>> GetBuildTagsAsync(long id, long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<BuildTag>>(async connection =>
+        {
+            using var select = Command(connection, MetadataRows.BuildTags, null, ("b", id), ("a", account));
+            return await ReadAllAsync(select, MetadataRows.ReadTag, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
     public Task<int> AbandonRunningBuildsAsync(string reason, long now, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
