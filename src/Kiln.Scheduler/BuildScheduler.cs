@@ -57,8 +57,8 @@ public sealed partial class BuildScheduler
     /// <summary>Kiln's key, which signs outputs built from trusted inputs.</summary>
     internal SecretKey? BuildKey { get; }
 
-    /// <summary>The builder for one session, working in its view.</summary>
-    public IWorkerBuilder ForSession(StoreView view) => new SessionBuilder(this, view);
+    /// <summary>The builder for one session, working in its view; the builds it asks for get <paramref name="tags"/> for its account.</summary>
+    public IWorkerBuilder ForSession(StoreView view, IReadOnlyList<BuildTag>? tags = null) => new SessionBuilder(this, view, tags ?? []);
 
     /// <summary>Steps running now (shutdown waits for them to end).</summary>
     public Task DrainAsync()
@@ -88,7 +88,8 @@ public sealed partial class BuildScheduler
     }
 
     /// <summary>Runs the step with this key, or joins it if it is already running; the build is recorded as for <paramref name="accountId"/> too.</summary>
-    internal Task<StepOutcome> RunOrJoinAsync(string key, BuildJob job, JobRequirements requirements, long accountId, IBuildEvents events, BuildLimits sessionLimits, CancellationToken cancellationToken)
+    internal Task<StepOutcome> RunOrJoinAsync(string key, BuildJob job, JobRequirements requirements, long accountId, IReadOnlyList<BuildTag> tags, IBuildEvents events,
+        BuildLimits sessionLimits, CancellationToken cancellationToken)
     {
         RunningStep? step;
         StepOutcome? reused = null;
@@ -115,10 +116,10 @@ public sealed partial class BuildScheduler
         {
             // (The client is told outside the lock: its session writes to a socket.)
             events.Message(ReusingMessage(job.DrvPath, earlier.Outcome.StopTime));
-            return ReusedAsync(earlier, accountId, cancellationToken);
+            return ReusedAsync(earlier, accountId, tags, cancellationToken);
         }
 
-        return JoinAsync(step!, accountId, events, sessionLimits, cancellationToken);
+        return JoinAsync(step!, accountId, tags, events, sessionLimits, cancellationToken);
     }
 
     /// <summary>
@@ -155,18 +156,26 @@ public sealed partial class BuildScheduler
             ? $"kiln: reusing an earlier build of '{drvPath}'"
             : $"kiln: reusing a build of '{drvPath}' from {finished.UtcDateTime:yyyy-MM-dd HH:mm} UTC";
 
-    private async Task<StepOutcome> ReusedAsync(StepOutcome done, long accountId, CancellationToken cancellationToken)
+    private async Task<StepOutcome> ReusedAsync(StepOutcome done, long accountId, IReadOnlyList<BuildTag> tags, CancellationToken cancellationToken)
     {
         await Builds.AddBuildAccountAsync(done.BuildId, accountId, cancellationToken).ConfigureAwait(false);
+        await Builds.TagBuildAsync(done.BuildId, accountId, tags, cancellationToken).ConfigureAwait(false);
         return done with { Reused = true };
     }
 
-    private async Task<StepOutcome> JoinAsync(RunningStep step, long accountId, IBuildEvents events, BuildLimits sessionLimits, CancellationToken cancellationToken)
+    private async Task<StepOutcome> JoinAsync(RunningStep step, long accountId, IReadOnlyList<BuildTag> tags, IBuildEvents events, BuildLimits sessionLimits,
+        CancellationToken cancellationToken)
     {
         var joined = step.JoinAsync(events, sessionLimits, accountId, cancellationToken);
-        if (accountId != step.StartedFor && await step.BuildId.WaitAsync(cancellationToken).ConfigureAwait(false) is { } id)
+        var joiner = accountId != step.StartedFor;
+        if ((joiner || tags.Count > 0) && await step.BuildId.WaitAsync(cancellationToken).ConfigureAwait(false) is { } id)
         {
-            await Builds.AddBuildAccountAsync(id, accountId, cancellationToken).ConfigureAwait(false);
+            if (joiner)
+            {
+                await Builds.AddBuildAccountAsync(id, accountId, cancellationToken).ConfigureAwait(false);
+            }
+
+            await Builds.TagBuildAsync(id, accountId, tags, cancellationToken).ConfigureAwait(false);
         }
 
         return await joined.ConfigureAwait(false);

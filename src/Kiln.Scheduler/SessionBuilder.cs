@@ -20,11 +20,11 @@ namespace Kiln.Scheduler;
 /// signed with Kiln's key when the derivation and every input were globally trusted. Without keep-going, the first
 /// failure stops the request.
 /// </summary>
-internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) : IWorkerBuilder
+internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, IReadOnlyList<BuildTag> tags) : IWorkerBuilder
 {
     public async Task<IReadOnlyList<BuildResult>> BuildPathsAsync(IReadOnlyList<DerivedPath> targets, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
     {
-        using var request = new Request(scheduler, view, settings, events, cancellationToken);
+        using var request = new Request(scheduler, view, tags, settings, events, cancellationToken);
         var results = new List<Task<BuildResult>>();
         foreach (var target in targets)
         {
@@ -36,7 +36,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
 
     public async Task<BuildResult> BuildDerivationAsync(StorePath drvPath, Derivation derivation, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
     {
-        using var request = new Request(scheduler, view, settings, events, cancellationToken);
+        using var request = new Request(scheduler, view, tags, settings, events, cancellationToken);
         var step = await request.BuildBasicAsync(drvPath, derivation).ConfigureAwait(false);
         return step.ToBuildResult(null);
     }
@@ -66,6 +66,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
     {
         private readonly BuildScheduler _scheduler;
         private readonly StoreView _view;
+        private readonly IReadOnlyList<BuildTag> _tags;
         private readonly ClientBuildSettings _settings;
         private readonly IBuildEvents _events;
         private readonly CancellationTokenSource _stop;
@@ -77,10 +78,11 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
         private readonly DerivationHasher _hasher;
         private readonly Lock _hasherGate = new();
 
-        public Request(BuildScheduler scheduler, StoreView view, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
+        public Request(BuildScheduler scheduler, StoreView view, IReadOnlyList<BuildTag> tags, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
         {
             _scheduler = scheduler;
             _view = view;
+            _tags = tags;
             _settings = settings;
             _events = events;
             _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -337,6 +339,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
                     {
                         await RegisterAsync(drvPath, stored, trust, token).ConfigureAwait(false);
                         await _scheduler.Builds.AddBuildAccountAsync(record.Id, _view.AccountId, token).ConfigureAwait(false);
+                        await _scheduler.Builds.TagBuildAsync(record.Id, _view.AccountId, _tags, token).ConfigureAwait(false);
                         KilnMetrics.BuildsReused.Add(1);
                         _events.Message(BuildScheduler.ReusingMessage(drvPath, record.Stopped > 0 ? DateTimeOffset.FromUnixTimeSeconds(record.Stopped) : default));
                         return new Step(BuildStatus.Built, "", outputs);
@@ -359,7 +362,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view) :
             // another account's paths were the last to name) are built once more.
             for (var attempt = 1; ; attempt++)
             {
-                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation) with { GloballyTrusted = trust.IsGlobal() }, _view.AccountId, _events, ClientLimits(), token).ConfigureAwait(false);
+                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation) with { GloballyTrusted = trust.IsGlobal() }, _view.AccountId, _tags, _events, ClientLimits(), token).ConfigureAwait(false);
                 var outcome = result.Outcome;
                 if (!outcome.Succeeded)
                 {

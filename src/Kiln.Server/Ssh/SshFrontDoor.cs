@@ -213,7 +213,8 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     var command = string.Join(' ', header.Command.Split(' ', StringSplitOptions.RemoveEmptyEntries));
                     if (command is "nix-store --serve" or "nix-store --serve --write" && key.Permissions.HasFlag(KeyPermissions.StoreRead))
                     {
-                        var served = await ServeLegacyAsync(socket, stream, key, write: command.EndsWith("--write", StringComparison.Ordinal), sessionToken).ConfigureAwait(false);
+                        var served = await ServeLegacyAsync(socket, stream, key, write: command.EndsWith("--write", StringComparison.Ordinal),
+                            BuildTag.FromEnvironment(header.Environment), sessionToken).ConfigureAwait(false);
                         var servedEnd = Ended(served.CloseReason);
                         LogSession(logger, id, key.AccountName, key.Fingerprint, command, servedEnd, served.Operations, watch.Elapsed.TotalSeconds);
                         return;
@@ -261,7 +262,8 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
                     await AnswerAsync(stream, "ok", stoppingToken).ConfigureAwait(false);
                     using var view = store.OpenView(KilnStore.CallerForSshKey(key));
-                    var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, sessionToken).ConfigureAwait(false);
+                    var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, sessionToken,
+                        BuildTag.FromEnvironment(header.Environment)).ConfigureAwait(false);
                     var end = Ended(summary.CloseReason);
                     LogSession(logger, id, key.AccountName, key.Fingerprint, command, end, summary.Operations, watch.Elapsed.TotalSeconds);
                 }
@@ -283,7 +285,8 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     }
 
     // nix-store --serve: stdout on this connection, stderr on a second one the bridge opens with the token.
-    private async Task<SessionSummary> ServeLegacyAsync(Socket socket, NetworkStream stream, SshKeyRecord key, bool write, CancellationToken stoppingToken)
+    private async Task<SessionSummary> ServeLegacyAsync(Socket socket, NetworkStream stream, SshKeyRecord key, bool write, IReadOnlyList<BuildTag> tags,
+        CancellationToken stoppingToken)
     {
         var token = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16));
         var slot = new StderrSlot();
@@ -295,7 +298,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             using var view = store.OpenView(KilnStore.CallerForSshKey(key));
             const string ReadOnly = "Kiln: this session is read-only (nix-store --serve without --write)";
             var keyOptions = SessionOptions(key);
-            var serve = new Kiln.Protocol.Serve.ServeSession(view, scheduler.ForSession(view), new Kiln.Protocol.Serve.ServeSessionOptions
+            var serve = new Kiln.Protocol.Serve.ServeSession(view, scheduler.ForSession(view, tags), new Kiln.Protocol.Serve.ServeSessionOptions
             {
                 Limits = sessionOptions.Limits,
                 UploadsDenied = write ? keyOptions.UploadsDenied : ReadOnly,
