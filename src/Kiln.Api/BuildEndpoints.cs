@@ -16,7 +16,7 @@ internal static class BuildEndpoints
     private const int DefaultLimit = 50;
     private const int MaxLimit = 1000;
 
-    public static void Map(RouteGroupBuilder api, KilnStore store, IBuildControl control)
+    public static void Map(RouteGroupBuilder api, KilnStore store, IBuildControl control, LogLinks links)
     {
         api.MapGet("/me", (HttpContext context) =>
         {
@@ -24,37 +24,45 @@ internal static class BuildEndpoints
             return TypedResults.Ok(new MeDocument(caller.Account.Name, TokenDocument.Of(caller.Token), KeyPermissionNames.ToNames(caller.Token.Permissions)));
         }).WithSummary("The caller's account, token and permissions.");
 
-        api.MapGet("/builds", async Task<IResult> (HttpContext context, string? status, string? since, string? until, int? limit, string? cursor) =>
+        api.MapGet("/builds", async Task<IResult> (HttpContext context, string? status, string? tag, string? since, string? until, int? limit, string? cursor) =>
         {
             var caller = ApiCaller.Of(context);
             caller.Need(KeyPermissions.BuildRead);
-            var query = new BuildQuery
+            var query = Query(status, tag, since, until) with
             {
                 Limit = limit is null ? DefaultLimit : limit is >= 1 and <= MaxLimit ? limit.Value : throw Invalid($"limit must be 1 to {MaxLimit}"),
                 Before = cursor is null ? null : long.TryParse(cursor, NumberStyles.None, CultureInfo.InvariantCulture, out var before) ? before : throw Invalid("that cursor is not one this API gave"),
-                State = status switch
-                {
-                    null => null,
-                    "running" => BuildState.Running,
-                    "built" => BuildState.Built,
-                    "failed" => BuildState.Failed,
-                    _ => throw Invalid("status is running, built or failed"),
-                },
-                Since = Time(since, "since"),
-                Until = Time(until, "until"),
             };
             using var view = store.OpenView(caller.Caller);
             var builds = await view.ListBuildsAsync(query, context.RequestAborted).ConfigureAwait(false);
             return TypedResults.Ok(new BuildPage([.. builds.Select(b => BuildDocument.Of(b, caller.Caller.AccountId))],
                 builds.Count == query.Limit ? builds[^1].Id.ToString(CultureInfo.InvariantCulture) : null));
-        }).WithSummary("The caller's builds, newest first, a page at a time (pass the answer's next as cursor).")
+        }).WithSummary("The caller's builds, newest first, a page at a time (pass the answer's next as cursor); tag is name=value.")
           .Produces<BuildPage>().ProducesProblem(StatusCodes.Status400BadRequest).ProducesProblem(StatusCodes.Status403Forbidden);
+
+        api.MapGet("/builds/summary", async Task<IResult> (HttpContext context, string? tag, string? status, string? since, string? until, string? format) =>
+        {
+            var caller = ApiCaller.Of(context);
+            caller.Need(KeyPermissions.BuildRead);
+            using var view = store.OpenView(caller.Caller);
+            var expires = DateTimeOffset.UtcNow.AddDays(1);
+            var summary = await Summaries.SummarizeAsync(view, Query(status, tag, since, until),
+                async id => await links.LinkAsync(context.Request, id, expires).ConfigureAwait(false), context.RequestAborted).ConfigureAwait(false);
+            return format switch
+            {
+                null or "json" => TypedResults.Ok(summary),
+                "markdown" => TypedResults.Text(Summaries.Markdown(summary), "text/markdown; charset=utf-8"),
+                _ => throw Invalid("format is json or markdown"),
+            };
+        }).WithSummary("What the builds a tag (or a time span) selects came to, for a CI job's summary: counts, CPU and build time, the slowest, the failures with signed links to their logs (valid a day); format=markdown for Markdown.")
+          .Produces<SummaryDocument>().Produces<string>(contentType: "text/markdown").ProducesProblem(StatusCodes.Status400BadRequest);
 
         api.MapGet("/builds/{id:long}", async Task<IResult> (HttpContext context, long id) =>
         {
             var caller = ApiCaller.Of(context);
             var build = await VisibleBuildAsync(store, caller, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
-            return TypedResults.Ok(BuildDocument.Of(build, caller.Caller.AccountId));
+            var tags = await store.Builds.GetBuildTagsAsync(id, caller.Account.Id, context.RequestAborted).ConfigureAwait(false);
+            return TypedResults.Ok(BuildDocument.Of(build, caller.Caller.AccountId) with { Tags = [.. tags.Select(t => t.ToString())] });
         }).WithSummary("One build: derivation, outputs, status, times, CPU, memory, agent.")
           .Produces<BuildDocument>().ProducesProblem(StatusCodes.Status404NotFound);
 
@@ -141,6 +149,48 @@ internal static class BuildEndpoints
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
             // the client went away: nothing to answer
+        }
+    }
+
+    /// <summary>A signed link's log, without a token (<see cref="LogLinks"/>).</summary>
+    public static void MapSigned(IEndpointRouteBuilder routes, KilnStore store, LogLinks links) =>
+        routes.MapGet(LogLinks.Path + "/{id:long}/log", async Task<IResult> (HttpContext context, long id, long? expires, string? signature) =>
+        {
+            if (expires is null || !await links.ValidAsync(id, expires.Value, signature, DateTimeOffset.UtcNow).ConfigureAwait(false))
+            {
+                return Problems.Of(StatusCodes.Status403Forbidden, "forbidden", "this log link is not valid: it has expired, or it was altered");
+            }
+
+            var log = await store.Logs.OpenReadAsync(id, 0, context.RequestAborted).ConfigureAwait(false);
+            return log is null ? TypedResults.Text("", "text/plain; charset=utf-8") : TypedResults.Stream(log, "text/plain; charset=utf-8");
+        }).WithSummary("One build's log through a signed link (from a summary); no token.").WithTags("v1")
+          .Produces<string>(contentType: "text/plain").ProducesProblem(StatusCodes.Status403Forbidden);
+
+    // The filters /builds and /builds/summary share.
+    private static BuildQuery Query(string? status, string? tag, string? since, string? until) => new()
+    {
+        State = status switch
+        {
+            null => null,
+            "running" => BuildState.Running,
+            "built" => BuildState.Built,
+            "failed" => BuildState.Failed,
+            _ => throw Invalid("status is running, built or failed"),
+        },
+        Tag = tag is null ? null : ParseTag(tag),
+        Since = Time(since, "since"),
+        Until = Time(until, "until"),
+    };
+
+    private static BuildTag ParseTag(string text)
+    {
+        try
+        {
+            return BuildTag.Parse(text);
+        }
+        catch (FormatException e)
+        {
+            throw Invalid(e.Message);
         }
     }
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text.Json.Serialization;
 using Kiln.Accounts;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
@@ -21,6 +22,10 @@ public sealed record BuildDocument(long Id, string Derivation, string Status, st
             (build.CpuUserMicroseconds ?? 0) / 1e6, (build.CpuSystemMicroseconds ?? 0) / 1e6, build.PeakMemory, build.Agent,
             build.AccountId == viewer ? "started" : "shared", [.. build.Outputs.Select(o => new BuildOutputDocument(o.Name, o.Path.ToString()))]);
     }
+
+    /// <summary>The tags the caller's requests gave it (name=value), shown for one build; null in listings.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyList<string>? Tags { get; init; }
 
     /// <summary>running, built or failed (the values <c>?status=</c> takes).</summary>
     public static string StatusOf(BuildRecord build)

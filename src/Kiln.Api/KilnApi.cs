@@ -89,7 +89,9 @@ public static class KilnApi
                 return Problems.Of(e);
             }
         }).WithTags("v1");
-        BuildEndpoints.Map(api, store, builds);
+        var links = new LogLinks(store);
+        BuildEndpoints.Map(api, store, builds, links);
+        BuildEndpoints.MapSigned(routes, store, links);
         AccountEndpoints.Map(api, accounts);
         PathEndpoints.Map(api, store);
         // Anything else under the prefix is a problem document too, not the binary cache's plain 404.

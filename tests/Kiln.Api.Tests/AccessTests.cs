@@ -15,6 +15,8 @@ public sealed class AccessTests : ApiFixture
     [
         ("GET", "/api/v1/me", KeyPermissions.None, null),
         ("GET", "/api/v1/builds", KeyPermissions.BuildRead, null),
+        ("GET", "/api/v1/builds/summary", KeyPermissions.BuildRead, null),
+        ("GET", "/api/v1/builds/summary?format=markdown", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/builds/{build}", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/builds/{build}/log", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/builds/{build}/log?follow=1", KeyPermissions.BuildRead, null),

@@ -1,0 +1,51 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using Kiln.Store;
+using Microsoft.AspNetCore.Http;
+
+namespace Kiln.Api;
+
+/// <summary>
+/// Signed links to one build's log, for pasting into CI output without a token: <c>/api/v1/signed/builds/ID/log
+/// ?expires=UNIX&amp;signature=HEX</c>, an HMAC-SHA256 of the build id and the expiry under a key of this installation
+/// (a server secret in the database, so every front door honours every front door's links). A link reads that one
+/// log until it expires; changing the id or the expiry breaks the signature.
+/// </summary>
+public sealed class LogLinks(KilnStore store)
+{
+    public const string Path = KilnApi.Prefix + "/signed/builds";
+
+    /// <summary>The longest a link may live.</summary>
+    public static readonly TimeSpan MaxLifetime = TimeSpan.FromDays(7);
+
+    private readonly Lazy<Task<byte[]>> _key = new(async () => Convert.FromHexString(
+        await store.Settings.GetOrAddServerSecretAsync("api-log-links", Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)), CancellationToken.None)
+            .ConfigureAwait(false)));
+
+    /// <summary>An absolute link to build <paramref name="id"/>'s log, valid until <paramref name="expires"/>, on the host the request came to.</summary>
+    public async Task<string> LinkAsync(HttpRequest request, long id, DateTimeOffset expires)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var unix = expires.ToUnixTimeSeconds();
+        return $"{request.Scheme}://{request.Host}{Path}/{id}/log?expires={unix}&signature={await SignAsync(id, unix).ConfigureAwait(false)}";
+    }
+
+    /// <summary>Whether the signature is this installation's for that build and expiry, and the expiry is still ahead.</summary>
+    public async Task<bool> ValidAsync(long id, long expires, string? signature, DateTimeOffset now)
+    {
+        if (signature is null || signature.Length != 64 || expires <= now.ToUnixTimeSeconds())
+        {
+            return false;
+        }
+
+        var expected = Encoding.ASCII.GetBytes(await SignAsync(id, expires).ConfigureAwait(false));
+        return CryptographicOperations.FixedTimeEquals(expected, Encoding.ASCII.GetBytes(signature.ToLowerInvariant()));
+    }
+
+    private async Task<string> SignAsync(long id, long expires)
+    {
+        var key = await _key.Value.ConfigureAwait(false);
+        return Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"kiln-build-log:{id}:{expires}"))));
+    }
+}

@@ -1,0 +1,100 @@
+using System.Globalization;
+using System.Text;
+using Kiln.Store;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Api;
+
+/// <summary>What a CI job's builds came to: counts by outcome, time, the slowest builds and the failures with links to their logs.</summary>
+/// <param name="Built">Builds this account's requests started that succeeded.</param>
+/// <param name="Reused">Successful builds the requests got without building: another request's or account's build joined or reused.</param>
+/// <param name="Truncated">More builds matched than a summary counts (<see cref="Summaries.MaxBuilds"/>).</param>
+public sealed record SummaryDocument(string? Tag, int Builds, int Built, int Reused, int Failed, int Running, double CpuSeconds, long BuildSeconds, bool Truncated,
+    IReadOnlyList<BuildDocument> Slowest, IReadOnlyList<FailureDocument> Failures);
+
+/// <summary>A failed build in a summary, with a link to its log (signed, when the summary was made over HTTP).</summary>
+public sealed record FailureDocument(long Id, string Derivation, string Failure, string Error, string? Log);
+
+/// <summary>Summaries of the builds a query selects in a view: the API's <c>/builds/summary</c>, the shell's and the CLI's <c>ci summary</c>.</summary>
+public static class Summaries
+{
+    public const int MaxBuilds = 10_000;
+
+    private const int Slowest = 5;
+
+    public static async Task<SummaryDocument> SummarizeAsync(StoreView view, BuildQuery query, Func<long, Task<string?>> logLink, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(view);
+        ArgumentNullException.ThrowIfNull(logLink);
+        var builds = new List<BuildRecord>();
+        while (builds.Count < MaxBuilds)
+        {
+            var page = await view.ListBuildsAsync(query with { Limit = 1000, Before = builds.Count == 0 ? query.Before : builds[^1].Id }, cancellationToken).ConfigureAwait(false);
+            builds.AddRange(page);
+            if (page.Count < 1000)
+            {
+                break;
+            }
+        }
+
+        var documents = builds.Take(MaxBuilds).Select(b => BuildDocument.Of(b, view.AccountId)).ToList();
+        var failures = new List<FailureDocument>();
+        foreach (var failed in documents.Where(d => d.Status == "failed"))
+        {
+            failures.Add(new FailureDocument(failed.Id, failed.Derivation, failed.Failure, failed.Error, await logLink(failed.Id).ConfigureAwait(false)));
+        }
+
+        return new SummaryDocument(query.Tag?.ToString(), documents.Count,
+            documents.Count(d => d.Status == "built" && d.Relation == "started"), documents.Count(d => d.Status == "built" && d.Relation == "shared"),
+            failures.Count, documents.Count(d => d.Status == "running"), Math.Round(documents.Sum(d => d.CpuUserSeconds + d.CpuSystemSeconds), 2),
+            documents.Sum(d => d.Seconds), builds.Count > MaxBuilds, [.. documents.Where(d => d.Status != "running").OrderByDescending(d => d.Seconds).Take(Slowest)], failures);
+    }
+
+    /// <summary>The summary as Markdown, for a CI job's summary page (GitHub's <c>$GITHUB_STEP_SUMMARY</c>, GitLab's reports).</summary>
+    public static string Markdown(SummaryDocument summary)
+    {
+        ArgumentNullException.ThrowIfNull(summary);
+        var text = new StringBuilder();
+        var culture = CultureInfo.InvariantCulture;
+        text.Append(culture, $"### Kiln builds{(summary.Tag is null ? "" : $" for `{summary.Tag}`")}\n\n");
+        text.Append("| built | reused | failed | running | CPU time | build time |\n|---:|---:|---:|---:|---:|---:|\n");
+        text.Append(culture, $"| {summary.Built} | {summary.Reused} | {summary.Failed} | {summary.Running} | {Duration(summary.CpuSeconds)} | {Duration(summary.BuildSeconds)} |\n");
+        if (summary.Truncated)
+        {
+            text.Append(culture, $"\n(the first {MaxBuilds} builds only)\n");
+        }
+
+        if (summary.Failures.Count > 0)
+        {
+            text.Append("\n#### Failed\n\n");
+            foreach (var failure in summary.Failures)
+            {
+                var error = failure.Error.Length > 0 ? $": {Escape(failure.Error)}" : "";
+                text.Append(culture, $"- `{Escape(Name(failure.Derivation))}`{error}{(failure.Log is null ? "" : $" ([log]({failure.Log}))")}\n");
+            }
+        }
+
+        if (summary.Slowest.Count > 0)
+        {
+            text.Append("\n#### Slowest\n\n");
+            foreach (var build in summary.Slowest)
+            {
+                text.Append(culture, $"- `{Escape(Name(build.Derivation))}` {Duration(build.Seconds)} ({build.Status}{(build.Relation == "shared" ? ", reused" : "")})\n");
+            }
+        }
+
+        return text.ToString();
+    }
+
+    private static string Name(string derivation) => derivation.Length > 44 && derivation.StartsWith("/nix/store/", StringComparison.Ordinal) ? derivation[44..] : derivation;
+
+    // Table cells and list items must stay one line, and a derivation name must not open a link or code span.
+    private static string Escape(string text) => text.ReplaceLineEndings(" ").Replace("|", "\\|", StringComparison.Ordinal).Replace("`", "'", StringComparison.Ordinal);
+
+    private static string Duration(double seconds) => seconds switch
+    {
+        < 60 => string.Create(CultureInfo.InvariantCulture, $"{seconds:0.#} s"),
+        < 3600 => string.Create(CultureInfo.InvariantCulture, $"{Math.Floor(seconds / 60)} min {seconds % 60:0} s"),
+        _ => string.Create(CultureInfo.InvariantCulture, $"{Math.Floor(seconds / 3600)} h {Math.Floor(seconds % 3600 / 60)} min"),
+    };
+}

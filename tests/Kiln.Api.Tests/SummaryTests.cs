@@ -1,0 +1,78 @@
+using System.Text.Json;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+using Microsoft.AspNetCore.Http;
+
+namespace Kiln.Api.Tests;
+
+/// <summary>CI summaries by tag, and the signed log links they carry.</summary>
+public sealed class SummaryTests : ApiFixture
+{
+    [Fact]
+    public async Task A_tags_summary_counts_built_reused_and_failed_builds_and_links_failed_logs()
+    {
+        var token = await TokenAsync("alice", KeyPermissions.BuildRead);
+        var alice = await Store.Accounts.GetOrCreateAccountAsync("alice", default);
+        var bob = await Store.Accounts.GetOrCreateAccountAsync("bob", default);
+        BuildTag[] run1 = [BuildTag.Parse("ci-run=1")];
+        foreach (var name in new[] { "one", "two" })
+        {
+            await Store.Builds.TagBuildAsync(await BuildAsync("alice", name, started: 1000), alice, run1, default);
+        }
+
+        var reused = await BuildAsync("bob", "bobs", started: 900); // Bob built it; Alice's run reused it
+        await Store.Builds.AddBuildAccountAsync(reused, alice, default);
+        await Store.Builds.TagBuildAsync(reused, alice, run1, default);
+        var failed = await BuildAsync("alice", "broken", succeeded: false, log: ["it broke | badly"]);
+        await Store.Builds.TagBuildAsync(failed, alice, run1, default);
+        await Store.Builds.TagBuildAsync(await BuildAsync("alice", "other-run"), alice, [BuildTag.Parse("ci-run=2")], default);
+        await Store.Builds.TagBuildAsync(reused, bob, [BuildTag.Parse("ci-run=1")], default); // Bob's own tag: not Alice's
+
+        var (status, body, _) = await GetAsync("/api/v1/builds/summary?tag=ci-run=1", token);
+        Assert.True(status == 200, body);
+        var summary = JsonDocument.Parse(body).RootElement;
+        Assert.Equal((4, 2, 1, 1, 0), (summary.GetProperty("builds").GetInt32(), summary.GetProperty("built").GetInt32(), summary.GetProperty("reused").GetInt32(),
+            summary.GetProperty("failed").GetInt32(), summary.GetProperty("running").GetInt32()));
+        Assert.Equal(10.0, summary.GetProperty("cpuSeconds").GetDouble()); // 2.5 s each
+        Assert.Equal(12, summary.GetProperty("buildSeconds").GetInt64());
+        var link = Assert.Single(summary.GetProperty("failures").EnumerateArray()).GetProperty("log").GetString()!;
+
+        // The link reads that log without a token; altered or expired, it reads nothing.
+        var path = new Uri(link).PathAndQuery;
+        Assert.Equal((200, "it broke | badly\n"), (await GetAsync(path, null)) is var (s, b, _) ? (s, b) : default);
+        var other = await BuildAsync("alice", "secret", log: ["hunter2"]);
+        foreach (var altered in new[]
+        {
+            path.Replace($"/{failed}/", $"/{other}/", StringComparison.Ordinal),
+            path.Replace("expires=", "expires=1", StringComparison.Ordinal),
+            path[..^1] + (path[^1] == '0' ? '1' : '0'),
+            path[..path.IndexOf("&signature", StringComparison.Ordinal)],
+        })
+        {
+            var (alteredStatus, alteredBody, _) = await GetAsync(altered, null);
+            Assert.True(alteredStatus == 403, $"{altered}: {alteredStatus} {alteredBody}");
+            Assert.DoesNotContain("hunter2", alteredBody, StringComparison.Ordinal);
+        }
+
+        var expired = await new LogLinks(Store).LinkAsync(new DefaultHttpContext { Request = { Scheme = "http", Host = new HostString("kiln") } }.Request,
+            failed, DateTimeOffset.UtcNow.AddSeconds(-1));
+        Assert.Equal(403, (await GetAsync(new Uri(expired).PathAndQuery, null)).Status);
+        var fresh = await new LogLinks(Store).LinkAsync(new DefaultHttpContext { Request = { Scheme = "http", Host = new HostString("kiln") } }.Request,
+            failed, DateTimeOffset.UtcNow.AddMinutes(1));
+        Assert.Equal(200, (await GetAsync(new Uri(fresh).PathAndQuery, null)).Status);
+
+        // Markdown: the same counts, the failure escaped onto one line with its link.
+        var markdown = await GetAsync("/api/v1/builds/summary?tag=ci-run=1&format=markdown", token);
+        Assert.Equal("text/markdown", markdown.ContentType);
+        Assert.Contains("| 2 | 1 | 1 | 0 | 10 s | 12 s |", markdown.Body, StringComparison.Ordinal);
+        Assert.Contains("- `broken.drv`: builder failed with exit code 1 ([log](http", markdown.Body, StringComparison.Ordinal);
+
+        // The filter on listings, and a build's own tags.
+        var listed = JsonDocument.Parse((await GetAsync("/api/v1/builds?tag=ci-run=2", token)).Body).RootElement.GetProperty("builds");
+        Assert.Single(listed.EnumerateArray());
+        var shown = JsonDocument.Parse((await GetAsync($"/api/v1/builds/{reused}", token)).Body).RootElement;
+        Assert.Equal(["ci-run=1"], shown.GetProperty("tags").EnumerateArray().Select(t => t.GetString()));
+        Assert.Equal(400, (await GetAsync("/api/v1/builds?tag=novalue", token)).Status);
+        Assert.Equal(400, (await GetAsync("/api/v1/builds/summary?format=pdf", token)).Status);
+    }
+}
