@@ -28,6 +28,7 @@ internal static class KilnCommand
         ["agent-token"] = AgentCommands.AgentTokens,
         ["agents"] = AgentCommands.Agents,
         ["builder"] = BuilderCommands.Builder,
+        ["ci"] = CiCommands.Ci,
     };
 
     public static async Task<int> RunAsync(string[] args)
