@@ -166,6 +166,9 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     // ---- HTTP tokens ----
 
+    /// <summary>The longest description a token may have.</summary>
+    public const int MaxDescription = 200;
+
     /// <summary>Creates a token; its secret is returned once, only its hash is kept.</summary>
     public async Task<(string Secret, TokenRecord Token)> CreateTokenAsync(Actor actor, AccountRecord account, KeyPermissions permissions, DateTimeOffset? expires,
         string description, CancellationToken cancellationToken)
@@ -178,7 +181,19 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
             throw new KilnException(ErrorKind.Invalid, "a token needs at least one permission");
         }
 
+        if (description.Length > MaxDescription || description.Any(char.IsControl))
+        {
+            // It is printed in listings, on the operator's terminal too: one line of text, nothing a terminal obeys.
+            throw new KilnException(ErrorKind.Invalid, $"a token's description is one line of at most {MaxDescription} printable characters");
+        }
+
         CannotGrantMore(actor, permissions, "grant");
+        if (actor.Token?.Expires is { } parentExpires && (expires is null || expires.Value.ToUnixTimeSeconds() > parentExpires))
+        {
+            // A token cannot outlive the token that made it: a leaked short-lived token must not mint a lasting one.
+            expires = DateTimeOffset.FromUnixTimeSeconds(parentExpires);
+        }
+
         var secret = AccessToken.Generate();
         var token = await accounts.AddTokenAsync(account.Id, AccessToken.Hash(secret), description, permissions, expires?.ToUnixTimeSeconds(), cancellationToken)
             .ConfigureAwait(false);
@@ -196,6 +211,11 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     {
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
+        if (actor.Token?.Id != id && (await accounts.ListTokensAsync(account.Id, cancellationToken).ConfigureAwait(false)).FirstOrDefault(t => t.Id == id) is { } target)
+        {
+            CannotGrantMore(actor, target.Permissions, "revoke a token with"); // a narrow token cannot take the account's stronger ones away
+        }
+
         if (!await accounts.RevokeTokenAsync(account.Id, id, cancellationToken).ConfigureAwait(false))
         {
             throw new KilnException(ErrorKind.NotFound, $"the account '{account.Name}' has no token {id} that is not revoked already");
@@ -234,7 +254,8 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     public async Task<AccountSettings> SettingsAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
     {
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
-        Need(actor, account, KeyPermissions.None);
+        // Substituter addresses can carry credentials of their own: only those who manage the account read them.
+        Need(actor, account, KeyPermissions.AccountWrite);
         var upstream = await settings.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
         var isPublic = (await accounts.GetPublicCacheAccountsAsync(cancellationToken).ConfigureAwait(false)).Contains(account.Id);
         return new AccountSettings(account.Name, isPublic, upstream.Substituters, upstream.TrustedPublicKeys, upstream.Netrc.Length > 0);

@@ -16,9 +16,12 @@ public sealed class ApiCaller
 {
     private static readonly object ItemKey = new();
 
-    internal ApiCaller(TokenRecord token)
+    private readonly string _secret;
+
+    internal ApiCaller(TokenRecord token, string secret)
     {
         Token = token;
+        _secret = secret;
         Actor = Actor.ForToken(token);
         Caller = KilnStore.CallerForToken(token);
     }
@@ -39,6 +42,13 @@ public sealed class ApiCaller
         {
             throw new KilnException(ErrorKind.Forbidden, $"this token lacks the {KeyPermissionNames.Format(permission)} permission");
         }
+    }
+
+    /// <summary>Whether the token is still valid (not revoked, not expired): what a long answer asks now and then.</summary>
+    public async Task<bool> StillValidAsync(KilnStore store, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        return await store.FindValidTokenAsync(_secret, cancellationToken).ConfigureAwait(false) is { } now && now.Id == Token.Id;
     }
 
     internal static ApiCaller Of(HttpContext context) =>

@@ -18,6 +18,7 @@ internal static class BuildEndpoints
 
     public static void Map(RouteGroupBuilder api, KilnStore store, IBuildControl control, LogLinks links)
     {
+        var followers = new Followers();
         api.MapGet("/me", (HttpContext context) =>
         {
             var caller = ApiCaller.Of(context);
@@ -88,7 +89,21 @@ internal static class BuildEndpoints
             var wantsEvents = follow is "1" or "true" || context.Request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.Ordinal);
             if (wantsEvents)
             {
-                await FollowAsync(context, store, build).ConfigureAwait(false);
+                if (!followers.TryEnter(caller.Account.Id))
+                {
+                    return Problems.Of(StatusCodes.Status429TooManyRequests, "too-many-followers",
+                        $"this account follows {Followers.PerAccount} logs already; close one first");
+                }
+
+                try
+                {
+                    await FollowAsync(context, store, build).ConfigureAwait(false);
+                }
+                finally
+                {
+                    followers.Leave(caller.Account.Id);
+                }
+
                 return TypedResults.Empty;
             }
 
@@ -117,7 +132,11 @@ internal static class BuildEndpoints
         response.Headers.CacheControl = "no-cache";
         response.Headers["X-Accel-Buffering"] = "no"; // nginx in front: pass events on as they come
         var resumeAfter = long.TryParse(context.Request.Headers["Last-Event-ID"].ToString(), NumberStyles.None, CultureInfo.InvariantCulture, out var last) ? last : 0;
-        var cancel = context.RequestAborted;
+        // The token is looked at again every half minute: revoked or expired, it stops receiving.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted);
+        var cancel = stop.Token;
+        var caller = ApiCaller.Of(context);
+        var recheck = RecheckAsync(store, caller, stop);
         var writer = response.BodyWriter;
         long number = 0;
         try
@@ -148,7 +167,12 @@ internal static class BuildEndpoints
         }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested)
         {
-            // the client went away: nothing to answer
+            // the client went away, or its token is no longer valid: nothing more to send
+        }
+        finally
+        {
+            await stop.CancelAsync().ConfigureAwait(false);
+            await recheck.ConfigureAwait(false);
         }
     }
 
@@ -165,6 +189,62 @@ internal static class BuildEndpoints
             return log is null ? TypedResults.Text("", "text/plain; charset=utf-8") : TypedResults.Stream(log, "text/plain; charset=utf-8");
         }).WithSummary("One build's log through a signed link (from a summary); no token.").WithTags("v1")
           .Produces<string>(contentType: "text/plain").ProducesProblem(StatusCodes.Status403Forbidden);
+
+    private static async Task RecheckAsync(KilnStore store, ApiCaller caller, CancellationTokenSource stop)
+    {
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(RecheckInterval, stop.Token).ConfigureAwait(false);
+                if (!await caller.StillValidAsync(store, stop.Token).ConfigureAwait(false))
+                {
+                    await stop.CancelAsync().ConfigureAwait(false);
+                    return;
+                }
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // the stream ended
+        }
+    }
+
+    internal static TimeSpan RecheckInterval { get; set; } = TimeSpan.FromSeconds(30);
+
+    // How many logs each account follows at once (each holds a connection and a file): a bound per account.
+    private sealed class Followers
+    {
+        public const int PerAccount = 32;
+
+        private readonly Dictionary<long, int> _counts = [];
+
+        public bool TryEnter(long account)
+        {
+            lock (_counts)
+            {
+                var count = _counts.GetValueOrDefault(account);
+                if (count >= PerAccount)
+                {
+                    return false;
+                }
+
+                _counts[account] = count + 1;
+                return true;
+            }
+        }
+
+        public void Leave(long account)
+        {
+            lock (_counts)
+            {
+                if (--_counts[account] == 0)
+                {
+                    _counts.Remove(account);
+                }
+            }
+        }
+    }
 
     // The filters /builds and /builds/summary share.
     private static BuildQuery Query(string? status, string? tag, string? since, string? until) => new()

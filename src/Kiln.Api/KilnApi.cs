@@ -3,6 +3,7 @@ using Kiln.Protocol;
 using Kiln.Store;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -52,6 +53,9 @@ public static class KilnApi
         return services;
     }
 
+    /// <summary>The most a request to the API may send (a new token's description is the largest thing it takes).</summary>
+    public const long MaxRequestBody = 64 * 1024;
+
     /// <summary>
     /// Puts the API into <paramref name="app"/>'s pipeline at this point: requests under <see cref="Prefix"/> are answered
     /// here; everything else goes on to what comes next.
@@ -59,27 +63,47 @@ public static class KilnApi
     public static void UseKilnApi(this WebApplication app, KilnStore store, AccountService accounts, IBuildControl builds)
     {
         ArgumentNullException.ThrowIfNull(app);
-        app.UseWhen(context => context.Request.Path.StartsWithSegments(Prefix, StringComparison.Ordinal), api => api.UseStatusCodePages());
+        app.UseWhen(context => context.Request.Path.StartsWithSegments(Prefix, StringComparison.OrdinalIgnoreCase), api =>
+        {
+            api.UseStatusCodePages();
+            // The token is checked before routing runs an endpoint, which would read and parse a request's body first:
+            // a caller without one gets nothing read, and nobody sends more than a small body.
+            api.Use(async (context, next) =>
+            {
+                if (context.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit)
+                {
+                    limit.MaxRequestBodySize = MaxRequestBody;
+                }
+
+                if (!Anonymous(context.Request.Path))
+                {
+                    var token = context.Request.Headers.Authorization.ToString() is { } header && header.StartsWith("Bearer ", StringComparison.Ordinal) ? header[7..].Trim() : "";
+                    if (await store.FindValidTokenAsync(token, context.RequestAborted).ConfigureAwait(false) is not { } record)
+                    {
+                        await Problems.Unauthorized(context).ExecuteAsync(context).ConfigureAwait(false);
+                        return;
+                    }
+
+                    new ApiCaller(record, token).Attach(context);
+                }
+
+                await next(context).ConfigureAwait(false);
+            });
+        });
         app.UseRouting();
         app.MapKilnApi(store, accounts, builds);
         app.UseEndpoints(_ => { });
     }
 
-    /// <summary>Maps every endpoint under <see cref="Prefix"/>.</summary>
-    public static void MapKilnApi(this IEndpointRouteBuilder routes, KilnStore store, AccountService accounts, IBuildControl builds)
+    // What answers without a token: the API's description, and signed log links (their signature is the credential).
+    private static bool Anonymous(PathString path) =>
+        path.Equals(OpenApiPath, StringComparison.OrdinalIgnoreCase) || path.StartsWithSegments(LogLinks.Path, StringComparison.OrdinalIgnoreCase);
+
+    private static void MapKilnApi(this IEndpointRouteBuilder routes, KilnStore store, AccountService accounts, IBuildControl builds)
     {
-        ArgumentNullException.ThrowIfNull(routes);
         routes.MapOpenApi(OpenApiPath);
         var api = routes.MapGroup(Prefix).AddEndpointFilter(async (invocation, next) =>
         {
-            var context = invocation.HttpContext;
-            var token = context.Request.Headers.Authorization.ToString() is { } header && header.StartsWith("Bearer ", StringComparison.Ordinal) ? header[7..].Trim() : "";
-            if (await store.FindValidTokenAsync(token, context.RequestAborted).ConfigureAwait(false) is not { } record)
-            {
-                return Problems.Unauthorized(context);
-            }
-
-            new ApiCaller(record).Attach(context);
             try
             {
                 return await next(invocation).ConfigureAwait(false);

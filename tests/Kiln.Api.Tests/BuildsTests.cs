@@ -117,6 +117,54 @@ public sealed class BuildsTests : ApiFixture
     }
 
     [Fact]
+    public async Task A_followed_log_stops_when_its_token_is_revoked_and_an_account_follows_a_bounded_number()
+    {
+        var cancel = TestContext.Current.CancellationToken;
+        BuildEndpoints.RecheckInterval = TimeSpan.FromMilliseconds(200);
+        var token = await TokenAsync("alice", KeyPermissions.BuildRead | KeyPermissions.AccountWrite);
+        var id = await BuildAsync("alice", "forever", running: true);
+        using var writer = Store.Logs.Create(id);
+        writer.AppendLine("first");
+        var streams = new List<HttpResponseMessage>();
+        try
+        {
+            for (var i = 0; i < 32; i++)
+            {
+                streams.Add(await FollowAsync(token, id, cancel));
+                Assert.Equal(System.Net.HttpStatusCode.OK, streams[^1].StatusCode);
+            }
+
+            using (var refused = await FollowAsync(token, id, cancel))
+            {
+                Assert.Equal(429, (int)refused.StatusCode);
+            }
+
+            // Revoked (by another token of the account): the open streams end without the build ending.
+            var other = await TokenAsync("alice");
+            var tokenId = JsonDocument.Parse((await GetAsync("/api/v1/me", token)).Body).RootElement.GetProperty("token").GetProperty("id").GetInt64();
+            Assert.Equal(204, (await SendAsync(HttpMethod.Delete, $"/api/v1/tokens/{tokenId}", other)).Status);
+            using var events = new StreamReader(await streams[0].Content.ReadAsStreamAsync(cancel));
+            using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+            timeout.CancelAfter(TimeSpan.FromSeconds(10));
+            var text = await events.ReadToEndAsync(timeout.Token);
+            Assert.Contains("data: first", text, StringComparison.Ordinal);
+            Assert.DoesNotContain("event: end", text, StringComparison.Ordinal);
+        }
+        finally
+        {
+            streams.ForEach(s => s.Dispose());
+            BuildEndpoints.RecheckInterval = TimeSpan.FromSeconds(30);
+        }
+    }
+
+    private async Task<HttpResponseMessage> FollowAsync(string token, long id, CancellationToken cancellationToken)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"/api/v1/builds/{id}/log?follow=1");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        return await Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
+    }
+
+    [Fact]
     public async Task The_OpenAPI_document_lists_every_endpoint_and_its_problems()
     {
         var (status, body, _) = await GetAsync(KilnApi.OpenApiPath, token: null);

@@ -44,6 +44,22 @@ public sealed class ApiTests
         Assert.Contains("it broke", failedLog, StringComparison.Ordinal);
         Assert.Empty((await GetJsonAsync(http, "/api/v1/builds", bobToken, cancel)).GetProperty("builds").EnumerateArray());
 
+        // Kestrel holds the API to small bodies: over the limit is 413 with a token; without one, 401 before any is read.
+        foreach (var (token, expected) in new[] { (aliceToken, System.Net.HttpStatusCode.RequestEntityTooLarge), (null, System.Net.HttpStatusCode.Unauthorized) })
+        {
+            using var large = new HttpRequestMessage(HttpMethod.Post, "/api/v1/tokens")
+            {
+                Content = new StringContent($$"""{"description":"{{new string('A', 1 << 20)}}"}""", System.Text.Encoding.UTF8, "application/json"),
+            };
+            if (token is not null)
+            {
+                large.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
+            }
+
+            using var refused = await http.SendAsync(large, cancel);
+            Assert.Equal(expected, refused.StatusCode);
+        }
+
         // A build that prints a line every 0.3 s: its log, followed while it runs, arrives line by line, in order.
         var ticking = Dag.WriteSingle(client, workspace, "api-ticks", $"echo {salt}; for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.3; done; mkdir $out");
         var run = Task.Run(() => client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Store, ticking, "--no-out-link"]), cancel);
