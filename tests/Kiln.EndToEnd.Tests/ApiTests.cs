@@ -170,6 +170,60 @@ public sealed class ApiTests
         Assert.Contains("cancelled through Kiln's API", build.GetProperty("error").GetString(), StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_CI_runs_tagged_builds_are_summed_up_by_kiln_ci_summary_with_log_links_that_need_no_token()
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: true, http: true);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        var bob = SshTests.NewLogin(client, kiln, "bob");
+        var token = kiln.Cli("token", "create", "alice", "--permissions", "build:read").Split('\n')[0];
+        var salt = Guid.NewGuid().ToString("N");
+        var cancel = TestContext.Current.CancellationToken;
+
+        // Bob builds a 4-derivation DAG; Alice's CI run (tagged ci-run=7 by its SSH environment) asks for the same DAG (reused),
+        // one new derivation (built) and one that fails.
+        var dag = Dag.Write(client, workspace, "cidag", depth: 2, width: 2, salt: salt);
+        client.Ok(kiln, [.. bob.Environment, "nix-build", "--store", Store, dag, "--no-out-link"]);
+        string[] tagged = [.. alice.Environment[..^1], alice.Environment[^1] + " -o SetEnv=KILN_TAG_CI_RUN=7"];
+        client.Ok(kiln, [.. tagged, "nix-build", "--store", Store, dag, "--no-out-link"]);
+        client.Ok(kiln, [.. tagged, "nix-build", "--store", Store, Dag.WriteSingle(client, workspace, "ci-new", $"echo {salt}; mkdir $out"), "--no-out-link"]);
+        Assert.NotEqual(0, client.Run(kiln, [.. tagged, "nix-build", "--store", Store,
+            Dag.WriteSingle(client, workspace, "ci-fails", $"echo {salt}; echo the test suite failed; exit 1"), "--no-out-link"]).ExitCode);
+        // An untagged build of Alice's is not part of the run.
+        client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, Dag.WriteSingle(client, workspace, "ci-other", $"echo {salt}; mkdir $out"), "--no-out-link"]);
+
+        // The records the summary is made from: six builds for the run.
+        using var http = new HttpClient { BaseAddress = new Uri(kiln.HttpUrl) };
+        var records = (await GetJsonAsync(http, "/api/v1/builds?tag=ci-run=7", token, cancel)).GetProperty("builds").EnumerateArray().ToList();
+        Assert.Equal(6, records.Count);
+        Assert.Equal(4, records.Count(b => b.GetProperty("relation").GetString() == "shared" && b.GetProperty("status").GetString() == "built"));
+
+        var environment = new Dictionary<string, string> { ["KILN_TOKEN"] = token };
+        var markdown = global::Kiln.Nix.Tests.Support.Processes.Run("dotnet", [KilnProcess.Dll, "ci", "summary", "--server", kiln.HttpUrl, "--tag", "ci-run=7"],
+            environment: environment);
+        Assert.True(markdown.ExitCode == 0, markdown.Stderr);
+        Assert.Contains("### Kiln builds for `ci-run=7`", markdown.StdoutText, StringComparison.Ordinal);
+        Assert.Contains("| 1 | 4 | 1 | 0 |", markdown.StdoutText, StringComparison.Ordinal); // built, reused, failed, running
+        Assert.Matches(@"- `ci-fails\.drv`: .*\(\[log\]\(http://127\.0\.0\.1:[0-9]+/api/v1/signed/builds/[0-9]+/log\?expires=[0-9]+&signature=[0-9a-f]{64}\)\)", markdown.StdoutText);
+        Assert.DoesNotContain("ci-other", markdown.StdoutText, StringComparison.Ordinal);
+
+        var json = global::Kiln.Nix.Tests.Support.Processes.Run("dotnet", [KilnProcess.Dll, "ci", "summary", "--server", kiln.HttpUrl, "--tag", "ci-run=7", "--format", "json"],
+            environment: environment);
+        var link = JsonDocument.Parse(json.StdoutText).RootElement.GetProperty("failures")[0].GetProperty("log").GetString()!;
+        using var anonymous = new HttpClient();
+        Assert.Contains("the test suite failed", await anonymous.GetStringAsync(link, cancel), StringComparison.Ordinal);
+        using var tampered = await anonymous.GetAsync(link.Replace("expires=", "expires=9", StringComparison.Ordinal), cancel);
+        Assert.Equal(System.Net.HttpStatusCode.Forbidden, tampered.StatusCode);
+
+        var refused = global::Kiln.Nix.Tests.Support.Processes.Run("dotnet", [KilnProcess.Dll, "ci", "summary", "--server", kiln.HttpUrl, "--tag", "ci-run=7"],
+            environment: new Dictionary<string, string> { ["KILN_TOKEN"] = "kiln_" + new string('0', 48) });
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("401", refused.Stderr, StringComparison.Ordinal);
+    }
+
     private static async Task<string> GetStringAsync(HttpClient http, string path, string token, CancellationToken cancellationToken)
     {
         using var request = new HttpRequestMessage(HttpMethod.Get, path);
