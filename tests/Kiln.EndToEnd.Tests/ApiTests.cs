@@ -218,6 +218,15 @@ public sealed class ApiTests
         using var tampered = await anonymous.GetAsync(link.Replace("expires=", "expires=9", StringComparison.Ordinal), cancel);
         Assert.Equal(System.Net.HttpStatusCode.Forbidden, tampered.StatusCode);
 
+        // The same summary from the SSH shell (without links: the shell knows no HTTP address), and the tag's builds listed.
+        var shell = SshTests.Shell(kiln, alice, null, "kiln", "ci", "summary", "--tag", "ci-run=7");
+        Assert.True(shell.ExitCode == 0, shell.Stderr);
+        Assert.Contains("| 1 | 4 | 1 | 0 |", shell.StdoutText, StringComparison.Ordinal);
+        using (var listed = JsonDocument.Parse(SshTests.Shell(kiln, alice, null, "kiln", "builds", "list", "--tag", "ci-run=7", "--json").StdoutText))
+        {
+            Assert.Equal(6, listed.RootElement.GetArrayLength());
+        }
+
         var refused = global::Kiln.Nix.Tests.Support.Processes.Run("dotnet", [KilnProcess.Dll, "ci", "summary", "--server", kiln.HttpUrl, "--tag", "ci-run=7"],
             environment: new Dictionary<string, string> { ["KILN_TOKEN"] = "kiln_" + new string('0', 48) });
         Assert.Equal(1, refused.ExitCode);

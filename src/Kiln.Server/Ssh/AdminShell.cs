@@ -29,9 +29,11 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                                           let another key log in (P: store:read,store:write,build:read,build:write,
                                           account:write); SIG proves you hold it (the command says how to make it)
           keys remove FINGERPRINT         stop a key logging in
-          builds list [--limit N]         recent builds run for the account
+          builds list [--limit N] [--tag NAME=VALUE]
+                                          recent builds run for the account (tags: KILN_TAG_<NAME>=value)
           builds show ID                  one build
           builds log ID                   its log
+          ci summary --tag NAME=VALUE     what a tagged CI run's builds came to, as Markdown
           usage                           paths, store size and build time used
           help, exit
         """;
@@ -104,6 +106,11 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             case "builds":
                 Need(KeyPermissions.BuildRead);
                 return await BuildsAsync(words, json, cancellationToken).ConfigureAwait(false);
+            case "ci" when words.ElementAtOrDefault(1) == "summary":
+                Need(KeyPermissions.BuildRead);
+                var summary = await Summaries.SummarizeAsync(view, new BuildQuery { Tag = Option(words, "--tag") is { } tagged ? BuildTag.Parse(tagged) : null },
+                    _ => Task.FromResult<string?>(null), cancellationToken).ConfigureAwait(false);
+                return json ? JsonSerializer.Serialize(summary, Json) : Summaries.Markdown(summary).TrimEnd('\n');
             case "usage":
                 Need(KeyPermissions.StoreRead);
                 return await UsageAsync(json, cancellationToken).ConfigureAwait(false);
@@ -164,7 +171,11 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             case "list":
                 var limitAt = words.IndexOf("--limit");
                 var limit = limitAt > 0 ? int.Parse(words.ElementAtOrDefault(limitAt + 1) ?? "", NumberStyles.None, CultureInfo.InvariantCulture) : 20;
-                var builds = await view.ListBuildsAsync(Math.Clamp(limit, 1, 10_000), cancellationToken).ConfigureAwait(false);
+                var builds = await view.ListBuildsAsync(new BuildQuery
+                {
+                    Limit = Math.Clamp(limit, 1, 10_000),
+                    Tag = Option(words, "--tag") is { } tag ? BuildTag.Parse(tag) : null,
+                }, cancellationToken).ConfigureAwait(false);
                 return Show(json, builds.Select(b => BuildDocument.Of(b, key.AccountId)), builds.Count == 0 ? "no builds yet" : string.Join("\n", builds.Select(b =>
                     $"{b.Id,8}  {Status(b)}  {Time(b.Started)}  {b.Stopped - b.Started,5}s  {b.DrvPath}")));
             case "show" or "log":
@@ -193,7 +204,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                     return await text.ReadToEndAsync(cancellationToken).ConfigureAwait(false);
                 }
             default:
-                throw new ShellException("usage: builds list [--limit N] | builds show ID | builds log ID");
+                throw new ShellException("usage: builds list [--limit N] [--tag NAME=VALUE] | builds show ID | builds log ID");
         }
     }
 
