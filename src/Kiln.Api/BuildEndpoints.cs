@@ -58,6 +58,21 @@ internal static class BuildEndpoints
         }).WithSummary("What the builds a tag (or a time span) selects came to, for a CI job's summary: counts, CPU and build time, the slowest, the failures with signed links to their logs (valid a day); format=markdown for Markdown.")
           .Produces<SummaryDocument>().Produces<string>(contentType: "text/markdown").ProducesProblem(StatusCodes.Status400BadRequest);
 
+        api.MapGet("/usage", async Task<IResult> (HttpContext context, string? since, string? until, string? by) =>
+        {
+            var caller = ApiCaller.Of(context);
+            caller.Need(KeyPermissions.BuildRead);
+            using var view = store.OpenView(caller.Caller);
+            var byMonth = by switch
+            {
+                null or "day" => false,
+                "month" => true,
+                _ => throw Invalid("by is day or month"),
+            };
+            return TypedResults.Ok(await UsageReports.ReportAsync(view, Query(null, null, since, until), byMonth, context.RequestAborted).ConfigureAwait(false));
+        }).WithSummary("What the account used: its store now (shared content counts for every account that holds it), and per day or month the builds it started, CPU and wall hours.")
+          .Produces<UsageDocument>().ProducesProblem(StatusCodes.Status400BadRequest);
+
         api.MapGet("/builds/{id:long}", async Task<IResult> (HttpContext context, long id) =>
         {
             var caller = ApiCaller.Of(context);

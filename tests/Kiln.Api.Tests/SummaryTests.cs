@@ -75,4 +75,29 @@ public sealed class SummaryTests : ApiFixture
         Assert.Equal(400, (await GetAsync("/api/v1/builds?tag=novalue", token)).Status);
         Assert.Equal(400, (await GetAsync("/api/v1/builds/summary?format=pdf", token)).Status);
     }
+
+    [Fact]
+    public async Task Usage_counts_the_builds_the_account_started_per_day_and_its_store()
+    {
+        var token = await TokenAsync("alice", KeyPermissions.BuildRead);
+        const long Day = 86_400;
+        await BuildAsync("alice", "a", started: (Day * 20_000) + 10); // 2024-10-04
+        await BuildAsync("alice", "b", succeeded: false, started: (Day * 20_000) + 100);
+        await BuildAsync("alice", "c", started: (Day * 20_001) + 5);
+        var shared = await BuildAsync("bob", "d", started: (Day * 20_001) + 6);
+        await Store.Builds.AddBuildAccountAsync(shared, await Store.Accounts.GetOrCreateAccountAsync("alice", default), default);
+        await PathAsync("alice", "file", "twelve bytes");
+
+        var (status, body, _) = await GetAsync("/api/v1/usage", token);
+        Assert.True(status == 200, body);
+        var usage = JsonDocument.Parse(body).RootElement;
+        var periods = usage.GetProperty("periods").EnumerateArray().Select(p => (p.GetProperty("start").GetString(), p.GetProperty("builds").GetInt32(),
+            p.GetProperty("succeeded").GetInt32(), p.GetProperty("cpuHours").GetDouble(), p.GetProperty("wallHours").GetDouble())).ToList();
+        Assert.Equal([("2024-10-04", 2, 1, Math.Round(5.0 / 3600, 4), Math.Round(6.0 / 3600, 4)), ("2024-10-05", 1, 1, Math.Round(2.5 / 3600, 4), Math.Round(3.0 / 3600, 4))], periods);
+        Assert.Equal(1, usage.GetProperty("storage").GetProperty("paths").GetInt32());
+        Assert.True(usage.GetProperty("storage").GetProperty("narBytes").GetInt64() > 12);
+        var months = JsonDocument.Parse((await GetAsync("/api/v1/usage?by=month&since=2024-10-05", token)).Body).RootElement.GetProperty("periods");
+        Assert.Equal("2024-10", Assert.Single(months.EnumerateArray()).GetProperty("start").GetString());
+        Assert.Equal(400, (await GetAsync("/api/v1/usage?by=week", token)).Status);
+    }
 }
