@@ -58,6 +58,14 @@ internal static class BuildEndpoints
         }).WithSummary("What the builds a tag (or a time span) selects came to, for a CI job's summary: counts, CPU and build time, the slowest, the failures with signed links to their logs (valid a day); format=markdown for Markdown.")
           .Produces<SummaryDocument>().Produces<string>(contentType: "text/markdown").ProducesProblem(StatusCodes.Status400BadRequest);
 
+        api.MapGet("/queue", (HttpContext context) =>
+        {
+            var caller = ApiCaller.Of(context);
+            caller.Need(KeyPermissions.BuildRead);
+            return TypedResults.Ok(control.Queue(caller.Account.Id));
+        }).WithSummary("The caller's builds this front door runs or has in line: running (on which agent), waiting (place in line), or no agent can run them.")
+          .Produces<QueueDocument>();
+
         api.MapGet("/usage", async Task<IResult> (HttpContext context, string? since, string? until, string? by) =>
         {
             var caller = ApiCaller.Of(context);

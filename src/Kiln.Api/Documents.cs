@@ -39,6 +39,13 @@ public sealed record BuildDocument(long Id, string Derivation, string Status, st
 
 public sealed record BuildOutputDocument(string Name, string Path);
 
+/// <summary>The caller's builds in the queue; <c>waiting</c> counts every build in line (all accounts').</summary>
+public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument> Builds);
+
+/// <param name="State">running, waiting (for a build slot), no-agent (no agent offers its system and features), or preparing.</param>
+/// <param name="Position">Its place in line (1: next) while waiting.</param>
+public sealed record QueueEntryDocument(long Id, string Derivation, string State, int? Position, string? Agent);
+
 /// <summary>A page of builds, newest first; <c>next</c> is the cursor of the following page (null on the last).</summary>
 public sealed record BuildPage(IReadOnlyList<BuildDocument> Builds, string? Next);
 

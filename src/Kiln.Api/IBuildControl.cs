@@ -12,4 +12,7 @@ public interface IBuildControl
     /// account waits for it in this process.
     /// </summary>
     bool Cancel(long buildId, long account);
+
+    /// <summary>The builds for <paramref name="account"/> this process runs or has in line.</summary>
+    QueueDocument Queue(long account);
 }

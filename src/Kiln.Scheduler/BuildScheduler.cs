@@ -150,6 +150,38 @@ public sealed partial class BuildScheduler
         return stopped > 0;
     }
 
+    /// <summary>
+    /// The builds this process runs or has in line for <paramref name="account"/> (started by its requests, or waited
+    /// for by them): waiting (with the place in line), running (with the agent), or being prepared.
+    /// </summary>
+    public (int Waiting, IReadOnlyList<QueuedStep> Steps) QueueFor(long account)
+    {
+        List<RunningStep> steps;
+        lock (_runningGate)
+        {
+            steps = [.. _running.Values];
+        }
+
+        var jobs = Queue.Jobs().GroupBy(j => j.BuildId).ToDictionary(g => g.Key, g => g.First());
+        var waiting = jobs.Values.Count(j => j.Agent is null);
+        var queued = new List<QueuedStep>();
+        foreach (var step in steps.Where(s => s.IsFor(account)))
+        {
+            if (step.BuildId is not { IsCompletedSuccessfully: true, Result: { } id })
+            {
+                continue; // not started yet (its claim is being taken, or another front door builds it)
+            }
+
+            queued.Add(jobs.TryGetValue(id, out var job)
+                ? job.Agent is { } agent
+                    ? new QueuedStep(id, step.DrvPath, QueuedState.Running, 0, agent)
+                    : new QueuedStep(id, step.DrvPath, job.Runnable ? QueuedState.Waiting : QueuedState.NoAgent, job.Position, null)
+                : new QueuedStep(id, step.DrvPath, QueuedState.Preparing, 0, null));
+        }
+
+        return (waiting, [.. queued.OrderBy(q => q.State).ThenBy(q => q.Position).ThenBy(q => q.BuildId)]);
+    }
+
     /// <summary>What a client is told when its step is answered by a build that succeeded before (for anyone).</summary>
     internal static string ReusingMessage(StorePath drvPath, DateTimeOffset finished) =>
         finished == default
@@ -608,3 +640,22 @@ public sealed partial class BuildScheduler
     [LoggerMessage(EventId = LogEvents.BuildDone, Level = LogLevel.Information, Message = "build {Id} {DrvPath}: {Result} in {Seconds:0.000} s")]
     private static partial void LogBuildDone(ILogger logger, string drvPath, long id, string result, double seconds);
 }
+
+/// <summary>Where a build stands in this process: see <see cref="BuildScheduler.QueueFor"/>.</summary>
+public enum QueuedState
+{
+    /// <summary>An agent runs it.</summary>
+    Running,
+
+    /// <summary>In line for a build slot.</summary>
+    Waiting,
+
+    /// <summary>In line, but no registered agent offers its system and features (it fails if none comes in time).</summary>
+    NoAgent,
+
+    /// <summary>Started, not yet in line (its memory and cores are being worked out, or it is between attempts).</summary>
+    Preparing,
+}
+
+/// <summary>A build in this process's queue; <see cref="Position"/> counts from 1 among the builds in line (all accounts').</summary>
+public sealed record QueuedStep(long BuildId, Kiln.Nix.StorePaths.StorePath DrvPath, QueuedState State, int Position, string? Agent);

@@ -214,6 +214,15 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         }
     }
 
+    /// <summary>Whether the build is for <paramref name="account"/>: its request started it, or one of its sessions waits for it.</summary>
+    public bool IsFor(long account)
+    {
+        lock (_gate)
+        {
+            return StartedFor == account || _watchers.Any(w => w.Account == account);
+        }
+    }
+
     public void Running()
     {
         lock (_gate)

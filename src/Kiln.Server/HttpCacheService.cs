@@ -178,4 +178,16 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
 internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler) : IBuildControl
 {
     public bool Cancel(long buildId, long account) => scheduler.Cancel(buildId, account);
+
+    public QueueDocument Queue(long account)
+    {
+        var (waiting, steps) = scheduler.QueueFor(account);
+        return new QueueDocument(waiting, [.. steps.Select(s => new QueueEntryDocument(s.BuildId, s.DrvPath.ToString(), s.State switch
+        {
+            Kiln.Scheduler.QueuedState.Running => "running",
+            Kiln.Scheduler.QueuedState.Waiting => "waiting",
+            Kiln.Scheduler.QueuedState.NoAgent => "no-agent",
+            _ => "preparing",
+        }, s.Position > 0 ? s.Position : null, s.Agent))]);
+    }
 }

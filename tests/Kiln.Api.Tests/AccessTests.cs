@@ -19,6 +19,7 @@ public sealed class AccessTests : ApiFixture
         ("GET", "/api/v1/builds/summary?format=markdown", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/builds/{build}", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/usage?by=month", KeyPermissions.BuildRead, null),
+        ("GET", "/api/v1/queue", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/builds/{build}/log", KeyPermissions.BuildRead, null),
         ("GET", "/api/v1/builds/{build}/log?follow=1", KeyPermissions.BuildRead, null),
         ("POST", "/api/v1/builds/{running}/cancel", KeyPermissions.BuildWrite, null),

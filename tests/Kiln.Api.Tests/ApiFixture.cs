@@ -44,6 +44,8 @@ public abstract class ApiFixture : IAsyncLifetime
 
             return true;
         }
+
+        public QueueDocument Queue(long account) => new(0, []);
     }
 
     protected HttpClient Http { get; private set; } = null!;

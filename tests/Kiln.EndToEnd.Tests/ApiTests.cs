@@ -72,6 +72,9 @@ public sealed class ApiTests
         }
 
         Assert.NotNull(running);
+        var queue = (await GetJsonAsync(http, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray().ToList();
+        Assert.Contains(queue, q => q.GetProperty("id").GetInt64() == running && q.GetProperty("state").GetString() is "running" or "preparing");
+        Assert.Empty((await GetJsonAsync(http, "/api/v1/queue", bobToken, cancel)).GetProperty("builds").EnumerateArray());
         using var request = new HttpRequestMessage(HttpMethod.Get, $"/api/v1/builds/{running}/log?follow=1");
         request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", aliceToken);
         using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancel);

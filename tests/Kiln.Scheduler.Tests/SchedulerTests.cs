@@ -195,6 +195,41 @@ public sealed class SchedulerTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_queue_shows_an_account_its_own_builds_running_and_waiting_in_line()
+    {
+        // Two slots: a's first two builds run, its third and b's wait in line.
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var aDrvs = new List<StorePath>();
+        for (var i = 0; i < 3; i++)
+        {
+            aDrvs.Add(await DerivationAsync("a", $"queued-{i}"));
+        }
+
+        var bDrv = await DerivationAsync("b", "queued-b");
+        var a = await _store.Accounts.GetOrCreateAccountAsync("a", default);
+        var b = await _store.Accounts.GetOrCreateAccountAsync("b", default);
+        var aBuild = BuildAsync("a", keepGoing: true, [.. aDrvs]);
+        await WaitUntil(() => _executor.Jobs.Count == 2 && _scheduler.QueueFor(a).Steps.Count == 3);
+        var bBuild = BuildAsync("b", keepGoing: false, bDrv);
+        await WaitUntil(() => _scheduler.QueueFor(b).Steps.Count == 1 && _scheduler.QueueFor(b).Steps[0].State == QueuedState.Waiting);
+
+        var (waiting, steps) = _scheduler.QueueFor(a);
+        Assert.Equal(2, waiting);
+        Assert.Equal([QueuedState.Running, QueuedState.Running, QueuedState.Waiting], steps.Select(s => s.State));
+        Assert.All(steps.Take(2), s => Assert.Equal("test", s.Agent));
+        Assert.Equal(1, steps[2].Position);
+        Assert.Equal(aDrvs.ToHashSet(), steps.Select(s => s.DrvPath).ToHashSet());
+        var bSteps = _scheduler.QueueFor(b).Steps;
+        Assert.Equal((bDrv, 2), (bSteps.Single().DrvPath, bSteps.Single().Position)); // b sees its own build only
+        Assert.Empty(_scheduler.QueueFor(await _store.Accounts.GetOrCreateAccountAsync("c", default)).Steps);
+
+        _executor.Gate.SetResult();
+        await aBuild;
+        await bBuild;
+        Assert.Empty(_scheduler.QueueFor(a).Steps);
+    }
+
+    [Fact]
     public async Task Sessions_sharing_a_build_each_wait_under_their_own_limits_and_the_build_under_Kilns()
     {
         // 19.10: a builds with a 1 s timeout, b joins with none. The build runs under Kiln's limits (none here); a

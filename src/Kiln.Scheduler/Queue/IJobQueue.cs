@@ -76,7 +76,13 @@ public interface IJobQueue
 
     /// <summary>Waits for a job <paramref name="agent"/> can run and leases it to it.</summary>
     Task<ILease> ClaimAsync(AgentInfo agent, CancellationToken cancellationToken);
+
+    /// <summary>What the queue holds now: the waiting jobs in line (first first), then the leased ones.</summary>
+    IReadOnlyList<QueuedJob> Jobs();
 }
+
+/// <summary>A job in the queue: waiting at <see cref="Position"/> (1: next; whether a registered agent can run it), or leased to <see cref="Agent"/>.</summary>
+public sealed record QueuedJob(long BuildId, long Account, int Position, bool Runnable, string? Agent);
 
 /// <summary>The scheduler's handle on an offered job.</summary>
 public abstract class JobTicket

@@ -43,6 +43,15 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         }
     }
 
+    public IReadOnlyList<QueuedJob> Jobs()
+    {
+        lock (_gate)
+        {
+            return [.. _waiting.Items.Select((e, i) => new QueuedJob(e.Offer.BuildId, e.Offer.Account, i + 1, _agents.Any(a => a.CanRun(e.Offer.Requirements)), null)),
+                .. _leased.Select(e => new QueuedJob(e.Offer.BuildId, e.Offer.Account, 0, true, e.CurrentLease?.Agent.Name))];
+        }
+    }
+
     public IDisposable Register(AgentInfo agent)
     {
         lock (_gate)
