@@ -19,6 +19,31 @@ internal static class AccountEndpoints
             return TypedResults.Ok(keys.Select(KeyDocument.Of).ToList());
         }).WithSummary("The account's SSH login keys (needs account:write).").ProducesProblem(StatusCodes.Status403Forbidden);
 
+        api.MapPost("/keys", async Task<IResult> (HttpContext context, KeyRequest request) =>
+        {
+            var caller = ApiCaller.Of(context);
+            var key = Parse(() => SshPublicKey.Parse(request.Key ?? throw new FormatException("key is the key's OpenSSH line: 'ssh-ed25519 AAAA… comment'")));
+            var permissions = Parse(() => request.Permissions is null ? KeyPermissions.All & caller.Token.Permissions : KeyPermissionNames.Parse(string.Join(',', request.Permissions)));
+            var added = await accounts.AddKeyAsync(caller.Actor, caller.Account, key, permissions, request.Proof, context.RequestAborted).ConfigureAwait(false);
+            if (added.Added is not { } record)
+            {
+                // Proof of possession first: nobody may register someone else's public key and take over their logins.
+                return TypedResults.Problem(statusCode: StatusCodes.Status400BadRequest, type: "urn:kiln:problem:proof-required",
+                    detail: $"prove that you hold this key: sign the message with it (ssh-keygen -Y sign -n {SshKeygenProofs.Namespace} -f KEY) and send the signature as proof",
+                    extensions: new Dictionary<string, object?> { ["code"] = "proof-required", ["message"] = added.ProofMessage });
+            }
+
+            return TypedResults.Created($"{KilnApi.Prefix}/keys", KeyDocument.Of(record));
+        }).WithSummary("Lets another SSH key log in to the account, once the caller proves it holds it (needs account:write; the first request answers with the message to sign).")
+          .Produces<KeyDocument>(StatusCodes.Status201Created).ProducesProblem(StatusCodes.Status400BadRequest).ProducesProblem(StatusCodes.Status403Forbidden);
+
+        api.MapDelete("/keys", async (HttpContext context, string fingerprint) =>
+        {
+            var caller = ApiCaller.Of(context);
+            await accounts.RemoveKeyAsync(caller.Actor, caller.Account, fingerprint, context.RequestAborted).ConfigureAwait(false);
+            return TypedResults.NoContent();
+        }).WithSummary("Stops a key logging in: ?fingerprint=SHA256:… (needs account:write, and at least the key's permissions).").ProducesProblem(StatusCodes.Status404NotFound);
+
         api.MapGet("/tokens", async (HttpContext context) =>
         {
             var caller = ApiCaller.Of(context);
@@ -51,12 +76,27 @@ internal static class AccountEndpoints
             return TypedResults.Ok(new SigningKeyDocument(key.ToString()));
         }).WithSummary("The public half of the key the account's builds are signed with.").ProducesProblem(StatusCodes.Status404NotFound);
 
+        api.MapPost("/signing-key", async (HttpContext context, SigningKeyRequest? request) =>
+        {
+            var caller = ApiCaller.Of(context);
+            var key = await accounts.CreateSigningKeyAsync(caller.Actor, caller.Account, request?.Name, context.RequestAborted).ConfigureAwait(false);
+            return TypedResults.Created($"{KilnApi.Prefix}/signing-key", new SigningKeyDocument(key.ToString()));
+        }).WithSummary("Gives the account a new signing key, replacing the one it had (needs account:write).").ProducesProblem(StatusCodes.Status400BadRequest);
+
         api.MapGet("/settings", async (HttpContext context) =>
         {
             var caller = ApiCaller.Of(context);
             var settings = await accounts.SettingsAsync(caller.Actor, caller.Account, context.RequestAborted).ConfigureAwait(false);
             return TypedResults.Ok(SettingsDocument.Of(settings));
-        }).WithSummary("The account's settings.");
+        }).WithSummary("The account's settings (needs account:write).");
+
+        api.MapPatch("/settings", async (HttpContext context, SettingsRequest request) =>
+        {
+            var caller = ApiCaller.Of(context);
+            var settings = await accounts.ChangeSettingsAsync(caller.Actor, caller.Account,
+                new SettingsChange(request.PublicCache, request.Substituters, request.TrustedPublicKeys, request.Netrc), context.RequestAborted).ConfigureAwait(false);
+            return TypedResults.Ok(SettingsDocument.Of(settings));
+        }).WithSummary("Changes the account's settings; what the request leaves out stays (needs account:write).").ProducesProblem(StatusCodes.Status400BadRequest);
     }
 
     private static T Parse<T>(Func<T> parse)

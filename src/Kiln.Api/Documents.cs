@@ -71,6 +71,17 @@ public sealed record NewTokenDocument(string Token, TokenDocument Details);
 /// <param name="Expires">A duration (90d, 12h), a date (2027-01-31) or never (the default).</param>
 public sealed record TokenRequest(IReadOnlyList<string>? Permissions, string? Expires, string? Description);
 
+/// <summary>A key to let log in: its OpenSSH public-key line, the permissions it gets, and the proof that the caller holds it.</summary>
+/// <param name="Proof">An <c>ssh-keygen -Y sign</c> signature of the message a first request without one answers with.</param>
+public sealed record KeyRequest(string? Key, IReadOnlyList<string>? Permissions, string? Proof);
+
+/// <summary>Changes to the account's settings; what is left out stays as it is.</summary>
+/// <param name="Netrc">Credentials for private substituters, in netrc form (never shown again).</param>
+public sealed record SettingsRequest(bool? PublicCache, string? Substituters, string? TrustedPublicKeys, string? Netrc);
+
+/// <summary>A new signing key's name (default: HOST-ACCOUNT-1).</summary>
+public sealed record SigningKeyRequest(string? Name);
+
 /// <summary>An SSH login key of the account.</summary>
 public sealed record KeyDocument(string Fingerprint, string Type, string Comment, IReadOnlyList<string> Permissions)
 {
