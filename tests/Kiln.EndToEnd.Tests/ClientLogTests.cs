@@ -1,5 +1,5 @@
-using Kiln.Store.Metadata;
 using Kiln.EndToEnd.Tests.Support;
+using Kiln.Store.Metadata;
 using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.EndToEnd.Tests;

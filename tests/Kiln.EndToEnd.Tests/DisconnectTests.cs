@@ -1,7 +1,7 @@
-using Kiln.Store.Metadata;
 using System.Diagnostics;
 using System.Text;
 using Kiln.EndToEnd.Tests.Support;
+using Kiln.Store.Metadata;
 using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.EndToEnd.Tests;

@@ -1,8 +1,8 @@
-using Kiln.Store.Metadata;
 using System.Net;
 using System.Net.Http.Headers;
 using Kiln.EndToEnd.Tests.Support;
 using Kiln.Nix.StorePaths;
+using Kiln.Store.Metadata;
 using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.EndToEnd.Tests;

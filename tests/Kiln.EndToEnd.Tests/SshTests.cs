@@ -1,7 +1,7 @@
-using Kiln.Store.Metadata;
 using System.Text.Json;
 using Kiln.EndToEnd.Tests.Support;
 using Kiln.Nix.Tests.Support;
+using Kiln.Store.Metadata;
 using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.EndToEnd.Tests;

@@ -1,4 +1,3 @@
-using Kiln.Store.Metadata;
 using System.IO.Pipelines;
 using System.Net.Sockets;
 using Kiln.EndToEnd.Tests.Support;
@@ -7,6 +6,7 @@ using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
 using Kiln.Protocol.Worker;
+using Kiln.Store.Metadata;
 using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.EndToEnd.Tests;

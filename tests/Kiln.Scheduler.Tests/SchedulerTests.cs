@@ -1,4 +1,3 @@
-using Kiln.Store.Metadata;
 using Kiln.Nix.Derivations;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.StorePaths;
@@ -6,6 +5,7 @@ using Kiln.Nix.Tests.Support;
 using Kiln.Protocol.Worker;
 using Kiln.Scheduler.Queue;
 using Kiln.Store;
+using Kiln.Store.Metadata;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kiln.Scheduler.Tests;
