@@ -63,15 +63,7 @@ public sealed class ApiTests
         // A build that prints a line every 0.3 s: its log, followed while it runs, arrives line by line, in order.
         var ticking = Dag.WriteSingle(client, workspace, "api-ticks", $"echo {salt}; for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.3; done; mkdir $out");
         var run = Task.Run(() => client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Store, ticking, "--no-out-link"]), cancel);
-        long? running = null;
-        for (var i = 0; i < 300 && running is null; i++)
-        {
-            running = (await GetJsonAsync(http, "/api/v1/builds?status=running", aliceToken, cancel)).GetProperty("builds").EnumerateArray()
-                .Select(b => (long?)b.GetProperty("id").GetInt64()).FirstOrDefault();
-            await Task.Delay(running is null ? 100 : 0, cancel);
-        }
-
-        Assert.NotNull(running);
+        var running = await RunningBuildAsync(http, aliceToken, cancel);
         var queue = (await GetJsonAsync(http, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray().ToList();
         Assert.Contains(queue, q => q.GetProperty("id").GetInt64() == running && q.GetProperty("state").GetString() is "running" or "preparing");
         Assert.Empty((await GetJsonAsync(http, "/api/v1/queue", bobToken, cancel)).GetProperty("builds").EnumerateArray());
@@ -129,15 +121,7 @@ public sealed class ApiTests
         var sleeper = Dag.WriteSingle(client, workspace, "api-sleeps", $"echo {Guid.NewGuid():N}; echo going to sleep; sleep 120; mkdir $out");
         var started = DateTime.UtcNow;
         var run = Task.Run(() => client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Store, sleeper, "--no-out-link"]), cancel);
-        long? running = null;
-        for (var i = 0; i < 300 && running is null; i++)
-        {
-            running = (await GetJsonAsync(http, "/api/v1/builds?status=running", token, cancel)).GetProperty("builds").EnumerateArray()
-                .Select(b => (long?)b.GetProperty("id").GetInt64()).FirstOrDefault();
-            await Task.Delay(running is null ? 100 : 0, cancel);
-        }
-
-        Assert.NotNull(running);
+        var running = await RunningBuildAsync(http, token, cancel);
         HttpResponseMessage? response = null;
         for (var i = 0; i < 50; i++) // the client's session may be a moment behind its build's record
         {
@@ -234,6 +218,23 @@ public sealed class ApiTests
             environment: new Dictionary<string, string> { ["KILN_TOKEN"] = "kiln_" + new string('0', 48) });
         Assert.Equal(1, refused.ExitCode);
         Assert.Contains("401", refused.Stderr, StringComparison.Ordinal);
+    }
+
+    // The id of the account's first build the API lists as running, once there is one (30 s at most).
+    private static async Task<long> RunningBuildAsync(HttpClient http, string token, CancellationToken cancellationToken)
+    {
+        for (var i = 0; i < 300; i++)
+        {
+            if ((await GetJsonAsync(http, "/api/v1/builds?status=running", token, cancellationToken)).GetProperty("builds").EnumerateArray().FirstOrDefault() is
+                { ValueKind: JsonValueKind.Object } build)
+            {
+                return build.GetProperty("id").GetInt64();
+            }
+
+            await Task.Delay(100, cancellationToken);
+        }
+
+        throw new InvalidOperationException("no build of the account started running within 30 s");
     }
 
     private static async Task<string> GetStringAsync(HttpClient http, string path, string token, CancellationToken cancellationToken)
