@@ -124,6 +124,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         ArgumentNullException.ThrowIfNull(key);
         Need(actor, account, KeyPermissions.AccountWrite);
         CannotGrantMore(actor, permissions, "grant");
+        Lasting(actor, "add a login key");
         if (!actor.IsOperator)
         {
             if (proof is null)
@@ -229,10 +230,11 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     {
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
+        Lasting(actor, "replace the account's signing key");
         var keyName = name ?? $"{Environment.MachineName}-{account.Name}-1";
-        if (keyName.Length == 0 || keyName.Any(c => c is ':' or ' ' or '\n'))
+        if (keyName.Length is 0 or > 100 || keyName.Any(c => c is ':' or ' ' || char.IsControl(c)))
         {
-            throw new KilnException(ErrorKind.Invalid, $"'{keyName}' cannot name a key (no ':', spaces or newlines)");
+            throw new KilnException(ErrorKind.Invalid, "a signing key's name is 1 to 100 printable characters, without ':' or spaces");
         }
 
         var key = SecretKey.Generate(keyName);
@@ -266,6 +268,14 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(change);
         Need(actor, account, KeyPermissions.AccountWrite);
+        if (!actor.IsOperator)
+        {
+            // These reach past the account's permissions: a public cache lets anyone read its store, substituters and
+            // trusted keys decide what content enters it, and the server dials the substituters (with the netrc's
+            // credentials). The operator sets them until the settings hierarchy says which levels may.
+            throw new KilnException(ErrorKind.Forbidden, "the operator sets an account's cache and substituter settings ('kiln account settings')");
+        }
+
         foreach (var key in (change.TrustedPublicKeys ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries))
         {
             Validate(() => PublicKey.Parse(key)); // a typo is an error now, not a warning at every build
@@ -322,6 +332,15 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         if (!actor.IsOperator && (permissions & ~actor.Permissions) != 0)
         {
             throw new KilnException(ErrorKind.Forbidden, $"this {Credential(actor)} cannot {what} {KeyPermissionNames.Format(permissions & ~actor.Permissions)}, which it lacks itself");
+        }
+    }
+
+    // A token that expires cannot make what does not: a leaked short-lived token must not leave a lasting credential.
+    private static void Lasting(Actor actor, string what)
+    {
+        if (actor.Token?.Expires is not null)
+        {
+            throw new KilnException(ErrorKind.Forbidden, $"a token that expires cannot {what} (that would outlive it)");
         }
     }
 

@@ -89,14 +89,6 @@ internal static class AccountEndpoints
             var settings = await accounts.SettingsAsync(caller.Actor, caller.Account, context.RequestAborted).ConfigureAwait(false);
             return TypedResults.Ok(SettingsDocument.Of(settings));
         }).WithSummary("The account's settings (needs account:write).");
-
-        api.MapPatch("/settings", async (HttpContext context, SettingsRequest request) =>
-        {
-            var caller = ApiCaller.Of(context);
-            var settings = await accounts.ChangeSettingsAsync(caller.Actor, caller.Account,
-                new SettingsChange(request.PublicCache, request.Substituters, request.TrustedPublicKeys, request.Netrc), context.RequestAborted).ConfigureAwait(false);
-            return TypedResults.Ok(SettingsDocument.Of(settings));
-        }).WithSummary("Changes the account's settings; what the request leaves out stays (needs account:write).").ProducesProblem(StatusCodes.Status400BadRequest);
     }
 
     private static T Parse<T>(Func<T> parse)

@@ -208,6 +208,10 @@ internal static class BuildEndpoints
                 return Problems.Of(StatusCodes.Status403Forbidden, "forbidden", "this log link is not valid: it has expired, or it was altered");
             }
 
+            // Nothing along the way keeps it, and the page it is opened from is not told where it came from.
+            context.Response.Headers.CacheControl = "private, no-store";
+            context.Response.Headers["Referrer-Policy"] = "no-referrer";
+            context.Response.Headers.XContentTypeOptions = "nosniff";
             var log = await store.Logs.OpenReadAsync(id, 0, context.RequestAborted).ConfigureAwait(false);
             return log is null ? TypedResults.Text("", "text/plain; charset=utf-8") : TypedResults.Stream(log, "text/plain; charset=utf-8");
         }).WithSummary("One build's log through a signed link (from a summary); no token.").WithTags("v1")

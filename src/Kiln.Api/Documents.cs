@@ -75,10 +75,6 @@ public sealed record TokenRequest(IReadOnlyList<string>? Permissions, string? Ex
 /// <param name="Proof">An <c>ssh-keygen -Y sign</c> signature of the message a first request without one answers with.</param>
 public sealed record KeyRequest(string? Key, IReadOnlyList<string>? Permissions, string? Proof);
 
-/// <summary>Changes to the account's settings; what is left out stays as it is.</summary>
-/// <param name="Netrc">Credentials for private substituters, in netrc form (never shown again).</param>
-public sealed record SettingsRequest(bool? PublicCache, string? Substituters, string? TrustedPublicKeys, string? Netrc);
-
 /// <summary>A new signing key's name (default: HOST-ACCOUNT-1).</summary>
 public sealed record SigningKeyRequest(string? Name);
 

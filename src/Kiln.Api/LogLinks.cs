@@ -19,14 +19,20 @@ public sealed class LogLinks(KilnStore store)
     /// <summary>The longest a link may live.</summary>
     public static readonly TimeSpan MaxLifetime = TimeSpan.FromDays(7);
 
-    private readonly Lazy<Task<byte[]>> _key = new(async () => Convert.FromHexString(
-        await store.Settings.GetOrAddServerSecretAsync("api-log-links", Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)), CancellationToken.None)
-            .ConfigureAwait(false)));
+    private byte[]? _key;
 
-    /// <summary>An absolute link to build <paramref name="id"/>'s log, valid until <paramref name="expires"/>, on the host the request came to.</summary>
+    /// <summary>
+    /// An absolute link to build <paramref name="id"/>'s log, valid until <paramref name="expires"/> (at most
+    /// <see cref="MaxLifetime"/> ahead), on the host the request came to.
+    /// </summary>
     public async Task<string> LinkAsync(HttpRequest request, long id, DateTimeOffset expires)
     {
         ArgumentNullException.ThrowIfNull(request);
+        if (expires > DateTimeOffset.UtcNow + MaxLifetime)
+        {
+            throw new ArgumentOutOfRangeException(nameof(expires), "a log link lives a week at most");
+        }
+
         var unix = expires.ToUnixTimeSeconds();
         return $"{request.Scheme}://{request.Host}{Path}/{id}/log?expires={unix}&signature={await SignAsync(id, unix).ConfigureAwait(false)}";
     }
@@ -34,7 +40,7 @@ public sealed class LogLinks(KilnStore store)
     /// <summary>Whether the signature is this installation's for that build and expiry, and the expiry is still ahead.</summary>
     public async Task<bool> ValidAsync(long id, long expires, string? signature, DateTimeOffset now)
     {
-        if (signature is null || signature.Length != 64 || expires <= now.ToUnixTimeSeconds())
+        if (signature is null || signature.Length != 64 || expires <= now.ToUnixTimeSeconds() || expires > (now + MaxLifetime).ToUnixTimeSeconds())
         {
             return false;
         }
@@ -45,7 +51,9 @@ public sealed class LogLinks(KilnStore store)
 
     private async Task<string> SignAsync(long id, long expires)
     {
-        var key = await _key.Value.ConfigureAwait(false);
+        // Read once it is first needed (a failed read is tried again next time), the same for every front door.
+        var key = _key ??= Convert.FromHexString(await store.Settings.GetOrAddServerSecretAsync("api-log-links",
+            Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)), CancellationToken.None).ConfigureAwait(false));
         return Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"kiln-build-log:{id}:{expires}"))));
     }
 }

@@ -56,7 +56,7 @@ public static class Summaries
         ArgumentNullException.ThrowIfNull(summary);
         var text = new StringBuilder();
         var culture = CultureInfo.InvariantCulture;
-        text.Append(culture, $"### Kiln builds{(summary.Tag is null ? "" : $" for `{summary.Tag}`")}\n\n");
+        text.Append(culture, $"### Kiln builds{(summary.Tag is null ? "" : $" for `{Code(summary.Tag)}`")}\n\n");
         text.Append("| built | reused | failed | running | CPU time | build time |\n|---:|---:|---:|---:|---:|---:|\n");
         text.Append(culture, $"| {summary.Built} | {summary.Reused} | {summary.Failed} | {summary.Running} | {Duration(summary.CpuSeconds)} | {Duration(summary.BuildSeconds)} |\n");
         if (summary.Truncated)
@@ -70,7 +70,7 @@ public static class Summaries
             foreach (var failure in summary.Failures)
             {
                 var error = failure.Error.Length > 0 ? $": {Escape(failure.Error)}" : "";
-                text.Append(culture, $"- `{Escape(Name(failure.Derivation))}`{error}{(failure.Log is null ? "" : $" ([log]({failure.Log}))")}\n");
+                text.Append(culture, $"- `{Code(Name(failure.Derivation))}`{error}{(failure.Log is null ? "" : $" ([log]({failure.Log}))")}\n");
             }
         }
 
@@ -79,7 +79,7 @@ public static class Summaries
             text.Append("\n#### Slowest\n\n");
             foreach (var build in summary.Slowest)
             {
-                text.Append(culture, $"- `{Escape(Name(build.Derivation))}` {Duration(build.Seconds)} ({build.Status}{(build.Relation == "shared" ? ", reused" : "")})\n");
+                text.Append(culture, $"- `{Code(Name(build.Derivation))}` {Duration(build.Seconds)} ({build.Status}{(build.Relation == "shared" ? ", reused" : "")})\n");
             }
         }
 
@@ -88,8 +88,33 @@ public static class Summaries
 
     private static string Name(string derivation) => derivation.Length > 44 && derivation.StartsWith("/nix/store/", StringComparison.Ordinal) ? derivation[44..] : derivation;
 
-    // Table cells and list items must stay one line, and a derivation name must not open a link or code span.
-    private static string Escape(string text) => text.ReplaceLineEndings(" ").Replace("|", "\\|", StringComparison.Ordinal).Replace("`", "'", StringComparison.Ordinal);
+    // What a build's error or a tag says is partly the builder's to choose: it stays one line of plain text — no control
+    // characters (a terminal's escapes), no table cell break, code span, link, image or HTML.
+    private static string Escape(string text) => Plain(text, escape: true);
+
+    // Inside a code span Markdown takes every character as it is but a backtick, which would end it.
+    private static string Code(string text) => Plain(text, escape: false);
+
+    private static string Plain(string text, bool escape)
+    {
+        var plain = new StringBuilder(text.Length);
+        foreach (var c in text.ReplaceLineEndings(" "))
+        {
+            if (char.IsControl(c) || char.GetUnicodeCategory(c) == UnicodeCategory.Format) // escapes, and text-direction overrides
+            {
+                continue;
+            }
+
+            if (escape && c is '|' or '[' or ']' or '(' or ')' or '<' or '>' or '!' or '*' or '_' or '\\' or '#')
+            {
+                plain.Append('\\');
+            }
+
+            plain.Append(c == '`' ? '\'' : c);
+        }
+
+        return plain.ToString();
+    }
 
     private static string Duration(double seconds) => seconds switch
     {

@@ -192,8 +192,10 @@ public sealed class AccountServiceTests : IAsyncLifetime
         Assert.Equal(key.ToString(), (await _service.SigningKeyAsync(actor, alice, default)).ToString());
         await Refused(ErrorKind.Invalid, () => _service.CreateSigningKeyAsync(actor, alice, "bad:name", default));
 
-        await Refused(ErrorKind.Invalid, () => _service.ChangeSettingsAsync(actor, alice, new SettingsChange(TrustedPublicKeys: "not-a-key"), default));
-        var settings = await _service.ChangeSettingsAsync(actor, alice, new SettingsChange(true, "https://cache.example", key.ToString(), "machine x login y password z"), default);
+        // The cache and substituter settings are the operator's: a key with account:write does not reach them.
+        await Refused(ErrorKind.Forbidden, () => _service.ChangeSettingsAsync(actor, alice, new SettingsChange(PublicCache: true), default));
+        await Refused(ErrorKind.Invalid, () => _service.ChangeSettingsAsync(Actor.Operator, alice, new SettingsChange(TrustedPublicKeys: "not-a-key"), default));
+        var settings = await _service.ChangeSettingsAsync(Actor.Operator, alice, new SettingsChange(true, "https://cache.example", key.ToString(), "machine x login y password z"), default);
         Assert.Equal(new AccountSettings("alice", true, "https://cache.example", key.ToString(), true), settings);
     }
 }

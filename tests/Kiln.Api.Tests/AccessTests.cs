@@ -33,7 +33,6 @@ public sealed class AccessTests : ApiFixture
         ("GET", "/api/v1/signing-key", KeyPermissions.None, null),
         ("POST", "/api/v1/signing-key", KeyPermissions.AccountWrite, "{}"),
         ("GET", "/api/v1/settings", KeyPermissions.AccountWrite, null),
-        ("PATCH", "/api/v1/settings", KeyPermissions.AccountWrite, """{"substituters":"https://cache.example"}"""),
         ("GET", "/api/v1/paths/{path}", KeyPermissions.StoreRead, null),
     ];
 

@@ -40,19 +40,25 @@ public sealed class AccountTests : ApiFixture
     }
 
     [Fact]
-    public async Task Settings_change_in_part_and_credentials_are_never_shown_a_signing_key_is_made_and_shown()
+    public async Task Settings_are_shown_without_credentials_and_only_the_operator_changes_them_a_signing_key_is_made_and_shown()
     {
         var token = await TokenAsync("alice", KeyPermissions.AccountWrite);
-        var changed = await SendAsync(HttpMethod.Patch, "/api/v1/settings", token,
-            """{"substituters":"https://cache.example","netrc":"machine cache.example login ci password s3cr3t"}""");
-        Assert.Equal(200, changed.Status);
-        var settings = JsonDocument.Parse(changed.Body).RootElement;
+        var alice = new Kiln.Store.Metadata.AccountRecord(await Store.Accounts.GetOrCreateAccountAsync("alice", default), "alice");
+        await Accounts.ChangeSettingsAsync(Kiln.Accounts.Actor.Operator, alice,
+            new Kiln.Accounts.SettingsChange(Substituters: "https://cache.example", Netrc: "machine cache.example login ci password s3cr3t"), default);
+        var (status, body, _) = await GetAsync("/api/v1/settings", token);
+        Assert.Equal(200, status);
+        var settings = JsonDocument.Parse(body).RootElement;
         Assert.Equal(("https://cache.example", true, false), (settings.GetProperty("substituters").GetString(), settings.GetProperty("hasCredentials").GetBoolean(),
             settings.GetProperty("publicCache").GetBoolean()));
-        var again = await SendAsync(HttpMethod.Patch, "/api/v1/settings", token, """{"publicCache":true}""");
-        Assert.Contains("\"substituters\":\"https://cache.example\"", again.Body, StringComparison.Ordinal); // left as it was
-        Assert.DoesNotContain("s3cr3t", again.Body + (await GetAsync("/api/v1/settings", token)).Body, StringComparison.Ordinal);
-        Assert.Equal(400, (await SendAsync(HttpMethod.Patch, "/api/v1/settings", token, """{"trustedPublicKeys":"not-a-key"}""")).Status);
+        Assert.DoesNotContain("s3cr3t", body, StringComparison.Ordinal);
+
+        // A token (or a key) changing them would reach past its permissions: a public store, content from a cache of its
+        // choosing, the netrc's credentials sent where it likes.
+        var actor = Kiln.Accounts.Actor.ForToken((await Store.Accounts.ListTokensAsync(alice.Id, default))[0]);
+        var refused = await Assert.ThrowsAsync<Kiln.Protocol.KilnException>(() => Accounts.ChangeSettingsAsync(actor, alice, new Kiln.Accounts.SettingsChange(PublicCache: true), default));
+        Assert.Equal(Kiln.Protocol.ErrorKind.Forbidden, refused.Kind);
+        Assert.Equal(404, (await SendAsync(HttpMethod.Patch, "/api/v1/settings", token, """{"publicCache":true}""")).Status);
 
         Assert.Equal(404, (await GetAsync("/api/v1/signing-key", token)).Status);
         var made = await SendAsync(HttpMethod.Post, "/api/v1/signing-key", token, """{"name":"alice-ci-1"}""");
@@ -61,5 +67,17 @@ public sealed class AccountTests : ApiFixture
         Assert.StartsWith("alice-ci-1:", publicKey, StringComparison.Ordinal);
         Assert.Contains(publicKey, (await GetAsync("/api/v1/signing-key", token)).Body, StringComparison.Ordinal);
         Assert.Equal(400, (await SendAsync(HttpMethod.Post, "/api/v1/signing-key", token, """{"name":"bad:name"}""")).Status);
+        Assert.Equal(400, (await SendAsync(HttpMethod.Post, "/api/v1/signing-key", token, """{"name":"esc\u001b[2Jname"}""")).Status);
+    }
+
+    [Fact]
+    public async Task A_token_that_expires_leaves_no_lasting_credential_behind()
+    {
+        var expiring = await TokenAsync("alice", KeyPermissions.All, DateTimeOffset.UtcNow.AddHours(1));
+        var key = await SendAsync(HttpMethod.Post, "/api/v1/keys", expiring,
+            """{"key":"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHpBzbLmDqSDwAmDW4s1sMA95u3PzYLE3Ce8C1p8DZyY attacker"}""");
+        Assert.Equal(403, key.Status);
+        Assert.Contains("cannot add a login key", key.Body, StringComparison.Ordinal);
+        Assert.Equal(403, (await SendAsync(HttpMethod.Post, "/api/v1/signing-key", expiring, "{}")).Status);
     }
 }

@@ -24,6 +24,8 @@ public sealed class SummaryTests : ApiFixture
         await Store.Builds.AddBuildAccountAsync(reused, alice, default);
         await Store.Builds.TagBuildAsync(reused, alice, run1, default);
         var failed = await BuildAsync("alice", "broken", succeeded: false, log: ["it broke | badly"]);
+        var phishing = await BuildAsync("alice", "phish", succeeded: false, error: "see [the fix](http://evil.example) \u001b[31m<img src=x>\u202e");
+        await Store.Builds.TagBuildAsync(phishing, alice, run1, default);
         await Store.Builds.TagBuildAsync(failed, alice, run1, default);
         await Store.Builds.TagBuildAsync(await BuildAsync("alice", "other-run"), alice, [BuildTag.Parse("ci-run=2")], default);
         await Store.Builds.TagBuildAsync(reused, bob, [BuildTag.Parse("ci-run=1")], default); // Bob's own tag: not Alice's
@@ -31,11 +33,11 @@ public sealed class SummaryTests : ApiFixture
         var (status, body, _) = await GetAsync("/api/v1/builds/summary?tag=ci-run=1", token);
         Assert.True(status == 200, body);
         var summary = JsonDocument.Parse(body).RootElement;
-        Assert.Equal((4, 2, 1, 1, 0), (summary.GetProperty("builds").GetInt32(), summary.GetProperty("built").GetInt32(), summary.GetProperty("reused").GetInt32(),
+        Assert.Equal((5, 2, 1, 2, 0), (summary.GetProperty("builds").GetInt32(), summary.GetProperty("built").GetInt32(), summary.GetProperty("reused").GetInt32(),
             summary.GetProperty("failed").GetInt32(), summary.GetProperty("running").GetInt32()));
-        Assert.Equal(10.0, summary.GetProperty("cpuSeconds").GetDouble()); // 2.5 s each
-        Assert.Equal(12, summary.GetProperty("buildSeconds").GetInt64());
-        var link = Assert.Single(summary.GetProperty("failures").EnumerateArray()).GetProperty("log").GetString()!;
+        Assert.Equal(12.5, summary.GetProperty("cpuSeconds").GetDouble()); // 2.5 s each
+        Assert.Equal(15, summary.GetProperty("buildSeconds").GetInt64());
+        var link = summary.GetProperty("failures").EnumerateArray().Single(f => f.GetProperty("id").GetInt64() == failed).GetProperty("log").GetString()!;
 
         // The link reads that log without a token; altered or expired, it reads nothing.
         var path = new Uri(link).PathAndQuery;
@@ -64,7 +66,8 @@ public sealed class SummaryTests : ApiFixture
         // Markdown: the same counts, the failure escaped onto one line with its link.
         var markdown = await GetAsync("/api/v1/builds/summary?tag=ci-run=1&format=markdown", token);
         Assert.Equal("text/markdown", markdown.ContentType);
-        Assert.Contains("| 2 | 1 | 1 | 0 | 10 s | 12 s |", markdown.Body, StringComparison.Ordinal);
+        Assert.Contains("| 2 | 1 | 2 | 0 | 12.5 s | 15 s |", markdown.Body, StringComparison.Ordinal);
+        Assert.Contains("- `phish.drv`: see \\[the fix\\]\\(http://evil.example\\) \\[31m\\<img src=x\\> ([log](http", markdown.Body, StringComparison.Ordinal);
         Assert.Contains("- `broken.drv`: builder failed with exit code 1 ([log](http", markdown.Body, StringComparison.Ordinal);
 
         // The filter on listings, and a build's own tags.

@@ -54,7 +54,7 @@ public class CacheCommandTests
         var second = KilnCli.Ok("signing-key", "create", "alice", "--name", "alice-cache-2", "--data", data).StdoutText.Trim();
         Assert.NotEqual(first, second);
         Assert.Equal(second, KilnCli.Ok("signing-key", "show", "alice", "--data", data).StdoutText.Trim());
-        KilnCli.AssertOneLineError(KilnCli.Run("signing-key", "create", "alice", "--name", "bad:name", "--data", data), "cannot name a key");
+        KilnCli.AssertOneLineError(KilnCli.Run("signing-key", "create", "alice", "--name", "bad:name", "--data", data), "signing key's name");
     }
 
     [Fact]

@@ -39,7 +39,8 @@ internal static class CiCommands
             }
 
             using var http = new HttpClient { Timeout = TimeSpan.FromMinutes(2) };
-            using var request = new HttpRequestMessage(HttpMethod.Get, new Uri(serverUri, "/api/v1/builds/summary?" + string.Join('&', query)));
+            // Under the address as given, path included (a Kiln behind https://host/kiln/ is asked there, not at the host's root).
+            using var request = new HttpRequestMessage(HttpMethod.Get, new Uri(serverUri.ToString().TrimEnd('/') + "/api/v1/builds/summary?" + string.Join('&', query)));
             request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
             HttpResponseMessage response;
             try
