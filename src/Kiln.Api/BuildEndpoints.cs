@@ -131,8 +131,7 @@ internal static class BuildEndpoints
             }
 
             using var view = store.OpenView(caller.Caller);
-            var log = await view.OpenBuildLogAsync(build.Id, context.RequestAborted).ConfigureAwait(false);
-            return log is null ? TypedResults.Text("", "text/plain; charset=utf-8") : TypedResults.Stream(log, "text/plain; charset=utf-8");
+            return LogText(await view.OpenBuildLogAsync(build.Id, context.RequestAborted).ConfigureAwait(false));
         }).WithSummary("A build's log as text; with ?follow=1 (or Accept: text/event-stream) as Server-Sent Events while it runs: one 'line' event per line, then 'end'.")
           .Produces<string>(contentType: "text/plain").Produces<string>(contentType: "text/event-stream").ProducesProblem(StatusCodes.Status404NotFound);
     }
@@ -178,7 +177,7 @@ internal static class BuildEndpoints
             }
 
             // The log is whole once its writer is done, a moment before the build's outcome is recorded: wait for that.
-            using var view = store.OpenView(KilnStore.CallerForToken(ApiCaller.Of(context).Token));
+            using var view = store.OpenView(caller.Caller);
             var ended = build;
             for (var tries = 0; tries < 50 && ended.Running; tries++)
             {
@@ -212,10 +211,13 @@ internal static class BuildEndpoints
             context.Response.Headers.CacheControl = "private, no-store";
             context.Response.Headers["Referrer-Policy"] = "no-referrer";
             context.Response.Headers.XContentTypeOptions = "nosniff";
-            var log = await store.Logs.OpenReadAsync(id, 0, context.RequestAborted).ConfigureAwait(false);
-            return log is null ? TypedResults.Text("", "text/plain; charset=utf-8") : TypedResults.Stream(log, "text/plain; charset=utf-8");
+            return LogText(await store.Logs.OpenReadAsync(id, 0, context.RequestAborted).ConfigureAwait(false));
         }).WithSummary("One build's log through a signed link (from a summary); no token.").WithTags("v1")
           .Produces<string>(contentType: "text/plain").ProducesProblem(StatusCodes.Status403Forbidden);
+
+    // A log as plain text (a build that wrote none: empty).
+    private static IResult LogText(Stream? log) =>
+        log is null ? TypedResults.Text("", "text/plain; charset=utf-8") : TypedResults.Stream(log, "text/plain; charset=utf-8");
 
     private static async Task RecheckAsync(KilnStore store, ApiCaller caller, CancellationTokenSource stop)
     {

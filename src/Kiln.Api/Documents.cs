@@ -34,7 +34,8 @@ public sealed record BuildDocument(long Id, string Derivation, string Status, st
         return build.Running ? "running" : build.Succeeded ? "built" : "failed";
     }
 
-    internal static string Time(long unix) => DateTimeOffset.FromUnixTimeSeconds(unix).ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture);
+    /// <summary>Unix seconds as the API and the shell show times: ISO 8601 in UTC, to the second.</summary>
+    public static string Time(long unix) => DateTimeOffset.FromUnixTimeSeconds(unix).ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture);
 }
 
 public sealed record BuildOutputDocument(string Name, string Path);

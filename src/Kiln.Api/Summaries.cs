@@ -26,18 +26,8 @@ public static class Summaries
     {
         ArgumentNullException.ThrowIfNull(view);
         ArgumentNullException.ThrowIfNull(logLink);
-        var builds = new List<BuildRecord>();
-        while (builds.Count < MaxBuilds)
-        {
-            var page = await view.ListBuildsAsync(query with { Limit = 1000, Before = builds.Count == 0 ? query.Before : builds[^1].Id }, cancellationToken).ConfigureAwait(false);
-            builds.AddRange(page);
-            if (page.Count < 1000)
-            {
-                break;
-            }
-        }
-
-        var documents = builds.Take(MaxBuilds).Select(b => BuildDocument.Of(b, view.AccountId)).ToList();
+        var (builds, truncated) = await BuildListing.ReadAsync(view, query, MaxBuilds, cancellationToken).ConfigureAwait(false);
+        var documents = builds.Select(b => BuildDocument.Of(b, view.AccountId)).ToList();
         var failures = new List<FailureDocument>();
         foreach (var failed in documents.Where(d => d.Status == "failed"))
         {
@@ -47,7 +37,7 @@ public static class Summaries
         return new SummaryDocument(query.Tag?.ToString(), documents.Count,
             documents.Count(d => d.Status == "built" && d.Relation == "started"), documents.Count(d => d.Status == "built" && d.Relation == "shared"),
             failures.Count, documents.Count(d => d.Status == "running"), Math.Round(documents.Sum(d => d.CpuUserSeconds + d.CpuSystemSeconds), 2),
-            documents.Sum(d => d.Seconds), builds.Count > MaxBuilds, [.. documents.Where(d => d.Status != "running").OrderByDescending(d => d.Seconds).Take(Slowest)], failures);
+            documents.Sum(d => d.Seconds), truncated, [.. documents.Where(d => d.Status != "running").OrderByDescending(d => d.Seconds).Take(Slowest)], failures);
     }
 
     /// <summary>The summary as Markdown, for a CI job's summary page (GitHub's <c>$GITHUB_STEP_SUMMARY</c>, GitLab's reports).</summary>

@@ -24,19 +24,9 @@ public static class UsageReports
     {
         ArgumentNullException.ThrowIfNull(view);
         ArgumentNullException.ThrowIfNull(query);
-        var builds = new List<BuildRecord>();
-        while (builds.Count < MaxBuilds)
-        {
-            var page = await view.ListBuildsAsync(query with { Limit = 1000, Before = builds.Count == 0 ? null : builds[^1].Id }, cancellationToken).ConfigureAwait(false);
-            builds.AddRange(page);
-            if (page.Count < 1000)
-            {
-                break;
-            }
-        }
-
+        var (builds, truncated) = await BuildListing.ReadAsync(view, query, MaxBuilds, cancellationToken).ConfigureAwait(false);
         var format = byMonth ? "yyyy-MM" : "yyyy-MM-dd";
-        var periods = builds.Take(MaxBuilds).Where(b => b.AccountId == view.AccountId)
+        var periods = builds.Where(b => b.AccountId == view.AccountId)
             .GroupBy(b => DateTimeOffset.FromUnixTimeSeconds(b.Started).ToString(format, CultureInfo.InvariantCulture))
             .OrderBy(g => g.Key, StringComparer.Ordinal)
             .Select(g => new UsagePeriod(g.Key, g.Count(), g.Count(b => b.Succeeded),
@@ -44,6 +34,6 @@ public static class UsageReports
                 Math.Round(g.Where(b => !b.Running).Sum(b => b.Stopped - b.Started) / 3600.0, 4)))
             .ToList();
         var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
-        return new UsageDocument(byMonth ? "month" : "day", new StorageDocument(paths, narBytes), periods, builds.Count > MaxBuilds);
+        return new UsageDocument(byMonth ? "month" : "day", new StorageDocument(paths, narBytes), periods, truncated);
     }
 }

@@ -138,7 +138,7 @@ public sealed partial class BuildScheduler
         List<RunningStep> steps;
         lock (_runningGate)
         {
-            steps = [.. _running.Values.Where(s => s.BuildId is { IsCompletedSuccessfully: true, Result: { } id } && id == buildId)];
+            steps = [.. _running.Values.Where(s => s.RecordedId == buildId)];
         }
 
         var stopped = 0;
@@ -167,7 +167,7 @@ public sealed partial class BuildScheduler
         var queued = new List<QueuedStep>();
         foreach (var step in steps.Where(s => s.IsFor(account)))
         {
-            if (step.BuildId is not { IsCompletedSuccessfully: true, Result: { } id })
+            if (step.RecordedId is not { } id)
             {
                 continue; // not started yet (its claim is being taken, or another front door builds it)
             }

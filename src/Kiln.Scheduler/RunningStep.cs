@@ -50,6 +50,9 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     /// <summary>The build's record, once it is written (null if it could not be).</summary>
     public Task<long?> BuildId => _buildId.Task;
 
+    /// <summary>The build's record id if it has one already; null while it is not written (or could not be).</summary>
+    public long? RecordedId => _buildId.Task is { IsCompletedSuccessfully: true, Result: { } id } ? id : null;
+
     /// <summary>Fires when no session waits for the build any more.</summary>
     public CancellationToken Cancellation => _cancel.Token;
 

@@ -103,4 +103,20 @@ public sealed class SummaryTests : ApiFixture
         Assert.Equal("2024-10", Assert.Single(months.EnumerateArray()).GetProperty("start").GetString());
         Assert.Equal(400, (await GetAsync("/api/v1/usage?by=week", token)).Status);
     }
+
+    [Fact]
+    public async Task A_listing_bounded_at_the_number_of_builds_is_whole_and_one_below_it_says_it_is_cut()
+    {
+        for (var i = 0; i < 5; i++)
+        {
+            await BuildAsync("alice", $"b{i}");
+        }
+
+        using var view = await Store.OpenViewAsync("alice", TestContext.Current.CancellationToken);
+        var (all, cut) = await BuildListing.ReadAsync(view, new Kiln.Store.Metadata.BuildQuery(), 5, TestContext.Current.CancellationToken);
+        Assert.Equal((5, false), (all.Count, cut));
+        var (first, truncated) = await BuildListing.ReadAsync(view, new Kiln.Store.Metadata.BuildQuery(), 4, TestContext.Current.CancellationToken);
+        Assert.Equal((4, true), (first.Count, truncated));
+        Assert.Equal(all.Take(4).Select(b => b.Id), first.Select(b => b.Id));
+    }
 }
