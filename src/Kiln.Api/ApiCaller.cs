@@ -51,6 +51,18 @@ public sealed class ApiCaller
         return await store.FindValidTokenAsync(_secret, cancellationToken).ConfigureAwait(false) is { } now && now.Id == Token.Id;
     }
 
+    /// <summary>The caller a token makes, if it is valid now (not revoked, not expired); what the dashboard's pages ask.</summary>
+    public static async Task<ApiCaller?> FindAsync(KilnStore store, string? token, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        return token is { Length: > 0 } && await store.FindValidTokenAsync(token, cancellationToken).ConfigureAwait(false) is { } record
+            ? new ApiCaller(record, token)
+            : null;
+    }
+
+    /// <summary>Whether the token carries <paramref name="permission"/>.</summary>
+    public bool Can(KeyPermissions permission) => Caller.Can(permission);
+
     internal static ApiCaller Of(HttpContext context) =>
         context.Items.TryGetValue(ItemKey, out var caller) && caller is ApiCaller known
             ? known

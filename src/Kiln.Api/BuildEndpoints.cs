@@ -25,12 +25,13 @@ internal static class BuildEndpoints
             return TypedResults.Ok(new MeDocument(caller.Account.Name, TokenDocument.Of(caller.Token), KeyPermissionNames.ToNames(caller.Token.Permissions)));
         }).WithSummary("The caller's account, token and permissions.");
 
-        api.MapGet("/builds", async Task<IResult> (HttpContext context, string? status, string? tag, string? since, string? until, int? limit, string? cursor) =>
+        api.MapGet("/builds", async Task<IResult> (HttpContext context, string? status, string? tag, string? since, string? until, string? name, int? limit, string? cursor) =>
         {
             var caller = ApiCaller.Of(context);
             caller.Need(KeyPermissions.BuildRead);
-            var query = Query(status, tag, since, until) with
+            var query = BuildFilters.Parse(status, tag, since, until) with
             {
+                NameContains = name is null ? null : name.Length <= 200 ? name : throw Invalid("name is 200 characters at most"),
                 Limit = limit is null ? DefaultLimit : limit is >= 1 and <= MaxLimit ? limit.Value : throw Invalid($"limit must be 1 to {MaxLimit}"),
                 Before = cursor is null ? null : long.TryParse(cursor, NumberStyles.None, CultureInfo.InvariantCulture, out var before) ? before : throw Invalid("that cursor is not one this API gave"),
             };
@@ -38,7 +39,7 @@ internal static class BuildEndpoints
             var builds = await view.ListBuildsAsync(query, context.RequestAborted).ConfigureAwait(false);
             return TypedResults.Ok(new BuildPage([.. builds.Select(b => BuildDocument.Of(b, caller.Caller.AccountId))],
                 builds.Count == query.Limit ? builds[^1].Id.ToString(CultureInfo.InvariantCulture) : null));
-        }).WithSummary("The caller's builds, newest first, a page at a time (pass the answer's next as cursor); tag is name=value.")
+        }).WithSummary("The caller's builds, newest first, a page at a time (pass the answer's next as cursor); tag is name=value; name: the derivation's name contains it.")
           .Produces<BuildPage>().ProducesProblem(StatusCodes.Status400BadRequest).ProducesProblem(StatusCodes.Status403Forbidden);
 
         api.MapGet("/builds/summary", async Task<IResult> (HttpContext context, string? tag, string? status, string? since, string? until, string? format) =>
@@ -47,7 +48,7 @@ internal static class BuildEndpoints
             caller.Need(KeyPermissions.BuildRead);
             using var view = store.OpenView(caller.Caller);
             var expires = DateTimeOffset.UtcNow.AddDays(1);
-            var summary = await Summaries.SummarizeAsync(view, Query(status, tag, since, until),
+            var summary = await Summaries.SummarizeAsync(view, BuildFilters.Parse(status, tag, since, until),
                 async id => await links.LinkAsync(context.Request, id, expires).ConfigureAwait(false), context.RequestAborted).ConfigureAwait(false);
             return format switch
             {
@@ -66,6 +67,13 @@ internal static class BuildEndpoints
         }).WithSummary("The caller's builds this front door runs or has in line: running (on which agent), waiting (place in line), or no agent can run them.")
           .Produces<QueueDocument>();
 
+        api.MapGet("/farm", (HttpContext context) =>
+        {
+            ApiCaller.Of(context).Need(KeyPermissions.ServerRead);
+            return TypedResults.Ok(control.Farm());
+        }).WithSummary("The farm (operators: server:read): agents with their slots, the whole queue, jobs finished lately.")
+          .Produces<FarmDocument>().ProducesProblem(StatusCodes.Status403Forbidden);
+
         api.MapGet("/usage", async Task<IResult> (HttpContext context, string? since, string? until, string? by) =>
         {
             var caller = ApiCaller.Of(context);
@@ -77,7 +85,7 @@ internal static class BuildEndpoints
                 "month" => true,
                 _ => throw Invalid("by is day or month"),
             };
-            return TypedResults.Ok(await UsageReports.ReportAsync(view, Query(null, null, since, until), byMonth, context.RequestAborted).ConfigureAwait(false));
+            return TypedResults.Ok(await UsageReports.ReportAsync(view, BuildFilters.Parse(null, null, since, until), byMonth, context.RequestAborted).ConfigureAwait(false));
         }).WithSummary("What the account used: its store now (shared content counts for every account that holds it), and per day or month the builds it started, CPU and wall hours.")
           .Produces<UsageDocument>().ProducesProblem(StatusCodes.Status400BadRequest);
 
@@ -273,51 +281,6 @@ internal static class BuildEndpoints
                 }
             }
         }
-    }
-
-    // The filters /builds and /builds/summary share.
-    private static BuildQuery Query(string? status, string? tag, string? since, string? until) => new()
-    {
-        State = status switch
-        {
-            null => null,
-            "running" => BuildState.Running,
-            "built" => BuildState.Built,
-            "failed" => BuildState.Failed,
-            _ => throw Invalid("status is running, built or failed"),
-        },
-        Tag = tag is null ? null : ParseTag(tag),
-        Since = Time(since, "since"),
-        Until = Time(until, "until"),
-    };
-
-    private static BuildTag ParseTag(string text)
-    {
-        try
-        {
-            return BuildTag.Parse(text);
-        }
-        catch (FormatException e)
-        {
-            throw Invalid(e.Message);
-        }
-    }
-
-    private static long? Time(string? text, string name)
-    {
-        if (text is null)
-        {
-            return null;
-        }
-
-        if (long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var unix))
-        {
-            return unix;
-        }
-
-        return DateTimeOffset.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var time)
-            ? time.ToUnixTimeSeconds()
-            : throw Invalid($"{name} is a date (2026-12-01, 2026-12-01T12:00:00Z) or Unix seconds");
     }
 
     private static KilnException Invalid(string message) => new(ErrorKind.Invalid, message);

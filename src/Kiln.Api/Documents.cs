@@ -47,6 +47,16 @@ public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument
 /// <param name="Position">Its place in line (1: next) while waiting.</param>
 public sealed record QueueEntryDocument(long Id, string Derivation, string State, int? Position, string? Agent);
 
+/// <summary>The farm (an operator's view, <c>server:read</c>): every account's jobs, the agents and how busy they are.</summary>
+/// <param name="Waiting">Jobs waiting for a build slot, all accounts'.</param>
+/// <param name="Running">Jobs an agent runs.</param>
+/// <param name="FinishedLastHour">Jobs agents finished in the last hour (built or failed).</param>
+public sealed record FarmDocument(int Waiting, int Running, int Slots, int BusySlots, int FinishedLastHour, int FinishedLastFiveMinutes,
+    IReadOnlyList<FarmAgentDocument> Agents);
+
+/// <param name="Kind">agent (a Kiln agent, the embedded one included) or stock-builder (a stock Nix machine).</param>
+public sealed record FarmAgentDocument(string Name, string Kind, IReadOnlyList<string> Systems, int Slots, int Busy);
+
 /// <summary>A page of builds, newest first; <c>next</c> is the cursor of the following page (null on the last).</summary>
 public sealed record BuildPage(IReadOnlyList<BuildDocument> Builds, string? Next);
 

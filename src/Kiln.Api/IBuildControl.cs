@@ -15,4 +15,7 @@ public interface IBuildControl
 
     /// <summary>The builds for <paramref name="account"/> this process runs or has in line.</summary>
     QueueDocument Queue(long account);
+
+    /// <summary>The farm as this process sees it: agents, slots, the whole queue and throughput (the operator's view).</summary>
+    FarmDocument Farm();
 }

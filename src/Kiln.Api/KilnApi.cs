@@ -60,9 +60,10 @@ public static class KilnApi
     /// Puts the API into <paramref name="app"/>'s pipeline at this point: requests under <see cref="Prefix"/> are answered
     /// here; everything else goes on to what comes next.
     /// </summary>
-    public static void UseKilnApi(this WebApplication app, KilnStore store, AccountService accounts, IBuildControl builds)
+    public static void UseKilnApi(this WebApplication app, KilnStore store, AccountService accounts, IBuildControl builds, BrowserSessions sessions)
     {
         ArgumentNullException.ThrowIfNull(app);
+        ArgumentNullException.ThrowIfNull(sessions);
         app.UseWhen(context => context.Request.Path.StartsWithSegments(Prefix, StringComparison.OrdinalIgnoreCase), api =>
         {
             api.UseStatusCodePages();
@@ -77,10 +78,21 @@ public static class KilnApi
 
                 if (!Anonymous(context.Request.Path))
                 {
-                    var token = context.Request.Headers.Authorization.ToString() is { } header && header.StartsWith("Bearer ", StringComparison.Ordinal) ? header[7..].Trim() : "";
+                    var header = context.Request.Headers.Authorization.ToString();
+                    var bearer = header.StartsWith("Bearer ", StringComparison.Ordinal) ? header[7..].Trim() : null;
+                    // Without a Bearer token, the dashboard's session cookie; a change through it needs the session's CSRF token.
+                    var token = bearer ?? BrowserSessions.TokenOf(context.Request) ?? "";
                     if (await store.FindValidTokenAsync(token, context.RequestAborted).ConfigureAwait(false) is not { } record)
                     {
                         await Problems.Unauthorized(context).ExecuteAsync(context).ConfigureAwait(false);
+                        return;
+                    }
+
+                    if (bearer is null && !BrowserSessions.Safe(context.Request)
+                        && (BrowserSessions.CrossSite(context.Request) || !await sessions.ValidCsrfAsync(token, context.Request.Headers[BrowserSessions.CsrfHeader]).ConfigureAwait(false)))
+                    {
+                        await Problems.Of(StatusCodes.Status403Forbidden, "csrf", $"a change through a browser session needs its {BrowserSessions.CsrfHeader} header")
+                            .ExecuteAsync(context).ConfigureAwait(false);
                         return;
                     }
 

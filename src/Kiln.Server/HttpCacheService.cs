@@ -1,6 +1,7 @@
 using System.Net;
 using System.Security.Cryptography.X509Certificates;
 using Kiln.Api;
+using Kiln.Dashboard;
 using Kiln.Http;
 using Kiln.Http.ZeroCopy;
 using Kiln.Protocol;
@@ -23,7 +24,7 @@ namespace Kiln.Server;
 /// <c>kiln serve</c>'s host, sharing the store and the scheduler's log layout.
 /// </summary>
 public sealed partial class HttpCacheService(KilnStore store, ServerOptions options, Kiln.Farm.AgentGateway agents, Ssh.SshFrontDoor ssh,
-    Kiln.Accounts.AccountService accounts, Kiln.Scheduler.BuildScheduler scheduler, ILoggerFactory loggers)
+    Kiln.Accounts.AccountService accounts, Kiln.Scheduler.BuildScheduler scheduler, Kiln.Scheduler.Queue.InMemoryJobQueue queue, ILoggerFactory loggers)
     : IHostedService, IAsyncDisposable
 {
     private WebApplication? _app;
@@ -99,7 +100,10 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         _app.Use((context, next) => Misdirected(context) ? NotFound(context) : next(context));
         _app.Use((context, next) => IsScrape(context) && !health.MayScrape(context) ? Observability.HealthEndpoints.RefuseAsync(context) : next(context));
         _app.UseOpenTelemetryPrometheusScrapingEndpoint(IsScrape);
-        _app.UseKilnApi(store, accounts, new SchedulerControl(scheduler));
+        var control = new SchedulerControl(scheduler, queue);
+        var sessions = new BrowserSessions(store);
+        _app.UseKilnDashboard(store, accounts, sessions);
+        _app.UseKilnApi(store, accounts, control, sessions);
         // Agents dial in to the same listener (their requests are under one prefix; the rest is the binary cache), or
         // to their own.
         _app.Run(context => Kiln.Farm.AgentGateway.Handles(context) ? agents.HandleAsync(context)
@@ -175,8 +179,15 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
 }
 
 /// <summary>The API's port to the scheduler.</summary>
-internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler) : IBuildControl
+internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler, Kiln.Scheduler.Queue.InMemoryJobQueue queue) : IBuildControl
 {
+    public FarmDocument Farm()
+    {
+        var now = queue.Snapshot();
+        return new FarmDocument(now.Waiting, now.Leased, now.Slots, now.BusySlots, now.FinishedLastHour, now.FinishedLastFiveMinutes,
+            [.. now.Loads.Select(a => new FarmAgentDocument(a.Name, a.StockBuilder ? "stock-builder" : "agent", a.Systems, a.Slots, a.Busy))]);
+    }
+
     public bool Cancel(long buildId, long account) => scheduler.Cancel(buildId, account);
 
     public QueueDocument Queue(long account)

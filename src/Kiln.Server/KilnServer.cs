@@ -107,6 +107,7 @@ public static partial class KilnServer
                 builder.Services.AddSingleton(options);
                 builder.Services.AddSingleton(new WorkerSessionOptions());
                 builder.Services.AddSingleton(scheduler);
+                builder.Services.AddSingleton(queue);
                 builder.Services.AddSingleton(executor);
                 builder.Services.AddSingleton(accounts);
                 builder.Services.AddSingleton(gateway);

@@ -1,6 +1,7 @@
 using System.Net.Http.Headers;
 using System.Text;
 using Kiln.Accounts;
+using Kiln.Dashboard;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
 using Kiln.Store;
@@ -46,6 +47,8 @@ public abstract class ApiFixture : IAsyncLifetime
         }
 
         public QueueDocument Queue(long account) => new(0, []);
+
+        public FarmDocument Farm() => new(0, 0, 4, 1, 7, 2, [new FarmAgentDocument("embedded", "agent", ["x86_64-linux"], 4, 1)]);
     }
 
     protected HttpClient Http { get; private set; } = null!;
@@ -59,7 +62,9 @@ public abstract class ApiFixture : IAsyncLifetime
         builder.Logging.ClearProviders();
         builder.Services.AddKilnApi();
         _app = builder.Build();
-        _app.UseKilnApi(Store, Accounts, Control);
+        var sessions = new BrowserSessions(Store);
+        _app.UseKilnDashboard(Store, Accounts, sessions);
+        _app.UseKilnApi(Store, Accounts, Control, sessions);
         await _app.StartAsync();
         Http = _app.GetTestClient();
     }

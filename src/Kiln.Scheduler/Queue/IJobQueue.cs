@@ -122,4 +122,16 @@ public interface ILease
 /// A queue's state at one moment: jobs waiting for an agent and leased to one, Kiln agents and stock Nix builders
 /// registered, their slots, and the slots busy with a lease.
 /// </summary>
-public sealed record QueueSnapshot(int Waiting, int Leased, int Agents, int StockBuilders, int Slots, int BusySlots);
+public sealed record QueueSnapshot(int Waiting, int Leased, int Agents, int StockBuilders, int Slots, int BusySlots)
+{
+    /// <summary>Each registered agent or stock builder and how many of its slots are busy (for the operator's farm view).</summary>
+    public IReadOnlyList<AgentLoad> Loads { get; init; } = [];
+
+    /// <summary>Jobs agents finished (built or failed) in the last hour, and in the last five minutes.</summary>
+    public int FinishedLastHour { get; init; }
+
+    public int FinishedLastFiveMinutes { get; init; }
+}
+
+/// <summary>One agent in a <see cref="QueueSnapshot"/>: its name, systems, slots and the leases it holds.</summary>
+public sealed record AgentLoad(string Name, IReadOnlyList<string> Systems, int Slots, int Busy, bool StockBuilder);

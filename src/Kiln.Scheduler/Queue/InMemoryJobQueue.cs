@@ -17,6 +17,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private readonly List<(AgentInfo Agent, TaskCompletionSource<ILease> Claim)> _claims = [];
     private readonly HashSet<Entry> _leased = [];
     private readonly List<AgentInfo> _agents = [];
+    private readonly Queue<long> _finished = new(); // when leased jobs finished (Environment.TickCount64), the last hour's
     private readonly Timer _expiry;
 
     public InMemoryJobQueue(TimeSpan? leaseDuration = null)
@@ -38,8 +39,15 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     {
         lock (_gate)
         {
+            var now = Environment.TickCount64;
+            ForgetFinishedBefore(now - 3_600_000);
             return new QueueSnapshot(_waiting.Items.Count(), _leased.Count, _agents.Count(a => !a.StockBuilder), _agents.Count(a => a.StockBuilder),
-                _agents.Sum(a => a.Slots), _agents.Sum(LeaseCount));
+                _agents.Sum(a => a.Slots), _agents.Sum(LeaseCount))
+            {
+                Loads = [.. _agents.Select(a => new AgentLoad(a.Name, [.. a.Systems.Order(StringComparer.Ordinal)], a.Slots, LeaseCount(a), a.StockBuilder))],
+                FinishedLastHour = _finished.Count,
+                FinishedLastFiveMinutes = _finished.Count(t => t >= now - 300_000),
+            };
         }
     }
 
@@ -260,6 +268,15 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private double Load(AgentInfo agent) => LeaseCount(agent) / (double)Math.Max(1, agent.Slots);
 
     // The jobs leased to an agent (this registration of it). Called under the gate.
+    // Under _gate: the throughput window keeps an hour.
+    private void ForgetFinishedBefore(long tick)
+    {
+        while (_finished.TryPeek(out var oldest) && oldest < tick)
+        {
+            _finished.Dequeue();
+        }
+    }
+
     private int LeaseCount(AgentInfo agent) => _leased.Count(e => ReferenceEquals(e.CurrentLease?.Agent, agent));
 
     public Task<ILease> ClaimAsync(AgentInfo agent, CancellationToken cancellationToken)
@@ -440,6 +457,8 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 _lease = null;
                 queue._leased.Remove(this);
+                queue._finished.Enqueue(Environment.TickCount64);
+                queue.ForgetFinishedBefore(Environment.TickCount64 - 3_600_000);
                 queue.Rebalance();
             }
 

@@ -21,6 +21,14 @@ public enum KeyPermissions
     /// <summary>Manage the account's keys and settings.</summary>
     AccountWrite = 16,
 
+    /// <summary>
+    /// The operator's server-wide views (the farm: agents, slots, the whole queue, throughput) through the API and the
+    /// dashboard. Not part of <see cref="All"/>: only the operator (<c>kiln token create ACCOUNT --permissions server:read</c>
+    /// on the server) grants it, since no account holds it to pass on.
+    /// </summary>
+    ServerRead = 32,
+
+    /// <summary>Everything an account's own key or token may do (not <see cref="ServerRead"/>).</summary>
     All = StoreRead | StoreWrite | BuildRead | BuildWrite | AccountWrite,
 }
 
@@ -34,6 +42,7 @@ public static class KeyPermissionNames
         (KeyPermissions.BuildRead, "build:read"),
         (KeyPermissions.BuildWrite, "build:write"),
         (KeyPermissions.AccountWrite, "account:write"),
+        (KeyPermissions.ServerRead, "server:read"),
     ];
 
     /// <summary>Parses names separated by commas or spaces.</summary>

@@ -64,6 +64,9 @@ public sealed record BuildQuery
 
     /// <summary>Only builds a request of the listed account (of any account, listing all) tagged so.</summary>
     public BuildTag? Tag { get; init; }
+
+    /// <summary>Only builds whose derivation's name (the store path without its hash) contains this text, ignoring case.</summary>
+    public string? NameContains { get; init; }
 }
 
 /// <summary>

@@ -208,6 +208,15 @@ internal static class MetadataRows
             Filter("b.started < @until", "until", until);
         }
 
+        if (query.NameContains is { Length: > 0 } name)
+        {
+            // The name part only (after the 32-character hash and its dash), without case; LIKE's wildcards in the text are
+            // taken literally.
+            var escaped = name.ToLowerInvariant().Replace("\\", "\\\\", StringComparison.Ordinal).Replace("%", "\\%", StringComparison.Ordinal)
+                .Replace("_", "\\_", StringComparison.Ordinal);
+            Filter("lower(b.drv_path) LIKE @name ESCAPE '\\'", "name", new string('_', 32) + "-%" + escaped + "%");
+        }
+
         var from = account is null ? "builds b" : "build_accounts f JOIN builds b ON b.id = f.build_id";
         var sql = $"SELECT {BuildColumns} FROM {from}{(where.Count == 0 ? "" : " WHERE " + string.Join(" AND ", where))} ORDER BY b.id DESC LIMIT @l";
         return (sql, parameters.ToArray());
