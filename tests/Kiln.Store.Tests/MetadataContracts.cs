@@ -471,6 +471,33 @@ public abstract class BuildMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task A_listing_filters_by_the_derivations_name_ignoring_case_and_taking_wildcards_literally()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var hash = new string('h', 32);
+        var names = new[] { "hello-2.12", "Hello-World", "libfoo_bar", "libfooxbar", "50%-off", "other" };
+        var ids = new Dictionary<string, long>();
+        foreach (var name in names)
+        {
+            ids[name] = await store.StartBuildAsync("k-" + name, $"{hash}-{name}.drv", alice, 1, default);
+        }
+
+        // A derivation whose hash holds the text is not a match: only the name is looked at.
+        var inHash = await store.StartBuildAsync("k-hash", $"{"hello".PadRight(32, 'a')}-zzz.drv", alice, 1, default);
+        async Task<long[]> NamedAsync(string text) => [.. (await store.ListBuildsAsync(alice, new BuildQuery { NameContains = text, Limit = 100 }, default)).Select(b => b.Id).Order()];
+        long[] Ids(params string[] wanted) => [.. wanted.Select(n => ids[n]).Order()];
+
+        Assert.Equal(Ids("hello-2.12", "Hello-World"), await NamedAsync("HELLO"));
+        Assert.Equal(Ids("libfoo_bar"), await NamedAsync("foo_bar")); // '_' is not "any character"
+        Assert.Equal(Ids("50%-off"), await NamedAsync("%-"));          // nor is '%' "anything"
+        Assert.Empty(await NamedAsync("\\"));
+        Assert.Equal(Ids("other"), await NamedAsync("other"));
+        Assert.DoesNotContain(inHash, await NamedAsync("hello"));
+        Assert.Contains(inHash, await NamedAsync("zzz"));
+    }
+
+    [Fact]
     public async Task Tags_are_kept_per_account_and_select_builds_in_listings()
     {
         await using var store = await CreateAsync();
