@@ -329,6 +329,12 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     private static void CannotGrantMore(Actor actor, KeyPermissions permissions, string what)
     {
+        // The server-wide view is the operator's to hand out, one credential at a time: whoever holds it cannot pass it on.
+        if (!actor.IsOperator && (permissions & KeyPermissions.ServerRead) != 0 && what == "grant")
+        {
+            throw new KilnException(ErrorKind.Forbidden, "only the operator grants server:read (kiln token create ACCOUNT --permissions server:read)");
+        }
+
         if (!actor.IsOperator && (permissions & ~actor.Permissions) != 0)
         {
             throw new KilnException(ErrorKind.Forbidden, $"this {Credential(actor)} cannot {what} {KeyPermissionNames.Format(permissions & ~actor.Permissions)}, which it lacks itself");

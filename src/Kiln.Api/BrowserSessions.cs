@@ -12,9 +12,15 @@ namespace Kiln.Api;
 /// <see cref="CsrfHeader"/> header from the page's scripts): an HMAC of the session's token under a key of this
 /// installation, which a page of another origin cannot read or compute.
 /// </summary>
-public sealed class BrowserSessions(KilnStore store)
+public sealed class BrowserSessions(KilnStore store, Uri? publicUrl = null)
 {
+    /// <summary>
+    /// The cookie's name over plain HTTP (a development or loopback set-up). Over HTTPS (the request's, or
+    /// <c>--public-url</c>'s) it is <see cref="SecureCookieName"/>: a cookie a sibling subdomain cannot set or shadow.
+    /// </summary>
     public const string CookieName = "kiln_session";
+
+    public const string SecureCookieName = "__Host-kiln_session";
 
     public const string CsrfHeader = "X-Kiln-Csrf";
 
@@ -23,34 +29,43 @@ public sealed class BrowserSessions(KilnStore store)
     /// <summary>How long a login lasts in the browser (the token's own expiry and revocation still apply).</summary>
     public static readonly TimeSpan Lifetime = TimeSpan.FromHours(12);
 
+    private readonly string? _publicOrigin = publicUrl?.GetLeftPart(UriPartial.Authority);
+
     private byte[]? _key;
 
+    // Over HTTPS the browser is told to send the cookie only over HTTPS, under the __Host- name.
+    private bool Secure(HttpRequest request) => request.IsHttps || publicUrl?.Scheme == Uri.UriSchemeHttps;
+
+    private string NameFor(HttpRequest request) => Secure(request) ? SecureCookieName : CookieName;
+
     /// <summary>The token a request's session cookie carries, if any.</summary>
-    public static string? TokenOf(HttpRequest request)
+    public string? TokenOf(HttpRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
-        return request.Cookies.TryGetValue(CookieName, out var token) && token.Length is > 0 and <= 512 ? token : null;
+        return request.Cookies.TryGetValue(NameFor(request), out var token) && token.Length is > 0 and <= 512 ? token : null;
     }
 
     /// <summary>Remembers <paramref name="token"/> in the browser.</summary>
-    public static void Start(HttpResponse response, string token)
+    public void Start(HttpResponse response, string token)
     {
         ArgumentNullException.ThrowIfNull(response);
-        response.Cookies.Append(CookieName, token, Options(response.HttpContext.Request, Lifetime));
+        var request = response.HttpContext.Request;
+        response.Cookies.Append(NameFor(request), token, Options(request, Lifetime));
     }
 
     /// <summary>Forgets the browser's session.</summary>
-    public static void End(HttpResponse response)
+    public void End(HttpResponse response)
     {
         ArgumentNullException.ThrowIfNull(response);
-        response.Cookies.Delete(CookieName, Options(response.HttpContext.Request, null));
+        var request = response.HttpContext.Request;
+        response.Cookies.Delete(NameFor(request), Options(request, null));
     }
 
-    private static CookieOptions Options(HttpRequest request, TimeSpan? lifetime) => new()
+    private CookieOptions Options(HttpRequest request, TimeSpan? lifetime) => new()
     {
         HttpOnly = true,
         SameSite = SameSiteMode.Strict,
-        Secure = request.IsHttps,
+        Secure = Secure(request),
         Path = "/",
         MaxAge = lifetime,
         IsEssential = true,
@@ -78,21 +93,22 @@ public sealed class BrowserSessions(KilnStore store)
     }
 
     /// <summary>
-    /// Whether the browser says the request came from another site (<c>Sec-Fetch-Site</c>, or an <c>Origin</c> that is not
-    /// this host): such a request never changes anything, login included (a page elsewhere must not log a visitor in as
-    /// someone else either).
+    /// Whether the browser says the request came from another site: by <c>Sec-Fetch-Site</c> (every current browser
+    /// sends it), else by an <c>Origin</c> that is neither this host's nor <c>--public-url</c>'s. Such a request never
+    /// changes anything, login included (a page elsewhere must not log a visitor in as someone else either).
     /// </summary>
-    public static bool CrossSite(HttpRequest request)
+    public bool CrossSite(HttpRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
         var site = request.Headers["Sec-Fetch-Site"].ToString();
-        if (site is "cross-site" or "same-site")
+        if (site.Length > 0)
         {
-            return true;
+            return site is not ("same-origin" or "none");
         }
 
         var origin = request.Headers.Origin.ToString();
-        return origin.Length > 0 && !string.Equals(origin, $"{request.Scheme}://{request.Host}", StringComparison.OrdinalIgnoreCase);
+        return origin.Length > 0 && !string.Equals(origin, $"{request.Scheme}://{request.Host}", StringComparison.OrdinalIgnoreCase)
+            && !string.Equals(origin, _publicOrigin, StringComparison.OrdinalIgnoreCase);
     }
 
     /// <summary>Whether a request's method only reads.</summary>

@@ -31,7 +31,7 @@ internal static class BuildEndpoints
             caller.Need(KeyPermissions.BuildRead);
             var query = BuildFilters.Parse(status, tag, since, until) with
             {
-                NameContains = name is null ? null : name.Length <= 200 ? name : throw Invalid("name is 200 characters at most"),
+                NameContains = name is null ? null : name.Length <= 200 && !name.Any(char.IsControl) ? name : throw Invalid("name is at most 200 printable characters"),
                 Limit = limit is null ? DefaultLimit : limit is >= 1 and <= MaxLimit ? limit.Value : throw Invalid($"limit must be 1 to {MaxLimit}"),
                 Before = cursor is null ? null : long.TryParse(cursor, NumberStyles.None, CultureInfo.InvariantCulture, out var before) ? before : throw Invalid("that cursor is not one this API gave"),
             };

@@ -76,12 +76,17 @@ public static class KilnApi
                     limit.MaxRequestBodySize = MaxRequestBody;
                 }
 
+                // Answers are about one account (a new token's secret among them): nothing along the way keeps them, and a
+                // log (text a builder wrote) is never taken for a script or a page.
+                context.Response.Headers.CacheControl = "private, no-store";
+                context.Response.Headers.XContentTypeOptions = "nosniff";
+
                 if (!Anonymous(context.Request.Path))
                 {
                     var header = context.Request.Headers.Authorization.ToString();
                     var bearer = header.StartsWith("Bearer ", StringComparison.Ordinal) ? header[7..].Trim() : null;
                     // Without a Bearer token, the dashboard's session cookie; a change through it needs the session's CSRF token.
-                    var token = bearer ?? BrowserSessions.TokenOf(context.Request) ?? "";
+                    var token = bearer ?? sessions.TokenOf(context.Request) ?? "";
                     if (await store.FindValidTokenAsync(token, context.RequestAborted).ConfigureAwait(false) is not { } record)
                     {
                         await Problems.Unauthorized(context).ExecuteAsync(context).ConfigureAwait(false);
@@ -89,7 +94,7 @@ public static class KilnApi
                     }
 
                     if (bearer is null && !BrowserSessions.Safe(context.Request)
-                        && (BrowserSessions.CrossSite(context.Request) || !await sessions.ValidCsrfAsync(token, context.Request.Headers[BrowserSessions.CsrfHeader]).ConfigureAwait(false)))
+                        && (sessions.CrossSite(context.Request) || !await sessions.ValidCsrfAsync(token, context.Request.Headers[BrowserSessions.CsrfHeader]).ConfigureAwait(false)))
                     {
                         await Problems.Of(StatusCodes.Status403Forbidden, "csrf", $"a change through a browser session needs its {BrowserSessions.CsrfHeader} header")
                             .ExecuteAsync(context).ConfigureAwait(false);

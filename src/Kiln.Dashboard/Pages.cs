@@ -42,7 +42,7 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
 
     private async Task<Visitor?> VisitorAsync(HttpContext context)
     {
-        var token = BrowserSessions.TokenOf(context.Request);
+        var token = sessions.TokenOf(context.Request);
         return await ApiCaller.FindAsync(store, token, context.RequestAborted).ConfigureAwait(false) is { } caller
             ? new Visitor(caller, await sessions.CsrfTokenAsync(token!).ConfigureAwait(false))
             : null;
@@ -100,7 +100,7 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
     private async Task<IResult> LoginAsync(HttpContext context)
     {
         // Another site's page must not log its visitor in either (they would then act as the attacker's account).
-        if (BrowserSessions.CrossSite(context.Request) || !context.Request.HasFormContentType)
+        if (sessions.CrossSite(context.Request) || !context.Request.HasFormContentType)
         {
             return Login(context, "That login did not come from this page.", StatusCodes.Status403Forbidden);
         }
@@ -112,23 +112,22 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
             return Login(context, "That token is not valid: mistyped, revoked or expired.", StatusCodes.Status401Unauthorized);
         }
 
-        BrowserSessions.Start(context.Response, token);
+        sessions.Start(context.Response, token);
         return Results.Redirect(KilnDashboard.Prefix + "/queue");
     }
 
     private async Task<IResult> LogoutAsync(HttpContext context)
     {
-        if (BrowserSessions.TokenOf(context.Request) is { } token)
+        // Another site cannot log a visitor out either (it would not send the cookie, but the answer would delete it).
+        var token = sessions.TokenOf(context.Request);
+        var form = context.Request.HasFormContentType ? await context.Request.ReadFormAsync(context.RequestAborted).ConfigureAwait(false) : null;
+        if (sessions.CrossSite(context.Request) || (token is not null && !await sessions.ValidCsrfAsync(token, form?[BrowserSessions.CsrfField].ToString()).ConfigureAwait(false)))
         {
-            var form = context.Request.HasFormContentType ? await context.Request.ReadFormAsync(context.RequestAborted).ConfigureAwait(false) : null;
-            if (BrowserSessions.CrossSite(context.Request) || !await sessions.ValidCsrfAsync(token, form?[BrowserSessions.CsrfField].ToString()).ConfigureAwait(false))
-            {
-                return Results.Content(Page("Not allowed", "", null, "<h1>Not allowed</h1><p class=\"error\" role=\"alert\">That request did not come from this dashboard.</p>"),
-                    "text/html; charset=utf-8", statusCode: StatusCodes.Status403Forbidden);
-            }
+            return Results.Content(Page("Not allowed", "", null, "<h1>Not allowed</h1><p class=\"error\" role=\"alert\">That request did not come from this dashboard.</p>"),
+                "text/html; charset=utf-8", statusCode: StatusCodes.Status403Forbidden);
         }
 
-        BrowserSessions.End(context.Response);
+        sessions.End(context.Response);
         return Results.Redirect(KilnDashboard.Prefix + "/login");
     }
 
@@ -184,7 +183,7 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
             query = BuildFilters.Parse(status, tag, since, untilText) with
             {
                 Limit = PageSize,
-                NameContains = name is { Length: <= 200 } ? name : null,
+                NameContains = name is { Length: <= 200 } && !name.Any(char.IsControl) ? name : null,
                 Before = cursor is null ? null : long.TryParse(cursor, NumberStyles.None, CultureInfo.InvariantCulture, out var before) ? before : null,
             };
         }
@@ -330,7 +329,8 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
                 : $"<button type=\"button\" class=\"danger small\" data-revoke-token=\"{t.Id}\" aria-label=\"Revoke token {t.Id}\">Revoke</button>";
             return $"<tr><td>{t.Id}</td><td>{E(t.Description)}</td><td>{E(string.Join(", ", document.Permissions))}</td><td>{E(document.Created)}</td><td>{E(document.Expires ?? "never")}</td><td>{action}</td></tr>";
         }), "No tokens."));
-        var offered = KeyPermissionNames.ToNames(caller.Token.Permissions);
+        // What this token may grant: its own permissions, but the operator's server:read, which only the operator grants.
+        var offered = KeyPermissionNames.ToNames(caller.Token.Permissions & KeyPermissions.All);
         body.Append(CultureInfo.InvariantCulture, $"""
             <form id="new-token" class="card form">
             <h3>New token</h3>

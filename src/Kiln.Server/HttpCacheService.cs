@@ -101,7 +101,7 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
         _app.Use((context, next) => IsScrape(context) && !health.MayScrape(context) ? Observability.HealthEndpoints.RefuseAsync(context) : next(context));
         _app.UseOpenTelemetryPrometheusScrapingEndpoint(IsScrape);
         var control = new SchedulerControl(scheduler, queue);
-        var sessions = new BrowserSessions(store);
+        var sessions = new BrowserSessions(store, options.PublicUrl);
         _app.UseKilnDashboard(store, accounts, sessions);
         _app.UseKilnApi(store, accounts, control, sessions);
         // Agents dial in to the same listener (their requests are under one prefix; the rest is the binary cache), or

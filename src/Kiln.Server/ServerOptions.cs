@@ -109,6 +109,12 @@ public sealed record ServerOptions
     /// <summary>The agent listener's TLS certificate and key (PEM files); null: plain HTTP (or TLS at a reverse proxy).</summary>
     public (string Certificate, string Key)? AgentTls { get; init; }
 
+    /// <summary>
+    /// The address users reach the HTTP front at (<c>--public-url</c>), when it is not the listener's own — behind a
+    /// reverse proxy that ends TLS. Null: the address each request came to.
+    /// </summary>
+    public Uri? PublicUrl { get; init; }
+
     /// <summary>Where the HTTP binary cache listens (<c>ADDRESS:PORT</c>); null: no HTTP.</summary>
     public string? HttpListen { get; init; } = "127.0.0.1:8080";
 

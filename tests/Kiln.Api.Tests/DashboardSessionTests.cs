@@ -88,9 +88,59 @@ public sealed partial class DashboardSessionTests : ApiFixture
     }
 
     [Fact]
+    public void Over_HTTPS_the_cookie_is_Secure_and_host_only_and_the_public_URLs_origin_is_this_site()
+    {
+        var sessions = new BrowserSessions(Store, new Uri("https://kiln.example.com"));
+        var context = new Microsoft.AspNetCore.Http.DefaultHttpContext();
+        context.Request.Scheme = "http"; // a reverse proxy ended TLS
+        context.Request.Host = new("127.0.0.1:8080");
+        sessions.Start(context.Response, "kiln_secret");
+        var cookie = context.Response.Headers.SetCookie.ToString();
+        Assert.StartsWith(BrowserSessions.SecureCookieName + "=kiln_secret;", cookie, StringComparison.Ordinal);
+        Assert.Contains("secure", cookie, StringComparison.OrdinalIgnoreCase);
+        Assert.DoesNotContain("domain", cookie, StringComparison.OrdinalIgnoreCase);
+
+        // The plain name is not read over HTTPS: a cookie planted by a sibling subdomain would carry it.
+        context.Request.Headers.Cookie = $"{BrowserSessions.CookieName}=kiln_planted";
+        Assert.Null(sessions.TokenOf(context.Request));
+        context.Request.Headers.Cookie = $"{BrowserSessions.SecureCookieName}=kiln_secret";
+        Assert.Equal("kiln_secret", sessions.TokenOf(context.Request));
+
+        foreach (var (origin, site, cross) in new[]
+        {
+            ("https://kiln.example.com", "", false), ("http://127.0.0.1:8080", "", false), ("https://evil.example.com", "", true),
+            ("https://kiln.example.com", "same-site", true), ("", "same-origin", false), ("", "cross-site", true), ("", "", false),
+        })
+        {
+            context.Request.Headers.Origin = origin;
+            context.Request.Headers["Sec-Fetch-Site"] = site;
+            Assert.True(cross == sessions.CrossSite(context.Request), $"Origin '{origin}', Sec-Fetch-Site '{site}'");
+        }
+    }
+
+    [Fact]
+    public async Task Only_the_operator_grants_server_read_not_a_token_holding_it()
+    {
+        var holder = await TokenAsync("alice", KeyPermissions.ServerRead | KeyPermissions.AccountWrite | KeyPermissions.BuildRead);
+        var refused = await SendAsync(HttpMethod.Post, "/api/v1/tokens", holder, """{"permissions":["server:read"]}""");
+        Assert.True(refused.Status == 403, refused.Body);
+        Assert.Contains("only the operator grants server:read", refused.Body, StringComparison.Ordinal);
+        Assert.Equal(201, (await SendAsync(HttpMethod.Post, "/api/v1/tokens", holder, """{"permissions":["build:read"]}""")).Status);
+        Assert.DoesNotContain("value=\"server:read\"", await PageTextAsync("/ui/account", holder), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Logout_needs_the_CSRF_token_and_a_revoked_tokens_session_ends()
     {
         var token = await TokenAsync("alice");
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "/ui/logout") { Content = new FormUrlEncodedContent([]) })
+        {
+            request.Headers.Add("Sec-Fetch-Site", "cross-site"); // another site's form: no cookie comes, but none may be deleted either
+            using var crossSite = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+            Assert.Equal(HttpStatusCode.Forbidden, crossSite.StatusCode);
+            Assert.False(crossSite.Headers.Contains("Set-Cookie"));
+        }
+
         using (var forged = await PageAsync(HttpMethod.Post, "/ui/logout", token, new FormUrlEncodedContent([])))
         {
             Assert.Equal(HttpStatusCode.Forbidden, forged.StatusCode);
@@ -169,6 +219,7 @@ public sealed partial class DashboardSessionTests : ApiFixture
             Assert.Contains("script-src 'self'", policy, StringComparison.Ordinal);
             Assert.DoesNotContain("unsafe-inline", policy, StringComparison.Ordinal);
             Assert.Equal("no-store", response.Headers.CacheControl?.ToString());
+            Assert.Equal("nosniff", response.Headers.GetValues("X-Content-Type-Options").Single());
             Assert.Equal("DENY", response.Headers.GetValues("X-Frame-Options").Single());
         }
 

@@ -492,6 +492,7 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.Equal(Ids("libfoo_bar"), await NamedAsync("foo_bar")); // '_' is not "any character"
         Assert.Equal(Ids("50%-off"), await NamedAsync("%-"));          // nor is '%' "anything"
         Assert.Empty(await NamedAsync("\\"));
+        Assert.Empty(await NamedAsync("!"));                              // nor the escape character
         Assert.Equal(Ids("other"), await NamedAsync("other"));
         Assert.DoesNotContain(inHash, await NamedAsync("hello"));
         Assert.Contains(inHash, await NamedAsync("zzz"));

@@ -56,6 +56,11 @@ internal static class ServeCommands
             Description = "Where the HTTP binary cache listens, ADDRESS:PORT, or 'none'.",
             DefaultValueFactory = _ => "127.0.0.1:8080",
         };
+        var publicUrl = new Option<string?>("--public-url")
+        {
+            Description = "The address users reach the HTTP front at, e.g. https://kiln.example.com when a reverse proxy ends TLS: the dashboard's " +
+                "login cookie is then Secure, requests from pages of other origins are told apart by it, and links Kiln gives out use it.",
+        };
         var substituters = new Option<string>("--substituters") { Description = "Upstream binary caches for accounts that set none, space-separated.", DefaultValueFactory = _ => "" };
         var trustedKeys = new Option<string>("--trusted-public-keys") { Description = "Keys trusted for every account's upstream caches, space-separated.", DefaultValueFactory = _ => "" };
         var fodNetwork = new Option<string>("--fod-network")
@@ -184,7 +189,7 @@ internal static class ServeCommands
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
-            minCores, defaultCores, metricsToken,
+            minCores, defaultCores, metricsToken, publicUrl,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -255,6 +260,7 @@ internal static class ServeCommands
                 SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
                 SshUser = result.GetValue(sshUser)!,
                 HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
+                PublicUrl = result.GetValue(publicUrl) is { Length: > 0 } url ? ParsePublicUrl(url) : null,
                 FixedOutputNetwork = new Kiln.Agent.FixedOutputNetworkOptions
                 {
                     Isolated = result.GetValue(fodNetwork) == "isolated",
@@ -300,6 +306,12 @@ internal static class ServeCommands
             ? token
             : throw new CommandException($"--metrics-token: {file} must hold one token of at least 16 characters (e.g. from 'openssl rand -hex 32')");
     }
+
+    // An absolute http(s) URL of a host (a path is allowed: a proxy may put Kiln under one), without a query.
+    private static Uri ParsePublicUrl(string text) =>
+        Uri.TryCreate(text.TrimEnd('/'), UriKind.Absolute, out var url) && url.Scheme is "http" or "https" && url.Query.Length == 0 && url.UserInfo.Length == 0
+            ? url
+            : throw new ArgumentException($"--public-url: '{text}' is not an http:// or https:// URL (e.g. https://kiln.example.com)");
 
     // ADDRESS:PORT, checked before anything starts so a typo is one clear line.
     private static string ParseListen(string text) =>

@@ -212,9 +212,10 @@ internal static class MetadataRows
         {
             // The name part only (after the 32-character hash and its dash), without case; LIKE's wildcards in the text are
             // taken literally.
-            var escaped = name.ToLowerInvariant().Replace("\\", "\\\\", StringComparison.Ordinal).Replace("%", "\\%", StringComparison.Ordinal)
-                .Replace("_", "\\_", StringComparison.Ordinal);
-            Filter("lower(b.drv_path) LIKE @name ESCAPE '\\'", "name", new string('_', 32) + "-%" + escaped + "%");
+            // ('!' escapes: a backslash literal depends on PostgreSQL's standard_conforming_strings.)
+            var escaped = name.ToLowerInvariant().Replace("!", "!!", StringComparison.Ordinal).Replace("%", "!%", StringComparison.Ordinal)
+                .Replace("_", "!_", StringComparison.Ordinal);
+            Filter("lower(b.drv_path) LIKE @name ESCAPE '!'", "name", new string('_', 32) + "-%" + escaped + "%");
         }
 
         var from = account is null ? "builds b" : "build_accounts f JOIN builds b ON b.id = f.build_id";
