@@ -134,6 +134,56 @@ public sealed class DashboardTests
         CheckPage(browser, "farm");
     }
 
+    [Fact]
+    public async Task A_50_MB_log_opens_without_freezing_the_browser_and_shows_its_end()
+    {
+        NixClient.RequireEndToEnd();
+        Browser.Require();
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: true, http: true);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        var token = kiln.Cli("token", "create", "alice", "--permissions", "build:read").Split('\n')[0];
+        var cancel = TestContext.Current.CancellationToken;
+
+        // 700,000 numbered lines of about 75 bytes: a 50 MB log.
+        var chatty = Dag.WriteSingle(client, workspace, "dash-chatty",
+            $"echo {Guid.NewGuid():N}; seq 1 700000 | sed 's/$/ of a long build log, padded out with words to be about seventy-five bytes/'; echo the very last line; mkdir $out");
+        client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, chatty, "--no-out-link", "--quiet"]);
+        using var http = new HttpClient { BaseAddress = new Uri(kiln.HttpUrl) };
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/api/v1/builds?limit=1");
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+        using var response = await http.SendAsync(request, cancel);
+        var id = System.Text.Json.JsonDocument.Parse(await response.Content.ReadAsStringAsync(cancel)).RootElement.GetProperty("builds")[0].GetProperty("id").GetInt64();
+        using var log = await http.SendAsync(new HttpRequestMessage(HttpMethod.Get, $"/api/v1/builds/{id}/log") { Headers = { Authorization = request.Headers.Authorization } },
+            HttpCompletionOption.ResponseHeadersRead, cancel);
+        await using (var stream = await log.Content.ReadAsStreamAsync(cancel))
+        {
+            var (bytes, buffer) = (0L, new byte[1 << 16]);
+            for (int read; (read = await stream.ReadAsync(buffer, cancel)) > 0;)
+            {
+                bytes += read;
+            }
+
+            Assert.True(bytes > 50_000_000, $"the log has {bytes} bytes");
+        }
+
+        using var browser = new Browser();
+        browser.Go(kiln.HttpUrl + "/ui/login");
+        LogIn(browser, token);
+        browser.Go($"{kiln.HttpUrl}/ui/builds/{id}");
+        // While the log streams in, the page keeps answering (a frozen main thread would not run this script).
+        browser.Wait(d => d.FindElement(By.Id("log-state")).Text.Contains("lines", StringComparison.Ordinal), "the log starting to arrive");
+        Assert.Equal("complete", (string)browser.Script("return document.readyState;")!);
+        browser.Wait(d => d.FindElement(By.Id("log-state")).Text.Contains("The build ended: built", StringComparison.Ordinal), "the whole 50 MB log", seconds: 300);
+        Assert.Contains("700,002 lines", browser.Find("#log-state").Text, StringComparison.Ordinal);
+        // The page holds the end of the log, not all of it, and says where the rest is.
+        Assert.True(browser.FindAll("#log .l").Count <= 5000, $"{browser.FindAll("#log .l").Count} lines in the page");
+        Assert.Equal("the very last line", (string)browser.Script("return document.getElementById('log').lastElementChild.textContent;")!);
+        Assert.Contains("are not shown here", browser.Find("#log-hidden").Text, StringComparison.Ordinal);
+        browser.Screenshot("dashboard-build-50mb-log");
+    }
+
     // The last "tick N" in the log shown (0: none yet).
     private static int LastTick(string log) =>
         log.Split('\n').Select(l => l.StartsWith("tick ", StringComparison.Ordinal) && int.TryParse(l[5..], out var n) ? n : 0).DefaultIfEmpty(0).Max();
