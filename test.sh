@@ -10,8 +10,8 @@ cd "$repo"
 
 # The reference Nix, Kiln's sandbox, the test builds' shell, setfattr, sshd and ssh-keygen, compression tools for the
 # decoder tests, nginx for the fake upstream cache, clang and zlib1g-dev for the NativeAOT kiln-bridge, and PostgreSQL's
-# server binaries for the metadata tests' private clusters; prometheus (and promtool) for the metrics tests.
-packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev slirp4netns postgresql"
+# server binaries for the metadata tests' private clusters; prometheus (and promtool) for the metrics tests; chromium and chromium-driver for the dashboard's browser tests.
+packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev slirp4netns postgresql chromium chromium-driver"
 if ! dpkg -s $packages prometheus > /dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing $packages prometheus..."

@@ -31,6 +31,9 @@ public sealed class BrowserSessions(KilnStore store, Uri? publicUrl = null)
 
     private readonly string? _publicOrigin = publicUrl?.GetLeftPart(UriPartial.Authority);
 
+    /// <summary>The address users reach Kiln at (<c>--public-url</c>), if it is not the listener's own.</summary>
+    public Uri? PublicUrl => publicUrl;
+
     private byte[]? _key;
 
     // Over HTTPS the browser is told to send the cookie only over HTTPS, under the __Host- name.

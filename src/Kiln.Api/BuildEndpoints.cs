@@ -49,7 +49,8 @@ internal static class BuildEndpoints
             using var view = store.OpenView(caller.Caller);
             var expires = DateTimeOffset.UtcNow.AddDays(1);
             var summary = await Summaries.SummarizeAsync(view, BuildFilters.Parse(status, tag, since, until),
-                async id => await links.LinkAsync(context.Request, id, expires).ConfigureAwait(false), context.RequestAborted).ConfigureAwait(false);
+                async id => await links.LinkAsync(context.Request, id, expires).ConfigureAwait(false), context.RequestAborted,
+                id => $"{links.Base(context.Request)}{LogLinks.DashboardBuilds}{id}").ConfigureAwait(false);
             return format switch
             {
                 null or "json" => TypedResults.Ok(summary),

@@ -108,7 +108,7 @@ public static class KilnApi
             });
         });
         app.UseRouting();
-        app.MapKilnApi(store, accounts, builds);
+        app.MapKilnApi(store, accounts, builds, sessions);
         app.UseEndpoints(_ => { });
     }
 
@@ -116,7 +116,7 @@ public static class KilnApi
     private static bool Anonymous(PathString path) =>
         path.Equals(OpenApiPath, StringComparison.OrdinalIgnoreCase) || path.StartsWithSegments(LogLinks.Path, StringComparison.OrdinalIgnoreCase);
 
-    private static void MapKilnApi(this IEndpointRouteBuilder routes, KilnStore store, AccountService accounts, IBuildControl builds)
+    private static void MapKilnApi(this IEndpointRouteBuilder routes, KilnStore store, AccountService accounts, IBuildControl builds, BrowserSessions sessions)
     {
         routes.MapOpenApi(OpenApiPath);
         var api = routes.MapGroup(Prefix).AddEndpointFilter(async (invocation, next) =>
@@ -130,7 +130,7 @@ public static class KilnApi
                 return Problems.Of(e);
             }
         }).WithTags("v1");
-        var links = new LogLinks(store);
+        var links = new LogLinks(store, sessions.PublicUrl);
         BuildEndpoints.Map(api, store, builds, links);
         BuildEndpoints.MapSigned(routes, store, links);
         AccountEndpoints.Map(api, accounts);

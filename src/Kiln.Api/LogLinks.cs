@@ -12,9 +12,19 @@ namespace Kiln.Api;
 /// (a server secret in the database, so every front door honours every front door's links). A link reads that one
 /// log until it expires; changing the id or the expiry breaks the signature.
 /// </summary>
-public sealed class LogLinks(KilnStore store)
+public sealed class LogLinks(KilnStore store, Uri? publicUrl = null)
 {
     public const string Path = KilnApi.Prefix + "/signed/builds";
+
+    /// <summary>Where the dashboard (Kiln.Dashboard) shows a build: this, then its id.</summary>
+    public const string DashboardBuilds = "/ui/builds/";
+
+    /// <summary>The address links are made with: <c>--public-url</c>, else the one the request came to.</summary>
+    public string Base(HttpRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        return publicUrl is null ? $"{request.Scheme}://{request.Host}" : publicUrl.ToString().TrimEnd('/');
+    }
 
     /// <summary>The longest a link may live.</summary>
     public static readonly TimeSpan MaxLifetime = TimeSpan.FromDays(7);
@@ -34,7 +44,7 @@ public sealed class LogLinks(KilnStore store)
         }
 
         var unix = expires.ToUnixTimeSeconds();
-        return $"{request.Scheme}://{request.Host}{Path}/{id}/log?expires={unix}&signature={await SignAsync(id, unix).ConfigureAwait(false)}";
+        return $"{Base(request)}{Path}/{id}/log?expires={unix}&signature={await SignAsync(id, unix).ConfigureAwait(false)}";
     }
 
     /// <summary>Whether the signature is this installation's for that build and expiry, and the expiry is still ahead.</summary>

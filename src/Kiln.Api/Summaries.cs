@@ -12,8 +12,12 @@ namespace Kiln.Api;
 public sealed record SummaryDocument(string? Tag, int Builds, int Built, int Reused, int Failed, int Running, double CpuSeconds, long BuildSeconds, bool Truncated,
     IReadOnlyList<BuildDocument> Slowest, IReadOnlyList<FailureDocument> Failures);
 
-/// <summary>A failed build in a summary, with a link to its log (signed, when the summary was made over HTTP).</summary>
-public sealed record FailureDocument(long Id, string Derivation, string Failure, string Error, string? Log);
+/// <summary>A failed build in a summary, with a link to its log (signed, when the summary was made over HTTP) and to its dashboard page.</summary>
+public sealed record FailureDocument(long Id, string Derivation, string Failure, string Error, string? Log)
+{
+    /// <summary>The build's page on the dashboard (the reader logs in there), when the summary was made over HTTP.</summary>
+    public string? Page { get; init; }
+}
 
 /// <summary>Summaries of the builds a query selects in a view: the API's <c>/builds/summary</c>, the shell's and the CLI's <c>ci summary</c>.</summary>
 public static class Summaries
@@ -22,7 +26,8 @@ public static class Summaries
 
     private const int Slowest = 5;
 
-    public static async Task<SummaryDocument> SummarizeAsync(StoreView view, BuildQuery query, Func<long, Task<string?>> logLink, CancellationToken cancellationToken)
+    public static async Task<SummaryDocument> SummarizeAsync(StoreView view, BuildQuery query, Func<long, Task<string?>> logLink, CancellationToken cancellationToken,
+        Func<long, string>? page = null)
     {
         ArgumentNullException.ThrowIfNull(view);
         ArgumentNullException.ThrowIfNull(logLink);
@@ -31,13 +36,23 @@ public static class Summaries
         var failures = new List<FailureDocument>();
         foreach (var failed in documents.Where(d => d.Status == "failed"))
         {
-            failures.Add(new FailureDocument(failed.Id, failed.Derivation, failed.Failure, failed.Error, await logLink(failed.Id).ConfigureAwait(false)));
+            failures.Add(new FailureDocument(failed.Id, failed.Derivation, failed.Failure, failed.Error, await logLink(failed.Id).ConfigureAwait(false))
+            {
+                Page = page?.Invoke(failed.Id),
+            });
         }
 
         return new SummaryDocument(query.Tag?.ToString(), documents.Count,
             documents.Count(d => d.Status == "built" && d.Relation == "started"), documents.Count(d => d.Status == "built" && d.Relation == "shared"),
             failures.Count, documents.Count(d => d.Status == "running"), Math.Round(documents.Sum(d => d.CpuUserSeconds + d.CpuSystemSeconds), 2),
             documents.Sum(d => d.Seconds), truncated, [.. documents.Where(d => d.Status != "running").OrderByDescending(d => d.Seconds).Take(Slowest)], failures);
+    }
+
+    // " ([log](…) · [build](…))": the links a failure has (they are Kiln's own URLs, not text a builder chose).
+    private static string Links(FailureDocument failure)
+    {
+        var links = new[] { failure.Log is null ? null : $"[log]({failure.Log})", failure.Page is null ? null : $"[build]({failure.Page})" }.OfType<string>().ToList();
+        return links.Count == 0 ? "" : $" ({string.Join(" · ", links)})";
     }
 
     /// <summary>The summary as Markdown, for a CI job's summary page (GitHub's <c>$GITHUB_STEP_SUMMARY</c>, GitLab's reports).</summary>
@@ -60,7 +75,7 @@ public static class Summaries
             foreach (var failure in summary.Failures)
             {
                 var error = failure.Error.Length > 0 ? $": {Escape(failure.Error)}" : "";
-                text.Append(culture, $"- `{Code(Name(failure.Derivation))}`{error}{(failure.Log is null ? "" : $" ([log]({failure.Log}))")}\n");
+                text.Append(culture, $"- `{Code(Name(failure.Derivation))}`{error}{Links(failure)}\n");
             }
         }
 

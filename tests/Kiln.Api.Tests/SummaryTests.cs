@@ -69,6 +69,20 @@ public sealed class SummaryTests : ApiFixture
         Assert.Contains("| 2 | 1 | 2 | 0 | 12.5 s | 15 s |", markdown.Body, StringComparison.Ordinal);
         Assert.Contains("- `phish.drv`: see \\[the fix\\]\\(http://evil.example\\) \\[31m\\<img src=x\\> ([log](http", markdown.Body, StringComparison.Ordinal);
         Assert.Contains("- `broken.drv`: builder failed with exit code 1 ([log](http", markdown.Body, StringComparison.Ordinal);
+        // And to the build's page on the dashboard, which exists for the account.
+        var page = System.Text.RegularExpressions.Regex.Match(markdown.Body, @"\[build\]\((http://[^)]+)\)").Groups[1].Value;
+        Assert.Matches($"^http://localhost{LogLinks.DashboardBuilds}[0-9]+$", page);
+        using (var request = new HttpRequestMessage(HttpMethod.Get, new Uri(page).PathAndQuery))
+        {
+            request.Headers.Add("Cookie", $"{BrowserSessions.CookieName}={token}");
+            using var response = await Http.SendAsync(request, TestContext.Current.CancellationToken);
+            Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+        }
+
+        // With --public-url, links are made with it (a proxy's https address), not the address the request came to.
+        var proxied = await new LogLinks(Store, new Uri("https://kiln.example.com/")).LinkAsync(
+            new DefaultHttpContext { Request = { Scheme = "http", Host = new HostString("127.0.0.1:8080") } }.Request, failed, DateTimeOffset.UtcNow.AddMinutes(1));
+        Assert.StartsWith($"https://kiln.example.com{LogLinks.Path}/{failed}/log?", proxied, StringComparison.Ordinal);
 
         // The filter on listings, and a build's own tags.
         var listed = JsonDocument.Parse((await GetAsync("/api/v1/builds?tag=ci-run=2", token)).Body).RootElement.GetProperty("builds");
