@@ -112,6 +112,19 @@ public sealed record SettingsDocument(string Account, bool PublicCache, string S
 /// <summary>The public half of the account's signing key.</summary>
 public sealed record SigningKeyDocument(string PublicKey);
 
+/// <summary>A pin: its name and the path it keeps.</summary>
+public sealed record PinDocument(string Name, string Path)
+{
+    public static PinDocument Of(PinRecord pin)
+    {
+        ArgumentNullException.ThrowIfNull(pin);
+        return new PinDocument(pin.Name, pin.Path.ToString());
+    }
+}
+
+/// <summary>What to pin: a store path, and a name for the pin (default: the path's name).</summary>
+public sealed record PinRequest(string? Path, string? Name);
+
 /// <summary>A store path in the caller's view.</summary>
 /// <param name="Provenance">uploaded, built, substituted or shared: how it came into the account's view.</param>
 public sealed record PathDocument(string Path, string NarHash, long NarSize, IReadOnlyList<string> References, string? Deriver, string Registered,

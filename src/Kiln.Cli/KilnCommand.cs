@@ -29,6 +29,7 @@ internal static class KilnCommand
         ["agents"] = AgentCommands.Agents,
         ["builder"] = BuilderCommands.Builder,
         ["ci"] = CiCommands.Ci,
+        ["pin"] = PinCommands.Pin,
     };
 
     public static async Task<int> RunAsync(string[] args)

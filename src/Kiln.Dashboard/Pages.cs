@@ -315,6 +315,19 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
             <dt>Expires</dt><dd>{(caller.Token.Expires is { } expires ? E(BuildDocument.Time(expires)) : "never")}</dd>
             </dl>
             """);
+        if (caller.Can(KeyPermissions.StoreRead))
+        {
+            using var view = store.OpenView(caller.Caller);
+            var pins = await view.PinsAsync(cancel).ConfigureAwait(false);
+            var removable = caller.Can(KeyPermissions.StoreWrite);
+            body.Append("<section aria-labelledby=\"pins-h\"><h2 id=\"pins-h\">Pins</h2>");
+            body.Append(Table("pins-table", "Pinned paths", ["Name", "Path", ""], pins.Select(p =>
+                $"<tr><td>{E(p.Name)}</td><td><code class=\"path\">{E(p.Path.ToString())}</code></td><td>" +
+                (removable ? $"<button type=\"button\" class=\"danger small\" data-remove-pin=\"{E(p.Name)}\" aria-label=\"Remove pin {E(p.Name)}\">Unpin</button>" : "") + "</td></tr>"),
+                "No pins: garbage collection keeps only what Nix's roots hold."));
+            body.Append("<p class=\"hint\">Pin a path with <code>ssh kiln@HOST pin add /nix/store/…</code>: it stays, with its closure, until unpinned.</p></section>");
+        }
+
         if (!caller.Can(KeyPermissions.AccountWrite))
         {
             return ("Account", body.Append(NeedsNotice(visitor, KeyPermissions.AccountWrite, "manage keys, tokens or settings")).ToString());

@@ -363,6 +363,16 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         return rootName;
     }
 
+    /// <summary>Pins <paramref name="path"/> in the account's store (<see cref="Pins.AddAsync"/>).</summary>
+    public Task<PinRecord> PinAsync(StorePath path, string? name, CancellationToken cancellationToken) =>
+        Pins.AddAsync(Metadata, AccountId, path, name, cancellationToken);
+
+    /// <summary>The account's pins, by name.</summary>
+    public Task<IReadOnlyList<PinRecord>> PinsAsync(CancellationToken cancellationToken) => Pins.ListAsync(Metadata, AccountId, cancellationToken);
+
+    /// <summary>Removes the account's pin named <paramref name="name"/> (<see cref="Pins.RemoveAsync"/>).</summary>
+    public Task<PinRecord> UnpinAsync(string name, CancellationToken cancellationToken) => Pins.RemoveAsync(Metadata, AccountId, name, cancellationToken);
+
     public Task<IReadOnlyList<KeyValuePair<string, StorePath>>> FindRootsAsync(CancellationToken cancellationToken) =>
         _store.GarbageCollector.RootsAsync(AccountId, cancellationToken);
 

@@ -35,6 +35,8 @@ public sealed class AccessTests : ApiFixture
         ("POST", "/api/v1/signing-key", KeyPermissions.AccountWrite, "{}"),
         ("GET", "/api/v1/settings", KeyPermissions.AccountWrite, null),
         ("GET", "/api/v1/paths/{path}", KeyPermissions.StoreRead, null),
+        ("GET", "/api/v1/pins", KeyPermissions.StoreRead, null),
+        ("DELETE", "/api/v1/pins?name=pin-of-hers", KeyPermissions.StoreWrite, null),
     ];
 
     [Fact]
@@ -89,6 +91,8 @@ public sealed class AccessTests : ApiFixture
         var tokens = JsonDocument.Parse((await GetAsync("/api/v1/tokens", aliceToken)).Body).RootElement.EnumerateArray().ToList();
         Assert.Contains(tokens, t => t.GetProperty("id").GetInt64() == alice.Token);
         Assert.All(tokens, t => Assert.False(t.GetProperty("revoked").GetBoolean()));
+        // Bob's DELETE did not take Alice's pin either.
+        Assert.Contains("pin-of-hers", (await GetAsync("/api/v1/pins", aliceToken)).Body, StringComparison.Ordinal);
         // And Alice does see her things.
         Assert.Contains("hunter2", (await GetAsync($"/api/v1/builds/{alice.Build}/log", aliceToken)).Body, StringComparison.Ordinal);
         Assert.Contains(alice.PathHash, (await GetAsync($"/api/v1/paths/{alice.PathHash}", aliceToken)).Body, StringComparison.Ordinal);
@@ -194,6 +198,11 @@ public sealed class AccessTests : ApiFixture
         var build = await BuildAsync("alice", "alices-secret", log: ["the password is hunter2"]);
         var running = await BuildAsync("alice", "alices-running", running: true);
         var path = await PathAsync("alice", "alices-secret", "hunter2");
+        using (var view = await Store.OpenViewAsync("alice", default))
+        {
+            await view.PinAsync(path, "pin-of-hers", default);
+        }
+
         var token = await TokenAsync("alice");
         // The token the table revokes: one that any token with account:write may revoke.
         var revocable = await TokenAsync("alice", KeyPermissions.AccountWrite);

@@ -287,6 +287,43 @@ public sealed class StoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_pinned_path_survives_garbage_collection_until_unpinned_and_pins_are_per_account()
+    {
+        var pinned = Ia("pinned");
+        var loose = Ia("loose");
+        using (var view = await _store.OpenViewAsync("local", default))
+        {
+            await view.AddToStoreAsync(Declared(pinned, HelloNar), new MemoryStream(HelloNar), false, true, default);
+            var other = new NarBuilder().Str("nix-archive-1").File("loose").ToArray();
+            await view.AddToStoreAsync(Declared(loose, other), new MemoryStream(other), false, true, default);
+            Assert.Equal(new Kiln.Store.Metadata.PinRecord("pinned", pinned), await view.PinAsync(pinned, null, default));
+            await view.PinAsync(pinned, "release-1.0", default);
+            var invalid = await Assert.ThrowsAsync<KilnException>(() => view.PinAsync(pinned, "two\nlines", default));
+            Assert.Equal(ErrorKind.Invalid, invalid.Kind);
+        }
+
+        // Another account can neither pin a path it does not hold nor see or remove this account's pins.
+        using (var bob = await _store.OpenViewAsync("bob", default))
+        {
+            Assert.Equal(ErrorKind.NotFound, (await Assert.ThrowsAsync<KilnException>(() => bob.PinAsync(pinned, null, default))).Kind);
+            Assert.Empty(await bob.PinsAsync(default));
+            Assert.Equal(ErrorKind.NotFound, (await Assert.ThrowsAsync<KilnException>(() => bob.UnpinAsync("pinned", default))).Kind);
+        }
+
+        using var gc = await _store.OpenViewAsync("local", default);
+        Assert.Equal(["pinned", "release-1.0"], (await gc.PinsAsync(default)).Select(p => p.Name));
+        Assert.Equal([loose], (await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default)).Paths);
+        Assert.Contains(await gc.FindRootsAsync(default), r => r.Key == "release-1.0" && r.Value == pinned);
+
+        // Both pins hold it; once both are gone, so is it.
+        await gc.UnpinAsync("pinned", default);
+        Assert.Empty((await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default)).Paths);
+        await gc.UnpinAsync("release-1.0", default);
+        Assert.Equal([pinned], (await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default)).Paths);
+        Assert.Equal(ErrorKind.NotFound, (await Assert.ThrowsAsync<KilnException>(() => gc.UnpinAsync("pinned", default))).Kind);
+    }
+
+    [Fact]
     public async Task Kilns_own_files_are_its_alone_and_a_data_directory_others_can_write_is_refused()
     {
         // 19.8 (on 8b92d5f blobs and logs were world-readable: any local user could read every account's uploads).

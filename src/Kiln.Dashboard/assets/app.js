@@ -205,6 +205,11 @@
       try { await call(`/keys?fingerprint=${encodeURIComponent(button.dataset.removeKey)}`, { method: "DELETE" }); button.closest("tr").remove(); }
       catch (error) { alert(error.message); }
     }));
+    document.querySelectorAll("[data-remove-pin]").forEach(button => button.addEventListener("click", async () => {
+      if (!confirm(`Unpin ${button.dataset.removePin}? Its path goes at the next garbage collection unless something else keeps it.`)) return;
+      try { await call(`/pins?name=${encodeURIComponent(button.dataset.removePin)}`, { method: "DELETE" }); button.closest("tr").remove(); }
+      catch (error) { alert(error.message); }
+    }));
     const form = document.getElementById("new-token");
     form?.addEventListener("submit", async e => {
       e.preventDefault();

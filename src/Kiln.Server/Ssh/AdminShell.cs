@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using Kiln.Accounts;
 using Kiln.Api;
+using Kiln.Nix.StorePaths;
 using Kiln.Protocol;
 using Kiln.Store;
 using Kiln.Store.Accounts;
@@ -35,6 +36,9 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
           builds log ID                   its log
           ci summary --tag NAME=VALUE     what a tagged CI run's builds came to, as Markdown
           usage                           paths, store size and build time used
+          pin list                        the account's pins
+          pin add PATH [--name NAME]      keep PATH (and its closure) whatever garbage collection would do
+          pin remove NAME                 stop keeping a pinned path
           help, exit
         """;
 
@@ -114,8 +118,33 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             case "usage":
                 Need(KeyPermissions.StoreRead);
                 return await UsageAsync(json, cancellationToken).ConfigureAwait(false);
+            case "pin":
+                return await PinAsync(words, json, cancellationToken).ConfigureAwait(false);
             default:
                 throw new ShellException($"unknown command '{command}' (try 'help')");
+        }
+    }
+
+    private async Task<string> PinAsync(List<string> words, bool json, CancellationToken cancellationToken)
+    {
+        switch (words.ElementAtOrDefault(1))
+        {
+            case "list":
+                Need(KeyPermissions.StoreRead);
+                var pins = await view.PinsAsync(cancellationToken).ConfigureAwait(false);
+                return Show(json, pins.Select(PinDocument.Of), string.Join("\n", pins.Select(p => $"{p.Name}\t{p.Path}")));
+            case "add":
+                Need(KeyPermissions.StoreWrite);
+                var text = words.ElementAtOrDefault(2) is { } given && !given.StartsWith("--", StringComparison.Ordinal) ? given : throw new ShellException("usage: pin add PATH [--name NAME]");
+                var path = StorePath.TryParse(text, out var parsed) ? parsed : throw new ShellException($"'{text}' is not a store path (/nix/store/HASH-NAME)");
+                var pin = await view.PinAsync(path, Option(words, "--name"), cancellationToken).ConfigureAwait(false);
+                return Show(json, PinDocument.Of(pin), $"pinned {pin.Path} as '{pin.Name}'");
+            case "remove":
+                Need(KeyPermissions.StoreWrite);
+                var removed = await view.UnpinAsync(words.ElementAtOrDefault(2) ?? throw new ShellException("usage: pin remove NAME"), cancellationToken).ConfigureAwait(false);
+                return Show(json, PinDocument.Of(removed), $"removed pin '{removed.Name}' ({removed.Path})");
+            default:
+                throw new ShellException("usage: pin list | pin add PATH [--name NAME] | pin remove NAME");
         }
     }
 

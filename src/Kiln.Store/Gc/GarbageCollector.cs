@@ -109,7 +109,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
         var roots = new List<KeyValuePair<string, StorePath>>();
         foreach (var root in await metadata.GetRootsAsync(account, cancellationToken).ConfigureAwait(false))
         {
-            if (root.Kind == RootKind.Permanent)
+            if (root.Kind is RootKind.Permanent or RootKind.Pin)
             {
                 roots.Add(new(root.Name, root.Path));
             }

@@ -61,9 +61,15 @@ public enum RootKind
 {
     Permanent,
     Indirect,
+
+    /// <summary>A pin: a named root an account keeps through Kiln (<c>kiln pin add</c>, the shell, the API), not through Nix.</summary>
+    Pin,
 }
 
 public sealed record RootRecord(RootKind Kind, string Name, StorePath Path);
+
+/// <summary>A pin of an account: its name and the path it keeps.</summary>
+public sealed record PinRecord(string Name, StorePath Path);
 
 /// <summary>A path in a view's reference graph, as the garbage collector sees it.</summary>
 public sealed record GraphNode(StorePath Path, IReadOnlyList<StorePath> References, StorePath? Deriver, long NarSize, NixHash NarHash, long RegistrationTime = 0);

@@ -113,9 +113,9 @@ internal static class MetadataRows
     public static readonly string GlobalTrustTexts =
         string.Join(", ", Enum.GetValues<PathTrust>().Where(t => t.IsGlobal()).Select(t => $"'{TrustText(t)}'"));
 
-    public static string KindText(RootKind kind) => kind == RootKind.Permanent ? "perm" : "indirect";
+    public static string KindText(RootKind kind) => kind switch { RootKind.Permanent => "perm", RootKind.Pin => "pin", _ => "indirect" };
 
-    public static RootKind ParseKind(string text) => text == "perm" ? RootKind.Permanent : RootKind.Indirect;
+    public static RootKind ParseKind(string text) => text switch { "perm" => RootKind.Permanent, "pin" => RootKind.Pin, _ => RootKind.Indirect };
 
     public const string KeyColumns = "k.id, k.account_id, a.name, k.key_type, k.key_blob, k.comment, k.permissions, k.enabled, k.created";
 
