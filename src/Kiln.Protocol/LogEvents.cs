@@ -61,4 +61,5 @@ public static class LogEvents
     public const int BlobSweepFailed = 6105;
     public const int StorageFailed = 6106;
     public const int InputsPruned = 6107;
+    public const int GarbageCollectionFailed = 6108;
 }

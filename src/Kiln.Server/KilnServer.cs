@@ -116,6 +116,7 @@ public static partial class KilnServer
                 builder.Services.AddHostedService(services => services.GetRequiredService<Ssh.SshFrontDoor>());
                 builder.Services.AddHostedService<HttpCacheService>();
                 builder.Services.AddHostedService<BlobSweepService>();
+                builder.Services.AddHostedService<GcService>();
                 using var host = builder.Build();
                 await host.RunAsync(cancellationToken).ConfigureAwait(false);
 

@@ -48,6 +48,15 @@ public sealed record ServerOptions
     /// <summary>How often the running server deletes blobs nothing names (zero: never; <c>kiln store gc</c> still does).</summary>
     public TimeSpan BlobSweepInterval { get; init; } = TimeSpan.FromHours(1);
 
+    /// <summary>How often the server collects garbage in every account's view (<see cref="GcService"/>); zero: never by itself.</summary>
+    public TimeSpan GcInterval { get; init; }
+
+    /// <summary>Free bytes on the data directory's file system under which a collection runs at once; zero: free space does not start one.</summary>
+    public long GcMinFree { get; init; }
+
+    /// <summary>How often free space is looked at for <see cref="GcMinFree"/>.</summary>
+    public TimeSpan GcCheckInterval { get; init; } = TimeSpan.FromMinutes(1);
+
     /// <summary>The network fixed-output builds get (their own by default).</summary>
     public Kiln.Agent.FixedOutputNetworkOptions FixedOutputNetwork { get; init; } = new();
 

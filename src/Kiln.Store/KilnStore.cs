@@ -1,7 +1,9 @@
+using Kiln.Protocol.Worker;
 using Kiln.Store.Accounts;
 using Kiln.Store.Blobs;
 using Kiln.Store.Gc;
 using Kiln.Store.Logs;
+using Kiln.Nix.StorePaths;
 using Kiln.Store.Metadata;
 
 namespace Kiln.Store;
@@ -88,6 +90,19 @@ public sealed class KilnStore : IAsyncDisposable
     /// </summary>
     public Task<(int Paths, long Bytes, long Blobs)> CollectAllGarbageAsync(TimeSpan? blobGrace, CancellationToken cancellationToken) =>
         GarbageCollector.CollectAllAsync(blobGrace, cancellationToken);
+
+    /// <summary>What a collection would take from each account's view now (nothing is deleted): account name, then its dead paths.</summary>
+    public async Task<IReadOnlyList<(string Account, IReadOnlyList<StorePath> Paths)>> DeadPathsAsync(CancellationToken cancellationToken)
+    {
+        var dead = new List<(string, IReadOnlyList<StorePath>)>();
+        foreach (var account in await Metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false))
+        {
+            var result = await GarbageCollector.CollectAsync(account.Id, new GcRequest(GcAction.ReturnDead, new HashSet<StorePath>(), 0), cancellationToken).ConfigureAwait(false);
+            dead.Add((account.Name, [.. result.Paths.Order()]));
+        }
+
+        return dead;
+    }
 
     /// <summary>The whole store's size (every view's records, the distinct NARs they name): a scan, for gauges read now and then.</summary>
     public Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken) => Metadata.GetTotalsAsync(cancellationToken);

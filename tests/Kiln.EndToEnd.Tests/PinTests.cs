@@ -55,4 +55,40 @@ public sealed class PinTests
         Assert.False(Valid(byOperator));
         Assert.False(Valid(byShell));
     }
+
+    [Fact]
+    public void The_server_collects_garbage_by_itself_at_its_interval_sparing_pins_and_gc_dry_run_says_what_would_go()
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For("2.34.8");
+        using var data = new global::Kiln.Nix.Tests.Support.TempDir();
+        using var workspace = client.NewWorkspace();
+        string pinned, loose;
+        using (var kiln = new KilnProcess(dataDirectory: data["data"]))
+        {
+            string Add(string name)
+            {
+                File.WriteAllText(client.HostPath($"{workspace}/{name}"), $"{name} {Guid.NewGuid():N}\n");
+                return client.Ok(kiln, "nix-store", "--store", NixClient.SocketUri, "--add", $"{workspace}/{name}").StdoutText.Trim();
+            }
+
+            pinned = Add("pinned.txt");
+            loose = Add("loose.txt");
+            kiln.Cli("pin", "add", "local", pinned);
+        }
+
+        // With the server stopped, --dry-run names what a collection would take, and takes nothing.
+        var dryRun = global::Kiln.Nix.Tests.Support.Processes.Run("dotnet", [KilnProcess.Dll, "store", "gc", "--dry-run", "--data", data["data"]]);
+        Assert.True(dryRun.ExitCode == 0, dryRun.Stderr);
+        Assert.Equal($"local\t{loose}", dryRun.StdoutText.Trim());
+        Assert.Contains("no root, pin or session", dryRun.Stderr, StringComparison.Ordinal);
+
+        // A server collecting every second takes the loose path by itself, and keeps the pinned one.
+        using (var kiln = new KilnProcess(dataDirectory: data["data"], arguments: ["--gc-interval", "1"]))
+        {
+            Assert.True(kiln.WaitForLog("garbage collection (its interval came): 1 paths", TimeSpan.FromSeconds(30)), kiln.Log);
+            client.Ok(kiln, "nix-store", "--store", NixClient.SocketUri, "--check-validity", pinned);
+            Assert.NotEqual(0, client.Run(kiln, "nix-store", "--store", NixClient.SocketUri, "--check-validity", loose).ExitCode);
+        }
+    }
 }

@@ -80,6 +80,16 @@ internal static class ServeCommands
             Description = "Seconds between sweeps of blobs nothing names (uploads or builds whose registration never came; 0: only 'kiln store gc').",
             DefaultValueFactory = _ => 3600,
         };
+        var gcInterval = new Option<int>("--gc-interval")
+        {
+            Description = "Seconds between garbage collections of every account's view: paths no root, pin or live session holds go, then blobs " +
+                "nothing names (default 0: only when asked, or by --gc-min-free).",
+        };
+        var gcMinFree = new Option<string>("--gc-min-free")
+        {
+            Description = "Collect garbage at once when the data directory's file system has less free: SIZE, N% of that file system, or 0 (the default: free space does not start one).",
+            DefaultValueFactory = _ => "0",
+        };
         var fetchMax = new Option<long>("--fetch-max-size")
         {
             Description = "The most bytes one builtin:fetchurl download may bring (default 4 GiB).",
@@ -189,7 +199,7 @@ internal static class ServeCommands
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
-            minCores, defaultCores, metricsToken, publicUrl,
+            minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -267,6 +277,8 @@ internal static class ServeCommands
                     Allowed = (result.GetValue(fodAllow) ?? []).Select(ParseRange).ToList(),
                 },
                 BlobSweepInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(blobSweep))),
+                GcInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(gcInterval))),
+                GcMinFree = Size(result.GetValue(gcMinFree)!, ShareOfDisk, "the data directory's file system"),
                 StepClaimLease = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(claimLease))),
                 MetricsToken = ReadMetricsToken(result.GetValue(metricsToken)),
                 NarRedirect = result.GetValue(narRedirect) ? TimeSpan.FromSeconds(Math.Clamp(result.GetValue(narRedirectLifetime), 10, 3600)) : null,
@@ -358,7 +370,8 @@ internal static class ServeCommands
     {
         var gcData = DataOption();
         var gcAccount = new Option<string>("--socket-account") { Description = "The account whose view is unpacked under DATA/root (as for kiln serve).", DefaultValueFactory = _ => "local" };
-        var gc = new Command("gc", "Collect garbage in every account's view and delete blobs nothing names (server stopped).") { gcData, gcAccount };
+        var dryRun = new Option<bool>("--dry-run") { Description = "Only say which paths would leave which account's view, and why; delete nothing." };
+        var gc = new Command("gc", "Collect garbage in every account's view and delete blobs nothing names (server stopped).") { gcData, gcAccount, dryRun };
         gc.SetAction(async (result, cancellationToken) =>
         {
             var directory = Path.GetFullPath(result.GetValue(gcData)!);
@@ -366,6 +379,21 @@ internal static class ServeCommands
             var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory, MaterialisedAccount = result.GetValue(gcAccount) }, cancellationToken).ConfigureAwait(false);
             await using (store.ConfigureAwait(false))
             {
+                if (result.GetValue(dryRun))
+                {
+                    foreach (var (account, dead) in await store.DeadPathsAsync(cancellationToken).ConfigureAwait(false))
+                    {
+                        foreach (var path in dead)
+                        {
+                            Console.Out.Write($"{account}\t{path}\n");
+                        }
+                    }
+
+                    Console.Error.Write("(these paths would go: no root, pin or session of their account holds them, nor do paths it keeps refer to them; " +
+                        "their blobs go too unless another account holds the same content)\n");
+                    return 0;
+                }
+
                 // With the server stopped no upload is in flight, so no grace period is needed for blobs.
                 var (paths, bytes, blobs) = await store.CollectAllGarbageAsync(TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
                 Console.Out.Write($"deleted {paths} paths ({bytes} bytes of NAR) from accounts' views; removed {blobs} blobs\n");
