@@ -1,9 +1,9 @@
+using Kiln.Nix.StorePaths;
 using Kiln.Protocol.Worker;
 using Kiln.Store.Accounts;
 using Kiln.Store.Blobs;
 using Kiln.Store.Gc;
 using Kiln.Store.Logs;
-using Kiln.Nix.StorePaths;
 using Kiln.Store.Metadata;
 
 namespace Kiln.Store;
