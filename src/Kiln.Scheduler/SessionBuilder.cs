@@ -214,6 +214,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                 }
             }
 
+            await _view.AddTempRootsAsync(roots, _stop.Token).ConfigureAwait(false); // before their closure is read (as above)
             var (closure, missingInput) = await InputClosureAsync(drvPath, roots).ConfigureAwait(false);
             if (missingInput is not null)
             {
@@ -302,6 +303,8 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                     return done;
                 }
 
+                // Held before their closure is read: a collection meanwhile could otherwise take an input the client saw as valid.
+                await _view.AddTempRootsAsync([.. derivation.InputSources], _stop.Token).ConfigureAwait(false);
                 var (closure, missingInput) = await InputClosureAsync(drvPath, derivation.InputSources).ConfigureAwait(false);
                 if (missingInput is not null)
                 {

@@ -10,6 +10,8 @@ namespace Kiln.Server;
 /// directory's file system has less than <see cref="ServerOptions.GcMinFree"/> free, each account's view loses the
 /// paths no root, pin or live session holds (the collector's own rules, as for <c>nix-store --gc</c> through Kiln),
 /// then the blobs no view names any more (after the store's grace period, so an upload in flight keeps its blob).
+/// Paths registered within <see cref="ServerOptions.GcKeepRecent"/> stay: an HTTP push registers a closure path by
+/// path with no session holding the paths already sent.
 /// </summary>
 public sealed partial class GcService(KilnStore store, ServerOptions options, ILoggerFactory loggers) : BackgroundService
 {
@@ -22,30 +24,43 @@ public sealed partial class GcService(KilnStore store, ServerOptions options, IL
             return;
         }
 
-        // Free space is looked at every minute (or every interval, if that is shorter); the interval counts from the last run.
+        // Free space is looked at every minute (or every interval, if that is shorter); the interval counts from the
+        // start of the last run, on the monotonic clock.
         var check = options.GcInterval > TimeSpan.Zero && options.GcInterval < options.GcCheckInterval ? options.GcInterval : options.GcCheckInterval;
-        var last = DateTimeOffset.UtcNow;
+        var lastStart = Environment.TickCount64;
+        long quietUntil = 0; // after a run for free space that freed nothing: the next such run waits (it would only repeat)
         using var timer = new PeriodicTimer(check);
         while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
         {
-            var due = options.GcInterval > TimeSpan.Zero && DateTimeOffset.UtcNow - last >= options.GcInterval;
-            var free = options.GcMinFree > 0 ? FreeBytes() : long.MaxValue;
-            if (!due && free >= options.GcMinFree)
+            var now = Environment.TickCount64;
+            // A tick may come a little early: half a check's slack keeps an interval from slipping a whole check.
+            var due = options.GcInterval > TimeSpan.Zero && now - lastStart >= (options.GcInterval - check / 2).TotalMilliseconds;
+            var low = options.GcMinFree > 0 && now >= quietUntil && FreeBytes() < options.GcMinFree;
+            if (!due && !low)
             {
                 continue;
             }
 
+            lastStart = now;
             try
             {
-                var (paths, bytes, blobs) = await store.CollectAllGarbageAsync(null, stoppingToken).ConfigureAwait(false);
+                var (paths, bytes, blobs) = await store.CollectAllGarbageAsync(null, stoppingToken, options.GcKeepRecent).ConfigureAwait(false);
                 LogCollected(_logger, due ? "its interval came" : "free space ran low", paths, bytes, blobs);
+                if (low && paths == 0 && blobs == 0)
+                {
+                    quietUntil = Environment.TickCount64 + (long)(options.GcCheckInterval * 10).TotalMilliseconds;
+                    LogNothingToFree(_logger, options.GcMinFree);
+                }
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException or KilnException)
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {
+                return;
+            }
+            catch (Exception e)
+            {
+                // Whatever went wrong (a busy database, a bucket that failed), the server carries on and tries again.
                 LogFailed(_logger, e);
             }
-
-            last = DateTimeOffset.UtcNow;
         }
     }
 
@@ -64,6 +79,10 @@ public sealed partial class GcService(KilnStore store, ServerOptions options, IL
     [LoggerMessage(EventId = LogEvents.GarbageCollected, Level = LogLevel.Information,
         Message = "garbage collection ({Reason}): {Paths} paths ({Bytes} bytes of NAR) left accounts' views; {Blobs} blobs removed")]
     private static partial void LogCollected(ILogger logger, string reason, int paths, long bytes, long blobs);
+
+    [LoggerMessage(EventId = LogEvents.GarbageCollectionFailed + 1, Level = LogLevel.Warning,
+        Message = "free space is under --gc-min-free ({MinFree} bytes) and garbage collection freed nothing: pins and roots hold the rest; it is tried again in ten minutes")]
+    private static partial void LogNothingToFree(ILogger logger, long minFree);
 
     [LoggerMessage(EventId = LogEvents.GarbageCollectionFailed, Level = LogLevel.Warning, Message = "garbage collection failed; it is tried again at the next check")]
     private static partial void LogFailed(ILogger logger, Exception exception);

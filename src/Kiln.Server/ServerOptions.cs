@@ -54,6 +54,9 @@ public sealed record ServerOptions
     /// <summary>Free bytes on the data directory's file system under which a collection runs at once; zero: free space does not start one.</summary>
     public long GcMinFree { get; init; }
 
+    /// <summary>Paths registered less than this long ago survive the server's own collections (pushes in flight).</summary>
+    public TimeSpan GcKeepRecent { get; init; } = TimeSpan.FromMinutes(10);
+
     /// <summary>How often free space is looked at for <see cref="GcMinFree"/>.</summary>
     public TimeSpan GcCheckInterval { get; init; } = TimeSpan.FromMinutes(1);
 

@@ -88,8 +88,8 @@ public sealed class KilnStore : IAsyncDisposable
     /// Collects every account's view, then sweeps every blob nothing names (older than <paramref name="blobGrace"/>)
     /// and what interrupted uploads left: <c>kiln store gc</c>, with the server stopped.
     /// </summary>
-    public Task<(int Paths, long Bytes, long Blobs)> CollectAllGarbageAsync(TimeSpan? blobGrace, CancellationToken cancellationToken) =>
-        GarbageCollector.CollectAllAsync(blobGrace, cancellationToken);
+    public Task<(int Paths, long Bytes, long Blobs)> CollectAllGarbageAsync(TimeSpan? blobGrace, CancellationToken cancellationToken, TimeSpan? keepRecent = null) =>
+        GarbageCollector.CollectAllAsync(blobGrace, cancellationToken, keepRecent);
 
     /// <summary>What a collection would take from each account's view now (nothing is deleted): account name, then its dead paths.</summary>
     public async Task<IReadOnlyList<(string Account, IReadOnlyList<StorePath> Paths)>> DeadPathsAsync(CancellationToken cancellationToken)

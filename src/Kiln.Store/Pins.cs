@@ -25,9 +25,9 @@ public static class Pins
     {
         ArgumentNullException.ThrowIfNull(metadata);
         name ??= path.Name;
-        if (name.Length is 0 or > 200 || name.Any(char.IsControl))
+        if (name.Length is 0 or > 200 || name.Trim().Length != name.Length || name.Any(Unprintable))
         {
-            throw new KilnException(ErrorKind.Invalid, "a pin's name is one line of 1 to 200 printable characters");
+            throw new KilnException(ErrorKind.Invalid, "a pin's name is one line of 1 to 200 printable characters, without spaces around it");
         }
 
         if ((await metadata.GetPathsAsync(account, [path], cancellationToken).ConfigureAwait(false)).Count == 0)
@@ -44,6 +44,12 @@ public static class Pins
         await metadata.AddRootAsync(account, RootKind.Pin, name, path, cancellationToken).ConfigureAwait(false);
         return new PinRecord(name, path);
     }
+
+    // Control, format (direction overrides, zero-width), line and paragraph separators, halves of surrogate pairs: what
+    // would make a listing on a terminal or a page show something other than the name.
+    private static bool Unprintable(char c) => char.GetUnicodeCategory(c) is System.Globalization.UnicodeCategory.Control or System.Globalization.UnicodeCategory.Format
+        or System.Globalization.UnicodeCategory.LineSeparator or System.Globalization.UnicodeCategory.ParagraphSeparator or System.Globalization.UnicodeCategory.Surrogate
+        or System.Globalization.UnicodeCategory.OtherNotAssigned;
 
     /// <summary>The account's pins, by name.</summary>
     public static async Task<IReadOnlyList<PinRecord>> ListAsync(IPathMetadata metadata, long account, CancellationToken cancellationToken)

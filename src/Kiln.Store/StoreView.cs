@@ -364,8 +364,12 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     }
 
     /// <summary>Pins <paramref name="path"/> in the account's store (<see cref="Pins.AddAsync"/>).</summary>
-    public Task<PinRecord> PinAsync(StorePath path, string? name, CancellationToken cancellationToken) =>
-        Pins.AddAsync(Metadata, AccountId, path, name, cancellationToken);
+    public async Task<PinRecord> PinAsync(StorePath path, string? name, CancellationToken cancellationToken)
+    {
+        // Held by this session first, as Nix does: a collection between the check and the pin cannot take the path.
+        await HoldAsync([path], cancellationToken).ConfigureAwait(false);
+        return await Pins.AddAsync(Metadata, AccountId, path, name, cancellationToken).ConfigureAwait(false);
+    }
 
     /// <summary>The account's pins, by name.</summary>
     public Task<IReadOnlyList<PinRecord>> PinsAsync(CancellationToken cancellationToken) => Pins.ListAsync(Metadata, AccountId, cancellationToken);

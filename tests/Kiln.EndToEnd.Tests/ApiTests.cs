@@ -194,7 +194,7 @@ public sealed class ApiTests
         Assert.True(markdown.ExitCode == 0, markdown.Stderr);
         Assert.Contains("### Kiln builds for `ci-run=7`", markdown.StdoutText, StringComparison.Ordinal);
         Assert.Contains("| 1 | 4 | 1 | 0 |", markdown.StdoutText, StringComparison.Ordinal); // built, reused, failed, running
-        Assert.Matches(@"- `ci-fails\.drv`: .*\(\[log\]\(http://127\.0\.0\.1:[0-9]+/api/v1/signed/builds/[0-9]+/log\?expires=[0-9]+&signature=[0-9a-f]{64}\)\)", markdown.StdoutText);
+        Assert.Matches(@"- `ci-fails\.drv`: .*\(\[log\]\(http://127\.0\.0\.1:[0-9]+/api/v1/signed/builds/[0-9]+/log\?expires=[0-9]+&signature=[0-9a-f]{64}\) · \[build\]\(http://127\.0\.0\.1:[0-9]+/ui/builds/[0-9]+\)\)", markdown.StdoutText);
         Assert.DoesNotContain("ci-other", markdown.StdoutText, StringComparison.Ordinal);
 
         var json = global::Kiln.Nix.Tests.Support.Processes.Run("dotnet", [KilnProcess.Dll, "ci", "summary", "--server", kiln.HttpUrl, "--tag", "ci-run=7", "--format", "json"],

@@ -84,7 +84,7 @@ public sealed class PinTests
         Assert.Contains("no root, pin or session", dryRun.Stderr, StringComparison.Ordinal);
 
         // A server collecting every second takes the loose path by itself, and keeps the pinned one.
-        using (var kiln = new KilnProcess(dataDirectory: data["data"], arguments: ["--gc-interval", "1"]))
+        using (var kiln = new KilnProcess(dataDirectory: data["data"], arguments: ["--gc-interval", "1", "--gc-keep-recent", "0"]))
         {
             Assert.True(kiln.WaitForLog("garbage collection (its interval came): 1 paths", TimeSpan.FromSeconds(30)), kiln.Log);
             client.Ok(kiln, "nix-store", "--store", NixClient.SocketUri, "--check-validity", pinned);

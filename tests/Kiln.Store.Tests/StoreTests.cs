@@ -4,6 +4,7 @@ using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
 using Kiln.Protocol;
 using Kiln.Protocol.Worker;
+using Kiln.Store.Metadata;
 
 namespace Kiln.Store.Tests;
 
@@ -296,7 +297,7 @@ public sealed class StoreTests : IAsyncLifetime
             await view.AddToStoreAsync(Declared(pinned, HelloNar), new MemoryStream(HelloNar), false, true, default);
             var other = new NarBuilder().Str("nix-archive-1").File("loose").ToArray();
             await view.AddToStoreAsync(Declared(loose, other), new MemoryStream(other), false, true, default);
-            Assert.Equal(new Kiln.Store.Metadata.PinRecord("pinned", pinned), await view.PinAsync(pinned, null, default));
+            Assert.Equal(new PinRecord("pinned", pinned), await view.PinAsync(pinned, null, default));
             await view.PinAsync(pinned, "release-1.0", default);
             var invalid = await Assert.ThrowsAsync<KilnException>(() => view.PinAsync(pinned, "two\nlines", default));
             Assert.Equal(ErrorKind.Invalid, invalid.Kind);
@@ -321,6 +322,32 @@ public sealed class StoreTests : IAsyncLifetime
         await gc.UnpinAsync("release-1.0", default);
         Assert.Equal([pinned], (await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default)).Paths);
         Assert.Equal(ErrorKind.NotFound, (await Assert.ThrowsAsync<KilnException>(() => gc.UnpinAsync("pinned", default))).Kind);
+    }
+
+    [Fact]
+    public async Task The_servers_own_collection_spares_what_was_just_registered_and_asking_changes_no_root()
+    {
+        var fresh = Ia("fresh");
+        using (var view = await _store.OpenViewAsync("local", default))
+        {
+            await view.AddToStoreAsync(Declared(fresh, HelloNar), new MemoryStream(HelloNar), false, true, default);
+        }
+
+        var account = await _store.Metadata.GetOrCreateAccountAsync("local", default);
+        // An indirect root whose link is gone: asking what is dead leaves it; a collection that deletes prunes it.
+        await _store.Metadata.AddRootAsync(account, RootKind.Indirect, Path.Combine(_temp.Path, "no-such-link"), fresh, default);
+        var dead = await _store.DeadPathsAsync(default);
+        Assert.Equal([fresh], dead.Single(d => d.Account == "local").Paths);
+        Assert.Single(await _store.Metadata.GetRootsAsync(account, default));
+
+        // Kept while recent (an HTTP push in flight), taken once it need not be.
+        Assert.Equal(0, (await _store.CollectAllGarbageAsync(TimeSpan.Zero, default, keepRecent: TimeSpan.FromMinutes(10))).Paths);
+        Assert.Empty(await _store.Metadata.GetRootsAsync(account, default));
+        Assert.Equal(1, (await _store.CollectAllGarbageAsync(TimeSpan.Zero, default)).Paths);
+
+        // A root kind this version does not know (a newer Kiln's) holds its path rather than being taken for a stale link.
+        Assert.Equal(RootKind.Permanent, MetadataRows.ParseKind("some-future-kind"));
+        Assert.Equal((RootKind.Indirect, RootKind.Pin), (MetadataRows.ParseKind("indirect"), MetadataRows.ParseKind("pin")));
     }
 
     [Fact]

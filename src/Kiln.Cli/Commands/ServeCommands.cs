@@ -90,6 +90,12 @@ internal static class ServeCommands
             Description = "Collect garbage at once when the data directory's file system has less free: SIZE, N% of that file system, or 0 (the default: free space does not start one).",
             DefaultValueFactory = _ => "0",
         };
+        var gcKeepRecent = new Option<int>("--gc-keep-recent")
+        {
+            Description = "Seconds a newly registered path survives the server's own collections, rooted or not (default 600): an HTTP push " +
+                "registers a closure path by path, and what it sent first must still be there when the rest comes.",
+            DefaultValueFactory = _ => 600,
+        };
         var fetchMax = new Option<long>("--fetch-max-size")
         {
             Description = "The most bytes one builtin:fetchurl download may bring (default 4 GiB).",
@@ -199,7 +205,7 @@ internal static class ServeCommands
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
-            minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree,
+            minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree, gcKeepRecent,
         };
         command.SetAction(async (result, cancellationToken) =>
         {
@@ -278,7 +284,9 @@ internal static class ServeCommands
                 },
                 BlobSweepInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(blobSweep))),
                 GcInterval = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(gcInterval))),
-                GcMinFree = Size(result.GetValue(gcMinFree)!, ShareOfDisk, "the data directory's file system"),
+                GcMinFree = Size(result.GetValue(gcMinFree)!, percent => percent < 100 ? ShareOfDisk(percent)
+                    : throw new CommandException($"--gc-min-free {percent}% would collect garbage every minute; keep at most 99%"), "the data directory's file system"),
+                GcKeepRecent = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(gcKeepRecent))),
                 StepClaimLease = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(claimLease))),
                 MetricsToken = ReadMetricsToken(result.GetValue(metricsToken)),
                 NarRedirect = result.GetValue(narRedirect) ? TimeSpan.FromSeconds(Math.Clamp(result.GetValue(narRedirectLifetime), 10, 3600)) : null,

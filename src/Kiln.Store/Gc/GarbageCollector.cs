@@ -17,20 +17,28 @@ namespace Kiln.Store.Gc;
 /// </summary>
 public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, TempRoots tempRoots, GcLock gcLock, StoreOptions options, KilnStore store)
 {
-    public async Task<GcResult> CollectAsync(long account, GcRequest request, CancellationToken cancellationToken)
+    /// <summary>
+    /// Collects in one account's view. With <paramref name="keepRecent"/>, paths registered less than that long ago are
+    /// kept as if rooted: what the server's own collections give pushes in flight that no session holds (an HTTP push
+    /// registers a closure path by path, one request each).
+    /// </summary>
+    public async Task<GcResult> CollectAsync(long account, GcRequest request, CancellationToken cancellationToken, TimeSpan? keepRecent = null)
     {
         ArgumentNullException.ThrowIfNull(request);
         var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = exclusive.ConfigureAwait(false);
         var graph = await metadata.GetGraphAsync(account, cancellationToken).ConfigureAwait(false);
         var nodes = graph.ToDictionary(n => n.Path);
-        var roots = await RootsAsync(account, cancellationToken).ConfigureAwait(false);
-        if (exclusive.AcrossProcesses)
+        // Only a collection that deletes prunes stale indirect roots: asking what is live or dead changes nothing.
+        var roots = await RootsAsync(account, cancellationToken, prune: request.Action is not (GcAction.ReturnLive or GcAction.ReturnDead)).ConfigureAwait(false);
+        // Other front doors' sessions hold temporary roots this one cannot see (a closure being copied leaf first
+        // through one of them): what was registered within the grace period is kept as if it were rooted.
+        var recent = exclusive.AcrossProcesses && options.BlobGracePeriod > (keepRecent ?? TimeSpan.Zero) ? options.BlobGracePeriod : keepRecent ?? TimeSpan.Zero;
+        if (recent > TimeSpan.Zero)
         {
-            // Other front doors' sessions hold temporary roots this one cannot see (a closure being copied leaf first
-            // through one of them): what was registered within the grace period is kept as if it were rooted.
-            var since = DateTimeOffset.UtcNow.ToUnixTimeSeconds() - (long)options.BlobGracePeriod.TotalSeconds;
-            roots = [.. roots, .. graph.Where(n => n.RegistrationTime > since).Select(n => new KeyValuePair<string, StorePath>("{temp:another-front-door}", n.Path))];
+            var since = DateTimeOffset.UtcNow.ToUnixTimeSeconds() - (long)recent.TotalSeconds;
+            var name = exclusive.AcrossProcesses ? "{temp:another-front-door}" : "{temp:recently-registered}";
+            roots = [.. roots, .. graph.Where(n => n.RegistrationTime > since).Select(n => new KeyValuePair<string, StorePath>(name, n.Path))];
         }
 
         var live = Mark(nodes, roots);
@@ -104,7 +112,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
     }
 
     /// <summary>The account's roots: permanent, indirect (still pointing where they did), and its sessions' temporary roots.</summary>
-    public async Task<IReadOnlyList<KeyValuePair<string, StorePath>>> RootsAsync(long account, CancellationToken cancellationToken)
+    public async Task<IReadOnlyList<KeyValuePair<string, StorePath>>> RootsAsync(long account, CancellationToken cancellationToken, bool prune = true)
     {
         var roots = new List<KeyValuePair<string, StorePath>>();
         foreach (var root in await metadata.GetRootsAsync(account, cancellationToken).ConfigureAwait(false))
@@ -117,9 +125,9 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
             {
                 roots.Add(new(root.Name, root.Path));
             }
-            else
+            else if (prune)
             {
-                // The link is gone or points elsewhere (or is not visible from here): the root is stale, as Nix has it.
+                // The link is gone or points elsewhere: the root is stale, as Nix has it.
                 await metadata.RemoveRootAsync(account, RootKind.Indirect, root.Name, cancellationToken).ConfigureAwait(false);
             }
         }
@@ -142,7 +150,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
         }
         catch (UnauthorizedAccessException)
         {
-            return false;
+            return true; // not readable from here (another user, another mount namespace): it may well hold, so it is kept
         }
     }
 
@@ -237,14 +245,14 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
     /// Collects every account's view, then sweeps every blob no view names (older than the grace period) and
     /// temporary files left by interrupted uploads. For <c>kiln store gc</c>, with the server stopped.
     /// </summary>
-    public async Task<(int Paths, long Bytes, long Blobs)> CollectAllAsync(TimeSpan? blobGrace, CancellationToken cancellationToken)
+    public async Task<(int Paths, long Bytes, long Blobs)> CollectAllAsync(TimeSpan? blobGrace, CancellationToken cancellationToken, TimeSpan? keepRecent = null)
     {
         var grace = blobGrace ?? options.BlobGracePeriod;
         var paths = 0;
         long bytes = 0;
         foreach (var account in await metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false))
         {
-            var result = await CollectAsync(account.Id, new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), cancellationToken).ConfigureAwait(false);
+            var result = await CollectAsync(account.Id, new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), cancellationToken, keepRecent).ConfigureAwait(false);
             paths += result.Paths.Count;
             bytes += result.BytesFreed;
         }

@@ -115,7 +115,9 @@ internal static class MetadataRows
 
     public static string KindText(RootKind kind) => kind switch { RootKind.Permanent => "perm", RootKind.Pin => "pin", _ => "indirect" };
 
-    public static RootKind ParseKind(string text) => text switch { "perm" => RootKind.Permanent, "pin" => RootKind.Pin, _ => RootKind.Indirect };
+    // A kind this version does not know (a newer Kiln's) keeps its path, as a permanent root would: never read as an
+    // indirect root, whose link would not be found and whose path would be collected.
+    public static RootKind ParseKind(string text) => text switch { "indirect" => RootKind.Indirect, "pin" => RootKind.Pin, _ => RootKind.Permanent };
 
     public const string KeyColumns = "k.id, k.account_id, a.name, k.key_type, k.key_blob, k.comment, k.permissions, k.enabled, k.created";
 
