@@ -237,7 +237,7 @@ public sealed class ApiTests
         throw new InvalidOperationException("no build of the account started running within 30 s");
     }
 
-    private static async Task<string> GetStringAsync(HttpClient http, string path, string token, CancellationToken cancellationToken)
+    internal static async Task<string> GetStringAsync(HttpClient http, string path, string token, CancellationToken cancellationToken)
     {
         using var request = new HttpRequestMessage(HttpMethod.Get, path);
         request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", token);
@@ -247,6 +247,6 @@ public sealed class ApiTests
         return body;
     }
 
-    private static async Task<JsonElement> GetJsonAsync(HttpClient http, string path, string token, CancellationToken cancellationToken) =>
+    internal static async Task<JsonElement> GetJsonAsync(HttpClient http, string path, string token, CancellationToken cancellationToken) =>
         JsonDocument.Parse(await GetStringAsync(http, path, token, cancellationToken)).RootElement;
 }
