@@ -124,6 +124,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         ArgumentNullException.ThrowIfNull(key);
         Need(actor, account, KeyPermissions.AccountWrite);
         CannotGrantMore(actor, permissions, "grant");
+        OnlyTheOperatorGrantsServerRead(actor, permissions);
         Lasting(actor, "add a login key");
         if (!actor.IsOperator)
         {
@@ -189,6 +190,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         }
 
         CannotGrantMore(actor, permissions, "grant");
+        OnlyTheOperatorGrantsServerRead(actor, permissions);
         if (actor.Token?.Expires is { } parentExpires && (expires is null || expires.Value.ToUnixTimeSeconds() > parentExpires))
         {
             // A token cannot outlive the token that made it: a leaked short-lived token must not mint a lasting one.
@@ -329,15 +331,20 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
 
     private static void CannotGrantMore(Actor actor, KeyPermissions permissions, string what)
     {
-        // The server-wide view is the operator's to hand out, one credential at a time: whoever holds it cannot pass it on.
-        if (!actor.IsOperator && (permissions & KeyPermissions.ServerRead) != 0 && what == "grant")
-        {
-            throw new KilnException(ErrorKind.Forbidden, "only the operator grants server:read (kiln token create ACCOUNT --permissions server:read)");
-        }
 
         if (!actor.IsOperator && (permissions & ~actor.Permissions) != 0)
         {
             throw new KilnException(ErrorKind.Forbidden, $"this {Credential(actor)} cannot {what} {KeyPermissionNames.Format(permissions & ~actor.Permissions)}, which it lacks itself");
+        }
+    }
+
+    // The server-wide view is the operator's to hand out, one credential at a time: whoever holds it cannot pass it on
+    // (revoking a credential that has it is still for anyone holding it, as for every permission).
+    private static void OnlyTheOperatorGrantsServerRead(Actor actor, KeyPermissions permissions)
+    {
+        if (!actor.IsOperator && (permissions & KeyPermissions.ServerRead) != 0)
+        {
+            throw new KilnException(ErrorKind.Forbidden, "only the operator grants server:read (kiln token create ACCOUNT --permissions server:read)");
         }
     }
 

@@ -60,6 +60,20 @@ public sealed class ApiCaller
             : null;
     }
 
+    /// <summary>
+    /// Build <paramref name="id"/> if it was for the caller's account (the token needing <paramref name="permission"/>);
+    /// otherwise not found, the same answer as for a build that never was.
+    /// </summary>
+    /// <exception cref="KilnException">The token lacks the permission (Forbidden), or the account has no such build (NotFound).</exception>
+    public async Task<BuildRecord> VisibleBuildAsync(KilnStore store, long id, KeyPermissions permission, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        Need(permission);
+        using var view = store.OpenView(Caller);
+        return await view.GetBuildAsync(id, cancellationToken).ConfigureAwait(false)
+            ?? throw new KilnException(ErrorKind.NotFound, $"the account has no build {id}");
+    }
+
     /// <summary>Whether the token carries <paramref name="permission"/>.</summary>
     public bool Can(KeyPermissions permission) => Caller.Can(permission);
 

@@ -78,8 +78,7 @@ public sealed class BrowserSessions(KilnStore store, Uri? publicUrl = null)
     public async Task<string> CsrfTokenAsync(string token)
     {
         ArgumentNullException.ThrowIfNull(token);
-        var key = _key ??= Convert.FromHexString(await store.Settings.GetOrAddServerSecretAsync("dashboard-csrf",
-            Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)), CancellationToken.None).ConfigureAwait(false));
+        var key = _key ??= await InstallationKeys.GetAsync(store, "dashboard-csrf").ConfigureAwait(false);
         return Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.UTF8.GetBytes("kiln-csrf:" + token)));
     }
 

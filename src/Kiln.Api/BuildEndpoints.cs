@@ -93,7 +93,7 @@ internal static class BuildEndpoints
         api.MapGet("/builds/{id:long}", async Task<IResult> (HttpContext context, long id) =>
         {
             var caller = ApiCaller.Of(context);
-            var build = await VisibleBuildAsync(store, caller, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
+            var build = await caller.VisibleBuildAsync(store, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
             var tags = await store.Builds.GetBuildTagsAsync(id, caller.Account.Id, context.RequestAborted).ConfigureAwait(false);
             return TypedResults.Ok(BuildDocument.Of(build, caller.Caller.AccountId) with { Tags = [.. tags.Select(t => t.ToString())] });
         }).WithSummary("One build: derivation, outputs, status, times, CPU, memory, agent.")
@@ -102,7 +102,7 @@ internal static class BuildEndpoints
         api.MapPost("/builds/{id:long}/cancel", async Task<IResult> (HttpContext context, long id) =>
         {
             var caller = ApiCaller.Of(context);
-            var build = await VisibleBuildAsync(store, caller, id, KeyPermissions.BuildWrite, context.RequestAborted).ConfigureAwait(false);
+            var build = await caller.VisibleBuildAsync(store, id, KeyPermissions.BuildWrite, context.RequestAborted).ConfigureAwait(false);
             if (!build.Running)
             {
                 throw new KilnException(ErrorKind.Conflict, $"build {id} has ended ({BuildDocument.StatusOf(build)})");
@@ -117,7 +117,7 @@ internal static class BuildEndpoints
         api.MapGet("/builds/{id:long}/log", async Task<IResult> (HttpContext context, long id, string? follow) =>
         {
             var caller = ApiCaller.Of(context);
-            var build = await VisibleBuildAsync(store, caller, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
+            var build = await caller.VisibleBuildAsync(store, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
             var wantsEvents = follow is "1" or "true" || context.Request.Headers.Accept.ToString().Contains("text/event-stream", StringComparison.Ordinal);
             if (wantsEvents)
             {
@@ -143,15 +143,6 @@ internal static class BuildEndpoints
             return LogText(await view.OpenBuildLogAsync(build.Id, context.RequestAborted).ConfigureAwait(false));
         }).WithSummary("A build's log as text; with ?follow=1 (or Accept: text/event-stream) as Server-Sent Events while it runs: one 'line' event per line, then 'end'.")
           .Produces<string>(contentType: "text/plain").Produces<string>(contentType: "text/event-stream").ProducesProblem(StatusCodes.Status404NotFound);
-    }
-
-    // The build if it was for the caller's account; otherwise not found, the same answer as for a build that never was.
-    private static async Task<BuildRecord> VisibleBuildAsync(KilnStore store, ApiCaller caller, long id, KeyPermissions permission, CancellationToken cancellationToken)
-    {
-        caller.Need(permission);
-        using var view = store.OpenView(caller.Caller);
-        return await view.GetBuildAsync(id, cancellationToken).ConfigureAwait(false)
-            ?? throw new KilnException(ErrorKind.NotFound, $"the account has no build {id}");
     }
 
     // Server-Sent Events: each line an event (its number the id, so a client reconnecting with Last-Event-ID carries on
@@ -216,10 +207,8 @@ internal static class BuildEndpoints
                 return Problems.Of(StatusCodes.Status403Forbidden, "forbidden", "this log link is not valid: it has expired, or it was altered");
             }
 
-            // Nothing along the way keeps it, and the page it is opened from is not told where it came from.
-            context.Response.Headers.CacheControl = "private, no-store";
+            // The page it is opened from is not told where it came from (no-store and nosniff: as every API answer).
             context.Response.Headers["Referrer-Policy"] = "no-referrer";
-            context.Response.Headers.XContentTypeOptions = "nosniff";
             return LogText(await store.Logs.OpenReadAsync(id, 0, context.RequestAborted).ConfigureAwait(false));
         }).WithSummary("One build's log through a signed link (from a summary); no token.").WithTags("v1")
           .Produces<string>(contentType: "text/plain").ProducesProblem(StatusCodes.Status403Forbidden);

@@ -62,8 +62,7 @@ public sealed class LogLinks(KilnStore store, Uri? publicUrl = null)
     private async Task<string> SignAsync(long id, long expires)
     {
         // Read once it is first needed (a failed read is tried again next time), the same for every front door.
-        var key = _key ??= Convert.FromHexString(await store.Settings.GetOrAddServerSecretAsync("api-log-links",
-            Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32)), CancellationToken.None).ConfigureAwait(false));
+        var key = _key ??= await InstallationKeys.GetAsync(store, "api-log-links").ConfigureAwait(false);
         return Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"kiln-build-log:{id}:{expires}"))));
     }
 }

@@ -40,6 +40,9 @@ internal static class Html
     /// <summary>A build's status as a badge (the words carry the meaning; the colour only repeats it).</summary>
     public static string Badge(string status) => $"<span class=\"badge badge-{E(status)}\">{E(status)}</span>";
 
+    /// <summary>An API time (2026-12-04T15:22:48Z) as pages show it, under a "(UTC)" heading: 2026-12-04 15:22:48.</summary>
+    public static string When(string iso) => iso.Replace('T', ' ').TrimEnd('Z');
+
     public static string Duration(long seconds) => seconds switch
     {
         < 60 => $"{seconds} s",
@@ -134,7 +137,7 @@ internal static class Html
 
     /// <summary>One build as a row of the history and recent lists.</summary>
     public static string BuildRow(BuildDocument build) => string.Create(CultureInfo.InvariantCulture, $"""
-        <tr><td><a href="{KilnDashboard.Prefix}/builds/{build.Id}">{E(DrvName(build.Derivation))}</a></td><td>{Badge(build.Status)}</td><td><time datetime="{E(build.Started)}">{E(build.Started.Replace('T', ' ').TrimEnd('Z'))}</time></td><td>{(build.Status == "running" ? "…" : Duration(build.Seconds))}</td><td>{E(build.Relation)}</td></tr>
+        <tr><td><a href="{KilnDashboard.Prefix}/builds/{build.Id}">{E(DrvName(build.Derivation))}</a></td><td>{Badge(build.Status)}</td><td><time datetime="{E(build.Started)}">{E(When(build.Started))}</time></td><td>{(build.Status == "running" ? "…" : Duration(build.Seconds))}</td><td>{E(build.Relation)}</td></tr>
         """);
 
     public static readonly string[] BuildHeaders = ["Derivation", "Status", "Started (UTC)", "Took", "Relation"];

@@ -214,18 +214,15 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
 
     private async Task<(string, string)> BuildAsync(Visitor visitor, long id, HttpContext context)
     {
-        visitor.Caller.Need(KeyPermissions.BuildRead);
-        using var view = store.OpenView(visitor.Caller.Caller);
-        var record = await view.GetBuildAsync(id, context.RequestAborted).ConfigureAwait(false)
-            ?? throw new KilnException(ErrorKind.NotFound, $"the account has no build {id}");
-        var build = BuildDocument.Of(record, view.AccountId);
+        var record = await visitor.Caller.VisibleBuildAsync(store, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
+        var build = BuildDocument.Of(record, visitor.Caller.Caller.AccountId);
         var tags = await store.Builds.GetBuildTagsAsync(id, visitor.Caller.Account.Id, context.RequestAborted).ConfigureAwait(false);
         var name = DrvName(build.Derivation);
         var rows = new List<(string, string)>
         {
             ("Status", $"<span id=\"build-status\">{Badge(build.Status)}</span>{(build.Failure.Length > 0 ? $" {E(build.Failure)}" : "")}"),
             ("Derivation", $"<code class=\"path\">{E(build.Derivation)}</code>"),
-            ("Started (UTC)", E(build.Started.Replace('T', ' ').TrimEnd('Z'))),
+            ("Started (UTC)", E(When(build.Started))),
             ("Took", build.Stopped is null ? "running" : Duration(build.Seconds)),
             ("CPU", $"{F(build.CpuUserSeconds, "0.0")} s user, {F(build.CpuSystemSeconds, "0.0")} s system"),
             ("Peak memory", build.PeakMemory is { } memory ? Bytes(memory) : "—"),

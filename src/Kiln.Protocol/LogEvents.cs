@@ -62,4 +62,5 @@ public static class LogEvents
     public const int StorageFailed = 6106;
     public const int InputsPruned = 6107;
     public const int GarbageCollectionFailed = 6108;
+    public const int GarbageCollectionFreedNothing = 6109;
 }

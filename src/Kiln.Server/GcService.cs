@@ -80,7 +80,7 @@ public sealed partial class GcService(KilnStore store, ServerOptions options, IL
         Message = "garbage collection ({Reason}): {Paths} paths ({Bytes} bytes of NAR) left accounts' views; {Blobs} blobs removed")]
     private static partial void LogCollected(ILogger logger, string reason, int paths, long bytes, long blobs);
 
-    [LoggerMessage(EventId = LogEvents.GarbageCollectionFailed + 1, Level = LogLevel.Warning,
+    [LoggerMessage(EventId = LogEvents.GarbageCollectionFreedNothing, Level = LogLevel.Warning,
         Message = "free space is under --gc-min-free ({MinFree} bytes) and garbage collection freed nothing: pins and roots hold the rest; it is tried again in ten minutes")]
     private static partial void LogNothingToFree(ILogger logger, long minFree);
 

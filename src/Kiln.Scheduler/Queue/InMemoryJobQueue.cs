@@ -17,6 +17,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private readonly List<(AgentInfo Agent, TaskCompletionSource<ILease> Claim)> _claims = [];
     private readonly HashSet<Entry> _leased = [];
     private readonly List<AgentInfo> _agents = [];
+    private const long FinishedWindow = 3_600_000; // ms of finish times kept, for the farm's throughput
     private readonly Queue<long> _finished = new(); // when leased jobs finished (Environment.TickCount64), the last hour's
     private readonly Timer _expiry;
 
@@ -40,7 +41,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         lock (_gate)
         {
             var now = Environment.TickCount64;
-            ForgetFinishedBefore(now - 3_600_000);
+            ForgetFinishedBefore(now - FinishedWindow);
             return new QueueSnapshot(_waiting.Items.Count(), _leased.Count, _agents.Count(a => !a.StockBuilder), _agents.Count(a => a.StockBuilder),
                 _agents.Sum(a => a.Slots), _agents.Sum(LeaseCount))
             {
@@ -457,8 +458,9 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 _lease = null;
                 queue._leased.Remove(this);
-                queue._finished.Enqueue(Environment.TickCount64);
-                queue.ForgetFinishedBefore(Environment.TickCount64 - 3_600_000);
+                var now = Environment.TickCount64;
+                queue._finished.Enqueue(now);
+                queue.ForgetFinishedBefore(now - FinishedWindow);
                 queue.Rebalance();
             }
 
