@@ -49,10 +49,16 @@ public sealed class DashboardTests
         var ticking = Dag.WriteSingle(client, workspace, "dash-ticks",
             $"echo {salt}; printf '\\033[31mred alert\\033[0m plain\\n'; for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo tick $i; sleep 0.4; done; mkdir $out");
         var run = Task.Run(() => client.Run(kiln, [.. alice.Environment, "nix-build", "--store", Store, ticking, "--no-out-link"]), cancel);
-        var link = browser.Wait(d => d.FindElements(By.CssSelector("#queue-table a")).FirstOrDefault(a => a.Text == "dash-ticks"), "the running build in the queue");
+        browser.Wait(d => d.FindElements(By.CssSelector("#queue-table a")).Any(a => a.Text == "dash-ticks"), "the running build in the queue");
         Assert.Contains("running", browser.Find("#queue-table").Text, StringComparison.Ordinal);
         CheckPage(browser, "queue");
-        link!.Click();
+        // The queue redraws its table every 2 s, so a link found earlier may be gone: find it and click it in one step.
+        browser.Wait(d =>
+        {
+            var link = d.FindElements(By.CssSelector("#queue-table a")).FirstOrDefault(a => a.Text == "dash-ticks");
+            link?.Click();
+            return link is not null;
+        }, "a click on the running build");
         browser.Wait(d => LastTick(d.FindElement(By.Id("log")).Text) > 0, "the log's first ticks");
         var firstTick = LastTick(browser.Find("#log").Text);
         Assert.True(firstTick < 12, $"the build page showed its log only at tick {firstTick}");
