@@ -20,8 +20,20 @@ public sealed record BuildDocument(long Id, string Derivation, string Status, st
         return new BuildDocument(build.Id, "/nix/store/" + build.DrvPath, StatusOf(build), build.Failure, build.Error, Time(build.Started),
             build.Running ? null : Time(build.Stopped), build.Running ? 0 : build.Stopped - build.Started,
             (build.CpuUserMicroseconds ?? 0) / 1e6, (build.CpuSystemMicroseconds ?? 0) / 1e6, build.PeakMemory, build.Agent,
-            build.AccountId == viewer ? "started" : "shared", [.. build.Outputs.Select(o => new BuildOutputDocument(o.Name, o.Path.ToString()))]);
+            build.AccountId == viewer ? "started" : "shared", [.. build.Outputs.Select(o => new BuildOutputDocument(o.Name, o.Path.ToString()))])
+        {
+            Attempts = build.Attempts,
+        };
     }
+
+    /// <summary>
+    /// How many times agents took the build (recorded when it ends; 1 while it runs): more than one when an agent was
+    /// lost while it ran, or its memory grant killed it and it ran again with more.
+    /// </summary>
+    public int Attempts { get; init; } = 1;
+
+    /// <summary>The attempts after the first.</summary>
+    public int Retries => Math.Max(0, Attempts - 1);
 
     /// <summary>The tags the caller's requests gave it (name=value), shown for one build; null in listings.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]

@@ -227,6 +227,7 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
             ("CPU", $"{F(build.CpuUserSeconds, "0.0")} s user, {F(build.CpuSystemSeconds, "0.0")} s system"),
             ("Peak memory", build.PeakMemory is { } memory ? Bytes(memory) : "—"),
             ("Agent", build.Agent.Length > 0 ? E(build.Agent) : "—"),
+            ("Attempts", build.Stopped is null ? "—" : build.Retries == 0 ? "1" : $"{build.Attempts} (retried {build.Retries}×: an agent was lost or memory ran out)"),
             ("Relation", build.Relation == "started" ? "your account started it" : "shared: it was for your account too (joined or reused)"),
             ("Tags", tags.Count == 0 ? "—" : string.Join(" ", tags.Select(t => $"<span class=\"tag\">{E(t.ToString())}</span>"))),
             ("Outputs", build.Outputs.Count == 0 ? "—" : string.Join("<br>", build.Outputs.Select(o => $"{E(o.Name)}: <code class=\"path\">{E(o.Path)}</code>"))),

@@ -263,6 +263,7 @@ public sealed partial class BuildScheduler
     {
         await Task.Yield();
         long id = 0;
+        var attempts = 0;
         var outcome = BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"Kiln failed to build '{job.DrvPath}'");
         var claimed = false;
         try
@@ -288,6 +289,8 @@ public sealed partial class BuildScheduler
                 {
                     outcome = await ticket.Completion.ConfigureAwait(false);
                 }
+
+                attempts += ticket.Attempts;
 
                 if (outcome.Succeeded || !outcome.OutOfMemory || step.Cancellation.IsCancellationRequested || job.Limits.MemoryBytes <= 0)
                 {
@@ -344,7 +347,7 @@ public sealed partial class BuildScheduler
                 await Builds.FinishBuildAsync(id, new BuildEnd(outcome.Succeeded, outcome.Failure == BuildFailureKind.None ? "" : outcome.Failure.ToString(),
                     outcome.ErrorMessage, outcome.StopTime == default ? DateTimeOffset.UtcNow.ToUnixTimeSeconds() : outcome.StopTime.ToUnixTimeSeconds(),
                     outcome.CpuUser is { } user ? user.Ticks / 10 : null, outcome.CpuSystem is { } system ? system.Ticks / 10 : null, outcome.PeakMemoryBytes,
-                    outcome.Outputs.Select(ToRecord).ToList(), outcome.Agent), CancellationToken.None).ConfigureAwait(false);
+                    outcome.Outputs.Select(ToRecord).ToList(), outcome.Agent, Math.Max(attempts, 1)), CancellationToken.None).ConfigureAwait(false);
             }
         }
         finally

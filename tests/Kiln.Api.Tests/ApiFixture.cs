@@ -88,7 +88,7 @@ public abstract class ApiFixture : IAsyncLifetime
 
     /// <summary>Records a build for <paramref name="account"/>, with a log of the given lines; it ends unless <paramref name="running"/>.</summary>
     protected async Task<long> BuildAsync(string account, string name, bool succeeded = true, bool running = false, long started = 1_000, string? error = null,
-        params string[] log)
+        int attempts = 1, params string[] log)
     {
         var id = await Store.Accounts.GetOrCreateAccountAsync(account, default);
         var build = await Store.Builds.StartBuildAsync($"step-{name}", $"{new string('a', 32)}-{name}.drv", id, started, default);
@@ -103,7 +103,7 @@ public abstract class ApiFixture : IAsyncLifetime
             }
 
             await Store.Builds.FinishBuildAsync(build, new BuildEnd(succeeded, succeeded ? "" : "PermanentFailure", succeeded ? "" : error ?? "builder failed with exit code 1",
-                started + 3, 2_000_000, 500_000, 64 << 20, []), default);
+                started + 3, 2_000_000, 500_000, 64 << 20, [], Attempts: attempts), default);
         }
 
         return build;

@@ -48,7 +48,7 @@ public sealed class BuildsTests : ApiFixture
     public async Task A_build_shows_its_outcome_usage_and_log()
     {
         var token = await TokenAsync("alice", KeyPermissions.BuildRead);
-        var id = await BuildAsync("alice", "hello", succeeded: false, log: ["compiling", "error: it broke"]);
+        var id = await BuildAsync("alice", "hello", succeeded: false, attempts: 3, log: ["compiling", "error: it broke"]);
         var (status, body, _) = await GetAsync($"/api/v1/builds/{id}", token);
         Assert.Equal(200, status);
         var build = JsonDocument.Parse(body).RootElement;
@@ -58,6 +58,7 @@ public sealed class BuildsTests : ApiFixture
         Assert.EndsWith("-hello.drv", build.GetProperty("derivation").GetString(), StringComparison.Ordinal);
         Assert.Equal((3L, 2.0, 0.5, 64L << 20, "started"), (build.GetProperty("seconds").GetInt64(), build.GetProperty("cpuUserSeconds").GetDouble(),
             build.GetProperty("cpuSystemSeconds").GetDouble(), build.GetProperty("peakMemory").GetInt64(), build.GetProperty("relation").GetString()));
+        Assert.Equal((3, 2), (build.GetProperty("attempts").GetInt32(), build.GetProperty("retries").GetInt32()));
         var log = await GetAsync($"/api/v1/builds/{id}/log", token);
         Assert.Equal((200, "compiling\nerror: it broke\n", "text/plain"), log);
         Assert.Equal(404, (await GetAsync("/api/v1/builds/999999", token)).Status);

@@ -137,6 +137,7 @@ public class FarmTests(ITestOutputHelper output)
         var record = Assert.Single(builds);
         Assert.True(record.Succeeded, record.Error);
         Assert.Equal(second.Name, record.Agent);
+        Assert.Equal(2, record.Attempts); // what the API and the dashboard show as one retry
 
         // The server kept serving: another build runs on the agent left.
         var after = Dag.WriteSingle(client, workspace, "after", $"echo {marker}; mkdir $out");
@@ -214,7 +215,7 @@ public class FarmTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void A_build_that_runs_out_of_its_memory_grant_gets_twice_it_history_sizes_the_next_and_the_maximum_holds()
+    public async Task A_build_that_runs_out_of_its_memory_grant_gets_twice_it_history_sizes_the_next_and_the_maximum_holds()
     {
         var client = NixClient.For("2.34.8");
         using var kiln = Coordinator("--build-memory", "1GiB", "--min-mem", "64MiB", "--default-mem", "64MiB");
@@ -230,6 +231,7 @@ public class FarmTests(ITestOutputHelper output)
         var first = client.Ok(kiln, "nix-build", "--store", Kiln, Hog("hog-1", 22), "--no-out-link");
         output.WriteLine(first.Stderr);
         Assert.Contains("ran out of its 64 MiB of memory; building it again with 128 MiB", first.Stderr, StringComparison.Ordinal);
+        Assert.Equal(2, (await BuildRecordsAsync(kiln)).Single(b => b.DrvPath.EndsWith("hog-1.drv", StringComparison.Ordinal)).Attempts);
 
         // The same package again (another version): history gives it enough at once.
         var second = client.Ok(kiln, "nix-build", "--store", Kiln, Hog("hog-2", 22), "--no-out-link");

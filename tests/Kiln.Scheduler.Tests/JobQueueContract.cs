@@ -450,6 +450,7 @@ public abstract class JobQueueContract
         var outcome = await ticket.Completion.WaitAsync(Patience);
         Assert.Equal(BuildFailureKind.MiscFailure, outcome.Failure);
         Assert.Contains(offer.Job.DrvPath.FullPath, outcome.ErrorMessage, StringComparison.Ordinal);
+        Assert.Equal(2, ticket.Attempts);
 
         // It is not offered a third time: the next claim gets the next job.
         queue.Offer(Offer(2));
@@ -476,6 +477,7 @@ public abstract class JobQueueContract
         var outcome = Outcome("built by b", 1);
         second.Complete(outcome);
         AssertOutcome(outcome, await ticket.Completion.WaitAsync(Patience));
+        Assert.Equal(2, ticket.Attempts);
     }
 
     [Fact]
@@ -569,6 +571,7 @@ public abstract class JobQueueContract
         Assert.False(ticket.Completion.IsCompleted);
         Assert.True(lease.Complete(Outcome("done", 2)));
         Assert.Equal(2, (await ticket.Completion.WaitAsync(Patience)).ExitCode);
+        Assert.Equal(1, ticket.Attempts); // the releases were not attempts
     }
 
     [Fact]

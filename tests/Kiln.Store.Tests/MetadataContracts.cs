@@ -254,6 +254,33 @@ public abstract class PathMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task Storage_is_sampled_for_every_account_once_a_day_and_read_back_per_account()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var carol = await store.GetOrCreateAccountAsync("carol", default); // nothing stored: sampled as zero
+        var shared = Info(P("shared"));
+        var big = Info(P("big")) with { NarSize = 5L << 32 };
+        await store.RegisterAsync(alice, [New(shared)], default);
+        await store.RegisterAsync(bob, [New(shared)], default);
+        await store.RecordStorageAsync(20_000, default);
+
+        // Later the same day the sample is replaced; the next day gets its own.
+        await store.RegisterAsync(alice, [New(big)], default);
+        await store.RecordStorageAsync(20_000, default);
+        await store.RegisterAsync(alice, [New(Info(P("more")))], default);
+        await store.RecordStorageAsync(20_001, default);
+
+        Assert.Equal([new StorageSample(20_000, 2, shared.NarSize + big.NarSize), new StorageSample(20_001, 3, shared.NarSize + big.NarSize + Info(P("more")).NarSize)],
+            await store.GetStorageHistoryAsync(alice, 19_000, 21_000, default));
+        Assert.Equal([new StorageSample(20_000, 1, shared.NarSize), new StorageSample(20_001, 1, shared.NarSize)],
+            await store.GetStorageHistoryAsync(bob, 0, long.MaxValue, default));
+        Assert.Equal([new StorageSample(20_001, 0, 0)], await store.GetStorageHistoryAsync(carol, 20_001, 20_002, default));
+        Assert.Empty(await store.GetStorageHistoryAsync(alice, 20_002, 21_000, default));
+    }
+
+    [Fact]
     public async Task Missing_references_refuse_the_whole_batch()
     {
         await using var store = await CreateAsync();
@@ -423,9 +450,10 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.False(running.Succeeded);
         Assert.Null(await store.FindSuccessfulBuildAsync("key-1", default));
 
-        await store.FinishBuildAsync(id, new BuildEnd(true, "", "", 1005, 1_500_000, 250_000, 1 << 20, [Output("x")], "agent-7"), default);
+        Assert.Equal(1, running.Attempts);
+        await store.FinishBuildAsync(id, new BuildEnd(true, "", "", 1005, 1_500_000, 250_000, 1 << 20, [Output("x")], "agent-7", Attempts: 3), default);
         var done = (await store.FindSuccessfulBuildAsync("key-1", default))!;
-        Assert.Equal("agent-7", done.Agent);
+        Assert.Equal(("agent-7", 3), (done.Agent, done.Attempts));
         Assert.Equal((id, false, true, 1000L, 1005L, (long?)1_500_000, (long?)(1 << 20)), (done.Id, done.Running, done.Succeeded, done.Started, done.Stopped, done.CpuUserMicroseconds, done.PeakMemory));
         var output = Assert.Single(done.Outputs);
         Assert.Equal(Output("x") with { References = output.References }, output);

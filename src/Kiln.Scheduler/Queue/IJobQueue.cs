@@ -90,6 +90,9 @@ public abstract class JobTicket
     /// <summary>The outcome: the agent's, or a failure Kiln reports (cancelled, no agent can run it, agent lost).</summary>
     public abstract Task<BuildOutcome> Completion { get; }
 
+    /// <summary>How many times an agent took the job so far (a lease given back before it reached the agent is not counted).</summary>
+    public abstract int Attempts { get; }
+
     /// <summary>Nobody wants the job any more: withdrawn if waiting, its agent told to stop if running.</summary>
     public abstract void Cancel();
 }

@@ -345,6 +345,17 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         public override Task<BuildOutcome> Completion => _completion.Task;
 
+        public override int Attempts
+        {
+            get
+            {
+                lock (queue._gate)
+                {
+                    return _attempts;
+                }
+            }
+        }
+
         public void Finish(BuildOutcome outcome) => _completion.TrySetResult(outcome);
 
         /// <summary>When it was last put in line (Environment.TickCount64), for the queue-wait histogram.</summary>

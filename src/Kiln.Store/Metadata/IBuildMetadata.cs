@@ -42,6 +42,12 @@ public sealed record BuildRecord
 
     /// <summary>The agent that ran it (empty when none did).</summary>
     public string Agent { get; init; } = "";
+
+    /// <summary>
+    /// How many times agents took it: 1 when it ran once; more when an agent was lost while it ran (it went to another)
+    /// or its memory grant killed it (it ran again with more).
+    /// </summary>
+    public int Attempts { get; init; } = 1;
 }
 
 /// <summary>Which builds a listing wants: newest first, older than a cursor, by state and start time.</summary>
@@ -123,9 +129,9 @@ public enum BuildState
 /// <summary>What one finished build used: its peak memory (bytes), CPU time (user and system, µs) and wall time (s).</summary>
 public sealed record BuildUsage(long PeakMemory, long CpuMicroseconds, long WallSeconds);
 
-/// <summary>How a build ended, recorded once it has.</summary>
+/// <summary>How a build ended, recorded once it has (<see cref="BuildRecord.Attempts"/> for <paramref name="Attempts"/>).</summary>
 public sealed record BuildEnd(bool Succeeded, string Failure, string Error, long Stopped, long? CpuUserMicroseconds, long? CpuSystemMicroseconds,
-    long? PeakMemory, IReadOnlyList<BuildOutputRecord> Outputs, string Agent = "");
+    long? PeakMemory, IReadOnlyList<BuildOutputRecord> Outputs, string Agent = "", int Attempts = 1);
 
 /// <summary>
 /// Builds: a row from the moment a build starts (so it has an id its log and waiting sessions can name), its outcome

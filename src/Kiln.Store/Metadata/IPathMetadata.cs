@@ -136,6 +136,15 @@ public interface IPathMetadata
     /// </summary>
     Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Records every account's storage (its view's paths and their NAR bytes) as the sample for <paramref name="day"/>
+    /// (Unix days), replacing one taken earlier that day: one statement, whatever the number of accounts.
+    /// </summary>
+    Task RecordStorageAsync(long day, CancellationToken cancellationToken);
+
+    /// <summary>The account's storage samples for days <paramref name="fromDay"/> (inclusive) to <paramref name="toDay"/> (exclusive), oldest first.</summary>
+    Task<IReadOnlyList<StorageSample>> GetStorageHistoryAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken);
+
     Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken);
 
     /// <summary>The outputs a derivation valid in the view declares, or null when it is not valid there.</summary>
@@ -188,6 +197,14 @@ public interface IPathMetadata
     Task<IReadOnlyList<RootRecord>> GetRootsAsync(long account, CancellationToken cancellationToken);
 
     Task RemoveRootAsync(long account, RootKind kind, string name, CancellationToken cancellationToken);
+}
+
+/// <summary>An account's storage on a day (Unix days: seconds since the epoch / 86,400, UTC), as last sampled that day.</summary>
+public readonly record struct StorageSample(long Day, long Paths, long NarBytes)
+{
+    public const long SecondsPerDay = 86_400;
+
+    public static long DayOf(DateTimeOffset time) => time.ToUnixTimeSeconds() / SecondsPerDay;
 }
 
 /// <summary>The store's size: path records in all views, and the distinct NARs they name with their bytes.</summary>

@@ -228,13 +228,28 @@ internal static class MetadataRows
     /// <summary>Tags a build (<c>@b</c>) for an account (<c>@a</c>): <c>@n</c>=<c>@v</c>, once.</summary>
     public const string TagBuild = "INSERT INTO build_tags (build_id, account_id, name, value) VALUES (@b, @a, @n, @v) ON CONFLICT DO NOTHING";
 
+    /// <summary>
+    /// Every account's storage as the sample for day <c>@d</c> (an account with no paths as zero). The WHERE is
+    /// SQLite's: an upsert's SELECT needs one to be parsed.
+    /// </summary>
+    public const string RecordStorage = """
+        INSERT INTO storage_samples (account_id, day, paths, nar_bytes)
+        SELECT a.id, @d, COUNT(p.id), CAST(COALESCE(SUM(p.nar_size), 0) AS BIGINT) FROM accounts a LEFT JOIN paths p ON p.account_id = a.id WHERE true GROUP BY a.id
+        ON CONFLICT (account_id, day) DO UPDATE SET paths = excluded.paths, nar_bytes = excluded.nar_bytes
+        """;
+
+    /// <summary>An account's (<c>@a</c>) storage samples from day <c>@f</c> to before day <c>@t</c>.</summary>
+    public const string StorageHistory = "SELECT day, paths, nar_bytes FROM storage_samples WHERE account_id = @a AND day >= @f AND day < @t ORDER BY day";
+
+    public static StorageSample ReadStorageSample(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
+
     /// <summary>The tags of a build (<c>@b</c>) for an account (<c>@a</c>).</summary>
     public const string BuildTags = "SELECT name, value FROM build_tags WHERE build_id = @b AND account_id = @a ORDER BY name, value";
 
     public static BuildTag ReadTag(DbDataReader reader) => new(reader.GetString(0), reader.GetString(1));
 
     public const string BuildColumns =
-        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs, b.agent";
+        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs, b.agent, b.attempts";
 
     public static BuildRecord ReadBuild(DbDataReader reader) => new()
     {
@@ -253,6 +268,7 @@ internal static class MetadataRows
         PeakMemory = reader.IsDBNull(11) ? null : reader.GetInt64(11),
         Outputs = ParseOutputs(reader.GetString(12)),
         Agent = reader.GetString(13),
+        Attempts = (int)reader.GetInt64(14),
     };
 
     // Outputs as JSON in one column: they are only ever read whole, with their build.

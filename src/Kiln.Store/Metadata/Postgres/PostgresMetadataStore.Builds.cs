@@ -20,11 +20,11 @@ public sealed partial class PostgresMetadataStore
         {
             using var update = Command(connection, """
                 UPDATE builds SET status = @s, failure = @f, error = @e, stopped = @t, cpu_user_us = @cu::bigint, cpu_system_us = @cs::bigint,
-                    peak_memory = @m::bigint, outputs = @o, agent = @g
+                    peak_memory = @m::bigint, outputs = @o, agent = @g, attempts = @n
                 WHERE id = @i AND status = 'running'
                 """, transaction,
                 ("i", id), ("s", outcome.Succeeded ? "built" : "failed"), ("f", outcome.Failure), ("e", outcome.Error), ("t", outcome.Stopped),
-                ("cu", outcome.CpuUserMicroseconds), ("cs", outcome.CpuSystemMicroseconds), ("m", outcome.PeakMemory), ("o", MetadataRows.OutputsJson(outcome.Outputs)), ("g", outcome.Agent));
+                ("cu", outcome.CpuUserMicroseconds), ("cs", outcome.CpuSystemMicroseconds), ("m", outcome.PeakMemory), ("o", MetadataRows.OutputsJson(outcome.Outputs)), ("g", outcome.Agent), ("n", outcome.Attempts));
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
     }

@@ -160,6 +160,20 @@ public sealed partial class PostgresMetadataStore
             return new StoreTotals(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
         }, cancellationToken);
 
+    public Task RecordStorageAsync(long day, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using var command = Command(connection, MetadataRows.RecordStorage, transaction, ("d", day));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<StorageSample>> GetStorageHistoryAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<StorageSample>>(async connection =>
+        {
+            await using var command = Command(connection, MetadataRows.StorageHistory, null, ("a", account), ("f", fromDay), ("t", toDay));
+            return await ReadAllAsync(command, MetadataRows.ReadStorageSample, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
     public Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlySet<StorePath>>(async connection =>
         {

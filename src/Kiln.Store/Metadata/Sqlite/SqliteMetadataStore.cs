@@ -379,6 +379,18 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             return new StoreTotals(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
         }, cancellationToken);
 
+    public Task RecordStorageAsync(long day, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var command = Command(connection, MetadataRows.RecordStorage, transaction, ("@d", day));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<StorageSample>> GetStorageHistoryAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<StorageSample>>(async connection =>
+            await ReadRowsAsync(Command(connection, MetadataRows.StorageHistory, null, ("@a", account), ("@f", fromDay), ("@t", toDay)), MetadataRows.ReadStorageSample, cancellationToken).ConfigureAwait(false),
+            cancellationToken);
+
     private static async Task<List<StorePath>> ReadPathsAsync(SqliteCommand command, CancellationToken cancellationToken)
     {
         using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
