@@ -7,7 +7,17 @@ namespace Kiln.Api;
 /// <summary>What an account used: its store now, and per day or month the builds its requests started and their time.</summary>
 /// <param name="Storage">The account's view now: content other accounts hold too counts here as well.</param>
 /// <param name="Truncated">More builds matched than usage counts (<see cref="UsageReports.MaxBuilds"/>).</param>
-public sealed record UsageDocument(string By, StorageDocument Storage, IReadOnlyList<UsagePeriod> Periods, bool Truncated);
+public sealed record UsageDocument(string By, StorageDocument Storage, IReadOnlyList<UsagePeriod> Periods, bool Truncated)
+{
+    /// <summary>
+    /// The account's storage per day or month in the span, oldest first: the last sample the server took in each (it
+    /// samples every hour; today's is the figure now). Periods with no sample (no server ran) are left out.
+    /// </summary>
+    public IReadOnlyList<StoragePeriod> StorageHistory { get; init; } = [];
+}
+
+/// <param name="Start">The day (2026-12-01) or month (2026-12).</param>
+public sealed record StoragePeriod(string Start, long Paths, long NarBytes);
 
 public sealed record StorageDocument(int Paths, long NarBytes);
 
@@ -26,14 +36,30 @@ public static class UsageReports
         ArgumentNullException.ThrowIfNull(query);
         var (builds, truncated) = await BuildListing.ReadAsync(view, query, MaxBuilds, cancellationToken).ConfigureAwait(false);
         var format = byMonth ? "yyyy-MM" : "yyyy-MM-dd";
+        string PeriodOf(long unixSeconds) => DateTimeOffset.FromUnixTimeSeconds(unixSeconds).ToString(format, CultureInfo.InvariantCulture);
         var periods = builds.Where(b => b.AccountId == view.AccountId)
-            .GroupBy(b => DateTimeOffset.FromUnixTimeSeconds(b.Started).ToString(format, CultureInfo.InvariantCulture))
+            .GroupBy(b => PeriodOf(b.Started))
             .OrderBy(g => g.Key, StringComparer.Ordinal)
             .Select(g => new UsagePeriod(g.Key, g.Count(), g.Count(b => b.Succeeded),
                 Math.Round(g.Sum(b => (b.CpuUserMicroseconds ?? 0) + (b.CpuSystemMicroseconds ?? 0)) / 3.6e9, 4),
                 Math.Round(g.Where(b => !b.Running).Sum(b => b.Stopped - b.Started) / 3600.0, 4)))
             .ToList();
         var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
-        return new UsageDocument(byMonth ? "month" : "day", new StorageDocument(paths, narBytes), periods, truncated);
+
+        // Storage over the same span: the daily samples, today's replaced by the figure just read.
+        var today = StorageSample.DayOf(DateTimeOffset.UtcNow);
+        var fromDay = query.Since is { } since ? Math.Max(0, since) / StorageSample.SecondsPerDay : 0;
+        var toDay = query.Until is { } until ? (Math.Max(0, until) + StorageSample.SecondsPerDay - 1) / StorageSample.SecondsPerDay : today + 1;
+        var samples = (await view.StorageHistoryAsync(fromDay, toDay, cancellationToken).ConfigureAwait(false)).Where(s => s.Day != today).ToList();
+        if (today >= fromDay && today < toDay)
+        {
+            samples.Add(new StorageSample(today, paths, narBytes));
+        }
+
+        var history = samples.GroupBy(s => PeriodOf(s.Day * StorageSample.SecondsPerDay))
+            .Select(g => g.MaxBy(s => s.Day))
+            .Select(s => new StoragePeriod(PeriodOf(s.Day * StorageSample.SecondsPerDay), s.Paths, s.NarBytes))
+            .ToList();
+        return new UsageDocument(byMonth ? "month" : "day", new StorageDocument(paths, narBytes), periods, truncated) { StorageHistory = history };
     }
 }

@@ -289,6 +289,11 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
             """);
         body.Append(Charts.Bars("cpu-chart", $"CPU hours per {unit}", periods.Select(p => (p.Start, p.CpuHours)).ToList(), "0.##"));
         body.Append(Charts.Bars("builds-chart", $"Builds started per {unit}", periods.Select(p => (p.Start, (double)p.Builds)).ToList(), "0"));
+        // Storage at the end of each period (the last hourly sample; no bar where no server ran to take one).
+        var stored = usage.StorageHistory.ToDictionary(s => s.Start, s => s.NarBytes, StringComparer.Ordinal);
+        var (scale, scaleName) = stored.Values.DefaultIfEmpty(0).Max() >= 1L << 30 ? (1L << 30, "GiB") : (1L << 20, "MiB");
+        body.Append(Charts.Bars("storage-chart", $"Storage at the end of each {unit} ({scaleName})",
+            periods.Select(p => (p.Start, stored.TryGetValue(p.Start, out var bytes) ? bytes / (double)scale : 0)).ToList(), "0.##"));
         body.Append(Table("usage-table", $"Usage per {unit}", [byMonth ? "Month" : "Day", "Builds", "Succeeded", "CPU hours", "Build hours"],
             periods.Where(p => p.Builds > 0).Reverse().Select(p =>
                 $"<tr><td>{E(p.Start)}</td><td>{N(p.Builds)}</td><td>{N(p.Succeeded)}</td><td>{F(p.CpuHours, "0.####")}</td><td>{F(p.WallHours, "0.####")}</td></tr>"),

@@ -63,4 +63,5 @@ public static class LogEvents
     public const int InputsPruned = 6107;
     public const int GarbageCollectionFailed = 6108;
     public const int GarbageCollectionFreedNothing = 6109;
+    public const int StorageSampleFailed = 6110;
 }

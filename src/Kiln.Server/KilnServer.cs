@@ -117,6 +117,7 @@ public static partial class KilnServer
                 builder.Services.AddHostedService<HttpCacheService>();
                 builder.Services.AddHostedService<BlobSweepService>();
                 builder.Services.AddHostedService<GcService>();
+                builder.Services.AddHostedService<StorageSampler>();
                 using var host = builder.Build();
                 await host.RunAsync(cancellationToken).ConfigureAwait(false);
 

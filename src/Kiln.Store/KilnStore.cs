@@ -107,6 +107,9 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>The whole store's size (every view's records, the distinct NARs they name): a scan, for gauges read now and then.</summary>
     public Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken) => Metadata.GetTotalsAsync(cancellationToken);
 
+    /// <summary>Records every account's storage as its sample for <paramref name="day"/> (Unix days; <see cref="StorageSample.DayOf"/>).</summary>
+    public Task SampleStorageAsync(long day, CancellationToken cancellationToken) => Metadata.RecordStorageAsync(day, cancellationToken);
+
     /// <summary>The running server's sweep of blobs nothing names, older than the grace period (see <see cref="StoreOptions.BlobGracePeriod"/>).</summary>
     public Task<long> SweepUnnamedBlobsAsync(TimeSpan? grace, CancellationToken cancellationToken) =>
         GarbageCollector.SweepUnnamedBlobsAsync(grace ?? Options.BlobGracePeriod, cancellationToken);

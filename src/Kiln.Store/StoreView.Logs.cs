@@ -14,6 +14,10 @@ public sealed partial class StoreView
         return (graph.Count, graph.Sum(n => n.NarSize));
     }
 
+    /// <summary>The caller's own view's storage samples for days <paramref name="fromDay"/> to before <paramref name="toDay"/> (Unix days).</summary>
+    public Task<IReadOnlyList<StorageSample>> StorageHistoryAsync(long fromDay, long toDay, CancellationToken cancellationToken) =>
+        Metadata.GetStorageHistoryAsync(AccountId, fromDay, toDay, cancellationToken);
+
     /// <summary>The build with that id, if it was for one of the readable accounts.</summary>
     public async Task<BuildRecord?> GetBuildAsync(long id, CancellationToken cancellationToken)
     {

@@ -119,6 +119,31 @@ public sealed class SummaryTests : ApiFixture
     }
 
     [Fact]
+    public async Task Usage_shows_the_accounts_storage_over_time_from_the_daily_samples_and_today_from_now()
+    {
+        var token = await TokenAsync("alice", KeyPermissions.BuildRead);
+        await PathAsync("alice", "first", "one");
+        await PathAsync("bob", "bobs", "bob's much larger file, which alice must not be counted for");
+        await Store.SampleStorageAsync(20_000, default); // 2024-10-04
+        await PathAsync("alice", "second", "two");
+        await Store.SampleStorageAsync(20_001, default);
+        await Store.SampleStorageAsync(20_040, default); // 2024-11-13
+        await PathAsync("alice", "third", "three");
+
+        static List<(string?, long, long)> History(string body) => [.. JsonDocument.Parse(body).RootElement.GetProperty("storageHistory").EnumerateArray()
+            .Select(p => (p.GetProperty("start").GetString(), p.GetProperty("paths").GetInt64(), p.GetProperty("narBytes").GetInt64()))];
+        var days = History((await GetAsync("/api/v1/usage?since=2024-10-01&until=2024-10-06", token)).Body);
+        Assert.Equal(["2024-10-04", "2024-10-05"], days.Select(d => d.Item1));
+        Assert.Equal([1L, 2L], days.Select(d => d.Item2));
+        Assert.True(days[1].Item3 > days[0].Item3 && days[0].Item3 < 200, $"{days[0].Item3}: another account's path counted");
+
+        // Per month, the last sample of each; this month's is the storage now (three paths), whatever was sampled.
+        var months = History((await GetAsync("/api/v1/usage?by=month&since=2024-10-01", token)).Body);
+        Assert.Equal(["2024-10", "2024-11", DateTime.UtcNow.ToString("yyyy-MM", System.Globalization.CultureInfo.InvariantCulture)], months.Select(m => m.Item1));
+        Assert.Equal([2L, 2L, 3L], months.Select(m => m.Item2));
+    }
+
+    [Fact]
     public async Task A_listing_bounded_at_the_number_of_builds_is_whole_and_one_below_it_says_it_is_cut()
     {
         for (var i = 0; i < 5; i++)

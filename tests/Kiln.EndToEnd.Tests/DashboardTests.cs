@@ -88,6 +88,9 @@ public sealed class DashboardTests
         // Usage: this month's builds in the chart and the table.
         browser.Go(ui + "/usage");
         Assert.NotEmpty(browser.FindAll("#cpu-chart rect.bar"));
+        // Storage over time: today's bar is the account's storage now (its built output).
+        var today = DateTime.UtcNow.ToString("yyyy-MM-dd", System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Contains(today, (string)browser.Script("return document.querySelector('#storage-chart svg > title').textContent;")!, StringComparison.Ordinal);
         Assert.Contains("2", browser.Find("#usage-table tbody").Text, StringComparison.Ordinal);
         CheckPage(browser, "usage");
 

@@ -62,6 +62,11 @@ public sealed class MigrationTests(PostgresServer postgres, S3Server s3)
             Assert.Equal(6, (await metadata.ListBuildsAsync(account.Id, 100, CancellationToken.None)).Count); // none ran again
             var pushed = (await metadata.GetPathsAsync(account.Id, [StorePath.Parse(top)], CancellationToken.None)).Values.Single();
             Assert.Contains(s3.ObjectFiles(bucket), f => f.Contains(pushed.Info.NarHash.ToNix32(), StringComparison.Ordinal));
+
+            // The server sampled every account's storage as it started (the usage report's storage over time).
+            var today = StorageSample.DayOf(DateTimeOffset.UtcNow);
+            var sample = Assert.Single(await metadata.GetStorageHistoryAsync(account.Id, today - 1, today + 1, CancellationToken.None));
+            Assert.True(sample.Paths >= 4 && sample.NarBytes > 0, sample.ToString());
         }
 
         client.Ok(again, ["nix", "copy", "--from", again.HttpUrl, "--to", $"local?root={workspace}/after", .. netrc, .. aliceSignatures, .. outputs]);
