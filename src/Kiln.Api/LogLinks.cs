@@ -8,9 +8,10 @@ namespace Kiln.Api;
 
 /// <summary>
 /// Signed links to one build's log, for pasting into CI output without a token: <c>/api/v1/signed/builds/ID/log
-/// ?expires=UNIX&amp;signature=HEX</c>, an HMAC-SHA256 of the build id and the expiry under a key of this installation
-/// (a server secret in the database, so every front door honours every front door's links). A link reads that one
-/// log until it expires; changing the id or the expiry breaks the signature.
+/// ?expires=UNIX&amp;signature=HEX</c>, an HMAC-SHA256 of the build (its id, step and start) and the expiry under a key
+/// of this installation (a server secret in the database, so every front door honours every front door's links). A
+/// link reads that one log until it expires; changing the id or the expiry breaks the signature, and so does the
+/// build's record going (its account deleted) — even if a later build were given the same id.
 /// </summary>
 public sealed class LogLinks(KilnStore store, Uri? publicUrl = null)
 {
@@ -44,7 +45,8 @@ public sealed class LogLinks(KilnStore store, Uri? publicUrl = null)
         }
 
         var unix = expires.ToUnixTimeSeconds();
-        return $"{Base(request)}{Path}/{id}/log?expires={unix}&signature={await SignAsync(id, unix).ConfigureAwait(false)}";
+        var signature = await SignAsync(id, unix).ConfigureAwait(false) ?? throw new ArgumentException($"there is no build {id}", nameof(id));
+        return $"{Base(request)}{Path}/{id}/log?expires={unix}&signature={signature}";
     }
 
     /// <summary>Whether the signature is this installation's for that build and expiry, and the expiry is still ahead.</summary>
@@ -55,14 +57,23 @@ public sealed class LogLinks(KilnStore store, Uri? publicUrl = null)
             return false;
         }
 
-        var expected = Encoding.ASCII.GetBytes(await SignAsync(id, expires).ConfigureAwait(false));
-        return CryptographicOperations.FixedTimeEquals(expected, Encoding.ASCII.GetBytes(signature.ToLowerInvariant()));
+        return await SignAsync(id, expires).ConfigureAwait(false) is { } expected
+            && CryptographicOperations.FixedTimeEquals(Encoding.ASCII.GetBytes(expected), Encoding.ASCII.GetBytes(signature.ToLowerInvariant()));
     }
 
-    private async Task<string> SignAsync(long id, long expires)
+    // Null when there is no such build.
+    private async Task<string?> SignAsync(long id, long expires)
     {
+        // The build as recorded: a link names that build, not whatever may carry its id one day.
+        var builds = await store.Builds.ListBuildsAsync(null, new Kiln.Store.Metadata.BuildQuery { Before = id + 1, Limit = 1 }, CancellationToken.None).ConfigureAwait(false);
+        if (builds is not [{ } build] || build.Id != id)
+        {
+            return null;
+        }
+
         // Read once it is first needed (a failed read is tried again next time), the same for every front door.
         var key = _key ??= await InstallationKeys.GetAsync(store, "api-log-links").ConfigureAwait(false);
-        return Convert.ToHexStringLower(HMACSHA256.HashData(key, Encoding.ASCII.GetBytes(string.Create(CultureInfo.InvariantCulture, $"kiln-build-log:{id}:{expires}"))));
+        return Convert.ToHexStringLower(HMACSHA256.HashData(key,
+            Encoding.UTF8.GetBytes(string.Create(CultureInfo.InvariantCulture, $"kiln-build-log:{id}:{build.StepKey}:{build.Started}:{expires}"))));
     }
 }

@@ -107,6 +107,22 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>The whole store's size (every view's records, the distinct NARs they name): a scan, for gauges read now and then.</summary>
     public Task<StoreTotals> GetTotalsAsync(CancellationToken cancellationToken) => Metadata.GetTotalsAsync(cancellationToken);
 
+    /// <summary>
+    /// Deletes an account and all that is its (<see cref="IAccountMetadata.DeleteAccountAsync"/>), then the logs of
+    /// the builds that went with it. Content other accounts hold stays; what only it held is collected with the next
+    /// blob sweep. Returns the number of builds deleted, or null when there is no such account.
+    /// </summary>
+    public async Task<int?> DeleteAccountAsync(long account, CancellationToken cancellationToken)
+    {
+        var builds = await Metadata.DeleteAccountAsync(account, cancellationToken).ConfigureAwait(false);
+        foreach (var build in builds ?? [])
+        {
+            await Logs.DeleteAsync(build, cancellationToken).ConfigureAwait(false);
+        }
+
+        return builds?.Count;
+    }
+
     /// <summary>Records every account's storage as its sample for <paramref name="day"/> (Unix days; <see cref="StorageSample.DayOf"/>).</summary>
     public Task SampleStorageAsync(long day, CancellationToken cancellationToken) => Metadata.RecordStorageAsync(day, cancellationToken);
 

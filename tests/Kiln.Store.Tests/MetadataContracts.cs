@@ -418,6 +418,72 @@ public abstract class BuildMetadataContract : MetadataContract
         new(name, P(name), Info(P(name)).NarHash, 123, [P("dep")], null);
 
     [Fact]
+    public async Task Deleting_an_account_removes_all_that_is_its_and_leaves_what_others_share_unlinked_from_it()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var (dep, top, drv) = (P("dep"), P("top"), P("top.drv"));
+        await store.RegisterAsync(alice, [New(Info(dep)), New(Info(top, dep)), New(Info(drv), new Dictionary<string, StorePath?> { ["out"] = top })], default);
+        await store.AddSignaturesAsync(alice, top, ["alice-key:c2ln"], default);
+        await store.AddRootAsync(alice, RootKind.Pin, "release", top, default);
+        await store.RegisterAsync(bob, [New(Info(dep))], default); // the same content in bob's view
+        var key = (await store.AddSshKeyAsync(alice, Kiln.Store.Accounts.SshPublicKey.FromParts("ssh-ed25519",
+            Convert.ToBase64String([0, 0, 0, 11, .. "ssh-ed25519"u8.ToArray(), 0, 0, 0, 32, .. Enumerable.Repeat((byte)9, 32)]), ""), Kiln.Store.Accounts.KeyPermissions.All, default));
+        await store.AddTokenAsync(alice, "alice-token-hash", "ci", Kiln.Store.Accounts.KeyPermissions.All, null, default);
+        await store.SetSigningKeyAsync(alice, "alice-key:secret", default);
+        await store.RecordStorageAsync(20_000, default);
+
+        var own = await store.StartBuildAsync("own", "own.drv", alice, 1, default);
+        await store.TagBuildAsync(own, alice, [new BuildTag("ci-run", "1")], default);
+        await store.FinishBuildAsync(own, new BuildEnd(true, "", "", 2, null, null, null, []), default);
+        var shared = await store.StartBuildAsync("shared", "shared.drv", alice, 3, default);
+        await store.AddBuildAccountAsync(shared, bob, default);
+        await store.TagBuildAsync(shared, alice, [new BuildTag("ci-run", "1")], default);
+        await store.TagBuildAsync(shared, bob, [new BuildTag("ci-run", "7")], default);
+        await store.FinishBuildAsync(shared, new BuildEnd(true, "", "", 4, null, null, null, [Output("x")]), default);
+        var bobs = await store.StartBuildAsync("bobs", "bobs.drv", bob, 5, default);
+        await store.AddBuildAccountAsync(bobs, alice, default); // alice joined bob's build
+
+        Assert.Equal([own], await store.DeleteAccountAsync(alice, default));
+
+        Assert.Null(await store.FindAccountAsync("alice", default));
+        Assert.Null(await store.FindTokenAsync("alice-token-hash", default));
+        Assert.Null(await store.GetSshKeyAsync(key.Id, default));
+        Assert.Null(await store.GetSigningKeyAsync(alice, default));
+        Assert.Empty(await store.GetGraphAsync(alice, default));
+        Assert.Empty(await store.GetRootsAsync(alice, default));
+        Assert.Empty(await store.GetStorageHistoryAsync(alice, 0, long.MaxValue, default));
+        Assert.Null(await store.GetBuildAsync(alice, own, default));
+        Assert.Null(await store.FindSuccessfulBuildAsync("own", default));
+
+        // Bob keeps his view, his builds and the build he shared, now credited to nobody he could link to alice.
+        Assert.Equal([dep], (await store.GetGraphAsync(bob, default)).Select(n => n.Path));
+        var kept = (await store.GetBuildAsync(bob, shared, default))!;
+        var keeper = (await store.FindAccountAsync(Kiln.Store.Accounts.AccountName.Deleted, default))!;
+        Assert.Equal(keeper.Id, kept.AccountId);
+        Assert.Equal([new BuildTag("ci-run", "7")], await store.GetBuildTagsAsync(shared, bob, default));
+        Assert.Empty(await store.GetBuildTagsAsync(shared, alice, default));
+        Assert.Equal(bob, (await store.GetBuildAsync(bob, bobs, default))!.AccountId);
+        Assert.Equal([bobs, shared], (await store.ListBuildsAsync(bob, 10, default)).Select(b => b.Id));
+
+        // An account made later under the name starts empty; the keeper cannot be deleted, and alice only once.
+        var again = await store.GetOrCreateAccountAsync("alice", default);
+        Assert.NotEqual(alice, again);
+        Assert.Empty(await store.ListBuildsAsync(again, 10, default));
+        Assert.Empty(await store.GetGraphAsync(again, default));
+        Assert.Null(await store.DeleteAccountAsync(alice, default));
+        Assert.Null(await store.DeleteAccountAsync(keeper.Id, default));
+
+        // A second deletion with shared builds reuses the keeper.
+        var carol = await store.GetOrCreateAccountAsync("carol", default);
+        var carols = await store.StartBuildAsync("carols", "carols.drv", carol, 6, default);
+        await store.AddBuildAccountAsync(carols, bob, default);
+        Assert.Empty((await store.DeleteAccountAsync(carol, default))!);
+        Assert.Equal(keeper.Id, (await store.GetBuildAsync(bob, carols, default))!.AccountId);
+    }
+
+    [Fact]
     public async Task The_usage_of_a_packages_latest_successful_builds_is_found_by_its_name_without_version()
     {
         await using var store = await CreateAsync();

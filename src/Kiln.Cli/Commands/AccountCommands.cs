@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using Kiln.Accounts;
+using Kiln.Store;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 
@@ -128,7 +129,49 @@ internal static class AccountCommands
             }
         });
 
-        return new Command("account", "Manage accounts.") { create, list, set };
+        var deleteData = DataOption();
+        var deleteJson = JsonOption();
+        var deleteName = new Argument<string>("NAME");
+        var yes = new Option<bool>("--yes") { Description = "Do not ask: delete at once (for scripts)." };
+        var delete = new Command("delete", "Delete an account: its keys, tokens, signing key, settings, pins, build records and logs, and its view of the store " +
+            "(content other accounts hold stays theirs; what only this account held goes with the next blob sweep). Asks for the name again unless --yes.")
+        {
+            deleteName, yes, deleteData, deleteJson,
+        };
+        delete.SetAction(async (result, cancellationToken) =>
+        {
+            var directory = Path.GetFullPath(result.GetValue(deleteData)!);
+            // With kiln serve running too: the deletion is one transaction, and the server's next look-up of a key or token finds none.
+            var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
+            await using (store.ConfigureAwait(false))
+            {
+                var service = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), "operator");
+                var account = await service.AccountAsync(Actor.Operator, result.GetValue(deleteName)!, cancellationToken).ConfigureAwait(false);
+                var keys = await store.Accounts.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
+                var tokens = await store.Accounts.ListTokensAsync(account.Id, cancellationToken).ConfigureAwait(false);
+                using var view = store.OpenView(await store.CallerForAccountAsync(account.Name, KeyPermissions.StoreRead, cancellationToken).ConfigureAwait(false));
+                var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
+                var what = $"account {account.Name}: {keys.Count} SSH keys, {tokens.Count} tokens, {paths} paths ({narBytes} bytes of NAR, content other accounts hold included)";
+                if (!result.GetValue(yes))
+                {
+                    Console.Error.Write($"This deletes {what}, its build records and logs. It cannot be undone.\nType the account's name to delete it: ");
+                    if (Console.In.ReadLine()?.Trim() != account.Name)
+                    {
+                        throw new CommandException($"not deleted: the name typed was not '{account.Name}'");
+                    }
+                }
+
+                var builds = await store.DeleteAccountAsync(account.Id, cancellationToken).ConfigureAwait(false)
+                    ?? throw new CommandException($"there is no account '{account.Name}' (deleted meanwhile?)");
+                // The record of it: on stderr, where kiln's log lines go (a service manager keeps them), and the answer on stdout.
+                Console.Error.Write($"kiln: {DateTimeOffset.UtcNow:yyyy-MM-ddTHH:mm:ssZ} operator deleted {what}, {builds} build records\n");
+                Print(result.GetValue(deleteJson), new { name = account.Name, id = account.Id, keys = keys.Count, tokens = tokens.Count, paths, narBytes, builds },
+                    $"deleted account {account.Name}");
+                return 0;
+            }
+        });
+
+        return new Command("account", "Manage accounts.") { create, list, set, delete };
     }
 
     public static Command Key()

@@ -5,6 +5,12 @@ namespace Kiln.Store.Accounts;
 /// <summary>Account names: short, lower-case, safe in paths, logs and URLs.</summary>
 public static partial class AccountName
 {
+    /// <summary>
+    /// The account that keeps the builds a deleted account started which other accounts were for too (they stay theirs,
+    /// no longer linked to the one deleted). No valid name is it, so nobody can create, log in to or be confused with it.
+    /// </summary>
+    public const string Deleted = "(deleted)";
+
     [GeneratedRegex("^[a-z0-9][a-z0-9_-]{0,62}$")]
     private static partial Regex Valid();
 

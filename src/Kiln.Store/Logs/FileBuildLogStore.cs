@@ -69,6 +69,12 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
         }
     }
 
+    public Task DeleteAsync(long buildId, CancellationToken cancellationToken)
+    {
+        File.Delete(PathOf(buildId)); // (a writer still at it writes on into the unlinked file, which nobody can open)
+        return Task.CompletedTask;
+    }
+
     public async IAsyncEnumerable<string> FollowAsync(long buildId, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         var stream = await OpenReadAsync(buildId, 0, cancellationToken).ConfigureAwait(false);

@@ -21,6 +21,9 @@ public interface IBuildLogStore
     /// <summary>The log from byte <paramref name="offset"/> on, as far as it is written; null when the build has none.</summary>
     Task<Stream?> OpenReadAsync(long buildId, long offset, CancellationToken cancellationToken);
 
+    /// <summary>Deletes the build's log (its build record is gone: the account it was for was deleted); nothing when it has none.</summary>
+    Task DeleteAsync(long buildId, CancellationToken cancellationToken);
+
     /// <summary>The log's lines from the start, then each new one as it is written, until the writer is done.</summary>
     IAsyncEnumerable<string> FollowAsync(long buildId, CancellationToken cancellationToken);
 }

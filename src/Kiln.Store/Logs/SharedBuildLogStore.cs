@@ -32,6 +32,12 @@ public sealed class SharedBuildLogStore(FileBuildLogStore local, ISharedFiles sh
         await local.OpenReadAsync(buildId, offset, cancellationToken).ConfigureAwait(false)
         ?? (await FetchAsync(buildId, cancellationToken).ConfigureAwait(false) ? await local.OpenReadAsync(buildId, offset, cancellationToken).ConfigureAwait(false) : null);
 
+    public async Task DeleteAsync(long buildId, CancellationToken cancellationToken)
+    {
+        await local.DeleteAsync(buildId, cancellationToken).ConfigureAwait(false);
+        await shared.DeleteFileAsync(NameOf(buildId), cancellationToken).ConfigureAwait(false);
+    }
+
     public async IAsyncEnumerable<string> FollowAsync(long buildId, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
     {
         if (!File.Exists(local.FileOf(buildId)))

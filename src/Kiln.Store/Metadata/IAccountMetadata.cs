@@ -41,6 +41,15 @@ public interface IAccountMetadata
 
     Task<AccountRecord?> FindAccountAsync(string name, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Deletes the account and all that is its, in one transaction: its view (paths, their references, signatures and
+    /// derivation outputs), roots and pins, keys, tokens, signing key, settings, storage samples, tags, and the builds
+    /// only it was for. A build it started that other accounts were for too stays theirs, credited to
+    /// <see cref="Accounts.AccountName.Deleted"/>. Returns the ids of the builds deleted (their logs are the caller's to
+    /// delete), or null when there is no such account.
+    /// </summary>
+    Task<IReadOnlyList<long>?> DeleteAccountAsync(long account, CancellationToken cancellationToken);
+
     /// <summary>Adds a login key to an account.</summary>
     /// <exception cref="DuplicateKeyException">The key already belongs to an account (this one or another).</exception>
     Task<SshKeyRecord> AddSshKeyAsync(long account, SshPublicKey key, KeyPermissions permissions, CancellationToken cancellationToken);

@@ -243,6 +243,34 @@ internal static class MetadataRows
 
     public static StorageSample ReadStorageSample(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
 
+    /// <summary>The account that keeps a deleted account's shared builds (made when first needed); returns its id.</summary>
+    public static readonly string DeletedAccount =
+        $"INSERT INTO accounts (name, created) VALUES ('{Accounts.AccountName.Deleted}', @n) ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id";
+
+    /// <summary>
+    /// Deleting account <c>@a</c>, in order (<c>@t</c>: <see cref="DeletedAccount"/>'s id): its shared builds go to
+    /// <c>@t</c>; the rest of its builds, with their tags and links; its view; its credentials and samples; the account.
+    /// References, signatures and outputs are deleted by statements of their own rather than left to cascades, which
+    /// the providers apply in different orders. The builds statement returns the ids deleted.
+    /// </summary>
+    public static IReadOnlyList<string> DeleteAccount { get; } =
+    [
+        "UPDATE builds SET account_id = @t WHERE account_id = @a AND EXISTS (SELECT 1 FROM build_accounts f WHERE f.build_id = builds.id AND f.account_id <> @a)",
+        "DELETE FROM build_tags WHERE account_id = @a OR build_id IN (SELECT id FROM builds WHERE account_id = @a)",
+        "DELETE FROM build_accounts WHERE account_id = @a OR build_id IN (SELECT id FROM builds WHERE account_id = @a)",
+        "DELETE FROM builds WHERE account_id = @a RETURNING id",
+        "DELETE FROM refs WHERE referrer IN (SELECT id FROM paths WHERE account_id = @a)",
+        "DELETE FROM sigs WHERE path_id IN (SELECT id FROM paths WHERE account_id = @a)",
+        "DELETE FROM drv_outputs WHERE drv_id IN (SELECT id FROM paths WHERE account_id = @a)",
+        "DELETE FROM paths WHERE account_id = @a",
+        "DELETE FROM roots WHERE account_id = @a",
+        "DELETE FROM ssh_keys WHERE account_id = @a",
+        "DELETE FROM tokens WHERE account_id = @a",
+        "DELETE FROM signing_keys WHERE account_id = @a",
+        "DELETE FROM storage_samples WHERE account_id = @a",
+        "DELETE FROM accounts WHERE id = @a",
+    ];
+
     /// <summary>The tags of a build (<c>@b</c>) for an account (<c>@a</c>).</summary>
     public const string BuildTags = "SELECT name, value FROM build_tags WHERE build_id = @b AND account_id = @a ORDER BY name, value";
 

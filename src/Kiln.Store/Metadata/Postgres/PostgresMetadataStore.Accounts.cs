@@ -42,6 +42,48 @@ public sealed partial class PostgresMetadataStore
             return await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is long id ? new AccountRecord(id, name) : null;
         }, cancellationToken);
 
+    public async Task<IReadOnlyList<long>?> DeleteAccountAsync(long account, CancellationToken cancellationToken)
+    {
+        var deleted = await WriteAsync<IReadOnlyList<long>?>(async (connection, transaction) =>
+        {
+            using (var exists = Command(connection, "SELECT 1 FROM accounts WHERE id = @a AND name <> @d FOR UPDATE", transaction, ("a", account), ("d", AccountName.Deleted)))
+            {
+                if (await exists.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is null)
+                {
+                    return null;
+                }
+            }
+
+            long tombstone;
+            using (var keeper = Command(connection, MetadataRows.DeletedAccount, transaction, ("n", MetadataRows.Now())))
+            {
+                tombstone = (long)(await keeper.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+            }
+
+            var builds = new List<long>();
+            // (Its sessions' published temp roots too: they protect nothing of a view that is gone.)
+            foreach (var statement in MetadataRows.DeleteAccount.Prepend("DELETE FROM temp_roots WHERE account_id = @a"))
+            {
+                using var command = Command(connection, statement, transaction, ("a", account), ("t", tombstone));
+                using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                {
+                    builds.Add(reader.GetInt64(0));
+                }
+            }
+
+            using var notify = NotifyCommand(connection, transaction);
+            await notify.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return builds;
+        }, cancellationToken).ConfigureAwait(false);
+        if (deleted is not null)
+        {
+            PathRecordsChanged();
+        }
+
+        return deleted;
+    }
+
     public Task<SshKeyRecord> AddSshKeyAsync(long account, SshPublicKey key, KeyPermissions permissions, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(key);

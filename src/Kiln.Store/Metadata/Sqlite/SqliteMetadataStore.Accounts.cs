@@ -21,6 +21,45 @@ public sealed partial class SqliteMetadataStore
             return await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is long id ? new AccountRecord(id, name) : null;
         }, cancellationToken);
 
+    public async Task<IReadOnlyList<long>?> DeleteAccountAsync(long account, CancellationToken cancellationToken)
+    {
+        var deleted = await WriteAsync<IReadOnlyList<long>?>(async (connection, transaction) =>
+        {
+            using (var exists = Command(connection, "SELECT 1 FROM accounts WHERE id = @a AND name <> @d", transaction, ("@a", account), ("@d", AccountName.Deleted)))
+            {
+                if (await exists.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is null)
+                {
+                    return null;
+                }
+            }
+
+            long tombstone;
+            using (var keeper = Command(connection, MetadataRows.DeletedAccount, transaction, ("@n", MetadataRows.Now())))
+            {
+                tombstone = (long)(await keeper.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+            }
+
+            var builds = new List<long>();
+            foreach (var statement in MetadataRows.DeleteAccount)
+            {
+                using var command = Command(connection, statement, transaction, ("@a", account), ("@t", tombstone));
+                using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                {
+                    builds.Add(reader.GetInt64(0));
+                }
+            }
+
+            return builds;
+        }, cancellationToken).ConfigureAwait(false);
+        if (deleted is not null)
+        {
+            PathRecordsChanged();
+        }
+
+        return deleted;
+    }
+
     public Task<SshKeyRecord> AddSshKeyAsync(long account, SshPublicKey key, KeyPermissions permissions, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
