@@ -119,6 +119,26 @@ public sealed class SummaryTests : ApiFixture
     }
 
     [Fact]
+    public async Task A_deleted_accounts_tokens_and_signed_log_links_stop_working()
+    {
+        var token = await TokenAsync("alice", KeyPermissions.BuildRead);
+        var failed = await BuildAsync("alice", "broken", succeeded: false, log: ["the secret of the failure"]);
+        var link = new Uri(await new LogLinks(Store).LinkAsync(new DefaultHttpContext { Request = { Scheme = "http", Host = new HostString("kiln") } }.Request,
+            failed, DateTimeOffset.UtcNow.AddMinutes(5))).PathAndQuery;
+        Assert.Equal(200, (await GetAsync(link, null)).Status);
+        Assert.Equal(200, (await GetAsync("/api/v1/me", token)).Status);
+
+        var alice = (await Store.Accounts.FindAccountAsync("alice", default))!;
+        Assert.Equal(1, await Store.DeleteAccountAsync(alice.Id, default));
+
+        Assert.Equal(401, (await GetAsync("/api/v1/me", token)).Status);
+        var (status, body, _) = await GetAsync(link, null);
+        Assert.True(status == 403, $"{status} {body}");
+        Assert.DoesNotContain("secret of the failure", body, StringComparison.Ordinal);
+        Assert.Null(await Store.Logs.OpenReadAsync(failed, 0, default)); // the log itself is gone
+    }
+
+    [Fact]
     public async Task Usage_shows_the_accounts_storage_over_time_from_the_daily_samples_and_today_from_now()
     {
         var token = await TokenAsync("alice", KeyPermissions.BuildRead);

@@ -23,6 +23,42 @@ public class AccountCommandTests
     }
 
     [Fact]
+    public void An_account_is_deleted_only_when_its_name_is_typed_again_and_its_keys_and_tokens_go_with_it()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        KilnCli.Ok("account", "create", "alice", "--data", data);
+        KilnCli.Ok("account", "create", "bob", "--data", data);
+        var (alicePublic, _) = NewKey(temp, "alice");
+        KilnCli.Ok("key", "add", "alice", alicePublic, "--data", data);
+        KilnCli.Ok("token", "create", "alice", "--permissions", "store:read", "--data", data);
+        Assert.NotEmpty(AuthKeys(data, alicePublic));
+
+        // The wrong name (or none): nothing happens.
+        foreach (var typed in new[] { "bob\n", "" })
+        {
+            var refused = KilnCli.Run(System.Text.Encoding.UTF8.GetBytes(typed), "account", "delete", "alice", "--data", data);
+            Assert.Equal(1, refused.ExitCode);
+            Assert.Contains("This deletes account alice: 1 SSH keys, 1 tokens, 0 paths", refused.Stderr, StringComparison.Ordinal);
+            Assert.Contains("kiln: error: not deleted: the name typed was not 'alice'", refused.Stderr, StringComparison.Ordinal);
+            Assert.Equal("alice\nbob\n", KilnCli.Ok("account", "list", "--data", data).StdoutText);
+        }
+
+        var deleted = KilnCli.Ok(System.Text.Encoding.UTF8.GetBytes("alice\n"), "account", "delete", "alice", "--data", data);
+        Assert.Equal("deleted account alice\n", deleted.StdoutText);
+        Assert.Matches(@"kiln: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ operator deleted account alice: 1 SSH keys, 1 tokens, 0 paths .*, 0 build records", deleted.Stderr);
+        Assert.Equal("bob\n", KilnCli.Ok("account", "list", "--data", data).StdoutText);
+        Assert.Empty(AuthKeys(data, alicePublic)); // the key logs in to nothing
+        KilnCli.AssertOneLineError(KilnCli.Run("account", "delete", "alice", "--yes", "--data", data), "there is no account 'alice'");
+        KilnCli.AssertOneLineError(KilnCli.Run("account", "delete", "(deleted)", "--yes", "--data", data), "is not an account name");
+
+        // For scripts: --yes, and --json.
+        using var json = JsonDocument.Parse(KilnCli.Ok("account", "delete", "bob", "--yes", "--json", "--data", data).StdoutText);
+        Assert.Equal(("bob", 0), (json.RootElement.GetProperty("name").GetString(), json.RootElement.GetProperty("builds").GetInt32()));
+        Assert.Equal("\n", KilnCli.Ok("account", "list", "--data", data).StdoutText); // (no accounts: the keeper of shared builds is not one)
+    }
+
+    [Fact]
     public void Accounts_are_created_once_and_listed()
     {
         using var temp = new TempDir();
