@@ -80,13 +80,7 @@ internal static class BuildEndpoints
             var caller = ApiCaller.Of(context);
             caller.Need(KeyPermissions.BuildRead);
             using var view = store.OpenView(caller.Caller);
-            var byMonth = by switch
-            {
-                null or "day" => false,
-                "month" => true,
-                _ => throw Invalid("by is day or month"),
-            };
-            return TypedResults.Ok(await UsageReports.ReportAsync(view, BuildFilters.Parse(null, null, since, until), byMonth, context.RequestAborted).ConfigureAwait(false));
+            return TypedResults.Ok(await UsageReports.ReportAsync(view, BuildFilters.Parse(null, null, since, until), UsageReports.ByMonth(by), context.RequestAborted).ConfigureAwait(false));
         }).WithSummary("What the account used: its store now (shared content counts for every account that holds it), and per day or month the builds it started, CPU and wall hours.")
           .Produces<UsageDocument>().ProducesProblem(StatusCodes.Status400BadRequest);
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Kiln.Protocol;
 using Kiln.Store;
 using Kiln.Store.Metadata;
 
@@ -25,10 +26,46 @@ public sealed record StorageDocument(int Paths, long NarBytes);
 /// <param name="Builds">Builds the account's requests started (shared ones cost the account nothing and are not counted).</param>
 public sealed record UsagePeriod(string Start, int Builds, int Succeeded, double CpuHours, double WallHours);
 
-/// <summary>Usage reports from a view's build records: the API's <c>/usage</c>.</summary>
+/// <summary>Usage reports from a view's build records: the API's <c>/usage</c>, the shell's and the CLI's <c>usage</c>.</summary>
 public static class UsageReports
 {
+    /// <summary>The report as the shell and <c>kiln usage</c> print it: the storage now, then a line per day or month.</summary>
+    public static string Text(UsageDocument usage)
+    {
+        ArgumentNullException.ThrowIfNull(usage);
+        var builds = usage.Periods.ToDictionary(p => p.Start, StringComparer.Ordinal);
+        var stored = usage.StorageHistory.ToDictionary(s => s.Start, StringComparer.Ordinal);
+        var text = new System.Text.StringBuilder();
+        text.Append(CultureInfo.InvariantCulture,
+            $"storage now: {usage.Storage.Paths} paths, {Units.Bytes(usage.Storage.NarBytes)} of NAR (content other accounts hold too counts for each of them)\n");
+        text.Append(CultureInfo.InvariantCulture, $"{(usage.By == "month" ? "month  " : "day       "),-10}  {"builds",6}  {"succeeded",9}  {"CPU hours",9}  {"wall hours",10}  storage\n");
+        foreach (var start in builds.Keys.Union(stored.Keys).Order(StringComparer.Ordinal))
+        {
+            var period = builds.GetValueOrDefault(start) ?? new UsagePeriod(start, 0, 0, 0, 0);
+            text.Append(CultureInfo.InvariantCulture,
+                $"{start,-10}  {period.Builds,6}  {period.Succeeded,9}  {period.CpuHours,9:0.####}  {period.WallHours,10:0.####}  {(stored.TryGetValue(start, out var s) ? Units.Bytes(s.NarBytes) : "-")}\n");
+        }
+
+        text.Append(CultureInfo.InvariantCulture,
+            $"total: {usage.Periods.Sum(p => p.Builds)} builds started ({usage.Periods.Sum(p => p.Succeeded)} succeeded), {usage.Periods.Sum(p => p.CpuHours):0.####} CPU hours, {usage.Periods.Sum(p => p.WallHours):0.####} wall hours");
+        if (usage.Truncated)
+        {
+            text.Append(CultureInfo.InvariantCulture, $"\n(more than {MaxBuilds} builds in this span: the newest are counted)");
+        }
+
+        return text.ToString();
+    }
+
     public const int MaxBuilds = 100_000;
+
+    /// <summary>Whether a report's <c>by</c> (day, the default, or month) is month.</summary>
+    /// <exception cref="KilnException">It is neither (Invalid).</exception>
+    public static bool ByMonth(string? by) => by switch
+    {
+        null or "day" => false,
+        "month" => true,
+        _ => throw new KilnException(ErrorKind.Invalid, "by is day or month"),
+    };
 
     public static async Task<UsageDocument> ReportAsync(StoreView view, BuildQuery query, bool byMonth, CancellationToken cancellationToken)
     {

@@ -19,6 +19,7 @@ internal static class KilnCommand
         ["store"] = ServeCommands.Store,
         [Kiln.Agent.BuiltinFetcher.CommandName] = ServeCommands.BuiltinFetchurl,
         ["account"] = AccountCommands.Account,
+        ["usage"] = AccountCommands.Usage,
         ["key"] = AccountCommands.Key,
         ["auth-keys"] = AccountCommands.AuthKeys,
         ["client-config"] = AccountCommands.ClientConfig,

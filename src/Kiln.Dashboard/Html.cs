@@ -50,13 +50,7 @@ internal static class Html
         _ => $"{seconds / 3600} h {seconds % 3600 / 60} min",
     };
 
-    public static string Bytes(long bytes) => bytes switch
-    {
-        < 1024 => $"{bytes} B",
-        < 1024 * 1024 => F(bytes / 1024.0, "0.#") + " KiB",
-        < 1024L * 1024 * 1024 => F(bytes / 1048576.0, "0.#") + " MiB",
-        _ => F(bytes / 1073741824.0, "0.##") + " GiB",
-    };
+    public static string Bytes(long bytes) => Kiln.Api.Units.Bytes(bytes);
 
     public static string Page(string title, string active, Visitor? visitor, string body)
     {

@@ -59,6 +59,26 @@ public class AccountCommandTests
     }
 
     [Fact]
+    public void Usage_is_reported_per_account_and_its_options_are_checked()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        KilnCli.Ok("account", "create", "alice", "--data", data);
+        var text = KilnCli.Ok("usage", "alice", "--data", data).StdoutText;
+        Assert.StartsWith("storage now: 0 paths, 0 B of NAR", text, StringComparison.Ordinal);
+        Assert.Contains("total: 0 builds started (0 succeeded)", text, StringComparison.Ordinal);
+        using (var json = JsonDocument.Parse(KilnCli.Ok("usage", "alice", "--by", "month", "--json", "--data", data).StdoutText))
+        {
+            Assert.Equal("month", json.RootElement.GetProperty("by").GetString());
+            Assert.Equal(0, json.RootElement.GetProperty("storage").GetProperty("paths").GetInt32());
+        }
+
+        KilnCli.AssertOneLineError(KilnCli.Run("usage", "alice", "--by", "week", "--data", data), "by is day or month");
+        KilnCli.AssertOneLineError(KilnCli.Run("usage", "alice", "--since", "yesterday", "--data", data), "since is a date");
+        KilnCli.AssertOneLineError(KilnCli.Run("usage", "carol", "--data", data), "there is no account 'carol'");
+    }
+
+    [Fact]
     public void Accounts_are_created_once_and_listed()
     {
         using var temp = new TempDir();

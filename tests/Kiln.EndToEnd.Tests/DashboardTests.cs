@@ -93,6 +93,11 @@ public sealed class DashboardTests
         Assert.Contains(today, (string)browser.Script("return document.querySelector('#storage-chart svg > title').textContent;")!, StringComparison.Ordinal);
         Assert.Contains("2", browser.Find("#usage-table tbody").Text, StringComparison.Ordinal);
         CheckPage(browser, "usage");
+        // The same report from the operator's CLI and the account's shell.
+        var report = kiln.Cli("usage", "alice", "--since", today);
+        Assert.Contains("total: 2 builds started (1 succeeded)", report, StringComparison.Ordinal);
+        Assert.Matches($@"\n{today}\s+2\s+1\s", report);
+        Assert.Equal(report.Trim(), SshTests.Shell(kiln, alice, null, "kiln", "usage", "--since", today).StdoutText.Trim());
 
         // Account: tokens listed, and a new one made through the API with the session's CSRF token.
         browser.Go(ui + "/account");

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using Kiln.Accounts;
+using Kiln.Api;
 using Kiln.Store;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
@@ -16,6 +17,9 @@ internal static class AccountCommands
 {
     // Relaxed escaping: fingerprints keep their "+" and "/" as ssh-keygen prints them.
     private static readonly JsonSerializerOptions Json = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    // The API's documents (usage) as the API and the shell show them.
+    private static readonly JsonSerializerOptions ApiJson = new(Json) { PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
 
     internal static Option<string> DataOption() => new("--data") { Description = "The data directory of the Kiln server.", Required = true };
 
@@ -54,6 +58,36 @@ internal static class AccountCommands
 
     private static string KeyText(SshKeyRecord key) =>
         $"{key.Fingerprint} {key.Key.Type} {KeyPermissionNames.Format(key.Permissions)}{(key.Enabled ? "" : " (disabled)")}{(key.Key.Comment.Length > 0 ? " " + key.Key.Comment : "")}";
+
+    public static Command Usage()
+    {
+        var data = DataOption();
+        var json = JsonOption();
+        var account = new Argument<string>("ACCOUNT");
+        var since = new Option<string?>("--since") { Description = "From this date (2026-12-01, 2026-12-01T12:00:00Z or Unix seconds); default: all time." };
+        var until = new Option<string?>("--until") { Description = "Before this date." };
+        var by = new Option<string?>("--by") { Description = "day (the default) or month." };
+        var command = new Command("usage", "What an account used: builds its requests started, how many succeeded, CPU and wall hours, and its storage, per day or month.")
+        {
+            account, since, until, by, data, json,
+        };
+        command.SetAction(async (result, cancellationToken) =>
+        {
+            var directory = Path.GetFullPath(result.GetValue(data)!);
+            var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
+            await using (store.ConfigureAwait(false))
+            {
+                var service = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), "operator");
+                var found = await service.AccountAsync(Actor.Operator, result.GetValue(account)!, cancellationToken).ConfigureAwait(false);
+                using var view = store.OpenView(await store.CallerForAccountAsync(found.Name, KeyPermissions.BuildRead, cancellationToken).ConfigureAwait(false));
+                var usage = await UsageReports.ReportAsync(view, BuildFilters.Parse(null, null, result.GetValue(since), result.GetValue(until)),
+                    UsageReports.ByMonth(result.GetValue(by)), cancellationToken).ConfigureAwait(false);
+                Console.Out.Write((result.GetValue(json) ? JsonSerializer.Serialize(usage, ApiJson) : UsageReports.Text(usage)) + "\n");
+                return 0;
+            }
+        });
+        return command;
+    }
 
     public static Command Account()
     {

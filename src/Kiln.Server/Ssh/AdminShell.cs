@@ -35,7 +35,8 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
           builds show ID                  one build
           builds log ID                   its log
           ci summary --tag NAME=VALUE     what a tagged CI run's builds came to, as Markdown
-          usage                           paths, store size and build time used
+          usage [--since DATE] [--until DATE] [--by day|month]
+                                          builds started, CPU and wall hours, and storage per day or month
           pin list                        the account's pins
           pin add PATH [--name NAME]      keep PATH (and its closure) whatever garbage collection would do
           pin remove NAME                 stop keeping a pinned path
@@ -116,8 +117,10 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                     _ => Task.FromResult<string?>(null), cancellationToken).ConfigureAwait(false);
                 return json ? JsonSerializer.Serialize(summary, Json) : Summaries.Markdown(summary).TrimEnd('\n');
             case "usage":
-                Need(KeyPermissions.StoreRead);
-                return await UsageAsync(json, cancellationToken).ConfigureAwait(false);
+                Need(KeyPermissions.BuildRead);
+                var usage = await UsageReports.ReportAsync(view, BuildFilters.Parse(null, null, Option(words, "--since"), Option(words, "--until")),
+                    UsageReports.ByMonth(Option(words, "--by")), cancellationToken).ConfigureAwait(false);
+                return json ? JsonSerializer.Serialize(usage, Json) : UsageReports.Text(usage);
             case "pin":
                 return await PinAsync(words, json, cancellationToken).ConfigureAwait(false);
             default:
@@ -235,15 +238,6 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             default:
                 throw new ShellException("usage: builds list [--limit N] [--tag NAME=VALUE] | builds show ID | builds log ID");
         }
-    }
-
-    private async Task<string> UsageAsync(bool json, CancellationToken cancellationToken)
-    {
-        var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
-        var builds = await view.ListBuildsAsync(1_000_000, cancellationToken).ConfigureAwait(false);
-        var cpu = builds.Sum(b => (b.CpuUserMicroseconds ?? 0) + (b.CpuSystemMicroseconds ?? 0)) / 1e6;
-        return Show(json, new { paths, narBytes, builds = builds.Count, failedBuilds = builds.Count(b => !b.Succeeded), cpuSeconds = Math.Round(cpu, 2) },
-            $"store: {paths} paths, {narBytes} bytes (NAR)\nbuilds: {builds.Count} ({builds.Count(b => !b.Succeeded)} failed), {cpu:F2} s of CPU");
     }
 
     private void Need(KeyPermissions permission)
