@@ -60,7 +60,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     {
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         ArgumentNullException.ThrowIfNull(actor);
-        var all = (await accounts.ListAccountsAsync(cancellationToken).ConfigureAwait(false)).Where(a => a.Name != AccountName.Deleted).ToList();
+        var all = (await accounts.ListAccountsAsync(cancellationToken).ConfigureAwait(false)).Where(a => !AccountName.IsDeleted(a.Name)).ToList();
         return actor.IsOperator ? all : all.Where(a => a.Id == actor.AccountId).ToList();
     }
 

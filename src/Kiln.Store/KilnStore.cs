@@ -110,17 +110,36 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>
     /// Deletes an account and all that is its (<see cref="IAccountMetadata.DeleteAccountAsync"/>), then the logs of
     /// the builds that went with it. Content other accounts hold stays; what only it held is collected with the next
-    /// blob sweep. Returns the number of builds deleted, or null when there is no such account.
+    /// blob sweep. Returns the number of builds deleted and of their logs that could not be (a bucket that failed:
+    /// no record names them any more), or null when there is no such account.
     /// </summary>
-    public async Task<int?> DeleteAccountAsync(long account, CancellationToken cancellationToken)
+    /// <exception cref="Kiln.Protocol.KilnException">A build the account was for is running (Conflict): nothing was deleted.</exception>
+    public async Task<(int Builds, int LogsLeft)?> DeleteAccountAsync(long account, CancellationToken cancellationToken)
     {
         var builds = await Metadata.DeleteAccountAsync(account, cancellationToken).ConfigureAwait(false);
-        foreach (var build in builds ?? [])
+        if (builds is null)
         {
-            await Logs.DeleteAsync(build, cancellationToken).ConfigureAwait(false);
+            return null;
         }
 
-        return builds?.Count;
+        // Committed: every log goes now, whatever happens to one of them (the records that named them are gone, so
+        // nothing could find them to try again).
+        var left = 0;
+        foreach (var build in builds)
+        {
+            try
+            {
+                await Logs.DeleteAsync(build, CancellationToken.None).ConfigureAwait(false);
+            }
+#pragma warning disable CA1031 // counted and reported; the next log is deleted all the same
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+                left++;
+            }
+        }
+
+        return (builds.Count, left);
     }
 
     /// <summary>Records every account's storage as its sample for <paramref name="day"/> (Unix days; <see cref="StorageSample.DayOf"/>).</summary>

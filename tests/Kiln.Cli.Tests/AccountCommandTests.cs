@@ -55,7 +55,7 @@ public class AccountCommandTests
         // For scripts: --yes, and --json.
         using var json = JsonDocument.Parse(KilnCli.Ok("account", "delete", "bob", "--yes", "--json", "--data", data).StdoutText);
         Assert.Equal(("bob", 0), (json.RootElement.GetProperty("name").GetString(), json.RootElement.GetProperty("builds").GetInt32()));
-        Assert.Equal("\n", KilnCli.Ok("account", "list", "--data", data).StdoutText); // (no accounts: the keeper of shared builds is not one)
+        Assert.Equal("\n", KilnCli.Ok("account", "list", "--data", data).StdoutText); // (no accounts: deleted ones, nameless, are not listed)
     }
 
     [Fact]

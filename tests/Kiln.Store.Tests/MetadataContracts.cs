@@ -444,8 +444,11 @@ public abstract class BuildMetadataContract : MetadataContract
         await store.FinishBuildAsync(shared, new BuildEnd(true, "", "", 4, null, null, null, [Output("x")]), default);
         var bobs = await store.StartBuildAsync("bobs", "bobs.drv", bob, 5, default);
         await store.AddBuildAccountAsync(bobs, alice, default); // alice joined bob's build
+        await store.FinishBuildAsync(bobs, new BuildEnd(true, "", "", 6, null, null, null, []), default);
+        var latest = await store.StartBuildAsync("latest", "latest.drv", alice, 6, default); // the highest id: SQLite would give it out again
+        await store.FinishBuildAsync(latest, new BuildEnd(false, "MiscFailure", "no", 7, null, null, null, []), default);
 
-        Assert.Equal([own], await store.DeleteAccountAsync(alice, default));
+        Assert.Equal([own, latest], (await store.DeleteAccountAsync(alice, default))!.Order());
 
         Assert.Null(await store.FindAccountAsync("alice", default));
         Assert.Null(await store.FindTokenAsync("alice-token-hash", default));
@@ -457,30 +460,40 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.Null(await store.GetBuildAsync(alice, own, default));
         Assert.Null(await store.FindSuccessfulBuildAsync("own", default));
 
-        // Bob keeps his view, his builds and the build he shared, now credited to nobody he could link to alice.
+        // Bob keeps his view, his builds and the build he shared, whose starter is now a nameless account.
         Assert.Equal([dep], (await store.GetGraphAsync(bob, default)).Select(n => n.Path));
         var kept = (await store.GetBuildAsync(bob, shared, default))!;
-        var keeper = (await store.FindAccountAsync(Kiln.Store.Accounts.AccountName.Deleted, default))!;
-        Assert.Equal(keeper.Id, kept.AccountId);
+        Assert.Equal(("shared.drv", alice), (kept.DrvPath, kept.AccountId));
+        var nameless = (await store.ListAccountsAsync(default)).Single(a => a.Id == alice).Name;
+        Assert.True(Kiln.Store.Accounts.AccountName.IsDeleted(nameless), nameless);
         Assert.Equal([new BuildTag("ci-run", "7")], await store.GetBuildTagsAsync(shared, bob, default));
         Assert.Empty(await store.GetBuildTagsAsync(shared, alice, default));
         Assert.Equal(bob, (await store.GetBuildAsync(bob, bobs, default))!.AccountId);
         Assert.Equal([bobs, shared], (await store.ListBuildsAsync(bob, 10, default)).Select(b => b.Id));
 
-        // An account made later under the name starts empty; the keeper cannot be deleted, and alice only once.
+        // The emptied build keeps its id and nothing else; ids are not given out again.
+        var emptied = (await store.ListBuildsAsync(null, new BuildQuery { Before = own + 1, Limit = 1 }, default)).Single();
+        Assert.Equal((own, "", "", 0L, 0), (emptied.Id, emptied.DrvPath, emptied.StepKey, emptied.Started, emptied.Outputs.Count));
         var again = await store.GetOrCreateAccountAsync("alice", default);
-        Assert.NotEqual(alice, again);
+        Assert.True(again > alice);
+
+        // An account made later under the name starts empty; alice is deleted once only.
         Assert.Empty(await store.ListBuildsAsync(again, 10, default));
         Assert.Empty(await store.GetGraphAsync(again, default));
+        Assert.True(await store.StartBuildAsync("later", "later.drv", again, 7, default) > latest);
         Assert.Null(await store.DeleteAccountAsync(alice, default));
-        Assert.Null(await store.DeleteAccountAsync(keeper.Id, default));
+        Assert.Null(await store.DeleteAccountAsync(999_999, default));
 
-        // A second deletion with shared builds reuses the keeper.
+        // Not while a build it was for runs (bob's, which it joined): nothing goes.
         var carol = await store.GetOrCreateAccountAsync("carol", default);
-        var carols = await store.StartBuildAsync("carols", "carols.drv", carol, 6, default);
-        await store.AddBuildAccountAsync(carols, bob, default);
+        var running = await store.StartBuildAsync("running", "running.drv", bob, 8, default);
+        await store.AddBuildAccountAsync(running, carol, default);
+        await store.RegisterAsync(carol, [New(Info(P("carols")))], default);
+        var refused = await Assert.ThrowsAsync<Kiln.Protocol.KilnException>(() => store.DeleteAccountAsync(carol, default));
+        Assert.Equal(Kiln.Protocol.ErrorKind.Conflict, refused.Kind);
+        Assert.Single(await store.GetGraphAsync(carol, default));
+        await store.FinishBuildAsync(running, new BuildEnd(true, "", "", 9, null, null, null, []), default);
         Assert.Empty((await store.DeleteAccountAsync(carol, default))!);
-        Assert.Equal(keeper.Id, (await store.GetBuildAsync(bob, carols, default))!.AccountId);
     }
 
     [Fact]

@@ -195,10 +195,11 @@ internal static class AccountCommands
                     }
                 }
 
-                var builds = await store.DeleteAccountAsync(account.Id, cancellationToken).ConfigureAwait(false)
+                var (builds, logsLeft) = await store.DeleteAccountAsync(account.Id, cancellationToken).ConfigureAwait(false)
                     ?? throw new CommandException($"there is no account '{account.Name}' (deleted meanwhile?)");
                 // The record of it: on stderr, where kiln's log lines go (a service manager keeps them), and the answer on stdout.
-                Console.Error.Write($"kiln: {DateTimeOffset.UtcNow:yyyy-MM-ddTHH:mm:ssZ} operator deleted {what}, {builds} build records\n");
+                Console.Error.Write($"kiln: {DateTimeOffset.UtcNow:yyyy-MM-ddTHH:mm:ssZ} operator deleted {what}, {builds} build records" +
+                    (logsLeft > 0 ? $"; {logsLeft} of their logs could not be deleted (the log directory or bucket failed)\n" : "\n"));
                 Print(result.GetValue(deleteJson), new { name = account.Name, id = account.Id, keys = keys.Count, tokens = tokens.Count, paths, narBytes, builds },
                     $"deleted account {account.Name}");
                 return 0;

@@ -249,7 +249,7 @@ internal static class ServeCommands
             {
                 DataDirectory = directory,
                 SocketPath = result.GetValue(socket) is { } s ? Path.GetFullPath(s) : null,
-                SocketAccount = result.GetValue(account)!,
+                SocketAccount = Kiln.Store.Accounts.AccountName.Validate(result.GetValue(account)!), // (never a deleted account's nameless row)
                 MaxJobs = Math.Max(1, result.GetValue(maxJobs)),
                 LocalSlots = result.GetValue(localSlots) is { } slots ? Math.Max(0, slots) : null,
                 AgentTimeout = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(agentTimeout))),

@@ -6,10 +6,17 @@ namespace Kiln.Store.Accounts;
 public static partial class AccountName
 {
     /// <summary>
-    /// The account that keeps the builds a deleted account started which other accounts were for too (they stay theirs,
-    /// no longer linked to the one deleted). No valid name is it, so nobody can create, log in to or be confused with it.
+    /// What a deleted account is renamed to, before its id: <c>(deleted 17)</c>. Its row stays so that its id is never
+    /// given to another account; no valid name starts so, so nobody can create, log in to or be confused with it.
     /// </summary>
-    public const string Deleted = "(deleted)";
+    public const string DeletedPrefix = "(deleted";
+
+    /// <summary>Whether <paramref name="name"/> is a deleted account's.</summary>
+    public static bool IsDeleted(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        return name.StartsWith(DeletedPrefix, StringComparison.Ordinal);
+    }
 
     [GeneratedRegex("^[a-z0-9][a-z0-9_-]{0,62}$")]
     private static partial Regex Valid();

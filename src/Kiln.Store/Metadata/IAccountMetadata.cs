@@ -44,10 +44,12 @@ public interface IAccountMetadata
     /// <summary>
     /// Deletes the account and all that is its, in one transaction: its view (paths, their references, signatures and
     /// derivation outputs), roots and pins, keys, tokens, signing key, settings, storage samples, tags, and the builds
-    /// only it was for. A build it started that other accounts were for too stays theirs, credited to
-    /// <see cref="Accounts.AccountName.Deleted"/>. Returns the ids of the builds deleted (their logs are the caller's to
-    /// delete), or null when there is no such account.
+    /// only it was for (emptied: ids are never given out again). A build it started that other accounts were for too
+    /// stays theirs; the account's row stays too, nameless (<see cref="Accounts.AccountName.DeletedPrefix"/>), so its id
+    /// is never another's. Returns the ids of the builds deleted (their logs are the caller's to delete), or null when
+    /// there is no such account (or it was deleted already).
     /// </summary>
+    /// <exception cref="Protocol.KilnException">A build the account was for is running (Conflict): nothing was deleted.</exception>
     Task<IReadOnlyList<long>?> DeleteAccountAsync(long account, CancellationToken cancellationToken);
 
     /// <summary>Adds a login key to an account.</summary>

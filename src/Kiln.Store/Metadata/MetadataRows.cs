@@ -229,12 +229,12 @@ internal static class MetadataRows
     public const string TagBuild = "INSERT INTO build_tags (build_id, account_id, name, value) VALUES (@b, @a, @n, @v) ON CONFLICT DO NOTHING";
 
     /// <summary>
-    /// Every account's storage as the sample for day <c>@d</c> (an account with no paths as zero). The WHERE is
-    /// SQLite's: an upsert's SELECT needs one to be parsed.
+    /// Every account's storage as the sample for day <c>@d</c> (an account with no paths as zero; deleted ones not at
+    /// all). An upsert's SELECT needs a WHERE for SQLite to parse it.
     /// </summary>
     public const string RecordStorage = """
         INSERT INTO storage_samples (account_id, day, paths, nar_bytes)
-        SELECT a.id, @d, COUNT(p.id), CAST(COALESCE(SUM(p.nar_size), 0) AS BIGINT) FROM accounts a LEFT JOIN paths p ON p.account_id = a.id WHERE true GROUP BY a.id
+        SELECT a.id, @d, COUNT(p.id), CAST(COALESCE(SUM(p.nar_size), 0) AS BIGINT) FROM accounts a LEFT JOIN paths p ON p.account_id = a.id WHERE a.name NOT LIKE '(deleted%' GROUP BY a.id
         ON CONFLICT (account_id, day) DO UPDATE SET paths = excluded.paths, nar_bytes = excluded.nar_bytes
         """;
 
@@ -243,22 +243,36 @@ internal static class MetadataRows
 
     public static StorageSample ReadStorageSample(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
 
-    /// <summary>The account that keeps a deleted account's shared builds (made when first needed); returns its id.</summary>
-    public static readonly string DeletedAccount =
-        $"INSERT INTO accounts (name, created) VALUES ('{Accounts.AccountName.Deleted}', @n) ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id";
+    /// <summary>Whether account <c>@a</c> exists and is not deleted.</summary>
+    public static readonly string LiveAccount = $"SELECT 1 FROM accounts WHERE id = @a AND name NOT LIKE '{Accounts.AccountName.DeletedPrefix}%'";
+
+    /// <summary>Why an account is not deleted while builds it was for run.</summary>
+    public static Kiln.Protocol.KilnException RunningBuilds() => new(Kiln.Protocol.ErrorKind.Conflict,
+        "the account has builds running: cancel them (the dashboard, the API) or wait for them to end, then delete it");
+
+    /// <summary>Whether a build account <c>@a</c> was for still runs.</summary>
+    public const string AccountBuildRunning =
+        "SELECT 1 FROM build_accounts f JOIN builds b ON b.id = f.build_id WHERE f.account_id = @a AND b.status = 'running' LIMIT 1";
 
     /// <summary>
-    /// Deleting account <c>@a</c>, in order (<c>@t</c>: <see cref="DeletedAccount"/>'s id): its shared builds go to
-    /// <c>@t</c>; the rest of its builds, with their tags and links; its view; its credentials and samples; the account.
-    /// References, signatures and outputs are deleted by statements of their own rather than left to cascades, which
-    /// the providers apply in different orders. The builds statement returns the ids deleted.
+    /// Deleting account <c>@a</c>, in order. Rows that carry an id are emptied rather than removed — the account's
+    /// (renamed <c>(deleted ID)</c>, its settings cleared) and those of the builds only it was for (every field but the
+    /// id cleared) — because SQLite gives the highest free id to the next row, and a running server may still hold
+    /// one in memory: a later account or build must never be given a deleted one's id. Builds other accounts were
+    /// for too stay theirs, with the nameless account as their starter. Its tags and build links, its view
+    /// (references, signatures and outputs by statements of their own, not left to cascades the providers order
+    /// differently), roots, keys, tokens, signing key and storage samples go. The builds statement returns the ids
+    /// emptied (their logs are the caller's to delete).
     /// </summary>
     public static IReadOnlyList<string> DeleteAccount { get; } =
     [
-        "UPDATE builds SET account_id = @t WHERE account_id = @a AND EXISTS (SELECT 1 FROM build_accounts f WHERE f.build_id = builds.id AND f.account_id <> @a)",
-        "DELETE FROM build_tags WHERE account_id = @a OR build_id IN (SELECT id FROM builds WHERE account_id = @a)",
-        "DELETE FROM build_accounts WHERE account_id = @a OR build_id IN (SELECT id FROM builds WHERE account_id = @a)",
-        "DELETE FROM builds WHERE account_id = @a RETURNING id",
+        """
+        UPDATE builds SET step_key = '', drv_path = '', pname = '', status = 'failed', failure = '', error = '', started = 0, stopped = 0,
+            cpu_user_us = NULL, cpu_system_us = NULL, peak_memory = NULL, outputs = '[]', agent = '', attempts = 1
+        WHERE account_id = @a AND NOT EXISTS (SELECT 1 FROM build_accounts f WHERE f.build_id = builds.id AND f.account_id <> @a) RETURNING id
+        """,
+        "DELETE FROM build_tags WHERE account_id = @a",
+        "DELETE FROM build_accounts WHERE account_id = @a",
         "DELETE FROM refs WHERE referrer IN (SELECT id FROM paths WHERE account_id = @a)",
         "DELETE FROM sigs WHERE path_id IN (SELECT id FROM paths WHERE account_id = @a)",
         "DELETE FROM drv_outputs WHERE drv_id IN (SELECT id FROM paths WHERE account_id = @a)",
@@ -268,7 +282,7 @@ internal static class MetadataRows
         "DELETE FROM tokens WHERE account_id = @a",
         "DELETE FROM signing_keys WHERE account_id = @a",
         "DELETE FROM storage_samples WHERE account_id = @a",
-        "DELETE FROM accounts WHERE id = @a",
+        $"UPDATE accounts SET name = '{Accounts.AccountName.DeletedPrefix} ' || id || ')', public_cache = false, substituters = '', trusted_public_keys = '', netrc = '' WHERE id = @a",
     ];
 
     /// <summary>The tags of a build (<c>@b</c>) for an account (<c>@a</c>).</summary>

@@ -46,7 +46,8 @@ public sealed partial class PostgresMetadataStore
     {
         var deleted = await WriteAsync<IReadOnlyList<long>?>(async (connection, transaction) =>
         {
-            using (var exists = Command(connection, "SELECT 1 FROM accounts WHERE id = @a AND name <> @d FOR UPDATE", transaction, ("a", account), ("d", AccountName.Deleted)))
+            // (The account's row locked: a second deletion, or a build starting for it, waits for this one.)
+            using (var exists = Command(connection, MetadataRows.LiveAccount + " FOR UPDATE", transaction, ("a", account)))
             {
                 if (await exists.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is null)
                 {
@@ -54,17 +55,19 @@ public sealed partial class PostgresMetadataStore
                 }
             }
 
-            long tombstone;
-            using (var keeper = Command(connection, MetadataRows.DeletedAccount, transaction, ("n", MetadataRows.Now())))
+            using (var running = Command(connection, MetadataRows.AccountBuildRunning, transaction, ("a", account)))
             {
-                tombstone = (long)(await keeper.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+                if (await running.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null)
+                {
+                    throw MetadataRows.RunningBuilds();
+                }
             }
 
             var builds = new List<long>();
             // (Its sessions' published temp roots too: they protect nothing of a view that is gone.)
             foreach (var statement in MetadataRows.DeleteAccount.Prepend("DELETE FROM temp_roots WHERE account_id = @a"))
             {
-                using var command = Command(connection, statement, transaction, ("a", account), ("t", tombstone));
+                using var command = Command(connection, statement, transaction, ("a", account));
                 using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
                 while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
                 {

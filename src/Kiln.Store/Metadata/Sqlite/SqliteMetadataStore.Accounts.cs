@@ -25,7 +25,7 @@ public sealed partial class SqliteMetadataStore
     {
         var deleted = await WriteAsync<IReadOnlyList<long>?>(async (connection, transaction) =>
         {
-            using (var exists = Command(connection, "SELECT 1 FROM accounts WHERE id = @a AND name <> @d", transaction, ("@a", account), ("@d", AccountName.Deleted)))
+            using (var exists = Command(connection, MetadataRows.LiveAccount, transaction, ("@a", account)))
             {
                 if (await exists.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is null)
                 {
@@ -33,16 +33,18 @@ public sealed partial class SqliteMetadataStore
                 }
             }
 
-            long tombstone;
-            using (var keeper = Command(connection, MetadataRows.DeletedAccount, transaction, ("@n", MetadataRows.Now())))
+            using (var running = Command(connection, MetadataRows.AccountBuildRunning, transaction, ("@a", account)))
             {
-                tombstone = (long)(await keeper.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
+                if (await running.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null)
+                {
+                    throw MetadataRows.RunningBuilds();
+                }
             }
 
             var builds = new List<long>();
             foreach (var statement in MetadataRows.DeleteAccount)
             {
-                using var command = Command(connection, statement, transaction, ("@a", account), ("@t", tombstone));
+                using var command = Command(connection, statement, transaction, ("@a", account));
                 using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
                 while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
                 {
