@@ -296,6 +296,54 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         return await SettingsAsync(actor, account, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>The account's settings of the hierarchy (account level, and every key's), as stored.</summary>
+    public async Task<IReadOnlyList<SettingRecord>> StoredSettingsAsync(Actor actor, AccountRecord account, CancellationToken cancellationToken)
+    {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
+        Need(actor, account, KeyPermissions.None);
+        return await settings.GetSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Sets one setting of the hierarchy for the account, or (<paramref name="keyFingerprint"/>) for one of its keys;
+    /// the value is checked and kept in its canonical form. Keys that manage the account (account:write) may, as may
+    /// the operator.
+    /// </summary>
+    public async Task<SettingRecord> SetSettingAsync(Actor actor, AccountRecord account, string name, string value, string? keyFingerprint, bool final,
+        CancellationToken cancellationToken)
+    {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
+        Need(actor, account, KeyPermissions.AccountWrite);
+        var definition = Settings.Find(name);
+        var record = new SettingRecord(await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false), definition.Name,
+            definition.Parse(value).ToString(System.Globalization.CultureInfo.InvariantCulture), final);
+        await settings.SetSettingAsync(account.Id, record, cancellationToken).ConfigureAwait(false);
+        return record;
+    }
+
+    /// <summary>Removes one setting of the account's (or of one of its keys); false if it was not set.</summary>
+    public async Task<bool> UnsetSettingAsync(Actor actor, AccountRecord account, string name, string? keyFingerprint, CancellationToken cancellationToken)
+    {
+        actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
+        Need(actor, account, KeyPermissions.AccountWrite);
+        return await settings.UnsetSettingAsync(account.Id, await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false),
+            Settings.Find(name).Name, cancellationToken).ConfigureAwait(false);
+    }
+
+    // The account's level, or one of its keys' (another account's key is not found, as if it did not exist).
+    private async Task<string> ScopeAsync(AccountRecord account, string? keyFingerprint, CancellationToken cancellationToken)
+    {
+        if (keyFingerprint is null)
+        {
+            return "";
+        }
+
+        var keys = await accounts.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
+        return keys.Any(k => k.Fingerprint == keyFingerprint)
+            ? Settings.KeyScope(keyFingerprint)
+            : throw new KilnException(ErrorKind.NotFound, $"the account has no key {keyFingerprint} (see 'keys list')");
+    }
+
     // A key acts as it stands now, not as it stood when its session began: a removed, disabled or narrowed key cannot
     // keep using a shell it opened before.
     private async Task<Actor> CurrentAsync(Actor actor, CancellationToken cancellationToken)

@@ -20,6 +20,7 @@ internal static class KilnCommand
         [Kiln.Agent.BuiltinFetcher.CommandName] = ServeCommands.BuiltinFetchurl,
         ["account"] = AccountCommands.Account,
         ["usage"] = AccountCommands.Usage,
+        ["settings"] = SettingsCommands.Settings,
         ["key"] = AccountCommands.Key,
         ["auth-keys"] = AccountCommands.AuthKeys,
         ["client-config"] = AccountCommands.ClientConfig,

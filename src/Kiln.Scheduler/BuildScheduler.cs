@@ -58,7 +58,8 @@ public sealed partial class BuildScheduler
     internal SecretKey? BuildKey { get; }
 
     /// <summary>The builder for one session, working in its view; the builds it asks for get <paramref name="tags"/> for its account.</summary>
-    public IWorkerBuilder ForSession(StoreView view, IReadOnlyList<BuildTag>? tags = null) => new SessionBuilder(this, view, tags ?? []);
+    public IWorkerBuilder ForSession(StoreView view, IReadOnlyList<BuildTag>? tags = null, SessionLimits? limits = null) =>
+        new SessionBuilder(this, view, tags ?? [], limits ?? SessionLimits.None);
 
     /// <summary>Steps running now (shutdown waits for them to end).</summary>
     public Task DrainAsync()

@@ -20,11 +20,11 @@ namespace Kiln.Scheduler;
 /// signed with Kiln's key when the derivation and every input were globally trusted. Without keep-going, the first
 /// failure stops the request.
 /// </summary>
-internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, IReadOnlyList<BuildTag> tags) : IWorkerBuilder
+internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, IReadOnlyList<BuildTag> tags, SessionLimits limits) : IWorkerBuilder
 {
     public async Task<IReadOnlyList<BuildResult>> BuildPathsAsync(IReadOnlyList<DerivedPath> targets, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
     {
-        using var request = new Request(scheduler, view, tags, settings, events, cancellationToken);
+        using var request = new Request(scheduler, view, tags, limits.Apply(settings), events, cancellationToken);
         var results = new List<Task<BuildResult>>();
         foreach (var target in targets)
         {
@@ -36,7 +36,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
 
     public async Task<BuildResult> BuildDerivationAsync(StorePath drvPath, Derivation derivation, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
     {
-        using var request = new Request(scheduler, view, tags, settings, events, cancellationToken);
+        using var request = new Request(scheduler, view, tags, limits.Apply(settings), events, cancellationToken);
         var step = await request.BuildBasicAsync(drvPath, derivation).ConfigureAwait(false);
         return step.ToBuildResult(null);
     }

@@ -67,9 +67,10 @@ public sealed partial class DaemonSocketService(KilnStore store, ServerOptions o
 
     /// <summary>Serves one worker-protocol session on a connected socket against <paramref name="view"/>, until the client leaves.</summary>
     internal static Task<SessionSummary> RunWorkerSessionAsync(Socket socket, StoreView view, WorkerSessionOptions sessionOptions,
-        Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken stoppingToken, IReadOnlyList<Kiln.Store.Metadata.BuildTag>? tags = null) =>
+        Kiln.Scheduler.BuildScheduler scheduler, ILogger logger, CancellationToken stoppingToken, IReadOnlyList<Kiln.Store.Metadata.BuildTag>? tags = null,
+        Kiln.Scheduler.SessionLimits? limits = null) =>
         RunOverConnectionAsync(socket, KilnMetrics.Protocols.Worker, (reader, writer, clientGone) =>
-            new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view, tags)).RunAsync(reader, writer, new SocketFileSender(socket), stoppingToken, clientGone));
+            new WorkerSession(view, sessionOptions, logger, scheduler.ForSession(view, tags, limits)).RunAsync(reader, writer, new SocketFileSender(socket), stoppingToken, clientGone));
 
     /// <summary>
     /// Runs a protocol session over a connection (both protocols read and write this way), giving it the token that

@@ -145,6 +145,26 @@ public abstract class SettingsMetadataContract : MetadataContract
         Assert.Equal(new UpstreamSettings("https://a https://b", "k:AAAA", "machine a login u password p"), await store.GetUpstreamSettingsAsync(alice.Id, default));
         Assert.Equal(new UpstreamSettings("", "", ""), await store.GetUpstreamSettingsAsync(bob.Id, default));
     }
+
+    [Fact]
+    public async Task Hierarchy_settings_are_kept_per_account_and_scope_replaced_and_removed()
+    {
+        await using var store = await CreateAsync();
+        var alice = (await store.TryCreateAccountAsync("alice", default))!;
+        var bob = (await store.TryCreateAccountAsync("bob", default))!;
+        Assert.Empty(await store.GetSettingsAsync(alice.Id, default));
+        await store.SetSettingAsync(alice.Id, new SettingRecord("", "timeout", "600", false), default);
+        await store.SetSettingAsync(alice.Id, new SettingRecord("key:SHA256:k", "timeout", "60", true), default);
+        await store.SetSettingAsync(alice.Id, new SettingRecord("", "timeout", "300", true), default); // replaced
+        await store.SetSettingAsync(bob.Id, new SettingRecord("", "max-silent-time", "10", false), default);
+        Assert.Equal([new SettingRecord("", "timeout", "300", true), new SettingRecord("key:SHA256:k", "timeout", "60", true)], await store.GetSettingsAsync(alice.Id, default));
+        Assert.False(await store.UnsetSettingAsync(alice.Id, "", "max-silent-time", default));
+        Assert.True(await store.UnsetSettingAsync(alice.Id, "", "timeout", default));
+        Assert.Equal([new SettingRecord("key:SHA256:k", "timeout", "60", true)], await store.GetSettingsAsync(alice.Id, default));
+        Assert.Equal([new SettingRecord("", "max-silent-time", "10", false)], await store.GetSettingsAsync(bob.Id, default));
+        Assert.Equal([], await store.DeleteAccountAsync(alice.Id, default));
+        Assert.Empty(await store.GetSettingsAsync(alice.Id, default));
+    }
 }
 
 /// <summary>The contract of <see cref="IPathMetadata"/>: views, registration, lookups over several views, GC graph and roots.</summary>

@@ -18,7 +18,7 @@ namespace Kiln.Server.Ssh;
 /// line on stderr and never ends an interactive session; a one-shot command's exit status says whether it worked.
 /// What it shows is the key's own account only, within the key's permissions.
 /// </summary>
-internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, StoreView view, Stream connection)
+internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, StoreView view, Stream connection, IReadOnlyDictionary<string, long> serverSettings)
 {
     private readonly Actor _actor = Actor.ForKey(key);
 
@@ -37,6 +37,11 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
           ci summary --tag NAME=VALUE     what a tagged CI run's builds came to, as Markdown
           usage [--since DATE] [--until DATE] [--by day|month]
                                           builds started, CPU and wall hours, and storage per day or month
+          settings                        the settings in effect for this key's sessions, and where each comes from
+          settings set NAME VALUE [--this-key] [--final]
+                                          set one for the account (or this key): timeout, max-silent-time,
+                                          max-build-log-size; they only tighten the server's
+          settings unset NAME [--this-key]
           pin list                        the account's pins
           pin add PATH [--name NAME]      keep PATH (and its closure) whatever garbage collection would do
           pin remove NAME                 stop keeping a pinned path
@@ -123,6 +128,8 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                 return json ? JsonSerializer.Serialize(usage, Json) : UsageReports.Text(usage);
             case "pin":
                 return await PinAsync(words, json, cancellationToken).ConfigureAwait(false);
+            case "settings":
+                return await SettingsAsync(words, json, cancellationToken).ConfigureAwait(false);
             default:
                 throw new ShellException($"unknown command '{command}' (try 'help')");
         }
@@ -148,6 +155,31 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                 return Show(json, PinDocument.Of(removed), $"removed pin '{removed.Name}' ({removed.Path})");
             default:
                 throw new ShellException("usage: pin list | pin add PATH [--name NAME] | pin remove NAME");
+        }
+    }
+
+    // The settings hierarchy's account and key levels: shown with what this key's sessions get (the server's level
+    // included); set and unset with account:write (AccountService's rule).
+    private async Task<string> SettingsAsync(List<string> words, bool json, CancellationToken cancellationToken)
+    {
+        var account = AccountService.OwnAccount(_actor);
+        var forKey = words.Contains("--this-key") ? key.Fingerprint : Option(words, "--key");
+        switch (words.ElementAtOrDefault(1))
+        {
+            case null or "show" or "--json":
+                var stored = await accounts.StoredSettingsAsync(_actor, account, cancellationToken).ConfigureAwait(false);
+                var effective = Kiln.Accounts.Settings.Resolve(serverSettings, stored, Kiln.Accounts.Settings.KeyScope(key.Fingerprint), null);
+                return Show(json, effective.Select(e => new { name = e.Definition.Name, value = e.Value, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final }),
+                    string.Join("\n", effective.Select(e => $"{e.Definition.Name,-20} {e.Definition.Format(e.Value),-16} {e.Origin.ToString().ToLowerInvariant()}{(e.Final ? ", final" : "")}")));
+            case "set" when words.Count >= 4:
+                var record = await accounts.SetSettingAsync(_actor, account, words[2], words[3], forKey, words.Contains("--final"), cancellationToken).ConfigureAwait(false);
+                return $"{record.Name} = {record.Value}{(record.Scope.Length > 0 ? " for " + record.Scope : "")}{(record.Final ? " (final)" : "")}";
+            case "unset" when words.Count >= 3:
+                return await accounts.UnsetSettingAsync(_actor, account, words[2], forKey, cancellationToken).ConfigureAwait(false)
+                    ? $"{words[2]} unset"
+                    : throw new ShellException($"{words[2]} is not set there");
+            default:
+                throw new ShellException("usage: settings | settings set NAME VALUE [--this-key | --key FINGERPRINT] [--final] | settings unset NAME [--this-key | --key FINGERPRINT]");
         }
     }
 

@@ -210,11 +210,12 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     using var keyWatch = new KeyWatch(store.Accounts, key, KeyCheckInterval, stoppingToken);
                     var sessionToken = keyWatch.Token;
                     string Ended(string? reason) => keyWatch.Revoked ? "its key was removed or changed" : reason ?? "client disconnected";
+                    var limits = await SessionLimitsAsync(key, header.Environment, sessionToken).ConfigureAwait(false);
                     var command = string.Join(' ', header.Command.Split(' ', StringSplitOptions.RemoveEmptyEntries));
                     if (command is "nix-store --serve" or "nix-store --serve --write" && key.Permissions.HasFlag(KeyPermissions.StoreRead))
                     {
                         var served = await ServeLegacyAsync(socket, stream, key, write: command.EndsWith("--write", StringComparison.Ordinal),
-                            BuildTag.FromEnvironment(header.Environment), sessionToken).ConfigureAwait(false);
+                            BuildTag.FromEnvironment(header.Environment), limits, sessionToken).ConfigureAwait(false);
                         var servedEnd = Ended(served.CloseReason);
                         LogSession(logger, id, key.AccountName, key.Fingerprint, command, servedEnd, served.Operations, watch.Elapsed.TotalSeconds);
                         return;
@@ -224,7 +225,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     {
                         await AnswerAsync(stream, "ok framed", stoppingToken).ConfigureAwait(false);
                         using var shellView = store.OpenView(KilnStore.CallerForSshKey(key));
-                        var shell = new AdminShell(accounts, key, shellView, stream);
+                        var shell = new AdminShell(accounts, key, shellView, stream, ServerSettings(options));
                         var shown = Printable(command);
                         try
                         {
@@ -263,7 +264,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     await AnswerAsync(stream, "ok", stoppingToken).ConfigureAwait(false);
                     using var view = store.OpenView(KilnStore.CallerForSshKey(key));
                     var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, sessionToken,
-                        BuildTag.FromEnvironment(header.Environment)).ConfigureAwait(false);
+                        BuildTag.FromEnvironment(header.Environment), limits).ConfigureAwait(false);
                     var end = Ended(summary.CloseReason);
                     LogSession(logger, id, key.AccountName, key.Fingerprint, command, end, summary.Operations, watch.Elapsed.TotalSeconds);
                 }
@@ -277,6 +278,25 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         }
     }
 
+    // The session's limits from the settings hierarchy: the server's, then the account's, the key's and the session's
+    // environment (KILN_TIMEOUT=…), each only where it tightens (one query, at the session's start).
+    private async Task<Kiln.Scheduler.SessionLimits> SessionLimitsAsync(SshKeyRecord key, IReadOnlyDictionary<string, string> environment, CancellationToken cancellationToken)
+    {
+        var stored = await store.Settings.GetSettingsAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
+        var effective = Kiln.Accounts.Settings.Resolve(ServerSettings(options), stored, Kiln.Accounts.Settings.KeyScope(key.Fingerprint), environment)
+            .ToDictionary(s => s.Definition.Name, s => s.Value, StringComparer.Ordinal);
+        return new Kiln.Scheduler.SessionLimits(TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.Timeout.Name]),
+            TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.MaxSilentTime.Name]), effective[Kiln.Accounts.Settings.MaxBuildLogSize.Name]);
+    }
+
+    /// <summary>The hierarchy's server level: kiln serve's limits, by setting name.</summary>
+    internal static IReadOnlyDictionary<string, long> ServerSettings(ServerOptions options) => new Dictionary<string, long>(StringComparer.Ordinal)
+    {
+        [Kiln.Accounts.Settings.Timeout.Name] = (long)options.BuildTimeout.TotalSeconds,
+        [Kiln.Accounts.Settings.MaxSilentTime.Name] = (long)options.MaxSilentTime.TotalSeconds,
+        [Kiln.Accounts.Settings.MaxBuildLogSize.Name] = options.MaxLogSize,
+    };
+
     // The AuthorizedKeysCommand's question: which enabled key, if any, is this? "key ID" or "none".
     private async Task AnswerKeyQueryAsync(Stream stream, (string Type, string Blob)? offered, CancellationToken stoppingToken)
     {
@@ -286,7 +306,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
     // nix-store --serve: stdout on this connection, stderr on a second one the bridge opens with the token.
     private async Task<SessionSummary> ServeLegacyAsync(Socket socket, NetworkStream stream, SshKeyRecord key, bool write, IReadOnlyList<BuildTag> tags,
-        CancellationToken stoppingToken)
+        Kiln.Scheduler.SessionLimits limits, CancellationToken stoppingToken)
     {
         var token = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16));
         var slot = new StderrSlot();
@@ -298,7 +318,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             using var view = store.OpenView(KilnStore.CallerForSshKey(key));
             const string ReadOnly = "Kiln: this session is read-only (nix-store --serve without --write)";
             var keyOptions = SessionOptions(key);
-            var serve = new Kiln.Protocol.Serve.ServeSession(view, scheduler.ForSession(view, tags), new Kiln.Protocol.Serve.ServeSessionOptions
+            var serve = new Kiln.Protocol.Serve.ServeSession(view, scheduler.ForSession(view, tags, limits), new Kiln.Protocol.Serve.ServeSessionOptions
             {
                 Limits = sessionOptions.Limits,
                 UploadsDenied = write ? keyOptions.UploadsDenied : ReadOnly,

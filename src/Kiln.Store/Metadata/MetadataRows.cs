@@ -243,6 +243,19 @@ internal static class MetadataRows
 
     public static StorageSample ReadStorageSample(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
 
+    /// <summary>An account's (<c>@a</c>) settings, every scope's.</summary>
+    public const string Settings = "SELECT scope, name, value, final FROM settings WHERE account_id = @a ORDER BY scope, name";
+
+    public static SettingRecord ReadSetting(DbDataReader reader) => new(reader.GetString(0), reader.GetString(1), reader.GetString(2), reader.GetBoolean(3));
+
+    /// <summary>Sets a setting (<c>@a</c>, <c>@s</c>cope, <c>@n</c>ame, <c>@v</c>alue, <c>@f</c>inal).</summary>
+    public const string SetSetting = """
+        INSERT INTO settings (account_id, scope, name, value, final) VALUES (@a, @s, @n, @v, @f)
+        ON CONFLICT (account_id, scope, name) DO UPDATE SET value = excluded.value, final = excluded.final
+        """;
+
+    public const string UnsetSetting = "DELETE FROM settings WHERE account_id = @a AND scope = @s AND name = @n";
+
     /// <summary>Whether account <c>@a</c> exists and is not deleted.</summary>
     public static readonly string LiveAccount = $"SELECT 1 FROM accounts WHERE id = @a AND name NOT LIKE '{Accounts.AccountName.DeletedPrefix}%'";
 
@@ -282,6 +295,7 @@ internal static class MetadataRows
         "DELETE FROM tokens WHERE account_id = @a",
         "DELETE FROM signing_keys WHERE account_id = @a",
         "DELETE FROM storage_samples WHERE account_id = @a",
+        "DELETE FROM settings WHERE account_id = @a",
         $"UPDATE accounts SET name = '{Accounts.AccountName.DeletedPrefix} ' || id || ')', public_cache = false, substituters = '', trusted_public_keys = '', netrc = '' WHERE id = @a",
     ];
 

@@ -46,6 +46,7 @@ public static class MetadataTables
         new("builds", [("id", I), ("step_key", T), ("drv_path", T), ("account_id", I), ("status", T), ("failure", T), ("error", T), ("started", I),
             ("stopped", I), ("cpu_user_us", I), ("cpu_system_us", I), ("peak_memory", I), ("outputs", T), ("agent", T), ("pname", T), ("attempts", I)], HasIdentity: true),
         new("build_accounts", [("build_id", I), ("account_id", I)]),
+        new("settings", [("account_id", I), ("scope", T), ("name", T), ("value", T), ("final", B)]),
         new("storage_samples", [("account_id", I), ("day", I), ("paths", I), ("nar_bytes", I)]),
         new("build_tags", [("build_id", I), ("account_id", I), ("name", T), ("value", T)]),
         new("ssh_keys", [("id", I), ("account_id", I), ("key_type", T), ("key_blob", T), ("fingerprint", T), ("comment", T), ("permissions", T),

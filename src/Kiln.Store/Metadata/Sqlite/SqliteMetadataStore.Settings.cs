@@ -23,6 +23,29 @@ public sealed partial class SqliteMetadataStore
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<IReadOnlyList<SettingRecord>> GetSettingsAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<SettingRecord>>(async connection =>
+            await ReadRowsAsync(Command(connection, MetadataRows.Settings, null, ("@a", account)), MetadataRows.ReadSetting, cancellationToken).ConfigureAwait(false),
+            cancellationToken);
+
+    public Task SetSettingAsync(long account, SettingRecord setting, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(setting);
+        return WriteAsync(async (connection, transaction) =>
+        {
+            using var set = Command(connection, MetadataRows.SetSetting, transaction,
+                ("@a", account), ("@s", setting.Scope), ("@n", setting.Name), ("@v", setting.Value), ("@f", setting.Final));
+            await set.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+    }
+
+    public Task<bool> UnsetSettingAsync(long account, string scope, string name, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var unset = Command(connection, MetadataRows.UnsetSetting, transaction, ("@a", account), ("@s", scope), ("@n", name));
+            return await unset.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
+        }, cancellationToken);
+
     public Task<string> GetOrAddServerSecretAsync(string name, string candidate, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {

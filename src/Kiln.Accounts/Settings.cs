@@ -1,0 +1,157 @@
+using System.Globalization;
+using Kiln.Protocol;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Accounts;
+
+/// <summary>Where a setting's value came from, from the widest level to the narrowest: later levels win where they may.</summary>
+public enum SettingLevel
+{
+    /// <summary>kiln serve's command line (the operator's limits for every build).</summary>
+    Server,
+
+    /// <summary>The account's own (<c>kiln settings set ACCOUNT …</c>).</summary>
+    Account,
+
+    /// <summary>The SSH key's or token's the session came with (<c>--key</c>).</summary>
+    Key,
+
+    /// <summary>The SSH session's environment (<c>SetEnv KILN_TIMEOUT=60</c>).</summary>
+    Session,
+}
+
+/// <summary>What a setting's value is: a duration in seconds, a size in bytes.</summary>
+public enum SettingKind
+{
+    Duration,
+    Bytes,
+}
+
+/// <summary>
+/// One setting: its name, kind and what it does. A limit's zero means none, and every level below the server's may
+/// only tighten it (a shorter timeout, a smaller log): a key never loosens what its account or the server caps.
+/// </summary>
+public sealed record SettingDefinition(string Name, SettingKind Kind, string Description)
+{
+    /// <summary>The SSH environment variable that sets it for a session: <c>KILN_</c>, upper-cased, <c>-</c> read as <c>_</c>.</summary>
+    public string EnvironmentVariable => "KILN_" + Name.ToUpperInvariant().Replace('-', '_');
+
+    /// <summary>Parses a value as people write it (<c>90</c>, <c>90s</c>, <c>15m</c>, <c>2h</c>; <c>10MiB</c>, <c>1G</c>).</summary>
+    /// <exception cref="KilnException">It is not one (Invalid).</exception>
+    public long Parse(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var trimmed = text.Trim();
+        var digits = trimmed.TakeWhile(char.IsAsciiDigit).Count();
+        if (digits == 0 || digits > 15 || !long.TryParse(trimmed[..digits], NumberStyles.None, CultureInfo.InvariantCulture, out var number))
+        {
+            throw Invalid(text);
+        }
+
+        var unit = trimmed[digits..].Trim();
+        long? scale = Kind switch
+        {
+            SettingKind.Duration => unit switch { "" or "s" => 1, "m" => 60, "h" => 3600, "d" => 86_400, _ => null },
+            _ => unit.TrimEnd('B', 'b').TrimEnd('i') switch { "" => 1, "K" or "k" => 1L << 10, "M" => 1L << 20, "G" => 1L << 30, "T" => 1L << 40, _ => null },
+        };
+        return scale is { } s && number <= long.MaxValue / s ? number * s : throw Invalid(text);
+    }
+
+    /// <summary>A value as the settings listing shows it.</summary>
+    public string Format(long value) => value == 0 ? "none" : Kind == SettingKind.Duration ? $"{value} s" : $"{value} bytes";
+
+    private KilnException Invalid(string text) => new(ErrorKind.Invalid,
+        $"'{(text.Length > 40 ? text[..40] + "…" : text)}' is not a value of {Name} ({(Kind == SettingKind.Duration ? "seconds, or 15m, 2h, 1d" : "bytes, or 64MiB, 1GiB")}; 0 for none)");
+}
+
+/// <summary>A setting's value in effect, where it came from, and whether lower levels are held to it.</summary>
+public sealed record EffectiveSetting(SettingDefinition Definition, long Value, SettingLevel Origin, bool Final);
+
+/// <summary>
+/// The settings registry and how a session's values are worked out: the server's value first, then the account's,
+/// the key's or token's and the session's environment, each applied only where it tightens (limits) and no level
+/// above it made the setting final.
+/// </summary>
+public static class Settings
+{
+    public static SettingDefinition Timeout { get; } = new("timeout", SettingKind.Duration, "The longest a build may run (Nix's timeout); 0: no limit of this level's.");
+
+    public static SettingDefinition MaxSilentTime { get; } = new("max-silent-time", SettingKind.Duration, "The longest a build may print nothing (Nix's max-silent-time).");
+
+    public static SettingDefinition MaxBuildLogSize { get; } = new("max-build-log-size", SettingKind.Bytes, "The most log a build may write (Nix's max-build-log-size).");
+
+    public static IReadOnlyList<SettingDefinition> All { get; } = [Timeout, MaxSilentTime, MaxBuildLogSize];
+
+    /// <summary>The setting with that name.</summary>
+    /// <exception cref="KilnException">There is none (Invalid), with the names there are.</exception>
+    public static SettingDefinition Find(string name) =>
+        All.FirstOrDefault(d => d.Name == name) ?? throw new KilnException(ErrorKind.Invalid, $"there is no setting '{name}' (there are: {string.Join(", ", All.Select(d => d.Name))})");
+
+    /// <summary>The scope a key's settings are kept under.</summary>
+    public static string KeyScope(string fingerprint) => "key:" + fingerprint;
+
+    /// <summary>The scope a token's settings are kept under.</summary>
+    public static string TokenScope(long id) => "token:" + id.ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>
+    /// Every setting's value in effect for a session: <paramref name="server"/>'s (by name, 0 when absent), then the
+    /// account's rows (scope empty), the <paramref name="scope"/>'s (a key or token; null: none), then
+    /// <paramref name="environment"/>'s <c>KILN_*</c> variables (malformed values are left out, as a client cannot be
+    /// told at login).
+    /// </summary>
+    public static IReadOnlyList<EffectiveSetting> Resolve(IReadOnlyDictionary<string, long> server, IReadOnlyList<SettingRecord> stored, string? scope,
+        IReadOnlyDictionary<string, string>? environment)
+    {
+        ArgumentNullException.ThrowIfNull(server);
+        ArgumentNullException.ThrowIfNull(stored);
+        var result = new List<EffectiveSetting>();
+        foreach (var definition in All)
+        {
+            var effective = new EffectiveSetting(definition, server.GetValueOrDefault(definition.Name), SettingLevel.Server, Final: false);
+            foreach (var row in stored.Where(r => r.Name == definition.Name && r.Scope.Length == 0))
+            {
+                effective = Apply(effective, Parsed(definition, row.Value), SettingLevel.Account, row.Final);
+            }
+
+            foreach (var row in stored.Where(r => r.Name == definition.Name && scope is not null && r.Scope == scope))
+            {
+                effective = Apply(effective, Parsed(definition, row.Value), SettingLevel.Key, row.Final);
+            }
+
+            if (environment is not null && environment.TryGetValue(definition.EnvironmentVariable, out var text))
+            {
+                effective = Apply(effective, Parsed(definition, text), SettingLevel.Session, final: false);
+            }
+
+            result.Add(effective);
+        }
+
+        return result;
+    }
+
+    // A lower level's value, where it may change the one in effect: not past a final, and only tighter.
+    private static EffectiveSetting Apply(EffectiveSetting current, long? value, SettingLevel level, bool final)
+    {
+        if (value is not { } v || current.Final || !Tighter(v, current.Value))
+        {
+            return final && value is not null && !current.Final ? current with { Final = true } : current;
+        }
+
+        return new EffectiveSetting(current.Definition, v, level, final);
+    }
+
+    // For a limit, 0 is none: any other value is tighter than none, and smaller is tighter.
+    private static bool Tighter(long value, long current) => value != 0 && (current == 0 || value < current);
+
+    private static long? Parsed(SettingDefinition definition, string text)
+    {
+        try
+        {
+            return definition.Parse(text);
+        }
+        catch (KilnException)
+        {
+            return null;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+using System.CommandLine;
+using Kiln.Accounts;
+using static Kiln.Cli.Commands.AccountCommands;
+
+namespace Kiln.Cli.Commands;
+
+/// <summary>
+/// <c>kiln settings show|set|unset</c>: the settings hierarchy's account and key levels (the server's are kiln serve's
+/// options; a session's come from its SSH environment, KILN_*).
+/// </summary>
+internal static class SettingsCommands
+{
+    public static Command Settings()
+    {
+        var showData = DataOption();
+        var showJson = JsonOption();
+        var showAccount = new Argument<string>("ACCOUNT");
+        var showKey = new Option<string?>("--key") { Description = "What a session with this key (its fingerprint) gets, its own settings included." };
+        var show = new Command("show", "Every setting's value for the account (or one of its keys) and where it comes from; the server's level is shown as 'server' " +
+            "(kiln serve's --timeout, --max-silent-time, --max-log-size: not known here, so none).") { showAccount, showKey, showData, showJson };
+        show.SetAction(async (result, cancellationToken) =>
+        {
+            var metadata = await OpenAsync(result.GetValue(showData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var service = Service(metadata);
+                var account = await service.AccountAsync(Actor.Operator, result.GetValue(showAccount)!, cancellationToken).ConfigureAwait(false);
+                var stored = await service.StoredSettingsAsync(Actor.Operator, account, cancellationToken).ConfigureAwait(false);
+                var key = result.GetValue(showKey);
+                var effective = Kiln.Accounts.Settings.Resolve(new Dictionary<string, long>(), stored, key is null ? null : Kiln.Accounts.Settings.KeyScope(key), null);
+                Print(result.GetValue(showJson),
+                    effective.Select(e => new { name = e.Definition.Name, value = e.Value, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final, description = e.Definition.Description }),
+                    string.Join("\n", effective.Select(e => $"{e.Definition.Name,-20} {e.Definition.Format(e.Value),-16} {e.Origin.ToString().ToLowerInvariant()}{(e.Final ? ", final" : "")}")));
+                return 0;
+            }
+        });
+
+        var setData = DataOption();
+        var setAccount = new Argument<string>("ACCOUNT");
+        var setName = new Argument<string>("NAME") { Description = $"One of: {string.Join(", ", Kiln.Accounts.Settings.All.Select(d => d.Name))}." };
+        var setValue = new Argument<string>("VALUE") { Description = "Seconds (or 15m, 2h) or bytes (or 64MiB); 0: none of this level's." };
+        var setKey = new Option<string?>("--key") { Description = "For this key of the account (its fingerprint) rather than the whole account." };
+        var final = new Option<bool>("--final") { Description = "Lower levels (keys, sessions) may not change it." };
+        var set = new Command("set", "Set a setting for an account or one of its keys (limits only tighten what levels above set).") { setAccount, setName, setValue, setKey, final, setData };
+        set.SetAction(async (result, cancellationToken) =>
+        {
+            var metadata = await OpenAsync(result.GetValue(setData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var service = Service(metadata);
+                var account = await service.AccountAsync(Actor.Operator, result.GetValue(setAccount)!, cancellationToken).ConfigureAwait(false);
+                var record = await service.SetSettingAsync(Actor.Operator, account, result.GetValue(setName)!, result.GetValue(setValue)!, result.GetValue(setKey),
+                    result.GetValue(final), cancellationToken).ConfigureAwait(false);
+                Console.Out.Write($"{account.Name}{(record.Scope.Length > 0 ? " " + record.Scope : "")}: {record.Name} = {record.Value}{(record.Final ? " (final)" : "")}\n");
+                return 0;
+            }
+        });
+
+        var unsetData = DataOption();
+        var unsetAccount = new Argument<string>("ACCOUNT");
+        var unsetName = new Argument<string>("NAME");
+        var unsetKey = new Option<string?>("--key") { Description = "The key's setting rather than the account's." };
+        var unset = new Command("unset", "Remove an account's (or key's) setting: the level above decides again.") { unsetAccount, unsetName, unsetKey, unsetData };
+        unset.SetAction(async (result, cancellationToken) =>
+        {
+            var metadata = await OpenAsync(result.GetValue(unsetData)!, cancellationToken).ConfigureAwait(false);
+            await using (metadata.ConfigureAwait(false))
+            {
+                var service = Service(metadata);
+                var account = await service.AccountAsync(Actor.Operator, result.GetValue(unsetAccount)!, cancellationToken).ConfigureAwait(false);
+                var name = result.GetValue(unsetName)!;
+                if (!await service.UnsetSettingAsync(Actor.Operator, account, name, result.GetValue(unsetKey), cancellationToken).ConfigureAwait(false))
+                {
+                    throw new CommandException($"{name} is not set there");
+                }
+
+                Console.Out.Write($"{account.Name}: {name} unset\n");
+                return 0;
+            }
+        });
+
+        return new Command("settings", "The settings hierarchy: server (kiln serve's options) → account → key → session (SSH SetEnv KILN_*).") { show, set, unset };
+    }
+}
