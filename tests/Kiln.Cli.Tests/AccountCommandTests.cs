@@ -79,6 +79,35 @@ public class AccountCommandTests
     }
 
     [Fact]
+    public void Settings_are_set_shown_and_unset_per_account_and_key_and_bad_ones_are_refused()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        KilnCli.Ok("account", "create", "alice", "--data", data);
+        KilnCli.Ok("account", "create", "bob", "--data", data);
+        var (alicePublic, aliceFingerprint) = NewKey(temp, "alice");
+        var (bobPublic, bobFingerprint) = NewKey(temp, "bob");
+        KilnCli.Ok("key", "add", "alice", alicePublic, "--data", data);
+        KilnCli.Ok("key", "add", "bob", bobPublic, "--data", data);
+
+        Assert.Equal("alice: timeout = 1800 (final)\n", KilnCli.Ok("settings", "set", "alice", "timeout", "30m", "--final", "--data", data).StdoutText);
+        KilnCli.Ok("settings", "set", "alice", "max-build-log-size", "64MiB", "--key", aliceFingerprint, "--data", data);
+        Assert.Matches(@"^timeout\s+1800 s\s+account, final\nmax-silent-time\s+none\s+server\nmax-build-log-size\s+none\s+server$",
+            KilnCli.Ok("settings", "show", "alice", "--data", data).StdoutText.TrimEnd());
+        Assert.Contains("67108864 bytes   key", KilnCli.Ok("settings", "show", "alice", "--key", aliceFingerprint, "--data", data).StdoutText, StringComparison.Ordinal);
+        using (var json = JsonDocument.Parse(KilnCli.Ok("settings", "show", "bob", "--json", "--data", data).StdoutText))
+        {
+            Assert.All(json.RootElement.EnumerateArray(), s => Assert.Equal("server", s.GetProperty("origin").GetString()));
+        }
+
+        KilnCli.AssertOneLineError(KilnCli.Run("settings", "set", "alice", "timeout", "soon", "--data", data), "is not a value of timeout");
+        KilnCli.AssertOneLineError(KilnCli.Run("settings", "set", "alice", "max-fun", "1", "--data", data), "there is no setting 'max-fun'");
+        KilnCli.AssertOneLineError(KilnCli.Run("settings", "set", "alice", "timeout", "1", "--key", bobFingerprint, "--data", data), "has no key");
+        Assert.Equal("alice: timeout unset\n", KilnCli.Ok("settings", "unset", "alice", "timeout", "--data", data).StdoutText);
+        KilnCli.AssertOneLineError(KilnCli.Run("settings", "unset", "alice", "timeout", "--data", data), "timeout is not set there");
+    }
+
+    [Fact]
     public void Accounts_are_created_once_and_listed()
     {
         using var temp = new TempDir();
