@@ -175,6 +175,22 @@ public sealed class AccountServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Hierarchy_settings_are_set_by_keys_that_manage_their_own_account_only()
+    {
+        var (alice, manager, _) = await LoginAsync("alice", KeyPermissions.All);
+        var (_, builder, _) = await LoginAsync("alice2", KeyPermissions.StoreRead | KeyPermissions.BuildWrite);
+        var (bob, bobs, _) = await LoginAsync("bob", KeyPermissions.All);
+        var set = await _service.SetSettingAsync(manager, alice, "timeout", "10m", manager.Key!.Fingerprint, final: false, default);
+        Assert.Equal(new Kiln.Store.Metadata.SettingRecord(Settings.KeyScope(manager.Key.Fingerprint), "timeout", "600", false), set);
+        await Refused(ErrorKind.Forbidden, () => _service.SetSettingAsync(builder, AccountService.OwnAccount(builder), "timeout", "1", null, false, default));
+        await Refused(ErrorKind.NotFound, () => _service.SetSettingAsync(bobs, alice, "timeout", "1", null, false, default)); // another account's
+        await Refused(ErrorKind.NotFound, () => _service.SetSettingAsync(bobs, bob, "timeout", "1", manager.Key.Fingerprint, false, default)); // another account's key
+        await Refused(ErrorKind.NotFound, () => _service.StoredSettingsAsync(bobs, alice, default));
+        Assert.Single(await _service.StoredSettingsAsync(manager, alice, default));
+        Assert.True(await _service.UnsetSettingAsync(manager, alice, "timeout", manager.Key.Fingerprint, default));
+    }
+
+    [Fact]
     public async Task Tokens_signing_keys_and_settings_follow_the_same_rules()
     {
         var (alice, actor, _) = await LoginAsync("alice", KeyPermissions.StoreRead | KeyPermissions.StoreWrite | KeyPermissions.AccountWrite);
