@@ -317,8 +317,18 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         var definition = Settings.Find(name);
         var record = new SettingRecord(await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false), definition.Name,
             definition.Parse(value).ToString(System.Globalization.CultureInfo.InvariantCulture), final);
+        await RefuseFinalAsync(actor, account, record.Scope, record.Name, cancellationToken).ConfigureAwait(false);
         await settings.SetSettingAsync(account.Id, record, cancellationToken).ConfigureAwait(false);
         return record;
+    }
+
+    // A final setting is a cap: the operator changes it, not the keys it holds (they share the account's level).
+    private async Task RefuseFinalAsync(Actor actor, AccountRecord account, string scope, string name, CancellationToken cancellationToken)
+    {
+        if (!actor.IsOperator && (await settings.GetSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false)).Any(s => s.Scope == scope && s.Name == name && s.Final))
+        {
+            throw new KilnException(ErrorKind.Forbidden, $"{name} is final there: only the operator changes it ('kiln settings')");
+        }
     }
 
     /// <summary>Removes one setting of the account's (or of one of its keys); false if it was not set.</summary>
@@ -326,8 +336,10 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     {
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
-        return await settings.UnsetSettingAsync(account.Id, await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false),
-            Settings.Find(name).Name, cancellationToken).ConfigureAwait(false);
+        var scope = await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false);
+        var definition = Settings.Find(name);
+        await RefuseFinalAsync(actor, account, scope, definition.Name, cancellationToken).ConfigureAwait(false);
+        return await settings.UnsetSettingAsync(account.Id, scope, definition.Name, cancellationToken).ConfigureAwait(false);
     }
 
     // The account's level, or one of its keys' (another account's key is not found, as if it did not exist).

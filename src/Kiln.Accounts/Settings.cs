@@ -52,16 +52,29 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
         long? scale = Kind switch
         {
             SettingKind.Duration => unit switch { "" or "s" => 1, "m" => 60, "h" => 3600, "d" => 86_400, _ => null },
-            _ => unit.TrimEnd('B', 'b').TrimEnd('i') switch { "" => 1, "K" or "k" => 1L << 10, "M" => 1L << 20, "G" => 1L << 30, "T" => 1L << 40, _ => null },
+            _ => unit.ToUpperInvariant() switch
+            {
+                "" or "B" => 1,
+                "K" or "KB" or "KIB" => 1L << 10,
+                "M" or "MB" or "MIB" => 1L << 20,
+                "G" or "GB" or "GIB" => 1L << 30,
+                "T" or "TB" or "TIB" => 1L << 40,
+                _ => null,
+            },
         };
-        return scale is { } s && number <= long.MaxValue / s ? number * s : throw Invalid(text);
+        // (A ceiling every use can hold: a duration becomes a TimeSpan.)
+        var most = Kind == SettingKind.Duration ? MaxDurationSeconds : long.MaxValue / 2;
+        return scale is { } s && number <= most / s ? number * s : throw Invalid(text);
     }
+
+    /// <summary>The longest duration a setting takes: ten years.</summary>
+    public const long MaxDurationSeconds = 10L * 365 * 86_400;
 
     /// <summary>A value as the settings listing shows it.</summary>
     public string Format(long value) => value == 0 ? "none" : Kind == SettingKind.Duration ? $"{value} s" : $"{value} bytes";
 
     private KilnException Invalid(string text) => new(ErrorKind.Invalid,
-        $"'{(text.Length > 40 ? text[..40] + "…" : text)}' is not a value of {Name} ({(Kind == SettingKind.Duration ? "seconds, or 15m, 2h, 1d" : "bytes, or 64MiB, 1GiB")}; 0 for none)");
+        $"'{(text.Length > 40 ? text[..40] + "…" : text)}' is not a value of {Name} ({(Kind == SettingKind.Duration ? "seconds, or 15m, 2h, 1d, at most ten years" : "bytes, or 64MiB, 1GiB")}; 0 for none)");
 }
 
 /// <summary>A setting's value in effect, where it came from, and whether lower levels are held to it.</summary>

@@ -188,6 +188,17 @@ public sealed class AccountServiceTests : IAsyncLifetime
         await Refused(ErrorKind.NotFound, () => _service.StoredSettingsAsync(bobs, alice, default));
         Assert.Single(await _service.StoredSettingsAsync(manager, alice, default));
         Assert.True(await _service.UnsetSettingAsync(manager, alice, "timeout", manager.Key.Fingerprint, default));
+
+        // A final value is a cap the operator set: keys neither change nor remove it.
+        await _service.SetSettingAsync(Actor.Operator, alice, "timeout", "1h", null, final: true, default);
+        Assert.Contains("final", (await Refused(ErrorKind.Forbidden, () => _service.UnsetSettingAsync(manager, alice, "timeout", null, default))).Message, StringComparison.Ordinal);
+        await Refused(ErrorKind.Forbidden, () => _service.SetSettingAsync(manager, alice, "timeout", "2h", null, false, default));
+        Assert.True(await _service.UnsetSettingAsync(Actor.Operator, alice, "timeout", null, default));
+
+        // A removed key's settings go with it.
+        await _service.SetSettingAsync(manager, alice, "max-silent-time", "60", manager.Key.Fingerprint, final: false, default);
+        await _service.RemoveKeyAsync(Actor.Operator, alice, manager.Key.Fingerprint, default);
+        Assert.Empty(await _service.StoredSettingsAsync(Actor.Operator, alice, default));
     }
 
     [Fact]

@@ -57,6 +57,9 @@ public sealed class SettingsTests
     [InlineData("max-build-log-size", "64MiB", 64L << 20)]
     [InlineData("max-build-log-size", "1G", 1L << 30)]
     [InlineData("max-build-log-size", "0", 0)]
+    [InlineData("max-build-log-size", "5k", 5 << 10)]
+    [InlineData("max-build-log-size", "5mb", 5 << 20)]
+    [InlineData("timeout", "3650d", 315_360_000)]
     public void Values_are_read_with_their_units(string name, string text, long expected) => Assert.Equal(expected, Settings.Find(name).Parse(text));
 
     [Theory]
@@ -64,6 +67,9 @@ public sealed class SettingsTests
     [InlineData("timeout", "-5")]
     [InlineData("timeout", "5 weeks")]
     [InlineData("timeout", "99999999999999999999")]
+    [InlineData("timeout", "99999999999999")] // past ten years: no TimeSpan trouble later
+    [InlineData("timeout", "3651d")]
+    [InlineData("max-build-log-size", "5i")]
     [InlineData("max-build-log-size", "9999999T")]
     [InlineData("max-build-log-size", "12 apples")]
     public void Malformed_values_are_refused_with_the_settings_name(string name, string text)

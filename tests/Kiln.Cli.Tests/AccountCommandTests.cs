@@ -92,7 +92,7 @@ public class AccountCommandTests
 
         Assert.Equal("alice: timeout = 1800 (final)\n", KilnCli.Ok("settings", "set", "alice", "timeout", "30m", "--final", "--data", data).StdoutText);
         KilnCli.Ok("settings", "set", "alice", "max-build-log-size", "64MiB", "--key", aliceFingerprint, "--data", data);
-        Assert.Matches(@"^timeout\s+1800 s\s+account, final\nmax-silent-time\s+none\s+server\nmax-build-log-size\s+none\s+server$",
+        Assert.Matches(@"^timeout\s+1800 s\s+account, final\nmax-silent-time\s+none\s+not set \(the server's holds\)\nmax-build-log-size\s+none\s+not set \(the server's holds\)$",
             KilnCli.Ok("settings", "show", "alice", "--data", data).StdoutText.TrimEnd());
         Assert.Contains("67108864 bytes   key", KilnCli.Ok("settings", "show", "alice", "--key", aliceFingerprint, "--data", data).StdoutText, StringComparison.Ordinal);
         using (var json = JsonDocument.Parse(KilnCli.Ok("settings", "show", "bob", "--json", "--data", data).StdoutText))
@@ -103,6 +103,7 @@ public class AccountCommandTests
         KilnCli.AssertOneLineError(KilnCli.Run("settings", "set", "alice", "timeout", "soon", "--data", data), "is not a value of timeout");
         KilnCli.AssertOneLineError(KilnCli.Run("settings", "set", "alice", "max-fun", "1", "--data", data), "there is no setting 'max-fun'");
         KilnCli.AssertOneLineError(KilnCli.Run("settings", "set", "alice", "timeout", "1", "--key", bobFingerprint, "--data", data), "has no key");
+        KilnCli.AssertOneLineError(KilnCli.Run("settings", "show", "alice", "--key", bobFingerprint, "--data", data), "has no key");
         Assert.Equal("alice: timeout unset\n", KilnCli.Ok("settings", "unset", "alice", "timeout", "--data", data).StdoutText);
         KilnCli.AssertOneLineError(KilnCli.Run("settings", "unset", "alice", "timeout", "--data", data), "timeout is not set there");
     }

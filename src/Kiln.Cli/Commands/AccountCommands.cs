@@ -71,22 +71,29 @@ internal static class AccountCommands
         {
             account, since, until, by, data, json,
         };
-        command.SetAction(async (result, cancellationToken) =>
+        command.SetAction((result, cancellationToken) => WithAccountAsync(result.GetValue(data)!, result.GetValue(account)!, async (_, _, view) =>
         {
-            var directory = Path.GetFullPath(result.GetValue(data)!);
-            var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
-            await using (store.ConfigureAwait(false))
-            {
-                var service = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), "operator");
-                var found = await service.AccountAsync(Actor.Operator, result.GetValue(account)!, cancellationToken).ConfigureAwait(false);
-                using var view = store.OpenView(await store.CallerForAccountAsync(found.Name, KeyPermissions.BuildRead, cancellationToken).ConfigureAwait(false));
-                var usage = await UsageReports.ReportAsync(view, BuildFilters.Parse(null, null, result.GetValue(since), result.GetValue(until)),
-                    UsageReports.ByMonth(result.GetValue(by)), cancellationToken).ConfigureAwait(false);
-                Console.Out.Write((result.GetValue(json) ? JsonSerializer.Serialize(usage, ApiJson) : UsageReports.Text(usage)) + "\n");
-                return 0;
-            }
-        });
+            var usage = await UsageReports.ReportAsync(view, BuildFilters.Parse(null, null, result.GetValue(since), result.GetValue(until)),
+                UsageReports.ByMonth(result.GetValue(by)), cancellationToken).ConfigureAwait(false);
+            Console.Out.Write((result.GetValue(json) ? JsonSerializer.Serialize(usage, ApiJson) : UsageReports.Text(usage)) + "\n");
+            return 0;
+        }, cancellationToken));
         return command;
+    }
+
+    // The whole store (logs and blobs as well as the metadata), the account found as the operator finds it, and its
+    // view: for the commands that need more than the metadata. (With kiln serve running too.)
+    private static async Task<int> WithAccountAsync(string data, string name, Func<KilnStore, AccountRecord, StoreView, Task<int>> work,
+        CancellationToken cancellationToken)
+    {
+        var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = Path.GetFullPath(data) }, cancellationToken).ConfigureAwait(false);
+        await using (store.ConfigureAwait(false))
+        {
+            var service = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), "operator");
+            var account = await service.AccountAsync(Actor.Operator, name, cancellationToken).ConfigureAwait(false);
+            using var view = store.OpenView(await store.CallerForAccountAsync(account.Name, KeyPermissions.StoreRead | KeyPermissions.BuildRead, cancellationToken).ConfigureAwait(false));
+            return await work(store, account, view).ConfigureAwait(false);
+        }
     }
 
     public static Command Account()
@@ -172,39 +179,31 @@ internal static class AccountCommands
         {
             deleteName, yes, deleteData, deleteJson,
         };
-        delete.SetAction(async (result, cancellationToken) =>
+        // (With kiln serve running too: the deletion is one transaction, and the server's next look-up of a key or token finds none.)
+        delete.SetAction((result, cancellationToken) => WithAccountAsync(result.GetValue(deleteData)!, result.GetValue(deleteName)!, async (store, account, view) =>
         {
-            var directory = Path.GetFullPath(result.GetValue(deleteData)!);
-            // With kiln serve running too: the deletion is one transaction, and the server's next look-up of a key or token finds none.
-            var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory }, cancellationToken).ConfigureAwait(false);
-            await using (store.ConfigureAwait(false))
+            var keys = await store.Accounts.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
+            var tokens = await store.Accounts.ListTokensAsync(account.Id, cancellationToken).ConfigureAwait(false);
+            var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
+            var what = $"account {account.Name}: {keys.Count} SSH keys, {tokens.Count} tokens, {paths} paths ({narBytes} bytes of NAR, content other accounts hold included)";
+            if (!result.GetValue(yes))
             {
-                var service = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), "operator");
-                var account = await service.AccountAsync(Actor.Operator, result.GetValue(deleteName)!, cancellationToken).ConfigureAwait(false);
-                var keys = await store.Accounts.ListSshKeysAsync(account.Id, cancellationToken).ConfigureAwait(false);
-                var tokens = await store.Accounts.ListTokensAsync(account.Id, cancellationToken).ConfigureAwait(false);
-                using var view = store.OpenView(await store.CallerForAccountAsync(account.Name, KeyPermissions.StoreRead, cancellationToken).ConfigureAwait(false));
-                var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
-                var what = $"account {account.Name}: {keys.Count} SSH keys, {tokens.Count} tokens, {paths} paths ({narBytes} bytes of NAR, content other accounts hold included)";
-                if (!result.GetValue(yes))
+                Console.Error.Write($"This deletes {what}, its build records and logs. It cannot be undone.\nType the account's name to delete it: ");
+                if (Console.In.ReadLine()?.Trim() != account.Name)
                 {
-                    Console.Error.Write($"This deletes {what}, its build records and logs. It cannot be undone.\nType the account's name to delete it: ");
-                    if (Console.In.ReadLine()?.Trim() != account.Name)
-                    {
-                        throw new CommandException($"not deleted: the name typed was not '{account.Name}'");
-                    }
+                    throw new CommandException($"not deleted: the name typed was not '{account.Name}'");
                 }
-
-                var (builds, logsLeft) = await store.DeleteAccountAsync(account.Id, cancellationToken).ConfigureAwait(false)
-                    ?? throw new CommandException($"there is no account '{account.Name}' (deleted meanwhile?)");
-                // The record of it: on stderr, where kiln's log lines go (a service manager keeps them), and the answer on stdout.
-                Console.Error.Write($"kiln: {DateTimeOffset.UtcNow:yyyy-MM-ddTHH:mm:ssZ} operator deleted {what}, {builds} build records" +
-                    (logsLeft > 0 ? $"; {logsLeft} of their logs could not be deleted (the log directory or bucket failed)\n" : "\n"));
-                Print(result.GetValue(deleteJson), new { name = account.Name, id = account.Id, keys = keys.Count, tokens = tokens.Count, paths, narBytes, builds },
-                    $"deleted account {account.Name}");
-                return 0;
             }
-        });
+
+            var (builds, logsLeft) = await store.DeleteAccountAsync(account.Id, cancellationToken).ConfigureAwait(false)
+                ?? throw new CommandException($"there is no account '{account.Name}' (deleted meanwhile?)");
+            // The record of it: on stderr, where kiln's log lines go (a service manager keeps them), and the answer on stdout.
+            Console.Error.Write($"kiln: {DateTimeOffset.UtcNow:yyyy-MM-ddTHH:mm:ssZ} operator deleted {what}, {builds} build records" +
+                (logsLeft > 0 ? $"; {logsLeft} of their logs could not be deleted (the log directory or bucket failed)\n" : "\n"));
+            Print(result.GetValue(deleteJson), new { name = account.Name, id = account.Id, keys = keys.Count, tokens = tokens.Count, paths, narBytes, builds },
+                $"deleted account {account.Name}");
+            return 0;
+        }, cancellationToken));
 
         return new Command("account", "Manage accounts.") { create, list, set, delete };
     }

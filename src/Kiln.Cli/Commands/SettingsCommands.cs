@@ -16,8 +16,11 @@ internal static class SettingsCommands
         var showJson = JsonOption();
         var showAccount = new Argument<string>("ACCOUNT");
         var showKey = new Option<string?>("--key") { Description = "What a session with this key (its fingerprint) gets, its own settings included." };
-        var show = new Command("show", "Every setting's value for the account (or one of its keys) and where it comes from; the server's level is shown as 'server' " +
-            "(kiln serve's --timeout, --max-silent-time, --max-log-size: not known here, so none).") { showAccount, showKey, showData, showJson };
+        var show = new Command("show", "Every setting's value from the account's and the key's levels and which one it comes from. The server's level (kiln serve's " +
+            "--timeout, --max-silent-time, --max-build-log-size) is not known here: a value shown holds only where it is tighter than that ('ssh kiln settings' shows all).")
+        {
+            showAccount, showKey, showData, showJson,
+        };
         show.SetAction(async (result, cancellationToken) =>
         {
             var metadata = await OpenAsync(result.GetValue(showData)!, cancellationToken).ConfigureAwait(false);
@@ -27,10 +30,16 @@ internal static class SettingsCommands
                 var account = await service.AccountAsync(Actor.Operator, result.GetValue(showAccount)!, cancellationToken).ConfigureAwait(false);
                 var stored = await service.StoredSettingsAsync(Actor.Operator, account, cancellationToken).ConfigureAwait(false);
                 var key = result.GetValue(showKey);
+                if (key is not null && (await service.ListKeysAsync(Actor.Operator, account, cancellationToken).ConfigureAwait(false)).All(k => k.Fingerprint != key))
+                {
+                    throw new CommandException($"the account has no key {key} (see 'kiln key list {account.Name}')");
+                }
+
                 var effective = Kiln.Accounts.Settings.Resolve(new Dictionary<string, long>(), stored, key is null ? null : Kiln.Accounts.Settings.KeyScope(key), null);
                 Print(result.GetValue(showJson),
                     effective.Select(e => new { name = e.Definition.Name, value = e.Value, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final, description = e.Definition.Description }),
-                    string.Join("\n", effective.Select(e => $"{e.Definition.Name,-20} {e.Definition.Format(e.Value),-16} {e.Origin.ToString().ToLowerInvariant()}{(e.Final ? ", final" : "")}")));
+                    string.Join("\n", effective.Select(e =>
+                        $"{e.Definition.Name,-20} {e.Definition.Format(e.Value),-16} {(e.Origin == SettingLevel.Server ? "not set (the server's holds)" : e.Origin.ToString().ToLowerInvariant())}{(e.Final ? ", final" : "")}")));
                 return 0;
             }
         });

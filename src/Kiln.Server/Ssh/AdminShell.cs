@@ -37,7 +37,8 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
           ci summary --tag NAME=VALUE     what a tagged CI run's builds came to, as Markdown
           usage [--since DATE] [--until DATE] [--by day|month]
                                           builds started, CPU and wall hours, and storage per day or month
-          settings                        the settings in effect for this key's sessions, and where each comes from
+          settings [--key FINGERPRINT]    the settings in effect for this key's (or that key's) sessions, and where
+                                          each comes from
           settings set NAME VALUE [--this-key] [--final]
                                           set one for the account (or this key): timeout, max-silent-time,
                                           max-build-log-size; they only tighten the server's
@@ -163,12 +164,15 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
     private async Task<string> SettingsAsync(List<string> words, bool json, CancellationToken cancellationToken)
     {
         var account = AccountService.OwnAccount(_actor);
-        var forKey = words.Contains("--this-key") ? key.Fingerprint : Option(words, "--key");
+        var forKey = Option(words, "--key") ?? (words.Contains("--this-key") ? key.Fingerprint : null);
+        // The words that are not flags (nor --key's value), wherever the flags were put.
+        var plain = words.Where((w, i) => !w.StartsWith("--", StringComparison.Ordinal) && (i == 0 || words[i - 1] != "--key")).ToList();
+        words = plain;
         switch (words.ElementAtOrDefault(1))
         {
-            case null or "show" or "--json":
+            case null or "show":
                 var stored = await accounts.StoredSettingsAsync(_actor, account, cancellationToken).ConfigureAwait(false);
-                var effective = Kiln.Accounts.Settings.Resolve(serverSettings, stored, Kiln.Accounts.Settings.KeyScope(key.Fingerprint), null);
+                var effective = Kiln.Accounts.Settings.Resolve(serverSettings, stored, Kiln.Accounts.Settings.KeyScope(forKey ?? key.Fingerprint), null);
                 return Show(json, effective.Select(e => new { name = e.Definition.Name, value = e.Value, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final }),
                     string.Join("\n", effective.Select(e => $"{e.Definition.Name,-20} {e.Definition.Format(e.Value),-16} {e.Origin.ToString().ToLowerInvariant()}{(e.Final ? ", final" : "")}")));
             case "set" when words.Count >= 4:

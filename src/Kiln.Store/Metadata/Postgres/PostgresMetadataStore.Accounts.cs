@@ -117,6 +117,9 @@ public sealed partial class PostgresMetadataStore
     public Task<bool> RemoveSshKeyAsync(long account, string fingerprint, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
+            // (The key's own settings go with it: a key added again later starts without them.)
+            using var settings = Command(connection, "DELETE FROM settings WHERE account_id = @a AND scope = 'key:' || @f", transaction, ("a", account), ("f", fingerprint));
+            await settings.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             using var delete = Command(connection, "DELETE FROM ssh_keys WHERE account_id = @a AND fingerprint = @f", transaction, ("a", account), ("f", fingerprint));
             return await delete.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) > 0;
         }, cancellationToken);
