@@ -78,7 +78,12 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
 }
 
 /// <summary>A setting's value in effect, where it came from, and whether lower levels are held to it.</summary>
-public sealed record EffectiveSetting(SettingDefinition Definition, long Value, SettingLevel Origin, bool Final);
+public sealed record EffectiveSetting(SettingDefinition Definition, long Value, SettingLevel Origin, bool Final)
+{
+    /// <summary>Its line in a settings listing (the shell's, the CLI's); <paramref name="server"/> names the server's level.</summary>
+    public string ToLine(string server = "server") =>
+        $"{Definition.Name,-20} {Definition.Format(Value),-16} {(Origin == SettingLevel.Server ? server : Origin.ToString().ToLowerInvariant())}{(Final ? ", final" : "")}";
+}
 
 /// <summary>
 /// The settings registry and how a session's values are worked out: the server's value first, then the account's,

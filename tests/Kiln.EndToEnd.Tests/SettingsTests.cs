@@ -46,5 +46,9 @@ public sealed class SettingsTests
         kiln.Cli("settings", "unset", "alice", "timeout");
         Assert.Matches(@"timeout\s+3600 s\s+key", SshTests.Shell(kiln, alice, null, "kiln", "settings").StdoutText);
         client.Ok(kiln, [.. alice.Environment, .. Build(Sleeper("unset"))]);
+
+        // The shell's --final, wherever it stands, makes the account's value final.
+        Assert.Contains("(final)", SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "--final", "max-silent-time", "1h").StdoutText, StringComparison.Ordinal);
+        Assert.Matches(@"max-silent-time\s+3600 s\s+account, final", SshTests.Shell(kiln, alice, null, "kiln", "settings").StdoutText);
     }
 }

@@ -165,18 +165,18 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
     {
         var account = AccountService.OwnAccount(_actor);
         var forKey = Option(words, "--key") ?? (words.Contains("--this-key") ? key.Fingerprint : null);
+        var final = words.Contains("--final");
         // The words that are not flags (nor --key's value), wherever the flags were put.
-        var plain = words.Where((w, i) => !w.StartsWith("--", StringComparison.Ordinal) && (i == 0 || words[i - 1] != "--key")).ToList();
-        words = plain;
+        words = words.Where((w, i) => !w.StartsWith("--", StringComparison.Ordinal) && (i == 0 || words[i - 1] != "--key")).ToList();
         switch (words.ElementAtOrDefault(1))
         {
             case null or "show":
                 var stored = await accounts.StoredSettingsAsync(_actor, account, cancellationToken).ConfigureAwait(false);
                 var effective = Kiln.Accounts.Settings.Resolve(serverSettings, stored, Kiln.Accounts.Settings.KeyScope(forKey ?? key.Fingerprint), null);
                 return Show(json, effective.Select(e => new { name = e.Definition.Name, value = e.Value, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final }),
-                    string.Join("\n", effective.Select(e => $"{e.Definition.Name,-20} {e.Definition.Format(e.Value),-16} {e.Origin.ToString().ToLowerInvariant()}{(e.Final ? ", final" : "")}")));
+                    string.Join("\n", effective.Select(e => e.ToLine())));
             case "set" when words.Count >= 4:
-                var record = await accounts.SetSettingAsync(_actor, account, words[2], words[3], forKey, words.Contains("--final"), cancellationToken).ConfigureAwait(false);
+                var record = await accounts.SetSettingAsync(_actor, account, words[2], words[3], forKey, final, cancellationToken).ConfigureAwait(false);
                 return $"{record.Name} = {record.Value}{(record.Scope.Length > 0 ? " for " + record.Scope : "")}{(record.Final ? " (final)" : "")}";
             case "unset" when words.Count >= 3:
                 return await accounts.UnsetSettingAsync(_actor, account, words[2], forKey, cancellationToken).ConfigureAwait(false)

@@ -210,12 +210,12 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     using var keyWatch = new KeyWatch(store.Accounts, key, KeyCheckInterval, stoppingToken);
                     var sessionToken = keyWatch.Token;
                     string Ended(string? reason) => keyWatch.Revoked ? "its key was removed or changed" : reason ?? "client disconnected";
-                    var limits = await SessionLimitsAsync(key, header.Environment, sessionToken).ConfigureAwait(false);
                     var command = string.Join(' ', header.Command.Split(' ', StringSplitOptions.RemoveEmptyEntries));
                     if (command is "nix-store --serve" or "nix-store --serve --write" && key.Permissions.HasFlag(KeyPermissions.StoreRead))
                     {
                         var served = await ServeLegacyAsync(socket, stream, key, write: command.EndsWith("--write", StringComparison.Ordinal),
-                            BuildTag.FromEnvironment(header.Environment), limits, sessionToken).ConfigureAwait(false);
+                            BuildTag.FromEnvironment(header.Environment), await SessionLimitsAsync(key, header.Environment, sessionToken).ConfigureAwait(false),
+                            sessionToken).ConfigureAwait(false);
                         var servedEnd = Ended(served.CloseReason);
                         LogSession(logger, id, key.AccountName, key.Fingerprint, command, servedEnd, served.Operations, watch.Elapsed.TotalSeconds);
                         return;
@@ -225,7 +225,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     {
                         await AnswerAsync(stream, "ok framed", stoppingToken).ConfigureAwait(false);
                         using var shellView = store.OpenView(KilnStore.CallerForSshKey(key));
-                        var shell = new AdminShell(accounts, key, shellView, stream, ServerSettings(options));
+                        var shell = new AdminShell(accounts, key, shellView, stream, _serverSettings);
                         var shown = Printable(command);
                         try
                         {
@@ -261,6 +261,8 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                         return;
                     }
 
+                    // (Read before the answer: a failure to read them ends the session before the client is told to go on.)
+                    var limits = await SessionLimitsAsync(key, header.Environment, sessionToken).ConfigureAwait(false);
                     await AnswerAsync(stream, "ok", stoppingToken).ConfigureAwait(false);
                     using var view = store.OpenView(KilnStore.CallerForSshKey(key));
                     var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, sessionToken,
@@ -283,14 +285,14 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     private async Task<Kiln.Scheduler.SessionLimits> SessionLimitsAsync(SshKeyRecord key, IReadOnlyDictionary<string, string> environment, CancellationToken cancellationToken)
     {
         var stored = await store.Settings.GetSettingsAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
-        var effective = Kiln.Accounts.Settings.Resolve(ServerSettings(options), stored, Kiln.Accounts.Settings.KeyScope(key.Fingerprint), environment)
+        var effective = Kiln.Accounts.Settings.Resolve(_serverSettings, stored, Kiln.Accounts.Settings.KeyScope(key.Fingerprint), environment)
             .ToDictionary(s => s.Definition.Name, s => s.Value, StringComparer.Ordinal);
         return new Kiln.Scheduler.SessionLimits(TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.Timeout.Name]),
             TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.MaxSilentTime.Name]), effective[Kiln.Accounts.Settings.MaxBuildLogSize.Name]);
     }
 
-    /// <summary>The hierarchy's server level: kiln serve's limits, by setting name.</summary>
-    internal static IReadOnlyDictionary<string, long> ServerSettings(ServerOptions options) => new Dictionary<string, long>(StringComparer.Ordinal)
+    // The hierarchy's server level: kiln serve's limits, by setting name (the options do not change while it runs).
+    private readonly IReadOnlyDictionary<string, long> _serverSettings = new Dictionary<string, long>(StringComparer.Ordinal)
     {
         [Kiln.Accounts.Settings.Timeout.Name] = (long)options.BuildTimeout.TotalSeconds,
         [Kiln.Accounts.Settings.MaxSilentTime.Name] = (long)options.MaxSilentTime.TotalSeconds,
