@@ -315,11 +315,26 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.AccountWrite);
         var definition = Settings.Find(name);
+        RefuseQuota(actor, definition, keyFingerprint);
         var record = new SettingRecord(await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false), definition.Name,
             definition.Parse(value).ToString(System.Globalization.CultureInfo.InvariantCulture), final);
         await RefuseFinalAsync(actor, account, record.Scope, record.Name, cancellationToken).ConfigureAwait(false);
         await settings.SetSettingAsync(account.Id, record, cancellationToken).ConfigureAwait(false);
         return record;
+    }
+
+    // A quota protects everyone else: the operator sets it, for the account as a whole (a key's would never be read).
+    private static void RefuseQuota(Actor actor, SettingDefinition definition, string? keyFingerprint)
+    {
+        if (definition.Quota && !actor.IsOperator)
+        {
+            throw new KilnException(ErrorKind.Forbidden, $"{definition.Name} is a quota: only the operator changes it ('kiln settings')");
+        }
+
+        if (definition.Quota && keyFingerprint is not null)
+        {
+            throw new KilnException(ErrorKind.Invalid, $"{definition.Name} is a quota of the whole account: it is not set for a key");
+        }
     }
 
     // A final setting is a cap: the operator changes it, not the keys it holds (they share the account's level).
@@ -338,6 +353,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         Need(actor, account, KeyPermissions.AccountWrite);
         var scope = await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false);
         var definition = Settings.Find(name);
+        RefuseQuota(actor, definition, keyFingerprint);
         await RefuseFinalAsync(actor, account, scope, definition.Name, cancellationToken).ConfigureAwait(false);
         return await settings.UnsetSettingAsync(account.Id, scope, definition.Name, cancellationToken).ConfigureAwait(false);
     }

@@ -20,11 +20,15 @@ public enum SettingLevel
     Session,
 }
 
-/// <summary>What a setting's value is: a duration in seconds, a size in bytes.</summary>
+/// <summary>What a setting's value is: a duration in seconds, a size in bytes, a number (cores, jobs, hours).</summary>
 public enum SettingKind
 {
     Duration,
     Bytes,
+    Count,
+
+    /// <summary>A length of CPU time, kept in seconds: hours as a plain or decimal number (<c>10</c>, <c>0.5</c>), or <c>90m</c>, <c>30s</c>.</summary>
+    Hours,
 }
 
 /// <summary>
@@ -33,6 +37,18 @@ public enum SettingKind
 /// </summary>
 public sealed record SettingDefinition(string Name, SettingKind Kind, string Description)
 {
+    /// <summary>
+    /// A preference, not a limit (<c>min-cpu</c>, <c>default-cpu</c>): a lower level's value replaces the one above it
+    /// unless that one is final, and what uses it keeps it within the limits in effect (<c>min-cpu</c> within <c>max-cpu</c>).
+    /// </summary>
+    public bool Preference { get; init; }
+
+    /// <summary>
+    /// A quota (<c>max-storage</c>, <c>max-cpu-hours-per-month</c>): the operator sets it for an account; the account's
+    /// own keys neither set nor lift it, and its keys' and sessions' values are not looked at (the quota is the account's).
+    /// </summary>
+    public bool Quota { get; init; }
+
     /// <summary>The SSH environment variable that sets it for a session: <c>KILN_</c>, upper-cased, <c>-</c> read as <c>_</c>.</summary>
     public string EnvironmentVariable => "KILN_" + Name.ToUpperInvariant().Replace('-', '_');
 
@@ -42,6 +58,11 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     {
         ArgumentNullException.ThrowIfNull(text);
         var trimmed = text.Trim();
+        if (Kind == SettingKind.Hours)
+        {
+            return ParseHours(trimmed) ?? throw Invalid(text);
+        }
+
         var digits = trimmed.TakeWhile(char.IsAsciiDigit).Count();
         if (digits == 0 || digits > 15 || !long.TryParse(trimmed[..digits], NumberStyles.None, CultureInfo.InvariantCulture, out var number))
         {
@@ -52,6 +73,7 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
         long? scale = Kind switch
         {
             SettingKind.Duration => unit switch { "" or "s" => 1, "m" => 60, "h" => 3600, "d" => 86_400, _ => null },
+            SettingKind.Count => unit.Length == 0 ? 1 : null,
             _ => unit.ToUpperInvariant() switch
             {
                 "" or "B" => 1,
@@ -63,18 +85,41 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
             },
         };
         // (A ceiling every use can hold: a duration becomes a TimeSpan.)
-        var most = Kind == SettingKind.Duration ? MaxDurationSeconds : long.MaxValue / 2;
+        var most = Kind switch { SettingKind.Duration => MaxDurationSeconds, SettingKind.Count => MaxCount, _ => long.MaxValue / 2 };
         return scale is { } s && number <= most / s ? number * s : throw Invalid(text);
+    }
+
+    private static long? ParseHours(string text)
+    {
+        var (number, scale) = text.EndsWith('s') ? (text[..^1], 1m) : text.EndsWith('m') ? (text[..^1], 60m) : text.EndsWith('h') ? (text[..^1], 3600m) : (text, 3600m);
+        return decimal.TryParse(number.Trim(), NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var value) && value <= MaxDurationSeconds && value * scale <= MaxDurationSeconds
+            ? (long)Math.Round(value * scale)
+            : null;
     }
 
     /// <summary>The longest duration a setting takes: ten years.</summary>
     public const long MaxDurationSeconds = 10L * 365 * 86_400;
 
-    /// <summary>A value as the settings listing shows it.</summary>
-    public string Format(long value) => value == 0 ? "none" : Kind == SettingKind.Duration ? $"{value} s" : $"{value} bytes";
+    /// <summary>The largest number a count takes (cores, jobs, hours).</summary>
+    public const long MaxCount = 1_000_000;
+
+    /// <summary>A value as the settings listing shows it (zero: a limit's none, a preference's "the server's choice").</summary>
+    public string Format(long value) => value == 0 ? Preference ? "default" : "none" : Kind switch
+    {
+        SettingKind.Duration => $"{value} s",
+        SettingKind.Bytes => $"{value} bytes",
+        SettingKind.Hours => string.Create(CultureInfo.InvariantCulture, $"{value / 3600.0:0.####} h"),
+        _ => value.ToString(CultureInfo.InvariantCulture),
+    };
 
     private KilnException Invalid(string text) => new(ErrorKind.Invalid,
-        $"'{(text.Length > 40 ? text[..40] + "…" : text)}' is not a value of {Name} ({(Kind == SettingKind.Duration ? "seconds, or 15m, 2h, 1d, at most ten years" : "bytes, or 64MiB, 1GiB")}; 0 for none)");
+        $"'{(text.Length > 40 ? text[..40] + "…" : text)}' is not a value of {Name} ({Kind switch
+        {
+            SettingKind.Duration => "seconds, or 15m, 2h, 1d, at most ten years",
+            SettingKind.Bytes => "bytes, or 64MiB, 1GiB",
+            SettingKind.Hours => "hours, or 0.5, 90m, 30s",
+            _ => $"a whole number up to {MaxCount}",
+        }}; 0 for {(Preference ? "the default" : "none")})");
 }
 
 /// <summary>A setting's value in effect, where it came from, and whether lower levels are held to it.</summary>
@@ -98,7 +143,24 @@ public static class Settings
 
     public static SettingDefinition MaxBuildLogSize { get; } = new("max-build-log-size", SettingKind.Bytes, "The most log a build may write (Nix's max-build-log-size).");
 
-    public static IReadOnlyList<SettingDefinition> All { get; } = [Timeout, MaxSilentTime, MaxBuildLogSize];
+    public static SettingDefinition MaxJobs { get; } = new("max-jobs", SettingKind.Count, "The most of the account's builds that run at once (the rest wait in line, told why).");
+
+    public static SettingDefinition MaxCpu { get; } = new("max-cpu", SettingKind.Count, "The most cores one build is given (NIX_BUILD_CORES, and its CPU share).");
+
+    public static SettingDefinition MinCpu { get; } = new("min-cpu", SettingKind.Count, "The fewest cores one build is given, whatever its history says (within max-cpu).") { Preference = true };
+
+    public static SettingDefinition DefaultCpu { get; } = new("default-cpu", SettingKind.Count, "The cores a build of a package never built before is given (within min-cpu and max-cpu).") { Preference = true };
+
+    public static SettingDefinition MaxMem { get; } = new("max-mem", SettingKind.Bytes, "The most memory one build may use (its tmpfs files included).");
+
+    public static SettingDefinition MinMem { get; } = new("min-mem", SettingKind.Bytes, "The least memory one build is given, whatever its history says (within max-mem).") { Preference = true };
+
+    public static SettingDefinition MaxStorage { get; } = new("max-storage", SettingKind.Bytes, "Quota: the most NAR bytes the account's store may hold; an upload past it is refused.") { Quota = true };
+
+    public static SettingDefinition MaxCpuHoursPerMonth { get; } = new("max-cpu-hours-per-month", SettingKind.Hours, "Quota: the CPU hours the account's builds may use in a calendar month (UTC); past it builds are refused before they start.") { Quota = true };
+
+    public static IReadOnlyList<SettingDefinition> All { get; } =
+        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth];
 
     /// <summary>The setting with that name.</summary>
     /// <exception cref="KilnException">There is none (Invalid), with the names there are.</exception>
@@ -115,7 +177,7 @@ public static class Settings
     /// Every setting's value in effect for a session: <paramref name="server"/>'s (by name, 0 when absent), then the
     /// account's rows (scope empty), the <paramref name="scope"/>'s (a key or token; null: none), then
     /// <paramref name="environment"/>'s <c>KILN_*</c> variables (malformed values are left out, as a client cannot be
-    /// told at login).
+    /// told at login). A quota is the server's or the account's only.
     /// </summary>
     public static IReadOnlyList<EffectiveSetting> Resolve(IReadOnlyDictionary<string, long> server, IReadOnlyList<SettingRecord> stored, string? scope,
         IReadOnlyDictionary<string, string>? environment)
@@ -129,6 +191,12 @@ public static class Settings
             foreach (var row in stored.Where(r => r.Name == definition.Name && r.Scope.Length == 0))
             {
                 effective = Apply(effective, Parsed(definition, row.Value), SettingLevel.Account, row.Final);
+            }
+
+            if (definition.Quota)
+            {
+                result.Add(effective);
+                continue;
             }
 
             foreach (var row in stored.Where(r => r.Name == definition.Name && scope is not null && r.Scope == scope))
@@ -147,10 +215,15 @@ public static class Settings
         return result;
     }
 
-    // A lower level's value, where it may change the one in effect: not past a final, and only tighter.
+    /// <summary>The values of <see cref="Resolve"/>'s settings by name.</summary>
+    public static IReadOnlyDictionary<string, long> ByName(IEnumerable<EffectiveSetting> effective) =>
+        effective.ToDictionary(s => s.Definition.Name, s => s.Value, StringComparer.Ordinal);
+
+    // A lower level's value, where it may change the one in effect: not past a final, and for a limit only tighter (a
+    // preference's value other than 0 replaces the one above).
     private static EffectiveSetting Apply(EffectiveSetting current, long? value, SettingLevel level, bool final)
     {
-        if (value is not { } v || current.Final || !Tighter(v, current.Value))
+        if (value is not { } v || current.Final || !(current.Definition.Preference ? v != 0 : Tighter(v, current.Value)))
         {
             return final && value is not null && !current.Final ? current with { Final = true } : current;
         }

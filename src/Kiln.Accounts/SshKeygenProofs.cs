@@ -43,8 +43,23 @@ public sealed class SshKeygenProofs(string sshKeygen = "ssh-keygen") : IKeyProof
             using var process = Process.Start(start) ?? throw new InvalidOperationException("cannot run ssh-keygen");
             var output = process.StandardOutput.ReadToEndAsync(cancellationToken);
             var errors = process.StandardError.ReadToEndAsync(cancellationToken);
-            await process.StandardInput.WriteAsync(message.AsMemory(), cancellationToken).ConfigureAwait(false);
-            process.StandardInput.Close();
+            try
+            {
+                await process.StandardInput.WriteAsync(message.AsMemory(), cancellationToken).ConfigureAwait(false);
+                process.StandardInput.Close();
+            }
+            catch (IOException)
+            {
+                // ssh-keygen stopped before reading the message (a signature it rejects at once): its exit status says so.
+                try
+                {
+                    process.StandardInput.BaseStream.Dispose();
+                }
+                catch (IOException)
+                {
+                }
+            }
+
             await process.WaitForExitAsync(cancellationToken).ConfigureAwait(false);
             await Task.WhenAll(output, errors).ConfigureAwait(false);
             return process.ExitCode == 0;

@@ -50,7 +50,7 @@ internal static class Html
         _ => $"{seconds / 3600} h {seconds % 3600 / 60} min",
     };
 
-    public static string Bytes(long bytes) => Kiln.Api.Units.Bytes(bytes);
+    public static string Bytes(long bytes) => Kiln.Protocol.Units.Bytes(bytes);
 
     public static string Page(string title, string active, Visitor? visitor, string body)
     {

@@ -90,7 +90,7 @@ public sealed partial class BuildScheduler
 
     /// <summary>Runs the step with this key, or joins it if it is already running; the build is recorded as for <paramref name="accountId"/> too.</summary>
     internal Task<StepOutcome> RunOrJoinAsync(string key, BuildJob job, JobRequirements requirements, long accountId, IReadOnlyList<BuildTag> tags, IBuildEvents events,
-        BuildLimits sessionLimits, CancellationToken cancellationToken)
+        BuildLimits sessionLimits, SessionLimits accountLimits, CancellationToken cancellationToken)
     {
         RunningStep? step;
         StepOutcome? reused = null;
@@ -108,7 +108,7 @@ public sealed partial class BuildScheduler
             else
             {
                 step = new RunningStep(key, job, accountId, Options.JoinBacklogLines);
-                step.Completion = RunStepAsync(step, job, requirements, accountId);
+                step.Completion = RunStepAsync(step, job, requirements, accountId, accountLimits);
                 _running.Add(key, step);
             }
         }
@@ -183,6 +183,20 @@ public sealed partial class BuildScheduler
         return (waiting, [.. queued.OrderBy(q => q.State).ThenBy(q => q.Position).ThenBy(q => q.BuildId)]);
     }
 
+    /// <summary>
+    /// The refusal a request of <paramref name="account"/> gets when the CPU its builds started this calendar month
+    /// (UTC) reached <paramref name="quotaSeconds"/> — null while it has not. Asked before a build starts, never
+    /// while one runs: a build is refused whole, not killed halfway.
+    /// </summary>
+    internal async Task<string?> CpuQuotaRefusalAsync(long account, long quotaSeconds, CancellationToken cancellationToken)
+    {
+        var now = DateTimeOffset.UtcNow;
+        var month = new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero);
+        var used = await Builds.CpuMicrosecondsSinceAsync(account, month.ToUnixTimeSeconds(), cancellationToken).ConfigureAwait(false);
+        return used < quotaSeconds * 1_000_000 ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"kiln: CPU quota exceeded: {used / 3.6e9:0.###} of {quotaSeconds / 3600.0:0.###} CPU hours this month (since {month:yyyy-MM-dd} UTC); builds start again next month, or ask the operator for more");
+    }
+
     /// <summary>What a client is told when its step is answered by a build that succeeded before (for anyone).</summary>
     internal static string ReusingMessage(StorePath drvPath, DateTimeOffset finished) =>
         finished == default
@@ -224,11 +238,26 @@ public sealed partial class BuildScheduler
     /// <returns>The job, and the memory it is expected to use — what placement counts, not its limit: the most its
     /// package used (at least <c>--min-mem</c>), or for a package never built <c>--default-mem</c> if set, else
     /// <c>--min-mem</c> (its generous limit would otherwise let an agent run one new package at a time).</returns>
-    private async Task<(BuildJob Job, long ExpectedMemory)> SizedAsync(BuildJob job)
+    private async Task<(BuildJob Job, long ExpectedMemory)> SizedAsync(BuildJob job, SessionLimits account)
     {
-        var maxMemory = Options.BuildMemory;
-        var maxCores = Math.Max(1, Options.Cores);
-        var sizeCores = Options.MinCores < maxCores || (Options.DefaultCores > 0 && Options.DefaultCores < maxCores);
+        // The account's settings narrow the server's bounds (max-cpu, max-mem) and choose within them (min-cpu,
+        // default-cpu, min-mem); zero leaves the server's.
+        var maxMemory = SessionLimits.Tighter(Options.BuildMemory, account.MaxMemory);
+        var minMemory = account.MinMemory > 0 ? account.MinMemory : Options.MinMemory;
+        var maxCores = (int)Math.Max(1, SessionLimits.Tighter(Options.Cores, account.MaxCores));
+        var minCores = account.MinCores > 0 ? account.MinCores : Options.MinCores;
+        var defaultCores = account.DefaultCores > 0 ? account.DefaultCores : Options.DefaultCores;
+        if (maxCores < job.Limits.Cores || job.Limits.Cores <= 0)
+        {
+            job = job with { Limits = job.Limits with { Cores = maxCores } };
+        }
+
+        if (maxMemory > 0 && (job.Limits.MemoryBytes <= 0 || maxMemory < job.Limits.MemoryBytes))
+        {
+            job = job with { Limits = job.Limits with { MemoryBytes = maxMemory } };
+        }
+
+        var sizeCores = minCores < maxCores || (defaultCores > 0 && defaultCores < maxCores);
         if (maxMemory <= 0 && !sizeCores)
         {
             return (job, 0);
@@ -242,7 +271,7 @@ public sealed partial class BuildScheduler
             // (Peaks are measurements an agent reports: a negative or absurd one must not wrap around.)
             var peak = usage.Count > 0 ? Math.Clamp(usage.Max(u => u.PeakMemory), 0, long.MaxValue / 2) : 0;
             var grant = peak > 0 ? peak * 2 : Options.DefaultMemory > 0 ? Options.DefaultMemory : maxMemory;
-            var least = Math.Min(Options.MinMemory, maxMemory);
+            var least = Math.Min(minMemory, maxMemory);
             limits = limits with { MemoryBytes = Math.Clamp(grant, least, maxMemory) };
             expected = Math.Clamp(peak > 0 ? peak : Options.DefaultMemory > 0 ? Options.DefaultMemory : least, least, maxMemory);
         }
@@ -251,8 +280,8 @@ public sealed partial class BuildScheduler
         {
             var parallelism = usage.Where(u => u.WallSeconds > 0 && u.CpuMicroseconds > 0)
                 .Select(u => Math.Min(u.CpuMicroseconds / 1e6 / u.WallSeconds, maxCores)).DefaultIfEmpty(0).Max();
-            var grant = parallelism > 0 ? (int)Math.Ceiling(2 * parallelism) : Options.DefaultCores > 0 ? Options.DefaultCores : maxCores;
-            limits = limits with { Cores = Math.Clamp(grant, Math.Clamp(Options.MinCores, 1, maxCores), maxCores) };
+            var grant = parallelism > 0 ? (int)Math.Ceiling(2 * parallelism) : defaultCores > 0 ? defaultCores : maxCores;
+            limits = limits with { Cores = Math.Clamp(grant, Math.Clamp(minCores, 1, maxCores), maxCores) };
         }
 
         return (job with { Limits = limits }, expected);
@@ -260,7 +289,7 @@ public sealed partial class BuildScheduler
 
     private static long Mib(long bytes) => bytes >> 20;
 
-    private async Task<StepOutcome> RunStepAsync(RunningStep step, BuildJob job, JobRequirements requirements, long accountId)
+    private async Task<StepOutcome> RunStepAsync(RunningStep step, BuildJob job, JobRequirements requirements, long accountId, SessionLimits accountLimits)
     {
         await Task.Yield();
         long id = 0;
@@ -281,11 +310,11 @@ public sealed partial class BuildScheduler
             id = await Builds.StartBuildAsync(step.Key, job.DrvPath.BaseName, accountId, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), CancellationToken.None).ConfigureAwait(false);
             step.Started(id, Logs.Create(id));
             KilnMetrics.BuildsStarted.Add(1);
-            (job, var expected) = await SizedAsync(job).ConfigureAwait(false);
+            (job, var expected) = await SizedAsync(job, accountLimits).ConfigureAwait(false);
             requirements = requirements with { MemoryBytes = expected };
             while (true)
             {
-                var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId));
+                var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId) { AccountMaxJobs = accountLimits.MaxJobs });
                 using (step.Cancellation.Register(ticket.Cancel))
                 {
                     outcome = await ticket.Completion.ConfigureAwait(false);
@@ -298,14 +327,20 @@ public sealed partial class BuildScheduler
                     break;
                 }
 
-                if (job.Limits.MemoryBytes >= Options.BuildMemory)
+                var memoryCap = SessionLimits.Tighter(Options.BuildMemory, accountLimits.MaxMemory);
+                if (job.Limits.MemoryBytes >= memoryCap)
                 {
-                    outcome = outcome with { ErrorMessage = outcome.ErrorMessage + $"; {Mib(Options.BuildMemory)} MiB is the most memory Kiln gives one build" };
+                    outcome = outcome with
+                    {
+                        ErrorMessage = outcome.ErrorMessage + (memoryCap < Options.BuildMemory || Options.BuildMemory <= 0
+                            ? $"; {Mib(memoryCap)} MiB is the most memory the account's max-mem setting gives one build"
+                            : $"; {Mib(memoryCap)} MiB is the most memory Kiln gives one build"),
+                    };
                     break;
                 }
 
                 // Killed by its memory grant, which history or the default chose below the maximum: once more with twice it.
-                var more = Math.Min(Options.BuildMemory, job.Limits.MemoryBytes * 2);
+                var more = Math.Min(memoryCap, job.Limits.MemoryBytes * 2);
                 step.Line($"kiln: '{job.DrvPath}' ran out of its {Mib(job.Limits.MemoryBytes)} MiB of memory; building it again with {Mib(more)} MiB");
                 requirements = requirements with { MemoryBytes = job.Limits.MemoryBytes }; // it used at least what killed it
                 job = job with { Limits = job.Limits with { MemoryBytes = more } };

@@ -24,7 +24,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
 {
     public async Task<IReadOnlyList<BuildResult>> BuildPathsAsync(IReadOnlyList<DerivedPath> targets, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
     {
-        using var request = new Request(scheduler, view, tags, limits.Apply(settings), events, cancellationToken);
+        using var request = new Request(scheduler, view, tags, limits, settings, events, cancellationToken);
         var results = new List<Task<BuildResult>>();
         foreach (var target in targets)
         {
@@ -36,7 +36,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
 
     public async Task<BuildResult> BuildDerivationAsync(StorePath drvPath, Derivation derivation, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
     {
-        using var request = new Request(scheduler, view, tags, limits.Apply(settings), events, cancellationToken);
+        using var request = new Request(scheduler, view, tags, limits, settings, events, cancellationToken);
         var step = await request.BuildBasicAsync(drvPath, derivation).ConfigureAwait(false);
         return step.ToBuildResult(null);
     }
@@ -68,6 +68,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
         private readonly StoreView _view;
         private readonly IReadOnlyList<BuildTag> _tags;
         private readonly ClientBuildSettings _settings;
+        private readonly SessionLimits _limits;
         private readonly IBuildEvents _events;
         private readonly CancellationTokenSource _stop;
         private readonly ConcurrentDictionary<StorePath, Lazy<Task<Step>>> _steps = new();
@@ -78,18 +79,25 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
         private readonly DerivationHasher _hasher;
         private readonly Lock _hasherGate = new();
 
-        public Request(BuildScheduler scheduler, StoreView view, IReadOnlyList<BuildTag> tags, ClientBuildSettings settings, IBuildEvents events, CancellationToken cancellationToken)
+        public Request(BuildScheduler scheduler, StoreView view, IReadOnlyList<BuildTag> tags, SessionLimits limits, ClientBuildSettings settings, IBuildEvents events,
+            CancellationToken cancellationToken)
         {
             _scheduler = scheduler;
             _view = view;
             _tags = tags;
-            _settings = settings;
+            _limits = limits;
+            _settings = limits.Apply(settings);
+            _cpuQuota = new Lazy<Task<string?>>(() => _scheduler.CpuQuotaRefusalAsync(_view.AccountId, _limits.CpuQuotaSeconds, _stop!.Token));
             _events = events;
             _stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             _hasher = new DerivationHasher(Load);
         }
 
         public void Dispose() => _stop.Dispose();
+
+        // Whether the account's CPU quota for the month is spent (its refusal), looked up once per request and only
+        // when a derivation is to be built: reused and valid outputs cost nothing and are never refused.
+        private readonly Lazy<Task<string?>> _cpuQuota;
 
         // The hasher's resolver: every derivation it asks for was read (asynchronously) beforehand by LoadClosureAsync,
         // so it never waits on the database, least of all under its lock.
@@ -354,6 +362,12 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                 }
             }
 
+            if (_limits.CpuQuotaSeconds > 0 && await _cpuQuota.Value.ConfigureAwait(false) is { } refusal)
+            {
+                _events.Message(refusal);
+                return Step.Failed(BuildStatus.MiscFailure, $"{refusal} (the build of '{drvPath}' was not started)");
+            }
+
             var job = new BuildJob
             {
                 DrvPath = drvPath,
@@ -365,7 +379,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
             // another account's paths were the last to name) are built once more.
             for (var attempt = 1; ; attempt++)
             {
-                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation) with { GloballyTrusted = trust.IsGlobal() }, _view.AccountId, _tags, _events, ClientLimits(), token).ConfigureAwait(false);
+                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation) with { GloballyTrusted = trust.IsGlobal() }, _view.AccountId, _tags, _events, ClientLimits(), _limits, token).ConfigureAwait(false);
                 var outcome = result.Outcome;
                 if (!outcome.Succeeded)
                 {

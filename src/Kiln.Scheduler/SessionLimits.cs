@@ -5,11 +5,34 @@ namespace Kiln.Scheduler;
 /// <summary>
 /// A session's own limits from the settings hierarchy (its account's, its key's, its SSH environment's; zero: none),
 /// applied to each request's wait like the client's own: the tighter of the two holds, and Kiln's server-wide limits
-/// still hold for the build itself.
+/// still hold for the build itself. The rest shape the builds the session starts (a build joined by others keeps the
+/// shape its first request gave it): how many of the account's run at once, the cores and memory each is given, and
+/// the account's monthly CPU quota.
 /// </summary>
 public sealed record SessionLimits(TimeSpan Timeout, TimeSpan MaxSilentTime, long MaxLogSize)
 {
     public static SessionLimits None { get; } = new(TimeSpan.Zero, TimeSpan.Zero, 0);
+
+    /// <summary>The most of the account's builds that run at once (zero: no limit but the agents' slots).</summary>
+    public int MaxJobs { get; init; }
+
+    /// <summary>The most cores a build is given (zero: the server's <c>--cores</c>).</summary>
+    public int MaxCores { get; init; }
+
+    /// <summary>The fewest cores a build is given (zero: the server's <c>--min-cpu</c>).</summary>
+    public int MinCores { get; init; }
+
+    /// <summary>The cores a package never built is given (zero: the server's <c>--default-cpu</c>).</summary>
+    public int DefaultCores { get; init; }
+
+    /// <summary>The most memory a build may use (zero: the server's <c>--build-memory</c>).</summary>
+    public long MaxMemory { get; init; }
+
+    /// <summary>The least memory a build is given (zero: the server's <c>--min-mem</c>).</summary>
+    public long MinMemory { get; init; }
+
+    /// <summary>The CPU seconds the account's builds may use in a calendar month, UTC (zero: no quota).</summary>
+    public long CpuQuotaSeconds { get; init; }
 
     /// <summary>The client's settings, each limit the tighter of the client's and the session's.</summary>
     public ClientBuildSettings Apply(ClientBuildSettings settings)
@@ -25,5 +48,6 @@ public sealed record SessionLimits(TimeSpan Timeout, TimeSpan MaxSilentTime, lon
 
     private static TimeSpan Tighter(TimeSpan a, TimeSpan b) => a <= TimeSpan.Zero ? b : b <= TimeSpan.Zero ? a : a < b ? a : b;
 
-    private static long Tighter(long a, long b) => a <= 0 ? b : b <= 0 ? a : Math.Min(a, b);
+    /// <summary>The tighter of two limits where zero is none.</summary>
+    internal static long Tighter(long a, long b) => a <= 0 ? b : b <= 0 ? a : Math.Min(a, b);
 }

@@ -60,6 +60,12 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>Per-account settings.</summary>
     public ISettingsMetadata Settings => Metadata;
 
+    /// <summary>
+    /// The accounts' storage quotas, which every upload (SSH, socket, HTTP) is checked against; null: none. Set once,
+    /// by the server that composes the store, before it serves.
+    /// </summary>
+    public IStorageQuota? StorageQuota { get; set; }
+
     /// <summary>Fetches from accounts' upstream binary caches.</summary>
     internal Upstream.UpstreamSubstituter Upstream { get; } = new();
 

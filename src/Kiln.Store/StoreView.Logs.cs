@@ -10,8 +10,8 @@ public sealed partial class StoreView
     /// <summary>How many paths the caller's own view holds and their NAR bytes.</summary>
     public async Task<(int Paths, long NarBytes)> StorageAsync(CancellationToken cancellationToken)
     {
-        var graph = await Metadata.GetGraphAsync(AccountId, cancellationToken).ConfigureAwait(false);
-        return (graph.Count, graph.Sum(n => n.NarSize));
+        var (paths, narBytes) = await Metadata.GetStorageAsync(AccountId, cancellationToken).ConfigureAwait(false);
+        return ((int)Math.Min(int.MaxValue, paths), narBytes);
     }
 
     /// <summary>The caller's own view's storage samples for days <paramref name="fromDay"/> to before <paramref name="toDay"/> (Unix days).</summary>

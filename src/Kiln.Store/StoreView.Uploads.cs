@@ -26,10 +26,38 @@ public sealed partial class StoreView
             return; // already valid: the caller drains the NAR
         }
 
+        // (Asked before the NAR is read too, so a client over quota is told at once; the caller drains the NAR.)
+        await CheckStorageQuotaAsync(info.NarSize, cancellationToken).ConfigureAwait(false);
         var upload = await IngestDeclaredAsync(info, nar, cancellationToken).ConfigureAwait(false);
         await using (upload.Nar.ConfigureAwait(false))
         {
             await CommitAsync([upload], cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Refuses uploads of <paramref name="incoming"/> NAR bytes that would take the account past its storage quota
+    /// (<see cref="KilnStore.StorageQuota"/>). Concurrent uploads of one account can pass it by what they carry
+    /// together: each is checked against what is registered.
+    /// </summary>
+    private async Task CheckStorageQuotaAsync(long incoming, CancellationToken cancellationToken)
+    {
+        if (incoming <= 0 || _store.StorageQuota is not { } quota)
+        {
+            return;
+        }
+
+        var max = await quota.MaxStorageAsync(AccountId, cancellationToken).ConfigureAwait(false);
+        if (max <= 0)
+        {
+            return;
+        }
+
+        var (_, used) = await Metadata.GetStorageAsync(AccountId, cancellationToken).ConfigureAwait(false);
+        if (used + incoming > max)
+        {
+            throw new KilnException(ErrorKind.TooLarge,
+                $"kiln: storage quota exceeded: {Units.Bytes(used + incoming)} of {Units.Bytes(max)} with this upload ({Units.Bytes(used)} stored); delete paths or ask for more");
         }
     }
 
@@ -281,6 +309,12 @@ public sealed partial class StoreView
     // Moves verified blobs into place and registers their paths, all in one transaction, with the collector held off.
     private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken, Provenance provenance = Provenance.Uploaded)
     {
+        if (provenance == Provenance.Uploaded)
+        {
+            // Checked against what is registered now (another session may have added since the first look).
+            await CheckStorageQuotaAsync(uploads.Sum(u => u.Info.NarSize), cancellationToken).ConfigureAwait(false);
+        }
+
         var ordered = TopologicalOrder(uploads);
         var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = shared.ConfigureAwait(false);
@@ -333,6 +367,7 @@ public sealed partial class StoreView
     {
         private readonly List<Upload> _uploads = [];
         private readonly HashSet<StorePath> _seen = [];
+        private long _bytes;
 
         public async Task AddAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
         {
@@ -342,6 +377,9 @@ public sealed partial class StoreView
                 return; // already there: the caller drains the NAR
             }
 
+            // Refused as soon as the batch would pass the quota, not after the rest of it has been received.
+            _bytes += info.NarSize;
+            await view.CheckStorageQuotaAsync(_bytes, cancellationToken).ConfigureAwait(false);
             _uploads.Add(await view.IngestDeclaredAsync(info, nar, cancellationToken).ConfigureAwait(false));
         }
 

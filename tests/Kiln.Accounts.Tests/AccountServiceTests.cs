@@ -195,6 +195,13 @@ public sealed class AccountServiceTests : IAsyncLifetime
         await Refused(ErrorKind.Forbidden, () => _service.SetSettingAsync(manager, alice, "timeout", "2h", null, false, default));
         Assert.True(await _service.UnsetSettingAsync(Actor.Operator, alice, "timeout", null, default));
 
+        // Quotas are the operator's, for the whole account: a manager key neither sets nor lifts one.
+        Assert.Contains("quota", (await Refused(ErrorKind.Forbidden, () => _service.SetSettingAsync(manager, alice, "max-storage", "1TiB", null, false, default))).Message, StringComparison.Ordinal);
+        await _service.SetSettingAsync(Actor.Operator, alice, "max-storage", "1GiB", null, final: false, default);
+        await Refused(ErrorKind.Forbidden, () => _service.UnsetSettingAsync(manager, alice, "max-storage", null, default));
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(Actor.Operator, alice, "max-cpu-hours-per-month", "1", manager.Key.Fingerprint, false, default));
+        Assert.True(await _service.UnsetSettingAsync(Actor.Operator, alice, "max-storage", null, default));
+
         // A removed key's settings go with it.
         await _service.SetSettingAsync(manager, alice, "max-silent-time", "60", manager.Key.Fingerprint, final: false, default);
         await _service.RemoveKeyAsync(Actor.Operator, alice, manager.Key.Fingerprint, default);

@@ -50,7 +50,66 @@ public sealed class SettingsTests
         Assert.Equal((4096L, SettingLevel.Account), all["max-build-log-size"]); // 1 MiB would loosen it
     }
 
+    public static TheoryData<string, long, string[], string?, long, SettingLevel> PreferenceCases() => new()
+    {
+        // what, server's min-cpu, stored rows (scope|value|final), session value, expected value, origin
+        { "nothing set: the server's", 1, [], null, 1, SettingLevel.Server },
+        { "the account raises a preference", 1, ["|4|0"], null, 4, SettingLevel.Account },
+        { "the key lowers it again", 1, ["|4|0", $"{Key}|2|0"], null, 2, SettingLevel.Key },
+        { "the session chooses too", 1, ["|4|0"], "3", 3, SettingLevel.Session },
+        { "0 leaves the level above", 1, ["|4|0", $"{Key}|0|0"], null, 4, SettingLevel.Account },
+        { "a final preference holds", 1, ["|4|1", $"{Key}|2|0"], "3", 4, SettingLevel.Account },
+    };
+
     [Theory]
+    [MemberData(nameof(PreferenceCases))]
+    public void A_preference_is_chosen_by_the_narrowest_level_unless_final(string what, long server, string[] rows, string? session, long value, SettingLevel origin)
+    {
+        var stored = rows.Select(r => r.Split('|')).Select(p => new SettingRecord(p[0], "min-cpu", p[1], p[2] == "1")).ToList();
+        var environment = session is null ? null : new Dictionary<string, string> { ["KILN_MIN_CPU"] = session };
+        var minCpu = Settings.Resolve(new Dictionary<string, long> { ["min-cpu"] = server }, stored, Key, environment).Single(s => s.Definition == Settings.MinCpu);
+        Assert.True((value, origin) == (minCpu.Value, minCpu.Origin), $"{what}: {minCpu.Value} {minCpu.Origin}");
+    }
+
+    [Fact]
+    public void A_key_and_a_session_cannot_raise_the_accounts_max_jobs()
+    {
+        var stored = new[] { new SettingRecord("", "max-jobs", "2", false), new SettingRecord(Key, "max-jobs", "8", false) };
+        var environment = new Dictionary<string, string> { ["KILN_MAX_JOBS"] = "16", ["KILN_MAX_CPU"] = "1" };
+        var all = Settings.ByName(Settings.Resolve(new Dictionary<string, long> { ["max-cpu"] = 4 }, stored, Key, environment));
+        Assert.Equal(2, all["max-jobs"]);
+        Assert.Equal(1, all["max-cpu"]); // a session may ask for less
+    }
+
+    [Fact]
+    public void A_quota_is_the_accounts_alone()
+    {
+        // Keys' rows and the session's environment are not read for quotas (the service refuses to store a key's).
+        var stored = new[] { new SettingRecord("", "max-storage", "1000", false), new SettingRecord(Key, "max-storage", "10", false) };
+        var environment = new Dictionary<string, string> { ["KILN_MAX_STORAGE"] = "5", ["KILN_MAX_CPU_HOURS_PER_MONTH"] = "1" };
+        var all = Settings.Resolve(new Dictionary<string, long>(), stored, Key, environment).ToDictionary(s => s.Definition.Name);
+        Assert.Equal((1000L, SettingLevel.Account), (all["max-storage"].Value, all["max-storage"].Origin));
+        Assert.Equal((0L, SettingLevel.Server), (all["max-cpu-hours-per-month"].Value, all["max-cpu-hours-per-month"].Origin));
+    }
+
+    [Fact]
+    public void Values_show_as_their_kind()
+    {
+        Assert.Equal("none", Settings.MaxJobs.Format(0));
+        Assert.Equal("4", Settings.MaxJobs.Format(4));
+        Assert.Equal("default", Settings.DefaultCpu.Format(0));
+        Assert.Equal("0.5 h", Settings.MaxCpuHoursPerMonth.Format(1800));
+        Assert.Equal("max-jobs             4                account", new EffectiveSetting(Settings.MaxJobs, 4, SettingLevel.Account, false).ToLine());
+    }
+
+    [Theory]
+    [InlineData("max-jobs", "4", 4)]
+    [InlineData("max-cpu", " 16 ", 16)]
+    [InlineData("max-cpu-hours-per-month", "10", 36_000)]
+    [InlineData("max-cpu-hours-per-month", "0.5", 1800)]
+    [InlineData("max-cpu-hours-per-month", "90m", 5400)]
+    [InlineData("max-cpu-hours-per-month", "2s", 2)]
+    [InlineData("max-storage", "10GiB", 10L << 30)]
     [InlineData("timeout", "90", 90)]
     [InlineData("timeout", "2h", 7200)]
     [InlineData("timeout", " 1d ", 86_400)]
@@ -72,6 +131,13 @@ public sealed class SettingsTests
     [InlineData("max-build-log-size", "5i")]
     [InlineData("max-build-log-size", "9999999T")]
     [InlineData("max-build-log-size", "12 apples")]
+    [InlineData("max-jobs", "2.5")]
+    [InlineData("max-jobs", "4k")]
+    [InlineData("max-jobs", "1000001")]
+    [InlineData("max-cpu-hours-per-month", "-1")]
+    [InlineData("max-cpu-hours-per-month", "1e9")]
+    [InlineData("max-cpu-hours-per-month", "99999999999999999999999999999")]
+    [InlineData("max-cpu-hours-per-month", "1d")]
     public void Malformed_values_are_refused_with_the_settings_name(string name, string text)
     {
         var error = Assert.Throws<KilnException>(() => Settings.Find(name).Parse(text));
@@ -83,6 +149,6 @@ public sealed class SettingsTests
     public void An_unknown_setting_names_the_ones_there_are()
     {
         var error = Assert.Throws<KilnException>(() => Settings.Find("max-fun"));
-        Assert.Contains("timeout, max-silent-time, max-build-log-size", error.Message, StringComparison.Ordinal);
+        Assert.Contains("timeout, max-silent-time, max-build-log-size, max-jobs, max-cpu, min-cpu, default-cpu, max-mem, min-mem, max-storage, max-cpu-hours-per-month", error.Message, StringComparison.Ordinal);
     }
 }

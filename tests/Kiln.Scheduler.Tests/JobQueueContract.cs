@@ -600,6 +600,40 @@ public abstract class JobQueueContract
         Assert.Equal(Enumerable.Range(1, 51).Select(i => (long)i), order.Where(id => id < 100));
     }
 
+    [Fact]
+    public async Task An_accounts_max_jobs_holds_back_its_further_jobs_until_one_of_its_running_ends()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a") with { Slots = 8 };
+        using var registration = queue.Register(agent);
+        for (var i = 1; i <= 4; i++)
+        {
+            queue.Offer(Offer(i) with { Account = 1, AccountMaxJobs = 2 });
+        }
+
+        queue.Offer(Offer(100) with { Account = 2 });
+
+        // The agent has room for all five; account 1 runs two at once, account 2 is not held back by it.
+        var running = new List<ILease>();
+        for (var i = 0; i < 3; i++)
+        {
+            running.Add(await ClaimAsync(queue, agent));
+        }
+
+        Assert.Equal([1, 2, 100], running.Select(l => l.Offer.BuildId).Order());
+        using var patience = new CancellationTokenSource(Patience);
+        var next = queue.ClaimAsync(agent, patience.Token);
+        await Task.Delay(300);
+        Assert.False(next.IsCompleted);
+
+        // Account 2's job ending frees nothing of account 1's; one of account 1's ending lets its next one run.
+        Assert.True(running.Single(l => l.Offer.BuildId == 100).Complete(BuildOutcome.Failed(BuildFailureKind.PermanentFailure, "done")));
+        await Task.Delay(300);
+        Assert.False(next.IsCompleted);
+        Assert.True(running.Single(l => l.Offer.BuildId == 1).Complete(BuildOutcome.Failed(BuildFailureKind.PermanentFailure, "done")));
+        Assert.Equal(3, (await next.WaitAsync(Patience)).Offer.BuildId);
+    }
+
     protected sealed class LineLog : IBuildLog
     {
         public ConcurrentQueue<string> Lines { get; } = new();
@@ -683,6 +717,25 @@ public sealed class InMemoryJobQueueTests : JobQueueContract, IDisposable
         var late = queue.Offer(Offer(2, "riscv64-linux", "kvm"));
         var outcome = await late.Completion.WaitAsync(Patience);
         Assert.Contains("a 'riscv64-linux' with features {kvm} is required to build", outcome.ErrorMessage, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_job_held_back_by_its_accounts_max_jobs_says_so_in_its_log()
+    {
+        using var queue = new InMemoryJobQueue(LongLease) { SlotWaitNotice = TimeSpan.FromMilliseconds(100) };
+        using var registration = queue.Register(Agent("a") with { Slots = 8 });
+        var log = new LineLog();
+        queue.Offer(Offer(1) with { Account = 1, AccountMaxJobs = 1 });
+        queue.Offer(Offer(2) with { Account = 1, AccountMaxJobs = 1 });
+        queue.Offer(Offer(3) with { Account = 1, AccountMaxJobs = 1, Log = log });
+        Assert.Equal(1, (await ClaimAsync(queue, Agent("a") with { Slots = 8 })).Offer.BuildId);
+        var deadline = DateTime.UtcNow + Patience;
+        while (log.Lines.IsEmpty && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+
+        Assert.Equal($"kiln: waiting for a build slot for '{Offer(3).Job.DrvPath}': account limit 1 running, 1 queued ahead", Assert.Single(log.Lines));
     }
 
     public void Dispose()

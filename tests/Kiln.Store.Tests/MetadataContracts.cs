@@ -297,6 +297,11 @@ public abstract class PathMetadataContract : MetadataContract
         Assert.Equal([new StorageSample(20_000, 1, shared.NarSize), new StorageSample(20_001, 1, shared.NarSize)],
             await store.GetStorageHistoryAsync(bob, 0, long.MaxValue, default));
         Assert.Equal([new StorageSample(20_001, 0, 0)], await store.GetStorageHistoryAsync(carol, 20_001, 20_002, default));
+
+        // The figure now, as quotas read it: one aggregate per account.
+        Assert.Equal((3L, shared.NarSize + big.NarSize + Info(P("more")).NarSize), await store.GetStorageAsync(alice, default));
+        Assert.Equal((1L, shared.NarSize), await store.GetStorageAsync(bob, default));
+        Assert.Equal((0L, 0L), await store.GetStorageAsync(carol, default));
         Assert.Empty(await store.GetStorageHistoryAsync(alice, 20_002, 21_000, default));
     }
 
@@ -536,6 +541,28 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.Single(await store.RecentUsageAsync("hello", 1, default));
         Assert.Equal(700L << 20, Assert.Single(await store.RecentUsageAsync("hello-world", 5, default)).PeakMemory);
         Assert.Empty(await store.RecentUsageAsync("nobody", 5, default));
+    }
+
+    [Fact]
+    public async Task The_cpu_an_account_started_since_a_time_is_summed_for_its_quota()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        async Task BuildAsync(long account, string key, long started, long? user, long? system)
+        {
+            var id = await store.StartBuildAsync(key, P(key + ".drv").BaseName, account, started, default);
+            await store.FinishBuildAsync(id, new BuildEnd(false, "PermanentFailure", "", started + 5, user, system, null, []), default);
+        }
+
+        await BuildAsync(alice, "old", 999, 50_000_000, 0); // before the month
+        await BuildAsync(alice, "a", 1000, 3_000_000, 1_000_000);
+        await BuildAsync(alice, "b", 2000, null, 500_000); // failed builds count as well
+        await BuildAsync(bob, "c", 1500, 7_000_000, 0); // another account's; a build it joined would not count either
+        await store.StartBuildAsync("running", P("running.drv").BaseName, alice, 3000, default); // no figures yet
+        Assert.Equal(4_500_000, await store.CpuMicrosecondsSinceAsync(alice, 1000, default));
+        Assert.Equal(7_000_000, await store.CpuMicrosecondsSinceAsync(bob, 0, default));
+        Assert.Equal(0, await store.CpuMicrosecondsSinceAsync(alice, 5000, default));
     }
 
     [Fact]

@@ -411,6 +411,50 @@ public sealed class StoreTests : IAsyncLifetime
         public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
             Position >= breakAt ? throw new IOException("the client went away") : base.ReadAsync(buffer[..Math.Min(buffer.Length, 65536)], cancellationToken);
     }
+
+    // The port as the server fills it from max-storage: here a fixed quota for one account.
+    private sealed class FixedQuota(long account, long bytes) : IStorageQuota
+    {
+        public Task<long> MaxStorageAsync(long id, CancellationToken cancellationToken) => Task.FromResult(id == account ? bytes : 0);
+    }
+
+    [Fact]
+    public async Task An_upload_past_the_accounts_storage_quota_is_refused_before_anything_is_registered()
+    {
+        using var alice = await _store.OpenViewAsync("alice", default);
+        using var bob = await _store.OpenViewAsync("bob", default);
+        _store.StorageQuota = new FixedQuota(alice.AccountId, HelloNar.Length + TreeNar.Length - 1);
+        await alice.AddToStoreAsync(Declared(Hello, HelloNar), new MemoryStream(HelloNar), false, true, default);
+
+        // One byte too many: refused with the figures, nothing registered, nothing left behind.
+        var tree = Ia("tree");
+        var refused = await Assert.ThrowsAsync<KilnException>(() => alice.AddToStoreAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), false, true, default));
+        Assert.Equal(ErrorKind.TooLarge, refused.Kind);
+        Assert.StartsWith("kiln: storage quota exceeded: ", refused.Message, StringComparison.Ordinal);
+        Assert.Contains("delete paths or ask for more", refused.Message, StringComparison.Ordinal);
+        Assert.Empty(await alice.QueryValidPathsAsync([tree], default));
+        Assert.Empty(TempFiles());
+
+        // The same through a batch (AddMultipleToStore): refused at the NAR that passes it.
+        await using (var batch = alice.BeginUploads(false, true))
+        {
+            await Assert.ThrowsAsync<KilnException>(() => batch.AddAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), default));
+        }
+
+        Assert.Empty(await alice.QueryValidPathsAsync([tree], default));
+
+        // What the account already holds is still added (nothing new is stored), and another account has no quota.
+        await alice.AddToStoreAsync(Declared(Hello, HelloNar), new MemoryStream(HelloNar), false, true, default);
+        await bob.AddToStoreAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), false, true, default);
+
+        // A path another account stored costs the quota too (storage counts content for every account holding it).
+        await Assert.ThrowsAsync<KilnException>(() => alice.AddToStoreAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), false, true, default));
+
+        // Raised by one byte: it fits.
+        _store.StorageQuota = new FixedQuota(alice.AccountId, HelloNar.Length + TreeNar.Length);
+        await alice.AddToStoreAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), false, true, default);
+        Assert.Single(await alice.QueryValidPathsAsync([tree], default));
+    }
 }
 
 /// <summary>A client log that keeps its lines.</summary>

@@ -21,6 +21,18 @@ internal sealed class FairLine<T>(Func<T, long> accountOf)
 
     public bool Contains(T item) => _nodes.ContainsKey(item);
 
+    /// <summary>How many of the item's account's jobs wait ahead of it (0 when it is not waiting).</summary>
+    public int Ahead(T item)
+    {
+        var ahead = 0;
+        for (var node = _nodes.TryGetValue(item, out var own) ? own.Previous : null; node is not null; node = node.Previous)
+        {
+            ahead++;
+        }
+
+        return ahead;
+    }
+
     public void AddLast(T item)
     {
         var account = accountOf(item);

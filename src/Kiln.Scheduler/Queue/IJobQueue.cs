@@ -57,7 +57,14 @@ public sealed record AgentInfo(string Name, IReadOnlySet<string> Systems, IReadO
 /// A build offered to agents: the job, what it needs, where its log lines go as the agent sends them, and the account
 /// whose request started it (the queue is fair between accounts).
 /// </summary>
-public sealed record JobOffer(long BuildId, BuildJob Job, JobRequirements Requirements, IBuildLog Log, long Account = 0);
+public sealed record JobOffer(long BuildId, BuildJob Job, JobRequirements Requirements, IBuildLog Log, long Account = 0)
+{
+    /// <summary>
+    /// The most of <see cref="Account"/>'s jobs that may be leased at once for this one to be leased too (its
+    /// <c>max-jobs</c> setting; zero: no limit). The job waits in line, and its log says so, while that many run.
+    /// </summary>
+    public int AccountMaxJobs { get; init; }
+}
 
 /// <summary>
 /// The job queue / lease port between the scheduler and the agents. The scheduler offers jobs; agents pull them —

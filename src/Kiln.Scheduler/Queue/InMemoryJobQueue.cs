@@ -138,7 +138,16 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             var able = _agents.Where(a => a.CanRun(entry.Offer.Requirements)).ToList();
             var slots = able.Sum(a => a.Slots);
             var busy = able.Sum(LeaseCount);
-            line = $"kiln: waiting for a build slot for '{entry.Offer.Job.DrvPath}': {busy} of {slots} busy, {_waiting.Items.Count()} builds waiting";
+            if (!AccountHasRoom(entry.Offer))
+            {
+                // Its own account's limit holds it, not the farm: say so, with how many of the account's are ahead of it.
+                var ahead = _waiting.Ahead(entry);
+                line = $"kiln: waiting for a build slot for '{entry.Offer.Job.DrvPath}': account limit {entry.Offer.AccountMaxJobs} running, {ahead} queued ahead";
+            }
+            else
+            {
+                line = $"kiln: waiting for a build slot for '{entry.Offer.Job.DrvPath}': {busy} of {slots} busy, {_waiting.Items.Count()} builds waiting";
+            }
         }
 
         entry.Offer.Log.Line(line); // (outside the queue's lock: the step takes its own)
@@ -224,7 +233,11 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     // Whether the agent may take the job now: it can run it, its memory grant fits beside its running builds', and, for
     // a stock builder, no Kiln agent that can run it has room. Called under the gate.
     private bool MayTake(AgentInfo agent, JobOffer offer) =>
-        agent.CanRun(offer.Requirements) && MemoryFits(agent, offer) && !(agent.StockBuilder && AgentHasRoom(offer));
+        agent.CanRun(offer.Requirements) && MemoryFits(agent, offer) && !(agent.StockBuilder && AgentHasRoom(offer)) && AccountHasRoom(offer);
+
+    // Whether fewer of the job's account's jobs run than its max-jobs allows. Called under the gate.
+    private bool AccountHasRoom(JobOffer offer) =>
+        offer.AccountMaxJobs <= 0 || _leased.Count(e => e.Offer.Account == offer.Account) < offer.AccountMaxJobs;
 
     // An agent that said how much memory its builds may use takes a job expected to use what fits beside what its
     // running builds are expected to use; an idle one takes any (its limit is capped by the agent). Called under the gate.
@@ -240,15 +253,17 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         return used == 0 || used + wanted <= agent.MemoryBytes;
     }
 
-    // A lease ended: memory it held is free, and a Kiln agent may have room again. Claims whose answer depends on that
-    // (agents that count memory, stock builders) look at the waiting jobs again; any other waiting claim already saw
-    // every job it could run. Called under the gate.
-    private void Rebalance()
+    // A lease ended: memory it held is free, a Kiln agent may have room again, and its account may run one more. Claims
+    // whose answer depends on that (agents that count memory, stock builders; every claim when the account has jobs
+    // held back by its max-jobs) look at the waiting jobs again; any other waiting claim already saw every job it
+    // could run. Called under the gate.
+    private void Rebalance(Entry ended)
     {
+        var held = _waiting.Items.Any(e => e.Offer.Account == ended.Offer.Account && e.Offer.AccountMaxJobs > 0);
         for (var i = 0; i < _claims.Count; i++)
         {
             var (agent, claim) = _claims[i];
-            if ((agent.MemoryBytes <= 0 && !agent.StockBuilder) || claim.Task.IsCompleted)
+            if ((agent.MemoryBytes <= 0 && !agent.StockBuilder && !held) || claim.Task.IsCompleted)
             {
                 continue;
             }
@@ -420,7 +435,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 _lease = null;
                 queue._leased.Remove(this);
-                queue.Rebalance();
+                queue.Rebalance(this);
                 if (!counted)
                 {
                     _attempts--;
@@ -472,7 +487,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
                 var now = Environment.TickCount64;
                 queue._finished.Enqueue(now);
                 queue.ForgetFinishedBefore(now - FinishedWindow);
-                queue.Rebalance();
+                queue.Rebalance(this);
             }
 
             Finish(outcome);

@@ -285,19 +285,23 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     private async Task<Kiln.Scheduler.SessionLimits> SessionLimitsAsync(SshKeyRecord key, IReadOnlyDictionary<string, string> environment, CancellationToken cancellationToken)
     {
         var stored = await store.Settings.GetSettingsAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
-        var effective = Kiln.Accounts.Settings.Resolve(_serverSettings, stored, Kiln.Accounts.Settings.KeyScope(key.Fingerprint), environment)
-            .ToDictionary(s => s.Definition.Name, s => s.Value, StringComparer.Ordinal);
+        var effective = Kiln.Accounts.Settings.ByName(Kiln.Accounts.Settings.Resolve(_serverSettings, stored, Kiln.Accounts.Settings.KeyScope(key.Fingerprint), environment));
+        int Count(Kiln.Accounts.SettingDefinition setting) => (int)Math.Min(int.MaxValue, effective[setting.Name]);
         return new Kiln.Scheduler.SessionLimits(TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.Timeout.Name]),
-            TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.MaxSilentTime.Name]), effective[Kiln.Accounts.Settings.MaxBuildLogSize.Name]);
+            TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.MaxSilentTime.Name]), effective[Kiln.Accounts.Settings.MaxBuildLogSize.Name])
+        {
+            MaxJobs = Count(Kiln.Accounts.Settings.MaxJobs),
+            MaxCores = Count(Kiln.Accounts.Settings.MaxCpu),
+            MinCores = Count(Kiln.Accounts.Settings.MinCpu),
+            DefaultCores = Count(Kiln.Accounts.Settings.DefaultCpu),
+            MaxMemory = effective[Kiln.Accounts.Settings.MaxMem.Name],
+            MinMemory = effective[Kiln.Accounts.Settings.MinMem.Name],
+            CpuQuotaSeconds = effective[Kiln.Accounts.Settings.MaxCpuHoursPerMonth.Name],
+        };
     }
 
     // The hierarchy's server level: kiln serve's limits, by setting name (the options do not change while it runs).
-    private readonly IReadOnlyDictionary<string, long> _serverSettings = new Dictionary<string, long>(StringComparer.Ordinal)
-    {
-        [Kiln.Accounts.Settings.Timeout.Name] = (long)options.BuildTimeout.TotalSeconds,
-        [Kiln.Accounts.Settings.MaxSilentTime.Name] = (long)options.MaxSilentTime.TotalSeconds,
-        [Kiln.Accounts.Settings.MaxBuildLogSize.Name] = options.MaxLogSize,
-    };
+    private readonly IReadOnlyDictionary<string, long> _serverSettings = ServerSettings.Of(options);
 
     // The AuthorizedKeysCommand's question: which enabled key, if any, is this? "key ID" or "none".
     private async Task AnswerKeyQueryAsync(Stream stream, (string Type, string Blob)? offered, CancellationToken stoppingToken)

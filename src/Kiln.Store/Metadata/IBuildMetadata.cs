@@ -201,6 +201,12 @@ public interface IBuildMetadata
     /// </summary>
     Task<IReadOnlyList<BuildUsage>> RecentUsageAsync(string packageName, int limit, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The CPU time (user and system, microseconds) of the builds <paramref name="account"/>'s requests started at or
+    /// after <paramref name="since"/> (Unix seconds) — what its CPU quota counts, as its usage report does.
+    /// </summary>
+    Task<long> CpuMicrosecondsSinceAsync(long account, long since, CancellationToken cancellationToken);
+
     /// <summary>The latest build of the derivation (base name) that was for one of <paramref name="accounts"/>; successful ones first.</summary>
     Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken);
 }

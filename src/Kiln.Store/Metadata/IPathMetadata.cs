@@ -145,6 +145,9 @@ public interface IPathMetadata
     /// <summary>The account's storage samples for days <paramref name="fromDay"/> (inclusive) to <paramref name="toDay"/> (exclusive), oldest first.</summary>
     Task<IReadOnlyList<StorageSample>> GetStorageHistoryAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken);
 
+    /// <summary>The account's storage now: its view's paths and their NAR bytes (one aggregate query).</summary>
+    Task<(long Paths, long NarBytes)> GetStorageAsync(long account, CancellationToken cancellationToken);
+
     Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken);
 
     /// <summary>The outputs a derivation valid in the view declares, or null when it is not valid there.</summary>

@@ -161,6 +161,11 @@ internal static class MetadataRows
         WHERE pname = @p AND status = 'built' AND peak_memory IS NOT NULL ORDER BY id DESC LIMIT @n
         """;
 
+    /// <summary>The CPU microseconds of the builds account <c>@a</c> started at or after <c>@s</c>.</summary>
+    public const string CpuSince = """
+        SELECT CAST(COALESCE(SUM(COALESCE(cpu_user_us, 0) + COALESCE(cpu_system_us, 0)), 0) AS BIGINT) FROM builds WHERE account_id = @a AND started >= @s
+        """;
+
     public static BuildUsage ReadUsage(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
 
     /// <summary>
@@ -240,6 +245,9 @@ internal static class MetadataRows
 
     /// <summary>An account's (<c>@a</c>) storage samples from day <c>@f</c> to before day <c>@t</c>.</summary>
     public const string StorageHistory = "SELECT day, paths, nar_bytes FROM storage_samples WHERE account_id = @a AND day >= @f AND day < @t ORDER BY day";
+
+    /// <summary>An account's (<c>@a</c>) storage now: paths and NAR bytes.</summary>
+    public const string Storage = "SELECT COUNT(id), CAST(COALESCE(SUM(nar_size), 0) AS BIGINT) FROM paths WHERE account_id = @a";
 
     public static StorageSample ReadStorageSample(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2));
 

@@ -130,6 +130,13 @@ public sealed partial class PostgresMetadataStore
             return await ReadAllAsync(select, MetadataRows.ReadUsage, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<long> CpuMicrosecondsSinceAsync(long account, long since, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var select = Command(connection, MetadataRows.CpuSince, null, ("a", account), ("s", since));
+            return Convert.ToInt64(await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), System.Globalization.CultureInfo.InvariantCulture);
+        }, cancellationToken);
+
     public Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(accounts);

@@ -133,6 +133,10 @@ public sealed partial class SqliteMetadataStore
             await ReadRowsAsync(Command(connection, MetadataRows.RecentUsage, null, ("@p", packageName), ("@n", (long)limit)), MetadataRows.ReadUsage, cancellationToken)
                 .ConfigureAwait(false), cancellationToken);
 
+    public Task<long> CpuMicrosecondsSinceAsync(long account, long since, CancellationToken cancellationToken) =>
+        ReadAsync(async connection => Convert.ToInt64(await Command(connection, MetadataRows.CpuSince, null, ("@a", account), ("@s", since))
+            .ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), System.Globalization.CultureInfo.InvariantCulture), cancellationToken);
+
     public Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(accounts);

@@ -386,6 +386,13 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<(long Paths, long NarBytes)> GetStorageAsync(long account, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var reader = await Command(connection, MetadataRows.Storage, null, ("@a", account)).ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? (reader.GetInt64(0), reader.GetInt64(1)) : (0L, 0L);
+        }, cancellationToken);
+
     public Task<IReadOnlyList<StorageSample>> GetStorageHistoryAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<StorageSample>>(async connection =>
             await ReadRowsAsync(Command(connection, MetadataRows.StorageHistory, null, ("@a", account), ("@f", fromDay), ("@t", toDay)), MetadataRows.ReadStorageSample, cancellationToken).ConfigureAwait(false),

@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace Kiln.Api;
+namespace Kiln.Protocol;
 
 /// <summary>Figures as people read them, the same in the shell, the CLI and the dashboard.</summary>
 public static class Units
