@@ -18,13 +18,20 @@ public sealed record BuildDocument(long Id, string Derivation, string Status, st
     {
         ArgumentNullException.ThrowIfNull(build);
         return new BuildDocument(build.Id, "/nix/store/" + build.DrvPath, StatusOf(build), build.Failure, build.Error, Time(build.Started),
-            build.Running ? null : Time(build.Stopped), build.Running ? 0 : build.Stopped - build.Started,
+            build.Running ? null : Time(build.Stopped), build.Running ? 0 : build.Stopped - (build.RanFrom ?? build.Started),
             (build.CpuUserMicroseconds ?? 0) / 1e6, (build.CpuSystemMicroseconds ?? 0) / 1e6, build.PeakMemory, build.Agent,
             build.AccountId == viewer ? "started" : "shared", [.. build.Outputs.Select(o => new BuildOutputDocument(o.Name, o.Path.ToString()))])
         {
             Attempts = build.Attempts,
+            RanFrom = build.RanFrom is { } ran ? Time(ran) : null,
         };
     }
+
+    /// <summary>
+    /// When it began to run on its agent (null while it waits, or if it never ran); <see cref="Started"/> is when it
+    /// was asked for, and <see cref="Seconds"/> counts from this one when known.
+    /// </summary>
+    public string? RanFrom { get; init; }
 
     /// <summary>
     /// How many times agents took the build (recorded when it ends; 1 while it runs): more than one when an agent was

@@ -79,7 +79,7 @@ public static class UsageReports
             .OrderBy(g => g.Key, StringComparer.Ordinal)
             .Select(g => new UsagePeriod(g.Key, g.Count(), g.Count(b => b.Succeeded),
                 Math.Round(g.Sum(b => (b.CpuUserMicroseconds ?? 0) + (b.CpuSystemMicroseconds ?? 0)) / 3.6e9, 4),
-                Math.Round(g.Where(b => !b.Running).Sum(b => b.Stopped - b.Started) / 3600.0, 4)))
+                Math.Round(g.Where(b => !b.Running).Sum(b => b.Stopped - (b.RanFrom ?? b.Started)) / 3600.0, 4)))
             .ToList();
         var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
 

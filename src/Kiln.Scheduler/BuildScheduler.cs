@@ -383,7 +383,10 @@ public sealed partial class BuildScheduler
                 await Builds.FinishBuildAsync(id, new BuildEnd(outcome.Succeeded, outcome.Failure == BuildFailureKind.None ? "" : outcome.Failure.ToString(),
                     outcome.ErrorMessage, outcome.StopTime == default ? DateTimeOffset.UtcNow.ToUnixTimeSeconds() : outcome.StopTime.ToUnixTimeSeconds(),
                     outcome.CpuUser is { } user ? user.Ticks / 10 : null, outcome.CpuSystem is { } system ? system.Ticks / 10 : null, outcome.PeakMemoryBytes,
-                    outcome.Outputs.Select(ToRecord).ToList(), outcome.Agent, Math.Max(attempts, 1)), CancellationToken.None).ConfigureAwait(false);
+                    outcome.Outputs.Select(ToRecord).ToList(), outcome.Agent, Math.Max(attempts, 1))
+                {
+                    RanFrom = outcome.StartTime == default ? null : outcome.StartTime.ToUnixTimeSeconds(),
+                }, CancellationToken.None).ConfigureAwait(false);
             }
         }
         finally

@@ -92,8 +92,15 @@ public class AccountCommandTests
 
         Assert.Equal("alice: timeout = 1800 (final)\n", KilnCli.Ok("settings", "set", "alice", "timeout", "30m", "--final", "--data", data).StdoutText);
         KilnCli.Ok("settings", "set", "alice", "max-build-log-size", "64MiB", "--key", aliceFingerprint, "--data", data);
-        Assert.Matches(@"^timeout\s+1800 s\s+account, final\nmax-silent-time\s+none\s+not set \(the server's holds\)\nmax-build-log-size\s+none\s+not set \(the server's holds\)$",
-            KilnCli.Ok("settings", "show", "alice", "--data", data).StdoutText.TrimEnd());
+        Assert.Matches(@"^timeout\s+1800 s\s+account, final\nmax-silent-time\s+none\s+not set \(the server's holds\)\nmax-build-log-size\s+none\s+not set \(the server's holds\)\n",
+            KilnCli.Ok("settings", "show", "alice", "--data", data).StdoutText);
+
+        // The operator sets a quota; a key's quota is refused (it is the account's), and preferences show as default.
+        Assert.Equal("alice: max-storage = 10737418240\n", KilnCli.Ok("settings", "set", "alice", "max-storage", "10GiB", "--data", data).StdoutText);
+        KilnCli.AssertOneLineError(KilnCli.Run("settings", "set", "alice", "max-storage", "1GiB", "--key", aliceFingerprint, "--data", data), "quota of the whole account");
+        var shown = KilnCli.Ok("settings", "show", "alice", "--data", data).StdoutText;
+        Assert.Matches(@"\nmax-storage\s+10737418240 bytes\s+account\n", shown);
+        Assert.Matches(@"\nmin-cpu\s+default\s+not set", shown);
         Assert.Contains("67108864 bytes   key", KilnCli.Ok("settings", "show", "alice", "--key", aliceFingerprint, "--data", data).StdoutText, StringComparison.Ordinal);
         using (var json = JsonDocument.Parse(KilnCli.Ok("settings", "show", "bob", "--json", "--data", data).StdoutText))
         {

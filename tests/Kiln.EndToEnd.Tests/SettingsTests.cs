@@ -1,11 +1,14 @@
 using Kiln.EndToEnd.Tests.Support;
+using Kiln.Store.Metadata;
+using Kiln.Store.Metadata.Sqlite;
 
 namespace Kiln.EndToEnd.Tests;
 
 /// <summary>
 /// The settings hierarchy against stock Nix over SSH: a host alias with <c>SetEnv KILN_TIMEOUT=2</c> makes a sleeping
 /// build fail with Nix's timeout message while a plain one builds it; an account's setting holds for its sessions, and
-/// a key (or a session) cannot loosen it.
+/// a key (or a session) cannot loosen it. An account's max-jobs holds its builds in line (and says so in the client's
+/// log), its max-cpu is the build's NIX_BUILD_CORES, and its quotas refuse a build or an upload cleanly.
 /// </summary>
 public sealed class SettingsTests
 {
@@ -50,5 +53,119 @@ public sealed class SettingsTests
         // The shell's --final, wherever it stands, makes the account's value final.
         Assert.Contains("(final)", SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "--final", "max-silent-time", "1h").StdoutText, StringComparison.Ordinal);
         Assert.Matches(@"max-silent-time\s+3600 s\s+account, final", SshTests.Shell(kiln, alice, null, "kiln", "settings").StdoutText);
+    }
+
+    // Six builds of three seconds each, printing their NIX_BUILD_CORES, for one account.
+    private static string WriteSix(NixClient client, string workspace, string name, string salt)
+    {
+        Dag.WriteBusybox(client, workspace);
+        File.WriteAllText(client.HostPath($"{workspace}/{name}.nix"), $$"""
+            let bb = ./bb; mk = i: derivation {
+              name = "{{name}}-${toString i}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+              salt = "{{salt}}";
+              args = [ "-c" "echo {{name}} ${toString i} cores=$NIX_BUILD_CORES; sleep 3; echo ${toString i} > $out" ];
+            }; in builtins.genList mk 6
+            """);
+        return $"{workspace}/{name}.nix";
+    }
+
+    [Theory]
+    [InlineData("2.3.7")]
+    [InlineData("2.34.8")]
+    public async Task An_accounts_max_jobs_holds_its_builds_in_line_saying_so_and_its_max_cpu_is_their_NIX_BUILD_CORES(string version)
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess(ssh: true, arguments: ["--max-jobs", "6", "--cores", "2"]);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        var bob = SshTests.NewLogin(client, kiln, "bob");
+        Assert.Contains("max-jobs = 2", kiln.Cli("settings", "set", "alice", "max-jobs", "2"), StringComparison.Ordinal);
+        kiln.Cli("settings", "set", "alice", "max-cpu", "1");
+        var salt = Guid.NewGuid().ToString("N")[..8];
+
+        // Six builds asked at once (the server has six slots): two of them run at a time, the others wait, told why;
+        // a session asking for more jobs (SetEnv KILN_MAX_JOBS=6) cannot loosen its account's limit.
+        string[] loosening = [.. alice.Environment[..^1], alice.Environment[^1] + " -o SetEnv=KILN_MAX_JOBS=6"];
+        var run = client.Ok(kiln, [.. loosening, "nix-build", "--store", Store, WriteSix(client, workspace, "six" + salt, salt), "--no-out-link"]);
+        Assert.Contains("': account limit 2 running, ", run.Stderr, StringComparison.Ordinal);
+        Assert.Equal(6, run.Stderr.Split("cores=1").Length - 1);
+        Assert.DoesNotContain("cores=2", run.Stderr, StringComparison.Ordinal);
+
+        // The build records say when each ran: never more than two at once (and two did run together).
+        await using (var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db")))
+        {
+            var builds = (await metadata.ListBuildsAsync(null, 100, CancellationToken.None)).Where(b => b.DrvPath.Contains("six" + salt, StringComparison.Ordinal)).ToList();
+            Assert.Equal(6, builds.Count);
+            Assert.All(builds, b => Assert.True(b.Succeeded && b.RanFrom is not null, $"build {b.Id}: {b.Error}"));
+            // (Whole seconds: a build that began after another ended never shares a second-interval [ran, stopped) with it.)
+            var most = builds.Max(b => builds.Count(o => o.RanFrom <= b.RanFrom && b.RanFrom < o.Stopped));
+            Assert.Equal(2, most);
+            Assert.True(builds.Max(b => b.Stopped) - builds.Min(b => b.RanFrom!.Value) >= 8, "six 3-second builds two at a time take at least nine seconds");
+        }
+
+        // Another account is held by neither setting: its six run together, with the server's two cores each.
+        var bobs = client.Ok(kiln, [.. bob.Environment, "nix-build", "--store", Store, WriteSix(client, workspace, "bobs" + salt, salt), "--no-out-link"]);
+        Assert.DoesNotContain("account limit", bobs.Stderr, StringComparison.Ordinal);
+        Assert.Equal(6, bobs.Stderr.Split("cores=2").Length - 1);
+    }
+
+    [Theory]
+    [InlineData("2.3.7")]
+    [InlineData("2.34.8")]
+    public async Task An_accounts_quotas_refuse_a_build_before_it_starts_and_an_upload_before_it_is_registered(string version)
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess(ssh: true);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice", "store:read,store:write,build:read,build:write,account:write");
+        var salt = Guid.NewGuid().ToString("N");
+        string[] Build(string drv) => [.. alice.Environment, "nix-build", "--store", Store, drv, "--no-out-link"];
+
+        // The account may not set its own quota; the operator sets one second of CPU a month.
+        var refusedSet = SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "max-cpu-hours-per-month", "100");
+        Assert.Contains("max-cpu-hours-per-month is a quota: only the operator changes it", refusedSet.Stderr + refusedSet.StdoutText, StringComparison.Ordinal);
+        kiln.Cli("settings", "set", "alice", "max-cpu-hours-per-month", "1s");
+
+        // Under the quota a build runs (about two seconds of CPU); past it, the next is refused before it starts.
+        var burner = Dag.WriteSingle(client, workspace, "burner", $"echo {salt}; timeout 2 sh -c 'while :; do :; done' || true; echo burnt > $out");
+        var burnt = client.Ok(kiln, Build(burner)).StdoutText.Trim();
+        var next = Dag.WriteSingle(client, workspace, "next", $"echo {salt}; echo next > $out");
+        var refused = client.Run(kiln, Build(next));
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Matches(@"kiln: CPU quota exceeded: [0-9.]+ of 0\.0003 CPU hours this month", refused.Stderr);
+        await using (var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db")))
+        {
+            Assert.DoesNotContain(await metadata.ListBuildsAsync(null, 100, CancellationToken.None), b => b.DrvPath.EndsWith("-next.drv", StringComparison.Ordinal));
+        }
+
+        // What is built already costs nothing and is not refused; the operator lifting the quota lets builds start again.
+        Assert.Equal(burnt, client.Ok(kiln, Build(burner)).StdoutText.Trim());
+        kiln.Cli("settings", "unset", "alice", "max-cpu-hours-per-month");
+        client.Ok(kiln, Build(next));
+
+        // Storage: with 1 KiB left, an upload of 4 KiB is refused with the figures, and nothing is registered.
+        var (_, stored) = Storage(kiln, alice);
+        kiln.Cli("settings", "set", "alice", "max-storage", (stored + 1024).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        File.WriteAllText(client.HostPath($"{workspace}/big.txt"), new string('x', 4096) + salt);
+        var upload = client.Run(kiln, [.. alice.Environment, "nix-store", "--store", Store, "--add", $"{workspace}/big.txt"]);
+        Assert.NotEqual(0, upload.ExitCode);
+        Assert.Contains("kiln: storage quota exceeded: ", upload.Stderr, StringComparison.Ordinal);
+        Assert.Contains("delete paths or ask for more", upload.Stderr, StringComparison.Ordinal);
+        Assert.Equal(stored, Storage(kiln, alice).Bytes);
+
+        // A small one fits.
+        File.WriteAllText(client.HostPath($"{workspace}/small.txt"), salt);
+        client.Ok(kiln, [.. alice.Environment, "nix-store", "--store", Store, "--add", $"{workspace}/small.txt"]);
+        Assert.True(Storage(kiln, alice).Bytes > stored);
+    }
+
+    // The account's storage now, as its usage report (JSON) gives it.
+    private static (long Paths, long Bytes) Storage(KilnProcess kiln, SshTests.Login login)
+    {
+        using var usage = System.Text.Json.JsonDocument.Parse(SshTests.Shell(kiln, login, null, "kiln", "usage", "--json").StdoutText);
+        var storage = usage.RootElement.GetProperty("storage");
+        return (storage.GetProperty("paths").GetInt64(), storage.GetProperty("narBytes").GetInt64());
     }
 }

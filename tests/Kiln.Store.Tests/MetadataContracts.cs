@@ -563,6 +563,12 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.Equal(4_500_000, await store.CpuMicrosecondsSinceAsync(alice, 1000, default));
         Assert.Equal(7_000_000, await store.CpuMicrosecondsSinceAsync(bob, 0, default));
         Assert.Equal(0, await store.CpuMicrosecondsSinceAsync(alice, 5000, default));
+
+        // When a build began to run is kept beside when it was asked for (it may have waited in line).
+        var waited = await store.StartBuildAsync("waited", P("waited.drv").BaseName, alice, 6000, default);
+        Assert.Null((await store.GetBuildAsync(alice, waited, default))!.RanFrom);
+        await store.FinishBuildAsync(waited, new BuildEnd(true, "", "", 6010, 1, 1, null, []) { RanFrom = 6004 }, default);
+        Assert.Equal((6000L, 6004L, 6010L), ((await store.GetBuildAsync(alice, waited, default))!.Started, (await store.GetBuildAsync(alice, waited, default))!.RanFrom!.Value, (await store.GetBuildAsync(alice, waited, default))!.Stopped));
     }
 
     [Fact]

@@ -28,7 +28,11 @@ public sealed record BuildRecord
 
     public string Error { get; init; } = "";
 
+    /// <summary>When it was asked for (Unix seconds): it may have waited in line before it ran.</summary>
     public long Started { get; init; }
+
+    /// <summary>When it began to run on its agent (null: still waiting, never ran, or recorded before this was kept).</summary>
+    public long? RanFrom { get; init; }
 
     public long Stopped { get; init; }
 
@@ -131,7 +135,11 @@ public sealed record BuildUsage(long PeakMemory, long CpuMicroseconds, long Wall
 
 /// <summary>How a build ended, recorded once it has (<see cref="BuildRecord.Attempts"/> for <paramref name="Attempts"/>).</summary>
 public sealed record BuildEnd(bool Succeeded, string Failure, string Error, long Stopped, long? CpuUserMicroseconds, long? CpuSystemMicroseconds,
-    long? PeakMemory, IReadOnlyList<BuildOutputRecord> Outputs, string Agent = "", int Attempts = 1);
+    long? PeakMemory, IReadOnlyList<BuildOutputRecord> Outputs, string Agent = "", int Attempts = 1)
+{
+    /// <summary>When it began to run on its agent (Unix seconds; null: it never ran, or its agent did not say).</summary>
+    public long? RanFrom { get; init; }
+}
 
 /// <summary>
 /// Builds: a row from the moment a build starts (so it has an id its log and waiting sessions can name), its outcome

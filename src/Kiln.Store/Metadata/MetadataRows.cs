@@ -313,7 +313,7 @@ internal static class MetadataRows
     public static BuildTag ReadTag(DbDataReader reader) => new(reader.GetString(0), reader.GetString(1));
 
     public const string BuildColumns =
-        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs, b.agent, b.attempts";
+        "b.id, b.step_key, b.drv_path, b.account_id, b.status, b.failure, b.error, b.started, b.stopped, b.cpu_user_us, b.cpu_system_us, b.peak_memory, b.outputs, b.agent, b.attempts, b.ran_from";
 
     public static BuildRecord ReadBuild(DbDataReader reader) => new()
     {
@@ -333,6 +333,7 @@ internal static class MetadataRows
         Outputs = ParseOutputs(reader.GetString(12)),
         Agent = reader.GetString(13),
         Attempts = (int)reader.GetInt64(14),
+        RanFrom = reader.IsDBNull(15) ? null : reader.GetInt64(15),
     };
 
     // Outputs as JSON in one column: they are only ever read whole, with their build.

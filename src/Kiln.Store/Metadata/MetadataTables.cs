@@ -44,7 +44,7 @@ public static class MetadataTables
         new("drv_outputs", [("drv_id", I), ("output", T), ("path", T)]),
         new("roots", [("id", I), ("account_id", I), ("kind", T), ("name", T), ("path", T), ("created", I)], HasIdentity: true),
         new("builds", [("id", I), ("step_key", T), ("drv_path", T), ("account_id", I), ("status", T), ("failure", T), ("error", T), ("started", I),
-            ("stopped", I), ("cpu_user_us", I), ("cpu_system_us", I), ("peak_memory", I), ("outputs", T), ("agent", T), ("pname", T), ("attempts", I)], HasIdentity: true),
+            ("stopped", I), ("cpu_user_us", I), ("cpu_system_us", I), ("peak_memory", I), ("outputs", T), ("agent", T), ("pname", T), ("attempts", I), ("ran_from", I)], HasIdentity: true),
         new("build_accounts", [("build_id", I), ("account_id", I)]),
         new("settings", [("account_id", I), ("scope", T), ("name", T), ("value", T), ("final", B)]),
         new("storage_samples", [("account_id", I), ("day", I), ("paths", I), ("nar_bytes", I)]),

@@ -20,11 +20,11 @@ public sealed partial class PostgresMetadataStore
         {
             using var update = Command(connection, """
                 UPDATE builds SET status = @s, failure = @f, error = @e, stopped = @t, cpu_user_us = @cu::bigint, cpu_system_us = @cs::bigint,
-                    peak_memory = @m::bigint, outputs = @o, agent = @g, attempts = @n
+                    peak_memory = @m::bigint, outputs = @o, agent = @g, attempts = @n, ran_from = @r::bigint
                 WHERE id = @i AND status = 'running'
                 """, transaction,
                 ("i", id), ("s", outcome.Succeeded ? "built" : "failed"), ("f", outcome.Failure), ("e", outcome.Error), ("t", outcome.Stopped),
-                ("cu", outcome.CpuUserMicroseconds), ("cs", outcome.CpuSystemMicroseconds), ("m", outcome.PeakMemory), ("o", MetadataRows.OutputsJson(outcome.Outputs)), ("g", outcome.Agent), ("n", outcome.Attempts));
+                ("cu", outcome.CpuUserMicroseconds), ("cs", outcome.CpuSystemMicroseconds), ("m", outcome.PeakMemory), ("o", MetadataRows.OutputsJson(outcome.Outputs)), ("g", outcome.Agent), ("n", outcome.Attempts), ("r", outcome.RanFrom));
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
     }

@@ -22,11 +22,11 @@ public sealed partial class SqliteMetadataStore
         return WriteAsync(async (connection, transaction) =>
         {
             using var update = Command(connection, """
-                UPDATE builds SET status = $s, failure = $f, error = $e, stopped = $t, cpu_user_us = $cu, cpu_system_us = $cs, peak_memory = $m, outputs = $o, agent = $g, attempts = $n
+                UPDATE builds SET status = $s, failure = $f, error = $e, stopped = $t, cpu_user_us = $cu, cpu_system_us = $cs, peak_memory = $m, outputs = $o, agent = $g, attempts = $n, ran_from = $r
                 WHERE id = $i AND status = 'running'
                 """, transaction,
                 ("$i", id), ("$s", end.Succeeded ? "built" : "failed"), ("$f", end.Failure), ("$e", end.Error), ("$t", end.Stopped),
-                ("$cu", end.CpuUserMicroseconds), ("$cs", end.CpuSystemMicroseconds), ("$m", end.PeakMemory), ("$o", MetadataRows.OutputsJson(end.Outputs)), ("$g", end.Agent), ("$n", end.Attempts));
+                ("$cu", end.CpuUserMicroseconds), ("$cs", end.CpuSystemMicroseconds), ("$m", end.PeakMemory), ("$o", MetadataRows.OutputsJson(end.Outputs)), ("$g", end.Agent), ("$n", end.Attempts), ("$r", end.RanFrom));
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
     }
