@@ -127,7 +127,7 @@ public sealed record EffectiveSetting(SettingDefinition Definition, long Value, 
 {
     /// <summary>Its line in a settings listing (the shell's, the CLI's); <paramref name="server"/> names the server's level.</summary>
     public string ToLine(string server = "server") =>
-        $"{Definition.Name,-20} {Definition.Format(Value),-16} {(Origin == SettingLevel.Server ? server : Origin.ToString().ToLowerInvariant())}{(Final ? ", final" : "")}";
+        $"{Definition.Name,-23} {Definition.Format(Value),-16} {(Origin == SettingLevel.Server ? server : Origin.ToString().ToLowerInvariant())}{(Final ? ", final" : "")}";
 }
 
 /// <summary>
@@ -190,7 +190,7 @@ public static class Settings
             var effective = new EffectiveSetting(definition, server.GetValueOrDefault(definition.Name), SettingLevel.Server, Final: false);
             foreach (var row in stored.Where(r => r.Name == definition.Name && r.Scope.Length == 0))
             {
-                effective = Apply(effective, Parsed(definition, row.Value), SettingLevel.Account, row.Final);
+                effective = Apply(effective, Stored(definition, row.Value), SettingLevel.Account, row.Final);
             }
 
             if (definition.Quota)
@@ -201,7 +201,7 @@ public static class Settings
 
             foreach (var row in stored.Where(r => r.Name == definition.Name && scope is not null && r.Scope == scope))
             {
-                effective = Apply(effective, Parsed(definition, row.Value), SettingLevel.Key, row.Final);
+                effective = Apply(effective, Stored(definition, row.Value), SettingLevel.Key, row.Final);
             }
 
             if (environment is not null && environment.TryGetValue(definition.EnvironmentVariable, out var text))
@@ -233,6 +233,11 @@ public static class Settings
 
     // For a limit, 0 is none: any other value is tighter than none, and smaller is tighter.
     private static bool Tighter(long value, long current) => value != 0 && (current == 0 || value < current);
+
+    // A stored value is kept canonical (seconds, bytes, a number: AccountService writes it so); one written by hand in
+    // another form is read as people write it.
+    private static long? Stored(SettingDefinition definition, string text) =>
+        long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) ? value : Parsed(definition, text);
 
     private static long? Parsed(SettingDefinition definition, string text)
     {

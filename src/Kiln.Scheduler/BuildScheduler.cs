@@ -194,7 +194,7 @@ public sealed partial class BuildScheduler
         var month = new DateTimeOffset(now.Year, now.Month, 1, 0, 0, 0, TimeSpan.Zero);
         var used = await Builds.CpuMicrosecondsSinceAsync(account, month.ToUnixTimeSeconds(), cancellationToken).ConfigureAwait(false);
         return used < quotaSeconds * 1_000_000 ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture,
-            $"kiln: CPU quota exceeded: {used / 3.6e9:0.###} of {quotaSeconds / 3600.0:0.###} CPU hours this month (since {month:yyyy-MM-dd} UTC); builds start again next month, or ask the operator for more");
+            $"kiln: CPU quota exceeded: {used / 3.6e9:0.####} of {quotaSeconds / 3600.0:0.####} CPU hours this month (since {month:yyyy-MM-dd} UTC); builds start again next month, or ask the operator for more");
     }
 
     /// <summary>What a client is told when its step is answered by a build that succeeded before (for anyone).</summary>

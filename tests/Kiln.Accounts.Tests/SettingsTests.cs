@@ -93,13 +93,21 @@ public sealed class SettingsTests
     }
 
     [Fact]
+    public void A_stored_value_is_read_in_its_canonical_unit()
+    {
+        // The service stores what Parse gave (seconds for CPU hours): read back as that, not as hours.
+        var stored = new[] { new SettingRecord("", "max-cpu-hours-per-month", Settings.MaxCpuHoursPerMonth.Parse("2s").ToString(System.Globalization.CultureInfo.InvariantCulture), false) };
+        Assert.Equal(2, Settings.ByName(Settings.Resolve(new Dictionary<string, long>(), stored, null, null))["max-cpu-hours-per-month"]);
+    }
+
+    [Fact]
     public void Values_show_as_their_kind()
     {
         Assert.Equal("none", Settings.MaxJobs.Format(0));
         Assert.Equal("4", Settings.MaxJobs.Format(4));
         Assert.Equal("default", Settings.DefaultCpu.Format(0));
         Assert.Equal("0.5 h", Settings.MaxCpuHoursPerMonth.Format(1800));
-        Assert.Equal("max-jobs             4                account", new EffectiveSetting(Settings.MaxJobs, 4, SettingLevel.Account, false).ToLine());
+        Assert.Equal("max-jobs                4                account", new EffectiveSetting(Settings.MaxJobs, 4, SettingLevel.Account, false).ToLine());
     }
 
     [Theory]

@@ -24,7 +24,10 @@ public sealed partial class WorkerSession
 
     private readonly IWorkerStore _store;
     private readonly IWorkerBuilder? _builder;
-    private ClientBuildSettings _buildSettings = new();
+    // Nix's defaults stand until the client sends SetOptions, and its ssh-ng store never does (SSHStore leaves it out):
+    // verbose-build is on by default, so such a client (Nix 2.3 prints only plain messages) sees build logs, as it
+    // does from a stock nix-daemon.
+    private ClientBuildSettings _buildSettings = new() { VerboseBuild = true };
     private readonly WorkerSessionOptions _options;
     private readonly ILogger _logger;
     private WireInput _input = null!;
