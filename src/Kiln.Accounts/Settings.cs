@@ -84,18 +84,19 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
                 _ => null,
             },
         };
-        // (A ceiling every use can hold: a duration becomes a TimeSpan.)
-        var most = Kind switch { SettingKind.Duration => MaxDurationSeconds, SettingKind.Count => MaxCount, _ => long.MaxValue / 2 };
-        return scale is { } s && number <= most / s ? number * s : throw Invalid(text);
+        return scale is { } s && number <= Most / s ? number * s : throw Invalid(text);
     }
 
     private static long? ParseHours(string text)
     {
         var (number, scale) = text.EndsWith('s') ? (text[..^1], 1m) : text.EndsWith('m') ? (text[..^1], 60m) : text.EndsWith('h') ? (text[..^1], 3600m) : (text, 3600m);
         return decimal.TryParse(number.Trim(), NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var value) && value <= MaxDurationSeconds && value * scale <= MaxDurationSeconds
-            ? (long)Math.Round(value * scale)
+            ? (long)Math.Ceiling(value * scale) // (rounded up: a tiny quota must not become 0, which is none)
             : null;
     }
+
+    /// <summary>The largest value of the setting's kind (a ceiling every use can hold: a duration becomes a TimeSpan).</summary>
+    public long Most => Kind switch { SettingKind.Duration or SettingKind.Hours => MaxDurationSeconds, SettingKind.Count => MaxCount, _ => long.MaxValue / 2 };
 
     /// <summary>The longest duration a setting takes: ten years.</summary>
     public const long MaxDurationSeconds = 10L * 365 * 86_400;
@@ -237,7 +238,9 @@ public static class Settings
     // A stored value is kept canonical (seconds, bytes, a number: AccountService writes it so); one written by hand in
     // another form is read as people write it.
     private static long? Stored(SettingDefinition definition, string text) =>
-        long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value) ? value : Parsed(definition, text);
+        long.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out var value)
+            ? value <= definition.Most ? value : null // (a row edited by hand past the range is left out, as a malformed one)
+            : Parsed(definition, text);
 
     private static long? Parsed(SettingDefinition definition, string text)
     {

@@ -21,6 +21,12 @@ public interface IBuildLog
     void Running();
 
     void Line(string line);
+
+    /// <summary>
+    /// A line for the waiting sessions of one account only, kept out of the build's log (which every account the build
+    /// is for reads): what it says is that account's business (its own limits, its own line).
+    /// </summary>
+    void NoteFor(long account, string line) => Line(line);
 }
 
 /// <summary>The store as an agent needs it: input NARs to read, output NARs to keep.</summary>

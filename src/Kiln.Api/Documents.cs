@@ -18,7 +18,7 @@ public sealed record BuildDocument(long Id, string Derivation, string Status, st
     {
         ArgumentNullException.ThrowIfNull(build);
         return new BuildDocument(build.Id, "/nix/store/" + build.DrvPath, StatusOf(build), build.Failure, build.Error, Time(build.Started),
-            build.Running ? null : Time(build.Stopped), build.Running ? 0 : build.Stopped - (build.RanFrom ?? build.Started),
+            build.Running ? null : Time(build.Stopped), build.Running ? 0 : build.RunSeconds,
             (build.CpuUserMicroseconds ?? 0) / 1e6, (build.CpuSystemMicroseconds ?? 0) / 1e6, build.PeakMemory, build.Agent,
             build.AccountId == viewer ? "started" : "shared", [.. build.Outputs.Select(o => new BuildOutputDocument(o.Name, o.Path.ToString()))])
         {

@@ -24,7 +24,15 @@ public sealed record StorageDocument(int Paths, long NarBytes);
 
 /// <param name="Start">The day (2026-12-01) or month (2026-12) the builds started in.</param>
 /// <param name="Builds">Builds the account's requests started (shared ones cost the account nothing and are not counted).</param>
-public sealed record UsagePeriod(string Start, int Builds, int Succeeded, double CpuHours, double WallHours);
+/// <param name="WallHours">From when each began to run to its end (for builds recorded before that was kept: from when it was asked for).</param>
+public sealed record UsagePeriod(string Start, int Builds, int Succeeded, double CpuHours, double WallHours)
+{
+    /// <summary>NAR bytes the account's sessions uploaded (paths registered) in the period.</summary>
+    public long UploadedBytes { get; init; }
+
+    /// <summary>NAR bytes Kiln sent the account's sessions and HTTP requests in the period (redirects to a bucket not counted).</summary>
+    public long DownloadedBytes { get; init; }
+}
 
 /// <summary>Usage reports from a view's build records: the API's <c>/usage</c>, the shell's and the CLI's <c>usage</c>.</summary>
 public static class UsageReports
@@ -38,16 +46,16 @@ public static class UsageReports
         var text = new System.Text.StringBuilder();
         text.Append(CultureInfo.InvariantCulture,
             $"storage now: {usage.Storage.Paths} paths, {Units.Bytes(usage.Storage.NarBytes)} of NAR (content other accounts hold too counts for each of them)\n");
-        text.Append(CultureInfo.InvariantCulture, $"{(usage.By == "month" ? "month  " : "day       "),-10}  {"builds",6}  {"succeeded",9}  {"CPU hours",9}  {"wall hours",10}  storage\n");
+        text.Append(CultureInfo.InvariantCulture, $"{(usage.By == "month" ? "month  " : "day       "),-10}  {"builds",6}  {"succeeded",9}  {"CPU hours",9}  {"wall hours",10}  {"uploaded",10}  {"downloaded",10}  storage\n");
         foreach (var start in builds.Keys.Union(stored.Keys).Order(StringComparer.Ordinal))
         {
             var period = builds.GetValueOrDefault(start) ?? new UsagePeriod(start, 0, 0, 0, 0);
             text.Append(CultureInfo.InvariantCulture,
-                $"{start,-10}  {period.Builds,6}  {period.Succeeded,9}  {period.CpuHours,9:0.####}  {period.WallHours,10:0.####}  {(stored.TryGetValue(start, out var s) ? Units.Bytes(s.NarBytes) : "-")}\n");
+                $"{start,-10}  {period.Builds,6}  {period.Succeeded,9}  {period.CpuHours,9:0.####}  {period.WallHours,10:0.####}  {Units.Bytes(period.UploadedBytes),10}  {Units.Bytes(period.DownloadedBytes),10}  {(stored.TryGetValue(start, out var s) ? Units.Bytes(s.NarBytes) : "-")}\n");
         }
 
         text.Append(CultureInfo.InvariantCulture,
-            $"total: {usage.Periods.Sum(p => p.Builds)} builds started ({usage.Periods.Sum(p => p.Succeeded)} succeeded), {usage.Periods.Sum(p => p.CpuHours):0.####} CPU hours, {usage.Periods.Sum(p => p.WallHours):0.####} wall hours");
+            $"total: {usage.Periods.Sum(p => p.Builds)} builds started ({usage.Periods.Sum(p => p.Succeeded)} succeeded), {usage.Periods.Sum(p => p.CpuHours):0.####} CPU hours, {usage.Periods.Sum(p => p.WallHours):0.####} wall hours, {Units.Bytes(usage.Periods.Sum(p => p.UploadedBytes))} uploaded, {Units.Bytes(usage.Periods.Sum(p => p.DownloadedBytes))} downloaded");
         if (usage.Truncated)
         {
             text.Append(CultureInfo.InvariantCulture, $"\n(more than {MaxBuilds} builds in this span: the newest are counted)");
@@ -79,7 +87,7 @@ public static class UsageReports
             .OrderBy(g => g.Key, StringComparer.Ordinal)
             .Select(g => new UsagePeriod(g.Key, g.Count(), g.Count(b => b.Succeeded),
                 Math.Round(g.Sum(b => (b.CpuUserMicroseconds ?? 0) + (b.CpuSystemMicroseconds ?? 0)) / 3.6e9, 4),
-                Math.Round(g.Where(b => !b.Running).Sum(b => b.Stopped - (b.RanFrom ?? b.Started)) / 3600.0, 4)))
+                Math.Round(g.Where(b => !b.Running).Sum(b => b.RunSeconds) / 3600.0, 4)))
             .ToList();
         var (paths, narBytes) = await view.StorageAsync(cancellationToken).ConfigureAwait(false);
 
@@ -87,6 +95,14 @@ public static class UsageReports
         var today = StorageSample.DayOf(DateTimeOffset.UtcNow);
         var fromDay = query.Since is { } since ? Math.Max(0, since) / StorageSample.SecondsPerDay : 0;
         var toDay = query.Until is { } until ? (Math.Max(0, until) + StorageSample.SecondsPerDay - 1) / StorageSample.SecondsPerDay : today + 1;
+
+        // Bytes moved, per day: added to the periods the builds gave, and periods of their own where no build started.
+        var moved = (await view.TransfersAsync(fromDay, toDay, cancellationToken).ConfigureAwait(false))
+            .GroupBy(t => PeriodOf(t.Day * StorageSample.SecondsPerDay))
+            .ToDictionary(g => g.Key, g => (Up: g.Sum(t => t.Uploaded), Down: g.Sum(t => t.Downloaded)), StringComparer.Ordinal);
+        periods = [.. periods.Select(p => moved.TryGetValue(p.Start, out var m) ? p with { UploadedBytes = m.Up, DownloadedBytes = m.Down } : p)
+            .Concat(moved.Where(m => periods.All(p => p.Start != m.Key)).Select(m => new UsagePeriod(m.Key, 0, 0, 0, 0) { UploadedBytes = m.Value.Up, DownloadedBytes = m.Value.Down }))
+            .OrderBy(p => p.Start, StringComparer.Ordinal)];
         var samples = (await view.StorageHistoryAsync(fromDay, toDay, cancellationToken).ConfigureAwait(false)).Where(s => s.Day != today).ToList();
         if (today >= fromDay && today < toDay)
         {

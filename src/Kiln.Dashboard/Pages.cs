@@ -284,6 +284,7 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
             <div class="card stat"><span class="label">CPU hours</span><span class="value">{F(periods.Sum(p => p.CpuHours), "0.00")}</span></div>
             <div class="card stat"><span class="label">Build hours</span><span class="value">{F(periods.Sum(p => p.WallHours), "0.00")}</span></div>
             <div class="card stat"><span class="label">Storage</span><span class="value">{Bytes(usage.Storage.NarBytes)}</span><span class="label">{N(usage.Storage.Paths)} paths</span></div>
+            <div class="card stat"><span class="label">Uploaded</span><span class="value">{Bytes(periods.Sum(p => p.UploadedBytes))}</span><span class="label">downloaded {Bytes(periods.Sum(p => p.DownloadedBytes))}</span></div>
             </div>
             <p class="hint">Storage counts every path your account holds, content other accounts hold too included. Builds your account joined or reused cost it nothing and are not counted.</p>
             """);
@@ -294,10 +295,10 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
         var (scale, scaleName) = stored.Values.DefaultIfEmpty(0).Max() >= 1L << 30 ? (1L << 30, "GiB") : (1L << 20, "MiB");
         body.Append(Charts.Bars("storage-chart", $"Storage at the end of each {unit} ({scaleName})",
             periods.Select(p => (p.Start, stored.TryGetValue(p.Start, out var bytes) ? bytes / (double)scale : 0)).ToList(), "0.##"));
-        body.Append(Table("usage-table", $"Usage per {unit}", [byMonth ? "Month" : "Day", "Builds", "Succeeded", "CPU hours", "Build hours"],
-            periods.Where(p => p.Builds > 0).Reverse().Select(p =>
-                $"<tr><td>{E(p.Start)}</td><td>{N(p.Builds)}</td><td>{N(p.Succeeded)}</td><td>{F(p.CpuHours, "0.####")}</td><td>{F(p.WallHours, "0.####")}</td></tr>"),
-            "No builds in this span."));
+        body.Append(Table("usage-table", $"Usage per {unit}", [byMonth ? "Month" : "Day", "Builds", "Succeeded", "CPU hours", "Build hours", "Uploaded", "Downloaded"],
+            periods.Where(p => p.Builds > 0 || p.UploadedBytes > 0 || p.DownloadedBytes > 0).Reverse().Select(p =>
+                $"<tr><td>{E(p.Start)}</td><td>{N(p.Builds)}</td><td>{N(p.Succeeded)}</td><td>{F(p.CpuHours, "0.####")}</td><td>{F(p.WallHours, "0.####")}</td><td>{Bytes(p.UploadedBytes)}</td><td>{Bytes(p.DownloadedBytes)}</td></tr>"),
+            "No builds or transfers in this span."));
         if (usage.Truncated)
         {
             body.Append(CultureInfo.InvariantCulture, $"<p class=\"notice\">More builds than {N(UsageReports.MaxBuilds)} in this span: the figures count the newest.</p>");

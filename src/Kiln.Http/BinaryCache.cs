@@ -256,6 +256,10 @@ public sealed partial class BinaryCache
         await using (blob.ConfigureAwait(false))
         {
             await BlobResponse.WriteAsync(context, blob, "application/x-nix-nar").ConfigureAwait(false);
+            if (HttpMethods.IsGet(context.Request.Method))
+            {
+                view.CountDownload(context.Response.ContentLength ?? blob.Length);
+            }
         }
     }
 

@@ -215,6 +215,11 @@ public sealed partial class BuildScheduler
     {
         var joined = step.JoinAsync(events, sessionLimits, accountId, cancellationToken);
         var joiner = accountId != step.StartedFor;
+        if (joiner)
+        {
+            step.Ticket?.LiftAccountLimit(); // no longer the starting account's build alone: its max-jobs does not hold it
+        }
+
         if ((joiner || tags.Count > 0) && await step.BuildId.WaitAsync(cancellationToken).ConfigureAwait(false) is { } id)
         {
             if (joiner)
@@ -314,7 +319,14 @@ public sealed partial class BuildScheduler
             requirements = requirements with { MemoryBytes = expected };
             while (true)
             {
-                var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId) { AccountMaxJobs = accountLimits.MaxJobs });
+                // The account's max-jobs holds back its own builds only: one another account waits for too is not held.
+                var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId) { AccountMaxJobs = step.SharedWithOtherAccounts ? 0 : accountLimits.MaxJobs });
+                step.Ticket = ticket;
+                if (step.SharedWithOtherAccounts)
+                {
+                    ticket.LiftAccountLimit(); // (joined between the look and the offer)
+                }
+
                 using (step.Cancellation.Register(ticket.Cancel))
                 {
                     outcome = await ticket.Completion.ConfigureAwait(false);
@@ -333,7 +345,7 @@ public sealed partial class BuildScheduler
                     outcome = outcome with
                     {
                         ErrorMessage = outcome.ErrorMessage + (memoryCap < Options.BuildMemory || Options.BuildMemory <= 0
-                            ? $"; {Mib(memoryCap)} MiB is the most memory the account's max-mem setting gives one build"
+                            ? $"; {Mib(memoryCap)} MiB is the most memory the max-mem setting of the request that started it gives one build"
                             : $"; {Mib(memoryCap)} MiB is the most memory Kiln gives one build"),
                     };
                     break;

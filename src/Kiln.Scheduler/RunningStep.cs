@@ -252,6 +252,32 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         }
     }
 
+    public void NoteFor(long account, string line)
+    {
+        lock (_gate)
+        {
+            foreach (var watcher in _watchers.Where(w => w.Account == account))
+            {
+                watcher.Line(line);
+            }
+        }
+    }
+
+    /// <summary>Whether a session of an account other than the one that started it waits for it.</summary>
+    public bool SharedWithOtherAccounts
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _watchers.Any(w => w.Account != StartedFor);
+            }
+        }
+    }
+
+    /// <summary>The queue's ticket of its current offer (null until offered).</summary>
+    public Queue.JobTicket? Ticket { get; set; }
+
     /// <summary>The build has ended: closes the log.</summary>
     public void Dispose()
     {

@@ -23,6 +23,7 @@ public sealed class KilnStore : IAsyncDisposable
         _gcLock = new GcLock(metadata.LockAgainstCollectionAsync);
         Blobs = BlobStores.Open(options);
         TempRoots = new TempRoots(metadata, _gcLock);
+        Transfers = new TransferMeter(metadata, options.Logger, TimeSpan.FromSeconds(5));
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
         var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
         Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared, installation) : logs; // a bucket front doors share
@@ -73,6 +74,9 @@ public sealed class KilnStore : IAsyncDisposable
     public IBlobStore Blobs { get; }
 
     internal TempRoots TempRoots { get; }
+
+    /// <summary>The NAR bytes accounts upload and download, written to the database every few seconds.</summary>
+    public TransferMeter Transfers { get; }
 
     /// <summary>Moves whenever a path record changes or goes (signatures added, paths deleted): caches of rendered records compare it.</summary>
     public long PathRecordsVersion => Metadata.PathRecordsVersion;
@@ -279,6 +283,7 @@ public sealed class KilnStore : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await TempRoots.DisposeAsync().ConfigureAwait(false);
+        await Transfers.DisposeAsync().ConfigureAwait(false); // (before the database closes)
         Upstream.Dispose();
         (Blobs as IDisposable)?.Dispose();
         await Metadata.DisposeAsync().ConfigureAwait(false);

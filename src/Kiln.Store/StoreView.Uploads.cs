@@ -345,9 +345,15 @@ public sealed partial class StoreView
         {
             await Metadata.RegisterAsync(AccountId,
                 ordered.Select(u => new NewPath(u.Info, provenance, u.Trust, u.Outputs)).ToList(), cancellationToken).ConfigureAwait(false);
+            var added = ordered.Sum(u => u.Info.NarSize);
             lock (_quotaGate)
             {
-                _quotaUsed += ordered.Sum(u => u.Info.NarSize);
+                _quotaUsed += added;
+            }
+
+            if (provenance == Provenance.Uploaded)
+            {
+                _store.Transfers.Add(AccountId, uploaded: added, downloaded: 0);
             }
         }
         catch (MissingReferencesException e)

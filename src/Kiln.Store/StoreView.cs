@@ -314,7 +314,27 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
             throw new KilnException(ErrorKind.Failed, $"the contents of '{path}' are missing from Kiln's store; an operator should run 'kiln store verify'");
         }
 
+        // (Only the sessions' NarFromPath and nix-store --serve's dumps open NARs through a view: a client downloads it.)
+        CountDownload(record.Info.NarSize);
         return new NarBlob(await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false), record.Info.NarSize, record.Info.NarHash);
+    }
+
+    /// <summary>Counts NAR bytes sent to the caller's account (an anonymous reader's are not counted).</summary>
+    public void CountDownload(long bytes)
+    {
+        if (Caller.AccountId is { } account)
+        {
+            _store.Transfers.Add(account, uploaded: 0, downloaded: bytes);
+        }
+    }
+
+    /// <summary>The caller's own account's NAR bytes uploaded and downloaded per day, <paramref name="fromDay"/> to before <paramref name="toDay"/>, this process's latest counts included.</summary>
+    public async Task<IReadOnlyList<TransferSample>> TransfersAsync(long fromDay, long toDay, CancellationToken cancellationToken)
+    {
+        var written = await Metadata.GetTransfersAsync(AccountId, fromDay, toDay, cancellationToken).ConfigureAwait(false);
+        return [.. written.Concat(_store.Transfers.Pending(AccountId).Where(p => p.Day >= fromDay && p.Day < toDay))
+            .GroupBy(t => t.Day).OrderBy(g => g.Key)
+            .Select(g => new TransferSample(AccountId, g.Key, g.Sum(t => t.Uploaded), g.Sum(t => t.Downloaded)))];
     }
 
     public Task AddTempRootAsync(StorePath path, CancellationToken cancellationToken) => HoldAsync([path], cancellationToken);

@@ -103,18 +103,34 @@ public sealed class SummaryTests : ApiFixture
         await BuildAsync("alice", "c", started: (Day * 20_001) + 5);
         var shared = await BuildAsync("bob", "d", started: (Day * 20_001) + 6);
         await Store.Builds.AddBuildAccountAsync(shared, await Store.Accounts.GetOrCreateAccountAsync("alice", default), default);
-        await PathAsync("alice", "file", "twelve bytes");
+        var file = await PathAsync("alice", "file", "twelve bytes");
+        await PathAsync("bob", "bobs", "bob's bytes are his own");
+        using (var view = await Store.OpenViewAsync("alice", default))
+        {
+            await (await view.OpenNarAsync(file, default))!.DisposeAsync(); // a download, as NarFromPath
+            await (await view.OpenNarAsync(file, default))!.DisposeAsync();
+        }
 
         var (status, body, _) = await GetAsync("/api/v1/usage", token);
         Assert.True(status == 200, body);
         var usage = JsonDocument.Parse(body).RootElement;
         var periods = usage.GetProperty("periods").EnumerateArray().Select(p => (p.GetProperty("start").GetString(), p.GetProperty("builds").GetInt32(),
             p.GetProperty("succeeded").GetInt32(), p.GetProperty("cpuHours").GetDouble(), p.GetProperty("wallHours").GetDouble())).ToList();
-        Assert.Equal([("2024-10-04", 2, 1, Math.Round(5.0 / 3600, 4), Math.Round(6.0 / 3600, 4)), ("2024-10-05", 1, 1, Math.Round(2.5 / 3600, 4), Math.Round(3.0 / 3600, 4))], periods);
+        var today = DateTime.UtcNow.ToString("yyyy-MM-dd", System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal([("2024-10-04", 2, 1, Math.Round(5.0 / 3600, 4), Math.Round(6.0 / 3600, 4)), ("2024-10-05", 1, 1, Math.Round(2.5 / 3600, 4), Math.Round(3.0 / 3600, 4)),
+            (today, 0, 0, 0, 0)], periods);
         Assert.Equal(1, usage.GetProperty("storage").GetProperty("paths").GetInt32());
-        Assert.True(usage.GetProperty("storage").GetProperty("narBytes").GetInt64() > 12);
+        var narBytes = usage.GetProperty("storage").GetProperty("narBytes").GetInt64();
+        Assert.True(narBytes > 12);
+
+        // Today's bytes moved: the upload once, the download twice; bob's upload is his (written or still pending alike).
+        var moved = usage.GetProperty("periods")[2];
+        Assert.Equal((narBytes, 2 * narBytes), (moved.GetProperty("uploadedBytes").GetInt64(), moved.GetProperty("downloadedBytes").GetInt64()));
+        await Store.Transfers.FlushAsync(default);
+        moved = JsonDocument.Parse((await GetAsync("/api/v1/usage", token)).Body).RootElement.GetProperty("periods")[2];
+        Assert.Equal((narBytes, 2 * narBytes), (moved.GetProperty("uploadedBytes").GetInt64(), moved.GetProperty("downloadedBytes").GetInt64()));
         var months = JsonDocument.Parse((await GetAsync("/api/v1/usage?by=month&since=2024-10-05", token)).Body).RootElement.GetProperty("periods");
-        Assert.Equal("2024-10", Assert.Single(months.EnumerateArray()).GetProperty("start").GetString());
+        Assert.Equal(["2024-10", DateTime.UtcNow.ToString("yyyy-MM", System.Globalization.CultureInfo.InvariantCulture)], months.EnumerateArray().Select(m => m.GetProperty("start").GetString()));
         Assert.Equal(400, (await GetAsync("/api/v1/usage?by=week", token)).Status);
     }
 

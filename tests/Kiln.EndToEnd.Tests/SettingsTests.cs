@@ -162,9 +162,25 @@ public sealed class SettingsTests
         Assert.Equal(stored, Storage(kiln, alice).Bytes);
 
         // A small one fits.
+        var (uploaded, downloaded) = Moved(kiln, alice);
         File.WriteAllText(client.HostPath($"{workspace}/small.txt"), salt);
-        client.Ok(kiln, [.. alice.Environment, "nix-store", "--store", Store, "--add", $"{workspace}/small.txt"]);
+        var small = client.Ok(kiln, [.. alice.Environment, "nix-store", "--store", Store, "--add", $"{workspace}/small.txt"]).StdoutText.Trim();
         Assert.True(Storage(kiln, alice).Bytes > stored);
+
+        // The usage report counts the bytes moved today: the upload, then a download of it (NarFromPath).
+        var narSize = Storage(kiln, alice).Bytes - stored;
+        Assert.Equal((uploaded + narSize, downloaded), Moved(kiln, alice));
+        client.Ok(kiln, [.. alice.Environment, "nix", "copy", "--no-check-sigs", "--from", Store, "--to", $"local?root={workspace}/pulled", small]);
+        Assert.Equal((uploaded + narSize, downloaded + narSize), Moved(kiln, alice));
+    }
+
+    // Today's bytes uploaded and downloaded, as the account's usage report (JSON) gives them.
+    private static (long Uploaded, long Downloaded) Moved(KilnProcess kiln, SshTests.Login login)
+    {
+        using var usage = System.Text.Json.JsonDocument.Parse(SshTests.Shell(kiln, login, null, "kiln", "usage", "--json").StdoutText);
+        var today = DateTime.UtcNow.ToString("yyyy-MM-dd", System.Globalization.CultureInfo.InvariantCulture);
+        return usage.RootElement.GetProperty("periods").EnumerateArray().Where(p => p.GetProperty("start").GetString() == today)
+            .Select(p => (p.GetProperty("uploadedBytes").GetInt64(), p.GetProperty("downloadedBytes").GetInt64())).SingleOrDefault();
     }
 
     // The account's storage now, as its usage report (JSON) gives it.

@@ -634,6 +634,24 @@ public abstract class JobQueueContract
         Assert.Equal(3, (await next.WaitAsync(Patience)).Offer.BuildId);
     }
 
+    [Fact]
+    public async Task A_job_held_by_its_accounts_max_jobs_runs_once_another_account_wants_it_too()
+    {
+        var queue = Create(LongLease);
+        var agent = Agent("a") with { Slots = 8 };
+        using var registration = queue.Register(agent);
+        queue.Offer(Offer(1) with { Account = 1, AccountMaxJobs = 1 });
+        var held = queue.Offer(Offer(2) with { Account = 1, AccountMaxJobs = 1 });
+        Assert.Equal(1, (await ClaimAsync(queue, agent)).Offer.BuildId);
+        using var patience = new CancellationTokenSource(Patience);
+        var next = queue.ClaimAsync(agent, patience.Token);
+        await Task.Delay(300);
+        Assert.False(next.IsCompleted);
+
+        held.LiftAccountLimit();
+        Assert.Equal(2, (await next.WaitAsync(Patience)).Offer.BuildId);
+    }
+
     protected sealed class LineLog : IBuildLog
     {
         public ConcurrentQueue<string> Lines { get; } = new();
@@ -643,6 +661,10 @@ public abstract class JobQueueContract
         }
 
         public void Line(string line) => Lines.Enqueue(line);
+
+        public ConcurrentQueue<string> Notes { get; } = new();
+
+        public void NoteFor(long account, string line) => Notes.Enqueue($"{line}");
     }
 
     private sealed class NoLog : IBuildLog
@@ -730,12 +752,13 @@ public sealed class InMemoryJobQueueTests : JobQueueContract, IDisposable
         queue.Offer(Offer(3) with { Account = 1, AccountMaxJobs = 1, Log = log });
         Assert.Equal(1, (await ClaimAsync(queue, Agent("a") with { Slots = 8 })).Offer.BuildId);
         var deadline = DateTime.UtcNow + Patience;
-        while (log.Lines.IsEmpty && DateTime.UtcNow < deadline)
+        while (log.Notes.IsEmpty && DateTime.UtcNow < deadline)
         {
             await Task.Delay(50);
         }
 
-        Assert.Equal($"kiln: waiting for a build slot for '{Offer(3).Job.DrvPath}': account limit 1 running, 1 queued ahead", Assert.Single(log.Lines));
+        Assert.Equal($"kiln: waiting for a build slot for '{Offer(3).Job.DrvPath}': account limit 1 running, 1 queued ahead", Assert.Single(log.Notes));
+        Assert.Empty(log.Lines); // only that account's sessions are told, not the build's log
     }
 
     public void Dispose()

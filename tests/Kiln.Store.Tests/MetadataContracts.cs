@@ -544,6 +544,25 @@ public abstract class BuildMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task Transfers_add_up_per_account_and_day_and_a_deleted_accounts_are_dropped()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        await store.AddTransfersAsync([new TransferSample(alice, 20_000, 100, 5), new TransferSample(bob, 20_000, 7, 0)], default);
+        await store.AddTransfersAsync([new TransferSample(alice, 20_000, 1, 2), new TransferSample(alice, 20_002, 0, 9)], default); // a second front door's
+        await store.AddTransfersAsync([], default);
+        Assert.Equal([new TransferSample(alice, 20_000, 101, 7), new TransferSample(alice, 20_002, 0, 9)], await store.GetTransfersAsync(alice, 0, long.MaxValue, default));
+        Assert.Equal([new TransferSample(alice, 20_002, 0, 9)], await store.GetTransfersAsync(alice, 20_001, 20_003, default));
+        Assert.Equal([new TransferSample(bob, 20_000, 7, 0)], await store.GetTransfersAsync(bob, 0, long.MaxValue, default));
+
+        // Deleted: its rows go, and bytes counted afterwards (a session still open) are not written for the empty account.
+        await store.DeleteAccountAsync(bob, default);
+        await store.AddTransfersAsync([new TransferSample(bob, 20_003, 1, 1)], default);
+        Assert.Empty(await store.GetTransfersAsync(bob, 0, long.MaxValue, default));
+    }
+
+    [Fact]
     public async Task The_cpu_an_account_started_since_a_time_is_summed_for_its_quota()
     {
         await using var store = await CreateAsync();

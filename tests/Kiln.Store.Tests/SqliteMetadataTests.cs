@@ -139,7 +139,7 @@ public sealed class SqliteMetadataStoreTests : IDisposable
         count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
         using var reader = count.ExecuteReader();
         reader.Read();
-        Assert.Equal(14, reader.GetInt64(0)); // 0001_initial … 0014_ran_from: each applied once
+        Assert.Equal(14, reader.GetInt64(0)); // 0001_initial … 0014_ran_from_transfers: each applied once
         Assert.Equal(1, reader.GetInt64(1));
         using var mode = connection.CreateCommand();
         mode.CommandText = "PRAGMA journal_mode";

@@ -102,6 +102,14 @@ public abstract class JobTicket
 
     /// <summary>Nobody wants the job any more: withdrawn if waiting, its agent told to stop if running.</summary>
     public abstract void Cancel();
+
+    /// <summary>
+    /// Another account wants the job too: its account's max-jobs (<see cref="JobOffer.AccountMaxJobs"/>) no longer
+    /// holds it back. Queues without per-account limits ignore it.
+    /// </summary>
+    public virtual void LiftAccountLimit()
+    {
+    }
 }
 
 /// <summary>An agent's hold on a job it claimed.</summary>

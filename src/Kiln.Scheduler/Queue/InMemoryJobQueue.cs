@@ -128,6 +128,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private void NoteSlotWait(Entry entry)
     {
         string line;
+        var own = false;
         lock (_gate)
         {
             if (!_waiting.Items.Contains(entry))
@@ -138,11 +139,12 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             var able = _agents.Where(a => a.CanRun(entry.Offer.Requirements)).ToList();
             var slots = able.Sum(a => a.Slots);
             var busy = able.Sum(LeaseCount);
-            if (!AccountHasRoom(entry.Offer))
+            if (!AccountHasRoom(entry))
             {
-                // Its own account's limit holds it, not the farm: say so, with how many of the account's are ahead of it.
-                var ahead = _waiting.Ahead(entry);
-                line = $"kiln: waiting for a build slot for '{entry.Offer.Job.DrvPath}': account limit {entry.Offer.AccountMaxJobs} running, {ahead} queued ahead";
+                // Its own account's limit holds it, not the farm: said to that account's sessions only (its limit and
+                // its line are nobody else's business), with how many of its builds are ahead of it.
+                line = $"kiln: waiting for a build slot for '{entry.Offer.Job.DrvPath}': account limit {entry.Offer.AccountMaxJobs} running, {_waiting.Ahead(entry)} queued ahead";
+                own = true;
             }
             else
             {
@@ -150,7 +152,15 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             }
         }
 
-        entry.Offer.Log.Line(line); // (outside the queue's lock: the step takes its own)
+        // (Outside the queue's lock: the step takes its own.)
+        if (own)
+        {
+            entry.Offer.Log.NoteFor(entry.Offer.Account, line);
+        }
+        else
+        {
+            entry.Offer.Log.Line(line);
+        }
     }
 
     // Says the job waits for an agent that can run it, and fails it if none has come when the wait is over.
@@ -207,7 +217,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         for (var i = 0; i < _claims.Count; i++)
         {
             var (agent, claim) = _claims[i];
-            if (claim.Task.IsCompleted || !MayTake(agent, entry.Offer))
+            if (claim.Task.IsCompleted || !MayTake(agent, entry))
             {
                 continue;
             }
@@ -232,12 +242,45 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
     // Whether the agent may take the job now: it can run it, its memory grant fits beside its running builds', and, for
     // a stock builder, no Kiln agent that can run it has room. Called under the gate.
-    private bool MayTake(AgentInfo agent, JobOffer offer) =>
-        agent.CanRun(offer.Requirements) && MemoryFits(agent, offer) && !(agent.StockBuilder && AgentHasRoom(offer)) && AccountHasRoom(offer);
+    private bool MayTake(AgentInfo agent, Entry entry) =>
+        agent.CanRun(entry.Offer.Requirements) && MemoryFits(agent, entry.Offer) && !(agent.StockBuilder && AgentHasRoom(entry.Offer)) && AccountHasRoom(entry);
 
-    // Whether fewer of the job's account's jobs run than its max-jobs allows. Called under the gate.
-    private bool AccountHasRoom(JobOffer offer) =>
-        offer.AccountMaxJobs <= 0 || _leased.Count(e => e.Offer.Account == offer.Account) < offer.AccountMaxJobs;
+    // Whether fewer of the job's account's jobs run than its max-jobs allows (a job another account wants too is not
+    // held). Called under the gate.
+    private bool AccountHasRoom(Entry entry) =>
+        entry.Offer.AccountMaxJobs <= 0 || entry.Lifted || _leasedByAccount.GetValueOrDefault(entry.Offer.Account) < entry.Offer.AccountMaxJobs;
+
+    // The number of leased jobs per account, kept with _leased (max-jobs asks it for every waiting job it looks at).
+    private readonly Dictionary<long, int> _leasedByAccount = [];
+
+    // Called under the gate, whenever an entry joins or leaves _leased.
+    private void CountLease(Entry entry, int change)
+    {
+        var count = _leasedByAccount.GetValueOrDefault(entry.Offer.Account) + change;
+        if (count > 0)
+        {
+            _leasedByAccount[entry.Offer.Account] = count;
+        }
+        else
+        {
+            _leasedByAccount.Remove(entry.Offer.Account);
+        }
+    }
+
+    // A job's account limit was lifted while it waits: a claim waiting now may take it. Called under the gate.
+    private void HandToWaitingClaim(Entry entry)
+    {
+        for (var i = 0; i < _claims.Count; i++)
+        {
+            var (agent, claim) = _claims[i];
+            if (!claim.Task.IsCompleted && MayTake(agent, entry) && _waiting.Remove(entry))
+            {
+                _claims.RemoveAt(i);
+                claim.TrySetResult(entry.Lease(agent));
+                return;
+            }
+        }
+    }
 
     // An agent that said how much memory its builds may use takes a job expected to use what fits beside what its
     // running builds are expected to use; an idle one takes any (its limit is capped by the agent). Called under the gate.
@@ -268,7 +311,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
                 continue;
             }
 
-            if (_waiting.TakeFirst(e => MayTake(agent, e.Offer)) is { } entry)
+            if (_waiting.TakeFirst(e => MayTake(agent, e)) is { } entry)
             {
                 _claims.RemoveAt(i--);
                 claim.TrySetResult(entry.Lease(agent));
@@ -306,7 +349,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         TaskCompletionSource<ILease> claim;
         lock (_gate)
         {
-            if (_waiting.TakeFirst(e => MayTake(agent, e.Offer)) is { } waiting)
+            if (_waiting.TakeFirst(e => MayTake(agent, e)) is { } waiting)
             {
                 return Task.FromResult<ILease>(waiting.Lease(agent));
             }
@@ -373,6 +416,26 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
         public void Finish(BuildOutcome outcome) => _completion.TrySetResult(outcome);
 
+        /// <summary>Another account wants it too: its account's max-jobs no longer holds it (read under the queue's gate).</summary>
+        public bool Lifted { get; private set; }
+
+        public override void LiftAccountLimit()
+        {
+            lock (queue._gate)
+            {
+                if (Lifted || offer.AccountMaxJobs <= 0)
+                {
+                    return;
+                }
+
+                Lifted = true;
+                if (queue._waiting.Contains(this))
+                {
+                    queue.HandToWaitingClaim(this);
+                }
+            }
+        }
+
         /// <summary>When it was last put in line (Environment.TickCount64), for the queue-wait histogram.</summary>
         public long QueuedAt { get; set; }
 
@@ -383,6 +446,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             _attempts++;
             _lease = new Lease(this, agent);
             queue._leased.Add(this);
+            queue.CountLease(this, +1);
             return _lease;
         }
 
@@ -435,6 +499,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 _lease = null;
                 queue._leased.Remove(this);
+                queue.CountLease(this, -1);
                 queue.Rebalance(this);
                 if (!counted)
                 {
@@ -484,6 +549,7 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
 
                 _lease = null;
                 queue._leased.Remove(this);
+                queue.CountLease(this, -1);
                 var now = Environment.TickCount64;
                 queue._finished.Enqueue(now);
                 queue.ForgetFinishedBefore(now - FinishedWindow);

@@ -245,7 +245,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                     Tag = Option(words, "--tag") is { } tag ? BuildTag.Parse(tag) : null,
                 }, cancellationToken).ConfigureAwait(false);
                 return Show(json, builds.Select(b => BuildDocument.Of(b, key.AccountId)), builds.Count == 0 ? "no builds yet" : string.Join("\n", builds.Select(b =>
-                    $"{b.Id,8}  {Status(b)}  {BuildDocument.Time(b.Started)}  {b.Stopped - (b.RanFrom ?? b.Started),5}s  {b.DrvPath}")));
+                    $"{b.Id,8}  {Status(b)}  {BuildDocument.Time(b.Started)}  {(b.Running ? 0 : b.RunSeconds),5}s  {b.DrvPath}")));
             case "show" or "log":
                 var id = long.Parse(words.ElementAtOrDefault(2) ?? throw new ShellException($"usage: builds {words[1]} ID"), NumberStyles.None, CultureInfo.InvariantCulture);
                 var build = await view.GetBuildAsync(id, cancellationToken).ConfigureAwait(false)
@@ -255,7 +255,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                     return Show(json, BuildDocument.Of(build, key.AccountId), string.Join("\n",
                         $"build {build.Id}: {Status(build).Trim()}",
                         $"derivation /nix/store/{build.DrvPath}",
-                        $"started {BuildDocument.Time(build.Started)}{(build.RanFrom is { } ran && ran > build.Started ? $" (waited {ran - build.Started} s in line)" : "")}, took {build.Stopped - (build.RanFrom ?? build.Started)} s",
+                        $"started {BuildDocument.Time(build.Started)}{(build.RanFrom is { } ran && ran > build.Started ? $" (waited {ran - build.Started} s in line)" : "")}, took {(build.Running ? 0 : build.RunSeconds)} s",
                         $"cpu {(build.CpuUserMicroseconds ?? 0) / 1e6:F2} s user, {(build.CpuSystemMicroseconds ?? 0) / 1e6:F2} s system; peak memory {build.PeakMemory ?? 0} bytes",
                         build.Error.Length > 0 ? $"error: {build.Error}" : ""));
                 }

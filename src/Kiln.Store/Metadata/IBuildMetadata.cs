@@ -34,6 +34,12 @@ public sealed record BuildRecord
     /// <summary>When it began to run on its agent (null: still waiting, never ran, or recorded before this was kept).</summary>
     public long? RanFrom { get; init; }
 
+    /// <summary>
+    /// How long a finished build ran: from <see cref="RanFrom"/> when it lies between its start and end (an agent's
+    /// clock may be off), else from <see cref="Started"/>.
+    /// </summary>
+    public long RunSeconds => Math.Max(0, Stopped - (RanFrom is { } ran && ran >= Started && ran <= Stopped ? ran : Started));
+
     public long Stopped { get; init; }
 
     public long? CpuUserMicroseconds { get; init; }

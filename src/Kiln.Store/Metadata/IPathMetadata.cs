@@ -145,6 +145,15 @@ public interface IPathMetadata
     /// <summary>The account's storage samples for days <paramref name="fromDay"/> (inclusive) to <paramref name="toDay"/> (exclusive), oldest first.</summary>
     Task<IReadOnlyList<StorageSample>> GetStorageHistoryAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Adds each sample's bytes to its account's day (accounts renamed as deleted are skipped): one transaction for
+    /// the lot, however many front doors add to the same day.
+    /// </summary>
+    Task AddTransfersAsync(IReadOnlyCollection<TransferSample> samples, CancellationToken cancellationToken);
+
+    /// <summary>The account's transfers for days <paramref name="fromDay"/> (inclusive) to <paramref name="toDay"/> (exclusive), oldest first.</summary>
+    Task<IReadOnlyList<TransferSample>> GetTransfersAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken);
+
     /// <summary>The account's storage now: its view's paths and their NAR bytes (one aggregate query).</summary>
     Task<(long Paths, long NarBytes)> GetStorageAsync(long account, CancellationToken cancellationToken);
 
@@ -209,6 +218,9 @@ public readonly record struct StorageSample(long Day, long Paths, long NarBytes)
 
     public static long DayOf(DateTimeOffset time) => time.ToUnixTimeSeconds() / SecondsPerDay;
 }
+
+/// <summary>NAR bytes an account uploaded and downloaded on a day (Unix days, UTC).</summary>
+public readonly record struct TransferSample(long Account, long Day, long Uploaded, long Downloaded);
 
 /// <summary>The store's size: path records in all views, and the distinct NARs they name with their bytes.</summary>
 public readonly record struct StoreTotals(long Paths, long Nars, long NarBytes);

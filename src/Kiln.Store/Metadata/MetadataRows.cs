@@ -246,6 +246,18 @@ internal static class MetadataRows
     /// <summary>An account's (<c>@a</c>) storage samples from day <c>@f</c> to before day <c>@t</c>.</summary>
     public const string StorageHistory = "SELECT day, paths, nar_bytes FROM storage_samples WHERE account_id = @a AND day >= @f AND day < @t ORDER BY day";
 
+    /// <summary>Adds bytes (<c>@u</c> up, <c>@w</c> down) to an account's (<c>@a</c>) day (<c>@d</c>), unless the account was deleted.</summary>
+    public const string AddTransfers = """
+        INSERT INTO transfers (account_id, day, uploaded, downloaded)
+        SELECT id, @d, @u, @w FROM accounts WHERE id = @a AND name NOT LIKE '(deleted%'
+        ON CONFLICT (account_id, day) DO UPDATE SET uploaded = transfers.uploaded + excluded.uploaded, downloaded = transfers.downloaded + excluded.downloaded
+        """;
+
+    /// <summary>An account's (<c>@a</c>) transfers from day <c>@f</c> to before day <c>@t</c>.</summary>
+    public const string Transfers = "SELECT account_id, day, uploaded, downloaded FROM transfers WHERE account_id = @a AND day >= @f AND day < @t ORDER BY day";
+
+    public static TransferSample ReadTransfer(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2), reader.GetInt64(3));
+
     /// <summary>An account's (<c>@a</c>) storage now: paths and NAR bytes.</summary>
     public const string Storage = "SELECT COUNT(id), CAST(COALESCE(SUM(nar_size), 0) AS BIGINT) FROM paths WHERE account_id = @a";
 
@@ -303,6 +315,7 @@ internal static class MetadataRows
         "DELETE FROM tokens WHERE account_id = @a",
         "DELETE FROM signing_keys WHERE account_id = @a",
         "DELETE FROM storage_samples WHERE account_id = @a",
+        "DELETE FROM transfers WHERE account_id = @a",
         "DELETE FROM settings WHERE account_id = @a",
         $"UPDATE accounts SET name = '{Accounts.AccountName.DeletedPrefix} ' || id || ')', public_cache = false, substituters = '', trusted_public_keys = '', netrc = '' WHERE id = @a",
     ];

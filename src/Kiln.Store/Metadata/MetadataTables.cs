@@ -48,6 +48,7 @@ public static class MetadataTables
         new("build_accounts", [("build_id", I), ("account_id", I)]),
         new("settings", [("account_id", I), ("scope", T), ("name", T), ("value", T), ("final", B)]),
         new("storage_samples", [("account_id", I), ("day", I), ("paths", I), ("nar_bytes", I)]),
+        new("transfers", [("account_id", I), ("day", I), ("uploaded", I), ("downloaded", I)]),
         new("build_tags", [("build_id", I), ("account_id", I), ("name", T), ("value", T)]),
         new("ssh_keys", [("id", I), ("account_id", I), ("key_type", T), ("key_blob", T), ("fingerprint", T), ("comment", T), ("permissions", T),
             ("enabled", B), ("created", I)], HasIdentity: true),

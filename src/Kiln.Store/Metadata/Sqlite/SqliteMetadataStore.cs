@@ -386,6 +386,25 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task AddTransfersAsync(IReadOnlyCollection<TransferSample> samples, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(samples);
+        return samples.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+        {
+            foreach (var sample in samples)
+            {
+                using var command = Command(connection, MetadataRows.AddTransfers, transaction,
+                    ("@a", sample.Account), ("@d", sample.Day), ("@u", sample.Uploaded), ("@w", sample.Downloaded));
+                await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }, cancellationToken);
+    }
+
+    public Task<IReadOnlyList<TransferSample>> GetTransfersAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<TransferSample>>(async connection =>
+            await ReadRowsAsync(Command(connection, MetadataRows.Transfers, null, ("@a", account), ("@f", fromDay), ("@t", toDay)), MetadataRows.ReadTransfer, cancellationToken).ConfigureAwait(false),
+            cancellationToken);
+
     public Task<(long Paths, long NarBytes)> GetStorageAsync(long account, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {
