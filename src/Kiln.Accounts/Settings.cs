@@ -16,8 +16,11 @@ public enum SettingLevel
     /// <summary>The SSH key's or token's the session came with (<c>--key</c>).</summary>
     Key,
 
-    /// <summary>The SSH session's environment (<c>SetEnv KILN_TIMEOUT=60</c>).</summary>
+    /// <summary>The SSH session's environment (<c>SetEnv KILN_TIMEOUT=60</c>; only while <c>settings-from-ssh-env</c> is on).</summary>
     Session,
+
+    /// <summary>The derivation's own attributes (<c>KILN_TIMEOUT = "60";</c>; only where <c>settings-from-drv-env</c> is on).</summary>
+    Derivation,
 }
 
 /// <summary>What a setting's value is: a duration in seconds, a size in bytes, a number (cores, jobs, hours).</summary>
@@ -29,6 +32,9 @@ public enum SettingKind
 
     /// <summary>A length of CPU time, kept in seconds: hours as a plain or decimal number (<c>10</c>, <c>0.5</c>), or <c>90m</c>, <c>30s</c>.</summary>
     Hours,
+
+    /// <summary>On or off (<c>on</c>, <c>off</c>, <c>true</c>, <c>false</c>, <c>1</c>, <c>0</c>), kept as 1 or 0.</summary>
+    Switch,
 }
 
 /// <summary>
@@ -49,6 +55,16 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     /// </summary>
     public bool Quota { get; init; }
 
+    /// <summary>
+    /// A gate: it decides which levels are read (<c>settings-from-ssh-env</c>, <c>settings-from-drv-env</c>), so it is
+    /// set by the server, the account and its keys, never by the session or the derivation it would let in. A later
+    /// level's value replaces an earlier one, unless that one is final.
+    /// </summary>
+    public bool Gate { get; init; }
+
+    /// <summary>Its value where the server's level does not name it (0 but for the switches that are on by default).</summary>
+    public long Default { get; init; }
+
     /// <summary>The SSH environment variable that sets it for a session: <c>KILN_</c>, upper-cased, <c>-</c> read as <c>_</c>.</summary>
     public string EnvironmentVariable => "KILN_" + Name.ToUpperInvariant().Replace('-', '_');
 
@@ -61,6 +77,16 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
         if (Kind == SettingKind.Hours)
         {
             return ParseHours(trimmed) ?? throw Invalid(text);
+        }
+
+        if (Kind == SettingKind.Switch)
+        {
+            return trimmed.ToLowerInvariant() switch
+            {
+                "on" or "true" or "yes" or "1" => 1,
+                "off" or "false" or "no" or "0" => 0,
+                _ => throw Invalid(text),
+            };
         }
 
         var digits = trimmed.TakeWhile(char.IsAsciiDigit).Count();
@@ -96,7 +122,7 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     }
 
     /// <summary>The largest value of the setting's kind (a ceiling every use can hold: a duration becomes a TimeSpan).</summary>
-    public long Most => Kind switch { SettingKind.Duration or SettingKind.Hours => MaxDurationSeconds, SettingKind.Count => MaxCount, _ => long.MaxValue / 2 };
+    public long Most => Kind switch { SettingKind.Duration or SettingKind.Hours => MaxDurationSeconds, SettingKind.Count => MaxCount, SettingKind.Switch => 1, _ => long.MaxValue / 2 };
 
     /// <summary>The longest duration a setting takes: ten years.</summary>
     public const long MaxDurationSeconds = 10L * 365 * 86_400;
@@ -105,7 +131,7 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     public const long MaxCount = 1_000_000;
 
     /// <summary>A value as the settings listing shows it (zero: a limit's none, a preference's "the server's choice").</summary>
-    public string Format(long value) => value == 0 ? Preference ? "default" : "none" : Kind switch
+    public string Format(long value) => Kind == SettingKind.Switch ? value == 0 ? "off" : "on" : value == 0 ? Preference ? "default" : "none" : Kind switch
     {
         SettingKind.Duration => $"{value} s",
         SettingKind.Bytes => $"{value} bytes",
@@ -119,6 +145,7 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
             SettingKind.Duration => "seconds, or 15m, 2h, 1d, at most ten years",
             SettingKind.Bytes => "bytes, or 64MiB, 1GiB",
             SettingKind.Hours => "hours, or 0.5, 90m, 30s",
+            SettingKind.Switch => "on or off",
             _ => $"a whole number up to {MaxCount}",
         }}; 0 for {(Preference ? "the default" : "none")})");
 }
@@ -160,8 +187,12 @@ public static class Settings
 
     public static SettingDefinition MaxCpuHoursPerMonth { get; } = new("max-cpu-hours-per-month", SettingKind.Hours, "Quota: the CPU hours the account's builds may use in a calendar month (UTC); past it builds are refused before they start.") { Quota = true };
 
+    public static SettingDefinition SettingsFromSshEnv { get; } = new("settings-from-ssh-env", SettingKind.Switch, "Whether the SSH session's KILN_* variables (SetEnv) are read as settings (default on).") { Gate = true, Default = 1 };
+
+    public static SettingDefinition SettingsFromDrvEnv { get; } = new("settings-from-drv-env", SettingKind.Switch, "Whether a derivation's own KILN_* attributes are read as settings for its build (default off: a derivation is not always the account's own).") { Gate = true };
+
     public static IReadOnlyList<SettingDefinition> All { get; } =
-        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth];
+        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, SettingsFromSshEnv, SettingsFromDrvEnv];
 
     /// <summary>The setting with that name.</summary>
     /// <exception cref="KilnException">There is none (Invalid), with the names there are.</exception>
@@ -177,43 +208,65 @@ public static class Settings
     /// <summary>
     /// Every setting's value in effect for a session: <paramref name="server"/>'s (by name, 0 when absent), then the
     /// account's rows (scope empty), the <paramref name="scope"/>'s (a key or token; null: none), then
-    /// <paramref name="environment"/>'s <c>KILN_*</c> variables (malformed values are left out, as a client cannot be
-    /// told at login). A quota is the server's or the account's only.
+    /// <paramref name="environment"/>'s <c>KILN_*</c> variables where <c>settings-from-ssh-env</c> is on, then
+    /// <paramref name="derivation"/>'s <c>KILN_*</c> attributes where <c>settings-from-drv-env</c> is on (malformed
+    /// values are left out, as a client cannot be told at login). A quota is the server's or the account's only; a
+    /// gate the server's, the account's or the key's.
     /// </summary>
     public static IReadOnlyList<EffectiveSetting> Resolve(IReadOnlyDictionary<string, long> server, IReadOnlyList<SettingRecord> stored, string? scope,
-        IReadOnlyDictionary<string, string>? environment)
+        IReadOnlyDictionary<string, string>? environment, IReadOnlyDictionary<string, string>? derivation = null)
     {
         ArgumentNullException.ThrowIfNull(server);
         ArgumentNullException.ThrowIfNull(stored);
         var result = new List<EffectiveSetting>();
-        foreach (var definition in All)
+        foreach (var definition in All.OrderBy(d => !d.Gate)) // the gates first: they decide what the others read
         {
-            var effective = new EffectiveSetting(definition, server.GetValueOrDefault(definition.Name), SettingLevel.Server, Final: false);
+            var effective = new EffectiveSetting(definition, server.GetValueOrDefault(definition.Name, definition.Default), SettingLevel.Server, Final: false);
             foreach (var row in stored.Where(r => r.Name == definition.Name && r.Scope.Length == 0))
             {
                 effective = Apply(effective, Stored(definition, row.Value), SettingLevel.Account, row.Final);
             }
 
-            if (definition.Quota)
+            if (!definition.Quota)
             {
-                result.Add(effective);
-                continue;
+                foreach (var row in stored.Where(r => r.Name == definition.Name && scope is not null && r.Scope == scope))
+                {
+                    effective = Apply(effective, Stored(definition, row.Value), SettingLevel.Key, row.Final);
+                }
             }
 
-            foreach (var row in stored.Where(r => r.Name == definition.Name && scope is not null && r.Scope == scope))
+            if (!definition.Quota && !definition.Gate)
             {
-                effective = Apply(effective, Stored(definition, row.Value), SettingLevel.Key, row.Final);
-            }
+                if (environment is not null && On(result, SettingsFromSshEnv) && environment.TryGetValue(definition.EnvironmentVariable, out var text))
+                {
+                    effective = Apply(effective, Parsed(definition, text), SettingLevel.Session, final: false);
+                }
 
-            if (environment is not null && environment.TryGetValue(definition.EnvironmentVariable, out var text))
-            {
-                effective = Apply(effective, Parsed(definition, text), SettingLevel.Session, final: false);
+                if (derivation is not null && On(result, SettingsFromDrvEnv) && derivation.TryGetValue(definition.EnvironmentVariable, out var attribute))
+                {
+                    effective = Apply(effective, Parsed(definition, attribute), SettingLevel.Derivation, final: false);
+                }
             }
 
             result.Add(effective);
         }
 
-        return result;
+        return [.. result.OrderBy(e => All.IndexOf(e.Definition))];
+    }
+
+    private static bool On(List<EffectiveSetting> resolved, SettingDefinition gate) => resolved.First(e => e.Definition == gate).Value != 0;
+
+    private static int IndexOf(this IReadOnlyList<SettingDefinition> list, SettingDefinition definition)
+    {
+        for (var i = 0; i < list.Count; i++)
+        {
+            if (list[i] == definition)
+            {
+                return i;
+            }
+        }
+
+        return -1;
     }
 
     /// <summary>The values of <see cref="Resolve"/>'s settings by name.</summary>
@@ -224,7 +277,7 @@ public static class Settings
     // preference's value other than 0 replaces the one above).
     private static EffectiveSetting Apply(EffectiveSetting current, long? value, SettingLevel level, bool final)
     {
-        if (value is not { } v || current.Final || !(current.Definition.Preference ? v != 0 : Tighter(v, current.Value)))
+        if (value is not { } v || current.Final || !(current.Definition.Gate || (current.Definition.Preference ? v != 0 : Tighter(v, current.Value))))
         {
             return final && value is not null && !current.Final ? current with { Final = true } : current;
         }

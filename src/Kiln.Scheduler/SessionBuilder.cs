@@ -350,7 +350,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                     {
                         await RegisterAsync(drvPath, stored, trust, token).ConfigureAwait(false);
                         await _scheduler.Builds.AddBuildAccountAsync(record.Id, _view.AccountId, token).ConfigureAwait(false);
-                        await _scheduler.Builds.TagBuildAsync(record.Id, _view.AccountId, _tags, token).ConfigureAwait(false);
+                        await _scheduler.Builds.TagBuildAsync(record.Id, _view.AccountId, TagsOf(derivation), token).ConfigureAwait(false);
                         KilnMetrics.BuildsReused.Add(1);
                         _events.Message(BuildScheduler.ReusingMessage(drvPath, record.Stopped > 0 ? DateTimeOffset.FromUnixTimeSeconds(record.Stopped) : default));
                         return new Step(BuildStatus.Built, "", outputs);
@@ -362,7 +362,9 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                 }
             }
 
-            if (_limits.CpuQuotaSeconds > 0 && await _cpuQuota.Value.ConfigureAwait(false) is { } refusal)
+            // The derivation's own KILN_* attributes, where the account reads them, are the narrowest level.
+            var limits = _limits.For(derivation.Environment);
+            if (limits.CpuQuotaSeconds > 0 && await _cpuQuota.Value.ConfigureAwait(false) is { } refusal)
             {
                 _events.Message(refusal);
                 return Step.Failed(BuildStatus.MiscFailure, $"{refusal} (the build of '{drvPath}' was not started)");
@@ -379,7 +381,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
             // another account's paths were the last to name) are built once more.
             for (var attempt = 1; ; attempt++)
             {
-                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation) with { GloballyTrusted = trust.IsGlobal() }, _view.AccountId, _tags, _events, ClientLimits(), _limits, token).ConfigureAwait(false);
+                var result = await _scheduler.RunOrJoinAsync(key, job, Requirements(derivation) with { GloballyTrusted = trust.IsGlobal() }, _view.AccountId, TagsOf(derivation), _events, ClientLimits(limits.Apply(_settings)), limits, token).ConfigureAwait(false);
                 var outcome = result.Outcome;
                 if (!outcome.Succeeded)
                 {
@@ -467,8 +469,16 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
         }
 
         // The client's own limits, which this session applies to its wait (a client may ask for tighter, never looser).
-        private BuildLimits ClientLimits() =>
-            new() { MaxSilentTime = _settings.MaxSilentTime, Timeout = _settings.Timeout, MaxLogSize = _settings.MaxLogSize };
+        private static BuildLimits ClientLimits(ClientBuildSettings settings) =>
+            new() { MaxSilentTime = settings.MaxSilentTime, Timeout = settings.Timeout, MaxLogSize = settings.MaxLogSize };
+
+        // The session's tags (KILN_TAG_* in its SSH environment) and the derivation's own KILN_TAG_* attributes; the
+        // session's win where both name a tag.
+        private IReadOnlyList<BuildTag> TagsOf(Derivation derivation)
+        {
+            var own = BuildTag.FromEnvironment(derivation.Environment);
+            return own.Count == 0 ? _tags : [.. _tags.Concat(own.Where(t => _tags.All(s => s.Name != t.Name))).Take(BuildTag.MaxTags)];
+        }
 
         private string FailureMessage(BuildOutcome outcome)
         {

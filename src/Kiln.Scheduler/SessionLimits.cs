@@ -34,6 +34,15 @@ public sealed record SessionLimits(TimeSpan Timeout, TimeSpan MaxSilentTime, lon
     /// <summary>The CPU seconds the account's builds may use in a calendar month, UTC (zero: no quota).</summary>
     public long CpuQuotaSeconds { get; init; }
 
+    /// <summary>
+    /// The limits for one derivation's build, with its own <c>KILN_*</c> attributes as the narrowest level; null where
+    /// the account does not read them (<c>settings-from-drv-env</c> off, the default): these limits hold as they are.
+    /// </summary>
+    public Func<IReadOnlyDictionary<string, string>, SessionLimits>? ForDerivation { get; init; }
+
+    /// <summary>The limits for a derivation with these attributes (<see cref="ForDerivation"/>), or these.</summary>
+    public SessionLimits For(IReadOnlyDictionary<string, string> attributes) => ForDerivation is { } derive ? derive(attributes) : this;
+
     /// <summary>The client's settings, each limit the tighter of the client's and the session's.</summary>
     public ClientBuildSettings Apply(ClientBuildSettings settings)
     {

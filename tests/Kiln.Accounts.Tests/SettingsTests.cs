@@ -101,12 +101,42 @@ public sealed class SettingsTests
     }
 
     [Fact]
+    public void A_derivations_attributes_are_read_only_where_the_account_or_key_turns_them_on_and_only_tighten()
+    {
+        var derivation = new Dictionary<string, string> { ["KILN_TIMEOUT"] = "2", ["KILN_MAX_CPU"] = "64", ["KILN_SETTINGS_FROM_DRV_ENV"] = "on" };
+        var server = new Dictionary<string, long> { ["timeout"] = 600, ["max-cpu"] = 4 };
+        IReadOnlyDictionary<string, long> With(params SettingRecord[] rows) => Settings.ByName(Settings.Resolve(server, rows, Key, null, derivation));
+
+        // Off by default, and a derivation cannot turn it on for itself.
+        Assert.Equal((600L, 4L, 0L), (With()["timeout"], With()["max-cpu"], With()["settings-from-drv-env"]));
+
+        // The account turns it on: the derivation tightens the timeout, and cannot loosen max-cpu.
+        var on = With(new SettingRecord("", "settings-from-drv-env", "1", false));
+        Assert.Equal((2L, 4L), (on["timeout"], on["max-cpu"]));
+        Assert.Equal(SettingLevel.Derivation, Settings.Resolve(server, [new SettingRecord("", "settings-from-drv-env", "1", false)], Key, null, derivation).Single(s => s.Definition == Settings.Timeout).Origin);
+
+        // A key turns it off again for its sessions, unless the account made it final.
+        Assert.Equal(600, With(new SettingRecord("", "settings-from-drv-env", "1", false), new SettingRecord(Key, "settings-from-drv-env", "0", false))["timeout"]);
+        Assert.Equal(2, With(new SettingRecord("", "settings-from-drv-env", "1", true), new SettingRecord(Key, "settings-from-drv-env", "0", false))["timeout"]);
+    }
+
+    [Fact]
+    public void The_sessions_environment_is_read_unless_settings_from_ssh_env_is_off()
+    {
+        var environment = new Dictionary<string, string> { ["KILN_TIMEOUT"] = "2", ["KILN_SETTINGS_FROM_SSH_ENV"] = "on" };
+        Assert.Equal(2, Settings.ByName(Settings.Resolve(new Dictionary<string, long>(), [], Key, environment))["timeout"]);
+        var off = new[] { new SettingRecord("", "settings-from-ssh-env", "0", false) };
+        Assert.Equal(0, Settings.ByName(Settings.Resolve(new Dictionary<string, long>(), off, Key, environment))["timeout"]); // (nor can the session turn it on)
+    }
+
+    [Fact]
     public void Values_show_as_their_kind()
     {
         Assert.Equal("none", Settings.MaxJobs.Format(0));
         Assert.Equal("4", Settings.MaxJobs.Format(4));
         Assert.Equal("default", Settings.DefaultCpu.Format(0));
         Assert.Equal("0.5 h", Settings.MaxCpuHoursPerMonth.Format(1800));
+        Assert.Equal(("on", "off"), (Settings.SettingsFromSshEnv.Format(1), Settings.SettingsFromDrvEnv.Format(0)));
         Assert.Equal("max-jobs                4                account", new EffectiveSetting(Settings.MaxJobs, 4, SettingLevel.Account, false).ToLine());
     }
 
@@ -118,6 +148,9 @@ public sealed class SettingsTests
     [InlineData("max-cpu-hours-per-month", "90m", 5400)]
     [InlineData("max-cpu-hours-per-month", "2s", 2)]
     [InlineData("max-storage", "10GiB", 10L << 30)]
+    [InlineData("settings-from-drv-env", "on", 1)]
+    [InlineData("settings-from-drv-env", "False", 0)]
+    [InlineData("max-cpu-hours-per-month", "0.1s", 1)] // a tiny quota rounds up, never to 0 (none)
     [InlineData("timeout", "90", 90)]
     [InlineData("timeout", "2h", 7200)]
     [InlineData("timeout", " 1d ", 86_400)]
@@ -146,6 +179,8 @@ public sealed class SettingsTests
     [InlineData("max-cpu-hours-per-month", "1e9")]
     [InlineData("max-cpu-hours-per-month", "99999999999999999999999999999")]
     [InlineData("max-cpu-hours-per-month", "1d")]
+    [InlineData("settings-from-drv-env", "maybe")]
+    [InlineData("settings-from-drv-env", "2")]
     public void Malformed_values_are_refused_with_the_settings_name(string name, string text)
     {
         var error = Assert.Throws<KilnException>(() => Settings.Find(name).Parse(text));
@@ -157,6 +192,6 @@ public sealed class SettingsTests
     public void An_unknown_setting_names_the_ones_there_are()
     {
         var error = Assert.Throws<KilnException>(() => Settings.Find("max-fun"));
-        Assert.Contains("timeout, max-silent-time, max-build-log-size, max-jobs, max-cpu, min-cpu, default-cpu, max-mem, min-mem, max-storage, max-cpu-hours-per-month", error.Message, StringComparison.Ordinal);
+        Assert.Contains("timeout, max-silent-time, max-build-log-size, max-jobs, max-cpu, min-cpu, default-cpu, max-mem, min-mem, max-storage, max-cpu-hours-per-month, settings-from-ssh-env, settings-from-drv-env", error.Message, StringComparison.Ordinal);
     }
 }

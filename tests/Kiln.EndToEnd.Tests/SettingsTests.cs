@@ -55,6 +55,43 @@ public sealed class SettingsTests
         Assert.Matches(@"max-silent-time\s+3600 s\s+account, final", SshTests.Shell(kiln, alice, null, "kiln", "settings").StdoutText);
     }
 
+    [Theory]
+    [InlineData("2.3.7")]
+    [InlineData("2.34.8")]
+    public void A_derivations_own_settings_are_ignored_until_its_account_reads_them_and_its_tags_are_kept(string version)
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For(version);
+        using var kiln = new KilnProcess(ssh: true);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice", "store:read,store:write,build:read,build:write,account:write");
+        Dag.WriteBusybox(client, workspace);
+        string Sleeper(string name)
+        {
+            File.WriteAllText(client.HostPath($"{workspace}/{name}.nix"), $$"""
+                let bb = ./bb; in derivation {
+                  name = "{{name}}"; system = "x86_64-linux"; builder = "${bb}/bin/sh"; PATH = "${bb}/bin";
+                  KILN_TIMEOUT = "2"; KILN_TAG_SUITE = "slow-{{name}}";
+                  args = [ "-c" "echo {{Guid.NewGuid():N}}; sleep 4; mkdir $out" ];
+                }
+                """);
+            return $"{workspace}/{name}.nix";
+        }
+
+        string[] Build(string drv) => [.. alice.Environment, "nix-build", "--store", Store, drv, "--no-out-link"];
+
+        // Off by default: the attribute is a plain environment variable, the build runs its four seconds. Its tag is
+        // kept with the build for the account (tags need no setting).
+        client.Ok(kiln, Build(Sleeper("ignored")));
+        Assert.Contains("ignored", SshTests.Shell(kiln, alice, null, "kiln", "builds", "list", "--tag", "suite=slow-ignored").StdoutText, StringComparison.Ordinal);
+
+        // The account turns it on: the derivation's own timeout holds, with Nix's message.
+        Assert.Contains("settings-from-drv-env = 1", SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "settings-from-drv-env", "on").StdoutText, StringComparison.Ordinal);
+        var limited = client.Run(kiln, Build(Sleeper("limited")));
+        Assert.NotEqual(0, limited.ExitCode);
+        Assert.Contains("timed out after 2 seconds", limited.Stderr, StringComparison.Ordinal);
+    }
+
     // Six builds of three seconds each, printing their NIX_BUILD_CORES, for one account.
     private static string WriteSix(NixClient client, string workspace, string name, string salt)
     {

@@ -281,11 +281,24 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     }
 
     // The session's limits from the settings hierarchy: the server's, then the account's, the key's and the session's
-    // environment (KILN_TIMEOUT=…), each only where it tightens (one query, at the session's start).
+    // environment (KILN_TIMEOUT=…), each only where it tightens (one query, at the session's start); where the account
+    // reads derivations' attributes (settings-from-drv-env), each build's are resolved once more with them.
     private async Task<Kiln.Scheduler.SessionLimits> SessionLimitsAsync(SshKeyRecord key, IReadOnlyDictionary<string, string> environment, CancellationToken cancellationToken)
     {
         var stored = await store.Settings.GetSettingsAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
-        var effective = Kiln.Accounts.Settings.ByName(Kiln.Accounts.Settings.Resolve(_serverSettings, stored, Kiln.Accounts.Settings.KeyScope(key.Fingerprint), environment));
+        var scope = Kiln.Accounts.Settings.KeyScope(key.Fingerprint);
+        var effective = Kiln.Accounts.Settings.ByName(Kiln.Accounts.Settings.Resolve(_serverSettings, stored, scope, environment));
+        var fromDerivations = effective[Kiln.Accounts.Settings.SettingsFromDrvEnv.Name] != 0;
+        return Limits(effective) with
+        {
+            ForDerivation = fromDerivations
+                ? attributes => Limits(Kiln.Accounts.Settings.ByName(Kiln.Accounts.Settings.Resolve(_serverSettings, stored, scope, environment, attributes)))
+                : null,
+        };
+    }
+
+    private static Kiln.Scheduler.SessionLimits Limits(IReadOnlyDictionary<string, long> effective)
+    {
         int Count(Kiln.Accounts.SettingDefinition setting) => (int)Math.Min(int.MaxValue, effective[setting.Name]);
         return new Kiln.Scheduler.SessionLimits(TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.Timeout.Name]),
             TimeSpan.FromSeconds(effective[Kiln.Accounts.Settings.MaxSilentTime.Name]), effective[Kiln.Accounts.Settings.MaxBuildLogSize.Name])
