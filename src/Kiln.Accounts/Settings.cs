@@ -187,12 +187,14 @@ public static class Settings
 
     public static SettingDefinition MaxCpuHoursPerMonth { get; } = new("max-cpu-hours-per-month", SettingKind.Hours, "Quota: the CPU hours the account's builds may use in a calendar month (UTC); past it builds are refused before they start.") { Quota = true };
 
+    public static SettingDefinition KeepBuildsRunning { get; } = new("keep-builds-running", SettingKind.Switch, "Whether a build goes on when its client disconnects (its result is kept for the next request); off: it stops unless another request waits for it.");
+
     public static SettingDefinition SettingsFromSshEnv { get; } = new("settings-from-ssh-env", SettingKind.Switch, "Whether the SSH session's KILN_* variables (SetEnv) are read as settings (default on).") { Gate = true, Default = 1 };
 
     public static SettingDefinition SettingsFromDrvEnv { get; } = new("settings-from-drv-env", SettingKind.Switch, "Whether a derivation's own KILN_* attributes are read as settings for its build (default off: a derivation is not always the account's own).") { Gate = true };
 
     public static IReadOnlyList<SettingDefinition> All { get; } =
-        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, SettingsFromSshEnv, SettingsFromDrvEnv];
+        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, KeepBuildsRunning, SettingsFromSshEnv, SettingsFromDrvEnv];
 
     /// <summary>The setting with that name.</summary>
     /// <exception cref="KilnException">There is none (Invalid), with the names there are.</exception>
@@ -274,10 +276,10 @@ public static class Settings
         effective.ToDictionary(s => s.Definition.Name, s => s.Value, StringComparer.Ordinal);
 
     // A lower level's value, where it may change the one in effect: not past a final, and for a limit only tighter (a
-    // preference's value other than 0 replaces the one above).
+    // preference's value other than 0, and a switch's either value, replace the one above).
     private static EffectiveSetting Apply(EffectiveSetting current, long? value, SettingLevel level, bool final)
     {
-        if (value is not { } v || current.Final || !(current.Definition.Gate || (current.Definition.Preference ? v != 0 : Tighter(v, current.Value))))
+        if (value is not { } v || current.Final || !(current.Definition.Kind == SettingKind.Switch || (current.Definition.Preference ? v != 0 : Tighter(v, current.Value))))
         {
             return final && value is not null && !current.Final ? current with { Final = true } : current;
         }

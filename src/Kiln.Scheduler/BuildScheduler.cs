@@ -120,7 +120,7 @@ public sealed partial class BuildScheduler
             return ReusedAsync(earlier, accountId, tags, cancellationToken);
         }
 
-        return JoinAsync(step!, accountId, tags, events, sessionLimits, cancellationToken);
+        return JoinAsync(step!, accountId, tags, events, sessionLimits, accountLimits.KeepBuildsRunning, cancellationToken);
     }
 
     /// <summary>
@@ -210,10 +210,10 @@ public sealed partial class BuildScheduler
         return done with { Reused = true };
     }
 
-    private async Task<StepOutcome> JoinAsync(RunningStep step, long accountId, IReadOnlyList<BuildTag> tags, IBuildEvents events, BuildLimits sessionLimits,
+    private async Task<StepOutcome> JoinAsync(RunningStep step, long accountId, IReadOnlyList<BuildTag> tags, IBuildEvents events, BuildLimits sessionLimits, bool keepRunning,
         CancellationToken cancellationToken)
     {
-        var joined = step.JoinAsync(events, sessionLimits, accountId, cancellationToken);
+        var joined = step.JoinAsync(events, sessionLimits, accountId, cancellationToken, keepRunning);
         var joiner = accountId != step.StartedFor;
         if (joiner)
         {

@@ -29,6 +29,7 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     private BuildOutcome? _gaveUp;
     private readonly long _created = Stopwatch.GetTimestamp();
     private bool _joined; // a session has waited for it already: the next one joins a build someone else started
+    private bool _keepRunning; // a session that asked for it (keep-builds-running) waited for it: a disconnect does not stop it
 
     public RunningStep(string key, BuildJob job, long startedFor, int backlogLimit)
     {
@@ -89,12 +90,13 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     /// Waits for the build as one more interested session; <paramref name="limits"/> are the session's own (zero: none),
     /// counted from when it joined or the build began running, whichever is later.
     /// </summary>
-    public async Task<StepOutcome> JoinAsync(IBuildEvents events, BuildLimits limits, long account, CancellationToken cancellationToken)
+    public async Task<StepOutcome> JoinAsync(IBuildEvents events, BuildLimits limits, long account, CancellationToken cancellationToken, bool keepRunning = false)
     {
         Watcher watcher;
         lock (_gate)
         {
             _waiters++;
+            _keepRunning |= keepRunning;
             watcher = new Watcher(events, events.BuildStarted(DrvPath), limits, account, Stopwatch.GetTimestamp());
             if (_joined)
             {
@@ -155,7 +157,9 @@ internal sealed class RunningStep : IBuildLog, IDisposable
             {
                 _watchers.Remove(watcher);
                 events.BuildStopped(watcher.Activity);
-                if (--_waiters == 0 && !Completion.IsCompleted)
+                // The last session gone: the build stops, unless one asked for it to go on (keep-builds-running) and
+                // this one only went away (a limit of its own passed, or a cancel through the API, stop it as before).
+                if (--_waiters == 0 && !Completion.IsCompleted && (exceeded is not null || !_keepRunning))
                 {
                     _gaveUp = exceeded;
                     try

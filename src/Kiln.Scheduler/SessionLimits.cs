@@ -31,6 +31,12 @@ public sealed record SessionLimits(TimeSpan Timeout, TimeSpan MaxSilentTime, lon
     /// <summary>The least memory a build is given (zero: the server's <c>--min-mem</c>).</summary>
     public long MinMemory { get; init; }
 
+    /// <summary>
+    /// Whether a build this session waits for goes on when the session's client goes away (its outcome is recorded and
+    /// the next request reuses it); otherwise it stops once nobody waits for it.
+    /// </summary>
+    public bool KeepBuildsRunning { get; init; }
+
     /// <summary>The CPU seconds the account's builds may use in a calendar month, UTC (zero: no quota).</summary>
     public long CpuQuotaSeconds { get; init; }
 

@@ -127,6 +127,12 @@ public sealed class SettingsTests
         Assert.Equal(2, Settings.ByName(Settings.Resolve(new Dictionary<string, long>(), [], Key, environment))["timeout"]);
         var off = new[] { new SettingRecord("", "settings-from-ssh-env", "0", false) };
         Assert.Equal(0, Settings.ByName(Settings.Resolve(new Dictionary<string, long>(), off, Key, environment))["timeout"]); // (nor can the session turn it on)
+
+        // A switch that is not a gate is the narrowest level's choice either way, unless a level above made it final.
+        var keep = new[] { new SettingRecord("", "keep-builds-running", "1", false) };
+        Assert.Equal(0, Settings.ByName(Settings.Resolve(new Dictionary<string, long>(), keep, Key, new Dictionary<string, string> { ["KILN_KEEP_BUILDS_RUNNING"] = "off" }))["keep-builds-running"]);
+        keep = [new SettingRecord("", "keep-builds-running", "1", true)];
+        Assert.Equal(1, Settings.ByName(Settings.Resolve(new Dictionary<string, long>(), keep, Key, new Dictionary<string, string> { ["KILN_KEEP_BUILDS_RUNNING"] = "off" }))["keep-builds-running"]);
     }
 
     [Fact]
@@ -192,6 +198,6 @@ public sealed class SettingsTests
     public void An_unknown_setting_names_the_ones_there_are()
     {
         var error = Assert.Throws<KilnException>(() => Settings.Find("max-fun"));
-        Assert.Contains("timeout, max-silent-time, max-build-log-size, max-jobs, max-cpu, min-cpu, default-cpu, max-mem, min-mem, max-storage, max-cpu-hours-per-month, settings-from-ssh-env, settings-from-drv-env", error.Message, StringComparison.Ordinal);
+        Assert.Contains("timeout, max-silent-time, max-build-log-size, max-jobs, max-cpu, min-cpu, default-cpu, max-mem, min-mem, max-storage, max-cpu-hours-per-month, keep-builds-running, settings-from-ssh-env, settings-from-drv-env", error.Message, StringComparison.Ordinal);
     }
 }

@@ -50,6 +50,33 @@ public class DisconnectTests
             () => "the session to end as 'client disconnected during a request'; Kiln's log:\n" + kiln.Log);
     }
 
+    [Fact]
+    public async Task With_keep_builds_running_a_build_goes_on_when_its_only_client_is_killed_and_the_next_request_reuses_it()
+    {
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: true);
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        string[] keeping = [.. alice.Environment[..^1], alice.Environment[^1] + " -o SetEnv=KILN_KEEP_BUILDS_RUNNING=on"];
+        const string Store = "ssh-ng://kiln@127.0.0.1";
+        using var workspace = client.NewWorkspace();
+        var marker = Guid.NewGuid().ToString("N");
+        var slow = Dag.WriteSingle(client, workspace, "kept", $"echo {marker} started; i=0; while [ $i -lt 40 ]; do sleep 0.1; i=$((i+1)); done; mkdir $out");
+        var drv = client.Ok(kiln, [.. keeping, "nix-instantiate", "--store", Store, slow]).StdoutText.Trim();
+
+        using var first = client.Start(kiln, [.. keeping, "nix-build", "--store", Store, drv, "--no-out-link"]);
+        await WaitForAsync(() => BuilderProcesses(marker).Count > 0, TimeSpan.FromSeconds(60), "the build to start");
+        first.Kill(entireProcessTree: true);
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        Assert.NotEmpty(BuilderProcesses(marker)); // nobody waits, and it goes on
+
+        // It ends as built; the next request (without the setting) is answered by it at once.
+        await WaitForAsync(() => BuildsAsync(kiln).Result is [{ Running: false }], TimeSpan.FromSeconds(60), "the kept build to end");
+        Assert.True(Assert.Single(await BuildsAsync(kiln)).Succeeded);
+        var again = client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, drv, "--no-out-link"]);
+        Assert.Contains("kiln: reusing a build of", again.Stderr, StringComparison.Ordinal);
+        Assert.Single(await BuildsAsync(kiln));
+    }
+
     [Theory]
     [MemberData(nameof(Transports))]
     public async Task A_build_another_client_joined_goes_on_for_it_when_the_first_is_killed(string transport)

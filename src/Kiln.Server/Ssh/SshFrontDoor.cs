@@ -310,6 +310,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             MaxMemory = effective[Kiln.Accounts.Settings.MaxMem.Name],
             MinMemory = effective[Kiln.Accounts.Settings.MinMem.Name],
             CpuQuotaSeconds = effective[Kiln.Accounts.Settings.MaxCpuHoursPerMonth.Name],
+            KeepBuildsRunning = effective[Kiln.Accounts.Settings.KeepBuildsRunning.Name] != 0,
         };
     }
 
