@@ -189,12 +189,17 @@ public static class Settings
 
     public static SettingDefinition KeepBuildsRunning { get; } = new("keep-builds-running", SettingKind.Switch, "Whether a build goes on when its client disconnects (its result is kept for the next request); off: it stops unless another request waits for it.");
 
+    public static SettingDefinition ReuseBuildFailures { get; } = new("reuse-build-failures", SettingKind.Switch, "Whether a derivation whose latest build for the account failed, from the same inputs, fails again at once with that build's error.");
+
+    public static SettingDefinition ReuseBuildTimeouts { get; } = new("reuse-build-timeouts", SettingKind.Switch, "Whether a derivation whose latest build for the account timed out, from the same inputs, fails again at once.");
+
     public static SettingDefinition SettingsFromSshEnv { get; } = new("settings-from-ssh-env", SettingKind.Switch, "Whether the SSH session's KILN_* variables (SetEnv) are read as settings (default on).") { Gate = true, Default = 1 };
 
     public static SettingDefinition SettingsFromDrvEnv { get; } = new("settings-from-drv-env", SettingKind.Switch, "Whether a derivation's own KILN_* attributes are read as settings for its build (default off: a derivation is not always the account's own).") { Gate = true };
 
     public static IReadOnlyList<SettingDefinition> All { get; } =
-        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, KeepBuildsRunning, SettingsFromSshEnv, SettingsFromDrvEnv];
+        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
+            SettingsFromSshEnv, SettingsFromDrvEnv];
 
     /// <summary>The setting with that name.</summary>
     /// <exception cref="KilnException">There is none (Invalid), with the names there are.</exception>

@@ -364,6 +364,11 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
 
             // The derivation's own KILN_* attributes, where the account reads them, are the narrowest level.
             var limits = _limits.For(derivation.Environment);
+            if (await ReusedFailureAsync(drvPath, derivation, key, limits, token).ConfigureAwait(false) is { } failed)
+            {
+                return failed;
+            }
+
             if (limits.CpuQuotaSeconds > 0 && await _cpuQuota.Value.ConfigureAwait(false) is { } refusal)
             {
                 _events.Message(refusal);
@@ -466,6 +471,29 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                 Processes = options.BuildProcesses,
                 DiskBytes = options.BuildDisk,
             };
+        }
+
+        // Where the account asks for it (reuse-build-failures, reuse-build-timeouts), the step's latest build for the
+        // account, if it failed so, answers again: the client gets its error at once and the log of the build it was.
+        private async Task<Step?> ReusedFailureAsync(StorePath drvPath, Derivation derivation, string key, SessionLimits limits, CancellationToken token)
+        {
+            if (!limits.ReuseBuildFailures && !limits.ReuseBuildTimeouts)
+            {
+                return null;
+            }
+
+            List<string> kinds = [.. limits.ReuseBuildFailures ? [nameof(BuildFailureKind.PermanentFailure)] : Array.Empty<string>(),
+                .. limits.ReuseBuildTimeouts ? [nameof(BuildFailureKind.TimedOut)] : Array.Empty<string>()];
+            if (await _scheduler.Builds.FindFailedBuildAsync(key, _view.AccountId, kinds, token).ConfigureAwait(false) is not { } failed)
+            {
+                return null;
+            }
+
+            await _scheduler.Builds.TagBuildAsync(failed.Id, _view.AccountId, TagsOf(derivation), token).ConfigureAwait(false);
+            var timedOut = failed.Failure == nameof(BuildFailureKind.TimedOut);
+            _events.Message($"kiln: reusing the failed build {failed.Id} of '{drvPath}' from {DateTimeOffset.FromUnixTimeSeconds(failed.Stopped).UtcDateTime:yyyy-MM-dd HH:mm} UTC " +
+                $"({(timedOut ? "reuse-build-timeouts" : "reuse-build-failures")} is on; 'kiln builds log {failed.Id}' shows its log)");
+            return Step.Failed(timedOut ? BuildStatus.TimedOut : BuildStatus.PermanentFailure, failed.Error);
         }
 
         // The client's own limits, which this session applies to its wait (a client may ask for tighter, never looser).

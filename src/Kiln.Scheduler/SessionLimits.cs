@@ -37,6 +37,12 @@ public sealed record SessionLimits(TimeSpan Timeout, TimeSpan MaxSilentTime, lon
     /// </summary>
     public bool KeepBuildsRunning { get; init; }
 
+    /// <summary>Whether a derivation whose latest build for the account failed (its builder failed) fails again at once, unbuilt.</summary>
+    public bool ReuseBuildFailures { get; init; }
+
+    /// <summary>Whether a derivation whose latest build for the account timed out fails again at once, unbuilt.</summary>
+    public bool ReuseBuildTimeouts { get; init; }
+
     /// <summary>The CPU seconds the account's builds may use in a calendar month, UTC (zero: no quota).</summary>
     public long CpuQuotaSeconds { get; init; }
 

@@ -92,6 +92,42 @@ public sealed class SettingsTests
         Assert.Contains("timed out after 2 seconds", limited.Stderr, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task With_reuse_build_failures_a_derivation_that_failed_fails_again_at_once_unbuilt()
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: true);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        var salt = Guid.NewGuid().ToString("N");
+        var broken = Dag.WriteSingle(client, workspace, "broken", $"echo {salt}; echo it broke >&2; exit 3");
+        string[] Build(string[] environment) => [.. environment, "nix-build", "--store", Store, broken, "--no-out-link"];
+        async Task<int> BuildsAsync()
+        {
+            await using var metadata = new SqliteMetadataStore(Path.Combine(kiln.DataDirectory, "kiln.db"));
+            return (await metadata.ListBuildsAsync(null, 100, CancellationToken.None)).Count(b => b.DrvPath.EndsWith("-broken.drv", StringComparison.Ordinal));
+        }
+
+        // Off (the default): each request builds it again.
+        Assert.NotEqual(0, client.Run(kiln, Build(alice.Environment)).ExitCode);
+        Assert.NotEqual(0, client.Run(kiln, Build(alice.Environment)).ExitCode);
+        Assert.Equal(2, await BuildsAsync());
+
+        // On: the failure answers again, saying which build it was; nothing is built.
+        kiln.Cli("settings", "set", "alice", "reuse-build-failures", "on");
+        var reused = client.Run(kiln, Build(alice.Environment));
+        Assert.NotEqual(0, reused.ExitCode);
+        Assert.Matches(@"kiln: reusing the failed build [0-9]+ of '/nix/store/[a-z0-9]{32}-broken\.drv' from .* UTC \(reuse-build-failures is on", reused.Stderr);
+        Assert.True(reused.Stderr.Contains("failed with exit code 3", StringComparison.Ordinal), reused.Stderr);
+        Assert.Equal(2, await BuildsAsync());
+
+        // A session turns it off for itself: built again.
+        string[] fresh = [.. alice.Environment[..^1], alice.Environment[^1] + " -o SetEnv=KILN_REUSE_BUILD_FAILURES=off"];
+        Assert.NotEqual(0, client.Run(kiln, Build(fresh)).ExitCode);
+        Assert.Equal(3, await BuildsAsync());
+    }
+
     // Six builds of three seconds each, printing their NIX_BUILD_CORES, for one account.
     private static string WriteSix(NixClient client, string workspace, string name, string salt)
     {

@@ -563,6 +563,37 @@ public abstract class BuildMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task A_steps_latest_failure_for_an_account_is_found_by_its_kind_until_a_later_build_succeeds()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        async Task<long> BuildAsync(string key, long account, string failure)
+        {
+            var id = await store.StartBuildAsync(key, P(key + ".drv").BaseName, account, 100, default);
+            await store.FinishBuildAsync(id, new BuildEnd(failure.Length == 0, failure, failure.Length == 0 ? "" : "builder failed", 110, null, null, null, []), default);
+            return id;
+        }
+
+        var failed = await BuildAsync("k", alice, "PermanentFailure");
+        Assert.Equal(failed, (await store.FindFailedBuildAsync("k", alice, ["PermanentFailure"], default))?.Id);
+        Assert.Equal("builder failed", (await store.FindFailedBuildAsync("k", alice, ["TimedOut", "PermanentFailure"], default))!.Error);
+        Assert.Null(await store.FindFailedBuildAsync("k", alice, ["TimedOut"], default)); // another kind
+        Assert.Null(await store.FindFailedBuildAsync("k", bob, ["PermanentFailure"], default)); // not bob's
+        Assert.Null(await store.FindFailedBuildAsync("other", alice, ["PermanentFailure"], default));
+        Assert.Null(await store.FindFailedBuildAsync("k", alice, [], default));
+
+        // Bob joined it: it is his failure too. A later success (or a running build) hides nothing but what is newer.
+        await store.AddBuildAccountAsync(failed, bob, default);
+        Assert.Equal(failed, (await store.FindFailedBuildAsync("k", bob, ["PermanentFailure"], default))?.Id);
+        await store.StartBuildAsync("k", P("k.drv").BaseName, alice, 120, default);
+        Assert.Equal(failed, (await store.FindFailedBuildAsync("k", alice, ["PermanentFailure"], default))?.Id);
+        await BuildAsync("k", alice, "");
+        Assert.Null(await store.FindFailedBuildAsync("k", alice, ["PermanentFailure"], default));
+        Assert.Equal(failed, (await store.FindFailedBuildAsync("k", bob, ["PermanentFailure"], default))?.Id); // bob's latest is still the failure
+    }
+
+    [Fact]
     public async Task The_cpu_an_account_started_since_a_time_is_summed_for_its_quota()
     {
         await using var store = await CreateAsync();

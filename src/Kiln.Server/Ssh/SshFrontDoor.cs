@@ -311,6 +311,8 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             MinMemory = effective[Kiln.Accounts.Settings.MinMem.Name],
             CpuQuotaSeconds = effective[Kiln.Accounts.Settings.MaxCpuHoursPerMonth.Name],
             KeepBuildsRunning = effective[Kiln.Accounts.Settings.KeepBuildsRunning.Name] != 0,
+            ReuseBuildFailures = effective[Kiln.Accounts.Settings.ReuseBuildFailures.Name] != 0,
+            ReuseBuildTimeouts = effective[Kiln.Accounts.Settings.ReuseBuildTimeouts.Name] != 0,
         };
     }
 

@@ -221,6 +221,12 @@ public interface IBuildMetadata
     /// </summary>
     Task<long> CpuMicrosecondsSinceAsync(long account, long since, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The latest build of the step that ended with one of <paramref name="failures"/> (failure kinds) and was for
+    /// <paramref name="account"/>; null when there is none, or a later build of it succeeded.
+    /// </summary>
+    Task<BuildRecord?> FindFailedBuildAsync(string stepKey, long account, IReadOnlyList<string> failures, CancellationToken cancellationToken);
+
     /// <summary>The latest build of the derivation (base name) that was for one of <paramref name="accounts"/>; successful ones first.</summary>
     Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken);
 }

@@ -161,6 +161,14 @@ internal static class MetadataRows
         WHERE pname = @p AND status = 'built' AND peak_memory IS NOT NULL ORDER BY id DESC LIMIT @n
         """;
 
+    /// <summary>
+    /// The latest finished build of step <c>@k</c> that was for account <c>@a</c>, if it failed with one of the kinds
+    /// in the statement's list (parameters <c>@f0</c>, <c>@f1</c>, …; <paramref name="kinds"/> of them).
+    /// </summary>
+    public static string FailedBuild(int kinds) => $"SELECT {BuildColumns} FROM builds b WHERE b.id = (SELECT MAX(l.id) FROM builds l " +
+        "JOIN build_accounts f ON f.build_id = l.id AND f.account_id = @a WHERE l.step_key = @k AND l.status <> 'running') " +
+        $"AND b.status = 'failed' AND b.failure IN ({string.Join(", ", Enumerable.Range(0, Math.Max(1, kinds)).Select(i => "@f" + i))})";
+
     /// <summary>The CPU microseconds of the builds account <c>@a</c> started at or after <c>@s</c>.</summary>
     public const string CpuSince = """
         SELECT CAST(COALESCE(SUM(COALESCE(cpu_user_us, 0) + COALESCE(cpu_system_us, 0)), 0) AS BIGINT) FROM builds WHERE account_id = @a AND started >= @s

@@ -137,6 +137,18 @@ public sealed partial class PostgresMetadataStore
             return Convert.ToInt64(await select.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), System.Globalization.CultureInfo.InvariantCulture);
         }, cancellationToken);
 
+    public Task<BuildRecord?> FindFailedBuildAsync(string stepKey, long account, IReadOnlyList<string> failures, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(failures);
+        return failures.Count == 0 ? Task.FromResult<BuildRecord?>(null) : ReadAsync(async connection =>
+        {
+            using var command = Command(connection, MetadataRows.FailedBuild(failures.Count), null,
+                [("k", stepKey), ("a", account), .. failures.Select((f, i) => ("f" + i.ToString(System.Globalization.CultureInfo.InvariantCulture), (object?)f))]);
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false) ? MetadataRows.ReadBuild(reader) : null;
+        }, cancellationToken);
+    }
+
     public Task<BuildRecord?> FindLatestBuildAsync(IReadOnlyList<long> accounts, string drvPath, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(accounts);
