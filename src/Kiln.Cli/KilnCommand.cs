@@ -49,6 +49,18 @@ internal static class KilnCommand
             }
         }
 
+        if (args.Length > 0 && args[0] == "serve")
+        {
+            try
+            {
+                args = ConfigFile.Expand(args, root.Subcommands.First(c => c.Name == "serve"));
+            }
+            catch (CommandException e)
+            {
+                return Fail(e.Message);
+            }
+        }
+
         var parseResult = root.Parse(args);
         if (parseResult.Errors.Count > 0)
         {

@@ -39,4 +39,28 @@ public class ServeOptionTests
         KilnCli.AssertOneLineError(KilnCli.Run("serve", "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none", "--metrics-token", file), message);
         Assert.False(File.Exists(Path.Combine(temp["data"], "daemon.sock")));
     }
+
+    [Theory]
+    [InlineData("min-free-disk = 100%", new string[0], "would stop every build that writes")] // the file's value is read
+    [InlineData("min-free-disk = 100%  # a comment\n\n# another", new[] { "--min-free-disk", "0.5GiB" }, "is not a size")] // the command line wins
+    [InlineData("build-memory=12XB", new string[0], "is not a size")]
+    [InlineData("max-fun = 3", new string[0], "line 1: kiln serve has no setting 'max-fun'")]
+    [InlineData("# settings\ntimeout", new string[0], "line 2: 'timeout' needs '= value'")]
+    [InlineData("nar-redirect = maybe", new string[0], "nar-redirect is true or false")]
+    [InlineData("config = /etc/other", new string[0], "no setting 'config'")]
+    public void A_config_file_gives_settings_the_command_line_does_not_and_its_mistakes_are_refused_by_line(string content, string[] arguments, string message)
+    {
+        using var temp = new TempDir();
+        var file = temp["kiln.conf"];
+        File.WriteAllText(file, content + "\n");
+        KilnCli.AssertOneLineError(KilnCli.Run(["serve", "--config", file, "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none", .. arguments]), message);
+        Assert.False(File.Exists(Path.Combine(temp["data"], "daemon.sock")));
+    }
+
+    [Fact]
+    public void A_config_file_that_cannot_be_read_is_refused()
+    {
+        using var temp = new TempDir();
+        KilnCli.AssertOneLineError(KilnCli.Run("serve", "--config", temp["missing.conf"], "--data", temp["data"]), "cannot read the config file");
+    }
 }

@@ -206,6 +206,8 @@ internal static class ServeCommands
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
             minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree, gcKeepRecent,
+            // (Read before parsing, by ConfigFile: listed here for the help.)
+            new Option<string?>("--config") { Description = "A file of settings, one 'name = value' per line (the options' names without --; '#' comments); the command line's options win." },
         };
         command.SetAction(async (result, cancellationToken) =>
         {
