@@ -331,9 +331,9 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
             throw new KilnException(ErrorKind.Forbidden, $"{definition.Name} is a quota: only the operator changes it ('kiln settings')");
         }
 
-        if (definition.Quota && keyFingerprint is not null)
+        if (definition.AccountWide && keyFingerprint is not null)
         {
-            throw new KilnException(ErrorKind.Invalid, $"{definition.Name} is a quota of the whole account: it is not set for a key");
+            throw new KilnException(ErrorKind.Invalid, $"{definition.Name} is {(definition.Quota ? "a quota" : "a setting")} of the whole account: it is not set for a key");
         }
     }
 

@@ -55,6 +55,15 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     /// </summary>
     public bool Quota { get; init; }
 
+    /// <summary>The account's as a whole (<c>retention</c>; every quota): set for the account, never for a key, and not read from sessions or derivations.</summary>
+    public bool AccountWide
+    {
+        get => _accountWide || Quota;
+        init => _accountWide = value;
+    }
+
+    private readonly bool _accountWide;
+
     /// <summary>
     /// A gate: it decides which levels are read (<c>settings-from-ssh-env</c>, <c>settings-from-drv-env</c>), so it is
     /// set by the server, the account and its keys, never by the session or the derivation it would let in. A later
@@ -187,6 +196,8 @@ public static class Settings
 
     public static SettingDefinition MaxCpuHoursPerMonth { get; } = new("max-cpu-hours-per-month", SettingKind.Hours, "Quota: the CPU hours the account's builds may use in a calendar month (UTC); past it builds are refused before they start.") { Quota = true };
 
+    public static SettingDefinition Retention { get; } = new("retention", SettingKind.Duration, "How long after its last use (upload, download, a build's input or output) a path nothing roots is kept by the server's collections; 0: only the server's --gc-keep-recent.") { Preference = true, AccountWide = true };
+
     public static SettingDefinition KeepBuildsRunning { get; } = new("keep-builds-running", SettingKind.Switch, "Whether a build goes on when its client disconnects (its result is kept for the next request); off: it stops unless another request waits for it.");
 
     public static SettingDefinition ReuseBuildFailures { get; } = new("reuse-build-failures", SettingKind.Switch, "Whether a derivation whose latest build for the account failed, from the same inputs, fails again at once with that build's error.");
@@ -198,7 +209,7 @@ public static class Settings
     public static SettingDefinition SettingsFromDrvEnv { get; } = new("settings-from-drv-env", SettingKind.Switch, "Whether a derivation's own KILN_* attributes are read as settings for its build (default off: a derivation is not always the account's own).") { Gate = true };
 
     public static IReadOnlyList<SettingDefinition> All { get; } =
-        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
+        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
             SettingsFromSshEnv, SettingsFromDrvEnv];
 
     /// <summary>The setting with that name.</summary>
@@ -234,7 +245,7 @@ public static class Settings
                 effective = Apply(effective, Stored(definition, row.Value), SettingLevel.Account, row.Final);
             }
 
-            if (!definition.Quota)
+            if (!definition.AccountWide)
             {
                 foreach (var row in stored.Where(r => r.Name == definition.Name && scope is not null && r.Scope == scope))
                 {
@@ -242,7 +253,7 @@ public static class Settings
                 }
             }
 
-            if (!definition.Quota && !definition.Gate)
+            if (!definition.AccountWide && !definition.Gate)
             {
                 if (environment is not null && On(result, SettingsFromSshEnv) && environment.TryGetValue(definition.EnvironmentVariable, out var text))
                 {

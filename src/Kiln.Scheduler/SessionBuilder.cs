@@ -271,6 +271,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
             var valid = await _view.QueryValidPathsAsync(outputs.Values.ToList(), _stop.Token).ConfigureAwait(false);
             if (outputs.Values.All(valid.Contains))
             {
+                _view.MarkUsed(outputs.Values); // asked for again: its retention counts from now (kept in memory, written in batches)
                 return new Step(BuildStatus.AlreadyValid, "", outputs);
             }
 
@@ -338,6 +339,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
             // The inputs are this session's temporary roots while it builds (on every front door's collector): a
             // collection meanwhile must not take what the build reads.
             await _view.AddTempRootsAsync(closure.Select(r => r.Info.Path).ToList(), token).ConfigureAwait(false);
+            _view.MarkUsed([.. closure.Select(r => r.Info.Path), .. outputs.Values]);
 
             // Built before, for anyone, from identical inputs: reuse it (and the build is now this account's too).
             var record = await _scheduler.Builds.FindSuccessfulBuildAsync(key, token).ConfigureAwait(false);

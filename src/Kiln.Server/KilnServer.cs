@@ -55,7 +55,7 @@ public static partial class KilnServer
             }
 
             var accounts = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), AccountService.InstanceName(buildKey.PublicKey));
-            store.StorageQuota = new SettingsStorageQuota(store.Settings, ServerSettings.Of(options));
+            store.AccountPolicy = new SettingsAccountPolicy(store.Settings, ServerSettings.Of(options));
 
             // The embedded agent pulls work from the queue as a remote agent will; the scheduler only offers it.
             Kiln.Farm.AgentGateway? gateway = null;

@@ -23,7 +23,7 @@ public sealed class KilnStore : IAsyncDisposable
         _gcLock = new GcLock(metadata.LockAgainstCollectionAsync);
         Blobs = BlobStores.Open(options);
         TempRoots = new TempRoots(metadata, _gcLock);
-        Transfers = new TransferMeter(metadata, options.Logger, TimeSpan.FromSeconds(5));
+        Usage = new UsageMeter(metadata, options.Logger, TimeSpan.FromSeconds(5));
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
         var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
         Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared, installation) : logs; // a bucket front doors share
@@ -62,10 +62,10 @@ public sealed class KilnStore : IAsyncDisposable
     public ISettingsMetadata Settings => Metadata;
 
     /// <summary>
-    /// The accounts' storage quotas, which every upload (SSH, socket, HTTP) is checked against; null: none. Set once,
-    /// by the server that composes the store, before it serves.
+    /// The accounts' storage quotas, which every upload (SSH, socket, HTTP) is checked against, and retention, which
+    /// the server's collections honour; null: none. Set once, by what composes the store, before it serves.
     /// </summary>
-    public IStorageQuota? StorageQuota { get; set; }
+    public IAccountPolicy? AccountPolicy { get; set; }
 
     /// <summary>Fetches from accounts' upstream binary caches.</summary>
     internal Upstream.UpstreamSubstituter Upstream { get; } = new();
@@ -76,7 +76,7 @@ public sealed class KilnStore : IAsyncDisposable
     internal TempRoots TempRoots { get; }
 
     /// <summary>The NAR bytes accounts upload and download, written to the database every few seconds.</summary>
-    public TransferMeter Transfers { get; }
+    public UsageMeter Usage { get; }
 
     /// <summary>Moves whenever a path record changes or goes (signatures added, paths deleted): caches of rendered records compare it.</summary>
     public long PathRecordsVersion => Metadata.PathRecordsVersion;
@@ -107,7 +107,7 @@ public sealed class KilnStore : IAsyncDisposable
         var dead = new List<(string, IReadOnlyList<StorePath>)>();
         foreach (var account in await Metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false))
         {
-            var result = await GarbageCollector.CollectAsync(account.Id, new GcRequest(GcAction.ReturnDead, new HashSet<StorePath>(), 0), cancellationToken).ConfigureAwait(false);
+            var result = await GarbageCollector.CollectAsync(account.Id, new GcRequest(GcAction.ReturnDead, new HashSet<StorePath>(), 0), cancellationToken, retention: true).ConfigureAwait(false);
             dead.Add((account.Name, [.. result.Paths.Order()]));
         }
 
@@ -283,7 +283,7 @@ public sealed class KilnStore : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await TempRoots.DisposeAsync().ConfigureAwait(false);
-        await Transfers.DisposeAsync().ConfigureAwait(false); // (before the database closes)
+        await Usage.DisposeAsync().ConfigureAwait(false); // (before the database closes)
         Upstream.Dispose();
         (Blobs as IDisposable)?.Dispose();
         await Metadata.DisposeAsync().ConfigureAwait(false);

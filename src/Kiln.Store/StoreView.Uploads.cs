@@ -37,13 +37,13 @@ public sealed partial class StoreView
 
     /// <summary>
     /// Refuses uploads of <paramref name="incoming"/> NAR bytes that would take the account past its storage quota
-    /// (<see cref="KilnStore.StorageQuota"/>). The quota and what the account stores are read at most every few
+    /// (<see cref="KilnStore.AccountPolicy"/>). The quota and what the account stores are read at most every few
     /// seconds per view (a copy of 300 paths asks once, not 300 times) and counted forward by this view's own
     /// commits; concurrent uploads of one account through other views can pass it by what they carry together.
     /// </summary>
     private async Task CheckStorageQuotaAsync(long incoming, CancellationToken cancellationToken)
     {
-        if (incoming <= 0 || _store.StorageQuota is not { } quota)
+        if (incoming <= 0 || _store.AccountPolicy is not { } quota)
         {
             return;
         }
@@ -353,7 +353,7 @@ public sealed partial class StoreView
 
             if (provenance == Provenance.Uploaded)
             {
-                _store.Transfers.Add(AccountId, uploaded: added, downloaded: 0);
+                _store.Usage.Add(AccountId, uploaded: added, downloaded: 0);
             }
         }
         catch (MissingReferencesException e)

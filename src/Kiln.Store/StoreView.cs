@@ -316,7 +316,21 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
         // (Only the sessions' NarFromPath and nix-store --serve's dumps open NARs through a view: a client downloads it.)
         CountDownload(record.Info.NarSize);
+        if (Caller.AccountId is { } account)
+        {
+            _store.Usage.Used(account, [path]);
+        }
+
         return new NarBlob(await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false), record.Info.NarSize, record.Info.NarHash);
+    }
+
+    /// <summary>Marks paths of the caller's account used now (a build's inputs, outputs given again): its retention counts from here.</summary>
+    public void MarkUsed(IEnumerable<StorePath> paths)
+    {
+        if (Caller.AccountId is { } account)
+        {
+            _store.Usage.Used(account, paths);
+        }
     }
 
     /// <summary>Counts NAR bytes sent to the caller's account (an anonymous reader's are not counted).</summary>
@@ -324,7 +338,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     {
         if (Caller.AccountId is { } account)
         {
-            _store.Transfers.Add(account, uploaded: 0, downloaded: bytes);
+            _store.Usage.Add(account, uploaded: 0, downloaded: bytes);
         }
     }
 
@@ -332,7 +346,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
     public async Task<IReadOnlyList<TransferSample>> TransfersAsync(long fromDay, long toDay, CancellationToken cancellationToken)
     {
         var written = await Metadata.GetTransfersAsync(AccountId, fromDay, toDay, cancellationToken).ConfigureAwait(false);
-        return [.. written.Concat(_store.Transfers.Pending(AccountId).Where(p => p.Day >= fromDay && p.Day < toDay))
+        return [.. written.Concat(_store.Usage.Pending(AccountId).Where(p => p.Day >= fromDay && p.Day < toDay))
             .GroupBy(t => t.Day).OrderBy(g => g.Key)
             .Select(g => new TransferSample(AccountId, g.Key, g.Sum(t => t.Uploaded), g.Sum(t => t.Downloaded)))];
     }

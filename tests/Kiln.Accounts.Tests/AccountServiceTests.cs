@@ -202,6 +202,11 @@ public sealed class AccountServiceTests : IAsyncLifetime
         await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(Actor.Operator, alice, "max-cpu-hours-per-month", "1", manager.Key.Fingerprint, false, default));
         Assert.True(await _service.UnsetSettingAsync(Actor.Operator, alice, "max-storage", null, default));
 
+        // Retention is the account's own choice, for the whole account (not a key's).
+        await _service.SetSettingAsync(manager, alice, "retention", "30d", null, final: false, default);
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(manager, alice, "retention", "1d", manager.Key.Fingerprint, false, default));
+        Assert.True(await _service.UnsetSettingAsync(manager, alice, "retention", null, default));
+
         // A removed key's settings go with it.
         await _service.SetSettingAsync(manager, alice, "max-silent-time", "60", manager.Key.Fingerprint, final: false, default);
         await _service.RemoveKeyAsync(Actor.Operator, alice, manager.Key.Fingerprint, default);

@@ -126,7 +126,7 @@ public sealed class SummaryTests : ApiFixture
         // Today's bytes moved: the upload once, the download twice; bob's upload is his (written or still pending alike).
         var moved = usage.GetProperty("periods")[2];
         Assert.Equal((narBytes, 2 * narBytes), (moved.GetProperty("uploadedBytes").GetInt64(), moved.GetProperty("downloadedBytes").GetInt64()));
-        await Store.Transfers.FlushAsync(default);
+        await Store.Usage.FlushAsync(default);
         moved = JsonDocument.Parse((await GetAsync("/api/v1/usage", token)).Body).RootElement.GetProperty("periods")[2];
         Assert.Equal((narBytes, 2 * narBytes), (moved.GetProperty("uploadedBytes").GetInt64(), moved.GetProperty("downloadedBytes").GetInt64()));
         var months = JsonDocument.Parse((await GetAsync("/api/v1/usage?by=month&since=2024-10-05", token)).Body).RootElement.GetProperty("periods");

@@ -544,6 +544,23 @@ public abstract class BuildMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task A_paths_last_use_is_kept_per_account_and_only_moves_forward()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var (shared, own) = (P("shared"), P("own"));
+        await store.RegisterAsync(alice, [New(Info(shared)), New(Info(own))], default);
+        await store.RegisterAsync(bob, [New(Info(shared))], default);
+        await store.TouchPathsAsync([(alice, shared, 5000), (alice, own, 4000), (alice, P("unknown"), 9000)], default);
+        await store.TouchPathsAsync([(alice, shared, 4500), (alice, shared, 4600)], default); // earlier: no change
+        await store.TouchPathsAsync([], default);
+        var graph = (await store.GetGraphAsync(alice, default)).ToDictionary(n => n.Path, n => n.LastUsed);
+        Assert.Equal((5000L, 4000L), (graph[shared], graph[own]));
+        Assert.Equal(0, Assert.Single(await store.GetGraphAsync(bob, default)).LastUsed); // bob's record of it is his own
+    }
+
+    [Fact]
     public async Task Transfers_add_up_per_account_and_day_and_a_deleted_accounts_are_dropped()
     {
         await using var store = await CreateAsync();

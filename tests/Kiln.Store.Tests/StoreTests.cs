@@ -412,10 +412,65 @@ public sealed class StoreTests : IAsyncLifetime
             Position >= breakAt ? throw new IOException("the client went away") : base.ReadAsync(buffer[..Math.Min(buffer.Length, 65536)], cancellationToken);
     }
 
+    // The port as the server fills it from retention: here a fixed retention for every account.
+    private sealed class FixedRetention(TimeSpan retention) : IAccountPolicy
+    {
+        public Task<long> MaxStorageAsync(long id, CancellationToken cancellationToken) => Task.FromResult(0L);
+
+        public Task<TimeSpan> RetentionAsync(long id, CancellationToken cancellationToken) => Task.FromResult(retention);
+    }
+
+    [Fact]
+    public async Task The_servers_collections_keep_what_an_account_used_within_its_retention_and_pinned_or_held_paths_and_take_the_rest()
+    {
+        // (The clock is the data's: registrations and uses are dated in the past.)
+        var (old, used, pinned, held) = (Ia("old"), Ia("used"), Ia("pinned"), Ia("held"));
+        using (var upload = await _store.OpenViewAsync("alice", default))
+        {
+            foreach (var path in new[] { old, used, pinned, held })
+            {
+                await upload.AddToStoreAsync(Declared(path, HelloNar), new MemoryStream(HelloNar), false, true, default);
+            }
+        }
+
+        var alice = await _store.Metadata.GetOrCreateAccountAsync("alice", default);
+        var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={Path.Combine(_temp["data"], "kiln.db")}"))
+        {
+            connection.Open();
+            using var age = connection.CreateCommand();
+            age.CommandText = $"UPDATE paths SET registration_time = {now - (40 * 86_400)}";
+            age.ExecuteNonQuery();
+        }
+
+        await _store.Metadata.TouchPathsAsync([(alice, used, now - (10 * 86_400)), (alice, old, now - (35 * 86_400))], default);
+        using var session = await _store.OpenViewAsync("alice", default);
+        await session.PinAsync(pinned, null, default);
+        await session.AddTempRootAsync(held, default); // a build in progress reads it
+
+        // Thirty days: the path used ten days ago stays; the one last used 35 days ago goes, in the dry run as in the collection.
+        _store.AccountPolicy = new FixedRetention(TimeSpan.FromDays(30));
+        Assert.Equal([old], (await _store.DeadPathsAsync(default)).Single(d => d.Account == "alice").Paths);
+        Assert.Equal(1, (await _store.CollectAllGarbageAsync(TimeSpan.Zero, default)).Paths);
+        Assert.Equal(new HashSet<StorePath> { used, pinned, held }, (await session.QueryValidPathsAsync([old, used, pinned, held], default)).ToHashSet());
+
+        // A use counted in memory (a download) is written before a collection looks: five days without one, and it is kept.
+        _store.AccountPolicy = new FixedRetention(TimeSpan.FromDays(5));
+        await (await session.OpenNarAsync(used, default))!.DisposeAsync();
+        Assert.Equal(0, (await _store.CollectAllGarbageAsync(TimeSpan.Zero, default)).Paths);
+
+        // A client's own collection is not held by its retention; the store verifies clean afterwards.
+        Assert.Equal([used], (await session.CollectGarbageAsync(new Kiln.Protocol.Worker.GcRequest(Kiln.Protocol.Worker.GcAction.DeleteDead, new HashSet<StorePath>(), 0), default)).Paths);
+        var log = new ListLog();
+        Assert.False(await session.VerifyStoreAsync(true, false, log, default), string.Join("\n", log.Lines)); // (true: errors were found)
+    }
+
     // The port as the server fills it from max-storage: here a fixed quota for one account.
-    private sealed class FixedQuota(long account, long bytes) : IStorageQuota
+    private sealed class FixedQuota(long account, long bytes) : IAccountPolicy
     {
         public Task<long> MaxStorageAsync(long id, CancellationToken cancellationToken) => Task.FromResult(id == account ? bytes : 0);
+
+        public Task<TimeSpan> RetentionAsync(long id, CancellationToken cancellationToken) => Task.FromResult(TimeSpan.Zero);
     }
 
     [Fact]
@@ -423,7 +478,7 @@ public sealed class StoreTests : IAsyncLifetime
     {
         using var alice = await _store.OpenViewAsync("alice", default);
         using var bob = await _store.OpenViewAsync("bob", default);
-        _store.StorageQuota = new FixedQuota(alice.AccountId, HelloNar.Length + TreeNar.Length - 1);
+        _store.AccountPolicy = new FixedQuota(alice.AccountId, HelloNar.Length + TreeNar.Length - 1);
         await alice.AddToStoreAsync(Declared(Hello, HelloNar), new MemoryStream(HelloNar), false, true, default);
 
         // One byte too many: refused with the figures, nothing registered, nothing left behind.
@@ -451,7 +506,7 @@ public sealed class StoreTests : IAsyncLifetime
         await Assert.ThrowsAsync<KilnException>(() => alice.AddToStoreAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), false, true, default));
 
         // Raised by one byte: it fits (for a new session; one already open reads the quota again within seconds).
-        _store.StorageQuota = new FixedQuota(alice.AccountId, HelloNar.Length + TreeNar.Length);
+        _store.AccountPolicy = new FixedQuota(alice.AccountId, HelloNar.Length + TreeNar.Length);
         using var again = await _store.OpenViewAsync("alice", default);
         await again.AddToStoreAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), false, true, default);
         Assert.Single(await again.QueryValidPathsAsync([tree], default));

@@ -389,6 +389,8 @@ internal static class ServeCommands
             var store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = directory, MaterialisedAccount = result.GetValue(gcAccount) }, cancellationToken).ConfigureAwait(false);
             await using (store.ConfigureAwait(false))
             {
+                // The accounts' retention holds here as in kiln serve's collections.
+                store.AccountPolicy = new Kiln.Accounts.SettingsAccountPolicy(store.Settings, new Dictionary<string, long>());
                 if (result.GetValue(dryRun))
                 {
                     foreach (var (account, dead) in await store.DeadPathsAsync(cancellationToken).ConfigureAwait(false))
@@ -399,7 +401,7 @@ internal static class ServeCommands
                         }
                     }
 
-                    Console.Error.Write("(these paths would go: no root, pin or session of their account holds them, nor do paths it keeps refer to them; " +
+                    Console.Error.Write("(these paths would go: no root, pin or session of their account holds them, it has not used them within its retention, nor do paths it keeps refer to them; " +
                         "their blobs go too unless another account holds the same content)\n");
                     return 0;
                 }

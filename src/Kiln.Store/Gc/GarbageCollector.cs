@@ -20,11 +20,20 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
     /// <summary>
     /// Collects in one account's view. With <paramref name="keepRecent"/>, paths registered less than that long ago are
     /// kept as if rooted: what the server's own collections give pushes in flight that no session holds (an HTTP push
-    /// registers a closure path by path, one request each).
+    /// registers a closure path by path, one request each). With <paramref name="retention"/> (the server's own
+    /// collections, not one a client asks for), paths the account registered or used within its <c>retention</c>
+    /// setting are kept as if rooted too, and with them what they refer to.
     /// </summary>
-    public async Task<GcResult> CollectAsync(long account, GcRequest request, CancellationToken cancellationToken, TimeSpan? keepRecent = null)
+    public async Task<GcResult> CollectAsync(long account, GcRequest request, CancellationToken cancellationToken, TimeSpan? keepRecent = null, bool retention = false)
     {
         ArgumentNullException.ThrowIfNull(request);
+        var kept = TimeSpan.Zero;
+        if (retention && store.AccountPolicy is { } policy)
+        {
+            kept = await policy.RetentionAsync(account, cancellationToken).ConfigureAwait(false);
+            await store.Usage.FlushAsync(cancellationToken).ConfigureAwait(false); // the latest uses first
+        }
+
         var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = exclusive.ConfigureAwait(false);
         var graph = await metadata.GetGraphAsync(account, cancellationToken).ConfigureAwait(false);
@@ -39,6 +48,13 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
             var since = DateTimeOffset.UtcNow.ToUnixTimeSeconds() - (long)recent.TotalSeconds;
             var name = exclusive.AcrossProcesses ? "{temp:another-front-door}" : "{temp:recently-registered}";
             roots = [.. roots, .. graph.Where(n => n.RegistrationTime > since).Select(n => new KeyValuePair<string, StorePath>(name, n.Path))];
+        }
+
+        if (kept > TimeSpan.Zero)
+        {
+            var since = DateTimeOffset.UtcNow.ToUnixTimeSeconds() - (long)kept.TotalSeconds;
+            roots = [.. roots, .. graph.Where(n => Math.Max(n.RegistrationTime, n.LastUsed) > since)
+                .Select(n => new KeyValuePair<string, StorePath>("{retention:used-recently}", n.Path))];
         }
 
         var live = Mark(nodes, roots);
@@ -252,7 +268,7 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
         long bytes = 0;
         foreach (var account in await metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false))
         {
-            var result = await CollectAsync(account.Id, new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), cancellationToken, keepRecent).ConfigureAwait(false);
+            var result = await CollectAsync(account.Id, new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), cancellationToken, keepRecent, retention: true).ConfigureAwait(false);
             paths += result.Paths.Count;
             bytes += result.BytesFreed;
         }

@@ -72,7 +72,11 @@ public sealed record RootRecord(RootKind Kind, string Name, StorePath Path);
 public sealed record PinRecord(string Name, StorePath Path);
 
 /// <summary>A path in a view's reference graph, as the garbage collector sees it.</summary>
-public sealed record GraphNode(StorePath Path, IReadOnlyList<StorePath> References, StorePath? Deriver, long NarSize, NixHash NarHash, long RegistrationTime = 0);
+public sealed record GraphNode(StorePath Path, IReadOnlyList<StorePath> References, StorePath? Deriver, long NarSize, NixHash NarHash, long RegistrationTime = 0)
+{
+    /// <summary>When the account last used it (Unix seconds; 0: not since it was registered).</summary>
+    public long LastUsed { get; init; }
+}
 
 /// <summary>Registering refused because references are not valid in the view.</summary>
 public sealed class MissingReferencesException(StorePath path, IReadOnlyCollection<StorePath> missing)
@@ -153,6 +157,9 @@ public interface IPathMetadata
 
     /// <summary>The account's transfers for days <paramref name="fromDay"/> (inclusive) to <paramref name="toDay"/> (exclusive), oldest first.</summary>
     Task<IReadOnlyList<TransferSample>> GetTransfersAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken);
+
+    /// <summary>Marks each account's paths used at the time given (a later use already recorded stays): one transaction for the lot.</summary>
+    Task TouchPathsAsync(IReadOnlyCollection<(long Account, StorePath Path, long Time)> uses, CancellationToken cancellationToken);
 
     /// <summary>The account's storage now: its view's paths and their NAR bytes (one aggregate query).</summary>
     Task<(long Paths, long NarBytes)> GetStorageAsync(long account, CancellationToken cancellationToken);

@@ -34,7 +34,7 @@ internal static class MetadataRows
     public static string GraphColumns(string aggregate) => $"""
         p.path, p.deriver, p.nar_size, p.nar_hash,
         (SELECT {aggregate}(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id),
-        p.registration_time
+        p.registration_time, p.last_used
         """;
 
     public static GraphNode ReadGraphNode(DbDataReader reader) => new(
@@ -43,7 +43,13 @@ internal static class MetadataRows
         reader.IsDBNull(1) ? null : StorePath.FromBaseName(reader.GetString(1)),
         reader.GetInt64(2),
         new NixHash(NixHashAlgorithm.Sha256, (byte[])reader.GetValue(3)),
-        reader.GetInt64(5));
+        reader.GetInt64(5))
+    {
+        LastUsed = reader.GetInt64(6),
+    };
+
+    /// <summary>Marks an account's (<c>@a</c>) path (<c>@p</c>, base name) used at <c>@t</c>, unless it was used later already.</summary>
+    public const string TouchPath = "UPDATE paths SET last_used = @t WHERE account_id = @a AND path = @p AND last_used < @t";
 
     public static PathRecord ReadPath(DbDataReader reader)
     {

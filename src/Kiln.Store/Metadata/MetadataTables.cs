@@ -38,7 +38,7 @@ public static class MetadataTables
     [
         new("accounts", [("id", I), ("name", T), ("created", I), ("public_cache", B), ("substituters", T), ("trusted_public_keys", T), ("netrc", T)], HasIdentity: true),
         new("paths", [("id", I), ("account_id", I), ("path", T), ("hash_part", T), ("nar_hash", Y), ("nar_size", I), ("deriver", T), ("ca", T),
-            ("registration_time", I), ("ultimate", B), ("self_reference", B), ("provenance", T), ("trust", T)], HasIdentity: true),
+            ("registration_time", I), ("ultimate", B), ("self_reference", B), ("provenance", T), ("trust", T), ("last_used", I)], HasIdentity: true),
         new("refs", [("referrer", I), ("reference", I)]),
         new("sigs", [("path_id", I), ("sig", T)]),
         new("drv_outputs", [("drv_id", I), ("output", T), ("path", T)]),

@@ -188,6 +188,21 @@ public sealed partial class PostgresMetadataStore
             return await ReadAllAsync(command, MetadataRows.ReadTransfer, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task TouchPathsAsync(IReadOnlyCollection<(long Account, StorePath Path, long Time)> uses, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(uses);
+        return uses.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+        {
+            // One statement for the lot: the uses as arrays, unnested.
+            await using var command = Command(connection, """
+                UPDATE paths p SET last_used = u.t FROM unnest(@a::bigint[], @p::text[], @t::bigint[]) AS u(a, p, t)
+                WHERE p.account_id = u.a AND p.path = u.p AND p.last_used < u.t
+                """, transaction,
+                ("a", uses.Select(u => u.Account).ToArray()), ("p", uses.Select(u => u.Path.BaseName).ToArray()), ("t", uses.Select(u => u.Time).ToArray()));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+    }
+
     public Task<(long Paths, long NarBytes)> GetStorageAsync(long account, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {

@@ -405,6 +405,22 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
             await ReadRowsAsync(Command(connection, MetadataRows.Transfers, null, ("@a", account), ("@f", fromDay), ("@t", toDay)), MetadataRows.ReadTransfer, cancellationToken).ConfigureAwait(false),
             cancellationToken);
 
+    public Task TouchPathsAsync(IReadOnlyCollection<(long Account, StorePath Path, long Time)> uses, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(uses);
+        return uses.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+        {
+            using var command = Command(connection, MetadataRows.TouchPath, transaction, ("@a", 0L), ("@p", ""), ("@t", 0L));
+            foreach (var (account, path, time) in uses)
+            {
+                command.Parameters["@a"].Value = account;
+                command.Parameters["@p"].Value = path.BaseName;
+                command.Parameters["@t"].Value = time;
+                await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }, cancellationToken);
+    }
+
     public Task<(long Paths, long NarBytes)> GetStorageAsync(long account, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {

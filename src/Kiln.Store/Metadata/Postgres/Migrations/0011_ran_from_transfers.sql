@@ -11,3 +11,6 @@ CREATE TABLE transfers (
 );
 
 CREATE INDEX builds_account_started ON builds (account_id, started);
+
+-- When the account last used the path (see the SQLite migration 0014).
+ALTER TABLE paths ADD COLUMN last_used bigint NOT NULL DEFAULT 0;

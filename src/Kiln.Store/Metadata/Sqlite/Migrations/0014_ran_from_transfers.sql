@@ -15,3 +15,7 @@ CREATE TABLE transfers (
 
 -- The CPU quota sums the builds an account started this month: found by account and start, not by its whole history.
 CREATE INDEX builds_account_started ON builds (account_id, started);
+
+-- When the account last used the path (Unix seconds: downloaded, a build's input or reused output; 0: not since it
+-- was registered): the server's collections keep paths used within the account's retention.
+ALTER TABLE paths ADD COLUMN last_used INTEGER NOT NULL DEFAULT 0;

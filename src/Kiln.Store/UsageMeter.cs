@@ -1,24 +1,27 @@
 using System.Collections.Concurrent;
+using Kiln.Nix.StorePaths;
 using Kiln.Store.Metadata;
 using Microsoft.Extensions.Logging;
 
 namespace Kiln.Store;
 
 /// <summary>
-/// Counts the NAR bytes each account uploads and downloads, in memory, and adds them to the database every few
-/// seconds in one transaction (a copy of 300 paths costs no write per path) and when the store closes. Figures not
-/// yet written are part of what <see cref="Pending"/> gives, so a report read through this process is current.
-/// A process killed between two writes loses at most those seconds' counts: usage, not billing-grade accounting.
+/// Counts the NAR bytes each account uploads and downloads, and when it last used which paths (for its retention),
+/// in memory, and adds them to the database every few seconds in one transaction each (a copy of 300 paths costs no
+/// write per path) and when the store closes; a collection writes them first. Figures not yet written are part of
+/// what <see cref="Pending"/> gives, so a report read through this process is current. A process killed between two
+/// writes loses at most those seconds' counts: usage, not billing-grade accounting.
 /// </summary>
-public sealed partial class TransferMeter : IAsyncDisposable
+public sealed partial class UsageMeter : IAsyncDisposable
 {
     private readonly IPathMetadata _metadata;
     private readonly ILogger _logger;
     private readonly ConcurrentDictionary<(long Account, long Day), Counts> _pending = new();
+    private readonly ConcurrentDictionary<(long Account, StorePath Path), long> _uses = new();
     private readonly Timer _timer;
     private readonly SemaphoreSlim _flushing = new(1, 1);
 
-    internal TransferMeter(IPathMetadata metadata, ILogger logger, TimeSpan interval)
+    internal UsageMeter(IPathMetadata metadata, ILogger logger, TimeSpan interval)
     {
         _metadata = metadata;
         _logger = logger;
@@ -44,6 +47,17 @@ public sealed partial class TransferMeter : IAsyncDisposable
         Interlocked.Add(ref counts.Downloaded, Math.Max(0, downloaded));
     }
 
+    /// <summary>The account used these paths now (downloaded them, built with them, was given them again).</summary>
+    public void Used(long account, IEnumerable<StorePath> paths)
+    {
+        ArgumentNullException.ThrowIfNull(paths);
+        var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        foreach (var path in paths)
+        {
+            _uses[(account, path)] = now;
+        }
+    }
+
     /// <summary>What this process counted for the account and not yet written, per day.</summary>
     public IReadOnlyList<TransferSample> Pending(long account) =>
         [.. _pending.Where(p => p.Key.Account == account)
@@ -63,6 +77,29 @@ public sealed partial class TransferMeter : IAsyncDisposable
                 {
                     taken.Add(new TransferSample(key.Account, key.Day, Interlocked.Read(ref counts.Uploaded), Interlocked.Read(ref counts.Downloaded)));
                 }
+            }
+
+            var used = new List<(long, StorePath, long)>();
+            foreach (var key in _uses.Keys)
+            {
+                if (_uses.TryRemove(key, out var time))
+                {
+                    used.Add((key.Account, key.Path, time));
+                }
+            }
+
+            try
+            {
+                await _metadata.TouchPathsAsync(used, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                foreach (var (account, path, time) in used)
+                {
+                    _uses.AddOrUpdate((account, path), time, (_, later) => Math.Max(later, time));
+                }
+
+                throw;
             }
 
             try
