@@ -196,7 +196,7 @@ public static class Settings
 
     public static SettingDefinition MaxCpuHoursPerMonth { get; } = new("max-cpu-hours-per-month", SettingKind.Hours, "Quota: the CPU hours the account's builds may use in a calendar month (UTC); past it builds are refused before they start.") { Quota = true };
 
-    public static SettingDefinition Retention { get; } = new("retention", SettingKind.Duration, "How long after its last use (upload, download, a build's input or output) a path nothing roots is kept by the server's collections; 0: only the server's --gc-keep-recent.") { Preference = true, AccountWide = true };
+    public static SettingDefinition Retention { get; } = new("retention", SettingKind.Duration, "How long after its last use (upload; download, a build's input or output, asked for again, over SSH or the socket) a path nothing roots is kept by the server's collections; 0: only the server's --gc-keep-recent.") { Preference = true, AccountWide = true };
 
     public static SettingDefinition KeepBuildsRunning { get; } = new("keep-builds-running", SettingKind.Switch, "Whether a build goes on when its client disconnects (its result is kept for the next request); off: it stops unless another request waits for it.");
 

@@ -15,18 +15,21 @@ internal static class ConfigFile
     /// <exception cref="CommandException">The file cannot be read, or names an option the command does not have.</exception>
     public static string[] Expand(string[] args, Command command)
     {
-        var at = Array.IndexOf(args, "--config");
+        // --config FILE or --config=FILE.
+        var at = Array.FindIndex(args, a => a == "--config" || a.StartsWith("--config=", StringComparison.Ordinal));
         if (at < 0)
         {
             return args;
         }
 
-        if (at + 1 >= args.Length)
+        var joined = args[at].Length > "--config".Length;
+        if (!joined && at + 1 >= args.Length)
         {
             throw new CommandException("--config needs a file");
         }
 
-        var path = args[at + 1];
+        var path = joined ? args[at]["--config=".Length..] : args[at + 1];
+        var taken = joined ? 1 : 2;
         var given = args.Where(a => a.StartsWith("--", StringComparison.Ordinal)).Select(a => a.Split('=', 2)[0]).ToHashSet(StringComparer.Ordinal);
         string[] lines;
         try
@@ -82,6 +85,6 @@ internal static class ConfigFile
         }
 
         // After the command's name, before its own arguments; --config itself is taken out.
-        return [args[0], .. added, .. args[1..at], .. args[(at + 2)..]];
+        return [args[0], .. added, .. args[1..at], .. args[(at + taken)..]];
     }
 }

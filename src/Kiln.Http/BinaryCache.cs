@@ -256,7 +256,7 @@ public sealed partial class BinaryCache
         await using (blob.ConfigureAwait(false))
         {
             await BlobResponse.WriteAsync(context, blob, "application/x-nix-nar").ConfigureAwait(false);
-            if (HttpMethods.IsGet(context.Request.Method))
+            if (HttpMethods.IsGet(context.Request.Method) && context.Response.StatusCode is StatusCodes.Status200OK or StatusCodes.Status206PartialContent)
             {
                 view.CountDownload(context.Response.ContentLength ?? blob.Length);
             }

@@ -96,7 +96,7 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         lock (_gate)
         {
             _waiters++;
-            _keepRunning |= keepRunning;
+            _keepRunning |= keepRunning && account == StartedFor; // (its CPU is the starting account's: only its setting keeps it)
             watcher = new Watcher(events, events.BuildStarted(DrvPath), limits, account, Stopwatch.GetTimestamp());
             if (_joined)
             {

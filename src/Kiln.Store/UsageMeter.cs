@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Kiln.Nix.StorePaths;
 using Kiln.Store.Metadata;
 using Microsoft.Extensions.Logging;
@@ -16,8 +15,9 @@ public sealed partial class UsageMeter : IAsyncDisposable
 {
     private readonly IPathMetadata _metadata;
     private readonly ILogger _logger;
-    private readonly ConcurrentDictionary<(long Account, long Day), Counts> _pending = new();
-    private readonly ConcurrentDictionary<(long Account, StorePath Path), long> _uses = new();
+    private readonly Lock _gate = new(); // over both tables: an add and a flush's taking never interleave
+    private readonly Dictionary<(long Account, long Day), (long Uploaded, long Downloaded)> _pending = [];
+    private readonly Dictionary<(long Account, StorePath Path), long> _uses = [];
     private readonly Timer _timer;
     private readonly SemaphoreSlim _flushing = new(1, 1);
 
@@ -28,12 +28,6 @@ public sealed partial class UsageMeter : IAsyncDisposable
         _timer = new Timer(_ => _ = FlushQuietlyAsync(), null, interval, interval);
     }
 
-    private sealed class Counts
-    {
-        public long Uploaded;
-        public long Downloaded;
-    }
-
     /// <summary>Counts bytes an account uploaded (registered from its session) or downloaded (sent to it).</summary>
     public void Add(long account, long uploaded, long downloaded)
     {
@@ -42,77 +36,81 @@ public sealed partial class UsageMeter : IAsyncDisposable
             return;
         }
 
-        var counts = _pending.GetOrAdd((account, StorageSample.DayOf(DateTimeOffset.UtcNow)), _ => new Counts());
-        Interlocked.Add(ref counts.Uploaded, Math.Max(0, uploaded));
-        Interlocked.Add(ref counts.Downloaded, Math.Max(0, downloaded));
+        AddCounts(account, StorageSample.DayOf(DateTimeOffset.UtcNow), Math.Max(0, uploaded), Math.Max(0, downloaded));
     }
 
-    /// <summary>The account used these paths now (downloaded them, built with them, was given them again).</summary>
+    private void AddCounts(long account, long day, long uploaded, long downloaded)
+    {
+        lock (_gate)
+        {
+            var (up, down) = _pending.GetValueOrDefault((account, day));
+            _pending[(account, day)] = (up + uploaded, down + downloaded);
+        }
+    }
+
+    /// <summary>The account used these paths now (downloaded them, built with them, asked for them again).</summary>
     public void Used(long account, IEnumerable<StorePath> paths)
     {
         ArgumentNullException.ThrowIfNull(paths);
         var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        foreach (var path in paths)
+        lock (_gate)
         {
-            _uses[(account, path)] = now;
+            foreach (var path in paths)
+            {
+                _uses[(account, path)] = now;
+            }
         }
     }
 
     /// <summary>What this process counted for the account and not yet written, per day.</summary>
-    public IReadOnlyList<TransferSample> Pending(long account) =>
-        [.. _pending.Where(p => p.Key.Account == account)
-            .Select(p => new TransferSample(account, p.Key.Day, Interlocked.Read(ref p.Value.Uploaded), Interlocked.Read(ref p.Value.Downloaded)))];
+    public IReadOnlyList<TransferSample> Pending(long account)
+    {
+        lock (_gate)
+        {
+            return [.. _pending.Where(p => p.Key.Account == account).Select(p => new TransferSample(account, p.Key.Day, p.Value.Uploaded, p.Value.Downloaded))];
+        }
+    }
 
-    /// <summary>Writes what was counted so far (what a failed write held is counted again for the next).</summary>
+    /// <summary>Writes what was counted so far; what a failed write held is counted again for the next.</summary>
     public async Task FlushAsync(CancellationToken cancellationToken)
     {
         await _flushing.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            // Each day's counts are taken out before they are written: bytes counted meanwhile go to a new entry.
-            var taken = new List<TransferSample>();
-            foreach (var key in _pending.Keys)
+            List<TransferSample> taken;
+            List<(long, StorePath, long)> used;
+            lock (_gate)
             {
-                if (_pending.TryRemove(key, out var counts))
-                {
-                    taken.Add(new TransferSample(key.Account, key.Day, Interlocked.Read(ref counts.Uploaded), Interlocked.Read(ref counts.Downloaded)));
-                }
+                taken = [.. _pending.Select(p => new TransferSample(p.Key.Account, p.Key.Day, p.Value.Uploaded, p.Value.Downloaded))];
+                used = [.. _uses.Select(u => (u.Key.Account, u.Key.Path, u.Value))];
+                _pending.Clear();
+                _uses.Clear();
             }
 
-            var used = new List<(long, StorePath, long)>();
-            foreach (var key in _uses.Keys)
-            {
-                if (_uses.TryRemove(key, out var time))
-                {
-                    used.Add((key.Account, key.Path, time));
-                }
-            }
-
+            var written = false;
             try
             {
+                await _metadata.AddTransfersAsync(taken, cancellationToken).ConfigureAwait(false);
+                written = true;
                 await _metadata.TouchPathsAsync(used, cancellationToken).ConfigureAwait(false);
             }
             catch
             {
-                foreach (var (account, path, time) in used)
+                lock (_gate)
                 {
-                    _uses.AddOrUpdate((account, path), time, (_, later) => Math.Max(later, time));
-                }
+                    if (!written)
+                    {
+                        foreach (var sample in taken)
+                        {
+                            var (up, down) = _pending.GetValueOrDefault((sample.Account, sample.Day));
+                            _pending[(sample.Account, sample.Day)] = (up + sample.Uploaded, down + sample.Downloaded);
+                        }
+                    }
 
-                throw;
-            }
-
-            try
-            {
-                await _metadata.AddTransfersAsync(taken, cancellationToken).ConfigureAwait(false);
-            }
-            catch
-            {
-                foreach (var sample in taken)
-                {
-                    var counts = _pending.GetOrAdd((sample.Account, sample.Day), _ => new Counts());
-                    Interlocked.Add(ref counts.Uploaded, sample.Uploaded);
-                    Interlocked.Add(ref counts.Downloaded, sample.Downloaded);
+                    foreach (var (account, path, time) in used)
+                    {
+                        _uses[(account, path)] = Math.Max(time, _uses.GetValueOrDefault((account, path)));
+                    }
                 }
 
                 throw;
@@ -142,9 +140,8 @@ public sealed partial class UsageMeter : IAsyncDisposable
     {
         await _timer.DisposeAsync().ConfigureAwait(false);
         await FlushQuietlyAsync().ConfigureAwait(false);
-        _flushing.Dispose();
     }
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "writing the accounts' transferred bytes failed; they are written with the next")]
+    [LoggerMessage(Level = LogLevel.Warning, Message = "writing the accounts' transferred bytes and path uses failed; they are written with the next")]
     private static partial void LogFlushFailed(ILogger logger, Exception exception);
 }

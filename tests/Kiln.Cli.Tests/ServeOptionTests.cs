@@ -58,6 +58,15 @@ public class ServeOptionTests
     }
 
     [Fact]
+    public void A_config_file_is_read_when_named_with_an_equals_sign_too()
+    {
+        using var temp = new TempDir();
+        File.WriteAllText(temp["kiln.conf"], "min-free-disk = 100%\n");
+        KilnCli.AssertOneLineError(KilnCli.Run("serve", $"--config={temp["kiln.conf"]}", "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none"),
+            "would stop every build that writes");
+    }
+
+    [Fact]
     public void A_config_file_that_cannot_be_read_is_refused()
     {
         using var temp = new TempDir();

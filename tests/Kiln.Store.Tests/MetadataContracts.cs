@@ -553,10 +553,12 @@ public abstract class BuildMetadataContract : MetadataContract
         await store.RegisterAsync(alice, [New(Info(shared)), New(Info(own))], default);
         await store.RegisterAsync(bob, [New(Info(shared))], default);
         await store.TouchPathsAsync([(alice, shared, 5000), (alice, own, 4000), (alice, P("unknown"), 9000)], default);
-        await store.TouchPathsAsync([(alice, shared, 4500), (alice, shared, 4600)], default); // earlier: no change
+        await store.TouchPathsAsync([(alice, shared, 4500), (alice, shared, 8000)], default); // earlier, or within the hour: no change
         await store.TouchPathsAsync([], default);
         var graph = (await store.GetGraphAsync(alice, default)).ToDictionary(n => n.Path, n => n.LastUsed);
         Assert.Equal((5000L, 4000L), (graph[shared], graph[own]));
+        await store.TouchPathsAsync([(alice, shared, 9000)], default);
+        Assert.Equal(9000, (await store.GetGraphAsync(alice, default)).Single(n => n.Path == shared).LastUsed);
         Assert.Equal(0, Assert.Single(await store.GetGraphAsync(bob, default)).LastUsed); // bob's record of it is his own
     }
 
@@ -600,14 +602,15 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.Null(await store.FindFailedBuildAsync("other", alice, ["PermanentFailure"], default));
         Assert.Null(await store.FindFailedBuildAsync("k", alice, [], default));
 
-        // Bob joined it: it is his failure too. A later success (or a running build) hides nothing but what is newer.
+        // Bob joined it: it ran under alice's limits, so it is not reused for him. A running build hides nothing.
         await store.AddBuildAccountAsync(failed, bob, default);
-        Assert.Equal(failed, (await store.FindFailedBuildAsync("k", bob, ["PermanentFailure"], default))?.Id);
+        Assert.Null(await store.FindFailedBuildAsync("k", bob, ["PermanentFailure"], default));
         await store.StartBuildAsync("k", P("k.drv").BaseName, alice, 120, default);
         Assert.Equal(failed, (await store.FindFailedBuildAsync("k", alice, ["PermanentFailure"], default))?.Id);
         await BuildAsync("k", alice, "");
         Assert.Null(await store.FindFailedBuildAsync("k", alice, ["PermanentFailure"], default));
-        Assert.Equal(failed, (await store.FindFailedBuildAsync("k", bob, ["PermanentFailure"], default))?.Id); // bob's latest is still the failure
+        var bobs = await BuildAsync("k", bob, "TimedOut");
+        Assert.Equal(bobs, (await store.FindFailedBuildAsync("k", bob, ["TimedOut"], default))?.Id); // his own
     }
 
     [Fact]

@@ -158,7 +158,10 @@ public interface IPathMetadata
     /// <summary>The account's transfers for days <paramref name="fromDay"/> (inclusive) to <paramref name="toDay"/> (exclusive), oldest first.</summary>
     Task<IReadOnlyList<TransferSample>> GetTransfersAsync(long account, long fromDay, long toDay, CancellationToken cancellationToken);
 
-    /// <summary>Marks each account's paths used at the time given (a later use already recorded stays): one transaction for the lot.</summary>
+    /// <summary>
+    /// Marks each account's paths used at the time given, where the use recorded is more than an hour older (a busy
+    /// build marks its inputs again and again: at most one write per path and hour): one transaction for the lot.
+    /// </summary>
     Task TouchPathsAsync(IReadOnlyCollection<(long Account, StorePath Path, long Time)> uses, CancellationToken cancellationToken);
 
     /// <summary>The account's storage now: its view's paths and their NAR bytes (one aggregate query).</summary>

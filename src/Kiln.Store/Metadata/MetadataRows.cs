@@ -49,7 +49,7 @@ internal static class MetadataRows
     };
 
     /// <summary>Marks an account's (<c>@a</c>) path (<c>@p</c>, base name) used at <c>@t</c>, unless it was used later already.</summary>
-    public const string TouchPath = "UPDATE paths SET last_used = @t WHERE account_id = @a AND path = @p AND last_used < @t";
+    public const string TouchPath = "UPDATE paths SET last_used = @t WHERE account_id = @a AND path = @p AND last_used < @t - 3600";
 
     public static PathRecord ReadPath(DbDataReader reader)
     {
@@ -168,11 +168,12 @@ internal static class MetadataRows
         """;
 
     /// <summary>
-    /// The latest finished build of step <c>@k</c> that was for account <c>@a</c>, if it failed with one of the kinds
+    /// The latest finished build of step <c>@k</c> that account <c>@a</c> started (its own limits made it what it was:
+    /// a build it joined ran under another's), if it failed with one of the kinds
     /// in the statement's list (parameters <c>@f0</c>, <c>@f1</c>, …; <paramref name="kinds"/> of them).
     /// </summary>
     public static string FailedBuild(int kinds) => $"SELECT {BuildColumns} FROM builds b WHERE b.id = (SELECT MAX(l.id) FROM builds l " +
-        "JOIN build_accounts f ON f.build_id = l.id AND f.account_id = @a WHERE l.step_key = @k AND l.status <> 'running') " +
+        "WHERE l.step_key = @k AND l.account_id = @a AND l.status <> 'running') " +
         $"AND b.status = 'failed' AND b.failure IN ({string.Join(", ", Enumerable.Range(0, Math.Max(1, kinds)).Select(i => "@f" + i))})";
 
     /// <summary>The CPU microseconds of the builds account <c>@a</c> started at or after <c>@s</c>.</summary>

@@ -196,7 +196,7 @@ public sealed partial class PostgresMetadataStore
             // One statement for the lot: the uses as arrays, unnested.
             await using var command = Command(connection, """
                 UPDATE paths p SET last_used = u.t FROM unnest(@a::bigint[], @p::text[], @t::bigint[]) AS u(a, p, t)
-                WHERE p.account_id = u.a AND p.path = u.p AND p.last_used < u.t
+                WHERE p.account_id = u.a AND p.path = u.p AND p.last_used < u.t - 3600
                 """, transaction,
                 ("a", uses.Select(u => u.Account).ToArray()), ("p", uses.Select(u => u.Path.BaseName).ToArray()), ("t", uses.Select(u => u.Time).ToArray()));
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
