@@ -198,6 +198,8 @@ public static class Settings
 
     public static SettingDefinition Retention { get; } = new("retention", SettingKind.Duration, "How long after its last use (upload; download, a build's input or output, asked for again, over SSH or the socket) a path nothing roots is kept by the server's collections; 0: only the server's --gc-keep-recent.") { Preference = true, AccountWide = true };
 
+    public static SettingDefinition RetentionBuilds { get; } = new("retention-builds", SettingKind.Count, "How many of the account's latest successful builds keep their outputs in the server's collections, however long ago they were used.") { Preference = true, AccountWide = true };
+
     public static SettingDefinition KeepBuildsRunning { get; } = new("keep-builds-running", SettingKind.Switch, "Whether a build goes on when its client disconnects (its result is kept for the next request); off: it stops unless another request waits for it.");
 
     public static SettingDefinition ReuseBuildFailures { get; } = new("reuse-build-failures", SettingKind.Switch, "Whether a derivation whose latest build for the account failed, from the same inputs, fails again at once with that build's error.");
@@ -209,7 +211,7 @@ public static class Settings
     public static SettingDefinition SettingsFromDrvEnv { get; } = new("settings-from-drv-env", SettingKind.Switch, "Whether a derivation's own KILN_* attributes are read as settings for its build (default off: a derivation is not always the account's own).") { Gate = true };
 
     public static IReadOnlyList<SettingDefinition> All { get; } =
-        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
+        [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, RetentionBuilds, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
             SettingsFromSshEnv, SettingsFromDrvEnv];
 
     /// <summary>The setting with that name.</summary>

@@ -15,6 +15,9 @@ public sealed class SettingsAccountPolicy(ISettingsMetadata settings, IReadOnlyD
     public async Task<TimeSpan> RetentionAsync(long account, CancellationToken cancellationToken) =>
         TimeSpan.FromSeconds(await ValueAsync(account, Settings.Retention, cancellationToken).ConfigureAwait(false));
 
+    public async Task<int> RetainedBuildsAsync(long account, CancellationToken cancellationToken) =>
+        (int)Math.Min(int.MaxValue, await ValueAsync(account, Settings.RetentionBuilds, cancellationToken).ConfigureAwait(false));
+
     private async Task<long> ValueAsync(long account, SettingDefinition setting, CancellationToken cancellationToken)
     {
         var stored = await settings.GetSettingsAsync(account, cancellationToken).ConfigureAwait(false);

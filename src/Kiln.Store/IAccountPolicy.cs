@@ -12,4 +12,7 @@ public interface IAccountPolicy
 
     /// <summary>How long after its last use a path is kept by the server's collections though nothing roots it (zero: the server's keep-recent only).</summary>
     Task<TimeSpan> RetentionAsync(long account, CancellationToken cancellationToken);
+
+    /// <summary>How many of the account's latest successful builds keep their outputs in the server's collections (zero: none).</summary>
+    Task<int> RetainedBuildsAsync(long account, CancellationToken cancellationToken) => Task.FromResult(0);
 }

@@ -198,6 +198,6 @@ public sealed class SettingsTests
     public void An_unknown_setting_names_the_ones_there_are()
     {
         var error = Assert.Throws<KilnException>(() => Settings.Find("max-fun"));
-        Assert.Contains("timeout, max-silent-time, max-build-log-size, max-jobs, max-cpu, min-cpu, default-cpu, max-mem, min-mem, max-storage, max-cpu-hours-per-month, retention, keep-builds-running, reuse-build-failures, reuse-build-timeouts, settings-from-ssh-env, settings-from-drv-env", error.Message, StringComparison.Ordinal);
+        Assert.Contains("timeout, max-silent-time, max-build-log-size, max-jobs, max-cpu, min-cpu, default-cpu, max-mem, min-mem, max-storage, max-cpu-hours-per-month, retention, retention-builds, keep-builds-running, reuse-build-failures, reuse-build-timeouts, settings-from-ssh-env, settings-from-drv-env", error.Message, StringComparison.Ordinal);
     }
 }

@@ -413,11 +413,13 @@ public sealed class StoreTests : IAsyncLifetime
     }
 
     // The port as the server fills it from retention: here a fixed retention for every account.
-    private sealed class FixedRetention(TimeSpan retention) : IAccountPolicy
+    private sealed class FixedRetention(TimeSpan retention, int builds = 0) : IAccountPolicy
     {
         public Task<long> MaxStorageAsync(long id, CancellationToken cancellationToken) => Task.FromResult(0L);
 
         public Task<TimeSpan> RetentionAsync(long id, CancellationToken cancellationToken) => Task.FromResult(retention);
+
+        public Task<int> RetainedBuildsAsync(long id, CancellationToken cancellationToken) => Task.FromResult(builds);
     }
 
     [Fact]
@@ -448,7 +450,19 @@ public sealed class StoreTests : IAsyncLifetime
         await session.PinAsync(pinned, null, default);
         await session.AddTempRootAsync(held, default); // a build in progress reads it
 
-        // Thirty days: the path used ten days ago stays; the one last used 35 days ago goes, in the dry run as in the collection.
+        // Thirty days: the path used ten days ago stays; the one last used 35 days ago goes, in the dry run as in the
+        // collection — unless it is the output of one of the account's latest successful builds it keeps (retention-builds).
+        var hash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
+        var older = await _store.Metadata.StartBuildAsync("older", Ia("older.drv").BaseName, alice, now - (50 * 86_400), default);
+        await _store.Metadata.FinishBuildAsync(older, new BuildEnd(true, "", "", now - (50 * 86_400), null, null, null,
+            [new BuildOutputRecord("out", old, hash, HelloNar.Length, [], null)]), default);
+        var latest = await _store.Metadata.StartBuildAsync("latest", Ia("latest.drv").BaseName, alice, now - (45 * 86_400), default);
+        await _store.Metadata.FinishBuildAsync(latest, new BuildEnd(true, "", "", now - (45 * 86_400), null, null, null,
+            [new BuildOutputRecord("out", pinned, hash, HelloNar.Length, [], null)]), default);
+        _store.AccountPolicy = new FixedRetention(TimeSpan.FromDays(30), builds: 2);
+        Assert.Empty((await _store.DeadPathsAsync(default)).Single(d => d.Account == "alice").Paths);
+        _store.AccountPolicy = new FixedRetention(TimeSpan.FromDays(30), builds: 1); // the latest build's output only
+        Assert.Equal([old], (await _store.DeadPathsAsync(default)).Single(d => d.Account == "alice").Paths);
         _store.AccountPolicy = new FixedRetention(TimeSpan.FromDays(30));
         Assert.Equal([old], (await _store.DeadPathsAsync(default)).Single(d => d.Account == "alice").Paths);
         Assert.Equal(1, (await _store.CollectAllGarbageAsync(TimeSpan.Zero, default)).Paths);

@@ -28,9 +28,17 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
     {
         ArgumentNullException.ThrowIfNull(request);
         var kept = TimeSpan.Zero;
+        IReadOnlyList<BuildRecord> retainedBuilds = [];
         if (retention && store.AccountPolicy is { } policy)
         {
             kept = await policy.RetentionAsync(account, cancellationToken).ConfigureAwait(false);
+            var builds = await policy.RetainedBuildsAsync(account, cancellationToken).ConfigureAwait(false);
+            if (builds > 0)
+            {
+                retainedBuilds = await metadata.ListBuildsAsync(account, new BuildQuery { Limit = Math.Min(builds, 10_000), State = BuildState.Built }, cancellationToken)
+                    .ConfigureAwait(false);
+            }
+
             await store.Usage.FlushAsync(cancellationToken).ConfigureAwait(false); // the latest uses first
         }
 
@@ -56,6 +64,10 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
             roots = [.. roots, .. graph.Where(n => Math.Max(n.RegistrationTime, n.LastUsed) > since)
                 .Select(n => new KeyValuePair<string, StorePath>("{retention:used-recently}", n.Path))];
         }
+
+        // The outputs of the account's latest successful builds (retention-builds), as far as its view still has them.
+        roots = [.. roots, .. retainedBuilds.SelectMany(b => b.Outputs).Where(o => nodes.ContainsKey(o.Path))
+            .Select(o => new KeyValuePair<string, StorePath>("{retention:latest-builds}", o.Path))];
 
         var live = Mark(nodes, roots);
 
