@@ -271,23 +271,10 @@ public static class Settings
             result.Add(effective);
         }
 
-        return [.. result.OrderBy(e => All.IndexOf(e.Definition))];
+        return [.. All.Select(d => result.First(e => e.Definition == d))]; // (in the registry's order again)
     }
 
     private static bool On(List<EffectiveSetting> resolved, SettingDefinition gate) => resolved.First(e => e.Definition == gate).Value != 0;
-
-    private static int IndexOf(this IReadOnlyList<SettingDefinition> list, SettingDefinition definition)
-    {
-        for (var i = 0; i < list.Count; i++)
-        {
-            if (list[i] == definition)
-            {
-                return i;
-            }
-        }
-
-        return -1;
-    }
 
     /// <summary>The values of <see cref="Resolve"/>'s settings by name.</summary>
     public static IReadOnlyDictionary<string, long> ByName(IEnumerable<EffectiveSetting> effective) =>

@@ -21,8 +21,6 @@ public sealed class SettingsAccountPolicy(ISettingsMetadata settings, IReadOnlyD
     private async Task<long> ValueAsync(long account, SettingDefinition setting, CancellationToken cancellationToken)
     {
         var stored = await settings.GetSettingsAsync(account, cancellationToken).ConfigureAwait(false);
-        return stored.Count == 0 && server.GetValueOrDefault(setting.Name) == 0
-            ? 0
-            : Settings.ByName(Settings.Resolve(server, stored, null, null))[setting.Name];
+        return Settings.ByName(Settings.Resolve(server, stored, null, null))[setting.Name];
     }
 }

@@ -319,12 +319,13 @@ public sealed partial class BuildScheduler
             requirements = requirements with { MemoryBytes = expected };
             while (true)
             {
-                // The account's max-jobs holds back its own builds only: one another account waits for too is not held.
-                var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId) { AccountMaxJobs = step.SharedWithOtherAccounts ? 0 : accountLimits.MaxJobs });
+                // The account's max-jobs holds back its own builds only: one another account waits for too is not held
+                // (lifted here when it joined before the offer, by JoinAsync when after).
+                var ticket = Queue.Offer(new JobOffer(id, job, requirements, step, accountId) { AccountMaxJobs = accountLimits.MaxJobs });
                 step.Ticket = ticket;
                 if (step.SharedWithOtherAccounts)
                 {
-                    ticket.LiftAccountLimit(); // (joined between the look and the offer)
+                    ticket.LiftAccountLimit();
                 }
 
                 using (step.Cancellation.Register(ticket.Cancel))

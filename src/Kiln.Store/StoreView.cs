@@ -316,10 +316,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
         // (Only the sessions' NarFromPath and nix-store --serve's dumps open NARs through a view: a client downloads it.)
         CountDownload(record.Info.NarSize);
-        if (Caller.AccountId is { } account)
-        {
-            _store.Usage.Used(account, [path]);
-        }
+        MarkUsed([path]);
 
         return new NarBlob(await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false), record.Info.NarSize, record.Info.NarHash);
     }

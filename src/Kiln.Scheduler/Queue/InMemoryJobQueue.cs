@@ -212,6 +212,16 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
     private void Enqueue(Entry entry)
     {
         entry.QueuedAt = Environment.TickCount64;
+        if (!LeaseToBestClaim(entry))
+        {
+            _waiting.AddLast(entry);
+        }
+    }
+
+    // Leases the entry to the best waiting claim that may take it (most of its inputs held, then least loaded); false
+    // when none may. Called under the gate.
+    private bool LeaseToBestClaim(Entry entry)
+    {
         var best = -1;
         (long Bytes, double Load) bestScore = (-1, 0);
         for (var i = 0; i < _claims.Count; i++)
@@ -229,15 +239,15 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
             }
         }
 
-        if (best >= 0)
+        if (best < 0)
         {
-            var (agent, claim) = _claims[best];
-            _claims.RemoveAt(best);
-            claim.TrySetResult(entry.Lease(agent));
-            return;
+            return false;
         }
 
-        _waiting.AddLast(entry);
+        var (taker, taken) = _claims[best];
+        _claims.RemoveAt(best);
+        taken.TrySetResult(entry.Lease(taker));
+        return true;
     }
 
     // Whether the agent may take the job now: it can run it, its memory grant fits beside its running builds', and, for
@@ -264,21 +274,6 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
         else
         {
             _leasedByAccount.Remove(entry.Offer.Account);
-        }
-    }
-
-    // A job's account limit was lifted while it waits: a claim waiting now may take it. Called under the gate.
-    private void HandToWaitingClaim(Entry entry)
-    {
-        for (var i = 0; i < _claims.Count; i++)
-        {
-            var (agent, claim) = _claims[i];
-            if (!claim.Task.IsCompleted && MayTake(agent, entry) && _waiting.Remove(entry))
-            {
-                _claims.RemoveAt(i);
-                claim.TrySetResult(entry.Lease(agent));
-                return;
-            }
         }
     }
 
@@ -429,9 +424,10 @@ public sealed class InMemoryJobQueue : IJobQueue, IDisposable
                 }
 
                 Lifted = true;
-                if (queue._waiting.Contains(this))
+                // Waiting: a claim waiting now may take it (it keeps its place in line otherwise).
+                if (queue._waiting.Contains(this) && queue.LeaseToBestClaim(this))
                 {
-                    queue.HandToWaitingClaim(this);
+                    queue._waiting.Remove(this);
                 }
             }
         }
