@@ -2,32 +2,32 @@ using System.Runtime.InteropServices;
 
 namespace Kiln.Nix.Compression;
 
+// lzma_stream: next_in, avail_in, total_in, next_out, avail_out, total_out, allocator, internal, 4 reserved
+// pointers, 2 uint64 and 2 size_t reserved, 2 reserved enums. LZMA_STREAM_INIT is all zeros.
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct LzmaStream
+{
+    public byte* NextIn;
+    public nuint AvailIn;
+    public ulong TotalIn;
+    public byte* NextOut;
+    public nuint AvailOut;
+    public ulong TotalOut;
+    public fixed ulong Reserved[6];
+    public ulong SeekPos;
+    public ulong ReservedInt2;
+    public nuint ReservedInt3;
+    public nuint ReservedInt4;
+    public int ReservedEnum1;
+    public int ReservedEnum2;
+}
+
 /// <summary>
 /// xz through liblzma's stream decoder (concatenated streams allowed, as Nix sets it up) with a memory limit Nix does
 /// not set: an xz header can ask for a dictionary of up to 4 GiB, which a hostile upload would make Kiln allocate.
 /// </summary>
-internal sealed unsafe partial class XzDecoder : NativeDecoder
+internal sealed unsafe partial class XzDecoder : NativeCoder
 {
-    // lzma_stream: next_in, avail_in, total_in, next_out, avail_out, total_out, allocator, internal, 4 reserved
-    // pointers, 2 uint64 and 2 size_t reserved, 2 reserved enums. LZMA_STREAM_INIT is all zeros.
-    [StructLayout(LayoutKind.Sequential)]
-    private struct LzmaStream
-    {
-        public byte* NextIn;
-        public nuint AvailIn;
-        public ulong TotalIn;
-        public byte* NextOut;
-        public nuint AvailOut;
-        public ulong TotalOut;
-        public fixed ulong Reserved[6];
-        public ulong SeekPos;
-        public ulong ReservedInt2;
-        public nuint ReservedInt3;
-        public nuint ReservedInt4;
-        public int ReservedEnum1;
-        public int ReservedEnum2;
-    }
-
     private const uint Concatenated = 0x08;
     private const int Run = 0, Finish = 3;
     private const int Ok = 0, StreamEnd = 1, MemoryLimitReached = 6;
@@ -93,7 +93,7 @@ internal sealed unsafe partial class XzDecoder : NativeDecoder
 }
 
 /// <summary>zstd through libzstd's streaming decompressor (several frames in a row allowed, as the zstd tool writes them).</summary>
-internal sealed unsafe partial class ZstdDecoder : NativeDecoder
+internal sealed unsafe partial class ZstdDecoder : NativeCoder
 {
     [StructLayout(LayoutKind.Sequential)]
     private struct Buffer
@@ -171,7 +171,7 @@ internal sealed unsafe partial class ZstdDecoder : NativeDecoder
 }
 
 /// <summary>bzip2 through libbz2 (the narinfo default when <c>Compression:</c> is absent).</summary>
-internal sealed unsafe partial class Bzip2Decoder : NativeDecoder
+internal sealed unsafe partial class Bzip2Decoder : NativeCoder
 {
     [StructLayout(LayoutKind.Sequential)]
     private struct BzStream

@@ -331,9 +331,33 @@ internal static class MetadataRows
         "DELETE FROM signing_keys WHERE account_id = @a",
         "DELETE FROM storage_samples WHERE account_id = @a",
         "DELETE FROM transfers WHERE account_id = @a",
+        "DELETE FROM pushes WHERE account_id = @a",
         "DELETE FROM settings WHERE account_id = @a",
         $"UPDATE accounts SET name = '{Accounts.AccountName.DeletedPrefix} ' || id || ')', public_cache = false, substituters = '', trusted_public_keys = '', netrc = '' WHERE id = @a",
     ];
+
+    private const string PushColumns = "id, account_id, build_id, target, paths, state, attempts, next_attempt, uploaded, error, created, finished";
+
+    public const string AddPush = """
+        INSERT INTO pushes (account_id, build_id, target, paths, state, attempts, next_attempt, created) VALUES (@a, @b, @t, @p, 'queued', 0, @n, @n) RETURNING id
+        """;
+
+    /// <summary>Claims due pushes (<c>@n</c> now, <c>@l</c> the lease's end, <c>@c</c> how many); PostgreSQL skips rows another front door is claiming.</summary>
+    public static string ClaimPushes(bool skipLocked) => $"""
+        UPDATE pushes SET attempts = attempts + 1, next_attempt = @l
+        WHERE id IN (SELECT id FROM pushes WHERE state = 'queued' AND next_attempt <= @n ORDER BY next_attempt, id LIMIT @c{(skipLocked ? " FOR UPDATE SKIP LOCKED" : "")})
+        RETURNING {PushColumns}
+        """;
+
+    public const string FinishPush = "UPDATE pushes SET state = @s, uploaded = @u, error = @e, next_attempt = @r, finished = @f WHERE id = @i";
+
+    public const string Pushes = $"SELECT {PushColumns} FROM pushes WHERE account_id = @a AND (@b = 0 OR build_id = @b) ORDER BY id DESC LIMIT @c";
+
+    public static string StateName(PushState state) => state.ToString().ToLowerInvariant();
+
+    public static PushRecord ReadPush(DbDataReader reader) => new(reader.GetInt64(0), reader.GetInt64(1), reader.GetInt64(2), reader.GetString(3),
+        reader.GetString(4).Split(' ', StringSplitOptions.RemoveEmptyEntries), Enum.Parse<PushState>(reader.GetString(5), ignoreCase: true), (int)reader.GetInt64(6),
+        reader.GetInt64(7), reader.GetInt64(8), reader.GetString(9), reader.GetInt64(10), reader.GetInt64(11));
 
     /// <summary>The tags of a build (<c>@b</c>) for an account (<c>@a</c>).</summary>
     public const string BuildTags = "SELECT name, value FROM build_tags WHERE build_id = @b AND account_id = @a ORDER BY name, value";

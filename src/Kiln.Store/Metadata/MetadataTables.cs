@@ -50,6 +50,8 @@ public static class MetadataTables
         new("storage_samples", [("account_id", I), ("day", I), ("paths", I), ("nar_bytes", I)]),
         new("transfers", [("account_id", I), ("day", I), ("uploaded", I), ("downloaded", I)]),
         new("build_tags", [("build_id", I), ("account_id", I), ("name", T), ("value", T)]),
+        new("pushes", [("id", I), ("account_id", I), ("build_id", I), ("target", T), ("paths", T), ("state", T), ("attempts", I), ("next_attempt", I),
+            ("uploaded", I), ("error", T), ("created", I), ("finished", I)], HasIdentity: true),
         new("ssh_keys", [("id", I), ("account_id", I), ("key_type", T), ("key_blob", T), ("fingerprint", T), ("comment", T), ("permissions", T),
             ("enabled", B), ("created", I)], HasIdentity: true),
         new("tokens", [("id", I), ("account_id", I), ("token_hash", T), ("description", T), ("permissions", T), ("expires", I), ("revoked", I),

@@ -1,11 +1,12 @@
 namespace Kiln.Nix.Compression;
 
 /// <summary>
-/// A read-only stream over a native streaming decoder: it reads compressed input in blocks from the inner stream and
-/// lets <see cref="Step"/> turn it into output. Data after the end of the compressed stream, or input that ends
-/// before it, is an error (a truncated download must never look like a short NAR).
+/// A read-only stream over a native streaming coder (a decoder, or an encoder): it reads input in blocks from the
+/// inner stream and lets <see cref="Step"/> turn it into output. For a decoder, data after the end of the compressed
+/// stream, or input that ends before it, is an error (a truncated download must never look like a short NAR); an
+/// encoder ends only once its input has.
 /// </summary>
-internal abstract class NativeDecoder(Stream inner) : ReadOnlyStream
+internal abstract class NativeCoder(Stream inner) : ReadOnlyStream
 {
     private readonly byte[] _input = new byte[128 * 1024];
     private int _inputStart;
@@ -16,7 +17,7 @@ internal abstract class NativeDecoder(Stream inner) : ReadOnlyStream
 
     protected abstract string Name { get; }
 
-    /// <summary>Decodes from <paramref name="input"/> into <paramref name="output"/>: what it consumed and produced, and whether the stream ended.</summary>
+    /// <summary>Codes from <paramref name="input"/> into <paramref name="output"/>: what it consumed and produced, and whether the stream ended.</summary>
     protected abstract (int Consumed, int Produced, bool End) Step(ReadOnlySpan<byte> input, Span<byte> output, bool inputDone);
 
     protected abstract void Free();
@@ -104,5 +105,5 @@ internal abstract class NativeDecoder(Stream inner) : ReadOnlyStream
         base.Dispose(disposing);
     }
 
-    ~NativeDecoder() => Dispose(false);
+    ~NativeCoder() => Dispose(false);
 }

@@ -1,0 +1,140 @@
+using System.Runtime.InteropServices;
+
+namespace Kiln.Nix.Compression;
+
+/// <summary>xz through liblzma's easy encoder with a CRC64 check, as Nix writes <c>.nar.xz</c> (its default level is 6).</summary>
+internal sealed unsafe partial class XzEncoder : NativeCoder
+{
+    private const int Run = 0, Finish = 3;
+    private const int Ok = 0, StreamEnd = 1;
+    private const int CheckCrc64 = 4;
+
+    private LzmaStream* _stream;
+
+    public XzEncoder(Stream inner, int level) : base(inner)
+    {
+        _stream = (LzmaStream*)NativeMemory.AllocZeroed((nuint)sizeof(LzmaStream));
+        var result = lzma_easy_encoder(_stream, (uint)level, CheckCrc64);
+        if (result != Ok)
+        {
+            Free();
+            throw new DecompressionException($"cannot start an xz encoder at level {level} (liblzma error {result})");
+        }
+    }
+
+    protected override string Name => "xz";
+
+    protected override (int, int, bool) Step(ReadOnlySpan<byte> input, Span<byte> output, bool inputDone)
+    {
+        fixed (byte* i = input)
+        fixed (byte* o = output)
+        {
+            _stream->NextIn = i;
+            _stream->AvailIn = (nuint)input.Length;
+            _stream->NextOut = o;
+            _stream->AvailOut = (nuint)output.Length;
+            var result = lzma_code(_stream, inputDone ? Finish : Run);
+            var consumed = input.Length - (int)_stream->AvailIn;
+            var produced = output.Length - (int)_stream->AvailOut;
+            return result switch
+            {
+                Ok => (consumed, produced, false),
+                StreamEnd => (consumed, produced, true),
+                _ => throw new DecompressionException($"the xz encoder failed (liblzma error {result})"),
+            };
+        }
+    }
+
+    protected override void Free()
+    {
+        if (_stream is not null)
+        {
+            lzma_end(_stream);
+            NativeMemory.Free(_stream);
+            _stream = null;
+        }
+    }
+
+    [LibraryImport("liblzma.so.5")]
+    private static partial int lzma_easy_encoder(LzmaStream* stream, uint preset, int check);
+
+    [LibraryImport("liblzma.so.5")]
+    private static partial int lzma_code(LzmaStream* stream, int action);
+
+    [LibraryImport("liblzma.so.5")]
+    private static partial void lzma_end(LzmaStream* stream);
+}
+
+/// <summary>zstd through libzstd's streaming compressor: one frame, its content checksum on (as the zstd tool writes it).</summary>
+internal sealed unsafe partial class ZstdEncoder : NativeCoder
+{
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Buffer
+    {
+        public byte* Data;
+        public nuint Size;
+        public nuint Pos;
+    }
+
+    private const int Continue = 0, End = 2;
+    private const int CompressionLevel = 100, ChecksumFlag = 201;
+
+    private nint _context;
+
+    public ZstdEncoder(Stream inner, int level) : base(inner)
+    {
+        _context = ZSTD_createCCtx();
+        if (_context == 0 || ZSTD_isError(ZSTD_CCtx_setParameter(_context, CompressionLevel, level)) != 0
+            || ZSTD_isError(ZSTD_CCtx_setParameter(_context, ChecksumFlag, 1)) != 0)
+        {
+            Free();
+            throw new DecompressionException($"cannot start a zstd encoder at level {level}");
+        }
+    }
+
+    protected override string Name => "zstd";
+
+    protected override (int, int, bool) Step(ReadOnlySpan<byte> input, Span<byte> output, bool inputDone)
+    {
+        fixed (byte* i = input)
+        fixed (byte* o = output)
+        {
+            var inBuffer = new Buffer { Data = i, Size = (nuint)input.Length };
+            var outBuffer = new Buffer { Data = o, Size = (nuint)output.Length };
+            var remaining = ZSTD_compressStream2(_context, &outBuffer, &inBuffer, inputDone ? End : Continue);
+            if (ZSTD_isError(remaining) != 0)
+            {
+                throw new DecompressionException($"the zstd encoder failed ({Marshal.PtrToStringUTF8(ZSTD_getErrorName(remaining))})");
+            }
+
+            return ((int)inBuffer.Pos, (int)outBuffer.Pos, inputDone && remaining == 0 && inBuffer.Pos == inBuffer.Size);
+        }
+    }
+
+    protected override void Free()
+    {
+        if (_context != 0)
+        {
+            _ = ZSTD_freeCCtx(_context);
+            _context = 0;
+        }
+    }
+
+    [LibraryImport("libzstd.so.1")]
+    private static partial nint ZSTD_createCCtx();
+
+    [LibraryImport("libzstd.so.1")]
+    private static partial nuint ZSTD_CCtx_setParameter(nint context, int parameter, int value);
+
+    [LibraryImport("libzstd.so.1")]
+    private static partial nuint ZSTD_compressStream2(nint context, Buffer* output, Buffer* input, int endOp);
+
+    [LibraryImport("libzstd.so.1")]
+    private static partial nuint ZSTD_freeCCtx(nint context);
+
+    [LibraryImport("libzstd.so.1")]
+    private static partial uint ZSTD_isError(nuint code);
+
+    [LibraryImport("libzstd.so.1")]
+    private static partial nint ZSTD_getErrorName(nuint code);
+}

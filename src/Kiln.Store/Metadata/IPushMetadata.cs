@@ -1,0 +1,43 @@
+namespace Kiln.Store.Metadata;
+
+/// <summary>Where a push stands: waiting (first try or a retry), done, or given up.</summary>
+public enum PushState
+{
+    Queued,
+    Done,
+    Failed,
+}
+
+/// <summary>
+/// One push of a build's outputs (and their closure) to one of the account's <c>push-to</c> targets: its target's URL
+/// as the account wrote it (no secrets: credentials live in the account's netrc), the outputs' base names, how many
+/// tries it took, how many paths the last one uploaded (the rest were there already), and the last error.
+/// </summary>
+public sealed record PushRecord(long Id, long AccountId, long BuildId, string Target, IReadOnlyList<string> Paths, PushState State, int Attempts,
+    long NextAttempt, long Uploaded, string Error, long Created, long Finished);
+
+/// <summary>
+/// The queue of pushes to accounts' own caches. A front door claims due pushes (a claim is a lease: it makes the row
+/// due again after a while, so a push a crashed front door was doing is tried again by another), and reports each as
+/// done, to be retried at a time, or failed.
+/// </summary>
+public interface IPushMetadata
+{
+    /// <summary>Queues a push, due at once; returns its id.</summary>
+    Task<long> AddPushAsync(long account, long build, string target, IReadOnlyList<string> paths, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Claims up to <paramref name="limit"/> queued pushes due at <paramref name="now"/>: each is counted as tried once
+    /// more and not due again before <paramref name="leaseUntil"/>. Two front doors never claim the same row at once.
+    /// </summary>
+    Task<IReadOnlyList<PushRecord>> ClaimPushesAsync(long now, long leaseUntil, int limit, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Records a try's end: done (<paramref name="message"/> empty), to be tried again at <paramref name="retryAt"/>
+    /// (<see cref="PushState.Queued"/>), or failed for good.
+    /// </summary>
+    Task FinishPushAsync(long id, PushState state, long uploaded, string message, long retryAt, CancellationToken cancellationToken);
+
+    /// <summary>The account's pushes, newest first: all of them, or one build's (<paramref name="build"/> other than 0).</summary>
+    Task<IReadOnlyList<PushRecord>> GetPushesAsync(long account, long build, int limit, CancellationToken cancellationToken);
+}
