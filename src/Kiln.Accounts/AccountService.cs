@@ -317,7 +317,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         var definition = Settings.Find(name);
         RefuseQuota(actor, definition, keyFingerprint);
         var record = new SettingRecord(await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false), definition.Name,
-            definition.Parse(value).ToString(System.Globalization.CultureInfo.InvariantCulture), final);
+            definition.Normalize(value), final);
         await RefuseFinalAsync(actor, account, record.Scope, record.Name, cancellationToken).ConfigureAwait(false);
         await settings.SetSettingAsync(account.Id, record, cancellationToken).ConfigureAwait(false);
         return record;

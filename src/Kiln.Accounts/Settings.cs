@@ -35,6 +35,13 @@ public enum SettingKind
 
     /// <summary>On or off (<c>on</c>, <c>off</c>, <c>true</c>, <c>false</c>, <c>1</c>, <c>0</c>), kept as 1 or 0.</summary>
     Switch,
+
+    /// <summary>
+    /// Words (URLs), kept as the definition's <see cref="SettingDefinition.Canonical"/> writes them: set by the account
+    /// (and, where not account-wide, its keys), a narrower level's replacing a wider one's unless that is final; never
+    /// read from sessions or derivations.
+    /// </summary>
+    Text,
 }
 
 /// <summary>
@@ -70,6 +77,15 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     /// level's value replaces an earlier one, unless that one is final.
     /// </summary>
     public bool Gate { get; init; }
+
+    /// <summary>A text setting's check: its canonical form, or a <see cref="KilnException"/> (Invalid) saying what is wrong.</summary>
+    public Func<string, string>? Canonical { get; init; }
+
+    /// <summary>A value as it is kept: canonical text, or a number's digits.</summary>
+    /// <exception cref="KilnException">It is not a value of this setting (Invalid).</exception>
+    public string Normalize(string text) => Kind == SettingKind.Text
+        ? (Canonical ?? (t => t.Trim()))(text ?? throw new ArgumentNullException(nameof(text)))
+        : Parse(text).ToString(CultureInfo.InvariantCulture);
 
     /// <summary>Its value where the server's level does not name it (0 but for the switches that are on by default).</summary>
     public long Default { get; init; }
@@ -162,9 +178,18 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
 /// <summary>A setting's value in effect, where it came from, and whether lower levels are held to it.</summary>
 public sealed record EffectiveSetting(SettingDefinition Definition, long Value, SettingLevel Origin, bool Final)
 {
+    /// <summary>A text setting's value (empty: none).</summary>
+    public string Text { get; init; } = "";
+
+    /// <summary>The value as JSON documents give it: the text of a text setting, the number of any other.</summary>
+    public object JsonValue => Definition.Kind == SettingKind.Text ? Text : Value;
+
+    /// <summary>The value as listings show it.</summary>
+    public string Shown => Definition.Kind == SettingKind.Text ? Text.Length == 0 ? "none" : Text : Definition.Format(Value);
+
     /// <summary>Its line in a settings listing (the shell's, the CLI's); <paramref name="server"/> names the server's level.</summary>
     public string ToLine(string server = "server") =>
-        $"{Definition.Name,-23} {Definition.Format(Value),-16} {(Origin == SettingLevel.Server ? server : Origin.ToString().ToLowerInvariant())}{(Final ? ", final" : "")}";
+        $"{Definition.Name,-23} {Shown,-16} {(Origin == SettingLevel.Server ? server : Origin.ToString().ToLowerInvariant())}{(Final ? ", final" : "")}";
 }
 
 /// <summary>
@@ -210,9 +235,13 @@ public static class Settings
 
     public static SettingDefinition SettingsFromDrvEnv { get; } = new("settings-from-drv-env", SettingKind.Switch, "Whether a derivation's own KILN_* attributes are read as settings for its build (default off: a derivation is not always the account's own).") { Gate = true };
 
+    public static SettingDefinition PushTo { get; } = new("push-to", SettingKind.Text, "Binary caches the outputs of the account's successful builds (and their closures) are pushed to, signed with its key: file://, http(s):// (PUT), s3:// URLs; ?compression=xz|zstd|none.") { AccountWide = true, Canonical = Kiln.Store.Push.PushTarget.Canonical };
+
+    public static SettingDefinition PushReused { get; } = new("push-reused", SettingKind.Switch, "Whether outputs Kiln reused (built before, for anyone) are pushed to push-to too, not only those built for the account now.") { AccountWide = true };
+
     public static IReadOnlyList<SettingDefinition> All { get; } =
         [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, RetentionBuilds, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
-            SettingsFromSshEnv, SettingsFromDrvEnv];
+            SettingsFromSshEnv, SettingsFromDrvEnv, PushTo, PushReused];
 
     /// <summary>The setting with that name.</summary>
     /// <exception cref="KilnException">There is none (Invalid), with the names there are.</exception>
@@ -241,6 +270,12 @@ public static class Settings
         var result = new List<EffectiveSetting>();
         foreach (var definition in All.OrderBy(d => !d.Gate)) // the gates first: they decide what the others read
         {
+            if (definition.Kind == SettingKind.Text)
+            {
+                result.Add(ResolveText(definition, stored, scope));
+                continue;
+            }
+
             var effective = new EffectiveSetting(definition, server.GetValueOrDefault(definition.Name, definition.Default), SettingLevel.Server, Final: false);
             foreach (var row in stored.Where(r => r.Name == definition.Name && r.Scope.Length == 0))
             {
@@ -273,6 +308,44 @@ public static class Settings
 
         return [.. All.Select(d => result.First(e => e.Definition == d))]; // (in the registry's order again)
     }
+
+    // A text setting: the account's value, then the key's (where it is not account-wide), unless the account's is final;
+    // a value that is no longer valid (a row edited by hand) is left out.
+    private static EffectiveSetting ResolveText(SettingDefinition definition, IReadOnlyList<SettingRecord> stored, string? scope)
+    {
+        var effective = new EffectiveSetting(definition, 0, SettingLevel.Server, Final: false);
+        foreach (var (level, rows) in new[]
+        {
+            (SettingLevel.Account, stored.Where(r => r.Name == definition.Name && r.Scope.Length == 0)),
+            (SettingLevel.Key, stored.Where(r => r.Name == definition.Name && !definition.AccountWide && scope is not null && r.Scope == scope)),
+        })
+        {
+            foreach (var row in rows)
+            {
+                if (!effective.Final && TryNormalize(definition, row.Value) is { } text)
+                {
+                    effective = new EffectiveSetting(definition, 0, level, row.Final) { Text = text };
+                }
+            }
+        }
+
+        return effective;
+    }
+
+    private static string? TryNormalize(SettingDefinition definition, string text)
+    {
+        try
+        {
+            return definition.Normalize(text);
+        }
+        catch (KilnException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>The text of a text setting among <see cref="Resolve"/>'s.</summary>
+    public static string TextOf(IEnumerable<EffectiveSetting> effective, SettingDefinition definition) => effective.First(e => e.Definition == definition).Text;
 
     private static bool On(List<EffectiveSetting> resolved, SettingDefinition gate) => resolved.First(e => e.Definition == gate).Value != 0;
 

@@ -89,7 +89,8 @@ internal static class BuildEndpoints
             var caller = ApiCaller.Of(context);
             var build = await caller.VisibleBuildAsync(store, id, KeyPermissions.BuildRead, context.RequestAborted).ConfigureAwait(false);
             var tags = await store.Builds.GetBuildTagsAsync(id, caller.Account.Id, context.RequestAborted).ConfigureAwait(false);
-            return TypedResults.Ok(BuildDocument.Of(build, caller.Caller.AccountId) with { Tags = [.. tags.Select(t => t.ToString())] });
+            var pushes = await store.Pushes.GetPushesAsync(caller.Account.Id, id, 50, context.RequestAborted).ConfigureAwait(false);
+            return TypedResults.Ok(BuildDocument.Of(build, caller.Caller.AccountId) with { Tags = [.. tags.Select(t => t.ToString())], Pushes = [.. pushes.Select(PushDocument.Of)] });
         }).WithSummary("One build: derivation, outputs, status, times, CPU, memory, agent.")
           .Produces<BuildDocument>().ProducesProblem(StatusCodes.Status404NotFound);
 

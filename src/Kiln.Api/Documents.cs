@@ -9,6 +9,29 @@ namespace Kiln.Api;
 // The JSON the API answers with (and the SSH shell's --json, which shows the same records). Times are ISO 8601 in UTC;
 // other accounts are never named: a build another account started says so, not who.
 
+/// <summary>
+/// A push of a build's outputs to one of the account's caches: <c>queued</c> (waiting for its first try or a retry at
+/// <see cref="NextAttempt"/>), <c>done</c> or <c>failed</c> (given up); the paths the last try uploaded (the rest were
+/// there already) and the last error.
+/// </summary>
+public sealed record PushDocument(long Id, string Target, string State, int Attempts, long UploadedPaths, string Error, string Created, string? Finished, string? NextAttempt)
+{
+    public static PushDocument Of(PushRecord push)
+    {
+        ArgumentNullException.ThrowIfNull(push);
+        return new PushDocument(push.Id, push.Target, push.State.ToString().ToLowerInvariant(), push.Attempts, push.Uploaded, push.Error, BuildDocument.Time(push.Created),
+            push.State == PushState.Queued ? null : BuildDocument.Time(push.Finished), push.State == PushState.Queued ? BuildDocument.Time(push.NextAttempt) : null);
+    }
+
+    /// <summary>One line for the shell: where, how it stands, and why if it did not go.</summary>
+    public string ToLine() => State switch
+    {
+        "done" => $"push to {Target}: done, {UploadedPaths} paths uploaded{(Attempts > 1 ? $" (after {Attempts} tries)" : "")}",
+        "failed" => $"push to {Target}: failed after {Attempts} tries: {Error}",
+        _ => Attempts == 0 ? $"push to {Target}: queued" : $"push to {Target}: queued, try {Attempts + 1} at {NextAttempt} ({Error})",
+    };
+}
+
 /// <summary>A build as the caller may see it.</summary>
 /// <param name="Relation">started: the caller's account started it; shared: it was for the caller too (joined while it ran, or its outputs reused).</param>
 public sealed record BuildDocument(long Id, string Derivation, string Status, string Failure, string Error, string Started, string? Stopped, long Seconds,
@@ -45,6 +68,10 @@ public sealed record BuildDocument(long Id, string Derivation, string Status, st
     /// <summary>The tags the caller's requests gave it (name=value), shown for one build; null in listings.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public IReadOnlyList<string>? Tags { get; init; }
+
+    /// <summary>The pushes of its outputs to the caller's push-to caches, shown for one build; null in listings.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyList<PushDocument>? Pushes { get; init; }
 
     /// <summary>running, built or failed (the values <c>?status=</c> takes).</summary>
     public static string StatusOf(BuildRecord build)

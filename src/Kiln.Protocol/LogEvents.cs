@@ -48,6 +48,12 @@ public static class LogEvents
     public const int AgentBuilding = 5025;
     public const int AgentBuilt = 5026;
     public const int AgentsListening = 5027;
+    public const int PushNotQueued = 5030;
+    public const int PushDone = 5031;
+    public const int PushFailed = 5032;
+    public const int PushWillRetry = 5033;
+    public const int PushUnexpected = 5034;
+    public const int PushQueueFailed = 5035;
 
     public const int NoBuildUsers = 6001;
     public const int BuildsAbandoned = 6002;

@@ -57,6 +57,9 @@ public sealed partial class BuildScheduler
     /// <summary>Kiln's key, which signs outputs built from trusted inputs.</summary>
     internal SecretKey? BuildKey { get; }
 
+    /// <summary>Where successful builds of accounts with <c>push-to</c> queue their pushes (null: nothing is pushed).</summary>
+    public IPushMetadata? Pushes { get; init; }
+
     /// <summary>The builder for one session, working in its view; the builds it asks for get <paramref name="tags"/> for its account.</summary>
     public IWorkerBuilder ForSession(StoreView view, IReadOnlyList<BuildTag>? tags = null, SessionLimits? limits = null) =>
         new SessionBuilder(this, view, tags ?? [], limits ?? SessionLimits.None);
@@ -679,6 +682,12 @@ public sealed partial class BuildScheduler
 
     [LoggerMessage(EventId = LogEvents.BuildLogNotShared, Level = LogLevel.Warning, Message = "the log of build {Id} could not be shared with other front doors")]
     private static partial void LogLogNotShared(ILogger logger, long id, Exception exception);
+
+    /// <summary>Logs a push that could not be queued (the build's result stands).</summary>
+    internal void PushNotQueued(long buildId, Exception exception) => LogPushNotQueued(_logger, buildId, exception);
+
+    [LoggerMessage(EventId = LogEvents.PushNotQueued, Level = LogLevel.Warning, Message = "the push of build {Id}'s outputs could not be queued")]
+    private static partial void LogPushNotQueued(ILogger logger, long id, Exception exception);
 
     [LoggerMessage(EventId = LogEvents.BuildsAbandonedElsewhere, Level = LogLevel.Warning, Message = "{Count} builds of a Kiln front door that went away are recorded as failed")]
     private static partial void LogAbandonedElsewhere(ILogger logger, int count);

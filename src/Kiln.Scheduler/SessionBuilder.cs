@@ -355,6 +355,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                         await _scheduler.Builds.TagBuildAsync(record.Id, _view.AccountId, TagsOf(derivation), token).ConfigureAwait(false);
                         KilnMetrics.BuildsReused.Add(1);
                         _events.Message(BuildScheduler.ReusingMessage(drvPath, record.Stopped > 0 ? DateTimeOffset.FromUnixTimeSeconds(record.Stopped) : default));
+                        QueuePush(record.Id, outputs.Values, reused: true);
                         return new Step(BuildStatus.Built, "", outputs);
                     }
                     catch (ContentGoneException)
@@ -404,6 +405,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                         KilnMetrics.BuildsReused.Add(1);
                     }
 
+                    QueuePush(result.BuildId, outputs.Values, result.Reused);
                     return new Step(BuildStatus.Built, "", outputs, result.Reused ? null : outcome);
                 }
                 catch (ContentGoneException e)
@@ -415,6 +417,35 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                     }
                 }
             }
+        }
+
+        // The outputs go to the account's push-to caches, from a queue a background service works through: the client
+        // gets its result without waiting for a push, or for the row that queues it.
+        private void QueuePush(long buildId, IEnumerable<StorePath> outputs, bool reused)
+        {
+            if (_limits.PushTo.Count == 0 || (reused && !_limits.PushReused) || _scheduler.Pushes is not { } pushes)
+            {
+                return;
+            }
+
+            var names = outputs.Select(o => o.BaseName).ToList();
+            var account = _view.AccountId;
+            _ = Task.Run(async () =>
+            {
+                foreach (var target in _limits.PushTo)
+                {
+                    try
+                    {
+                        await pushes.AddPushAsync(account, buildId, target, names, CancellationToken.None).ConfigureAwait(false);
+                    }
+#pragma warning disable CA1031 // A push that cannot be queued must not fail the build: it is logged.
+                    catch (Exception e)
+#pragma warning restore CA1031
+                    {
+                        _scheduler.PushNotQueued(buildId, e);
+                    }
+                }
+            }, CancellationToken.None);
         }
 
         private async Task<bool> AllStoredAsync(IReadOnlyList<BuiltOutput> outputs, CancellationToken token)

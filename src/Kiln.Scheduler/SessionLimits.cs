@@ -46,6 +46,12 @@ public sealed record SessionLimits(TimeSpan Timeout, TimeSpan MaxSilentTime, lon
     /// <summary>The CPU seconds the account's builds may use in a calendar month, UTC (zero: no quota).</summary>
     public long CpuQuotaSeconds { get; init; }
 
+    /// <summary>The binary caches the outputs of the account's successful builds are pushed to (<c>push-to</c>; none: empty).</summary>
+    public IReadOnlyList<string> PushTo { get; init; } = [];
+
+    /// <summary>Whether outputs reused from an earlier build are pushed too (<c>push-reused</c>), not only those built now.</summary>
+    public bool PushReused { get; init; }
+
     /// <summary>
     /// The limits for one derivation's build, with its own <c>KILN_*</c> attributes as the narrowest level; null where
     /// the account does not read them (<c>settings-from-drv-env</c> off, the default): these limits hold as they are.

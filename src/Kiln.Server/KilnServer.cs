@@ -89,7 +89,8 @@ public static partial class KilnServer
                 BuildDisk = options.BuildDisk,
                 FrontDoor = frontDoor,
                 ClaimLease = options.StepClaimLease,
-            }, buildKey, logger);
+            }, buildKey, logger)
+            { Pushes = store.Pushes };
             using var stopClaims = new CancellationTokenSource();
             var claims = scheduler.KeepClaimsAsync(stopClaims.Token);
             var localSlots = options.LocalSlots ?? executor.Slots;
@@ -119,6 +120,7 @@ public static partial class KilnServer
                 builder.Services.AddHostedService<BlobSweepService>();
                 builder.Services.AddHostedService<GcService>();
                 builder.Services.AddHostedService<StorageSampler>();
+                builder.Services.AddHostedService<PushService>();
                 using var host = builder.Build();
                 await host.RunAsync(cancellationToken).ConfigureAwait(false);
 

@@ -57,6 +57,9 @@ public sealed record ServerOptions
     /// <summary>Paths registered less than this long ago survive the server's own collections (pushes in flight).</summary>
     public TimeSpan GcKeepRecent { get; init; } = TimeSpan.FromMinutes(10);
 
+    /// <summary>The operator's rules for pushes to accounts' caches (push-to): where file:// may write, private addresses, retries.</summary>
+    public Kiln.Push.PushOptions Push { get; init; } = new();
+
     /// <summary>How often free space is looked at for <see cref="GcMinFree"/>.</summary>
     public TimeSpan GcCheckInterval { get; init; } = TimeSpan.FromMinutes(1);
 

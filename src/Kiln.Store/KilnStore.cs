@@ -92,6 +92,9 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>Agent tokens and the agents' last known state.</summary>
     public IAgentMetadata Agents => Metadata;
 
+    /// <summary>The queue of pushes to accounts' own caches (<c>push-to</c>).</summary>
+    public IPushMetadata Pushes => Metadata;
+
     internal GarbageCollector GarbageCollector { get; }
 
     /// <summary>
@@ -207,6 +210,9 @@ public sealed class KilnStore : IAsyncDisposable
         var id = await Metadata.GetOrCreateAccountAsync(account, cancellationToken).ConfigureAwait(false);
         return new Caller(id, account, permissions, [id]);
     }
+
+    /// <summary>The server reading an account's view on its behalf (a push of its builds' outputs): its view only, read only.</summary>
+    public static Caller ReaderFor(long account) => new(account, null, KeyPermissions.StoreRead, [account]);
 
     /// <summary>A login by an SSH key: its account, within the key's permissions.</summary>
     public static Caller CallerForSshKey(SshKeyRecord key)

@@ -33,6 +33,10 @@ public sealed partial class StoreView
     }
 
     /// <summary>The latest builds for the readable accounts, newest first.</summary>
+    /// <summary>The pushes of the account's builds' outputs to its push-to caches, newest first: one build's (<paramref name="build"/> other than 0) or all.</summary>
+    public Task<IReadOnlyList<PushRecord>> PushesAsync(long build, int limit, CancellationToken cancellationToken) =>
+        Metadata.GetPushesAsync(AccountId, build, limit, cancellationToken);
+
     public Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(int limit, CancellationToken cancellationToken) =>
         ListBuildsAsync(new BuildQuery { Limit = limit }, cancellationToken);
 

@@ -96,6 +96,20 @@ internal static class ServeCommands
                 "registers a closure path by path, and what it sent first must still be there when the rest comes.",
             DefaultValueFactory = _ => 600,
         };
+        var pushFileRoots = new Option<string[]>("--push-file-root")
+        {
+            Description = "A directory accounts' file:// push-to targets may lie under (repeatable; default none: no account pushes into this machine's directories).",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var pushPrivate = new Option<bool>("--push-private-targets")
+        {
+            Description = "Let accounts' http(s):// and s3:// push-to targets be on loopback, private and link-local addresses (off by default: an account's push must not reach this server's own network).",
+        };
+        var pushRetry = new Option<int>("--push-retry")
+        {
+            Description = "Seconds before a failed push is tried again; each next wait doubles, up to an hour (default 30).",
+            DefaultValueFactory = _ => 30,
+        };
         var fetchMax = new Option<long>("--fetch-max-size")
         {
             Description = "The most bytes one builtin:fetchurl download may bring (default 4 GiB).",
@@ -205,7 +219,7 @@ internal static class ServeCommands
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
-            minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree, gcKeepRecent,
+            minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree, gcKeepRecent, pushFileRoots, pushPrivate, pushRetry,
             // (Read before parsing, by ConfigFile: listed here for the help.)
             new Option<string?>("--config") { Description = "A file of settings, one 'name = value' per line (the options' names without --; '#' comments); the command line's options win." },
         };
@@ -289,6 +303,12 @@ internal static class ServeCommands
                 GcMinFree = Size(result.GetValue(gcMinFree)!, percent => percent < 100 ? ShareOfDisk(percent)
                     : throw new CommandException($"--gc-min-free {percent}% would collect garbage every minute; keep at most 99%"), "the data directory's file system"),
                 GcKeepRecent = TimeSpan.FromSeconds(Math.Max(0, result.GetValue(gcKeepRecent))),
+                Push = new Kiln.Push.PushOptions
+                {
+                    FileRoots = [.. (result.GetValue(pushFileRoots) ?? []).Select(Path.GetFullPath)],
+                    AllowPrivateAddresses = result.GetValue(pushPrivate),
+                    RetryBase = TimeSpan.FromSeconds(Math.Max(1, result.GetValue(pushRetry))),
+                },
                 StepClaimLease = TimeSpan.FromSeconds(Math.Max(3, result.GetValue(claimLease))),
                 MetricsToken = ReadMetricsToken(result.GetValue(metricsToken)),
                 NarRedirect = result.GetValue(narRedirect) ? TimeSpan.FromSeconds(Math.Clamp(result.GetValue(narRedirectLifetime), 10, 3600)) : null,

@@ -37,7 +37,7 @@ internal static class SettingsCommands
 
                 var effective = Kiln.Accounts.Settings.Resolve(new Dictionary<string, long>(), stored, key is null ? null : Kiln.Accounts.Settings.KeyScope(key), null);
                 Print(result.GetValue(showJson),
-                    effective.Select(e => new { name = e.Definition.Name, value = e.Value, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final, description = e.Definition.Description }),
+                    effective.Select(e => new { name = e.Definition.Name, value = e.JsonValue, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final, description = e.Definition.Description }),
                     string.Join("\n", effective.Select(e => e.ToLine(server: "not set (the server's holds)"))));
                 return 0;
             }

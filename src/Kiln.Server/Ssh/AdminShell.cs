@@ -34,6 +34,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                                           recent builds run for the account (tags: KILN_TAG_<NAME>=value)
           builds show ID                  one build
           builds log ID                   its log
+          pushes                          recent pushes of builds' outputs to the account's push-to caches
           ci summary --tag NAME=VALUE     what a tagged CI run's builds came to, as Markdown
           usage [--since DATE] [--until DATE] [--by day|month]
                                           builds started, CPU and wall hours, and storage per day or month
@@ -117,6 +118,11 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             case "builds":
                 Need(KeyPermissions.BuildRead);
                 return await BuildsAsync(words, json, cancellationToken).ConfigureAwait(false);
+            case "pushes":
+                Need(KeyPermissions.BuildRead);
+                var recent = (await view.PushesAsync(0, 50, cancellationToken).ConfigureAwait(false)).Select(p => (Build: p.BuildId, Document: PushDocument.Of(p))).ToList();
+                return Show(json, recent.Select(p => p.Document), recent.Count == 0 ? "no pushes yet (see the push-to setting)"
+                    : string.Join("\n", recent.Select(p => $"build {p.Build}: {p.Document.ToLine()}")));
             case "ci" when words.ElementAtOrDefault(1) == "summary":
                 Need(KeyPermissions.BuildRead);
                 var summary = await Summaries.SummarizeAsync(view, new BuildQuery { Tag = Option(words, "--tag") is { } tagged ? BuildTag.Parse(tagged) : null },
@@ -173,7 +179,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             case null or "show":
                 var stored = await accounts.StoredSettingsAsync(_actor, account, cancellationToken).ConfigureAwait(false);
                 var effective = Kiln.Accounts.Settings.Resolve(serverSettings, stored, Kiln.Accounts.Settings.KeyScope(forKey ?? key.Fingerprint), null);
-                return Show(json, effective.Select(e => new { name = e.Definition.Name, value = e.Value, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final }),
+                return Show(json, effective.Select(e => new { name = e.Definition.Name, value = e.JsonValue, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final }),
                     string.Join("\n", effective.Select(e => e.ToLine())));
             case "set" when words.Count >= 4:
                 var record = await accounts.SetSettingAsync(_actor, account, words[2], words[3], forKey, final, cancellationToken).ConfigureAwait(false);
@@ -252,12 +258,14 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                     ?? throw new ShellException($"the account has no build {id}");
                 if (words[1] == "show")
                 {
-                    return Show(json, BuildDocument.Of(build, key.AccountId), string.Join("\n",
+                    var pushes = (await view.PushesAsync(build.Id, 50, cancellationToken).ConfigureAwait(false)).Select(PushDocument.Of).ToList();
+                    return Show(json, BuildDocument.Of(build, key.AccountId) with { Pushes = pushes }, string.Join("\n",
                         $"build {build.Id}: {Status(build).Trim()}",
                         $"derivation /nix/store/{build.DrvPath}",
                         $"started {BuildDocument.Time(build.Started)}{(build.RanFrom is { } ran && ran > build.Started ? $" (waited {ran - build.Started} s in line)" : "")}, took {(build.Running ? 0 : build.RunSeconds)} s",
                         $"cpu {(build.CpuUserMicroseconds ?? 0) / 1e6:F2} s user, {(build.CpuSystemMicroseconds ?? 0) / 1e6:F2} s system; peak memory {build.PeakMemory ?? 0} bytes",
-                        build.Error.Length > 0 ? $"error: {build.Error}" : ""));
+                        build.Error.Length > 0 ? $"error: {build.Error}" : "",
+                        string.Join("\n", pushes.Select(p => p.ToLine()))).TrimEnd('\n'));
                 }
 
                 var log = await view.OpenBuildLogAsync(build.Id, cancellationToken).ConfigureAwait(false);

@@ -287,10 +287,14 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     {
         var stored = await store.Settings.GetSettingsAsync(key.AccountId, cancellationToken).ConfigureAwait(false);
         var scope = Kiln.Accounts.Settings.KeyScope(key.Fingerprint);
-        var effective = Kiln.Accounts.Settings.ByName(Kiln.Accounts.Settings.Resolve(_serverSettings, stored, scope, environment));
+        var resolved = Kiln.Accounts.Settings.Resolve(_serverSettings, stored, scope, environment);
+        var effective = Kiln.Accounts.Settings.ByName(resolved);
         var fromDerivations = effective[Kiln.Accounts.Settings.SettingsFromDrvEnv.Name] != 0;
         return Limits(effective) with
         {
+            // (Account-wide: the session's pushes, whatever a derivation's attributes say.)
+            PushTo = Kiln.Accounts.Settings.TextOf(resolved, Kiln.Accounts.Settings.PushTo).Split(' ', StringSplitOptions.RemoveEmptyEntries),
+            PushReused = effective[Kiln.Accounts.Settings.PushReused.Name] != 0,
             ForDerivation = fromDerivations
                 ? attributes => Limits(Kiln.Accounts.Settings.ByName(Kiln.Accounts.Settings.Resolve(_serverSettings, stored, scope, environment, attributes)))
                 : null,

@@ -64,6 +64,13 @@ public sealed record S3BlobLocation(string Bucket, string Prefix, string Region,
     /// <summary>A client for this location. Third-party servers get only the checksums S3 requires (newer SDK defaults are not understood everywhere).</summary>
     public IAmazonS3 CreateClient()
     {
+        var config = ClientConfig();
+        return Credentials() is { } credentials ? new AmazonS3Client(credentials, config) : new AmazonS3Client(config);
+    }
+
+    /// <summary>The client configuration for this location (its endpoint, region and addressing), without credentials.</summary>
+    public AmazonS3Config ClientConfig()
+    {
         var config = new AmazonS3Config
         {
             ForcePathStyle = PathStyle,
@@ -80,7 +87,7 @@ public sealed record S3BlobLocation(string Bucket, string Prefix, string Region,
             config.RegionEndpoint = RegionEndpoint.GetBySystemName(Region);
         }
 
-        return Credentials() is { } credentials ? new AmazonS3Client(credentials, config) : new AmazonS3Client(config);
+        return config;
     }
 
     private AWSCredentials? Credentials()

@@ -83,7 +83,7 @@ public sealed record UpstreamPlan(IReadOnlyList<UpstreamCache> Caches, IReadOnly
 }
 
 /// <summary>Credentials in netrc format (<c>machine HOST login USER password SECRET</c>, <c>default …</c>), as Nix's <c>netrc-file</c>.</summary>
-internal sealed class Netrc
+public sealed class Netrc
 {
     private readonly Dictionary<string, NetworkCredential> _machines = new(StringComparer.OrdinalIgnoreCase);
     private NetworkCredential? _default;
@@ -142,5 +142,6 @@ internal sealed class Netrc
         return netrc;
     }
 
+    /// <summary>The credentials for <paramref name="host"/>: its machine's, else the default's, else none.</summary>
     public NetworkCredential? For(string host) => _machines.TryGetValue(host, out var credential) ? credential : _default;
 }

@@ -1,0 +1,176 @@
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using System.Text;
+using Kiln.Nix.Compression;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Signing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Store;
+using Kiln.Store.Metadata;
+using Kiln.Store.Push;
+
+namespace Kiln.Push;
+
+/// <summary>
+/// Pushes store paths and their closure, minus what the cache has, into a binary cache as Nix lays one out: a
+/// <c>nix-cache-info</c>, each path's NAR (compressed as the target asks) under <c>nar/</c>, then its narinfo, signed
+/// with the account's key. A path's references go before it and its NAR before its narinfo, so a cache a push
+/// stopped halfway still never names a file it lacks. NARs stream: a compressed one is written once to a temporary
+/// file (its hash and size go in the narinfo before the upload), an uncompressed one goes straight from the blob.
+/// </summary>
+internal sealed class ClosurePusher(string temporaryDirectory)
+{
+    private const int Questions = 8; // narinfo HEADs in flight at once
+
+    /// <summary>Pushes <paramref name="paths"/> and their closure in <paramref name="view"/>; returns how many paths were uploaded.</summary>
+    public async Task<int> PushAsync(StoreView view, IReadOnlyList<StorePath> paths, ICacheWriter cache, PushTarget target, SecretKey key, CancellationToken cancellationToken)
+    {
+        var closure = await view.GetClosureAsync(paths, cancellationToken).ConfigureAwait(false);
+        var gone = paths.Where(p => !closure.ContainsKey(p)).ToList();
+        if (gone.Count > 0)
+        {
+            throw new PushException($"'{gone[0]}' is no longer in the account's store", permanent: true);
+        }
+
+        var missing = new ConcurrentBag<StorePath>();
+        await Parallel.ForEachAsync(closure.Keys, new ParallelOptions { MaxDegreeOfParallelism = Questions, CancellationToken = cancellationToken }, async (path, token) =>
+        {
+            if (!await cache.ExistsAsync(path.HashPart + ".narinfo", token).ConfigureAwait(false))
+            {
+                missing.Add(path);
+            }
+        }).ConfigureAwait(false);
+        if (missing.IsEmpty)
+        {
+            return 0;
+        }
+
+        if (!await cache.ExistsAsync("nix-cache-info", cancellationToken).ConfigureAwait(false))
+        {
+            await PutTextAsync(cache, "nix-cache-info", $"StoreDir: {StorePath.StoreDir}\nWantMassQuery: 1\nPriority: 50\n", "text/x-nix-cache-info", cancellationToken).ConfigureAwait(false);
+        }
+
+        var ordered = ReferencesFirst(missing.ToHashSet(), closure);
+        foreach (var path in ordered)
+        {
+            await PushPathAsync(view, closure[path].Info, cache, target, key, cancellationToken).ConfigureAwait(false);
+        }
+
+        return ordered.Count;
+    }
+
+    private async Task PushPathAsync(StoreView view, ValidPathInfo info, ICacheWriter cache, PushTarget target, SecretKey key, CancellationToken cancellationToken)
+    {
+        var source = await view.OpenNarByHashAsync(info.NarHash, cancellationToken).ConfigureAwait(false)
+            ?? throw new PushException($"the contents of '{info.Path}' are not in Kiln's store now");
+        string url;
+        NixHash fileHash;
+        long fileSize;
+        await using (source.ConfigureAwait(false))
+        {
+            var nar = await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false);
+            if (target.Compression == "none")
+            {
+                (fileHash, fileSize) = (info.NarHash, info.NarSize);
+                url = $"nar/{fileHash.ToNix32()}.nar";
+                if (!await cache.ExistsAsync(url, cancellationToken).ConfigureAwait(false))
+                {
+                    await cache.PutAsync(url, nar, fileSize, "application/x-nix-nar", cancellationToken).ConfigureAwait(false);
+                }
+            }
+            else
+            {
+                var file = new FileStream(Path.Combine(temporaryDirectory, $"push-{Guid.NewGuid():N}.nar"), FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 16,
+                    FileOptions.DeleteOnClose | FileOptions.Asynchronous);
+                await using (file.ConfigureAwait(false))
+                {
+                    fileHash = await CompressAsync(nar, target, file, cancellationToken).ConfigureAwait(false);
+                    fileSize = file.Length;
+                    url = $"nar/{fileHash.ToNix32()}.nar{Decompression.Extension(target.Compression)}";
+                    file.Position = 0;
+                    if (!await cache.ExistsAsync(url, cancellationToken).ConfigureAwait(false))
+                    {
+                        await cache.PutAsync(url, file, fileSize, "application/x-nix-nar", cancellationToken).ConfigureAwait(false);
+                    }
+                }
+            }
+        }
+
+        var narInfo = new NarInfo
+        {
+            StorePath = info.Path,
+            Url = url,
+            Compression = target.Compression,
+            FileHash = fileHash,
+            FileSize = fileSize,
+            NarHash = info.NarHash,
+            NarSize = info.NarSize,
+            References = new SortedSet<StorePath>(info.References),
+            Deriver = info.Deriver,
+            Signatures = new SortedSet<string>(info.Signatures, StringComparer.Ordinal),
+            ContentAddress = info.ContentAddress,
+        }.WithSignature(key);
+        await PutTextAsync(cache, info.Path.HashPart + ".narinfo", narInfo.ToString(), "text/x-nix-narinfo", cancellationToken).ConfigureAwait(false);
+    }
+
+    // The NAR compressed into the file, hashed (SHA-256, as Nix's FileHash) on the way.
+    private static async Task<NixHash> CompressAsync(Stream nar, PushTarget target, FileStream file, CancellationToken cancellationToken)
+    {
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var compressed = Compressors.Open(target.Compression, nar, target.CompressionLevel);
+        await using (compressed.ConfigureAwait(false))
+        {
+            var buffer = new byte[1 << 17];
+            int n;
+            while ((n = await compressed.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+            {
+                hash.AppendData(buffer, 0, n);
+                await file.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        return new NixHash(NixHashAlgorithm.Sha256, hash.GetHashAndReset());
+    }
+
+    private static async Task PutTextAsync(ICacheWriter cache, string file, string text, string contentType, CancellationToken cancellationToken)
+    {
+        var bytes = Encoding.UTF8.GetBytes(text);
+        using var content = new MemoryStream(bytes, writable: false);
+        await cache.PutAsync(file, content, bytes.Length, contentType, cancellationToken).ConfigureAwait(false);
+    }
+
+    // The paths in an order where each comes after those it refers to (a depth-first walk, references first).
+    private static List<StorePath> ReferencesFirst(HashSet<StorePath> paths, IReadOnlyDictionary<StorePath, PathRecord> closure)
+    {
+        var ordered = new List<StorePath>();
+        var seen = new HashSet<StorePath>();
+        foreach (var root in paths.Order())
+        {
+            var stack = new Stack<(StorePath Path, bool Expanded)>();
+            stack.Push((root, false));
+            while (stack.Count > 0)
+            {
+                var (path, expanded) = stack.Pop();
+                if (expanded)
+                {
+                    ordered.Add(path);
+                    continue;
+                }
+
+                if (!seen.Add(path))
+                {
+                    continue;
+                }
+
+                stack.Push((path, true));
+                foreach (var reference in closure[path].Info.References.Where(r => r != path && paths.Contains(r) && !seen.Contains(r)))
+                {
+                    stack.Push((reference, false));
+                }
+            }
+        }
+
+        return ordered;
+    }
+}

@@ -1,0 +1,57 @@
+using Kiln.Protocol;
+using Kiln.Push;
+using Kiln.Store;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Server;
+
+/// <summary>
+/// The running server's pushes to accounts' own caches (push-to): every second it runs what the queue has due (a
+/// build just ended, a retry's time came), on this front door or whichever claims it first.
+/// </summary>
+public sealed partial class PushService(KilnStore store, ServerOptions options, ILoggerFactory loggers) : BackgroundService
+{
+    private readonly ILogger _logger = loggers.CreateLogger("Kiln.Push");
+
+    /// <summary>How long the service waits when nothing was due.</summary>
+    public static TimeSpan Idle { get; } = TimeSpan.FromSeconds(1);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        Directory.CreateDirectory(store.Options.TemporaryDirectory);
+        using var runner = new PushRunner(store, options.Push with { TemporaryDirectory = store.Options.TemporaryDirectory }, _logger);
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                if (await runner.RunDueAsync(stoppingToken).ConfigureAwait(false) > 0)
+                {
+                    continue;
+                }
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return;
+            }
+#pragma warning disable CA1031 // A busy database must not stop the pushes for good: logged, and tried again.
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                LogQueueFailed(_logger, e);
+            }
+
+            try
+            {
+                await Task.Delay(Idle, stoppingToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    [LoggerMessage(EventId = LogEvents.PushQueueFailed, Level = LogLevel.Warning, Message = "the push queue could not be read")]
+    private static partial void LogQueueFailed(ILogger logger, Exception exception);
+}
