@@ -81,6 +81,7 @@ internal sealed class ClosurePusher(string temporaryDirectory)
             }
             else
             {
+                Directory.CreateDirectory(temporaryDirectory);
                 var file = new FileStream(Path.Combine(temporaryDirectory, $"push-{Guid.NewGuid():N}.nar"), FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 16,
                     FileOptions.DeleteOnClose | FileOptions.Asynchronous);
                 await using (file.ConfigureAwait(false))

@@ -928,3 +928,48 @@ public abstract class AgentMetadataContract : MetadataContract
         Assert.Equal(["arm"], (await store.ListBuildersAsync(default)).Select(b => b.Name));
     }
 }
+
+/// <summary>The contract of <see cref="IPushMetadata"/>: the queue of pushes to accounts' caches, its leases and retries.</summary>
+public abstract class PushMetadataContract : MetadataContract
+{
+    [Fact]
+    public async Task Pushes_are_claimed_once_while_leased_retried_when_due_and_listed_per_account_and_build()
+    {
+        await using var store = await CreateAsync();
+        var alice = (await store.TryCreateAccountAsync("alice", default))!;
+        var bob = (await store.TryCreateAccountAsync("bob", default))!;
+        var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        var first = await store.AddPushAsync(alice.Id, 7, "file:///srv/a", [P("out").BaseName, P("dev").BaseName], default);
+        var second = await store.AddPushAsync(alice.Id, 8, "https://cache.example/x?compression=zstd", [P("lib").BaseName], default);
+        var bobs = await store.AddPushAsync(bob.Id, 7, "file:///srv/b", [P("out").BaseName], default);
+
+        // Two claimers at once get different rows; the leased rows are not claimed again until the lease ends.
+        var claims = await Task.WhenAll(store.ClaimPushesAsync(now + 1, now + 100, 2, default), store.ClaimPushesAsync(now + 1, now + 100, 2, default));
+        var claimed = claims.SelectMany(c => c).ToList();
+        Assert.Equal(3, claimed.Count);
+        Assert.Equal(3, claimed.Select(c => c.Id).Distinct().Count());
+        Assert.Empty(await store.ClaimPushesAsync(now + 50, now + 100, 10, default));
+        var one = claimed.Single(c => c.Id == first);
+        Assert.Equal((alice.Id, 7L, "file:///srv/a", PushState.Queued, 1), (one.AccountId, one.BuildId, one.Target, one.State, one.Attempts));
+        Assert.Equal([P("out").BaseName, P("dev").BaseName], one.Paths);
+
+        await store.FinishPushAsync(first, PushState.Done, 2, "", 0, default);
+        await store.FinishPushAsync(second, PushState.Queued, 0, "cannot reach cache.example", now + 10, default);
+        await store.FinishPushAsync(bobs, PushState.Failed, 0, "no signing key", 0, default);
+        var retried = Assert.Single(await store.ClaimPushesAsync(now + 10, now + 200, 10, default));
+        Assert.Equal((second, 2, "cannot reach cache.example"), (retried.Id, retried.Attempts, retried.Error));
+        Assert.Empty(await store.ClaimPushesAsync(now + 150, now + 300, 10, default)); // done and failed ones never come back
+
+        var listed = await store.GetPushesAsync(alice.Id, 0, 10, default);
+        Assert.Equal([second, first], listed.Select(p => p.Id));
+        var done = Assert.Single(await store.GetPushesAsync(alice.Id, 7, 10, default));
+        Assert.Equal((PushState.Done, 2L, ""), (done.State, done.Uploaded, done.Error));
+        Assert.True(done.Finished >= now);
+        Assert.Equal(PushState.Failed, Assert.Single(await store.GetPushesAsync(bob.Id, 7, 10, default)).State);
+        Assert.Single(await store.GetPushesAsync(alice.Id, 0, 1, default));
+
+        await store.DeleteAccountAsync(alice.Id, default);
+        Assert.Empty(await store.GetPushesAsync(alice.Id, 0, 10, default));
+        Assert.Single(await store.GetPushesAsync(bob.Id, 0, 10, default));
+    }
+}

@@ -44,6 +44,11 @@ public sealed class PostgresAgentMetadataTests(PostgresServer server) : AgentMet
     protected override Task<IMetadataStore> CreateAsync() => new PostgresStores(server).CreateAsync();
 }
 
+public sealed class PostgresPushMetadataTests(PostgresServer server) : PushMetadataContract
+{
+    protected override Task<IMetadataStore> CreateAsync() => new PostgresStores(server).CreateAsync();
+}
+
 /// <summary>What is PostgreSQL's own: migrations under a lock, the version across processes, failures, connection forms.</summary>
 public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposable
 {

@@ -139,7 +139,7 @@ public sealed class SqliteMetadataStoreTests : IDisposable
         count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
         using var reader = count.ExecuteReader();
         reader.Read();
-        Assert.Equal(14, reader.GetInt64(0)); // 0001_initial … 0014_ran_from_transfers: each applied once
+        Assert.Equal(15, reader.GetInt64(0)); // 0001_initial … 0015_pushes: each applied once
         Assert.Equal(1, reader.GetInt64(1));
         using var mode = connection.CreateCommand();
         mode.CommandText = "PRAGMA journal_mode";
@@ -173,4 +173,13 @@ public sealed class SqliteMetadataStoreTests : IDisposable
     }
 
     public void Dispose() => _temp.Dispose();
+}
+
+public sealed class SqlitePushMetadataTests : PushMetadataContract, IDisposable
+{
+    private readonly SqliteStores _stores = new();
+
+    protected override Task<IMetadataStore> CreateAsync() => _stores.CreateAsync();
+
+    public void Dispose() => _stores.Dispose();
 }

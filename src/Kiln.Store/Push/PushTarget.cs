@@ -36,9 +36,14 @@ public sealed record PushTarget(string Url, PushTargetKind Kind, Uri Location, s
     public static PushTarget Parse(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        if (!Uri.TryCreate(text, UriKind.Absolute, out var uri) || uri.IsUnc)
+        if (!Uri.TryCreate(text, UriKind.Absolute, out var uri))
         {
             throw Invalid("is not a URL");
+        }
+
+        if (uri.IsUnc)
+        {
+            throw Invalid("is not a file:/// URL of an absolute directory");
         }
 
         var kind = uri.Scheme switch
