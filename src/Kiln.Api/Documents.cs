@@ -10,16 +10,16 @@ namespace Kiln.Api;
 // other accounts are never named: a build another account started says so, not who.
 
 /// <summary>
-/// A push of a build's outputs to one of the account's caches: <c>queued</c> (waiting for its first try or a retry at
+/// A push of a build's (<see cref="Build"/>'s) outputs to one of the account's caches: <c>queued</c> (waiting for its first try or a retry at
 /// <see cref="NextAttempt"/>), <c>done</c> or <c>failed</c> (given up); the paths the last try uploaded (the rest were
 /// there already) and the last error.
 /// </summary>
-public sealed record PushDocument(long Id, string Target, string State, int Attempts, long UploadedPaths, string Error, string Created, string? Finished, string? NextAttempt)
+public sealed record PushDocument(long Id, long Build, string Target, string State, int Attempts, long UploadedPaths, string Error, string Created, string? Finished, string? NextAttempt)
 {
     public static PushDocument Of(PushRecord push)
     {
         ArgumentNullException.ThrowIfNull(push);
-        return new PushDocument(push.Id, push.Target, push.State.ToString().ToLowerInvariant(), push.Attempts, push.Uploaded, push.Error, BuildDocument.Time(push.Created),
+        return new PushDocument(push.Id, push.BuildId, push.Target, push.State.ToString().ToLowerInvariant(), push.Attempts, push.Uploaded, push.Error, BuildDocument.Time(push.Created),
             push.State == PushState.Queued ? null : BuildDocument.Time(push.Finished), push.State == PushState.Queued ? BuildDocument.Time(push.NextAttempt) : null);
     }
 

@@ -93,6 +93,43 @@ public sealed class SettingsTests
     }
 
     [Fact]
+    public void Push_to_is_the_accounts_text_never_a_keys_a_sessions_or_a_derivations()
+    {
+        var stored = new[]
+        {
+            new SettingRecord("", "push-to", "https://cache.example.org/a file:///srv/caches/a", false),
+            new SettingRecord(Key, "push-to", "https://elsewhere.example.org", false),
+            new SettingRecord("", "push-reused", "1", false),
+            new SettingRecord("", "settings-from-drv-env", "1", false),
+        };
+        var environment = new Dictionary<string, string> { ["KILN_PUSH_TO"] = "https://session.example.org", ["KILN_PUSH_REUSED"] = "0" };
+        var derivation = new Dictionary<string, string> { ["KILN_PUSH_TO"] = "https://drv.example.org" };
+        var all = Settings.Resolve(new Dictionary<string, long>(), stored, Key, environment, derivation);
+        var pushTo = all.Single(s => s.Definition == Settings.PushTo);
+        Assert.Equal(("https://cache.example.org/a file:///srv/caches/a", SettingLevel.Account), (pushTo.Text, pushTo.Origin));
+        Assert.Equal("https://cache.example.org/a file:///srv/caches/a", Settings.TextOf(all, Settings.PushTo));
+        Assert.Equal(1, Settings.ByName(all)["push-reused"]);
+        Assert.Equal("push-to                 https://cache.example.org/a file:///srv/caches/a account", pushTo.ToLine());
+        Assert.Equal("https://cache.example.org/a file:///srv/caches/a", pushTo.JsonValue);
+
+        // Nothing set: none. A row made invalid by hand is left out, as a malformed number is.
+        var none = Settings.Resolve(new Dictionary<string, long>(), [new SettingRecord("", "push-to", "ftp://x", false)], null, null).Single(s => s.Definition == Settings.PushTo);
+        Assert.Equal(("", SettingLevel.Server, "none"), (none.Text, none.Origin, none.Shown));
+    }
+
+    [Theory]
+    [InlineData("  https://a.example.org   https://a.example.org file:///srv/x?compression=zstd ", "https://a.example.org file:///srv/x?compression=zstd")]
+    [InlineData("", "")]
+    public void Push_to_is_kept_canonical(string text, string kept) => Assert.Equal(kept, Settings.PushTo.Normalize(text));
+
+    [Theory]
+    [InlineData("https://user:password@cache.example.org")]
+    [InlineData("ssh-ng://host")]
+    [InlineData("https://a.example.org ftp://b")]
+    public void Push_to_refuses_what_Kiln_cannot_push_to(string text) =>
+        Assert.Equal(ErrorKind.Invalid, Assert.Throws<KilnException>(() => Settings.PushTo.Normalize(text)).Kind);
+
+    [Fact]
     public void A_stored_value_is_read_in_its_canonical_unit()
     {
         // The service stores what Parse gave (seconds for CPU hours): read back as that, not as hours.

@@ -120,9 +120,9 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                 return await BuildsAsync(words, json, cancellationToken).ConfigureAwait(false);
             case "pushes":
                 Need(KeyPermissions.BuildRead);
-                var recent = (await view.PushesAsync(0, 50, cancellationToken).ConfigureAwait(false)).Select(p => (Build: p.BuildId, Document: PushDocument.Of(p))).ToList();
-                return Show(json, recent.Select(p => p.Document), recent.Count == 0 ? "no pushes yet (see the push-to setting)"
-                    : string.Join("\n", recent.Select(p => $"build {p.Build}: {p.Document.ToLine()}")));
+                var recent = (await view.PushesAsync(0, 50, cancellationToken).ConfigureAwait(false)).Select(PushDocument.Of).ToList();
+                return Show(json, recent, recent.Count == 0 ? "no pushes yet (see the push-to setting)"
+                    : string.Join("\n", recent.Select(p => $"build {p.Build}: {p.ToLine()}")));
             case "ci" when words.ElementAtOrDefault(1) == "summary":
                 Need(KeyPermissions.BuildRead);
                 var summary = await Summaries.SummarizeAsync(view, new BuildQuery { Tag = Option(words, "--tag") is { } tagged ? BuildTag.Parse(tagged) : null },

@@ -16,7 +16,9 @@ public sealed class Nginx : IDisposable
     /// <param name="root">The directory served.</param>
     /// <param name="rateLimit">nginx's limit_rate (bytes per second per connection, such as <c>200k</c>), or null.</param>
     /// <param name="proxyTo">Instead of serving <paramref name="root"/>, be a reverse proxy to this URL (nginx's defaults, but any body size).</param>
-    public Nginx(string root, string? rateLimit = null, string? proxyTo = null)
+    /// <param name="webdavUser">Also take PUT (nginx's WebDAV module, as a binary cache one pushes to), from this user
+    /// only (<c>NAME:PASSWORD</c>, HTTP basic authentication); GETs need no password.</param>
+    public Nginx(string root, string? rateLimit = null, string? proxyTo = null, string? webdavUser = null)
     {
         _directory = Directory.CreateTempSubdirectory("kiln-nginx-").FullName;
         using (var probe = new TcpListener(IPAddress.Loopback, 0))
@@ -25,7 +27,22 @@ public sealed class Nginx : IDisposable
             Port = ((IPEndPoint)probe.LocalEndpoint).Port;
         }
 
+        var webdav = "";
+        if (webdavUser is not null)
+        {
+            var (name, password) = (webdavUser[..webdavUser.IndexOf(':', StringComparison.Ordinal)], webdavUser[(webdavUser.IndexOf(':', StringComparison.Ordinal) + 1)..]);
+            File.WriteAllText(Path.Combine(_directory, "htpasswd"), $"{name}:{{PLAIN}}{password}\n");
+            webdav = $$"""
+                dav_methods PUT;
+                create_full_put_path on;
+                dav_access user:rw group:r all:r;
+                client_max_body_size 0;
+                limit_except GET HEAD { auth_basic "push"; auth_basic_user_file {{_directory}}/htpasswd; }
+                """;
+        }
+
         File.WriteAllText(Path.Combine(_directory, "nginx.conf"), $$"""
+            {{(webdavUser is not null && Environment.UserName == "root" ? "user root root;" : "")}}
             daemon off;
             worker_processes 1;
             pid {{_directory}}/nginx.pid;
@@ -45,6 +62,7 @@ public sealed class Nginx : IDisposable
                 root {{root}};
                 {{(rateLimit is null ? "" : $"limit_rate {rateLimit};")}}
                 {{(proxyTo is null ? "" : $"client_max_body_size 0; location / {{ proxy_pass {proxyTo}; }}")}}
+                {{(webdav.Length == 0 ? "" : $"location / {{ {webdav} }}")}}
               }
             }
             """);

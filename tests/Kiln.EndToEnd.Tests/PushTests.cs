@@ -1,0 +1,103 @@
+using System.Text.Json;
+using Kiln.EndToEnd.Tests.Support;
+
+namespace Kiln.EndToEnd.Tests;
+
+/// <summary>
+/// push-to against real caches and stock Nix: a build's outputs and closure land, signed with the account's key, in
+/// an nginx WebDAV cache (PUT with the account's netrc credentials) and a file:// directory, from which stock Nix
+/// copies them with only that key trusted; a target that cannot be reached is retried and never fails the build.
+/// </summary>
+public sealed class PushTests
+{
+    private const string Store = "ssh-ng://kiln@127.0.0.1";
+
+    [Theory]
+    [InlineData("2.3.7")]
+    [InlineData("2.34.8")]
+    public void A_builds_outputs_are_pushed_signed_to_the_accounts_caches_and_Nix_copies_them_from_there(string version)
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For(version);
+        using var workspace = client.NewWorkspace();
+        var pushed = client.HostPath($"{workspace}/pushed");
+        Directory.CreateDirectory(pushed);
+        var webdavRoot = Directory.CreateTempSubdirectory("kiln-webdav-").FullName;
+        try
+        {
+            using var nginx = new Nginx(webdavRoot, webdavUser: "alice:pushing-secret");
+            // (The caches are on loopback: the operator allows private targets here; the file root is the client's workspace.)
+            using var kiln = new KilnProcess(ssh: true, arguments: ["--push-file-root", pushed, "--push-private-targets", "--push-retry", "1"]);
+            var alice = SshTests.NewLogin(client, kiln, "alice", "store:read,store:write,build:read,build:write,account:write");
+            var aliceKey = kiln.Cli("signing-key", "create", "alice", "--name", "alice-push-1").Trim();
+            var netrc = Path.Combine(kiln.DataDirectory, "..", "alice.netrc");
+            File.WriteAllText(netrc, "machine 127.0.0.1 login alice password pushing-secret\n");
+            kiln.Cli("account", "set", "alice", "--netrc-file", netrc);
+            // (Nix 2.3 reads no zstd: its users push xz, Nix's default.)
+            var http = $"{nginx.Url}/cache?compression={(version.StartsWith("2.3.", StringComparison.Ordinal) ? "xz" : "zstd")}";
+            var file = $"file://{pushed}/alice";
+            const string Unreachable = "http://127.0.0.1:1/nothing-listens";
+            Assert.Contains("push-to", kiln.Cli("settings", "set", "alice", "push-to", $"{http} {file} {Unreachable}"), StringComparison.Ordinal);
+            Assert.Matches(@"push-to\s+http://127\.0\.0\.1:\d+/cache\?compression=\w+ file://", SshTests.Shell(kiln, alice, null, "kiln", "settings").StdoutText);
+
+            // A two-layer DAG: the top outputs refer to the bottom ones, so the closure goes too.
+            var dag = Dag.Write(client, workspace, "pushdag", depth: 2, width: 2, salt: Guid.NewGuid().ToString("N"));
+            var built = client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, dag, "--no-out-link"]);
+            var outputs = built.StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Equal(2, outputs.Length);
+
+            // Four builds, three targets each: the reachable ones are done soon, the unreachable one is retried.
+            var pushes = WaitForPushes(kiln, alice, p => p.Count(x => x.State == "done") == 8 && p.Where(x => x.Target == Unreachable).All(x => x.Attempts >= 2));
+            Assert.Equal(12, pushes.Count);
+            Assert.All(pushes.Where(p => p.Target == Unreachable), p =>
+            {
+                Assert.Equal("queued", p.State);
+                Assert.Contains("cannot reach", p.Error, StringComparison.Ordinal);
+            });
+            Assert.Equal(4, pushes.Where(p => p.Target == http).Sum(p => p.UploadedPaths)); // each path once, whichever push took it
+
+            // Stock Nix copies the outputs (and their closure) from each cache, trusting only alice's key.
+            // (The directory the server wrote is the client's workspace, seen from inside the client's root.)
+            foreach (var (cache, name) in new[] { ($"{nginx.Url}/cache", "from-http"), ($"file://{workspace}/pushed/alice", "from-file") })
+            {
+                client.Ok(kiln, ["nix", "copy", "--from", cache, "--to", $"local?root={workspace}/{name}",
+                    "--option", "require-sigs", "true", "--option", "trusted-public-keys", aliceKey, .. outputs]);
+                Assert.All(outputs, o => Assert.True(Directory.Exists(client.HostPath($"{workspace}/{name}{o}")), $"{o} is not in {name}"));
+                var stranger = "stranger-1:" + Convert.ToBase64String(new byte[32]);
+                Assert.NotEqual(0, client.Run(kiln, ["nix", "copy", "--from", cache, "--to", $"local?root={workspace}/{name}-untrusted",
+                    "--option", "require-sigs", "true", "--option", "trusted-public-keys", stranger, .. outputs]).ExitCode);
+            }
+
+            // The shell's builds show tells how each push of a build went.
+            var top = pushes.First(p => p.Target == http).Build;
+            var shown = SshTests.Shell(kiln, alice, null, "kiln", "builds", "show", top.ToString(System.Globalization.CultureInfo.InvariantCulture)).StdoutText;
+            Assert.Contains($"push to {http}: done", shown, StringComparison.Ordinal);
+            Assert.Contains($"push to {Unreachable}: queued, try", shown, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(webdavRoot, recursive: true);
+        }
+    }
+
+    private sealed record Push(long Build, string Target, string State, int Attempts, long UploadedPaths, string Error);
+
+    // The account's pushes (the shell's `pushes --json`) once they are as wanted, or as they are after 90 s.
+    private static List<Push> WaitForPushes(KilnProcess kiln, SshTests.Login login, Func<List<Push>, bool> wanted)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);
+        while (true)
+        {
+            var json = SshTests.Shell(kiln, login, null, "kiln", "pushes", "--json").StdoutText;
+            using var document = JsonDocument.Parse(json);
+            var pushes = document.RootElement.EnumerateArray().Select(p => new Push(p.GetProperty("build").GetInt64(), p.GetProperty("target").GetString()!,
+                p.GetProperty("state").GetString()!, p.GetProperty("attempts").GetInt32(), p.GetProperty("uploadedPaths").GetInt64(), p.GetProperty("error").GetString()!)).ToList();
+            if (wanted(pushes) || DateTime.UtcNow > deadline)
+            {
+                return pushes;
+            }
+
+            Thread.Sleep(500);
+        }
+    }
+}
