@@ -129,7 +129,7 @@ public sealed partial class PushRunner : IDisposable
                     ?? throw new PushException($"the account's netrc has no credentials for '{host}' (machine {host} login ACCESS_KEY_ID password SECRET_ACCESS_KEY)", permanent: true);
                 var config = location.ClientConfig();
                 config.HttpClientFactory = new GuardedClientFactory(_handler);
-                return new S3CacheWriter(new AmazonS3Client(new BasicAWSCredentials(credentials.UserName, credentials.Password), config), location.Bucket, location.Prefix);
+                return new S3CacheWriter(new AmazonS3Client(new BasicAWSCredentials(credentials.UserName, credentials.Password), config), location.Bucket, location.Prefix, _options.TemporaryDirectory);
         }
     }
 

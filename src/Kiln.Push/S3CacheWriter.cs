@@ -5,7 +5,7 @@ using Amazon.S3.Model;
 namespace Kiln.Push;
 
 /// <summary>An <c>s3://</c> binary cache: objects under the location's prefix, written with the account's own credentials.</summary>
-internal sealed class S3CacheWriter(IAmazonS3 client, string bucket, string prefix) : ICacheWriter
+internal sealed class S3CacheWriter(IAmazonS3 client, string bucket, string prefix, string temporaryDirectory) : ICacheWriter
 {
     public async Task<bool> ExistsAsync(string file, CancellationToken cancellationToken)
     {
@@ -30,14 +30,32 @@ internal sealed class S3CacheWriter(IAmazonS3 client, string bucket, string pref
 
     public async Task PutAsync(string file, Stream content, long length, string contentType, CancellationToken cancellationToken)
     {
+        // One PUT (S3 takes up to 5 GiB so), unchunked and signed with the body's SHA-256 (what every S3-compatible
+        // server understands; s3rver keeps aws-chunked bodies verbatim): the SDK reads the body twice, so a body that
+        // cannot seek (an uncompressed NAR from a bucket) is spooled to a temporary file first.
+        FileStream? spool = null;
         try
         {
-            // One PUT (S3 takes up to 5 GiB so); the body streams from the file or blob it is read from.
+            if (!content.CanSeek)
+            {
+                Directory.CreateDirectory(temporaryDirectory);
+                spool = new FileStream(Path.Combine(temporaryDirectory, $"push-{Guid.NewGuid():N}.spool"), FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, 1 << 16,
+                    FileOptions.DeleteOnClose | FileOptions.Asynchronous);
+                await content.CopyToAsync(spool, cancellationToken).ConfigureAwait(false);
+                spool.Position = 0;
+            }
+
+            var body = spool ?? content;
+            if (body.Length - body.Position != length)
+            {
+                throw new PushException($"'{file}' came out as {body.Length - body.Position} bytes, not {length}");
+            }
+
             await client.PutObjectAsync(new PutObjectRequest
             {
                 BucketName = bucket,
                 Key = prefix + file,
-                InputStream = new LengthStream(content, length),
+                InputStream = body,
                 AutoCloseStream = false,
                 ContentType = contentType,
                 UseChunkEncoding = false,
@@ -51,31 +69,14 @@ internal sealed class S3CacheWriter(IAmazonS3 client, string bucket, string pref
         {
             throw new PushException($"cannot reach the bucket '{bucket}': {e.Message}", inner: e);
         }
+        finally
+        {
+            if (spool is not null)
+            {
+                await spool.DisposeAsync().ConfigureAwait(false);
+            }
+        }
     }
 
     public void Dispose() => client.Dispose();
-}
-
-/// <summary>A stream that says its length (the SDK asks for one to set Content-Length), reading the inner stream.</summary>
-internal sealed class LengthStream(Stream inner, long length) : Kiln.Nix.ReadOnlyStream
-{
-    private long _position;
-
-    public override long Length => length;
-
-    public override long Position { get => _position; set => throw new NotSupportedException(); }
-
-    public override int Read(byte[] buffer, int offset, int count) => Counted(inner.Read(buffer, offset, count));
-
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
-        Counted(await inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false));
-
-    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-
-    private int Counted(int n)
-    {
-        _position += n;
-        return n;
-    }
 }

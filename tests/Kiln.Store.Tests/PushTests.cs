@@ -18,7 +18,7 @@ namespace Kiln.Store.Tests;
 /// signed, compressed; read back here, and by real Nix in the end-to-end tests), what it skips, and the operator's
 /// rules (file roots, public addresses) with their failures and retries.
 /// </summary>
-public sealed class PushTests : IAsyncLifetime
+public sealed class PushTests(S3Server server) : IAsyncLifetime
 {
     private readonly TempDir _temp = new();
     private KilnStore _store = null!;
@@ -147,6 +147,40 @@ public sealed class PushTests : IAsyncLifetime
         var missing = await RecordAsync(bob, gone);
         Assert.Equal(PushState.Failed, missing.State);
         Assert.Contains("no longer in the account's store", missing.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_s3_push_uses_the_accounts_netrc_credentials_and_a_private_endpoint_only_where_the_operator_allows()
+    {
+        var bucket = server.CreateBucket();
+        var (alice, key) = await AccountAsync("alice");
+        await _store.Settings.SetUpstreamSettingsAsync(alice, null, null, $"machine 127.0.0.1 login {S3Server.AccessKey} password {S3Server.SecretKey}", default);
+        var target = $"s3://{bucket}/cache?endpoint={Uri.EscapeDataString(server.Endpoint)}&region=us-east-1&compression=xz";
+        var id = await _store.Pushes.AddPushAsync(alice, 1, target, [Tree.BaseName], default);
+        using (var guarded = Runner(new PushOptions { RetryBase = TimeSpan.Zero, MaxAttempts = 1 }))
+        {
+            await guarded.RunDueAsync(default);
+        }
+
+        Assert.Contains("not a public address", (await RecordAsync(alice, id)).Error, StringComparison.Ordinal);
+        id = await _store.Pushes.AddPushAsync(alice, 1, target, [Tree.BaseName], default);
+        using (var allowed = Runner(new PushOptions { AllowPrivateAddresses = true }))
+        {
+            await allowed.RunDueAsync(default);
+        }
+
+        Assert.Equal((PushState.Done, 2L), ((await RecordAsync(alice, id)).State, (await RecordAsync(alice, id)).Uploaded));
+        using var s3 = Blobs.S3BlobLocation.Parse($"s3://{bucket}/?endpoint={Uri.EscapeDataString(server.Endpoint)}&credentials_file={Uri.EscapeDataString(server.CredentialsFile)}").CreateClient();
+        using var narInfo = await s3.GetObjectAsync(bucket, $"cache/{Tree.HashPart}.narinfo");
+        var text = await new StreamReader(narInfo.ResponseStream).ReadToEndAsync();
+        var info = NarInfo.Parse(text);
+        Assert.True(info.IsSignedByAny([key!.PublicKey]));
+        Assert.Equal(("xz", "text/x-nix-narinfo"), (info.Compression, narInfo.Headers.ContentType));
+        using var nar = await s3.GetObjectAsync(bucket, "cache/" + info.Url);
+        await using var decompressed = Decompression.Open("xz", nar.ResponseStream);
+        var bytes = new MemoryStream();
+        await decompressed.CopyToAsync(bytes);
+        Assert.Equal(TreeNar, bytes.ToArray());
     }
 
     [Fact]
