@@ -58,8 +58,10 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>Accounts and their credentials (the account services' and the logins' port onto the metadata).</summary>
     public IAccountMetadata Accounts => Metadata;
 
-    /// <summary>Per-account settings.</summary>
-    public ISettingsMetadata Settings => Metadata;
+    /// <summary>Per-account settings; accounts' credentials (netrc) are sealed at rest (<see cref="CredentialSeal"/>).</summary>
+    public ISettingsMetadata Settings => _settings ??= new SealedSettings(Metadata, new Lazy<CredentialSeal>(() => CredentialSeal.ForDataDirectory(Options.DataDirectory)));
+
+    private SealedSettings? _settings;
 
     /// <summary>
     /// The accounts' storage quotas, which every upload (SSH, socket, HTTP) is checked against, and retention, which

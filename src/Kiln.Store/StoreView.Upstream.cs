@@ -1,5 +1,7 @@
 using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
 using Kiln.Store.Blobs;
+using Kiln.Store.Metadata;
 using Kiln.Store.Upstream;
 
 namespace Kiln.Store;
@@ -27,7 +29,18 @@ public sealed partial class StoreView
     {
         if (_plan is null)
         {
-            var settings = await Metadata.GetUpstreamSettingsAsync(AccountId, cancellationToken).ConfigureAwait(false);
+            UpstreamSettings settings;
+            try
+            {
+                settings = await _store.Settings.GetUpstreamSettingsAsync(AccountId, cancellationToken).ConfigureAwait(false);
+            }
+            catch (KilnException e)
+            {
+                // (Credentials sealed with another key: the caches are still used, without them.)
+                warn(e.Message);
+                settings = (await Metadata.GetUpstreamSettingsAsync(AccountId, cancellationToken).ConfigureAwait(false)) with { Netrc = "" };
+            }
+
             _plan = UpstreamPlan.Resolve(settings, _store.Options, warn);
         }
 

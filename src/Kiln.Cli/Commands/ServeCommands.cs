@@ -96,6 +96,11 @@ internal static class ServeCommands
                 "registers a closure path by path, and what it sent first must still be there when the rest comes.",
             DefaultValueFactory = _ => 600,
         };
+        var credentialsKey = new Option<string?>("--credentials-key")
+        {
+            Description = "A file holding the key accounts' credentials (netrc: upstream and push-to passwords) are sealed with in the database " +
+                "(32 bytes, base64; default DATA/keys/credentials.key, made on first use). Several front doors of one installation need the same one.",
+        };
         var pushFileRoots = new Option<string[]>("--push-file-root")
         {
             Description = "A directory accounts' file:// push-to targets may lie under (repeatable; default none: no account pushes into this machine's directories).",
@@ -219,7 +224,7 @@ internal static class ServeCommands
             data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
-            minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree, gcKeepRecent, pushFileRoots, pushPrivate, pushRetry,
+            minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree, gcKeepRecent, pushFileRoots, pushPrivate, pushRetry, credentialsKey,
             // (Read before parsing, by ConfigFile: listed here for the help.)
             new Option<string?>("--config") { Description = "A file of settings, one 'name = value' per line (the options' names without --; '#' comments); the command line's options win." },
         };
@@ -250,6 +255,20 @@ internal static class ServeCommands
 
             Bind(result.GetValue(database), MetadataStores.Bind);
             Bind(result.GetValue(blobs), Kiln.Store.Blobs.BlobStores.Bind);
+            Bind(result.GetValue(credentialsKey), (dir, file) =>
+            {
+                var full = Path.GetFullPath(file);
+                try
+                {
+                    _ = CredentialSeal.FromText(File.ReadAllText(full), full);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or Kiln.Protocol.KilnException)
+                {
+                    throw new ArgumentException($"--credentials-key: {e.Message} (make one with: head -c 32 /dev/urandom | base64 > FILE)");
+                }
+
+                DataDirectoryBindings.Write(dir, CredentialSeal.BindingFile, full);
+            });
             if (result.GetValue(narRedirect) && Kiln.Store.Blobs.BlobStores.ForDataDirectory(directory) is null)
             {
                 throw new CommandException("--nar-redirect sends clients to the bucket's own URLs: it needs --blobs s3://… (the blob directory has none)");

@@ -1,0 +1,78 @@
+using Kiln.Nix.Tests.Support;
+using Kiln.Protocol;
+
+namespace Kiln.Store.Tests;
+
+/// <summary>Accounts' credentials are sealed in the database under a key kept outside it, and opened only with that key.</summary>
+public sealed class CredentialSealTests : IAsyncLifetime
+{
+    private const string Netrc = "machine cache.example.org login alice password very-secret-password";
+    private readonly TempDir _temp = new();
+    private KilnStore _store = null!;
+
+    public async ValueTask InitializeAsync() => _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _store.DisposeAsync();
+        _temp.Dispose();
+    }
+
+    [Fact]
+    public async Task A_netrc_is_sealed_in_the_database_and_opened_for_its_readers()
+    {
+        var alice = await _store.Metadata.GetOrCreateAccountAsync("alice", default);
+        await _store.Settings.SetUpstreamSettingsAsync(alice, "https://cache.example.org", null, Netrc, default);
+
+        var raw = await _store.Metadata.GetUpstreamSettingsAsync(alice, default);
+        Assert.StartsWith("kiln-sealed-v1:", raw.Netrc, StringComparison.Ordinal);
+        Assert.DoesNotContain("very-secret", raw.Netrc, StringComparison.Ordinal);
+        Assert.Equal("https://cache.example.org", raw.Substituters); // (only the credentials are sealed)
+        Assert.Equal(Netrc, (await _store.Settings.GetUpstreamSettingsAsync(alice, default)).Netrc);
+        var keyFile = Path.Combine(_temp["data"], "keys", "credentials.key");
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(keyFile));
+
+        // Removing them stores nothing sealed; what was stored before sealing is read as it was.
+        await _store.Settings.SetUpstreamSettingsAsync(alice, null, null, "", default);
+        Assert.Equal("", (await _store.Metadata.GetUpstreamSettingsAsync(alice, default)).Netrc);
+        await _store.Metadata.SetUpstreamSettingsAsync(alice, null, null, Netrc, default);
+        Assert.Equal(Netrc, (await _store.Settings.GetUpstreamSettingsAsync(alice, default)).Netrc);
+    }
+
+    [Fact]
+    public async Task Another_key_or_damaged_text_opens_nothing_and_says_why()
+    {
+        var alice = await _store.Metadata.GetOrCreateAccountAsync("alice", default);
+        await _store.Settings.SetUpstreamSettingsAsync(alice, "https://cache.example.org", null, Netrc, default);
+
+        // Another front door on the same database with its own key (not the installation's): a clear error, and its
+        // sessions still use the caches, without the credentials.
+        var other = _temp["other"];
+        Directory.CreateDirectory(other);
+        File.WriteAllText(Path.Combine(other, "other.key"), CredentialSeal.NewKeyText());
+        DataDirectoryBindings.Write(other, CredentialSeal.BindingFile, Path.Combine(other, "other.key"));
+        var elsewhere = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = other }, _store.Metadata, default);
+        var e = await Assert.ThrowsAsync<KilnException>(() => elsewhere.Settings.GetUpstreamSettingsAsync(alice, default));
+        Assert.Contains("--credentials-key", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("very-secret", e.Message, StringComparison.Ordinal);
+        using (var view = elsewhere.OpenView(KilnStore.ReaderFor(alice)))
+        {
+            var warnings = new List<string>();
+            var plan = await view.UpstreamPlanAsync(warnings.Add, default);
+            Assert.Null(Assert.Single(plan.Caches).Credentials);
+            Assert.Contains(warnings, w => w.Contains("credentials key", StringComparison.Ordinal));
+        }
+
+        // A sealed text changed by a byte does not open either.
+        var raw = (await _store.Metadata.GetUpstreamSettingsAsync(alice, default)).Netrc;
+        var bytes = Convert.FromBase64String(raw["kiln-sealed-v1:".Length..]);
+        bytes[^1] ^= 1;
+        await _store.Metadata.SetUpstreamSettingsAsync(alice, null, null, "kiln-sealed-v1:" + Convert.ToBase64String(bytes), default);
+        await Assert.ThrowsAsync<KilnException>(() => _store.Settings.GetUpstreamSettingsAsync(alice, default));
+
+        // A bound key file that went missing is named.
+        File.Delete(Path.Combine(other, "other.key"));
+        var missing = Assert.Throws<KilnException>(() => CredentialSeal.ForDataDirectory(other));
+        Assert.Contains("is missing", missing.Message, StringComparison.Ordinal);
+    }
+}
