@@ -26,13 +26,7 @@ internal sealed class ClosurePusher(string temporaryDirectory)
     /// <summary>Pushes <paramref name="paths"/> and their closure in <paramref name="view"/>; returns how many paths were uploaded.</summary>
     public async Task<int> PushAsync(StoreView view, IReadOnlyList<StorePath> paths, ICacheWriter cache, PushTarget target, SecretKey key, CancellationToken cancellationToken)
     {
-        var closure = await view.GetClosureAsync(paths, cancellationToken).ConfigureAwait(false);
-        var gone = paths.Where(p => !closure.ContainsKey(p)).ToList();
-        if (gone.Count > 0)
-        {
-            throw new PushException($"'{gone[0]}' is no longer in the account's store", permanent: true);
-        }
-
+        var closure = await ClosureAsync(view, paths, cancellationToken).ConfigureAwait(false);
         var missing = new ConcurrentBag<StorePath>();
         await Parallel.ForEachAsync(closure.Keys, new ParallelOptions { MaxDegreeOfParallelism = Questions, CancellationToken = cancellationToken }, async (path, token) =>
         {
@@ -58,6 +52,14 @@ internal sealed class ClosurePusher(string temporaryDirectory)
         }
 
         return ordered.Count;
+    }
+
+    /// <summary>The closure of <paramref name="paths"/> in the account's view; every one of them must still be there.</summary>
+    internal static async Task<IReadOnlyDictionary<StorePath, PathRecord>> ClosureAsync(StoreView view, IReadOnlyList<StorePath> paths, CancellationToken cancellationToken)
+    {
+        var closure = await view.GetClosureAsync(paths, cancellationToken).ConfigureAwait(false);
+        var gone = paths.Where(p => !closure.ContainsKey(p)).ToList();
+        return gone.Count > 0 ? throw new PushException($"'{gone[0]}' is no longer in the account's store", permanent: true) : closure;
     }
 
     private async Task PushPathAsync(StoreView view, ValidPathInfo info, ICacheWriter cache, PushTarget target, SecretKey key, CancellationToken cancellationToken)
@@ -142,7 +144,7 @@ internal sealed class ClosurePusher(string temporaryDirectory)
     }
 
     // The paths in an order where each comes after those it refers to (a depth-first walk, references first).
-    private static List<StorePath> ReferencesFirst(HashSet<StorePath> paths, IReadOnlyDictionary<StorePath, PathRecord> closure)
+    internal static List<StorePath> ReferencesFirst(HashSet<StorePath> paths, IReadOnlyDictionary<StorePath, PathRecord> closure)
     {
         var ordered = new List<StorePath>();
         var seen = new HashSet<StorePath>();

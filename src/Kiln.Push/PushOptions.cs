@@ -26,4 +26,8 @@ public sealed record PushOptions
 
     /// <summary>Where compressed NARs are written before they are uploaded (the data directory's temporary files).</summary>
     public string TemporaryDirectory { get; init; } = Path.GetTempPath();
+
+    /// <summary>A new directory only Kiln's user reads (0700) under <paramref name="parent"/>, for a push's key files and spools.</summary>
+    internal static string PrivateDirectory(string parent, string prefix) =>
+        Directory.CreateDirectory(Path.Combine(parent, $"{prefix}{Guid.NewGuid():N}"), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute).FullName;
 }

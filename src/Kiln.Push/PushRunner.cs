@@ -16,11 +16,15 @@ namespace Kiln.Push;
 /// Works through the push queue: claims due pushes, pushes each build's outputs with their closure to its target as
 /// the account (its view, its signing key, its netrc credentials), and records the result — done, to be retried
 /// (with a back-off that doubles, up to an hour), or failed for good with the reason. Any front door may run one:
-/// a claim is a lease in the database.
+/// a claim is a lease in the database. A front door runs a few pushes at once and at most one per account, so an
+/// account whose targets are slow holds one slot, not all of them.
 /// </summary>
 public sealed partial class PushRunner : IDisposable
 {
-    private const int ClaimedAtOnce = 4;
+    private const int Slots = 4;
+
+    // The pushes running here, by account (one each), and when they end.
+    private readonly Dictionary<long, Task> _running = [];
 
     private readonly KilnStore _store;
     private readonly PushOptions _options;
@@ -40,13 +44,88 @@ public sealed partial class PushRunner : IDisposable
         _pusher = new ClosurePusher(options.TemporaryDirectory);
     }
 
-    /// <summary>Runs the pushes due now (a few at a time); returns how many it ran.</summary>
+    /// <summary>Starts pushes due now in the free slots (one per account); returns how many it started.</summary>
+    public async Task<int> StartDueAsync(CancellationToken cancellationToken)
+    {
+        int free;
+        lock (_running)
+        {
+            free = Slots - _running.Count;
+        }
+
+        if (free <= 0)
+        {
+            return 0;
+        }
+
+        var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        var claimed = await _store.Pushes.ClaimPushesAsync(now, now + (long)_options.AttemptTimeout.TotalSeconds + 60, free, cancellationToken).ConfigureAwait(false);
+        var started = 0;
+        foreach (var push in claimed)
+        {
+            bool busy;
+            lock (_running)
+            {
+                busy = _running.ContainsKey(push.AccountId);
+                if (!busy)
+                {
+                    _running[push.AccountId] = Task.CompletedTask; // (taken before the push starts: it may end at once)
+                }
+            }
+
+            if (busy)
+            {
+                // That account has a push running here: this one waits (behind other accounts' pushes, due again soon).
+                await _store.Pushes.ReleasePushAsync(push.Id, push.Attempts, now + 1, CancellationToken.None).ConfigureAwait(false);
+                continue;
+            }
+
+            var task = RunThenFreeAsync(push, cancellationToken);
+            lock (_running)
+            {
+                if (_running.ContainsKey(push.AccountId))
+                {
+                    _running[push.AccountId] = task;
+                }
+            }
+
+            started++;
+        }
+
+        return started;
+    }
+
+    /// <summary>Starts what is due and waits for what runs (tests, and a stopping server): how many it started.</summary>
     public async Task<int> RunDueAsync(CancellationToken cancellationToken)
     {
-        var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var claimed = await _store.Pushes.ClaimPushesAsync(now, now + (long)_options.AttemptTimeout.TotalSeconds + 60, ClaimedAtOnce, cancellationToken).ConfigureAwait(false);
-        await Task.WhenAll(claimed.Select(push => RunAsync(push, cancellationToken))).ConfigureAwait(false);
-        return claimed.Count;
+        var started = await StartDueAsync(cancellationToken).ConfigureAwait(false);
+        await DrainAsync().ConfigureAwait(false);
+        return started;
+    }
+
+    /// <summary>Waits for the pushes running here to end.</summary>
+    public Task DrainAsync()
+    {
+        lock (_running)
+        {
+            return Task.WhenAll(_running.Values);
+        }
+    }
+
+    private async Task RunThenFreeAsync(PushRecord push, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await Task.Yield();
+            await RunAsync(push, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            lock (_running)
+            {
+                _running.Remove(push.AccountId);
+            }
+        }
     }
 
     private async Task RunAsync(PushRecord push, CancellationToken cancellationToken)
@@ -57,7 +136,7 @@ public sealed partial class PushRunner : IDisposable
             using var attempt = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             attempt.CancelAfter(_options.AttemptTimeout);
             var uploaded = await PushAsync(push, attempt.Token).ConfigureAwait(false);
-            await _store.Pushes.FinishPushAsync(push.Id, PushState.Done, uploaded, "", 0, CancellationToken.None).ConfigureAwait(false);
+            await _store.Pushes.FinishPushAsync(push.Id, push.Attempts, PushState.Done, uploaded, "", 0, CancellationToken.None).ConfigureAwait(false);
             LogDone(_logger, push.Id, push.BuildId, uploaded, target);
             return;
         }
@@ -81,10 +160,12 @@ public sealed partial class PushRunner : IDisposable
 
     private async Task FailedAsync(PushRecord push, bool permanent, string message)
     {
+        // (What a target answered is the tenant's text: one line, bounded, before it is stored and logged.)
+        message = new string([.. message.Take(500).Select(c => char.IsControl(c) ? ' ' : c)]);
         var last = permanent || push.Attempts >= _options.MaxAttempts;
         var wait = TimeSpan.FromSeconds(Math.Min(3600, _options.RetryBase.TotalSeconds * Math.Pow(2, Math.Max(0, push.Attempts - 1))));
         var retryAt = DateTimeOffset.UtcNow.Add(wait).ToUnixTimeSeconds();
-        await _store.Pushes.FinishPushAsync(push.Id, last ? PushState.Failed : PushState.Queued, 0, message, last ? 0 : retryAt, CancellationToken.None).ConfigureAwait(false);
+        await _store.Pushes.FinishPushAsync(push.Id, push.Attempts, last ? PushState.Failed : PushState.Queued, 0, message, last ? 0 : retryAt, CancellationToken.None).ConfigureAwait(false);
         if (last)
         {
             LogFailed(_logger, push.Id, push.BuildId, push.Target, push.Attempts, message);
@@ -100,25 +181,72 @@ public sealed partial class PushRunner : IDisposable
         var target = PushTarget.Parse(push.Target);
         var secret = await _store.Accounts.GetSigningKeyAsync(push.AccountId, cancellationToken).ConfigureAwait(false)
             ?? throw new PushException("the account has no signing key to sign what it pushes (kiln signing-key create, or the shell's signing-key create)", permanent: true);
-        var upstream = await _store.Settings.GetUpstreamSettingsAsync(push.AccountId, cancellationToken).ConfigureAwait(false);
-        using var cache = Open(target, Netrc.Parse(upstream.Netrc));
         using var view = _store.OpenView(KilnStore.ReaderFor(push.AccountId));
         var paths = push.Paths.Select(StorePath.FromBaseName).ToList();
+        if (target.Kind == PushTargetKind.SshNg)
+        {
+            return await PushToDaemonAsync(push.AccountId, target, view, paths, SecretKey.Parse(secret), cancellationToken).ConfigureAwait(false);
+        }
+
+        var upstream = await _store.Settings.GetUpstreamSettingsAsync(push.AccountId, cancellationToken).ConfigureAwait(false);
+        var account = (await _store.Accounts.ListAccountsAsync(cancellationToken).ConfigureAwait(false)).FirstOrDefault(a => a.Id == push.AccountId)
+            ?? throw new PushException("the account is gone", permanent: true);
+        using var cache = Open(target, account.Name, Netrc.Parse(upstream.Netrc));
         return await _pusher.PushAsync(view, paths, cache, target, SecretKey.Parse(secret), cancellationToken).ConfigureAwait(false);
     }
 
-    private ICacheWriter Open(PushTarget target, Netrc netrc)
+    // ssh-ng://: ssh logs in with the account's push key to the address the host resolved to (a public one, unless
+    // the operator allows others), the host key pinned from the target; the key and known_hosts files live only as
+    // long as the connection, in a directory only Kiln reads.
+    private async Task<int> PushToDaemonAsync(long account, PushTarget target, StoreView view, IReadOnlyList<StorePath> paths, SecretKey key, CancellationToken cancellationToken)
+    {
+        var (_, privateKey) = await PushKeys.GetOrCreateAsync(_store, account, cancellationToken).ConfigureAwait(false);
+        var address = await GuardedConnections.ResolveAsync(target.Location.Host.Trim('[', ']'), _options.AllowPrivateAddresses, cancellationToken).ConfigureAwait(false);
+        var login = new Kiln.Farm.StockNix.BuilderAddress(Uri.UnescapeDataString(target.Location.UserInfo), address.ToString(), target.Location.IsDefaultPort ? 22 : target.Location.Port);
+        Directory.CreateDirectory(_options.TemporaryDirectory);
+        var directory = PushOptions.PrivateDirectory(_options.TemporaryDirectory, "push-ssh-");
+        try
+        {
+            var keyFile = Path.Combine(directory, "key");
+            DataDirectoryBindings.WritePrivateFile(keyFile, privateKey);
+            var knownHosts = Path.Combine(directory, "known_hosts");
+            DataDirectoryBindings.WritePrivateFile(knownHosts, $"{login.KnownHostsName} {target.HostKey}\n");
+            await using var connection = await Kiln.Farm.StockNix.SshDaemonConnection.OpenAsync(login, keyFile, knownHosts, hostKeyKnown: true, cancellationToken, requireTrusted: false)
+                .ConfigureAwait(false);
+            try
+            {
+                return await DaemonPusher.PushAsync(connection.Client, view, paths, key, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is Kiln.Protocol.NixErrorException or IOException or Kiln.Protocol.ProtocolViolationException)
+            {
+                var said = await connection.ExitMessageAsync().ConfigureAwait(false);
+                throw new PushException($"{target} refused the push: {(e is Kiln.Protocol.NixErrorException || said.Length == 0 ? e.Message : said)}", inner: e);
+            }
+        }
+        catch (Kiln.Agent.ExecutorUnavailableException e)
+        {
+            throw new PushException($"cannot push to {target}: {e.Detail} (is the account's push key, kiln account push-key, in its authorized_keys?)", inner: e);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    private ICacheWriter Open(PushTarget target, string account, Netrc netrc)
     {
         switch (target.Kind)
         {
             case PushTargetKind.File:
-                var directory = Path.GetFullPath(target.Location.LocalPath);
-                if (!_options.FileRoots.Any(root => directory.StartsWith(Path.TrimEndingDirectorySeparator(Path.GetFullPath(root)) + "/", StringComparison.Ordinal)))
+                // Each account writes under its own directory of a root: ROOT/ACCOUNT or below, never another's.
+                var directory = Path.GetFullPath(target.Location.LocalPath) + "/";
+                if (!_options.FileRoots.Any(root => directory.StartsWith(Path.Combine(Path.GetFullPath(root), account) + "/", StringComparison.Ordinal)))
                 {
-                    throw new PushException($"'{target}' is not under a directory this server pushes into (the operator names them with --push-file-root)", permanent: true);
+                    throw new PushException($"'{target}' is not in a directory this server pushes into for the account: ROOT/{account}/… under a " +
+                        "root the operator names with --push-file-root", permanent: true);
                 }
 
-                return new FileCacheWriter(directory);
+                return new FileCacheWriter(directory.TrimEnd('/'));
             case PushTargetKind.Http:
                 var root = new Uri(target.Base.TrimEnd('/') + "/");
                 return new HttpCacheWriter(_http, root, netrc.For(root.Host));
@@ -129,6 +257,7 @@ public sealed partial class PushRunner : IDisposable
                     ?? throw new PushException($"the account's netrc has no credentials for '{host}' (machine {host} login ACCESS_KEY_ID password SECRET_ACCESS_KEY)", permanent: true);
                 var config = location.ClientConfig();
                 config.HttpClientFactory = new GuardedClientFactory(_handler);
+                config.IgnoreConfiguredEndpointUrls = true; // (the operator's AWS_ENDPOINT_URL_S3 is the operator's, not a tenant's)
                 return new S3CacheWriter(new AmazonS3Client(new BasicAWSCredentials(credentials.UserName, credentials.Password), config), location.Bucket, location.Prefix, _options.TemporaryDirectory);
         }
     }

@@ -25,14 +25,14 @@ public sealed partial class PushService(KilnStore store, ServerOptions options, 
         {
             try
             {
-                if (await runner.RunDueAsync(stoppingToken).ConfigureAwait(false) > 0)
+                if (await runner.StartDueAsync(stoppingToken).ConfigureAwait(false) > 0)
                 {
                     continue;
                 }
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {
-                return;
+                break;
             }
 #pragma warning disable CA1031 // A busy database must not stop the pushes for good: logged, and tried again.
             catch (Exception e)
@@ -47,9 +47,12 @@ public sealed partial class PushService(KilnStore store, ServerOptions options, 
             }
             catch (OperationCanceledException)
             {
-                return;
+                break;
             }
         }
+
+        // (The pushes running see the same token: they stop, and their leases bring them back.)
+        await runner.DrainAsync().ConfigureAwait(false);
     }
 
     [LoggerMessage(EventId = LogEvents.PushQueueFailed, Level = LogLevel.Warning, Message = "the push queue could not be read")]

@@ -36,24 +36,41 @@ public sealed class CredentialSeal
                 throw new KilnException(ErrorKind.Failed, $"the credentials key {file} (--credentials-key) is missing");
             }
 
+            // Written whole beside it, then moved into place unless another process was first (its key is the one):
+            // nobody ever reads a key file half written.
             Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+            var temporary = $"{file}.{Guid.NewGuid():N}.tmp";
             try
             {
-                using var stream = new FileStream(file, new FileStreamOptions
+                using (var stream = new FileStream(temporary, new FileStreamOptions
                 {
                     Mode = FileMode.CreateNew,
                     Access = FileAccess.Write,
                     UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-                });
-                stream.Write(Encoding.ASCII.GetBytes(Convert.ToBase64String(RandomNumberGenerator.GetBytes(32)) + "\n"));
+                }))
+                {
+                    stream.Write(Encoding.ASCII.GetBytes(NewKeyText() + "\n"));
+                }
+
+                File.Move(temporary, file, overwrite: false);
             }
             catch (IOException) when (File.Exists(file))
             {
-                // Another process made it first: its key is the one.
+            }
+            finally
+            {
+                File.Delete(temporary);
             }
         }
 
-        return FromText(File.ReadAllText(file), file);
+        try
+        {
+            return FromText(File.ReadAllText(file), file);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new KilnException(ErrorKind.Failed, $"the credentials key {file} cannot be read: {e.Message}");
+        }
     }
 
     /// <summary>A seal with the key written as base64 (32 bytes).</summary>
@@ -71,11 +88,15 @@ public sealed class CredentialSeal
         }
     }
 
+    /// <summary>The settings port over <paramref name="inner"/> with netrc sealed under the data directory's key (read when first needed).</summary>
+    public static Metadata.ISettingsMetadata Sealing(Metadata.ISettingsMetadata inner, string dataDirectory) =>
+        new SealedSettings(inner, new Lazy<CredentialSeal>(() => ForDataDirectory(dataDirectory), LazyThreadSafetyMode.PublicationOnly));
+
     /// <summary>Makes a key's text (for <c>--credentials-key</c> files).</summary>
     public static string NewKeyText() => Convert.ToBase64String(RandomNumberGenerator.GetBytes(32));
 
-    /// <summary>The text sealed (empty stays empty: no credentials).</summary>
-    public string Seal(string text)
+    /// <summary>The text sealed for <paramref name="account"/> (empty stays empty: no credentials); it opens for that account only.</summary>
+    public string Seal(string text, long account)
     {
         ArgumentNullException.ThrowIfNull(text);
         if (text.Length == 0)
@@ -88,13 +109,13 @@ public sealed class CredentialSeal
         var nonce = sealedBytes.AsSpan(0, NonceSize);
         RandomNumberGenerator.Fill(nonce);
         using var aes = new AesGcm(_key, TagSize);
-        aes.Encrypt(nonce, plain, sealedBytes.AsSpan(NonceSize, plain.Length), sealedBytes.AsSpan(NonceSize + plain.Length), Associated);
+        aes.Encrypt(nonce, plain, sealedBytes.AsSpan(NonceSize, plain.Length), sealedBytes.AsSpan(NonceSize + plain.Length), Associated(account));
         return Prefix + Convert.ToBase64String(sealedBytes);
     }
 
-    /// <summary>The text of what <see cref="Seal"/> wrote (text stored unsealed is returned as it is).</summary>
-    /// <exception cref="KilnException">It was sealed with another key, or damaged.</exception>
-    public string Open(string stored)
+    /// <summary>The text of what <see cref="Seal"/> wrote for <paramref name="account"/> (text stored unsealed is returned as it is).</summary>
+    /// <exception cref="KilnException">It was sealed with another key or for another account, or damaged.</exception>
+    public string Open(string stored, long account)
     {
         ArgumentNullException.ThrowIfNull(stored);
         if (!stored.StartsWith(Prefix, StringComparison.Ordinal))
@@ -108,7 +129,7 @@ public sealed class CredentialSeal
             var length = sealedBytes.Length - NonceSize - TagSize;
             var plain = new byte[Math.Max(0, length)];
             using var aes = new AesGcm(_key, TagSize);
-            aes.Decrypt(sealedBytes.AsSpan(0, NonceSize), sealedBytes.AsSpan(NonceSize, plain.Length), sealedBytes.AsSpan(NonceSize + plain.Length), plain, Associated);
+            aes.Decrypt(sealedBytes.AsSpan(0, NonceSize), sealedBytes.AsSpan(NonceSize, plain.Length), sealedBytes.AsSpan(NonceSize + plain.Length), plain, Associated(account));
             return Encoding.UTF8.GetString(plain);
         }
         catch (Exception e) when (e is FormatException or CryptographicException or ArgumentException)
@@ -118,5 +139,7 @@ public sealed class CredentialSeal
         }
     }
 
-    private static ReadOnlySpan<byte> Associated => "kiln account credentials"u8;
+    // Bound to the account: a sealed text copied onto another account's row (by someone who can write the database)
+    // does not open there.
+    private static byte[] Associated(long account) => Encoding.UTF8.GetBytes($"kiln account credentials {account}");
 }

@@ -59,9 +59,16 @@ public sealed class KilnStore : IAsyncDisposable
     public IAccountMetadata Accounts => Metadata;
 
     /// <summary>Per-account settings; accounts' credentials (netrc) are sealed at rest (<see cref="CredentialSeal"/>).</summary>
-    public ISettingsMetadata Settings => _settings ??= new SealedSettings(Metadata, new Lazy<CredentialSeal>(() => CredentialSeal.ForDataDirectory(Options.DataDirectory)));
+    public ISettingsMetadata Settings => _settings ??= new SealedSettings(Metadata, SealLoader);
+
+    /// <summary>The key accounts' credentials are sealed with in the database (read, or made, on first use).</summary>
+    public CredentialSeal CredentialSeal => SealLoader.Value;
+
+    // (A key that could not be read is tried again next time: the failure is not kept.)
+    private Lazy<CredentialSeal> SealLoader => _seal ??= new Lazy<CredentialSeal>(() => CredentialSeal.ForDataDirectory(Options.DataDirectory), LazyThreadSafetyMode.PublicationOnly);
 
     private SealedSettings? _settings;
+    private Lazy<CredentialSeal>? _seal;
 
     /// <summary>
     /// The accounts' storage quotas, which every upload (SSH, socket, HTTP) is checked against, and retention, which

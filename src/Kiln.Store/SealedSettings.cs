@@ -18,11 +18,11 @@ internal sealed class SealedSettings(ISettingsMetadata inner, Lazy<CredentialSea
     public async Task<UpstreamSettings> GetUpstreamSettingsAsync(long account, CancellationToken cancellationToken)
     {
         var stored = await inner.GetUpstreamSettingsAsync(account, cancellationToken).ConfigureAwait(false);
-        return stored.Netrc.Length == 0 ? stored : stored with { Netrc = seal.Value.Open(stored.Netrc) };
+        return stored.Netrc.Length == 0 ? stored : stored with { Netrc = seal.Value.Open(stored.Netrc, account) };
     }
 
     public Task SetUpstreamSettingsAsync(long account, string? substituters, string? trustedPublicKeys, string? netrc, CancellationToken cancellationToken) =>
-        inner.SetUpstreamSettingsAsync(account, substituters, trustedPublicKeys, netrc is null ? null : seal.Value.Seal(netrc), cancellationToken);
+        inner.SetUpstreamSettingsAsync(account, substituters, trustedPublicKeys, netrc is null ? null : seal.Value.Seal(netrc, account), cancellationToken);
 
     public Task<string> GetOrAddServerSecretAsync(string name, string candidate, CancellationToken cancellationToken) =>
         inner.GetOrAddServerSecretAsync(name, candidate, cancellationToken);

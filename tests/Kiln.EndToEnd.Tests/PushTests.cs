@@ -80,6 +80,51 @@ public sealed class PushTests
         }
     }
 
+    [Fact]
+    public async Task A_builds_outputs_are_pushed_over_ssh_ng_to_a_stock_nix_daemon_with_the_accounts_push_key()
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For("2.34.8");
+        using var workspace = client.NewWorkspace();
+        using var daemon = new StockNixBuilder();
+        using var kiln = new KilnProcess(ssh: true, arguments: ["--push-private-targets", "--push-retry", "1"]);
+        var alice = SshTests.NewLogin(client, kiln, "alice", "store:read,store:write,build:read,build:write,account:write");
+        var aliceKey = kiln.Cli("signing-key", "create", "alice", "--name", "alice-push-1").Trim();
+        var hostKey = Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes(daemon.HostKeyLine));
+        var target = $"{daemon.Uri}?base64-ssh-public-host-key={hostKey}";
+        kiln.Cli("settings", "set", "alice", "push-to", target);
+
+        // Before the daemon knows the account's push key, the push is refused (and says where the key comes from).
+        var dag = Dag.Write(client, workspace, "sshdag", depth: 2, width: 2, salt: Guid.NewGuid().ToString("N"));
+        var outputs = client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, dag, "--no-out-link"]).StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var refused = WaitForPushes(kiln, alice, p => p.All(x => x.Attempts >= 1 && x.Error.Length > 0));
+        Assert.True(refused.All(p => p.Error.Contains("push-key", StringComparison.Ordinal)), kiln.Log);
+
+        // The shell and the CLI give the same public key; once the daemon lets it in, the retries push everything.
+        var pushKey = SshTests.Shell(kiln, alice, null, "kiln", "push-key").StdoutText.Trim();
+        Assert.Equal(pushKey, kiln.Cli("account", "push-key", "alice").Trim());
+        Assert.StartsWith("ssh-ed25519 ", pushKey, StringComparison.Ordinal);
+        daemon.Authorize(pushKey);
+        var pushes = WaitForPushes(kiln, alice, p => p.Count == 4 && p.All(x => x.State == "done"));
+        Assert.All(pushes, p => Assert.Equal("done", p.State));
+        Assert.Equal(4, pushes.Sum(p => p.UploadedPaths));
+        foreach (var output in outputs)
+        {
+            var info = await daemon.PathInfoAsync(Kiln.Nix.StorePaths.StorePath.Parse(output));
+            Assert.NotNull(info);
+            var signed = new Kiln.Nix.Signing.NarInfo { StorePath = info.Path, Url = "x", NarHash = info.NarHash, NarSize = info.NarSize, References = new SortedSet<Kiln.Nix.StorePaths.StorePath>(info.References), Signatures = new SortedSet<string>(info.Signatures, StringComparer.Ordinal) };
+            Assert.True(signed.IsSignedByAny([Kiln.Nix.Signing.PublicKey.Parse(aliceKey)]), $"{output} is not signed by alice's key on the daemon");
+        }
+
+        // A wrong host key: the push is refused, nothing is trusted on first use.
+        var stranger = Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"));
+        kiln.Cli("settings", "set", "alice", "push-to", $"{daemon.Uri}?base64-ssh-public-host-key={stranger}");
+        var other = Dag.WriteSingle(client, workspace, "hostkey", $"echo {Guid.NewGuid():N}; mkdir $out");
+        client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, other, "--no-out-link"]);
+        var mismatch = WaitForPushes(kiln, alice, p => p.Count == 5 && p[0].Attempts >= 1 && p[0].Error.Length > 0)[0];
+        Assert.Contains("cannot push", mismatch.Error, StringComparison.Ordinal);
+    }
+
     private sealed record Push(long Build, string Target, string State, int Attempts, long UploadedPaths, string Error);
 
     // The account's pushes (the shell's `pushes --json`) once they are as wanted, or as they are after 90 s.

@@ -63,6 +63,11 @@ public sealed class CredentialSealTests : IAsyncLifetime
             Assert.Contains(warnings, w => w.Contains("credentials key", StringComparison.Ordinal));
         }
 
+        // Sealed for alice, it does not open as another account's (a row copied by someone who can write the database).
+        var bob = await _store.Metadata.GetOrCreateAccountAsync("bob", default);
+        await _store.Metadata.SetUpstreamSettingsAsync(bob, null, null, (await _store.Metadata.GetUpstreamSettingsAsync(alice, default)).Netrc, default);
+        await Assert.ThrowsAsync<KilnException>(() => _store.Settings.GetUpstreamSettingsAsync(bob, default));
+
         // A sealed text changed by a byte does not open either.
         var raw = (await _store.Metadata.GetUpstreamSettingsAsync(alice, default)).Netrc;
         var bytes = Convert.FromBase64String(raw["kiln-sealed-v1:".Length..]);

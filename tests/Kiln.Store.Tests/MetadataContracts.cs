@@ -953,12 +953,20 @@ public abstract class PushMetadataContract : MetadataContract
         Assert.Equal((alice.Id, 7L, "file:///srv/a", PushState.Queued, 1), (one.AccountId, one.BuildId, one.Target, one.State, one.Attempts));
         Assert.Equal([P("out").BaseName, P("dev").BaseName], one.Paths);
 
-        await store.FinishPushAsync(first, PushState.Done, 2, "", 0, default);
-        await store.FinishPushAsync(second, PushState.Queued, 0, "cannot reach cache.example", now + 10, default);
-        await store.FinishPushAsync(bobs, PushState.Failed, 0, "no signing key", 0, default);
+        await store.FinishPushAsync(first, 1, PushState.Done, 2, "", 0, default);
+        await store.FinishPushAsync(second, 1, PushState.Queued, 0, "cannot reach cache.example", now + 10, default);
+        await store.FinishPushAsync(bobs, 1, PushState.Failed, 0, "no signing key", 0, default);
         var retried = Assert.Single(await store.ClaimPushesAsync(now + 10, now + 200, 10, default));
         Assert.Equal((second, 2, "cannot reach cache.example"), (retried.Id, retried.Attempts, retried.Error));
         Assert.Empty(await store.ClaimPushesAsync(now + 150, now + 300, 10, default)); // done and failed ones never come back
+
+        // A front door whose lease ran out (its try was 1; the row is on try 2 now) changes nothing when it ends late.
+        await store.FinishPushAsync(second, 1, PushState.Done, 9, "", 0, default);
+        Assert.Equal((PushState.Queued, 2), ((await store.GetPushesAsync(alice.Id, 8, 1, default))[0].State, (await store.GetPushesAsync(alice.Id, 8, 1, default))[0].Attempts));
+        // A claimed push given back untried is due again with its try uncounted.
+        await store.ReleasePushAsync(second, 2, now + 20, default);
+        var again = Assert.Single(await store.ClaimPushesAsync(now + 20, now + 400, 10, default));
+        Assert.Equal((second, 2), (again.Id, again.Attempts));
 
         var listed = await store.GetPushesAsync(alice.Id, 0, 10, default);
         Assert.Equal([second, first], listed.Select(p => p.Id));

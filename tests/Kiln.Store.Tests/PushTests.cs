@@ -60,6 +60,29 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
         return (view.AccountId, key);
     }
 
+    // Runs pushes until none of the accounts' is queued (or a while has passed): one account's run one at a time.
+    private async Task RunAllAsync(PushRunner runner, params long[] accounts)
+    {
+        for (var round = 0; round < 100; round++)
+        {
+            var queued = false;
+            foreach (var account in accounts)
+            {
+                queued |= (await _store.Pushes.GetPushesAsync(account, 0, 100, default)).Any(p => p.State == PushState.Queued);
+            }
+
+            if (!queued)
+            {
+                return;
+            }
+
+            if (await runner.RunDueAsync(default) == 0)
+            {
+                await Task.Delay(100);
+            }
+        }
+    }
+
     private PushRunner Runner(PushOptions? options = null) =>
         new(_store, (options ?? new PushOptions()) with { TemporaryDirectory = _temp["tmp"] }, NullLogger.Instance);
 
@@ -114,7 +137,10 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
         var outside = Directory.CreateDirectory(_temp["elsewhere"]).FullName;
         // A tenant naming a directory outside the operator's roots (by a path that only starts like one, too).
         var notUnder = await _store.Pushes.AddPushAsync(alice, 1, $"file://{outside}", [Tree.BaseName], default);
-        var prefixOnly = await _store.Pushes.AddPushAsync(alice, 1, $"file://{root}-evil", [Tree.BaseName], default);
+        var prefixOnly = await _store.Pushes.AddPushAsync(alice, 1, $"file://{root}-evil/alice", [Tree.BaseName], default);
+        // Nor another account's directory of a root (it would pre-seed or block that account's cache), nor the root itself.
+        var bobsCache = await _store.Pushes.AddPushAsync(alice, 1, $"file://{root}/bob", [Tree.BaseName], default);
+        var theRoot = await _store.Pushes.AddPushAsync(alice, 1, $"file://{root}", [Tree.BaseName], default);
         // The server's own network (loopback here) is not a push target unless the operator says so.
         var loopback = await _store.Pushes.AddPushAsync(alice, 1, "http://127.0.0.1:9/cache", [Tree.BaseName], default);
         var noKey = await _store.Pushes.AddPushAsync(bob, 1, $"file://{root}/bob", [Tree.BaseName], default);
@@ -123,13 +149,12 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
         await _store.Accounts.SetSigningKeyAsync(bob, SecretKey.Generate("bob-1").ToString(), default);
 
         using var runner = Runner(new PushOptions { FileRoots = [root], RetryBase = TimeSpan.Zero, MaxAttempts = 2 });
-        while (await runner.RunDueAsync(default) > 0)
-        {
-        }
+        await RunAllAsync(runner, alice, bob);
 
         Assert.Empty(Directory.GetFileSystemEntries(outside));
         Assert.False(Directory.Exists(root + "-evil"));
-        foreach (var id in new[] { notUnder, prefixOnly })
+        Assert.False(File.Exists(Path.Combine(root, "nix-cache-info")));
+        foreach (var id in new[] { notUnder, prefixOnly, bobsCache, theRoot })
         {
             var refused = await RecordAsync(alice, id);
             Assert.Equal((PushState.Failed, 1), (refused.State, refused.Attempts));
@@ -202,6 +227,7 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
     [InlineData("file:///srv/cache/../other/", "file:///srv/other", "xz")] // (the operator's roots are checked against this)
     [InlineData("https://cache.example.org/team/?compression=zstd&compression-level=19", "https://cache.example.org/team", "zstd")]
     [InlineData("s3://bucket/nix?region=eu-west-1&compression=none", "s3://bucket/nix?region=eu-west-1", "none")]
+    [InlineData("ssh-ng://root@builder.example.org:2222?base64-ssh-public-host-key=c3NoLWVkMjU1MTkgQUFBQQ==", "ssh-ng://root@builder.example.org:2222", "none")]
     public void Targets_parse_with_Nixs_store_parameters(string text, string shown, string compression)
     {
         var target = PushTarget.Parse(text);
@@ -210,7 +236,13 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
 
     [Theory]
     [InlineData("https://user:secret@cache.example.org", "carries credentials")]
-    [InlineData("ssh-ng://builder@host", "SSH store")]
+    [InlineData("ssh-ng://builder@host", "needs base64-ssh-public-host-key")]
+    [InlineData("ssh://builder@host", "ssh:// store")]
+    [InlineData("ssh-ng://builder@host?base64-ssh-public-host-key=bm90IGEga2V5", "not a host's public key")]
+    [InlineData("ssh-ng://builder:secret@host?base64-ssh-public-host-key=c3NoLWVkMjU1MTkgQUFBQQ==", "carries credentials")]
+    [InlineData("s3://bucket?endpoint=https://AKIA:secret@minio.example.org", "endpoint carrying credentials")]
+    [InlineData("s3://bucket?endpoint=https://s3.x.evilamazonaws.com", "looks like AWS")]
+    [InlineData("https://cache.example.org?compression=xz&compression-level=9", "xz level 9")]
     [InlineData("ftp://host/x", "not a file://")]
     [InlineData("file://relative/dir", "absolute directory")]
     [InlineData("https://cache.example.org?compression=bzip2", "compression 'bzip2'")]
@@ -239,6 +271,11 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
     [InlineData("::ffff:127.0.0.1", false)]
     [InlineData("fe80::1", false)]
     [InlineData("fd00::1", false)]
+    [InlineData("64:ff9b::a00:5", false)] // NAT64 of 10.0.0.5
+    [InlineData("64:ff9b::101:101", true)] // NAT64 of 1.1.1.1
+    [InlineData("64:ff9b:1::1", false)]
+    [InlineData("2002:a9fe:a9fe::1", false)] // 6to4 of 169.254.169.254
+    [InlineData("::ffff:0:a00:1", false)]
     public void Only_public_addresses_are_push_targets_by_default(string address, bool isPublic) =>
         Assert.Equal(isPublic, GuardedConnections.IsPublic(IPAddress.Parse(address)));
 }

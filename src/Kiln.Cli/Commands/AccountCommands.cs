@@ -31,11 +31,16 @@ internal static class AccountCommands
         Directory.CreateDirectory(directory);
         var metadata = MetadataStores.Open(MetadataStores.ForDataDirectory(directory));
         await metadata.MigrateAsync(cancellationToken).ConfigureAwait(false);
+        Directories.AddOrUpdate(metadata, directory);
         return metadata;
     }
 
+    // The data directory each metadata store opened here belongs to: its credentials key seals accounts' netrc.
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<IMetadataStore, string> Directories = new();
+
     /// <summary>The account services, as the operator (who may do anything: proofs are for keys adding keys).</summary>
-    internal static AccountService Service(IMetadataStore metadata) => new(metadata, metadata, new SshKeygenProofs(), "operator");
+    internal static AccountService Service(IMetadataStore metadata) =>
+        new(metadata, Directories.TryGetValue(metadata, out var directory) ? CredentialSeal.Sealing(metadata, directory) : metadata, new SshKeygenProofs(), "operator");
 
     internal static Task<AccountRecord> AccountAsync(IMetadataStore metadata, string name, CancellationToken cancellationToken) =>
         Service(metadata).AccountAsync(Actor.Operator, name, cancellationToken);
@@ -205,7 +210,17 @@ internal static class AccountCommands
             return 0;
         }, cancellationToken));
 
-        return new Command("account", "Manage accounts.") { create, list, set, delete };
+        var pushKeyData = DataOption();
+        var pushKeyName = new Argument<string>("NAME");
+        var pushKey = new Command("push-key", "Print the account's push key (made on first use): Kiln logs in with it to the account's ssh-ng:// push-to targets, " +
+            "so add it to their authorized_keys.") { pushKeyName, pushKeyData };
+        pushKey.SetAction((result, cancellationToken) => WithAccountAsync(result.GetValue(pushKeyData)!, result.GetValue(pushKeyName)!, async (store, account, _) =>
+        {
+            Console.Out.Write(await Kiln.Push.PushKeys.PublicKeyAsync(store, account.Id, cancellationToken).ConfigureAwait(false) + "\n");
+            return 0;
+        }, cancellationToken));
+
+        return new Command("account", "Manage accounts.") { create, list, set, delete, pushKey };
     }
 
     public static Command Key()

@@ -12,7 +12,7 @@ namespace Kiln.Farm.StockNix;
 /// Nix's own <c>ssh-ng://</c> store does), with the worker protocol spoken over its standard input and output. Only
 /// the key and known-hosts file given are used (no agent, no user configuration); the host key must match.
 /// </summary>
-internal sealed class SshDaemonConnection : IAsyncDisposable
+public sealed class SshDaemonConnection : IAsyncDisposable
 {
     private readonly Process _ssh;
     private readonly Task _stderr;
@@ -34,8 +34,13 @@ internal sealed class SshDaemonConnection : IAsyncDisposable
     // An ssh -o value: quoted (a path may hold spaces), with ssh's own expansions (%) escaped.
     private static string Quoted(string path) => $"\"{path.Replace("%", "%%", StringComparison.Ordinal)}\"";
 
-    /// <summary>Logs in and shakes hands; a builder that cannot be reached is an <see cref="ExecutorUnavailableException"/>.</summary>
-    public static async Task<SshDaemonConnection> OpenAsync(BuilderAddress address, string keyFile, string knownHostsFile, bool hostKeyKnown, CancellationToken cancellationToken)
+    /// <summary>
+    /// Logs in and shakes hands; a builder that cannot be reached is an <see cref="ExecutorUnavailableException"/>. A
+    /// builder's daemon must trust its user (<paramref name="requireTrusted"/>); a push target's need not (it checks
+    /// signatures instead).
+    /// </summary>
+    public static async Task<SshDaemonConnection> OpenAsync(BuilderAddress address, string keyFile, string knownHostsFile, bool hostKeyKnown, CancellationToken cancellationToken,
+        bool requireTrusted = true)
     {
         var info = new ProcessStartInfo("ssh")
         {
@@ -88,7 +93,7 @@ internal sealed class SshDaemonConnection : IAsyncDisposable
             using var handshake = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             handshake.CancelAfter(HandshakeTimeout);
             connection.Client = await WorkerClient.ConnectAsync(fromDaemon, toDaemon, handshake.Token).ConfigureAwait(false);
-            if (connection.Client.Trusted == false)
+            if (requireTrusted && connection.Client.Trusted == false)
             {
                 throw new NixErrorException($"the daemon does not trust user '{address.User}' (it must be in its trusted-users, as for any remote builder)");
             }

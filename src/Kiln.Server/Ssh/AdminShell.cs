@@ -18,7 +18,8 @@ namespace Kiln.Server.Ssh;
 /// line on stderr and never ends an interactive session; a one-shot command's exit status says whether it worked.
 /// What it shows is the key's own account only, within the key's permissions.
 /// </summary>
-internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, StoreView view, Stream connection, IReadOnlyDictionary<string, long> serverSettings)
+internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, StoreView view, Stream connection, IReadOnlyDictionary<string, long> serverSettings,
+    Func<long, CancellationToken, Task<string>>? pushKey = null)
 {
     private readonly Actor _actor = Actor.ForKey(key);
 
@@ -35,6 +36,8 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
           builds show ID                  one build
           builds log ID                   its log
           pushes                          recent pushes of builds' outputs to the account's push-to caches
+          push-key                        the key Kiln logs in with to the account's ssh-ng:// push-to targets
+                                          (add it to their authorized_keys)
           ci summary --tag NAME=VALUE     what a tagged CI run's builds came to, as Markdown
           usage [--since DATE] [--until DATE] [--by day|month]
                                           builds started, CPU and wall hours, and storage per day or month
@@ -118,6 +121,10 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             case "builds":
                 Need(KeyPermissions.BuildRead);
                 return await BuildsAsync(words, json, cancellationToken).ConfigureAwait(false);
+            case "push-key" when pushKey is not null:
+                Need(KeyPermissions.BuildRead);
+                var line = await pushKey(key.AccountId, cancellationToken).ConfigureAwait(false);
+                return Show(json, new { publicKey = line }, line);
             case "pushes":
                 Need(KeyPermissions.BuildRead);
                 var recent = (await view.PushesAsync(0, 50, cancellationToken).ConfigureAwait(false)).Select(PushDocument.Of).ToList();

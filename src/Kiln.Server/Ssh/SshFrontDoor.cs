@@ -225,7 +225,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     {
                         await AnswerAsync(stream, "ok framed", stoppingToken).ConfigureAwait(false);
                         using var shellView = store.OpenView(KilnStore.CallerForSshKey(key));
-                        var shell = new AdminShell(accounts, key, shellView, stream, _serverSettings);
+                        var shell = new AdminShell(accounts, key, shellView, stream, _serverSettings, (account, token) => Kiln.Push.PushKeys.PublicKeyAsync(store, account, token));
                         var shown = Printable(command);
                         try
                         {

@@ -33,10 +33,14 @@ public interface IPushMetadata
     Task<IReadOnlyList<PushRecord>> ClaimPushesAsync(long now, long leaseUntil, int limit, CancellationToken cancellationToken);
 
     /// <summary>
-    /// Records a try's end: done (<paramref name="message"/> empty), to be tried again at <paramref name="retryAt"/>
-    /// (<see cref="PushState.Queued"/>), or failed for good.
+    /// Records the end of try <paramref name="attempt"/>: done (<paramref name="message"/> empty), to be tried again at
+    /// <paramref name="retryAt"/> (<see cref="PushState.Queued"/>), or failed for good. Only that try's claim is ended:
+    /// a front door whose lease ran out (and whose row another claimed since) changes nothing.
     /// </summary>
-    Task FinishPushAsync(long id, PushState state, long uploaded, string message, long retryAt, CancellationToken cancellationToken);
+    Task FinishPushAsync(long id, int attempt, PushState state, long uploaded, string message, long retryAt, CancellationToken cancellationToken);
+
+    /// <summary>Gives a claimed push back untried (it is due at <paramref name="due"/>, its try not counted).</summary>
+    Task ReleasePushAsync(long id, int attempt, long due, CancellationToken cancellationToken);
 
     /// <summary>The account's pushes, newest first: all of them, or one build's (<paramref name="build"/> other than 0).</summary>
     Task<IReadOnlyList<PushRecord>> GetPushesAsync(long account, long build, int limit, CancellationToken cancellationToken);

@@ -332,6 +332,7 @@ internal static class MetadataRows
         "DELETE FROM storage_samples WHERE account_id = @a",
         "DELETE FROM transfers WHERE account_id = @a",
         "DELETE FROM pushes WHERE account_id = @a",
+        "DELETE FROM server_secrets WHERE name = 'push-ssh-key:' || CAST(@a AS TEXT)",
         "DELETE FROM settings WHERE account_id = @a",
         $"UPDATE accounts SET name = '{Accounts.AccountName.DeletedPrefix} ' || id || ')', public_cache = false, substituters = '', trusted_public_keys = '', netrc = '' WHERE id = @a",
     ];
@@ -349,7 +350,9 @@ internal static class MetadataRows
         RETURNING {PushColumns}
         """;
 
-    public const string FinishPush = "UPDATE pushes SET state = @s, uploaded = @u, error = @e, next_attempt = @r, finished = @f WHERE id = @i";
+    public const string FinishPush = "UPDATE pushes SET state = @s, uploaded = @u, error = @e, next_attempt = @r, finished = @f WHERE id = @i AND attempts = @t AND state = 'queued'";
+
+    public const string ReleasePush = "UPDATE pushes SET attempts = attempts - 1, next_attempt = @n WHERE id = @i AND attempts = @t AND state = 'queued'";
 
     public const string Pushes = $"SELECT {PushColumns} FROM pushes WHERE account_id = @a AND (@b = 0 OR build_id = @b) ORDER BY id DESC LIMIT @c";
 

@@ -14,6 +14,9 @@ public enum PushTargetKind
 
     /// <summary>An S3 bucket (<c>s3://BUCKET/PREFIX?endpoint=…&amp;region=…</c>).</summary>
     S3,
+
+    /// <summary>A Nix daemon over SSH (<c>ssh-ng://USER@HOST:PORT?base64-ssh-public-host-key=…</c>), logged into with the account's push key.</summary>
+    SshNg,
 }
 
 /// <summary>
@@ -27,6 +30,10 @@ public sealed record PushTarget(string Url, PushTargetKind Kind, Uri Location, s
 {
     private static readonly string[] CommonParameters = ["compression", "compression-level"];
     private static readonly string[] S3Parameters = ["region", "endpoint", "path_style"];
+    private const string HostKeyParameter = "base64-ssh-public-host-key";
+
+    /// <summary>An <c>ssh-ng://</c> target's host key, <c>TYPE BASE64</c> (checked on every login: no first-use trust).</summary>
+    public string? HostKey { get; private init; }
 
     /// <summary>The location without Kiln's parameters (an S3 location keeps its own).</summary>
     public string Base { get; private init; } = "";
@@ -51,10 +58,11 @@ public sealed record PushTarget(string Url, PushTargetKind Kind, Uri Location, s
             "file" => PushTargetKind.File,
             "http" or "https" => PushTargetKind.Http,
             "s3" => PushTargetKind.S3,
-            "ssh" or "ssh-ng" => throw Invalid("is an SSH store: Kiln pushes to file://, http(s):// and s3:// binary caches"),
-            _ => throw Invalid("is not a file://, http(s):// or s3:// binary cache"),
+            "ssh-ng" => PushTargetKind.SshNg,
+            "ssh" => throw Invalid("is an ssh:// store: Kiln pushes to Nix daemons over ssh-ng://"),
+            _ => throw Invalid("is not a file://, http(s):// or s3:// binary cache or an ssh-ng:// store"),
         };
-        if (uri.UserInfo.Length > 0)
+        if (uri.UserInfo.Length > 0 && !(kind == PushTargetKind.SshNg && !uri.UserInfo.Contains(':', StringComparison.Ordinal)))
         {
             throw Invalid("carries credentials: put them in the account's netrc (kiln account settings --netrc), where they are not shown");
         }
@@ -74,15 +82,20 @@ public sealed record PushTarget(string Url, PushTargetKind Kind, Uri Location, s
             throw Invalid("names no host");
         }
 
-        var compression = "xz";
+        var compression = kind == PushTargetKind.SshNg ? "none" : "xz";
         int? level = null;
+        string? hostKey = null;
         var kept = new List<string>();
         foreach (var pair in uri.Query.TrimStart('?').Split('&', StringSplitOptions.RemoveEmptyEntries))
         {
             var equals = pair.IndexOf('=', StringComparison.Ordinal);
             var name = Uri.UnescapeDataString(equals < 0 ? pair : pair[..equals]);
             var value = equals < 0 ? "" : Uri.UnescapeDataString(pair[(equals + 1)..]);
-            if (name == "compression")
+            if (kind == PushTargetKind.SshNg)
+            {
+                hostKey = name == HostKeyParameter ? HostKeyOf(value) : throw Invalid($"has the parameter '{Short(name)}' (an ssh-ng:// target takes {HostKeyParameter} only)");
+            }
+            else if (name == "compression")
             {
                 compression = Compressors.Methods.Contains(value) ? value : throw Invalid($"asks for compression '{Short(value)}' (Kiln writes {string.Join(", ", Compressors.Methods)})");
             }
@@ -92,6 +105,12 @@ public sealed record PushTarget(string Url, PushTargetKind Kind, Uri Location, s
             }
             else if (kind == PushTargetKind.S3 && S3Parameters.Contains(name))
             {
+                if (name == "endpoint" && Uri.TryCreate(value, UriKind.Absolute, out var endpoint)
+                    && (endpoint.UserInfo.Length > 0 || (endpoint.Host.EndsWith("amazonaws.com", StringComparison.OrdinalIgnoreCase) && !endpoint.Host.EndsWith(".amazonaws.com", StringComparison.OrdinalIgnoreCase))))
+                {
+                    throw Invalid(endpoint.UserInfo.Length > 0 ? "has an endpoint carrying credentials: put them in the account's netrc" : "has an endpoint that looks like AWS's and is not");
+                }
+
                 kept.Add(pair);
             }
             else
@@ -100,13 +119,29 @@ public sealed record PushTarget(string Url, PushTargetKind Kind, Uri Location, s
             }
         }
 
-        if (level is { } chosen && !Compressors.IsLevel(compression, chosen))
+        if (kind == PushTargetKind.SshNg && hostKey is null)
         {
-            throw Invalid($"asks for {compression} level {chosen}");
+            throw Invalid($"needs {HostKeyParameter}=… (the host's public key line, base64, as Nix's machines files give it): Kiln logs in only where it knows the host");
+        }
+
+        if (kind == PushTargetKind.SshNg && (uri.AbsolutePath.Trim('/').Length > 0 || uri.Host.StartsWith('-') || uri.UserInfo.StartsWith('-')))
+        {
+            throw Invalid("is not ssh-ng://[USER@]HOST[:PORT]");
+        }
+
+        // (xz above 6 needs hundreds of MiB per encoder: a push may not ask the server for that.)
+        if (level is { } chosen && (!Compressors.IsLevel(compression, chosen) || (compression == "xz" && chosen > 6)))
+        {
+            throw Invalid($"asks for {compression} level {chosen} (xz takes 0 to 6 here, zstd 1 to 19)");
         }
 
         var path = uri.GetComponents(UriComponents.SchemeAndServer | UriComponents.Path, UriFormat.UriEscaped).TrimEnd('/');
         var basePart = kept.Count == 0 ? path : path + "?" + string.Join('&', kept);
+        if (kind == PushTargetKind.SshNg)
+        {
+            basePart = $"ssh-ng://{(uri.UserInfo.Length > 0 ? Uri.UnescapeDataString(uri.UserInfo) + "@" : "")}{uri.Authority}";
+        }
+
         if (kind == PushTargetKind.S3)
         {
             try
@@ -119,7 +154,7 @@ public sealed record PushTarget(string Url, PushTargetKind Kind, Uri Location, s
             }
         }
 
-        return new PushTarget(text, kind, uri, compression, level) { Base = basePart };
+        return new PushTarget(text, kind, uri, compression, level) { Base = basePart, HostKey = hostKey };
     }
 
     /// <summary>Parses a <c>push-to</c> value: targets separated by spaces; returns its canonical text (each target once, in order).</summary>
@@ -145,6 +180,26 @@ public sealed record PushTarget(string Url, PushTargetKind Kind, Uri Location, s
 
     /// <summary>The URL without its query, as listings show it.</summary>
     public override string ToString() => Base;
+
+    // A host key as Nix's machines files give it: the base64 of "TYPE BASE64-BLOB".
+    private static string HostKeyOf(string base64)
+    {
+        try
+        {
+            var line = System.Text.Encoding.UTF8.GetString(Convert.FromBase64String(base64)).Trim();
+            var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length >= 2 && (parts[0].StartsWith("ssh-", StringComparison.Ordinal) || parts[0].StartsWith("ecdsa-", StringComparison.Ordinal)))
+            {
+                _ = Convert.FromBase64String(parts[1]);
+                return $"{parts[0]} {parts[1]}";
+            }
+        }
+        catch (FormatException)
+        {
+        }
+
+        throw Invalid($"has a {HostKeyParameter} that is not a host's public key line in base64");
+    }
 
     private static string Short(string text) => text.Length > 20 ? text[..20] + "…" : text;
 

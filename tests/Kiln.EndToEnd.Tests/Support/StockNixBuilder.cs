@@ -169,7 +169,21 @@ public sealed class StockNixBuilder : IDisposable
     /// Puts <paramref name="nar"/> at <paramref name="path"/> in the builder's store, as its own users could, through its
     /// daemon (over SSH, with the worker protocol's client).
     /// </summary>
-    public async Task AddAsync(StorePath path, byte[] nar)
+    public Task AddAsync(StorePath path, byte[] nar) => WithDaemonAsync(async daemon =>
+    {
+        var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
+        await daemon.AddToStoreNarAsync(new ValidPathInfo { Path = path, NarHash = hash, NarSize = nar.Length }, new MemoryStream(nar), repair: false, CancellationToken.None);
+        return true;
+    });
+
+    /// <summary>What the builder's daemon says of <paramref name="path"/> (null: not valid there).</summary>
+    public Task<ValidPathInfo?> PathInfoAsync(StorePath path) => WithDaemonAsync(daemon => daemon.QueryPathInfoAsync(path, CancellationToken.None));
+
+    /// <summary>Lets another key log in as root (Kiln's push key, say).</summary>
+    public void Authorize(string publicKeyLine) => File.AppendAllText(_temp["authorized_keys"], publicKeyLine.Trim() + "\n");
+
+    // One session with the builder's daemon, as root with the test's own key.
+    private async Task<T> WithDaemonAsync<T>(Func<WorkerClient, Task<T>> work)
     {
         var knownHosts = Path.Combine(_temp.Path, "test_known_hosts");
         File.WriteAllText(knownHosts, KnownHostsLine + "\n");
@@ -185,10 +199,10 @@ public sealed class StockNixBuilder : IDisposable
 
         using var ssh = Process.Start(info)!;
         var daemon = await WorkerClient.ConnectAsync(PipeReader.Create(ssh.StandardOutput.BaseStream), PipeWriter.Create(ssh.StandardInput.BaseStream), CancellationToken.None);
-        var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
-        await daemon.AddToStoreNarAsync(new ValidPathInfo { Path = path, NarHash = hash, NarSize = nar.Length }, new MemoryStream(nar), repair: false, CancellationToken.None);
+        var result = await work(daemon);
         ssh.StandardInput.Close();
         await ssh.WaitForExitAsync();
+        return result;
     }
 
     public void Dispose()

@@ -20,12 +20,19 @@ public sealed partial class SqliteMetadataStore
                 MetadataRows.ReadPush, cancellationToken).ConfigureAwait(false),
             cancellationToken);
 
-    public Task FinishPushAsync(long id, PushState state, long uploaded, string message, long retryAt, CancellationToken cancellationToken) =>
+    public Task FinishPushAsync(long id, int attempt, PushState state, long uploaded, string message, long retryAt, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            using var update = Command(connection, MetadataRows.FinishPush, transaction, ("@i", id), ("@s", MetadataRows.StateName(state)), ("@u", uploaded),
+            using var update = Command(connection, MetadataRows.FinishPush, transaction, ("@i", id), ("@t", (long)attempt), ("@s", MetadataRows.StateName(state)), ("@u", uploaded),
                 ("@e", message), ("@r", retryAt), ("@f", state == PushState.Queued ? 0 : MetadataRows.Now()));
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task ReleasePushAsync(long id, int attempt, long due, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var release = Command(connection, MetadataRows.ReleasePush, transaction, ("@i", id), ("@t", (long)attempt), ("@n", due));
+            await release.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
     public Task<IReadOnlyList<PushRecord>> GetPushesAsync(long account, long build, int limit, CancellationToken cancellationToken) =>
