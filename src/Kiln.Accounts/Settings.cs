@@ -239,9 +239,38 @@ public static class Settings
 
     public static SettingDefinition PushReused { get; } = new("push-reused", SettingKind.Switch, "Whether outputs Kiln reused (built before, for anyone) are pushed to push-to too, not only those built for the account now.") { AccountWide = true };
 
+    public static SettingDefinition Tags { get; } = new("tags", SettingKind.Text, "Tags (name=value, space-separated) every build the account's (or the key's) sessions ask for gets, besides the session's own KILN_TAG_* (which win on the same name).") { Canonical = CanonicalTags };
+
     public static IReadOnlyList<SettingDefinition> All { get; } =
         [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, RetentionBuilds, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
-            SettingsFromSshEnv, SettingsFromDrvEnv, PushTo, PushReused];
+            SettingsFromSshEnv, SettingsFromDrvEnv, PushTo, PushReused, Tags];
+
+    // Tags as the setting keeps them: each name=value checked, a name once (the last one given), at most BuildTag.MaxTags.
+    private static string CanonicalTags(string text)
+    {
+        var tags = new List<BuildTag>();
+        foreach (var word in text.Split([' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries))
+        {
+            try
+            {
+                var tag = BuildTag.Parse(word);
+                tags.RemoveAll(t => t.Name == tag.Name);
+                tags.Add(tag);
+            }
+            catch (FormatException e)
+            {
+                throw new KilnException(ErrorKind.Invalid, e.Message);
+            }
+        }
+
+        return tags.Count <= BuildTag.MaxTags
+            ? string.Join(' ', tags)
+            : throw new KilnException(ErrorKind.Invalid, $"at most {BuildTag.MaxTags} tags");
+    }
+
+    /// <summary>The tags of a <see cref="Tags"/> value (canonical text).</summary>
+    public static IReadOnlyList<BuildTag> TagsOf(string text) =>
+        [.. (text ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(BuildTag.Parse)];
 
     /// <summary>The setting with that name.</summary>
     /// <exception cref="KilnException">There is none (Invalid), with the names there are.</exception>

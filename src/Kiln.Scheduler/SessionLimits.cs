@@ -52,6 +52,16 @@ public sealed record SessionLimits(TimeSpan Timeout, TimeSpan MaxSilentTime, lon
     /// <summary>Whether outputs reused from an earlier build are pushed too (<c>push-reused</c>), not only those built now.</summary>
     public bool PushReused { get; init; }
 
+    /// <summary>The account's or key's <c>tags</c> setting: every build the session asks for gets them.</summary>
+    public IReadOnlyList<Kiln.Store.Metadata.BuildTag> Tags { get; init; } = [];
+
+    /// <summary>The session's own tags (<c>KILN_TAG_*</c>) with <see cref="Tags"/>, the session's winning where both name one.</summary>
+    public IReadOnlyList<Kiln.Store.Metadata.BuildTag> TagsWith(IReadOnlyList<Kiln.Store.Metadata.BuildTag> session)
+    {
+        ArgumentNullException.ThrowIfNull(session);
+        return [.. session.Concat(Tags.Where(t => session.All(s => s.Name != t.Name))).Take(Kiln.Store.Metadata.BuildTag.MaxTags)];
+    }
+
     /// <summary>
     /// The limits for one derivation's build, with its own <c>KILN_*</c> attributes as the narrowest level; null where
     /// the account does not read them (<c>settings-from-drv-env</c> off, the default): these limits hold as they are.

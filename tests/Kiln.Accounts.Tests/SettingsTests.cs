@@ -117,6 +117,19 @@ public sealed class SettingsTests
         Assert.Equal(("", SettingLevel.Server, "none"), (none.Text, none.Origin, none.Shown));
     }
 
+    [Fact]
+    public void Tags_come_from_the_account_or_the_key_and_are_kept_checked()
+    {
+        Assert.Equal("ci=github team=web", Settings.Tags.Normalize(" team=api ci=github team=web "));
+        Assert.Equal(ErrorKind.Invalid, Assert.Throws<KilnException>(() => Settings.Tags.Normalize("no-equals")).Kind);
+        Assert.Equal(ErrorKind.Invalid, Assert.Throws<KilnException>(() => Settings.Tags.Normalize(string.Join(' ', Enumerable.Range(0, 17).Select(i => $"t{i}=x")))).Kind);
+        var stored = new[] { new SettingRecord("", "tags", "team=web", false), new SettingRecord(Key, "tags", "team=web runner=7", false) };
+        var all = Settings.Resolve(new Dictionary<string, long>(), stored, Key, new Dictionary<string, string> { ["KILN_TAGS"] = "x=y" });
+        Assert.Equal([new BuildTag("team", "web"), new BuildTag("runner", "7")], Settings.TagsOf(Settings.TextOf(all, Settings.Tags)));
+        var final = Settings.Resolve(new Dictionary<string, long>(), [new SettingRecord("", "tags", "team=web", true), stored[1]], Key, null);
+        Assert.Equal("team=web", Settings.TextOf(final, Settings.Tags)); // the account's final holds
+    }
+
     [Theory]
     [InlineData("  https://a.example.org   https://a.example.org file:///srv/x?compression=zstd ", "https://a.example.org file:///srv/x?compression=zstd")]
     [InlineData("", "")]

@@ -82,8 +82,11 @@ public sealed class SettingsTests
 
         // Off by default: the attribute is a plain environment variable, the build runs its four seconds. Its tag is
         // kept with the build for the account (tags need no setting).
+        // The account's tags setting is given to every build as well.
+        kiln.Cli("settings", "set", "alice", "tags", "team=web");
         client.Ok(kiln, Build(Sleeper("ignored")));
         Assert.Contains("ignored", SshTests.Shell(kiln, alice, null, "kiln", "builds", "list", "--tag", "suite=slow-ignored").StdoutText, StringComparison.Ordinal);
+        Assert.Contains("ignored", SshTests.Shell(kiln, alice, null, "kiln", "builds", "list", "--tag", "team=web").StdoutText, StringComparison.Ordinal);
 
         // The account turns it on: the derivation's own timeout holds, with Nix's message.
         Assert.Contains("settings-from-drv-env = 1", SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "settings-from-drv-env", "on").StdoutText, StringComparison.Ordinal);

@@ -213,9 +213,9 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     var command = string.Join(' ', header.Command.Split(' ', StringSplitOptions.RemoveEmptyEntries));
                     if (command is "nix-store --serve" or "nix-store --serve --write" && key.Permissions.HasFlag(KeyPermissions.StoreRead))
                     {
+                        var serveLimits = await SessionLimitsAsync(key, header.Environment, sessionToken).ConfigureAwait(false);
                         var served = await ServeLegacyAsync(socket, stream, key, write: command.EndsWith("--write", StringComparison.Ordinal),
-                            BuildTag.FromEnvironment(header.Environment), await SessionLimitsAsync(key, header.Environment, sessionToken).ConfigureAwait(false),
-                            sessionToken).ConfigureAwait(false);
+                            serveLimits.TagsWith(BuildTag.FromEnvironment(header.Environment)), serveLimits, sessionToken).ConfigureAwait(false);
                         var servedEnd = Ended(served.CloseReason);
                         LogSession(logger, id, key.AccountName, key.Fingerprint, command, servedEnd, served.Operations, watch.Elapsed.TotalSeconds);
                         return;
@@ -266,7 +266,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                     await AnswerAsync(stream, "ok", stoppingToken).ConfigureAwait(false);
                     using var view = store.OpenView(KilnStore.CallerForSshKey(key));
                     var summary = await DaemonSocketService.RunWorkerSessionAsync(socket, view, SessionOptions(key), scheduler, logger, sessionToken,
-                        BuildTag.FromEnvironment(header.Environment), limits).ConfigureAwait(false);
+                        limits.TagsWith(BuildTag.FromEnvironment(header.Environment)), limits).ConfigureAwait(false);
                     var end = Ended(summary.CloseReason);
                     LogSession(logger, id, key.AccountName, key.Fingerprint, command, end, summary.Operations, watch.Elapsed.TotalSeconds);
                 }
@@ -295,6 +295,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
             // (Account-wide: the session's pushes, whatever a derivation's attributes say.)
             PushTo = Kiln.Accounts.Settings.TextOf(resolved, Kiln.Accounts.Settings.PushTo).Split(' ', StringSplitOptions.RemoveEmptyEntries),
             PushReused = effective[Kiln.Accounts.Settings.PushReused.Name] != 0,
+            Tags = Kiln.Accounts.Settings.TagsOf(Kiln.Accounts.Settings.TextOf(resolved, Kiln.Accounts.Settings.Tags)),
             ForDerivation = fromDerivations
                 ? attributes => Limits(Kiln.Accounts.Settings.ByName(Kiln.Accounts.Settings.Resolve(_serverSettings, stored, scope, environment, attributes)))
                 : null,
