@@ -301,7 +301,16 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     {
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.None);
-        return await settings.GetSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+        var stored = await settings.GetSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+        if (!actor.IsOperator && !actor.Permissions.HasFlag(KeyPermissions.AccountWrite))
+        {
+            return stored; // (substituter addresses can carry credentials: only those who manage the account read them)
+        }
+
+        // The upstream caches live with the account's record; they are shown as its settings.
+        var upstream = await settings.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+        return [.. stored, .. new[] { (Settings.Substituters, upstream.Substituters), (Settings.TrustedPublicKeys, upstream.TrustedPublicKeys) }
+            .Where(u => u.Item2.Length > 0).Select(u => new SettingRecord("", u.Item1.Name, u.Item2, Final: false))];
     }
 
     /// <summary>
@@ -318,6 +327,12 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         RefuseQuota(actor, definition, keyFingerprint);
         var record = new SettingRecord(await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false), definition.Name,
             definition.Normalize(value), final);
+        if (definition.Upstream)
+        {
+            await SetUpstreamAsync(account, definition, record.Value, cancellationToken).ConfigureAwait(false);
+            return record with { Final = false };
+        }
+
         await RefuseFinalAsync(actor, account, record.Scope, record.Name, cancellationToken).ConfigureAwait(false);
         await settings.SetSettingAsync(account.Id, record, cancellationToken).ConfigureAwait(false);
         return record;
@@ -326,9 +341,9 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     // A quota protects everyone else: the operator sets it, for the account as a whole (a key's would never be read).
     private static void RefuseQuota(Actor actor, SettingDefinition definition, string? keyFingerprint)
     {
-        if (definition.Quota && !actor.IsOperator)
+        if (definition.OperatorOnly && !actor.IsOperator)
         {
-            throw new KilnException(ErrorKind.Forbidden, $"{definition.Name} is a quota: only the operator changes it ('kiln settings')");
+            throw new KilnException(ErrorKind.Forbidden, $"{definition.Name} is {(definition.Quota ? "a quota" : "the operator's")}: only the operator changes it ('kiln settings')");
         }
 
         if (definition.AccountWide && keyFingerprint is not null)
@@ -354,9 +369,19 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         var scope = await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false);
         var definition = Settings.Find(name);
         RefuseQuota(actor, definition, keyFingerprint);
+        if (definition.Upstream)
+        {
+            var upstream = await settings.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+            await SetUpstreamAsync(account, definition, "", cancellationToken).ConfigureAwait(false);
+            return (definition == Settings.Substituters ? upstream.Substituters : upstream.TrustedPublicKeys).Length > 0;
+        }
+
         await RefuseFinalAsync(actor, account, scope, definition.Name, cancellationToken).ConfigureAwait(false);
         return await settings.UnsetSettingAsync(account.Id, scope, definition.Name, cancellationToken).ConfigureAwait(false);
     }
+
+    private Task SetUpstreamAsync(AccountRecord account, SettingDefinition definition, string value, CancellationToken cancellationToken) =>
+        settings.SetUpstreamSettingsAsync(account.Id, definition == Settings.Substituters ? value : null, definition == Settings.TrustedPublicKeys ? value : null, null, cancellationToken);
 
     // The account's level, or one of its keys' (another account's key is not found, as if it did not exist).
     private async Task<string> ScopeAsync(AccountRecord account, string? keyFingerprint, CancellationToken cancellationToken)

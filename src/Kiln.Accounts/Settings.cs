@@ -62,6 +62,24 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     /// </summary>
     public bool Quota { get; init; }
 
+    /// <summary>The operator's alone to set for an account (every quota; the upstream caches): the account's own keys neither set nor lift it.</summary>
+    public bool OperatorOnly
+    {
+        get => _operatorOnly || Quota;
+        init => _operatorOnly = value;
+    }
+
+    private readonly bool _operatorOnly;
+
+    /// <summary>
+    /// Kept with the account's upstream caches rather than with the other settings (<c>substituters</c>,
+    /// <c>trusted-public-keys</c>; also <c>kiln account set</c>): the substituter reads them there.
+    /// </summary>
+    public bool Upstream { get; init; }
+
+    /// <summary>What an empty text value means (<c>none</c>, or the server's default).</summary>
+    public string EmptyText { get; init; } = "none";
+
     /// <summary>The account's as a whole (<c>retention</c>; every quota): set for the account, never for a key, and not read from sessions or derivations.</summary>
     public bool AccountWide
     {
@@ -185,7 +203,7 @@ public sealed record EffectiveSetting(SettingDefinition Definition, long Value, 
     public object JsonValue => Definition.Kind == SettingKind.Text ? Text : Value;
 
     /// <summary>The value as listings show it.</summary>
-    public string Shown => Definition.Kind == SettingKind.Text ? Text.Length == 0 ? "none" : Text : Definition.Format(Value);
+    public string Shown => Definition.Kind == SettingKind.Text ? Text.Length == 0 ? Definition.EmptyText : Text : Definition.Format(Value);
 
     /// <summary>Its line in a settings listing (the shell's, the CLI's); <paramref name="server"/> names the server's level.</summary>
     public string ToLine(string server = "server") =>
@@ -239,11 +257,39 @@ public static class Settings
 
     public static SettingDefinition PushReused { get; } = new("push-reused", SettingKind.Switch, "Whether outputs Kiln reused (built before, for anyone) are pushed to push-to too, not only those built for the account now.") { AccountWide = true };
 
+    public static SettingDefinition Substituters { get; } = new("substituters", SettingKind.Text, "Upstream binary caches (http(s):// URLs) Kiln substitutes from for the account, first preferred; none: the server's --substituters. The operator's to set.")
+    {
+        AccountWide = true, OperatorOnly = true, Upstream = true, EmptyText = "the server's", Canonical = CanonicalSubstituters,
+    };
+
+    public static SettingDefinition TrustedPublicKeys { get; } = new("trusted-public-keys", SettingKind.Text, "Keys (name:base64) whose signatures the account trusts on what its substituters serve, besides the server's. The operator's to set.")
+    {
+        AccountWide = true, OperatorOnly = true, Upstream = true, EmptyText = "the server's only", Canonical = CanonicalKeys,
+    };
+
     public static SettingDefinition Tags { get; } = new("tags", SettingKind.Text, "Tags (name=value, space-separated) every build the account's (or the key's) sessions ask for gets, besides the session's own KILN_TAG_* (which win on the same name).") { Canonical = CanonicalTags };
 
     public static IReadOnlyList<SettingDefinition> All { get; } =
         [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, RetentionBuilds, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
-            SettingsFromSshEnv, SettingsFromDrvEnv, PushTo, PushReused, Tags];
+            SettingsFromSshEnv, SettingsFromDrvEnv, Substituters, TrustedPublicKeys, PushTo, PushReused, Tags];
+
+    private static string CanonicalSubstituters(string text) => string.Join(' ', text.Split([' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries).Distinct(StringComparer.Ordinal)
+        .Select(url => Uri.TryCreate(url, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps)
+            ? url
+            : throw new KilnException(ErrorKind.Invalid, $"'{(url.Length > 60 ? url[..60] + "…" : url)}' is not an http:// or https:// binary cache")));
+
+    private static string CanonicalKeys(string text) => string.Join(' ', text.Split([' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries).Distinct(StringComparer.Ordinal)
+        .Select(key =>
+        {
+            try
+            {
+                return Kiln.Nix.Signing.PublicKey.Parse(key).ToString();
+            }
+            catch (Kiln.Nix.NixFormatException e)
+            {
+                throw new KilnException(ErrorKind.Invalid, e.Message);
+            }
+        }));
 
     // Tags as the setting keeps them: each name=value checked, a name once (the last one given), at most BuildTag.MaxTags.
     private static string CanonicalTags(string text)

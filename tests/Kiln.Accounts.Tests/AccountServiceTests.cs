@@ -214,6 +214,31 @@ public sealed class AccountServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Upstream_caches_are_the_operators_settings_kept_with_the_account_and_shown_to_those_who_manage_it()
+    {
+        var (alice, manager, _) = await LoginAsync("alice", KeyPermissions.All);
+        var (_, readerPublic) = NewKey("reader");
+        var reader = Actor.ForKey((await _service.AddKeyAsync(Actor.Operator, alice, readerPublic, KeyPermissions.StoreRead, null, default)).Added!);
+        var key = Kiln.Nix.Signing.SecretKey.Generate("up-1").PublicKey.ToString();
+
+        await _service.SetSettingAsync(Actor.Operator, alice, "substituters", " https://a.example.org  https://b.example.org ", null, final: false, default);
+        await _service.SetSettingAsync(Actor.Operator, alice, "trusted-public-keys", key, null, final: false, default);
+        Assert.Equal(new UpstreamSettings("https://a.example.org https://b.example.org", key, ""), await _metadata.GetUpstreamSettingsAsync(alice.Id, default));
+        await Refused(ErrorKind.Forbidden, () => _service.SetSettingAsync(manager, alice, "substituters", "https://evil.example.org", null, final: false, default));
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(Actor.Operator, alice, "substituters", "ftp://x", null, final: false, default));
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(Actor.Operator, alice, "trusted-public-keys", "not-a-key", null, final: false, default));
+
+        var shown = Settings.Resolve(new Dictionary<string, long>(), await _service.StoredSettingsAsync(manager, alice, default), null, null);
+        Assert.Equal("https://a.example.org https://b.example.org", Settings.TextOf(shown, Settings.Substituters));
+        var hidden = Settings.Resolve(new Dictionary<string, long>(), await _service.StoredSettingsAsync(reader, alice, default), null, null);
+        Assert.Equal(("", "the server's"), (Settings.TextOf(hidden, Settings.Substituters), hidden.Single(e => e.Definition == Settings.Substituters).Shown));
+
+        Assert.True(await _service.UnsetSettingAsync(Actor.Operator, alice, "substituters", null, default));
+        Assert.False(await _service.UnsetSettingAsync(Actor.Operator, alice, "substituters", null, default));
+        Assert.Equal(new UpstreamSettings("", key, ""), await _metadata.GetUpstreamSettingsAsync(alice.Id, default));
+    }
+
+    [Fact]
     public async Task Tokens_signing_keys_and_settings_follow_the_same_rules()
     {
         var (alice, actor, _) = await LoginAsync("alice", KeyPermissions.StoreRead | KeyPermissions.StoreWrite | KeyPermissions.AccountWrite);
