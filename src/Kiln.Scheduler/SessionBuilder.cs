@@ -69,6 +69,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
         private readonly IReadOnlyList<BuildTag> _tags;
         private readonly ClientBuildSettings _settings;
         private readonly SessionLimits _limits;
+        private int _pushNoted; // (the client is told once per session that pushes run)
         private readonly IBuildEvents _events;
         private readonly CancellationTokenSource _stop;
         private readonly ConcurrentDictionary<StorePath, Lazy<Task<Step>>> _steps = new();
@@ -426,6 +427,11 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
             if (_limits.PushTo.Count == 0 || (reused && !_limits.PushReused) || _scheduler.Pushes is not { } pushes)
             {
                 return;
+            }
+
+            if (Interlocked.Exchange(ref _pushNoted, 1) == 0)
+            {
+                _events.Message($"kiln: the outputs of this session's builds are pushed to the account's push-to caches ({_limits.PushTo.Count}) in the background; 'pushes' in Kiln's shell shows how it goes");
             }
 
             var names = outputs.Select(o => o.BaseName).ToList();

@@ -54,6 +54,8 @@ public static partial class KilnServer
                 await ServiceKeys.ShareHostKeyAsync(options.SshDirectory, store.Settings, cancellationToken).ConfigureAwait(false);
             }
 
+            // Credentials kept before they were sealed at rest are sealed now (a quick pass over the accounts).
+            await store.SealLegacyCredentialsAsync(cancellationToken).ConfigureAwait(false);
             var accounts = new AccountService(store.Accounts, store.Settings, new SshKeygenProofs(), AccountService.InstanceName(buildKey.PublicKey));
             store.AccountPolicy = new SettingsAccountPolicy(store.Settings, ServerSettings.Of(options));
 

@@ -92,6 +92,9 @@ public sealed class CredentialSeal
     public static Metadata.ISettingsMetadata Sealing(Metadata.ISettingsMetadata inner, string dataDirectory) =>
         new SealedSettings(inner, new Lazy<CredentialSeal>(() => ForDataDirectory(dataDirectory), LazyThreadSafetyMode.PublicationOnly));
 
+    /// <summary>Whether a stored text is sealed (rather than kept from before sealing).</summary>
+    public static bool IsSealed(string stored) => stored?.StartsWith(Prefix, StringComparison.Ordinal) == true;
+
     /// <summary>Makes a key's text (for <c>--credentials-key</c> files).</summary>
     public static string NewKeyText() => Convert.ToBase64String(RandomNumberGenerator.GetBytes(32));
 

@@ -68,6 +68,23 @@ public sealed class KilnStore : IAsyncDisposable
     private Lazy<CredentialSeal> SealLoader => _seal ??= new Lazy<CredentialSeal>(() => CredentialSeal.ForDataDirectory(Options.DataDirectory), LazyThreadSafetyMode.PublicationOnly);
 
     private SealedSettings? _settings;
+
+    /// <summary>Seals accounts' credentials stored before sealing existed (kiln serve does at start); returns how many it sealed.</summary>
+    public async Task<int> SealLegacyCredentialsAsync(CancellationToken cancellationToken)
+    {
+        var sealedCount = 0;
+        foreach (var account in await Metadata.ListAccountsAsync(cancellationToken).ConfigureAwait(false))
+        {
+            var stored = await Metadata.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+            if (stored.Netrc.Length > 0 && !CredentialSeal.IsSealed(stored.Netrc))
+            {
+                await Settings.SetUpstreamSettingsAsync(account.Id, null, null, stored.Netrc, cancellationToken).ConfigureAwait(false);
+                sealedCount++;
+            }
+        }
+
+        return sealedCount;
+    }
     private Lazy<CredentialSeal>? _seal;
 
     /// <summary>

@@ -45,6 +45,7 @@ public sealed class PushTests
             var built = client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, dag, "--no-out-link"]);
             var outputs = built.StdoutText.Split('\n', StringSplitOptions.RemoveEmptyEntries);
             Assert.Equal(2, outputs.Length);
+            Assert.Contains("kiln: the outputs of this session's builds are pushed to the account's push-to caches (3)", built.Stderr, StringComparison.Ordinal);
 
             // Four builds, three targets each: the reachable ones are done soon, the unreachable one is retried.
             var pushes = WaitForPushes(kiln, alice, p => p.Count(x => x.State == "done") == 8 && p.Where(x => x.Target == Unreachable).All(x => x.Attempts >= 2));

@@ -37,6 +37,12 @@ public sealed class CredentialSealTests : IAsyncLifetime
         Assert.Equal("", (await _store.Metadata.GetUpstreamSettingsAsync(alice, default)).Netrc);
         await _store.Metadata.SetUpstreamSettingsAsync(alice, null, null, Netrc, default);
         Assert.Equal(Netrc, (await _store.Settings.GetUpstreamSettingsAsync(alice, default)).Netrc);
+
+        // The server seals such text when it starts.
+        Assert.Equal(1, await _store.SealLegacyCredentialsAsync(default));
+        Assert.StartsWith("kiln-sealed-v1:", (await _store.Metadata.GetUpstreamSettingsAsync(alice, default)).Netrc, StringComparison.Ordinal);
+        Assert.Equal(Netrc, (await _store.Settings.GetUpstreamSettingsAsync(alice, default)).Netrc);
+        Assert.Equal(0, await _store.SealLegacyCredentialsAsync(default));
     }
 
     [Fact]
