@@ -259,12 +259,20 @@ public static class Settings
 
     public static SettingDefinition Substituters { get; } = new("substituters", SettingKind.Text, "Upstream binary caches (http(s):// URLs) Kiln substitutes from for the account, first preferred; none: the server's --substituters. The operator's to set.")
     {
-        AccountWide = true, OperatorOnly = true, Upstream = true, EmptyText = "the server's", Canonical = CanonicalSubstituters,
+        AccountWide = true,
+        OperatorOnly = true,
+        Upstream = true,
+        EmptyText = "the server's",
+        Canonical = CanonicalSubstituters,
     };
 
     public static SettingDefinition TrustedPublicKeys { get; } = new("trusted-public-keys", SettingKind.Text, "Keys (name:base64) whose signatures the account trusts on what its substituters serve, besides the server's. The operator's to set.")
     {
-        AccountWide = true, OperatorOnly = true, Upstream = true, EmptyText = "the server's only", Canonical = CanonicalKeys,
+        AccountWide = true,
+        OperatorOnly = true,
+        Upstream = true,
+        EmptyText = "the server's only",
+        Canonical = CanonicalKeys,
     };
 
     public static SettingDefinition Tags { get; } = new("tags", SettingKind.Text, "Tags (name=value, space-separated) every build the account's (or the key's) sessions ask for gets, besides the session's own KILN_TAG_* (which win on the same name).") { Canonical = CanonicalTags };

@@ -205,20 +205,7 @@ public sealed partial class BinaryCache
             return;
         }
 
-        var narInfo = new NarInfo
-        {
-            StorePath = info.Path,
-            Url = $"nar/{info.NarHash.ToNix32()}.nar",
-            Compression = "none",
-            FileHash = info.NarHash,
-            FileSize = info.NarSize,
-            NarHash = info.NarHash,
-            NarSize = info.NarSize,
-            References = new SortedSet<StorePath>(info.References),
-            Deriver = info.Deriver,
-            Signatures = new SortedSet<string>(info.Signatures, StringComparer.Ordinal),
-            ContentAddress = info.ContentAddress,
-        };
+        var narInfo = NarInfo.Of(info, $"nar/{info.NarHash.ToNix32()}.nar", "none", info.NarHash, info.NarSize);
         var body = Encoding.UTF8.GetBytes(narInfo.ToString());
         _narInfos.Add(reader, hashPart, body, version);
         await BytesAsync(context, NarInfoType, body).ConfigureAwait(false);

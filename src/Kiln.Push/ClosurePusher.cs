@@ -100,20 +100,7 @@ internal sealed class ClosurePusher(string temporaryDirectory)
             }
         }
 
-        var narInfo = new NarInfo
-        {
-            StorePath = info.Path,
-            Url = url,
-            Compression = target.Compression,
-            FileHash = fileHash,
-            FileSize = fileSize,
-            NarHash = info.NarHash,
-            NarSize = info.NarSize,
-            References = new SortedSet<StorePath>(info.References),
-            Deriver = info.Deriver,
-            Signatures = new SortedSet<string>(info.Signatures, StringComparer.Ordinal),
-            ContentAddress = info.ContentAddress,
-        }.WithSignature(key);
+        var narInfo = NarInfo.Of(info, url, target.Compression, fileHash, fileSize).WithSignature(key);
         await PutTextAsync(cache, info.Path.HashPart + ".narinfo", narInfo.ToString(), "text/x-nix-narinfo", cancellationToken).ConfigureAwait(false);
     }
 

@@ -2,7 +2,6 @@ using System.Net;
 using Kiln.Nix.Compression;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Signing;
-using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
 using Kiln.Nix.Tests.Support;
 using Kiln.Protocol;
@@ -23,10 +22,8 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
     private readonly TempDir _temp = new();
     private KilnStore _store = null!;
 
-    private static readonly byte[] HelloNar = File.ReadAllBytes(Repo.Golden("nar", "hello.txt.nar"));
-    private static readonly byte[] TreeNar = File.ReadAllBytes(Repo.Golden("nar", "t8.nar"));
-    private static readonly StorePath Hello = StorePath.Parse("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt");
-    private static readonly StorePath Tree = MetadataContract.P("tree");
+    private static readonly byte[] HelloNar = StoreTests.HelloNar, TreeNar = StoreTests.TreeNar;
+    private static readonly StorePath Hello = StoreTests.Hello, Tree = MetadataContract.P("tree");
 
     public async ValueTask InitializeAsync() =>
         _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
@@ -37,20 +34,12 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
         _temp.Dispose();
     }
 
-    private static ValidPathInfo Declared(StorePath path, byte[] nar, params StorePath[] references) => new()
-    {
-        Path = path,
-        NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar),
-        NarSize = nar.Length,
-        References = new SortedSet<StorePath>(references),
-    };
-
     // An account holding hello and a tree that refers to it, with a signing key (or none).
     private async Task<(long Account, SecretKey? Key)> AccountAsync(string name, bool signingKey = true)
     {
         using var view = await _store.OpenViewAsync(name, default);
-        await view.AddToStoreAsync(Declared(Hello, HelloNar), new MemoryStream(HelloNar), false, true, default);
-        await view.AddToStoreAsync(Declared(Tree, TreeNar, Hello), new MemoryStream(TreeNar), false, true, default);
+        await view.AddToStoreAsync(StoreTests.Declared(Hello, HelloNar), new MemoryStream(HelloNar), false, true, default);
+        await view.AddToStoreAsync(StoreTests.Declared(Tree, TreeNar, Hello), new MemoryStream(TreeNar), false, true, default);
         var key = signingKey ? SecretKey.Generate(name + "-1") : null;
         if (key is not null)
         {

@@ -14,9 +14,9 @@ public sealed class StoreTests : IAsyncLifetime
     private readonly TempDir _temp = new();
     private KilnStore _store = null!;
 
-    private static readonly byte[] HelloNar = File.ReadAllBytes(Repo.Golden("nar", "hello.txt.nar"));
-    private static readonly byte[] TreeNar = File.ReadAllBytes(Repo.Golden("nar", "t8.nar"));
-    private static readonly StorePath Hello = StorePath.Parse("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt");
+    internal static readonly byte[] HelloNar = File.ReadAllBytes(Repo.Golden("nar", "hello.txt.nar"));
+    internal static readonly byte[] TreeNar = File.ReadAllBytes(Repo.Golden("nar", "t8.nar"));
+    internal static readonly StorePath Hello = StorePath.Parse("/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt");
 
     public async ValueTask InitializeAsync() =>
         _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"], MaterialisedAccount = "local" }, default);
@@ -27,7 +27,7 @@ public sealed class StoreTests : IAsyncLifetime
         _temp.Dispose();
     }
 
-    private static ValidPathInfo Declared(StorePath path, byte[] nar, params StorePath[] references) => new()
+    internal static ValidPathInfo Declared(StorePath path, byte[] nar, params StorePath[] references) => new()
     {
         Path = path,
         NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar),

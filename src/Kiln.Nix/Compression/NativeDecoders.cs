@@ -26,29 +26,50 @@ internal unsafe struct LzmaStream
 /// xz through liblzma's stream decoder (concatenated streams allowed, as Nix sets it up) with a memory limit Nix does
 /// not set: an xz header can ask for a dictionary of up to 4 GiB, which a hostile upload would make Kiln allocate.
 /// </summary>
-internal sealed unsafe partial class XzDecoder : NativeCoder
+internal sealed unsafe partial class XzDecoder(Stream inner)
+    : LzmaCoder(inner, stream => lzma_stream_decoder((LzmaStream*)stream, MemoryLimit, Concatenated), "decoder")
 {
     private const uint Concatenated = 0x08;
-    private const int Run = 0, Finish = 3;
-    private const int Ok = 0, StreamEnd = 1, MemoryLimitReached = 6;
+    private const int MemoryLimitReached = 6;
 
     /// <summary>What one xz decoder may use: <c>xz -9</c> (64 MiB dictionary) needs about 65 MiB to decompress.</summary>
     public const ulong MemoryLimit = 256UL << 20;
 
+    protected override DecompressionException Failed(int result) => result == MemoryLimitReached
+        ? new DecompressionException($"xz data that needs more than {MemoryLimit >> 20} MiB of memory to decompress is refused (xz -9 needs 65 MiB)")
+        : new DecompressionException($"xz data is corrupt (liblzma error {result})");
+
+    [LibraryImport("liblzma.so.5")]
+    private static partial int lzma_stream_decoder(LzmaStream* stream, ulong memlimit, uint flags);
+}
+
+/// <summary>
+/// liblzma's streams, either way: the stream is set up by the subclass's initialiser, then run (and finished once the
+/// input ends) with <c>lzma_code</c>; a result other than OK and end of stream is the subclass's error.
+/// </summary>
+internal abstract unsafe partial class LzmaCoder : NativeCoder
+{
+    private const int Run = 0, Finish = 3;
+    private const int Ok = 0, StreamEnd = 1;
+
     private LzmaStream* _stream;
 
-    public XzDecoder(Stream inner) : base(inner)
+    protected LzmaCoder(Stream inner, Func<nint, int> initialise, string what) : base(inner)
     {
+        ArgumentNullException.ThrowIfNull(initialise);
         _stream = (LzmaStream*)NativeMemory.AllocZeroed((nuint)sizeof(LzmaStream));
-        var result = lzma_stream_decoder(_stream, MemoryLimit, Concatenated);
+        var result = initialise((nint)_stream);
         if (result != Ok)
         {
             Free();
-            throw new DecompressionException($"cannot start an xz decoder (liblzma error {result})");
+            throw new DecompressionException($"cannot start an xz {what} (liblzma error {result})");
         }
     }
 
     protected override string Name => "xz";
+
+    /// <summary>The error for a result of <c>lzma_code</c> other than OK and end of stream.</summary>
+    protected abstract DecompressionException Failed(int result);
 
     protected override (int, int, bool) Step(ReadOnlySpan<byte> input, Span<byte> output, bool inputDone)
     {
@@ -66,8 +87,7 @@ internal sealed unsafe partial class XzDecoder : NativeCoder
             {
                 Ok => (consumed, produced, false),
                 StreamEnd => (consumed, produced, true),
-                MemoryLimitReached => throw new DecompressionException($"xz data that needs more than {MemoryLimit >> 20} MiB of memory to decompress is refused (xz -9 needs 65 MiB)"),
-                _ => throw new DecompressionException($"xz data is corrupt (liblzma error {result})"),
+                _ => throw Failed(result),
             };
         }
     }
@@ -81,9 +101,6 @@ internal sealed unsafe partial class XzDecoder : NativeCoder
             _stream = null;
         }
     }
-
-    [LibraryImport("liblzma.so.5")]
-    private static partial int lzma_stream_decoder(LzmaStream* stream, ulong memlimit, uint flags);
 
     [LibraryImport("liblzma.so.5")]
     private static partial int lzma_code(LzmaStream* stream, int action);

@@ -3,66 +3,15 @@ using System.Runtime.InteropServices;
 namespace Kiln.Nix.Compression;
 
 /// <summary>xz through liblzma's easy encoder with a CRC64 check, as Nix writes <c>.nar.xz</c> (its default level is 6).</summary>
-internal sealed unsafe partial class XzEncoder : NativeCoder
+internal sealed unsafe partial class XzEncoder(Stream inner, int level)
+    : LzmaCoder(inner, stream => lzma_easy_encoder((LzmaStream*)stream, (uint)level, CheckCrc64), $"encoder at level {level}")
 {
-    private const int Run = 0, Finish = 3;
-    private const int Ok = 0, StreamEnd = 1;
     private const int CheckCrc64 = 4;
 
-    private LzmaStream* _stream;
-
-    public XzEncoder(Stream inner, int level) : base(inner)
-    {
-        _stream = (LzmaStream*)NativeMemory.AllocZeroed((nuint)sizeof(LzmaStream));
-        var result = lzma_easy_encoder(_stream, (uint)level, CheckCrc64);
-        if (result != Ok)
-        {
-            Free();
-            throw new DecompressionException($"cannot start an xz encoder at level {level} (liblzma error {result})");
-        }
-    }
-
-    protected override string Name => "xz";
-
-    protected override (int, int, bool) Step(ReadOnlySpan<byte> input, Span<byte> output, bool inputDone)
-    {
-        fixed (byte* i = input)
-        fixed (byte* o = output)
-        {
-            _stream->NextIn = i;
-            _stream->AvailIn = (nuint)input.Length;
-            _stream->NextOut = o;
-            _stream->AvailOut = (nuint)output.Length;
-            var result = lzma_code(_stream, inputDone ? Finish : Run);
-            var consumed = input.Length - (int)_stream->AvailIn;
-            var produced = output.Length - (int)_stream->AvailOut;
-            return result switch
-            {
-                Ok => (consumed, produced, false),
-                StreamEnd => (consumed, produced, true),
-                _ => throw new DecompressionException($"the xz encoder failed (liblzma error {result})"),
-            };
-        }
-    }
-
-    protected override void Free()
-    {
-        if (_stream is not null)
-        {
-            lzma_end(_stream);
-            NativeMemory.Free(_stream);
-            _stream = null;
-        }
-    }
+    protected override DecompressionException Failed(int result) => new($"the xz encoder failed (liblzma error {result})");
 
     [LibraryImport("liblzma.so.5")]
     private static partial int lzma_easy_encoder(LzmaStream* stream, uint preset, int check);
-
-    [LibraryImport("liblzma.so.5")]
-    private static partial int lzma_code(LzmaStream* stream, int action);
-
-    [LibraryImport("liblzma.so.5")]
-    private static partial void lzma_end(LzmaStream* stream);
 }
 
 /// <summary>zstd through libzstd's streaming compressor: one frame, its content checksum on (as the zstd tool writes it).</summary>

@@ -192,6 +192,26 @@ public sealed class NarInfo
         return string.Create(CultureInfo.InvariantCulture, $"1;{path.FullPath};{narHash.ToString(HashFormat.Nix32, true)};{narSize};{refs}");
     }
 
+    /// <summary>The narinfo of a path as a store holds it, its NAR at <paramref name="url"/> (compressed so, with that file hash and size).</summary>
+    public static NarInfo Of(Store.ValidPathInfo info, string url, string compression, NixHash fileHash, long fileSize)
+    {
+        ArgumentNullException.ThrowIfNull(info);
+        return new NarInfo
+        {
+            StorePath = info.Path,
+            Url = url,
+            Compression = compression,
+            FileHash = fileHash,
+            FileSize = fileSize,
+            NarHash = info.NarHash,
+            NarSize = info.NarSize,
+            References = new SortedSet<StorePath>(info.References),
+            Deriver = info.Deriver,
+            Signatures = new SortedSet<string>(info.Signatures, StringComparer.Ordinal),
+            ContentAddress = info.ContentAddress,
+        };
+    }
+
     /// <summary>The path info this narinfo declares (for a store to verify against the NAR it names).</summary>
     public Store.ValidPathInfo ToValidPathInfo() => new()
     {
