@@ -284,6 +284,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
             }
 
             KilnMetrics.BuildsSubstituted.Add(1);
+            _events.Message($"kiln: fetched the outputs of '{drvPath}' from the account's upstream caches instead of building it");
             return new Step(BuildStatus.Substituted, "", outputs);
         }
 

@@ -107,8 +107,11 @@ public class UpstreamTests
         Assert.Contains("will be fetched", dryRun, StringComparison.Ordinal);
         Assert.DoesNotContain("-dag-1-0.drv", dryRun, StringComparison.Ordinal);
 
-        var built = client.Ok(kiln, "nix-build", "--store", Socket, consumer, "--no-out-link").StdoutText.Trim();
+        var result = client.Ok(kiln, "nix-build", "--store", Socket, consumer, "--no-out-link");
+        var built = result.StdoutText.Trim();
         Assert.Equal(3, File.ReadAllLines(Path.Combine(kiln.StoreRoot, built.TrimStart('/'), "ids")).Length);
+        // Kiln's own line says what it fetched instead of building (the client would otherwise see nothing for it).
+        Assert.Contains("kiln: fetched the outputs of '/nix/store/", result.Stderr, StringComparison.Ordinal);
 
         // Kiln built the consumer alone; the DAG's outputs came from upstream, not from the client.
         var (builds, records) = await KilnStateAsync(kiln, upstream.Outputs);
