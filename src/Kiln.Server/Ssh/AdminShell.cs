@@ -44,8 +44,8 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
           settings [--key FINGERPRINT]    the settings in effect for this key's (or that key's) sessions, and where
                                           each comes from
           settings set NAME VALUE [--this-key] [--final]
-                                          set one for the account (or this key): timeout, max-silent-time,
-                                          max-build-log-size; they only tighten the server's
+                                          set one for the account (or this key): any 'settings' lists but the
+                                          operator's (quotas, substituters); limits only tighten the server's
           settings unset NAME [--this-key]
           pin list                        the account's pins
           pin add PATH [--name NAME]      keep PATH (and its closure) whatever garbage collection would do
