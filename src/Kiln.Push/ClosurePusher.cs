@@ -22,15 +22,33 @@ namespace Kiln.Push;
 internal sealed class ClosurePusher(string temporaryDirectory)
 {
     private const int Questions = 8; // narinfo HEADs in flight at once
+    private const int MostKnown = 200_000;
+    private static readonly TimeSpan KnownFor = TimeSpan.FromMinutes(10);
+
+    // Narinfos an account's target was seen to have (or was given) lately, by account, target and hash part: the
+    // pushes of a DAG's builds share most of their closures, and asking again for each would be a HEAD per path per
+    // build. Kept per account (one account learns nothing of another's cache through it) and for ten minutes (a cache
+    // collected by its owner meanwhile is refilled by the pushes after that).
+    private readonly ConcurrentDictionary<string, long> _known = new(StringComparer.Ordinal);
 
     /// <summary>Pushes <paramref name="paths"/> and their closure in <paramref name="view"/>; returns how many paths were uploaded.</summary>
     public async Task<int> PushAsync(StoreView view, IReadOnlyList<StorePath> paths, ICacheWriter cache, PushTarget target, SecretKey key, CancellationToken cancellationToken)
     {
         var closure = await ClosureAsync(view, paths, cancellationToken).ConfigureAwait(false);
+        var scope = $"{view.AccountId}\n{target.Url}\n";
         var missing = new ConcurrentBag<StorePath>();
         await Parallel.ForEachAsync(closure.Keys, new ParallelOptions { MaxDegreeOfParallelism = Questions, CancellationToken = cancellationToken }, async (path, token) =>
         {
-            if (!await cache.ExistsAsync(path.HashPart + ".narinfo", token).ConfigureAwait(false))
+            if (Known(scope + path.HashPart))
+            {
+                return;
+            }
+
+            if (await cache.ExistsAsync(path.HashPart + ".narinfo", token).ConfigureAwait(false))
+            {
+                Remember(scope + path.HashPart);
+            }
+            else
             {
                 missing.Add(path);
             }
@@ -49,9 +67,22 @@ internal sealed class ClosurePusher(string temporaryDirectory)
         foreach (var path in ordered)
         {
             await PushPathAsync(view, closure[path].Info, cache, target, key, cancellationToken).ConfigureAwait(false);
+            Remember(scope + path.HashPart);
         }
 
         return ordered.Count;
+    }
+
+    private bool Known(string entry) => _known.TryGetValue(entry, out var until) && until > Environment.TickCount64;
+
+    private void Remember(string entry)
+    {
+        if (_known.Count >= MostKnown)
+        {
+            _known.Clear(); // (bounded: asking again is only slower)
+        }
+
+        _known[entry] = Environment.TickCount64 + (long)KnownFor.TotalMilliseconds;
     }
 
     /// <summary>The closure of <paramref name="paths"/> in the account's view; every one of them must still be there.</summary>

@@ -118,6 +118,45 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task What_a_target_was_seen_to_have_is_not_asked_again_for_a_while_and_never_for_another_account()
+    {
+        var (alice, key) = await AccountAsync("alice");
+        var (bob, bobKey) = await AccountAsync("bob");
+        var cache = Path.Combine(_temp["caches"], "shared");
+        var target = PushTarget.Parse($"file://{cache}?compression=none");
+        var pusher = new ClosurePusher(_temp["tmp"]);
+        using var writer = new CountingWriter(new FileCacheWriter(cache));
+        using var aliceView = _store.OpenView(KilnStore.ReaderFor(alice));
+        using var bobView = _store.OpenView(KilnStore.ReaderFor(bob));
+
+        Assert.Equal(2, await pusher.PushAsync(aliceView, [Tree], writer, target, key!, default));
+        var asked = writer.Questions;
+        Assert.Equal(0, await pusher.PushAsync(aliceView, [Tree], writer, target, key!, default));
+        Assert.Equal(asked, writer.Questions); // alice's second push asked nothing
+        Assert.Equal(0, await pusher.PushAsync(bobView, [Tree], writer, target, bobKey!, default));
+        Assert.Equal(asked + 2, writer.Questions); // bob's asked the cache itself
+    }
+
+    // A cache writer that counts the questions asked of it.
+    private sealed class CountingWriter(ICacheWriter inner) : ICacheWriter
+    {
+        private int _questions;
+
+        public int Questions => _questions;
+
+        public Task<bool> ExistsAsync(string file, CancellationToken cancellationToken)
+        {
+            Interlocked.Increment(ref _questions);
+            return inner.ExistsAsync(file, cancellationToken);
+        }
+
+        public Task PutAsync(string file, Stream content, long length, string contentType, CancellationToken cancellationToken) =>
+            inner.PutAsync(file, content, length, contentType, cancellationToken);
+
+        public void Dispose() => inner.Dispose();
+    }
+
+    [Fact]
     public async Task Pushes_go_only_where_the_operator_allows_and_failures_are_retried_then_given_up_with_their_reasons()
     {
         var (alice, _) = await AccountAsync("alice");
