@@ -21,6 +21,9 @@ public sealed record PushOptions
     /// <summary>Tries before a push is given up (its record says why).</summary>
     public int MaxAttempts { get; init; } = 10;
 
+    /// <summary>How long the records of pushes that ended (done or given up) are kept, for the shell and the API to show.</summary>
+    public TimeSpan KeepFinished { get; init; } = TimeSpan.FromDays(30);
+
     /// <summary>How long one try may take before it counts as failed (and another front door may claim it).</summary>
     public TimeSpan AttemptTimeout { get; init; } = TimeSpan.FromMinutes(30);
 

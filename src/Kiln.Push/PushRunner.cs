@@ -103,6 +103,10 @@ public sealed partial class PushRunner : IDisposable
         return started;
     }
 
+    /// <summary>Removes the records of pushes that ended longer ago than <see cref="PushOptions.KeepFinished"/>; returns how many.</summary>
+    public Task<int> PruneAsync(CancellationToken cancellationToken) =>
+        _store.Pushes.PrunePushesAsync(DateTimeOffset.UtcNow.Subtract(_options.KeepFinished).ToUnixTimeSeconds(), cancellationToken);
+
     /// <summary>Waits for the pushes running here to end.</summary>
     public Task DrainAsync()
     {

@@ -14,6 +14,9 @@ public sealed partial class PushService(KilnStore store, ServerOptions options, 
 {
     private readonly ILogger _logger = loggers.CreateLogger("Kiln.Push");
 
+    /// <summary>How often the records of ended pushes are pruned.</summary>
+    public static TimeSpan PruneInterval { get; } = TimeSpan.FromHours(1);
+
     /// <summary>How long the service waits when nothing was due.</summary>
     public static TimeSpan Idle { get; } = TimeSpan.FromSeconds(1);
 
@@ -21,10 +24,18 @@ public sealed partial class PushService(KilnStore store, ServerOptions options, 
     {
         Directory.CreateDirectory(store.Options.TemporaryDirectory);
         using var runner = new PushRunner(store, options.Push with { TemporaryDirectory = store.Options.TemporaryDirectory }, _logger);
+        long pruneAt = 0;
         while (!stoppingToken.IsCancellationRequested)
         {
             try
             {
+                // The records of ended pushes are kept a while (the shell and the API show them), not for ever.
+                if (Environment.TickCount64 >= pruneAt)
+                {
+                    pruneAt = Environment.TickCount64 + (long)PruneInterval.TotalMilliseconds;
+                    await runner.PruneAsync(stoppingToken).ConfigureAwait(false);
+                }
+
                 if (await runner.StartDueAsync(stoppingToken).ConfigureAwait(false) > 0)
                 {
                     continue;

@@ -976,12 +976,17 @@ public abstract class PushMetadataContract : MetadataContract
         Assert.Equal(PushState.Failed, Assert.Single(await store.GetPushesAsync(bob.Id, 7, 10, default)).State);
         Assert.Single(await store.GetPushesAsync(alice.Id, 0, 1, default));
 
+        // Ended pushes are pruned by when they ended; queued ones never.
+        Assert.Equal(0, await store.PrunePushesAsync(now - 100, default));
+        Assert.Equal(2, await store.PrunePushesAsync(DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 1, default)); // alice's done, bob's failed
+        Assert.Equal([second], (await store.GetPushesAsync(alice.Id, 0, 10, default)).Select(p => p.Id));
+        Assert.Empty(await store.GetPushesAsync(bob.Id, 0, 10, default));
+
         // The account's push key (a service secret named after it) goes with it; another account's stays.
         await store.GetOrAddServerSecretAsync($"push-ssh-key:{alice.Id}", "alice's key", default);
         await store.GetOrAddServerSecretAsync($"push-ssh-key:{bob.Id}", "bob's key", default);
         await store.DeleteAccountAsync(alice.Id, default);
         Assert.Empty(await store.GetPushesAsync(alice.Id, 0, 10, default));
-        Assert.Single(await store.GetPushesAsync(bob.Id, 0, 10, default));
         Assert.Equal("a new one", await store.GetOrAddServerSecretAsync($"push-ssh-key:{alice.Id}", "a new one", default));
         Assert.Equal("bob's key", await store.GetOrAddServerSecretAsync($"push-ssh-key:{bob.Id}", "another", default));
     }

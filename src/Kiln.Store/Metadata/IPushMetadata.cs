@@ -42,6 +42,9 @@ public interface IPushMetadata
     /// <summary>Gives a claimed push back untried (it is due at <paramref name="due"/>, its try not counted).</summary>
     Task ReleasePushAsync(long id, int attempt, long due, CancellationToken cancellationToken);
 
+    /// <summary>Removes pushes that ended (done or failed) before <paramref name="before"/>; returns how many.</summary>
+    Task<int> PrunePushesAsync(long before, CancellationToken cancellationToken);
+
     /// <summary>The account's pushes, newest first: all of them, or one build's (<paramref name="build"/> other than 0).</summary>
     Task<IReadOnlyList<PushRecord>> GetPushesAsync(long account, long build, int limit, CancellationToken cancellationToken);
 }

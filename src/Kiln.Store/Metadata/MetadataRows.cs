@@ -352,6 +352,8 @@ internal static class MetadataRows
 
     public const string FinishPush = "UPDATE pushes SET state = @s, uploaded = @u, error = @e, next_attempt = @r, finished = @f WHERE id = @i AND attempts = @t AND state = 'queued'";
 
+    public const string PrunePushes = "DELETE FROM pushes WHERE state <> 'queued' AND finished < @b";
+
     public const string ReleasePush = "UPDATE pushes SET attempts = attempts - 1, next_attempt = @n WHERE id = @i AND attempts = @t AND state = 'queued'";
 
     public const string Pushes = $"SELECT {PushColumns} FROM pushes WHERE account_id = @a AND (@b = 0 OR build_id = @b) ORDER BY id DESC LIMIT @c";

@@ -36,6 +36,13 @@ public sealed partial class PostgresMetadataStore
             await release.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<int> PrunePushesAsync(long before, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            await using var prune = Command(connection, MetadataRows.PrunePushes, transaction, ("b", before));
+            return await prune.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
     public Task<IReadOnlyList<PushRecord>> GetPushesAsync(long account, long build, int limit, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<PushRecord>>(async connection =>
         {

@@ -35,6 +35,13 @@ public sealed partial class SqliteMetadataStore
             await release.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<int> PrunePushesAsync(long before, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var prune = Command(connection, MetadataRows.PrunePushes, transaction, ("@b", before));
+            return await prune.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
     public Task<IReadOnlyList<PushRecord>> GetPushesAsync(long account, long build, int limit, CancellationToken cancellationToken) =>
         ReadAsync<IReadOnlyList<PushRecord>>(async connection =>
             await ReadRowsAsync(Command(connection, MetadataRows.Pushes, null, ("@a", account), ("@b", build), ("@c", limit)), MetadataRows.ReadPush, cancellationToken)
