@@ -58,8 +58,14 @@ public sealed partial class PushRunner : IDisposable
             return 0;
         }
 
+        long[] busyAccounts;
+        lock (_running)
+        {
+            busyAccounts = [.. _running.Keys];
+        }
+
         var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var claimed = await _store.Pushes.ClaimPushesAsync(now, now + (long)_options.AttemptTimeout.TotalSeconds + 60, free, cancellationToken).ConfigureAwait(false);
+        var claimed = await _store.Pushes.ClaimPushesAsync(now, now + (long)_options.AttemptTimeout.TotalSeconds + 60, free, cancellationToken, busyAccounts).ConfigureAwait(false);
         var started = 0;
         foreach (var push in claimed)
         {
@@ -75,8 +81,9 @@ public sealed partial class PushRunner : IDisposable
 
             if (busy)
             {
-                // That account has a push running here: this one waits (behind other accounts' pushes, due again soon).
-                await _store.Pushes.ReleasePushAsync(push.Id, push.Attempts, now + 1, CancellationToken.None).ConfigureAwait(false);
+                // Another of that account's was claimed with it: this one waits, due at once (the next claim passes it
+                // over while the account's push runs here, and takes it when that one ends).
+                await _store.Pushes.ReleasePushAsync(push.Id, push.Attempts, now, CancellationToken.None).ConfigureAwait(false);
                 continue;
             }
 
@@ -128,6 +135,23 @@ public sealed partial class PushRunner : IDisposable
             lock (_running)
             {
                 _running.Remove(push.AccountId);
+            }
+
+            _freed.Release();
+        }
+    }
+
+    // Released whenever a push ends, so the service claims the next at once rather than at its next idle tick.
+    private readonly SemaphoreSlim _freed = new(0);
+
+    /// <summary>Waits until a push running here ends, or <paramref name="timeout"/>.</summary>
+    public async Task WaitForSlotAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (await _freed.WaitAsync(timeout, cancellationToken).ConfigureAwait(false))
+        {
+            while (_freed.CurrentCount > 0 && _freed.Wait(0, CancellationToken.None))
+            {
+                // (one wake-up for however many ended meanwhile)
             }
         }
     }
@@ -268,6 +292,7 @@ public sealed partial class PushRunner : IDisposable
 
     public void Dispose()
     {
+        _freed.Dispose();
         _http.Dispose();
         _handler.Dispose();
     }

@@ -54,7 +54,7 @@ public sealed partial class PushService(KilnStore store, ServerOptions options, 
 
             try
             {
-                await Task.Delay(Idle, stoppingToken).ConfigureAwait(false);
+                await runner.WaitForSlotAsync(Idle, stoppingToken).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {

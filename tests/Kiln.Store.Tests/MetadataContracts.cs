@@ -933,6 +933,20 @@ public abstract class AgentMetadataContract : MetadataContract
 public abstract class PushMetadataContract : MetadataContract
 {
     [Fact]
+    public async Task A_claim_passes_over_the_accounts_it_is_told_to()
+    {
+        await using var store = await CreateAsync();
+        var alice = (await store.TryCreateAccountAsync("alice", default))!;
+        var bob = (await store.TryCreateAccountAsync("bob", default))!;
+        var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        await store.AddPushAsync(alice.Id, 1, "file:///a", [P("out").BaseName], default);
+        var bobs = await store.AddPushAsync(bob.Id, 2, "file:///b", [P("out").BaseName], default);
+        Assert.Equal([bobs], (await store.ClaimPushesAsync(now + 1, now + 100, 10, default, [alice.Id, 12345])).Select(p => p.Id));
+        Assert.Empty(await store.ClaimPushesAsync(now + 1, now + 100, 10, default, [alice.Id]));
+        Assert.Equal(alice.Id, Assert.Single(await store.ClaimPushesAsync(now + 1, now + 100, 10, default, [])).AccountId);
+    }
+
+    [Fact]
     public async Task Pushes_are_claimed_once_while_leased_retried_when_due_and_listed_per_account_and_build()
     {
         await using var store = await CreateAsync();

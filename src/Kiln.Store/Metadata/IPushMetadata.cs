@@ -27,10 +27,11 @@ public interface IPushMetadata
     Task<long> AddPushAsync(long account, long build, string target, IReadOnlyList<string> paths, CancellationToken cancellationToken);
 
     /// <summary>
-    /// Claims up to <paramref name="limit"/> queued pushes due at <paramref name="now"/>: each is counted as tried once
-    /// more and not due again before <paramref name="leaseUntil"/>. Two front doors never claim the same row at once.
+    /// Claims up to <paramref name="limit"/> queued pushes due at <paramref name="now"/>, none of <paramref name="skip"/>'s
+    /// accounts' (those the caller is pushing for already): each is counted as tried once more and not due again before
+    /// <paramref name="leaseUntil"/>. Two front doors never claim the same row at once.
     /// </summary>
-    Task<IReadOnlyList<PushRecord>> ClaimPushesAsync(long now, long leaseUntil, int limit, CancellationToken cancellationToken);
+    Task<IReadOnlyList<PushRecord>> ClaimPushesAsync(long now, long leaseUntil, int limit, CancellationToken cancellationToken, IReadOnlyCollection<long>? skip = null);
 
     /// <summary>
     /// Records the end of try <paramref name="attempt"/>: done (<paramref name="message"/> empty), to be tried again at

@@ -344,11 +344,15 @@ internal static class MetadataRows
         """;
 
     /// <summary>Claims due pushes (<c>@n</c> now, <c>@l</c> the lease's end, <c>@c</c> how many); PostgreSQL skips rows another front door is claiming.</summary>
-    public static string ClaimPushes(bool skipLocked) => $"""
+    public static string ClaimPushes(bool skipLocked, IReadOnlyCollection<long>? skipAccounts) => $"""
         UPDATE pushes SET attempts = attempts + 1, next_attempt = @l
-        WHERE id IN (SELECT id FROM pushes WHERE state = 'queued' AND next_attempt <= @n ORDER BY next_attempt, id LIMIT @c{(skipLocked ? " FOR UPDATE SKIP LOCKED" : "")})
+        WHERE id IN (SELECT id FROM pushes WHERE state = 'queued' AND next_attempt <= @n{Excluding(skipAccounts)} ORDER BY next_attempt, id LIMIT @c{(skipLocked ? " FOR UPDATE SKIP LOCKED" : "")})
         RETURNING {PushColumns}
         """;
+
+    // (Account ids are numbers, written into the statement as such.)
+    private static string Excluding(IReadOnlyCollection<long>? accounts) => accounts is null || accounts.Count == 0 ? ""
+        : $" AND account_id NOT IN ({string.Join(',', accounts.Select(a => a.ToString(System.Globalization.CultureInfo.InvariantCulture)))})";
 
     public const string FinishPush = "UPDATE pushes SET state = @s, uploaded = @u, error = @e, next_attempt = @r, finished = @f WHERE id = @i AND attempts = @t AND state = 'queued'";
 

@@ -14,10 +14,10 @@ public sealed partial class PostgresMetadataStore
         }, cancellationToken);
     }
 
-    public Task<IReadOnlyList<PushRecord>> ClaimPushesAsync(long now, long leaseUntil, int limit, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<PushRecord>> ClaimPushesAsync(long now, long leaseUntil, int limit, CancellationToken cancellationToken, IReadOnlyCollection<long>? skip = null) =>
         WriteAsync<IReadOnlyList<PushRecord>>(async (connection, transaction) =>
         {
-            await using var claim = Command(connection, MetadataRows.ClaimPushes(skipLocked: true), transaction, ("n", now), ("l", leaseUntil), ("c", (long)limit));
+            await using var claim = Command(connection, MetadataRows.ClaimPushes(skipLocked: true, skip), transaction, ("n", now), ("l", leaseUntil), ("c", (long)limit));
             return await ReadAllAsync(claim, MetadataRows.ReadPush, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 

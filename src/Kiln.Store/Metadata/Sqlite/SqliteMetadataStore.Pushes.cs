@@ -14,9 +14,9 @@ public sealed partial class SqliteMetadataStore
         }, cancellationToken);
     }
 
-    public Task<IReadOnlyList<PushRecord>> ClaimPushesAsync(long now, long leaseUntil, int limit, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<PushRecord>> ClaimPushesAsync(long now, long leaseUntil, int limit, CancellationToken cancellationToken, IReadOnlyCollection<long>? skip = null) =>
         WriteAsync<IReadOnlyList<PushRecord>>(async (connection, transaction) =>
-            await ReadRowsAsync(Command(connection, MetadataRows.ClaimPushes(skipLocked: false), transaction, ("@n", now), ("@l", leaseUntil), ("@c", limit)),
+            await ReadRowsAsync(Command(connection, MetadataRows.ClaimPushes(skipLocked: false, skip), transaction, ("@n", now), ("@l", leaseUntil), ("@c", limit)),
                 MetadataRows.ReadPush, cancellationToken).ConfigureAwait(false),
             cancellationToken);
 
