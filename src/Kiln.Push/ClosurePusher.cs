@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Text;
+using Kiln.Nix;
 using Kiln.Nix.Compression;
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Signing;
@@ -95,8 +96,7 @@ internal sealed class ClosurePusher(string temporaryDirectory)
 
     private async Task PushPathAsync(StoreView view, ValidPathInfo info, ICacheWriter cache, PushTarget target, SecretKey key, CancellationToken cancellationToken)
     {
-        var source = await view.OpenNarByHashAsync(info.NarHash, cancellationToken).ConfigureAwait(false)
-            ?? throw new PushException($"the contents of '{info.Path}' are not in Kiln's store now");
+        var source = await OpenNarAsync(view, info, cancellationToken).ConfigureAwait(false);
         string url;
         NixHash fileHash;
         long fileSize;
@@ -161,37 +161,12 @@ internal sealed class ClosurePusher(string temporaryDirectory)
         await cache.PutAsync(file, content, bytes.Length, contentType, cancellationToken).ConfigureAwait(false);
     }
 
-    // The paths in an order where each comes after those it refers to (a depth-first walk, references first).
-    internal static List<StorePath> ReferencesFirst(HashSet<StorePath> paths, IReadOnlyDictionary<StorePath, PathRecord> closure)
-    {
-        var ordered = new List<StorePath>();
-        var seen = new HashSet<StorePath>();
-        foreach (var root in paths.Order())
-        {
-            var stack = new Stack<(StorePath Path, bool Expanded)>();
-            stack.Push((root, false));
-            while (stack.Count > 0)
-            {
-                var (path, expanded) = stack.Pop();
-                if (expanded)
-                {
-                    ordered.Add(path);
-                    continue;
-                }
+    // The paths in an order where each comes after those of them it refers to.
+    internal static List<StorePath> ReferencesFirst(HashSet<StorePath> paths, IReadOnlyDictionary<StorePath, PathRecord> closure) =>
+        Graph.Order(paths.Order(), p => closure[p].Info.References, paths);
 
-                if (!seen.Add(path))
-                {
-                    continue;
-                }
-
-                stack.Push((path, true));
-                foreach (var reference in closure[path].Info.References.Where(r => r != path && paths.Contains(r) && !seen.Contains(r)))
-                {
-                    stack.Push((reference, false));
-                }
-            }
-        }
-
-        return ordered;
-    }
+    /// <summary>The NAR of a path of the closure, from the blob store (through the account's view).</summary>
+    internal static async Task<Kiln.Store.Blobs.BlobSource> OpenNarAsync(StoreView view, ValidPathInfo info, CancellationToken cancellationToken) =>
+        await view.OpenNarByHashAsync(info.NarHash, cancellationToken).ConfigureAwait(false)
+            ?? throw new PushException($"the contents of '{info.Path}' are not in Kiln's store now");
 }

@@ -22,8 +22,7 @@ internal static class DaemonPusher
         {
             var info = closure[path].Info;
             var signature = key.Sign(NarInfo.ComputeFingerprint(info.Path, info.NarHash, info.NarSize, info.References));
-            var source = await view.OpenNarByHashAsync(info.NarHash, cancellationToken).ConfigureAwait(false)
-                ?? throw new PushException($"the contents of '{info.Path}' are not in Kiln's store now");
+            var source = await ClosurePusher.OpenNarAsync(view, info, cancellationToken).ConfigureAwait(false);
             await using (source.ConfigureAwait(false))
             {
                 var nar = await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false);

@@ -32,6 +32,7 @@ public sealed partial class PushRunner : IDisposable
     private readonly SocketsHttpHandler _handler;
     private readonly HttpClient _http;
     private readonly ClosurePusher _pusher;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<long, string> _pushKeys = new(); // accounts' push keys' private halves
 
     public PushRunner(KilnStore store, PushOptions options, ILogger logger)
     {
@@ -48,20 +49,16 @@ public sealed partial class PushRunner : IDisposable
     public async Task<int> StartDueAsync(CancellationToken cancellationToken)
     {
         int free;
+        long[] busyAccounts;
         lock (_running)
         {
             free = Slots - _running.Count;
+            busyAccounts = [.. _running.Keys];
         }
 
         if (free <= 0)
         {
             return 0;
-        }
-
-        long[] busyAccounts;
-        lock (_running)
-        {
-            busyAccounts = [.. _running.Keys];
         }
 
         var now = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -228,7 +225,13 @@ public sealed partial class PushRunner : IDisposable
     // long as the connection, in a directory only Kiln reads.
     private async Task<int> PushToDaemonAsync(long account, PushTarget target, StoreView view, IReadOnlyList<StorePath> paths, SecretKey key, CancellationToken cancellationToken)
     {
-        var (_, privateKey) = await PushKeys.GetOrCreateAsync(_store, account, cancellationToken).ConfigureAwait(false);
+        if (!_pushKeys.TryGetValue(account, out var privateKey))
+        {
+            // (Looked up once per account here: making a candidate pair runs ssh-keygen.)
+            privateKey = (await PushKeys.GetOrCreateAsync(_store, account, cancellationToken).ConfigureAwait(false)).Private;
+            _pushKeys[account] = privateKey;
+        }
+
         var address = await GuardedConnections.ResolveAsync(target.Location.Host.Trim('[', ']'), _options.AllowPrivateAddresses, cancellationToken).ConfigureAwait(false);
         var login = new Kiln.Farm.StockNix.BuilderAddress(Uri.UnescapeDataString(target.Location.UserInfo), address.ToString(), target.Location.IsDefaultPort ? 22 : target.Location.Port);
         Directory.CreateDirectory(_options.TemporaryDirectory);

@@ -545,7 +545,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
         private IReadOnlyList<BuildTag> TagsOf(Derivation derivation)
         {
             var own = BuildTag.FromEnvironment(derivation.Environment);
-            return own.Count == 0 ? _tags : [.. _tags.Concat(own.Where(t => _tags.All(s => s.Name != t.Name))).Take(BuildTag.MaxTags)];
+            return own.Count == 0 ? _tags : BuildTag.Merge(_tags, own);
         }
 
         private string FailureMessage(BuildOutcome outcome)

@@ -56,11 +56,7 @@ public sealed record SessionLimits(TimeSpan Timeout, TimeSpan MaxSilentTime, lon
     public IReadOnlyList<Kiln.Store.Metadata.BuildTag> Tags { get; init; } = [];
 
     /// <summary>The session's own tags (<c>KILN_TAG_*</c>) with <see cref="Tags"/>, the session's winning where both name one.</summary>
-    public IReadOnlyList<Kiln.Store.Metadata.BuildTag> TagsWith(IReadOnlyList<Kiln.Store.Metadata.BuildTag> session)
-    {
-        ArgumentNullException.ThrowIfNull(session);
-        return [.. session.Concat(Tags.Where(t => session.All(s => s.Name != t.Name))).Take(Kiln.Store.Metadata.BuildTag.MaxTags)];
-    }
+    public IReadOnlyList<Kiln.Store.Metadata.BuildTag> TagsWith(IReadOnlyList<Kiln.Store.Metadata.BuildTag> session) => Kiln.Store.Metadata.BuildTag.Merge(session, Tags);
 
     /// <summary>
     /// The limits for one derivation's build, with its own <c>KILN_*</c> attributes as the narrowest level; null where

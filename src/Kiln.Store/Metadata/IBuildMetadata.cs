@@ -111,6 +111,14 @@ public sealed record BuildTag(string Name, string Value)
             : throw new FormatException($"'{text}' is not a tag: name=value, the name of letters, digits, '-', '_' and '.', at most {MaxLength} characters each");
     }
 
+    /// <summary><paramref name="first"/>'s tags, then those of <paramref name="then"/> they do not name (the first win), at most <see cref="MaxTags"/>.</summary>
+    public static IReadOnlyList<BuildTag> Merge(IReadOnlyList<BuildTag> first, IEnumerable<BuildTag> then)
+    {
+        ArgumentNullException.ThrowIfNull(first);
+        ArgumentNullException.ThrowIfNull(then);
+        return [.. first.Concat(then.Where(t => first.All(s => s.Name != t.Name))).Take(MaxTags)];
+    }
+
     /// <summary>The tags in a session's environment (<c>KILN_TAG_*</c>); malformed ones and those past <see cref="MaxTags"/> are left out.</summary>
     public static IReadOnlyList<BuildTag> FromEnvironment(IReadOnlyDictionary<string, string> environment)
     {
