@@ -1,5 +1,6 @@
 using System.Globalization;
 using Kiln.Protocol;
+using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 
 namespace Kiln.Accounts;
@@ -277,9 +278,21 @@ public static class Settings
 
     public static SettingDefinition Tags { get; } = new("tags", SettingKind.Text, "Tags (name=value, space-separated) every build the account's (or the key's) sessions ask for gets, besides the session's own KILN_TAG_* (which win on the same name).") { Canonical = CanonicalTags };
 
+    public static SettingDefinition TrustedAccounts { get; } = new(AccountSharing.TrustedAccounts, SettingKind.Text, "Accounts whose builds and uploads the account takes as from a trusted cache, first preferred: a path it lacks is taken (with its closure) from the first of their stores that has it, where that account shares with it (share-with).")
+    {
+        AccountWide = true,
+        Canonical = AccountSharing.Canonical,
+    };
+
+    public static SettingDefinition ShareWith { get; } = new(AccountSharing.ShareWith, SettingKind.Text, "Accounts that may take paths from the account's store (what it uploaded, built, fetched or took), where they trust it (trusted-accounts).")
+    {
+        AccountWide = true,
+        Canonical = AccountSharing.Canonical,
+    };
+
     public static IReadOnlyList<SettingDefinition> All { get; } =
         [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, RetentionBuilds, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
-            SettingsFromSshEnv, SettingsFromDrvEnv, Substituters, TrustedPublicKeys, PushTo, PushReused, Tags];
+            SettingsFromSshEnv, SettingsFromDrvEnv, Substituters, TrustedPublicKeys, PushTo, PushReused, Tags, TrustedAccounts, ShareWith];
 
     private static string CanonicalSubstituters(string text) => string.Join(' ', text.Split([' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries).Distinct(StringComparer.Ordinal)
         .Select(url => Uri.TryCreate(url, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps)

@@ -276,7 +276,16 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                 return new Step(BuildStatus.AlreadyValid, "", outputs);
             }
 
-            // An upstream cache of the account may have the outputs: Kiln fetches them instead of building.
+            // An account this one trusts may have built or uploaded the outputs, and share them: they are taken from its
+            // store. Or an upstream cache of the account may have them: Kiln fetches them instead of building.
+            var taken = await _view.TakeSharedAsync(outputs.Values.ToList(), _stop.Token).ConfigureAwait(false);
+            if (taken.Count > 0 && outputs.Values.All(o => taken.ContainsKey(o) || valid.Contains(o)))
+            {
+                KilnMetrics.BuildsSubstituted.Add(1);
+                _events.Message($"kiln: took the outputs of '{drvPath}' from the store of account '{taken.Values.First()}', which this account trusts, instead of building it");
+                return new Step(BuildStatus.Substituted, "", outputs);
+            }
+
             var substituted = await _view.SubstituteAsync(outputs.Values.ToList(), _stop.Token, _events.Message).ConfigureAwait(false);
             if (!outputs.Values.All(substituted.Contains))
             {

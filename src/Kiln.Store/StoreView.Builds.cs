@@ -108,6 +108,13 @@ public sealed partial class StoreView
             }).ToList();
         }
 
+        await RegisterPresentAsync(outputs, cancellationToken).ConfigureAwait(false);
+    }
+
+    // Registers paths whose NARs are already in the blob store (built, or another view's), roots them for this
+    // session, and unpacks them where the view is materialised.
+    private async Task RegisterPresentAsync(IReadOnlyList<NewPath> outputs, CancellationToken cancellationToken)
+    {
         var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = shared.ConfigureAwait(false);
 

@@ -48,11 +48,14 @@ public sealed partial class StoreView
     }
 
     /// <summary>
-    /// Substitutes what it can of <paramref name="paths"/> from the account's upstream caches; returns those valid in
-    /// the view afterwards. Failures are warnings (to <paramref name="warn"/>).
+    /// Substitutes what it can of <paramref name="paths"/>, from the stores of the accounts this one trusts (where they
+    /// share with it) and then from the account's upstream caches; returns those valid in the view afterwards.
+    /// Failures are warnings (to <paramref name="warn"/>).
     /// </summary>
     public async Task<IReadOnlySet<StorePath>> SubstituteAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken, Action<string>? warn = null)
     {
+        ArgumentNullException.ThrowIfNull(paths);
+        await TakeSharedAsync(paths, cancellationToken).ConfigureAwait(false);
         var both = Logged(warn);
         var plan = await UpstreamPlanAsync(both, cancellationToken).ConfigureAwait(false);
         var valid = await _store.Upstream.SubstituteAsync(this, plan, paths, both, cancellationToken).ConfigureAwait(false);
@@ -61,10 +64,16 @@ public sealed partial class StoreView
         return valid;
     }
 
-    // What QueryMissing reports for outputs an upstream cache has: their download and NAR sizes, or null if any is
-    // missing there. The lookups run at once (the substituter remembers answers, so a level's shared outputs cost one).
+    // What QueryMissing reports for outputs a trusted account's store or an upstream cache has: their download and NAR
+    // sizes, or null if any is missing there. The lookups run at once (the substituter remembers answers, so a level's
+    // shared outputs cost one).
     private async Task<(long Download, long Nar)?> SubstitutableAsync(IReadOnlyCollection<StorePath> paths, Action<string> warn, CancellationToken cancellationToken)
     {
+        if (await ShareableAsync(paths, cancellationToken).ConfigureAwait(false) is { } shared)
+        {
+            return (0, shared); // (nothing to download: the content is here)
+        }
+
         warn = Logged(warn);
         var plan = await UpstreamPlanAsync(warn, cancellationToken).ConfigureAwait(false);
         if (plan.Caches.Count == 0)

@@ -143,6 +143,30 @@ public sealed class SettingsTests
         Assert.Equal(ErrorKind.Invalid, Assert.Throws<KilnException>(() => Settings.PushTo.Normalize(text)).Kind);
 
     [Fact]
+    public void Sharing_names_accounts_of_the_account_never_of_a_key_a_session_or_a_derivation()
+    {
+        Assert.Equal("team-ci bob", Settings.TrustedAccounts.Normalize(" team-ci,bob  team-ci "));
+        Assert.Equal("", Settings.ShareWith.Normalize(""));
+        foreach (var bad in new[] { "Bob", "(deleted 3)", "../x", string.Join(' ', Enumerable.Range(0, 33).Select(i => $"a{i}")) })
+        {
+            Assert.Equal(ErrorKind.Invalid, Assert.Throws<KilnException>(() => Settings.ShareWith.Normalize(bad)).Kind);
+        }
+
+        var stored = new[]
+        {
+            new SettingRecord("", "trusted-accounts", "bob", false),
+            new SettingRecord(Key, "trusted-accounts", "mallory", false),
+            new SettingRecord(Key, "share-with", "mallory", false),
+            new SettingRecord("", "settings-from-drv-env", "1", false),
+        };
+        var environment = new Dictionary<string, string> { ["KILN_TRUSTED_ACCOUNTS"] = "mallory", ["KILN_SHARE_WITH"] = "mallory" };
+        var all = Settings.Resolve(new Dictionary<string, long>(), stored, Key, environment, environment);
+        Assert.Equal("bob", Settings.TextOf(all, Settings.TrustedAccounts));
+        Assert.Equal("", Settings.TextOf(all, Settings.ShareWith));
+        Assert.True(Settings.TrustedAccounts.AccountWide && !Settings.TrustedAccounts.OperatorOnly);
+    }
+
+    [Fact]
     public void A_stored_value_is_read_in_its_canonical_unit()
     {
         // The service stores what Parse gave (seconds for CPU hours): read back as that, not as hours.

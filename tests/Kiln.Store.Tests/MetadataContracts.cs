@@ -1,6 +1,7 @@
 using Kiln.Nix.Hashing;
 using Kiln.Nix.Store;
 using Kiln.Nix.StorePaths;
+using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 
 namespace Kiln.Store.Tests;
@@ -164,6 +165,27 @@ public abstract class SettingsMetadataContract : MetadataContract
         Assert.Equal([new SettingRecord("", "max-silent-time", "10", false)], await store.GetSettingsAsync(bob.Id, default));
         Assert.Equal([], await store.DeleteAccountAsync(alice.Id, default));
         Assert.Empty(await store.GetSettingsAsync(alice.Id, default));
+    }
+
+    [Fact]
+    public async Task A_deleted_accounts_name_leaves_the_others_sharing_settings()
+    {
+        // Bob shares with alice and carol and trusts alice; alice is deleted, and a new account takes her name: it must
+        // get none of what was given to her.
+        await using var store = await CreateAsync();
+        var alice = (await store.TryCreateAccountAsync("alice", default))!;
+        var bob = (await store.TryCreateAccountAsync("bob", default))!;
+        var dave = (await store.TryCreateAccountAsync("dave", default))!;
+        await store.SetSettingAsync(bob.Id, new SettingRecord("", AccountSharing.ShareWith, "carol alice alice-2", false), default);
+        await store.SetSettingAsync(bob.Id, new SettingRecord("", AccountSharing.TrustedAccounts, "alice", true), default);
+        await store.SetSettingAsync(bob.Id, new SettingRecord("", "tags", "owner=alice", false), default);
+        await store.SetSettingAsync(dave.Id, new SettingRecord("", AccountSharing.ShareWith, "alice", false), default);
+        await store.SetSettingAsync(dave.Id, new SettingRecord("key:SHA256:k", AccountSharing.ShareWith, "alice", false), default); // (no such scope is read; left alone)
+        await store.DeleteAccountAsync(alice.Id, default);
+        Assert.Equal(
+            [new SettingRecord("", AccountSharing.ShareWith, "carol alice-2", false), new SettingRecord("", "tags", "owner=alice", false)],
+            await store.GetSettingsAsync(bob.Id, default));
+        Assert.Equal([new SettingRecord("key:SHA256:k", AccountSharing.ShareWith, "alice", false)], await store.GetSettingsAsync(dave.Id, default));
     }
 }
 

@@ -38,6 +38,9 @@ public enum PathTrust
 
     /// <summary>Kiln built it from inputs this account trusts, not all of them globally.</summary>
     BuiltByAccountTrust,
+
+    /// <summary>Taken from the store of an account this one trusts (<c>trusted-accounts</c>), which vouched for it no more than that.</summary>
+    TrustedAccount,
 }
 
 /// <summary>The two levels of <see cref="PathTrust"/>.</summary>
@@ -47,7 +50,7 @@ public static class PathTrustLevels
     public static bool IsGlobal(this PathTrust trust) => trust is PathTrust.ContentAddressed or PathTrust.SignedByTrustedKey or PathTrust.Built;
 
     /// <summary>Trusted by the account whose record it is (globally trusted, or by its own keys).</summary>
-    public static bool IsTrustedByAccount(this PathTrust trust) => trust.IsGlobal() || trust is PathTrust.SignedByAccountKey or PathTrust.BuiltByAccountTrust;
+    public static bool IsTrustedByAccount(this PathTrust trust) => trust.IsGlobal() || trust is PathTrust.SignedByAccountKey or PathTrust.BuiltByAccountTrust or PathTrust.TrustedAccount;
 }
 
 /// <summary>A path record in an account's view.</summary>

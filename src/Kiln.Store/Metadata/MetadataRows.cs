@@ -102,6 +102,7 @@ internal static class MetadataRows
         PathTrust.Built => "built",
         PathTrust.SignedByAccountKey => "signed-by-account",
         PathTrust.BuiltByAccountTrust => "built-by-account",
+        PathTrust.TrustedAccount => "trusted-account",
         _ => throw new ArgumentOutOfRangeException(nameof(trust)),
     };
 
@@ -112,6 +113,7 @@ internal static class MetadataRows
         "built" => PathTrust.Built,
         "signed-by-account" => PathTrust.SignedByAccountKey,
         "built-by-account" => PathTrust.BuiltByAccountTrust,
+        "trusted-account" => PathTrust.TrustedAccount,
         _ => PathTrust.Untrusted,
     };
 
@@ -333,6 +335,13 @@ internal static class MetadataRows
         "DELETE FROM transfers WHERE account_id = @a",
         "DELETE FROM pushes WHERE account_id = @a",
         "DELETE FROM server_secrets WHERE name = 'push-ssh-key:' || CAST(@a AS TEXT)",
+        // Its name leaves the other accounts' sharing settings: an account made later under the same name gets none of
+        // the trust or sharing given to this one. (Canonical values: names once each, single spaces.)
+        $"""
+        UPDATE settings SET value = trim(replace(' ' || value || ' ', ' ' || (SELECT name FROM accounts WHERE id = @a) || ' ', ' '))
+        WHERE account_id <> @a AND scope = '' AND name IN ('{Accounts.AccountSharing.TrustedAccounts}', '{Accounts.AccountSharing.ShareWith}')
+        """,
+        $"DELETE FROM settings WHERE value = '' AND name IN ('{Accounts.AccountSharing.TrustedAccounts}', '{Accounts.AccountSharing.ShareWith}')",
         "DELETE FROM settings WHERE account_id = @a",
         $"UPDATE accounts SET name = '{Accounts.AccountName.DeletedPrefix} ' || id || ')', public_cache = false, substituters = '', trusted_public_keys = '', netrc = '' WHERE id = @a",
     ];

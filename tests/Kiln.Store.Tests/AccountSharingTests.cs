@@ -1,0 +1,141 @@
+using Kiln.Nix.Derivations;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Store;
+using Kiln.Nix.StorePaths;
+using Kiln.Nix.Tests.Support;
+using Kiln.Protocol.Worker;
+using Kiln.Store.Accounts;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Store.Tests;
+
+/// <summary>
+/// trusted-accounts and share-with: a path moves from Bob's store into Alice's only when Alice trusts Bob and Bob
+/// shares with Alice; trust alone never lets Alice read what Bob holds, sharing alone never makes her take it.
+/// </summary>
+public sealed class AccountSharingTests : IAsyncLifetime
+{
+    private static readonly byte[] LibNar = File.ReadAllBytes(Repo.Golden("nar", "hello.txt.nar"));
+    private static readonly byte[] AppNar = File.ReadAllBytes(Repo.Golden("nar", "script.sh.nar"));
+
+    private readonly TempDir _temp = new();
+    private KilnStore _store = null!;
+
+    private static readonly StorePath Lib = MetadataContract.P("bobs-lib");
+    private static readonly StorePath App = MetadataContract.P("bobs-app");
+
+    public async ValueTask InitializeAsync()
+    {
+        _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
+        using var bob = await _store.OpenViewAsync("bob", default);
+        await bob.AddToStoreAsync(Declared(Lib, LibNar), new MemoryStream(LibNar), false, false, default);
+        await bob.AddToStoreAsync(Declared(App, AppNar, Lib), new MemoryStream(AppNar), false, false, default);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _store.DisposeAsync();
+        _temp.Dispose();
+    }
+
+    private static ValidPathInfo Declared(StorePath path, byte[] nar, params StorePath[] references) => new()
+    {
+        Path = path,
+        NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar),
+        NarSize = nar.Length,
+        References = new SortedSet<StorePath>(references),
+    };
+
+    private async Task SetAsync(string account, string setting, string value)
+    {
+        using var view = await _store.OpenViewAsync(account, default);
+        await _store.Settings.SetSettingAsync(view.AccountId, new SettingRecord("", setting, AccountSharing.Canonical(value), false), default);
+    }
+
+    // What a new session of the account takes of Bob's app.
+    private async Task<IReadOnlySet<StorePath>> SubstituteAppAsync(string account)
+    {
+        using var view = await _store.OpenViewAsync(account, default);
+        return await view.SubstituteAsync([App], default);
+    }
+
+    [Fact]
+    public async Task A_path_moves_only_where_one_account_trusts_and_the_other_shares()
+    {
+        Assert.Empty(await SubstituteAppAsync("alice")); // neither
+
+        // Mallory trusts Bob (she wants his store): Bob shares with nobody, so she gets nothing.
+        await SetAsync("mallory", AccountSharing.TrustedAccounts, "bob");
+        Assert.Empty(await SubstituteAppAsync("mallory"));
+
+        // Bob shares with Alice, who does not trust him yet: nothing moves.
+        await SetAsync("bob", AccountSharing.ShareWith, "alice carol");
+        Assert.Empty(await SubstituteAppAsync("alice"));
+        Assert.Empty(await SubstituteAppAsync("mallory")); // (still not shared with her)
+
+        // Alice trusts Bob (after an account that does not exist, and herself): the app and its closure move.
+        await SetAsync("alice", AccountSharing.TrustedAccounts, "nobody alice bob");
+        using var alice = await _store.OpenViewAsync("alice", default);
+        var taken = await alice.TakeSharedAsync([App], default);
+        Assert.Equal(new Dictionary<StorePath, string> { [App] = "bob", [Lib] = "bob" }, taken);
+        var records = await alice.GetRecordsAsync([App, Lib], default);
+        Assert.All(records.Values, r => Assert.Equal((Provenance.Shared, PathTrust.TrustedAccount), (r.Provenance, r.Trust)));
+        Assert.Equal([Lib], records[App].Info.References);
+        var blob = await alice.OpenNarAsync(App, default);
+        Assert.NotNull(blob);
+        await blob.DisposeAsync();
+
+        // Bob's own records are as they were.
+        using var bob = await _store.OpenViewAsync("bob", default);
+        Assert.All((await bob.GetRecordsAsync([App, Lib], default)).Values, r => Assert.Equal((Provenance.Uploaded, PathTrust.Untrusted), (r.Provenance, r.Trust)));
+        Assert.Empty(await SubstituteAppAsync("mallory"));
+        Assert.Empty(await SubstituteAppAsync("carol")); // shared with, but she does not trust him
+    }
+
+    [Fact]
+    public async Task A_closure_is_completed_from_several_sharers_first_preferred()
+    {
+        // Carol comes first in Alice's list and has the library only; Bob has the app and the library.
+        await SetAsync("bob", AccountSharing.ShareWith, "alice");
+        await SetAsync("carol", AccountSharing.ShareWith, "alice");
+        await SetAsync("alice", AccountSharing.TrustedAccounts, "carol bob");
+        using (var carol = await _store.OpenViewAsync("carol", default))
+        {
+            await carol.AddToStoreAsync(Declared(Lib, LibNar), new MemoryStream(LibNar), false, false, default);
+        }
+
+        using var alice = await _store.OpenViewAsync("alice", default);
+        Assert.Equal(new Dictionary<StorePath, string> { [App] = "bob", [Lib] = "carol" }, await alice.TakeSharedAsync([App], default));
+        Assert.Empty(await alice.TakeSharedAsync([App], default)); // (held now: nothing more to take)
+        Assert.Empty(await alice.TakeSharedAsync([MetadataContract.P("nobody-has-it")], default));
+    }
+
+    [Fact]
+    public async Task Globally_trusted_paths_stay_so_and_query_missing_counts_shared_outputs_as_substitutable()
+    {
+        await SetAsync("bob", AccountSharing.ShareWith, "alice");
+        await SetAsync("alice", AccountSharing.TrustedAccounts, "bob");
+        StorePath source;
+        using (var bob = await _store.OpenViewAsync("bob", default))
+        {
+            source = (await bob.AddContentAddressedAsync("source.txt", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+                new MemoryStream("hello"u8.ToArray()), new SortedSet<StorePath>(), false, default)).Path;
+        }
+
+        using var alice = await _store.OpenViewAsync("alice", default);
+        Assert.Contains(source, await alice.SubstituteAsync([source], default));
+        Assert.Equal(PathTrust.ContentAddressed, (await alice.GetRecordsAsync([source], default))[source].Trust);
+
+        // A derivation of Alice's whose output Bob holds: QueryMissing says it will be substituted, not built.
+        var derivation = new Derivation { Name = "bobs-app", Platform = "x86_64-linux", Builder = "/bin/sh" };
+        derivation.Outputs["out"] = new DerivationOutput(App.ToString(), "", "");
+        derivation.Environment["out"] = App.ToString();
+        var drv = await alice.AddContentAddressedAsync("bobs-app.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(), false, default);
+        var missing = await alice.QueryMissingAsync([new DerivedPath.Built(drv.Path, null)], new ListLog(), default);
+        Assert.Empty(missing.WillBuild);
+        Assert.Equal([App], missing.WillSubstitute);
+        Assert.Equal(0, missing.DownloadSize);
+        Assert.Equal(AppNar.Length, missing.NarSize);
+    }
+}
