@@ -29,15 +29,21 @@ public class UpstreamTests
             File.WriteAllText(client.HostPath(dag), text.Replace("echo ${toString l}-${toString i} > $out/id;", $"echo ${{toString l}}-${{toString i}} > $out/id; {extraScript};", StringComparison.Ordinal));
         }
 
-        // Built by the host's Nix 2.8 (the clients' chroots have no build users or terminals); the store paths are the
-        // same the clients compute, as the DAG file and busybox are the same files.
+        var outputs = BuildOnHost(client, workspace, dag);
         var host = client.HostPath(workspace);
         var upstreamStore = $"local?root={host}/upstream";
-        var outputs = Host("nix-build", "--store", upstreamStore, client.HostPath(dag), "--no-out-link").Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Host("nix-store", "--generate-binary-cache-key", "upstream-test-1", $"{host}/upstream.secret", $"{host}/upstream.public");
         Host(["nix", "copy", "--store", upstreamStore, "--to", $"file://{host}/cache?secret-key={host}/upstream.secret", .. outputs]);
         return new Upstream(dag, outputs, $"{host}/cache", File.ReadAllText($"{host}/upstream.public").Trim());
     }
+
+    /// <summary>
+    /// Builds a DAG file with the host's Nix 2.8 into a store of its own, <c>WORKSPACE/upstream</c> (the clients' chroots
+    /// have no build users or terminals); the store paths are the same the clients compute, as the DAG file and busybox
+    /// are the same files. Returns the outputs.
+    /// </summary>
+    internal static string[] BuildOnHost(NixClient client, string workspace, string dag) =>
+        Host("nix-build", "--store", $"local?root={client.HostPath(workspace)}/upstream", client.HostPath(dag), "--no-out-link").Split('\n', StringSplitOptions.RemoveEmptyEntries);
 
     private static string Host(params string[] command)
     {
@@ -51,7 +57,7 @@ public class UpstreamTests
     }
 
     // A derivation on top of the DAG's outputs: the only thing Kiln should have to build.
-    private static string WriteConsumer(NixClient client, string workspace, string dag)
+    internal static string WriteConsumer(NixClient client, string workspace, string dag)
     {
         var file = $"{workspace}/consumer.nix";
         File.WriteAllText(client.HostPath(file), $$"""
