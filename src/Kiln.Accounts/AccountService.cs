@@ -302,6 +302,13 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.None);
         var stored = await settings.GetSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
+
+        // The signing key is the account's record too; its public half is shown (never the secret).
+        if (await accounts.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false) is { } secret)
+        {
+            stored = [.. stored, new SettingRecord("", Settings.SigningKeyForBuilds.Name, SecretKey.Parse(secret).PublicKey.ToString(), Final: false)];
+        }
+
         if (!actor.IsOperator && !actor.Permissions.HasFlag(KeyPermissions.AccountWrite))
         {
             return stored; // (substituter addresses can carry credentials: only those who manage the account read them)
@@ -325,6 +332,14 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         Need(actor, account, KeyPermissions.AccountWrite);
         var definition = Settings.Find(name);
         RefuseQuota(actor, definition, keyFingerprint);
+        if (definition.SigningKey)
+        {
+            Lasting(actor, "replace the account's signing key");
+            var key = Validate(() => SecretKey.Parse((value ?? "").Trim()));
+            await accounts.SetSigningKeyAsync(account.Id, key.ToString(), cancellationToken).ConfigureAwait(false);
+            return new SettingRecord("", definition.Name, key.PublicKey.ToString(), Final: false); // (the secret is never echoed)
+        }
+
         var record = new SettingRecord(await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false), definition.Name,
             definition.Normalize(value), final);
         if (definition.Upstream)
@@ -369,6 +384,12 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         var scope = await ScopeAsync(account, keyFingerprint, cancellationToken).ConfigureAwait(false);
         var definition = Settings.Find(name);
         RefuseQuota(actor, definition, keyFingerprint);
+        if (definition.SigningKey)
+        {
+            // (Outputs already signed keep their signatures; a key is replaced, so the account always has one once set.)
+            throw new KilnException(ErrorKind.Invalid, $"{definition.Name} is replaced, not removed: set another key ('settings set {definition.Name} - < key.sec', or 'kiln signing-key create')");
+        }
+
         if (definition.Upstream)
         {
             var upstream = await settings.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);

@@ -78,6 +78,12 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     /// </summary>
     public bool Upstream { get; init; }
 
+    /// <summary>
+    /// Kept as the account's signing key rather than with the other settings (<c>signing-key-for-builds</c>; also
+    /// <c>kiln signing-key create</c>): set from a secret key, shown by its public half only.
+    /// </summary>
+    public bool SigningKey { get; init; }
+
     /// <summary>What an empty text value means (<c>none</c>, or the server's default).</summary>
     public string EmptyText { get; init; } = "none";
 
@@ -290,9 +296,17 @@ public static class Settings
         Canonical = AccountSharing.Canonical,
     };
 
+    public static SettingDefinition SigningKeyForBuilds { get; } = new("signing-key-for-builds", SettingKind.Text, "The Nix secret key (name:base64, as nix-store --generate-binary-cache-key writes it) that signs what Kiln builds for the account from inputs it trusts, and its pushes; shown by its public half. Give it on standard input: settings set signing-key-for-builds - < key.sec.")
+    {
+        AccountWide = true,
+        SigningKey = true,
+        EmptyText = "none",
+        Canonical = CanonicalSigningKey,
+    };
+
     public static IReadOnlyList<SettingDefinition> All { get; } =
         [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, RetentionBuilds, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
-            SettingsFromSshEnv, SettingsFromDrvEnv, Substituters, TrustedPublicKeys, PushTo, PushReused, Tags, TrustedAccounts, ShareWith];
+            SettingsFromSshEnv, SettingsFromDrvEnv, Substituters, TrustedPublicKeys, PushTo, PushReused, Tags, TrustedAccounts, ShareWith, SigningKeyForBuilds];
 
     private static string CanonicalSubstituters(string text) => string.Join(' ', text.Split([' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries).Distinct(StringComparer.Ordinal)
         .Select(url => Uri.TryCreate(url, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps)
@@ -311,6 +325,26 @@ public static class Settings
                 throw new KilnException(ErrorKind.Invalid, e.Message);
             }
         }));
+
+    // A secret key as it is given (kept as the account's key, never shown), or the public half listings show.
+    private static string CanonicalSigningKey(string text)
+    {
+        try
+        {
+            return Kiln.Nix.Signing.SecretKey.Parse(text.Trim()).ToString();
+        }
+        catch (Kiln.Nix.NixFormatException)
+        {
+            try
+            {
+                return Kiln.Nix.Signing.PublicKey.Parse(text.Trim()).ToString();
+            }
+            catch (Kiln.Nix.NixFormatException)
+            {
+                throw new KilnException(ErrorKind.Invalid, "not a Nix secret key (name:base64 of 64 bytes, as nix-store --generate-binary-cache-key writes it)");
+            }
+        }
+    }
 
     // Tags as the setting keeps them: each name=value checked, a name once (the last one given), at most BuildTag.MaxTags.
     private static string CanonicalTags(string text)

@@ -239,6 +239,39 @@ public sealed class AccountServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_signing_key_for_builds_is_set_from_its_secret_and_shown_by_its_public_half_only()
+    {
+        var (alice, manager, _) = await LoginAsync("alice", KeyPermissions.All);
+        var (_, readerPublic) = NewKey("reader");
+        var reader = Actor.ForKey((await _service.AddKeyAsync(Actor.Operator, alice, readerPublic, KeyPermissions.StoreRead, null, default)).Added!);
+        var secret = Kiln.Nix.Signing.SecretKey.Generate("alices-cache-1");
+
+        var set = await _service.SetSettingAsync(manager, alice, "signing-key-for-builds", $" {secret} \n", null, final: false, default);
+        Assert.Equal(secret.PublicKey.ToString(), set.Value); // never the secret
+        Assert.Equal(secret.ToString(), await _metadata.GetSigningKeyAsync(alice.Id, default)); // the key that signs her builds and pushes
+        Assert.Equal(secret.PublicKey.ToString(), (await _service.SigningKeyAsync(reader, alice, default)).ToString());
+        foreach (var actor in new[] { manager, reader })
+        {
+            var shown = Settings.Resolve(new Dictionary<string, long>(), await _service.StoredSettingsAsync(actor, alice, default), null, null);
+            Assert.Equal(secret.PublicKey.ToString(), Settings.TextOf(shown, Settings.SigningKeyForBuilds));
+            Assert.DoesNotContain(await _service.StoredSettingsAsync(actor, alice, default), r => r.Value.Contains(secret.ToString().Split(':')[1][..20], StringComparison.Ordinal));
+        }
+
+        // A public key, garbage, a key's level, a reader, another account: refused, and the key stays.
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(manager, alice, "signing-key-for-builds", secret.PublicKey.ToString(), null, false, default));
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(manager, alice, "signing-key-for-builds", "x:AAAA", null, false, default));
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(manager, alice, "signing-key-for-builds", secret.ToString(), manager.Key!.Fingerprint, false, default));
+        await Refused(ErrorKind.Forbidden, () => _service.SetSettingAsync(reader, alice, "signing-key-for-builds", SecretKey().ToString(), null, false, default));
+        var (bob, bobs, _) = await LoginAsync("bob", KeyPermissions.All);
+        await Refused(ErrorKind.NotFound, () => _service.SetSettingAsync(bobs, alice, "signing-key-for-builds", SecretKey().ToString(), null, false, default));
+        await Refused(ErrorKind.Invalid, () => _service.UnsetSettingAsync(manager, alice, "signing-key-for-builds", null, default));
+        Assert.Equal(secret.ToString(), await _metadata.GetSigningKeyAsync(alice.Id, default));
+        Assert.Null(await _metadata.GetSigningKeyAsync(bob.Id, default));
+
+        static Kiln.Nix.Signing.SecretKey SecretKey() => Kiln.Nix.Signing.SecretKey.Generate("mallory-1");
+    }
+
+    [Fact]
     public async Task Tokens_signing_keys_and_settings_follow_the_same_rules()
     {
         var (alice, actor, _) = await LoginAsync("alice", KeyPermissions.StoreRead | KeyPermissions.StoreWrite | KeyPermissions.AccountWrite);

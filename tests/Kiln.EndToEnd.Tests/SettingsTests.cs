@@ -14,6 +14,39 @@ public sealed class SettingsTests
 {
     private const string Store = "ssh-ng://kiln@127.0.0.1";
 
+    [Fact]
+    public void An_accounts_signing_key_for_builds_comes_on_standard_input_never_into_the_log_and_signs_its_builds()
+    {
+        NixClient.RequireEndToEnd();
+        var client = NixClient.For("2.34.8");
+        using var kiln = new KilnProcess(ssh: true);
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, kiln, "alice", "store:read,store:write,build:read,build:write,account:write");
+        var secret = Kiln.Nix.Signing.SecretKey.Generate("alices-cache-1");
+        var secretText = secret.ToString();
+
+        // On the command line (which the server logs, and ps shows): refused, and not logged.
+        var refused = SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "signing-key-for-builds", secretText);
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("standard input", refused.Stderr, StringComparison.Ordinal);
+
+        // On standard input, as a file is piped: set, and echoed by its public half.
+        var set = SshTests.Shell(kiln, alice, secretText + "\n", "kiln", "settings", "set", "signing-key-for-builds", "-");
+        Assert.True(set.ExitCode == 0, set.Stderr);
+        Assert.Contains(secret.PublicKey.ToString(), set.StdoutText, StringComparison.Ordinal);
+        Assert.Contains(secret.PublicKey.ToString(), SshTests.Shell(kiln, alice, null, "kiln", "settings").StdoutText, StringComparison.Ordinal);
+
+        // What Kiln builds for her is signed with it: stock Nix sees the signature.
+        var drv = Dag.WriteSingle(client, workspace, "signed", $"echo {Guid.NewGuid():N}; mkdir $out");
+        var output = client.Ok(kiln, [.. alice.Environment, "nix-build", "--store", Store, drv, "--no-out-link"]).StdoutText.Trim();
+        var info = client.Ok(kiln, [.. alice.Environment, "nix", "path-info", "--sigs", "--store", Store, output]).StdoutText;
+        Assert.Contains("alices-cache-1:", info, StringComparison.Ordinal);
+
+        var secretHalf = secretText.Split(':')[1];
+        Assert.DoesNotContain(secretHalf[..16], kiln.Log, StringComparison.Ordinal);
+        Assert.Contains("signing-key-for-builds (value not logged)", kiln.Log, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("2.3.7")]
     [InlineData("2.34.8")]

@@ -59,10 +59,14 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
         PropertyNamingPolicy = JsonNamingPolicy.CamelCase, // the API's documents, as the API shows them
     };
 
+    // The interactive shell's reader of the connection (a value given as "-" is its next line), null for one command.
+    private StreamReader? _input;
+
     /// <summary>Answers lines from the connection with a prompt until <c>exit</c> or end of input.</summary>
     public async Task RunInteractiveAsync(CancellationToken cancellationToken)
     {
         using var input = new StreamReader(connection, Encoding.UTF8, false, 4096, leaveOpen: true);
+        _input = input;
         await OutAsync($"Kiln: logged in to account {key.AccountName}. Type 'help' for commands.\n", cancellationToken).ConfigureAwait(false);
         while (true)
         {
@@ -189,7 +193,14 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                 return Show(json, effective.Select(e => new { name = e.Definition.Name, value = e.JsonValue, origin = e.Origin.ToString().ToLowerInvariant(), final = e.Final }),
                     string.Join("\n", effective.Select(e => e.ToLine())));
             case "set" when words.Count >= 4:
-                var record = await accounts.SetSettingAsync(_actor, account, words[2], words[3], forKey, final, cancellationToken).ConfigureAwait(false);
+                // A secret is given on standard input ("-"), never on the command line, which is logged and seen by ps.
+                var value = words[3] == "-" ? await ReadValueAsync(cancellationToken).ConfigureAwait(false) : words[3];
+                if (words[2] == Kiln.Accounts.Settings.SigningKeyForBuilds.Name && words[3] != "-")
+                {
+                    throw new ShellException($"give the secret key on standard input: settings set {words[2]} - < key.sec");
+                }
+
+                var record = await accounts.SetSettingAsync(_actor, account, words[2], value, forKey, final, cancellationToken).ConfigureAwait(false);
                 return $"{record.Name} = {record.Value}{(record.Scope.Length > 0 ? " for " + record.Scope : "")}{(record.Final ? " (final)" : "")}";
             case "unset" when words.Count >= 3:
                 return await accounts.UnsetSettingAsync(_actor, account, words[2], forKey, cancellationToken).ConfigureAwait(false)
@@ -198,6 +209,31 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             default:
                 throw new ShellException("usage: settings | settings set NAME VALUE [--this-key | --key FINGERPRINT] [--final] | settings unset NAME [--this-key | --key FINGERPRINT]");
         }
+    }
+
+    // One line of input (at most 4 KiB): the interactive shell's next line, or what a single command was piped.
+    private async Task<string> ReadValueAsync(CancellationToken cancellationToken)
+    {
+        if (_input is not null)
+        {
+            return await _input.ReadLineAsync(cancellationToken).ConfigureAwait(false) ?? throw new ShellException("no value on standard input");
+        }
+
+        var buffer = new byte[4096];
+        var length = 0;
+        while (length < buffer.Length && Array.IndexOf(buffer, (byte)'\n', 0, length) < 0)
+        {
+            var read = await connection.ReadAsync(buffer.AsMemory(length), cancellationToken).ConfigureAwait(false);
+            if (read == 0)
+            {
+                break;
+            }
+
+            length += read;
+        }
+
+        var text = Encoding.UTF8.GetString(buffer, 0, length);
+        return text.Split('\n')[0].Trim() is { Length: > 0 } line ? line : throw new ShellException("no value on standard input");
     }
 
     private async Task<string> KeysAsync(List<string> words, bool json, CancellationToken cancellationToken)
