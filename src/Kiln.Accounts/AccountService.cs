@@ -314,9 +314,10 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
             return stored; // (substituter addresses can carry credentials: only those who manage the account read them)
         }
 
-        // The upstream caches live with the account's record; they are shown as its settings.
+        // The upstream caches live with the account's record; they are shown as its settings (the netrc by its machines).
         var upstream = await settings.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
-        return [.. stored, .. new[] { (Settings.Substituters, upstream.Substituters), (Settings.TrustedPublicKeys, upstream.TrustedPublicKeys) }
+
+        return [.. stored, .. new[] { (Settings.Substituters, upstream.Substituters), (Settings.TrustedPublicKeys, upstream.TrustedPublicKeys), (Settings.Netrc, Settings.NetrcShown(upstream.Netrc)) }
             .Where(u => u.Item2.Length > 0).Select(u => new SettingRecord("", u.Item1.Name, u.Item2, Final: false))];
     }
 
@@ -345,7 +346,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         if (definition.Upstream)
         {
             await SetUpstreamAsync(account, definition, record.Value, cancellationToken).ConfigureAwait(false);
-            return record with { Final = false };
+            return record with { Final = false, Value = definition == Settings.Netrc ? Settings.NetrcShown(record.Value) : record.Value };
         }
 
         await RefuseFinalAsync(actor, account, record.Scope, record.Name, cancellationToken).ConfigureAwait(false);
@@ -394,7 +395,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         {
             var upstream = await settings.GetUpstreamSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
             await SetUpstreamAsync(account, definition, "", cancellationToken).ConfigureAwait(false);
-            return (definition == Settings.Substituters ? upstream.Substituters : upstream.TrustedPublicKeys).Length > 0;
+            return (definition == Settings.Substituters ? upstream.Substituters : definition == Settings.Netrc ? upstream.Netrc : upstream.TrustedPublicKeys).Length > 0;
         }
 
         await RefuseFinalAsync(actor, account, scope, definition.Name, cancellationToken).ConfigureAwait(false);
@@ -402,7 +403,8 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     }
 
     private Task SetUpstreamAsync(AccountRecord account, SettingDefinition definition, string value, CancellationToken cancellationToken) =>
-        settings.SetUpstreamSettingsAsync(account.Id, definition == Settings.Substituters ? value : null, definition == Settings.TrustedPublicKeys ? value : null, null, cancellationToken);
+        settings.SetUpstreamSettingsAsync(account.Id, definition == Settings.Substituters ? value : null, definition == Settings.TrustedPublicKeys ? value : null,
+            definition == Settings.Netrc ? value : null, cancellationToken);
 
     // The account's level, or one of its keys' (another account's key is not found, as if it did not exist).
     private async Task<string> ScopeAsync(AccountRecord account, string? keyFingerprint, CancellationToken cancellationToken)

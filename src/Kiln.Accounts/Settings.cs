@@ -84,6 +84,12 @@ public sealed record SettingDefinition(string Name, SettingKind Kind, string Des
     /// </summary>
     public bool SigningKey { get; init; }
 
+    /// <summary>
+    /// A secret (<c>signing-key-for-builds</c>, <c>netrc</c>): given on standard input, never on a command line (which
+    /// the server logs); listings show what it is for, never the secret itself.
+    /// </summary>
+    public bool Secret { get; init; }
+
     /// <summary>What an empty text value means (<c>none</c>, or the server's default).</summary>
     public string EmptyText { get; init; } = "none";
 
@@ -300,13 +306,22 @@ public static class Settings
     {
         AccountWide = true,
         SigningKey = true,
+        Secret = true,
         EmptyText = "none",
         Canonical = CanonicalSigningKey,
     };
 
+    public static SettingDefinition Netrc { get; } = new("netrc", SettingKind.Text, "Credentials (netrc: machine HOST login USER password SECRET …) for the account's upstream caches and its push-to targets; kept sealed, shown by machine names only. Give it on standard input: settings set netrc - < netrc.")
+    {
+        AccountWide = true,
+        Upstream = true,
+        Secret = true,
+        Canonical = CanonicalNetrc,
+    };
+
     public static IReadOnlyList<SettingDefinition> All { get; } =
         [Timeout, MaxSilentTime, MaxBuildLogSize, MaxJobs, MaxCpu, MinCpu, DefaultCpu, MaxMem, MinMem, MaxStorage, MaxCpuHoursPerMonth, Retention, RetentionBuilds, KeepBuildsRunning, ReuseBuildFailures, ReuseBuildTimeouts,
-            SettingsFromSshEnv, SettingsFromDrvEnv, Substituters, TrustedPublicKeys, PushTo, PushReused, Tags, TrustedAccounts, ShareWith, SigningKeyForBuilds];
+            SettingsFromSshEnv, SettingsFromDrvEnv, Substituters, TrustedPublicKeys, PushTo, PushReused, Tags, TrustedAccounts, ShareWith, SigningKeyForBuilds, Netrc];
 
     private static string CanonicalSubstituters(string text) => string.Join(' ', text.Split([' ', '\t', '\n'], StringSplitOptions.RemoveEmptyEntries).Distinct(StringComparer.Ordinal)
         .Select(url => Uri.TryCreate(url, UriKind.Absolute, out var uri) && (uri.Scheme == Uri.UriSchemeHttp || uri.Scheme == Uri.UriSchemeHttps)
@@ -344,6 +359,24 @@ public static class Settings
                 throw new KilnException(ErrorKind.Invalid, "not a Nix secret key (name:base64 of 64 bytes, as nix-store --generate-binary-cache-key writes it)");
             }
         }
+    }
+
+    // A netrc as it is kept: its words separated by single spaces (one entry after another, as netrc allows), with at
+    // least one machine or default entry.
+    private static string CanonicalNetrc(string text)
+    {
+        var words = text.Split([' ', '\t', '\n', '\r'], StringSplitOptions.RemoveEmptyEntries);
+        var parsed = Kiln.Store.Upstream.Netrc.Parse(text);
+        return words.Length == 0 ? "" : parsed.Machines.Count > 0 || parsed.HasDefault
+            ? string.Join(' ', words)
+            : throw new KilnException(ErrorKind.Invalid, "not netrc text: no 'machine HOST login USER password SECRET' (or 'default …') entry");
+    }
+
+    /// <summary>What listings show of a netrc: its machines (and default), without logins or passwords — itself netrc text.</summary>
+    public static string NetrcShown(string netrc)
+    {
+        var parsed = Kiln.Store.Upstream.Netrc.Parse(netrc ?? "");
+        return string.Join(' ', parsed.Machines.Order(StringComparer.Ordinal).Select(m => $"machine {m}").Concat(parsed.HasDefault ? ["default"] : []));
     }
 
     // Tags as the setting keeps them: each name=value checked, a name once (the last one given), at most BuildTag.MaxTags.

@@ -272,6 +272,31 @@ public sealed class AccountServiceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_accounts_netrc_is_set_by_those_who_manage_it_and_shown_by_its_machines_only()
+    {
+        var (alice, manager, _) = await LoginAsync("alice", KeyPermissions.All);
+        var (_, readerPublic) = NewKey("reader");
+        var reader = Actor.ForKey((await _service.AddKeyAsync(Actor.Operator, alice, readerPublic, KeyPermissions.StoreRead, null, default)).Added!);
+        const string Netrc = "machine b.example.org\n  login alice\n  password hunter2-b\nmachine a.example.org login alice password hunter2-a\n";
+
+        var set = await _service.SetSettingAsync(manager, alice, "netrc", Netrc, null, final: false, default);
+        Assert.Equal("machine a.example.org machine b.example.org", set.Value);
+        Assert.Equal("machine b.example.org login alice password hunter2-b machine a.example.org login alice password hunter2-a",
+            (await _metadata.GetUpstreamSettingsAsync(alice.Id, default)).Netrc);
+        var shown = Settings.Resolve(new Dictionary<string, long>(), await _service.StoredSettingsAsync(manager, alice, default), null, null);
+        Assert.Equal("machine a.example.org machine b.example.org", Settings.TextOf(shown, Settings.Netrc));
+        Assert.DoesNotContain(await _service.StoredSettingsAsync(manager, alice, default), r => r.Value.Contains("hunter2", StringComparison.Ordinal));
+        Assert.DoesNotContain(await _service.StoredSettingsAsync(reader, alice, default), r => r.Name == "netrc");
+
+        await Refused(ErrorKind.Forbidden, () => _service.SetSettingAsync(reader, alice, "netrc", Netrc, null, false, default));
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(manager, alice, "netrc", Netrc, manager.Key!.Fingerprint, false, default));
+        await Refused(ErrorKind.Invalid, () => _service.SetSettingAsync(manager, alice, "netrc", "login alice password nothing-for-a-machine", null, false, default));
+        Assert.True(await _service.UnsetSettingAsync(manager, alice, "netrc", null, default));
+        Assert.Equal("", (await _metadata.GetUpstreamSettingsAsync(alice.Id, default)).Netrc);
+        Assert.False(await _service.UnsetSettingAsync(manager, alice, "netrc", null, default));
+    }
+
+    [Fact]
     public async Task Tokens_signing_keys_and_settings_follow_the_same_rules()
     {
         var (alice, actor, _) = await LoginAsync("alice", KeyPermissions.StoreRead | KeyPermissions.StoreWrite | KeyPermissions.AccountWrite);

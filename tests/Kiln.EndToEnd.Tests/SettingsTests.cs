@@ -15,7 +15,7 @@ public sealed class SettingsTests
     private const string Store = "ssh-ng://kiln@127.0.0.1";
 
     [Fact]
-    public void An_accounts_signing_key_for_builds_comes_on_standard_input_never_into_the_log_and_signs_its_builds()
+    public void An_accounts_signing_key_and_netrc_come_on_standard_input_never_into_the_log_and_the_key_signs_its_builds()
     {
         NixClient.RequireEndToEnd();
         var client = NixClient.For("2.34.8");
@@ -42,9 +42,29 @@ public sealed class SettingsTests
         var info = client.Ok(kiln, [.. alice.Environment, "nix", "path-info", "--sigs", "--store", Store, output]).StdoutText;
         Assert.Contains("alices-cache-1:", info, StringComparison.Ordinal);
 
+        // Her netrc (for her push-to caches) the same way: on standard input only, shown by its machines, sealed at rest.
+        Assert.Equal(1, SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "netrc", "machine", "cache.example.org", "password", "hunter2-on-the-line").ExitCode);
+        var netrc = SshTests.Shell(kiln, alice, "machine cache.example.org\n  login alice\n  password hunter2-piped\n", "kiln", "settings", "set", "netrc", "-");
+        Assert.True(netrc.ExitCode == 0, netrc.Stderr);
+        Assert.Contains("netrc = machine cache.example.org", netrc.StdoutText, StringComparison.Ordinal);
+        var listed = SshTests.Shell(kiln, alice, null, "kiln", "settings").StdoutText;
+        Assert.Matches(@"netrc\s+machine cache\.example\.org\s+account", listed);
+        Assert.DoesNotContain("hunter2", listed, StringComparison.Ordinal);
+        using (var database = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={Path.Combine(kiln.DataDirectory, "kiln.db")};Mode=ReadOnly"))
+        {
+            database.Open();
+            using var select = database.CreateCommand();
+            select.CommandText = "SELECT netrc FROM accounts WHERE name = 'alice'";
+            var stored = (string)select.ExecuteScalar()!;
+            Assert.NotEqual("", stored);
+            Assert.DoesNotContain("hunter2", stored, StringComparison.Ordinal);
+        }
+
         var secretHalf = secretText.Split(':')[1];
         Assert.DoesNotContain(secretHalf[..16], kiln.Log, StringComparison.Ordinal);
+        Assert.DoesNotContain("hunter2", kiln.Log, StringComparison.Ordinal);
         Assert.Contains("signing-key-for-builds (value not logged)", kiln.Log, StringComparison.Ordinal);
+        Assert.Contains("netrc (value not logged)", kiln.Log, StringComparison.Ordinal);
     }
 
     [Theory]

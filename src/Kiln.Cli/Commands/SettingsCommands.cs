@@ -46,7 +46,7 @@ internal static class SettingsCommands
         var setData = DataOption();
         var setAccount = new Argument<string>("ACCOUNT");
         var setName = new Argument<string>("NAME") { Description = $"One of: {string.Join(", ", Kiln.Accounts.Settings.All.Select(d => d.Name))}." };
-        var setValue = new Argument<string>("VALUE") { Description = "Seconds (or 15m, 2h) or bytes (or 64MiB); 0: none of this level's; -: read from standard input (signing-key-for-builds)." };
+        var setValue = new Argument<string>("VALUE") { Description = "Seconds (or 15m, 2h) or bytes (or 64MiB); 0: none of this level's; -: read from standard input (signing-key-for-builds, netrc)." };
         var setKey = new Option<string?>("--key") { Description = "For this key of the account (its fingerprint) rather than the whole account." };
         var final = new Option<bool>("--final") { Description = "Lower levels (keys, sessions) may not change it." };
         var set = new Command("set", "Set a setting for an account or one of its keys (limits only tighten what levels above set).") { setAccount, setName, setValue, setKey, final, setData };
@@ -58,7 +58,7 @@ internal static class SettingsCommands
                 var service = Service(metadata);
                 var account = await service.AccountAsync(Actor.Operator, result.GetValue(setAccount)!, cancellationToken).ConfigureAwait(false);
                 // "-": the value from standard input (a signing key's secret, which a command line would show to ps).
-                var value = result.GetValue(setValue)! is "-" ? (await Console.In.ReadLineAsync(cancellationToken).ConfigureAwait(false) ?? "").Trim() : result.GetValue(setValue)!;
+                var value = result.GetValue(setValue)! is "-" ? (await Console.In.ReadToEndAsync(cancellationToken).ConfigureAwait(false)).Trim() : result.GetValue(setValue)!;
                 var record = await service.SetSettingAsync(Actor.Operator, account, result.GetValue(setName)!, value, result.GetValue(setKey),
                     result.GetValue(final), cancellationToken).ConfigureAwait(false);
                 Console.Out.Write($"{account.Name}{(record.Scope.Length > 0 ? " " + record.Scope : "")}: {record.Name} = {record.Value}{(record.Final ? " (final)" : "")}\n");

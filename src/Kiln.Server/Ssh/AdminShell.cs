@@ -195,9 +195,9 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             case "set" when words.Count >= 4:
                 // A secret is given on standard input ("-"), never on the command line, which is logged and seen by ps.
                 var value = words[3] == "-" ? await ReadValueAsync(cancellationToken).ConfigureAwait(false) : words[3];
-                if (words[2] == Kiln.Accounts.Settings.SigningKeyForBuilds.Name && words[3] != "-")
+                if (Kiln.Accounts.Settings.All.Any(d => d.Secret && d.Name == words[2]) && words[3] != "-")
                 {
-                    throw new ShellException($"give the secret key on standard input: settings set {words[2]} - < key.sec");
+                    throw new ShellException($"{words[2]} is a secret: give it on standard input, not on the command line (which is logged): settings set {words[2]} - < FILE");
                 }
 
                 var record = await accounts.SetSettingAsync(_actor, account, words[2], value, forKey, final, cancellationToken).ConfigureAwait(false);
@@ -211,7 +211,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
         }
     }
 
-    // One line of input (at most 4 KiB): the interactive shell's next line, or what a single command was piped.
+    // A value given as "-": the interactive shell's next line, or all a single command was piped (at most 64 KiB).
     private async Task<string> ReadValueAsync(CancellationToken cancellationToken)
     {
         if (_input is not null)
@@ -219,9 +219,9 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             return await _input.ReadLineAsync(cancellationToken).ConfigureAwait(false) ?? throw new ShellException("no value on standard input");
         }
 
-        var buffer = new byte[4096];
+        var buffer = new byte[64 * 1024];
         var length = 0;
-        while (length < buffer.Length && Array.IndexOf(buffer, (byte)'\n', 0, length) < 0)
+        while (true)
         {
             var read = await connection.ReadAsync(buffer.AsMemory(length), cancellationToken).ConfigureAwait(false);
             if (read == 0)
@@ -230,10 +230,13 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             }
 
             length += read;
+            if (length == buffer.Length)
+            {
+                throw new ShellException($"the value on standard input is longer than {buffer.Length / 1024} KiB");
+            }
         }
 
-        var text = Encoding.UTF8.GetString(buffer, 0, length);
-        return text.Split('\n')[0].Trim() is { Length: > 0 } line ? line : throw new ShellException("no value on standard input");
+        return Encoding.UTF8.GetString(buffer, 0, length).Trim() is { Length: > 0 } text ? text : throw new ShellException("no value on standard input");
     }
 
     private async Task<string> KeysAsync(List<string> words, bool json, CancellationToken cancellationToken)

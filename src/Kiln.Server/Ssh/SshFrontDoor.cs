@@ -381,11 +381,14 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     private static string Printable(string text)
     {
         var clean = new string(text.Select(c => char.IsControl(c) ? '?' : c).ToArray());
-        // (The shell takes a signing key on standard input only; were one given on the command line, it is not logged.)
-        var secret = clean.IndexOf(Kiln.Accounts.Settings.SigningKeyForBuilds.Name, StringComparison.Ordinal);
-        if (secret >= 0)
+        // (The shell takes secrets on standard input only; were one given on the command line, it is not logged.)
+        foreach (var setting in Kiln.Accounts.Settings.All.Where(d => d.Secret))
         {
-            clean = clean[..(secret + Kiln.Accounts.Settings.SigningKeyForBuilds.Name.Length)] + " (value not logged)";
+            var secret = clean.IndexOf(" " + setting.Name, StringComparison.Ordinal);
+            if (secret >= 0)
+            {
+                clean = clean[..(secret + 1 + setting.Name.Length)] + " (value not logged)";
+            }
         }
 
         return clean.Length > 80 ? clean[..80] + "…" : clean;

@@ -142,6 +142,12 @@ public sealed class Netrc
         return netrc;
     }
 
+    /// <summary>The machines it has credentials for, in no particular order.</summary>
+    public IReadOnlyCollection<string> Machines => _machines.Keys;
+
+    /// <summary>Whether it has a <c>default</c> entry (credentials for any other host).</summary>
+    public bool HasDefault => _default is not null;
+
     /// <summary>The credentials for <paramref name="host"/>: its machine's, else the default's, else none.</summary>
     public NetworkCredential? For(string host) => _machines.TryGetValue(host, out var credential) ? credential : _default;
 }
