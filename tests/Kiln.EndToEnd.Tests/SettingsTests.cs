@@ -44,6 +44,7 @@ public sealed class SettingsTests
 
         // Her netrc (for her push-to caches) the same way: on standard input only, shown by its machines, sealed at rest.
         Assert.Equal(1, SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "netrc", "machine", "cache.example.org", "password", "hunter2-on-the-line").ExitCode);
+        Assert.Equal(1, SshTests.Shell(kiln, alice, null, "kiln", "settings", "set", "'ne''trc'", "'machine cache.example.org password hunter2-quoted'").ExitCode); // (quoting hides nothing from the log's redaction)
         var netrc = SshTests.Shell(kiln, alice, "machine cache.example.org\n  login alice\n  password hunter2-piped\n", "kiln", "settings", "set", "netrc", "-");
         Assert.True(netrc.ExitCode == 0, netrc.Stderr);
         Assert.Contains("netrc = machine cache.example.org", netrc.StdoutText, StringComparison.Ordinal);

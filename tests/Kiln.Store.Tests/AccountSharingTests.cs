@@ -69,9 +69,15 @@ public sealed class AccountSharingTests : IAsyncLifetime
         Assert.Empty(await SubstituteAppAsync("mallory"));
 
         // Bob shares with Alice, who does not trust him yet: nothing moves.
-        await SetAsync("bob", AccountSharing.ShareWith, "alice carol");
+        await SetAsync("bob", AccountSharing.ShareWith, "alice carol none");
         Assert.Empty(await SubstituteAppAsync("alice"));
         Assert.Empty(await SubstituteAppAsync("mallory")); // (still not shared with her)
+
+        // "none" is no account (it is what listings show for none), whoever takes that name.
+        Assert.Equal("", AccountSharing.Canonical(" none "));
+        Assert.Equal("alice carol", AccountSharing.Canonical("alice none carol"));
+        await SetAsync("none", AccountSharing.TrustedAccounts, "bob");
+        Assert.Empty(await SubstituteAppAsync("none"));
 
         // Alice trusts Bob (after an account that does not exist, and herself): the app and its closure move.
         await SetAsync("alice", AccountSharing.TrustedAccounts, "nobody alice bob");
@@ -80,6 +86,8 @@ public sealed class AccountSharingTests : IAsyncLifetime
         Assert.Equal(new Dictionary<StorePath, string> { [App] = "bob", [Lib] = "bob" }, taken);
         var records = await alice.GetRecordsAsync([App, Lib], default);
         Assert.All(records.Values, r => Assert.Equal((Provenance.Shared, PathTrust.TrustedAccount), (r.Provenance, r.Trust)));
+        // Registered now (the collector's grace period and the account's retention count from now, not from Bob's upload).
+        Assert.All(records.Values, r => Assert.InRange(r.Info.RegistrationTime, DateTimeOffset.UtcNow.ToUnixTimeSeconds() - 60, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 1));
         Assert.Equal([Lib], records[App].Info.References);
         var blob = await alice.OpenNarAsync(App, default);
         Assert.NotNull(blob);
@@ -108,6 +116,50 @@ public sealed class AccountSharingTests : IAsyncLifetime
         Assert.Equal(new Dictionary<StorePath, string> { [App] = "bob", [Lib] = "carol" }, await alice.TakeSharedAsync([App], default));
         Assert.Empty(await alice.TakeSharedAsync([App], default)); // (held now: nothing more to take)
         Assert.Empty(await alice.TakeSharedAsync([MetadataContract.P("nobody-has-it")], default));
+    }
+
+    [Fact]
+    public async Task What_a_sharer_took_from_another_account_is_not_passed_on_and_QueryMissing_says_so_too()
+    {
+        // Found in review: Carol shares with Bob only; Bob took her library; Bob shares with Alice. Alice must not get
+        // Carol's library through Bob (Carol never shared with her), nor Bob's app, whose closure needs it.
+        var library = MetadataContract.P("carols-lib");
+        var app = MetadataContract.P("bobs-app-on-carols-lib");
+        using (var carol = await _store.OpenViewAsync("carol", default))
+        {
+            await carol.AddToStoreAsync(Declared(library, LibNar), new MemoryStream(LibNar), false, false, default);
+        }
+
+        await SetAsync("carol", AccountSharing.ShareWith, "bob");
+        await SetAsync("bob", AccountSharing.TrustedAccounts, "carol");
+        await SetAsync("bob", AccountSharing.ShareWith, "alice");
+        await SetAsync("alice", AccountSharing.TrustedAccounts, "bob");
+        using (var bob = await _store.OpenViewAsync("bob", default))
+        {
+            Assert.Contains(library, await bob.SubstituteAsync([library], default));
+            await bob.AddToStoreAsync(Declared(app, AppNar, library), new MemoryStream(AppNar), false, false, default);
+        }
+
+        using var alice = await _store.OpenViewAsync("alice", default);
+        Assert.Empty(await alice.TakeSharedAsync([library], default));
+        Assert.Empty(await alice.TakeSharedAsync([app], default));
+        Assert.Null(await alice.OpenNarAsync(library, default));
+
+        // QueryMissing does not promise what cannot be taken whole: Alice's derivation of the app will be built.
+        var derivation = new Derivation { Name = "bobs-app-on-carols-lib", Platform = "x86_64-linux", Builder = "/bin/sh" };
+        derivation.Outputs["out"] = new DerivationOutput(app.ToString(), "", "");
+        derivation.Environment["out"] = app.ToString();
+        var drv = await alice.AddContentAddressedAsync("bobs-app-on-carols-lib.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(), false, default);
+        var missing = await alice.QueryMissingAsync([new DerivedPath.Built(drv.Path, null)], new ListLog(), default);
+        Assert.Equal([drv.Path], missing.WillBuild);
+        Assert.Empty(missing.WillSubstitute);
+
+        // Once Carol shares with Alice and Alice trusts her too, both come (the library from Carol herself).
+        await SetAsync("carol", AccountSharing.ShareWith, "bob alice");
+        await SetAsync("alice", AccountSharing.TrustedAccounts, "bob carol");
+        using var again = await _store.OpenViewAsync("alice", default);
+        Assert.Equal(new Dictionary<StorePath, string> { [app] = "bob", [library] = "carol" }, await again.TakeSharedAsync([app], default));
     }
 
     [Fact]

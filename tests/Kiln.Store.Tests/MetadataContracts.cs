@@ -183,9 +183,13 @@ public abstract class SettingsMetadataContract : MetadataContract
         await store.SetSettingAsync(dave.Id, new SettingRecord("key:SHA256:k", AccountSharing.ShareWith, "alice", false), default); // (no such scope is read; left alone)
         await store.DeleteAccountAsync(alice.Id, default);
         Assert.Equal(
-            [new SettingRecord("", AccountSharing.ShareWith, "carol alice-2", false), new SettingRecord("", "tags", "owner=alice", false)],
+            [
+                new SettingRecord("", AccountSharing.ShareWith, "carol alice-2", false), new SettingRecord("", "tags", "owner=alice", false),
+                new SettingRecord("", AccountSharing.TrustedAccounts, "", true), // (left empty, and final: the operator's lock holds)
+            ],
             await store.GetSettingsAsync(bob.Id, default));
-        Assert.Equal([new SettingRecord("key:SHA256:k", AccountSharing.ShareWith, "alice", false)], await store.GetSettingsAsync(dave.Id, default));
+        Assert.Equal([new SettingRecord("", AccountSharing.ShareWith, "", false), new SettingRecord("key:SHA256:k", AccountSharing.ShareWith, "alice", false)],
+            await store.GetSettingsAsync(dave.Id, default));
     }
 }
 

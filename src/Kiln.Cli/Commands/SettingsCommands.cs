@@ -57,9 +57,16 @@ internal static class SettingsCommands
             {
                 var service = Service(metadata);
                 var account = await service.AccountAsync(Actor.Operator, result.GetValue(setAccount)!, cancellationToken).ConfigureAwait(false);
-                // "-": the value from standard input (a signing key's secret, which a command line would show to ps).
-                var value = result.GetValue(setValue)! is "-" ? (await Console.In.ReadToEndAsync(cancellationToken).ConfigureAwait(false)).Trim() : result.GetValue(setValue)!;
-                var record = await service.SetSettingAsync(Actor.Operator, account, result.GetValue(setName)!, value, result.GetValue(setKey),
+                // "-": the value from standard input (a secret, which a command line would show to ps and keep in history).
+                var name = result.GetValue(setName)!;
+                var given = result.GetValue(setValue)!;
+                if (given != "-" && Kiln.Accounts.Settings.All.Any(d => d.Secret && d.Name == name))
+                {
+                    throw new CommandException($"{name} is a secret: give it on standard input, not on the command line: kiln settings set {result.GetValue(setAccount)} {name} - < FILE");
+                }
+
+                var value = given == "-" ? await ReadInputAsync(cancellationToken).ConfigureAwait(false) : given;
+                var record = await service.SetSettingAsync(Actor.Operator, account, name, value, result.GetValue(setKey),
                     result.GetValue(final), cancellationToken).ConfigureAwait(false);
                 Console.Out.Write($"{account.Name}{(record.Scope.Length > 0 ? " " + record.Scope : "")}: {record.Name} = {record.Value}{(record.Final ? " (final)" : "")}\n");
                 return 0;
@@ -90,5 +97,23 @@ internal static class SettingsCommands
         });
 
         return new Command("settings", "The settings hierarchy: server (kiln serve's options) → account → key → session (SSH SetEnv KILN_*).") { show, set, unset };
+    }
+
+    // A value piped in (at most 64 KiB: a key or a netrc, not a file of any size).
+    private static async Task<string> ReadInputAsync(CancellationToken cancellationToken)
+    {
+        var buffer = new char[64 * 1024];
+        var length = 0;
+        int read;
+        while ((read = await Console.In.ReadAsync(buffer.AsMemory(length), cancellationToken).ConfigureAwait(false)) > 0)
+        {
+            length += read;
+            if (length == buffer.Length)
+            {
+                throw new CommandException("the value on standard input is longer than 64 KiB");
+            }
+        }
+
+        return new string(buffer, 0, length).Trim();
     }
 }

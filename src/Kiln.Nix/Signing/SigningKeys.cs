@@ -156,6 +156,12 @@ internal static class KeyText
         }
 
         var name = text[..colon];
+        // (A key's name goes into narinfo Sig: lines and listings: no spaces, line breaks or control characters.)
+        if (name.Any(c => char.IsWhiteSpace(c) || char.IsControl(c)))
+        {
+            throw new BadKeyException($"{what} is corrupt: its name has spaces or control characters");
+        }
+
         if (!NixBase64.TryDecode(text.AsSpan(colon + 1), out var bytes))
         {
             throw new BadKeyException($"{what} '{name}' is corrupt: invalid base64");
@@ -167,7 +173,7 @@ internal static class KeyText
     internal static void CheckName(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
-        if (name.Length == 0 || name.Contains(':', StringComparison.Ordinal) || name.Any(char.IsWhiteSpace))
+        if (name.Length == 0 || name.Contains(':', StringComparison.Ordinal) || name.Any(c => char.IsWhiteSpace(c) || char.IsControl(c)))
         {
             throw new BadKeyException($"invalid key name '{name}': it must be non-empty, without ':' or spaces");
         }

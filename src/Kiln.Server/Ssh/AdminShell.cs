@@ -194,6 +194,12 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                     string.Join("\n", effective.Select(e => e.ToLine())));
             case "set" when words.Count >= 4:
                 // A secret is given on standard input ("-"), never on the command line, which is logged and seen by ps.
+                if (words[3] == "-" && _input is not null)
+                {
+                    // (A pasted netrc's further lines would be read as commands and echoed back in errors.)
+                    throw new ShellException($"pipe the value in: ssh … kiln settings set {words[2]} - < FILE");
+                }
+
                 var value = words[3] == "-" ? await ReadValueAsync(cancellationToken).ConfigureAwait(false) : words[3];
                 if (Kiln.Accounts.Settings.All.Any(d => d.Secret && d.Name == words[2]) && words[3] != "-")
                 {
@@ -211,14 +217,9 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
         }
     }
 
-    // A value given as "-": the interactive shell's next line, or all a single command was piped (at most 64 KiB).
+    // A value given as "-": all a single command was piped (at most 64 KiB).
     private async Task<string> ReadValueAsync(CancellationToken cancellationToken)
     {
-        if (_input is not null)
-        {
-            return await _input.ReadLineAsync(cancellationToken).ConfigureAwait(false) ?? throw new ShellException("no value on standard input");
-        }
-
         var buffer = new byte[64 * 1024];
         var length = 0;
         while (true)
@@ -344,6 +345,26 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
     private static string Show(bool json, object value, string text) => json ? JsonSerializer.Serialize(value, Json) : text;
 
     // Words as a shell splits them: spaces separate, single and double quotes group.
+    /// <summary>
+    /// A shell command as the front door logs it: a setting's value never (the shell takes secrets on standard input
+    /// only, but one given on the command line must not reach the log either), read with the shell's own tokenizer so
+    /// no quoting hides the word.
+    /// </summary>
+    internal static string Logged(string command)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        if (!command.StartsWith("kiln ", StringComparison.Ordinal))
+        {
+            return command;
+        }
+
+        var words = Tokenize(command["kiln ".Length..]);
+        var settings = words.IndexOf("settings");
+        return settings >= 0 && words.IndexOf("set") > settings
+            ? $"kiln settings set {words.Skip(words.IndexOf("set") + 1).FirstOrDefault(w => Kiln.Accounts.Settings.All.Any(d => d.Name == w)) ?? "…"} (value not logged)"
+            : command;
+    }
+
     internal static List<string> Tokenize(string line)
     {
         var words = new List<string>();

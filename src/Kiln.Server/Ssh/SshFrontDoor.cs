@@ -226,7 +226,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                         await AnswerAsync(stream, "ok framed", stoppingToken).ConfigureAwait(false);
                         using var shellView = store.OpenView(KilnStore.CallerForSshKey(key));
                         var shell = new AdminShell(accounts, key, shellView, stream, _serverSettings, (account, token) => Kiln.Push.PushKeys.PublicKeyAsync(store, account, token));
-                        var shown = Printable(command);
+                        var shown = Printable(AdminShell.Logged(command));
                         try
                         {
                             if (command.StartsWith("kiln ", StringComparison.Ordinal))
@@ -381,15 +381,6 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     private static string Printable(string text)
     {
         var clean = new string(text.Select(c => char.IsControl(c) ? '?' : c).ToArray());
-        // (The shell takes secrets on standard input only; were one given on the command line, it is not logged.)
-        foreach (var setting in Kiln.Accounts.Settings.All.Where(d => d.Secret))
-        {
-            var secret = clean.IndexOf(" " + setting.Name, StringComparison.Ordinal);
-            if (secret >= 0)
-            {
-                clean = clean[..(secret + 1 + setting.Name.Length)] + " (value not logged)";
-            }
-        }
 
         return clean.Length > 80 ? clean[..80] + "…" : clean;
     }

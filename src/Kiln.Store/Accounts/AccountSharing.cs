@@ -29,7 +29,8 @@ public static class AccountSharing
     {
         ArgumentNullException.ThrowIfNull(text);
         var names = new List<string>();
-        foreach (var word in text.Split([' ', '\t', '\n', ','], StringSplitOptions.RemoveEmptyEntries))
+        // ("none" is what listings show for no accounts: never read as an account called so.)
+        foreach (var word in text.Split([' ', '\t', '\n', ','], StringSplitOptions.RemoveEmptyEntries).Where(w => w != None))
         {
             try
             {
@@ -51,7 +52,10 @@ public static class AccountSharing
 
     /// <summary>The names in a kept value (words that are not names, in a row edited by hand, are left out).</summary>
     public static IReadOnlyList<string> NamesOf(string? value) =>
-        [.. (value ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries).Where(IsName)];
+        [.. (value ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries).Where(w => w != None && IsName(w))];
+
+    // What an empty value is shown as, and may be given as.
+    private const string None = "none";
 
     private static bool IsName(string word)
     {

@@ -336,12 +336,12 @@ internal static class MetadataRows
         "DELETE FROM pushes WHERE account_id = @a",
         "DELETE FROM server_secrets WHERE name = 'push-ssh-key:' || CAST(@a AS TEXT)",
         // Its name leaves the other accounts' sharing settings: an account made later under the same name gets none of
-        // the trust or sharing given to this one. (Canonical values: names once each, single spaces.)
+        // the trust or sharing given to this one. (Canonical values: names once each, single spaces. A row left empty
+        // stays: empty is none, and a final one, the operator's, must keep holding.)
         $"""
         UPDATE settings SET value = trim(replace(' ' || value || ' ', ' ' || (SELECT name FROM accounts WHERE id = @a) || ' ', ' '))
         WHERE account_id <> @a AND scope = '' AND name IN ('{Accounts.AccountSharing.TrustedAccounts}', '{Accounts.AccountSharing.ShareWith}')
         """,
-        $"DELETE FROM settings WHERE value = '' AND name IN ('{Accounts.AccountSharing.TrustedAccounts}', '{Accounts.AccountSharing.ShareWith}')",
         "DELETE FROM settings WHERE account_id = @a",
         $"UPDATE accounts SET name = '{Accounts.AccountName.DeletedPrefix} ' || id || ')', public_cache = false, substituters = '', trusted_public_keys = '', netrc = '' WHERE id = @a",
     ];

@@ -115,6 +115,20 @@ public class NarInfoTests
         Assert.Throws<BadKeyException>(() => PublicKey.Parse(text));
     }
 
+    [Theory]
+    [InlineData("evil\nSig")]
+    [InlineData("two words")]
+    [InlineData("bell\u0007")]
+    public void A_key_whose_name_would_break_a_narinfo_line_is_refused(string name)
+    {
+        // An imported key's name goes into every Sig: line it makes: a line break would forge fields after it.
+        var good = SecretKey.Generate("good-1").ToString();
+        Assert.Throws<BadKeyException>(() => SecretKey.Parse(name + good[good.IndexOf(':', StringComparison.Ordinal)..]));
+        var pub = SecretKey.Generate("good-1").PublicKey.ToString();
+        Assert.Throws<BadKeyException>(() => PublicKey.Parse(name + pub[pub.IndexOf(':', StringComparison.Ordinal)..]));
+        Assert.Throws<BadKeyException>(() => SecretKey.Generate(name));
+    }
+
     [Fact]
     public void A_secret_key_whose_public_half_does_not_match_is_refused()
     {
