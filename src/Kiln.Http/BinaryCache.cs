@@ -191,23 +191,31 @@ public sealed partial class BinaryCache
 
     private async Task NarInfoAsync(HttpContext context, StoreView view, string hashPart)
     {
+        // A narinfo asked for is a use of its path by the account whose record answers (its retention counts from now).
         var reader = view.Caller.ReadableKey;
-        if (_narInfos.Find(reader, hashPart) is { } kept)
+        if (_narInfos.Find(reader, hashPart, out var owner) is { } kept)
         {
+            if (owner is { } known)
+            {
+                view.MarkRead(known.Account, known.Path);
+            }
+
             await BytesAsync(context, NarInfoType, kept).ConfigureAwait(false);
             return;
         }
 
         var version = _narInfos.Version;
-        if (await view.FindByHashPartAsync(hashPart, context.RequestAborted).ConfigureAwait(false) is not { Info: var info })
+        if (await view.FindReadableByHashPartAsync(hashPart, context.RequestAborted).ConfigureAwait(false) is not { } found)
         {
             await NotFoundAsync(context).ConfigureAwait(false);
             return;
         }
 
+        var info = found.Record.Info;
         var narInfo = NarInfo.Of(info, $"nar/{info.NarHash.ToNix32()}.nar", "none", info.NarHash, info.NarSize);
         var body = Encoding.UTF8.GetBytes(narInfo.ToString());
-        _narInfos.Add(reader, hashPart, body, version);
+        _narInfos.Add(reader, hashPart, body, version, (found.Account, info.Path));
+        view.MarkRead(found.Account, info.Path);
         await BytesAsync(context, NarInfoType, body).ConfigureAwait(false);
     }
 

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Kiln.Nix.StorePaths;
 
 namespace Kiln.Http;
 
@@ -17,12 +18,15 @@ internal sealed class NarInfoCache(Func<long> version, int capacity = 20_000)
     private readonly ConcurrentDictionary<(string View, string HashPart), Entry> _entries = new();
     private long _version = version();
 
-    private sealed record Entry(byte[] Body, long Version, long Until);
+    private sealed record Entry(byte[] Body, long Version, long Until, (long Account, StorePath Path)? Owner);
 
     /// <summary>The version to give <see cref="Add"/>: read it before reading the record.</summary>
     public long Version => version();
 
-    public byte[]? Find(string view, string hashPart)
+    public byte[]? Find(string view, string hashPart) => Find(view, hashPart, out _);
+
+    /// <summary>The answer kept, and whose record it was (the account and path: a read counts as a use of it).</summary>
+    public byte[]? Find(string view, string hashPart, out (long Account, StorePath Path)? owner)
     {
         var now = version();
         if (now != Interlocked.Exchange(ref _version, now))
@@ -30,18 +34,18 @@ internal sealed class NarInfoCache(Func<long> version, int capacity = 20_000)
             _entries.Clear(); // everything kept is older than the change
         }
 
-        return _entries.TryGetValue((view, hashPart), out var entry) && entry.Version == now && Environment.TickCount64 < entry.Until
-            ? entry.Body
-            : null;
+        var found = _entries.TryGetValue((view, hashPart), out var entry) && entry.Version == now && Environment.TickCount64 < entry.Until;
+        owner = found ? entry!.Owner : null;
+        return found ? entry!.Body : null;
     }
 
-    public void Add(string view, string hashPart, byte[] body, long version)
+    public void Add(string view, string hashPart, byte[] body, long version, (long Account, StorePath Path)? owner = null)
     {
         if (_entries.Count >= capacity)
         {
             _entries.Clear();
         }
 
-        _entries[(view, hashPart)] = new Entry(body, version, Environment.TickCount64 + (long)MaxAge.TotalMilliseconds);
+        _entries[(view, hashPart)] = new Entry(body, version, Environment.TickCount64 + (long)MaxAge.TotalMilliseconds, owner);
     }
 }

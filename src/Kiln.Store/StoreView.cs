@@ -94,6 +94,23 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         return found;
     }
 
+    /// <summary>The record of the path with that hash part in the view, with the readable account it is of.</summary>
+    public async Task<(long Account, PathRecord Record)?> FindReadableByHashPartAsync(string hashPart, CancellationToken cancellationToken) =>
+        await Metadata.FindPathByHashPartAsync(Readable, hashPart, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>
+    /// Counts a read of <paramref name="path"/> (a binary-cache client's) as a use of the record of
+    /// <paramref name="account"/>, one of the accounts this view reads (a public cache's, for an anonymous reader):
+    /// its retention counts from now. Kept in memory, written in batches.
+    /// </summary>
+    public void MarkRead(long account, StorePath path)
+    {
+        if (Readable.Contains(account))
+        {
+            _store.Usage.Used(account, [path]);
+        }
+    }
+
     /// <summary>The record of the path with that hash part in the view (the first readable account's that has one).</summary>
     public async Task<PathRecord?> FindByHashPartAsync(string hashPart, CancellationToken cancellationToken) =>
         await Metadata.FindPathByHashPartAsync(Readable, hashPart, cancellationToken).ConfigureAwait(false) is { } found ? found.Record : null;

@@ -62,6 +62,15 @@ public sealed partial class UsageMeter : IAsyncDisposable
         }
     }
 
+    /// <summary>Whether a use of the account's record of the path is counted and not yet written (tests).</summary>
+    internal bool IsPendingUse(long account, StorePath path)
+    {
+        lock (_gate)
+        {
+            return _uses.ContainsKey((account, path));
+        }
+    }
+
     /// <summary>What this process counted for the account and not yet written, per day.</summary>
     public IReadOnlyList<TransferSample> Pending(long account)
     {

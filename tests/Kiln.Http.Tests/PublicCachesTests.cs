@@ -44,6 +44,34 @@ public sealed class PublicCachesTests : CacheFixture
         Assert.Equal(trusted.NarHash, (await anonymous.QueryPathInfosAsync([trusted.Path], default))[trusted.Path].NarHash);
     }
 
+    [Fact]
+    public async Task A_narinfo_read_counts_as_a_use_of_the_record_that_answered_and_of_no_other()
+    {
+        // Retention keeps paths for a time after their last use: a CI runner that substitutes a path from the cache
+        // every day uses it, even when it never speaks SSH. Each read (the first, answered from the database, and
+        // later ones, answered from memory) counts for the account whose record answered, never for another's.
+        using var cache = await Store.OpenViewAsync("company-cache", default);
+        using var bob = await Store.OpenViewAsync("bob", default);
+        await Store.Accounts.SetPublicCacheAsync(cache.AccountId, true, default);
+        var nar = NarOf("used daily\n");
+        var info = new ValidPathInfo { Path = StorePath.FromHash(new byte[20], "daily"), NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, nar), NarSize = nar.Length };
+        await cache.AddToStoreAsync(info, new MemoryStream(nar), false, false, default);
+        await bob.AddToStoreAsync(info, new MemoryStream(nar), false, false, default);
+        await Store.Usage.FlushAsync(default); // (what the uploads counted)
+        Assert.False(Store.Usage.IsPendingUse(cache.AccountId, info.Path));
+
+        Assert.Equal(200, (await GetAsync($"/{info.Path.HashPart}.narinfo")).Status);
+        Assert.True(Store.Usage.IsPendingUse(cache.AccountId, info.Path));
+        Assert.False(Store.Usage.IsPendingUse(bob.AccountId, info.Path));
+        await Store.Usage.FlushAsync(default);
+        var lastUsed = (await Store.Metadata.GetGraphAsync(cache.AccountId, default)).Single(n => n.Path == info.Path).LastUsed;
+        Assert.InRange(lastUsed, DateTimeOffset.UtcNow.ToUnixTimeSeconds() - 60, DateTimeOffset.UtcNow.ToUnixTimeSeconds() + 1);
+
+        Assert.Equal(200, (await GetAsync($"/{info.Path.HashPart}.narinfo")).Status); // (answered from memory now)
+        Assert.True(Store.Usage.IsPendingUse(cache.AccountId, info.Path));
+        Assert.False(Store.Usage.IsPendingUse(bob.AccountId, info.Path));
+    }
+
     private static byte[] NarOf(string contents) =>
         NarBuilder.Start().Tokens("(", "type", "regular", "contents", contents, ")").ToArray();
 }
