@@ -52,6 +52,17 @@ public sealed class AccountSharingTests : IAsyncLifetime
         await _store.Settings.SetSettingAsync(view.AccountId, new SettingRecord("", setting, AccountSharing.Canonical(value), false), default);
     }
 
+    // QueryMissing's answer for a derivation of the view's own whose output is that path (as if it built it).
+    private static async Task<(StorePath Drv, MissingPaths Missing)> QueryMissingOfAsync(StoreView view, StorePath output)
+    {
+        var derivation = new Derivation { Name = output.Name, Platform = "x86_64-linux", Builder = "/bin/sh" };
+        derivation.Outputs["out"] = new DerivationOutput(output.ToString(), "", "");
+        derivation.Environment["out"] = output.ToString();
+        var drv = await view.AddContentAddressedAsync($"{output.Name}.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(), false, default);
+        return (drv.Path, await view.QueryMissingAsync([new DerivedPath.Built(drv.Path, null)], new ListLog(), default));
+    }
+
     // What a new session of the account takes of Bob's app.
     private async Task<IReadOnlySet<StorePath>> SubstituteAppAsync(string account)
     {
@@ -146,13 +157,8 @@ public sealed class AccountSharingTests : IAsyncLifetime
         Assert.Null(await alice.OpenNarAsync(library, default));
 
         // QueryMissing does not promise what cannot be taken whole: Alice's derivation of the app will be built.
-        var derivation = new Derivation { Name = "bobs-app-on-carols-lib", Platform = "x86_64-linux", Builder = "/bin/sh" };
-        derivation.Outputs["out"] = new DerivationOutput(app.ToString(), "", "");
-        derivation.Environment["out"] = app.ToString();
-        var drv = await alice.AddContentAddressedAsync("bobs-app-on-carols-lib.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
-            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(), false, default);
-        var missing = await alice.QueryMissingAsync([new DerivedPath.Built(drv.Path, null)], new ListLog(), default);
-        Assert.Equal([drv.Path], missing.WillBuild);
+        var (drv, missing) = await QueryMissingOfAsync(alice, app);
+        Assert.Equal([drv], missing.WillBuild);
         Assert.Empty(missing.WillSubstitute);
 
         // Once Carol shares with Alice and Alice trusts her too, both come (the library from Carol herself).
@@ -179,12 +185,7 @@ public sealed class AccountSharingTests : IAsyncLifetime
         Assert.Equal(PathTrust.ContentAddressed, (await alice.GetRecordsAsync([source], default))[source].Trust);
 
         // A derivation of Alice's whose output Bob holds: QueryMissing says it will be substituted, not built.
-        var derivation = new Derivation { Name = "bobs-app", Platform = "x86_64-linux", Builder = "/bin/sh" };
-        derivation.Outputs["out"] = new DerivationOutput(App.ToString(), "", "");
-        derivation.Environment["out"] = App.ToString();
-        var drv = await alice.AddContentAddressedAsync("bobs-app.drv", ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
-            new MemoryStream(ATerm.PrintBytes(derivation)), new SortedSet<StorePath>(), false, default);
-        var missing = await alice.QueryMissingAsync([new DerivedPath.Built(drv.Path, null)], new ListLog(), default);
+        var (_, missing) = await QueryMissingOfAsync(alice, App);
         Assert.Empty(missing.WillBuild);
         Assert.Equal([App], missing.WillSubstitute);
         Assert.Equal(0, missing.DownloadSize);
