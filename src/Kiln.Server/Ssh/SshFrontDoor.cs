@@ -78,6 +78,42 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         }
     }
 
+    private const string Setpriv = "/usr/bin/setpriv";
+
+    // Starts a process from a thread of its own that lives until the process ends: the kernel sends the parent-death
+    // signal when the *thread* that forked the child ends, and a thread-pool thread retires when idle.
+    private static Task<Process> StartOnOwnThreadAsync(ProcessStartInfo start)
+    {
+        var started = new TaskCompletionSource<Process>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
+        {
+            Process process;
+            try
+            {
+                process = Process.Start(start)!;
+            }
+#pragma warning disable CA1031 // handed to the caller
+            catch (Exception e)
+#pragma warning restore CA1031
+            {
+                started.SetException(e);
+                return;
+            }
+
+            using var exited = new ManualResetEventSlim();
+            process.EnableRaisingEvents = true;
+            process.Exited += (_, _) => exited.Set();
+            started.SetResult(process);
+            if (!process.HasExited)
+            {
+                exited.Wait();
+            }
+        })
+        { IsBackground = true, Name = "sshd parent" };
+        thread.Start();
+        return started.Task;
+    }
+
     // Runs sshd in the foreground (-D) with its log on stderr (-e), restarting it when it exits unexpectedly.
     private async Task SuperviseAsync(SshInstallation ssh, CancellationToken stoppingToken)
     {
@@ -85,14 +121,16 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         var delay = TimeSpan.FromSeconds(1);
         while (!stoppingToken.IsCancellationRequested)
         {
-            var start = new ProcessStartInfo(options.Sshd) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+            // Through setpriv --pdeathsig: sshd gets SIGTERM when Kiln dies, even by SIGKILL, instead of listening on
+            // for a server that is gone (a restart would stop it, but until then logins fail).
+            var start = new ProcessStartInfo(File.Exists(Setpriv) ? Setpriv : options.Sshd) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
             Kiln.Store.SecretEnvironment.RemoveFrom(start); // sshd and the sessions it starts have no use for them
-            foreach (var argument in new[] { "-D", "-e", "-f", ssh.ConfigFile })
+            foreach (var argument in (File.Exists(Setpriv) ? ["--pdeathsig", "TERM", "--", options.Sshd] : Array.Empty<string>()).Concat(["-D", "-e", "-f", ssh.ConfigFile]))
             {
                 start.ArgumentList.Add(argument);
             }
 
-            using var process = Process.Start(start)!;
+            using var process = await StartOnOwnThreadAsync(start).ConfigureAwait(false);
             _sshdRunning = true;
             var started = Stopwatch.StartNew();
             process.ErrorDataReceived += (_, e) =>

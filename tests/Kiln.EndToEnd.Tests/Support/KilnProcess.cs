@@ -166,8 +166,8 @@ public sealed class KilnProcess : IDisposable
 
         _process.WaitForExit();
 
-        // Its sshd child outlives it, as after a real crash; the next kiln serve on this directory stops it, and so
-        // does this, for a test that starts none.
+        // Its sshd child goes with it (the parent-death signal); were one left, the next kiln serve on this directory
+        // would stop it, and so does this, for a test that starts none.
         global::Kiln.Server.Ssh.SshInstallation.StopOrphanedSshd(Path.Combine(DataDirectory, "ssh", "sshd.pid"), Path.Combine(DataDirectory, "ssh", "sshd_config"));
     }
 
