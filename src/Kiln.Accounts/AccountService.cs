@@ -240,7 +240,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         }
 
         var key = SecretKey.Generate(keyName);
-        await accounts.SetSigningKeyAsync(account.Id, key.ToString(), cancellationToken).ConfigureAwait(false);
+        await settings.SetSigningKeyAsync(account.Id, key.ToString(), cancellationToken).ConfigureAwait(false);
         return key.PublicKey;
     }
 
@@ -248,7 +248,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
     {
         actor = await CurrentAsync(actor, cancellationToken).ConfigureAwait(false);
         Need(actor, account, KeyPermissions.None);
-        var secret = await accounts.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false)
+        var secret = await settings.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false)
             ?? throw new KilnException(ErrorKind.NotFound, $"the account '{account.Name}' has no signing key (see 'kiln signing-key create')");
         return SecretKey.Parse(secret).PublicKey;
     }
@@ -304,7 +304,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         var stored = await settings.GetSettingsAsync(account.Id, cancellationToken).ConfigureAwait(false);
 
         // The signing key is the account's record too; its public half is shown (never the secret).
-        if (await accounts.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false) is { } secret)
+        if (await settings.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false) is { } secret)
         {
             stored = [.. stored, new SettingRecord("", Settings.SigningKeyForBuilds.Name, SecretKey.Parse(secret).PublicKey.ToString(), Final: false)];
         }
@@ -337,7 +337,7 @@ public sealed class AccountService(IAccountMetadata accounts, ISettingsMetadata 
         {
             Lasting(actor, "replace the account's signing key");
             var key = Validate(() => SecretKey.Parse((value ?? "").Trim()));
-            await accounts.SetSigningKeyAsync(account.Id, key.ToString(), cancellationToken).ConfigureAwait(false);
+            await settings.SetSigningKeyAsync(account.Id, key.ToString(), cancellationToken).ConfigureAwait(false);
             return new SettingRecord("", definition.Name, key.PublicKey.ToString(), Final: false); // (the secret is never echoed)
         }
 

@@ -204,7 +204,7 @@ public sealed partial class PushRunner : IDisposable
     private async Task<int> PushAsync(PushRecord push, CancellationToken cancellationToken)
     {
         var target = PushTarget.Parse(push.Target);
-        var secret = await _store.Accounts.GetSigningKeyAsync(push.AccountId, cancellationToken).ConfigureAwait(false)
+        var secret = await _store.Settings.GetSigningKeyAsync(push.AccountId, cancellationToken).ConfigureAwait(false)
             ?? throw new PushException("the account has no signing key to sign what it pushes (kiln signing-key create, or the shell's signing-key create)", permanent: true);
         using var view = _store.OpenView(KilnStore.ReaderFor(push.AccountId));
         var paths = push.Paths.Select(StorePath.FromBaseName).ToList();

@@ -81,6 +81,12 @@ public sealed class KilnStore : IAsyncDisposable
                 await Settings.SetUpstreamSettingsAsync(account.Id, null, null, stored.Netrc, cancellationToken).ConfigureAwait(false);
                 sealedCount++;
             }
+
+            if (await Metadata.GetSigningKeyAsync(account.Id, cancellationToken).ConfigureAwait(false) is { } key && !CredentialSeal.IsSealed(key))
+            {
+                await Settings.SetSigningKeyAsync(account.Id, key, cancellationToken).ConfigureAwait(false);
+                sealedCount++;
+            }
         }
 
         return sealedCount;

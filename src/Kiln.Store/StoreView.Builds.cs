@@ -87,8 +87,19 @@ public sealed partial class StoreView
     // every later request of the session, whichever of them is cancelled.
     private Task<Kiln.Nix.Signing.SecretKey?> AccountSigningKeyAsync() => _signingKey ??= ReadSigningKeyAsync();
 
-    private async Task<Kiln.Nix.Signing.SecretKey?> ReadSigningKeyAsync() =>
-        await Metadata.GetSigningKeyAsync(AccountId, CancellationToken.None).ConfigureAwait(false) is { } secret ? Kiln.Nix.Signing.SecretKey.Parse(secret) : null;
+    private async Task<Kiln.Nix.Signing.SecretKey?> ReadSigningKeyAsync()
+    {
+        try
+        {
+            return await _store.Settings.GetSigningKeyAsync(AccountId, CancellationToken.None).ConfigureAwait(false) is { } secret ? Kiln.Nix.Signing.SecretKey.Parse(secret) : null;
+        }
+        catch (KilnException e)
+        {
+            // (Sealed with another front door's credentials key: the builds go on, unsigned by the account, and say why.)
+            StoreLog.SubstitutionWarning(_store.Options.Logger, Caller.AccountName ?? "-", $"the account's signing key cannot be read: {e.Message}");
+            return null;
+        }
+    }
 
     public async Task RegisterOutputsAsync(IReadOnlyList<NewPath> outputs, CancellationToken cancellationToken)
     {

@@ -78,7 +78,7 @@ public sealed class TrustTests : IAsyncLifetime
         using var view = await _store.OpenViewAsync(account, default);
         await _store.Settings.SetUpstreamSettingsAsync(view.AccountId, _cache.Url, trusts.PublicKey.ToString(), null, default);
         var own = SecretKey.Generate($"{account}-1");
-        await _store.Accounts.SetSigningKeyAsync(view.AccountId, own.ToString(), default);
+        await _store.Settings.SetSigningKeyAsync(view.AccountId, own.ToString(), default);
         return own;
     }
 

@@ -46,6 +46,33 @@ public sealed class CredentialSealTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_signing_key_is_sealed_in_the_database_and_legacy_keys_are_sealed_at_start()
+    {
+        // An account's signing key may be one it imported (its own cache's key, trusted by its other machines).
+        var alice = await _store.Metadata.GetOrCreateAccountAsync("alice", default);
+        var bob = await _store.Metadata.GetOrCreateAccountAsync("bob", default);
+        var key = Kiln.Nix.Signing.SecretKey.Generate("alices-cache-1").ToString();
+        await _store.Settings.SetSigningKeyAsync(alice, key, default);
+        var raw = await _store.Metadata.GetSigningKeyAsync(alice, default);
+        Assert.StartsWith("kiln-sealed-v1:", raw, StringComparison.Ordinal);
+        Assert.DoesNotContain(key.Split(':')[1][..16], raw, StringComparison.Ordinal);
+        Assert.Equal(key, await _store.Settings.GetSigningKeyAsync(alice, default));
+        Assert.Null(await _store.Settings.GetSigningKeyAsync(bob, default));
+
+        // Copied onto another account's row, it does not open.
+        await _store.Metadata.SetSigningKeyAsync(bob, raw!, default);
+        Assert.Equal(ErrorKind.Failed, (await Assert.ThrowsAsync<KilnException>(() => _store.Settings.GetSigningKeyAsync(bob, default))).Kind);
+
+        // A key stored before sealing is read as it is, and sealed when the server starts.
+        var legacy = Kiln.Nix.Signing.SecretKey.Generate("bob-1").ToString();
+        await _store.Metadata.SetSigningKeyAsync(bob, legacy, default);
+        Assert.Equal(legacy, await _store.Settings.GetSigningKeyAsync(bob, default));
+        Assert.Equal(1, await _store.SealLegacyCredentialsAsync(default));
+        Assert.StartsWith("kiln-sealed-v1:", await _store.Metadata.GetSigningKeyAsync(bob, default), StringComparison.Ordinal);
+        Assert.Equal(legacy, await _store.Settings.GetSigningKeyAsync(bob, default));
+    }
+
+    [Fact]
     public async Task Another_key_or_damaged_text_opens_nothing_and_says_why()
     {
         var alice = await _store.Metadata.GetOrCreateAccountAsync("alice", default);

@@ -43,7 +43,7 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
         var key = signingKey ? SecretKey.Generate(name + "-1") : null;
         if (key is not null)
         {
-            await _store.Accounts.SetSigningKeyAsync(view.AccountId, key.ToString(), default);
+            await _store.Settings.SetSigningKeyAsync(view.AccountId, key.ToString(), default);
         }
 
         return (view.AccountId, key);
@@ -174,7 +174,7 @@ public sealed class PushTests(S3Server server) : IAsyncLifetime
         var noKey = await _store.Pushes.AddPushAsync(bob, 1, $"file://{root}/bob", [Tree.BaseName], default);
         var noCredentials = await _store.Pushes.AddPushAsync(alice, 1, "s3://bucket/prefix?endpoint=https://s3.example.org", [Tree.BaseName], default);
         var gone = await _store.Pushes.AddPushAsync(bob, 1, $"file://{root}/bob", [MetadataContract.P("never-there").BaseName], default);
-        await _store.Accounts.SetSigningKeyAsync(bob, SecretKey.Generate("bob-1").ToString(), default);
+        await _store.Settings.SetSigningKeyAsync(bob, SecretKey.Generate("bob-1").ToString(), default);
 
         using var runner = Runner(new PushOptions { FileRoots = [root], RetryBase = TimeSpan.Zero, MaxAttempts = 2 });
         await RunAllAsync(runner, alice, bob);

@@ -151,7 +151,7 @@ public sealed class StoreMigrationTests(PostgresServer postgres, S3Server s3) : 
             var alice = (await store.Accounts.FindAccountAsync("alice", default))!;
             Assert.NotNull(await store.Accounts.FindTokenAsync("de".PadRight(64, 'f'), default));
             Assert.Equal("alice@laptop", Assert.Single(await store.Accounts.ListSshKeysAsync(alice.Id, default)).Key.Comment);
-            Assert.StartsWith("alice-1:", await store.Accounts.GetSigningKeyAsync(alice.Id, default));
+            Assert.StartsWith("alice-1:", await store.Settings.GetSigningKeyAsync(alice.Id, default));
             Assert.Equal("machine cache.example.org password secret", (await store.Settings.GetUpstreamSettingsAsync(alice.Id, default)).Netrc);
             var build = Assert.Single(await store.Builds.ListBuildsAsync(alice.Id, 10, default), b => b.Succeeded);
             Assert.Equal(P("program"), Assert.Single(build.Outputs).Path);

@@ -83,9 +83,4 @@ public interface IAccountMetadata
 
     /// <summary>Revokes the account's token; false if it has no such token or it was revoked already.</summary>
     Task<bool> RevokeTokenAsync(long account, long id, CancellationToken cancellationToken);
-
-    /// <summary>Sets the account's signing key (Nix's secret key format), replacing any it had.</summary>
-    Task SetSigningKeyAsync(long account, string secretKey, CancellationToken cancellationToken);
-
-    Task<string?> GetSigningKeyAsync(long account, CancellationToken cancellationToken);
 }

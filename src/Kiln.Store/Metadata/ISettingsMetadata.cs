@@ -9,7 +9,7 @@ public sealed record UpstreamSettings(string Substituters, string TrustedPublicK
 /// </summary>
 public sealed record SettingRecord(string Scope, string Name, string Value, bool Final);
 
-/// <summary>Per-account settings: upstream caches, and the settings hierarchy's account, key and token levels.</summary>
+/// <summary>Per-account settings: upstream caches, the signing key, and the settings hierarchy's account, key and token levels.</summary>
 public interface ISettingsMetadata
 {
     /// <summary>The account's settings, every scope's (one query: a session start reads them all).</summary>
@@ -25,6 +25,11 @@ public interface ISettingsMetadata
 
     /// <summary>Changes the account's upstream settings; a null field is left as it is.</summary>
     Task SetUpstreamSettingsAsync(long account, string? substituters, string? trustedPublicKeys, string? netrc, CancellationToken cancellationToken);
+
+    /// <summary>Sets the account's signing key (Nix's secret key format), replacing any it had (sealed, through the store's port).</summary>
+    Task SetSigningKeyAsync(long account, string secretKey, CancellationToken cancellationToken);
+
+    Task<string?> GetSigningKeyAsync(long account, CancellationToken cancellationToken);
 
     /// <summary>
     /// The service's secret by that name (the build key, the SSH host key): the one stored, or — when there is none
