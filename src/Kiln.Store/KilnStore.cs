@@ -196,6 +196,13 @@ public sealed class KilnStore : IAsyncDisposable
 
     internal GcLock GcLock => _gcLock;
 
+    // Per account with a storage quota: held from the commit's quota check until its paths are registered, so this
+    // process's concurrent uploads of one account cannot pass the quota together. (Never removed: one small object
+    // per account that ever uploaded under a quota.)
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<long, SemaphoreSlim> _quotaLocks = new();
+
+    internal SemaphoreSlim QuotaLock(long account) => _quotaLocks.GetOrAdd(account, _ => new SemaphoreSlim(1, 1));
+
     /// <summary>Opens (creating if needed) the embedded store: SQLite metadata and a blob directory under the data directory.</summary>
     public static async Task<KilnStore> OpenAsync(StoreOptions options, CancellationToken cancellationToken)
     {

@@ -39,9 +39,10 @@ public sealed partial class StoreView
     /// Refuses uploads of <paramref name="incoming"/> NAR bytes that would take the account past its storage quota
     /// (<see cref="KilnStore.AccountPolicy"/>). The quota and what the account stores are read at most every few
     /// seconds per view (a copy of 300 paths asks once, not 300 times) and counted forward by this view's own
-    /// commits; concurrent uploads of one account through other views can pass it by what they carry together.
+    /// commits: this early look tells a client over quota at once. The commit looks again
+    /// (<see cref="HoldStorageQuotaAsync"/>), against what is stored then.
     /// </summary>
-    private async Task CheckStorageQuotaAsync(long incoming, CancellationToken cancellationToken)
+    private async Task CheckStorageQuotaAsync(long incoming, CancellationToken cancellationToken, bool reread = false)
     {
         if (incoming <= 0 || _store.AccountPolicy is not { } quota)
         {
@@ -53,7 +54,7 @@ public sealed partial class StoreView
         bool fresh;
         lock (_quotaGate)
         {
-            (fresh, max, used) = (_quotaReadAt is { } at && now - at < QuotaReadInterval, _quotaMax, _quotaUsed);
+            (fresh, max, used) = (!reread && _quotaReadAt is { } at && now - at < QuotaReadInterval, _quotaMax, _quotaUsed);
         }
 
         if (!fresh)
@@ -71,6 +72,43 @@ public sealed partial class StoreView
             throw new KilnException(ErrorKind.TooLarge,
                 $"kiln: storage quota exceeded: {Units.Bytes(used + incoming)} of {Units.Bytes(max)} with this upload ({Units.Bytes(used)} stored); delete paths or ask for more");
         }
+    }
+
+    /// <summary>
+    /// The commit's look at the storage quota, where the account has one: under the account's quota lock (held until
+    /// the returned handle is disposed, after the paths are registered), against what is stored now, so this
+    /// process's concurrent uploads of one account never pass the quota together. (Front doors on one database each
+    /// hold their own lock: uploads through two at once may still pass it by what they carry together.)
+    /// </summary>
+    private async Task<IDisposable?> HoldStorageQuotaAsync(long incoming, CancellationToken cancellationToken)
+    {
+        // The view's look first (the quota read at most every few seconds: an account without one pays no query here).
+        await CheckStorageQuotaAsync(incoming, cancellationToken).ConfigureAwait(false);
+        lock (_quotaGate)
+        {
+            if (incoming <= 0 || _store.AccountPolicy is null || _quotaMax <= 0)
+            {
+                return null;
+            }
+        }
+
+        var gate = _store.QuotaLock(AccountId);
+        await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await CheckStorageQuotaAsync(incoming, cancellationToken, reread: true).ConfigureAwait(false);
+            return new Released(gate);
+        }
+        catch
+        {
+            gate.Release();
+            throw;
+        }
+    }
+
+    private sealed class Released(SemaphoreSlim gate) : IDisposable
+    {
+        public void Dispose() => gate.Release();
     }
 
     private const long QuotaReadInterval = 5_000; // ms
@@ -327,12 +365,8 @@ public sealed partial class StoreView
     // Moves verified blobs into place and registers their paths, all in one transaction, with the collector held off.
     private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken, Provenance provenance = Provenance.Uploaded)
     {
-        if (provenance == Provenance.Uploaded)
-        {
-            // Checked against what is registered now (another session may have added since the first look).
-            await CheckStorageQuotaAsync(uploads.Sum(u => u.Info.NarSize), cancellationToken).ConfigureAwait(false);
-        }
-
+        // Checked against what is registered now (another session may have added since the first look), and held so.
+        using var quotaHeld = provenance == Provenance.Uploaded ? await HoldStorageQuotaAsync(uploads.Sum(u => u.Info.NarSize), cancellationToken).ConfigureAwait(false) : null;
         var ordered = TopologicalOrder(uploads);
         var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = shared.ConfigureAwait(false);

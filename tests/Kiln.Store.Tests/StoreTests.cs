@@ -525,6 +525,26 @@ public sealed class StoreTests : IAsyncLifetime
         await again.AddToStoreAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), false, true, default);
         Assert.Single(await again.QueryValidPathsAsync([tree], default));
     }
+
+    [Fact]
+    public async Task Two_sessions_of_one_account_cannot_pass_its_storage_quota_together()
+    {
+        // Each session remembers what the account stores for a few seconds (one look per copy, not per path). Both have
+        // looked while the account was empty; each upload alone fits; together they would not: the second is refused.
+        using var first = await _store.OpenViewAsync("alice", default);
+        using var second = await _store.OpenViewAsync("alice", default);
+        var small = Ia("small");
+        var nar = NarBuilder.Start().Tokens("(", "type", "regular", "contents", "x", ")").ToArray();
+        _store.AccountPolicy = new FixedQuota(first.AccountId, HelloNar.Length + TreeNar.Length - 1 + nar.Length * 2);
+        await first.AddToStoreAsync(Declared(small, nar), new MemoryStream(nar), false, true, default);
+        await second.AddToStoreAsync(Declared(Ia("small-2"), nar), new MemoryStream(nar), false, true, default);
+
+        await first.AddToStoreAsync(Declared(Hello, HelloNar), new MemoryStream(HelloNar), false, true, default);
+        var tree = Ia("tree");
+        var refused = await Assert.ThrowsAsync<KilnException>(() => second.AddToStoreAsync(Declared(tree, TreeNar), new MemoryStream(TreeNar), false, true, default));
+        Assert.StartsWith("kiln: storage quota exceeded: ", refused.Message, StringComparison.Ordinal);
+        Assert.Empty(await second.QueryValidPathsAsync([tree], default));
+    }
 }
 
 /// <summary>A client log that keeps its lines.</summary>
