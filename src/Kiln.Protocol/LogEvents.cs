@@ -70,4 +70,5 @@ public static class LogEvents
     public const int GarbageCollectionFailed = 6108;
     public const int GarbageCollectionFreedNothing = 6109;
     public const int StorageSampleFailed = 6110;
+    public const int SigningKeyUnreadable = 6111;
 }

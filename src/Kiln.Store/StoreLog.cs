@@ -16,6 +16,9 @@ internal static partial class StoreLog
         Message = "gc: account {Account}: {Paths} paths and {Bytes} NAR bytes removed from its view")]
     public static partial void Collected(ILogger logger, long account, int paths, long bytes);
 
+    [LoggerMessage(EventId = LogEvents.SigningKeyUnreadable, Level = LogLevel.Warning, Message = "account {Account}: its signing key cannot be read, its builds are not signed with it: {Reason}")]
+    public static partial void SigningKeyUnreadable(ILogger logger, string account, string reason);
+
     [LoggerMessage(EventId = LogEvents.SubstitutionWarning, Level = LogLevel.Warning, Message = "upstream: account {Account}: {Warning}")]
     public static partial void SubstitutionWarning(ILogger logger, string account, string warning);
 

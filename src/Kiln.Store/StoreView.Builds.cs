@@ -96,7 +96,7 @@ public sealed partial class StoreView
         catch (KilnException e)
         {
             // (Sealed with another front door's credentials key: the builds go on, unsigned by the account, and say why.)
-            StoreLog.SubstitutionWarning(_store.Options.Logger, Caller.AccountName ?? "-", $"the account's signing key cannot be read: {e.Message}");
+            StoreLog.SigningKeyUnreadable(_store.Options.Logger, Caller.AccountName ?? "-", e.Message);
             return null;
         }
     }

@@ -12,7 +12,10 @@ public sealed partial class StoreView
     // How long a view goes by what it read of the sharing settings: a share withdrawn holds within this.
     private static readonly TimeSpan SharingLifetime = TimeSpan.FromSeconds(10);
 
-    private (IReadOnlyList<AccountRecord> Accounts, DateTime Until)? _sharing;
+    // (A reference swapped whole: QueryMissing asks from several tasks at once.)
+    private SharingRead? _sharing;
+
+    private sealed record SharingRead(IReadOnlyList<AccountRecord> Accounts, DateTime Until);
 
     /// <summary>
     /// The accounts this view may take paths from, first preferred: those its <c>trusted-accounts</c> names that name
@@ -42,7 +45,7 @@ public sealed partial class StoreView
             }
         }
 
-        _sharing = (sources, DateTime.UtcNow + SharingLifetime);
+        _sharing = new SharingRead(sources, DateTime.UtcNow + SharingLifetime);
         return sources;
     }
 
