@@ -388,7 +388,7 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
             <dt>Trusted public keys</dt><dd>{(settings.TrustedPublicKeys.Length > 0 ? E(settings.TrustedPublicKeys) : "the server's")}</dd>
             <dt>Cache credentials</dt><dd>{(settings.HasCredentials ? "set (never shown)" : "none")}</dd>
             </dl>
-            <p class="hint">Substituters and credentials are the operator's to change (<code>kiln account settings</code>).</p>
+            <p class="hint">Substituters are the operator's to change. Credentials and the signing key are set from standard input, never shown: <code>ssh … kiln settings set netrc - &lt; FILE</code>, <code>… signing-key-for-builds - &lt; key.sec</code>.</p>
             </section>
             """);
         return ("Account", body.ToString());
