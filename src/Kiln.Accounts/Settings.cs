@@ -406,6 +406,12 @@ public static class Settings
     public static IReadOnlyList<BuildTag> TagsOf(string text) =>
         [.. (text ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(BuildTag.Parse)];
 
+    /// <summary>Whether the setting by that name is a secret (<see cref="SettingDefinition.Secret"/>): given on standard input only.</summary>
+    public static bool IsSecret(string name) => All.Any(d => d.Secret && d.Name == name);
+
+    /// <summary>The most a value piped in for <c>settings set NAME -</c> may be: a key or a netrc, not a file of any size.</summary>
+    public const int MaxPipedValue = 64 * 1024;
+
     /// <summary>The setting with that name.</summary>
     /// <exception cref="KilnException">There is none (Invalid), with the names there are.</exception>
     public static SettingDefinition Find(string name) =>

@@ -286,7 +286,7 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
                 return new Step(BuildStatus.Substituted, "", outputs);
             }
 
-            var substituted = await _view.SubstituteAsync(outputs.Values.ToList(), _stop.Token, _events.Message).ConfigureAwait(false);
+            var substituted = await _view.SubstituteFromUpstreamAsync(outputs.Values.ToList(), _stop.Token, _events.Message).ConfigureAwait(false);
             if (!outputs.Values.All(substituted.Contains))
             {
                 return null;

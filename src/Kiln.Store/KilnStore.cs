@@ -69,6 +69,8 @@ public sealed class KilnStore : IAsyncDisposable
 
     private SealedSettings? _settings;
 
+    private Lazy<CredentialSeal>? _seal;
+
     /// <summary>Seals accounts' credentials stored before sealing existed (kiln serve does at start); returns how many it sealed.</summary>
     public async Task<int> SealLegacyCredentialsAsync(CancellationToken cancellationToken)
     {
@@ -91,7 +93,6 @@ public sealed class KilnStore : IAsyncDisposable
 
         return sealedCount;
     }
-    private Lazy<CredentialSeal>? _seal;
 
     /// <summary>
     /// The accounts' storage quotas, which every upload (SSH, socket, HTTP) is checked against, and retention, which

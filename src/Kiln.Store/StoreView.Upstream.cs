@@ -56,6 +56,16 @@ public sealed partial class StoreView
     {
         ArgumentNullException.ThrowIfNull(paths);
         await TakeSharedAsync(paths, cancellationToken).ConfigureAwait(false);
+        return await SubstituteFromUpstreamAsync(paths, cancellationToken, warn).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Substitutes what it can of <paramref name="paths"/> from the account's upstream caches alone (for a caller that
+    /// has just taken what the trusted accounts give, <see cref="TakeSharedAsync"/>); returns those valid in the view
+    /// afterwards.
+    /// </summary>
+    public async Task<IReadOnlySet<StorePath>> SubstituteFromUpstreamAsync(IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken, Action<string>? warn = null)
+    {
         var both = Logged(warn);
         var plan = await UpstreamPlanAsync(both, cancellationToken).ConfigureAwait(false);
         var valid = await _store.Upstream.SubstituteAsync(this, plan, paths, both, cancellationToken).ConfigureAwait(false);

@@ -113,7 +113,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
     /// <summary>The record of the path with that hash part in the view (the first readable account's that has one).</summary>
     public async Task<PathRecord?> FindByHashPartAsync(string hashPart, CancellationToken cancellationToken) =>
-        await Metadata.FindPathByHashPartAsync(Readable, hashPart, cancellationToken).ConfigureAwait(false) is { } found ? found.Record : null;
+        (await FindReadableByHashPartAsync(hashPart, cancellationToken).ConfigureAwait(false))?.Record;
 
     /// <summary>The blob of a NAR some path in the view has; null when none has it (or its blob is gone).</summary>
     public async Task<Blobs.BlobSource?> OpenNarByHashAsync(NixHash narHash, CancellationToken cancellationToken) =>

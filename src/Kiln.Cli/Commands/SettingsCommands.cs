@@ -60,7 +60,7 @@ internal static class SettingsCommands
                 // "-": the value from standard input (a secret, which a command line would show to ps and keep in history).
                 var name = result.GetValue(setName)!;
                 var given = result.GetValue(setValue)!;
-                if (given != "-" && Kiln.Accounts.Settings.All.Any(d => d.Secret && d.Name == name))
+                if (given != "-" && Kiln.Accounts.Settings.IsSecret(name))
                 {
                     throw new CommandException($"{name} is a secret: give it on standard input, not on the command line: kiln settings set {result.GetValue(setAccount)} {name} - < FILE");
                 }
@@ -99,10 +99,10 @@ internal static class SettingsCommands
         return new Command("settings", "The settings hierarchy: server (kiln serve's options) → account → key → session (SSH SetEnv KILN_*).") { show, set, unset };
     }
 
-    // A value piped in (at most 64 KiB: a key or a netrc, not a file of any size).
+    // A value piped in (at most Settings.MaxPipedValue).
     private static async Task<string> ReadInputAsync(CancellationToken cancellationToken)
     {
-        var buffer = new char[64 * 1024];
+        var buffer = new char[Kiln.Accounts.Settings.MaxPipedValue];
         var length = 0;
         int read;
         while ((read = await Console.In.ReadAsync(buffer.AsMemory(length), cancellationToken).ConfigureAwait(false)) > 0)
@@ -110,7 +110,7 @@ internal static class SettingsCommands
             length += read;
             if (length == buffer.Length)
             {
-                throw new CommandException("the value on standard input is longer than 64 KiB");
+                throw new CommandException($"the value on standard input is longer than {buffer.Length / 1024} KiB");
             }
         }
 

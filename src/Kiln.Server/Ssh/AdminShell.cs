@@ -200,12 +200,12 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
                     throw new ShellException($"pipe the value in: ssh … kiln settings set {words[2]} - < FILE");
                 }
 
-                var value = words[3] == "-" ? await ReadValueAsync(cancellationToken).ConfigureAwait(false) : words[3];
-                if (Kiln.Accounts.Settings.All.Any(d => d.Secret && d.Name == words[2]) && words[3] != "-")
+                if (words[3] != "-" && Kiln.Accounts.Settings.IsSecret(words[2]))
                 {
                     throw new ShellException($"{words[2]} is a secret: give it on standard input, not on the command line (which is logged): settings set {words[2]} - < FILE");
                 }
 
+                var value = words[3] == "-" ? await ReadValueAsync(cancellationToken).ConfigureAwait(false) : words[3];
                 var record = await accounts.SetSettingAsync(_actor, account, words[2], value, forKey, final, cancellationToken).ConfigureAwait(false);
                 return $"{record.Name} = {record.Value}{(record.Scope.Length > 0 ? " for " + record.Scope : "")}{(record.Final ? " (final)" : "")}";
             case "unset" when words.Count >= 3:
@@ -217,10 +217,10 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
         }
     }
 
-    // A value given as "-": all a single command was piped (at most 64 KiB).
+    // A value given as "-": all a single command was piped (at most Settings.MaxPipedValue).
     private async Task<string> ReadValueAsync(CancellationToken cancellationToken)
     {
-        var buffer = new byte[64 * 1024];
+        var buffer = new byte[Kiln.Accounts.Settings.MaxPipedValue];
         var length = 0;
         while (true)
         {
@@ -344,7 +344,6 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
 
     private static string Show(bool json, object value, string text) => json ? JsonSerializer.Serialize(value, Json) : text;
 
-    // Words as a shell splits them: spaces separate, single and double quotes group.
     /// <summary>
     /// A shell command as the front door logs it: a setting's value never (the shell takes secrets on standard input
     /// only, but one given on the command line must not reach the log either), read with the shell's own tokenizer so
@@ -365,6 +364,7 @@ internal sealed class AdminShell(AccountService accounts, SshKeyRecord key, Stor
             : command;
     }
 
+    // Words as a shell splits them: spaces separate, single and double quotes group.
     internal static List<string> Tokenize(string line)
     {
         var words = new List<string>();

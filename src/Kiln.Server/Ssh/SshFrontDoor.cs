@@ -123,9 +123,10 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
         {
             // Through setpriv --pdeathsig: sshd gets SIGTERM when Kiln dies, even by SIGKILL, instead of listening on
             // for a server that is gone (a restart would stop it, but until then logins fail).
-            var start = new ProcessStartInfo(File.Exists(Setpriv) ? Setpriv : options.Sshd) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+            var setpriv = File.Exists(Setpriv);
+            var start = new ProcessStartInfo(setpriv ? Setpriv : options.Sshd) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
             Kiln.Store.SecretEnvironment.RemoveFrom(start); // sshd and the sessions it starts have no use for them
-            foreach (var argument in (File.Exists(Setpriv) ? ["--pdeathsig", "TERM", "--", options.Sshd] : Array.Empty<string>()).Concat(["-D", "-e", "-f", ssh.ConfigFile]))
+            foreach (var argument in (setpriv ? ["--pdeathsig", "TERM", "--", options.Sshd] : Array.Empty<string>()).Concat(["-D", "-e", "-f", ssh.ConfigFile]))
             {
                 start.ArgumentList.Add(argument);
             }
@@ -419,7 +420,6 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
     private static string Printable(string text)
     {
         var clean = new string(text.Select(c => char.IsControl(c) ? '?' : c).ToArray());
-
         return clean.Length > 80 ? clean[..80] + "…" : clean;
     }
 

@@ -21,11 +21,14 @@ public static partial class AccountName
     [GeneratedRegex("^[a-z0-9][a-z0-9_-]{0,62}$")]
     private static partial Regex Valid();
 
+    /// <summary>Whether <paramref name="name"/> is an account name.</summary>
+    public static bool IsValid(string name) => Valid().IsMatch(name ?? throw new ArgumentNullException(nameof(name)));
+
     /// <exception cref="ArgumentException">The name is not one.</exception>
     public static string Validate(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
-        return Valid().IsMatch(name)
+        return IsValid(name)
             ? name
             : throw new ArgumentException($"'{(name.Length > 64 ? name[..64] + "…" : name)}' is not an account name (1–63 of a-z, 0-9, '_' and '-', starting with a letter or digit)");
     }

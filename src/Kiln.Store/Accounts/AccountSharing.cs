@@ -52,21 +52,8 @@ public static class AccountSharing
 
     /// <summary>The names in a kept value (words that are not names, in a row edited by hand, are left out).</summary>
     public static IReadOnlyList<string> NamesOf(string? value) =>
-        [.. (value ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries).Where(w => w != None && IsName(w))];
+        [.. (value ?? "").Split(' ', StringSplitOptions.RemoveEmptyEntries).Where(w => w != None && AccountName.IsValid(w))];
 
     // What an empty value is shown as, and may be given as.
     private const string None = "none";
-
-    private static bool IsName(string word)
-    {
-        try
-        {
-            AccountName.Validate(word);
-            return true;
-        }
-        catch (ArgumentException)
-        {
-            return false;
-        }
-    }
 }
