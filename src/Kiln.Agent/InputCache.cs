@@ -12,7 +12,7 @@ namespace Kiln.Agent;
 /// the store no longer holds its NAR and no build uses it, or (trimmed) when the cache is over its size bound and no
 /// build has used it for longest.
 /// </summary>
-internal sealed class InputCache(string root, IAgentStore store)
+internal sealed class InputCache(string root, IAgentStore store, LinkedInputPool? copies = null)
 {
     private readonly ConcurrentDictionary<NixHash, Lazy<Task<string>>> _pending = new();
 
@@ -141,6 +141,7 @@ internal sealed class InputCache(string root, IAgentStore store)
     private bool TryRemove(NixHash hash, string entry)
     {
         var doomed = Path.Combine(Path.GetDirectoryName(entry)!, $".gone-{Guid.NewGuid():N}");
+        IReadOnlyList<string> linked;
         lock (_inUse)
         {
             if (_inUse.ContainsKey(hash))
@@ -159,8 +160,12 @@ internal sealed class InputCache(string root, IAgentStore store)
             }
 
             Forget(hash);
+
+            // Its linked copies hold its files' inodes: they go with it.
+            linked = copies?.Detach(hash) ?? [];
         }
 
+        LinkedInputPool.Delete(linked);
         NarExtractor.DeleteTree(doomed);
         return true;
     }

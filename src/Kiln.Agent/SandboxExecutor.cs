@@ -17,6 +17,9 @@ public sealed class SandboxExecutor : IBuildExecutor
     private readonly SandboxOptions _options;
     private readonly IAgentStore _store;
     private readonly InputCache _inputs;
+    private readonly LinkedInputPool _linked;
+    private readonly string _sharedDev;
+    private readonly string _sharedTmpfs;
     private readonly BuildUsers? _users;
     private readonly string _builds;
     private readonly string _etc;
@@ -32,7 +35,11 @@ public sealed class SandboxExecutor : IBuildExecutor
         ArgumentNullException.ThrowIfNull(options);
         _options = options;
         _store = store;
-        _inputs = new InputCache(Path.Combine(options.WorkDirectory, "unpacked"), store);
+        _builds = Path.Combine(options.WorkDirectory, "builds");
+        _linked = new LinkedInputPool(Path.Combine(_builds, ".linked"));
+        _sharedDev = Path.Combine(_builds, ".dev");
+        _sharedTmpfs = Path.Combine(_builds, ".build-tmpfs");
+        _inputs = new InputCache(Path.Combine(options.WorkDirectory, "unpacked"), store, _linked);
         _users = BuildUsers.ForThisProcess(options.BuildUsersBase, options.MaxJobs);
         // As root, a build must run as a build user: as Kiln itself, uid 1000 in the sandbox would be root outside it.
         // When build users cannot work here, builds are refused (with the fix), never run as root.
@@ -47,7 +54,6 @@ public sealed class SandboxExecutor : IBuildExecutor
             BuildUsersUnavailable = $"'{options.Setpriv}' is missing, so builds cannot switch to a build user: install util-linux and restart Kiln";
             _users = null;
         }
-        _builds = Path.Combine(options.WorkDirectory, "builds");
         _etc = Path.Combine(options.WorkDirectory, "sandbox-etc");
         _seccomp = Path.Combine(options.WorkDirectory, "seccomp.bpf");
         _disk = new DiskGuard(options.WorkDirectory, options.MinFreeDisk);
@@ -145,6 +151,12 @@ public sealed class SandboxExecutor : IBuildExecutor
         {
             Directory.CreateDirectory(directory);
             KeepToBuilds(directory);
+        }
+
+        if (_users is not null)
+        {
+            SandboxLayout.DevDirectory(_sharedDev);
+            Directory.CreateDirectory(_sharedTmpfs, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         }
 
         foreach (var (name, contents) in SandboxLayout.EtcFiles)
@@ -285,39 +297,55 @@ public sealed class SandboxExecutor : IBuildExecutor
         // Taken before any input is looked at: a prune must not remove what this build is about to mount.
         using var inUse = _inputs.Use(job.Inputs.Select(i => (i.NarHash, i.NarSize)).ToList());
         var inputs = new List<(Kiln.Nix.StorePaths.StorePath Path, string Tree)>();
-        var linked = new List<(NixHash NarHash, string Tree)>();
-        foreach (var input in job.Inputs)
-        {
-            var tree = await _inputs.EnsureAsync(input.NarHash).ConfigureAwait(false);
-            if (user is null || !InputLinks.TryLink(tree, Path.Combine(storeDir, input.Path.BaseName)))
-            {
-                inputs.Add((input.Path, tree)); // mounted
-            }
-            else
-            {
-                linked.Add((input.NarHash, tree));
-            }
-        }
-
-        var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, linked, id, user, log, cancellationToken).ConfigureAwait(false);
-        if (run.Failure != BuildFailureKind.None)
-        {
-            return run;
-        }
-
+        var linked = new List<(NixHash NarHash, string Tree, string Placed)>();
+        var over = false;
         try
         {
-            var outputs = OutputProcessor.Process(job, environment.Structured, storeDir, _store, user?.UserId);
-            foreach (var (output, tree) in outputs)
+            foreach (var input in job.Inputs)
             {
-                _inputs.Adopt(output.NarHash, output.NarSize, tree);
+                var tree = await _inputs.EnsureAsync(input.NarHash).ConfigureAwait(false);
+                var placed = Path.Combine(storeDir, input.Path.BaseName);
+                if (user is null || !_linked.TryPlace(input.NarHash, tree, placed))
+                {
+                    inputs.Add((input.Path, tree)); // mounted
+                }
+                else
+                {
+                    linked.Add((input.NarHash, tree, placed));
+                }
             }
 
-            return run with { Outputs = outputs.Select(o => o.Output).ToList() };
+            var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, [.. linked.Select(l => (l.NarHash, l.Tree))], id, user, log,
+                cancellationToken).ConfigureAwait(false);
+            over = true;
+            if (run.Failure != BuildFailureKind.None)
+            {
+                return run;
+            }
+
+            try
+            {
+                var outputs = OutputProcessor.Process(job, environment.Structured, storeDir, _store, user?.UserId);
+                foreach (var (output, tree) in outputs)
+                {
+                    _inputs.Adopt(output.NarHash, output.NarSize, tree);
+                }
+
+                return run with { Outputs = outputs.Select(o => o.Output).ToList() };
+            }
+            catch (Exception e) when (e is OutputProcessor.RejectedException or HashMismatchException)
+            {
+                return run with { Failure = BuildFailureKind.OutputRejected, ErrorMessage = e.Message };
+            }
         }
-        catch (Exception e) when (e is OutputProcessor.RejectedException or HashMismatchException)
+        finally
         {
-            return run with { Failure = BuildFailureKind.OutputRejected, ErrorMessage = e.Message };
+            // Once the sandbox has ended (its processes with it), its linked inputs go back for the next build, still
+            // under this build's lease on their entries. Cut short, they go with the build directory.
+            foreach (var (narHash, _, placed) in over ? linked : [])
+            {
+                _linked.Return(narHash, placed);
+            }
         }
     }
 
@@ -334,26 +362,21 @@ public sealed class SandboxExecutor : IBuildExecutor
             Native.MakeFifo(block);
         }
 
-        // As root, Kiln builds /dev as Nix's; its mounts are made by the launcher in a mount namespace of its own.
-        var dev = user is not null ? Path.Combine(directory, "dev") : null;
-        if (dev is not null)
-        {
-            SandboxLayout.DevDirectory(dev);
-        }
+        // As root, Kiln builds /dev as Nix's; its mounts are made by the launcher in a mount namespace of its own, on
+        // the one skeleton every build shares (made at start: each build's mounts are its own namespace's, and the
+        // skeleton is root's, read-only to builds).
+        var dev = user is not null ? _sharedDev : null;
 
         // As root, the build directory is a tmpfs too, the build memory's size at most, mounted by the launcher in its
-        // own mount namespace (gone with the build's last process, even if Kiln is killed) with what Kiln put in it.
+        // own mount namespace (gone with the build's last process, even if Kiln is killed) with what Kiln put in it —
+        // on a mount point every build shares, as /dev's.
         var memory = job.Limits.MemoryBytes;
-        var buildTmpfs = dev is not null && memory > 0 ? Path.Combine(directory, "build-tmpfs") : null;
-        if (buildTmpfs is not null)
-        {
-            Directory.CreateDirectory(buildTmpfs, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        }
+        var buildTmpfs = dev is not null && memory > 0 ? _sharedTmpfs : null;
 
         var arguments = SandboxLayout.BubblewrapArguments(derivation, environment, buildTmpfs ?? buildDir, storeDir, inputs, _etc, _options.SandboxPaths,
             hostNetwork: !_options.FixedOutputNetwork.Isolated, command, dev, _tmpfsSize ? memory : 0);
 
-        var fstab = dev is null ? null : WriteMounts(directory, dev, buildTmpfs, memory, user!);
+        var fstab = dev is null ? null : Mounts(dev, buildTmpfs, memory, user!);
         using var pty = Pty.Open();
         // Named by this process too: another Kiln on the host may build the same derivation at the same moment.
         using var cgroup = Cgroup.TryCreate(_options.CgroupRoot, $"build-{Environment.ProcessId}-{id}", job.Limits);
@@ -379,7 +402,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; block=$5; fstab=$6; seed=$7; tmp=$8; shift 8
             echo 1000 > /proc/self/oom_score_adj
             if [ -n "$fstab" ]; then mount -a -T "$fstab" || exit 125; fi
-            if [ -n "$tmp" ]; then cp -a "$seed/." "$tmp/" || exit 125; fi
+            if [ -n "$tmp" ] && [ -n "$seed" ]; then cp -a "$seed/." "$tmp/" || exit 125; fi
             if [ -n "$block" ]; then exec "$@" 3>"$status" 9<"$filter" 8<>"$block" <>/dev/null 1<>"$pty" 2>&1; fi
             exec "$@" 3>"$status" 9<"$filter" <>/dev/null 1<>"$pty" 2>&1
             """);
@@ -390,7 +413,9 @@ public sealed class SandboxExecutor : IBuildExecutor
         start.ArgumentList.Add(_seccomp);
         start.ArgumentList.Add(block);
         start.ArgumentList.Add(fstab ?? "");
-        start.ArgumentList.Add(buildDir);
+        // (Nothing to copy into the tmpfs when Kiln put nothing in the build directory: the mount is owned and
+        // moded as the directory would be.)
+        start.ArgumentList.Add(environment.Files.Count > 0 ? buildDir : "");
         start.ArgumentList.Add(buildTmpfs ?? "");
         if (user is not null)
         {
@@ -675,9 +700,16 @@ public sealed class SandboxExecutor : IBuildExecutor
 
     // The mounts a root build's launcher makes, in fstab(5) form for `mount -a -T`: /dev's devpts, its shm, the
     // device nodes Nix gives a build, and (with a memory limit) the build directory's tmpfs, owned by the build user.
-    // Every tmpfs is the build's memory at most. Returns the file's path.
-    private static string WriteMounts(string directory, string dev, string? buildTmpfs, long memory, BuildUsers.Lease user)
+    // Every tmpfs is the build's memory at most. Returns the file's path: one file for all builds with the same user
+    // and memory (their mount points are shared), written by the first.
+    private string Mounts(string dev, string? buildTmpfs, long memory, BuildUsers.Lease user)
     {
+        var fstab = Path.Combine(_builds, string.Create(CultureInfo.InvariantCulture, $".fstab-{user.UserId}-{user.GroupId}-{memory}{(buildTmpfs is null ? "" : "-tmpfs")}"));
+        if (File.Exists(fstab))
+        {
+            return fstab;
+        }
+
         var size = memory > 0 ? string.Create(CultureInfo.InvariantCulture, $",size={memory}") : "";
         var lines = new List<string>
         {
@@ -690,8 +722,10 @@ public sealed class SandboxExecutor : IBuildExecutor
             lines.Add(string.Create(CultureInfo.InvariantCulture, $"none {FstabField(buildTmpfs)} tmpfs mode=0700{size},uid={user.UserId},gid={user.GroupId} 0 0"));
         }
 
-        var fstab = Path.Combine(directory, "fstab");
-        File.WriteAllLines(fstab, lines);
+        // Whole or not at all: another build may read it the moment it is there.
+        var temp = $"{fstab}.{Guid.NewGuid():N}";
+        File.WriteAllLines(temp, lines);
+        File.Move(temp, fstab, overwrite: true);
         return fstab;
     }
 

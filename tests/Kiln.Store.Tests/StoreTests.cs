@@ -223,6 +223,8 @@ public sealed class StoreTests : IAsyncLifetime
     [Theory]
     [InlineData(1000)] // answered from memory when known
     [InlineData(5 << 20)] // larger than what is read into memory first: streamed on
+    [InlineData(Kiln.Store.Blobs.NarIngest.FlatInMemory)] // the most a flat upload keeps in memory
+    [InlineData(Kiln.Store.Blobs.NarIngest.FlatInMemory + 8)] // spooled to a file from there on, what was in memory first
     public async Task Adding_a_known_content_addressed_path_again_returns_it_and_stores_nothing_new(int size)
     {
         var contents = new byte[size];

@@ -54,6 +54,9 @@ public static class NarIngest
 {
     private const int BufferSize = 256 * 1024;
 
+    /// <summary>Flat contents up to this size are held in memory while they are stored, not spooled to a file.</summary>
+    public const int FlatInMemory = 64 * 1024;
+
     /// <summary>Copies the NAR from <paramref name="source"/> into a new, uncommitted blob.</summary>
     /// <param name="blobs">Where the blob goes.</param>
     /// <param name="source">The NAR.</param>
@@ -184,59 +187,75 @@ public static class NarIngest
     }
 
     /// <summary>
-    /// Writes flat contents (text and flat uploads) as the NAR of one regular file: the contents are spooled to a file
-    /// in <paramref name="spoolDirectory"/> first, to learn their size and hash, then go into a NAR blob. Returns the
-    /// blob and the contents' hash.
+    /// Writes flat contents (text and flat uploads) as the NAR of one regular file: the contents are kept in memory (up
+    /// to <see cref="FlatInMemory"/> bytes: a .drv, a script) or spooled to a file in <paramref name="spoolDirectory"/>
+    /// first, to learn their size and hash, then go into a NAR blob. Returns the blob and the contents' hash.
     /// </summary>
     public static async Task<IngestedNar> IngestFlatAsync(IBlobStore blobs, string spoolDirectory, Stream contents, NixHashAlgorithm contentAlgorithm,
         int captureUpTo, long maxSize, CancellationToken cancellationToken, string? unpackTo = null)
     {
         ArgumentNullException.ThrowIfNull(blobs);
         ArgumentNullException.ThrowIfNull(contents);
-        Directory.CreateDirectory(spoolDirectory);
         var flatPath = Path.Combine(spoolDirectory, $"flat-{Guid.NewGuid():N}");
+        FileStream? flat = null;
         try
         {
+            // A file only once the contents outgrow memory: an evaluation uploads hundreds of small .drv files, and a
+            // file made and removed for each is most of what one costs the server.
+            var memory = new ArrayBufferWriter<byte>();
             using var contentHash = new HashingSink(contentAlgorithm);
             var captured = new ArrayBufferWriter<byte>();
             var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
             try
             {
-                var flat = new FileStream(flatPath, new FileStreamOptions
+                int read;
+                while ((read = await FillAsync(contents, buffer, cancellationToken).ConfigureAwait(false)) > 0)
                 {
-                    Mode = FileMode.CreateNew,
-                    Access = FileAccess.Write,
-                    BufferSize = 0,
-                    UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-                });
-                await using (flat.ConfigureAwait(false))
-                {
-                    int read;
-                    while ((read = await FillAsync(contents, buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                    contentHash.Append(buffer.AsSpan(0, read));
+                    if (contentHash.BytesWritten > maxSize)
                     {
-                        contentHash.Append(buffer.AsSpan(0, read));
-                        if (contentHash.BytesWritten > maxSize)
-                        {
-                            throw new KilnException(ErrorKind.TooLarge, $"file is larger than the limit of {maxSize} bytes");
-                        }
-
-                        if (contentHash.BytesWritten <= captureUpTo)
-                        {
-                            captured.Write(buffer.AsSpan(0, read));
-                        }
-
-                        flat.Write(buffer.AsSpan(0, read));
+                        throw new KilnException(ErrorKind.TooLarge, $"file is larger than the limit of {maxSize} bytes");
                     }
+
+                    if (contentHash.BytesWritten <= captureUpTo)
+                    {
+                        captured.Write(buffer.AsSpan(0, read));
+                    }
+
+                    if (flat is null && contentHash.BytesWritten <= FlatInMemory)
+                    {
+                        memory.Write(buffer.AsSpan(0, read));
+                        continue;
+                    }
+
+                    if (flat is null)
+                    {
+                        Directory.CreateDirectory(spoolDirectory);
+                        flat = new FileStream(flatPath, new FileStreamOptions
+                        {
+                            Mode = FileMode.CreateNew,
+                            Access = FileAccess.Write,
+                            BufferSize = 0,
+                            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                        });
+                        flat.Write(memory.WrittenSpan);
+                        memory = new ArrayBufferWriter<byte>(1);
+                    }
+
+                    flat.Write(buffer.AsSpan(0, read));
                 }
             }
             finally
             {
                 ArrayPool<byte>.Shared.Return(buffer);
+                flat?.Dispose();
             }
 
             var size = contentHash.BytesWritten;
             var hash = contentHash.Finish();
-            var nar = new NarOfFileStream(flatPath, size);
+            var nar = new NarOfFlatStream(flat is null
+                ? new MemoryStream(memory.WrittenMemory.ToArray(), writable: false)
+                : new FileStream(flatPath, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.Asynchronous | FileOptions.SequentialScan), size);
             await using (nar.ConfigureAwait(false))
             {
                 var ingested = await IngestAsync(blobs, nar, null, 0, long.MaxValue, cancellationToken, unpackTo).ConfigureAwait(false);
@@ -247,7 +266,10 @@ public static class NarIngest
         {
             try
             {
-                File.Delete(flatPath);
+                if (flat is not null)
+                {
+                    File.Delete(flatPath);
+                }
             }
             catch (IOException)
             {
@@ -346,10 +368,10 @@ public static class NarIngest
     }
 }
 
-/// <summary>The NAR of one regular, non-executable file, produced on the fly from the file.</summary>
-internal sealed class NarOfFileStream(string path, long size) : Kiln.Nix.ReadOnlyStream
+/// <summary>The NAR of one regular, non-executable file, produced on the fly from its contents (a file, or memory).</summary>
+internal sealed class NarOfFlatStream(Stream file, long size) : Kiln.Nix.ReadOnlyStream
 {
-    private readonly FileStream _file = new(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.Asynchronous | FileOptions.SequentialScan);
+    private readonly Stream _file = file;
     private readonly byte[] _header = Header(size);
     private readonly byte[] _trailer = Trailer(size);
     private long _position;

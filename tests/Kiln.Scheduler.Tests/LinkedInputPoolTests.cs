@@ -1,0 +1,172 @@
+using Kiln.Agent;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Tests.Support;
+
+namespace Kiln.Scheduler.Tests;
+
+/// <summary>
+/// Linked copies of small inputs go from build to build by rename, come back only as Kiln left them, are bounded, and
+/// go with their input cache entry.
+/// </summary>
+public sealed class LinkedInputPoolTests : IDisposable
+{
+    private readonly TempDir _temp = new();
+
+    public void Dispose() => _temp.Dispose();
+
+    private sealed class Store : IAgentStore
+    {
+        public Dictionary<NixHash, byte[]> Nars { get; } = [];
+
+        public (NixHash Hash, long Size) AddTree(string id)
+        {
+            var nar = NarBuilder.Start().OpenDirectory()
+                .Entry("bin", n => n.OpenDirectory().Entry("tool", f => f.File($"#!/bin/sh\necho {id}\n", executable: true)).CloseDirectory())
+                .Entry("id", f => f.File(id))
+                .CloseDirectory().ToArray();
+            var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
+            Nars[hash] = nar;
+            return (hash, nar.Length);
+        }
+
+        public Task<Stream> OpenNarAsync(NixHash narHash, CancellationToken cancellationToken) => Task.FromResult<Stream>(new MemoryStream(Nars[narHash]));
+
+        public ValueTask<bool> HasNarAsync(NixHash narHash, CancellationToken cancellationToken) => ValueTask.FromResult(Nars.ContainsKey(narHash));
+
+        public IPendingNar CreateNar() => throw new NotSupportedException();
+    }
+
+    // Copies are Kiln's own only when Kiln is root (as it is when it links inputs at all).
+    private static void RequireRoot() => Assert.SkipUnless(Environment.UserName == "root", "linked inputs are made only by a root Kiln");
+
+    private (Store Store, InputCache Cache, LinkedInputPool Pool) Make(int maxCopies = LinkedInputPool.DefaultMaxCopies)
+    {
+        var store = new Store();
+        var pool = new LinkedInputPool(_temp["builds/.linked"], maxCopies);
+        return (store, new InputCache(_temp["unpacked"], store, pool), pool);
+    }
+
+    private string BuildStore(string name)
+    {
+        var path = _temp[$"builds/{name}/store"];
+        Directory.CreateDirectory(path);
+        return path;
+    }
+
+    [Fact]
+    public async Task A_copy_given_back_is_the_next_builds_by_rename_and_keeps_the_inputs_files()
+    {
+        RequireRoot();
+        var (store, cache, pool) = Make();
+        var input = store.AddTree("one");
+        using var use = cache.Use([input]);
+        var tree = await cache.EnsureAsync(input.Hash);
+
+        var first = Path.Combine(BuildStore("a"), "aaaa-input");
+        Assert.True(pool.TryPlace(input.Hash, tree, first));
+        Assert.Equal("one", File.ReadAllText(Path.Combine(first, "id")));
+        pool.Return(input.Hash, first);
+        Assert.False(Directory.Exists(first));
+        Assert.Equal(1, pool.Count);
+
+        var second = Path.Combine(BuildStore("b"), "aaaa-input");
+        Assert.True(pool.TryPlace(input.Hash, tree, second));
+        Assert.Equal(0, pool.Count);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_temp["builds/.linked"]));
+        Assert.Equal("#!/bin/sh\necho one\n", File.ReadAllText(Path.Combine(second, "bin", "tool")));
+        Assert.Equal((UnixFileMode)Convert.ToInt32("555", 8), File.GetUnixFileMode(second));
+        Assert.Equal((UnixFileMode)Convert.ToInt32("555", 8), File.GetUnixFileMode(Path.Combine(second, "bin", "tool")));
+        Assert.Equal(new DateTime(1970, 1, 1, 0, 0, 1, DateTimeKind.Utc), Directory.GetLastWriteTimeUtc(second));
+
+        // Another content under the same name never gets this copy: copies are kept by NAR hash.
+        var other = store.AddTree("two");
+        using var useOther = cache.Use([other]);
+        var otherTree = await cache.EnsureAsync(other.Hash);
+        pool.Return(input.Hash, second);
+        var third = Path.Combine(BuildStore("c"), "aaaa-input");
+        Assert.True(pool.TryPlace(other.Hash, otherTree, third));
+        Assert.Equal("two", File.ReadAllText(Path.Combine(third, "id")));
+        Assert.Equal(1, pool.Count);
+    }
+
+    [Fact]
+    public async Task A_copy_that_is_no_longer_what_Kiln_left_is_not_taken_back()
+    {
+        RequireRoot();
+        var (store, cache, pool) = Make();
+        var input = store.AddTree("one");
+        using var use = cache.Use([input]);
+        var tree = await cache.EnsureAsync(input.Hash);
+
+        // Made writable (as a build user could not, but anything else might have): left where it is.
+        var changed = Path.Combine(BuildStore("a"), "aaaa-input");
+        Assert.True(pool.TryPlace(input.Hash, tree, changed));
+        File.SetUnixFileMode(changed, (UnixFileMode)Convert.ToInt32("755", 8));
+        pool.Return(input.Hash, changed);
+        Assert.True(Directory.Exists(changed));
+
+        // Owned by someone else, or replaced by a directory of the build's: left too.
+        var replaced = Path.Combine(BuildStore("b"), "aaaa-input");
+        Directory.CreateDirectory(replaced);
+        File.SetUnixFileMode(replaced, (UnixFileMode)Convert.ToInt32("555", 8));
+        Kiln.Nix.Tests.Support.Processes.Run("chown", ["1000:1000", replaced]);
+        pool.Return(input.Hash, replaced);
+        Assert.True(Directory.Exists(replaced));
+
+        // Gone altogether: nothing to take.
+        pool.Return(input.Hash, Path.Combine(BuildStore("c"), "aaaa-input"));
+        Assert.Equal(0, pool.Count);
+    }
+
+    [Fact]
+    public async Task The_pool_keeps_at_most_its_bound()
+    {
+        RequireRoot();
+        var (store, cache, pool) = Make(maxCopies: 1);
+        var input = store.AddTree("one");
+        using var use = cache.Use([input]);
+        var tree = await cache.EnsureAsync(input.Hash);
+        var a = Path.Combine(BuildStore("a"), "aaaa-input");
+        var b = Path.Combine(BuildStore("b"), "aaaa-input");
+        Assert.True(pool.TryPlace(input.Hash, tree, a));
+        Assert.True(pool.TryPlace(input.Hash, tree, b));
+        pool.Return(input.Hash, a);
+        pool.Return(input.Hash, b);
+        Assert.Equal(1, pool.Count);
+        Assert.False(Directory.Exists(a));
+        Assert.True(Directory.Exists(b));
+    }
+
+    [Fact]
+    public async Task Copies_go_with_their_input_cache_entry()
+    {
+        RequireRoot();
+        var (store, cache, pool) = Make();
+        var input = store.AddTree("one");
+        var kept = store.AddTree("kept");
+        string placed;
+        using (cache.Use([input]))
+        {
+            placed = Path.Combine(BuildStore("a"), "aaaa-input");
+            Assert.True(pool.TryPlace(input.Hash, await cache.EnsureAsync(input.Hash), placed));
+            pool.Return(input.Hash, placed);
+        }
+
+        using (cache.Use([kept]))
+        {
+            var other = Path.Combine(BuildStore("b"), "bbbb-kept");
+            Assert.True(pool.TryPlace(kept.Hash, await cache.EnsureAsync(kept.Hash), other));
+            pool.Return(kept.Hash, other);
+        }
+
+        Assert.Equal(2, pool.Count);
+
+        // The store dropped the first input's NAR: the prune removes its entry and, with it, its copy (which would
+        // otherwise keep the entry's files on disk); the other's copy stays.
+        store.Nars.Remove(input.Hash);
+        Assert.Equal(1, await cache.PruneAsync(CancellationToken.None));
+        Assert.Equal(1, pool.Count);
+        Assert.Single(Directory.EnumerateFileSystemEntries(_temp["builds/.linked"]));
+        Assert.False(Directory.Exists(cache.TreeOf(input.Hash)));
+    }
+}
