@@ -743,8 +743,9 @@ public sealed class SandboxExecutor : IBuildExecutor
         long total = 0;
         foreach (var (narHash, tree) in linked)
         {
-            total += await _linkedBytes.GetOrAdd(narHash, _ => new Lazy<Task<long>>(async () =>
-                (await DiskUsage.MeasureAsync([tree], TimeSpan.FromSeconds(60), CancellationToken.None).ConfigureAwait(false)).Bytes ?? 0)).Value.ConfigureAwait(false);
+            // (A linked input is small, and Kiln's own tree: counted here, not by a du of its own.)
+            total += await _linkedBytes.GetOrAdd(narHash, _ => new Lazy<Task<long>>(async () => DiskUsage.CountSettled([tree], InputLinks.MaxEntries)
+                ?? (await DiskUsage.MeasureAsync([tree], TimeSpan.FromSeconds(60), CancellationToken.None).ConfigureAwait(false)).Bytes ?? 0)).Value.ConfigureAwait(false);
         }
 
         return total;
@@ -756,6 +757,9 @@ public sealed class SandboxExecutor : IBuildExecutor
     private sealed class DiskMeter(DiskGuard.Watch watch, string[] roots, long linkedBytes) : IDisposable
     {
         private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(60);
+
+        // The most entries the final count walks in kiln serve before it leaves the count to du.
+        private const int SettledEntries = 4096;
         private readonly CancellationTokenSource _stop = new();
         private readonly Stopwatch _since = Stopwatch.StartNew();
         private TimeSpan _interval = TimeSpan.FromMilliseconds(250);
@@ -793,7 +797,12 @@ public sealed class SandboxExecutor : IBuildExecutor
                 await _counting.ConfigureAwait(false);
             }
 
-            return Judge(job, await DiskUsage.MeasureAsync(roots, Deadline, _stop.Token).ConfigureAwait(false), final: true);
+            // The build's processes are gone, so nothing changes the tree while it is counted: a small one is counted
+            // here, anything larger by du as while it ran.
+            var count = DiskUsage.CountSettled(roots, SettledEntries) is { } bytes
+                ? new DiskUsage.Count(bytes, TimeSpan.Zero, false)
+                : await DiskUsage.MeasureAsync(roots, Deadline, _stop.Token).ConfigureAwait(false);
+            return Judge(job, count, final: true);
         }
 
         private (BuildFailureKind, string)? Judge(BuildJob job, DiskUsage.Count count, bool final)

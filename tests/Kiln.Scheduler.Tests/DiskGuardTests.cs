@@ -42,6 +42,24 @@ public class DiskGuardTests
         // Files, plus directories and links at their own (small) sizes.
         var used = await CountAsync(store);
         Assert.InRange(used, (1L << 30) + 1000 + 1000 + 300, (1L << 30) + (1 << 20));
+
+        // Counted in kiln serve (a settled tree), the figure is du's to the byte; so is a root that is a symlink.
+        Assert.Equal(used, DiskUsage.CountSettled([store, temp["missing"]], 100));
+        Assert.Equal(await CountAsync(Path.Combine(store, "out", "to-outside")), DiskUsage.CountSettled([Path.Combine(store, "out", "to-outside")], 100));
+    }
+
+    [Fact]
+    public void A_settled_count_leaves_large_and_deep_trees_to_du()
+    {
+        using var temp = new TempDir();
+        Assert.Equal(0, Processes.Run("sh", ["-c", "cd \"$1\" && mkdir wide && cd wide && seq 1 50 | xargs touch", "sh", temp.Path]).ExitCode);
+        Assert.NotNull(DiskUsage.CountSettled([temp.Path], 52));
+        Assert.Null(DiskUsage.CountSettled([temp.Path], 51)); // one name too many
+        Assert.Null(DiskUsage.CountSettled([temp.Path], 10)); // never reads past its budget
+
+        var deep = temp["deep"];
+        Directory.CreateDirectory(Path.Combine([deep, .. Enumerable.Repeat("d", 70)]));
+        Assert.Null(DiskUsage.CountSettled([deep], 1000));
     }
 
     [Fact]
@@ -63,7 +81,9 @@ public class DiskGuardTests
         var made = Processes.Run("bash", ["-c", Script, "bash", temp.Path]);
         Assert.True(made.ExitCode == 0, made.Stderr);
 
-        Assert.InRange(await CountAsync(temp.Path), 3L << 30, (3L << 30) + (1 << 20));
+        var used = await CountAsync(temp.Path);
+        Assert.InRange(used, 3L << 30, (3L << 30) + (1 << 20));
+        Assert.Equal(used, DiskUsage.CountSettled([temp.Path], 100));
     }
 
     [Fact]

@@ -174,7 +174,10 @@ internal static partial class Posix
     }
 
     /// <summary>The entries of an open directory, without <c>.</c> and <c>..</c>, as raw names.</summary>
-    internal static List<byte[]> ReadDirectory(int fd, byte[] scratch, Func<string> describe)
+    internal static List<byte[]> ReadDirectory(int fd, byte[] scratch, Func<string> describe) => ReadDirectoryUpTo(fd, scratch, int.MaxValue, describe)!;
+
+    /// <summary>As <see cref="ReadDirectory"/>, or null as soon as there are more than <paramref name="maxNames"/> entries.</summary>
+    internal static List<byte[]>? ReadDirectoryUpTo(int fd, byte[] scratch, int maxNames, Func<string> describe)
     {
         var names = new List<byte[]>();
         while (true)
@@ -203,6 +206,11 @@ internal static partial class Posix
                 var name = nameBytes[..nameBytes.IndexOf((byte)0)];
                 if (!name.SequenceEqual("."u8) && !name.SequenceEqual(".."u8))
                 {
+                    if (names.Count == maxNames)
+                    {
+                        return null;
+                    }
+
                     names.Add(name.ToArray());
                 }
 
