@@ -2,7 +2,7 @@
 # Build the same synthetic DAG through Kiln and through a stock nix-daemon with its sandbox on (its own store root),
 # from a fresh state and again as a no-op, in one run; print the times and the ratios.
 #
-#   bench/builds/run.sh [--layers 10] [--width 20] [--jobs N] [--rounds 2]
+#   bench/builds/run.sh [--layers 10] [--width 20] [--jobs N] [--rounds 2] [--w3]
 #
 # The DAG: LAYERS layers of WIDTH derivations, each depending on 3 of the layer before, whose small outputs name
 # (and so refer to) their inputs; the builder is a static busybox added to the store from the client. Both servers
@@ -13,16 +13,20 @@
 # Then the same over SSH, as a CI runner uses a remote store (W1/W2 of issue 21): `nix build --eval-store auto
 # --store ssh-ng://…` (the client evaluates into its own store, copies the derivations, asks the server to build),
 # against Kiln's own sshd and against a plain sshd whose forced command is that stock nix-daemon (`--stdio`, sandbox
-# on), fresh and as a no-op. Needs root, nix-bin, openssh-server and bubblewrap. Figures only, no thresholds.
+# on), fresh and as a no-op. With --w3, also issue 21's W3: the classic remote builder (`--builders ssh-ng://…`,
+# `--max-jobs 0`: one SSH session per derivation, the client building into a fresh store of its own), against both,
+# without and with the connection multiplexing `kiln client-config` prints (minutes each: one round only).
+# Needs root, nix-bin, openssh-server and bubblewrap. Figures only, no thresholds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-layers=10 width=20 jobs="$(nproc)" rounds=2
+layers=10 width=20 jobs="$(nproc)" rounds=2 w3=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --layers) layers="$2"; shift 2 ;;
     --width) width="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --w3) w3=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -95,6 +99,9 @@ plain_sshd "$work/plain" "$plain_port" "$work/plain/host_key" "$work/plain/stdio
 start_plain() { /usr/sbin/sshd -D -e -f "$work/plain/sshd_config" 2> "$work/plain/sshd.log" & plain_pid=$!; sleep 0.5; }
 stop_plain() { kill "$plain_pid" 2> /dev/null; wait "$plain_pid" 2> /dev/null || true; }
 ssh_opts() { echo "-p $1 -i $work/id -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$work/known_hosts -o LogLevel=ERROR"; }
+# The connection multiplexing `kiln client-config` prints (a CI runner's later `nix` commands reuse one connection).
+mux_opts() { echo "$(ssh_opts "$1") -o ControlMaster=auto -o ControlPath=$work/mux-%C -o ControlPersist=60"; }
+stop_mux() { ssh $(mux_opts "$1") -O exit "$2@127.0.0.1" 2> /dev/null || true; }
 
 build() { nix build --store "$1" -f "$work/dag.nix" --no-link; }
 # Over SSH: evaluation into a client store of the run's own (fresh each round, so the derivations are copied again).
@@ -108,8 +115,16 @@ seconds() {
 fresh() { sync; seconds "$@"; }
 best() { printf '%s\n' "$@" | sort -n | head -1; }
 
+# W3: every derivation built on the remote over a session of its own; the client's store is fresh each time.
+w3_build() {
+  rm -rf "$work/w3client"
+  NIX_SSHOPTS="$2" nix build --store "local?root=$work/w3client" -f "$work/dag.nix" --no-link --max-jobs 0 \
+    --builders "$1 x86_64-linux - $jobs 1 benchmark,big-parallel" --builders-use-substitutes
+}
+w3_kiln=() w3_kiln_mux=() w3_nix=() w3_nix_mux=()
+
 kiln_fresh=() kiln_noop=() nix_fresh=() nix_noop=()
-kiln_ssh_fresh=() kiln_ssh_noop=() nix_ssh_fresh=() nix_ssh_noop=()
+kiln_ssh_fresh=() kiln_ssh_noop=() nix_ssh_fresh=() nix_ssh_noop=() kiln_mux_noop=() nix_mux_noop=()
 for round in $(seq 1 "$rounds"); do
   start_kiln
   kiln_url="unix://$work/kiln/daemon.sock?root=$work/kiln/root"
@@ -121,6 +136,9 @@ for round in $(seq 1 "$rounds"); do
   kiln_ssh_fresh+=("$(fresh ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")")
   for _ in 1 2 3; do kiln_ssh_noop+=("$(seconds ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")"); done
   grep "ssh session" "$work/kiln.log" | tail -1 | sed 's/^/  last kiln session: /' >&2
+  seconds ssh_build "ssh-ng://kiln@127.0.0.1" "$(mux_opts "$kiln_port")" > /dev/null # opens the shared connection
+  for _ in 1 2 3; do kiln_mux_noop+=("$(seconds ssh_build "ssh-ng://kiln@127.0.0.1" "$(mux_opts "$kiln_port")")"); done
+  stop_mux "$kiln_port" kiln
   stop_kiln
 
   start_daemon
@@ -133,8 +151,33 @@ for round in $(seq 1 "$rounds"); do
   start_plain
   nix_ssh_fresh+=("$(fresh ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")")
   for _ in 1 2 3; do nix_ssh_noop+=("$(seconds ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")"); done
+  seconds ssh_build "ssh-ng://root@127.0.0.1" "$(mux_opts "$plain_port")" > /dev/null
+  for _ in 1 2 3; do nix_mux_noop+=("$(seconds ssh_build "ssh-ng://root@127.0.0.1" "$(mux_opts "$plain_port")")"); done
+  stop_mux "$plain_port" root
   stop_plain
 done
+
+if [ "$w3" = 1 ]; then
+  start_kiln
+  w3_kiln+=("$(seconds w3_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")")
+  stop_kiln
+  start_kiln
+  w3_kiln_mux+=("$(seconds w3_build "ssh-ng://kiln@127.0.0.1" "$(mux_opts "$kiln_port")")")
+  stop_mux "$kiln_port" kiln
+  stop_kiln
+  for mux in 0 1; do
+    rm -rf "$work/daemon"
+    start_plain
+    if [ "$mux" = 0 ]; then
+      w3_nix+=("$(seconds w3_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")")
+    else
+      w3_nix_mux+=("$(seconds w3_build "ssh-ng://root@127.0.0.1" "$(mux_opts "$plain_port")")")
+      stop_mux "$plain_port" root
+    fi
+    stop_plain
+  done
+  rm -rf "$work/w3client" "$work/daemon"
+fi
 
 nf=$(best "${nix_fresh[@]}") kf=$(best "${kiln_fresh[@]}") nn=$(best "${nix_noop[@]}") kn=$(best "${kiln_noop[@]}")
 echo
@@ -146,4 +189,12 @@ printf '%-40s %11.2fs %11.2fs %9.2fx\n' "no-op  (the same again)" "$nn" "$kn" "$
 nsf=$(best "${nix_ssh_fresh[@]}") ksf=$(best "${kiln_ssh_fresh[@]}") nsn=$(best "${nix_ssh_noop[@]}") ksn=$(best "${kiln_ssh_noop[@]}")
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W1 fresh (--eval-store auto, ssh-ng://)" "$nsf" "$ksf" "$(echo "scale=3; $nsf / $ksf" | bc)"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2 no-op (the same again)" "$nsn" "$ksn" "$(echo "scale=3; $nsn / $ksn" | bc)"
+nmn=$(best "${nix_mux_noop[@]}") kmn=$(best "${kiln_mux_noop[@]}")
+printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2, both multiplexed (client-config)" "$nmn" "$kmn" "$(echo "scale=3; $nmn / $kmn" | bc)"
+printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2, Kiln multiplexed vs stock plain" "$nsn" "$kmn" "$(echo "scale=3; $nsn / $kmn" | bc)"
+if [ "$w3" = 1 ]; then
+  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3 --builders ssh-ng://, one round" "${w3_nix[0]}" "${w3_kiln[0]}" "$(echo "scale=3; ${w3_nix[0]} / ${w3_kiln[0]}" | bc)"
+  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3, both multiplexed" "${w3_nix_mux[0]}" "${w3_kiln_mux[0]}" "$(echo "scale=3; ${w3_nix_mux[0]} / ${w3_kiln_mux[0]}" | bc)"
+  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3, Kiln multiplexed vs stock plain" "${w3_nix[0]}" "${w3_kiln_mux[0]}" "$(echo "scale=3; ${w3_nix[0]} / ${w3_kiln_mux[0]}" | bc)"
+fi
 echo "(kiln/nix above 1 means Kiln is faster)"

@@ -119,6 +119,11 @@ public static class DiskUsage
         {
             foreach (var root in roots)
             {
+                if (--budget < 0)
+                {
+                    return null;
+                }
+
                 if ((Path.Exists(root) || new FileInfo(root).LinkTarget is not null) && !Add(Posix.AtFdCwd, Posix.CString(root), 0))
                 {
                     return null;
@@ -134,13 +139,14 @@ public static class DiskUsage
 
         bool Add(int directory, byte[] name, int depth)
         {
-            if (--budget < 0 || depth > 64)
+            if (depth > 64)
             {
                 return false;
             }
 
+            // (Saturating: a sparse file may claim up to 2^63 bytes, and a sum that wrapped would pass any limit.)
             var (mode, size) = Posix.LStatAt(directory, name, () => "an entry");
-            total += size;
+            total = size > long.MaxValue - total ? long.MaxValue : total + size;
             if ((mode & Posix.FileTypeMask) != Posix.Directory)
             {
                 return true;
@@ -149,12 +155,14 @@ public static class DiskUsage
             var fd = Posix.OpenDirectoryAt(directory, name, () => "a directory");
             try
             {
-                // (At most the budget's names are read: a directory of millions is du's to count.)
+                // Every name read counts against the budget as it is read (the names of each directory on the way
+                // down are held while its entries are walked): a directory of millions is du's to count.
                 if (Posix.ReadDirectoryUpTo(fd, scratch, budget, () => "a directory") is not { } entries)
                 {
                     return false;
                 }
 
+                budget -= entries.Count;
                 foreach (var entry in entries)
                 {
                     if (!Add(fd, Posix.CString(entry), depth + 1))
@@ -204,9 +212,17 @@ public static class DiskUsage
             // The last line is "<bytes>\ttotal"; du goes on past what it cannot read (and then exits 1).
             var last = output.TrimEnd('\n').Split('\n')[^1];
             var tab = last.IndexOf('\t', StringComparison.Ordinal);
-            return tab > 0 && long.TryParse(last.AsSpan(0, tab), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bytes)
+            if (tab <= 0)
+            {
+                return new Count(null, watch.Elapsed, false);
+            }
+
+            // A total past what a long holds (sparse files claiming 2^63 bytes each; du may then print "Infinity") is
+            // as much as there can be, never no figure: no figure leaves the last one standing.
+            var figure = last.AsSpan(0, tab);
+            return long.TryParse(figure, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var bytes)
                 ? new Count(bytes, watch.Elapsed, false)
-                : new Count(null, watch.Elapsed, false);
+                : new Count(figure.Length > 0 && (figure.SequenceEqual("Infinity") || !figure.ContainsAnyExceptInRange('0', '9')) ? long.MaxValue : null, watch.Elapsed, false);
         }
         catch (OperationCanceledException)
         {

@@ -61,7 +61,8 @@ internal static class InputLinks
         }
         else if (Directory.Exists(source))
         {
-            Directory.CreateDirectory(destination);
+            // Never into something already there: a copy holds exactly its input.
+            Posix.MakeDirectoryAt(Posix.AtFdCwd, Posix.CString(destination), () => destination);
             foreach (var child in Directory.EnumerateFileSystemEntries(source))
             {
                 Link(child, Path.Combine(destination, Path.GetFileName(child)));

@@ -45,13 +45,16 @@ internal sealed class LinkedInputPool(string root, int maxCopies = LinkedInputPo
         }
     }
 
+    /// <summary>A copy placed in a build's store: which input, where, and the directory it is (device and inode).</summary>
+    public sealed record Placed(NixHash NarHash, string Path, (uint Major, uint Minor, ulong Inode) Identity);
+
     /// <summary>
     /// Puts a linked copy of <paramref name="tree"/> (the input cache's entry for <paramref name="narHash"/>) at
-    /// <paramref name="destination"/>: a kept one if there is one, else a new one. False if the input is too large
+    /// <paramref name="destination"/>: a kept one if there is one, else a new one. Null if the input is too large
     /// to link (mount it instead). The caller must hold the input cache's lease on the entry until it gives the copy
     /// back with <see cref="Return"/>.
     /// </summary>
-    public bool TryPlace(NixHash narHash, string tree, string destination)
+    public Placed? TryPlace(NixHash narHash, string tree, string destination)
     {
         string? kept = null;
         lock (_kept)
@@ -69,29 +72,34 @@ internal sealed class LinkedInputPool(string root, int maxCopies = LinkedInputPo
 
         if (kept is not null)
         {
-            if (Native.Rename(kept, destination))
+            // (Never over something of that name: rename(2) would replace an empty directory.)
+            if (!StorePathGraph.ExistsNoFollow(destination) && Native.Rename(kept, destination))
             {
-                return true;
+                return new Placed(narHash, destination, Identity(destination));
             }
 
             Delete(kept);
         }
 
-        return InputLinks.TryLink(tree, destination);
+        return InputLinks.TryLink(tree, destination) ? new Placed(narHash, destination, Identity(destination)) : null;
     }
 
+    private static (uint, uint, ulong) Identity(string path) => Posix.LStatIdentityAt(Posix.AtFdCwd, Posix.CString(path), () => path).Identity;
+
     /// <summary>
-    /// Takes back the copy placed at <paramref name="placed"/> once its build is over (its processes gone), if it is
-    /// still the read-only directory of root's that was put there and there is room; otherwise it stays where it is
-    /// (and goes with the build directory).
+    /// Takes back a placed copy once its build is over (its processes gone), if it is still the very read-only
+    /// directory of root's that was put there and there is room; otherwise it stays where it is (and goes with the
+    /// build directory).
     /// </summary>
-    public void Return(NixHash narHash, string placed)
+    public void Return(Placed placed)
     {
+        ArgumentNullException.ThrowIfNull(placed);
         int mode;
         uint owner;
+        (uint, uint, ulong) identity;
         try
         {
-            (mode, owner, _) = Posix.LStatOwnerAt(Posix.AtFdCwd, Posix.CString(placed), () => placed);
+            (mode, owner, identity) = Posix.LStatIdentityAt(Posix.AtFdCwd, Posix.CString(placed.Path), () => placed.Path);
         }
         catch (IOException)
         {
@@ -99,7 +107,7 @@ internal sealed class LinkedInputPool(string root, int maxCopies = LinkedInputPo
         }
 
         // A file or a symlink input is one link to make again; only directories are worth keeping.
-        if (owner != 0 || (mode & 0xFFFF) != ReadOnlyDirectory)
+        if (owner != 0 || (mode & 0xFFFF) != ReadOnlyDirectory || identity != placed.Identity)
         {
             return;
         }
@@ -118,14 +126,14 @@ internal sealed class LinkedInputPool(string root, int maxCopies = LinkedInputPo
             }
 
             var name = Path.Combine(root, (++_names).ToString(System.Globalization.CultureInfo.InvariantCulture));
-            if (!Native.Rename(placed, name))
+            if (!Native.Rename(placed.Path, name))
             {
                 return;
             }
 
-            if (!_kept.TryGetValue(narHash, out var copies))
+            if (!_kept.TryGetValue(placed.NarHash, out var copies))
             {
-                _kept[narHash] = copies = new Stack<string>();
+                _kept[placed.NarHash] = copies = new Stack<string>();
             }
 
             copies.Push(name);

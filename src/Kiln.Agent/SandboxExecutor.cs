@@ -297,25 +297,24 @@ public sealed class SandboxExecutor : IBuildExecutor
         // Taken before any input is looked at: a prune must not remove what this build is about to mount.
         using var inUse = _inputs.Use(job.Inputs.Select(i => (i.NarHash, i.NarSize)).ToList());
         var inputs = new List<(Kiln.Nix.StorePaths.StorePath Path, string Tree)>();
-        var linked = new List<(NixHash NarHash, string Tree, string Placed)>();
+        var linked = new List<(string Tree, LinkedInputPool.Placed Placed)>();
         var over = false;
         try
         {
             foreach (var input in job.Inputs)
             {
                 var tree = await _inputs.EnsureAsync(input.NarHash).ConfigureAwait(false);
-                var placed = Path.Combine(storeDir, input.Path.BaseName);
-                if (user is null || !_linked.TryPlace(input.NarHash, tree, placed))
+                if ((user is null ? null : _linked.TryPlace(input.NarHash, tree, Path.Combine(storeDir, input.Path.BaseName))) is { } placed)
                 {
-                    inputs.Add((input.Path, tree)); // mounted
+                    linked.Add((tree, placed));
                 }
                 else
                 {
-                    linked.Add((input.NarHash, tree, placed));
+                    inputs.Add((input.Path, tree)); // mounted
                 }
             }
 
-            var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, [.. linked.Select(l => (l.NarHash, l.Tree))], id, user, log,
+            var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, [.. linked.Select(l => (l.Placed.NarHash, l.Tree))], id, user, log,
                 cancellationToken).ConfigureAwait(false);
             over = true;
             if (run.Failure != BuildFailureKind.None)
@@ -342,9 +341,9 @@ public sealed class SandboxExecutor : IBuildExecutor
         {
             // Once the sandbox has ended (its processes with it), its linked inputs go back for the next build, still
             // under this build's lease on their entries. Cut short, they go with the build directory.
-            foreach (var (narHash, _, placed) in over ? linked : [])
+            foreach (var (_, placed) in over ? linked : [])
             {
-                _linked.Return(narHash, placed);
+                _linked.Return(placed);
             }
         }
     }

@@ -63,14 +63,15 @@ public sealed class LinkedInputPoolTests : IDisposable
         var tree = await cache.EnsureAsync(input.Hash);
 
         var first = Path.Combine(BuildStore("a"), "aaaa-input");
-        Assert.True(pool.TryPlace(input.Hash, tree, first));
+        var placed = Assert.IsType<LinkedInputPool.Placed>(pool.TryPlace(input.Hash, tree, first));
         Assert.Equal("one", File.ReadAllText(Path.Combine(first, "id")));
-        pool.Return(input.Hash, first);
+        pool.Return(placed);
         Assert.False(Directory.Exists(first));
         Assert.Equal(1, pool.Count);
 
         var second = Path.Combine(BuildStore("b"), "aaaa-input");
-        Assert.True(pool.TryPlace(input.Hash, tree, second));
+        var again = Assert.IsType<LinkedInputPool.Placed>(pool.TryPlace(input.Hash, tree, second));
+        Assert.Equal(placed.Identity, again.Identity); // the same directory, moved
         Assert.Equal(0, pool.Count);
         Assert.Empty(Directory.EnumerateFileSystemEntries(_temp["builds/.linked"]));
         Assert.Equal("#!/bin/sh\necho one\n", File.ReadAllText(Path.Combine(second, "bin", "tool")));
@@ -82,11 +83,17 @@ public sealed class LinkedInputPoolTests : IDisposable
         var other = store.AddTree("two");
         using var useOther = cache.Use([other]);
         var otherTree = await cache.EnsureAsync(other.Hash);
-        pool.Return(input.Hash, second);
+        pool.Return(again);
         var third = Path.Combine(BuildStore("c"), "aaaa-input");
-        Assert.True(pool.TryPlace(other.Hash, otherTree, third));
+        Assert.NotNull(pool.TryPlace(other.Hash, otherTree, third));
         Assert.Equal("two", File.ReadAllText(Path.Combine(third, "id")));
         Assert.Equal(1, pool.Count);
+
+        // Nor is a copy ever put over (or into) something already of that name.
+        var taken = Path.Combine(BuildStore("d"), "aaaa-input");
+        Directory.CreateDirectory(taken);
+        Assert.Throws<IOException>(() => pool.TryPlace(input.Hash, tree, taken));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(taken));
     }
 
     [Fact]
@@ -100,21 +107,28 @@ public sealed class LinkedInputPoolTests : IDisposable
 
         // Made writable (as a build user could not, but anything else might have): left where it is.
         var changed = Path.Combine(BuildStore("a"), "aaaa-input");
-        Assert.True(pool.TryPlace(input.Hash, tree, changed));
+        var placed = pool.TryPlace(input.Hash, tree, changed)!;
         File.SetUnixFileMode(changed, (UnixFileMode)Convert.ToInt32("755", 8));
-        pool.Return(input.Hash, changed);
+        pool.Return(placed);
         Assert.True(Directory.Exists(changed));
 
-        // Owned by someone else, or replaced by a directory of the build's: left too.
-        var replaced = Path.Combine(BuildStore("b"), "aaaa-input");
-        Directory.CreateDirectory(replaced);
-        File.SetUnixFileMode(replaced, (UnixFileMode)Convert.ToInt32("555", 8));
-        Kiln.Nix.Tests.Support.Processes.Run("chown", ["1000:1000", replaced]);
-        pool.Return(input.Hash, replaced);
-        Assert.True(Directory.Exists(replaced));
+        // Owned by someone else, or replaced by another directory — even a read-only one of root's: left too.
+        foreach (var owner in new[] { "1000:1000", "0:0" })
+        {
+            var replaced = Path.Combine(BuildStore($"b{owner[0]}"), "aaaa-input");
+            var original = pool.TryPlace(input.Hash, tree, replaced)!;
+            Directory.Move(replaced, replaced + "-moved");
+            Directory.CreateDirectory(replaced);
+            Assert.Equal(0, Processes.Run("chown", [owner, replaced]).ExitCode);
+            File.SetUnixFileMode(replaced, (UnixFileMode)Convert.ToInt32("555", 8));
+            pool.Return(original);
+            Assert.True(Directory.Exists(replaced));
+        }
 
         // Gone altogether: nothing to take.
-        pool.Return(input.Hash, Path.Combine(BuildStore("c"), "aaaa-input"));
+        var gone = pool.TryPlace(input.Hash, tree, Path.Combine(BuildStore("c"), "aaaa-input"))!;
+        Directory.Move(gone.Path, gone.Path + "-moved");
+        pool.Return(gone);
         Assert.Equal(0, pool.Count);
     }
 
@@ -126,15 +140,13 @@ public sealed class LinkedInputPoolTests : IDisposable
         var input = store.AddTree("one");
         using var use = cache.Use([input]);
         var tree = await cache.EnsureAsync(input.Hash);
-        var a = Path.Combine(BuildStore("a"), "aaaa-input");
-        var b = Path.Combine(BuildStore("b"), "aaaa-input");
-        Assert.True(pool.TryPlace(input.Hash, tree, a));
-        Assert.True(pool.TryPlace(input.Hash, tree, b));
-        pool.Return(input.Hash, a);
-        pool.Return(input.Hash, b);
+        var a = pool.TryPlace(input.Hash, tree, Path.Combine(BuildStore("a"), "aaaa-input"))!;
+        var b = pool.TryPlace(input.Hash, tree, Path.Combine(BuildStore("b"), "aaaa-input"))!;
+        pool.Return(a);
+        pool.Return(b);
         Assert.Equal(1, pool.Count);
-        Assert.False(Directory.Exists(a));
-        Assert.True(Directory.Exists(b));
+        Assert.False(Directory.Exists(a.Path));
+        Assert.True(Directory.Exists(b.Path));
     }
 
     [Fact]
@@ -144,19 +156,14 @@ public sealed class LinkedInputPoolTests : IDisposable
         var (store, cache, pool) = Make();
         var input = store.AddTree("one");
         var kept = store.AddTree("kept");
-        string placed;
         using (cache.Use([input]))
         {
-            placed = Path.Combine(BuildStore("a"), "aaaa-input");
-            Assert.True(pool.TryPlace(input.Hash, await cache.EnsureAsync(input.Hash), placed));
-            pool.Return(input.Hash, placed);
+            pool.Return(pool.TryPlace(input.Hash, await cache.EnsureAsync(input.Hash), Path.Combine(BuildStore("a"), "aaaa-input"))!);
         }
 
         using (cache.Use([kept]))
         {
-            var other = Path.Combine(BuildStore("b"), "bbbb-kept");
-            Assert.True(pool.TryPlace(kept.Hash, await cache.EnsureAsync(kept.Hash), other));
-            pool.Return(kept.Hash, other);
+            pool.Return(pool.TryPlace(kept.Hash, await cache.EnsureAsync(kept.Hash), Path.Combine(BuildStore("b"), "bbbb-kept"))!);
         }
 
         Assert.Equal(2, pool.Count);

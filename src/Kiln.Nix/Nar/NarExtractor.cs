@@ -105,7 +105,9 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
-            var start = new System.Diagnostics.ProcessStartInfo("/bin/sh", ["-c", "chmod -R u+rwX -- \"$1\" 2> /dev/null; rm -rf --one-file-system -- \"$1\"", "sh", path])
+            // Root removes entries from read-only directories as it is, and must not chmod what it removes: a file
+            // may be a hard link to a read-only file that stays (an agent's linked inputs), whose mode would change.
+            var start = new System.Diagnostics.ProcessStartInfo("/bin/sh", ["-c", "[ \"$(id -u)\" = 0 ] || chmod -R u+rwX -- \"$1\" 2> /dev/null; rm -rf --one-file-system -- \"$1\"", "sh", path])
             {
                 UseShellExecute = false,
             };

@@ -48,8 +48,17 @@ internal static partial class Posix
         [FieldOffset(28)]
         public ushort Mode;
 
+        [FieldOffset(32)]
+        public ulong Inode;
+
         [FieldOffset(40)]
         public ulong Size;
+
+        [FieldOffset(136)]
+        public uint DeviceMajor;
+
+        [FieldOffset(140)]
+        public uint DeviceMinor;
     }
 
     [LibraryImport("libc", EntryPoint = "statx", SetLastError = true)]
@@ -398,6 +407,18 @@ internal static partial class Posix
         {
             throw Failure("changing the owner of", describe());
         }
+    }
+
+    /// <summary>lstat with what names the object itself: mode, owner, and the device and inode it is.</summary>
+    internal static (int Mode, uint Uid, (uint Major, uint Minor, ulong Inode) Identity) LStatIdentityAt(int dirfd, byte[] name, Func<string> describe)
+    {
+        const uint StatxUid = 0x8, StatxIno = 0x100;
+        if (StatxNative(dirfd, name, AtSymlinkNoFollow, StatxType | StatxMode | StatxUid | StatxIno, out var buffer) != 0)
+        {
+            throw Failure("getting status of", describe());
+        }
+
+        return (buffer.Mode, buffer.Uid, (buffer.DeviceMajor, buffer.DeviceMinor, buffer.Inode));
     }
 
     /// <summary>lstat with the owner: mode, size, uid, gid.</summary>
