@@ -1,5 +1,4 @@
 using Kiln.Agent;
-using Kiln.Nix.Hashing;
 using Kiln.Nix.Tests.Support;
 
 namespace Kiln.Scheduler.Tests;
@@ -11,29 +10,10 @@ public sealed class InputCacheTests : IDisposable
 
     public void Dispose() => _temp.Dispose();
 
-    private sealed class Store : IAgentStore
-    {
-        public Dictionary<NixHash, byte[]> Nars { get; } = [];
-
-        public (NixHash Hash, long Size) Add(string contents)
-        {
-            var nar = NarBuilder.Start().File(contents).ToArray();
-            var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
-            Nars[hash] = nar;
-            return (hash, nar.Length);
-        }
-
-        public Task<Stream> OpenNarAsync(NixHash narHash, CancellationToken cancellationToken) => Task.FromResult<Stream>(new MemoryStream(Nars[narHash]));
-
-        public ValueTask<bool> HasNarAsync(NixHash narHash, CancellationToken cancellationToken) => ValueTask.FromResult(true);
-
-        public IPendingNar CreateNar() => throw new NotSupportedException();
-    }
-
     [Fact]
     public async Task The_least_recently_used_entries_no_build_holds_go_when_the_cache_is_over_its_bound()
     {
-        var store = new Store();
+        var store = new MemoryAgentStore();
         var cache = new InputCache(_temp["unpacked"], store);
         var nars = Enumerable.Range(0, 4).Select(i => store.Add(new string((char)('a' + i), 1000))).ToList();
         var size = nars[0].Size;

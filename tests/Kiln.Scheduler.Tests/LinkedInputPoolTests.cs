@@ -1,5 +1,4 @@
 using Kiln.Agent;
-using Kiln.Nix.Hashing;
 using Kiln.Nix.Tests.Support;
 
 namespace Kiln.Scheduler.Tests;
@@ -14,34 +13,12 @@ public sealed class LinkedInputPoolTests : IDisposable
 
     public void Dispose() => _temp.Dispose();
 
-    private sealed class Store : IAgentStore
-    {
-        public Dictionary<NixHash, byte[]> Nars { get; } = [];
-
-        public (NixHash Hash, long Size) AddTree(string id)
-        {
-            var nar = NarBuilder.Start().OpenDirectory()
-                .Entry("bin", n => n.OpenDirectory().Entry("tool", f => f.File($"#!/bin/sh\necho {id}\n", executable: true)).CloseDirectory())
-                .Entry("id", f => f.File(id))
-                .CloseDirectory().ToArray();
-            var hash = NixHash.Compute(NixHashAlgorithm.Sha256, nar);
-            Nars[hash] = nar;
-            return (hash, nar.Length);
-        }
-
-        public Task<Stream> OpenNarAsync(NixHash narHash, CancellationToken cancellationToken) => Task.FromResult<Stream>(new MemoryStream(Nars[narHash]));
-
-        public ValueTask<bool> HasNarAsync(NixHash narHash, CancellationToken cancellationToken) => ValueTask.FromResult(Nars.ContainsKey(narHash));
-
-        public IPendingNar CreateNar() => throw new NotSupportedException();
-    }
-
     // Copies are Kiln's own only when Kiln is root (as it is when it links inputs at all).
     private static void RequireRoot() => Assert.SkipUnless(Environment.UserName == "root", "linked inputs are made only by a root Kiln");
 
-    private (Store Store, InputCache Cache, LinkedInputPool Pool) Make(int maxCopies = LinkedInputPool.DefaultMaxCopies)
+    private (MemoryAgentStore Store, InputCache Cache, LinkedInputPool Pool) Make(int maxCopies = LinkedInputPool.DefaultMaxCopies)
     {
-        var store = new Store();
+        var store = new MemoryAgentStore();
         var pool = new LinkedInputPool(_temp["builds/.linked"], maxCopies);
         return (store, new InputCache(_temp["unpacked"], store, pool), pool);
     }
