@@ -7,8 +7,11 @@
 # The closure: N/3 derivations in a chain, each with an incompressible file (SIZE/(N/3) MiB) and a tree of ~250
 # small files; ~500 MiB in ~330 paths by default. Both servers are reached over their unix sockets with
 # ?root=…, where stock Nix reads path contents from disk. Then one single large NAR is pushed to a fresh Kiln, to
-# show its peak memory does not grow with NAR size. Each time includes a final sync. Needs root and nix-bin (Nix 2.8).
-# Figures only, no thresholds.
+# show its peak memory does not grow with NAR size. Each time includes a final sync. Then issue 21's W4/W5: the same
+# push and pull over `ssh-ng://`, through Kiln's sshd and through a plain sshd forcing the stock `nix-daemon --stdio`,
+# beside the two limits the issue names as anchors: ssh's bulk throughput on loopback (the closure's size through
+# `cat` at the far end) and SHA-256 on one core (openssl over a file as large, in the page cache). Needs root,
+# nix-bin (Nix 2.8) and openssh-server. Figures only, no thresholds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 paths=330 size_mib=500 rounds=2
@@ -53,7 +56,12 @@ stop_daemon() { kill "$daemon_pid"; wait "$daemon_pid" 2> /dev/null || true; }
 
 # Each timed operation ends with sync: what a server writes only counts once it is on disk, and a write-back left
 # over from one operation must not slow the next.
-seconds() { local start end; sync; start=$(date +%s.%N); "$@" > /dev/null 2>&1; sync; end=$(date +%s.%N); echo "$end - $start" | bc; }
+seconds() {
+  local start end
+  sync; start=$(date +%s.%N)
+  if ! "$@" > "$work/last.log" 2>&1; then cat "$work/last.log" >&2; exit 1; fi
+  sync; end=$(date +%s.%N); echo "$end - $start" | bc
+}
 best() { printf '%s\n' "$@" | sort -n | head -1; }
 
 kiln_push=() kiln_pull=() nix_push=() nix_pull=() kiln_peak=0
@@ -74,6 +82,67 @@ for round in $(seq 1 "$rounds"); do
   stop_daemon
 done
 
+# Over SSH (W4/W5): Kiln's own sshd (account bench) and a plain sshd forcing the stock daemon on its store root.
+kiln_port=$((20000 + RANDOM % 10000)) plain_port=$((30000 + RANDOM % 10000))
+ssh-keygen -q -t ed25519 -N "" -C bench -f "$work/id"
+ssh-keygen -q -t ed25519 -N "" -C anchor -f "$work/id-cat"
+mkdir -p "$work/plain"
+ssh-keygen -q -t ed25519 -N "" -f "$work/plain/host_key"
+cat > "$work/plain/stdio-daemon" <<SH
+#!/bin/sh
+export NIX_STATE_DIR="$work/daemon/state" NIX_CONFIG='build-users-group =
+store = local?root=$work/daemon/root'
+exec nix-daemon --stdio
+SH
+chmod +x "$work/plain/stdio-daemon"
+source "$repo/bench/lib/plain-sshd.sh"
+plain_sshd "$work/plain" "$plain_port" "$work/plain/host_key" "$work/plain/stdio-daemon" "$(cat "$work/id.pub")"
+echo "command=\"cat > /dev/null\",restrict $(cat "$work/id-cat.pub")" >> "$work/plain/authorized_keys"
+echo "[127.0.0.1]:$plain_port $(cut -d' ' -f1,2 "$work/plain/host_key.pub")" > "$work/known_hosts"
+start_plain() { /usr/sbin/sshd -D -e -f "$work/plain/sshd_config" 2> "$work/plain/sshd.log" & plain_pid=$!; sleep 0.5; }
+stop_plain() { kill "$plain_pid" 2> /dev/null; wait "$plain_pid" 2> /dev/null || true; }
+start_kiln_ssh() {
+  rm -rf "$work/kiln"
+  "$kiln" serve --data "$work/kiln" --ssh-listen "127.0.0.1:$kiln_port" --http-listen none > "$work/kiln.log" 2>&1 &
+  kiln_pid=$!
+  while ! grep -q "ssh: listening" "$work/kiln.log" 2> /dev/null; do sleep 0.1; done
+  "$kiln" account create bench --data "$work/kiln" > /dev/null
+  "$kiln" key add bench "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
+  grep -v "^\[127.0.0.1\]:$kiln_port " "$work/known_hosts" > "$work/known_hosts.new" || true
+  echo "[127.0.0.1]:$kiln_port $(cut -d' ' -f1,2 "$work/kiln/ssh/ssh_host_ed25519_key.pub")" >> "$work/known_hosts.new"
+  mv "$work/known_hosts.new" "$work/known_hosts"
+}
+ssh_opts() { echo "-p $1 -i $2 -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$work/known_hosts -o LogLevel=ERROR"; }
+copy_ssh() { NIX_SSHOPTS="$(ssh_opts "$1" "$work/id")" nix copy --derivation "${@:2}" "$top"; }
+
+kiln_ssh_push=() kiln_ssh_pull=() nix_ssh_push=() nix_ssh_pull=()
+for round in $(seq 1 "$rounds"); do
+  start_kiln_ssh
+  kiln_ssh_push+=("$(seconds copy_ssh "$kiln_port" --from "local?root=$work/source" --to "ssh-ng://kiln@127.0.0.1")")
+  rm -rf "$work/pull"
+  kiln_ssh_pull+=("$(seconds copy_ssh "$kiln_port" --from "ssh-ng://kiln@127.0.0.1" --to "local?root=$work/pull")")
+  stop_kiln
+
+  rm -rf "$work/daemon" && mkdir -p "$work/daemon"
+  start_plain
+  nix_ssh_push+=("$(seconds copy_ssh "$plain_port" --from "local?root=$work/source" --to "ssh-ng://root@127.0.0.1")")
+  rm -rf "$work/pull"
+  nix_ssh_pull+=("$(seconds copy_ssh "$plain_port" --from "ssh-ng://root@127.0.0.1" --to "local?root=$work/pull")")
+  stop_plain
+done
+
+# The anchors: the closure's bytes through ssh to a `cat` at the far end, and through SHA-256 on one core.
+head -c "$bytes" /dev/urandom > "$work/anchor-bytes"
+cat "$work/anchor-bytes" > /dev/null
+start_plain
+ssh_anchor=() sha_anchor=()
+for round in $(seq 1 "$rounds"); do
+  ssh_anchor+=("$(seconds sh -c "ssh $(ssh_opts "$plain_port" "$work/id-cat") root@127.0.0.1 < '$work/anchor-bytes'")")
+  sha_anchor+=("$(seconds openssl dgst -sha256 "$work/anchor-bytes")")
+done
+stop_plain
+rm -f "$work/anchor-bytes"
+
 # One large NAR: Kiln's memory must not follow its size.
 head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$work/one-large-file"
 large="$(nix-store --store "local?root=$work/source" --add "$work/one-large-file")"
@@ -89,6 +158,11 @@ echo "closure: $count paths, $mib MiB of NAR; best of $rounds rounds; client: $(
 printf '%-34s %12s %12s %10s\n' "" "nix-daemon" "kiln" "kiln/nix"
 printf '%-34s %11.2fs %11.2fs %9.2fx\n' "push  (nix copy --to unix://…)" "$np" "$kp" "$(echo "scale=3; $np / $kp" | bc)"
 printf '%-34s %11.2fs %11.2fs %9.2fx\n' "pull  (nix copy --from unix://…)" "$nl" "$kl" "$(echo "scale=3; $nl / $kl" | bc)"
+nsp=$(best "${nix_ssh_push[@]}") ksp=$(best "${kiln_ssh_push[@]}") nsl=$(best "${nix_ssh_pull[@]}") ksl=$(best "${kiln_ssh_pull[@]}")
+printf '%-34s %11.2fs %11.2fs %9.2fx\n' "W4 push (nix copy --to ssh-ng://)" "$nsp" "$ksp" "$(echo "scale=3; $nsp / $ksp" | bc)"
+printf '%-34s %11.2fs %11.2fs %9.2fx\n' "W5 pull (nix copy --from ssh-ng://)" "$nsl" "$ksl" "$(echo "scale=3; $nsl / $ksl" | bc)"
 echo "(kiln/nix above 1 means Kiln is faster)"
+sa=$(best "${ssh_anchor[@]}") ha=$(best "${sha_anchor[@]}")
+echo "anchors for $mib MiB: ssh to cat on loopback ${sa}s ($(echo "scale=0; $mib / $sa" | bc) MiB/s), SHA-256 on one core ${ha}s ($(echo "scale=0; $mib / $ha" | bc) MiB/s)"
 echo "kiln peak memory: $((kiln_peak / 1024)) MiB pushing and pulling the closure;" \
   "$((large_peak / 1024)) MiB pushing one $size_mib MiB NAR (in ${large_push}s)"
