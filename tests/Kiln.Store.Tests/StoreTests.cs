@@ -258,6 +258,24 @@ public sealed class StoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_derivation_larger_than_what_a_flat_upload_keeps_in_memory_is_read_all_the_same()
+    {
+        // Past NarIngest.FlatInMemory the contents are spooled to a file; the .drv's outputs are still read from them.
+        var file = Directory.GetFiles(Repo.Golden("drv", "store"), "*-simple.drv").Single();
+        var derivation = Kiln.Nix.Derivations.ATerm.ParseFile(file);
+        derivation.Environment["padding"] = new string('x', Kiln.Store.Blobs.NarIngest.FlatInMemory * 2);
+        var text = Kiln.Nix.Derivations.ATerm.PrintBytes(derivation);
+        Assert.True(text.Length > Kiln.Store.Blobs.NarIngest.FlatInMemory * 2);
+        using var view = await _store.OpenViewAsync("local", default);
+        var drv = await view.AddContentAddressedAsync(Path.GetFileName(file)[33..], ContentAddressMethodAndAlgorithm.ParseCamString("text:sha256"),
+            new MemoryStream(text), new SortedSet<StorePath>(), false, default);
+        var outputs = await view.QueryDerivationOutputMapAsync(drv.Path, default);
+        Assert.Equal(derivation.Outputs["out"].Path, outputs["out"]!.Value.FullPath);
+        Assert.Equal(text.Length + 112 + (8 - text.Length % 8) % 8, drv.NarSize);
+        Assert.Empty(TempFiles());
+    }
+
+    [Fact]
     public async Task Garbage_collection_follows_roots_and_sweeps_blobs_and_the_tree()
     {
         var keep = Ia("keep");

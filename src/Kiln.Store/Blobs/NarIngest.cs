@@ -200,36 +200,28 @@ public static class NarIngest
         FileStream? flat = null;
         try
         {
-            // A file only once the contents outgrow memory: an evaluation uploads hundreds of small .drv files, and a
-            // file made and removed for each is most of what one costs the server.
-            var memory = new ArrayBufferWriter<byte>();
+            // The contents' first bytes, in memory: all of them while they fit in FlatInMemory (stored from there, with
+            // no spool file: an evaluation uploads hundreds of small .drv files, and a file made and removed for each
+            // was most of what one cost the server), and as many as the caller wants captured.
+            var keep = Math.Max(captureUpTo, FlatInMemory);
+            var head = new MemoryStream();
             using var contentHash = new HashingSink(contentAlgorithm);
-            var captured = new ArrayBufferWriter<byte>();
             var buffer = ArrayPool<byte>.Shared.Rent(BufferSize);
             try
             {
                 int read;
                 while ((read = await FillAsync(contents, buffer, cancellationToken).ConfigureAwait(false)) > 0)
                 {
-                    contentHash.Append(buffer.AsSpan(0, read));
+                    var chunk = buffer.AsSpan(0, read);
+                    contentHash.Append(chunk);
                     if (contentHash.BytesWritten > maxSize)
                     {
                         throw new KilnException(ErrorKind.TooLarge, $"file is larger than the limit of {maxSize} bytes");
                     }
 
-                    if (contentHash.BytesWritten <= captureUpTo)
+                    if (flat is null && contentHash.BytesWritten > FlatInMemory)
                     {
-                        captured.Write(buffer.AsSpan(0, read));
-                    }
-
-                    if (flat is null && contentHash.BytesWritten <= FlatInMemory)
-                    {
-                        memory.Write(buffer.AsSpan(0, read));
-                        continue;
-                    }
-
-                    if (flat is null)
-                    {
+                        // Outgrown memory: spooled to a file from here on, what the head holds (all read so far) first.
                         Directory.CreateDirectory(spoolDirectory);
                         flat = new FileStream(flatPath, new FileStreamOptions
                         {
@@ -238,11 +230,14 @@ public static class NarIngest
                             BufferSize = 0,
                             UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
                         });
-                        flat.Write(memory.WrittenSpan);
-                        memory = new ArrayBufferWriter<byte>(1);
+                        flat.Write(head.GetBuffer().AsSpan(0, (int)head.Length));
                     }
 
-                    flat.Write(buffer.AsSpan(0, read));
+                    flat?.Write(chunk);
+                    if (contentHash.BytesWritten <= keep)
+                    {
+                        head.Write(chunk);
+                    }
                 }
             }
             finally
@@ -254,12 +249,12 @@ public static class NarIngest
             var size = contentHash.BytesWritten;
             var hash = contentHash.Finish();
             var nar = new NarOfFlatStream(flat is null
-                ? new MemoryStream(memory.WrittenMemory.ToArray(), writable: false)
+                ? new MemoryStream(head.GetBuffer(), 0, (int)head.Length, writable: false)
                 : new FileStream(flatPath, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.Asynchronous | FileOptions.SequentialScan), size);
             await using (nar.ConfigureAwait(false))
             {
                 var ingested = await IngestAsync(blobs, nar, null, 0, long.MaxValue, cancellationToken, unpackTo).ConfigureAwait(false);
-                return new IngestedNar(ingested.Blob, ingested.NarHash, ingested.NarSize, hash, size <= captureUpTo ? captured.WrittenSpan.ToArray() : null, ingested.TreePath);
+                return new IngestedNar(ingested.Blob, ingested.NarHash, ingested.NarSize, hash, size <= captureUpTo ? head.ToArray() : null, ingested.TreePath);
             }
         }
         finally
