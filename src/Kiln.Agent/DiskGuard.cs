@@ -124,7 +124,7 @@ public static class DiskUsage
                     return null;
                 }
 
-                if ((Path.Exists(root) || new FileInfo(root).LinkTarget is not null) && !Add(Posix.AtFdCwd, Posix.CString(root), 0))
+                if (StorePathGraph.ExistsNoFollow(root) && !Add(Posix.AtFdCwd, Posix.CString(root), 0))
                 {
                     return null;
                 }

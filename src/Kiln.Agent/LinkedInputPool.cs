@@ -84,7 +84,7 @@ internal sealed class LinkedInputPool(string root, int maxCopies = LinkedInputPo
         return InputLinks.TryLink(tree, destination) ? new Placed(narHash, destination, Identity(destination)) : null;
     }
 
-    private static (uint, uint, ulong) Identity(string path) => Posix.LStatIdentityAt(Posix.AtFdCwd, Posix.CString(path), () => path).Identity;
+    private static (uint, uint, ulong) Identity(string path) => Posix.LStatOwnerAt(Posix.AtFdCwd, Posix.CString(path), () => path).Identity;
 
     /// <summary>
     /// Takes back a placed copy once its build is over (its processes gone), if it is still the very read-only
@@ -99,7 +99,7 @@ internal sealed class LinkedInputPool(string root, int maxCopies = LinkedInputPo
         (uint, uint, ulong) identity;
         try
         {
-            (mode, owner, identity) = Posix.LStatIdentityAt(Posix.AtFdCwd, Posix.CString(placed.Path), () => placed.Path);
+            (mode, owner, _, identity) = Posix.LStatOwnerAt(Posix.AtFdCwd, Posix.CString(placed.Path), () => placed.Path);
         }
         catch (IOException)
         {
@@ -168,15 +168,5 @@ internal sealed class LinkedInputPool(string root, int maxCopies = LinkedInputPo
         }
     }
 
-    private static void Delete(string copy)
-    {
-        try
-        {
-            NarExtractor.DeleteTree(copy);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // Left for the clean-up at the next start, which clears the builds directory.
-        }
-    }
+    private static void Delete(string copy) => SandboxExecutor.DeleteBuildDirectory(copy);
 }

@@ -214,7 +214,9 @@ public sealed class SandboxExecutor : IBuildExecutor
     private static void ChangeOwner(string path, int owner, int group) =>
         Posix.SetOwnerAt(Posix.AtFdCwd, Posix.CString(path), (uint)owner, (uint)group, () => path);
 
-    private static void DeleteBuildDirectory(string directory)
+    // Removes a tree under the builds directory (a build's, a linked copy) as far as it can; what cannot go now is left
+    // for the clean-up at the next start, which clears the builds directory.
+    internal static void DeleteBuildDirectory(string directory)
     {
         try
         {

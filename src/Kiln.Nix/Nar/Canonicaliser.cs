@@ -23,7 +23,7 @@ public static class Canonicaliser
     public static bool IsSuspicious(string path, uint? builderUid = null)
     {
         var name = Posix.CString(path);
-        var (mode, uid, _) = Posix.LStatOwnerAt(Posix.AtFdCwd, name, () => path);
+        var (mode, uid, _, _) = Posix.LStatOwnerAt(Posix.AtFdCwd, name, () => path);
         return ((mode & Posix.FileTypeMask) != Posix.Symlink && (mode & GroupOrWorldWritable) != 0) || (builderUid is { } builder && uid != builder);
     }
 
@@ -47,7 +47,7 @@ public static class Canonicaliser
                 throw new IOException($"path '{describe()}' exceeds maximum NAR directory depth of {NarLimits.Default.MaxDepth}");
             }
 
-            var (mode, owner, group) = Posix.LStatOwnerAt(directory, name, describe);
+            var (mode, owner, group, _) = Posix.LStatOwnerAt(directory, name, describe);
             var type = mode & Posix.FileTypeMask;
             if (type is not (Posix.Regular or Posix.Directory or Posix.Symlink))
             {

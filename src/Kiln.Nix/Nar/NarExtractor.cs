@@ -107,7 +107,8 @@ public sealed class NarExtractor : INarVisitor, IDisposable
         {
             // Root removes entries from read-only directories as it is, and must not chmod what it removes: a file
             // may be a hard link to a read-only file that stays (an agent's linked inputs), whose mode would change.
-            var start = new System.Diagnostics.ProcessStartInfo("/bin/sh", ["-c", "[ \"$(id -u)\" = 0 ] || chmod -R u+rwX -- \"$1\" 2> /dev/null; rm -rf --one-file-system -- \"$1\"", "sh", path])
+            var chmod = Posix.GetEffectiveUserId() == 0 ? "" : "chmod -R u+rwX -- \"$1\" 2> /dev/null; ";
+            var start = new System.Diagnostics.ProcessStartInfo("/bin/sh", ["-c", chmod + "rm -rf --one-file-system -- \"$1\"", "sh", path])
             {
                 UseShellExecute = false,
             };

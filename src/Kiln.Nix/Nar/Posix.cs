@@ -409,28 +409,16 @@ internal static partial class Posix
         }
     }
 
-    /// <summary>lstat with what names the object itself: mode, owner, and the device and inode it is.</summary>
-    internal static (int Mode, uint Uid, (uint Major, uint Minor, ulong Inode) Identity) LStatIdentityAt(int dirfd, byte[] name, Func<string> describe)
+    /// <summary>lstat with the owner: mode, uid, gid, and the device and inode the object is.</summary>
+    internal static (int Mode, uint Uid, uint Gid, (uint Major, uint Minor, ulong Inode) Identity) LStatOwnerAt(int dirfd, byte[] name, Func<string> describe)
     {
-        const uint StatxUid = 0x8, StatxIno = 0x100;
-        if (StatxNative(dirfd, name, AtSymlinkNoFollow, StatxType | StatxMode | StatxUid | StatxIno, out var buffer) != 0)
+        const uint StatxUid = 0x8, StatxGid = 0x10, StatxIno = 0x100;
+        if (StatxNative(dirfd, name, AtSymlinkNoFollow, StatxType | StatxMode | StatxUid | StatxGid | StatxIno, out var buffer) != 0)
         {
             throw Failure("getting status of", describe());
         }
 
-        return (buffer.Mode, buffer.Uid, (buffer.DeviceMajor, buffer.DeviceMinor, buffer.Inode));
-    }
-
-    /// <summary>lstat with the owner: mode, size, uid, gid.</summary>
-    internal static (int Mode, uint Uid, uint Gid) LStatOwnerAt(int dirfd, byte[] name, Func<string> describe)
-    {
-        const uint StatxUid = 0x8, StatxGid = 0x10;
-        if (StatxNative(dirfd, name, AtSymlinkNoFollow, StatxType | StatxMode | StatxUid | StatxGid, out var buffer) != 0)
-        {
-            throw Failure("getting status of", describe());
-        }
-
-        return (buffer.Mode, buffer.Uid, buffer.Gid);
+        return (buffer.Mode, buffer.Uid, buffer.Gid, (buffer.DeviceMajor, buffer.DeviceMinor, buffer.Inode));
     }
 
     private static IOException Failure(string action, string path)
