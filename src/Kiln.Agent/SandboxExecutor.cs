@@ -24,6 +24,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     private readonly string _builds;
     private readonly string _etc;
     private readonly string _seccomp;
+    private readonly string? _launcher;
     private readonly DiskGuard _disk;
 
     // bubblewrap before 0.7 has no --size: its tmpfs are then unbounded (the cgroup's memory limit still holds).
@@ -56,6 +57,11 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
         _etc = Path.Combine(options.WorkDirectory, "sandbox-etc");
         _seccomp = Path.Combine(options.WorkDirectory, "seccomp.bpf");
+        _launcher = options.Launcher is { } launcher && File.Exists(launcher) && File.GetUnixFileMode(launcher).HasFlag(UnixFileMode.UserExecute) ? launcher : null;
+        LauncherNote = _launcher is null
+            ? $"'{options.Launcher}' is missing or not executable (Kiln was built without a C compiler): builds start through unshare, a shell, mount and setpriv instead, " +
+              "a few milliseconds slower each; install a C compiler (cc or clang) and rebuild Kiln"
+            : null;
         _disk = new DiskGuard(options.WorkDirectory, options.MinFreeDisk);
         Native.CloseInheritedOnExec();
         CleanUp();
@@ -119,6 +125,9 @@ public sealed class SandboxExecutor : IBuildExecutor
     /// root, when builds run as its own unprivileged user). While set, every build is refused.
     /// </summary>
     public string? BuildUsersUnavailable { get; }
+
+    /// <summary>Why builds start through the slower chain of util-linux tools rather than kiln-launch; null when they do not.</summary>
+    public string? LauncherNote { get; }
 
     // The first directory on the way to the work directory that a build user cannot pass through: bubblewrap runs as
     // the build user and must reach the build directory and the unpacked inputs it mounts.
@@ -382,51 +391,23 @@ public sealed class SandboxExecutor : IBuildExecutor
         // Named by this process too: another Kiln on the host may build the same derivation at the same moment.
         using var cgroup = Cgroup.TryCreate(_options.CgroupRoot, $"build-{Environment.ProcessId}-{id}", job.Limits);
 
-        // A small shell joins the cgroup first, so every process the build starts is in it, makes the build the
+        // The launcher joins the cgroup first, so every process the build starts is in it, makes the build the
         // kernel's first choice when the host runs out of memory (a build user cannot lower it again), (as root) mounts
-        // /dev's devpts, shm and device nodes and the build directory in the mount namespace unshare gave it (one
-        // `mount -a` of the build's own fstab: a mount(8) each cost about 3 ms, a fifth of a trivial build), then becomes bwrap with
-        // the terminal as stdout and stderr, bwrap's status report on descriptor 3 and the syscall filter, which bwrap
-        // reads and closes, on descriptor 9. Like Nix, stdin is /dev/null and the terminal are open read-write. A
-        // sandbox that waits for its network reads descriptor 8 (bwrap closes it), a pipe Kiln writes to when it is up.
-        var start = new ProcessStartInfo(dev is null ? "/bin/sh" : _options.Unshare) { UseShellExecute = false, RedirectStandardError = true };
-        if (dev is not null)
-        {
-            start.ArgumentList.Add("--mount");
-            start.ArgumentList.Add("--propagation");
-            start.ArgumentList.Add("private");
-            start.ArgumentList.Add("/bin/sh");
-        }
-
-        start.ArgumentList.Add("-c");
-        start.ArgumentList.Add("""
-            for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; block=$5; fstab=$6; seed=$7; tmp=$8; shift 8
-            echo 1000 > /proc/self/oom_score_adj
-            if [ -n "$fstab" ]; then mount -a -T "$fstab" || exit 125; fi
-            if [ -n "$tmp" ] && [ -n "$seed" ]; then cp -a "$seed/." "$tmp/" || exit 125; fi
-            if [ -n "$block" ]; then exec "$@" 3>"$status" 9<"$filter" 8<>"$block" <>/dev/null 1<>"$pty" 2>&1; fi
-            exec "$@" 3>"$status" 9<"$filter" <>/dev/null 1<>"$pty" 2>&1
-            """);
-        start.ArgumentList.Add("kiln-build");
-        start.ArgumentList.Add(string.Join(' ', cgroup?.ProcsFiles ?? []));
-        start.ArgumentList.Add(pty.SlavePath);
-        start.ArgumentList.Add(statusFile);
-        start.ArgumentList.Add(_seccomp);
-        start.ArgumentList.Add(block);
-        start.ArgumentList.Add(fstab ?? "");
-        // (Nothing to copy into the tmpfs when Kiln put nothing in the build directory: the mount is owned and
-        // moded as the directory would be.)
-        start.ArgumentList.Add(environment.Files.Count > 0 ? buildDir : "");
-        start.ArgumentList.Add(buildTmpfs ?? "");
-        if (user is not null)
-        {
-            // The build's user from here on: no capabilities, no way back, and no gaining privileges (as Nix).
-            start.ArgumentList.Add(_options.Setpriv);
-            foreach (var argument in new[] { "--reuid", user.UserId.ToString(CultureInfo.InvariantCulture), "--regid", user.GroupId.ToString(CultureInfo.InvariantCulture), "--clear-groups", "--no-new-privs", "--" })
-            {
-                start.ArgumentList.Add(argument);
-            }
-        }
+        // /dev's devpts, shm and device nodes and the build directory in a mount namespace of its own (the build's
+        // fstab), becomes the build user, then bwrap with the terminal as stdout and stderr, bwrap's status report on
+        // descriptor 3 and the syscall filter, which bwrap reads and closes, on descriptor 9. Like Nix, stdin is
+        // /dev/null and the terminal are open read-write. A sandbox that waits for its network reads descriptor 8
+        // (bwrap closes it), a pipe Kiln writes to when it is up. kiln-launch does this in one process; without it, a
+        // chain of unshare, a shell, mount(8) and setpriv does (about 5 ms more a build).
+        string[] steps =
+        [
+            string.Join(' ', cgroup?.ProcsFiles ?? []), pty.SlavePath, statusFile, _seccomp, block, fstab ?? "",
+            // (Nothing to copy into the tmpfs when Kiln put nothing in the build directory: the mount is owned and
+            // moded as the directory would be.)
+            environment.Files.Count > 0 ? buildDir : "", buildTmpfs ?? "",
+        ];
+        (int, int)? ids = user is null ? null : (user.UserId, user.GroupId);
+        var start = _launcher is not null ? NativeLaunch(_launcher, steps, ids) : ShellLaunch(_options.Unshare, _options.Setpriv, steps, ids);
 
         start.ArgumentList.Add(_options.Bubblewrap);
         start.ArgumentList.Add("--seccomp");
@@ -505,6 +486,62 @@ public sealed class SandboxExecutor : IBuildExecutor
         }
 
         return outcome;
+    }
+
+    // kiln-launch STEPS… UID GID bwrap…: see native/kiln-launch.c for each step. The steps: the cgroups' procs files
+    // (space-separated), the terminal, bwrap's status file, the syscall filter, the network pipe, the fstab, what to
+    // copy into the build directory's tmpfs and that tmpfs; each may be empty but the terminal, status and filter.
+    internal static ProcessStartInfo NativeLaunch(string launcher, string[] steps, (int UserId, int GroupId)? user)
+    {
+        var start = new ProcessStartInfo(launcher) { UseShellExecute = false, RedirectStandardError = true };
+        foreach (var step in steps)
+        {
+            start.ArgumentList.Add(step);
+        }
+
+        start.ArgumentList.Add(user?.UserId.ToString(CultureInfo.InvariantCulture) ?? "");
+        start.ArgumentList.Add(user?.GroupId.ToString(CultureInfo.InvariantCulture) ?? "");
+        return start;
+    }
+
+    // The same steps through util-linux and a shell, where kiln-launch was not built.
+    internal static ProcessStartInfo ShellLaunch(string unshare, string setpriv, string[] steps, (int UserId, int GroupId)? user)
+    {
+        var start = new ProcessStartInfo(user is null ? "/bin/sh" : unshare) { UseShellExecute = false, RedirectStandardError = true };
+        if (user is not null)
+        {
+            start.ArgumentList.Add("--mount");
+            start.ArgumentList.Add("--propagation");
+            start.ArgumentList.Add("private");
+            start.ArgumentList.Add("/bin/sh");
+        }
+
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add("""
+            for f in $1; do echo $$ > "$f" || exit 125; done; pty=$2; status=$3; filter=$4; block=$5; fstab=$6; seed=$7; tmp=$8; shift 8
+            echo 1000 > /proc/self/oom_score_adj
+            if [ -n "$fstab" ]; then mount -a -T "$fstab" || exit 125; fi
+            if [ -n "$tmp" ] && [ -n "$seed" ]; then cp -a "$seed/." "$tmp/" || exit 125; fi
+            if [ -n "$block" ]; then exec "$@" 3>"$status" 9<"$filter" 8<>"$block" <>/dev/null 1<>"$pty" 2>&1; fi
+            exec "$@" 3>"$status" 9<"$filter" <>/dev/null 1<>"$pty" 2>&1
+            """);
+        start.ArgumentList.Add("kiln-build");
+        foreach (var step in steps)
+        {
+            start.ArgumentList.Add(step);
+        }
+
+        if (user is { } u)
+        {
+            // The build's user from here on: no capabilities, no way back, and no gaining privileges (as Nix).
+            start.ArgumentList.Add(setpriv);
+            foreach (var argument in new[] { "--reuid", u.UserId.ToString(CultureInfo.InvariantCulture), "--regid", u.GroupId.ToString(CultureInfo.InvariantCulture), "--clear-groups", "--no-new-privs", "--" })
+            {
+                start.ArgumentList.Add(argument);
+            }
+        }
+
+        return start;
     }
 
     // Why a failed build may have failed that its builder's exit status does not say: it hit the limits Kiln set.
@@ -711,6 +748,17 @@ public sealed class SandboxExecutor : IBuildExecutor
             return fstab;
         }
 
+        // Whole or not at all: another build may read it the moment it is there.
+        var temp = $"{fstab}.{Guid.NewGuid():N}";
+        File.WriteAllLines(temp, FstabLines(dev, buildTmpfs, memory, (user.UserId, user.GroupId)));
+        File.Move(temp, fstab, overwrite: true);
+        return fstab;
+    }
+
+    // Both launchers read it: mount(8) as fstab(5), kiln-launch with getmntent(3), taking "bind" alone as a bind mount
+    // and anything else as the file system's own options.
+    internal static List<string> FstabLines(string dev, string? buildTmpfs, long memory, (int UserId, int GroupId) user)
+    {
         var size = memory > 0 ? string.Create(CultureInfo.InvariantCulture, $",size={memory}") : "";
         var lines = new List<string>
         {
@@ -723,11 +771,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             lines.Add(string.Create(CultureInfo.InvariantCulture, $"none {FstabField(buildTmpfs)} tmpfs mode=0700{size},uid={user.UserId},gid={user.GroupId} 0 0"));
         }
 
-        // Whole or not at all: another build may read it the moment it is there.
-        var temp = $"{fstab}.{Guid.NewGuid():N}";
-        File.WriteAllLines(temp, lines);
-        File.Move(temp, fstab, overwrite: true);
-        return fstab;
+        return lines;
     }
 
     // fstab(5) escapes whitespace and the backslash in a field as octal (a data directory may be named with spaces).

@@ -59,6 +59,7 @@ public static class LogEvents
     public const int BuildsAbandoned = 6002;
     public const int NetworkHelperAsRoot = 6003;
     public const int BuildsUnbounded = 6004;
+    public const int LauncherMissing = 6005;
 
     public const int StoreOpened = 6101;
     public const int GarbageCollected = 6102;

@@ -193,6 +193,11 @@ public static partial class KilnServer
             LogNetworkHelperAsRoot(logger, note);
         }
 
+        if (executor.LauncherNote is { } slower)
+        {
+            LogLauncherMissing(logger, slower);
+        }
+
         if (executor.ResourceLimitsNote is { } unbounded)
         {
             LogBuildsUnbounded(logger, unbounded);
@@ -208,6 +213,9 @@ public static partial class KilnServer
 
     [LoggerMessage(EventId = LogEvents.BuildsUnbounded, Level = LogLevel.Warning, Message = "{Note}")]
     private static partial void LogBuildsUnbounded(ILogger logger, string note);
+
+    [LoggerMessage(EventId = LogEvents.LauncherMissing, Level = LogLevel.Warning, Message = "{Note}")]
+    private static partial void LogLauncherMissing(ILogger logger, string note);
 
     [LoggerMessage(EventId = LogEvents.NetworkHelperAsRoot, Level = LogLevel.Warning, Message = "{Note}")]
     private static partial void LogNetworkHelperAsRoot(ILogger logger, string note);
