@@ -2,7 +2,7 @@
 # Build the same synthetic DAG through Kiln and through a stock nix-daemon with its sandbox on (its own store root),
 # from a fresh state and again as a no-op, in one run; print the times and the ratios.
 #
-#   bench/builds/run.sh [--layers 10] [--width 20] [--jobs N] [--rounds 2] [--w3]
+#   bench/builds/run.sh [--layers 10] [--width 20] [--jobs N] [--rounds 3] [--w3]
 #
 # The DAG: LAYERS layers of WIDTH derivations, each depending on 3 of the layer before, whose small outputs name
 # (and so refer to) their inputs; the builder is a static busybox added to the store from the client. Both servers
@@ -15,11 +15,12 @@
 # against Kiln's own sshd and against a plain sshd whose forced command is that stock nix-daemon (`--stdio`, sandbox
 # on), fresh and as a no-op. With --w3, also issue 21's W3: the classic remote builder (`--builders ssh-ng://…`,
 # `--max-jobs 0`: one SSH session per derivation, the client building into a fresh store of its own), against both,
-# without and with the connection multiplexing `kiln client-config` prints (minutes each: one round only).
+# without and with the connection multiplexing `kiln client-config` prints (minutes each). Every figure is the median
+# of its runs: ROUNDS fresh runs, three no-op runs a round.
 # Needs root, nix-bin, openssh-server and bubblewrap. Figures only, no thresholds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-layers=10 width=20 jobs="$(nproc)" rounds=2 w3=0
+layers=10 width=20 jobs="$(nproc)" rounds=3 w3=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --layers) layers="$2"; shift 2 ;;
@@ -113,7 +114,6 @@ seconds() {
   end=$(date +%s.%N); echo "$end - $start" | bc
 }
 fresh() { sync; seconds "$@"; }
-best() { printf '%s\n' "$@" | sort -n | head -1; }
 
 # W3: every derivation built on the remote over a session of its own; the client's store is fresh each time.
 w3_build() {
@@ -157,7 +157,7 @@ for round in $(seq 1 "$rounds"); do
   stop_plain
 done
 
-if [ "$w3" = 1 ]; then
+for round in $(seq 1 "$((w3 ? rounds : 0))"); do
   start_kiln
   w3_kiln+=("$(seconds w3_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")")
   stop_kiln
@@ -177,24 +177,30 @@ if [ "$w3" = 1 ]; then
     stop_plain
   done
   rm -rf "$work/w3client" "$work/daemon"
-fi
+done
 
-nf=$(best "${nix_fresh[@]}") kf=$(best "${kiln_fresh[@]}") nn=$(best "${nix_noop[@]}") kn=$(best "${kiln_noop[@]}")
+nf=$(median "${nix_fresh[@]}") kf=$(median "${kiln_fresh[@]}") nn=$(median "${nix_noop[@]}") kn=$(median "${kiln_noop[@]}")
 echo
 echo "DAG: $((layers * width)) derivations ($layers layers of $width, 3 deps each; nix-daemon built $built outputs);" \
-  "max-jobs $jobs, cores 1; best of $rounds fresh / $((rounds * 3)) no-op runs; client: $(nix --version); $(nproc) cores"
+  "max-jobs $jobs, cores 1; median of $rounds fresh / $((rounds * 3)) no-op runs; client: $(nix --version); $(nproc) cores"
 printf '%-40s %12s %12s %10s\n' "" "nix-daemon" "kiln" "kiln/nix"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "fresh  (nix build --store unix://…)" "$nf" "$kf" "$(echo "scale=3; $nf / $kf" | bc)"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "no-op  (the same again)" "$nn" "$kn" "$(echo "scale=3; $nn / $kn" | bc)"
-nsf=$(best "${nix_ssh_fresh[@]}") ksf=$(best "${kiln_ssh_fresh[@]}") nsn=$(best "${nix_ssh_noop[@]}") ksn=$(best "${kiln_ssh_noop[@]}")
+nsf=$(median "${nix_ssh_fresh[@]}") ksf=$(median "${kiln_ssh_fresh[@]}") nsn=$(median "${nix_ssh_noop[@]}") ksn=$(median "${kiln_ssh_noop[@]}")
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W1 fresh (--eval-store auto, ssh-ng://)" "$nsf" "$ksf" "$(echo "scale=3; $nsf / $ksf" | bc)"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2 no-op (the same again)" "$nsn" "$ksn" "$(echo "scale=3; $nsn / $ksn" | bc)"
-nmn=$(best "${nix_mux_noop[@]}") kmn=$(best "${kiln_mux_noop[@]}")
+nmn=$(median "${nix_mux_noop[@]}") kmn=$(median "${kiln_mux_noop[@]}")
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2, both multiplexed (client-config)" "$nmn" "$kmn" "$(echo "scale=3; $nmn / $kmn" | bc)"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2, Kiln multiplexed vs stock plain" "$nsn" "$kmn" "$(echo "scale=3; $nsn / $kmn" | bc)"
+summary "W1 fresh remote-store build, $((layers * width)) derivations (ssh-ng://)" "$nsf" "$ksf" s "time<=0.333"
+summary "W2 no-op re-run of W1" "$nsn" "$ksn" s "time<=0.6"
+summary "W2, both multiplexed (kiln client-config)" "$nmn" "$kmn" s -
 if [ "$w3" = 1 ]; then
-  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3 --builders ssh-ng://, one round" "${w3_nix[0]}" "${w3_kiln[0]}" "$(echo "scale=3; ${w3_nix[0]} / ${w3_kiln[0]}" | bc)"
-  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3, both multiplexed" "${w3_nix_mux[0]}" "${w3_kiln_mux[0]}" "$(echo "scale=3; ${w3_nix_mux[0]} / ${w3_kiln_mux[0]}" | bc)"
-  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3, Kiln multiplexed vs stock plain" "${w3_nix[0]}" "${w3_kiln_mux[0]}" "$(echo "scale=3; ${w3_nix[0]} / ${w3_kiln_mux[0]}" | bc)"
+  w3n=$(median "${w3_nix[@]}") w3k=$(median "${w3_kiln[@]}") w3nm=$(median "${w3_nix_mux[@]}") w3km=$(median "${w3_kiln_mux[@]}")
+  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3 --builders ssh-ng://" "$w3n" "$w3k" "$(echo "scale=3; $w3n / $w3k" | bc)"
+  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3, both multiplexed" "$w3nm" "$w3km" "$(echo "scale=3; $w3nm / $w3km" | bc)"
+  printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W3, Kiln multiplexed vs stock plain" "$w3n" "$w3km" "$(echo "scale=3; $w3n / $w3km" | bc)"
+  summary "W3 --builders ssh-ng://, one session per derivation" "$w3n" "$w3k" s "time<=0.333"
+  summary "W3, both multiplexed" "$w3nm" "$w3km" s "time<1"
 fi
 echo "(kiln/nix above 1 means Kiln is faster)"

@@ -13,19 +13,19 @@
 # (a) and (b) use a small python3 HTTP/1.1 client over raw sockets (threads for (b)), whose own cost per request
 # (~20 µs) stays small next to the servers'.
 #
-#   bench/http/run.sh [--paths 330] [--size-mib 500] [--rounds 2]
+#   bench/http/run.sh [--paths 330] [--size-mib 500] [--rounds 3]
 #
 # The closure is bench/store/run.sh's: N/3 derivations in a chain, each with an incompressible file and a tree of
 # ~250 small files (~500 MiB in ~330 paths by default), in a client store; it is pushed to Kiln over its unix socket
 # (account "local", made a public cache so anonymous HTTP reads see it) and copied to a file:// cache that nginx
 # (2 workers, sendfile, keep-alive, no access log) serves. Both servers run through the whole benchmark; every
 # request is checked (status 200, the expected length) in an untimed pass first, which also warms the page cache.
-# Best of N rounds, the sides taking turns to go first; in each round (a) runs 5 times and (b) 3 times (each takes
+# The median of N rounds' runs, the sides taking turns to go first; in each round (a) runs 5 times and (b) 3 times (each takes
 # well under a second). Needs root, nix-bin (Nix 2.8) and python3; installs nginx if missing. Figures only, no
 # thresholds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-paths=330 size_mib=500 rounds=2
+paths=330 size_mib=500 rounds=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --paths) paths="$2"; shift 2 ;;
@@ -129,7 +129,7 @@ pull() { # side url round: a fresh store each time, and a fresh narinfo disk cac
   [ "$(nix path-info --store "local?root=$work/pull/store" --derivation -r "$top" | wc -l)" = "$count" ] ||
     { echo "nix copy --from $2 did not copy all $count paths" >&2; exit 1; }
 }
-best_line() { sort -n | head -1; }
+median_line() { sort -n | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
 
 # The sides take turns pass by pass, so that whatever else the machine does falls on both alike.
 for round in $(seq 1 "$rounds"); do
@@ -146,18 +146,18 @@ for round in $(seq 1 "$rounds"); do
   for side in $order; do url_var="${side}_url"; pull "$side" "${!url_var}" "$round" >> "$work/$side.pull"; done
 done
 
-read -r k_total k_mean k_p50 k_p99 < <(best_line < "$work/kiln.narinfo")
-read -r n_total n_mean n_p50 n_p99 < <(best_line < "$work/nginx.narinfo")
+read -r k_total k_mean k_p50 k_p99 < <(median_line < "$work/kiln.narinfo")
+read -r n_total n_mean n_p50 n_p99 < <(median_line < "$work/nginx.narinfo")
 read -r _ kf_mean _ _ < "$work/kiln.narinfo-first"
 read -r _ nf_mean _ _ < "$work/nginx.narinfo-first"
-mibs() { sort -n "$1" | head -1 | awk '{ printf "%.1f", $2 / 1048576 / $1 }'; }
+mibs() { median_line < "$1" | awk '{ printf "%.1f", $2 / 1048576 / $1 }'; }
 k1=$(mibs "$work/kiln.nars1") n1=$(mibs "$work/nginx.nars1") k4=$(mibs "$work/kiln.nars4") n4=$(mibs "$work/nginx.nars4")
-kp=$(best_line < "$work/kiln.pull") np=$(best_line < "$work/nginx.pull")
+kp=$(median_line < "$work/kiln.pull") np=$(median_line < "$work/nginx.pull")
 ratio() { echo "scale=3; $1 / $2" | bc; }
 mib=$(echo "scale=1; $bytes / 1048576" | bc)
 
 echo
-echo "HTTP binary cache: closure of $count paths, $mib MiB of NAR (uncompressed); best of $rounds rounds;" \
+echo "HTTP binary cache: closure of $count paths, $mib MiB of NAR (uncompressed); medians of $rounds rounds;" \
   "$("$nginx" -v 2>&1 | sed 's/.*: //'), $(nix --version), $(nproc) cores; pulls into a store on $pull_fs"
 printf '%-46s %12s %12s %11s\n' "" "kiln" "nginx" "kiln/nginx"
 printf '%-46s %11.3fs %11.3fs %10.2fx\n' "narinfo: $count GETs, one connection, total" "$k_total" "$n_total" "$(ratio "$k_total" "$n_total")"
@@ -169,3 +169,8 @@ printf '%-46s %8.1fMiB/s %8.1fMiB/s %10.2fx\n' "NARs: 1 connection" "$k1" "$n1" 
 printf '%-46s %8.1fMiB/s %8.1fMiB/s %10.2fx\n' "NARs: 4 parallel connections" "$k4" "$n4" "$(ratio "$k4" "$n4")"
 printf '%-46s %11.2fs %11.2fs %10.2fx\n' "nix copy --from http:// into an empty store" "$kp" "$np" "$(ratio "$kp" "$np")"
 echo "(latency and time ratios below 1 and throughput ratios above 1 mean Kiln is faster)"
+summary "W6 narinfo, first GET of a path, mean (vs nginx)" "$nf_mean" "$kf_mean" µs "time<=2"
+summary "W6 narinfo, answered before, median (vs nginx)" "$n_p50" "$k_p50" µs -
+summary "W6 NARs over 1 connection (vs nginx)" "$n1" "$k1" MiB/s "rate>=0.9"
+summary "W6 NARs over 4 connections (vs nginx)" "$n4" "$k4" MiB/s -
+summary "W6 nix copy --from http:// into an empty store (vs nginx)" "$np" "$kp" s -

@@ -97,3 +97,5 @@ printf '%-58s %s\n' "ssh start → first protocol byte, sshd + nix-daemon --stdi
 printf '%-58s %12s %12s\n' "" "Kiln" "nix-daemon"
 printf '%-58s %11.2fs %11.2fs\n' "nix copy --from ssh-ng:// of $count paths already present" "$present" "$nix_present"
 printf '%-58s %11.2fs %11.2fs\n' "nix copy --from ssh-ng:// of $count paths into an empty store" "$empty" "$nix_empty"
+summary "SSH session: ssh start to first protocol byte (median of $connections)" \
+  "$(median $(cat "$work/plain.times") | awk '{ printf "%.1f", $1 / 1000 }')" "$(median $(cat "$work/kiln.times") | awk '{ printf "%.1f", $1 / 1000 }')" ms "time<=1.1"

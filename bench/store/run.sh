@@ -11,10 +11,10 @@
 # push and pull over `ssh-ng://`, through Kiln's sshd and through a plain sshd forcing the stock `nix-daemon --stdio`,
 # beside the two limits the issue names as anchors: ssh's bulk throughput on loopback (the closure's size through
 # `cat` at the far end) and SHA-256 on one core (openssl over a file as large, in the page cache). Needs root,
-# nix-bin (Nix 2.8) and openssh-server. Figures only, no thresholds.
+# nix-bin (Nix 2.8) and openssh-server. Every figure is the median of ROUNDS runs. Figures only, no thresholds.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-paths=330 size_mib=500 rounds=2
+paths=330 size_mib=500 rounds=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --paths) paths="$2"; shift 2 ;;
@@ -62,7 +62,6 @@ seconds() {
   if ! "$@" > "$work/last.log" 2>&1; then cat "$work/last.log" >&2; exit 1; fi
   sync; end=$(date +%s.%N); echo "$end - $start" | bc
 }
-best() { printf '%s\n' "$@" | sort -n | head -1; }
 
 kiln_push=() kiln_pull=() nix_push=() nix_pull=() kiln_peak=0
 for round in $(seq 1 "$rounds"); do
@@ -151,18 +150,21 @@ large_push="$(seconds nix copy --from "local?root=$work/source" --to "unix://$wo
 large_peak="$(peak_kib "$kiln_pid")"
 stop_kiln
 
-np=$(best "${nix_push[@]}") kp=$(best "${kiln_push[@]}") nl=$(best "${nix_pull[@]}") kl=$(best "${kiln_pull[@]}")
+np=$(median "${nix_push[@]}") kp=$(median "${kiln_push[@]}") nl=$(median "${nix_pull[@]}") kl=$(median "${kiln_pull[@]}")
 mib=$(echo "scale=1; $bytes / 1048576" | bc)
 echo
-echo "closure: $count paths, $mib MiB of NAR; best of $rounds rounds; client: $(nix --version); 2 cores"
+echo "closure: $count paths, $mib MiB of NAR; median of $rounds rounds; client: $(nix --version); 2 cores"
 printf '%-34s %12s %12s %10s\n' "" "nix-daemon" "kiln" "kiln/nix"
 printf '%-34s %11.2fs %11.2fs %9.2fx\n' "push  (nix copy --to unix://…)" "$np" "$kp" "$(echo "scale=3; $np / $kp" | bc)"
 printf '%-34s %11.2fs %11.2fs %9.2fx\n' "pull  (nix copy --from unix://…)" "$nl" "$kl" "$(echo "scale=3; $nl / $kl" | bc)"
-nsp=$(best "${nix_ssh_push[@]}") ksp=$(best "${kiln_ssh_push[@]}") nsl=$(best "${nix_ssh_pull[@]}") ksl=$(best "${kiln_ssh_pull[@]}")
+nsp=$(median "${nix_ssh_push[@]}") ksp=$(median "${kiln_ssh_push[@]}") nsl=$(median "${nix_ssh_pull[@]}") ksl=$(median "${kiln_ssh_pull[@]}")
 printf '%-34s %11.2fs %11.2fs %9.2fx\n' "W4 push (nix copy --to ssh-ng://)" "$nsp" "$ksp" "$(echo "scale=3; $nsp / $ksp" | bc)"
 printf '%-34s %11.2fs %11.2fs %9.2fx\n' "W5 pull (nix copy --from ssh-ng://)" "$nsl" "$ksl" "$(echo "scale=3; $nsl / $ksl" | bc)"
 echo "(kiln/nix above 1 means Kiln is faster)"
-sa=$(best "${ssh_anchor[@]}") ha=$(best "${sha_anchor[@]}")
+sa=$(median "${ssh_anchor[@]}") ha=$(median "${sha_anchor[@]}")
 echo "anchors for $mib MiB: ssh to cat on loopback ${sa}s ($(echo "scale=0; $mib / $sa" | bc) MiB/s), SHA-256 on one core ${ha}s ($(echo "scale=0; $mib / $ha" | bc) MiB/s)"
+summary "W4 nix copy --to ssh-ng://, $count paths, $mib MiB" "$nsp" "$ksp" s "time<=0.5"
+summary "W5 nix copy --from ssh-ng://, into a fresh store" "$nsl" "$ksl" s "time<=0.8"
+summary "anchor: $mib MiB through ssh to cat / SHA-256 on one core" "$sa" "$ha" s -
 echo "kiln peak memory: $((kiln_peak / 1024)) MiB pushing and pulling the closure;" \
   "$((large_peak / 1024)) MiB pushing one $size_mib MiB NAR (in ${large_push}s)"

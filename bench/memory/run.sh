@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Issue 21's memory figures: kiln serve's resident memory (VmRSS, sampled every 100 ms) and that of Kiln's other
+# processes, in one run:
+#  * idle, once started;
+#  * pushing one NAR of SIZE MiB (5 GiB by default: incompressible bytes in one file) with `nix copy --to ssh-ng://`,
+#    the peak above idle;
+#  * the same NAR with `nix copy --to http://…?compression=none` (a netrc token with store:write), on a fresh server,
+#    the peak above idle;
+#  * N idle SSH sessions (100 by default, each a `nix-daemon --stdio` session waiting for its client): kiln serve's
+#    growth plus the proportional set size (PSS) of the kiln-bridge processes; sshd's own processes apart.
+#
+#   bench/memory/run.sh [--size-mib 5120] [--sessions 100]
+#
+# Needs root, nix-bin and openssh-server; about three times SIZE free in KILN_BENCH_DIR (default
+# /var/tmp/kiln-memory-bench, removed at the end). Figures only, no thresholds.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+size_mib=5120 sessions=100
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size-mib) size_mib="$2"; shift 2 ;;
+    --sessions) sessions="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+work="${KILN_BENCH_DIR:-/var/tmp/kiln-memory-bench}"
+rm -rf "$work" && mkdir -p "$work" && chmod 755 "$work"
+export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = \nsandbox = false'
+export NIX_REMOTE=
+source "$repo/bench/lib/kiln.sh"
+publish_kiln "$work"
+
+echo "making one $size_mib MiB file in a client store..."
+head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$work/large"
+large="$(nix-store --store "local?root=$work/source" --add "$work/large")"
+rm -f "$work/large"
+
+ssh-keygen -q -t ed25519 -N "" -C bench -f "$work/id"
+ssh_port=$((20000 + RANDOM % 10000)) http_port=$((30000 + RANDOM % 10000))
+start_kiln() {
+  rm -rf "$work/kiln"
+  "$kiln" serve --data "$work/kiln" --ssh-listen "127.0.0.1:$ssh_port" --http-listen "127.0.0.1:$http_port" > "$work/kiln.log" 2>&1 &
+  kiln_pid=$!
+  until grep -q "ssh: listening" "$work/kiln.log" 2> /dev/null && curl -sf "http://127.0.0.1:$http_port/nix-cache-info" > /dev/null; do sleep 0.1; done
+  "$kiln" account create bench --data "$work/kiln" > /dev/null
+  "$kiln" key add bench "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
+  printf 'machine 127.0.0.1\nlogin bench\npassword %s\n' "$("$kiln" token create bench --permissions store:read,store:write --data "$work/kiln" | head -1)" > "$work/netrc"
+  echo "[127.0.0.1]:$ssh_port $(cut -d' ' -f1,2 "$work/kiln/ssh/ssh_host_ed25519_key.pub")" > "$work/known_hosts"
+  sleep 2
+  # VmRSS in KiB every 100 ms for as long as kiln serve runs.
+  ( while kill -0 "$kiln_pid" 2> /dev/null; do awk '/VmRSS/ { print $2 }' "/proc/$kiln_pid/status" 2> /dev/null; sleep 0.1; done ) > "$work/rss" &
+  sampler=$!
+}
+stop_kiln() { kill -TERM "$kiln_pid"; wait "$kiln_pid" || true; wait "$sampler" 2> /dev/null || true; }
+rss_mib() { awk '/VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$kiln_pid/status"; }
+peak_mib() { sort -n "$work/rss" | tail -1 | awk '{ printf "%d", $1 / 1024 }'; }
+ssh_opts="-p $ssh_port -i $work/id -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$work/known_hosts -o LogLevel=ERROR"
+seconds() { local s e; s=$(date +%s.%N); "$@" > "$work/last.log" 2>&1 || { cat "$work/last.log" >&2; exit 1; }; e=$(date +%s.%N); echo "$e - $s" | bc; }
+
+start_kiln
+idle=$(rss_mib)
+ssh_time=$(seconds env NIX_SSHOPTS="$ssh_opts" nix copy --from "local?root=$work/source" --to "ssh-ng://kiln@127.0.0.1" "$large")
+ssh_peak=$(peak_mib)
+
+echo "$sessions idle SSH sessions held open..."
+before=$(rss_mib)
+for _ in $(seq 1 "$sessions"); do
+  ( sleep 40 | ssh $ssh_opts kiln@127.0.0.1 nix-daemon --stdio > /dev/null 2>&1 || true ) &
+done
+sleep 10
+with=$(rss_mib)
+pss_kib() { local s=0 p; for p in "$@"; do s=$((s + $(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2> /dev/null || echo 0))); done; echo $s; }
+bridge_pids=($(pgrep -x kiln-bridge || true))
+sshd_pids=($(pgrep -f "sshd.*$work/kiln/ssh|sshd: kiln" || true))
+bridge_mib=$(( $(pss_kib "${bridge_pids[@]}") / 1024 )) sshd_mib=$(( $(pss_kib "${sshd_pids[@]}") / 1024 ))
+stop_kiln
+pkill -f "sleep 40" 2> /dev/null || true
+wait 2> /dev/null || true
+
+start_kiln
+http_idle=$(rss_mib)
+http_time=$(seconds nix copy --from "local?root=$work/source" --to "http://127.0.0.1:$http_port?compression=none" --option netrc-file "$work/netrc" "$large")
+http_peak=$(peak_mib)
+stop_kiln
+
+echo
+echo "kiln serve memory (VmRSS; $(nproc) cores; client: $(nix --version))"
+printf '%-58s %10s\n' "idle, once started" "$idle MiB"
+printf '%-58s %10s\n' "pushing one $size_mib MiB NAR over ssh-ng:// (${ssh_time}s): peak" "$ssh_peak MiB"
+printf '%-58s %10s\n' "pushing it over http:// (${http_time}s): peak" "$http_peak MiB"
+printf '%-58s %10s\n' "$sessions idle SSH sessions: kiln serve before / with them" "$before / $with MiB"
+printf '%-58s %10s\n' "  their ${#bridge_pids[@]} kiln-bridge processes (PSS)" "$bridge_mib MiB"
+printf '%-58s %10s\n' "  their ${#sshd_pids[@]} sshd processes (PSS, not Kiln's)" "$sshd_mib MiB"
+summary "memory: one ${size_mib} MiB NAR pushed over ssh-ng://, peak above idle" - $((ssh_peak - idle)) MiB "max<=150"
+summary "memory: one ${size_mib} MiB NAR pushed over http://, peak above idle" - $((http_peak - http_idle)) MiB "max<=150"
+summary "memory: $sessions idle SSH sessions, kiln serve + bridges" - $((with + bridge_mib)) MiB "max<=200"
+summary "memory: kiln serve idle" - "$idle" MiB -
+rm -rf "$work"

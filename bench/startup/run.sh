@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 21's start-up figures: how long the kiln commands an operator runs often take from exec to exit, next to a C
+# program's start (/bin/true) as the anchor, measured the same way (python3's subprocess, stdout to /dev/null):
+#  * `kiln key list ACCOUNT` and `kiln token create ACCOUNT` against a stopped installation's database;
+#  * `kiln nix dump-path` of a small file (what `nix-store --dump` is to Nix), next to `nix-store --dump` too.
+#
+#   bench/startup/run.sh [--runs 20]
+#
+# Needs nix-bin and python3. Medians of RUNS runs each; figures only, no thresholds.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+runs=20
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+work="${KILN_BENCH_DIR:-/tmp/kiln-startup-bench}"
+rm -rf "$work" && mkdir -p "$work"
+source "$repo/bench/lib/kiln.sh"
+publish_kiln "$work"
+
+"$kiln" account create ops --data "$work/kiln" > /dev/null
+ssh-keygen -q -t ed25519 -N "" -C ops -f "$work/id"
+"$kiln" key add ops "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
+echo "hello" > "$work/small"
+
+# median milliseconds of RUNS executions of the command
+time_ms() {
+  python3 - "$runs" "$@" <<'PY'
+import subprocess, sys, time
+runs, cmd = int(sys.argv[1]), sys.argv[2:]
+times = []
+for _ in range(runs + 1):
+    start = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    times.append((time.perf_counter() - start) * 1000)
+times = sorted(times[1:])  # the first run warms the page cache
+n = len(times)
+print(f"{(times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2):.1f}")
+PY
+}
+
+anchor=$(time_ms /bin/true)
+keys=$(time_ms "$kiln" key list ops --data "$work/kiln")
+tokens=$(time_ms "$kiln" token create ops --permissions store:read --data "$work/kiln")
+dump=$(time_ms "$kiln" nix dump-path "$work/small")
+nixdump=$(time_ms nix-store --dump "$work/small")
+
+echo
+echo "start-up, exec to exit (median of $runs; $(nproc) cores)"
+printf '%-40s %10s %10s\n' "" "ms" "vs /bin/true"
+for row in "/bin/true (a C program's start):$anchor" "nix-store --dump (small file):$nixdump" "kiln key list:$keys" "kiln token create:$tokens" "kiln nix dump-path (small file):$dump"; do
+  printf '%-40s %10s %10s\n' "${row%%:*}" "${row##*:}" "$(echo "scale=1; ${row##*:} / $anchor" | bc)x"
+done
+summary "start-up: kiln key list vs /bin/true" "$anchor" "$keys" ms "time<=2"
+summary "start-up: kiln token create vs /bin/true" "$anchor" "$tokens" ms "time<=2"
+summary "start-up: kiln nix dump-path vs nix-store --dump" "$nixdump" "$dump" ms "time<=2"
+rm -rf "$work"
