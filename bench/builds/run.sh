@@ -36,7 +36,6 @@ rm -rf "$work" && mkdir -p "$work/bb/bin"
 export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = '
 export NIX_REMOTE=
 
-echo "building kiln (ReadyToRun)..."
 source "$repo/bench/lib/kiln.sh"
 publish_kiln "$work"
 

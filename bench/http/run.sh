@@ -44,7 +44,6 @@ rm -rf "$work" && mkdir -p "$work/src" && chmod 755 "$work"
 export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = \nsandbox = false\nrequire-sigs = false'
 export NIX_REMOTE=
 
-echo "building kiln (ReadyToRun)..."
 source "$repo/bench/lib/kiln.sh"
 publish_kiln "$work"
 

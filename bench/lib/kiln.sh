@@ -7,6 +7,7 @@ publish_kiln() {
     kiln="$KILN_BENCH_KILN"
     return
   fi
+  echo "building kiln (ReadyToRun)..."
   dotnet publish "$repo/src/Kiln.Cli" -c Release -r linux-x64 --self-contained false -p:PublishReadyToRun=true \
     -o "$1/kiln-bin" -v quiet -nologo > /dev/null
   kiln="$1/kiln-bin/kiln"

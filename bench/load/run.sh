@@ -29,7 +29,6 @@ export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \ns
 export NIX_REMOTE=
 ulimit -n 65536 2> /dev/null || true
 
-echo "building kiln (ReadyToRun)..."
 source "$repo/bench/lib/kiln.sh"
 publish_kiln "$work"
 

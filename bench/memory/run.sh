@@ -64,9 +64,12 @@ ssh_peak=$(peak_mib)
 
 echo "$sessions idle SSH sessions held open..."
 before=$(rss_mib)
-for _ in $(seq 1 "$sessions"); do
-  ( sleep 40 | ssh $ssh_opts kiln@127.0.0.1 nix-daemon --stdio > /dev/null 2>&1 || true ) &
-done
+# (In a subshell of their own, whose job-control messages go nowhere when they are ended.)
+( for _ in $(seq 1 "$sessions"); do
+    ( sleep 40 | ssh $ssh_opts kiln@127.0.0.1 nix-daemon --stdio > /dev/null 2>&1 || true ) &
+  done
+  wait ) > /dev/null 2>&1 &
+holders=$!
 sleep 10
 with=$(rss_mib)
 pss_kib() { local s=0 p; for p in "$@"; do s=$((s + $(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2> /dev/null || echo 0))); done; echo $s; }
@@ -74,8 +77,8 @@ bridge_pids=($(pgrep -x kiln-bridge || true))
 sshd_pids=($(pgrep -f "sshd.*$work/kiln/ssh|sshd: kiln" || true))
 bridge_mib=$(( $(pss_kib "${bridge_pids[@]}") / 1024 )) sshd_mib=$(( $(pss_kib "${sshd_pids[@]}") / 1024 ))
 stop_kiln
-pkill -f "sleep 40" 2> /dev/null || true
-wait 2> /dev/null || true
+pkill -f "^sleep 40$" 2> /dev/null || true
+wait "$holders" 2> /dev/null || true
 
 start_kiln
 http_idle=$(rss_mib)

@@ -34,7 +34,6 @@ rm -rf "$work" && mkdir -p "$work" && chmod 755 "$work"
 export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = \nsandbox = false\nrequire-sigs = false'
 export NIX_REMOTE=
 
-echo "building kiln (ReadyToRun)..."
 source "$repo/bench/lib/kiln.sh"
 publish_kiln "$work"
 source "$repo/bench/lib/closure.sh"

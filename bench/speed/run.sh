@@ -74,12 +74,17 @@ export KILN_BENCH_SUMMARY="$base/summary.tsv"
       if (goal ~ /^max<=/) return (kiln + 0 <= bound + 0 ? "met" : "not met")
       return "?"
     }
+    function fmt(v) {
+      if (v == "-" || v == "") return v
+      v += 0
+      return v < 10 ? sprintf("%.3f", v) : v < 1000 ? sprintf("%.1f", v) : sprintf("%.0f", v)
+    }
     BEGIN { printf "%-66s %10s %10s %7s %8s  %-15s %s\n", "", "stock", "Kiln", "unit", "ratio", "goal", "" }
     {
       ratio = ($2 != "-" && $2 + 0 > 0) ? sprintf("%.2f", $3 / $2) : "-"
       goal = $5 == "-" ? "" : $5
       sub(/^time<=/, "ratio <= ", goal); sub(/^time</, "ratio < ", goal); sub(/^rate>=/, "ratio >= ", goal); sub(/^max<=/, "Kiln <= ", goal)
-      printf "%-66s %10s %10s %7s %8s  %-15s %s\n", $1, $2, $3, $4, ratio, goal, verdict($5, ratio, $3)
+      printf "%-66s %10s %10s %7s %8s  %-15s %s\n", $1, fmt($2), fmt($3), $4, ratio, goal, verdict($5, ratio, $3)
     }' "$KILN_BENCH_SUMMARY"
 } 2>&1 | tee "$out"
 echo "(written to $out)"

@@ -28,7 +28,6 @@ work="${KILN_BENCH_DIR:-/tmp/kiln-store-bench}"
 rm -rf "$work" && mkdir -p "$work/src"
 export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = \nsandbox = false'
 
-echo "building kiln (ReadyToRun)..."
 source "$repo/bench/lib/kiln.sh"
 publish_kiln "$work"
 

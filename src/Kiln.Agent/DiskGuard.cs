@@ -1,3 +1,4 @@
+using System.Text;
 using System.Collections.Concurrent;
 using Kiln.Nix.Nar;
 
@@ -107,9 +108,11 @@ public static class DiskUsage
     /// directories once its processes are gone, an unpacked input): a du process costs a few milliseconds, which is
     /// most of what counting a trivial build's writes costs. Walks with descriptors and raw names (names that are not
     /// UTF-8 count as any other, a symlink is never followed); null — count with du instead — past
-    /// <paramref name="maxEntries"/> entries, 64 levels, or on anything it cannot read.
+    /// <paramref name="maxEntries"/> entries, 64 levels, or on anything it cannot read. Entries of the first root
+    /// named in <paramref name="skipInFirstRoot"/> are left out with all they hold (a build's linked inputs, whose
+    /// size the caller knows).
     /// </summary>
-    public static long? CountSettled(IReadOnlyList<string> roots, int maxEntries)
+    public static long? CountSettled(IReadOnlyList<string> roots, int maxEntries, IReadOnlySet<string>? skipInFirstRoot = null)
     {
         ArgumentNullException.ThrowIfNull(roots);
         var budget = maxEntries;
@@ -124,7 +127,7 @@ public static class DiskUsage
                     return null;
                 }
 
-                if (StorePathGraph.ExistsNoFollow(root) && !Add(Posix.AtFdCwd, Posix.CString(root), 0))
+                if (StorePathGraph.ExistsNoFollow(root) && !Add(Posix.AtFdCwd, Posix.CString(root), 0, ReferenceEquals(root, roots[0]) ? skipInFirstRoot : null))
                 {
                     return null;
                 }
@@ -137,7 +140,7 @@ public static class DiskUsage
             return null;
         }
 
-        bool Add(int directory, byte[] name, int depth)
+        bool Add(int directory, byte[] name, int depth, IReadOnlySet<string>? skip = null)
         {
             if (depth > 64)
             {
@@ -165,6 +168,11 @@ public static class DiskUsage
                 budget -= entries.Count;
                 foreach (var entry in entries)
                 {
+                    if (skip is not null && skip.Contains(Encoding.UTF8.GetString(entry)))
+                    {
+                        continue;
+                    }
+
                     if (!Add(fd, Posix.CString(entry), depth + 1))
                     {
                         return false;

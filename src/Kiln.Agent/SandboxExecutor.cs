@@ -325,7 +325,7 @@ public sealed class SandboxExecutor : IBuildExecutor
                 }
             }
 
-            var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, [.. linked.Select(l => (l.Placed.NarHash, l.Tree))], id, user, log,
+            var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, [.. linked.Select(l => (l.Placed.NarHash, l.Tree, Path.GetFileName(l.Placed.Path)))], id, user, log,
                 cancellationToken).ConfigureAwait(false);
             over = true;
             if (run.Failure != BuildFailureKind.None)
@@ -360,7 +360,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     }
 
     private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, SandboxLayout.Command? command, string directory, string buildDir,
-        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, IReadOnlyList<(NixHash NarHash, string Tree)> linked, string id,
+        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, IReadOnlyList<(NixHash NarHash, string Tree, string Name)> linked, string id,
         BuildUsers.Lease? user, IBuildLog log, CancellationToken cancellationToken)
     {
         var derivation = job.Derivation;
@@ -423,7 +423,8 @@ public sealed class SandboxExecutor : IBuildExecutor
         var tail = new LogTail(job.Limits.MaxLogSize, log);
         // What the build writes to disk: its store directory but the inputs linked there, and its build directory
         // unless that is a tmpfs (counted as memory).
-        using var disk = new DiskMeter(_disk.Start(), buildTmpfs is null ? [storeDir, buildDir] : [storeDir], await LinkedBytesAsync(linked).ConfigureAwait(false));
+        using var disk = new DiskMeter(_disk.Start(), buildTmpfs is null ? [storeDir, buildDir] : [storeDir], await LinkedBytesAsync(linked).ConfigureAwait(false),
+            linked.Select(l => l.Name).ToHashSet(StringComparer.Ordinal));
         using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
         var reader = Task.Factory.StartNew(() => tail.ReadAll(pty), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
@@ -783,10 +784,10 @@ public sealed class SandboxExecutor : IBuildExecutor
     // per input, not per build, and taken off every build's count.
     private readonly ConcurrentDictionary<NixHash, Lazy<Task<long>>> _linkedBytes = new();
 
-    private async Task<long> LinkedBytesAsync(IReadOnlyList<(NixHash NarHash, string Tree)> linked)
+    private async Task<long> LinkedBytesAsync(IReadOnlyList<(NixHash NarHash, string Tree, string Name)> linked)
     {
         long total = 0;
-        foreach (var (narHash, tree) in linked)
+        foreach (var (narHash, tree, _) in linked)
         {
             // (A linked input is small, and Kiln's own tree: counted here, not by a du of its own.)
             total += await _linkedBytes.GetOrAdd(narHash, _ => new Lazy<Task<long>>(async () => DiskUsage.CountSettled([tree], InputLinks.MaxEntries)
@@ -799,7 +800,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     // Measures a running build's disk usage now and then, in the background (du in its own process, so a build with
     // many files slows neither kiln serve nor the watch of its other limits): as often as a count allows — every
     // 250 ms, or 20 times as long as the last count took, at most every 10 s — and once more when the builder exits.
-    private sealed class DiskMeter(DiskGuard.Watch watch, string[] roots, long linkedBytes) : IDisposable
+    private sealed class DiskMeter(DiskGuard.Watch watch, string[] roots, long linkedBytes, IReadOnlySet<string> linkedNames) : IDisposable
     {
         private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(60);
 
@@ -843,9 +844,11 @@ public sealed class SandboxExecutor : IBuildExecutor
             }
 
             // The build's processes are gone, so nothing changes the tree while it is counted: a small one is counted
-            // here, anything larger by du as while it ran.
-            var count = DiskUsage.CountSettled(roots, SettledEntries) is { } bytes
-                ? new DiskUsage.Count(bytes, TimeSpan.Zero, false)
+            // here, anything larger by du as while it ran. The linked inputs are not walked (a build cannot change
+            // root's 0555 copies, nor remove or replace them in its sticky store directory): their size, known, is
+            // added as du would have counted it, to be taken off again with du's.
+            var count = DiskUsage.CountSettled(roots, SettledEntries, linkedNames) is { } bytes
+                ? new DiskUsage.Count(bytes > long.MaxValue - linkedBytes ? long.MaxValue : bytes + linkedBytes, TimeSpan.Zero, false)
                 : await DiskUsage.MeasureAsync(roots, Deadline, _stop.Token).ConfigureAwait(false);
             return Judge(job, count, final: true);
         }

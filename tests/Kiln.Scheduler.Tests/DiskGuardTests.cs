@@ -73,6 +73,32 @@ public class DiskGuardTests
     }
 
     [Fact]
+    public async Task A_settled_count_leaves_out_the_linked_inputs_it_is_told_of_and_nothing_else()
+    {
+        using var temp = new TempDir();
+        var store = temp["store"];
+        var build = temp["build"];
+        foreach (var directory in new[] { Path.Combine(store, "aaaa-input", "bin"), Path.Combine(store, "bbbb-output"), Path.Combine(build, "aaaa-input") })
+        {
+            Directory.CreateDirectory(directory);
+        }
+
+        File.WriteAllBytes(Path.Combine(store, "aaaa-input", "bin", "tool"), new byte[5000]);
+        File.WriteAllBytes(Path.Combine(store, "bbbb-output", "file"), new byte[700]);
+        // The same name elsewhere (in another root, or deeper down) is the build's own and counts.
+        File.WriteAllBytes(Path.Combine(build, "aaaa-input", "scratch"), new byte[900]);
+        Directory.CreateDirectory(Path.Combine(store, "bbbb-output", "aaaa-input"));
+
+        var all = await CountAsync(store, build);
+        var input = await CountAsync(Path.Combine(store, "aaaa-input"));
+        Assert.Equal(all, DiskUsage.CountSettled([store, build], 100));
+        Assert.Equal(all - input, DiskUsage.CountSettled([store, build], 100, new HashSet<string>(StringComparer.Ordinal) { "aaaa-input" }));
+        // Left out, its entries do not count against the budget either.
+        Assert.Null(DiskUsage.CountSettled([store, build], 9));
+        Assert.Equal(all - input, DiskUsage.CountSettled([store, build], 9, new HashSet<string>(StringComparer.Ordinal) { "aaaa-input" }));
+    }
+
+    [Fact]
     public void A_settled_count_leaves_large_and_deep_trees_to_du()
     {
         using var temp = new TempDir();
