@@ -186,16 +186,8 @@ public sealed class LauncherTests : IDisposable
         var steps = Steps("inherited", mounts: false, seed: false);
         var root = _temp["inherited"];
         // A parent that leaves descriptor 7 open across exec, as a careless one might.
-        var start = new ProcessStartInfo("/bin/sh") { RedirectStandardError = true };
-        foreach (var argument in new[] { "-c", "exec 7< /etc/hostname; exec \"$@\"", "parent", Launcher }.Concat(steps).Concat(["", "", "/bin/sh", "-c", Report, "report", root]))
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var process = Process.Start(start)!;
-        var errors = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, errors);
+        var (exit, errors) = RunDirect("/bin/sh", ["-c", "exec 7< /etc/hostname; exec \"$@\"", "parent", Launcher, .. steps, "", "", "/bin/sh", "-c", Report, "report", root]);
+        Assert.True(exit == 0, errors);
         Assert.Equal(["fd 0 /dev/null", $"fd 1 {root}/terminal", $"fd 2 {root}/terminal", $"fd 3 {root}/status", $"fd 8 {root}/block", $"fd 9 {root}/filter"],
             Descriptors(File.ReadAllText(steps[1]), native: true));
     }
@@ -207,17 +199,9 @@ public sealed class LauncherTests : IDisposable
         var steps = Steps("inheritable", mounts: false, seed: false);
         var root = _temp["inheritable"];
         // A Kiln started with an inheritable capability (a container's, a service's): leaving root keeps that set.
-        var start = new ProcessStartInfo("/usr/bin/setpriv") { RedirectStandardError = true };
-        foreach (var argument in new[] { "--inh-caps", "+net_admin", "--", Launcher }.Concat(steps).Concat([UserId.ToString(CultureInfo.InvariantCulture),
-            GroupId.ToString(CultureInfo.InvariantCulture), "/bin/sh", "-c", Report, "report", root]))
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var process = Process.Start(start)!;
-        var errors = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, errors);
+        var (exit, errors) = RunDirect("/usr/bin/setpriv", ["--inh-caps", "+net_admin", "--", Launcher, .. steps, UserId.ToString(CultureInfo.InvariantCulture),
+            GroupId.ToString(CultureInfo.InvariantCulture), "/bin/sh", "-c", Report, "report", root]);
+        Assert.True(exit == 0, errors);
         Assert.Contains("status CapInh:0000000000000000", Lines(File.ReadAllText(steps[1]), "status"));
     }
 
@@ -257,8 +241,17 @@ public sealed class LauncherTests : IDisposable
     {
         RequireRootAndLauncher();
         var steps = Steps("bad", mounts: false, seed: false);
-        var start = new ProcessStartInfo(Launcher) { RedirectStandardError = true };
-        foreach (var argument in steps.Concat([uid, gid, "/bin/sh", "-c", "echo started"]))
+        var (exit, errors) = RunDirect(Launcher, [.. steps, uid, gid, "/bin/sh", "-c", "echo started"]);
+        Assert.Equal(125, exit);
+        Assert.Equal($"kiln-launch: {error}\n", errors);
+        Assert.Equal("", File.ReadAllText(steps[1]));
+    }
+
+    // Runs a program directly (the launcher, or a parent that starts it), for its exit status and what it wrote on stderr.
+    private static (int ExitCode, string Errors) RunDirect(string program, IEnumerable<string> arguments)
+    {
+        var start = new ProcessStartInfo(program) { RedirectStandardError = true };
+        foreach (var argument in arguments)
         {
             start.ArgumentList.Add(argument);
         }
@@ -266,8 +259,6 @@ public sealed class LauncherTests : IDisposable
         using var process = Process.Start(start)!;
         var errors = process.StandardError.ReadToEnd();
         process.WaitForExit();
-        Assert.Equal(125, process.ExitCode);
-        Assert.Equal($"kiln-launch: {error}\n", errors);
-        Assert.Equal("", File.ReadAllText(steps[1]));
+        return (process.ExitCode, errors);
     }
 }
