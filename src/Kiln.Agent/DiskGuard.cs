@@ -120,14 +120,14 @@ public static class DiskUsage
         var scratch = new byte[16 * 1024];
         try
         {
-            foreach (var root in roots)
+            for (var i = 0; i < roots.Count; i++)
             {
                 if (--budget < 0)
                 {
                     return null;
                 }
 
-                if (StorePathGraph.ExistsNoFollow(root) && !Add(Posix.AtFdCwd, Posix.CString(root), 0, ReferenceEquals(root, roots[0]) ? skipInFirstRoot : null))
+                if (StorePathGraph.ExistsNoFollow(roots[i]) && !Add(Posix.AtFdCwd, Posix.CString(roots[i]), 0, i == 0 ? skipInFirstRoot : null))
                 {
                     return null;
                 }

@@ -325,7 +325,7 @@ public sealed class SandboxExecutor : IBuildExecutor
                 }
             }
 
-            var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, [.. linked.Select(l => (l.Placed.NarHash, l.Tree, Path.GetFileName(l.Placed.Path)))], id, user, log,
+            var run = await RunSandboxAsync(job, environment, command, directory, buildDir, storeDir, inputs, linked, id, user, log,
                 cancellationToken).ConfigureAwait(false);
             over = true;
             if (run.Failure != BuildFailureKind.None)
@@ -360,7 +360,7 @@ public sealed class SandboxExecutor : IBuildExecutor
     }
 
     private async Task<BuildOutcome> RunSandboxAsync(BuildJob job, BuildEnvironment environment, SandboxLayout.Command? command, string directory, string buildDir,
-        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, IReadOnlyList<(NixHash NarHash, string Tree, string Name)> linked, string id,
+        string storeDir, IReadOnlyList<(Kiln.Nix.StorePaths.StorePath Path, string Tree)> inputs, IReadOnlyList<(string Tree, LinkedInputPool.Placed Placed)> linked, string id,
         BuildUsers.Lease? user, IBuildLog log, CancellationToken cancellationToken)
     {
         var derivation = job.Derivation;
@@ -424,7 +424,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         // What the build writes to disk: its store directory but the inputs linked there, and its build directory
         // unless that is a tmpfs (counted as memory).
         using var disk = new DiskMeter(_disk.Start(), buildTmpfs is null ? [storeDir, buildDir] : [storeDir], await LinkedBytesAsync(linked).ConfigureAwait(false),
-            linked.Select(l => l.Name).ToHashSet(StringComparer.Ordinal));
+            linked.Select(l => Path.GetFileName(l.Placed.Path)).ToHashSet(StringComparer.Ordinal));
         using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
         var reader = Task.Factory.StartNew(() => tail.ReadAll(pty), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
@@ -784,13 +784,13 @@ public sealed class SandboxExecutor : IBuildExecutor
     // per input, not per build, and taken off every build's count.
     private readonly ConcurrentDictionary<NixHash, Lazy<Task<long>>> _linkedBytes = new();
 
-    private async Task<long> LinkedBytesAsync(IReadOnlyList<(NixHash NarHash, string Tree, string Name)> linked)
+    private async Task<long> LinkedBytesAsync(IReadOnlyList<(string Tree, LinkedInputPool.Placed Placed)> linked)
     {
         long total = 0;
-        foreach (var (narHash, tree, _) in linked)
+        foreach (var (tree, placed) in linked)
         {
             // (A linked input is small, and Kiln's own tree: counted here, not by a du of its own.)
-            total += await _linkedBytes.GetOrAdd(narHash, _ => new Lazy<Task<long>>(async () => DiskUsage.CountSettled([tree], InputLinks.MaxEntries)
+            total += await _linkedBytes.GetOrAdd(placed.NarHash, _ => new Lazy<Task<long>>(async () => DiskUsage.CountSettled([tree], InputLinks.MaxEntries)
                 ?? (await DiskUsage.MeasureAsync([tree], TimeSpan.FromSeconds(60), CancellationToken.None).ConfigureAwait(false)).Bytes ?? 0)).Value.ConfigureAwait(false);
         }
 
@@ -832,7 +832,7 @@ public sealed class SandboxExecutor : IBuildExecutor
             _counting = null;
             _since.Restart();
             _interval = TimeSpan.FromTicks(Math.Clamp(count.Took.Ticks * 20, TimeSpan.TicksPerSecond / 4, TimeSpan.TicksPerSecond * 10));
-            return Judge(job, count, final: false);
+            return Judge(job, count, linkedBytes, final: false);
         }
 
         // After the builder exited: its own limit only (whether the disk is short is for builds still writing).
@@ -845,15 +845,15 @@ public sealed class SandboxExecutor : IBuildExecutor
 
             // The build's processes are gone, so nothing changes the tree while it is counted: a small one is counted
             // here, anything larger by du as while it ran. The linked inputs are not walked (a build cannot change
-            // root's 0555 copies, nor remove or replace them in its sticky store directory): their size, known, is
-            // added as du would have counted it, to be taken off again with du's.
-            var count = DiskUsage.CountSettled(roots, SettledEntries, linkedNames) is { } bytes
-                ? new DiskUsage.Count(bytes > long.MaxValue - linkedBytes ? long.MaxValue : bytes + linkedBytes, TimeSpan.Zero, false)
-                : await DiskUsage.MeasureAsync(roots, Deadline, _stop.Token).ConfigureAwait(false);
-            return Judge(job, count, final: true);
+            // root's 0555 copies, nor remove or replace them in its sticky store directory), so that count holds
+            // none of their bytes; du's holds them all.
+            return DiskUsage.CountSettled(roots, SettledEntries, linkedNames) is { } bytes
+                ? Judge(job, new DiskUsage.Count(bytes, TimeSpan.Zero, false), linkedCounted: 0, final: true)
+                : Judge(job, await DiskUsage.MeasureAsync(roots, Deadline, _stop.Token).ConfigureAwait(false), linkedBytes, final: true);
         }
 
-        private (BuildFailureKind, string)? Judge(BuildJob job, DiskUsage.Count count, bool final)
+        // linkedCounted: the linked inputs' bytes the count holds, which are not the build's writes.
+        private (BuildFailureKind, string)? Judge(BuildJob job, DiskUsage.Count count, long linkedCounted, bool final)
         {
             if (count.TimedOut)
             {
@@ -866,7 +866,7 @@ public sealed class SandboxExecutor : IBuildExecutor
                 return null; // du failed outright: the last figure stands
             }
 
-            var used = Math.Max(0, bytes - linkedBytes);
+            var used = Math.Max(0, bytes - linkedCounted);
             if (job.Limits.DiskBytes > 0 && used > job.Limits.DiskBytes)
             {
                 return (BuildFailureKind.PermanentFailure, LimitMessages.DiskLimit(job, used, job.Limits.DiskBytes));
