@@ -12,3 +12,12 @@ median() {
 summary() {
   if [ -n "${KILN_BENCH_SUMMARY:-}" ]; then printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$KILN_BENCH_SUMMARY"; fi
 }
+
+# Memory of processes: rss_mib PID, a process's resident memory now (MiB); sample_rss PID FILE, its VmRSS in KiB every
+# 100 ms into FILE for as long as it runs (in the background: the caller waits for $! or lets it end with the process);
+# pss_kib PID…, the proportional set size of all of them (KiB; shared pages divided among the processes sharing them).
+rss_mib() { awk '/VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$1/status"; }
+sample_rss() {
+  ( while kill -0 "$1" 2> /dev/null; do awk '/VmRSS/ { print $2 }' "/proc/$1/status" 2> /dev/null; sleep 0.1; done ) > "$2" &
+}
+pss_kib() { local s=0 p; for p in "$@"; do s=$((s + $(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2> /dev/null || echo 0))); done; echo $s; }

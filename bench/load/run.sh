@@ -49,8 +49,8 @@ opts() { echo "-p $ssh_port -i $work/key-$1 -o IdentitiesOnly=yes -o StrictHostK
 remote="ssh-ng://kiln@127.0.0.1"
 
 # kiln serve's RSS every 100 ms, and the peak.
-( while kill -0 $kiln_pid 2> /dev/null; do awk '/VmRSS/ { print $2 }' /proc/$kiln_pid/status; sleep 0.1; done ) > "$work/rss" 2> /dev/null &
-rss_now() { awk '/VmRSS/ { printf "%d", $2 / 1024 }' /proc/$kiln_pid/status; }
+sample_rss "$kiln_pid" "$work/rss"
+rss_now() { rss_mib "$kiln_pid"; }
 idle_rss="$(rss_now)"
 
 echo "making a closure of 100 paths (64 KiB to 2 MiB each) in a client store..."
@@ -150,8 +150,6 @@ for i in $(seq 1 "$idle"); do
 done
 sleep 8
 with_idle="$(rss_now)"
-# Proportional set size (shared pages divided among the processes sharing them), from smaps_rollup.
-pss_kib() { local s=0 p; for p in "$@"; do s=$((s + $(awk '/^Pss:/ { print $2 }' /proc/$p/smaps_rollup 2> /dev/null || echo 0))); done; echo $s; }
 sshd_pids=($(pgrep -f "sshd.*$work/kiln/ssh|sshd: kiln" || true))
 bridge_pids=($(pgrep -x kiln-bridge || true))
 sshd_kib="$(pss_kib "${sshd_pids[@]}")" bridge_kib="$(pss_kib "${bridge_pids[@]}")" bridges="${#bridge_pids[@]}"

@@ -47,23 +47,21 @@ start_kiln() {
   printf 'machine 127.0.0.1\nlogin bench\npassword %s\n' "$("$kiln" token create bench --permissions store:read,store:write --data "$work/kiln" | head -1)" > "$work/netrc"
   echo "[127.0.0.1]:$ssh_port $(cut -d' ' -f1,2 "$work/kiln/ssh/ssh_host_ed25519_key.pub")" > "$work/known_hosts"
   sleep 2
-  # VmRSS in KiB every 100 ms for as long as kiln serve runs.
-  ( while kill -0 "$kiln_pid" 2> /dev/null; do awk '/VmRSS/ { print $2 }' "/proc/$kiln_pid/status" 2> /dev/null; sleep 0.1; done ) > "$work/rss" &
+  sample_rss "$kiln_pid" "$work/rss"
   sampler=$!
 }
 stop_kiln() { kill -TERM "$kiln_pid"; wait "$kiln_pid" || true; wait "$sampler" 2> /dev/null || true; }
-rss_mib() { awk '/VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$kiln_pid/status"; }
 peak_mib() { sort -n "$work/rss" | tail -1 | awk '{ printf "%d", $1 / 1024 }'; }
 ssh_opts="-p $ssh_port -i $work/id -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$work/known_hosts -o LogLevel=ERROR"
 seconds() { local s e; s=$(date +%s.%N); "$@" > "$work/last.log" 2>&1 || { cat "$work/last.log" >&2; exit 1; }; e=$(date +%s.%N); echo "$e - $s" | bc; }
 
 start_kiln
-idle=$(rss_mib)
+idle=$(rss_mib "$kiln_pid")
 ssh_time=$(seconds env NIX_SSHOPTS="$ssh_opts" nix copy --from "local?root=$work/source" --to "ssh-ng://kiln@127.0.0.1" "$large")
 ssh_peak=$(peak_mib)
 
 echo "$sessions idle SSH sessions held open..."
-before=$(rss_mib)
+before=$(rss_mib "$kiln_pid")
 # (In a subshell of their own, whose job-control messages go nowhere when they are ended.)
 ( for _ in $(seq 1 "$sessions"); do
     ( sleep 40 | ssh $ssh_opts kiln@127.0.0.1 nix-daemon --stdio > /dev/null 2>&1 || true ) &
@@ -71,8 +69,7 @@ before=$(rss_mib)
   wait ) > /dev/null 2>&1 &
 holders=$!
 sleep 10
-with=$(rss_mib)
-pss_kib() { local s=0 p; for p in "$@"; do s=$((s + $(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2> /dev/null || echo 0))); done; echo $s; }
+with=$(rss_mib "$kiln_pid")
 bridge_pids=($(pgrep -x kiln-bridge || true))
 sshd_pids=($(pgrep -f "sshd.*$work/kiln/ssh|sshd: kiln" || true))
 bridge_mib=$(( $(pss_kib "${bridge_pids[@]}") / 1024 )) sshd_mib=$(( $(pss_kib "${sshd_pids[@]}") / 1024 ))
@@ -81,7 +78,7 @@ pkill -f "^sleep 40$" 2> /dev/null || true
 wait "$holders" 2> /dev/null || true
 
 start_kiln
-http_idle=$(rss_mib)
+http_idle=$(rss_mib "$kiln_pid")
 http_time=$(seconds nix copy --from "local?root=$work/source" --to "http://127.0.0.1:$http_port?compression=none" --option netrc-file "$work/netrc" "$large")
 http_peak=$(peak_mib)
 stop_kiln
