@@ -72,4 +72,5 @@ public static class LogEvents
     public const int GarbageCollectionFreedNothing = 6109;
     public const int StorageSampleFailed = 6110;
     public const int SigningKeyUnreadable = 6111;
+    public const int LocalCopiesPruned = 6112;
 }

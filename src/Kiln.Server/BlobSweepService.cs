@@ -32,6 +32,13 @@ public sealed partial class BlobSweepService(KilnStore store, Kiln.Agent.Sandbox
                     LogSwept(_logger, swept);
                 }
 
+                // Kept files and logs this front door fetched, which another's collector or account deletion removed.
+                var (narFiles, logs) = await store.PruneLocalCopiesAsync(stoppingToken).ConfigureAwait(false);
+                if (narFiles + logs > 0)
+                {
+                    LogPrunedCopies(_logger, narFiles, logs);
+                }
+
                 // The embedded agent's unpacked copies of NARs the store no longer holds (collected by any GC since).
                 var pruned = await executor.PruneInputsAsync(stoppingToken).ConfigureAwait(false);
                 if (pruned > 0)
@@ -48,6 +55,9 @@ public sealed partial class BlobSweepService(KilnStore store, Kiln.Agent.Sandbox
 
     [LoggerMessage(EventId = LogEvents.GarbageCollected, Level = LogLevel.Information, Message = "removed {Count} blobs nothing names")]
     private static partial void LogSwept(ILogger logger, long count);
+
+    [LoggerMessage(EventId = LogEvents.LocalCopiesPruned, Level = LogLevel.Information, Message = "removed {NarFiles} kept NAR files and {Logs} build logs the metadata no longer names")]
+    private static partial void LogPrunedCopies(ILogger logger, int narFiles, int logs);
 
     [LoggerMessage(EventId = LogEvents.InputsPruned, Level = LogLevel.Information, Message = "removed {Count} unpacked inputs whose NARs are gone")]
     private static partial void LogPruned(ILogger logger, int count);

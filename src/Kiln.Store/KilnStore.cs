@@ -15,6 +15,7 @@ namespace Kiln.Store;
 public sealed class KilnStore : IAsyncDisposable
 {
     private readonly GcLock _gcLock;
+    private readonly FileBuildLogStore _localLogs; // this data directory's logs, whether or not they are shared
 
     private KilnStore(StoreOptions options, IMetadataStore metadata, string installation)
     {
@@ -26,6 +27,7 @@ public sealed class KilnStore : IAsyncDisposable
         Usage = new UsageMeter(metadata, options.Logger, TimeSpan.FromSeconds(5));
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
         var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
+        _localLogs = logs;
         Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared, installation) : logs; // a bucket front doors share
         Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
         GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
@@ -194,6 +196,15 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>The running server's sweep of blobs nothing names, older than the grace period (see <see cref="StoreOptions.BlobGracePeriod"/>).</summary>
     public Task<long> SweepUnnamedBlobsAsync(TimeSpan? grace, CancellationToken cancellationToken) =>
         GarbageCollector.SweepUnnamedBlobsAsync(grace ?? Options.BlobGracePeriod, cancellationToken);
+
+    /// <summary>
+    /// Deletes the kept NAR files and build logs in this data directory the metadata no longer names: with several
+    /// front doors, the copies one fetched from the bucket after another's collector (or an account's deletion through
+    /// another) removed the rest; and what a crash left unnamed. The running server does it with each blob sweep.
+    /// </summary>
+    public async Task<(int NarFiles, int Logs)> PruneLocalCopiesAsync(CancellationToken cancellationToken) =>
+        (await KeptNarFiles.PruneAsync(Metadata.FindNarFilesAsync, Options.BlobGracePeriod, cancellationToken).ConfigureAwait(false),
+         await _localLogs.PruneAsync(Metadata.FindBuildIdsAsync, cancellationToken).ConfigureAwait(false));
 
     internal GcLock GcLock => _gcLock;
 

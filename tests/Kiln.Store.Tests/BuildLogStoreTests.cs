@@ -278,6 +278,49 @@ public sealed class FileBuildLogStoreTests : BuildLogStoreContract, IDisposable
         Assert.True(mode.HasFlag(UnixFileMode.UserRead));
     }
 
+    // What the metadata no longer records goes (another front door deleted the account); a log being written stays
+    // even so, as do recorded ones, partial fetches of the last hour and files that are not logs.
+    [Fact]
+    public async Task Prune_removes_the_logs_of_builds_without_a_record_and_old_partial_fetches()
+    {
+        foreach (var id in new long[] { 7, 1500, 2001 })
+        {
+            using var writer = _store.Create(id);
+            writer.AppendLine($"build {id}");
+        }
+
+        using var running = _store.Create(1501);
+        running.AppendLine("still at it");
+        var directory = Path.GetDirectoryName(_store.FileOf(1500))!;
+        var oldPart = Path.Combine(directory, "1502.log.0123.part");
+        var newPart = Path.Combine(directory, "1503.log.4567.part");
+        var other = Path.Combine(directory, "notes.txt");
+        foreach (var file in new[] { oldPart, newPart, other })
+        {
+            await File.WriteAllTextAsync(file, "x");
+        }
+
+        File.SetLastWriteTimeUtc(oldPart, DateTime.UtcNow.AddHours(-2));
+        File.SetLastWriteTimeUtc(other, DateTime.UtcNow.AddHours(-2));
+
+        var asked = new List<long>();
+        var removed = await _store.PruneAsync((ids, _) =>
+        {
+            asked.AddRange(ids);
+            return Task.FromResult<IReadOnlySet<long>>(new HashSet<long> { 1500 });
+        }, default);
+
+        Assert.Equal(3, removed); // 7, 2001 and the old partial fetch
+        Assert.Equal([7, 1500, 2001], asked.Order());
+        Assert.Equal("build 1500\n", await File.ReadAllTextAsync(_store.FileOf(1500)));
+        Assert.False(File.Exists(_store.FileOf(7)));
+        Assert.False(File.Exists(_store.FileOf(2001)));
+        Assert.True(File.Exists(_store.FileOf(1501)));
+        Assert.False(File.Exists(oldPart));
+        Assert.True(File.Exists(newPart));
+        Assert.True(File.Exists(other));
+    }
+
     public void Dispose() => _temp.Dispose();
 }
 

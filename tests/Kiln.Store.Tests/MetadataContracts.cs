@@ -222,8 +222,10 @@ public abstract class PathMetadataContract : MetadataContract
         await store.AddNarFileAsync("x.nar.xz", narHash, "xz", 42, default);
         Assert.Equal((narHash, "xz"), await store.FindNarFileAsync("x.nar.xz", default));
         Assert.Null(await store.FindNarFileAsync("y.nar.xz", default));
+        Assert.Equal(["x.nar.xz"], await store.FindNarFilesAsync(["y.nar.xz", "x.nar.xz", "x.nar"], default));
         Assert.Equal(["x.nar.xz"], await store.RemoveNarFilesAsync([narHash], default));
         Assert.Null(await store.FindNarFileAsync("x.nar.xz", default));
+        Assert.Empty(await store.FindNarFilesAsync(["x.nar.xz"], default));
     }
 
     [Fact]
@@ -521,6 +523,7 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.Empty(await store.GetBuildTagsAsync(shared, alice, default));
         Assert.Equal(bob, (await store.GetBuildAsync(bob, bobs, default))!.AccountId);
         Assert.Equal([bobs, shared], (await store.ListBuildsAsync(bob, 10, default)).Select(b => b.Id));
+        Assert.Equal([shared, bobs], (await store.FindBuildIdsAsync([own, shared, bobs, latest, 999_999], default)).Order());
 
         // The emptied build keeps its id and nothing else; ids are not given out again.
         var emptied = (await store.ListBuildsAsync(null, new BuildQuery { Before = own + 1, Limit = 1 }, default)).Single();

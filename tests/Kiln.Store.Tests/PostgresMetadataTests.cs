@@ -124,6 +124,61 @@ public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposa
         Assert.Null(await sqlite.LockAgainstCollectionAsync(exclusive: true, default));
     }
 
+    // A busy front door's registrations overlap without a gap (a new one starts before the last ends), so it holds the
+    // database's lock shared all along; a collection through another front door still gets it once the registrations in
+    // flight end, has it alone, and the registrations carry on after it.
+    [Fact]
+    public async Task A_collection_gets_the_lock_from_a_front_door_whose_registrations_never_pause()
+    {
+        var database = server.CreateDatabase();
+        await using var first = MetadataStores.Open(database);
+        await using var second = MetadataStores.Open(database);
+        await first.MigrateAsync(default);
+        await second.MigrateAsync(default);
+        using var busy = new Kiln.Store.Gc.GcLock(second.LockAgainstCollectionAsync, TimeSpan.FromMilliseconds(50));
+        using var collecting = new Kiln.Store.Gc.GcLock(first.LockAgainstCollectionAsync);
+
+        var collectingNow = 0;
+        var overlapped = 0;
+        var finished = 0;
+        async Task RegisterAsync()
+        {
+            await using var held = await busy.SharedAsync(default);
+            Interlocked.Add(ref overlapped, Volatile.Read(ref collectingNow));
+            await Task.Delay(100);
+            Interlocked.Add(ref overlapped, Volatile.Read(ref collectingNow));
+            Interlocked.Increment(ref finished);
+        }
+
+        using var stop = new CancellationTokenSource();
+        var registrations = Task.Run(async () =>
+        {
+            var started = new List<Task>();
+            while (!stop.IsCancellationRequested)
+            {
+                started.Add(RegisterAsync());
+                await Task.Delay(30);
+            }
+
+            await Task.WhenAll(started);
+        });
+
+        await Task.Delay(500);
+        var collection = await collecting.ExclusiveAsync(default).WaitAsync(TimeSpan.FromSeconds(30)); // before: never
+        Volatile.Write(ref collectingNow, 1);
+        var before = Volatile.Read(ref finished);
+        await Task.Delay(300);
+        Assert.Equal(before, Volatile.Read(ref finished)); // none ran while the collection held it
+        Volatile.Write(ref collectingNow, 0);
+        await collection.DisposeAsync();
+
+        await Task.Delay(500);
+        await stop.CancelAsync();
+        await registrations.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(0, overlapped);
+        Assert.True(Volatile.Read(ref finished) > before + 3, $"{finished} registrations, {before} before the collection");
+    }
+
     // What another front door changes reaches this one's narinfo cache through the version (LISTEN/NOTIFY).
     [Fact]
     public async Task A_record_changed_through_another_front_door_moves_this_ones_version()

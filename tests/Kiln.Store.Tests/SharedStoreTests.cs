@@ -85,6 +85,28 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         {
             Assert.Null(await view.OpenKeptNarFileAsync(name, default));
         }
+
+        // A's own copy outlived B's collection (not served: the metadata says it is gone). A's prune takes it once it
+        // is older than the grace period, and leaves a kept file the metadata still names, however old.
+        var leftover = Path.Combine(_temp["a"], "nar-files", name);
+        Assert.True(File.Exists(leftover));
+        var other = "another client's file"u8.ToArray();
+        var otherName = NixHash.Compute(NixHashAlgorithm.Sha256, other).ToNix32() + ".nar.zst";
+        using (var view = await _a.OpenViewAsync("alice", default))
+        {
+            await view.AddToStoreAsync(new ValidPathInfo { Path = path, NarHash = narHash, NarSize = HelloNar.Length }, new MemoryStream(HelloNar), false, true, default);
+            Assert.True(await view.KeepNarFileAsync(otherName, narHash, "zstd", new MemoryStream(other), default));
+        }
+
+        Assert.Equal((0, 0), await _a.PruneLocalCopiesAsync(default)); // within the grace period
+        foreach (var file in Directory.GetFiles(Path.Combine(_temp["a"], "nar-files")))
+        {
+            File.SetLastWriteTimeUtc(file, DateTime.UtcNow.AddHours(-1));
+        }
+
+        Assert.Equal((1, 0), await _a.PruneLocalCopiesAsync(default));
+        Assert.False(File.Exists(leftover));
+        Assert.True(File.Exists(Path.Combine(_temp["a"], "nar-files", otherName)));
     }
 
     [Fact]

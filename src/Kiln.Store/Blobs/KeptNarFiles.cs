@@ -112,6 +112,8 @@ internal sealed class KeptNarFiles
         var target = Path.Combine(_directory, name);
         if (File.Exists(target))
         {
+            // Kept afresh: the prune below leaves it its grace period to be named again.
+            File.SetLastWriteTimeUtc(target, DateTime.UtcNow);
             await ShareAsync(name, target, cancellationToken).ConfigureAwait(false);
             return true; // the same name is the same content
         }
@@ -169,6 +171,48 @@ internal sealed class KeptNarFiles
         {
             await _shared.PutFileAsync(SharedName(name), file, cancellationToken).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// Deletes the files here the metadata no longer names, and partial files an interrupted keep or fetch left, once
+    /// they are older than <paramref name="grace"/> (a file is kept just before it is named). With several front doors
+    /// these are the copies one fetched or kept after another's collector removed the rest. Returns how many went.
+    /// </summary>
+    public async Task<int> PruneAsync(Func<IReadOnlyCollection<string>, CancellationToken, Task<IReadOnlySet<string>>> named, TimeSpan grace,
+        CancellationToken cancellationToken)
+    {
+        var before = DateTime.UtcNow - grace;
+        var removed = 0;
+        var candidates = new List<string>();
+        foreach (var file in new DirectoryInfo(_directory).EnumerateFiles())
+        {
+            if (file.LastWriteTimeUtc > before)
+            {
+                continue;
+            }
+
+            if (file.Name.StartsWith(".tmp-", StringComparison.Ordinal))
+            {
+                file.Delete();
+                removed++;
+            }
+            else if (HashOf(file.Name) is not null)
+            {
+                candidates.Add(file.Name);
+            }
+        }
+
+        foreach (var batch in candidates.Chunk(1000))
+        {
+            var kept = await named(batch, cancellationToken).ConfigureAwait(false);
+            foreach (var name in batch.Where(n => !kept.Contains(n)))
+            {
+                File.Delete(Path.Combine(_directory, name));
+                removed++;
+            }
+        }
+
+        return removed;
     }
 
     public async Task DeleteAsync(string name, CancellationToken cancellationToken)

@@ -1,3 +1,5 @@
+using Kiln.Store.Metadata;
+
 namespace Kiln.Store.Gc;
 
 /// <summary>
@@ -8,16 +10,21 @@ namespace Kiln.Store.Gc;
 /// (<see cref="Metadata.IPathMetadata.LockAgainstCollectionAsync"/>): shared from its first reader until its last, one
 /// lock for all of them (so registrations cost no database round trip while others are in flight, and hold no pooled
 /// connection), exclusive for its collector — always after its own lock, so no two holders ever wait for each other in
-/// opposite orders. A busy front door therefore holds the database's lock shared for as long as its registrations
-/// overlap; another front door's collection waits for a gap.
+/// opposite orders. A busy front door's registrations may overlap for hours, so while it holds the database's lock
+/// shared it asks every <c>awaitedCheck</c> (at the next registration) whether another front door's collection is
+/// queued for it; if so, new registrations wait until the ones in flight end, the lock is let go, and they queue for it
+/// again behind the collection (PostgreSQL grants advisory locks in order). A collection therefore waits for the
+/// registrations in flight, never for a gap that a busy front door might not leave.
 /// </summary>
-public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>>? acrossProcesses = null) : IDisposable
+public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>? acrossProcesses = null, TimeSpan? awaitedCheck = null) : IDisposable
 {
     private readonly SemaphoreSlim _exclusive = new(1, 1);
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly object _count = new();
+    private readonly long _checkEveryMs = (long)(awaitedCheck ?? TimeSpan.FromSeconds(1)).TotalMilliseconds;
     private int _readers;
-    private IAsyncDisposable? _sharedAcross; // the database's shared lock, held from the first reader to the last
+    private ICollectionLock? _sharedAcross; // the database's shared lock, held from the first reader to the last
+    private long _checkedAt; // Environment.TickCount64 when it was taken or last asked whether it is awaited
 
     /// <summary>The lock, held; dispose to release it.</summary>
     public sealed class Holder(Func<ValueTask> release, bool acrossProcesses) : IAsyncDisposable
@@ -36,6 +43,14 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            if (await AwaitedElsewhereAsync(cancellationToken).ConfigureAwait(false))
+            {
+                // Holding the gate, as a collection here would: the readers in flight finish, the last lets the
+                // database's lock go and releases _exclusive; this reader then takes both again as the first.
+                await _exclusive.WaitAsync(cancellationToken).ConfigureAwait(false);
+                _exclusive.Release();
+            }
+
             bool first;
             lock (_count)
             {
@@ -50,6 +65,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
                     try
                     {
                         _sharedAcross = acrossProcesses is null ? null : await acrossProcesses(false, cancellationToken).ConfigureAwait(false);
+                        _checkedAt = Environment.TickCount64;
                     }
                     catch
                     {
@@ -91,6 +107,38 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
         }, _sharedAcross is not null);
     }
 
+    // Under the gate: whether this process holds the database's lock shared and another process's collection waits
+    // for it. Asked at most every _checkEveryMs, so a busy front door pays one query a second, an idle one none.
+    private async Task<bool> AwaitedElsewhereAsync(CancellationToken cancellationToken)
+    {
+        ICollectionLock? held;
+        lock (_count)
+        {
+            held = _readers > 0 ? _sharedAcross : null;
+        }
+
+        if (held is null || Environment.TickCount64 - _checkedAt < _checkEveryMs)
+        {
+            return false;
+        }
+
+        _checkedAt = Environment.TickCount64;
+        try
+        {
+            return await held.IsAwaitedAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            throw;
+        }
+#pragma warning disable CA1031 // the lock's session failed: let it go and take it again on a new one
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            return true;
+        }
+    }
+
     /// <summary>Held by a collection (alone).</summary>
     public async Task<Holder> ExclusiveAsync(CancellationToken cancellationToken)
     {
@@ -105,7 +153,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
             _gate.Release();
         }
 
-        IAsyncDisposable? across;
+        ICollectionLock? across;
         try
         {
             across = acrossProcesses is null ? null : await acrossProcesses(true, cancellationToken).ConfigureAwait(false);
@@ -120,7 +168,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<IAsyncDisposable?>
     }
 
     // The database's lock first, then this process's: the order they were taken in, reversed.
-    private async ValueTask ReleaseAsync(IAsyncDisposable? across)
+    private async ValueTask ReleaseAsync(ICollectionLock? across)
     {
         try
         {

@@ -69,6 +69,52 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
         }
     }
 
+    /// <summary>
+    /// Deletes the logs here whose build has no record any more, and partial fetches older than an hour: with several
+    /// front doors, the copies one fetched of builds whose account was deleted through another (which deleted its own
+    /// and the bucket's). A log being written is left alone. Returns how many went.
+    /// </summary>
+    public async Task<int> PruneAsync(Func<IReadOnlyCollection<long>, CancellationToken, Task<IReadOnlySet<long>>> recorded, CancellationToken cancellationToken)
+    {
+        if (!Directory.Exists(directory))
+        {
+            return 0;
+        }
+
+        var removed = 0;
+        var anHourAgo = DateTime.UtcNow.AddHours(-1);
+        var logs = new List<(long Id, string File)>();
+        foreach (var thousand in new DirectoryInfo(directory).EnumerateDirectories())
+        {
+            foreach (var file in thousand.EnumerateFiles())
+            {
+                if (file.Name.EndsWith(".part", StringComparison.Ordinal) && file.LastWriteTimeUtc < anHourAgo)
+                {
+                    file.Delete();
+                    removed++;
+                }
+                else if (file.Name.EndsWith(".log", StringComparison.Ordinal)
+                    && long.TryParse(file.Name.AsSpan(0, file.Name.Length - 4), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var id)
+                    && !_active.ContainsKey(id))
+                {
+                    logs.Add((id, file.FullName));
+                }
+            }
+        }
+
+        foreach (var batch in logs.Chunk(1000))
+        {
+            var kept = await recorded(batch.Select(l => l.Id).ToList(), cancellationToken).ConfigureAwait(false);
+            foreach (var (_, file) in batch.Where(l => !kept.Contains(l.Id)))
+            {
+                File.Delete(file);
+                removed++;
+            }
+        }
+
+        return removed;
+    }
+
     public Task DeleteAsync(long buildId, CancellationToken cancellationToken)
     {
         File.Delete(PathOf(buildId)); // (a writer still at it writes on into the unlinked file, which nobody can open)

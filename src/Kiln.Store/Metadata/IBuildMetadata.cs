@@ -214,6 +214,12 @@ public interface IBuildMetadata
     /// <summary>The build with that id, if it was for <paramref name="account"/>.</summary>
     Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Which of <paramref name="ids"/> still have a build record, whoever they were for (one query); not the builds an
+    /// account's deletion emptied (<see cref="IAccountMetadata.DeleteAccountAsync"/>), which keep only their id.
+    /// </summary>
+    Task<IReadOnlySet<long>> FindBuildIdsAsync(IReadOnlyCollection<long> ids, CancellationToken cancellationToken);
+
     /// <summary>The builds <paramref name="query"/> selects, newest first; of those for one account, or of all when <paramref name="account"/> is null.</summary>
     Task<IReadOnlyList<BuildRecord>> ListBuildsAsync(long? account, BuildQuery query, CancellationToken cancellationToken);
 

@@ -112,6 +112,9 @@ public interface IPathMetadata
     /// <summary>The NAR hash and compression of a kept compressed NAR file, if there is one by that name.</summary>
     Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken);
 
+    /// <summary>Which of <paramref name="files"/> are kept compressed NAR files the metadata still names (one query).</summary>
+    Task<IReadOnlySet<string>> FindNarFilesAsync(IReadOnlyCollection<string> files, CancellationToken cancellationToken);
+
     /// <summary>The records of those <paramref name="paths"/> valid in the account's view.</summary>
     Task<IReadOnlyDictionary<StorePath, PathRecord>> GetPathsAsync(long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);
 
@@ -215,7 +218,7 @@ public interface IPathMetadata
     /// exclusively while it marks and deletes. Null when one process alone writes this metadata (SQLite: the server),
     /// whose in-process lock suffices; dispose what is returned to release it.
     /// </summary>
-    Task<IAsyncDisposable?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken);
+    Task<ICollectionLock?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken);
 
     Task AddRootAsync(long account, RootKind kind, string name, StorePath path, CancellationToken cancellationToken);
 
@@ -237,3 +240,13 @@ public readonly record struct TransferSample(long Account, long Day, long Upload
 
 /// <summary>The store's size: path records in all views, and the distinct NARs they name with their bytes.</summary>
 public readonly record struct StoreTotals(long Paths, long Nars, long NarBytes);
+
+/// <summary>The database's collection lock, held (<see cref="IPathMetadata.LockAgainstCollectionAsync"/>).</summary>
+public interface ICollectionLock : IAsyncDisposable
+{
+    /// <summary>
+    /// Whether another process is waiting for this lock: a front door that holds it shared for as long as its
+    /// registrations overlap asks now and then, and lets it go when a collection is queued behind it.
+    /// </summary>
+    Task<bool> IsAwaitedAsync(CancellationToken cancellationToken);
+}

@@ -106,6 +106,13 @@ public sealed partial class PostgresMetadataStore
             return await ReadOneAsync(command, MetadataRows.ReadBuild, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<IReadOnlySet<long>> FindBuildIdsAsync(IReadOnlyCollection<long> ids, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlySet<long>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT id FROM builds WHERE id = ANY(@ids) AND drv_path <> ''", null, ("ids", ids.ToArray()));
+            return new HashSet<long>(await ReadAllAsync(command, r => r.GetInt64(0), cancellationToken).ConfigureAwait(false));
+        }, cancellationToken);
+
     public Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {

@@ -68,6 +68,13 @@ public sealed partial class PostgresMetadataStore
             return await ReadAllAsync(delete, r => r.GetString(0), cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<IReadOnlySet<string>> FindNarFilesAsync(IReadOnlyCollection<string> files, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlySet<string>>(async connection =>
+        {
+            using var command = Command(connection, "SELECT file FROM nar_files WHERE file = ANY(@f)", null, ("f", files.ToArray()));
+            return new HashSet<string>(await ReadAllAsync(command, r => r.GetString(0), cancellationToken).ConfigureAwait(false), StringComparer.Ordinal);
+        }, cancellationToken);
+
     public Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken) =>
         ReadAsync<(NixHash, string)?>(async connection =>
         {
@@ -470,7 +477,7 @@ public sealed partial class PostgresMetadataStore
     private readonly SemaphoreSlim _lockSession = new(1, 1);
     private NpgsqlConnection? _lockConnection;
 
-    public async Task<IAsyncDisposable?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken)
+    public async Task<ICollectionLock?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken)
     {
         if (_readOnly)
         {
@@ -515,9 +522,36 @@ public sealed partial class PostgresMetadataStore
         }
     }
 
-    private sealed class CollectionLockHeld(PostgresMetadataStore store, bool exclusive) : IAsyncDisposable
+    private sealed class CollectionLockHeld(PostgresMetadataStore store, bool exclusive) : ICollectionLock
     {
+        private readonly SemaphoreSlim _session = new(1, 1); // the question and the release share one connection
         private int _released;
+
+        // Advisory locks are per database; a bigint key is listed as its high and low 32 bits, with objsubid 1.
+        public async Task<bool> IsAwaitedAsync(CancellationToken cancellationToken)
+        {
+            await _session.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                if (Volatile.Read(ref _released) != 0)
+                {
+                    return false;
+                }
+
+                using var command = Command(store._lockConnection!, """
+                    SELECT EXISTS (SELECT 1 FROM pg_locks
+                                   WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+                                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                                     AND classid = @c::oid AND objid = @o::oid)
+                    """, null, ("c", CollectionLock >> 32), ("o", CollectionLock & 0xffff_ffff));
+                // Not cancelled midway: a query broken off could take the session, and the lock, with it.
+                return (bool)(await command.ExecuteScalarAsync(CancellationToken.None).ConfigureAwait(false))!;
+            }
+            finally
+            {
+                _session.Release();
+            }
+        }
 
         public async ValueTask DisposeAsync()
         {
@@ -526,6 +560,7 @@ public sealed partial class PostgresMetadataStore
                 return;
             }
 
+            await _session.WaitAsync(CancellationToken.None).ConfigureAwait(false);
             try
             {
                 using var command = Command(store._lockConnection!, exclusive ? "SELECT pg_advisory_unlock(@k)" : "SELECT pg_advisory_unlock_shared(@k)", null, ("k", CollectionLock));
@@ -539,6 +574,7 @@ public sealed partial class PostgresMetadataStore
             }
             finally
             {
+                _session.Release();
                 store._lockSession.Release();
             }
         }

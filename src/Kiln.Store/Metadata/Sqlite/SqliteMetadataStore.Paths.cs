@@ -61,6 +61,21 @@ public sealed partial class SqliteMetadataStore
             return true;
         }, cancellationToken);
 
+    public Task<IReadOnlySet<string>> FindNarFilesAsync(IReadOnlyCollection<string> files, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlySet<string>>(async connection =>
+        {
+            using var select = Command(connection, "SELECT f.file FROM json_each($files) j CROSS JOIN nar_files f ON f.file = j.value", null,
+                ("$files", MetadataRows.JsonArray(files)));
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            var found = new HashSet<string>(StringComparer.Ordinal);
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                found.Add(reader.GetString(0));
+            }
+
+            return found;
+        }, cancellationToken);
+
     public Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken) =>
         ReadAsync<(NixHash, string)?>(async connection =>
         {
@@ -87,5 +102,5 @@ public sealed partial class SqliteMetadataStore
         }, cancellationToken);
 
     // The server is the one process writing this database ('kiln store gc' runs with it stopped).
-    public Task<IAsyncDisposable?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken) => Task.FromResult<IAsyncDisposable?>(null);
+    public Task<ICollectionLock?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken) => Task.FromResult<ICollectionLock?>(null);
 }
