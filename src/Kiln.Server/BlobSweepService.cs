@@ -24,32 +24,47 @@ public sealed partial class BlobSweepService(KilnStore store, Kiln.Agent.Sandbox
         using var timer = new PeriodicTimer(options.BlobSweepInterval);
         while (await timer.WaitForNextTickAsync(stoppingToken).ConfigureAwait(false))
         {
-            try
+            // Each step on its own: one that fails (an unreadable file, the bucket away) leaves the others to run.
+            await StepAsync(async () =>
             {
                 var swept = await store.SweepUnnamedBlobsAsync(null, stoppingToken).ConfigureAwait(false);
                 if (swept > 0)
                 {
                     LogSwept(_logger, swept);
                 }
+            }).ConfigureAwait(false);
 
-                // Kept files and logs this front door fetched, which another's collector or account deletion removed.
+            // Kept files and logs this front door fetched, which another's collector or account deletion removed.
+            await StepAsync(async () =>
+            {
                 var (narFiles, logs) = await store.PruneLocalCopiesAsync(stoppingToken).ConfigureAwait(false);
                 if (narFiles + logs > 0)
                 {
                     LogPrunedCopies(_logger, narFiles, logs);
                 }
+            }).ConfigureAwait(false);
 
-                // The embedded agent's unpacked copies of NARs the store no longer holds (collected by any GC since).
+            // The embedded agent's unpacked copies of NARs the store no longer holds (collected by any GC since).
+            await StepAsync(async () =>
+            {
                 var pruned = await executor.PruneInputsAsync(stoppingToken).ConfigureAwait(false);
                 if (pruned > 0)
                 {
                     LogPruned(_logger, pruned);
                 }
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException or KilnException)
-            {
-                LogSweepFailed(_logger, e);
-            }
+            }).ConfigureAwait(false);
+        }
+    }
+
+    private async Task StepAsync(Func<Task> step)
+    {
+        try
+        {
+            await step().ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or KilnException)
+        {
+            LogSweepFailed(_logger, e);
         }
     }
 

@@ -124,6 +124,36 @@ public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposa
         Assert.Null(await sqlite.LockAgainstCollectionAsync(exclusive: true, default));
     }
 
+    // Whether another process waits for the lock: no while only shared holders hold it, yes once a collection asks
+    // for it, no again when the collection has it.
+    [Fact]
+    public async Task A_held_lock_tells_whether_a_collection_elsewhere_waits_for_it()
+    {
+        var database = server.CreateDatabase();
+        await using var first = MetadataStores.Open(database);
+        await using var second = MetadataStores.Open(database);
+        await first.MigrateAsync(default);
+        await second.MigrateAsync(default);
+
+        var shared = (await first.LockAgainstCollectionAsync(exclusive: false, default))!;
+        await using (var other = (await second.LockAgainstCollectionAsync(exclusive: false, default))!)
+        {
+            Assert.False(await shared.IsAwaitedAsync(default));
+        }
+
+        var collection = second.LockAgainstCollectionAsync(exclusive: true, default);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (!await shared.IsAwaitedAsync(default))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the waiting collection was never seen");
+            await Task.Delay(50);
+        }
+
+        await shared.DisposeAsync();
+        await using var held = (await collection.WaitAsync(TimeSpan.FromSeconds(30)))!;
+        Assert.False(await held.IsAwaitedAsync(default));
+    }
+
     // A busy front door's registrations overlap without a gap (a new one starts before the last ends), so it holds the
     // database's lock shared all along; a collection through another front door still gets it once the registrations in
     // flight end, has it alone, and the registrations carry on after it.

@@ -110,10 +110,8 @@ internal sealed class KeptNarFiles
         }
 
         var target = Path.Combine(_directory, name);
-        if (File.Exists(target))
+        if (Touch(target))
         {
-            // Kept afresh: the prune below leaves it its grace period to be named again.
-            File.SetLastWriteTimeUtc(target, DateTime.UtcNow);
             await ShareAsync(name, target, cancellationToken).ConfigureAwait(false);
             return true; // the same name is the same content
         }
@@ -147,6 +145,24 @@ internal sealed class KeptNarFiles
 
         await ShareAsync(name, target, cancellationToken).ConfigureAwait(false);
         return true;
+    }
+
+    // Whether the file is here; if so it is kept afresh, so the prune below gives it its grace period to be named again.
+    private static bool Touch(string file)
+    {
+        try
+        {
+            File.SetLastWriteTimeUtc(file, DateTime.UtcNow);
+            return true;
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            return false; // (or deleted a moment ago): written anew
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return File.Exists(file); // not ours to touch (another user's copy): kept as it is
+        }
     }
 
     // A file whose contents were checked against its name, made read-only and renamed into place: a reader sees all of
@@ -184,7 +200,7 @@ internal sealed class KeptNarFiles
         var before = DateTime.UtcNow - grace;
         var removed = 0;
         var candidates = new List<string>();
-        foreach (var file in new DirectoryInfo(_directory).EnumerateFiles())
+        foreach (var file in new DirectoryInfo(_directory).EnumerateFiles("*", new EnumerationOptions { IgnoreInaccessible = true }))
         {
             if (file.LastWriteTimeUtc > before)
             {
@@ -207,8 +223,13 @@ internal sealed class KeptNarFiles
             var kept = await named(batch, cancellationToken).ConfigureAwait(false);
             foreach (var name in batch.Where(n => !kept.Contains(n)))
             {
-                File.Delete(Path.Combine(_directory, name));
-                removed++;
+                // Looked at again: kept afresh since the listing (and about to be named), it stays.
+                var file = new FileInfo(Path.Combine(_directory, name));
+                if (file.Exists && file.LastWriteTimeUtc <= before)
+                {
+                    file.Delete();
+                    removed++;
+                }
             }
         }
 

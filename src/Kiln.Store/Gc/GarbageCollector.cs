@@ -310,10 +310,19 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
 
         foreach (var batch in old.Chunk(1000))
         {
+            // Looked at first without the lock, which holds up every registration (on a shared database, every front
+            // door's): most old blobs are named, and only a batch with candidates left takes it, to look again.
+            var named = await metadata.GetReferencedBlobsAsync(batch, cancellationToken).ConfigureAwait(false);
+            var unnamed = batch.Where(b => !named.Contains(b)).ToList();
+            if (unnamed.Count == 0)
+            {
+                continue;
+            }
+
             var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
             await using var _ = exclusive.ConfigureAwait(false);
-            var referenced = await metadata.GetReferencedBlobsAsync(batch, cancellationToken).ConfigureAwait(false);
-            var gone = batch.Where(b => !referenced.Contains(b)).ToList();
+            var referenced = await metadata.GetReferencedBlobsAsync(unnamed, cancellationToken).ConfigureAwait(false);
+            var gone = unnamed.Where(b => !referenced.Contains(b)).ToList();
             foreach (var hash in gone)
             {
                 if (await blobs.DeleteAsync(hash, cancellationToken).ConfigureAwait(false))

@@ -108,6 +108,7 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
 
         var publication = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var mine = new List<StorePath>();
+        var alsoPublished = new List<StorePath>();
         var waits = new HashSet<Task>();
         foreach (var path in paths)
         {
@@ -116,20 +117,27 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
             {
                 mine.Add(path);
             }
+            else if (lockHeld && !task.IsCompletedSuccessfully)
+            {
+                // Holding the lock shared, this call must not wait for a publication that may itself be waiting for
+                // the lock (queued behind a collection that waits for this holder): it publishes the path as well (a
+                // row written twice is one row).
+                alsoPublished.Add(path);
+            }
             else
             {
                 waits.Add(task);
             }
         }
 
-        if (mine.Count > 0)
+        if (mine.Count + alsoPublished.Count > 0)
         {
             try
             {
                 var shared = lockHeld ? null : await gcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
                 try
                 {
-                    await metadata.PublishTempRootsAsync(frontDoor, session, entry.Account, mine, cancellationToken).ConfigureAwait(false);
+                    await metadata.PublishTempRootsAsync(frontDoor, session, entry.Account, [.. mine, .. alsoPublished], cancellationToken).ConfigureAwait(false);
                 }
                 finally
                 {

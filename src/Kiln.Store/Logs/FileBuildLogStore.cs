@@ -11,6 +11,7 @@ namespace Kiln.Store.Logs;
 public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Logging.ILogger? logger = null) : IBuildLogStore
 {
     private readonly ConcurrentDictionary<long, Writer> _active = new();
+    private readonly Lock _starting = new(); // a log's start and the prune's deletion of a file by its name, one at a time
     private readonly Microsoft.Extensions.Logging.ILogger _logger = logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
 
     private string PathOf(long buildId) =>
@@ -28,9 +29,12 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         // Known as active before the file exists, so a follower that finds the file also finds its writer.
         var writer = new Writer(this, buildId);
-        if (!_active.TryAdd(buildId, writer))
+        lock (_starting)
         {
-            throw new IOException($"build {buildId} already has a log being written");
+            if (!_active.TryAdd(buildId, writer))
+            {
+                throw new IOException($"build {buildId} already has a log being written");
+            }
         }
 
         try
@@ -84,9 +88,10 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
         var removed = 0;
         var anHourAgo = DateTime.UtcNow.AddHours(-1);
         var logs = new List<(long Id, string File)>();
-        foreach (var thousand in new DirectoryInfo(directory).EnumerateDirectories())
+        var skipUnreadable = new EnumerationOptions { IgnoreInaccessible = true };
+        foreach (var thousand in new DirectoryInfo(directory).EnumerateDirectories("*", skipUnreadable))
         {
-            foreach (var file in thousand.EnumerateFiles())
+            foreach (var file in thousand.EnumerateFiles("*", skipUnreadable))
             {
                 if (file.Name.EndsWith(".part", StringComparison.Ordinal) && file.LastWriteTimeUtc < anHourAgo)
                 {
@@ -105,9 +110,20 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
         foreach (var batch in logs.Chunk(1000))
         {
             var kept = await recorded(batch.Select(l => l.Id).ToList(), cancellationToken).ConfigureAwait(false);
-            foreach (var (_, file) in batch.Where(l => !kept.Contains(l.Id)))
+            foreach (var (id, file) in batch.Where(l => !kept.Contains(l.Id)))
             {
-                File.Delete(file);
+                // Not if its build started since the listing (ids given out again after a reset): its writer is
+                // known before its file is replaced.
+                lock (_starting)
+                {
+                    if (_active.ContainsKey(id))
+                    {
+                        continue;
+                    }
+
+                    File.Delete(file);
+                }
+
                 removed++;
             }
         }

@@ -543,7 +543,8 @@ public sealed partial class PostgresMetadataStore
                                    WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
                                      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                                      AND classid = @c::oid AND objid = @o::oid)
-                    """, null, ("c", CollectionLock >> 32), ("o", CollectionLock & 0xffff_ffff));
+                    """, null, ("c", (long)(uint)(CollectionLock >> 32)), ("o", CollectionLock & 0xffff_ffff));
+                command.CommandTimeout = 5; // asked while new registrations wait: a database that does not answer soon counts as a yes
                 // Not cancelled midway: a query broken off could take the session, and the lock, with it.
                 return (bool)(await command.ExecuteScalarAsync(CancellationToken.None).ConfigureAwait(false))!;
             }

@@ -1,0 +1,104 @@
+using Kiln.Store.Gc;
+using Kiln.Store.Metadata;
+
+namespace Kiln.Store.Tests;
+
+/// <summary>
+/// The collector's lock within one process, over a stand-in for the database's lock that counts how often it is taken
+/// and says whether another process waits for it (PostgreSQL's own behaviour is tested in PostgresMetadataTests): a
+/// registration joins the ones in flight unless a collection elsewhere waits, in which case it waits for them to end
+/// and takes the database's lock again.
+/// </summary>
+public sealed class GcLockTests
+{
+    private sealed class DatabaseLock : ICollectionLock
+    {
+        public Func<bool> Awaited { get; set; } = () => false;
+
+        public int Released { get; private set; }
+
+        public Task<bool> IsAwaitedAsync(CancellationToken cancellationToken) => Task.FromResult(Awaited());
+
+        public ValueTask DisposeAsync()
+        {
+            Released++;
+            return ValueTask.CompletedTask;
+        }
+    }
+
+    private sealed class Database
+    {
+        public List<(bool Exclusive, DatabaseLock Lock)> Taken { get; } = [];
+
+        public Func<bool> Awaited { get; set; } = () => false;
+
+        public Task<ICollectionLock?> LockAsync(bool exclusive, CancellationToken cancellationToken)
+        {
+            var held = new DatabaseLock { Awaited = () => Awaited() };
+            Taken.Add((exclusive, held));
+            return Task.FromResult<ICollectionLock?>(held);
+        }
+    }
+
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
+
+    [Fact]
+    public async Task Registrations_share_one_database_lock_while_nobody_waits_for_it()
+    {
+        var database = new Database();
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero);
+        var first = await gcLock.SharedAsync(default);
+        var second = await gcLock.SharedAsync(default).WaitAsync(Patience); // joins while the first is in flight
+        await first.DisposeAsync();
+        var third = await gcLock.SharedAsync(default).WaitAsync(Patience);
+        Assert.Equal([false], database.Taken.Select(t => t.Exclusive));
+        await second.DisposeAsync();
+        await third.DisposeAsync();
+        Assert.Equal(1, database.Taken[0].Lock.Released);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_registration_waits_for_those_in_flight_and_takes_the_lock_again_when_a_collection_elsewhere_waits(bool askingFails)
+    {
+        var database = new Database();
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero);
+        var first = await gcLock.SharedAsync(default);
+        database.Awaited = () => askingFails ? throw new InvalidOperationException("the lock's session broke") : true;
+
+        var second = gcLock.SharedAsync(default);
+        await Task.Delay(200);
+        Assert.False(second.IsCompleted); // it does not join: the database's lock is to be let go
+        await first.DisposeAsync();
+        var held = await second.WaitAsync(Patience);
+        Assert.Equal(2, database.Taken.Count);
+        Assert.Equal(1, database.Taken[0].Lock.Released);
+        Assert.Equal(0, database.Taken[1].Lock.Released);
+        await held.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_registration_asks_at_most_once_per_interval()
+    {
+        var database = new Database();
+        var asked = 0;
+        database.Awaited = () =>
+        {
+            asked++;
+            return false;
+        };
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.FromHours(1));
+        var holders = new List<GcLock.Holder>();
+        for (var i = 0; i < 10; i++)
+        {
+            holders.Add(await gcLock.SharedAsync(default));
+        }
+
+        Assert.Equal(0, asked);
+        foreach (var holder in holders)
+        {
+            await holder.DisposeAsync();
+        }
+    }
+}
