@@ -76,11 +76,11 @@ public sealed partial class StoreView
 
     /// <summary>
     /// The commit's look at the storage quota, where the account has one: under the account's quota lock (held until
-    /// the returned handle is disposed, after the paths are registered), against what is stored now, so this
-    /// process's concurrent uploads of one account never pass the quota together. (Front doors on one database each
-    /// hold their own lock: uploads through two at once may still pass it by what they carry together.)
+    /// the returned handle is disposed, after the paths are registered), against what is stored now, so concurrent
+    /// uploads of one account never pass the quota together — through this process (its lock per account) or through
+    /// several front doors on one database (the database's lock per account, taken after this process's).
     /// </summary>
-    private async Task<IDisposable?> HoldStorageQuotaAsync(long incoming, CancellationToken cancellationToken)
+    private async Task<IAsyncDisposable?> HoldStorageQuotaAsync(long incoming, CancellationToken cancellationToken)
     {
         // The view's look first (the quota read at most every few seconds: an account without one pays no query here).
         await CheckStorageQuotaAsync(incoming, cancellationToken).ConfigureAwait(false);
@@ -94,21 +94,37 @@ public sealed partial class StoreView
 
         var gate = _store.QuotaLock(AccountId);
         await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        IAsyncDisposable? across = null;
         try
         {
+            across = await Metadata.HoldStorageQuotaAsync(AccountId, cancellationToken).ConfigureAwait(false);
             await CheckStorageQuotaAsync(incoming, cancellationToken, reread: true).ConfigureAwait(false);
-            return new Released(gate);
+            return new Released(gate, across);
         }
         catch
         {
-            gate.Release();
+            await new Released(gate, across).DisposeAsync().ConfigureAwait(false);
             throw;
         }
     }
 
-    private sealed class Released(SemaphoreSlim gate) : IDisposable
+    // The database's lock first, then this process's: the order they were taken in, reversed.
+    private sealed class Released(SemaphoreSlim gate, IAsyncDisposable? across) : IAsyncDisposable
     {
-        public void Dispose() => gate.Release();
+        public async ValueTask DisposeAsync()
+        {
+            try
+            {
+                if (across is not null)
+                {
+                    await across.DisposeAsync().ConfigureAwait(false);
+                }
+            }
+            finally
+            {
+                gate.Release();
+            }
+        }
     }
 
     private const long QuotaReadInterval = 5_000; // ms
@@ -366,7 +382,7 @@ public sealed partial class StoreView
     private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken, Provenance provenance = Provenance.Uploaded)
     {
         // Checked against what is registered now (another session may have added since the first look), and held so.
-        using var quotaHeld = provenance == Provenance.Uploaded ? await HoldStorageQuotaAsync(uploads.Sum(u => u.Info.NarSize), cancellationToken).ConfigureAwait(false) : null;
+        await using var quotaHeld = provenance == Provenance.Uploaded ? await HoldStorageQuotaAsync(uploads.Sum(u => u.Info.NarSize), cancellationToken).ConfigureAwait(false) : null;
         var ordered = TopologicalOrder(uploads);
         var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = shared.ConfigureAwait(false);

@@ -109,6 +109,47 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         Assert.True(File.Exists(Path.Combine(_temp["a"], "nar-files", otherName)));
     }
 
+    // The port as the server fills it from max-storage.
+    private sealed class Quota(long bytes) : IAccountPolicy
+    {
+        public Task<long> MaxStorageAsync(long account, CancellationToken cancellationToken) => Task.FromResult(bytes);
+
+        public Task<TimeSpan> RetentionAsync(long account, CancellationToken cancellationToken) => Task.FromResult(TimeSpan.Zero);
+    }
+
+    // max-storage across front doors: a commit holds the account's quota lock in the database from its look at the
+    // quota until its paths are registered. An upload through B waits while a commit through A holds it, then counts
+    // what A registered, and is refused.
+    [Fact]
+    public async Task An_upload_through_one_front_door_waits_for_the_accounts_commit_through_another_and_counts_it()
+    {
+        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
+        await using var a = await OpenFrontDoorAsync("qa", database, bucket);
+        await using var b = await OpenFrontDoorAsync("qb", database, bucket);
+        var alice = await a.Accounts.GetOrCreateAccountAsync("alice", default);
+        b.AccountPolicy = new Quota(HelloNar.Length * 3 / 2); // room for one hello-sized NAR, not two
+        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
+
+        using var viewB = await b.OpenViewAsync("alice", default);
+        Task upload;
+        await using (var commitThroughA = (await a.Metadata.HoldStorageQuotaAsync(alice, default))!)
+        {
+            upload = viewB.AddToStoreAsync(new ValidPathInfo { Path = MetadataContract.P("through-b"), NarHash = narHash, NarSize = HelloNar.Length },
+                new MemoryStream(HelloNar), false, true, default);
+            await Task.Delay(500);
+            Assert.False(upload.IsCompleted); // waiting for A's commit
+
+            await a.Metadata.RegisterAsync(alice, [MetadataContract.New(new ValidPathInfo { Path = MetadataContract.P("through-a"), NarHash = narHash, NarSize = HelloNar.Length })], default);
+        }
+
+        var refused = await Assert.ThrowsAsync<Kiln.Protocol.KilnException>(() => upload.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.Equal(Kiln.Protocol.ErrorKind.TooLarge, refused.Kind);
+        Assert.Empty(await viewB.QueryValidPathsAsync([MetadataContract.P("through-b")], default));
+
+        // SQLite has one writing process: its lock per account in the process is the whole of it.
+        Assert.Null(await _a.Metadata.HoldStorageQuotaAsync(alice, default));
+    }
+
     [Fact]
     public async Task A_collection_on_one_front_door_holds_off_the_others_registrations_and_spares_their_recent_paths()
     {

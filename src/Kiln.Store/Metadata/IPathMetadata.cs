@@ -173,6 +173,14 @@ public interface IPathMetadata
     /// <summary>The account's storage now: its view's paths and their NAR bytes (one aggregate query).</summary>
     Task<(long Paths, long NarBytes)> GetStorageAsync(long account, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Holds the account's storage-quota lock across processes (several front doors on one database) until disposed:
+    /// a commit holds it from its look at the quota until its paths are registered, so uploads through two front doors
+    /// at once are counted one after the other. Null where one process writes this metadata (SQLite), whose own lock
+    /// per account suffices.
+    /// </summary>
+    Task<IAsyncDisposable?> HoldStorageQuotaAsync(long account, CancellationToken cancellationToken);
+
     Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken);
 
     /// <summary>The outputs a derivation valid in the view declares, or null when it is not valid there.</summary>

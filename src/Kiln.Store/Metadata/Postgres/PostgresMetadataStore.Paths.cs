@@ -466,6 +466,73 @@ public sealed partial class PostgresMetadataStore
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    // The account's quota lock: a transaction-level advisory lock (two-key form: this namespace, the account id folded
+    // into 32 bits — a collision only makes two accounts' commits wait for each other) on a pooled connection, held in
+    // an open transaction. Ending the transaction releases it, and a connection closed with its transaction open (a
+    // failure anywhere) rolls it back, so it never outlives its holder on the pool.
+    private const int StorageQuotaLocks = 0x4b51_7461; // "KQta"
+
+    public async Task<IAsyncDisposable?> HoldStorageQuotaAsync(long account, CancellationToken cancellationToken)
+    {
+        if (_readOnly)
+        {
+            return null;
+        }
+
+        NpgsqlConnection? connection = null;
+        try
+        {
+            connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+            using var command = Command(connection, "SELECT pg_advisory_xact_lock(@n, @k)", transaction,
+                ("n", StorageQuotaLocks), ("k", (int)(account ^ (account >> 32))));
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return new QuotaLockHeld(connection, transaction);
+        }
+        catch (Exception e)
+        {
+            if (connection is not null)
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+            }
+
+            if (e is NpgsqlException npgsql && AsStorageFailure(npgsql, "locked") is { } failure)
+            {
+                throw failure;
+            }
+
+            throw;
+        }
+    }
+
+    private sealed class QuotaLockHeld(NpgsqlConnection connection, NpgsqlTransaction transaction) : IAsyncDisposable
+    {
+        private int _released;
+
+        public async ValueTask DisposeAsync()
+        {
+            if (Interlocked.Exchange(ref _released, 1) != 0)
+            {
+                return;
+            }
+
+            try
+            {
+                await transaction.RollbackAsync(CancellationToken.None).ConfigureAwait(false); // nothing was written in it
+            }
+#pragma warning disable CA1031 // the connection goes either way, and its transaction (and the lock) with it
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+            }
+            finally
+            {
+                await transaction.DisposeAsync().ConfigureAwait(false);
+                await connection.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
     // A fixed key for the collection lock: a session-level advisory lock, shared or exclusive, which PostgreSQL queues
     // fairly (a waiting collection holds back registrations that come after it) and releases when its session ends.
     private const long CollectionLock = 0x4b696c6e_47634c6b; // "KilnGcLk"

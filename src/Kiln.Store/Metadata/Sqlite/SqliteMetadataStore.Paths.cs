@@ -101,6 +101,9 @@ public sealed partial class SqliteMetadataStore
             return files;
         }, cancellationToken);
 
+    // The server is the one process writing this database: its lock per account is the whole of it.
+    public Task<IAsyncDisposable?> HoldStorageQuotaAsync(long account, CancellationToken cancellationToken) => Task.FromResult<IAsyncDisposable?>(null);
+
     // The server is the one process writing this database ('kiln store gc' runs with it stopped).
     public Task<ICollectionLock?> LockAgainstCollectionAsync(bool exclusive, CancellationToken cancellationToken) => Task.FromResult<ICollectionLock?>(null);
 }
