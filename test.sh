@@ -10,15 +10,17 @@ cd "$repo"
 
 # The reference Nix, Kiln's sandbox, the test builds' shell, setfattr, sshd and ssh-keygen, compression tools for the
 # decoder tests, nginx for the fake upstream cache, clang and zlib1g-dev for the NativeAOT kiln-bridge, and PostgreSQL's
-# server binaries for the metadata tests' private clusters; prometheus (and promtool) for the metrics tests; chromium and chromium-driver for the dashboard's browser tests.
+# server binaries for the metadata tests' private clusters; prometheus (and promtool) for the metrics tests; chromium and chromium-driver for the dashboard's browser tests;
+# radosgw and a Ceph monitor and OSD for the S3 tests that need a server which checks signatures (tests/radosgw).
 packages="nix-bin bubblewrap busybox-static attr openssh-server xz-utils zstd bzip2 nginx clang zlib1g-dev slirp4netns postgresql chromium chromium-driver"
-if ! dpkg -s $packages prometheus > /dev/null 2>&1; then
+plain="prometheus radosgw ceph-mon ceph-osd ceph-common" # without their recommends
+if ! dpkg -s $packages $plain > /dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    echo "installing $packages prometheus..."
+    echo "installing $packages $plain..."
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages > /dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus > /dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $plain > /dev/null
   else
-    echo "the tests need these packages: run 'sudo apt-get install $packages prometheus' first" >&2
+    echo "the tests need these packages: run 'sudo apt-get install $packages' and 'sudo apt-get install --no-install-recommends $plain' first" >&2
     exit 1
   fi
 fi
@@ -36,6 +38,8 @@ fi
 
 # The live comparisons must not silently skip when Nix is missing, nor the PostgreSQL and S3 tests without their servers.
 export KILN_REQUIRE_NIX=1 KILN_REQUIRE_POSTGRES=1 KILN_REQUIRE_S3=1
+# radosgw's cluster is started as root, as the end-to-end tests are; without root those tests skip.
+[ "$(id -u)" = 0 ] && export KILN_REQUIRE_RGW=1
 
 # The end-to-end tests run real Nix 2.3, 2.8, 2.26 and 2.34 in chroots (built once, cached); that needs root.
 if [ "$(id -u)" = 0 ]; then

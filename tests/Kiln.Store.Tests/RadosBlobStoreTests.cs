@@ -1,0 +1,130 @@
+using Amazon.S3.Model;
+using Kiln.Nix.Hashing;
+using Kiln.Nix.Tests.Support;
+using Kiln.Store.Blobs;
+
+[assembly: AssemblyFixture(typeof(Kiln.Store.Tests.RadosGateway))]
+
+namespace Kiln.Store.Tests;
+
+/// <summary>
+/// The S3 blob store against radosgw, an S3 server that checks what s3rver does not: the whole blob-store contract with
+/// every request signed and checked; wrong credentials refused as a storage failure that names no secret; a
+/// presigned link (<c>--nar-redirect</c>) that works for its one object until it expires, and not once changed; a
+/// multipart upload a killed server left behind, found and aborted by the cleanup.
+/// </summary>
+public sealed class RadosBlobStoreTests(RadosGateway rgw) : BlobStoreContract, IDisposable
+{
+    private readonly TempDir _temp = new();
+    private readonly List<S3BlobStore> _stores = [];
+
+    protected override IBlobStore Create() => Create(rgw.NewLocation(), cacheBytes: 64L << 20);
+
+    private S3BlobStore Create(string location, long cacheBytes)
+    {
+        var store = new S3BlobStore(S3BlobLocation.Parse(location), new LocalBlobCache(_temp[$"cache-{Guid.NewGuid():N}"], cacheBytes));
+        _stores.Add(store);
+        return store;
+    }
+
+    [Fact]
+    public async Task A_blob_larger_than_a_part_goes_up_in_parts_and_comes_back_whole()
+    {
+        var location = rgw.NewLocation();
+        var data = Bytes((20 << 20) + 12345, 21); // two parts, the second short
+        var hash = await PutAsync(Create(location, cacheBytes: 64L << 20), data);
+
+        var reader = Create(location, cacheBytes: 0); // another front door, nothing cached
+        await using var source = (await reader.OpenReadAsync(hash, default))!;
+        using var copy = new MemoryStream();
+        await (await source.OpenStreamAsync(default)).CopyToAsync(copy);
+        Assert.True(data.AsSpan().SequenceEqual(copy.ToArray()));
+    }
+
+    [Fact]
+    public async Task Wrong_credentials_are_a_storage_failure_that_names_no_secret()
+    {
+        const string wrongSecret = "not-the-secret-at-all-0123456789abcdefghij";
+        var credentials = _temp["wrong.credentials"];
+        await File.WriteAllTextAsync(credentials, $"[default]\naws_access_key_id = {RadosGateway.AccessKey}\naws_secret_access_key = {wrongSecret}\n");
+        var store = Create(rgw.NewLocation(credentialsFile: credentials), cacheBytes: 0);
+
+        var read = await Assert.ThrowsAsync<IOException>(async () => await store.HasAsync(NixHash.Compute(NixHashAlgorithm.Sha256, "x"), default));
+        Assert.Equal(5, read.HResult);
+        Assert.StartsWith("the blob store could not be read", read.Message, StringComparison.Ordinal);
+
+        var written = await Assert.ThrowsAsync<IOException>(() => PutAsync(store, Bytes(1000, 3)));
+        Assert.Equal(5, written.HResult);
+        foreach (var message in new[] { read.ToString(), written.ToString() })
+        {
+            Assert.DoesNotContain(wrongSecret, message, StringComparison.Ordinal);
+            Assert.DoesNotContain(RadosGateway.SecretKey, message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task A_link_fetches_its_one_blob_until_it_expires_and_not_once_changed()
+    {
+        var store = Create(rgw.NewLocation(), cacheBytes: 0);
+        var data = Bytes(100_000, 9);
+        var hash = await PutAsync(store, data);
+        var other = await PutAsync(store, Bytes(1000, 10));
+        using var http = new HttpClient();
+
+        var link = store.LinkFor(hash, TimeSpan.FromMinutes(5))!;
+        Assert.Equal(data, await http.GetByteArrayAsync(link));
+
+        // Another object under the same signature, or a longer life: the gateway refuses both.
+        var elsewhere = new Uri(link.AbsoluteUri.Replace(hash.ToNix32(), other.ToNix32(), StringComparison.Ordinal));
+        using (var response = await http.GetAsync(elsewhere))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.Forbidden, response.StatusCode);
+        }
+
+        var longer = new Uri(link.AbsoluteUri.Replace("X-Amz-Expires=300", "X-Amz-Expires=3000", StringComparison.Ordinal));
+        using (var response = await http.GetAsync(longer))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.Forbidden, response.StatusCode);
+        }
+
+        // A short-lived one works at once, and not after it expired.
+        var brief = store.LinkFor(hash, TimeSpan.FromSeconds(1))!;
+        Assert.Equal(data, await http.GetByteArrayAsync(brief));
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        using (var response = await http.GetAsync(brief))
+        {
+            Assert.Equal(System.Net.HttpStatusCode.Forbidden, response.StatusCode);
+        }
+    }
+
+    [Fact]
+    public async Task A_multipart_upload_a_killed_server_left_is_aborted_by_the_cleanup_once_old_enough()
+    {
+        var location = S3BlobLocation.Parse(rgw.NewLocation());
+        using var client = location.CreateClient();
+        var key = location.Prefix + "blobs/" + NixHash.Compute(NixHashAlgorithm.Sha256, "never finished").ToNix32() + ".nar";
+        var upload = await client.InitiateMultipartUploadAsync(new InitiateMultipartUploadRequest { BucketName = location.Bucket, Key = key });
+        await client.UploadPartAsync(new UploadPartRequest
+        {
+            BucketName = location.Bucket, Key = key, UploadId = upload.UploadId, PartNumber = 1, InputStream = new MemoryStream(Bytes(1 << 20, 4)),
+        });
+        Assert.Single((await client.ListMultipartUploadsAsync(new ListMultipartUploadsRequest { BucketName = location.Bucket })).MultipartUploads);
+
+        var store = new S3BlobStore(location, new LocalBlobCache(_temp["cleanup-cache"], 0));
+        _stores.Add(store);
+        Assert.Equal(0, await store.CleanAbandonedAsync(TimeSpan.FromHours(1), default)); // (an upload in flight is young)
+        Assert.Equal(1, await store.CleanAbandonedAsync(TimeSpan.Zero, default));
+        Assert.Empty((await client.ListMultipartUploadsAsync(new ListMultipartUploadsRequest { BucketName = location.Bucket })).MultipartUploads ?? []);
+        Assert.False(await store.HasAsync(NixHash.Compute(NixHashAlgorithm.Sha256, "never finished"), default));
+    }
+
+    public void Dispose()
+    {
+        foreach (var store in _stores)
+        {
+            store.Dispose();
+        }
+
+        _temp.Dispose();
+    }
+}
