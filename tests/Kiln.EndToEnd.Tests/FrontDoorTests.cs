@@ -173,7 +173,7 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         var throughA = alice.Environment;
         var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
 
-        var dag = Dag.Write(client, workspace, "oncedag", depth: 3, width: 4, salt: Guid.NewGuid().ToString("N"));
+        var dag = Dag.Write(client, workspace, "oncedag", depth: 10, width: 20, salt: Guid.NewGuid().ToString("N")); // the bench's 200
         string[] evalStore = client.Is23 ? [] : ["--eval-store", "auto"];
         string[] build = ["nix", "build", .. evalStore, "--store", "ssh-ng://kiln@127.0.0.1", "-f", dag, "--no-link"];
         using var first = client.Start(a, [.. throughA, .. build]);
@@ -186,8 +186,8 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         await using var metadata = MetadataStores.Open(database);
         var builds = await metadata.ListBuildsAsync(null, 1000, CancellationToken.None);
         Assert.All(builds, r => Assert.True(r.Succeeded, r.Error));
-        Assert.Equal(12, builds.Count);
-        Assert.Equal(12, builds.Select(r => r.DrvPath).Distinct().Count());
+        Assert.Equal(200, builds.Count);
+        Assert.Equal(200, builds.Select(r => r.DrvPath).Distinct().Count());
     }
 
     // max-jobs across front doors: an account allowed one build at a time runs one at a time, whichever front doors its
