@@ -32,28 +32,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 work="${KILN_BENCH_DIR:-/tmp/kiln-builds-bench}"
-rm -rf "$work" && mkdir -p "$work/bb/bin"
+rm -rf "$work" && mkdir -p "$work"
 export NIX_CONFIG=$'experimental-features = nix-command\nbuild-users-group = \nsubstituters = '
 export NIX_REMOTE=
 
 source "$repo/bench/lib/kiln.sh"
 publish_kiln "$work"
 
-cp /bin/busybox "$work/bb/bin/busybox" && ln -s busybox "$work/bb/bin/sh"
-cat > "$work/dag.nix" <<NIX
-let
-  bb = ./bb;
-  mk = l: i: deps: derivation {
-    name = "dag-\${toString l}-\${toString i}";
-    system = "x86_64-linux";
-    builder = "\${bb}/bin/sh";
-    inherit deps;
-    args = [ "-c" "echo building layer \${toString l} item \${toString i}; \${bb}/bin/busybox mkdir \$out; echo \${toString l}-\${toString i} > \$out/id; for d in \$deps; do echo \$d >> \$out/deps; done" ];
-  };
-  pick = l: i: k: builtins.elemAt (builtins.elemAt layers (l - 1)) ((i + k * 7) - ((i + k * 7) / $width) * $width);
-  layers = builtins.genList (l: builtins.genList (i: mk l i (if l == 0 then [] else map (pick l i) [ 0 1 2 ])) $width) $layers;
-in builtins.elemAt layers ($layers - 1)
-NIX
+source "$repo/bench/lib/dag.sh"
+write_dag "$work" "$layers" "$width"
 
 kiln_port=$((20000 + RANDOM % 10000)) plain_port=$((30000 + RANDOM % 10000))
 start_kiln() {

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Kiln on its embedded default (SQLite metadata, blobs in a directory) against Kiln with its metadata in PostgreSQL
-# (blobs in the same kind of directory), and with PostgreSQL and its blobs in S3 (s3rver on loopback, a 1 GiB local
-# blob cache), in one run with the host's Nix 2.8:
+# (blobs in the same kind of directory), and with PostgreSQL and its blobs in S3 (radosgw on loopback — Ceph's S3
+# gateway, a throwaway one-OSD cluster keeping objects in memory, from tests/radosgw — or s3rver where radosgw is
+# not installed; a 1 GiB local blob cache), in one run with the host's Nix 2.8:
 #  push      `nix copy --to unix://…` of the closure into a fresh server (ending with sync);
 #  no-op     the same push again: every path is valid already, so it is queries only (a CI run that changed nothing);
 #  narinfo   over HTTP, one keep-alive connection: each path's first GET (a database query and a rendering), then
 #            every path again from the narinfo answer cache (mean / median / p99);
 #  NARs      every NAR over one HTTP connection, MiB/s (the metadata is one lookup per NAR);
-#  pull      `nix copy --from http://…` into an empty store (a fresh narinfo disk cache each time).
+#  pull      `nix copy --from http://…` into an empty store (a fresh narinfo disk cache each time);
+#  build     the 200-derivation DAG of bench/builds built through the socket (no work per build), then
+#  rebuild   the same again: every output valid, the no-op a CI run that changed nothing costs.
 # PostgreSQL is a private cluster of Debian's PostgreSQL in the work directory, on loopback (no systemd), started and
 # stopped here; synchronous_commit off, which is what SQLite's WAL with synchronous=NORMAL also gives (a crash loses
 # at most the last commits, never consistency). Best of N rounds, each with fresh data directories and a fresh
 # database, the sides taking turns to go first. s3rver (npm) is a functional S3 server written in JavaScript, not a
-# fast one: the S3 column is an upper bound on what S3 costs. Figures only, no thresholds.
+# fast one: with it the S3 column is an upper bound on what S3 costs. Figures only, no thresholds.
 #
 #   bench/metadata/run.sh [--paths 330] [--size-mib 200] [--rounds 2]
 set -euo pipefail
@@ -41,6 +44,8 @@ make_closure "$work" "$chain" "$size_mib"
 source_store="local?root=$work/source"
 sed 's|^/nix/store/\([a-z0-9]*\)-.*|\1|' "$work/closure.paths" > "$work/closure.hashes"
 head -30 "$work/closure.hashes" > "$work/warm.hashes"; tail -n +31 "$work/closure.hashes" > "$work/first.hashes"
+source "$repo/bench/lib/dag.sh"
+write_dag "$work" 10 20
 
 echo "starting a private PostgreSQL cluster..."
 pg_port=$((40000 + RANDOM % 10000))
@@ -49,16 +54,25 @@ as_pg() { runuser -u postgres -- "$@"; }
 as_pg "$pg_bin/initdb" -D "$work/pg/data" -U kiln --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync > "$work/pg/initdb.log"
 as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/server.log" -w -o \
   "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c synchronous_commit=off" start > /dev/null
-s3_port=$((50000 + RANDOM % 10000))
-mkdir -p "$work/s3"
-s3rver -d "$work/s3" -a 127.0.0.1 -p "$s3_port" --silent --no-vhost-buckets > /dev/null 2>&1 &
-s3_pid=$!
-printf '[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n' > "$work/s3.credentials"
-until curl -s -o /dev/null "http://127.0.0.1:$s3_port/"; do sleep 0.1; done
+s3_port=$((50000 + RANDOM % 10000)) s3_pid= s3_key=BENCHACCESSKEY000001 s3_secret=bench-secret-0123456789abcdefghijklmnopq
+if [ "$(id -u)" = 0 ] && command -v radosgw > /dev/null && command -v ceph-osd > /dev/null; then
+  s3_server="radosgw $(radosgw --version | awk '{ print $3 }')"
+  RGW_ACCESS_KEY=$s3_key RGW_SECRET_KEY=$s3_secret "$repo/tests/radosgw/start.sh" "$work/rgw" "$s3_port" > /dev/null
+  make_bucket() { curl -sf -X PUT --aws-sigv4 aws:amz:us-east-1:s3 --user "$s3_key:$s3_secret" -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "http://127.0.0.1:$s3_port/$1" > /dev/null; }
+else
+  s3_server=s3rver s3_key=S3RVER s3_secret=S3RVER
+  mkdir -p "$work/s3"
+  s3rver -d "$work/s3" -a 127.0.0.1 -p "$s3_port" --silent --no-vhost-buckets > /dev/null 2>&1 &
+  s3_pid=$!
+  until curl -s -o /dev/null "http://127.0.0.1:$s3_port/"; do sleep 0.1; done
+  make_bucket() { curl -sf -X PUT "http://127.0.0.1:$s3_port/$1" > /dev/null; }
+fi
+printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' "$s3_key" "$s3_secret" > "$work/s3.credentials"
 kiln_pid=
 cleanup() {
   [ -z "$kiln_pid" ] || kill "$kiln_pid" 2> /dev/null || true
-  kill "$s3_pid" 2> /dev/null || true
+  [ -z "$s3_pid" ] || kill "$s3_pid" 2> /dev/null || true
+  [ ! -d "$work/rgw" ] || "$repo/tests/radosgw/stop.sh" "$work/rgw"
   wait 2> /dev/null || true
   as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -m fast -w stop > /dev/null 2>&1 || true
   rm -rf "$work"
@@ -76,7 +90,7 @@ run_side() {
     database=(--database "Host=127.0.0.1;Port=$pg_port;Username=kiln;Database=kiln_${side//-/_}_$round")
   fi
   if [ "$side" = postgresql-s3 ]; then
-    curl -sf -X PUT "http://127.0.0.1:$s3_port/bench$round" > /dev/null
+    make_bucket "bench$round"
     database+=(--blobs "s3://bench$round/kiln?endpoint=http%3A%2F%2F127.0.0.1%3A$s3_port&credentials_file=$work/s3.credentials" --blob-cache-size 1GiB)
   fi
   "$kiln" serve --data "$data" --ssh-listen none --http-listen "127.0.0.1:$port" "${database[@]}" > "$work/$side-$round.log" 2>&1 &
@@ -98,6 +112,8 @@ run_side() {
   rm -rf "$work/pull"
   XDG_CACHE_HOME="$work/xdg-$side-$round" seconds nix copy --derivation --no-check-sigs --from "$url" --to "local?root=$work/pull" "$top" >> "$work/$side.pull"
   [ "$(nix path-info --store "local?root=$work/pull" --derivation -r "$top" | wc -l)" = "$count" ] || { echo "$side: the pull is incomplete" >&2; exit 1; }
+  seconds nix build --store "$store" -f "$work/dag.nix" --no-link >> "$work/$side.build"
+  seconds nix build --store "$store" -f "$work/dag.nix" --no-link >> "$work/$side.rebuild"
   grep VmHWM "/proc/$kiln_pid/status" | awk '{ print $2 }' >> "$work/$side.rss"
   kill "$kiln_pid"; wait "$kiln_pid" 2> /dev/null || true; kiln_pid=
   rm -rf "$data" "$work/pull"
@@ -116,7 +132,7 @@ mibs() { sort -n "$1" | head -1 | awk '{ printf "%.1f", $2 / 1048576 / $1 }'; }
 row() { printf '%-42s %12s %12s %12s %8sx %8sx\n' "$1" "$2" "$3" "$4" "$(ratio "$6" "$5")" "$(ratio "$7" "$5")"; }
 mib=$(echo "scale=1; $bytes / 1048576" | bc)
 echo
-echo "Kiln's backends: SQLite + directory vs PostgreSQL $("$pg_bin/postgres" --version | awk '{ print $3 }') + directory vs PostgreSQL + S3 (s3rver), all on loopback;" \
+echo "Kiln's backends: SQLite + directory vs PostgreSQL $("$pg_bin/postgres" --version | awk '{ print $3 }') + directory vs PostgreSQL + S3 ($s3_server), all on loopback;" \
   "closure of $count paths, $mib MiB of NAR; best of $rounds rounds; $(nix --version), $(nproc) cores"
 printf '%-42s %12s %12s %12s %9s %9s\n' "" "sqlite" "postgresql" "pg+s3" "pg/sqlite" "s3/sqlite"
 three() { # label unit extract-command…
@@ -135,5 +151,7 @@ three "narinfo: median, cached answer" µs field_of cached 3
 three "narinfo: p99, cached answer" µs field_of cached 4
 three "NARs over one HTTP connection" MiB/s mibs_of
 three "pull (nix copy --from http://)" s best_of pull
+three "build: 200 derivations through the socket" s best_of build
+three "no-op rebuild of the 200" s best_of rebuild
 three "kiln serve peak RSS" MiB rss_of
 echo "(times and latencies: a ratio below 1 means faster than SQLite + directory; throughput: above 1)"
