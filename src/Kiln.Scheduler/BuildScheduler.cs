@@ -467,7 +467,8 @@ public sealed partial class BuildScheduler
 
             if (!told)
             {
-                step.Line($"kiln: waiting for a build slot for '{step.DrvPath}': account limit {maxJobs} running on Kiln's front doors");
+                // To the account's own sessions only, as the queue's line: its limit is nobody else's business.
+                step.NoteFor(accountId, $"kiln: waiting for a build slot for '{step.DrvPath}': account limit {maxJobs} running on Kiln's front doors");
                 told = true;
             }
 
@@ -548,6 +549,8 @@ public sealed partial class BuildScheduler
 
     // The clients who waited here for another front door's build get its log at its end (the lines a session joining
     // late would get: the last JoinBacklogLines), as they would have had it live there.
+    private const long ReplayTailBytes = 4L << 20;
+
     private async Task ReplayLogAsync(RunningStep step, long id)
     {
         var tail = new Queue<string>();
@@ -559,7 +562,15 @@ public sealed partial class BuildScheduler
                 return;
             }
 
+            // Only its end is read (the last lines are all that is shown): from a line's start within the last
+            // ReplayTailBytes, not the whole of a log that may be as long as max-build-log-size.
             using var reader = new StreamReader(stream, System.Text.Encoding.UTF8);
+            if (stream.CanSeek && stream.Length > ReplayTailBytes)
+            {
+                stream.Seek(-ReplayTailBytes, SeekOrigin.End);
+                await reader.ReadLineAsync(step.Cancellation).ConfigureAwait(false); // the rest of a line begun before
+            }
+
             while (await reader.ReadLineAsync(step.Cancellation).ConfigureAwait(false) is { } line)
             {
                 tail.Enqueue(line);
