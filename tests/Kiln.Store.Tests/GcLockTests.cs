@@ -46,7 +46,7 @@ public sealed class GcLockTests
     public async Task Registrations_share_one_database_lock_while_nobody_waits_for_it()
     {
         var database = new Database();
-        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero);
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.Zero);
         var first = await gcLock.SharedAsync(default);
         var second = await gcLock.SharedAsync(default).WaitAsync(Patience); // joins while the first is in flight
         await first.DisposeAsync();
@@ -63,7 +63,7 @@ public sealed class GcLockTests
     public async Task A_registration_waits_for_those_in_flight_and_takes_the_lock_again_when_a_collection_elsewhere_waits(bool askingFails)
     {
         var database = new Database();
-        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero);
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.Zero);
         var first = await gcLock.SharedAsync(default);
         database.Awaited = () => askingFails ? throw new InvalidOperationException("the lock's session broke") : true;
 
@@ -78,6 +78,51 @@ public sealed class GcLockTests
         await held.DisposeAsync();
     }
 
+    // Kept a while after the last registration: the next one takes it over, without a round trip to the database; a
+    // collection here, or one elsewhere seen waiting, ends the linger at once; otherwise it ends by itself.
+    [Fact]
+    public async Task The_database_lock_lingers_for_the_next_registration_until_a_collection_wants_it()
+    {
+        var database = new Database();
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.FromHours(1));
+        await (await gcLock.SharedAsync(default)).DisposeAsync();
+        await (await gcLock.SharedAsync(default)).DisposeAsync();
+        Assert.Single(database.Taken);
+        Assert.Equal(0, database.Taken[0].Lock.Released);
+
+        await using (var collection = await gcLock.ExclusiveAsync(default).WaitAsync(Patience))
+        {
+            Assert.Equal(1, database.Taken[0].Lock.Released);
+            Assert.Equal([false, true], database.Taken.Select(t => t.Exclusive));
+        }
+
+        // A collection elsewhere waits: the lingering lock goes, and is asked for again.
+        await (await gcLock.SharedAsync(default)).DisposeAsync();
+        database.Awaited = () => true;
+        await using (var again = await gcLock.SharedAsync(default).WaitAsync(Patience))
+        {
+            Assert.Equal(4, database.Taken.Count);
+            Assert.Equal(1, database.Taken[2].Lock.Released);
+        }
+    }
+
+    [Fact]
+    public async Task A_lingering_database_lock_goes_by_itself()
+    {
+        var database = new Database();
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.FromMilliseconds(50));
+        await (await gcLock.SharedAsync(default)).DisposeAsync();
+        var deadline = DateTime.UtcNow + Patience;
+        while (database.Taken[0].Lock.Released == 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the lingering lock was never let go");
+            await Task.Delay(20);
+        }
+
+        Assert.Equal(1, database.Taken[0].Lock.Released);
+        await using var exclusive = await gcLock.ExclusiveAsync(default).WaitAsync(Patience); // and this process's own too
+    }
+
     [Fact]
     public async Task A_registration_asks_at_most_once_per_interval()
     {
@@ -88,7 +133,7 @@ public sealed class GcLockTests
             asked++;
             return false;
         };
-        using var gcLock = new GcLock(database.LockAsync, TimeSpan.FromHours(1));
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.FromHours(1), linger: TimeSpan.Zero);
         var holders = new List<GcLock.Holder>();
         for (var i = 0; i < 10; i++)
         {

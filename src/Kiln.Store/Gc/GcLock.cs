@@ -12,11 +12,15 @@ namespace Kiln.Store.Gc;
 /// connection), exclusive for its collector — always after its own lock, so no two holders ever wait for each other in
 /// opposite orders. A busy front door's registrations may overlap for hours, so while it holds the database's lock
 /// shared it asks every <c>awaitedCheck</c> (at the next registration) whether another front door's collection is
-/// queued for it; if so, new registrations wait until the ones in flight end, the lock is let go, and they queue for it
+/// queued for it; if so, new registrations wait until those in flight end, the lock is let go, and they queue for it
 /// again behind the collection (PostgreSQL grants advisory locks in order). A collection therefore waits for the
-/// registrations in flight, never for a gap that a busy front door might not leave.
+/// registrations in flight, never for a gap that a busy front door might not leave. When the last registration ends,
+/// the database's lock is kept for <c>linger</c> more (100 ms by default): a client's requests come one after another
+/// (a no-op evaluation adds hundreds of temporary roots, each a registration), and taking and letting go of the lock
+/// for each would cost two more round trips apiece. A collection here, or one elsewhere seen waiting, ends it at once.
 /// </summary>
-public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>? acrossProcesses = null, TimeSpan? awaitedCheck = null) : IDisposable
+public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>? acrossProcesses = null, TimeSpan? awaitedCheck = null,
+    TimeSpan? linger = null) : IDisposable
 {
     private readonly SemaphoreSlim _exclusive = new(1, 1);
     private readonly SemaphoreSlim _gate = new(1, 1);
@@ -25,6 +29,9 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
     private int _readers;
     private ICollectionLock? _sharedAcross; // the database's shared lock, held from the first reader to the last
     private long _checkedAt; // Environment.TickCount64 when it was taken or last asked whether it is awaited
+    private readonly TimeSpan _linger = linger ?? TimeSpan.FromMilliseconds(100);
+    private bool _lingering; // no reader, but _exclusive and the database's lock still held (under _count)
+    private long _lingerGeneration; // which linger a delayed release is for (under _count)
 
     /// <summary>The lock, held; dispose to release it.</summary>
     public sealed class Holder(Func<ValueTask> release, bool acrossProcesses) : IAsyncDisposable
@@ -47,6 +54,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
             {
                 // Holding the gate, as a collection here would: the readers in flight finish, the last lets the
                 // database's lock go and releases _exclusive; this reader then takes both again as the first.
+                await EndLingerAsync().ConfigureAwait(false);
                 await _exclusive.WaitAsync(cancellationToken).ConfigureAwait(false);
                 _exclusive.Release();
             }
@@ -54,7 +62,16 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
             bool first;
             lock (_count)
             {
-                first = ++_readers == 1;
+                if (_lingering)
+                {
+                    _lingering = false; // the lock the last reader kept: this one holds it now
+                    first = false;
+                    _readers++;
+                }
+                else
+                {
+                    first = ++_readers == 1;
+                }
             }
 
             if (first)
@@ -92,12 +109,22 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
         return new Holder(async () =>
         {
             bool last;
+            long? lingering = null;
             lock (_count)
             {
                 last = --_readers == 0;
+                if (last && _sharedAcross is not null && _linger > TimeSpan.Zero)
+                {
+                    _lingering = true;
+                    lingering = ++_lingerGeneration;
+                }
             }
 
-            if (last)
+            if (lingering is { } generation)
+            {
+                _ = LingerAsync(generation);
+            }
+            else if (last)
             {
                 // A reader arriving now counts itself first and waits for _exclusive, released only after this.
                 var across = _sharedAcross;
@@ -107,6 +134,32 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
         }, _sharedAcross is not null);
     }
 
+    // The database's lock kept after the last reader: let go after _linger unless a reader took it over meanwhile.
+    private async Task LingerAsync(long generation)
+    {
+        await Task.Delay(_linger).ConfigureAwait(false);
+        await EndLingerAsync(generation).ConfigureAwait(false);
+    }
+
+    // Ends a linger (that one, or any when null): both locks go, as when the last reader left.
+    private async Task EndLingerAsync(long? generation = null)
+    {
+        ICollectionLock? across;
+        lock (_count)
+        {
+            if (!_lingering || (generation is { } g && g != _lingerGeneration))
+            {
+                return;
+            }
+
+            _lingering = false;
+            across = _sharedAcross;
+            _sharedAcross = null;
+        }
+
+        await ReleaseAsync(across).ConfigureAwait(false);
+    }
+
     // Under the gate: whether this process holds the database's lock shared and another process's collection waits
     // for it. Asked at most every _checkEveryMs, so a busy front door pays one query a second, an idle one none.
     private async Task<bool> AwaitedElsewhereAsync(CancellationToken cancellationToken)
@@ -114,7 +167,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
         ICollectionLock? held;
         lock (_count)
         {
-            held = _readers > 0 ? _sharedAcross : null;
+            held = _readers > 0 || _lingering ? _sharedAcross : null;
         }
 
         if (held is null || Environment.TickCount64 - _checkedAt < _checkEveryMs)
@@ -146,6 +199,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            await EndLingerAsync().ConfigureAwait(false);
             await _exclusive.WaitAsync(cancellationToken).ConfigureAwait(false);
         }
         finally

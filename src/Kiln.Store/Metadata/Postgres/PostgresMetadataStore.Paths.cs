@@ -119,13 +119,14 @@ public sealed partial class PostgresMetadataStore
     public bool SharesTempRoots => true;
 
     public Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
-        paths.Count == 0 ? Task.CompletedTask : WriteAsync(async (connection, transaction) =>
+        paths.Count == 0 ? Task.CompletedTask : WriteOneAsync(async connection =>
         {
+            // (A no-op evaluation publishes hundreds of these, one request at a time: one round trip each.)
             using var insert = Command(connection, """
                 INSERT INTO temp_roots (front_door, session, account_id, path)
                 SELECT @f, @s, @a, p FROM unnest(@paths::text[]) AS p
                 ON CONFLICT DO NOTHING
-                """, transaction, ("f", frontDoor), ("s", session), ("a", account), ("paths", paths.Select(p => p.BaseName).ToArray()));
+                """, null, ("f", frontDoor), ("s", session), ("a", account), ("paths", paths.Select(p => p.BaseName).ToArray()));
             await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 

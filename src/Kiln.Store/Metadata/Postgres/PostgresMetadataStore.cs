@@ -119,6 +119,23 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         }
     }
 
+    // One statement, atomic on its own: no transaction around it, so one round trip instead of two (its COMMIT).
+    private async Task WriteOneAsync(Func<NpgsqlConnection, Task> statement, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using (connection.ConfigureAwait(false))
+            {
+                await statement(connection).ConfigureAwait(false);
+            }
+        }
+        catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
+        {
+            throw failure;
+        }
+    }
+
     private Task<bool> WriteAsync(Func<NpgsqlConnection, NpgsqlTransaction, Task> work, CancellationToken cancellationToken) =>
         WriteAsync<bool>(async (c, t) =>
         {
