@@ -320,7 +320,6 @@ public sealed partial class BuildScheduler
             KilnMetrics.BuildsStarted.Add(1);
             (job, var expected) = await SizedAsync(job, accountLimits).ConfigureAwait(false);
             requirements = requirements with { MemoryBytes = expected };
-            await AccountSlotAsync(step, accountId, accountLimits.MaxJobs).ConfigureAwait(false);
             while (true)
             {
                 // The account's max-jobs holds back its own builds only: one another account waits for too is not held
@@ -442,39 +441,6 @@ public sealed partial class BuildScheduler
 
     // Steps this front door holds a claim on, with when it claimed each (Environment.TickCount64), renewed by KeepClaimsAsync.
     private readonly ConcurrentDictionary<string, long> _claimed = new();
-
-    /// <summary>
-    /// With several front doors on one database, the account's max-jobs counts its builds on all of them: the step's
-    /// claim becomes one of the account's slots in the database before its job is offered, waiting (told so) while the
-    /// account's limit of them run. The slot is renewed and released with the claim. One front door alone leaves the
-    /// count to its queue, which also says how many wait ahead. A build another account wants too is not held.
-    /// </summary>
-    private async Task AccountSlotAsync(RunningStep step, long accountId, int maxJobs)
-    {
-        if (!Builds.SharedByFrontDoors || maxJobs <= 0)
-        {
-            return;
-        }
-
-        var told = false;
-        while (!step.SharedWithOtherAccounts)
-        {
-            var now = await ClockAsync().ConfigureAwait(false);
-            if (await Builds.ClaimAccountSlotAsync(step.Key, Options.FrontDoor, accountId, maxJobs, now, CancellationToken.None).ConfigureAwait(false))
-            {
-                return;
-            }
-
-            if (!told)
-            {
-                // To the account's own sessions only, as the queue's line: its limit is nobody else's business.
-                step.NoteFor(accountId, $"kiln: waiting for a build slot for '{step.DrvPath}': account limit {maxJobs} running on Kiln's front doors");
-                told = true;
-            }
-
-            await Task.Delay(Options.ClaimPoll, step.Cancellation).ConfigureAwait(false);
-        }
-    }
 
     /// <summary>
     /// Claims the step for this front door (null: build it here), or — while another front door on the same database
