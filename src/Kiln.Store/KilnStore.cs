@@ -343,6 +343,7 @@ public sealed class KilnStore : IAsyncDisposable
         await Usage.DisposeAsync().ConfigureAwait(false); // (before the database closes)
         Upstream.Dispose();
         (Blobs as IDisposable)?.Dispose();
+        await _gcLock.StopLingeringAsync().ConfigureAwait(false); // (its database session closes next)
         await Metadata.DisposeAsync().ConfigureAwait(false);
         _gcLock.Dispose();
     }

@@ -381,8 +381,6 @@ public sealed partial class StoreView
     // Moves verified blobs into place and registers their paths, all in one transaction, with the collector held off.
     private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken, Provenance provenance = Provenance.Uploaded)
     {
-        // Checked against what is registered now (another session may have added since the first look), and held so.
-        await using var quotaHeld = provenance == Provenance.Uploaded ? await HoldStorageQuotaAsync(uploads.Sum(u => u.Info.NarSize), cancellationToken).ConfigureAwait(false) : null;
         var ordered = TopologicalOrder(uploads);
         var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = shared.ConfigureAwait(false);
@@ -391,6 +389,11 @@ public sealed partial class StoreView
         await Parallel.ForEachAsync(ordered, new ParallelOptions { MaxDegreeOfParallelism = 8, CancellationToken = cancellationToken },
             async (upload, token) => await upload.Nar.CommitAsync(token).ConfigureAwait(false)).ConfigureAwait(false);
 
+        // The quota, checked against what is registered now (another session or front door may have added since the
+        // first look) and held until these paths are: after the uploads, so the account's lock (in the database too,
+        // with several front doors) is held for a query and a registration, never for an upload. A refusal here, which
+        // only a race with another commit of the account brings, leaves the blobs to the sweep of unnamed ones.
+        await using var quotaHeld = provenance == Provenance.Uploaded ? await HoldStorageQuotaAsync(uploads.Sum(u => u.Info.NarSize), cancellationToken).ConfigureAwait(false) : null;
         try
         {
             await Metadata.RegisterAsync(AccountId,

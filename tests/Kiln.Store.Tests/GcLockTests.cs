@@ -63,7 +63,7 @@ public sealed class GcLockTests
     public async Task A_registration_waits_for_those_in_flight_and_takes_the_lock_again_when_a_collection_elsewhere_waits(bool askingFails)
     {
         var database = new Database();
-        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.Zero);
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.FromHours(1)) /* no linger when one waits */;
         var first = await gcLock.SharedAsync(default);
         database.Awaited = () => askingFails ? throw new InvalidOperationException("the lock's session broke") : true;
 
@@ -104,6 +104,21 @@ public sealed class GcLockTests
             Assert.Equal(4, database.Taken.Count);
             Assert.Equal(1, database.Taken[2].Lock.Released);
         }
+    }
+
+    // A collection here that waits for a registration in flight gets the lock when it ends: no linger after it.
+    [Fact]
+    public async Task A_collection_waiting_for_a_registration_gets_the_lock_when_it_ends()
+    {
+        var database = new Database();
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.FromHours(1));
+        var registration = await gcLock.SharedAsync(default);
+        var collection = gcLock.ExclusiveAsync(default);
+        await Task.Delay(200);
+        Assert.False(collection.IsCompleted);
+        await registration.DisposeAsync();
+        await using var held = await collection.WaitAsync(Patience);
+        Assert.Equal(1, database.Taken[0].Lock.Released);
     }
 
     [Fact]

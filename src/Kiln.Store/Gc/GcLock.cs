@@ -31,6 +31,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
     private long _checkedAt; // Environment.TickCount64 when it was taken or last asked whether it is awaited
     private readonly TimeSpan _linger = linger ?? TimeSpan.FromMilliseconds(100);
     private bool _lingering; // no reader, but _exclusive and the database's lock still held (under _count)
+    private int _draining; // a collection here, or a registration making way for one elsewhere, waits for the readers (under _count)
     private long _lingerGeneration; // which linger a delayed release is for (under _count)
 
     /// <summary>The lock, held; dispose to release it.</summary>
@@ -54,8 +55,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
             {
                 // Holding the gate, as a collection here would: the readers in flight finish, the last lets the
                 // database's lock go and releases _exclusive; this reader then takes both again as the first.
-                await EndLingerAsync().ConfigureAwait(false);
-                await _exclusive.WaitAsync(cancellationToken).ConfigureAwait(false);
+                await DrainAsync(cancellationToken).ConfigureAwait(false);
                 _exclusive.Release();
             }
 
@@ -113,7 +113,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
             lock (_count)
             {
                 last = --_readers == 0;
-                if (last && _sharedAcross is not null && _linger > TimeSpan.Zero)
+                if (last && _sharedAcross is not null && _linger > TimeSpan.Zero && _draining == 0)
                 {
                     _lingering = true;
                     lingering = ++_lingerGeneration;
@@ -138,7 +138,40 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
     private async Task LingerAsync(long generation)
     {
         await Task.Delay(_linger).ConfigureAwait(false);
-        await EndLingerAsync(generation).ConfigureAwait(false);
+        try
+        {
+            await EndLingerAsync(generation).ConfigureAwait(false);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The store closed meanwhile (it ends any linger first; this one lost the race): its session went with it.
+        }
+    }
+
+    /// <summary>Lets go of a lingering hold now: before the store closes the database.</summary>
+    public Task StopLingeringAsync() => EndLingerAsync();
+
+    // Under the gate: waits until no reader holds the lock (this process's _exclusive taken), with no linger after the
+    // last: who waits here wants the lock let go, not kept.
+    private async Task DrainAsync(CancellationToken cancellationToken)
+    {
+        lock (_count)
+        {
+            _draining++;
+        }
+
+        try
+        {
+            await EndLingerAsync().ConfigureAwait(false);
+            await _exclusive.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            lock (_count)
+            {
+                _draining--;
+            }
+        }
     }
 
     // Ends a linger (that one, or any when null): both locks go, as when the last reader left.
@@ -199,8 +232,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            await EndLingerAsync().ConfigureAwait(false);
-            await _exclusive.WaitAsync(cancellationToken).ConfigureAwait(false);
+            await DrainAsync(cancellationToken).ConfigureAwait(false);
         }
         finally
         {
