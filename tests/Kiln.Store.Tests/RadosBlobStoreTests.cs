@@ -106,7 +106,11 @@ public sealed class RadosBlobStoreTests(RadosGateway rgw) : BlobStoreContract, I
         var upload = await client.InitiateMultipartUploadAsync(new InitiateMultipartUploadRequest { BucketName = location.Bucket, Key = key });
         await client.UploadPartAsync(new UploadPartRequest
         {
-            BucketName = location.Bucket, Key = key, UploadId = upload.UploadId, PartNumber = 1, InputStream = new MemoryStream(Bytes(1 << 20, 4)),
+            BucketName = location.Bucket,
+            Key = key,
+            UploadId = upload.UploadId,
+            PartNumber = 1,
+            InputStream = new MemoryStream(Bytes(1 << 20, 4)),
         });
         Assert.Single((await client.ListMultipartUploadsAsync(new ListMultipartUploadsRequest { BucketName = location.Bucket })).MultipartUploads);
 

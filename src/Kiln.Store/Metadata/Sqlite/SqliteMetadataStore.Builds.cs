@@ -127,14 +127,7 @@ public sealed partial class SqliteMetadataStore
         {
             using var select = Command(connection, "SELECT b.id FROM json_each($ids) j CROSS JOIN builds b ON b.id = j.value WHERE b.drv_path <> ''", null,
                 ("$ids", "[" + string.Join(',', ids.Select(i => i.ToString(System.Globalization.CultureInfo.InvariantCulture))) + "]"));
-            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            var found = new HashSet<long>();
-            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-            {
-                found.Add(reader.GetInt64(0));
-            }
-
-            return found;
+            return new HashSet<long>(await ReadAllAsync(select, r => r.GetInt64(0), cancellationToken).ConfigureAwait(false));
         }, cancellationToken);
 
     public Task<BuildRecord?> GetBuildAsync(long account, long id, CancellationToken cancellationToken) =>

@@ -66,14 +66,7 @@ public sealed partial class SqliteMetadataStore
         {
             using var select = Command(connection, "SELECT f.file FROM json_each($files) j CROSS JOIN nar_files f ON f.file = j.value", null,
                 ("$files", MetadataRows.JsonArray(files)));
-            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            var found = new HashSet<string>(StringComparer.Ordinal);
-            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-            {
-                found.Add(reader.GetString(0));
-            }
-
-            return found;
+            return new HashSet<string>(await ReadAllAsync(select, r => r.GetString(0), cancellationToken).ConfigureAwait(false), StringComparer.Ordinal);
         }, cancellationToken);
 
     public Task<(NixHash NarHash, string Compression)?> FindNarFileAsync(string file, CancellationToken cancellationToken) =>
