@@ -27,6 +27,13 @@ public sealed partial class BlobSweepService(KilnStore store, Kiln.Agent.Sandbox
             // Each step on its own: one that fails (an unreadable file, the bucket away) leaves the others to run.
             await StepAsync(async () =>
             {
+                // With several front doors, whichever comes first in an interval sweeps for all (a little under the
+                // interval, so one front door alone is never a tick late for its own turn).
+                if (!await store.TakeBlobSweepTurnAsync(options.BlobSweepInterval * 0.9, stoppingToken).ConfigureAwait(false))
+                {
+                    return;
+                }
+
                 var swept = await store.SweepUnnamedBlobsAsync(null, stoppingToken).ConfigureAwait(false);
                 if (swept > 0)
                 {

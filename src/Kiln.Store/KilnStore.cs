@@ -193,6 +193,13 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>Records every account's storage as its sample for <paramref name="day"/> (Unix days; <see cref="StorageSample.DayOf"/>).</summary>
     public Task SampleStorageAsync(long day, CancellationToken cancellationToken) => Metadata.RecordStorageAsync(day, cancellationToken);
 
+    /// <summary>
+    /// Whether this front door sweeps the blobs nothing names now: not when another on the same database did less than
+    /// <paramref name="every"/> ago (the sweep lists the whole bucket; once per interval between them is enough).
+    /// </summary>
+    public Task<bool> TakeBlobSweepTurnAsync(TimeSpan every, CancellationToken cancellationToken) =>
+        Metadata.TakeTurnAsync("blob-sweep", (long)every.TotalSeconds, cancellationToken);
+
     /// <summary>The running server's sweep of blobs nothing names, older than the grace period (see <see cref="StoreOptions.BlobGracePeriod"/>).</summary>
     public Task<long> SweepUnnamedBlobsAsync(TimeSpan? grace, CancellationToken cancellationToken) =>
         GarbageCollector.SweepUnnamedBlobsAsync(grace ?? Options.BlobGracePeriod, cancellationToken);

@@ -859,6 +859,20 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.False(await store.ClaimStepAsync("other", "door-a", expires: 200, now: 160, default)); // door-c's, live
     }
 
+    // Periodic work one front door does for all: taken once per interval, by whoever comes first; another name is
+    // another turn. (Within one second the interval cannot have passed; a zero interval gives it to every caller.)
+    [Fact]
+    public async Task A_turn_is_taken_once_per_interval_by_one_of_those_asking_at_once()
+    {
+        await using var store = await CreateAsync();
+        var turns = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(() => store.TakeTurnAsync("blob-sweep", 3600, default))));
+        Assert.Single(turns, t => t);
+        Assert.False(await store.TakeTurnAsync("blob-sweep", 3600, default));
+        Assert.True(await store.TakeTurnAsync("another", 3600, default));
+        Assert.True(await store.TakeTurnAsync("blob-sweep", 0, default));
+        Assert.True(await store.TakeTurnAsync("blob-sweep", 0, default));
+    }
+
     [Fact]
     public async Task Of_front_doors_claiming_a_step_at_once_exactly_one_gets_it()
     {

@@ -181,6 +181,13 @@ public interface IPathMetadata
     /// </summary>
     Task<IAsyncDisposable?> HoldStorageQuotaAsync(long account, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Takes the turn at the periodic work <paramref name="name"/> unless it was taken less than
+    /// <paramref name="everySeconds"/> ago by the database's clock; true when this caller has it. Several front doors on
+    /// one database so do work such as listing a whole bucket once per interval between them, not once each.
+    /// </summary>
+    Task<bool> TakeTurnAsync(string name, long everySeconds, CancellationToken cancellationToken);
+
     Task<IReadOnlySet<StorePath>> GetReferrersAsync(long account, StorePath path, CancellationToken cancellationToken);
 
     /// <summary>The outputs a derivation valid in the view declares, or null when it is not valid there.</summary>

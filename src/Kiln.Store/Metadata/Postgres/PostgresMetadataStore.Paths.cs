@@ -467,6 +467,17 @@ public sealed partial class PostgresMetadataStore
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    public Task<bool> TakeTurnAsync(string name, long everySeconds, CancellationToken cancellationToken) =>
+        WriteAsync<bool>(async (connection, transaction) =>
+        {
+            using var take = Command(connection, """
+                INSERT INTO sweep_turns (name, taken) VALUES (@n, floor(extract(epoch FROM clock_timestamp()))::bigint)
+                ON CONFLICT (name) DO UPDATE SET taken = excluded.taken WHERE sweep_turns.taken <= excluded.taken - @every
+                RETURNING name
+                """, transaction, ("n", name), ("every", everySeconds));
+            return await take.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
+        }, cancellationToken);
+
     // The account's quota lock: a transaction-level advisory lock (two-key form: this namespace, the account id folded
     // into 32 bits — a collision only makes two accounts' commits wait for each other) on a pooled connection, held in
     // an open transaction. Ending the transaction releases it, and a connection closed with its transaction open (a

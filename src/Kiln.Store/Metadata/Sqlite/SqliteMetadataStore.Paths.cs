@@ -94,6 +94,17 @@ public sealed partial class SqliteMetadataStore
             return files;
         }, cancellationToken);
 
+    public Task<bool> TakeTurnAsync(string name, long everySeconds, CancellationToken cancellationToken) =>
+        WriteAsync<bool>(async (connection, transaction) =>
+        {
+            using var take = Command(connection, """
+                INSERT INTO sweep_turns (name, taken) VALUES ($n, CAST(strftime('%s', 'now') AS INTEGER))
+                ON CONFLICT (name) DO UPDATE SET taken = excluded.taken WHERE sweep_turns.taken <= excluded.taken - $every
+                RETURNING name
+                """, transaction, ("$n", name), ("$every", everySeconds));
+            return await take.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
+        }, cancellationToken);
+
     // The server is the one process writing this database: its lock per account is the whole of it.
     public Task<IAsyncDisposable?> HoldStorageQuotaAsync(long account, CancellationToken cancellationToken) => Task.FromResult<IAsyncDisposable?>(null);
 
