@@ -26,9 +26,8 @@ public sealed class KilnStore : IAsyncDisposable
         TempRoots = new TempRoots(metadata, _gcLock);
         Usage = new UsageMeter(metadata, options.Logger, TimeSpan.FromSeconds(5));
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
-        var logs = new FileBuildLogStore(options.LogDirectory, options.Logger);
-        _localLogs = logs;
-        Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(logs, shared, installation) : logs; // a bucket front doors share
+        _localLogs = new FileBuildLogStore(options.LogDirectory, options.Logger);
+        Logs = Blobs is ISharedFiles shared ? new SharedBuildLogStore(_localLogs, shared, installation) : _localLogs; // a bucket front doors share
         Materialised = options.MaterialisedAccount is null ? null : new MaterialisedView(options.MaterialisedRoot, Blobs);
         GarbageCollector = new GarbageCollector(metadata, Blobs, TempRoots, _gcLock, options, this);
     }

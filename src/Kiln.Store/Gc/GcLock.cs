@@ -30,7 +30,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
     private ICollectionLock? _sharedAcross; // the database's shared lock, held from the first reader to the last
     private long _checkedAt; // Environment.TickCount64 when it was taken or last asked whether it is awaited
     private readonly TimeSpan _linger = linger ?? TimeSpan.FromMilliseconds(100);
-    private bool _lingering; // no reader, but _exclusive and the database's lock still held (under _count)
+    private bool _lingering; // no reader, but _exclusive and the database's lock (if any) still held (under _count)
     private int _draining; // a collection here, or a registration making way for one elsewhere, waits for the readers (under _count)
     private long _lingerGeneration; // which linger a delayed release is for (under _count)
 
@@ -108,28 +108,30 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
 
         return new Holder(async () =>
         {
-            bool last;
-            long? lingering = null;
+            // The last reader leaves both locks lingering, for the next reader to take over: let go at once, or after
+            // _linger when the database's lock is held and nobody waits for the readers to be gone.
+            long? generation = null;
+            var linger = false;
             lock (_count)
             {
-                last = --_readers == 0;
-                if (last && _sharedAcross is not null && _linger > TimeSpan.Zero && _draining == 0)
+                if (--_readers == 0)
                 {
                     _lingering = true;
-                    lingering = ++_lingerGeneration;
+                    generation = ++_lingerGeneration;
+                    linger = _sharedAcross is not null && _linger > TimeSpan.Zero && _draining == 0;
                 }
             }
 
-            if (lingering is { } generation)
+            if (generation is { } last)
             {
-                _ = LingerAsync(generation);
-            }
-            else if (last)
-            {
-                // A reader arriving now counts itself first and waits for _exclusive, released only after this.
-                var across = _sharedAcross;
-                _sharedAcross = null;
-                await ReleaseAsync(across).ConfigureAwait(false);
+                if (linger)
+                {
+                    _ = LingerAsync(last);
+                }
+                else
+                {
+                    await EndLingerAsync(last).ConfigureAwait(false);
+                }
             }
         }, _sharedAcross is not null);
     }
