@@ -306,7 +306,7 @@ public sealed partial class BuildScheduler
         var claimed = false;
         try
         {
-            if (await ClaimOrAwaitElsewhereAsync(step, accountId).ConfigureAwait(false) is { } elsewhere)
+            if (await ClaimOrAwaitElsewhereAsync(step, accountId, accountLimits.MaxJobs).ConfigureAwait(false) is { } elsewhere)
             {
                 step.Started(elsewhere.BuildId, null);
                 step.Dispose();
@@ -366,6 +366,12 @@ public sealed partial class BuildScheduler
             {
                 outcome = gaveUp; // cancelled because its last session's own limit was passed: say which
             }
+        }
+        catch (OperationCanceledException) when (step.Cancellation.IsCancellationRequested)
+        {
+            // Every session gave up on the step while it waited for a slot or for another front door: not Kiln's failure.
+            outcome = step.GaveUp ?? BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{job.DrvPath}' was cancelled");
+            step.Started(null, null);
         }
 #pragma warning disable CA1031 // a failure of Kiln's is reported as the build's, never lost
         catch (Exception e)
@@ -448,9 +454,18 @@ public sealed partial class BuildScheduler
     /// so; the other front door has the build's own log). A build that failed there, or a claim that lapsed because its
     /// front door went away, is claimed and built here.
     /// </summary>
-    private async Task<StepOutcome?> ClaimOrAwaitElsewhereAsync(RunningStep step, long accountId)
+    /// <remarks>
+    /// With several front doors on one database the account's max-jobs counts its builds on all of them: the claim must
+    /// also become one of the account's slots (kept with it: renewed, released and lapsing together). While the account's
+    /// limit of them run elsewhere, the claim is let go again and the client told why, so the step is never held by a
+    /// build that waits: another account's front door may build it meanwhile, and this one then waits for that build.
+    /// One front door alone leaves the count to its queue, which also says how many wait ahead. A build another account
+    /// wants too is not held.
+    /// </remarks>
+    private async Task<StepOutcome?> ClaimOrAwaitElsewhereAsync(RunningStep step, long accountId, int maxJobs)
     {
         var told = false;
+        var toldSlot = false;
         while (true)
         {
             var now = await ClockAsync().ConfigureAwait(false);
@@ -485,11 +500,21 @@ public sealed partial class BuildScheduler
 
             if (claimed)
             {
-                _claimed[step.Key] = Environment.TickCount64;
-                return null;
-            }
+                if (maxJobs <= 0 || !Builds.SharedByFrontDoors || step.SharedWithOtherAccounts
+                    || await Builds.ClaimAccountSlotAsync(step.Key, Options.FrontDoor, accountId, maxJobs, now, CancellationToken.None).ConfigureAwait(false))
+                {
+                    _claimed[step.Key] = Environment.TickCount64;
+                    return null;
+                }
 
-            if (!told)
+                await ReleaseClaimAsync(step.Key).ConfigureAwait(false);
+                if (!toldSlot)
+                {
+                    step.Line($"kiln: waiting for a build slot for '{step.DrvPath}': account limit {maxJobs} running on Kiln's front doors");
+                    toldSlot = true;
+                }
+            }
+            else if (!told)
             {
                 step.Line($"kiln: another Kiln front door is building '{step.DrvPath}'; waiting for it");
                 told = true;

@@ -190,6 +190,99 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         Assert.Equal(200, builds.Select(r => r.DrvPath).Distinct().Count());
     }
 
+    // max-jobs across front doors: an account allowed one build at a time runs one at a time, whichever front doors its
+    // builds came through (the slot is claimed in the database); the one that waits says why. Each build writes the
+    // machine's uptime as it starts and ends, so the test sees when each ran.
+    [Fact]
+    public async Task An_accounts_max_jobs_holds_across_front_doors()
+    {
+        var client = NixClient.For("2.8.0");
+        var (database, _, a, b) = TwoFrontDoors(http: false);
+        using var doorA = a;
+        using var doorB = b;
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, a, "alice");
+        Assert.Contains("max-jobs = 1", a.Cli("settings", "set", "alice", "max-jobs", "1"), StringComparison.Ordinal);
+        var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
+
+        var salt = Guid.NewGuid().ToString("N");
+        string[] Build(string name) =>
+        [
+            "nix", "build", "-L", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1", "--no-link",
+            "-f", Dag.WriteSingle(client, workspace, name, $"echo {salt}; mkdir $out; cat /proc/uptime > $out/start; sleep 3; cat /proc/uptime > $out/end"),
+        ];
+        using var first = client.Start(a, [.. alice.Environment, .. Build("one")]);
+        using var second = client.Start(b, [.. throughB, .. Build("two")]);
+        var logs = await Task.WhenAll(first.StandardError.ReadToEndAsync(), second.StandardError.ReadToEndAsync());
+        await Task.WhenAll(first.WaitForExitAsync(), second.WaitForExitAsync());
+        Assert.True(first.ExitCode == 0, logs[0] + a.Log);
+        Assert.True(second.ExitCode == 0, logs[1] + b.Log);
+
+        await using var metadata = MetadataStores.Open(database);
+        var runs = new List<(double Start, double End)>();
+        foreach (var record in await metadata.ListBuildsAsync(null, 10, CancellationToken.None))
+        {
+            var output = record.Outputs.Single().Path.FullPath;
+            client.Ok(a, [.. alice.Environment, "nix", "copy", "--from", "ssh-ng://kiln@127.0.0.1", "--to", $"local?root={workspace}/got", "--no-check-sigs", output]);
+            double Uptime(string file) => double.Parse(File.ReadAllText(client.HostPath($"{workspace}/got{output}/{file}")).Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            runs.Add((Uptime("start"), Uptime("end")));
+        }
+
+        Assert.Equal(2, runs.Count);
+        Assert.True(runs[0].Start >= runs[1].End || runs[1].Start >= runs[0].End, $"the builds ran at once: {runs[0]} and {runs[1]}");
+        Assert.Contains(logs, l => l.Contains("waiting for a build slot", StringComparison.Ordinal) && l.Contains("account limit 1 running on Kiln's front doors", StringComparison.Ordinal));
+    }
+
+    // The reason the slot is taken with the step's claim and let go while it waits: a build waiting for its account's
+    // slot on B must not hold the step from another account on A. Alice (max-jobs 1) runs a long build through A, then
+    // asks for another derivation through B, which waits; Bob asks for that same derivation through A, which builds it
+    // at once (before Alice's first ends), and Alice's waiting request takes its result: one build of it, for both.
+    // (Alice may fetch both outputs: she asked for both.)
+    [Fact]
+    public async Task A_build_waiting_for_its_accounts_slot_does_not_hold_the_step_from_another_account()
+    {
+        var client = NixClient.For("2.34.8");
+        var (database, _, a, b) = TwoFrontDoors(http: false);
+        using var doorA = a;
+        using var doorB = b;
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, a, "alice");
+        var bob = SshTests.NewLogin(client, a, "bob");
+        Assert.Contains("max-jobs = 1", a.Cli("settings", "set", "alice", "max-jobs", "1"), StringComparison.Ordinal);
+        var aliceThroughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
+
+        var salt = Guid.NewGuid().ToString("N");
+        string[] Build(string name, string script) =>
+            ["nix", "build", "-L", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1", "--no-link", "-f", Dag.WriteSingle(client, workspace, name, $"echo {salt}; {script}")];
+        var stamp = "mkdir $out; cat /proc/uptime > $out/start; sleep {0}; cat /proc/uptime > $out/end";
+        using var longOne = client.Start(a, [.. alice.Environment, .. Build("long", string.Format(System.Globalization.CultureInfo.InvariantCulture, stamp, 12))]);
+        var shared = Build("shared", string.Format(System.Globalization.CultureInfo.InvariantCulture, stamp, 1));
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        using var aliceWaits = client.Start(b, [.. aliceThroughB, .. shared]);
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        using var bobBuilds = client.Start(a, [.. bob.Environment, .. shared]);
+        var logs = await Task.WhenAll(longOne.StandardError.ReadToEndAsync(), aliceWaits.StandardError.ReadToEndAsync(), bobBuilds.StandardError.ReadToEndAsync());
+        await Task.WhenAll(longOne.WaitForExitAsync(), aliceWaits.WaitForExitAsync(), bobBuilds.WaitForExitAsync());
+        Assert.True(longOne.ExitCode == 0, logs[0] + a.Log);
+        Assert.True(aliceWaits.ExitCode == 0, logs[1] + b.Log);
+        Assert.True(bobBuilds.ExitCode == 0, logs[2] + a.Log);
+        Assert.Contains("account limit 1 running on Kiln's front doors", logs[1], StringComparison.Ordinal);
+
+        await using var metadata = MetadataStores.Open(database);
+        var records = await metadata.ListBuildsAsync(null, 10, CancellationToken.None);
+        Assert.Equal(2, records.Count); // the shared derivation built once
+        double Uptime(BuildRecord record, string file)
+        {
+            var output = record.Outputs.Single().Path.FullPath;
+            client.Ok(a, [.. alice.Environment, "nix", "copy", "--from", "ssh-ng://kiln@127.0.0.1", "--to", $"local?root={workspace}/got", "--no-check-sigs", output]);
+            return double.Parse(File.ReadAllText(client.HostPath($"{workspace}/got{output}/{file}")).Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        var longRecord = records.Single(r => r.DrvPath.EndsWith("-long.drv", StringComparison.Ordinal));
+        var sharedRecord = records.Single(r => r.DrvPath.EndsWith("-shared.drv", StringComparison.Ordinal));
+        Assert.True(Uptime(sharedRecord, "end") < Uptime(longRecord, "end"), "the shared derivation waited for Alice's slot although Bob asked for it");
+    }
+
     // A front door killed in the middle of a build: its claim lapses and another front door builds the step for the
     // client waiting there, which simply succeeds; the lost front door's build is recorded as failed, once.
     [Fact]

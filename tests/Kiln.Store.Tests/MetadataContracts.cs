@@ -873,6 +873,56 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.True(await store.TakeTurnAsync("blob-sweep", 0, default));
     }
 
+    // max-jobs across front doors: a claimed step becomes one of its account's running builds while fewer than the
+    // limit are, counted over every front door's live claims; the slot goes with the claim (released, lapsed, taken).
+    [Fact]
+    public async Task An_accounts_running_builds_are_counted_over_every_front_doors_claims()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        foreach (var (key, door) in new[] { ("a1", "door-a"), ("a2", "door-b"), ("a3", "door-a"), ("b1", "door-b") })
+        {
+            Assert.True(await store.ClaimStepAsync(key, door, expires: 200, now: 100, default));
+        }
+
+        Assert.True(await store.ClaimAccountSlotAsync("a1", "door-a", alice, maxJobs: 2, now: 100, default));
+        Assert.True(await store.ClaimAccountSlotAsync("a2", "door-b", alice, maxJobs: 2, now: 100, default));
+        Assert.False(await store.ClaimAccountSlotAsync("a3", "door-a", alice, maxJobs: 2, now: 100, default)); // two run, on two front doors
+        Assert.True(await store.ClaimAccountSlotAsync("a1", "door-a", alice, maxJobs: 2, now: 100, default)); // its own, held already
+        Assert.True(await store.ClaimAccountSlotAsync("b1", "door-b", bob, maxJobs: 1, now: 100, default)); // another account's own count
+        Assert.False(await store.ClaimAccountSlotAsync("a3", "door-b", alice, maxJobs: 5, now: 100, default)); // not door-b's claim
+
+        // Released with its claim: a slot is free again.
+        await store.ReleaseStepClaimsAsync("door-b", "a2", default);
+        Assert.True(await store.ClaimAccountSlotAsync("a3", "door-a", alice, maxJobs: 2, now: 100, default));
+
+        // Renewed with its claim; lapsed with it, it no longer counts, and a front door taking the step over starts without it.
+        Assert.Equal(["a1"], await store.RenewStepClaimsAsync(["a1"], "door-a", expires: 400, default));
+        Assert.True(await store.ClaimStepAsync("a4", "door-b", expires: 500, now: 300, default));
+        Assert.False(await store.ClaimAccountSlotAsync("a4", "door-b", alice, maxJobs: 1, now: 300, default)); // a1 still live at 300
+        Assert.True(await store.ClaimAccountSlotAsync("a4", "door-b", alice, maxJobs: 2, now: 300, default)); // a3 lapsed at 200
+        Assert.True(await store.ClaimStepAsync("a3", "door-c", expires: 500, now: 300, default));
+        Assert.True(await store.ClaimAccountSlotAsync("a3", "door-c", alice, maxJobs: 3, now: 300, default));
+        Assert.False(await store.ClaimAccountSlotAsync("a5", "door-c", alice, maxJobs: 3, now: 300, default)); // no claim on a5
+        Assert.True(await store.ClaimStepAsync("a5", "door-c", expires: 500, now: 300, default));
+        Assert.False(await store.ClaimAccountSlotAsync("a5", "door-c", alice, maxJobs: 3, now: 300, default)); // a1, a4, a3
+    }
+
+    [Fact]
+    public async Task Of_front_doors_claiming_an_accounts_last_slot_at_once_exactly_one_gets_it()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        for (var i = 0; i < 8; i++)
+        {
+            Assert.True(await store.ClaimStepAsync($"k{i}", $"door-{i}", 200, 100, default));
+        }
+
+        var slots = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => Task.Run(() => store.ClaimAccountSlotAsync($"k{i}", $"door-{i}", alice, 1, 100, default))));
+        Assert.Single(slots, s => s);
+    }
+
     [Fact]
     public async Task Of_front_doors_claiming_a_step_at_once_exactly_one_gets_it()
     {

@@ -205,6 +205,19 @@ public interface IBuildMetadata
     /// </summary>
     Task<IReadOnlySet<string>> RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Several processes (front doors) may build on this metadata: an account's max-jobs is then counted here
+    /// (<see cref="ClaimAccountSlotAsync"/>), not in one process's queue alone. False for SQLite (one server).
+    /// </summary>
+    bool SharedByFrontDoors { get; }
+
+    /// <summary>
+    /// Makes <paramref name="owner"/>'s claim on a step one of <paramref name="account"/>'s running builds if fewer than
+    /// <paramref name="maxJobs"/> of its claims, on any front door, are (live at <paramref name="now"/>); true when it is
+    /// one. The slot is renewed and released with the claim, and lapses with it.
+    /// </summary>
+    Task<bool> ClaimAccountSlotAsync(string stepKey, string owner, long account, int maxJobs, long now, CancellationToken cancellationToken);
+
     /// <summary>Releases the owner's claims: those on <paramref name="stepKey"/>, or all of them when it is null (a server starting again).</summary>
     Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken);
 

@@ -156,8 +156,21 @@ internal static class MetadataRows
     /// </summary>
     public const string ClaimStep = """
         INSERT INTO step_claims (step_key, owner, expires) VALUES (@k, @o, @e)
-        ON CONFLICT (step_key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires
+        ON CONFLICT (step_key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires,
+            slot_account = CASE WHEN step_claims.owner = excluded.owner THEN step_claims.slot_account END
         WHERE step_claims.owner = excluded.owner OR step_claims.expires < @now
+        """;
+
+    /// <summary>
+    /// Makes the owner's claim on a step (<c>@k</c>, <c>@o</c>) one of account <c>@a</c>'s running builds, if fewer than
+    /// <c>@max</c> live claims (<c>@now</c>) are; returns a row when it is one (already, or now).
+    /// </summary>
+    public const string ClaimAccountSlot = """
+        UPDATE step_claims SET slot_account = @a
+        WHERE step_key = @k AND owner = @o
+          AND (slot_account = @a
+               OR (SELECT count(*) FROM step_claims s WHERE s.slot_account = @a AND s.expires >= @now) < @max)
+        RETURNING step_key
         """;
 
     /// <summary>Stores a service secret (<c>@n</c>, <c>@s</c>, <c>@t</c>) unless one by that name is stored already.</summary>

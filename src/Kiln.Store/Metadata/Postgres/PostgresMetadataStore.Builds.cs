@@ -75,6 +75,20 @@ public sealed partial class PostgresMetadataStore
             return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
         }, cancellationToken);
 
+    public bool SharedByFrontDoors => true;
+
+    public Task<bool> ClaimAccountSlotAsync(string stepKey, string owner, long account, int maxJobs, long now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            // The account's row locked first: two front doors claiming its last slot at once count one after the other
+            // (each statement sees what committed before it began).
+            using var serialise = Command(connection, "SELECT 1 FROM accounts WHERE id = @a FOR UPDATE", transaction, ("a", account));
+            await serialise.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            using var claim = Command(connection, MetadataRows.ClaimAccountSlot, transaction,
+                ("k", stepKey), ("o", owner), ("a", account), ("max", (long)maxJobs), ("now", now));
+            return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
+        }, cancellationToken);
+
     public Task<long> ClockAsync(CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {

@@ -67,6 +67,18 @@ public sealed partial class SqliteMetadataStore
             return await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
+    // One server writes this database; its queue counts the account's builds (the slots still work, for the contract).
+    public bool SharedByFrontDoors => false;
+
+    // A write transaction here holds the database's write lock from its start: claims count one after the other.
+    public Task<bool> ClaimAccountSlotAsync(string stepKey, string owner, long account, int maxJobs, long now, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            using var claim = Command(connection, MetadataRows.ClaimAccountSlot, transaction,
+                ("@k", stepKey), ("@o", owner), ("@a", account), ("@max", (long)maxJobs), ("@now", now));
+            return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
+        }, cancellationToken);
+
     public Task<bool> ClaimStepAsync(string stepKey, string owner, long expires, long now, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
