@@ -469,6 +469,12 @@ public sealed partial class BuildScheduler
         while (true)
         {
             var now = await ClockAsync().ConfigureAwait(false);
+            if (toldSlot && !step.SharedWithOtherAccounts && !await MayTakeSlotAsync(accountId, maxJobs, now).ConfigureAwait(false))
+            {
+                await Task.Delay(Options.ClaimPoll, step.Cancellation).ConfigureAwait(false);
+                continue;
+            }
+
             var claimed = await Builds.ClaimStepAsync(step.Key, Options.FrontDoor, now + (long)Options.ClaimLease.TotalSeconds, now, CancellationToken.None)
                 .ConfigureAwait(false);
 
@@ -500,8 +506,19 @@ public sealed partial class BuildScheduler
 
             if (claimed)
             {
-                if (maxJobs <= 0 || !Builds.SharedByFrontDoors || step.SharedWithOtherAccounts
-                    || await Builds.ClaimAccountSlotAsync(step.Key, Options.FrontDoor, accountId, maxJobs, now, CancellationToken.None).ConfigureAwait(false))
+                bool slot;
+                try
+                {
+                    slot = maxJobs <= 0 || !Builds.SharedByFrontDoors || step.SharedWithOtherAccounts
+                        || await Builds.ClaimAccountSlotAsync(step.Key, Options.FrontDoor, accountId, maxJobs, now, CancellationToken.None).ConfigureAwait(false);
+                }
+                catch
+                {
+                    await ReleaseClaimAsync(step.Key).ConfigureAwait(false); // not left for the others to wait a lease out
+                    throw;
+                }
+
+                if (slot)
                 {
                     _claimed[step.Key] = Environment.TickCount64;
                     return null;
@@ -510,7 +527,8 @@ public sealed partial class BuildScheduler
                 await ReleaseClaimAsync(step.Key).ConfigureAwait(false);
                 if (!toldSlot)
                 {
-                    step.Line($"kiln: waiting for a build slot for '{step.DrvPath}': account limit {maxJobs} running on Kiln's front doors");
+                    // To this account's sessions only: another's joining this step later has no business with its limit.
+                    step.NoteFor(accountId, $"kiln: waiting for a build slot for '{step.DrvPath}': account limit {maxJobs} running on Kiln's front doors");
                     toldSlot = true;
                 }
             }
@@ -521,6 +539,49 @@ public sealed partial class BuildScheduler
             }
 
             await Task.Delay(Options.ClaimPoll, step.Cancellation).ConfigureAwait(false);
+        }
+    }
+
+    // What the waiters for one account's slots on this front door last learnt of how many are free: one count per
+    // account (and limit) per poll for all of them, each free slot tried by one waiter, rather than every waiter
+    // claiming the step and the slot (four round trips, one under the account's row lock) every poll.
+    private sealed class SlotLook(long until, int free)
+    {
+        public long Until { get; } = until;
+
+        private int _free = free;
+
+        public bool TakeOne() => Interlocked.Decrement(ref _free) >= 0;
+    }
+
+    private readonly ConcurrentDictionary<(long Account, int MaxJobs), Lazy<Task<SlotLook>>> _slotLooks = new();
+
+    private async Task<bool> MayTakeSlotAsync(long account, int maxJobs, long now)
+    {
+        while (true)
+        {
+            var look = _slotLooks.GetOrAdd((account, maxJobs), key => new Lazy<Task<SlotLook>>(async () =>
+            {
+                var held = await Builds.CountAccountSlotsAsync(key.Account, now, CancellationToken.None).ConfigureAwait(false);
+                return new SlotLook(Environment.TickCount64 + (long)Options.ClaimPoll.TotalMilliseconds, key.MaxJobs - held);
+            }));
+            SlotLook seen;
+            try
+            {
+                seen = await look.Value.ConfigureAwait(false);
+            }
+            catch
+            {
+                _slotLooks.TryRemove(new KeyValuePair<(long, int), Lazy<Task<SlotLook>>>((account, maxJobs), look)); // the next poll asks again
+                throw;
+            }
+
+            if (Environment.TickCount64 < seen.Until)
+            {
+                return seen.TakeOne();
+            }
+
+            _slotLooks.TryRemove(new KeyValuePair<(long, int), Lazy<Task<SlotLook>>>((account, maxJobs), look));
         }
     }
 

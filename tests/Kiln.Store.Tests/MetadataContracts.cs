@@ -897,16 +897,38 @@ public abstract class BuildMetadataContract : MetadataContract
         await store.ReleaseStepClaimsAsync("door-b", "a2", default);
         Assert.True(await store.ClaimAccountSlotAsync("a3", "door-a", alice, maxJobs: 2, now: 100, default));
 
+        Assert.Equal(2, await store.CountAccountSlotsAsync(alice, now: 100, default));
+        Assert.Equal(1, await store.CountAccountSlotsAsync(bob, now: 100, default));
+
         // Renewed with its claim; lapsed with it, it no longer counts, and a front door taking the step over starts without it.
         Assert.Equal(["a1"], await store.RenewStepClaimsAsync(["a1"], "door-a", expires: 400, default));
+        Assert.Equal(1, await store.CountAccountSlotsAsync(alice, now: 300, default)); // a3 lapsed at 200
         Assert.True(await store.ClaimStepAsync("a4", "door-b", expires: 500, now: 300, default));
         Assert.False(await store.ClaimAccountSlotAsync("a4", "door-b", alice, maxJobs: 1, now: 300, default)); // a1 still live at 300
-        Assert.True(await store.ClaimAccountSlotAsync("a4", "door-b", alice, maxJobs: 2, now: 300, default)); // a3 lapsed at 200
-        Assert.True(await store.ClaimStepAsync("a3", "door-c", expires: 500, now: 300, default));
+        Assert.True(await store.ClaimAccountSlotAsync("a4", "door-b", alice, maxJobs: 2, now: 300, default));
+        Assert.True(await store.ClaimStepAsync("a3", "door-c", expires: 500, now: 300, default)); // taken over: without a3's slot
+        Assert.Equal(2, await store.CountAccountSlotsAsync(alice, now: 300, default));
+        Assert.False(await store.ClaimAccountSlotAsync("a3", "door-c", alice, maxJobs: 2, now: 300, default)); // a1, a4
         Assert.True(await store.ClaimAccountSlotAsync("a3", "door-c", alice, maxJobs: 3, now: 300, default));
-        Assert.False(await store.ClaimAccountSlotAsync("a5", "door-c", alice, maxJobs: 3, now: 300, default)); // no claim on a5
+        Assert.False(await store.ClaimAccountSlotAsync("a5", "door-c", alice, maxJobs: 4, now: 300, default)); // no claim on a5
         Assert.True(await store.ClaimStepAsync("a5", "door-c", expires: 500, now: 300, default));
         Assert.False(await store.ClaimAccountSlotAsync("a5", "door-c", alice, maxJobs: 3, now: 300, default)); // a1, a4, a3
+    }
+
+    // A front door cut off from the database lapses with a slot; claiming the step again (its client asked again) must
+    // not bring the slot back uncounted while another front door has given it out since.
+    [Fact]
+    public async Task A_lapsed_claim_claimed_again_by_its_owner_holds_no_slot()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        Assert.True(await store.ClaimStepAsync("k", "door-a", expires: 200, now: 100, default));
+        Assert.True(await store.ClaimAccountSlotAsync("k", "door-a", alice, maxJobs: 1, now: 100, default));
+        Assert.True(await store.ClaimStepAsync("j", "door-b", expires: 500, now: 300, default));
+        Assert.True(await store.ClaimAccountSlotAsync("j", "door-b", alice, maxJobs: 1, now: 300, default)); // k lapsed at 200
+        Assert.True(await store.ClaimStepAsync("k", "door-a", expires: 600, now: 300, default));
+        Assert.Equal(1, await store.CountAccountSlotsAsync(alice, now: 300, default));
+        Assert.False(await store.ClaimAccountSlotAsync("k", "door-a", alice, maxJobs: 1, now: 300, default));
     }
 
     [Fact]

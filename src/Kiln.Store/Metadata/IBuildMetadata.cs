@@ -218,6 +218,9 @@ public interface IBuildMetadata
     /// </summary>
     Task<bool> ClaimAccountSlotAsync(string stepKey, string owner, long account, int maxJobs, long now, CancellationToken cancellationToken);
 
+    /// <summary>How many of the account's slots (<see cref="ClaimAccountSlotAsync"/>) are held at <paramref name="now"/>, on every front door.</summary>
+    Task<int> CountAccountSlotsAsync(long account, long now, CancellationToken cancellationToken);
+
     /// <summary>Releases the owner's claims: those on <paramref name="stepKey"/>, or all of them when it is null (a server starting again).</summary>
     Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken);
 

@@ -152,12 +152,13 @@ internal static class MetadataRows
 
     /// <summary>
     /// Claims a step (<c>@k</c>) for an owner (<c>@o</c>) until <c>@e</c>: inserted, renewed by its owner, or taken over
-    /// once expired before <c>@now</c>; a row comes back (with RETURNING) exactly when the claim is the owner's.
+    /// once expired before <c>@now</c>; a row comes back (with RETURNING) exactly when the claim is the owner's. A claim
+    /// (re)made holds no account slot: the scheduler claims before it takes one, and a slot left on a lapsed claim of the
+    /// same owner (its front door cut off meanwhile) must not come back uncounted.
     /// </summary>
     public const string ClaimStep = """
         INSERT INTO step_claims (step_key, owner, expires) VALUES (@k, @o, @e)
-        ON CONFLICT (step_key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires,
-            slot_account = CASE WHEN step_claims.owner = excluded.owner THEN step_claims.slot_account END
+        ON CONFLICT (step_key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires, slot_account = NULL
         WHERE step_claims.owner = excluded.owner OR step_claims.expires < @now
         """;
 
@@ -172,6 +173,9 @@ internal static class MetadataRows
                OR (SELECT count(*) FROM step_claims s WHERE s.slot_account = @a AND s.expires >= @now) < @max)
         RETURNING step_key
         """;
+
+    /// <summary>How many of account <c>@a</c>'s claims hold one of its slots and are live at <c>@now</c>.</summary>
+    public const string CountAccountSlots = "SELECT count(*) FROM step_claims WHERE slot_account = @a AND expires >= @now";
 
     /// <summary>Stores a service secret (<c>@n</c>, <c>@s</c>, <c>@t</c>) unless one by that name is stored already.</summary>
     public const string AddServerSecret = "INSERT INTO server_secrets (name, secret, created) VALUES (@n, @s, @t) ON CONFLICT (name) DO NOTHING";

@@ -81,12 +81,20 @@ public sealed partial class PostgresMetadataStore
         WriteAsync(async (connection, transaction) =>
         {
             // The account's row locked first: two front doors claiming its last slot at once count one after the other
-            // (each statement sees what committed before it began).
-            using var serialise = Command(connection, "SELECT 1 FROM accounts WHERE id = @a FOR UPDATE", transaction, ("a", account));
+            // (each statement sees what committed before it began: READ COMMITTED, which WriteAsync asks for). NO KEY:
+            // the lock a row referring to the account takes (a build, a path) does not wait for it, nor it for them.
+            using var serialise = Command(connection, "SELECT 1 FROM accounts WHERE id = @a FOR NO KEY UPDATE", transaction, ("a", account));
             await serialise.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             using var claim = Command(connection, MetadataRows.ClaimAccountSlot, transaction,
                 ("k", stepKey), ("o", owner), ("a", account), ("max", (long)maxJobs), ("now", now));
             return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
+        }, cancellationToken);
+
+    public Task<int> CountAccountSlotsAsync(long account, long now, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var count = Command(connection, MetadataRows.CountAccountSlots, null, ("a", account), ("now", now));
+            return Convert.ToInt32(await count.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), System.Globalization.CultureInfo.InvariantCulture);
         }, cancellationToken);
 
     public Task<long> ClockAsync(CancellationToken cancellationToken) =>

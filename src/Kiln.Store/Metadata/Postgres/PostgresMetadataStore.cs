@@ -104,7 +104,9 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
             var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
             await using (connection.ConfigureAwait(false))
             {
-                var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+                // Asked for, not left to the server's default: what the statements' comments reason about (each statement sees
+                // what committed before it began; a row lock waited for is then read as committed) holds whatever it is.
+                var transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken).ConfigureAwait(false);
                 await using (transaction.ConfigureAwait(false))
                 {
                     var result = await work(connection, transaction).ConfigureAwait(false);

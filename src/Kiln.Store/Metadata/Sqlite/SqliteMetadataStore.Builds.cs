@@ -79,6 +79,13 @@ public sealed partial class SqliteMetadataStore
             return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
         }, cancellationToken);
 
+    public Task<int> CountAccountSlotsAsync(long account, long now, CancellationToken cancellationToken) =>
+        ReadAsync(async connection =>
+        {
+            using var count = Command(connection, MetadataRows.CountAccountSlots, null, ("@a", account), ("@now", now));
+            return Convert.ToInt32(await count.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), System.Globalization.CultureInfo.InvariantCulture);
+        }, cancellationToken);
+
     public Task<bool> ClaimStepAsync(string stepKey, string owner, long expires, long now, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
