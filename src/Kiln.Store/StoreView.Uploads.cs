@@ -187,7 +187,6 @@ public sealed partial class StoreView
                 var known = await FindContentAddressedAsync(name, method, buffer.AsMemory(0, filled), references, cancellationToken).ConfigureAwait(false);
                 if (known is not null)
                 {
-                    await HoldAsync([known.Path], cancellationToken).ConfigureAwait(false);
                     return known;
                 }
             }
@@ -266,6 +265,9 @@ public sealed partial class StoreView
             return null; // the slow path reports it
         }
 
+        // Held before the look, as Nix does: a collection between a look that found it and a hold after it could take
+        // the path the client is then told is valid. (One the look does not find is added next, and held anyway.)
+        await HoldAsync([path], cancellationToken).ConfigureAwait(false);
         var existing = await QueryPathInfosAsync([path], cancellationToken).ConfigureAwait(false);
         return existing.GetValueOrDefault(path);
     }
