@@ -123,6 +123,7 @@ public static partial class KilnServer
                 builder.Services.AddHostedService<GcService>();
                 builder.Services.AddHostedService<StorageSampler>();
                 builder.Services.AddHostedService<PushService>();
+                builder.Services.AddHostedService<MemoryTrimmer>();
                 using var host = builder.Build();
                 await host.RunAsync(cancellationToken).ConfigureAwait(false);
 
