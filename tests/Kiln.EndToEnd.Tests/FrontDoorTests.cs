@@ -206,13 +206,8 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
 
         var salt = Guid.NewGuid().ToString("N");
-        string[] Build(string name) =>
-        [
-            "nix", "build", "-L", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1", "--no-link",
-            "-f", Dag.WriteSingle(client, workspace, name, $"echo {salt}; mkdir $out; cat /proc/uptime > $out/start; sleep 3; cat /proc/uptime > $out/end"),
-        ];
-        using var first = client.Start(a, [.. alice.Environment, .. Build("one")]);
-        using var second = client.Start(b, [.. throughB, .. Build("two")]);
+        using var first = client.Start(a, [.. alice.Environment, .. TimedBuild(client, workspace, salt, "one", 3)]);
+        using var second = client.Start(b, [.. throughB, .. TimedBuild(client, workspace, salt, "two", 3)]);
         var logs = await Task.WhenAll(first.StandardError.ReadToEndAsync(), second.StandardError.ReadToEndAsync());
         await Task.WhenAll(first.WaitForExitAsync(), second.WaitForExitAsync());
         Assert.True(first.ExitCode == 0, logs[0] + a.Log);
@@ -222,10 +217,7 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         var runs = new List<(double Start, double End)>();
         foreach (var record in await metadata.ListBuildsAsync(null, 10, CancellationToken.None))
         {
-            var output = record.Outputs.Single().Path.FullPath;
-            client.Ok(a, [.. alice.Environment, "nix", "copy", "--from", "ssh-ng://kiln@127.0.0.1", "--to", $"local?root={workspace}/got", "--no-check-sigs", output]);
-            double Uptime(string file) => double.Parse(File.ReadAllText(client.HostPath($"{workspace}/got{output}/{file}")).Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
-            runs.Add((Uptime("start"), Uptime("end")));
+            runs.Add((Uptime(client, a, alice.Environment, workspace, record, "start"), Uptime(client, a, alice.Environment, workspace, record, "end")));
         }
 
         Assert.Equal(2, runs.Count);
@@ -252,11 +244,8 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         var aliceThroughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
 
         var salt = Guid.NewGuid().ToString("N");
-        string[] Build(string name, string script) =>
-            ["nix", "build", "-L", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1", "--no-link", "-f", Dag.WriteSingle(client, workspace, name, $"echo {salt}; {script}")];
-        var stamp = "mkdir $out; cat /proc/uptime > $out/start; sleep {0}; cat /proc/uptime > $out/end";
-        using var longOne = client.Start(a, [.. alice.Environment, .. Build("long", string.Format(System.Globalization.CultureInfo.InvariantCulture, stamp, 12))]);
-        var shared = Build("shared", string.Format(System.Globalization.CultureInfo.InvariantCulture, stamp, 1));
+        using var longOne = client.Start(a, [.. alice.Environment, .. TimedBuild(client, workspace, salt, "long", 12)]);
+        var shared = TimedBuild(client, workspace, salt, "shared", 1);
         await Task.Delay(TimeSpan.FromSeconds(3));
         using var aliceWaits = client.Start(b, [.. aliceThroughB, .. shared]);
         await Task.Delay(TimeSpan.FromSeconds(2));
@@ -271,16 +260,25 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         await using var metadata = MetadataStores.Open(database);
         var records = await metadata.ListBuildsAsync(null, 10, CancellationToken.None);
         Assert.Equal(2, records.Count); // the shared derivation built once
-        double Uptime(BuildRecord record, string file)
-        {
-            var output = record.Outputs.Single().Path.FullPath;
-            client.Ok(a, [.. alice.Environment, "nix", "copy", "--from", "ssh-ng://kiln@127.0.0.1", "--to", $"local?root={workspace}/got", "--no-check-sigs", output]);
-            return double.Parse(File.ReadAllText(client.HostPath($"{workspace}/got{output}/{file}")).Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
-        }
-
         var longRecord = records.Single(r => r.DrvPath.EndsWith("-long.drv", StringComparison.Ordinal));
         var sharedRecord = records.Single(r => r.DrvPath.EndsWith("-shared.drv", StringComparison.Ordinal));
-        Assert.True(Uptime(sharedRecord, "end") < Uptime(longRecord, "end"), "the shared derivation waited for Alice's slot although Bob asked for it");
+        Assert.True(Uptime(client, a, alice.Environment, workspace, sharedRecord, "end") < Uptime(client, a, alice.Environment, workspace, longRecord, "end"),
+            "the shared derivation waited for Alice's slot although Bob asked for it");
+    }
+
+    // A remote-store build of one derivation that writes the machine's uptime as it starts and ends, sleeping between.
+    private static string[] TimedBuild(NixClient client, string workspace, string salt, string name, int seconds) =>
+    [
+        "nix", "build", "-L", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1", "--no-link", "-f",
+        Dag.WriteSingle(client, workspace, name, $"echo {salt}; mkdir $out; cat /proc/uptime > $out/start; sleep {seconds}; cat /proc/uptime > $out/end"),
+    ];
+
+    // The uptime a TimedBuild's output wrote (start or end), fetched through a front door.
+    private static double Uptime(NixClient client, KilnProcess door, string[] environment, string workspace, BuildRecord record, string file)
+    {
+        var output = record.Outputs.Single().Path.FullPath;
+        client.Ok(door, [.. environment, "nix", "copy", "--from", "ssh-ng://kiln@127.0.0.1", "--to", $"local?root={workspace}/got", "--no-check-sigs", output]);
+        return double.Parse(File.ReadAllText(client.HostPath($"{workspace}/got{output}/{file}")).Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
     }
 
     // A front door killed in the middle of a build: its claim lapses and another front door builds the step for the
