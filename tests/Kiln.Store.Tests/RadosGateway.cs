@@ -101,6 +101,21 @@ public sealed class RadosGateway : IDisposable
     public string NewLocation(string prefix = "kiln", string? credentialsFile = null) =>
         $"s3://{CreateBucket()}/{prefix}?endpoint={Uri.EscapeDataString(Endpoint)}&region=us-east-1&credentials_file={Uri.EscapeDataString(credentialsFile ?? CredentialsFile)}";
 
+    /// <summary>The requests radosgw has served so far (its own counter, read over its admin socket).</summary>
+    public long Requests()
+    {
+        var info = new ProcessStartInfo("ceph", ["--admin-daemon", Path.Combine(_directory, "run", "client.rgw.asok"), "perf", "dump"])
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+        };
+        using var process = Process.Start(info)!;
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        using var json = System.Text.Json.JsonDocument.Parse(output);
+        return json.RootElement.GetProperty("rgw").GetProperty("req").GetInt64();
+    }
+
     private static (int Status, string Output) Run(string script, params string[] args)
     {
         var info = new ProcessStartInfo(Path.Combine(Repo.Root, "tests", "radosgw", script))

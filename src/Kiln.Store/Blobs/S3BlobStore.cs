@@ -162,9 +162,12 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
     public IBlobWriter CreateWriter() => new Writer(this);
 
-    // Never commit a blob whose object is not whole: a server that kept a transfer encoding, or one that writes an
-    // object in place while another front door uploads the same content (s3rver does; S3 replaces objects atomically),
-    // shows another size. The key is the content's hash, so any upload that completes is right: wait a little for it,
+    // Never commit a blob whose object is not whole. The PUT's answer usually proves it: a single-part object's ETag is
+    // the MD5 of what the server stored, which the writer computed too (belt and braces beside the signed SHA-256 of
+    // the body, and the only check with a server that verifies no signature). Otherwise (a multipart upload, an ETag
+    // that is not the MD5, as with SSE-KMS) the object's size is asked for: a server that kept a transfer encoding, or
+    // one that writes an object in place while another front door uploads the same content (s3rver does; S3 replaces
+    // objects atomically), shows another size. The key is the content's hash, so any upload that completes is right: wait a little for it,
     // and never delete what may be another front door's good copy.
     private async Task ExpectLengthAsync(NixHash hash, long length, CancellationToken cancellationToken)
     {
@@ -295,12 +298,13 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
     // One PUT up to a part's size; beyond it a multipart upload, parts read from the spool file (never the whole blob in
     // memory), up to 4 at once. Unchunked: every S3-compatible server understands it (s3rver keeps aws-chunked bodies
-    // verbatim), and the SDK then signs each body's SHA-256, so the server checks what it got.
-    private async Task UploadAsync(string file, long length, string key, string contentType, CancellationToken cancellationToken)
+    // verbatim), and the SDK then signs each body's SHA-256, so the server checks what it got. Returns a single PUT's
+    // ETag (null for a multipart upload, whose ETag is not its content's MD5).
+    private async Task<string?> UploadAsync(string file, long length, string key, string contentType, CancellationToken cancellationToken)
     {
         if (length <= PartSize)
         {
-            await _client.PutObjectAsync(new PutObjectRequest
+            var put = await _client.PutObjectAsync(new PutObjectRequest
             {
                 BucketName = _location.Bucket,
                 Key = key,
@@ -308,7 +312,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 ContentType = contentType,
                 UseChunkEncoding = false,
             }, cancellationToken).ConfigureAwait(false);
-            return;
+            return put.ETag;
         }
 
         var upload = await _client.InitiateMultipartUploadAsync(new InitiateMultipartUploadRequest
@@ -352,6 +356,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 UploadId = upload.UploadId,
                 PartETags = [.. etags],
             }, cancellationToken).ConfigureAwait(false);
+            return null;
         }
         catch
         {
@@ -397,11 +402,17 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
     public void Dispose() => _client.Dispose();
 
+    // Whether a PUT's ETag ("…", quoted) is the MD5 (base 16) of the bytes sent.
+    private static bool IsContent(string? etag, string md5) =>
+        etag is not null && etag.Trim('"').Equals(md5, StringComparison.OrdinalIgnoreCase);
+
     /// <summary>A blob spooled to local disk while it is hashed, uploaded on commit, then kept in the local cache.</summary>
     private sealed class Writer(S3BlobStore store) : IBlobWriter
     {
         private readonly string _path = store._cache.NewSpoolPath();
         private readonly HashingSink _hash = new(NixHashAlgorithm.Sha256);
+        private readonly HashingSink _md5 = new(NixHashAlgorithm.Md5); // what the bucket's ETag for the object will be
+        private string? _md5Hex;
         private FileStream? _file;
         private NixHash? _completed;
         private long _length;
@@ -418,6 +429,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
             _file ??= SpoolFile(_path);
             _hash.Append(data);
+            _md5.Append(data);
             _file.Write(data);
         }
 
@@ -428,6 +440,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 (_file ??= SpoolFile(_path)).Dispose();
                 _length = _hash.BytesWritten;
                 _completed = _hash.Finish();
+                _md5Hex = _md5.Finish().ToBase16();
             }
 
             return ValueTask.FromResult(_completed.Value);
@@ -447,8 +460,12 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 // Sent even when the content is stored already: the upload renews the object's age, which the sweep of
                 // unnamed blobs goes by (another front door's collector must not take it before this registration), and
                 // an upload that takes as long whether or not someone stored the content tells the uploader nothing.
-                await store.UploadAsync(_path, length, store.KeyOf(hash), "application/x-nix-nar", cancellationToken).ConfigureAwait(false);
-                await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
+                var etag = await store.UploadAsync(_path, length, store.KeyOf(hash), "application/x-nix-nar", cancellationToken).ConfigureAwait(false);
+                if (!IsContent(etag, _md5Hex!))
+                {
+                    await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
+                }
+
                 return true;
             }).ConfigureAwait(false);
             store._cache.Adopt(hash, _path);
@@ -459,6 +476,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         {
             _file?.Dispose();
             _hash.Dispose();
+            _md5.Dispose();
             if (!_committed)
             {
                 File.Delete(_path);
