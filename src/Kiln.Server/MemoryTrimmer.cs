@@ -9,7 +9,8 @@ namespace Kiln.Server;
 /// nothing. Every <see cref="Interval"/>, when resident memory stands <see cref="Growth"/> or more above the least it
 /// was since the last trim and the interval allocated almost nothing (the burst is over, so the pause disturbs no
 /// one), one aggressive full collection compacts the heap and decommits what is free. Growth a collection cannot give
-/// back (native memory) becomes the new floor, so it is not tried again for nothing.
+/// back (native memory) becomes the new floor, so it is not tried again for nothing; and there is at most one trim per
+/// <see cref="Gap"/>, so memory that comes and goes outside the heap costs a collection a minute at most.
 /// </summary>
 public sealed partial class MemoryTrimmer(ILoggerFactory loggers) : BackgroundService
 {
@@ -18,6 +19,9 @@ public sealed partial class MemoryTrimmer(ILoggerFactory loggers) : BackgroundSe
 
     /// <summary>Growth above the floor worth a collection.</summary>
     public const long Growth = 16L << 20;
+
+    /// <summary>The least time between two trims.</summary>
+    public static readonly TimeSpan Gap = TimeSpan.FromMinutes(1);
 
     /// <summary>Allocation within one interval that still counts as quiet.</summary>
     public const long Quiet = 1L << 20;
@@ -32,6 +36,7 @@ public sealed partial class MemoryTrimmer(ILoggerFactory loggers) : BackgroundSe
     {
         var allocatedBefore = GC.GetTotalAllocatedBytes();
         var floor = Environment.WorkingSet;
+        var trimmedAt = Environment.TickCount64 - (long)Gap.TotalMilliseconds;
         using var timer = new PeriodicTimer(Interval);
         try
         {
@@ -39,8 +44,9 @@ public sealed partial class MemoryTrimmer(ILoggerFactory loggers) : BackgroundSe
             {
                 var allocated = GC.GetTotalAllocatedBytes();
                 var resident = Environment.WorkingSet;
-                if (ShouldTrim(resident, floor, allocated - allocatedBefore))
+                if (ShouldTrim(resident, floor, allocated - allocatedBefore) && Environment.TickCount64 - trimmedAt >= Gap.TotalMilliseconds)
                 {
+                    trimmedAt = Environment.TickCount64;
                     GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
                     floor = Environment.WorkingSet;
                     LogTrimmed(_logger, resident >> 20, floor >> 20);

@@ -10,8 +10,8 @@ namespace Kiln.Store.Blobs;
 /// <summary>
 /// <see cref="IBlobStore"/> in an S3-compatible bucket (AWS S3, R2, MinIO, Garage, Ceph RGW): each blob is the object
 /// <c>PREFIX/blobs/&lt;nix32 sha256&gt;.nar</c>. A writer spools to local disk while it hashes (never a whole NAR in
-/// memory), and commit uploads the spool — multipart beyond 16 MiB, parts read from the file — then checks the object's
-/// size, so an object under a blob's name is complete before any metadata names it; an upload cut short leaves at most
+/// memory), and commit uploads the spool — multipart beyond 16 MiB, parts read from the file — then makes sure of the
+/// object (by the PUT's ETag, or its size), so an object under a blob's name is complete before any metadata names it; an upload cut short leaves at most
 /// an incomplete multipart upload, which <see cref="CleanAbandonedAsync"/> aborts. Recently used blobs stay on local
 /// disk (<see cref="LocalBlobCache"/>), so the HTTP cache's sendfile path and the agents' input reads stay local;
 /// a blob fetched from the bucket is hashed on the way in and refused if the bucket's copy is not what its name says.
@@ -165,9 +165,10 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     // Never commit a blob whose object is not whole. The PUT's answer usually proves it: a single-part object's ETag is
     // the MD5 of what the server stored, which the writer computed too (belt and braces beside the signed SHA-256 of
     // the body, and the only check with a server that verifies no signature). Otherwise (a multipart upload, an ETag
-    // that is not the MD5, as with SSE-KMS) the object's size is asked for: a server that kept a transfer encoding, or
-    // one that writes an object in place while another front door uploads the same content (s3rver does; S3 replaces
-    // objects atomically), shows another size. The key is the content's hash, so any upload that completes is right: wait a little for it,
+    // that is not the MD5, as with SSE-KMS, or no MD5 where FIPS forbids it) the object's size is asked for: a server
+    // that kept a transfer encoding shows another size. (s3rver, a test server, writes an object in place: another
+    // front door's upload of the same content may truncate it for a moment after this PUT, and a reader then meets a
+    // short object, which its hash check refuses; S3 and the servers above replace objects atomically.) The key is the content's hash, so any upload that completes is right: wait a little for it,
     // and never delete what may be another front door's good copy.
     private async Task ExpectLengthAsync(NixHash hash, long length, CancellationToken cancellationToken)
     {
@@ -411,7 +412,9 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     {
         private readonly string _path = store._cache.NewSpoolPath();
         private readonly HashingSink _hash = new(NixHashAlgorithm.Sha256);
-        private readonly HashingSink _md5 = new(NixHashAlgorithm.Md5); // what the bucket's ETag for the object will be
+        // What the bucket's ETag for a single-part object will be; none beyond a part (a multipart ETag is no MD5), or
+        // where the system's crypto refuses MD5 (FIPS): its size is asked for instead.
+        private HashingSink? _md5 = new(NixHashAlgorithm.Md5);
         private string? _md5Hex;
         private FileStream? _file;
         private NixHash? _completed;
@@ -429,7 +432,23 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
             _file ??= SpoolFile(_path);
             _hash.Append(data);
-            _md5.Append(data);
+            if (_md5 is not null)
+            {
+                try
+                {
+                    _md5.Append(data);
+                }
+                catch (System.Security.Cryptography.CryptographicException)
+                {
+                    DropMd5();
+                }
+
+                if (_hash.BytesWritten > PartSize)
+                {
+                    DropMd5();
+                }
+            }
+
             _file.Write(data);
         }
 
@@ -440,7 +459,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 (_file ??= SpoolFile(_path)).Dispose();
                 _length = _hash.BytesWritten;
                 _completed = _hash.Finish();
-                _md5Hex = _md5.Finish().ToBase16();
+                _md5Hex = _md5?.Finish().ToBase16();
             }
 
             return ValueTask.FromResult(_completed.Value);
@@ -461,7 +480,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 // unnamed blobs goes by (another front door's collector must not take it before this registration), and
                 // an upload that takes as long whether or not someone stored the content tells the uploader nothing.
                 var etag = await store.UploadAsync(_path, length, store.KeyOf(hash), "application/x-nix-nar", cancellationToken).ConfigureAwait(false);
-                if (!IsContent(etag, _md5Hex!))
+                if (_md5Hex is null || !IsContent(etag, _md5Hex))
                 {
                     await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
                 }
@@ -472,11 +491,17 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             _committed = true;
         }
 
+        private void DropMd5()
+        {
+            _md5?.Dispose();
+            _md5 = null;
+        }
+
         public ValueTask DisposeAsync()
         {
             _file?.Dispose();
             _hash.Dispose();
-            _md5.Dispose();
+            DropMd5();
             if (!_committed)
             {
                 File.Delete(_path);
