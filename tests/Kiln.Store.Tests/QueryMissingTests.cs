@@ -146,9 +146,6 @@ public sealed class QueryMissingTests : IAsyncLifetime
         /// <summary>Called with each call's method name and arguments before it is made.</summary>
         public Action<string, object?[]?>? Before { get; set; }
 
-        /// <summary>A task a call (by its method's name; one returning a plain Task) waits for before it is made, or null.</summary>
-        public Func<string, Task?>? Gate { get; set; }
-
         public static CountingMetadata Wrap(IMetadataStore inner, out IMetadataStore counted)
         {
             counted = Create<IMetadataStore, CountingMetadata>();
@@ -166,22 +163,6 @@ public sealed class QueryMissingTests : IAsyncLifetime
             }
 
             Before?.Invoke(targetMethod.Name, args);
-            if (targetMethod.ReturnType == typeof(Task) && Gate?.Invoke(targetMethod.Name) is { } gate)
-            {
-                return GatedAsync(gate, targetMethod, args);
-            }
-
-            return Call(targetMethod, args);
-        }
-
-        private async Task GatedAsync(Task gate, MethodInfo targetMethod, object?[]? args)
-        {
-            await gate;
-            await (Task)Call(targetMethod, args)!;
-        }
-
-        private object? Call(MethodInfo targetMethod, object?[]? args)
-        {
             try
             {
                 return targetMethod.Invoke(_inner, args);

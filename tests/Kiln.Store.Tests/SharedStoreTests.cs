@@ -193,36 +193,6 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         Assert.Contains(s3.ObjectFiles(bucket), f => f.Contains(narHash.ToNix32(), StringComparison.Ordinal)); // still named by 'fresh'
     }
 
-    // A no-op evaluation adds hundreds of temporary roots one request after another, so the client is answered once the
-    // collection lock is held, and the row is written meanwhile: the hold lasts until it is, so a collection through
-    // another front door begins only once the root counts there.
-    [Fact]
-    public async Task A_temporary_root_is_answered_before_its_row_is_written_and_no_collection_begins_before_it_is()
-    {
-        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
-        var rows = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var gated = QueryMissingTests.CountingMetadata.Wrap(Kiln.Store.Metadata.MetadataStores.Open(database), out var metadata);
-        gated.Gate = name => name == nameof(Kiln.Store.Metadata.IPathMetadata.PublishTempRootsAsync) ? rows.Task : null;
-        await using var a = await OpenFrontDoorAsync("pa", database, bucket);
-        await using var b = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["pb"], BlobStoreUrl = bucket }, metadata, default);
-        await b.ShareTempRootsAsync("door-b", default);
-        var account = await a.Accounts.GetOrCreateAccountAsync("alice", default);
-        var held = MetadataContract.P("held");
-
-        using var viewB = await b.OpenViewAsync("alice", default);
-        await viewB.AddTempRootAsync(held, default); // answered, though its row waits at the gate
-        var collecting = a.GcLock.ExclusiveAsync(default);
-        await Task.Delay(500);
-        Assert.False(collecting.IsCompleted, "a collection began before another front door's temporary root was written");
-        Assert.Empty(await a.Metadata.GetTempRootsAsync(account, "door-a", default));
-
-        rows.SetResult();
-        await using (await collecting)
-        {
-            Assert.Equal([held], await a.Metadata.GetTempRootsAsync(account, "door-a", default));
-        }
-    }
-
     [Fact]
     public async Task A_collection_on_one_front_door_spares_what_a_session_on_another_holds_as_temporary_roots_until_it_ends()
     {

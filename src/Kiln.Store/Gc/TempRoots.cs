@@ -9,12 +9,9 @@ namespace Kiln.Store.Gc;
 /// the inputs of the steps it builds), which the garbage collector must not delete from that account's view while the
 /// session lasts. Kept in memory: they die with the session, and with the server. On a database several front doors
 /// share (<see cref="IPathMetadata.SharesTempRoots"/>), once <see cref="ShareAsync"/> has named this front door, each is
-/// also published there, under the collection lock held shared: the hold is taken before the caller is answered (so
-/// never in the middle of a collection) and kept until the row is written, so no collection anywhere begins before it
-/// counts. The row itself is written while the caller goes on (a no-op evaluation adds hundreds of roots, one request
-/// after another: each would otherwise wait for a second round trip), and written again until it is, or its session
-/// ends. They count for the other front doors' collectors while this front door renews its lease (one row, by the
-/// database's clock), so a front door that went away stops protecting anything.
+/// also published there — under the collection lock held shared, so never in the middle of a collection — before it
+/// is in effect; they count for the other front doors' collectors while this front door renews its lease (one row,
+/// by the database's clock), so a front door that went away stops protecting anything.
 /// </summary>
 public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDisposable
 {
@@ -133,19 +130,23 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
             }
         }
 
-        if (mine.Count > 0 && !lockHeld)
+        if (mine.Count + alsoPublished.Count > 0)
         {
-            // Held now (waiting, as any registration does, while a collection runs or is queued), written after.
-            var hold = await HoldOrForgetAsync(entry.Paths, mine, publication, cancellationToken).ConfigureAwait(false);
-            _ = PublishUnderAsync(hold, session, entry.Account, frontDoor, mine, publication);
-        }
-        else if (mine.Count + alsoPublished.Count > 0)
-        {
-            // The caller holds the lock (a registration naming what it registers): written before it goes on, under
-            // its hold, which ends when it does.
             try
             {
-                await metadata.PublishTempRootsAsync(frontDoor, session, entry.Account, [.. mine, .. alsoPublished], cancellationToken).ConfigureAwait(false);
+                var shared = lockHeld ? null : await gcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await metadata.PublishTempRootsAsync(frontDoor, session, entry.Account, [.. mine, .. alsoPublished], cancellationToken).ConfigureAwait(false);
+                }
+                finally
+                {
+                    if (shared is not null)
+                    {
+                        await shared.DisposeAsync().ConfigureAwait(false);
+                    }
+                }
+
                 publication.SetResult();
             }
             catch (Exception e)
@@ -162,59 +163,6 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
         }
 
         await Task.WhenAll(waits).ConfigureAwait(false);
-    }
-
-    // The collection lock held shared for a publication, or its paths forgotten (not held, so not published: the next
-    // request naming them tries again).
-    private async Task<GcLock.Holder> HoldOrForgetAsync(ConcurrentDictionary<StorePath, Task> paths, List<StorePath> mine, TaskCompletionSource publication,
-        CancellationToken cancellationToken)
-    {
-        try
-        {
-            return await gcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
-        }
-        catch (Exception e)
-        {
-            foreach (var path in mine)
-            {
-                paths.TryRemove(new KeyValuePair<StorePath, Task>(path, publication.Task));
-            }
-
-            publication.SetException(e);
-            throw;
-        }
-    }
-
-    // Writes the rows under the hold the caller took, then lets it go. Written again (the hold kept, so no collection
-    // begins without them) until they are, or the session ended and its rows are withdrawn anyway.
-    private async Task PublishUnderAsync(GcLock.Holder hold, long session, long account, string frontDoor, List<StorePath> paths, TaskCompletionSource publication)
-    {
-        await using (hold.ConfigureAwait(false))
-        {
-            var pause = TimeSpan.FromMilliseconds(100);
-            while (true)
-            {
-                try
-                {
-                    await metadata.PublishTempRootsAsync(frontDoor, session, account, paths, CancellationToken.None).ConfigureAwait(false);
-                    publication.SetResult();
-                    return;
-                }
-#pragma warning disable CA1031 // the database away for a moment: collections wait for the rows meanwhile
-                catch (Exception e)
-#pragma warning restore CA1031
-                {
-                    if (!_sessions.ContainsKey(session))
-                    {
-                        publication.SetException(e);
-                        return;
-                    }
-                }
-
-                await Task.Delay(pause).ConfigureAwait(false);
-                pause = TimeSpan.FromTicks(Math.Min(pause.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
-            }
-        }
     }
 
     internal void Close(long session)
