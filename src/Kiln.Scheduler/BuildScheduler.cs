@@ -565,6 +565,7 @@ public sealed partial class BuildScheduler
                 var held = await Builds.CountAccountSlotsAsync(key.Account, now, CancellationToken.None).ConfigureAwait(false);
                 return new SlotLook(Environment.TickCount64 + (long)Options.ClaimPoll.TotalMilliseconds, key.MaxJobs - held);
             }));
+            var entry = KeyValuePair.Create((account, maxJobs), look); // removed only if still this look
             SlotLook seen;
             try
             {
@@ -572,7 +573,7 @@ public sealed partial class BuildScheduler
             }
             catch
             {
-                _slotLooks.TryRemove(new KeyValuePair<(long, int), Lazy<Task<SlotLook>>>((account, maxJobs), look)); // the next poll asks again
+                _slotLooks.TryRemove(entry); // the next poll asks again
                 throw;
             }
 
@@ -581,7 +582,7 @@ public sealed partial class BuildScheduler
                 return seen.TakeOne();
             }
 
-            _slotLooks.TryRemove(new KeyValuePair<(long, int), Lazy<Task<SlotLook>>>((account, maxJobs), look));
+            _slotLooks.TryRemove(entry);
         }
     }
 

@@ -29,14 +29,16 @@ public sealed partial class MemoryTrimmer(ILoggerFactory loggers) : BackgroundSe
     private readonly ILogger _logger = loggers.CreateLogger("Kiln.Server");
 
     /// <summary>Whether to trim now: <paramref name="resident"/> bytes against the <paramref name="floor"/>, with
-    /// <paramref name="allocated"/> bytes allocated in the interval just ended.</summary>
-    public static bool ShouldTrim(long resident, long floor, long allocated) => resident - floor >= Growth && allocated < Quiet;
+    /// <paramref name="allocated"/> bytes allocated in the interval just ended, <paramref name="sinceTrim"/> after the
+    /// last trim (null: none yet).</summary>
+    public static bool ShouldTrim(long resident, long floor, long allocated, TimeSpan? sinceTrim) =>
+        resident - floor >= Growth && allocated < Quiet && (sinceTrim is not { } since || since >= Gap);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var allocatedBefore = GC.GetTotalAllocatedBytes();
         var floor = Environment.WorkingSet;
-        var trimmedAt = Environment.TickCount64 - (long)Gap.TotalMilliseconds;
+        long? trimmedAt = null;
         using var timer = new PeriodicTimer(Interval);
         try
         {
@@ -44,7 +46,8 @@ public sealed partial class MemoryTrimmer(ILoggerFactory loggers) : BackgroundSe
             {
                 var allocated = GC.GetTotalAllocatedBytes();
                 var resident = Environment.WorkingSet;
-                if (ShouldTrim(resident, floor, allocated - allocatedBefore) && Environment.TickCount64 - trimmedAt >= Gap.TotalMilliseconds)
+                var sinceTrim = trimmedAt is { } at ? TimeSpan.FromMilliseconds(Environment.TickCount64 - at) : (TimeSpan?)null;
+                if (ShouldTrim(resident, floor, allocated - allocatedBefore, sinceTrim))
                 {
                     trimmedAt = Environment.TickCount64;
                     GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
@@ -56,7 +59,7 @@ public sealed partial class MemoryTrimmer(ILoggerFactory loggers) : BackgroundSe
                     floor = Math.Min(floor, resident);
                 }
 
-                allocatedBefore = GC.GetTotalAllocatedBytes();
+                allocatedBefore = allocated;
             }
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)

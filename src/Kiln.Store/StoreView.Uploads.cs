@@ -386,8 +386,8 @@ public sealed partial class StoreView
         var ordered = TopologicalOrder(uploads);
         var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = shared.ConfigureAwait(false);
-        // The blobs are independent, so several go at once: into a bucket each is an upload and a look at what was
-        // kept, and a batch of a few hundred small NARs one after another would wait on a thousand round trips.
+        // The blobs are independent, so several go at once: into a bucket each is at least an upload, and a batch of a
+        // few hundred small NARs one after another would wait on hundreds of round trips.
         await Parallel.ForEachAsync(ordered, new ParallelOptions { MaxDegreeOfParallelism = 8, CancellationToken = cancellationToken },
             async (upload, token) => await upload.Nar.CommitAsync(token).ConfigureAwait(false)).ConfigureAwait(false);
 

@@ -11,8 +11,8 @@ namespace Kiln.Store.Blobs;
 /// <see cref="IBlobStore"/> in an S3-compatible bucket (AWS S3, R2, MinIO, Garage, Ceph RGW): each blob is the object
 /// <c>PREFIX/blobs/&lt;nix32 sha256&gt;.nar</c>. A writer spools to local disk while it hashes (never a whole NAR in
 /// memory), and commit uploads the spool — multipart beyond 16 MiB, parts read from the file — then makes sure of the
-/// object (by the PUT's ETag, or its size), so an object under a blob's name is complete before any metadata names it; an upload cut short leaves at most
-/// an incomplete multipart upload, which <see cref="CleanAbandonedAsync"/> aborts. Recently used blobs stay on local
+/// object (by the PUT's ETag, or its size), so an object under a blob's name is complete before any metadata names it;
+/// an upload cut short leaves at most an incomplete multipart upload, which <see cref="CleanAbandonedAsync"/> aborts. Recently used blobs stay on local
 /// disk (<see cref="LocalBlobCache"/>), so the HTTP cache's sendfile path and the agents' input reads stay local;
 /// a blob fetched from the bucket is hashed on the way in and refused if the bucket's copy is not what its name says.
 /// </summary>
@@ -168,8 +168,9 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     // that is not the MD5, as with SSE-KMS, or no MD5 where FIPS forbids it) the object's size is asked for: a server
     // that kept a transfer encoding shows another size. (s3rver, a test server, writes an object in place: another
     // front door's upload of the same content may truncate it for a moment after this PUT, and a reader then meets a
-    // short object, which its hash check refuses; S3 and the servers above replace objects atomically.) The key is the content's hash, so any upload that completes is right: wait a little for it,
-    // and never delete what may be another front door's good copy.
+    // short object, which its hash check refuses; S3 and the servers above replace objects atomically.) The key is the
+    // content's hash, so any upload that completes is right: wait a little for it, and never delete what may be another
+    // front door's good copy.
     private async Task ExpectLengthAsync(NixHash hash, long length, CancellationToken cancellationToken)
     {
         long? kept = null;
@@ -432,18 +433,17 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
             _file ??= SpoolFile(_path);
             _hash.Append(data);
-            if (_md5 is not null)
+            if (_hash.BytesWritten > PartSize)
+            {
+                DropMd5(); // a multipart upload's ETag is no MD5
+            }
+            else if (_md5 is not null)
             {
                 try
                 {
                     _md5.Append(data);
                 }
                 catch (System.Security.Cryptography.CryptographicException)
-                {
-                    DropMd5();
-                }
-
-                if (_hash.BytesWritten > PartSize)
                 {
                     DropMd5();
                 }
