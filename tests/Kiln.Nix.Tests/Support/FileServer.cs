@@ -9,23 +9,26 @@ namespace Kiln.Nix.Tests.Support;
 /// </summary>
 public sealed class FileServer : IAsyncDisposable
 {
-    private readonly HttpListener _listener = new();
+    private readonly HttpListener _listener;
     private readonly Task _serving;
 
     public FileServer()
     {
         for (var port = 20000 + Random.Shared.Next(20000); ; port++)
         {
+            // A new listener for each port tried: one whose Start failed (the port taken) is disposed by it.
+            var listener = new HttpListener();
             try
             {
                 Url = $"http://127.0.0.1:{port}/";
-                _listener.Prefixes.Clear();
-                _listener.Prefixes.Add(Url);
-                _listener.Start();
+                listener.Prefixes.Add(Url);
+                listener.Start();
+                _listener = listener;
                 break;
             }
             catch (HttpListenerException)
             {
+                listener.Close();
             }
         }
 
