@@ -215,6 +215,16 @@ public abstract class PathMetadataContract : MetadataContract
         Assert.Equal(bob, (await store.FindPathByHashPartAsync([bob, carol], path.HashPart, default))!.Value.Account);
         Assert.Equal(carol, (await store.FindPathByHashPartAsync([carol, bob], path.HashPart, default))!.Value.Account);
 
+        // A globally trusted record comes before untrusted ones of accounts asked for earlier; among trusted ones, the
+        // accounts' order again.
+        var dave = await store.GetOrCreateAccountAsync("dave", default);
+        var erin = await store.GetOrCreateAccountAsync("erin", default);
+        await store.RegisterAsync(dave, [New(Info(path)) with { Trust = PathTrust.Built, Provenance = Provenance.Built }], default);
+        await store.RegisterAsync(erin, [New(Info(path)) with { Trust = PathTrust.SignedByTrustedKey }], default);
+        Assert.Equal(dave, (await store.FindPathByHashPartAsync([bob, carol, dave, erin], path.HashPart, default))!.Value.Account);
+        Assert.Equal(erin, (await store.FindPathByHashPartAsync([carol, erin, bob, dave], path.HashPart, default))!.Value.Account);
+        Assert.Equal(PathTrust.Built, (await store.FindPathByHashPartAsync([bob, dave], path.HashPart, default))!.Value.Record.Trust);
+
         var narHash = Info(path).NarHash;
         Assert.Null(await store.FindNarAsync([alice, carol], narHash, default));
         Assert.Equal(Info(path).NarSize, await store.FindNarAsync([alice, bob], narHash, default));
