@@ -218,6 +218,8 @@ public class NixCommandTests
     [InlineData(new[] { "nix", "frobnicate" }, null)]
     [InlineData(new[] { "nix", "dump-path" }, null)]
     [InlineData(new[] { "nix", "dump-path", "/does/not/exist" }, "/does/not/exist")]
+    [InlineData(new[] { "nix", "dump-path", "/", "/" }, null)]
+    [InlineData(new[] { "nix", "dump-path", "--frobnicate" }, null)]
     [InlineData(new[] { "nix", "hash-path", "--type", "blake3", "/" }, "unknown hash algorithm")]
     [InlineData(new[] { "nix", "hash-path", "--base16", "--sri", "/" }, "at most one")]
     [InlineData(new[] { "nix", "show-derivation", "/etc/hostname" }, "is not a derivation")]

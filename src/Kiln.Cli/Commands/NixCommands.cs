@@ -36,16 +36,19 @@ internal static class NixCommands
     {
         var path = new Argument<string>("path") { Description = "File, directory or symlink to archive." };
         var command = new Command("dump-path", "Write the NAR of PATH to stdout (like nix-store --dump).") { path };
-        command.SetAction(result =>
-        {
-            // Straight to file descriptor 1, so large files are copied by the kernel (sendfile). Single-threaded:
-            // handing buffers to a writer thread costs more than writing them to stdout (measured: 0.41 s against
-            // 0.29 s for 200 MiB of small files); hashing is where the second core pays.
-            using var stdout = new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false);
-            NarDumper.Dump(result.GetValue(path)!, stdout);
-            return 0;
-        });
+        command.SetAction(result => DumpPath(result.GetValue(path)!));
         return command;
+    }
+
+    /// <summary><c>kiln nix dump-path PATH</c> (also called without the parser: see <see cref="KilnCommand"/>).</summary>
+    public static int DumpPath(string path)
+    {
+        // Straight to file descriptor 1, so large files are copied by the kernel (sendfile). Single-threaded: handing
+        // buffers to a writer thread costs more than writing them to stdout (measured: 0.41 s against 0.29 s for
+        // 200 MiB of small files); hashing is where the second core pays.
+        using var stdout = new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false);
+        NarDumper.Dump(path, stdout);
+        return 0;
     }
 
     private static Command HashPath()
