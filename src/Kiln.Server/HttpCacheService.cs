@@ -49,7 +49,16 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
             NarRedirect = options.NarRedirect,
         }, logger);
 
-        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "kiln" });
+        // Kiln's own directory as the content root, and no configuration file watched. ASP.NET Core's default reads
+        // appsettings.json from the working directory and watches that directory, with all below it, for changes:
+        // started from /, kiln serve held an inotify watch on every directory of the machine (30,126 here), and each
+        // file written under its working directory (the data directory, often) woke a thread.
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            ApplicationName = "kiln",
+            ContentRootPath = AppContext.BaseDirectory,
+            Args = ["--hostBuilder:reloadConfigOnChange=false"],
+        });
         // Kiln logs requests' outcomes itself; Kestrel's own warnings and errors (a connection it dropped, a failure
         // outside the handler) go to the same log, in the same format, never lost.
         builder.Logging.ClearProviders();

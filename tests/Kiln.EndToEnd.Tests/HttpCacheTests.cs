@@ -291,4 +291,35 @@ public class HttpCacheTests
         Assert.Contains("got:       more than that", exploded.Body, StringComparison.Ordinal);
         Assert.DoesNotContain("Exception", kiln.Log, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void The_server_watches_no_directory_it_was_started_from()
+    {
+        // ASP.NET Core's default watches the working directory, and every directory below it, for configuration
+        // changes: started from /, kiln serve held an inotify watch on each directory of the machine. This one starts
+        // from the tests' directory, which has directories below it.
+        using var kiln = new KilnProcess(http: true);
+        Assert.Equal(0, InotifyWatches(kiln.ProcessId));
+    }
+
+    private static int InotifyWatches(int pid)
+    {
+        var watches = 0;
+        foreach (var fd in Directory.GetFiles($"/proc/{pid}/fd"))
+        {
+            try
+            {
+                if (new FileInfo(fd).LinkTarget == "anon_inode:inotify")
+                {
+                    watches += File.ReadLines($"/proc/{pid}/fdinfo/{Path.GetFileName(fd)}").Count(l => l.StartsWith("inotify ", StringComparison.Ordinal));
+                }
+            }
+            catch (IOException)
+            {
+                // closed meanwhile
+            }
+        }
+
+        return watches;
+    }
 }
