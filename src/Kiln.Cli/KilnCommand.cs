@@ -37,8 +37,9 @@ internal static class KilnCommand
     public static async Task<int> RunAsync(string[] args)
     {
         // What scripts run once per file, as they run nix-store --dump: straight to the work, without building the
-        // parser (a sixth of the command's start).
-        if (args is ["nix", "dump-path", var dumped] && !dumped.StartsWith('-'))
+        // parser (a sixth of the command's start). Whatever the parser would read as more than a path (an option, a
+        // help alias such as /?, an @response-file) still goes to it.
+        if (args is ["nix", "dump-path", var dumped] && !ParserWouldReadMore(dumped))
         {
             return await InvokeAsync(() => Task.FromResult(NixCommands.DumpPath(dumped))).ConfigureAwait(false);
         }
@@ -76,6 +77,11 @@ internal static class KilnCommand
 
         return await InvokeAsync(() => parseResult.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false })).ConfigureAwait(false);
     }
+
+    private static bool ParserWouldReadMore(string argument) =>
+        argument.StartsWith('-') || argument.StartsWith('@')
+        || argument is "/h" or "/?" || argument.StartsWith("/h:", StringComparison.Ordinal) || argument.StartsWith("/h=", StringComparison.Ordinal)
+        || argument.StartsWith("/?:", StringComparison.Ordinal) || argument.StartsWith("/?=", StringComparison.Ordinal);
 
     // Runs a command: a failure the user can act on is one line on stderr, anything else an internal error.
     private static async Task<int> InvokeAsync(Func<Task<int>> command)

@@ -229,6 +229,13 @@ public class NixCommandTests
     public void Bad_input_gets_one_line_and_exit_code_1(string[] args, string? message) =>
         KilnCli.AssertOneLineError(KilnCli.Run(args), message);
 
+    [Theory]
+    [InlineData("--help")]
+    [InlineData("/?")]
+    [InlineData("/h")]
+    public void Dump_path_still_answers_help(string help) =>
+        Assert.Contains("Usage:", KilnCli.Ok("nix", "dump-path", help).StdoutText, StringComparison.Ordinal);
+
     [Fact]
     public void A_malformed_narinfo_or_key_is_one_line_too()
     {

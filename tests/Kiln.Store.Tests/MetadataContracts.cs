@@ -224,6 +224,14 @@ public abstract class PathMetadataContract : MetadataContract
         Assert.Equal(dave, (await store.FindPathByHashPartAsync([bob, carol, dave, erin], path.HashPart, default))!.Value.Account);
         Assert.Equal(erin, (await store.FindPathByHashPartAsync([carol, erin, bob, dave], path.HashPart, default))!.Value.Account);
         Assert.Equal(PathTrust.Built, (await store.FindPathByHashPartAsync([bob, dave], path.HashPart, default))!.Value.Record.Trust);
+        Assert.Equal(dave, (await store.FindPathByHashPartAsync([dave, erin, dave], path.HashPart, default))!.Value.Account);
+
+        // Two names with one hash part in one account (an upload may name paths as it likes): the first name, always.
+        var frank = await store.GetOrCreateAccountAsync("frank", default);
+        var twin = StorePath.FromBaseName(path.HashPart + "-a-twin");
+        await store.RegisterAsync(frank, [New(Info(path)), New(Info(twin))], default);
+        Assert.Equal(twin, (await store.FindPathByHashPartAsync([frank], path.HashPart, default))!.Value.Record.Info.Path);
+        Assert.Equal(Info(path).NarSize, await store.FindNarAsync([carol, carol, bob], Info(path).NarHash, default));
 
         var narHash = Info(path).NarHash;
         Assert.Null(await store.FindNarAsync([alice, carol], narHash, default));

@@ -106,7 +106,7 @@ internal static class MetadataRows
         _ => throw new ArgumentOutOfRangeException(nameof(trust)),
     };
 
-    private static PathTrust ParseTrust(string text) => text switch
+    public static PathTrust ParseTrust(string text) => text switch
     {
         "content-addressed" => PathTrust.ContentAddressed,
         "signed" => PathTrust.SignedByTrustedKey,

@@ -23,13 +23,14 @@ public sealed partial class PostgresMetadataStore
         }
 
         // A globally trusted record before the others (a tenant cannot shadow a trusted path with an unsigned one of the
-        // same name; see StoreView.GetRecordsAsync); among equals, the accounts' order.
+        // same name; see StoreView.GetRecordsAsync); among equals, the accounts' order, then the name (SQLite's provider
+        // chooses alike).
         return ReadAsync<(long, PathRecord)?>(async connection =>
         {
             using var command = Command(connection, $"""
                 SELECT {PathColumns}, p.account_id
                 FROM unnest(@accounts::bigint[]) WITH ORDINALITY AS j(account, ord) JOIN paths p ON p.account_id = j.account AND p.hash_part = @hash
-                ORDER BY p.trust IN ({MetadataRows.GlobalTrustTexts}) DESC, j.ord
+                ORDER BY p.trust IN ({MetadataRows.GlobalTrustTexts}) DESC, j.ord, p.path COLLATE "C"
                 LIMIT 1
                 """, null, ("accounts", accounts.ToArray()), ("hash", hashPart));
             var found = await ReadOneAsync(command, r => Tuple.Create(r.GetInt64(12), MetadataRows.ReadPath(r)), cancellationToken).ConfigureAwait(false);

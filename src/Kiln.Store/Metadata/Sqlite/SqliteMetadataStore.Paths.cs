@@ -5,7 +5,7 @@ namespace Kiln.Store.Metadata.Sqlite;
 // IPathMetadata, continued: lookups over several views (a request's readable accounts) and kept compressed NAR files.
 public sealed partial class SqliteMetadataStore
 {
-    // Every account's record of the hash part, at most one each: the choice between them is made by the caller below.
+    // Every account's record of the hash part: the choice between them is made below.
     // An ORDER BY here would make SQLite build a temporary B-tree, with its own page cache, on every call: fresh memory
     // for each narinfo asked for the first time, which measured three times the cost of the lookup itself.
     private static readonly PreparedQuery HashPartQuery = new($"""
@@ -29,19 +29,21 @@ public sealed partial class SqliteMetadataStore
             command.Parameters["$accounts"].Value = "[" + string.Join(',', accounts) + "]";
             command.Parameters["$hash"].Value = hashPart;
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            // Compared on the row's trust, the account's place in the list and (for two names with one hash part in
+            // one account) the name; only the winner is read whole.
             (long Account, PathRecord Record)? best = null;
-            var bestKey = long.MaxValue;
+            (bool Global, long Key, string Path) bestRank = default;
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                var record = MetadataRows.ReadPath(reader);
-                var key = reader.GetInt64(13);
-                var better = best is not { } chosen
-                    || (record.Trust.IsGlobal() && !chosen.Record.Trust.IsGlobal())
-                    || (record.Trust.IsGlobal() == chosen.Record.Trust.IsGlobal() && key < bestKey);
+                var rank = (MetadataRows.ParseTrust(reader.GetString(9)).IsGlobal(), reader.GetInt64(13), reader.GetString(0));
+                var better = best is null
+                    || (rank.Item1 && !bestRank.Global)
+                    || (rank.Item1 == bestRank.Global && (rank.Item2 < bestRank.Key
+                        || (rank.Item2 == bestRank.Key && string.CompareOrdinal(rank.Item3, bestRank.Path) < 0)));
                 if (better)
                 {
-                    best = (reader.GetInt64(12), record);
-                    bestKey = key;
+                    best = (reader.GetInt64(12), MetadataRows.ReadPath(reader));
+                    bestRank = rank;
                 }
             }
 
