@@ -29,18 +29,13 @@ public sealed partial class SqliteMetadataStore
             command.Parameters["$accounts"].Value = "[" + string.Join(',', accounts) + "]";
             command.Parameters["$hash"].Value = hashPart;
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            // Compared on the row's trust, the account's place in the list and (for two names with one hash part in
-            // one account) the name; only the winner is read whole.
+            // Only the winner is read whole.
             (long Account, PathRecord Record)? best = null;
-            (bool Global, long Key, string Path) bestRank = default;
+            HashPartRank bestRank = default;
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                var rank = (MetadataRows.ParseTrust(reader.GetString(9)).IsGlobal(), reader.GetInt64(13), reader.GetString(0));
-                var better = best is null
-                    || (rank.Item1 && !bestRank.Global)
-                    || (rank.Item1 == bestRank.Global && (rank.Item2 < bestRank.Key
-                        || (rank.Item2 == bestRank.Key && string.CompareOrdinal(rank.Item3, bestRank.Path) < 0)));
-                if (better)
+                var rank = new HashPartRank(MetadataRows.ParseTrust(reader.GetString(9)).IsGlobal(), reader.GetInt64(13), reader.GetString(0));
+                if (best is null || rank.Outranks(bestRank))
                 {
                     best = (reader.GetInt64(12), MetadataRows.ReadPath(reader));
                     bestRank = rank;
@@ -49,6 +44,16 @@ public sealed partial class SqliteMetadataStore
 
             return best;
         }, cancellationToken);
+    }
+
+    // A record's claim to answer for a hash part: globally trusted first, then the account's place in the list asked
+    // for, then (two names with one hash part in one account) the name.
+    private readonly record struct HashPartRank(bool Global, long Key, string Path)
+    {
+        public bool Outranks(HashPartRank other) =>
+            Global != other.Global ? Global
+            : Key != other.Key ? Key < other.Key
+            : string.CompareOrdinal(Path, other.Path) < 0;
     }
 
     // A join, not "account_id IN (SELECT …)": SQLite would fill a temporary B-tree with the list on every call.
