@@ -92,18 +92,8 @@ internal sealed partial class SocketOutput : PipeWriter
     /// </summary>
     public async Task SendFileAsync(PipeWriter body, FileStream file, long offset, long count, CancellationToken cancellationToken)
     {
-        // Corked, the headers wait for the body's first bytes: a small NAR leaves in one segment with its headers (one
-        // wake-up of the client, not two), as nginx's tcp_nopush does. Uncorking at the end sends what is left.
-        Cork(true);
-        try
-        {
-            await SendPendingAsync(cancellationToken).ConfigureAwait(false);
-            await SendFileBytesAsync(file, offset, count, cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            Cork(false);
-        }
+        await SendPendingAsync(cancellationToken).ConfigureAwait(false);
+        await SendFileBytesAsync(file, offset, count, cancellationToken).ConfigureAwait(false);
 
         // Kestrel counts the body against Content-Length: the same number of bytes, as placeholders.
         _placeholders = count;
@@ -200,7 +190,18 @@ internal sealed partial class SocketOutput : PipeWriter
     {
         // .NET's sockets are non-blocking underneath once an asynchronous operation ran (Kestrel's first receive);
         // checked once per connection all the same, because a blocking one would hold this thread for a slow client.
-        _nonBlocking ??= Fcntl(_socket.SafeHandle, FGetFl, 0) is var flags and >= 0 && (flags & ONonBlock) != 0;
+        // (Linux's constants: elsewhere, .NET's engine does every step.)
+        try
+        {
+            _nonBlocking ??= OperatingSystem.IsLinux() && Fcntl(_socket.SafeHandle, FGetFl, 0) is var flags and >= 0 && (flags & ONonBlock) != 0;
+        }
+        catch (ObjectDisposedException)
+        {
+            // Kestrel disposes the socket when the client goes (a FIN, a reset) or the server stops: as a failed send.
+            Close();
+            ConnectionClosedIf(true);
+        }
+
         if (_nonBlocking is false)
         {
             return 0;
@@ -212,14 +213,32 @@ internal sealed partial class SocketOutput : PipeWriter
             // A fast reader keeps one call going as long as there is file: steps of FileChunk see an abort between them.
             if (cancellationToken.IsCancellationRequested)
             {
+                Interlocked.Add(ref _fileBytesSent, offset - start);
                 Close();
                 throw new ConnectionAbortedException("the request was aborted");
             }
 
-            var moved = SendFile(_socket.SafeHandle, file.SafeFileHandle, ref offset, (nuint)Math.Min(count - (offset - start), FileChunk));
-            if (moved > 0)
+            var step = Math.Min(count - (offset - start), FileChunk);
+            nint moved;
+            try
+            {
+                moved = SendFile(_socket.SafeHandle, file.SafeFileHandle, ref offset, (nuint)step);
+            }
+            catch (ObjectDisposedException)
+            {
+                Interlocked.Add(ref _fileBytesSent, offset - start);
+                Close();
+                throw new ConnectionAbortedException("the client closed the connection");
+            }
+
+            if (moved == step)
             {
                 continue; // sendfile moved the offset
+            }
+
+            if (moved > 0)
+            {
+                break; // the socket's buffer is full now: the rest of the step waits for it
             }
 
             var errno = moved < 0 ? Marshal.GetLastPInvokeError() : 0;
@@ -232,6 +251,7 @@ internal sealed partial class SocketOutput : PipeWriter
             {
                 // 0: the file ended early (it shrank under us); otherwise the connection failed. The body would be
                 // cut short either way: the connection ends.
+                Interlocked.Add(ref _fileBytesSent, offset - start);
                 Close();
                 ConnectionClosedIf(true);
             }
@@ -242,26 +262,7 @@ internal sealed partial class SocketOutput : PipeWriter
         return offset - start;
     }
 
-    // TCP only (a listener on a unix socket has no cork); a failure (the connection is gone) is the next send's to see.
-    private void Cork(bool on)
-    {
-        if (_closed || _socket.ProtocolType != ProtocolType.Tcp)
-        {
-            return;
-        }
-
-        try
-        {
-            Span<byte> value = stackalloc byte[4];
-            BitConverter.TryWriteBytes(value, on ? 1 : 0);
-            _socket.SetRawSocketOption(IpProtoTcp, TcpCork, value);
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-        }
-    }
-
-    private const int IpProtoTcp = 6, TcpCork = 3, FGetFl = 3, ONonBlock = 0x800, EAgain = 11, EIntr = 4;
+    private const int FGetFl = 3, ONonBlock = 0x800, EAgain = 11, EIntr = 4;
 
     [LibraryImport("libc", EntryPoint = "sendfile", SetLastError = true)]
     private static partial nint SendFile(SafeSocketHandle socket, Microsoft.Win32.SafeHandles.SafeFileHandle file, ref long offset, nuint count);
