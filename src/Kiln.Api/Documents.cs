@@ -89,9 +89,11 @@ public sealed record BuildOutputDocument(string Name, string Path);
 /// <summary>The caller's builds in the queue; <c>waiting</c> counts every build in line (all accounts').</summary>
 public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument> Builds);
 
-/// <param name="State">running, waiting (for a build slot), no-agent (no agent offers its system and features), or preparing.</param>
+/// <param name="Id">The build's record; null while it waits for its account's limit (it has none yet).</param>
+/// <param name="State">running, waiting (for a build slot), no-agent (no agent offers its system and features), preparing, or
+/// account-limit (the account's max-jobs builds run on Kiln's front doors; it starts when one ends).</param>
 /// <param name="Position">Its place in line (1: next) while waiting.</param>
-public sealed record QueueEntryDocument(long Id, string Derivation, string State, int? Position, string? Agent);
+public sealed record QueueEntryDocument(long? Id, string Derivation, string State, int? Position, string? Agent);
 
 /// <summary>The farm (an operator's view, <c>server:read</c>): every account's jobs, the agents and how busy they are.</summary>
 /// <param name="Waiting">Jobs waiting for a build slot, all accounts'.</param>

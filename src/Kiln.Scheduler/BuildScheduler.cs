@@ -173,7 +173,14 @@ public sealed partial class BuildScheduler
         {
             if (step.RecordedId is not { } id)
             {
-                continue; // not started yet (its claim is being taken, or another front door builds it)
+                // Not started yet: waiting for one of the account's slots (listed, without a record), or its claim is
+                // being taken, or another front door builds it.
+                if (step.WaitsForAccountSlot)
+                {
+                    queued.Add(new QueuedStep(null, step.DrvPath, QueuedState.AccountLimit, 0, null));
+                }
+
+                continue;
             }
 
             queued.Add(jobs.TryGetValue(id, out var job)
@@ -464,6 +471,18 @@ public sealed partial class BuildScheduler
     /// </remarks>
     private async Task<StepOutcome?> ClaimOrAwaitElsewhereAsync(RunningStep step, long accountId, int maxJobs)
     {
+        try
+        {
+            return await ClaimOrAwaitLoopAsync(step, accountId, maxJobs).ConfigureAwait(false);
+        }
+        finally
+        {
+            step.WaitsForAccountSlot = false; // claimed, built elsewhere, or given up: not waiting for a slot any more
+        }
+    }
+
+    private async Task<StepOutcome?> ClaimOrAwaitLoopAsync(RunningStep step, long accountId, int maxJobs)
+    {
         var told = false;
         var toldSlot = false;
         while (true)
@@ -530,6 +549,7 @@ public sealed partial class BuildScheduler
                     // To this account's sessions only: another's joining this step later has no business with its limit.
                     step.NoteFor(accountId, $"kiln: waiting for a build slot for '{step.DrvPath}': account limit {maxJobs} running on Kiln's front doors");
                     toldSlot = true;
+                    step.WaitsForAccountSlot = true;
                 }
             }
             else if (!told)
@@ -816,7 +836,16 @@ public enum QueuedState
 
     /// <summary>Started, not yet in line (its memory and cores are being worked out, or it is between attempts).</summary>
     Preparing,
+
+    /// <summary>
+    /// Not started: its account's max-jobs builds run on Kiln's front doors (several on one database), and it waits for
+    /// one of them to end. It has no build record yet (<see cref="QueuedStep.BuildId"/> is null).
+    /// </summary>
+    AccountLimit,
 }
 
-/// <summary>A build in this process's queue; <see cref="Position"/> counts from 1 among the builds in line (all accounts').</summary>
-public sealed record QueuedStep(long BuildId, Kiln.Nix.StorePaths.StorePath DrvPath, QueuedState State, int Position, string? Agent);
+/// <summary>
+/// A build in this process's queue; <see cref="Position"/> counts from 1 among the builds in line (all accounts').
+/// <see cref="BuildId"/> is null for a build waiting for its account's limit (<see cref="QueuedState.AccountLimit"/>).
+/// </summary>
+public sealed record QueuedStep(long? BuildId, Kiln.Nix.StorePaths.StorePath DrvPath, QueuedState State, int Position, string? Agent);

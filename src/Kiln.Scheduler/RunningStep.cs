@@ -279,6 +279,18 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         }
     }
 
+    /// <summary>
+    /// Whether the build waits for one of its account's max-jobs slots, all busy on Kiln's front doors (several on one
+    /// database). It has no record then: the listing shows it by its derivation.
+    /// </summary>
+    public bool WaitsForAccountSlot
+    {
+        get => Volatile.Read(ref _waitsForAccountSlot);
+        set => Volatile.Write(ref _waitsForAccountSlot, value);
+    }
+
+    private bool _waitsForAccountSlot;
+
     /// <summary>The queue's ticket of its current offer (null until offered).</summary>
     public Queue.JobTicket? Ticket { get; set; }
 

@@ -207,6 +207,7 @@ internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler, 
             Kiln.Scheduler.QueuedState.Running => "running",
             Kiln.Scheduler.QueuedState.Waiting => "waiting",
             Kiln.Scheduler.QueuedState.NoAgent => "no-agent",
+            Kiln.Scheduler.QueuedState.AccountLimit => "account-limit",
             _ => "preparing",
         }, s.Position > 0 ? s.Position : null, s.Agent))]);
     }

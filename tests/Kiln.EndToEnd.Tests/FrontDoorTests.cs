@@ -191,24 +191,50 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
     }
 
     // max-jobs across front doors: an account allowed one build at a time runs one at a time, whichever front doors its
-    // builds came through (the slot is claimed in the database); the one that waits says why. Each build writes the
-    // machine's uptime as it starts and ends, so the test sees when each ran.
+    // builds came through (the slot is claimed in the database); the one that waits says why, and the queue listing of
+    // its front door shows it (without a record: it has none yet) to its account only. Each build writes the machine's
+    // uptime as it starts and ends, so the test sees when each ran.
     [Fact]
     public async Task An_accounts_max_jobs_holds_across_front_doors()
     {
         var client = NixClient.For("2.8.0");
-        var (database, _, a, b) = TwoFrontDoors(http: false);
+        var (database, _, a, b) = TwoFrontDoors(http: true);
         using var doorA = a;
         using var doorB = b;
         using var workspace = client.NewWorkspace();
         var alice = SshTests.NewLogin(client, a, "alice");
         Assert.Contains("max-jobs = 1", a.Cli("settings", "set", "alice", "max-jobs", "1"), StringComparison.Ordinal);
         var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
+        a.Cli("account", "create", "bob");
+        var aliceToken = a.Cli("token", "create", "alice", "--permissions", "build:read").Split('\n')[0];
+        var bobToken = a.Cli("token", "create", "bob", "--permissions", "build:read").Split('\n')[0];
+        var cancel = TestContext.Current.CancellationToken;
+        using var httpA = new HttpClient { BaseAddress = new Uri(a.HttpUrl) };
+        using var httpB = new HttpClient { BaseAddress = new Uri(b.HttpUrl) };
 
         var salt = Guid.NewGuid().ToString("N");
-        using var first = client.Start(a, [.. alice.Environment, .. TimedBuild(client, workspace, salt, "one", 3)]);
-        using var second = client.Start(b, [.. throughB, .. TimedBuild(client, workspace, salt, "two", 3)]);
-        var logs = await Task.WhenAll(first.StandardError.ReadToEndAsync(), second.StandardError.ReadToEndAsync());
+        using var first = client.Start(a, [.. alice.Environment, .. TimedBuild(client, workspace, salt, "one", 6)]);
+        using var second = client.Start(b, [.. throughB, .. TimedBuild(client, workspace, salt, "two", 6)]);
+        var logsRead = Task.WhenAll(first.StandardError.ReadToEndAsync(cancel), second.StandardError.ReadToEndAsync(cancel));
+
+        // Whichever request got the slot, the other's front door lists it as waiting for the account's limit.
+        System.Text.Json.JsonElement? waiting = null;
+        for (var tries = 0; waiting is null && tries < 200 && !logsRead.IsCompleted; tries++)
+        {
+            foreach (var http in new[] { httpA, httpB })
+            {
+                var builds = (await ApiTests.GetJsonAsync(http, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray();
+                waiting ??= builds.Cast<System.Text.Json.JsonElement?>().FirstOrDefault(q => q!.Value.GetProperty("state").GetString() == "account-limit");
+                Assert.Empty((await ApiTests.GetJsonAsync(http, "/api/v1/queue", bobToken, cancel)).GetProperty("builds").EnumerateArray());
+            }
+
+            await Task.Delay(100, cancel);
+        }
+
+        Assert.True(waiting is not null, "no front door listed the build waiting for Alice's limit");
+        Assert.Equal(System.Text.Json.JsonValueKind.Null, waiting.Value.GetProperty("id").ValueKind);
+        Assert.Matches("^/nix/store/[a-z0-9]{32}-(one|two)\\.drv$", waiting.Value.GetProperty("derivation").GetString());
+        var logs = await logsRead;
         await Task.WhenAll(first.WaitForExitAsync(), second.WaitForExitAsync());
         Assert.True(first.ExitCode == 0, logs[0] + a.Log);
         Assert.True(second.ExitCode == 0, logs[1] + b.Log);

@@ -59,7 +59,9 @@
     every(async () => {
       const [queue, recent] = await Promise.all([call("/queue"), call("/builds?limit=10")]);
       fill("queue-table", queue.builds.map(b => el("tr", {},
-        el("td", {}, buildLink(b.id, b.derivation)), el("td", {}, badge(b.state)), el("td", {}, b.position ?? "—"), el("td", {}, b.agent ?? "—"))));
+        // A build waiting for the account's limit on Kiln's front doors has no record (no page) yet.
+        el("td", {}, b.id === null ? drvName(b.derivation) : buildLink(b.id, b.derivation)), el("td", {}, badge(b.state)),
+        el("td", {}, b.position ?? "—"), el("td", {}, b.agent ?? "—"))));
       const running = queue.builds.filter(b => b.state === "running").length;
       summary.textContent = `${running} of your builds running, ${queue.builds.length - running} waiting or preparing; ${queue.waiting} in line on this server (all accounts).`;
       fill("recent-table", recent.builds.map(b => el("tr", {},
