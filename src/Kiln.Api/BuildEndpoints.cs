@@ -65,7 +65,7 @@ internal static class BuildEndpoints
             var caller = ApiCaller.Of(context);
             caller.Need(KeyPermissions.BuildRead);
             return TypedResults.Ok(control.Queue(caller.Account.Id));
-        }).WithSummary("The caller's builds this front door runs or has in line: running (on which agent), waiting (place in line), or no agent can run them.")
+        }).WithSummary("The caller's builds this front door runs or has in line: running (on which agent), waiting (place in line), no agent can run them, preparing, or account-limit (waiting for one of the account's max-jobs builds on the front doors to end; no record yet, id null).")
           .Produces<QueueDocument>();
 
         api.MapGet("/farm", (HttpContext context) =>

@@ -173,9 +173,10 @@ public sealed partial class BuildScheduler
         {
             if (step.RecordedId is not { } id)
             {
-                // Not started yet: waiting for one of the account's slots (listed, without a record), or its claim is
-                // being taken, or another front door builds it.
-                if (step.WaitsForAccountSlot)
+                // Not started yet: waiting for one of the account's slots (listed, without a record, to that account
+                // alone: another account's session joined to it has no business with its limit, and a shared step
+                // takes no slot anyway), or its claim is being taken, or another front door builds it.
+                if (step.WaitsForAccountSlot && step.StartedFor == account && !step.SharedWithOtherAccounts)
                 {
                     queued.Add(new QueuedStep(null, step.DrvPath, QueuedState.AccountLimit, 0, null));
                 }
@@ -503,6 +504,7 @@ public sealed partial class BuildScheduler
             if (await Builds.FindSuccessfulBuildAsync(step.Key, CancellationToken.None).ConfigureAwait(false) is { } record
                 && await OutputsStoredAsync(record).ConfigureAwait(false))
             {
+                step.WaitsForAccountSlot = false;
                 if (claimed)
                 {
                     await ReleaseClaimAsync(step.Key).ConfigureAwait(false);
@@ -552,10 +554,14 @@ public sealed partial class BuildScheduler
                     step.WaitsForAccountSlot = true;
                 }
             }
-            else if (!told)
+            else
             {
-                step.Line($"kiln: another Kiln front door is building '{step.DrvPath}'; waiting for it");
-                told = true;
+                step.WaitsForAccountSlot = false; // for another front door's build now (set again if a slot is refused)
+                if (!told)
+                {
+                    step.Line($"kiln: another Kiln front door is building '{step.DrvPath}'; waiting for it");
+                    told = true;
+                }
             }
 
             await Task.Delay(Options.ClaimPoll, step.Cancellation).ConfigureAwait(false);
@@ -838,8 +844,9 @@ public enum QueuedState
     Preparing,
 
     /// <summary>
-    /// Not started: its account's max-jobs builds run on Kiln's front doors (several on one database), and it waits for
-    /// one of them to end. It has no build record yet (<see cref="QueuedStep.BuildId"/> is null).
+    /// Not started: its account's max-jobs builds run on Kiln's front doors (on PostgreSQL, where the limit counts
+    /// every front door's builds), and it waits for one of them to end. It has no build record yet
+    /// (<see cref="QueuedStep.BuildId"/> is null).
     /// </summary>
     AccountLimit,
 }

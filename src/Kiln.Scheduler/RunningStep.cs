@@ -280,8 +280,8 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     }
 
     /// <summary>
-    /// Whether the build waits for one of its account's max-jobs slots, all busy on Kiln's front doors (several on one
-    /// database). It has no record then: the listing shows it by its derivation.
+    /// Whether the build waits for one of its account's max-jobs slots, all busy on Kiln's front doors (on PostgreSQL,
+    /// where the limit counts every front door's builds). It has no record then: the listing shows it by its derivation.
     /// </summary>
     public bool WaitsForAccountSlot
     {

@@ -219,7 +219,7 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
 
         // Whichever request got the slot, the other's front door lists it as waiting for the account's limit.
         System.Text.Json.JsonElement? waiting = null;
-        for (var tries = 0; waiting is null && tries < 200 && !logsRead.IsCompleted; tries++)
+        for (var until = DateTime.UtcNow.AddSeconds(90); waiting is null && DateTime.UtcNow < until && !logsRead.IsCompleted;)
         {
             foreach (var http in new[] { httpA, httpB })
             {
@@ -238,6 +238,12 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         await Task.WhenAll(first.WaitForExitAsync(), second.WaitForExitAsync());
         Assert.True(first.ExitCode == 0, logs[0] + a.Log);
         Assert.True(second.ExitCode == 0, logs[1] + b.Log);
+        var waitedFor = waiting.Value.GetProperty("derivation").GetString()!;
+        Assert.Contains(logs, l => l.Contains($"kiln: waiting for a build slot for '{waitedFor}'", StringComparison.Ordinal));
+        foreach (var http in new[] { httpA, httpB })
+        {
+            Assert.Empty((await ApiTests.GetJsonAsync(http, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray()); // no entry left behind
+        }
 
         await using var metadata = MetadataStores.Open(database);
         var runs = new List<(double Start, double End)>();
