@@ -130,9 +130,7 @@ internal sealed partial class SocketOutput : PipeWriter
             for (long sent = 0; sent < count;)
             {
                 ConnectionClosedIf(_closed);
-                var now = SendFileNow(file, offset + sent, count - sent, cancellationToken);
-                sent += now;
-                Interlocked.Add(ref _fileBytesSent, now);
+                sent += SendFileNow(file, offset + sent, count - sent, cancellationToken);
                 if (sent < count)
                 {
                     send ??= NewSendFileStep();
@@ -213,7 +211,6 @@ internal sealed partial class SocketOutput : PipeWriter
             // A fast reader keeps one call going as long as there is file: steps of FileChunk see an abort between them.
             if (cancellationToken.IsCancellationRequested)
             {
-                Interlocked.Add(ref _fileBytesSent, offset - start);
                 Close();
                 throw new ConnectionAbortedException("the request was aborted");
             }
@@ -226,9 +223,13 @@ internal sealed partial class SocketOutput : PipeWriter
             }
             catch (ObjectDisposedException)
             {
-                Interlocked.Add(ref _fileBytesSent, offset - start);
                 Close();
                 throw new ConnectionAbortedException("the client closed the connection");
+            }
+
+            if (moved > 0)
+            {
+                Interlocked.Add(ref _fileBytesSent, moved); // counted as sent, like every step of SendFileStepAsync
             }
 
             if (moved == step)
@@ -251,7 +252,6 @@ internal sealed partial class SocketOutput : PipeWriter
             {
                 // 0: the file ended early (it shrank under us); otherwise the connection failed. The body would be
                 // cut short either way: the connection ends.
-                Interlocked.Add(ref _fileBytesSent, offset - start);
                 Close();
                 ConnectionClosedIf(true);
             }

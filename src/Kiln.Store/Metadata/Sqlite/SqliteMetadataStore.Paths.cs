@@ -29,7 +29,7 @@ public sealed partial class SqliteMetadataStore
             command.Parameters["$accounts"].Value = "[" + string.Join(',', accounts) + "]";
             command.Parameters["$hash"].Value = hashPart;
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            // Only the winner is read whole.
+            // A row is read whole only when it leads so far (a losing row met after the leader is never parsed).
             (long Account, PathRecord Record)? best = null;
             HashPartRank bestRank = default;
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
