@@ -324,13 +324,16 @@ public class SshTests
         using var crashed = new KilnProcess(ssh: true);
         var pidFile = Path.Combine(crashed.DataDirectory, "ssh", "sshd.pid");
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-        while (!File.Exists(pidFile) && DateTime.UtcNow < deadline)
+        int sshd;
+        // sshd creates its pid file before it writes the number: wait for the number (CI once read an empty file).
+        while (!(File.Exists(pidFile) && int.TryParse(File.ReadAllText(pidFile).Trim(), System.Globalization.CultureInfo.InvariantCulture, out sshd))
+            && DateTime.UtcNow < deadline)
         {
             await Task.Delay(50);
         }
 
         // Its sshd goes with it now (the parent-death signal), instead of listening on for a server that is gone.
-        var sshd = int.Parse(File.ReadAllText(pidFile).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+        sshd = int.Parse(File.ReadAllText(pidFile).Trim(), System.Globalization.CultureInfo.InvariantCulture);
         Processes.Run("kill", ["-KILL", crashed.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
         while (IsSshd(sshd) && DateTime.UtcNow < deadline)
