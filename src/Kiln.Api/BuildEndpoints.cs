@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text;
+using Kiln.Nix.StorePaths;
 using Kiln.Protocol;
 using Kiln.Store;
 using Kiln.Store.Accounts;
@@ -67,6 +68,22 @@ internal static class BuildEndpoints
             return TypedResults.Ok(control.Queue(caller.Account.Id));
         }).WithSummary("The caller's builds this front door runs or has in line: running (on which agent), waiting (place in line), no agent can run them, preparing, or account-limit (waiting for one of the account's max-jobs builds on the front doors to end; no record yet, id null).")
           .Produces<QueueDocument>();
+
+        api.MapPost("/queue/cancel", (HttpContext context, string? derivation) =>
+        {
+            var caller = ApiCaller.Of(context);
+            caller.Need(KeyPermissions.BuildWrite);
+            if (!StorePath.TryParse(derivation, out var drvPath) || !drvPath.IsDerivation)
+            {
+                throw Invalid("derivation must be a store path ending in .drv (as the queue lists it)");
+            }
+
+            var ended = control.CancelDerivation(drvPath, caller.Account.Id);
+            return ended > 0
+                ? TypedResults.Accepted($"{KilnApi.Prefix}/queue", new QueueCancelDocument(drvPath.ToString(), ended))
+                : throw new KilnException(ErrorKind.Conflict, $"no request of this account waits for '{drvPath}' here (it may wait at another front door, or have ended)");
+        }).WithSummary("Cancels the account's requests on this front door for a derivation, whatever their state (the way to cancel an account-limit entry, which has no id): they fail, and the build stops unless another account still waits for it (needs build:write).")
+          .Produces<QueueCancelDocument>(StatusCodes.Status202Accepted).ProducesProblem(StatusCodes.Status400BadRequest).ProducesProblem(StatusCodes.Status409Conflict);
 
         api.MapGet("/farm", (HttpContext context) =>
         {

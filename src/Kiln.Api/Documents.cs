@@ -95,6 +95,10 @@ public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument
 /// <param name="Position">Its place in line (1: next) while waiting.</param>
 public sealed record QueueEntryDocument(long? Id, string Derivation, string State, int? Position, string? Agent);
 
+/// <summary>What <c>POST /queue/cancel</c> did.</summary>
+/// <param name="Requests">The account's requests for the derivation on this front door that ended (its sessions' builds fail).</param>
+public sealed record QueueCancelDocument(string Derivation, int Requests);
+
 /// <summary>The farm (an operator's view, <c>server:read</c>): every account's jobs, the agents and how busy they are.</summary>
 /// <param name="Waiting">Jobs waiting for a build slot, all accounts'.</param>
 /// <param name="Running">Jobs an agent runs.</param>

@@ -1,3 +1,5 @@
+using Kiln.Nix.StorePaths;
+
 namespace Kiln.Api;
 
 /// <summary>
@@ -12,6 +14,12 @@ public interface IBuildControl
     /// account waits for it in this process.
     /// </summary>
     bool Cancel(long buildId, long account);
+
+    /// <summary>
+    /// Cancels <paramref name="account"/>'s requests in this process for <paramref name="drvPath"/>, whatever their build's
+    /// state (a build waiting for the account's limit has no record to cancel by). Returns how many requests ended.
+    /// </summary>
+    int CancelDerivation(StorePath drvPath, long account);
 
     /// <summary>The builds for <paramref name="account"/> this process runs or has in line.</summary>
     QueueDocument Queue(long account);

@@ -138,7 +138,7 @@ internal sealed class Pages(KilnStore store, AccountService accounts, BrowserSes
     private static (string, string) Queue(Visitor visitor) => ("Queue", $"""
         <h1>Queue</h1>
         {NeedsNotice(visitor, KeyPermissions.BuildRead, "see builds")}
-        <section aria-labelledby="queue-h" data-live="queue">
+        <section aria-labelledby="queue-h" data-live="queue"{(visitor.Can(KeyPermissions.BuildWrite) ? " data-can-cancel=\"1\"" : "")}>
         <h2 id="queue-h">In the queue now</h2>
         <p class="summary" id="queue-summary" aria-live="polite">Loading…</p>
         {Table("queue-table", "Your builds running or waiting", ["Derivation", "State", "Place in line", "Agent"], [], "Nothing of yours is running or waiting.")}

@@ -148,11 +148,30 @@ public sealed partial class BuildScheduler
         var stopped = 0;
         foreach (var step in steps)
         {
-            stopped += step.StopWaitsOf(account, BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{step.DrvPath}' was cancelled through Kiln's API"));
+            stopped += step.StopWaitsOf(account, Cancelled(step));
         }
 
         return stopped > 0;
     }
+
+    /// <summary>
+    /// Cancels <paramref name="account"/>'s requests in this process for <paramref name="drvPath"/>, whatever their
+    /// build's state: one waiting for the account's limit (it has no record yet, so <see cref="Cancel"/> cannot name it),
+    /// in line or running. The build stops unless another account still waits for it. Returns how many requests ended.
+    /// </summary>
+    public int CancelDerivation(StorePath drvPath, long account)
+    {
+        List<RunningStep> steps;
+        lock (_runningGate)
+        {
+            steps = [.. _running.Values.Where(s => s.DrvPath == drvPath)];
+        }
+
+        return steps.Sum(step => step.StopWaitsOf(account, Cancelled(step)));
+    }
+
+    private static BuildOutcome Cancelled(RunningStep step) =>
+        BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{step.DrvPath}' was cancelled through Kiln's API");
 
     /// <summary>
     /// The builds this process runs or has in line for <paramref name="account"/> (started by its requests, or waited

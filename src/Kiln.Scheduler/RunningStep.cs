@@ -126,7 +126,7 @@ internal sealed class RunningStep : IBuildLog, IDisposable
                 }
 
                 exceeded = await watcher.Stopped.ConfigureAwait(false);
-                return new StepOutcome(exceeded, await BuildId.ConfigureAwait(false) ?? 0, Reused: false);
+                return new StepOutcome(exceeded, RecordedId ?? 0, Reused: false);
             }
 
             while (true)
@@ -140,7 +140,9 @@ internal sealed class RunningStep : IBuildLog, IDisposable
 
                 if (exceeded is not null)
                 {
-                    return new StepOutcome(exceeded, await BuildId.ConfigureAwait(false) ?? 0, Reused: false);
+                    // The record's id if it has one, not awaited: a step waiting for its account's slot or another front
+                    // door's build gets none until it starts, and it is this session leaving (below) that cancels it.
+                    return new StepOutcome(exceeded, RecordedId ?? 0, Reused: false);
                 }
 
                 if (Completion.IsCompleted)

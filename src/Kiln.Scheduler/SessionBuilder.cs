@@ -49,13 +49,18 @@ internal sealed class SessionBuilder(BuildScheduler scheduler, StoreView view, I
         public static Step Failed(BuildStatus status, string error, BuildOutcome? outcome = null) =>
             new(status, error, new Dictionary<string, StorePath>(), outcome);
 
+        // A build that never ran (cancelled or refused while it waited, a limit passed) has no times: 0, as Nix sends for
+        // a result without them. DateTimeOffset's default is year 1, whose Unix time is negative, and Nix reads the
+        // field as a signed integer that must fit: a client refused the whole reply ("serialised integer … is too large").
+        private static long Seconds(DateTimeOffset? time) => time is { } t && t != default ? t.ToUnixTimeSeconds() : 0;
+
         public BuildResult ToBuildResult(HashSet<string>? wanted) => new()
         {
             Status = Status,
             ErrorMessage = Error,
             TimesBuilt = Status == BuildStatus.Built && Outcome is not null ? 1UL : 0UL,
-            StartTime = Outcome?.StartTime.ToUnixTimeSeconds() ?? 0,
-            StopTime = Outcome?.StopTime.ToUnixTimeSeconds() ?? 0,
+            StartTime = Seconds(Outcome?.StartTime),
+            StopTime = Seconds(Outcome?.StopTime),
             CpuUser = Outcome?.CpuUser,
             CpuSystem = Outcome?.CpuSystem,
             BuiltOutputs = Succeeded ? Outputs.Where(o => wanted is null || wanted.Contains(o.Key)).ToDictionary() : new Dictionary<string, StorePath>(),

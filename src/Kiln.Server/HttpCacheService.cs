@@ -199,6 +199,8 @@ internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler, 
 
     public bool Cancel(long buildId, long account) => scheduler.Cancel(buildId, account);
 
+    public int CancelDerivation(Kiln.Nix.StorePaths.StorePath drvPath, long account) => scheduler.CancelDerivation(drvPath, account);
+
     public QueueDocument Queue(long account)
     {
         var (waiting, steps) = scheduler.QueueFor(account);

@@ -46,6 +46,18 @@ public abstract class ApiFixture : IAsyncLifetime
             return true;
         }
 
+        public List<(string Derivation, long Account)> CancelledDerivations { get; } = [];
+
+        public int CancelDerivation(StorePath drvPath, long account)
+        {
+            lock (CancelledDerivations)
+            {
+                CancelledDerivations.Add((drvPath.ToString(), account));
+            }
+
+            return drvPath.Name.StartsWith("nothing-", StringComparison.Ordinal) ? 0 : 1;
+        }
+
         public QueueDocument Queue(long account) => new(0, []);
 
         public FarmDocument Farm() => new(0, 0, 4, 1, 7, 2, [new FarmAgentDocument("embedded", "agent", ["x86_64-linux"], 4, 1)]);

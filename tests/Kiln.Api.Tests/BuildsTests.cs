@@ -1,5 +1,6 @@
 using System.Net.Http.Headers;
 using System.Text.Json;
+using Kiln.Nix.StorePaths;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 using Microsoft.AspNetCore.Routing;
@@ -79,6 +80,35 @@ public sealed class BuildsTests : ApiFixture
         Assert.Equal(409, ended.Status);
         Assert.Equal("conflict", JsonDocument.Parse(ended.Body).RootElement.GetProperty("code").GetString());
         Assert.Single(Control.Cancelled);
+    }
+
+    // A build waiting for its account's limit has no record (no id): it is cancelled by derivation, for the caller's
+    // account only; what is not a derivation is refused before the scheduler is asked; nothing to cancel is a conflict.
+    [Fact]
+    public async Task Cancelling_by_derivation_asks_the_scheduler_for_the_callers_account_and_needs_build_write()
+    {
+        var token = await TokenAsync("alice", KeyPermissions.BuildWrite);
+        var reader = await TokenAsync("alice", KeyPermissions.BuildRead);
+        var alice = await Store.Accounts.GetOrCreateAccountAsync("alice", default);
+        var drv = StorePath.FromBaseName(new string('a', 32) + "-waits.drv").ToString();
+        var (status, body, _) = await SendAsync(HttpMethod.Post, $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(drv)}", token);
+        Assert.True(status == 202, body);
+        var done = JsonDocument.Parse(body).RootElement;
+        Assert.Equal((drv, 1), (done.GetProperty("derivation").GetString(), done.GetProperty("requests").GetInt32()));
+        Assert.Equal([(drv, alice)], Control.CancelledDerivations);
+
+        var none = await SendAsync(HttpMethod.Post, $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(StorePath.FromBaseName(new string('b', 32) + "-nothing-here.drv").ToString())}", token);
+        Assert.Equal(409, none.Status);
+        Assert.Equal("conflict", JsonDocument.Parse(none.Body).RootElement.GetProperty("code").GetString());
+        foreach (var bad in new[] { "", "?derivation=", "?derivation=%2Fnix%2Fstore%2Fnot-a-path.drv", $"?derivation={Uri.EscapeDataString(StorePath.FromBaseName(new string('c', 32) + "-out").ToString())}" })
+        {
+            var refused = await SendAsync(HttpMethod.Post, "/api/v1/queue/cancel" + bad, token);
+            Assert.True(refused.Status == 400, $"{bad}: {refused.Status} {refused.Body}");
+        }
+
+        Assert.Equal(403, (await SendAsync(HttpMethod.Post, $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(drv)}", reader)).Status);
+        Assert.Equal(401, (await SendAsync(HttpMethod.Post, $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(drv)}", null)).Status);
+        Assert.Equal(2, Control.CancelledDerivations.Count); // the valid one and the one with nothing to cancel
     }
 
     [Fact]

@@ -298,6 +298,93 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
             "the shared derivation waited for Alice's slot although Bob asked for it");
     }
 
+    // A build waiting for its account's slot has no record, so it is cancelled by derivation, through the front door its
+    // request came to: Alice's waiting request fails at once with the reason, her running build goes on, and no record
+    // is made for the cancelled one. Bob cancelling the same derivation, and Alice asking the other front door, change
+    // nothing. The running build is then cancelled the same way (it has a record; its derivation names it too).
+    [Fact]
+    public async Task A_build_waiting_for_its_accounts_slot_is_cancelled_by_derivation_through_its_front_door()
+    {
+        var client = NixClient.For("2.34.8");
+        var (database, _, a, b) = TwoFrontDoors(http: true);
+        using var doorA = a;
+        using var doorB = b;
+        using var workspace = client.NewWorkspace();
+        var alice = SshTests.NewLogin(client, a, "alice");
+        Assert.Contains("max-jobs = 1", a.Cli("settings", "set", "alice", "max-jobs", "1"), StringComparison.Ordinal);
+        var aliceThroughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
+        a.Cli("account", "create", "bob");
+        var aliceToken = a.Cli("token", "create", "alice", "--permissions", "build:read,build:write").Split('\n')[0];
+        var bobToken = a.Cli("token", "create", "bob", "--permissions", "build:read,build:write").Split('\n')[0];
+        var cancel = TestContext.Current.CancellationToken;
+        using var httpA = new HttpClient { BaseAddress = new Uri(a.HttpUrl) };
+        using var httpB = new HttpClient { BaseAddress = new Uri(b.HttpUrl) };
+
+        var salt = Guid.NewGuid().ToString("N");
+        using var longOne = client.Start(a, [.. alice.Environment, .. TimedBuild(client, workspace, salt, "long", 120)]);
+        var longLog = longOne.StandardError.ReadToEndAsync(cancel);
+        for (var until = DateTime.UtcNow.AddSeconds(60); !(await ApiTests.GetJsonAsync(httpA, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray()
+            .Any(q => q.GetProperty("state").GetString() == "running"); await Task.Delay(100, cancel))
+        {
+            Assert.True(DateTime.UtcNow < until && !longLog.IsCompleted, "Alice's first build did not start running");
+        }
+
+        using var waits = client.Start(b, [.. aliceThroughB, .. TimedBuild(client, workspace, salt, "waits", 1)]);
+        var waitsLog = waits.StandardError.ReadToEndAsync(cancel);
+        string? derivation = null;
+        for (var until = DateTime.UtcNow.AddSeconds(60); derivation is null; await Task.Delay(100, cancel))
+        {
+            Assert.True(DateTime.UtcNow < until && !waitsLog.IsCompleted, "front door B did not list Alice's second build as waiting for her limit");
+            derivation = (await ApiTests.GetJsonAsync(httpB, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray()
+                .Where(q => q.GetProperty("state").GetString() == "account-limit").Select(q => q.GetProperty("derivation").GetString()).FirstOrDefault();
+        }
+
+        Assert.EndsWith("-waits.drv", derivation, StringComparison.Ordinal);
+        var path = $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(derivation)}";
+        Assert.Equal(System.Net.HttpStatusCode.Conflict, (await PostAsync(httpB, path, bobToken, cancel)).Status); // not Bob's request
+        Assert.Equal(System.Net.HttpStatusCode.Conflict, (await PostAsync(httpA, path, aliceToken, cancel)).Status); // not at this front door
+        Assert.False(waits.HasExited);
+        var (status, body) = await PostAsync(httpB, path, aliceToken, cancel);
+        Assert.True(status == System.Net.HttpStatusCode.Accepted, body);
+        Assert.Equal(1, System.Text.Json.JsonDocument.Parse(body).RootElement.GetProperty("requests").GetInt32());
+
+        var waitsText = await waitsLog.WaitAsync(TimeSpan.FromSeconds(30), cancel);
+        await waits.WaitForExitAsync(cancel);
+        Assert.NotEqual(0, waits.ExitCode);
+        Assert.True(waitsText.Contains($"the build of '{derivation}' was cancelled through Kiln's API", StringComparison.Ordinal), waitsText);
+        Assert.Empty((await ApiTests.GetJsonAsync(httpB, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray());
+        Assert.False(longOne.HasExited, "the cancel reached Alice's running build");
+        var running = (await ApiTests.GetJsonAsync(httpA, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray().Single();
+        Assert.Equal("running", running.GetProperty("state").GetString());
+
+        var longDerivation = running.GetProperty("derivation").GetString()!;
+        var stopped = await PostAsync(httpA, $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(longDerivation)}", aliceToken, cancel);
+        Assert.True(stopped.Status == System.Net.HttpStatusCode.Accepted, stopped.Body);
+        var longText = await longLog.WaitAsync(TimeSpan.FromSeconds(30), cancel);
+        await longOne.WaitForExitAsync(cancel);
+        Assert.NotEqual(0, longOne.ExitCode);
+        Assert.True(longText.Contains($"the build of '{longDerivation}' was cancelled through Kiln's API", StringComparison.Ordinal), longText);
+        await using var metadata = MetadataStores.Open(database);
+        BuildRecord? record = null;
+        for (var until = DateTime.UtcNow.AddSeconds(30); record is not { Running: false }; await Task.Delay(100, cancel))
+        {
+            Assert.True(DateTime.UtcNow < until, "the cancelled build's record did not end");
+            var records = await metadata.ListBuildsAsync(null, 10, CancellationToken.None);
+            record = Assert.Single(records); // none for the build cancelled while it waited
+        }
+
+        Assert.Equal(longDerivation, $"/nix/store/{record.DrvPath}");
+        Assert.Contains("cancelled through Kiln's API", record.Error, StringComparison.Ordinal);
+    }
+
+    private static async Task<(System.Net.HttpStatusCode Status, string Body)> PostAsync(HttpClient http, string path, string token, CancellationToken cancellationToken)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, path);
+        request.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", token);
+        using var response = await http.SendAsync(request, cancellationToken);
+        return (response.StatusCode, await response.Content.ReadAsStringAsync(cancellationToken));
+    }
+
     // A remote-store build of one derivation that writes the machine's uptime as it starts and ends, sleeping between.
     private static string[] TimedBuild(NixClient client, string workspace, string salt, string name, int seconds) =>
     [

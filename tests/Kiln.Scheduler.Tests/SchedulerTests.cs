@@ -194,6 +194,34 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.Contains("cancelled through Kiln's API", record.Error, StringComparison.Ordinal);
     }
 
+    // By derivation (what the API offers for a build with no record yet): only the caller's account's requests end, and
+    // another derivation's are untouched.
+    [Fact]
+    public async Task Cancelling_by_derivation_ends_the_accounts_requests_for_it_only()
+    {
+        var drv = await DerivationAsync("a", "by-derivation");
+        var other = await DerivationAsync("a", "by-derivation-other");
+        await DerivationAsync("b", "by-derivation");
+        var a = await _store.Accounts.GetOrCreateAccountAsync("a", default);
+        var b = await _store.Accounts.GetOrCreateAccountAsync("b", default);
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var first = BuildAsync("a", keepGoing: false, drv);
+        var second = BuildAsync("a", keepGoing: false, other);
+        await WaitUntil(() => _executor.Jobs.Count == 2);
+
+        Assert.Equal(0, _scheduler.CancelDerivation(drv, b)); // b asked for nothing here
+        Assert.Equal(1, _scheduler.CancelDerivation(drv, a));
+        var (results, _) = await first.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(BuildStatus.MiscFailure, results.Single().Status);
+        Assert.Contains($"the build of '{drv}' was cancelled through Kiln's API", results.Single().ErrorMessage, StringComparison.Ordinal);
+        // Its outcome has no times: 0, not year 1's negative Unix time, which Nix 2.34 refused to read.
+        Assert.Equal((0L, 0L), (results.Single().StartTime, results.Single().StopTime));
+        Assert.False(second.IsCompleted);
+        Assert.Equal(0, _scheduler.CancelDerivation(drv, a)); // nothing of a's waits for it any more
+        _executor.Gate.SetResult();
+        Assert.Equal(BuildStatus.Built, (await second.WaitAsync(TimeSpan.FromSeconds(30))).Results.Single().Status);
+    }
+
     [Fact]
     public async Task The_queue_shows_an_account_its_own_builds_running_and_waiting_in_line()
     {

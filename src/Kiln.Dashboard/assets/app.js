@@ -54,13 +54,27 @@
     run();
   }
 
+  // A build waiting for the account's limit has no record, so no page with a Cancel button: its row has one, which
+  // cancels by derivation.
+  function cancelWaiting(derivation) {
+    const button = el("button", { type: "button", class: "danger", "data-cancel-derivation": derivation }, "Cancel");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try { await call(`/queue/cancel?derivation=${encodeURIComponent(derivation)}`, { method: "POST" }); button.replaceWith("cancelled"); }
+      catch (error) { alert(error.message); button.disabled = false; }
+    });
+    return button;
+  }
+
   function liveQueue() {
     const summary = document.getElementById("queue-summary");
+    const canCancel = document.querySelector('[data-live="queue"]').dataset.canCancel === "1";
     every(async () => {
       const [queue, recent] = await Promise.all([call("/queue"), call("/builds?limit=10")]);
       fill("queue-table", queue.builds.map(b => el("tr", {},
         // A build waiting for the account's limit on Kiln's front doors has no record (no page) yet.
-        el("td", {}, b.id === null ? drvName(b.derivation) : buildLink(b.id, b.derivation)), el("td", {}, badge(b.state)),
+        el("td", {}, b.id === null ? drvName(b.derivation) : buildLink(b.id, b.derivation),
+          ...(b.id === null && canCancel ? [" ", cancelWaiting(b.derivation)] : [])), el("td", {}, badge(b.state)),
         el("td", {}, b.position ?? "—"), el("td", {}, b.agent ?? "—"))));
       const running = queue.builds.filter(b => b.state === "running").length;
       summary.textContent = `${running} of your builds running, ${queue.builds.length - running} waiting or preparing; ${queue.waiting} in line on this server (all accounts).`;
