@@ -199,7 +199,7 @@ public sealed class DashboardTests
     private static int LastTick(string log) =>
         log.Split('\n').Select(l => l.StartsWith("tick ", StringComparison.Ordinal) && int.TryParse(l[5..], out var n) ? n : 0).DefaultIfEmpty(0).Max();
 
-    private static void LogIn(Browser browser, string token)
+    internal static void LogIn(Browser browser, string token)
     {
         browser.Find("#token").Clear();
         browser.Find("#token").SendKeys(token);
