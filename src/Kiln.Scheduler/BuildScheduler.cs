@@ -250,7 +250,11 @@ public sealed partial class BuildScheduler
             step.Ticket?.LiftAccountLimit(); // no longer the starting account's build alone: its max-jobs does not hold it
         }
 
-        if ((joiner || tags.Count > 0) && await step.BuildId.WaitAsync(cancellationToken).ConfigureAwait(false) is { } id)
+        // The record's id as soon as the step has one, or none if this session's wait ends first: a step waiting for its
+        // account's slot or another front door's build gets its record only when it starts, and a session cancelled
+        // meanwhile must not wait for that.
+        if ((joiner || tags.Count > 0)
+            && (await Task.WhenAny(step.BuildId, joined).WaitAsync(cancellationToken).ConfigureAwait(false) == step.BuildId ? await step.BuildId.ConfigureAwait(false) : step.RecordedId) is { } id)
         {
             if (joiner)
             {
@@ -342,6 +346,8 @@ public sealed partial class BuildScheduler
             }
 
             claimed = true;
+            // Every session left while the claim (or the account's slot) was being taken: no record for a cancelled build.
+            step.Cancellation.ThrowIfCancellationRequested();
             id = await Builds.StartBuildAsync(step.Key, job.DrvPath.BaseName, accountId, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), CancellationToken.None).ConfigureAwait(false);
             step.Started(id, Logs.Create(id));
             KilnMetrics.BuildsStarted.Add(1);

@@ -206,7 +206,8 @@ internal sealed class RunningStep : IBuildLog, IDisposable
 
     /// <summary>
     /// Ends the waits of <paramref name="account"/>'s sessions with <paramref name="why"/> (its user cancelled the build);
-    /// the build stops when no other session waits for it. Returns how many waits there were.
+    /// the build stops when no other session waits for it. Returns how many waits there were. A build its account's
+    /// session left running (keep-builds-running) that nobody waits for any more is stopped too, and counts as one.
     /// </summary>
     public int StopWaitsOf(long account, BuildOutcome why)
     {
@@ -215,13 +216,22 @@ internal sealed class RunningStep : IBuildLog, IDisposable
             var stopped = 0;
             foreach (var watcher in _watchers.Where(w => w.Account == account))
             {
-                watcher.Stop(why);
-                stopped++;
+                stopped += watcher.Stop(why) ? 1 : 0;
             }
 
-            return stopped;
+            if (stopped > 0 || _waiters > 0 || StartedFor != account || _keptRunningStopped || Completion is not { IsCompleted: false })
+            {
+                return stopped;
+            }
+
+            _keptRunningStopped = true;
         }
+
+        Abandon(why); // outside the lock, as Abandon cancels
+        return 1;
     }
+
+    private bool _keptRunningStopped;
 
     /// <summary>Whether the build is for <paramref name="account"/>: its request started it, or one of its sessions waits for it.</summary>
     public bool IsFor(long account)
@@ -320,7 +330,8 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         /// <summary>Completes when the session's wait was ended for it (<see cref="Stop"/>), with the failure it reports.</summary>
         public Task<BuildOutcome> Stopped => _stopped.Task;
 
-        public void Stop(BuildOutcome why) => _stopped.TrySetResult(why);
+        /// <summary>False when it was stopped before (a cancel clicked twice counts once).</summary>
+        public bool Stop(BuildOutcome why) => _stopped.TrySetResult(why);
         private long _logBytes;
         private long _lastLine;
 

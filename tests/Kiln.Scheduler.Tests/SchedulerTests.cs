@@ -185,7 +185,9 @@ public sealed class SchedulerTests : IAsyncLifetime
         var third = BuildAsync("a", keepGoing: false, alone);
         await WaitUntil(() => _store.Builds.ListBuildsAsync(null, 10, default).Result is [{ Running: true }, ..]);
         var aloneId = (await _store.Builds.ListBuildsAsync(null, 10, default))[0].Id;
-        await WaitUntil(() => _scheduler.Cancel(aloneId, a));
+        var cancelled = false;
+        await WaitUntil(() => cancelled |= _scheduler.Cancel(aloneId, a));
+        Assert.False(_scheduler.Cancel(aloneId, a)); // a second cancel finds nothing left to stop
         Assert.False(_scheduler.Cancel(aloneId, b));
         Assert.Equal(BuildStatus.MiscFailure, (await third.WaitAsync(TimeSpan.FromSeconds(30))).Results.Single().Status);
         await WaitUntil(() => _store.Builds.ListBuildsAsync(null, 10, default).Result[0] is { Running: false });
@@ -368,6 +370,69 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.False(await _store.Builds.ClaimStepAsync(step, "door-c", now + 60, now, default)); // door-b's claim stands
         await stopping.CancelAsync();
         await keeping;
+    }
+
+    // A session (with tags, which wait for the build's record) whose step waits for another front door's build has no
+    // record to wait for until that build ends: cancelled meanwhile, it ends at once (though another account's session
+    // keeps the step waiting), and no record is made for it here.
+    [Fact]
+    public async Task A_session_cancelled_while_another_front_door_builds_its_step_ends_at_once()
+    {
+        var doorB = new BuildScheduler(_store.Builds, _store.Blobs, _queue, _store.Logs, new SchedulerOptions { FrontDoor = "door-b" }, null, NullLogger.Instance);
+        var drv = await DerivationAsync("a", "elsewhere");
+        await DerivationAsync("b", "elsewhere");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var viewB = await _store.OpenViewAsync("a", default);
+        var throughB = doorB.ForSession(viewB).BuildPathsAsync([new DerivedPath.Built(drv, null)], new ClientBuildSettings(), new Events(), default);
+        await WaitUntil(() => _executor.Jobs.Count == 1);
+
+        using var viewA = await _store.OpenViewAsync("a", default);
+        var events = new Events();
+        var throughA = _scheduler.ForSession(viewA, [new BuildTag("ci", "1")]).BuildPathsAsync([new DerivedPath.Built(drv, null)], new ClientBuildSettings(), events, default);
+        await WaitUntil(() => events.Lines.Any(l => l.Contains("another Kiln front door is building", StringComparison.Ordinal)));
+        using var viewOfB = await _store.OpenViewAsync("b", default);
+        var bEvents = new Events();
+        var bWaits = _scheduler.ForSession(viewOfB).BuildPathsAsync([new DerivedPath.Built(drv, null)], new ClientBuildSettings(), bEvents, default);
+        await WaitUntil(() => bEvents.Lines.Count > 0); // joined
+        var a = await _store.Accounts.GetOrCreateAccountAsync("a", default);
+        Assert.Equal(1, _scheduler.CancelDerivation(drv, a));
+        var result = (await throughA.WaitAsync(TimeSpan.FromSeconds(5))).Single();
+        Assert.Equal(BuildStatus.MiscFailure, result.Status);
+        Assert.Contains("cancelled through Kiln's API", result.ErrorMessage, StringComparison.Ordinal);
+        Assert.False(bWaits.IsCompleted);
+
+        _executor.Gate.SetResult();
+        Assert.Equal(BuildStatus.Built, (await throughB.WaitAsync(TimeSpan.FromSeconds(30))).Single().Status);
+        Assert.True((await bWaits.WaitAsync(TimeSpan.FromSeconds(30))).Single().Status is BuildStatus.Built or BuildStatus.AlreadyValid);
+        Assert.Single(await _store.Builds.ListBuildsAsync(null, 10, default));
+    }
+
+    // A build its account's session left running (keep-builds-running) has no session to stop: the account's cancel
+    // stops the build itself.
+    [Fact]
+    public async Task Cancelling_a_build_left_running_for_its_account_stops_it()
+    {
+        var drv = await DerivationAsync("a", "kept");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var left = new CancellationTokenSource();
+        using var view = await _store.OpenViewAsync("a", default);
+        var build = _scheduler.ForSession(view, null, new SessionLimits(TimeSpan.Zero, TimeSpan.Zero, 0) { KeepBuildsRunning = true })
+            .BuildPathsAsync([new DerivedPath.Built(drv, null)], new ClientBuildSettings(), new Events(), left.Token);
+        await WaitUntil(() => _executor.Jobs.Count == 1);
+        await left.CancelAsync(); // the client went away
+        await Task.WhenAny(build, Task.Delay(TimeSpan.FromSeconds(30)));
+        Assert.True(build.IsCompleted, "the session did not end with its client");
+        await Task.Delay(200);
+        Assert.Single(_executor.Jobs); // still running for nobody
+
+        var a = await _store.Accounts.GetOrCreateAccountAsync("a", default);
+        var b = await _store.Accounts.GetOrCreateAccountAsync("b", default);
+        Assert.Equal(0, _scheduler.CancelDerivation(drv, b)); // not b's
+        Assert.Equal(1, _scheduler.CancelDerivation(drv, a));
+        Assert.Equal(0, _scheduler.CancelDerivation(drv, a)); // once
+        await WaitUntil(() => _store.Builds.ListBuildsAsync(null, 10, default).Result is [{ Running: false }]);
+        var record = (await _store.Builds.ListBuildsAsync(null, 10, default)).Single();
+        Assert.Contains("cancelled through Kiln's API", record.Error, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -60,8 +60,7 @@ public sealed record BuildResult
         {
             output.WriteU64(TimesBuilt);
             output.WriteBool(IsNonDeterministic);
-            output.WriteU64((ulong)StartTime);
-            output.WriteU64((ulong)StopTime);
+            WriteTimes(output);
         }
 
         if (version.AtLeast(37))
@@ -86,8 +85,7 @@ public sealed record BuildResult
         {
             output.WriteU64(TimesBuilt);
             output.WriteBool(IsNonDeterministic);
-            output.WriteU64((ulong)StartTime);
-            output.WriteU64((ulong)StopTime);
+            WriteTimes(output);
         }
 
         if (minor >= 6)
@@ -109,12 +107,20 @@ public sealed record BuildResult
         }
     }
 
+    // Nix reads these as signed numbers that must fit, and refuses the whole reply otherwise ("serialised integer … is
+    // too large"): a negative one (no time, a clock before 1970, an agent's bad report) goes out as 0, Nix's "unknown".
+    private void WriteTimes(WireOutput output)
+    {
+        output.WriteU64((ulong)Math.Max(0, StartTime));
+        output.WriteU64((ulong)Math.Max(0, StopTime));
+    }
+
     private static void WriteOptionalMicroseconds(WireOutput output, TimeSpan? value)
     {
         output.WriteU64(value is null ? 0UL : 1UL);
         if (value is { } time)
         {
-            output.WriteU64((ulong)(time.Ticks / 10));
+            output.WriteU64((ulong)Math.Max(0, time.Ticks / 10));
         }
     }
 
