@@ -10,8 +10,8 @@ public interface IBuildControl
 {
     /// <summary>
     /// Cancels build <paramref name="buildId"/> for <paramref name="account"/>: the account's requests waiting for it
-    /// end with an error; the build stops unless another account still waits for it. False when no request of the
-    /// account waits for it in this process.
+    /// end with an error; the build stops unless another account still waits for it (one the account's client left
+    /// running for nobody stops too). False when there was nothing of the account's to stop in this process.
     /// </summary>
     bool Cancel(long buildId, long account);
 

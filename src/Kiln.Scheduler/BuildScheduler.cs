@@ -96,6 +96,7 @@ public sealed partial class BuildScheduler
         BuildLimits sessionLimits, SessionLimits accountLimits, CancellationToken cancellationToken)
     {
         RunningStep? step;
+        RunningStep? stopping = null;
         StepOutcome? reused = null;
         lock (_runningGate)
         {
@@ -106,14 +107,27 @@ public sealed partial class BuildScheduler
             }
             else if (_running.TryGetValue(key, out step))
             {
-                KilnMetrics.BuildsJoined.Add(1);
+                if (step.TryReserve())
+                {
+                    KilnMetrics.BuildsJoined.Add(1);
+                }
+                else
+                {
+                    (stopping, step) = (step, null);
+                }
             }
             else
             {
                 step = new RunningStep(key, job, accountId, Options.JoinBacklogLines);
+                step.TryReserve();
                 step.Completion = RunStepAsync(step, job, requirements, accountId, accountLimits);
                 _running.Add(key, step);
             }
+        }
+
+        if (stopping is not null)
+        {
+            return AfterStoppedAsync(stopping, key, job, requirements, accountId, tags, events, sessionLimits, accountLimits, cancellationToken);
         }
 
         if (reused is { } earlier)
@@ -126,6 +140,15 @@ public sealed partial class BuildScheduler
         return JoinAsync(step!, accountId, tags, events, sessionLimits, accountLimits.KeepBuildsRunning, cancellationToken);
     }
 
+    // A step being stopped (nobody wanted it any more, or it was cancelled) is not joined: its end would be this
+    // session's. The request is asked again once that step has ended (and left the running steps).
+    private async Task<StepOutcome> AfterStoppedAsync(RunningStep stopping, string key, BuildJob job, JobRequirements requirements, long accountId,
+        IReadOnlyList<BuildTag> tags, IBuildEvents events, BuildLimits sessionLimits, SessionLimits accountLimits, CancellationToken cancellationToken)
+    {
+        await Task.WhenAny(stopping.Completion).WaitAsync(cancellationToken).ConfigureAwait(false);
+        return await RunOrJoinAsync(key, job, requirements, accountId, tags, events, sessionLimits, accountLimits, cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>
     /// Forgets a finished step's outcome (its outputs are gone), so the next request for it builds again — that
     /// outcome only: a newer one another session's rebuild remembered meanwhile stays.
@@ -135,7 +158,8 @@ public sealed partial class BuildScheduler
     /// <summary>
     /// Cancels build <paramref name="buildId"/> for <paramref name="account"/>: the account's sessions waiting for it
     /// here stop waiting, each told so; the build stops when nobody else waits for it (another account that joined it
-    /// keeps it). False when no session of the account waits for it in this process (it ended, or runs elsewhere).
+    /// keeps it); a build the account's client left running (keep-builds-running) for nobody is stopped. False when there
+    /// was nothing of the account's to stop in this process (it ended, or runs elsewhere).
     /// </summary>
     public bool Cancel(long buildId, long account)
     {

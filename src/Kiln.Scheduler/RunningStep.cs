@@ -87,15 +87,35 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     }
 
     /// <summary>
-    /// Waits for the build as one more interested session; <paramref name="limits"/> are the session's own (zero: none),
-    /// counted from when it joined or the build began running, whichever is later.
+    /// Counts one more session about to wait for the build (<see cref="JoinAsync"/> follows at once). The scheduler takes
+    /// it under its own lock as it finds or makes the step, so that a cancel in between sees a session waiting. False
+    /// when the build is being stopped (nobody wanted it any more, or it was cancelled): that end is not this session's;
+    /// it waits for the step to end and asks again.
+    /// </summary>
+    public bool TryReserve()
+    {
+        lock (_gate)
+        {
+            if (_stopping || _cancel.IsCancellationRequested)
+            {
+                return false;
+            }
+
+            _waiters++;
+            _leftRunning = false;
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// Waits for the build as one more interested session (after <see cref="TryReserve"/>); <paramref name="limits"/> are
+    /// the session's own (zero: none), counted from when it joined or the build began running, whichever is later.
     /// </summary>
     public async Task<StepOutcome> JoinAsync(IBuildEvents events, BuildLimits limits, long account, CancellationToken cancellationToken, bool keepRunning = false)
     {
         Watcher watcher;
         lock (_gate)
         {
-            _waiters++;
             _keepRunning |= keepRunning && account == StartedFor; // (its CPU is the starting account's: only its setting keeps it)
             watcher = new Watcher(events, events.BuildStarted(DrvPath), limits, account, Stopwatch.GetTimestamp());
             if (_joined)
@@ -173,6 +193,10 @@ internal sealed class RunningStep : IBuildLog, IDisposable
                         // it has just finished
                     }
                 }
+                else if (_waiters == 0 && !Completion.IsCompleted)
+                {
+                    _leftRunning = true; // for nobody, by the starting account's keep-builds-running: its cancel may stop it
+                }
             }
         }
     }
@@ -181,26 +205,33 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     /// Stops the build for a reason of Kiln's (this front door lost its claim on the step): the build is cancelled and its
     /// sessions are told <paramref name="why"/>.
     /// </summary>
-    public void Abandon(BuildOutcome why)
+    public bool Abandon(BuildOutcome why)
     {
         lock (_gate)
         {
-            if (Completion is { IsCompleted: true })
+            if (Completion is { IsCompleted: true } || _done || _stopping || _cancel.IsCancellationRequested)
             {
-                return;
+                return false;
             }
 
+            _stopping = true; // from here no session joins it (TryReserve)
             _gaveUp = why;
         }
 
-        // Outside the lock: cancelling runs the build's callbacks (the queue's, the agent's) on this thread.
+        return CancelBuild();
+    }
+
+    // Outside the lock: cancelling runs the build's callbacks (the queue's, the agent's) on this thread.
+    private bool CancelBuild()
+    {
         try
         {
             _cancel.Cancel();
+            return true;
         }
         catch (ObjectDisposedException)
         {
-            // it has just finished
+            return false; // it has just finished
         }
     }
 
@@ -219,19 +250,24 @@ internal sealed class RunningStep : IBuildLog, IDisposable
                 stopped += watcher.Stop(why) ? 1 : 0;
             }
 
-            if (stopped > 0 || _waiters > 0 || StartedFor != account || _keptRunningStopped || Completion is not { IsCompleted: false })
+            // Only a build left running for nobody (not one stopping or ended, whose own reason stands): a session
+            // reserved under the scheduler's lock clears the mark, so one about to join is never cut off.
+            if (stopped > 0 || !_leftRunning || _done || _stopping || StartedFor != account || _cancel.IsCancellationRequested)
             {
                 return stopped;
             }
 
-            _keptRunningStopped = true;
+            _leftRunning = false;
+            _stopping = true; // from here no session joins it (TryReserve)
+            _gaveUp = why;
         }
 
-        Abandon(why); // outside the lock, as Abandon cancels
-        return 1;
+        return CancelBuild() ? 1 : 0;
     }
 
-    private bool _keptRunningStopped;
+    private bool _leftRunning; // the last session left; keep-builds-running keeps the build going for nobody
+    private bool _stopping; // cancelled for a reason of its own (Abandon, an account's cancel): not to be joined
+    private bool _done;
 
     /// <summary>Whether the build is for <paramref name="account"/>: its request started it, or one of its sessions waits for it.</summary>
     public bool IsFor(long account)
@@ -311,6 +347,7 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     {
         lock (_gate)
         {
+            _done = true;
             _log?.Dispose();
             _cancel.Dispose();
         }

@@ -28,6 +28,9 @@ internal sealed class RecordingExecutor(IAgentStore store, int slots = 4) : IBui
     /// <summary>When set, every build waits for it after logging its first line.</summary>
     public TaskCompletionSource? Gate { get; set; }
 
+    /// <summary>How long a cancelled build takes to stop (an agent's sandbox takes a moment to die).</summary>
+    public TimeSpan StopDelay { get; set; }
+
     public int MaxConcurrent { get; private set; }
 
     /// <summary>What builds of these derivation names report they used: peak memory, CPU time, wall time.</summary>
@@ -68,6 +71,11 @@ internal sealed class RecordingExecutor(IAgentStore store, int slots = 4) : IBui
             }
 
             return new BuildOutcome { Outputs = outputs, StartTime = now, StopTime = now };
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested && StopDelay > TimeSpan.Zero)
+        {
+            await Task.Delay(StopDelay, CancellationToken.None).ConfigureAwait(false);
+            throw;
         }
         finally
         {

@@ -435,6 +435,27 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.Contains("cancelled through Kiln's API", record.Error, StringComparison.Ordinal);
     }
 
+    // A request for a step that is being stopped (its account cancelled it, and the build takes a moment to die) does
+    // not join it, which would end it with another's cancel: it waits for that step to end and builds anew.
+    [Fact]
+    public async Task A_request_for_a_step_being_cancelled_builds_it_anew_instead_of_joining()
+    {
+        var drv = await DerivationAsync("a", "restarted");
+        await DerivationAsync("b", "restarted");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _executor.StopDelay = TimeSpan.FromSeconds(1);
+        var first = BuildAsync("a", keepGoing: false, drv);
+        await WaitUntil(() => _executor.Jobs.Count == 1);
+        var a = await _store.Accounts.GetOrCreateAccountAsync("a", default);
+        Assert.Equal(1, _scheduler.CancelDerivation(drv, a)); // the build now takes a second to stop
+        var second = BuildAsync("b", keepGoing: false, drv);
+        Assert.Equal(BuildStatus.MiscFailure, (await first.WaitAsync(TimeSpan.FromSeconds(30))).Results.Single().Status);
+        await WaitUntil(() => _executor.Jobs.Count == 2); // built again, for b
+        _executor.Gate.SetResult();
+        var (results, _) = await second.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.True(results.Single().Status == BuildStatus.Built, results.Single().ErrorMessage);
+    }
+
     [Fact]
     public async Task A_session_log_limit_counts_the_lines_it_was_sent()
     {
