@@ -198,16 +198,10 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
     public async Task An_accounts_max_jobs_holds_across_front_doors()
     {
         var client = NixClient.For("2.8.0");
-        var (database, _, a, b) = TwoFrontDoors(http: true);
+        var (database, a, b, alice, throughB, aliceToken, bobToken) = AliceAtOneJob(client, "build:read");
         using var doorA = a;
         using var doorB = b;
         using var workspace = client.NewWorkspace();
-        var alice = SshTests.NewLogin(client, a, "alice");
-        Assert.Contains("max-jobs = 1", a.Cli("settings", "set", "alice", "max-jobs", "1"), StringComparison.Ordinal);
-        var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
-        a.Cli("account", "create", "bob");
-        var aliceToken = a.Cli("token", "create", "alice", "--permissions", "build:read").Split('\n')[0];
-        var bobToken = a.Cli("token", "create", "bob", "--permissions", "build:read").Split('\n')[0];
         var cancel = TestContext.Current.CancellationToken;
         using var httpA = new HttpClient { BaseAddress = new Uri(a.HttpUrl) };
         using var httpB = new HttpClient { BaseAddress = new Uri(b.HttpUrl) };
@@ -308,16 +302,10 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
     {
         Browser.Require();
         var client = NixClient.For("2.34.8");
-        var (database, _, a, b) = TwoFrontDoors(http: true);
+        var (database, a, b, alice, aliceThroughB, aliceToken, bobToken) = AliceAtOneJob(client, "build:read,build:write");
         using var doorA = a;
         using var doorB = b;
         using var workspace = client.NewWorkspace();
-        var alice = SshTests.NewLogin(client, a, "alice");
-        Assert.Contains("max-jobs = 1", a.Cli("settings", "set", "alice", "max-jobs", "1"), StringComparison.Ordinal);
-        var aliceThroughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
-        a.Cli("account", "create", "bob");
-        var aliceToken = a.Cli("token", "create", "alice", "--permissions", "build:read,build:write").Split('\n')[0];
-        var bobToken = a.Cli("token", "create", "bob", "--permissions", "build:read,build:write").Split('\n')[0];
         var cancel = TestContext.Current.CancellationToken;
         using var httpA = new HttpClient { BaseAddress = new Uri(a.HttpUrl) };
         using var httpB = new HttpClient { BaseAddress = new Uri(b.HttpUrl) };
@@ -389,6 +377,27 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
 
         Assert.Equal(longDerivation, $"/nix/store/{record.DrvPath}");
         Assert.Contains("cancelled through Kiln's API", record.Error, StringComparison.Ordinal);
+    }
+
+    // Two front doors with HTTP; Alice (max-jobs 1) logged in through A, her key reaching B too; Bob; API tokens for both.
+    private (string Database, KilnProcess A, KilnProcess B, SshTests.Login Alice, string[] AliceThroughB, string AliceToken, string BobToken) AliceAtOneJob(
+        NixClient client, string permissions)
+    {
+        var (database, _, a, b) = TwoFrontDoors(http: true);
+        try
+        {
+            var alice = SshTests.NewLogin(client, a, "alice");
+            Assert.Contains("max-jobs = 1", a.Cli("settings", "set", "alice", "max-jobs", "1"), StringComparison.Ordinal);
+            a.Cli("account", "create", "bob");
+            return (database, a, b, alice, SshTests.SshEnvironment(client, b, alice.KeyFile),
+                a.Cli("token", "create", "alice", "--permissions", permissions).Split('\n')[0], a.Cli("token", "create", "bob", "--permissions", permissions).Split('\n')[0]);
+        }
+        catch
+        {
+            a.Dispose();
+            b.Dispose();
+            throw;
+        }
     }
 
     private static async Task<(System.Net.HttpStatusCode Status, string Body)> PostAsync(HttpClient http, string path, string token, CancellationToken cancellationToken)
