@@ -161,41 +161,28 @@ public sealed partial class BuildScheduler
     /// keeps it); a build the account's client left running (keep-builds-running) for nobody is stopped. False when there
     /// was nothing of the account's to stop in this process (it ended, or runs elsewhere).
     /// </summary>
-    public bool Cancel(long buildId, long account)
-    {
-        List<RunningStep> steps;
-        lock (_runningGate)
-        {
-            steps = [.. _running.Values.Where(s => s.RecordedId == buildId)];
-        }
-
-        var stopped = 0;
-        foreach (var step in steps)
-        {
-            stopped += step.StopWaitsOf(account, Cancelled(step));
-        }
-
-        return stopped > 0;
-    }
+    public bool Cancel(long buildId, long account) => CancelWhere(s => s.RecordedId == buildId, account) > 0;
 
     /// <summary>
     /// Cancels <paramref name="account"/>'s requests in this process for <paramref name="drvPath"/>, whatever their
     /// build's state: one waiting for the account's limit (it has no record yet, so <see cref="Cancel"/> cannot name it),
     /// in line or running. The build stops unless another account still waits for it. Returns how many requests ended.
     /// </summary>
-    public int CancelDerivation(StorePath drvPath, long account)
+    public int CancelDerivation(StorePath drvPath, long account) => CancelWhere(s => s.DrvPath == drvPath, account);
+
+    // The account's cancel through the API of the running steps chosen (picked under the lock, stopped outside it: the
+    // sessions' ends run on their own threads, a build's cancellation on this one).
+    private int CancelWhere(Func<RunningStep, bool> chosen, long account)
     {
         List<RunningStep> steps;
         lock (_runningGate)
         {
-            steps = [.. _running.Values.Where(s => s.DrvPath == drvPath)];
+            steps = [.. _running.Values.Where(chosen)];
         }
 
-        return steps.Sum(step => step.StopWaitsOf(account, Cancelled(step)));
+        return steps.Sum(step => step.StopWaitsOf(account,
+            BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{step.DrvPath}' was cancelled through Kiln's API")));
     }
-
-    private static BuildOutcome Cancelled(RunningStep step) =>
-        BuildOutcome.Failed(BuildFailureKind.MiscFailure, $"the build of '{step.DrvPath}' was cancelled through Kiln's API");
 
     /// <summary>
     /// The builds this process runs or has in line for <paramref name="account"/> (started by its requests, or waited
