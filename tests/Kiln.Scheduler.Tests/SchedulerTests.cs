@@ -443,13 +443,14 @@ public sealed class SchedulerTests : IAsyncLifetime
         var drv = await DerivationAsync("a", "restarted");
         await DerivationAsync("b", "restarted");
         _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _executor.StopDelay = TimeSpan.FromSeconds(1);
+        _executor.StopDelay = TimeSpan.FromSeconds(3);
         var first = BuildAsync("a", keepGoing: false, drv);
         await WaitUntil(() => _executor.Jobs.Count == 1);
         var a = await _store.Accounts.GetOrCreateAccountAsync("a", default);
-        Assert.Equal(1, _scheduler.CancelDerivation(drv, a)); // the build now takes a second to stop
-        var second = BuildAsync("b", keepGoing: false, drv);
+        Assert.Equal(1, _scheduler.CancelDerivation(drv, a)); // the build now takes three seconds to stop
+        // a's request has ended, so its step is being stopped (b asking earlier would simply have kept it running).
         Assert.Equal(BuildStatus.MiscFailure, (await first.WaitAsync(TimeSpan.FromSeconds(30))).Results.Single().Status);
+        var second = BuildAsync("b", keepGoing: false, drv);
         await WaitUntil(() => _executor.Jobs.Count == 2); // built again, for b
         _executor.Gate.SetResult();
         var (results, _) = await second.WaitAsync(TimeSpan.FromSeconds(30));

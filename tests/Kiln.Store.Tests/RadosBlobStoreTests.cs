@@ -106,10 +106,11 @@ public sealed class RadosBlobStoreTests(RadosGateway rgw) : BlobStoreContract, I
             Assert.Equal(System.Net.HttpStatusCode.Forbidden, response.StatusCode);
         }
 
-        // A short-lived one works at once, and not after it expired.
-        var brief = store.LinkFor(hash, TimeSpan.FromSeconds(1))!;
+        // A short-lived one works at once, and not after it expired. (Its signing time is whole seconds and its life is
+        // rounded to them: a 1 s link could expire before a slow machine's first GET, as CI once saw.)
+        var brief = store.LinkFor(hash, TimeSpan.FromSeconds(3))!;
         Assert.Equal(data, await http.GetByteArrayAsync(brief));
-        await Task.Delay(TimeSpan.FromSeconds(3));
+        await Task.Delay(TimeSpan.FromSeconds(5));
         using (var response = await http.GetAsync(brief))
         {
             Assert.Equal(System.Net.HttpStatusCode.Forbidden, response.StatusCode);
