@@ -970,6 +970,52 @@ public abstract class BuildMetadataContract : MetadataContract
         var claims = await Task.WhenAll(Enumerable.Range(0, 8).Select(i => Task.Run(() => store.ClaimStepAsync("k", $"door-{i}", 200, 100, default))));
         Assert.Single(claims, c => c);
     }
+
+    // The queue board: a front door reads an account's entries that the others published (its own are its scheduler's
+    // to give), only while their publications live; a new publication replaces the entries, a renewal keeps them.
+    [Fact]
+    public async Task The_queue_board_shows_an_account_the_entries_other_front_doors_published_while_they_live()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        BoardEntry[] fromA = [new(alice, 7, "/nix/store/aaaa-a.drv", "running", null, "agent-1"), new(bob, 8, "/nix/store/bbbb-b.drv", "waiting", 2, null)];
+        await store.PublishQueueAsync("door-a", fromA, waiting: 3, expires: 200, default);
+        await store.PublishQueueAsync("door-b", [new(alice, null, "/nix/store/cccc-c.drv", "account-limit", null, null)], waiting: 1, expires: 150, default);
+
+        var seenByC = await store.ReadBoardAsync(alice, "door-c", now: 100, default);
+        Assert.Equal(4, seenByC.Waiting);
+        Assert.Equal([new PublishedEntry("door-a", fromA[0]), new PublishedEntry("door-b", new(alice, null, "/nix/store/cccc-c.drv", "account-limit", null, null))], seenByC.Entries);
+        var seenByA = await store.ReadBoardAsync(alice, "door-a", now: 100, default);
+        Assert.Equal(1, seenByA.Waiting);
+        Assert.Equal(["door-b"], seenByA.Entries.Select(e => e.Owner));
+        Assert.Equal([new PublishedEntry("door-a", fromA[1])], (await store.ReadBoardAsync(bob, "door-c", now: 100, default)).Entries);
+
+        // door-b's publication lapsed at 150; door-a's renewal (entries null) keeps its entries, a new one replaces them.
+        var later = await store.ReadBoardAsync(alice, "door-c", now: 160, default);
+        Assert.Equal(3, later.Waiting);
+        Assert.Equal(["door-a"], later.Entries.Select(e => e.Owner));
+        await store.PublishQueueAsync("door-a", null, waiting: 0, expires: 300, default);
+        Assert.Equal([new PublishedEntry("door-a", fromA[0])], (await store.ReadBoardAsync(alice, "door-c", now: 250, default)).Entries);
+        await store.PublishQueueAsync("door-a", [], waiting: 0, expires: 300, default);
+        Assert.Empty((await store.ReadBoardAsync(alice, "door-c", now: 250, default)).Entries);
+        Assert.Empty((await store.ReadBoardAsync(bob, "door-c", now: 250, default)).Entries);
+    }
+
+    // A cancel asked of a front door is taken by that front door once; one asked before it (re)started is dropped.
+    [Fact]
+    public async Task A_cancel_asked_of_a_front_door_is_taken_by_it_once()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        await store.AskCancelAsync("door-a", alice, 7, null, now: 90, default);
+        await store.AskCancelAsync("door-a", alice, null, "/nix/store/aaaa-a.drv", now: 100, default);
+        await store.AskCancelAsync("door-b", alice, 9, null, now: 100, default);
+
+        Assert.Equal([new BoardCancel(alice, null, "/nix/store/aaaa-a.drv")], await store.TakeCancelsAsync("door-a", since: 95, default));
+        Assert.Empty(await store.TakeCancelsAsync("door-a", since: 0, default));
+        Assert.Equal([new BoardCancel(alice, 9, null)], await store.TakeCancelsAsync("door-b", since: 0, default));
+    }
 }
 
 /// <summary>The contract of <see cref="IAgentMetadata"/>: agent tokens (hashes, unique names, revocation) and agents' last known state.</summary>

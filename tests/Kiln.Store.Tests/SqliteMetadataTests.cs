@@ -139,7 +139,7 @@ public sealed class SqliteMetadataStoreTests : IDisposable
         count.CommandText = "SELECT count(*), (SELECT count(*) FROM accounts) FROM schema_migrations";
         using var reader = count.ExecuteReader();
         reader.Read();
-        Assert.Equal(17, reader.GetInt64(0)); // 0001_initial … 0017_account_slots: each applied once
+        Assert.Equal(18, reader.GetInt64(0)); // 0001_initial … 0018_queue_board: each applied once
         Assert.Equal(1, reader.GetInt64(1));
         using var mode = connection.CreateCommand();
         mode.CommandText = "PRAGMA journal_mode";

@@ -174,6 +174,36 @@ internal static class MetadataRows
         RETURNING step_key
         """;
 
+    /// <summary>Account <c>@a</c>'s entries on the queue board of front doors other than <c>@me</c>, live at <c>@now</c> (<see cref="ReadBoardEntry"/>).</summary>
+    public const string BoardEntries = """
+        SELECT e.owner, e.account, e.build_id, e.drv_path, e.state, e.position, e.agent
+        FROM queue_entries e JOIN queue_boards b ON b.owner = e.owner
+        WHERE e.account = @a AND e.owner <> @me AND b.expires >= @now
+        ORDER BY e.owner, e.position, e.build_id
+        """;
+
+    /// <summary>How many builds wait in the lines of front doors other than <c>@me</c> whose publications are live at <c>@now</c>.</summary>
+    public const string BoardWaiting = "SELECT COALESCE(sum(waiting), 0) FROM queue_boards WHERE owner <> @me AND expires >= @now";
+
+    /// <summary>Renews front door <c>@o</c>'s publication (<c>@w</c> waiting, until <c>@e</c>).</summary>
+    public const string PublishBoard = """
+        INSERT INTO queue_boards (owner, waiting, expires) VALUES (@o, @w, @e)
+        ON CONFLICT (owner) DO UPDATE SET waiting = excluded.waiting, expires = excluded.expires
+        """;
+
+    /// <summary>Asks front door <c>@o</c> to cancel account <c>@a</c>'s requests for build <c>@b</c> or derivation <c>@d</c>.</summary>
+    public const string AskCancel = "INSERT INTO queue_cancels (owner, account, build_id, drv_path, asked) VALUES (@o, @a, @b, @d, @t)";
+
+    /// <summary>Takes the cancels asked of front door <c>@o</c> (<see cref="ReadBoardCancel"/> reads them with the time they were asked).</summary>
+    public const string TakeCancels = "DELETE FROM queue_cancels WHERE owner = @o RETURNING account, build_id, drv_path, asked";
+
+    public static PublishedEntry ReadBoardEntry(DbDataReader reader) =>
+        new(reader.GetString(0), new BoardEntry(reader.GetInt64(1), reader.IsDBNull(2) ? null : reader.GetInt64(2), reader.GetString(3), reader.GetString(4),
+            reader.IsDBNull(5) ? null : reader.GetInt32(5), reader.IsDBNull(6) ? null : reader.GetString(6)));
+
+    public static (BoardCancel Cancel, long Asked) ReadBoardCancel(DbDataReader reader) =>
+        (new BoardCancel(reader.GetInt64(0), reader.IsDBNull(1) ? null : reader.GetInt64(1), reader.IsDBNull(2) ? null : reader.GetString(2)), reader.GetInt64(3));
+
     /// <summary>How many of account <c>@a</c>'s claims hold one of its slots and are live at <c>@now</c>.</summary>
     public const string CountAccountSlots = "SELECT count(*) FROM step_claims WHERE slot_account = @a AND expires >= @now";
 

@@ -64,7 +64,7 @@ public static class MetadataTables
     ];
 
     /// <summary>Tables a provider has that are not copied: its own bookkeeping, claims of running servers, and the state of the agents connected to them.</summary>
-    public static IReadOnlySet<string> NotCopied { get; } = new HashSet<string>(StringComparer.Ordinal) { "schema_migrations", "step_claims", "agents", "temp_roots", "temp_root_doors", "sweep_turns" };
+    public static IReadOnlySet<string> NotCopied { get; } = new HashSet<string>(StringComparer.Ordinal) { "schema_migrations", "step_claims", "agents", "temp_roots", "temp_root_doors", "sweep_turns", "queue_boards", "queue_entries", "queue_cancels" };
 
     /// <summary>The SQL list of a table's columns, in <see cref="MetadataTable.Columns"/> order.</summary>
     internal static string ColumnList(MetadataTable table) => string.Join(", ", table.Columns.Select(c => c.Name));
