@@ -61,15 +61,15 @@ internal static class BuildEndpoints
         }).WithSummary("What the builds a tag (or a time span) selects came to, for a CI job's summary: counts, CPU and build time, the slowest, the failures with signed links to their logs (valid a day); format=markdown for Markdown.")
           .Produces<SummaryDocument>().Produces<string>(contentType: "text/markdown").ProducesProblem(StatusCodes.Status400BadRequest);
 
-        api.MapGet("/queue", (HttpContext context) =>
+        api.MapGet("/queue", async Task<IResult> (HttpContext context) =>
         {
             var caller = ApiCaller.Of(context);
             caller.Need(KeyPermissions.BuildRead);
-            return TypedResults.Ok(control.Queue(caller.Account.Id));
-        }).WithSummary("The caller's builds this front door runs or has in line: running (on which agent), waiting (place in line), no agent can run them, preparing, or account-limit (waiting for one of the account's max-jobs builds on the front doors to end; no record yet, id null).")
+            return TypedResults.Ok(await control.QueueAsync(caller.Account.Id, context.RequestAborted).ConfigureAwait(false));
+        }).WithSummary("The caller's builds Kiln's front doors run or have in line: running (on which agent), waiting (place in line), no agent can run them, preparing, or account-limit (waiting for one of the account's max-jobs builds on the front doors to end; no record yet, id null).")
           .Produces<QueueDocument>();
 
-        api.MapPost("/queue/cancel", (HttpContext context, string? derivation) =>
+        api.MapPost("/queue/cancel", async Task<IResult> (HttpContext context, string? derivation) =>
         {
             var caller = ApiCaller.Of(context);
             caller.Need(KeyPermissions.BuildWrite);
@@ -78,11 +78,11 @@ internal static class BuildEndpoints
                 throw Invalid("derivation must be a store path ending in .drv (as the queue lists it)");
             }
 
-            var ended = control.CancelDerivation(drvPath, caller.Account.Id);
+            var ended = await control.CancelDerivationAsync(drvPath, caller.Account.Id, context.RequestAborted).ConfigureAwait(false);
             return ended > 0
                 ? TypedResults.Accepted($"{KilnApi.Prefix}/queue", new QueueCancelDocument(drvPath.ToString(), ended))
-                : throw new KilnException(ErrorKind.Conflict, $"no request of this account waits for '{drvPath}' here (it may wait at another front door, or have ended)");
-        }).WithSummary("Cancels the account's requests on this front door for a derivation, whatever their state (the way to cancel an account-limit entry, which has no id): they fail, and the build stops unless another account still waits for it (needs build:write).")
+                : throw new KilnException(ErrorKind.Conflict, $"no request of this account waits for '{drvPath}' (it may have ended)");
+        }).WithSummary("Cancels the account's requests for a derivation on every front door, whatever their state (the way to cancel an account-limit entry, which has no id): they fail, and the build stops unless another account still waits for it (needs build:write).")
           .Produces<QueueCancelDocument>(StatusCodes.Status202Accepted).ProducesProblem(StatusCodes.Status400BadRequest).ProducesProblem(StatusCodes.Status409Conflict);
 
         api.MapGet("/farm", (HttpContext context) =>
@@ -120,9 +120,9 @@ internal static class BuildEndpoints
                 throw new KilnException(ErrorKind.Conflict, $"build {id} has ended ({BuildDocument.StatusOf(build)})");
             }
 
-            return control.Cancel(id, caller.Caller.AccountId!.Value)
+            return await control.CancelAsync(id, caller.Caller.AccountId!.Value, context.RequestAborted).ConfigureAwait(false)
                 ? TypedResults.Accepted($"{KilnApi.Prefix}/builds/{id}", BuildDocument.Of(build, caller.Caller.AccountId))
-                : throw new KilnException(ErrorKind.Conflict, $"no request of this account waits for build {id} here (it may run for another front door)");
+                : throw new KilnException(ErrorKind.Conflict, $"no request of this account waits for build {id}");
         }).WithSummary("Cancels the account's requests for a running build: they fail, and the build stops unless another account still waits for it (needs build:write).")
           .Produces<BuildDocument>(StatusCodes.Status202Accepted).ProducesProblem(StatusCodes.Status404NotFound).ProducesProblem(StatusCodes.Status409Conflict);
 

@@ -86,7 +86,10 @@ public sealed record BuildDocument(long Id, string Derivation, string Status, st
 
 public sealed record BuildOutputDocument(string Name, string Path);
 
-/// <summary>The caller's builds in the queue; <c>waiting</c> counts every build in line (all accounts').</summary>
+/// <summary>
+/// The caller's builds in the queue, on every front door (another front door's as it last published them, within a
+/// second or so); <c>waiting</c> counts every build in line on them (all accounts').
+/// </summary>
 public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument> Builds);
 
 /// <param name="Id">The build's record; null while it waits for its account's limit (it has none yet).</param>
@@ -96,7 +99,8 @@ public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument
 public sealed record QueueEntryDocument(long? Id, string Derivation, string State, int? Position, string? Agent);
 
 /// <summary>What <c>POST /queue/cancel</c> did.</summary>
-/// <param name="Requests">The account's requests for the derivation on this front door that ended (its sessions' builds fail).</param>
+/// <param name="Requests">The account's requests for the derivation that ended on this front door (its sessions' builds fail), plus the
+/// builds the other front doors holding its requests were asked to cancel (they do within a second or so).</param>
 public sealed record QueueCancelDocument(string Derivation, int Requests);
 
 /// <summary>The farm (an operator's view, <c>server:read</c>): every account's jobs, the agents and how busy they are.</summary>

@@ -10,19 +10,21 @@ public interface IBuildControl
 {
     /// <summary>
     /// Cancels build <paramref name="buildId"/> for <paramref name="account"/>: the account's requests waiting for it
-    /// end with an error; the build stops unless another account still waits for it (one the account's client left
-    /// running for nobody stops too). False when there was nothing of the account's to stop in this process.
+    /// end with an error, here and (asked through the database) on the other front doors; the build stops unless
+    /// another account still waits for it (one the account's client left running for nobody stops too). False when
+    /// nothing of the account's waits for it on any front door.
     /// </summary>
-    bool Cancel(long buildId, long account);
+    Task<bool> CancelAsync(long buildId, long account, CancellationToken cancellationToken);
 
     /// <summary>
-    /// Cancels <paramref name="account"/>'s requests in this process for <paramref name="drvPath"/>, whatever their build's
-    /// state (a build waiting for the account's limit has no record to cancel by). Returns how many requests ended.
+    /// Cancels <paramref name="account"/>'s requests for <paramref name="drvPath"/>, whatever their build's state (a build
+    /// waiting for the account's limit has no record to cancel by), here and on the other front doors. Returns how many
+    /// requests ended here plus how many of the other front doors' builds they were asked to cancel.
     /// </summary>
-    int CancelDerivation(StorePath drvPath, long account);
+    Task<int> CancelDerivationAsync(StorePath drvPath, long account, CancellationToken cancellationToken);
 
-    /// <summary>The builds for <paramref name="account"/> this process runs or has in line.</summary>
-    QueueDocument Queue(long account);
+    /// <summary>The builds for <paramref name="account"/> that this front door and the others run or have in line.</summary>
+    Task<QueueDocument> QueueAsync(long account, CancellationToken cancellationToken);
 
     /// <summary>The farm as this process sees it: agents, slots, the whole queue and throughput (the operator's view).</summary>
     FarmDocument Farm();

@@ -190,6 +190,14 @@ public sealed partial class BuildScheduler
     /// </summary>
     public (int Waiting, IReadOnlyList<QueuedStep> Steps) QueueFor(long account)
     {
+        var (waiting, listed) = Listing(account);
+        return (waiting, [.. listed.Select(l => l.Step)]);
+    }
+
+    // The builds this process runs or has in line as each account sees them (for one account, or all when null), in the
+    // order a listing gives them, with the builds in line (all accounts').
+    private (int Waiting, IReadOnlyList<(long Account, QueuedStep Step)> Listed) Listing(long? only)
+    {
         List<RunningStep> steps;
         lock (_runningGate)
         {
@@ -198,30 +206,33 @@ public sealed partial class BuildScheduler
 
         var jobs = Queue.Jobs().GroupBy(j => j.BuildId).ToDictionary(g => g.Key, g => g.First());
         var waiting = jobs.Values.Count(j => j.Agent is null);
-        var queued = new List<QueuedStep>();
-        foreach (var step in steps.Where(s => s.IsFor(account)))
+        var queued = new List<(long, QueuedStep)>();
+        foreach (var step in steps)
         {
-            if (step.RecordedId is not { } id)
+            foreach (var account in only is { } one ? step.IsFor(one) ? [one] : [] : step.Accounts)
             {
-                // Not started yet: waiting for one of the account's slots (listed, without a record, to that account
-                // alone: another account's session joined to it has no business with its limit, and a shared step
-                // takes no slot anyway), or its claim is being taken, or another front door builds it.
-                if (step.WaitsForAccountSlot && step.StartedFor == account && !step.SharedWithOtherAccounts)
+                if (step.RecordedId is not { } id)
                 {
-                    queued.Add(new QueuedStep(null, step.DrvPath, QueuedState.AccountLimit, 0, null));
+                    // Not started yet: waiting for one of the account's slots (listed, without a record, to that account
+                    // alone: another account's session joined to it has no business with its limit, and a shared step
+                    // takes no slot anyway), or its claim is being taken, or another front door builds it.
+                    if (step.WaitsForAccountSlot && step.StartedFor == account && !step.SharedWithOtherAccounts)
+                    {
+                        queued.Add((account, new QueuedStep(null, step.DrvPath, QueuedState.AccountLimit, 0, null)));
+                    }
+
+                    continue;
                 }
 
-                continue;
+                queued.Add((account, jobs.TryGetValue(id, out var job)
+                    ? job.Agent is { } agent
+                        ? new QueuedStep(id, step.DrvPath, QueuedState.Running, 0, agent)
+                        : new QueuedStep(id, step.DrvPath, job.Runnable ? QueuedState.Waiting : QueuedState.NoAgent, job.Position, null)
+                    : new QueuedStep(id, step.DrvPath, QueuedState.Preparing, 0, null)));
             }
-
-            queued.Add(jobs.TryGetValue(id, out var job)
-                ? job.Agent is { } agent
-                    ? new QueuedStep(id, step.DrvPath, QueuedState.Running, 0, agent)
-                    : new QueuedStep(id, step.DrvPath, job.Runnable ? QueuedState.Waiting : QueuedState.NoAgent, job.Position, null)
-                : new QueuedStep(id, step.DrvPath, QueuedState.Preparing, 0, null));
         }
 
-        return (waiting, [.. queued.OrderBy(q => q.State).ThenBy(q => q.Position).ThenBy(q => q.BuildId)]);
+        return (waiting, [.. queued.OrderBy(q => q.Item2.State).ThenBy(q => q.Item2.Position).ThenBy(q => q.Item2.BuildId)]);
     }
 
     /// <summary>

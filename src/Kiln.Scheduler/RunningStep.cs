@@ -278,6 +278,18 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         }
     }
 
+    /// <summary>The accounts it is for (<see cref="IsFor"/>): the one whose request started it and those of the sessions waiting for it.</summary>
+    public IReadOnlyList<long> Accounts
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _watchers.Select(w => w.Account).Append(StartedFor).Distinct()];
+            }
+        }
+    }
+
     public void Running()
     {
         lock (_gate)

@@ -46,6 +46,12 @@ public sealed record SchedulerOptions
     /// <summary>How long a step claim lasts unless renewed: a front door that stops renewing (killed, cut off) loses its steps after this.</summary>
     public TimeSpan ClaimLease { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>How often this front door publishes its queue on the board and takes the cancels asked of it (several front doors).</summary>
+    public TimeSpan QueueShareInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>How long a queue publication lasts unless renewed: a front door that went away drops out of listings after this.</summary>
+    public TimeSpan QueueShareLife { get; init; } = TimeSpan.FromSeconds(15);
+
     /// <summary>How often a step another front door builds is looked at, for its end or a lapsed claim.</summary>
     public TimeSpan ClaimPoll { get; init; } = TimeSpan.FromMilliseconds(500);
 }

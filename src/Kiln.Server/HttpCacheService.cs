@@ -197,20 +197,25 @@ internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler, 
             [.. now.Loads.Select(a => new FarmAgentDocument(a.Name, a.StockBuilder ? "stock-builder" : "agent", a.Systems, a.Slots, a.Busy))]);
     }
 
-    public bool Cancel(long buildId, long account) => scheduler.Cancel(buildId, account);
+    public async Task<bool> CancelAsync(long buildId, long account, CancellationToken cancellationToken) =>
+        scheduler.Cancel(buildId, account) | await scheduler.CancelElsewhereAsync(account, buildId, null, cancellationToken).ConfigureAwait(false) > 0;
 
-    public int CancelDerivation(Kiln.Nix.StorePaths.StorePath drvPath, long account) => scheduler.CancelDerivation(drvPath, account);
+    public async Task<int> CancelDerivationAsync(Kiln.Nix.StorePaths.StorePath drvPath, long account, CancellationToken cancellationToken) =>
+        scheduler.CancelDerivation(drvPath, account) + await scheduler.CancelElsewhereAsync(account, null, drvPath, cancellationToken).ConfigureAwait(false);
 
-    public QueueDocument Queue(long account)
+    public async Task<QueueDocument> QueueAsync(long account, CancellationToken cancellationToken)
     {
         var (waiting, steps) = scheduler.QueueFor(account);
-        return new QueueDocument(waiting, [.. steps.Select(s => new QueueEntryDocument(s.BuildId, s.DrvPath.ToString(), s.State switch
+        var here = steps.Select(s => new QueueEntryDocument(s.BuildId, s.DrvPath.ToString(), Kiln.Scheduler.QueuedStates.Name(s.State), s.Position > 0 ? s.Position : null, s.Agent)).ToList();
+        if (await scheduler.ElsewhereAsync(account, cancellationToken).ConfigureAwait(false) is not { } elsewhere)
         {
-            Kiln.Scheduler.QueuedState.Running => "running",
-            Kiln.Scheduler.QueuedState.Waiting => "waiting",
-            Kiln.Scheduler.QueuedState.NoAgent => "no-agent",
-            Kiln.Scheduler.QueuedState.AccountLimit => "account-limit",
-            _ => "preparing",
-        }, s.Position > 0 ? s.Position : null, s.Agent))]);
+            return new QueueDocument(waiting, here);
+        }
+
+        // The other front doors' entries after this one's, each build once (the account may wait for it through both).
+        var seen = here.Select(e => (e.Id, e.Derivation)).ToHashSet();
+        var there = elsewhere.Entries.Select(e => new QueueEntryDocument(e.Entry.BuildId, e.Entry.DrvPath, e.Entry.State, e.Entry.Position, e.Entry.Agent))
+            .Where(e => seen.Add((e.Id, e.Derivation)));
+        return new QueueDocument(waiting + elsewhere.Waiting, [.. here, .. there]);
     }
 }

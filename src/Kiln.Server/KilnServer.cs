@@ -92,9 +92,10 @@ public static partial class KilnServer
                 FrontDoor = frontDoor,
                 ClaimLease = options.StepClaimLease,
             }, buildKey, logger)
-            { Pushes = store.Pushes };
+            { Pushes = store.Pushes, Board = store.Builds.SharedByFrontDoors ? store.Board : null };
             using var stopClaims = new CancellationTokenSource();
             var claims = scheduler.KeepClaimsAsync(stopClaims.Token);
+            var board = scheduler.ShareQueueAsync(stopClaims.Token);
             var localSlots = options.LocalSlots ?? executor.Slots;
             var agent = localSlots > 0
                 ? new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, localSlots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4)
@@ -143,6 +144,7 @@ public static partial class KilnServer
             await DrainAsync(scheduler, TimeSpan.FromSeconds(5)).ConfigureAwait(false);
             await stopClaims.CancelAsync().ConfigureAwait(false);
             await claims.ConfigureAwait(false);
+            await board.ConfigureAwait(false);
         }
 
         return 0;

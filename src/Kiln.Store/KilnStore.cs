@@ -126,6 +126,9 @@ public sealed class KilnStore : IAsyncDisposable
     /// <summary>Agent tokens and the agents' last known state.</summary>
     public IAgentMetadata Agents => Metadata;
 
+    /// <summary>Where front doors on one database show each other their queues (<see cref="IBuildMetadata.SharedByFrontDoors"/>).</summary>
+    public IQueueBoard Board => Metadata;
+
     /// <summary>The queue of pushes to accounts' own caches (<c>push-to</c>).</summary>
     public IPushMetadata Pushes => Metadata;
 

@@ -36,29 +36,29 @@ public abstract class ApiFixture : IAsyncLifetime
     {
         public List<(long Build, long Account)> Cancelled { get; } = [];
 
-        public bool Cancel(long buildId, long account)
+        public Task<bool> CancelAsync(long buildId, long account, CancellationToken cancellationToken)
         {
             lock (Cancelled)
             {
                 Cancelled.Add((buildId, account));
             }
 
-            return true;
+            return Task.FromResult(true);
         }
 
         public List<(string Derivation, long Account)> CancelledDerivations { get; } = [];
 
-        public int CancelDerivation(StorePath drvPath, long account)
+        public Task<int> CancelDerivationAsync(StorePath drvPath, long account, CancellationToken cancellationToken)
         {
             lock (CancelledDerivations)
             {
                 CancelledDerivations.Add((drvPath.ToString(), account));
             }
 
-            return drvPath.Name.StartsWith("nothing-", StringComparison.Ordinal) ? 0 : 1;
+            return Task.FromResult(drvPath.Name.StartsWith("nothing-", StringComparison.Ordinal) ? 0 : 1);
         }
 
-        public QueueDocument Queue(long account) => new(0, []);
+        public Task<QueueDocument> QueueAsync(long account, CancellationToken cancellationToken) => Task.FromResult(new QueueDocument(0, []));
 
         public FarmDocument Farm() => new(0, 0, 4, 1, 7, 2, [new FarmAgentDocument("embedded", "agent", ["x86_64-linux"], 4, 1)]);
     }

@@ -407,6 +407,56 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.Single(await _store.Builds.ListBuildsAsync(null, 10, default));
     }
 
+    // Several front doors: a listing through one shows an account's builds another holds (as that one published them on
+    // the board), and a cancel through one, by build id or by derivation, ends the account's requests on the front door
+    // holding them; another account sees and stops nothing. A front door withdraws its publication when it stops.
+    [Fact]
+    public async Task Requests_another_front_door_holds_are_listed_and_cancelled_through_this_one()
+    {
+        BuildScheduler Door(string name) => new(_store.Builds, _store.Blobs, _queue, _store.Logs,
+            new SchedulerOptions { FrontDoor = name, QueueShareInterval = TimeSpan.FromMilliseconds(100) }, null, NullLogger.Instance) { Board = _store.Board };
+        var (doorA, doorB) = (Door("door-a"), Door("door-b"));
+        using var stopping = new CancellationTokenSource();
+        var sharing = Task.WhenAll(doorA.ShareQueueAsync(stopping.Token), doorB.ShareQueueAsync(stopping.Token));
+        var byId = await DerivationAsync("a", "held-1");
+        var byDrv = await DerivationAsync("a", "held-2");
+        _executor.Gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var view = await _store.OpenViewAsync("a", default);
+        var first = doorA.ForSession(view).BuildPathsAsync([new DerivedPath.Built(byId, null)], new ClientBuildSettings(), new Events(), default);
+        var second = doorA.ForSession(view).BuildPathsAsync([new DerivedPath.Built(byDrv, null)], new ClientBuildSettings(), new Events(), default);
+        var a = await _store.Accounts.GetOrCreateAccountAsync("a", default);
+        var b = await _store.Accounts.GetOrCreateAccountAsync("b", default);
+        await WaitUntil(() => doorB.ElsewhereAsync(a, default).Result!.Entries.Count(e => e.Entry.BuildId is not null) == 2);
+
+        var listed = (await doorB.ElsewhereAsync(a, default))!.Entries.OrderBy(e => e.Entry.DrvPath == byDrv.ToString()).ToList();
+        Assert.All(listed, e => Assert.Equal("door-a", e.Owner));
+        Assert.Equal([byId.ToString(), byDrv.ToString()], listed.Select(e => e.Entry.DrvPath));
+        Assert.Empty((await doorB.ElsewhereAsync(b, default))!.Entries);
+        Assert.Empty((await doorA.ElsewhereAsync(a, default))!.Entries); // its own are its scheduler's to list
+        var id = listed[0].Entry.BuildId!.Value;
+        Assert.Equal(0, await doorB.CancelElsewhereAsync(b, id, null, default)); // not b's
+        Assert.Equal(0, await doorB.CancelElsewhereAsync(b, null, byDrv, default));
+        await Task.Delay(500);
+        Assert.False(first.IsCompleted || second.IsCompleted);
+
+        Assert.Equal(1, await doorB.CancelElsewhereAsync(a, id, null, default));
+        var cancelled = (await first.WaitAsync(TimeSpan.FromSeconds(10))).Single();
+        Assert.Equal(BuildStatus.MiscFailure, cancelled.Status);
+        Assert.Contains("cancelled through Kiln's API", cancelled.ErrorMessage, StringComparison.Ordinal);
+        Assert.False(second.IsCompleted);
+        Assert.Equal(1, await doorB.CancelElsewhereAsync(a, null, byDrv, default));
+        Assert.Equal(BuildStatus.MiscFailure, (await second.WaitAsync(TimeSpan.FromSeconds(10))).Single().Status);
+        await WaitUntil(() => doorB.ElsewhereAsync(a, default).Result!.Entries.Count == 0);
+
+        var third = doorA.ForSession(view).BuildPathsAsync([new DerivedPath.Built(await DerivationAsync("a", "held-3"), null)], new ClientBuildSettings(), new Events(), default);
+        await WaitUntil(() => doorB.ElsewhereAsync(a, default).Result!.Entries.Count > 0);
+        await stopping.CancelAsync();
+        await sharing;
+        Assert.Empty((await _store.Board.ReadBoardAsync(a, "door-c", await _store.Builds.ClockAsync(default), default)).Entries); // withdrawn
+        _executor.Gate.SetResult();
+        Assert.Equal(BuildStatus.Built, (await third.WaitAsync(TimeSpan.FromSeconds(30))).Single().Status);
+    }
+
     // A build its account's session left running (keep-builds-running) has no session to stop: the account's cancel
     // stops the build itself.
     [Fact]

@@ -1,0 +1,135 @@
+using Kiln.Nix.StorePaths;
+using Kiln.Protocol;
+using Kiln.Store.Metadata;
+using Microsoft.Extensions.Logging;
+
+namespace Kiln.Scheduler;
+
+// Several front doors on one database: each knows only its own clients' requests. Each publishes its queue on the
+// board and carries out the cancels asked of it there, so a listing or a cancel through any front door (a load
+// balancer picks one) reaches an account's builds on all of them.
+public sealed partial class BuildScheduler
+{
+    /// <summary>The front doors' shared queue board, when several may share the database (null: this process is the only one).</summary>
+    public IQueueBoard? Board { get; init; }
+
+    /// <summary>
+    /// Until <paramref name="stopping"/>: publishes this front door's queue on the <see cref="Board"/> each
+    /// <see cref="SchedulerOptions.QueueShareInterval"/> it changed (and renews it now and then, so it does not lapse),
+    /// and carries out the cancels other front doors were asked for this one's requests. Withdraws it at the end.
+    /// </summary>
+    public async Task ShareQueueAsync(CancellationToken stopping)
+    {
+        if (Board is not { } board)
+        {
+            return;
+        }
+
+        long? since = null; // cancels asked before this process started were meant for an earlier one under this name
+        List<BoardEntry>? published = null;
+        var publishedWaiting = 0;
+        var renewed = 0L;
+        try
+        {
+            while (!stopping.IsCancellationRequested)
+            {
+                try
+                {
+                    var now = await ClockAsync().ConfigureAwait(false);
+                    since ??= now;
+                    var (waiting, listed) = Listing(null);
+                    List<BoardEntry> entries = [.. listed.Select(l => new BoardEntry(l.Account, l.Step.BuildId, l.Step.DrvPath.ToString(), l.Step.State.Name(),
+                        l.Step.Position > 0 ? l.Step.Position : null, l.Step.Agent))];
+                    var changed = published is null || waiting != publishedWaiting || !entries.SequenceEqual(published);
+                    if (changed || Environment.TickCount64 - renewed >= Options.QueueShareLife.TotalMilliseconds / 3)
+                    {
+                        await board.PublishQueueAsync(Options.FrontDoor, changed ? entries : null, waiting, now + (long)Options.QueueShareLife.TotalSeconds, stopping)
+                            .ConfigureAwait(false);
+                        (published, publishedWaiting, renewed) = (entries, waiting, Environment.TickCount64);
+                    }
+
+                    foreach (var cancel in await board.TakeCancelsAsync(Options.FrontDoor, since.Value, stopping).ConfigureAwait(false))
+                    {
+                        if (cancel.BuildId is { } id)
+                        {
+                            Cancel(id, cancel.Account);
+                        }
+                        else if (StorePath.TryParse(cancel.DrvPath, out var drvPath))
+                        {
+                            CancelDerivation(drvPath, cancel.Account);
+                        }
+                    }
+                }
+#pragma warning disable CA1031 // the database unreachable for a moment: the board is a courtesy, tried again next round
+                catch (Exception e) when (!stopping.IsCancellationRequested)
+#pragma warning restore CA1031
+                {
+                    LogBoardError(_logger, e);
+                }
+
+                await Task.Delay(Options.QueueShareInterval, stopping).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+        }
+
+        try
+        {
+            await board.PublishQueueAsync(Options.FrontDoor, [], 0, 0, CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // stopping with the database away: the publication lapses by itself
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            LogBoardError(_logger, e);
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="account"/>'s builds on the other front doors, as they last published them (null: no other front
+    /// door can exist).
+    /// </summary>
+    public async Task<BoardView?> ElsewhereAsync(long account, CancellationToken cancellationToken) =>
+        Board is { } board ? await board.ReadBoardAsync(account, Options.FrontDoor, await ClockAsync().ConfigureAwait(false), cancellationToken).ConfigureAwait(false) : null;
+
+    /// <summary>
+    /// Asks the other front doors holding <paramref name="account"/>'s requests for build <paramref name="buildId"/>
+    /// (or, when it is null, for <paramref name="drvPath"/>) to cancel them; returns how many of their published entries
+    /// it asked about. They carry it out within a <see cref="SchedulerOptions.QueueShareInterval"/>.
+    /// </summary>
+    public async Task<int> CancelElsewhereAsync(long account, long? buildId, StorePath? drvPath, CancellationToken cancellationToken)
+    {
+        if (Board is not { } board)
+        {
+            return 0;
+        }
+
+        var now = await ClockAsync().ConfigureAwait(false);
+        var view = await board.ReadBoardAsync(account, Options.FrontDoor, now, cancellationToken).ConfigureAwait(false);
+        var drv = drvPath?.ToString();
+        var matched = view.Entries.Where(e => buildId is { } id ? e.Entry.BuildId == id : e.Entry.DrvPath == drv).ToList();
+        foreach (var owner in matched.Select(e => e.Owner).Distinct(StringComparer.Ordinal))
+        {
+            await board.AskCancelAsync(owner, account, buildId, buildId is null ? drv : null, now, cancellationToken).ConfigureAwait(false);
+        }
+
+        return matched.Count;
+    }
+
+    [LoggerMessage(EventId = LogEvents.QueueBoardFailed, Level = LogLevel.Warning, Message = "the queue could not be shared with other front doors")]
+    private static partial void LogBoardError(ILogger logger, Exception exception);
+}
+
+/// <summary>The words the API and the queue board use for a <see cref="QueuedState"/>.</summary>
+public static class QueuedStates
+{
+    public static string Name(this QueuedState state) => state switch
+    {
+        QueuedState.Running => "running",
+        QueuedState.Waiting => "waiting",
+        QueuedState.NoAgent => "no-agent",
+        QueuedState.AccountLimit => "account-limit",
+        _ => "preparing",
+    };
+}
