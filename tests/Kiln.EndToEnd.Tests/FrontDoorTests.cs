@@ -292,13 +292,13 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
             "the shared derivation waited for Alice's slot although Bob asked for it");
     }
 
-    // A build waiting for its account's slot has no record, so it is cancelled by derivation, through the front door its
-    // request came to — here with the Cancel button its row has in that front door's dashboard (a real browser): Alice's
-    // waiting request fails at once with the reason, her running build goes on, and no record is made for the cancelled
-    // one. Bob cancelling the same derivation through the API, and Alice asking the other front door, change nothing.
-    // The running build is then cancelled through the API the same way (its derivation names it too).
+    // One queue across front doors: Alice's running build (through A) and her build waiting for her slot (through B) are
+    // listed through either. The waiting one has no record, so it is cancelled by derivation — here with the Cancel button
+    // its row has in the *other* front door's dashboard (a real browser): her waiting request on B fails with the reason,
+    // her running build goes on, and no record is made for the cancelled one. Bob cancelling the same derivation changes
+    // nothing. The running build on A is then cancelled through B's API the same way (its derivation names it too).
     [Fact]
-    public async Task A_build_waiting_for_its_accounts_slot_is_cancelled_by_derivation_through_its_front_door()
+    public async Task A_build_waiting_for_its_accounts_slot_is_listed_and_cancelled_through_either_front_door()
     {
         Browser.Require();
         var client = NixClient.For("2.34.8");
@@ -330,13 +330,17 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         }
 
         Assert.EndsWith("-waits.drv", derivation, StringComparison.Ordinal);
+        await QueueIsAsync(httpA, aliceToken, ["running", "account-limit"], cancel); // A lists B's entry too
+        await QueueIsAsync(httpB, aliceToken, ["running", "account-limit"], cancel); // and B lists A's
+        Assert.Empty((await ApiTests.GetJsonAsync(httpA, "/api/v1/queue", bobToken, cancel)).GetProperty("builds").EnumerateArray());
         var path = $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(derivation)}";
         Assert.Equal(System.Net.HttpStatusCode.Conflict, (await PostAsync(httpB, path, bobToken, cancel)).Status); // not Bob's request
-        Assert.Equal(System.Net.HttpStatusCode.Conflict, (await PostAsync(httpA, path, aliceToken, cancel)).Status); // not at this front door
+        Assert.Equal(System.Net.HttpStatusCode.Conflict, (await PostAsync(httpA, path, bobToken, cancel)).Status);
+        await Task.Delay(1500, cancel); // (had either asked B for anything, B would have carried it out by now)
         Assert.False(waits.HasExited);
         using (var browser = new Browser())
         {
-            browser.Go(b.HttpUrl + "/ui/login");
+            browser.Go(a.HttpUrl + "/ui/login");
             DashboardTests.LogIn(browser, aliceToken);
             // The queue redraws its table every 2 s: find the row's button and click it in one step.
             browser.Wait(d =>
@@ -354,13 +358,13 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         await waits.WaitForExitAsync(cancel);
         Assert.NotEqual(0, waits.ExitCode);
         Assert.True(waitsText.Contains($"the build of '{derivation}' was cancelled through Kiln's API", StringComparison.Ordinal), waitsText);
-        Assert.Empty((await ApiTests.GetJsonAsync(httpB, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray());
+        await QueueIsAsync(httpA, aliceToken, ["running"], cancel); // B's entry withdrawn from the board
         Assert.False(longOne.HasExited, "the cancel reached Alice's running build");
-        var running = (await ApiTests.GetJsonAsync(httpA, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray().Single();
+        var running = (await ApiTests.GetJsonAsync(httpB, "/api/v1/queue", aliceToken, cancel)).GetProperty("builds").EnumerateArray().Single();
         Assert.Equal("running", running.GetProperty("state").GetString());
 
         var longDerivation = running.GetProperty("derivation").GetString()!;
-        var stopped = await PostAsync(httpA, $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(longDerivation)}", aliceToken, cancel);
+        var stopped = await PostAsync(httpB, $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(longDerivation)}", aliceToken, cancel);
         Assert.True(stopped.Status == System.Net.HttpStatusCode.Accepted, stopped.Body);
         var longText = await longLog.WaitAsync(TimeSpan.FromSeconds(30), cancel);
         await longOne.WaitForExitAsync(cancel);
@@ -377,6 +381,24 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
 
         Assert.Equal(longDerivation, $"/nix/store/{record.DrvPath}");
         Assert.Contains("cancelled through Kiln's API", record.Error, StringComparison.Ordinal);
+    }
+
+    // Waits (up to 30 s: another front door's entries are as it last published them) until the account's queue through
+    // this front door lists builds in exactly these states.
+    private static async Task QueueIsAsync(HttpClient http, string token, string[] states, CancellationToken cancel)
+    {
+        string[] seen = [];
+        for (var until = DateTime.UtcNow.AddSeconds(30); ; await Task.Delay(200, cancel))
+        {
+            seen = [.. (await ApiTests.GetJsonAsync(http, "/api/v1/queue", token, cancel)).GetProperty("builds").EnumerateArray()
+                .Select(q => q.GetProperty("state").GetString()!).Order(StringComparer.Ordinal)];
+            if (seen.SequenceEqual(states.Order(StringComparer.Ordinal)))
+            {
+                return;
+            }
+
+            Assert.True(DateTime.UtcNow < until, $"{http.BaseAddress} lists [{string.Join(", ", seen)}], not [{string.Join(", ", states)}]");
+        }
     }
 
     // Two front doors with HTTP; Alice (max-jobs 1) logged in through A, her key reaching B too; Bob; API tokens for both.

@@ -77,7 +77,7 @@
           ...(b.id === null && canCancel ? [" ", cancelWaiting(b.derivation)] : [])), el("td", {}, badge(b.state)),
         el("td", {}, b.position ?? "—"), el("td", {}, b.agent ?? "—"))));
       const running = queue.builds.filter(b => b.state === "running").length;
-      summary.textContent = `${running} of your builds running, ${queue.builds.length - running} waiting or preparing; ${queue.waiting} in line on this server (all accounts).`;
+      summary.textContent = `${running} of your builds running, ${queue.builds.length - running} waiting or preparing; ${queue.waiting} in line (all accounts).`;
       fill("recent-table", recent.builds.map(b => el("tr", {},
         el("td", {}, buildLink(b.id, b.derivation)), el("td", {}, badge(b.status)),
         el("td", {}, el("time", { datetime: b.started }, b.started.replace("T", " ").replace("Z", ""))),
