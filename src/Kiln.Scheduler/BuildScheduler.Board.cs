@@ -25,30 +25,45 @@ public sealed partial class BuildScheduler
             return;
         }
 
-        long? since = null; // cancels asked before this process started were meant for an earlier one under this name
+        var started = false;
         List<BoardEntry>? published = null;
-        var publishedWaiting = 0;
+        var publishedWaiting = -1;
         var renewed = 0L;
+        long? forgotten = null;
         try
         {
             while (!stopping.IsCancellationRequested)
             {
                 try
                 {
+                    if (!started)
+                    {
+                        // Cancels left for an earlier process under this name (the name outlives a restart) were meant
+                        // for requests that ended with it; dropped before this one publishes anything to be asked about.
+                        await board.TakeCancelsAsync(Options.FrontDoor, stopping).ConfigureAwait(false);
+                        started = true;
+                    }
+
                     var now = await ClockAsync().ConfigureAwait(false);
-                    since ??= now;
                     var (waiting, listed) = Listing(null);
                     List<BoardEntry> entries = [.. listed.Select(l => new BoardEntry(l.Account, l.Step.BuildId, l.Step.DrvPath.ToString(), l.Step.State.Name(),
                         l.Step.Position > 0 ? l.Step.Position : null, l.Step.Agent))];
-                    var changed = published is null || waiting != publishedWaiting || !entries.SequenceEqual(published);
-                    if (changed || Environment.TickCount64 - renewed >= Options.QueueShareLife.TotalMilliseconds / 3)
+                    var changed = published is null || !entries.SequenceEqual(published);
+                    if (changed || waiting != publishedWaiting || Environment.TickCount64 - renewed >= Options.QueueShareLife.TotalMilliseconds / 3)
                     {
+                        // The entries only when they changed: a busy line's count moves every second, its builds less often.
                         await board.PublishQueueAsync(Options.FrontDoor, changed ? entries : null, waiting, now + (long)Options.QueueShareLife.TotalSeconds, stopping)
                             .ConfigureAwait(false);
                         (published, publishedWaiting, renewed) = (entries, waiting, Environment.TickCount64);
                     }
 
-                    foreach (var cancel in await board.TakeCancelsAsync(Options.FrontDoor, since.Value, stopping).ConfigureAwait(false))
+                    if (forgotten is not { } at || Environment.TickCount64 - at >= 60_000)
+                    {
+                        await board.ForgetLapsedAsync(now - 3600, stopping).ConfigureAwait(false);
+                        forgotten = Environment.TickCount64;
+                    }
+
+                    foreach (var cancel in await board.TakeCancelsAsync(Options.FrontDoor, stopping).ConfigureAwait(false))
                     {
                         if (cancel.BuildId is { } id)
                         {
@@ -90,8 +105,25 @@ public sealed partial class BuildScheduler
     /// <paramref name="account"/>'s builds on the other front doors, as they last published them (null: no other front
     /// door can exist).
     /// </summary>
-    public async Task<BoardView?> ElsewhereAsync(long account, CancellationToken cancellationToken) =>
-        Board is { } board ? await board.ReadBoardAsync(account, Options.FrontDoor, await ClockAsync().ConfigureAwait(false), cancellationToken).ConfigureAwait(false) : null;
+    public async Task<BoardView?> ElsewhereAsync(long account, CancellationToken cancellationToken)
+    {
+        if (Board is not { } board)
+        {
+            return null;
+        }
+
+        try
+        {
+            return await board.ReadBoardAsync(account, Options.FrontDoor, await ClockAsync().ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // the database unreachable for a moment: this front door's own listing still answers
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+#pragma warning restore CA1031
+        {
+            LogBoardError(_logger, e);
+            return null;
+        }
+    }
 
     /// <summary>
     /// Asks the other front doors holding <paramref name="account"/>'s requests for build <paramref name="buildId"/>
@@ -105,16 +137,27 @@ public sealed partial class BuildScheduler
             return 0;
         }
 
-        var now = await ClockAsync().ConfigureAwait(false);
-        var view = await board.ReadBoardAsync(account, Options.FrontDoor, now, cancellationToken).ConfigureAwait(false);
-        var drv = drvPath?.ToString();
-        var matched = view.Entries.Where(e => buildId is { } id ? e.Entry.BuildId == id : e.Entry.DrvPath == drv).ToList();
-        foreach (var owner in matched.Select(e => e.Owner).Distinct(StringComparer.Ordinal))
+        try
         {
-            await board.AskCancelAsync(owner, account, buildId, buildId is null ? drv : null, now, cancellationToken).ConfigureAwait(false);
-        }
+            var now = await ClockAsync().ConfigureAwait(false);
+            var view = await board.ReadBoardAsync(account, Options.FrontDoor, now, cancellationToken).ConfigureAwait(false);
+            var drv = drvPath?.ToString();
+            var matched = view.Entries.Where(e => buildId is { } id ? e.Entry.BuildId == id : e.Entry.DrvPath == drv).ToList();
+            foreach (var owner in matched.Select(e => e.Owner).Distinct(StringComparer.Ordinal))
+            {
+                // Not given up halfway when the caller goes: the asks already made stand, so the rest are made too.
+                await board.AskCancelAsync(owner, account, buildId, buildId is null ? drv : null, now, CancellationToken.None).ConfigureAwait(false);
+            }
 
-        return matched.Count;
+            return matched.Count;
+        }
+#pragma warning disable CA1031 // the database unreachable for a moment: the cancel done here stands, and is answered
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+#pragma warning restore CA1031
+        {
+            LogBoardError(_logger, e);
+            return 0;
+        }
     }
 
     [LoggerMessage(EventId = LogEvents.QueueBoardFailed, Level = LogLevel.Warning, Message = "the queue could not be shared with other front doors")]

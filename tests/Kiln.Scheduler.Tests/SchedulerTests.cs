@@ -436,7 +436,12 @@ public sealed class SchedulerTests : IAsyncLifetime
         var id = listed[0].Entry.BuildId!.Value;
         Assert.Equal(0, await doorB.CancelElsewhereAsync(b, id, null, default)); // not b's
         Assert.Equal(0, await doorB.CancelElsewhereAsync(b, null, byDrv, default));
-        await Task.Delay(500);
+        // Asked of door-a for b all the same (as a front door that did not filter would): door-a's own account check holds.
+        var now = await _store.Builds.ClockAsync(default);
+        await _store.Board.AskCancelAsync("door-a", b, id, null, now, default);
+        await _store.Board.AskCancelAsync("door-a", b, null, byDrv.ToString(), now, default);
+        await Task.Delay(1000); // ten rounds of door-a's
+        Assert.Empty(await _store.Board.TakeCancelsAsync("door-a", default)); // door-a took them
         Assert.False(first.IsCompleted || second.IsCompleted);
 
         Assert.Equal(1, await doorB.CancelElsewhereAsync(a, id, null, default));

@@ -1002,19 +1002,29 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.Empty((await store.ReadBoardAsync(bob, "door-c", now: 250, default)).Entries);
     }
 
-    // A cancel asked of a front door is taken by that front door once; one asked before it (re)started is dropped.
+    // A cancel asked of a front door is taken by that front door once. Publications long expired, their entries, and
+    // cancels nobody took are forgotten (a front door gone for good).
     [Fact]
-    public async Task A_cancel_asked_of_a_front_door_is_taken_by_it_once()
+    public async Task A_cancel_asked_of_a_front_door_is_taken_by_it_once_and_what_lapsed_is_forgotten()
     {
         await using var store = await CreateAsync();
         var alice = await store.GetOrCreateAccountAsync("alice", default);
         await store.AskCancelAsync("door-a", alice, 7, null, now: 90, default);
         await store.AskCancelAsync("door-a", alice, null, "/nix/store/aaaa-a.drv", now: 100, default);
         await store.AskCancelAsync("door-b", alice, 9, null, now: 100, default);
+        Assert.Equal([new BoardCancel(alice, 7, null), new BoardCancel(alice, null, "/nix/store/aaaa-a.drv")],
+            (await store.TakeCancelsAsync("door-a", default)).OrderBy(c => c.BuildId is null));
+        Assert.Empty(await store.TakeCancelsAsync("door-a", default));
 
-        Assert.Equal([new BoardCancel(alice, null, "/nix/store/aaaa-a.drv")], await store.TakeCancelsAsync("door-a", since: 95, default));
-        Assert.Empty(await store.TakeCancelsAsync("door-a", since: 0, default));
-        Assert.Equal([new BoardCancel(alice, 9, null)], await store.TakeCancelsAsync("door-b", since: 0, default));
+        await store.AskCancelAsync("door-c", alice, 10, null, now: 200, default);
+        await store.PublishQueueAsync("door-old", [new(alice, 1, "/nix/store/aaaa-a.drv", "running", null, null)], waiting: 0, expires: 150, default);
+        await store.PublishQueueAsync("door-new", [new(alice, 2, "/nix/store/bbbb-b.drv", "running", null, null)], waiting: 0, expires: 250, default);
+        await store.ForgetLapsedAsync(before: 160, default);
+        Assert.Empty(await store.TakeCancelsAsync("door-b", default)); // asked at 100
+        Assert.Equal([new BoardCancel(alice, 10, null)], await store.TakeCancelsAsync("door-c", default));
+        Assert.Equal(["door-new"], (await store.ReadBoardAsync(alice, "door-x", now: 0, default)).Entries.Select(e => e.Owner));
+        await store.PublishQueueAsync("door-old", null, waiting: 0, expires: 300, default); // back: its entries went with it
+        Assert.Equal(["door-new"], (await store.ReadBoardAsync(alice, "door-x", now: 200, default)).Entries.Select(e => e.Owner));
     }
 }
 

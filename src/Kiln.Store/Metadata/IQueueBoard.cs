@@ -26,11 +26,14 @@ public interface IQueueBoard
     /// </summary>
     Task AskCancelAsync(string owner, long account, long? buildId, string? drvPath, long now, CancellationToken cancellationToken);
 
+    /// <summary>Takes (and forgets) the cancels asked of <paramref name="owner"/>.</summary>
+    Task<IReadOnlyList<BoardCancel>> TakeCancelsAsync(string owner, CancellationToken cancellationToken);
+
     /// <summary>
-    /// Takes (and forgets) the cancels asked of <paramref name="owner"/>; those asked before <paramref name="since"/>
-    /// are forgotten without being given (a front door that went away and came back under the same name).
+    /// Forgets the publications that expired before <paramref name="before"/>, with their entries, and the cancels asked
+    /// before it that nobody took (front doors that went away for good: a lost data directory gives a new name).
     /// </summary>
-    Task<IReadOnlyList<BoardCancel>> TakeCancelsAsync(string owner, long since, CancellationToken cancellationToken);
+    Task ForgetLapsedAsync(long before, CancellationToken cancellationToken);
 }
 
 /// <summary>

@@ -194,15 +194,23 @@ internal static class MetadataRows
     /// <summary>Asks front door <c>@o</c> to cancel account <c>@a</c>'s requests for build <c>@b</c> or derivation <c>@d</c>.</summary>
     public const string AskCancel = "INSERT INTO queue_cancels (owner, account, build_id, drv_path, asked) VALUES (@o, @a, @b, @d, @t)";
 
-    /// <summary>Takes the cancels asked of front door <c>@o</c> (<see cref="ReadBoardCancel"/> reads them with the time they were asked).</summary>
-    public const string TakeCancels = "DELETE FROM queue_cancels WHERE owner = @o RETURNING account, build_id, drv_path, asked";
+    /// <summary>Takes the cancels asked of front door <c>@o</c> (<see cref="ReadBoardCancel"/>).</summary>
+    public const string TakeCancels = "DELETE FROM queue_cancels WHERE owner = @o RETURNING account, build_id, drv_path";
+
+    /// <summary>Forgets the publications expired before <c>@t</c> with their entries, and the cancels asked before it, in that order.</summary>
+    public static readonly string[] ForgetLapsed =
+    [
+        "DELETE FROM queue_entries WHERE owner IN (SELECT owner FROM queue_boards WHERE expires < @t)",
+        "DELETE FROM queue_boards WHERE expires < @t",
+        "DELETE FROM queue_cancels WHERE asked < @t",
+    ];
 
     public static PublishedEntry ReadBoardEntry(DbDataReader reader) =>
         new(reader.GetString(0), new BoardEntry(reader.GetInt64(1), reader.IsDBNull(2) ? null : reader.GetInt64(2), reader.GetString(3), reader.GetString(4),
             reader.IsDBNull(5) ? null : reader.GetInt32(5), reader.IsDBNull(6) ? null : reader.GetString(6)));
 
-    public static (BoardCancel Cancel, long Asked) ReadBoardCancel(DbDataReader reader) =>
-        (new BoardCancel(reader.GetInt64(0), reader.IsDBNull(1) ? null : reader.GetInt64(1), reader.IsDBNull(2) ? null : reader.GetString(2)), reader.GetInt64(3));
+    public static BoardCancel ReadBoardCancel(DbDataReader reader) =>
+        new(reader.GetInt64(0), reader.IsDBNull(1) ? null : reader.GetInt64(1), reader.IsDBNull(2) ? null : reader.GetString(2));
 
     /// <summary>How many of account <c>@a</c>'s claims hold one of its slots and are live at <c>@now</c>.</summary>
     public const string CountAccountSlots = "SELECT count(*) FROM step_claims WHERE slot_account = @a AND expires >= @now";

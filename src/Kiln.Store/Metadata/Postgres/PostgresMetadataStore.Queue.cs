@@ -64,11 +64,25 @@ public sealed partial class PostgresMetadataStore
             await ask.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
-    public Task<IReadOnlyList<BoardCancel>> TakeCancelsAsync(string owner, long since, CancellationToken cancellationToken) =>
-        WriteAsync<IReadOnlyList<BoardCancel>>(async (connection, transaction) =>
+    // Asked every second by every front door: one statement, without a transaction round its one round trip.
+    public async Task<IReadOnlyList<BoardCancel>> TakeCancelsAsync(string owner, CancellationToken cancellationToken)
+    {
+        List<BoardCancel> taken = [];
+        await WriteOneAsync(async connection =>
         {
-            using var take = Command(connection, MetadataRows.TakeCancels, transaction, ("o", owner));
-            var taken = await ReadAllAsync(take, MetadataRows.ReadBoardCancel, cancellationToken).ConfigureAwait(false);
-            return [.. taken.Where(t => t.Asked >= since).Select(t => t.Cancel)];
+            using var take = Command(connection, MetadataRows.TakeCancels, null, ("o", owner));
+            taken = await ReadAllAsync(take, MetadataRows.ReadBoardCancel, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken).ConfigureAwait(false);
+        return taken;
+    }
+
+    public Task ForgetLapsedAsync(long before, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            foreach (var statement in MetadataRows.ForgetLapsed)
+            {
+                using var forget = Command(connection, statement, transaction, ("t", before));
+                await forget.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
         }, cancellationToken);
 }

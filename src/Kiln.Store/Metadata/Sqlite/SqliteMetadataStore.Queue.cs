@@ -47,11 +47,20 @@ public sealed partial class SqliteMetadataStore
             await ask.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
-    public Task<IReadOnlyList<BoardCancel>> TakeCancelsAsync(string owner, long since, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<BoardCancel>> TakeCancelsAsync(string owner, CancellationToken cancellationToken) =>
         WriteAsync<IReadOnlyList<BoardCancel>>(async (connection, transaction) =>
         {
             using var take = Command(connection, MetadataRows.TakeCancels, transaction, ("@o", owner));
-            var taken = await ReadAllAsync(take, MetadataRows.ReadBoardCancel, cancellationToken).ConfigureAwait(false);
-            return [.. taken.Where(t => t.Asked >= since).Select(t => t.Cancel)];
+            return await ReadAllAsync(take, MetadataRows.ReadBoardCancel, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
+
+    public Task ForgetLapsedAsync(long before, CancellationToken cancellationToken) =>
+        WriteAsync(async (connection, transaction) =>
+        {
+            foreach (var statement in MetadataRows.ForgetLapsed)
+            {
+                using var forget = Command(connection, statement, transaction, ("@t", before));
+                await forget.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
         }, cancellationToken);
 }
