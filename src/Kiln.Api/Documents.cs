@@ -90,7 +90,27 @@ public sealed record BuildOutputDocument(string Name, string Path);
 /// The caller's builds in the queue, on every front door (another front door's as it last published them, within a
 /// second or so); <c>waiting</c> counts every build in line on them (all accounts').
 /// </summary>
-public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument> Builds);
+public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument> Builds)
+{
+    /// <summary>
+    /// This front door's listing with what the other front doors published (null: none can exist, or the board could not
+    /// be read): their entries after this one's, each build once (the account may wait for one through both), and the
+    /// builds in line on all of them.
+    /// </summary>
+    public static QueueDocument Of(QueueDocument here, Kiln.Store.Metadata.BoardView? elsewhere)
+    {
+        ArgumentNullException.ThrowIfNull(here);
+        if (elsewhere is null)
+        {
+            return here;
+        }
+
+        var seen = here.Builds.Select(e => (e.Id, e.Derivation)).ToHashSet();
+        var there = elsewhere.Entries.Select(e => new QueueEntryDocument(e.Entry.BuildId, e.Entry.DrvPath, e.Entry.State, e.Entry.Position, e.Entry.Agent))
+            .Where(e => seen.Add((e.Id, e.Derivation)));
+        return new QueueDocument(here.Waiting + elsewhere.Waiting, [.. here.Builds, .. there]);
+    }
+}
 
 /// <param name="Id">The build's record; null while it waits for its account's limit (it has none yet).</param>
 /// <param name="State">running, waiting (for a build slot), no-agent (no agent offers its system and features), preparing, or

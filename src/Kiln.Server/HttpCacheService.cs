@@ -207,15 +207,6 @@ internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler, 
     {
         var (waiting, steps) = scheduler.QueueFor(account);
         var here = steps.Select(s => new QueueEntryDocument(s.BuildId, s.DrvPath.ToString(), Kiln.Scheduler.QueuedStates.Name(s.State), s.Position > 0 ? s.Position : null, s.Agent)).ToList();
-        if (await scheduler.ElsewhereAsync(account, cancellationToken).ConfigureAwait(false) is not { } elsewhere)
-        {
-            return new QueueDocument(waiting, here);
-        }
-
-        // The other front doors' entries after this one's, each build once (the account may wait for it through both).
-        var seen = here.Select(e => (e.Id, e.Derivation)).ToHashSet();
-        var there = elsewhere.Entries.Select(e => new QueueEntryDocument(e.Entry.BuildId, e.Entry.DrvPath, e.Entry.State, e.Entry.Position, e.Entry.Agent))
-            .Where(e => seen.Add((e.Id, e.Derivation)));
-        return new QueueDocument(waiting + elsewhere.Waiting, [.. here, .. there]);
+        return QueueDocument.Of(new QueueDocument(waiting, here), await scheduler.ElsewhereAsync(account, cancellationToken).ConfigureAwait(false));
     }
 }
