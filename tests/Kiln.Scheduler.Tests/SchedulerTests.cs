@@ -414,7 +414,8 @@ public sealed class SchedulerTests : IAsyncLifetime
     public async Task Requests_another_front_door_holds_are_listed_and_cancelled_through_this_one()
     {
         BuildScheduler Door(string name) => new(_store.Builds, _store.Blobs, _queue, _store.Logs,
-            new SchedulerOptions { FrontDoor = name, QueueShareInterval = TimeSpan.FromMilliseconds(100) }, null, NullLogger.Instance) { Board = _store.Board };
+            new SchedulerOptions { FrontDoor = name, QueueShareInterval = TimeSpan.FromMilliseconds(100) }, null, NullLogger.Instance)
+        { Board = _store.Board };
         var (doorA, doorB) = (Door("door-a"), Door("door-b"));
         using var stopping = new CancellationTokenSource();
         var sharing = Task.WhenAll(doorA.ShareQueueAsync(stopping.Token), doorB.ShareQueueAsync(stopping.Token));
