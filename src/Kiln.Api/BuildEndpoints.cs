@@ -85,11 +85,11 @@ internal static class BuildEndpoints
         }).WithSummary("Cancels the account's requests for a derivation on every front door, whatever their state (the way to cancel an account-limit entry, which has no id): they fail, and the build stops unless another account still waits for it (needs build:write).")
           .Produces<QueueCancelDocument>(StatusCodes.Status202Accepted).ProducesProblem(StatusCodes.Status400BadRequest).ProducesProblem(StatusCodes.Status409Conflict);
 
-        api.MapGet("/farm", (HttpContext context) =>
+        api.MapGet("/farm", async Task<IResult> (HttpContext context) =>
         {
             ApiCaller.Of(context).Need(KeyPermissions.ServerRead);
-            return TypedResults.Ok(control.Farm());
-        }).WithSummary("The farm (operators: server:read): agents with their slots, the whole queue, jobs finished lately.")
+            return TypedResults.Ok(await control.FarmAsync(context.RequestAborted).ConfigureAwait(false));
+        }).WithSummary("The farm (operators: server:read): agents with their slots (and front door, when another one's), the whole queue, jobs finished lately, on every front door.")
           .Produces<FarmDocument>().ProducesProblem(StatusCodes.Status403Forbidden);
 
         api.MapGet("/usage", async Task<IResult> (HttpContext context, string? since, string? until, string? by) =>

@@ -123,15 +123,57 @@ public sealed record QueueEntryDocument(long? Id, string Derivation, string Stat
 /// builds the other front doors holding its requests were asked to cancel (they do within a second or so).</param>
 public sealed record QueueCancelDocument(string Derivation, int Requests);
 
-/// <summary>The farm (an operator's view, <c>server:read</c>): every account's jobs, the agents and how busy they are.</summary>
+/// <summary>
+/// The farm (an operator's view, <c>server:read</c>): every account's jobs, the agents and how busy they are, on every
+/// front door (another front door's as it last published it, a second or so ago).
+/// </summary>
 /// <param name="Waiting">Jobs waiting for a build slot, all accounts'.</param>
 /// <param name="Running">Jobs an agent runs.</param>
 /// <param name="FinishedLastHour">Jobs agents finished in the last hour (built or failed).</param>
 public sealed record FarmDocument(int Waiting, int Running, int Slots, int BusySlots, int FinishedLastHour, int FinishedLastFiveMinutes,
-    IReadOnlyList<FarmAgentDocument> Agents);
+    IReadOnlyList<FarmAgentDocument> Agents)
+{
+    /// <summary>The form another front door reads from the queue board (<see cref="Of"/>).</summary>
+    public string ToBoard() => System.Text.Json.JsonSerializer.Serialize(this, System.Text.Json.JsonSerializerOptions.Web);
+
+    /// <summary>
+    /// This front door's farm with those the others published (<see cref="ToBoard"/>), by front door: the figures added
+    /// up, their agents after this one's, each named with its front door. One that cannot be read is left out.
+    /// </summary>
+    public static FarmDocument Of(FarmDocument here, IEnumerable<(string FrontDoor, string Farm)> elsewhere)
+    {
+        ArgumentNullException.ThrowIfNull(here);
+        ArgumentNullException.ThrowIfNull(elsewhere);
+        var farm = here;
+        foreach (var (frontDoor, text) in elsewhere)
+        {
+            FarmDocument? there;
+            try
+            {
+                there = System.Text.Json.JsonSerializer.Deserialize<FarmDocument>(text, System.Text.Json.JsonSerializerOptions.Web);
+            }
+            catch (System.Text.Json.JsonException)
+            {
+                continue; // (a front door of another version, say)
+            }
+
+            if (there?.Agents is null)
+            {
+                continue;
+            }
+
+            farm = new FarmDocument(farm.Waiting + there.Waiting, farm.Running + there.Running, farm.Slots + there.Slots, farm.BusySlots + there.BusySlots,
+                farm.FinishedLastHour + there.FinishedLastHour, farm.FinishedLastFiveMinutes + there.FinishedLastFiveMinutes,
+                [.. farm.Agents, .. there.Agents.Select(a => a with { FrontDoor = frontDoor })]);
+        }
+
+        return farm;
+    }
+}
 
 /// <param name="Kind">agent (a Kiln agent, the embedded one included) or stock-builder (a stock Nix machine).</param>
-public sealed record FarmAgentDocument(string Name, string Kind, IReadOnlyList<string> Systems, int Slots, int Busy);
+/// <param name="FrontDoor">The front door it is connected to, when not the one answering (each has its own embedded agent).</param>
+public sealed record FarmAgentDocument(string Name, string Kind, IReadOnlyList<string> Systems, int Slots, int Busy, string? FrontDoor = null);
 
 /// <summary>A page of builds, newest first; <c>next</c> is the cursor of the following page (null on the last).</summary>
 public sealed record BuildPage(IReadOnlyList<BuildDocument> Builds, string? Next);

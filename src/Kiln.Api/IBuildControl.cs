@@ -26,6 +26,6 @@ public interface IBuildControl
     /// <summary>The builds for <paramref name="account"/> that this front door and the others run or have in line.</summary>
     Task<QueueDocument> QueueAsync(long account, CancellationToken cancellationToken);
 
-    /// <summary>The farm as this process sees it: agents, slots, the whole queue and throughput (the operator's view).</summary>
-    FarmDocument Farm();
+    /// <summary>The farm: agents, slots, the whole queue and throughput (the operator's view), on every front door.</summary>
+    Task<FarmDocument> FarmAsync(CancellationToken cancellationToken);
 }

@@ -17,8 +17,9 @@ public sealed partial class BuildScheduler
     /// Until <paramref name="stopping"/>: publishes this front door's queue on the <see cref="Board"/> each
     /// <see cref="SchedulerOptions.QueueShareInterval"/> it changed (and renews it now and then, so it does not lapse),
     /// and carries out the cancels other front doors were asked for this one's requests. Withdraws it at the end.
+    /// <paramref name="farm"/> gives this front door's farm as the operator's API shows it, published with the queue.
     /// </summary>
-    public async Task ShareQueueAsync(CancellationToken stopping)
+    public async Task ShareQueueAsync(CancellationToken stopping, Func<string>? farm = null)
     {
         if (Board is not { } board)
         {
@@ -28,6 +29,7 @@ public sealed partial class BuildScheduler
         var started = false;
         List<BoardEntry>? published = null;
         var publishedWaiting = -1;
+        string? publishedFarm = null;
         var renewed = 0L;
         long? forgotten = null;
         try
@@ -49,12 +51,14 @@ public sealed partial class BuildScheduler
                     List<BoardEntry> entries = [.. listed.Select(l => new BoardEntry(l.Account, l.Step.BuildId, l.Step.DrvPath.ToString(), l.Step.State.Name(),
                         l.Step.Position > 0 ? l.Step.Position : null, l.Step.Agent))];
                     var changed = published is null || !entries.SequenceEqual(published);
-                    if (changed || waiting != publishedWaiting || Environment.TickCount64 - renewed >= Options.QueueShareLife.TotalMilliseconds / 3)
+                    var farmNow = farm?.Invoke();
+                    var farmChanged = farmNow != publishedFarm;
+                    if (changed || farmChanged || waiting != publishedWaiting || Environment.TickCount64 - renewed >= Options.QueueShareLife.TotalMilliseconds / 3)
                     {
                         // The entries only when they changed: a busy line's count moves every second, its builds less often.
-                        await board.PublishQueueAsync(Options.FrontDoor, changed ? entries : null, waiting, now + (long)Options.QueueShareLife.TotalSeconds, stopping)
-                            .ConfigureAwait(false);
-                        (published, publishedWaiting, renewed) = (entries, waiting, Environment.TickCount64);
+                        await board.PublishQueueAsync(Options.FrontDoor, changed ? entries : null, waiting, farmChanged ? farmNow : null,
+                            now + (long)Options.QueueShareLife.TotalSeconds, stopping).ConfigureAwait(false);
+                        (published, publishedWaiting, publishedFarm, renewed) = (entries, waiting, farmNow, Environment.TickCount64);
                     }
 
                     if (forgotten is not { } at || Environment.TickCount64 - at >= 60_000)
@@ -91,7 +95,7 @@ public sealed partial class BuildScheduler
 
         try
         {
-            await board.PublishQueueAsync(Options.FrontDoor, [], 0, 0, CancellationToken.None).ConfigureAwait(false);
+            await board.PublishQueueAsync(Options.FrontDoor, [], 0, null, 0, CancellationToken.None).ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // stopping with the database away: the publication lapses by itself
         catch (Exception e)
@@ -122,6 +126,27 @@ public sealed partial class BuildScheduler
         {
             LogBoardError(_logger, e);
             return null;
+        }
+    }
+
+    /// <summary>The farms the other front doors published (<see cref="ShareQueueAsync"/>), by front door; empty when none can exist or the board cannot be read.</summary>
+    public async Task<IReadOnlyList<(string FrontDoor, string Farm)>> FarmsElsewhereAsync(CancellationToken cancellationToken)
+    {
+        if (Board is not { } board)
+        {
+            return [];
+        }
+
+        try
+        {
+            return await board.ReadFarmsAsync(Options.FrontDoor, await ClockAsync().ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // the database unreachable for a moment: this front door's own farm still answers
+        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+#pragma warning restore CA1031
+        {
+            LogBoardError(_logger, e);
+            return [];
         }
     }
 

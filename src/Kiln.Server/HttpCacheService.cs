@@ -190,12 +190,16 @@ public sealed partial class HttpCacheService(KilnStore store, ServerOptions opti
 /// <summary>The API's port to the scheduler.</summary>
 internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler, Kiln.Scheduler.Queue.InMemoryJobQueue queue) : IBuildControl
 {
-    public FarmDocument Farm()
+    /// <summary>A front door's farm alone (what it publishes on the queue board).</summary>
+    public static FarmDocument FarmOf(Kiln.Scheduler.Queue.InMemoryJobQueue queue)
     {
         var now = queue.Snapshot();
         return new FarmDocument(now.Waiting, now.Leased, now.Slots, now.BusySlots, now.FinishedLastHour, now.FinishedLastFiveMinutes,
             [.. now.Loads.Select(a => new FarmAgentDocument(a.Name, a.StockBuilder ? "stock-builder" : "agent", a.Systems, a.Slots, a.Busy))]);
     }
+
+    public async Task<FarmDocument> FarmAsync(CancellationToken cancellationToken) =>
+        FarmDocument.Of(FarmOf(queue), await scheduler.FarmsElsewhereAsync(cancellationToken).ConfigureAwait(false));
 
     public async Task<bool> CancelAsync(long buildId, long account, CancellationToken cancellationToken) =>
         scheduler.Cancel(buildId, account) | await scheduler.CancelElsewhereAsync(account, buildId, null, cancellationToken).ConfigureAwait(false) > 0;

@@ -95,7 +95,7 @@ public static partial class KilnServer
             { Pushes = store.Pushes, Board = store.Builds.SharedByFrontDoors ? store.Board : null };
             using var stopClaims = new CancellationTokenSource();
             var claims = scheduler.KeepClaimsAsync(stopClaims.Token);
-            var board = scheduler.ShareQueueAsync(stopClaims.Token);
+            var board = scheduler.ShareQueueAsync(stopClaims.Token, () => SchedulerControl.FarmOf(queue).ToBoard());
             var localSlots = options.LocalSlots ?? executor.Slots;
             var agent = localSlots > 0
                 ? new EmbeddedAgent(queue, executor, EmbeddedAgentInfo(options, localSlots), loggers.CreateLogger("Kiln.Agent"), queue.LeaseDuration / 4)

@@ -60,7 +60,7 @@ public abstract class ApiFixture : IAsyncLifetime
 
         public Task<QueueDocument> QueueAsync(long account, CancellationToken cancellationToken) => Task.FromResult(new QueueDocument(0, []));
 
-        public FarmDocument Farm() => new(0, 0, 4, 1, 7, 2, [new FarmAgentDocument("embedded", "agent", ["x86_64-linux"], 4, 1)]);
+        public Task<FarmDocument> FarmAsync(CancellationToken cancellationToken) => Task.FromResult<FarmDocument>(new(0, 0, 4, 1, 7, 2, [new FarmAgentDocument("embedded", "agent", ["x86_64-linux"], 4, 1)]));
     }
 
     protected HttpClient Http { get; private set; } = null!;

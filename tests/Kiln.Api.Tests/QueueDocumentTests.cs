@@ -2,7 +2,7 @@ using Kiln.Store.Metadata;
 
 namespace Kiln.Api.Tests;
 
-/// <summary>The queue listing across front doors: this front door's entries with what the others published.</summary>
+/// <summary>The queue listing and the farm across front doors: this front door's with what the others published.</summary>
 public sealed class QueueDocumentTests
 {
     [Fact]
@@ -27,5 +27,19 @@ public sealed class QueueDocumentTests
             new QueueEntryDocument(null, "/nix/store/dddd-d.drv", "account-limit", null, null),
         ], merged.Builds);
         Assert.Same(here, QueueDocument.Of(here, null)); // no other front door (or the board unreadable): this one's alone
+    }
+
+    [Fact]
+    public void The_farm_adds_up_the_other_front_doors_published_farms_and_names_their_agents_front_doors()
+    {
+        var here = new FarmDocument(1, 2, 4, 2, 10, 3, [new("embedded", "agent", ["x86_64-linux"], 4, 2)]);
+        var there = new FarmDocument(5, 1, 8, 1, 20, 4, [new("embedded", "agent", ["x86_64-linux"], 2, 1), new("big", "stock-builder", ["aarch64-linux"], 6, 0)]);
+
+        var farm = FarmDocument.Of(here, [("door-b", there.ToBoard()), ("door-c", "{not json"), ("door-d", "null")]);
+
+        Assert.Equal((6, 3, 12, 3, 30, 7), (farm.Waiting, farm.Running, farm.Slots, farm.BusySlots, farm.FinishedLastHour, farm.FinishedLastFiveMinutes));
+        Assert.Equal([("embedded", null), ("embedded", "door-b"), ("big", "door-b")], farm.Agents.Select(a => (a.Name, a.FrontDoor)));
+        Assert.Equal(["aarch64-linux"], farm.Agents[2].Systems);
+        Assert.Same(here, FarmDocument.Of(here, []));
     }
 }

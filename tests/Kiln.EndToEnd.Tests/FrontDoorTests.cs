@@ -333,6 +333,21 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         await QueueIsAsync(httpA, aliceToken, ["running", "account-limit"], cancel); // A lists B's entry too
         await QueueIsAsync(httpB, aliceToken, ["running", "account-limit"], cancel); // and B lists A's
         Assert.Empty((await ApiTests.GetJsonAsync(httpA, "/api/v1/queue", bobToken, cancel)).GetProperty("builds").EnumerateArray());
+        // The operator's farm through B: both front doors' embedded agents (A's named with its front door), A's running build.
+        var operatorToken = a.Cli("token", "create", "bob", "--permissions", "server:read").Split('\n')[0];
+        for (var until = DateTime.UtcNow.AddSeconds(30); ; await Task.Delay(200, cancel))
+        {
+            var farm = await ApiTests.GetJsonAsync(httpB, "/api/v1/farm", operatorToken, cancel);
+            var agents = farm.GetProperty("agents").EnumerateArray().ToList();
+            if (agents.Count == 2 && agents.Count(x => x.GetProperty("frontDoor").ValueKind == System.Text.Json.JsonValueKind.String) == 1
+                && farm.GetProperty("running").GetInt32() == 1)
+            {
+                break;
+            }
+
+            Assert.True(DateTime.UtcNow < until, $"B's farm: {farm}");
+        }
+
         var path = $"/api/v1/queue/cancel?derivation={Uri.EscapeDataString(derivation)}";
         Assert.Equal(System.Net.HttpStatusCode.Conflict, (await PostAsync(httpB, path, bobToken, cancel)).Status); // not Bob's request
         Assert.Equal(System.Net.HttpStatusCode.Conflict, (await PostAsync(httpA, path, bobToken, cancel)).Status);

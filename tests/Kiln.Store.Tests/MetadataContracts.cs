@@ -980,12 +980,14 @@ public abstract class BuildMetadataContract : MetadataContract
         var alice = await store.GetOrCreateAccountAsync("alice", default);
         var bob = await store.GetOrCreateAccountAsync("bob", default);
         BoardEntry[] fromA = [new(alice, 7, "/nix/store/aaaa-a.drv", "running", null, "agent-1"), new(bob, 8, "/nix/store/bbbb-b.drv", "waiting", 2, null)];
-        await store.PublishQueueAsync("door-a", fromA, waiting: 3, expires: 200, default);
-        await store.PublishQueueAsync("door-b", [new(alice, null, "/nix/store/cccc-c.drv", "account-limit", null, null)], waiting: 1, expires: 150, default);
+        await store.PublishQueueAsync("door-a", fromA, waiting: 3, farm: "{\"a\":1}", expires: 200, default);
+        await store.PublishQueueAsync("door-b", [new(alice, null, "/nix/store/cccc-c.drv", "account-limit", null, null)], waiting: 1, farm: "{\"b\":1}", expires: 150, default);
 
         var seenByC = await store.ReadBoardAsync(alice, "door-c", now: 100, default);
         Assert.Equal(4, seenByC.Waiting);
         Assert.Equal([new PublishedEntry("door-a", fromA[0]), new PublishedEntry("door-b", new(alice, null, "/nix/store/cccc-c.drv", "account-limit", null, null))], seenByC.Entries);
+        Assert.Equal([("door-a", "{\"a\":1}"), ("door-b", "{\"b\":1}")], await store.ReadFarmsAsync("door-c", now: 100, default));
+        Assert.Equal([("door-b", "{\"b\":1}")], await store.ReadFarmsAsync("door-a", now: 100, default));
         var seenByA = await store.ReadBoardAsync(alice, "door-a", now: 100, default);
         Assert.Equal(1, seenByA.Waiting);
         Assert.Equal(["door-b"], seenByA.Entries.Select(e => e.Owner));
@@ -995,9 +997,10 @@ public abstract class BuildMetadataContract : MetadataContract
         var later = await store.ReadBoardAsync(alice, "door-c", now: 160, default);
         Assert.Equal(3, later.Waiting);
         Assert.Equal(["door-a"], later.Entries.Select(e => e.Owner));
-        await store.PublishQueueAsync("door-a", null, waiting: 0, expires: 300, default);
+        await store.PublishQueueAsync("door-a", null, waiting: 0, farm: null, expires: 300, default);
         Assert.Equal([new PublishedEntry("door-a", fromA[0])], (await store.ReadBoardAsync(alice, "door-c", now: 250, default)).Entries);
-        await store.PublishQueueAsync("door-a", [], waiting: 0, expires: 300, default);
+        Assert.Equal([("door-a", "{\"a\":1}")], await store.ReadFarmsAsync("door-c", now: 250, default)); // kept with a renewal (farm null)
+        await store.PublishQueueAsync("door-a", [], waiting: 0, farm: null, expires: 300, default);
         Assert.Empty((await store.ReadBoardAsync(alice, "door-c", now: 250, default)).Entries);
         Assert.Empty((await store.ReadBoardAsync(bob, "door-c", now: 250, default)).Entries);
     }
@@ -1017,13 +1020,13 @@ public abstract class BuildMetadataContract : MetadataContract
         Assert.Empty(await store.TakeCancelsAsync("door-a", default));
 
         await store.AskCancelAsync("door-c", alice, 10, null, now: 200, default);
-        await store.PublishQueueAsync("door-old", [new(alice, 1, "/nix/store/aaaa-a.drv", "running", null, null)], waiting: 0, expires: 150, default);
-        await store.PublishQueueAsync("door-new", [new(alice, 2, "/nix/store/bbbb-b.drv", "running", null, null)], waiting: 0, expires: 250, default);
+        await store.PublishQueueAsync("door-old", [new(alice, 1, "/nix/store/aaaa-a.drv", "running", null, null)], waiting: 0, farm: null, expires: 150, default);
+        await store.PublishQueueAsync("door-new", [new(alice, 2, "/nix/store/bbbb-b.drv", "running", null, null)], waiting: 0, farm: null, expires: 250, default);
         await store.ForgetLapsedAsync(before: 160, default);
         Assert.Empty(await store.TakeCancelsAsync("door-b", default)); // asked at 100
         Assert.Equal([new BoardCancel(alice, 10, null)], await store.TakeCancelsAsync("door-c", default));
         Assert.Equal(["door-new"], (await store.ReadBoardAsync(alice, "door-x", now: 0, default)).Entries.Select(e => e.Owner));
-        await store.PublishQueueAsync("door-old", null, waiting: 0, expires: 300, default); // back: its entries went with it
+        await store.PublishQueueAsync("door-old", null, waiting: 0, farm: null, expires: 300, default); // back: its entries went with it
         Assert.Equal(["door-new"], (await store.ReadBoardAsync(alice, "door-x", now: 200, default)).Entries.Select(e => e.Owner));
     }
 }

@@ -99,7 +99,7 @@
         card("Finished, last hour", farm.finishedLastHour, `${farm.finishedLastFiveMinutes} in the last 5 min`));
       fill("agents-table", farm.agents.map(a => {
         const load = a.slots > 0 ? Math.round(100 * a.busy / a.slots) : 0;
-        return el("tr", {}, el("td", {}, a.name), el("td", {}, a.kind), el("td", {}, a.systems.join(", ")), el("td", {}, `${a.busy} / ${a.slots}`),
+        return el("tr", {}, el("td", {}, a.frontDoor ? `${a.name} (front door ${a.frontDoor})` : a.name), el("td", {}, a.kind), el("td", {}, a.systems.join(", ")), el("td", {}, `${a.busy} / ${a.slots}`),
           el("td", {}, el("span", { class: "meter", role: "img", "aria-label": `${load}% busy` }, el("span", { style: null })), ` ${load}%`));
       }));
       // Widths set through the DOM, not a style attribute in markup (the page's policy allows no inline styles).

@@ -10,9 +10,13 @@ public interface IQueueBoard
 {
     /// <summary>
     /// Publishes <paramref name="owner"/>'s queue until <paramref name="expires"/>: its entries (replacing the ones it
-    /// published before; null keeps them and renews only) and how many builds wait in its line, all accounts'.
+    /// published before; null keeps them and renews only), how many builds wait in its line, all accounts', and its
+    /// farm as the operator's API shows it (a JSON document; null keeps the one published before).
     /// </summary>
-    Task PublishQueueAsync(string owner, IReadOnlyCollection<BoardEntry>? entries, int waiting, long expires, CancellationToken cancellationToken);
+    Task PublishQueueAsync(string owner, IReadOnlyCollection<BoardEntry>? entries, int waiting, string? farm, long expires, CancellationToken cancellationToken);
+
+    /// <summary>The farms (<see cref="PublishQueueAsync"/>) of the front doors other than <paramref name="exceptOwner"/> whose publications live at <paramref name="now"/>.</summary>
+    Task<IReadOnlyList<(string Owner, string Farm)>> ReadFarmsAsync(string exceptOwner, long now, CancellationToken cancellationToken);
 
     /// <summary>
     /// <paramref name="account"/>'s entries published by front doors other than <paramref name="exceptOwner"/> and

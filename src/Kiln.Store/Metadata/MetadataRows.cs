@@ -185,11 +185,14 @@ internal static class MetadataRows
     /// <summary>How many builds wait in the lines of front doors other than <c>@me</c> whose publications are live at <c>@now</c>.</summary>
     public const string BoardWaiting = "SELECT COALESCE(sum(waiting), 0) FROM queue_boards WHERE owner <> @me AND expires >= @now";
 
-    /// <summary>Renews front door <c>@o</c>'s publication (<c>@w</c> waiting, until <c>@e</c>).</summary>
+    /// <summary>Renews front door <c>@o</c>'s publication (<c>@w</c> waiting, its farm <c>@f</c> unless null, until <c>@e</c>).</summary>
     public const string PublishBoard = """
-        INSERT INTO queue_boards (owner, waiting, expires) VALUES (@o, @w, @e)
-        ON CONFLICT (owner) DO UPDATE SET waiting = excluded.waiting, expires = excluded.expires
+        INSERT INTO queue_boards (owner, waiting, farm, expires) VALUES (@o, @w, @f, @e)
+        ON CONFLICT (owner) DO UPDATE SET waiting = excluded.waiting, farm = COALESCE(excluded.farm, queue_boards.farm), expires = excluded.expires
         """;
+
+    /// <summary>The farms front doors other than <c>@me</c> published, live at <c>@now</c>: owner and farm.</summary>
+    public const string BoardFarms = "SELECT owner, farm FROM queue_boards WHERE owner <> @me AND expires >= @now AND farm IS NOT NULL ORDER BY owner";
 
     /// <summary>Asks front door <c>@o</c> to cancel account <c>@a</c>'s requests for build <c>@b</c> or derivation <c>@d</c>.</summary>
     public const string AskCancel = "INSERT INTO queue_cancels (owner, account, build_id, drv_path, asked) VALUES (@o, @a, @b, @d, @t)";

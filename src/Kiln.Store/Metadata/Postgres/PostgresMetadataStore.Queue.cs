@@ -5,10 +5,10 @@ namespace Kiln.Store.Metadata.Postgres;
 // IQueueBoard: front doors on one database show each other their queues and pass on cancels.
 public sealed partial class PostgresMetadataStore
 {
-    public Task PublishQueueAsync(string owner, IReadOnlyCollection<BoardEntry>? entries, int waiting, long expires, CancellationToken cancellationToken) =>
+    public Task PublishQueueAsync(string owner, IReadOnlyCollection<BoardEntry>? entries, int waiting, string? farm, long expires, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            using (var board = Command(connection, MetadataRows.PublishBoard, transaction, ("o", owner), ("w", waiting), ("e", expires)))
+            using (var board = Command(connection, MetadataRows.PublishBoard, transaction, ("o", owner), ("w", waiting), ("f", farm), ("e", expires)))
             {
                 await board.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             }
@@ -55,6 +55,13 @@ public sealed partial class PostgresMetadataStore
             await reader.NextResultAsync(cancellationToken).ConfigureAwait(false);
             await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
             return new BoardView((int)reader.GetInt64(0), published);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<(string Owner, string Farm)>> ReadFarmsAsync(string exceptOwner, long now, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<(string Owner, string Farm)>>(async connection =>
+        {
+            using var farms = Command(connection, MetadataRows.BoardFarms, null, ("me", exceptOwner), ("now", now));
+            return await ReadAllAsync(farms, r => (r.GetString(0), r.GetString(1)), cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
     public Task AskCancelAsync(string owner, long account, long? buildId, string? drvPath, long now, CancellationToken cancellationToken) =>

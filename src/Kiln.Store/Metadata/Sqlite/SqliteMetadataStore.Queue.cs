@@ -4,10 +4,10 @@ namespace Kiln.Store.Metadata.Sqlite;
 // on both providers).
 public sealed partial class SqliteMetadataStore
 {
-    public Task PublishQueueAsync(string owner, IReadOnlyCollection<BoardEntry>? entries, int waiting, long expires, CancellationToken cancellationToken) =>
+    public Task PublishQueueAsync(string owner, IReadOnlyCollection<BoardEntry>? entries, int waiting, string? farm, long expires, CancellationToken cancellationToken) =>
         WriteAsync(async (connection, transaction) =>
         {
-            using (var board = Command(connection, MetadataRows.PublishBoard, transaction, ("@o", owner), ("@w", (long)waiting), ("@e", expires)))
+            using (var board = Command(connection, MetadataRows.PublishBoard, transaction, ("@o", owner), ("@w", (long)waiting), ("@f", farm), ("@e", expires)))
             {
                 await board.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             }
@@ -38,6 +38,13 @@ public sealed partial class SqliteMetadataStore
             using var waiting = Command(connection, MetadataRows.BoardWaiting, null, ("@me", exceptOwner), ("@now", now));
             var inLine = Convert.ToInt32(await waiting.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false), System.Globalization.CultureInfo.InvariantCulture);
             return new BoardView(inLine, published);
+        }, cancellationToken);
+
+    public Task<IReadOnlyList<(string Owner, string Farm)>> ReadFarmsAsync(string exceptOwner, long now, CancellationToken cancellationToken) =>
+        ReadAsync<IReadOnlyList<(string Owner, string Farm)>>(async connection =>
+        {
+            using var farms = Command(connection, MetadataRows.BoardFarms, null, ("@me", exceptOwner), ("@now", now));
+            return await ReadAllAsync(farms, r => (r.GetString(0), r.GetString(1)), cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 
     public Task AskCancelAsync(string owner, long account, long? buildId, string? drvPath, long now, CancellationToken cancellationToken) =>

@@ -2,6 +2,7 @@
 CREATE TABLE queue_boards (
     owner text PRIMARY KEY,
     waiting integer NOT NULL,
+    farm text,
     expires bigint NOT NULL
 );
 CREATE TABLE queue_entries (

@@ -1,10 +1,11 @@
 -- The front doors' queue board (IQueueBoard): each publishes its queue (one row in queue_boards, renewed until it
--- expires, and its entries) so a listing through any front door shows an account's builds on all of them, and a cancel
+-- expires, with its farm as the API shows it, and its entries) so a listing through any front door shows an account's builds on all of them, and a cancel
 -- through one is carried to the front door holding the request (queue_cancels, taken by that front door). One SQLite
 -- server has no other front door, but keeps the same contract.
 CREATE TABLE queue_boards (
     owner TEXT PRIMARY KEY,
     waiting INTEGER NOT NULL,
+    farm TEXT,
     expires INTEGER NOT NULL
 );
 CREATE TABLE queue_entries (
