@@ -147,24 +147,22 @@ public sealed record FarmDocument(int Waiting, int Running, int Slots, int BusyS
         var farm = here;
         foreach (var (frontDoor, text) in elsewhere)
         {
-            FarmDocument? there;
             try
             {
-                there = System.Text.Json.JsonSerializer.Deserialize<FarmDocument>(text, System.Text.Json.JsonSerializerOptions.Web);
-            }
-            catch (System.Text.Json.JsonException)
-            {
-                continue; // (a front door of another version, say)
-            }
+                var there = System.Text.Json.JsonSerializer.Deserialize<FarmDocument>(text, System.Text.Json.JsonSerializerOptions.Web);
+                if (there?.Agents is null)
+                {
+                    continue;
+                }
 
-            if (there?.Agents is null)
-            {
-                continue;
+                farm = checked(new FarmDocument(farm.Waiting + there.Waiting, farm.Running + there.Running, farm.Slots + there.Slots,
+                    farm.BusySlots + there.BusySlots, farm.FinishedLastHour + there.FinishedLastHour, farm.FinishedLastFiveMinutes + there.FinishedLastFiveMinutes,
+                    [.. farm.Agents, .. there.Agents.OfType<FarmAgentDocument>().Select(a => a with { Name = a.Name ?? "", Kind = a.Kind ?? "agent", Systems = a.Systems ?? [], FrontDoor = frontDoor })]));
             }
-
-            farm = new FarmDocument(farm.Waiting + there.Waiting, farm.Running + there.Running, farm.Slots + there.Slots, farm.BusySlots + there.BusySlots,
-                farm.FinishedLastHour + there.FinishedLastHour, farm.FinishedLastFiveMinutes + there.FinishedLastFiveMinutes,
-                [.. farm.Agents, .. there.Agents.Select(a => a with { FrontDoor = frontDoor })]);
+            catch (Exception e) when (e is System.Text.Json.JsonException or OverflowException)
+            {
+                // (a front door of another version, say: its farm is left out)
+            }
         }
 
         return farm;

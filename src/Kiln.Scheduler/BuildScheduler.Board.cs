@@ -50,10 +50,13 @@ public sealed partial class BuildScheduler
                     var (waiting, listed) = Listing(null);
                     List<BoardEntry> entries = [.. listed.Select(l => new BoardEntry(l.Account, l.Step.BuildId, l.Step.DrvPath.ToString(), l.Step.State.Name(),
                         l.Step.Position > 0 ? l.Step.Position : null, l.Step.Agent))];
-                    var changed = published is null || !entries.SequenceEqual(published);
+                    // A renewal publishes everything again: a publication forgotten meanwhile (this front door cut off
+                    // from the database for an hour) comes back whole.
+                    var renewal = Environment.TickCount64 - renewed >= Options.QueueShareLife.TotalMilliseconds / 3;
+                    var changed = renewal || published is null || !entries.SequenceEqual(published);
                     var farmNow = farm?.Invoke();
-                    var farmChanged = farmNow != publishedFarm;
-                    if (changed || farmChanged || waiting != publishedWaiting || Environment.TickCount64 - renewed >= Options.QueueShareLife.TotalMilliseconds / 3)
+                    var farmChanged = renewal || farmNow != publishedFarm;
+                    if (changed || farmChanged || waiting != publishedWaiting)
                     {
                         // The entries only when they changed: a busy line's count moves every second, its builds less often.
                         await board.PublishQueueAsync(Options.FrontDoor, changed ? entries : null, waiting, farmChanged ? farmNow : null,
@@ -69,6 +72,7 @@ public sealed partial class BuildScheduler
 
                     foreach (var cancel in await board.TakeCancelsAsync(Options.FrontDoor, stopping).ConfigureAwait(false))
                     {
+                        Interlocked.Increment(ref _cancelsTaken);
                         if (cancel.BuildId is { } id)
                         {
                             Cancel(id, cancel.Account);
@@ -80,7 +84,7 @@ public sealed partial class BuildScheduler
                     }
                 }
 #pragma warning disable CA1031 // the database unreachable for a moment: the board is a courtesy, tried again next round
-                catch (Exception e) when (!stopping.IsCancellationRequested)
+                catch (Exception e) when (e is not OperationCanceledException || !stopping.IsCancellationRequested)
 #pragma warning restore CA1031
                 {
                     LogBoardError(_logger, e);
@@ -150,10 +154,16 @@ public sealed partial class BuildScheduler
         }
     }
 
+    // How many cancels other front doors asked of this one were taken (tests wait for them).
+    private int _cancelsTaken;
+
+    internal int CancelsTaken => Volatile.Read(ref _cancelsTaken);
+
     /// <summary>
     /// Asks the other front doors holding <paramref name="account"/>'s requests for build <paramref name="buildId"/>
     /// (or, when it is null, for <paramref name="drvPath"/>) to cancel them; returns how many of their published entries
-    /// it asked about. They carry it out within a <see cref="SchedulerOptions.QueueShareInterval"/>.
+    /// it asked about. They carry it out within a <see cref="SchedulerOptions.QueueShareInterval"/>. Throws when the
+    /// board cannot be read or written: the caller decides whether what it cancelled itself is answer enough.
     /// </summary>
     public async Task<int> CancelElsewhereAsync(long account, long? buildId, StorePath? drvPath, CancellationToken cancellationToken)
     {
@@ -162,28 +172,21 @@ public sealed partial class BuildScheduler
             return 0;
         }
 
-        try
+        var now = await ClockAsync().ConfigureAwait(false);
+        var view = await board.ReadBoardAsync(account, Options.FrontDoor, now, cancellationToken).ConfigureAwait(false);
+        var drv = drvPath?.ToString();
+        var matched = view.Entries.Where(e => buildId is { } id ? e.Entry.BuildId == id : e.Entry.DrvPath == drv).ToList();
+        foreach (var owner in matched.Select(e => e.Owner).Distinct(StringComparer.Ordinal))
         {
-            var now = await ClockAsync().ConfigureAwait(false);
-            var view = await board.ReadBoardAsync(account, Options.FrontDoor, now, cancellationToken).ConfigureAwait(false);
-            var drv = drvPath?.ToString();
-            var matched = view.Entries.Where(e => buildId is { } id ? e.Entry.BuildId == id : e.Entry.DrvPath == drv).ToList();
-            foreach (var owner in matched.Select(e => e.Owner).Distinct(StringComparer.Ordinal))
-            {
-                // Not given up halfway when the caller goes: the asks already made stand, so the rest are made too.
-                await board.AskCancelAsync(owner, account, buildId, buildId is null ? drv : null, now, CancellationToken.None).ConfigureAwait(false);
-            }
+            // Not given up halfway when the caller goes: the asks already made stand, so the rest are made too.
+            await board.AskCancelAsync(owner, account, buildId, buildId is null ? drv : null, now, CancellationToken.None).ConfigureAwait(false);
+        }
 
-            return matched.Count;
-        }
-#pragma warning disable CA1031 // the database unreachable for a moment: the cancel done here stands, and is answered
-        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
-#pragma warning restore CA1031
-        {
-            LogBoardError(_logger, e);
-            return 0;
-        }
+        return matched.Count;
     }
+
+    /// <summary>Logs that the board could not be reached for a request answered from this front door alone.</summary>
+    public void BoardUnreachable(Exception exception) => LogBoardError(_logger, exception);
 
     [LoggerMessage(EventId = LogEvents.QueueBoardFailed, Level = LogLevel.Warning, Message = "the queue could not be shared with other front doors")]
     private static partial void LogBoardError(ILogger logger, Exception exception);

@@ -202,10 +202,31 @@ internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler, 
         FarmDocument.Of(FarmOf(queue), await scheduler.FarmsElsewhereAsync(cancellationToken).ConfigureAwait(false));
 
     public async Task<bool> CancelAsync(long buildId, long account, CancellationToken cancellationToken) =>
-        scheduler.Cancel(buildId, account) | await scheduler.CancelElsewhereAsync(account, buildId, null, cancellationToken).ConfigureAwait(false) > 0;
+        await WithElsewhereAsync(scheduler.Cancel(buildId, account) ? 1 : 0,
+            () => scheduler.CancelElsewhereAsync(account, buildId, null, cancellationToken)).ConfigureAwait(false) > 0;
 
-    public async Task<int> CancelDerivationAsync(Kiln.Nix.StorePaths.StorePath drvPath, long account, CancellationToken cancellationToken) =>
-        scheduler.CancelDerivation(drvPath, account) + await scheduler.CancelElsewhereAsync(account, null, drvPath, cancellationToken).ConfigureAwait(false);
+    public Task<int> CancelDerivationAsync(Kiln.Nix.StorePaths.StorePath drvPath, long account, CancellationToken cancellationToken) =>
+        WithElsewhereAsync(scheduler.CancelDerivation(drvPath, account), () => scheduler.CancelElsewhereAsync(account, null, drvPath, cancellationToken));
+
+    // What this front door cancelled plus what the others were asked to. With their board unreachable, what was cancelled
+    // here is the answer; when nothing was, the failure is (503, try again), not a "nothing waits" that may be untrue.
+    private async Task<int> WithElsewhereAsync(int here, Func<Task<int>> elsewhere)
+    {
+        try
+        {
+            return here + await elsewhere().ConfigureAwait(false);
+        }
+        catch (Exception e) when (here > 0 && e is not OperationCanceledException)
+        {
+            scheduler.BoardUnreachable(e);
+            return here;
+        }
+        catch (Exception e) when (e is not OperationCanceledException and not KilnException)
+        {
+            scheduler.BoardUnreachable(e);
+            throw new KilnException(ErrorKind.Unavailable, "Kiln's other front doors cannot be asked right now (their shared database is unreachable); try again", e);
+        }
+    }
 
     public async Task<QueueDocument> QueueAsync(long account, CancellationToken cancellationToken)
     {

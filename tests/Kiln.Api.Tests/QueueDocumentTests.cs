@@ -41,5 +41,11 @@ public sealed class QueueDocumentTests
         Assert.Equal([("embedded", null), ("embedded", "door-b"), ("big", "door-b")], farm.Agents.Select(a => (a.Name, a.FrontDoor)));
         Assert.Equal(["aarch64-linux"], farm.Agents[2].Systems);
         Assert.Same(here, FarmDocument.Of(here, []));
+
+        // What another version (or a damaged row) published: missing parts filled, overflowing figures left out.
+        var odd = FarmDocument.Of(here, [("door-e", """{"agents":[null,{"name":"x","slots":1}]}"""), ("door-f", """{"slots":2147483647,"agents":[]}""")]);
+        Assert.Equal([("embedded", null, "agent"), ("x", "door-e", "agent")], odd.Agents.Select(a => (a.Name, a.FrontDoor, a.Kind)));
+        Assert.Empty(odd.Agents[1].Systems);
+        Assert.Equal(4, odd.Slots);
     }
 }

@@ -414,7 +414,7 @@ public sealed class SchedulerTests : IAsyncLifetime
     public async Task Requests_another_front_door_holds_are_listed_and_cancelled_through_this_one()
     {
         BuildScheduler Door(string name) => new(_store.Builds, _store.Blobs, _queue, _store.Logs,
-            new SchedulerOptions { FrontDoor = name, QueueShareInterval = TimeSpan.FromMilliseconds(100) }, null, NullLogger.Instance)
+            new SchedulerOptions { FrontDoor = name, QueueShareInterval = TimeSpan.FromMilliseconds(100), QueueShareLife = TimeSpan.FromSeconds(3) }, null, NullLogger.Instance)
         { Board = _store.Board };
         var (doorA, doorB) = (Door("door-a"), Door("door-b"));
         using var stopping = new CancellationTokenSource();
@@ -441,9 +441,14 @@ public sealed class SchedulerTests : IAsyncLifetime
         var now = await _store.Builds.ClockAsync(default);
         await _store.Board.AskCancelAsync("door-a", b, id, null, now, default);
         await _store.Board.AskCancelAsync("door-a", b, null, byDrv.ToString(), now, default);
-        await Task.Delay(1000); // ten rounds of door-a's
-        Assert.Empty(await _store.Board.TakeCancelsAsync("door-a", default)); // door-a took them
+        await WaitUntil(() => doorA.CancelsTaken == 2);
+        await Task.Delay(200);
         Assert.False(first.IsCompleted || second.IsCompleted);
+
+        // A publication forgotten (door-a cut off for an hour, say) comes back whole with its next renewal.
+        await _store.Board.ForgetLapsedAsync(now + 100, default);
+        Assert.Empty((await doorB.ElsewhereAsync(a, default))!.Entries);
+        await WaitUntil(() => doorB.ElsewhereAsync(a, default).Result!.Entries.Count == 2);
 
         Assert.Equal(1, await doorB.CancelElsewhereAsync(a, id, null, default));
         var cancelled = (await first.WaitAsync(TimeSpan.FromSeconds(10))).Single();
