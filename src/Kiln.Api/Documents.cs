@@ -106,8 +106,7 @@ public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument
         }
 
         var seen = here.Builds.Select(e => (e.Id, e.Derivation)).ToHashSet();
-        var there = elsewhere.Entries.Select(e => new QueueEntryDocument(e.Entry.BuildId, e.Entry.DrvPath, e.Entry.State, e.Entry.Position, e.Entry.Agent))
-            .Where(e => seen.Add((e.Id, e.Derivation)));
+        var there = elsewhere.Entries.Select(e => QueueEntryDocument.Of(e.Entry)).Where(e => seen.Add((e.Id, e.Derivation)));
         return new QueueDocument(here.Waiting + elsewhere.Waiting, [.. here.Builds, .. there]);
     }
 }
@@ -116,7 +115,15 @@ public sealed record QueueDocument(int Waiting, IReadOnlyList<QueueEntryDocument
 /// <param name="State">running, waiting (for a build slot), no-agent (no agent offers its system and features), preparing, or
 /// account-limit (the account's max-jobs builds run on Kiln's front doors; it starts when one ends).</param>
 /// <param name="Position">Its place in line (1: next) while waiting.</param>
-public sealed record QueueEntryDocument(long? Id, string Derivation, string State, int? Position, string? Agent);
+public sealed record QueueEntryDocument(long? Id, string Derivation, string State, int? Position, string? Agent)
+{
+    /// <summary>An entry of a front door's listing, this one's or another's (<see cref="Kiln.Store.Metadata.BoardEntry"/>).</summary>
+    public static QueueEntryDocument Of(Kiln.Store.Metadata.BoardEntry entry)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        return new(entry.BuildId, entry.DrvPath, entry.State, entry.Position, entry.Agent);
+    }
+}
 
 /// <summary>What <c>POST /queue/cancel</c> did.</summary>
 /// <param name="Requests">The account's requests for the derivation that ended on this front door (its sessions' builds fail), plus the

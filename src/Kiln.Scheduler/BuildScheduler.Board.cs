@@ -48,8 +48,7 @@ public sealed partial class BuildScheduler
 
                     var now = await ClockAsync().ConfigureAwait(false);
                     var (waiting, listed) = Listing(null);
-                    List<BoardEntry> entries = [.. listed.Select(l => new BoardEntry(l.Account, l.Step.BuildId, l.Step.DrvPath.ToString(), l.Step.State.Name(),
-                        l.Step.Position > 0 ? l.Step.Position : null, l.Step.Agent))];
+                    List<BoardEntry> entries = [.. listed.Select(l => l.Step.For(l.Account))];
                     // A renewal publishes everything again: a publication forgotten meanwhile (this front door cut off
                     // from the database for an hour) comes back whole.
                     var renewal = Environment.TickCount64 - renewed >= Options.QueueShareLife.TotalMilliseconds / 3;
@@ -113,44 +112,34 @@ public sealed partial class BuildScheduler
     /// <paramref name="account"/>'s builds on the other front doors, as they last published them (null: no other front
     /// door can exist).
     /// </summary>
-    public async Task<BoardView?> ElsewhereAsync(long account, CancellationToken cancellationToken)
-    {
-        if (Board is not { } board)
-        {
-            return null;
-        }
-
-        try
-        {
-            return await board.ReadBoardAsync(account, Options.FrontDoor, await ClockAsync().ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
-        }
-#pragma warning disable CA1031 // the database unreachable for a moment: this front door's own listing still answers
-        catch (Exception e) when (!cancellationToken.IsCancellationRequested)
-#pragma warning restore CA1031
-        {
-            LogBoardError(_logger, e);
-            return null;
-        }
-    }
+    public Task<BoardView?> ElsewhereAsync(long account, CancellationToken cancellationToken) =>
+        ReadElsewhereAsync<BoardView?>(async (board, now) => await board.ReadBoardAsync(account, Options.FrontDoor, now, cancellationToken).ConfigureAwait(false),
+            null, cancellationToken);
 
     /// <summary>The farms the other front doors published (<see cref="ShareQueueAsync"/>), by front door; empty when none can exist or the board cannot be read.</summary>
-    public async Task<IReadOnlyList<(string FrontDoor, string Farm)>> FarmsElsewhereAsync(CancellationToken cancellationToken)
+    public Task<IReadOnlyList<(string FrontDoor, string Farm)>> FarmsElsewhereAsync(CancellationToken cancellationToken) =>
+        ReadElsewhereAsync(async (board, now) => await board.ReadFarmsAsync(Options.FrontDoor, now, cancellationToken).ConfigureAwait(false),
+            (IReadOnlyList<(string, string)>)[], cancellationToken);
+
+    // A read of what the other front doors published, at the database's time; none when no other front door can exist,
+    // or when the board cannot be read (the database away for a moment: this front door's own part still answers).
+    private async Task<T> ReadElsewhereAsync<T>(Func<IQueueBoard, long, Task<T>> read, T none, CancellationToken cancellationToken)
     {
         if (Board is not { } board)
         {
-            return [];
+            return none;
         }
 
         try
         {
-            return await board.ReadFarmsAsync(Options.FrontDoor, await ClockAsync().ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
+            return await read(board, await ClockAsync().ConfigureAwait(false)).ConfigureAwait(false);
         }
-#pragma warning disable CA1031 // the database unreachable for a moment: this front door's own farm still answers
+#pragma warning disable CA1031 // the board unreadable for a moment: logged, and answered without the others
         catch (Exception e) when (!cancellationToken.IsCancellationRequested)
 #pragma warning restore CA1031
         {
             LogBoardError(_logger, e);
-            return [];
+            return none;
         }
     }
 
@@ -193,7 +182,7 @@ public sealed partial class BuildScheduler
 }
 
 /// <summary>The words the API and the queue board use for a <see cref="QueuedState"/>.</summary>
-public static class QueuedStates
+internal static class QueuedStates
 {
     public static string Name(this QueuedState state) => state switch
     {

@@ -902,4 +902,8 @@ public enum QueuedState
 /// A build in this process's queue; <see cref="Position"/> counts from 1 among the builds in line (all accounts').
 /// <see cref="BuildId"/> is null for a build waiting for its account's limit (<see cref="QueuedState.AccountLimit"/>).
 /// </summary>
-public sealed record QueuedStep(long? BuildId, Kiln.Nix.StorePaths.StorePath DrvPath, QueuedState State, int Position, string? Agent);
+public sealed record QueuedStep(long? BuildId, Kiln.Nix.StorePaths.StorePath DrvPath, QueuedState State, int Position, string? Agent)
+{
+    /// <summary>As <paramref name="account"/>'s listing (and the queue board) gives it: the state's word, no place unless in line.</summary>
+    public BoardEntry For(long account) => new(account, BuildId, DrvPath.ToString(), State.Name(), Position > 0 ? Position : null, Agent);
+}

@@ -231,7 +231,7 @@ internal sealed class SchedulerControl(Kiln.Scheduler.BuildScheduler scheduler, 
     public async Task<QueueDocument> QueueAsync(long account, CancellationToken cancellationToken)
     {
         var (waiting, steps) = scheduler.QueueFor(account);
-        var here = steps.Select(s => new QueueEntryDocument(s.BuildId, s.DrvPath.ToString(), Kiln.Scheduler.QueuedStates.Name(s.State), s.Position > 0 ? s.Position : null, s.Agent)).ToList();
+        var here = steps.Select(s => QueueEntryDocument.Of(s.For(account))).ToList();
         return QueueDocument.Of(new QueueDocument(waiting, here), await scheduler.ElsewhereAsync(account, cancellationToken).ConfigureAwait(false));
     }
 }
