@@ -425,7 +425,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         // unless that is a tmpfs (counted as memory).
         using var disk = new DiskMeter(_disk.Start(), buildTmpfs is null ? [storeDir, buildDir] : [storeDir], await LinkedBytesAsync(linked).ConfigureAwait(false),
             linked.Select(l => Path.GetFileName(l.Placed.Path)).ToHashSet(StringComparer.Ordinal));
-        using var process = Process.Start(start) ?? throw new IOException("cannot start the sandbox");
+        using var process = await ProcessParent.StartAsync(start).ConfigureAwait(false); // bwrap dies with the thread that forks it
         var reader = Task.Factory.StartNew(() => tail.ReadAll(pty), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var wrapperErrors = process.StandardError.ReadToEndAsync(CancellationToken.None);
         var (network, networkError) = ownNetwork ? await ConnectNetworkAsync(process, statusFile, directory, block, cgroup, user, cancellationToken).ConfigureAwait(false) : (null, null);

@@ -117,6 +117,25 @@ public class BuildTests
     }
 
     [Fact]
+    public void A_build_outlives_the_thread_that_started_its_sandbox()
+    {
+        // bwrap runs with --die-with-parent: the kernel kills it when the *thread* that forked it ends. Started from a
+        // thread-pool thread, a build was killed (signal 9) whenever the pool retired that thread, which it does after
+        // 20 s idle: CI saw a 50 MB log's build die at random. Here the pool retires idle threads after 50 ms.
+        var client = NixClient.For("2.8.0");
+        using var kiln = new KilnProcess(ssh: true, environment: new Dictionary<string, string> { ["DOTNET_ThreadPool_ThreadTimeoutMs"] = "50" });
+        using var workspace = client.NewWorkspace();
+        var slow = Dag.WriteSingle(client, workspace, "slow", $"echo {Guid.NewGuid():N}; sleep 4; echo still here; mkdir $out");
+        var built = client.Run(kiln, "nix-build", "--store", Kiln, slow, "--no-out-link");
+        Assert.True(built.ExitCode == 0, built.Stderr);
+        Assert.Contains("still here", built.Stderr, StringComparison.Ordinal);
+
+        // sshd (started through setpriv --pdeathsig) still answers after the pool has had time to retire its threads.
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        client.Ok(kiln, [.. alice.Environment, "nix", "store", "ping", "--store", "ssh-ng://kiln@127.0.0.1"]);
+    }
+
+    [Fact]
     public void Without_options_a_build_is_still_stopped_at_the_default_log_limit()
     {
         // 20.1: Kiln's limits are finite by default (Nix's are not): 256 MiB of log, 24 h, 3 h of silence.

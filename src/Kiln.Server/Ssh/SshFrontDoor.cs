@@ -80,40 +80,6 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
 
     private const string Setpriv = "/usr/bin/setpriv";
 
-    // Starts a process from a thread of its own that lives until the process ends: the kernel sends the parent-death
-    // signal when the *thread* that forked the child ends, and a thread-pool thread retires when idle.
-    private static Task<Process> StartOnOwnThreadAsync(ProcessStartInfo start)
-    {
-        var started = new TaskCompletionSource<Process>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var thread = new Thread(() =>
-        {
-            Process process;
-            try
-            {
-                process = Process.Start(start)!;
-            }
-#pragma warning disable CA1031 // handed to the caller
-            catch (Exception e)
-#pragma warning restore CA1031
-            {
-                started.SetException(e);
-                return;
-            }
-
-            using var exited = new ManualResetEventSlim();
-            process.EnableRaisingEvents = true;
-            process.Exited += (_, _) => exited.Set();
-            started.SetResult(process);
-            if (!process.HasExited)
-            {
-                exited.Wait();
-            }
-        })
-        { IsBackground = true, Name = "sshd parent" };
-        thread.Start();
-        return started.Task;
-    }
-
     // Runs sshd in the foreground (-D) with its log on stderr (-e), restarting it when it exits unexpectedly.
     private async Task SuperviseAsync(SshInstallation ssh, CancellationToken stoppingToken)
     {
@@ -131,7 +97,7 @@ public sealed partial class SshFrontDoor(KilnStore store, ServerOptions options,
                 start.ArgumentList.Add(argument);
             }
 
-            using var process = await StartOnOwnThreadAsync(start).ConfigureAwait(false);
+            using var process = await Kiln.Agent.ProcessParent.StartAsync(start).ConfigureAwait(false); // its pdeathsig follows the forking thread
             _sshdRunning = true;
             var started = Stopwatch.StartNew();
             process.ErrorDataReceived += (_, e) =>
