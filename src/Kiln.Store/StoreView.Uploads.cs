@@ -445,11 +445,23 @@ public sealed partial class StoreView
             .Select(p => byPath[p]).ToList();
     }
 
-    /// <summary>AddMultipleToStore: every upload verified as it arrives, all registered together at the end.</summary>
+    /// <summary>
+    /// AddMultipleToStore: every upload verified as it arrives, all registered together at the end. Each verified blob
+    /// is shipped (into a bucket, an upload) while the next ones are still being received, a few at once, so the
+    /// commit is left with checking them; a batch that is never committed leaves what it shipped to the sweep of
+    /// unnamed blobs.
+    /// </summary>
     private sealed class UploadBatch(StoreView view) : IUploadBatch
     {
+        // Blobs shipped at once: enough to keep a bucket busy while the client sends, few enough that a batch of
+        // hundreds never opens hundreds of uploads.
+        private const int ShippedAtOnce = 4;
+
         private readonly List<Upload> _uploads = [];
         private readonly HashSet<StorePath> _seen = [];
+        private readonly List<Task> _shipping = [];
+        private readonly SemaphoreSlim _shipSlots = new(ShippedAtOnce);
+        private readonly CancellationTokenSource _abandon = new();
         private long _bytes;
 
         public async Task AddAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
@@ -463,23 +475,54 @@ public sealed partial class StoreView
             // Refused as soon as the batch would pass the quota, not after the rest of it has been received.
             _bytes += info.NarSize;
             await view.CheckStorageQuotaAsync(_bytes, cancellationToken).ConfigureAwait(false);
-            _uploads.Add(await view.IngestDeclaredAsync(info, nar, cancellationToken).ConfigureAwait(false));
+            var upload = await view.IngestDeclaredAsync(info, nar, cancellationToken).ConfigureAwait(false);
+            _uploads.Add(upload);
+            _shipping.Add(ShipAsync(upload.Nar));
+        }
+
+        // Never fails: a blob that could not be shipped is stored by the commit, which reports what goes wrong then.
+        private async Task ShipAsync(IngestedNar nar)
+        {
+            try
+            {
+                await _shipSlots.WaitAsync(_abandon.Token).ConfigureAwait(false);
+                try
+                {
+                    await nar.ShipAsync(_abandon.Token).ConfigureAwait(false);
+                }
+                finally
+                {
+                    _shipSlots.Release();
+                }
+            }
+#pragma warning disable CA1031 // the commit does the work again and reports
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+            }
         }
 
         public async Task CommitAsync(CancellationToken cancellationToken)
         {
+            await Task.WhenAll(_shipping).WaitAsync(cancellationToken).ConfigureAwait(false);
             await view.CommitAsync(_uploads, cancellationToken).ConfigureAwait(false);
         }
 
         public async ValueTask DisposeAsync()
         {
-            // Anything not committed (the client went away, an upload failed): nothing registered, no files left.
+            // Anything not committed (the client went away, an upload failed): nothing registered, no files left. A
+            // blob still being shipped is stopped first: its spool file goes with it.
+            await _abandon.CancelAsync().ConfigureAwait(false);
+            await Task.WhenAll(_shipping).ConfigureAwait(false);
             foreach (var upload in _uploads)
             {
                 await upload.Nar.DisposeAsync().ConfigureAwait(false);
             }
 
             _uploads.Clear();
+            _shipping.Clear();
+            _shipSlots.Dispose();
+            _abandon.Dispose();
         }
     }
 }

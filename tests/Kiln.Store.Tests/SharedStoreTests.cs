@@ -150,6 +150,71 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         Assert.Null(await _a.Metadata.HoldStorageQuotaAsync(alice, default));
     }
 
+    // The bucket's objects holding any of these NARs.
+    private int InBucket(params byte[][] nars) =>
+        s3.ObjectFiles(_bucket).Count(f => nars.Any(n => f.Contains(NixHash.Compute(NixHashAlgorithm.Sha256, n).ToNix32(), StringComparison.Ordinal)));
+
+    private async Task UntilInBucketAsync(int count, params byte[][] nars)
+    {
+        for (var waited = 0; InBucket(nars) != count; waited += 50)
+        {
+            Assert.True(waited < 10_000, $"{InBucket(nars)} of the batch's NARs in the bucket, not {count}");
+            await Task.Delay(50);
+        }
+    }
+
+    [Fact]
+    public async Task A_batchs_blobs_go_into_the_bucket_as_they_arrive_and_one_swept_before_the_commit_is_sent_again()
+    {
+        // AddMultipleToStore ships each verified NAR while the next are received, before the commit takes the
+        // collection lock. So the sweep of unnamed blobs (through any front door) may delete one in between: the
+        // commit, under the lock, finds it gone and sends it again, or the path would be registered without its NAR.
+        var (hello, tree) = (MetadataContract.P("shipped-hello"), MetadataContract.P("shipped-tree"));
+        using (var view = await _a.OpenViewAsync("alice", default))
+        {
+            await using var batch = view.BeginUploads(false, true);
+            await batch.AddAsync(StoreTests.Declared(hello, HelloNar), new MemoryStream(HelloNar), default);
+            await batch.AddAsync(StoreTests.Declared(tree, StoreTests.TreeNar), new MemoryStream(StoreTests.TreeNar), default);
+            await UntilInBucketAsync(2, HelloNar, StoreTests.TreeNar);
+            Assert.Empty(await view.QueryValidPathsAsync([hello, tree], default));
+
+            Assert.Equal(2, await _b.SweepUnnamedBlobsAsync(TimeSpan.Zero, default));
+            Assert.Equal(0, InBucket(HelloNar, StoreTests.TreeNar));
+            await batch.CommitAsync(default);
+        }
+
+        // Through the other front door (nothing in its local cache): both read back whole from the bucket.
+        using var other = await _b.OpenViewAsync("alice", default);
+        foreach (var (path, nar) in new[] { (hello, HelloNar), (tree, StoreTests.TreeNar) })
+        {
+            await using var read = await other.OpenNarAsync(path, default);
+            Assert.NotNull(read);
+            using var bytes = new MemoryStream();
+            await read.Content.CopyToAsync(bytes);
+            Assert.Equal(nar, bytes.ToArray());
+        }
+    }
+
+    [Fact]
+    public async Task A_batch_never_committed_registers_nothing_and_leaves_what_it_shipped_to_the_sweep()
+    {
+        var path = MetadataContract.P("abandoned");
+        using (var view = await _a.OpenViewAsync("alice", default))
+        {
+            await using (var batch = view.BeginUploads(false, true))
+            {
+                await batch.AddAsync(StoreTests.Declared(path, StoreTests.TreeNar), new MemoryStream(StoreTests.TreeNar), default);
+                await UntilInBucketAsync(1, StoreTests.TreeNar);
+            }
+
+            Assert.Empty(await view.QueryValidPathsAsync([path], default));
+        }
+
+        Assert.Equal(1, await _a.SweepUnnamedBlobsAsync(TimeSpan.Zero, default));
+        Assert.Equal(0, InBucket(StoreTests.TreeNar));
+        Assert.Empty(Directory.EnumerateFiles(_temp["a"], "*.tmp", SearchOption.AllDirectories)); // its spool file went with it
+    }
+
     [Fact]
     public async Task A_collection_on_one_front_door_holds_off_the_others_registrations_and_spares_their_recent_paths()
     {

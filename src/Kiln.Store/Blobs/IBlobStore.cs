@@ -59,6 +59,15 @@ public interface IBlobWriter : IAsyncDisposable
 
     /// <summary>Makes the completed blob readable under its hash.</summary>
     ValueTask CommitAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Moves the completed blob ahead of its commit where that is slow (an upload into a bucket), so a batch's uploads
+    /// run while the rest of it is still being received. It is called without the collection lock, and what it stores
+    /// is neither readable nor safe from the sweep of unnamed blobs: <see cref="CommitAsync"/>, under the lock, then
+    /// checks it is still there (and stores it again if the sweep took it in between). A failure here is not the
+    /// caller's: the commit does the whole work again and reports.
+    /// </summary>
+    ValueTask ShipAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
 }
 
 /// <summary>

@@ -421,6 +421,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         private NixHash? _completed;
         private long _length;
         private bool _committed;
+        private bool _shipped;
 
         public long Length => _completed is null ? _hash.BytesWritten : _length;
 
@@ -465,6 +466,16 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             return ValueTask.FromResult(_completed.Value);
         }
 
+        public async ValueTask ShipAsync(CancellationToken cancellationToken)
+        {
+            var hash = await CompleteAsync(cancellationToken).ConfigureAwait(false);
+            if (!_committed && !_shipped)
+            {
+                await UploadAsync(hash, cancellationToken).ConfigureAwait(false);
+                _shipped = true;
+            }
+        }
+
         public async ValueTask CommitAsync(CancellationToken cancellationToken)
         {
             var hash = await CompleteAsync(cancellationToken).ConfigureAwait(false);
@@ -473,6 +484,20 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 return;
             }
 
+            // Shipped before the caller took the collection lock: the sweep of unnamed blobs may have deleted it since
+            // (it lists without the lock, so an older copy under the same key made it a candidate). Now, with the lock
+            // held until the registration, what is there stays there; what is not is sent again.
+            if (!_shipped || await Storage("look for a blob", () => store.LengthAsync(hash, cancellationToken)).ConfigureAwait(false) != Length)
+            {
+                await UploadAsync(hash, cancellationToken).ConfigureAwait(false);
+            }
+
+            store._cache.Adopt(hash, _path);
+            _committed = true;
+        }
+
+        private async Task UploadAsync(NixHash hash, CancellationToken cancellationToken)
+        {
             var length = Length;
             await Storage("store a blob", async () =>
             {
@@ -487,8 +512,6 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
 
                 return true;
             }).ConfigureAwait(false);
-            store._cache.Adopt(hash, _path);
-            _committed = true;
         }
 
         private void DropMd5()
