@@ -448,8 +448,8 @@ public sealed partial class StoreView
     /// <summary>
     /// AddMultipleToStore: every upload verified as it arrives, all registered together at the end. Each verified blob
     /// is shipped (into a bucket, an upload) while the next ones are still being received, a few at once, so the
-    /// commit is left with checking them; a batch that is never committed leaves what it shipped to the sweep of
-    /// unnamed blobs.
+    /// commit is left with checking them; a batch that is never committed deletes what it shipped, unless a path
+    /// names it by then.
     /// </summary>
     private sealed class UploadBatch(StoreView view) : IUploadBatch
     {
@@ -459,10 +459,15 @@ public sealed partial class StoreView
 
         private readonly List<Upload> _uploads = [];
         private readonly HashSet<StorePath> _seen = [];
-        private readonly List<Task> _shipping = [];
+        private readonly List<Task<bool>> _shipping = [];
         private readonly SemaphoreSlim _shipSlots = new(ShippedAtOnce);
+        // Cancelled by the commit: ships still waiting for a slot are left to it (it uploads more at once).
+        private readonly CancellationTokenSource _committing = new();
+        // Cancelled when the batch is abandoned: every ship stops.
         private readonly CancellationTokenSource _abandon = new();
         private long _bytes;
+        private bool _committed;
+        private bool _disposed;
 
         public async Task AddAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
         {
@@ -480,15 +485,19 @@ public sealed partial class StoreView
             _shipping.Add(ShipAsync(upload.Nar));
         }
 
-        // Never fails: a blob that could not be shipped is stored by the commit, which reports what goes wrong then.
-        private async Task ShipAsync(IngestedNar nar)
+        // Whether the blob was shipped. Never fails: a blob that was not is stored by the commit, which reports what
+        // goes wrong then.
+        private async Task<bool> ShipAsync(IngestedNar nar)
         {
+            await Task.Yield(); // the session goes on to the next NAR at once (signing a body hashes all of it)
             try
             {
-                await _shipSlots.WaitAsync(_abandon.Token).ConfigureAwait(false);
+                using var either = CancellationTokenSource.CreateLinkedTokenSource(_committing.Token, _abandon.Token);
+                await _shipSlots.WaitAsync(either.Token).ConfigureAwait(false);
                 try
                 {
                     await nar.ShipAsync(_abandon.Token).ConfigureAwait(false);
+                    return true;
                 }
                 finally
                 {
@@ -499,21 +508,35 @@ public sealed partial class StoreView
             catch (Exception)
 #pragma warning restore CA1031
             {
+                return false;
             }
         }
 
         public async Task CommitAsync(CancellationToken cancellationToken)
         {
+            await _committing.CancelAsync().ConfigureAwait(false);
             await Task.WhenAll(_shipping).WaitAsync(cancellationToken).ConfigureAwait(false);
             await view.CommitAsync(_uploads, cancellationToken).ConfigureAwait(false);
+            _committed = true;
         }
 
         public async ValueTask DisposeAsync()
         {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
             // Anything not committed (the client went away, an upload failed): nothing registered, no files left. A
             // blob still being shipped is stopped first: its spool file goes with it.
             await _abandon.CancelAsync().ConfigureAwait(false);
-            await Task.WhenAll(_shipping).ConfigureAwait(false);
+            var shipped = await Task.WhenAll(_shipping).ConfigureAwait(false);
+            if (!_committed)
+            {
+                await ForgetShippedAsync(_uploads.Where((_, i) => shipped[i]).Select(u => u.Nar.NarHash).ToHashSet()).ConfigureAwait(false);
+            }
+
             foreach (var upload in _uploads)
             {
                 await upload.Nar.DisposeAsync().ConfigureAwait(false);
@@ -522,7 +545,29 @@ public sealed partial class StoreView
             _uploads.Clear();
             _shipping.Clear();
             _shipSlots.Dispose();
+            _committing.Dispose();
             _abandon.Dispose();
+        }
+
+        // What an abandoned batch shipped is deleted now (unless a path names it meanwhile), not left for the sweep's
+        // grace period: a client that sends and never commits must not keep the bucket filled. Best effort: what this
+        // misses (the bucket away), the sweep takes.
+        private async Task ForgetShippedAsync(HashSet<NixHash> shipped)
+        {
+            if (shipped.Count == 0)
+            {
+                return;
+            }
+
+            try
+            {
+                await view._store.GarbageCollector.DeleteUnnamedAsync(shipped, CancellationToken.None).ConfigureAwait(false);
+            }
+#pragma warning disable CA1031 // disposing never fails for it; the sweep takes what is left
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+            }
         }
     }
 }

@@ -167,8 +167,9 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
     public async Task A_batchs_blobs_go_into_the_bucket_as_they_arrive_and_one_swept_before_the_commit_is_sent_again()
     {
         // AddMultipleToStore ships each verified NAR while the next are received, before the commit takes the
-        // collection lock. So the sweep of unnamed blobs (through any front door) may delete one in between: the
-        // commit, under the lock, finds it gone and sends it again, or the path would be registered without its NAR.
+        // collection lock. So the sweep of unnamed blobs may delete one in between: the commit, under the lock, finds
+        // it gone and sends it again (from its spool file, which the sweep's cleaning of old temporary files spares),
+        // or the path would be registered without its NAR. The sweep here is this front door's own, which cleans.
         var (hello, tree) = (MetadataContract.P("shipped-hello"), MetadataContract.P("shipped-tree"));
         using (var view = await _a.OpenViewAsync("alice", default))
         {
@@ -178,7 +179,7 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
             await UntilInBucketAsync(2, HelloNar, StoreTests.TreeNar);
             Assert.Empty(await view.QueryValidPathsAsync([hello, tree], default));
 
-            Assert.Equal(2, await _b.SweepUnnamedBlobsAsync(TimeSpan.Zero, default));
+            Assert.Equal(2, await _a.SweepUnnamedBlobsAsync(TimeSpan.Zero, default));
             Assert.Equal(0, InBucket(HelloNar, StoreTests.TreeNar));
             await batch.CommitAsync(default);
         }
@@ -196,23 +197,31 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
     }
 
     [Fact]
-    public async Task A_batch_never_committed_registers_nothing_and_leaves_what_it_shipped_to_the_sweep()
+    public async Task A_batch_never_committed_registers_nothing_and_deletes_what_it_shipped()
     {
-        var path = MetadataContract.P("abandoned");
+        // A client that sends and never commits does not keep the bucket filled for the sweep's grace period.
+        var (path, named) = (MetadataContract.P("abandoned"), MetadataContract.P("named"));
         using (var view = await _a.OpenViewAsync("alice", default))
         {
-            await using (var batch = view.BeginUploads(false, true))
+            var batch = view.BeginUploads(false, true);
+            await batch.AddAsync(StoreTests.Declared(path, StoreTests.TreeNar), new MemoryStream(StoreTests.TreeNar), default);
+            await batch.AddAsync(StoreTests.Declared(named, HelloNar), new MemoryStream(HelloNar), default);
+            await UntilInBucketAsync(2, StoreTests.TreeNar, HelloNar);
+
+            // Meanwhile another account stores the same content as one of them: that one is named, and stays.
+            using (var bob = await _b.OpenViewAsync("bob", default))
             {
-                await batch.AddAsync(StoreTests.Declared(path, StoreTests.TreeNar), new MemoryStream(StoreTests.TreeNar), default);
-                await UntilInBucketAsync(1, StoreTests.TreeNar);
+                await bob.AddToStoreAsync(StoreTests.Declared(named, HelloNar), new MemoryStream(HelloNar), false, true, default);
             }
 
-            Assert.Empty(await view.QueryValidPathsAsync([path], default));
+            await batch.DisposeAsync();
+            await batch.DisposeAsync(); // twice is harmless
+            Assert.Empty(await view.QueryValidPathsAsync([path, named], default));
         }
 
-        Assert.Equal(1, await _a.SweepUnnamedBlobsAsync(TimeSpan.Zero, default));
         Assert.Equal(0, InBucket(StoreTests.TreeNar));
-        Assert.Empty(Directory.EnumerateFiles(_temp["a"], "*.tmp", SearchOption.AllDirectories)); // its spool file went with it
+        Assert.Equal(1, InBucket(HelloNar));
+        Assert.Empty(Directory.EnumerateFiles(_temp["a"], "*.tmp", SearchOption.AllDirectories)); // its spool files went with it
     }
 
     [Fact]

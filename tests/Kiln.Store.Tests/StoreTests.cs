@@ -508,6 +508,36 @@ public sealed class StoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_batch_longer_than_the_grace_period_keeps_its_first_NARs_through_the_sweep()
+    {
+        // A large closure over a slow link: the first NAR waits for the batch's commit longer than the grace period.
+        // The sweep's cleaning of old temporary files (grace zero here) passes over files a writer still uses; it
+        // deleted them, and the commit failed at the end of the whole copy.
+        using var view = await _store.OpenViewAsync("local", default);
+        var path = Ia("slow-batch");
+        await using (var batch = view.BeginUploads(false, true))
+        {
+            await batch.AddAsync(Declared(path, TreeNar), new MemoryStream(TreeNar), default);
+            Assert.Single(TempFiles());
+            await _store.SweepUnnamedBlobsAsync(TimeSpan.Zero, default);
+            Assert.Single(TempFiles());
+            await batch.CommitAsync(default);
+        }
+
+        await using var nar = await view.OpenNarAsync(path, default);
+        Assert.NotNull(nar);
+        using var read = new MemoryStream();
+        await nar.Content.CopyToAsync(read);
+        Assert.Equal(TreeNar, read.ToArray());
+        Assert.Empty(TempFiles());
+
+        // What no writer uses any more still goes.
+        File.WriteAllBytes(Path.Combine(_temp["data"], "blobs", "tmp", "left-by-a-crash.tmp"), [1]);
+        await _store.SweepUnnamedBlobsAsync(TimeSpan.Zero, default);
+        Assert.Empty(TempFiles());
+    }
+
+    [Fact]
     public async Task An_upload_past_the_accounts_storage_quota_is_refused_before_anything_is_registered()
     {
         using var alice = await _store.OpenViewAsync("alice", default);

@@ -13,6 +13,7 @@ public sealed class DiskBlobStore : IBlobStore
 {
     private readonly string _root;
     private readonly string _temp;
+    private readonly LiveFiles _live = new();
     private readonly bool _fsync;
 
     public DiskBlobStore(string root, bool fsync)
@@ -101,7 +102,7 @@ public sealed class DiskBlobStore : IBlobStore
         var removed = 0;
         foreach (var file in Directory.EnumerateFiles(_temp))
         {
-            if (DateTime.UtcNow - File.GetLastWriteTimeUtc(file) >= age)
+            if (!_live.Contains(file) && DateTime.UtcNow - File.GetLastWriteTimeUtc(file) >= age)
             {
                 DeleteQuietly(file);
                 removed++;
@@ -135,17 +136,25 @@ public sealed class DiskBlobStore : IBlobStore
         public Writer(DiskBlobStore store)
         {
             _store = store;
-            _path = Path.Combine(store._temp, $"{Guid.NewGuid():N}.tmp");
-            // Unbuffered and synchronous: callers write large chunks, and on Linux .NET's asynchronous file writes only
-            // move the same write to another thread.
-            _file = new FileStream(_path, new FileStreamOptions
+            _path = store._live.Add(Path.Combine(store._temp, $"{Guid.NewGuid():N}.tmp"));
+            try
             {
-                Mode = FileMode.CreateNew,
-                Access = FileAccess.Write,
-                Share = FileShare.None,
-                BufferSize = 0,
-                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
-            });
+                // Unbuffered and synchronous: callers write large chunks, and on Linux .NET's asynchronous file writes
+                // only move the same write to another thread.
+                _file = new FileStream(_path, new FileStreamOptions
+                {
+                    Mode = FileMode.CreateNew,
+                    Access = FileAccess.Write,
+                    Share = FileShare.None,
+                    BufferSize = 0,
+                    UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                });
+            }
+            catch
+            {
+                store._live.Remove(_path);
+                throw;
+            }
         }
 
         public long Length => _hash.BytesWritten;
@@ -205,6 +214,7 @@ public sealed class DiskBlobStore : IBlobStore
                 DeleteQuietly(_path);
             }
 
+            _store._live.Remove(_path);
             return ValueTask.CompletedTask;
         }
     }

@@ -23,6 +23,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     private readonly IAmazonS3 _client;
     private readonly S3BlobLocation _location;
     private readonly LocalBlobCache _cache;
+    private readonly LiveFiles _live = new();
 
     public S3BlobStore(S3BlobLocation location, LocalBlobCache cache)
     {
@@ -262,7 +263,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         var removed = 0;
         foreach (var file in Directory.EnumerateFiles(_cache.SpoolDirectory))
         {
-            if (DateTime.UtcNow - File.GetLastWriteTimeUtc(file) >= age)
+            if (!_live.Contains(file) && DateTime.UtcNow - File.GetLastWriteTimeUtc(file) >= age)
             {
                 File.Delete(file);
                 removed++;
@@ -411,7 +412,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     /// <summary>A blob spooled to local disk while it is hashed, uploaded on commit, then kept in the local cache.</summary>
     private sealed class Writer(S3BlobStore store) : IBlobWriter
     {
-        private readonly string _path = store._cache.NewSpoolPath();
+        private readonly string _path = store._live.Add(store._cache.NewSpoolPath());
         private readonly HashingSink _hash = new(NixHashAlgorithm.Sha256);
         // What the bucket's ETag for a single-part object will be; none beyond a part (a multipart ETag is no MD5), or
         // where the system's crypto refuses MD5 (FIPS): its size is asked for instead.
@@ -530,6 +531,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 File.Delete(_path);
             }
 
+            store._live.Remove(_path);
             return ValueTask.CompletedTask;
         }
     }

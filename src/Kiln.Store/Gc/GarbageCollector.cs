@@ -310,31 +310,42 @@ public sealed class GarbageCollector(IMetadataStore metadata, IBlobStore blobs, 
 
         foreach (var batch in old.Chunk(1000))
         {
-            // Looked at first without the lock, which holds up every registration (on a shared database, every front
-            // door's): most old blobs are named, and only a batch with candidates left takes it, to look again.
-            var named = await metadata.GetReferencedBlobsAsync(batch, cancellationToken).ConfigureAwait(false);
-            var unnamed = batch.Where(b => !named.Contains(b)).ToList();
-            if (unnamed.Count == 0)
-            {
-                continue;
-            }
-
-            var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
-            await using var _ = exclusive.ConfigureAwait(false);
-            var referenced = await metadata.GetReferencedBlobsAsync(unnamed, cancellationToken).ConfigureAwait(false);
-            var gone = unnamed.Where(b => !referenced.Contains(b)).ToList();
-            foreach (var hash in gone)
-            {
-                if (await blobs.DeleteAsync(hash, cancellationToken).ConfigureAwait(false))
-                {
-                    swept++;
-                }
-            }
-
-            await RemoveNarFilesAsync(gone, cancellationToken).ConfigureAwait(false);
+            swept += await DeleteUnnamedAsync(batch, cancellationToken).ConfigureAwait(false);
         }
 
         await blobs.CleanAbandonedAsync(grace, cancellationToken).ConfigureAwait(false);
         return swept;
+    }
+
+    /// <summary>
+    /// Deletes those of <paramref name="candidates"/> no path names (whatever their age): the sweep's step, and what
+    /// an upload batch that was never committed does with the blobs it shipped ahead. Returns how many went.
+    /// </summary>
+    public async Task<int> DeleteUnnamedAsync(IReadOnlyCollection<NixHash> candidates, CancellationToken cancellationToken)
+    {
+        // Looked at first without the lock, which holds up every registration (on a shared database, every front
+        // door's): most candidates are named, and only a batch with some left takes it, to look again.
+        var named = await metadata.GetReferencedBlobsAsync(candidates, cancellationToken).ConfigureAwait(false);
+        var unnamed = candidates.Where(b => !named.Contains(b)).ToList();
+        if (unnamed.Count == 0)
+        {
+            return 0;
+        }
+
+        var exclusive = await gcLock.ExclusiveAsync(cancellationToken).ConfigureAwait(false);
+        await using var _ = exclusive.ConfigureAwait(false);
+        var referenced = await metadata.GetReferencedBlobsAsync(unnamed, cancellationToken).ConfigureAwait(false);
+        var gone = unnamed.Where(b => !referenced.Contains(b)).ToList();
+        var deleted = 0;
+        foreach (var hash in gone)
+        {
+            if (await blobs.DeleteAsync(hash, cancellationToken).ConfigureAwait(false))
+            {
+                deleted++;
+            }
+        }
+
+        await RemoveNarFilesAsync(gone, cancellationToken).ConfigureAwait(false);
+        return deleted;
     }
 }
