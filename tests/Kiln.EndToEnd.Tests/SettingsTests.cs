@@ -258,8 +258,10 @@ public sealed class SettingsTests
         Assert.Contains("max-cpu-hours-per-month is a quota: only the operator changes it", refusedSet.Stderr + refusedSet.StdoutText, StringComparison.Ordinal);
         kiln.Cli("settings", "set", "alice", "max-cpu-hours-per-month", "1s");
 
-        // Under the quota a build runs (about two seconds of CPU); past it, the next is refused before it starts.
-        var burner = Dag.WriteSingle(client, workspace, "burner", $"echo {salt}; timeout 2 sh -c 'while :; do :; done' || true; echo burnt > $out");
+        // Under the quota a build runs (two seconds of CPU); past it, the next is refused before it starts. The loop is
+        // bounded by CPU time (ulimit -t), not by the clock: on a busy CI machine two seconds of wall time gave it only
+        // 0.76 s of CPU, under the quota, and the next build ran.
+        var burner = Dag.WriteSingle(client, workspace, "burner", $"echo {salt}; sh -c 'ulimit -t 2; while :; do :; done' || true; echo burnt > $out");
         var burnt = client.Ok(kiln, Build(burner)).StdoutText.Trim();
         var next = Dag.WriteSingle(client, workspace, "next", $"echo {salt}; echo next > $out");
         var refused = client.Run(kiln, Build(next));
