@@ -272,11 +272,14 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         var salt = Guid.NewGuid().ToString("N");
         using var longOne = client.Start(a, [.. alice.Environment, .. TimedBuild(client, workspace, salt, "long", 12)]);
         var shared = TimedBuild(client, workspace, salt, "shared", 1);
-        await Task.Delay(TimeSpan.FromSeconds(3));
+        // Each step waits for the one before it to be under way, not for a fixed time (on a loaded CI machine three
+        // seconds were not enough for the long build to start, and Alice's second build then took her free slot).
+        var longStarted = await UntilLineAsync(longOne, salt); // its builder's first line: her slot is taken
         using var aliceWaits = client.Start(b, [.. aliceThroughB, .. shared]);
-        await Task.Delay(TimeSpan.FromSeconds(2));
+        var aliceWaiting = await UntilLineAsync(aliceWaits, "account limit 1 running on Kiln's front doors");
         using var bobBuilds = client.Start(a, [.. bob.Environment, .. shared]);
         var logs = await Task.WhenAll(longOne.StandardError.ReadToEndAsync(), aliceWaits.StandardError.ReadToEndAsync(), bobBuilds.StandardError.ReadToEndAsync());
+        (logs[0], logs[1]) = (longStarted + logs[0], aliceWaiting + logs[1]);
         await Task.WhenAll(longOne.WaitForExitAsync(), aliceWaits.WaitForExitAsync(), bobBuilds.WaitForExitAsync());
         Assert.True(longOne.ExitCode == 0, logs[0] + a.Log);
         Assert.True(aliceWaits.ExitCode == 0, logs[1] + b.Log);
@@ -446,6 +449,23 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
     }
 
     // A remote-store build of one derivation that writes the machine's uptime as it starts and ends, sleeping between.
+    // A client's stderr up to and including the first line containing marker (all of it, if none does).
+    private static async Task<string> UntilLineAsync(System.Diagnostics.Process process, string marker)
+    {
+        var read = new System.Text.StringBuilder();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        while (await process.StandardError.ReadLineAsync(timeout.Token) is { } line)
+        {
+            read.Append(line).Append('\n');
+            if (line.Contains(marker, StringComparison.Ordinal))
+            {
+                break;
+            }
+        }
+
+        return read.ToString();
+    }
+
     private static string[] TimedBuild(NixClient client, string workspace, string salt, string name, int seconds) =>
     [
         "nix", "build", "-L", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1", "--no-link", "-f",
