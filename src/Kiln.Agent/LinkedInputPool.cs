@@ -121,7 +121,18 @@ internal sealed class LinkedInputPool(string root, int maxCopies = LinkedInputPo
 
             if (!_rootMade)
             {
-                Directory.CreateDirectory(root);
+                // Giving a copy back is tidying up after a build that is over: if there is no room for even the pool's
+                // directory (the disk filled, perhaps by this very build), the copy goes with the build directory and
+                // the build's own outcome stands.
+                try
+                {
+                    Directory.CreateDirectory(root);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    return;
+                }
+
                 _rootMade = true;
             }
 

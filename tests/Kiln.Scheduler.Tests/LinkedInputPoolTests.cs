@@ -74,6 +74,27 @@ public sealed class LinkedInputPoolTests : IDisposable
     }
 
     [Fact]
+    public async Task A_copy_with_no_room_to_go_back_stays_with_its_build_and_the_build_goes_on()
+    {
+        RequireRoot();
+        var store = new MemoryAgentStore();
+        // The pool's directory cannot be made (as on a full disk, where CI met it): a file is in its way.
+        File.WriteAllText(_temp["builds"], "");
+        var pool = new LinkedInputPool(Path.Combine(_temp["builds"], ".linked"));
+        var cache = new InputCache(_temp["unpacked"], store, pool);
+        var input = store.AddTree("one");
+        using var use = cache.Use([input]);
+        var tree = await cache.EnsureAsync(input.Hash);
+
+        var buildStore = _temp["elsewhere/store"];
+        Directory.CreateDirectory(buildStore);
+        var placed = Assert.IsType<LinkedInputPool.Placed>(pool.TryPlace(input.Hash, tree, Path.Combine(buildStore, "aaaa-input")));
+        pool.Return(placed); // does not throw
+        Assert.Equal(0, pool.Count);
+        Assert.True(Directory.Exists(placed.Path));
+    }
+
+    [Fact]
     public async Task A_copy_that_is_no_longer_what_Kiln_left_is_not_taken_back()
     {
         RequireRoot();
