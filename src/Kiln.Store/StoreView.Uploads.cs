@@ -485,8 +485,8 @@ public sealed partial class StoreView
             _shipping.Add(ShipAsync(upload.Nar));
         }
 
-        // Whether the blob was shipped. Never fails: a blob that was not is stored by the commit, which reports what
-        // goes wrong then.
+        // Whether the blob was stored ahead of its commit (into a bucket; a directory stores nothing before it). Never
+        // fails: a blob that was not is stored by the commit, which reports what goes wrong then.
         private async Task<bool> ShipAsync(IngestedNar nar)
         {
             await Task.Yield(); // the session goes on to the next NAR at once (signing a body hashes all of it)
@@ -496,8 +496,7 @@ public sealed partial class StoreView
                 await _shipSlots.WaitAsync(either.Token).ConfigureAwait(false);
                 try
                 {
-                    await nar.ShipAsync(_abandon.Token).ConfigureAwait(false);
-                    return true;
+                    return await nar.ShipAsync(_abandon.Token).ConfigureAwait(false);
                 }
                 finally
                 {

@@ -538,6 +538,24 @@ public sealed class StoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_batch_abandoned_on_a_directory_deletes_nothing_and_waits_for_no_collection_lock()
+    {
+        // A directory stores nothing before the commit, so a batch never committed has nothing in the store to delete:
+        // it must not wait for the collection lock (exclusive, behind every registration under way) to find that out.
+        using var view = await _store.OpenViewAsync("local", default);
+        var batch = view.BeginUploads(false, true);
+        await batch.AddAsync(Declared(Ia("abandoned"), TreeNar), new MemoryStream(TreeNar), default);
+        var registration = await _store.GcLock.SharedAsync(default); // as a registration under way holds it
+        await using (registration)
+        {
+            await batch.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
+        }
+
+        Assert.Empty(TempFiles());
+        Assert.Empty(await view.QueryValidPathsAsync([Ia("abandoned")], default));
+    }
+
+    [Fact]
     public async Task An_upload_past_the_accounts_storage_quota_is_refused_before_anything_is_registered()
     {
         using var alice = await _store.OpenViewAsync("alice", default);

@@ -65,9 +65,10 @@ public interface IBlobWriter : IAsyncDisposable
     /// run while the rest of it is still being received. It is called without the collection lock, and what it stores
     /// is neither readable nor safe from the sweep of unnamed blobs: <see cref="CommitAsync"/>, under the lock, then
     /// checks it is still there (and stores it again if the sweep took it in between). A failure here is not the
-    /// caller's: the commit does the whole work again and reports.
+    /// caller's: the commit does the whole work again and reports. Returns whether it stored anything (false where the
+    /// commit does all the work, as in a directory), so an abandoned batch knows what it has to delete.
     /// </summary>
-    ValueTask ShipAsync(CancellationToken cancellationToken) => ValueTask.CompletedTask;
+    ValueTask<bool> ShipAsync(CancellationToken cancellationToken) => ValueTask.FromResult(false);
 }
 
 /// <summary>

@@ -33,7 +33,7 @@ public sealed class IngestedNar(IBlobWriter blob, NixHash narHash, long narSize,
     public ValueTask CommitAsync(CancellationToken cancellationToken) => blob.CommitAsync(cancellationToken);
 
     /// <summary>Moves the blob ahead of its commit, without the collection lock (see <see cref="IBlobWriter.ShipAsync"/>).</summary>
-    public ValueTask ShipAsync(CancellationToken cancellationToken) => blob.ShipAsync(cancellationToken);
+    public ValueTask<bool> ShipAsync(CancellationToken cancellationToken) => blob.ShipAsync(cancellationToken);
 
     /// <summary>Drops what was not used: the blob if it was not committed, the unpacked tree if it was not adopted.</summary>
     public async ValueTask DisposeAsync()

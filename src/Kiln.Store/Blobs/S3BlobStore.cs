@@ -467,7 +467,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             return ValueTask.FromResult(_completed.Value);
         }
 
-        public async ValueTask ShipAsync(CancellationToken cancellationToken)
+        public async ValueTask<bool> ShipAsync(CancellationToken cancellationToken)
         {
             var hash = await CompleteAsync(cancellationToken).ConfigureAwait(false);
             if (!_committed && !_shipped)
@@ -475,6 +475,8 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 await UploadAsync(hash, cancellationToken).ConfigureAwait(false);
                 _shipped = true;
             }
+
+            return _shipped;
         }
 
         public async ValueTask CommitAsync(CancellationToken cancellationToken)
