@@ -166,7 +166,17 @@ internal sealed class InputCache(string root, IAgentStore store, LinkedInputPool
         }
 
         LinkedInputPool.Delete(linked);
-        NarExtractor.DeleteTree(doomed);
+        try
+        {
+            NarExtractor.DeleteTree(doomed);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or System.ComponentModel.Win32Exception)
+        {
+            // The entry is out of the cache already; what could not be deleted now (a file the kernel will not let go
+            // of, no process to run rm) is a leftover the next start deletes (DeleteLeftovers). Trimming runs after
+            // every build: it must never turn a build's outcome into a failure of Kiln's.
+        }
+
         return true;
     }
 

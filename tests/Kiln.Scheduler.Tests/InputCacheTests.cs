@@ -50,4 +50,51 @@ public sealed class InputCacheTests : IDisposable
         Assert.Equal(1, again.Trim(1));
         Assert.Equal(0, again.Bytes);
     }
+
+    [Fact]
+    public async Task An_entry_that_cannot_be_deleted_leaves_the_cache_and_the_trim_goes_on()
+    {
+        Assert.SkipUnless(Environment.UserName == "root", "only root marks a file immutable");
+        var store = new MemoryAgentStore();
+        var cache = new InputCache(_temp["unpacked"], store);
+        var (stuck, other) = (store.AddTree("stuck"), store.AddTree("other"));
+        foreach (var nar in new[] { stuck, other })
+        {
+            using var use = cache.Use([nar]);
+            await cache.EnsureAsync(nar.Hash);
+        }
+
+        // A file even root cannot remove (as a file the kernel will not let go of would be).
+        var immutable = Path.Combine(cache.TreeOf(stuck.Hash), "id");
+        Chattr("+i", immutable);
+        try
+        {
+            Assert.Equal(2, cache.Trim(1)); // no exception: it runs after every build
+            Assert.Equal(0, cache.Bytes);
+            Assert.False(Directory.Exists(cache.TreeOf(other.Hash)));
+            Assert.False(Directory.Exists(cache.TreeOf(stuck.Hash)));
+            var leftover = Assert.Single(Directory.EnumerateDirectories(_temp["unpacked"], ".gone-*", SearchOption.AllDirectories));
+            Chattr("-i", Path.Combine(leftover, "id"));
+
+            // The next start deletes the leftover.
+            var again = new InputCache(_temp["unpacked"], store);
+            again.DeleteLeftovers();
+            Assert.False(Directory.Exists(leftover));
+        }
+        finally
+        {
+            // (The temporary directory must go whatever happened above.)
+            foreach (var file in Directory.EnumerateFiles(_temp["unpacked"], "id", SearchOption.AllDirectories))
+            {
+                Chattr("-i", file);
+            }
+        }
+    }
+
+    private static void Chattr(string flag, string path)
+    {
+        using var chattr = System.Diagnostics.Process.Start("chattr", [flag, path]);
+        chattr.WaitForExit();
+        Assert.Equal(0, chattr.ExitCode);
+    }
 }
