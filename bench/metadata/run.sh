@@ -17,15 +17,18 @@
 # database, the sides taking turns to go first. s3rver (npm) is a functional S3 server written in JavaScript, not a
 # fast one: with it the S3 column is an upper bound on what S3 costs. Figures only, no thresholds.
 #
-#   bench/metadata/run.sh [--paths 330] [--size-mib 200] [--rounds 2]
+#   bench/metadata/run.sh [--paths 330] [--size-mib 200] [--rounds 2] [--push-only]
+#
+# --push-only: the push and no-op rows alone (a quicker A/B of the upload path).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-paths=330 size_mib=200 rounds=2
+paths=330 size_mib=200 rounds=2 push_only=
 while [ $# -gt 0 ]; do
   case "$1" in
     --paths) paths="$2"; shift 2 ;;
     --size-mib) size_mib="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --push-only) push_only=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -79,6 +82,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# user + system CPU seconds a process has used so far
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 client() { python3 "$repo/bench/lib/http-client.py" "$@"; }
 seconds() { local s e; sync; s=$(date +%s.%N); "$@" > "$work/step.log" 2>&1 || { cat "$work/step.log" >&2; return 1; }; sync; e=$(date +%s.%N); echo "$e - $s" | bc; }
 
@@ -100,8 +105,15 @@ run_side() {
     sleep 0.1
   done
   local store="unix://$data/daemon.sock?root=$data/root" url="http://127.0.0.1:$port"
+  local cpu_before; cpu_before=$(cpu_seconds "$kiln_pid")
   seconds nix copy --derivation --from "$source_store" --to "$store" "$top" >> "$work/$side.push"
+  echo "$(cpu_seconds "$kiln_pid") - $cpu_before" | bc >> "$work/$side.pushcpu"
   seconds nix copy --derivation --from "$source_store" --to "$store" "$top" >> "$work/$side.noop"
+  if [ -n "$push_only" ]; then
+    kill "$kiln_pid"; wait "$kiln_pid" 2> /dev/null || true; kiln_pid=
+    rm -rf "$data"
+    return
+  fi
   "$kiln" account set local --public-cache --data "$data" > /dev/null
   client narinfo "$url" "$work/warm.hashes" > /dev/null
   client narinfo "$url" "$work/first.hashes" >> "$work/$side.first"
@@ -145,7 +157,9 @@ field_of() { field "$work/$3.$1" "$2"; }
 mibs_of() { mibs "$work/$1.nars1"; }
 rss_of() { echo $(( $(sort -n "$work/$1.rss" | tail -1) / 1024 )); }
 three "push (nix copy --to unix://)" s best_of push
+three "kiln serve CPU during the push" s best_of pushcpu
 three "no-op push (every path valid already)" s best_of noop
+[ -z "$push_only" ] || exit 0
 three "narinfo: mean, first GET of a path" µs field_of first 2
 three "narinfo: median, cached answer" µs field_of cached 3
 three "narinfo: p99, cached answer" µs field_of cached 4
