@@ -556,6 +556,23 @@ public sealed class StoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_batch_whose_commit_fails_deletes_the_blobs_it_stored_before_it_failed()
+    {
+        // The commit stores every blob (a rename into place) and only then registers: refused there (a reference to a
+        // path that is not valid), the blobs it stored go with the batch rather than waiting for the sweep.
+        using var view = await _store.OpenViewAsync("local", default);
+        var batch = view.BeginUploads(false, true);
+        await batch.AddAsync(Declared(Ia("fine"), HelloNar), new MemoryStream(HelloNar), default);
+        await batch.AddAsync(Declared(Ia("dangling"), TreeNar, Ia("absent")), new MemoryStream(TreeNar), default);
+        var refused = await Assert.ThrowsAsync<KilnException>(() => batch.CommitAsync(default));
+        Assert.Equal(ErrorKind.Invalid, refused.Kind);
+        await batch.DisposeAsync();
+        Assert.Empty(await view.QueryAllValidPathsAsync(default));
+        Assert.Empty(Blobs());
+        Assert.Empty(TempFiles());
+    }
+
+    [Fact]
     public async Task An_upload_past_the_accounts_storage_quota_is_refused_before_anything_is_registered()
     {
         using var alice = await _store.OpenViewAsync("alice", default);

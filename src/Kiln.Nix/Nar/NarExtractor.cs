@@ -112,7 +112,17 @@ public sealed class NarExtractor : INarVisitor, IDisposable
             {
                 UseShellExecute = false,
             };
-            using var shell = System.Diagnostics.Process.Start(start) ?? throw new IOException($"cannot remove '{path}'", e);
+            System.Diagnostics.Process? started;
+            try
+            {
+                started = System.Diagnostics.Process.Start(start);
+            }
+            catch (System.ComponentModel.Win32Exception failed)
+            {
+                throw new IOException($"cannot remove '{path}': no process to run rm ({failed.Message})", e); // as every other failure here
+            }
+
+            using var shell = started ?? throw new IOException($"cannot remove '{path}'", e);
             shell.WaitForExit();
             if (System.IO.Directory.Exists(path) || File.Exists(path))
             {
