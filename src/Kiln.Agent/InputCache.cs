@@ -166,17 +166,10 @@ internal sealed class InputCache(string root, IAgentStore store, LinkedInputPool
         }
 
         LinkedInputPool.Delete(linked);
-        try
-        {
-            NarExtractor.DeleteTree(doomed);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or System.ComponentModel.Win32Exception)
-        {
-            // The entry is out of the cache already; what could not be deleted now (a file the kernel will not let go
-            // of, no process to run rm) is a leftover the next start deletes (DeleteLeftovers). Trimming runs after
-            // every build: it must never turn a build's outcome into a failure of Kiln's.
-        }
 
+        // The entry is out of the cache already. What cannot be deleted now is a leftover the next start deletes
+        // (DeleteLeftovers): trimming runs after every build, and must never turn its outcome into a failure of Kiln's.
+        SandboxExecutor.DeleteBuildDirectory(doomed);
         return true;
     }
 

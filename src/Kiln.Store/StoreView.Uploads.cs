@@ -467,7 +467,7 @@ public sealed partial class StoreView
         private readonly CancellationTokenSource _abandon = new();
         private long _bytes;
         private bool _committed;
-        private bool _commitFailed;
+        private bool _commitBegun; // (and not _committed: it failed, perhaps after storing some blobs)
         private bool _disposed;
 
         public async Task AddAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
@@ -516,16 +516,8 @@ public sealed partial class StoreView
         {
             await _committing.CancelAsync().ConfigureAwait(false);
             await Task.WhenAll(_shipping).WaitAsync(cancellationToken).ConfigureAwait(false);
-            try
-            {
-                await view.CommitAsync(_uploads, cancellationToken).ConfigureAwait(false);
-            }
-            catch
-            {
-                _commitFailed = true; // it may have stored some blobs (the directory's renames) before it failed
-                throw;
-            }
-
+            _commitBegun = true;
+            await view.CommitAsync(_uploads, cancellationToken).ConfigureAwait(false);
             _committed = true;
         }
 
@@ -543,7 +535,7 @@ public sealed partial class StoreView
             var shipped = await Task.WhenAll(_shipping).ConfigureAwait(false);
             if (!_committed)
             {
-                await ForgetShippedAsync(_uploads.Where((_, i) => shipped[i] || _commitFailed).Select(u => u.Nar.NarHash).ToHashSet()).ConfigureAwait(false);
+                await ForgetShippedAsync(_uploads.Where((_, i) => shipped[i] || _commitBegun).Select(u => u.Nar.NarHash).ToHashSet()).ConfigureAwait(false);
             }
 
             foreach (var upload in _uploads)

@@ -551,6 +551,7 @@ public sealed class StoreTests : IAsyncLifetime
             await batch.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(30));
         }
 
+        Assert.Empty(Blobs());
         Assert.Empty(TempFiles());
         Assert.Empty(await view.QueryValidPathsAsync([Ia("abandoned")], default));
     }
