@@ -74,4 +74,5 @@ public static class LogEvents
     public const int StorageSampleFailed = 6110;
     public const int SigningKeyUnreadable = 6111;
     public const int LocalCopiesPruned = 6112;
+    public const int TempRootsUnpublished = 6113;
 }

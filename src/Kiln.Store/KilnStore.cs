@@ -23,7 +23,7 @@ public sealed class KilnStore : IAsyncDisposable
         Metadata = metadata;
         _gcLock = new GcLock(metadata.LockAgainstCollectionAsync);
         Blobs = BlobStores.Open(options);
-        TempRoots = new TempRoots(metadata, _gcLock);
+        TempRoots = new TempRoots(metadata, _gcLock, options.Logger);
         Usage = new UsageMeter(metadata, options.Logger, TimeSpan.FromSeconds(5));
         KeptNarFiles = new KeptNarFiles(options.NarFilesDirectory, Blobs as ISharedFiles);
         _localLogs = new FileBuildLogStore(options.LogDirectory, options.Logger);

@@ -25,4 +25,8 @@ internal static partial class StoreLog
     [LoggerMessage(EventId = LogEvents.BlobMissing, Level = LogLevel.Error,
         Message = "the contents of {Path} (blob {Blob}) are missing from the blob store; run 'kiln store verify'")]
     public static partial void BlobMissing(ILogger logger, string path, string blob);
+
+    [LoggerMessage(EventId = LogEvents.TempRootsUnpublished, Level = LogLevel.Error,
+        Message = "{Count} temporary roots of this front door's sessions could not be written to the database; other front doors' collections do not see them until they are")]
+    public static partial void TempRootsUnpublished(ILogger logger, int count, Exception exception);
 }

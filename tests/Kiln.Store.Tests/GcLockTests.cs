@@ -139,6 +139,30 @@ public sealed class GcLockTests
     }
 
     [Fact]
+    public async Task What_the_holders_owe_the_database_is_written_before_each_shared_hold_of_its_lock_ends_and_only_then()
+    {
+        var database = new Database();
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.FromHours(1));
+        var written = new List<int>(); // how many of the database's locks were let go when it was called
+        gcLock.BeforeLettingGo(() =>
+        {
+            written.Add(database.Taken.Sum(t => t.Lock.Released));
+            return Task.CompletedTask;
+        });
+
+        for (var i = 0; i < 3; i++)
+        {
+            await (await gcLock.SharedAsync(default)).DisposeAsync(); // one hold, lingering between them
+        }
+
+        Assert.Empty(written);
+        await (await gcLock.ExclusiveAsync(default).WaitAsync(Patience)).DisposeAsync(); // ends the linger, then collects
+        Assert.Equal([0], written); // once, before the shared hold was let go; not for the exclusive one
+        Assert.Equal([false, true], database.Taken.Select(t => t.Exclusive));
+        Assert.All(database.Taken, t => Assert.Equal(1, t.Lock.Released));
+    }
+
+    [Fact]
     public async Task A_registration_asks_at_most_once_per_interval()
     {
         var database = new Database();

@@ -268,6 +268,65 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
     }
 
     [Fact]
+    public async Task A_temporary_root_taken_on_one_front_door_just_before_a_collection_on_another_is_spared()
+    {
+        // B answers at once and writes the root when its hold of the collection lock ends, which A's collection waits for.
+        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
+        await using var a = await OpenFrontDoorAsync("ja", database, bucket);
+        await using var b = await OpenFrontDoorAsync("jb", database, bucket);
+        await a.ShareTempRootsAsync("door-a", default);
+        await b.ShareTempRootsAsync("door-b", default);
+        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
+        var (held, loose) = (MetadataContract.P("held"), MetadataContract.P("loose"));
+        var account = await a.Accounts.GetOrCreateAccountAsync("alice", default);
+        using (var view = await a.OpenViewAsync("alice", default))
+        {
+            foreach (var path in new[] { held, loose })
+            {
+                await view.AddToStoreAsync(new ValidPathInfo { Path = path, NarHash = narHash, NarSize = HelloNar.Length }, new MemoryStream(HelloNar), false, true, default);
+            }
+        }
+
+        AgeRegistrations(database);
+        using var viewB = await b.OpenViewAsync("alice", default);
+        await viewB.AddTempRootAsync(held, default);
+        using (var gc = await a.OpenViewAsync("alice", default))
+        {
+            var result = await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default);
+            Assert.Equal([loose], result.Paths);
+        }
+
+        Assert.Equal([held], await a.Metadata.GetAllPathsAsync(account, default));
+        Assert.Equal([held], await a.Metadata.GetTempRootsAsync(account, "door-a", default));
+    }
+
+    [Fact]
+    public async Task Temporary_roots_the_database_refused_are_written_when_the_next_hold_of_the_lock_ends()
+    {
+        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
+        await using var a = await OpenFrontDoorAsync("ra", database, bucket);
+        await using var b = await OpenFrontDoorAsync("rb", database, bucket);
+        await a.ShareTempRootsAsync("door-a", default);
+        await b.ShareTempRootsAsync("door-b", default);
+        var account = await a.Accounts.GetOrCreateAccountAsync("alice", default);
+        var (first, second) = (MetadataContract.P("first"), MetadataContract.P("second"));
+        var name = new Npgsql.NpgsqlConnectionStringBuilder(database).Database!;
+        async Task HoldEndedOnB() => await (await a.GcLock.ExclusiveAsync(default).WaitAsync(TimeSpan.FromSeconds(60))).DisposeAsync();
+
+        // The database refuses every new row (a real failure: PostgreSQL's own check, not a stand-in).
+        postgres.Sql(name, "ALTER TABLE temp_roots ADD CONSTRAINT refuse_all CHECK (false) NOT VALID");
+        using var viewB = await b.OpenViewAsync("alice", default);
+        await viewB.AddTempRootAsync(first, default);
+        await HoldEndedOnB();
+        Assert.Empty(await a.Metadata.GetTempRootsAsync(account, "door-a", default));
+
+        postgres.Sql(name, "ALTER TABLE temp_roots DROP CONSTRAINT refuse_all");
+        await viewB.AddTempRootAsync(second, default);
+        await HoldEndedOnB();
+        Assert.Equal(new[] { first, second }.Order(), (await a.Metadata.GetTempRootsAsync(account, "door-a", default)).Order());
+    }
+
+    [Fact]
     public async Task A_collection_on_one_front_door_spares_what_a_session_on_another_holds_as_temporary_roots_until_it_ends()
     {
         var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());

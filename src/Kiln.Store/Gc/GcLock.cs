@@ -18,6 +18,8 @@ namespace Kiln.Store.Gc;
 /// the database's lock is kept for <c>linger</c> more (100 ms by default): a client's requests come one after another
 /// (a no-op evaluation adds hundreds of temporary roots, each a registration), and taking and letting go of the lock
 /// for each would cost two more round trips apiece. A collection here, or one elsewhere seen waiting, ends it at once.
+/// Before a shared hold of the database's lock ends, what its holders recorded only here is written to the database
+/// (<see cref="BeforeLettingGo"/>: the temporary roots added during it, in one round trip).
 /// </summary>
 public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>? acrossProcesses = null, TimeSpan? awaitedCheck = null,
     TimeSpan? linger = null) : IDisposable
@@ -33,6 +35,14 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
     private bool _lingering; // no reader, but _exclusive and the database's lock (if any) still held (under _count)
     private int _draining; // a collection here, or a registration making way for one elsewhere, waits for the readers (under _count)
     private long _lingerGeneration; // which linger a delayed release is for (under _count)
+    private Func<Task>? _beforeLettingGo; // writes what holders recorded only here to the database (TempRoots)
+
+    /// <summary>
+    /// Runs <paramref name="publish"/> each time before the database's shared lock is let go: what the holders recorded
+    /// only in this process (temporary roots) is in the database before any other front door's collection can start,
+    /// so it need not be written there one request at a time. It must not throw.
+    /// </summary>
+    internal void BeforeLettingGo(Func<Task> publish) => _beforeLettingGo = publish;
 
     /// <summary>The lock, held; dispose to release it.</summary>
     public sealed class Holder(Func<ValueTask> release, bool acrossProcesses) : IAsyncDisposable
@@ -192,7 +202,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
             _sharedAcross = null;
         }
 
-        await ReleaseAsync(across).ConfigureAwait(false);
+        await ReleaseAsync(across, shared: true).ConfigureAwait(false);
     }
 
     // Under the gate: whether this process holds the database's lock shared and another process's collection waits
@@ -255,13 +265,19 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
         return new Holder(() => ReleaseAsync(across), across is not null);
     }
 
-    // The database's lock first, then this process's: the order they were taken in, reversed.
-    private async ValueTask ReleaseAsync(ICollectionLock? across)
+    // The database's lock first, then this process's: the order they were taken in, reversed. A shared hold first writes
+    // what its holders owe the database (no reader adds to that now: _exclusive is still held).
+    private async ValueTask ReleaseAsync(ICollectionLock? across, bool shared = false)
     {
         try
         {
             if (across is not null)
             {
+                if (shared && _beforeLettingGo is { } publish)
+                {
+                    await publish().ConfigureAwait(false);
+                }
+
                 await across.DisposeAsync().ConfigureAwait(false);
             }
         }

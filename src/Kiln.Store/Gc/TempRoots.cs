@@ -1,6 +1,8 @@
 using System.Collections.Concurrent;
 using Kiln.Nix.StorePaths;
 using Kiln.Store.Metadata;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kiln.Store.Gc;
 
@@ -9,21 +11,42 @@ namespace Kiln.Store.Gc;
 /// the inputs of the steps it builds), which the garbage collector must not delete from that account's view while the
 /// session lasts. Kept in memory: they die with the session, and with the server. On a database several front doors
 /// share (<see cref="IPathMetadata.SharesTempRoots"/>), once <see cref="ShareAsync"/> has named this front door, each is
-/// also published there — under the collection lock held shared, so never in the middle of a collection — before it
-/// is in effect; they count for the other front doors' collectors while this front door renews its lease (one row,
-/// by the database's clock), so a front door that went away stops protecting anything.
+/// also written there for the other front doors' collectors, which count them while this front door renews its lease
+/// (one row, by the database's clock), so a front door that went away stops protecting anything. A root is added only
+/// while this process holds the collection lock shared, and what was added during a hold of the database's lock is
+/// written before that hold ends (<see cref="GcLock.BeforeLettingGo"/>): a collection elsewhere, which needs the lock
+/// exclusively, starts only after that, so it sees every root as if each had been written at once — and a no-op
+/// evaluation's hundreds of roots cost one round trip, not one each.
 /// </summary>
-public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDisposable
+public sealed class TempRoots : IAsyncDisposable
 {
     /// <summary>How long a front door's published roots count unless it renews its lease; renewed every third of it.</summary>
     public static readonly TimeSpan Lease = TimeSpan.FromMinutes(5);
 
-    // Per session: its account, and per path the publication that makes it a root (completed at once when nothing is
-    // published; a second request for a path waits for the first's, and fails with it).
-    private readonly ConcurrentDictionary<long, (long Account, ConcurrentDictionary<StorePath, Task> Paths)> _sessions = new();
+    private readonly IPathMetadata _metadata;
+    private readonly GcLock _gcLock;
+    private readonly ILogger _logger;
+
+    // Per session: its account and its paths.
+    private readonly ConcurrentDictionary<long, (long Account, ConcurrentDictionary<StorePath, byte> Paths)> _sessions = new();
     private long _nextSession;
     private string? _frontDoor;
     private Timer? _renewal;
+
+    // What is owed to the database (roots added during the current hold), the write of it in flight, and the sessions
+    // that have rows there to withdraw at their end. Under _owed.
+    private readonly Lock _owed = new();
+    private List<TempRoot> _unpublished = [];
+    private Task _publishing = Task.CompletedTask;
+    private readonly HashSet<long> _published = [];
+
+    public TempRoots(IPathMetadata metadata, GcLock gcLock, ILogger? logger = null)
+    {
+        _metadata = metadata;
+        _gcLock = gcLock;
+        _logger = logger ?? NullLogger.Instance;
+        gcLock.BeforeLettingGo(PublishAsync);
+    }
 
     /// <summary>
     /// Publishes this front door's temp roots from now on (nothing on a database only this process uses), first
@@ -31,13 +54,13 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
     /// </summary>
     public async Task ShareAsync(string frontDoor, CancellationToken cancellationToken)
     {
-        if (!metadata.SharesTempRoots)
+        if (!_metadata.SharesTempRoots)
         {
             return;
         }
 
-        await metadata.WithdrawTempRootsAsync(frontDoor, null, cancellationToken).ConfigureAwait(false);
-        await metadata.RenewTempRootsAsync(frontDoor, Lease, cancellationToken).ConfigureAwait(false);
+        await _metadata.WithdrawTempRootsAsync(frontDoor, null, cancellationToken).ConfigureAwait(false);
+        await _metadata.RenewTempRootsAsync(frontDoor, Lease, cancellationToken).ConfigureAwait(false);
         _frontDoor = frontDoor;
         _renewal = new Timer(_ => _ = RenewAsync(), null, Lease / 3, Lease / 3);
     }
@@ -51,7 +74,7 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
 
         try
         {
-            await metadata.RenewTempRootsAsync(frontDoor, Lease, CancellationToken.None).ConfigureAwait(false);
+            await _metadata.RenewTempRootsAsync(frontDoor, Lease, CancellationToken.None).ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // the database away for a moment: the next renewal comes well within the lease
         catch (Exception)
@@ -64,7 +87,7 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
     public SessionRoots Open(long account)
     {
         var id = Interlocked.Increment(ref _nextSession);
-        _sessions[id] = (account, new ConcurrentDictionary<StorePath, Task>());
+        _sessions[id] = (account, new ConcurrentDictionary<StorePath, byte>());
         return new SessionRoots(this, id);
     }
 
@@ -77,13 +100,13 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
     /// <summary>The temp roots the other front doors on a shared database (with their lease holding) published for an account.</summary>
     public async Task<IReadOnlyList<KeyValuePair<string, StorePath>>> ElsewhereAsync(long account, CancellationToken cancellationToken)
     {
-        if (!metadata.SharesTempRoots)
+        if (!_metadata.SharesTempRoots)
         {
             return [];
         }
 
         // (An offline command, which names no front door, spares every front door's.)
-        var paths = await metadata.GetTempRootsAsync(account, _frontDoor ?? "", cancellationToken).ConfigureAwait(false);
+        var paths = await _metadata.GetTempRootsAsync(account, _frontDoor ?? "", cancellationToken).ConfigureAwait(false);
         return paths.Select(p => new KeyValuePair<string, StorePath>("{temp:another-front-door-session}", p)).ToList();
     }
 
@@ -96,95 +119,144 @@ public sealed class TempRoots(IPathMetadata metadata, GcLock gcLock) : IAsyncDis
             return;
         }
 
-        if (_frontDoor is not { } frontDoor)
+        if (_frontDoor is null)
         {
             foreach (var path in paths)
             {
-                entry.Paths.TryAdd(path, Task.CompletedTask);
+                entry.Paths.TryAdd(path, 0);
             }
 
             return;
         }
 
-        var publication = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var mine = new List<StorePath>();
-        var alsoPublished = new List<StorePath>();
-        var waits = new HashSet<Task>();
-        foreach (var path in paths)
+        // A path the session holds already was added under a hold of the lock, and is written before that hold ends.
+        if (paths.All(entry.Paths.ContainsKey))
         {
-            var task = entry.Paths.GetOrAdd(path, publication.Task);
-            if (task == publication.Task)
-            {
-                mine.Add(path);
-            }
-            else if (lockHeld && !task.IsCompletedSuccessfully)
-            {
-                // Holding the lock shared, this call must not wait for a publication that may itself be waiting for
-                // the lock (queued behind a collection that waits for this holder): it publishes the path as well (a
-                // row written twice is one row).
-                alsoPublished.Add(path);
-            }
-            else
-            {
-                waits.Add(task);
-            }
+            return;
         }
 
-        if (mine.Count + alsoPublished.Count > 0)
+        var shared = lockHeld ? null : await _gcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+        try
         {
-            try
+            lock (_owed)
             {
-                var shared = lockHeld ? null : await gcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
-                try
+                foreach (var path in paths)
                 {
-                    await metadata.PublishTempRootsAsync(frontDoor, session, entry.Account, [.. mine, .. alsoPublished], cancellationToken).ConfigureAwait(false);
-                }
-                finally
-                {
-                    if (shared is not null)
+                    if (entry.Paths.TryAdd(path, 0))
                     {
-                        await shared.DisposeAsync().ConfigureAwait(false);
+                        _unpublished.Add(new TempRoot(session, entry.Account, path));
                     }
                 }
-
-                publication.SetResult();
-            }
-            catch (Exception e)
-            {
-                // Not published, so not held: the next request naming them tries again.
-                foreach (var path in mine)
-                {
-                    entry.Paths.TryRemove(new KeyValuePair<StorePath, Task>(path, publication.Task));
-                }
-
-                publication.SetException(e);
-                throw;
             }
         }
+        finally
+        {
+            if (shared is not null)
+            {
+                await shared.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
 
-        await Task.WhenAll(waits).ConfigureAwait(false);
+    // Before the database's shared lock goes: writes the roots added during the hold, of the sessions still open. Never
+    // throws: tried a few times while the lock is still held; if the database keeps refusing, the roots are owed again
+    // (written at the next hold's end) and the failure is logged.
+    private async Task PublishAsync()
+    {
+        if (_frontDoor is not { } frontDoor)
+        {
+            return;
+        }
+
+        List<TempRoot> roots;
+        TaskCompletionSource done;
+        lock (_owed)
+        {
+            roots = _unpublished.Where(r => _sessions.ContainsKey(r.Session)).ToList();
+            _unpublished = [];
+            if (roots.Count == 0)
+            {
+                return;
+            }
+
+            foreach (var root in roots)
+            {
+                _published.Add(root.Session);
+            }
+
+            done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _publishing = done.Task;
+        }
+
+        try
+        {
+            for (var attempt = 1; ; attempt++)
+            {
+                try
+                {
+                    await _metadata.PublishTempRootsAsync(frontDoor, roots, CancellationToken.None).ConfigureAwait(false);
+                    return;
+                }
+#pragma warning disable CA1031 // a moment's failure: again, the lock still held
+                catch (Exception) when (attempt < 4)
+#pragma warning restore CA1031
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(250 << attempt)).ConfigureAwait(false);
+                }
+            }
+        }
+#pragma warning disable CA1031 // logged, and owed again
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            StoreLog.TempRootsUnpublished(_logger, roots.Count, e);
+            lock (_owed)
+            {
+                _unpublished.InsertRange(0, roots.Where(r => _sessions.ContainsKey(r.Session)));
+            }
+        }
+        finally
+        {
+            done.SetResult();
+        }
     }
 
     internal void Close(long session)
     {
-        if (_sessions.TryRemove(session, out var entry) && _frontDoor is { } frontDoor)
+        if (!_sessions.TryRemove(session, out _) || _frontDoor is not { } frontDoor)
         {
-            // In the background (a session's end must not wait on the database), after any publication still in
-            // flight: a row written after the withdrawal would hold its path for as long as this front door lives.
-            _ = Task.Run(async () =>
-            {
-                try
-                {
-                    await Task.WhenAll(entry.Paths.Values).ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
-                    await metadata.WithdrawTempRootsAsync(frontDoor, session, CancellationToken.None).ConfigureAwait(false);
-                }
-#pragma warning disable CA1031 // left until this front door starts again (a few rows)
-                catch (Exception)
-#pragma warning restore CA1031
-                {
-                }
-            });
+            return;
         }
+
+        // (Removed from the open sessions first: a write that starts after this leaves its roots out; one that started
+        // before is the one awaited here.)
+        Task publishing;
+        lock (_owed)
+        {
+            _unpublished.RemoveAll(r => r.Session == session);
+            if (!_published.Remove(session))
+            {
+                return; // nothing of it in the database
+            }
+
+            publishing = _publishing;
+        }
+
+        // In the background (a session's end must not wait on the database), after the write in flight: a row written
+        // after the withdrawal would hold its path for as long as this front door lives.
+        _ = Task.Run(async () =>
+        {
+            try
+            {
+                await publishing.ConfigureAwait(false);
+                await _metadata.WithdrawTempRootsAsync(frontDoor, session, CancellationToken.None).ConfigureAwait(false);
+            }
+#pragma warning disable CA1031 // left until this front door starts again (a few rows)
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+            }
+        });
     }
 
     public async ValueTask DisposeAsync()

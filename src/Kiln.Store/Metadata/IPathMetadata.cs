@@ -56,6 +56,9 @@ public static class PathTrustLevels
 /// <summary>A path record in an account's view.</summary>
 public sealed record PathRecord(ValidPathInfo Info, Provenance Provenance, PathTrust Trust);
 
+/// <summary>A path one session of a front door holds as a temporary root, for its account.</summary>
+public readonly record struct TempRoot(long Session, long Account, StorePath Path);
+
 /// <summary>A path to register: its info, how it came, and the outputs it declares if it is a derivation.</summary>
 public sealed record NewPath(ValidPathInfo Info, Provenance Provenance, PathTrust Trust, IReadOnlyDictionary<string, StorePath?>? DerivationOutputs);
 
@@ -128,8 +131,8 @@ public interface IPathMetadata
     /// </summary>
     bool SharesTempRoots { get; }
 
-    /// <summary>Publishes temporary roots of one session of <paramref name="frontDoor"/> (they count while its lease does).</summary>
-    Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken);
+    /// <summary>Publishes temporary roots of sessions of <paramref name="frontDoor"/> (they count while its lease does): one round trip.</summary>
+    Task PublishTempRootsAsync(string frontDoor, IReadOnlyCollection<TempRoot> roots, CancellationToken cancellationToken);
 
     /// <summary>Withdraws the temporary roots of one session of <paramref name="frontDoor"/> (null: all of them, as at its start).</summary>
     Task WithdrawTempRootsAsync(string frontDoor, long? session, CancellationToken cancellationToken);

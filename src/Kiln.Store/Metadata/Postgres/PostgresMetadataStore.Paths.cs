@@ -131,15 +131,15 @@ public sealed partial class PostgresMetadataStore
 
     public bool SharesTempRoots => true;
 
-    public Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
-        paths.Count == 0 ? Task.CompletedTask : WriteOneAsync(async connection =>
+    public Task PublishTempRootsAsync(string frontDoor, IReadOnlyCollection<TempRoot> roots, CancellationToken cancellationToken) =>
+        roots.Count == 0 ? Task.CompletedTask : WriteOneAsync(async connection =>
         {
-            // (A no-op evaluation publishes hundreds of these, one request at a time: one round trip each.)
             using var insert = Command(connection, """
                 INSERT INTO temp_roots (front_door, session, account_id, path)
-                SELECT @f, @s, @a, p FROM unnest(@paths::text[]) AS p
+                SELECT @f, s, a, p FROM unnest(@sessions::bigint[], @accounts::bigint[], @paths::text[]) AS r(s, a, p)
                 ON CONFLICT DO NOTHING
-                """, null, ("f", frontDoor), ("s", session), ("a", account), ("paths", paths.Select(p => p.BaseName).ToArray()));
+                """, null, ("f", frontDoor), ("sessions", roots.Select(r => r.Session).ToArray()), ("accounts", roots.Select(r => r.Account).ToArray()),
+                ("paths", roots.Select(r => r.Path.BaseName).ToArray()));
             await insert.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
 

@@ -373,7 +373,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
     // One server process owns a SQLite database (the data directory's lock): its temp roots in memory are all there are.
     public bool SharesTempRoots => false;
 
-    public Task PublishTempRootsAsync(string frontDoor, long session, long account, IReadOnlyCollection<StorePath> paths, CancellationToken cancellationToken) =>
+    public Task PublishTempRootsAsync(string frontDoor, IReadOnlyCollection<TempRoot> roots, CancellationToken cancellationToken) =>
         Task.CompletedTask;
 
     public Task WithdrawTempRootsAsync(string frontDoor, long? session, CancellationToken cancellationToken) => Task.CompletedTask;
