@@ -301,6 +301,50 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
     }
 
     [Fact]
+    public async Task A_root_is_written_soon_while_its_hold_of_the_lock_lasts_so_a_lock_lost_later_exposes_nothing()
+    {
+        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
+        await using var a = await OpenFrontDoorAsync("la", database, bucket);
+        await using var b = await OpenFrontDoorAsync("lb", database, bucket);
+        await a.ShareTempRootsAsync("door-a", default);
+        await b.ShareTempRootsAsync("door-b", default);
+        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
+        var (held, loose) = (MetadataContract.P("held"), MetadataContract.P("loose"));
+        var account = await a.Accounts.GetOrCreateAccountAsync("alice", default);
+        using (var view = await a.OpenViewAsync("alice", default))
+        {
+            foreach (var path in new[] { held, loose })
+            {
+                await view.AddToStoreAsync(new ValidPathInfo { Path = path, NarHash = narHash, NarSize = HelloNar.Length }, new MemoryStream(HelloNar), false, true, default);
+            }
+        }
+
+        AgeRegistrations(database);
+
+        // B's hold lasts (a registration in flight, as on a busy front door), and the root is written all the same.
+        await using var inFlight = await b.GcLock.SharedAsync(default);
+        using var viewB = await b.OpenViewAsync("alice", default);
+        await viewB.AddTempRootAsync(held, default);
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while ((await a.Metadata.GetTempRootsAsync(account, "door-a", default)).Count == 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the root was not written while the hold lasted");
+            await Task.Delay(20);
+        }
+
+        // Then the database drops B's lock (its session killed): A collects at once, while B still counts on the lock.
+        var name = new Npgsql.NpgsqlConnectionStringBuilder(database).Database!;
+        postgres.Sql(name, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted");
+        using (var gc = await a.OpenViewAsync("alice", default))
+        {
+            var result = await gc.CollectGarbageAsync(new GcRequest(GcAction.DeleteDead, new HashSet<StorePath>(), 0), default).WaitAsync(TimeSpan.FromSeconds(60));
+            Assert.Equal([loose], result.Paths);
+        }
+
+        Assert.Equal([held], await a.Metadata.GetAllPathsAsync(account, default));
+    }
+
+    [Fact]
     public async Task Temporary_roots_the_database_refused_are_written_when_the_next_hold_of_the_lock_ends()
     {
         var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());

@@ -38,11 +38,19 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
     private Func<Task>? _beforeLettingGo; // writes what holders recorded only here to the database (TempRoots)
 
     /// <summary>
-    /// Runs <paramref name="publish"/> each time before the database's shared lock is let go: what the holders recorded
+    /// Runs <paramref name="publish"/> each time a shared hold ends, before the database's lock is let go: what the holders recorded
     /// only in this process (temporary roots) is in the database before any other front door's collection can start,
     /// so it need not be written there one request at a time. It must not throw.
     /// </summary>
-    internal void BeforeLettingGo(Func<Task> publish) => _beforeLettingGo = publish;
+    internal void BeforeLettingGo(Func<Task> publish)
+    {
+        if (_beforeLettingGo is not null)
+        {
+            throw new InvalidOperationException("the collection lock already has its writer");
+        }
+
+        _beforeLettingGo = publish;
+    }
 
     /// <summary>The lock, held; dispose to release it.</summary>
     public sealed class Holder(Func<ValueTask> release, bool acrossProcesses) : IAsyncDisposable
@@ -271,13 +279,13 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
     {
         try
         {
+            if (shared && _beforeLettingGo is { } publish)
+            {
+                await publish().ConfigureAwait(false);
+            }
+
             if (across is not null)
             {
-                if (shared && _beforeLettingGo is { } publish)
-                {
-                    await publish().ConfigureAwait(false);
-                }
-
                 await across.DisposeAsync().ConfigureAwait(false);
             }
         }

@@ -16,7 +16,9 @@ namespace Kiln.Store.Gc;
 /// while this process holds the collection lock shared, and what was added during a hold of the database's lock is
 /// written before that hold ends (<see cref="GcLock.BeforeLettingGo"/>): a collection elsewhere, which needs the lock
 /// exclusively, starts only after that, so it sees every root as if each had been written at once — and a no-op
-/// evaluation's hundreds of roots cost one round trip, not one each.
+/// evaluation's hundreds of roots cost a few round trips, not one each. Roots are also written in the background within
+/// <see cref="EarlyWrite"/> of being added, so a hold that lasts (a busy front door's may last hours) owes little when
+/// it ends, and little is at stake if the database drops the lock's session while this front door still counts on it.
 /// </summary>
 public sealed class TempRoots : IAsyncDisposable
 {
@@ -33,19 +35,25 @@ public sealed class TempRoots : IAsyncDisposable
     private string? _frontDoor;
     private Timer? _renewal;
 
-    // What is owed to the database (roots added during the current hold), the write of it in flight, and the sessions
-    // that have rows there to withdraw at their end. Under _owed.
+    /// <summary>How soon after it is added a root is written in the background, whether or not the hold ends.</summary>
+    public static readonly TimeSpan EarlyWrite = TimeSpan.FromMilliseconds(100);
+
+    // What is owed to the database, the write in flight (one at a time: _writing), whether a background write is due,
+    // and the sessions that have rows there to withdraw at their end. Under _owed.
     private readonly Lock _owed = new();
     private List<TempRoot> _unpublished = [];
     private Task _publishing = Task.CompletedTask;
+    private bool _writeDue;
+    private bool _disposed;
     private readonly HashSet<long> _published = [];
+    private readonly SemaphoreSlim _writing = new(1, 1);
 
     public TempRoots(IPathMetadata metadata, GcLock gcLock, ILogger? logger = null)
     {
         _metadata = metadata;
         _gcLock = gcLock;
         _logger = logger ?? NullLogger.Instance;
-        gcLock.BeforeLettingGo(PublishAsync);
+        gcLock.BeforeLettingGo(() => WriteAsync(holdEnds: true));
     }
 
     /// <summary>
@@ -147,6 +155,8 @@ public sealed class TempRoots : IAsyncDisposable
                         _unpublished.Add(new TempRoot(session, entry.Account, path));
                     }
                 }
+
+                WriteSoon(EarlyWrite);
             }
         }
         finally
@@ -158,66 +168,107 @@ public sealed class TempRoots : IAsyncDisposable
         }
     }
 
-    // Before the database's shared lock goes: writes the roots added during the hold, of the sessions still open. Never
-    // throws: tried a few times while the lock is still held; if the database keeps refusing, the roots are owed again
-    // (written at the next hold's end) and the failure is logged.
-    private async Task PublishAsync()
+    // Under _owed: a background write of what is owed, after delay, unless one is due already.
+    private void WriteSoon(TimeSpan delay)
     {
-        if (_frontDoor is not { } frontDoor)
+        if (_writeDue || _disposed || _unpublished.Count == 0)
         {
             return;
         }
 
+        _writeDue = true;
+        _ = Task.Run(async () =>
+        {
+            await Task.Delay(delay).ConfigureAwait(false);
+            lock (_owed)
+            {
+                _writeDue = false;
+            }
+
+            var written = await WriteAsync(holdEnds: false).ConfigureAwait(false);
+            lock (_owed)
+            {
+                WriteSoon(written ? EarlyWrite : TimeSpan.FromSeconds(1)); // what came meanwhile, or what failed, again
+            }
+        });
+    }
+
+    // Writes what is owed, of the sessions still open: before the database's shared lock goes (holdEnds, the barrier a
+    // collection elsewhere relies on), or early in the background. Never throws; false when the database refused. At a
+    // hold's end it is tried a few times while the lock is still held; if the database keeps refusing, the roots stay
+    // owed (tried again every second) and the failure is logged: a collection elsewhere meanwhile does not see them.
+    private async Task<bool> WriteAsync(bool holdEnds)
+    {
+        if (_frontDoor is not { } frontDoor)
+        {
+            return true;
+        }
+
+        await _writing.WaitAsync().ConfigureAwait(false); // a hold's end also waits for an early write in flight
         List<TempRoot> roots;
-        TaskCompletionSource done;
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         lock (_owed)
         {
             roots = _unpublished.Where(r => _sessions.ContainsKey(r.Session)).ToList();
             _unpublished = [];
-            if (roots.Count == 0)
-            {
-                return;
-            }
-
             foreach (var root in roots)
             {
                 _published.Add(root.Session);
             }
 
-            done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            _publishing = done.Task;
+            if (roots.Count > 0)
+            {
+                _publishing = done.Task;
+            }
         }
 
         try
         {
+            if (roots.Count == 0)
+            {
+                return true;
+            }
+
             for (var attempt = 1; ; attempt++)
             {
                 try
                 {
                     await _metadata.PublishTempRootsAsync(frontDoor, roots, CancellationToken.None).ConfigureAwait(false);
-                    return;
+                    return true;
+                }
+                catch (ObjectDisposedException)
+                {
+                    return true; // the store closed (its sessions with it)
                 }
 #pragma warning disable CA1031 // a moment's failure: again, the lock still held
-                catch (Exception) when (attempt < 4)
+                catch (Exception) when (holdEnds && attempt < 4)
 #pragma warning restore CA1031
                 {
                     await Task.Delay(TimeSpan.FromMilliseconds(250 << attempt)).ConfigureAwait(false);
                 }
             }
         }
-#pragma warning disable CA1031 // logged, and owed again
+#pragma warning disable CA1031 // owed again, and logged when a hold ends without them
         catch (Exception e)
 #pragma warning restore CA1031
         {
-            StoreLog.TempRootsUnpublished(_logger, roots.Count, e);
             lock (_owed)
             {
-                _unpublished.InsertRange(0, roots.Where(r => _sessions.ContainsKey(r.Session)));
+                var owed = roots.Where(r => _sessions.ContainsKey(r.Session)).ToList();
+                _unpublished.InsertRange(0, owed);
+                if (holdEnds)
+                {
+                    StoreLog.TempRootsUnpublished(_logger, owed.Count, e);
+                    WriteSoon(TimeSpan.FromSeconds(1));
+                }
             }
+
+            return false;
         }
         finally
         {
             done.SetResult();
+            _writing.Release();
         }
     }
 
@@ -261,6 +312,11 @@ public sealed class TempRoots : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        lock (_owed)
+        {
+            _disposed = true;
+        }
+
         if (_renewal is not null)
         {
             await _renewal.DisposeAsync().ConfigureAwait(false);
@@ -270,7 +326,7 @@ public sealed class TempRoots : IAsyncDisposable
     /// <summary>One session's handle on its temp roots.</summary>
     public sealed class SessionRoots(TempRoots owner, long id) : IDisposable
     {
-        /// <summary>Makes paths roots (published first on a shared database); <paramref name="lockHeld"/>: the caller holds the collection lock shared.</summary>
+        /// <summary>Makes paths roots (written to a shared database before the hold of the lock they were added in ends); <paramref name="lockHeld"/>: the caller holds the collection lock shared.</summary>
         public Task AddAsync(IReadOnlyCollection<StorePath> paths, bool lockHeld, CancellationToken cancellationToken) =>
             owner.AddAsync(id, paths, lockHeld, cancellationToken);
 
