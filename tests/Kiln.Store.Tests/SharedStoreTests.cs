@@ -267,13 +267,13 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         Assert.Contains(s3.ObjectFiles(bucket), f => f.Contains(narHash.ToNix32(), StringComparison.Ordinal)); // still named by 'fresh'
     }
 
-    [Fact]
-    public async Task A_temporary_root_taken_on_one_front_door_just_before_a_collection_on_another_is_spared()
+    // Two front doors on one database and bucket, sharing temporary roots, and alice's 'held' and 'loose' registered
+    // long ago (as if): the grace for recent registrations does not cover them; only roots do.
+    private async Task<(string Database, KilnStore A, KilnStore B, long Account, StorePath Held, StorePath Loose)> TwoDoorsWithOldPathsAsync(string prefix)
     {
-        // B answers at once and writes the root when its hold of the collection lock ends, which A's collection waits for.
         var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
-        await using var a = await OpenFrontDoorAsync("ja", database, bucket);
-        await using var b = await OpenFrontDoorAsync("jb", database, bucket);
+        var a = await OpenFrontDoorAsync(prefix + "a", database, bucket);
+        var b = await OpenFrontDoorAsync(prefix + "b", database, bucket);
         await a.ShareTempRootsAsync("door-a", default);
         await b.ShareTempRootsAsync("door-b", default);
         var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
@@ -288,6 +288,16 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         }
 
         AgeRegistrations(database);
+        return (database, a, b, account, held, loose);
+    }
+
+    [Fact]
+    public async Task A_temporary_root_taken_on_one_front_door_just_before_a_collection_on_another_is_spared()
+    {
+        // B answers at once and writes the root when its hold of the collection lock ends, which A's collection waits for.
+        var (database, a, b, account, held, loose) = await TwoDoorsWithOldPathsAsync("j");
+        await using var doorA = a;
+        await using var doorB = b;
         using var viewB = await b.OpenViewAsync("alice", default);
         await viewB.AddTempRootAsync(held, default);
         using (var gc = await a.OpenViewAsync("alice", default))
@@ -303,23 +313,9 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
     [Fact]
     public async Task A_root_is_written_soon_while_its_hold_of_the_lock_lasts_so_a_lock_lost_later_exposes_nothing()
     {
-        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
-        await using var a = await OpenFrontDoorAsync("la", database, bucket);
-        await using var b = await OpenFrontDoorAsync("lb", database, bucket);
-        await a.ShareTempRootsAsync("door-a", default);
-        await b.ShareTempRootsAsync("door-b", default);
-        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
-        var (held, loose) = (MetadataContract.P("held"), MetadataContract.P("loose"));
-        var account = await a.Accounts.GetOrCreateAccountAsync("alice", default);
-        using (var view = await a.OpenViewAsync("alice", default))
-        {
-            foreach (var path in new[] { held, loose })
-            {
-                await view.AddToStoreAsync(new ValidPathInfo { Path = path, NarHash = narHash, NarSize = HelloNar.Length }, new MemoryStream(HelloNar), false, true, default);
-            }
-        }
-
-        AgeRegistrations(database);
+        var (database, a, b, account, held, loose) = await TwoDoorsWithOldPathsAsync("l");
+        await using var doorA = a;
+        await using var doorB = b;
 
         // B's hold lasts (a registration in flight, as on a busy front door), and the root is written all the same.
         await using var inFlight = await b.GcLock.SharedAsync(default);
@@ -373,25 +369,9 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
     [Fact]
     public async Task A_collection_on_one_front_door_spares_what_a_session_on_another_holds_as_temporary_roots_until_it_ends()
     {
-        var (database, bucket) = (postgres.CreateDatabase(), s3.NewLocation());
-        await using var a = await OpenFrontDoorAsync("ta", database, bucket);
-        await using var b = await OpenFrontDoorAsync("tb", database, bucket);
-        await a.ShareTempRootsAsync("door-a", default);
-        await b.ShareTempRootsAsync("door-b", default);
-        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar);
-        var held = MetadataContract.P("held");
-        var loose = MetadataContract.P("loose");
-        var account = await a.Accounts.GetOrCreateAccountAsync("alice", default);
-        using (var view = await a.OpenViewAsync("alice", default))
-        {
-            foreach (var path in new[] { held, loose })
-            {
-                await view.AddToStoreAsync(new ValidPathInfo { Path = path, NarHash = narHash, NarSize = HelloNar.Length }, new MemoryStream(HelloNar), false, true, default);
-            }
-        }
-
-        // Registered long ago (as if): the grace for recent registrations does not cover them; only roots do.
-        AgeRegistrations(database);
+        var (database, a, b, account, held, loose) = await TwoDoorsWithOldPathsAsync("t");
+        await using var doorA = a;
+        await using var doorB = b;
 
         // A session through B holds 'held' (as a client's AddTempRoot, or a build's input, would): never in the middle of
         // a collection through A (it waits for its end), and A's next collection spares it.
