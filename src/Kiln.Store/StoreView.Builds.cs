@@ -48,8 +48,14 @@ public sealed partial class StoreView
     /// <summary>The records of every path in the closure of <paramref name="roots"/> that is valid in the view (one query per level of the graph).</summary>
     public async Task<IReadOnlyDictionary<StorePath, PathRecord>> GetClosureAsync(IEnumerable<StorePath> roots, CancellationToken cancellationToken)
     {
-        var closure = new Dictionary<StorePath, PathRecord>();
         var frontier = roots.Distinct().ToList();
+        if (Readable.Count == 1)
+        {
+            return await Metadata.GetClosureAsync(Readable[0], frontier, cancellationToken).ConfigureAwait(false);
+        }
+
+        // Several accounts (the public caches): each layer resolved as GetRecordsAsync resolves a path among them.
+        var closure = new Dictionary<StorePath, PathRecord>();
         while (frontier.Count > 0)
         {
             var records = await GetRecordsAsync(frontier, cancellationToken).ConfigureAwait(false);

@@ -283,6 +283,34 @@ public abstract class PathMetadataContract : MetadataContract
     }
 
     [Fact]
+    public async Task A_closure_is_its_roots_and_everything_they_refer_to_in_the_accounts_view()
+    {
+        await using var store = await CreateAsync();
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var bob = await store.GetOrCreateAccountAsync("bob", default);
+        var (libc, lib, app, tool, alone) = (P("libc"), P("lib"), P("app"), P("tool"), P("alone"));
+        await store.RegisterAsync(alice, [New(Info(libc)), New(Info(lib, libc, lib)), New(Info(app, lib, libc)), New(Info(tool, lib)), New(Info(alone))], default);
+        await store.RegisterAsync(bob, [New(Info(lib)), New(Info(app, lib))], default); // the same names, other references
+
+        var closure = await store.GetClosureAsync(alice, [app, P("missing")], default);
+        Assert.Equal(new[] { app, lib, libc }.Order(), closure.Keys.Order());
+        var records = await store.GetPathsAsync(alice, [app, lib, libc], default);
+        foreach (var (path, record) in records)
+        {
+            // Each record whole, as a lookup gives it.
+            Assert.Equal(record.Info.NarHash, closure[path].Info.NarHash);
+            Assert.Equal(record.Info.References, closure[path].Info.References);
+            Assert.Equal(record.Info.HasSelfReference, closure[path].Info.HasSelfReference);
+            Assert.Equal(record.Trust, closure[path].Trust);
+        }
+
+        Assert.Equal(new[] { tool, lib, libc, alone }.Order(), (await store.GetClosureAsync(alice, [tool, alone, tool], default)).Keys.Order());
+        Assert.Equal(new[] { app, lib }.Order(), (await store.GetClosureAsync(bob, [app], default)).Keys.Order());
+        Assert.Empty(await store.GetClosureAsync(bob, [tool], default));
+        Assert.Empty(await store.GetClosureAsync(alice, [], default));
+    }
+
+    [Fact]
     public async Task Views_are_per_account()
     {
         await using var store = await CreateAsync();

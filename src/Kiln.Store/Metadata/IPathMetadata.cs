@@ -123,6 +123,12 @@ public interface IPathMetadata
 
     Task<StorePath?> FindByHashPartAsync(long account, string hashPart, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The records of the closure of <paramref name="roots"/> in the account's view (a root not valid there is left out):
+    /// one query however deep the closure is, where following references a layer at a time costs a round trip a layer.
+    /// </summary>
+    Task<IReadOnlyDictionary<StorePath, PathRecord>> GetClosureAsync(long account, IReadOnlyCollection<StorePath> roots, CancellationToken cancellationToken);
+
     Task<IReadOnlyList<StorePath>> GetAllPathsAsync(long account, CancellationToken cancellationToken);
 
     /// <summary>

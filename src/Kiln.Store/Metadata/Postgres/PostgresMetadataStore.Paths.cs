@@ -112,6 +112,22 @@ public sealed partial class PostgresMetadataStore
         }, cancellationToken);
     }
 
+    public Task<IReadOnlyDictionary<StorePath, PathRecord>> GetClosureAsync(long account, IReadOnlyCollection<StorePath> roots, CancellationToken cancellationToken) =>
+        roots.Count == 0 ? Task.FromResult<IReadOnlyDictionary<StorePath, PathRecord>>(new Dictionary<StorePath, PathRecord>()) :
+        ReadAsync<IReadOnlyDictionary<StorePath, PathRecord>>(async connection =>
+        {
+            // (A reference is a row of the same account's view: registration resolves it there.)
+            using var command = Command(connection, $"""
+                WITH RECURSIVE closure(id) AS (
+                    SELECT p.id FROM paths p WHERE p.account_id = @a AND p.path = ANY(@paths::text[])
+                    UNION
+                    SELECT r.reference FROM refs r JOIN closure c ON r.referrer = c.id)
+                SELECT {PathColumns} FROM closure c JOIN paths p ON p.id = c.id
+                """, null, ("a", account), ("paths", BaseNames(roots)));
+            var records = await ReadAllAsync(command, MetadataRows.ReadPath, cancellationToken).ConfigureAwait(false);
+            return records.ToDictionary(r => r.Info.Path);
+        }, cancellationToken);
+
     public Task<StorePath?> FindByHashPartAsync(long account, string hashPart, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
         {

@@ -343,17 +343,36 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
         {
             command.Parameters["$paths"].Value = MetadataRows.JsonArray(paths.Select(p => p.BaseName));
             command.Parameters["$account"].Value = account;
-            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            var result = new Dictionary<StorePath, PathRecord>();
-            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-            {
-                var record = MetadataRows.ReadPath(reader);
-                result[record.Info.Path] = record;
-            }
-
-            return result;
+            return await ReadRecordsAsync(command, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
     }
+
+    private static async Task<IReadOnlyDictionary<StorePath, PathRecord>> ReadRecordsAsync(SqliteCommand command, CancellationToken cancellationToken)
+    {
+        using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        var result = new Dictionary<StorePath, PathRecord>();
+        while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            var record = MetadataRows.ReadPath(reader);
+            result[record.Info.Path] = record;
+        }
+
+        return result;
+    }
+
+    public Task<IReadOnlyDictionary<StorePath, PathRecord>> GetClosureAsync(long account, IReadOnlyCollection<StorePath> roots, CancellationToken cancellationToken) =>
+        roots.Count == 0 ? Task.FromResult<IReadOnlyDictionary<StorePath, PathRecord>>(new Dictionary<StorePath, PathRecord>()) :
+        ReadAsync(async connection =>
+        {
+            using var command = Command(connection, $"""
+                WITH RECURSIVE closure(id) AS (
+                    SELECT p.id FROM json_each($paths) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value
+                    UNION
+                    SELECT r.reference FROM refs r JOIN closure c ON r.referrer = c.id)
+                SELECT {PathColumns} FROM closure c CROSS JOIN paths p ON p.id = c.id
+                """, null, ("$paths", MetadataRows.JsonArray(roots.Select(p => p.BaseName))), ("$a", account));
+            return await ReadRecordsAsync(command, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
 
     public Task<StorePath?> FindByHashPartAsync(long account, string hashPart, CancellationToken cancellationToken) =>
         ReadAsync(async connection =>
