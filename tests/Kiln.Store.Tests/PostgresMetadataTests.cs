@@ -91,6 +91,24 @@ public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposa
         Assert.Contains("default_transaction_read_only=on", told.Options, StringComparison.Ordinal);
     }
 
+    // Single statements go without a transaction around them (one round trip, not two): their implicit transaction must
+    // be READ COMMITTED as the explicit ones are, whatever the database's default says.
+    [Fact]
+    public async Task Kiln_sessions_are_read_committed_whatever_the_databases_default()
+    {
+        var database = server.CreateDatabase();
+        var name = new Npgsql.NpgsqlConnectionStringBuilder(database).Database!;
+        server.Sql(name, $"ALTER DATABASE {name} SET default_transaction_isolation = 'serializable'");
+        await using var connection = new Npgsql.NpgsqlConnection(Kiln.Store.Metadata.Postgres.PostgresMetadataStore.Settings(database, readOnly: false).ConnectionString);
+        await connection.OpenAsync();
+        using var show = new Npgsql.NpgsqlCommand("SHOW transaction_isolation", connection);
+        Assert.Equal("read committed", await show.ExecuteScalarAsync());
+        await using var plain = new Npgsql.NpgsqlConnection(database);
+        await plain.OpenAsync();
+        using var showPlain = new Npgsql.NpgsqlCommand("SHOW transaction_isolation", plain);
+        Assert.Equal("serializable", await showPlain.ExecuteScalarAsync()); // what it would have been
+    }
+
     // The collection lock across front doors: registrations share it, a collection has it alone, in PostgreSQL's order.
     [Fact]
     public async Task The_collection_lock_is_shared_by_registrations_and_held_alone_by_a_collection()

@@ -4,25 +4,25 @@ namespace Kiln.Store.Metadata.Postgres;
 public sealed partial class PostgresMetadataStore
 {
     public Task<long> StartBuildAsync(string stepKey, string drvPath, long account, long started, CancellationToken cancellationToken) =>
-        WriteAsync(async (connection, transaction) =>
+        WriteOneAsync(async connection =>
         {
             using var insert = Command(connection, """
                 WITH b AS (INSERT INTO builds (step_key, drv_path, account_id, status, started, stopped, pname) VALUES (@k, @d, @a, 'running', @t, 0, @p) RETURNING id)
                 INSERT INTO build_accounts (build_id, account_id) SELECT id, @a FROM b RETURNING build_id
-                """, transaction, ("k", stepKey), ("d", drvPath), ("a", account), ("t", started), ("p", PackageNames.Of(drvPath)));
+                """, null, ("k", stepKey), ("d", drvPath), ("a", account), ("t", started), ("p", PackageNames.Of(drvPath)));
             return (long)(await insert.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false))!;
         }, cancellationToken);
 
     public Task FinishBuildAsync(long id, BuildEnd outcome, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(outcome);
-        return WriteAsync(async (connection, transaction) =>
+        return WriteOneAsync(async connection =>
         {
             using var update = Command(connection, """
                 UPDATE builds SET status = @s, failure = @f, error = @e, stopped = @t, cpu_user_us = @cu::bigint, cpu_system_us = @cs::bigint,
                     peak_memory = @m::bigint, outputs = @o, agent = @g, attempts = @n, ran_from = @r::bigint
                 WHERE id = @i AND status = 'running'
-                """, transaction,
+                """, null,
                 ("i", id), ("s", outcome.Succeeded ? "built" : "failed"), ("f", outcome.Failure), ("e", outcome.Error), ("t", outcome.Stopped),
                 ("cu", outcome.CpuUserMicroseconds), ("cs", outcome.CpuSystemMicroseconds), ("m", outcome.PeakMemory), ("o", MetadataRows.OutputsJson(outcome.Outputs)), ("g", outcome.Agent), ("n", outcome.Attempts), ("r", outcome.RanFrom));
             await update.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
@@ -30,9 +30,9 @@ public sealed partial class PostgresMetadataStore
     }
 
     public Task AddBuildAccountAsync(long id, long account, CancellationToken cancellationToken) =>
-        WriteAsync(async (connection, transaction) =>
+        WriteOneAsync(async connection =>
         {
-            using var link = Command(connection, "INSERT INTO build_accounts (build_id, account_id) VALUES (@b, @a) ON CONFLICT DO NOTHING", transaction,
+            using var link = Command(connection, "INSERT INTO build_accounts (build_id, account_id) VALUES (@b, @a) ON CONFLICT DO NOTHING", null,
                 ("b", id), ("a", account));
             await link.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
@@ -69,9 +69,9 @@ public sealed partial class PostgresMetadataStore
 
     // ON CONFLICT … DO UPDATE locks the claim's row, so of two front doors claiming at once exactly one gets it.
     public Task<bool> ClaimStepAsync(string stepKey, string owner, long expires, long now, CancellationToken cancellationToken) =>
-        WriteAsync(async (connection, transaction) =>
+        WriteOneAsync(async connection =>
         {
-            using var claim = Command(connection, $"{MetadataRows.ClaimStep} RETURNING owner", transaction, ("k", stepKey), ("o", owner), ("e", expires), ("now", now));
+            using var claim = Command(connection, $"{MetadataRows.ClaimStep} RETURNING owner", null, ("k", stepKey), ("o", owner), ("e", expires), ("now", now));
             return await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null;
         }, cancellationToken);
 
@@ -105,17 +105,17 @@ public sealed partial class PostgresMetadataStore
         }, cancellationToken);
 
     public Task<IReadOnlySet<string>> RenewStepClaimsAsync(IReadOnlyCollection<string> stepKeys, string owner, long expires, CancellationToken cancellationToken) =>
-        stepKeys.Count == 0 ? Task.FromResult<IReadOnlySet<string>>(new HashSet<string>()) : WriteAsync<IReadOnlySet<string>>(async (connection, transaction) =>
+        stepKeys.Count == 0 ? Task.FromResult<IReadOnlySet<string>>(new HashSet<string>()) : WriteOneAsync<IReadOnlySet<string>>(async connection =>
         {
-            using var renew = Command(connection, "UPDATE step_claims SET expires = @e WHERE owner = @o AND step_key = ANY(@keys::text[]) RETURNING step_key", transaction,
+            using var renew = Command(connection, "UPDATE step_claims SET expires = @e WHERE owner = @o AND step_key = ANY(@keys::text[]) RETURNING step_key", null,
                 ("e", expires), ("o", owner), ("keys", stepKeys.ToArray()));
             return (await ReadAllAsync(renew, r => r.GetString(0), cancellationToken).ConfigureAwait(false)).ToHashSet(StringComparer.Ordinal);
         }, cancellationToken);
 
     public Task ReleaseStepClaimsAsync(string owner, string? stepKey, CancellationToken cancellationToken) =>
-        WriteAsync(async (connection, transaction) =>
+        WriteOneAsync(async connection =>
         {
-            using var release = Command(connection, "DELETE FROM step_claims WHERE owner = @o AND (@k::text IS NULL OR step_key = @k::text)", transaction,
+            using var release = Command(connection, "DELETE FROM step_claims WHERE owner = @o AND (@k::text IS NULL OR step_key = @k::text)", null,
                 ("o", owner), ("k", stepKey));
             await release.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
         }, cancellationToken);

@@ -55,6 +55,10 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
             builder.NoResetOnClose = true;
         }
 
+        // What the statements' comments reason about (each statement sees what committed before it began; a row lock
+        // waited for is then read as committed), for the single statements sent without a transaction around them too,
+        // whatever the server's default is. (After the operator's options, so that this one holds.)
+        builder.Options = ((builder.Options ?? "") + @" -c default_transaction_isolation=read\ committed").Trim();
         if (readOnly)
         {
             builder.Options = ((builder.Options ?? "") + " -c default_transaction_read_only=on").Trim();
@@ -121,15 +125,16 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         }
     }
 
-    // One statement, atomic on its own: no transaction around it, so one round trip instead of two (its COMMIT).
-    private async Task WriteOneAsync(Func<NpgsqlConnection, Task> statement, CancellationToken cancellationToken)
+    // One statement, atomic on its own: no transaction around it, so one round trip instead of two (its COMMIT). Its
+    // implicit transaction is READ COMMITTED too, as every session's default (Settings).
+    private async Task<T> WriteOneAsync<T>(Func<NpgsqlConnection, Task<T>> statement, CancellationToken cancellationToken)
     {
         try
         {
             var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
             await using (connection.ConfigureAwait(false))
             {
-                await statement(connection).ConfigureAwait(false);
+                return await statement(connection).ConfigureAwait(false);
             }
         }
         catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
@@ -137,6 +142,13 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
             throw failure;
         }
     }
+
+    private async Task WriteOneAsync(Func<NpgsqlConnection, Task> statement, CancellationToken cancellationToken) =>
+        await WriteOneAsync<bool>(async connection =>
+        {
+            await statement(connection).ConfigureAwait(false);
+            return true;
+        }, cancellationToken).ConfigureAwait(false);
 
     private Task<bool> WriteAsync(Func<NpgsqlConnection, NpgsqlTransaction, Task> work, CancellationToken cancellationToken) =>
         WriteAsync<bool>(async (c, t) =>
