@@ -45,7 +45,7 @@ public sealed partial class StoreView
         }
     }
 
-    /// <summary>The records of every path in the closure of <paramref name="roots"/> that is valid in the view (one query per level of the graph).</summary>
+    /// <summary>The records of every path in the closure of <paramref name="roots"/> that is valid in the view (one query for a view of one account; one per level of the graph over several).</summary>
     public async Task<IReadOnlyDictionary<StorePath, PathRecord>> GetClosureAsync(IEnumerable<StorePath> roots, CancellationToken cancellationToken)
     {
         var frontier = roots.Distinct().ToList();

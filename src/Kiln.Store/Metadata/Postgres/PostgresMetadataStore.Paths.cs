@@ -116,13 +116,16 @@ public sealed partial class PostgresMetadataStore
         roots.Count == 0 ? Task.FromResult<IReadOnlyDictionary<StorePath, PathRecord>>(new Dictionary<StorePath, PathRecord>()) :
         ReadAsync<IReadOnlyDictionary<StorePath, PathRecord>>(async connection =>
         {
-            // (A reference is a row of the same account's view: registration resolves it there.)
+            // (A reference is a row of the same account's view: registration resolves it there; the account is asked
+            // again at the end all the same.) The records fetched by their ids, not joined to the CTE: PostgreSQL
+            // guesses a recursive CTE's size from its start, so a join would scan every account's paths (and compile
+            // it) where a few primary-key lookups do.
             using var command = Command(connection, $"""
                 WITH RECURSIVE closure(id) AS (
                     SELECT p.id FROM paths p WHERE p.account_id = @a AND p.path = ANY(@paths::text[])
                     UNION
                     SELECT r.reference FROM refs r JOIN closure c ON r.referrer = c.id)
-                SELECT {PathColumns} FROM closure c JOIN paths p ON p.id = c.id
+                SELECT {PathColumns} FROM paths p WHERE p.id = ANY(ARRAY(SELECT id FROM closure)) AND p.account_id = @a
                 """, null, ("a", account), ("paths", BaseNames(roots)));
             var records = await ReadAllAsync(command, MetadataRows.ReadPath, cancellationToken).ConfigureAwait(false);
             return records.ToDictionary(r => r.Info.Path);

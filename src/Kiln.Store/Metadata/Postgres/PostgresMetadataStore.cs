@@ -55,10 +55,6 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
             builder.NoResetOnClose = true;
         }
 
-        // What the statements' comments reason about (each statement sees what committed before it began; a row lock
-        // waited for is then read as committed), for the single statements sent without a transaction around them too,
-        // whatever the server's default is. (After the operator's options, so that this one holds.)
-        builder.Options = ((builder.Options ?? "") + @" -c default_transaction_isolation=read\ committed").Trim();
         if (readOnly)
         {
             builder.Options = ((builder.Options ?? "") + " -c default_transaction_read_only=on").Trim();
@@ -125,10 +121,17 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         }
     }
 
-    // One statement, atomic on its own: no transaction around it, so one round trip instead of two (its COMMIT). Its
-    // implicit transaction is READ COMMITTED too, as every session's default (Settings).
+    // One statement, atomic on its own: no transaction around it, so one round trip instead of two (its COMMIT) — when
+    // the database's default isolation is READ COMMITTED, what the statements' comments reason about (asked once). On a
+    // database whose default is stricter, it gets a READ COMMITTED transaction of its own as WriteAsync gives. (Not a
+    // startup option forcing it: that would replace an operator's PGOPTIONS, and PgBouncer refuses unknown ones.)
     private async Task<T> WriteOneAsync<T>(Func<NpgsqlConnection, Task<T>> statement, CancellationToken cancellationToken)
     {
+        if (!await ImplicitlyReadCommittedAsync(cancellationToken).ConfigureAwait(false))
+        {
+            return await WriteAsync((connection, _) => statement(connection), cancellationToken).ConfigureAwait(false);
+        }
+
         try
         {
             var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
@@ -140,6 +143,27 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
         {
             throw failure;
+        }
+    }
+
+    private Task<bool>? _implicitlyReadCommitted;
+
+    /// <summary>Whether a statement sent without a transaction runs READ COMMITTED here (the database's default isolation).</summary>
+    internal async Task<bool> ImplicitlyReadCommittedAsync(CancellationToken cancellationToken)
+    {
+        var asked = _implicitlyReadCommitted ??= ReadAsync(async connection =>
+        {
+            using var show = Command(connection, "SELECT current_setting('default_transaction_isolation')");
+            return await show.ExecuteScalarAsync(CancellationToken.None).ConfigureAwait(false) as string == "read committed";
+        }, CancellationToken.None);
+        try
+        {
+            return await asked.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception) when (!cancellationToken.IsCancellationRequested)
+        {
+            _implicitlyReadCommitted = null; // asked again next time
+            throw;
         }
     }
 

@@ -369,7 +369,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                     SELECT p.id FROM json_each($paths) j CROSS JOIN paths p ON p.account_id = $a AND p.path = j.value
                     UNION
                     SELECT r.reference FROM refs r JOIN closure c ON r.referrer = c.id)
-                SELECT {PathColumns} FROM closure c CROSS JOIN paths p ON p.id = c.id
+                SELECT {PathColumns} FROM closure c CROSS JOIN paths p ON p.id = c.id WHERE p.account_id = $a
                 """, null, ("$paths", MetadataRows.JsonArray(roots.Select(p => p.BaseName))), ("$a", account));
             return await ReadRecordsAsync(command, cancellationToken).ConfigureAwait(false);
         }, cancellationToken);
