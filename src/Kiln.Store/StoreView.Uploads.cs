@@ -381,15 +381,20 @@ public sealed partial class StoreView
     }
 
     // Moves verified blobs into place and registers their paths, all in one transaction, with the collector held off.
-    private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken, Provenance provenance = Provenance.Uploaded)
+    // shippedIn: the shared hold of the collection lock (GcLock.SharedPeriod) in force when each blob's ship began, if any.
+    private async Task CommitAsync(IReadOnlyList<Upload> uploads, CancellationToken cancellationToken, Provenance provenance = Provenance.Uploaded,
+        Func<Upload, long?>? shippedIn = null)
     {
         var ordered = TopologicalOrder(uploads);
         var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
         await using var _ = shared.ConfigureAwait(false);
+        // A blob shipped within this very hold of the lock cannot have been swept since: the commit need not look.
+        var period = _store.GcLock.SharedPeriod;
         // The blobs are independent, so several go at once: into a bucket each is at least an upload, and a batch of a
         // few hundred small NARs one after another would wait on hundreds of round trips.
         await Parallel.ForEachAsync(ordered, new ParallelOptions { MaxDegreeOfParallelism = 8, CancellationToken = cancellationToken },
-            async (upload, token) => await upload.Nar.CommitAsync(token).ConfigureAwait(false)).ConfigureAwait(false);
+            async (upload, token) => await upload.Nar.CommitAsync(period is not null && shippedIn?.Invoke(upload) == period, token).ConfigureAwait(false))
+            .ConfigureAwait(false);
 
         // The quota, checked against what is registered now (another session or front door may have added since the
         // first look) and held until these paths are: after the uploads, so the account's lock (in the database too,
@@ -459,7 +464,7 @@ public sealed partial class StoreView
 
         private readonly List<Upload> _uploads = [];
         private readonly HashSet<StorePath> _seen = [];
-        private readonly List<Task<bool>> _shipping = [];
+        private readonly List<Task<Shipment>> _shipping = [];
         private readonly SemaphoreSlim _shipSlots = new(ShippedAtOnce);
         // Cancelled by the commit: ships still waiting for a slot are left to it (it uploads more at once).
         private readonly CancellationTokenSource _committing = new();
@@ -469,6 +474,8 @@ public sealed partial class StoreView
         private bool _committed;
         private bool _commitBegun; // (and not _committed: it failed, perhaps after storing some blobs)
         private bool _disposed;
+
+        private readonly record struct Shipment(bool Stored, long? Period);
 
         public async Task AddAsync(ValidPathInfo info, Stream nar, CancellationToken cancellationToken)
         {
@@ -486,9 +493,10 @@ public sealed partial class StoreView
             _shipping.Add(ShipAsync(upload.Nar));
         }
 
-        // Whether the blob was stored ahead of its commit (into a bucket; a directory stores nothing before it). Never
-        // fails: a blob that was not is stored by the commit, which reports what goes wrong then.
-        private async Task<bool> ShipAsync(IngestedNar nar)
+        // Whether the blob was stored ahead of its commit (into a bucket; a directory stores nothing before it), and in
+        // which hold of the collection lock, if any, the upload began. Never fails: a blob that was not stored is stored by
+        // the commit, which reports what goes wrong then.
+        private async Task<Shipment> ShipAsync(IngestedNar nar)
         {
             await Task.Yield(); // the session goes on to the next NAR at once (signing a body hashes all of it)
             try
@@ -497,7 +505,10 @@ public sealed partial class StoreView
                 await _shipSlots.WaitAsync(either.Token).ConfigureAwait(false);
                 try
                 {
-                    return await nar.ShipAsync(_abandon.Token).ConfigureAwait(false);
+                    // Usually the lock is held still (this batch's last look at a path took it, and it lingers while the
+                    // client keeps sending); if it stays held until the commit, nothing can have deleted the blob.
+                    var period = view._store.GcLock.SharedPeriod;
+                    return new Shipment(await nar.ShipAsync(_abandon.Token).ConfigureAwait(false), period);
                 }
                 finally
                 {
@@ -508,16 +519,22 @@ public sealed partial class StoreView
             catch (Exception)
 #pragma warning restore CA1031
             {
-                return false;
+                return default;
             }
         }
 
         public async Task CommitAsync(CancellationToken cancellationToken)
         {
             await _committing.CancelAsync().ConfigureAwait(false);
-            await Task.WhenAll(_shipping).WaitAsync(cancellationToken).ConfigureAwait(false);
+            var shipped = await Task.WhenAll(_shipping).WaitAsync(cancellationToken).ConfigureAwait(false);
             _commitBegun = true;
-            await view.CommitAsync(_uploads, cancellationToken).ConfigureAwait(false);
+            var shippedIn = new Dictionary<IngestedNar, long?>(ReferenceEqualityComparer.Instance);
+            for (var i = 0; i < _uploads.Count; i++)
+            {
+                shippedIn[_uploads[i].Nar] = shipped[i].Stored ? shipped[i].Period : null;
+            }
+
+            await view.CommitAsync(_uploads, cancellationToken, shippedIn: u => shippedIn[u.Nar]).ConfigureAwait(false);
             _committed = true;
         }
 
@@ -535,7 +552,7 @@ public sealed partial class StoreView
             var shipped = await Task.WhenAll(_shipping).ConfigureAwait(false);
             if (!_committed)
             {
-                await ForgetShippedAsync(_uploads.Where((_, i) => shipped[i] || _commitBegun).Select(u => u.Nar.NarHash).ToHashSet()).ConfigureAwait(false);
+                await ForgetShippedAsync(_uploads.Where((_, i) => shipped[i].Stored || _commitBegun).Select(u => u.Nar.NarHash).ToHashSet()).ConfigureAwait(false);
             }
 
             foreach (var upload in _uploads)

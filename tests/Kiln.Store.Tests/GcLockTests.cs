@@ -106,6 +106,43 @@ public sealed class GcLockTests
         }
     }
 
+    // The number of the shared hold in force: the same across registrations that overlap or follow within the linger,
+    // none while nothing holds the lock, and a new one after any break (a collection here, or a linger that ended) —
+    // so the same number at two moments proves no collection ran between them.
+    [Fact]
+    public async Task A_shared_hold_keeps_its_number_until_the_lock_is_let_go()
+    {
+        var database = new Database();
+        using var gcLock = new GcLock(database.LockAsync, TimeSpan.Zero, linger: TimeSpan.FromHours(1));
+        Assert.Null(gcLock.SharedPeriod);
+        var first = await gcLock.SharedAsync(default);
+        var period = gcLock.SharedPeriod;
+        Assert.NotNull(period);
+        var second = await gcLock.SharedAsync(default);
+        await first.DisposeAsync();
+        Assert.Equal(period, gcLock.SharedPeriod);
+        await second.DisposeAsync();
+        Assert.Equal(period, gcLock.SharedPeriod); // lingering: still held
+        await (await gcLock.SharedAsync(default)).DisposeAsync();
+        Assert.Equal(period, gcLock.SharedPeriod);
+
+        await (await gcLock.ExclusiveAsync(default).WaitAsync(Patience)).DisposeAsync();
+        Assert.Null(gcLock.SharedPeriod);
+        await using (await gcLock.SharedAsync(default))
+        {
+            Assert.NotNull(gcLock.SharedPeriod);
+            Assert.NotEqual(period, gcLock.SharedPeriod);
+            period = gcLock.SharedPeriod;
+        }
+
+        await gcLock.StopLingeringAsync();
+        Assert.Null(gcLock.SharedPeriod);
+        await using (await gcLock.SharedAsync(default))
+        {
+            Assert.NotEqual(period, gcLock.SharedPeriod);
+        }
+    }
+
     // A collection here that waits for a registration in flight gets the lock when it ends: no linger after it.
     [Fact]
     public async Task A_collection_waiting_for_a_registration_gets_the_lock_when_it_ends()

@@ -60,6 +60,27 @@ public sealed class RadosBlobStoreTests(RadosGateway rgw) : BlobStoreContract, I
         Assert.Equal(5, rgw.Requests() - before);
     }
 
+    // A blob shipped ahead of its commit is looked for again at the commit (the sweep may have taken it meanwhile),
+    // unless the caller held the collection lock all along: then the commit costs no request at all.
+    [Fact]
+    public async Task A_shipped_blob_is_looked_for_at_its_commit_only_when_the_lock_was_let_go_in_between()
+    {
+        rgw.Require();
+        var store = Create(rgw.NewLocation(), cacheBytes: 64L << 20);
+        await PutAsync(store, Bytes(1000, 45)); // the client's first request is made
+        foreach (var (kept, seed, requests) in new[] { (true, 46, 0), (false, 47, 1) })
+        {
+            await using var writer = store.CreateWriter();
+            writer.Write(Bytes(100_000, seed));
+            var hash = await writer.CompleteAsync(default);
+            Assert.True(await writer.ShipAsync(default));
+            var before = rgw.Requests();
+            await writer.CommitAsync(shippedCopyKept: kept, default);
+            Assert.Equal(requests, rgw.Requests() - before);
+            Assert.True(await store.HasAsync(hash, default));
+        }
+    }
+
     [Fact]
     public async Task Wrong_credentials_are_a_storage_failure_that_names_no_secret()
     {

@@ -163,21 +163,31 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         }
     }
 
-    [Fact]
-    public async Task A_batchs_blobs_go_into_the_bucket_as_they_arrive_and_one_swept_before_the_commit_is_sent_again()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_batchs_blobs_go_into_the_bucket_as_they_arrive_and_one_swept_before_the_commit_is_sent_again(bool shippedUnderTheLock)
     {
         // AddMultipleToStore ships each verified NAR while the next are received, before the commit takes the
         // collection lock. So the sweep of unnamed blobs may delete one in between: the commit, under the lock, finds
         // it gone and sends it again (from its spool file, which the sweep's cleaning of old temporary files spares),
-        // or the path would be registered without its NAR. The sweep here is this front door's own, which cleans.
+        // or the path would be registered without its NAR. The sweep here is this front door's own, which cleans. A
+        // commit trusts what was shipped only while one hold of the lock has lasted since the ship began (a session's
+        // temporary roots usually keep it held): here the lock is held while the batch ships, as they would, and then
+        // let go for the sweep, so the commit must look again.
         var (hello, tree) = (MetadataContract.P("shipped-hello"), MetadataContract.P("shipped-tree"));
         using (var view = await _a.OpenViewAsync("alice", default))
         {
             await using var batch = view.BeginUploads(false, true);
+            var hold = shippedUnderTheLock ? await _a.GcLock.SharedAsync(default) : null;
             await batch.AddAsync(StoreTests.Declared(hello, HelloNar), new MemoryStream(HelloNar), default);
             await batch.AddAsync(StoreTests.Declared(tree, StoreTests.TreeNar), new MemoryStream(StoreTests.TreeNar), default);
             await UntilInBucketAsync(2, HelloNar, StoreTests.TreeNar);
             Assert.Empty(await view.QueryValidPathsAsync([hello, tree], default));
+            if (hold is not null)
+            {
+                await hold.DisposeAsync();
+            }
 
             Assert.Equal(2, await _a.SweepUnnamedBlobsAsync(TimeSpan.Zero, default));
             Assert.Equal(0, InBucket(HelloNar, StoreTests.TreeNar));

@@ -43,7 +43,7 @@ public sealed record StoredBlob(NixHash Hash, long Length, DateTimeOffset Writte
 
 /// <summary>
 /// A blob being written. Bytes are SHA-256-hashed and counted as they pass; <see cref="CompleteAsync"/> ends the
-/// writing and says what the hash is; <see cref="CommitAsync"/> then makes the blob readable under that hash (or
+/// writing and says what the hash is; <see cref="CommitAsync(CancellationToken)"/> then makes the blob readable under that hash (or
 /// drops it, when that content is stored already). Disposing an uncommitted writer leaves nothing behind.
 /// </summary>
 public interface IBlobWriter : IAsyncDisposable
@@ -61,10 +61,18 @@ public interface IBlobWriter : IAsyncDisposable
     ValueTask CommitAsync(CancellationToken cancellationToken);
 
     /// <summary>
+    /// <see cref="CommitAsync(CancellationToken)"/>, told whether what <see cref="ShipAsync"/> stored is known to be there still:
+    /// true when the caller held the collection lock from before the ship began until now without a break, so no sweep
+    /// can have deleted it, and it need not be looked for.
+    /// </summary>
+    ValueTask CommitAsync(bool shippedCopyKept, CancellationToken cancellationToken) => CommitAsync(cancellationToken);
+
+    /// <summary>
     /// Moves the completed blob ahead of its commit where that is slow (an upload into a bucket), so a batch's uploads
     /// run while the rest of it is still being received. It is called without the collection lock, and what it stores
-    /// is neither readable nor safe from the sweep of unnamed blobs: <see cref="CommitAsync"/>, under the lock, then
-    /// checks it is still there (and stores it again if the sweep took it in between). A failure here is not the
+    /// is neither readable nor safe from the sweep of unnamed blobs: <see cref="CommitAsync(CancellationToken)"/>, under the lock, then
+    /// checks it is still there (and stores it again if the sweep took it in between), unless the caller held the lock
+    /// all along. A failure here is not the
     /// caller's: the commit does the whole work again and reports. Returns whether it stored anything (false where the
     /// commit does all the work, as in a directory), so an abandoned batch knows what it has to delete.
     /// </summary>

@@ -32,6 +32,9 @@ public sealed class IngestedNar(IBlobWriter blob, NixHash narHash, long narSize,
     /// <summary>Makes the blob readable under its NAR hash.</summary>
     public ValueTask CommitAsync(CancellationToken cancellationToken) => blob.CommitAsync(cancellationToken);
 
+    /// <summary>Makes the blob readable, knowing whether what was shipped is there still (see <see cref="IBlobWriter.CommitAsync(bool, CancellationToken)"/>).</summary>
+    public ValueTask CommitAsync(bool shippedCopyKept, CancellationToken cancellationToken) => blob.CommitAsync(shippedCopyKept, cancellationToken);
+
     /// <summary>Moves the blob ahead of its commit, without the collection lock (see <see cref="IBlobWriter.ShipAsync"/>).</summary>
     public ValueTask<bool> ShipAsync(CancellationToken cancellationToken) => blob.ShipAsync(cancellationToken);
 

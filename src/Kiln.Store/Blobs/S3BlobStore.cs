@@ -479,7 +479,9 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             return _shipped;
         }
 
-        public async ValueTask CommitAsync(CancellationToken cancellationToken)
+        public ValueTask CommitAsync(CancellationToken cancellationToken) => CommitAsync(shippedCopyKept: false, cancellationToken);
+
+        public async ValueTask CommitAsync(bool shippedCopyKept, CancellationToken cancellationToken)
         {
             var hash = await CompleteAsync(cancellationToken).ConfigureAwait(false);
             if (_committed)
@@ -487,10 +489,12 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 return;
             }
 
-            // Shipped before the caller took the collection lock: the sweep of unnamed blobs may have deleted it since
-            // (it lists without the lock, so an older copy under the same key made it a candidate). Now, with the lock
-            // held until the registration, what is there stays there; what is not is sent again.
-            if (!_shipped || await Storage("look for a blob", () => store.LengthAsync(hash, cancellationToken)).ConfigureAwait(false) != Length)
+            // Shipped without the collection lock held all along: the sweep of unnamed blobs may have deleted it since
+            // (it lists without the lock, so an older copy under the same key made it a candidate; an abandoned batch
+            // deletes what it shipped, which may be this content). Now, with the lock held until the registration, what
+            // is there stays there; what is not is sent again. A round trip per blob, saved when the caller knows.
+            if (!_shipped || (!shippedCopyKept
+                && await Storage("look for a blob", () => store.LengthAsync(hash, cancellationToken)).ConfigureAwait(false) != Length))
             {
                 await UploadAsync(hash, cancellationToken).ConfigureAwait(false);
             }

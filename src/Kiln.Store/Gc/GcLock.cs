@@ -36,6 +36,25 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
     private int _draining; // a collection here, or a registration making way for one elsewhere, waits for the readers (under _count)
     private long _lingerGeneration; // which linger a delayed release is for (under _count)
     private Func<Task>? _beforeLettingGo; // writes what holders recorded only here to the database (TempRoots)
+    private long _periods; // shared holds begun (under _count)
+    private long? _period; // the shared hold in force, once both locks are taken, until they are let go (under _count)
+
+    /// <summary>
+    /// The shared hold in force now, or null when this process does not hold the lock shared. Each hold, from its first
+    /// reader taking the lock to the lock being let go (after the last, and any linger), has its own number: the same
+    /// number at two moments means the lock was held without a break between them, so no collection — here or, on a
+    /// shared database, at any other front door — can have run in between.
+    /// </summary>
+    public long? SharedPeriod
+    {
+        get
+        {
+            lock (_count)
+            {
+                return _period;
+            }
+        }
+    }
 
     /// <summary>
     /// Runs <paramref name="publish"/> each time a shared hold ends, before the database's lock is let go: what the holders recorded
@@ -101,6 +120,10 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
                     {
                         _sharedAcross = acrossProcesses is null ? null : await acrossProcesses(false, cancellationToken).ConfigureAwait(false);
                         _checkedAt = Environment.TickCount64;
+                        lock (_count)
+                        {
+                            _period = ++_periods;
+                        }
                     }
                     catch
                     {
@@ -208,6 +231,7 @@ public sealed class GcLock(Func<bool, CancellationToken, Task<ICollectionLock?>>
             _lingering = false;
             across = _sharedAcross;
             _sharedAcross = null;
+            _period = null; // (before the locks go)
         }
 
         await ReleaseAsync(across, shared: true).ConfigureAwait(false);
