@@ -81,6 +81,29 @@ public sealed class RadosBlobStoreTests(RadosGateway rgw) : BlobStoreContract, I
         }
     }
 
+    // The writer signs its PUT with the SHA-256 it computed as the bytes came in, not with a hash of the spool file it
+    // sends: a spool damaged on local disk in between is refused by the server, and nothing is stored under the name.
+    [Fact]
+    public async Task A_blob_changed_on_local_disk_after_it_was_hashed_is_refused_by_the_server_and_not_stored()
+    {
+        rgw.Require();
+        var cacheDirectory = _temp[$"cache-{Guid.NewGuid():N}"];
+        var store = new S3BlobStore(S3BlobLocation.Parse(rgw.NewLocation()), new LocalBlobCache(cacheDirectory, 64L << 20));
+        _stores.Add(store);
+
+        await using var writer = store.CreateWriter();
+        writer.Write(Bytes(100_000, 51));
+        var hash = await writer.CompleteAsync(default);
+        var spool = Assert.Single(Directory.GetFiles(Path.Combine(cacheDirectory, "tmp")));
+        var bytes = await File.ReadAllBytesAsync(spool);
+        bytes[500] ^= 1;
+        await File.WriteAllBytesAsync(spool, bytes);
+
+        var refused = await Assert.ThrowsAsync<IOException>(() => writer.CommitAsync(default).AsTask());
+        Assert.Contains("XAmzContentSHA256Mismatch", refused.Message, StringComparison.Ordinal);
+        Assert.False(await store.HasAsync(hash, default));
+    }
+
     [Fact]
     public async Task Wrong_credentials_are_a_storage_failure_that_names_no_secret()
     {

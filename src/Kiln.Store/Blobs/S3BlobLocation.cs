@@ -90,6 +90,10 @@ public sealed record S3BlobLocation(string Bucket, string Prefix, string Region,
         return config;
     }
 
+    /// <summary>The credentials the client for this location uses: the named file's profile, or the SDK's usual places.</summary>
+    internal AWSCredentials ResolveCredentials() =>
+        Credentials() ?? Amazon.Runtime.Credentials.DefaultAWSCredentialsIdentityResolver.GetCredentials(ClientConfig());
+
     private AWSCredentials? Credentials()
     {
         if (CredentialsFile is null && Profile is null)

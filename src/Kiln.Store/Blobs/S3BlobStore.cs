@@ -24,6 +24,8 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     private readonly S3BlobLocation _location;
     private readonly LocalBlobCache _cache;
     private readonly LiveFiles _live = new();
+    private readonly Lazy<S3SignedPut?> _signedPut;
+    private volatile bool _signedPutRefused;
 
     public S3BlobStore(S3BlobLocation location, LocalBlobCache cache)
     {
@@ -31,6 +33,33 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         _location = location;
         _cache = cache;
         _client = location.CreateClient();
+        _signedPut = new(CreateSignedPut);
+    }
+
+    // Blobs' PUTs signed here with the hash their writer computed (S3SignedPut), at the URL the SDK would use: its
+    // presigned URL for a key, less the key. Null (the SDK does every PUT) when that cannot be made, e.g. credentials
+    // that do not resolve, which the SDK's own request then reports.
+    private S3SignedPut? CreateSignedPut()
+    {
+        try
+        {
+            var key = _location.Prefix + "blobs/url";
+            var url = _client.GetPreSignedURL(new GetPreSignedUrlRequest
+            {
+                BucketName = _location.Bucket,
+                Key = key,
+                Verb = HttpVerb.PUT,
+                Expires = DateTime.UtcNow.AddHours(1),
+                Protocol = _location.Endpoint?.Scheme == "http" ? Amazon.S3.Protocol.HTTP : Amazon.S3.Protocol.HTTPS,
+            });
+            return new S3SignedPut(new Uri(url), key, _location.Region, _location.ResolveCredentials());
+        }
+#pragma warning disable CA1031 // any failure leaves the SDK to do (and report) the work
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            return null;
+        }
     }
 
     private string KeyOf(NixHash hash) => _location.Prefix + "blobs/" + hash.ToNix32() + ".nar";
@@ -303,8 +332,21 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     // memory), up to 4 at once. Unchunked: every S3-compatible server understands it (s3rver keeps aws-chunked bodies
     // verbatim), and the SDK then signs each body's SHA-256, so the server checks what it got. Returns a single PUT's
     // ETag (null for a multipart upload, whose ETag is not its content's MD5).
-    private async Task<string?> UploadAsync(string file, long length, string key, string contentType, CancellationToken cancellationToken)
+    private async Task<string?> UploadAsync(string file, long length, string key, string contentType, CancellationToken cancellationToken,
+        NixHash? sha256 = null)
     {
+        if (length <= PartSize && sha256 is { } hash && !_signedPutRefused && _signedPut.Value is { } signed)
+        {
+            try
+            {
+                return await signed.PutAsync(key, file, length, hash, contentType, cancellationToken).ConfigureAwait(false);
+            }
+            catch (S3SignedPut.Refused)
+            {
+                _signedPutRefused = true; // this server wants what only the SDK does (or refuses everything: it says why)
+            }
+        }
+
         if (length <= PartSize)
         {
             var put = await _client.PutObjectAsync(new PutObjectRequest
@@ -403,7 +445,14 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             return true;
         });
 
-    public void Dispose() => _client.Dispose();
+    public void Dispose()
+    {
+        _client.Dispose();
+        if (_signedPut.IsValueCreated)
+        {
+            _signedPut.Value?.Dispose();
+        }
+    }
 
     // Whether a PUT's ETag ("…", quoted) is the MD5 (base 16) of the bytes sent.
     private static bool IsContent(string? etag, string md5) =>
@@ -511,7 +560,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 // Sent even when the content is stored already: the upload renews the object's age, which the sweep of
                 // unnamed blobs goes by (another front door's collector must not take it before this registration), and
                 // an upload that takes as long whether or not someone stored the content tells the uploader nothing.
-                var etag = await store.UploadAsync(_path, length, store.KeyOf(hash), "application/x-nix-nar", cancellationToken).ConfigureAwait(false);
+                var etag = await store.UploadAsync(_path, length, store.KeyOf(hash), "application/x-nix-nar", cancellationToken, hash).ConfigureAwait(false);
                 if (_md5Hex is null || !IsContent(etag, _md5Hex))
                 {
                     await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
