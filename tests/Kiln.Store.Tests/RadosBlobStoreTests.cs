@@ -81,6 +81,47 @@ public sealed class RadosBlobStoreTests(RadosGateway rgw) : BlobStoreContract, I
         }
     }
 
+    // Through a store's upload batch (AddMultipleToStore): blobs shipped while the collection lock is held, and held
+    // until the commit (a session's temporary roots keep it so), cost their PUT alone; shipped without it, each is
+    // looked for again at the commit.
+    [Theory]
+    [InlineData(true, 2)]
+    [InlineData(false, 4)]
+    public async Task A_batch_shipped_within_one_hold_of_the_lock_is_committed_without_asking_the_bucket(bool held, int requests)
+    {
+        rgw.Require();
+        await using var store = await KilnStore.OpenAsync(new StoreOptions
+        {
+            DataDirectory = _temp[$"store-{Guid.NewGuid():N}"],
+            BlobStoreUrl = rgw.NewLocation(),
+        }, default);
+        using var view = await store.OpenViewAsync("alice", default);
+        var (hello, tree) = (MetadataContract.P("batch-hello"), MetadataContract.P("batch-tree"));
+        await store.Blobs.HasAsync(NixHash.Compute(NixHashAlgorithm.Sha256, Bytes(100, 53)), default); // the client's first request
+        var hold = held ? await store.GcLock.SharedAsync(default) : null;
+        var before = rgw.Requests();
+        await using (var batch = view.BeginUploads(false, true))
+        {
+            await batch.AddAsync(StoreTests.Declared(hello, StoreTests.HelloNar), new MemoryStream(StoreTests.HelloNar), default);
+            await batch.AddAsync(StoreTests.Declared(tree, StoreTests.TreeNar), new MemoryStream(StoreTests.TreeNar), default);
+            for (var waited = 0; rgw.Requests() - before < 2; waited += 20) // both shipped (a commit stops ships not begun)
+            {
+                Assert.True(waited < 10_000, "the batch's blobs were never shipped");
+                await Task.Delay(20);
+            }
+
+            await batch.CommitAsync(default);
+        }
+
+        Assert.Equal(requests, rgw.Requests() - before);
+        if (hold is not null)
+        {
+            await hold.DisposeAsync();
+        }
+
+        Assert.Equal(2, (await view.QueryValidPathsAsync([hello, tree], default)).Count);
+    }
+
     // The writer signs its PUT with the SHA-256 it computed as the bytes came in, not with a hash of the spool file it
     // sends: a spool damaged on local disk in between is refused by the server, and nothing is stored under the name.
     [Fact]
