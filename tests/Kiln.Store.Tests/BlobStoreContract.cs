@@ -187,6 +187,23 @@ public sealed class S3BlobStoreTests(S3Server server) : BlobStoreContract, IDisp
         }
     }
 
+    // s3rver stores a body whatever SHA-256 it was signed with: the store finds that out (its probe is stored, then
+    // deleted), and its writers compare the ETag with the MD5 they computed instead.
+    [Fact]
+    public async Task A_server_that_checks_no_body_is_found_out_and_its_probe_left_nowhere()
+    {
+        var location = server.NewLocation();
+        var store = Create(cacheBytes: 64L << 20, location);
+        Assert.False(await store.ChecksBodiesAsync());
+        var hash = await PutAsync(store, Bytes(100_000, 52));
+        Assert.True(await store.HasAsync(hash, default));
+
+        var parsed = S3BlobLocation.Parse(location);
+        using var client = parsed.CreateClient();
+        var listed = await client.ListObjectsV2Async(new Amazon.S3.Model.ListObjectsV2Request { BucketName = parsed.Bucket, Prefix = parsed.Prefix });
+        Assert.Equal([parsed.Prefix + "blobs/" + hash.ToNix32() + ".nar"], (listed.S3Objects ?? []).Select(o => o.Key));
+    }
+
     [Fact]
     public async Task The_local_cache_keeps_recent_blobs_within_its_bound()
     {

@@ -25,7 +25,8 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     private readonly LocalBlobCache _cache;
     private readonly LiveFiles _live = new();
     private readonly Lazy<S3SignedPut?> _signedPut;
-    private volatile bool _signedPutRefused;
+    private int _signedPutRefusals; // in a row: three, and every blob's PUT goes through the SDK
+    private readonly Lazy<Task<bool>> _checksBodies;
 
     public S3BlobStore(S3BlobLocation location, LocalBlobCache cache)
     {
@@ -34,6 +35,48 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         _cache = cache;
         _client = location.CreateClient();
         _signedPut = new(CreateSignedPut);
+        _checksBodies = new(() => Task.Run(ProbeChecksBodiesAsync));
+    }
+
+    /// <summary>
+    /// Whether the server checks a PUT's body against the SHA-256 it was signed with, as AWS S3, Ceph RGW and MinIO do
+    /// (s3rver, a test server, does not). Where it does, a blob's PUT signed with its name (<see cref="S3SignedPut"/>)
+    /// that succeeds stored exactly what was received, so its writer needs no MD5 to compare with the ETag: a third of
+    /// the hashing a push costs. Asked once, in the background, when the first blob is written; writers started before
+    /// the answer compute the MD5.
+    /// </summary>
+    internal Task<bool> ChecksBodiesAsync() => _checksBodies.Value;
+
+    private bool BodiesChecked => _checksBodies.Value is { IsCompletedSuccessfully: true, Result: true };
+
+    // A PUT of a few bytes signed with another body's hash: a server that checks refuses it as such. Anything else (it
+    // is stored, and then deleted; refused for another reason; the bucket unreachable) leaves writers checking the ETag.
+    private async Task<bool> ProbeChecksBodiesAsync()
+    {
+        if (_signedPut.Value is not { } signed)
+        {
+            return false;
+        }
+
+        var key = _location.Prefix + "probe/" + Guid.NewGuid().ToString("N");
+        try
+        {
+            var body = "kiln: does this server check a body against the SHA-256 it is signed with?"u8.ToArray();
+            var another = NixHash.Compute(NixHashAlgorithm.Sha256, "another body"u8);
+            await signed.PutAsync(key, body, another, "application/octet-stream", CancellationToken.None).ConfigureAwait(false);
+            await _client.DeleteObjectAsync(_location.Bucket, key, CancellationToken.None).ConfigureAwait(false);
+            return false;
+        }
+        catch (S3SignedPut.BodyRefused)
+        {
+            return true;
+        }
+#pragma warning disable CA1031 // not knowing is the safe answer; a probe stored and not deleted is a few bytes outside blobs/
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            return false;
+        }
     }
 
     // Blobs' PUTs signed here with the hash their writer computed (S3SignedPut), at the URL the SDK would use: its
@@ -190,7 +233,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
     });
 
-    public IBlobWriter CreateWriter() => new Writer(this);
+    public IBlobWriter CreateWriter() => new Writer(this, BodiesChecked);
 
     // Never commit a blob whose object is not whole. The PUT's answer usually proves it: a single-part object's ETag is
     // the MD5 of what the server stored, which the writer computed too (belt and braces beside the signed SHA-256 of
@@ -332,19 +375,32 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
     // memory), up to 4 at once. Unchunked: every S3-compatible server understands it (s3rver keeps aws-chunked bodies
     // verbatim), and the SDK then signs each body's SHA-256, so the server checks what it got. Returns a single PUT's
     // ETag (null for a multipart upload, whose ETag is not its content's MD5).
-    private async Task<string?> UploadAsync(string file, long length, string key, string contentType, CancellationToken cancellationToken,
+    private async Task<Uploaded> UploadAsync(string file, long length, string key, string contentType, CancellationToken cancellationToken,
         NixHash? sha256 = null)
     {
-        if (length <= PartSize && sha256 is { } hash && !_signedPutRefused && _signedPut.Value is { } signed)
+        if (length <= PartSize && sha256 is { } hash && Volatile.Read(ref _signedPutRefusals) < 3 && _signedPut.Value is { } signed)
         {
             try
             {
-                return await signed.PutAsync(key, file, length, hash, contentType, cancellationToken).ConfigureAwait(false);
+                var etag = await signed.PutAsync(key, file, length, hash, contentType, cancellationToken).ConfigureAwait(false);
+                Volatile.Write(ref _signedPutRefusals, 0);
+                return new(etag, SignedWithHash: true);
             }
             catch (S3SignedPut.Refused)
             {
-                _signedPutRefused = true; // this server wants what only the SDK does (or refuses everything: it says why)
+                // This server wants what only the SDK does (or refuses everything, and the SDK says why); a refusal that
+                // passes (a clock skew the SDK corrects, an expired token it renews) leaves the next PUT signed here.
+                Interlocked.Increment(ref _signedPutRefusals);
             }
+        }
+
+        if (length <= PartSize && sha256 is { } name && !await HoldsAsync(file, name, cancellationToken).ConfigureAwait(false))
+        {
+            // The SDK signs whatever the file holds: a spool damaged since it was hashed would be stored under a name
+            // that is not its own on a server that checks no more than that signature (and where the ETag is no proof,
+            // the writer asks only for its size). A multipart upload's parts are not checked again (too costly for
+            // the large NARs that take that path): a damaged one is refused when the blob is read.
+            throw new IOException("the blob's spool file is not what was received (damaged on local disk?)") { HResult = 5 };
         }
 
         if (length <= PartSize)
@@ -357,7 +413,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 ContentType = contentType,
                 UseChunkEncoding = false,
             }, cancellationToken).ConfigureAwait(false);
-            return put.ETag;
+            return new(put.ETag, SignedWithHash: false);
         }
 
         var upload = await _client.InitiateMultipartUploadAsync(new InitiateMultipartUploadRequest
@@ -401,7 +457,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 UploadId = upload.UploadId,
                 PartETags = [.. etags],
             }, cancellationToken).ConfigureAwait(false);
-            return null;
+            return new(null, SignedWithHash: false);
         }
         catch
         {
@@ -454,18 +510,36 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         }
     }
 
+    // Whether the file's contents hash to hash.
+    private static async Task<bool> HoldsAsync(string file, NixHash hash, CancellationToken cancellationToken)
+    {
+        await using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        using var hashing = new HashingSink(NixHashAlgorithm.Sha256);
+        var buffer = new byte[1 << 18];
+        int read;
+        while ((read = await stream.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+        {
+            hashing.Append(buffer.AsSpan(0, read));
+        }
+
+        return hashing.Finish() == hash;
+    }
+
+    // An upload's answer: the ETag (a single PUT's), and whether the body was signed with the SHA-256 the caller gave.
+    private readonly record struct Uploaded(string? ETag, bool SignedWithHash);
+
     // Whether a PUT's ETag ("…", quoted) is the MD5 (base 16) of the bytes sent.
     private static bool IsContent(string? etag, string md5) =>
         etag is not null && etag.Trim('"').Equals(md5, StringComparison.OrdinalIgnoreCase);
 
     /// <summary>A blob spooled to local disk while it is hashed, uploaded on commit, then kept in the local cache.</summary>
-    private sealed class Writer(S3BlobStore store) : IBlobWriter
+    private sealed class Writer(S3BlobStore store, bool bodyChecked) : IBlobWriter
     {
         private readonly string _path = store._live.Add(store._cache.NewSpoolPath());
         private readonly HashingSink _hash = new(NixHashAlgorithm.Sha256);
-        // What the bucket's ETag for a single-part object will be; none beyond a part (a multipart ETag is no MD5), or
-        // where the system's crypto refuses MD5 (FIPS): its size is asked for instead.
-        private HashingSink? _md5 = new(NixHashAlgorithm.Md5);
+        // What the bucket's ETag for a single-part object will be, unless the server checks bodies; none beyond a part (a
+        // multipart ETag is no MD5), or where the system's crypto refuses MD5 (FIPS): its size is asked for instead.
+        private HashingSink? _md5 = bodyChecked ? null : new(NixHashAlgorithm.Md5);
         private string? _md5Hex;
         private FileStream? _file;
         private NixHash? _completed;
@@ -560,8 +634,9 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 // Sent even when the content is stored already: the upload renews the object's age, which the sweep of
                 // unnamed blobs goes by (another front door's collector must not take it before this registration), and
                 // an upload that takes as long whether or not someone stored the content tells the uploader nothing.
-                var etag = await store.UploadAsync(_path, length, store.KeyOf(hash), "application/x-nix-nar", cancellationToken, hash).ConfigureAwait(false);
-                if (_md5Hex is null || !IsContent(etag, _md5Hex))
+                var uploaded = await store.UploadAsync(_path, length, store.KeyOf(hash), "application/x-nix-nar", cancellationToken, hash).ConfigureAwait(false);
+                // Proof enough: a server that checks bodies took one signed with the blob's name; else the ETag, or the size.
+                if (!(bodyChecked && uploaded.SignedWithHash) && (_md5Hex is null || !IsContent(uploaded.ETag, _md5Hex)))
                 {
                     await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
                 }

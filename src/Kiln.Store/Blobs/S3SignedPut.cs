@@ -41,7 +41,12 @@ internal sealed class S3SignedPut : IDisposable
         _base = new Uri(keyUrl.GetLeftPart(UriPartial.Authority) + path[..^encodedKey.Length]);
         _region = region;
         _credentials = credentials;
-        _http = new HttpClient(new SocketsHttpHandler { PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30), AutomaticDecompression = DecompressionMethods.None })
+        _http = new HttpClient(new SocketsHttpHandler
+        {
+            PooledConnectionIdleTimeout = TimeSpan.FromSeconds(30),
+            AutomaticDecompression = DecompressionMethods.None,
+            AllowAutoRedirect = false, // a redirect (a bucket in another region) is the SDK's to follow
+        })
         {
             Timeout = Timeout.InfiniteTimeSpan,
         };
@@ -50,16 +55,32 @@ internal sealed class S3SignedPut : IDisposable
     /// <summary>The server refused the request for a reason other than its body: the SDK should try.</summary>
     public sealed class Refused(string message) : Exception(message);
 
+    /// <summary>The server refused the body: it is not what the SHA-256 it was signed with says (a storage failure).</summary>
+    public sealed class BodyRefused(string code) : IOException($"the blob store refused a blob whose contents are not what was received ({code})")
+    {
+        public string Code => code;
+    }
+
     /// <summary>PUTs <paramref name="file"/> as <paramref name="key"/>; returns the ETag. Transient failures are tried again.</summary>
     /// <exception cref="Refused">A refusal that is not about the body (a signature, a permission, a feature).</exception>
-    /// <exception cref="HttpRequestException">The server unreachable or failing, or the body refused.</exception>
-    public async Task<string?> PutAsync(string key, string file, long length, NixHash sha256, string contentType, CancellationToken cancellationToken)
+    /// <exception cref="BodyRefused">The body is not what its SHA-256 says.</exception>
+    /// <exception cref="HttpRequestException">The server unreachable or failing.</exception>
+    public Task<string?> PutAsync(string key, string file, long length, NixHash sha256, string contentType, CancellationToken cancellationToken) =>
+        PutAsync(key, () => new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.Asynchronous | FileOptions.SequentialScan),
+            length, sha256, contentType, cancellationToken);
+
+    /// <summary>PUTs a few bytes held in memory (<see cref="PutAsync(string, string, long, NixHash, string, CancellationToken)"/>).</summary>
+    public Task<string?> PutAsync(string key, byte[] body, NixHash sha256, string contentType, CancellationToken cancellationToken) =>
+        PutAsync(key, () => new MemoryStream(body, writable: false), body.Length, sha256, contentType, cancellationToken);
+
+    // open: the body, from its start, once per attempt.
+    private async Task<string?> PutAsync(string key, Func<Stream> open, long length, NixHash sha256, string contentType, CancellationToken cancellationToken)
     {
         for (var attempt = 1; ; attempt++)
         {
             try
             {
-                return await PutOnceAsync(key, file, length, sha256, contentType, cancellationToken).ConfigureAwait(false);
+                return await PutOnceAsync(key, open, length, sha256, contentType, cancellationToken).ConfigureAwait(false);
             }
             catch (HttpRequestException e) when (attempt < 3 && e.StatusCode is null or >= HttpStatusCode.InternalServerError
                 && !cancellationToken.IsCancellationRequested)
@@ -69,7 +90,7 @@ internal sealed class S3SignedPut : IDisposable
         }
     }
 
-    private async Task<string?> PutOnceAsync(string key, string file, long length, NixHash sha256, string contentType, CancellationToken cancellationToken)
+    private async Task<string?> PutOnceAsync(string key, Func<Stream> open, long length, NixHash sha256, string contentType, CancellationToken cancellationToken)
     {
         var identity = await _credentials.GetCredentialsAsync().ConfigureAwait(false);
         var now = DateTime.UtcNow;
@@ -99,7 +120,7 @@ internal sealed class S3SignedPut : IDisposable
         var toSign = $"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{Hex(SHA256.HashData(Encoding.UTF8.GetBytes(canonical.ToString())))}";
         var signature = Hex(HMACSHA256.HashData(SigningKey(identity.SecretKey, day), Encoding.UTF8.GetBytes(toSign)));
 
-        await using var body = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        await using var body = open();
         using var request = new HttpRequestMessage(HttpMethod.Put, uri) { Content = new StreamContent(body, 1 << 18) };
         request.Content.Headers.ContentLength = length;
         request.Content.Headers.ContentType = MediaTypeHeaderValue.Parse(contentType);
@@ -116,9 +137,14 @@ internal sealed class S3SignedPut : IDisposable
             return response.Headers.ETag?.Tag ?? (response.Headers.TryGetValues("ETag", out var etags) ? etags.FirstOrDefault() : null);
         }
 
-        var code = ErrorCode(await response.Content.ReadAsStringAsync(cancellationToken).ConfigureAwait(false));
+        var code = ErrorCode(await ReadErrorAsync(response, cancellationToken).ConfigureAwait(false));
         var status = (int)response.StatusCode;
-        if (status is >= 400 and < 500 && !BodyRefusals.Contains(code))
+        if (BodyRefusals.Contains(code))
+        {
+            throw new BodyRefused(code) { HResult = 5 };
+        }
+
+        if (status < 500)
         {
             throw new Refused($"{status} {code}");
         }
@@ -145,6 +171,21 @@ internal sealed class S3SignedPut : IDisposable
     }
 
     private sealed record SigningKeyOf(string Day, string Secret, byte[] Key);
+
+    // The start of an error's body, enough for its code: never all of what a server may send.
+    private static async Task<string> ReadErrorAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        await using var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+        var buffer = new byte[4096];
+        var length = 0;
+        int read;
+        while (length < buffer.Length && (read = await stream.ReadAsync(buffer.AsMemory(length), cancellationToken).ConfigureAwait(false)) > 0)
+        {
+            length += read;
+        }
+
+        return Encoding.UTF8.GetString(buffer, 0, length);
+    }
 
     // An S3 error's <Code>, never its message (which may echo the request); "" when there is none.
     private static string ErrorCode(string body)
