@@ -69,6 +69,7 @@ public sealed class RadosBlobStoreTests(RadosGateway rgw) : BlobStoreContract, I
     {
         rgw.Require();
         var store = Create(rgw.NewLocation(), cacheBytes: 64L << 20);
+        Assert.True(await store.ChecksBodiesAsync()); // (its probe not among the requests counted)
         await PutAsync(store, Bytes(1000, 45)); // the client's first request is made
         foreach (var (kept, seed, requests) in new[] { (true, 46, 0), (false, 47, 1) })
         {
@@ -144,7 +145,8 @@ public sealed class RadosBlobStoreTests(RadosGateway rgw) : BlobStoreContract, I
         bytes[500] ^= 1;
         await File.WriteAllBytesAsync(spool, bytes);
 
-        var refused = await Assert.ThrowsAnyAsync<IOException>(() => writer.CommitAsync(default).AsTask());
+        var refused = await Assert.ThrowsAsync<IOException>(() => writer.CommitAsync(default).AsTask()); // a storage failure
+        Assert.Equal(5, refused.HResult);
         Assert.Contains("XAmzContentSHA256Mismatch", refused.Message, StringComparison.Ordinal);
         Assert.False(await store.HasAsync(hash, default));
     }

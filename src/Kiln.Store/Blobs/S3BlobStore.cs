@@ -63,8 +63,9 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         {
             var body = "kiln: does this server check a body against the SHA-256 it is signed with?"u8.ToArray();
             var another = NixHash.Compute(NixHashAlgorithm.Sha256, "another body"u8);
-            await signed.PutAsync(key, body, another, "application/octet-stream", CancellationToken.None).ConfigureAwait(false);
-            await _client.DeleteObjectAsync(_location.Bucket, key, CancellationToken.None).ConfigureAwait(false);
+            using var patience = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            await signed.PutAsync(key, body, another, "application/octet-stream", patience.Token).ConfigureAwait(false);
+            await _client.DeleteObjectAsync(_location.Bucket, key, patience.Token).ConfigureAwait(false);
             return false;
         }
         catch (S3SignedPut.BodyRefused)
@@ -386,6 +387,10 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 Volatile.Write(ref _signedPutRefusals, 0);
                 return new(etag, SignedWithHash: true);
             }
+            catch (S3SignedPut.BodyRefused e)
+            {
+                throw new IOException(e.Message, e) { HResult = 5 }; // a storage failure, as every front door reports one
+            }
             catch (S3SignedPut.Refused)
             {
                 // This server wants what only the SDK does (or refuses everything, and the SDK says why); a refusal that
@@ -638,6 +643,13 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 // Proof enough: a server that checks bodies took one signed with the blob's name; else the ETag, or the size.
                 if (!(bodyChecked && uploaded.SignedWithHash) && (_md5Hex is null || !IsContent(uploaded.ETag, _md5Hex)))
                 {
+                    // An ETag that is not the MD5 received (SSE-KMS, or what was sent is not what was received): the
+                    // spool, what was sent, is looked at again, so the size asked for next is no check of a damaged one.
+                    if (_md5Hex is not null && length <= PartSize && !await HoldsAsync(_path, hash, cancellationToken).ConfigureAwait(false))
+                    {
+                        throw new IOException("the blob's spool file is not what was received (damaged on local disk?)") { HResult = 5 };
+                    }
+
                     await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);
                 }
 

@@ -55,11 +55,8 @@ internal sealed class S3SignedPut : IDisposable
     /// <summary>The server refused the request for a reason other than its body: the SDK should try.</summary>
     public sealed class Refused(string message) : Exception(message);
 
-    /// <summary>The server refused the body: it is not what the SHA-256 it was signed with says (a storage failure).</summary>
-    public sealed class BodyRefused(string code) : IOException($"the blob store refused a blob whose contents are not what was received ({code})")
-    {
-        public string Code => code;
-    }
+    /// <summary>The server refused the body: it is not what the SHA-256 it was signed with says.</summary>
+    public sealed class BodyRefused(string code) : Exception($"the blob store refused a blob whose contents are not what was received ({code})");
 
     /// <summary>PUTs <paramref name="file"/> as <paramref name="key"/>; returns the ETag. Transient failures are tried again.</summary>
     /// <exception cref="Refused">A refusal that is not about the body (a signature, a permission, a feature).</exception>
@@ -141,7 +138,7 @@ internal sealed class S3SignedPut : IDisposable
         var status = (int)response.StatusCode;
         if (BodyRefusals.Contains(code))
         {
-            throw new BodyRefused(code) { HResult = 5 };
+            throw new BodyRefused(code);
         }
 
         if (status < 500)
@@ -175,16 +172,24 @@ internal sealed class S3SignedPut : IDisposable
     // The start of an error's body, enough for its code: never all of what a server may send.
     private static async Task<string> ReadErrorAsync(HttpResponseMessage response, CancellationToken cancellationToken)
     {
-        await using var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-        var buffer = new byte[4096];
-        var length = 0;
-        int read;
-        while (length < buffer.Length && (read = await stream.ReadAsync(buffer.AsMemory(length), cancellationToken).ConfigureAwait(false)) > 0)
+        try
         {
-            length += read;
-        }
+            await using var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
+            var buffer = new byte[4096];
+            var length = 0;
+            int read;
+            while (length < buffer.Length && (read = await stream.ReadAsync(buffer.AsMemory(length), cancellationToken).ConfigureAwait(false)) > 0)
+            {
+                length += read;
+            }
 
-        return Encoding.UTF8.GetString(buffer, 0, length);
+            return Encoding.UTF8.GetString(buffer, 0, length);
+        }
+        catch (IOException e)
+        {
+            // Cut off: a failure of the server or the way to it (tried again, then a storage failure), not a refusal.
+            throw new HttpRequestException($"the server's answer ({(int)response.StatusCode}) was cut off", e);
+        }
     }
 
     // An S3 error's <Code>, never its message (which may echo the request); "" when there is none.
