@@ -16,7 +16,7 @@ public abstract class BlobStoreContract
 {
     protected abstract IBlobStore Create();
 
-    protected static byte[] Bytes(int length, int seed)
+    internal static byte[] Bytes(int length, int seed)
     {
         var data = new byte[length];
         new Random(seed).NextBytes(data);

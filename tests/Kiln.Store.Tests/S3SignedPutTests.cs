@@ -109,13 +109,6 @@ public sealed class S3SignedPutTests : IDisposable
         return store;
     }
 
-    private static byte[] Bytes(int length, int seed)
-    {
-        var data = new byte[length];
-        new Random(seed).NextBytes(data);
-        return data;
-    }
-
     // A refusal of the request, not of its body: as old Garage doubted a body, or as AWS sends a bucket in another
     // region elsewhere (a redirect, not followed: the SDK knows where to go).
     [Theory]
@@ -128,7 +121,7 @@ public sealed class S3SignedPutTests : IDisposable
         for (var i = 0; i < 4; i++)
         {
             await using var writer = store.CreateWriter();
-            writer.Write(Bytes(10_000, i));
+            writer.Write(BlobStoreContract.Bytes(10_000, i));
             await writer.CompleteAsync(default);
             await writer.CommitAsync(default);
             Assert.Equal(i < 3 ? ["PUT kiln", "PUT sdk"] : ["PUT sdk"], Requests());
@@ -140,7 +133,7 @@ public sealed class S3SignedPutTests : IDisposable
     {
         using var store = await CreateProbedAsync();
         await using var writer = store.CreateWriter();
-        writer.Write(Bytes(10_000, 9));
+        writer.Write(BlobStoreContract.Bytes(10_000, 9));
         await writer.CompleteAsync(default);
         var spool = Assert.Single(Directory.GetFiles(Path.Combine(_temp["cache"], "tmp")));
         var bytes = await File.ReadAllBytesAsync(spool);

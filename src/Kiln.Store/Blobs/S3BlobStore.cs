@@ -94,7 +94,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 Key = key,
                 Verb = HttpVerb.PUT,
                 Expires = DateTime.UtcNow.AddHours(1),
-                Protocol = _location.Endpoint?.Scheme == "http" ? Amazon.S3.Protocol.HTTP : Amazon.S3.Protocol.HTTPS,
+                Protocol = Scheme,
             });
             return new S3SignedPut(new Uri(url), key, _location.Region, _location.ResolveCredentials());
         }
@@ -105,6 +105,9 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             return null;
         }
     }
+
+    // How the bucket is reached, for URLs signed here: as the endpoint says, else HTTPS.
+    private Amazon.S3.Protocol Scheme => _location.Endpoint?.Scheme == "http" ? Amazon.S3.Protocol.HTTP : Amazon.S3.Protocol.HTTPS;
 
     private string KeyOf(NixHash hash) => _location.Prefix + "blobs/" + hash.ToNix32() + ".nar";
 
@@ -320,7 +323,7 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 Key = KeyOf(hash),
                 Verb = HttpVerb.GET,
                 Expires = DateTime.UtcNow + lifetime,
-                Protocol = _location.Endpoint?.Scheme == "http" ? Amazon.S3.Protocol.HTTP : Amazon.S3.Protocol.HTTPS,
+                Protocol = Scheme,
             });
             return new Uri(url);
         }
@@ -399,13 +402,13 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             }
         }
 
-        if (length <= PartSize && sha256 is { } name && !await HoldsAsync(file, name, cancellationToken).ConfigureAwait(false))
+        if (length <= PartSize && sha256 is { } name)
         {
             // The SDK signs whatever the file holds: a spool damaged since it was hashed would be stored under a name
             // that is not its own on a server that checks no more than that signature (and where the ETag is no proof,
             // the writer asks only for its size). A multipart upload's parts are not checked again (too costly for
             // the large NARs that take that path): a damaged one is refused when the blob is read.
-            throw new IOException("the blob's spool file is not what was received (damaged on local disk?)") { HResult = 5 };
+            await EnsureHoldsAsync(file, name, cancellationToken).ConfigureAwait(false);
         }
 
         if (length <= PartSize)
@@ -515,19 +518,16 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         }
     }
 
-    // Whether the file's contents hash to hash.
-    private static async Task<bool> HoldsAsync(string file, NixHash hash, CancellationToken cancellationToken)
+    // A blob's spool must still hash to the blob's name before anything trusts what was sent from it (a storage failure if not).
+    private static async Task EnsureHoldsAsync(string spool, NixHash hash, CancellationToken cancellationToken)
     {
-        await using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.Asynchronous | FileOptions.SequentialScan);
-        using var hashing = new HashingSink(NixHashAlgorithm.Sha256);
-        var buffer = new byte[1 << 18];
-        int read;
-        while ((read = await stream.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+        await using var stream = new FileStream(spool, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        await using var hashing = new HashingStream(NixHashAlgorithm.Sha256);
+        await stream.CopyToAsync(hashing, 1 << 18, cancellationToken).ConfigureAwait(false);
+        if (hashing.Finish() != hash)
         {
-            hashing.Append(buffer.AsSpan(0, read));
+            throw new IOException("the blob's spool file is not what was received (damaged on local disk?)") { HResult = 5 };
         }
-
-        return hashing.Finish() == hash;
     }
 
     // An upload's answer: the ETag (a single PUT's), and whether the body was signed with the SHA-256 the caller gave.
@@ -645,9 +645,9 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 {
                     // An ETag that is not the MD5 received (SSE-KMS, or what was sent is not what was received): the
                     // spool, what was sent, is looked at again, so the size asked for next is no check of a damaged one.
-                    if (_md5Hex is not null && length <= PartSize && !await HoldsAsync(_path, hash, cancellationToken).ConfigureAwait(false))
+                    if (_md5Hex is not null && length <= PartSize)
                     {
-                        throw new IOException("the blob's spool file is not what was received (damaged on local disk?)") { HResult = 5 };
+                        await EnsureHoldsAsync(_path, hash, cancellationToken).ConfigureAwait(false);
                     }
 
                     await store.ExpectLengthAsync(hash, length, cancellationToken).ConfigureAwait(false);

@@ -97,7 +97,7 @@ internal sealed class S3SignedPut : IDisposable
         var day = stamp[..8];
 
         // Signed: the host, the body's hash, the time, and the session token when there is one; all in sorted order.
-        var host = uri.IsDefaultPort ? uri.Host : uri.Host + ":" + uri.Port.ToString(CultureInfo.InvariantCulture);
+        var host = uri.Authority; // (the port only when it is not the scheme's, as HttpClient sends Host)
         var signed = new List<(string Name, string Value)> { ("host", host), ("x-amz-content-sha256", payload), ("x-amz-date", stamp) };
         if (identity.UseToken)
         {
@@ -121,7 +121,7 @@ internal sealed class S3SignedPut : IDisposable
         using var request = new HttpRequestMessage(HttpMethod.Put, uri) { Content = new StreamContent(body, 1 << 18) };
         request.Content.Headers.ContentLength = length;
         request.Content.Headers.ContentType = MediaTypeHeaderValue.Parse(contentType);
-        foreach (var (name, value) in signed.Skip(1))
+        foreach (var (name, value) in signed.Skip(1)) // all but Host, which HttpClient sends itself
         {
             request.Headers.TryAddWithoutValidation(name, value);
         }
