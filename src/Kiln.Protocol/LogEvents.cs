@@ -36,6 +36,7 @@ public static class LogEvents
     public const int BuildLogNotShared = 5005;
     public const int StepClaimLost = 5006;
     public const int QueueBoardFailed = 5007;
+    public const int BuildRecordNotWritten = 5008;
     public const int AgentStarted = 5010;
     public const int AgentFailed = 5011;
     public const int AgentStopped = 5012;

@@ -466,6 +466,16 @@ public sealed partial class BuildScheduler
                 }, CancellationToken.None).ConfigureAwait(false);
             }
         }
+#pragma warning disable CA1031 // a failed build's own reason is what its clients need, not the record's
+        catch (Exception e) when (!outcome.Succeeded)
+#pragma warning restore CA1031
+        {
+            // A build that filled the disk fails, and then its record (on the same disk) cannot be written either: its
+            // clients hear why the build failed, not that the disk is full. The record, left running without a claim,
+            // is recorded as failed by the claims' next sweep (AbandonRunningBuildsAsync). A build that succeeded
+            // still fails with the record's error, as before: other front doors reuse a build through its record.
+            LogRecordNotWritten(_logger, id, e);
+        }
         finally
         {
             // After the record: a front door waiting on the claim finds the build's end before it could claim the step.
@@ -849,6 +859,9 @@ public sealed partial class BuildScheduler
 
     [LoggerMessage(EventId = LogEvents.StepClaimLost, Level = LogLevel.Warning, Message = "lost the claim on building {DrvPath} (another front door builds it now): the build here is stopped")]
     private static partial void LogClaimLost(ILogger logger, string drvPath);
+
+    [LoggerMessage(EventId = LogEvents.BuildRecordNotWritten, Level = LogLevel.Error, Message = "the end of build {Id}, which failed, could not be recorded")]
+    private static partial void LogRecordNotWritten(ILogger logger, long id, Exception exception);
 
     [LoggerMessage(EventId = LogEvents.BuildLogNotShared, Level = LogLevel.Warning, Message = "the log of build {Id} could not be shared with other front doors")]
     private static partial void LogLogNotShared(ILogger logger, long id, Exception exception);

@@ -673,6 +673,22 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.Empty(_executor.Jobs);
     }
 
+    [Fact]
+    public async Task A_failed_build_whose_record_cannot_be_written_still_tells_its_client_why_it_failed()
+    {
+        // 20.1/20.3: a build that filled the disk fails; writing its record then fails too (the database is on that
+        // disk). The client must still hear the build's own reason, not "storage is full" in its place.
+        var scheduler = new BuildScheduler(UnfinishableBuilds.Over(_store.Builds), _store.Blobs, _queue, _store.Logs, new SchedulerOptions(), null, NullLogger.Instance);
+        var drv = await DerivationAsync("a", "broken");
+        _executor.Failing.Add("broken");
+        using var view = await _store.OpenViewAsync("a", default);
+
+        var results = await scheduler.ForSession(view).BuildPathsAsync([new DerivedPath.Built(drv, null)], new ClientBuildSettings(), new Events(), default);
+
+        Assert.Equal(BuildStatus.PermanentFailure, results.Single().Status);
+        Assert.Contains($"builder for '{drv}' failed with exit code 1", results.Single().ErrorMessage, StringComparison.Ordinal);
+    }
+
     private static async Task WaitUntil(Func<bool> condition)
     {
         for (var i = 0; i < 500 && !condition(); i++)
@@ -683,3 +699,24 @@ public sealed class SchedulerTests : IAsyncLifetime
         Assert.True(condition());
     }
 }
+
+// Build records that cannot be finished, as on a full disk: FinishBuildAsync fails with ENOSPC, everything else is the
+// real store's.
+#pragma warning disable CA1852 // DispatchProxy derives from it at run time
+internal class UnfinishableBuilds : System.Reflection.DispatchProxy
+{
+    private IBuildMetadata _inner = null!;
+
+    public static IBuildMetadata Over(IBuildMetadata inner)
+    {
+        var proxy = Create<IBuildMetadata, UnfinishableBuilds>();
+        ((UnfinishableBuilds)(object)proxy)._inner = inner;
+        return proxy;
+    }
+
+    protected override object? Invoke(System.Reflection.MethodInfo? targetMethod, object?[]? args) =>
+        targetMethod!.Name == nameof(IBuildMetadata.FinishBuildAsync)
+            ? Task.FromException(new IOException("No space left on device", 28))
+            : targetMethod.Invoke(_inner, args);
+}
+#pragma warning restore CA1852
