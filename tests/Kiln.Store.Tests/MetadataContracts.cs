@@ -236,6 +236,9 @@ public abstract class PathMetadataContract : MetadataContract
         var narHash = Info(path).NarHash;
         Assert.Null(await store.FindNarAsync([alice, carol], narHash, default));
         Assert.Equal(Info(path).NarSize, await store.FindNarAsync([alice, bob], narHash, default));
+        // One account (the providers may ask it their own way): its own paths' NARs only.
+        Assert.Equal(Info(path).NarSize, await store.FindNarAsync([bob], narHash, default));
+        Assert.Null(await store.FindNarAsync([alice], narHash, default));
 
         await store.AddNarFileAsync("x.nar.xz", narHash, "xz", 42, default);
         Assert.Equal((narHash, "xz"), await store.FindNarFileAsync("x.nar.xz", default));

@@ -20,20 +20,25 @@ internal static class MetadataRows
     /// The columns <see cref="ReadPath"/> reads, from <c>paths p</c>, in the provider's words for concatenating texts
     /// (<c>group_concat</c> / <c>string_agg</c>) and for a newline (<c>char(10)</c> / <c>chr(10)</c>).
     /// </summary>
+    /// <remarks>
+    /// Each reference's name is a lookup by primary key of its own, not a join: PostgreSQL's generic plan for the join
+    /// (the one a prepared statement settles on) could hash the whole paths table for every record read, which measured
+    /// 120 µs against 33 µs for one narinfo lookup on a 330-path store, and grows with the store.
+    /// </remarks>
     public static string PathColumns(string aggregate, string newline) => $"""
         p.path, p.nar_hash, p.nar_size, p.deriver, p.ca, p.registration_time, p.ultimate, p.self_reference,
         p.provenance, p.trust,
-        (SELECT {aggregate}(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id),
+        (SELECT {aggregate}((SELECT q.path FROM paths q WHERE q.id = r.reference), ' ') FROM refs r WHERE r.referrer = p.id),
         (SELECT {aggregate}(s.sig, {newline}) FROM sigs s WHERE s.path_id = p.id)
         """;
 
     /// <summary>
     /// What <see cref="ReadGraphNode"/> reads, from <c>paths p</c> of one account, in the provider's word for
-    /// concatenating texts.
+    /// concatenating texts (each reference looked up by key, as in <see cref="PathColumns"/>).
     /// </summary>
     public static string GraphColumns(string aggregate) => $"""
         p.path, p.deriver, p.nar_size, p.nar_hash,
-        (SELECT {aggregate}(q.path, ' ') FROM refs r JOIN paths q ON q.id = r.reference WHERE r.referrer = p.id),
+        (SELECT {aggregate}((SELECT q.path FROM paths q WHERE q.id = r.reference), ' ') FROM refs r WHERE r.referrer = p.id),
         p.registration_time, p.last_used
         """;
 

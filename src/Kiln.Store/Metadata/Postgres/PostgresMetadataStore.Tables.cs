@@ -10,7 +10,7 @@ public sealed partial class PostgresMetadataStore
     public async IAsyncEnumerable<object?[]> ReadTableAsync(MetadataTable table, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(table);
-        var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        var connection = await _warm.OpenAsync(cancellationToken).ConfigureAwait(false);
         await foreach (var row in MetadataTables.ReadRowsAsync(connection, table, cancellationToken).ConfigureAwait(false))
         {
             yield return row;

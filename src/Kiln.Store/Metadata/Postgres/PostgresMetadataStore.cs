@@ -15,6 +15,11 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
     private const string Channel = "kiln_path_records";
 
     private readonly NpgsqlDataSource _source;
+    private readonly WarmConnections _warm;
+
+    // Open connections kept for the next statement (WarmConnections): enough for the statements of a few clients in
+    // turn; bursts take more from the pool.
+    private const int WarmConnectionsKept = 4;
     private readonly string _connectionString; // with its password, which the data source's own copy drops
     private readonly bool _readOnly;
     private readonly CancellationTokenSource _stopping = new();
@@ -29,6 +34,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         _readOnly = readOnly;
         _connectionString = builder.ConnectionString;
         _source = NpgsqlDataSource.Create(builder);
+        _warm = new WarmConnections(_source, Math.Clamp(builder.MaxPoolSize - 1, 0, WarmConnectionsKept));
     }
 
     /// <summary>The connection settings Kiln runs with: the operator's, with Kiln's defaults where they said nothing.</summary>
@@ -85,10 +91,15 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
     {
         try
         {
-            var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-            await using (connection.ConfigureAwait(false))
+            var lease = await _warm.RentAsync(cancellationToken).ConfigureAwait(false);
+            var connection = lease.Connection;
+            try
             {
                 return await work(connection).ConfigureAwait(false);
+            }
+            finally
+            {
+                await _warm.ReturnAsync(lease).ConfigureAwait(false);
             }
         }
         catch (NpgsqlException e) when (AsStorageFailure(e, "read") is { } failure)
@@ -101,8 +112,9 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
     {
         try
         {
-            var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-            await using (connection.ConfigureAwait(false))
+            var lease = await _warm.RentAsync(cancellationToken).ConfigureAwait(false);
+            var connection = lease.Connection;
+            try
             {
                 // Asked for, not left to the server's default: what the statements' comments reason about (each statement sees
                 // what committed before it began; a row lock waited for is then read as committed) holds whatever it is.
@@ -113,6 +125,10 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
                     await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
                     return result;
                 }
+            }
+            finally
+            {
+                await _warm.ReturnAsync(lease).ConfigureAwait(false);
             }
         }
         catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
@@ -134,10 +150,15 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
 
         try
         {
-            var connection = await _source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-            await using (connection.ConfigureAwait(false))
+            var lease = await _warm.RentAsync(cancellationToken).ConfigureAwait(false);
+            var connection = lease.Connection;
+            try
             {
                 return await statement(connection).ConfigureAwait(false);
+            }
+            finally
+            {
+                await _warm.ReturnAsync(lease).ConfigureAwait(false);
             }
         }
         catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
@@ -298,6 +319,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         }
 
         await CloseLockSessionAsync().ConfigureAwait(false);
+        await _warm.DisposeAsync().ConfigureAwait(false);
         await _source.DisposeAsync().ConfigureAwait(false);
         _stopping.Dispose();
         _lockSession.Dispose();
