@@ -1,3 +1,4 @@
+using System.Data;
 using Kiln.Nix.Tests.Support;
 using Kiln.Store.Metadata.Postgres;
 using Npgsql;
@@ -21,7 +22,7 @@ public sealed class WarmConnectionsTests(PostgresServer server)
         }
         finally
         {
-            await warm.ReturnAsync(lease);
+            await warm.ReturnAsync(lease, clean: true);
         }
     }
 
@@ -42,7 +43,7 @@ public sealed class WarmConnectionsTests(PostgresServer server)
 
         foreach (var lease in burst)
         {
-            await warm.ReturnAsync(lease);
+            await warm.ReturnAsync(lease, clean: true);
         }
 
         var seen = new HashSet<int>();
@@ -65,19 +66,51 @@ public sealed class WarmConnectionsTests(PostgresServer server)
         var command = new NpgsqlCommand("SELECT generate_series(1, 100000)", busy.Connection);
         var reader = await command.ExecuteReaderAsync();
         Assert.True(await reader.ReadAsync());
-        await warm.ReturnAsync(busy);
+        await warm.ReturnAsync(busy, clean: true);
         var next = await warm.RentAsync(default);
         Assert.NotSame(busy.Connection, next.Connection);
-        await warm.ReturnAsync(next);
+        await warm.ReturnAsync(next, clean: true);
 
         // Closed by its user: not kept either; the next caller gets an open one that works.
         var closed = await warm.RentAsync(default);
         Assert.Same(next.Connection, closed.Connection); // the idle one just given back
         await closed.Connection.CloseAsync();
-        await warm.ReturnAsync(closed);
+        await warm.ReturnAsync(closed, clean: true);
         Assert.True(await BackendAsync(warm) > 0);
         await reader.DisposeAsync();
         await command.DisposeAsync();
+
+        // Idle and open, but its user failed (a rollback may have failed with it, leaving a transaction open that the
+        // connection cannot show): to the pool, which resets it. A transaction is left open here to tell the two apart.
+        var failed = await warm.RentAsync(default);
+        await using (var begin = new NpgsqlCommand("BEGIN; CREATE TEMP TABLE kiln_probe (a int)", failed.Connection))
+        {
+            await begin.ExecuteNonQueryAsync();
+        }
+
+        await warm.ReturnAsync(failed, clean: false);
+        var after = await warm.RentAsync(default);
+        await using (var status = new NpgsqlCommand("SELECT to_regclass('pg_temp.kiln_probe') IS NULL", after.Connection))
+        {
+            Assert.True((bool)(await status.ExecuteScalarAsync())!); // the transaction that made it was rolled back
+        }
+
+        Assert.NotSame(failed.Connection, after.Connection);
+        await warm.ReturnAsync(after, clean: true);
+    }
+
+    [Fact]
+    public async Task A_connection_opened_to_be_held_takes_a_kept_one_before_waiting_on_a_full_pool()
+    {
+        // Two connections in all, one kept idle: a caller that holds its connection (a quota lock) must get the kept
+        // one, not wait on the pool for the other while it sits idle (and fail after the pool's timeout of 3 s).
+        var database = new NpgsqlConnectionStringBuilder(server.CreateDatabase()) { MaxPoolSize = 2, Timeout = 3 };
+        await using var source = NpgsqlDataSource.Create(database.ConnectionString);
+        await using var warm = new WarmConnections(source, 1);
+        await warm.ReturnAsync(await warm.RentAsync(default), clean: true); // kept
+        await using var held = await warm.OpenAsync(default);
+        await using var second = await warm.OpenAsync(default).AsTask().WaitAsync(TimeSpan.FromSeconds(2));
+        Assert.Equal(ConnectionState.Open, second.State);
     }
 
     [Fact]
@@ -96,11 +129,11 @@ public sealed class WarmConnectionsTests(PostgresServer server)
         Assert.False(waiting.IsCompleted);
 
         var process = first.Connection.ProcessID;
-        await warm.ReturnAsync(first);
+        await warm.ReturnAsync(first, clean: true);
         var third = await waiting.WaitAsync(TimeSpan.FromSeconds(2));
         Assert.Equal(process, third.Connection.ProcessID); // the same server session, through the pool
-        await warm.ReturnAsync(third);
-        await warm.ReturnAsync(second);
+        await warm.ReturnAsync(third, clean: true);
+        await warm.ReturnAsync(second, clean: true);
 
         // And many callers at once on those two connections all get through.
         await Task.WhenAll(Enumerable.Range(0, 6).Select(_ => Task.Run(async () =>

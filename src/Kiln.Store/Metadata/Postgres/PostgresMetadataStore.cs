@@ -92,14 +92,16 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         try
         {
             var lease = await _warm.RentAsync(cancellationToken).ConfigureAwait(false);
-            var connection = lease.Connection;
+            var clean = false;
             try
             {
-                return await work(connection).ConfigureAwait(false);
+                var result = await work(lease.Connection).ConfigureAwait(false);
+                clean = true;
+                return result;
             }
             finally
             {
-                await _warm.ReturnAsync(lease).ConfigureAwait(false);
+                await _warm.ReturnAsync(lease, clean).ConfigureAwait(false);
             }
         }
         catch (NpgsqlException e) when (AsStorageFailure(e, "read") is { } failure)
@@ -114,6 +116,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         {
             var lease = await _warm.RentAsync(cancellationToken).ConfigureAwait(false);
             var connection = lease.Connection;
+            var clean = false;
             try
             {
                 // Asked for, not left to the server's default: what the statements' comments reason about (each statement sees
@@ -123,12 +126,13 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
                 {
                     var result = await work(connection, transaction).ConfigureAwait(false);
                     await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+                    clean = true;
                     return result;
                 }
             }
             finally
             {
-                await _warm.ReturnAsync(lease).ConfigureAwait(false);
+                await _warm.ReturnAsync(lease, clean).ConfigureAwait(false);
             }
         }
         catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
@@ -151,14 +155,16 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         try
         {
             var lease = await _warm.RentAsync(cancellationToken).ConfigureAwait(false);
-            var connection = lease.Connection;
+            var clean = false;
             try
             {
-                return await statement(connection).ConfigureAwait(false);
+                var result = await statement(lease.Connection).ConfigureAwait(false);
+                clean = true;
+                return result;
             }
             finally
             {
-                await _warm.ReturnAsync(lease).ConfigureAwait(false);
+                await _warm.ReturnAsync(lease, clean).ConfigureAwait(false);
             }
         }
         catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)

@@ -58,16 +58,12 @@ internal sealed class WarmConnections(NpgsqlDataSource source, int capacity) : I
         return new Lease(await FromPoolAsync(cancellationToken).ConfigureAwait(false), Environment.TickCount64);
     }
 
-    /// <summary>A connection from the pool itself, for one held for long or disposed by its user.</summary>
-    public async ValueTask<NpgsqlConnection> OpenAsync(CancellationToken cancellationToken)
-    {
-        lock (_gate)
-        {
-            _waiting++;
-        }
-
-        return await FromPoolAsync(cancellationToken).ConfigureAwait(false);
-    }
+    /// <summary>
+    /// A connection for one held for long or disposed by its user (it goes to the pool then): a kept one if there is
+    /// one (never left idle here while its caller waits on a full pool), else the pool's.
+    /// </summary>
+    public async ValueTask<NpgsqlConnection> OpenAsync(CancellationToken cancellationToken) =>
+        (await RentAsync(cancellationToken).ConfigureAwait(false)).Connection;
 
     // The pool's connection for a caller counted in _waiting, uncounted once it has one (or gave up).
     private async ValueTask<NpgsqlConnection> FromPoolAsync(CancellationToken cancellationToken)
@@ -86,13 +82,14 @@ internal sealed class WarmConnections(NpgsqlDataSource source, int capacity) : I
     }
 
     /// <summary>
-    /// Keeps a connection that is idle and open (nothing left running on it, no transaction: its user disposed them),
-    /// while there is room and nobody waits on the pool; anything else goes back to the pool.
+    /// Keeps a connection its user finished with cleanly (<paramref name="clean"/>: everything it ran succeeded, so no
+    /// transaction is left, whatever a failed rollback would have left) that is idle and open, while there is room
+    /// and nobody waits on the pool; anything else goes back to the pool, which resets what it must.
     /// </summary>
-    public ValueTask ReturnAsync(Lease lease)
+    public ValueTask ReturnAsync(Lease lease, bool clean)
     {
         var now = Environment.TickCount64;
-        var keep = lease.Connection.FullState == ConnectionState.Open && now - lease.FromPool < MaxKeptMilliseconds;
+        var keep = clean && lease.Connection.FullState == ConnectionState.Open && now - lease.FromPool < MaxKeptMilliseconds;
         lock (_gate)
         {
             keep = keep && _waiting == 0 && !_disposed && _kept.Count < capacity;
@@ -117,7 +114,15 @@ internal sealed class WarmConnections(NpgsqlDataSource source, int capacity) : I
 
         foreach (var (lease, _) in kept)
         {
-            await lease.Connection.DisposeAsync().ConfigureAwait(false);
+            try
+            {
+                await lease.Connection.DisposeAsync().ConfigureAwait(false);
+            }
+#pragma warning disable CA1031 // closing: one that fails to close stops none of the others
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+            }
         }
     }
 }
