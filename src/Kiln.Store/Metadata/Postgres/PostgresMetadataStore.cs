@@ -87,7 +87,35 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         return errno == 0 ? null : new IOException($"the metadata database could not be {what}: {e.Message}", e) { HResult = errno };
     }
 
-    private async Task<T> ReadAsync<T>(Func<NpgsqlConnection, Task<T>> work, CancellationToken cancellationToken)
+    private Task<T> ReadAsync<T>(Func<NpgsqlConnection, Task<T>> work, CancellationToken cancellationToken) =>
+        OnConnectionAsync(work, "read", cancellationToken);
+
+    private Task<T> WriteAsync<T>(Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work, CancellationToken cancellationToken) =>
+        OnConnectionAsync(async connection =>
+        {
+            // Asked for, not left to the server's default: what the statements' comments reason about (each statement sees
+            // what committed before it began; a row lock waited for is then read as committed) holds whatever it is.
+            var transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken).ConfigureAwait(false);
+            await using (transaction.ConfigureAwait(false))
+            {
+                var result = await work(connection, transaction).ConfigureAwait(false);
+                await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+                return result;
+            }
+        }, "written", cancellationToken);
+
+    // One statement, atomic on its own: no transaction around it, so one round trip instead of two (its COMMIT) — when
+    // the database's default isolation is READ COMMITTED, what the statements' comments reason about (asked once). On a
+    // database whose default is stricter, it gets a READ COMMITTED transaction of its own as WriteAsync gives. (Not a
+    // startup option forcing it: that would replace an operator's PGOPTIONS, and PgBouncer refuses unknown ones.)
+    private async Task<T> WriteOneAsync<T>(Func<NpgsqlConnection, Task<T>> statement, CancellationToken cancellationToken) =>
+        await ImplicitlyReadCommittedAsync(cancellationToken).ConfigureAwait(false)
+            ? await OnConnectionAsync(statement, "written", cancellationToken).ConfigureAwait(false)
+            : await WriteAsync((connection, _) => statement(connection), cancellationToken).ConfigureAwait(false);
+
+    // Runs work on a warm connection, given back kept only if the work succeeded (WarmConnections.ReturnAsync); the
+    // database's failures that are the storage's become the IOException front doors report ("could not be <what>").
+    private async Task<T> OnConnectionAsync<T>(Func<NpgsqlConnection, Task<T>> work, string what, CancellationToken cancellationToken)
     {
         try
         {
@@ -104,70 +132,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
                 await _warm.ReturnAsync(lease, clean).ConfigureAwait(false);
             }
         }
-        catch (NpgsqlException e) when (AsStorageFailure(e, "read") is { } failure)
-        {
-            throw failure;
-        }
-    }
-
-    private async Task<T> WriteAsync<T>(Func<NpgsqlConnection, NpgsqlTransaction, Task<T>> work, CancellationToken cancellationToken)
-    {
-        try
-        {
-            var lease = await _warm.RentAsync(cancellationToken).ConfigureAwait(false);
-            var connection = lease.Connection;
-            var clean = false;
-            try
-            {
-                // Asked for, not left to the server's default: what the statements' comments reason about (each statement sees
-                // what committed before it began; a row lock waited for is then read as committed) holds whatever it is.
-                var transaction = await connection.BeginTransactionAsync(System.Data.IsolationLevel.ReadCommitted, cancellationToken).ConfigureAwait(false);
-                await using (transaction.ConfigureAwait(false))
-                {
-                    var result = await work(connection, transaction).ConfigureAwait(false);
-                    await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
-                    clean = true;
-                    return result;
-                }
-            }
-            finally
-            {
-                await _warm.ReturnAsync(lease, clean).ConfigureAwait(false);
-            }
-        }
-        catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
-        {
-            throw failure;
-        }
-    }
-
-    // One statement, atomic on its own: no transaction around it, so one round trip instead of two (its COMMIT) — when
-    // the database's default isolation is READ COMMITTED, what the statements' comments reason about (asked once). On a
-    // database whose default is stricter, it gets a READ COMMITTED transaction of its own as WriteAsync gives. (Not a
-    // startup option forcing it: that would replace an operator's PGOPTIONS, and PgBouncer refuses unknown ones.)
-    private async Task<T> WriteOneAsync<T>(Func<NpgsqlConnection, Task<T>> statement, CancellationToken cancellationToken)
-    {
-        if (!await ImplicitlyReadCommittedAsync(cancellationToken).ConfigureAwait(false))
-        {
-            return await WriteAsync((connection, _) => statement(connection), cancellationToken).ConfigureAwait(false);
-        }
-
-        try
-        {
-            var lease = await _warm.RentAsync(cancellationToken).ConfigureAwait(false);
-            var clean = false;
-            try
-            {
-                var result = await statement(lease.Connection).ConfigureAwait(false);
-                clean = true;
-                return result;
-            }
-            finally
-            {
-                await _warm.ReturnAsync(lease, clean).ConfigureAwait(false);
-            }
-        }
-        catch (NpgsqlException e) when (AsStorageFailure(e, "written") is { } failure)
+        catch (NpgsqlException e) when (AsStorageFailure(e, what) is { } failure)
         {
             throw failure;
         }
