@@ -402,17 +402,17 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             }
         }
 
-        if (length <= PartSize && sha256 is { } name)
-        {
-            // The SDK signs whatever the file holds: a spool damaged since it was hashed would be stored under a name
-            // that is not its own on a server that checks no more than that signature (and where the ETag is no proof,
-            // the writer asks only for its size). A multipart upload's parts are not checked again (too costly for
-            // the large NARs that take that path): a damaged one is refused when the blob is read.
-            await EnsureHoldsAsync(file, name, cancellationToken).ConfigureAwait(false);
-        }
-
         if (length <= PartSize)
         {
+            if (sha256 is { } name)
+            {
+                // The SDK signs whatever the file holds: a spool damaged since it was hashed would be stored under a name
+                // that is not its own on a server that checks no more than that signature (and where the ETag is no
+                // proof, the writer asks only for its size). A multipart upload's parts are not checked again (too
+                // costly for the large NARs that take that path): a damaged one is refused when the blob is read.
+                await EnsureHoldsAsync(file, name, cancellationToken).ConfigureAwait(false);
+            }
+
             var put = await _client.PutObjectAsync(new PutObjectRequest
             {
                 BucketName = _location.Bucket,

@@ -55,7 +55,17 @@ internal sealed class WarmConnections(NpgsqlDataSource source, int capacity) : I
             await kept.Lease.Connection.DisposeAsync().ConfigureAwait(false);
         }
 
-        return new Lease(await FromPoolAsync(cancellationToken).ConfigureAwait(false), Environment.TickCount64);
+        try
+        {
+            return new Lease(await source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false), Environment.TickCount64);
+        }
+        finally
+        {
+            lock (_gate)
+            {
+                _waiting--; // it has one (or gave up)
+            }
+        }
     }
 
     /// <summary>
@@ -64,22 +74,6 @@ internal sealed class WarmConnections(NpgsqlDataSource source, int capacity) : I
     /// </summary>
     public async ValueTask<NpgsqlConnection> OpenAsync(CancellationToken cancellationToken) =>
         (await RentAsync(cancellationToken).ConfigureAwait(false)).Connection;
-
-    // The pool's connection for a caller counted in _waiting, uncounted once it has one (or gave up).
-    private async ValueTask<NpgsqlConnection> FromPoolAsync(CancellationToken cancellationToken)
-    {
-        try
-        {
-            return await source.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            lock (_gate)
-            {
-                _waiting--;
-            }
-        }
-    }
 
     /// <summary>
     /// Keeps a connection its user finished with cleanly (<paramref name="clean"/>: everything it ran succeeded, so no
