@@ -212,9 +212,10 @@ public sealed partial class BinaryCache
         }
 
         var info = found.Record.Info;
-        var narInfo = NarInfo.Of(info, $"nar/{info.NarHash.ToNix32()}.nar", "none", info.NarHash, info.NarSize);
+        var narFile = info.NarHash.ToNix32();
+        var narInfo = NarInfo.Of(info, $"nar/{narFile}.nar", "none", info.NarHash, info.NarSize);
         var body = Encoding.UTF8.GetBytes(narInfo.ToString());
-        _narInfos.Add(reader, hashPart, body, version, (found.Account, info.Path));
+        _narInfos.Add(reader, hashPart, body, version, (found.Account, info.Path), narFile);
         view.MarkRead(found.Account, info.Path);
         await BytesAsync(context, NarInfoType, body).ConfigureAwait(false);
     }
@@ -225,9 +226,12 @@ public sealed partial class BinaryCache
         // are compressed files kept as uploaded.
         var narHash = default(NixHash);
         var isBlob = file.EndsWith(".nar", StringComparison.Ordinal) && TryNarHash(file[..^4], out narHash);
+        // A NAR whose narinfo this view was just answered (a client asks for both, in that order) needs no second
+        // lookup of the same record: the kept answer vouches for it, under the same rules it is kept by.
+        var shown = isBlob && _narInfos.ShowsNar(view.Caller.ReadableKey, file[..^4]);
         // GET only: a presigned URL is signed for GET, and Nix asks with HEAD whether a NAR exists before uploading one.
         if (isBlob && HttpMethods.IsGet(context.Request.Method) && _options.NarRedirect is { } lifetime
-            && await view.LinkNarByHashAsync(narHash, lifetime, context.RequestAborted).ConfigureAwait(false) is { } link)
+            && (shown ? view.LinkShownNar(narHash, lifetime) : await view.LinkNarByHashAsync(narHash, lifetime, context.RequestAborted).ConfigureAwait(false)) is { } link)
         {
             // Checked like the bytes would be (the caller may read this NAR), then sent to the bucket for them. The
             // client checks what it gets against the NAR hash in the narinfo, as it does any download. Never cached:
@@ -239,8 +243,8 @@ public sealed partial class BinaryCache
             return;
         }
 
-        var blob = isBlob
-            ? await view.OpenNarByHashAsync(narHash, context.RequestAborted).ConfigureAwait(false)
+        var blob = shown ? await view.OpenShownNarAsync(narHash, context.RequestAborted).ConfigureAwait(false)
+            : isBlob ? await view.OpenNarByHashAsync(narHash, context.RequestAborted).ConfigureAwait(false)
             : NarUploads.IsNarFileName(file) ? await view.OpenKeptNarFileAsync(file, context.RequestAborted).ConfigureAwait(false) : null;
         if (blob is null)
         {

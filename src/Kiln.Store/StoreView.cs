@@ -122,6 +122,17 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
             : await _store.Blobs.OpenReadAsync(narHash, cancellationToken).ConfigureAwait(false);
 
     /// <summary>
+    /// The blob of a NAR this view was shown a record of moments ago, without looking the record up again: for a
+    /// caller that keeps what the view answered, and the rules it was answered by (the HTTP cache's narinfo answers,
+    /// dropped when any path record changes or goes). Null when its blob is gone.
+    /// </summary>
+    public async Task<Blobs.BlobSource?> OpenShownNarAsync(NixHash narHash, CancellationToken cancellationToken) =>
+        await _store.Blobs.OpenReadAsync(narHash, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>The short-lived URL of a NAR this view was shown a record of moments ago (as <see cref="OpenShownNarAsync"/>).</summary>
+    public Uri? LinkShownNar(NixHash narHash, TimeSpan lifetime) => _store.Blobs.LinkFor(narHash, lifetime);
+
+    /// <summary>
     /// A short-lived URL at which the caller may fetch a NAR straight from the blob store, when a path in the view has
     /// it and the store gives such URLs (<see cref="Blobs.IBlobStore.LinkFor"/>); null otherwise.
     /// </summary>

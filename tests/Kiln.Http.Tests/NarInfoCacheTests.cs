@@ -46,6 +46,29 @@ public sealed class NarInfoCacheTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_answer_vouches_for_its_NAR_in_its_own_view_until_a_path_record_changes()
+    {
+        var account = await _metadata.GetOrCreateAccountAsync("alice", default);
+        var path = StorePath.FromHash(new byte[20], "shown");
+        var info = new ValidPathInfo { Path = path, NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, "shown"), NarSize = 8 };
+        await _metadata.RegisterAsync(account, [new NewPath(info, Provenance.Uploaded, PathTrust.Untrusted, null)], default);
+        var nar = info.NarHash.ToNix32();
+
+        var cache = new NarInfoCache(() => _metadata.PathRecordsVersion);
+        cache.Add("1", path.HashPart, [1], cache.Version, narHash: null);
+        Assert.False(cache.ShowsNar("1", nar)); // an answer added without its NAR vouches for none
+        cache.Add("1", path.HashPart, [1], cache.Version, narHash: nar);
+        Assert.True(cache.ShowsNar("1", nar));
+        Assert.False(cache.ShowsNar("1,2", nar));
+
+        var before = cache.Version;
+        await _metadata.AddSignaturesAsync(account, path, ["k-1:" + Convert.ToBase64String(new byte[64])], default);
+        Assert.False(cache.ShowsNar("1", nar));
+        cache.Add("1", path.HashPart, [1], before, narHash: nar); // read before the change: never vouches after it
+        Assert.False(cache.ShowsNar("1", nar));
+    }
+
+    [Fact]
     public void It_stays_within_its_capacity()
     {
         var cache = new NarInfoCache(() => _metadata.PathRecordsVersion, capacity: 10);
