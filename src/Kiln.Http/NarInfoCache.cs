@@ -22,6 +22,7 @@ internal sealed class NarInfoCache(Func<long> version, int capacity = 20_000)
 
     private readonly ConcurrentDictionary<(string View, string HashPart), Entry> _entries = new();
     private readonly ConcurrentDictionary<(string View, string NarHash), Entry> _nars = new();
+    private int _added; // since the last clearing: a bound on both dictionaries, without ConcurrentDictionary.Count's taking every lock
     private long _version = version();
 
     private sealed record Entry(byte[] Body, long Version, long Until, (long Account, StorePath Path)? Owner);
@@ -48,10 +49,9 @@ internal sealed class NarInfoCache(Func<long> version, int capacity = 20_000)
     /// <summary>Keeps an answer for <paramref name="view"/>, and (<paramref name="narHash"/>, Nix32) that it shows that NAR.</summary>
     public void Add(string view, string hashPart, byte[] body, long version, (long Account, StorePath Path)? owner = null, string? narHash = null)
     {
-        if (_entries.Count >= capacity || _nars.Count >= capacity)
+        if (Interlocked.Increment(ref _added) > capacity)
         {
-            _entries.Clear();
-            _nars.Clear();
+            Clear();
         }
 
         var entry = new Entry(body, version, Environment.TickCount64 + (long)MaxAge.TotalMilliseconds, owner);
@@ -69,11 +69,16 @@ internal sealed class NarInfoCache(Func<long> version, int capacity = 20_000)
         var now = version();
         if (now != Interlocked.Exchange(ref _version, now))
         {
-            // Everything kept is older than the change.
-            _entries.Clear();
-            _nars.Clear();
+            Clear(); // everything kept is older than the change
         }
 
         return entries.TryGetValue(key, out entry) && entry.Version == now && Environment.TickCount64 < entry.Until;
+    }
+
+    private void Clear()
+    {
+        Volatile.Write(ref _added, 0);
+        _entries.Clear();
+        _nars.Clear();
     }
 }

@@ -74,10 +74,20 @@ public sealed class NarInfoCacheTests : IAsyncLifetime
         var cache = new NarInfoCache(() => _metadata.PathRecordsVersion, capacity: 10);
         for (var i = 0; i < 25; i++)
         {
-            cache.Add("1", $"hash{i}", [(byte)i], cache.Version);
+            cache.Add("1", $"hash{i}", [(byte)i], cache.Version, narHash: $"nar{i}");
         }
 
         Assert.Equal([24], cache.Find("1", "hash24"));
         Assert.Null(cache.Find("1", "hash0"));
+        Assert.True(cache.ShowsNar("1", "nar24"));
+        Assert.False(cache.ShowsNar("1", "nar0"));
+
+        // The same answer added again and again still counts towards the bound of the NARs it vouches for.
+        for (var i = 0; i < 25; i++)
+        {
+            cache.Add("1", "same", [1], cache.Version, narHash: $"other{i}");
+        }
+
+        Assert.False(cache.ShowsNar("1", "other0"));
     }
 }
