@@ -17,9 +17,12 @@ public abstract class CacheFixture : IAsyncLifetime
 
     public async ValueTask InitializeAsync()
     {
-        Store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = _temp["data"] }, default);
+        Store = await OpenStoreAsync(new StoreOptions { DataDirectory = _temp["data"] });
         _cache = new BinaryCache(Store, new BinaryCacheOptions { StagingDirectory = _temp["staging"] }, NullLogger.Instance);
     }
+
+    /// <summary>Opens the store the handler serves (a test class may put its own metadata port under it).</summary>
+    protected virtual Task<KilnStore> OpenStoreAsync(StoreOptions options) => KilnStore.OpenAsync(options, default);
 
     public async ValueTask DisposeAsync()
     {

@@ -9,8 +9,6 @@ using Kiln.Store;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
 using Kiln.Store.Metadata.Sqlite;
-using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Kiln.Http.Tests;
 
@@ -19,33 +17,22 @@ namespace Kiln.Http.Tests;
 /// the record up again (the kept narinfo answer vouches for it), but only for the view that answer was for, and only
 /// while no path record has changed or gone since: what a view may read never widens through the shortcut.
 /// </summary>
-public sealed class NarAfterNarInfoTests : IAsyncLifetime
+public sealed class NarAfterNarInfoTests : CacheFixture
 {
-    private readonly TempDir _temp = new();
     private readonly ConcurrentQueue<string> _calls = new();
-    private KilnStore _store = null!;
-    private BinaryCache _cache = null!;
 
-    public async ValueTask InitializeAsync()
+    protected override async Task<KilnStore> OpenStoreAsync(StoreOptions options)
     {
-        var data = _temp["data"];
-        Directory.CreateDirectory(data);
-        var metadata = Recording.Wrap(new SqliteMetadataStore(Path.Combine(data, "kiln.db")), _calls);
-        _store = await KilnStore.OpenAsync(new StoreOptions { DataDirectory = data }, metadata, default);
-        _cache = new BinaryCache(_store, new BinaryCacheOptions { StagingDirectory = _temp["staging"] }, NullLogger.Instance);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _store.DisposeAsync();
-        _temp.Dispose();
+        Directory.CreateDirectory(options.DataDirectory);
+        var metadata = Recording.Wrap(new SqliteMetadataStore(Path.Combine(options.DataDirectory, "kiln.db")), _calls);
+        return await KilnStore.OpenAsync(options, metadata, default);
     }
 
     [Fact]
     public async Task A_NAR_asked_for_after_its_narinfo_is_not_looked_up_again_and_one_asked_for_alone_is()
     {
-        using var cache = await _store.OpenViewAsync("company-cache", default);
-        await _store.Accounts.SetPublicCacheAsync(cache.AccountId, true, default);
+        using var cache = await Store.OpenViewAsync("company-cache", default);
+        await Store.Accounts.SetPublicCacheAsync(cache.AccountId, true, default);
         var first = await AddAsync(cache, "first");
         var second = await AddAsync(cache, "second");
 
@@ -65,16 +52,16 @@ public sealed class NarAfterNarInfoTests : IAsyncLifetime
     [Fact]
     public async Task A_NAR_shown_to_one_view_is_not_readable_through_another_nor_after_its_record_is_gone()
     {
-        using var cache = await _store.OpenViewAsync("company-cache", default);
-        using var bob = await _store.OpenViewAsync("bob", default);
-        await _store.Accounts.SetPublicCacheAsync(cache.AccountId, true, default);
+        using var cache = await Store.OpenViewAsync("company-cache", default);
+        using var bob = await Store.OpenViewAsync("bob", default);
+        await Store.Accounts.SetPublicCacheAsync(cache.AccountId, true, default);
         var shown = await AddAsync(cache, "shown");
         Assert.Equal(200, (await GetAsync($"/{shown.Path.HashPart}.narinfo")).Status); // anonymous: the public cache's view
         Assert.Equal(200, (await GetAsync($"/nar/{shown.NarHash.ToNix32()}.nar")).Status);
 
         // Bob's token reads Bob's account only: the anonymous view's answer does not vouch for him.
         var token = AccessToken.Generate();
-        await _store.Accounts.AddTokenAsync(bob.AccountId, AccessToken.Hash(token), "", KeyPermissions.StoreRead, null, default);
+        await Store.Accounts.AddTokenAsync(bob.AccountId, AccessToken.Hash(token), "", KeyPermissions.StoreRead, null, default);
         Assert.Equal(404, (await GetAsync($"/nar/{shown.NarHash.ToNix32()}.nar", token)).Status);
 
         // Bob uploads the same bytes under another name, so the blob stays when the public cache's record goes; after
@@ -82,7 +69,7 @@ public sealed class NarAfterNarInfoTests : IAsyncLifetime
         var nar = NarOf("shown");
         var copy = new ValidPathInfo { Path = StorePath.FromHash(new byte[20], "bobs-copy"), NarHash = shown.NarHash, NarSize = nar.Length };
         await bob.AddToStoreAsync(copy, new MemoryStream(nar), false, false, default);
-        await _store.Metadata.DeletePathsAsync(cache.AccountId, [shown.Path], default);
+        await Store.Metadata.DeletePathsAsync(cache.AccountId, [shown.Path], default);
         Assert.Equal(404, (await GetAsync($"/nar/{shown.NarHash.ToNix32()}.nar")).Status);
         Assert.Equal(200, (await GetAsync($"/nar/{shown.NarHash.ToNix32()}.nar", token)).Status);
     }
@@ -102,22 +89,6 @@ public sealed class NarAfterNarInfoTests : IAsyncLifetime
 
     private static byte[] NarOf(string contents) =>
         NarBuilder.Start().Tokens("(", "type", "regular", "contents", contents + "\n", ")").ToArray();
-
-    private async Task<(int Status, byte[] Body)> GetAsync(string url, string? token = null)
-    {
-        var context = new DefaultHttpContext();
-        context.Request.Method = "GET";
-        context.Request.Path = url;
-        if (token is not null)
-        {
-            context.Request.Headers.Authorization = $"Bearer {token}";
-        }
-
-        var body = new MemoryStream();
-        context.Response.Body = body;
-        await _cache.HandleAsync(context);
-        return (context.Response.StatusCode, body.ToArray());
-    }
 
     /// <summary>The metadata port, recording the name of every method called through it.</summary>
     public class Recording : DispatchProxy
