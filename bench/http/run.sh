@@ -120,9 +120,9 @@ client() { python3 "$repo/bench/lib/http-client.py" "$@"; }
 #  * on a warm server: the 30 warm-up paths' first GETs again, 20 times over 30 s, and the first GETs of 3000 tiny
 #    unrelated paths (the runtime compiles the lookup's hot code over the first few thousand of them; fewer left that
 #    compiling, on one of the two cores, in what the figure measured), Kiln then left until its CPU is idle; then the
-#    other half, three times a round. Before each pass the anonymous reader reads through another set of public caches (one more, empty, public
-#    account), and Kiln keeps answers per set, so every GET of a pass is a lookup again (the paths' database pages are
-#    cached after the first pass, as most are on a server in use).
+#    other half, three times a round. Before each pass the anonymous reader reads through another set of public
+#    caches (one more, empty, public account), and Kiln keeps answers per set, so every GET of a pass is a lookup
+#    again (the paths' database pages are cached after the first pass, as most are on a server in use).
 head -30 "$work/closure.hashes" > "$work/warm.hashes"
 tail -n +31 "$work/closure.hashes" > "$work/rest.hashes"
 half=$(($(wc -l < "$work/rest.hashes") / 2))

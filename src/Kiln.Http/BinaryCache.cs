@@ -225,10 +225,11 @@ public sealed partial class BinaryCache
         // Only nar/<NAR hash>.nar names a blob, and only when a path in the caller's view has that NAR; other names
         // are compressed files kept as uploaded.
         var narHash = default(NixHash);
-        var isBlob = file.EndsWith(".nar", StringComparison.Ordinal) && TryNarHash(file[..^4], out narHash);
+        var narName = file.EndsWith(".nar", StringComparison.Ordinal) ? file[..^4] : null;
+        var isBlob = narName is not null && TryNarHash(narName, out narHash);
         // A NAR whose narinfo this view was just answered (a client asks for both, in that order) needs no second
         // lookup of the same record: the kept answer vouches for it, under the same rules it is kept by.
-        var shown = isBlob && _narInfos.ShowsNar(view.Caller.ReadableKey, file[..^4]);
+        var shown = isBlob && _narInfos.ShowsNar(view.Caller.ReadableKey, narName!);
         // GET only: a presigned URL is signed for GET, and Nix asks with HEAD whether a NAR exists before uploading one.
         if (isBlob && HttpMethods.IsGet(context.Request.Method) && _options.NarRedirect is { } lifetime
             && (shown ? view.LinkShownNar(narHash, lifetime) : await view.LinkNarByHashAsync(narHash, lifetime, context.RequestAborted).ConfigureAwait(false)) is { } link)

@@ -26,10 +26,8 @@ public sealed class NarInfoCacheTests : IAsyncLifetime
     [Fact]
     public async Task Answers_are_kept_per_view_until_a_path_record_changes()
     {
-        var account = await _metadata.GetOrCreateAccountAsync("alice", default);
-        var path = StorePath.FromHash(new byte[20], "kept");
-        var info = new ValidPathInfo { Path = path, NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, "kept"), NarSize = 8 };
-        await _metadata.RegisterAsync(account, [new NewPath(info, Provenance.Uploaded, PathTrust.Untrusted, null)], default);
+        var (account, info) = await RegisterAsync("kept");
+        var path = info.Path;
 
         var cache = new NarInfoCache(() => _metadata.PathRecordsVersion);
         Assert.Null(cache.Find("1", path.HashPart));
@@ -48,10 +46,8 @@ public sealed class NarInfoCacheTests : IAsyncLifetime
     [Fact]
     public async Task An_answer_vouches_for_its_NAR_in_its_own_view_until_a_path_record_changes()
     {
-        var account = await _metadata.GetOrCreateAccountAsync("alice", default);
-        var path = StorePath.FromHash(new byte[20], "shown");
-        var info = new ValidPathInfo { Path = path, NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, "shown"), NarSize = 8 };
-        await _metadata.RegisterAsync(account, [new NewPath(info, Provenance.Uploaded, PathTrust.Untrusted, null)], default);
+        var (account, info) = await RegisterAsync("shown");
+        var path = info.Path;
         var nar = info.NarHash.ToNix32();
 
         var cache = new NarInfoCache(() => _metadata.PathRecordsVersion);
@@ -89,5 +85,14 @@ public sealed class NarInfoCacheTests : IAsyncLifetime
         }
 
         Assert.False(cache.ShowsNar("1", "other0"));
+    }
+
+    // A path of alice's named NAME, registered as uploaded.
+    private async Task<(long Account, ValidPathInfo Info)> RegisterAsync(string name)
+    {
+        var account = await _metadata.GetOrCreateAccountAsync("alice", default);
+        var info = new ValidPathInfo { Path = StorePath.FromHash(new byte[20], name), NarHash = NixHash.Compute(NixHashAlgorithm.Sha256, name), NarSize = 8 };
+        await _metadata.RegisterAsync(account, [new NewPath(info, Provenance.Uploaded, PathTrust.Untrusted, null)], default);
+        return (account, info);
     }
 }
