@@ -53,6 +53,9 @@ results="$repo/artifacts/test-results"
 rm -rf "$results"
 status=0
 sdk_mark="$(mktemp)"
+# kiln serve keeps the files its sshd runs under /run/kiln-ssh (tmpfs, so memory) while it runs: what a test leaves
+# there is reported below.
+runtime_before="$(ls /run/kiln-ssh 2> /dev/null || true)"
 # One run per test project, each with its own result file (tests inside a project run in parallel).
 for project in "$repo"/tests/*/*.csproj; do
   name="$(basename "$project" .csproj)"
@@ -63,6 +66,8 @@ done
 find "$(dirname "$sdk_mark")" -maxdepth 1 -regextype posix-extended -regex '.*/[A-Za-z0-9]{6}' -type d -empty -perm 700 \
   -user "$(id -u)" -newer "$sdk_mark" -exec rmdir {} + 2> /dev/null || true
 rm -f "$sdk_mark"
+left="$(comm -13 <(echo "$runtime_before" | sort) <(ls /run/kiln-ssh 2> /dev/null | sort) | tr '\n' ' ')"
+[ -z "${left// /}" ] || echo "warning: the tests left these kiln serve runtime directories in /run/kiln-ssh: $left" >&2
 
 passed=0 failed=0 skipped=0 total=0
 for trx in "$results"/*.trx; do

@@ -68,7 +68,10 @@ before=$(rss_mib "$kiln_pid")
   done
   wait ) > /dev/null 2>&1 &
 holders=$!
-sleep 10
+# Until every session's bridge is up (a hundred logins at once take a while on two cores; a count taken too early would
+# flatter the figure), then a moment for them to settle.
+for _ in $(seq 1 600); do [ "$(pgrep -xc kiln-bridge || true)" -ge "$sessions" ] && break; sleep 0.1; done
+sleep 2
 with=$(rss_mib "$kiln_pid")
 bridge_pids=($(pgrep -x kiln-bridge || true))
 sshd_pids=($(pgrep -f "sshd.*$work/kiln/ssh|sshd: kiln" || true))

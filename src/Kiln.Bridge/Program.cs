@@ -134,9 +134,10 @@ internal static class Program
 
         if (answer.StartsWith("key ", StringComparison.Ordinal) && long.TryParse(answer.AsSpan(4), out var id))
         {
-            // restrict: no forwarding, no pty unless asked (ssh -t re-enables it with pty), no user rc.
+            // restrict: no forwarding, no pty unless asked (ssh -t re-enables it with pty), no user rc. exec: the login
+            // shell sshd runs the command with becomes the bridge instead of waiting for it (no fork, no shell per session).
             using var stdout = Console.OpenStandardOutput();
-            stdout.Write(Encoding.UTF8.GetBytes($"command=\"{args[4]} {id}\",restrict,pty {type} {blob}\n"));
+            stdout.Write(Encoding.UTF8.GetBytes($"command=\"exec {args[4]} {id}\",restrict,pty {type} {blob}\n"));
         }
 
         return 0;

@@ -187,7 +187,7 @@ public class AccountCommandTests
         var id = JsonDocument.Parse(KilnCli.Ok("key", "add", "alice", known, "--data", data, "--json").StdoutText);
         var line = Assert.Single(AuthKeys(data, known));
         var blob = known.Split(' ')[1];
-        Assert.Matches($"^command=\"/opt/kiln/kiln-bridge [0-9]+\",restrict,pty ssh-ed25519 {System.Text.RegularExpressions.Regex.Escape(blob)}$", line);
+        Assert.Matches($"^command=\"exec /opt/kiln/kiln-bridge [0-9]+\",restrict,pty ssh-ed25519 {System.Text.RegularExpressions.Regex.Escape(blob)}$", line);
 
         Assert.Empty(AuthKeys(data, stranger));
         Assert.Empty(KilnCli.Ok("auth-keys", "--data", data, "--bridge", "/b", "kiln", "ssh-ed25519", "AAAA%%%").StdoutText);

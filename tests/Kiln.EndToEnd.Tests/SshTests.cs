@@ -516,7 +516,7 @@ public class SshTests
         // As sshd runs it (root): the known key gets its forced command, a stranger's nothing.
         var line = Processes.Run(script, ["kiln", offered[0], offered[1]]);
         Assert.True(line.ExitCode == 0, line.Stderr);
-        Assert.Matches($"^command=\"{System.Text.RegularExpressions.Regex.Escape(bridge)} --socket [^ ]+/bridge.sock [0-9]+\",restrict,pty {offered[0]} {System.Text.RegularExpressions.Regex.Escape(offered[1])}\n$", line.StdoutText);
+        Assert.Matches($"^command=\"exec {System.Text.RegularExpressions.Regex.Escape(bridge)} --socket [^ ]+/bridge.sock [0-9]+\",restrict,pty {offered[0]} {System.Text.RegularExpressions.Regex.Escape(offered[1])}\n$", line.StdoutText);
         var none = Processes.Run(script, ["kiln", stranger[0], stranger[1]]);
         Assert.Equal(0, none.ExitCode);
         Assert.Equal("", none.StdoutText);

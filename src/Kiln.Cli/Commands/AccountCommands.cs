@@ -330,8 +330,9 @@ internal static class AccountCommands
                 var key = await metadata.FindSshKeyAsync(offered.Type, offered.Blob, cancellationToken).ConfigureAwait(false);
                 if (key is not null && key.Enabled)
                 {
-                    // restrict: no forwarding, no pty unless asked (ssh -t re-enables it with pty), no user rc.
-                    Console.Out.Write($"command=\"{result.GetValue(bridge)} {key.Id}\",restrict,pty {key.Key.Type} {key.Key.Blob}\n");
+                    // restrict: no forwarding, no pty unless asked (ssh -t re-enables it with pty), no user rc. exec: the
+                    // login shell sshd runs the command with becomes the bridge instead of waiting for it (no fork per login).
+                    Console.Out.Write($"command=\"exec {result.GetValue(bridge)} {key.Id}\",restrict,pty {key.Key.Type} {key.Key.Blob}\n");
                 }
             }
 

@@ -19,7 +19,14 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
 
     private static readonly string[] ManagedBridgeFiles = ["kiln-bridge.dll", "kiln-bridge.runtimeconfig.json", "kiln-bridge.deps.json"];
 
-    /// <summary>Prepares the files; throws <see cref="InvalidOperationException"/> with the reason when it cannot.</summary>
+    /// <summary>
+    /// Where the server on <paramref name="dataDirectory"/> keeps the files sshd runs (the auth-keys script, the bridge's
+    /// copy): under /run, one directory per data directory so several servers on one machine keep their own. The server
+    /// removes it when it stops; one killed leaves it (on tmpfs, in memory) for its next start to reuse.
+    /// </summary>
+    public static string RuntimeDirectoryFor(string dataDirectory) =>
+        Path.Combine(RuntimeRoot, Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(dataDirectory)))[..16]);
+
     /// <summary>
     /// Stops the sshd a previous run of this data directory left (kiln serve killed with SIGKILL, or by the OOM killer,
     /// leaves its sshd child listening on the port the new one needs). The data directory's lock is held, so an sshd
@@ -51,6 +58,7 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
         }
     }
 
+    /// <summary>Prepares the files; throws <see cref="InvalidOperationException"/> with the reason when it cannot.</summary>
     public static SshInstallation Prepare(ServerOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -75,9 +83,7 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             Run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", $"kiln@{Environment.MachineName}", "-f", hostKey);
         }
 
-        // One runtime directory per data directory, so several servers on one machine keep their own.
-        var id = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(options.DataDirectory)))[..16];
-        var runtime = Path.Combine(RuntimeRoot, id);
+        var runtime = RuntimeDirectoryFor(options.DataDirectory);
         Directory.CreateDirectory(runtime);
         foreach (var dir in new[] { RuntimeRoot, runtime })
         {

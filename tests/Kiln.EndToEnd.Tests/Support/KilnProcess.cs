@@ -169,6 +169,10 @@ public sealed class KilnProcess : IDisposable
         // Its sshd child goes with it (the parent-death signal); were one left, the next kiln serve on this directory
         // would stop it, and so does this, for a test that starts none.
         global::Kiln.Server.Ssh.SshInstallation.StopOrphanedSshd(Path.Combine(DataDirectory, "ssh", "sshd.pid"), Path.Combine(DataDirectory, "ssh", "sshd_config"));
+
+        // And the files it kept under /run for sshd, which a server stopped cleanly removes: on tmpfs, each test that
+        // killed one used to leave two megabytes of memory behind until the machine restarted.
+        TempDir.Remove(global::Kiln.Server.Ssh.SshInstallation.RuntimeDirectoryFor(DataDirectory));
     }
 
     /// <summary>Stops the server with SIGTERM and returns its exit code.</summary>
