@@ -22,14 +22,16 @@ tiny_paths() {
     python3 -c 'import json, sys; print("\n".join(json.load(sys.stdin)))'
 }
 
-# settle PID: waits (at most 30 s) until the process has been all but idle for half a second: a server's runtime keeps
-# compiling the code a warm-up made hot for a while after it, on the cores the figures that follow would share.
+# settle PID…: waits (at most 30 s) until the processes have been all but idle for half a second: a server's runtime
+# keeps compiling the code a warm-up made hot for a while after it, and an S3 server finishing what a push started,
+# on the cores the figures that follow would share.
 settle() {
   local before now tries=60
-  before=$(awk '{ print $14 + $15 }' "/proc/$1/stat")
+  ticks() { local p sum=0; for p in "$@"; do sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2> /dev/null || echo 0))); done; echo $sum; }
+  before=$(ticks "$@")
   while [ $((tries -= 1)) -gt 0 ]; do
     sleep 0.5
-    now=$(awk '{ print $14 + $15 }' "/proc/$1/stat")
+    now=$(ticks "$@")
     [ $((now - before)) -gt 2 ] || return 0
     before=$now
   done

@@ -87,11 +87,18 @@ fi
 printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' "$s3_key" "$s3_secret" > "$work/s3.credentials"
 kiln_pid=
 cleanup() {
+  local status=$?
   [ -z "$kiln_pid" ] || kill "$kiln_pid" 2> /dev/null || true
   [ -z "$s3_pid" ] || kill "$s3_pid" 2> /dev/null || true
   [ ! -d "$work/rgw" ] || "$repo/tests/radosgw/stop.sh" "$work/rgw"
   wait 2> /dev/null || true
   as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -m fast -w stop > /dev/null 2>&1 || true
+  if [ "$status" != 0 ]; then
+    # A failed run keeps its servers' logs (kiln serve's per side and round, PostgreSQL's): the rest goes.
+    local logs="/var/tmp/kiln-metadata-bench-failed-$(date -u +%Y%m%dT%H%M%SZ)"
+    mkdir -p "$logs" && cp "$work"/*.log "$work/pg/server.log" "$logs/" 2> /dev/null || true
+    echo "the run failed (status $status); its logs are in $logs" >&2
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -99,9 +106,10 @@ trap cleanup EXIT
 # user + system CPU seconds a process has used so far
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 # the S3 server's processes (radosgw and its Ceph cluster, or s3rver): what the bucket costs beside Kiln
+s3_pids() { [ ! -f "$work/rgw/pids" ] || cat "$work/rgw/pids"; echo $s3_pid; }
 s3_cpu() {
   local total=0 p
-  for p in $( [ -f "$work/rgw/pids" ] && cat "$work/rgw/pids") $s3_pid; do
+  for p in $(s3_pids); do
     [ -r "/proc/$p/stat" ] && total=$(echo "$total + $(cpu_seconds "$p")" | bc)
   done
   echo "$total"
@@ -144,13 +152,15 @@ run_side() {
   "$kiln" account set local --public-cache --data "$data" > /dev/null
   client narinfo "$url" "$work/narinfo-warm-up.hashes" > /dev/null
   client narinfo "$url" "$work/warm.hashes" > /dev/null
-  settle "$kiln_pid"
+  # shellcheck disable=SC2046 # one argument per PID
+  settle "$kiln_pid" $(s3_pids)
   client narinfo "$url" "$work/first.hashes" >> "$work/$side.first"
   for _ in 1 2 3; do client narinfo "$url" "$work/closure.hashes" >> "$work/$side.cached"; done
   client narurls "$url" "$work/closure.hashes" "$work/$side.nars"
   # Untimed: warms the page cache, and (five passes, then idle again) the NAR path's code, as the narinfo warm-up did
   for _ in 1 2 3 4 5; do client nars "$url" "$work/$side.nars" 1 > /dev/null; done
-  settle "$kiln_pid"
+  # shellcheck disable=SC2046
+  settle "$kiln_pid" $(s3_pids)
   for _ in 1 2; do client nars "$url" "$work/$side.nars" 1 >> "$work/$side.nars1"; done
   rm -rf "$work/pull"
   XDG_CACHE_HOME="$work/xdg-$side-$round" seconds nix copy --derivation --no-check-sigs --from "$url" --to "local?root=$work/pull" "$top" >> "$work/$side.pull"
