@@ -67,7 +67,7 @@ find "$(dirname "$sdk_mark")" -maxdepth 1 -regextype posix-extended -regex '.*/[
   -user "$(id -u)" -newer "$sdk_mark" -exec rmdir {} + 2> /dev/null || true
 rm -f "$sdk_mark"
 left="$(comm -13 <(echo "$runtime_before" | sort) <(ls /run/kiln-ssh 2> /dev/null | sort) | tr '\n' ' ')"
-[ -z "${left// /}" ] || echo "warning: the tests left these kiln serve runtime directories in /run/kiln-ssh: $left" >&2
+[ -z "${left// /}" ] || echo "warning: these kiln serve runtime directories appeared in /run/kiln-ssh during the tests (left by a test, or made by a server outside them): $left" >&2
 
 passed=0 failed=0 skipped=0 total=0
 for trx in "$results"/*.trx; do

@@ -70,10 +70,11 @@ before=$(rss_mib "$kiln_pid")
 holders=$!
 # Until every session's bridge is up (a hundred logins at once take a while on two cores; a count taken too early would
 # flatter the figure), then a moment for them to settle.
-for _ in $(seq 1 600); do [ "$(pgrep -xc kiln-bridge || true)" -ge "$sessions" ] && break; sleep 0.1; done
+# (The login user's: sshd's AuthorizedKeysCommand runs kiln-bridge --auth-keys as root, briefly, for each login.)
+for _ in $(seq 1 600); do [ "$(pgrep -xc -u kiln kiln-bridge || true)" -ge "$sessions" ] && break; sleep 0.1; done
 sleep 2
 with=$(rss_mib "$kiln_pid")
-bridge_pids=($(pgrep -x kiln-bridge || true))
+bridge_pids=($(pgrep -x -u kiln kiln-bridge || true))
 sshd_pids=($(pgrep -f "sshd.*$work/kiln/ssh|sshd: kiln" || true))
 bridge_mib=$(( $(pss_kib "${bridge_pids[@]}") / 1024 )) sshd_mib=$(( $(pss_kib "${sshd_pids[@]}") / 1024 ))
 stop_kiln

@@ -184,6 +184,7 @@ public sealed class KilnProcess : IDisposable
             if (!_process.WaitForExit(TimeSpan.FromSeconds(30)))
             {
                 _process.Kill(entireProcessTree: true);
+                TempDir.Remove(global::Kiln.Server.Ssh.SshInstallation.RuntimeDirectoryFor(DataDirectory));
                 throw new InvalidOperationException($"kiln serve did not stop on SIGTERM:\n{Log}");
             }
         }
