@@ -104,11 +104,12 @@ public static class DiskUsage
     private static readonly string[] Options = ["-s", "-c", "-l", "-x", "-B1", "--apparent-size", "--"];
 
     /// <summary>
-    /// The same total as du gives, counted in this process, for small trees that nothing changes any more (a build's
-    /// directories once its processes are gone, an unpacked input): a du process costs a few milliseconds, which is
-    /// most of what counting a trivial build's writes costs. Walks with descriptors and raw names (names that are not
-    /// UTF-8 count as any other, a symlink is never followed); null — count with du instead — past
-    /// <paramref name="maxEntries"/> entries, 64 levels, or on anything it cannot read. Entries of the first root
+    /// The same total as du gives, counted in this process, for small trees (a build's directories, while it runs and
+    /// once its processes are gone, an unpacked input): a du process costs a few milliseconds, which is most of what
+    /// counting a trivial build's writes costs. Walks with descriptors and raw names (names that are not UTF-8 count as
+    /// any other, a symlink is never followed, a directory swapped for a link is not entered); null — count with du
+    /// instead — past <paramref name="maxEntries"/> entries, 64 levels, or on anything it cannot read (an entry
+    /// removed under the walk). Entries of the first root
     /// named in <paramref name="skipInFirstRoot"/> are left out with all they hold (a build's linked inputs, whose
     /// size the caller knows).
     /// </summary>

@@ -797,29 +797,46 @@ public sealed class SandboxExecutor : IBuildExecutor
         return total;
     }
 
-    // Measures a running build's disk usage now and then, in the background (du in its own process, so a build with
-    // many files slows neither kiln serve nor the watch of its other limits): as often as a count allows — every
-    // 250 ms, or 20 times as long as the last count took, at most every 10 s — and once more when the builder exits.
+    // Measures a running build's disk usage now and then: as often as a count allows — every 250 ms, or 20 times as
+    // long as the last count took, at most every 10 s — and once more when the builder exits. While the build's tree
+    // is small it is counted in kiln serve, a few system calls (a du process costs milliseconds of both cores' time:
+    // under load most trivial builds outlive 250 ms, and that du was most of what watching them cost); once the tree
+    // is past RunningEntries, or changes under the walk, du counts it in the background from then on (in its own
+    // process, so a build with many files slows neither kiln serve nor the watch of its other limits).
     private sealed class DiskMeter(DiskGuard.Watch watch, string[] roots, long linkedBytes, IReadOnlySet<string> linkedNames) : IDisposable
     {
         private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(60);
 
         // The most entries the final count walks in kiln serve before it leaves the count to du.
         private const int SettledEntries = 4096;
+
+        // The most entries a count while the build runs walks in kiln serve (about a millisecond's work, every 250 ms).
+        private const int RunningEntries = 1024;
         private readonly CancellationTokenSource _stop = new();
         private readonly Stopwatch _since = Stopwatch.StartNew();
         private TimeSpan _interval = TimeSpan.FromMilliseconds(250);
         private Task<DiskUsage.Count>? _counting;
+        private bool _small = true;
 
         public (BuildFailureKind, string)? Poll(BuildJob job)
         {
             if (_counting is null)
             {
-                if (_since.Elapsed >= _interval)
+                if (_since.Elapsed < _interval)
                 {
-                    _counting = DiskUsage.MeasureAsync(roots, Deadline, _stop.Token);
+                    return null;
                 }
 
+                // The walk leaves out the linked inputs, as the final count does: the build cannot change, remove or
+                // replace them (root's 0555 copies in its sticky store directory).
+                if (_small && DiskUsage.CountSettled(roots, RunningEntries, linkedNames) is { } bytes)
+                {
+                    _since.Restart();
+                    return Judge(job, new DiskUsage.Count(bytes, TimeSpan.Zero, false), linkedCounted: 0, final: false);
+                }
+
+                _small = false;
+                _counting = DiskUsage.MeasureAsync(roots, Deadline, _stop.Token);
                 return null;
             }
 
