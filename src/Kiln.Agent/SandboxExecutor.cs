@@ -801,8 +801,9 @@ public sealed class SandboxExecutor : IBuildExecutor
     // long as the last count took, at most every 10 s — and once more when the builder exits. While the build's tree
     // is small it is counted in kiln serve, a few system calls (a du process costs milliseconds of both cores' time:
     // under load most trivial builds outlive 250 ms, and that du was most of what watching them cost); once the tree
-    // is past RunningEntries, or changes under the walk, du counts it in the background from then on (in its own
-    // process, so a build with many files slows neither kiln serve nor the watch of its other limits).
+    // is past RunningEntries, or a walk fails twice in a row (an entry gone under it), du counts it in the background
+    // from then on (in its own process, so a build with many files slows neither kiln serve nor the watch of its other
+    // limits).
     private sealed class DiskMeter(DiskGuard.Watch watch, string[] roots, long linkedBytes, IReadOnlySet<string> linkedNames) : IDisposable
     {
         private static readonly TimeSpan Deadline = TimeSpan.FromSeconds(60);
@@ -816,7 +817,7 @@ public sealed class SandboxExecutor : IBuildExecutor
         private readonly Stopwatch _since = Stopwatch.StartNew();
         private TimeSpan _interval = TimeSpan.FromMilliseconds(250);
         private Task<DiskUsage.Count>? _counting;
-        private bool _small = true;
+        private int _walkMisses; // the in-process walks in a row that gave no figure
 
         public (BuildFailureKind, string)? Poll(BuildJob job)
         {
@@ -827,15 +828,29 @@ public sealed class SandboxExecutor : IBuildExecutor
                     return null;
                 }
 
-                // The walk leaves out the linked inputs, as the final count does: the build cannot change, remove or
-                // replace them (root's 0555 copies in its sticky store directory).
-                if (_small && DiskUsage.CountSettled(roots, RunningEntries, linkedNames) is { } bytes)
+                if (_walkMisses < 2)
                 {
+                    // The walk leaves out the linked inputs, as the final count does: the build cannot change, remove
+                    // or replace them (root's 0555 copies in its sticky store directory). It runs on the watch's
+                    // thread, so its own time spaces the counts out as du's does.
+                    var walk = Stopwatch.StartNew();
+                    var walked = DiskUsage.CountSettled(roots, RunningEntries, linkedNames);
                     _since.Restart();
-                    return Judge(job, new DiskUsage.Count(bytes, TimeSpan.Zero, false), linkedCounted: 0, final: false);
+                    _interval = Next(walk.Elapsed);
+                    if (walked is { } bytes)
+                    {
+                        _walkMisses = 0;
+                        return Judge(job, new DiskUsage.Count(bytes, walk.Elapsed, false), linkedCounted: 0, final: false);
+                    }
+
+                    // Too many entries, or the tree changed under the walk (a temporary file gone, which du would
+                    // have stepped over): once more at the next count, then du from then on.
+                    if (++_walkMisses < 2)
+                    {
+                        return null;
+                    }
                 }
 
-                _small = false;
                 _counting = DiskUsage.MeasureAsync(roots, Deadline, _stop.Token);
                 return null;
             }
@@ -848,9 +863,12 @@ public sealed class SandboxExecutor : IBuildExecutor
             var count = _counting.Result;
             _counting = null;
             _since.Restart();
-            _interval = TimeSpan.FromTicks(Math.Clamp(count.Took.Ticks * 20, TimeSpan.TicksPerSecond / 4, TimeSpan.TicksPerSecond * 10));
+            _interval = Next(count.Took);
             return Judge(job, count, linkedBytes, final: false);
         }
+
+        // Every 250 ms, or 20 times as long as the last count took, at most every 10 s.
+        private static TimeSpan Next(TimeSpan took) => TimeSpan.FromTicks(Math.Clamp(took.Ticks * 20, TimeSpan.TicksPerSecond / 4, TimeSpan.TicksPerSecond * 10));
 
         // After the builder exited: its own limit only (whether the disk is short is for builds still writing).
         public async Task<(BuildFailureKind, string)?> FinalCheckAsync(BuildJob job)
