@@ -64,6 +64,34 @@ public abstract class BuildLogStoreContract
     }
 
     [Fact]
+    public async Task Long_lines_and_broken_text_are_written_whole_as_UTF8()
+    {
+        // Past every buffer size the writer might have: a line of 200,000 characters, most of them two or three bytes
+        // long in UTF-8, and one four-byte character across each 4,096-character boundary a chunked writer would cut.
+        var longLine = string.Concat(Enumerable.Range(0, 20_000).Select(i => i % 2 == 0 ? "é€abcdefg" : "h𝄞ijklmn"));
+        using (var writer = Store.Create(11))
+        {
+            writer.AppendLine("before");
+            writer.AppendLine(longLine);
+            writer.AppendLine("a lone \ud800 surrogate");
+            writer.AppendLine("");
+            writer.AppendLine("after");
+        }
+
+        var stream = await Store.OpenReadAsync(11, 0, default);
+        Assert.NotNull(stream);
+        using var bytes = new MemoryStream();
+        await using (stream)
+        {
+            await stream.CopyToAsync(bytes);
+        }
+
+        // Invalid UTF-16 becomes U+FFFD (EF BF BD); nothing else changes, and there is no byte-order mark.
+        var expected = Encoding.UTF8.GetBytes($"before\n{longLine}\na lone \ufffd surrogate\n\nafter\n");
+        Assert.Equal(expected, bytes.ToArray());
+    }
+
+    [Fact]
     public async Task An_empty_log_reads_as_empty()
     {
         using (Store.Create(8))

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using Microsoft.Win32.SafeHandles;
 
@@ -25,6 +26,7 @@ public sealed class NarWriter : INarVisitor, IDisposable
     private readonly BlockPipe? _pipe;
     private bool _sendFileWorks = true;
     private byte[] _buffer;
+    private bool _pooled; // _buffer is the shared pool's, to be given back once (never a pipelined writer's)
     private int _used;
     private long _contentsRemaining;
     private long _contentsSize;
@@ -35,8 +37,12 @@ public sealed class NarWriter : INarVisitor, IDisposable
     {
         _output = output ?? throw new ArgumentNullException(nameof(output));
         bufferSize = Math.Max(bufferSize, 4096);
-        _buffer = new byte[bufferSize];
+        // A pipelined writer's buffers change hands with its pipe's, so they are its own; the other's comes from the
+        // shared pool: a megabyte per archive would be a large-object allocation for every NAR written (every
+        // build's output), each one zeroed, and together they brought on a full collection every second or so of a
+        // busy build server.
         _pipe = pipelined ? new BlockPipe(output, bufferSize) : null;
+        _buffer = pipelined ? new byte[bufferSize] : RentBuffer(bufferSize);
         WriteToken("nix-archive-1"u8);
     }
 
@@ -49,7 +55,7 @@ public sealed class NarWriter : INarVisitor, IDisposable
     {
         ArgumentNullException.ThrowIfNull(output);
         _outputHandle = output;
-        _buffer = new byte[Math.Max(bufferSize, 4096)];
+        _buffer = RentBuffer(Math.Max(bufferSize, 4096));
         WriteToken("nix-archive-1"u8);
     }
 
@@ -191,12 +197,31 @@ public sealed class NarWriter : INarVisitor, IDisposable
 
     public void Dispose()
     {
-        if (_pipe is null)
+        try
         {
-            FlushBuffer();
-        }
+            if (_pipe is null && _buffer.Length > 0)
+            {
+                FlushBuffer();
+            }
 
-        _pipe?.Dispose();
+            _pipe?.Dispose();
+        }
+        finally
+        {
+            if (_pooled)
+            {
+                // Nothing may write into it once it is back: an empty buffer takes its place.
+                var buffer = _buffer;
+                (_buffer, _used, _pooled) = ([], 0, false);
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
+    private byte[] RentBuffer(int size)
+    {
+        _pooled = true;
+        return ArrayPool<byte>.Shared.Rent(size);
     }
 
     private void WriteToken(ReadOnlySpan<byte> value)

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Runtime.CompilerServices;
 using System.Text;
@@ -48,8 +49,9 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
                 Access = FileAccess.Write,
                 Share = FileShare.Read,
                 UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                BufferSize = 0, // each line is written whole by the writer
             });
-            writer.Open(new StreamWriter(file, new UTF8Encoding(false), 64 * 1024) { AutoFlush = false });
+            writer.Open(file);
             return writer;
         }
         catch
@@ -188,10 +190,13 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
 
     private sealed class Writer(FileBuildLogStore owner, long buildId) : IBuildLogWriter
     {
-        private readonly Lock _gate = new();
-        private StreamWriter _file = null!;
+        // Invalid UTF-16 (a lone surrogate) becomes U+FFFD, as a StreamWriter wrote it; no byte-order mark.
+        private static readonly UTF8Encoding Utf8 = new(encoderShouldEmitUTF8Identifier: false);
 
-        public void Open(StreamWriter file) => _file = file;
+        private readonly Lock _gate = new();
+        private FileStream _file = null!;
+
+        public void Open(FileStream file) => _file = file;
 
         private TaskCompletionSource _appended = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private bool _done;
@@ -221,17 +226,28 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
                     return;
                 }
 
+                // Readers and followers see each line as it comes, whole: encoded and written with its newline in one
+                // write. The bytes come from the shared pool: a StreamWriter's buffers big enough for a long line
+                // (64 Ki characters and their UTF-8) were two large-object allocations per build, a full collection
+                // every few seconds of a busy build server.
+                // (A long line is counted first rather than sized for its worst case, three bytes a character.)
+                var size = line.Length <= 4096 ? Utf8.GetMaxByteCount(line.Length) : Utf8.GetByteCount(line);
+                var buffer = ArrayPool<byte>.Shared.Rent(size + 1);
                 try
                 {
-                    _file.Write(line);
-                    _file.Write('\n');
-                    _file.Flush(); // readers and followers see each line as it comes (whole, up to 64 KiB)
+                    var length = Utf8.GetBytes(line, buffer);
+                    buffer[length] = (byte)'\n';
+                    _file.Write(buffer, 0, length + 1);
                 }
                 catch (IOException e)
                 {
                     _broken = true;
                     StoreLog.LogWriteFailed(owner._logger, buildId, e);
                     return;
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
                 }
 
                 signal = _appended;
@@ -257,7 +273,7 @@ public sealed class FileBuildLogStore(string directory, Microsoft.Extensions.Log
                 }
                 catch (IOException) when (_broken)
                 {
-                    // What could not be written is dropped with the buffer; the failure was logged when it happened.
+                    // Nothing is buffered: the failure was logged when the write failed.
                 }
                 catch (IOException e)
                 {

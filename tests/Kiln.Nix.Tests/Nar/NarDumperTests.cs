@@ -82,6 +82,35 @@ public sealed class NarDumperTests : IClassFixture<NarDumperTests.Trees>
     }
 
     [Fact]
+    public void A_writer_disposed_twice_gives_its_buffer_back_once()
+    {
+        // The writer's buffer is the shared pool's: given back twice, two later writers would share one array, and
+        // what one buffered would be overwritten by the other before it was written out.
+        static byte[] Archive(string target, Action<NarWriter>? between = null)
+        {
+            using var output = new MemoryStream();
+            using (var writer = new NarWriter(output))
+            {
+                writer.Symlink(Encoding.UTF8.GetBytes(target));
+                between?.Invoke(writer);
+                writer.Flush();
+            }
+
+            return output.ToArray();
+        }
+
+        var expectedA = Archive("aaaa");
+        var expectedB = Archive("bbbb");
+        var once = new NarWriter(Stream.Null);
+        once.Dispose();
+        once.Dispose();
+        byte[]? b = null;
+        var a = Archive("aaaa", between: _ => b = Archive("bbbb"));
+        Assert.Equal(expectedA, a);
+        Assert.Equal(expectedB, b);
+    }
+
+    [Fact]
     public void Refuses_special_files()
     {
         using var temp = new TempDir();
