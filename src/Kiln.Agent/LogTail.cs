@@ -51,22 +51,30 @@ internal sealed class LogTail(long maxLogSize, IBuildLog log)
 
     public void ReadAll(Pty pty)
     {
-        var buffer = new byte[64 * 1024];
-        int read;
-        while ((read = pty.Read(buffer)) > 0)
+        // From the shared pool: one per build, held while it runs (a fresh one was 64 KiB of garbage a build).
+        var buffer = System.Buffers.ArrayPool<byte>.Shared.Rent(64 * 1024);
+        try
         {
-            lock (_sinceOutput)
+            int read;
+            while ((read = pty.Read(buffer)) > 0)
             {
-                _sinceOutput.Restart();
-            }
+                lock (_sinceOutput)
+                {
+                    _sinceOutput.Restart();
+                }
 
-            _total += read;
-            if (maxLogSize > 0 && _total > maxLogSize)
-            {
-                _limitExceeded.TrySetResult();
-            }
+                _total += read;
+                if (maxLogSize > 0 && _total > maxLogSize)
+                {
+                    _limitExceeded.TrySetResult();
+                }
 
-            Feed(buffer.AsSpan(0, read));
+                Feed(buffer.AsSpan(0, read));
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
         }
 
         if (_line.Count > 0)

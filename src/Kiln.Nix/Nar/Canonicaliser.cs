@@ -32,13 +32,22 @@ public static class Canonicaliser
     public static void Canonicalise(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        new Walker(Posix.GetEffectiveUserId(), Posix.GetEffectiveGroupId())
-            .Visit(Posix.AtFdCwd, Posix.CString(path), () => path, depth: 0);
+        // The directory-reading buffer is the shared pool's: every build's outputs are canonicalised, and a fresh
+        // 64 KiB array each time was garbage the size of the rest of the build's allocations.
+        var directoryBuffer = System.Buffers.ArrayPool<byte>.Shared.Rent(64 * 1024);
+        try
+        {
+            new Walker(Posix.GetEffectiveUserId(), Posix.GetEffectiveGroupId(), directoryBuffer)
+                .Visit(Posix.AtFdCwd, Posix.CString(path), () => path, depth: 0);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(directoryBuffer);
+        }
     }
 
-    private sealed class Walker(uint uid, uint gid)
+    private sealed class Walker(uint uid, uint gid, byte[] directoryBuffer)
     {
-        private readonly byte[] _directoryBuffer = new byte[64 * 1024];
 
         public void Visit(int directory, byte[] name, Func<string> describe, int depth)
         {
@@ -75,7 +84,7 @@ public static class Canonicaliser
                 var fd = Posix.OpenDirectoryAt(directory, name, describe);
                 try
                 {
-                    foreach (var entry in Posix.ReadDirectory(fd, _directoryBuffer, describe))
+                    foreach (var entry in Posix.ReadDirectory(fd, directoryBuffer, describe))
                     {
                         Visit(fd, Posix.CString(entry), () => $"{describe()}/{Encoding.UTF8.GetString(entry)}", depth + 1);
                     }

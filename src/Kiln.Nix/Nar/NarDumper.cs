@@ -47,12 +47,20 @@ public static class NarDumper
     {
         ArgumentNullException.ThrowIfNull(path);
         ArgumentNullException.ThrowIfNull(writer);
-        new Walker(writer).DumpNode(Posix.AtFdCwd, Posix.CString(path), () => path, depth: 0);
+        // The directory-reading buffer is the shared pool's, as the writer's is (a NAR is dumped for every build).
+        var directoryBuffer = System.Buffers.ArrayPool<byte>.Shared.Rent(64 * 1024);
+        try
+        {
+            new Walker(writer, directoryBuffer).DumpNode(Posix.AtFdCwd, Posix.CString(path), () => path, depth: 0);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(directoryBuffer);
+        }
     }
 
-    private sealed class Walker(NarWriter writer)
+    private sealed class Walker(NarWriter writer, byte[] directoryBuffer)
     {
-        private readonly byte[] _directoryBuffer = new byte[64 * 1024];
 
         // `name` is NUL-terminated and relative to `directory` (or a path relative to the working directory).
         public void DumpNode(int directory, byte[] name, Func<string> describe, int depth)
@@ -91,7 +99,7 @@ public static class NarDumper
                         var fd = Posix.OpenDirectoryAt(directory, name, describe);
                         try
                         {
-                            var entries = Posix.ReadDirectory(fd, _directoryBuffer, describe);
+                            var entries = Posix.ReadDirectory(fd, directoryBuffer, describe);
                             entries.Sort(static (a, b) => a.AsSpan().SequenceCompareTo(b));
                             writer.Directory();
                             foreach (var entry in entries)

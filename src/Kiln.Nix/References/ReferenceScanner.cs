@@ -33,9 +33,11 @@ public sealed class ReferenceScanner
         Span<byte> ascii = stackalloc byte[HashLength];
         foreach (var path in candidates)
         {
+            // The base name's first characters, not HashPart (a new string each time it is read).
+            var digits = path.BaseName.AsSpan(0, HashLength);
             for (var i = 0; i < HashLength; i++)
             {
-                ascii[i] = (byte)path.HashPart[i];
+                ascii[i] = (byte)digits[i];
             }
 
             _candidates[HashKey.From(ascii)] = path;
