@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 
@@ -21,7 +22,7 @@ internal static class Program
 {
     private const int MaxAnswer = 4096;
 
-    /// <summary>Exit status of <c>--auth-keys</c> when the server cannot be asked (the script falls back to <c>kiln auth-keys</c>).</summary>
+    /// <summary>Exit status of <c>--auth-keys</c> when the server cannot be asked and no fallback was named.</summary>
     private const int ServerUnreachable = 75;
 
     private static int Main(string[] args)
@@ -88,18 +89,22 @@ internal static class Program
         return 0;
     }
 
-    // sshd's AuthorizedKeysCommand: --auth-keys --socket PATH --bridge COMMAND USER TYPE KEY. sshd runs it (as root) for
-    // every key a client offers, often twice per login, so it asks the running server over the bridge socket, which
-    // answers "key ID" or "none" from its database, instead of starting .NET and opening the database itself.
+    // sshd's AuthorizedKeysCommand: --auth-keys --socket PATH --bridge COMMAND [--fallback PROGRAM] USER TYPE KEY. sshd
+    // runs it (as root) for every key a client offers, often twice per login, so it asks the running server over the
+    // bridge socket, which answers "key ID" or "none" from its database, instead of starting .NET and opening the
+    // database itself. When the server cannot be asked, it becomes PROGRAM USER TYPE KEY (kiln serve's script running
+    // `kiln auth-keys`, which reads the database); without one it exits 75. sshd runs it directly, not through that
+    // script: a shell's start and fork for each of a login's two runs.
     private static int AuthKeys(string[] args, Stream stderr)
     {
-        if (args.Length != 8 || args[1] != "--socket" || args[3] != "--bridge")
+        var fallback = args.Length == 10 && args[5] == "--fallback" ? args[6] : null;
+        if ((args.Length != 8 && fallback is null) || args[1] != "--socket" || args[3] != "--bridge")
         {
-            stderr.Write("kiln-bridge: usage: kiln-bridge --auth-keys --socket PATH --bridge COMMAND USER TYPE KEY\n"u8);
+            stderr.Write("kiln-bridge: usage: kiln-bridge --auth-keys --socket PATH --bridge COMMAND [--fallback PROGRAM] USER TYPE KEY\n"u8);
             return 2;
         }
 
-        var (type, blob) = (args[6], args[7]);
+        var (user, type, blob) = (args[^3], args[^2], args[^1]);
         if (!IsKeyText(type) || !IsKeyText(blob))
         {
             return 0; // not a key Kiln could have: nothing to authorise
@@ -124,12 +129,12 @@ internal static class Program
         }
         catch (SocketException)
         {
-            return ServerUnreachable;
+            return Unreachable(fallback, user, type, blob, stderr);
         }
 
         if (answer is null)
         {
-            return ServerUnreachable;
+            return Unreachable(fallback, user, type, blob, stderr);
         }
 
         if (answer.StartsWith("key ", StringComparison.Ordinal) && long.TryParse(answer.AsSpan(4), out var id))
@@ -142,6 +147,39 @@ internal static class Program
 
         return 0;
     }
+
+    // The server could not be asked: the fallback takes this process's place, with sshd's stdout (the answer) and status.
+    private static int Unreachable(string? fallback, string user, string type, string blob, Stream stderr)
+    {
+        if (fallback is null)
+        {
+            return ServerUnreachable;
+        }
+
+        string[] argv = [fallback, user, type, blob];
+        var pointers = new nint[argv.Length + 1]; // the last stays null, as execv wants
+        try
+        {
+            for (var i = 0; i < argv.Length; i++)
+            {
+                pointers[i] = Marshal.StringToCoTaskMemUTF8(argv[i]);
+            }
+
+            _ = Execv(pointers[0], pointers); // returns only when it failed
+            stderr.Write(Encoding.UTF8.GetBytes($"kiln-bridge: cannot run {fallback}: {Marshal.GetLastPInvokeErrorMessage()}\n"));
+            return ServerUnreachable;
+        }
+        finally
+        {
+            foreach (var pointer in pointers)
+            {
+                Marshal.FreeCoTaskMem(pointer);
+            }
+        }
+    }
+
+    [DllImport("libc", EntryPoint = "execv", SetLastError = true)]
+    private static extern int Execv(nint path, nint[] argv);
 
     // What sshd passes as %t and %k: a key type and base64; anything else cannot be one of Kiln's keys, and must not
     // reach the JSON line or the authorized_keys line unquoted.

@@ -507,38 +507,50 @@ public class SshTests
         var offered = File.ReadAllText(alice.KeyFile + ".pub").Split(' ');
         var stranger = File.ReadAllText(NewKey(client, kiln, "stranger") + ".pub").Split(' ');
 
-        // sshd_config names the script; the script runs the bridge Kiln installed beside it, a native executable.
+        // sshd_config runs the bridge Kiln installed under /run, a native executable, with no shell in front of it; it
+        // names the script that reads the database for when the server cannot be asked.
         var config = File.ReadAllLines(Path.Combine(kiln.DataDirectory, "ssh", "sshd_config"));
-        var script = config.Single(l => l.StartsWith("AuthorizedKeysCommand ", StringComparison.Ordinal)).Split(' ')[1];
-        var bridge = Path.Combine(Path.GetDirectoryName(script)!, "kiln-bridge");
+        var command = System.Text.RegularExpressions.Regex.Match(
+            config.Single(l => l.StartsWith("AuthorizedKeysCommand ", StringComparison.Ordinal)),
+            "^AuthorizedKeysCommand (/[^ ]+/kiln-bridge) --auth-keys --socket ([^ ]+) --bridge \"([^\"]+)\" --fallback ([^ ]+/auth-keys) %u %t %k$");
+        Assert.True(command.Success, string.Join('\n', config));
+        var (bridge, socket, forced, script) = (command.Groups[1].Value, command.Groups[2].Value, command.Groups[3].Value, command.Groups[4].Value);
         Assert.Equal("\u007fELF"u8.ToArray(), File.ReadAllBytes(bridge)[..4]);
+        Assert.Equal(Path.GetDirectoryName(bridge), Path.GetDirectoryName(script));
+        string[] AsSshd(string user, string type, string key) => ["--auth-keys", "--socket", socket, "--bridge", forced, "--fallback", script, user, type, key];
 
         // As sshd runs it (root): the known key gets its forced command, a stranger's nothing.
-        var line = Processes.Run(script, ["kiln", offered[0], offered[1]]);
+        var line = Processes.Run(bridge, AsSshd("kiln", offered[0], offered[1]));
         Assert.True(line.ExitCode == 0, line.Stderr);
         Assert.Matches($"^command=\"exec {System.Text.RegularExpressions.Regex.Escape(bridge)} --socket [^ ]+/bridge.sock [0-9]+\",restrict,pty {offered[0]} {System.Text.RegularExpressions.Regex.Escape(offered[1])}\n$", line.StdoutText);
-        var none = Processes.Run(script, ["kiln", stranger[0], stranger[1]]);
+        var none = Processes.Run(bridge, AsSshd("kiln", stranger[0], stranger[1]));
         Assert.Equal(0, none.ExitCode);
         Assert.Equal("", none.StdoutText);
 
         // The server answers key questions from root only: another user learns nothing about which keys exist.
-        var socket = Path.Combine(kiln.DataDirectory, "ssh", "bridge.sock");
+        Assert.Equal(Path.Combine(kiln.DataDirectory, "ssh", "bridge.sock"), socket);
         var asNobody = Processes.Run("setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", bridge, "--auth-keys", "--socket", socket, "--bridge", "x", "kiln", offered[0], offered[1]]);
         Assert.Equal(0, asNobody.ExitCode);
         Assert.Equal("", asNobody.StdoutText);
         Assert.True(kiln.WaitForLog("refused a connection from uid"), kiln.Log);
 
-        // No server to ask (status 75): the script's second line reads the database itself and prints the same line.
+        // No server to ask: without a fallback the bridge says so (status 75); with one it becomes the script, which
+        // reads the database itself and prints the same line (and nothing for a stranger).
         Assert.Equal(75, Processes.Run(bridge, ["--auth-keys", "--socket", "/nonexistent/bridge.sock", "--bridge", "x", "kiln", offered[0], offered[1]]).ExitCode);
-        using var temp = new TempDir();
-        var text = File.ReadAllText(script);
-        var nativeCall = text.IndexOf(" --auth-keys --socket ", StringComparison.Ordinal);
-        var withoutServer = temp["auth-keys"];
-        File.WriteAllText(withoutServer, text.Replace(text[nativeCall..text.IndexOf(" --bridge ", nativeCall, StringComparison.Ordinal)], " --auth-keys --socket /nonexistent/bridge.sock", StringComparison.Ordinal));
-        File.SetUnixFileMode(withoutServer, (UnixFileMode)Convert.ToInt32("755", 8));
-        var fallback = Processes.Run(withoutServer, ["kiln", offered[0], offered[1]]);
+        string[] WithoutServer(string user, string type, string key) =>
+            AsSshd(user, type, key).Select(a => a == socket ? "/nonexistent/bridge.sock" : a).ToArray();
+        var fallback = Processes.Run(bridge, WithoutServer("kiln", offered[0], offered[1]));
         Assert.True(fallback.ExitCode == 0, fallback.Stderr);
         Assert.Equal(line.StdoutText, fallback.StdoutText);
+        var strangerFallback = Processes.Run(bridge, WithoutServer("kiln", stranger[0], stranger[1]));
+        Assert.Equal(0, strangerFallback.ExitCode);
+        Assert.Equal("", strangerFallback.StdoutText);
+
+        // A fallback that cannot run is a refusal (non-zero for sshd), and says why.
+        var broken = Processes.Run(bridge, WithoutServer("kiln", offered[0], offered[1]).Select(a => a == script ? "/nonexistent/auth-keys" : a).ToArray());
+        Assert.Equal(75, broken.ExitCode);
+        Assert.Equal("", broken.StdoutText);
+        Assert.Contains("cannot run /nonexistent/auth-keys", broken.Stderr, StringComparison.Ordinal);
     }
 
     [Theory]

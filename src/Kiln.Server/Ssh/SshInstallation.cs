@@ -121,27 +121,23 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             }
         }
 
+        // kiln auth-keys, which reads the database: sshd's AuthorizedKeysCommand without a native bridge, and with one
+        // what the bridge becomes when the server cannot be asked. The native bridge is the command itself (a script
+        // in front of it cost a shell's start and a fork per run, two runs per login); sshd splits its line as a
+        // shell would, so the forced command the bridge prints (no quote or space in its parts, checked above) goes
+        // in double quotes.
         var authKeys = Path.Combine(runtime, "auth-keys");
-        var kiln = KilnCommand();
-        var fallback = $"exec {kiln} auth-keys --data {Quote(options.DataDirectory)} --bridge {Quote(bridge)} \"$@\"";
-        File.WriteAllText(authKeys, isNative
-            ? $"""
-                #!/bin/sh
-                # sshd's AuthorizedKeysCommand for the Kiln server in {Quote(options.DataDirectory)} (written by kiln serve).
-                # The native bridge asks the running server; when it cannot (status 75), kiln reads the database itself.
-                {bridgeProgram} --auth-keys --socket {bridgeSocket} --bridge {Quote(bridge)} "$@"
-                status=$?
-                [ "$status" = 75 ] || exit "$status"
-                {fallback}
+        File.WriteAllText(authKeys, $"""
+            #!/bin/sh
+            # sshd's AuthorizedKeysCommand for the Kiln server in {Quote(options.DataDirectory)} (written by kiln serve){(isNative ? ", when the server cannot be asked" : "")}.
+            exec {KilnCommand()} auth-keys --data {Quote(options.DataDirectory)} --bridge {Quote(bridge)} "$@"
 
-                """
-            : $"""
-                #!/bin/sh
-                # sshd's AuthorizedKeysCommand for the Kiln server in {Quote(options.DataDirectory)} (written by kiln serve).
-                {fallback}
-
-                """);
+            """);
         File.SetUnixFileMode(authKeys, (UnixFileMode)Convert.ToInt32("755", 8));
+        // (sshd expands % in the arguments: a data directory's own % is written %%.)
+        var authKeysCommand = isNative
+            ? $"{bridgeProgram} " + $"--auth-keys --socket {bridgeSocket} --bridge \"{bridge}\" --fallback {authKeys}".Replace("%", "%%", StringComparison.Ordinal)
+            : authKeys;
 
         var config = Path.Combine(directory, "sshd_config");
         StopOrphanedSshd(Path.Combine(directory, "sshd.pid"), config);
@@ -153,7 +149,7 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             PidFile {Path.Combine(directory, "sshd.pid")}
             AllowUsers {options.SshUser}
             AuthorizedKeysFile none
-            AuthorizedKeysCommand {authKeys} %u %t %k
+            AuthorizedKeysCommand {authKeysCommand} %u %t %k
             AuthorizedKeysCommandUser root
             PubkeyAuthentication yes
             PasswordAuthentication no
