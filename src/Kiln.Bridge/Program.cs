@@ -165,6 +165,8 @@ internal static class Program
                 pointers[i] = Marshal.StringToCoTaskMemUTF8(argv[i]);
             }
 
+            // The runtime ignores SIGPIPE, and an ignored signal stays ignored across exec: the fallback gets it back.
+            _ = Signal(SigPipe, SigDefault);
             _ = Execv(pointers[0], pointers); // returns only when it failed
             stderr.Write(Encoding.UTF8.GetBytes($"kiln-bridge: cannot run {fallback}: {Marshal.GetLastPInvokeErrorMessage()}\n"));
             return ServerUnreachable;
@@ -180,6 +182,12 @@ internal static class Program
 
     [DllImport("libc", EntryPoint = "execv", SetLastError = true)]
     private static extern int Execv(nint path, nint[] argv);
+
+    private const int SigPipe = 13; // the same on every Linux architecture .NET runs on
+    private const nint SigDefault = 0;
+
+    [DllImport("libc", EntryPoint = "signal")]
+    private static extern nint Signal(int signal, nint handler);
 
     // What sshd passes as %t and %k: a key type and base64; anything else cannot be one of Kiln's keys, and must not
     // reach the JSON line or the authorized_keys line unquoted.

@@ -499,13 +499,54 @@ public class SshTests
     }
 
     [Fact]
+    public async Task A_data_directory_whose_name_the_login_shell_would_read_gets_no_SSH_front_door()
+    {
+        // The forced command the login shell runs names the bridge socket in the data directory: a '>' there would be a
+        // redirection. The server says why and runs without sshd, as it does wherever sshd cannot be set up.
+        using var temp = new TempDir();
+        var start = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var argument in new[] { KilnProcess.Dll, "serve", "--data", temp["a>b"], "--ssh-listen", $"127.0.0.1:{KilnProcess.FreePort()}", "--http-listen", "none" })
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var serve = System.Diagnostics.Process.Start(start)!;
+        var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        serve.OutputDataReceived += (_, e) => log.Enqueue(e.Data ?? "");
+        serve.ErrorDataReceived += (_, e) => log.Enqueue(e.Data ?? "");
+        serve.BeginOutputReadLine();
+        serve.BeginErrorReadLine();
+        try
+        {
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(90);
+            while (!log.Any(l => l.Contains("listening on", StringComparison.Ordinal) && l.Contains("daemon.sock", StringComparison.Ordinal)) && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(100);
+            }
+
+            await Task.Delay(500);
+            Assert.Contains(log, l => l.Contains("no SSH front door", StringComparison.Ordinal) && l.Contains("has characters a forced command cannot carry", StringComparison.Ordinal));
+            Assert.DoesNotContain(log, l => l.Contains("ssh: listening", StringComparison.Ordinal));
+            Assert.False(File.Exists(Path.Combine(temp["a>b"], "ssh", "sshd_config")));
+        }
+        finally
+        {
+            serve.Kill(entireProcessTree: true);
+            await serve.WaitForExitAsync();
+        }
+    }
+
+    [Fact]
     public void The_AuthorizedKeysCommand_is_the_native_bridge_asking_the_server_and_falls_back_to_the_database_when_the_server_is_gone()
     {
         var client = NixClient.For("2.8.0");
-        using var kiln = new KilnProcess(ssh: true);
+        // A data directory whose name sshd would expand (%) or could take for a comment (#) if Kiln wrote it carelessly.
+        using var data = new TempDir();
+        using var kiln = new KilnProcess(ssh: true, dataDirectory: data["da%ta#1"]);
         var alice = NewLogin(client, kiln, "alice");
         var offered = File.ReadAllText(alice.KeyFile + ".pub").Split(' ');
         var stranger = File.ReadAllText(NewKey(client, kiln, "stranger") + ".pub").Split(' ');
+        Assert.Contains("account alice", Shell(kiln, alice, null, "kiln", "whoami").StdoutText, StringComparison.Ordinal);
 
         // sshd_config runs the bridge Kiln installed under /run, a native executable, with no shell in front of it; it
         // names the script that reads the database for when the server cannot be asked.
@@ -514,9 +555,21 @@ public class SshTests
             config.Single(l => l.StartsWith("AuthorizedKeysCommand ", StringComparison.Ordinal)),
             "^AuthorizedKeysCommand (/[^ ]+/kiln-bridge) --auth-keys --socket ([^ ]+) --bridge \"([^\"]+)\" --fallback ([^ ]+/auth-keys) %u %t %k$");
         Assert.True(command.Success, string.Join('\n', config));
-        var (bridge, socket, forced, script) = (command.Groups[1].Value, command.Groups[2].Value, command.Groups[3].Value, command.Groups[4].Value);
+        var (bridge, socket, forced, script) = (command.Groups[1].Value, command.Groups[2].Value.Replace("%%", "%", StringComparison.Ordinal),
+            command.Groups[3].Value.Replace("%%", "%", StringComparison.Ordinal), command.Groups[4].Value);
         Assert.Equal("\u007fELF"u8.ToArray(), File.ReadAllBytes(bridge)[..4]);
         Assert.Equal(Path.GetDirectoryName(bridge), Path.GetDirectoryName(script));
+        // sshd's own run of that line reaches the server: with the fallback unable to run, alice still logs in.
+        File.SetUnixFileMode(script, UnixFileMode.None);
+        try
+        {
+            Assert.Contains("account alice", Shell(kiln, alice, null, "kiln", "whoami").StdoutText, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.SetUnixFileMode(script, (UnixFileMode)Convert.ToInt32("755", 8));
+        }
+
         string[] AsSshd(string user, string type, string key) => ["--auth-keys", "--socket", socket, "--bridge", forced, "--fallback", script, user, type, key];
 
         // As sshd runs it (root): the known key gets its forced command, a stranger's nothing.
@@ -546,11 +599,37 @@ public class SshTests
         Assert.Equal(0, strangerFallback.ExitCode);
         Assert.Equal("", strangerFallback.StdoutText);
 
+        // The fallback starts as any program sshd runs would: SIGPIPE not ignored (the bridge's runtime ignores it).
+        using var probeDirectory = new TempDir();
+        var probe = probeDirectory["probe"];
+        File.WriteAllText(probe, "#!/bin/sh\nsed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status\n");
+        File.SetUnixFileMode(probe, (UnixFileMode)Convert.ToInt32("755", 8));
+        var probed = Processes.Run(bridge, WithoutServer("kiln", offered[0], offered[1]).Select(a => a == script ? probe : a).ToArray());
+        Assert.True(probed.ExitCode == 0, probed.Stderr);
+        Assert.Equal(0UL, ulong.Parse(probed.StdoutText.Trim(), System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture) & (1UL << 12));
+
         // A fallback that cannot run is a refusal (non-zero for sshd), and says why.
         var broken = Processes.Run(bridge, WithoutServer("kiln", offered[0], offered[1]).Select(a => a == script ? "/nonexistent/auth-keys" : a).ToArray());
         Assert.Equal(75, broken.ExitCode);
         Assert.Equal("", broken.StdoutText);
         Assert.Contains("cannot run /nonexistent/auth-keys", broken.Stderr, StringComparison.Ordinal);
+
+        // And as sshd itself runs it, in its own sparse environment: with the bridge socket gone, the fallback still
+        // accepts alice's key (a refused key would be "Permission denied"), and her session then finds no server.
+        File.Move(socket, socket + ".away");
+        try
+        {
+            var away = Shell(kiln, alice, null, "kiln", "whoami");
+            Assert.NotEqual(0, away.ExitCode);
+            Assert.Contains("the Kiln server is not reachable", away.Stderr, StringComparison.Ordinal);
+            Assert.DoesNotContain("Permission denied", away.Stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            File.Move(socket + ".away", socket);
+        }
+
+        Assert.Contains("account alice", Shell(kiln, alice, null, "kiln", "whoami").StdoutText, StringComparison.Ordinal);
     }
 
     [Theory]

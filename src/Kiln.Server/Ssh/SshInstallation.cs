@@ -73,6 +73,15 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             throw new InvalidOperationException("the SSH front door needs Kiln to run as root (sshd switches to the login user)");
         }
 
+        // Checked before anything is made (the dotnet host's path, below).
+        foreach (var path in new[] { RuntimeDirectoryFor(options.DataDirectory), Path.Combine(options.SshDirectory, "bridge.sock") })
+        {
+            if (!ForcedCommandSafe(path))
+            {
+                throw new InvalidOperationException($"'{path}' has characters a forced command cannot carry (letters, digits and / . _ - + @ % # : , = only)");
+            }
+        }
+
         var uid = EnsureLoginUser(options.SshUser);
         var directory = options.SshDirectory;
         Directory.CreateDirectory(directory);
@@ -112,13 +121,9 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
         var dotnet = isNative ? "" : DotnetHost();
         var bridgeProgram = isNative ? Path.Combine(runtime, "kiln-bridge") : $"{dotnet} {Path.Combine(runtime, "kiln-bridge.dll")}";
         var bridge = $"{bridgeProgram} --socket {bridgeSocket}";
-        foreach (var path in new[] { dotnet, runtime, bridgeSocket })
+        if (!ForcedCommandSafe(dotnet))
         {
-            // The forced command is one double-quoted authorized_keys option, split on spaces by the shell.
-            if (path.Any(c => c is '"' or '\\' or ' ' or '\'' or '$' or '`' || char.IsControl(c)))
-            {
-                throw new InvalidOperationException($"'{path}' has characters a forced command cannot carry");
-            }
+            throw new InvalidOperationException($"'{dotnet}' has characters a forced command cannot carry");
         }
 
         // kiln auth-keys, which reads the database: sshd's AuthorizedKeysCommand without a native bridge, and with one
@@ -235,6 +240,12 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             ? $"{Quote(process)} {Quote(Path.Combine(AppContext.BaseDirectory, "kiln.dll"))}"
             : Quote(process);
     }
+
+    // The forced command is one double-quoted authorized_keys option that the login shell runs, and the
+    // AuthorizedKeysCommand a line sshd splits itself: paths in them hold only characters neither gives a meaning to
+    // (no quotes, spaces or backslashes; none of ; & | < > ( ) $ ` * ? [ ~ for the shell).
+    private static bool ForcedCommandSafe(string path) =>
+        path.All(c => char.IsAsciiLetterOrDigit(c) || c is '/' or '.' or '_' or '-' or '+' or '@' or '%' or '#' or ':' or ',' or '=');
 
     private static string Quote(string text) => "'" + text.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
 
