@@ -13,7 +13,9 @@
 # Then the same over SSH, as a CI runner uses a remote store (W1/W2 of issue 21): `nix build --eval-store auto
 # --store ssh-ng://…` (the client evaluates into its own store, copies the derivations, asks the server to build),
 # against Kiln's own sshd and against a plain sshd whose forced command is that stock nix-daemon (`--stdio`, sandbox
-# on), fresh and as a no-op. With --w3, also issue 21's W3: the classic remote builder (`--builders ssh-ng://…`,
+# on), fresh and as a no-op. The fresh build is timed twice: on a server that has just started (its first builds), and
+# on a server in service, which built another DAG of the same shape just before (the figure the issue's target is read
+# against; see in_service below). With --w3, also issue 21's W3: the classic remote builder (`--builders ssh-ng://…`,
 # `--max-jobs 0`: one SSH session per derivation, the client building into a fresh store of its own), against both,
 # without and with the connection multiplexing `kiln client-config` prints (minutes each). Every figure is the median
 # of its runs: ROUNDS fresh runs, three no-op runs a round.
@@ -41,13 +43,18 @@ publish_kiln "$work"
 
 source "$repo/bench/lib/dag.sh"
 write_dag "$work" "$layers" "$width"
+# The DAG a server builds before the timed one when it is "in service": the same shape, sharing nothing with it (other
+# derivations; a busybox directory with one more file, so another store path).
+write_dag "$work/warm" "$layers" "$width"
+touch "$work/warm/bb/warm-up"
+sed -i 's/echo building layer/echo warming layer/' "$work/warm/dag.nix"
 
 kiln_port=$((20000 + RANDOM % 10000)) plain_port=$((30000 + RANDOM % 10000))
 start_kiln() {
   rm -rf "$work/kiln"
   "$kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 --ssh-listen "127.0.0.1:$kiln_port" --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
-  while [ ! -S "$work/kiln/daemon.sock" ] || ! grep -q "ssh: listening" "$work/kiln.log"; do sleep 0.1; done
+  await_server "$kiln_pid" "$work/kiln.log" '[ -S "$work/kiln/daemon.sock" ] && grep -q "ssh: listening" "$work/kiln.log"'
   "$kiln" account create bench --data "$work/kiln" > /dev/null
   "$kiln" key add bench "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
   echo "[127.0.0.1]:$kiln_port $(cut -d' ' -f1,2 "$work/kiln/ssh/ssh_host_ed25519_key.pub")" > "$work/known_hosts"
@@ -100,6 +107,19 @@ seconds() {
   end=$(date +%s.%N); echo "$end - $start" | bc
 }
 fresh() { sync; seconds "$@"; }
+# A server in service: before the timed build it builds the warm-up DAG through a client store of its own, then goes
+# quiet. Kiln's runtime has then compiled what serving builds runs (a fresh kiln serve process compiles much of it
+# during its first builds); the stock side gets the same warm-up, though a `nix-daemon --stdio` per session has
+# nothing of its own to warm.
+in_service() { # STORE_URL SSH_OPTS PID…
+  local url="$1" opts="$2"; shift 2
+  rm -rf "$work/warm-client"
+  if ! NIX_SSHOPTS="$opts" nix build --eval-store "local?root=$work/warm-client" --store "$url" -f "$work/warm/dag.nix" --no-link > "$work/last.log" 2>&1; then
+    cat "$work/last.log" >&2; exit 1
+  fi
+  rm -rf "$work/warm-client"
+  settle "$@"
+}
 
 # W3: every derivation built on the remote over a session of its own; the client's store is fresh each time.
 w3_build() {
@@ -110,7 +130,7 @@ w3_build() {
 w3_kiln=() w3_kiln_mux=() w3_nix=() w3_nix_mux=()
 
 kiln_fresh=() kiln_noop=() nix_fresh=() nix_noop=()
-kiln_ssh_fresh=() kiln_ssh_noop=() nix_ssh_fresh=() nix_ssh_noop=() kiln_mux_noop=() nix_mux_noop=()
+kiln_ssh_cold=() nix_ssh_cold=() kiln_ssh_fresh=() kiln_ssh_noop=() nix_ssh_fresh=() nix_ssh_noop=() kiln_mux_noop=() nix_mux_noop=()
 for round in $(seq 1 "$rounds"); do
   start_kiln
   kiln_url="unix://$work/kiln/daemon.sock?root=$work/kiln/root"
@@ -118,6 +138,11 @@ for round in $(seq 1 "$rounds"); do
   for _ in 1 2 3; do kiln_noop+=("$(seconds build "$kiln_url")"); done
   stop_kiln
   start_kiln
+  rm -rf "$work/client"
+  kiln_ssh_cold+=("$(fresh ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")")
+  stop_kiln
+  start_kiln
+  in_service "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")" "$kiln_pid"
   rm -rf "$work/client"
   kiln_ssh_fresh+=("$(fresh ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")")
   for _ in 1 2 3; do kiln_ssh_noop+=("$(seconds ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")"); done
@@ -135,6 +160,9 @@ for round in $(seq 1 "$rounds"); do
   stop_daemon
   rm -rf "$work/daemon" "$work/client"
   start_plain
+  nix_ssh_cold+=("$(fresh ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")")
+  rm -rf "$work/daemon" "$work/client"
+  in_service "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")" "$plain_pid"
   nix_ssh_fresh+=("$(fresh ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")")
   for _ in 1 2 3; do nix_ssh_noop+=("$(seconds ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")"); done
   seconds ssh_build "ssh-ng://root@127.0.0.1" "$(mux_opts "$plain_port")" > /dev/null
@@ -173,12 +201,15 @@ printf '%-40s %12s %12s %10s\n' "" "nix-daemon" "kiln" "kiln/nix"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "fresh  (nix build --store unix://…)" "$nf" "$kf" "$(echo "scale=3; $nf / $kf" | bc)"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "no-op  (the same again)" "$nn" "$kn" "$(echo "scale=3; $nn / $kn" | bc)"
 nsf=$(median "${nix_ssh_fresh[@]}") ksf=$(median "${kiln_ssh_fresh[@]}") nsn=$(median "${nix_ssh_noop[@]}") ksn=$(median "${kiln_ssh_noop[@]}")
+nsc=$(median "${nix_ssh_cold[@]}") ksc=$(median "${kiln_ssh_cold[@]}")
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W1 fresh (--eval-store auto, ssh-ng://)" "$nsf" "$ksf" "$(echo "scale=3; $nsf / $ksf" | bc)"
+printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W1, the server's first builds" "$nsc" "$ksc" "$(echo "scale=3; $nsc / $ksc" | bc)"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2 no-op (the same again)" "$nsn" "$ksn" "$(echo "scale=3; $nsn / $ksn" | bc)"
 nmn=$(median "${nix_mux_noop[@]}") kmn=$(median "${kiln_mux_noop[@]}")
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2, both multiplexed (client-config)" "$nmn" "$kmn" "$(echo "scale=3; $nmn / $kmn" | bc)"
 printf '%-40s %11.2fs %11.2fs %9.2fx\n' "W2, Kiln multiplexed vs stock plain" "$nsn" "$kmn" "$(echo "scale=3; $nsn / $kmn" | bc)"
-summary "W1 fresh remote-store build, $((layers * width)) derivations (ssh-ng://)" "$nsf" "$ksf" s "time<=0.333"
+summary "W1 fresh remote-store build, $((layers * width)) derivations (ssh-ng://), server in service" "$nsf" "$ksf" s "time<=0.333"
+summary "W1, a fresh kiln serve process's first builds" "$nsc" "$ksc" s -
 summary "W2 no-op re-run of W1" "$nsn" "$ksn" s "time<=0.6"
 summary "W2, both multiplexed (kiln client-config)" "$nmn" "$kmn" s -
 if [ "$w3" = 1 ]; then

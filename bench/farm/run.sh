@@ -59,7 +59,7 @@ start_server() { # LOCAL_SLOTS
   rm -rf "$work/server" "$work"/agent-*
   "$kiln" serve --data "$work/server" --local-slots "$1" --max-jobs 4 --cores 1 --ssh-listen none --http-listen "127.0.0.1:$port" > "$work/server.log" 2>&1 &
   server_pid=$!
-  while [ ! -S "$work/server/daemon.sock" ] || ! grep -q "http: listening" "$work/server.log"; do sleep 0.1; done
+  await_server "$server_pid" "$work/server.log" '[ -S "$work/server/daemon.sock" ] && grep -q "http: listening" "$work/server.log"'
   "$kiln" agent-token create bench --data "$work/server" > "$work/token"
 }
 start_agents() { # COUNT SLOTS

@@ -89,11 +89,7 @@ nginx_pid=$!
 mkdir -p "$work/pull"
 mount -t tmpfs -o size=$((size_mib * 3 + 512))m kiln-http-bench "$work/pull" 2> /dev/null && pull_fs=tmpfs || pull_fs=disk
 trap 'kill $kiln_pid $nginx_pid 2> /dev/null || true; wait 2> /dev/null || true; [ $pull_fs = disk ] || umount "$work/pull"' EXIT
-until grep -q "http: listening" "$work/kiln.log"; do
-  kill -0 "$kiln_pid" 2> /dev/null || { cat "$work/kiln.log" >&2; echo "kiln serve exited" >&2; exit 1; }
-  sleep 0.1
-done
-while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
+await_server "$kiln_pid" "$work/kiln.log" 'grep -q "http: listening" "$work/kiln.log" && [ -S "$work/kiln/daemon.sock" ]'
 quiet nix copy --derivation --from "$source_store" --to "unix://$work/kiln/daemon.sock?root=$work/kiln/root" "$top"
 tiny=$(tiny_paths "$source_store" 3000 "warm-up $RANDOM")
 echo "$tiny" | sed 's|^/nix/store/\([a-z0-9]*\)-.*|\1|' > "$work/tiny.hashes"

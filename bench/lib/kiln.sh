@@ -14,6 +14,21 @@ publish_kiln() {
   kiln="$1/kiln-bin/kiln"
 }
 
+# await_server PID LOG CONDITION: evaluates CONDITION (a shell test, in the caller's variables) every 0.1 s until it
+# holds; stops the bench with the server's last log lines when the server PID has exited or 120 s have passed (a
+# server without sshd, say, runs on without ever listening for SSH, and a bench once waited for it for good).
+await_server() {
+  local pid="$1" log="$2" condition="$3" tries=1200
+  until eval "$condition"; do
+    if ! kill -0 "$pid" 2> /dev/null || [ $((tries -= 1)) -le 0 ]; then
+      echo "kiln serve did not come up ($(kill -0 "$pid" 2> /dev/null && echo "still waiting after 120 s" || echo "it exited")); the end of $log:" >&2
+      tail -n 8 "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
 # tiny_paths STORE N TAG: N small text files added to the Nix store STORE in one evaluation (builtins.toFile), their
 # store paths printed one per line: unrelated paths to warm a server up with.
 tiny_paths() {

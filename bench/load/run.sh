@@ -37,7 +37,7 @@ ssh_port=$((20000 + RANDOM % 10000)) http_port=$((30000 + RANDOM % 10000))
   --build-memory 512MiB --build-processes 500 --timeout 120 > "$work/kiln.log" 2>&1 &
 kiln_pid=$!
 trap 'kill $(jobs -p) 2> /dev/null || true' EXIT
-until grep -q "ssh: listening" "$work/kiln.log"; do sleep 0.1; done
+await_server "$kiln_pid" "$work/kiln.log" 'grep -q "ssh: listening" "$work/kiln.log"'
 for who in good bad; do
   ssh-keygen -q -t ed25519 -N "" -C "$who" -f "$work/key-$who"
   "$kiln" account create "$who" --data "$work/kiln" > /dev/null

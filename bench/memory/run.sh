@@ -41,7 +41,7 @@ start_kiln() {
   rm -rf "$work/kiln"
   "$kiln" serve --data "$work/kiln" --ssh-listen "127.0.0.1:$ssh_port" --http-listen "127.0.0.1:$http_port" > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
-  until grep -q "ssh: listening" "$work/kiln.log" 2> /dev/null && curl -sf "http://127.0.0.1:$http_port/nix-cache-info" > /dev/null; do sleep 0.1; done
+  await_server "$kiln_pid" "$work/kiln.log" 'grep -q "ssh: listening" "$work/kiln.log" 2> /dev/null && curl -sf "http://127.0.0.1:$http_port/nix-cache-info" > /dev/null'
   "$kiln" account create bench --data "$work/kiln" > /dev/null
   "$kiln" key add bench "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
   printf 'machine 127.0.0.1\nlogin bench\npassword %s\n' "$("$kiln" token create bench --permissions store:read,store:write --data "$work/kiln" | head -1)" > "$work/netrc"

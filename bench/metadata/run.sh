@@ -130,10 +130,7 @@ run_side() {
   fi
   "$kiln" serve --data "$data" --ssh-listen none --http-listen "127.0.0.1:$port" "${database[@]}" > "$work/$side-$round.log" 2>&1 &
   kiln_pid=$!
-  until grep -q "http: listening" "$work/$side-$round.log" && [ -S "$data/daemon.sock" ]; do
-    kill -0 "$kiln_pid" 2> /dev/null || { cat "$work/$side-$round.log" >&2; echo "kiln serve exited" >&2; exit 1; }
-    sleep 0.1
-  done
+  await_server "$kiln_pid" "$work/$side-$round.log" 'grep -q "http: listening" "$work/$side-$round.log" && [ -S "$data/daemon.sock" ]'
   local store="unix://$data/daemon.sock?root=$data/root" url="http://127.0.0.1:$port"
   # shellcheck disable=SC2086 # one argument per path
   nix copy --from "$source_store" --to "$store" $warm_up > /dev/null

@@ -31,7 +31,7 @@ kiln_port=$((20000 + RANDOM % 10000)) plain_port=$((30000 + RANDOM % 10000))
 "$kiln" serve --data "$work/kiln" --ssh-listen "127.0.0.1:$kiln_port" --http-listen none > "$work/kiln.log" 2>&1 &
 kiln_pid=$!
 ssh-keygen -q -t ed25519 -N "" -C bench -f "$work/id"
-until grep -q "ssh: listening" "$work/kiln.log"; do sleep 0.1; done
+await_server "$kiln_pid" "$work/kiln.log" 'grep -q "ssh: listening" "$work/kiln.log"'
 "$kiln" account create bench --data "$work/kiln" > /dev/null
 "$kiln" key add bench "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
 

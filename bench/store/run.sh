@@ -39,7 +39,7 @@ start_kiln() {
   rm -rf "$work/kiln"
   "$kiln" serve --data "$work/kiln" --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
-  while [ ! -S "$work/kiln/daemon.sock" ]; do sleep 0.1; done
+  await_server "$kiln_pid" "$work/kiln.log" '[ -S "$work/kiln/daemon.sock" ]'
 }
 stop_kiln() { kill -TERM "$kiln_pid"; wait "$kiln_pid" || true; }
 peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -103,7 +103,7 @@ start_kiln_ssh() {
   rm -rf "$work/kiln"
   "$kiln" serve --data "$work/kiln" --ssh-listen "127.0.0.1:$kiln_port" --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
-  while ! grep -q "ssh: listening" "$work/kiln.log" 2> /dev/null; do sleep 0.1; done
+  await_server "$kiln_pid" "$work/kiln.log" 'grep -q "ssh: listening" "$work/kiln.log" 2> /dev/null'
   "$kiln" account create bench --data "$work/kiln" > /dev/null
   "$kiln" key add bench "$(cat "$work/id.pub")" --data "$work/kiln" > /dev/null
   grep -v "^\[127.0.0.1\]:$kiln_port " "$work/known_hosts" > "$work/known_hosts.new" || true
