@@ -20,6 +20,10 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     private readonly Lock _gate = new();
     private readonly List<Watcher> _watchers = [];
     private readonly Queue<string> _backlog = new();
+    // Lines for one account's sessions only (NoteFor) while the build waits: a session of that account that joins
+    // afterwards gets them too. The step is often noted before the session that started it has joined (the claim runs
+    // at once), and its client would not learn why its build waits.
+    private readonly List<(long Account, string Line)> _notes = [];
     private readonly int _backlogLimit;
     private readonly CancellationTokenSource _cancel = new();
     private readonly TaskCompletionSource<long?> _buildId = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -130,6 +134,14 @@ internal sealed class RunningStep : IBuildLog, IDisposable
             foreach (var line in _backlog)
             {
                 watcher.Line(line);
+            }
+
+            foreach (var (noted, line) in _notes)
+            {
+                if (noted == account)
+                {
+                    watcher.Line(line);
+                }
             }
 
             _watchers.Add(watcher);
@@ -295,6 +307,7 @@ internal sealed class RunningStep : IBuildLog, IDisposable
         lock (_gate)
         {
             _runningSince = Stopwatch.GetTimestamp();
+            _notes.Clear(); // it waits no more
         }
     }
 
@@ -320,6 +333,11 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     {
         lock (_gate)
         {
+            if (_notes.Count < 8) // a step is noted once or twice; never a log
+            {
+                _notes.Add((account, line));
+            }
+
             foreach (var watcher in _watchers.Where(w => w.Account == account))
             {
                 watcher.Line(line);

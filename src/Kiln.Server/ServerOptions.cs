@@ -136,6 +136,12 @@ public sealed record ServerOptions
     /// <summary>The system user SSH clients log in as (<c>ssh kiln@host</c>); created when missing.</summary>
     public string SshUser { get; init; } = "kiln";
 
+    /// <summary>
+    /// The ciphers Kiln's sshd offers (<c>--ssh-ciphers</c>, OpenSSH's <c>Ciphers</c> list); <c>default</c>: OpenSSH's own
+    /// list; null: chosen for this CPU (<see cref="Ssh.SshInstallation.CiphersFor"/>).
+    /// </summary>
+    public string? SshCiphers { get; init; }
+
     /// <summary>OpenSSH's server, run as a child of Kiln.</summary>
     public string Sshd { get; init; } = "/usr/sbin/sshd";
 

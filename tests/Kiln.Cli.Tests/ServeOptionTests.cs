@@ -23,6 +23,18 @@ public class ServeOptionTests
     }
 
     [Theory]
+    [InlineData("aes128-gcm@openssh.com chacha20-poly1305@openssh.com")] // a second word would be another of sshd's lines' words
+    [InlineData("aes128-gcm@openssh.com\nPermitRootLogin yes")] // or a line of its own
+    [InlineData("aes128-gcm@openssh.com#")]
+    public void A_cipher_list_sshd_config_could_not_carry_as_one_list_is_refused(string value)
+    {
+        using var temp = new TempDir();
+        KilnCli.AssertOneLineError(KilnCli.Run("serve", "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none", "--ssh-ciphers", value),
+            "is not a list of OpenSSH cipher names");
+        Assert.False(File.Exists(Path.Combine(temp["data"], "daemon.sock")));
+    }
+
+    [Theory]
     [InlineData(null, "cannot read")]
     [InlineData("short", "must hold one token of at least 16 characters")]
     [InlineData("two tokens-of-a-good-length", "must hold one token of at least 16 characters")]

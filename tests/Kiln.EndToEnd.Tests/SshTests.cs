@@ -397,6 +397,51 @@ public class SshTests
         Processes.Run("ssh", [.. SshArguments(kiln, login), .. command], stdin is null ? null : System.Text.Encoding.UTF8.GetBytes(stdin));
 
     [Fact]
+    public void Where_the_CPU_has_AES_instructions_sessions_are_encrypted_with_AES_GCM_and_the_operator_can_give_OpenSSHs_own_list_back()
+    {
+        // OpenSSH's client takes chacha20-poly1305 whenever the server offers it; AES-GCM moves NARs with less CPU where
+        // the CPU has AES instructions, so there Kiln's sshd offers AES-GCM alone (SshInstallation.CiphersFor).
+        var aes = System.Runtime.Intrinsics.X86.Aes.IsSupported || System.Runtime.Intrinsics.Arm.Aes.IsSupported;
+        var client = NixClient.For("2.8.0");
+        string Negotiated(KilnProcess kiln, Login login, params string[] options)
+        {
+            // -v before SshArguments' LogLevel: ssh keeps the first log level it is given.
+            var session = Processes.Run("ssh", ["-v", .. options, .. SshArguments(kiln, login), "kiln", "whoami"]);
+            Assert.True(session.ExitCode == 0, session.Stderr);
+            Assert.Contains($"account {login.Account}", session.StdoutText, StringComparison.Ordinal);
+            var cipher = System.Text.RegularExpressions.Regex.Match(session.Stderr, "kex: server->client cipher: ([^ ]+)");
+            Assert.True(cipher.Success, session.Stderr);
+            return cipher.Groups[1].Value;
+        }
+
+        using (var kiln = new KilnProcess(ssh: true))
+        {
+            var alice = NewLogin(client, kiln, "alice");
+            Assert.Equal(aes ? "aes128-gcm@openssh.com" : "chacha20-poly1305@openssh.com", Negotiated(kiln, alice));
+            if (aes)
+            {
+                // A client that insists on chacha20-poly1305 is told why it cannot have it (at ssh's INFO level).
+                var chacha = Processes.Run("ssh", ["-o", "LogLevel=INFO", "-c", "chacha20-poly1305@openssh.com", .. SshArguments(kiln, alice), "kiln", "whoami"]);
+                Assert.NotEqual(0, chacha.ExitCode);
+                Assert.Contains("no matching cipher found", chacha.Stderr, StringComparison.Ordinal);
+                Assert.Equal("aes256-gcm@openssh.com", Negotiated(kiln, alice, "-c", "aes256-gcm@openssh.com"));
+            }
+        }
+
+        // --ssh-ciphers default: OpenSSH's own list (the client's first choice); a list: that list.
+        using (var kiln = new KilnProcess(ssh: true, arguments: ["--ssh-ciphers", "default"]))
+        {
+            Assert.DoesNotContain(File.ReadAllLines(Path.Combine(kiln.DataDirectory, "ssh", "sshd_config")), l => l.StartsWith("Ciphers", StringComparison.Ordinal));
+            Assert.Equal("chacha20-poly1305@openssh.com", Negotiated(kiln, NewLogin(client, kiln, "bob")));
+        }
+
+        using (var kiln = new KilnProcess(ssh: true, arguments: ["--ssh-ciphers", "aes256-ctr"]))
+        {
+            Assert.Equal("aes256-ctr", Negotiated(kiln, NewLogin(client, kiln, "carol")));
+        }
+    }
+
+    [Fact]
     public void Nobody_can_register_another_persons_public_key_without_proving_they_hold_it()
     {
         // The attack (found on 8b92d5f): Mallory registers Bob's public key (GitHub publishes it) in her account, and

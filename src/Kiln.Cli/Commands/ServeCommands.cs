@@ -163,6 +163,11 @@ internal static class ServeCommands
             DefaultValueFactory = _ => "/sys/fs/cgroup",
         };
         var sshUser = new Option<string>("--ssh-user") { Description = "The user SSH clients log in as (created if missing).", DefaultValueFactory = _ => "kiln" };
+        var sshCiphers = new Option<string?>("--ssh-ciphers")
+        {
+            Description = "The ciphers sshd offers, as OpenSSH's Ciphers list, or 'default' for OpenSSH's own (default: AES-GCM alone where the CPU has " +
+                "AES instructions, the faster for NARs; OpenSSH's own list elsewhere).",
+        };
         var database = new Option<string?>("--database")
         {
             Description = "Keep metadata in PostgreSQL instead of DATA/kiln.db: postgres://USER@HOST[:PORT]/DATABASE[?password_file=FILE&sslmode=…] or " +
@@ -221,7 +226,7 @@ internal static class ServeCommands
         };
         var command = new Command("serve", "Run Kiln: the store, the builder, the Nix daemon protocol on a unix socket and sshd in front, until SIGTERM or SIGINT.")
         {
-            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, httpListen, substituters, trustedKeys,
+            data, socket, account, maxJobs, cores, sandboxPaths, maxSilent, timeout, maxLog, sshListen, sshUser, sshCiphers, httpListen, substituters, trustedKeys,
             fodNetwork, fodAllow, fetchMax, blobSweep, buildMemory, buildProcesses, buildDisk, minFree, cgroupRoot, stagingLimit, database, blobs, blobCache, claimLease,
             narRedirect, narRedirectLifetime, localSlots, agentTimeout, agentWait, minMemory, defaultMemory, agentListen, agentTlsCert, agentTlsKey,
             minCores, defaultCores, metricsToken, publicUrl, gcInterval, gcMinFree, gcKeepRecent, pushFileRoots, pushPrivate, pushRetry, credentialsKey,
@@ -310,6 +315,7 @@ internal static class ServeCommands
                 HttpStagingLimit = Size(result.GetValue(stagingLimit)!),
                 SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
                 SshUser = result.GetValue(sshUser)!,
+                SshCiphers = result.GetValue(sshCiphers) is { Length: > 0 } ciphers ? CipherList(ciphers) : null,
                 HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
                 PublicUrl = result.GetValue(publicUrl) is { Length: > 0 } url ? ParsePublicUrl(url) : null,
                 FixedOutputNetwork = new Kiln.Agent.FixedOutputNetworkOptions
@@ -373,6 +379,20 @@ internal static class ServeCommands
         Uri.TryCreate(text.TrimEnd('/'), UriKind.Absolute, out var url) && url.Scheme is "http" or "https" && url.Query.Length == 0 && url.UserInfo.Length == 0
             ? url
             : throw new ArgumentException($"--public-url: '{text}' is not an http:// or https:// URL (e.g. https://kiln.example.com)");
+
+    // Checked before anything starts (the front door's own check would only leave the server without sshd).
+    private static string CipherList(string text)
+    {
+        try
+        {
+            _ = Kiln.Server.Ssh.SshInstallation.CiphersFor(text);
+            return text;
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CommandException(e.Message);
+        }
+    }
 
     // ADDRESS:PORT, checked before anything starts so a typo is one clear line.
     private static string ParseListen(string text) =>
