@@ -333,7 +333,8 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     {
         lock (_gate)
         {
-            if (_notes.Count < 8) // a step is noted once or twice; never a log
+            // Kept while the build waits (a note can come after it began running: the queue notes outside its lock).
+            if (_runningSince == 0 && _notes.Count < 8) // a step is noted once or twice; never a log
             {
                 _notes.Add((account, line));
             }
@@ -364,7 +365,17 @@ internal sealed class RunningStep : IBuildLog, IDisposable
     public bool WaitsForAccountSlot
     {
         get => Volatile.Read(ref _waitsForAccountSlot);
-        set => Volatile.Write(ref _waitsForAccountSlot, value);
+        set
+        {
+            Volatile.Write(ref _waitsForAccountSlot, value);
+            if (!value)
+            {
+                lock (_gate)
+                {
+                    _notes.Clear(); // claimed, or another front door builds it: what was noted no longer holds
+                }
+            }
+        }
     }
 
     private bool _waitsForAccountSlot;

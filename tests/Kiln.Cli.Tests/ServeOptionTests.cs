@@ -26,11 +26,14 @@ public class ServeOptionTests
     [InlineData("aes128-gcm@openssh.com chacha20-poly1305@openssh.com")] // a second word would be another of sshd's lines' words
     [InlineData("aes128-gcm@openssh.com\nPermitRootLogin yes")] // or a line of its own
     [InlineData("aes128-gcm@openssh.com#")]
+    [InlineData("aes128-gcm")] // not a name OpenSSH knows: sshd would not start, and Kiln would run without SSH
+    [InlineData("+chacha20-poly1305@openssh.com,aes512-gcm@openssh.com")]
+    [InlineData("")]
     public void A_cipher_list_sshd_config_could_not_carry_as_one_list_is_refused(string value)
     {
         using var temp = new TempDir();
         KilnCli.AssertOneLineError(KilnCli.Run("serve", "--data", temp["data"], "--ssh-listen", "none", "--http-listen", "none", "--ssh-ciphers", value),
-            "is not a list of OpenSSH cipher names");
+            "is not a list of the OpenSSH cipher names");
         Assert.False(File.Exists(Path.Combine(temp["data"], "daemon.sock")));
     }
 

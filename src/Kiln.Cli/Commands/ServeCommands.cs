@@ -315,7 +315,7 @@ internal static class ServeCommands
                 HttpStagingLimit = Size(result.GetValue(stagingLimit)!),
                 SshListen = result.GetValue(sshListen) is "none" or "" ? null : result.GetValue(sshListen),
                 SshUser = result.GetValue(sshUser)!,
-                SshCiphers = result.GetValue(sshCiphers) is { Length: > 0 } ciphers ? CipherList(ciphers) : null,
+                SshCiphers = result.GetValue(sshCiphers) is { } ciphers ? CipherList(ciphers) : null, // (an empty one is refused)
                 HttpListen = result.GetValue(httpListen) is "none" or "" ? null : ParseListen(result.GetValue(httpListen)!),
                 PublicUrl = result.GetValue(publicUrl) is { Length: > 0 } url ? ParsePublicUrl(url) : null,
                 FixedOutputNetwork = new Kiln.Agent.FixedOutputNetworkOptions

@@ -184,7 +184,8 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
     /// their own list that the server offers: chacha20-poly1305. On a CPU with AES instructions AES-GCM moves the same
     /// bytes with about two thirds of ssh's CPU (300 MiB through ssh on loopback here: 0.97 s against 0.65 s), so there
     /// the server offers the two AES-GCM ciphers alone — OpenSSH's own since 6.2 (2013), authenticated encryption like
-    /// chacha20-poly1305, and outside the Terrapin prefix truncation (CVE-2023-48795), which chacha20-poly1305 is not.
+    /// chacha20-poly1305, and outside the Terrapin prefix truncation (CVE-2023-48795) even with a client that lacks
+    /// OpenSSH 9.6's strict key exchange (chacha20-poly1305 is safe only with it).
     /// Without AES instructions chacha20-poly1305 is the faster one: OpenSSH's own list stays. <c>--ssh-ciphers</c>
     /// names a list of the operator's (for a client without AES-GCM) or <c>default</c>.
     /// </summary>
@@ -201,10 +202,36 @@ public sealed record SshInstallation(string ConfigFile, string HostPublicKey, st
             return null;
         }
 
-        // sshd refuses to start on a name it does not know and says so in Kiln's log; this keeps the line one line.
-        return configured.Length > 0 && configured.All(c => char.IsAsciiLetterOrDigit(c) || c is '@' or '.' or ',' or '-' or '+' or '^')
-            ? configured
-            : throw new InvalidOperationException($"--ssh-ciphers {System.Text.Json.JsonSerializer.Serialize(configured)} is not a list of OpenSSH cipher names (aes128-gcm@openssh.com,…) or 'default'");
+        // One line of names (sshd would refuse to start on a name it does not know, and Kiln would run without SSH): each,
+        // after OpenSSH's +/-/^ (append, remove, put first), one that this OpenSSH knows (`ssh -Q cipher`, the same
+        // library as sshd's; where there is no ssh client, the characters alone).
+        var known = KnownCiphers();
+        var names = configured.Length == 0 ? [] : configured.TrimStart('+', '-', '^').Split(',');
+        if (names.Length == 0 || names.Any(n => n.Length == 0 || !n.All(c => char.IsAsciiLetterOrDigit(c) || c is '@' or '.' or '-') || (known is not null && !known.Contains(n))))
+        {
+            throw new InvalidOperationException($"--ssh-ciphers {System.Text.Json.JsonSerializer.Serialize(configured)} is not a list of the OpenSSH cipher names " +
+                $"{(known is null ? "" : $"this host knows ({string.Join(',', known)}) ")}or 'default'");
+        }
+
+        return configured;
+    }
+
+    private static HashSet<string>? KnownCiphers()
+    {
+        try
+        {
+            var query = new System.Diagnostics.ProcessStartInfo("ssh") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            query.ArgumentList.Add("-Q");
+            query.ArgumentList.Add("cipher");
+            using var ssh = System.Diagnostics.Process.Start(query)!;
+            var names = ssh.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            ssh.WaitForExit();
+            return ssh.ExitCode == 0 && names.Length > 0 ? names.ToHashSet(StringComparer.Ordinal) : null;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return null; // no ssh client here
+        }
     }
 
     private static (string Address, int Port) ParseListen(string listen)
