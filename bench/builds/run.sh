@@ -99,7 +99,8 @@ stop_mux() { ssh $(mux_opts "$1") -O exit "$2@127.0.0.1" 2> /dev/null || true; }
 
 build() { nix build --store "$1" -f "$work/dag.nix" --no-link; }
 # Over SSH: evaluation into a client store of the run's own (fresh each round, so the derivations are copied again).
-ssh_build() { NIX_SSHOPTS="$2" nix build --eval-store "local?root=$work/client" --store "$1" -f "$work/dag.nix" --no-link; }
+# (Another DAG and client store when given: the warm-up's.)
+ssh_build() { NIX_SSHOPTS="$2" nix build --eval-store "local?root=${4:-$work/client}" --store "$1" -f "${3:-$work/dag.nix}" --no-link; }
 seconds() {
   local start end
   start=$(date +%s.%N)
@@ -114,9 +115,7 @@ fresh() { sync; seconds "$@"; }
 in_service() { # STORE_URL SSH_OPTS PID…
   local url="$1" opts="$2"; shift 2
   rm -rf "$work/warm-client"
-  if ! NIX_SSHOPTS="$opts" nix build --eval-store "local?root=$work/warm-client" --store "$url" -f "$work/warm/dag.nix" --no-link > "$work/last.log" 2>&1; then
-    cat "$work/last.log" >&2; exit 1
-  fi
+  seconds ssh_build "$url" "$opts" "$work/warm/dag.nix" "$work/warm-client" > /dev/null
   rm -rf "$work/warm-client"
   settle "$@"
 }
