@@ -49,6 +49,13 @@ else
   echo "not root: the end-to-end tests with real Nix clients will be skipped" >&2
 fi
 
+# kiln as ./kiln publishes it: the native kiln (NativeAOT; kiln key …, kiln token …) with the managed kiln beside it.
+# The CLI tests check it against the managed kiln, and run the account and cache command tests through it again below.
+# (Without clang, and not root to install it, ./kiln is the managed kiln alone and those tests skip.)
+"$repo/kiln" --version > /dev/null
+[ -x "$repo/artifacts/kiln/kiln-managed" ] && export KILN_NATIVE_KILN="$repo/artifacts/kiln/kiln"
+[ "$(id -u)" = 0 ] && export KILN_REQUIRE_NATIVE=1
+
 results="$repo/artifacts/test-results"
 rm -rf "$results"
 status=0
@@ -61,6 +68,8 @@ for project in "$repo"/tests/*/*.csproj; do
   name="$(basename "$project" .csproj)"
   dotnet test "$project" --logger "trx;LogFileName=$name.trx" --results-directory "$results" "$@" || status=$?
 done
+KILN_TEST_KILN="$KILN_NATIVE_KILN" dotnet test "$repo/tests/Kiln.Cli.Tests/Kiln.Cli.Tests.csproj" --logger "trx;LogFileName=Kiln.Cli.Tests.native.trx" \
+  --results-directory "$results" --filter "FullyQualifiedName~AccountCommandTests|FullyQualifiedName~CacheCommandTests" "$@" || status=$?
 # Each dotnet test leaves two empty directories of the .NET SDK's own in the temporary directory (six random letters,
 # mode 700; Microsoft.DotNet.InternalAbstractions makes them): those made during this run go.
 find "$(dirname "$sdk_mark")" -maxdepth 1 -regextype posix-extended -regex '.*/[A-Za-z0-9]{6}' -type d -empty -perm 700 \

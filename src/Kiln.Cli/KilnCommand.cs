@@ -10,31 +10,13 @@ namespace Kiln.Cli;
 /// </summary>
 internal static class KilnCommand
 {
-    // Top-level command groups, built on demand: only the group being run is constructed, so start-up time does
-    // not grow with the number of commands (help and errors build them all).
-    private static readonly Dictionary<string, Func<Command>> Groups = new(StringComparer.Ordinal)
-    {
-        ["nix"] = NixCommands.Create,
-        ["serve"] = ServeCommands.Serve,
-        ["store"] = ServeCommands.Store,
-        [Kiln.Agent.BuiltinFetcher.CommandName] = ServeCommands.BuiltinFetchurl,
-        ["account"] = AccountCommands.Account,
-        ["usage"] = AccountCommands.Usage,
-        ["settings"] = SettingsCommands.Settings,
-        ["key"] = AccountCommands.Key,
-        ["auth-keys"] = AccountCommands.AuthKeys,
-        ["client-config"] = AccountCommands.ClientConfig,
-        ["token"] = CacheCommands.Token,
-        ["signing-key"] = CacheCommands.SigningKey,
-        ["agent"] = AgentCommands.Agent,
-        ["agent-token"] = AgentCommands.AgentTokens,
-        ["agents"] = AgentCommands.Agents,
-        ["builder"] = BuilderCommands.Builder,
-        ["ci"] = CiCommands.Ci,
-        ["pin"] = PinCommands.Pin,
-    };
-
-    public static async Task<int> RunAsync(string[] args)
+    /// <summary>
+    /// Runs the command <paramref name="args"/> name, from <paramref name="groups"/> (top-level name to the group's
+    /// constructor: only the group being run is built, so start-up does not grow with the number of commands).
+    /// A command outside them goes to <paramref name="elsewhere"/> when given (the native kiln hands it to the managed
+    /// one), so help, errors and the rest read the same whichever kiln ran.
+    /// </summary>
+    public static async Task<int> RunAsync(string[] args, IReadOnlyDictionary<string, Func<Command>> groups, Func<string[], int>? elsewhere = null)
     {
         // What scripts run once per file, as they run nix-store --dump: straight to the work, without building the
         // parser (a sixth of the command's start). Whatever the parser would read as more than a path (an option, a
@@ -45,13 +27,17 @@ internal static class KilnCommand
         }
 
         var root = new RootCommand("Kiln: a Nix build service that stock nix talks to.");
-        if (args.Length > 0 && Groups.TryGetValue(args[0], out var group))
+        if (args.Length > 0 && groups.TryGetValue(args[0], out var group))
         {
             root.Subcommands.Add(group());
         }
+        else if (elsewhere is not null)
+        {
+            return elsewhere(args);
+        }
         else
         {
-            foreach (var create in Groups.Values)
+            foreach (var create in groups.Values)
             {
                 root.Subcommands.Add(create());
             }

@@ -1,3 +1,3 @@
 using Kiln.Cli;
 
-return await KilnCommand.RunAsync(args).ConfigureAwait(false);
+return await KilnCommand.RunAsync(args, CommandGroups.All()).ConfigureAwait(false);

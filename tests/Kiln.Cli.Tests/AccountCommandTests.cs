@@ -7,7 +7,7 @@ namespace Kiln.Cli.Tests;
 public class AccountCommandTests
 {
     /// <summary>A fresh key pair from ssh-keygen: (public key line, fingerprint as ssh-keygen -l prints it).</summary>
-    private static (string PublicKey, string Fingerprint) NewKey(TempDir temp, string name, string type = "ed25519")
+    internal static (string PublicKey, string Fingerprint) NewKey(TempDir temp, string name, string type = "ed25519")
     {
         var file = temp[name];
         Assert.Equal(0, Processes.Run("ssh-keygen", ["-q", "-t", type, "-N", "", "-C", $"{name}@test", "-f", file]).ExitCode);

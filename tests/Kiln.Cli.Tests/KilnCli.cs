@@ -2,13 +2,21 @@ using Kiln.Nix.Tests.Support;
 
 namespace Kiln.Cli.Tests;
 
-/// <summary>Runs the kiln executable that was built next to the tests.</summary>
+/// <summary>
+/// Runs the kiln executable that was built next to the tests; or, with <c>KILN_TEST_KILN</c> set, that program (test.sh
+/// runs the key and token tests again through the published native kiln, which hands the rest to the managed one).
+/// </summary>
 public static class KilnCli
 {
     private static readonly string Dll = Path.Combine(AppContext.BaseDirectory, "kiln.dll");
 
+    /// <summary>The native kiln of a publish (test.sh sets <c>KILN_NATIVE_KILN</c>), or null.</summary>
+    public static string? Native => Environment.GetEnvironmentVariable("KILN_NATIVE_KILN") is { Length: > 0 } native ? native : null;
+
     public static ProcessResult Run(byte[]? stdin, params string[] args) =>
-        Processes.Run("dotnet", [Dll, .. args], stdin);
+        Environment.GetEnvironmentVariable("KILN_TEST_KILN") is { Length: > 0 } program
+            ? Processes.Run(program, args, stdin)
+            : Processes.Run("dotnet", [Dll, .. args], stdin);
 
     public static ProcessResult Run(params string[] args) => Run(null, args);
 

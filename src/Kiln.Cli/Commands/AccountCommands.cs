@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Kiln.Accounts;
 using Kiln.Api;
 using Kiln.Store;
@@ -50,15 +51,27 @@ internal static class AccountCommands
         Console.Out.Write((json ? JsonSerializer.Serialize(value, Json) : text) + "\n");
     }
 
-    private static object KeyJson(SshKeyRecord key) => new
+    /// <summary>
+    /// As <see cref="Print(bool, object, string)"/>, for a document built as nodes: what the commands the native kiln
+    /// runs print, since reflection over anonymous types (the serializer's way) is not there ahead of time.
+    /// </summary>
+    internal static void Print(bool json, JsonNode value, string text)
     {
-        account = key.AccountName,
-        fingerprint = key.Fingerprint,
-        type = key.Key.Type,
-        comment = key.Key.Comment,
-        permissions = KeyPermissionNames.ToNames(key.Permissions),
-        enabled = key.Enabled,
-        created = DateTimeOffset.FromUnixTimeSeconds(key.Created).ToString("yyyy-MM-ddTHH:mm:ssZ", System.Globalization.CultureInfo.InvariantCulture),
+        Console.Out.Write((json ? value.ToJsonString(Json) : text) + "\n");
+    }
+
+    /// <summary>A JSON array of <paramref name="items"/>, each as <paramref name="each"/> writes it.</summary>
+    internal static JsonArray JsonList<T>(IEnumerable<T> items, Func<T, JsonNode?> each) => [.. items.Select(each)];
+
+    private static JsonObject KeyJson(SshKeyRecord key) => new()
+    {
+        ["account"] = key.AccountName,
+        ["fingerprint"] = key.Fingerprint,
+        ["type"] = key.Key.Type,
+        ["comment"] = key.Key.Comment,
+        ["permissions"] = JsonList(KeyPermissionNames.ToNames(key.Permissions), name => name),
+        ["enabled"] = key.Enabled,
+        ["created"] = DateTimeOffset.FromUnixTimeSeconds(key.Created).ToString("yyyy-MM-ddTHH:mm:ssZ", System.Globalization.CultureInfo.InvariantCulture),
     };
 
     private static string KeyText(SshKeyRecord key) =>
@@ -262,7 +275,7 @@ internal static class AccountCommands
             {
                 var account = await AccountAsync(metadata, result.GetValue(listAccount)!, cancellationToken).ConfigureAwait(false);
                 var keys = await Service(metadata).ListKeysAsync(Actor.Operator, account, cancellationToken).ConfigureAwait(false);
-                Print(result.GetValue(listJson), keys.Select(KeyJson), string.Join("\n", keys.Select(KeyText)));
+                Print(result.GetValue(listJson), JsonList(keys, KeyJson), string.Join("\n", keys.Select(KeyText)));
                 return 0;
             }
         });
@@ -282,7 +295,7 @@ internal static class AccountCommands
                 var account = await AccountAsync(metadata, result.GetValue(removeAccount)!, cancellationToken).ConfigureAwait(false);
                 await Service(metadata).RemoveKeyAsync(Actor.Operator, account, fingerprint, cancellationToken).ConfigureAwait(false);
 
-                Print(result.GetValue(removeJson), new { account = account.Name, fingerprint, removed = true }, $"removed {fingerprint}");
+                Print(result.GetValue(removeJson), new JsonObject { ["account"] = account.Name, ["fingerprint"] = fingerprint, ["removed"] = true }, $"removed {fingerprint}");
                 return 0;
             }
         });

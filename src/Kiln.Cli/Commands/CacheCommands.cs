@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Text.Json.Nodes;
 using Kiln.Accounts;
 using Kiln.Store.Accounts;
 using Kiln.Store.Metadata;
@@ -16,15 +17,15 @@ internal static class CacheCommands
     private static string Time(long? unixSeconds) =>
         unixSeconds is { } t ? DateTimeOffset.FromUnixTimeSeconds(t).ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture) : "never";
 
-    private static object TokenJson(TokenRecord token) => new
+    private static JsonObject TokenJson(TokenRecord token) => new()
     {
-        id = token.Id,
-        account = token.AccountName,
-        description = token.Description,
-        permissions = KeyPermissionNames.ToNames(token.Permissions),
-        expires = token.Expires is null ? null : Time(token.Expires),
-        revoked = token.Revoked is null ? null : Time(token.Revoked),
-        created = Time(token.Created),
+        ["id"] = token.Id,
+        ["account"] = token.AccountName,
+        ["description"] = token.Description,
+        ["permissions"] = JsonList(KeyPermissionNames.ToNames(token.Permissions), name => name),
+        ["expires"] = token.Expires is null ? null : Time(token.Expires),
+        ["revoked"] = token.Revoked is null ? null : Time(token.Revoked),
+        ["created"] = Time(token.Created),
     };
 
     private static string TokenText(TokenRecord token) =>
@@ -61,7 +62,7 @@ internal static class CacheCommands
                 var account = await AccountAsync(metadata, result.GetValue(createAccount)!, cancellationToken).ConfigureAwait(false);
                 var (secret, token) = await Service(metadata).CreateTokenAsync(Actor.Operator, account, granted, expiry, result.GetValue(description)!, cancellationToken)
                     .ConfigureAwait(false);
-                Print(result.GetValue(createJson), new { token = secret, details = TokenJson(token) },
+                Print(result.GetValue(createJson), new JsonObject { ["token"] = secret, ["details"] = TokenJson(token) },
                     $"{secret}\n(token {token.Id} for {account.Name}: {KeyPermissionNames.Format(granted)}, expires {Time(token.Expires)}; it is not shown again)");
                 return 0;
             }
@@ -78,7 +79,7 @@ internal static class CacheCommands
             {
                 var account = await AccountAsync(metadata, result.GetValue(listAccount)!, cancellationToken).ConfigureAwait(false);
                 var tokens = await Service(metadata).ListTokensAsync(Actor.Operator, account, cancellationToken).ConfigureAwait(false);
-                Print(result.GetValue(listJson), tokens.Select(TokenJson), string.Join("\n", tokens.Select(TokenText)));
+                Print(result.GetValue(listJson), JsonList(tokens, TokenJson), string.Join("\n", tokens.Select(TokenText)));
                 return 0;
             }
         });
@@ -97,7 +98,7 @@ internal static class CacheCommands
                 var id = result.GetValue(revokeId);
                 await Service(metadata).RevokeTokenAsync(Actor.Operator, account, id, cancellationToken).ConfigureAwait(false);
 
-                Print(result.GetValue(revokeJson), new { account = account.Name, id, revoked = true }, $"revoked token {id}");
+                Print(result.GetValue(revokeJson), new JsonObject { ["account"] = account.Name, ["id"] = id, ["revoked"] = true }, $"revoked token {id}");
                 return 0;
             }
         });

@@ -1,0 +1,141 @@
+using System.Diagnostics;
+using System.Text;
+using Kiln.Nix.Tests.Support;
+
+namespace Kiln.Cli.Tests;
+
+/// <summary>
+/// The kiln a publish lays out (what ./kiln runs): a NativeAOT program running kiln key … and kiln token … itself,
+/// and handing every other command to the managed kiln beside it (kiln-managed) in the same process. test.sh
+/// publishes it and names it in KILN_NATIVE_KILN; without one these tests skip (KILN_REQUIRE_NATIVE=1 makes that
+/// a failure). test.sh also runs the account and cache command tests again through it (KILN_TEST_KILN).
+/// </summary>
+public class NativeKilnTests
+{
+    private static readonly string ManagedDll = Path.Combine(AppContext.BaseDirectory, "kiln.dll");
+
+    private static string Native()
+    {
+        if (KilnCli.Native is { } native)
+        {
+            return native;
+        }
+
+        Assert.False(Environment.GetEnvironmentVariable("KILN_REQUIRE_NATIVE") == "1", "KILN_REQUIRE_NATIVE=1, but KILN_NATIVE_KILN names no native kiln");
+        Assert.Skip("no published native kiln (test.sh publishes one and names it in KILN_NATIVE_KILN)");
+        return null!;
+    }
+
+    private static ProcessResult Managed(params string[] args) => Processes.Run("dotnet", [ManagedDll, .. args]);
+
+    private static ProcessResult NativeRun(params string[] args) => Processes.Run(Native(), args);
+
+    private static void AssertSame(params string[] args)
+    {
+        var (native, managed) = (NativeRun(args), Managed(args));
+        var command = string.Join(' ', args);
+        Assert.True(managed.ExitCode == native.ExitCode, $"kiln {command}: exit {native.ExitCode} natively, {managed.ExitCode} managed ({native.Stderr})");
+        Assert.True(managed.StdoutText == native.StdoutText, $"kiln {command}: native stdout\n{native.StdoutText}\nmanaged stdout\n{managed.StdoutText}");
+        Assert.True(managed.Stderr == native.Stderr, $"kiln {command}: native stderr\n{native.Stderr}\nmanaged stderr\n{managed.Stderr}");
+    }
+
+    [Fact]
+    public void The_published_kiln_is_a_native_program_and_the_managed_kiln_is_beside_it()
+    {
+        var native = File.ReadAllBytes(Native());
+        var managed = File.ReadAllBytes(Path.Combine(Path.GetDirectoryName(Native())!, "kiln-managed"));
+        Assert.True(native.AsSpan().StartsWith((byte[])[0x7f, (byte)'E', (byte)'L', (byte)'F']), "kiln is not an ELF program");
+
+        // A .NET apphost starts the runtime through hostfxr; a NativeAOT program carries its runtime and never does.
+        Assert.True(managed.AsSpan().IndexOf("libhostfxr.so"u8) >= 0, "kiln-managed is not the .NET apphost");
+        Assert.True(native.AsSpan().IndexOf("libhostfxr.so"u8) < 0, "kiln is the .NET apphost, not the native kiln");
+    }
+
+    [Fact]
+    public void Keys_and_tokens_read_the_same_natively_as_through_the_managed_kiln()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        Assert.Equal(0, NativeRun("account", "create", "alice", "--data", data).ExitCode); // by the managed kiln
+        var key = AccountCommandTests.NewKey(temp, "laptop").PublicKey;
+        var added = NativeRun("key", "add", "alice", key, "--permissions", "store:read,build:write", "--data", data, "--json");
+        Assert.True(added.ExitCode == 0, added.Stderr);
+        Assert.Contains("\"permissions\":[\"store:read\",\"build:write\"]", added.StdoutText, StringComparison.Ordinal);
+        Assert.Equal(0, Managed("key", "add", "alice", AccountCommandTests.NewKey(temp, "ci", "rsa").PublicKey, "--data", data).ExitCode);
+        var token = NativeRun("token", "create", "alice", "--permissions", "store:read", "--expires", "30d", "--description", "ci runners", "--data", data, "--json");
+        Assert.True(token.ExitCode == 0, token.Stderr);
+        Assert.Contains("\"description\":\"ci runners\"", token.StdoutText, StringComparison.Ordinal);
+        Assert.Equal(0, Managed("token", "create", "alice", "--data", data).ExitCode);
+        Assert.Equal(0, NativeRun("token", "revoke", "alice", "2", "--data", data).ExitCode);
+
+        foreach (var json in new[] { "--json", "" })
+        {
+            AssertSame([.. new[] { "key", "list", "alice", "--data", data, json }.Where(a => a.Length > 0)]);
+            AssertSame([.. new[] { "token", "list", "alice", "--data", data, json }.Where(a => a.Length > 0)]);
+        }
+
+        // Failures: the same line and exit code.
+        AssertSame("key", "list", "nobody", "--data", data);
+        AssertSame("key", "add", "alice", "not a key", "--data", data);
+        AssertSame("key", "remove", "alice", "SHA256:nothere", "--data", data);
+        AssertSame("token", "create", "alice", "--expires", "yesterday", "--data", data);
+        AssertSame("token", "create", "alice", "--permissions", "build:sudo", "--data", data);
+        AssertSame("token", "revoke", "alice", "99", "--data", data);
+        AssertSame("key", "list");
+        AssertSame("key", "--help");
+        AssertSame("token", "create", "--help");
+
+        Assert.Equal(0, NativeRun("key", "remove", "alice", key, "--data", data).ExitCode);
+        AssertSame("key", "list", "alice", "--data", data);
+    }
+
+    [Fact]
+    public void Every_other_command_is_the_managed_kilns_run_in_the_same_process()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        AssertSame("--version");
+        AssertSame("--help");
+        AssertSame();
+        AssertSame("no-such-command");
+        AssertSame("account", "list", "--data", data);
+        AssertSame("nix", "hash-path", "--help");
+
+        // kiln serve through the native kiln: the process its starter holds becomes the managed kiln (execv), so a
+        // signal to that pid stops the server.
+        var start = new ProcessStartInfo(Native()) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var argument in new[] { "serve", "--data", data, "--ssh-listen", "none", "--http-listen", "none" })
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var server = Process.Start(start)!;
+        var log = new StringBuilder();
+        server.ErrorDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
+        server.OutputDataReceived += (_, e) => { lock (log) { log.AppendLine(e.Data); } };
+        server.BeginErrorReadLine();
+        server.BeginOutputReadLine();
+        try
+        {
+            var socket = Path.Combine(data, "daemon.sock");
+            for (var waited = 0; !File.Exists(socket) && !server.HasExited && waited < 600; waited++)
+            {
+                Thread.Sleep(100);
+            }
+
+            Assert.True(File.Exists(socket), $"kiln serve did not start: {log}");
+            Assert.Equal(Path.Combine(Path.GetDirectoryName(Native())!, "kiln-managed"), new FileInfo($"/proc/{server.Id}/exe").LinkTarget);
+            Processes.Run("kill", ["-TERM", server.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+            Assert.True(server.WaitForExit(60_000), "kiln serve did not stop on SIGTERM");
+            Assert.True(server.ExitCode == 0, $"kiln serve exited {server.ExitCode}: {log}");
+        }
+        finally
+        {
+            if (!server.HasExited)
+            {
+                server.Kill(entireProcessTree: true);
+                server.WaitForExit();
+            }
+        }
+    }
+}
