@@ -3,6 +3,8 @@
 # program's start (/bin/true) as the anchor, measured the same way (python3's subprocess, stdout to /dev/null):
 #  * `kiln key list ACCOUNT` and `kiln token create ACCOUNT` against a stopped installation's database;
 #  * `kiln nix dump-path` of a small file (what `nix-store --dump` is to Nix), next to `nix-store --dump` too.
+#  * with a published layout (kiln native, kiln-managed beside it), the same through the managed kiln, and a command
+#    the native kiln hands to the managed one.
 #
 #   bench/startup/run.sh [--runs 20]
 #
@@ -47,11 +49,21 @@ keys=$(time_ms "$kiln" key list ops --data "$work/kiln")
 tokens=$(time_ms "$kiln" token create ops --permissions store:read --data "$work/kiln")
 dump=$(time_ms "$kiln" nix dump-path "$work/small")
 nixdump=$(time_ms nix-store --dump "$work/small")
+# A publish lays out kiln as the native kiln (NativeAOT) and the managed one beside it as kiln-managed: the same
+# commands through the managed kiln, for the difference (and what every command the native kiln hands on costs).
+managed_rows=()
+if [ -x "$(dirname "$kiln")/kiln-managed" ]; then
+  managed="$(dirname "$kiln")/kiln-managed"
+  managed_rows=("managed kiln key list:$(time_ms "$managed" key list ops --data "$work/kiln")"
+    "managed kiln token create:$(time_ms "$managed" token create ops --permissions store:read --data "$work/kiln")"
+    "managed kiln --version:$(time_ms "$managed" --version)"
+    "kiln --version (handed to managed):$(time_ms "$kiln" --version)")
+fi
 
 echo
 echo "start-up, exec to exit (median of $runs; $(nproc) cores)"
 printf '%-40s %10s %10s\n' "" "ms" "vs /bin/true"
-for row in "/bin/true (a C program's start):$anchor" "nix-store --dump (small file):$nixdump" "kiln key list:$keys" "kiln token create:$tokens" "kiln nix dump-path (small file):$dump"; do
+for row in "/bin/true (a C program's start):$anchor" "nix-store --dump (small file):$nixdump" "kiln key list:$keys" "kiln token create:$tokens" "kiln nix dump-path (small file):$dump" "${managed_rows[@]}"; do
   printf '%-40s %10s %10s\n' "${row%%:*}" "${row##*:}" "$(echo "scale=1; ${row##*:} / $anchor" | bc)x"
 done
 summary "start-up: kiln key list vs /bin/true" "$anchor" "$keys" ms "time<=2"
