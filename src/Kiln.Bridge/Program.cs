@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json;
 
@@ -156,38 +155,10 @@ internal static class Program
             return ServerUnreachable;
         }
 
-        string[] argv = [fallback, user, type, blob];
-        var pointers = new nint[argv.Length + 1]; // the last stays null, as execv wants
-        try
-        {
-            for (var i = 0; i < argv.Length; i++)
-            {
-                pointers[i] = Marshal.StringToCoTaskMemUTF8(argv[i]);
-            }
-
-            // The runtime ignores SIGPIPE, and an ignored signal stays ignored across exec: the fallback gets it back.
-            _ = Signal(SigPipe, SigDefault);
-            _ = Execv(pointers[0], pointers); // returns only when it failed
-            stderr.Write(Encoding.UTF8.GetBytes($"kiln-bridge: cannot run {fallback}: {Marshal.GetLastPInvokeErrorMessage()}\n"));
-            return ServerUnreachable;
-        }
-        finally
-        {
-            foreach (var pointer in pointers)
-            {
-                Marshal.FreeCoTaskMem(pointer);
-            }
-        }
+        var failure = Exec.Replace([fallback, user, type, blob]);
+        stderr.Write(Encoding.UTF8.GetBytes($"kiln-bridge: cannot run {fallback}: {failure}\n"));
+        return ServerUnreachable;
     }
-
-    [DllImport("libc", EntryPoint = "execv", SetLastError = true)]
-    private static extern int Execv(nint path, nint[] argv);
-
-    private const int SigPipe = 13; // the same on every Linux architecture .NET runs on
-    private const nint SigDefault = 0;
-
-    [DllImport("libc", EntryPoint = "signal")]
-    private static extern nint Signal(int signal, nint handler);
 
     // What sshd passes as %t and %k: a key type and base64; anything else cannot be one of Kiln's keys, and must not
     // reach the JSON line or the authorized_keys line unquoted.

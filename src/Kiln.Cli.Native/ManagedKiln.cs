@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-
 namespace Kiln.Cli.Native;
 
 /// <summary>
@@ -15,36 +13,7 @@ internal static class ManagedKiln
     public static int Exec(string[] args)
     {
         var managed = Path.Combine(AppContext.BaseDirectory, FileName);
-        string[] argv = [managed, .. args];
-        var pointers = new nint[argv.Length + 1]; // the last stays null, as execv wants
-        try
-        {
-            for (var i = 0; i < argv.Length; i++)
-            {
-                pointers[i] = Marshal.StringToCoTaskMemUTF8(argv[i]);
-            }
-
-            // The runtime ignores SIGPIPE, and an ignored signal stays ignored across exec: the managed kiln, and the
-            // programs it starts, get it back as a stock start would leave it.
-            _ = Signal(SigPipe, SigDefault);
-            _ = Execv(pointers[0], pointers); // returns only when it failed
-            return KilnCommand.Fail($"cannot run {managed}: {Marshal.GetLastPInvokeErrorMessage()}");
-        }
-        finally
-        {
-            foreach (var pointer in pointers)
-            {
-                Marshal.FreeCoTaskMem(pointer);
-            }
-        }
+        var failure = Bridge.Exec.Replace([managed, .. args]);
+        return KilnCommand.Fail($"cannot run {managed}: {failure}");
     }
-
-    [DllImport("libc", EntryPoint = "execv", SetLastError = true)]
-    private static extern int Execv(nint path, nint[] argv);
-
-    private const int SigPipe = 13; // the same on every Linux architecture .NET runs on
-    private const nint SigDefault = 0;
-
-    [DllImport("libc", EntryPoint = "signal")]
-    private static extern nint Signal(int signal, nint handler);
 }
