@@ -33,6 +33,21 @@ internal static class Exec
         }
     }
 
+    /// <summary>
+    /// Sets <paramref name="name"/> in the environment the next <see cref="Replace"/> passes on (execv passes the C
+    /// library's environment; .NET's Environment.SetEnvironmentVariable changes only the runtime's own copy).
+    /// </summary>
+    public static void SetForProgram(string name, string value)
+    {
+        if (SetEnv(name, value, 1) != 0)
+        {
+            throw new InvalidOperationException($"cannot set {name}: {Marshal.GetLastPInvokeErrorMessage()}");
+        }
+    }
+
+    [DllImport("libc", EntryPoint = "setenv", SetLastError = true)]
+    private static extern int SetEnv([MarshalAs(UnmanagedType.LPUTF8Str)] string name, [MarshalAs(UnmanagedType.LPUTF8Str)] string value, int overwrite);
+
     [DllImport("libc", EntryPoint = "execv", SetLastError = true)]
     private static extern int Execv(nint path, nint[] argv);
 

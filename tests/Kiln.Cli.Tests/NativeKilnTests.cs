@@ -82,11 +82,44 @@ public class NativeKilnTests
         AssertSame("token", "create", "alice", "--permissions", "build:sudo", "--data", data);
         AssertSame("token", "revoke", "alice", "99", "--data", data);
         AssertSame("key", "list");
+        AssertSame("key", "list", "alice", "--data", "/dev/null"); // the runtime's own message, not a resource key
         AssertSame("key", "--help");
         AssertSame("token", "create", "--help");
 
         Assert.Equal(0, NativeRun("key", "remove", "alice", key, "--data", data).ExitCode);
         AssertSame("key", "list", "alice", "--data", data);
+    }
+
+    [Fact]
+    public void Alone_the_native_kiln_runs_its_own_commands_and_says_what_is_missing_for_the_rest()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        Assert.Equal(0, Managed("account", "create", "alice", "--data", data).ExitCode);
+        var alone = temp["alone"];
+        Directory.CreateDirectory(alone);
+        var native = Path.Combine(alone, "kiln");
+        File.Copy(Native(), native);
+        File.Copy(Path.Combine(Path.GetDirectoryName(Native())!, "libe_sqlite3.so"), Path.Combine(alone, "libe_sqlite3.so"));
+
+        // kiln key … and kiln token … run here, with no managed kiln to hand them to; so does kiln nix dump-path FILE.
+        var listed = Processes.Run(native, ["key", "list", "alice", "--data", data]);
+        Assert.True(listed.ExitCode == 0, listed.Stderr);
+        var token = Processes.Run(native, ["token", "create", "alice", "--data", data]);
+        Assert.True(token.ExitCode == 0, token.Stderr);
+        File.WriteAllText(temp["small"], "hello\n");
+        var dumped = Processes.Run(native, ["nix", "dump-path", temp["small"]]);
+        Assert.True(dumped.ExitCode == 0, dumped.Stderr);
+        Assert.Equal(Managed("nix", "dump-path", temp["small"]).Stdout, dumped.Stdout);
+
+        // Anything else needs the managed kiln: one line saying which file is missing.
+        var other = Processes.Run(native, ["account", "list", "--data", data]);
+        KilnCli.AssertOneLineError(other, $"cannot run {Path.Combine(alone, "kiln-managed")}: No such file or directory");
+
+        // A native kiln in kiln-managed's place would exec itself for ever: it stops at once.
+        File.Copy(native, Path.Combine(alone, "kiln-managed"));
+        var looped = Processes.Run("timeout", ["60", native, "--version"]);
+        KilnCli.AssertOneLineError(looped, "is not the managed kiln");
     }
 
     [Fact]
