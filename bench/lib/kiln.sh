@@ -1,5 +1,5 @@
-# Sourced by bench scripts: publish_kiln WORK publishes kiln with ReadyToRun (as it would be installed) into
-# WORK/kiln-bin and sets kiln to its executable; when KILN_BENCH_KILN names one already published (bench/speed/run.sh
+# Sourced by bench scripts: publish_kiln WORK publishes kiln with ReadyToRun (as it would be installed: kiln the native
+# program, the managed one beside it as kiln-managed) into WORK/kiln-bin and sets kiln to its executable; when KILN_BENCH_KILN names one already published (bench/speed/run.sh
 # publishes once for all), that one. Also brings in median and summary (stats.sh), and tiny_paths and settle for
 # warming a server up.
 source "$(dirname "${BASH_SOURCE[0]}")/stats.sh"

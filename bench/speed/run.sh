@@ -13,7 +13,7 @@
 #  * bench/memory   kiln serve's RSS (sampled every 100 ms) pushing one 5 GiB NAR over ssh-ng:// and over http://,
 #                   and with 100 idle SSH sessions
 #  * bench/startup  kiln commands' start-up vs a C program's
-# kiln is published once (ReadyToRun, with the native bridge and launcher, as installed) and shared by all. Work
+# kiln is published once (ReadyToRun, with the native bridge, launcher and kiln, as installed) and shared by all. Work
 # directories go under KILN_BENCH_DIR (default /var/tmp/kiln-speed; this VM's root file system is ext4 without a
 # journal, whose inode allocation slows right after large deletes: see bench/README.md for measuring on a journaled
 # loop image), but for the memory run's large NAR, which goes to /var/tmp. The whole output is also written to
