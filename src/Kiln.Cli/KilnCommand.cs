@@ -26,14 +26,16 @@ internal static class KilnCommand
             return await InvokeAsync(() => Task.FromResult(NixCommands.DumpPath(dumped))).ConfigureAwait(false);
         }
 
+        var group = args.Length > 0 ? groups.GetValueOrDefault(args[0]) : null;
+        if (group is null && elsewhere is not null)
+        {
+            return elsewhere(args); // before any parser is built: the other kiln builds its own
+        }
+
         var root = new RootCommand("Kiln: a Nix build service that stock nix talks to.");
-        if (args.Length > 0 && groups.TryGetValue(args[0], out var group))
+        if (group is not null)
         {
             root.Subcommands.Add(group());
-        }
-        else if (elsewhere is not null)
-        {
-            return elsewhere(args);
         }
         else
         {
@@ -63,6 +65,12 @@ internal static class KilnCommand
 
         return await InvokeAsync(() => parseResult.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false })).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// Set by the native kiln for the managed kiln it execs (which clears it at once): a native kiln that finds it set
+    /// was itself started as kiln-managed, and handing on again would exec itself for ever.
+    /// </summary>
+    public const string HandedOverVariable = "KILN_HANDED_OVER";
 
     private static bool ParserWouldReadMore(string argument) =>
         argument.StartsWith('-') || argument.StartsWith('@')

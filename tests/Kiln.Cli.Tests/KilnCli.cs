@@ -18,6 +18,9 @@ public static class KilnCli
             ? Processes.Run(program, args, stdin)
             : Processes.Run("dotnet", [Dll, .. args], stdin);
 
+    /// <summary>Runs the managed kiln built next to the tests, whatever <c>KILN_TEST_KILN</c> says.</summary>
+    public static ProcessResult RunManaged(params string[] args) => Processes.Run("dotnet", [Dll, .. args]);
+
     public static ProcessResult Run(params string[] args) => Run(null, args);
 
     /// <summary>Runs kiln and fails the test unless it exits 0.</summary>

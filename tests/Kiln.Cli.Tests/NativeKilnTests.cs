@@ -12,8 +12,6 @@ namespace Kiln.Cli.Tests;
 /// </summary>
 public class NativeKilnTests
 {
-    private static readonly string ManagedDll = Path.Combine(AppContext.BaseDirectory, "kiln.dll");
-
     private static string Native()
     {
         if (KilnCli.Native is { } native)
@@ -26,7 +24,7 @@ public class NativeKilnTests
         return null!;
     }
 
-    private static ProcessResult Managed(params string[] args) => Processes.Run("dotnet", [ManagedDll, .. args]);
+    private static ProcessResult Managed(params string[] args) => KilnCli.RunManaged(args);
 
     private static ProcessResult NativeRun(params string[] args) => Processes.Run(Native(), args);
 
