@@ -12,7 +12,7 @@ namespace Kiln.Cli.Tests;
 /// </summary>
 public class NativeKilnTests
 {
-    private static string Native()
+    internal static string Native()
     {
         if (KilnCli.Native is { } native)
         {
@@ -24,11 +24,11 @@ public class NativeKilnTests
         return null!;
     }
 
-    private static ProcessResult Managed(params string[] args) => KilnCli.RunManaged(args);
+    internal static ProcessResult Managed(params string[] args) => KilnCli.RunManaged(args);
 
     private static ProcessResult NativeRun(params string[] args) => Processes.Run(Native(), args);
 
-    private static void AssertSame(params string[] args)
+    internal static void AssertSame(params string[] args)
     {
         var (native, managed) = (NativeRun(args), Managed(args));
         var command = string.Join(' ', args);

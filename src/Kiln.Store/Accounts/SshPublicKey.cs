@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
-using System.Security.Cryptography;
 using System.Text;
+using Kiln.Nix.Hashing;
 
 namespace Kiln.Store.Accounts;
 
@@ -18,7 +18,7 @@ public sealed record SshPublicKey(string Type, string Blob, string Comment)
         "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
     ];
 
-    public string Fingerprint => "SHA256:" + Convert.ToBase64String(SHA256.HashData(Convert.FromBase64String(Blob))).TrimEnd('=');
+    public string Fingerprint => "SHA256:" + Convert.ToBase64String(ShortSha256.Hash(Convert.FromBase64String(Blob))).TrimEnd('=');
 
     /// <summary>The key as an authorized_keys line (without options).</summary>
     public override string ToString() => Comment.Length > 0 ? $"{Type} {Blob} {Comment}" : $"{Type} {Blob}";

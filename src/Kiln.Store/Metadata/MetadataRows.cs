@@ -481,17 +481,22 @@ internal static class MetadataRows
     public static string JsonArray(IEnumerable<string> values) => JsonSerializer.Serialize(values.ToArray(), JsonContext.Default.StringArray);
 
     /// <summary>
-    /// A provider's numbered migrations: embedded resources named <c>{prefix}NNNN_description.sql</c>, in number order.
+    /// A provider's numbered migrations: embedded resources named <c>{prefix}NNNN_description.sql</c>, in number order,
+    /// each script read only when asked for (every <c>kiln</c> command opens the store through its migrations, and
+    /// mostly finds them all applied).
     /// </summary>
-    public static IEnumerable<(long Version, string Sql)> Migrations(string prefix)
+    public static IEnumerable<(long Version, Func<string> ReadSql)> Migrations(string prefix)
     {
         var assembly = Assembly.GetExecutingAssembly();
         foreach (var name in assembly.GetManifestResourceNames().Where(n => n.StartsWith(prefix, StringComparison.Ordinal)).Order(StringComparer.Ordinal))
         {
             var version = long.Parse(name[prefix.Length..].Split('_')[0], System.Globalization.CultureInfo.InvariantCulture);
-            using var stream = assembly.GetManifestResourceStream(name)!;
-            using var reader = new StreamReader(stream, Encoding.UTF8);
-            yield return (version, reader.ReadToEnd());
+            yield return (version, () =>
+            {
+                using var stream = assembly.GetManifestResourceStream(name)!;
+                using var reader = new StreamReader(stream, Encoding.UTF8);
+                return reader.ReadToEnd();
+            });
         }
     }
 

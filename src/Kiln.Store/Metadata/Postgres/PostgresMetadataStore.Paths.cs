@@ -607,8 +607,7 @@ public sealed partial class PostgresMetadataStore
             if (_lockConnection is not { State: System.Data.ConnectionState.Open })
             {
                 await CloseLockSessionAsync().ConfigureAwait(false);
-                var builder = new NpgsqlConnectionStringBuilder(_connectionString) { Pooling = false, KeepAlive = 5 };
-                _lockConnection = new NpgsqlConnection(builder.ConnectionString);
+                _lockConnection = _unpooled.CreateConnection();
                 await _lockConnection.OpenAsync(cancellationToken).ConfigureAwait(false);
             }
 

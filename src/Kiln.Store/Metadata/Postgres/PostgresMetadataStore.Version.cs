@@ -53,13 +53,12 @@ public sealed partial class PostgresMetadataStore
     {
         // Its own connection outside the pool: LISTEN belongs to the session, which the pool would reset. Keepalives make
         // a connection that silently died (a network cut) fail within seconds instead of waiting for ever.
-        var builder = new NpgsqlConnectionStringBuilder(_connectionString) { Pooling = false, KeepAlive = 5 };
         var delay = TimeSpan.FromMilliseconds(100);
         while (!cancellationToken.IsCancellationRequested)
         {
             try
             {
-                var connection = new NpgsqlConnection(builder.ConnectionString);
+                var connection = _unpooled.CreateConnection();
                 await using (connection.ConfigureAwait(false))
                 {
                     await connection.OpenAsync(cancellationToken).ConfigureAwait(false);

@@ -15,6 +15,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
     private const string Channel = "kiln_path_records";
 
     private readonly NpgsqlDataSource _source;
+    private readonly NpgsqlDataSource _unpooled; // sessions of their own: LISTEN, the collection lock
     private readonly WarmConnections _warm;
 
     // Open connections kept for the next statement (WarmConnections): enough for the statements of a few clients in
@@ -33,8 +34,24 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         var builder = Settings(connectionString, readOnly);
         _readOnly = readOnly;
         _connectionString = builder.ConnectionString;
-        _source = NpgsqlDataSource.Create(builder);
+        _source = Source(builder.ConnectionString);
+        _unpooled = Source(new NpgsqlConnectionStringBuilder(_connectionString) { Pooling = false, KeepAlive = 5 }.ConnectionString);
         _warm = new WarmConnections(_source, Math.Clamp(builder.MaxPoolSize - 1, 0, WarmConnectionsKept));
+    }
+
+    /// <summary>
+    /// A data source with the types Kiln's statements use (integers, text, booleans, bytea, and arrays of them for the
+    /// many-path queries) and every way of reaching a server the full one has (TLS, Kerberos), not Npgsql's every type
+    /// mapping (ranges, JSON, geometry, network, full text): the native kiln, which opens the metadata for <c>kiln key
+    /// list</c>, compiles all it can reach and loads all of it at every start (a quarter less of Npgsql's code).
+    /// </summary>
+    internal static NpgsqlDataSource Source(string connectionString)
+    {
+        var builder = new NpgsqlSlimDataSourceBuilder(connectionString);
+        builder.EnableArrays();
+        builder.EnableTransportSecurity();
+        builder.EnableIntegratedSecurity();
+        return builder.Build();
     }
 
     /// <summary>The connection settings Kiln runs with: the operator's, with Kiln's defaults where they said nothing.</summary>
@@ -236,7 +253,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
                     applied = [.. await ReadAllAsync(query, r => r.GetInt64(0), cancellationToken).ConfigureAwait(false)];
                 }
 
-                foreach (var (version, sql) in MetadataRows.Migrations("Kiln.Store.Postgres."))
+                foreach (var (version, readSql) in MetadataRows.Migrations("Kiln.Store.Postgres."))
                 {
                     if (applied.Contains(version))
                     {
@@ -247,7 +264,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
                     var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
                     await using (transaction.ConfigureAwait(false))
                     {
-                        using (var migrate = Command(connection, sql, transaction))
+                        using (var migrate = Command(connection, readSql(), transaction))
                         {
                             await migrate.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
                         }
@@ -292,6 +309,7 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
         await CloseLockSessionAsync().ConfigureAwait(false);
         await _warm.DisposeAsync().ConfigureAwait(false);
         await _source.DisposeAsync().ConfigureAwait(false);
+        await _unpooled.DisposeAsync().ConfigureAwait(false);
         _stopping.Dispose();
         _lockSession.Dispose();
     }

@@ -252,7 +252,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                 }
             }
 
-            foreach (var (version, sql) in MetadataRows.Migrations("Kiln.Store.Sqlite."))
+            foreach (var (version, readSql) in MetadataRows.Migrations("Kiln.Store.Sqlite."))
             {
                 if (applied.Contains(version))
                 {
@@ -272,7 +272,7 @@ public sealed partial class SqliteMetadataStore : IMetadataStore
                         }
                     }
 
-                    using (var migrate = Command(connection, sql, transaction))
+                    using (var migrate = Command(connection, readSql(), transaction))
                     {
                         await migrate.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
                     }
