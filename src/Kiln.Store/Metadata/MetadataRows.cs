@@ -491,12 +491,14 @@ internal static class MetadataRows
         foreach (var name in assembly.GetManifestResourceNames().Where(n => n.StartsWith(prefix, StringComparison.Ordinal)).Order(StringComparer.Ordinal))
         {
             var version = long.Parse(name[prefix.Length..].Split('_')[0], System.Globalization.CultureInfo.InvariantCulture);
-            yield return (version, () =>
-            {
-                using var stream = assembly.GetManifestResourceStream(name)!;
-                using var reader = new StreamReader(stream, Encoding.UTF8);
-                return reader.ReadToEnd();
-            });
+            yield return (version, () => Read(assembly, name));
+        }
+
+        static string Read(Assembly assembly, string name)
+        {
+            using var stream = assembly.GetManifestResourceStream(name)!;
+            using var reader = new StreamReader(stream, Encoding.UTF8);
+            return reader.ReadToEnd();
         }
     }
 
