@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text;
 using Kiln.Nix.Hashing;
 
@@ -15,15 +16,46 @@ public static class AccessToken
 
     public static string Generate() => Prefix + Convert.ToHexStringLower(KernelRandom(24));
 
-    // The kernel's random source, read directly: .NET's RandomNumberGenerator is OpenSSL's here, and its first use loads
-    // libssl and libcrypto (about 4 ms of the native kiln's `token create`) for 24 bytes the kernel gives as well.
+    // The kernel's random bytes, asked for directly (getrandom(2)): .NET's RandomNumberGenerator is OpenSSL's here, and
+    // its first use loads libssl and libcrypto (about 4 ms of the native kiln's `token create`). Not /dev/urandom through
+    // a FileStream: .NET takes an advisory lock on every file it opens, so any local user holding an exclusive flock on
+    // the device would make every token fail; nor a file at all (none in a chroot, and before the kernel's pool is ready
+    // at boot getrandom waits where the device would not).
     internal static byte[] KernelRandom(int count)
     {
         var bytes = new byte[count];
-        using var random = new FileStream("/dev/urandom", FileMode.Open, FileAccess.Read, FileShare.ReadWrite, bufferSize: 0);
-        random.ReadExactly(bytes);
+        var filled = 0;
+        while (filled < count)
+        {
+            var chunk = new byte[count - filled];
+            var got = GetRandom(chunk, (nuint)chunk.Length, 0);
+            if (got < 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                switch (errno)
+                {
+                    case Eintr:
+                        continue;
+                    case Enosys: // a kernel older than 3.17, or a seccomp filter refusing the call
+                        System.Security.Cryptography.RandomNumberGenerator.Fill(bytes.AsSpan(filled));
+                        return bytes;
+                    default:
+                        throw new IOException($"the kernel gave no random bytes: {Marshal.GetPInvokeErrorMessage(errno)}");
+                }
+            }
+
+            chunk.AsSpan(0, (int)got).CopyTo(bytes.AsSpan(filled));
+            filled += (int)got;
+        }
+
         return bytes;
     }
+
+    private const int Eintr = 4;
+    private const int Enosys = 38;
+
+    [DllImport("libc", EntryPoint = "getrandom", SetLastError = true)]
+    private static extern nint GetRandom(byte[] buffer, nuint length, uint flags);
 
     /// <summary>What is stored and looked up: the SHA-256 of the token, in hex.</summary>
     public static string Hash(string token)

@@ -21,7 +21,6 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
     // Open connections kept for the next statement (WarmConnections): enough for the statements of a few clients in
     // turn; bursts take more from the pool.
     private const int WarmConnectionsKept = 4;
-    private readonly string _connectionString; // with its password, which the data source's own copy drops
     private readonly bool _readOnly;
     private readonly CancellationTokenSource _stopping = new();
     private Task? _listener;
@@ -33,9 +32,8 @@ public sealed partial class PostgresMetadataStore : IMetadataStore
     {
         var builder = Settings(connectionString, readOnly);
         _readOnly = readOnly;
-        _connectionString = builder.ConnectionString;
         _source = Source(builder.ConnectionString);
-        _unpooled = Source(new NpgsqlConnectionStringBuilder(_connectionString) { Pooling = false, KeepAlive = 5 }.ConnectionString);
+        _unpooled = Source(new NpgsqlConnectionStringBuilder(builder.ConnectionString) { Pooling = false, KeepAlive = 5 }.ConnectionString);
         _warm = new WarmConnections(_source, Math.Clamp(builder.MaxPoolSize - 1, 0, WarmConnectionsKept));
     }
 
