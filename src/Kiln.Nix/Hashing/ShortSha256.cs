@@ -6,7 +6,7 @@ namespace Kiln.Nix.Hashing;
 /// <summary>
 /// SHA-256 (FIPS 180-4) in managed code, for the few short inputs hashed where a command must start fast: an SSH key's
 /// fingerprint, an access token's stored hash. .NET's own SHA-256 is OpenSSL's, and the first use loads libssl and
-/// libcrypto and binds some hundreds of their functions (about 4 ms, a third of the native kiln's <c>key list</c>);
+/// libcrypto and binds some hundreds of their functions (about 4 ms, a quarter of the native kiln's <c>key list</c>);
 /// this costs a microsecond for a key. Anything large (NARs, files) stays with OpenSSL's, which is many times faster
 /// per byte. The tests compare it with OpenSSL's over every length around the block boundaries.
 /// </summary>
