@@ -13,19 +13,14 @@ public sealed class NativeKilnPostgresTests(PostgresServer postgres) : IClassFix
     [Fact]
     public void Keys_and_tokens_run_natively_against_PostgreSQL()
     {
-        var published = NativeKilnTests.Native();
         using var temp = new TempDir();
+        // The native kiln alone (no kiln-managed beside it to hand anything to) adds, lists, creates and revokes.
+        var native = NativeKilnTests.Alone(temp);
         var data = temp["data"];
         Directory.CreateDirectory(data);
         MetadataStores.Bind(data, postgres.CreateDatabase());
         Assert.Equal(0, NativeKilnTests.Managed("account", "create", "alice", "--data", data).ExitCode);
 
-        // The native kiln alone (no kiln-managed beside it to hand anything to) adds, lists, creates and revokes.
-        var alone = temp["alone"];
-        Directory.CreateDirectory(alone);
-        var native = Path.Combine(alone, "kiln");
-        File.Copy(published, native);
-        File.Copy(Path.Combine(Path.GetDirectoryName(published)!, "libe_sqlite3.so"), Path.Combine(alone, "libe_sqlite3.so"));
         var (key, fingerprint) = AccountCommandTests.NewKey(temp, "laptop");
         foreach (var args in new[]
         {

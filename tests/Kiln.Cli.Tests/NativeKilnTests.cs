@@ -37,6 +37,21 @@ public class NativeKilnTests
         Assert.True(managed.Stderr == native.Stderr, $"kiln {command}: native stderr\n{native.Stderr}\nmanaged stderr\n{managed.Stderr}");
     }
 
+    /// <summary>
+    /// A copy of the published native kiln in a directory of its own, with the SQLite library it loads and no
+    /// kiln-managed: whatever it does there, it did itself. Returns its path.
+    /// </summary>
+    internal static string Alone(TempDir temp)
+    {
+        var published = Native();
+        var alone = temp["alone"];
+        Directory.CreateDirectory(alone);
+        var native = Path.Combine(alone, "kiln");
+        File.Copy(published, native);
+        File.Copy(Path.Combine(Path.GetDirectoryName(published)!, "libe_sqlite3.so"), Path.Combine(alone, "libe_sqlite3.so"));
+        return native;
+    }
+
     [Fact]
     public void The_published_kiln_is_a_native_program_and_the_managed_kiln_is_beside_it()
     {
@@ -94,11 +109,8 @@ public class NativeKilnTests
         using var temp = new TempDir();
         var data = temp["data"];
         Assert.Equal(0, Managed("account", "create", "alice", "--data", data).ExitCode);
-        var alone = temp["alone"];
-        Directory.CreateDirectory(alone);
-        var native = Path.Combine(alone, "kiln");
-        File.Copy(Native(), native);
-        File.Copy(Path.Combine(Path.GetDirectoryName(Native())!, "libe_sqlite3.so"), Path.Combine(alone, "libe_sqlite3.so"));
+        var native = Alone(temp);
+        var alone = Path.GetDirectoryName(native)!;
 
         // kiln key … and kiln token … run here, with no managed kiln to hand them to; so does kiln nix dump-path FILE.
         var listed = Processes.Run(native, ["key", "list", "alice", "--data", data]);
