@@ -63,7 +63,16 @@ internal static class KilnCommand
             return Fail($"{parseResult.Errors[0].Message} (see 'kiln --help')");
         }
 
-        return await InvokeAsync(() => parseResult.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false })).ConfigureAwait(false);
+        // kiln serve's host stops on SIGTERM and SIGINT itself, within the shutdown grace it is given; System.CommandLine's
+        // own handling would end the process 2 s after the signal (exit 143), in the middle of that clean stop.
+        var serve = parseResult.CommandResult.Command.Name == "serve";
+        var configuration = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
+        if (serve)
+        {
+            configuration.ProcessTerminationTimeout = null;
+        }
+
+        return await InvokeAsync(() => parseResult.InvokeAsync(configuration)).ConfigureAwait(false);
     }
 
     /// <summary>
