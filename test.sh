@@ -49,7 +49,8 @@ else
   echo "not root: the end-to-end tests with real Nix clients will be skipped" >&2
 fi
 
-# kiln as ./kiln publishes it: the native kiln (NativeAOT; kiln key …, kiln token …) with the managed kiln beside it.
+# kiln as ./kiln publishes it: the native kiln (NativeAOT; kiln key …, kiln token …, kiln account create | list | set)
+# with the managed kiln beside it.
 # The CLI tests check it against the managed kiln, and run the account and cache command tests through it again below.
 # (Without clang, and not root to install it, ./kiln is the managed kiln alone and those tests skip.)
 "$repo/kiln" --version > /dev/null

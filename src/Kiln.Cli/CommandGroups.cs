@@ -35,11 +35,14 @@ internal static class CommandGroups
     /// <summary>
     /// The commands the native kiln runs itself: those an operator runs often, which need no more than the metadata
     /// store (SQLite or PostgreSQL) and no reflection. Each must stay free of what NativeAOT cannot compile (its
-    /// build fails on a warning); everything else goes to the managed kiln.
+    /// build fails on a warning); everything else goes to the managed kiln. A group here may carry only some of its
+    /// subcommands (<c>account</c>): the native kiln runs a subcommand its group has, and hands on the rest, the
+    /// group's own help included, so that help reads the same whichever kiln ran.
     /// </summary>
     public static Dictionary<string, Func<Command>> Native() => new(StringComparer.Ordinal)
     {
         ["key"] = AccountCommands.Key,
         ["token"] = CacheCommands.Token,
+        ["account"] = AccountCommands.AccountNative,
     };
 }

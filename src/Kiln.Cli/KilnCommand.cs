@@ -35,7 +35,15 @@ internal static class KilnCommand
         var root = new RootCommand("Kiln: a Nix build service that stock nix talks to.");
         if (group is not null)
         {
-            root.Subcommands.Add(group());
+            var command = group();
+            // Of a group, the other kiln runs what this one's lacks (the native kiln carries some groups in part), and
+            // the group's own help and usage errors, which list every subcommand.
+            if (elsewhere is not null && command.Subcommands.Count > 0 && !(args.Length > 1 && command.Subcommands.Any(s => s.Name == args[1])))
+            {
+                return elsewhere(args);
+            }
+
+            root.Subcommands.Add(command);
         }
         else
         {

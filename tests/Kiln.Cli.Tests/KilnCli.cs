@@ -4,7 +4,8 @@ namespace Kiln.Cli.Tests;
 
 /// <summary>
 /// Runs the kiln executable that was built next to the tests; or, with <c>KILN_TEST_KILN</c> set, that program (test.sh
-/// runs the key and token tests again through the published native kiln, which hands the rest to the managed one).
+/// runs the account, key and token tests again through the published native kiln, which hands the rest to the managed
+/// one).
 /// </summary>
 public static class KilnCli
 {

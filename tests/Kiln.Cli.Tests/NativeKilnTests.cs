@@ -5,10 +5,11 @@ using Kiln.Nix.Tests.Support;
 namespace Kiln.Cli.Tests;
 
 /// <summary>
-/// The kiln a publish lays out (what ./kiln runs): a NativeAOT program running kiln key … and kiln token … itself,
-/// and handing every other command to the managed kiln beside it (kiln-managed) in the same process. test.sh
-/// publishes it and names it in KILN_NATIVE_KILN; without one these tests skip (KILN_REQUIRE_NATIVE=1 makes that
-/// a failure). test.sh also runs the account and cache command tests again through it (KILN_TEST_KILN).
+/// The kiln a publish lays out (what ./kiln runs): a NativeAOT program running kiln key …, kiln token … and kiln
+/// account create | list | set itself, and handing every other command to the managed kiln beside it (kiln-managed)
+/// in the same process. test.sh publishes it and names it in KILN_NATIVE_KILN; without one these tests skip
+/// (KILN_REQUIRE_NATIVE=1 makes that a failure). test.sh also runs the account and cache command tests again through
+/// it (KILN_TEST_KILN).
 /// </summary>
 public class NativeKilnTests
 {
@@ -69,7 +70,7 @@ public class NativeKilnTests
     {
         using var temp = new TempDir();
         var data = temp["data"];
-        Assert.Equal(0, NativeRun("account", "create", "alice", "--data", data).ExitCode); // by the managed kiln
+        Assert.Equal(0, NativeRun("account", "create", "alice", "--data", data).ExitCode);
         var key = AccountCommandTests.NewKey(temp, "laptop").PublicKey;
         var added = NativeRun("key", "add", "alice", key, "--permissions", "store:read,build:write", "--data", data, "--json");
         Assert.True(added.ExitCode == 0, added.Stderr);
@@ -104,6 +105,53 @@ public class NativeKilnTests
     }
 
     [Fact]
+    public void Accounts_are_created_listed_and_set_natively_as_through_the_managed_kiln()
+    {
+        using var temp = new TempDir();
+        var (data, other) = (temp["data"], temp["other"]);
+
+        // The same command on two fresh data directories, once by each kiln: the same answer.
+        foreach (var json in new[] { "--json", "" })
+        {
+            var (native, managed) = (NativeRun([.. new[] { "account", "create", "alice" + json.Length, "--data", data, json }.Where(a => a.Length > 0)]),
+                Managed([.. new[] { "account", "create", "alice" + json.Length, "--data", other, json }.Where(a => a.Length > 0)]));
+            Assert.True(native.ExitCode == 0, native.Stderr);
+            Assert.StartsWith(json.Length > 0 ? "{\"name\":\"alice6\",\"id\":" : "created account alice0", native.StdoutText, StringComparison.Ordinal);
+            Assert.Equal(managed.StdoutText, native.StdoutText);
+            Assert.Equal(managed.Stderr, native.Stderr);
+        }
+
+        var netrc = temp["netrc"];
+        File.WriteAllText(netrc, "machine cache.example.org login ci password s3cret\n");
+        foreach (var json in new[] { "--json", "" })
+        {
+            AssertSame([.. new[] { "account", "list", "--data", data, json }.Where(a => a.Length > 0)]);
+            // Setting twice gives the second the same state to report: each kiln sets it once.
+            AssertSame([.. new[] { "account", "set", "alice0", "--public-cache", "--data", data, json }.Where(a => a.Length > 0)]);
+            AssertSame([.. new[] { "account", "set", "alice6", "--substituters", "https://cache.example.org", "--trusted-public-keys",
+                "cache.example.org-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "--netrc-file", netrc, "--data", data, json }.Where(a => a.Length > 0)]);
+        }
+
+        Assert.Contains("with credentials", NativeRun("account", "set", "alice6", "--private-cache", "--data", data).StdoutText, StringComparison.Ordinal);
+
+        // Failures: the same line and exit code.
+        AssertSame("account", "create", "alice0", "--data", data);
+        AssertSame("account", "create", "Not A Name", "--data", data);
+        AssertSame("account", "set", "nobody", "--public-cache", "--data", data);
+        AssertSame("account", "set", "alice0", "--data", data);
+        AssertSame("account", "set", "alice0", "--public-cache", "--private-cache", "--data", data);
+        AssertSame("account", "list");
+
+        // What the native kiln lacks of the group, and the group's help, the managed kiln answers.
+        AssertSame("account");
+        AssertSame("account", "--help");
+        AssertSame("account", "no-such-subcommand");
+        AssertSame("account", "create", "--help");
+        AssertSame("account", "delete", "--help");
+        AssertSame("account", "push-key", "--help");
+    }
+
+    [Fact]
     public void Alone_the_native_kiln_runs_its_own_commands_and_says_what_is_missing_for_the_rest()
     {
         using var temp = new TempDir();
@@ -112,9 +160,17 @@ public class NativeKilnTests
         var native = Alone(temp);
         var alone = Path.GetDirectoryName(native)!;
 
-        // kiln key … and kiln token … run here, with no managed kiln to hand them to; so does kiln nix dump-path FILE.
+        // kiln key …, kiln token … and kiln account create | list | set run here, with no managed kiln to hand them
+        // to; so does kiln nix dump-path FILE.
         var listed = Processes.Run(native, ["key", "list", "alice", "--data", data]);
         Assert.True(listed.ExitCode == 0, listed.Stderr);
+        foreach (var account in new[] { new[] { "create", "bob" }, ["set", "bob", "--public-cache"], ["list"] })
+        {
+            var run = Processes.Run(native, ["account", .. account, "--data", data]);
+            Assert.True(run.ExitCode == 0, $"kiln account {string.Join(' ', account)}: {run.Stderr}");
+        }
+
+        Assert.Equal("alice\nbob\n", Processes.Run(native, ["account", "list", "--data", data]).StdoutText);
         var token = Processes.Run(native, ["token", "create", "alice", "--data", data]);
         Assert.True(token.ExitCode == 0, token.Stderr);
         File.WriteAllText(temp["small"], "hello\n");
@@ -123,7 +179,7 @@ public class NativeKilnTests
         Assert.Equal(Managed("nix", "dump-path", temp["small"]).Stdout, dumped.Stdout);
 
         // Anything else needs the managed kiln: one line saying which file is missing.
-        var other = Processes.Run(native, ["account", "list", "--data", data]);
+        var other = Processes.Run(native, ["account", "delete", "bob", "--yes", "--data", data]);
         KilnCli.AssertOneLineError(other, $"cannot run {Path.Combine(alone, "kiln-managed")}: No such file or directory");
 
         // A native kiln in kiln-managed's place would exec itself for ever: it stops at once.
@@ -141,7 +197,7 @@ public class NativeKilnTests
         AssertSame("--help");
         AssertSame();
         AssertSame("no-such-command");
-        AssertSame("account", "list", "--data", data);
+        AssertSame("account", "push-key", "nobody", "--data", data);
         AssertSame("nix", "hash-path", "--help");
 
         // kiln serve through the native kiln: the process its starter holds becomes the managed kiln (execv), so a

@@ -114,7 +114,28 @@ internal static class AccountCommands
         }
     }
 
+    /// <summary>All of <c>kiln account</c>: what the managed kiln runs.</summary>
     public static Command Account()
+    {
+        var (create, list, set) = AccountBasics();
+        return new Command(AccountGroup, AccountDescription) { create, list, set, AccountDelete(), AccountPushKey() };
+    }
+
+    /// <summary>
+    /// <c>kiln account create | list | set</c>, which need the metadata store alone: what the native kiln runs of the
+    /// group (delete and push-key open the blob store, whose S3 SDK is not NativeAOT-clean: the managed kiln's).
+    /// </summary>
+    public static Command AccountNative()
+    {
+        var (create, list, set) = AccountBasics();
+        return new Command(AccountGroup, AccountDescription) { create, list, set };
+    }
+
+    private const string AccountGroup = "account", AccountDescription = "Manage accounts.";
+
+    private static JsonObject AccountJson(AccountRecord account) => new() { ["name"] = account.Name, ["id"] = account.Id };
+
+    private static (Command Create, Command List, Command Set) AccountBasics()
     {
         var createData = DataOption();
         var createJson = JsonOption();
@@ -126,7 +147,7 @@ internal static class AccountCommands
             await using (metadata.ConfigureAwait(false))
             {
                 var account = await Service(metadata).CreateAccountAsync(Actor.Operator, result.GetValue(name)!, cancellationToken).ConfigureAwait(false);
-                Print(result.GetValue(createJson), new { name = account.Name, id = account.Id }, $"created account {account.Name}");
+                Print(result.GetValue(createJson), AccountJson(account), $"created account {account.Name}");
                 return 0;
             }
         });
@@ -140,7 +161,7 @@ internal static class AccountCommands
             await using (metadata.ConfigureAwait(false))
             {
                 var accounts = await Service(metadata).ListAccountsAsync(Actor.Operator, cancellationToken).ConfigureAwait(false);
-                Print(result.GetValue(listJson), accounts.Select(a => new { name = a.Name, id = a.Id }), string.Join("\n", accounts.Select(a => a.Name)));
+                Print(result.GetValue(listJson), JsonList(accounts, AccountJson), string.Join("\n", accounts.Select(a => a.Name)));
                 return 0;
             }
         });
@@ -176,18 +197,23 @@ internal static class AccountCommands
                 var account = await service.AccountAsync(Actor.Operator, result.GetValue(setName)!, cancellationToken).ConfigureAwait(false);
                 var settings = await service.ChangeSettingsAsync(Actor.Operator, account,
                     new SettingsChange(makePublic ? true : makePrivate ? false : null, caches, keys, netrc), cancellationToken).ConfigureAwait(false);
-                Print(result.GetValue(setJson), new
+                Print(result.GetValue(setJson), new JsonObject
                 {
-                    name = account.Name,
-                    publicCache = settings.PublicCache,
-                    substituters = settings.Substituters,
-                    trustedPublicKeys = settings.TrustedPublicKeys,
-                    credentials = settings.HasCredentials,
+                    ["name"] = account.Name,
+                    ["publicCache"] = settings.PublicCache,
+                    ["substituters"] = settings.Substituters,
+                    ["trustedPublicKeys"] = settings.TrustedPublicKeys,
+                    ["credentials"] = settings.HasCredentials,
                 }, $"{account.Name}: {(settings.PublicCache ? "public" : "private")} cache; substituters '{settings.Substituters}'; trusted keys '{settings.TrustedPublicKeys}'{(settings.HasCredentials ? "; with credentials" : "")}");
                 return 0;
             }
         });
 
+        return (create, list, set);
+    }
+
+    private static Command AccountDelete()
+    {
         var deleteData = DataOption();
         var deleteJson = JsonOption();
         var deleteName = new Argument<string>("NAME");
@@ -222,7 +248,11 @@ internal static class AccountCommands
                 $"deleted account {account.Name}");
             return 0;
         }, cancellationToken));
+        return delete;
+    }
 
+    private static Command AccountPushKey()
+    {
         var pushKeyData = DataOption();
         var pushKeyName = new Argument<string>("NAME");
         var pushKey = new Command("push-key", "Print the account's push key (made on first use): Kiln logs in with it to the account's ssh-ng:// push-to targets, " +
@@ -232,8 +262,7 @@ internal static class AccountCommands
             Console.Out.Write(await Kiln.Push.PushKeys.PublicKeyAsync(store, account.Id, cancellationToken).ConfigureAwait(false) + "\n");
             return 0;
         }, cancellationToken));
-
-        return new Command("account", "Manage accounts.") { create, list, set, delete, pushKey };
+        return pushKey;
     }
 
     public static Command Key()
