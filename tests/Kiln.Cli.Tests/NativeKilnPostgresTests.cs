@@ -11,7 +11,7 @@ namespace Kiln.Cli.Tests;
 public sealed class NativeKilnPostgresTests(PostgresServer postgres) : IClassFixture<PostgresServer>
 {
     [Fact]
-    public void Keys_and_tokens_run_natively_against_PostgreSQL()
+    public void Accounts_keys_and_tokens_run_natively_against_PostgreSQL()
     {
         using var temp = new TempDir();
         // The native kiln alone (no kiln-managed beside it to hand anything to) adds, lists, creates and revokes.
@@ -19,12 +19,16 @@ public sealed class NativeKilnPostgresTests(PostgresServer postgres) : IClassFix
         var data = temp["data"];
         Directory.CreateDirectory(data);
         MetadataStores.Bind(data, postgres.CreateDatabase());
-        Assert.Equal(0, NativeKilnTests.Managed("account", "create", "alice", "--data", data).ExitCode);
+        var netrc = temp["netrc"];
+        File.WriteAllText(netrc, "machine cache.example.org login ci password s3cret\n");
 
         var (key, fingerprint) = AccountCommandTests.NewKey(temp, "laptop");
         foreach (var args in new[]
         {
-            new[] { "key", "add", "alice", key, "--permissions", "store:read", "--data", data },
+            new[] { "account", "create", "alice", "--data", data },
+            ["account", "create", "bob", "--data", data],
+            ["account", "set", "bob", "--public-cache", "--netrc-file", netrc, "--data", data],
+            ["key", "add", "alice", key, "--permissions", "store:read", "--data", data],
             ["token", "create", "alice", "--permissions", "store:read", "--description", "ci", "--data", data],
             ["token", "create", "alice", "--data", data],
             ["token", "revoke", "alice", "1", "--data", data],
@@ -44,5 +48,8 @@ public sealed class NativeKilnPostgresTests(PostgresServer postgres) : IClassFix
         NativeKilnTests.AssertSame("token", "list", "alice", "--data", data, "--json");
         NativeKilnTests.AssertSame("token", "list", "alice", "--data", data);
         NativeKilnTests.AssertSame("key", "list", "nobody", "--data", data);
+        NativeKilnTests.AssertSame("account", "list", "--data", data, "--json");
+        NativeKilnTests.AssertSame("account", "set", "bob", "--public-cache", "--data", data, "--json"); // credentials: true
+        NativeKilnTests.AssertSame("account", "create", "bob", "--data", data);
     }
 }
