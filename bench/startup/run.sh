@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 21's start-up figures: how long the kiln commands an operator runs often take from exec to exit, next to a C
 # program's start (/bin/true) as the anchor, measured the same way (python3's subprocess, stdout to /dev/null):
-#  * `kiln key list ACCOUNT` and `kiln token create ACCOUNT` against a stopped installation's database;
+#  * `kiln key list ACCOUNT` and `kiln token create ACCOUNT` against a stopped installation's database, and
+#    `kiln account list` beside them;
 #  * `kiln nix dump-path` of a small file (what `nix-store --dump` is to Nix), next to `nix-store --dump` too.
 #  * with a published layout (kiln native, kiln-managed beside it), the same through the managed kiln, and a command
 #    the native kiln hands to the managed one.
@@ -47,6 +48,7 @@ PY
 anchor=$(time_ms /bin/true)
 keys=$(time_ms "$kiln" key list ops --data "$work/kiln")
 tokens=$(time_ms "$kiln" token create ops --permissions store:read --data "$work/kiln")
+accounts=$(time_ms "$kiln" account list --data "$work/kiln")
 dump=$(time_ms "$kiln" nix dump-path "$work/small")
 nixdump=$(time_ms nix-store --dump "$work/small")
 # A publish lays out kiln as the native kiln (NativeAOT) and the managed one beside it as kiln-managed: the same
@@ -56,6 +58,7 @@ if [ -x "$(dirname "$kiln")/kiln-managed" ]; then
   managed="$(dirname "$kiln")/kiln-managed"
   managed_rows=("managed kiln key list:$(time_ms "$managed" key list ops --data "$work/kiln")"
     "managed kiln token create:$(time_ms "$managed" token create ops --permissions store:read --data "$work/kiln")"
+    "managed kiln account list:$(time_ms "$managed" account list --data "$work/kiln")"
     "managed kiln --version:$(time_ms "$managed" --version)"
     "kiln --version (handed to managed):$(time_ms "$kiln" --version)")
 fi
@@ -63,7 +66,7 @@ fi
 echo
 echo "start-up, exec to exit (median of $runs; $(nproc) cores)"
 printf '%-40s %10s %10s\n' "" "ms" "vs /bin/true"
-for row in "/bin/true (a C program's start):$anchor" "nix-store --dump (small file):$nixdump" "kiln key list:$keys" "kiln token create:$tokens" "kiln nix dump-path (small file):$dump" "${managed_rows[@]}"; do
+for row in "/bin/true (a C program's start):$anchor" "nix-store --dump (small file):$nixdump" "kiln key list:$keys" "kiln token create:$tokens" "kiln account list:$accounts" "kiln nix dump-path (small file):$dump" "${managed_rows[@]}"; do
   printf '%-40s %10s %10s\n' "${row%%:*}" "${row##*:}" "$(echo "scale=1; ${row##*:} / $anchor" | bc)x"
 done
 summary "start-up: kiln key list vs /bin/true" "$anchor" "$keys" ms "time<=2"
