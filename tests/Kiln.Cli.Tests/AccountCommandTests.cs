@@ -116,6 +116,35 @@ public class AccountCommandTests
     }
 
     [Fact]
+    public async Task Account_settings_print_as_typed_and_credentials_are_stored_sealed()
+    {
+        using var temp = new TempDir();
+        var data = temp["data"];
+        KilnCli.Ok("account", "create", "alice", "--data", data);
+        var netrc = temp["netrc"];
+        File.WriteAllText(netrc, "machine c.example login ci password very-secret\n");
+        const string Substituters = "https://c.example/?a=1&b=<2>+é";
+        const string Key = "c.example-1:+/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+        // Byte for byte: JSON escaping is relaxed (ampersands, angle brackets, '+', '/' and non-ASCII as typed), which
+        // the native kiln's documents built as nodes must keep as the serializer did.
+        var set = KilnCli.Ok("account", "set", "alice", "--public-cache", "--substituters", Substituters, "--trusted-public-keys", Key,
+            "--netrc-file", netrc, "--data", data, "--json");
+        Assert.Equal($$"""{"name":"alice","publicCache":true,"substituters":"{{Substituters}}","trustedPublicKeys":"{{Key}}","credentials":true}""" + "\n",
+            set.StdoutText);
+        Assert.Equal("""[{"name":"alice","id":1}]""" + "\n", KilnCli.Ok("account", "list", "--data", data, "--json").StdoutText);
+
+        // The credentials are in the database sealed, never as written (whichever kiln, native or managed, set them).
+        var metadata = Kiln.Store.Metadata.MetadataStores.Open(Kiln.Store.Metadata.MetadataStores.ForDataDirectory(data));
+        await using (metadata.ConfigureAwait(false))
+        {
+            var stored = (await metadata.GetUpstreamSettingsAsync(1, TestContext.Current.CancellationToken)).Netrc;
+            Assert.StartsWith("kiln-sealed-v1:", stored, StringComparison.Ordinal);
+            Assert.DoesNotContain("very-secret", stored, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
     public void Accounts_are_created_once_and_listed()
     {
         using var temp = new TempDir();

@@ -145,6 +145,8 @@ public class NativeKilnTests
         // What the native kiln lacks of the group, and the group's help, the managed kiln answers.
         AssertSame("account");
         AssertSame("account", "--help");
+        AssertSame("account", "-h");
+        AssertSame("account", "/?");
         AssertSame("account", "no-such-subcommand");
         AssertSame("account", "create", "--help");
         AssertSame("account", "delete", "--help");
