@@ -32,7 +32,9 @@ internal static class KilnCommand
             return elsewhere(args); // before any parser is built: the other kiln builds its own
         }
 
-        var root = new RootCommand("Kiln: a Nix build service that stock nix talks to.");
+        // Help says "kiln" whatever the program file is called (a symlink, kiln-managed): otherwise the native kiln and
+        // the managed one it hands on to could name themselves differently within one command's help.
+        var root = new RootCommand("Kiln: a Nix build service that stock nix talks to.") { HelpName = "kiln" };
         if (group is not null)
         {
             var command = group();

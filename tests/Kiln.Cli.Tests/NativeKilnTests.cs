@@ -151,6 +151,16 @@ public class NativeKilnTests
         AssertSame("account", "create", "--help");
         AssertSame("account", "delete", "--help");
         AssertSame("account", "push-key", "--help");
+
+        // Through a link of another name, both kilns' help still says kiln: one the native kiln prints, one it hands on.
+        var link = temp["k"];
+        File.CreateSymbolicLink(link, Native());
+        foreach (var help in new[] { new[] { "account", "list", "--help" }, ["account", "--help"] })
+        {
+            var text = Processes.Run(link, help).StdoutText;
+            Assert.Contains($"kiln {string.Join(' ', help[..^1])}", text, StringComparison.Ordinal);
+            Assert.DoesNotContain("k account", text, StringComparison.Ordinal);
+        }
     }
 
     [Fact]
