@@ -117,25 +117,19 @@ internal static class AccountCommands
     /// <summary>All of <c>kiln account</c>: what the managed kiln runs.</summary>
     public static Command Account()
     {
-        var (create, list, set) = AccountBasics();
-        return new Command(AccountGroup, AccountDescription) { create, list, set, AccountDelete(), AccountPushKey() };
+        var account = AccountNative();
+        account.Subcommands.Add(AccountDelete());
+        account.Subcommands.Add(AccountPushKey());
+        return account;
     }
+
+    private static JsonObject AccountJson(AccountRecord account) => new() { ["name"] = account.Name, ["id"] = account.Id };
 
     /// <summary>
     /// <c>kiln account create | list | set</c>, which need the metadata store alone: what the native kiln runs of the
     /// group (delete and push-key open the blob store, whose S3 SDK is not NativeAOT-clean: the managed kiln's).
     /// </summary>
     public static Command AccountNative()
-    {
-        var (create, list, set) = AccountBasics();
-        return new Command(AccountGroup, AccountDescription) { create, list, set };
-    }
-
-    private const string AccountGroup = "account", AccountDescription = "Manage accounts.";
-
-    private static JsonObject AccountJson(AccountRecord account) => new() { ["name"] = account.Name, ["id"] = account.Id };
-
-    private static (Command Create, Command List, Command Set) AccountBasics()
     {
         var createData = DataOption();
         var createJson = JsonOption();
@@ -209,7 +203,7 @@ internal static class AccountCommands
             }
         });
 
-        return (create, list, set);
+        return new Command("account", "Manage accounts.") { create, list, set };
     }
 
     private static Command AccountDelete()
