@@ -51,7 +51,7 @@ sed -i 's/echo building layer/echo warming layer/' "$work/warm/dag.nix"
 
 kiln_port=$((20000 + RANDOM % 10000)) plain_port=$((30000 + RANDOM % 10000))
 start_kiln() {
-  rm -rf "$work/kiln"
+  discard "$work/kiln"
   "$kiln" serve --data "$work/kiln" --max-jobs "$jobs" --cores 1 --ssh-listen "127.0.0.1:$kiln_port" --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
   await_server "$kiln_pid" "$work/kiln.log" '[ -S "$work/kiln/daemon.sock" ] && grep -q "ssh: listening" "$work/kiln.log"'
@@ -64,7 +64,7 @@ start_kiln() {
 stop_kiln() { kill -TERM "$kiln_pid"; wait "$kiln_pid" || true; }
 
 start_daemon() {
-  rm -rf "$work/daemon"
+  discard "$work/daemon"
   mkdir -p "$work/daemon"
   NIX_STATE_DIR="$work/daemon/state" \
     NIX_CONFIG=$'build-users-group = \nsandbox = true\nsandbox-fallback = false\nmax-jobs = '"$jobs"$'\ncores = 1\nstore = local?root='"$work/daemon/root" \
@@ -114,15 +114,15 @@ fresh() { sync; seconds "$@"; }
 # nothing of its own to warm.
 in_service() { # STORE_URL SSH_OPTS PID…
   local url="$1" opts="$2"; shift 2
-  rm -rf "$work/warm-client"
+  discard "$work/warm-client"
   seconds ssh_build "$url" "$opts" "$work/warm/dag.nix" "$work/warm-client" > /dev/null
-  rm -rf "$work/warm-client"
+  discard "$work/warm-client"
   settle "$@"
 }
 
 # W3: every derivation built on the remote over a session of its own; the client's store is fresh each time.
 w3_build() {
-  rm -rf "$work/w3client"
+  discard "$work/w3client"
   NIX_SSHOPTS="$2" nix build --store "local?root=$work/w3client" -f "$work/dag.nix" --no-link --max-jobs 0 \
     --builders "$1 x86_64-linux - $jobs 1 benchmark,big-parallel" --builders-use-substitutes
 }
@@ -137,12 +137,12 @@ for round in $(seq 1 "$rounds"); do
   for _ in 1 2 3; do kiln_noop+=("$(seconds build "$kiln_url")"); done
   stop_kiln
   start_kiln
-  rm -rf "$work/client"
+  discard "$work/client"
   kiln_ssh_cold+=("$(fresh ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")")
   stop_kiln
   start_kiln
   in_service "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")" "$kiln_pid"
-  rm -rf "$work/client"
+  discard "$work/client"
   kiln_ssh_fresh+=("$(fresh ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")")
   for _ in 1 2 3; do kiln_ssh_noop+=("$(seconds ssh_build "ssh-ng://kiln@127.0.0.1" "$(ssh_opts "$kiln_port")")"); done
   grep "ssh session" "$work/kiln.log" | tail -1 | sed 's/^/  last kiln session: /' >&2
@@ -157,10 +157,10 @@ for round in $(seq 1 "$rounds"); do
   for _ in 1 2 3; do nix_noop+=("$(seconds build "$daemon_url")"); done
   built="$(ls -d "$work"/daemon/root/nix/store/*-dag-* 2> /dev/null | grep -vc '\.drv$' || true)"
   stop_daemon
-  rm -rf "$work/daemon" "$work/client"
+  discard "$work/daemon" "$work/client"
   start_plain
   nix_ssh_cold+=("$(fresh ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")")
-  rm -rf "$work/daemon" "$work/client"
+  discard "$work/daemon" "$work/client"
   in_service "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")" "$plain_pid"
   nix_ssh_fresh+=("$(fresh ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")")
   for _ in 1 2 3; do nix_ssh_noop+=("$(seconds ssh_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")"); done
@@ -179,7 +179,7 @@ for round in $(seq 1 "$((w3 ? rounds : 0))"); do
   stop_mux "$kiln_port" kiln
   stop_kiln
   for mux in 0 1; do
-    rm -rf "$work/daemon"
+    discard "$work/daemon"
     start_plain
     if [ "$mux" = 0 ]; then
       w3_nix+=("$(seconds w3_build "ssh-ng://root@127.0.0.1" "$(ssh_opts "$plain_port")")")
@@ -189,7 +189,7 @@ for round in $(seq 1 "$((w3 ? rounds : 0))"); do
     fi
     stop_plain
   done
-  rm -rf "$work/w3client" "$work/daemon"
+  discard "$work/w3client" "$work/daemon"
 done
 
 nf=$(median "${nix_fresh[@]}") kf=$(median "${kiln_fresh[@]}") nn=$(median "${nix_noop[@]}") kn=$(median "${kiln_noop[@]}")

@@ -56,7 +56,7 @@ NIX
 port=$((20000 + RANDOM % 10000))
 agent_pids=()
 start_server() { # LOCAL_SLOTS
-  rm -rf "$work/server" "$work"/agent-*
+  discard "$work/server" "$work"/agent-*
   "$kiln" serve --data "$work/server" --local-slots "$1" --max-jobs 4 --cores 1 --ssh-listen none --http-listen "127.0.0.1:$port" > "$work/server.log" 2>&1 &
   server_pid=$!
   await_server "$server_pid" "$work/server.log" '[ -S "$work/server/daemon.sock" ] && grep -q "http: listening" "$work/server.log"'

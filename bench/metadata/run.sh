@@ -141,7 +141,7 @@ run_side() {
   seconds nix copy --derivation --from "$source_store" --to "$store" "$top" >> "$work/$side.noop"
   if [ -n "$push_only" ]; then
     kill "$kiln_pid"; wait "$kiln_pid" 2> /dev/null || true; kiln_pid=
-    rm -rf "$data"
+    discard "$data"
     return
   fi
   # shellcheck disable=SC2086 # one argument per path
@@ -159,14 +159,14 @@ run_side() {
   # shellcheck disable=SC2046
   settle "$kiln_pid" $(s3_pids)
   for _ in 1 2; do client nars "$url" "$work/$side.nars" 1 >> "$work/$side.nars1"; done
-  rm -rf "$work/pull"
+  discard "$work/pull"
   XDG_CACHE_HOME="$work/xdg-$side-$round" seconds nix copy --derivation --no-check-sigs --from "$url" --to "local?root=$work/pull" "$top" >> "$work/$side.pull"
   [ "$(nix path-info --store "local?root=$work/pull" --derivation -r "$top" | wc -l)" = "$count" ] || { echo "$side: the pull is incomplete" >&2; exit 1; }
   seconds nix build --store "$store" -f "$work/dag.nix" --no-link >> "$work/$side.build"
   seconds nix build --store "$store" -f "$work/dag.nix" --no-link >> "$work/$side.rebuild"
   grep VmHWM "/proc/$kiln_pid/status" | awk '{ print $2 }' >> "$work/$side.rss"
   kill "$kiln_pid"; wait "$kiln_pid" 2> /dev/null || true; kiln_pid=
-  rm -rf "$data" "$work/pull"
+  discard "$data" "$work/pull"
 }
 
 for round in $(seq 1 "$rounds"); do

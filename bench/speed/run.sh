@@ -53,7 +53,8 @@ export KILN_BENCH_SUMMARY="$base/summary.tsv"
     echo "=== $1 ==="
     # One that fails is reported and the others still run.
     KILN_BENCH_DIR="$2" "${@:3}" || echo "($1: failed with exit status $?)"
-    rm -rf "${2:?}"
+    # Freed only at the end (see discard in bench/lib/kiln.sh): the next bench's files would land where these were.
+    mkdir -p "$base/.discarded" && mv "${2:?}" "$(mktemp -d -p "$base/.discarded")/" 2> /dev/null || rm -rf "$2"
   }
   run ssh "$base/ssh" "$repo/bench/ssh/run.sh" --connections 30
   run builds "$base/builds" "$repo/bench/builds/run.sh" --jobs "$jobs" --rounds "$rounds" $w3
@@ -87,4 +88,5 @@ export KILN_BENCH_SUMMARY="$base/summary.tsv"
       printf "%-66s %10s %10s %7s %8s  %-15s %s\n", $1, fmt($2), fmt($3), $4, ratio, goal, verdict($5, ratio, $3)
     }' "$KILN_BENCH_SUMMARY"
 } 2>&1 | tee "$out"
+rm -rf "$base/.discarded"
 echo "(written to $out)"

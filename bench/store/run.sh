@@ -36,7 +36,7 @@ make_closure "$work" "$chain" "$size_mib"
 cat "$work"/source/nix/store/*/* > /dev/null 2>&1 || true
 
 start_kiln() {
-  rm -rf "$work/kiln"
+  discard "$work/kiln"
   "$kiln" serve --data "$work/kiln" --ssh-listen none --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
   await_server "$kiln_pid" "$work/kiln.log" '[ -S "$work/kiln/daemon.sock" ]'
@@ -45,7 +45,7 @@ stop_kiln() { kill -TERM "$kiln_pid"; wait "$kiln_pid" || true; }
 peak_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
 start_daemon() {
-  rm -rf "$work/daemon"
+  discard "$work/daemon"
   mkdir -p "$work/daemon"
   NIX_STATE_DIR="$work/daemon/state" NIX_CONFIG=$'build-users-group = \nstore = local?root='"$work/daemon/root" nix-daemon > "$work/daemon.log" 2>&1 &
   daemon_pid=$!
@@ -67,7 +67,7 @@ for round in $(seq 1 "$rounds"); do
   start_kiln
   kiln_url="unix://$work/kiln/daemon.sock?root=$work/kiln/root"
   kiln_push+=("$(seconds nix copy --derivation --from "local?root=$work/source" --to "$kiln_url" "$top")")
-  rm -rf "$work/pull"
+  discard "$work/pull"
   kiln_pull+=("$(seconds nix copy --derivation --from "$kiln_url" --to "local?root=$work/pull" "$top")")
   peak="$(peak_kib "$kiln_pid")"; [ "$peak" -gt "$kiln_peak" ] && kiln_peak=$peak
   stop_kiln
@@ -75,7 +75,7 @@ for round in $(seq 1 "$rounds"); do
   start_daemon
   daemon_url="unix://$work/daemon/state/daemon-socket/socket?root=$work/daemon/root"
   nix_push+=("$(seconds nix copy --derivation --from "local?root=$work/source" --to "$daemon_url" "$top")")
-  rm -rf "$work/pull"
+  discard "$work/pull"
   nix_pull+=("$(seconds nix copy --derivation --from "$daemon_url" --to "local?root=$work/pull" "$top")")
   stop_daemon
 done
@@ -100,7 +100,7 @@ echo "[127.0.0.1]:$plain_port $(cut -d' ' -f1,2 "$work/plain/host_key.pub")" > "
 start_plain() { /usr/sbin/sshd -D -e -f "$work/plain/sshd_config" 2> "$work/plain/sshd.log" & plain_pid=$!; sleep 0.5; }
 stop_plain() { kill "$plain_pid" 2> /dev/null; wait "$plain_pid" 2> /dev/null || true; }
 start_kiln_ssh() {
-  rm -rf "$work/kiln"
+  discard "$work/kiln"
   "$kiln" serve --data "$work/kiln" --ssh-listen "127.0.0.1:$kiln_port" --http-listen none > "$work/kiln.log" 2>&1 &
   kiln_pid=$!
   await_server "$kiln_pid" "$work/kiln.log" 'grep -q "ssh: listening" "$work/kiln.log" 2> /dev/null'
@@ -117,14 +117,14 @@ kiln_ssh_push=() kiln_ssh_pull=() nix_ssh_push=() nix_ssh_pull=()
 for round in $(seq 1 "$rounds"); do
   start_kiln_ssh
   kiln_ssh_push+=("$(seconds copy_ssh "$kiln_port" --from "local?root=$work/source" --to "ssh-ng://kiln@127.0.0.1")")
-  rm -rf "$work/pull"
+  discard "$work/pull"
   kiln_ssh_pull+=("$(seconds copy_ssh "$kiln_port" --from "ssh-ng://kiln@127.0.0.1" --to "local?root=$work/pull")")
   stop_kiln
 
-  rm -rf "$work/daemon" && mkdir -p "$work/daemon"
+  discard "$work/daemon" && mkdir -p "$work/daemon"
   start_plain
   nix_ssh_push+=("$(seconds copy_ssh "$plain_port" --from "local?root=$work/source" --to "ssh-ng://root@127.0.0.1")")
-  rm -rf "$work/pull"
+  discard "$work/pull"
   nix_ssh_pull+=("$(seconds copy_ssh "$plain_port" --from "ssh-ng://root@127.0.0.1" --to "local?root=$work/pull")")
   stop_plain
 done
