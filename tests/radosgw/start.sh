@@ -4,7 +4,8 @@
 # Everything (configuration, data, sockets, logs, the pids in DIR/pids) stays in DIR; nothing under /etc/ceph,
 # /var/lib/ceph or /var/run/ceph. Prints one line and exits 0 once S3 answers and the user RGW_ACCESS_KEY /
 # RGW_SECRET_KEY exists. Needs radosgw, ceph-mon, ceph-osd and ceph-common (Debian's Ceph 16), run as root; about
-# 2 s here. Stop it with stop.sh DIR. memstore keeps objects in memory: keep what the tests put there small.
+# 2 s here. Stop it with stop.sh DIR. memstore keeps objects in memory: keep what the tests put there small (1 GiB
+# at most, or RGW_MEMSTORE_MIB).
 set -euo pipefail
 DIR=${1:?usage: start.sh DIR PORT}
 PORT=${2:?usage: start.sh DIR PORT}
@@ -61,7 +62,7 @@ osd crush update on start = false
 osd class update on start = false
 mon max pg per osd = 1000
 osd objectstore = memstore
-memstore device bytes = 1073741824
+memstore device bytes = $(( ${RGW_MEMSTORE_MIB:-1024} * 1048576 ))
 osd memory target = 939524096
 osd op num shards = 1
 osd op num threads per shard = 2
