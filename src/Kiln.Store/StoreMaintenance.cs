@@ -22,7 +22,15 @@ public static class StoreMaintenance
         var present = new HashSet<NixHash>();
         await foreach (var blob in store.Blobs.ListAsync(cancellationToken).ConfigureAwait(false))
         {
-            var actual = await StoreView.HashBlobAsync(store.Blobs, blob.Hash, cancellationToken).ConfigureAwait(false);
+            var (actual, damage) = await StoreView.CheckBlobAsync(store.Blobs, blob.Hash, cancellationToken).ConfigureAwait(false);
+            if (damage is not null)
+            {
+                blobs++;
+                bytes += blob.Length;
+                problems.Add($"blob {blob.Hash.ToNix32()} is corrupt: {damage}");
+                continue;
+            }
+
             if (actual is null)
             {
                 continue; // collected while this ran

@@ -467,7 +467,7 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
 
         var paths = await Metadata.GetAllPathsAsync(AccountId, cancellationToken).ConfigureAwait(false);
         var errors = false;
-        var checkedHashes = new Dictionary<NixHash, NixHash?>();
+        var checkedHashes = new Dictionary<NixHash, (NixHash? Actual, string? Damage)>();
         foreach (var batch in paths.Chunk(1000))
         {
             var records = await Metadata.GetPathsAsync(AccountId, batch, cancellationToken).ConfigureAwait(false);
@@ -484,10 +484,19 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
                     continue;
                 }
 
-                if (!checkedHashes.TryGetValue(record.Info.NarHash, out var actual))
+                if (!checkedHashes.TryGetValue(record.Info.NarHash, out var check))
                 {
-                    actual = await HashBlobAsync(_store.Blobs, record.Info.NarHash, cancellationToken).ConfigureAwait(false);
-                    checkedHashes[record.Info.NarHash] = actual;
+                    check = await CheckBlobAsync(_store.Blobs, record.Info.NarHash, cancellationToken).ConfigureAwait(false);
+                    checkedHashes[record.Info.NarHash] = check;
+                }
+
+                var actual = check.Actual;
+                if (check.Damage is not null)
+                {
+                    // Not the storage's own words (they may say where blobs are kept): the client is told what it means.
+                    log.Log($"path '{path}' was modified! its stored copy cannot be read whole");
+                    errors = true;
+                    continue;
                 }
 
                 if (actual is null)
@@ -508,24 +517,19 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         return errors;
     }
 
-    /// <summary>The SHA-256 of a stored blob's bytes (null when it is not stored).</summary>
-    internal static async Task<NixHash?> HashBlobAsync(IBlobStore blobs, NixHash hash, CancellationToken cancellationToken)
+    /// <summary>
+    /// What verification reads of a blob: the SHA-256 of the copy the blob store keeps (null when it keeps none), or,
+    /// when that copy is damaged past reading whole, why (<see cref="BlobDamagedException"/>'s message).
+    /// </summary>
+    internal static async Task<(NixHash? Actual, string? Damage)> CheckBlobAsync(IBlobStore blobs, NixHash hash, CancellationToken cancellationToken)
     {
-        var source = await blobs.OpenReadAsync(hash, cancellationToken).ConfigureAwait(false);
-        if (source is null)
+        try
         {
-            return null;
+            return (await blobs.HashStoredAsync(hash, cancellationToken).ConfigureAwait(false), null);
         }
-
-        await using (source.ConfigureAwait(false))
+        catch (BlobDamagedException e)
         {
-            var stream = await source.OpenStreamAsync(cancellationToken).ConfigureAwait(false);
-            var hashing = new HashingStream(NixHashAlgorithm.Sha256);
-            await using (hashing.ConfigureAwait(false))
-            {
-                await stream.CopyToAsync(hashing, 256 * 1024, cancellationToken).ConfigureAwait(false);
-                return hashing.Finish();
-            }
+            return (null, e.Message);
         }
     }
 

@@ -71,9 +71,13 @@ public sealed class MigrationTests(PostgresServer postgres, S3Server s3)
 
         client.Ok(again, ["nix", "copy", "--from", again.HttpUrl, "--to", $"local?root={workspace}/after", .. netrc, .. aliceSignatures, .. outputs]);
         client.Ok(again, ["nix", "copy", "--from", again.HttpUrl, "--to", $"local?root={workspace}/after", "--no-check-sigs", .. netrc, top]);
-        foreach (var path in outputs.Append(top))
+        // Every path pulled, the closures' dependencies too: the same paths, byte for byte.
+        var pulled = StorePaths(client.HostPath($"{workspace}/before/nix/store"));
+        Assert.True(pulled.Count > outputs.Length + 1, string.Join(' ', pulled)); // the closures, not just their tops
+        Assert.Equal(pulled, StorePaths(client.HostPath($"{workspace}/after/nix/store")));
+        foreach (var name in pulled)
         {
-            AssertSameTree(client.HostPath($"{workspace}/before{path}"), client.HostPath($"{workspace}/after{path}"));
+            AssertSameTree(client.HostPath($"{workspace}/before/nix/store/{name}"), client.HostPath($"{workspace}/after/nix/store/{name}"));
         }
 
         // What is built after the move is signed with the key alice had before it.
@@ -84,6 +88,11 @@ public sealed class MigrationTests(PostgresServer postgres, S3Server s3)
         Assert.Equal(0, again.Stop());
         Assert.DoesNotContain(postgres.Password, again.Log, StringComparison.Ordinal);
     }
+
+    // The store paths in a client store's directory (not its own entries, such as .links), sorted.
+    private static List<string> StorePaths(string storeDirectory) =>
+        [.. Directory.EnumerateFileSystemEntries(storeDirectory).Select(p => Path.GetFileName(p)!)
+            .Where(name => !name.StartsWith('.')).Order(StringComparer.Ordinal)];
 
     // A store path's contents as pulled into two client stores: the same files, links and bytes.
     private static void AssertSameTree(string expected, string actual)

@@ -46,6 +46,36 @@ public sealed class SharedStoreTests(S3Server s3, PostgresServer postgres) : IAs
         postgres.Sql(new Npgsql.NpgsqlConnectionStringBuilder(database).Database!,
             $"UPDATE paths SET registration_time = {DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeSeconds()}");
 
+    // `kiln store verify` (and a client's `nix store verify --check-contents`) on shared backends checks the bucket's
+    // copy: a front door whose local cache holds the blob whole still finds the bucket's damaged, and one that never
+    // read it reports the damage as that blob's problem instead of stopping at it.
+    [Fact]
+    public async Task Verification_checks_the_buckets_copy_and_reports_its_damage()
+    {
+        using (var view = await _a.OpenViewAsync("alice", default))
+        {
+            await view.AddToStoreAsync(StoreTests.Declared(MetadataContract.P("verified"), HelloNar), new MemoryStream(HelloNar), false, true, default);
+        }
+
+        Assert.Empty((await StoreMaintenance.VerifyAllAsync(_a, _ => { }, default)).Problems);
+        var narHash = NixHash.Compute(NixHashAlgorithm.Sha256, HelloNar).ToNix32();
+        var file = s3.ObjectFiles(_bucket).Single(f => f.Contains(narHash, StringComparison.Ordinal));
+        var bytes = File.ReadAllBytes(file);
+        bytes[^20] ^= 1;
+        File.WriteAllBytes(file, bytes);
+
+        foreach (var store in new[] { _a, _b })
+        {
+            var report = await StoreMaintenance.VerifyAllAsync(store, _ => { }, default);
+            Assert.Contains(report.Problems, p => p.StartsWith($"blob {narHash} is corrupt", StringComparison.Ordinal));
+            var log = new ListLog();
+            using var view = await store.OpenViewAsync("alice", default);
+            Assert.True(await view.VerifyStoreAsync(true, false, log, default));
+            Assert.Contains(log.Lines, l => l.Contains("was modified", StringComparison.Ordinal));
+            Assert.DoesNotContain(log.Lines, l => l.Contains("127.0.0.1", StringComparison.Ordinal) || l.Contains(_bucket, StringComparison.Ordinal));
+        }
+    }
+
     [Fact]
     public async Task A_file_kept_through_one_front_door_is_served_by_the_other_and_collected_from_the_bucket()
     {

@@ -48,6 +48,12 @@ public sealed class DiskBlobStore : IBlobStore
         }
     }
 
+    public async ValueTask<NixHash?> HashStoredAsync(NixHash hash, CancellationToken cancellationToken)
+    {
+        var source = await OpenReadAsync(hash, cancellationToken).ConfigureAwait(false);
+        return source is null ? null : await source.HashAsync(cancellationToken).ConfigureAwait(false);
+    }
+
     public IBlobWriter CreateWriter() => new Writer(this);
 
     public ValueTask<bool> DeleteAsync(NixHash hash, CancellationToken cancellationToken)

@@ -17,6 +17,14 @@ public interface IBlobStore
     /// <summary>The blob's bytes, or null when no blob has this hash. Dispose the source when done.</summary>
     ValueTask<BlobSource?> OpenReadAsync(NixHash hash, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// What verification checks: the SHA-256 of the bytes the store keeps under <paramref name="hash"/>, read from
+    /// where it keeps them — an object store's bucket, never a local cache of it (a cached copy can be whole while
+    /// the bucket's, which every other front door reads, is not) — or null when it keeps none. A copy the store
+    /// cannot read whole because it is damaged is a <see cref="BlobDamagedException"/>.
+    /// </summary>
+    ValueTask<NixHash?> HashStoredAsync(NixHash hash, CancellationToken cancellationToken);
+
     /// <summary>Starts a new blob; nothing is kept unless it is committed.</summary>
     IBlobWriter CreateWriter();
 
@@ -36,6 +44,17 @@ public interface IBlobStore
     /// give it only for blobs the metadata names.
     /// </summary>
     Uri? LinkFor(NixHash hash, TimeSpan lifetime);
+}
+
+/// <summary>
+/// A stored blob's copy is damaged: what the store holds under its hash cannot be read whole (an object store's own
+/// checksum of it fails). A storage failure (EIO) like the others, which verification reports as that blob's problem
+/// rather than stopping at it.
+/// </summary>
+public sealed class BlobDamagedException : IOException
+{
+    public BlobDamagedException(string message, Exception? inner = null)
+        : base(message, inner) => HResult = 5;
 }
 
 /// <summary>A blob as listed: its hash, size and when it was written.</summary>
@@ -117,6 +136,21 @@ public sealed class BlobSource : IAsyncDisposable
     /// <summary>The blob's bytes from the start. A source is read once; the stream goes with the source.</summary>
     public async ValueTask<Stream> OpenStreamAsync(CancellationToken cancellationToken) =>
         _content ??= await _open!(cancellationToken).ConfigureAwait(false);
+
+    /// <summary>Reads the whole source, disposes it, and returns the SHA-256 of its bytes.</summary>
+    public async ValueTask<NixHash> HashAsync(CancellationToken cancellationToken)
+    {
+        await using (this.ConfigureAwait(false))
+        {
+            var stream = await OpenStreamAsync(cancellationToken).ConfigureAwait(false);
+            var hashing = new HashingStream(NixHashAlgorithm.Sha256);
+            await using (hashing.ConfigureAwait(false))
+            {
+                await stream.CopyToAsync(hashing, 256 * 1024, cancellationToken).ConfigureAwait(false);
+                return hashing.Finish();
+            }
+        }
+    }
 
     public async ValueTask DisposeAsync()
     {

@@ -167,6 +167,37 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         return false;
     }
 
+    public async ValueTask<NixHash?> HashStoredAsync(NixHash hash, CancellationToken cancellationToken) => await Storage("be read", async () =>
+    {
+        // The bucket's copy, streamed and hashed; the local cache is neither read nor filled.
+        if (await GetObjectAsync(KeyOf(hash), cancellationToken).ConfigureAwait(false) is not { } response)
+        {
+            return (NixHash?)null;
+        }
+
+        using (response)
+        using (var hashing = new HashingSink(NixHashAlgorithm.Sha256))
+        {
+            var buffer = new byte[1 << 20];
+            try
+            {
+                int read;
+                while ((read = await response.ResponseStream.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                {
+                    hashing.Append(buffer.AsSpan(0, read));
+                }
+            }
+            catch (AmazonClientException e)
+            {
+                // The SDK's check of the body against the MD5 the server keeps for it (where it keeps one) failed at
+                // its end: the bucket's copy changed after it was stored. (A connection lost mid-body is an IOException.)
+                throw new BlobDamagedException($"the blob store's copy of {hash.ToNix32()} is damaged: {e.Message}", e);
+            }
+
+            return hashing.Finish();
+        }
+    }).ConfigureAwait(false);
+
     public async ValueTask<BlobSource?> OpenReadAsync(NixHash hash, CancellationToken cancellationToken)
     {
         if (_cache.TryOpen(hash) is { } cached)
