@@ -20,8 +20,10 @@ public interface IBlobStore
     /// <summary>
     /// What verification checks: the SHA-256 of the bytes the store keeps under <paramref name="hash"/>, read from
     /// where it keeps them — an object store's bucket, never a local cache of it (a cached copy can be whole while
-    /// the bucket's, which every other front door reads, is not) — or null when it keeps none. A copy the store
-    /// cannot read whole because it is damaged is a <see cref="BlobDamagedException"/>.
+    /// the bucket's, which every other front door reads, is not) — or null when it keeps none. A copy that fails a
+    /// checksum the store itself keeps for it (an object store's MD5 of a single-part object) is a
+    /// <see cref="BlobDamagedException"/>; any other damage shows as a hash that is not the name. Other failures to
+    /// read (the bucket unreachable, a disk's EIO) are storage failures and end verification, as they end any reader.
     /// </summary>
     ValueTask<NixHash?> HashStoredAsync(NixHash hash, CancellationToken cancellationToken);
 
@@ -47,9 +49,9 @@ public interface IBlobStore
 }
 
 /// <summary>
-/// A stored blob's copy is damaged: what the store holds under its hash cannot be read whole (an object store's own
-/// checksum of it fails). A storage failure (EIO) like the others, which verification reports as that blob's problem
-/// rather than stopping at it.
+/// A stored blob's copy is damaged: it fails a checksum the store keeps for it (an object store's MD5 of a single-part
+/// object), so it cannot be read whole. A storage failure (EIO) like the others, which verification reports as that
+/// blob's problem rather than stopping at it.
 /// </summary>
 public sealed class BlobDamagedException : IOException
 {

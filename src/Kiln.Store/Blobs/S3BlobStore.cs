@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net;
 using System.Runtime.CompilerServices;
 using Amazon.Runtime;
@@ -178,7 +179,8 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         using (response)
         using (var hashing = new HashingSink(NixHashAlgorithm.Sha256))
         {
-            var buffer = new byte[1 << 20];
+            // Pooled: a store-wide verify reads every blob, and a fresh megabyte each would be large-object-heap garbage.
+            var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
             try
             {
                 int read;
@@ -191,7 +193,11 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
             {
                 // The SDK's check of the body against the MD5 the server keeps for it (where it keeps one) failed at
                 // its end: the bucket's copy changed after it was stored. (A connection lost mid-body is an IOException.)
-                throw new BlobDamagedException($"the blob store's copy of {hash.ToNix32()} is damaged: {e.Message}", e);
+                throw new BlobDamagedException($"the bucket's copy fails the checksum the bucket keeps for it ({e.Message})", e);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
             }
 
             return hashing.Finish();
