@@ -23,24 +23,20 @@ public static class StoreMaintenance
         await foreach (var blob in store.Blobs.ListAsync(cancellationToken).ConfigureAwait(false))
         {
             var (actual, damage) = await StoreView.CheckBlobAsync(store.Blobs, blob.Hash, cancellationToken).ConfigureAwait(false);
-            if (damage is not null)
-            {
-                blobs++;
-                bytes += blob.Length;
-                problems.Add($"blob {blob.Hash.ToNix32()} is corrupt: {damage}");
-                continue;
-            }
-
-            if (actual is null)
+            if (actual is null && damage is null)
             {
                 continue; // collected while this ran
             }
 
             blobs++;
             bytes += blob.Length;
-            if (actual != blob.Hash)
+            if (damage is not null)
             {
-                problems.Add($"blob {blob.Hash.ToNix32()} is corrupt: its contents hash to {actual.Value.ToNix32()}");
+                problems.Add($"blob {blob.Hash.ToNix32()} is corrupt: {damage}");
+            }
+            else if (actual is { } contents && contents != blob.Hash)
+            {
+                problems.Add($"blob {blob.Hash.ToNix32()} is corrupt: its contents hash to {contents.ToNix32()}");
             }
             else
             {

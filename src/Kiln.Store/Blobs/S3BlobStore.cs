@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Net;
 using System.Runtime.CompilerServices;
 using Amazon.Runtime;
@@ -177,17 +176,11 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
         }
 
         using (response)
-        using (var hashing = new HashingSink(NixHashAlgorithm.Sha256))
         {
-            // Pooled: a store-wide verify reads every blob, and a fresh megabyte each would be large-object-heap garbage.
-            var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
             try
             {
-                int read;
-                while ((read = await response.ResponseStream.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
-                {
-                    hashing.Append(buffer.AsSpan(0, read));
-                }
+                return (NixHash?)await BlobSource.FromStream(hash, response.ContentLength, _ => ValueTask.FromResult(response.ResponseStream))
+                    .HashAsync(cancellationToken).ConfigureAwait(false);
             }
             catch (AmazonClientException e)
             {
@@ -195,12 +188,6 @@ public sealed class S3BlobStore : IBlobStore, ISharedFiles, IDisposable
                 // its end: the bucket's copy changed after it was stored. (A connection lost mid-body is an IOException.)
                 throw new BlobDamagedException($"the bucket's copy fails the checksum the bucket keeps for it ({e.Message})", e);
             }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(buffer);
-            }
-
-            return hashing.Finish();
         }
     }).ConfigureAwait(false);
 
