@@ -351,7 +351,15 @@ public sealed class AgentGatewayTests : IAsyncLifetime
         Assert.Equal(HttpStatusCode.NoContent, (await other.PutNarAsync(second.Lease, nar)).StatusCode);
         Assert.Equal(HttpStatusCode.NoContent, (await other.CompleteAsync(second.Lease, Built(output, nar))).StatusCode);
 
-        // The lost agent comes back with its result: its session is gone, and so is its lease.
+        // The lost agent comes back with its result: its session is gone, and so is its lease. (The queue's lease lapse
+        // and the gateway's sweep of silent sessions are separate timers: wait for the sweep, or the race decides.)
+        var swept = System.Diagnostics.Stopwatch.StartNew();
+        while (_gateway.Connected.Any(a => a.Name == "lost"))
+        {
+            Assert.True(swept.Elapsed < Patience, "the silent agent's session was never dropped");
+            await Task.Delay(50);
+        }
+
         var late = NarBuilder.Start().File("the lost agent's").ToArray();
         Assert.Equal(HttpStatusCode.NotFound, (await lost.CompleteAsync(first.Lease, Built(output, late))).StatusCode);
         await lost.HelloAsync();
