@@ -25,8 +25,12 @@ public sealed class MaterialisedView(string root, IBlobStore blobs)
 
     public string PathOf(StorePath path) => Path.Combine(StoreDirectory, path.BaseName);
 
-    /// <summary>Unpacks paths not yet in the tree.</summary>
-    public async Task AddAsync(IEnumerable<(StorePath Path, NixHash NarHash)> paths, CancellationToken cancellationToken)
+    /// <summary>
+    /// Unpacks paths not yet in the tree (a path already there costs a stat). A path whose blob is missing is an
+    /// <see cref="IOException"/>, or given to <paramref name="missing"/> and passed over.
+    /// </summary>
+    public async Task AddAsync(IEnumerable<(StorePath Path, NixHash NarHash)> paths, CancellationToken cancellationToken,
+        Action<StorePath, NixHash>? missing = null)
     {
         Directory.CreateDirectory(StoreDirectory);
         foreach (var (path, narHash) in paths)
@@ -37,9 +41,19 @@ public sealed class MaterialisedView(string root, IBlobStore blobs)
                 continue;
             }
 
+            var blob = await blobs.OpenReadAsync(narHash, cancellationToken).ConfigureAwait(false);
+            if (blob is null)
+            {
+                if (missing is null)
+                {
+                    throw new IOException($"the blob {narHash.ToNix32()} of '{path}' is missing");
+                }
+
+                missing(path, narHash);
+                continue;
+            }
+
             var temporary = Path.Combine(StoreDirectory, $"{TemporaryPrefix}{Guid.NewGuid():N}");
-            var blob = await blobs.OpenReadAsync(narHash, cancellationToken).ConfigureAwait(false)
-                ?? throw new IOException($"the blob {narHash.ToNix32()} of '{path}' is missing");
             await using (blob.ConfigureAwait(false))
             {
                 NarExtractor.Restore(new BufferedStream(await blob.OpenStreamAsync(cancellationToken).ConfigureAwait(false), 256 * 1024), temporary, canonical: true);

@@ -64,7 +64,17 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         ArgumentNullException.ThrowIfNull(paths);
         if (Readable.Count == 1)
         {
-            return await Metadata.GetPathsAsync(Readable[0], paths, cancellationToken).ConfigureAwait(false);
+            var records = await Metadata.GetPathsAsync(Readable[0], paths, cancellationToken).ConfigureAwait(false);
+            if (Readable[0] == AccountId && _store.MaterialisedFor(AccountId) is { } tree && records.Count > 0)
+            {
+                // Another front door on the same database may have put these paths in the socket account's view: this
+                // front door's unpacked tree gets them here, before the client hears they are valid and reads them from
+                // the tree (a .drv it added, which the other front door's client had added first; a NAR it copies).
+                await tree.AddAsync(records.Values.Select(r => (r.Info.Path, r.Info.NarHash)), cancellationToken,
+                    (path, narHash) => StoreLog.BlobMissing(_store.Options.Logger, path.FullPath, narHash.ToNix32())).ConfigureAwait(false);
+            }
+
+            return records;
         }
 
         // Several accounts (the public caches, for an anonymous request): a globally trusted record wins over any

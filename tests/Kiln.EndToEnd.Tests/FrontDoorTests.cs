@@ -480,12 +480,118 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         return double.Parse(File.ReadAllText(client.HostPath($"{workspace}/got{output}/{file}")).Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
     }
 
-    // A front door killed in the middle of a build: its claim lapses and another front door builds the step for the
-    // client waiting there, which simply succeeds; the lost front door's build is recorded as failed, once.
+    // Agents may dial any front door. Both front doors are pure coordinators (no slots of their own); agent "one" is
+    // dialled in to A and "two" to B, with one agent token made through A. A derivation asked for through B alone is
+    // built by B's agent (fetching its inputs through B, from the bucket); a DAG asked for through both sockets at once
+    // is built once, derivation by derivation, by whichever front door's agent got its step's claim; every front door
+    // lists both agents.
     [Fact]
-    public async Task When_a_front_door_is_killed_mid_build_another_takes_the_build_over()
+    public async Task Remote_agents_dialled_in_to_either_front_door_build_for_both_once()
+    {
+        var client = NixClient.For("2.34.8");
+        var (database, _, a, b) = TwoFrontDoors(http: true, "--local-slots", "0", "--agent-timeout", "5");
+        using var doorA = a;
+        using var doorB = b;
+        using var workspace = client.NewWorkspace();
+        var token = a.Cli("agent-token", "create", "farm").Trim();
+        using var one = new AgentProcess(a, token, "one", slots: 2);
+        using var two = new AgentProcess(b, token, "two", slots: 2);
+
+        var salt = Guid.NewGuid().ToString("N");
+        var onB = Dag.Write(client, workspace, "onbdag", depth: 3, width: 2, salt: salt);
+        client.Ok(b, "nix-build", "--store", NixClient.SocketUri, onB, "--no-out-link");
+        await using var metadata = MetadataStores.Open(database);
+        var builtOnB = await metadata.ListBuildsAsync(null, 100, CancellationToken.None);
+        Assert.Equal(6, builtOnB.Count);
+        Assert.All(builtOnB, r => Assert.True(r.Succeeded && r.Agent == "two", $"{r.DrvPath}: {r.Agent} {r.Error}"));
+
+        var dag = Dag.Write(client, workspace, "bothdag", depth: 4, width: 5, salt: salt + "-both");
+        using var first = client.Start(a, "nix-build", "--store", NixClient.SocketUri, dag, "--no-out-link");
+        using var second = client.Start(b, "nix-build", "--store", NixClient.SocketUri, dag, "--no-out-link");
+        var logs = await Task.WhenAll(first.StandardError.ReadToEndAsync(), second.StandardError.ReadToEndAsync());
+        await Task.WhenAll(first.WaitForExitAsync(), second.WaitForExitAsync());
+        Assert.True(first.ExitCode == 0, logs[0] + a.Log + one.Log);
+        Assert.True(second.ExitCode == 0, logs[1] + b.Log + two.Log);
+        var builds = (await metadata.ListBuildsAsync(null, 100, CancellationToken.None)).ExceptBy(builtOnB.Select(r => r.Id), r => r.Id).ToList();
+        Assert.Equal(20, builds.Count);
+        Assert.Equal(20, builds.Select(r => r.DrvPath).Distinct().Count());
+        Assert.All(builds, r => Assert.True(r.Succeeded && r.Agent is "one" or "two", $"{r.DrvPath}: {r.Agent} {r.Error}"));
+        Assert.Equal(client.Ok(a, "nix-build", "--store", NixClient.SocketUri, dag, "--no-out-link").StdoutText,
+            client.Ok(b, "nix-build", "--store", NixClient.SocketUri, dag, "--no-out-link").StdoutText);
+
+        foreach (var door in new[] { a, b })
+        {
+            using var listed = System.Text.Json.JsonDocument.Parse(door.Cli("agents", "list", "--json"));
+            Assert.Equal(["one", "two"], listed.RootElement.EnumerateArray().Select(x => x.GetProperty("name").GetString()).Order(StringComparer.Ordinal));
+            Assert.All(listed.RootElement.EnumerateArray(), x => Assert.True(x.GetProperty("connected").GetBoolean(), x.ToString()));
+        }
+    }
+
+    // The socket on shared backends, and narinfo answers across front doors: a path added through A's socket is valid
+    // through B's, and its contents are in B's unpacked tree. B keeps its narinfo answer (a second GET is the same bytes), yet it changes within seconds, well
+    // inside the answer cache's 30 s bound, when the path is signed and then deleted through A's socket: the change
+    // reaches B's cache by the database's notification, not by expiry.
+    [Fact]
+    public async Task A_path_signed_or_deleted_through_one_front_doors_socket_changes_the_others_answers_at_once()
     {
         var client = NixClient.For("2.8.0");
+        var (database, _, a, b) = TwoFrontDoors(http: true);
+        using var doorA = a;
+        using var doorB = b;
+        using var workspace = client.NewWorkspace();
+        var (source, top) = CacheAccess.SmallClosure(client, a, workspace);
+        client.Ok(a, "nix", "copy", "--store", source, "--to", NixClient.SocketUri, top);
+        // Nix reads a unix:// store's paths from its tree (?root=): B's tree has what was added through A by the time B
+        // answers that it is valid.
+        client.Ok(b, "nix", "copy", "--no-check-sigs", "--from", NixClient.SocketUri, "--to", $"local?root={workspace}/pulled", top);
+        Assert.Equal(File.ReadAllBytes(client.HostPath($"{workspace}/source{top}")), File.ReadAllBytes(client.HostPath($"{workspace}/pulled{top}")));
+        a.Cli("account", "set", "local", "--public-cache");
+
+        using var http = new HttpClient { BaseAddress = new Uri(b.HttpUrl) };
+        var narInfo = $"/{StorePath.Parse(top).HashPart}.narinfo";
+        var kept = System.Diagnostics.Stopwatch.StartNew();
+        var answer = await http.GetStringAsync(narInfo);
+        Assert.Equal(answer, await http.GetStringAsync(narInfo));
+        Assert.DoesNotContain("Sig: later-1:", answer, StringComparison.Ordinal);
+
+        client.Ok(a, "nix-store", "--generate-binary-cache-key", "later-1", $"{workspace}/later.secret", $"{workspace}/later.public");
+        client.Ok(a, "nix", "store", "sign", "--store", NixClient.SocketUri, "--key-file", $"{workspace}/later.secret", top);
+        while (!(await http.GetStringAsync(narInfo)).Contains("Sig: later-1:", StringComparison.Ordinal))
+        {
+            Assert.True(kept.Elapsed < TimeSpan.FromSeconds(20), "B's narinfo answer kept the path's old signatures");
+            await Task.Delay(50);
+        }
+
+        Assert.Contains("later-1:", client.Ok(b, "nix", "path-info", "--sigs", "--store", NixClient.SocketUri, top).StdoutText, StringComparison.Ordinal);
+        kept.Restart();
+        Assert.Contains("Sig: later-1:", await http.GetStringAsync(narInfo), StringComparison.Ordinal);
+        // On a shared database the collector keeps what was registered within its grace period (another front door's
+        // session may still be copying that closure, leaf first): the path's registration is moved back, not waited for.
+        postgres.Sql(new Npgsql.NpgsqlConnectionStringBuilder(database).Database!, "UPDATE paths SET registration_time = registration_time - 3600");
+        client.Ok(a, "nix", "store", "delete", "--store", NixClient.SocketUri, top);
+        while (true)
+        {
+            using var response = await http.GetAsync(narInfo);
+            if (response.StatusCode == System.Net.HttpStatusCode.NotFound)
+            {
+                break;
+            }
+
+            Assert.True(kept.Elapsed < TimeSpan.FromSeconds(20), "B's narinfo answer kept a deleted path");
+            await Task.Delay(50);
+        }
+
+        Assert.NotEqual(0, client.Run(b, "nix", "path-info", "--store", NixClient.SocketUri, top).ExitCode);
+    }
+
+    // A front door killed in the middle of a build: its claim lapses and another front door builds the step for the
+    // client waiting there, which simply succeeds; the lost front door's build is recorded as failed, once. A client of
+    // the surviving front door building something else all along carries on as if nothing happened.
+    [Theory]
+    [MemberData(nameof(NixClient.Versions), MemberType = typeof(NixClient))]
+    public async Task When_a_front_door_is_killed_mid_build_another_takes_the_build_over(string version)
+    {
+        var client = NixClient.For(version);
         var (database, _, a, b) = TwoFrontDoors(http: false, "--step-claim-lease", "4");
         using var doorA = a;
         using var doorB = b;
@@ -495,7 +601,9 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
         var throughB = SshTests.SshEnvironment(client, b, alice.KeyFile);
 
         var slow = Dag.WriteSingle(client, workspace, "slow", $"echo {Guid.NewGuid():N}; sleep 8; mkdir $out");
-        string[] build = ["nix", "build", "--eval-store", "auto", "--store", "ssh-ng://kiln@127.0.0.1", "-f", slow, "--no-link"];
+        var other = Dag.WriteSingle(client, workspace, "other", $"echo {Guid.NewGuid():N}; sleep 6; mkdir $out");
+        string[] evalStore = client.Is23 ? [] : ["--eval-store", "auto"];
+        string[] build = ["nix", "build", .. evalStore, "--store", "ssh-ng://kiln@127.0.0.1", "-f", slow, "--no-link"];
         using var onA = client.Start(a, [.. throughA, .. build]);
         await using var metadata = MetadataStores.Open(database);
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
@@ -507,10 +615,20 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
 
         using var onB = client.Start(b, [.. throughB, .. build]);
         var bErrors = onB.StandardError.ReadToEndAsync();
-        await Task.Delay(1500); // B is waiting on A's claim
+        using var elsewhere = client.Start(b, [.. throughB, "nix", "build", .. evalStore, "--store", "ssh-ng://kiln@127.0.0.1", "-f", other, "--no-link"]);
+        var elsewhereErrors = elsewhere.StandardError.ReadToEndAsync();
+        while ((await metadata.ListBuildsAsync(null, 10, CancellationToken.None)).Count(r => r.Running) < 2)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "B never started the other build" + b.Log);
+            await Task.Delay(100);
+        }
+
+        await Task.Delay(1500); // B's first client is waiting on A's claim
         a.Kill();
         await onB.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(90));
         Assert.True(onB.ExitCode == 0, await bErrors);
+        await elsewhere.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(90));
+        Assert.True(elsewhere.ExitCode == 0, await elsewhereErrors);
         await onA.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
         Assert.NotEqual(0, onA.ExitCode);
 
@@ -523,9 +641,11 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
             builds = await metadata.ListBuildsAsync(null, 10, CancellationToken.None);
         }
 
-        Assert.Equal(2, builds.Count);
-        Assert.Single(builds, r => r.Succeeded);
+        Assert.Equal(3, builds.Count);
+        Assert.Single(builds, r => r.Succeeded && r.DrvPath.EndsWith("-slow.drv", StringComparison.Ordinal));
+        Assert.Single(builds, r => r.Succeeded && r.DrvPath.EndsWith("-other.drv", StringComparison.Ordinal));
         var lost = Assert.Single(builds, r => !r.Succeeded);
+        Assert.EndsWith("-slow.drv", lost.DrvPath, StringComparison.Ordinal);
         Assert.False(lost.Running);
         Assert.Contains("went away", lost.Error, StringComparison.Ordinal);
     }

@@ -86,3 +86,101 @@ public sealed class S3UploadTests(S3Server s3)
         }
     }
 }
+
+/// <summary>
+/// The interrupted upload again, on Ceph's radosgw, which (unlike s3rver) lists multipart uploads: a server killed with
+/// SIGKILL while a NAR's parts go up to the bucket leaves an unfinished multipart upload there (its parts cost storage
+/// and nothing else would remove them), nothing registered; <c>kiln store gc</c> aborts it and leaves no object; the NAR
+/// pushed again whole is valid. radosgw is started for this class alone (it keeps objects in memory).
+/// </summary>
+public sealed class RadosUploadTests(RadosGateway rgw) : IClassFixture<RadosGateway>
+{
+    private const long NarSize = 384L << 20; // 24 parts of 16 MiB: seconds of uploading to catch it in
+
+    [Fact]
+    public async Task A_server_killed_mid_multipart_upload_leaves_an_upload_that_gc_aborts_and_nothing_registered()
+    {
+        rgw.Require();
+        var client = NixClient.For("2.34.8");
+        var blobs = rgw.NewLocation();
+        var location = Kiln.Store.Blobs.S3BlobLocation.Parse(blobs);
+        using var s3 = location.CreateClient();
+        async Task<List<Amazon.S3.Model.MultipartUpload>> UploadsAsync() =>
+            (await s3.ListMultipartUploadsAsync(new Amazon.S3.Model.ListMultipartUploadsRequest { BucketName = location.Bucket, Prefix = location.Prefix })).MultipartUploads ?? [];
+        async Task<List<Amazon.S3.Model.S3Object>> ObjectsAsync() =>
+            (await s3.ListObjectsV2Async(new Amazon.S3.Model.ListObjectsV2Request { BucketName = location.Bucket, Prefix = location.Prefix + "blobs/" })).S3Objects ?? [];
+
+        using var workspace = client.NewWorkspace();
+        using var kiln = new KilnProcess(ssh: true, arguments: ["--blobs", blobs]);
+        var directory = kiln.DataDirectory;
+        var alice = SshTests.NewLogin(client, kiln, "alice");
+        var file = client.HostPath($"{workspace}/big");
+        await using (var output = File.Create(file))
+        {
+            var chunk = new byte[1 << 20];
+            for (long written = 0; written < NarSize; written += chunk.Length)
+            {
+                System.Security.Cryptography.RandomNumberGenerator.Fill(chunk);
+                await output.WriteAsync(chunk);
+            }
+        }
+
+        var source = $"local?root={workspace}/source";
+        var big = client.Ok(kiln, "nix-store", "--store", source, "--add", $"{workspace}/big").StdoutText.Trim();
+        File.Delete(file);
+
+        // Killed once the bucket has the upload and at least one of its parts, while the copy is still going.
+        using var copy = client.Start(kiln, [.. alice.Environment, "nix", "copy", "--store", source, "--to", "ssh-ng://kiln@127.0.0.1", big]);
+        var started = DateTime.UtcNow;
+        while (!copy.HasExited)
+        {
+            Assert.True(DateTime.UtcNow - started < TimeSpan.FromMinutes(3), "no multipart upload began");
+            if (await UploadsAsync() is [var upload])
+            {
+                try
+                {
+                    var parts = await s3.ListPartsAsync(new Amazon.S3.Model.ListPartsRequest { BucketName = location.Bucket, Key = upload.Key, UploadId = upload.UploadId });
+                    if (parts.Parts is { Count: > 0 })
+                    {
+                        break;
+                    }
+                }
+                catch (Amazon.S3.AmazonS3Exception e) when (e.StatusCode == System.Net.HttpStatusCode.NotFound)
+                {
+                    // completed in between: the loop sees the copy end
+                }
+            }
+
+            await Task.Delay(20);
+        }
+
+        Assert.False(copy.HasExited, "the copy ended before the server was killed: " + (copy.HasExited ? await copy.StandardError.ReadToEndAsync() : ""));
+        kiln.Kill();
+        var copyErrors = await copy.StandardError.ReadToEndAsync();
+        await copy.WaitForExitAsync();
+        Assert.True(copy.ExitCode != 0, $"the copy succeeded although the server was killed: {copyErrors}\n{kiln.Log}");
+
+        await using (var metadata = MetadataStores.Open(MetadataStores.ForDataDirectory(directory), readOnly: true))
+        {
+            var account = (await metadata.FindAccountAsync("alice", CancellationToken.None))!;
+            Assert.Empty(await metadata.GetAllPathsAsync(account.Id, CancellationToken.None));
+        }
+
+        var left = Assert.Single(await UploadsAsync()); // what the killed server could not abort
+        Assert.EndsWith(".nar", left.Key, StringComparison.Ordinal);
+        Assert.Empty(await ObjectsAsync());
+
+        kiln.Cli("store", "gc");
+        Assert.Empty(await UploadsAsync());
+        Assert.Empty(await ObjectsAsync());
+        Assert.Empty(Directory.EnumerateFiles(Path.Combine(directory, "blob-cache", "tmp")));
+
+        // Whole this time, into a server started again on the same data directory: one object, the NAR's size or more.
+        using var again = new KilnProcess(ssh: true, dataDirectory: directory);
+        var throughAgain = SshTests.SshEnvironment(client, again, alice.KeyFile);
+        client.Ok(again, [.. throughAgain, "nix", "copy", "--store", source, "--to", "ssh-ng://kiln@127.0.0.1", big]);
+        client.Ok(again, [.. throughAgain, "nix", "path-info", "--store", "ssh-ng://kiln@127.0.0.1", big]);
+        Assert.True((await ObjectsAsync()) is [{ Size: > NarSize }], string.Join(", ", (await ObjectsAsync()).Select(o => $"{o.Key} {o.Size}")));
+        Assert.Empty(await UploadsAsync());
+    }
+}

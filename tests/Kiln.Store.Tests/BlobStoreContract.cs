@@ -105,6 +105,22 @@ public abstract class BlobStoreContract
         Assert.Equal([b], (await ListAsync(store)).Select(l => l.Hash));
     }
 
+    // What verification reads: the stored copy's hash, a small blob and one beyond an object store's single part (a
+    // multipart object, which has no MD5 of its own to check); null for a blob never stored, or deleted.
+    [Fact]
+    public async Task The_stored_copy_is_hashed_and_a_missing_one_is_null()
+    {
+        var store = Create();
+        var small = await PutAsync(store, Bytes(100_000, 60));
+        var large = await PutAsync(store, Bytes(20 << 20, 61));
+        Assert.Equal(small, await store.HashStoredAsync(small, default));
+        Assert.Equal(large, await store.HashStoredAsync(large, default));
+        Assert.Null(await store.HashStoredAsync(NixHash.Compute(NixHashAlgorithm.Sha256, "never stored"), default));
+        Assert.True(await store.DeleteAsync(small, default));
+        Assert.Null(await store.HashStoredAsync(small, default));
+        Assert.Equal(large, await store.HashStoredAsync(large, default));
+    }
+
     [Fact]
     public async Task A_source_opened_before_a_deletion_still_reads_the_whole_blob()
     {

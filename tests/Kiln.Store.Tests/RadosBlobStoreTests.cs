@@ -3,7 +3,7 @@ using Kiln.Nix.Hashing;
 using Kiln.Nix.Tests.Support;
 using Kiln.Store.Blobs;
 
-[assembly: AssemblyFixture(typeof(Kiln.Store.Tests.RadosGateway))]
+[assembly: AssemblyFixture(typeof(RadosGateway))]
 
 namespace Kiln.Store.Tests;
 

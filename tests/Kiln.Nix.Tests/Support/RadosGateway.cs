@@ -2,9 +2,8 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
-using Kiln.Nix.Tests.Support;
 
-namespace Kiln.Store.Tests;
+namespace Kiln.Nix.Tests.Support;
 
 /// <summary>
 /// Ceph's radosgw for one test run: a throwaway single-node cluster (one monitor, one memstore OSD) and its S3 gateway
