@@ -135,6 +135,12 @@ public sealed class KilnStore : IAsyncDisposable
     internal GarbageCollector GarbageCollector { get; }
 
     /// <summary>
+    /// Whether other front doors may be using this store while this process is (its metadata is a database several
+    /// servers share): their uploads in flight are not this process's to know about.
+    /// </summary>
+    public bool SharedWithOtherFrontDoors => Metadata.SharesTempRoots;
+
+    /// <summary>
     /// Collects every account's view, then sweeps every blob nothing names (older than <paramref name="blobGrace"/>)
     /// and what interrupted uploads left: <c>kiln store gc</c>, with the server stopped.
     /// </summary>

@@ -465,8 +465,11 @@ internal static class ServeCommands
                     return 0;
                 }
 
-                // With the server stopped no upload is in flight, so no grace period is needed for blobs.
-                var (paths, bytes, blobs) = await store.CollectAllGarbageAsync(TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+                // With the server stopped none of its uploads is in flight, so no grace period is needed for blobs. On a
+                // database other front doors share, theirs may be (a blob stored and not yet named, a multipart upload
+                // under way): the store's grace period spares those, as in kiln serve's own collections.
+                var grace = store.SharedWithOtherFrontDoors ? (TimeSpan?)null : TimeSpan.Zero;
+                var (paths, bytes, blobs) = await store.CollectAllGarbageAsync(grace, cancellationToken).ConfigureAwait(false);
                 Console.Out.Write($"deleted {paths} paths ({bytes} bytes of NAR) from accounts' views; removed {blobs} blobs\n");
             }
 
