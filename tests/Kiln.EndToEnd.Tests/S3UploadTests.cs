@@ -222,4 +222,40 @@ public sealed class RadosUploadTests(RadosGateway rgw, PostgresServer postgres) 
         Assert.Equal([stored], objects.Select(o => o.Key));
         await s3.AbortMultipartUploadAsync(location.Bucket, inFlight, upload.UploadId);
     }
+
+    // Secrets from the environment, as an operator's service manager gives them: the database password from
+    // KILN_DATABASE_PASSWORD (the connection string has none) and the S3 keys from AWS_ACCESS_KEY_ID and
+    // AWS_SECRET_ACCESS_KEY (the location names no credentials file; radosgw checks every request's signature). A
+    // closure pushed through the socket is then valid and in the bucket, and neither secret is in the server's log.
+    [Fact]
+    public async Task A_front_door_takes_its_database_password_and_s3_keys_from_the_environment()
+    {
+        rgw.Require();
+        postgres.Require();
+        var client = NixClient.For("2.34.8");
+        var connection = new Npgsql.NpgsqlConnectionStringBuilder(postgres.CreateDatabase());
+        var password = connection.Password!;
+        connection.Password = null;
+        var bucket = rgw.CreateBucket();
+        var blobs = $"s3://{bucket}/kiln?endpoint={Uri.EscapeDataString(rgw.Endpoint)}&region=us-east-1";
+        var environment = new Dictionary<string, string>
+        {
+            ["KILN_DATABASE_PASSWORD"] = password,
+            ["AWS_ACCESS_KEY_ID"] = RadosGateway.AccessKey,
+            ["AWS_SECRET_ACCESS_KEY"] = RadosGateway.SecretKey,
+        };
+        using var workspace = client.NewWorkspace();
+        using var kiln = new KilnProcess(arguments: ["--database", connection.ConnectionString, "--blobs", blobs], environment: environment);
+        var (source, top) = CacheAccess.SmallClosure(client, kiln, workspace);
+        client.Ok(kiln, "nix", "copy", "--store", source, "--to", NixClient.SocketUri, top);
+        client.Ok(kiln, "nix", "path-info", "--store", NixClient.SocketUri, top);
+
+        using var s3 = Kiln.Store.Blobs.S3BlobLocation.Parse(rgw.NewLocation()).CreateClient(); // the same user, from its file
+        var objects = (await s3.ListObjectsV2Async(new Amazon.S3.Model.ListObjectsV2Request { BucketName = bucket, Prefix = "kiln/blobs/" })).S3Objects ?? [];
+        Assert.Equal(2, objects.Count); // the closure's two NARs
+        Assert.DoesNotContain(password, kiln.Log, StringComparison.Ordinal);
+        Assert.DoesNotContain(RadosGateway.SecretKey, kiln.Log, StringComparison.Ordinal);
+        // (The binding later commands read keeps the password, readable by Kiln's user alone.)
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(kiln.DataDirectory, "database")));
+    }
 }
