@@ -54,6 +54,51 @@ public sealed class PostgresMetadataStoreTests(PostgresServer server) : IDisposa
 {
     private readonly TempDir _temp = new();
 
+    // Every many-path query is one round trip however many paths it names (arrays and unnest, not a statement per
+    // path): counted as the commands Npgsql runs against this test's database while each call runs.
+    [Fact]
+    public async Task A_many_path_query_is_one_command_whatever_the_number_of_paths()
+    {
+        var database = server.CreateDatabase();
+        var name = new Npgsql.NpgsqlConnectionStringBuilder(database).Database!;
+        await using var store = MetadataStores.Open(database);
+        await store.MigrateAsync(default);
+        var alice = await store.GetOrCreateAccountAsync("alice", default);
+        var chain = new List<NewPath>();
+        for (var i = 0; i < 300; i++)
+        {
+            var path = MetadataContract.P($"chain-{i}");
+            chain.Add(MetadataContract.New(i == 0 ? MetadataContract.Info(path) : MetadataContract.Info(path, chain[^1].Info.Path)));
+        }
+
+        await store.RegisterAsync(alice, chain, default);
+        var commands = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        using var listener = new System.Diagnostics.ActivityListener
+        {
+            ShouldListenTo = source => source.Name == "Npgsql",
+            Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) => System.Diagnostics.ActivitySamplingResult.AllData,
+            ActivityStopped = activity =>
+            {
+                if (activity.TagObjects.Any(t => t.Value is string value && value.Contains(name, StringComparison.Ordinal)))
+                {
+                    commands.Enqueue(activity.DisplayName);
+                }
+            },
+        };
+        System.Diagnostics.ActivitySource.AddActivityListener(listener);
+        async Task<int> CommandsAsync(Func<Task> call)
+        {
+            commands.Clear();
+            await call();
+            return commands.Count;
+        }
+
+        var paths = chain.Select(p => p.Info.Path).ToList();
+        Assert.Equal(1, await CommandsAsync(async () => Assert.Equal(300, (await store.GetPathsAsync(alice, paths, default)).Count)));
+        Assert.Equal(1, await CommandsAsync(async () => Assert.Equal(300, (await store.GetClosureAsync(alice, [paths[^1]], default)).Count)));
+        Assert.Equal(1, await CommandsAsync(async () => Assert.Equal(3, (await store.GetPathsAsync(alice, paths.Take(3).ToList(), default)).Count)));
+    }
+
     [Fact]
     public async Task Front_doors_starting_at_once_migrate_once()
     {
