@@ -10,7 +10,9 @@ namespace Kiln.Scheduler.Tests;
 /// The contract of <see cref="IJobQueue"/>, the port between the scheduler and its agents: offers go to an agent that
 /// can run them (system, <c>requiredSystemFeatures</c>), outcomes come back to the ticket, cancelling reaches the
 /// agent, and a lease not heartbeaten is taken back and offered again. Each queue's test class derives from it and
-/// says how to make an empty queue: in memory now, PostgreSQL when Kiln scales out. Waits are generous and nothing
+/// says how to make an empty queue (in memory: each front door has its own queue for its own agents; what makes a step
+/// built once across front doors is its claim in the database, <c>step_claims</c>, tested with the metadata stores and
+/// end to end in FrontDoorTests). Waits are generous and nothing
 /// depends on exact timings: a lease lapses at some point after its duration, never at a given instant.
 /// </summary>
 public abstract class JobQueueContract
