@@ -14,6 +14,26 @@ public sealed class S3UploadTests(S3Server s3)
 {
     private const long Size = 1L << 30;
 
+    /// <summary>A file of <paramref name="size"/> random bytes added to the client store <c>local?root=WORKSPACE/source</c>: that store, and the path.</summary>
+    internal static async Task<(string Store, string Path)> AddRandomFileAsync(NixClient client, KilnProcess kiln, string workspace, long size)
+    {
+        var file = client.HostPath($"{workspace}/big");
+        await using (var output = File.Create(file))
+        {
+            var chunk = new byte[1 << 20];
+            for (long written = 0; written < size; written += chunk.Length)
+            {
+                System.Security.Cryptography.RandomNumberGenerator.Fill(chunk);
+                await output.WriteAsync(chunk);
+            }
+        }
+
+        var source = $"local?root={workspace}/source";
+        var path = client.Ok(kiln, "nix-store", "--store", source, "--add", $"{workspace}/big").StdoutText.Trim();
+        File.Delete(file);
+        return (source, path);
+    }
+
     [Theory]
     [InlineData("spooling")]
     [InlineData("uploading")]
@@ -29,20 +49,7 @@ public sealed class S3UploadTests(S3Server s3)
         {
             directory = kiln.DataDirectory;
             alice = SshTests.NewLogin(client, kiln, "alice");
-            var file = client.HostPath($"{workspace}/big");
-            await using (var output = File.Create(file))
-            {
-                var chunk = new byte[1 << 20];
-                for (long written = 0; written < Size; written += chunk.Length)
-                {
-                    System.Security.Cryptography.RandomNumberGenerator.Fill(chunk);
-                    await output.WriteAsync(chunk);
-                }
-            }
-
-            var source = $"local?root={workspace}/source";
-            var big = client.Ok(kiln, "nix-store", "--store", source, "--add", $"{workspace}/big").StdoutText.Trim();
-            File.Delete(file);
+            var (source, big) = await AddRandomFileAsync(client, kiln, workspace, Size);
 
             var spool = Path.Combine(directory, "blob-cache", "tmp");
             using var copy = client.Start(kiln, [.. alice.Environment, "nix", "copy", "--store", source, "--to", "ssh-ng://kiln@127.0.0.1", big]);
@@ -114,20 +121,7 @@ public sealed class RadosUploadTests(RadosGateway rgw, PostgresServer postgres) 
         using var kiln = new KilnProcess(ssh: true, arguments: ["--blobs", blobs]);
         var directory = kiln.DataDirectory;
         var alice = SshTests.NewLogin(client, kiln, "alice");
-        var file = client.HostPath($"{workspace}/big");
-        await using (var output = File.Create(file))
-        {
-            var chunk = new byte[1 << 20];
-            for (long written = 0; written < NarSize; written += chunk.Length)
-            {
-                System.Security.Cryptography.RandomNumberGenerator.Fill(chunk);
-                await output.WriteAsync(chunk);
-            }
-        }
-
-        var source = $"local?root={workspace}/source";
-        var big = client.Ok(kiln, "nix-store", "--store", source, "--add", $"{workspace}/big").StdoutText.Trim();
-        File.Delete(file);
+        var (source, big) = await S3UploadTests.AddRandomFileAsync(client, kiln, workspace, NarSize);
 
         // Killed once the bucket has the upload and at least one of its parts, while the copy is still going.
         using var copy = client.Start(kiln, [.. alice.Environment, "nix", "copy", "--store", source, "--to", "ssh-ng://kiln@127.0.0.1", big]);
