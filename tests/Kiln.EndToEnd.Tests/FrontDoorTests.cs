@@ -124,8 +124,8 @@ public sealed class FrontDoorTests(PostgresServer postgres, S3Server s3)
 
         var marker = Guid.NewGuid().ToString("N");
         // Long enough that B's client, started once A's build runs, joins it rather than reusing its record (B's SSH
-        // session and evaluation take seconds on a loaded machine; 3 s was once too short).
-        var drv = Dag.WriteSingle(client, workspace, "slowlog", $"echo said-{marker}; sleep 8; echo done > $out");
+        // session and evaluation take seconds on a loaded machine: 3 s was once too short, and in CI 8 s once was).
+        var drv = Dag.WriteSingle(client, workspace, "slowlog", $"echo said-{marker}; sleep 20; echo done > $out");
         string[] evalStore = client.Is23 ? [] : ["--eval-store", "auto"];
         string[] build = ["nix", "build", .. (client.Is23 ? Array.Empty<string>() : ["-L"]), .. evalStore, "--store", "ssh-ng://kiln@127.0.0.1", "-f", drv, "--no-link"];
         await using var metadata = MetadataStores.Open(database);
