@@ -25,6 +25,13 @@ public sealed class MaterialisedView(string root, IBlobStore blobs)
 
     public string PathOf(StorePath path) => Path.Combine(StoreDirectory, path.BaseName);
 
+    /// <summary>Whether the tree has the path (a stat).</summary>
+    public bool Contains(StorePath path)
+    {
+        var target = PathOf(path);
+        return Path.Exists(target) || new FileInfo(target).LinkTarget is not null;
+    }
+
     /// <summary>
     /// Unpacks paths not yet in the tree (a path already there costs a stat). A path whose blob is missing is an
     /// <see cref="IOException"/>, or given to <paramref name="missing"/> and passed over.
@@ -35,8 +42,7 @@ public sealed class MaterialisedView(string root, IBlobStore blobs)
         Directory.CreateDirectory(StoreDirectory);
         foreach (var (path, narHash) in paths)
         {
-            var target = PathOf(path);
-            if (Path.Exists(target) || new FileInfo(target).LinkTarget is not null)
+            if (Contains(path))
             {
                 continue;
             }
@@ -59,7 +65,7 @@ public sealed class MaterialisedView(string root, IBlobStore blobs)
                 NarExtractor.Restore(new BufferedStream(await blob.OpenStreamAsync(cancellationToken).ConfigureAwait(false), 256 * 1024), temporary, canonical: true);
             }
 
-            MoveIntoPlace(temporary, target);
+            MoveIntoPlace(temporary, PathOf(path));
         }
     }
 

@@ -65,13 +65,10 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         if (Readable.Count == 1)
         {
             var records = await Metadata.GetPathsAsync(Readable[0], paths, cancellationToken).ConfigureAwait(false);
-            if (Readable[0] == AccountId && _store.MaterialisedFor(AccountId) is { } tree && records.Count > 0)
+            if (Caller.AccountId == Readable[0] && _store.MaterialisedFor(Readable[0]) is { } tree
+                && records.Values.Where(r => !tree.Contains(r.Info.Path)).Select(r => r.Info.Path).ToList() is { Count: > 0 } absent)
             {
-                // Another front door on the same database may have put these paths in the socket account's view: this
-                // front door's unpacked tree gets them here, before the client hears they are valid and reads them from
-                // the tree (a .drv it added, which the other front door's client had added first; a NAR it copies).
-                await tree.AddAsync(records.Values.Select(r => (r.Info.Path, r.Info.NarHash)), cancellationToken,
-                    (path, narHash) => StoreLog.BlobMissing(_store.Options.Logger, path.FullPath, narHash.ToNix32())).ConfigureAwait(false);
+                await UnpackAddedElsewhereAsync(tree, absent, cancellationToken).ConfigureAwait(false);
             }
 
             return records;
@@ -102,6 +99,22 @@ public sealed partial class StoreView : IWorkerStore, IDisposable
         }
 
         return found;
+    }
+
+    /// <summary>
+    /// Another front door on the same database may have put paths in the socket account's view: this front door's
+    /// unpacked tree gets them when a lookup first finds them, before the client hears they are valid and reads them
+    /// from the tree (a .drv it added, which the other front door's client had added first; a NAR it copies). Under the
+    /// collection lock held shared, as every unpacking into the tree is, and looked up again under it: a collection
+    /// here that deleted one of them meanwhile has already taken it from the tree, and it must not arrive after.
+    /// </summary>
+    private async Task UnpackAddedElsewhereAsync(MaterialisedView tree, IReadOnlyList<StorePath> absent, CancellationToken cancellationToken)
+    {
+        var shared = await _store.GcLock.SharedAsync(cancellationToken).ConfigureAwait(false);
+        await using var _ = shared.ConfigureAwait(false);
+        var still = await Metadata.GetPathsAsync(AccountId, absent, cancellationToken).ConfigureAwait(false);
+        await tree.AddAsync(still.Values.Select(r => (r.Info.Path, r.Info.NarHash)), cancellationToken,
+            (path, narHash) => StoreLog.BlobMissing(_store.Options.Logger, path.FullPath, narHash.ToNix32())).ConfigureAwait(false);
     }
 
     /// <summary>The record of the path with that hash part in the view, with the readable account it is of.</summary>
