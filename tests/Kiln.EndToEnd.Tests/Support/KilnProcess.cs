@@ -113,12 +113,7 @@ public sealed class KilnProcess : IDisposable
     /// <summary>sshd's host key, as known_hosts wants it: <c>[127.0.0.1]:PORT ssh-ed25519 AAAA…</c>.</summary>
     public string KnownHostsLine => $"[127.0.0.1]:{SshPort} " + string.Join(' ', File.ReadAllText(Path.Combine(DataDirectory, "ssh", "ssh_host_ed25519_key.pub")).Split(' ').Take(2));
 
-    internal static int FreePort()
-    {
-        using var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        probe.Start();
-        return ((System.Net.IPEndPoint)probe.LocalEndpoint).Port;
-    }
+    internal static int FreePort() => TestPorts.Free();
 
     private static bool Listening(int port)
     {

@@ -1,6 +1,4 @@
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
 
 namespace Kiln.Nix.Tests.Support;
 
@@ -40,7 +38,7 @@ public sealed class PostgresServer : IDisposable
             return;
         }
 
-        Port = FreePort();
+        Port = TestPorts.Free();
         Directory.CreateDirectory(_directory);
         var passwordFile = Path.Combine(_directory, "password");
         File.WriteAllText(passwordFile, Password + "\n");
@@ -115,13 +113,6 @@ public sealed class PostgresServer : IDisposable
         {
             throw new InvalidOperationException($"{program} failed: {result.Stderr}");
         }
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     public void Dispose()

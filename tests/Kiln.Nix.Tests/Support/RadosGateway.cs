@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
 
 namespace Kiln.Nix.Tests.Support;
 
@@ -40,7 +38,7 @@ public sealed class RadosGateway : IDisposable
             return;
         }
 
-        Port = FreePort();
+        Port = TestPorts.Free();
         var (status, output) = Run("start.sh", _directory, Port.ToString(CultureInfo.InvariantCulture));
         _started = true;
         if (status != 0)
@@ -138,13 +136,6 @@ public sealed class RadosGateway : IDisposable
         }
 
         return (process.HasExited ? process.ExitCode : -1, output + error.Result);
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     private void Stop() => Run("stop.sh", _directory);

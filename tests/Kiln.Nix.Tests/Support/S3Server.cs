@@ -38,7 +38,7 @@ public sealed class S3Server : IDisposable
 
         System.IO.Directory.CreateDirectory(_directory);
         File.WriteAllText(CredentialsFile, $"[default]\naws_access_key_id = {AccessKey}\naws_secret_access_key = {SecretKey}\n");
-        Port = FreePort();
+        Port = TestPorts.Free();
         var info = new ProcessStartInfo(program) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var arg in new[] { "-d", _directory, "-a", "127.0.0.1", "-p", Port.ToString(CultureInfo.InvariantCulture), "--silent", "--no-vhost-buckets" })
         {
@@ -107,13 +107,6 @@ public sealed class S3Server : IDisposable
         return System.IO.Directory.Exists(root)
             ? System.IO.Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Where(f => f.EndsWith("._S3rver_object", StringComparison.Ordinal)).ToList()
             : [];
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     private static bool Listening(int port)
