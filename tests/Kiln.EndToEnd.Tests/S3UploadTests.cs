@@ -104,6 +104,13 @@ public sealed class RadosUploadTests(RadosGateway rgw, PostgresServer postgres) 
 {
     private const long NarSize = 384L << 20; // 24 parts of 16 MiB: seconds of uploading to catch it in
 
+    // The multipart uploads begun and not finished under a front door's prefix, and the blobs stored under it.
+    private static async Task<List<Amazon.S3.Model.MultipartUpload>> UnfinishedUploadsAsync(Amazon.S3.IAmazonS3 s3, string bucket, string prefix) =>
+        (await s3.ListMultipartUploadsAsync(new Amazon.S3.Model.ListMultipartUploadsRequest { BucketName = bucket, Prefix = prefix })).MultipartUploads ?? [];
+
+    private static async Task<List<Amazon.S3.Model.S3Object>> BlobObjectsAsync(Amazon.S3.IAmazonS3 s3, string bucket, string prefix) =>
+        (await s3.ListObjectsV2Async(new Amazon.S3.Model.ListObjectsV2Request { BucketName = bucket, Prefix = prefix + "blobs/" })).S3Objects ?? [];
+
     [Fact]
     public async Task A_server_killed_mid_multipart_upload_leaves_an_upload_that_gc_aborts_and_nothing_registered()
     {
@@ -112,10 +119,8 @@ public sealed class RadosUploadTests(RadosGateway rgw, PostgresServer postgres) 
         var blobs = rgw.NewLocation();
         var location = Kiln.Store.Blobs.S3BlobLocation.Parse(blobs);
         using var s3 = location.CreateClient();
-        async Task<List<Amazon.S3.Model.MultipartUpload>> UploadsAsync() =>
-            (await s3.ListMultipartUploadsAsync(new Amazon.S3.Model.ListMultipartUploadsRequest { BucketName = location.Bucket, Prefix = location.Prefix })).MultipartUploads ?? [];
-        async Task<List<Amazon.S3.Model.S3Object>> ObjectsAsync() =>
-            (await s3.ListObjectsV2Async(new Amazon.S3.Model.ListObjectsV2Request { BucketName = location.Bucket, Prefix = location.Prefix + "blobs/" })).S3Objects ?? [];
+        Task<List<Amazon.S3.Model.MultipartUpload>> UploadsAsync() => UnfinishedUploadsAsync(s3, location.Bucket, location.Prefix);
+        Task<List<Amazon.S3.Model.S3Object>> ObjectsAsync() => BlobObjectsAsync(s3, location.Bucket, location.Prefix);
 
         using var workspace = client.NewWorkspace();
         using var kiln = new KilnProcess(ssh: true, arguments: ["--blobs", blobs]);
@@ -210,10 +215,8 @@ public sealed class RadosUploadTests(RadosGateway rgw, PostgresServer postgres) 
         await s3.PutObjectAsync(new Amazon.S3.Model.PutObjectRequest { BucketName = location.Bucket, Key = stored, ContentBody = "stored, not yet named" });
 
         a.Cli("store", "gc");
-        var uploads = (await s3.ListMultipartUploadsAsync(new Amazon.S3.Model.ListMultipartUploadsRequest { BucketName = location.Bucket, Prefix = location.Prefix })).MultipartUploads ?? [];
-        Assert.Equal([inFlight], uploads.Select(u => u.Key));
-        var objects = (await s3.ListObjectsV2Async(new Amazon.S3.Model.ListObjectsV2Request { BucketName = location.Bucket, Prefix = location.Prefix + "blobs/" })).S3Objects ?? [];
-        Assert.Equal([stored], objects.Select(o => o.Key));
+        Assert.Equal([inFlight], (await UnfinishedUploadsAsync(s3, location.Bucket, location.Prefix)).Select(u => u.Key));
+        Assert.Equal([stored], (await BlobObjectsAsync(s3, location.Bucket, location.Prefix)).Select(o => o.Key));
         await s3.AbortMultipartUploadAsync(location.Bucket, inFlight, upload.UploadId);
     }
 
@@ -245,8 +248,7 @@ public sealed class RadosUploadTests(RadosGateway rgw, PostgresServer postgres) 
         client.Ok(kiln, "nix", "path-info", "--store", NixClient.SocketUri, top);
 
         using var s3 = Kiln.Store.Blobs.S3BlobLocation.Parse(rgw.NewLocation()).CreateClient(); // the same user, from its file
-        var objects = (await s3.ListObjectsV2Async(new Amazon.S3.Model.ListObjectsV2Request { BucketName = bucket, Prefix = "kiln/blobs/" })).S3Objects ?? [];
-        Assert.Equal(2, objects.Count); // the closure's two NARs
+        Assert.Equal(2, (await BlobObjectsAsync(s3, bucket, "kiln/")).Count); // the closure's two NARs
         Assert.DoesNotContain(password, kiln.Log, StringComparison.Ordinal);
         Assert.DoesNotContain(RadosGateway.SecretKey, kiln.Log, StringComparison.Ordinal);
         // (The binding later commands read keeps the password, readable by Kiln's user alone.)
